@@ -1,0 +1,58 @@
+"""celeriac: a distributed task queue for Python that cannot lose a task.
+
+Example:
+    >>> from celeriac import Celeriac
+    >>> app = Celeriac("shop", broker="memory://")
+    >>> @app.task
+    ... def add(x: int, y: int) -> int:
+    ...     return x + y
+"""
+
+from celeriac.app import Celeriac
+from celeriac.errors import (
+    BrokerConnectionError,
+    BrokerError,
+    CeleriacError,
+    ConfigurationError,
+    NotRegistered,
+    PayloadTooLarge,
+    Reject,
+    ResultTimeout,
+    Retry,
+    SerializationError,
+    SoftTimeLimitExceeded,
+    TaskExpired,
+    TaskFailed,
+    TaskRevoked,
+    TimeLimitExceeded,
+)
+from celeriac.middleware import Middleware
+from celeriac.result import AsyncResult
+from celeriac.task import UNBOUNDED, Request, Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "UNBOUNDED",
+    "AsyncResult",
+    "BrokerConnectionError",
+    "BrokerError",
+    "Celeriac",
+    "CeleriacError",
+    "ConfigurationError",
+    "Middleware",
+    "NotRegistered",
+    "PayloadTooLarge",
+    "Reject",
+    "Request",
+    "ResultTimeout",
+    "Retry",
+    "SerializationError",
+    "SoftTimeLimitExceeded",
+    "Task",
+    "TaskExpired",
+    "TaskFailed",
+    "TaskRevoked",
+    "TimeLimitExceeded",
+    "__version__",
+]

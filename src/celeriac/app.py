@@ -1,0 +1,232 @@
+"""Celeriac: the application — configuration, the task registry and the producer."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar, overload
+
+from celeriac.brokers import broker_from_url
+from celeriac.brokers.base import Broker, Outgoing
+from celeriac.config import Settings
+from celeriac.errors import ConfigurationError, NotRegistered, PayloadTooLarge
+from celeriac.message import Message, encode_message, new_task_id
+from celeriac.middleware import Middleware, MiddlewareStack, default_middleware
+from celeriac.result import AsyncResult
+from celeriac.task import Task, TaskOptions, task_name_for
+
+log = logging.getLogger("celeriac")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_CORE_OPTIONS = frozenset(
+    {"name", "queue", "priority", "soft_time_limit", "time_limit", "expires",
+     "max_deliveries", "ignore_result", "bind"}
+)
+
+
+class Celeriac:
+    """A celeriac application.
+
+    Example:
+        >>> app = Celeriac("shop", broker="memory://")
+        >>> @app.task(queue="emails", soft_time_limit=10, time_limit=20)
+        ... def send_welcome(user_id: int) -> str:
+        ...     return f"sent to {user_id}"
+        >>> app.conf.task_soft_time_limit = 60
+
+    Args:
+        name: the application's name (used in logs and worker ids).
+        broker: a broker URL (``sqlite:///celeriac.db`` when omitted; the
+            ``CELERIAC_BROKER_URL`` environment variable overrides the default).
+        middleware: the middleware list; the default is expiry and results.
+        **settings: any setting of :class:`celeriac.config.Settings`.
+    """
+
+    def __init__(
+        self,
+        name: str = "celeriac",
+        broker: str | None = None,
+        *,
+        middleware: list[Middleware] | None = None,
+        **settings: Any,
+    ) -> None:
+        self.name = name
+        self.conf = Settings.from_environment()
+        if broker is not None and "CELERIAC_BROKER_URL" not in os.environ:
+            self.conf.broker_url = broker
+        self.conf.update(**settings)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.middleware = MiddlewareStack(
+            middleware if middleware is not None else default_middleware()
+        )
+        self._broker: Broker | None = None
+        self._broker_pid = 0
+
+    def __repr__(self) -> str:
+        return f"<Celeriac {self.name} broker={self.conf.broker_url}>"
+
+    # -- the broker -----------------------------------------------------------------------
+
+    @property
+    def broker(self) -> Broker:
+        """The broker, connected on first use and anew in each forked process."""
+        if self._broker is None or self._broker_pid != os.getpid():
+            self._broker = broker_from_url(self.conf.broker_url)
+            self._broker_pid = os.getpid()
+        return self._broker
+
+    def use_broker(self, broker: Broker) -> None:
+        """Use this broker object instead of one created from ``broker_url``."""
+        self._broker, self._broker_pid = broker, os.getpid()
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(
+        self, *, bind: bool = False, **options: Any
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(queue=..., ...)``.
+
+        Options: ``name``, ``queue``, ``priority``, ``soft_time_limit``, ``time_limit``,
+        ``expires``, ``max_deliveries``, ``ignore_result``, ``bind`` and any option a
+        middleware declares. With ``bind=True`` the function receives the task first
+        (``self.request``, ``self.retry``); see :meth:`bound_task` for precise typing.
+
+        Raises:
+            ConfigurationError: an option no middleware understands.
+        """
+        if fn is not None:
+            return self._register(fn, options)
+        return lambda f: self._register(f, options)
+
+    def bound_task(
+        self, **options: Any
+    ) -> Callable[[Callable[Concatenate[Task[P, R], P], R]], Task[P, R]]:
+        """Like ``@app.task(bind=True)``, typed so that ``self`` is not a parameter."""
+        return lambda f: self._register(f, {**options, "bind": True})
+
+    def _register(self, fn: Callable[..., Any], options: dict[str, Any]) -> Task[Any, Any]:
+        known = _CORE_OPTIONS | self.middleware.known_options()
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"task {fn.__qualname__}: unknown option(s) {', '.join(unknown)}. "
+                f"Known options: {', '.join(sorted(known))}"
+            )
+        core = {k: options[k] for k in _CORE_OPTIONS - {"name", "bind"} if k in options}
+        extra = {k: v for k, v in options.items() if k not in _CORE_OPTIONS}
+        name = options.get("name") or task_name_for(fn)
+        task: Task[Any, Any] = Task(self, fn, name, TaskOptions(**core, extra=extra),
+                                    bind=bool(options.get("bind")))
+        self.tasks[name] = task
+        return task
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The registered task of this name.
+
+        Raises:
+            NotRegistered: no such task in this process.
+        """
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise NotRegistered(
+                f"task {name!r} is not registered in app {self.name!r}. Registered: "
+                f"{', '.join(sorted(self.tasks)) or 'none'}"
+            ) from None
+
+    # -- producing ------------------------------------------------------------------------
+
+    def publish(self, message: Message) -> AsyncResult[Any]:
+        """Send one built message; return its result handle."""
+        self.broker.send([self._outgoing(message)])
+        if self.conf.task_always_eager:
+            from celeriac.worker.inline import run_queued
+
+            run_queued(self, queues=[message.queue])
+        return AsyncResult(message.id, self, message.task)
+
+    async def apublish(self, message: Message) -> AsyncResult[Any]:
+        """Async face of :meth:`publish`."""
+        await self.broker.asend([self._outgoing(message)])
+        return AsyncResult(message.id, self, message.task)
+
+    def publish_many(self, messages: Sequence[Message]) -> list[AsyncResult[Any]]:
+        """Send many messages in one broker round trip."""
+        self.broker.send([self._outgoing(m) for m in messages])
+        return [AsyncResult(m.id, self, m.task) for m in messages]
+
+    def _outgoing(self, message: Message) -> Outgoing:
+        self.middleware.before_send(self, message)
+        body = encode_message(message)
+        size = len(body)
+        if size > self.conf.task_payload_warn_bytes:
+            self._check_size(message, size)
+        return Outgoing(message.id, message.queue, body, message.priority, message.eta)
+
+    def _check_size(self, message: Message, size: int) -> None:
+        largest = _largest_argument(message)
+        if size > self.conf.task_payload_max_bytes:
+            raise PayloadTooLarge(
+                f"task {message.task}: message is {size:,} bytes, over task_payload_max_bytes "
+                f"({self.conf.task_payload_max_bytes:,}); the largest argument is {largest}. "
+                "Store the data elsewhere and pass its id."
+            )
+        log.warning(
+            "task %s[%s]: message is %s bytes (warn at %s); the largest argument is %s. "
+            "Big messages cost broker memory and throughput: pass an id instead.",
+            message.task, message.id, f"{size:,}", f"{self.conf.task_payload_warn_bytes:,}",
+            largest,
+        )
+
+    def send_task(
+        self,
+        name: str,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Send a task by name, without importing its code.
+
+        Example:
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> r = app.send_task("shop.tasks.send_welcome", args=(42,))
+            >>> r.state
+            'PENDING'
+        """
+        task = self.tasks.get(name) or Task(self, _unknown_task, name, TaskOptions())
+        return task.apply_async(tuple(args), kwargs, **options)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
+        """A result handle from an id alone, e.g. in another process."""
+        return AsyncResult(task_id, self)
+
+    @staticmethod
+    def new_id() -> str:
+        """A fresh task id, for callers that want to know it before sending."""
+        return new_task_id()
+
+
+def _unknown_task(*args: Any, **kwargs: Any) -> Any:
+    raise NotRegistered("this task is only known by name here; a worker runs it")
+
+
+def _largest_argument(message: Message) -> str:
+    from celeriac.message import _encoder
+
+    sizes = [(len(_encoder.encode(v)), f"positional argument {i}")
+             for i, v in enumerate(message.args)]
+    sizes += [(len(_encoder.encode(v)), f"argument {k!r}") for k, v in message.kwargs.items()]
+    if not sizes:
+        return "none (headers or options are large)"
+    size, label = max(sizes)
+    return f"{label} ({size:,} bytes)"

@@ -1,0 +1,288 @@
+"""The broker contract: what every broker (memory, SQLite, Redis, SQS) promises.
+
+A broker stores opaque message bytes and result bytes; it never decodes a message. The
+worker and the producer own the format (``celeriac.message``).
+
+At-least-once, never lost, at most one committed result:
+
+1. **Atomic fetch.** :meth:`Broker.fetch` takes messages and records who holds them in one
+   atomic step, with a lease (a fencing ``token`` and a deadline on the broker's clock).
+   There is no moment at which a taken message exists only in a worker's memory.
+2. **Leases are renewed** by :meth:`Broker.renew` while a task runs. A message whose lease
+   expired, or whose worker stopped heartbeating (:meth:`Broker.reap`), is handed out
+   again, to anyone.
+3. **Fencing.** Every settling call (:meth:`complete`, :meth:`requeue`,
+   :meth:`dead_letter`) checks the token and returns False, changing nothing, when the
+   caller's lease was lost: a late worker cannot commit a second result.
+4. **Delivery counts.** Every hand-out increments :attr:`Delivery.deliveries`, crashes
+   included. Brokers never drop a message for its count: the worker dead-letters one whose
+   count passed the limit, so the reason is written once, in one place.
+5. **Delayed work stays in the broker** until due (``eta``); a worker never holds a message
+   that is not due.
+6. **Idempotent enqueue.** :meth:`send` ignores an id that is queued, held, or has a final
+   result stored.
+7. **Strict priority.** Of the due messages in the queues asked for, higher ``priority``
+   (0..9) first, then earlier due time, then send order.
+
+Every method may raise :class:`~celeriac.errors.BrokerConnectionError`; driver errors are
+translated at this boundary. Each operation has a sync face and an ``a``-prefixed async
+face; brokers without a native async driver run the sync one in a thread.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message ready to store: its routing facts and its encoded bytes."""
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int = 0
+    eta: float | None = None  # absolute Unix time; None: due now
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Proof that a consumer holds a message: the fencing token from the fetch."""
+
+    id: str
+    queue: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message handed to a consumer under a lease."""
+
+    lease: Lease
+    body: bytes
+    deliveries: int  # hand-outs so far, this one included
+    priority: int = 0
+
+    @property
+    def id(self) -> str:
+        """The task id."""
+        return self.lease.id
+
+    @property
+    def queue(self) -> str:
+        """The queue the message came from."""
+        return self.lease.queue
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts for one queue, as ``celeriac status`` shows them."""
+
+    queue: str
+    ready: int
+    delayed: int
+    in_flight: int
+    dead: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that will not be run again unless replayed, and why."""
+
+    id: str
+    queue: str
+    task: str
+    reason: str
+    body: bytes
+    deliveries: int
+    error: str
+    dead_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live worker as its heartbeat describes it."""
+
+    id: str
+    host: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+    started_at: float
+    heartbeat_at: float = 0.0
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Broker(abc.ABC):
+    """The contract every broker implements. See the module docstring for the guarantees."""
+
+    #: True when only the process that created the broker can reach its data.
+    in_process_only: bool = False
+
+    # -- producing --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def send(self, messages: Sequence[Outgoing]) -> list[bool]:
+        """Store messages, in one round trip; True for each that was new.
+
+        An id already queued, held or finished is left as it is (False).
+        """
+
+    # -- consuming --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def fetch(
+        self,
+        queues: Sequence[str],
+        consumer: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        timeout: float,
+    ) -> list[Delivery]:
+        """Take up to ``limit`` due messages under a lease held by ``consumer``.
+
+        Waits up to ``timeout`` seconds for one to become due; returns [] if none did.
+        """
+
+    @abc.abstractmethod
+    def complete(self, lease: Lease, result: bytes | None, result_ttl: float) -> bool:
+        """Remove a held message and store its final result, atomically.
+
+        Returns False (and changes nothing) when the lease was lost.
+        """
+
+    def complete_and_fetch(
+        self,
+        lease: Lease,
+        result: bytes | None,
+        result_ttl: float,
+        queues: Sequence[str],
+        consumer: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+    ) -> tuple[bool, list[Delivery]]:
+        """Complete one message and take the next ones without waiting.
+
+        Brokers with a network round trip override this to do both in one call.
+        """
+        committed = self.complete(lease, result, result_ttl)
+        more = self.fetch(queues, consumer, limit=limit, lease_seconds=lease_seconds, timeout=0)
+        return committed, more
+
+    @abc.abstractmethod
+    def requeue(
+        self,
+        lease: Lease,
+        *,
+        delay: float = 0.0,
+        body: bytes | None = None,
+        count_delivery: bool = True,
+    ) -> bool:
+        """Put a held message back, due after ``delay`` seconds.
+
+        ``body`` replaces the stored bytes (a retry) and resets the delivery count.
+        ``count_delivery=False`` takes back this hand-out's count (a graceful shutdown or a
+        deferral is not a failed delivery). Returns False when the lease was lost.
+        """
+
+    @abc.abstractmethod
+    def dead_letter(self, lease: Lease, letter: DeadLetter, result: bytes | None) -> bool:
+        """Move a held message to the dead-letter store, storing ``result`` as final.
+
+        Returns False when the lease was lost.
+        """
+
+    @abc.abstractmethod
+    def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
+        """Extend leases; return the ids of those no longer held (taken by someone else)."""
+
+    # -- workers ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def heartbeat(self, worker: WorkerInfo, ttl: float) -> None:
+        """Record that ``worker`` is alive for the next ``ttl`` seconds."""
+
+    @abc.abstractmethod
+    def forget_worker(self, worker_id: str) -> None:
+        """Remove a worker that stopped cleanly (its leases are already settled)."""
+
+    @abc.abstractmethod
+    def workers(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat has not expired."""
+
+    @abc.abstractmethod
+    def reap(self) -> int:
+        """Release the messages held by workers whose heartbeat expired, or whose lease ran
+        out; return how many were released. Deterministic and safe to run from anywhere."""
+
+    # -- results ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def store_result(self, task_id: str, result: bytes, ttl: float) -> None:
+        """Store a non-final state (STARTED, RETRY, progress) unless a final one exists."""
+
+    @abc.abstractmethod
+    def get_result(self, task_id: str) -> tuple[bytes, bool] | None:
+        """The stored result bytes and whether they are final, or None."""
+
+    @abc.abstractmethod
+    def wait_result(self, task_id: str, timeout: float) -> bytes | None:
+        """Block until a final result exists (returned) or ``timeout`` passes (None).
+
+        Wakes within tens of milliseconds of the commit; never a one-second poll.
+        """
+
+    @abc.abstractmethod
+    def forget_result(self, task_id: str) -> None:
+        """Delete a stored result."""
+
+    # -- administration ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def stats(self) -> list[QueueStats]:
+        """Counts for every queue the broker knows of."""
+
+    @abc.abstractmethod
+    def purge(self, queue: str) -> int:
+        """Delete ready and delayed messages of a queue (not held ones); return how many."""
+
+    @abc.abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The newest dead letters first."""
+
+    @abc.abstractmethod
+    def replay_dead_letters(self, ids: Sequence[str] | None = None, task: str | None = None) -> int:
+        """Send dead letters back to their queues with a fresh delivery count.
+
+        ``ids`` picks some, ``task`` picks those of one task name, neither picks all.
+        """
+
+    @abc.abstractmethod
+    def purge_dead_letters(self) -> int:
+        """Delete every dead letter; return how many."""
+
+    def close(self) -> None:  # noqa: B027 - optional: brokers with no connections need nothing
+        """Release connections. The broker may not be used afterwards."""
+
+    # -- async faces --------------------------------------------------------------------
+
+    async def asend(self, messages: Sequence[Outgoing]) -> list[bool]:
+        """Async face of :meth:`send`."""
+        return await asyncio.to_thread(self.send, messages)
+
+    async def aget_result(self, task_id: str) -> tuple[bytes, bool] | None:
+        """Async face of :meth:`get_result`."""
+        return await asyncio.to_thread(self.get_result, task_id)
+
+    async def await_result(self, task_id: str, timeout: float) -> bytes | None:
+        """Async face of :meth:`wait_result`."""
+        return await asyncio.to_thread(self.wait_result, task_id, timeout)
+
+    async def astore_result(self, task_id: str, result: bytes, ttl: float) -> None:
+        """Async face of :meth:`store_result`."""
+        await asyncio.to_thread(self.store_result, task_id, result, ttl)

@@ -1,0 +1,360 @@
+"""``memory://``: an in-process broker for tests and eager mode.
+
+It keeps the whole contract of :mod:`celeriac.brokers.base` (leases, fencing, delayed
+messages, priorities, dead letters) so code tested against it behaves the same on Redis.
+Only threads of the process that created it can reach it: a worker process cannot.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from celeriac.brokers.base import (
+    Broker,
+    DeadLetter,
+    Delivery,
+    Lease,
+    Outgoing,
+    QueueStats,
+    WorkerInfo,
+)
+
+
+@dataclass(slots=True)
+class _Entry:
+    id: str
+    queue: str
+    body: bytes
+    priority: int
+    due: float
+    seq: int
+    deliveries: int = 0
+    token: str | None = None  # set while held
+    holder: str | None = None
+    lease_deadline: float = 0.0
+
+
+class MemoryBroker(Broker):
+    """The in-process broker. ``Celeriac(broker="memory://")`` gives one.
+
+    Example:
+        >>> from celeriac.brokers.base import Outgoing
+        >>> b = MemoryBroker()
+        >>> b.send([Outgoing(id="t1", queue="default", body=b"{}")])
+        [True]
+        >>> [d.id for d in b.fetch(["default"], "me", limit=1, lease_seconds=30, timeout=0)]
+        ['t1']
+    """
+
+    in_process_only = True
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._seq = itertools.count()
+        self._entries: dict[str, _Entry] = {}
+        self._ready: dict[str, list[tuple[int, float, int, str]]] = {}
+        self._delayed: list[tuple[float, int, str]] = []
+        self._results: dict[str, tuple[bytes, bool, float]] = {}
+        self._dead: dict[str, DeadLetter] = {}
+        self._workers: dict[str, WorkerInfo] = {}
+        self._worker_expiry: dict[str, float] = {}
+
+    # -- producing ----------------------------------------------------------------------
+
+    def send(self, messages: Sequence[Outgoing]) -> list[bool]:
+        """Store messages; True for each new id."""
+        now = time.time()
+        created: list[bool] = []
+        with self._lock:
+            for out in messages:
+                if out.id in self._entries or self._is_final(out.id, now):
+                    created.append(False)
+                    continue
+                due = max(out.eta or now, now) if out.eta else now
+                entry = _Entry(out.id, out.queue, out.body, out.priority, due, next(self._seq))
+                self._entries[out.id] = entry
+                self._place(entry, now)
+                created.append(True)
+            self._lock.notify_all()
+        return created
+
+    def _place(self, entry: _Entry, now: float) -> None:
+        if entry.due > now:
+            heapq.heappush(self._delayed, (entry.due, entry.seq, entry.id))
+        else:
+            key = (-entry.priority, entry.due, entry.seq, entry.id)
+            heapq.heappush(self._ready.setdefault(entry.queue, []), key)
+
+    def _is_final(self, task_id: str, now: float) -> bool:
+        stored = self._results.get(task_id)
+        return stored is not None and stored[1] and stored[2] > now
+
+    # -- consuming ----------------------------------------------------------------------
+
+    def fetch(
+        self,
+        queues: Sequence[str],
+        consumer: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        timeout: float,
+    ) -> list[Delivery]:
+        """Take up to ``limit`` due messages, waiting up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                taken = self._take(queues, consumer, limit, lease_seconds)
+                remaining = deadline - time.monotonic()
+                if taken or remaining <= 0:
+                    return taken
+                next_due = self._delayed[0][0] - time.time() if self._delayed else remaining
+                self._lock.wait(min(remaining, max(next_due, 0.001), 0.5))
+
+    def _take(
+        self, queues: Sequence[str], consumer: str, limit: int, lease_seconds: float
+    ) -> list[Delivery]:
+        now = time.time()
+        self._reclaim_expired(now)
+        self._promote(now)
+        taken: list[Delivery] = []
+        while len(taken) < limit:
+            best: list[tuple[int, float, int, str]] | None = None
+            for queue in queues:
+                heap = self._ready.get(queue)
+                while heap and not self._is_live(heap[0]):
+                    heapq.heappop(heap)
+                if heap and (best is None or heap[0] < best[0]):
+                    best = heap
+            if best is None:
+                break
+            entry = self._entries[heapq.heappop(best)[3]]
+            entry.deliveries += 1
+            entry.token = uuid.uuid4().hex
+            entry.holder = consumer
+            entry.lease_deadline = now + lease_seconds
+            lease = Lease(entry.id, entry.queue, entry.token)
+            taken.append(Delivery(lease, entry.body, entry.deliveries, entry.priority))
+        return taken
+
+    def _is_live(self, key: tuple[int, float, int, str]) -> bool:
+        entry = self._entries.get(key[3])
+        return entry is not None and entry.token is None and entry.seq == key[2]
+
+    def _promote(self, now: float) -> None:
+        while self._delayed and self._delayed[0][0] <= now:
+            _, seq, task_id = heapq.heappop(self._delayed)
+            entry = self._entries.get(task_id)
+            if entry is not None and entry.token is None and entry.seq == seq:
+                heapq.heappush(
+                    self._ready.setdefault(entry.queue, []),
+                    (-entry.priority, entry.due, entry.seq, entry.id),
+                )
+
+    def _reclaim_expired(self, now: float) -> int:
+        dead_workers = {w for w, exp in self._worker_expiry.items() if exp <= now}
+        released = 0
+        for entry in self._entries.values():
+            if entry.token is not None and (
+                entry.lease_deadline <= now or entry.holder in dead_workers
+            ):
+                self._release(entry, now, delay=0.0)
+                released += 1
+        for worker_id in dead_workers:
+            self._workers.pop(worker_id, None)
+            self._worker_expiry.pop(worker_id, None)
+        return released
+
+    def _release(self, entry: _Entry, now: float, delay: float) -> None:
+        entry.token = entry.holder = None
+        entry.due = now + delay
+        entry.seq = next(self._seq)
+        self._place(entry, now)
+
+    def _held(self, lease: Lease) -> _Entry | None:
+        entry = self._entries.get(lease.id)
+        if entry is None or entry.token != lease.token:
+            return None
+        return entry
+
+    def complete(self, lease: Lease, result: bytes | None, result_ttl: float) -> bool:
+        """Remove a held message and store its final result (fenced)."""
+        with self._lock:
+            entry = self._held(lease)
+            if entry is None:
+                return False
+            del self._entries[lease.id]
+            if result is not None:
+                self._results[lease.id] = (result, True, time.time() + result_ttl)
+            self._lock.notify_all()
+            return True
+
+    def requeue(
+        self,
+        lease: Lease,
+        *,
+        delay: float = 0.0,
+        body: bytes | None = None,
+        count_delivery: bool = True,
+    ) -> bool:
+        """Put a held message back, due after ``delay`` seconds (fenced)."""
+        with self._lock:
+            entry = self._held(lease)
+            if entry is None:
+                return False
+            if body is not None:
+                entry.body, entry.deliveries = body, 0
+            elif not count_delivery:
+                entry.deliveries = max(entry.deliveries - 1, 0)
+            self._release(entry, time.time(), delay)
+            self._lock.notify_all()
+            return True
+
+    def dead_letter(self, lease: Lease, letter: DeadLetter, result: bytes | None) -> bool:
+        """Move a held message to the dead-letter store (fenced)."""
+        with self._lock:
+            entry = self._held(lease)
+            if entry is None:
+                return False
+            del self._entries[lease.id]
+            self._dead.pop(letter.id, None)
+            self._dead[letter.id] = letter
+            if result is not None:
+                self._results[lease.id] = (result, True, time.time() + 86_400 * 7)
+            self._lock.notify_all()
+            return True
+
+    def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
+        """Extend held leases; return the ids that were lost."""
+        lost: list[str] = []
+        with self._lock:
+            now = time.time()
+            for lease in leases:
+                entry = self._held(lease)
+                if entry is None:
+                    lost.append(lease.id)
+                else:
+                    entry.lease_deadline = now + lease_seconds
+        return lost
+
+    # -- workers ------------------------------------------------------------------------
+
+    def heartbeat(self, worker: WorkerInfo, ttl: float) -> None:
+        """Record a live worker."""
+        with self._lock:
+            now = time.time()
+            self._workers[worker.id] = replace(worker, heartbeat_at=now)
+            self._worker_expiry[worker.id] = now + ttl
+
+    def forget_worker(self, worker_id: str) -> None:
+        """Drop a worker that stopped cleanly."""
+        with self._lock:
+            self._workers.pop(worker_id, None)
+            self._worker_expiry.pop(worker_id, None)
+
+    def workers(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat has not expired."""
+        with self._lock:
+            now = time.time()
+            return [w for w in self._workers.values() if self._worker_expiry[w.id] > now]
+
+    def reap(self) -> int:
+        """Release messages of dead workers and of expired leases."""
+        with self._lock:
+            released = self._reclaim_expired(time.time())
+            if released:
+                self._lock.notify_all()
+            return released
+
+    # -- results ------------------------------------------------------------------------
+
+    def store_result(self, task_id: str, result: bytes, ttl: float) -> None:
+        """Store a non-final state unless a final one exists."""
+        with self._lock:
+            if not self._is_final(task_id, time.time()):
+                self._results[task_id] = (result, False, time.time() + ttl)
+
+    def get_result(self, task_id: str) -> tuple[bytes, bool] | None:
+        """The stored result and whether it is final."""
+        with self._lock:
+            stored = self._results.get(task_id)
+            if stored is None or stored[2] <= time.time():
+                return None
+            return stored[0], stored[1]
+
+    def wait_result(self, task_id: str, timeout: float) -> bytes | None:
+        """Block until a final result exists or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                stored = self._results.get(task_id)
+                if stored is not None and stored[1]:
+                    return stored[0]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._lock.wait(remaining)
+
+    def forget_result(self, task_id: str) -> None:
+        """Delete a stored result."""
+        with self._lock:
+            self._results.pop(task_id, None)
+
+    # -- administration -----------------------------------------------------------------
+
+    def stats(self) -> list[QueueStats]:
+        """Counts per queue."""
+        with self._lock:
+            now = time.time()
+            counts: dict[str, list[int]] = {}
+            for entry in self._entries.values():
+                row = counts.setdefault(entry.queue, [0, 0, 0, 0])
+                if entry.token is not None:
+                    row[2] += 1
+                elif entry.due > now:
+                    row[1] += 1
+                else:
+                    row[0] += 1
+            for letter in self._dead.values():
+                counts.setdefault(letter.queue, [0, 0, 0, 0])[3] += 1
+            return [QueueStats(q, *row) for q, row in sorted(counts.items())]
+
+    def purge(self, queue: str) -> int:
+        """Delete ready and delayed messages of ``queue``."""
+        with self._lock:
+            doomed = [e.id for e in self._entries.values() if e.queue == queue and e.token is None]
+            for task_id in doomed:
+                del self._entries[task_id]
+            return len(doomed)
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Newest dead letters first."""
+        with self._lock:
+            return list(reversed(self._dead.values()))[:limit]
+
+    def replay_dead_letters(self, ids: Sequence[str] | None = None, task: str | None = None) -> int:
+        """Send chosen dead letters back to their queues."""
+        with self._lock:
+            chosen = [
+                letter
+                for letter in self._dead.values()
+                if (ids is None or letter.id in ids) and (task is None or letter.task == task)
+            ]
+            for letter in chosen:
+                del self._dead[letter.id]
+                self._results.pop(letter.id, None)
+        self.send([Outgoing(id=x.id, queue=x.queue, body=x.body) for x in chosen])
+        return len(chosen)
+
+    def purge_dead_letters(self) -> int:
+        """Delete every dead letter."""
+        with self._lock:
+            count = len(self._dead)
+            self._dead.clear()
+            return count

@@ -1,0 +1,511 @@
+"""``sqlite:///path.db``: the embedded default broker — zero set-up, durable, one host.
+
+Every worker and producer process on the host opens the same file. WAL mode lets readers
+run beside the one writer; every state change is one ``BEGIN IMMEDIATE`` transaction, so a
+fetch and its lease, or a result and its ack, are committed together or not at all.
+
+Durability: ``synchronous=NORMAL`` by default — a committed send survives a killed
+process, but the last transactions before a power loss may roll back. Add
+``?synchronous=full`` to the URL to fsync every commit.
+
+Waiting (fetch and ``get()``) watches ``PRAGMA data_version``, which changes whenever
+another connection commits, every few milliseconds — no one-second poll.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+
+from celeriac.brokers.base import (
+    Broker,
+    DeadLetter,
+    Delivery,
+    Lease,
+    Outgoing,
+    QueueStats,
+    WorkerInfo,
+)
+from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    due REAL NOT NULL,
+    seq INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    token TEXT,
+    holder TEXT,
+    lease_deadline REAL
+);
+CREATE INDEX IF NOT EXISTS messages_waiting
+    ON messages (queue, priority DESC, due, seq) WHERE token IS NULL;
+CREATE INDEX IF NOT EXISTS messages_held ON messages (lease_deadline) WHERE token IS NOT NULL;
+CREATE TABLE IF NOT EXISTS results (
+    id TEXT PRIMARY KEY,
+    body BLOB NOT NULL,
+    final INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    task TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    body BLOB NOT NULL,
+    deliveries INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    dead_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, info BLOB NOT NULL, expires_at REAL);
+"""
+
+_WAIT_STEP = 0.004  # seconds between data_version checks while waiting
+_RECLAIM_EVERY = 1.0  # seconds between expired-lease sweeps inside fetch
+
+
+def _path_from_url(url: str) -> tuple[str, dict[str, list[str]]]:
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ConfigurationError(f"not a SQLite URL: {url!r} (expected sqlite:///path.db)")
+    path = url[len("sqlite://") :].split("?", 1)[0]
+    # sqlite:///name.db is relative to the working directory, sqlite:////abs/name.db absolute.
+    path = path[1:] if path.startswith("/") else path
+    if not path:
+        raise ConfigurationError(f"no file in SQLite URL {url!r}; write sqlite:///celeriac.db")
+    return path, parse_qs(parts.query)
+
+
+class SQLiteBroker(Broker):
+    """The embedded broker: one SQLite file shared by every process on the host.
+
+    Example:
+        >>> import tempfile, os
+        >>> from celeriac.brokers.base import Outgoing
+        >>> b = SQLiteBroker(f"sqlite:///{tempfile.mkdtemp()}/doc.db")
+        >>> b.send([Outgoing(id="t1", queue="default", body=b"{}")])
+        [True]
+    """
+
+    def __init__(self, url: str) -> None:
+        path, params = _path_from_url(url)
+        self.path = str(Path(path).absolute())
+        self._synchronous = params.get("synchronous", ["normal"])[0].upper()
+        if self._synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ConfigurationError(
+                f"synchronous={self._synchronous.lower()} in {url!r}: use normal, full or extra"
+            )
+        self._local = threading.local()
+        self._inherited: list[sqlite3.Connection] = []  # from a parent process; never used
+        self._last_reclaim = 0.0
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db().executescript(_SCHEMA)  # executescript commits by itself
+        except sqlite3.Error as exc:
+            raise BrokerError(f"cannot create the SQLite broker at {self.path}: {exc}") from exc
+
+    # -- connections --------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            if getattr(local, "db", None) is not None:
+                # A connection must never cross fork(); closing it here could disturb the
+                # parent's locks, so it is kept unused until this process exits.
+                self._inherited.append(local.db)
+            local.db = self._connect()
+            local.pid = os.getpid()
+            local.version = None
+        db: sqlite3.Connection = local.db
+        return db
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+        except sqlite3.Error as exc:
+            raise BrokerConnectionError(
+                f"cannot open the SQLite broker at {self.path}: {exc}. Check that the folder "
+                "exists and is writable by this user."
+            ) from exc
+        return db
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise BrokerError(f"SQLite broker at {self.path} failed: {exc}") from exc
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._db().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise BrokerError(f"SQLite broker at {self.path} failed: {exc}") from exc
+
+    def _changed(self) -> bool:
+        """True when another connection committed since the last call on this thread."""
+        version = self._db().execute("PRAGMA data_version").fetchone()[0]
+        changed = version != self._local.version
+        self._local.version = version
+        return bool(changed)
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        db = getattr(self._local, "db", None)
+        if db is not None and self._local.pid == os.getpid():
+            db.close()
+        self._local = threading.local()
+
+    # -- producing ----------------------------------------------------------------------
+
+    def send(self, messages: Sequence[Outgoing]) -> list[bool]:
+        """Store messages in one transaction; True for each new id."""
+        now = time.time()
+        base = time.time_ns()
+        created: list[bool] = []
+        with self._transaction() as db:
+            for index, out in enumerate(messages):
+                due = max(out.eta, now) if out.eta else now
+                cursor = db.execute(
+                    "INSERT INTO messages (id, queue, priority, due, seq, body) "
+                    "SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
+                    "(SELECT 1 FROM results WHERE id = ? AND final = 1 AND expires_at > ?) "
+                    "ON CONFLICT (id) DO NOTHING",
+                    (out.id, out.queue, out.priority, due, base + index, out.body, out.id, now),
+                )
+                created.append(cursor.rowcount == 1)
+        return created
+
+    # -- consuming ----------------------------------------------------------------------
+
+    def fetch(
+        self,
+        queues: Sequence[str],
+        consumer: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        timeout: float,
+    ) -> list[Delivery]:
+        """Take up to ``limit`` due messages, waiting up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        self._changed()
+        while True:
+            if time.time() - self._last_reclaim > _RECLAIM_EVERY:
+                self.reap()
+            if self._candidates(self._db(), queues, limit, time.time()):
+                with self._transaction() as db:
+                    taken = self._take(db, queues, consumer, limit, lease_seconds)
+                if taken:
+                    return taken
+            if time.monotonic() >= deadline:
+                return []
+            self._wait_for_change(deadline)
+
+    def _wait_for_change(self, deadline: float) -> None:
+        # Wake on any commit by another process, on the next delayed message coming due,
+        # or after a short while anyway (a delayed message may have been added meanwhile).
+        rows = self._read("SELECT MIN(due) FROM messages WHERE token IS NULL AND due > ?",
+                          (time.time(),))
+        next_due = rows[0][0]
+        until = min(deadline, time.monotonic() + 0.25)
+        if next_due is not None:
+            until = min(until, time.monotonic() + max(next_due - time.time(), 0.0))
+        while time.monotonic() < until:
+            time.sleep(_WAIT_STEP)
+            if self._changed():
+                return
+
+    def _candidates(
+        self, db: sqlite3.Connection, queues: Sequence[str], limit: int, now: float
+    ) -> list[tuple[int, float, int, str]]:
+        found: list[tuple[int, float, int, str]] = []
+        for queue in queues:
+            found += [
+                (-row[1], row[2], row[3], row[0])
+                for row in db.execute(
+                    "SELECT id, priority, due, seq FROM messages WHERE queue = ? AND "
+                    "token IS NULL AND due <= ? ORDER BY priority DESC, due, seq LIMIT ?",
+                    (queue, now, limit),
+                )
+            ]
+        found.sort()
+        return found[:limit]
+
+    def _take(
+        self,
+        db: sqlite3.Connection,
+        queues: Sequence[str],
+        consumer: str,
+        limit: int,
+        lease_seconds: float,
+    ) -> list[Delivery]:
+        now = time.time()
+        taken: list[Delivery] = []
+        for _, _, _, task_id in self._candidates(db, queues, limit, now):
+            token = uuid.uuid4().hex
+            row = db.execute(
+                "UPDATE messages SET token = ?, holder = ?, lease_deadline = ?, "
+                "deliveries = deliveries + 1 WHERE id = ? "
+                "RETURNING queue, body, deliveries, priority",
+                (token, consumer, now + lease_seconds, task_id),
+            ).fetchone()
+            taken.append(Delivery(Lease(task_id, row[0], token), row[1], row[2], row[3]))
+        return taken
+
+    def complete(self, lease: Lease, result: bytes | None, result_ttl: float) -> bool:
+        """Remove a held message and store its final result in one transaction (fenced)."""
+        with self._transaction() as db:
+            return self._complete(db, lease, result, result_ttl)
+
+    def _complete(
+        self, db: sqlite3.Connection, lease: Lease, result: bytes | None, result_ttl: float
+    ) -> bool:
+        cursor = db.execute("DELETE FROM messages WHERE id = ? AND token = ?",
+                            (lease.id, lease.token))
+        if cursor.rowcount != 1:
+            return False
+        if result is not None:
+            db.execute(
+                "INSERT OR REPLACE INTO results (id, body, final, expires_at) VALUES (?, ?, 1, ?)",
+                (lease.id, result, time.time() + result_ttl),
+            )
+        return True
+
+    def complete_and_fetch(
+        self,
+        lease: Lease,
+        result: bytes | None,
+        result_ttl: float,
+        queues: Sequence[str],
+        consumer: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+    ) -> tuple[bool, list[Delivery]]:
+        """Commit one message and take the next ones in the same transaction."""
+        with self._transaction() as db:
+            committed = self._complete(db, lease, result, result_ttl)
+            taken = self._take(db, queues, consumer, limit, lease_seconds) if limit else []
+        return committed, taken
+
+    def requeue(
+        self,
+        lease: Lease,
+        *,
+        delay: float = 0.0,
+        body: bytes | None = None,
+        count_delivery: bool = True,
+    ) -> bool:
+        """Put a held message back, due after ``delay`` seconds (fenced)."""
+        deliveries = "0" if body is not None else (
+            "deliveries" if count_delivery else "MAX(deliveries - 1, 0)"
+        )
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE messages SET token = NULL, holder = NULL, lease_deadline = NULL, "
+                f"due = ?, seq = ?, body = COALESCE(?, body), deliveries = {deliveries} "  # noqa: S608 - fixed fragments
+                "WHERE id = ? AND token = ?",
+                (time.time() + delay, time.time_ns(), body, lease.id, lease.token),
+            )
+            return cursor.rowcount == 1
+
+    def dead_letter(self, lease: Lease, letter: DeadLetter, result: bytes | None) -> bool:
+        """Move a held message to the dead-letter store (fenced)."""
+        with self._transaction() as db:
+            cursor = db.execute("DELETE FROM messages WHERE id = ? AND token = ?",
+                                (lease.id, lease.token))
+            if cursor.rowcount != 1:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (letter.id, letter.queue, letter.task, letter.reason, letter.body,
+                 letter.deliveries, letter.error, letter.dead_at),
+            )
+            if result is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO results VALUES (?, ?, 1, ?)",
+                    (lease.id, result, time.time() + 86_400 * 7),
+                )
+            return True
+
+    def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
+        """Extend held leases; return the ids that were lost."""
+        lost: list[str] = []
+        if not leases:
+            return lost
+        with self._transaction() as db:
+            deadline = time.time() + lease_seconds
+            for lease in leases:
+                cursor = db.execute(
+                    "UPDATE messages SET lease_deadline = ? WHERE id = ? AND token = ?",
+                    (deadline, lease.id, lease.token),
+                )
+                if cursor.rowcount != 1:
+                    lost.append(lease.id)
+        return lost
+
+    # -- workers ------------------------------------------------------------------------
+
+    def heartbeat(self, worker: WorkerInfo, ttl: float) -> None:
+        """Record a live worker."""
+        now = time.time()
+        info = msgspec.json.encode(msgspec.structs.asdict(_WorkerRow.from_info(worker, now)))
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO workers VALUES (?, ?, ?)",
+                       (worker.id, info, now + ttl))
+
+    def forget_worker(self, worker_id: str) -> None:
+        """Drop a worker that stopped cleanly."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    def workers(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat has not expired."""
+        rows = self._read("SELECT info FROM workers WHERE expires_at > ?", (time.time(),))
+        return [msgspec.json.decode(row[0], type=_WorkerRow).to_info() for row in rows]
+
+    def reap(self) -> int:
+        """Release messages of dead workers and expired leases; drop expired results."""
+        now = time.time()
+        self._last_reclaim = now
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE messages SET token = NULL, holder = NULL, lease_deadline = NULL, "
+                "due = ?, seq = ? WHERE token IS NOT NULL AND (lease_deadline <= ? OR holder IN "
+                "(SELECT id FROM workers WHERE expires_at <= ?))",
+                (now, time.time_ns(), now, now),
+            )
+            released = cursor.rowcount
+            db.execute("DELETE FROM workers WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM results WHERE expires_at <= ?", (now,))
+        return released
+
+    # -- results ------------------------------------------------------------------------
+
+    def store_result(self, task_id: str, result: bytes, ttl: float) -> None:
+        """Store a non-final state unless a final one exists."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO results VALUES (?, ?, 0, ?) ON CONFLICT (id) DO UPDATE SET "
+                "body = excluded.body, expires_at = excluded.expires_at WHERE final = 0",
+                (task_id, result, time.time() + ttl),
+            )
+
+    def get_result(self, task_id: str) -> tuple[bytes, bool] | None:
+        """The stored result and whether it is final."""
+        rows = self._read(
+            "SELECT body, final FROM results WHERE id = ? AND expires_at > ?",
+            (task_id, time.time()),
+        )
+        return (rows[0][0], bool(rows[0][1])) if rows else None
+
+    def wait_result(self, task_id: str, timeout: float) -> bytes | None:
+        """Block until a final result exists or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        self._changed()
+        while True:
+            stored = self.get_result(task_id)
+            if stored is not None and stored[1]:
+                return stored[0]
+            if time.monotonic() >= deadline:
+                return None
+            while time.monotonic() < deadline and not self._changed():
+                time.sleep(_WAIT_STEP)
+
+    def forget_result(self, task_id: str) -> None:
+        """Delete a stored result."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM results WHERE id = ?", (task_id,))
+
+    # -- administration -----------------------------------------------------------------
+
+    def stats(self) -> list[QueueStats]:
+        """Counts per queue."""
+        now = time.time()
+        counts: dict[str, list[int]] = {}
+        for queue, ready, delayed, held in self._read(
+            "SELECT queue, SUM(token IS NULL AND due <= ?), SUM(token IS NULL AND due > ?), "
+            "SUM(token IS NOT NULL) FROM messages GROUP BY queue",
+            (now, now),
+        ):
+            counts[queue] = [ready, delayed, held, 0]
+        for queue, dead in self._read("SELECT queue, COUNT(*) FROM dead_letters GROUP BY queue"):
+            counts.setdefault(queue, [0, 0, 0, 0])[3] = dead
+        return [QueueStats(q, *row) for q, row in sorted(counts.items())]
+
+    def purge(self, queue: str) -> int:
+        """Delete ready and delayed messages of ``queue``."""
+        with self._transaction() as db:
+            return db.execute(
+                "DELETE FROM messages WHERE queue = ? AND token IS NULL", (queue,)
+            ).rowcount
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Newest dead letters first."""
+        rows = self._read("SELECT * FROM dead_letters ORDER BY dead_at DESC LIMIT ?", (limit,))
+        return [DeadLetter(*row) for row in rows]
+
+    def replay_dead_letters(self, ids: Sequence[str] | None = None, task: str | None = None) -> int:
+        """Send chosen dead letters back to their queues with a fresh delivery count."""
+        now = time.time()
+        with self._transaction() as db:
+            rows = db.execute("SELECT id, queue, task, body FROM dead_letters").fetchall()
+            chosen = [r for r in rows if (ids is None or r[0] in ids)
+                      and (task is None or r[2] == task)]
+            for index, (task_id, queue, _, body) in enumerate(chosen):
+                db.execute("DELETE FROM dead_letters WHERE id = ?", (task_id,))
+                db.execute("DELETE FROM results WHERE id = ?", (task_id,))
+                db.execute(
+                    "INSERT INTO messages (id, queue, priority, due, seq, body) "
+                    "VALUES (?, ?, 0, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    (task_id, queue, now, time.time_ns() + index, body),
+                )
+        return len(chosen)
+
+    def purge_dead_letters(self) -> int:
+        """Delete every dead letter."""
+        with self._transaction() as db:
+            return db.execute("DELETE FROM dead_letters").rowcount
+
+
+class _WorkerRow(msgspec.Struct):
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    started_at: float
+    heartbeat_at: float
+    extra: dict[str, Any]
+
+    @classmethod
+    def from_info(cls, info: WorkerInfo, now: float) -> _WorkerRow:
+        return cls(info.id, info.host, info.pid, list(info.queues), info.concurrency,
+                   info.started_at, now, dict(info.extra))
+
+    def to_info(self) -> WorkerInfo:
+        return WorkerInfo(self.id, self.host, self.pid, tuple(self.queues), self.concurrency,
+                          self.started_at, self.heartbeat_at, self.extra)

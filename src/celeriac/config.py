@@ -1,0 +1,122 @@
+"""Settings: typed, with Celery's names where a Celery user would look for them.
+
+Precedence, lowest first: the defaults below, ``CELERIAC_<NAME>`` environment variables
+(``CELERIAC_BROKER_URL``, ``CELERIAC_TASK_SOFT_TIME_LIMIT``...), then keyword arguments to
+``Celeriac(...)``, then assignments to ``app.conf`` at run time.
+
+Safe by default: every task gets a soft limit, a hard limit and an expiry from here unless
+it sets its own; children recycle before they grow past a memory ceiling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+from typing import Any, get_args, get_type_hints
+
+from celeriac.errors import ConfigurationError
+
+
+@dataclasses.dataclass
+class Settings:
+    """Every setting, its default, and what it is for.
+
+    Example:
+        >>> s = Settings()
+        >>> s.update(task_soft_time_limit=60)
+        >>> s.task_soft_time_limit
+        60.0
+    """
+
+    broker_url: str = "sqlite:///celeriac.db"
+    task_default_queue: str = "default"
+    task_default_priority: int = 0  # 0..9, higher runs first
+    task_soft_time_limit: float = 300.0  # seconds; SoftTimeLimitExceeded inside the task
+    task_time_limit: float = 360.0  # seconds; the child is stopped, the task fails
+    task_expires: float = 86_400.0  # seconds after sending; an unstarted task then EXPIRES
+    task_max_deliveries: int = 5  # hand-outs (crashes included) before dead-lettering
+    task_track_started: bool = False  # store STARTED (costs one broker write per task)
+    task_ignore_result: bool = False
+    task_always_eager: bool = False  # delay() runs the task in the caller (tests only)
+    task_payload_warn_bytes: int = 16 * 1024
+    task_payload_max_bytes: int = 256 * 1024
+    task_unknown_retry_delay: float = 10.0  # seconds before an unknown task is offered again
+    result_expires: float = 86_400.0  # seconds a result is kept
+    worker_concurrency: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 2)
+    worker_prefetch_multiplier: int = 1  # messages a child takes per free slot
+    worker_max_memory_per_child: int | None = 1024  # MiB of RSS; the child then recycles
+    worker_max_tasks_per_child: int | None = None
+    worker_lease_seconds: float = 30.0  # renewed every third of it while a task runs
+    worker_heartbeat_seconds: float = 2.0  # a worker is dead after 5 missed heartbeats
+    worker_log_level: str = "INFO"
+
+    def update(self, **values: Any) -> None:
+        """Set several settings, converting and checking each one."""
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        hints = _hints()
+        if name not in hints:
+            raise ConfigurationError(_unknown(name))
+        super().__setattr__(name, _coerce(name, hints[name], value))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every setting and its current value."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_environment(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Defaults overridden by ``CELERIAC_*`` environment variables."""
+        environ = dict(os.environ if environ is None else environ)
+        settings = cls()
+        for key, raw in environ.items():
+            if not key.startswith("CELERIAC_"):
+                continue
+            name = key[len("CELERIAC_") :].lower()
+            if name in _hints():
+                setattr(settings, name, raw)
+        return settings
+
+
+_HINTS: dict[str, Any] = {}
+
+
+def _hints() -> dict[str, Any]:
+    if not _HINTS:
+        _HINTS.update(get_type_hints(Settings))
+    return _HINTS
+
+
+def _unknown(name: str) -> str:
+    close = difflib.get_close_matches(name, list(_hints()), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"unknown setting {name!r}.{hint} Every setting is listed in celeriac.config.Settings."
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    kinds = [k for k in get_args(hint) if k is not type(None)] if _is_optional(hint) else [hint]
+    if value is None or (isinstance(value, str) and value.lower() in {"none", ""}):
+        if len(kinds) != 1 or _is_optional(hint):
+            return None
+    kind = kinds[0]
+    try:
+        if kind is bool and isinstance(value, str):
+            if value.lower() not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(value)
+            return value.lower() in {"1", "true", "yes", "on"}
+        if kind is bool:
+            return bool(value)
+        if kind in (int, float) and isinstance(value, bool):
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"setting {name} must be {kind.__name__}, got {value!r}"
+        ) from exc
+
+
+def _is_optional(hint: Any) -> bool:
+    return isinstance(hint, types.UnionType) and type(None) in get_args(hint)

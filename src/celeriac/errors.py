@@ -1,0 +1,144 @@
+"""Every exception celeriac raises, under one root.
+
+::
+
+    CeleriacError
+    ├── ConfigurationError          a bad setting, broker URL or app path
+    ├── MessageError                a message cannot be built or read
+    │   ├── SerializationError      an argument or result is not serializable
+    │   ├── PayloadTooLarge         refused at enqueue: the message is over the hard size
+    │   └── MalformedMessage        bytes in the broker that are not a celeriac message
+    ├── BrokerError                 the broker failed (translated from driver errors)
+    │   ├── BrokerConnectionError   the broker cannot be reached
+    │   └── LeaseLost               a worker tried to settle a message it no longer holds
+    ├── NotRegistered               no task of that name in this process
+    ├── TaskFailed                  a task's exception that cannot be rebuilt as its own type
+    ├── ResultTimeout               also a TimeoutError: get() waited longer than asked
+    └── TaskControl                 raised inside tasks to steer the worker, not errors
+        ├── Retry                   run this task again later
+        ├── Reject                  do not run or retry this message; dead-letter it
+        ├── SoftTimeLimitExceeded   the task passed its soft time limit (catch it to clean up)
+        ├── TimeLimitExceeded       the task passed its hard time limit and was stopped
+        ├── TaskExpired             the message's expiry passed before it started
+        └── TaskRevoked             the task was revoked
+
+Driver errors never escape a broker: each broker raises ``BrokerConnectionError(...) from
+exc`` so callers handle one family whatever the broker.
+"""
+
+from __future__ import annotations
+
+
+class CeleriacError(Exception):
+    """The root of every error celeriac raises."""
+
+
+class ConfigurationError(CeleriacError):
+    """A setting, broker URL or ``-A`` app path is wrong; the message says which and how."""
+
+
+class MessageError(CeleriacError):
+    """A message cannot be built or read."""
+
+
+class SerializationError(MessageError):
+    """An argument or a result cannot be encoded.
+
+    Example:
+        >>> raise SerializationError("shop.send_welcome: argument 'user' is a User object")
+        Traceback (most recent call last):
+        ...
+        celeriac.errors.SerializationError: shop.send_welcome: argument 'user' is a User object
+    """
+
+
+class PayloadTooLarge(MessageError):
+    """A message is larger than ``task_payload_max_bytes``; nothing was sent."""
+
+
+class MalformedMessage(MessageError):
+    """Bytes in the broker that are not a message this worker can read."""
+
+
+class BrokerError(CeleriacError):
+    """The broker failed to do what was asked."""
+
+
+class BrokerConnectionError(BrokerError):
+    """The broker cannot be reached. Producers see this; workers reconnect by themselves."""
+
+
+class LeaseLost(BrokerError):
+    """A worker tried to settle a message whose lease it no longer holds.
+
+    Another worker may hold it now, so this worker's result must not be committed.
+    """
+
+
+class NotRegistered(CeleriacError, KeyError):
+    """No task of this name is registered in this process."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "task not registered"
+
+
+class TaskFailed(CeleriacError):
+    """A task failed with an exception that cannot be rebuilt here as its own type.
+
+    Attributes:
+        exc_type: the qualified name of the task's exception type.
+        remote_traceback: the traceback text from the worker.
+    """
+
+    def __init__(self, message: str, exc_type: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.exc_type = exc_type
+        self.remote_traceback = remote_traceback
+
+
+class ResultTimeout(CeleriacError, TimeoutError):
+    """``AsyncResult.get()`` waited longer than its timeout; the task may still finish."""
+
+
+class TaskControl(CeleriacError):
+    """Raised inside a task to steer the worker; not a failure of celeriac."""
+
+
+class Retry(TaskControl):
+    """Run this task again after ``delay`` seconds (the retry policy's backoff when None).
+
+    Example:
+        >>> raise Retry(delay=5)
+        Traceback (most recent call last):
+        ...
+        celeriac.errors.Retry: retry in 5s
+    """
+
+    def __init__(self, delay: float | None = None, exc: BaseException | None = None) -> None:
+        super().__init__(f"retry in {delay:g}s" if delay is not None else "retry")
+        self.delay = delay
+        self.exc = exc
+
+
+class Reject(TaskControl):
+    """Do not run or retry this message: send it to the dead-letter queue with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SoftTimeLimitExceeded(TaskControl):
+    """The task ran past its soft time limit. Catch it to clean up; the hard limit follows."""
+
+
+class TimeLimitExceeded(TaskControl):
+    """The task ran past its hard time limit and its process was stopped."""
+
+
+class TaskExpired(TaskControl):
+    """The message's expiry passed before a worker started it."""
+
+
+class TaskRevoked(TaskControl):
+    """The task was revoked before or while it ran."""

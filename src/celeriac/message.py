@@ -1,0 +1,184 @@
+"""The wire format: one versioned msgspec Struct per message and per result.
+
+Compatibility rules, so old and new code can run side by side during a deploy:
+
+* Decoding ignores fields it does not know, so a newer producer's extra fields never crash
+  an older worker. New fields are always optional with a default.
+* ``v`` is the protocol version. A worker refuses (dead-letters) a message whose major
+  version is newer than :data:`PROTOCOL_VERSION`; additive changes do not bump it.
+* Field names are short because every queued message sits in broker memory; each is
+  spelled out in the comment beside it.
+
+Timestamps are Unix seconds (float). ``eta`` and ``expires`` are absolute.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+
+from celeriac.errors import MalformedMessage, SerializationError
+
+PROTOCOL_VERSION = 1
+
+
+class Message(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """One task invocation, as stored in the broker.
+
+    Example:
+        >>> m = Message(id="abc", task="shop.add", args=[1, 2])
+        >>> decode_message(encode_message(m)).args
+        [1, 2]
+    """
+
+    id: str  # task id, unique; sending the same id twice creates one task
+    task: str  # registered task name
+    args: list[Any] = msgspec.field(default_factory=list)
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+    queue: str = "default"
+    priority: int = 0  # 0..9, higher runs first on every broker
+    eta: float | None = None  # not before this time
+    expires: float | None = None  # not started after this time: state EXPIRED
+    retries: int = 0  # how many times this task was retried (not redelivered)
+    soft_limit: float | None = None  # seconds; SoftTimeLimitExceeded inside the task
+    hard_limit: float | None = None  # seconds; the task's process is stopped
+    root_id: str | None = None  # first task of a workflow
+    parent_id: str | None = None  # task that sent this one
+    headers: dict[str, Any] = msgspec.field(default_factory=dict)  # user headers
+    options: dict[str, Any] = msgspec.field(default_factory=dict)  # for middleware
+    sent_at: float = 0.0
+    v: int = PROTOCOL_VERSION
+
+
+class ErrorInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """A task's exception, in a form any process can read."""
+
+    type: str  # qualified name, e.g. "builtins.ValueError"
+    message: str
+    traceback: str = ""
+
+
+class ResultRecord(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """What the broker stores for a task id: its state, value or error, and progress."""
+
+    state: str
+    task: str = ""
+    result: Any = None
+    error: ErrorInfo | None = None
+    meta: dict[str, Any] | None = None  # progress and custom state from update_state()
+    retries: int = 0
+    date_done: float | None = None
+    worker: str | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_message_decoder = msgspec.json.Decoder(Message)
+_result_decoder = msgspec.json.Decoder(ResultRecord)
+
+
+def new_task_id() -> str:
+    """Return a fresh random task id (a UUID4 string)."""
+    return str(uuid.uuid4())
+
+
+def encode_message(message: Message) -> bytes:
+    """Encode a message to compact JSON.
+
+    Raises:
+        SerializationError: an argument is not JSON-serializable; the error names the task
+            and the argument so the caller can pass an id instead.
+    """
+    try:
+        return _encoder.encode(message)
+    except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+        raise SerializationError(_unserializable(message, exc)) from exc
+
+
+def _unserializable(message: Message, exc: BaseException) -> str:
+    culprit = "an argument"
+    for index, value in enumerate(message.args):
+        if not _encodable(value):
+            culprit = f"positional argument {index} ({type(value).__name__})"
+            break
+    else:
+        for key, value in message.kwargs.items():
+            if not _encodable(value):
+                culprit = f"argument {key!r} ({type(value).__name__})"
+                break
+    return (
+        f"cannot send task {message.task}: {culprit} is not JSON-serializable ({exc}). "
+        "Pass simple values such as ids, strings and numbers, and load objects inside the task."
+    )
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        _encoder.encode(value)
+    except (TypeError, msgspec.EncodeError, OverflowError):
+        return False
+    return True
+
+
+def decode_message(raw: bytes) -> Message:
+    """Decode bytes from the broker into a message.
+
+    Raises:
+        MalformedMessage: the bytes are not a celeriac message (truncated, binary, wrong
+            shape, or a newer protocol version this worker cannot read).
+    """
+    try:
+        message = _message_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        preview = raw[:60]
+        raise MalformedMessage(f"not a celeriac message ({exc}); first bytes: {preview!r}") from exc
+    if message.v > PROTOCOL_VERSION:
+        raise MalformedMessage(
+            f"task {message.task}[{message.id}] uses message protocol v{message.v}; this worker "
+            f"reads up to v{PROTOCOL_VERSION}. Upgrade this worker or keep an upgraded one "
+            "consuming this queue."
+        )
+    return message
+
+
+def encode_result(record: ResultRecord) -> bytes:
+    """Encode a result record; a value that cannot be encoded becomes a FAILURE record."""
+    try:
+        return _encoder.encode(record)
+    except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+        failed = ResultRecord(
+            state="FAILURE",
+            task=record.task,
+            error=ErrorInfo(
+                type="celeriac.errors.SerializationError",
+                message=(
+                    f"task {record.task} returned a {type(record.result).__name__}, which is "
+                    f"not JSON-serializable ({exc}). Return simple values such as ids."
+                ),
+            ),
+            retries=record.retries,
+            date_done=record.date_done,
+            worker=record.worker,
+        )
+        return _encoder.encode(failed)
+
+
+def decode_result(raw: bytes) -> ResultRecord:
+    """Decode a stored result record."""
+    try:
+        return _result_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedMessage(f"stored result is unreadable ({exc})") from exc
+
+
+def peek_identity(raw: bytes) -> tuple[str | None, str | None]:
+    """Best effort (task id, task name) from bytes that may not decode as a Message."""
+    try:
+        loose = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(loose, dict):
+        return None, None
+    task_id, name = loose.get("id"), loose.get("task")
+    return (task_id if isinstance(task_id, str) else None, name if isinstance(name, str) else None)

@@ -1,0 +1,18 @@
+"""Middleware: every policy the worker applies, one per module.
+
+The worker core only moves messages; expiry, results and (later) retries, rate limits,
+dedupe and canvas live here as :class:`Middleware` subclasses.
+"""
+
+from celeriac.middleware.base import Job, Middleware, MiddlewareStack, Outcome
+from celeriac.middleware.expiry import Expiry
+from celeriac.middleware.results import Results
+
+
+def default_middleware() -> list[Middleware]:
+    """The middleware every app gets unless it passes its own list."""
+    return [Expiry(), Results()]
+
+
+__all__ = ["Expiry", "Job", "Middleware", "MiddlewareStack", "Outcome", "Results",
+           "default_middleware"]

@@ -1,0 +1,141 @@
+"""The extension mechanism: middleware with named, no-op hooks.
+
+``before_*`` hooks run in registration order and ``after_*`` hooks in reverse, like
+nested context managers. A hook that raises is logged with the task it was handling and
+skipped; it never takes the worker down. Each middleware declares the task options it
+understands (``options``); ``@app.task`` rejects any option no middleware declared.
+
+A task's trip through the hooks in a worker::
+
+    before_execute  -> may return an Outcome to skip running (expired, revoked, ...)
+    <the task runs>
+    after_execute   -> may replace the Outcome (a failure becomes a retry, ...)
+    <the broker settles the message: ack + result, requeue or dead-letter, fenced>
+    after_settle    -> act on what was committed (continue a chain, emit events, ...)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from celeriac.message import ErrorInfo, Message
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+    from celeriac.brokers.base import Delivery
+    from celeriac.task import Request, Task
+
+log = logging.getLogger("celeriac.middleware")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one delivery, and so what the broker must do with it.
+
+    ``state`` is a result state (SUCCESS, FAILURE, RETRY, EXPIRED, REVOKED) or one of the
+    two message-only states: DEFERRED (put back without counting a delivery) and DEAD
+    (dead-lettered with ``reason``).
+    """
+
+    state: str
+    value: Any = None
+    error: ErrorInfo | None = None
+    exception: BaseException | None = None
+    delay: float = 0.0  # RETRY and DEFERRED: seconds until due again
+    body: bytes | None = None  # RETRY: the message to store instead
+    reason: str = ""  # DEAD: why
+    runtime: float = 0.0
+    store_result: bool = True
+
+
+@dataclass(slots=True)
+class Job:
+    """One delivery as it moves through a worker."""
+
+    delivery: Delivery
+    worker_id: str
+    message: Message | None = None
+    task: Task[Any, Any] | None = None
+    request: Request | None = None
+    context: dict[str, Any] = field(default_factory=dict)  # scratch space for middleware
+
+    @property
+    def label(self) -> str:
+        """``name[id]``, the way every log line names a task."""
+        name = self.message.task if self.message else "?"
+        return f"{name}[{self.delivery.id}]"
+
+
+class Middleware:
+    """Base class: override the hooks you need; each default does nothing."""
+
+    #: task options this middleware understands, e.g. {"max_retries", "retry_backoff"}
+    options: ClassVar[frozenset[str]] = frozenset()
+
+    def before_send(self, app: Celeriac, message: Message) -> None:
+        """Called in the producer before a message is encoded; may change it or raise."""
+
+    def before_execute(self, job: Job) -> Outcome | None:
+        """Called before the task runs; return an Outcome to not run it."""
+        return None
+
+    def after_execute(self, job: Job, outcome: Outcome) -> Outcome:
+        """Called after the task ran (or was skipped); return the Outcome to settle."""
+        return outcome
+
+    def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
+        """Called after the broker settled the message; ``committed`` is False when the
+        lease had been lost and another worker owns the message now."""
+
+
+class MiddlewareStack:
+    """Runs hooks in order and contains their failures."""
+
+    def __init__(self, middleware: list[Middleware]) -> None:
+        self.middleware = middleware
+
+    def known_options(self) -> frozenset[str]:
+        """Every task option some middleware declared."""
+        known: frozenset[str] = frozenset()
+        for m in self.middleware:
+            known |= m.options
+        return known
+
+    def before_send(self, app: Celeriac, message: Message) -> None:
+        """Producer-side hooks; their errors propagate to the caller of delay()."""
+        for m in self.middleware:
+            m.before_send(app, message)
+
+    def before_execute(self, job: Job) -> Outcome | None:
+        """Run before_execute hooks until one returns an Outcome."""
+        for m in self.middleware:
+            try:
+                outcome = m.before_execute(job)
+            except Exception:
+                log.exception("%s.before_execute failed for task %s; carrying on",
+                              type(m).__name__, job.label)
+                continue
+            if outcome is not None:
+                return outcome
+        return None
+
+    def after_execute(self, job: Job, outcome: Outcome) -> Outcome:
+        """Run after_execute hooks in reverse order, each seeing the previous Outcome."""
+        for m in reversed(self.middleware):
+            try:
+                outcome = m.after_execute(job, outcome)
+            except Exception:
+                log.exception("%s.after_execute failed for task %s; carrying on",
+                              type(m).__name__, job.label)
+        return outcome
+
+    def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
+        """Run after_settle hooks in reverse order."""
+        for m in reversed(self.middleware):
+            try:
+                m.after_settle(job, outcome, committed)
+            except Exception:
+                log.exception("%s.after_settle failed for task %s; carrying on",
+                              type(m).__name__, job.label)

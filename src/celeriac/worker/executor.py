@@ -1,0 +1,272 @@
+"""The executor: one delivery in, one settled message out. Every pool uses it.
+
+Steps: read the message (malformed → dead letter), find the task (unknown → deferred for a
+worker that knows it), check the delivery count (too many → dead letter), run the
+middleware and the function, and settle with the broker — ack with the result in one
+fenced step, requeue, or dead-letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import traceback
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from celeriac.brokers.base import DeadLetter, Delivery
+from celeriac.errors import MalformedMessage, Reject, Retry
+from celeriac.message import (
+    ErrorInfo,
+    ResultRecord,
+    decode_message,
+    encode_message,
+    encode_result,
+    peek_identity,
+)
+from celeriac.middleware.base import Job, Outcome
+from celeriac.task import Request, _current
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+    from celeriac.task import Task
+
+log = logging.getLogger("celeriac.worker")
+
+FINAL = frozenset({"SUCCESS", "FAILURE", "EXPIRED", "REVOKED"})
+
+
+@dataclass(frozen=True, slots=True)
+class FetchSpec:
+    """What to fetch next when settling: lets a broker commit and fetch in one call."""
+
+    queues: Sequence[str]
+    consumer: str
+    limit: int
+    lease_seconds: float
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """An exception as stored in a result: qualified type, message, traceback text."""
+    cls = type(exc)
+    text = "".join(traceback.format_exception(exc))
+    return ErrorInfo(type=f"{cls.__module__}.{cls.__qualname__}", message=str(exc), traceback=text)
+
+
+class Executor:
+    """Processes deliveries for one worker process (or thread)."""
+
+    def __init__(self, app: Celeriac, worker_id: str) -> None:
+        self.app = app
+        self.worker_id = worker_id
+        self._accepts: dict[str, tuple[bool, frozenset[str]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- preparing ----------------------------------------------------------------------
+
+    def prepare(self, delivery: Delivery) -> tuple[Job, Outcome | None]:
+        """Decode and resolve a delivery; an Outcome when it must not run at all."""
+        job = Job(delivery, self.worker_id)
+        try:
+            message = job.message = decode_message(delivery.body)
+        except MalformedMessage as exc:
+            return job, Outcome("DEAD", reason=f"malformed message: {exc}")
+        max_deliveries = self.app.conf.task_max_deliveries
+        task = self.app.tasks.get(message.task)
+        if task is not None and task.options.max_deliveries is not None:
+            max_deliveries = task.options.max_deliveries
+        if delivery.deliveries > max_deliveries:
+            return job, Outcome("DEAD", reason=(
+                f"delivered {delivery.deliveries - 1} times without finishing (the worker "
+                "crashed, was killed or lost its lease each time); limit task_max_deliveries="
+                f"{max_deliveries}"
+            ))
+        if task is None:
+            return job, self._unknown(job)
+        job.task = task
+        job.request = Request(
+            id=message.id, task=message.task, args=message.args, kwargs=message.kwargs,
+            retries=message.retries, delivery_count=delivery.deliveries, queue=message.queue,
+            priority=message.priority, eta=message.eta, expires=message.expires,
+            root_id=message.root_id, parent_id=message.parent_id, headers=message.headers,
+            worker=self.worker_id, message=message,
+        )
+        return job, None
+
+    def _unknown(self, job: Job) -> Outcome:
+        assert job.message is not None
+        delay = self.app.conf.task_unknown_retry_delay
+        log.warning(
+            "task %s is not registered in this worker; putting it back for %gs so a worker "
+            "that knows it can take it. Deploy the code that defines it, or purge the queue.",
+            job.label, delay,
+        )
+        return Outcome("DEFERRED", delay=delay, reason="unknown task")
+
+    # -- running ------------------------------------------------------------------------
+
+    def execute(self, job: Job) -> Outcome:
+        """Run the middleware and the task; never raises for a task's failure."""
+        outcome = self.app.middleware.before_execute(job)
+        if outcome is None:
+            outcome = self._call(job)
+        return self.app.middleware.after_execute(job, outcome)
+
+    def _call(self, job: Job) -> Outcome:
+        task, request = job.task, job.request
+        assert task is not None and request is not None
+        token = _current.set(request)
+        started = time.perf_counter()
+        try:
+            args = [task, *request.args] if task.bind else request.args
+            value = task.fn(*args, **self._accepted_kwargs(task, request.kwargs))
+            if task.is_async:
+                value = self.run_coroutine(value)
+            outcome = Outcome("SUCCESS", value=value)
+        except Retry as exc:
+            outcome = Outcome("RETRY", delay=exc.delay or 0.0, exception=exc.exc or exc)
+        except Reject as exc:
+            outcome = Outcome("DEAD", reason=f"rejected by the task: {exc.reason}")
+        except Exception as exc:  # noqa: BLE001 - a task's failure is data, not a crash
+            outcome = Outcome("FAILURE", error=error_info(exc), exception=exc)
+        finally:
+            _current.reset(token)
+        outcome.runtime = time.perf_counter() - started
+        return outcome
+
+    def run_coroutine(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run an ``async def`` task on this process's own event loop."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(coro)
+
+    def _accepted_kwargs(self, task: Task[Any, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        # A newer producer may send keyword arguments this (older) code does not take:
+        # drop them with a warning instead of failing every such task during a deploy.
+        if not kwargs:
+            return kwargs
+        accepts = self._accepts.get(task.name)
+        if accepts is None:
+            params = inspect.signature(task.fn).parameters.values()
+            any_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+            accepts = self._accepts[task.name] = (any_kw, frozenset(p.name for p in params))
+        if accepts[0]:
+            return kwargs
+        dropped = sorted(set(kwargs) - accepts[1])
+        if not dropped:
+            return kwargs
+        log.warning("task %s[%s]: dropped keyword argument(s) %s that this version of the "
+                    "task does not accept (sent by newer code?)", task.name,
+                    _current_id(), ", ".join(dropped))
+        return {k: v for k, v in kwargs.items() if k in accepts[1]}
+
+    # -- settling -----------------------------------------------------------------------
+
+    def settle(
+        self, job: Job, outcome: Outcome, fetch: FetchSpec | None = None
+    ) -> list[Delivery]:
+        """Tell the broker what happened (fenced); return deliveries fetched meanwhile."""
+        broker, conf = self.app.broker, self.app.conf
+        lease, more = job.delivery.lease, []
+        state = outcome.state
+        if state in FINAL:
+            result = encode_result(self._record(job, outcome)) if outcome.store_result else None
+            if fetch is not None:
+                committed, more = broker.complete_and_fetch(
+                    lease, result, conf.result_expires, fetch.queues, fetch.consumer,
+                    limit=fetch.limit, lease_seconds=fetch.lease_seconds,
+                )
+            else:
+                committed = broker.complete(lease, result, conf.result_expires)
+        elif state == "RETRY":
+            committed = self._retry(job, outcome)
+        elif state == "DEFERRED":
+            committed = broker.requeue(lease, delay=outcome.delay, count_delivery=False)
+        else:
+            committed = self._dead_letter(job, outcome)
+        self._log(job, outcome, committed)
+        self.app.middleware.after_settle(job, outcome, committed)
+        return more
+
+    def _record(self, job: Job, outcome: Outcome) -> ResultRecord:
+        message = job.message
+        error = outcome.error
+        if error is None and outcome.state in {"EXPIRED", "REVOKED"}:
+            error = ErrorInfo(type=f"celeriac.errors.Task{outcome.state.title()}",
+                              message=outcome.reason)
+        return ResultRecord(
+            state=outcome.state, task=message.task if message else "",
+            result=outcome.value if outcome.state == "SUCCESS" else None, error=error,
+            retries=message.retries if message else 0, date_done=time.time(),
+            worker=self.worker_id,
+        )
+
+    def _retry(self, job: Job, outcome: Outcome) -> bool:
+        message = job.message
+        assert message is not None
+        message.retries += 1
+        message.eta = time.time() + outcome.delay
+        body = outcome.body or encode_message(message)
+        committed = self.app.broker.requeue(job.delivery.lease, delay=outcome.delay, body=body)
+        if committed:
+            record = ResultRecord(state="RETRY", task=message.task, retries=message.retries,
+                                  error=error_info(outcome.exception) if outcome.exception
+                                  else None, worker=self.worker_id)
+            self.app.broker.store_result(message.id, encode_result(record),
+                                         self.app.conf.result_expires)
+        return committed
+
+    def _dead_letter(self, job: Job, outcome: Outcome) -> bool:
+        delivery = job.delivery
+        task_id, name = peek_identity(delivery.body)
+        name = job.message.task if job.message else (name or "?")
+        error = outcome.error.message if outcome.error else ""
+        letter = DeadLetter(
+            id=delivery.id, queue=delivery.queue, task=name, reason=outcome.reason,
+            body=delivery.body, deliveries=delivery.deliveries, error=error, dead_at=time.time(),
+        )
+        record = ResultRecord(
+            state="FAILURE", task=name, date_done=time.time(), worker=self.worker_id,
+            error=ErrorInfo(type="celeriac.errors.Reject",
+                            message=f"dead-lettered: {outcome.reason}"),
+        )
+        result = encode_result(record) if task_id == delivery.id or job.message else None
+        return self.app.broker.dead_letter(delivery.lease, letter, result)
+
+    def _log(self, job: Job, outcome: Outcome, committed: bool) -> None:
+        if not committed:
+            log.warning("task %s: lease lost before settling (%s); another worker owns it "
+                        "now, so this outcome was discarded", job.label, outcome.state)
+            return
+        runtime = f"{outcome.runtime:.4f}s"
+        state = outcome.state
+        if state == "SUCCESS":
+            log.info("task %s succeeded in %s", job.label, runtime)
+        elif state == "FAILURE":
+            error = outcome.error
+            log.error("task %s failed in %s: %s: %s", job.label, runtime,
+                      error.type if error else "?", error.message if error else "")
+        elif state == "RETRY":
+            log.info("task %s will retry in %.1fs (attempt %d)", job.label, outcome.delay,
+                     job.message.retries if job.message else 0)
+        elif state == "DEAD":
+            log.error("task %s dead-lettered: %s. See `celeriac dlq list`.", job.label,
+                      outcome.reason)
+        elif state != "DEFERRED":
+            log.info("task %s %s: %s", job.label, state.lower(), outcome.reason)
+
+    def process(self, delivery: Delivery) -> tuple[Job, Outcome]:
+        """Prepare, execute and settle one delivery (used by in-process runners)."""
+        job, outcome = self.prepare(delivery)
+        if outcome is None:
+            outcome = self.execute(job)
+        self.settle(job, outcome)
+        return job, outcome
+
+
+def _current_id() -> str:
+    request = _current.get()
+    return request.id if request else "?"

@@ -1,0 +1,244 @@
+"""The supervisor: the parent process of a worker.
+
+It starts N children (each a full consumer), then loops a few times a second:
+
+* reaps children that exited: the messages a dead child held go back to the queue at once
+  (the running one counted as a delivery, prefetched ones not); a fresh child replaces it;
+* kills a child whose task passed its hard time limit, records that task as FAILURE with
+  ``TimeLimitExceeded`` (so it is not redelivered in a loop) and replaces the child;
+* renews the leases of everything its children hold, every third of the lease;
+* heartbeats for the host, and runs the broker's deterministic reaper for dead hosts.
+
+Shutdown: the first SIGTERM/SIGINT is warm (children finish their running task and give
+back what they prefetched); a second is cold (children are killed and everything they
+held is given back at once). Either way nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from celeriac.brokers.base import Lease, WorkerInfo
+from celeriac.errors import BrokerError, ConfigurationError, TimeLimitExceeded
+from celeriac.message import ResultRecord, encode_result
+from celeriac.worker.child import ChildSpec, child_main
+from celeriac.worker.executor import error_info
+from celeriac.worker.slot import Held, Slot, SlotView
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+
+log = logging.getLogger("celeriac.worker")
+
+_TICK = 0.05  # seconds between supervisor checks
+
+
+@dataclass(slots=True)
+class _ChildState:
+    index: int
+    slot: Slot
+    pid: int = 0
+    started: float = 0.0
+    last_view: SlotView = field(default_factory=lambda: SlotView([], 0))
+    killed_for: Held | None = None  # the task whose hard limit we killed it for
+    crashes: int = 0
+
+
+class Worker:
+    """A supervisor and its children.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="sqlite:///:memory:doc.db")
+        >>> worker = Worker(app, queues=["default"], concurrency=2)
+        >>> worker.concurrency
+        2
+    """
+
+    def __init__(self, app: Celeriac, queues: list[str], concurrency: int) -> None:
+        if app.broker.in_process_only:
+            raise ConfigurationError(
+                f"broker {app.conf.broker_url} lives inside one process, so worker processes "
+                "cannot reach it. Use sqlite:///celeriac.db or redis://, or run queued tasks "
+                "in-process with celeriac.testing.run_queued()."
+            )
+        self.app = app
+        self.queues = tuple(queues)
+        self.concurrency = concurrency
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._children = [_ChildState(i, Slot()) for i in range(concurrency)]
+        self._stop_requests = 0
+        self._last_renew = self._last_beat = 0.0
+        self._started = time.time()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until a shutdown signal; return the process exit code."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        log.info("worker %s starting %d children on queues %s (broker %s)", self.id,
+                 self.concurrency, ", ".join(self.queues), self.app.conf.broker_url)
+        self._heartbeat()
+        for child in self._children:
+            self._spawn(child)
+        while self._stop_requests == 0:
+            self._tick()
+            time.sleep(_TICK)
+        self._shutdown()
+        return 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop_requests += 1
+        if self._stop_requests == 1:
+            log.info("worker %s: warm shutdown — running tasks finish, the rest go back to "
+                     "the queue. Send the signal again for a cold shutdown.", self.id)
+        else:
+            log.warning("worker %s: cold shutdown — killing children; their tasks go back to "
+                        "the queue and will run again", self.id)
+
+    def _spawn(self, child: _ChildState) -> None:
+        child.slot.clear()
+        child.last_view = SlotView([], 0)
+        child.killed_for = None
+        spec = ChildSpec(self.id, self.queues, child.index)
+        pid = os.fork()
+        if pid == 0:
+            child_main(self.app, spec, child.slot)
+        child.pid, child.started = pid, time.time()
+
+    def _tick(self) -> None:
+        now = time.time()
+        for child in self._children:
+            view = child.slot.read()
+            child.last_view = view
+            self._enforce_hard_limit(child, view, now)
+        self._reap_children()
+        try:
+            if now - self._last_renew >= self.app.conf.worker_lease_seconds / 3:
+                self._renew_leases()
+                self._last_renew = now
+            if now - self._last_beat >= self.app.conf.worker_heartbeat_seconds:
+                self._heartbeat()
+                self.app.broker.reap()
+                self._last_beat = now
+        except BrokerError as exc:
+            log.error("worker %s cannot reach the broker (%s); retrying", self.id, exc)
+
+    # -- children -----------------------------------------------------------------------
+
+    def _enforce_hard_limit(self, child: _ChildState, view: SlotView, now: float) -> None:
+        running = view.held[0] if view.held and view.held[0].started else None
+        if running and running.hard_deadline and now > running.hard_deadline and child.pid:
+            if child.killed_for is None:
+                log.error("task %s[%s] passed its hard time limit; killing child %d",
+                          running.task, running.id, child.pid)
+                child.killed_for = running
+                os.kill(child.pid, signal.SIGKILL)
+
+    def _reap_children(self) -> None:
+        for child in self._children:
+            if not child.pid:
+                continue
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+            if pid == 0:
+                continue
+            self._after_exit(child, os.waitstatus_to_exitcode(status))
+
+    def _after_exit(self, child: _ChildState, code: int) -> None:
+        pid, view = child.pid, child.last_view
+        child.pid = 0
+        if child.killed_for is not None:
+            self._fail_for_time_limit(child.killed_for)
+        for held in view.held:
+            if child.killed_for is not None and held.id == child.killed_for.id:
+                continue
+            # The running task counts as a delivery (a crash); prefetched ones do not.
+            lease = Lease(held.id, held.queue, held.token)
+            self._quietly(lambda lease=lease, started=held.started: self.app.broker.requeue(
+                lease, count_delivery=bool(started)))
+        if code != 0 and child.killed_for is None:
+            names = ", ".join(f"{h.task}[{h.id}]" for h in view.held if h.started) or "none"
+            log.error("worker child %d died (exit code %d) while running: %s; its messages "
+                      "were put back and a new child is starting", pid, code, names)
+            child.crashes = child.crashes + 1 if time.time() - child.started < 2 else 0
+        if self._stop_requests == 0:
+            if child.crashes > 3:
+                time.sleep(min(2 ** child.crashes / 10, 5))  # a crash loop: back off
+            self._spawn(child)
+
+    def _fail_for_time_limit(self, held: Held) -> None:
+        exc = TimeLimitExceeded(f"task {held.task}[{held.id}] ran past its hard time limit "
+                                f"({held.hard_deadline - held.started:g}s) and was killed")
+        record = ResultRecord(state="FAILURE", task=held.task, error=error_info(exc),
+                              date_done=time.time(), worker=self.id)
+        lease = Lease(held.id, held.queue, held.token)
+        self._quietly(lambda: self.app.broker.complete(
+            lease, encode_result(record), self.app.conf.result_expires))
+
+    def _renew_leases(self) -> None:
+        leases = [Lease(h.id, h.queue, h.token)
+                  for child in self._children for h in child.last_view.held]
+        if leases:
+            lost = self.app.broker.renew(leases, self.app.conf.worker_lease_seconds)
+            if lost:
+                log.warning("worker %s lost the lease of %s; another worker may run them",
+                            self.id, ", ".join(lost))
+
+    def _heartbeat(self) -> None:
+        conf = self.app.conf
+        info = WorkerInfo(
+            self.id, socket.gethostname(), os.getpid(), self.queues, self.concurrency,
+            self._started, extra={"children": [c.pid for c in self._children],
+                                  "active": [h.id for c in self._children
+                                             for h in c.last_view.held if h.started]},
+        )
+        self.app.broker.heartbeat(info, conf.worker_heartbeat_seconds * 5)
+
+    def _quietly(self, action: object) -> None:
+        try:
+            action()  # type: ignore[operator]
+        except BrokerError as exc:
+            log.error("worker %s could not settle a message (%s); its lease will expire and "
+                      "it will be delivered again", self.id, exc)
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        live = [c for c in self._children if c.pid]
+        for child in live:
+            _signal(child.pid, signal.SIGTERM)
+        while any(c.pid for c in self._children):
+            if self._stop_requests > 1:
+                for child in self._children:
+                    if child.pid:
+                        _signal(child.pid, signal.SIGKILL)
+            self._tick_shutdown()
+            time.sleep(_TICK)
+        self._quietly(lambda: self.app.broker.forget_worker(self.id))
+        log.info("worker %s stopped", self.id)
+
+    def _tick_shutdown(self) -> None:
+        for child in self._children:
+            view = child.slot.read()
+            if child.pid:
+                child.last_view = view
+        self._reap_children()
+        if time.time() - self._last_renew >= self.app.conf.worker_lease_seconds / 3:
+            self._quietly(self._renew_leases)
+            self._last_renew = time.time()
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
