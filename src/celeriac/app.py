@@ -64,6 +64,7 @@ class Celeriac:
         )
         self._broker: Broker | None = None
         self._broker_pid = 0
+        self._broker_url = ""
 
     def __repr__(self) -> str:
         return f"<Celeriac {self.name} broker={self.conf.broker_url}>"
@@ -73,14 +74,16 @@ class Celeriac:
     @property
     def broker(self) -> Broker:
         """The broker, connected on first use and anew in each forked process."""
-        if self._broker is None or self._broker_pid != os.getpid():
+        if (self._broker is None or self._broker_pid != os.getpid()
+                or self._broker_url != self.conf.broker_url):
             self._broker = broker_from_url(self.conf.broker_url)
-            self._broker_pid = os.getpid()
+            self._broker_pid, self._broker_url = os.getpid(), self.conf.broker_url
         return self._broker
 
     def use_broker(self, broker: Broker) -> None:
         """Use this broker object instead of one created from ``broker_url``."""
         self._broker, self._broker_pid = broker, os.getpid()
+        self._broker_url = self.conf.broker_url
 
     # -- tasks ----------------------------------------------------------------------------
 

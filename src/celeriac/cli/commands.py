@@ -1,0 +1,262 @@
+"""Commands that send, inspect and manage tasks: call, result, status, purge, dlq, check."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import sys
+from typing import Any
+
+import click
+from rich.table import Table
+
+from celeriac.cli.main import Context, cli, out, parse_json_option, print_json
+from celeriac.errors import ConfigurationError
+from celeriac.message import decode_result
+from celeriac.result import FINAL_STATES, AsyncResult
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--args", "args_json", metavar="JSON", help="Positional arguments: '[1, 2]'")
+@click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments: '{\"x\": 1}'")
+@click.option("-q", "--queue", default=None, help="Queue (default: the task's own).")
+@click.option("--countdown", type=click.FloatRange(0), default=None, help="Seconds to wait.")
+@click.option("--priority", type=click.IntRange(0, 9), default=None, help="0..9, 9 runs first.")
+@click.option("--id", "task_id", default=None, help="Task id (sending an id twice runs once).")
+@click.option("--wait", is_flag=True, help="Wait for the result and print it.")
+@click.option("--timeout", type=click.FloatRange(0), default=60.0, show_default=True,
+              help="Seconds --wait waits.")
+@click.pass_obj
+def call(obj: Context, name: str, args_json: str | None, kwargs_json: str | None,
+         queue: str | None, countdown: float | None, priority: int | None,
+         task_id: str | None, wait: bool, timeout: float) -> None:
+    """Send task NAME; print its id (or, with --wait, its result).
+
+    Example: celeriac call shop.tasks.send_welcome --args '[42]' --wait
+    """
+    args = parse_json_option("--args", args_json, list)
+    kwargs = parse_json_option("--kwargs", kwargs_json, dict)
+    options = {k: v for k, v in {"queue": queue, "countdown": countdown, "priority": priority,
+                                 "task_id": task_id}.items() if v is not None}
+    result = obj.app.send_task(name, args=args, kwargs=kwargs, **options)
+    if not wait:
+        click.echo(result.id)
+        return
+    value = result.get(timeout=timeout, propagate=False)
+    _show_result(result, value)
+
+
+def _show_result(result: AsyncResult[Any], value: Any) -> None:
+    stored = result.app.broker.get_result(result.id)
+    record = decode_result(stored[0]) if stored else None
+    if record is None or record.state == "SUCCESS":
+        print_json(value)
+        return
+    error = record.error
+    out.print(f"[bold red]{record.state}[/] task {record.task}[{result.id}]", markup=True)
+    if error is not None:
+        out.print(f"{error.type}: {error.message}")
+        if error.traceback:
+            out.print(error.traceback.rstrip(), style="dim", markup=False)
+    sys.exit(1)
+
+
+@cli.command()
+@click.argument("task_id")
+@click.option("--wait", is_flag=True, help="Wait until the task finishes.")
+@click.option("--timeout", type=click.FloatRange(0), default=60.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Show a task's state and result.
+
+    Example: celeriac result 1b4e28ba-2fa1-11d2-883f-0016d3cca427 --wait
+    """
+    handle = obj.app.AsyncResult(task_id)
+    if wait:
+        handle.get(timeout=timeout, propagate=False)
+    stored = obj.app.broker.get_result(task_id)
+    if stored is None:
+        if as_json:
+            print_json({"id": task_id, "state": "PENDING"})
+        else:
+            out.print(f"PENDING: no result stored for {task_id} (queued, unknown, or expired)")
+        return
+    record = decode_result(stored[0])
+    if as_json:
+        import msgspec
+
+        print_json({"id": task_id, **msgspec.structs.asdict(record),
+                    "error": msgspec.structs.asdict(record.error) if record.error else None})
+        return
+    table = Table(show_header=False, box=None)
+    table.add_row("task", f"{record.task}[{task_id}]")
+    table.add_row("state", record.state)
+    if record.state == "SUCCESS":
+        table.add_row("result", repr(record.result))
+    if record.meta:
+        table.add_row("progress", repr(record.meta))
+    if record.error:
+        table.add_row("error", f"{record.error.type}: {record.error.message}")
+    table.add_row("retries", str(record.retries))
+    table.add_row("finished", _when(record.date_done))
+    table.add_row("worker", record.worker or "-")
+    out.print(table)
+    if record.error and record.error.traceback:
+        out.print(record.error.traceback.rstrip(), style="dim", markup=False)
+    if record.state in FINAL_STATES - {"SUCCESS"}:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def status(obj: Context, as_json: bool) -> None:
+    """Each queue's ready, delayed, in-flight and dead counts, and the live workers."""
+    broker = obj.app.broker
+    stats, workers = broker.stats(), broker.workers()
+    if as_json:
+        print_json({
+            "broker": obj.app.conf.broker_url,
+            "queues": [_asdict(s) for s in stats],
+            "workers": [_asdict(w) for w in workers],
+        })
+        return
+    table = Table(title=f"queues on {obj.app.conf.broker_url}")
+    for column in ("queue", "ready", "delayed", "in flight", "dead"):
+        table.add_column(column, justify="left" if column == "queue" else "right")
+    for s in stats:
+        table.add_row(s.queue, str(s.ready), str(s.delayed), str(s.in_flight),
+                      f"[red]{s.dead}[/]" if s.dead else "0")
+    out.print(table if stats else "no queues yet: nothing has been sent to this broker")
+    wtable = Table(title="live workers")
+    for column in ("worker", "queues", "children", "running", "up since"):
+        wtable.add_column(column)
+    for w in workers:
+        active = w.extra.get("active", [])
+        wtable.add_row(w.id, ",".join(w.queues), str(w.concurrency),
+                       str(len(active) if isinstance(active, list) else 0), _when(w.started_at))
+    out.print(wtable if workers else "[yellow]no live workers[/]: queued tasks wait until "
+              "one starts (celeriac -A MODULE worker)")
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+@cli.command()
+@click.argument("queue")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def purge(obj: Context, queue: str, yes: bool) -> None:
+    """Delete every ready and delayed task of QUEUE (running ones are left alone)."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigurationError(f"refusing to purge queue {queue!r} without --yes")
+        click.confirm(f"Delete every waiting task in queue {queue!r}?", abort=True)
+    count = obj.app.broker.purge(queue)
+    click.echo(f"purged {count} task(s) from queue {queue}")
+
+
+@cli.group()
+def dlq() -> None:
+    """Dead letters: messages that will not run again unless replayed."""
+
+
+@dlq.command("list")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def dlq_list(obj: Context, limit: int, as_json: bool) -> None:
+    """The newest dead letters, with their reasons."""
+    letters = obj.app.broker.dead_letters(limit)
+    if as_json:
+        print_json([{**_asdict(x), "body": x.body.decode("utf-8", "replace")} for x in letters])
+        return
+    if not letters:
+        out.print("the dead-letter queue is empty")
+        return
+    table = Table(title=f"dead letters (newest {len(letters)})")
+    for column in ("id", "task", "queue", "deliveries", "dead at", "reason"):
+        table.add_column(column, overflow="fold")
+    for x in letters:
+        table.add_row(x.id, x.task, x.queue, str(x.deliveries), _when(x.dead_at), x.reason)
+    out.print(table)
+
+
+@dlq.command("show")
+@click.argument("task_id")
+@click.pass_obj
+def dlq_show(obj: Context, task_id: str) -> None:
+    """One dead letter in full, raw bytes included."""
+    matches = [x for x in obj.app.broker.dead_letters(100_000) if x.id == task_id]
+    if not matches:
+        raise ConfigurationError(f"no dead letter with id {task_id} (see celeriac dlq list)")
+    print_json({**_asdict(matches[0]), "body": matches[0].body.decode("utf-8", "replace")})
+
+
+@dlq.command("replay")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
+@click.option("--task", "task_name", default=None, help="Replay those of one task name.")
+@click.pass_obj
+def dlq_replay(obj: Context, ids: tuple[str, ...], replay_all: bool,
+               task_name: str | None) -> None:
+    """Send dead letters back to their queues: IDS, --task NAME, or --all."""
+    if not ids and not replay_all and not task_name:
+        raise click.UsageError("say which: one or more IDS, --task NAME, or --all")
+    count = obj.app.broker.replay_dead_letters(list(ids) or None, task_name)
+    click.echo(f"replayed {count} dead letter(s)")
+
+
+@dlq.command("purge")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def dlq_purge(obj: Context, yes: bool) -> None:
+    """Delete every dead letter."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigurationError("refusing to purge dead letters without --yes")
+        click.confirm("Delete every dead letter?", abort=True)
+    click.echo(f"deleted {obj.app.broker.purge_dead_letters()} dead letter(s)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def check(obj: Context, as_json: bool) -> None:
+    """List tasks and the limits they run under: own, app default, or opted out."""
+    if obj.app_path is None:
+        raise ConfigurationError("check needs your tasks: celeriac -A MODULE check")
+    conf = obj.app.conf
+    rows = []
+    for name, task in sorted(obj.app.tasks.items()):
+        opts = task.options
+        row = {"task": name}
+        for label, own, default in (("soft_time_limit", opts.soft_time_limit,
+                                     conf.task_soft_time_limit),
+                                    ("time_limit", opts.time_limit, conf.task_time_limit),
+                                    ("expires", opts.expires, conf.task_expires)):
+            row[label] = ("UNBOUNDED (opted out)" if own == math.inf else
+                          f"{own:g}s" if own is not None else f"{default:g}s (app default)")
+        rows.append(row)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} task(s) in app {obj.app.name}")
+    for column in ("task", "soft_time_limit", "time_limit", "expires"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(row[c] for c in ("task", "soft_time_limit", "time_limit", "expires")))
+    out.print(table)
+    relying = sum("default" in v or "UNBOUNDED" in v for r in rows for v in r.values())
+    if relying:
+        out.print(f"{relying} limit(s) rely on app defaults or are opted out; set them on "
+                  "the task where the default does not fit.")

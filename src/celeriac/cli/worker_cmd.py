@@ -1,0 +1,53 @@
+"""``celeriac worker``: start a supervisor and its child processes."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from celeriac.cli.main import Context, cli, setup_logging
+from celeriac.errors import ConfigurationError
+
+
+@cli.command()
+@click.option("-c", "--concurrency", type=click.IntRange(1, 512), default=None,
+              help="Child processes (default: worker_concurrency, the number of CPUs).")
+@click.option("-Q", "--queues", default=None, metavar="Q1,Q2",
+              help="Queues to consume, comma-separated (default: task_default_queue).")
+@click.option("-l", "--loglevel", default=None,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              help="Log level (default: worker_log_level).")
+@click.option("--max-tasks-per-child", type=click.IntRange(1), default=None,
+              help="Recycle a child after this many tasks.")
+@click.option("--max-memory-per-child", type=click.IntRange(1), default=None, metavar="MIB",
+              help="Recycle a child once its RSS passes this many MiB.")
+@click.pass_obj
+def worker(
+    obj: Context,
+    concurrency: int | None,
+    queues: str | None,
+    loglevel: str | None,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+) -> None:
+    """Consume tasks until SIGTERM/Ctrl-C (twice: cold shutdown; nothing is lost).
+
+    Example: celeriac -A shop.tasks worker -c 2 -Q emails,default
+    """
+    if obj.app_path is None:
+        raise ConfigurationError("the worker needs your tasks: pass -A MODULE, e.g. "
+                                 "celeriac -A shop.tasks worker")
+    app = obj.app
+    conf = app.conf
+    setup_logging(loglevel or conf.worker_log_level)
+    if max_tasks_per_child:
+        conf.worker_max_tasks_per_child = max_tasks_per_child
+    if max_memory_per_child:
+        conf.worker_max_memory_per_child = max_memory_per_child
+    names = [q.strip() for q in (queues or conf.task_default_queue).split(",") if q.strip()]
+    if not names:
+        raise click.BadParameter("give at least one queue name", param_hint="-Q")
+    from celeriac.worker import Worker
+
+    sys.exit(Worker(app, names, concurrency or conf.worker_concurrency).run())

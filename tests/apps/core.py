@@ -1,0 +1,87 @@
+"""Tasks the worker tests run in real worker processes.
+
+Each execution appends a line to the ledger file named by $CELERIAC_TEST_LEDGER — outside
+the broker under test — so tests can count executions exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from celeriac import Celeriac, Task
+
+app = Celeriac("core-tests")
+
+
+def record(phase: str, task_id: str, extra: Any = "") -> None:
+    """Append one ledger line: phase, task id, pid, time, extra."""
+    path = os.environ.get("CELERIAC_TEST_LEDGER")
+    if not path:
+        return
+    line = f"{phase} {task_id} {os.getpid()} {time.time():.6f} {extra}\n".encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)  # one write with O_APPEND: lines from many processes never mix
+    finally:
+        os.close(fd)
+
+
+@app.bound_task()
+def add(self: Task[Any, Any], x: int, y: int) -> int:
+    record("run", self.request.id)
+    return x + y
+
+
+@app.bound_task()
+def work(self: Task[Any, Any], seconds: float, label: str = "") -> str:
+    record("start", self.request.id, label)
+    time.sleep(seconds)
+    record("end", self.request.id, label)
+    return label
+
+
+@app.bound_task()
+def slow_first_time(self: Task[Any, Any], seconds: float) -> int:
+    record("start", self.request.id, self.request.delivery_count)
+    if self.request.delivery_count == 1:
+        time.sleep(seconds)
+    return self.request.delivery_count
+
+
+@app.bound_task(soft_time_limit=0.5, time_limit=5)
+def cleans_up_after_soft_limit(self: Task[Any, Any]) -> str:
+    try:
+        time.sleep(3)
+    except Exception as exc:
+        record("cleanup", self.request.id, type(exc).__name__)
+        return "cleaned up"
+    return "not interrupted"
+
+
+@app.task(soft_time_limit=10, time_limit=1)
+def stuck() -> None:
+    time.sleep(30)
+
+
+@app.task
+def crash() -> None:
+    os._exit(3)  # like a segfault: the process vanishes mid-task
+
+
+@app.task
+async def async_double(x: int) -> int:
+    await asyncio.sleep(0.01)
+    return 2 * x
+
+
+@app.task
+def echo_kwargs(a: int, b: int = 0) -> list[int]:
+    return [a, b]
+
+
+@app.task
+def fail(message: str) -> None:
+    raise ValueError(message)

@@ -1,0 +1,128 @@
+"""Shared fixtures: brokers in temporary folders, and real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+from celeriac import Celeriac
+from tests.apps import core
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Ledger:
+    """Reads the execution ledger the test tasks append to."""
+
+    path: Path
+
+    def lines(self) -> list[list[str]]:
+        if not self.path.exists():
+            return []
+        return [line.split(" ", 4) for line in self.path.read_text().splitlines()]
+
+    def count(self, phase: str) -> Counter[str]:
+        return Counter(parts[1] for parts in self.lines() if parts[0] == phase)
+
+
+@dataclass
+class WorkerProcesses:
+    """Starts `celeriac worker` processes and stops every one by PID at teardown."""
+
+    broker_url: str
+    ledger: Ledger
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    def start(self, *args: str, app: str = "tests.apps.core", wait: bool = True,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = self.ledger.path.with_name(f"worker-{len(self.started)}.log")
+        environ = {**os.environ, "CELERIAC_BROKER_URL": self.broker_url,
+                   "CELERIAC_TEST_LEDGER": str(self.ledger.path),
+                   "PYTHONPATH": str(ROOT), **(env or {})}
+        with log.open("wb") as output:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "celeriac", "-A", app, "worker", "-l", "info", *args],
+                cwd=ROOT, env=environ, stdout=output, stderr=subprocess.STDOUT,
+            )
+        self.started.append(proc)
+        self.logs.append(log)
+        if wait:
+            self.wait_ready(proc)
+        return proc
+
+    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        app = Celeriac("probe", broker=self.broker_url)
+        while not any(w.pid == proc.pid for w in app.broker.workers()):
+            if proc.poll() is not None:
+                raise AssertionError(f"worker exited at start-up:\n{self.log_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker not ready in {timeout}s:\n{self.log_text()}")
+            time.sleep(0.02)
+
+    def children(self, proc: subprocess.Popen[bytes]) -> list[int]:
+        return [c.pid for c in psutil.Process(proc.pid).children()]
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout=timeout)
+
+    def log_text(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in self.logs
+                         if p.exists())
+
+    def kill_all(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                for pid in self.children(proc):
+                    _kill(pid)
+                _kill(proc.pid)
+                proc.wait(timeout=10)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A broker URL for a fresh SQLite file in this test's folder."""
+    return f"sqlite:///{tmp_path}/broker.db"
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    """The execution ledger of this test."""
+    return Ledger(tmp_path / "ledger.txt")
+
+
+@pytest.fixture
+def core_app(sqlite_url: str, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> Celeriac:
+    """tests.apps.core's app, pointed at this test's SQLite broker and ledger."""
+    monkeypatch.setenv("CELERIAC_TEST_LEDGER", str(ledger.path))
+    monkeypatch.setattr(core.app.conf, "broker_url", sqlite_url)
+    return core.app
+
+
+@pytest.fixture
+def workers(sqlite_url: str, ledger: Ledger, core_app: Celeriac) -> Iterator[WorkerProcesses]:
+    """Start real worker processes; all are killed by PID when the test ends."""
+    procs = WorkerProcesses(sqlite_url, ledger)
+    yield procs
+    procs.kill_all()

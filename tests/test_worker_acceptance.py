@@ -1,0 +1,157 @@
+"""Issue 2's acceptance: real worker processes on the SQLite broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from celeriac import Celeriac
+from celeriac.testing import wait_for
+from tests.apps import core
+from tests.conftest import ROOT, Ledger, WorkerProcesses
+
+pytestmark = pytest.mark.slow
+
+_PRODUCER = """
+import sys
+from tests.apps.core import add
+start, stop = int(sys.argv[1]), int(sys.argv[2])
+for i in range(start, stop):
+    add.apply_async((i, i), task_id=f"t-{i}")
+"""
+
+
+def test_1000_tasks_from_two_producers_run_exactly_once(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, sqlite_url: str
+) -> None:
+    workers.start("-c", "2")
+    env = {**os.environ, "CELERIAC_BROKER_URL": sqlite_url, "PYTHONPATH": str(ROOT)}
+    producers = [
+        subprocess.Popen([sys.executable, "-c", _PRODUCER, str(lo), str(lo + 500)], env=env,
+                         cwd=ROOT)
+        for lo in (0, 500)
+    ]
+    assert [p.wait(timeout=60) for p in producers] == [0, 0]
+    for i in range(1000):
+        assert core_app.AsyncResult(f"t-{i}").get(timeout=60) == 2 * i
+    runs = ledger.count("run")
+    assert len(runs) == 1000
+    assert set(runs.values()) == {1}, "some task ran more than once"
+
+
+def test_child_killed_mid_task_runs_it_again(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    proc = workers.start("-c", "1")
+    result = core.slow_first_time.delay(30)
+    assert wait_for(lambda: ledger.count("start")[result.id] == 1, timeout=20)
+    (child_pid,) = workers.children(proc)
+    os.kill(child_pid, signal.SIGKILL)
+    assert result.get(timeout=20) == 2  # the second delivery ran it to SUCCESS
+    assert result.state == "SUCCESS"
+    assert ledger.count("start")[result.id] == 2
+
+
+def test_sigterm_with_200_queued_loses_nothing_and_runs_nothing_twice(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    results = [core.work.delay(0.02, str(i)) for i in range(200)]
+    proc = workers.start("-c", "2")
+    assert wait_for(lambda: len(ledger.count("end")) >= 20, timeout=30)
+    assert workers.stop(proc) == 0
+    finished = len(ledger.count("end"))
+    assert finished < 200, "the worker should have stopped before draining the queue"
+    assert ledger.count("start") == ledger.count("end"), "a running task was cut short"
+    workers.start("-c", "2")
+    for r in results:
+        assert r.get(timeout=60) == r.get(timeout=0) and r.state == "SUCCESS"
+    starts = ledger.count("start")
+    assert len(starts) == 200
+    assert set(starts.values()) == {1}
+
+
+def test_high_priority_overtakes_a_backlog(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    workers.start("-c", "1")
+    blocker = core.work.delay(1.0, "blocker")
+    assert wait_for(lambda: ledger.count("start")[blocker.id] == 1, timeout=20)
+    low = [core.work.apply_async((0, f"low-{i}"), priority=0) for i in range(50)]
+    high = [core.work.apply_async((0, f"high-{i}"), priority=9) for i in range(50)]
+    for r in low + high:
+        r.get(timeout=60)
+    order = [parts[4] for parts in ledger.lines() if parts[0] == "start"]
+    after_blocker = order[order.index("blocker") + 1 :]
+    assert all(label.startswith("high") for label in after_blocker[:50]), after_blocker[:55]
+    assert all(label.startswith("low") for label in after_blocker[50:])
+
+
+def test_countdown_task_starts_after_its_countdown(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    workers.start("-c", "1")
+    sent = time.time()
+    result = core.work.apply_async((0, "later"), countdown=2)
+    result.get(timeout=20)
+    (start_line,) = [p for p in ledger.lines() if p[0] == "start"]
+    started = float(start_line[3])
+    assert started - sent >= 2.0
+    assert started - sent <= 3.0
+
+
+def test_soft_time_limit_lets_the_task_clean_up(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    workers.start("-c", "1")
+    result = core.cleans_up_after_soft_limit.delay()
+    assert result.get(timeout=20) == "cleaned up"
+    assert [p[4] for p in ledger.lines() if p[0] == "cleanup"] == ["SoftTimeLimitExceeded"]
+
+
+def test_hard_time_limit_kills_a_stuck_task_and_the_worker_carries_on(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    workers.start("-c", "1")
+    stuck = core.stuck.delay()
+    with pytest.raises(Exception, match="hard time limit") as info:
+        stuck.get(timeout=20)
+    assert type(info.value).__name__ == "TimeLimitExceeded"
+    assert core.add.delay(2, 3).get(timeout=20) == 5  # a fresh child serves the next task
+    time.sleep(0.5)
+    assert stuck.state == "FAILURE"  # not redelivered in a loop
+
+
+def test_a_crashing_task_is_dead_lettered_after_max_deliveries(
+    core_app: Celeriac, workers: WorkerProcesses
+) -> None:
+    core_app.conf.task_max_deliveries = 2
+    workers.start("-c", "1", env={"CELERIAC_TASK_MAX_DELIVERIES": "2"})
+    poison = core.crash.delay()
+    with pytest.raises(Exception, match="dead-lettered"):
+        poison.get(timeout=30)
+    (letter,) = core_app.broker.dead_letters()
+    assert letter.id == poison.id and letter.deliveries == 3
+    assert core.add.delay(1, 1).get(timeout=20) == 2
+
+
+def test_malformed_and_unknown_messages_do_not_stop_the_worker(
+    core_app: Celeriac, workers: WorkerProcesses
+) -> None:
+    from celeriac.brokers.base import Outgoing
+
+    workers.start("-c", "1")
+    core_app.broker.send([Outgoing("bad-1", "default", b'{"id": "bad-1", "task": '),
+                          Outgoing("bad-2", "default", b"\x00\xff binary")])
+    unknown = core_app.send_task("tests.apps.core.not_deployed_yet", args=(1,))
+    assert core.add.delay(2, 2).get(timeout=20) == 4
+    assert wait_for(lambda: len(core_app.broker.dead_letters()) == 2, timeout=10)
+    reasons = {x.id: x.reason for x in core_app.broker.dead_letters()}
+    assert all("malformed" in reason for reason in reasons.values())
+    assert unknown.state == "PENDING"  # put back for a worker that knows it, never lost
+    (stats,) = core_app.broker.stats()
+    assert stats.delayed + stats.ready + stats.in_flight == 1
