@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -45,16 +46,28 @@ class WorkerProcesses:
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
 
-    def start(self, *args: str, app: str = "tests.apps.core", wait: bool = True,
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        *args: str,
+        app: str = "tests.apps.core",
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         log = self.ledger.path.with_name(f"worker-{len(self.started)}.log")
-        environ = {**os.environ, "CELERIAC_BROKER_URL": self.broker_url,
-                   "CELERIAC_TEST_LEDGER": str(self.ledger.path),
-                   "PYTHONPATH": str(ROOT), **(env or {})}
+        environ = {
+            **os.environ,
+            "CELERIAC_BROKER_URL": self.broker_url,
+            "CELERIAC_TEST_LEDGER": str(self.ledger.path),
+            "PYTHONPATH": str(ROOT),
+            **(env or {}),
+        }
         with log.open("wb") as output:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "celeriac", "-A", app, "worker", "-l", "info", *args],
-                cwd=ROOT, env=environ, stdout=output, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=environ,
+                stdout=output,
+                stderr=subprocess.STDOUT,
             )
         self.started.append(proc)
         self.logs.append(log)
@@ -81,8 +94,7 @@ class WorkerProcesses:
         return proc.wait(timeout=timeout)
 
     def log_text(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in self.logs
-                         if p.exists())
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in self.logs if p.exists())
 
     def kill_all(self) -> None:
         for proc in self.started:
@@ -94,10 +106,8 @@ class WorkerProcesses:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture

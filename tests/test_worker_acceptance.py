@@ -32,8 +32,9 @@ def test_1000_tasks_from_two_producers_run_exactly_once(
     workers.start("-c", "2")
     env = {**os.environ, "CELERIAC_BROKER_URL": sqlite_url, "PYTHONPATH": str(ROOT)}
     producers = [
-        subprocess.Popen([sys.executable, "-c", _PRODUCER, str(lo), str(lo + 500)], env=env,
-                         cwd=ROOT)
+        subprocess.Popen(
+            [sys.executable, "-c", _PRODUCER, str(lo), str(lo + 500)], env=env, cwd=ROOT
+        )
         for lo in (0, 500)
     ]
     assert [p.wait(timeout=60) for p in producers] == [0, 0]
@@ -145,8 +146,12 @@ def test_malformed_and_unknown_messages_do_not_stop_the_worker(
     from celeriac.brokers.base import Outgoing
 
     workers.start("-c", "1")
-    core_app.broker.send([Outgoing("bad-1", "default", b'{"id": "bad-1", "task": '),
-                          Outgoing("bad-2", "default", b"\x00\xff binary")])
+    core_app.broker.send(
+        [
+            Outgoing("bad-1", "default", b'{"id": "bad-1", "task": '),
+            Outgoing("bad-2", "default", b"\x00\xff binary"),
+        ]
+    )
     unknown = core_app.send_task("tests.apps.core.not_deployed_yet", args=(1,))
     assert core.add.delay(2, 2).get(timeout=20) == 4
     assert wait_for(lambda: len(core_app.broker.dead_letters()) == 2, timeout=10)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from celeriac.brokers import broker_from_url
 from celeriac.brokers.base import Broker, Outgoing
@@ -22,9 +22,27 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _CORE_OPTIONS = frozenset(
-    {"name", "queue", "priority", "soft_time_limit", "time_limit", "expires",
-     "max_deliveries", "ignore_result", "bind"}
+    {
+        "name",
+        "queue",
+        "priority",
+        "soft_time_limit",
+        "time_limit",
+        "expires",
+        "max_deliveries",
+        "ignore_result",
+        "bind",
+    }
 )
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` returns: turns a sync or async function into a Task."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
 
 class Celeriac:
@@ -74,8 +92,11 @@ class Celeriac:
     @property
     def broker(self) -> Broker:
         """The broker, connected on first use and anew in each forked process."""
-        if (self._broker is None or self._broker_pid != os.getpid()
-                or self._broker_url != self.conf.broker_url):
+        if (
+            self._broker is None
+            or self._broker_pid != os.getpid()
+            or self._broker_url != self.conf.broker_url
+        ):
             self._broker = broker_from_url(self.conf.broker_url)
             self._broker_pid, self._broker_url = os.getpid(), self.conf.broker_url
         return self._broker
@@ -92,11 +113,9 @@ class Celeriac:
     @overload
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
     @overload
-    def task(
-        self, *, bind: bool = False, **options: Any
-    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    def task(self, **options: Any) -> TaskDecorator: ...
 
-    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    def task(self, *fn: Callable[..., Any], **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(queue=..., ...)``.
 
         Options: ``name``, ``queue``, ``priority``, ``soft_time_limit``, ``time_limit``,
@@ -107,13 +126,13 @@ class Celeriac:
         Raises:
             ConfigurationError: an option no middleware understands.
         """
-        if fn is not None:
-            return self._register(fn, options)
+        if fn:
+            return self._register(fn[0], options)
         return lambda f: self._register(f, options)
 
     def bound_task(
         self, **options: Any
-    ) -> Callable[[Callable[Concatenate[Task[P, R], P], R]], Task[P, R]]:
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]:
         """Like ``@app.task(bind=True)``, typed so that ``self`` is not a parameter."""
         return lambda f: self._register(f, {**options, "bind": True})
 
@@ -128,8 +147,9 @@ class Celeriac:
         core = {k: options[k] for k in _CORE_OPTIONS - {"name", "bind"} if k in options}
         extra = {k: v for k, v in options.items() if k not in _CORE_OPTIONS}
         name = options.get("name") or task_name_for(fn)
-        task: Task[Any, Any] = Task(self, fn, name, TaskOptions(**core, extra=extra),
-                                    bind=bool(options.get("bind")))
+        task: Task[Any, Any] = Task(
+            self, fn, name, TaskOptions(**core, extra=extra), bind=bool(options.get("bind"))
+        )
         self.tasks[name] = task
         return task
 
@@ -187,7 +207,10 @@ class Celeriac:
         log.warning(
             "task %s[%s]: message is %s bytes (warn at %s); the largest argument is %s. "
             "Big messages cost broker memory and throughput: pass an id instead.",
-            message.task, message.id, f"{size:,}", f"{self.conf.task_payload_warn_bytes:,}",
+            message.task,
+            message.id,
+            f"{size:,}",
+            f"{self.conf.task_payload_warn_bytes:,}",
             largest,
         )
 
@@ -226,8 +249,9 @@ def _unknown_task(*args: Any, **kwargs: Any) -> Any:
 def _largest_argument(message: Message) -> str:
     from celeriac.message import _encoder
 
-    sizes = [(len(_encoder.encode(v)), f"positional argument {i}")
-             for i, v in enumerate(message.args)]
+    sizes = [
+        (len(_encoder.encode(v)), f"positional argument {i}") for i, v in enumerate(message.args)
+    ]
     sizes += [(len(_encoder.encode(v)), f"argument {k!r}") for k, v in message.kwargs.items()]
     if not sizes:
         return "none (headers or options are large)"

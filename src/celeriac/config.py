@@ -98,9 +98,9 @@ def _unknown(name: str) -> str:
 
 def _coerce(name: str, hint: Any, value: Any) -> Any:
     kinds = [k for k in get_args(hint) if k is not type(None)] if _is_optional(hint) else [hint]
-    if value is None or (isinstance(value, str) and value.lower() in {"none", ""}):
-        if len(kinds) != 1 or _is_optional(hint):
-            return None
+    empty = value is None or (isinstance(value, str) and value.lower() in {"none", ""})
+    if empty and _is_optional(hint):
+        return None
     kind = kinds[0]
     try:
         if kind is bool and isinstance(value, str):
@@ -113,9 +113,7 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
             raise ValueError(value)
         return kind(value)
     except (TypeError, ValueError) as exc:
-        raise ConfigurationError(
-            f"setting {name} must be {kind.__name__}, got {value!r}"
-        ) from exc
+        raise ConfigurationError(f"setting {name} must be {kind.__name__}, got {value!r}") from exc
 
 
 def _is_optional(hint: Any) -> bool:

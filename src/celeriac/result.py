@@ -138,8 +138,10 @@ def _rebuild(record: ResultRecord, task_id: str) -> BaseException:
     exc: BaseException
     cls = _loaded_exception_type(error.type)
     try:
-        exc = cls(error.message) if cls is not None else TaskFailed(
-            f"{error.type}: {error.message}", error.type, error.traceback
+        exc = (
+            cls(error.message)
+            if cls is not None
+            else TaskFailed(f"{error.type}: {error.message}", error.type, error.traceback)
         )
     except Exception:  # noqa: BLE001 - a type whose __init__ wants other arguments
         exc = TaskFailed(f"{error.type}: {error.message}", error.type, error.traceback)

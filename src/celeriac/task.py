@@ -152,7 +152,7 @@ class Task(Generic[P, R]):
             PayloadTooLarge: the message is over ``task_payload_max_bytes``.
         """
         message = self.message(args, kwargs, **options)
-        return self.app.publish(message)  # type: ignore[return-value]
+        return self.app.publish(message)
 
     async def aapply_async(
         self,
@@ -162,7 +162,7 @@ class Task(Generic[P, R]):
     ) -> AsyncResult[R]:
         """Async face of :meth:`apply_async`."""
         message = self.message(args, kwargs, **options)
-        return await self.app.apublish(message)  # type: ignore[return-value]
+        return await self.app.apublish(message)
 
     def message(
         self,
@@ -183,15 +183,21 @@ class Task(Generic[P, R]):
         """Build the message ``apply_async`` would send, without sending it."""
         conf, opts = self.app.conf, self.options
         now = time.time()
-        due = _absolute(countdown, now) if countdown is not None else (
-            eta if isinstance(eta, float | int) else _absolute(eta, 0.0)
+        due = (
+            _absolute(countdown, now)
+            if countdown is not None
+            else (eta if isinstance(eta, float | int) else _absolute(eta, 0.0))
         )
-        ttl = expires if expires is not None else (
-            opts.expires if opts.expires is not None else conf.task_expires
+        ttl = (
+            expires
+            if expires is not None
+            else (opts.expires if opts.expires is not None else conf.task_expires)
         )
         expires_at = None if ttl == UNBOUNDED else _absolute(ttl, due or now)
-        level = priority if priority is not None else (
-            opts.priority if opts.priority is not None else conf.task_default_priority
+        level = (
+            priority
+            if priority is not None
+            else (opts.priority if opts.priority is not None else conf.task_default_priority)
         )
         if not 0 <= level <= 9:
             raise ValueError(f"priority {level} for task {self.name} is outside 0..9")
@@ -223,9 +229,15 @@ class Task(Generic[P, R]):
         from celeriac.message import ResultRecord, encode_result
 
         request = self.request
-        record = ResultRecord(state=state, task=self.name, meta=meta or {},
-                              retries=request.retries, worker=request.worker)
-        self.app.broker.store_result(request.id, encode_result(record), self.app.conf.result_expires)
+        record = ResultRecord(
+            state=state,
+            task=self.name,
+            meta=meta or {},
+            retries=request.retries,
+            worker=request.worker,
+        )
+        conf = self.app.conf
+        self.app.broker.store_result(request.id, encode_result(record), conf.result_expires)
 
     def progress(self, done: int, total: int) -> None:
         """Report progress: ``self.progress(3, 10)`` stores meta ``{"done": 3, "total": 10}``."""

@@ -55,7 +55,7 @@ def slow_first_time(self: Task[Any, Any], seconds: float) -> int:
 def cleans_up_after_soft_limit(self: Task[Any, Any]) -> str:
     try:
         time.sleep(3)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the point: the task sees the soft limit
         record("cleanup", self.request.id, type(exc).__name__)
         return "cleaned up"
     return "not interrupted"

@@ -227,8 +227,9 @@ class SQLiteBroker(Broker):
     def _wait_for_change(self, deadline: float) -> None:
         # Wake on any commit by another process, on the next delayed message coming due,
         # or after a short while anyway (a delayed message may have been added meanwhile).
-        rows = self._read("SELECT MIN(due) FROM messages WHERE token IS NULL AND due > ?",
-                          (time.time(),))
+        rows = self._read(
+            "SELECT MIN(due) FROM messages WHERE token IS NULL AND due > ?", (time.time(),)
+        )
         next_due = rows[0][0]
         until = min(deadline, time.monotonic() + 0.25)
         if next_due is not None:
@@ -283,8 +284,9 @@ class SQLiteBroker(Broker):
     def _complete(
         self, db: sqlite3.Connection, lease: Lease, result: bytes | None, result_ttl: float
     ) -> bool:
-        cursor = db.execute("DELETE FROM messages WHERE id = ? AND token = ?",
-                            (lease.id, lease.token))
+        cursor = db.execute(
+            "DELETE FROM messages WHERE id = ? AND token = ?", (lease.id, lease.token)
+        )
         if cursor.rowcount != 1:
             return False
         if result is not None:
@@ -320,14 +322,19 @@ class SQLiteBroker(Broker):
         count_delivery: bool = True,
     ) -> bool:
         """Put a held message back, due after ``delay`` seconds (fenced)."""
-        deliveries = "0" if body is not None else (
-            "deliveries" if count_delivery else "MAX(deliveries - 1, 0)"
+        deliveries = (
+            "0"
+            if body is not None
+            else ("deliveries" if count_delivery else "MAX(deliveries - 1, 0)")
         )
         with self._transaction() as db:
+            sql = (  # deliveries is one of three fixed fragments above, never input
+                "UPDATE messages SET token = NULL, holder = NULL, lease_deadline = NULL, "  # noqa: S608
+                f"due = ?, seq = ?, body = COALESCE(?, body), deliveries = {deliveries} "
+                "WHERE id = ? AND token = ?"
+            )
             cursor = db.execute(
-                "UPDATE messages SET token = NULL, holder = NULL, lease_deadline = NULL, "
-                f"due = ?, seq = ?, body = COALESCE(?, body), deliveries = {deliveries} "  # noqa: S608 - fixed fragments
-                "WHERE id = ? AND token = ?",
+                sql,
                 (time.time() + delay, time.time_ns(), body, lease.id, lease.token),
             )
             return cursor.rowcount == 1
@@ -335,14 +342,23 @@ class SQLiteBroker(Broker):
     def dead_letter(self, lease: Lease, letter: DeadLetter, result: bytes | None) -> bool:
         """Move a held message to the dead-letter store (fenced)."""
         with self._transaction() as db:
-            cursor = db.execute("DELETE FROM messages WHERE id = ? AND token = ?",
-                                (lease.id, lease.token))
+            cursor = db.execute(
+                "DELETE FROM messages WHERE id = ? AND token = ?", (lease.id, lease.token)
+            )
             if cursor.rowcount != 1:
                 return False
             db.execute(
                 "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (letter.id, letter.queue, letter.task, letter.reason, letter.body,
-                 letter.deliveries, letter.error, letter.dead_at),
+                (
+                    letter.id,
+                    letter.queue,
+                    letter.task,
+                    letter.reason,
+                    letter.body,
+                    letter.deliveries,
+                    letter.error,
+                    letter.dead_at,
+                ),
             )
             if result is not None:
                 db.execute(
@@ -374,8 +390,9 @@ class SQLiteBroker(Broker):
         now = time.time()
         info = msgspec.json.encode(msgspec.structs.asdict(_WorkerRow.from_info(worker, now)))
         with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO workers VALUES (?, ?, ?)",
-                       (worker.id, info, now + ttl))
+            db.execute(
+                "INSERT OR REPLACE INTO workers VALUES (?, ?, ?)", (worker.id, info, now + ttl)
+            )
 
     def forget_worker(self, worker_id: str) -> None:
         """Drop a worker that stopped cleanly."""
@@ -473,8 +490,9 @@ class SQLiteBroker(Broker):
         now = time.time()
         with self._transaction() as db:
             rows = db.execute("SELECT id, queue, task, body FROM dead_letters").fetchall()
-            chosen = [r for r in rows if (ids is None or r[0] in ids)
-                      and (task is None or r[2] == task)]
+            chosen = [
+                r for r in rows if (ids is None or r[0] in ids) and (task is None or r[2] == task)
+            ]
             for index, (task_id, queue, _, body) in enumerate(chosen):
                 db.execute("DELETE FROM dead_letters WHERE id = ?", (task_id,))
                 db.execute("DELETE FROM results WHERE id = ?", (task_id,))
@@ -503,9 +521,25 @@ class _WorkerRow(msgspec.Struct):
 
     @classmethod
     def from_info(cls, info: WorkerInfo, now: float) -> _WorkerRow:
-        return cls(info.id, info.host, info.pid, list(info.queues), info.concurrency,
-                   info.started_at, now, dict(info.extra))
+        return cls(
+            info.id,
+            info.host,
+            info.pid,
+            list(info.queues),
+            info.concurrency,
+            info.started_at,
+            now,
+            dict(info.extra),
+        )
 
     def to_info(self) -> WorkerInfo:
-        return WorkerInfo(self.id, self.host, self.pid, tuple(self.queues), self.concurrency,
-                          self.started_at, self.heartbeat_at, self.extra)
+        return WorkerInfo(
+            self.id,
+            self.host,
+            self.pid,
+            tuple(self.queues),
+            self.concurrency,
+            self.started_at,
+            self.heartbeat_at,
+            self.extra,
+        )

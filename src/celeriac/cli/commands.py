@@ -31,20 +31,43 @@ def _when(ts: float | None) -> str:
 @click.option("--priority", type=click.IntRange(0, 9), default=None, help="0..9, 9 runs first.")
 @click.option("--id", "task_id", default=None, help="Task id (sending an id twice runs once).")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
-@click.option("--timeout", type=click.FloatRange(0), default=60.0, show_default=True,
-              help="Seconds --wait waits.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    help="Seconds --wait waits.",
+)
 @click.pass_obj
-def call(obj: Context, name: str, args_json: str | None, kwargs_json: str | None,
-         queue: str | None, countdown: float | None, priority: int | None,
-         task_id: str | None, wait: bool, timeout: float) -> None:
+def call(
+    obj: Context,
+    *,
+    name: str,
+    args_json: str | None,
+    kwargs_json: str | None,
+    queue: str | None,
+    countdown: float | None,
+    priority: int | None,
+    task_id: str | None,
+    wait: bool,
+    timeout: float,
+) -> None:
     """Send task NAME; print its id (or, with --wait, its result).
 
     Example: celeriac call shop.tasks.send_welcome --args '[42]' --wait
     """
     args = parse_json_option("--args", args_json, list)
     kwargs = parse_json_option("--kwargs", kwargs_json, dict)
-    options = {k: v for k, v in {"queue": queue, "countdown": countdown, "priority": priority,
-                                 "task_id": task_id}.items() if v is not None}
+    options = {
+        k: v
+        for k, v in {
+            "queue": queue,
+            "countdown": countdown,
+            "priority": priority,
+            "task_id": task_id,
+        }.items()
+        if v is not None
+    }
     result = obj.app.send_task(name, args=args, kwargs=kwargs, **options)
     if not wait:
         click.echo(result.id)
@@ -93,8 +116,13 @@ def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool
     if as_json:
         import msgspec
 
-        print_json({"id": task_id, **msgspec.structs.asdict(record),
-                    "error": msgspec.structs.asdict(record.error) if record.error else None})
+        print_json(
+            {
+                "id": task_id,
+                **msgspec.structs.asdict(record),
+                "error": msgspec.structs.asdict(record.error) if record.error else None,
+            }
+        )
         return
     table = Table(show_header=False, box=None)
     table.add_row("task", f"{record.task}[{task_id}]")
@@ -123,28 +151,44 @@ def status(obj: Context, as_json: bool) -> None:
     broker = obj.app.broker
     stats, workers = broker.stats(), broker.workers()
     if as_json:
-        print_json({
-            "broker": obj.app.conf.broker_url,
-            "queues": [_asdict(s) for s in stats],
-            "workers": [_asdict(w) for w in workers],
-        })
+        print_json(
+            {
+                "broker": obj.app.conf.broker_url,
+                "queues": [_asdict(s) for s in stats],
+                "workers": [_asdict(w) for w in workers],
+            }
+        )
         return
     table = Table(title=f"queues on {obj.app.conf.broker_url}")
     for column in ("queue", "ready", "delayed", "in flight", "dead"):
         table.add_column(column, justify="left" if column == "queue" else "right")
     for s in stats:
-        table.add_row(s.queue, str(s.ready), str(s.delayed), str(s.in_flight),
-                      f"[red]{s.dead}[/]" if s.dead else "0")
+        table.add_row(
+            s.queue,
+            str(s.ready),
+            str(s.delayed),
+            str(s.in_flight),
+            f"[red]{s.dead}[/]" if s.dead else "0",
+        )
     out.print(table if stats else "no queues yet: nothing has been sent to this broker")
     wtable = Table(title="live workers")
     for column in ("worker", "queues", "children", "running", "up since"):
         wtable.add_column(column)
     for w in workers:
         active = w.extra.get("active", [])
-        wtable.add_row(w.id, ",".join(w.queues), str(w.concurrency),
-                       str(len(active) if isinstance(active, list) else 0), _when(w.started_at))
-    out.print(wtable if workers else "[yellow]no live workers[/]: queued tasks wait until "
-              "one starts (celeriac -A MODULE worker)")
+        wtable.add_row(
+            w.id,
+            ",".join(w.queues),
+            str(w.concurrency),
+            str(len(active) if isinstance(active, list) else 0),
+            _when(w.started_at),
+        )
+    out.print(
+        wtable
+        if workers
+        else "[yellow]no live workers[/]: queued tasks wait until "
+        "one starts (celeriac -A MODULE worker)"
+    )
 
 
 def _asdict(obj: Any) -> dict[str, Any]:
@@ -207,8 +251,7 @@ def dlq_show(obj: Context, task_id: str) -> None:
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
 @click.option("--task", "task_name", default=None, help="Replay those of one task name.")
 @click.pass_obj
-def dlq_replay(obj: Context, ids: tuple[str, ...], replay_all: bool,
-               task_name: str | None) -> None:
+def dlq_replay(obj: Context, ids: tuple[str, ...], replay_all: bool, task_name: str | None) -> None:
     """Send dead letters back to their queues: IDS, --task NAME, or --all."""
     if not ids and not replay_all and not task_name:
         raise click.UsageError("say which: one or more IDS, --task NAME, or --all")
@@ -240,12 +283,18 @@ def check(obj: Context, as_json: bool) -> None:
     for name, task in sorted(obj.app.tasks.items()):
         opts = task.options
         row = {"task": name}
-        for label, own, default in (("soft_time_limit", opts.soft_time_limit,
-                                     conf.task_soft_time_limit),
-                                    ("time_limit", opts.time_limit, conf.task_time_limit),
-                                    ("expires", opts.expires, conf.task_expires)):
-            row[label] = ("UNBOUNDED (opted out)" if own == math.inf else
-                          f"{own:g}s" if own is not None else f"{default:g}s (app default)")
+        for label, own, default in (
+            ("soft_time_limit", opts.soft_time_limit, conf.task_soft_time_limit),
+            ("time_limit", opts.time_limit, conf.task_time_limit),
+            ("expires", opts.expires, conf.task_expires),
+        ):
+            row[label] = (
+                "UNBOUNDED (opted out)"
+                if own == math.inf
+                else f"{own:g}s"
+                if own is not None
+                else f"{default:g}s (app default)"
+            )
         rows.append(row)
     if as_json:
         print_json(rows)
@@ -258,5 +307,7 @@ def check(obj: Context, as_json: bool) -> None:
     out.print(table)
     relying = sum("default" in v or "UNBOUNDED" in v for r in rows for v in r.values())
     if relying:
-        out.print(f"{relying} limit(s) rely on app defaults or are opted out; set them on "
-                  "the task where the default does not fit.")
+        out.print(
+            f"{relying} limit(s) rely on app defaults or are opted out; set them on "
+            "the task where the default does not fit."
+        )

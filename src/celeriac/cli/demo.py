@@ -20,8 +20,15 @@ from celeriac.errors import CeleriacError
 
 
 @cli.command()
-@click.option("-n", "--tasks", "count", type=click.IntRange(1, 100_000), default=300,
-              show_default=True, help="Tasks in the first batch.")
+@click.option(
+    "-n",
+    "--tasks",
+    "count",
+    type=click.IntRange(1, 100_000),
+    default=300,
+    show_default=True,
+    help="Tasks in the first batch.",
+)
 @click.option("-c", "--concurrency", type=click.IntRange(1, 64), default=2, show_default=True)
 def demo(count: int, concurrency: int) -> None:
     """Start a worker on a temporary SQLite broker, run a showcase workload, stop it."""
@@ -53,8 +60,18 @@ def demo(count: int, concurrency: int) -> None:
 
 def _start_worker(concurrency: int, url: str, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "CELERIAC_BROKER_URL": url}
-    command = [sys.executable, "-m", "celeriac", "-A", "celeriac.cli.demo_tasks", "worker",
-               "-c", str(concurrency), "-l", "info"]
+    command = [
+        sys.executable,
+        "-m",
+        "celeriac",
+        "-A",
+        "celeriac.cli.demo_tasks",
+        "worker",
+        "-c",
+        str(concurrency),
+        "-l",
+        "info",
+    ]
     with log.open("wb") as output:
         return subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
 
@@ -85,8 +102,12 @@ def _showcase(count: int) -> list[tuple[str, str]]:
     reminder_sent = time.time()
 
     started = time.perf_counter()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=out, transient=False) as progress:
         sending = progress.add_task(f"sending {count} resize_image tasks", total=count)
         results = []
@@ -98,16 +119,25 @@ def _showcase(count: int) -> list[tuple[str, str]]:
             r.get(timeout=120)
             progress.advance(running)
     elapsed = time.perf_counter() - started
-    summary.append((f"{count} resize_image tasks", f"all SUCCESS in {elapsed:.2f}s "
-                    f"({count / elapsed:,.0f} tasks/s, sent and run)"))
+    summary.append(
+        (
+            f"{count} resize_image tasks",
+            f"all SUCCESS in {elapsed:.2f}s ({count / elapsed:,.0f} tasks/s, sent and run)",
+        )
+    )
 
     failing = charge_card.delay(1001)
     try:
         failing.get(timeout=30)
         summary.append(("a failing task", "[red]did not fail?[/]"))
     except ValueError as exc:
-        summary.append(("a failing task", f"{failing.state}: get() re-raised "
-                        f"ValueError('{exc}') with the worker's traceback attached"))
+        summary.append(
+            (
+                "a failing task",
+                f"{failing.state}: get() re-raised "
+                f"ValueError('{exc}') with the worker's traceback attached",
+            )
+        )
 
     summary.append(_priority_showcase(nightly_report, page_on_call))
 
@@ -122,8 +152,10 @@ def _priority_showcase(backlog_task: Any, urgent_task: Any) -> tuple[str, str]:
     urgent_done = max(r.get(timeout=60) for r in urgent)
     backlog_done = [r.get(timeout=120) for r in backlog]
     after = sum(1 for t in backlog_done if t > urgent_done)
-    return ("priority=9 sent behind 200 queued tasks",
-            f"all 10 finished while {after} of the 200 were still waiting")
+    return (
+        "priority=9 sent behind 200 queued tasks",
+        f"all 10 finished while {after} of the 200 were still waiting",
+    )
 
 
 def _stop(worker: subprocess.Popen[bytes]) -> None:

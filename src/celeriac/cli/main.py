@@ -69,8 +69,9 @@ def load_app(path: str) -> Celeriac:
             "(app = Celeriac(...)) or name it: -A module:attribute"
         )
     if len(apps) > 1 and not isinstance(getattr(module, "app", None), Celeriac):
-        raise ConfigurationError(f"-A {path}: several apps in {module_name}; name one with "
-                                 f"-A {module_name}:NAME")
+        raise ConfigurationError(
+            f"-A {path}: several apps in {module_name}; name one with -A {module_name}:NAME"
+        )
     app = getattr(module, "app", None)
     return app if isinstance(app, Celeriac) else apps[0]
 
@@ -101,10 +102,20 @@ def _fail(ctx: click.Context, exc: BaseException, unexpected: bool = False) -> N
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-A", "--app", "app_path", metavar="MODULE[:APP]",
-              help="Module that defines your Celeriac app, e.g. shop.tasks")
-@click.option("-b", "--broker", metavar="URL", envvar="CELERIAC_BROKER_URL",
-              help="Broker URL (overrides the app's); env CELERIAC_BROKER_URL")
+@click.option(
+    "-A",
+    "--app",
+    "app_path",
+    metavar="MODULE[:APP]",
+    help="Module that defines your Celeriac app, e.g. shop.tasks",
+)
+@click.option(
+    "-b",
+    "--broker",
+    metavar="URL",
+    envvar="CELERIAC_BROKER_URL",
+    help="Broker URL (overrides the app's); env CELERIAC_BROKER_URL",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.version_option(package_name="celeriac")
 @click.pass_context
@@ -135,12 +146,12 @@ def parse_json_option(name: str, raw: str | None, kind: type) -> Any:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON ({exc.msg} at column {exc.colno}): {raw}",
-                                 param_hint=name) from exc
+        raise click.BadParameter(
+            f"not valid JSON ({exc.msg} at column {exc.colno}): {raw}", param_hint=name
+        ) from exc
     if not isinstance(value, kind):
         example = "'[1, 2]'" if kind is list else "'{\"user_id\": 42}'"
-        raise click.BadParameter(f"must be a JSON {kind.__name__}, e.g. {example}",
-                                 param_hint=name)
+        raise click.BadParameter(f"must be a JSON {kind.__name__}, e.g. {example}", param_hint=name)
     return value
 
 

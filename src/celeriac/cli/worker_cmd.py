@@ -11,20 +11,44 @@ from celeriac.errors import ConfigurationError
 
 
 @cli.command()
-@click.option("-c", "--concurrency", type=click.IntRange(1, 512), default=None,
-              help="Child processes (default: worker_concurrency, the number of CPUs).")
-@click.option("-Q", "--queues", default=None, metavar="Q1,Q2",
-              help="Queues to consume, comma-separated (default: task_default_queue).")
-@click.option("-l", "--loglevel", default=None,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-              help="Log level (default: worker_log_level).")
-@click.option("--max-tasks-per-child", type=click.IntRange(1), default=None,
-              help="Recycle a child after this many tasks.")
-@click.option("--max-memory-per-child", type=click.IntRange(1), default=None, metavar="MIB",
-              help="Recycle a child once its RSS passes this many MiB.")
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(1, 512),
+    default=None,
+    help="Child processes (default: worker_concurrency, the number of CPUs).",
+)
+@click.option(
+    "-Q",
+    "--queues",
+    default=None,
+    metavar="Q1,Q2",
+    help="Queues to consume, comma-separated (default: task_default_queue).",
+)
+@click.option(
+    "-l",
+    "--loglevel",
+    default=None,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="Log level (default: worker_log_level).",
+)
+@click.option(
+    "--max-tasks-per-child",
+    type=click.IntRange(1),
+    default=None,
+    help="Recycle a child after this many tasks.",
+)
+@click.option(
+    "--max-memory-per-child",
+    type=click.IntRange(1),
+    default=None,
+    metavar="MIB",
+    help="Recycle a child once its RSS passes this many MiB.",
+)
 @click.pass_obj
 def worker(
     obj: Context,
+    *,
     concurrency: int | None,
     queues: str | None,
     loglevel: str | None,
@@ -36,8 +60,9 @@ def worker(
     Example: celeriac -A shop.tasks worker -c 2 -Q emails,default
     """
     if obj.app_path is None:
-        raise ConfigurationError("the worker needs your tasks: pass -A MODULE, e.g. "
-                                 "celeriac -A shop.tasks worker")
+        raise ConfigurationError(
+            "the worker needs your tasks: pass -A MODULE, e.g. celeriac -A shop.tasks worker"
+        )
     app = obj.app
     conf = app.conf
     setup_logging(loglevel or conf.worker_log_level)

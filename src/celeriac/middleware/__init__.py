@@ -14,5 +14,12 @@ def default_middleware() -> list[Middleware]:
     return [Expiry(), Results()]
 
 
-__all__ = ["Expiry", "Job", "Middleware", "MiddlewareStack", "Outcome", "Results",
-           "default_middleware"]
+__all__ = [
+    "Expiry",
+    "Job",
+    "Middleware",
+    "MiddlewareStack",
+    "Outcome",
+    "Results",
+    "default_middleware",
+]

@@ -114,8 +114,9 @@ class MiddlewareStack:
             try:
                 outcome = m.before_execute(job)
             except Exception:
-                log.exception("%s.before_execute failed for task %s; carrying on",
-                              type(m).__name__, job.label)
+                log.exception(
+                    "%s.before_execute failed for task %s; carrying on", type(m).__name__, job.label
+                )
                 continue
             if outcome is not None:
                 return outcome
@@ -127,8 +128,9 @@ class MiddlewareStack:
             try:
                 outcome = m.after_execute(job, outcome)
             except Exception:
-                log.exception("%s.after_execute failed for task %s; carrying on",
-                              type(m).__name__, job.label)
+                log.exception(
+                    "%s.after_execute failed for task %s; carrying on", type(m).__name__, job.label
+                )
         return outcome
 
     def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
@@ -137,5 +139,6 @@ class MiddlewareStack:
             try:
                 m.after_settle(job, outcome, committed)
             except Exception:
-                log.exception("%s.after_settle failed for task %s; carrying on",
-                              type(m).__name__, job.label)
+                log.exception(
+                    "%s.after_settle failed for task %s; carrying on", type(m).__name__, job.label
+                )

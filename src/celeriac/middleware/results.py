@@ -22,10 +22,12 @@ class Results(Middleware):
             return None
         track = task.options.extra.get("track_started", task.app.conf.task_track_started)
         if track:
-            record = ResultRecord(state="STARTED", task=task.name, retries=request.retries,
-                                  worker=job.worker_id)
-            task.app.broker.store_result(request.id, encode_result(record),
-                                         task.app.conf.result_expires)
+            record = ResultRecord(
+                state="STARTED", task=task.name, retries=request.retries, worker=job.worker_id
+            )
+            task.app.broker.store_result(
+                request.id, encode_result(record), task.app.conf.result_expires
+            )
         return None
 
     def after_execute(self, job: Job, outcome: Outcome) -> Outcome:

@@ -59,8 +59,12 @@ class Child:
         self.in_task = False
         self.tasks_done = 0
         conf = app.conf
-        self.fetch = FetchSpec(spec.queues, spec.worker_id, max(conf.worker_prefetch_multiplier, 1),
-                               conf.worker_lease_seconds)
+        self.fetch = FetchSpec(
+            spec.queues,
+            spec.worker_id,
+            max(conf.worker_prefetch_multiplier, 1),
+            conf.worker_lease_seconds,
+        )
 
     def run(self) -> int:
         """Consume until told to stop or until it is time to recycle; return an exit code."""
@@ -72,9 +76,13 @@ class Child:
         while not self.stopping:
             if not pending:
                 self._publish(pending, None)
-                pending = broker.fetch(self.spec.queues, self.spec.worker_id,
-                                       limit=self.fetch.limit,
-                                       lease_seconds=self.fetch.lease_seconds, timeout=0.5)
+                pending = broker.fetch(
+                    self.spec.queues,
+                    self.spec.worker_id,
+                    limit=self.fetch.limit,
+                    lease_seconds=self.fetch.lease_seconds,
+                    timeout=0.5,
+                )
                 continue
             delivery = pending.pop(0)
             more = self._handle(delivery, pending)
@@ -92,8 +100,17 @@ class Child:
             soft, hard = self._limits(job.message.soft_limit, job.message.hard_limit, task)
             started = time.time()
             hard_at = started + hard if hard != math.inf else 0.0
-            self._publish(pending, Held(delivery.id, delivery.queue, delivery.lease.token,
-                                        job.message.task, started, hard_at))
+            self._publish(
+                pending,
+                Held(
+                    delivery.id,
+                    delivery.queue,
+                    delivery.lease.token,
+                    job.message.task,
+                    started,
+                    hard_at,
+                ),
+            )
             self.in_task = True
             if soft != math.inf:
                 signal.setitimer(signal.ITIMER_REAL, soft)
@@ -128,13 +145,21 @@ class Child:
     def _should_recycle(self) -> bool:
         conf = self.app.conf
         if conf.worker_max_tasks_per_child and self.tasks_done >= conf.worker_max_tasks_per_child:
-            log.info("child %d ran %d tasks (worker_max_tasks_per_child); recycling",
-                     os.getpid(), self.tasks_done)
+            log.info(
+                "child %d ran %d tasks (worker_max_tasks_per_child); recycling",
+                os.getpid(),
+                self.tasks_done,
+            )
             return True
         limit = conf.worker_max_memory_per_child
         if limit and current_rss() > limit * 1024 * 1024:
-            log.warning("child %d uses %d MiB, over worker_max_memory_per_child=%d; recycling "
-                        "after its current task", os.getpid(), current_rss() >> 20, limit)
+            log.warning(
+                "child %d uses %d MiB, over worker_max_memory_per_child=%d; recycling "
+                "after its current task",
+                os.getpid(),
+                current_rss() >> 20,
+                limit,
+            )
             return True
         return False
 

@@ -79,20 +79,33 @@ class Executor:
         if task is not None and task.options.max_deliveries is not None:
             max_deliveries = task.options.max_deliveries
         if delivery.deliveries > max_deliveries:
-            return job, Outcome("DEAD", reason=(
-                f"delivered {delivery.deliveries - 1} times without finishing (the worker "
-                "crashed, was killed or lost its lease each time); limit task_max_deliveries="
-                f"{max_deliveries}"
-            ))
+            return job, Outcome(
+                "DEAD",
+                reason=(
+                    f"delivered {delivery.deliveries - 1} times without finishing (the worker "
+                    "crashed, was killed or lost its lease each time); limit task_max_deliveries="
+                    f"{max_deliveries}"
+                ),
+            )
         if task is None:
             return job, self._unknown(job)
         job.task = task
         job.request = Request(
-            id=message.id, task=message.task, args=message.args, kwargs=message.kwargs,
-            retries=message.retries, delivery_count=delivery.deliveries, queue=message.queue,
-            priority=message.priority, eta=message.eta, expires=message.expires,
-            root_id=message.root_id, parent_id=message.parent_id, headers=message.headers,
-            worker=self.worker_id, message=message,
+            id=message.id,
+            task=message.task,
+            args=message.args,
+            kwargs=message.kwargs,
+            retries=message.retries,
+            delivery_count=delivery.deliveries,
+            queue=message.queue,
+            priority=message.priority,
+            eta=message.eta,
+            expires=message.expires,
+            root_id=message.root_id,
+            parent_id=message.parent_id,
+            headers=message.headers,
+            worker=self.worker_id,
+            message=message,
         )
         return job, None
 
@@ -102,7 +115,8 @@ class Executor:
         log.warning(
             "task %s is not registered in this worker; putting it back for %gs so a worker "
             "that knows it can take it. Deploy the code that defines it, or purge the queue.",
-            job.label, delay,
+            job.label,
+            delay,
         )
         return Outcome("DEFERRED", delay=delay, reason="unknown task")
 
@@ -143,6 +157,12 @@ class Executor:
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(coro)
 
+    def close(self) -> None:
+        """Close this executor's event loop, if an async task ever needed one."""
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
     def _accepted_kwargs(self, task: Task[Any, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
         # A newer producer may send keyword arguments this (older) code does not take:
         # drop them with a warning instead of failing every such task during a deploy.
@@ -158,26 +178,33 @@ class Executor:
         dropped = sorted(set(kwargs) - accepts[1])
         if not dropped:
             return kwargs
-        log.warning("task %s[%s]: dropped keyword argument(s) %s that this version of the "
-                    "task does not accept (sent by newer code?)", task.name,
-                    _current_id(), ", ".join(dropped))
+        log.warning(
+            "task %s[%s]: dropped keyword argument(s) %s that this version of the "
+            "task does not accept (sent by newer code?)",
+            task.name,
+            _current_id(),
+            ", ".join(dropped),
+        )
         return {k: v for k, v in kwargs.items() if k in accepts[1]}
 
     # -- settling -----------------------------------------------------------------------
 
-    def settle(
-        self, job: Job, outcome: Outcome, fetch: FetchSpec | None = None
-    ) -> list[Delivery]:
+    def settle(self, job: Job, outcome: Outcome, fetch: FetchSpec | None = None) -> list[Delivery]:
         """Tell the broker what happened (fenced); return deliveries fetched meanwhile."""
         broker, conf = self.app.broker, self.app.conf
-        lease, more = job.delivery.lease, []
+        lease, more = job.delivery.lease, list[Delivery]()
         state = outcome.state
         if state in FINAL:
             result = encode_result(self._record(job, outcome)) if outcome.store_result else None
             if fetch is not None:
                 committed, more = broker.complete_and_fetch(
-                    lease, result, conf.result_expires, fetch.queues, fetch.consumer,
-                    limit=fetch.limit, lease_seconds=fetch.lease_seconds,
+                    lease,
+                    result,
+                    conf.result_expires,
+                    fetch.queues,
+                    fetch.consumer,
+                    limit=fetch.limit,
+                    lease_seconds=fetch.lease_seconds,
                 )
             else:
                 committed = broker.complete(lease, result, conf.result_expires)
@@ -195,12 +222,16 @@ class Executor:
         message = job.message
         error = outcome.error
         if error is None and outcome.state in {"EXPIRED", "REVOKED"}:
-            error = ErrorInfo(type=f"celeriac.errors.Task{outcome.state.title()}",
-                              message=outcome.reason)
+            error = ErrorInfo(
+                type=f"celeriac.errors.Task{outcome.state.title()}", message=outcome.reason
+            )
         return ResultRecord(
-            state=outcome.state, task=message.task if message else "",
-            result=outcome.value if outcome.state == "SUCCESS" else None, error=error,
-            retries=message.retries if message else 0, date_done=time.time(),
+            state=outcome.state,
+            task=message.task if message else "",
+            result=outcome.value if outcome.state == "SUCCESS" else None,
+            error=error,
+            retries=message.retries if message else 0,
+            date_done=time.time(),
             worker=self.worker_id,
         )
 
@@ -212,11 +243,16 @@ class Executor:
         body = outcome.body or encode_message(message)
         committed = self.app.broker.requeue(job.delivery.lease, delay=outcome.delay, body=body)
         if committed:
-            record = ResultRecord(state="RETRY", task=message.task, retries=message.retries,
-                                  error=error_info(outcome.exception) if outcome.exception
-                                  else None, worker=self.worker_id)
-            self.app.broker.store_result(message.id, encode_result(record),
-                                         self.app.conf.result_expires)
+            record = ResultRecord(
+                state="RETRY",
+                task=message.task,
+                retries=message.retries,
+                error=error_info(outcome.exception) if outcome.exception else None,
+                worker=self.worker_id,
+            )
+            self.app.broker.store_result(
+                message.id, encode_result(record), self.app.conf.result_expires
+            )
         return committed
 
     def _dead_letter(self, job: Job, outcome: Outcome) -> bool:
@@ -225,21 +261,35 @@ class Executor:
         name = job.message.task if job.message else (name or "?")
         error = outcome.error.message if outcome.error else ""
         letter = DeadLetter(
-            id=delivery.id, queue=delivery.queue, task=name, reason=outcome.reason,
-            body=delivery.body, deliveries=delivery.deliveries, error=error, dead_at=time.time(),
+            id=delivery.id,
+            queue=delivery.queue,
+            task=name,
+            reason=outcome.reason,
+            body=delivery.body,
+            deliveries=delivery.deliveries,
+            error=error,
+            dead_at=time.time(),
         )
         record = ResultRecord(
-            state="FAILURE", task=name, date_done=time.time(), worker=self.worker_id,
-            error=ErrorInfo(type="celeriac.errors.Reject",
-                            message=f"dead-lettered: {outcome.reason}"),
+            state="FAILURE",
+            task=name,
+            date_done=time.time(),
+            worker=self.worker_id,
+            error=ErrorInfo(
+                type="celeriac.errors.Reject", message=f"dead-lettered: {outcome.reason}"
+            ),
         )
         result = encode_result(record) if task_id == delivery.id or job.message else None
         return self.app.broker.dead_letter(delivery.lease, letter, result)
 
     def _log(self, job: Job, outcome: Outcome, committed: bool) -> None:
         if not committed:
-            log.warning("task %s: lease lost before settling (%s); another worker owns it "
-                        "now, so this outcome was discarded", job.label, outcome.state)
+            log.warning(
+                "task %s: lease lost before settling (%s); another worker owns it "
+                "now, so this outcome was discarded",
+                job.label,
+                outcome.state,
+            )
             return
         runtime = f"{outcome.runtime:.4f}s"
         state = outcome.state
@@ -247,14 +297,24 @@ class Executor:
             log.info("task %s succeeded in %s", job.label, runtime)
         elif state == "FAILURE":
             error = outcome.error
-            log.error("task %s failed in %s: %s: %s", job.label, runtime,
-                      error.type if error else "?", error.message if error else "")
+            log.error(
+                "task %s failed in %s: %s: %s",
+                job.label,
+                runtime,
+                error.type if error else "?",
+                error.message if error else "",
+            )
         elif state == "RETRY":
-            log.info("task %s will retry in %.1fs (attempt %d)", job.label, outcome.delay,
-                     job.message.retries if job.message else 0)
+            log.info(
+                "task %s will retry in %.1fs (attempt %d)",
+                job.label,
+                outcome.delay,
+                job.message.retries if job.message else 0,
+            )
         elif state == "DEAD":
-            log.error("task %s dead-lettered: %s. See `celeriac dlq list`.", job.label,
-                      outcome.reason)
+            log.error(
+                "task %s dead-lettered: %s. See `celeriac dlq list`.", job.label, outcome.reason
+            )
         elif state != "DEFERRED":
             log.info("task %s %s: %s", job.label, state.lower(), outcome.reason)
 

@@ -41,17 +41,44 @@ def run_queued(
         42
     """
     executor = Executor(app, "in-process")
+    try:
+        return _drain(
+            app,
+            executor,
+            queues,
+            fail_fast=fail_fast,
+            include_delayed=include_delayed,
+            max_tasks=max_tasks,
+        )
+    finally:
+        executor.close()
+
+
+def _drain(
+    app: Celeriac,
+    executor: Executor,
+    queues: Sequence[str] | None,
+    *,
+    fail_fast: bool,
+    include_delayed: bool,
+    max_tasks: int,
+) -> int:
     broker = app.broker
     ran = 0
     while ran < max_tasks:
         names = list(queues) if queues else [s.queue for s in broker.stats()]
         names = names or [app.conf.task_default_queue]
         wait = _next_due_wait(app) if include_delayed else 0.0
-        deliveries = broker.fetch(names, executor.worker_id, limit=1,
-                                  lease_seconds=app.conf.worker_lease_seconds, timeout=wait)
+        deliveries = broker.fetch(
+            names,
+            executor.worker_id,
+            limit=1,
+            lease_seconds=app.conf.worker_lease_seconds,
+            timeout=wait,
+        )
         if not deliveries:
             return ran
-        job, outcome = executor.process(deliveries[0])
+        _, outcome = executor.process(deliveries[0])
         ran += 1
         if fail_fast and outcome.state == "FAILURE" and outcome.exception is not None:
             raise outcome.exception

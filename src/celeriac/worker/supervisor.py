@@ -16,6 +16,7 @@ held is given back at once). Either way nothing is lost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -85,8 +86,13 @@ class Worker:
         """Run until a shutdown signal; return the process exit code."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        log.info("worker %s starting %d children on queues %s (broker %s)", self.id,
-                 self.concurrency, ", ".join(self.queues), self.app.conf.broker_url)
+        log.info(
+            "worker %s starting %d children on queues %s (broker %s)",
+            self.id,
+            self.concurrency,
+            ", ".join(self.queues),
+            self.app.conf.broker_url,
+        )
         self._heartbeat()
         for child in self._children:
             self._spawn(child)
@@ -99,11 +105,17 @@ class Worker:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stop_requests += 1
         if self._stop_requests == 1:
-            log.info("worker %s: warm shutdown — running tasks finish, the rest go back to "
-                     "the queue. Send the signal again for a cold shutdown.", self.id)
+            log.info(
+                "worker %s: warm shutdown — running tasks finish, the rest go back to "
+                "the queue. Send the signal again for a cold shutdown.",
+                self.id,
+            )
         else:
-            log.warning("worker %s: cold shutdown — killing children; their tasks go back to "
-                        "the queue and will run again", self.id)
+            log.warning(
+                "worker %s: cold shutdown — killing children; their tasks go back to "
+                "the queue and will run again",
+                self.id,
+            )
 
     def _spawn(self, child: _ChildState) -> None:
         child.slot.clear()
@@ -137,12 +149,16 @@ class Worker:
 
     def _enforce_hard_limit(self, child: _ChildState, view: SlotView, now: float) -> None:
         running = view.held[0] if view.held and view.held[0].started else None
-        if running and running.hard_deadline and now > running.hard_deadline and child.pid:
-            if child.killed_for is None:
-                log.error("task %s[%s] passed its hard time limit; killing child %d",
-                          running.task, running.id, child.pid)
-                child.killed_for = running
-                os.kill(child.pid, signal.SIGKILL)
+        overdue = running and running.hard_deadline and now > running.hard_deadline
+        if overdue and running and child.pid and child.killed_for is None:
+            log.error(
+                "task %s[%s] passed its hard time limit; killing child %d",
+                running.task,
+                running.id,
+                child.pid,
+            )
+            child.killed_for = running
+            os.kill(child.pid, signal.SIGKILL)
 
     def _reap_children(self) -> None:
         for child in self._children:
@@ -163,43 +179,71 @@ class Worker:
                 continue
             # The running task counts as a delivery (a crash); prefetched ones do not.
             lease = Lease(held.id, held.queue, held.token)
-            self._quietly(lambda lease=lease, started=held.started: self.app.broker.requeue(
-                lease, count_delivery=bool(started)))
+            self._quietly(
+                lambda lease=lease, started=held.started: self.app.broker.requeue(
+                    lease, count_delivery=bool(started)
+                )
+            )
         if code != 0 and child.killed_for is None:
             names = ", ".join(f"{h.task}[{h.id}]" for h in view.held if h.started) or "none"
-            log.error("worker child %d died (exit code %d) while running: %s; its messages "
-                      "were put back and a new child is starting", pid, code, names)
+            log.error(
+                "worker child %d died (exit code %d) while running: %s; its messages "
+                "were put back and a new child is starting",
+                pid,
+                code,
+                names,
+            )
             child.crashes = child.crashes + 1 if time.time() - child.started < 2 else 0
         if self._stop_requests == 0:
             if child.crashes > 3:
-                time.sleep(min(2 ** child.crashes / 10, 5))  # a crash loop: back off
+                time.sleep(min(2**child.crashes / 10, 5))  # a crash loop: back off
             self._spawn(child)
 
     def _fail_for_time_limit(self, held: Held) -> None:
-        exc = TimeLimitExceeded(f"task {held.task}[{held.id}] ran past its hard time limit "
-                                f"({held.hard_deadline - held.started:g}s) and was killed")
-        record = ResultRecord(state="FAILURE", task=held.task, error=error_info(exc),
-                              date_done=time.time(), worker=self.id)
+        exc = TimeLimitExceeded(
+            f"task {held.task}[{held.id}] ran past its hard time limit "
+            f"({held.hard_deadline - held.started:g}s) and was killed"
+        )
+        record = ResultRecord(
+            state="FAILURE",
+            task=held.task,
+            error=error_info(exc),
+            date_done=time.time(),
+            worker=self.id,
+        )
         lease = Lease(held.id, held.queue, held.token)
-        self._quietly(lambda: self.app.broker.complete(
-            lease, encode_result(record), self.app.conf.result_expires))
+        self._quietly(
+            lambda: self.app.broker.complete(
+                lease, encode_result(record), self.app.conf.result_expires
+            )
+        )
 
     def _renew_leases(self) -> None:
-        leases = [Lease(h.id, h.queue, h.token)
-                  for child in self._children for h in child.last_view.held]
+        leases = [
+            Lease(h.id, h.queue, h.token) for child in self._children for h in child.last_view.held
+        ]
         if leases:
             lost = self.app.broker.renew(leases, self.app.conf.worker_lease_seconds)
             if lost:
-                log.warning("worker %s lost the lease of %s; another worker may run them",
-                            self.id, ", ".join(lost))
+                log.warning(
+                    "worker %s lost the lease of %s; another worker may run them",
+                    self.id,
+                    ", ".join(lost),
+                )
 
     def _heartbeat(self) -> None:
         conf = self.app.conf
         info = WorkerInfo(
-            self.id, socket.gethostname(), os.getpid(), self.queues, self.concurrency,
-            self._started, extra={"children": [c.pid for c in self._children],
-                                  "active": [h.id for c in self._children
-                                             for h in c.last_view.held if h.started]},
+            self.id,
+            socket.gethostname(),
+            os.getpid(),
+            self.queues,
+            self.concurrency,
+            self._started,
+            extra={
+                "children": [c.pid for c in self._children],
+                "active": [h.id for c in self._children for h in c.last_view.held if h.started],
+            },
         )
         self.app.broker.heartbeat(info, conf.worker_heartbeat_seconds * 5)
 
@@ -207,8 +251,12 @@ class Worker:
         try:
             action()  # type: ignore[operator]
         except BrokerError as exc:
-            log.error("worker %s could not settle a message (%s); its lease will expire and "
-                      "it will be delivered again", self.id, exc)
+            log.error(
+                "worker %s could not settle a message (%s); its lease will expire and "
+                "it will be delivered again",
+                self.id,
+                exc,
+            )
 
     # -- shutdown -----------------------------------------------------------------------
 
@@ -238,7 +286,5 @@ class Worker:
 
 
 def _signal(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
-    except ProcessLookupError:
-        pass

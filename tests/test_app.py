@@ -1,0 +1,315 @@
+"""The app and its tasks, run in-process on the memory broker (the users' testing story)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import pytest
+
+from celeriac import (
+    UNBOUNDED,
+    Celeriac,
+    ConfigurationError,
+    PayloadTooLarge,
+    Reject,
+    ResultTimeout,
+    Retry,
+    SerializationError,
+    Task,
+    TaskExpired,
+    TaskFailed,
+)
+from celeriac.message import decode_message
+from celeriac.testing import run_queued
+
+
+@pytest.fixture
+def app() -> Celeriac:
+    return Celeriac("shop", broker="memory://")
+
+
+def test_task_name_defaults_to_module_and_function(app: Celeriac) -> None:
+    @app.task
+    def send_welcome(user_id: int) -> str:
+        return f"hi {user_id}"
+
+    assert (
+        send_welcome.name == "tests.test_app.test_task_name_defaults_to_module_and_function"
+        ".<locals>.send_welcome"
+    )
+    named = app.task(name="shop.welcome")(lambda: None)
+    assert app.get_task("shop.welcome") is named
+
+
+def test_unknown_task_option_is_refused_when_defined(app: Celeriac) -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown option.*soft_timelimit"):
+
+        @app.task(soft_timelimit=3)
+        def f() -> None: ...
+
+
+def test_delay_get_and_state(app: Celeriac) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    r = add.delay(2, 3)
+    assert r.state == "PENDING" and not r.ready()
+    assert run_queued(app) == 1
+    assert r.get(timeout=1) == 5
+    assert (r.state, r.ready(), r.successful(), r.failed()) == ("SUCCESS", True, True, False)
+    assert app.AsyncResult(r.id).get(timeout=1) == 5
+
+
+def test_apply_async_options_reach_the_message(app: Celeriac) -> None:
+    @app.task(queue="emails", priority=3, expires=300)
+    def send(user_id: int) -> None: ...
+
+    before = time.time()
+    r = send.apply_async((1,), countdown=0.2, priority=8, task_id="fixed", headers={"a": 1})
+    (delivery,) = app.broker.fetch(["emails"], "me", limit=1, lease_seconds=30, timeout=5)
+    m = decode_message(delivery.body)
+    assert (r.id, m.queue, m.priority, m.headers) == ("fixed", "emails", 8, {"a": 1})
+    assert m.eta is not None and m.eta >= before + 0.2
+    assert m.expires is not None and m.expires >= m.eta + 299  # expiry counts from the ETA
+    eta = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    m2 = send.message((1,), eta=eta, queue="other")
+    assert m2.queue == "other" and m2.eta == pytest.approx(eta.timestamp())
+    with pytest.raises(ValueError, match=r"outside 0..9"):
+        send.apply_async((1,), priority=10)
+
+
+def test_every_task_gets_an_expiry_unless_it_opts_out(app: Celeriac) -> None:
+    @app.task
+    def bounded() -> None: ...
+
+    @app.task(expires=UNBOUNDED)
+    def unbounded() -> None: ...
+
+    m = bounded.message()
+    assert m.expires == pytest.approx(m.sent_at + app.conf.task_expires)
+    assert unbounded.message().expires is None
+
+
+def test_same_task_id_twice_runs_once(app: Celeriac) -> None:
+    runs: list[int] = []
+
+    @app.task
+    def once(x: int) -> None:
+        runs.append(x)
+
+    once.apply_async((1,), task_id="same")
+    once.apply_async((1,), task_id="same")
+    run_queued(app)
+    once.apply_async((1,), task_id="same")  # already finished: still ignored
+    run_queued(app)
+    assert runs == [1]
+
+
+def test_failure_is_reraised_with_its_own_type_and_remote_traceback(app: Celeriac) -> None:
+    @app.task
+    def charge(order: int) -> None:
+        raise ValueError(f"declined {order}")
+
+    r = charge.delay(7)
+    run_queued(app, fail_fast=False)
+    with pytest.raises(ValueError, match="declined 7") as info:
+        r.get(timeout=1)
+    assert any("Remote traceback" in note and "charge" in note for note in info.value.__notes__)
+    assert r.state == "FAILURE" and r.failed()
+    assert isinstance(r.info, ValueError)
+
+
+def test_exception_of_a_type_not_loaded_here_becomes_task_failed(app: Celeriac) -> None:
+    from celeriac.brokers.base import Lease
+    from celeriac.message import ErrorInfo, ResultRecord, encode_result
+
+    app.broker.send([__import__("celeriac.brokers.base").brokers.base.Outgoing("x", "q", b"{}")])
+    (d,) = app.broker.fetch(["q"], "me", limit=1, lease_seconds=30, timeout=0)
+    record = ResultRecord(
+        state="FAILURE",
+        task="t",
+        error=ErrorInfo(type="somelib.errors.Boom", message="boom", traceback="tb"),
+    )
+    app.broker.complete(Lease(d.id, d.queue, d.lease.token), encode_result(record), 60)
+    with pytest.raises(TaskFailed, match=r"somelib.errors.Boom: boom") as info:
+        app.AsyncResult("x").get(timeout=1)
+    assert info.value.remote_traceback == "tb"
+
+
+def test_run_queued_reraises_the_task_exception(app: Celeriac) -> None:
+    @app.task
+    def broken() -> None:
+        raise KeyError("missing")
+
+    broken.delay()
+    with pytest.raises(KeyError, match="missing"):
+        run_queued(app)
+
+
+def test_get_times_out_with_a_timeout_error(app: Celeriac) -> None:
+    @app.task
+    def never_run() -> None: ...
+
+    r = never_run.delay()
+    with pytest.raises(ResultTimeout, match=r"did not finish within 0.05s") as info:
+        r.get(timeout=0.05)
+    assert isinstance(info.value, TimeoutError)
+
+
+def test_bound_task_sees_its_request(app: Celeriac) -> None:
+    @app.bound_task()
+    def whoami(self: Task[Any, Any], x: int) -> dict[str, Any]:
+        return {
+            "id": self.request.id,
+            "retries": self.request.retries,
+            "delivery_count": self.request.delivery_count,
+            "x": x,
+        }
+
+    r = whoami.delay(5)
+    run_queued(app)
+    assert r.get(timeout=1) == {"id": r.id, "retries": 0, "delivery_count": 1, "x": 5}
+
+
+def test_async_tasks_and_async_faces(app: Celeriac) -> None:
+    @app.task
+    async def double(x: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * x
+
+    async def scenario() -> int:
+        r = await double.adelay(21)
+        await asyncio.to_thread(run_queued, app)
+        return await r.aget(timeout=1)
+
+    assert asyncio.run(scenario()) == 42
+
+
+def test_keyword_arguments_from_newer_code_are_dropped_with_a_warning(
+    app: Celeriac, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.task
+    def old(a: int) -> int:
+        return a
+
+    r = old.apply_async(kwargs={"a": 1, "added_in_v2": True})
+    with caplog.at_level(logging.WARNING, logger="celeriac.worker"):
+        run_queued(app)
+    assert r.get(timeout=1) == 1
+    assert "dropped keyword argument(s) added_in_v2" in caplog.text
+
+
+def test_expired_task_is_not_run(app: Celeriac) -> None:
+    runs: list[int] = []
+
+    @app.task
+    def late() -> None:
+        runs.append(1)
+
+    r = late.apply_async(expires=0.01)
+    time.sleep(0.05)
+    run_queued(app)
+    assert runs == [] and r.state == "EXPIRED"
+    with pytest.raises(TaskExpired):
+        r.get(timeout=1)
+
+
+def test_retry_and_reject(app: Celeriac) -> None:
+    attempts: list[int] = []
+
+    @app.bound_task()
+    def flaky(self: Task[Any, Any]) -> int:
+        attempts.append(self.request.retries)
+        if self.request.retries < 2:
+            raise Retry(delay=0)
+        return self.request.retries
+
+    @app.task
+    def refuse() -> None:
+        raise Reject("bad input")
+
+    r, rej = flaky.delay(), refuse.delay()
+    run_queued(app)
+    assert r.get(timeout=1) == 2 and attempts == [0, 1, 2]
+    (letter,) = app.broker.dead_letters()
+    assert letter.id == rej.id and "bad input" in letter.reason
+    assert rej.state == "FAILURE"
+
+
+def test_progress_and_track_started(app: Celeriac) -> None:
+    app.conf.task_track_started = True
+    seen: list[str] = []
+
+    @app.bound_task()
+    def long(self: Task[Any, Any]) -> None:
+        seen.append(app.AsyncResult(self.request.id).state)
+        self.progress(3, 10)
+        seen.append(str(app.AsyncResult(self.request.id).info))
+
+    long.delay()
+    run_queued(app)
+    assert seen == ["STARTED", "{'done': 3, 'total': 10}"]
+
+
+def test_ignore_result(app: Celeriac) -> None:
+    @app.task(ignore_result=True)
+    def fire_and_forget() -> int:
+        return 1
+
+    r = fire_and_forget.delay()
+    run_queued(app)
+    assert r.state == "PENDING"
+
+
+def test_eager_mode_runs_at_once(app: Celeriac) -> None:
+    app.conf.task_always_eager = True
+
+    @app.task
+    def square(x: int) -> int:
+        return x * x
+
+    assert square.delay(4).get(timeout=0) == 16
+
+
+def test_payload_guard(app: Celeriac, caplog: pytest.LogCaptureFixture) -> None:
+    @app.task
+    def ingest(rows: list[int], note: str = "") -> None: ...
+
+    with caplog.at_level(logging.WARNING):
+        ingest.delay(list(range(5000)))
+    assert "largest argument is positional argument 0" in caplog.text
+    with pytest.raises(PayloadTooLarge, match=r"argument 'note'.*pass its id"):
+        ingest.delay([1], note="x" * 300_000)
+    assert sum(s.ready for s in app.broker.stats()) == 1  # the refused one never reached it
+
+
+def test_unserializable_argument_fails_at_delay(app: Celeriac) -> None:
+    @app.task
+    def save(obj: Any) -> None: ...
+
+    with pytest.raises(SerializationError, match=r"argument 0 .*object.*ids"):
+        save.delay(object())
+
+
+def test_send_task_by_name(app: Celeriac) -> None:
+    @app.task(name="shop.tasks.send_welcome")
+    def send_welcome(user_id: int) -> str:
+        return f"sent {user_id}"
+
+    r = app.send_task("shop.tasks.send_welcome", args=(42,))
+    run_queued(app)
+    assert r.get(timeout=1) == "sent 42"
+    other = Celeriac("producer-only", broker="memory://")
+    assert other.send_task("not.imported.here", args=(1,)).state == "PENDING"
+
+
+def test_memory_broker_refuses_worker_processes(app: Celeriac) -> None:
+    from celeriac.worker import Worker
+
+    with pytest.raises(ConfigurationError, match="inside one process"):
+        Worker(app, ["default"], 1)

@@ -1,0 +1,117 @@
+"""The command line: clear one-line errors, JSON output, and the demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from celeriac import Celeriac
+from celeriac.cli import cli
+from celeriac.testing import run_queued
+from tests.apps import core
+from tests.conftest import ROOT
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_missing_module_says_which() -> None:
+    code, output = invoke("-A", "no_such_project.tasks", "worker")
+    assert code == 1
+    assert "no module named 'no_such_project.tasks'" in output
+    assert "Traceback" not in output
+
+
+def test_module_without_an_app_says_so() -> None:
+    code, output = invoke("-A", "tests.test_message", "worker")
+    assert code == 1 and "has no Celeriac app" in output
+
+
+def test_worker_needs_an_app() -> None:
+    code, output = invoke("worker")
+    assert code == 1 and "pass -A MODULE" in output
+
+
+def test_bad_json_arguments_are_usage_errors(sqlite_url: str) -> None:
+    code, output = invoke("-b", sqlite_url, "call", "x.y", "--args", "[1,")
+    assert code == 2 and "not valid JSON" in output
+    code, output = invoke("-b", sqlite_url, "call", "x.y", "--kwargs", "[1]")
+    assert code == 2 and "must be a JSON dict" in output
+
+
+def test_call_result_status_purge(core_app: Celeriac, sqlite_url: str) -> None:
+    code, task_id = invoke("-b", sqlite_url, "call", "tests.apps.core.add", "--args", "[2, 3]")
+    assert code == 0
+    task_id = task_id.strip()
+    code, output = invoke("-b", sqlite_url, "status", "--json")
+    status = json.loads(output)
+    assert status["queues"] == [
+        {"queue": "default", "ready": 1, "delayed": 0, "in_flight": 0, "dead": 0}
+    ]
+    assert status["workers"] == []
+    code, output = invoke("-b", sqlite_url, "status")
+    assert "no live workers" in output
+    run_queued(core_app)
+    code, output = invoke("-b", sqlite_url, "result", task_id, "--json")
+    assert json.loads(output)["result"] == 5 and json.loads(output)["state"] == "SUCCESS"
+    code, output = invoke("-b", sqlite_url, "result", task_id)
+    assert "SUCCESS" in output and code == 0
+    core.add.delay(1, 1)
+    code, output = invoke("-b", sqlite_url, "purge", "default", "--yes")
+    assert output.strip() == "purged 1 task(s) from queue default"
+
+
+def test_failed_result_exits_non_zero_and_shows_the_error(
+    core_app: Celeriac, sqlite_url: str
+) -> None:
+    r = core.fail.delay("disk full")
+    run_queued(core_app, fail_fast=False)
+    code, output = invoke("-b", sqlite_url, "result", r.id)
+    assert code == 1 and "builtins.ValueError: disk full" in output
+
+
+def test_dlq_commands(core_app: Celeriac, sqlite_url: str) -> None:
+    from celeriac.brokers.base import Outgoing
+
+    core_app.broker.send([Outgoing("bad", "default", b"not json")])
+    run_queued(core_app)
+    code, output = invoke("-b", sqlite_url, "dlq", "list", "--json")
+    (letter,) = json.loads(output)
+    assert letter["id"] == "bad" and letter["body"] == "not json"
+    code, output = invoke("-b", sqlite_url, "dlq", "show", "bad")
+    assert json.loads(output)["reason"].startswith("malformed message")
+    code, output = invoke("-b", sqlite_url, "dlq", "replay")
+    assert code == 2 and "say which" in output
+    code, output = invoke("-b", sqlite_url, "dlq", "replay", "--all")
+    assert output.strip() == "replayed 1 dead letter(s)"
+    run_queued(core_app)
+    code, output = invoke("-b", sqlite_url, "dlq", "purge", "--yes")
+    assert output.strip() == "deleted 1 dead letter(s)"
+
+
+def test_check_lists_limits(sqlite_url: str) -> None:
+    _, output = invoke("-A", "tests.apps.core", "-b", sqlite_url, "check", "--json")
+    rows = {row["task"]: row for row in json.loads(output)}
+    assert rows["tests.apps.core.stuck"]["time_limit"] == "1s"
+    assert rows["tests.apps.core.add"]["time_limit"].endswith("(app default)")
+
+
+@pytest.mark.slow
+def test_demo_exits_zero_on_a_fresh_broker(tmp_path: object) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "celeriac", "demo", "-n", "60"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "all 10 finished while" in done.stdout
+    assert "countdown=2 task" in done.stdout

@@ -1,0 +1,58 @@
+"""Settings: defaults, environment overrides, conversion and typos."""
+
+from __future__ import annotations
+
+import pytest
+
+from celeriac import Celeriac, ConfigurationError
+from celeriac.config import Settings
+
+
+def test_safe_defaults_bound_every_task() -> None:
+    s = Settings()
+    assert s.task_soft_time_limit < s.task_time_limit
+    assert s.task_expires > 0
+    assert s.worker_max_memory_per_child
+
+
+def test_environment_overrides_defaults() -> None:
+    s = Settings.from_environment(
+        {
+            "CELERIAC_TASK_SOFT_TIME_LIMIT": "12.5",
+            "CELERIAC_TASK_TRACK_STARTED": "yes",
+            "CELERIAC_WORKER_MAX_TASKS_PER_CHILD": "none",
+            "UNRELATED": "1",
+        }
+    )
+    assert s.task_soft_time_limit == 12.5
+    assert s.task_track_started is True
+    assert s.worker_max_tasks_per_child is None
+
+
+def test_unknown_setting_suggests_the_closest_name() -> None:
+    with pytest.raises(ConfigurationError, match="Did you mean 'task_soft_time_limit'"):
+        Celeriac("x", broker="memory://", task_soft_timelimit=3)
+    app = Celeriac("x", broker="memory://")
+    with pytest.raises(ConfigurationError, match="worker_prefetch_multiplier"):
+        app.conf.worker_prefetch_multiplyer = 2
+
+
+def test_wrong_type_is_refused_with_the_setting_name() -> None:
+    app = Celeriac("x", broker="memory://")
+    with pytest.raises(ConfigurationError, match="task_time_limit must be float"):
+        app.conf.task_time_limit = "soon"
+    with pytest.raises(ConfigurationError, match="task_track_started must be bool"):
+        app.conf.update(task_track_started="maybe")
+
+
+def test_broker_argument_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Celeriac("x").conf.broker_url == "sqlite:///celeriac.db"
+    assert Celeriac("x", broker="memory://").conf.broker_url == "memory://"
+    monkeypatch.setenv("CELERIAC_BROKER_URL", "sqlite:///other.db")
+    assert Celeriac("x", broker="memory://").conf.broker_url == "sqlite:///other.db"
+
+
+def test_unknown_broker_scheme_is_a_clear_error() -> None:
+    app = Celeriac("x", broker="amqp://localhost")
+    with pytest.raises(ConfigurationError, match="unknown broker URL 'amqp://localhost'"):
+        _ = app.broker

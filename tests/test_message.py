@@ -1,0 +1,91 @@
+"""The wire format: round trips, compatibility across versions, bad input."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from celeriac.errors import MalformedMessage, SerializationError
+from celeriac.message import (
+    PROTOCOL_VERSION,
+    Message,
+    ResultRecord,
+    decode_message,
+    decode_result,
+    encode_message,
+    encode_result,
+    peek_identity,
+)
+
+
+def test_round_trip_keeps_every_field() -> None:
+    m = Message(
+        id="a",
+        task="t",
+        args=[1, "x"],
+        kwargs={"k": [1]},
+        queue="q",
+        priority=7,
+        eta=1.5,
+        expires=2.5,
+        retries=2,
+        headers={"h": 1},
+        options={"o": 2},
+    )
+    assert decode_message(encode_message(m)) == m
+
+
+def test_defaults_are_not_written() -> None:
+    raw = encode_message(Message(id="a", task="t"))
+    assert raw == b'{"id":"a","task":"t"}'
+
+
+def test_fields_from_a_newer_producer_are_ignored() -> None:
+    raw = b'{"id":"a","task":"t","args":[1],"brand_new_field":{"x":1}}'
+    assert decode_message(raw).args == [1]
+
+
+def test_a_newer_protocol_version_is_refused_with_advice() -> None:
+    raw = msgspec.json.encode({"id": "a", "task": "t", "v": PROTOCOL_VERSION + 1})
+    with pytest.raises(MalformedMessage, match="Upgrade this worker"):
+        decode_message(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"{",
+        b"\x00\xff\xfe",
+        b"[1,2,3]",
+        b'{"task":"t"}',
+        b'{"id":1,"task":"t"}',
+        b'"just a string"',
+        b'{"id":"a","task":"t","args":"notalist"}',
+    ],
+)
+def test_malformed_bytes_raise_malformed_message(raw: bytes) -> None:
+    with pytest.raises(MalformedMessage, match="not a celeriac message"):
+        decode_message(raw)
+
+
+def test_unserializable_argument_is_named() -> None:
+    m = Message(id="a", task="shop.send", args=[1], kwargs={"user": object()})
+    with pytest.raises(SerializationError, match=r"shop.send: argument 'user' \(object\)"):
+        encode_message(m)
+    m = Message(id="a", task="shop.send", args=[1, Exception("x")])
+    with pytest.raises(SerializationError, match=r"positional argument 1 \(Exception\)"):
+        encode_message(m)
+
+
+def test_unserializable_result_becomes_a_failure_record() -> None:
+    raw = encode_result(ResultRecord(state="SUCCESS", task="t", result=object()))
+    record = decode_result(raw)
+    assert record.state == "FAILURE"
+    assert record.error is not None and "not JSON-serializable" in record.error.message
+
+
+def test_peek_identity_reads_what_it_can() -> None:
+    assert peek_identity(b'{"id":"x","task":"y","args":"bad"}') == ("x", "y")
+    assert peek_identity(b"\x00") == (None, None)
+    assert peek_identity(b"[1]") == (None, None)

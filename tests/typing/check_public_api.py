@@ -1,0 +1,60 @@
+"""Typing checks of the public API, run by mypy (not pytest): `mypy` covers this file.
+
+Lines marked `type: ignore[...]` must stay errors: mypy's warn_unused_ignores (strict) fails
+the check if one of them stops being an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, assert_type
+
+from celeriac import AsyncResult, Celeriac, Task
+
+app = Celeriac("typing", broker="memory://")
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(queue="emails")
+def send_welcome(user_id: int) -> str:
+    return str(user_id)
+
+
+@app.task
+async def fetch_page(url: str) -> bytes:
+    return url.encode()
+
+
+@app.bound_task()
+def job(self: Task[Any, Any], x: int) -> str:
+    return self.request.id + str(x)
+
+
+def check() -> None:
+    assert_type(add.delay(1, 2), AsyncResult[int])
+    assert_type(add.delay(1, 2).get(timeout=1), int)
+    assert_type(send_welcome.delay(42), AsyncResult[str])
+    assert_type(job.delay(3), AsyncResult[str])
+    assert_type(fetch_page.delay("https://example.org"), AsyncResult[bytes])
+    add.delay("x", 2)  # type: ignore[arg-type]
+    add.delay(1)  # type: ignore[call-arg]
+    job.delay("not an int")  # type: ignore[arg-type]
+
+
+async def acheck() -> None:
+    r = await add.adelay(1, 2)
+    assert_type(r, AsyncResult[int])
+    assert_type(await r.aget(timeout=1), int)
+
+
+@app.task(queue="pages", soft_time_limit=5)
+async def fetch_with_options(url: str) -> bytes:
+    return url.encode()
+
+
+def check_options() -> None:
+    assert_type(fetch_with_options.delay("u"), AsyncResult[bytes])
+    fetch_with_options.delay(1)  # type: ignore[arg-type]
