@@ -43,6 +43,7 @@ class Settings:
     task_payload_warn_bytes: int = 16 * 1024
     task_payload_max_bytes: int = 256 * 1024
     task_unknown_retry_delay: float = 10.0  # seconds before an unknown task is offered again
+    task_unknown_max_age: float = 3600.0  # then an unknown task is dead-lettered
     result_expires: float = 86_400.0  # seconds a result is kept
     worker_concurrency: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 2)
     worker_prefetch_multiplier: int = 1  # messages a child takes per free slot
@@ -51,6 +52,7 @@ class Settings:
     worker_lease_seconds: float = 30.0  # renewed every third of it while a task runs
     worker_heartbeat_seconds: float = 2.0  # a worker is dead after 5 missed heartbeats
     worker_log_level: str = "INFO"
+    worker_send_task_events: bool = True  # batched into a bounded stream; see `celeriac events`
 
     def update(self, **values: Any) -> None:
         """Set several settings, converting and checking each one."""

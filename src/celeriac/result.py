@@ -111,6 +111,15 @@ class AsyncResult(Generic[R]):
             return value
         raise _rebuild(record, self.id)
 
+    def revoke(self, terminate: bool = False) -> None:
+        """Stop this task from running; with ``terminate``, also stop it if it is running.
+
+        The revoke is stored in the broker, so a worker that starts later honours it too.
+        """
+        from celeriac.control import revoke
+
+        revoke(self.app, self.id, terminate=terminate)
+
     def forget(self) -> None:
         """Delete the stored result."""
         self.app.broker.forget_result(self.id)

@@ -85,3 +85,15 @@ def echo_kwargs(a: int, b: int = 0) -> list[int]:
 @app.task
 def fail(message: str) -> None:
     raise ValueError(message)
+
+
+_leaked: list[bytearray] = []
+
+
+@app.task
+def leak(megabytes: int) -> int:
+    """Keep a block of memory forever, like a cache that is never cleared."""
+    block = bytearray(megabytes * 1024 * 1024)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page so it counts in RSS
+    _leaked.append(block)
+    return len(_leaked)

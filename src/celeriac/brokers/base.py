@@ -241,6 +241,48 @@ class Broker(abc.ABC):
     def forget_result(self, task_id: str) -> None:
         """Delete a stored result."""
 
+    # -- the small store: state for policies (revokes, dedupe, joins, limits, beat) ----
+
+    @abc.abstractmethod
+    def kv_set(self, key: str, value: bytes, ttl: float, *, only_if_absent: bool = False) -> bool:
+        """Set ``key`` for ``ttl`` seconds; with ``only_if_absent``, only when unset.
+
+        Returns True when the value was written.
+        """
+
+    @abc.abstractmethod
+    def kv_get(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of ``keys`` (None where unset or expired), in one round trip."""
+
+    @abc.abstractmethod
+    def kv_delete(self, key: str) -> None:
+        """Unset ``key``."""
+
+    @abc.abstractmethod
+    def join_add(self, key: str, member: str, value: bytes, ttl: float) -> int:
+        """Record ``member`` (with ``value``) in the join ``key``; return how many distinct
+        members it holds now. Adding a member twice counts it once and keeps the first
+        value, so a redelivered chord member never completes a join twice or early."""
+
+    @abc.abstractmethod
+    def join_values(self, key: str) -> dict[str, bytes]:
+        """Every member of the join ``key`` and its value."""
+
+    @abc.abstractmethod
+    def rate_acquire(self, key: str, capacity: float, per_second: float) -> float:
+        """Take one token from the bucket ``key`` (``capacity`` tokens, refilled at
+        ``per_second``) on the broker's clock. Returns 0 when a token was taken, else the
+        seconds until one will be free (nothing is taken then)."""
+
+    @abc.abstractmethod
+    def stream_append(self, key: str, items: Sequence[bytes], maxlen: int) -> None:
+        """Append to the bounded stream ``key``, keeping only the newest ``maxlen`` items."""
+
+    @abc.abstractmethod
+    def stream_read(self, key: str, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Items of stream ``key`` with a sequence number greater than ``after``, oldest
+        first, as (sequence, item); sequence numbers only grow."""
+
     # -- administration ---------------------------------------------------------------
 
     @abc.abstractmethod

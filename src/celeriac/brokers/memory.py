@@ -64,6 +64,10 @@ class MemoryBroker(Broker):
         self._dead: dict[str, DeadLetter] = {}
         self._workers: dict[str, WorkerInfo] = {}
         self._worker_expiry: dict[str, float] = {}
+        self._kv: dict[str, tuple[bytes, float]] = {}
+        self._joins: dict[str, tuple[dict[str, bytes], float]] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # tokens, at
+        self._streams: dict[str, tuple[int, list[tuple[int, bytes]]]] = {}
 
     # -- producing ----------------------------------------------------------------------
 
@@ -305,6 +309,72 @@ class MemoryBroker(Broker):
         """Delete a stored result."""
         with self._lock:
             self._results.pop(task_id, None)
+
+    # -- the small store ----------------------------------------------------------------
+
+    def kv_set(self, key: str, value: bytes, ttl: float, *, only_if_absent: bool = False) -> bool:
+        """Set a key for ``ttl`` seconds (only when unset, if asked)."""
+        with self._lock:
+            now = time.time()
+            held = self._kv.get(key)
+            if only_if_absent and held is not None and held[1] > now:
+                return False
+            self._kv[key] = (value, now + ttl)
+            return True
+
+    def kv_get(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values of keys, None where unset or expired."""
+        with self._lock:
+            now = time.time()
+            found = [self._kv.get(k) for k in keys]
+            return [v[0] if v is not None and v[1] > now else None for v in found]
+
+    def kv_delete(self, key: str) -> None:
+        """Unset a key."""
+        with self._lock:
+            self._kv.pop(key, None)
+
+    def join_add(self, key: str, member: str, value: bytes, ttl: float) -> int:
+        """Add a member once; return the number of distinct members."""
+        with self._lock:
+            members, _ = self._joins.get(key, ({}, 0.0))
+            members.setdefault(member, value)
+            self._joins[key] = (members, time.time() + ttl)
+            return len(members)
+
+    def join_values(self, key: str) -> dict[str, bytes]:
+        """Every member of a join and its value."""
+        with self._lock:
+            members, expires = self._joins.get(key, ({}, 0.0))
+            return dict(members) if expires > time.time() else {}
+
+    def rate_acquire(self, key: str, capacity: float, per_second: float) -> float:
+        """Take a token, or say how long until one is free."""
+        with self._lock:
+            now = time.time()
+            tokens, at = self._buckets.get(key, (capacity, now))
+            tokens = min(capacity, tokens + (now - at) * per_second)
+            if tokens >= 1:
+                self._buckets[key] = (tokens - 1, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / per_second
+
+    def stream_append(self, key: str, items: Sequence[bytes], maxlen: int) -> None:
+        """Append to a bounded stream."""
+        with self._lock:
+            seq, entries = self._streams.get(key, (0, []))
+            for item in items:
+                seq += 1
+                entries.append((seq, item))
+            self._streams[key] = (seq, entries[-maxlen:])
+            self._lock.notify_all()
+
+    def stream_read(self, key: str, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Items after a sequence number, oldest first."""
+        with self._lock:
+            _, entries = self._streams.get(key, (0, []))
+            return [e for e in entries if e[0] > after][:limit]
 
     # -- administration -----------------------------------------------------------------
 

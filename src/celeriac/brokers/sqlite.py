@@ -71,6 +71,21 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, info BLOB NOT NULL, expires_at REAL);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL);
+CREATE TABLE IF NOT EXISTS joins (
+    key TEXT NOT NULL,
+    member TEXT NOT NULL,
+    value BLOB NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (key, member)
+);
+CREATE TABLE IF NOT EXISTS buckets (key TEXT PRIMARY KEY, tokens REAL NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS streams (
+    key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    item BLOB NOT NULL,
+    PRIMARY KEY (key, seq)
+);
 """
 
 _WAIT_STEP = 0.004  # seconds between data_version checks while waiting
@@ -418,6 +433,8 @@ class SQLiteBroker(Broker):
             released = cursor.rowcount
             db.execute("DELETE FROM workers WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM results WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM joins WHERE expires_at <= ?", (now,))
         return released
 
     # -- results ------------------------------------------------------------------------
@@ -456,6 +473,88 @@ class SQLiteBroker(Broker):
         """Delete a stored result."""
         with self._transaction() as db:
             db.execute("DELETE FROM results WHERE id = ?", (task_id,))
+
+    # -- the small store ----------------------------------------------------------------
+
+    def kv_set(self, key: str, value: bytes, ttl: float, *, only_if_absent: bool = False) -> bool:
+        """Set a key for ``ttl`` seconds (only when unset, if asked)."""
+        now = time.time()
+        with self._transaction() as db:
+            if only_if_absent:
+                held = db.execute(
+                    "SELECT 1 FROM kv WHERE key = ? AND expires_at > ?", (key, now)
+                ).fetchone()
+                if held:
+                    return False
+            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (key, value, now + ttl))
+            return True
+
+    def kv_get(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values of keys, None where unset or expired."""
+        if not keys:
+            return []
+        marks = ",".join("?" * len(keys))
+        rows = self._read(
+            f"SELECT key, value FROM kv WHERE key IN ({marks}) AND expires_at > ?",  # noqa: S608
+            (*keys, time.time()),
+        )
+        found = dict(rows)
+        return [found.get(k) for k in keys]
+
+    def kv_delete(self, key: str) -> None:
+        """Unset a key."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM kv WHERE key = ?", (key,))
+
+    def join_add(self, key: str, member: str, value: bytes, ttl: float) -> int:
+        """Add a member once; return the number of distinct members."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO joins VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (key, member, value, time.time() + ttl),
+            )
+            return int(db.execute("SELECT COUNT(*) FROM joins WHERE key = ?", (key,)).fetchone()[0])
+
+    def join_values(self, key: str) -> dict[str, bytes]:
+        """Every member of a join and its value."""
+        rows = self._read(
+            "SELECT member, value FROM joins WHERE key = ? AND expires_at > ?", (key, time.time())
+        )
+        return dict(rows)
+
+    def rate_acquire(self, key: str, capacity: float, per_second: float) -> float:
+        """Take a token, or say how long until one is free."""
+        with self._transaction() as db:
+            now = time.time()
+            row = db.execute("SELECT tokens, at FROM buckets WHERE key = ?", (key,)).fetchone()
+            tokens = (
+                capacity if row is None else min(capacity, row[0] + (now - row[1]) * per_second)
+            )
+            wait = 0.0 if tokens >= 1 else (1 - tokens) / per_second
+            tokens = tokens - 1 if tokens >= 1 else tokens
+            db.execute("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?)", (key, tokens, now))
+            return wait
+
+    def stream_append(self, key: str, items: Sequence[bytes], maxlen: int) -> None:
+        """Append to a bounded stream."""
+        with self._transaction() as db:
+            last = db.execute("SELECT MAX(seq) FROM streams WHERE key = ?", (key,)).fetchone()[0]
+            seq = last or 0
+            db.executemany(
+                "INSERT INTO streams VALUES (?, ?, ?)",
+                [(key, seq + i + 1, item) for i, item in enumerate(items)],
+            )
+            db.execute(
+                "DELETE FROM streams WHERE key = ? AND seq <= ?", (key, seq + len(items) - maxlen)
+            )
+
+    def stream_read(self, key: str, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Items after a sequence number, oldest first."""
+        rows = self._read(
+            "SELECT seq, item FROM streams WHERE key = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (key, after, limit),
+        )
+        return [(int(r[0]), r[1]) for r in rows]
 
     # -- administration -----------------------------------------------------------------
 

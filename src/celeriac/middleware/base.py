@@ -43,7 +43,7 @@ class Outcome:
     value: Any = None
     error: ErrorInfo | None = None
     exception: BaseException | None = None
-    delay: float = 0.0  # RETRY and DEFERRED: seconds until due again
+    delay: float | None = 0.0  # RETRY and DEFERRED: seconds until due (None: policy's)
     body: bytes | None = None  # RETRY: the message to store instead
     reason: str = ""  # DEAD: why
     runtime: float = 0.0
@@ -88,6 +88,9 @@ class Middleware:
     def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
         """Called after the broker settled the message; ``committed`` is False when the
         lease had been lost and another worker owns the message now."""
+
+    def on_idle(self) -> None:
+        """Called when the worker has nothing to run (flush buffers here)."""
 
 
 class MiddlewareStack:
@@ -142,3 +145,11 @@ class MiddlewareStack:
                 log.exception(
                     "%s.after_settle failed for task %s; carrying on", type(m).__name__, job.label
                 )
+
+    def on_idle(self) -> None:
+        """Run on_idle hooks (the worker has nothing to run)."""
+        for m in self.middleware:
+            try:
+                m.on_idle()
+            except Exception:
+                log.exception("%s.on_idle failed; carrying on", type(m).__name__)

@@ -14,12 +14,13 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from celeriac.brokers.base import Delivery
-from celeriac.errors import SoftTimeLimitExceeded
+from celeriac.errors import BrokerError, SoftTimeLimitExceeded
 from celeriac.worker.executor import Executor, FetchSpec
 from celeriac.worker.slot import Held, Slot
 
@@ -58,6 +59,7 @@ class Child:
         self.stopping = False
         self.in_task = False
         self.tasks_done = 0
+        self.growth: dict[str, list[int]] = {}  # task name -> [runs, RSS growth in bytes]
         conf = app.conf
         self.fetch = FetchSpec(
             spec.queues,
@@ -71,18 +73,12 @@ class Child:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides on Ctrl-C
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGALRM, self._on_soft_limit)
-        broker = self.app.broker
         pending: list[Delivery] = []
         while not self.stopping:
             if not pending:
+                self.app.middleware.on_idle()
                 self._publish(pending, None)
-                pending = broker.fetch(
-                    self.spec.queues,
-                    self.spec.worker_id,
-                    limit=self.fetch.limit,
-                    lease_seconds=self.fetch.lease_seconds,
-                    timeout=0.5,
-                )
+                pending = self._reconnecting(self._fetch, give_up_when_stopping=True) or []
                 continue
             delivery = pending.pop(0)
             more = self._handle(delivery, pending)
@@ -112,6 +108,7 @@ class Child:
                 ),
             )
             self.in_task = True
+            rss_before = current_rss()
             if soft != math.inf:
                 signal.setitimer(signal.ITIMER_REAL, soft)
             try:
@@ -119,11 +116,57 @@ class Child:
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 self.in_task = False
+            stats = self.growth.setdefault(task.name, [0, 0])
+            stats[0] += 1
+            stats[1] += current_rss() - rss_before
         self.tasks_done += 1
         # Fetch in the same broker call only when nothing else is in hand: a child never
         # hoards work that an idle sibling could start.
         fetch = self.fetch if not pending and not self.stopping else None
-        return self.executor.settle(job, outcome, fetch)
+        settled = self._reconnecting(
+            lambda: self.executor.settle(job, outcome, fetch),
+            give_up_after=self.fetch.lease_seconds,
+        )
+        return settled or []
+
+    def _fetch(self) -> list[Delivery]:
+        return self.app.broker.fetch(
+            self.spec.queues,
+            self.spec.worker_id,
+            limit=self.fetch.limit,
+            lease_seconds=self.fetch.lease_seconds,
+            timeout=0.5,
+        )
+
+    def _reconnecting(
+        self,
+        action: Callable[[], list[Delivery]],
+        *,
+        give_up_when_stopping: bool = False,
+        give_up_after: float = math.inf,
+    ) -> list[Delivery] | None:
+        """Run a broker call, retrying with capped backoff while the broker is unreachable.
+
+        Never crash-loops on an outage: the child waits and resumes by itself. A settle
+        that cannot reach the broker before its lease would expire is abandoned; the
+        message is then delivered again (at-least-once), never lost.
+        """
+        delay, started = 0.1, time.monotonic()
+        while True:
+            try:
+                return action()
+            except BrokerError as exc:
+                waited = time.monotonic() - started
+                if (give_up_when_stopping and self.stopping) or waited > give_up_after:
+                    log.error(
+                        "child %d gave up on the broker after %.0fs: %s", os.getpid(), waited, exc
+                    )
+                    return None
+                log.warning(
+                    "child %d: broker unavailable (%s); retrying in %.1fs", os.getpid(), exc, delay
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _limits(self, soft: float | None, hard: float | None, task: object) -> tuple[float, float]:
         from celeriac.task import Task
@@ -140,7 +183,7 @@ class Child:
         held = [Held(d.id, d.queue, d.lease.token) for d in pending]
         if running is not None:
             held.insert(0, running)
-        self.slot.write(held, current_rss())
+        self.slot.write(held, current_rss(), self.tasks_done, self.growth)
 
     def _should_recycle(self) -> bool:
         conf = self.app.conf
@@ -167,7 +210,7 @@ class Child:
         # Fetched but never started: straight back to the queue, not counted as a delivery.
         for delivery in pending:
             self.app.broker.requeue(delivery.lease, count_delivery=False)
-        self.slot.write([], current_rss())
+        self.slot.write([], current_rss(), self.tasks_done, self.growth)
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True

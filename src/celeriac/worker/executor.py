@@ -110,15 +110,27 @@ class Executor:
         return job, None
 
     def _unknown(self, job: Job) -> Outcome:
-        assert job.message is not None
-        delay = self.app.conf.task_unknown_retry_delay
+        message = job.message
+        assert message is not None
+        conf = self.app.conf
+        age = time.time() - message.sent_at if message.sent_at else 0.0
+        if age > conf.task_unknown_max_age:
+            return Outcome(
+                "DEAD",
+                reason=(
+                    f"unknown task: no worker that knows {message.task} took it within "
+                    f"task_unknown_max_age={conf.task_unknown_max_age:g}s"
+                ),
+            )
         log.warning(
             "task %s is not registered in this worker; putting it back for %gs so a worker "
-            "that knows it can take it. Deploy the code that defines it, or purge the queue.",
+            "that knows it can take it (dead-lettered after %gs). Deploy the code that defines "
+            "it, or purge the queue.",
             job.label,
-            delay,
+            conf.task_unknown_retry_delay,
+            conf.task_unknown_max_age,
         )
-        return Outcome("DEFERRED", delay=delay, reason="unknown task")
+        return Outcome("DEFERRED", delay=conf.task_unknown_retry_delay, reason="unknown task")
 
     # -- running ------------------------------------------------------------------------
 
@@ -141,7 +153,7 @@ class Executor:
                 value = self.run_coroutine(value)
             outcome = Outcome("SUCCESS", value=value)
         except Retry as exc:
-            outcome = Outcome("RETRY", delay=exc.delay or 0.0, exception=exc.exc or exc)
+            outcome = Outcome("RETRY", delay=exc.delay, exception=exc.exc or exc)
         except Reject as exc:
             outcome = Outcome("DEAD", reason=f"rejected by the task: {exc.reason}")
         except Exception as exc:  # noqa: BLE001 - a task's failure is data, not a crash
@@ -211,7 +223,7 @@ class Executor:
         elif state == "RETRY":
             committed = self._retry(job, outcome)
         elif state == "DEFERRED":
-            committed = broker.requeue(lease, delay=outcome.delay, count_delivery=False)
+            committed = broker.requeue(lease, delay=outcome.delay or 0.0, count_delivery=False)
         else:
             committed = self._dead_letter(job, outcome)
         self._log(job, outcome, committed)
@@ -238,10 +250,11 @@ class Executor:
     def _retry(self, job: Job, outcome: Outcome) -> bool:
         message = job.message
         assert message is not None
+        delay = outcome.delay or 0.0
         message.retries += 1
-        message.eta = time.time() + outcome.delay
+        message.eta = time.time() + delay
         body = outcome.body or encode_message(message)
-        committed = self.app.broker.requeue(job.delivery.lease, delay=outcome.delay, body=body)
+        committed = self.app.broker.requeue(job.delivery.lease, delay=delay, body=body)
         if committed:
             record = ResultRecord(
                 state="RETRY",
@@ -257,7 +270,7 @@ class Executor:
 
     def _dead_letter(self, job: Job, outcome: Outcome) -> bool:
         delivery = job.delivery
-        task_id, name = peek_identity(delivery.body)
+        _, name = peek_identity(delivery.body)
         name = job.message.task if job.message else (name or "?")
         error = outcome.error.message if outcome.error else ""
         letter = DeadLetter(
@@ -270,17 +283,19 @@ class Executor:
             error=error,
             dead_at=time.time(),
         )
+        own = outcome.error  # the task's own error, when it failed before dead-lettering
         record = ResultRecord(
             state="FAILURE",
             task=name,
             date_done=time.time(),
             worker=self.worker_id,
             error=ErrorInfo(
-                type="celeriac.errors.Reject", message=f"dead-lettered: {outcome.reason}"
+                type=own.type if own else "celeriac.errors.Reject",
+                message=f"dead-lettered: {outcome.reason}" + (f": {own.message}" if own else ""),
+                traceback=own.traceback if own else "",
             ),
         )
-        result = encode_result(record) if task_id == delivery.id or job.message else None
-        return self.app.broker.dead_letter(delivery.lease, letter, result)
+        return self.app.broker.dead_letter(delivery.lease, letter, encode_result(record))
 
     def _log(self, job: Job, outcome: Outcome, committed: bool) -> None:
         if not committed:
@@ -308,7 +323,7 @@ class Executor:
             log.info(
                 "task %s will retry in %.1fs (attempt %d)",
                 job.label,
-                outcome.delay,
+                outcome.delay or 0.0,
                 job.message.retries if job.message else 0,
             )
         elif state == "DEAD":

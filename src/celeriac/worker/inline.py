@@ -77,6 +77,7 @@ def _drain(
             timeout=wait,
         )
         if not deliveries:
+            app.middleware.on_idle()
             return ran
         _, outcome = executor.process(deliveries[0])
         ran += 1

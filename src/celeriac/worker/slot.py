@@ -37,11 +37,15 @@ class SlotView:
 
     held: list[Held]
     rss: int  # bytes, as the child last measured itself
+    done: int = 0  # tasks this child finished
+    growth: dict[str, list[int]] | None = None  # task name -> [runs, RSS growth in bytes]
 
 
 class _Payload(msgspec.Struct, array_like=True):
     held: list[Held]
     rss: int = 0
+    done: int = 0
+    growth: dict[str, list[int]] = msgspec.field(default_factory=dict)
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -62,11 +66,17 @@ class Slot:
         self._mem = mmap.mmap(-1, _SIZE)  # anonymous and shared across fork()
         self._seq = 0
 
-    def write(self, held: list[Held], rss: int) -> None:
-        """Publish what the child holds now (child side)."""
-        data = _encode(_Payload(held, rss))
+    def write(
+        self,
+        held: list[Held],
+        rss: int,
+        done: int = 0,
+        growth: dict[str, list[int]] | None = None,
+    ) -> None:
+        """Publish what the child holds now, and its counters (child side)."""
+        data = _encode(_Payload(held, rss, done, growth or {}))
         if len(data) > _SIZE - _HEADER.size:
-            data = _encode(_Payload(held[: len(held) // 2], rss))  # keep what fits
+            data = _encode(_Payload(held[: len(held) // 2], rss, done))  # keep what fits
         self._seq += 1
         _HEADER.pack_into(self._mem, 0, self._seq * 2 - 1, len(data))
         self._mem[_HEADER.size : _HEADER.size + len(data)] = data
@@ -81,8 +91,8 @@ class Slot:
                 if _HEADER.unpack_from(self._mem, 0)[0] == seq:
                     if seq == 0:
                         return SlotView([], 0)
-                    payload = _decode(data)
-                    return SlotView(payload.held, payload.rss)
+                    p = _decode(data)
+                    return SlotView(p.held, p.rss, p.done, p.growth)
             time.sleep(0.0001)
         return SlotView([], 0)  # a child that died mid-write; its leases will expire
 

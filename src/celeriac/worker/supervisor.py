@@ -25,13 +25,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from celeriac.brokers.base import Lease, WorkerInfo
-from celeriac.errors import BrokerError, ConfigurationError, TimeLimitExceeded
+from celeriac.errors import BrokerError, ConfigurationError, TaskRevoked, TimeLimitExceeded
 from celeriac.message import ResultRecord, encode_result
 from celeriac.worker.child import ChildSpec, child_main
 from celeriac.worker.executor import error_info
+from celeriac.worker.remote import Remote
 from celeriac.worker.slot import Held, Slot, SlotView
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class _ChildState:
     pid: int = 0
     started: float = 0.0
     last_view: SlotView = field(default_factory=lambda: SlotView([], 0))
-    killed_for: Held | None = None  # the task whose hard limit we killed it for
+    killed_for: tuple[Held, str] | None = None  # the task we killed it for, and why
     crashes: int = 0
 
 
@@ -79,6 +80,9 @@ class Worker:
         self._stop_requests = 0
         self._last_renew = self._last_beat = 0.0
         self._started = time.time()
+        self._done_before = 0
+        self._growth_before: dict[str, list[int]] = {}
+        self.remote = Remote(app, self.id, self._answer)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -129,10 +133,13 @@ class Worker:
 
     def _tick(self) -> None:
         now = time.time()
+        self.remote.poll()
+        if self.remote.shutdown_requested and self._stop_requests == 0:
+            self._stop_requests = 1
         for child in self._children:
             view = child.slot.read()
             child.last_view = view
-            self._enforce_hard_limit(child, view, now)
+            self._enforce_limits(child, view, now)
         self._reap_children()
         try:
             if now - self._last_renew >= self.app.conf.worker_lease_seconds / 3:
@@ -147,18 +154,30 @@ class Worker:
 
     # -- children -----------------------------------------------------------------------
 
-    def _enforce_hard_limit(self, child: _ChildState, view: SlotView, now: float) -> None:
+    def _enforce_limits(self, child: _ChildState, view: SlotView, now: float) -> None:
         running = view.held[0] if view.held and view.held[0].started else None
-        overdue = running and running.hard_deadline and now > running.hard_deadline
-        if overdue and running and child.pid and child.killed_for is None:
+        if running is None or not child.pid or child.killed_for is not None:
+            return
+        if running.id in self.remote.to_terminate:
+            log.warning(
+                "task %s[%s] was revoked with terminate; killing child %d",
+                running.task,
+                running.id,
+                child.pid,
+            )
+            self._kill_for(child, running, "REVOKED")
+        elif running.hard_deadline and now > running.hard_deadline:
             log.error(
                 "task %s[%s] passed its hard time limit; killing child %d",
                 running.task,
                 running.id,
                 child.pid,
             )
-            child.killed_for = running
-            os.kill(child.pid, signal.SIGKILL)
+            self._kill_for(child, running, "FAILURE")
+
+    def _kill_for(self, child: _ChildState, running: Held, state: str) -> None:
+        child.killed_for = (running, state)
+        _signal(child.pid, signal.SIGKILL)
 
     def _reap_children(self) -> None:
         for child in self._children:
@@ -170,21 +189,23 @@ class Worker:
             self._after_exit(child, os.waitstatus_to_exitcode(status))
 
     def _after_exit(self, child: _ChildState, code: int) -> None:
-        pid, view = child.pid, child.last_view
+        pid, view, killed = child.pid, child.last_view, child.killed_for
         child.pid = 0
-        if child.killed_for is not None:
-            self._fail_for_time_limit(child.killed_for)
+        self._fold_counters(view)
+        if killed is not None:
+            self._record_killed(*killed)
         for held in view.held:
-            if child.killed_for is not None and held.id == child.killed_for.id:
+            if killed is not None and held.id == killed[0].id:
                 continue
             # The running task counts as a delivery (a crash); prefetched ones do not.
             lease = Lease(held.id, held.queue, held.token)
+            counted = bool(held.started)
             self._quietly(
-                lambda lease=lease, started=held.started: self.app.broker.requeue(
-                    lease, count_delivery=bool(started)
+                lambda lease=lease, counted=counted: self.app.broker.requeue(
+                    lease, count_delivery=counted
                 )
             )
-        if code != 0 and child.killed_for is None:
+        if code != 0 and killed is None and self._stop_requests < 2:
             names = ", ".join(f"{h.task}[{h.id}]" for h in view.held if h.started) or "none"
             log.error(
                 "worker child %d died (exit code %d) while running: %s; its messages "
@@ -199,13 +220,25 @@ class Worker:
                 time.sleep(min(2**child.crashes / 10, 5))  # a crash loop: back off
             self._spawn(child)
 
-    def _fail_for_time_limit(self, held: Held) -> None:
-        exc = TimeLimitExceeded(
-            f"task {held.task}[{held.id}] ran past its hard time limit "
-            f"({held.hard_deadline - held.started:g}s) and was killed"
-        )
+    def _fold_counters(self, view: SlotView) -> None:
+        # A child's counters die with it: keep them at the supervisor for inspect.
+        self._done_before += view.done
+        for name, (runs, grown) in (view.growth or {}).items():
+            total = self._growth_before.setdefault(name, [0, 0])
+            total[0] += runs
+            total[1] += grown
+
+    def _record_killed(self, held: Held, state: str) -> None:
+        if state == "REVOKED":
+            exc: Exception = TaskRevoked(f"task {held.task}[{held.id}] was revoked and stopped")
+        else:
+            limit = held.hard_deadline - held.started
+            exc = TimeLimitExceeded(
+                f"task {held.task}[{held.id}] ran past its hard time limit "
+                f"({limit:g}s) and was killed"
+            )
         record = ResultRecord(
-            state="FAILURE",
+            state=state,
             task=held.task,
             error=error_info(exc),
             date_done=time.time(),
@@ -230,6 +263,52 @@ class Worker:
                     self.id,
                     ", ".join(lost),
                 )
+
+    def _answer(self, command: str) -> Any:
+        """This worker's reply to a remote-control command."""
+        now = time.time()
+        views = [(c.pid, c.last_view) for c in self._children if c.pid]
+        if command == "ping":
+            return "pong"
+        if command == "active":
+            return [
+                {"id": h.id, "task": h.task, "runtime": round(now - h.started, 3), "child": pid}
+                for pid, v in views
+                for h in v.held
+                if h.started
+            ]
+        if command == "registered":
+            return sorted(self.app.tasks)
+        if command == "memory":
+            return self._memory_report(views)
+        if command == "stats":
+            return {
+                "pid": os.getpid(),
+                "queues": list(self.queues),
+                "uptime": now - self._started,
+                "concurrency": self.concurrency,
+                "tasks_done": self._done_before + sum(v.done for _, v in views),
+                "children": {str(pid): {"rss_mb": v.rss >> 20, "done": v.done} for pid, v in views},
+            }
+        return {"error": f"unknown command {command!r}"}
+
+    def _memory_report(self, views: list[tuple[int, SlotView]]) -> list[dict[str, Any]]:
+        totals = {name: list(pair) for name, pair in self._growth_before.items()}
+        for _, view in views:
+            for name, (runs, grown) in (view.growth or {}).items():
+                total = totals.setdefault(name, [0, 0])
+                total[0] += runs
+                total[1] += grown
+        ranked = sorted(totals.items(), key=lambda item: item[1][1], reverse=True)[:20]
+        return [
+            {
+                "task": name,
+                "runs": runs,
+                "rss_growth_mb": round(grown / 2**20, 1),
+                "per_run_kb": round(grown / 1024 / max(runs, 1), 1),
+            }
+            for name, (runs, grown) in ranked
+        ]
 
     def _heartbeat(self) -> None:
         conf = self.app.conf

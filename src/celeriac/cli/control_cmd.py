@@ -1,0 +1,116 @@
+"""Commands that talk to live workers through the broker: revoke, ping, inspect,
+shutdown, events."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import click
+import msgspec
+from rich.table import Table
+
+from celeriac.cli.main import Context, cli, out, print_json
+from celeriac.control import broadcast, revoke
+from celeriac.middleware.events import STREAM, Event
+
+
+@cli.command("revoke")
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--terminate", is_flag=True, help="Also stop the task if it is running.")
+@click.pass_obj
+def revoke_cmd(obj: Context, task_ids: tuple[str, ...], terminate: bool) -> None:
+    """Revoke tasks: they will not start (and, with --terminate, running ones stop).
+
+    Example: celeriac revoke 1b4e28ba-2fa1-11d2-883f-0016d3cca427 --terminate
+    """
+    for task_id in task_ids:
+        revoke(obj.app, task_id, terminate=terminate)
+    click.echo(f"revoked {len(task_ids)} task(s)" + (" (terminate)" if terminate else ""))
+
+
+@cli.command()
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=1.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def ping(obj: Context, timeout: float, as_json: bool) -> None:
+    """Ask every live worker to answer; exit 1 when none does."""
+    replies = broadcast(obj.app, "ping", timeout=timeout)
+    if as_json:
+        print_json({r.worker: r.data for r in replies})
+    else:
+        for r in replies:
+            click.echo(f"{r.worker}: {r.data}")
+    if not replies:
+        click.echo("no worker answered (is one running on this broker?)", err=True)
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("what", type=click.Choice(["active", "registered", "stats", "memory"]))
+@click.option("-w", "--worker", "target", default=None, help="Ask one worker (its id).")
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=1.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def inspect(obj: Context, what: str, target: str | None, timeout: float, as_json: bool) -> None:
+    """Ask live workers: running tasks, registered tasks, counters, memory growth by task.
+
+    Example: celeriac inspect memory   (which task makes children grow)
+    """
+    replies = broadcast(obj.app, what, target=target, timeout=timeout)
+    if as_json:
+        print_json({r.worker: r.data for r in replies})
+        return
+    if not replies:
+        out.print("no worker answered (is one running on this broker?)")
+        raise SystemExit(1)
+    for r in replies:
+        rows = r.data if isinstance(r.data, list) else [r.data]
+        if rows and isinstance(rows[0], dict):
+            table = Table(title=f"{what} on {r.worker}")
+            for column in rows[0]:
+                table.add_column(str(column))
+            for row in rows:
+                table.add_row(*(str(v) for v in row.values()))
+            out.print(table)
+        else:
+            out.print(f"[bold]{r.worker}[/]: " + (", ".join(map(str, rows)) or "nothing"))
+
+
+@cli.command()
+@click.option("-w", "--worker", "target", default=None, help="Stop one worker (its id).")
+@click.pass_obj
+def shutdown(obj: Context, target: str | None) -> None:
+    """Ask workers to stop warmly (running tasks finish; nothing is lost)."""
+    replies = broadcast(obj.app, "shutdown", target=target, timeout=2.0)
+    click.echo(f"{len(replies)} worker(s) are shutting down")
+
+
+@cli.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events.")
+@click.option("-n", "--lines", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event.")
+@click.pass_obj
+def events(obj: Context, follow: bool, lines: int, as_json: bool) -> None:
+    """Show task events (received, started, succeeded, failed, retried, ...)."""
+    broker = obj.app.broker
+    items = broker.stream_read(STREAM, 0, 1_000_000)
+    after = items[-1][0] if items else 0
+    for _, raw in items[-lines:]:
+        _print_event(raw, as_json)
+    while follow:
+        time.sleep(0.2)
+        for seq, raw in broker.stream_read(STREAM, after, 1000):
+            after = seq
+            _print_event(raw, as_json)
+
+
+def _print_event(raw: bytes, as_json: bool) -> None:
+    if as_json:
+        click.echo(raw.decode())
+        return
+    e = msgspec.json.decode(raw, type=Event)
+    at = dt.datetime.fromtimestamp(e.at).strftime("%H:%M:%S.%f")[:-3]
+    runtime = f" in {e.runtime:.4f}s" if e.runtime is not None else ""
+    detail = f": {e.detail}" if e.detail else ""
+    click.echo(f"{at} {e.type:<13} {e.task}[{e.id}]{runtime} ({e.worker}){detail}")

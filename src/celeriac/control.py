@@ -1,0 +1,103 @@
+"""Remote control through the broker: revoke, ping, inspect, shutdown.
+
+Everything travels through the broker's small store, so it works on every broker and
+reaches workers on every host:
+
+* revokes are appended to the bounded stream ``revokes`` — stored, so a worker that starts
+  later still honours them (workers re-read it every quarter second and at start-up);
+* commands are appended to the stream ``control``; each live worker's supervisor reads it
+  every tick and writes its reply under ``reply:<command id>:<worker id>`` for a minute.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+
+REVOKES = "revokes"
+CONTROL = "control"
+STREAM_LENGTH = 10_000
+REPLY_TTL = 60.0
+
+
+class Revocation(msgspec.Struct):
+    """One revoke: which task, and whether to stop it if it is running."""
+
+    id: str
+    terminate: bool = False
+    at: float = 0.0
+
+
+class Command(msgspec.Struct):
+    """A control command for every worker, or one (``target``)."""
+
+    id: str
+    command: str  # ping | active | registered | stats | memory | shutdown
+    target: str | None = None
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One worker's answer to a command."""
+
+    worker: str
+    data: Any
+
+
+def revoke(app: Celeriac, task_id: str, *, terminate: bool = False) -> None:
+    """Revoke a task: it will not start; with ``terminate`` it is stopped if running.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> revoke(app, "some-task-id")
+    """
+    entry = Revocation(task_id, terminate, time.time())
+    app.broker.stream_append(REVOKES, [msgspec.json.encode(entry)], STREAM_LENGTH)
+
+
+def read_revocations(app: Celeriac, after: int) -> tuple[int, list[Revocation]]:
+    """Revocations newer than sequence ``after``; returns the last sequence seen."""
+    items = app.broker.stream_read(REVOKES, after, STREAM_LENGTH)
+    last = items[-1][0] if items else after
+    return last, [msgspec.json.decode(raw, type=Revocation) for _, raw in items]
+
+
+def broadcast(
+    app: Celeriac, command: str, *, target: str | None = None, timeout: float = 1.0
+) -> list[Reply]:
+    """Send a command to the live workers and collect their replies for up to ``timeout``.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> broadcast(Celeriac("doc", broker="memory://"), "ping", timeout=0.1)
+        []
+    """
+    broker = app.broker
+    workers = [w.id for w in broker.workers() if target in (None, w.id)]
+    cmd = Command(uuid.uuid4().hex, command, target, time.time())
+    broker.stream_append(CONTROL, [msgspec.json.encode(cmd)], 1000)
+    keys = [f"reply:{cmd.id}:{w}" for w in workers]
+    deadline = time.monotonic() + timeout
+    while True:
+        values = broker.kv_get(keys) if keys else []
+        if all(v is not None for v in values) or time.monotonic() > deadline:
+            return [
+                Reply(w, msgspec.json.decode(v))
+                for w, v in zip(workers, values, strict=True)
+                if v is not None
+            ]
+        time.sleep(0.02)
+
+
+def reply(app: Celeriac, command: Command, worker_id: str, data: Any) -> None:
+    """Answer a command (worker side)."""
+    app.broker.kv_set(f"reply:{command.id}:{worker_id}", msgspec.json.encode(data), REPLY_TTL)

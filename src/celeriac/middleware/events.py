@@ -1,0 +1,80 @@
+"""Events: what happened to each task, for monitoring (`celeriac events`).
+
+Events are buffered in the worker and written to the broker's bounded stream ``events``
+in batches (every quarter second, every 200 events, or when the worker goes idle), so
+monitoring costs no extra round trip per task and the stream never grows without bound.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from celeriac.middleware.base import Job, Middleware, Outcome
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+
+STREAM = "events"
+_NAMES = {
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "RETRY": "retried",
+    "EXPIRED": "expired",
+    "REVOKED": "revoked",
+    "DEAD": "dead-lettered",
+    "DEFERRED": "deferred",
+}
+
+
+class Event(msgspec.Struct, omit_defaults=True):
+    """One task event."""
+
+    type: str  # received, started, succeeded, failed, retried, expired, revoked, ...
+    id: str
+    task: str
+    worker: str
+    at: float
+    runtime: float | None = None
+    detail: str = ""
+
+
+class Events(Middleware):
+    """Buffers task events and flushes them to the broker in batches."""
+
+    def __init__(self, max_length: int = 10_000) -> None:
+        self.max_length = max_length
+        self._buffer: list[bytes] = []
+        self._flushed = time.monotonic()
+        self._app: Celeriac | None = None
+
+    def _add(self, job: Job, kind: str, runtime: float | None = None, detail: str = "") -> None:
+        if job.task is not None and not job.task.app.conf.worker_send_task_events:
+            return
+        name = job.message.task if job.message else "?"
+        event = Event(kind, job.delivery.id, name, job.worker_id, time.time(), runtime, detail)
+        self._buffer.append(msgspec.json.encode(event))
+        if job.task is not None:
+            self._app = job.task.app
+        if len(self._buffer) >= 200 or time.monotonic() - self._flushed > 0.25:
+            self.on_idle()
+
+    def before_execute(self, job: Job) -> Outcome | None:
+        """Record received and started."""
+        self._add(job, "received")
+        self._add(job, "started")
+        return None
+
+    def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
+        """Record the outcome."""
+        detail = outcome.error.message if outcome.error else outcome.reason
+        self._add(job, _NAMES.get(outcome.state, outcome.state.lower()), outcome.runtime, detail)
+
+    def on_idle(self) -> None:
+        """Write buffered events to the broker."""
+        self._flushed = time.monotonic()
+        if self._buffer and self._app is not None:
+            batch, self._buffer = self._buffer, []
+            self._app.broker.stream_append(STREAM, batch, self.max_length)

@@ -1,0 +1,107 @@
+"""Issue 5's policies that run in-process: retries with jitter, unknown tasks, events."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+import pytest
+
+from celeriac import Celeriac, Retry, Task
+from celeriac.middleware.events import STREAM
+from celeriac.retry import RetryPolicy
+from celeriac.testing import run_queued
+
+
+@pytest.fixture
+def app() -> Celeriac:
+    return Celeriac("policies", broker="memory://")
+
+
+def test_full_jitter_stays_within_the_exponential_cap() -> None:
+    policy = RetryPolicy(base=2, cap=600)
+    for attempt in range(10):
+        ceiling = min(600, 2 * 2**attempt)
+        delays = [policy.delay(attempt) for _ in range(1000)]
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling * 0.9 and min(delays) < ceiling * 0.1  # really spread
+
+
+def test_autoretry_backs_off_then_fails(app: Celeriac) -> None:
+    attempts: list[int] = []
+
+    @app.bound_task(autoretry_for=(ConnectionError,), max_retries=3, retry_backoff=0.01,
+                    retry_backoff_max=0.02)
+    def call_service(self: Task[Any, Any]) -> None:
+        attempts.append(self.request.retries)
+        raise ConnectionError("service down")
+
+    r = call_service.delay()
+    run_queued(app, include_delayed=True, fail_fast=False)
+    assert attempts == [0, 1, 2, 3]
+    with pytest.raises(ConnectionError, match="service down"):
+        r.get(timeout=1)
+
+
+def test_retry_state_shows_the_attempt(app: Celeriac) -> None:
+    @app.task
+    def later() -> None:
+        raise Retry(delay=30)
+
+    r = later.delay()
+    run_queued(app)
+    assert r.state == "RETRY"
+    stored = app.broker.get_result(r.id)
+    assert stored is not None and b'"retries":1' in stored[0]
+    (stats,) = app.broker.stats()
+    assert stats.delayed == 1  # waiting in the broker, not in a worker
+
+
+def test_other_exceptions_are_not_retried(app: Celeriac) -> None:
+    @app.task(autoretry_for=(ConnectionError,))
+    def wrong() -> None:
+        raise ValueError("bad input")
+
+    r = wrong.delay()
+    run_queued(app, fail_fast=False)
+    assert r.state == "FAILURE"
+
+
+def test_dead_letter_after_retries_keeps_the_error(app: Celeriac) -> None:
+    @app.task(autoretry_for=(OSError,), max_retries=1, retry_backoff=0.01,
+              dead_letter_after_retries=True)
+    def flaky() -> None:
+        raise OSError("disk gone")
+
+    r = flaky.delay()
+    run_queued(app, include_delayed=True, fail_fast=False)
+    (letter,) = app.broker.dead_letters()
+    assert letter.reason == "failed after 1 retries" and letter.error == "disk gone"
+    with pytest.raises(OSError, match="dead-lettered: failed after 1 retries: disk gone"):
+        r.get(timeout=1)
+
+
+def test_unknown_task_is_dead_lettered_after_its_max_age(app: Celeriac) -> None:
+    app.conf.task_unknown_max_age = 0.05
+    r = app.send_task("not.deployed.anywhere")
+    run_queued(app)
+    assert r.state == "PENDING" and not app.broker.dead_letters()  # first: put back
+    time.sleep(0.1)
+    app.conf.task_unknown_retry_delay = 0
+    run_queued(app, include_delayed=True)
+    (letter,) = app.broker.dead_letters()
+    assert letter.reason.startswith("unknown task")
+
+
+def test_events_are_written_in_batches(app: Celeriac) -> None:
+    @app.task
+    def ok() -> int:
+        return 1
+
+    ids = [ok.delay().id for _ in range(3)]
+    run_queued(app)
+    events = [msgspec.json.decode(raw) for _, raw in app.broker.stream_read(STREAM, 0, 100)]
+    kinds = [(e["type"], e["id"]) for e in events]
+    for task_id in ids:
+        assert [k for k, i in kinds if i == task_id] == ["received", "started", "succeeded"]

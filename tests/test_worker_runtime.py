@@ -1,0 +1,115 @@
+"""Issue 4: the worker keeps running whatever tasks do — limits, memory, fairness, revoke,
+remote control and events, with real worker processes on SQLite."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import psutil
+import pytest
+from click.testing import CliRunner
+
+from celeriac import Celeriac, TaskRevoked
+from celeriac.cli import cli
+from celeriac.control import broadcast
+from celeriac.testing import wait_for
+from tests.apps import core
+from tests.conftest import Ledger, WorkerProcesses
+
+pytestmark = pytest.mark.slow
+
+
+def test_short_tasks_are_not_stuck_behind_a_long_one(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    long = core.work.delay(4.0, "long")
+    short = [core.work.delay(0.01, f"short-{i}") for i in range(10)]
+    workers.start("-c", "2")
+    for r in short:
+        r.get(timeout=20)
+    ends = ledger.count("end")
+    assert long.id not in ends, "the short tasks waited for the long one"
+    assert long.state == "PENDING"
+
+
+def test_revoke_sent_while_no_worker_runs_is_honoured_later(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    doomed = core.work.delay(0, "doomed")
+    doomed.revoke()
+    kept = core.work.delay(0, "kept")
+    workers.start("-c", "1")
+    assert kept.get(timeout=20) == "kept"
+    with pytest.raises(TaskRevoked):
+        doomed.get(timeout=20)
+    assert doomed.state == "REVOKED"
+    assert ledger.count("start")[doomed.id] == 0
+
+
+def test_revoke_terminate_stops_a_running_task(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    workers.start("-c", "1")
+    running = core.work.delay(60, "endless")
+    assert wait_for(lambda: ledger.count("start")[running.id] == 1, timeout=20)
+    running.revoke(terminate=True)
+    with pytest.raises(TaskRevoked):
+        running.get(timeout=20)
+    assert core.add.delay(1, 2).get(timeout=20) == 3  # a fresh child took over
+
+
+def test_inspect_ping_stats_registered_and_shutdown(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, sqlite_url: str
+) -> None:
+    proc = workers.start("-c", "1")
+    running = core.work.delay(30, "observed")
+    assert wait_for(lambda: ledger.count("start")[running.id] == 1, timeout=20)
+    time.sleep(0.3)
+    (reply,) = broadcast(core_app, "active", timeout=3)
+    (active,) = reply.data
+    assert active["id"] == running.id and active["task"] == "tests.apps.core.work"
+    assert active["runtime"] > 0.2
+    (pong,) = broadcast(core_app, "ping", timeout=3)
+    assert pong.data == "pong"
+    (registered,) = broadcast(core_app, "registered", timeout=3)
+    assert "tests.apps.core.add" in registered.data
+    result = CliRunner().invoke(cli, ["-b", sqlite_url, "inspect", "active"])
+    assert "tests.apps.core.work" in result.output and result.exit_code == 0
+    result = CliRunner().invoke(cli, ["-b", sqlite_url, "inspect", "active", "--json"])
+    ((listed,),) = json.loads(result.output).values()
+    assert listed["id"] == running.id
+    result = CliRunner().invoke(cli, ["-b", sqlite_url, "ping"])
+    assert result.output.strip().endswith(": pong")
+    running.revoke(terminate=True)
+    result = CliRunner().invoke(cli, ["-b", sqlite_url, "shutdown"])
+    assert result.output.strip() == "1 worker(s) are shutting down"
+    assert proc.wait(timeout=20) == 0
+
+
+def test_leaking_task_recycles_children_and_is_named(
+    core_app: Celeriac, workers: WorkerProcesses
+) -> None:
+    proc = workers.start("-c", "2", "--max-memory-per-child", "150")
+    results = [core.leak.delay(20) for _ in range(200)]
+    peak, seen_children = 0, set()
+    for r in results:
+        while not r.ready():
+            children = psutil.Process(proc.pid).children()
+            seen_children.update(c.pid for c in children)
+            peak = max(peak, sum(_rss(c) for c in children))
+            time.sleep(0.01)
+        assert r.state == "SUCCESS"
+    assert len(seen_children) > 4, "children were not recycled"
+    assert peak < 2 * 250 * 2**20, f"children used {peak >> 20} MiB at once"
+    (reply,) = broadcast(core_app, "memory", timeout=3)
+    top = reply.data[0]
+    assert top["task"] == "tests.apps.core.leak" and top["runs"] >= 150
+    assert top["per_run_kb"] > 10_000
+
+
+def _rss(process: psutil.Process) -> int:
+    try:
+        return int(process.memory_info().rss)
+    except psutil.NoSuchProcess:
+        return 0
