@@ -105,3 +105,60 @@ def test_events_are_written_in_batches(app: Celeriac) -> None:
     kinds = [(e["type"], e["id"]) for e in events]
     for task_id in ids:
         assert [k for k, i in kinds if i == task_id] == ["received", "started", "succeeded"]
+
+
+def test_dedupe_returns_the_first_task(app: Celeriac) -> None:
+    runs: list[int] = []
+
+    @app.task
+    def sync_account(account_id: int) -> None:
+        runs.append(account_id)
+
+    handles = [sync_account.apply_async((42,), dedupe_key="sync:42", dedupe_ttl=60)
+               for _ in range(100)]
+    assert len({h.id for h in handles}) == 1
+    run_queued(app)
+    assert runs == [42]
+    again = sync_account.apply_async((42,), dedupe_key="sync:42", dedupe_ttl=60)
+    assert again.id != handles[0].id  # the first one ran: the key is free again
+
+
+def test_dedupe_running_mode_holds_the_key_until_done(app: Celeriac) -> None:
+    seen: list[str] = []
+
+    @app.bound_task()
+    def refresh(self: Task[Any, Any]) -> None:
+        second = refresh.apply_async(dedupe_key="k", dedupe_mode="running")
+        seen.append("same" if second.id == self.request.id else "new")
+
+    refresh.apply_async(dedupe_key="k", dedupe_mode="running")
+    run_queued(app)
+    assert seen == ["same"]
+
+
+def test_debounce_runs_once_with_the_last_arguments(app: Celeriac) -> None:
+    runs: list[int] = []
+
+    @app.task
+    def reindex(version: int) -> None:
+        runs.append(version)
+
+    handles = [reindex.apply_async((v,), debounce=0.2, debounce_key="index") for v in range(50)]
+    run_queued(app, include_delayed=True)
+    assert runs == [49]
+    assert handles[-1].state == "SUCCESS"
+    assert {h.state for h in handles[:-1]} == {"REVOKED"}
+
+
+def test_unknown_call_option_is_refused(app: Celeriac) -> None:
+    @app.task
+    def f() -> None: ...
+
+    with pytest.raises(TypeError, match="unknown option.*dedupe_kye"):
+        f.apply_async(dedupe_kye="x")
+
+
+def test_rate_reservations_are_spaced(app: Celeriac) -> None:
+    waits = [app.broker.rate_reserve("r", per_second=10) for _ in range(5)]
+    assert waits[0] == 0
+    assert [round(w, 1) for w in waits] == [0.0, 0.1, 0.2, 0.3, 0.4]

@@ -113,3 +113,27 @@ def _rss(process: psutil.Process) -> int:
         return int(process.memory_info().rss)
     except psutil.NoSuchProcess:
         return 0
+
+
+def test_global_rate_limit_across_two_workers(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    limited = [core.limited.delay(i) for i in range(200)]
+    workers.start("-c", "1")
+    workers.start("-c", "1")
+    others = [core.add.delay(i, 1) for i in range(200)]
+    for r in others:
+        r.get(timeout=60)
+    others_done = time.time()
+    for r in limited:
+        r.get(timeout=60)
+    starts = sorted(float(p[3]) for p in ledger.lines() if p[0] == "start")
+    assert len(starts) == 200
+    assert starts[-1] - starts[0] >= 9.5
+    most_in_a_second = max(
+        sum(1 for t in starts[i:] if t < start + 1.0) for i, start in enumerate(starts)
+    )
+    assert most_in_a_second <= 20
+    assert others_done < starts[-1], "unlimited tasks waited behind the limited ones"
+    stored = core_app.broker.get_result(limited[-1].id)
+    assert stored is not None and b'"retries"' not in stored[0]  # no retry was used up

@@ -171,7 +171,10 @@ class Celeriac:
 
     def publish(self, message: Message) -> AsyncResult[Any]:
         """Send one built message; return its result handle."""
-        self.broker.send([self._outgoing(message)])
+        outgoing = self._outgoing(message)
+        if outgoing is None:  # a middleware (dedupe) says an existing task stands for it
+            return AsyncResult(message.id, self, message.task)
+        self.broker.send([outgoing])
         if self.conf.task_always_eager:
             from celeriac.worker.inline import run_queued
 
@@ -180,16 +183,22 @@ class Celeriac:
 
     async def apublish(self, message: Message) -> AsyncResult[Any]:
         """Async face of :meth:`publish`."""
-        await self.broker.asend([self._outgoing(message)])
+        outgoing = self._outgoing(message)
+        if outgoing is not None:
+            await self.broker.asend([outgoing])
         return AsyncResult(message.id, self, message.task)
 
     def publish_many(self, messages: Sequence[Message]) -> list[AsyncResult[Any]]:
         """Send many messages in one broker round trip."""
-        self.broker.send([self._outgoing(m) for m in messages])
+        outgoing = [self._outgoing(m) for m in messages]
+        self.broker.send([o for o in outgoing if o is not None])
         return [AsyncResult(m.id, self, m.task) for m in messages]
 
-    def _outgoing(self, message: Message) -> Outgoing:
-        self.middleware.before_send(self, message)
+    def _outgoing(self, message: Message) -> Outgoing | None:
+        existing = self.middleware.before_send(self, message)
+        if existing is not None:
+            message.id = existing
+            return None
         body = encode_message(message)
         size = len(body)
         if size > self.conf.task_payload_warn_bytes:

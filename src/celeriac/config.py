@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import types
 from typing import Any, get_args, get_type_hints
@@ -52,6 +53,7 @@ class Settings:
     worker_lease_seconds: float = 30.0  # renewed every third of it while a task runs
     worker_heartbeat_seconds: float = 2.0  # a worker is dead after 5 missed heartbeats
     worker_log_level: str = "INFO"
+    limits: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> "10/s"
     worker_send_task_events: bool = True  # batched into a bounded stream; see `celeriac events`
 
     def update(self, **values: Any) -> None:
@@ -111,6 +113,8 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
             return value.lower() in {"1", "true", "yes", "on"}
         if kind is bool:
             return bool(value)
+        if hint == dict[str, str] and isinstance(value, str):
+            return dict(json.loads(value))
         if kind in (int, float) and isinstance(value, bool):
             raise ValueError(value)
         return kind(value)

@@ -13,6 +13,7 @@
     │   └── LeaseLost               a worker tried to settle a message it no longer holds
     ├── NotRegistered               no task of that name in this process
     ├── TaskFailed                  a task's exception that cannot be rebuilt as its own type
+    │   └── ChordError              a chord member failed, so its callback did not run
     ├── ResultTimeout               also a TimeoutError: get() waited longer than asked
     └── TaskControl                 raised inside tasks to steer the worker, not errors
         ├── Retry                   run this task again later
@@ -94,6 +95,18 @@ class TaskFailed(CeleriacError):
         super().__init__(message)
         self.exc_type = exc_type
         self.remote_traceback = remote_traceback
+
+
+class ChordError(TaskFailed):
+    """A member of a chord (or of a group followed by more steps) failed, so the callback did
+    not run; the message names the member, its task id and its error.
+
+    Example:
+        >>> raise ChordError("chord member 3 (shop.resize[ab12]) failed: ValueError: bad size")
+        Traceback (most recent call last):
+        ...
+        celeriac.errors.ChordError: chord member 3 (shop.resize[ab12]) failed: ValueError: bad size
+    """
 
 
 class ResultTimeout(CeleriacError, TimeoutError):

@@ -181,6 +181,12 @@ class Task(Generic[P, R]):
         **extra: Any,
     ) -> Message:
         """Build the message ``apply_async`` would send, without sending it."""
+        if extra:
+            unknown = set(extra) - self.app.middleware.known_options()
+            if unknown:
+                raise TypeError(
+                    f"{self.name}.apply_async() got unknown option(s) {', '.join(sorted(unknown))}"
+                )
         conf, opts = self.app.conf, self.options
         now = time.time()
         due = (

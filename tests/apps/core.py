@@ -97,3 +97,9 @@ def leak(megabytes: int) -> int:
     block[::4096] = b"x" * len(block[::4096])  # touch every page so it counts in RSS
     _leaked.append(block)
     return len(_leaked)
+
+
+@app.bound_task(rate_limit="20/s")
+def limited(self: Task[Any, Any], n: int) -> int:
+    record("start", self.request.id, n)
+    return n

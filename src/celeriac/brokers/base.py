@@ -269,10 +269,21 @@ class Broker(abc.ABC):
         """Every member of the join ``key`` and its value."""
 
     @abc.abstractmethod
-    def rate_acquire(self, key: str, capacity: float, per_second: float) -> float:
-        """Take one token from the bucket ``key`` (``capacity`` tokens, refilled at
-        ``per_second``) on the broker's clock. Returns 0 when a token was taken, else the
-        seconds until one will be free (nothing is taken then)."""
+    def rate_reserve(self, key: str, per_second: float, burst: int = 1) -> float:
+        """Reserve the next free slot of the rate limiter ``key`` on the broker's clock.
+
+        Slots are ``1 / per_second`` apart, with up to ``burst`` available at once
+        (GCRA). Returns the seconds until the reserved slot (0: now). The reservation is
+        final: the caller waits that long and then runs without asking again, so a backlog
+        of limited tasks costs one call each, never a polling loop.
+        """
+
+    @abc.abstractmethod
+    def rate_admit(self, key: str, limit: int, period: float) -> float:
+        """Admit one start now if fewer than ``limit`` were admitted under ``key`` in the
+        last ``period`` seconds (broker clock), and record it; return 0. Otherwise record
+        nothing and return the seconds until a start would be admitted. Exact: no window of
+        ``period`` seconds ever holds more than ``limit`` admissions."""
 
     @abc.abstractmethod
     def stream_append(self, key: str, items: Sequence[bytes], maxlen: int) -> None:

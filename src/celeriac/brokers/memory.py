@@ -66,7 +66,8 @@ class MemoryBroker(Broker):
         self._worker_expiry: dict[str, float] = {}
         self._kv: dict[str, tuple[bytes, float]] = {}
         self._joins: dict[str, tuple[dict[str, bytes], float]] = {}
-        self._buckets: dict[str, tuple[float, float]] = {}  # tokens, at
+        self._limiters: dict[str, float] = {}  # theoretical arrival time of the next slot
+        self._admitted: dict[str, list[float]] = {}  # newest admissions, oldest first
         self._streams: dict[str, tuple[int, list[tuple[int, bytes]]]] = {}
 
     # -- producing ----------------------------------------------------------------------
@@ -348,17 +349,26 @@ class MemoryBroker(Broker):
             members, expires = self._joins.get(key, ({}, 0.0))
             return dict(members) if expires > time.time() else {}
 
-    def rate_acquire(self, key: str, capacity: float, per_second: float) -> float:
-        """Take a token, or say how long until one is free."""
+    def rate_reserve(self, key: str, per_second: float, burst: int = 1) -> float:
+        """Reserve the next free slot; return the seconds until it."""
         with self._lock:
             now = time.time()
-            tokens, at = self._buckets.get(key, (capacity, now))
-            tokens = min(capacity, tokens + (now - at) * per_second)
-            if tokens >= 1:
-                self._buckets[key] = (tokens - 1, now)
-                return 0.0
-            self._buckets[key] = (tokens, now)
-            return (1 - tokens) / per_second
+            interval = 1.0 / per_second
+            tat = max(self._limiters.get(key, now), now)
+            slot = max(now, tat - (burst - 1) * interval)
+            self._limiters[key] = tat + interval
+            return slot - now
+
+    def rate_admit(self, key: str, limit: int, period: float) -> float:
+        """Admit a start if the window has room; else the seconds until it will."""
+        with self._lock:
+            now = time.time()
+            log = self._admitted.setdefault(key, [])
+            if len(log) >= limit and log[-limit] > now - period:
+                return log[-limit] + period - now
+            log.append(now)
+            del log[:-limit]
+            return 0.0
 
     def stream_append(self, key: str, items: Sequence[bytes], maxlen: int) -> None:
         """Append to a bounded stream."""

@@ -79,7 +79,9 @@ CREATE TABLE IF NOT EXISTS joins (
     expires_at REAL NOT NULL,
     PRIMARY KEY (key, member)
 );
-CREATE TABLE IF NOT EXISTS buckets (key TEXT PRIMARY KEY, tokens REAL NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS limiters (key TEXT PRIMARY KEY, tat REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS admissions (key TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS admissions_by_key ON admissions (key, at);
 CREATE TABLE IF NOT EXISTS streams (
     key TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -522,18 +524,30 @@ class SQLiteBroker(Broker):
         )
         return dict(rows)
 
-    def rate_acquire(self, key: str, capacity: float, per_second: float) -> float:
-        """Take a token, or say how long until one is free."""
+    def rate_reserve(self, key: str, per_second: float, burst: int = 1) -> float:
+        """Reserve the next free slot; return the seconds until it."""
+        interval = 1.0 / per_second
         with self._transaction() as db:
             now = time.time()
-            row = db.execute("SELECT tokens, at FROM buckets WHERE key = ?", (key,)).fetchone()
-            tokens = (
-                capacity if row is None else min(capacity, row[0] + (now - row[1]) * per_second)
-            )
-            wait = 0.0 if tokens >= 1 else (1 - tokens) / per_second
-            tokens = tokens - 1 if tokens >= 1 else tokens
-            db.execute("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?)", (key, tokens, now))
-            return wait
+            row = db.execute("SELECT tat FROM limiters WHERE key = ?", (key,)).fetchone()
+            tat = max(row[0] if row else now, now)
+            slot = max(now, tat - (burst - 1) * interval)
+            db.execute("INSERT OR REPLACE INTO limiters VALUES (?, ?)", (key, tat + interval))
+            return slot - now
+
+    def rate_admit(self, key: str, limit: int, period: float) -> float:
+        """Admit a start if the window has room; else the seconds until it will."""
+        with self._transaction() as db:
+            now = time.time()
+            row = db.execute(
+                "SELECT at FROM admissions WHERE key = ? ORDER BY at DESC LIMIT 1 OFFSET ?",
+                (key, limit - 1),
+            ).fetchone()
+            if row is not None and row[0] > now - period:
+                return float(row[0]) + period - now
+            db.execute("INSERT INTO admissions VALUES (?, ?)", (key, now))
+            db.execute("DELETE FROM admissions WHERE key = ? AND at <= ?", (key, now - period))
+            return 0.0
 
     def stream_append(self, key: str, items: Sequence[bytes], maxlen: int) -> None:
         """Append to a bounded stream."""

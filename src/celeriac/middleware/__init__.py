@@ -5,8 +5,10 @@ dedupe and canvas live here as :class:`Middleware` subclasses.
 """
 
 from celeriac.middleware.base import Job, Middleware, MiddlewareStack, Outcome
+from celeriac.middleware.dedupe import Dedupe
 from celeriac.middleware.events import Events
 from celeriac.middleware.expiry import Expiry
+from celeriac.middleware.rate_limit import RateLimit
 from celeriac.middleware.results import Results
 from celeriac.middleware.retries import Retries
 from celeriac.middleware.revocation import Revocation
@@ -14,16 +16,18 @@ from celeriac.middleware.revocation import Revocation
 
 def default_middleware() -> list[Middleware]:
     """The middleware every app gets unless it passes its own list."""
-    return [Expiry(), Revocation(), Results(), Retries(), Events()]
+    return [Expiry(), Revocation(), Dedupe(), RateLimit(), Results(), Retries(), Events()]
 
 
 __all__ = [
+    "Dedupe",
     "Events",
     "Expiry",
     "Job",
     "Middleware",
     "MiddlewareStack",
     "Outcome",
+    "RateLimit",
     "Results",
     "Retries",
     "Revocation",

@@ -74,8 +74,13 @@ class Middleware:
     #: task options this middleware understands, e.g. {"max_retries", "retry_backoff"}
     options: ClassVar[frozenset[str]] = frozenset()
 
-    def before_send(self, app: Celeriac, message: Message) -> None:
-        """Called in the producer before a message is encoded; may change it or raise."""
+    def before_send(self, app: Celeriac, message: Message) -> str | None:
+        """Called in the producer before a message is encoded; may change it or raise.
+
+        Return an existing task id to send nothing and hand the caller that task instead
+        (dedupe).
+        """
+        return None
 
     def before_execute(self, job: Job) -> Outcome | None:
         """Called before the task runs; return an Outcome to not run it."""
@@ -98,6 +103,8 @@ class MiddlewareStack:
 
     def __init__(self, middleware: list[Middleware]) -> None:
         self.middleware = middleware
+        # Only middleware that override a hook are called for it: delay() stays cheap.
+        self._senders = [m for m in middleware if type(m).before_send is not Middleware.before_send]
 
     def known_options(self) -> frozenset[str]:
         """Every task option some middleware declared."""
@@ -106,10 +113,16 @@ class MiddlewareStack:
             known |= m.options
         return known
 
-    def before_send(self, app: Celeriac, message: Message) -> None:
-        """Producer-side hooks; their errors propagate to the caller of delay()."""
-        for m in self.middleware:
-            m.before_send(app, message)
+    def before_send(self, app: Celeriac, message: Message) -> str | None:
+        """Producer-side hooks; their errors propagate to the caller of delay().
+
+        Returns the id of an existing task that stands for this message, if a hook said so.
+        """
+        for m in self._senders:
+            existing = m.before_send(app, message)
+            if existing is not None:
+                return existing
+        return None
 
     def before_execute(self, job: Job) -> Outcome | None:
         """Run before_execute hooks until one returns an Outcome."""

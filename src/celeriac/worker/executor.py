@@ -223,7 +223,9 @@ class Executor:
         elif state == "RETRY":
             committed = self._retry(job, outcome)
         elif state == "DEFERRED":
-            committed = broker.requeue(lease, delay=outcome.delay or 0.0, count_delivery=False)
+            committed = broker.requeue(
+                lease, delay=outcome.delay or 0.0, body=outcome.body, count_delivery=False
+            )
         else:
             committed = self._dead_letter(job, outcome)
         self._log(job, outcome, committed)
