@@ -9,9 +9,10 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from celeriac.brokers import broker_from_url
 from celeriac.brokers.base import Broker, Outgoing
+from celeriac.codec import Codec, codec_for
 from celeriac.config import Settings
 from celeriac.errors import ConfigurationError, NotRegistered, PayloadTooLarge
-from celeriac.message import Message, encode_message, new_task_id
+from celeriac.message import Message, new_task_id
 from celeriac.middleware import Middleware, MiddlewareStack, default_middleware
 from celeriac.result import AsyncResult
 from celeriac.task import Task, TaskOptions, task_name_for
@@ -83,6 +84,8 @@ class Celeriac:
         self._broker: Broker | None = None
         self._broker_pid = 0
         self._broker_url = ""
+        self._codec: Codec | None = None
+        self._codec_key: tuple[object, ...] = ()
 
     def __repr__(self) -> str:
         return f"<Celeriac {self.name} broker={self.conf.broker_url}>"
@@ -100,6 +103,18 @@ class Celeriac:
             self._broker = broker_from_url(self.conf.broker_url)
             self._broker_pid, self._broker_url = os.getpid(), self.conf.broker_url
         return self._broker
+
+    @property
+    def codec(self) -> Codec:
+        """The message codec for the current serializer and signing settings."""
+        conf = self.conf
+        key = (conf.task_serializer, tuple(conf.accept_content), repr(conf.task_signing_key))
+        if self._codec is None or self._codec_key != key:
+            self._codec = codec_for(
+                conf.task_serializer, conf.accept_content, conf.task_signing_key
+            )
+            self._codec_key = key
+        return self._codec
 
     def use_broker(self, broker: Broker) -> None:
         """Use this broker object instead of one created from ``broker_url``."""
@@ -199,7 +214,7 @@ class Celeriac:
         if existing is not None:
             message.id = existing
             return None
-        body = encode_message(message)
+        body = self.codec.encode(message)
         size = len(body)
         if size > self.conf.task_payload_warn_bytes:
             self._check_size(message, size)

@@ -15,7 +15,7 @@ import difflib
 import json
 import os
 import types
-from typing import Any, get_args, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 from celeriac.errors import ConfigurationError
 
@@ -53,7 +53,14 @@ class Settings:
     worker_lease_seconds: float = 30.0  # renewed every third of it while a task runs
     worker_heartbeat_seconds: float = 2.0  # a worker is dead after 5 missed heartbeats
     worker_log_level: str = "INFO"
+    beat_schedule: dict[str, Any] = dataclasses.field(default_factory=dict)  # name -> entry
+    beat_timezone: str = "UTC"  # zone of cron entries that do not name one
+    beat_max_interval: float = 1.0  # seconds between looks at the broker for run-time changes
+    beat_missed_after: float = 30.0  # a tick this late (at most half its interval) was missed
     limits: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> "10/s"
+    task_serializer: str = "json"  # json | msgpack | pickle
+    accept_content: list[str] = dataclasses.field(default_factory=lambda: ["json", "msgpack"])
+    task_signing_key: str | list[str] | None = None  # first signs; all verify (rotation)
     worker_send_task_events: bool = True  # batched into a bounded stream; see `celeriac events`
 
     def update(self, **values: Any) -> None:
@@ -105,6 +112,11 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     empty = value is None or (isinstance(value, str) and value.lower() in {"none", ""})
     if empty and _is_optional(hint):
         return None
+    for container in (list, dict):
+        if isinstance(value, container) and any(get_origin(k) is container for k in kinds):
+            return container(value)
+        if isinstance(value, str) and get_origin(kinds[0]) is container:
+            return _parse_container(name, container, value)
     kind = kinds[0]
     try:
         if kind is bool and isinstance(value, str):
@@ -113,13 +125,22 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
             return value.lower() in {"1", "true", "yes", "on"}
         if kind is bool:
             return bool(value)
-        if hint == dict[str, str] and isinstance(value, str):
-            return dict(json.loads(value))
         if kind in (int, float) and isinstance(value, bool):
             raise ValueError(value)
         return kind(value)
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"setting {name} must be {kind.__name__}, got {value!r}") from exc
+
+
+def _parse_container(name: str, container: type, value: str) -> Any:
+    """A list or dict setting from the environment: JSON, or a comma-separated list."""
+    stripped = value.strip()
+    if container is list and not stripped.startswith("["):
+        return [part.strip() for part in stripped.split(",") if part.strip()]
+    try:
+        return container(json.loads(stripped))
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"setting {name} must be JSON, got {value!r}") from exc
 
 
 def _is_optional(hint: Any) -> bool:

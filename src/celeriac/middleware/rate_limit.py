@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 from celeriac.errors import ConfigurationError
-from celeriac.message import encode_message
 from celeriac.middleware.base import Job, Middleware, Outcome
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -80,7 +79,10 @@ class RateLimit(Middleware):
         assert message is not None
         message.options[_SLOT] = time.time() + wait
         return Outcome(
-            "DEFERRED", delay=wait, body=encode_message(message), reason=f"rate limit {key}"
+            "DEFERRED",
+            delay=wait,
+            body=job.task.app.codec.encode(message) if job.task else None,
+            reason=f"rate limit {key}",
         )
 
     def _limiter(self, job: Job) -> tuple[str, int, float] | None:

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celeriac.brokers.base import DeadLetter, Delivery
+from celeriac.codec import UntrustedMessage
 from celeriac.errors import MalformedMessage, Reject, Retry
 from celeriac.message import (
     ErrorInfo,
     ResultRecord,
-    decode_message,
-    encode_message,
     encode_result,
     peek_identity,
 )
@@ -71,7 +70,9 @@ class Executor:
         """Decode and resolve a delivery; an Outcome when it must not run at all."""
         job = Job(delivery, self.worker_id)
         try:
-            message = job.message = decode_message(delivery.body)
+            message = job.message = self.app.codec.decode(delivery.body)
+        except UntrustedMessage as exc:
+            return job, Outcome("DEAD", reason=f"refused: {exc}")
         except MalformedMessage as exc:
             return job, Outcome("DEAD", reason=f"malformed message: {exc}")
         max_deliveries = self.app.conf.task_max_deliveries
@@ -255,7 +256,7 @@ class Executor:
         delay = outcome.delay or 0.0
         message.retries += 1
         message.eta = time.time() + delay
-        body = outcome.body or encode_message(message)
+        body = outcome.body or self.app.codec.encode(message)
         committed = self.app.broker.requeue(job.delivery.lease, delay=delay, body=body)
         if committed:
             record = ResultRecord(

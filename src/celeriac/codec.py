@@ -1,0 +1,158 @@
+"""Codec: how messages become bytes — serializer, accepted content types, HMAC signing.
+
+* JSON (default) and msgpack are safe to accept; pickle runs code on decode, so a worker
+  reads it only when ``accept_content`` names it, and the app warns when it does.
+* The format is recognised from the first byte (``{`` JSON, a map marker msgpack, the
+  pickle protocol opcode pickle), so workers read every accepted format whatever their
+  own ``task_serializer`` is: producers and workers can switch format one at a time.
+* Signing (``task_signing_key``, a key or a list — the first signs, all verify, so keys
+  rotate without downtime) wraps the encoded message as
+  ``sig1:<key id>:<hex HMAC-SHA256>:<payload>``. A signing app refuses unsigned or badly
+  signed messages: they are dead-lettered, never run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import pickle
+from dataclasses import dataclass
+
+import msgspec
+
+from celeriac.errors import ConfigurationError, MalformedMessage, SerializationError
+from celeriac.message import Message, decode_message, encode_message
+
+log = logging.getLogger("celeriac")
+
+SERIALIZERS = ("json", "msgpack", "pickle")
+_SIGNED = b"sig1:"
+_msgpack_encoder = msgspec.msgpack.Encoder()
+_msgpack_decoder = msgspec.msgpack.Decoder(Message)
+
+
+class UntrustedMessage(MalformedMessage):
+    """A message that is unsigned, badly signed, or of a content type this worker refuses."""
+
+
+def _key_id(key: bytes) -> bytes:
+    return hashlib.sha256(key).hexdigest()[:8].encode()
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Encodes and decodes messages for one app's settings.
+
+    Example:
+        >>> codec = Codec("json", ("json",), (b"secret",))
+        >>> raw = codec.encode(Message(id="a", task="t"))
+        >>> raw[:5]
+        b'sig1:'
+        >>> codec.decode(raw).id
+        'a'
+    """
+
+    serializer: str = "json"
+    accept: tuple[str, ...] = ("json", "msgpack")
+    keys: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = {self.serializer, *self.accept} - set(SERIALIZERS)
+        if unknown:
+            raise ConfigurationError(f"unknown serializer(s) {sorted(unknown)}; use {SERIALIZERS}")
+        if self.serializer not in self.accept:
+            raise ConfigurationError(
+                f"task_serializer={self.serializer} is not in accept_content={list(self.accept)}:"
+                " this app could not read its own messages"
+            )
+
+    def encode(self, message: Message) -> bytes:
+        """Serialize (and sign, when keys are set)."""
+        if self.serializer == "json":
+            payload = encode_message(message)
+        elif self.serializer == "msgpack":
+            try:
+                payload = _msgpack_encoder.encode(message)
+            except (TypeError, msgspec.EncodeError) as exc:
+                raise SerializationError(f"cannot send task {message.task}: {exc}") from exc
+        else:
+            payload = pickle.dumps(message, protocol=5)
+        if not self.keys:
+            return payload
+        key = self.keys[0]
+        mac = hmac.new(key, payload, hashlib.sha256).hexdigest().encode()
+        return b"".join((_SIGNED, _key_id(key), b":", mac, b":", payload))
+
+    def decode(self, raw: bytes) -> Message:
+        """Verify and deserialize.
+
+        Raises:
+            UntrustedMessage: unsigned or badly signed (when signing), or a refused format.
+            MalformedMessage: not a celeriac message at all.
+        """
+        if self.keys:
+            raw = self._verified(raw)
+        elif raw.startswith(_SIGNED):
+            raw = raw.split(b":", 3)[3] if raw.count(b":") >= 3 else raw
+        kind = _content_type(raw)
+        if kind not in self.accept:
+            raise UntrustedMessage(
+                f"content type {kind} is not in accept_content "
+                f"{list(self.accept)}; refused without reading it"
+            )
+        if kind == "json":
+            return decode_message(raw)
+        if kind == "msgpack":
+            try:
+                return _msgpack_decoder.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise MalformedMessage(f"not a celeriac message ({exc})") from exc
+        return _unpickle(raw)
+
+    def _verified(self, raw: bytes) -> bytes:
+        if not raw.startswith(_SIGNED) or raw.count(b":") < 3:
+            raise UntrustedMessage(
+                "unsigned message refused: this app requires messages signed with task_signing_key"
+            )
+        _, key_id, mac, payload = raw.split(b":", 3)
+        for key in self.keys:
+            if _key_id(key) == key_id:
+                expected = hmac.new(key, payload, hashlib.sha256).hexdigest().encode()
+                if hmac.compare_digest(expected, mac):
+                    return payload
+                break
+        raise UntrustedMessage(
+            f"bad signature (key id {key_id.decode(errors='replace')}): the "
+            "message was altered or signed with a key this app does not accept"
+        )
+
+
+def _content_type(raw: bytes) -> str:
+    first = raw[:1]
+    if first == b"\x80":
+        return "pickle"
+    if first and (0x81 <= first[0] <= 0x8F or first[0] in (0xDE, 0xDF)):
+        return "msgpack"
+    return "json"  # anything else is for the JSON decoder to accept or refuse
+
+
+def _unpickle(raw: bytes) -> Message:
+    try:
+        message = pickle.loads(raw)  # noqa: S301 - only when accept_content names pickle
+    except Exception as exc:
+        raise MalformedMessage(f"not a celeriac message (unpickling failed: {exc})") from exc
+    if not isinstance(message, Message):
+        raise MalformedMessage(f"pickled {type(message).__name__}, not a celeriac message")
+    return message
+
+
+def codec_for(serializer: str, accept: list[str], keys: str | list[str] | None) -> Codec:
+    """Build the codec that an app's settings describe."""
+    key_list = [keys] if isinstance(keys, str) else list(keys or [])
+    if "pickle" in accept:
+        log.warning(
+            "accept_content includes pickle: a message in the broker can run code in "
+            "this process. Use it only with a broker nobody else can write to."
+        )
+    return Codec(serializer, tuple(accept), tuple(k.encode() for k in key_list))

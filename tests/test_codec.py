@@ -1,0 +1,91 @@
+"""Serialization and signing: formats, refusal of untrusted bytes, key rotation."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from celeriac import Celeriac, ConfigurationError
+from celeriac.brokers.base import Outgoing
+from celeriac.codec import Codec, UntrustedMessage
+from celeriac.message import Message, encode_message
+from celeriac.testing import run_queued
+
+
+def make_app(**settings: object) -> Celeriac:
+    app = Celeriac("codec", broker="memory://", **settings)
+
+    @app.task(name="codec.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    return app
+
+
+def test_msgpack_producer_and_a_json_worker_interoperate() -> None:
+    app = make_app(task_serializer="msgpack")
+    assert app.codec.encode(Message(id="x", task="codec.add"))[:1] != b"{"  # msgpack on the wire
+    r = app.send_task("codec.add", args=(2, 3))
+    app.conf.task_serializer = "json"  # a worker on the default settings reads it
+    run_queued(app)
+    assert r.get(timeout=1) == 5
+
+
+def test_pickle_is_refused_unless_accepted() -> None:
+    app = make_app()
+    raw = pickle.dumps(Message(id="p1", task="codec.add", args=[1, 1]), protocol=5)
+    app.broker.send([Outgoing("p1", "default", raw)])
+    run_queued(app)
+    (letter,) = app.broker.dead_letters()
+    assert letter.reason.startswith("refused: content type pickle is not in accept_content")
+    trusting = make_app(task_serializer="pickle", accept_content=["json", "pickle"])
+    r = trusting.send_task("codec.add", args=(1, 1))
+    run_queued(trusting)
+    assert r.get(timeout=1) == 2
+
+
+def test_signing_app_dead_letters_unsigned_and_forged_messages() -> None:
+    app = make_app(task_signing_key="s3cret")
+    good = app.send_task("codec.add", args=(1, 2))
+    unsigned = encode_message(Message(id="u1", task="codec.add", args=[1, 1]))
+    forged = Codec("json", ("json",), (b"not-the-key",)).encode(
+        Message(id="f1", task="codec.add", args=[1, 1])
+    )
+    app.broker.send([Outgoing("u1", "default", unsigned), Outgoing("f1", "default", forged)])
+    run_queued(app)
+    assert good.get(timeout=1) == 3
+    reasons = {x.id: x.reason for x in app.broker.dead_letters()}
+    assert reasons["u1"].startswith("refused: unsigned message")
+    assert reasons["f1"].startswith("refused: bad signature")
+
+
+def test_key_rotation_accepts_messages_signed_with_the_old_key() -> None:
+    old = make_app(task_signing_key="old-key")
+    r = old.send_task("codec.add", args=(4, 4))
+    old.conf.task_signing_key = ["new-key", "old-key"]  # deploy: sign new, still verify old
+    run_queued(old)
+    assert r.get(timeout=1) == 8
+
+
+def test_tampered_payload_is_detected() -> None:
+    codec = Codec("json", ("json",), (b"k",))
+    raw = codec.encode(Message(id="a", task="t", args=[1]))
+    with pytest.raises(UntrustedMessage, match="bad signature"):
+        codec.decode(raw.replace(b"[1]", b"[2]"))
+
+
+def test_serializer_must_be_accepted() -> None:
+    with pytest.raises(ConfigurationError, match="could not read its own messages"):
+        Codec("msgpack", ("json",))
+    with pytest.raises(ConfigurationError, match="unknown serializer"):
+        Codec("yaml", ("yaml",))
+
+
+def test_accept_content_from_the_environment() -> None:
+    from celeriac.config import Settings
+
+    s = Settings.from_environment(
+        {"CELERIAC_ACCEPT_CONTENT": "json, msgpack", "CELERIAC_LIMITS": '{"smtp": "10/s"}'}
+    )
+    assert s.accept_content == ["json", "msgpack"] and s.limits == {"smtp": "10/s"}
