@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -115,3 +116,30 @@ def test_demo_exits_zero_on_a_fresh_broker(tmp_path: object) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all 10 finished while" in done.stdout
     assert "countdown=2 task" in done.stdout
+
+
+def test_check_export_and_against(sqlite_url: str, tmp_path: Path) -> None:
+    exported = tmp_path / "deployed.json"
+    code, output = invoke(
+        "-A", "tests.apps.core", "-b", sqlite_url, "check", "--export", str(exported)
+    )
+    assert code == 0 and "task(s) to" in output
+    code, output = invoke(
+        "-A", "tests.apps.core", "-b", sqlite_url, "check", "--against", str(exported)
+    )
+    assert code == 0 and "no breaking changes" in output
+    old = json.loads(exported.read_text())
+    old["tasks"]["tests.apps.core.retired"] = {"params": []}  # a task the new code dropped
+    old["tasks"]["tests.apps.core.add"]["params"] = [
+        {"name": "y", "required": True},
+        {"name": "x", "required": True},
+    ]
+    old["tasks"]["tests.apps.core.echo_kwargs"]["params"].append({"name": "c", "required": False})
+    exported.write_text(json.dumps(old))
+    code, output = invoke(
+        "-A", "tests.apps.core", "-b", sqlite_url, "check", "--against", str(exported)
+    )
+    assert code == 1
+    assert "tests.apps.core.retired: removed" in output
+    assert "tests.apps.core.add: parameters reordered" in output
+    assert "tests.apps.core.echo_kwargs: parameter 'c' removed" in output

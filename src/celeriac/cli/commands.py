@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 import sys
 from typing import Any
 
@@ -269,45 +268,3 @@ def dlq_purge(obj: Context, yes: bool) -> None:
             raise ConfigurationError("refusing to purge dead letters without --yes")
         click.confirm("Delete every dead letter?", abort=True)
     click.echo(f"deleted {obj.app.broker.purge_dead_letters()} dead letter(s)")
-
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_obj
-def check(obj: Context, as_json: bool) -> None:
-    """List tasks and the limits they run under: own, app default, or opted out."""
-    if obj.app_path is None:
-        raise ConfigurationError("check needs your tasks: celeriac -A MODULE check")
-    conf = obj.app.conf
-    rows = []
-    for name, task in sorted(obj.app.tasks.items()):
-        opts = task.options
-        row = {"task": name}
-        for label, own, default in (
-            ("soft_time_limit", opts.soft_time_limit, conf.task_soft_time_limit),
-            ("time_limit", opts.time_limit, conf.task_time_limit),
-            ("expires", opts.expires, conf.task_expires),
-        ):
-            row[label] = (
-                "UNBOUNDED (opted out)"
-                if own == math.inf
-                else f"{own:g}s"
-                if own is not None
-                else f"{default:g}s (app default)"
-            )
-        rows.append(row)
-    if as_json:
-        print_json(rows)
-        return
-    table = Table(title=f"{len(rows)} task(s) in app {obj.app.name}")
-    for column in ("task", "soft_time_limit", "time_limit", "expires"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*(row[c] for c in ("task", "soft_time_limit", "time_limit", "expires")))
-    out.print(table)
-    relying = sum("default" in v or "UNBOUNDED" in v for r in rows for v in r.values())
-    if relying:
-        out.print(
-            f"{relying} limit(s) rely on app defaults or are opted out; set them on "
-            "the task where the default does not fit."
-        )
