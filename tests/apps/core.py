@@ -103,3 +103,33 @@ def leak(megabytes: int) -> int:
 def limited(self: Task[Any, Any], n: int) -> int:
     record("start", self.request.id, n)
     return n
+
+
+@app.bound_task()
+async def nap(self: Task[Any, Any], seconds: float) -> str:
+    record("start", self.request.id)
+    await asyncio.sleep(seconds)
+    record("end", self.request.id)
+    return "rested"
+
+
+@app.bound_task(soft_time_limit=0.3, time_limit=10)
+async def naps_too_long(self: Task[Any, Any]) -> str:
+    try:
+        await asyncio.sleep(5)
+    except asyncio.CancelledError:
+        record("cleanup", self.request.id, "CancelledError")
+        raise
+    return "not interrupted"
+
+
+@app.bound_task(soft_time_limit=0.3, time_limit=10)
+def spins_too_long(self: Task[Any, Any]) -> str:
+    deadline = time.time() + 5
+    try:
+        while time.time() < deadline:
+            pass  # pure Python: the threads pool's soft limit lands here
+    except Exception as exc:  # noqa: BLE001 - the point: the task sees the soft limit
+        record("cleanup", self.request.id, type(exc).__name__)
+        return "cleaned up"
+    return "not interrupted"

@@ -14,9 +14,17 @@ from celeriac.errors import ConfigurationError
 @click.option(
     "-c",
     "--concurrency",
-    type=click.IntRange(1, 512),
+    type=click.IntRange(1, 10_000),
     default=None,
-    help="Child processes (default: worker_concurrency, the number of CPUs).",
+    help="Tasks at once: child processes, threads or coroutines (default: worker_concurrency).",
+)
+@click.option(
+    "-P",
+    "--pool",
+    type=click.Choice(["process", "threads", "asyncio"]),
+    default="process",
+    show_default=True,
+    help="process: a child per task slot; threads / asyncio: one child running -c at once.",
 )
 @click.option(
     "-Q",
@@ -45,15 +53,23 @@ from celeriac.errors import ConfigurationError
     metavar="MIB",
     help="Recycle a child once its RSS passes this many MiB.",
 )
+@click.option(
+    "--beat",
+    "with_beat",
+    is_flag=True,
+    help="Also run the periodic scheduler, in one extra process (safe on every worker).",
+)
 @click.pass_obj
 def worker(
     obj: Context,
     *,
     concurrency: int | None,
+    pool: str,
     queues: str | None,
     loglevel: str | None,
     max_tasks_per_child: int | None,
     max_memory_per_child: int | None,
+    with_beat: bool,
 ) -> None:
     """Consume tasks until SIGTERM/Ctrl-C (twice: cold shutdown; nothing is lost).
 
@@ -75,4 +91,17 @@ def worker(
         raise click.BadParameter("give at least one queue name", param_hint="-Q")
     from celeriac.worker import Worker
 
-    sys.exit(Worker(app, names, concurrency or conf.worker_concurrency).run())
+    if not with_beat:
+        sys.exit(Worker(app, names, concurrency or conf.worker_concurrency, pool).run())
+    from celeriac.beat import fork_scheduler, stop_scheduler
+
+    app.beat.static_entries()  # a bad beat_schedule fails here, before anything starts
+    # Forked before the worker starts its children, and stopped by PID when it returns, so
+    # the worker's own code never needs to know about it.
+    scheduler_pid = fork_scheduler(app)
+    code = 1
+    try:
+        code = Worker(app, names, concurrency or conf.worker_concurrency, pool).run()
+    finally:
+        stop_scheduler(scheduler_pid)
+    sys.exit(code)

@@ -1,27 +1,41 @@
-"""A worker child: a full consumer in its own process.
+"""Worker children: full consumers in their own processes.
 
-It fetches from the broker itself, runs one task at a time in its main thread (so the soft
-time limit can be a signal that interrupts blocking calls), settles each message and, when
-it has nothing else in hand, fetches the next one in the same broker call. It reports what
-it holds through its :class:`~celeriac.worker.slot.Slot`; the supervisor renews those
-leases, enforces hard limits and cleans up after it if it dies.
+Each consumer fetches from the broker itself, runs one task at a time, settles each message
+and, when it has nothing else in hand, fetches the next one in the same broker call. A
+child reports everything it holds through its :class:`~celeriac.worker.slot.Slot`; the
+supervisor renews those leases, enforces hard limits and cleans up after it if it dies.
+
+Pools:
+
+* ``process`` (default): one consumer per child process, in its main thread, so the soft
+  time limit is a signal (SIGALRM) that interrupts blocking calls.
+* ``threads``: one child process with N consumer threads. The soft limit is raised in the
+  task's thread as an asynchronous exception: it lands at the next Python instruction, so
+  a thread blocked inside a C call (a socket read, ``time.sleep``) sees it only when that
+  call returns. A hard limit can only stop the whole child: its other running tasks are
+  delivered again.
+* ``asyncio``: see :mod:`celeriac.worker.aio`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import math
 import os
 import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from celeriac.brokers.base import Delivery
 from celeriac.errors import BrokerError, SoftTimeLimitExceeded
-from celeriac.worker.executor import Executor, FetchSpec
+from celeriac.middleware.base import Job, Outcome
+from celeriac.worker.executor import Executor, FetchSpec, error_info
 from celeriac.worker.slot import Held, Slot
 
 if TYPE_CHECKING:
@@ -40,6 +54,8 @@ class ChildSpec:
     worker_id: str
     queues: tuple[str, ...]
     index: int
+    pool: str = "process"
+    concurrency: int = 1  # consumers inside this child (threads or coroutines)
 
 
 def current_rss() -> int:
@@ -49,17 +65,17 @@ def current_rss() -> int:
 
 
 class Child:
-    """The consume loop of one child process."""
+    """The process pool's child: one consumer in the main thread."""
 
     def __init__(self, app: Celeriac, spec: ChildSpec, slot: Slot) -> None:
         self.app = app
         self.spec = spec
         self.slot = slot
-        self.executor = Executor(app, spec.worker_id)
         self.stopping = False
-        self.in_task = False
         self.tasks_done = 0
         self.growth: dict[str, list[int]] = {}  # task name -> [runs, RSS growth in bytes]
+        self._held: dict[Hashable, list[Held]] = {}  # per consumer
+        self._lock = threading.Lock()
         conf = app.conf
         self.fetch = FetchSpec(
             spec.queues,
@@ -67,67 +83,93 @@ class Child:
             max(conf.worker_prefetch_multiplier, 1),
             conf.worker_lease_seconds,
         )
+        self.in_task = False
 
     def run(self) -> int:
         """Consume until told to stop or until it is time to recycle; return an exit code."""
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides on Ctrl-C
-        signal.signal(signal.SIGTERM, self._on_term)
+        self._install_signals()
         signal.signal(signal.SIGALRM, self._on_soft_limit)
-        pending: list[Delivery] = []
-        while not self.stopping:
-            if not pending:
-                self.app.middleware.on_idle()
-                self._publish(pending, None)
-                pending = self._reconnecting(self._fetch, give_up_when_stopping=True) or []
-                continue
-            delivery = pending.pop(0)
-            more = self._handle(delivery, pending)
-            pending.extend(more)
-            if self._should_recycle():
-                break
-        self._give_back(pending)
+        self._consume(Executor(self.app, self.spec.worker_id), key=0)
         return EXIT_RECYCLE
 
-    def _handle(self, delivery: Delivery, pending: list[Delivery]) -> list[Delivery]:
-        job, outcome = self.executor.prepare(delivery)
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides on Ctrl-C
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    # -- the consume loop (shared by the process and threads pools) -----------------------
+
+    def _consume(self, executor: Executor, key: Hashable) -> None:
+        pending: list[Delivery] = []
+        try:
+            while not self.stopping:
+                if not pending:
+                    self.app.middleware.on_idle()
+                    self._publish(key, pending, None)
+                    pending = self._reconnecting(self._fetch, give_up_when_stopping=True) or []
+                    continue
+                delivery = pending.pop(0)
+                pending.extend(self._handle(executor, key, delivery, pending))
+                if self._should_recycle():
+                    self.stopping = True
+        finally:
+            self._give_back(key, pending)
+            executor.close()
+
+    def _handle(
+        self, executor: Executor, key: Hashable, delivery: Delivery, pending: list[Delivery]
+    ) -> list[Delivery]:
+        job, outcome = executor.prepare(delivery)
         if outcome is None:
-            task = job.task
-            assert task is not None and job.message is not None
-            soft, hard = self._limits(job.message.soft_limit, job.message.hard_limit, task)
-            started = time.time()
-            hard_at = started + hard if hard != math.inf else 0.0
-            self._publish(
-                pending,
-                Held(
-                    delivery.id,
-                    delivery.queue,
-                    delivery.lease.token,
-                    job.message.task,
-                    started,
-                    hard_at,
-                ),
-            )
-            self.in_task = True
-            rss_before = current_rss()
-            if soft != math.inf:
-                signal.setitimer(signal.ITIMER_REAL, soft)
-            try:
-                outcome = self.executor.execute(job)
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                self.in_task = False
-            stats = self.growth.setdefault(task.name, [0, 0])
-            stats[0] += 1
-            stats[1] += current_rss() - rss_before
-        self.tasks_done += 1
+            outcome = self._execute(executor, key, job, pending)
+        with self._lock:
+            self.tasks_done += 1
         # Fetch in the same broker call only when nothing else is in hand: a child never
         # hoards work that an idle sibling could start.
         fetch = self.fetch if not pending and not self.stopping else None
         settled = self._reconnecting(
-            lambda: self.executor.settle(job, outcome, fetch),
-            give_up_after=self.fetch.lease_seconds,
+            lambda: executor.settle(job, outcome, fetch), give_up_after=self.fetch.lease_seconds
         )
         return settled or []
+
+    def _execute(
+        self, executor: Executor, key: Hashable, job: Job, pending: list[Delivery]
+    ) -> Outcome:
+        task, message, delivery = job.task, job.message, job.delivery
+        assert task is not None and message is not None
+        soft, hard = self.limits(job)
+        started = time.time()
+        hard_at = started + hard if hard != math.inf else 0.0
+        running = Held(
+            delivery.id, delivery.queue, delivery.lease.token, message.task, started, hard_at
+        )
+        self._publish(key, pending, running)
+        rss_before = current_rss()
+        outcome = self._run_with_soft_limit(executor, job, soft)
+        with self._lock:
+            stats = self.growth.setdefault(task.name, [0, 0])
+            stats[0] += 1
+            stats[1] += current_rss() - rss_before
+        return outcome
+
+    def _run_with_soft_limit(self, executor: Executor, job: Job, soft: float) -> Outcome:
+        self.in_task = True
+        if soft != math.inf:
+            signal.setitimer(signal.ITIMER_REAL, soft)
+        try:
+            return executor.execute(job)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self.in_task = False
+
+    def limits(self, job: Job) -> tuple[float, float]:
+        """(soft, hard) seconds for this job: the message's, the task's, or the app's."""
+        assert job.task is not None and job.message is not None
+        conf, opts, message = self.app.conf, job.task.options, job.message
+        soft = message.soft_limit if message.soft_limit is not None else opts.soft_time_limit
+        hard = message.hard_limit if message.hard_limit is not None else opts.time_limit
+        soft = conf.task_soft_time_limit if soft is None else soft
+        hard = conf.task_time_limit if hard is None else hard
+        return float(soft), float(hard)
 
     def _fetch(self) -> list[Delivery]:
         return self.app.broker.fetch(
@@ -168,22 +210,18 @@ class Child:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _limits(self, soft: float | None, hard: float | None, task: object) -> tuple[float, float]:
-        from celeriac.task import Task
+    # -- bookkeeping ----------------------------------------------------------------------
 
-        assert isinstance(task, Task)
-        conf, opts = self.app.conf, task.options
-        soft = soft if soft is not None else opts.soft_time_limit
-        hard = hard if hard is not None else opts.time_limit
-        soft = conf.task_soft_time_limit if soft is None else soft
-        hard = conf.task_time_limit if hard is None else hard
-        return float(soft), float(hard)
-
-    def _publish(self, pending: list[Delivery], running: Held | None) -> None:
+    def _publish(self, key: Hashable, pending: list[Delivery], running: Held | None) -> None:
         held = [Held(d.id, d.queue, d.lease.token) for d in pending]
         if running is not None:
             held.insert(0, running)
-        self.slot.write(held, current_rss(), self.tasks_done, self.growth)
+        with self._lock:
+            self._held[key] = held
+            everything = [h for items in self._held.values() for h in items]
+            # Running tasks first: the supervisor reads hard deadlines from them.
+            everything.sort(key=lambda h: h.started == 0)
+            self.slot.write(everything, current_rss(), self.tasks_done, self.growth)
 
     def _should_recycle(self) -> bool:
         conf = self.app.conf
@@ -206,11 +244,14 @@ class Child:
             return True
         return False
 
-    def _give_back(self, pending: list[Delivery]) -> None:
+    def _give_back(self, key: Hashable, pending: list[Delivery]) -> None:
         # Fetched but never started: straight back to the queue, not counted as a delivery.
         for delivery in pending:
-            self.app.broker.requeue(delivery.lease, count_delivery=False)
-        self.slot.write([], current_rss(), self.tasks_done, self.growth)
+            try:
+                self.app.broker.requeue(delivery.lease, count_delivery=False)
+            except BrokerError as exc:
+                log.warning("could not give back %s (%s); its lease will expire", delivery.id, exc)
+        self._publish(key, [], None)
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
@@ -220,11 +261,86 @@ class Child:
             raise SoftTimeLimitExceeded("the task ran past its soft time limit")
 
 
+class ThreadsChild(Child):
+    """The threads pool's child: ``concurrency`` consumer threads in one process."""
+
+    def run(self) -> int:
+        """Start the consumer threads and wait for them to finish."""
+        self._install_signals()
+        threads = [
+            threading.Thread(
+                target=self._thread_main, args=(i,), daemon=True, name=f"celeriac-consumer-{i}"
+            )
+            for i in range(self.spec.concurrency)
+        ]
+        for thread in threads:
+            thread.start()
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.1)  # the main thread stays free to take signals
+        return EXIT_RECYCLE
+
+    def _thread_main(self, index: int) -> None:
+        try:
+            self._consume(Executor(self.app, self.spec.worker_id), key=index)
+        except Exception:
+            log.exception(
+                "consumer thread %d crashed; the child stops so it can be replaced", index
+            )
+            self.stopping = True
+
+    def _run_with_soft_limit(self, executor: Executor, job: Job, soft: float) -> Outcome:
+        try:
+            with thread_soft_limit(soft):
+                return executor.execute(job)
+        except SoftTimeLimitExceeded as exc:  # fired just as the task returned
+            return Outcome("FAILURE", error=error_info(exc), exception=exc)
+
+
+@contextlib.contextmanager
+def thread_soft_limit(soft: float) -> Iterator[None]:
+    """Raise SoftTimeLimitExceeded in this thread if the block runs longer than ``soft``."""
+    if soft == math.inf:
+        yield
+        return
+    thread_id, lock, armed = threading.get_ident(), threading.Lock(), [True]
+
+    def fire() -> None:
+        with lock:
+            if armed[0]:
+                _set_async_exc(thread_id, SoftTimeLimitExceeded)
+
+    timer = threading.Timer(soft, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:
+            armed[0] = False
+        timer.cancel()
+        _set_async_exc(thread_id, None)  # a limit that fired as the block ended must not land
+
+
+def _set_async_exc(thread_id: int, exc_type: type[BaseException] | None) -> None:
+    """Raise ``exc_type`` in another thread at its next Python instruction (None: clear)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type) if exc_type else None
+    )
+
+
 def child_main(app: Celeriac, spec: ChildSpec, slot: Slot) -> None:
     """Entry point of a forked child; never returns."""
     code = 1
     try:
-        code = Child(app, spec, slot).run()
+        if spec.pool == "asyncio":
+            from celeriac.worker.aio import AsyncioChild
+
+            child: Any = AsyncioChild(app, spec, slot)
+        elif spec.pool == "threads":
+            child = ThreadsChild(app, spec, slot)
+        else:
+            child = Child(app, spec, slot)
+        code = child.run()
     except Exception:
         log.exception("worker child %d crashed; the supervisor will start another", os.getpid())
     finally:

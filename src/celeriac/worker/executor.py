@@ -48,6 +48,15 @@ class FetchSpec:
     lease_seconds: float
 
 
+def outcome_for(exc: Exception) -> Outcome:
+    """The Outcome of a task that raised ``exc``: a retry, a rejection or a failure."""
+    if isinstance(exc, Retry):
+        return Outcome("RETRY", delay=exc.delay, exception=exc.exc or exc)
+    if isinstance(exc, Reject):
+        return Outcome("DEAD", reason=f"rejected by the task: {exc.reason}")
+    return Outcome("FAILURE", error=error_info(exc), exception=exc)
+
+
 def error_info(exc: BaseException) -> ErrorInfo:
     """An exception as stored in a result: qualified type, message, traceback text."""
     cls = type(exc)
@@ -148,21 +157,26 @@ class Executor:
         token = _current.set(request)
         started = time.perf_counter()
         try:
-            args = [task, *request.args] if task.bind else request.args
-            value = task.fn(*args, **self._accepted_kwargs(task, request.kwargs))
+            value = self.invoke(job)
             if task.is_async:
                 value = self.run_coroutine(value)
             outcome = Outcome("SUCCESS", value=value)
-        except Retry as exc:
-            outcome = Outcome("RETRY", delay=exc.delay, exception=exc.exc or exc)
-        except Reject as exc:
-            outcome = Outcome("DEAD", reason=f"rejected by the task: {exc.reason}")
         except Exception as exc:  # noqa: BLE001 - a task's failure is data, not a crash
-            outcome = Outcome("FAILURE", error=error_info(exc), exception=exc)
+            outcome = outcome_for(exc)
         finally:
             _current.reset(token)
         outcome.runtime = time.perf_counter() - started
         return outcome
+
+    def invoke(self, job: Job) -> Any:
+        """Call the task's function with the job's arguments (a coroutine for async tasks).
+
+        The caller sets the current request (``_current``) around it.
+        """
+        task, request = job.task, job.request
+        assert task is not None and request is not None
+        args = [task, *request.args] if task.bind else request.args
+        return task.fn(*args, **self._accepted_kwargs(task, request.kwargs))
 
     def run_coroutine(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run an ``async def`` task on this process's own event loop."""

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("celeriac.worker")
 
 _TICK = 0.05  # seconds between supervisor checks
+POOLS = ("process", "threads", "asyncio")
 
 
 @dataclass(slots=True)
@@ -65,7 +66,9 @@ class Worker:
         2
     """
 
-    def __init__(self, app: Celeriac, queues: list[str], concurrency: int) -> None:
+    def __init__(
+        self, app: Celeriac, queues: list[str], concurrency: int, pool: str = "process"
+    ) -> None:
         if app.broker.in_process_only:
             raise ConfigurationError(
                 f"broker {app.conf.broker_url} lives inside one process, so worker processes "
@@ -75,8 +78,13 @@ class Worker:
         self.app = app
         self.queues = tuple(queues)
         self.concurrency = concurrency
+        if pool not in POOLS:
+            raise ConfigurationError(f"unknown pool {pool!r}; use one of {', '.join(POOLS)}")
+        self.pool = pool
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._children = [_ChildState(i, Slot()) for i in range(concurrency)]
+        # The process pool has one child per slot; the others run every slot in one child.
+        processes = concurrency if pool == "process" else 1
+        self._children = [_ChildState(i, Slot()) for i in range(processes)]
         self._stop_requests = 0
         self._last_renew = self._last_beat = 0.0
         self._started = time.time()
@@ -125,7 +133,8 @@ class Worker:
         child.slot.clear()
         child.last_view = SlotView([], 0)
         child.killed_for = None
-        spec = ChildSpec(self.id, self.queues, child.index)
+        inside = 1 if self.pool == "process" else self.concurrency
+        spec = ChildSpec(self.id, self.queues, child.index, self.pool, inside)
         pid = os.fork()
         if pid == 0:
             child_main(self.app, spec, child.slot)
@@ -155,25 +164,30 @@ class Worker:
     # -- children -----------------------------------------------------------------------
 
     def _enforce_limits(self, child: _ChildState, view: SlotView, now: float) -> None:
-        running = view.held[0] if view.held and view.held[0].started else None
-        if running is None or not child.pid or child.killed_for is not None:
+        if not child.pid or child.killed_for is not None:
             return
-        if running.id in self.remote.to_terminate:
-            log.warning(
-                "task %s[%s] was revoked with terminate; killing child %d",
-                running.task,
-                running.id,
-                child.pid,
-            )
-            self._kill_for(child, running, "REVOKED")
-        elif running.hard_deadline and now > running.hard_deadline:
-            log.error(
-                "task %s[%s] passed its hard time limit; killing child %d",
-                running.task,
-                running.id,
-                child.pid,
-            )
-            self._kill_for(child, running, "FAILURE")
+        for running in (h for h in view.held if h.started):
+            if running.id in self.remote.to_terminate:
+                log.warning(
+                    "task %s[%s] was revoked with terminate; killing child %d",
+                    running.task,
+                    running.id,
+                    child.pid,
+                )
+                self._kill_for(child, running, "REVOKED")
+                return
+            if running.hard_deadline and now > running.hard_deadline:
+                log.error(
+                    "task %s[%s] passed its hard time limit; killing child %d%s",
+                    running.task,
+                    running.id,
+                    child.pid,
+                    ""
+                    if self.pool == "process"
+                    else " (its other running tasks will be delivered again)",
+                )
+                self._kill_for(child, running, "FAILURE")
+                return
 
     def _kill_for(self, child: _ChildState, running: Held, state: str) -> None:
         child.killed_for = (running, state)

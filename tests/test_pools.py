@@ -1,0 +1,71 @@
+"""The threads and asyncio pools, with real worker processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from celeriac import Celeriac, SoftTimeLimitExceeded
+from tests.apps import core
+from tests.conftest import Ledger, WorkerProcesses
+
+pytestmark = pytest.mark.slow
+
+
+def peak_overlap(ledger: Ledger) -> int:
+    """The most tasks that were running at the same moment."""
+    moments = sorted(
+        (float(p[3]), 1 if p[0] == "start" else -1)
+        for p in ledger.lines()
+        if p[0] in {"start", "end"}
+    )
+    peak = current = 0
+    for _, step in moments:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def test_asyncio_pool_runs_500_coroutines_at_once(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    results = [core.nap.delay(1.0) for _ in range(500)]
+    workers.start("-P", "asyncio", "-c", "500")
+    assert all(r.get(timeout=60) == "rested" for r in results)
+    assert peak_overlap(ledger) >= 450  # they slept together, not one after another
+    starts = [float(p[3]) for p in ledger.lines() if p[0] == "start"]
+    ends = [float(p[3]) for p in ledger.lines() if p[0] == "end"]
+    print(f"500 x asyncio.sleep(1): first start to last end {max(ends) - min(starts):.2f}s")
+
+
+def test_asyncio_pool_runs_sync_tasks_and_cancels_at_the_soft_limit(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    workers.start("-P", "asyncio", "-c", "20")
+    slow = core.naps_too_long.delay()
+    assert core.add.delay(2, 2).get(timeout=20) == 4  # a plain function, run in a thread
+    assert core.async_double.delay(21).get(timeout=20) == 42
+    with pytest.raises(SoftTimeLimitExceeded, match="soft time limit"):
+        slow.get(timeout=20)
+    assert [p[4] for p in ledger.lines() if p[0] == "cleanup"] == ["CancelledError"]
+
+
+def test_threads_pool_runs_tasks_concurrently_with_soft_limits(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    results = [core.work.delay(0.5, str(i)) for i in range(8)]
+    workers.start("-P", "threads", "-c", "8")
+    assert [r.get(timeout=30) for r in results] == [str(i) for i in range(8)]
+    assert peak_overlap(ledger) >= 6
+    spinner = core.spins_too_long.delay()
+    assert spinner.get(timeout=20) == "cleaned up"
+    assert [p[4] for p in ledger.lines() if p[0] == "cleanup"] == ["SoftTimeLimitExceeded"]
+
+
+def test_threads_pool_hard_limit_stops_the_child_and_serves_on(
+    core_app: Celeriac, workers: WorkerProcesses
+) -> None:
+    workers.start("-P", "threads", "-c", "4")
+    stuck = core.stuck.delay()
+    with pytest.raises(Exception, match="hard time limit"):
+        stuck.get(timeout=20)
+    assert core.add.delay(1, 1).get(timeout=20) == 2
