@@ -36,6 +36,7 @@ from celeriac.brokers.base import (
     QueueStats,
     WorkerInfo,
 )
+from celeriac.brokers.sqlite_store import SQLiteStore
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 
 _SCHEMA = """
@@ -106,7 +107,7 @@ def _path_from_url(url: str) -> tuple[str, dict[str, list[str]]]:
     return path, parse_qs(parts.query)
 
 
-class SQLiteBroker(Broker):
+class SQLiteBroker(SQLiteStore, Broker):
     """The embedded broker: one SQLite file shared by every process on the host.
 
     Example:
@@ -475,100 +476,6 @@ class SQLiteBroker(Broker):
         """Delete a stored result."""
         with self._transaction() as db:
             db.execute("DELETE FROM results WHERE id = ?", (task_id,))
-
-    # -- the small store ----------------------------------------------------------------
-
-    def kv_set(self, key: str, value: bytes, ttl: float, *, only_if_absent: bool = False) -> bool:
-        """Set a key for ``ttl`` seconds (only when unset, if asked)."""
-        now = time.time()
-        with self._transaction() as db:
-            if only_if_absent:
-                held = db.execute(
-                    "SELECT 1 FROM kv WHERE key = ? AND expires_at > ?", (key, now)
-                ).fetchone()
-                if held:
-                    return False
-            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (key, value, now + ttl))
-            return True
-
-    def kv_get(self, keys: Sequence[str]) -> list[bytes | None]:
-        """Values of keys, None where unset or expired."""
-        if not keys:
-            return []
-        marks = ",".join("?" * len(keys))
-        rows = self._read(
-            f"SELECT key, value FROM kv WHERE key IN ({marks}) AND expires_at > ?",  # noqa: S608
-            (*keys, time.time()),
-        )
-        found = dict(rows)
-        return [found.get(k) for k in keys]
-
-    def kv_delete(self, key: str) -> None:
-        """Unset a key."""
-        with self._transaction() as db:
-            db.execute("DELETE FROM kv WHERE key = ?", (key,))
-
-    def join_add(self, key: str, member: str, value: bytes, ttl: float) -> int:
-        """Add a member once; return the number of distinct members."""
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO joins VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (key, member, value, time.time() + ttl),
-            )
-            return int(db.execute("SELECT COUNT(*) FROM joins WHERE key = ?", (key,)).fetchone()[0])
-
-    def join_values(self, key: str) -> dict[str, bytes]:
-        """Every member of a join and its value."""
-        rows = self._read(
-            "SELECT member, value FROM joins WHERE key = ? AND expires_at > ?", (key, time.time())
-        )
-        return dict(rows)
-
-    def rate_reserve(self, key: str, per_second: float, burst: int = 1) -> float:
-        """Reserve the next free slot; return the seconds until it."""
-        interval = 1.0 / per_second
-        with self._transaction() as db:
-            now = time.time()
-            row = db.execute("SELECT tat FROM limiters WHERE key = ?", (key,)).fetchone()
-            tat = max(row[0] if row else now, now)
-            slot = max(now, tat - (burst - 1) * interval)
-            db.execute("INSERT OR REPLACE INTO limiters VALUES (?, ?)", (key, tat + interval))
-            return slot - now
-
-    def rate_admit(self, key: str, limit: int, period: float) -> float:
-        """Admit a start if the window has room; else the seconds until it will."""
-        with self._transaction() as db:
-            now = time.time()
-            row = db.execute(
-                "SELECT at FROM admissions WHERE key = ? ORDER BY at DESC LIMIT 1 OFFSET ?",
-                (key, limit - 1),
-            ).fetchone()
-            if row is not None and row[0] > now - period:
-                return float(row[0]) + period - now
-            db.execute("INSERT INTO admissions VALUES (?, ?)", (key, now))
-            db.execute("DELETE FROM admissions WHERE key = ? AND at <= ?", (key, now - period))
-            return 0.0
-
-    def stream_append(self, key: str, items: Sequence[bytes], maxlen: int) -> None:
-        """Append to a bounded stream."""
-        with self._transaction() as db:
-            last = db.execute("SELECT MAX(seq) FROM streams WHERE key = ?", (key,)).fetchone()[0]
-            seq = last or 0
-            db.executemany(
-                "INSERT INTO streams VALUES (?, ?, ?)",
-                [(key, seq + i + 1, item) for i, item in enumerate(items)],
-            )
-            db.execute(
-                "DELETE FROM streams WHERE key = ? AND seq <= ?", (key, seq + len(items) - maxlen)
-            )
-
-    def stream_read(self, key: str, after: int, limit: int) -> list[tuple[int, bytes]]:
-        """Items after a sequence number, oldest first."""
-        rows = self._read(
-            "SELECT seq, item FROM streams WHERE key = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (key, after, limit),
-        )
-        return [(int(r[0]), r[1]) for r in rows]
 
     # -- administration -----------------------------------------------------------------
 

@@ -17,12 +17,14 @@ held is given back at once). Either way nothing is lost.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -213,11 +215,8 @@ class Worker:
                 continue
             # The running task counts as a delivery (a crash); prefetched ones do not.
             lease = Lease(held.id, held.queue, held.token)
-            counted = bool(held.started)
             self._quietly(
-                lambda lease=lease, counted=counted: self.app.broker.requeue(
-                    lease, count_delivery=counted
-                )
+                functools.partial(self.app.broker.requeue, lease, count_delivery=bool(held.started))
             )
         if code != 0 and killed is None and self._stop_requests < 2:
             names = ", ".join(f"{h.task}[{h.id}]" for h in view.held if h.started) or "none"
@@ -340,9 +339,9 @@ class Worker:
         )
         self.app.broker.heartbeat(info, conf.worker_heartbeat_seconds * 5)
 
-    def _quietly(self, action: object) -> None:
+    def _quietly(self, action: Callable[[], object]) -> None:
         try:
-            action()  # type: ignore[operator]
+            action()
         except BrokerError as exc:
             log.error(
                 "worker %s could not settle a message (%s); its lease will expire and "
