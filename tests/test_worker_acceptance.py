@@ -160,3 +160,19 @@ def test_malformed_and_unknown_messages_do_not_stop_the_worker(
     assert unknown.state == "PENDING"  # put back for a worker that knows it, never lost
     (stats,) = core_app.broker.stats()
     assert stats.delayed + stats.ready + stats.in_flight == 1
+
+
+@pytest.mark.parametrize("point", ["after_fetch", "before_commit", "after_commit"])
+def test_a_crash_at_each_point_loses_nothing_and_commits_once(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, point: str
+) -> None:
+    marker = ledger.path.with_name("crashed")
+    results = [core.add.delay(i, 1) for i in range(20)]
+    workers.start("-c", "1", env={"CELERIAC_CRASH_AT": f"{point}:3",
+                                  "CELERIAC_CRASH_MARKER": str(marker)})
+    assert [r.get(timeout=30) for r in results] == [i + 1 for i in range(20)]
+    assert marker.exists(), "the crash point was never reached"
+    runs = ledger.count("run")
+    assert set(runs) == {r.id for r in results}
+    # before_commit: the crashed task ran once, then again. Otherwise: exactly once each.
+    assert sum(runs.values()) == 20 + (point == "before_commit")

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from celeriac.brokers.base import WorkerInfo
+
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
 
@@ -52,6 +54,17 @@ class Reply:
     data: Any
 
 
+def live_workers(app: Celeriac) -> list[WorkerInfo]:
+    """Live workers (supervisors), without the per-child consumer entries they heartbeat.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> live_workers(Celeriac("doc", broker="memory://"))
+        []
+    """
+    return [w for w in app.broker.workers() if "child_of" not in w.extra]
+
+
 def revoke(app: Celeriac, task_id: str, *, terminate: bool = False) -> None:
     """Revoke a task: it will not start; with ``terminate`` it is stopped if running.
 
@@ -82,7 +95,7 @@ def broadcast(
         []
     """
     broker = app.broker
-    workers = [w.id for w in broker.workers() if target in (None, w.id)]
+    workers = [w.id for w in live_workers(app) if target in (None, w.id)]
     cmd = Command(uuid.uuid4().hex, command, target, time.time())
     broker.stream_append(CONTROL, [msgspec.json.encode(cmd)], 1000)
     keys = [f"reply:{cmd.id}:{w}" for w in workers]

@@ -69,7 +69,7 @@ class AsyncioChild(Child):
         deliveries = self._reconnecting(
             lambda: self.app.broker.fetch(
                 self.spec.queues,
-                self.spec.worker_id,
+                self.fetch.consumer,
                 limit=free,
                 lease_seconds=self.fetch.lease_seconds,
                 timeout=0.2,

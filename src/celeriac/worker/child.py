@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from celeriac import crashpoints
 from celeriac.brokers.base import Delivery
 from celeriac.errors import BrokerError, SoftTimeLimitExceeded
 from celeriac.middleware.base import Job, Outcome
@@ -56,6 +57,7 @@ class ChildSpec:
     index: int
     pool: str = "process"
     concurrency: int = 1  # consumers inside this child (threads or coroutines)
+    consumer: str = ""  # the lease holder id of this child; its supervisor heartbeats it
 
 
 def current_rss() -> int:
@@ -79,7 +81,7 @@ class Child:
         conf = app.conf
         self.fetch = FetchSpec(
             spec.queues,
-            spec.worker_id,
+            spec.consumer or spec.worker_id,
             max(conf.worker_prefetch_multiplier, 1),
             conf.worker_lease_seconds,
         )
@@ -106,9 +108,14 @@ class Child:
                     self.app.middleware.on_idle()
                     self._publish(key, pending, None)
                     pending = self._reconnecting(self._fetch, give_up_when_stopping=True) or []
+                    if crashpoints.ARMED and pending:
+                        crashpoints.reached("after_fetch")
                     continue
                 delivery = pending.pop(0)
-                pending.extend(self._handle(executor, key, delivery, pending))
+                more = self._handle(executor, key, delivery, pending)
+                if crashpoints.ARMED and more:
+                    crashpoints.reached("after_fetch")
+                pending.extend(more)
                 if self._should_recycle():
                     self.stopping = True
         finally:
@@ -174,7 +181,7 @@ class Child:
     def _fetch(self) -> list[Delivery]:
         return self.app.broker.fetch(
             self.spec.queues,
-            self.spec.worker_id,
+            self.fetch.consumer,
             limit=self.fetch.limit,
             lease_seconds=self.fetch.lease_seconds,
             timeout=0.5,

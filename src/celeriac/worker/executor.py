@@ -17,6 +17,7 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from celeriac import crashpoints
 from celeriac.brokers.base import DeadLetter, Delivery
 from celeriac.codec import UntrustedMessage
 from celeriac.errors import MalformedMessage, Reject, Retry
@@ -221,6 +222,8 @@ class Executor:
         broker, conf = self.app.broker, self.app.conf
         lease, more = job.delivery.lease, list[Delivery]()
         state = outcome.state
+        if crashpoints.ARMED:
+            crashpoints.reached("before_commit")
         if state in FINAL:
             result = encode_result(self._record(job, outcome)) if outcome.store_result else None
             if fetch is not None:
@@ -243,6 +246,10 @@ class Executor:
             )
         else:
             committed = self._dead_letter(job, outcome)
+        if crashpoints.ARMED:
+            crashpoints.reached(
+                {"RETRY": "after_retry", "DEAD": "after_dead_letter"}.get(state, "after_commit")
+            )
         self._log(job, outcome, committed)
         self.app.middleware.after_settle(job, outcome, committed)
         return more

@@ -55,6 +55,8 @@ class _ChildState:
     last_view: SlotView = field(default_factory=lambda: SlotView([], 0))
     killed_for: tuple[Held, str] | None = None  # the task we killed it for, and why
     crashes: int = 0
+    consumer: str = ""  # lease holder id of the current process in this place
+    generation: int = 0
 
 
 class Worker:
@@ -136,7 +138,11 @@ class Worker:
         child.last_view = SlotView([], 0)
         child.killed_for = None
         inside = 1 if self.pool == "process" else self.concurrency
-        spec = ChildSpec(self.id, self.queues, child.index, self.pool, inside)
+        child.generation += 1
+        child.consumer = f"{self.id}/{child.index}.{child.generation}"
+        # Alive in the broker before it can hold anything, so no reaper takes its work.
+        self._quietly(functools.partial(self._beat_child, child, 0, self._child_ttl()))
+        spec = ChildSpec(self.id, self.queues, child.index, self.pool, inside, child.consumer)
         pid = os.fork()
         if pid == 0:
             child_main(self.app, spec, child.slot)
@@ -210,6 +216,10 @@ class Worker:
         self._fold_counters(view)
         if killed is not None:
             self._record_killed(*killed)
+        # Release what the child held but had not yet written into its slot (taken by the
+        # same call that committed its last task): its heartbeat ends now, and the reaper
+        # hands back everything held under its consumer id, at once.
+        self._quietly(functools.partial(self._beat_child, child, pid, 0.0))
         for held in view.held:
             if killed is not None and held.id == killed[0].id:
                 continue
@@ -218,6 +228,7 @@ class Worker:
             self._quietly(
                 functools.partial(self.app.broker.requeue, lease, count_delivery=bool(held.started))
             )
+        self._quietly(self.app.broker.reap)
         if code != 0 and killed is None and self._stop_requests < 2:
             names = ", ".join(f"{h.task}[{h.id}]" for h in view.held if h.started) or "none"
             log.error(
@@ -338,6 +349,25 @@ class Worker:
             },
         )
         self.app.broker.heartbeat(info, conf.worker_heartbeat_seconds * 5)
+        for child in self._children:
+            if child.pid:
+                self._beat_child(child, child.pid, self._child_ttl())
+
+    def _child_ttl(self) -> float:
+        return self.app.conf.worker_heartbeat_seconds * 5
+
+    def _beat_child(self, child: _ChildState, pid: int, ttl: float) -> None:
+        """Heartbeat one child's consumer id; ttl 0 declares it dead at once."""
+        info = WorkerInfo(
+            child.consumer,
+            socket.gethostname(),
+            pid,
+            self.queues,
+            1,
+            child.started,
+            extra={"child_of": self.id},
+        )
+        self.app.broker.heartbeat(info, ttl)
 
     def _quietly(self, action: Callable[[], object]) -> None:
         try:
@@ -363,6 +393,8 @@ class Worker:
                         _signal(child.pid, signal.SIGKILL)
             self._tick_shutdown()
             time.sleep(_TICK)
+        for child in self._children:
+            self._quietly(functools.partial(self.app.broker.forget_worker, child.consumer))
         self._quietly(lambda: self.app.broker.forget_worker(self.id))
         log.info("worker %s stopped", self.id)
 
