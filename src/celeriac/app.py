@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from celeriac.brokers import broker_from_url
 from celeriac.brokers.base import Broker, Outgoing
@@ -16,6 +17,9 @@ from celeriac.message import Message, new_task_id
 from celeriac.middleware import Middleware, MiddlewareStack, default_middleware
 from celeriac.result import AsyncResult
 from celeriac.task import Task, TaskOptions, task_name_for
+
+if TYPE_CHECKING:
+    from celeriac.beat import Beat, PeriodicDecorator
 
 log = logging.getLogger("celeriac")
 
@@ -181,6 +185,41 @@ class Celeriac:
                 f"task {name!r} is not registered in app {self.name!r}. Registered: "
                 f"{', '.join(sorted(self.tasks)) or 'none'}"
             ) from None
+
+    # -- periodic tasks (celeriac.beat) ----------------------------------------------------
+
+    @functools.cached_property
+    def beat(self) -> Beat:
+        """Periodic entries from code, ``beat_schedule`` and run time (celeriac.beat.Beat).
+
+        Example:
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> app.beat.add("ping", "doc.ping", every=60).schedule.describe()
+            'every 1m'
+        """
+        from celeriac.beat import Beat
+
+        return Beat(self)
+
+    @overload
+    def periodic(self, task: Task[P, R], /, **schedule: Any) -> Task[P, R]: ...
+    @overload
+    def periodic(self, /, **schedule: Any) -> PeriodicDecorator: ...
+
+    def periodic(self, task: Task[Any, Any] | None = None, /, **schedule: Any) -> Any:
+        """Run a task on a schedule: ``@app.periodic(cron=..., tz=...)`` or ``every=...``.
+
+        On a function it registers the task and the entry; ``app.periodic(task, ...)``
+        schedules an existing task. Keywords: ``cron``, ``tz``, ``every``, ``name``,
+        ``args``, ``kwargs``, ``missed`` ("skip" or "run_once") and send options such as
+        ``queue``. See :mod:`celeriac.beat`.
+
+        Example:
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> @app.periodic(cron="*/5 * * * *", tz="Europe/Kyiv")
+            ... def refresh_rates() -> None: ...
+        """
+        return self.beat.periodic(task, **schedule)
 
     # -- producing ------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@
     │   ├── BrokerConnectionError   the broker cannot be reached
     │   └── LeaseLost               a worker tried to settle a message it no longer holds
     ├── NotRegistered               no task of that name in this process
+    ├── UnknownEntry                no periodic (beat) entry of that name
     ├── TaskFailed                  a task's exception that cannot be rebuilt as its own type
     │   └── ChordError              a chord member failed, so its callback did not run
     ├── ResultTimeout               also a TimeoutError: get() waited longer than asked
@@ -81,6 +82,13 @@ class NotRegistered(CeleriacError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "task not registered"
+
+
+class UnknownEntry(CeleriacError, KeyError):
+    """No periodic entry of this name (``app.beat``, ``celeriac beat``)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "no such periodic entry"
 
 
 class TaskFailed(CeleriacError):

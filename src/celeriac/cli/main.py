@@ -156,4 +156,4 @@ def parse_json_option(name: str, raw: str | None, kind: type) -> Any:
 
 
 # Commands register themselves on `cli` when their modules are imported.
-from celeriac.cli import check_cmd, commands, control_cmd, demo, worker_cmd  # noqa: E402, F401
+from celeriac.cli import beat_cmd, check_cmd, commands, control_cmd, demo, worker_cmd  # noqa: E402, F401

@@ -1,0 +1,418 @@
+"""The scheduler loop: any number may run at once, and every tick fires exactly once.
+
+How one tick is sent (entry ``E``, fire time ``T``):
+
+1. Every scheduler computes the same ``T`` from the schedule (a pure function of time) and
+   wakes at ``T``.
+2. Each tries to **claim** the tick: ``kv_set("beat:tick:E:T", "claimed <id>",
+   only_if_absent=True)`` with a short TTL (half the interval, at most 30 s). One wins.
+3. The winner sends the task with the **deterministic id** ``beat:E:<T>`` (expiring when the
+   next tick is due), then turns the claim into a lasting ``sent <task id>`` mark and
+   records the entry's state (last tick, task id, next run).
+4. The losers look at the claim: ``sent`` — done; ``claimed`` and not confirmed — they look
+   again when its TTL lapses and, if the winner died between claim and send, take the tick
+   over. Sending the same deterministic id twice is a no-op in every broker, so even a
+   takeover of a tick that *was* sent creates no second task while it is queued, running
+   or has a stored result.
+
+Missed ticks (every scheduler was down at ``T``): only the latest fire time is ever
+considered, so recovery never bursts. A tick more than its grace late (half the interval,
+at most ``beat_missed_after``) is dropped under ``missed="skip"`` and sent once under
+``"run_once"``; ticks before an entry existed (or was changed or resumed) are never due.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from celeriac.beat.entries import EntryState, Loaded, grace, tick_id
+from celeriac.errors import BrokerError, CeleriacError
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+    from celeriac.beat.entries import Entry
+    from celeriac.beat.schedules import Schedule
+
+log = logging.getLogger("celeriac.beat")
+
+_SENT_MARK_MARGIN = 300.0  # seconds a "sent" mark outlives its tick: covers clock skew
+_MAX_CLAIM = 30.0  # seconds; a claimer that died is taken over within this at most
+
+
+class Scheduler:
+    """Sends the ticks of ``app.beat``'s entries. Run as many as you like.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> _ = app.beat.add("ping", "doc.ping", every=60)
+        >>> due = app.beat.get("ping").next_run
+        >>> _ = Scheduler(app, clock=lambda: due).step()  # sends ping's tick for `due`
+        >>> _ = Scheduler(app, clock=lambda: due).step()  # a second scheduler: no-op
+        >>> app.broker.stats()[0].ready
+        1
+
+    Args:
+        app: the application (its broker holds entries, state and claims).
+        clock: the time source (tests pass a fake one).
+        ident: this scheduler's id in logs and state (default ``host:pid``).
+        parent_pid: stop when this process is gone (a ``worker --beat`` scheduler).
+    """
+
+    def __init__(
+        self,
+        app: Celeriac,
+        *,
+        clock: Callable[[], float] = time.time,
+        ident: str | None = None,
+        parent_pid: int | None = None,
+    ) -> None:
+        self.app = app
+        self.clock = clock
+        self.ident = ident or f"{socket.gethostname()}:{os.getpid()}"
+        self.parent_pid = parent_pid
+        self._stopping = threading.Event()
+        self._done: dict[str, float] = {}  # entry -> latest tick settled by this scheduler
+        self._contended: dict[str, float] = {}  # entry -> tick claimed by another, unconfirmed
+        self._known: dict[str, tuple[Entry | None, bool]] | None = None
+        self._registered: set[str] = set()  # names this process put in the index
+        self._broker_down = False
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Schedule until SIGTERM/SIGINT (or :meth:`stop`); return the exit code.
+
+        Shutdown is warm: a pass in progress finishes (a claimed tick is sent), then the
+        loop ends. Other schedulers carry on without a gap.
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> s = Scheduler(Celeriac("doc", broker="memory://"))
+            >>> s.stop(); s.run()
+            0
+        """
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, self._on_signal)
+        log.info(
+            "beat: scheduler %s starting (broker %s); other schedulers may run too: "
+            "each tick is sent once",
+            self.ident,
+            self.app.conf.broker_url,
+        )
+        try:
+            while not self._stopping.is_set():
+                if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                    log.warning("beat: the worker that started scheduler %s is gone", self.ident)
+                    break
+                self._stopping.wait(self.step())
+        finally:
+            for signum, handler in previous.items():  # an embedding program keeps its own
+                signal.signal(signum, handler)
+        log.info("beat: scheduler %s stopped", self.ident)
+        return 0
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current pass (safe from signal handlers).
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> Scheduler(Celeriac("doc", broker="memory://")).stop()
+        """
+        self._stopping.set()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if not self._stopping.is_set():
+            log.info("beat: %s received, stopping", signal.Signals(signum).name)
+        self.stop()
+
+    # -- one pass --------------------------------------------------------------------------
+
+    def step(self) -> float:
+        """Send every tick that is due now; return the seconds until the next pass.
+
+        The next pass is at the next fire time of any entry, and at most
+        ``beat_max_interval`` away, so run-time changes are picked up within it.
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> 0 < Scheduler(Celeriac("doc", broker="memory://"), clock=lambda: 0.5).step() <= 1
+            True
+        """
+        now, started = self.clock(), time.monotonic()
+        wake = now + self.app.conf.beat_max_interval
+        try:
+            loaded = self.app.beat.load()
+        except BrokerError as exc:
+            return self._broker_failed(exc, wake - now)
+        except CeleriacError as exc:
+            log.error("beat: cannot load the entries: %s", exc)
+            return wake - now
+        self._note_changes(loaded, now)
+        for item in loaded.values():
+            if item.entry is None or item.paused:
+                continue
+            try:
+                wake = min(wake, self._consider(item, item.entry, now))
+            except BrokerError as exc:
+                return self._broker_failed(exc, wake - now)
+            except Exception:  # one broken entry must not stop the others
+                log.exception("beat: entry %s failed; the other entries carry on", item.name)
+        if self._broker_down:
+            log.info("beat: the broker is reachable again")
+            self._broker_down = False
+        return max(wake - now - (time.monotonic() - started), 0.001)
+
+    def _consider(self, item: Loaded, entry: Entry, now: float) -> float:
+        """Send ``entry``'s current tick if it is due and unsent; return when to look next."""
+        name, schedule = item.name, entry.schedule
+        upcoming = schedule.next_after(now)
+        state = item.state if item.state is not None else self._first_seen(name, entry, now)
+        tick = schedule.latest(now)
+        if tick <= self._done.get(name, -math.inf):
+            return upcoming
+        baseline = max(state.since, item.changed_at)
+        if tick < baseline or (state.last_tick is not None and state.last_tick >= tick):
+            self._done[name] = tick  # never due (before the entry existed) or already sent
+            return upcoming
+        following = schedule.next_after(tick)
+        late = now - tick
+        if late > grace(following - tick, self.app.conf.beat_missed_after) and (
+            self._contended.get(name) != tick  # a claimed tick is not missed: take it over
+        ):
+            if entry.missed == "skip" or state.schedule != schedule.describe():
+                log.info(
+                    "beat: missed the tick of %s for %s (no scheduler ran then); policy "
+                    "skip: next at %s",
+                    name,
+                    _at(schedule, tick, now),
+                    _at(schedule, upcoming, now),
+                )
+                self._done[name] = tick
+                return upcoming
+            log.info(
+                "beat: missed ticks of %s while no scheduler ran; policy run_once: sending "
+                "the latest (%s) once",
+                name,
+                _at(schedule, tick, now),
+            )
+        return self._claim_and_send(item, entry, state, tick=tick, following=following, now=now)
+
+    def _claim_and_send(
+        self,
+        item: Loaded,
+        entry: Entry,
+        state: EntryState,
+        *,
+        tick: float,
+        following: float,
+        now: float,
+    ) -> float:
+        name, store = item.name, self.app.beat.store
+        claim_ttl = min(max((following - tick) / 2, 0.1), _MAX_CLAIM)
+        upcoming = entry.schedule.next_after(now)
+        if not store.claim(name, tick, self.ident, claim_ttl):
+            return self._claimed_elsewhere(name, tick, min(now + claim_ttl, upcoming), upcoming)
+        try:
+            task_id = self._send(entry, tick, following)
+        except BrokerError:
+            self._contended[name] = tick  # our claim lapses; whoever looks next retries
+            raise
+        except CeleriacError as exc:  # the tick itself is bad (too large, unencodable)
+            log.error(
+                "beat: could not send the tick of %s for %s: %s",
+                name,
+                _at(entry.schedule, tick, now),
+                exc,
+            )
+            self._done[name] = tick
+            store.write_state(name, _replace_state(state, last_error=str(exc)))
+            return upcoming
+        store.mark_sent(name, tick, task_id, following - now + _SENT_MARK_MARGIN)
+        store.write_state(
+            name,
+            _replace_state(
+                state,
+                task=entry.task,
+                schedule=entry.schedule.describe(),
+                last_tick=tick,
+                last_task_id=task_id,
+                last_sent_at=now,
+                next_run=following,
+                sent_by=self.ident,
+                last_error=None,
+            ),
+        )
+        self._done[name] = tick
+        self._contended.pop(name, None)
+        log.info(
+            "beat: sent tick of %s for %s as task %s", name, _at(entry.schedule, tick, now), task_id
+        )
+        return upcoming
+
+    def _claimed_elsewhere(self, name: str, tick: float, lapse: float, upcoming: float) -> float:
+        """Another scheduler holds the claim: done if it sent the tick, else look again."""
+        mark = self.app.beat.store.claim_value(name, tick)
+        if mark is not None and mark.startswith(b"sent "):
+            self._done[name] = tick
+            self._contended.pop(name, None)
+            log.debug("beat: tick of %s for %s was sent by another scheduler", name, tick)
+            return upcoming
+        # Claimed and not confirmed (or the claim just lapsed): look again when it lapses,
+        # and take the tick over if its claimer died before sending it.
+        self._contended[name] = tick
+        return lapse
+
+    def _send(self, entry: Entry, tick: float, following: float) -> str:
+        options: dict[str, Any] = dict(entry.options)
+        # By default a tick expires when the next one is due: a stale tick never runs late.
+        options.setdefault("expires", dt.datetime.fromtimestamp(following, dt.UTC))
+        options["headers"] = {
+            **options.get("headers", {}),
+            "beat_entry": entry.name,
+            "beat_tick": tick,
+        }
+        task_id = tick_id(entry.name, tick)
+        result = self.app.send_task(
+            entry.task, entry.args, dict(entry.kwargs), task_id=task_id, **options
+        )
+        return result.id  # a dedupe middleware may name an existing task instead
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def _first_seen(self, name: str, entry: Entry, now: float) -> EntryState:
+        """Record when an entry was first seen: ticks before it were never due.
+
+        Written whenever the state is missing (not only once per process), so an entry
+        whose state was deleted or expired starts again from its next tick.
+        """
+        state = EntryState(since=now, task=entry.task, schedule=entry.schedule.describe())
+        if name not in self._registered:
+            self.app.beat.store.register(name)
+            self._registered.add(name)
+        self.app.beat.store.write_state(name, state, only_if_absent=True)
+        return state
+
+    def _note_changes(self, loaded: dict[str, Loaded], now: float) -> None:
+        current: dict[str, tuple[Entry | None, bool]] = {
+            n: (item.entry, item.paused) for n, item in loaded.items() if item.entry
+        }
+        before, self._known = self._known, current
+        if before is None:
+            described = "; ".join(
+                f"{n} ({e.schedule.describe()}{', paused' if p else ''})"
+                for n, (e, p) in current.items()
+                if e is not None
+            )
+            count = len(current)
+            log.info(
+                "beat: scheduling %d entr%s: %s",
+                count,
+                "y" if count == 1 else "ies",
+                described or "none yet (add some: celeriac beat add)",
+            )
+            return
+        for name, (entry, paused) in current.items():
+            old = before.get(name)
+            assert entry is not None
+            upcoming = _at(entry.schedule, entry.schedule.next_after(now), now)
+            if old is None:
+                log.info(
+                    "beat: entry %s added (%s)%s",
+                    name,
+                    entry.schedule.describe(),
+                    " paused" if paused else f"; next at {upcoming}",
+                )
+            elif old[0] != entry:
+                log.info("beat: entry %s changed (%s)", name, entry.schedule.describe())
+            elif old[1] != paused:
+                log.info(
+                    "beat: entry %s %s", name, "paused" if paused else f"resumed; next {upcoming}"
+                )
+        for name in before.keys() - current.keys():
+            log.info("beat: entry %s removed", name)
+
+    def _broker_failed(self, exc: BrokerError, wait: float) -> float:
+        if not self._broker_down:
+            log.warning("beat: broker unreachable (%s); retrying every %.1fs", exc, wait)
+            self._broker_down = True
+        return wait
+
+
+def _at(schedule: Schedule, t: float, now: float) -> str:
+    """A fire time for a log line: ``03:00:00 EEST``, with the date only if not today."""
+    text, today = schedule.format(t), schedule.format(now)
+    return text[11:] if text[:10] == today[:10] else text
+
+
+def _replace_state(state: EntryState, **changes: Any) -> EntryState:
+    return msgspec.structs.replace(state, **changes)
+
+
+def fork_scheduler(app: Celeriac) -> int:
+    """Start a scheduler in a forked child process and return its PID (``worker --beat``).
+
+    The child stops on SIGTERM/SIGINT, and by itself when its parent is gone.
+
+    Example:
+        >>> pid = fork_scheduler(app)  # doctest: +SKIP
+        >>> stop_scheduler(pid)  # doctest: +SKIP
+        0
+    """
+    # Open the broker first: a new SQLite file must not be created by two processes at once.
+    _ = app.broker
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the child: schedule, then leave without running the parent's cleanup
+        code = 1
+        try:
+            code = Scheduler(app, parent_pid=parent).run()
+        except BaseException:  # the child must always reach os._exit, whatever happened
+            log.exception("beat: scheduler crashed")
+        finally:
+            os._exit(code)
+    log.info("beat: started scheduler process %d", pid)
+    return pid
+
+
+def stop_scheduler(pid: int, timeout: float = 10.0) -> int | None:
+    """Stop a scheduler process started by :func:`fork_scheduler`, by PID; its exit code.
+
+    SIGTERM first (warm), SIGKILL after ``timeout`` seconds. None if it was already reaped.
+
+    Example:
+        >>> stop_scheduler(fork_scheduler(app))  # doctest: +SKIP
+        0
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            log.warning(
+                "beat: scheduler process %d did not stop in %.0fs; killing it", pid, timeout
+            )
+            os.kill(pid, signal.SIGKILL)
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        time.sleep(0.02)

@@ -1,0 +1,376 @@
+"""Schedules: when an entry fires. :class:`Every` for intervals, :class:`Cron` for cron
+expressions in a named time zone.
+
+Both are pure functions of time: every scheduler, on any host, computes the same fire times
+from the same definition. That is what lets a tick have a deterministic id (see
+:mod:`celeriac.beat`), so several schedulers sending one tick create one task.
+
+Cron and daylight-saving time follow Vixie cron / cronie, the rules ops people know:
+
+* A wall-clock time skipped when clocks go forward (02:30 on the spring-forward night in
+  New York) fires at the change (03:00 EDT) if the job is a fixed-time job (neither its
+  minute nor its hour field starts with ``*``), and not at all otherwise: ``*/5 * * * *``
+  keeps its five-minute cadence in real time.
+* A wall-clock time that happens twice when clocks go back fires once (the first time)
+  for a fixed-time job; other jobs fire at both, so ``*/5`` keeps its cadence through the
+  repeated hour.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterError, croniter
+
+from celeriac.errors import ConfigurationError
+
+_ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_MAX_CANDIDATES = 50_000  # a valid 5-field expression matches within a few years of minutes
+_MIN_EVERY = 0.1  # seconds; a faster schedule would cost more broker calls than it is worth
+
+
+class Schedule(abc.ABC):
+    """When an entry fires: a pure function of time, the same in every scheduler."""
+
+    @abc.abstractmethod
+    def next_after(self, t: float) -> float:
+        """The first fire time strictly after ``t`` (Unix seconds).
+
+        Example:
+            >>> Every(30).next_after(60.0)
+            90.0
+        """
+
+    @abc.abstractmethod
+    def latest(self, t: float) -> float:
+        """The last fire time at or before ``t`` (Unix seconds).
+
+        Example:
+            >>> Every(30).latest(89.9)
+            60.0
+        """
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """A short human description, as ``celeriac beat list`` shows it.
+
+        Example:
+            >>> Cron("*/5 * * * *", tz="Europe/Kyiv").describe()
+            'cron */5 * * * * (Europe/Kyiv)'
+        """
+
+    @abc.abstractmethod
+    def spec(self) -> dict[str, Any]:
+        """The fields that store this schedule in the broker.
+
+        Example:
+            >>> Every(30).spec()
+            {'every': 30.0}
+        """
+
+    @abc.abstractmethod
+    def format(self, t: float) -> str:
+        """A fire time as a person reads it in logs: the zone's wall clock.
+
+        Example:
+            >>> Cron("0 3 * * *", tz="UTC").format(0.0)
+            '1970-01-01 00:00:00 UTC'
+        """
+
+
+@dataclass(frozen=True)
+class Every(Schedule):
+    """Fire every ``seconds``, at multiples of the interval since the Unix epoch.
+
+    Alignment to the epoch (not to when a scheduler started) is what makes every scheduler
+    agree on the fire times: ``Every(30)`` fires at :00 and :30 of each minute, and
+    ``Every(3600)`` on the hour (UTC). Use :class:`Cron` for times of day in a zone.
+
+    Example:
+        >>> Every(60).next_after(125.0), Every(60).latest(125.0)
+        (180.0, 120.0)
+    """
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        seconds = float(self.seconds)
+        if not math.isfinite(seconds) or seconds < _MIN_EVERY:
+            raise ConfigurationError(
+                f"every={self.seconds!r}: an interval must be at least {_MIN_EVERY} seconds"
+            )
+        object.__setattr__(self, "seconds", seconds)
+
+    @property
+    def _ms(self) -> int:
+        return max(round(self.seconds * 1000), 1)
+
+    def latest(self, t: float) -> float:
+        """The last multiple of the interval at or before ``t``.
+
+        Example:
+            >>> Every(0.5).latest(10.7)
+            10.5
+        """
+        # Integer milliseconds: a fire time computed here and fed back in maps to itself,
+        # whatever float rounding did on the way (+1 µs absorbs that rounding).
+        ms = self._ms
+        return (math.floor(t * 1000 + 0.001) // ms) * ms / 1000
+
+    def next_after(self, t: float) -> float:
+        """The first multiple of the interval strictly after ``t``.
+
+        Example:
+            >>> Every(0.5).next_after(10.5)
+            11.0
+        """
+        ms = self._ms
+        return (math.floor(t * 1000 + 0.001) // ms + 1) * ms / 1000
+
+    def describe(self) -> str:
+        """``every 30s``, ``every 5m``, ``every 1.5s``.
+
+        Example:
+            >>> Every(300).describe()
+            'every 5m'
+        """
+        return f"every {format_seconds(self.seconds)}"
+
+    def spec(self) -> dict[str, Any]:
+        """``{"every": seconds}``.
+
+        Example:
+            >>> Every(2).spec()
+            {'every': 2.0}
+        """
+        return {"every": self.seconds}
+
+    def format(self, t: float) -> str:
+        """The fire time on this host's clock: ``12:05:00`` (``12:05:00.500`` if fractional).
+
+        Example:
+            >>> len(Every(1).format(0.0))
+            19
+        """
+        when = dt.datetime.fromtimestamp(t)
+        text = when.strftime("%Y-%m-%d %H:%M:%S")
+        return f"{text}.{when.microsecond // 1000:03d}" if when.microsecond else text
+
+
+@dataclass(frozen=True)
+class Cron(Schedule):
+    """A five-field cron expression (``minute hour day month weekday``) in a named zone.
+
+    ``@daily``, ``@hourly`` and the other ``@`` aliases work too. Fire times follow the
+    zone's wall clock across daylight-saving changes (see the module docstring).
+
+    Example:
+        >>> c = Cron("0 9 * * *", tz="America/New_York")
+        >>> c.format(c.next_after(1710000000.0))  # 2024-03-09 16:00 UTC
+        '2024-03-10 09:00:00 EDT'
+    """
+
+    expr: str
+    tz: str = "UTC"
+    _zone: ZoneInfo = field(init=False, repr=False, compare=False)
+    _fixed: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        expr = " ".join(self.expr.split())
+        expr = _ALIASES.get(expr.lower(), expr)
+        fields = expr.split(" ")
+        if len(fields) != 5 or not croniter.is_valid(expr):
+            raise ConfigurationError(
+                f"cron {self.expr!r}: not a valid five-field cron expression (minute hour "
+                "day month weekday, e.g. '*/5 * * * *'); for seconds use every=..."
+            )
+        try:
+            zone = ZoneInfo(self.tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigurationError(
+                f"cron {self.expr!r}: unknown time zone {self.tz!r} (use an IANA name such "
+                "as 'Europe/Kyiv' or 'UTC')"
+            ) from exc
+        object.__setattr__(self, "expr", expr)
+        object.__setattr__(self, "_zone", zone)
+        # cronie's rule: a job is "fixed-time" unless its minute or hour field is a wildcard.
+        object.__setattr__(
+            self, "_fixed", not fields[0].startswith("*") and not fields[1].startswith("*")
+        )
+        try:
+            self.next_after(0.0)
+        except CroniterError as exc:
+            raise ConfigurationError(f"cron {self.expr!r}: never fires ({exc})") from exc
+
+    # -- the two questions a scheduler asks ---------------------------------------------
+
+    def next_after(self, t: float) -> float:
+        """The first fire time strictly after ``t``.
+
+        Example:
+            >>> Cron("30 2 * * *", tz="America/New_York").format(
+            ...     Cron("30 2 * * *", tz="America/New_York").next_after(1710000000.0))
+            '2024-03-10 03:00:00 EDT'
+        """
+        # A candidate whose wall time is earlier than t's can still fire after t when the
+        # clocks go back in between, so the scan starts `slack` (the zone's offset swing
+        # around t) earlier and keeps the smallest instant after t.
+        it = croniter(self.expr, self._naive(t) - self._slack(t))
+        best: float | None = None
+        for _ in range(_MAX_CANDIDATES):
+            wall: dt.datetime = it.get_next(dt.datetime)
+            if best is not None and wall > self._naive(best) + self._slack(best):
+                return best
+            for instant in self._instants(wall):
+                if instant > t and (best is None or instant < best):
+                    best = instant
+        raise CroniterError(f"no fire time found after {t}")
+
+    def latest(self, t: float) -> float:
+        """The last fire time at or before ``t``.
+
+        Example:
+            >>> c = Cron("0 * * * *")
+            >>> c.latest(7200.0), c.latest(7199.0)
+            (7200.0, 3600.0)
+        """
+        it = croniter(self.expr, self._naive(t) + self._slack(t) + dt.timedelta(minutes=1))
+        best: float | None = None
+        for _ in range(_MAX_CANDIDATES):
+            wall: dt.datetime = it.get_prev(dt.datetime)
+            if best is not None and wall < self._naive(best) - self._slack(best):
+                return best
+            for instant in self._instants(wall):
+                if instant <= t and (best is None or instant > best):
+                    best = instant
+        raise CroniterError(f"no fire time found before {t}")
+
+    # -- presentation --------------------------------------------------------------------
+
+    def describe(self) -> str:
+        """``cron */5 * * * * (Europe/Kyiv)``.
+
+        Example:
+            >>> Cron("@daily").describe()
+            'cron 0 0 * * * (UTC)'
+        """
+        return f"cron {self.expr} ({self.tz})"
+
+    def spec(self) -> dict[str, Any]:
+        """``{"cron": expr, "tz": zone}``.
+
+        Example:
+            >>> Cron("0 3 * * *", tz="Europe/Kyiv").spec()
+            {'cron': '0 3 * * *', 'tz': 'Europe/Kyiv'}
+        """
+        return {"cron": self.expr, "tz": self.tz}
+
+    def format(self, t: float) -> str:
+        """The fire time on the zone's wall clock, with the zone's abbreviation.
+
+        Example:
+            >>> Cron("0 3 * * *", tz="Europe/Kyiv").format(1711846800.0)
+            '2024-03-31 04:00:00 EEST'
+        """
+        return dt.datetime.fromtimestamp(t, self._zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+    # -- wall clock <-> instants -----------------------------------------------------------
+
+    def _naive(self, t: float) -> dt.datetime:
+        return dt.datetime.fromtimestamp(t, self._zone).replace(tzinfo=None, fold=0)
+
+    def _slack(self, t: float) -> dt.timedelta:
+        return _offset_swing(self.tz, math.floor(t / 3600))
+
+    def _instants(self, wall: dt.datetime) -> list[float]:
+        """The instants at which wall-clock time ``wall`` fires (0, 1 or 2 of them)."""
+        first = wall.replace(tzinfo=self._zone, fold=0).timestamp()
+        second = wall.replace(tzinfo=self._zone, fold=1).timestamp()
+        if first == second:
+            return [first]
+        if self._naive(first) == wall:  # the clocks went back: this wall time happens twice
+            return [first] if self._fixed else [first, second]
+        # The clocks went forward over this wall time: fixed-time jobs run at the change.
+        return [self._transition(min(first, second), max(first, second))] if self._fixed else []
+
+    def _transition(self, before: float, after: float) -> float:
+        """The instant the offset changes, between ``before`` and ``after`` (to the second)."""
+        offset = dt.datetime.fromtimestamp(before, self._zone).utcoffset()
+        lo, hi = math.floor(before), math.ceil(after)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if dt.datetime.fromtimestamp(mid, self._zone).utcoffset() == offset:
+                lo = mid
+            else:
+                hi = mid
+        return float(hi)
+
+
+@functools.lru_cache(maxsize=4096)
+def _offset_swing(tz: str, hour: int) -> dt.timedelta:
+    """How far the zone's UTC offset moves within two days of the given hour (0 if not)."""
+    zone = ZoneInfo(tz)
+    offsets = {
+        dt.datetime.fromtimestamp((hour + h) * 3600, zone).utcoffset() for h in range(-48, 49)
+    }
+    known = [o for o in offsets if o is not None]
+    return max(known) - min(known) if known else dt.timedelta(0)
+
+
+def parse_schedule(value: Any, tz: str | None = None) -> Schedule:
+    """Turn what a user wrote into a :class:`Schedule`.
+
+    A cron string (with ``tz``), seconds (int or float), a :class:`datetime.timedelta`, or a
+    Schedule as it is.
+
+    Example:
+        >>> parse_schedule("*/5 * * * *", tz="Europe/Kyiv")
+        Cron(expr='*/5 * * * *', tz='Europe/Kyiv')
+        >>> parse_schedule(dt.timedelta(minutes=1))
+        Every(seconds=60.0)
+
+    Raises:
+        ConfigurationError: the value is not a schedule, or ``tz`` came with an interval.
+    """
+    if isinstance(value, Schedule):
+        if tz is not None and not (isinstance(value, Cron) and value.tz == tz):
+            raise ConfigurationError(f"tz={tz!r} given with {value!r}: set the zone on the Cron")
+        return value
+    if isinstance(value, str):
+        return Cron(value, tz=tz or "UTC")
+    if tz is not None:
+        raise ConfigurationError(f"tz={tz!r} only applies to cron schedules, not {value!r}")
+    if isinstance(value, dt.timedelta):
+        return Every(value.total_seconds())
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return Every(float(value))
+    raise ConfigurationError(
+        f"schedule {value!r}: give a cron string ('*/5 * * * *'), seconds, or a timedelta"
+    )
+
+
+def format_seconds(seconds: float) -> str:
+    """``30s``, ``5m``, ``2h``, ``1d``, or ``1.5s`` when it is not a round unit.
+
+    Example:
+        >>> format_seconds(90), format_seconds(7200)
+        ('90s', '2h')
+    """
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

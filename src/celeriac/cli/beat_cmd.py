@@ -1,0 +1,215 @@
+"""``celeriac beat``: run the periodic scheduler, and list or change its entries.
+
+``celeriac -A proj beat`` runs a scheduler (run several: each tick is sent once).
+``celeriac beat list|add|pause|resume|remove`` work on the entries stored in the broker;
+running schedulers pick changes up within ``beat_max_interval`` (a second by default).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import sys
+from typing import Any
+
+import click
+from rich.table import Table
+
+from celeriac.beat import EntryInfo, Scheduler
+from celeriac.cli.main import Context, cli, out, parse_json_option, print_json, setup_logging
+from celeriac.errors import ConfigurationError
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
+
+
+@cli.group(invoke_without_command=True)
+@click.option(
+    "-l",
+    "--loglevel",
+    default=None,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="Log level (default: worker_log_level).",
+)
+@click.option(
+    "--max-interval",
+    type=click.FloatRange(0.05),
+    default=None,
+    metavar="SECONDS",
+    help="Look for run-time changes at least this often (default: beat_max_interval).",
+)
+@click.pass_context
+def beat(ctx: click.Context, loglevel: str | None, max_interval: float | None) -> None:
+    """Run the periodic scheduler until SIGTERM/Ctrl-C; or manage entries (see below).
+
+    Run as many schedulers as you like, on any hosts: every tick is sent exactly once.
+
+    Example: celeriac -A shop.tasks beat
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    obj: Context = ctx.obj
+    if obj.app_path is None:
+        raise ConfigurationError(
+            "the scheduler needs your entries: pass -A MODULE, e.g. celeriac -A shop.tasks beat"
+        )
+    app = obj.app
+    setup_logging(loglevel or app.conf.worker_log_level)
+    if max_interval is not None:
+        app.conf.beat_max_interval = max_interval
+    app.beat.static_entries()  # a bad beat_schedule fails here, with its message, not later
+    sys.exit(Scheduler(app).run())
+
+
+@beat.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def beat_list(obj: Context, as_json: bool) -> None:
+    """Every entry: schedule, next run, last tick and its outcome.
+
+    Example: celeriac -A shop.tasks beat list --json
+    """
+    entries = obj.app.beat.entries()
+    if as_json:
+        print_json([e.as_dict() for e in entries])
+        return
+    if not entries:
+        out.print("no periodic entries (define them with @app.periodic or celeriac beat add)")
+        return
+    table = Table(title=f"{len(entries)} periodic entr{'y' if len(entries) == 1 else 'ies'}")
+    for column in ("entry", "task", "schedule", "next run", "last run", "last task", "status"):
+        table.add_column(column, overflow="fold")
+    for e in entries:
+        table.add_row(
+            e.name,
+            e.task,
+            e.schedule,
+            _when(e.next_run),
+            _when(e.last_run),
+            f"{e.last_task_id} ({e.last_state})" if e.last_task_id else "-",
+            _status(e),
+        )
+    out.print(table)
+
+
+@beat.command("add")
+@click.argument("name")
+@click.argument("task")
+@click.option("--cron", default=None, metavar="EXPR", help="Cron expression: '*/5 * * * *'.")
+@click.option("--tz", default=None, metavar="ZONE", help="Zone of --cron: 'Europe/Kyiv'.")
+@click.option("--every", default=None, metavar="N[s|m|h|d]", help="Interval: 30, 30s, 5m, 1h.")
+@click.option("--args", "args_json", metavar="JSON", help="Positional arguments: '[1, 2]'")
+@click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments: '{\"x\": 1}'")
+@click.option("-q", "--queue", default=None, help="Queue (default: the task's own).")
+@click.option("--priority", type=click.IntRange(0, 9), default=None, help="0..9, 9 runs first.")
+@click.option(
+    "--missed",
+    type=click.Choice(["skip", "run_once"]),
+    default="skip",
+    show_default=True,
+    help="Ticks missed while no scheduler ran: drop them, or run the latest once.",
+)
+@click.option("--paused", is_flag=True, help="Add it paused.")
+@click.option("--replace", is_flag=True, help="Overwrite an entry of the same name.")
+@click.pass_obj
+def beat_add(
+    obj: Context,
+    *,
+    name: str,
+    task: str,
+    cron: str | None,
+    tz: str | None,
+    every: str | None,
+    args_json: str | None,
+    kwargs_json: str | None,
+    queue: str | None,
+    priority: int | None,
+    missed: str,
+    paused: bool,
+    replace: bool,
+) -> None:
+    """Add entry NAME that sends TASK on a schedule; running schedulers start it at once.
+
+    Example: celeriac beat add nightly-report shop.tasks.report --cron '0 3 * * *' --tz Europe/Kyiv
+    """
+    if (cron is None) == (every is None):
+        raise click.UsageError("give exactly one of --cron EXPR or --every INTERVAL")
+    options: dict[str, Any] = {
+        k: v for k, v in {"queue": queue, "priority": priority}.items() if v is not None
+    }
+    entry = obj.app.beat.add(
+        name,
+        task,
+        cron=cron,
+        tz=tz,
+        every=_interval(every) if every is not None else None,
+        args=parse_json_option("--args", args_json, list),
+        kwargs=parse_json_option("--kwargs", kwargs_json, dict),
+        missed=missed,
+        paused=paused,
+        replace=replace,
+        **options,
+    )
+    upcoming = entry.schedule.format(entry.schedule.next_after(dt.datetime.now().timestamp()))
+    click.echo(
+        f"added {name}: {task} {entry.schedule.describe()}"
+        + (" (paused)" if paused else f"; next run {upcoming}")
+    )
+
+
+@beat.command("pause")
+@click.argument("name")
+@click.pass_obj
+def beat_pause(obj: Context, name: str) -> None:
+    """Stop NAME's ticks until resumed (schedulers see it within a second).
+
+    Example: celeriac beat pause nightly-report
+    """
+    obj.app.beat.pause(name)
+    click.echo(f"paused {name}")
+
+
+@beat.command("resume")
+@click.argument("name")
+@click.pass_obj
+def beat_resume(obj: Context, name: str) -> None:
+    """Start NAME's ticks again from the next one (ticks missed while paused never run).
+
+    Example: celeriac beat resume nightly-report
+    """
+    obj.app.beat.resume(name)
+    click.echo(f"resumed {name}")
+
+
+@beat.command("remove")
+@click.argument("name")
+@click.pass_obj
+def beat_remove(obj: Context, name: str) -> None:
+    """Remove NAME (added at run time), or drop the run-time changes of an entry from code.
+
+    Example: celeriac beat remove nightly-report
+    """
+    click.echo(obj.app.beat.remove(name))
+
+
+def _interval(text: str) -> float:
+    """``30``, ``30s``, ``1.5m``, ``2h``, ``1d`` -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
+    if match is None:
+        raise click.BadParameter(
+            f"{text!r}: use seconds or N with s, m, h or d", param_hint="--every"
+        )
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _status(entry: EntryInfo) -> str:
+    if entry.paused:
+        return "[yellow]paused[/]"
+    if entry.origin == "elsewhere":
+        return "defined elsewhere"
+    return f"active ({entry.origin})"

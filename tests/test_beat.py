@@ -1,0 +1,559 @@
+"""Periodic tasks (issue 7): schedules, exactly-once ticks, missed ticks, run-time changes.
+
+Fast tests on the in-memory broker. Schedulers (and ``app.beat``'s stamps of run-time
+changes) get an injectable clock, so a test steps through hours of ticks in milliseconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from celeriac import Celeriac, ConfigurationError
+from celeriac.beat import Cron, Every, Scheduler, parse_schedule, tick_id
+from celeriac.brokers.memory import MemoryBroker
+from celeriac.cli import cli
+from celeriac.errors import BrokerConnectionError, UnknownEntry
+from celeriac.message import Message
+from tests.conftest import ROOT
+
+UTC = dt.UTC
+
+
+class Clock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def at(text: str) -> float:
+    """Unix time of an ISO 8601 timestamp with an offset (``2024-03-10T07:00:00+00:00``)."""
+    return dt.datetime.fromisoformat(text).timestamp()
+
+
+def utc(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def fire_times(schedule: Cron, start: str, count: int) -> list[str]:
+    t, times = at(start), []
+    for _ in range(count):
+        t = schedule.next_after(t)
+        times.append(utc(t))
+    return times
+
+
+@pytest.fixture
+def app() -> Celeriac:
+    return Celeriac("beat-tests", broker="memory://")
+
+
+@pytest.fixture
+def clock(app: Celeriac) -> Clock:
+    """On a minute boundary, a day ahead; run-time changes are stamped with it too."""
+    fake = Clock(Every(60).next_after(time.time() + 86_400))
+    app.beat.clock = fake
+    return fake
+
+
+def queued(app: Celeriac) -> list[Message]:
+    """Take every queued message (ready or not yet expired) out of the memory broker."""
+    broker = app.broker
+    assert isinstance(broker, MemoryBroker)
+    queues = [s.queue for s in broker.stats()]
+    taken = broker.fetch(queues, "test", limit=10_000, lease_seconds=30, timeout=0)
+    return [app.codec.decode(d.body) for d in taken]
+
+
+# -- schedules: cron across daylight-saving changes -------------------------------------
+
+
+def test_cron_in_kyiv_across_spring_forward() -> None:
+    # 2024-03-31: 03:00 EET becomes 04:00 EEST (01:00 UTC); 03:xx never happens.
+    every_30 = Cron("*/30 * * * *", tz="Europe/Kyiv")
+    assert fire_times(every_30, "2024-03-30T23:50:00+00:00", 4) == [
+        "2024-03-31 00:00",  # 02:00 EET
+        "2024-03-31 00:30",  # 02:30 EET
+        "2024-03-31 01:00",  # 04:00 EEST: the cadence holds in real time
+        "2024-03-31 01:30",
+    ]
+    # A fixed-time job in the skipped hour runs at the change, once, then as usual.
+    at_0330 = Cron("30 3 * * *", tz="Europe/Kyiv")
+    assert fire_times(at_0330, "2024-03-30T12:00:00+00:00", 3) == [
+        "2024-03-31 01:00",  # 04:00 EEST, the moment the clocks jumped
+        "2024-04-01 00:30",  # 03:30 EEST
+        "2024-04-02 00:30",
+    ]
+    assert at_0330.format(at("2024-03-31T01:00:00+00:00")) == "2024-03-31 04:00:00 EEST"
+
+
+def test_cron_in_kyiv_across_fall_back() -> None:
+    # 2024-10-27: 04:00 EEST becomes 03:00 EET (01:00 UTC); 03:xx happens twice.
+    every_30 = Cron("*/30 * * * *", tz="Europe/Kyiv")
+    assert fire_times(every_30, "2024-10-26T23:50:00+00:00", 6) == [
+        "2024-10-27 00:00",  # 03:00 EEST
+        "2024-10-27 00:30",  # 03:30 EEST
+        "2024-10-27 01:00",  # 03:00 EET: the repeated hour runs too
+        "2024-10-27 01:30",  # 03:30 EET
+        "2024-10-27 02:00",  # 04:00 EET
+        "2024-10-27 02:30",
+    ]
+    at_0330 = Cron("30 3 * * *", tz="Europe/Kyiv")
+    assert fire_times(at_0330, "2024-10-26T12:00:00+00:00", 2) == [
+        "2024-10-27 00:30",  # 03:30 EEST only: a fixed-time job runs once
+        "2024-10-28 01:30",  # 03:30 EET
+    ]
+
+
+def test_cron_in_new_york_both_directions() -> None:
+    nine = Cron("0 9 * * *", tz="America/New_York")
+    assert fire_times(nine, "2024-03-09T00:00:00+00:00", 2) == [
+        "2024-03-09 14:00",  # 09:00 EST
+        "2024-03-10 13:00",  # 09:00 EDT
+    ]
+    assert fire_times(nine, "2024-11-02T00:00:00+00:00", 2) == [
+        "2024-11-02 13:00",  # 09:00 EDT
+        "2024-11-03 14:00",  # 09:00 EST
+    ]
+    at_0230 = Cron("30 2 * * *", tz="America/New_York")  # 02:30 is skipped on 2024-03-10
+    assert fire_times(at_0230, "2024-03-09T12:00:00+00:00", 2) == [
+        "2024-03-10 07:00",  # 03:00 EDT: at the change
+        "2024-03-11 06:30",  # 02:30 EDT
+    ]
+    at_0130 = Cron("30 1 * * *", tz="America/New_York")  # 01:30 happens twice on 2024-11-03
+    assert fire_times(at_0130, "2024-11-03T00:00:00+00:00", 2) == [
+        "2024-11-03 05:30",  # 01:30 EDT, once
+        "2024-11-04 06:30",  # 01:30 EST
+    ]
+    hourly = Cron("@hourly", tz="America/New_York")
+    assert fire_times(hourly, "2024-11-03T04:30:00+00:00", 3) == [
+        "2024-11-03 05:00",  # 01:00 EDT
+        "2024-11-03 06:00",  # 01:00 EST
+        "2024-11-03 07:00",  # 02:00 EST
+    ]
+
+
+@pytest.mark.parametrize(
+    ("expr", "tz", "start"),
+    [
+        ("*/30 * * * *", "Europe/Kyiv", "2024-10-26T22:00:00+00:00"),
+        ("30 3 * * *", "Europe/Kyiv", "2024-03-29T00:00:00+00:00"),
+        ("*/15 1 * * *", "America/New_York", "2024-11-03T04:00:00+00:00"),
+        ("30 2 * * *", "America/New_York", "2024-03-08T00:00:00+00:00"),
+    ],
+)
+def test_latest_and_next_agree_across_dst(expr: str, tz: str, start: str) -> None:
+    cron = Cron(expr, tz=tz)
+    t = at(start)
+    for _ in range(12):
+        following = cron.next_after(t)
+        assert following > t
+        assert cron.latest(following) == following
+        assert cron.latest(following - 1) <= t or cron.latest(following - 1) == t
+        assert cron.next_after(cron.latest(following - 1)) == following
+        t = following
+
+
+def test_every_is_aligned_to_the_epoch_so_every_scheduler_agrees() -> None:
+    every = Every(30)
+    assert every.next_after(at("2024-01-01T12:00:07+00:00")) == at("2024-01-01T12:00:30+00:00")
+    assert every.latest(at("2024-01-01T12:00:30+00:00")) == at("2024-01-01T12:00:30+00:00")
+    half = Every(0.5)
+    assert [half.next_after(10.0), half.latest(10.49), half.latest(10.5)] == [10.5, 10.0, 10.5]
+
+
+@pytest.mark.parametrize(
+    ("value", "tz", "message"),
+    [
+        ("61 * * * *", None, "not a valid five-field cron"),
+        ("* * * * * *", None, "not a valid five-field cron"),
+        ("0 0 30 2 *", None, "never fires"),
+        ("0 3 * * *", "Mars/Olympus", "unknown time zone"),
+        (30, "Europe/Kyiv", "only applies to cron"),
+        (0.01, None, "at least"),
+        ([1], None, "give a cron string"),
+    ],
+)
+def test_bad_schedules_say_what_is_wrong(value: Any, tz: str | None, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        parse_schedule(value, tz)
+
+
+def test_tick_ids_are_deterministic_and_readable() -> None:
+    assert tick_id("report", at("2024-03-31T01:00:00+00:00")) == "beat:report:20240331T010000Z"
+    assert tick_id("fast", 1.25) == "beat:fast:19700101T000001.250Z"
+
+
+# -- defining entries -----------------------------------------------------------------------
+
+
+def test_periodic_registers_a_task_and_an_entry(app: Celeriac) -> None:
+    @app.periodic(cron="*/5 * * * *", tz="Europe/Kyiv")
+    def refresh_rates() -> str:
+        return "ok"
+
+    @app.periodic(every=dt.timedelta(seconds=30), name="report-often", queue="reports")
+    @app.task(time_limit=20)
+    def report(kind: str) -> None: ...
+
+    @app.task
+    def cleanup(days: int) -> None: ...
+
+    assert app.periodic(cleanup, cron="0 3 * * *", args=(30,), missed="run_once") is cleanup
+    entries = app.beat.static_entries()
+    assert refresh_rates.name in app.tasks and refresh_rates() == "ok"
+    assert entries[refresh_rates.name][0].schedule == Cron("*/5 * * * *", tz="Europe/Kyiv")
+    assert entries["report-often"][0].options == {"queue": "reports"}
+    assert report.options.time_limit == 20
+    assert entries[cleanup.name][0].args == (30,)
+    assert entries[cleanup.name][0].missed == "run_once"
+    with pytest.raises(ConfigurationError, match="defined twice"):
+        app.periodic(cleanup, every=60)
+    with pytest.raises(ConfigurationError, match="exactly one of"):
+        app.periodic(cleanup, every=60, cron="* * * * *", name="both")
+    with pytest.raises(ConfigurationError, match="unknown option"):
+        app.periodic(cleanup, every=60, name="typo", quue="x")
+    with pytest.raises(ConfigurationError, match="missed="):
+        app.periodic(cleanup, every=60, name="policy", missed="burst")
+
+
+def test_beat_schedule_in_celerys_format(app: Celeriac) -> None:
+    app.conf.beat_timezone = "America/New_York"
+    app.conf.beat_schedule = {
+        "add-every-30-seconds": {"task": "tasks.add", "schedule": 30.0, "args": (16, 16)},
+        "every-minute": {"task": "tasks.ping", "schedule": dt.timedelta(minutes=1)},
+        "nightly": {
+            "task": "tasks.report",
+            "schedule": "0 3 * * *",
+            "kwargs": {"kind": "daily"},
+            "options": {"queue": "reports", "expires": 600},
+            "missed": "run_once",
+        },
+        "kyiv": {"task": "tasks.report", "schedule": "0 9 * * 1-5", "tz": "Europe/Kyiv"},
+    }
+    entries = {name: entry for name, (entry, _) in app.beat.static_entries().items()}
+    assert entries["add-every-30-seconds"].schedule == Every(30)
+    assert entries["add-every-30-seconds"].args == (16, 16)
+    assert entries["every-minute"].schedule == Every(60)
+    assert entries["nightly"].schedule == Cron("0 3 * * *", tz="America/New_York")
+    assert entries["nightly"].options == {"queue": "reports", "expires": 600}
+    assert entries["kyiv"].schedule == Cron("0 9 * * 1-5", tz="Europe/Kyiv")
+    app.conf.beat_schedule = {"bad": {"task": "t", "schedule": 5, "relative": True}}
+    with pytest.raises(ConfigurationError, match=r"beat_schedule\['bad'\]: unknown key"):
+        app.beat.static_entries()
+
+
+# -- exactly-once ticks -------------------------------------------------------------------
+
+
+def test_three_schedulers_send_each_tick_once(app: Celeriac, clock: Clock) -> None:
+    app.beat.periodic(app.task(lambda: None, name="t.ping"), every=1, name="ping")
+    schedulers = [Scheduler(app, clock=clock, ident=f"s{i}") for i in range(3)]
+    start = clock.now
+    clock.now = start - 0.5  # the entry is first seen just before its first tick
+    schedulers[0].step()
+    for second in range(30):
+        for scheduler in random.sample(schedulers, 3):  # any order, slightly late or not
+            clock.now = start + second + random.uniform(0, 0.2)
+            scheduler.step()
+    messages = queued(app)
+    assert sorted(m.id for m in messages) == [tick_id("ping", start + s) for s in range(30)]
+    # The message of a tick expires when the next tick is due, and says which tick it is.
+    first = min(messages, key=lambda m: m.id)
+    assert first.expires == start + 1
+    assert first.headers == {"beat_entry": "ping", "beat_tick": start}
+    state = app.beat.get("ping")
+    assert state.last_run == start + 29 and state.sent_by in {"s0", "s1", "s2"}
+
+
+def test_a_tick_claimed_by_a_scheduler_that_died_is_taken_over(app: Celeriac, clock: Clock) -> None:
+    app.beat.periodic(app.task(lambda: None, name="t.ping"), every=60, name="ping")
+    Scheduler(app, clock=clock).step()  # first sight of the entry, and its first tick
+    assert len(queued(app)) == 1
+    clock.now += 60
+    # Another scheduler claimed this tick and died before sending it.
+    assert app.beat.store.claim("ping", clock.now, "dead:1", ttl=0.2)
+    survivor = Scheduler(app, clock=clock)
+    survivor.step()
+    assert queued(app) == []
+    time.sleep(0.25)  # the claim lapses (the broker's clock is the real one)
+    clock.now += 0.3
+    survivor.step()
+    assert [m.id for m in queued(app)] == [tick_id("ping", clock.now - 0.3)]
+
+
+def test_tick_sent_by_another_scheduler_is_not_sent_again(app: Celeriac, clock: Clock) -> None:
+    app.beat.periodic(app.task(lambda: None, name="t.ping"), every=60, name="ping")
+    first, second = Scheduler(app, clock=clock), Scheduler(app, clock=clock)
+    clock.now += 30
+    first.step()
+    second.step()
+    clock.now += 30
+    first.step()
+    # Even with the state unread (as if it were stale), the claim says "sent".
+    app.broker.kv_delete("beat:state:ping")
+    second.step()
+    assert len(queued(app)) == 1
+
+
+# -- missed ticks ----------------------------------------------------------------------------
+
+
+def _downtime(app: Celeriac, clock: Clock, missed: str) -> tuple[Scheduler, float]:
+    """A 60-s entry runs once; then every scheduler is down for ten minutes and a bit."""
+    app.beat.periodic(
+        app.task(lambda: None, name="t.report"), every=60, name="report", missed=missed
+    )
+    before = Scheduler(app, clock=clock)
+    before.step()  # first seen at a fire time: that tick is sent
+    assert len(queued(app)) == 1
+    clock.now += 600 + 40  # ten ticks missed; the latest is 40 s late (grace is 30 s)
+    return Scheduler(app, clock=clock), clock.now - 40
+
+
+def test_missed_ticks_are_skipped_by_default(app: Celeriac, clock: Clock) -> None:
+    after, latest = _downtime(app, clock, "skip")
+    after.step()
+    assert queued(app) == []
+    clock.now = latest + 60
+    after.step()
+    assert [m.id for m in queued(app)] == [tick_id("report", latest + 60)]
+
+
+def test_run_once_sends_only_the_latest_missed_tick(app: Celeriac, clock: Clock) -> None:
+    after, latest = _downtime(app, clock, "run_once")
+    other = Scheduler(app, clock=clock)  # two schedulers recover: still one catch-up
+    after.step()
+    other.step()
+    (message,) = queued(app)
+    assert message.id == tick_id("report", latest)
+    assert message.expires == latest + 60  # it never runs after the next tick is due
+    clock.now += 5
+    after.step()
+    assert queued(app) == []  # no burst: the other nine missed ticks never run
+
+
+def test_a_slightly_late_tick_is_still_sent(app: Celeriac, clock: Clock) -> None:
+    app.beat.periodic(app.task(lambda: None, name="t.report"), every=60, name="report")
+    scheduler = Scheduler(app, clock=clock)
+    start = clock.now
+    scheduler.step()
+    clock.now += 60 + 10  # within the grace: a slow pass, not a missed tick
+    scheduler.step()
+    assert sorted(m.id for m in queued(app)) == [tick_id("report", start + s) for s in (0, 60)]
+
+
+def test_a_new_entry_does_not_catch_up_on_ticks_before_it_existed(
+    app: Celeriac, clock: Clock
+) -> None:
+    app.beat.periodic(
+        app.task(lambda: None, name="t.nightly"), cron="0 3 * * *", name="n", missed="run_once"
+    )
+    clock.now += 30  # never exactly 03:00:00
+    Scheduler(app, clock=clock).step()
+    assert queued(app) == []
+
+
+# -- run-time changes -----------------------------------------------------------------------
+
+
+def test_entries_added_paused_resumed_and_removed_at_run_time(app: Celeriac, clock: Clock) -> None:
+    t0 = clock.now
+    scheduler = Scheduler(app, clock=clock)  # running before anything is added
+    scheduler.step()
+    app.beat.add("ping", "t.ping", every=60, args=[1], queue="pings")
+    app.beat.add("held", "t.held", every=60, paused=True)
+    clock.now = t0 + 60
+    scheduler.step()
+    assert [(m.id, m.args, m.queue) for m in queued(app)] == [
+        (tick_id("ping", t0 + 60), [1], "pings")
+    ]
+    app.beat.pause("ping")
+    clock.now = t0 + 120
+    scheduler.step()
+    assert queued(app) == []
+    clock.now = t0 + 130
+    app.beat.resume("ping")
+    app.beat.resume("held")
+    scheduler.step()
+    assert queued(app) == []  # resumed entries start from their next tick: no catch-up
+    clock.now = t0 + 180
+    scheduler.step()
+    assert sorted(m.task for m in queued(app)) == ["t.held", "t.ping"]
+    app.beat.change("ping", every=120, args=[2])
+    assert app.beat.get("ping").schedule == "every 2m"
+    assert app.beat.remove("ping") == "removed ping"
+    clock.now = t0 + 240
+    scheduler.step()
+    assert [m.task for m in queued(app)] == ["t.held"]
+    assert [e.name for e in app.beat.entries()] == ["held"]
+    with pytest.raises(UnknownEntry, match="no periodic entry 'ping'"):
+        app.beat.pause("ping")
+    with pytest.raises(ConfigurationError, match="exists"):
+        app.beat.add("held", "t.held", every=5)
+
+
+def test_an_entry_from_code_can_be_changed_paused_and_reverted(app: Celeriac) -> None:
+    app.beat.periodic(app.task(lambda: None, name="t.report"), every=60, name="report")
+    with pytest.raises(ConfigurationError, match="defined in code"):
+        app.beat.remove("report")
+    app.beat.change("report", cron="0 3 * * *", tz="Europe/Kyiv")
+    app.beat.pause("report")
+    info = app.beat.get("report")
+    assert (info.origin, info.schedule, info.paused) == (
+        "changed",
+        "cron 0 3 * * * (Europe/Kyiv)",
+        True,
+    )
+    assert "applies again" in app.beat.remove("report")
+    info = app.beat.get("report")
+    assert (info.origin, info.schedule, info.paused) == ("code", "every 1m", True)
+
+
+def test_another_process_sees_entries_and_their_state(clock: Clock) -> None:
+    broker = MemoryBroker()
+    scheduling = Celeriac("scheduling", broker="memory://")
+    scheduling.use_broker(broker)
+    scheduling.beat.periodic(scheduling.task(lambda: None, name="t.ping"), every=60, name="ping")
+    Scheduler(scheduling, clock=clock).step()
+    clock.now += 60
+    Scheduler(scheduling, clock=clock).step()
+    admin = Celeriac("admin", broker="memory://")  # without the code that defines "ping"
+    admin.use_broker(broker)
+    (info,) = admin.beat.entries()
+    assert (info.name, info.origin, info.schedule) == ("ping", "elsewhere", "every 1m")
+    assert info.last_run == clock.now and info.next_run == clock.now + 60
+    assert info.last_task_id == tick_id("ping", clock.now) and info.last_state == "PENDING"
+    # Deleted from the admin's view (say, after it left the code): forgotten here...
+    assert "removed ping from the list" in admin.beat.remove("ping")
+    assert admin.beat.entries() == []
+    # ...but a scheduler whose code still has it lists it again, and keeps its ticks going.
+    scheduler = Scheduler(scheduling, clock=clock)
+    clock.now += 30
+    scheduler.step()
+    clock.now += 30
+    scheduler.step()
+    assert [e.name for e in admin.beat.entries()] == ["ping"]
+    assert admin.beat.get("ping").last_run == clock.now
+
+
+# -- operations ------------------------------------------------------------------------------
+
+
+def test_log_lines_say_what_was_sent_and_when(
+    app: Celeriac, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.beat.periodic(app.task(lambda: None, name="t.ping"), cron="* * * * *", name="ping")
+    scheduler = Scheduler(app, clock=clock, ident="host:1")
+    with caplog.at_level(logging.INFO, logger="celeriac.beat"):
+        scheduler.step()
+        clock.now += 60
+        scheduler.step()
+    when = dt.datetime.fromtimestamp(clock.now, UTC).strftime("%H:%M:%S UTC")  # date: today
+    assert (
+        f"beat: sent tick of ping for {when} as task {tick_id('ping', clock.now)}"
+        in caplog.messages
+    )
+    assert "beat: scheduling 1 entry: ping (cron * * * * * (UTC))" in caplog.messages
+
+
+def test_an_unreachable_broker_is_logged_once_and_retried(
+    app: Celeriac, clock: Clock, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.beat.periodic(app.task(lambda: None, name="t.ping"), every=1, name="ping")
+    scheduler = Scheduler(app, clock=clock)
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise BrokerConnectionError("connection refused")
+
+    monkeypatch.setattr(app.broker, "join_values", down)
+    with caplog.at_level(logging.INFO, logger="celeriac.beat"):
+        assert scheduler.step() == pytest.approx(1.0)
+        assert scheduler.step() == pytest.approx(1.0)
+        monkeypatch.undo()
+        scheduler.step()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "broker unreachable" in warnings[0].message
+    assert "beat: the broker is reachable again" in caplog.messages
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def beat_cli(url: str, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["-b", url, "beat", *args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_cli_add_list_pause_resume_remove(sqlite_url: str) -> None:
+    code, output = beat_cli(
+        sqlite_url,
+        *("add", "nightly", "shop.report", "--cron", "0 3 * * *", "--tz", "Europe/Kyiv"),
+        *("--args", "[7]", "--queue", "reports", "--missed", "run_once"),
+    )
+    assert code == 0 and output.startswith("added nightly: shop.report cron 0 3 * * *")
+    assert beat_cli(sqlite_url, "add", "ping", "shop.ping", "--every", "5m")[0] == 0
+    code, output = beat_cli(sqlite_url, "list", "--json")
+    listed = {e["name"]: e for e in json.loads(output)}
+    assert listed["nightly"]["schedule"] == "cron 0 3 * * * (Europe/Kyiv)"
+    assert listed["nightly"]["args"] == [7] and listed["nightly"]["missed"] == "run_once"
+    assert listed["nightly"]["options"] == {"queue": "reports"}
+    assert listed["ping"]["schedule"] == "every 5m" and listed["ping"]["next_run"]
+    assert beat_cli(sqlite_url, "pause", "ping") == (0, "paused ping\n")
+    code, output = beat_cli(sqlite_url, "list")
+    assert code == 0 and "nightly" in output and "paused" in output
+    assert beat_cli(sqlite_url, "resume", "ping") == (0, "resumed ping\n")
+    assert beat_cli(sqlite_url, "remove", "ping") == (0, "removed ping\n")
+    code, output = beat_cli(sqlite_url, "pause", "ping")
+    assert code == 1 and "no periodic entry 'ping'" in output and "Traceback" not in output
+
+
+def test_cli_errors_are_one_line(sqlite_url: str) -> None:
+    code, output = beat_cli(sqlite_url, "add", "x", "t", "--cron", "61 * * * *")
+    assert code == 1 and "not a valid five-field cron" in output
+    code, output = beat_cli(sqlite_url, "add", "x", "t")
+    assert code == 2 and "exactly one of --cron" in output
+    code, output = beat_cli(sqlite_url, "add", "x", "t", "--every", "soon")
+    assert code == 2 and "use seconds or N with s, m, h or d" in output
+    code, output = beat_cli(sqlite_url)
+    assert code == 1 and "pass -A MODULE" in output
+    assert beat_cli(sqlite_url, "list") == (
+        0,
+        "no periodic entries (define them with @app.periodic or celeriac beat add)\n",
+    )
+
+
+def test_the_example_lists_its_entries(tmp_path: Path) -> None:
+    example = ROOT / "examples" / "periodic"
+    done = subprocess.run(
+        [sys.executable, "-m", "celeriac", "-A", "tasks", "beat", "list", "--json"],
+        cwd=example,
+        env={**os.environ, "CELERIAC_BROKER_URL": f"sqlite:///{tmp_path}/example.db"},
+        text=True,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    listed = {e["name"]: e["schedule"] for e in json.loads(done.stdout)}
+    assert listed == {
+        "heartbeat-every-30s": "every 30s",
+        "weekday-digest": "cron 0 9 * * 1-5 (America/New_York)",
+        "tasks.refresh_rates": "every 10s",
+        "tasks.nightly_report": "cron 0 3 * * * (Europe/Kyiv)",
+    }
