@@ -32,7 +32,7 @@ def broker_from_url(url: str) -> Broker:
         return SQLiteBroker(url)
     if url.startswith(("redis://", "rediss://", "unix://")):
         try:
-            from celeriac.brokers.redis import RedisBroker  # type: ignore[attr-defined]
+            from celeriac.brokers.redis import RedisBroker
         except ImportError as exc:
             raise ConfigurationError(f"the Redis broker is not available here: {exc}") from exc
         broker: Broker = RedisBroker(url)

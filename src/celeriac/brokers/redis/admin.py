@@ -1,0 +1,211 @@
+"""Plans for results, dead letters and queue administration (see :mod:`.steps`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import msgspec
+
+from celeriac.brokers.base import DeadLetter, Lease, QueueStats
+from celeriac.brokers.redis.keys import compact
+from celeriac.brokers.redis.ops import Context, known_queues, ms, publish, result_spec, settled
+from celeriac.brokers.redis.scripts import SCRIPTS, check
+from celeriac.brokers.redis.steps import Arg, Batch, Call, Command, Listen, Plan, Subscribe
+
+DEAD_RESULT_TTL = 86_400.0 * 7  # seconds a dead-lettered task's result is kept
+PURGE_STEP = 10_000  # entries deleted per purge call, so Redis never stalls for long
+LISTEN_STEP = 5.0  # seconds per wait for a pub/sub message (a long wait is many short ones)
+
+
+class _Letter(msgspec.Struct, array_like=True):
+    """A dead-letter record as stored (msgpack); Lua never reads it."""
+
+    id: str
+    queue: str
+    task: str
+    reason: str
+    body: bytes
+    deliveries: int
+    error: str
+    dead_at: float
+
+
+_letter_decoder = msgspec.msgpack.Decoder(_Letter)
+
+
+# -- results -----------------------------------------------------------------------------
+
+
+def store_result(ctx: Context, task_id: str, result: bytes, ttl: float) -> Plan[None]:
+    """Store a non-final state unless a final one exists."""
+    yield Call(SCRIPTS.store_result, (ctx.keys.result(task_id),), [result, ms(ttl)])
+
+
+def _read_result(stored: bytes | None) -> tuple[bytes, bool] | None:
+    if not stored:
+        return None
+    return stored[1:], stored[:1] == b"F"
+
+
+def get_result(ctx: Context, task_id: str) -> Plan[tuple[bytes, bool] | None]:
+    """The stored result and whether it is final."""
+    stored = yield Command(("GET", ctx.keys.result(task_id)))
+    return _read_result(stored)
+
+
+def wait_result(ctx: Context, task_id: str, timeout: float) -> Plan[bytes | None]:
+    """Subscribe to the task's channel, then look: a commit in between is never missed.
+
+    Every waiter has its own subscription, so many waiters on one id all wake, each as
+    soon as the committing script publishes — no polling.
+    """
+    deadline = time.monotonic() + timeout
+    yield Subscribe(ctx.keys.channel(task_id))
+    stored = _read_result((yield Command(("GET", ctx.keys.result(task_id)))))
+    if stored is not None and stored[1]:
+        return stored[0]
+    while (remaining := deadline - time.monotonic()) > 0:
+        data = yield Listen(min(remaining, LISTEN_STEP))
+        if data is not None:
+            return bytes(data)
+    return None
+
+
+def forget_result(ctx: Context, task_id: str) -> Plan[None]:
+    """Delete a stored result."""
+    yield Command(("DEL", ctx.keys.result(task_id)))
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+
+def dead_letter(ctx: Context, lease: Lease, letter: DeadLetter, result: bytes | None) -> Plan[bool]:
+    """Move a held message to its queue's dead-letter store, fenced, with its final result."""
+    q, cid = ctx.keys.queue(lease.queue), compact(lease.id)
+    record = msgspec.msgpack.encode(
+        _Letter(
+            letter.id,
+            letter.queue,
+            letter.task,
+            letter.reason,
+            letter.body,
+            letter.deliveries,
+            letter.error,
+            letter.dead_at,
+        )
+    )
+    keys = (q.held, q.leases, q.bucket(cid), ctx.target(q, lease.id), q.dead, q.dead_at)
+    args = [
+        cid,
+        lease.token,
+        *result_spec(ctx, lease.id, result, DEAD_RESULT_TTL),
+        compact(letter.id),
+        int(letter.dead_at * 1000),
+        record,
+    ]
+    code = yield Call(SCRIPTS.dead_letter, keys, args)
+    committed = settled(code, f"dead-letter task {lease.id}")
+    if committed and result is not None and ctx.cluster:
+        yield from publish(ctx, q, cid, ms(DEAD_RESULT_TTL), result)
+    return committed
+
+
+def _letters(ctx: Context, names: Sequence[str], limit: int) -> Plan[list[list[DeadLetter]]]:
+    if not names:
+        return []
+    replies = yield Batch(
+        [
+            Call(SCRIPTS.dead_letters, (q.dead, q.dead_at), [limit])
+            for q in map(ctx.keys.queue, names)
+        ]
+    )
+    return [[_as_letter(_letter_decoder.decode(r)) for r in reply] for reply in replies]
+
+
+def _as_letter(row: _Letter) -> DeadLetter:
+    return DeadLetter(
+        row.id, row.queue, row.task, row.reason, row.body, row.deliveries, row.error, row.dead_at
+    )
+
+
+def dead_letters(ctx: Context, limit: int) -> Plan[list[DeadLetter]]:
+    """The newest dead letters of every queue, newest first."""
+    names = yield from known_queues(ctx)
+    per_queue = yield from _letters(ctx, names, limit)
+    letters = [letter for group in per_queue for letter in group]
+    return sorted(letters, key=lambda d: d.dead_at, reverse=True)[:limit]
+
+
+def replay_dead_letters(ctx: Context, ids: Sequence[str] | None, task: str | None) -> Plan[int]:
+    """Send chosen dead letters back to their queues with a fresh delivery count."""
+    names = yield from known_queues(ctx)
+    per_queue = yield from _letters(ctx, names, 2**31 - 1)
+    wanted = set(ids) if ids is not None else None
+    calls: list[Call | Command] = []
+    forget: list[Call | Command] = []
+    for name, letters in zip(names, per_queue, strict=True):
+        chosen = [
+            d
+            for d in letters
+            if (wanted is None or d.id in wanted) and (task is None or d.task == task)
+        ]
+        if not chosen:
+            continue
+        q = ctx.keys.queue(name)
+        keys = [q.ready[0], q.dead, q.dead_at, q.wake]
+        args: list[Arg] = []
+        for letter in chosen:
+            cid = compact(letter.id)
+            keys.append(q.bucket(cid))
+            args += [cid, len(keys), letter.body]
+            forget.append(Command(("DEL", ctx.keys.result(letter.id))))
+        calls.append(Call(SCRIPTS.replay, keys, args))
+    if not calls:
+        return 0
+    yield Batch(forget)  # first: a replayed task must not look finished
+    replies = yield Batch(calls)
+    return sum(int(r) for r in replies)
+
+
+def purge_dead_letters(ctx: Context) -> Plan[int]:
+    """Delete every dead letter."""
+    names = yield from known_queues(ctx)
+    if not names:
+        return 0
+    replies = yield Batch(
+        [Call(SCRIPTS.purge_dead, (q.dead, q.dead_at), []) for q in map(ctx.keys.queue, names)]
+    )
+    return sum(int(r) for r in replies)
+
+
+# -- queues ------------------------------------------------------------------------------
+
+
+def stats(ctx: Context) -> Plan[list[QueueStats]]:
+    """Counts for every known queue."""
+    names = yield from known_queues(ctx)
+    if not names:
+        return []
+    queues = [ctx.keys.queue(name) for name in names]
+    replies = yield Batch(
+        [Call(SCRIPTS.stats, (*q.ready, q.delayed, q.held, q.dead), []) for q in queues]
+    )
+    return [
+        QueueStats(q.name, *(int(n) for n in reply))
+        for q, reply in zip(queues, replies, strict=True)
+    ]
+
+
+def purge(ctx: Context, name: str) -> Plan[int]:
+    """Delete the ready and delayed messages of a queue, a slice per call."""
+    q = ctx.keys.queue(name)
+    total = 0
+    while True:
+        deleted = check(
+            int((yield Call(SCRIPTS.purge, (*q.block, *q.buckets), [PURGE_STEP]))),
+            f"purge queue {name}",
+        )
+        total += deleted
+        if deleted < PURGE_STEP:
+            return total

@@ -1,0 +1,185 @@
+"""Broker URLs, Redis clients (sync, async, Cluster) and driver-error translation.
+
+URL forms::
+
+    redis://[user:password@]host:6379/0       plain TCP (ACL user optional)
+    rediss://[user:password@]host:6380/0      TLS (redis-py's ssl_* query options apply)
+    unix:///run/redis/redis.sock?db=0         a Unix socket
+    redis://host:7000?cluster=1               Redis Cluster (any node; the others are found)
+
+Two query options belong to celeriac and are removed before redis-py sees the URL:
+``prefix`` (default ``celeriac``) puts every key under another namespace, as tests do, and
+``cluster=1`` selects Redis Cluster. Every other option (``socket_timeout=``,
+``ssl_cert_reqs=``, ...) goes to redis-py unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+import redis
+from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
+
+SyncClient = redis.Redis | redis.cluster.RedisCluster
+AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+_TRUE = {"1", "true", "yes", "on"}
+
+# Defaults that make a dead server fail fast and a restarted one recover by itself: one
+# quick retry on a fresh connection covers a pooled socket that the restart broke.
+_DEFAULTS: dict[str, Any] = {"socket_connect_timeout": 5.0, "socket_timeout": 30.0}
+_TCP_DEFAULTS: dict[str, Any] = {**_DEFAULTS, "socket_keepalive": True}
+
+
+def _retry() -> Retry:
+    return Retry(ExponentialBackoff(cap=0.2, base=0.02), 2)
+
+
+@dataclass(frozen=True)
+class RedisURL:
+    """A parsed broker URL: what redis-py gets, and what celeriac keeps for itself."""
+
+    redis_url: str  # the URL without celeriac's options
+    safe: str  # the URL with the password hidden, for messages and logs
+    prefix: str = "celeriac"
+    cluster: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> RedisURL:
+        """Split a broker URL into redis-py's part and celeriac's options.
+
+        Example:
+            >>> u = RedisURL.parse("redis://:s3cret@db:6379/2?prefix=t1")
+            >>> u.safe, u.prefix, u.cluster
+            ('redis://:***@db:6379/2', 't1', False)
+
+        Raises:
+            ConfigurationError: not a redis://, rediss:// or unix:// URL, or Cluster over a
+                Unix socket.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in {"redis", "rediss", "unix"}:
+            raise ConfigurationError(
+                f"not a Redis URL: {url!r}. Use redis://host:6379/0, rediss://host:6380/0 "
+                "or unix:///path/to/redis.sock?db=0"
+            )
+        ours = {"prefix": "celeriac", "cluster": "0"}
+        rest: list[tuple[str, str]] = []
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key in ours:
+                ours[key] = value
+            else:
+                rest.append((key, value))
+        cluster = ours["cluster"].lower() in _TRUE
+        if cluster and parts.scheme == "unix":
+            raise ConfigurationError(f"Redis Cluster cannot be reached over a Unix socket: {url!r}")
+        base = url.split("?", 1)[0]  # string surgery: urlunsplit would mangle unix:///path
+        safe = url
+        if parts.password is not None:
+            safe = url.replace(f":{parts.password}@", ":***@", 1)
+        return cls(
+            redis_url=f"{base}?{urlencode(rest)}" if rest else base,
+            safe=safe,
+            prefix=ours["prefix"],
+            cluster=cluster,
+        )
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Client options the URL may override (keepalive only exists over TCP)."""
+        return _DEFAULTS if self.redis_url.startswith("unix:") else _TCP_DEFAULTS
+
+    def sync_client(self) -> SyncClient:
+        """A new redis-py client (its own connection pool)."""
+        if self.cluster:
+            return redis.cluster.RedisCluster.from_url(
+                self.redis_url, retry=_retry(), **self.defaults
+            )
+        return redis.Redis.from_url(self.redis_url, retry=_retry(), **self.defaults)
+
+    def async_client(self) -> AsyncClient:
+        """A new redis.asyncio client, bound to the running event loop."""
+        if self.cluster:
+            return redis.asyncio.cluster.RedisCluster.from_url(
+                self.redis_url, retry=_retry(), **self.defaults
+            )
+        return redis.asyncio.Redis.from_url(self.redis_url, retry=_retry(), **self.defaults)
+
+
+def translate(exc: redis.RedisError, what: str, url: str) -> BrokerError:
+    """The celeriac error for a redis-py error, with a message readable at 3 a.m.
+
+    The result is chained to ``exc`` as ``raise ... from exc`` would (drivers throw it into
+    the plan that was running rather than raising it here).
+    """
+    error: BrokerError
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        error = BrokerConnectionError(
+            f"could not {what}: Redis at {url} did not answer ({type(exc).__name__}: {exc}). "
+            "Check that redis-server is running and reachable from this host, and that the "
+            "broker URL (host, port, password, TLS) is right."
+        )
+    else:
+        error = BrokerError(f"could not {what}: Redis at {url} refused the command: {exc}")
+    error.__cause__ = exc
+    error.__suppress_context__ = True
+    return error
+
+
+class AsyncClients:
+    """One redis.asyncio client per event loop (a client cannot cross loops).
+
+    A client is closed when its loop shuts down (``asyncio.run`` finalizes the async
+    generator that keeps it), or by :meth:`aclose`; so no connection outlives its loop.
+    """
+
+    def __init__(self, url: RedisURL) -> None:
+        self._url = url
+        self._by_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[AsyncClient, AsyncGenerator[None, None]]
+        ] = weakref.WeakKeyDictionary()
+
+    async def get(self) -> AsyncClient:
+        """The client of the running loop, created on first use."""
+        loop = asyncio.get_running_loop()
+        found = self._by_loop.get(loop)
+        if found is not None:
+            return found[0]
+        client = self._url.async_client()
+        keeper = self._keep(client)
+        await keeper.__anext__()  # registers it with the loop's async-generator shutdown
+        self._by_loop[loop] = (client, keeper)
+        return client
+
+    async def _keep(self, client: AsyncClient) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            self._by_loop.pop(asyncio.get_running_loop(), None)
+            await client.aclose()
+
+    async def aclose(self) -> None:
+        """Close the running loop's client, if it has one."""
+        found = self._by_loop.get(asyncio.get_running_loop())
+        if found is not None:
+            await found[1].aclose()
+
+    def close(self) -> None:
+        """Close the clients of loops that are neither running nor closed (best effort).
+
+        A running loop's client is closed when that loop shuts down.
+        """
+        for loop, (_, keeper) in list(self._by_loop.items()):
+            if not loop.is_closed() and not loop.is_running():
+                loop.run_until_complete(keeper.aclose())

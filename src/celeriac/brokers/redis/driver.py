@@ -1,0 +1,222 @@
+"""Drivers: carry a plan's steps to Redis — one on redis-py, one on redis.asyncio.
+
+They hold no broker logic, only I/O: EVALSHA with the EVAL fallback on NOSCRIPT, pipelines,
+pub/sub, and translating driver errors into celeriac's (thrown into the plan at the step
+that failed). The sync driver never touches an event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio.cluster
+import redis.cluster
+from redis.exceptions import NoScriptError
+
+import redis
+from celeriac.brokers.redis.connection import AsyncClients, SyncClient, translate
+from celeriac.brokers.redis.steps import (
+    Arg,
+    Batch,
+    Call,
+    Command,
+    Listen,
+    OnEveryNode,
+    Plan,
+    Step,
+    Subscribe,
+)
+
+T = TypeVar("T")
+
+
+def _evalsha(call: Call) -> tuple[Arg, ...]:
+    return ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+
+
+def _eval(call: Call) -> tuple[Arg, ...]:
+    return ("EVAL", call.script.text, len(call.keys), *call.keys, *call.args)
+
+
+def _wire(step: Call | Command) -> tuple[Arg, ...]:
+    return _evalsha(step) if isinstance(step, Call) else step.args
+
+
+def _per_node(replies: Any) -> list[Any]:
+    """Replies of a command sent to every primary: redis-py returns a dict by node name,
+    or (async Cluster) one reply merged from all nodes."""
+    if isinstance(replies, dict) and all(isinstance(v, dict | list) for v in replies.values()):
+        return list(replies.values())
+    return [replies]
+
+
+def _message_data(message: dict[str, Any] | None) -> bytes | None:
+    if message is not None and message.get("type") == "message":
+        data: bytes = message["data"]
+        return data
+    return None
+
+
+class SyncDriver:
+    """Runs plans on a redis-py client (standalone or Cluster)."""
+
+    def __init__(self, client: SyncClient, url: str) -> None:
+        self.client = client
+        self._io: Any = client  # the same client; redis-py's command methods are untyped
+        self.url = url
+
+    def run(self, plan: Plan[T], what: str) -> T:
+        """Drive ``plan`` to its end; ``what`` names the operation in error messages."""
+        pubsub: Any = None  # redis-py's PubSub; its methods are untyped
+        try:
+            step = next(plan)
+            while True:
+                try:
+                    if isinstance(step, Subscribe):
+                        pubsub = pubsub or self._io.pubsub(ignore_subscribe_messages=True)
+                        pubsub.subscribe(step.channel)
+                        reply: Any = None
+                    elif isinstance(step, Listen):
+                        assert pubsub is not None, "Listen before Subscribe"
+                        reply = self._listen(pubsub, step.timeout)
+                    else:
+                        reply = self._do(step)
+                except redis.RedisError as exc:
+                    step = plan.throw(translate(exc, what, self.url))
+                    continue
+                step = plan.send(reply)
+        except StopIteration as stop:
+            value: T = stop.value
+            return value
+        finally:
+            plan.close()
+            if pubsub is not None:
+                pubsub.close()
+
+    def _do(self, step: Step) -> Any:
+        client = self._io
+        if isinstance(step, Call):
+            try:
+                return client.execute_command(*_evalsha(step))
+            except NoScriptError:  # not cached on this server yet, or SCRIPT FLUSH
+                return client.execute_command(*_eval(step))
+        if isinstance(step, Command):
+            return client.execute_command(*step.args)
+        if isinstance(step, Batch):
+            return self._batch(step.steps)
+        if isinstance(step, OnEveryNode):
+            if isinstance(self.client, redis.cluster.RedisCluster):
+                return _per_node(
+                    client.execute_command(*step.command.args, target_nodes=client.get_primaries())
+                )
+            return [client.execute_command(*step.command.args)]
+        raise TypeError(f"unknown step {step!r}")
+
+    def _batch(self, steps: Sequence[Call | Command]) -> list[Any]:
+        if len(steps) == 1:
+            return [self._do(steps[0])]
+        pipe = self._io.pipeline(transaction=False)
+        for step in steps:
+            pipe.execute_command(*_wire(step))
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                step = steps[i]
+                assert isinstance(step, Call)
+                replies[i] = self._io.execute_command(*_eval(step))
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    @staticmethod
+    def _listen(pubsub: Any, timeout: float) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            data = _message_data(pubsub.get_message(timeout=remaining))
+            if data is not None:
+                return data
+        return None
+
+
+class AsyncDriver:
+    """Runs plans on redis.asyncio, with one client per event loop."""
+
+    def __init__(self, clients: AsyncClients, url: str) -> None:
+        self.clients = clients
+        self.url = url
+
+    async def run(self, plan: Plan[T], what: str) -> T:
+        """Async twin of :meth:`SyncDriver.run`."""
+        pubsub: Any = None
+        try:
+            client: Any = await self.clients.get()  # redis.asyncio's methods are untyped
+            step = next(plan)
+            while True:
+                try:
+                    if isinstance(step, Subscribe):
+                        pubsub = pubsub or client.pubsub(ignore_subscribe_messages=True)
+                        await pubsub.subscribe(step.channel)
+                        reply: Any = None
+                    elif isinstance(step, Listen):
+                        assert pubsub is not None, "Listen before Subscribe"
+                        reply = await self._listen(pubsub, step.timeout)
+                    else:
+                        reply = await self._do(client, step)
+                except redis.RedisError as exc:
+                    step = plan.throw(translate(exc, what, self.url))
+                    continue
+                step = plan.send(reply)
+        except StopIteration as stop:
+            value: T = stop.value
+            return value
+        finally:
+            plan.close()
+            if pubsub is not None:
+                await pubsub.aclose()
+
+    async def _do(self, client: Any, step: Step) -> Any:
+        if isinstance(step, Call):
+            try:
+                return await client.execute_command(*_evalsha(step))
+            except NoScriptError:
+                return await client.execute_command(*_eval(step))
+        if isinstance(step, Command):
+            return await client.execute_command(*step.args)
+        if isinstance(step, Batch):
+            return await self._batch(client, step.steps)
+        if isinstance(step, OnEveryNode):
+            if isinstance(client, redis.asyncio.cluster.RedisCluster):
+                return _per_node(
+                    await client.execute_command(
+                        *step.command.args, target_nodes=client.get_primaries()
+                    )
+                )
+            return [await client.execute_command(*step.command.args)]
+        raise TypeError(f"unknown step {step!r}")
+
+    async def _batch(self, client: Any, steps: Sequence[Call | Command]) -> list[Any]:
+        if len(steps) == 1:
+            return [await self._do(client, steps[0])]
+        pipe = client.pipeline(transaction=False)
+        for step in steps:
+            pipe.execute_command(*_wire(step))
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                step = steps[i]
+                assert isinstance(step, Call)
+                replies[i] = await client.execute_command(*_eval(step))
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    @staticmethod
+    async def _listen(pubsub: Any, timeout: float) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            data = _message_data(await pubsub.get_message(timeout=remaining))
+            if data is not None:
+                return data
+        return None

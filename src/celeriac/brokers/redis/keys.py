@@ -1,0 +1,169 @@
+"""Key names, compact ids and the id index: the data layout of the Redis broker.
+
+Every key of a queue carries the queue's hash tag, ``<prefix>:{<queue>}:...``, so one
+script can touch all of them in Redis Cluster. A task's result and its wake-up channel are
+named by task id (``<prefix>:r:{<id>}``) because readers know only the id.
+
+Ids are stored compactly: a canonical UUID string (36 bytes) becomes 17 bytes (a zero byte
+and the 16 raw bytes); any other id is stored as its UTF-8 bytes (prefixed with ``\\x01``
+when it would be mistaken for a compact UUID). :func:`expand` reverses :func:`compact`.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from functools import cached_property
+
+from celeriac.errors import ConfigurationError
+
+PRIORITIES = 10  # 0..9, one ready list each
+INDEX_BUCKETS = 1024  # id index hashes per queue; must match what the Lua side is given
+
+_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def compact(task_id: str) -> bytes:
+    """The bytes an id is stored as (17 bytes for a canonical lowercase UUID).
+
+    Example:
+        >>> len(compact("9b2c7a4e-0d1f-4c3b-8a5e-6f7a8b9c0d1e"))
+        17
+        >>> compact("order-42")
+        b'order-42'
+    """
+    raw = task_id.encode("utf-8", "surrogateescape")
+    if len(raw) == 36 and _UUID.fullmatch(raw):
+        return b"\x00" + bytes.fromhex(raw.replace(b"-", b"").decode())
+    if raw[:1] in (b"\x00", b"\x01"):
+        return b"\x01" + raw
+    return raw
+
+
+def expand(cid: bytes) -> str:
+    """The task id that :func:`compact` turned into ``cid``."""
+    if len(cid) == 17 and cid[0] == 0:
+        return str(uuid.UUID(bytes=cid[1:]))
+    if cid[:1] == b"\x01":
+        cid = cid[1:]
+    return cid.decode("utf-8", "surrogateescape")
+
+
+def index_bucket(cid: bytes) -> int:
+    """Which of a queue's index hashes holds ``cid``; the same function is in index.lua."""
+    h = 0
+    for byte in cid:
+        h = (h * 31 + byte) % 1_000_003
+    return h % INDEX_BUCKETS
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """The keys of one queue, all under its hash tag."""
+
+    name: str
+    tag: bytes  # b"<prefix>:{<queue>}"
+
+    @cached_property
+    def ready(self) -> tuple[bytes, ...]:
+        """Ready lists, index = priority."""
+        return tuple(self.tag + b":ready:%d" % p for p in range(PRIORITIES))
+
+    @cached_property
+    def block(self) -> tuple[bytes, ...]:
+        """The 15-key queue block every moving script takes (see includes/queue.lua)."""
+        return (*self.ready, self.delayed, self.held, self.leases, self.seq, self.wake)
+
+    @cached_property
+    def buckets(self) -> tuple[bytes, ...]:
+        """Every index bucket, in bucket order."""
+        return tuple(self.tag + b":ids:%d" % b for b in range(INDEX_BUCKETS))
+
+    @property
+    def delayed(self) -> bytes:
+        """Sorted set of entries waiting for their due time."""
+        return self.tag + b":delayed"
+
+    @property
+    def held(self) -> bytes:
+        """Hash of messages under a lease."""
+        return self.tag + b":held"
+
+    @property
+    def leases(self) -> bytes:
+        """Sorted set of lease deadlines."""
+        return self.tag + b":leases"
+
+    @property
+    def seq(self) -> bytes:
+        """Counter for fencing tokens."""
+        return self.tag + b":seq"
+
+    @property
+    def wake(self) -> bytes:
+        """List that blocked fetchers wait on."""
+        return self.tag + b":wake"
+
+    @property
+    def outbox(self) -> bytes:
+        """Committed results not yet copied to their result keys (Cluster)."""
+        return self.tag + b":outbox"
+
+    @property
+    def dead(self) -> bytes:
+        """Hash of dead-letter records."""
+        return self.tag + b":dead"
+
+    @property
+    def dead_at(self) -> bytes:
+        """Sorted set ordering dead letters by time."""
+        return self.tag + b":dead_at"
+
+    def bucket(self, cid: bytes) -> bytes:
+        """The index bucket key of ``cid``."""
+        return self.buckets[index_bucket(cid)]
+
+
+class Keyspace:
+    """Every key name the broker uses, under one prefix (``?prefix=`` in the URL)."""
+
+    def __init__(self, prefix: str) -> None:
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ConfigurationError(
+                f"Redis key prefix {prefix!r} must be non-empty and contain no braces "
+                "(braces would change the Cluster hash tag)"
+            )
+        self.prefix = prefix.encode()
+        self._queues: dict[str, QueueKeys] = {}
+        self.queues = self.prefix + b":queues"
+        self.workers_alive = self.prefix + b":{workers}:alive"
+        self.workers_info = self.prefix + b":{workers}:info"
+
+    def queue(self, name: str) -> QueueKeys:
+        """The keys of queue ``name``.
+
+        Raises:
+            ConfigurationError: the name is empty or contains a brace.
+        """
+        keys = self._queues.get(name)
+        if keys is None:
+            if not name or "{" in name or "}" in name:
+                raise ConfigurationError(
+                    f"queue name {name!r} cannot be used with Redis: it must be non-empty "
+                    "and contain no braces (they would break the Cluster hash tag)"
+                )
+            keys = self._queues[name] = QueueKeys(name, b"%s:{%s}" % (self.prefix, name.encode()))
+        return keys
+
+    def result(self, task_id: str) -> bytes:
+        """The result key of a task: ``F`` + bytes when final, ``P`` + bytes otherwise."""
+        return b"%s:r:{%s}" % (self.prefix, task_id.encode("utf-8", "surrogateescape"))
+
+    def store(self, kind: bytes, key: str) -> bytes:
+        """A key of the small store: ``kind`` is kv, join, rate, admit or stream."""
+        return b"%s:%s:%s" % (self.prefix, kind, key.encode("utf-8", "surrogateescape"))
+
+    def channel(self, task_id: str) -> bytes:
+        """The pub/sub channel on which a task's final result is announced."""
+        return b"%s:done:%s" % (self.prefix, task_id.encode("utf-8", "surrogateescape"))

@@ -1,0 +1,407 @@
+"""The broker operations, each defined once as a plan (see :mod:`.steps`).
+
+A plan names the script, builds its keys and arguments, and reads its reply; the sync and
+async drivers only carry the steps to Redis. Settling, fetching and workers live here;
+results and administration in :mod:`.admin`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celeriac.brokers.base import Delivery, Lease, Outgoing
+from celeriac.brokers.redis.keys import Keyspace, QueueKeys, compact, expand
+from celeriac.brokers.redis.scripts import SCRIPTS, ErrorCode, check
+from celeriac.brokers.redis.steps import Arg, Batch, Call, Command, OnEveryNode, Plan, Step
+from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
+
+log = logging.getLogger("celeriac.brokers.redis")
+
+MAX_BLOCK = 5.0  # seconds one BLPOP may block; well under the socket timeout
+POLL = 0.05  # seconds per wake list when several queues cannot share one BLPOP (Cluster)
+MIN_REDIS = 7  # major version the scripts need (LMPOP)
+
+
+@dataclass
+class Context:
+    """What every plan needs: key names, and whether the server is a Cluster."""
+
+    keys: Keyspace
+    cluster: bool
+    known: set[str]  # queue names this process has registered in the queue set
+
+    @property
+    def mode(self) -> str:
+        """How scripts store final results: in place, or via the queue's outbox."""
+        return "outbox" if self.cluster else "direct"
+
+    def target(self, q: QueueKeys, task_id: str) -> bytes:
+        """Where a settling script writes the final result of ``task_id``."""
+        return q.outbox if self.cluster else self.keys.result(task_id)
+
+    def register(self, names: Sequence[str]) -> list[Command]:
+        """Commands adding queues to the set of known queues (once per process)."""
+        new = [name for name in dict.fromkeys(names) if name not in self.known]
+        return [Command(("SADD", self.keys.queues, *new))] if new else []
+
+
+def ms(seconds: float) -> int:
+    """Seconds as whole milliseconds, at least 1 (Redis refuses a zero TTL)."""
+    return max(int(seconds * 1000), 1)
+
+
+def result_spec(ctx: Context, task_id: str, result: bytes | None, ttl: float) -> list[Arg]:
+    """The five result-spec arguments of includes/result.lua."""
+    present = result is not None
+    return [ctx.mode, "1" if present else "0", result or b"", ms(ttl), ctx.keys.channel(task_id)]
+
+
+# -- producing ---------------------------------------------------------------------------
+
+
+def send(ctx: Context, messages: Sequence[Outgoing]) -> Plan[list[bool]]:
+    """Store messages, grouped by queue, in one round trip; True for each new id."""
+    created = [False] * len(messages)
+    finished: set[int] = set()
+    if ctx.cluster and messages:
+        # Result keys live in other slots than the queue, so the script cannot read them:
+        # read first. A send racing the commit of the same id may queue it again; the
+        # worker then finds the final result and acks it without running it.
+        heads = yield Batch([Command(("GETRANGE", ctx.keys.result(m.id), 0, 0)) for m in messages])
+        finished = {i for i, head in enumerate(heads) if head == b"F"}
+    groups: dict[str, list[int]] = {}
+    for i, out in enumerate(messages):
+        if i not in finished:
+            groups.setdefault(out.queue, []).append(i)
+    calls: list[Call | Command] = [
+        _send_call(ctx, ctx.keys.queue(name), [messages[i] for i in indexes])
+        for name, indexes in groups.items()
+    ]
+    registration = ctx.register(list(groups))
+    if not calls:
+        return created
+    replies = yield Batch([*calls, *registration])
+    for indexes, reply in zip(groups.values(), replies, strict=False):
+        for i, flag in zip(indexes, reply, strict=True):
+            created[i] = flag == 1
+    ctx.known.update(groups)
+    return created
+
+
+def _send_call(ctx: Context, q: QueueKeys, messages: Sequence[Outgoing]) -> Call:
+    keys = list(q.block)
+    position: dict[bytes, int] = {}
+
+    def at(key: bytes) -> int:  # 1-based KEYS index, each extra key passed once
+        index = position.get(key)
+        if index is None:
+            keys.append(key)
+            index = position[key] = len(keys)
+        return index
+
+    args: list[Arg] = [ctx.mode]
+    for m in messages:
+        cid = compact(m.id)
+        due = int(m.eta * 1000) if m.eta else 0
+        args += [
+            cid,
+            at(q.bucket(cid)),
+            at(ctx.target(q, m.id)),
+            min(max(m.priority, 0), 9),
+            due,
+            m.body,
+        ]
+    return Call(SCRIPTS.send, keys, args)
+
+
+# -- consuming ---------------------------------------------------------------------------
+
+
+def fetch(
+    ctx: Context,
+    names: Sequence[str],
+    consumer: str,
+    *,
+    limit: int,
+    lease_seconds: float,
+    timeout: float,
+) -> Plan[list[Delivery]]:
+    """Take due messages; block on the queues' wake lists (never a poll) until timeout."""
+    deadline = time.monotonic() + timeout
+    queues = [ctx.keys.queue(name) for name in dict.fromkeys(names)]
+    registration = ctx.register(names)
+    if registration:
+        yield Batch(registration)
+        ctx.known.update(names)
+    turn = 0
+    while True:
+        taken, wait_ms = yield from _take(ctx, queues, consumer, limit, ms(lease_seconds))
+        remaining = deadline - time.monotonic()
+        if taken or remaining <= 0:
+            return taken
+        wait = remaining if wait_ms < 0 else min(remaining, wait_ms / 1000)
+        wake = [q.wake for q in queues]
+        if ctx.cluster and len(wake) > 1:
+            # BLPOP cannot span slots: wait on one queue at a time, briefly.
+            wake, wait = [wake[turn % len(wake)]], min(wait, POLL)
+            turn += 1
+        if wait >= 0.001:
+            yield Command(("BLPOP", *wake, f"{min(wait, MAX_BLOCK):.3f}"))
+
+
+def _take(
+    ctx: Context, queues: Sequence[QueueKeys], consumer: str, limit: int, lease_ms: int
+) -> Plan[tuple[list[Delivery], int]]:
+    """One non-blocking fetch over ``queues``; the deliveries and a wait hint in ms."""
+    if not ctx.cluster or len(queues) == 1:
+        reply = yield fetch_call(queues, consumer, limit, lease_ms)
+        return deliveries(reply, 2, queues), int(reply[0])
+    # Cluster, several queues: peek at each queue's best priority, then take from the best
+    # first (strict priority across queues, up to a race with other consumers).
+    peeks = yield Batch([fetch_call([q], consumer, 0, lease_ms) for q in queues])
+    order = sorted(range(len(queues)), key=lambda i: -int(peeks[i][1]))
+    hints = [int(p[0]) for p in peeks if int(p[0]) >= 0]
+    taken: list[Delivery] = []
+    for i in order:
+        if len(taken) >= limit or int(peeks[i][1]) < 0:
+            continue
+        reply = yield fetch_call([queues[i]], consumer, limit - len(taken), lease_ms)
+        taken += deliveries(reply, 2, [queues[i]])
+    return taken, min(hints, default=-1)
+
+
+def fetch_call(queues: Sequence[QueueKeys], consumer: str, limit: int, lease_ms: int) -> Call:
+    """The fetch-15 script over the blocks of ``queues``."""
+    return Call(
+        SCRIPTS.fetch, [key for q in queues for key in q.block], [consumer, limit, lease_ms]
+    )
+
+
+def deliveries(reply: Sequence[Any], start: int, queues: Sequence[QueueKeys]) -> list[Delivery]:
+    """Read the six-per-message tail of a fetch reply."""
+    out: list[Delivery] = []
+    for i in range(start, len(reply), 6):
+        block, cid, token, count, priority, body = reply[i : i + 6]
+        lease = Lease(expand(cid), queues[block - 1].name, token.decode())
+        out.append(Delivery(lease, body, count, priority))
+    return out
+
+
+def settled(code: int, what: str) -> bool:
+    """True when a fenced script settled the message; False when the lease was lost."""
+    if code == ErrorCode.LEASE_LOST:
+        return False
+    return check(code, what) == 1
+
+
+def complete(ctx: Context, lease: Lease, result: bytes | None, ttl: float) -> Plan[bool]:
+    """Ack a held message and store its final result in one fenced script."""
+    q, cid = ctx.keys.queue(lease.queue), compact(lease.id)
+    keys = (q.held, q.leases, q.bucket(cid), ctx.target(q, lease.id))
+    code = yield Call(
+        SCRIPTS.complete, keys, [cid, lease.token, *result_spec(ctx, lease.id, result, ttl)]
+    )
+    committed = settled(code, f"complete task {lease.id}")
+    if committed and result is not None and ctx.cluster:
+        yield from publish(ctx, q, cid, ms(ttl), result)
+    return committed
+
+
+def complete_and_fetch(
+    ctx: Context,
+    lease: Lease,
+    result: bytes | None,
+    ttl: float,
+    *,
+    names: Sequence[str],
+    consumer: str,
+    limit: int,
+    lease_seconds: float,
+) -> Plan[tuple[bool, list[Delivery]]]:
+    """Complete and fetch in ONE script call (in Cluster, when the queues share a slot)."""
+    if ctx.cluster and any(name != lease.queue for name in names):
+        committed = yield from complete(ctx, lease, result, ttl)
+        more = yield from fetch(
+            ctx, names, consumer, limit=limit, lease_seconds=lease_seconds, timeout=0.0
+        )
+        return committed, more
+    q, cid = ctx.keys.queue(lease.queue), compact(lease.id)
+    queues = [ctx.keys.queue(name) for name in dict.fromkeys(names)]
+    keys = [q.held, q.leases, q.bucket(cid), ctx.target(q, lease.id)]
+    keys += [key for fq in queues for key in fq.block]
+    args = [
+        cid,
+        lease.token,
+        *result_spec(ctx, lease.id, result, ttl),
+        consumer,
+        limit,
+        ms(lease_seconds),
+    ]
+    reply = yield Call(SCRIPTS.complete_fetch, keys, args)
+    committed = settled(reply[0], f"complete task {lease.id}")
+    if committed and result is not None and ctx.cluster:
+        yield from publish(ctx, q, cid, ms(ttl), result)
+    return committed, deliveries(reply, 3, queues)
+
+
+def publish(ctx: Context, q: QueueKeys, cid: bytes, ttl_ms: int, result: bytes) -> Plan[None]:
+    """Copy a committed result from the queue's outbox to its result key (Cluster)."""
+    task_id = expand(cid)
+    yield Call(
+        SCRIPTS.publish_result,
+        (ctx.keys.result(task_id),),
+        [result, ttl_ms, ctx.keys.channel(task_id)],
+    )
+    yield Command(("HDEL", q.outbox, cid))
+
+
+def requeue(
+    ctx: Context, lease: Lease, delay: float, body: bytes | None, count_delivery: bool
+) -> Plan[bool]:
+    """Put a held message back, fenced."""
+    q = ctx.keys.queue(lease.queue)
+    mode = "replace" if body is not None else ("count" if count_delivery else "uncount")
+    delay_ms = int(delay * 1000) if delay > 0 else 0
+    code = yield Call(
+        SCRIPTS.requeue, q.block, [compact(lease.id), lease.token, delay_ms, mode, body or b""]
+    )
+    return settled(code, f"requeue task {lease.id}")
+
+
+def renew(ctx: Context, leases: Sequence[Lease], lease_seconds: float) -> Plan[list[str]]:
+    """Extend leases, one script per queue in one round trip; the ids that were lost."""
+    groups: dict[str, list[Lease]] = {}
+    for lease in leases:
+        groups.setdefault(lease.queue, []).append(lease)
+    calls: list[Call | Command] = []
+    for name, group in groups.items():
+        q = ctx.keys.queue(name)
+        args: list[Arg] = [ms(lease_seconds)]
+        for lease in group:
+            args += [compact(lease.id), lease.token]
+        calls.append(Call(SCRIPTS.renew, (q.held, q.leases), args))
+    if not calls:
+        return []
+    replies = yield Batch(calls)
+    return [
+        group[n - 1].id for group, lost in zip(groups.values(), replies, strict=True) for n in lost
+    ]
+
+
+# -- workers -----------------------------------------------------------------------------
+
+
+def heartbeat(ctx: Context, worker_id: str, ttl: float, info: bytes) -> Plan[None]:
+    """Record a live worker until ``ttl`` seconds from now (Redis time)."""
+    yield Call(
+        SCRIPTS.heartbeat,
+        (ctx.keys.workers_alive, ctx.keys.workers_info),
+        [worker_id, ms(ttl), info],
+    )
+
+
+def forget_worker(ctx: Context, worker_id: str) -> Plan[None]:
+    """Drop a worker that stopped cleanly."""
+    yield Batch(
+        [
+            Command(("ZREM", ctx.keys.workers_alive, worker_id)),
+            Command(("HDEL", ctx.keys.workers_info, worker_id)),
+        ]
+    )
+
+
+def workers(ctx: Context) -> Plan[tuple[list[bytes], list[bytes]]]:
+    """Descriptions of live workers, and ids of workers whose heartbeat expired."""
+    live, dead = yield Call(SCRIPTS.workers, (ctx.keys.workers_alive, ctx.keys.workers_info), [])
+    return list(live), list(dead)
+
+
+def known_queues(ctx: Context) -> Plan[list[str]]:
+    """Every queue name registered by any process, sorted."""
+    members = yield Command(("SMEMBERS", ctx.keys.queues))
+    return sorted({m.decode() for m in members} | ctx.known)
+
+
+def reap(ctx: Context) -> Plan[int]:
+    """Release what dead workers and expired leases held, in every queue; finish results
+    that a dead worker left in an outbox. Deterministic: the same state, the same moves."""
+    _, dead = yield from workers(ctx)
+    names = yield from known_queues(ctx)
+    if not names:
+        return 0
+    queues = [ctx.keys.queue(name) for name in names]
+    replies = yield Batch([Call(SCRIPTS.reap, (*q.block, q.outbox), dead) for q in queues])
+    released = 0
+    for q, reply in zip(queues, replies, strict=True):
+        released += int(reply[0])
+        for i in range(1, len(reply), 2):
+            ttl, _, result = reply[i + 1].partition(b":")
+            yield from publish(ctx, q, reply[i], int(ttl), result)
+    if dead:
+        yield Call(SCRIPTS.drop_workers, (ctx.keys.workers_alive, ctx.keys.workers_info), dead)
+    return released
+
+
+# -- start-up ----------------------------------------------------------------------------
+
+
+def check_server(ctx: Context, url: str) -> Plan[None]:
+    """Refuse Redis before 7.0 and an evicting ``maxmemory-policy``; warn when persistence
+    is off.
+
+    Raises:
+        ConfigurationError: the server is too old, or eviction could delete queued tasks.
+    """
+    servers = yield OnEveryNode(Command(("INFO", "server")))
+    for server in servers:
+        version = str(server.get("redis_version", "0")) if isinstance(server, dict) else "0"
+        if int(version.split(".")[0]) < MIN_REDIS:
+            raise ConfigurationError(
+                f"Redis at {url} is version {version}; celeriac needs Redis {MIN_REDIS}.0 or "
+                "newer (its scripts use LMPOP and other Redis 7 commands)."
+            )
+    settings: dict[bytes, list[bytes]] = {}
+    for name in (b"maxmemory-policy", b"save", b"appendonly"):
+        step: Step = OnEveryNode(Command(("CONFIG", "GET", name)))
+        try:
+            replies = yield step
+        except BrokerConnectionError:
+            raise
+        except BrokerError as exc:
+            log.warning(
+                "cannot read the settings of Redis at %s (CONFIG GET is disabled, as "
+                "on many managed services): check yourself that maxmemory-policy is "
+                "noeviction and that persistence is on. (%s)",
+                url,
+                exc,
+            )
+            return
+        settings[name] = [_config_value(reply, name) for reply in replies]
+    evicting = sorted({p.decode() for p in settings[b"maxmemory-policy"]} - {"noeviction"})
+    if evicting:
+        raise ConfigurationError(
+            f"Redis at {url} uses maxmemory-policy {', '.join(evicting)}: under memory "
+            "pressure it would delete queued tasks. Set `maxmemory-policy noeviction` (in "
+            "redis.conf, or CONFIG SET maxmemory-policy noeviction) before using it as a "
+            "celeriac broker."
+        )
+    no_rdb = all(not save.strip() for save in settings[b"save"])
+    no_aof = all(aof == b"no" for aof in settings[b"appendonly"])
+    if no_rdb and no_aof:
+        log.warning(
+            "Redis at %s has persistence off (no AOF, no RDB save points): a restart "
+            "loses every queued task. Set `appendonly yes` for a durable broker.",
+            url,
+        )
+
+
+def _config_value(reply: Any, name: bytes) -> bytes:
+    if isinstance(reply, dict):
+        value = reply.get(name, reply.get(name.decode(), b""))
+    else:  # a flat [name, value] list
+        value = reply[1] if len(reply) > 1 else b""
+    return value.encode() if isinstance(value, str) else bytes(value or b"")

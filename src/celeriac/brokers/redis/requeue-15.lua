@@ -1,0 +1,32 @@
+-- requeue-15.lua: put a held message back, due now or after a delay (fenced).
+--
+-- KEYS[1..15]  the queue block (includes/queue.lua)
+-- ARGV[1]      compact id
+-- ARGV[2]      fencing token
+-- ARGV[3]      delay in ms (0: due now, at the tail of its ready list)
+-- ARGV[4]      'count': keep the delivery count (a failure);
+--              'uncount': take back this hand-out (shutdown, deferral);
+--              'replace': new body in ARGV[5], count reset to 0 (a retry)
+-- ARGV[5]      the new body for 'replace', else ''
+-- Returns: 1 requeued; -1 LEASE_LOST (nothing changed); -2 BAD_ARGUMENT (unknown mode).
+-- @include clock.lua
+-- @include entry.lua
+-- @include queue.lua
+
+local q = queue_block(0)
+local cid, mode = ARGV[1], ARGV[4]
+local token, _, priority, deliveries, body = held(q, cid)
+if token ~= ARGV[2] then return -1 end
+if mode == 'replace' then
+  body, deliveries = ARGV[5], 0
+elseif mode == 'uncount' then
+  deliveries = math.max(deliveries - 1, 0)
+elseif mode ~= 'count' then
+  return -2
+end
+local now = now_ms()
+local due = now + tonumber(ARGV[3])
+unhold(q, cid)
+place(q, pack_entry(cid, priority, deliveries, body), priority, due, now)
+if due <= now then wake(q, 1) end
+return 1

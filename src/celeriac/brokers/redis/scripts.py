@@ -1,0 +1,111 @@
+"""The Lua scripts: loading, identity, and what their negative return codes mean.
+
+Each ``<operation>-<keys>.lua`` file beside this module is one atomic state transition; a
+line ``-- @include name.lua`` inlines a fragment from ``includes/``. The first line of every
+loaded script names the celeriac version, so the script's SHA1 — its identity in Redis's
+script cache — differs between versions: two versions sharing one Redis never run each
+other's scripts.
+
+Drivers run a script with EVALSHA and, when Redis answers NOSCRIPT (a restart, a SCRIPT
+FLUSH, a failover, a new Cluster node), once with EVAL, which caches it again: what
+redis-py's ``register_script`` does, without its per-call overhead, and in pipelines too.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+from importlib import metadata, resources
+
+from celeriac.errors import BrokerError, LeaseLost
+
+try:
+    VERSION = metadata.version("celeriac")
+except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    VERSION = "0+unknown"
+
+_INCLUDE = "-- @include "
+
+
+class ErrorCode(enum.IntEnum):
+    """Negative codes that scripts return instead of raising."""
+
+    LEASE_LOST = -1  # the fencing token no longer holds the lease; nothing changed
+    BAD_ARGUMENT = -2  # the client sent an argument the script does not understand
+
+
+def error_for(code: int, what: str) -> BrokerError:
+    """The exception for a script's negative return code.
+
+    Example:
+        >>> error_for(-1, "complete task t1")
+        LeaseLost('complete task t1: the lease was lost (another worker may hold the message)')
+    """
+    if code == ErrorCode.LEASE_LOST:
+        return LeaseLost(f"{what}: the lease was lost (another worker may hold the message)")
+    if code == ErrorCode.BAD_ARGUMENT:
+        return BrokerError(f"{what}: a Redis script refused its arguments (a celeriac bug)")
+    return BrokerError(f"{what}: a Redis script returned the unknown code {code}")
+
+
+def check(code: int, what: str) -> int:
+    """Return a non-negative code; raise the mapped exception for a negative one."""
+    if code < 0:
+        raise error_for(code, what)
+    return code
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One loaded script: its name, full text (includes inlined) and SHA1."""
+
+    name: str
+    text: bytes
+    sha: str
+
+
+def _read(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def load(name: str) -> Script:
+    """Load ``<name>.lua`` with its includes inlined and the version line on top."""
+    lines = [f"-- celeriac {VERSION}: {name}"]
+    for line in _read(f"{name}.lua").splitlines():
+        if line.startswith(_INCLUDE):
+            lines.append(_read(f"includes/{line[len(_INCLUDE) :].strip()}"))
+        else:
+            lines.append(line)
+    text = "\n".join(lines).encode()
+    return Script(name, text, hashlib.sha1(text, usedforsecurity=False).hexdigest())
+
+
+class Scripts:
+    """Every script of the broker, loaded once per process."""
+
+    def __init__(self) -> None:
+        self.send = load("send-15")
+        self.fetch = load("fetch-15")
+        self.complete = load("complete-4")
+        self.complete_fetch = load("complete_fetch-4")
+        self.requeue = load("requeue-15")
+        self.dead_letter = load("dead_letter-6")
+        self.renew = load("renew-2")
+        self.reap = load("reap-16")
+        self.purge = load("purge-15")
+        self.replay = load("replay-4")
+        self.stats = load("stats-13")
+        self.dead_letters = load("dead_letters-2")
+        self.purge_dead = load("purge_dead-2")
+        self.store_result = load("store_result-1")
+        self.publish_result = load("publish_result-1")
+        self.heartbeat = load("heartbeat-2")
+        self.workers = load("workers-2")
+        self.drop_workers = load("drop_workers-2")
+        self.join_add = load("join_add-1")
+        self.rate_reserve = load("rate_reserve-1")
+        self.rate_admit = load("rate_admit-1")
+
+
+SCRIPTS = Scripts()

@@ -1,0 +1,67 @@
+"""What an operation asks of Redis, as data: the steps a plan yields to a driver.
+
+Each broker operation is written once, as a generator (a *plan*) that yields steps and
+receives their replies; :mod:`.driver` runs plans on redis-py (sync) or redis.asyncio
+(async). Plans hold the logic — which script, which keys and arguments, how a reply is
+read — and never do I/O, so the two faces cannot drift apart. A driver error is thrown
+into the plan (as a celeriac error) at the step that failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
+
+from celeriac.brokers.redis.scripts import Script
+
+T = TypeVar("T")
+Arg: TypeAlias = bytes | str | int | float
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Run a script: EVALSHA, and EVAL (which caches it again) when Redis says NOSCRIPT."""
+
+    script: Script
+    keys: Sequence[bytes]
+    args: Sequence[Arg]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """Run one plain Redis command."""
+
+    args: tuple[Arg, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Steps sent together in one pipeline (one round trip per node); replies in order."""
+
+    steps: Sequence[Call | Command]
+
+
+@dataclass(frozen=True, slots=True)
+class OnEveryNode:
+    """Run a command on every primary (one in standalone); the reply is a list of replies."""
+
+    command: Command
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Subscribe to a pub/sub channel for the rest of the plan."""
+
+    channel: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Wait up to ``timeout`` seconds for a message; the reply is its data, or None."""
+
+    timeout: float
+
+
+Step: TypeAlias = Call | Command | Batch | OnEveryNode | Subscribe | Listen
+Plan: TypeAlias = Generator[Step, Any, T]

@@ -1,0 +1,335 @@
+"""The broker contract for messages: every test runs on memory, SQLite, Redis and Cluster.
+
+Each test checks behaviour, never timing: a wait is always "until it happens, or fail
+after a generous deadline".
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from celeriac.brokers.base import Broker, DeadLetter, Delivery, Lease, Outgoing, WorkerInfo
+
+DEADLINE = 15.0  # seconds before a wait that should succeed counts as a failure
+
+
+def out(
+    task_id: str,
+    queue: str = "q",
+    body: bytes | None = None,
+    priority: int = 0,
+    eta: float | None = None,
+) -> Outgoing:
+    return Outgoing(task_id, queue, body if body is not None else task_id.encode(), priority, eta)
+
+
+def take(
+    broker: Broker,
+    *,
+    consumer: str = "w1",
+    queues: tuple[str, ...] = ("q",),
+    limit: int = 10,
+    lease: float = 30.0,
+    timeout: float = 0.0,
+) -> list[Delivery]:
+    return broker.fetch(list(queues), consumer, limit=limit, lease_seconds=lease, timeout=timeout)
+
+
+def one(broker: Broker, **kwargs: object) -> Delivery:
+    got = take(broker, limit=1, **kwargs)  # type: ignore[arg-type]
+    assert len(got) == 1, got
+    return got[0]
+
+
+def counts(broker: Broker, queue: str = "q") -> tuple[int, int, int, int]:
+    for s in broker.stats():
+        if s.queue == queue:
+            return s.ready, s.delayed, s.in_flight, s.dead
+    return 0, 0, 0, 0
+
+
+def letter(
+    d: Delivery, reason: str = "poison", task: str = "t.poison", at: float = 0.0
+) -> DeadLetter:
+    return DeadLetter(
+        d.id, d.queue, task, reason, d.body, d.deliveries, "ValueError: boom", at or time.time()
+    )
+
+
+def eventually(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+# -- send ------------------------------------------------------------------------------
+
+
+def test_send_is_idempotent_while_queued_held_or_finished(broker: Broker) -> None:
+    assert broker.send([out("a"), out("a"), out("b")]) == [True, False, True]
+    assert broker.send([out("a", body=b"other")]) == [False]
+    d = one(broker)
+    assert d.id == "a" and d.body == b"a"  # the first body stays
+    assert broker.send([out("a")]) == [False]  # held
+    assert broker.complete(d.lease, b"done", 60)
+    assert broker.send([out("a")]) == [False]  # a final result exists
+    e = one(broker)
+    assert broker.complete(e.lease, None, 60)  # no result stored: the id is free again
+    assert broker.send([out("b")]) == [True]
+
+
+def test_send_many_queues_in_one_call(broker: Broker) -> None:
+    assert broker.send([out("a1", "qa"), out("b1", "qb"), out("a2", "qa")]) == [True] * 3
+    assert [d.id for d in take(broker, queues=("qa",))] == ["a1", "a2"]
+    assert [d.id for d in take(broker, queues=("qb",))] == ["b1"]
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    [
+        "plain",
+        "d9b2c7a4-0d1f-4c3b-8a5e-6f7a8b9c0d1e",
+        "D9B2C7A4-0D1F-4C3B-8A5E-6F7A8B9C0D1E",
+        "with {braces}",
+        "ünïcødé ✓",
+        "\x00zero",
+        "x" * 300,
+    ],
+)
+def test_any_id_round_trips(broker: Broker, task_id: str) -> None:
+    assert broker.send([out(task_id, body=b"\xff\x00 raw")]) == [True]
+    d = one(broker)
+    assert (d.id, d.body) == (task_id, b"\xff\x00 raw")
+    assert broker.complete(d.lease, b"r", 60)
+    assert broker.get_result(task_id) == (b"r", True)
+
+
+# -- fetch, priority, delay ------------------------------------------------------------
+
+
+def test_fetch_takes_under_a_lease(broker: Broker) -> None:
+    broker.send([out("a", priority=3), out("b"), out("c")])
+    got = take(broker, limit=2)
+    assert [(d.id, d.queue, d.body, d.deliveries, d.priority) for d in got] == [
+        ("a", "q", b"a", 1, 3),
+        ("b", "q", b"b", 1, 0),
+    ]
+    assert got[0].lease.token != got[1].lease.token
+    assert [d.id for d in take(broker, consumer="w2")] == ["c"]  # held ones are not handed out
+    assert take(broker, consumer="w3") == []
+    assert counts(broker) == (0, 0, 3, 0)
+
+
+def test_priority_is_strict_then_send_order(broker: Broker) -> None:
+    broker.send([out(f"low{i}", priority=1) for i in range(50)])
+    broker.send([out(f"high{i}", priority=8) for i in range(50)])
+    ids = [d.id for d in take(broker, limit=100)]
+    assert ids == [f"high{i}" for i in range(50)] + [f"low{i}" for i in range(50)]
+
+
+def test_every_priority_level_in_order(broker: Broker) -> None:
+    broker.send([out(f"p{p}", priority=p) for p in (3, 0, 9, 5, 1, 7, 2, 8, 4, 6)])
+    assert [d.priority for d in take(broker, limit=10)] == list(range(9, -1, -1))
+
+
+def test_priority_across_queues(broker: Broker) -> None:
+    broker.send([out("a-low", "qa", priority=1), out("b-high", "qb", priority=5)])
+    assert [d.id for d in take(broker, queues=("qa", "qb"), limit=1)] == ["b-high"]
+    assert [d.id for d in take(broker, queues=("qa", "qb"), limit=1)] == ["a-low"]
+
+
+def test_delayed_message_waits_in_the_broker(broker: Broker) -> None:
+    broker.send([out("later", eta=time.time() + 600)])
+    assert take(broker) == []
+    assert counts(broker) == (0, 1, 0, 0)
+
+
+def test_delayed_message_is_handed_out_once_due(broker: Broker) -> None:
+    broker.send([out("soon", eta=time.time() + 0.3), out("past", eta=time.time() - 10)])
+    assert [d.id for d in take(broker)] == ["past"]
+    got = take(broker, timeout=DEADLINE)
+    assert [(d.id, d.deliveries) for d in got] == [("soon", 1)]
+
+
+def test_fetch_waits_for_a_send(broker: Broker) -> None:
+    import threading
+
+    got: list[Delivery] = []
+    waiter = threading.Thread(target=lambda: got.extend(take(broker, timeout=DEADLINE)))
+    waiter.start()
+    time.sleep(0.05)
+    broker.send([out("x")])
+    waiter.join(DEADLINE + 5)
+    assert [d.id for d in got] == ["x"]
+
+
+# -- fencing and leases ----------------------------------------------------------------
+
+
+def test_stale_token_changes_nothing(broker: Broker) -> None:
+    broker.send([out("a"), out("n")])
+    stale = one(broker).lease
+    assert broker.requeue(stale, count_delivery=False)
+    ids = {d.id: d for d in take(broker, consumer="w2")}
+    fresh = ids["a"].lease
+    assert fresh.token != stale.token
+    bogus = Lease("a", "q", "not-a-token")
+    for lease in (stale, bogus):
+        assert broker.complete(lease, b"late", 60) is False
+        assert broker.requeue(lease) is False
+        assert broker.requeue(lease, body=b"x", delay=5) is False
+        assert broker.dead_letter(lease, letter(ids["a"]), b"dead") is False
+        assert broker.renew([lease], 30) == ["a"]
+        committed, _ = broker.complete_and_fetch(
+            lease, b"late", 60, ["q"], "w1", limit=0, lease_seconds=30
+        )
+        assert committed is False
+    assert broker.get_result("a") is None
+    assert broker.dead_letters() == []
+    assert counts(broker) == (0, 0, 2, 0)
+    assert broker.renew([fresh], 30) == []
+    assert broker.complete(fresh, b"ok", 60)
+    assert broker.get_result("a") == (b"ok", True)
+
+
+def test_expired_lease_is_delivered_again(broker: Broker) -> None:
+    broker.send([out("a")])
+    first = one(broker, lease=0.2)
+    again = take(broker, consumer="w2", timeout=DEADLINE)
+    assert [(d.id, d.deliveries) for d in again] == [("a", 2)]
+    assert broker.complete(first.lease, b"late", 60) is False
+    assert broker.complete(again[0].lease, b"ok", 60)
+
+
+def test_renew_keeps_a_lease(broker: Broker) -> None:
+    broker.send([out("a")])
+    d = one(broker, lease=0.3)
+    assert broker.renew([d.lease], 60) == []
+    time.sleep(0.5)
+    broker.reap()
+    assert take(broker, consumer="w2") == []
+    assert broker.complete(d.lease, None, 60)
+
+
+def test_reap_releases_what_a_dead_worker_held(broker: Broker) -> None:
+    broker.heartbeat(WorkerInfo("w-dead", "h", 1, ("q",), 1, time.time()), ttl=0.2)
+    broker.heartbeat(WorkerInfo("w-live", "h", 2, ("q",), 1, time.time()), ttl=600)
+    broker.send([out("a"), out("b")])
+    dead = one(broker, consumer="w-dead", lease=600)
+    live = one(broker, consumer="w-live", lease=600)
+    eventually(lambda: "w-dead" not in {w.id for w in broker.workers()}, "w-dead expires")
+    assert broker.reap() == 1
+    assert broker.reap() == 0  # deterministic: nothing more to release
+    again = take(broker, consumer="w2")
+    assert [(d.id, d.deliveries) for d in again] == [(dead.id, 2)]
+    assert broker.complete(dead.lease, b"late", 60) is False
+    assert broker.complete(live.lease, None, 60)
+
+
+def test_requeue_delivery_counts_and_body(broker: Broker) -> None:
+    broker.send([out("a")])
+    assert broker.requeue(one(broker).lease)  # a failure: the count stays
+    d = one(broker)
+    assert d.deliveries == 2
+    assert broker.requeue(d.lease, count_delivery=False)  # a shutdown: the hand-out is undone
+    d = one(broker)
+    assert d.deliveries == 2
+    assert broker.requeue(d.lease, body=b"retry-1")  # a retry: new body, count reset
+    d = one(broker)
+    assert (d.body, d.deliveries) == (b"retry-1", 1)
+    assert broker.requeue(d.lease, delay=600)
+    assert take(broker) == []
+    assert counts(broker) == (0, 1, 0, 0)
+    assert broker.send([out("a")]) == [False]  # still queued (delayed)
+
+
+def test_requeue_with_short_delay_comes_back(broker: Broker) -> None:
+    broker.send([out("a")])
+    assert broker.requeue(one(broker).lease, delay=0.2)
+    assert [d.id for d in take(broker, timeout=DEADLINE)] == ["a"]
+
+
+def test_complete_and_fetch(broker: Broker) -> None:
+    broker.send([out("a"), out("b"), out("c")])
+    d = one(broker)
+    committed, more = broker.complete_and_fetch(
+        d.lease, b"ra", 60, ["q"], "w1", limit=2, lease_seconds=30
+    )
+    assert committed and [m.id for m in more] == ["b", "c"]
+    assert broker.get_result("a") == (b"ra", True)
+    assert counts(broker) == (0, 0, 2, 0)
+    committed, more = broker.complete_and_fetch(
+        more[0].lease, None, 60, ["q"], "w1", limit=5, lease_seconds=30
+    )
+    assert committed and more == []
+
+
+# -- dead letters ----------------------------------------------------------------------
+
+
+def test_dead_letter_keeps_everything(broker: Broker) -> None:
+    broker.send([out("bad", body=b"\x00not json")])
+    d = one(broker)
+    dead = letter(d, at=1_700_000_000.5)
+    assert broker.dead_letter(d.lease, dead, b"failure-record")
+    assert broker.dead_letters() == [dead]
+    assert broker.get_result("bad") == (b"failure-record", True)
+    assert counts(broker) == (0, 0, 0, 1)
+    assert broker.send([out("bad")]) == [False]  # it has a final result
+
+
+def test_dead_letters_newest_first_replay_and_purge(broker: Broker) -> None:
+    broker.send([out("a"), out("b", "q2"), out("c")])
+    now = time.time()
+    for queue, task, at in (("q", "t.a", now - 3), ("q2", "t.b", now - 2), ("q", "t.c", now - 1)):
+        d = one(broker, queues=(queue,))
+        assert broker.dead_letter(d.lease, letter(d, task=task, at=at), None)
+    assert [x.id for x in broker.dead_letters()] == ["c", "b", "a"]
+    assert [x.id for x in broker.dead_letters(limit=1)] == ["c"]
+    assert broker.replay_dead_letters(ids=["a"]) == 1
+    d = one(broker)
+    assert (d.id, d.body, d.deliveries) == ("a", b"a", 1)
+    assert broker.replay_dead_letters(task="t.b") == 1
+    assert [x.id for x in take(broker, queues=("q2",))] == ["b"]
+    assert [x.id for x in broker.dead_letters()] == ["c"]
+    assert broker.purge_dead_letters() == 1
+    assert broker.dead_letters() == []
+    assert broker.replay_dead_letters() == 0
+
+
+def test_replay_forgets_the_old_result(broker: Broker) -> None:
+    broker.send([out("a")])
+    d = one(broker)
+    assert broker.dead_letter(d.lease, letter(d), b"failed")
+    assert broker.replay_dead_letters() == 1
+    assert broker.get_result("a") is None
+    assert [x.id for x in take(broker)] == ["a"]
+
+
+# -- stats and purge -------------------------------------------------------------------
+
+
+def test_stats_lists_every_queue(broker: Broker) -> None:
+    broker.send([out("a1", "q1"), out("a2", "q1"), out("a3", "q1", eta=time.time() + 600)])
+    broker.send([out("b1", "q2")])
+    one(broker, queues=("q1",))
+    d = one(broker, queues=("q2",))
+    broker.dead_letter(d.lease, letter(d), None)
+    assert counts(broker, "q1") == (1, 1, 1, 0)
+    assert counts(broker, "q2") == (0, 0, 0, 1)
+    assert {"q1", "q2"} <= {s.queue for s in broker.stats()}
+
+
+def test_purge_deletes_waiting_messages_only(broker: Broker) -> None:
+    ids = [uuid.uuid4().hex for _ in range(30)]
+    broker.send([out(i) for i in ids] + [out("later", eta=time.time() + 600)])
+    held = one(broker)
+    assert broker.purge("q") == 30
+    assert counts(broker) == (0, 0, 1, 0)
+    assert broker.send([out(ids[-1]), out("later"), out(held.id)]) == [True, True, False]
+    assert broker.purge("empty") == 0

@@ -1,0 +1,177 @@
+"""The broker contract for results, workers, the small store and the async faces."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from celeriac.brokers.base import Broker, WorkerInfo
+from tests.conformance.test_messages import DEADLINE, eventually, one, out
+
+# -- results ---------------------------------------------------------------------------
+
+
+def test_store_get_forget(broker: Broker) -> None:
+    assert broker.get_result("t") is None
+    broker.store_result("t", b"started", 60)
+    assert broker.get_result("t") == (b"started", False)
+    broker.store_result("t", b"progress 50%", 60)
+    assert broker.get_result("t") == (b"progress 50%", False)
+    broker.send([out("t")])
+    assert broker.complete(one(broker).lease, b"final", 60)
+    broker.store_result("t", b"late progress", 60)  # never hides the outcome
+    assert broker.get_result("t") == (b"final", True)
+    broker.forget_result("t")
+    assert broker.get_result("t") is None
+
+
+def test_result_expires(broker: Broker) -> None:
+    broker.store_result("t", b"x", 0.2)
+    eventually(lambda: broker.get_result("t") is None, "the result expires")
+
+
+def test_wait_returns_a_stored_final_result_at_once(broker: Broker) -> None:
+    broker.send([out("t")])
+    broker.complete(one(broker).lease, b"done", 60)
+    assert broker.wait_result("t", DEADLINE) == b"done"
+
+
+def test_wait_times_out_on_non_final(broker: Broker) -> None:
+    broker.store_result("t", b"started", 60)
+    assert broker.wait_result("t", 0.2) is None
+
+
+def test_many_waiters_wake_on_the_final_result(broker: Broker) -> None:
+    broker.send([out("t")])
+    d = one(broker)
+    got: list[bytes | None] = []
+    waiters = [
+        threading.Thread(target=lambda: got.append(broker.wait_result("t", DEADLINE)))
+        for _ in range(5)
+    ]
+    for w in waiters:
+        w.start()
+    time.sleep(0.1)  # let them block (they must wake whether or not they did)
+    broker.store_result("t", b"started", 60)  # not final: nobody returns
+    time.sleep(0.05)
+    started = time.monotonic()
+    assert broker.complete(d.lease, b"final", 60)
+    for w in waiters:
+        w.join(DEADLINE + 5)
+    print(f"{type(broker).__name__}: 5 waiters woke {time.monotonic() - started:.4f}s after commit")
+    assert got == [b"final"] * 5
+
+
+def test_dead_letter_result_wakes_waiters(broker: Broker) -> None:
+    from tests.conformance.test_messages import letter
+
+    broker.send([out("t")])
+    d = one(broker)
+    got: list[bytes | None] = []
+    waiter = threading.Thread(target=lambda: got.append(broker.wait_result("t", DEADLINE)))
+    waiter.start()
+    assert broker.dead_letter(d.lease, letter(d), b"failure")
+    waiter.join(DEADLINE + 5)
+    assert got == [b"failure"]
+
+
+# -- workers ---------------------------------------------------------------------------
+
+
+def test_heartbeat_workers_forget(broker: Broker) -> None:
+    info = WorkerInfo(
+        "w1", "host-a", 4242, ("q", "emails"), 4, 1_700_000_000.0, extra={"children": [1, 2]}
+    )
+    broker.heartbeat(info, ttl=60)
+    (seen,) = [w for w in broker.workers() if w.id == "w1"]
+    assert (seen.host, seen.pid, seen.queues, seen.concurrency, seen.started_at) == (
+        "host-a",
+        4242,
+        ("q", "emails"),
+        4,
+        1_700_000_000.0,
+    )
+    assert seen.extra == {"children": [1, 2]}
+    assert seen.heartbeat_at > 0
+    broker.forget_worker("w1")
+    assert "w1" not in {w.id for w in broker.workers()}
+
+
+def test_expired_heartbeat_is_not_listed(broker: Broker) -> None:
+    broker.heartbeat(WorkerInfo("w1", "h", 1, ("q",), 1, 0.0), ttl=0.2)
+    eventually(lambda: not broker.workers(), "the heartbeat expires")
+
+
+# -- the small store -------------------------------------------------------------------
+
+
+def test_kv(broker: Broker) -> None:
+    assert broker.kv_get([]) == []
+    assert broker.kv_set("k", b"1", 60)
+    assert broker.kv_set("k", b"2", 60, only_if_absent=True) is False
+    assert broker.kv_get(["k", "missing"]) == [b"1", None]
+    assert broker.kv_set("k", b"3", 60)
+    assert broker.kv_get(["k"]) == [b"3"]
+    broker.kv_delete("k")
+    assert broker.kv_set("k", b"4", 60, only_if_absent=True)
+    assert broker.kv_set("short", b"x", 0.2)
+    eventually(lambda: broker.kv_get(["short"]) == [None], "the key expires")
+    assert broker.kv_set("short", b"y", 60, only_if_absent=True)
+
+
+def test_join_counts_each_member_once(broker: Broker) -> None:
+    assert broker.join_add("chord", "m1", b"r1", 60) == 1
+    assert broker.join_add("chord", "m1", b"again", 60) == 1
+    assert broker.join_add("chord", "m2", b"r2", 60) == 2
+    assert broker.join_values("chord") == {"m1": b"r1", "m2": b"r2"}
+    assert broker.join_values("other") == {}
+
+
+def test_rate_reserve_hands_out_slots(broker: Broker) -> None:
+    waits = [broker.rate_reserve("slots", per_second=10, burst=2) for _ in range(4)]
+    assert waits[0] == 0 and waits[1] == 0
+    assert 0 < waits[2] < waits[3] <= 0.5
+
+
+def test_rate_admit_is_an_exact_window(broker: Broker) -> None:
+    assert [broker.rate_admit("admit", 2, 60) for _ in range(2)] == [0, 0]
+    wait = broker.rate_admit("admit", 2, 60)
+    assert 0 < wait <= 60
+    assert broker.rate_admit("other", 1, 60) == 0
+
+
+def test_stream(broker: Broker) -> None:
+    assert broker.stream_read("s", 0, 10) == []
+    broker.stream_append("s", [b"a", b"b", b"c"], maxlen=2)
+    items = broker.stream_read("s", 0, 10)
+    assert [item for _, item in items] == [b"b", b"c"]
+    assert items[0][0] < items[1][0]
+    broker.stream_append("s", [b"d"], maxlen=10)
+    after = broker.stream_read("s", items[-1][0], 10)
+    assert [item for _, item in after] == [b"d"]
+    assert [item for _, item in broker.stream_read("s", 0, 1)] == [b"b"]
+
+
+# -- async faces -----------------------------------------------------------------------
+
+
+def test_async_faces(broker: Broker) -> None:
+    async def main() -> None:
+        assert await broker.asend([out("a"), out("a")]) == [True, False]
+        await broker.astore_result("a", b"started", 60)
+        assert await broker.aget_result("a") == (b"started", False)
+        d = one(broker)
+        waiter = asyncio.ensure_future(broker.await_result("a", DEADLINE))
+        await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(broker.complete, d.lease, b"final", 60)
+        assert await waiter == b"final"
+        assert await broker.aget_result("a") == (b"final", True)
+        assert await broker.await_result("missing", 0.1) is None
+
+    async def again() -> None:  # a second event loop gets its own connections
+        assert await broker.asend([out("b")]) == [True]
+        assert await broker.aget_result("a") == (b"final", True)
+
+    asyncio.run(main())
+    asyncio.run(again())

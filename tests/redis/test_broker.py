@@ -1,0 +1,211 @@
+"""Redis-specific behaviour: layout, memory, URLs, foreign bytes, Cluster details."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from redis.cluster import key_slot
+
+import redis
+from celeriac.brokers import broker_from_url
+from celeriac.brokers.base import DeadLetter, Outgoing
+from celeriac.brokers.redis import RedisBroker
+from celeriac.brokers.redis.connection import RedisURL
+from celeriac.brokers.redis.keys import Keyspace, compact, expand
+from celeriac.errors import ConfigurationError
+from celeriac.message import Message, encode_message
+from tests.redis_server import RedisServer, start_redis
+
+
+def test_broker_from_url_gives_a_redis_broker(redis_server: RedisServer) -> None:
+    broker = broker_from_url(f"{redis_server.url}?prefix=x{uuid.uuid4().hex}")
+    try:
+        assert isinstance(broker, RedisBroker)
+        assert broker.send([Outgoing("a", "q", b"a")]) == [True]
+    finally:
+        broker.close()
+
+
+# -- bytes pushed by hand ----------------------------------------------------------------
+
+FOREIGN = [
+    b'{"id": "x", "task": "t"',
+    b"\x00\xff\xfe binary",
+    b"",
+    b"[1, 2, 3]",
+    b"\xce\x1a\x00",
+    b"\xce\x1a\x09\x00\x00\xff\xff short",
+]
+
+
+def test_foreign_bytes_are_delivered_as_they_are(broker: RedisBroker, raw: redis.Redis) -> None:
+    q = broker.keys.queue("q")
+    raw.rpush(q.ready[0], *FOREIGN)
+    raw.rpush(q.ready[4], b"pushed at priority 4")
+    broker.send([Outgoing("real", "q", b"{}")])
+    got = broker.fetch(["q"], "w", limit=20, lease_seconds=30, timeout=0)
+    assert [d.body for d in got] == [b"pushed at priority 4", *FOREIGN, b"{}"]
+    assert got[0].priority == 4
+    assert len({d.id for d in got}) == len(got)
+    for d in got:  # the worker dead-letters them with their raw bytes
+        letter = DeadLetter(d.id, d.queue, "?", "malformed", d.body, d.deliveries, "", time.time())
+        assert broker.dead_letter(d.lease, letter, None)
+    assert sorted(d.body for d in broker.dead_letters()) == sorted(d.body for d in got)
+    assert broker.stats()[0].in_flight == 0
+
+
+def test_foreign_bytes_survive_requeue_and_lease_expiry(
+    broker: RedisBroker, raw: redis.Redis
+) -> None:
+    raw.rpush(broker.keys.queue("q").ready[0], b"junk")
+    (d,) = broker.fetch(["q"], "w", limit=1, lease_seconds=0.1, timeout=0)
+    (again,) = broker.fetch(["q"], "w2", limit=1, lease_seconds=30, timeout=15)
+    assert (again.id, again.body, again.deliveries) == (d.id, b"junk", 2)
+    assert broker.requeue(again.lease)
+    (third,) = broker.fetch(["q"], "w3", limit=1, lease_seconds=30, timeout=0)
+    assert (third.id, third.body, third.deliveries) == (d.id, b"junk", 3)
+
+
+# -- memory ------------------------------------------------------------------------------
+
+
+def test_memory_per_queued_task(broker: RedisBroker, raw: redis.Redis) -> None:
+    count = 10_000
+    messages = [
+        Message(id=str(uuid.uuid4()), task="tasks.add", args=[1, 2], sent_at=time.time())
+        for _ in range(count)
+    ]
+    bodies = [encode_message(m) for m in messages]
+    before = int(raw.info("memory")["used_memory"])
+    for start in range(0, count, 1000):
+        assert all(
+            broker.send(
+                [
+                    Outgoing(m.id, "mem", b)
+                    for m, b in zip(
+                        messages[start : start + 1000], bodies[start : start + 1000], strict=True
+                    )
+                ]
+            )
+        )
+    per_task = (int(raw.info("memory")["used_memory"]) - before) / count
+    body = sum(map(len, bodies)) / count
+    print(f"\nRedis memory per queued task: {per_task:.0f} bytes ({body:.0f}-byte message)")
+    assert per_task < 400  # a generous bound; the target is <= 200
+    assert broker.purge("mem") == count
+
+
+# -- layout ------------------------------------------------------------------------------
+
+
+def test_every_key_of_a_queue_shares_one_slot() -> None:
+    q = Keyspace("celeriac").queue("emails")
+    keys = {*q.block, *q.buckets, q.outbox, q.dead, q.dead_at}
+    assert len(keys) == 15 + 1024 + 3
+    assert {key_slot(k) for k in keys} == {key_slot(b"{emails}")}
+    ks = Keyspace("p")
+    assert key_slot(ks.result("abc")) == key_slot(b"{abc}")
+    assert key_slot(ks.workers_alive) == key_slot(ks.workers_info)
+
+
+@pytest.mark.parametrize("name", ["", "a{b", "a}b"])
+def test_queue_names_with_braces_are_refused(name: str) -> None:
+    with pytest.raises(ConfigurationError, match="hash tag"):
+        Keyspace("celeriac").queue(name)
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    [
+        "a",
+        "9b2c7a4e-0d1f-4c3b-8a5e-6f7a8b9c0d1e",
+        "9B2C7A4E-0D1F-4C3B-8A5E-6F7A8B9C0D1E",
+        "\x00",
+        "\x01x",
+        "\udcff surrogate",
+        "ü" * 40,
+    ],
+)
+def test_compact_ids_round_trip(task_id: str) -> None:
+    assert expand(compact(task_id)) == task_id
+
+
+# -- URLs --------------------------------------------------------------------------------
+
+
+def test_url_options() -> None:
+    url = RedisURL.parse("redis://alice:pw@db.example:6380/3?prefix=shop&socket_timeout=2")
+    assert url.safe == "redis://alice:***@db.example:6380/3?prefix=shop&socket_timeout=2"
+    assert (url.prefix, url.cluster) == ("shop", False)
+    assert url.redis_url == "redis://alice:pw@db.example:6380/3?socket_timeout=2"
+    assert RedisURL.parse("rediss://h:6380/0?cluster=1").cluster
+    assert RedisURL.parse("unix:///run/redis.sock?db=1").redis_url == "unix:///run/redis.sock?db=1"
+    with pytest.raises(ConfigurationError, match="Unix socket"):
+        RedisURL.parse("unix:///run/redis.sock?cluster=1")
+    with pytest.raises(ConfigurationError, match="not a Redis URL"):
+        RedisURL.parse("amqp://guest@localhost//")
+    with pytest.raises(ConfigurationError, match="prefix"):
+        RedisBroker("redis://localhost/0?prefix={x}")
+
+
+def test_unix_socket(tmp_path: Path) -> None:
+    server = start_redis(tmp_path / "sock", unixsocket=True)
+    broker = RedisBroker(f"unix://{server.unixsocket}?db=2&prefix=u")
+    try:
+        assert broker.send([Outgoing("a", "q", b"a")]) == [True]
+        assert [d.id for d in broker.fetch(["q"], "w", limit=1, lease_seconds=5, timeout=0)] == [
+            "a"
+        ]
+    finally:
+        broker.close()
+        server.stop()
+
+
+# -- the sync hot path never touches an event loop ---------------------------------------
+
+
+def test_sync_hot_path_has_no_event_loop(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker.check()
+
+    def forbidden(*args: object) -> None:
+        raise AssertionError("the sync face touched asyncio")
+
+    for name in ("get_event_loop", "get_running_loop", "new_event_loop", "run"):
+        monkeypatch.setattr(asyncio, name, forbidden)
+    broker.send([Outgoing("a", "q", b"a"), Outgoing("b", "q", b"b")])
+    (d,) = broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=0)
+    committed, more = broker.complete_and_fetch(
+        d.lease, b"r", 60, ["q"], "w", limit=1, lease_seconds=30
+    )
+    assert committed and [m.id for m in more] == ["b"]
+    assert broker.wait_result("a", 5) == b"r"
+
+
+# -- Cluster: results travel through the queue's outbox ---------------------------------
+
+
+def test_cluster_commit_leaves_no_outbox(cluster_broker: RedisBroker) -> None:
+    cluster_broker.send([Outgoing("a", "q", b"a")])
+    (d,) = cluster_broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=0)
+    assert cluster_broker.complete(d.lease, b"done", 60)
+    client = cluster_broker._sync.client
+    assert client.hlen(cluster_broker.keys.queue("q").outbox) == 0
+    assert cluster_broker.get_result("a") == (b"done", True)
+
+
+def test_cluster_reaper_finishes_an_interrupted_commit(cluster_broker: RedisBroker) -> None:
+    # As if a worker died between its committing script and copying the result out.
+    cluster_broker.send([Outgoing("a", "q", b"a")])
+    client = cluster_broker._sync.client
+    client.hset(cluster_broker.keys.queue("q").outbox, compact("a"), b"60000:the result")
+    assert cluster_broker.send([Outgoing("a", "q", b"a")]) == [False]  # committed counts
+    assert cluster_broker.get_result("a") is None
+    cluster_broker.reap()
+    assert cluster_broker.get_result("a") == (b"the result", True)
+    assert client.hlen(cluster_broker.keys.queue("q").outbox) == 0

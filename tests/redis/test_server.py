@@ -1,0 +1,131 @@
+"""Start-up checks and a dead or restarting server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from celeriac.brokers import broker_from_url
+from celeriac.brokers.base import Outgoing
+from celeriac.brokers.redis import RedisBroker, ops
+from celeriac.brokers.redis.keys import Keyspace
+from celeriac.errors import BrokerConnectionError, ConfigurationError
+from tests.redis_server import RedisServer, free_port, start_redis
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start private servers for one test (``own_server(*options, aof=False)``)."""
+    started: list[RedisServer] = []
+
+    def start(*extra: str, aof: bool = False) -> RedisServer:
+        server = start_redis(tmp_path / f"redis{len(started)}", extra=extra, appendonly=aof)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+Server = Callable[..., RedisServer]
+
+
+def test_an_evicting_policy_is_refused(own_server: Server) -> None:
+    broker = RedisBroker(own_server("--maxmemory-policy", "allkeys-lru").url)
+    try:
+        with pytest.raises(ConfigurationError, match="maxmemory-policy noeviction"):
+            broker.send([Outgoing("a", "q", b"a")])
+        with pytest.raises(ConfigurationError, match="allkeys-lru"):
+            broker.check()
+    finally:
+        broker.close()
+
+
+def test_an_evicting_policy_is_refused_by_the_async_face(own_server: Server) -> None:
+    broker = RedisBroker(own_server("--maxmemory-policy", "volatile-ttl").url)
+    try:
+        with pytest.raises(ConfigurationError, match="volatile-ttl"):
+            asyncio.run(broker.asend([Outgoing("a", "q", b"a")]))
+    finally:
+        broker.close()
+
+
+def test_persistence_off_is_a_warning(own_server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    broker = RedisBroker(own_server().url)
+    try:
+        with caplog.at_level(logging.WARNING, "celeriac.brokers.redis"):
+            assert broker.send([Outgoing("a", "q", b"a")]) == [True]
+        assert "persistence off" in caplog.text and "appendonly yes" in caplog.text
+    finally:
+        broker.close()
+
+
+def test_aof_on_is_quiet(own_server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    broker = RedisBroker(own_server(aof=True).url)
+    try:
+        with caplog.at_level(logging.WARNING, "celeriac.brokers.redis"):
+            broker.check()
+        assert caplog.text == ""
+    finally:
+        broker.close()
+
+
+def test_config_get_disabled_warns_and_continues(
+    own_server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = RedisBroker(own_server("--rename-command", "CONFIG", "").url)
+    try:
+        with caplog.at_level(logging.WARNING, "celeriac.brokers.redis"):
+            assert broker.send([Outgoing("a", "q", b"a")]) == [True]
+        assert "CONFIG GET is disabled" in caplog.text
+    finally:
+        broker.close()
+
+
+def test_a_dead_server_raises_broker_connection_error() -> None:
+    url = f"redis://user:s3cret@127.0.0.1:{free_port()}/0"
+    broker = broker_from_url(url)
+    assert isinstance(broker, RedisBroker)  # constructing does not connect
+    try:
+        with pytest.raises(BrokerConnectionError) as caught:
+            broker.send([Outgoing("a", "q", b"a")])
+        message = str(caught.value)
+        assert "s3cret" not in message and "user:***@127.0.0.1" in message
+        assert "could not check the server" in message and "Check that redis-server" in message
+        assert caught.value.__cause__ is not None
+        with pytest.raises(BrokerConnectionError):
+            asyncio.run(broker.await_result("t", 1))
+    finally:
+        broker.close()
+
+
+def test_the_broker_recovers_when_the_server_restarts(own_server: Server) -> None:
+    server = own_server()
+    broker = RedisBroker(server.url)
+    try:
+        assert broker.send([Outgoing("a", "q", b"a")]) == [True]
+        server.kill()
+        with pytest.raises(BrokerConnectionError, match="could not send messages"):
+            broker.send([Outgoing("b", "q", b"b")])
+        restarted = start_redis(server.folder, port=server.port)
+        try:
+            assert broker.send([Outgoing("b", "q", b"b")]) == [True]  # same broker object
+            got = broker.fetch(["q"], "w", limit=5, lease_seconds=30, timeout=0)
+            assert [d.id for d in got] == ["b"]  # no persistence: "a" died with the server
+        finally:
+            restarted.stop()
+    finally:
+        broker.close()
+
+
+def test_redis_before_7_is_refused() -> None:
+    # Plans do no I/O, so the start-up check can be driven with made-up replies.
+    plan = ops.check_server(ops.Context(Keyspace("p"), False, set()), "redis://old:6379/0")
+    next(plan)
+    with pytest.raises(ConfigurationError, match=r"version 6\.2\.6; celeriac needs Redis 7\.0"):
+        plan.send([{"redis_version": "6.2.6"}])
