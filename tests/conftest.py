@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ import pytest
 
 from celeriac import Celeriac
 from tests.apps import core
+from tests.redis_server import RedisServer, redis_cluster, redis_server
+
+__all__ = ["redis_cluster", "redis_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,12 +82,15 @@ class WorkerProcesses:
     def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         app = Celeriac("probe", broker=self.broker_url)
-        while not any(w.pid == proc.pid for w in app.broker.workers()):
-            if proc.poll() is not None:
-                raise AssertionError(f"worker exited at start-up:\n{self.log_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"worker not ready in {timeout}s:\n{self.log_text()}")
-            time.sleep(0.02)
+        try:
+            while not any(w.pid == proc.pid for w in app.broker.workers()):
+                if proc.poll() is not None:
+                    raise AssertionError(f"worker exited at start-up:\n{self.log_text()}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"worker not ready in {timeout}s:\n{self.log_text()}")
+                time.sleep(0.02)
+        finally:
+            app.broker.close()
 
     def children(self, proc: subprocess.Popen[bytes]) -> list[int]:
         return [c.pid for c in psutil.Process(proc.pid).children()]
@@ -116,6 +123,16 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/broker.db"
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each broker that runs real workers: a fresh SQLite file, and the session's private
+    redis-server isolated by a key prefix unique to this test."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/broker.db"
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return f"{server.url}?prefix=t{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture
 def ledger(tmp_path: Path) -> Ledger:
     """The execution ledger of this test."""
@@ -123,16 +140,19 @@ def ledger(tmp_path: Path) -> Ledger:
 
 
 @pytest.fixture
-def core_app(sqlite_url: str, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> Celeriac:
-    """tests.apps.core's app, pointed at this test's SQLite broker and ledger."""
+def core_app(
+    broker_url: str, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Celeriac]:
+    """tests.apps.core's app, pointed at this test's broker and ledger."""
     monkeypatch.setenv("CELERIAC_TEST_LEDGER", str(ledger.path))
-    monkeypatch.setattr(core.app.conf, "broker_url", sqlite_url)
-    return core.app
+    monkeypatch.setattr(core.app.conf, "broker_url", broker_url)
+    yield core.app
+    core.app.broker.close()
 
 
 @pytest.fixture
-def workers(sqlite_url: str, ledger: Ledger, core_app: Celeriac) -> Iterator[WorkerProcesses]:
+def workers(broker_url: str, ledger: Ledger, core_app: Celeriac) -> Iterator[WorkerProcesses]:
     """Start real worker processes; all are killed by PID when the test ends."""
-    procs = WorkerProcesses(sqlite_url, ledger)
+    procs = WorkerProcesses(broker_url, ledger)
     yield procs
     procs.kill_all()

@@ -31,8 +31,9 @@ def test_full_jitter_stays_within_the_exponential_cap() -> None:
 def test_autoretry_backs_off_then_fails(app: Celeriac) -> None:
     attempts: list[int] = []
 
-    @app.bound_task(autoretry_for=(ConnectionError,), max_retries=3, retry_backoff=0.01,
-                    retry_backoff_max=0.02)
+    @app.bound_task(
+        autoretry_for=(ConnectionError,), max_retries=3, retry_backoff=0.01, retry_backoff_max=0.02
+    )
     def call_service(self: Task[Any, Any]) -> None:
         attempts.append(self.request.retries)
         raise ConnectionError("service down")
@@ -69,8 +70,9 @@ def test_other_exceptions_are_not_retried(app: Celeriac) -> None:
 
 
 def test_dead_letter_after_retries_keeps_the_error(app: Celeriac) -> None:
-    @app.task(autoretry_for=(OSError,), max_retries=1, retry_backoff=0.01,
-              dead_letter_after_retries=True)
+    @app.task(
+        autoretry_for=(OSError,), max_retries=1, retry_backoff=0.01, dead_letter_after_retries=True
+    )
     def flaky() -> None:
         raise OSError("disk gone")
 
@@ -114,8 +116,9 @@ def test_dedupe_returns_the_first_task(app: Celeriac) -> None:
     def sync_account(account_id: int) -> None:
         runs.append(account_id)
 
-    handles = [sync_account.apply_async((42,), dedupe_key="sync:42", dedupe_ttl=60)
-               for _ in range(100)]
+    handles = [
+        sync_account.apply_async((42,), dedupe_key="sync:42", dedupe_ttl=60) for _ in range(100)
+    ]
     assert len({h.id for h in handles}) == 1
     run_queued(app)
     assert runs == [42]
@@ -154,7 +157,7 @@ def test_unknown_call_option_is_refused(app: Celeriac) -> None:
     @app.task
     def f() -> None: ...
 
-    with pytest.raises(TypeError, match="unknown option.*dedupe_kye"):
+    with pytest.raises(TypeError, match=r"unknown option.*dedupe_kye"):
         f.apply_async(dedupe_kye="x")
 
 

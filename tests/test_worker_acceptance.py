@@ -27,10 +27,10 @@ for i in range(start, stop):
 
 
 def test_1000_tasks_from_two_producers_run_exactly_once(
-    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, sqlite_url: str
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, broker_url: str
 ) -> None:
     workers.start("-c", "2")
-    env = {**os.environ, "CELERIAC_BROKER_URL": sqlite_url, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "CELERIAC_BROKER_URL": broker_url, "PYTHONPATH": str(ROOT)}
     producers = [
         subprocess.Popen(
             [sys.executable, "-c", _PRODUCER, str(lo), str(lo + 500)], env=env, cwd=ROOT

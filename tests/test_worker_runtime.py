@@ -60,7 +60,7 @@ def test_revoke_terminate_stops_a_running_task(
 
 
 def test_inspect_ping_stats_registered_and_shutdown(
-    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, sqlite_url: str
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, broker_url: str
 ) -> None:
     proc = workers.start("-c", "1")
     running = core.work.delay(30, "observed")
@@ -74,15 +74,15 @@ def test_inspect_ping_stats_registered_and_shutdown(
     assert pong.data == "pong"
     (registered,) = broadcast(core_app, "registered", timeout=3)
     assert "tests.apps.core.add" in registered.data
-    result = CliRunner().invoke(cli, ["-b", sqlite_url, "inspect", "active"])
+    result = CliRunner().invoke(cli, ["-b", broker_url, "inspect", "active"])
     assert "tests.apps.core.work" in result.output and result.exit_code == 0
-    result = CliRunner().invoke(cli, ["-b", sqlite_url, "inspect", "active", "--json"])
+    result = CliRunner().invoke(cli, ["-b", broker_url, "inspect", "active", "--json"])
     ((listed,),) = json.loads(result.output).values()
     assert listed["id"] == running.id
-    result = CliRunner().invoke(cli, ["-b", sqlite_url, "ping"])
+    result = CliRunner().invoke(cli, ["-b", broker_url, "ping"])
     assert result.output.strip().endswith(": pong")
     running.revoke(terminate=True)
-    result = CliRunner().invoke(cli, ["-b", sqlite_url, "shutdown"])
+    result = CliRunner().invoke(cli, ["-b", broker_url, "shutdown"])
     assert result.output.strip() == "1 worker(s) are shutting down"
     assert proc.wait(timeout=20) == 0
 

@@ -60,6 +60,7 @@ class MemoryBroker(Broker):
         self._entries: dict[str, _Entry] = {}
         self._ready: dict[str, list[tuple[int, float, int, str]]] = {}
         self._delayed: list[tuple[float, int, str]] = []
+        self._queues: set[str] = set()
         self._results: dict[str, tuple[bytes, bool, float]] = {}
         self._dead: dict[str, DeadLetter] = {}
         self._workers: dict[str, WorkerInfo] = {}
@@ -84,6 +85,7 @@ class MemoryBroker(Broker):
                 due = max(out.eta or now, now) if out.eta else now
                 entry = _Entry(out.id, out.queue, out.body, out.priority, due, next(self._seq))
                 self._entries[out.id] = entry
+                self._queues.add(out.queue)
                 self._place(entry, now)
                 created.append(True)
             self._lock.notify_all()
@@ -392,7 +394,7 @@ class MemoryBroker(Broker):
         """Counts per queue."""
         with self._lock:
             now = time.time()
-            counts: dict[str, list[int]] = {}
+            counts: dict[str, list[int]] = {q: [0, 0, 0, 0] for q in self._queues}
             for entry in self._entries.values():
                 row = counts.setdefault(entry.queue, [0, 0, 0, 0])
                 if entry.token is not None:

@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, info BLOB NOT NULL, expires_at REAL);
+CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL);
 CREATE TABLE IF NOT EXISTS joins (
     key TEXT NOT NULL,
@@ -129,6 +130,7 @@ class SQLiteBroker(SQLiteStore, Broker):
         self._local = threading.local()
         self._inherited: list[sqlite3.Connection] = []  # from a parent process; never used
         self._last_reclaim = 0.0
+        self._known_queues: set[str] = set()  # queues this process has recorded already
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db().executescript(_SCHEMA)  # executescript commits by itself
@@ -153,7 +155,7 @@ class SQLiteBroker(SQLiteStore, Broker):
     def _connect(self) -> sqlite3.Connection:
         try:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(db)
             db.execute(f"PRAGMA synchronous={self._synchronous}")
         except sqlite3.Error as exc:
             raise BrokerConnectionError(
@@ -214,6 +216,9 @@ class SQLiteBroker(SQLiteStore, Broker):
                     (out.id, out.queue, out.priority, due, base + index, out.body, out.id, now),
                 )
                 created.append(cursor.rowcount == 1)
+            for queue in {out.queue for out in messages} - self._known_queues:
+                db.execute("INSERT OR IGNORE INTO queues VALUES (?)", (queue,))
+        self._known_queues.update(out.queue for out in messages)
         return created
 
     # -- consuming ----------------------------------------------------------------------
@@ -482,7 +487,9 @@ class SQLiteBroker(SQLiteStore, Broker):
     def stats(self) -> list[QueueStats]:
         """Counts per queue."""
         now = time.time()
-        counts: dict[str, list[int]] = {}
+        counts: dict[str, list[int]] = {
+            row[0]: [0, 0, 0, 0] for row in self._read("SELECT name FROM queues")
+        }
         for queue, ready, delayed, held in self._read(
             "SELECT queue, SUM(token IS NULL AND due <= ?), SUM(token IS NULL AND due > ?), "
             "SUM(token IS NOT NULL) FROM messages GROUP BY queue",
@@ -527,6 +534,20 @@ class SQLiteBroker(SQLiteStore, Broker):
         """Delete every dead letter."""
         with self._transaction() as db:
             return db.execute("DELETE FROM dead_letters").rowcount
+
+
+def _enable_wal(db: sqlite3.Connection) -> None:
+    """Switch to WAL, retrying: when several processes open a brand-new file at once, the
+    switch needs a lock that SQLite's busy timeout does not wait for."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 class _WorkerRow(msgspec.Struct):

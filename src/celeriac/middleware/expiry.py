@@ -1,10 +1,21 @@
-"""Expiry: a message whose ``expires`` time passed before it started is not run (EXPIRED)."""
+"""Expiry: a message whose ``expires`` time passed before it started is not run (EXPIRED).
+
+Each expiry is also recorded per queue and UTC day in the broker's store (an idempotent
+join, so a redelivered message is counted once), for ``celeriac status``.
+"""
 
 from __future__ import annotations
 
 import time
 
 from celeriac.middleware.base import Job, Middleware, Outcome
+
+_COUNT_TTL = 2 * 86_400.0
+
+
+def expired_key(queue: str, when: float | None = None) -> str:
+    """The store key that counts a queue's expired tasks for one UTC day."""
+    return f"expired:{queue}:{time.strftime('%Y%m%d', time.gmtime(when))}"
 
 
 class Expiry(Middleware):
@@ -19,3 +30,10 @@ class Expiry(Middleware):
             late = time.time() - message.expires
             return Outcome("EXPIRED", reason=f"expired {late:.1f}s before a worker started it")
         return None
+
+    def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
+        """Count a committed expiry."""
+        if outcome.state == "EXPIRED" and committed and job.task is not None:
+            job.task.app.broker.join_add(
+                expired_key(job.delivery.queue), job.delivery.id, b"", _COUNT_TTL
+            )
