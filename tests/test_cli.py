@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,65 +40,72 @@ def test_worker_needs_an_app() -> None:
     assert code == 1 and "pass -A MODULE" in output
 
 
-def test_bad_json_arguments_are_usage_errors(sqlite_url: str) -> None:
-    code, output = invoke("-b", sqlite_url, "call", "x.y", "--args", "[1,")
+def test_bad_json_arguments_are_usage_errors(broker_url: str) -> None:
+    code, output = invoke("-b", broker_url, "call", "x.y", "--args", "[1,")
     assert code == 2 and "not valid JSON" in output
-    code, output = invoke("-b", sqlite_url, "call", "x.y", "--kwargs", "[1]")
+    code, output = invoke("-b", broker_url, "call", "x.y", "--kwargs", "[1]")
     assert code == 2 and "must be a JSON dict" in output
 
 
-def test_call_result_status_purge(core_app: Celeriac, sqlite_url: str) -> None:
-    code, task_id = invoke("-b", sqlite_url, "call", "tests.apps.core.add", "--args", "[2, 3]")
+def test_call_result_status_purge(core_app: Celeriac, broker_url: str) -> None:
+    code, task_id = invoke("-b", broker_url, "call", "tests.apps.core.add", "--args", "[2, 3]")
     assert code == 0
     task_id = task_id.strip()
-    code, output = invoke("-b", sqlite_url, "status", "--json")
+    code, output = invoke("-b", broker_url, "status", "--json")
     status = json.loads(output)
     assert status["queues"] == [
-        {"queue": "default", "ready": 1, "delayed": 0, "in_flight": 0, "dead": 0}
+        {
+            "queue": "default",
+            "ready": 1,
+            "delayed": 0,
+            "in_flight": 0,
+            "dead": 0,
+            "expired_today": 0,
+        }
     ]
     assert status["workers"] == []
-    code, output = invoke("-b", sqlite_url, "status")
+    code, output = invoke("-b", broker_url, "status")
     assert "no live workers" in output
     run_queued(core_app)
-    code, output = invoke("-b", sqlite_url, "result", task_id, "--json")
+    code, output = invoke("-b", broker_url, "result", task_id, "--json")
     assert json.loads(output)["result"] == 5 and json.loads(output)["state"] == "SUCCESS"
-    code, output = invoke("-b", sqlite_url, "result", task_id)
+    code, output = invoke("-b", broker_url, "result", task_id)
     assert "SUCCESS" in output and code == 0
     core.add.delay(1, 1)
-    code, output = invoke("-b", sqlite_url, "purge", "default", "--yes")
+    code, output = invoke("-b", broker_url, "purge", "default", "--yes")
     assert output.strip() == "purged 1 task(s) from queue default"
 
 
 def test_failed_result_exits_non_zero_and_shows_the_error(
-    core_app: Celeriac, sqlite_url: str
+    core_app: Celeriac, broker_url: str
 ) -> None:
     r = core.fail.delay("disk full")
     run_queued(core_app, fail_fast=False)
-    code, output = invoke("-b", sqlite_url, "result", r.id)
+    code, output = invoke("-b", broker_url, "result", r.id)
     assert code == 1 and "builtins.ValueError: disk full" in output
 
 
-def test_dlq_commands(core_app: Celeriac, sqlite_url: str) -> None:
+def test_dlq_commands(core_app: Celeriac, broker_url: str) -> None:
     from celeriac.brokers.base import Outgoing
 
     core_app.broker.send([Outgoing("bad", "default", b"not json")])
     run_queued(core_app)
-    code, output = invoke("-b", sqlite_url, "dlq", "list", "--json")
+    code, output = invoke("-b", broker_url, "dlq", "list", "--json")
     (letter,) = json.loads(output)
     assert letter["id"] == "bad" and letter["body"] == "not json"
-    code, output = invoke("-b", sqlite_url, "dlq", "show", "bad")
+    code, output = invoke("-b", broker_url, "dlq", "show", "bad")
     assert json.loads(output)["reason"].startswith("malformed message")
-    code, output = invoke("-b", sqlite_url, "dlq", "replay")
+    code, output = invoke("-b", broker_url, "dlq", "replay")
     assert code == 2 and "say which" in output
-    code, output = invoke("-b", sqlite_url, "dlq", "replay", "--all")
+    code, output = invoke("-b", broker_url, "dlq", "replay", "--all")
     assert output.strip() == "replayed 1 dead letter(s)"
     run_queued(core_app)
-    code, output = invoke("-b", sqlite_url, "dlq", "purge", "--yes")
+    code, output = invoke("-b", broker_url, "dlq", "purge", "--yes")
     assert output.strip() == "deleted 1 dead letter(s)"
 
 
-def test_check_lists_limits(sqlite_url: str) -> None:
-    _, output = invoke("-A", "tests.apps.core", "-b", sqlite_url, "check", "--json")
+def test_check_lists_limits(broker_url: str) -> None:
+    _, output = invoke("-A", "tests.apps.core", "-b", broker_url, "check", "--json")
     rows = {row["task"]: row for row in json.loads(output)}
     assert rows["tests.apps.core.stuck"]["time_limit"] == "1s"
     assert rows["tests.apps.core.add"]["time_limit"].endswith("(app default)")
@@ -118,14 +126,14 @@ def test_demo_exits_zero_on_a_fresh_broker(tmp_path: object) -> None:
     assert "countdown=2 task" in done.stdout
 
 
-def test_check_export_and_against(sqlite_url: str, tmp_path: Path) -> None:
+def test_check_export_and_against(broker_url: str, tmp_path: Path) -> None:
     exported = tmp_path / "deployed.json"
     code, output = invoke(
-        "-A", "tests.apps.core", "-b", sqlite_url, "check", "--export", str(exported)
+        "-A", "tests.apps.core", "-b", broker_url, "check", "--export", str(exported)
     )
     assert code == 0 and "task(s) to" in output
     code, output = invoke(
-        "-A", "tests.apps.core", "-b", sqlite_url, "check", "--against", str(exported)
+        "-A", "tests.apps.core", "-b", broker_url, "check", "--against", str(exported)
     )
     assert code == 0 and "no breaking changes" in output
     old = json.loads(exported.read_text())
@@ -137,9 +145,19 @@ def test_check_export_and_against(sqlite_url: str, tmp_path: Path) -> None:
     old["tasks"]["tests.apps.core.echo_kwargs"]["params"].append({"name": "c", "required": False})
     exported.write_text(json.dumps(old))
     code, output = invoke(
-        "-A", "tests.apps.core", "-b", sqlite_url, "check", "--against", str(exported)
+        "-A", "tests.apps.core", "-b", broker_url, "check", "--against", str(exported)
     )
     assert code == 1
     assert "tests.apps.core.retired: removed" in output
     assert "tests.apps.core.add: parameters reordered" in output
     assert "tests.apps.core.echo_kwargs: parameter 'c' removed" in output
+
+
+def test_status_counts_expired_tasks(core_app: Celeriac, broker_url: str) -> None:
+    for _ in range(3):
+        core.add.apply_async((1, 1), expires=0.01)
+    time.sleep(0.05)
+    run_queued(core_app)
+    _, output = invoke("-b", broker_url, "status", "--json")
+    (queue,) = json.loads(output)["queues"]
+    assert queue["expired_today"] == 3 and queue["ready"] == 0

@@ -9,10 +9,12 @@ Example:
 """
 
 from celeriac.app import Celeriac
+from celeriac.canvas import Signature, chain, chord, group
 from celeriac.errors import (
     BrokerConnectionError,
     BrokerError,
     CeleriacError,
+    ChordError,
     ConfigurationError,
     NotRegistered,
     PayloadTooLarge,
@@ -27,7 +29,7 @@ from celeriac.errors import (
     TimeLimitExceeded,
 )
 from celeriac.middleware import Middleware
-from celeriac.result import AsyncResult
+from celeriac.result import AsyncResult, GroupResult
 from celeriac.task import UNBOUNDED, Request, Task
 
 __version__ = "0.1.0"
@@ -39,7 +41,9 @@ __all__ = [
     "BrokerError",
     "Celeriac",
     "CeleriacError",
+    "ChordError",
     "ConfigurationError",
+    "GroupResult",
     "Middleware",
     "NotRegistered",
     "PayloadTooLarge",
@@ -48,6 +52,7 @@ __all__ = [
     "ResultTimeout",
     "Retry",
     "SerializationError",
+    "Signature",
     "SoftTimeLimitExceeded",
     "Task",
     "TaskExpired",
@@ -55,4 +60,7 @@ __all__ = [
     "TaskRevoked",
     "TimeLimitExceeded",
     "__version__",
+    "chain",
+    "chord",
+    "group",
 ]

@@ -1,4 +1,4 @@
-"""AsyncResult: a handle on a task's state and value, from any process that knows its id.
+"""AsyncResult and GroupResult: handles on results, from any process that knows the id.
 
 States: PENDING (nothing stored yet: queued, or unknown), RECEIVED, STARTED, RETRY, and the
 final ones SUCCESS, FAILURE, REVOKED, EXPIRED.
@@ -9,7 +9,10 @@ from __future__ import annotations
 import builtins
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import msgspec
 
 from celeriac.errors import ResultTimeout, TaskExpired, TaskFailed, TaskRevoked
 from celeriac.message import ResultRecord, decode_result
@@ -132,6 +135,198 @@ class AsyncResult(Generic[R]):
             time.sleep(0.01)
             state = self.state
         return state
+
+
+class GroupResult:
+    """The results of a group's members, in member order (a member may be a group itself).
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> from celeriac.canvas import group
+        >>> from celeriac.testing import run_queued
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> @app.task
+        ... def double(x: int) -> int:
+        ...     return 2 * x
+        >>> g = group(double.s(i) for i in range(3)).apply_async()
+        >>> run_queued(app)
+        3
+        >>> g.get(timeout=1), g.completed_count()
+        ([0, 2, 4], 3)
+    """
+
+    __slots__ = ("app", "id", "results")
+
+    def __init__(
+        self, group_id: str, results: Sequence[AsyncResult[Any] | GroupResult], app: Celeriac
+    ) -> None:
+        self.id = group_id
+        self.results = list(results)
+        self.app = app
+
+    def __repr__(self) -> str:
+        return f"<GroupResult {self.id} ({len(self.results)} members)>"
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[AsyncResult[Any] | GroupResult]:
+        """The members in the order they finish; waits for each."""
+        return self.iter_completed()
+
+    def iter_completed(
+        self, timeout: float | None = None
+    ) -> Iterator[AsyncResult[Any] | GroupResult]:
+        """Yield the members as they finish (in any final state), first finished first.
+
+        Raises:
+            ResultTimeout: some member did not finish within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = list(self.results)
+        while pending:
+            waiting = []
+            for member in pending:
+                if member.ready():
+                    yield member
+                else:
+                    waiting.append(member)
+            if len(waiting) == len(pending):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ResultTimeout(
+                        f"group {self.id}: {len(waiting)} of {len(self)} members did not "
+                        f"finish within {timeout}s"
+                    )
+                _wait_a_little(waiting[0])
+            pending = waiting
+
+    @property
+    def state(self) -> str:
+        """PENDING until every member finished; then SUCCESS, or the first failure's state."""
+        return self.summary().state
+
+    def completed_count(self) -> int:
+        """How many members finished, successfully or not (one read per member)."""
+        return sum(1 for member in self.results if member.ready())
+
+    def ready(self) -> bool:
+        """True when every member finished."""
+        return all(member.ready() for member in self.results)
+
+    def successful(self) -> bool:
+        """True when every member succeeded."""
+        return all(member.successful() for member in self.results)
+
+    def failed(self) -> bool:
+        """True when some member failed."""
+        return any(member.failed() for member in self.results)
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+        """Wait for every member; return their values in member order.
+
+        Raises:
+            ResultTimeout: not all finished within ``timeout`` seconds.
+            Exception: the first failed member's exception (with ``propagate``).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return [m.get(timeout=_left(deadline), propagate=propagate) for m in self.results]
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+        """Async face of :meth:`get`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return [await m.aget(timeout=_left(deadline), propagate=propagate) for m in self.results]
+
+    def forget(self) -> None:
+        """Delete the members' stored results and this group's saved membership."""
+        for member in self.results:
+            member.forget()
+        self.app.broker.kv_delete(_group_key(self.id))
+
+    def summary(self) -> ResultRecord:
+        """One record for the whole group, the way `celeriac result` shows a task's.
+
+        SUCCESS with the list of values when every member succeeded; FAILURE with the first
+        failed member's error once all finished; else PENDING. ``meta`` counts progress.
+        """
+        records = [_record_of(member) for member in self.results]
+        done = sum(1 for r in records if r.state in FINAL_STATES)
+        meta = {"done": done, "total": len(records)}
+        if done < len(records):
+            return ResultRecord(state=PENDING, task="group", meta=meta)
+        failed = next((r for r in records if r.state != SUCCESS), None)
+        if failed is not None:
+            return ResultRecord(state=failed.state, task="group", error=failed.error, meta=meta)
+        return ResultRecord(
+            state=SUCCESS, task="group", result=[r.result for r in records], meta=meta
+        )
+
+    def save(self, under: str | None = None, ttl: float | None = None) -> None:
+        """Store the membership, so :meth:`restore` finds the group by id (``under``: another
+        id, e.g. a chord's, to find it by). Sending a group saves it."""
+        ttl = self.app.conf.result_expires if ttl is None else ttl
+        tree = msgspec.json.encode(self._tree())
+        self.app.broker.kv_set(_group_key(under or self.id), tree, ttl)
+
+    @classmethod
+    def restore(cls, app: Celeriac, group_id: str) -> GroupResult | None:
+        """The group saved under ``group_id`` (a group's id, or a chord's: then its header).
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> GroupResult("g1", [AsyncResult("g1:0", app)], app).save()
+            >>> GroupResult.restore(app, "g1")
+            <GroupResult g1 (1 members)>
+        """
+        (raw,) = app.broker.kv_get([_group_key(group_id)])
+        if raw is None:
+            return None
+        return _from_tree(app, msgspec.json.decode(raw))
+
+    def _tree(self) -> dict[str, Any]:
+        # Members named <group id>:<index> (the default) are stored as a count alone, so a
+        # group of 20,000 saves a few bytes.
+        ids = [m.id if isinstance(m, AsyncResult) else None for m in self.results]
+        if ids == [f"{self.id}:{i}" for i in range(len(ids))]:
+            return {"g": self.id, "n": len(ids)}
+        return {
+            "g": self.id,
+            "r": [m.id if isinstance(m, AsyncResult) else m._tree() for m in self.results],
+        }
+
+
+def _from_tree(app: Celeriac, tree: dict[str, Any]) -> GroupResult:
+    group_id = tree["g"]
+    if "n" in tree:
+        return GroupResult(
+            group_id, [AsyncResult(f"{group_id}:{i}", app) for i in range(tree["n"])], app
+        )
+    members: list[AsyncResult[Any] | GroupResult] = [
+        AsyncResult(m, app) if isinstance(m, str) else _from_tree(app, m) for m in tree["r"]
+    ]
+    return GroupResult(group_id, members, app)
+
+
+def _group_key(group_id: str) -> str:
+    return f"celeriac:group:{group_id}"
+
+
+def _record_of(member: AsyncResult[Any] | GroupResult) -> ResultRecord:
+    if isinstance(member, GroupResult):
+        return member.summary()
+    return member._record() or ResultRecord(state=PENDING)
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+def _wait_a_little(member: AsyncResult[Any] | GroupResult) -> None:
+    # Block on one unfinished member (wakes as soon as it commits), then look at all again.
+    if isinstance(member, AsyncResult):
+        member.app.broker.wait_result(member.id, 0.05)
+    else:
+        time.sleep(0.02)
 
 
 def _rebuild(record: ResultRecord, task_id: str) -> BaseException:

@@ -11,7 +11,7 @@ import contextvars
 import datetime as dt
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -20,6 +20,7 @@ from celeriac.message import Message, new_task_id
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+    from celeriac.canvas import Group, Signature
     from celeriac.result import AsyncResult
 
 P = ParamSpec("P")
@@ -163,6 +164,37 @@ class Task(Generic[P, R]):
         """Async face of :meth:`apply_async`."""
         message = self.message(args, kwargs, **options)
         return await self.app.apublish(message)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """A signature with (partial) arguments: ``add.s(2)``; in a chain the previous
+        result is prepended (``add.s(1) | add.s(2)``). See :mod:`celeriac.canvas`."""
+        from celeriac.canvas import Signature
+
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """An immutable signature: in a chain it ignores the previous result."""
+        from celeriac.canvas import Signature
+
+        return Signature(self, args, kwargs, immutable=True)
+
+    def map(self, items: Iterable[Any]) -> Group:
+        """A group calling this task once per item: ``double.map([1, 2, 3])``."""
+        from celeriac.canvas import Group
+
+        return Group([self.s(item) for item in items])
+
+    def starmap(self, items: Iterable[Iterable[Any]]) -> Group:
+        """A group calling this task once per argument list: ``add.starmap([(1, 2)])``."""
+        from celeriac.canvas import Group
+
+        return Group([self.s(*args) for args in items])
+
+    def chunks(self, items: Iterable[Iterable[Any]], n: int) -> Group:
+        """A group of tasks each calling this one on ``n`` argument lists, in one message."""
+        from celeriac.canvas import chunks
+
+        return chunks(self, items, n)
 
     def message(
         self,

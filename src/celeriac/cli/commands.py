@@ -10,8 +10,10 @@ import click
 from rich.table import Table
 
 from celeriac.cli.main import Context, cli, out, parse_json_option, print_json
+from celeriac.control import live_workers
 from celeriac.errors import ConfigurationError
 from celeriac.message import decode_result
+from celeriac.middleware.expiry import expired_key
 from celeriac.result import FINAL_STATES, AsyncResult
 
 
@@ -97,21 +99,37 @@ def _show_result(result: AsyncResult[Any], value: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool) -> None:
-    """Show a task's state and result.
+    """Show a task's state and result; for a group or chord, a progress bar while waiting.
 
     Example: celeriac result 1b4e28ba-2fa1-11d2-883f-0016d3cca427 --wait
     """
-    handle = obj.app.AsyncResult(task_id)
-    if wait:
-        handle.get(timeout=timeout, propagate=False)
+    import time
+
+    from rich.progress import Progress
+
+    from celeriac.result import GroupResult
+
+    deadline = time.monotonic() + timeout
+    group = GroupResult.restore(obj.app, task_id)  # a group's id, or a chord's (its header)
+    if wait and group is not None:
+        with Progress(console=out, transient=True) as progress:
+            bar = progress.add_task(f"{len(group)} tasks", total=len(group))
+            for _ in group.iter_completed(timeout=timeout):
+                progress.advance(bar)
+    only_group = group if group is not None and group.id == task_id else None  # no own result
+    if wait and only_group is None:
+        obj.app.AsyncResult(task_id).get(
+            timeout=max(deadline - time.monotonic(), 0), propagate=False
+        )
     stored = obj.app.broker.get_result(task_id)
-    if stored is None:
+    summary = only_group.summary() if only_group is not None else None
+    record = decode_result(stored[0]) if stored else summary
+    if record is None:
         if as_json:
             print_json({"id": task_id, "state": "PENDING"})
         else:
             out.print(f"PENDING: no result stored for {task_id} (queued, unknown, or expired)")
         return
-    record = decode_result(stored[0])
     if as_json:
         import msgspec
 
@@ -146,20 +164,22 @@ def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def status(obj: Context, as_json: bool) -> None:
-    """Each queue's ready, delayed, in-flight and dead counts, and the live workers."""
+    """Each queue's ready, delayed, in-flight, dead and expired-today counts, and the live
+    workers."""
     broker = obj.app.broker
-    stats, workers = broker.stats(), broker.workers()
+    stats, workers = broker.stats(), live_workers(obj.app)
+    expired = {s.queue: len(broker.join_values(expired_key(s.queue))) for s in stats}
     if as_json:
         print_json(
             {
                 "broker": obj.app.conf.broker_url,
-                "queues": [_asdict(s) for s in stats],
+                "queues": [{**_asdict(s), "expired_today": expired[s.queue]} for s in stats],
                 "workers": [_asdict(w) for w in workers],
             }
         )
         return
     table = Table(title=f"queues on {obj.app.conf.broker_url}")
-    for column in ("queue", "ready", "delayed", "in flight", "dead"):
+    for column in ("queue", "ready", "delayed", "in flight", "dead", "expired today"):
         table.add_column(column, justify="left" if column == "queue" else "right")
     for s in stats:
         table.add_row(
@@ -168,6 +188,7 @@ def status(obj: Context, as_json: bool) -> None:
             str(s.delayed),
             str(s.in_flight),
             f"[red]{s.dead}[/]" if s.dead else "0",
+            str(expired[s.queue]),
         )
     out.print(table if stats else "no queues yet: nothing has been sent to this broker")
     wtable = Table(title="live workers")

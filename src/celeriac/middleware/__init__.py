@@ -5,6 +5,7 @@ dedupe and canvas live here as :class:`Middleware` subclasses.
 """
 
 from celeriac.middleware.base import Job, Middleware, MiddlewareStack, Outcome
+from celeriac.middleware.canvas import Canvas
 from celeriac.middleware.dedupe import Dedupe
 from celeriac.middleware.events import Events
 from celeriac.middleware.expiry import Expiry
@@ -16,10 +17,13 @@ from celeriac.middleware.revocation import Revocation
 
 def default_middleware() -> list[Middleware]:
     """The middleware every app gets unless it passes its own list."""
-    return [Expiry(), Revocation(), Dedupe(), RateLimit(), Results(), Retries(), Events()]
+    # Canvas first: its after_execute then runs last and sees the final outcome (after
+    # Retries decided whether a failure is final).
+    return [Canvas(), Expiry(), Revocation(), Dedupe(), RateLimit(), Results(), Retries(), Events()]
 
 
 __all__ = [
+    "Canvas",
     "Dedupe",
     "Events",
     "Expiry",

@@ -1,0 +1,500 @@
+"""Canvas: move a workflow (chain, group, chord, links) on when one of its tasks finishes.
+
+A workflow is data. :mod:`celeriac.canvas` freezes it — every task gets its id up front,
+derived from the workflow's id — and sends its first tasks. Each message carries what comes
+after it in ``Message.options["canvas"]``::
+
+    then        continuation frames, innermost first:
+                  {"chain": [node, ...]}     apply the next node with this result
+                  {"join": group_id, "i": 3, "n": 10, "then": [...],
+                   "err": "continue", "link": [...], "link_error": [...]}
+                                             record this result as member 3 of 10
+    link        nodes applied with the result when the task succeeds
+    link_error  nodes applied with an error dict when it fails
+    abort       an earlier task failed: do not run; end FAILURE with its error, pass it on
+    chunk       args[0] is a list of argument lists: run the task once for each
+
+This middleware continues in ``after_execute``, *before* the broker commits the task: a
+worker that dies in between leaves an uncommitted task that is delivered and continued
+again. Continuing after the commit instead (``after_settle``) would leave a committed
+task whose workflow never moves on. Continuing twice is harmless: every message sent here
+has an id fixed when the workflow was frozen, and a broker ignores an id it already holds
+or has finished; a join records each member once (``join_add``), so a redelivered member
+neither completes a join early nor twice, and whoever sees the count reach the size sends
+the callback — again under its fixed id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from celeriac.errors import BrokerError, MessageError, NotRegistered, SerializationError
+from celeriac.message import ErrorInfo, Message, encode_message
+from celeriac.middleware.base import Job, Middleware, Outcome
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+    from celeriac.task import Task
+
+log = logging.getLogger("celeriac.canvas")
+
+Node = dict[str, Any]
+"""A canvas piece as plain data: ``{"kind": "task" | "chain" | "group" | "chord", ...}``."""
+Frame = dict[str, Any]
+"""One continuation frame: ``{"chain": [...]}`` or ``{"join": ..., ...}``."""
+
+NOTHING: Final[Any] = object()  # "no value to pass on" (None is a value)
+
+_FAILED = frozenset({"FAILURE", "EXPIRED", "REVOKED", "DEAD"})
+_STATE_ERRORS = {
+    "EXPIRED": "celeriac.errors.TaskExpired",
+    "REVOKED": "celeriac.errors.TaskRevoked",
+    "DEAD": "celeriac.errors.Reject",
+}
+_TRACEBACK_CHARS = 4000  # tracebacks ride in messages and join values: keep them bounded
+_RETRY_DELAY = 1.0  # seconds before a task whose workflow could not be continued runs again
+_encoder = msgspec.json.Encoder()
+
+
+def join_key(group_id: str) -> str:
+    """The small-store key that counts a group's finished members.
+
+    Example:
+        >>> join_key("8f1c:h")
+        'celeriac:join:8f1c:h'
+    """
+    return f"celeriac:join:{group_id}"
+
+
+class Flow:
+    """Builds the messages that start a frozen node, or continue after one, then sends them.
+
+    ``parent`` is the message whose task is continuing (None in the producer); it becomes
+    the new messages' ``parent_id`` and gives them its ``root_id``.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> flow = Flow(app)
+        >>> flow.apply({"kind": "task", "task": "shop.add", "args": [1, 2],
+        ...             "options": {"task_id": "t1"}})
+        >>> [m.id for m in flow.messages]
+        ['t1']
+        >>> flow.send()
+    """
+
+    def __init__(self, app: Celeriac, parent: Message | None = None) -> None:
+        self.app = app
+        self.parent = parent
+        self.messages: list[Message] = []
+
+    def send(self) -> None:
+        """Send every message built so far in one broker round trip."""
+        if self.messages:
+            messages, self.messages = self.messages, []
+            self.app.publish_many(messages)
+
+    def apply(
+        self,
+        node: Node,
+        then: Sequence[Frame] = (),
+        value: Any = NOTHING,
+        abort: dict[str, str] | None = None,
+    ) -> None:
+        """Start ``node`` (passing ``value`` as a first argument), continuing with ``then``.
+
+        With ``abort``, the node's first tasks are sent marked as failed by an earlier task,
+        so the failure travels the same path (and ids) a result would have.
+        """
+        kind = node["kind"]
+        if kind == "task":
+            self.messages.append(self._message(node, list(then), value, abort))
+        elif kind == "chain":
+            steps = node["steps"]
+            self.apply(steps[0], push_chain(steps[1:], then), value, abort)
+        elif kind == "group":
+            self._group(node, list(then), value, abort, "stop")
+        elif kind == "chord":
+            then = push_chain([node["body"]], then)
+            self._group(node["header"], then, value, abort, node.get("on_error", "stop"))
+        else:
+            raise ValueError(f"unknown canvas node kind {kind!r}")
+
+    def _group(
+        self,
+        node: Node,
+        then: list[Frame],
+        value: Any,
+        abort: dict[str, str] | None,
+        on_error: str,
+    ) -> None:
+        members = node["members"]
+        links, errbacks = node.get("link", []), node.get("link_error", [])
+        if not (then or links or errbacks):  # nothing waits for the whole group: no join
+            for member in members:
+                self.apply(member, (), value, abort)
+            return
+        frame: Frame = {"join": node["id"], "n": len(members), "then": then}
+        if on_error != "stop":
+            frame["err"] = on_error
+        if links:
+            frame["link"] = links
+        if errbacks:
+            frame["link_error"] = errbacks
+        if not members:  # an empty group is complete at once
+            if abort is not None:
+                self._join_failed(frame, abort)
+            else:
+                self._join_done(frame, [])
+            return
+        for index, member in enumerate(members):
+            self.apply(member, [{**frame, "i": index}], value, abort)
+
+    def links(self, nodes: Sequence[Node], value: Any) -> None:
+        """Apply callbacks (or errbacks) with ``value``."""
+        for node in nodes:
+            self.apply(node, (), value)
+
+    def resume(self, value: Any, then: Sequence[Frame]) -> None:
+        """Continue after a result: apply the next chain step, or record a join member."""
+        if not then:
+            return
+        frame = then[0]
+        if "chain" in frame:
+            steps = frame["chain"]
+            self.apply(steps[0], push_chain(steps[1:], then[1:]), value)
+        else:
+            self.join(frame, {"v": value})
+
+    def fail(self, error: dict[str, str], then: Sequence[Frame]) -> None:
+        """Continue after a failure: what follows ends FAILURE with ``error``, unrun."""
+        if not then:
+            return
+        frame = then[0]
+        if "chain" in frame:
+            steps = frame["chain"]
+            self.apply(steps[0], push_chain(steps[1:], then[1:]), abort=error)
+        else:
+            self.join(frame, {"e": error})
+
+    def join(self, frame: Frame, entry: dict[str, Any]) -> None:
+        """Record one member's result (``{"v": value}`` or ``{"e": error}``) in its join;
+        the member that completes the join continues with every result, in member order."""
+        broker, index, size = self.app.broker, frame["i"], frame["n"]
+        key = join_key(frame["join"])
+        count = broker.join_add(key, str(index), _encode_entry(entry), self.app.conf.result_expires)
+        stop = frame.get("err", "stop") == "stop"
+        if "e" in entry and stop:
+            # Fail fast: the callback will not run whatever the other members do. A member
+            # that completes the join later fails it again, under the same ids: a no-op.
+            self._join_failed(frame, chord_error(index, entry["e"]))
+            return
+        if count < size:
+            return
+        entries = _decode_entries(broker.join_values(key), size, frame["join"])
+        failed = next(((i, e["e"]) for i, e in enumerate(entries) if "e" in e), None)
+        if failed is not None and stop:
+            self._join_failed(frame, chord_error(*failed))
+            return
+        self._join_done(frame, [public_error(e["e"]) if "e" in e else e["v"] for e in entries])
+
+    def _join_done(self, frame: Frame, values: list[Any]) -> None:
+        self.links(frame.get("link", ()), values)
+        self.resume(values, frame["then"])
+
+    def _join_failed(self, frame: Frame, error: dict[str, str]) -> None:
+        self.links(frame.get("link_error", ()), public_error(error))
+        self.fail(error, frame["then"])
+
+    def _message(
+        self, node: Node, then: list[Frame], value: Any, abort: dict[str, str] | None
+    ) -> Message:
+        name = node["task"]
+        task = self.app.tasks.get(name) or _task_elsewhere(self.app, name)
+        args = list(node.get("args", ()))
+        if value is not NOTHING and abort is None and not node.get("immutable"):
+            args.insert(0, value)
+        options = dict(node.get("options", {}))
+        if "expires_at" in options:
+            options["expires"] = dt.datetime.fromtimestamp(options.pop("expires_at"), dt.UTC)
+        if "route" in node and name not in self.app.tasks:
+            # This process lacks the task's code: use the queue its definition named.
+            options.setdefault("queue", node["route"])
+        message = task.message(args, node.get("kwargs") or {}, **options)
+        if value is not NOTHING and abort is None and self.parent is not None:
+            problem = self._unsendable(message)
+            if problem is not None:  # the same task, ending FAILURE with the reason
+                return self._message(node, then, NOTHING, problem)
+        data = {
+            "then": then,
+            "link": node.get("link"),
+            "link_error": node.get("link_error"),
+            "abort": abort,
+            "chunk": node.get("chunk"),
+        }
+        data = {k: v for k, v in data.items() if v}
+        if data:
+            message.options["canvas"] = data
+        if self.parent is not None:
+            message.root_id = self.parent.root_id or self.parent.id
+            message.parent_id = self.parent.id
+        return message
+
+    def _unsendable(self, message: Message) -> dict[str, str] | None:
+        # A result passed on can make the next message unsendable. Found here, that task
+        # alone fails, saying why; its own continuation and errbacks still happen.
+        limit = self.app.conf.task_payload_max_bytes
+        try:
+            size = len(encode_message(message))
+        except SerializationError as exc:
+            kind, text = "celeriac.errors.SerializationError", str(exc)
+        else:
+            if size <= limit:
+                return None
+            kind = "celeriac.errors.PayloadTooLarge"
+            text = (
+                f"cannot pass the previous result on to {message.task}: its message would be "
+                f"{size:,} bytes, over task_payload_max_bytes ({limit:,}). Store large data "
+                "elsewhere and return its id."
+            )
+        return {"id": message.id, "task": message.task, "type": kind, "message": text}
+
+
+def push_chain(steps: Sequence[Node], then: Sequence[Frame]) -> list[Frame]:
+    """``then`` with ``steps`` to run first, merged into a leading chain frame.
+
+    Example:
+        >>> a, b = {"kind": "task", "task": "a"}, {"kind": "task", "task": "b"}
+        >>> push_chain([a], [{"chain": [b]}]) == [{"chain": [a, b]}]
+        True
+    """
+    if not steps:
+        return list(then)
+    if then and "chain" in then[0]:
+        return [{"chain": [*steps, *then[0]["chain"]]}, *then[1:]]
+    return [{"chain": list(steps)}, *then]
+
+
+def error_dict(message: Message, outcome: Outcome) -> dict[str, str]:
+    """A failed outcome as the error dict a workflow passes on: which task, what error.
+
+    Example:
+        >>> m = Message(id="t1", task="shop.charge")
+        >>> o = Outcome("FAILURE", error=ErrorInfo(type="builtins.ValueError", message="no card"))
+        >>> error_dict(m, o)["message"]
+        'no card'
+    """
+    info = outcome.error
+    if info is None:
+        kind = _STATE_ERRORS.get(outcome.state, "celeriac.errors.TaskFailed")
+        info = ErrorInfo(type=kind, message=outcome.reason or outcome.state.lower())
+    return {
+        "id": message.id,
+        "task": message.task,
+        "type": info.type,
+        "message": info.message,
+        "traceback": info.traceback[-_TRACEBACK_CHARS:],
+    }
+
+
+def public_error(error: dict[str, str]) -> dict[str, str]:
+    """The error dict handed to errbacks and put in ``on_error="continue"`` result lists.
+
+    Example:
+        >>> public_error({"id": "t1", "task": "a", "type": "T", "message": "m", "traceback": "..."})
+        {'id': 't1', 'task': 'a', 'type': 'T', 'message': 'm'}
+    """
+    return {k: v for k, v in error.items() if k != "traceback"}
+
+
+def chord_error(index: int, error: dict[str, str]) -> dict[str, str]:
+    """The error a join fails with: it names the failed member, its task id and its error.
+
+    Example:
+        >>> e = {"id": "g:3", "task": "shop.resize", "type": "builtins.ValueError",
+        ...      "message": "bad size"}
+        >>> chord_error(3, e)["message"]
+        'chord member 3 (shop.resize[g:3]) failed: builtins.ValueError: bad size'
+    """
+    return {
+        "id": error["id"],
+        "task": error["task"],
+        "type": "celeriac.errors.ChordError",
+        "message": (
+            f"chord member {index} ({error['task']}[{error['id']}]) failed: "
+            f"{error['type']}: {error['message']}"
+        ),
+        "traceback": error.get("traceback", ""),
+    }
+
+
+def _encode_entry(entry: dict[str, Any]) -> bytes:
+    try:
+        return _encoder.encode(entry)
+    except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+        # The result store turns such a value into a FAILURE; the join must agree.
+        return _encoder.encode(
+            {
+                "e": {
+                    "id": "?",
+                    "task": "?",
+                    "type": "celeriac.errors.SerializationError",
+                    "message": f"the result is not JSON-serializable ({exc})",
+                }
+            }
+        )
+
+
+def _decode_entries(values: dict[str, bytes], size: int, group_id: str) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
+    for index in range(size):
+        raw = values.get(str(index))
+        if raw is None:  # expired from the store (result_expires) before the join completed
+            gone = {"id": f"{group_id}[{index}]", "task": "?", "type": "celeriac.errors.ChordError"}
+            entries.append({"e": {**gone, "message": "its result expired before the join"}})
+        else:
+            entries.append(msgspec.json.decode(raw))
+    return entries
+
+
+def _task_elsewhere(app: Celeriac, name: str) -> Task[Any, Any]:
+    from celeriac.task import Task, TaskOptions
+
+    return Task(app, _runs_elsewhere, name, TaskOptions())
+
+
+def _runs_elsewhere(*args: Any, **kwargs: Any) -> Any:
+    raise NotRegistered("this task is only known by name here; a worker that has it runs it")
+
+
+def chunk_task(task: Task[Any, Any]) -> Task[Any, Any]:
+    """A stand-in for ``task`` that runs it once per argument list and returns the results.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> @app.task
+        ... def add(x: int, y: int) -> int:
+        ...     return x + y
+        >>> chunk_task(add).fn([[1, 2], [3, 4]])
+        [3, 7]
+    """
+    from celeriac.task import Task
+
+    if task.is_async:
+
+        async def run_chunk_async(items: list[list[Any]]) -> list[Any]:
+            return [await task(*args) for args in items]
+
+        return Task(task.app, run_chunk_async, task.name, task.options)
+
+    def run_chunk(items: list[list[Any]]) -> list[Any]:
+        return [task(*args) for args in items]
+
+    return Task(task.app, run_chunk, task.name, task.options)
+
+
+def _aborted(error: dict[str, str]) -> Outcome:
+    origin = f"{error['task']}[{error['id']}]"
+    trace = f"not run: {origin} failed earlier in this workflow\n{error.get('traceback', '')}"
+    info = ErrorInfo(type=error["type"], message=error["message"], traceback=trace)
+    return Outcome("FAILURE", error=info, reason=f"{origin} failed earlier in this workflow")
+
+
+def _data(job: Job) -> dict[str, Any] | None:
+    if job.message is None:
+        return None
+    data: dict[str, Any] | None = job.message.options.get("canvas")
+    return data
+
+
+class Canvas(Middleware):
+    """Continues workflows: the next chain step, chord joins, links and errbacks.
+
+    It must come before Retries in the middleware list, so that its ``after_execute``
+    runs after Retries' and sees the final outcome (a failure that will be retried does
+    not stop a chain). :func:`celeriac.middleware.default_middleware` puts it first.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> from celeriac.middleware import Results
+        >>> app = Celeriac("doc", broker="memory://", middleware=[Canvas(), Results()])
+    """
+
+    def __init__(self) -> None:
+        self._app: Celeriac | None = None
+
+    def before_execute(self, job: Job) -> Outcome | None:
+        """Fail a task whose workflow already failed upstream; unpack a chunk."""
+        data = _data(job)
+        if data is None:
+            return None
+        if job.task is not None:
+            self._app = job.task.app
+        abort = data.get("abort")
+        if abort is not None:
+            return _aborted(abort)
+        if data.get("chunk") and job.task is not None:
+            job.task = chunk_task(job.task)
+        return None
+
+    def after_execute(self, job: Job, outcome: Outcome) -> Outcome:
+        """Continue the workflow before the task commits (see the module docstring)."""
+        data, message = _data(job), job.message
+        if data is None or message is None or job.task is None:
+            return outcome
+        job.context["canvas"] = True
+        # A broker recognises a finished id by its stored result; without one, a task that
+        # continues twice could start its next task twice. So canvas tasks keep a result.
+        outcome.store_result = True
+        return self._continue(job.task.app, message, data, outcome)
+
+    def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
+        """Fail the workflow of a task dead-lettered before it ran (too many deliveries,
+        unknown task): the executor skips ``after_execute`` for those, so this is the only
+        place that hears of them — after the commit, on a best-effort basis."""
+        data, message = _data(job), job.message
+        if data is None or message is None or "canvas" in job.context:
+            return
+        if outcome.state != "DEAD" or not committed:
+            return
+        app = job.task.app if job.task is not None else self._app
+        if app is None:
+            log.warning("task %s was dead-lettered; its workflow cannot be failed here", job.label)
+            return
+        self._continue(app, message, data, outcome)
+
+    def _continue(
+        self, app: Celeriac, message: Message, data: dict[str, Any], outcome: Outcome
+    ) -> Outcome:
+        then = data.get("then", [])
+        flow = Flow(app, message)
+        try:
+            if outcome.state == "SUCCESS":
+                flow.links(data.get("link", ()), outcome.value)
+                flow.resume(outcome.value, then)
+            elif outcome.state in _FAILED:
+                error = data.get("abort") or error_dict(message, outcome)
+                flow.links(data.get("link_error", ()), public_error(error))
+                flow.fail(error, then)
+            flow.send()
+        except BrokerError as exc:
+            # Not continued: do not commit either, or the workflow would stop here for good.
+            log.warning(
+                "task %s[%s]: could not continue its workflow (%s); it will run again in %gs",
+                message.task,
+                message.id,
+                exc,
+                _RETRY_DELAY,
+            )
+            return Outcome("RETRY", delay=_RETRY_DELAY, exception=exc, runtime=outcome.runtime)
+        except MessageError:
+            # Unreachable for passed-on values (checked in Flow); a producer-side middleware
+            # refusing a message would land here.
+            log.exception("task %s[%s]: its workflow cannot continue", message.task, message.id)
+        return outcome

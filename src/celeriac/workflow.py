@@ -1,0 +1,202 @@
+"""Sending a workflow: freeze it (an id for every task, options pushed down), save its
+group, and send its first tasks in one broker round trip.
+
+Ids are derived from the workflow's id: a chain's steps ``<id>:s0``, ``<id>:s1``…, its
+last step ``<id>``; a group's members ``<id>:0``, ``<id>:1``…; a chord's header ``<id>:h``
+and body ``<id>``; links ``<id>:l0`` and errbacks ``<id>:e0``. Fixed ids are what make
+continuing a workflow safe to repeat (see :mod:`celeriac.middleware.canvas`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from celeriac.errors import ConfigurationError
+from celeriac.message import new_task_id
+from celeriac.middleware.canvas import Canvas as CanvasMiddleware
+from celeriac.middleware.canvas import Flow, Node
+from celeriac.result import AsyncResult, GroupResult
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+
+Result = AsyncResult[Any] | GroupResult
+"""What sending a workflow returns: a task's handle, or a group's."""
+
+_START_ONLY = frozenset({"countdown", "eta"})  # delay a workflow's start, not every step
+
+
+def send(
+    app: Celeriac,
+    node: Node,
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+) -> Result:
+    """Freeze a workflow, save its group (for ``celeriac result ID``), send its first tasks
+    in one broker round trip, and return the handle on its result.
+
+    ``args``/``kwargs`` complete the arguments of the tasks that start it; ``options`` are
+    sending options for the whole workflow.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> send(app, {"kind": "task", "task": "shop.add", "args": [1, 2]}).state
+        'PENDING'
+    """
+    if args or kwargs:
+        node = _partial(node, list(args), dict(kwargs or {}))
+    if options:
+        extra: dict[str, Any] = {}
+        for key, value in options.items():
+            extra.update(normalized(key, value))
+        node = {**node, "options": {**node.get("options", {}), **extra}}
+    frozen = freeze(node, new_task_id())
+    result = result_of(app, frozen)
+    _save_group(app, frozen, result)  # before sending: `celeriac result ID` finds it at once
+    flow = Flow(app)
+    flow.apply(frozen)
+    if not any(isinstance(m, CanvasMiddleware) for m in app.middleware.middleware) and any(
+        "canvas" in m.options for m in flow.messages
+    ):
+        raise ConfigurationError(
+            f"app {app.name!r} has no Canvas middleware, so this workflow would stop after "
+            "its first tasks: add celeriac.middleware.Canvas() to its middleware list"
+        )
+    flow.send()
+    if app.conf.task_always_eager:
+        from celeriac.worker.inline import run_queued
+
+        run_queued(app)
+    return result
+
+
+def freeze(node: Node, base: str, inherited: dict[str, Any] | None = None) -> Node:
+    """A copy of ``node`` with an id for every task (derived from ``base``) and the
+    options of each piece pushed down to the tasks in it.
+
+    Example:
+        >>> flow = {"kind": "chain", "steps": [{"kind": "task", "task": "a"},
+        ...                                     {"kind": "task", "task": "b"}]}
+        >>> [s["options"]["task_id"] for s in freeze(flow, "w1")["steps"]]
+        ['w1:s0', 'w1']
+    """
+    node = dict(node)
+    own = dict(node.pop("options", {}))
+    ident = own.pop("task_id", None) or base
+    inherit = {**(inherited or {}), **own}
+    later = {k: v for k, v in inherit.items() if k not in _START_ONLY}
+    kind = node["kind"]
+    if kind == "task":
+        node["options"] = {**inherit, "task_id": ident}
+    elif kind == "chain":
+        node = _links_to(node, "steps")
+        steps, last = node["steps"], len(node["steps"]) - 1
+        node["steps"] = [
+            freeze(s, ident if j == last else f"{ident}:s{j}", later if j else inherit)
+            for j, s in enumerate(steps)
+        ]
+        return node
+    elif kind == "group":
+        node["id"] = ident
+        node["members"] = [
+            freeze(m, f"{ident}:{i}", inherit) for i, m in enumerate(node["members"])
+        ]
+    elif kind == "chord":
+        node = _links_to(node, "body")
+        node["header"] = freeze(node["header"], f"{ident}:h", inherit)
+        node["body"] = freeze(node["body"], ident, later)
+        return node
+    for key, tag in (("link", "l"), ("link_error", "e")):
+        if node.get(key):
+            node[key] = [freeze(n, f"{ident}:{tag}{k}") for k, n in enumerate(node[key])]
+    return node
+
+
+def _links_to(node: Node, where: str) -> Node:
+    # A chain's (chord's) result is its last step's (body's): its links belong there.
+    links, errbacks = node.pop("link", []), node.pop("link_error", [])
+    if not (links or errbacks):
+        return node
+    target = dict(node[where][-1] if where == "steps" else node[where])
+    target["link"] = [*target.get("link", []), *links]
+    target["link_error"] = [*target.get("link_error", []), *errbacks]
+    if where == "steps":
+        node["steps"] = [*node["steps"][:-1], target]
+    else:
+        node[where] = target
+    return node
+
+
+def result_of(app: Celeriac, node: Node) -> Result:
+    """The handle on a frozen node's result: a task's, a chain's last step's, a group's
+    members', a chord's body's.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> result_of(app, {"kind": "task", "task": "a", "options": {"task_id": "t1"}})
+        <AsyncResult a[t1]>
+    """
+    kind = node["kind"]
+    if kind == "task":
+        return AsyncResult(node["options"]["task_id"], app, node["task"])
+    if kind == "chain":
+        return result_of(app, node["steps"][-1])
+    if kind == "group":
+        return GroupResult(node["id"], [result_of(app, m) for m in node["members"]], app)
+    return result_of(app, node["body"])
+
+
+def _save_group(app: Celeriac, node: Node, result: Result) -> None:
+    # Groups and chords are found again by id alone (`celeriac result ID --wait`).
+    while node["kind"] == "chain":
+        node = node["steps"][-1]
+    if isinstance(result, GroupResult):
+        result.save()
+    elif node["kind"] == "chord":
+        header = result_of(app, node["header"])
+        assert isinstance(header, GroupResult)
+        header.save(under=result.id)
+
+
+def _partial(node: Node, args: list[Any], kwargs: dict[str, Any]) -> Node:
+    node = dict(node)
+    kind = node["kind"]
+    if kind == "task":
+        if not node.get("immutable"):
+            node["args"] = [*args, *node.get("args", ())]
+            node["kwargs"] = {**node.get("kwargs", {}), **kwargs}
+    elif kind == "chain":
+        node["steps"] = [_partial(node["steps"][0], args, kwargs), *node["steps"][1:]]
+    elif kind == "group":
+        node["members"] = [_partial(m, args, kwargs) for m in node["members"]]
+    else:
+        node["header"] = _partial(node["header"], args, kwargs)
+    return node
+
+
+def normalized(key: str, value: Any) -> dict[str, Any]:
+    """A sending option as JSON data: times become Unix seconds.
+
+    Example:
+        >>> import datetime as dt
+        >>> normalized("expires", dt.timedelta(minutes=5))
+        {'expires': 300.0}
+    """
+    # Signatures are JSON data: times become Unix seconds. A datetime expiry is absolute,
+    # a number of seconds relative to each task's own send time.
+    if key == "priority" and not (isinstance(value, int) and 0 <= value <= 9):
+        # Checked here: a later step is built in a worker, where a bad value would stop
+        # the workflow instead of reaching the caller.
+        raise ValueError(f"priority {value!r} is outside 0..9")
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"{key}={value!r}: give the datetime a timezone")
+        return {"expires_at" if key == "expires" else key: value.timestamp()}
+    if isinstance(value, dt.timedelta):
+        return {key: value.total_seconds()}
+    return {key: value}

@@ -1,0 +1,569 @@
+"""Issue 6: canvas — signatures, chain, group, chord, nesting, links, map and chunks.
+
+These run in the test process on the in-memory broker (run_queued). Real worker processes
+are in test_canvas_workers.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from celeriac import Celeriac
+from celeriac.brokers.memory import MemoryBroker
+from celeriac.canvas import Canvas, Signature, chain, chord, from_dict, group, signature
+from celeriac.cli import cli
+from celeriac.errors import BrokerConnectionError, ChordError, ConfigurationError, PayloadTooLarge
+from celeriac.middleware.canvas import join_key
+from celeriac.result import AsyncResult, GroupResult
+from celeriac.testing import run_queued, wait_for
+from celeriac.worker.executor import Executor
+from tests.apps import canvas as tasks
+from tests.apps.canvas import (
+    add,
+    async_double,
+    boom,
+    collect,
+    errback,
+    flaky,
+    identity,
+    mul,
+    rejects,
+    reports_progress,
+    tsum,
+)
+from tests.conftest import ROOT, Ledger
+
+ETL = ROOT / "examples" / "etl"
+
+
+@pytest.fixture
+def app(monkeypatch: pytest.MonkeyPatch, ledger: Ledger) -> Iterator[Celeriac]:
+    """tests.apps.canvas's app on a fresh in-memory broker, writing to this test's ledger."""
+    monkeypatch.setenv("CELERIAC_TEST_LEDGER", str(ledger.path))
+    monkeypatch.setattr(tasks.app.conf, "broker_url", "memory://")
+    tasks.app.use_broker(MemoryBroker())
+    yield tasks.app
+    tasks.app.broker.close()
+
+
+def run(app: Celeriac) -> int:
+    """Run everything queued; task failures are expected in some tests."""
+    return run_queued(app, fail_fast=False)
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+# -- signatures ------------------------------------------------------------------------
+
+
+def test_signature_partial_arguments_options_and_plain_data(app: Celeriac) -> None:
+    sig = mul.s(2).set(queue="math", countdown=5, priority=7)
+    assert sig(3) == 6  # runs here, partial arguments completed
+    node = sig.to_dict()
+    assert node == {
+        "kind": "task",
+        "task": mul.name,
+        "args": [2],
+        "options": {"queue": "math", "countdown": 5, "priority": 7},
+    }
+    assert json.loads(json.dumps(node)) == node  # plain JSON data
+    assert from_dict(node, app).to_dict() == node
+    flow = add.s(1, 1) | add.s(2) | mul.si(3, 4).link(identity.s())
+    assert from_dict(flow.to_dict(), app).to_dict() == flow.to_dict()
+
+    r = add.s(2).set(priority=7).delay(40)
+    (delivery,) = app.broker.fetch(["default"], "t", limit=1, lease_seconds=5, timeout=0)
+    assert delivery.priority == 7 and delivery.id == r.id
+    app.broker.requeue(delivery.lease, count_delivery=False)
+    run(app)
+    assert r.get(timeout=1) == 42
+
+
+def test_set_refuses_an_unknown_option(app: Celeriac) -> None:
+    with pytest.raises(ValueError, match="colour"):
+        add.s(1, 2).set(colour="red")
+    with pytest.raises(ValueError, match=r"outside 0\.\.9"):
+        (add.s(1, 2) | add.s(3)).set(priority=10)
+
+
+def test_a_signature_known_by_name_routes_to_its_queue(app: Celeriac) -> None:
+    remote = signature("billing.charge", app=app, queue="billing")
+    r = (add.s(1, 2) | remote).apply_async()
+    run_queued(app, queues=["default"])
+    stats = {s.queue: s.ready for s in app.broker.stats()}
+    assert stats["billing"] == 1  # sent on to the queue a worker with that code consumes
+    (delivery,) = app.broker.fetch(["billing"], "t", limit=1, lease_seconds=5, timeout=0)
+    assert delivery.id == r.id
+
+
+# -- chain -----------------------------------------------------------------------------
+
+
+def test_chain_passes_each_result_on(app: Celeriac, ledger: Ledger) -> None:
+    r = (add.s(1, 2) | add.s(10) | mul.s(2)).apply_async()
+    assert isinstance(r, AsyncResult)
+    assert run(app) == 3
+    assert r.get(timeout=1) == 26
+    # Steps have ids derived from the chain's: <id>:s0, <id>:s1, and the last is <id>.
+    assert app.AsyncResult(f"{r.id}:s0").get(timeout=1) == 3
+    assert app.AsyncResult(f"{r.id}:s1").get(timeout=1) == 13
+    assert list(ledger.count("run")) == [f"{r.id}:s0", f"{r.id}:s1"]
+
+
+def test_immutable_signature_ignores_the_previous_result(app: Celeriac) -> None:
+    r = chain(add.s(1, 2), add.si(10, 10), add.s(1)).apply_async()
+    run(app)
+    assert r.get(timeout=1) == 21
+
+
+def test_a_failed_step_stops_the_chain_and_runs_link_error_once(
+    app: Celeriac, ledger: Ledger
+) -> None:
+    flow = chain(add.s(1, 2), boom.s(), add.s(100), mul.s(2)).link_error(errback.s())
+    r = flow.apply_async()
+    run(app)
+    with pytest.raises(ValueError, match="boom 3") as raised:
+        r.get(timeout=1)
+    assert any(f"{r.id}:s1" in note for note in raised.value.__notes__)  # names the step
+    assert ledger.count("run") == Counter({f"{r.id}:s0": 1, f"{r.id}:s1": 1})  # later: not run
+    assert app.AsyncResult(f"{r.id}:s2").state == "FAILURE"
+    errbacks = ledger.count("errback")
+    assert len(errbacks) == 1 and sum(errbacks.values()) == 1
+    (errback_id,) = errbacks
+    error = app.AsyncResult(errback_id).get(timeout=1)
+    assert error == {
+        "id": f"{r.id}:s1",
+        "task": boom.name,
+        "type": "builtins.ValueError",
+        "message": "boom 3",
+    }
+
+
+def test_a_retried_step_continues_the_chain_once_it_succeeds(app: Celeriac, ledger: Ledger) -> None:
+    r = (flaky.s(5) | add.s(1)).apply_async()
+    run_queued(app, include_delayed=True)
+    assert r.get(timeout=1) == 6
+    assert ledger.count("run") == Counter({f"{r.id}:s0": 2, r.id: 1})
+
+
+def test_link_on_a_signature_gets_the_result(app: Celeriac) -> None:
+    r = add.s(2, 3).link(mul.s(10)).apply_async()
+    run(app)
+    assert r.get(timeout=1) == 5
+    assert app.AsyncResult(f"{r.id}:l0").get(timeout=1) == 50
+
+
+# -- group -----------------------------------------------------------------------------
+
+
+def test_group_results_get_aget_and_completed_count(app: Celeriac) -> None:
+    g = group(add.s(i, i) for i in range(5)).apply_async()
+    assert isinstance(g, GroupResult) and len(g) == 5
+    assert g.completed_count() == 0 and not g.ready()
+    run_queued(app, max_tasks=2)
+    assert g.completed_count() == 2
+    run(app)
+    assert g.ready() and g.successful() and not g.failed()
+    assert g.get(timeout=1) == [0, 2, 4, 6, 8]
+    assert asyncio.run(g.aget(timeout=1)) == [0, 2, 4, 6, 8]
+    restored = GroupResult.restore(app, g.id)
+    assert restored is not None and restored.get(timeout=1) == [0, 2, 4, 6, 8]
+
+
+def test_group_iterates_in_completion_order(app: Celeriac) -> None:
+    # Priorities make the members finish in the order 2, 0, 1.
+    g = group(add.s(0, 0).set(priority=5), add.s(1, 1), add.s(2, 2).set(priority=9)).delay()
+    members = iter(g)
+    finished = []
+    for _ in range(3):
+        run_queued(app, max_tasks=1)
+        finished.append(next(members).id)
+    assert finished == [f"{g.id}:2", f"{g.id}:0", f"{g.id}:1"]
+
+
+def test_group_link_gets_the_list_of_results(app: Celeriac) -> None:
+    g = group(add.s(1, 1), add.s(2, 2)).link(tsum.s()).apply_async()
+    run(app)
+    assert g.get(timeout=1) == [2, 4]
+    assert app.AsyncResult(f"{g.id}:l0").get(timeout=1) == 6
+
+
+class CountingBroker:
+    """Counts every call made to the broker it wraps."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+def test_a_group_of_20000_is_sent_in_a_constant_number_of_round_trips(app: Celeriac) -> None:
+    counting = CountingBroker(app.broker)
+    app.use_broker(counting)  # type: ignore[arg-type]
+    calls = {}
+    for size in (10, 20_000):
+        counting.calls.clear()
+        g = group(add.s(i, i) for i in range(size)).apply_async()
+        calls[size] = dict(counting.calls)
+        assert len(g) == size
+    assert calls[20_000]["send"] == 1
+    assert calls[20_000] == calls[10], "round trips grew with the group's size"
+    assert sum(s.ready for s in counting.inner.stats()) == 20_010
+    counting.calls.clear()
+    chord([add.s(i, i) for i in range(20_000)], tsum.s()).apply_async()
+    assert counting.calls["send"] == 1
+
+
+def test_map_starmap_and_chunks(app: Celeriac) -> None:
+    mapped = async_double.map([1, 2, 3]).apply_async()
+    starred = add.starmap([(1, 2), (3, 4)]).apply_async()
+    chunked = add.chunks(((i, i) for i in range(10)), 4).apply_async()
+    async_chunks = async_double.chunks(([i] for i in range(5)), 2).apply_async()
+    assert len(chunked) == 3  # 10 calls in 3 messages
+    run(app)
+    assert mapped.get(timeout=1) == [2, 4, 6]
+    assert starred.get(timeout=1) == [3, 7]
+    assert chunked.get(timeout=1) == [[0, 2, 4, 6], [8, 10, 12, 14], [16, 18]]
+    assert async_chunks.get(timeout=1) == [[0, 2], [4, 6], [8]]
+
+
+# -- chord -----------------------------------------------------------------------------
+
+
+def test_a_chord_of_10000_completes_once_with_results_in_member_order(
+    app: Celeriac, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CELERIAC_TEST_LEDGER")  # 10,000 ledger lines would only cost time
+    # Members finish in an order other than their own: higher priority first.
+    header = [identity.s(i).set(priority=i % 10) for i in range(10_000)]
+    r = chord(header, collect.s()).apply_async()
+    monkeypatch.setenv("CELERIAC_TEST_LEDGER", str(ledger.path))
+    # Naming the queue spares run_queued a broker.stats() call per task.
+    assert run_queued(app, queues=["default"]) == 10_001
+    assert r.get(timeout=1) == list(range(10_000))
+    assert ledger.count("callback") == Counter({r.id: 1})
+    assert len(app.broker.join_values(join_key(f"{r.id}:h"))) == 10_000
+
+
+@pytest.mark.parametrize("crashing", ["first", "last"])
+def test_a_member_that_continues_twice_fires_the_callback_once(
+    app: Celeriac, ledger: Ledger, crashing: str
+) -> None:
+    """A member continues the workflow, then its worker dies before the commit: the member
+    is delivered again and continues again. The callback must still run exactly once."""
+    r = chord([add.s(i, i) for i in range(3)], tsum.s()).apply_async()
+    if crashing == "last":
+        run_queued(app, max_tasks=2)
+    executor = Executor(app, "doomed")
+    (delivery,) = app.broker.fetch(["default"], "doomed", limit=1, lease_seconds=30, timeout=0)
+    job, skip = executor.prepare(delivery)
+    assert skip is None
+    executor.execute(job)  # continued (joined; the last one also sent the callback) ...
+    app.broker.requeue(delivery.lease)  # ... and died before settling
+    run(app)
+    assert r.get(timeout=1) == 0 + 2 + 4
+    assert ledger.count("run")[delivery.id] == 2
+    assert ledger.count("callback") == Counter({r.id: 1})
+
+
+def test_a_failing_member_stops_the_chord_and_is_named(app: Celeriac, ledger: Ledger) -> None:
+    r = chord([add.s(1, 1), boom.s("member"), add.s(2, 2)], tsum.s()).apply_async()
+    run(app)
+    assert not ledger.count("callback"), "the callback ran"
+    with pytest.raises(ChordError) as raised:
+        r.get(timeout=1)
+    message = str(raised.value)
+    assert f"chord member 1 ({boom.name}[{r.id}:h:1])" in message
+    assert "ValueError: boom member" in message
+    assert r.state == "FAILURE"
+
+
+def test_on_error_continue_passes_errors_in_the_list(app: Celeriac, ledger: Ledger) -> None:
+    r = chord([add.s(1, 1), boom.s("x"), add.s(2, 2)], collect.s(), on_error="continue").delay()
+    run(app)
+    first, error, last = r.get(timeout=1)
+    assert (first, last) == (2, 4)
+    assert error == {
+        "id": f"{r.id}:h:1",
+        "task": boom.name,
+        "type": "builtins.ValueError",
+        "message": "boom x",
+    }
+    assert ledger.count("callback") == Counter({r.id: 1})
+
+
+def test_an_empty_chord_calls_its_body_with_an_empty_list(app: Celeriac) -> None:
+    r = chord([], collect.s()).apply_async()
+    run(app)
+    assert r.get(timeout=1) == []
+
+
+def test_a_result_too_big_to_pass_on_fails_the_next_task_saying_why(
+    app: Celeriac, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app.conf, "task_payload_max_bytes", 2_000)
+    r = chord([identity.s("x" * 500) for _ in range(10)], collect.s().link_error(errback.s()))
+    result = r.apply_async()
+    run(app)
+    with pytest.raises(PayloadTooLarge, match="over task_payload_max_bytes"):
+        result.get(timeout=1)
+    assert not ledger.count("callback")
+    assert sum(ledger.count("errback").values()) == 1
+
+
+def test_a_broker_error_while_continuing_runs_the_task_again(
+    app: Celeriac, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = (add.s(1, 2) | add.s(3)).apply_async()
+    broker = app.broker
+    real_send = broker.send
+    failures = iter([BrokerConnectionError("the broker went away")])
+
+    def flaky_send(messages: Any) -> list[bool]:
+        for exc in failures:  # the first continuation fails, then the broker is back
+            raise exc
+        return real_send(messages)
+
+    monkeypatch.setattr(broker, "send", flaky_send)
+    run_queued(app, include_delayed=True)
+    assert r.get(timeout=1) == 6
+    assert ledger.count("run")[f"{r.id}:s0"] == 2  # not committed the first time: ran again
+
+
+def test_a_rejected_member_fails_the_chord(app: Celeriac, ledger: Ledger) -> None:
+    r = chord([add.s(1, 1), rejects.s()], tsum.s()).apply_async()
+    run(app)
+    with pytest.raises(ChordError, match="rejected by the task"):
+        r.get(timeout=1)
+    assert not ledger.count("callback")
+
+
+def test_a_member_dead_lettered_before_running_fails_the_chord(
+    app: Celeriac, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app.conf, "task_max_deliveries", 1)
+    r = chord([add.s(1, 1), add.s(2, 2)], tsum.s()).apply_async()
+    (delivery,) = app.broker.fetch(["default"], "w", limit=1, lease_seconds=30, timeout=0)
+    app.broker.requeue(delivery.lease)  # a crash: the second delivery is one too many
+    run(app)
+    with pytest.raises(ChordError, match="delivered 1 times"):
+        r.get(timeout=1)
+    assert not ledger.count("callback")
+
+
+def test_a_workflow_needs_the_canvas_middleware(app: Celeriac) -> None:
+    bare = Celeriac("bare", broker="memory://", middleware=[])
+
+    @bare.task
+    def one() -> int:
+        return 1
+
+    assert one.s().delay() is not None  # a lone task needs nothing
+    with pytest.raises(ConfigurationError, match="no Canvas middleware"):
+        (one.s() | one.si()).delay()
+
+
+# -- nesting ---------------------------------------------------------------------------
+
+SHAPES: dict[str, tuple[Callable[[], Canvas], Any]] = {
+    "chains in a group": (
+        lambda: group(add.s(1, 1) | mul.s(10), add.s(2, 2) | mul.s(100)),
+        [20, 400],
+    ),
+    "a group in a chain passes its list on": (
+        lambda: chain(add.s(1, 1), group(add.s(1), mul.s(3)), tsum.s(), mul.s(10)),
+        (3 + 6) * 10,
+    ),
+    "a chain ending in a group": (
+        lambda: add.s(1, 1) | group(add.s(1), add.s(2)),
+        [3, 4],
+    ),
+    "a chord in a chain": (
+        lambda: chain(add.s(1, 2), chord([add.s(1), mul.s(2)], tsum.s()), add.s(100)),
+        (4 + 6) + 100,
+    ),
+    "a chord whose header holds chords": (
+        lambda: chord(
+            [
+                chord([add.s(1, 1), add.s(2, 2)], tsum.s()),
+                chord([mul.s(3, 3), chord([add.s(5, 5)], collect.s()) | tsum.s()], collect.s()),
+                add.s(0, 1),
+            ],
+            collect.s(),
+        ),
+        [6, [9, 10], 1],
+    ),
+    "a group of groups": (
+        lambda: group(group(add.s(1, 1), add.s(2, 2)), add.s(3, 3)),
+        [[2, 4], 6],
+    ),
+    "a chord of chains and groups": (
+        lambda: chord([add.s(1, 1) | mul.s(2), group(add.s(0, 1), add.s(0, 2))], collect.s()),
+        [4, [1, 2]],
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_nested_shapes_return_the_right_value(app: Celeriac, shape: str) -> None:
+    build, expected = SHAPES[shape]
+    result = build().apply_async()
+    run(app)
+    assert result.get(timeout=1) == expected
+
+
+def test_workflows_run_on_every_broker(
+    broker_url: str, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The joins and dedupe by id rely on each broker's own store: SQLite and Redis too."""
+    monkeypatch.setenv("CELERIAC_TEST_LEDGER", str(ledger.path))
+    monkeypatch.setattr(tasks.app.conf, "broker_url", broker_url)
+    app = tasks.app
+    try:
+        build, expected = SHAPES["a chord whose header holds chords"]
+        nested = build().apply_async()
+        failing = chord([add.s(1, 1), boom.s("x")], tsum.s()).apply_async()
+        big = chord([identity.s(i) for i in range(300)], collect.s()).apply_async()
+        run(app)
+        assert nested.get(timeout=5) == expected
+        assert big.get(timeout=5) == list(range(300))
+        with pytest.raises(ChordError, match="chord member 1"):
+            failing.get(timeout=5)
+        callbacks = ledger.count("callback")
+        assert set(callbacks.values()) == {1}, "a callback ran twice"
+        assert {nested.id, big.id} <= set(callbacks) and failing.id not in callbacks
+    finally:
+        app.broker.close()
+
+
+def test_a_failure_inside_a_nested_chord_fails_the_outer_one(app: Celeriac, ledger: Ledger) -> None:
+    inner = chord([add.s(1, 1), boom.s("deep")], tsum.s())
+    r = chain(chord([inner, add.s(1, 1)], collect.s()), add.s(1)).apply_async()
+    run(app)
+    with pytest.raises(ChordError, match="boom deep"):
+        r.get(timeout=1)
+    assert not ledger.count("callback")
+
+
+# -- progress and the CLI ----------------------------------------------------------------
+
+
+def test_progress_shows_in_info_and_in_celeriac_result(app: Celeriac, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    gate.touch()
+    r = reports_progress.delay(str(gate))
+    runner = threading.Thread(target=run_queued, args=(app,))
+    runner.start()
+    try:
+        assert wait_for(lambda: r.info == {"done": 3, "total": 10}, timeout=10)
+        assert r.state == "PROGRESS"
+        code, output = invoke("-A", "tests.apps.canvas", "result", r.id)
+        assert code == 0
+        assert "PROGRESS" in output and "'done': 3, 'total': 10" in output
+    finally:
+        gate.unlink()
+        runner.join(timeout=20)
+    assert r.get(timeout=1) == "done"
+
+
+def test_celeriac_result_waits_for_a_group_and_a_chord(app: Celeriac) -> None:
+    g = group(add.s(i, i) for i in range(4)).apply_async()
+    c = chord([add.s(i, i) for i in range(4)], tsum.s()).apply_async()
+    bad = group(add.s(1, 1), boom.s("cli")).apply_async()
+    run(app)
+    code, output = invoke("-A", "tests.apps.canvas", "result", g.id, "--wait", "--json")
+    assert code == 0
+    shown = json.loads(output)
+    assert shown["state"] == "SUCCESS" and shown["result"] == [0, 2, 4, 6]
+    assert shown["meta"] == {"done": 4, "total": 4}
+    code, output = invoke("-A", "tests.apps.canvas", "result", c.id, "--wait")
+    assert code == 0 and "SUCCESS" in output and "12" in output
+    code, output = invoke("-A", "tests.apps.canvas", "result", bad.id, "--wait")
+    assert code == 1 and "FAILURE" in output and "boom cli" in output
+
+
+# -- the ETL example --------------------------------------------------------------------
+
+
+def load_etl() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("etl_example_tasks", ETL / "tasks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+EXPECTED_SALES = [
+    (1001, "2026-03-01", "Ada Lovelace", "GB", 3998),
+    (1002, "2026-03-01", "Grace Hopper", "US", 25000),
+    (1003, "2026-03-05", "Alan Turing", "GB", 2200),
+    (1005, "2026-03-03", "Barbara Liskov", "US", 2900),
+    (1006, "2026-03-04", "Donald Knuth", "US", 9995),
+    (1008, "2026-03-05", "Tim Berners-Lee", "CH", 990),
+]
+
+
+def loaded_sales(db_path: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db_path) as db:
+        return db.execute("SELECT * FROM sales ORDER BY order_id").fetchall()
+
+
+def test_the_etl_example_runs_in_process(tmp_path: Path) -> None:
+    etl = load_etl()
+    etl.app.conf.broker_url = "memory://"
+    etl.app.use_broker(MemoryBroker())
+    db_path = tmp_path / "warehouse.db"
+    flow = etl.pipeline(str(ETL / "sales.csv"), str(db_path))
+    assert [s.name for s in flow.steps] == ["etl.extract", "etl.transform", "etl.load"]
+    result = flow.delay()
+    assert run_queued(etl.app) == 3
+    assert result.get(timeout=1) == len(EXPECTED_SALES)
+    assert loaded_sales(db_path) == EXPECTED_SALES
+    # The rows travelled through the broker's store, not through messages.
+    extracted = etl.app.AsyncResult(f"{result.id}:s0").get(timeout=1)
+    assert extracted == f"etl:raw:{result.id}:s0"
+    # Running the pipeline again (at-least-once) loads nothing twice.
+    etl.pipeline(str(ETL / "sales.csv"), str(db_path)).delay()
+    run_queued(etl.app)
+    assert loaded_sales(db_path) == EXPECTED_SALES
+
+
+def test_eager_mode_runs_a_workflow_at_once(app: Celeriac, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app.conf, "task_always_eager", True)
+    assert (add.s(1, 2) | mul.s(3)).delay().get(timeout=1) == 9
+
+
+def test_signatures_need_an_app_to_be_sent() -> None:
+    lonely: Signature[Any] = Signature("nowhere.task")
+    with pytest.raises(Exception, match="knows no app"):
+        lonely.delay()
+    with pytest.raises(ValueError, match="at least one step"):
+        chain()
+    with pytest.raises(TypeError, match="not a signature"):
+        group([add.s(1, 1), 3])  # type: ignore[list-item]
+    assert mul.s(2)(y=3) == 6
