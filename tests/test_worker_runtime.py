@@ -137,3 +137,15 @@ def test_global_rate_limit_across_two_workers(
     assert others_done < starts[-1], "unlimited tasks waited behind the limited ones"
     stored = core_app.broker.get_result(limited[-1].id)
     assert stored is not None and b'"retries"' not in stored[0]  # no retry was used up
+
+
+def test_a_chain_whose_step_hits_its_hard_limit_fails_instead_of_hanging(
+    core_app: Celeriac, workers: WorkerProcesses
+) -> None:
+    from celeriac import TimeLimitExceeded, chain
+
+    workers.start("-c", "1")
+    flow = chain(core.stuck.si(), core.add.si(1, 1)).apply_async()
+    with pytest.raises(TimeLimitExceeded, match="hard time limit"):
+        flow.get(timeout=30)
+    assert core.add.delay(2, 2).get(timeout=20) == 4

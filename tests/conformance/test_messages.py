@@ -269,6 +269,16 @@ def test_complete_and_fetch(broker: Broker) -> None:
     assert committed and more == []
 
 
+def test_complete_and_fetch_from_several_queues(broker: Broker) -> None:
+    broker.send([out("a1", "qa"), out("a2", "qa"), out("b1", "qb", priority=4)])
+    d = one(broker, queues=("qa",))
+    committed, more = broker.complete_and_fetch(
+        d.lease, b"r", 60, ["qa", "qb"], "w1", limit=2, lease_seconds=30
+    )
+    assert committed and [m.id for m in more] == ["b1", "a2"]
+    assert [m.queue for m in more] == ["qb", "qa"]
+
+
 # -- dead letters ----------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 from celeriac.brokers.base import Lease, Outgoing
 from celeriac.brokers.redis import RedisBroker, scripts
-from celeriac.brokers.redis.keys import compact, index_bucket
+from celeriac.brokers.redis.keys import INDEX_BUCKETS, compact, index_bucket
 from celeriac.errors import BrokerError, LeaseLost
 
 LUA = resources.files("celeriac.brokers.redis")
@@ -86,8 +86,8 @@ def test_a_script_refusing_its_arguments_is_a_broker_error(
 
 def test_index_bucket_is_the_same_in_lua(raw: redis.Redis) -> None:
     lua = LUA.joinpath("includes", "index.lua").read_text()
-    lua += "\nlocal out = {}\nfor i, cid in ipairs(ARGV) do out[i] = index_bucket(cid, 1024) end"
-    lua += "\nreturn out"
+    lua += "\nlocal out = {}\nfor i, cid in ipairs(ARGV) do"
+    lua += f"\n  out[i] = index_bucket(cid, {INDEX_BUCKETS})\nend\nreturn out"
     cids = [compact(i) for i in ("a", "9b2c7a4e-0d1f-4c3b-8a5e-6f7a8b9c0d1e", "ünï", "x" * 300)]
     cids += [bytes(range(256))]
     assert raw.eval(lua, 0, *cids) == [index_bucket(c) for c in cids]

@@ -22,7 +22,11 @@ At-least-once, never lost, at most one committed result:
 6. **Idempotent enqueue.** :meth:`send` ignores an id that is queued, held, or has a final
    result stored.
 7. **Strict priority.** Of the due messages in the queues asked for, higher ``priority``
-   (0..9) first, then earlier due time, then send order.
+   (0..9) always first. Within one priority, the order in which messages became due
+   (a delayed, retried or reclaimed message joins the back when it comes due).
+8. **Consumers are heartbeated.** The ``consumer`` a fetch names must be an id that some
+   process heartbeats (:meth:`heartbeat`), or :meth:`reap` cannot tell that it died.
+   Workers heartbeat their supervisor id and one id per child.
 
 Every method may raise :class:`~celeriac.errors.BrokerConnectionError`; driver errors are
 translated at this boundary. Each operation has a sync face and an ``a``-prefixed async
@@ -321,6 +325,9 @@ class Broker(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional: brokers with no connections need nothing
         """Release connections. The broker may not be used afterwards."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional, as close()
+        """Release async connections (they belong to one event loop)."""
 
     # -- async faces --------------------------------------------------------------------
 

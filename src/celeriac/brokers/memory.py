@@ -61,6 +61,7 @@ class MemoryBroker(Broker):
         self._ready: dict[str, list[tuple[int, float, int, str]]] = {}
         self._delayed: list[tuple[float, int, str]] = []
         self._queues: set[str] = set()
+        self._reclaimed_at = 0.0
         self._results: dict[str, tuple[bytes, bool, float]] = {}
         self._dead: dict[str, DeadLetter] = {}
         self._workers: dict[str, WorkerInfo] = {}
@@ -128,7 +129,8 @@ class MemoryBroker(Broker):
         self, queues: Sequence[str], consumer: str, limit: int, lease_seconds: float
     ) -> list[Delivery]:
         now = time.time()
-        self._reclaim_expired(now)
+        if now - self._reclaimed_at > 0.25:  # a full scan: not on every fetch
+            self._reclaim_expired(now)
         self._promote(now)
         taken: list[Delivery] = []
         while len(taken) < limit:
@@ -165,6 +167,7 @@ class MemoryBroker(Broker):
                 )
 
     def _reclaim_expired(self, now: float) -> int:
+        self._reclaimed_at = now
         dead_workers = {w for w, exp in self._worker_expiry.items() if exp <= now}
         released = 0
         for entry in self._entries.values():

@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, info BLOB NOT NULL, expires_at REAL);
 CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS join_counts (key TEXT PRIMARY KEY, members INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL);
 CREATE TABLE IF NOT EXISTS joins (
     key TEXT NOT NULL,
@@ -443,6 +444,7 @@ class SQLiteBroker(SQLiteStore, Broker):
             db.execute("DELETE FROM results WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM joins WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM join_counts WHERE key NOT IN (SELECT DISTINCT key FROM joins)")
         return released
 
     # -- results ------------------------------------------------------------------------

@@ -56,11 +56,17 @@ class SQLiteStore:
     def join_add(self, key: str, member: str, value: bytes, ttl: float) -> int:
         """Add a member once; return the number of distinct members."""
         with self._transaction() as db:
-            db.execute(
+            added = db.execute(
                 "INSERT INTO joins VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (key, member, value, time.time() + ttl),
-            )
-            return int(db.execute("SELECT COUNT(*) FROM joins WHERE key = ?", (key,)).fetchone()[0])
+            ).rowcount
+            # A running count in the same transaction: COUNT(*) per add is quadratic.
+            row = db.execute(
+                "INSERT INTO join_counts VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                "members = members + excluded.members RETURNING members",
+                (key, added),
+            ).fetchone()
+            return int(row[0])
 
     def join_values(self, key: str) -> dict[str, bytes]:
         """Every member of a join and its value."""

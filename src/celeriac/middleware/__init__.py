@@ -13,13 +13,24 @@ from celeriac.middleware.rate_limit import RateLimit
 from celeriac.middleware.results import Results
 from celeriac.middleware.retries import Retries
 from celeriac.middleware.revocation import Revocation
+from celeriac.middleware.verdicts import Verdicts
 
 
 def default_middleware() -> list[Middleware]:
     """The middleware every app gets unless it passes its own list."""
     # Canvas first: its after_execute then runs last and sees the final outcome (after
     # Retries decided whether a failure is final).
-    return [Canvas(), Expiry(), Revocation(), Dedupe(), RateLimit(), Results(), Retries(), Events()]
+    return [
+        Canvas(),
+        Verdicts(),
+        Expiry(),
+        Revocation(),
+        Dedupe(),
+        RateLimit(),
+        Results(),
+        Retries(),
+        Events(),
+    ]
 
 
 __all__ = [
@@ -35,5 +46,6 @@ __all__ = [
     "Results",
     "Retries",
     "Revocation",
+    "Verdicts",
     "default_middleware",
 ]

@@ -64,11 +64,8 @@ def _drain(
     max_tasks: int,
 ) -> int:
     broker = app.broker
-    ran = 0
+    names, wait, ran = _queues(app, queues), 0.0, 0
     while ran < max_tasks:
-        names = list(queues) if queues else [s.queue for s in broker.stats()]
-        names = names or [app.conf.task_default_queue]
-        wait = _next_due_wait(app) if include_delayed else 0.0
         deliveries = broker.fetch(
             names,
             executor.worker_id,
@@ -77,8 +74,16 @@ def _drain(
             timeout=wait,
         )
         if not deliveries:
-            app.middleware.on_idle()
-            return ran
+            # Nothing due in the queues we know: look again once (tasks may have sent to
+            # new queues, or delayed ones may be waiting) before calling it done.
+            fresh = _queues(app, queues)
+            delayed = include_delayed and any(s.delayed for s in broker.stats())
+            if fresh == names and not delayed:
+                app.middleware.on_idle()
+                return ran
+            names, wait = fresh, 60.0 if delayed else 0.0
+            continue
+        wait = 0.0
         _, outcome = executor.process(deliveries[0])
         ran += 1
         if fail_fast and outcome.state == "FAILURE" and outcome.exception is not None:
@@ -86,6 +91,7 @@ def _drain(
     return ran
 
 
-def _next_due_wait(app: Celeriac) -> float:
-    delayed = sum(s.delayed for s in app.broker.stats())
-    return 60.0 if delayed else 0.0
+def _queues(app: Celeriac, queues: Sequence[str] | None) -> list[str]:
+    if queues:
+        return list(queues)
+    return sorted(s.queue for s in app.broker.stats()) or [app.conf.task_default_queue]

@@ -4,8 +4,10 @@ It starts N children (each a full consumer), then loops a few times a second:
 
 * reaps children that exited: the messages a dead child held go back to the queue at once
   (the running one counted as a delivery, prefetched ones not); a fresh child replaces it;
-* kills a child whose task passed its hard time limit, records that task as FAILURE with
-  ``TimeLimitExceeded`` (so it is not redelivered in a loop) and replaces the child;
+* kills a child whose task passed its hard time limit (or that runs a task revoked with
+  terminate), records a verdict for that task and hands its message back: the next
+  delivery does not run it but settles it as FAILURE with ``TimeLimitExceeded`` (or
+  REVOKED) through the middleware, so chains and chords carry on; then replaces the child;
 * renews the leases of everything its children hold, every third of the lease;
 * heartbeats for the host, and runs the broker's deterministic reaper for dead hosts.
 
@@ -29,9 +31,11 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from celeriac.brokers.base import Lease, WorkerInfo
 from celeriac.errors import BrokerError, ConfigurationError, TaskRevoked, TimeLimitExceeded
-from celeriac.message import ResultRecord, encode_result
+from celeriac.middleware.verdicts import Verdict, verdict_key
 from celeriac.worker.child import ChildSpec, child_main
 from celeriac.worker.executor import error_info
 from celeriac.worker.remote import Remote
@@ -253,6 +257,11 @@ class Worker:
             total[1] += grown
 
     def _record_killed(self, held: Held, state: str) -> None:
+        """Record why we stopped a task, and hand its message back.
+
+        The next delivery does not run it: the Verdicts middleware settles it with this
+        verdict through the whole pipeline, so retries, chains and chords carry on.
+        """
         if state == "REVOKED":
             exc: Exception = TaskRevoked(f"task {held.task}[{held.id}] was revoked and stopped")
         else:
@@ -261,19 +270,15 @@ class Worker:
                 f"task {held.task}[{held.id}] ran past its hard time limit "
                 f"({limit:g}s) and was killed"
             )
-        record = ResultRecord(
-            state=state,
-            task=held.task,
-            error=error_info(exc),
-            date_done=time.time(),
-            worker=self.id,
-        )
+        verdict = msgspec.json.encode(Verdict(state, error_info(exc)))
+        broker = self.app.broker
         lease = Lease(held.id, held.queue, held.token)
         self._quietly(
-            lambda: self.app.broker.complete(
-                lease, encode_result(record), self.app.conf.result_expires
+            functools.partial(
+                broker.kv_set, verdict_key(held.id), verdict, self.app.conf.result_expires
             )
         )
+        self._quietly(functools.partial(broker.requeue, lease, count_delivery=True))
 
     def _renew_leases(self) -> None:
         leases = [

@@ -9,7 +9,14 @@ import msgspec
 
 from celeriac.brokers.base import DeadLetter, Lease, QueueStats
 from celeriac.brokers.redis.keys import compact
-from celeriac.brokers.redis.ops import Context, known_queues, ms, publish, result_spec, settled
+from celeriac.brokers.redis.ops import (
+    Context,
+    after_commit,
+    known_queues,
+    ms,
+    result_spec,
+    settled,
+)
 from celeriac.brokers.redis.scripts import SCRIPTS, check
 from celeriac.brokers.redis.steps import Arg, Batch, Call, Command, Listen, Plan, Subscribe
 
@@ -106,8 +113,8 @@ def dead_letter(ctx: Context, lease: Lease, letter: DeadLetter, result: bytes | 
     ]
     code = yield Call(SCRIPTS.dead_letter, keys, args)
     committed = settled(code, f"dead-letter task {lease.id}")
-    if committed and result is not None and ctx.cluster:
-        yield from publish(ctx, q, cid, ms(DEAD_RESULT_TTL), result)
+    if committed:
+        yield from after_commit(ctx, q, cid, ms(DEAD_RESULT_TTL), result)
     return committed
 
 

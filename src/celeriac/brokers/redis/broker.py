@@ -6,7 +6,7 @@ Data layout (all keys of a queue under its hash tag ``<prefix>:{<queue>}``):
   (magic, priority, delivery count, id length), the compact id and the message body, so a
   waiting message is one list element plus one small index entry: about 175 bytes of Redis
   memory for a 106-byte message, measured over 10,000 (Celery ~1,030, Dramatiq ~394).
-* ``:ids:0`` .. ``:ids:1023`` — the id index (small listpack hashes): an id is here from
+* ``:ids:0`` .. ``:ids:1020`` — the id index (small listpack hashes): an id is here from
   send until it is completed or dead-lettered, which makes send idempotent.
 * ``:delayed`` — sorted set by due time; due entries are promoted inside every fetch.
 * ``:held`` + ``:leases`` — what is out under a lease: token, consumer and entry, and the

@@ -19,7 +19,7 @@ from functools import cached_property
 from celeriac.errors import ConfigurationError
 
 PRIORITIES = 10  # 0..9, one ready list each
-INDEX_BUCKETS = 1024  # id index hashes per queue; must match what the Lua side is given
+INDEX_BUCKETS = 1021  # id index hashes per queue (a prime: ids spread evenly); part of the layout
 
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -51,11 +51,9 @@ def expand(cid: bytes) -> str:
 
 
 def index_bucket(cid: bytes) -> int:
-    """Which of a queue's index hashes holds ``cid``; the same function is in index.lua."""
-    h = 0
-    for byte in cid:
-        h = (h * 31 + byte) % 1_000_003
-    return h % INDEX_BUCKETS
+    """Which of a queue's index hashes holds ``cid``: the id's bytes as one big-endian
+    number, modulo the bucket count (index.lua computes the same, byte by byte)."""
+    return int.from_bytes(cid, "big") % INDEX_BUCKETS
 
 
 @dataclass(frozen=True)

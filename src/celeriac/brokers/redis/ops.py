@@ -16,7 +16,7 @@ from typing import Any
 from celeriac.brokers.base import Delivery, Lease, Outgoing
 from celeriac.brokers.redis.keys import Keyspace, QueueKeys, compact, expand
 from celeriac.brokers.redis.scripts import SCRIPTS, ErrorCode, check
-from celeriac.brokers.redis.steps import Arg, Batch, Call, Command, OnEveryNode, Plan, Step
+from celeriac.brokers.redis.steps import Arg, Batch, Call, Command, OnEveryNode, Plan
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 
 log = logging.getLogger("celeriac.brokers.redis")
@@ -206,8 +206,8 @@ def complete(ctx: Context, lease: Lease, result: bytes | None, ttl: float) -> Pl
         SCRIPTS.complete, keys, [cid, lease.token, *result_spec(ctx, lease.id, result, ttl)]
     )
     committed = settled(code, f"complete task {lease.id}")
-    if committed and result is not None and ctx.cluster:
-        yield from publish(ctx, q, cid, ms(ttl), result)
+    if committed:
+        yield from after_commit(ctx, q, cid, ms(ttl), result)
     return committed
 
 
@@ -243,8 +243,8 @@ def complete_and_fetch(
     ]
     reply = yield Call(SCRIPTS.complete_fetch, keys, args)
     committed = settled(reply[0], f"complete task {lease.id}")
-    if committed and result is not None and ctx.cluster:
-        yield from publish(ctx, q, cid, ms(ttl), result)
+    if committed:
+        yield from after_commit(ctx, q, cid, ms(ttl), result)
     return committed, deliveries(reply, 3, queues)
 
 
@@ -257,6 +257,27 @@ def publish(ctx: Context, q: QueueKeys, cid: bytes, ttl_ms: int, result: bytes) 
         [result, ttl_ms, ctx.keys.channel(task_id)],
     )
     yield Command(("HDEL", q.outbox, cid))
+
+
+def after_commit(
+    ctx: Context, q: QueueKeys, cid: bytes, ttl_ms: int, result: bytes | None
+) -> Plan[None]:
+    """In Cluster, publish a result the settling script parked in the outbox.
+
+    The commit already happened, so a failure here is not the caller's failure: it is
+    logged, and the reaper publishes the parked result later.
+    """
+    if result is None or not ctx.cluster:
+        return
+    try:
+        yield from publish(ctx, q, cid, ttl_ms, result)
+    except BrokerError as exc:
+        log.warning(
+            "task %s committed, but its result could not be published yet (%s); the reaper "
+            "will publish it",
+            expand(cid),
+            exc,
+        )
 
 
 def requeue(
@@ -351,13 +372,13 @@ def reap(ctx: Context) -> Plan[int]:
 
 def check_server(ctx: Context, url: str) -> Plan[None]:
     """Refuse Redis before 7.0 and an evicting ``maxmemory-policy``; warn when persistence
-    is off.
+    is off. A server that refuses INFO or CONFIG (managed services) gets a warning.
 
     Raises:
         ConfigurationError: the server is too old, or eviction could delete queued tasks.
     """
-    servers = yield OnEveryNode(Command(("INFO", "server")))
-    for server in servers:
+    servers = yield from _ask(Command(("INFO", "server")), url)
+    for server in servers or []:
         version = str(server.get("redis_version", "0")) if isinstance(server, dict) else "0"
         if int(version.split(".")[0]) < MIN_REDIS:
             raise ConfigurationError(
@@ -366,19 +387,8 @@ def check_server(ctx: Context, url: str) -> Plan[None]:
             )
     settings: dict[bytes, list[bytes]] = {}
     for name in (b"maxmemory-policy", b"save", b"appendonly"):
-        step: Step = OnEveryNode(Command(("CONFIG", "GET", name)))
-        try:
-            replies = yield step
-        except BrokerConnectionError:
-            raise
-        except BrokerError as exc:
-            log.warning(
-                "cannot read the settings of Redis at %s (CONFIG GET is disabled, as "
-                "on many managed services): check yourself that maxmemory-policy is "
-                "noeviction and that persistence is on. (%s)",
-                url,
-                exc,
-            )
+        replies = yield from _ask(Command(("CONFIG", "GET", name)), url)
+        if replies is None:
             return
         settings[name] = [_config_value(reply, name) for reply in replies]
     evicting = sorted({p.decode() for p in settings[b"maxmemory-policy"]} - {"noeviction"})
@@ -397,6 +407,25 @@ def check_server(ctx: Context, url: str) -> Plan[None]:
             "loses every queued task. Set `appendonly yes` for a durable broker.",
             url,
         )
+
+
+def _ask(command: Command, url: str) -> Plan[list[Any] | None]:
+    """Run a command on every node; None (and a warning) when the server refuses it."""
+    try:
+        replies: list[Any] = yield OnEveryNode(command)
+    except BrokerConnectionError:
+        raise
+    except BrokerError as exc:
+        log.warning(
+            "cannot run %s on Redis at %s (disabled, as on many managed services): check "
+            "yourself that it is Redis 7 or newer, that maxmemory-policy is noeviction and "
+            "that persistence is on. (%s)",
+            " ".join(str(a) for a in command.args[:2]),
+            url,
+            exc,
+        )
+        return None
+    return replies
 
 
 def _config_value(reply: Any, name: bytes) -> bytes:

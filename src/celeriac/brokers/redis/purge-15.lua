@@ -2,7 +2,7 @@
 -- and forget their ids in the index. Called repeatedly until it returns less than the limit.
 --
 -- KEYS[1..15]  the queue block (includes/queue.lua)
--- KEYS[16..]   every index bucket of the queue, in bucket order (1024 keys)
+-- KEYS[16..]   every index bucket of the queue, in bucket order (1021 keys)
 -- ARGV[1]      how many entries to delete at most in this call
 -- Returns: the number of entries deleted.
 -- @include entry.lua

@@ -1,8 +1,8 @@
 -- queue.lua: the state transitions of one queue, shared by the scripts that move messages.
--- Needs clock.lua and entry.lua.
+-- Needs entry.lua. Times (now, due, deadlines) are milliseconds of Redis's clock.
 --
 -- A "queue block" is 15 consecutive KEYS, all under the queue's hash tag:
---   +1..+10  ready lists, priority 0..9 (RPUSH at the tail, LPOP at the head)
+--   +1..+10  ready lists, priority 0..9 (RPUSH at the tail, LMPOP from the head)
 --   +11      delayed: sorted set, score = due time in ms, member = entry
 --   +12      held: hash, compact id -> msgpack(token, consumer, entry)
 --   +13      leases: sorted set, compact id -> lease deadline in ms
@@ -41,7 +41,7 @@ local function place(q, entry, priority, due, now)
   end
 end
 
--- token, consumer, cid, priority, deliveries, body of a held message; nil if not held.
+-- token, consumer, priority, deliveries, body of a held message; nil if not held.
 local function held(q, cid)
   local record = redis.call('HGET', q.held, cid)
   if not record then return nil end
