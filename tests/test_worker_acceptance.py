@@ -168,8 +168,9 @@ def test_a_crash_at_each_point_loses_nothing_and_commits_once(
 ) -> None:
     marker = ledger.path.with_name("crashed")
     results = [core.add.delay(i, 1) for i in range(20)]
-    workers.start("-c", "1", env={"CELERIAC_CRASH_AT": f"{point}:3",
-                                  "CELERIAC_CRASH_MARKER": str(marker)})
+    workers.start(
+        "-c", "1", env={"CELERIAC_CRASH_AT": f"{point}:3", "CELERIAC_CRASH_MARKER": str(marker)}
+    )
     assert [r.get(timeout=30) for r in results] == [i + 1 for i in range(20)]
     assert marker.exists(), "the crash point was never reached"
     runs = ledger.count("run")
