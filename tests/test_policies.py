@@ -165,3 +165,18 @@ def test_rate_reservations_are_spaced(app: Celeriac) -> None:
     waits = [app.broker.rate_reserve("r", per_second=10) for _ in range(5)]
     assert waits[0] == 0
     assert [round(w, 1) for w in waits] == [0.0, 0.1, 0.2, 0.3, 0.4]
+
+
+def test_an_oversized_result_is_stored_as_a_clear_failure(app: Celeriac) -> None:
+    from celeriac import PayloadTooLarge
+
+    app.conf.task_result_max_bytes = 1000
+
+    @app.task
+    def report() -> str:
+        return "x" * 5000
+
+    r = report.delay()
+    run_queued(app, fail_fast=False)
+    with pytest.raises(PayloadTooLarge, match=r"returned 5,\d{3} bytes, over task_result_max"):
+        r.get(timeout=1)

@@ -43,6 +43,7 @@ class Settings:
     task_always_eager: bool = False  # delay() runs the task in the caller (tests only)
     task_payload_warn_bytes: int = 16 * 1024
     task_payload_max_bytes: int = 256 * 1024
+    task_result_max_bytes: int = 16 * 1024 * 1024  # a bigger result is stored as FAILURE
     task_unknown_retry_delay: float = 10.0  # seconds before an unknown task is offered again
     task_unknown_max_age: float = 3600.0  # then an unknown task is dead-lettered
     result_expires: float = 86_400.0  # seconds a result is kept

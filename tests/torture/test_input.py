@@ -45,7 +45,7 @@ def test_11_malformed_input_is_dead_lettered_and_the_worker_keeps_serving(rig: R
     Proves: each bad message ends in the dead-letter queue with a reason naming what was
     wrong (and its raw bytes kept); a 10 MB argument is refused at enqueue under the
     default size limit, and runs exactly once when the limit allows it; the 50 MB result
-    is committed once; the worker serves normal tasks throughout.
+    ends FAILURE naming task_result_max_bytes; the worker serves normal tasks throughout.
     """
     from tests.torture.app import big_argument, big_result
 
@@ -87,7 +87,10 @@ def test_11_malformed_input_is_dead_lettered_and_the_worker_keeps_serving(rig: R
     assert terminal["m-big-argument"].state == "SUCCESS"
     assert report.executions["m-big-argument"] == 1
     assert rig.app.AsyncResult("m-big-argument").get(timeout=5)["length"] == 10 * MB
-    assert terminal["m-big-result"].state == "SUCCESS"
+    # Over task_result_max_bytes (16 MiB by default): a clear FAILURE, never a 50 MB value
+    # in broker memory.
+    assert terminal["m-big-result"].state == "FAILURE"
+    assert "over task_result_max_bytes" in terminal["m-big-result"].reason
     assert report.executions["m-big-result"] == 1
     normal = [i for i in terminal if i.startswith(("m-before", "m-after"))]
     assert len(normal) == 20 and all(terminal[i].state == "SUCCESS" for i in normal)
@@ -95,23 +98,11 @@ def test_11_malformed_input_is_dead_lettered_and_the_worker_keeps_serving(rig: R
     assert all(p.poll() is None for p in rig.workers.started), "a worker died"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ResultTimeout,
-    reason=(
-        "BUG: the Redis broker's wait_result only listens on pub/sub after its first GET "
-        "and never reads the result key again. A commit publishes the whole result; a "
-        "result over Redis's default pub/sub output limit (client-output-buffer-limit "
-        "pubsub 32mb) makes Redis disconnect the waiter, redis-py resubscribes silently, "
-        "and the publish is never seen: get() waits out its whole timeout (forever with "
-        "timeout=None) although the task committed. (From the code, any publish missed "
-        "while a subscription reconnects would be lost the same way; not measured.)"
-    ),
-)
 def test_11_a_waiter_wakes_for_a_result_larger_than_the_pubsub_buffer(redis_rig: Rig) -> None:
     """Scenario 11, the 50 MB result seen by a client that is already waiting for it.
 
-    Proves (once fixed): a committed result wakes its waiter whatever its size.
+    Proves: a committed result wakes its waiter whatever its size (the wake-up is one
+    byte; the waiter reads the key).
     """
     from tests.torture.app import big_result
 
@@ -128,7 +119,8 @@ def test_11_a_waiter_wakes_for_a_result_larger_than_the_pubsub_buffer(redis_rig:
     waiter = threading.Thread(target=wait)
     waiter.start()  # subscribed long before the worker below has started
     try:
-        rig.workers.start("-c", "1")
+        # Allow a result bigger than Redis's 32 MB pub/sub buffer: the case under test.
+        rig.workers.start("-c", "1", env={"CELERIAC_TASK_RESULT_MAX_BYTES": str(64 * MB)})
         assert wait_for(lambda: rig.app.broker.get_result(result.id) is not None, timeout=20)
     finally:
         waiter.join(timeout=30)

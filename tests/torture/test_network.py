@@ -196,18 +196,6 @@ def test_13_a_producer_retrying_a_send_creates_one_task_sqlite(
     assert report.duplicates == {1: len(ids)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: the supervisor does all its broker work serially in one loop, one round trip "
-        "per call: 2 remote-control reads, lease renewal, its own heartbeat, one heartbeat "
-        "PER CHILD, and 3-4 for the reaper. At 500 ms per call a worker with 4 children "
-        "needs ~6 s per pass, longer than its children's heartbeat TTL (5 x 1 s): reapers "
-        "(its own and others') declare the children dead and hand their running tasks to "
-        "other workers. Measured: 4 tasks of 7 s ran 2, 2, 3 and 4 times. With defaults "
-        "(heartbeat 2 s, TTL 10 s) the same happens from about -c 12 at 500 ms."
-    ),
-)
 def test_7_latency_with_more_children_than_round_trips_allow(
     redis_server: RedisServer, rig_factory: RigFactory
 ) -> None:

@@ -211,6 +211,13 @@ class Broker(abc.ABC):
     def heartbeat(self, worker: WorkerInfo, ttl: float) -> None:
         """Record that ``worker`` is alive for the next ``ttl`` seconds."""
 
+    def heartbeat_all(self, workers: Sequence[WorkerInfo], ttl: float) -> None:
+        """Heartbeat several workers (a supervisor and its children) in one round trip
+        where the broker can: a supervisor on a slow link must not spend its children's
+        heartbeat TTL on one round trip per child."""
+        for worker in workers:
+            self.heartbeat(worker, ttl)
+
     @abc.abstractmethod
     def forget_worker(self, worker_id: str) -> None:
         """Remove a worker that stopped cleanly (its leases are already settled)."""

@@ -418,6 +418,20 @@ class SQLiteBroker(SQLiteStore, Broker):
                 "INSERT OR REPLACE INTO workers VALUES (?, ?, ?)", (worker.id, info, now + ttl)
             )
 
+    def heartbeat_all(self, workers: Sequence[WorkerInfo], ttl: float) -> None:
+        """Record several live workers in one transaction."""
+        now = time.time()
+        rows = [
+            (
+                w.id,
+                msgspec.json.encode(msgspec.structs.asdict(_WorkerRow.from_info(w, now))),
+                now + ttl,
+            )
+            for w in workers
+        ]
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO workers VALUES (?, ?, ?)", rows)
+
     def forget_worker(self, worker_id: str) -> None:
         """Drop a worker that stopped cleanly."""
         with self._transaction() as db:

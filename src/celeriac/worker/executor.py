@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from celeriac import crashpoints
 from celeriac.brokers.base import DeadLetter, Delivery
 from celeriac.codec import UntrustedMessage
-from celeriac.errors import MalformedMessage, Reject, Retry
+from celeriac.errors import MalformedMessage, PayloadTooLarge, Reject, Retry
 from celeriac.message import (
     ErrorInfo,
     ResultRecord,
@@ -225,7 +225,7 @@ class Executor:
         if crashpoints.ARMED:
             crashpoints.reached("before_commit")
         if state in FINAL:
-            result = encode_result(self._record(job, outcome)) if outcome.store_result else None
+            result = self._encoded_result(job, outcome) if outcome.store_result else None
             if fetch is not None:
                 committed, more = broker.complete_and_fetch(
                     lease,
@@ -253,6 +253,20 @@ class Executor:
         self._log(job, outcome, committed)
         self.app.middleware.after_settle(job, outcome, committed)
         return more
+
+    def _encoded_result(self, job: Job, outcome: Outcome) -> bytes:
+        raw = encode_result(self._record(job, outcome))
+        limit = self.app.conf.task_result_max_bytes
+        if len(raw) <= limit:
+            return raw
+        # Refused like an oversized message: results live in broker memory too.
+        exc = PayloadTooLarge(
+            f"task {job.label} returned {len(raw):,} bytes, over task_result_max_bytes "
+            f"({limit:,}); store the data elsewhere (a file, object storage) and return its id"
+        )
+        log.error("%s", exc)
+        too_big = Outcome("FAILURE", error=error_info(exc), exception=exc, runtime=outcome.runtime)
+        return encode_result(self._record(job, too_big))
 
     def _record(self, job: Job, outcome: Outcome) -> ResultRecord:
         message = job.message

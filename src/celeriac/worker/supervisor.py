@@ -94,7 +94,7 @@ class Worker:
         processes = concurrency if pool == "process" else 1
         self._children = [_ChildState(i, Slot()) for i in range(processes)]
         self._stop_requests = 0
-        self._last_renew = self._last_beat = 0.0
+        self._last_renew = self._last_beat = self._last_reap = 0.0
         self._started = time.time()
         self._done_before = 0
         self._growth_before: dict[str, list[int]] = {}
@@ -154,24 +154,40 @@ class Worker:
 
     def _tick(self) -> None:
         now = time.time()
-        self.remote.poll()
-        if self.remote.shutdown_requested and self._stop_requests == 0:
-            self._stop_requests = 1
         for child in self._children:
             view = child.slot.read()
             child.last_view = view
             self._enforce_limits(child, view, now)
         self._reap_children()
         try:
-            if now - self._last_renew >= self.app.conf.worker_lease_seconds / 3:
-                self._renew_leases()
-                self._last_renew = now
-            if now - self._last_beat >= self.app.conf.worker_heartbeat_seconds:
-                self._heartbeat()
-                self.app.broker.reap()
-                self._last_beat = now
+            self._broker_duties(now)
         except BrokerError as exc:
             log.error("worker %s cannot reach the broker (%s); retrying", self.id, exc)
+        if self.remote.shutdown_requested and self._stop_requests == 0:
+            self._stop_requests = 1
+
+    def _broker_duties(self, now: float) -> None:
+        """What keeps this worker's tasks its own, first; the rest when there is time.
+
+        Every call is a round trip, and on a slow link a pass can take seconds: heartbeats
+        (one call for the supervisor and all children) and lease renewals come first, so
+        they stay on time; remote control and the reaper of other hosts wait for a pass
+        that has time to spare.
+        """
+        conf = self.app.conf
+        started = time.monotonic()
+        if now - self._last_beat >= conf.worker_heartbeat_seconds:
+            self._heartbeat()
+            self._last_beat = now
+        if now - self._last_renew >= conf.worker_lease_seconds / 3:
+            self._renew_leases()
+            self._last_renew = now
+        if time.monotonic() - started > conf.worker_heartbeat_seconds / 2:
+            return
+        self.remote.poll()
+        if now - self._last_reap >= max(conf.worker_heartbeat_seconds, 2.0):
+            self.app.broker.reap()
+            self._last_reap = now
 
     # -- children -----------------------------------------------------------------------
 
@@ -340,7 +356,7 @@ class Worker:
         ]
 
     def _heartbeat(self) -> None:
-        conf = self.app.conf
+        """The supervisor's heartbeat and each live child's consumer id, in one call."""
         info = WorkerInfo(
             self.id,
             socket.gethostname(),
@@ -353,17 +369,14 @@ class Worker:
                 "active": [h.id for c in self._children for h in c.last_view.held if h.started],
             },
         )
-        self.app.broker.heartbeat(info, conf.worker_heartbeat_seconds * 5)
-        for child in self._children:
-            if child.pid:
-                self._beat_child(child, child.pid, self._child_ttl())
+        beats = [info, *(self._child_info(c, c.pid) for c in self._children if c.pid)]
+        self.app.broker.heartbeat_all(beats, self._child_ttl())
 
     def _child_ttl(self) -> float:
         return self.app.conf.worker_heartbeat_seconds * 5
 
-    def _beat_child(self, child: _ChildState, pid: int, ttl: float) -> None:
-        """Heartbeat one child's consumer id; ttl 0 declares it dead at once."""
-        info = WorkerInfo(
+    def _child_info(self, child: _ChildState, pid: int) -> WorkerInfo:
+        return WorkerInfo(
             child.consumer,
             socket.gethostname(),
             pid,
@@ -372,7 +385,10 @@ class Worker:
             child.started,
             extra={"child_of": self.id},
         )
-        self.app.broker.heartbeat(info, ttl)
+
+    def _beat_child(self, child: _ChildState, pid: int, ttl: float) -> None:
+        """Heartbeat one child's consumer id; ttl 0 declares it dead at once."""
+        self.app.broker.heartbeat(self._child_info(child, pid), ttl)
 
     def _quietly(self, action: Callable[[], object]) -> None:
         try:
@@ -409,9 +425,14 @@ class Worker:
             if child.pid:
                 child.last_view = view
         self._reap_children()
-        if time.time() - self._last_renew >= self.app.conf.worker_lease_seconds / 3:
+        now, conf = time.time(), self.app.conf
+        # Running tasks are still ours while they finish: keep their children alive too.
+        if now - self._last_beat >= conf.worker_heartbeat_seconds:
+            self._quietly(self._heartbeat)
+            self._last_beat = now
+        if now - self._last_renew >= conf.worker_lease_seconds / 3:
             self._quietly(self._renew_leases)
-            self._last_renew = time.time()
+            self._last_renew = now
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -22,7 +22,7 @@ from celeriac.brokers.redis.steps import Arg, Batch, Call, Command, Listen, Plan
 
 DEAD_RESULT_TTL = 86_400.0 * 7  # seconds a dead-lettered task's result is kept
 PURGE_STEP = 10_000  # entries deleted per purge call, so Redis never stalls for long
-LISTEN_STEP = 5.0  # seconds per wait for a pub/sub message (a long wait is many short ones)
+LISTEN_STEP = 1.0  # seconds per wait for a wake-up; the key is read again after each
 
 
 class _Letter(msgspec.Struct, array_like=True):
@@ -65,18 +65,21 @@ def wait_result(ctx: Context, task_id: str, timeout: float) -> Plan[bytes | None
     """Subscribe to the task's channel, then look: a commit in between is never missed.
 
     Every waiter has its own subscription, so many waiters on one id all wake, each as
-    soon as the committing script publishes — no polling.
+    soon as the committing script publishes. The wake-up is one byte; the waiter then
+    reads the result key. It also reads the key after every quiet second, because a
+    wake-up published while redis-py was re-subscribing (after a dropped connection)
+    is gone for good.
     """
     deadline = time.monotonic() + timeout
     yield Subscribe(ctx.keys.channel(task_id))
-    stored = _read_result((yield Command(("GET", ctx.keys.result(task_id)))))
-    if stored is not None and stored[1]:
-        return stored[0]
-    while (remaining := deadline - time.monotonic()) > 0:
-        data = yield Listen(min(remaining, LISTEN_STEP))
-        if data is not None:
-            return bytes(data)
-    return None
+    while True:
+        stored = _read_result((yield Command(("GET", ctx.keys.result(task_id)))))
+        if stored is not None and stored[1]:
+            return stored[0]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        yield Listen(min(remaining, LISTEN_STEP))
 
 
 def forget_result(ctx: Context, task_id: str) -> Plan[None]:

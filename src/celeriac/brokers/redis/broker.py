@@ -219,18 +219,30 @@ class RedisBroker(Broker):
 
     def heartbeat(self, worker: WorkerInfo, ttl: float) -> None:
         """Record that ``worker`` is alive for ``ttl`` more seconds (Redis's clock)."""
-        row = _WorkerRow(
-            worker.id,
-            worker.host,
-            worker.pid,
-            list(worker.queues),
-            worker.concurrency,
-            worker.started_at,
-            time.time(),
-            dict(worker.extra),
-        )
-        info = msgspec.json.encode(row)
-        self._run(ops.heartbeat(self._ctx, worker.id, ttl, info), "record a heartbeat")
+        self.heartbeat_all([worker], ttl)
+
+    def heartbeat_all(self, workers: Sequence[WorkerInfo], ttl: float) -> None:
+        """Record several live workers in one round trip."""
+        now = time.time()
+        rows = [
+            (
+                w.id,
+                msgspec.json.encode(
+                    _WorkerRow(
+                        w.id,
+                        w.host,
+                        w.pid,
+                        list(w.queues),
+                        w.concurrency,
+                        w.started_at,
+                        now,
+                        dict(w.extra),
+                    )
+                ),
+            )
+            for w in workers
+        ]
+        self._run(ops.heartbeat_all(self._ctx, rows, ttl), "record heartbeats")
 
     def forget_worker(self, worker_id: str) -> None:
         """Drop a worker that stopped cleanly."""

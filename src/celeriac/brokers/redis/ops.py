@@ -318,11 +318,13 @@ def renew(ctx: Context, leases: Sequence[Lease], lease_seconds: float) -> Plan[l
 
 def heartbeat(ctx: Context, worker_id: str, ttl: float, info: bytes) -> Plan[None]:
     """Record a live worker until ``ttl`` seconds from now (Redis time)."""
-    yield Call(
-        SCRIPTS.heartbeat,
-        (ctx.keys.workers_alive, ctx.keys.workers_info),
-        [worker_id, ms(ttl), info],
-    )
+    yield from heartbeat_all(ctx, [(worker_id, info)], ttl)
+
+
+def heartbeat_all(ctx: Context, workers: Sequence[tuple[str, bytes]], ttl: float) -> Plan[None]:
+    """Record several live workers in one pipeline (one round trip)."""
+    keys = (ctx.keys.workers_alive, ctx.keys.workers_info)
+    yield Batch([Call(SCRIPTS.heartbeat, keys, [wid, ms(ttl), info]) for wid, info in workers])
 
 
 def forget_worker(ctx: Context, worker_id: str) -> Plan[None]:

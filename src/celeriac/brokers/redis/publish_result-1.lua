@@ -7,7 +7,9 @@
 -- ARGV[2]      time to live in ms
 -- ARGV[3]      the channel that wakes waiters of this task id
 -- Returns: 1.
+-- The wake-up carries one byte, never the result: a large result would overflow a
+-- subscriber's output buffer and Redis would drop the subscriber (and the wake-up).
 
 redis.call('SET', KEYS[1], 'F' .. ARGV[1], 'PX', ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[1])
+redis.call('PUBLISH', ARGV[3], '1')
 return 1

@@ -19,7 +19,7 @@ local function commit_result(target, spec, cid)
   if not spec.present then return end
   if spec.mode == 'direct' then
     redis.call('SET', target, 'F' .. spec.body, 'PX', spec.ttl)
-    redis.call('PUBLISH', spec.channel, spec.body)
+    redis.call('PUBLISH', spec.channel, '1')  -- a wake-up only: waiters read the key
   else
     redis.call('HSET', target, cid, spec.ttl .. ':' .. spec.body)
   end
