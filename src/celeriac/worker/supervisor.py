@@ -420,12 +420,16 @@ class Worker:
         log.info("worker %s stopped", self.id)
 
     def _tick_shutdown(self) -> None:
+        now, conf = time.time(), self.app.conf
         for child in self._children:
             view = child.slot.read()
             if child.pid:
                 child.last_view = view
+                # A task past its hard limit, or revoked with terminate, must not hold
+                # the shutdown hostage.
+                self._enforce_limits(child, view, now)
         self._reap_children()
-        now, conf = time.time(), self.app.conf
+        self._quietly(self.remote.poll)
         # Running tasks are still ours while they finish: keep their children alive too.
         if now - self._last_beat >= conf.worker_heartbeat_seconds:
             self._quietly(self._heartbeat)
