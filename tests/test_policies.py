@@ -103,10 +103,14 @@ def test_events_are_written_in_batches(app: Celeriac) -> None:
 
     ids = [ok.delay().id for _ in range(3)]
     run_queued(app)
+    app.conf.worker_send_started_events = True
+    more = ok.delay().id
+    run_queued(app)
     events = [msgspec.json.decode(raw) for _, raw in app.broker.stream_read(STREAM, 0, 100)]
     kinds = [(e["type"], e["id"]) for e in events]
     for task_id in ids:
-        assert [k for k, i in kinds if i == task_id] == ["received", "started", "succeeded"]
+        assert [k for k, i in kinds if i == task_id] == ["succeeded"]  # one event per task
+    assert [k for k, i in kinds if i == more] == ["received", "started", "succeeded"]
 
 
 def test_dedupe_returns_the_first_task(app: Celeriac) -> None:

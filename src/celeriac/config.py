@@ -63,6 +63,7 @@ class Settings:
     accept_content: list[str] = dataclasses.field(default_factory=lambda: ["json", "msgpack"])
     task_signing_key: str | list[str] | None = None  # first signs; all verify (rotation)
     worker_send_task_events: bool = True  # batched into a bounded stream; see `celeriac events`
+    worker_send_started_events: bool = False  # also "received" and "started" per task
 
     def update(self, **values: Any) -> None:
         """Set several settings, converting and checking each one."""

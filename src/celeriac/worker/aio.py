@@ -150,7 +150,8 @@ class AsyncioChild(Child):
         self._dirty = False
         held = [h for items in self._held.values() for h in items]
         held.sort(key=lambda h: h.started == 0)
-        self.slot.write(held, current_rss(), self.tasks_done, self.growth)
+        self.rss = current_rss()
+        self.slot.write(held, self.rss, self.tasks_done, self.growth)
 
 
 def _call_with_soft_limit(executor: Executor, job: Job, soft: float) -> Any:
