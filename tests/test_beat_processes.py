@@ -30,9 +30,7 @@ from tests.conftest import ROOT, Ledger, WorkerProcesses
 pytestmark = pytest.mark.slow
 
 APP = "tests.apps.periodic"
-# The issue asks for 30 s; 10 s keeps the suite's budget. Each scheduler wakes at every
-# tick, so ten seconds already make ~30 competing claims per scheduler.
-DURATION = 10
+DURATION = 30  # the acceptance: three schedulers, a 1-s interval, for 30 s
 
 
 @dataclass

@@ -89,3 +89,25 @@ def test_accept_content_from_the_environment() -> None:
         {"CELERIAC_ACCEPT_CONTENT": "json, msgpack", "CELERIAC_LIMITS": '{"smtp": "10/s"}'}
     )
     assert s.accept_content == ["json", "msgpack"] and s.limits == {"smtp": "10/s"}
+
+
+def test_a_signing_app_dead_letters_an_unsigned_message_in_a_real_broker(
+    broker_url: str,
+) -> None:
+    app = Celeriac("codec-real", broker=broker_url, task_signing_key="s3cret")
+
+    @app.task(name="codec.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    try:
+        unsigned = encode_message(Message(id="by-hand", task="codec.add", args=[1, 1]))
+        app.broker.send([Outgoing("by-hand", "default", unsigned)])  # not through the app
+        signed = add.delay(2, 2)
+        run_queued(app, queues=["default"])
+        assert signed.get(timeout=5) == 4
+        (letter,) = app.broker.dead_letters()
+        assert letter.id == "by-hand" and letter.reason.startswith("refused: unsigned")
+        assert letter.body == unsigned
+    finally:
+        app.broker.close()

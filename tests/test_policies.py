@@ -79,7 +79,7 @@ def test_dead_letter_after_retries_keeps_the_error(app: Celeriac) -> None:
     r = flaky.delay()
     run_queued(app, include_delayed=True, fail_fast=False)
     (letter,) = app.broker.dead_letters()
-    assert letter.reason == "failed after 1 retries" and letter.error == "disk gone"
+    assert letter.reason == "failed after 1 retries" and letter.error.endswith("disk gone")
     with pytest.raises(OSError, match="dead-lettered: failed after 1 retries: disk gone"):
         r.get(timeout=1)
 
@@ -184,3 +184,34 @@ def test_an_oversized_result_is_stored_as_a_clear_failure(app: Celeriac) -> None
     run_queued(app, fail_fast=False)
     with pytest.raises(PayloadTooLarge, match=r"returned 5,\d{3} bytes, over task_result_max"):
         r.get(timeout=1)
+
+
+def test_strict_kwargs_fails_instead_of_dropping(app: Celeriac) -> None:
+    app.conf.task_strict_kwargs = True
+
+    @app.task
+    def old(a: int) -> int:
+        return a
+
+    r = old.apply_async(kwargs={"a": 1, "added_in_v2": True})
+    run_queued(app, fail_fast=False)
+    with pytest.raises(TypeError, match=r"does not accept keyword argument.*added_in_v2"):
+        r.get(timeout=1)
+
+
+def test_dead_letter_shows_the_first_and_the_last_error(app: Celeriac) -> None:
+    attempts: list[int] = []
+
+    @app.bound_task(
+        autoretry_for=(OSError,), max_retries=1, retry_backoff=0.01, dead_letter_after_retries=True
+    )
+    def flaky(self: Task[Any, Any]) -> None:
+        attempts.append(1)
+        raise OSError("disk gone" if len(attempts) == 1 else "disk still gone")
+
+    flaky.delay()
+    run_queued(app, include_delayed=True, fail_fast=False)
+    (letter,) = app.broker.dead_letters()
+    assert letter.error == (
+        "first error: builtins.OSError: disk gone | last error: builtins.OSError: disk still gone"
+    )

@@ -149,3 +149,32 @@ def test_a_chain_whose_step_hits_its_hard_limit_fails_instead_of_hanging(
     with pytest.raises(TimeLimitExceeded, match="hard time limit"):
         flow.get(timeout=30)
     assert core.add.delay(2, 2).get(timeout=20) == 4
+
+
+def test_an_old_worker_leaves_a_new_task_for_a_new_worker(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    fast_retry = {"CELERIAC_TASK_UNKNOWN_RETRY_DELAY": "0.2"}
+    workers.start("-c", "1", env=fast_retry)  # the old release: no added_in_v2
+    new_task = core_app.send_task("tests.apps.core.added_in_v2", args=(4,))
+    assert core.add.delay(1, 1).get(timeout=20) == 2
+    time.sleep(0.5)
+    assert new_task.state == "PENDING"  # offered to the old worker, put back, not lost
+    workers.start("-c", "1", app="tests.apps.core_v2", env=fast_retry)  # the new release
+    assert new_task.get(timeout=20) == 40
+    assert [p[0] for p in ledger.lines() if p[0] == "v2"] == ["v2"]  # ran once
+
+
+def test_with_no_new_worker_an_unknown_task_is_dead_lettered_after_its_max_age(
+    core_app: Celeriac, workers: WorkerProcesses
+) -> None:
+    workers.start(
+        "-c",
+        "1",
+        env={"CELERIAC_TASK_UNKNOWN_RETRY_DELAY": "0.2", "CELERIAC_TASK_UNKNOWN_MAX_AGE": "1"},
+    )
+    new_task = core_app.send_task("tests.apps.core.added_in_v2", args=(4,))
+    with pytest.raises(Exception, match="unknown task"):
+        new_task.get(timeout=20)
+    (letter,) = core_app.broker.dead_letters()
+    assert letter.id == new_task.id and letter.reason.startswith("unknown task")

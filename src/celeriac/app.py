@@ -248,6 +248,19 @@ class Celeriac:
         self.broker.send([o for o in outgoing if o is not None])
         return [AsyncResult(m.id, self, m.task) for m in messages]
 
+    def send_many(self, messages: Sequence[Message]) -> list[AsyncResult[Any]]:
+        """Send many built messages in one broker round trip (``publish_many``).
+
+        Example:
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> @app.task
+            ... def ping(n: int) -> int:
+            ...     return n
+            >>> len(app.send_many([ping.message((i,)) for i in range(3)]))
+            3
+        """
+        return self.publish_many(messages)
+
     def _outgoing(self, message: Message) -> Outgoing | None:
         existing = self.middleware.before_send(self, message)
         if existing is not None:

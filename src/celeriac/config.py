@@ -46,6 +46,7 @@ class Settings:
     task_result_max_bytes: int = 16 * 1024 * 1024  # a bigger result is stored as FAILURE
     task_unknown_retry_delay: float = 10.0  # seconds before an unknown task is offered again
     task_unknown_max_age: float = 3600.0  # then an unknown task is dead-lettered
+    task_strict_kwargs: bool = False  # fail, instead of dropping, unknown keyword arguments
     result_expires: float = 86_400.0  # seconds a result is kept
     worker_concurrency: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 2)
     worker_prefetch_multiplier: int = 1  # messages a child takes per free slot

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from celeriac.errors import Retry
 from celeriac.middleware.base import Job, Middleware, Outcome
 from celeriac.retry import RetryPolicy
 
@@ -55,7 +56,11 @@ class Retries(Middleware):
             delay = policy.delay(message.retries)
         else:
             delay = outcome.delay
-        return Outcome("RETRY", delay=delay, exception=outcome.exception, runtime=outcome.runtime)
+        exc = outcome.exception
+        if exc is not None and not isinstance(exc, Retry):
+            # Kept in the message, so a dead letter can show the first error and the last.
+            message.options.setdefault("first_error", f"{_qualname(exc)}: {exc}")
+        return Outcome("RETRY", delay=delay, exception=exc, runtime=outcome.runtime)
 
     def _give_up(
         self, job: Job, outcome: Outcome, max_retries: int, opts: dict[str, Any]
@@ -69,3 +74,8 @@ class Retries(Middleware):
             final.state = "DEAD"
             final.reason = f"failed after {max_retries} retries"
         return final
+
+
+def _qualname(exc: BaseException) -> str:
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}"

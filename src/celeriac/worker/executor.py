@@ -206,6 +206,11 @@ class Executor:
         dropped = sorted(set(kwargs) - accepts[1])
         if not dropped:
             return kwargs
+        if self.app.conf.task_strict_kwargs:
+            raise TypeError(
+                f"task {task.name} does not accept keyword argument(s) {', '.join(dropped)} "
+                "(task_strict_kwargs is on; sent by newer code?)"
+            )
         log.warning(
             "task %s[%s]: dropped keyword argument(s) %s that this version of the "
             "task does not accept (sent by newer code?)",
@@ -310,7 +315,10 @@ class Executor:
         delivery = job.delivery
         _, name = peek_identity(delivery.body)
         name = job.message.task if job.message else (name or "?")
-        error = outcome.error.message if outcome.error else ""
+        error = f"{outcome.error.type}: {outcome.error.message}" if outcome.error else ""
+        first = job.message.options.get("first_error") if job.message else None
+        if first and first != error:
+            error = f"first error: {first} | last error: {error}"
         letter = DeadLetter(
             id=delivery.id,
             queue=delivery.queue,
