@@ -13,7 +13,7 @@ from celeriac.brokers.base import Broker, Outgoing
 from celeriac.codec import Codec, codec_for
 from celeriac.config import Settings
 from celeriac.errors import ConfigurationError, NotRegistered, PayloadTooLarge
-from celeriac.message import Message, new_task_id
+from celeriac.message import Message
 from celeriac.middleware import Middleware, MiddlewareStack, default_middleware
 from celeriac.result import AsyncResult
 from celeriac.task import Task, TaskOptions, task_name_for
@@ -311,11 +311,6 @@ class Celeriac:
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
         """A result handle from an id alone, e.g. in another process."""
         return AsyncResult(task_id, self)
-
-    @staticmethod
-    def new_id() -> str:
-        """A fresh task id, for callers that want to know it before sending."""
-        return new_task_id()
 
 
 def _unknown_task(*args: Any, **kwargs: Any) -> Any:

@@ -127,15 +127,6 @@ class AsyncResult(Generic[R]):
         """Delete the stored result."""
         self.app.broker.forget_result(self.id)
 
-    def wait_until(self, predicate: str, timeout: float) -> str:
-        """Poll (every 10 ms) until the state equals ``predicate``; return the last state."""
-        deadline = time.monotonic() + timeout
-        state = self.state
-        while state != predicate and time.monotonic() < deadline:
-            time.sleep(0.01)
-            state = self.state
-        return state
-
 
 class GroupResult:
     """The results of a group's members, in member order (a member may be a group itself).

@@ -11,7 +11,7 @@ import contextvars
 import datetime as dt
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -298,6 +298,3 @@ def task_name_for(fn: Callable[..., Any]) -> str:
         main_file = getattr(sys.modules["__main__"], "__file__", None)
         module = Path(main_file).stem if main_file else "__main__"
     return f"{module}.{fn.__qualname__}"
-
-
-AsyncFunction = Callable[P, Awaitable[R]]

@@ -16,20 +16,22 @@ import click
 from rich.table import Table
 
 from celeriac.beat import EntryInfo, Scheduler
-from celeriac.cli.main import Context, cli, out, parse_json_option, print_json, setup_logging
+from celeriac.cli.main import (
+    Context,
+    cli,
+    loglevel_option,
+    out,
+    parse_json_option,
+    print_json,
+    setup_logging,
+)
 from celeriac.errors import ConfigurationError
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
 
 
 @cli.group(invoke_without_command=True)
-@click.option(
-    "-l",
-    "--loglevel",
-    default=None,
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    help="Log level (default: worker_log_level).",
-)
+@loglevel_option
 @click.option(
     "--max-interval",
     type=click.FloatRange(0.05),

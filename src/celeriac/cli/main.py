@@ -124,6 +124,16 @@ def cli(ctx: click.Context, app_path: str | None, broker: str | None, debug: boo
     ctx.obj = Context(app_path, broker, debug)
 
 
+#: ``-l/--loglevel`` for every command that runs a long-lived process.
+loglevel_option = click.option(
+    "-l",
+    "--loglevel",
+    default=None,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="Log level (default: worker_log_level).",
+)
+
+
 def print_json(data: Any) -> None:
     """Write machine-readable output to stdout."""
     click.echo(json.dumps(data, indent=2, default=str))

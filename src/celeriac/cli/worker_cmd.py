@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from celeriac.cli.main import Context, cli, setup_logging
+from celeriac.cli.main import Context, cli, loglevel_option, setup_logging
 from celeriac.errors import ConfigurationError
 
 
@@ -33,13 +33,7 @@ from celeriac.errors import ConfigurationError
     metavar="Q1,Q2",
     help="Queues to consume, comma-separated (default: task_default_queue).",
 )
-@click.option(
-    "-l",
-    "--loglevel",
-    default=None,
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    help="Log level (default: worker_log_level).",
-)
+@loglevel_option
 @click.option(
     "--max-tasks-per-child",
     type=click.IntRange(1),

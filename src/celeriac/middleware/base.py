@@ -103,8 +103,13 @@ class MiddlewareStack:
 
     def __init__(self, middleware: list[Middleware]) -> None:
         self.middleware = middleware
-        # Only middleware that override a hook are called for it: delay() stays cheap.
-        self._senders = [m for m in middleware if type(m).before_send is not Middleware.before_send]
+        # Only middleware that override a hook are called for it: delay() and the worker's
+        # per-task path skip every no-op hook. after_* lists are already reversed.
+        self._senders = _overriding(middleware, "before_send")
+        self._before = _overriding(middleware, "before_execute")
+        self._after = _overriding(middleware, "after_execute")[::-1]
+        self._settled = _overriding(middleware, "after_settle")[::-1]
+        self._idle = _overriding(middleware, "on_idle")
 
     def known_options(self) -> frozenset[str]:
         """Every task option some middleware declared."""
@@ -126,7 +131,7 @@ class MiddlewareStack:
 
     def before_execute(self, job: Job) -> Outcome | None:
         """Run before_execute hooks until one returns an Outcome."""
-        for m in self.middleware:
+        for m in self._before:
             try:
                 outcome = m.before_execute(job)
             except Exception:
@@ -140,7 +145,7 @@ class MiddlewareStack:
 
     def after_execute(self, job: Job, outcome: Outcome) -> Outcome:
         """Run after_execute hooks in reverse order, each seeing the previous Outcome."""
-        for m in reversed(self.middleware):
+        for m in self._after:
             try:
                 outcome = m.after_execute(job, outcome)
             except Exception:
@@ -151,7 +156,7 @@ class MiddlewareStack:
 
     def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
         """Run after_settle hooks in reverse order."""
-        for m in reversed(self.middleware):
+        for m in self._settled:
             try:
                 m.after_settle(job, outcome, committed)
             except Exception:
@@ -161,8 +166,13 @@ class MiddlewareStack:
 
     def on_idle(self) -> None:
         """Run on_idle hooks (the worker has nothing to run)."""
-        for m in self.middleware:
+        for m in self._idle:
             try:
                 m.on_idle()
             except Exception:
                 log.exception("%s.on_idle failed; carrying on", type(m).__name__)
+
+
+def _overriding(middleware: list[Middleware], hook: str) -> list[Middleware]:
+    """The middleware whose class overrides ``hook``, in registration order."""
+    return [m for m in middleware if getattr(type(m), hook) is not getattr(Middleware, hook)]

@@ -394,10 +394,14 @@ class Worker:
         try:
             action()
         except BrokerError as exc:
+            name = getattr(action, "__name__", None) or getattr(
+                getattr(action, "func", None), "__name__", "a broker call"
+            )
             log.error(
-                "worker %s could not settle a message (%s); its lease will expire and "
-                "it will be delivered again",
+                "worker %s: %s failed (%s); it is retried on the next pass, and any message "
+                "it was settling is delivered again when its lease expires",
                 self.id,
+                name,
                 exc,
             )
 
