@@ -106,9 +106,10 @@ class WorkerProcesses:
     def kill_all(self) -> None:
         for proc in self.started:
             if proc.poll() is None:
-                for pid in self.children(proc):
+                children = self.children(proc)
+                _kill(proc.pid)  # the supervisor first: it can no longer respawn a child
+                for pid in children:
                     _kill(pid)
-                _kill(proc.pid)
                 proc.wait(timeout=10)
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from celeriac import Celeriac
@@ -177,3 +178,22 @@ def test_a_crash_at_each_point_loses_nothing_and_commits_once(
     assert set(runs) == {r.id for r in results}
     # before_commit: the crashed task ran once, then again. Otherwise: exactly once each.
     assert sum(runs.values()) == 20 + (point == "before_commit")
+
+
+def test_children_leave_when_their_supervisor_is_killed(
+    core_app: Celeriac, workers: WorkerProcesses
+) -> None:
+    proc = workers.start("-c", "2")
+    children = workers.children(proc)
+    assert len(children) == 2
+    os.kill(proc.pid, signal.SIGKILL)  # as the OOM killer would
+    proc.wait(timeout=10)
+
+    def gone(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    # Nobody would renew their leases any more: they must finish and go, not run on.
+    assert wait_for(lambda: all(gone(pid) for pid in children), timeout=20)

@@ -198,11 +198,13 @@ class Workers(WorkerProcesses):
         return pid
 
     def kill_worker(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGKILL the whole worker: every child, then the supervisor, by PID."""
+        """SIGKILL the whole worker by PID: the supervisor first (so it cannot respawn a
+        child in between), then every child it had."""
         if proc.poll() is None:
-            for pid in self.children(proc):
-                _signal(pid, signal.SIGKILL)
+            children = self.children(proc)
             _signal(proc.pid, signal.SIGKILL)
+            for pid in children:
+                _signal(pid, signal.SIGKILL)
         proc.wait(timeout=10)
 
     def signal_all(self, proc: subprocess.Popen[bytes], signum: int) -> None:

@@ -58,6 +58,7 @@ class ChildSpec:
     pool: str = "process"
     concurrency: int = 1  # consumers inside this child (threads or coroutines)
     consumer: str = ""  # the lease holder id of this child; its supervisor heartbeats it
+    supervisor_pid: int = 0
 
 
 _statm: tuple[int, int] | None = None  # (pid, descriptor of that process's statm)
@@ -347,10 +348,26 @@ def _set_async_exc(thread_id: int, exc_type: type[BaseException] | None) -> None
     )
 
 
+def _die_with_supervisor(supervisor_pid: int) -> None:
+    """Get SIGTERM when the supervisor dies, however it dies (SIGKILL, the OOM killer).
+
+    A child without its supervisor has no one renewing its leases, enforcing its hard
+    limits or heartbeating it: it must finish its current task, give back the rest and go.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if supervisor_pid and os.getppid() != supervisor_pid:  # it died before prctl took hold
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def child_main(app: Celeriac, spec: ChildSpec, slot: Slot) -> None:
     """Entry point of a forked child; never returns."""
     code = 1
     try:
+        _die_with_supervisor(spec.supervisor_pid)
         if spec.pool == "asyncio":
             from celeriac.worker.aio import AsyncioChild
 

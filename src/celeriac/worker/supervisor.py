@@ -146,7 +146,9 @@ class Worker:
         child.consumer = f"{self.id}/{child.index}.{child.generation}"
         # Alive in the broker before it can hold anything, so no reaper takes its work.
         self._quietly(functools.partial(self._beat_child, child, 0, self._child_ttl()))
-        spec = ChildSpec(self.id, self.queues, child.index, self.pool, inside, child.consumer)
+        spec = ChildSpec(
+            self.id, self.queues, child.index, self.pool, inside, child.consumer, os.getpid()
+        )
         pid = os.fork()
         if pid == 0:
             child_main(self.app, spec, child.slot)
