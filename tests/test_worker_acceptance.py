@@ -169,15 +169,35 @@ def test_a_crash_at_each_point_loses_nothing_and_commits_once(
 ) -> None:
     marker = ledger.path.with_name("crashed")
     results = [core.add.delay(i, 1) for i in range(20)]
-    workers.start(
-        "-c", "1", env={"CELERIAC_CRASH_AT": f"{point}:3", "CELERIAC_CRASH_MARKER": str(marker)}
-    )
+    env = {"CELERIAC_CRASH_AT": f"{point}:3", "CELERIAC_CRASH_MARKER": str(marker)}
+    workers.start("-c", "1", env={**env, "CELERIAC_WORKER_BATCH_MAX": "1"})  # one by one
     assert [r.get(timeout=30) for r in results] == [i + 1 for i in range(20)]
     assert marker.exists(), "the crash point was never reached"
     runs = ledger.count("run")
     assert set(runs) == {r.id for r in results}
     # before_commit: the crashed task ran once, then again. Otherwise: exactly once each.
     assert sum(runs.values()) == 20 + (point == "before_commit")
+
+
+@pytest.mark.parametrize("point", ["after_fetch", "before_commit", "after_commit"])
+def test_a_crash_in_a_batch_loses_nothing_and_reruns_at_most_that_batch(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, point: str
+) -> None:
+    """Short tasks are committed in batches (worker_batch_max): a crash before a batch's
+    commit runs that batch's tasks again, and only those; nothing is lost."""
+    marker = ledger.path.with_name("crashed")
+    results = [core.add.delay(i, 1) for i in range(200)]
+    env = {"CELERIAC_CRASH_AT": f"{point}:2", "CELERIAC_CRASH_MARKER": str(marker)}
+    workers.start("-c", "1", env={**env, "CELERIAC_WORKER_BATCH_MAX": "8"})
+    assert [r.get(timeout=30) for r in results] == [i + 1 for i in range(200)]
+    assert marker.exists(), "the crash point was never reached"
+    runs = ledger.count("run")
+    assert set(runs) == {r.id for r in results}
+    extra = sum(runs.values()) - 200
+    if point == "before_commit":
+        assert 1 <= extra <= 8, runs.most_common(10)  # the crashed batch, no more
+    else:
+        assert extra == 0, runs.most_common(10)
 
 
 def test_children_leave_when_their_supervisor_is_killed(

@@ -50,6 +50,11 @@ class Settings:
     result_expires: float = 86_400.0  # seconds a result is kept
     worker_concurrency: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 2)
     worker_prefetch_multiplier: int = 1  # messages a child takes per free slot
+    # Short tasks: a consumer takes and commits up to worker_batch_max per broker call,
+    # sized so a batch runs in about worker_batch_window seconds (commits wait at most
+    # that long); tasks longer than the window go one by one. 1 turns batching off.
+    worker_batch_max: int = 32
+    worker_batch_window: float = 0.005
     worker_max_memory_per_child: int | None = 1024  # MiB of RSS; the child then recycles
     worker_max_tasks_per_child: int | None = None
     worker_lease_seconds: float = 30.0  # renewed every third of it while a task runs

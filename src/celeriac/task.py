@@ -83,6 +83,14 @@ def _absolute(when: float | dt.datetime | dt.timedelta | None, now: float) -> fl
     return now + float(when)
 
 
+def _to_ms(when: float | None, *, up: bool = False) -> float | None:
+    """A time to whole milliseconds (rounded, or up for a due time, never early): its JSON
+    is 14 characters instead of 18, in every queued message."""
+    if when is None:
+        return None
+    return math.ceil(when * 1000) / 1000 if up else round(when, 3)
+
+
 class Task(Generic[P, R]):
     """A registered task. Create one with ``@app.task``.
 
@@ -247,15 +255,15 @@ class Task(Generic[P, R]):
             kwargs=kwargs or {},
             queue=queue or opts.queue or conf.task_default_queue,
             priority=level,
-            eta=due,
-            expires=expires_at,
+            eta=_to_ms(due, up=True),
+            expires=_to_ms(expires_at),
             soft_limit=soft_time_limit,
             hard_limit=time_limit,
             root_id=(parent.root_id or parent.id) if parent else None,
             parent_id=parent.id if parent else None,
             headers=headers or {},
             options=extra,
-            sent_at=now,
+            sent_at=round(now, 3),
         )
 
     def retry(self, exc: BaseException | None = None, countdown: float | None = None) -> Retry:

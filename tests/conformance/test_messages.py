@@ -279,6 +279,28 @@ def test_complete_and_fetch_from_several_queues(broker: Broker) -> None:
     assert [m.queue for m in more] == ["qb", "qa"]
 
 
+def test_complete_many_settles_each_on_its_own_lease_then_fetches(broker: Broker) -> None:
+    broker.send([out("a"), out("b"), out("c"), out("d"), out("e", "q2")])
+    a, b, c = take(broker, limit=3)
+    lost = Lease(b.id, b.queue, "not-the-token")
+    committed, more = broker.complete_many(
+        [(a.lease, b"ra"), (lost, b"never"), (c.lease, None)],
+        60,
+        ["q", "q2"],
+        "w1",
+        limit=5,
+        lease_seconds=30,
+    )
+    assert committed == [True, False, True]  # a lost lease holds back nothing else
+    assert sorted(m.id for m in more) == ["d", "e"]
+    assert broker.get_result("a") == (b"ra", True)
+    assert broker.get_result("b") is None
+    assert counts(broker) == (0, 0, 2, 0)  # in q: b (still held) and d
+    committed, more = broker.complete_many([(b.lease, b"rb")], 60)
+    assert committed == [True] and more == []
+    assert broker.get_result("b") == (b"rb", True)
+
+
 # -- dead letters ----------------------------------------------------------------------
 
 

@@ -34,7 +34,9 @@ def test_script_header_documents_keys_argv_and_returns(name: str) -> None:
     assert head.startswith(f"-- {name}: "), "the header opens with the file name and a summary"
     assert "Returns:" in head
     fixed_keys = int(re.fullmatch(r"[a-z_]+-(\d+)\.lua", name).group(1))  # type: ignore[union-attr]
-    assert re.search(rf"KEYS\[(\d+\.\.)?{fixed_keys}\]", head), "each fixed key is documented"
+    if fixed_keys:  # a script with none takes every key by position (send, complete_many)
+        assert re.search(rf"KEYS\[(\d+\.\.)?{fixed_keys}\]", head), "each fixed key is documented"
+    assert "KEYS[" in head, "keys are documented"
     if "ARGV" in text.split("\n", len(header))[-1]:
         assert "ARGV" in head, "arguments are documented"
     for line in text.splitlines():
@@ -43,11 +45,11 @@ def test_script_header_documents_keys_argv_and_returns(name: str) -> None:
 
 
 def test_version_is_part_of_the_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    script = scripts.load("send-15")
-    assert script.text.startswith(f"-- celeriac {scripts.VERSION}: send-15".encode())
+    script = scripts.load("send-2")
+    assert script.text.startswith(f"-- celeriac {scripts.VERSION}: send-2".encode())
     assert b"-- @include" not in script.text
     monkeypatch.setattr(scripts, "VERSION", "99.0.0")
-    assert scripts.load("send-15").sha != script.sha
+    assert scripts.load("send-2").sha != script.sha
 
 
 def test_noscript_after_script_flush_reloads(broker: RedisBroker, raw: redis.Redis) -> None:

@@ -184,18 +184,40 @@ class Workers(WorkerProcesses):
         # wait_ready probes the broker directly: it sees every worker, however connected.
         return super().start(*args, app=app, wait=wait, env=environ)
 
-    def kill_child(self, pick: Any) -> int | None:
-        """SIGKILL one child, chosen by ``pick`` (e.g. ``rng.choice``) among the children of
-        every live worker (a worker still starting has none yet)."""
-        children = []
-        for proc in self.live():
-            with contextlib.suppress(psutil.Error):
-                children += self.children(proc)
+    def kill_child(self, pick: Any, among: Iterable[int] | None = None) -> int | None:
+        """SIGKILL one child, chosen by ``pick`` (e.g. ``rng.choice``) among the PIDs
+        ``among`` (default: the running children of every live worker; a worker still
+        starting has none yet)."""
+        children = self.running_children() if among is None else list(among)
         if not children:
             return None
         pid = int(pick(children))
         _signal(pid, signal.SIGKILL)
         return pid
+
+    def running_children(self, procs: Iterable[subprocess.Popen[bytes]] | None = None) -> list[int]:
+        """The running children of ``procs`` (default: every live worker)."""
+        return list(self.child_ages(procs))
+
+    def child_ages(
+        self, procs: Iterable[subprocess.Popen[bytes]] | None = None
+    ) -> dict[int, tuple[int, float]]:
+        """PID -> (its worker's PID, its age in seconds) of every running child of ``procs``
+        (default: every live worker). A child killed but not reaped yet is a zombie, not a
+        running child: killing it again would kill nothing."""
+        now = time.time()
+        found = {}
+        for proc in self.live() if procs is None else procs:
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(proc.pid).children():
+                    with contextlib.suppress(psutil.Error):
+                        if child.status() != psutil.STATUS_ZOMBIE:
+                            found[child.pid] = (proc.pid, now - child.create_time())
+        return found
+
+    def working(self) -> list[subprocess.Popen[bytes]]:
+        """Live workers past start-up: each with at least one running child."""
+        return [p for p in self.live() if self.running_children([p])]
 
     def kill_worker(self, proc: subprocess.Popen[bytes]) -> None:
         """SIGKILL the whole worker by PID: the supervisor first (so it cannot respawn a

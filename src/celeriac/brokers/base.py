@@ -178,6 +178,46 @@ class Broker(abc.ABC):
         more = self.fetch(queues, consumer, limit=limit, lease_seconds=lease_seconds, timeout=0)
         return committed, more
 
+    def complete_many(
+        self,
+        items: Sequence[tuple[Lease, bytes | None]],
+        result_ttl: float,
+        queues: Sequence[str] = (),
+        consumer: str = "",
+        *,
+        limit: int = 0,
+        lease_seconds: float = 0.0,
+    ) -> tuple[list[bool], list[Delivery]]:
+        """Complete several messages, each fenced on its own lease with its own result, and
+        (``limit`` > 0) take the next ones without waiting.
+
+        One completion never depends on another: a lost lease reports False for that one
+        only. Brokers with a network round trip override this to do everything in one
+        call; by default it is :meth:`complete` for each, the last one together with the
+        fetch (:meth:`complete_and_fetch`).
+
+        Example:
+            >>> from celeriac.brokers.memory import MemoryBroker
+            >>> from celeriac.brokers.base import Outgoing
+            >>> broker = MemoryBroker()
+            >>> broker.send([Outgoing("a", "q", b"{}"), Outgoing("b", "q", b"{}")])
+            [True, True]
+            >>> taken = broker.fetch(["q"], "c1", limit=2, lease_seconds=30, timeout=0)
+            >>> broker.complete_many([(d.lease, None) for d in taken], 60)
+            ([True, True], [])
+        """
+        if not items:
+            more = self.fetch(queues, consumer, limit=limit, lease_seconds=lease_seconds, timeout=0)
+            return [], more if limit > 0 else []
+        committed = [self.complete(lease, result, result_ttl) for lease, result in items[:-1]]
+        lease, result = items[-1]
+        if limit <= 0:
+            return [*committed, self.complete(lease, result, result_ttl)], []
+        last, more = self.complete_and_fetch(
+            lease, result, result_ttl, queues, consumer, limit=limit, lease_seconds=lease_seconds
+        )
+        return [*committed, last], more
+
     @abc.abstractmethod
     def requeue(
         self,

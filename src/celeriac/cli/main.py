@@ -8,16 +8,61 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from rich.console import Console
 
 from celeriac.app import Celeriac
 from celeriac.errors import CeleriacError, ConfigurationError
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    # Made on first use by __getattr__ below: ``rich.console`` costs ~1 MiB of RSS, and a
+    # worker (whose forked children inherit every module it imports) never prints with it.
+    out: Console
+    err: Console
+
+#: The module that defines each command (it registers itself on ``cli`` when imported).
+#: Commands are imported on first use: a worker then never loads the beat scheduler
+#: (croniter, dateutil), rich's tables and progress bars or the demo, ~4 MiB of RSS in the
+#: supervisor and again in each forked child. A command missing here is still found: see
+#: :meth:`_Group.get_command`.
+_COMMAND_MODULES = {
+    "beat": "beat_cmd",
+    "call": "commands",
+    "check": "check_cmd",
+    "demo": "demo",
+    "dlq": "commands",
+    "events": "control_cmd",
+    "inspect": "control_cmd",
+    "ping": "control_cmd",
+    "purge": "commands",
+    "result": "commands",
+    "revoke": "control_cmd",
+    "shutdown": "control_cmd",
+    "status": "commands",
+    "worker": "worker_cmd",
+}
+
+
+_consoles: dict[str, Console] = {}
+
+
+def __getattr__(name: str) -> Console:
+    """``out`` and ``err``: the rich consoles, made (and rich imported) on first use."""
+    if name not in ("out", "err"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _console(name)
+
+
+def _console(name: str) -> Console:
+    if name not in _consoles:
+        from rich.console import Console
+
+        _consoles[name] = Console(stderr=name == "err", highlight=False)
+        globals()[name] = _consoles[name]  # later lookups skip __getattr__
+    return _consoles[name]
 
 
 @dataclass
@@ -77,7 +122,17 @@ def load_app(path: str) -> Celeriac:
 
 
 class _Group(click.Group):
-    """Turns celeriac errors into one readable line and an exit code."""
+    """Turns celeriac errors into one readable line and an exit code; loads commands lazily."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        _import_commands(set(_COMMAND_MODULES.values()))
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            module = _COMMAND_MODULES.get(cmd_name)
+            _import_commands({module} if module else set(_COMMAND_MODULES.values()))
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -92,6 +147,7 @@ class _Group(click.Group):
 
 def _fail(ctx: click.Context, exc: BaseException, unexpected: bool = False) -> NoReturn:
     debug = bool(ctx.obj and ctx.obj.debug) or "--debug" in sys.argv
+    err = _console("err")
     if debug:
         err.print_exception()
     kind = f"{type(exc).__name__}: " if unexpected else ""
@@ -165,5 +221,7 @@ def parse_json_option(name: str, raw: str | None, kind: type) -> Any:
     return value
 
 
-# Commands register themselves on `cli` when their modules are imported.
-from celeriac.cli import beat_cmd, check_cmd, commands, control_cmd, demo, worker_cmd  # noqa: E402, F401
+def _import_commands(modules: set[str]) -> None:
+    """Import command modules (each registers its commands on ``cli`` when imported)."""
+    for module in sorted(modules):
+        importlib.import_module(f"celeriac.cli.{module}")

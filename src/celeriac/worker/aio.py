@@ -23,7 +23,7 @@ from celeriac.brokers.base import Delivery
 from celeriac.errors import SoftTimeLimitExceeded
 from celeriac.middleware.base import Job, Outcome
 from celeriac.task import _current
-from celeriac.worker.child import EXIT_RECYCLE, Child, current_rss, thread_soft_limit
+from celeriac.worker.child import EXIT_RECYCLE, Batch, Child, current_rss, thread_soft_limit
 from celeriac.worker.executor import Executor, error_info, outcome_for
 from celeriac.worker.slot import Held
 
@@ -136,7 +136,13 @@ class AsyncioChild(Child):
         outcome.runtime = time.perf_counter() - began
         return outcome
 
-    def _publish(self, key: Hashable, pending: list[Delivery], running: Held | None) -> None:
+    def _publish(
+        self,
+        key: Hashable,
+        pending: list[Delivery],
+        running: Held | None,
+        batch: Batch | None = None,
+    ) -> None:
         self._held.pop(key, None)
         self._dirty = True
 

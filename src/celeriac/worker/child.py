@@ -36,7 +36,7 @@ from celeriac import crashpoints
 from celeriac.brokers.base import Delivery
 from celeriac.errors import BrokerError, SoftTimeLimitExceeded
 from celeriac.middleware.base import Job, Outcome
-from celeriac.worker.executor import Executor, FetchSpec, error_info
+from celeriac.worker.executor import FINAL, Executor, FetchSpec, error_info
 from celeriac.worker.slot import Held, Slot
 
 if TYPE_CHECKING:
@@ -77,6 +77,73 @@ def current_rss() -> int:
     return int(os.pread(_statm[1], 64, 0).split()[1]) * _PAGE
 
 
+class Batch:
+    """Finished tasks whose commits wait to go to the broker together, and how long tasks
+    take: one consumer's batching state.
+
+    Short tasks are taken and committed many per broker call: a no-op costs a fraction of
+    a round trip, so one call per task would make the round trip the whole cost. A batch
+    is sized so that it runs in about ``window`` seconds, from the recent run times of each
+    task, so a commit (the result a caller waits for) is late by at most about that much;
+    a task that is slow, or not yet timed, commits what waits before it starts and then
+    goes alone. With ``most`` = 1 there is no batching at all.
+    """
+
+    def __init__(self, most: int, window: float) -> None:
+        self.most = max(most, 1)
+        self.window = window
+        self.finished: list[tuple[Job, Outcome]] = []
+        self.held: list[Held] = []  # the finished tasks' leases, still held until committed
+        self.since = 0.0  # monotonic time the oldest waiting commit was added
+        self.average = math.inf  # recent run time of any task (seconds, moving average)
+        self.by_task: dict[str, float] = {}  # the same per task name
+
+    def __bool__(self) -> bool:
+        return bool(self.finished)
+
+    def size(self) -> int:
+        """How many messages to take per fetch: enough to fill the window, at least 1."""
+        if self.most == 1 or self.average == math.inf:
+            return 1
+        return max(1, min(self.most, int(self.window / max(self.average, 1e-6))))
+
+    def timed(self, task: str, runtime: float) -> None:
+        """Record a task's run time (exponential moving average, a fifth per run)."""
+        self.average = runtime if self.average == math.inf else 0.8 * self.average + 0.2 * runtime
+        known = self.by_task.get(task)
+        self.by_task[task] = runtime if known is None else 0.8 * known + 0.2 * runtime
+
+    def admits(self, task: str) -> bool:
+        """Whether ``task`` may run before the waiting commits go: it is known to be short
+        and the oldest commit has not waited a window yet."""
+        if not self.finished:
+            return True
+        known = self.by_task.get(task)
+        return (
+            known is not None
+            and known < self.window / 2
+            and time.monotonic() - self.since < self.window
+        )
+
+    def add(self, job: Job, outcome: Outcome) -> None:
+        """Keep a finished task's commit for the next broker call."""
+        if not self.finished:
+            self.since = time.monotonic()
+        self.finished.append((job, outcome))
+        d = job.delivery
+        task = job.message.task if job.message else ""
+        self.held.append(Held(d.id, d.queue, d.lease.token, task, started=time.time()))
+
+    def full(self) -> bool:
+        """Whether the waiting commits must go now."""
+        return len(self.finished) >= self.size() or time.monotonic() - self.since >= self.window
+
+    def take(self) -> list[tuple[Job, Outcome]]:
+        """The waiting commits, and forget them."""
+        finished, self.finished, self.held = self.finished, [], []
+        return finished
+
+
 class Child:
     """The process pool's child: one consumer in the main thread."""
 
@@ -114,44 +181,91 @@ class Child:
 
     def _consume(self, executor: Executor, key: Hashable) -> None:
         pending: list[Delivery] = []
+        conf = self.app.conf
+        batch = Batch(conf.worker_batch_max, conf.worker_batch_window)
         try:
             while not self.stopping:
                 if not pending:
                     self.app.middleware.on_idle()
-                    self._publish(key, pending, None)
-                    pending = self._reconnecting(self._fetch, give_up_when_stopping=True) or []
+                    self._publish(key, pending, None, batch)
+                    fetched = self._reconnecting(
+                        lambda: self._fetch(batch), give_up_when_stopping=True
+                    )
+                    pending = fetched or []
                     if crashpoints.ARMED and pending:
                         crashpoints.reached("after_fetch")
                     continue
                 delivery = pending.pop(0)
-                more = self._handle(executor, key, delivery, pending)
+                more = self._handle(executor, key, delivery, pending, batch)
                 if crashpoints.ARMED and more:
                     crashpoints.reached("after_fetch")
                 pending.extend(more)
                 if self._should_recycle():
                     self.stopping = True
         finally:
+            if batch:  # these ran: commit them before anything else
+                self._commit(executor, key, batch, None, [])
             self._give_back(key, pending)
             executor.close()
 
     def _handle(
-        self, executor: Executor, key: Hashable, delivery: Delivery, pending: list[Delivery]
+        self,
+        executor: Executor,
+        key: Hashable,
+        delivery: Delivery,
+        pending: list[Delivery],
+        batch: Batch,
     ) -> list[Delivery]:
         job, outcome = executor.prepare(delivery)
         if outcome is None:
-            outcome = self._execute(executor, key, job, pending)
+            assert job.message is not None
+            if not batch.admits(job.message.task):
+                self._commit(executor, key, batch, None, pending)  # before a slow task
+            outcome = self._execute(executor, key, job, pending, batch)
+            batch.timed(job.message.task, outcome.runtime)
         with self._lock:
             self.tasks_done += 1
         # Fetch in the same broker call only when nothing else is in hand: a child never
-        # hoards work that an idle sibling could start.
-        fetch = self.fetch if not pending and not self.stopping else None
+        # hoards more work than one batch that an idle sibling could start.
+        fetch = self._fetch_spec(batch) if not pending and not self.stopping else None
+        if outcome.state in FINAL and batch.most > 1:
+            batch.add(job, outcome)
+            if pending and not batch.full():
+                return []
+            return self._commit(executor, key, batch, fetch, pending)
+        if batch:
+            self._commit(executor, key, batch, None, pending)
         settled = self._reconnecting(
             lambda: executor.settle(job, outcome, fetch), give_up_after=self.fetch.lease_seconds
         )
         return settled or []
 
+    def _commit(
+        self,
+        executor: Executor,
+        key: Hashable,
+        batch: Batch,
+        fetch: FetchSpec | None,
+        pending: list[Delivery],
+    ) -> list[Delivery]:
+        """Commit the batch's waiting tasks (and fetch) in one broker call."""
+        finished = batch.take()
+        if not finished:
+            return []
+        settled = self._reconnecting(
+            lambda: executor.settle_many(finished, fetch), give_up_after=self.fetch.lease_seconds
+        )
+        self._publish(key, pending, None, batch)
+        return settled or []
+
+    def _fetch_spec(self, batch: Batch) -> FetchSpec:
+        size = batch.size()
+        if size <= self.fetch.limit:
+            return self.fetch
+        return FetchSpec(self.fetch.queues, self.fetch.consumer, size, self.fetch.lease_seconds)
+
     def _execute(
-        self, executor: Executor, key: Hashable, job: Job, pending: list[Delivery]
+        self, executor: Executor, key: Hashable, job: Job, pending: list[Delivery], batch: Batch
     ) -> Outcome:
         task, message, delivery = job.task, job.message, job.delivery
         assert task is not None and message is not None
@@ -161,7 +275,7 @@ class Child:
         running = Held(
             delivery.id, delivery.queue, delivery.lease.token, message.task, started, hard_at
         )
-        self._publish(key, pending, running)
+        self._publish(key, pending, running, batch)
         rss_before = self.rss
         outcome = self._run_with_soft_limit(executor, job, soft)
         self.rss = current_rss()  # the one read per task: growth, slot and recycling use it
@@ -191,11 +305,11 @@ class Child:
         hard = conf.task_time_limit if hard is None else hard
         return float(soft), float(hard)
 
-    def _fetch(self) -> list[Delivery]:
+    def _fetch(self, batch: Batch) -> list[Delivery]:
         return self.app.broker.fetch(
             self.spec.queues,
             self.fetch.consumer,
-            limit=self.fetch.limit,
+            limit=self._fetch_spec(batch).limit,
             lease_seconds=self.fetch.lease_seconds,
             timeout=0.5,
         )
@@ -232,8 +346,16 @@ class Child:
 
     # -- bookkeeping ----------------------------------------------------------------------
 
-    def _publish(self, key: Hashable, pending: list[Delivery], running: Held | None) -> None:
+    def _publish(
+        self,
+        key: Hashable,
+        pending: list[Delivery],
+        running: Held | None,
+        batch: Batch | None = None,
+    ) -> None:
         held = [Held(d.id, d.queue, d.lease.token) for d in pending]
+        if batch:  # ran, commit pending: still held, and counted as delivered if we die
+            held[:0] = batch.held
         if running is not None:
             held.insert(0, running)
         with self._lock:

@@ -259,6 +259,37 @@ class Executor:
         self.app.middleware.after_settle(job, outcome, committed)
         return more
 
+    def settle_many(
+        self, finished: Sequence[tuple[Job, Outcome]], fetch: FetchSpec | None = None
+    ) -> list[Delivery]:
+        """Commit several final outcomes (each fenced, with its result) in one broker call,
+        and fetch in the same call; return what was fetched.
+
+        Only for final states (SUCCESS, FAILURE, EXPIRED, REVOKED): a retry, a deferral
+        or a dead letter goes through :meth:`settle`.
+        """
+        conf = self.app.conf
+        items = [
+            (job.delivery.lease, self._encoded_result(job, o) if o.store_result else None)
+            for job, o in finished
+        ]
+        if crashpoints.ARMED:
+            crashpoints.reached("before_commit")
+        committed, more = self.app.broker.complete_many(
+            items,
+            conf.result_expires,
+            fetch.queues if fetch else (),
+            fetch.consumer if fetch else "",
+            limit=fetch.limit if fetch else 0,
+            lease_seconds=fetch.lease_seconds if fetch else 0.0,
+        )
+        if crashpoints.ARMED:
+            crashpoints.reached("after_commit")
+        for (job, outcome), ok in zip(finished, committed, strict=True):
+            self._log(job, outcome, ok)
+            self.app.middleware.after_settle(job, outcome, ok)
+        return more
+
     def _encoded_result(self, job: Job, outcome: Outcome) -> bytes:
         raw = encode_result(self._record(job, outcome))
         limit = self.app.conf.task_result_max_bytes

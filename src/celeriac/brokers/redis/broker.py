@@ -128,7 +128,7 @@ class RedisBroker(Broker):
 
     def close(self) -> None:
         """Close every connection of this broker (async ones of loops not running)."""
-        self._sync.client.close()
+        self._sync.close()
         self._async_clients.close()
 
     async def aclose(self) -> None:
@@ -180,17 +180,40 @@ class RedisBroker(Broker):
         lease_seconds: float,
     ) -> tuple[bool, list[Delivery]]:
         """Complete one message and take the next ones in one script call."""
-        plan = ops.complete_and_fetch(
+        committed, more = self.complete_many(
+            [(lease, result)],
+            result_ttl,
+            queues,
+            consumer,
+            limit=limit,
+            lease_seconds=lease_seconds,
+        )
+        return committed[0], more
+
+    def complete_many(
+        self,
+        items: Sequence[tuple[Lease, bytes | None]],
+        result_ttl: float,
+        queues: Sequence[str] = (),
+        consumer: str = "",
+        *,
+        limit: int = 0,
+        lease_seconds: float = 0.0,
+    ) -> tuple[list[bool], list[Delivery]]:
+        """Complete several messages and take the next ones in one script call."""
+        plan = ops.complete_many(
             self._ctx,
-            lease,
-            result,
+            items,
             result_ttl,
             names=queues,
             consumer=consumer,
             limit=limit,
             lease_seconds=lease_seconds,
         )
-        return self._run(plan, f"complete task {lease.id}")
+        what = (
+            f"complete task {items[0][0].id}" if len(items) == 1 else f"complete {len(items)} tasks"
+        )
+        return self._run(plan, what)
 
     def requeue(
         self,

@@ -28,6 +28,7 @@ from celeriac.brokers.redis.steps import (
     Step,
     Subscribe,
 )
+from celeriac.brokers.redis.wire import RAW, Wire
 
 T = TypeVar("T")
 
@@ -40,8 +41,13 @@ def _eval(call: Call) -> tuple[Arg, ...]:
     return ("EVAL", call.script.text, len(call.keys), *call.keys, *call.args)
 
 
-def _wire(step: Call | Command) -> tuple[Arg, ...]:
+def _command_args(step: Call | Command) -> tuple[Arg, ...]:
     return _evalsha(step) if isinstance(step, Call) else step.args
+
+
+def _raw(step: Call | Command) -> bool:
+    """Whether a step can skip redis-py's response callbacks (see wire.py)."""
+    return isinstance(step, Call) or str(step.args[0]).upper() in RAW
 
 
 def _per_node(replies: Any) -> list[Any]:
@@ -66,6 +72,15 @@ class SyncDriver:
         self.client = client
         self._io: Any = client  # the same client; redis-py's command methods are untyped
         self.url = url
+        # Standalone Redis: scripts and plain-reply commands skip redis-py's per-command
+        # machinery (see wire.py). Cluster keeps redis-py, which routes by slot.
+        self._wire = None if isinstance(client, redis.cluster.RedisCluster) else Wire(client)
+
+    def close(self) -> None:
+        """Close every connection."""
+        if self._wire is not None:
+            self._wire.close()
+        self.client.close()
 
     def run(self, plan: Plan[T], what: str) -> T:
         """Drive ``plan`` to its end; ``what`` names the operation in error messages."""
@@ -96,6 +111,8 @@ class SyncDriver:
                 pubsub.close()
 
     def _do(self, step: Step) -> Any:
+        if self._wire is not None and isinstance(step, Call | Command) and _raw(step):
+            return self._do_raw(self._wire, step)
         client = self._io
         if isinstance(step, Call):
             try:
@@ -107,20 +124,37 @@ class SyncDriver:
         if isinstance(step, Batch):
             return self._batch(step.steps)
         if isinstance(step, OnEveryNode):
-            if isinstance(self.client, redis.cluster.RedisCluster):
-                return _per_node(
-                    client.execute_command(*step.command.args, target_nodes=client.get_primaries())
-                )
-            return [client.execute_command(*step.command.args)]
+            return self._on_every_node(step.command)
         raise TypeError(f"unknown step {step!r}")
+
+    def _on_every_node(self, command: Command) -> list[Any]:
+        client = self._io
+        if isinstance(self.client, redis.cluster.RedisCluster):
+            return _per_node(
+                client.execute_command(*command.args, target_nodes=client.get_primaries())
+            )
+        return [client.execute_command(*command.args)]
+
+    @staticmethod
+    def _do_raw(wire: Wire, step: Call | Command) -> Any:
+        if isinstance(step, Command):
+            return wire.call(step.args)
+        try:
+            return wire.call(_evalsha(step))
+        except NoScriptError:  # not cached on this server yet, or SCRIPT FLUSH
+            return wire.call(_eval(step))
 
     def _batch(self, steps: Sequence[Call | Command]) -> list[Any]:
         if len(steps) == 1:
             return [self._do(steps[0])]
-        pipe = self._io.pipeline(transaction=False)
-        for step in steps:
-            pipe.execute_command(*_wire(step))
-        replies: list[Any] = pipe.execute(raise_on_error=False)
+        replies: list[Any]
+        if self._wire is not None and all(_raw(step) for step in steps):
+            replies = self._wire.pipeline([_command_args(step) for step in steps])
+        else:
+            pipe = self._io.pipeline(transaction=False)
+            for step in steps:
+                pipe.execute_command(*_command_args(step))
+            replies = pipe.execute(raise_on_error=False)
         for i, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
                 step = steps[i]
@@ -201,7 +235,7 @@ class AsyncDriver:
             return [await self._do(client, steps[0])]
         pipe = client.pipeline(transaction=False)
         for step in steps:
-            pipe.execute_command(*_wire(step))
+            pipe.execute_command(*_command_args(step))
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         for i, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):

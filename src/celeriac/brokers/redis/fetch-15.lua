@@ -14,6 +14,7 @@
 --           priority, body}
 -- @include clock.lua
 -- @include entry.lua
+-- @include wake.lua
 -- @include queue.lua
 
 return fetch_blocks(0, ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), now_ms())

@@ -7,6 +7,7 @@
 -- Returns: the number of entries deleted.
 -- @include entry.lua
 -- @include index.lua
+-- @include wake.lua
 -- @include queue.lua
 
 local q = queue_block(0)

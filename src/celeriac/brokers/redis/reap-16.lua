@@ -8,6 +8,7 @@
 -- pairs; the client copies them to their result keys and removes them).
 -- @include clock.lua
 -- @include entry.lua
+-- @include wake.lua
 -- @include queue.lua
 
 local q = queue_block(0)

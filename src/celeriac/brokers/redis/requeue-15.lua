@@ -11,6 +11,7 @@
 -- Returns: 1 requeued; -1 LEASE_LOST (nothing changed); -2 BAD_ARGUMENT (unknown mode).
 -- @include clock.lua
 -- @include entry.lua
+-- @include wake.lua
 -- @include queue.lua
 
 local q = queue_block(0)

@@ -85,10 +85,10 @@ class Scripts:
     """Every script of the broker, loaded once per process."""
 
     def __init__(self) -> None:
-        self.send = load("send-15")
+        self.send = load("send-2")
         self.fetch = load("fetch-15")
         self.complete = load("complete-4")
-        self.complete_fetch = load("complete_fetch-4")
+        self.complete_many = load("complete_many-0")
         self.requeue = load("requeue-15")
         self.dead_letter = load("dead_letter-6")
         self.renew = load("renew-2")

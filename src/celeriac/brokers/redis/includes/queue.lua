@@ -1,5 +1,5 @@
 -- queue.lua: the state transitions of one queue, shared by the scripts that move messages.
--- Needs entry.lua. Times (now, due, deadlines) are milliseconds of Redis's clock.
+-- Needs entry.lua and wake.lua. Times (now, due, deadlines) are milliseconds of Redis's clock.
 --
 -- A "queue block" is 15 consecutive KEYS, all under the queue's hash tag:
 --   +1..+10  ready lists, priority 0..9 (RPUSH at the tail, LMPOP from the head)
@@ -10,7 +10,6 @@
 --   +15      wake: short list that blocked fetchers BLPOP on
 
 local BLOCK = 15
-local WAKE_CAP = 16 -- tokens kept at most; enough to wake every fetcher of one host
 local BATCH = 1000 -- entries moved per step, so one call never blocks Redis for long
 
 local function queue_block(base)
@@ -22,14 +21,8 @@ local function ready_key(q, priority)
   return KEYS[q.base + 1 + priority]
 end
 
--- Push up to count wake tokens; trim only when tokens piled up with nobody blocked.
 local function wake(q, count)
-  if count <= 0 then return end
-  local tokens = {}
-  for i = 1, math.min(count, WAKE_CAP) do tokens[i] = '1' end
-  if redis.call('LPUSH', q.wake, unpack(tokens)) > WAKE_CAP then
-    redis.call('LTRIM', q.wake, 0, WAKE_CAP - 1)
-  end
+  push_wake(q.wake, count)
 end
 
 -- Put an entry where it waits: the tail of its ready list, or the delayed set.
