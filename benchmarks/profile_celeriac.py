@@ -143,8 +143,8 @@ def consumer(app: Any) -> Any:
     # never stops on an empty queue; everything else it does is left as it is.
     fetch = child._fetch
 
-    def fetch_or_stop() -> list[Any]:
-        got = fetch()
+    def fetch_or_stop(*args: Any) -> list[Any]:
+        got = fetch(*args)
         child.stopping = not got
         return got
 

@@ -97,6 +97,7 @@ class Batch:
         self.since = 0.0  # monotonic time the oldest waiting commit was added
         self.average = math.inf  # recent run time of any task (seconds, moving average)
         self.by_task: dict[str, float] = {}  # the same per task name
+        self._waiting: dict[str, Held] = {}  # slot records of prefetched messages, by token
 
     def __bool__(self) -> bool:
         return bool(self.finished)
@@ -137,6 +138,19 @@ class Batch:
     def full(self) -> bool:
         """Whether the waiting commits must go now."""
         return len(self.finished) >= self.size() or time.monotonic() - self.since >= self.window
+
+    def waiting(self, pending: list[Delivery]) -> list[Held]:
+        """The slot records of prefetched messages, each made once (this runs per task)."""
+        made = self._waiting
+        if len(made) > 4 * len(pending) + 64:  # forget those taken long ago
+            made = self._waiting = {}
+        out = []
+        for d in pending:
+            record = made.get(d.lease.token)
+            if record is None:
+                record = made[d.lease.token] = Held(d.id, d.queue, d.lease.token)
+            out.append(record)
+        return out
 
     def take(self) -> list[tuple[Job, Outcome]]:
         """The waiting commits, and forget them."""
@@ -353,16 +367,20 @@ class Child:
         running: Held | None,
         batch: Batch | None = None,
     ) -> None:
-        held = [Held(d.id, d.queue, d.lease.token) for d in pending]
-        if batch:  # ran, commit pending: still held, and counted as delivered if we die
-            held[:0] = batch.held
-        if running is not None:
-            held.insert(0, running)
+        # In order: running, then ran and waiting for their commit (counted as delivered
+        # if this child dies), then prefetched.
+        held = [running] if running is not None else []
+        if batch is not None:
+            held += batch.held
+            held += batch.waiting(pending)
+        else:
+            held += [Held(d.id, d.queue, d.lease.token) for d in pending]
         with self._lock:
             self._held[key] = held
-            everything = [h for items in self._held.values() for h in items]
-            # Running tasks first: the supervisor reads hard deadlines from them.
-            everything.sort(key=lambda h: h.started == 0)
+            everything = held
+            if len(self._held) > 1:  # threads: running tasks of every consumer first
+                everything = [h for items in self._held.values() for h in items]
+                everything.sort(key=lambda h: h.started == 0)
             self.slot.write(everything, self.rss, self.tasks_done, self.growth)
 
     def _should_recycle(self) -> bool:
