@@ -102,6 +102,48 @@ def test_memory_per_queued_task(broker: RedisBroker, raw: redis.Redis) -> None:
     assert broker.purge("mem") == count
 
 
+def test_a_queued_body_is_stored_without_its_id_and_fetched_whole(
+    broker: RedisBroker, raw: redis.Redis
+) -> None:
+    message = Message(id=str(uuid.uuid4()), task="tasks.add", args=[1, 2])
+    body = encode_message(message)
+    other = b'{"task":"t","id":"custom-1"}'  # not led by its id: stored as it is
+    assert broker.send([Outgoing(message.id, "q", body), Outgoing("custom-1", "q", other)])
+    stored = raw.lrange(broker.keys.queue("q").ready[0], 0, -1)
+    assert message.id.encode() not in stored[0]  # 17 raw bytes in the header, not 36 in JSON
+    assert len(stored[0]) < len(body) - 15
+    assert stored[1].endswith(other)
+    got = broker.fetch(["q"], "w", limit=2, lease_seconds=30, timeout=0)
+    assert [(d.id, d.body) for d in got] == [(message.id, body), ("custom-1", other)]
+    assert broker.requeue(got[0].lease)  # requeued: still whole when fetched again
+    (again,) = broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=0)
+    assert again.body == body
+
+
+def test_the_hot_path_recovers_from_a_dropped_connection(
+    broker: RedisBroker, raw: redis.Redis
+) -> None:
+    assert broker.send([Outgoing("a", "q", b"a")]) == [True]  # connections made and kept
+    killed = raw.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+    # The kept sockets are dead: one retry on a fresh connection, and the caller sees nothing.
+    assert broker.send([Outgoing("b", "q", b"b")]) == [True]
+    raw.client_kill_filter(_type="normal", skipme=True)
+    many = [Outgoing(f"m{i}", "q", b"x" * 200) for i in range(3000)]  # a streamed pipeline
+    assert broker.send(many) == [True] * 3000
+    assert broker.stats()[0].ready == 3002
+
+
+def test_a_streamed_send_recovers_from_a_script_flush(
+    broker: RedisBroker, raw: redis.Redis
+) -> None:
+    broker.send([Outgoing("warm", "q", b"w")])
+    raw.script_flush()
+    many = [Outgoing(f"m{i}", "q", b"x" * 200) for i in range(2000)]  # NOSCRIPT mid-stream
+    assert broker.send(many) == [True] * 2000
+    assert broker.stats()[0].ready == 2001
+
+
 # -- layout ------------------------------------------------------------------------------
 
 

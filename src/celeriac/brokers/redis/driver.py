@@ -8,7 +8,7 @@ that failed). The sync driver never touches an event loop.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio.cluster
@@ -144,7 +144,10 @@ class SyncDriver:
         except NoScriptError:  # not cached on this server yet, or SCRIPT FLUSH
             return wire.call(_eval(step))
 
-    def _batch(self, steps: Sequence[Call | Command]) -> list[Any]:
+    def _batch(self, steps: Iterable[Call | Command]) -> list[Any]:
+        if self._wire is not None and not isinstance(steps, Sequence):
+            return self._stream(self._wire, steps)
+        steps = list(steps)
         if len(steps) == 1:
             return [self._do(steps[0])]
         replies: list[Any]
@@ -160,6 +163,27 @@ class SyncDriver:
                 step = steps[i]
                 assert isinstance(step, Call)
                 replies[i] = self._io.execute_command(*_eval(step))
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _stream(self, wire: Wire, steps: Iterable[Call | Command]) -> list[Any]:
+        """A lazy batch: each step is sent as soon as it is made (see Wire.pipeline)."""
+        made: list[Call | Command] = []
+
+        def wire_args() -> Iterator[tuple[Arg, ...]]:
+            for step in steps:
+                if not _raw(step):
+                    raise TypeError(f"a lazy Batch takes scripts and raw commands only: {step!r}")
+                made.append(step)
+                yield _command_args(step)
+
+        replies = wire.pipeline(wire_args())
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                step = made[i]
+                assert isinstance(step, Call)
+                replies[i] = wire.call(_eval(step))
             elif isinstance(reply, Exception):
                 raise reply
         return replies
@@ -230,7 +254,8 @@ class AsyncDriver:
             return [await client.execute_command(*step.command.args)]
         raise TypeError(f"unknown step {step!r}")
 
-    async def _batch(self, client: Any, steps: Sequence[Call | Command]) -> list[Any]:
+    async def _batch(self, client: Any, steps: Iterable[Call | Command]) -> list[Any]:
+        steps = list(steps)
         if len(steps) == 1:
             return [await self._do(client, steps[0])]
         pipe = client.pipeline(transaction=False)

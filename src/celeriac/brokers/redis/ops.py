@@ -7,6 +7,7 @@ results and administration in :mod:`.admin`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -90,14 +91,13 @@ def send(ctx: Context, messages: Sequence[Outgoing]) -> Plan[list[bool]]:
         for name, indexes in groups.items()
         for start in range(0, len(indexes), SEND_CHUNK)
     ]
-    calls: list[Call | Command] = [
+    if not chunks:
+        return created
+    calls = (
         _send_call(ctx, ctx.keys.queue(name), [messages[i] for i in indexes])
         for name, indexes in chunks
-    ]
-    registration = ctx.register(list(groups))
-    if not calls:
-        return created
-    replies = yield Batch([*calls, *registration])
+    )
+    replies = yield Batch(itertools.chain(calls, ctx.register(list(groups))))
     for (_, indexes), reply in zip(chunks, replies, strict=False):
         for i, flag in zip(indexes, reply, strict=True):
             created[i] = flag == 1

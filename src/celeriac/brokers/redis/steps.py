@@ -9,7 +9,7 @@ into the plan (as a celeriac error) at the step that failed.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
@@ -37,9 +37,14 @@ class Command:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Steps sent together in one pipeline (one round trip per node); replies in order."""
+    """Steps sent together in one pipeline (one round trip per node); replies in order.
 
-    steps: Sequence[Call | Command]
+    ``steps`` may be a generator of script calls and raw commands (see wire.py): on a
+    standalone Redis each is sent as soon as it is made, so Redis works on the first ones
+    while the rest are being built.
+    """
+
+    steps: Iterable[Call | Command]
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import hiredis
@@ -41,6 +41,41 @@ RETRY_PAUSES = (0.02, 0.04)
 SEND_CHUNK = 64 * 1024
 
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError)
+
+
+class _Packed:
+    """Commands packed in chunks of about SEND_CHUNK bytes, made while they are sent and
+    kept, so a retry on a fresh connection sends them all again."""
+
+    def __init__(self, commands: Iterable[Sequence[Any]]) -> None:
+        self._source = iter(commands)
+        self._chunks: list[bytes] = []
+        self._done = False
+        self.count = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from list(self._chunks)  # made by an earlier attempt
+        if self._done:
+            return
+        chunk: list[bytes] = []
+        size = 0
+        for args in self._source:
+            command = hiredis.pack_command(tuple(args))
+            self.count += 1
+            chunk.append(command)
+            size += len(command)
+            if size >= SEND_CHUNK:
+                # Kept before it is handed out: a send that fails loses nothing.
+                joined = b"".join(chunk)
+                self._chunks.append(joined)
+                chunk, size = [], 0
+                yield joined
+        if chunk:
+            joined = b"".join(chunk)
+            self._chunks.append(joined)
+            self._done = True
+            yield joined
+        self._done = True
 
 
 class Wire:
@@ -66,23 +101,16 @@ class Wire:
             redis.ResponseError: Redis answered with an error (``NoScriptError`` included).
             redis.ConnectionError: the server could not be reached after the retries.
         """
-        return self._round_trip([hiredis.pack_command(tuple(args))], 1)[0]
+        return self._round_trip((hiredis.pack_command(tuple(args)),), 1)[0]
 
-    def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """Several commands in one round trip; an error reply is returned in its place."""
-        packed: list[bytes] = []
-        chunk: list[bytes] = []
-        size = 0
-        for args in commands:
-            command = hiredis.pack_command(tuple(args))
-            chunk.append(command)
-            size += len(command)
-            if size >= SEND_CHUNK:
-                packed.append(b"".join(chunk))
-                chunk, size = [], 0
-        if chunk:
-            packed.append(b"".join(chunk))
-        return self._round_trip(packed, len(commands), errors_in_place=True)
+    def pipeline(self, commands: Iterable[Sequence[Any]]) -> list[Any]:
+        """Several commands in one round trip; an error reply is returned in its place.
+
+        ``commands`` may be a generator: every 64 KiB of packed commands is sent as soon as
+        it is made, so Redis runs the first ones while the caller still builds the rest.
+        """
+        packed = _Packed(commands)
+        return self._round_trip(packed, lambda: packed.count, errors_in_place=True)
 
     def close(self) -> None:
         """Close every idle connection (a call in flight closes its own when done)."""
@@ -90,14 +118,19 @@ class Wire:
             self._idle.pop().disconnect()
 
     def _round_trip(
-        self, packed: list[bytes], replies: int, *, errors_in_place: bool = False
+        self,
+        packed: Iterable[bytes],
+        replies: int | Callable[[], int],  # a function: known once everything is sent
+        *,
+        errors_in_place: bool = False,
     ) -> list[Any]:
         for attempt in range(len(RETRY_PAUSES) + 1):
             conn = self._checkout()
             try:
                 # One sendall per chunk: Redis starts on the first while the rest are sent.
                 conn.send_packed_command(packed, check_health=False)
-                out = [self._read(conn, errors_in_place) for _ in range(replies)]
+                count = replies if isinstance(replies, int) else replies()
+                out = [self._read(conn, errors_in_place) for _ in range(count)]
             except ResponseError:
                 self._idle.append(conn)  # the reply was read whole: the socket is clean
                 raise
