@@ -23,13 +23,15 @@
 -- @include wake.lua
 -- @include queue.lua
 
-local reply = {}
+local items = {}
 for i = 5, #ARGV, 11 do
-  local held, leases = KEYS[tonumber(ARGV[i])], KEYS[tonumber(ARGV[i + 1])]
-  local bucket, target = KEYS[tonumber(ARGV[i + 2])], KEYS[tonumber(ARGV[i + 3])]
-  local code = settle(held, leases, bucket, ARGV[i + 4], ARGV[i + 5])
-  if code == 1 then commit_result(target, result_spec(i + 6), ARGV[i + 4]) end
-  reply[#reply + 1] = code
+  items[#items + 1] = {held = KEYS[tonumber(ARGV[i])], leases = KEYS[tonumber(ARGV[i + 1])],
+    bucket = KEYS[tonumber(ARGV[i + 2])], target = KEYS[tonumber(ARGV[i + 3])],
+    cid = ARGV[i + 4], token = ARGV[i + 5], spec = i + 6}
+end
+local reply = settle_many(items)
+for i, item in ipairs(items) do
+  if reply[i] == 1 then commit_result(item.target, result_spec(item.spec), item.cid) end
 end
 local first_block = tonumber(ARGV[1])
 if #KEYS > first_block then

@@ -80,22 +80,32 @@ local function promote(q, now)
   if #due > 0 then redis.call('ZREM', q.delayed, unpack(due)) end
 end
 
--- Hold one entry under a new lease; append (block, cid, token, deliveries, priority, body).
-local function hold(q, index, entry, list_priority, consumer, lease_ms, now, out)
-  local cid, priority, deliveries, body = unpack_entry(entry)
-  if not cid then
-    -- Bytes pushed by hand: deliver them as they are under a fresh id, so the worker can
-    -- dead-letter them with their raw bytes instead of the broker choking on them.
-    cid, priority, deliveries, body = 'raw-' .. redis.call('INCR', q.seq), list_priority, 0, entry
+-- Hold popped entries (all from one list of queue q) under new leases, with one INCRBY
+-- for their fencing tokens, one HSET and one ZADD; append (block, cid, token, deliveries,
+-- priority, body) per entry to out.
+local function hold(q, index, entries, list_priority, consumer, lease_ms, now, out)
+  local last = redis.call('INCRBY', q.seq, #entries)
+  local records, deadlines = {}, {}
+  for i, entry in ipairs(entries) do
+    local cid, priority, deliveries, body = unpack_entry(entry)
+    if not cid then
+      -- Bytes pushed by hand: deliver them as they are under a fresh id, so the worker can
+      -- dead-letter them with their raw bytes instead of the broker choking on them.
+      cid, priority, deliveries, body = 'raw-' .. redis.call('INCR', q.seq), list_priority, 0, entry
+    end
+    deliveries = deliveries + 1
+    local token = tostring(last - #entries + i)
+    local n = #records
+    records[n + 1] = cid
+    records[n + 2] = cmsgpack.pack(token, consumer, pack_entry(cid, priority, deliveries, body))
+    n = #deadlines
+    deadlines[n + 1], deadlines[n + 2] = now + lease_ms, cid
+    n = #out
+    out[n + 1], out[n + 2], out[n + 3] = index, cid, token
+    out[n + 4], out[n + 5], out[n + 6] = deliveries, priority, body
   end
-  deliveries = deliveries + 1
-  local token = tostring(redis.call('INCR', q.seq))
-  redis.call('HSET', q.held, cid,
-    cmsgpack.pack(token, consumer, pack_entry(cid, priority, deliveries, body)))
-  redis.call('ZADD', q.leases, now + lease_ms, cid)
-  local n = #out
-  out[n + 1], out[n + 2], out[n + 3] = index, cid, token
-  out[n + 4], out[n + 5], out[n + 6] = deliveries, priority, body
+  redis.call('HSET', q.held, unpack(records))
+  redis.call('ZADD', q.leases, unpack(deadlines))
 end
 
 -- Take up to limit ready entries from the blocks: higher priority first, then the order of
@@ -120,9 +130,7 @@ local function take(blocks, consumer, limit, lease_ms, now, out)
     local popped = redis.call('LMPOP', unpack(args))
     if not popped then break end
     local index, q, priority = unpack(where[popped[1]])
-    for _, entry in ipairs(popped[2]) do
-      hold(q, index, entry, priority, consumer, lease_ms, now, out)
-    end
+    hold(q, index, popped[2], priority, consumer, lease_ms, now, out)
     taken = taken + #popped[2]
   end
   return taken
