@@ -313,3 +313,13 @@ def test_memory_broker_refuses_worker_processes(app: Celeriac) -> None:
 
     with pytest.raises(ConfigurationError, match="inside one process"):
         Worker(app, ["default"], 1)
+
+
+def test_the_version_constant_matches_pyproject() -> None:
+    import tomllib
+    from pathlib import Path
+
+    import celeriac
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert celeriac.__version__ == pyproject["project"]["version"]

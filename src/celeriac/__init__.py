@@ -8,6 +8,7 @@ Example:
     ...     return x + y
 """
 
+from celeriac._version import __version__
 from celeriac.app import Celeriac
 from celeriac.canvas import Signature, chain, chord, group
 from celeriac.errors import (
@@ -31,8 +32,6 @@ from celeriac.errors import (
 from celeriac.middleware import Middleware
 from celeriac.result import AsyncResult, GroupResult
 from celeriac.task import UNBOUNDED, Request, Task
-
-__version__ = "0.1.0"
 
 __all__ = [
     "UNBOUNDED",

@@ -16,14 +16,12 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass
-from importlib import metadata, resources
+from importlib import resources
 
+from celeriac._version import __version__
 from celeriac.errors import BrokerError, LeaseLost
 
-try:
-    VERSION = metadata.version("celeriac")
-except metadata.PackageNotFoundError:  # running from a source tree that is not installed
-    VERSION = "0+unknown"
+VERSION = __version__
 
 _INCLUDE = "-- @include "
 
