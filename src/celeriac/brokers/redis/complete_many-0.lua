@@ -11,8 +11,8 @@
 -- ARGV[3]      limit: messages to take at most
 -- ARGV[4]      lease length in ms
 -- ARGV[5..]    eleven per completion: KEYS index of its held hash, of its leases set, of
---              its index bucket, of its result target; compact id; fencing token; result
---              spec (five, includes/result.lua)
+--              its index bucket; compact id; fencing token; KEYS index of its result
+--              target; result spec (five, includes/result.lua)
 -- Returns: {one code per completion (1 committed, -1 LEASE_LOST), then the reply of
 -- fetch-15.lua} when there are queue blocks, else the codes alone. Every completion is
 -- tried: a lost lease on one never holds back the others.
@@ -23,15 +23,12 @@
 -- @include wake.lua
 -- @include queue.lua
 
-local items = {}
-for i = 5, #ARGV, 11 do
-  items[#items + 1] = {held = KEYS[tonumber(ARGV[i])], leases = KEYS[tonumber(ARGV[i + 1])],
-    bucket = KEYS[tonumber(ARGV[i + 2])], target = KEYS[tonumber(ARGV[i + 3])],
-    cid = ARGV[i + 4], token = ARGV[i + 5], spec = i + 6}
-end
-local reply = settle_many(items)
-for i, item in ipairs(items) do
-  if reply[i] == 1 then commit_result(item.target, result_spec(item.spec), item.cid) end
+local reply = settle_many(5, 11)
+for n, code in ipairs(reply) do
+  if code == 1 then
+    local i = 5 + (n - 1) * 11
+    commit_result_at(KEYS[tonumber(ARGV[i + 5])], i + 6, ARGV[i + 3])
+  end
 end
 local first_block = tonumber(ARGV[1])
 if #KEYS > first_block then

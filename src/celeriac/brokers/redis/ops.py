@@ -295,8 +295,8 @@ def complete_many(
     for lease, result in items:
         q, cid = ctx.keys.queue(lease.queue), compact(lease.id)
         cids.append((q, cid))
-        args += [at(q.held), at(q.leases), at(q.bucket(cid)), at(ctx.target(q, lease.id))]
-        args += [cid, lease.token, *result_spec(ctx, lease.id, result, ttl)]
+        args += [at(q.held), at(q.leases), at(q.bucket(cid)), cid, lease.token]
+        args += [at(ctx.target(q, lease.id)), *result_spec(ctx, lease.id, result, ttl)]
     first_block = len(keys)
     keys += [key for q in queues for key in q.block]
     reply = yield Call(

@@ -25,6 +25,17 @@ local function commit_result(target, spec, cid)
   end
 end
 
+-- commit_result with the spec read in place from ARGV[i..i+4] (no table: runs per task).
+local function commit_result_at(target, i, cid)
+  if ARGV[i + 1] ~= '1' then return end
+  if ARGV[i] == 'direct' then
+    redis.call('SET', target, 'F' .. ARGV[i + 2], 'PX', ARGV[i + 3])
+    redis.call('PUBLISH', ARGV[i + 4], '1')
+  else
+    redis.call('HSET', target, cid, ARGV[i + 3] .. ':' .. ARGV[i + 2])
+  end
+end
+
 -- True when a final result is stored for the id (or parked in the outbox).
 local function has_final(target, mode, cid)
   if mode == 'direct' then

@@ -15,38 +15,44 @@ local function settle(held_key, leases_key, bucket_key, cid, token)
   return 1
 end
 
--- Settle many at once: items = {{held=, leases=, bucket=, cid=, token=}, ...}. Items that
--- share a held hash are checked with one HMGET and removed with one HDEL and one ZREM.
--- Returns one code per item, in order: 1, or LEASE_LOST (that item unchanged).
-local function settle_many(items)
+-- Settle many at once, described in ARGV from index first, stride values each: the KEYS
+-- indexes of the held hash, leases set and index bucket, then the compact id and token.
+-- Items sharing a held hash are checked with one HMGET and removed with one HDEL and one
+-- ZREM. Returns one code per item, in order: 1, or LEASE_LOST (that item unchanged).
+local function settle_many(first, stride)
   local codes, groups, order = {}, {}, {}
-  for i, item in ipairs(items) do
-    local group = groups[item.held]
+  local n = 0
+  for i = first, #ARGV, stride do
+    n = n + 1
+    local held = ARGV[i]
+    local group = groups[held]
     if not group then
-      group = {leases = item.leases, at = {}}
-      groups[item.held] = group
-      order[#order + 1] = item.held
+      group = {}
+      groups[held] = group
+      order[#order + 1] = held
     end
-    group.at[#group.at + 1] = i
+    group[#group + 1] = i
   end
-  for _, held_key in ipairs(order) do
-    local group, cids = groups[held_key], {}
-    for j, i in ipairs(group.at) do cids[j] = items[i].cid end
+  for _, held in ipairs(order) do
+    local group, cids = groups[held], {}
+    for j, i in ipairs(group) do cids[j] = ARGV[i + 3] end
+    local held_key = KEYS[tonumber(held)]
     local records = redis.call('HMGET', held_key, unpack(cids))
     local won = {}
-    for j, i in ipairs(group.at) do
+    for j, i in ipairs(group) do
       local record = records[j]
-      if record and cmsgpack.unpack(record) == items[i].token then
-        codes[i] = 1
-        won[#won + 1] = items[i].cid
-        redis.call('HDEL', items[i].bucket, items[i].cid)
+      local item = (i - first) / stride + 1
+      if record and cmsgpack.unpack(record) == ARGV[i + 4] then
+        codes[item] = 1
+        won[#won + 1] = cids[j]
+        redis.call('HDEL', KEYS[tonumber(ARGV[i + 2])], cids[j])
       else
-        codes[i] = LEASE_LOST
+        codes[item] = LEASE_LOST
       end
     end
     if #won > 0 then
       redis.call('HDEL', held_key, unpack(won))
-      redis.call('ZREM', group.leases, unpack(won))
+      redis.call('ZREM', KEYS[tonumber(ARGV[group[1] + 1])], unpack(won))
     end
   end
   return codes
