@@ -205,14 +205,13 @@ class Workers(WorkerProcesses):
         """PID -> (its worker's PID, its age in seconds) of every running child of ``procs``
         (default: every live worker). A child killed but not reaped yet is a zombie, not a
         running child: killing it again would kill nothing."""
-        now = time.time()
         found = {}
         for proc in self.live() if procs is None else procs:
             with contextlib.suppress(psutil.Error):
                 for child in psutil.Process(proc.pid).children():
-                    with contextlib.suppress(psutil.Error):
+                    with contextlib.suppress(psutil.Error, OSError, ValueError):
                         if child.status() != psutil.STATUS_ZOMBIE:
-                            found[child.pid] = (proc.pid, now - child.create_time())
+                            found[child.pid] = (proc.pid, _age(child.pid))
         return found
 
     def working(self) -> list[subprocess.Popen[bytes]]:
@@ -243,6 +242,14 @@ class Workers(WorkerProcesses):
             with contextlib.suppress(psutil.Error):
                 self.signal_all(proc, signal.SIGCONT)  # a stopped process cannot die cleanly
         super().kill_all()
+
+
+def _age(pid: int) -> float:
+    """Seconds since ``pid`` started, to the clock tick. Not psutil's create_time: it adds
+    the boot time in whole seconds, so an age from it can be up to a second too high."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    started = int(stat.rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+    return float(Path("/proc/uptime").read_text().split()[0]) - started
 
 
 def _signal(pid: int, signum: int) -> None:

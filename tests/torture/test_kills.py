@@ -11,6 +11,8 @@ import random
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 
@@ -20,6 +22,7 @@ from tests.torture.harness import LONG, Timing, deadline, scaled, summary_line
 
 # A supervisor counts a child that dies younger than 2 s as a crash (the margin: clocks).
 CRASH_LOOP_AGE = 2.2
+T = TypeVar("T")
 
 pytestmark = [pytest.mark.slow, pytest.mark.torture, pytest.mark.timeout(1800 if LONG else 120)]
 
@@ -73,21 +76,23 @@ def test_1_sigkill_children_and_whole_workers_under_load(rig: Rig) -> None:
                 more = range(len(ids), len(ids) + low_water)
                 ids += rig.producer.jobs((f"s1-{i}" for i in more), pause=0.01)
             # Wait for a victim: a replacement worker, a respawned child, takes a moment.
-            find = rig.workers.working if kind == "worker" else children
-            if not wait_for(find, timeout=max(left(), 0)):
-                break
             if kind == "worker":
-                rig.workers.kill_worker(rng.choice(rig.workers.working()))
+                workers = _poll(rig.workers.working, left)
+                if not workers:
+                    break
+                rig.workers.kill_worker(rng.choice(workers))
                 rig.workers.start("-c", str(concurrency), wait=False)  # a replacement
                 worker_kills += 1
                 continue
-            candidates = children()
+            candidates = _poll(children, left)
+            if not candidates:
+                break
             pid = rig.workers.kill_child(rng.choice, among=sorted(candidates))
-            if pid is not None:
-                child_kills += 1
-                worker, age = candidates[pid]
-                if age < CRASH_LOOP_AGE:
-                    young_kills[worker] += 1
+            assert pid is not None
+            child_kills += 1
+            worker, age = candidates[pid]
+            if age < CRASH_LOOP_AGE:
+                young_kills[worker] += 1
     kill_seconds = time.monotonic() - began
     report = rig.oracle.report(timeout=scaled(90, 900))
     lines = rig.ledger.lines()
@@ -110,6 +115,15 @@ def test_1_sigkill_children_and_whole_workers_under_load(rig: Rig) -> None:
     assert report.states() == {"SUCCESS": len(ids)}
     # Only an interrupted task runs again: one per child kill, one per child of a worker.
     assert report.extra_executions <= child_kills + worker_kills * concurrency, report.duplicates
+
+
+def _poll(find: Callable[[], T], left: Callable[[], float]) -> T:
+    """``find()`` once it is truthy, or its last value when ``left()`` runs out."""
+    found = find()
+    while not found and left() > 0:
+        time.sleep(0.01)
+        found = find()
+    return found
 
 
 CRASH_POINTS = (
