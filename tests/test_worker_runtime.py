@@ -178,3 +178,20 @@ def test_with_no_new_worker_an_unknown_task_is_dead_lettered_after_its_max_age(
         new_task.get(timeout=20)
     (letter,) = core_app.broker.dead_letters()
     assert letter.id == new_task.id and letter.reason.startswith("unknown task")
+
+
+def test_a_crash_loop_backs_off_without_stalling_the_supervisor(
+    core_app: Celeriac, workers: WorkerProcesses
+) -> None:
+    """A child that dies at once, again and again, is restarted with a growing pause; the
+    pause must not stop the supervisor's heartbeats (its leases and its other children
+    depend on them). A 0.2 s heartbeat makes the worker look dead after ~1 s of silence."""
+    for i in range(30):  # each new child takes a fresh one and dies with it
+        core.add.delay(i, 1)
+    env = {"CELERIAC_CRASH_AT": "after_fetch:1", "CELERIAC_WORKER_HEARTBEAT_SECONDS": "0.2"}
+    proc = workers.start("-c", "1", env=env)
+    assert wait_for(lambda: "crashed 5 times in a row" in workers.log_text(), timeout=30)
+    deadline = time.monotonic() + 3.0  # within the back-off of 3.2 s after the 5th crash
+    while time.monotonic() < deadline:
+        assert any(w.pid == proc.pid for w in core_app.broker.workers()), workers.log_text()
+        time.sleep(0.05)

@@ -61,6 +61,7 @@ class _ChildState:
     crashes: int = 0
     consumer: str = ""  # lease holder id of the current process in this place
     generation: int = 0
+    respawn_at: float = 0.0  # monotonic time a crash-looping place gets its next child
 
 
 class Worker:
@@ -162,6 +163,11 @@ class Worker:
             child.last_view = view
             self._enforce_limits(child, view, now)
         self._reap_children()
+        for child in self._children:
+            if not child.pid and child.respawn_at and time.monotonic() >= child.respawn_at:
+                child.respawn_at = 0.0
+                if self._stop_requests == 0:
+                    self._spawn(child)
         try:
             self._broker_duties(now)
         except BrokerError as exc:
@@ -264,8 +270,18 @@ class Worker:
             child.crashes = child.crashes + 1 if time.time() - child.started < 2 else 0
         if self._stop_requests == 0:
             if child.crashes > 3:
-                time.sleep(min(2**child.crashes / 10, 5))  # a crash loop: back off
-            self._spawn(child)
+                # A crash loop: back off, but never by sleeping here — heartbeats, lease
+                # renewals and the other children must go on meanwhile.
+                pause = min(2**child.crashes / 10, 5)
+                log.error(
+                    "worker child in place %d crashed %d times in a row; next one in %.1fs",
+                    child.index,
+                    child.crashes,
+                    pause,
+                )
+                child.respawn_at = time.monotonic() + pause
+            else:
+                self._spawn(child)
 
     def _fold_counters(self, view: SlotView) -> None:
         # A child's counters die with it: keep them at the supervisor for inspect.
