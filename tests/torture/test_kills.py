@@ -181,7 +181,14 @@ def test_2_a_crash_at_each_deterministic_point(rig: Rig) -> None:
             "-Q",
             f"cp-{point}",
             wait=False,
-            env={"CELERIAC_CRASH_AT": f"{armed}:3", "CELERIAC_CRASH_MARKER": str(markers[point])},
+            env={
+                "CELERIAC_CRASH_AT": f"{armed}:3",
+                "CELERIAC_CRASH_MARKER": str(markers[point]),
+                # One task per broker call, so "the third time" is the same point in every
+                # run; batched commits crash differently and are tested in
+                # tests/test_worker_acceptance.py.
+                "CELERIAC_WORKER_BATCH_MAX": "1",
+            },
         )
     for proc in rig.workers.started:
         rig.workers.wait_ready(proc)
