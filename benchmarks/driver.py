@@ -310,7 +310,31 @@ def describe(system: str) -> dict[str, Any]:
     return info
 
 
+def op_floor(run: Run) -> dict[str, Any]:
+    """What this Redis and this machine allow at all, in the same repetition as the
+    systems: ``n`` plain redis-py ``RPUSH`` calls one at a time, and the same pipelined in
+    batches of 1,000 (the issue's reference points: ~14,500/s and ~170,000/s)."""
+    n = run.params["n"]
+    run.flush()
+    client = redis.Redis.from_url(run.redis_url)
+    client.ping()
+    started = time.perf_counter()
+    for i in range(n):
+        client.rpush("floor:single", i)
+    single = n / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for lo in range(0, n, 1000):
+        pipe = client.pipeline(transaction=False)
+        for i in range(lo, min(lo + 1000, n)):
+            pipe.rpush("floor:piped", i)
+        pipe.execute()
+    piped = n / (time.perf_counter() - started)
+    client.close()
+    return {"single": single, "piped": piped}
+
+
 OPS: dict[str, Callable[[Run], dict[str, Any]]] = {
+    "floor": op_floor,
     "enqueue": op_enqueue,
     "drain": op_drain,
     "idle": op_idle,

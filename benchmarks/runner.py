@@ -78,6 +78,8 @@ QUICK = Sizes(
 
 #: What each kept value is called in the results, and its unit.
 METRICS: dict[str, tuple[str, str]] = {
+    "redis_py_single": ("plain redis-py RPUSH, one call each (the floor)", "calls/s"),
+    "redis_py_piped": ("plain redis-py RPUSH, pipelined by 1,000 (the floor)", "calls/s"),
     "enqueue_single": ("enqueue, one call each", "tasks/s"),
     "enqueue_batch": ("enqueue, batch API", "tasks/s"),
     "drain": ("drain, worker start to last completion", "tasks/s"),
@@ -320,7 +322,16 @@ class Runner:
 
     def plan(self, described: dict[str, dict[str, Any]]) -> list[Step]:
         """Every step of one repetition, system by system."""
-        steps: list[Step] = []
+        # The floor first: plain redis-py on the same server, the yardstick of the rates.
+        steps: list[Step] = [
+            Step(
+                "celeriac",
+                "redis",
+                "floor",
+                {"op": "floor", "n": self.sizes.enqueue},
+                {"single": "redis_py_single", "piped": "redis_py_piped"},
+            )
+        ]
         for system in self.systems:
             info = described[system]
             if info.get("ok"):
