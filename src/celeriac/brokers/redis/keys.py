@@ -21,7 +21,7 @@ from celeriac.errors import ConfigurationError
 PRIORITIES = 10  # 0..9, one ready list each
 INDEX_BUCKETS = 1021  # id index hashes per queue (a prime: ids spread evenly); part of the layout
 
-_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def compact(task_id: str) -> bytes:
@@ -33,9 +33,9 @@ def compact(task_id: str) -> bytes:
         >>> compact("order-42")
         b'order-42'
     """
+    if len(task_id) == 36 and _UUID.fullmatch(task_id):
+        return b"\x00" + bytes.fromhex(task_id.replace("-", ""))
     raw = task_id.encode("utf-8", "surrogateescape")
-    if len(raw) == 36 and _UUID.fullmatch(raw):
-        return b"\x00" + bytes.fromhex(raw.replace(b"-", b"").decode())
     if raw[:1] in (b"\x00", b"\x01"):
         return b"\x01" + raw
     return raw

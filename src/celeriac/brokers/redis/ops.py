@@ -125,11 +125,20 @@ def _send_call(ctx: Context, q: QueueKeys, messages: Sequence[Outgoing]) -> Call
             at(q.ready[priority]),
             at(q.bucket(cid)),
             at(ctx.target(q, m.id)),
-            priority,
             int(m.eta * 1000) if m.eta else 0,
-            stored_body(m.id, m.body),
+            pack_entry(cid, priority, stored_body(m.id, m.body)),
         ]
     return Call(SCRIPTS.send, keys, args)
+
+
+def pack_entry(cid: bytes, priority: int, body: bytes) -> bytes:
+    """A new entry as includes/entry.lua lays it out (no delivery yet).
+
+    Example:
+        >>> pack_entry(b"id", 3, b"{}")
+        b'\\xce\\x1a\\x03\\x00\\x00\\x00\\x02id{}'
+    """
+    return b"\xce\x1a%c\x00\x00%c%c%s%s" % (priority, len(cid) >> 8, len(cid) & 255, cid, body)
 
 
 # A JSON message body repeats its id, which the entry already holds (as 17 bytes for a

@@ -6,14 +6,13 @@
 --              referred to by position from ARGV (a message names only the keys it needs)
 -- ARGV[1]      result mode: 'direct' (targets are result keys) or 'outbox' (the target is
 --              the queue's outbox hash; Cluster)
--- ARGV[2..]    seven per message:
+-- ARGV[2..]    six per message:
 --                compact id, KEYS index of its ready list (the one of its priority), KEYS
---                index of its index bucket, KEYS index of its result target, priority
---                (0..9), due time in ms (0: now), body
+--                index of its index bucket, KEYS index of its result target, due time in
+--                ms (0: now), the entry (includes/entry.lua), packed by the client
 -- Returns: an array with 1 for each message stored, 0 for each id that was already known.
 -- Messages for one ready list are pushed with one variadic RPUSH, in ARGV order.
 -- @include clock.lua
--- @include entry.lua
 -- @include result.lua
 -- @include wake.lua
 
@@ -21,7 +20,7 @@ local CHUNK = 1000 -- entries per RPUSH (Lua's unpack has a limit)
 local mode = ARGV[1]
 local now = nil -- Redis's clock, read only when a message has a due time
 local created, pending, order = {}, {}, {}
-for i = 2, #ARGV, 7 do
+for i = 2, #ARGV, 6 do
   local cid, bucket, target = ARGV[i], KEYS[tonumber(ARGV[i + 2])], KEYS[tonumber(ARGV[i + 3])]
   if redis.call('HSETNX', bucket, cid, '') == 0 then
     created[#created + 1] = 0 -- queued or held
@@ -29,8 +28,7 @@ for i = 2, #ARGV, 7 do
     redis.call('HDEL', bucket, cid) -- finished: leave the index as it was
     created[#created + 1] = 0
   else
-    local priority, due = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
-    local entry = pack_entry(cid, priority, 0, ARGV[i + 6])
+    local due, entry = tonumber(ARGV[i + 4]), ARGV[i + 5]
     if due > 0 then now = now or now_ms() end
     if due > 0 and due > now then
       redis.call('ZADD', KEYS[2], due, entry)
