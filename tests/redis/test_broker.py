@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +19,7 @@ from celeriac.brokers.redis.connection import RedisURL
 from celeriac.brokers.redis.keys import INDEX_BUCKETS, Keyspace, compact, expand
 from celeriac.errors import ConfigurationError
 from celeriac.message import Message, encode_message
+from celeriac.testing import wait_for
 from tests.redis_server import RedisServer, start_redis
 
 
@@ -254,3 +256,57 @@ def test_cluster_reaper_finishes_an_interrupted_commit(cluster_broker: RedisBrok
     cluster_broker.reap()
     assert cluster_broker.get_result("a") == (b"the result", True)
     assert client.hlen(cluster_broker.keys.queue("q").outbox) == 0
+
+
+# -- result wake-ups ---------------------------------------------------------------------
+
+
+def test_a_commit_publishes_its_wake_up_only_while_a_waiter_is_registered(
+    broker: RedisBroker, raw: redis.Redis
+) -> None:
+    listener = raw.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(broker.keys.channel("a"), broker.keys.channel("b"))
+
+    def woken(timeout: float) -> list[bytes]:
+        seen = []
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            message = listener.get_message(timeout=left)
+            if message is not None:
+                seen.append(message["channel"])
+        return seen
+
+    broker.send([Outgoing("a", "q", b"a"), Outgoing("b", "q", b"b")])
+    a, b = broker.fetch(["q"], "w", limit=2, lease_seconds=30, timeout=0)
+    assert broker.complete_many([(a.lease, b"ra")], 60) == ([True], [])
+    assert woken(0.3) == []  # nobody waits: no PUBLISH (it costs Redis ~5 us per result)
+    raw.zadd(broker.keys.waiting, {b"someone": int((time.time() + 60) * 1000)})
+    assert broker.complete_many([(b.lease, b"rb")], 60) == ([True], [])
+    assert woken(5) == [broker.keys.channel("b")]
+    listener.close()
+
+
+def test_a_waiter_registers_and_is_woken_by_the_commit_not_by_its_poll(
+    broker: RedisBroker, raw: redis.Redis
+) -> None:
+    from celeriac.brokers.redis.admin import LISTEN_STEP
+
+    broker.send([Outgoing("t", "q", b"t")])
+    (d,) = broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=0)
+    got: list[tuple[bytes | None, float]] = []
+
+    def wait() -> None:
+        got.append((broker.wait_result("t", 30), time.monotonic()))
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    assert wait_for(lambda: raw.zcard(broker.keys.waiting) == 1, timeout=10)
+    time.sleep(0.1)  # the waiter is subscribed and listening
+    committed_at = time.monotonic()
+    assert broker.complete_many([(d.lease, b"done")], 60) == ([True], [])
+    waiter.join(30)
+    (result, woke_at) = got[0]
+    assert result == b"done"
+    # Woken by the wake-up: its fallback would read the key only after a quiet LISTEN_STEP.
+    assert woke_at - committed_at < LISTEN_STEP
+    assert raw.zcard(broker.keys.waiting) == 0  # it left

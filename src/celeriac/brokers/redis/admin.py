@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 
@@ -23,6 +24,7 @@ from celeriac.brokers.redis.steps import Arg, Batch, Call, Command, Listen, Plan
 DEAD_RESULT_TTL = 86_400.0 * 7  # seconds a dead-lettered task's result is kept
 PURGE_STEP = 10_000  # entries deleted per purge call, so Redis never stalls for long
 LISTEN_STEP = 1.0  # seconds per wait for a wake-up; the key is read again after each
+WAITER_MARGIN = 60.0  # seconds a waiter's registration outlives its timeout
 
 
 class _Letter(msgspec.Struct, array_like=True):
@@ -71,15 +73,30 @@ def wait_result(ctx: Context, task_id: str, timeout: float) -> Plan[bytes | None
     is gone for good.
     """
     deadline = time.monotonic() + timeout
+    waiter = b""
+    if not ctx.cluster:
+        # Registered before the first look, so a commit after it publishes (settling
+        # scripts skip the wake-up while nobody is registered). The score is when the
+        # registration may be dropped: by this waiter when it leaves, or by the reaper if
+        # it dies. A clock more than WAITER_MARGIN off only costs wake-ups: the key is
+        # read again every LISTEN_STEP anyway.
+        waiter = os.urandom(8).hex().encode()
+        expiry = int((time.time() + timeout + WAITER_MARGIN) * 1000)
+        yield Command(("ZADD", ctx.keys.waiting, expiry, waiter))
     yield Subscribe(ctx.keys.channel(task_id))
+    found: bytes | None = None
     while True:
         stored = _read_result((yield Command(("GET", ctx.keys.result(task_id)))))
         if stored is not None and stored[1]:
-            return stored[0]
+            found = stored[0]
+            break
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return None
+            break
         yield Listen(min(remaining, LISTEN_STEP))
+    if waiter:
+        yield Command(("ZREM", ctx.keys.waiting, waiter))
+    return found
 
 
 def forget_result(ctx: Context, task_id: str) -> Plan[None]:

@@ -10,7 +10,10 @@
 -- ARGV[2]      consumer
 -- ARGV[3]      limit: messages to take at most
 -- ARGV[4]      lease length in ms
--- ARGV[5..]    eleven per completion: KEYS index of its held hash, of its leases set, of
+-- ARGV[5]      KEYS index of the result waiters' set (keys.py: waiting): a wake-up is
+--              published only while it is not empty; 0: always publish (Cluster: the
+--              client publishes after copying the result)
+-- ARGV[6..]    eleven per completion: KEYS index of its held hash, of its leases set, of
 --              its index bucket; compact id; fencing token; KEYS index of its result
 --              target; result spec (five, includes/result.lua)
 -- Returns: {one code per completion (1 committed, -1 LEASE_LOST), then the reply of
@@ -23,11 +26,15 @@
 -- @include wake.lua
 -- @include queue.lua
 
-local reply = settle_many(5, 11)
+local reply = settle_many(6, 11)
+local waiting = tonumber(ARGV[5])
+-- Publishing costs Redis ~5 us per result even with nobody subscribed: skip it when no
+-- waiter is registered (waiters register before they look at the result key).
+local publish = waiting == 0 or redis.call('ZCARD', KEYS[waiting]) > 0
 for n, code in ipairs(reply) do
   if code == 1 then
-    local i = 5 + (n - 1) * 11
-    commit_result_at(KEYS[tonumber(ARGV[i + 5])], i + 6, ARGV[i + 3])
+    local i = 6 + (n - 1) * 11
+    commit_result_at(KEYS[tonumber(ARGV[i + 5])], i + 6, ARGV[i + 3], publish)
   end
 end
 local first_block = tonumber(ARGV[1])

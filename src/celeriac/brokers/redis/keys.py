@@ -135,6 +135,9 @@ class Keyspace:
         self.prefix = prefix.encode()
         self._queues: dict[str, QueueKeys] = {}
         self.queues = self.prefix + b":queues"
+        # Result waiters (standalone Redis): a settling script publishes a wake-up only
+        # while this sorted set is not empty (member: a waiter, score: its expiry in ms).
+        self.waiting = self.prefix + b":waiting"
         self.workers_alive = self.prefix + b":{workers}:alive"
         self.workers_info = self.prefix + b":{workers}:info"
 

@@ -299,7 +299,7 @@ def complete_many(
             index = position[key] = len(keys)
         return index
 
-    args: list[Arg] = []
+    args: list[Arg] = [0 if ctx.cluster else at(ctx.keys.waiting)]
     cids = []
     for lease, result in items:
         q, cid = ctx.keys.queue(lease.queue), compact(lease.id)
@@ -429,6 +429,8 @@ def reap(ctx: Context) -> Plan[int]:
     if not names:
         return 0
     queues = [ctx.keys.queue(name) for name in names]
+    if not ctx.cluster:  # waiters that died without leaving (see admin.wait_result)
+        yield Command(("ZREMRANGEBYSCORE", ctx.keys.waiting, "-inf", int(time.time() * 1000)))
     replies = yield Batch([Call(SCRIPTS.reap, (*q.block, q.outbox), dead) for q in queues])
     released = 0
     for q, reply in zip(queues, replies, strict=True):

@@ -31,6 +31,7 @@ import redis
 #: Commands whose raw reply (bytes, ints, lists, None) is what the plans expect.
 RAW = frozenset(
     {"EVALSHA", "EVAL", "BLPOP", "GETRANGE", "GET", "DEL", "HDEL", "ZREM", "SADD", "XADD"}
+    | {"ZADD", "ZREMRANGEBYSCORE"}
 )
 
 #: Retries after a broken connection, and the pause before each (as redis-py's Retry with

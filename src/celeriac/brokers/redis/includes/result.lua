@@ -25,12 +25,13 @@ local function commit_result(target, spec, cid)
   end
 end
 
--- commit_result with the spec read in place from ARGV[i..i+4] (no table: runs per task).
-local function commit_result_at(target, i, cid)
+-- commit_result with the spec read in place from ARGV[i..i+4] (no table: runs per task);
+-- the wake-up only when publish is true.
+local function commit_result_at(target, i, cid, publish)
   if ARGV[i + 1] ~= '1' then return end
   if ARGV[i] == 'direct' then
     redis.call('SET', target, 'F' .. ARGV[i + 2], 'PX', ARGV[i + 3])
-    redis.call('PUBLISH', ARGV[i + 4], '1')
+    if publish then redis.call('PUBLISH', ARGV[i + 4], '1') end
   else
     redis.call('HSET', target, cid, ARGV[i + 3] .. ':' .. ARGV[i + 2])
   end
