@@ -240,31 +240,41 @@ def ablations(url: str, tasks: int) -> None:
 
 
 def lua_costs(url: str, calls: int) -> None:
-    """Redis's own time per call of complete_fetch-4.lua, against what its parts cost."""
+    """Redis's own time per task in complete_many-0.lua (a worker's batch settle-and-fetch
+    of 32), against what its parts cost."""
     import redis
     from celeriac.brokers.redis.scripts import load
 
+    batch = 32
     server = redis.Redis.from_url(url)
     app, noop = make_app(url)
-    app.publish_many([noop.message((i,)) for i in range(calls + 1)])
+    app.publish_many([noop.message((i,)) for i in range(calls + batch)])
     broker, queues = app.broker, ["default"]
-    got = broker.fetch(queues, "profile/0.1", limit=1, lease_seconds=30, timeout=0.5)
+    got = broker.fetch(queues, "profile/0.1", limit=batch, lease_seconds=30, timeout=0.5)
     result = b'{"state":"SUCCESS","task":"profile_celeriac.noop","date_done":1795506141.8}'
     server.config_resetstat()
-    for _ in range(calls):
-        _, got = broker.complete_and_fetch(
-            got[0].lease, result, 3600, queues, "profile/0.1", limit=1, lease_seconds=30
+    done = 0
+    while done < calls and got:
+        _, more = broker.complete_many(
+            [(d.lease, result) for d in got],
+            3600,
+            queues,
+            "profile/0.1",
+            limit=batch,
+            lease_seconds=30,
         )
+        done, got = done + len(got), more
     stats = server.info("commandstats")
     script = stats.pop("cmdstat_evalsha")
-    inside = sum(float(v["usec"]) for v in stats.values()) / calls
-    print(f"complete_fetch-4.lua as shipped: {script['usec_per_call']:.1f} us per call in Redis,")
-    print(f"  of which the Redis commands it calls: {inside:.1f} us")
-    text = load("complete_fetch-4").text.decode()
-    setup = text[: text.index("local code = settle(")] + "return 1\n"
-    keys = [f"{{default}}:k{i}" for i in range(19)]  # as many KEYS and ARGV as the real call
+    inside = sum(float(v["usec"]) for v in stats.values()) / done
+    print(f"complete_many-0.lua as shipped: {script['usec'] / done:.1f} us per task in Redis")
+    print(f"  ({batch} per call), of which the Redis commands it calls: {inside:.1f} us")
+    text = load("complete_many-0").text.decode()
+    setup = text[: text.index("local reply = settle_many(")] + "return 1\n"
+    keys = [f"{{default}}:k{i}" for i in range(19)]
+    argv = ["x"] * (5 + 11 * batch)  # as many ARGV as the real call
     snippets = {
-        "the same KEYS and ARGV, the includes, then return": (setup, keys, ["x"] * 10),
+        "per call: the same KEYS and ARGV, the includes, then return": (setup, keys, argv),
         "an LMPOP argument table for 10 priorities (as take() builds)": (
             "local a, w = {0}, {} for p = 9, 0, -1 do local k = KEYS[p + 1]; "
             "a[#a + 1] = k; w[k] = {1, 2, p} end return 1",
