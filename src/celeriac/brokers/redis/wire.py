@@ -1,13 +1,16 @@
-"""The hot path to a standalone Redis: commands on kept connections, without redis-py's
+"""The hot path to a standalone Redis: commands on kept sockets, without redis-py's
 per-command machinery.
 
 redis-py's ``execute_command`` costs ~30 µs of Python per call (pool checkout, retry
-wrapper, event dispatch, observability hooks, response callbacks), as much as the round
-trip itself on loopback; a worker pays it once per task and a producer once per
-``delay()``. :class:`Wire` keeps redis-py's connections (so URLs, TLS, ACL, Unix sockets
-and the hiredis parser behave exactly as in redis-py) but drives them directly: pack with
-hiredis, one ``sendall``, one parsed reply. Replies are raw (no response callbacks), so
-only commands whose raw reply is what the caller wants go through here (:data:`RAW`).
+wrapper, event dispatch, observability hooks, response callbacks), and even its bare
+``send_packed_command`` / ``read_response`` pair another ~25 µs (health and push-message
+checks, buffer bookkeeping), as much as the round trip itself on loopback; a worker pays
+it once per broker call and a producer once per ``delay()``. :class:`Wire` lets redis-py
+open each connection (so URLs, TLS, ACL, Unix sockets and the handshake behave exactly as
+in redis-py), then drives the connection's socket itself: pack with hiredis, one
+``sendall``, ``recv`` into a hiredis reader of its own. Replies are raw (no response
+callbacks), so only commands whose raw reply is what the caller wants go through here
+(:data:`RAW`); error replies are raised (or returned in place) as redis-py's exceptions.
 
 Thread- and fork-safe: idle connections sit in a list (``pop``/``append`` are atomic), a
 connection is used by one call at a time, and a forked child never touches its parent's
@@ -17,13 +20,15 @@ sockets (they are dropped, not closed, on the first call after the fork).
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import hiredis
+from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import InvalidResponse, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import redis
@@ -41,7 +46,62 @@ RETRY_PAUSES = (0.02, 0.04)
 #: Bytes per sendall in a pipeline: few system calls, yet Redis starts working early.
 SEND_CHUNK = 64 * 1024
 
+#: Bytes asked of the socket per recv: a whole batch reply in one system call, mostly.
+RECV_SIZE = 256 * 1024
+
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError)
+
+
+def _parse_error(text: str) -> ResponseError:
+    """redis-py's exception for an error reply (``NOSCRIPT ...`` is a NoScriptError)."""
+    error: ResponseError = BaseParser.parse_error(text)  # type: ignore[no-untyped-call]
+    return error
+
+
+class _Link:
+    """One connection: redis-py opened it, the socket and the reply parser are ours."""
+
+    __slots__ = ("conn", "reader", "sock")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        try:
+            conn.connect()  # redis-py's handshake: TLS, AUTH, HELLO, SELECT, CLIENT SETNAME
+        except OSError as exc:  # pragma: no cover - redis-py raises its own errors here
+            raise RedisConnectionError(str(exc)) from exc
+        self.sock: socket.socket = conn._sock  # redis-py's own socket: the point of this module
+        self.reader = hiredis.Reader(protocolError=InvalidResponse)
+
+    def send(self, packed: Iterable[bytes]) -> None:
+        try:
+            for chunk in packed:
+                self.sock.sendall(chunk)
+        except TimeoutError as exc:
+            raise RedisTimeoutError("Timeout writing to socket") from exc
+        except OSError as exc:
+            raise RedisConnectionError(f"Error while writing to socket: {exc}") from exc
+
+    def read(self) -> Any:
+        """The next reply; an error reply comes back as a redis-py exception, not raised."""
+        reader = self.reader
+        reply = reader.gets()
+        while reply is False:
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except TimeoutError as exc:
+                raise RedisTimeoutError("Timeout reading from socket") from exc
+            except OSError as exc:
+                raise RedisConnectionError(f"Error while reading from socket: {exc}") from exc
+            if not data:
+                raise RedisConnectionError("Connection closed by server.")
+            reader.feed(data)
+            reply = reader.gets()
+        if isinstance(reply, hiredis.ReplyError):
+            return _parse_error(str(reply))
+        return reply
+
+    def close(self) -> None:
+        self.conn.disconnect()
 
 
 class _Packed:
@@ -92,7 +152,7 @@ class Wire:
         # redis-py's connections are untyped: Any below.
         self._connection_class: Any = pool.connection_class
         self._connection_kwargs = dict(pool.connection_kwargs)
-        self._idle: list[Any] = []
+        self._idle: list[_Link] = []
         self._pid = os.getpid()
 
     def call(self, args: Sequence[Any]) -> Any:
@@ -116,7 +176,7 @@ class Wire:
     def close(self) -> None:
         """Close every idle connection (a call in flight closes its own when done)."""
         while self._idle:
-            self._idle.pop().disconnect()
+            self._idle.pop().close()
 
     def _round_trip(
         self,
@@ -126,42 +186,38 @@ class Wire:
         errors_in_place: bool = False,
     ) -> list[Any]:
         for attempt in range(len(RETRY_PAUSES) + 1):
-            conn = self._checkout()
+            link: _Link | None = None
             try:
+                link = self._checkout()
                 # One sendall per chunk: Redis starts on the first while the rest are sent.
-                conn.send_packed_command(packed, check_health=False)
+                link.send(packed)
                 count = replies if isinstance(replies, int) else replies()
-                out = [self._read(conn, errors_in_place) for _ in range(count)]
-            except ResponseError:
-                self._idle.append(conn)  # the reply was read whole: the socket is clean
-                raise
+                out = [link.read() for _ in range(count)]
             except _RETRYABLE:
-                conn.disconnect()
+                if link is not None:
+                    link.close()
                 if attempt == len(RETRY_PAUSES):
                     raise
                 time.sleep(RETRY_PAUSES[attempt])
                 continue
             except BaseException:
-                conn.disconnect()  # a reply may be half read: never reuse this socket
+                if link is not None:
+                    link.close()  # a reply may be half read: never reuse this socket
                 raise
-            self._idle.append(conn)
+            assert link is not None
+            self._idle.append(link)  # every reply was read whole: the socket is clean
+            if not errors_in_place:
+                for reply in out:
+                    if isinstance(reply, ResponseError):
+                        raise reply
             return out
         raise AssertionError("unreachable")  # pragma: no cover
 
-    @staticmethod
-    def _read(conn: Any, errors_in_place: bool) -> Any:
-        if not errors_in_place:
-            return conn.read_response()
-        try:
-            return conn.read_response()
-        except ResponseError as exc:
-            return exc
-
-    def _checkout(self) -> Any:
+    def _checkout(self) -> _Link:
         if self._pid != os.getpid():  # forked: the parent's sockets are not ours to use
             self._idle = []
             self._pid = os.getpid()
         try:
             return self._idle.pop()
         except IndexError:
-            return self._connection_class(**self._connection_kwargs)
+            return _Link(self._connection_class(**self._connection_kwargs))
