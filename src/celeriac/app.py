@@ -244,7 +244,8 @@ class Celeriac:
 
     def publish_many(self, messages: Sequence[Message]) -> list[AsyncResult[Any]]:
         """Send many messages in one broker round trip."""
-        outgoing = [self._outgoing(m) for m in messages]
+        codec = self.codec  # once, not per message
+        outgoing = [self._outgoing(m, codec) for m in messages]
         self.broker.send([o for o in outgoing if o is not None])
         return [AsyncResult(m.id, self, m.task) for m in messages]
 
@@ -261,12 +262,12 @@ class Celeriac:
         """
         return self.publish_many(messages)
 
-    def _outgoing(self, message: Message) -> Outgoing | None:
+    def _outgoing(self, message: Message, codec: Codec | None = None) -> Outgoing | None:
         existing = self.middleware.before_send(self, message)
         if existing is not None:
             message.id = existing
             return None
-        body = self.codec.encode(message)
+        body = (codec or self.codec).encode(message)
         size = len(body)
         if size > self.conf.task_payload_warn_bytes:
             self._check_size(message, size)

@@ -14,7 +14,7 @@ from redis.cluster import key_slot
 import redis
 from celeriac.brokers import broker_from_url
 from celeriac.brokers.base import DeadLetter, Outgoing
-from celeriac.brokers.redis import RedisBroker
+from celeriac.brokers.redis import RedisBroker, ops
 from celeriac.brokers.redis.connection import RedisURL
 from celeriac.brokers.redis.keys import INDEX_BUCKETS, Keyspace, compact, expand
 from celeriac.errors import ConfigurationError
@@ -120,6 +120,32 @@ def test_a_queued_body_is_stored_without_its_id_and_fetched_whole(
     assert broker.requeue(got[0].lease)  # requeued: still whole when fetched again
     (again,) = broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=0)
     assert again.body == body
+
+
+def test_the_send_call_builds_what_the_entry_layout_says() -> None:
+    # _send_call inlines pack_entry, stored_body, index_bucket and the result key (it runs
+    # once per message sent); this pins the inline copy to the functions that define them.
+    ctx = ops.Context(Keyspace("p"), cluster=False, known=set())
+    q = ctx.keys.queue("q")
+    sent = [
+        Message(id=str(uuid.uuid4()), task="t", args=[i], priority=p) for i, p in [(1, 3), (2, 12)]
+    ]
+    outgoing = [
+        Outgoing(m.id, "q", encode_message(m), m.priority, 12.5 * i) for i, m in enumerate(sent)
+    ]
+    outgoing.append(Outgoing("custom-1", "q", b'{"task":"t","id":"custom-1"}', -1))
+    call = ops._send_call(ctx, q, outgoing)
+    assert call.args[0] == "direct"
+    for n, out in enumerate(outgoing):
+        cid, ready, bucket, result, eta, entry = call.args[1 + 6 * n : 7 + 6 * n]
+        priority = min(max(out.priority, 0), 9)
+        assert cid == compact(out.id)
+        assert call.keys[ready - 1] == q.ready[priority]
+        assert call.keys[bucket - 1] == q.bucket(cid)
+        assert call.keys[result - 1] == ctx.target(q, out.id)
+        assert eta == (int(out.eta * 1000) if out.eta else 0)
+        assert entry == ops.pack_entry(cid, priority, ops.stored_body(out.id, out.body))
+    assert len(call.keys) == len(set(call.keys))  # each key passed once
 
 
 def test_the_hot_path_recovers_from_a_dropped_connection(

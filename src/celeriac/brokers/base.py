@@ -40,9 +40,14 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import msgspec
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+# Outgoing, Lease and Delivery are made once per message sent or taken: immutable structs
+# built in C (a frozen dataclass's __init__ costs ~8,000 instructions, 10% of a batch
+# send per message), outside the cyclic GC since they cannot hold a cycle.
+
+
+class Outgoing(msgspec.Struct, frozen=True, gc=False):
     """A message ready to store: its routing facts and its encoded bytes."""
 
     id: str
@@ -52,8 +57,7 @@ class Outgoing:
     eta: float | None = None  # absolute Unix time; None: due now
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
+class Lease(msgspec.Struct, frozen=True, gc=False):
     """Proof that a consumer holds a message: the fencing token from the fetch."""
 
     id: str
@@ -61,8 +65,7 @@ class Lease:
     token: str
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(msgspec.Struct, frozen=True, gc=False):
     """A message handed to a consumer under a lease."""
 
     lease: Lease

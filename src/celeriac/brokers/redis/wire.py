@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -46,8 +47,8 @@ RETRY_PAUSES = (0.02, 0.04)
 #: Bytes per sendall in a pipeline: few system calls, yet Redis starts working early.
 SEND_CHUNK = 64 * 1024
 
-#: Bytes asked of the socket per recv: a whole batch reply in one system call, mostly.
-RECV_SIZE = 256 * 1024
+#: Bytes read from the socket per system call, into a buffer each connection keeps.
+RECV_SIZE = 64 * 1024
 
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError)
 
@@ -61,7 +62,7 @@ def _parse_error(text: str) -> ResponseError:
 class _Link:
     """One connection: redis-py opened it, the socket and the reply parser are ours."""
 
-    __slots__ = ("conn", "reader", "sock")
+    __slots__ = ("buffer", "conn", "reader", "sock")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
@@ -71,6 +72,7 @@ class _Link:
             raise RedisConnectionError(str(exc)) from exc
         self.sock: socket.socket = conn._sock  # redis-py's own socket: the point of this module
         self.reader = hiredis.Reader(protocolError=InvalidResponse)
+        self.buffer = bytearray(RECV_SIZE)
 
     def send(self, packed: Iterable[bytes]) -> None:
         try:
@@ -87,14 +89,14 @@ class _Link:
         reply = reader.gets()
         while reply is False:
             try:
-                data = self.sock.recv(RECV_SIZE)
+                size = self.sock.recv_into(self.buffer)
             except TimeoutError as exc:
                 raise RedisTimeoutError("Timeout reading from socket") from exc
             except OSError as exc:
                 raise RedisConnectionError(f"Error while reading from socket: {exc}") from exc
-            if not data:
+            if not size:
                 raise RedisConnectionError("Connection closed by server.")
-            reader.feed(data)
+            reader.feed(self.buffer, 0, size)  # type: ignore[arg-type]  # any buffer, as redis-py
             reply = reader.gets()
         if isinstance(reply, hiredis.ReplyError):
             return _parse_error(str(reply))
@@ -154,6 +156,9 @@ class Wire:
         self._connection_kwargs = dict(pool.connection_kwargs)
         self._idle: list[_Link] = []
         self._pid = os.getpid()
+        # A Wire dropped without close() (an app garbage-collected in a cycle) closes its
+        # sockets before the cycle's finalizers run, so no socket is finalized while open.
+        weakref.finalize(self, _close_all, self._idle)
 
     def call(self, args: Sequence[Any]) -> Any:
         """One command, one reply; an error reply is raised as redis-py's exception.
@@ -175,8 +180,7 @@ class Wire:
 
     def close(self) -> None:
         """Close every idle connection (a call in flight closes its own when done)."""
-        while self._idle:
-            self._idle.pop().close()
+        _close_all(self._idle)
 
     def _round_trip(
         self,
@@ -215,9 +219,14 @@ class Wire:
 
     def _checkout(self) -> _Link:
         if self._pid != os.getpid():  # forked: the parent's sockets are not ours to use
-            self._idle = []
+            self._idle.clear()  # dropped: redis-py closes the copies without a shutdown
             self._pid = os.getpid()
         try:
             return self._idle.pop()
         except IndexError:
             return _Link(self._connection_class(**self._connection_kwargs))
+
+
+def _close_all(links: list[_Link]) -> None:
+    while links:
+        links.pop().close()
