@@ -265,7 +265,7 @@ class Task(Generic[P, R]):
             kwargs=kwargs or {},
             queue=queue or opts.queue or conf.task_default_queue,
             priority=level,
-            eta=None if due is None else math.ceil(due * 1000) / 1000,  # never early
+            eta=_to_ms(due, up=True),
             expires=expires_at,
             soft_limit=soft_time_limit,
             hard_limit=time_limit,

@@ -66,8 +66,15 @@ class _Link:
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
+        # redis-py's handshake (TLS, AUTH, HELLO, SELECT, CLIENT SETNAME), as its own
+        # send_packed_command would make it: one try of the handshake, so that a failed
+        # one counts as one of this module's attempts (connect() would retry it inside).
+        opened = getattr(conn, "connect_check_health", None)  # redis-py >= 5.2
         try:
-            conn.connect()  # redis-py's handshake: TLS, AUTH, HELLO, SELECT, CLIENT SETNAME
+            if opened is not None:
+                opened(check_health=False)
+            else:
+                conn.connect()
         except OSError as exc:  # pragma: no cover - redis-py raises its own errors here
             raise RedisConnectionError(str(exc)) from exc
         self.sock: socket.socket = conn._sock  # redis-py's own socket: the point of this module
