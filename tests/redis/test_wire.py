@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -9,7 +11,7 @@ import pytest
 from redis.exceptions import NoScriptError, ResponseError
 
 import redis
-from celeriac.brokers.redis.wire import Wire
+from celeriac.brokers.redis.wire import RETRY_PAUSES, Wire
 from tests.redis_server import RedisServer
 
 
@@ -68,3 +70,36 @@ def test_threads_never_share_a_socket(wire: Wire, prefix: str) -> None:
     for t in threads:
         t.join()
     assert failures == []
+
+
+def test_a_server_that_hangs_up_costs_three_attempts_then_an_error() -> None:
+    # A listener on loopback that reads each connection's first request (the handshake)
+    # and hangs up without answering: every attempt fails in redis-py's handshake. The
+    # wire's policy is one try plus two retries (RETRY_PAUSES), each a fresh connection;
+    # redis-py's connect() would retry the handshake again inside each attempt.
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            with conn:
+                conn.recv(65536)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    made = Wire(redis.Redis(port=listener.getsockname()[1], socket_timeout=5))
+    try:
+        with pytest.raises(redis.ConnectionError):
+            made.call(("PING",))
+    finally:
+        made.close()
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        listener.close()
+        server.join(timeout=5)
+    assert len(accepted) == len(RETRY_PAUSES) + 1
