@@ -48,6 +48,12 @@ def test_a_pipeline_returns_errors_in_place(wire: Wire, prefix: str) -> None:
     assert isinstance(replies[1], NoScriptError)
 
 
+def test_an_error_inside_an_array_reply_is_a_redis_py_exception(wire: Wire) -> None:
+    reply = wire.call(("EVAL", "return {1, redis.error_reply('NOSCRIPT inner')}", 0))
+    assert reply[0] == 1
+    assert isinstance(reply[1], NoScriptError)
+
+
 def test_a_reply_larger_than_one_read_is_whole(wire: Wire, prefix: str) -> None:
     big = bytes(range(256)) * 8192  # 2 MiB: many recv calls
     wire.call(("SET", f"{prefix}:big", big))

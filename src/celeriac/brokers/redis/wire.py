@@ -3,8 +3,8 @@ per-command machinery.
 
 redis-py's ``execute_command`` costs ~30 µs of Python per call (pool checkout, retry
 wrapper, event dispatch, observability hooks, response callbacks), and even its bare
-``send_packed_command`` / ``read_response`` pair another ~25 µs (health and push-message
-checks, buffer bookkeeping), as much as the round trip itself on loopback; a worker pays
+``send_packed_command`` / ``read_response`` pair ~8,000 instructions more (health and
+push-message checks, buffer bookkeeping), about the round trip itself on loopback; a worker pays
 it once per broker call and a producer once per ``delay()``. :class:`Wire` lets redis-py
 open each connection (so URLs, TLS, ACL, Unix sockets and the handshake behave exactly as
 in redis-py), then drives the connection's socket itself: pack with hiredis, one
@@ -54,7 +54,8 @@ _RETRYABLE = (RedisConnectionError, RedisTimeoutError)
 
 
 def _parse_error(text: str) -> ResponseError:
-    """redis-py's exception for an error reply (``NOSCRIPT ...`` is a NoScriptError)."""
+    """redis-py's exception for an error reply (``NOSCRIPT ...`` is a NoScriptError); the
+    reader makes one for every error reply, nested ones included, as redis-py's does."""
     error: ResponseError = BaseParser.parse_error(text)  # type: ignore[no-untyped-call]
     return error
 
@@ -66,19 +67,17 @@ class _Link:
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
-        # redis-py's handshake (TLS, AUTH, HELLO, SELECT, CLIENT SETNAME), as its own
-        # send_packed_command would make it: one try of the handshake, so that a failed
-        # one counts as one of this module's attempts (connect() would retry it inside).
-        opened = getattr(conn, "connect_check_health", None)  # redis-py >= 5.2
-        try:
-            if opened is not None:
-                opened(check_health=False)
-            else:
-                conn.connect()
-        except OSError as exc:  # pragma: no cover - redis-py raises its own errors here
-            raise RedisConnectionError(str(exc)) from exc
+        # redis-py's handshake (TLS, AUTH, HELLO, SELECT, CLIENT SETNAME), made as its own
+        # send_packed_command makes it: one try of the handshake, so that a failed one is
+        # one of this module's attempts. Newer redis-py's connect() retries the handshake
+        # inside; older redis-py has no connect_check_health and its connect() does not.
+        opened = getattr(conn, "connect_check_health", None)
+        if opened is not None:
+            opened(check_health=False)
+        else:
+            conn.connect()
         self.sock: socket.socket = conn._sock  # redis-py's own socket: the point of this module
-        self.reader = hiredis.Reader(protocolError=InvalidResponse)
+        self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=_parse_error)
         self.buffer = bytearray(RECV_SIZE)
 
     def send(self, packed: Iterable[bytes]) -> None:
@@ -105,8 +104,6 @@ class _Link:
                 raise RedisConnectionError("Connection closed by server.")
             reader.feed(self.buffer, 0, size)  # type: ignore[arg-type]  # any buffer, as redis-py
             reply = reader.gets()
-        if isinstance(reply, hiredis.ReplyError):
-            return _parse_error(str(reply))
         return reply
 
     def close(self) -> None:
