@@ -115,6 +115,23 @@ def test_soft_time_limit_lets_the_task_clean_up(
     assert [p[4] for p in ledger.lines() if p[0] == "cleanup"] == ["SoftTimeLimitExceeded"]
 
 
+def test_a_soft_limit_alarm_left_by_an_earlier_task_never_misfires(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # The process child arms SIGALRM lazily: a task may run under an alarm armed for the
+    # one before it. That alarm must neither cut a later task short nor let it overrun.
+    workers.start("-c", "1")
+    first = core.work.apply_async((0, "first"), soft_time_limit=30, time_limit=60)
+    assert first.get(timeout=20) == "first"  # leaves an alarm due in 30 s
+    result = core.cleans_up_after_soft_limit.delay()  # soft limit 0.5 s, sleeps 3 s
+    assert result.get(timeout=20) == "cleaned up"  # its own limit, not the 30 s alarm
+    assert [p[4] for p in ledger.lines() if p[0] == "cleanup"] == ["SoftTimeLimitExceeded"]
+    quick = core.work.apply_async((0, "quick"), soft_time_limit=0.4, time_limit=10)
+    assert quick.get(timeout=20) == "quick"  # leaves an alarm due 0.4 s after it started
+    patient = core.work.apply_async((1.0, "patient"), soft_time_limit=3, time_limit=10)
+    assert patient.get(timeout=20) == "patient"  # outlives that alarm by 0.6 s
+
+
 def test_hard_time_limit_kills_a_stuck_task_and_the_worker_carries_on(
     core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
 ) -> None:
@@ -204,8 +221,9 @@ def test_children_leave_when_their_supervisor_is_killed(
     core_app: Celeriac, workers: WorkerProcesses
 ) -> None:
     proc = workers.start("-c", "2")
+    # Ready (registered) can come before both children are forked: wait for them.
+    assert wait_for(lambda: len(workers.children(proc)) == 2, timeout=20)
     children = workers.children(proc)
-    assert len(children) == 2
     os.kill(proc.pid, signal.SIGKILL)  # as the OOM killer would
     proc.wait(timeout=10)
 

@@ -8,6 +8,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
+from celeriac import pid
 from celeriac.brokers import broker_from_url
 from celeriac.brokers.base import Broker, Outgoing
 from celeriac.codec import Codec, codec_for
@@ -101,11 +102,11 @@ class Celeriac:
         """The broker, connected on first use and anew in each forked process."""
         if (
             self._broker is None
-            or self._broker_pid != os.getpid()
+            or self._broker_pid != pid.current()
             or self._broker_url != self.conf.broker_url
         ):
             self._broker = broker_from_url(self.conf.broker_url)
-            self._broker_pid, self._broker_url = os.getpid(), self.conf.broker_url
+            self._broker_pid, self._broker_url = pid.current(), self.conf.broker_url
         return self._broker
 
     @property
@@ -122,7 +123,7 @@ class Celeriac:
 
     def use_broker(self, broker: Broker) -> None:
         """Use this broker object instead of one created from ``broker_url``."""
-        self._broker, self._broker_pid = broker, os.getpid()
+        self._broker, self._broker_pid = broker, pid.current()
         self._broker_url = self.conf.broker_url
 
     # -- tasks ----------------------------------------------------------------------------

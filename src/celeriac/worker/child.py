@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from celeriac import crashpoints
+from celeriac import crashpoints, pid
 from celeriac.brokers.base import Delivery
 from celeriac.errors import BrokerError, SoftTimeLimitExceeded
 from celeriac.middleware.base import Job, Outcome
@@ -71,9 +71,9 @@ def current_rss() -> int:
     a no-op task's CPU; the descriptor is reopened after fork (/proc/self resolved at open).
     """
     global _statm  # noqa: PLW0603 - one descriptor per process
-    pid = os.getpid()
-    if _statm is None or _statm[0] != pid:
-        _statm = (pid, os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
+    this = pid.current()
+    if _statm is None or _statm[0] != this:
+        _statm = (this, os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
     return int(os.pread(_statm[1], 64, 0).split()[1]) * _PAGE
 
 
@@ -178,6 +178,8 @@ class Child:
             conf.worker_lease_seconds,
         )
         self.in_task = False
+        self.soft_deadline = math.inf  # monotonic time the running task's soft limit ends
+        self.alarm_at = 0.0  # monotonic time the armed SIGALRM fires; 0: none armed
         self.rss = current_rss()  # as last measured: after the previous task
 
     def run(self) -> int:
@@ -300,14 +302,22 @@ class Child:
         return outcome
 
     def _run_with_soft_limit(self, executor: Executor, job: Job, soft: float) -> Outcome:
-        self.in_task = True
+        # The alarm is armed lazily: two setitimer calls per task were ~2% of a no-op's
+        # CPU. An alarm armed for an earlier task is left running when it would fire no
+        # later than this task's deadline; when it fires early, _on_soft_limit re-arms it
+        # for what is left. Between tasks a firing alarm does nothing.
         if soft != math.inf:
-            signal.setitimer(signal.ITIMER_REAL, soft)
+            now = time.monotonic()
+            self.soft_deadline = now + soft
+            if not self.alarm_at or self.alarm_at > self.soft_deadline:
+                self.alarm_at = self.soft_deadline
+                signal.setitimer(signal.ITIMER_REAL, soft)
+        self.in_task = True
         try:
             return executor.execute(job)
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
             self.in_task = False
+            self.soft_deadline = math.inf
 
     def limits(self, job: Job) -> tuple[float, float]:
         """(soft, hard) seconds for this job: the message's, the task's, or the app's."""
@@ -417,8 +427,15 @@ class Child:
         self.stopping = True
 
     def _on_soft_limit(self, signum: int, frame: FrameType | None) -> None:
-        if self.in_task:
-            raise SoftTimeLimitExceeded("the task ran past its soft time limit")
+        self.alarm_at = 0.0
+        if not self.in_task or self.soft_deadline == math.inf:
+            return  # armed for a task that is done
+        left = self.soft_deadline - time.monotonic()
+        if left > _ALARM_SLACK:  # armed for an earlier task: wait for this one's deadline
+            self.alarm_at = self.soft_deadline
+            signal.setitimer(signal.ITIMER_REAL, left)
+            return
+        raise SoftTimeLimitExceeded("the task ran past its soft time limit")
 
 
 class ThreadsChild(Child):
@@ -501,6 +518,9 @@ def _die_with_supervisor(supervisor_pid: int) -> None:
 
 
 _PR_SET_PDEATHSIG = 1
+#: A SIGALRM this close to the running task's soft deadline is its soft limit: the timer
+#: and time.monotonic() differ by microseconds, and a task is never given more than this.
+_ALARM_SLACK = 0.001
 
 
 def child_main(app: Celeriac, spec: ChildSpec, slot: Slot) -> None:

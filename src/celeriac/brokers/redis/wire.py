@@ -19,7 +19,6 @@ sockets (they are dropped, not closed, on the first call after the fork).
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 import weakref
@@ -33,6 +32,7 @@ from redis.exceptions import InvalidResponse, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import redis
+from celeriac import pid
 
 #: Commands whose raw reply (bytes, ints, lists, None) is what the plans expect.
 RAW = frozenset(
@@ -159,7 +159,7 @@ class Wire:
         self._connection_class: Any = pool.connection_class
         self._connection_kwargs = dict(pool.connection_kwargs)
         self._idle: list[_Link] = []
-        self._pid = os.getpid()
+        self._pid = pid.current()
         # A Wire dropped without close() (an app garbage-collected in a cycle) closes its
         # sockets before the cycle's finalizers run, so no socket is finalized while open.
         weakref.finalize(self, _close_all, self._idle)
@@ -222,9 +222,9 @@ class Wire:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _checkout(self) -> _Link:
-        if self._pid != os.getpid():  # forked: the parent's sockets are not ours to use
+        if self._pid != pid.current():  # forked: the parent's sockets are not ours to use
             self._idle.clear()  # dropped: redis-py closes the copies without a shutdown
-            self._pid = os.getpid()
+            self._pid = pid.current()
         try:
             return self._idle.pop()
         except IndexError:
