@@ -5,6 +5,7 @@ Usage::
     python -m benchmarks.profile_celeriac [--tasks 20000] [--top 25]
     python -m benchmarks.profile_celeriac --ablations [--tasks 10000]
     python -m benchmarks.profile_celeriac --lua [--tasks 10000]
+    python -m benchmarks.profile_celeriac --budget [--tasks 10000]
 
 Two profiles, each under cProfile (wall-clock timer) in this one process:
 
@@ -25,6 +26,12 @@ and Redis's own time per task) with one cost switched off at a time, in this pro
 (a setting, or a function replaced for the run; no file is changed), to show what each
 cost is worth. It also times the floor of one round trip: a plain redis-py RPUSH, and
 the same command sent on the connection without redis-py's per-command machinery.
+
+``--budget`` splits the drain benchmark's CPU per task in two: what the benchmark's own
+counter costs (the ``probes.task_done()`` every system's task calls: one redis-py INCR
+round trip), and what celeriac's consume loop costs for a task that does nothing, each in
+this process's CPU and redis-server's CPU (``INFO cpu``, so socket work is counted as in
+the benchmark). It then says how fast a drain on two cores could be at best.
 
 ``--lua`` reads Redis's own time per call of the settle-and-fetch script from ``INFO
 commandstats``, and what its parts cost: the call set-up with the same number of KEYS and
@@ -239,6 +246,52 @@ def ablations(url: str, tasks: int) -> None:
         )
 
 
+def budget(url: str, tasks: int, cores: int = 2) -> None:
+    """The drain's CPU per task, split into the benchmark's counter and celeriac's own."""
+    import redis
+    from benchmarks import probes
+    from benchmarks.common import redis_cpu_seconds
+
+    server = redis.Redis.from_url(url)
+    os.environ["BENCH_COUNTER_URL"] = probes.counter_url(url)
+    os.environ["BENCH_TARGET"] = "0"  # never reached: no completion stamps
+
+    def measured(run: Any) -> tuple[float, float]:
+        """(this process's CPU, redis-server's CPU) per task, in microseconds."""
+        cpu, served = time.process_time(), redis_cpu_seconds(server)
+        done = run()
+        cpu, served = time.process_time() - cpu, redis_cpu_seconds(server) - served
+        return 1e6 * cpu / done, 1e6 * served / done
+
+    def counter() -> int:
+        for _ in range(tasks):
+            probes.task_done()
+        return tasks
+
+    def consume_noops() -> int:
+        app, noop = make_app(url)
+        app.publish_many([noop.message((i,)) for i in range(tasks)])
+        return consume(app)
+
+    probes.task_done()  # connect first
+    counters, loops = [], []
+    for _ in range(3):  # interleaved: the machine's speed drifts
+        server.flushall()
+        counters.append(measured(counter))
+        loops.append(measured(consume_noops))
+    counter_cpu, counter_redis = sorted(counters)[1]  # the median run, by worker CPU
+    own_cpu, own_redis = sorted(loops)[1]
+    counted = counter_cpu + counter_redis
+    total = counted + own_cpu + own_redis
+    print(f"CPU per task, median of 3 runs of {tasks:,}, microseconds:")
+    print("                                            worker   redis-server")
+    print(f"  the benchmark's counter (one INCR)      {counter_cpu:8.0f}   {counter_redis:12.0f}")
+    print(f"  celeriac's consume loop, no-op task     {own_cpu:8.0f}   {own_redis:12.0f}")
+    print(f"  together: {total:.0f} us per counted task")
+    print(f"  drain at best, all {cores} cores busy: {cores * 1e6 / total:,.0f} tasks/s")
+    print(f"  the same if celeriac cost nothing: {cores * 1e6 / counted:,.0f} tasks/s")
+
+
 def lua_costs(url: str, calls: int) -> None:
     """Redis's own time per task in complete_many-0.lua (a worker's batch settle-and-fetch
     of 32), against what its parts cost."""
@@ -304,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25, help="functions listed per profile")
     parser.add_argument("--ablations", action="store_true", help="time costs one by one")
     parser.add_argument("--lua", action="store_true", help="Redis time of the settle script")
+    parser.add_argument(
+        "--budget", action="store_true", help="drain CPU: the benchmark's counter vs celeriac"
+    )
     args = parser.parse_args(argv)
     with redis_server() as url:
         os.environ["CELERIAC_BROKER_URL"] = url
@@ -312,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.lua:
             lua_costs(url, args.tasks)
+            return 0
+        if args.budget:
+            budget(url, args.tasks)
             return 0
         import redis
 
