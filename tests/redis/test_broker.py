@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
+import signal
 import threading
 import time
 import uuid
@@ -336,3 +339,41 @@ def test_a_waiter_registers_and_is_woken_by_the_commit_not_by_its_poll(
     # Woken by the wake-up: its fallback would read the key only after a quiet LISTEN_STEP.
     assert woke_at - committed_at < LISTEN_STEP
     assert raw.zcard(broker.keys.waiting) == 0  # it left
+
+
+def _fetch_and_report(url: str, report: multiprocessing.Queue[list[str]]) -> None:
+    broker = RedisBroker(url)
+    got = broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=20)
+    report.put([d.id for d in got])
+    broker.close()
+
+
+def test_a_wake_up_delivers_without_another_round_trip(
+    redis_server: RedisServer, prefix: str, broker: RedisBroker, raw: redis.Redis
+) -> None:
+    # An idle fetcher sends its fetch in one pipeline with the BLPOP it blocks on, so Redis
+    # takes the message for it the moment the wake-up comes: even a fetcher that cannot
+    # send anything (stopped) is handed the message, under a lease recorded at once.
+    context = multiprocessing.get_context("fork")
+    report: multiprocessing.Queue[list[str]] = context.Queue()
+    url = f"{redis_server.url}?prefix={prefix}"
+    fetcher = context.Process(target=_fetch_and_report, args=(url, report))
+    fetcher.start()
+    assert fetcher.pid is not None
+    try:
+        assert wait_for(lambda: any(c["cmd"] == "blpop" for c in raw.client_list()), timeout=10), (
+            "the fetcher never blocked"
+        )
+        os.kill(fetcher.pid, signal.SIGSTOP)
+        broker.send([Outgoing("handed", "q", b"body")])
+        assert wait_for(
+            lambda: [(s.ready, s.in_flight) for s in broker.stats() if s.queue == "q"] == [(0, 1)],
+            timeout=10,
+        ), "the message was not taken while its fetcher was stopped"
+        os.kill(fetcher.pid, signal.SIGCONT)
+        assert report.get(timeout=20) == ["handed"]
+    finally:
+        os.kill(fetcher.pid, signal.SIGCONT)
+        fetcher.join(30)
+        if fetcher.is_alive():
+            fetcher.kill()

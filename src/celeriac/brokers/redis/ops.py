@@ -207,20 +207,32 @@ def fetch(
     if registration:
         yield Batch(registration)
         ctx.known.update(names)
+    lease_ms = ms(lease_seconds)
+    taken, wait_ms = yield from _take(ctx, queues, consumer, limit, lease_ms)
     turn = 0
     while True:
-        taken, wait_ms = yield from _take(ctx, queues, consumer, limit, ms(lease_seconds))
         remaining = deadline - time.monotonic()
         if taken or remaining <= 0:
             return taken
         wait = remaining if wait_ms < 0 else min(remaining, wait_ms / 1000)
         wake = [q.wake for q in queues]
-        if ctx.cluster and len(wake) > 1:
-            # BLPOP cannot span slots: wait on one queue at a time, briefly.
-            wake, wait = [wake[turn % len(wake)]], min(wait, POLL)
-            turn += 1
-        if wait >= 0.001:
-            yield Command(("BLPOP", *wake, f"{min(wait, MAX_BLOCK):.3f}"))
+        if ctx.cluster:
+            if len(wake) > 1:
+                # BLPOP cannot span slots: wait on one queue at a time, briefly.
+                wake, wait = [wake[turn % len(wake)]], min(wait, POLL)
+                turn += 1
+            if wait >= 0.001:
+                yield Command(("BLPOP", *wake, f"{min(wait, MAX_BLOCK):.3f}"))
+            taken, wait_ms = yield from _take(ctx, queues, consumer, limit, lease_ms)
+            continue
+        # The fetch goes in one pipeline with the BLPOP: Redis keeps a blocked client's
+        # next command in its buffer and runs it the moment the BLPOP returns, so a wake-up
+        # is a delivery, without a second round trip, and the fetch script still takes the
+        # best priority and records the lease atomically.
+        block = [Command(("BLPOP", *wake, f"{min(wait, MAX_BLOCK):.3f}"))] if wait >= 0.001 else []
+        replies = yield Batch([*block, fetch_call(queues, consumer, limit, lease_ms)])
+        reply = replies[-1]
+        taken, wait_ms = deliveries(reply, 2, queues), int(reply[0])
 
 
 def _take(
