@@ -306,13 +306,14 @@ class Child:
         # CPU. An alarm armed for an earlier task is left running when it would fire no
         # later than this task's deadline; when it fires early, _on_soft_limit re-arms it
         # for what is left. Between tasks a firing alarm does nothing.
+        # in_task goes first: an alarm firing in between then sees this task's deadline
+        # and re-arms for it, instead of being taken for a finished task's and dropped.
         if soft != math.inf:
-            now = time.monotonic()
-            self.soft_deadline = now + soft
-            if not self.alarm_at or self.alarm_at > self.soft_deadline:
-                self.alarm_at = self.soft_deadline
-                signal.setitimer(signal.ITIMER_REAL, soft)
+            self.soft_deadline = time.monotonic() + soft
         self.in_task = True
+        if soft != math.inf and (not self.alarm_at or self.alarm_at > self.soft_deadline):
+            self.alarm_at = self.soft_deadline
+            signal.setitimer(signal.ITIMER_REAL, soft)
         try:
             return executor.execute(job)
         finally:
