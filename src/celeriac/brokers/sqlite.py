@@ -15,7 +15,6 @@ another connection commits, every few milliseconds — no one-second poll.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import threading
 import time
@@ -27,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
+from celeriac import pid
 from celeriac.brokers.base import (
     Broker,
     DeadLetter,
@@ -142,13 +142,13 @@ class SQLiteBroker(SQLiteStore, Broker):
 
     def _db(self) -> sqlite3.Connection:
         local = self._local
-        if getattr(local, "pid", None) != os.getpid():
+        if getattr(local, "pid", None) != pid.current():
             if getattr(local, "db", None) is not None:
                 # A connection must never cross fork(); closing it here could disturb the
                 # parent's locks, so it is kept unused until this process exits.
                 self._inherited.append(local.db)
             local.db = self._connect()
-            local.pid = os.getpid()
+            local.pid = pid.current()
             local.version = None
         db: sqlite3.Connection = local.db
         return db
@@ -195,7 +195,7 @@ class SQLiteBroker(SQLiteStore, Broker):
     def close(self) -> None:
         """Close this thread's connection."""
         db = getattr(self._local, "db", None)
-        if db is not None and self._local.pid == os.getpid():
+        if db is not None and self._local.pid == pid.current():
             db.close()
         self._local = threading.local()
 

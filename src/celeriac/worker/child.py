@@ -305,9 +305,8 @@ class Child:
         # The alarm is armed lazily: two setitimer calls per task were ~2% of a no-op's
         # CPU. An alarm armed for an earlier task is left running when it would fire no
         # later than this task's deadline; when it fires early, _on_soft_limit re-arms it
-        # for what is left. Between tasks a firing alarm does nothing.
-        # in_task goes first: an alarm firing in between then sees this task's deadline
-        # and re-arms for it, instead of being taken for a finished task's and dropped.
+        # for what is left; between tasks it does nothing. in_task is set before the check,
+        # so an alarm firing in between re-arms for this task instead of being dropped.
         if soft != math.inf:
             self.soft_deadline = time.monotonic() + soft
         self.in_task = True

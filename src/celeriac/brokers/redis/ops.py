@@ -231,8 +231,7 @@ def fetch(
         # best priority and records the lease atomically.
         block = [Command(("BLPOP", *wake, f"{min(wait, MAX_BLOCK):.3f}"))] if wait >= 0.001 else []
         replies = yield Batch([*block, fetch_call(queues, consumer, limit, lease_ms)])
-        reply = replies[-1]
-        taken, wait_ms = deliveries(reply, 2, queues), int(reply[0])
+        taken, wait_ms = _fetched(replies[-1], queues)
 
 
 def _take(
@@ -240,8 +239,7 @@ def _take(
 ) -> Plan[tuple[list[Delivery], int]]:
     """One non-blocking fetch over ``queues``; the deliveries and a wait hint in ms."""
     if not ctx.cluster or len(queues) == 1:
-        reply = yield fetch_call(queues, consumer, limit, lease_ms)
-        return deliveries(reply, 2, queues), int(reply[0])
+        return _fetched((yield fetch_call(queues, consumer, limit, lease_ms)), queues)
     # Cluster, several queues: peek at each queue's best priority, then take from the best
     # first (strict priority across queues, up to a race with other consumers).
     peeks = yield Batch([fetch_call([q], consumer, 0, lease_ms) for q in queues])
@@ -254,6 +252,11 @@ def _take(
         reply = yield fetch_call([queues[i]], consumer, limit - len(taken), lease_ms)
         taken += deliveries(reply, 2, [queues[i]])
     return taken, min(hints, default=-1)
+
+
+def _fetched(reply: Sequence[Any], queues: Sequence[QueueKeys]) -> tuple[list[Delivery], int]:
+    """A fetch-15 reply over ``queues``: the deliveries and the wait hint in ms."""
+    return deliveries(reply, 2, queues), int(reply[0])
 
 
 def fetch_call(queues: Sequence[QueueKeys], consumer: str, limit: int, lease_ms: int) -> Call:
