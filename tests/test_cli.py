@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from celeriac.cli import cli
 from celeriac.testing import run_queued
 from tests.apps import core
 from tests.conftest import ROOT
+from tests.redis_server import RedisServer
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -38,6 +40,14 @@ def test_module_without_an_app_says_so() -> None:
 def test_worker_needs_an_app() -> None:
     code, output = invoke("worker")
     assert code == 1 and "pass -A MODULE" in output
+
+
+def test_a_queue_name_redis_cannot_use_stops_the_worker_at_start(
+    redis_server: RedisServer,
+) -> None:
+    # Refused by the supervisor, before any child exists: not a crash loop of every child.
+    code, output = invoke("-A", "tests.apps.core", "-b", redis_server.url, "worker", "-Q", "a,{b}")
+    assert code == 1 and "queue name '{b}' cannot be used with Redis" in output
 
 
 def test_bad_json_arguments_are_usage_errors(broker_url: str) -> None:
@@ -89,19 +99,37 @@ def test_dlq_commands(core_app: Celeriac, broker_url: str) -> None:
     from celeriac.brokers.base import Outgoing
 
     core_app.broker.send([Outgoing("bad", "default", b"not json")])
+    core_app.broker.send([Outgoing("binary", "default", b"\x00\xff\xfe")])
     run_queued(core_app)
     code, output = invoke("-b", broker_url, "dlq", "list", "--json")
-    (letter,) = json.loads(output)
-    assert letter["id"] == "bad" and letter["body"] == "not json"
-    code, output = invoke("-b", broker_url, "dlq", "show", "bad")
-    assert json.loads(output)["reason"].startswith("malformed message")
+    letters = {letter["id"]: letter for letter in json.loads(output)}
+    assert letters["bad"]["body"] == "not json"
+    code, output = invoke("-b", broker_url, "dlq", "show", "binary")
+    shown = json.loads(output)
+    assert shown["reason"].startswith("malformed message")
+    assert base64.b64decode(shown["body_base64"]) == b"\x00\xff\xfe"  # exact, not replaced
     code, output = invoke("-b", broker_url, "dlq", "replay")
     assert code == 2 and "say which" in output
     code, output = invoke("-b", broker_url, "dlq", "replay", "--all")
-    assert output.strip() == "replayed 1 dead letter(s)"
+    assert output.strip() == "replayed 2 dead letter(s)"
     run_queued(core_app)
+    code, output = invoke("-b", broker_url, "dlq", "purge")
+    assert code == 1 and "without --yes" in output
+    assert "--debug" not in output  # celeriac's own errors say what to do: no traceback hint
     code, output = invoke("-b", broker_url, "dlq", "purge", "--yes")
-    assert output.strip() == "deleted 1 dead letter(s)"
+    assert output.strip() == "deleted 2 dead letter(s)"
+
+
+def test_no_password_is_ever_printed(redis_server: RedisServer) -> None:
+    url = f"redis://alice:s3cret@127.0.0.1:{redis_server.port}/0"
+    assert "s3cret" not in repr(Celeriac("shop", broker=url))
+    code, output = invoke("-b", url, "status")  # this server has no user alice: refused
+    assert code == 1 and "alice:***@127.0.0.1" in output and "s3cret" not in output
+    assert "refused this client's credentials" in output
+    code, output = invoke("-b", url.replace("redis:", "amqp:"), "status")
+    assert code == 1 and "unknown broker URL" in output and "s3cret" not in output
+    code, output = invoke("-b", f"{url}?sokcet_timeout=1", "status")
+    assert code == 1 and "unknown option 'sokcet_timeout'" in output and "s3cret" not in output
 
 
 def test_check_lists_limits(broker_url: str) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from celeriac import pid
-from celeriac.brokers import broker_from_url
+from celeriac.brokers import broker_from_url, redacted
 from celeriac.brokers.base import Broker, Outgoing
 from celeriac.codec import Codec, codec_for
 from celeriac.config import Settings
@@ -93,7 +93,7 @@ class Celeriac:
         self._codec_key: tuple[object, ...] = ()
 
     def __repr__(self) -> str:
-        return f"<Celeriac {self.name} broker={self.conf.broker_url}>"
+        return f"<Celeriac {self.name} broker={redacted(self.conf.broker_url)}>"
 
     # -- the broker -----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from celeriac.brokers.base import DeadLetter, Outgoing
 from celeriac.brokers.redis import RedisBroker, ops
 from celeriac.brokers.redis.connection import RedisURL
 from celeriac.brokers.redis.keys import INDEX_BUCKETS, Keyspace, compact, expand
-from celeriac.errors import ConfigurationError
+from celeriac.errors import BrokerConnectionError, ConfigurationError
 from celeriac.message import Message, encode_message
 from celeriac.testing import wait_for
 from tests.redis_server import RedisServer, start_redis
@@ -226,6 +226,33 @@ def test_url_options() -> None:
         RedisURL.parse("amqp://guest@localhost//")
     with pytest.raises(ConfigurationError, match="prefix"):
         RedisBroker("redis://localhost/0?prefix={x}")
+
+
+def test_url_mistakes_are_refused_before_any_connection() -> None:
+    # redis-py would quietly use database 0 for these, or fail at the first connection
+    # with a TypeError naming none of the URL.
+    with pytest.raises(ConfigurationError, match="'one', not a number"):
+        RedisURL.parse("redis://localhost:6379/one")
+    with pytest.raises(ConfigurationError, match="'x', not a number"):
+        RedisURL.parse("unix:///run/redis.sock?db=x")
+    with pytest.raises(ConfigurationError, match="unknown option 'sokcet_timeout'") as caught:
+        RedisURL.parse("redis://alice:pw@localhost/0?sokcet_timeout=2")
+    assert "pw" not in str(caught.value) and "alice:***@" in str(caught.value)
+    with pytest.raises(ConfigurationError, match="not a Redis URL") as caught:
+        RedisURL.parse("http://alice:pw@localhost/0")
+    assert "pw" not in str(caught.value)
+    # Options redis-py takes pass, whichever class takes them.
+    for option in ("socket_timeout=2", "ssl_cert_reqs=none", "client_name=w", "db=3"):
+        assert RedisURL.parse(f"redis://localhost?{option}").redis_url.endswith(option)
+
+
+def test_a_database_the_server_lacks_is_named(redis_server: RedisServer) -> None:
+    broker = RedisBroker(f"{redis_server.url.rsplit('/', 1)[0]}/99")
+    try:
+        with pytest.raises(BrokerConnectionError, match=r"no such database .*below the server"):
+            broker.check()
+    finally:
+        broker.close()
 
 
 def test_unix_socket(tmp_path: Path) -> None:

@@ -9,12 +9,23 @@ from pathlib import Path
 
 import pytest
 
+import redis
+from celeriac import Celeriac
 from celeriac.brokers import broker_from_url
 from celeriac.brokers.base import Outgoing
 from celeriac.brokers.redis import RedisBroker, ops
 from celeriac.brokers.redis.keys import Keyspace
-from celeriac.errors import BrokerConnectionError, ConfigurationError
+from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
+from celeriac.testing import wait_for
+from tests.conftest import Ledger, WorkerProcesses
 from tests.redis_server import RedisServer, free_port, start_redis
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start-up warnings are logged once per process tree: forget earlier tests' (a free
+    port, and so a server's URL, can come round again)."""
+    monkeypatch.setattr(ops, "_warned", set())
 
 
 @pytest.fixture
@@ -65,6 +76,26 @@ def test_persistence_off_is_a_warning(own_server: Server, caplog: pytest.LogCapt
         broker.close()
 
 
+def test_a_worker_warns_once_not_once_per_child(own_server: Server, tmp_path: Path) -> None:
+    server = own_server()
+    ledger = Ledger(tmp_path / "ledger.txt")
+    workers = WorkerProcesses(server.url, ledger)
+    app = Celeriac("probe", broker=server.url)
+    try:
+        proc = workers.start("-c", "2")
+        # Two tasks that each hold a child for a while: both children have called the broker.
+        for _ in range(2):
+            app.send_task("tests.apps.core.work", args=(0.3,))
+        assert wait_for(lambda: len({line[2] for line in ledger.lines()}) == 2, timeout=20), (
+            workers.log_text()
+        )
+        assert workers.stop(proc) == 0
+        assert workers.log_text().count("persistence off") == 1, workers.log_text()
+    finally:
+        app.broker.close()
+        workers.kill_all()
+
+
 def test_aof_on_is_quiet(own_server: Server, caplog: pytest.LogCaptureFixture) -> None:
     broker = RedisBroker(own_server(aof=True).url)
     try:
@@ -84,6 +115,20 @@ def test_config_get_disabled_warns_and_continues(
         with caplog.at_level(logging.WARNING, "celeriac.brokers.redis"):
             assert broker.send([Outgoing("a", "q", b"a")]) == [True]
         assert "cannot run CONFIG GET" in caplog.text
+    finally:
+        broker.close()
+
+
+def test_a_command_the_acl_denies_names_the_user_not_a_dead_server(own_server: Server) -> None:
+    server = own_server()
+    admin = redis.Redis.from_url(server.url)
+    admin.execute_command("ACL", "SETUSER", "shop", "on", ">pw", "~*", "&*", "+@all", "-evalsha")
+    admin.close()
+    broker = RedisBroker(f"redis://shop:pw@127.0.0.1:{server.port}/0")
+    try:
+        with pytest.raises(BrokerError, match="denied it to the URL's user") as caught:
+            broker.send([Outgoing("a", "q", b"a")])
+        assert not isinstance(caught.value, BrokerConnectionError)  # not retried forever
     finally:
         broker.close()
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from celeriac.beat.entries import EntryState, Loaded, grace, tick_id
+from celeriac.brokers import redacted
 from celeriac.errors import BrokerError, CeleriacError
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ class Scheduler:
             "beat: scheduler %s starting (broker %s); other schedulers may run too: "
             "each tick is sent once",
             self.ident,
-            self.app.conf.broker_url,
+            redacted(self.app.conf.broker_url),
         )
         try:
             while not self._stopping.is_set():

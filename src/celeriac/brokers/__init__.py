@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from celeriac.brokers.base import Broker
 from celeriac.errors import ConfigurationError
 
@@ -38,6 +40,17 @@ def broker_from_url(url: str) -> Broker:
         broker: Broker = RedisBroker(url)
         return broker
     raise ConfigurationError(
-        f"unknown broker URL {url!r}. Use one of: memory://, sqlite:///celeriac.db, "
+        f"unknown broker URL {redacted(url)!r}. Use one of: memory://, sqlite:///celeriac.db, "
         "redis://localhost:6379/0"
     )
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password replaced by ``***``: the form messages and logs show.
+
+    Example:
+        >>> redacted("redis://alice:s3cret@db:6379/0")
+        'redis://alice:***@db:6379/0'
+    """
+    password = urlsplit(url).password
+    return url if password is None else url.replace(f":{password}@", ":***@", 1)

@@ -373,6 +373,13 @@ class Broker(abc.ABC):
     def purge_dead_letters(self) -> int:
         """Delete every dead letter; return how many."""
 
+    def check_queue_names(self, names: Sequence[str]) -> None:  # noqa: B027 - optional
+        """Refuse queue names this broker cannot use, before a worker starts on them.
+
+        Raises:
+            ConfigurationError: a name this broker cannot store (Redis: a brace).
+        """
+
     def close(self) -> None:  # noqa: B027 - optional: brokers with no connections need nothing
         """Release connections. The broker may not be used afterwards."""
 

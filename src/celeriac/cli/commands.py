@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 
+from celeriac.brokers import redacted
 from celeriac.cli.main import Context, cli, out, parse_json_option, print_json
 from celeriac.control import live_workers
 from celeriac.errors import ConfigurationError
 from celeriac.message import decode_result
 from celeriac.middleware.expiry import expired_key
 from celeriac.result import FINAL_STATES, AsyncResult
+
+if TYPE_CHECKING:
+    from celeriac.brokers.base import DeadLetter
 
 
 def _when(ts: float | None) -> str:
@@ -172,13 +177,13 @@ def status(obj: Context, as_json: bool) -> None:
     if as_json:
         print_json(
             {
-                "broker": obj.app.conf.broker_url,
+                "broker": redacted(obj.app.conf.broker_url),
                 "queues": [{**_asdict(s), "expired_today": expired[s.queue]} for s in stats],
                 "workers": [_asdict(w) for w in workers],
             }
         )
         return
-    table = Table(title=f"queues on {obj.app.conf.broker_url}")
+    table = Table(title=f"queues on {redacted(obj.app.conf.broker_url)}")
     for column in ("queue", "ready", "delayed", "in flight", "dead", "expired today"):
         table.add_column(column, justify="left" if column == "queue" else "right")
     for s in stats:
@@ -242,7 +247,7 @@ def dlq_list(obj: Context, limit: int, as_json: bool) -> None:
     """The newest dead letters, with their reasons."""
     letters = obj.app.broker.dead_letters(limit)
     if as_json:
-        print_json([{**_asdict(x), "body": x.body.decode("utf-8", "replace")} for x in letters])
+        print_json([_letter_json(x) for x in letters])
         return
     if not letters:
         out.print("the dead-letter queue is empty")
@@ -263,7 +268,17 @@ def dlq_show(obj: Context, task_id: str) -> None:
     matches = [x for x in obj.app.broker.dead_letters(100_000) if x.id == task_id]
     if not matches:
         raise ConfigurationError(f"no dead letter with id {task_id} (see celeriac dlq list)")
-    print_json({**_asdict(matches[0]), "body": matches[0].body.decode("utf-8", "replace")})
+    print_json(_letter_json(matches[0]))
+
+
+def _letter_json(letter: DeadLetter) -> dict[str, Any]:
+    """A dead letter for JSON: the body readable (bytes that are not UTF-8 replaced) and
+    exact in base64, since a malformed message's bytes are the evidence."""
+    return {
+        **_asdict(letter),
+        "body": letter.body.decode("utf-8", "replace"),
+        "body_base64": base64.b64encode(letter.body).decode("ascii"),
+    }
 
 
 @dlq.command("replay")

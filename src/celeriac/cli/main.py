@@ -152,7 +152,7 @@ def _fail(ctx: click.Context, exc: BaseException, unexpected: bool = False) -> N
         err.print_exception()
     kind = f"{type(exc).__name__}: " if unexpected else ""
     err.print(f"[bold red]error:[/] {kind}{exc}", markup=True, soft_wrap=True)
-    if not debug:
+    if unexpected and not debug:  # celeriac's own errors say what to do; a traceback won't
         err.print("(run with --debug for the traceback)", style="dim")
     sys.exit(1)
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from celeriac.brokers import redacted
 from celeriac.brokers.base import Lease, WorkerInfo
 from celeriac.errors import BrokerError, ConfigurationError, TaskRevoked, TimeLimitExceeded
 from celeriac.middleware.verdicts import Verdict, verdict_key
@@ -80,10 +81,11 @@ class Worker:
     ) -> None:
         if app.broker.in_process_only:
             raise ConfigurationError(
-                f"broker {app.conf.broker_url} lives inside one process, so worker processes "
-                "cannot reach it. Use sqlite:///celeriac.db or redis://, or run queued tasks "
-                "in-process with celeriac.testing.run_queued()."
+                f"broker {redacted(app.conf.broker_url)} lives inside one process, so worker "
+                "processes cannot reach it. Use sqlite:///celeriac.db or redis://, or run "
+                "queued tasks in-process with celeriac.testing.run_queued()."
             )
+        app.broker.check_queue_names(queues)  # here, not in a crash loop of every child
         self.app = app
         self.queues = tuple(queues)
         self.concurrency = concurrency
@@ -107,12 +109,15 @@ class Worker:
         """Run until a shutdown signal; return the process exit code."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        units = {"process": "", "threads": " with %d threads", "asyncio": " with %d coroutines"}
+        children = f"{len(self._children)} child{'ren' if len(self._children) > 1 else ''}"
         log.info(
-            "worker %s starting %d children on queues %s (broker %s)",
+            "worker %s starting %s%s on queues %s (broker %s)",
             self.id,
-            self.concurrency,
+            children,
+            units[self.pool] % self.concurrency if units[self.pool] else "",
             ", ".join(self.queues),
-            self.app.conf.broker_url,
+            redacted(self.app.conf.broker_url),
         )
         self._heartbeat()
         _trim_heap()

@@ -365,6 +365,15 @@ class RedisBroker(Broker):
 
     # -- administration -----------------------------------------------------------------
 
+    def check_queue_names(self, names: Sequence[str]) -> None:
+        """Refuse an empty name or one with a brace (it would break the Cluster hash tag).
+
+        Example:
+            >>> RedisBroker("redis://localhost:6379/0").check_queue_names(["emails"])
+        """
+        for name in names:
+            self.keys.queue(name)
+
     def stats(self) -> list[QueueStats]:
         """Counts for every queue any process registered."""
         return self._run(admin.stats(self._ctx), "read queue counts")

@@ -16,6 +16,8 @@ Two query options belong to celeriac and are removed before redis-py sees the UR
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import weakref
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -26,9 +28,11 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 from redis.backoff import ExponentialBackoff
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.retry import Retry
 
 import redis
+from celeriac.brokers import redacted
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 
 SyncClient = redis.Redis | redis.cluster.RedisCluster
@@ -65,14 +69,15 @@ class RedisURL:
             ('redis://:***@db:6379/2', 't1', False)
 
         Raises:
-            ConfigurationError: not a redis://, rediss:// or unix:// URL, or Cluster over a
-                Unix socket.
+            ConfigurationError: not a redis://, rediss:// or unix:// URL, a database that is
+                not a number, an option neither celeriac nor redis-py knows, or Cluster over
+                a Unix socket.
         """
         parts = urlsplit(url)
         if parts.scheme not in {"redis", "rediss", "unix"}:
             raise ConfigurationError(
-                f"not a Redis URL: {url!r}. Use redis://host:6379/0, rediss://host:6380/0 "
-                "or unix:///path/to/redis.sock?db=0"
+                f"not a Redis URL: {redacted(url)!r}. Use redis://host:6379/0, "
+                "rediss://host:6380/0 or unix:///path/to/redis.sock?db=0"
             )
         ours = {"prefix": "celeriac", "cluster": "0"}
         rest: list[tuple[str, str]] = []
@@ -81,16 +86,22 @@ class RedisURL:
                 ours[key] = value
             else:
                 rest.append((key, value))
+        _check_database(url, parts.scheme, parts.path, rest)
+        unknown = sorted({key for key, _ in rest} - _redis_options())
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option {', '.join(map(repr, unknown))} in the broker URL "
+                f"{redacted(url)}: celeriac takes prefix= and cluster=1, redis-py its "
+                "connection options (socket_timeout=, ssl_cert_reqs=, client_name=, ...). "
+                "Check the spelling."
+            )
         cluster = ours["cluster"].lower() in _TRUE
         if cluster and parts.scheme == "unix":
             raise ConfigurationError(f"Redis Cluster cannot be reached over a Unix socket: {url!r}")
         base = url.split("?", 1)[0]  # string surgery: urlunsplit would mangle unix:///path
-        safe = url
-        if parts.password is not None:
-            safe = url.replace(f":{parts.password}@", ":***@", 1)
         return cls(
             redis_url=f"{base}?{urlencode(rest)}" if rest else base,
-            safe=safe,
+            safe=redacted(url),
             prefix=ours["prefix"],
             cluster=cluster,
         )
@@ -117,6 +128,40 @@ class RedisURL:
         return redis.asyncio.Redis.from_url(self.redis_url, retry=_retry(), **self.defaults)
 
 
+def _check_database(url: str, scheme: str, path: str, query: list[tuple[str, str]]) -> None:
+    """Refuse a database that is not a number: redis-py would quietly use database 0."""
+    numbers = [value for key, value in query if key == "db"]
+    if scheme != "unix" and path not in {"", "/"}:
+        numbers.append(path[1:])
+    for number in numbers:
+        if not number.isdigit():
+            raise ConfigurationError(
+                f"the database in the broker URL {redacted(url)} is {number!r}, not a number: "
+                "write redis://host:6379/0 (or ?db=0 after a Unix socket path)."
+            )
+
+
+@functools.cache
+def _redis_options() -> frozenset[str]:
+    """Every keyword redis-py's clients, pools and connections take: the query options a
+    broker URL may carry besides celeriac's own (read from redis-py, so any version's)."""
+    names = set(URL_QUERY_ARGUMENT_PARSERS)
+    classes = (
+        redis.Redis,
+        redis.cluster.RedisCluster,
+        redis.ConnectionPool,
+        redis.Connection,
+        redis.SSLConnection,
+        redis.UnixDomainSocketConnection,
+    )
+    for cls in classes:
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is not None:
+                names.update(inspect.signature(init).parameters)
+    return frozenset(names - {"self", "args", "kwargs"})
+
+
 def translate(exc: redis.RedisError, what: str, url: str) -> BrokerError:
     """The celeriac error for a redis-py error, with a message readable at 3 a.m.
 
@@ -124,11 +169,28 @@ def translate(exc: redis.RedisError, what: str, url: str) -> BrokerError:
     the plan that was running rather than raising it here).
     """
     error: BrokerError
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        error = BrokerError(
+            f"could not {what}: Redis at {url} denied it to the URL's user ({exc}). Give that "
+            "user the broker's keys (~PREFIX:*), its channels (&*) and the commands celeriac "
+            "runs (scripts, lists, sorted sets, hashes, pub/sub), e.g. +@all -@dangerous."
+        )
+    elif isinstance(exc, redis.AuthenticationError):
+        error = BrokerConnectionError(
+            f"could not {what}: Redis at {url} refused this client's credentials "
+            f"({type(exc).__name__}: {exc}). Check the user and password in the broker URL "
+            "(redis://user:password@host:6379/0) and the user's ACL on the server."
+        )
+    elif isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         error = BrokerConnectionError(
             f"could not {what}: Redis at {url} did not answer ({type(exc).__name__}: {exc}). "
             "Check that redis-server is running and reachable from this host, and that the "
             "broker URL (host, port, password, TLS) is right."
+        )
+    elif "DB index is out of range" in str(exc):
+        error = BrokerConnectionError(
+            f"could not {what}: Redis at {url} has no such database ({exc}). Use a database "
+            "number below the server's `databases` setting (16 by default), e.g. /0."
         )
     else:
         error = BrokerError(f"could not {what}: Redis at {url} refused the command: {exc}")

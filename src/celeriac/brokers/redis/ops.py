@@ -487,6 +487,9 @@ def check_server(ctx: Context, url: str) -> Plan[None]:
     Raises:
         ConfigurationError: the server is too old, or eviction could delete queued tasks.
     """
+    # A command every server runs: a refused handshake (wrong password, a database number
+    # the server does not have) is an error here, not mistaken below for a disabled CONFIG.
+    yield OnEveryNode(Command(("PING",)))
     servers = yield from _ask(Command(("INFO", "server")), url)
     for server in servers or []:
         version = str(server.get("redis_version", "0")) if isinstance(server, dict) else "0"
@@ -512,11 +515,25 @@ def check_server(ctx: Context, url: str) -> Plan[None]:
     no_rdb = all(not save.strip() for save in settings[b"save"])
     no_aof = all(aof == b"no" for aof in settings[b"appendonly"])
     if no_rdb and no_aof:
-        log.warning(
+        _warn_once(
             "Redis at %s has persistence off (no AOF, no RDB save points): a restart "
             "loses every queued task. Set `appendonly yes` for a durable broker.",
             url,
         )
+
+
+#: Start-up warnings already logged by this process or the one it was forked from: a
+#: worker's children check the server again (one may start hours later), but repeating the
+#: supervisor's warning once per child only buries it.
+_warned: set[tuple[str, ...]] = set()
+
+
+def _warn_once(message: str, *args: str) -> None:
+    """Log a start-up warning unless this process tree already logged it."""
+    key = (message, *args)
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, *args)
 
 
 def _ask(command: Command, url: str) -> Plan[list[Any] | None]:
@@ -526,13 +543,13 @@ def _ask(command: Command, url: str) -> Plan[list[Any] | None]:
     except BrokerConnectionError:
         raise
     except BrokerError as exc:
-        log.warning(
+        _warn_once(
             "cannot run %s on Redis at %s (disabled, as on many managed services): check "
             "yourself that it is Redis 7 or newer, that maxmemory-policy is noeviction and "
             "that persistence is on. (%s)",
             " ".join(str(a) for a in command.args[:2]),
             url,
-            exc,
+            str(exc),
         )
         return None
     return replies
