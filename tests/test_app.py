@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import inspect
+import itertools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,6 +27,7 @@ from celeriac import (
     TaskFailed,
 )
 from celeriac.message import decode_message
+from celeriac.task import Arguments
 from celeriac.testing import run_queued
 
 
@@ -197,7 +201,8 @@ def test_keyword_arguments_from_newer_code_are_dropped_with_a_warning(
     def old(a: int) -> int:
         return a
 
-    r = old.apply_async(kwargs={"a": 1, "added_in_v2": True})
+    # A newer producer's code takes added_in_v2 (this process's old() would refuse it).
+    r = app.send_task(old.name, kwargs={"a": 1, "added_in_v2": True})
     with caplog.at_level(logging.WARNING, logger="celeriac.worker"):
         run_queued(app)
     assert r.get(timeout=1) == 1
@@ -294,6 +299,76 @@ def test_unserializable_argument_fails_at_delay(app: Celeriac) -> None:
 
     with pytest.raises(SerializationError, match=r"argument 0 .*object.*ids"):
         save.delay(object())
+
+
+def test_arguments_that_do_not_fit_fail_at_the_caller_and_nothing_is_sent(app: Celeriac) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(bind=True)
+    def tagged(self: Task[Any, Any], x: int, *, tag: str) -> str:
+        return f"{tag}{x}"
+
+    with pytest.raises(
+        TypeError, match=r"cannot send task .*add: missing a required argument: 'y'"
+    ):
+        add.delay(1)
+    with pytest.raises(
+        TypeError, match=r"too many positional arguments; the function is add\(x, y\)$"
+    ):
+        add.apply_async((1, 2, 3))
+    with pytest.raises(TypeError, match="multiple values for argument 'x'"):
+        add.delay(1, x=2)
+    with pytest.raises(TypeError, match="missing a required argument: 'tag'"):
+        tagged.delay(1)  # the bound task's own first parameter is not the caller's
+    with pytest.raises(TypeError, match="unexpected keyword argument 'z'"):
+        asyncio.run(add.adelay(1, 2, z=3))
+    assert sum(s.ready for s in app.broker.stats()) == 0
+    add.delay(1, y=2)
+    tagged.delay(1, tag="#")
+    run_queued(app)
+
+
+# Every kind of signature, for the test below.
+def _plain(x, y): ...  # type: ignore[no-untyped-def]
+def _default(x, y=1): ...  # type: ignore[no-untyped-def]
+def _star(x, *a): ...  # type: ignore[no-untyped-def]
+def _kw_only(x, *, k): ...  # type: ignore[no-untyped-def]
+def _kw_default(x, *, k=2): ...  # type: ignore[no-untyped-def]
+def _pos_only_var_keywords(x, /, y, **kw): ...  # type: ignore[no-untyped-def]
+def _var_keywords(x, y, **kw): ...  # type: ignore[no-untyped-def]
+def _anything(*a, **kw): ...  # type: ignore[no-untyped-def]
+def _pos_only(x, /, y): ...  # type: ignore[no-untyped-def]
+def _nothing(): ...  # type: ignore[no-untyped-def]
+def _everything(a, b=2, *c, d, e=5, **f): ...  # type: ignore[no-untyped-def]
+
+
+SIGNATURES = [_plain, _default, _star, _kw_only, _kw_default, _pos_only_var_keywords]
+SIGNATURES += [_var_keywords, _anything, _pos_only, _nothing, _everything]
+
+
+def _accepts(check: Callable[[], object]) -> bool:
+    try:
+        check()
+    except TypeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("fn", SIGNATURES, ids=lambda fn: fn.__name__)
+def test_the_quick_argument_check_agrees_with_python(fn: Callable[..., Any]) -> None:
+    """Every shape of call: the counting check refuses exactly what a real call
+    (``inspect.Signature.bind``) refuses."""
+    names = ["x", "y", "k", "a", "b", "d", "e", "kw"]
+    check, signature = Arguments(fn, bound=False), inspect.signature(fn)
+    for n in range(5):
+        for r in range(4):
+            for combo in itertools.combinations(names, r):
+                args, kwargs = tuple(range(n)), dict.fromkeys(combo, 1)
+                python = _accepts(lambda: signature.bind(*args, **kwargs))  # noqa: B023 - now
+                ours = _accepts(lambda: check.check("t", args, kwargs))  # noqa: B023 - now
+                assert ours == python, (args, kwargs)
 
 
 def test_send_task_by_name(app: Celeriac) -> None:

@@ -299,7 +299,8 @@ class Celeriac:
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> AsyncResult[Any]:
-        """Send a task by name, without importing its code.
+        """Send a task by name, without importing its code. The arguments are not checked
+        against a function of that name registered here (the worker's code decides).
 
         Example:
             >>> app = Celeriac("doc", broker="memory://")
@@ -308,7 +309,7 @@ class Celeriac:
             'PENDING'
         """
         task = self.tasks.get(name) or Task(self, _unknown_task, name, TaskOptions())
-        return task.apply_async(tuple(args), kwargs, **options)
+        return self.publish(task.message(tuple(args), kwargs, **options))
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
         """A result handle from an id alone, e.g. in another process."""
