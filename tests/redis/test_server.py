@@ -96,6 +96,29 @@ def test_a_worker_warns_once_not_once_per_child(own_server: Server, tmp_path: Pa
         workers.kill_all()
 
 
+def test_a_worker_started_before_redis_waits_for_it(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    ledger = Ledger(tmp_path / "ledger.txt")
+    workers = WorkerProcesses(url, ledger)
+    server: RedisServer | None = None
+    app = Celeriac("probe", broker=url)
+    try:
+        proc = workers.start("-c", "1", wait=False)
+        assert wait_for(lambda: "cannot reach the broker yet" in workers.log_text(), timeout=20)
+        assert proc.poll() is None, workers.log_text()  # waiting, not gone
+        server = start_redis(tmp_path / "redis", port=port)
+        result = app.send_task("tests.apps.core.add", args=(2, 3))
+        assert result.get(timeout=30) == 5, workers.log_text()
+        assert "reached the broker; starting" in workers.log_text()
+        assert workers.stop(proc) == 0
+    finally:
+        app.broker.close()
+        workers.kill_all()
+        if server is not None:
+            server.stop()
+
+
 def test_aof_on_is_quiet(own_server: Server, caplog: pytest.LogCaptureFixture) -> None:
     broker = RedisBroker(own_server(aof=True).url)
     try:

@@ -119,7 +119,9 @@ class Worker:
             ", ".join(self.queues),
             redacted(self.app.conf.broker_url),
         )
-        self._heartbeat()
+        if not self._wait_for_broker():
+            log.info("worker %s stopped before the broker could be reached", self.id)
+            return 0
         _trim_heap()
         for child in self._children:
             self._spawn(child)
@@ -128,6 +130,37 @@ class Worker:
             time.sleep(_TICK)
         self._shutdown()
         return 0
+
+    def _wait_for_broker(self) -> bool:
+        """Announce this worker, waiting for the broker as long as it takes; False when a
+        shutdown signal came first.
+
+        A worker that starts before its broker (a container restart, Redis still loading
+        its data) connects when the broker comes, as it reconnects after an outage later;
+        a broker refused for what it is (an evicting Redis) stops it at once instead.
+        """
+        delay, failures = 0.5, 0
+        while self._stop_requests == 0:
+            try:
+                self._heartbeat()
+            except BrokerError as exc:
+                failures += 1
+                log.error(
+                    "worker %s cannot reach the broker yet: %s Retrying in %.1fs until it "
+                    "answers (Ctrl-C stops).",
+                    self.id,
+                    exc,
+                    delay,
+                )
+                deadline = time.monotonic() + delay
+                while self._stop_requests == 0 and time.monotonic() < deadline:
+                    time.sleep(_TICK)
+                delay = min(delay * 2, 5.0)
+                continue
+            if failures:
+                log.info("worker %s reached the broker; starting", self.id)
+            return True
+        return False
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stop_requests += 1
