@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from celeriac import Celeriac, ConfigurationError
@@ -56,3 +58,15 @@ def test_unknown_broker_scheme_is_a_clear_error() -> None:
     app = Celeriac("x", broker="amqp://localhost")
     with pytest.raises(ConfigurationError, match="unknown broker URL 'amqp://localhost'"):
         _ = app.broker
+
+
+def test_sqlite_url_mistakes_are_clear_errors(tmp_path: Path) -> None:
+    from celeriac.brokers.sqlite import SQLiteBroker
+
+    with pytest.raises(ConfigurationError, match=r"unknown option 'synchronus'.*synchronous="):
+        SQLiteBroker(f"sqlite:///{tmp_path}/b.db?synchronus=full")
+    with pytest.raises(ConfigurationError, match=r"synchronous=sometimes .*use normal, full"):
+        SQLiteBroker(f"sqlite:///{tmp_path}/b.db?synchronous=sometimes")
+    with pytest.raises(ConfigurationError, match="no file in SQLite URL"):
+        SQLiteBroker("sqlite:///")
+    SQLiteBroker(f"sqlite:///{tmp_path}/b.db?synchronous=full").close()

@@ -106,7 +106,14 @@ def _path_from_url(url: str) -> tuple[str, dict[str, list[str]]]:
     path = path[1:] if path.startswith("/") else path
     if not path:
         raise ConfigurationError(f"no file in SQLite URL {url!r}; write sqlite:///celeriac.db")
-    return path, parse_qs(parts.query)
+    params = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(params) - {"synchronous"})
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option {', '.join(map(repr, unknown))} in the SQLite URL {url!r}: the "
+            "SQLite broker takes one, synchronous=normal|full|extra. Check the spelling."
+        )
+    return path, params
 
 
 class SQLiteBroker(SQLiteStore, Broker):
