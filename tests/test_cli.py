@@ -50,6 +50,15 @@ def test_a_queue_name_redis_cannot_use_stops_the_worker_at_start(
     assert code == 1 and "queue name '{b}' cannot be used with Redis" in output
 
 
+def test_call_checks_the_arguments_of_a_task_it_knows(broker_url: str) -> None:
+    code, output = invoke(
+        "-A", "tests.apps.core", "-b", broker_url, "call", "tests.apps.core.add", "--args", "[1]"
+    )
+    assert code == 2 and "missing a required argument: 'y'" in output
+    code, output = invoke("-b", broker_url, "call", "tests.apps.core.add", "--args", "[1]")
+    assert code == 0  # without -A the worker's code decides
+
+
 def test_bad_json_arguments_are_usage_errors(broker_url: str) -> None:
     code, output = invoke("-b", broker_url, "call", "x.y", "--args", "[1,")
     assert code == 2 and "not valid JSON" in output
