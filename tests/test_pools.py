@@ -59,6 +59,10 @@ def test_threads_pool_runs_tasks_concurrently_with_soft_limits(
     spinner = core.spins_too_long.delay()
     assert spinner.get(timeout=20) == "cleaned up"
     assert [p[4] for p in ledger.lines() if p[0] == "cleanup"] == ["SoftTimeLimitExceeded"]
+    # Raised in the thread as a class, yet it says what happened (when the sleep returns).
+    sleeper = core.work.apply_async((1.0, "late"), soft_time_limit=0.3, time_limit=10)
+    with pytest.raises(SoftTimeLimitExceeded, match="ran past its soft time limit"):
+        sleeper.get(timeout=20)
 
 
 def test_threads_pool_hard_limit_stops_the_child_and_serves_on(

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from celeriac import Celeriac
+from celeriac import Celeriac, SoftTimeLimitExceeded
 from celeriac.testing import wait_for
 from tests.apps import core
 from tests.conftest import ROOT, Ledger, WorkerProcesses
@@ -113,6 +113,9 @@ def test_soft_time_limit_lets_the_task_clean_up(
     result = core.cleans_up_after_soft_limit.delay()
     assert result.get(timeout=20) == "cleaned up"
     assert [p[4] for p in ledger.lines() if p[0] == "cleanup"] == ["SoftTimeLimitExceeded"]
+    overrun = core.work.apply_async((3, "overrun"), soft_time_limit=0.3, time_limit=10)
+    with pytest.raises(SoftTimeLimitExceeded, match=r"soft time limit \(0\.3s\)"):
+        overrun.get(timeout=20)
 
 
 def test_a_soft_limit_alarm_left_by_an_earlier_task_never_misfires(
@@ -141,6 +144,8 @@ def test_hard_time_limit_kills_a_stuck_task_and_the_worker_carries_on(
         stuck.get(timeout=20)
     assert type(info.value).__name__ == "TimeLimitExceeded"
     assert core.add.delay(2, 3).get(timeout=20) == 5  # a fresh child serves the next task
+    # Settled from the supervisor's verdict, not run again: no run time of 0 s in the log.
+    assert f"stuck[{stuck.id}] failed: celeriac.errors.TimeLimitExceeded" in workers.log_text()
     time.sleep(0.5)
     assert stuck.state == "FAILURE"  # not redelivered in a loop
 

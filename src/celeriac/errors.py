@@ -150,7 +150,16 @@ class Reject(TaskControl):
 
 
 class SoftTimeLimitExceeded(TaskControl):
-    """The task ran past its soft time limit. Catch it to clean up; the hard limit follows."""
+    """The task ran past its soft time limit. Catch it to clean up; the hard limit follows.
+
+    Example:
+        >>> str(SoftTimeLimitExceeded())
+        'the task ran past its soft time limit'
+    """
+
+    def __init__(self, message: str = "the task ran past its soft time limit") -> None:
+        # A default, as the threads pool raises the class inside the task's thread.
+        super().__init__(message)
 
 
 class TimeLimitExceeded(TaskControl):

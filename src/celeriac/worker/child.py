@@ -179,6 +179,7 @@ class Child:
         )
         self.in_task = False
         self.soft_deadline = math.inf  # monotonic time the running task's soft limit ends
+        self.soft_seconds = math.inf  # the running task's soft limit, for the error message
         self.alarm_at = 0.0  # monotonic time the armed SIGALRM fires; 0: none armed
         self.rss = current_rss()  # as last measured: after the previous task
 
@@ -309,6 +310,7 @@ class Child:
         # so an alarm firing in between re-arms for this task instead of being dropped.
         if soft != math.inf:
             self.soft_deadline = time.monotonic() + soft
+            self.soft_seconds = soft
         self.in_task = True
         if soft != math.inf and (not self.alarm_at or self.alarm_at > self.soft_deadline):
             self.alarm_at = self.soft_deadline
@@ -435,7 +437,10 @@ class Child:
             self.alarm_at = self.soft_deadline
             signal.setitimer(signal.ITIMER_REAL, left)
             return
-        raise SoftTimeLimitExceeded("the task ran past its soft time limit")
+        raise SoftTimeLimitExceeded(
+            f"the task ran past its soft time limit ({self.soft_seconds:g}s); it may catch "
+            "SoftTimeLimitExceeded to clean up, or take a larger soft_time_limit"
+        )
 
 
 class ThreadsChild(Child):

@@ -383,14 +383,16 @@ class Executor:
                 outcome.state,
             )
             return
-        runtime = f"{outcome.runtime:.4f}s"
+        # No run time for an outcome decided without running the task here (a verdict of
+        # the supervisor's after a kill, an expiry): "in 0.0000s" would mislead.
+        runtime = f" in {outcome.runtime:.4f}s" if outcome.runtime else ""
         state = outcome.state
         if state == "SUCCESS":
-            log.info("task %s succeeded in %s", job.label, runtime)
+            log.info("task %s succeeded%s", job.label, runtime)
         elif state == "FAILURE":
             error = outcome.error
             log.error(
-                "task %s failed in %s: %s: %s",
+                "task %s failed%s: %s: %s",
                 job.label,
                 runtime,
                 error.type if error else "?",
