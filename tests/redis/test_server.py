@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -117,6 +118,33 @@ def test_a_worker_started_before_redis_waits_for_it(tmp_path: Path) -> None:
         workers.kill_all()
         if server is not None:
             server.stop()
+
+
+def test_an_outage_is_a_few_log_lines_and_its_end_is_said(
+    own_server: Server, tmp_path: Path
+) -> None:
+    server = own_server()
+    ledger = Ledger(tmp_path / "ledger.txt")
+    workers = WorkerProcesses(server.url, ledger)
+    app = Celeriac("probe", broker=server.url)
+    try:
+        proc = workers.start("-c", "1")
+        server.kill()
+        time.sleep(4)  # the supervisor ticks 80 times, the child backs off to 1.6 s
+        restarted = start_redis(server.folder, port=server.port)
+        try:
+            assert app.send_task("tests.apps.core.add", args=(1, 2)).get(timeout=30) == 3
+            assert wait_for(lambda: "answers again" in workers.log_text(), timeout=10)
+            log = workers.log_text()
+            assert log.count("cannot reach the broker") == 1, log  # the supervisor's
+            assert log.count("broker unavailable") <= 2, log  # the child's (fetch, commit)
+            assert "the broker answers again after" in log, log
+            assert workers.stop(proc) == 0
+        finally:
+            restarted.stop()
+    finally:
+        app.broker.close()
+        workers.kill_all()
 
 
 def test_aof_on_is_quiet(own_server: Server, caplog: pytest.LogCaptureFixture) -> None:

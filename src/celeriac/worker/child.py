@@ -37,6 +37,7 @@ from celeriac.brokers.base import Delivery
 from celeriac.errors import BrokerError, SoftTimeLimitExceeded
 from celeriac.middleware.base import Job, Outcome
 from celeriac.worker.executor import FINAL, Executor, FetchSpec, error_info
+from celeriac.worker.outage import Outage
 from celeriac.worker.slot import Held, Slot
 
 if TYPE_CHECKING:
@@ -353,22 +354,32 @@ class Child:
         that cannot reach the broker before its lease would expire is abandoned; the
         message is then delivered again (at-least-once), never lost.
         """
-        delay, started = 0.1, time.monotonic()
+        outage: Outage | None = None  # made on the first failure: this runs per batch
         while True:
             try:
-                return action()
+                delivered = action()
             except BrokerError as exc:
-                waited = time.monotonic() - started
+                outage = outage or Outage(first_delay=0.1)
+                logged = outage.failed()
+                waited = time.monotonic() - outage.since
                 if (give_up_when_stopping and self.stopping) or waited > give_up_after:
                     log.error(
                         "child %d gave up on the broker after %.0fs: %s", os.getpid(), waited, exc
                     )
                     return None
-                log.warning(
-                    "child %d: broker unavailable (%s); retrying in %.1fs", os.getpid(), exc, delay
+                if logged:
+                    log.warning(
+                        "child %d: broker unavailable (%s); retrying with backoff until it answers",
+                        os.getpid(),
+                        exc,
+                    )
+                time.sleep(max(outage.retry_at - time.monotonic(), 0.0))
+                continue
+            if outage is not None:
+                log.info(
+                    "child %d: the broker answers again after %.0fs", os.getpid(), outage.ended()
                 )
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            return delivered
 
     # -- bookkeeping ----------------------------------------------------------------------
 

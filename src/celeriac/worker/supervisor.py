@@ -39,6 +39,7 @@ from celeriac.errors import BrokerError, ConfigurationError, TaskRevoked, TimeLi
 from celeriac.middleware.verdicts import Verdict, verdict_key
 from celeriac.worker.child import ChildSpec, child_main
 from celeriac.worker.executor import error_info
+from celeriac.worker.outage import Outage
 from celeriac.worker.remote import Remote
 from celeriac.worker.slot import Held, Slot, SlotView
 
@@ -98,6 +99,7 @@ class Worker:
         self._children = [_ChildState(i, Slot()) for i in range(processes)]
         self._stop_requests = 0
         self._last_renew = self._last_beat = self._last_reap = 0.0
+        self._outage = Outage()
         self._started = time.time()
         self._done_before = 0
         self._growth_before: dict[str, list[int]] = {}
@@ -139,26 +141,25 @@ class Worker:
         its data) connects when the broker comes, as it reconnects after an outage later;
         a broker refused for what it is (an evicting Redis) stops it at once instead.
         """
-        delay, failures = 0.5, 0
+        outage = self._outage
         while self._stop_requests == 0:
             try:
                 self._heartbeat()
             except BrokerError as exc:
-                failures += 1
-                log.error(
-                    "worker %s cannot reach the broker yet: %s Retrying in %.1fs until it "
-                    "answers (Ctrl-C stops).",
-                    self.id,
-                    exc,
-                    delay,
-                )
-                deadline = time.monotonic() + delay
-                while self._stop_requests == 0 and time.monotonic() < deadline:
+                if outage.failed():
+                    log.error(
+                        "worker %s cannot reach the broker yet: %s It retries until the "
+                        "broker answers (Ctrl-C stops).",
+                        self.id,
+                        exc,
+                    )
+                while self._stop_requests == 0 and time.monotonic() < outage.retry_at:
                     time.sleep(_TICK)
-                delay = min(delay * 2, 5.0)
                 continue
-            if failures:
-                log.info("worker %s reached the broker; starting", self.id)
+            if outage.since:
+                log.info(
+                    "worker %s reached the broker after %.0fs; starting", self.id, outage.ended()
+                )
             return True
         return False
 
@@ -206,10 +207,26 @@ class Worker:
                 child.respawn_at = 0.0
                 if self._stop_requests == 0:
                     self._spawn(child)
-        try:
-            self._broker_duties(now)
-        except BrokerError as exc:
-            log.error("worker %s cannot reach the broker (%s); retrying", self.id, exc)
+        outage = self._outage
+        if time.monotonic() >= outage.retry_at:
+            try:
+                self._broker_duties(now)
+            except BrokerError as exc:
+                if outage.failed():
+                    down = time.monotonic() - outage.since
+                    log.error(
+                        "worker %s %s (%s); it retries with backoff, running tasks carry "
+                        "on, and their commits wait for the broker",
+                        self.id,
+                        f"still cannot reach the broker after {down:.0f}s"
+                        if down >= 1
+                        else "cannot reach the broker",
+                        exc,
+                    )
+            else:
+                if outage.since:
+                    down = outage.ended()
+                    log.info("worker %s: the broker answers again after %.0fs", self.id, down)
         if self.remote.shutdown_requested and self._stop_requests == 0:
             self._stop_requests = 1
 
