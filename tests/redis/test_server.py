@@ -77,74 +77,73 @@ def test_persistence_off_is_a_warning(own_server: Server, caplog: pytest.LogCapt
         broker.close()
 
 
-def test_a_worker_warns_once_not_once_per_child(own_server: Server, tmp_path: Path) -> None:
-    server = own_server()
-    ledger = Ledger(tmp_path / "ledger.txt")
-    workers = WorkerProcesses(server.url, ledger)
-    app = Celeriac("probe", broker=server.url)
-    try:
-        proc = workers.start("-c", "2")
-        # Two tasks that each hold a child for a while: both children have called the broker.
-        for _ in range(2):
-            app.send_task("tests.apps.core.work", args=(0.3,))
-        assert wait_for(lambda: len({line[2] for line in ledger.lines()}) == 2, timeout=20), (
-            workers.log_text()
-        )
-        assert workers.stop(proc) == 0
-        assert workers.log_text().count("persistence off") == 1, workers.log_text()
-    finally:
+Rig = Callable[[str], tuple[WorkerProcesses, Celeriac]]
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    """``rig(url)``: worker processes and a producer app on that broker, all stopped (by
+    PID) at teardown."""
+    made: list[tuple[WorkerProcesses, Celeriac]] = []
+
+    def make(url: str) -> tuple[WorkerProcesses, Celeriac]:
+        made.append((WorkerProcesses(url, Ledger(tmp_path / "ledger.txt")), Celeriac("p", url)))
+        return made[-1]
+
+    yield make
+    for workers, app in made:
         app.broker.close()
         workers.kill_all()
 
 
-def test_a_worker_started_before_redis_waits_for_it(tmp_path: Path) -> None:
+def test_a_worker_warns_once_not_once_per_child(own_server: Server, rig: Rig) -> None:
+    workers, app = rig(own_server().url)
+    proc = workers.start("-c", "2")
+    # Two tasks that each hold a child for a while: both children have called the broker.
+    for _ in range(2):
+        app.send_task("tests.apps.core.work", args=(0.3,))
+
+    def children_that_ran() -> int:
+        return len({line[2] for line in workers.ledger.lines()})  # the pid column
+
+    assert wait_for(lambda: children_that_ran() == 2, timeout=20), workers.log_text()
+    assert workers.stop(proc) == 0
+    assert workers.log_text().count("persistence off") == 1, workers.log_text()
+
+
+def test_a_worker_started_before_redis_waits_for_it(tmp_path: Path, rig: Rig) -> None:
     port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    ledger = Ledger(tmp_path / "ledger.txt")
-    workers = WorkerProcesses(url, ledger)
-    server: RedisServer | None = None
-    app = Celeriac("probe", broker=url)
+    workers, app = rig(f"redis://127.0.0.1:{port}/0")
+    proc = workers.start("-c", "1", wait=False)
+    assert wait_for(lambda: "cannot reach the broker yet" in workers.log_text(), timeout=20)
+    assert proc.poll() is None, workers.log_text()  # waiting, not gone
+    server = start_redis(tmp_path / "redis", port=port)
     try:
-        proc = workers.start("-c", "1", wait=False)
-        assert wait_for(lambda: "cannot reach the broker yet" in workers.log_text(), timeout=20)
-        assert proc.poll() is None, workers.log_text()  # waiting, not gone
-        server = start_redis(tmp_path / "redis", port=port)
         result = app.send_task("tests.apps.core.add", args=(2, 3))
         assert result.get(timeout=30) == 5, workers.log_text()
-        assert "reached the broker; starting" in workers.log_text()
+        assert "reached the broker after" in workers.log_text()
         assert workers.stop(proc) == 0
     finally:
-        app.broker.close()
-        workers.kill_all()
-        if server is not None:
-            server.stop()
+        server.stop()
 
 
-def test_an_outage_is_a_few_log_lines_and_its_end_is_said(
-    own_server: Server, tmp_path: Path
-) -> None:
+def test_an_outage_is_a_few_log_lines_and_its_end_is_said(own_server: Server, rig: Rig) -> None:
     server = own_server()
-    ledger = Ledger(tmp_path / "ledger.txt")
-    workers = WorkerProcesses(server.url, ledger)
-    app = Celeriac("probe", broker=server.url)
+    workers, app = rig(server.url)
+    proc = workers.start("-c", "1")
+    server.kill()
+    time.sleep(4)  # the supervisor ticks 80 times, the child backs off to 1.6 s
+    restarted = start_redis(server.folder, port=server.port)
     try:
-        proc = workers.start("-c", "1")
-        server.kill()
-        time.sleep(4)  # the supervisor ticks 80 times, the child backs off to 1.6 s
-        restarted = start_redis(server.folder, port=server.port)
-        try:
-            assert app.send_task("tests.apps.core.add", args=(1, 2)).get(timeout=30) == 3
-            assert wait_for(lambda: "answers again" in workers.log_text(), timeout=10)
-            log = workers.log_text()
-            assert log.count("cannot reach the broker") == 1, log  # the supervisor's
-            assert log.count("broker unavailable") <= 2, log  # the child's (fetch, commit)
-            assert "the broker answers again after" in log, log
-            assert workers.stop(proc) == 0
-        finally:
-            restarted.stop()
+        assert app.send_task("tests.apps.core.add", args=(1, 2)).get(timeout=30) == 3
+        assert wait_for(lambda: "answers again" in workers.log_text(), timeout=10)
+        log = workers.log_text()
+        assert log.count("cannot reach the broker") == 1, log  # the supervisor's
+        assert log.count("broker unavailable") <= 2, log  # the child's (fetch, commit)
+        assert "the broker answers again after" in log, log
+        assert workers.stop(proc) == 0
     finally:
-        app.broker.close()
-        workers.kill_all()
+        restarted.stop()
 
 
 def test_aof_on_is_quiet(own_server: Server, caplog: pytest.LogCaptureFixture) -> None:
