@@ -209,7 +209,7 @@ def test_periodic_registers_a_task_and_an_entry(app: Celeriac) -> None:
 
     @app.periodic(every=dt.timedelta(seconds=30), name="report-often", queue="reports")
     @app.task(time_limit=20)
-    def report(kind: str) -> None: ...
+    def report(kind: str = "daily") -> None: ...
 
     @app.task
     def cleanup(days: int) -> None: ...
@@ -230,6 +230,8 @@ def test_periodic_registers_a_task_and_an_entry(app: Celeriac) -> None:
         app.periodic(cleanup, every=60, name="typo", quue="x")
     with pytest.raises(ConfigurationError, match="missed="):
         app.periodic(cleanup, every=60, name="policy", missed="burst")
+    with pytest.raises(ConfigurationError, match="missing a required argument: 'days'"):
+        app.periodic(cleanup, every=60, name="no-days")
 
 
 def test_beat_schedule_in_celerys_format(app: Celeriac) -> None:
@@ -256,6 +258,23 @@ def test_beat_schedule_in_celerys_format(app: Celeriac) -> None:
     app.conf.beat_schedule = {"bad": {"task": "t", "schedule": 5, "relative": True}}
     with pytest.raises(ConfigurationError, match=r"beat_schedule\['bad'\]: unknown key"):
         app.beat.static_entries()
+
+
+def test_an_entry_whose_arguments_cannot_fit_its_task_is_refused(app: Celeriac) -> None:
+    @app.task(name="tasks.report")
+    def report(kind: str) -> str:
+        return kind
+
+    app.conf.beat_schedule = {"nightly": {"task": "tasks.report", "schedule": "0 3 * * *"}}
+    with pytest.raises(ConfigurationError, match=r"entry 'nightly'.*missing .* 'kind'"):
+        app.beat.static_entries()  # a scheduler refuses to start, not a failure every night
+    app.conf.beat_schedule = {}
+    with pytest.raises(ConfigurationError, match="too many positional arguments"):
+        app.beat.add("hourly", report, every=3600, args=("daily", "extra"))
+    app.beat.add("hourly", report, every=3600, kwargs={"kind": "hourly"})
+    with pytest.raises(ConfigurationError, match="unexpected keyword argument 'sort'"):
+        app.beat.change("hourly", kwargs={"kind": "hourly", "sort": True})
+    app.beat.add("elsewhere", "other.service.task", every=60, args=(1, 2, 3))  # not known here
 
 
 # -- exactly-once ticks -------------------------------------------------------------------
@@ -536,6 +555,21 @@ def test_cli_errors_are_one_line(sqlite_url: str) -> None:
         0,
         "no periodic entries (define them with @app.periodic or celeriac beat add)\n",
     )
+
+
+def test_cli_add_checks_the_task_when_it_loads_its_code(sqlite_url: str) -> None:
+    def add(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(
+            cli, ["-A", "tests.apps.core", "-b", sqlite_url, "beat", "add", *args]
+        )
+        return result.exit_code, result.output
+
+    code, output = add("sum", "tests.apps.core.add", "--every", "5m", "--args", "[1]")
+    assert code == 1 and "missing a required argument: 'y'" in output
+    code, output = add("typo", "tests.apps.core.ad", "--every", "5m")
+    assert code == 0 and "no task tests.apps.core.ad is registered in tests.apps.core" in output
+    code, output = add("sum", "tests.apps.core.add", "--every", "5m", "--args", "[1, 2]")
+    assert code == 0 and "warning" not in output
 
 
 def test_the_example_lists_its_entries(tmp_path: Path) -> None:

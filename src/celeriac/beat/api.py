@@ -153,6 +153,7 @@ class Beat:
                 raise ConfigurationError(
                     f"periodic entry {entry.name!r} is defined twice; give one a name=..."
                 )
+            self._check_arguments(entry)  # at import: the earliest a mistake can show
             self._code[entry.name] = entry
             return registered
 
@@ -169,7 +170,8 @@ class Beat:
             'config'
 
         Raises:
-            ConfigurationError: a bad ``beat_schedule`` item, or a name in both places.
+            ConfigurationError: a bad ``beat_schedule`` item, a name in both places, or
+                arguments that do not fit a task registered here.
         """
         entries = {name: (entry, "code") for name, entry in self._code.items()}
         conf = self.app.conf
@@ -179,7 +181,19 @@ class Beat:
                     f"periodic entry {name!r} is in beat_schedule and in code (@app.periodic)"
                 )
             entries[name] = (entry_from_config(name, item, conf.beat_timezone), "config")
+        for entry, _ in entries.values():
+            self._check_arguments(entry)
         return entries
+
+    def _check_arguments(self, entry: Entry) -> None:
+        """Refuse an entry whose arguments cannot fit its task's function, when that task is
+        registered here: a tick that would fail every time is refused when it is defined."""
+        task = self.app.tasks.get(entry.task)
+        if task is not None:
+            try:
+                task.check_arguments(entry.args, entry.kwargs)
+            except TypeError as exc:
+                raise ConfigurationError(f"periodic entry {entry.name!r}: {exc}") from None
 
     # -- the merged view -------------------------------------------------------------------
 
@@ -277,8 +291,8 @@ class Beat:
             'cron 0 9 * * 1-5 (Europe/Kyiv)'
 
         Raises:
-            ConfigurationError: a bad schedule or option, or the name exists (pass
-                ``replace=True`` to overwrite it).
+            ConfigurationError: a bad schedule or option, arguments that do not fit a task
+                registered here, or the name exists (pass ``replace=True`` to overwrite it).
         """
         entry = Entry(
             name,
@@ -289,6 +303,7 @@ class Beat:
             options,
             missed,
         )
+        self._check_arguments(entry)
         if not replace and name in self.load():
             raise ConfigurationError(
                 f"periodic entry {name!r} exists; change it with app.beat.change() or add "
@@ -343,6 +358,7 @@ class Beat:
             options={**entry.options, **options},
             missed=missed or entry.missed,
         )
+        self._check_arguments(changed)
         self.store.register(name)
         self.store.write_record(
             name, EntryRecord(spec=changed.to_spec(), paused=item.paused, changed_at=self.clock())

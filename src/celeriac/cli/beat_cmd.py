@@ -19,6 +19,7 @@ from celeriac.beat import EntryInfo, Scheduler
 from celeriac.cli.main import (
     Context,
     cli,
+    err,
     loglevel_option,
     out,
     parse_json_option,
@@ -151,6 +152,12 @@ def beat_add(
         replace=replace,
         **options,
     )
+    if obj.app_path is not None and task not in obj.app.tasks:
+        err.print(
+            f"[yellow]warning:[/] no task {task} is registered in {obj.app_path}: check the "
+            "name (workers that do not know it put its ticks back, then dead-letter them)",
+            markup=True,
+        )
     upcoming = entry.schedule.format(entry.schedule.next_after(dt.datetime.now().timestamp()))
     click.echo(
         f"added {name}: {task} {entry.schedule.describe()}"
