@@ -101,6 +101,31 @@ def test_set_refuses_an_unknown_option(app: Celeriac) -> None:
         (add.s(1, 2) | add.s(3)).set(priority=10)
 
 
+def test_a_workflow_with_a_step_that_can_never_run_is_refused_before_sending(
+    app: Celeriac,
+) -> None:
+    refused = {
+        "step 2 of the chain: .*too many positional": add.s(1, 2) | add.s(3, 4),
+        "member 2 of the group: .*missing a required argument: 'y'": group(add.s(1, 2), add.s(1)),
+        "the chord's body: .*too many positional": chord([add.s(1, 1)], tsum.s(0)),
+        "a link error callback: .*too many": add.s(1, 2).link_error(errback.s("extra")),
+        "step 1 of the chain: .*missing a required argument: 'x'": mul.si() | identity.s(),
+    }
+    for message, flow in refused.items():
+        with pytest.raises(TypeError, match=message):
+            flow.apply_async()
+    assert sum(s.ready for s in app.broker.stats()) == 0  # nothing of any of them was sent
+    fine = [
+        add.s(1, 2) | add.s(3) | mul.si(2, 5),  # each result prepended, unless immutable
+        chord([add.s(1, 1), add.s(2, 2)], tsum.s()),  # the body gets the list of results
+        add.s(1, 2).link(identity.s()),
+        signature("not.registered.here", args=(1, 2, 3), app=app),  # not checked
+    ]
+    for flow in fine:
+        flow.apply_async()
+    assert add.s(2).apply_async((1,)).id  # partial arguments completed at send
+
+
 def test_a_signature_known_by_name_routes_to_its_queue(app: Celeriac) -> None:
     remote = signature("billing.charge", app=app, queue="billing")
     r = (add.s(1, 2) | remote).apply_async()

@@ -347,11 +347,11 @@ class Arguments:
         except (TypeError, ValueError):
             signature = None
         params = list(signature.parameters.values()) if signature is not None else []
-        bare = [p.replace(annotation=p.empty) for p in params]  # string annotations read badly
-        self.text = f"{getattr(fn, '__name__', 'the function')}{inspect.Signature(bare)}"
         if bound and params:  # the task itself is the first argument
             params = params[1:]
             signature = signature.replace(parameters=params) if signature else None
+        bare = [p.replace(annotation=p.empty) for p in params]  # string annotations read badly
+        self.text = f"{getattr(fn, '__name__', 'the function')}{inspect.Signature(bare)}"
         self.signature = signature
         positional = [
             p for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)

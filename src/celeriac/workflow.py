@@ -49,6 +49,7 @@ def send(
     """
     if args or kwargs:
         node = _partial(node, list(args), dict(kwargs or {}))
+    check_arguments(app, node)
     if options:
         extra: dict[str, Any] = {}
         for key, value in options.items():
@@ -72,6 +73,55 @@ def send(
 
         run_queued(app)
     return result
+
+
+def check_arguments(app: Celeriac, node: Node, given: int = 0) -> None:
+    """Refuse a workflow in which a task registered here could never be called: its own
+    arguments plus what it will be handed (``given`` leading values: the previous step's
+    result in a chain, the list of results for a chord's body or a group's link, the error
+    for an errback) do not fit its function. Tasks not registered here are not checked.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> @app.task(name="shop.pack")
+        ... def pack(order: int) -> int: ...
+        >>> @app.task(name="shop.ship")
+        ... def ship(parcel: int, carrier: str) -> None: ...
+        >>> check_arguments(app, (pack.s(7) | ship.s("dhl")).to_dict())  # the parcel, "dhl"
+        >>> check_arguments(app, (pack.s(7) | ship.s(7, "dhl")).to_dict())
+        Traceback (most recent call last):
+        TypeError: step 2 of the chain: cannot send task shop.ship: too many positional \
+arguments; the function is ship(parcel, carrier)
+
+    Raises:
+        TypeError: naming the task, where it sits in the workflow, and the argument.
+    """
+    kind = node["kind"]
+    if kind == "task":
+        task = app.tasks.get(node["task"])
+        if task is not None and not node.get("chunk"):
+            leading = [None] * (0 if node.get("immutable") else given)
+            task.check_arguments([*leading, *node.get("args", ())], node.get("kwargs") or {})
+    elif kind == "chain":
+        for number, step in enumerate(node["steps"], 1):
+            _within(f"step {number} of the chain", app, step, given if number == 1 else 1)
+    elif kind == "group":
+        for number, member in enumerate(node["members"], 1):
+            _within(f"member {number} of the group", app, member, given)
+    elif kind == "chord":
+        _within("the chord's header", app, node["header"], given)
+        _within("the chord's body", app, node["body"], 1)
+    for where in ("link", "link_error"):
+        for callback in node.get(where, ()):
+            _within(f"a {where.replace('_', ' ')} callback", app, callback, 1)
+
+
+def _within(place: str, app: Celeriac, node: Node, given: int) -> None:
+    try:
+        check_arguments(app, node, given)
+    except TypeError as exc:
+        raise TypeError(f"{place}: {exc}") from None
 
 
 def freeze(node: Node, base: str, inherited: dict[str, Any] | None = None) -> Node:
