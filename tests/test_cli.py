@@ -32,6 +32,19 @@ def test_missing_module_says_which() -> None:
     assert "Traceback" not in output
 
 
+def test_a_module_that_raises_at_import_says_where(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "raises_at_import.py").write_text("from celeriac import Celeriac\n\n1 / 0\n")
+    (tmp_path / "lacks_a_dependency.py").write_text("import no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, output = invoke("-A", "raises_at_import", "worker")
+    assert code == 1 and "importing it raised ZeroDivisionError at " in output
+    assert "raises_at_import.py:3: division by zero" in output and "--debug" in output
+    code, output = invoke("-A", "lacks_a_dependency", "worker")
+    assert code == 1 and "lacks_a_dependency.py:1: No module named 'no_such_dependency'" in output
+
+
 def test_module_without_an_app_says_so() -> None:
     code, output = invoke("-A", "tests.test_message", "worker")
     assert code == 1 and "has no Celeriac app" in output

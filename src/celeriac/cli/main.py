@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -101,7 +102,12 @@ def load_app(path: str) -> Celeriac:
                 f"-A {path}: no module named {module_name!r} (looked in {os.getcwd()} and "
                 "the installed packages). Run from your project folder or install it."
             ) from exc
-        raise ConfigurationError(f"-A {path}: importing it failed: {exc}") from exc
+        raise ConfigurationError(f"-A {path}: importing it failed{_where(exc)}: {exc}") from exc
+    except Exception as exc:  # the user's module raised: say where
+        raise ConfigurationError(
+            f"-A {path}: importing it raised {type(exc).__name__}{_where(exc)}: {exc} "
+            "(--debug shows the whole traceback)"
+        ) from exc
     if attr:
         app = getattr(module, attr, None)
         if not isinstance(app, Celeriac):
@@ -119,6 +125,13 @@ def load_app(path: str) -> Celeriac:
         )
     app = getattr(module, "app", None)
     return app if isinstance(app, Celeriac) else apps[0]
+
+
+def _where(exc: BaseException) -> str:
+    """`` at file:line``: the innermost frame an import error came from."""
+    every = list(traceback.extract_tb(exc.__traceback__))
+    frames = [f for f in every if "importlib" not in f.filename] or every  # not the machinery
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 class _Group(click.Group):
