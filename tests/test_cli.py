@@ -45,6 +45,16 @@ def test_a_module_that_raises_at_import_says_where(
     assert code == 1 and "lacks_a_dependency.py:1: No module named 'no_such_dependency'" in output
 
 
+def test_many_more_child_processes_than_cpus_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from celeriac.cli.worker_cmd import warn_if_many_processes
+
+    assert not warn_if_many_processes("process", 8, cpus=2)
+    assert not warn_if_many_processes("threads", 500, cpus=2)  # one child
+    assert warn_if_many_processes("process", 9, cpus=2)
+    assert "-c 9 starts 9 child processes on a host with 2 CPUs" in caplog.text
+    assert "-P threads or -P asyncio" in caplog.text
+
+
 def test_module_without_an_app_says_so() -> None:
     code, output = invoke("-A", "tests.test_message", "worker")
     assert code == 1 and "has no Celeriac app" in output

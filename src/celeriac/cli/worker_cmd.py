@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 import click
@@ -83,6 +85,7 @@ def worker(
     names = [q.strip() for q in (queues or conf.task_default_queue).split(",") if q.strip()]
     if not names:
         raise click.BadParameter("give at least one queue name", param_hint="-Q")
+    warn_if_many_processes(pool, concurrency or conf.worker_concurrency, os.cpu_count() or 1)
     from celeriac.worker import Worker
 
     if not with_beat:
@@ -99,3 +102,24 @@ def worker(
     finally:
         stop_scheduler(scheduler_pid)
     sys.exit(code)
+
+
+def warn_if_many_processes(pool: str, concurrency: int, cpus: int) -> bool:
+    """Warn (and return True) when the process pool would start far more children than
+    the host has CPUs: each child holds its own memory, and I/O-bound work has better pools.
+
+    Example:
+        >>> warn_if_many_processes("threads", 64, cpus=2)
+        False
+    """
+    if pool != "process" or concurrency <= 4 * cpus:
+        return False
+    logging.getLogger("celeriac.worker").warning(
+        "-c %d starts %d child processes on a host with %d CPUs; each holds its own memory "
+        "(~30 MiB at rest). For tasks that mostly wait on I/O, -P threads or -P asyncio "
+        "runs many at once in one child.",
+        concurrency,
+        concurrency,
+        cpus,
+    )
+    return True
