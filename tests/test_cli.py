@@ -116,6 +116,9 @@ def test_call_result_status_purge(core_app: Celeriac, broker_url: str) -> None:
     core.add.delay(1, 1)
     code, output = invoke("-b", broker_url, "purge", "default", "--yes")
     assert output.strip() == "purged 1 task(s) from queue default"
+    code, output = invoke("-b", broker_url, "purge", "defualt", "--yes")
+    assert code == 0 and "no queue 'defualt' has been used on this broker" in output
+    assert "(queues: default)" in output
 
 
 def test_failed_result_exits_non_zero_and_shows_the_error(

@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 
 from celeriac.brokers import redacted
-from celeriac.cli.main import Context, cli, out, parse_json_option, print_json
+from celeriac.cli.main import Context, cli, err, out, parse_json_option, print_json
 from celeriac.control import live_workers
 from celeriac.errors import ConfigurationError
 from celeriac.message import decode_result
@@ -238,6 +238,13 @@ def purge(obj: Context, queue: str, yes: bool) -> None:
         click.confirm(f"Delete every waiting task in queue {queue!r}?", abort=True)
     count = obj.app.broker.purge(queue)
     click.echo(f"purged {count} task(s) from queue {queue}")
+    known = sorted(s.queue for s in obj.app.broker.stats())
+    if queue not in known:  # a typo at 3 a.m. should not look like an empty queue
+        err.print(
+            f"[yellow]note:[/] no queue {queue!r} has been used on this broker "
+            f"(queues: {', '.join(known) or 'none yet'})",
+            markup=True,
+        )
 
 
 @cli.group()
