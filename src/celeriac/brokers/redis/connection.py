@@ -97,7 +97,9 @@ class RedisURL:
             )
         cluster = ours["cluster"].lower() in _TRUE
         if cluster and parts.scheme == "unix":
-            raise ConfigurationError(f"Redis Cluster cannot be reached over a Unix socket: {url!r}")
+            raise ConfigurationError(
+                f"Redis Cluster cannot be reached over a Unix socket: {redacted(url)!r}"
+            )
         base = url.split("?", 1)[0]  # string surgery: urlunsplit would mangle unix:///path
         return cls(
             redis_url=f"{base}?{urlencode(rest)}" if rest else base,
