@@ -184,7 +184,8 @@ def test_10_redis_at_maxmemory_with_noeviction(tmp_path: Path, rig_factory: RigF
         assert len(refused) >= 3, "Redis never refused a send"
         for error in refused.values():
             assert not isinstance(error, BrokerConnectionError)
-            assert "maxmemory" in str(error), str(error)
+            assert "maxmemory" in str(error) and "is full" in str(error), str(error)
+            assert "raise maxmemory" in str(error), str(error)  # says what to do
         # The workers keep running their tasks (longer than a lease) while Redis is full.
         assert wait_for(lambda: len(rig.ledger.count("end")) == 2, timeout=20)
         starts_while_full = dict(rig.ledger.count("start"))

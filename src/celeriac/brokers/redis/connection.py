@@ -189,6 +189,13 @@ def translate(exc: redis.RedisError, what: str, url: str) -> BrokerError:
             "Check that redis-server is running and reachable from this host, and that the "
             "broker URL (host, port, password, TLS) is right."
         )
+    elif isinstance(exc, redis.exceptions.OutOfMemoryError) or "maxmemory" in str(exc):
+        error = BrokerError(
+            f"could not {what}: Redis at {url} is full (used memory over maxmemory; with "
+            "noeviction it refuses writes instead of deleting queued tasks), so nothing was "
+            f"written ({exc}). Drain or purge queues (celeriac status), shorten "
+            "result_expires, or raise maxmemory."
+        )
     elif "DB index is out of range" in str(exc):
         error = BrokerConnectionError(
             f"could not {what}: Redis at {url} has no such database ({exc}). Use a database "
