@@ -70,8 +70,9 @@ class Worker:
     """A supervisor and its children.
 
     Example:
+        >>> import tempfile
         >>> from celeriac import Celeriac
-        >>> app = Celeriac("doc", broker="sqlite:///:memory:doc.db")
+        >>> app = Celeriac("doc", broker=f"sqlite:///{tempfile.mkdtemp()}/doc.db")
         >>> worker = Worker(app, queues=["default"], concurrency=2)
         >>> worker.concurrency
         2

@@ -66,7 +66,7 @@ class RedisURL:
         Example:
             >>> u = RedisURL.parse("redis://:s3cret@db:6379/2?prefix=t1")
             >>> u.safe, u.prefix, u.cluster
-            ('redis://:***@db:6379/2', 't1', False)
+            ('redis://:***@db:6379/2?prefix=t1', 't1', False)
 
         Raises:
             ConfigurationError: not a redis://, rediss:// or unix:// URL, a database that is
