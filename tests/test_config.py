@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from celeriac import Celeriac, ConfigurationError
+from celeriac import UNBOUNDED, Celeriac, ConfigurationError
 from celeriac.config import Settings
 
 
@@ -45,6 +45,34 @@ def test_wrong_type_is_refused_with_the_setting_name() -> None:
         app.conf.task_time_limit = "soon"
     with pytest.raises(ConfigurationError, match="task_track_started must be bool"):
         app.conf.update(task_track_started="maybe")
+
+
+def test_values_out_of_range_are_refused_with_the_range() -> None:
+    app = Celeriac("x", broker="memory://")
+    with pytest.raises(ConfigurationError, match="worker_concurrency must be between 1 and"):
+        app.conf.worker_concurrency = -3  # a worker with no children at all
+    with pytest.raises(ConfigurationError, match="worker_lease_seconds must be over 0"):
+        app.conf.worker_lease_seconds = 0
+    with pytest.raises(ConfigurationError, match="task_default_priority must be between 0 and 9"):
+        app.conf.task_default_priority = 10
+    app.conf.update(worker_max_tasks_per_child=None, task_time_limit=UNBOUNDED)  # no limit
+
+
+def test_environment_mistakes_name_the_variable(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"variable CELERIAC_WORKER_CONCURRENCY: .* must be int"
+    ):
+        Settings.from_environment({"CELERIAC_WORKER_CONCURRENCY": "abc"})
+    with pytest.raises(
+        ConfigurationError, match=r"CONCURRENCY: setting worker_concurrency must be between 1"
+    ):
+        Settings.from_environment({"CELERIAC_WORKER_CONCURRENCY": "0"})
+    settings = Settings.from_environment(
+        {"CELERIAC_TASK_SOFT_TIME_LIMT": "5", "CELERIAC_TEST_LEDGER": "/tmp/x"}
+    )
+    assert settings.task_soft_time_limit == 300.0  # the typo changed nothing...
+    assert "did you mean CELERIAC_TASK_SOFT_TIME_LIMIT?" in caplog.text  # ...and says so
+    assert "CELERIAC_TEST_LEDGER" not in caplog.text  # not near any setting: not ours
 
 
 def test_broker_argument_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:

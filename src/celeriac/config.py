@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
+import math
 import os
 import types
 from typing import Any, get_args, get_origin, get_type_hints
@@ -80,7 +82,9 @@ class Settings:
         hints = _hints()
         if name not in hints:
             raise ConfigurationError(_unknown(name))
-        super().__setattr__(name, _coerce(name, hints[name], value))
+        value = _coerce(name, hints[name], value)
+        _check_bounds(name, value)
+        super().__setattr__(name, value)
 
     def as_dict(self) -> dict[str, Any]:
         """Every setting and its current value."""
@@ -95,12 +99,71 @@ class Settings:
             if not key.startswith("CELERIAC_"):
                 continue
             name = key[len("CELERIAC_") :].lower()
-            if name in _hints():
+            if name not in _hints():
+                _warn_if_misspelt(key, name)
+                continue
+            try:
                 setattr(settings, name, raw)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"environment variable {key}: {exc}") from None
         return settings
 
 
 _HINTS: dict[str, Any] = {}
+
+#: The smallest (and largest) value a numeric setting may take; None is always allowed
+#: where the setting is optional. A worker with -3 children or a lease of 0 s is a mistake.
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "task_default_priority": (0, 9),
+    "task_max_deliveries": (1, math.inf),
+    "worker_concurrency": (1, 10_000),
+    "worker_prefetch_multiplier": (1, math.inf),
+    "worker_batch_max": (1, math.inf),
+    "worker_batch_window": (0, math.inf),
+    "worker_max_memory_per_child": (1, math.inf),
+    "worker_max_tasks_per_child": (1, math.inf),
+    "task_payload_warn_bytes": (1, math.inf),
+    "task_payload_max_bytes": (1, math.inf),
+    "task_result_max_bytes": (1, math.inf),
+    "task_unknown_retry_delay": (0, math.inf),
+    "task_unknown_max_age": (0, math.inf),
+}
+#: Durations that must be over zero (math.inf: no limit, where the setting allows it).
+_POSITIVE = frozenset(
+    {
+        "task_soft_time_limit",
+        "task_time_limit",
+        "task_expires",
+        "result_expires",
+        "worker_lease_seconds",
+        "worker_heartbeat_seconds",
+        "beat_max_interval",
+        "beat_missed_after",
+    }
+)
+
+
+def _check_bounds(name: str, value: Any) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if name in _POSITIVE and not value > 0:
+        raise ConfigurationError(f"setting {name} must be over 0 seconds, got {value!r}")
+    low, high = _BOUNDS.get(name, (-math.inf, math.inf))
+    if not low <= value <= high:
+        span = f"at least {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
+        raise ConfigurationError(f"setting {name} must be {span}, got {value!r}")
+
+
+def _warn_if_misspelt(key: str, name: str) -> None:
+    """Warn about a CELERIAC_* variable that is no setting but nearly one (a typo that
+    would otherwise leave a default in force without a word)."""
+    close = difflib.get_close_matches(name, list(_hints()), n=1, cutoff=0.85)
+    if close:
+        logging.getLogger("celeriac").warning(
+            "environment variable %s is not a setting and is ignored; did you mean CELERIAC_%s?",
+            key,
+            close[0].upper(),
+        )
 
 
 def _hints() -> dict[str, Any]:

@@ -103,6 +103,8 @@ def load_app(path: str) -> Celeriac:
                 "the installed packages). Run from your project folder or install it."
             ) from exc
         raise ConfigurationError(f"-A {path}: importing it failed{_where(exc)}: {exc}") from exc
+    except CeleriacError:
+        raise  # celeriac's own errors (a bad setting in the environment) say what to fix
     except Exception as exc:  # the user's module raised: say where
         raise ConfigurationError(
             f"-A {path}: importing it raised {type(exc).__name__}{_where(exc)}: {exc} "
