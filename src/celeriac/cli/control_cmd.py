@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from typing import Any
 
 import click
 import msgspec
@@ -71,10 +72,40 @@ def inspect(obj: Context, what: str, target: str | None, timeout: float, as_json
             for column in rows[0]:
                 table.add_column(str(column))
             for row in rows:
-                table.add_row(*(str(v) for v in row.values()))
+                table.add_row(*(_cell(k, v) for k, v in row.items()))
             out.print(table)
         else:
             out.print(f"[bold]{r.worker}[/]: " + (", ".join(map(str, rows)) or "nothing"))
+
+
+def _cell(column: str, value: Any) -> str:
+    """A reply value as a person reads it: durations in s/m/h, lists joined, each child
+    of a stats reply on its own line (not Python's reprs; --json has the raw data).
+
+    Example:
+        >>> _cell("uptime", 3725.4), _cell("queues", ["emails", "default"])
+        ('1h 2m', 'emails, default')
+        >>> _cell("children", {"41": {"rss_mb": 27, "done": 2}})
+        '41: rss_mb 27, done 2'
+    """
+    if column in ("uptime", "runtime") and isinstance(value, int | float):
+        return _duration(float(value))
+    if isinstance(value, list | tuple):
+        return ", ".join(map(str, value))
+    if isinstance(value, dict):
+        if all(isinstance(v, dict) for v in value.values()):
+            return "\n".join(f"{k}: {_cell(str(k), v)}" for k, v in value.items())
+        return ", ".join(f"{k} {_cell(str(k), v)}" for k, v in value.items())
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, hours = int(seconds // 60), int(seconds // 3600)
+    return f"{hours}h {minutes % 60}m" if hours else f"{minutes}m {int(seconds % 60)}s"
 
 
 @cli.command()
