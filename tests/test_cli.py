@@ -130,6 +130,18 @@ def test_failed_result_exits_non_zero_and_shows_the_error(
     assert code == 1 and "builtins.ValueError: disk full" in output
 
 
+def test_events_show_a_run_time_only_for_what_ran(core_app: Celeriac, broker_url: str) -> None:
+    from celeriac.brokers.base import Outgoing
+
+    ran = core.add.delay(1, 2)
+    core_app.broker.send([Outgoing("garbled", "default", b"not json")])
+    run_queued(core_app)
+    code, output = invoke("-b", broker_url, "events", "-n", "5")
+    lines = {line.split("[")[1].split("]")[0]: line for line in output.splitlines()}
+    assert code == 0 and " succeeded " in lines[ran.id] and "s (" in lines[ran.id]
+    assert "dead-lettered" in lines["garbled"] and " in 0" not in lines["garbled"]
+
+
 def test_dlq_commands(core_app: Celeriac, broker_url: str) -> None:
     from celeriac.brokers.base import Outgoing
 

@@ -142,6 +142,6 @@ def _print_event(raw: bytes, as_json: bool) -> None:
         return
     e = msgspec.json.decode(raw, type=Event)
     at = dt.datetime.fromtimestamp(e.at).strftime("%H:%M:%S.%f")[:-3]
-    runtime = f" in {e.runtime:.4f}s" if e.runtime is not None else ""
+    runtime = f" in {e.runtime:.4f}s" if e.runtime else ""  # 0: decided without running
     detail = f": {e.detail}" if e.detail else ""
     click.echo(f"{at} {e.type:<13} {e.task}[{e.id}]{runtime} ({e.worker}){detail}")
