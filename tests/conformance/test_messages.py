@@ -323,7 +323,9 @@ def test_dead_letters_newest_first_replay_and_purge(broker: Broker) -> None:
         assert broker.dead_letter(d.lease, letter(d, task=task, at=at), None)
     assert [x.id for x in broker.dead_letters()] == ["c", "b", "a"]
     assert [x.id for x in broker.dead_letters(limit=1)] == ["c"]
-    assert broker.replay_dead_letters(ids=["a"]) == 1
+    found = broker.find_dead_letters(["b", "a", "no-such-id"])  # by id, across queues
+    assert sorted((x.id, x.queue, x.task) for x in found) == [("a", "q", "t.a"), ("b", "q2", "t.b")]
+    assert broker.replay_dead_letters(ids=["a", "no-such-id"]) == 1
     d = one(broker)
     assert (d.id, d.body, d.deliveries) == ("a", b"a", 1)
     assert broker.replay_dead_letters(task="t.b") == 1

@@ -362,6 +362,19 @@ class Broker(abc.ABC):
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The newest dead letters first."""
 
+    def find_dead_letters(self, ids: Sequence[str]) -> list[DeadLetter]:
+        """The dead letters with these ids, in no particular order; missing ids are skipped.
+
+        Brokers that can look letters up by id override this; the default reads them all.
+
+        Example:
+            >>> from celeriac.brokers.memory import MemoryBroker
+            >>> MemoryBroker().find_dead_letters(["no-such-id"])
+            []
+        """
+        wanted = set(ids)
+        return [d for d in self.dead_letters(2**31 - 1) if d.id in wanted]
+
     @abc.abstractmethod
     def replay_dead_letters(self, ids: Sequence[str] | None = None, task: str | None = None) -> int:
         """Send dead letters back to their queues with a fresh delivery count.

@@ -278,7 +278,7 @@ def dlq_list(obj: Context, limit: int, as_json: bool) -> None:
 @click.pass_obj
 def dlq_show(obj: Context, task_id: str) -> None:
     """One dead letter in full, raw bytes included."""
-    matches = [x for x in obj.app.broker.dead_letters(100_000) if x.id == task_id]
+    matches = obj.app.broker.find_dead_letters([task_id])
     if not matches:
         raise ConfigurationError(f"no dead letter with id {task_id} (see celeriac dlq list)")
     print_json(_letter_json(matches[0]))

@@ -164,10 +164,30 @@ def dead_letters(ctx: Context, limit: int) -> Plan[list[DeadLetter]]:
     return sorted(letters, key=lambda d: d.dead_at, reverse=True)[:limit]
 
 
+def find_dead_letters(ctx: Context, ids: Sequence[str]) -> Plan[list[DeadLetter]]:
+    """The dead letters with these ids: one HMGET per queue, not a read of every letter."""
+    names = yield from known_queues(ctx)
+    per_queue = yield from _letters_by_id(ctx, names, ids)
+    return [letter for group in per_queue for letter in group]
+
+
+def _letters_by_id(
+    ctx: Context, names: Sequence[str], ids: Sequence[str]
+) -> Plan[list[list[DeadLetter]]]:
+    if not names or not ids:
+        return [[] for _ in names]
+    cids = [compact(i) for i in dict.fromkeys(ids)]
+    replies = yield Batch([Command(("HMGET", ctx.keys.queue(n).dead, *cids)) for n in names])
+    return [[_as_letter(_letter_decoder.decode(r)) for r in reply if r] for reply in replies]
+
+
 def replay_dead_letters(ctx: Context, ids: Sequence[str] | None, task: str | None) -> Plan[int]:
     """Send chosen dead letters back to their queues with a fresh delivery count."""
     names = yield from known_queues(ctx)
-    per_queue = yield from _letters(ctx, names, 2**31 - 1)
+    if ids is not None:  # by id: read only those
+        per_queue = yield from _letters_by_id(ctx, names, ids)
+    else:
+        per_queue = yield from _letters(ctx, names, 2**31 - 1)
     wanted = set(ids) if ids is not None else None
     calls: list[Call | Command] = []
     forget: list[Call | Command] = []

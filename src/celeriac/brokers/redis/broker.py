@@ -386,6 +386,10 @@ class RedisBroker(Broker):
         """The newest dead letters first."""
         return self._run(admin.dead_letters(self._ctx, limit), "list dead letters")
 
+    def find_dead_letters(self, ids: Sequence[str]) -> list[DeadLetter]:
+        """The dead letters with these ids (one HMGET per queue)."""
+        return self._run(admin.find_dead_letters(self._ctx, ids), "look up dead letters")
+
     def replay_dead_letters(self, ids: Sequence[str] | None = None, task: str | None = None) -> int:
         """Send chosen dead letters back to their queues with a fresh delivery count."""
         return self._run(admin.replay_dead_letters(self._ctx, ids, task), "replay dead letters")
