@@ -325,6 +325,8 @@ def test_dead_letters_newest_first_replay_and_purge(broker: Broker) -> None:
     assert [x.id for x in broker.dead_letters(limit=1)] == ["c"]
     found = broker.find_dead_letters(["b", "a", "no-such-id"])  # by id, across queues
     assert sorted((x.id, x.queue, x.task) for x in found) == [("a", "q", "t.a"), ("b", "q2", "t.b")]
+    many = [f"absent-{i}" for i in range(1200)] + ["c"]  # more ids than one query takes
+    assert [x.id for x in broker.find_dead_letters(many)] == ["c"]
     assert broker.replay_dead_letters(ids=["a", "no-such-id"]) == 1
     d = one(broker)
     assert (d.id, d.body, d.deliveries) == ("a", b"a", 1)

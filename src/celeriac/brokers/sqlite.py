@@ -93,6 +93,7 @@ CREATE TABLE IF NOT EXISTS streams (
 );
 """
 
+_IDS_PER_QUERY = 500  # ids per "IN (...)": well under SQLite's bound-variable limit
 _WAIT_STEP = 0.004  # seconds between data_version checks while waiting
 _RECLAIM_EVERY = 1.0  # seconds between expired-lease sweeps inside fetch
 
@@ -535,11 +536,25 @@ class SQLiteBroker(SQLiteStore, Broker):
         rows = self._read("SELECT * FROM dead_letters ORDER BY dead_at DESC LIMIT ?", (limit,))
         return [DeadLetter(*row) for row in rows]
 
+    def find_dead_letters(self, ids: Sequence[str]) -> list[DeadLetter]:
+        """The dead letters with these ids, by primary key."""
+        rows: list[Any] = []
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), _IDS_PER_QUERY):
+            chunk = unique[start : start + _IDS_PER_QUERY]
+            marks = ",".join("?" * len(chunk))
+            rows += self._read(f"SELECT * FROM dead_letters WHERE id IN ({marks})", chunk)  # noqa: S608 - placeholders only
+        return [DeadLetter(*row) for row in rows]
+
     def replay_dead_letters(self, ids: Sequence[str] | None = None, task: str | None = None) -> int:
         """Send chosen dead letters back to their queues with a fresh delivery count."""
         now = time.time()
         with self._transaction() as db:
-            rows = db.execute("SELECT id, queue, task, body FROM dead_letters").fetchall()
+            if ids is not None:  # by id: read only those
+                letters = self.find_dead_letters(ids)
+                rows = [(d.id, d.queue, d.task, d.body) for d in letters]
+            else:
+                rows = db.execute("SELECT id, queue, task, body FROM dead_letters").fetchall()
             chosen = [
                 r for r in rows if (ids is None or r[0] in ids) and (task is None or r[2] == task)
             ]
