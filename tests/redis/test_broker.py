@@ -210,6 +210,12 @@ def test_compact_ids_round_trip(task_id: str) -> None:
     assert expand(compact(task_id)) == task_id
 
 
+def test_a_compact_uuid_expands_as_uuid_prints_it() -> None:
+    raw = [bytes(16), b"\xff" * 16, *(os.urandom(16) for _ in range(5000))]
+    for value in raw:
+        assert expand(b"\x00" + value) == str(uuid.UUID(bytes=value))
+
+
 # -- URLs --------------------------------------------------------------------------------
 
 

@@ -12,7 +12,6 @@ when it would be mistaken for a compact UUID). :func:`expand` reverses :func:`co
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -44,7 +43,9 @@ def compact(task_id: str) -> bytes:
 def expand(cid: bytes) -> str:
     """The task id that :func:`compact` turned into ``cid``."""
     if len(cid) == 17 and cid[0] == 0:
-        return str(uuid.UUID(bytes=cid[1:]))
+        # str(uuid.UUID(bytes=...)) spelled out: a seventh of its time, paid per message fetched.
+        h = cid[1:].hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
     if cid[:1] == b"\x01":
         cid = cid[1:]
     return cid.decode("utf-8", "surrogateescape")
