@@ -98,7 +98,7 @@ class Batch:
         self.since = 0.0  # monotonic time the oldest waiting commit was added
         self.average = math.inf  # recent run time of any task (seconds, moving average)
         self.by_task: dict[str, float] = {}  # the same per task name
-        self._waiting: dict[str, Held] = {}  # slot records of prefetched messages, by token
+        self._waiting: list[Held] = []  # slot records of the messages fetched last
 
     def __bool__(self) -> bool:
         return bool(self.finished)
@@ -141,17 +141,24 @@ class Batch:
         return len(self.finished) >= self.size() or time.monotonic() - self.since >= self.window
 
     def waiting(self, pending: list[Delivery]) -> list[Held]:
-        """The slot records of prefetched messages, each made once (this runs per task)."""
-        made = self._waiting
-        if len(made) > 4 * len(pending) + 64:  # forget those taken long ago
-            made = self._waiting = {}
-        out = []
-        for d in pending:
-            record = made.get(d.lease.token)
-            if record is None:
-                record = made[d.lease.token] = Held(d.id, d.queue, d.lease.token)
-            out.append(record)
-        return out
+        """The slot records of prefetched messages, each made once per fetch.
+
+        This runs per task. Between two fetches ``pending`` only loses messages from its
+        front (a child fetches only when it holds nothing else), so it is a tail of the
+        list last made: that tail is returned, checked by the tokens at both of its ends
+        (unique per hand-out), instead of a record looked up per message per task.
+        """
+        made, n = self._waiting, len(pending)
+        if not n:
+            return []
+        if (
+            n <= len(made)
+            and made[-n].token == pending[0].lease.token
+            and made[-1].token == pending[-1].lease.token
+        ):
+            return made[-n:]
+        made = self._waiting = [Held(d.id, d.queue, d.lease.token) for d in pending]
+        return made
 
     def take(self) -> list[tuple[Job, Outcome]]:
         """The waiting commits, and forget them."""
