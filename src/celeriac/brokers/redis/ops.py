@@ -347,8 +347,10 @@ def complete_many(
     )
     committed = []
     for (lease, result), (q, cid), code in zip(items, cids, reply, strict=False):
-        ok = settled(code, f"complete task {lease.id}")
-        if ok:
+        # Per task: the common code (1) and standalone Redis skip the message and the
+        # generator that only an odd code or Cluster needs.
+        ok = code == 1 or settled(code, f"complete task {lease.id}")
+        if ok and ctx.cluster:
             yield from after_commit(ctx, q, cid, ms(ttl), result)
         committed.append(ok)
     return committed, deliveries(reply, len(items) + 2, queues) if queues else []
