@@ -6,7 +6,7 @@ import time
 
 
 class Outage:
-    """The broker being unreachable: when to try again (doubling up to 5 s) and when
+    """The broker being unreachable: when to try again (doubling up to ``longest``) and when
     to say so again (every 30 s, not at every try: an outage of an hour is a few hundred
     lines, not tens of thousands).
 
@@ -20,10 +20,11 @@ class Outage:
 
     REPEAT = 30.0  # seconds between two lines about one outage
 
-    def __init__(self, first_delay: float = 0.5) -> None:
+    def __init__(self, first_delay: float = 0.5, longest: float = 5.0) -> None:
         self.since = 0.0  # monotonic time of the first failure; 0: the broker answers
         self.retry_at = 0.0
         self._first = self._delay = first_delay
+        self._longest = longest
         self._said_at = 0.0
 
     def failed(self) -> bool:
@@ -33,7 +34,7 @@ class Outage:
         if first:
             self.since, self._delay = now, self._first
         self.retry_at = now + self._delay
-        self._delay = min(self._delay * 2, 5.0)
+        self._delay = min(self._delay * 2, self._longest)
         if first or now - self._said_at >= self.REPEAT:
             self._said_at = now
             return True

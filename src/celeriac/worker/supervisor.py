@@ -100,7 +100,9 @@ class Worker:
         self._children = [_ChildState(i, Slot()) for i in range(processes)]
         self._stop_requests = 0
         self._last_renew = self._last_beat = self._last_reap = 0.0
-        self._outage = Outage()
+        # At most a second between tries: heartbeats and lease renewals must resume at once
+        # when the broker is back, before another worker's reaper takes this one for dead.
+        self._outage = Outage(first_delay=0.5, longest=1.0)
         self._started = time.time()
         self._done_before = 0
         self._growth_before: dict[str, list[int]] = {}
