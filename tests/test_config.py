@@ -56,6 +56,7 @@ def test_values_out_of_range_are_refused_with_the_range() -> None:
     with pytest.raises(ConfigurationError, match="task_default_priority must be between 0 and 9"):
         app.conf.task_default_priority = 10
     app.conf.update(worker_max_tasks_per_child=None, task_time_limit=UNBOUNDED)  # no limit
+    app.conf.update(worker_max_memory_per_child=0, worker_prefetch_multiplier=0)  # Celery's "off"
 
 
 def test_environment_mistakes_name_the_variable(caplog: pytest.LogCaptureFixture) -> None:

@@ -117,11 +117,11 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "task_default_priority": (0, 9),
     "task_max_deliveries": (1, math.inf),
     "worker_concurrency": (1, 10_000),
-    "worker_prefetch_multiplier": (1, math.inf),
-    "worker_batch_max": (1, math.inf),
+    "worker_prefetch_multiplier": (0, math.inf),  # 0 acts as 1
+    "worker_batch_max": (0, math.inf),  # 0 acts as 1: no batching
     "worker_batch_window": (0, math.inf),
-    "worker_max_memory_per_child": (1, math.inf),
-    "worker_max_tasks_per_child": (1, math.inf),
+    "worker_max_memory_per_child": (0, math.inf),  # 0, as None: no ceiling (as in Celery)
+    "worker_max_tasks_per_child": (0, math.inf),  # 0, as None: no recycling by count
     "task_payload_warn_bytes": (1, math.inf),
     "task_payload_max_bytes": (1, math.inf),
     "task_result_max_bytes": (1, math.inf),
