@@ -200,10 +200,15 @@ class Task(Generic[P, R]):
             TypeError: cannot send task shop.add: missing a required argument: 'y'; the \
 function is add(x, y)
         """
-        arguments = self._arguments
-        if arguments is None:
-            arguments = self._arguments = Arguments(self.fn, self.bind)
-        arguments.check(self.name, args, kwargs)
+        self.arguments.check(self.name, args, kwargs)
+
+    @property
+    def arguments(self) -> Arguments:
+        """The function's signature, read once: checked at send, and used by the worker
+        to drop keyword arguments this version does not take."""
+        if self._arguments is None:
+            self._arguments = Arguments(self.fn, self.bind)
+        return self._arguments
 
     def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """A signature with (partial) arguments: ``add.s(2)``; in a chain the previous
@@ -369,15 +374,15 @@ class Arguments:
         self.needed: list[tuple[float, str]] = [
             (i, p.name) for i, p in enumerate(positional) if p.default is p.empty
         ]
-        self.needed += [(math.inf, p.name) for p in keyword_only if p.default is p.empty]
-        self.fewest = (
-            len(self.needed)
-            if len(self.needed) == sum(p.default is p.empty for p in positional)
-            else math.inf
-        )
-        #: every name a keyword may take; None: any (**kwargs)
+        required_keywords = [p.name for p in keyword_only if p.default is p.empty]
+        #: fewest positional arguments that fit; inf: a keyword is required, so never by count
+        self.fewest = math.inf if required_keywords else len(self.needed)
+        self.needed += [(math.inf, name) for name in required_keywords]
+        #: every name a keyword may take; None: any (**kwargs, or a signature unread)
         self.keywords: frozenset[str] | None = (
-            None if var_keyword else frozenset(self.index) | {p.name for p in keyword_only}
+            None
+            if var_keyword or signature is None
+            else frozenset(self.index) | {p.name for p in keyword_only}
         )
         self.simple = not (var_keyword and len(self.index) < len(positional))
 

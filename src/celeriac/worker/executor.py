@@ -9,7 +9,6 @@ fenced step, requeue, or dead-letter.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 import traceback
@@ -71,7 +70,6 @@ class Executor:
     def __init__(self, app: Celeriac, worker_id: str) -> None:
         self.app = app
         self.worker_id = worker_id
-        self._accepts: dict[str, tuple[bool, frozenset[str]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- preparing ----------------------------------------------------------------------
@@ -196,14 +194,10 @@ class Executor:
         # drop them with a warning instead of failing every such task during a deploy.
         if not kwargs:
             return kwargs
-        accepts = self._accepts.get(task.name)
-        if accepts is None:
-            params = inspect.signature(task.fn).parameters.values()
-            any_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-            accepts = self._accepts[task.name] = (any_kw, frozenset(p.name for p in params))
-        if accepts[0]:
+        accepted = task.arguments.keywords  # the signature as the producer checks it
+        if accepted is None:
             return kwargs
-        dropped = sorted(set(kwargs) - accepts[1])
+        dropped = sorted(set(kwargs) - accepted)
         if not dropped:
             return kwargs
         if self.app.conf.task_strict_kwargs:
@@ -218,7 +212,7 @@ class Executor:
             _current_id(),
             ", ".join(dropped),
         )
-        return {k: v for k, v in kwargs.items() if k in accepts[1]}
+        return {k: v for k, v in kwargs.items() if k in accepted}
 
     # -- settling -----------------------------------------------------------------------
 
