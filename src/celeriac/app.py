@@ -292,6 +292,18 @@ class Celeriac:
             largest,
         )
 
+    def check_call(self, name: str, args: Sequence[Any], kwargs: dict[str, Any] | None) -> None:
+        """Raise TypeError when task ``name``, if registered here, cannot take these
+        arguments; a task known only by name is not checked (its worker's code decides).
+
+        Example:
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> app.check_call("elsewhere.task", (1, 2, 3), {})  # not registered: unchecked
+        """
+        task = self.tasks.get(name)
+        if task is not None:
+            task.check_arguments(args, kwargs)
+
     def send_task(
         self,
         name: str,

@@ -11,7 +11,7 @@ import contextvars
 import datetime as dt
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -184,9 +184,7 @@ class Task(Generic[P, R]):
         message = self.message(args, kwargs, **options)
         return await self.app.apublish(message)
 
-    def check_arguments(
-        self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any] | None
-    ) -> None:
+    def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any] | None) -> None:
         """Raise TypeError when the function could not be called with these arguments.
 
         Example:
@@ -386,9 +384,7 @@ class Arguments:
         )
         self.simple = not (var_keyword and len(self.index) < len(positional))
 
-    def check(
-        self, task: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any] | None
-    ) -> None:
+    def check(self, task: str, args: Sequence[Any], kwargs: dict[str, Any] | None) -> None:
         """Raise TypeError, naming ``task`` and the signature, if the call cannot work."""
         if self.signature is None:
             return

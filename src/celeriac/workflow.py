@@ -99,10 +99,9 @@ arguments; the function is ship(parcel, carrier)
     """
     kind = node["kind"]
     if kind == "task":
-        task = app.tasks.get(node["task"])
-        if task is not None and not node.get("chunk"):
+        if not node.get("chunk"):  # a chunk's task runs once per argument list inside it
             leading = [None] * (0 if node.get("immutable") else given)
-            task.check_arguments([*leading, *node.get("args", ())], node.get("kwargs") or {})
+            app.check_call(node["task"], [*leading, *node.get("args", ())], node.get("kwargs"))
     elif kind == "chain":
         for number, step in enumerate(node["steps"], 1):
             _within(f"step {number} of the chain", app, step, given if number == 1 else 1)

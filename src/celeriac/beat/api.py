@@ -188,12 +188,10 @@ class Beat:
     def _check_arguments(self, entry: Entry) -> None:
         """Refuse an entry whose arguments cannot fit its task's function, when that task is
         registered here: a tick that would fail every time is refused when it is defined."""
-        task = self.app.tasks.get(entry.task)
-        if task is not None:
-            try:
-                task.check_arguments(entry.args, entry.kwargs)
-            except TypeError as exc:
-                raise ConfigurationError(f"periodic entry {entry.name!r}: {exc}") from None
+        try:
+            self.app.check_call(entry.task, entry.args, entry.kwargs)
+        except TypeError as exc:
+            raise ConfigurationError(f"periodic entry {entry.name!r}: {exc}") from None
 
     # -- the merged view -------------------------------------------------------------------
 

@@ -74,12 +74,10 @@ def call(
         }.items()
         if v is not None
     }
-    known = obj.app.tasks.get(name)  # with -A: the task's code is here, so check the call
-    if known is not None:
-        try:
-            known.check_arguments(args, kwargs)
-        except TypeError as exc:
-            raise click.UsageError(str(exc)) from None
+    try:
+        obj.app.check_call(name, args, kwargs)  # with -A the task's code is here
+    except TypeError as exc:
+        raise click.UsageError(str(exc)) from None
     result = obj.app.send_task(name, args=args, kwargs=kwargs, **options)
     if not wait:
         click.echo(result.id)
