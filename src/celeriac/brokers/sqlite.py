@@ -551,13 +551,10 @@ class SQLiteBroker(SQLiteStore, Broker):
         now = time.time()
         with self._transaction() as db:
             if ids is not None:  # by id: read only those
-                letters = self.find_dead_letters(ids)
-                rows = [(d.id, d.queue, d.task, d.body) for d in letters]
+                rows = [(d.id, d.queue, d.task, d.body) for d in self.find_dead_letters(ids)]
             else:
                 rows = db.execute("SELECT id, queue, task, body FROM dead_letters").fetchall()
-            chosen = [
-                r for r in rows if (ids is None or r[0] in ids) and (task is None or r[2] == task)
-            ]
+            chosen = [r for r in rows if task is None or r[2] == task]
             for index, (task_id, queue, _, body) in enumerate(chosen):
                 db.execute("DELETE FROM dead_letters WHERE id = ?", (task_id,))
                 db.execute("DELETE FROM results WHERE id = ?", (task_id,))

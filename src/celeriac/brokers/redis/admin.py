@@ -188,15 +188,10 @@ def replay_dead_letters(ctx: Context, ids: Sequence[str] | None, task: str | Non
         per_queue = yield from _letters_by_id(ctx, names, ids)
     else:
         per_queue = yield from _letters(ctx, names, 2**31 - 1)
-    wanted = set(ids) if ids is not None else None
     calls: list[Call | Command] = []
     forget: list[Call | Command] = []
     for name, letters in zip(names, per_queue, strict=True):
-        chosen = [
-            d
-            for d in letters
-            if (wanted is None or d.id in wanted) and (task is None or d.task == task)
-        ]
+        chosen = [d for d in letters if task is None or d.task == task]
         if not chosen:
             continue
         q = ctx.keys.queue(name)
