@@ -114,13 +114,13 @@ class Worker:
         """Run until a shutdown signal; return the process exit code."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        units = {"process": "", "threads": " with %d threads", "asyncio": " with %d coroutines"}
         children = f"{len(self._children)} child{'ren' if len(self._children) > 1 else ''}"
+        inside = {"threads": "threads", "asyncio": "coroutines"}.get(self.pool)
         log.info(
             "worker %s starting %s%s on queues %s (broker %s)",
             self.id,
             children,
-            units[self.pool] % self.concurrency if units[self.pool] else "",
+            f" with {self.concurrency} {inside}" if inside else "",
             ", ".join(self.queues),
             redacted(self.app.conf.broker_url),
         )
