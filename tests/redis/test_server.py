@@ -132,7 +132,7 @@ def test_an_outage_is_a_few_log_lines_and_its_end_is_said(own_server: Server, ri
     workers, app = rig(server.url)
     proc = workers.start("-c", "1")
     server.kill()
-    time.sleep(4)  # the supervisor ticks 80 times, the child backs off to 1.6 s
+    time.sleep(4)  # ~4 supervisor tries (it logged every 50 ms tick), child backoff to 1.6 s
     restarted = start_redis(server.folder, port=server.port)
     try:
         assert app.send_task("tests.apps.core.add", args=(1, 2)).get(timeout=30) == 3
