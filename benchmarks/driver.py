@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 from benchmarks.common import Workers, percentile, redis_cpu_seconds
-from benchmarks.probes import COUNT_KEY, DONE_KEY, FIRST_KEY, LAST_KEY, STAMPS_KEY, counter_url, now
+from benchmarks.probes import STAMPS_KEY, completion_times, completions, counter_url, now
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "BENCH_RESULT "
@@ -45,12 +45,16 @@ class Run:
         self.system: str = params["system"]
         self.redis_url: str = params["redis"]
         self.broker_url: str = params.get("broker") or self.redis_url
-        self.counter = redis.Redis.from_url(counter_url(self.redis_url))
+        self.stamps = redis.Redis.from_url(counter_url(self.redis_url))
         self.server = redis.Redis.from_url(self.redis_url)
         self.log = Path(params.get("log") or Path(tempfile.gettempdir()) / "bench-worker.log")
+        # The tasks count themselves here (benchmarks.probes); removed by close().
+        fd, self.counter_file = tempfile.mkstemp(prefix="bench-done-")
+        os.close(fd)
         self.env = {
             **os.environ,
             "BENCH_BROKER_URL": self.broker_url,
+            "BENCH_COUNTER_FILE": self.counter_file,
             "BENCH_COUNTER_URL": counter_url(self.redis_url),
             "CELERIAC_BROKER_URL": self.broker_url,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -59,26 +63,35 @@ class Run:
         self.adapter = importlib.import_module(f"benchmarks.adapters.{self.system}").ADAPTER
 
     def flush(self) -> None:
-        """Empty the private Redis (both databases) and remove a SQLite broker's files."""
+        """Empty the private Redis (both databases) and the counter file, and remove a
+        SQLite broker's files."""
         self.server.flushall(asynchronous=False)
+        os.truncate(self.counter_file, 0)
         path = sqlite_path(self.broker_url)
         if path is not None:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
 
-    def workers(self, *, target: int = 0, processes: int = 2, pool: str = "default") -> Workers:
+    def close(self) -> None:
+        """Remove the counter file."""
+        Path(self.counter_file).unlink(missing_ok=True)
+
+    def done(self) -> int:
+        """How many tasks have counted themselves since the last flush."""
+        return completions(self.counter_file)
+
+    def workers(self, *, processes: int = 2, pool: str = "default") -> Workers:
         """The worker processes for this system (not started yet).
 
         ``processes`` is the 2-process budget; for celeriac's process pool it is ``-c``.
         """
-        env = {**self.env, "BENCH_TARGET": str(target)}
         commands = self.adapter.worker_commands(processes, pool)
-        return Workers(commands, env, self.log, ROOT)
+        return Workers(commands, self.env, self.log, ROOT)
 
     def wait_count(self, count: int, workers: Workers, timeout: float) -> None:
         """Wait until ``count`` tasks have counted themselves (bounded by ``timeout``)."""
         deadline = now() + timeout
-        while int(self.counter.get(COUNT_KEY) or 0) < count:
+        while self.done() < count:
             workers.check_alive()
             if now() > deadline:
                 raise TimeoutError(
@@ -105,7 +118,7 @@ def op_enqueue(run: Run) -> dict[str, Any]:
 
 
 def op_drain(run: Run) -> dict[str, Any]:
-    """Queue ``n`` tasks, start the workers, clock until the last one counted itself.
+    """Queue ``n`` tasks, start the workers, clock until the n-th completion.
 
     Returns:
         ``rate``: n over the time from worker start to the last completion (start-up
@@ -121,32 +134,32 @@ def op_drain(run: Run) -> dict[str, Any]:
     # Filling the queue is not timed: use the fastest way the system has.
     run.adapter.enqueue(n, batch=run.adapter.batch is not None, task=task, data=data)
     run.adapter.close()
-    workers = run.workers(
-        target=n, processes=p.get("concurrency", 2), pool=p.get("pool", "default")
-    )
+    workers = run.workers(processes=p.get("concurrency", 2), pool=p.get("pool", "default"))
     timeout = float(p.get("timeout", 600))
     try:
         started = workers.start()
         deadline = started + timeout
         # CPU is read once the first task is done, so start-up (imports, forks) is not
         # spread over the tasks: what is left is the cost of moving a task.
-        while not run.counter.exists(FIRST_KEY):
+        while run.done() == 0:
             workers.check_alive()
             if now() > deadline:
                 raise TimeoutError(f"drain: no task done after {timeout}s:\n{workers.tail()}")
             time.sleep(0.002)
         cpu_before = (workers.cpu_seconds(), redis_cpu_seconds(run.server))
-        done_before = int(run.counter.get(COUNT_KEY) or 0)
-        while run.counter.blpop([DONE_KEY], timeout=1) is None:
+        done_before = run.done()
+        # Polled, not waited on: the times come from the records, so the poll's period
+        # only delays reading the CPU counters, which stand still once the queue is empty.
+        while (done := run.done()) < n:
             workers.check_alive()
             if now() > deadline:
-                done = int(run.counter.get(COUNT_KEY) or 0)
                 raise TimeoutError(f"drain: {done}/{n} done after {timeout}s:\n{workers.tail()}")
+            time.sleep(0.005)
         cpu_after = (workers.cpu_seconds(), redis_cpu_seconds(run.server))
     finally:
         workers.stop(run.adapter.stop_grace)
-    first = float(run.counter.get(FIRST_KEY) or 0)
-    last = float(run.counter.get(LAST_KEY) or 0)
+    times = completion_times(run.counter_file)
+    first, last = times[0], times[n - 1]
     measured = max(n - done_before, 1)
     return {
         "rate": n / (last - started),
@@ -200,7 +213,7 @@ def started_waiter(run: Run, workers: Workers) -> Callable[[], float]:
     def wait() -> float:
         deadline = now() + 30
         while True:
-            item = run.counter.blpop([STAMPS_KEY], timeout=1)
+            item = run.stamps.blpop([STAMPS_KEY], timeout=1)
             if item is not None:
                 return float(item[1])
             workers.check_alive()
@@ -352,7 +365,10 @@ def main(argv: list[str]) -> int:
             print(MARKER + json.dumps({"ok": True, **describe(params["system"])}), flush=True)
             return 0
         run = Run(params)
-        result: dict[str, Any] = {"ok": True, **OPS[params["op"]](run)}
+        try:
+            result: dict[str, Any] = {"ok": True, **OPS[params["op"]](run)}
+        finally:
+            run.close()
     except Exception as exc:  # noqa: BLE001 - any failure is reported to the runner as data
         result = {
             "ok": False,

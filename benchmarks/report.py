@@ -209,7 +209,10 @@ def celeriac_tables(doc: dict[str, Any]) -> str:
         ["chord, send to the body's result (s)", cell(find(doc, "celeriac", "chord"))],
     ]
     if find(doc, "celeriac", "group_send") is None:
-        canvas = [["group and chord", "skipped: celeriac.canvas was not importable"]]
+        why = "not run (--no-extras)"
+        if not doc.get("systems", {}).get("celeriac", {}).get("canvas"):
+            why = "skipped: celeriac.canvas was not importable"
+        canvas = [["group and chord", why]]
     sizes = doc.get("sizes", {})
     parts.append(
         f"**Canvas on Redis** (group of {sizes.get('group', '?'):,}, chord of "
