@@ -120,8 +120,11 @@ def ticks(ledger: Ledger, entry: str = "every-second") -> list[float]:
 
 
 def beat_child_pid(workers: WorkerProcesses, worker: subprocess.Popen[bytes]) -> int:
+    """The embedded scheduler's PID, once it has read its entries (its first pass): an
+    entry added before that pass is among the first entries, not logged as added."""
     log = workers.logs[workers.started.index(worker)]
-    assert wait_for(lambda: "started scheduler process" in log.read_text(), timeout=10)
+    ready = ("started scheduler process", "beat: scheduling")
+    assert wait_for(lambda: all(s in log.read_text() for s in ready), timeout=20), log.read_text()
     match = re.search(r"beat: started scheduler process (\d+)", log.read_text())
     assert match is not None
     return int(match.group(1))
