@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ def bars(
     ax: Any,
     doc: dict[str, Any],
     series: list[tuple[str, dict[str, str]]],
-    systems: list[str],
+    systems: Sequence[str],
     *,
     log: bool = False,
 ) -> None:
@@ -79,8 +80,8 @@ def targets(ax: Any, lines: list[tuple[float, str]]) -> None:
 
 def variant_bars(ax: Any, doc: dict[str, Any], variants: list[tuple[str, str]]) -> None:
     """celeriac's drain across variants (concurrency, payload): median and min-max."""
-    rows = [(label, find(doc, "celeriac", "drain", variant=v)) for v, label in variants]
-    rows = [(label, row) for label, row in rows if row is not None and "median" in row]
+    found = [(label, find(doc, "celeriac", "drain", variant=v)) for v, label in variants]
+    rows = [(label, row) for label, row in found if row is not None and "median" in row]
     xs = range(len(rows))
     heights = [row["median"] for _, row in rows]
     errors = [
@@ -109,24 +110,49 @@ def chart(path: Path, title: str, ylabel: str, draw: Any) -> Path:
 def draw_all(doc: dict[str, Any], out: Path) -> list[Path]:
     """Every chart of a results document."""
     systems = systems_in(doc)
+
+    def enqueue(ax: Any) -> None:
+        bars(
+            ax,
+            doc,
+            [
+                ("one call each", {"metric": "enqueue_single"}),
+                ("batch API", {"metric": "enqueue_batch"}),
+            ],
+            systems,
+            log=True,
+        )
+        targets(ax, [(10_000, "target, one call each"), (100_000, "target, batch")])
+
+    def latency(ax: Any) -> None:
+        bars(
+            ax,
+            doc,
+            [("p50", {"metric": "latency_p50"}), ("p99", {"metric": "latency_p99"})],
+            systems,
+            log=True,
+        )
+        targets(ax, [(0.5, "target p50"), (2.0, "target p99")])
+
+    def memory(ax: Any) -> None:
+        bars(
+            ax,
+            doc,
+            [("RSS", {"metric": "idle_rss"}), ("PSS", {"metric": "idle_pss"})],
+            systems,
+        )
+        targets(ax, [(75, "target RSS")])
+
+    def broker_bytes(ax: Any) -> None:
+        bars(ax, doc, [("bytes", {"metric": "broker_bytes"})], systems)
+        targets(ax, [(200, "target")])
+
     made = [
         chart(
             out / "enqueue.png",
             "Enqueue rate (higher is better)",
             "tasks/s (log scale)",
-            lambda ax: (
-                bars(
-                    ax,
-                    doc,
-                    [
-                        ("one call each", {"metric": "enqueue_single"}),
-                        ("batch API", {"metric": "enqueue_batch"}),
-                    ],
-                    systems,
-                    log=True,
-                ),
-                targets(ax, [(10_000, "target, one call each"), (100_000, "target, batch")]),
-            ),
+            enqueue,
         ),
         chart(
             out / "drain.png",
@@ -146,39 +172,19 @@ def draw_all(doc: dict[str, Any], out: Path) -> list[Path]:
             out / "latency.png",
             "Enqueue-to-start latency at low load (lower is better)",
             "ms (log scale)",
-            lambda ax: (
-                bars(
-                    ax,
-                    doc,
-                    [("p50", {"metric": "latency_p50"}), ("p99", {"metric": "latency_p99"})],
-                    systems,
-                    log=True,
-                ),
-                targets(ax, [(0.5, "target p50"), (2.0, "target p99")]),
-            ),
+            latency,
         ),
         chart(
             out / "memory.png",
             "Idle worker memory, all processes (lower is better)",
             "MiB",
-            lambda ax: (
-                bars(
-                    ax,
-                    doc,
-                    [("RSS", {"metric": "idle_rss"}), ("PSS", {"metric": "idle_pss"})],
-                    systems,
-                ),
-                targets(ax, [(75, "target RSS")]),
-            ),
+            memory,
         ),
         chart(
             out / "broker-bytes.png",
             "Redis memory per queued task (lower is better)",
             "bytes",
-            lambda ax: (
-                bars(ax, doc, [("bytes", {"metric": "broker_bytes"})], systems),
-                targets(ax, [(200, "target")]),
-            ),
+            broker_bytes,
         ),
         chart(
             out / "celeriac-drain.png",

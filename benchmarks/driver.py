@@ -302,7 +302,7 @@ def describe(system: str) -> dict[str, Any]:
     """The adapter's description and the versions of what it runs on (no Redis needed)."""
     os.environ.setdefault("BENCH_BROKER_URL", "redis://127.0.0.1:9/0")  # never connected
     adapter = importlib.import_module(f"benchmarks.adapters.{system}").ADAPTER
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES[system]:
         try:
             versions[name] = metadata.version(name)

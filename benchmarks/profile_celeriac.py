@@ -47,9 +47,13 @@ import pstats
 import sys
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.redis_server import redis_server
+
+if TYPE_CHECKING:
+    from celeriac.brokers.base import Delivery
+    from celeriac.worker.child import Batch
 
 #: Component of a function, by the first matching fragment of "file:function".
 COMPONENTS: list[tuple[str, str]] = [
@@ -150,8 +154,8 @@ def consumer(app: Any) -> Any:
     # never stops on an empty queue; everything else it does is left as it is.
     fetch = child._fetch
 
-    def fetch_or_stop(*args: Any) -> list[Any]:
-        got = fetch(*args)
+    def fetch_or_stop(batch: Batch) -> list[Delivery]:
+        got = fetch(batch)
         child.stopping = not got
         return got
 
@@ -187,7 +191,8 @@ def ablations(url: str, tasks: int) -> None:
     # The same command on the same kind of connection, without redis-py's per-command
     # machinery (retry wrapper, pool checkout, observability hooks): what is left is the
     # socket and Redis.
-    conn = server.connection_pool.get_connection()
+    # Any: redis-py leaves Connection.pack_command and send_packed_command unannotated.
+    conn: Any = server.connection_pool.get_connection()
     started = time.perf_counter()
     for _ in range(tasks):
         conn.send_packed_command(conn.pack_command("RPUSH", "floor", body), check_health=False)
@@ -205,7 +210,7 @@ def ablations(url: str, tasks: int) -> None:
         app.conf.worker_send_task_events = False
 
     def no_rss(app: Any, noop: Any) -> None:
-        child_module.current_rss = lambda: 0  # type: ignore[assignment]
+        child_module.current_rss = lambda: 0
 
     def no_results(app: Any, noop: Any) -> None:
         app.conf.task_ignore_result = True

@@ -26,7 +26,8 @@ def find(
     doc: dict[str, Any], system: str, metric: str, broker: str = "redis", variant: str = ""
 ) -> Row | None:
     """The measurement of one metric, or None when it was not taken."""
-    for row in doc["measurements"]:
+    measurements: list[Row] = doc["measurements"]
+    for row in measurements:
         key = (row["system"], row["broker"], row["variant"], row["metric"])
         if key == (system, broker, variant, metric):
             return row

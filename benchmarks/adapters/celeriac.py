@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from benchmarks.adapters.base import (
     ASYNC_TASKS,
@@ -19,6 +19,10 @@ from benchmarks.adapters.base import (
 )
 from benchmarks.probes import task_done, task_started
 from celeriac import Celeriac
+
+if TYPE_CHECKING:
+    from celeriac.result import AsyncResult
+    from celeriac.task import Task
 
 app = Celeriac("bench", broker=broker_url())
 
@@ -54,7 +58,12 @@ def collect(values: list[Any]) -> int:
     return len(values)
 
 
-_TASKS = {"noop": noop, "stamp": stamp, "payload": payload, "sleep": sleep}
+_TASKS: dict[str, Task[..., None]] = {
+    "noop": noop,
+    "stamp": stamp,
+    "payload": payload,
+    "sleep": sleep,
+}
 
 
 class CeleriacAdapter(Adapter):
@@ -105,7 +114,8 @@ def run_chord(count: int, timeout: float) -> int:
     from celeriac.canvas import chord
 
     result = chord((noop.s(i) for i in range(count)), collect.s()).apply_async()
-    return int(result.get(timeout=timeout))
+    # A chord's handle is its body's result (collect returns an int).
+    return int(cast("AsyncResult[int]", result).get(timeout=timeout))
 
 
 def canvas_available() -> bool:
