@@ -31,8 +31,10 @@ def bars(
     systems: Sequence[str],
     *,
     log: bool = False,
+    goals: Sequence[tuple[float, str]] = (),
 ) -> None:
-    """Grouped bars: one group per system, one bar per (label, metric-lookup) series."""
+    """Grouped bars: one group per system, one bar per (label, metric-lookup) series; a
+    dashed line at each of celeriac's ``goals`` (value, label)."""
     width = 0.8 / len(series)
     for k, (label, where) in enumerate(series):
         xs, heights, lows, highs, colors = [], [], [], [], []
@@ -64,6 +66,7 @@ def bars(
     if len(series) > 1:
         ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    targets(ax, goals)
 
 
 def short(value: float) -> str:
@@ -71,7 +74,7 @@ def short(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
-def targets(ax: Any, lines: list[tuple[float, str]]) -> None:
+def targets(ax: Any, lines: Sequence[tuple[float, str]]) -> None:
     """Dashed horizontal lines at celeriac's targets."""
     for value, label in lines:
         ax.axhline(value, color=CELERIAC, linestyle="--", linewidth=0.8)
@@ -111,48 +114,22 @@ def draw_all(doc: dict[str, Any], out: Path) -> list[Path]:
     """Every chart of a results document."""
     systems = systems_in(doc)
 
-    def enqueue(ax: Any) -> None:
-        bars(
-            ax,
-            doc,
-            [
-                ("one call each", {"metric": "enqueue_single"}),
-                ("batch API", {"metric": "enqueue_batch"}),
-            ],
-            systems,
-            log=True,
-        )
-        targets(ax, [(10_000, "target, one call each"), (100_000, "target, batch")])
-
-    def latency(ax: Any) -> None:
-        bars(
-            ax,
-            doc,
-            [("p50", {"metric": "latency_p50"}), ("p99", {"metric": "latency_p99"})],
-            systems,
-            log=True,
-        )
-        targets(ax, [(0.5, "target p50"), (2.0, "target p99")])
-
-    def memory(ax: Any) -> None:
-        bars(
-            ax,
-            doc,
-            [("RSS", {"metric": "idle_rss"}), ("PSS", {"metric": "idle_pss"})],
-            systems,
-        )
-        targets(ax, [(75, "target RSS")])
-
-    def broker_bytes(ax: Any) -> None:
-        bars(ax, doc, [("bytes", {"metric": "broker_bytes"})], systems)
-        targets(ax, [(200, "target")])
-
     made = [
         chart(
             out / "enqueue.png",
             "Enqueue rate (higher is better)",
             "tasks/s (log scale)",
-            enqueue,
+            lambda ax: bars(
+                ax,
+                doc,
+                [
+                    ("one call each", {"metric": "enqueue_single"}),
+                    ("batch API", {"metric": "enqueue_batch"}),
+                ],
+                systems,
+                log=True,
+                goals=[(10_000, "target, one call each"), (100_000, "target, batch")],
+            ),
         ),
         chart(
             out / "drain.png",
@@ -172,19 +149,34 @@ def draw_all(doc: dict[str, Any], out: Path) -> list[Path]:
             out / "latency.png",
             "Enqueue-to-start latency at low load (lower is better)",
             "ms (log scale)",
-            latency,
+            lambda ax: bars(
+                ax,
+                doc,
+                [("p50", {"metric": "latency_p50"}), ("p99", {"metric": "latency_p99"})],
+                systems,
+                log=True,
+                goals=[(0.5, "target p50"), (2.0, "target p99")],
+            ),
         ),
         chart(
             out / "memory.png",
             "Idle worker memory, all processes (lower is better)",
             "MiB",
-            memory,
+            lambda ax: bars(
+                ax,
+                doc,
+                [("RSS", {"metric": "idle_rss"}), ("PSS", {"metric": "idle_pss"})],
+                systems,
+                goals=[(75, "target RSS")],
+            ),
         ),
         chart(
             out / "broker-bytes.png",
             "Redis memory per queued task (lower is better)",
             "bytes",
-            broker_bytes,
+            lambda ax: bars(
+                ax, doc, [("bytes", {"metric": "broker_bytes"})], systems, goals=[(200, "target")]
+            ),
         ),
         chart(
             out / "celeriac-drain.png",
