@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 from benchmarks.common import Workers, percentile, redis_cpu_seconds
-from benchmarks.probes import STAMPS_KEY, completion_times, completions, counter_url, now
+from benchmarks.probes import STAMPS_KEY, completion_times, completions, now, stamps_url
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "BENCH_RESULT "
@@ -45,7 +45,7 @@ class Run:
         self.system: str = params["system"]
         self.redis_url: str = params["redis"]
         self.broker_url: str = params.get("broker") or self.redis_url
-        self.stamps = redis.Redis.from_url(counter_url(self.redis_url))
+        self.stamps = redis.Redis.from_url(stamps_url(self.redis_url))
         self.server = redis.Redis.from_url(self.redis_url)
         self.log = Path(params.get("log") or Path(tempfile.gettempdir()) / "bench-worker.log")
         # The tasks count themselves here (benchmarks.probes); removed by close().
@@ -55,7 +55,7 @@ class Run:
             **os.environ,
             "BENCH_BROKER_URL": self.broker_url,
             "BENCH_COUNTER_FILE": self.counter_file,
-            "BENCH_COUNTER_URL": counter_url(self.redis_url),
+            "BENCH_STAMPS_URL": stamps_url(self.redis_url),
             "CELERIAC_BROKER_URL": self.broker_url,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }

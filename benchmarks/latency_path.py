@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from benchmarks.common import percentile
 from benchmarks.redis_server import redis_server
 
 TASK = "latency_path.probe"
@@ -185,17 +186,12 @@ def producer_path(url: str, probes: int, gap: float) -> dict[str, list[float]]:
     return runs
 
 
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
-
-
 def _table(title: str, rows: dict[str, list[float]]) -> None:
     print(title)
     print(f"  {'':40} {'p10':>7} {'p50':>7} {'p90':>7}")
     for label, values in rows.items():
         if values:
-            cells = " ".join(f"{_quantile(values, q):7.1f}" for q in (0.1, 0.5, 0.9))
+            cells = " ".join(f"{percentile(values, q):7.1f}" for q in (0.1, 0.5, 0.9))
             print(f"  {label:40} {cells}   (n={len(values)})")
 
 

@@ -27,7 +27,7 @@ import redis
 
 #: Where latency probes stamp their start: a database of its own on the same private
 #: server, so the stamps never mix with a system's keys (and FLUSHALL still clears them).
-COUNTER_DB = 1
+STAMPS_DB = 1
 STAMPS_KEY = "bench:stamps"  # start times of latency probes, in order
 
 #: One completion in the counter file: its time, a little-endian double.
@@ -44,17 +44,17 @@ def now() -> float:
     return time.monotonic()
 
 
-def counter_url(redis_url: str) -> str:
+def stamps_url(redis_url: str) -> str:
     """The URL of the stamps database on the server that ``redis_url`` names."""
     base = redis_url.rsplit("/", 1)[0] if redis_url.count("/") >= 3 else redis_url
-    return f"{base}/{COUNTER_DB}"
+    return f"{base}/{STAMPS_DB}"
 
 
-def _counter() -> redis.Redis:
+def _stamps() -> redis.Redis:
     """This process's stamps client, made anew after a fork (a socket is not shareable)."""
     global _client, _client_pid  # noqa: PLW0603 - one client per process, on purpose
     if _client is None or _client_pid != os.getpid():
-        _client = redis.Redis.from_url(os.environ["BENCH_COUNTER_URL"])
+        _client = redis.Redis.from_url(os.environ["BENCH_STAMPS_URL"])
         _client_pid = os.getpid()
     return _client
 
@@ -95,4 +95,4 @@ def completion_times(path: str) -> list[float]:
 
 def task_started() -> None:
     """Record that a latency probe started (its first line), with the shared clock."""
-    _counter().rpush(STAMPS_KEY, repr(now()))
+    _stamps().rpush(STAMPS_KEY, repr(now()))
