@@ -171,6 +171,51 @@ def test_rate_reservations_are_spaced(app: Celeriac) -> None:
     assert [round(w, 1) for w in waits] == [0.0, 0.1, 0.2, 0.3, 0.4]
 
 
+def _stalled_admissions(app: Celeriac, stalls: list[float]) -> list[float]:
+    """Make the broker's rate_admit pause after each real call, one pause per call from
+    ``stalls`` (then none), as a slow commit or a paused process would; the calls' times."""
+    real = app.broker.rate_admit
+    calls: list[float] = []
+
+    def admit(key: str, limit: int, period: float) -> float:
+        wait = real(key, limit, period)
+        calls.append(time.monotonic())
+        if len(calls) <= len(stalls):
+            time.sleep(stalls[len(calls) - 1])
+        return wait
+
+    app.broker.rate_admit = admit  # type: ignore[method-assign]
+    return calls
+
+
+def test_an_admission_that_took_longer_than_the_guard_is_asked_again(app: Celeriac) -> None:
+    ran: list[int] = []
+
+    @app.task(rate_limit="100/s")  # guard: 1% + 5 ms = 15 ms
+    def limited(i: int) -> None:
+        ran.append(i)
+
+    calls = _stalled_admissions(app, [0.05])
+    limited.delay(1)
+    run_queued(app)
+    assert ran == [1]
+    assert len(calls) == 2  # the stalled admission was spent, a fresh one taken
+
+
+def test_a_broker_slow_on_every_admission_still_runs_the_task(app: Celeriac) -> None:
+    ran: list[int] = []
+
+    @app.task(rate_limit="100/s")
+    def limited(i: int) -> None:
+        ran.append(i)
+
+    calls = _stalled_admissions(app, [0.05] * 10)
+    limited.delay(1)
+    run_queued(app)
+    assert ran == [1]
+    assert len(calls) == 3  # asked at most three times, never livelocked
+
+
 def test_an_oversized_result_is_stored_as_a_clear_failure(app: Celeriac) -> None:
     from celeriac import PayloadTooLarge
 

@@ -9,7 +9,10 @@ it in the broker's delayed store: it holds no worker slot, does not spin, and do
 up a retry. When it comes back, an exact sliding-window check at its real start time
 admits it (or defers it the few milliseconds it arrived early): no window of the limit's
 period ever sees more than N starts. The window is kept 1% + 5 ms longer than asked, so
-that the moment a task's own code runs, a little after admission, obeys the limit too.
+that the moment a task's own code runs, a little after admission, obeys the limit too; an
+admission whose call took more than half of that margin (a slow commit, a paused process)
+is counted as spent and asked for again, up to three times. A process paused for longer
+than the margin after its admission (e.g. SIGSTOP) can still start its task late.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from celeriac.middleware.base import Job, Middleware, Outcome
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SLOT = "rate_slot"  # option on a deferred message: the time of its reserved slot
+# Admissions asked for per start at most: a broker slow on every call must not spend the
+# whole window on one task's retries.
+_ADMIT_TRIES = 3
 
 
 def parse_rate(text: str) -> tuple[int, float]:
@@ -68,9 +74,18 @@ class RateLimit(Middleware):
         # Phase 2: admit at the real start time. Starts can run late by a few ms (fetch
         # and scheduling), so the exact window check is what guarantees "never more than
         # N in any window"; the guard covers the gap between admission and the task's code.
-        wait = broker.rate_admit(key, limit, period * 1.01 + 0.005)
-        if wait > 0:
-            return self._defer(job, wait, key)
+        guard = period * 0.01 + 0.005
+        for _ in range(_ADMIT_TRIES):
+            asked = time.monotonic()
+            wait = broker.rate_admit(key, limit, period + guard)
+            if wait > 0:
+                return self._defer(job, wait, key)
+            if time.monotonic() - asked <= guard / 2:
+                break
+            # The admission was recorded up to that long before now (a slow commit, a
+            # paused process): more than the guard may pass before the task's first line,
+            # and its start could crowd the next window. Count that admission as spent
+            # and ask again; spending a slot only slows the limit, never breaks it.
         message.options.pop(_SLOT, None)
         return None
 
