@@ -82,6 +82,23 @@ def test_call_checks_the_arguments_of_a_task_it_knows(broker_url: str) -> None:
     assert code == 0  # without -A the worker's code decides
 
 
+def test_call_of_a_name_the_app_lacks_sends_it_and_says_what_will_happen(broker_url: str) -> None:
+    code, output = invoke(
+        "-A", "tests.apps.core", "-b", broker_url, "call", "tests.apps.core.ad", "--args", "[1]"
+    )
+    assert code == 0
+    assert "tests.apps.core has no task named 'tests.apps.core.ad'" in output
+    assert "did you mean 'tests.apps.core.add'?" in output and "dead-letters it after" in output
+    code, output = invoke(
+        "-A", "tests.apps.core", "-b", broker_url, "call", "tests.apps.core.add", "--args", "[1, 2]"
+    )
+    assert code == 0 and "note:" not in output
+    code, output = invoke("-b", broker_url, "call", "elsewhere.task")  # no -A: nothing to compare
+    assert code == 0 and "note:" not in output
+    code, output = invoke("-b", broker_url, "status", "--json")
+    assert [q["ready"] for q in json.loads(output)["queues"]] == [3]  # all three were sent
+
+
 def test_bad_json_arguments_are_usage_errors(broker_url: str) -> None:
     code, output = invoke("-b", broker_url, "call", "x.y", "--args", "[1,")
     assert code == 2 and "not valid JSON" in output

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import difflib
 import sys
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from celeriac.brokers import redacted
@@ -19,6 +21,7 @@ from celeriac.middleware.expiry import expired_key
 from celeriac.result import FINAL_STATES, AsyncResult
 
 if TYPE_CHECKING:
+    from celeriac import Celeriac
     from celeriac.brokers.base import DeadLetter
 
 
@@ -79,11 +82,43 @@ def call(
     except TypeError as exc:
         raise click.UsageError(str(exc)) from None
     result = obj.app.send_task(name, args=args, kwargs=kwargs, **options)
+    if obj.app_path and name not in obj.app.tasks:  # a typo would wait an hour, then dead-letter
+        note = escape(unregistered_note(name, obj.app_path, obj.app))
+        err.print(f"[yellow]note:[/] {note}", markup=True, soft_wrap=True)
     if not wait:
         click.echo(result.id)
         return
     value = result.get(timeout=timeout, propagate=False)
     _show_result(result, value)
+
+
+def unregistered_note(name: str, app_path: str, app: Celeriac) -> str:
+    """The warning ``call`` prints when ``-A`` names an app that has no task ``name``.
+
+    The task is still sent: a producer may send tasks whose code lives only on the workers.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> @app.task(name="shop.tasks.send_welcome")
+        ... def send_welcome(user_id: int) -> None: ...
+        >>> note = unregistered_note("shop.tasks.send_welcom", "shop.tasks", app)
+        >>> print(note)  # doctest: +NORMALIZE_WHITESPACE
+        shop.tasks has no task named 'shop.tasks.send_welcom'
+        (did you mean 'shop.tasks.send_welcome'?). Sent anyway: a worker that has it will run
+        it; a worker that does not offers it again every 10 s and dead-letters it after 3600 s
+        (celeriac dlq list).
+    """
+    # Names share their module's prefix, so only a close match is worth suggesting.
+    close = difflib.get_close_matches(name, list(app.tasks), n=1, cutoff=0.8)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    conf = app.conf
+    return (
+        f"{app_path} has no task named {name!r}{hint}. Sent anyway: a worker "
+        f"that has it will run it; a worker that does not offers it again every "
+        f"{conf.task_unknown_retry_delay:g} s and dead-letters it after "
+        f"{conf.task_unknown_max_age:g} s (celeriac dlq list)."
+    )
 
 
 def _show_result(result: AsyncResult[Any], value: Any) -> None:
