@@ -451,7 +451,37 @@ SHAPES: dict[str, tuple[Callable[[], Canvas], Any]] = {
         lambda: chord([add.s(1, 1) | mul.s(2), group(add.s(0, 1), add.s(0, 2))], collect.s()),
         [4, [1, 2]],
     ),
+    "a chain ending in a chord whose body is a chain": (
+        lambda: chain(add.s(1, 1), chord([add.s(1), add.s(2)], tsum.s() | add.s(100))),
+        (3 + 4) + 100,
+    ),
+    "a chain ending in a chain with options of its own": (
+        lambda: chain(add.s(1, 1), chain(add.s(10), add.s(100)).set(priority=5)),
+        112,
+    ),
+    "a chord whose body is a chord": (
+        lambda: chord([add.s(1, 1)], chord([add.si(0, 3), add.si(0, 4)], tsum.s())),
+        7,
+    ),
 }
+
+
+def _task_ids(node: dict[str, Any]) -> list[str]:
+    own = [node["options"]["task_id"]] if node["kind"] == "task" else []
+    inner = [*node.get("steps", ()), *node.get("members", ())]
+    inner += [node[k] for k in ("header", "body") if k in node]
+    inner += [*node.get("link", ()), *node.get("link_error", ())]
+    return own + [i for n in inner for i in _task_ids(n)]
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_every_task_of_a_nested_shape_gets_its_own_id(shape: str) -> None:
+    # Sending an id twice runs it once: two tasks of one workflow with one id hang it.
+    from celeriac.workflow import freeze
+
+    build, _ = SHAPES[shape]
+    ids = _task_ids(freeze(build().to_dict(), "w"))
+    assert len(ids) == len(set(ids)), sorted(ids)
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))

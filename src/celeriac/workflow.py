@@ -123,9 +123,16 @@ def _within(place: str, app: Celeriac, node: Node, given: int) -> None:
         raise TypeError(f"{place}: {exc}") from None
 
 
-def freeze(node: Node, base: str, inherited: dict[str, Any] | None = None) -> Node:
+def freeze(
+    node: Node, base: str, inherited: dict[str, Any] | None = None, names: str | None = None
+) -> Node:
     """A copy of ``node`` with an id for every task (derived from ``base``) and the
     options of each piece pushed down to the tasks in it.
+
+    A chain's last step and a chord's body carry the id of the whole (their result is its
+    result), so a chain or chord in that place names its other tasks from ``names``, a
+    prefix of its own: two tasks of one workflow must never share an id, since sending an
+    id twice runs it once and the workflow would wait forever for the second.
 
     Example:
         >>> flow = {"kind": "chain", "steps": [{"kind": "task", "task": "a"},
@@ -135,7 +142,9 @@ def freeze(node: Node, base: str, inherited: dict[str, Any] | None = None) -> No
     """
     node = dict(node)
     own = dict(node.pop("options", {}))
-    ident = own.pop("task_id", None) or base
+    given = own.pop("task_id", None)
+    ident = given or base
+    names = given or names or ident  # the prefix of the ids of the tasks inside
     inherit = {**(inherited or {}), **own}
     later = {k: v for k, v in inherit.items() if k not in _START_ONLY}
     kind = node["kind"]
@@ -145,7 +154,9 @@ def freeze(node: Node, base: str, inherited: dict[str, Any] | None = None) -> No
         node = _links_to(node, "steps")
         steps, last = node["steps"], len(node["steps"]) - 1
         node["steps"] = [
-            freeze(s, ident if j == last else f"{ident}:s{j}", later if j else inherit)
+            freeze(s, ident, later if j else inherit, f"{names}:s{j}")
+            if j == last
+            else freeze(s, f"{names}:s{j}", later if j else inherit)
             for j, s in enumerate(steps)
         ]
         return node
@@ -156,8 +167,8 @@ def freeze(node: Node, base: str, inherited: dict[str, Any] | None = None) -> No
         ]
     elif kind == "chord":
         node = _links_to(node, "body")
-        node["header"] = freeze(node["header"], f"{ident}:h", inherit)
-        node["body"] = freeze(node["body"], ident, later)
+        node["header"] = freeze(node["header"], f"{names}:h", inherit)
+        node["body"] = freeze(node["body"], ident, later, f"{names}:b")
         return node
     for key, tag in (("link", "l"), ("link_error", "e")):
         if node.get(key):
