@@ -25,6 +25,7 @@ from celeriac.brokers.memory import MemoryBroker
 from celeriac.canvas import Canvas, Signature, chain, chord, from_dict, group, signature
 from celeriac.cli import cli
 from celeriac.errors import BrokerConnectionError, ChordError, ConfigurationError, PayloadTooLarge
+from celeriac.middleware import MiddlewareStack, default_middleware
 from celeriac.middleware.canvas import join_key
 from celeriac.result import AsyncResult, GroupResult
 from celeriac.testing import run_queued, wait_for
@@ -397,6 +398,34 @@ def test_a_member_dead_lettered_before_running_fails_the_chord(
     app.broker.requeue(delivery.lease)  # a crash: the second delivery is one too many
     run(app)
     with pytest.raises(ChordError, match="delivered 1 times"):
+        r.get(timeout=1)
+    assert not ledger.count("callback")
+
+
+def test_a_member_dead_lettered_first_thing_in_a_fresh_worker_fails_the_chord(
+    app: Celeriac, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The dead letter is the first job this worker's middleware sees (a child forked after a
+    # crash): it must still know the app that fails the workflow.
+    monkeypatch.setattr(app, "middleware", MiddlewareStack(default_middleware()))
+    monkeypatch.setattr(app.conf, "task_max_deliveries", 1)
+    r = chord([add.s(1, 1)], tsum.s()).apply_async()
+    (delivery,) = app.broker.fetch(["default"], "w", limit=1, lease_seconds=30, timeout=0)
+    app.broker.requeue(delivery.lease)
+    run(app)
+    with pytest.raises(ChordError, match="delivered 1 times"):
+        r.get(timeout=1)
+    assert not ledger.count("callback")
+
+
+def test_a_member_no_worker_knows_fails_the_chord_when_dead_lettered(
+    app: Celeriac, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app, "middleware", MiddlewareStack(default_middleware()))  # fresh
+    monkeypatch.setattr(app.conf, "task_unknown_max_age", 0.0)
+    r = chord([signature("elsewhere.not_deployed", args=(1,), app=app)], tsum.s()).apply_async()
+    run(app)
+    with pytest.raises(ChordError, match="unknown task"):
         r.get(timeout=1)
     assert not ledger.count("callback")
 

@@ -60,6 +60,7 @@ class Job:
     task: Task[Any, Any] | None = None
     request: Request | None = None
     context: dict[str, Any] = field(default_factory=dict)  # scratch space for middleware
+    app: Celeriac | None = None  # the worker's app: there even when the task is unknown
 
     @property
     def label(self) -> str:

@@ -426,16 +426,11 @@ class Canvas(Middleware):
         >>> app = Celeriac("doc", broker="memory://", middleware=[Canvas(), Results()])
     """
 
-    def __init__(self) -> None:
-        self._app: Celeriac | None = None
-
     def before_execute(self, job: Job) -> Outcome | None:
         """Fail a task whose workflow already failed upstream; unpack a chunk."""
         data = _data(job)
         if data is None:
             return None
-        if job.task is not None:
-            self._app = job.task.app
         abort = data.get("abort")
         if abort is not None:
             return _aborted(abort)
@@ -463,7 +458,8 @@ class Canvas(Middleware):
             return
         if outcome.state != "DEAD" or not committed:
             return
-        app = job.task.app if job.task is not None else self._app
+        # job.app: the task may be unknown here, or dead-lettered before it was looked up.
+        app = job.task.app if job.task is not None else job.app
         if app is None:
             log.warning("task %s was dead-lettered; its workflow cannot be failed here", job.label)
             return

@@ -76,7 +76,7 @@ class Executor:
 
     def prepare(self, delivery: Delivery) -> tuple[Job, Outcome | None]:
         """Decode and resolve a delivery; an Outcome when it must not run at all."""
-        job = Job(delivery, self.worker_id)
+        job = Job(delivery, self.worker_id, app=self.app)
         try:
             message = job.message = self.app.codec.decode(delivery.body)
         except UntrustedMessage as exc:
@@ -122,8 +122,9 @@ class Executor:
         message = job.message
         assert message is not None
         conf = self.app.conf
-        age = time.time() - message.sent_at if message.sent_at else 0.0
-        if age > conf.task_unknown_max_age:
+        # max: sent_at is rounded, and a producer's clock may run ahead of this host's.
+        age = max(time.time() - message.sent_at, 0.0) if message.sent_at else 0.0
+        if age >= conf.task_unknown_max_age:  # 0: dead-letter at once
             return Outcome(
                 "DEAD",
                 reason=(
