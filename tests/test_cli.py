@@ -241,8 +241,61 @@ def test_check_export_and_against(broker_url: str, tmp_path: Path) -> None:
     )
     assert code == 1
     assert "tests.apps.core.retired: removed" in output
-    assert "tests.apps.core.add: parameters reordered" in output
+    assert "tests.apps.core.add: parameter 'y' moved from position 0 to 1" in output
     assert "tests.apps.core.echo_kwargs: parameter 'c' removed" in output
+
+
+SHOP_V1 = """
+from celeriac import Celeriac
+app = Celeriac("shop", broker="memory://")
+@app.task(name="shop.ship")
+def ship(order_id: int, carrier: str = "dhl") -> str:
+    return f"{order_id} via {carrier}"
+@app.task(name="shop.charge")
+def charge(order_id: int, amount: int) -> str:
+    return f"{order_id}: {amount}"
+"""
+SHOP_V2 = SHOP_V1.replace("int, carrier", "int, priority: bool = False, carrier").replace(
+    "order_id: int, amount", "order_id: int, *, amount"
+)
+
+
+def test_check_against_flags_changes_that_misplace_queued_positional_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "shop_v1.py").write_text(SHOP_V1)
+    (tmp_path / "shop_v2.py").write_text(SHOP_V2)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    exported = tmp_path / "deployed.json"
+    assert invoke("-A", "shop_v1", "check", "--export", str(exported))[0] == 0
+    code, output = invoke("-A", "shop_v2", "check", "--against", str(exported))
+    assert code == 1 and "3 change(s) would break messages already queued" in output
+    assert "shop.ship: new parameter 'priority' inserted at position 1" in output
+    assert "shop.ship: parameter 'carrier' moved from position 1 to 2" in output
+    assert "shop.charge: parameter 'amount' became keyword-only" in output
+    assert invoke("-A", "shop_v1", "check", "--against", str(exported))[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "complaint"),
+    [
+        (b"[1,2]", "is not a celeriac manifest: the top level is an array, not an object"),
+        (b'{"tasks": {"t": {"params": 3}}}', "tasks['t'].params is a number, not an array"),
+        (b"{not json", "is not a manifest (invalid JSON"),
+        (b"\xff\xfe\x00", "is not a manifest (cannot read it"),
+    ],
+)
+def test_check_against_a_file_that_is_not_a_manifest_says_what_is_wrong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes, complaint: str
+) -> None:
+    (tmp_path / "shop_v1.py").write_text(SHOP_V1)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(content)
+    code, output = invoke("-A", "shop_v1", "check", "--against", str(bad))
+    assert code == 1
+    assert f"error: {bad} " in output and complaint in output
+    assert "Error:" not in output and "Traceback" not in output
 
 
 def test_status_counts_expired_tasks(core_app: Celeriac, broker_url: str) -> None:

@@ -9,7 +9,8 @@ import pytest
 from celeriac import Celeriac, ConfigurationError
 from celeriac.brokers.base import Outgoing
 from celeriac.codec import Codec, UntrustedMessage
-from celeriac.message import Message, encode_message
+from celeriac.errors import MalformedMessage
+from celeriac.message import PROTOCOL_VERSION, Message, encode_message
 from celeriac.testing import run_queued
 
 
@@ -111,3 +112,32 @@ def test_a_signing_app_dead_letters_an_unsigned_message_in_a_real_broker(
         assert letter.body == unsigned
     finally:
         app.broker.close()
+
+
+NEWER = PROTOCOL_VERSION + 1
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack", "pickle"])
+def test_a_newer_protocol_version_is_refused_in_every_format(serializer: str) -> None:
+    codec = Codec(serializer, ("json", "msgpack", "pickle"))
+    raw = codec.encode(Message(id="n1", task="codec.add", v=NEWER))
+    with pytest.raises(MalformedMessage, match=f"protocol v{NEWER}.*Upgrade this worker"):
+        codec.decode(raw)
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack", "pickle"])
+def test_a_worker_dead_letters_a_newer_message_instead_of_running_it(serializer: str) -> None:
+    app = make_app(task_serializer=serializer, accept_content=["json", "msgpack", "pickle"])
+    ran: list[int] = []
+
+    @app.task(name="codec.record")
+    def record(x: int) -> None:
+        ran.append(x)
+
+    message = Message(id="new1", task="codec.record", args=[1], v=NEWER)
+    app.broker.send([Outgoing("new1", "default", app.codec.encode(message))])
+    run_queued(app, fail_fast=False)
+    assert ran == []
+    (letter,) = app.broker.dead_letters()
+    assert letter.id == "new1"
+    assert f"uses message protocol v{NEWER}" in letter.reason

@@ -5,6 +5,8 @@
 * The format is recognised from the first byte (``{`` JSON, a map marker msgpack, the
   pickle protocol opcode pickle), so workers read every accepted format whatever their
   own ``task_serializer`` is: producers and workers can switch format one at a time.
+  Every format then passes the same protocol-version check
+  (:func:`celeriac.message.check_version`): a newer message is dead-lettered, never run.
 * Signing (``task_signing_key``, a key or a list — the first signs, all verify, so keys
   rotate without downtime) wraps the encoded message as
   ``sig1:<key id>:<hex HMAC-SHA256>:<payload>``. A signing app refuses unsigned or badly
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import msgspec
 
 from celeriac.errors import ConfigurationError, MalformedMessage, SerializationError
-from celeriac.message import Message, decode_message, encode_message
+from celeriac.message import Message, check_version, decode_message, encode_message
 
 log = logging.getLogger("celeriac")
 
@@ -90,7 +92,8 @@ class Codec:
 
         Raises:
             UntrustedMessage: unsigned or badly signed (when signing), or a refused format.
-            MalformedMessage: not a celeriac message at all.
+            MalformedMessage: not a celeriac message at all, or one of a newer protocol
+                version than this worker reads (in any format).
         """
         if self.keys:
             raw = self._verified(raw)
@@ -103,13 +106,8 @@ class Codec:
                 f"{list(self.accept)}; refused without reading it"
             )
         if kind == "json":
-            return decode_message(raw)
-        if kind == "msgpack":
-            try:
-                return _msgpack_decoder.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise MalformedMessage(f"not a celeriac message ({exc})") from exc
-        return _unpickle(raw)
+            return decode_message(raw)  # checks the version itself: it is public
+        return check_version(_unmsgpack(raw) if kind == "msgpack" else _unpickle(raw))
 
     def _verified(self, raw: bytes) -> bytes:
         if not raw.startswith(_SIGNED) or raw.count(b":") < 3:
@@ -136,6 +134,13 @@ def _content_type(raw: bytes) -> str:
     if first and (0x81 <= first[0] <= 0x8F or first[0] in (0xDE, 0xDF)):
         return "msgpack"
     return "json"  # anything else is for the JSON decoder to accept or refuse
+
+
+def _unmsgpack(raw: bytes) -> Message:
+    try:
+        return _msgpack_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedMessage(f"not a celeriac message ({exc})") from exc
 
 
 def _unpickle(raw: bytes) -> Message:

@@ -3,6 +3,19 @@
 ``celeriac check --export manifest.json`` records every task and its signature;
 ``celeriac check --against manifest.json`` compares the code now with that record and
 lists what would break messages sent by the old code and still in the queue.
+
+A manifest is a JSON object::
+
+    {"app": "shop", "tasks": {"shop.ship": {
+        "params": [{"name": "order_id", "required": true, "kind": "positional_or_keyword"}],
+        "var_args": false, "var_kwargs": false}}}
+
+``params`` are in signature order, without ``*args`` and ``**kwargs``, so a parameter's
+position is its index among the parameters that are not keyword-only. ``kind`` is
+``positional_only``, ``positional_or_keyword`` or ``keyword_only``. Manifests exported
+before kinds were recorded lack it: such a parameter is compared as positional-or-keyword,
+since old messages may have passed it either way, and a finding that depends on its kind
+says so.
 """
 
 from __future__ import annotations
@@ -10,23 +23,33 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
+from celeriac.errors import ConfigurationError
+
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
 
 _SKIP = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+_KINDS = {
+    inspect.Parameter.POSITIONAL_ONLY: "positional_only",
+    inspect.Parameter.POSITIONAL_OR_KEYWORD: "positional_or_keyword",
+    inspect.Parameter.KEYWORD_ONLY: "keyword_only",
+}
+_EITHER = "positional_or_keyword"  # the kind assumed when an old manifest does not say
 
 
 def build(app: Celeriac) -> dict[str, Any]:
-    """Every registered task with its parameters.
+    """Every registered task with its parameters, their kinds, in signature order.
 
     Example:
         >>> from celeriac import Celeriac
         >>> app = Celeriac("doc", broker="memory://")
         >>> @app.task(name="shop.add")
-        ... def add(x: int, y: int = 0) -> int:
+        ... def add(x: int, *, y: int = 0) -> int:
         ...     return x + y
-        >>> build(app)["tasks"]["shop.add"]["params"]
-        [{'name': 'x', 'required': True}, {'name': 'y', 'required': False}]
+        >>> for param in build(app)["tasks"]["shop.add"]["params"]:
+        ...     print(param)
+        {'name': 'x', 'required': True, 'kind': 'positional_or_keyword'}
+        {'name': 'y', 'required': False, 'kind': 'keyword_only'}
     """
     tasks: dict[str, Any] = {}
     for name, task in sorted(app.tasks.items()):
@@ -35,7 +58,11 @@ def build(app: Celeriac) -> dict[str, Any]:
             params = params[1:]
         tasks[name] = {
             "params": [
-                {"name": p.name, "required": p.default is inspect.Parameter.empty}
+                {
+                    "name": p.name,
+                    "required": p.default is inspect.Parameter.empty,
+                    "kind": _KINDS[p.kind],
+                }
                 for p in params
                 if p.kind not in _SKIP
             ],
@@ -45,6 +72,70 @@ def build(app: Celeriac) -> dict[str, Any]:
     return {"app": app.name, "tasks": tasks}
 
 
+def validate(data: Any, source: str) -> dict[str, Any]:
+    """Return ``data`` if it has the shape of a manifest, else say what is wrong where.
+
+    ``kind``, ``required``, ``var_args`` and ``var_kwargs`` may be missing (older
+    manifests lack ``kind``), but when present they must have the right type.
+
+    Raises:
+        ConfigurationError: naming ``source`` and the first part that is wrong.
+
+    Example:
+        >>> validate({"tasks": {"t": {"params": [{"name": "x"}]}}}, "old.json")["tasks"]
+        {'t': {'params': [{'name': 'x'}]}}
+        >>> validate([1, 2], "old.json")
+        Traceback (most recent call last):
+        ...
+        celeriac.errors.ConfigurationError: old.json is not a celeriac manifest: the top level ...
+    """
+    if not isinstance(data, dict):
+        raise _malformed(source, f"the top level is {_json_type(data)}, not an object")
+    tasks = data.get("tasks")
+    if not isinstance(tasks, dict):
+        raise _malformed(source, f"'tasks' is {_json_type(tasks)}, not an object")
+    for name, task in tasks.items():
+        _validate_task(task, f"tasks[{name!r}]", source)
+    return data
+
+
+def _validate_task(task: Any, where: str, source: str) -> None:
+    if not isinstance(task, dict):
+        raise _malformed(source, f"{where} is {_json_type(task)}, not an object")
+    for flag in ("var_args", "var_kwargs"):
+        if not isinstance(task.get(flag, False), bool):
+            raise _malformed(source, f"{where}.{flag} is {_json_type(task[flag])}, not a boolean")
+    params = task.get("params")
+    if not isinstance(params, list):
+        raise _malformed(source, f"{where}.params is {_json_type(params)}, not an array")
+    for index, param in enumerate(params):
+        at = f"{where}.params[{index}]"
+        if not isinstance(param, dict) or not isinstance(param.get("name"), str):
+            raise _malformed(source, f"{at} is not an object with a 'name' string")
+        if not isinstance(param.get("required", False), bool):
+            raise _malformed(source, f"{at}.required is not a boolean")
+        if param.get("kind", _EITHER) not in _KINDS.values():
+            raise _malformed(
+                source, f"{at}.kind is {param['kind']!r}, not one of {sorted(_KINDS.values())}"
+            )
+
+
+def _malformed(source: str, what: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"{source} is not a celeriac manifest: {what} (write one with `celeriac check --export`)"
+    )
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "missing or null"
+    kinds = ((bool, "a boolean"), (int | float, "a number"), (str, "a string"))
+    for kind, name in (*kinds, (list, "an array"), (dict, "an object")):
+        if isinstance(value, kind):
+            return name
+    return f"a Python {type(value).__name__}"  # not from JSON: validate() called directly
+
+
 def breaking_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What in ``new`` would break messages that ``old`` code sent and that are still queued.
 
@@ -52,6 +143,9 @@ def breaking_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         >>> old = {"tasks": {"t": {"params": [{"name": "x", "required": True}]}}}
         >>> breaking_changes(old, {"tasks": {}})
         ['t: removed; queued messages for it will be dead-lettered after task_unknown_max_age']
+        >>> new = {"tasks": {"t": {"params": [{"name": "x", "kind": "keyword_only"}]}}}
+        >>> breaking_changes(old, new)
+        ["t: parameter 'x' became keyword-only: old messages passing it positionally fail ..."]
     """
     problems: list[str] = []
     for name, before in old.get("tasks", {}).items():
@@ -67,26 +161,105 @@ def breaking_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def _compare(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    old_names = [p["name"] for p in before["params"]]
-    new_params = after["params"]
-    new_names = [p["name"] for p in new_params]
+    return [
+        *_new_required(before, after),
+        *_inserted(before, after),
+        *_moved(before, after),
+        *_kind_changes(before, after),
+        *_removed(before, after),
+    ]
+
+
+def _unrecorded(param: dict[str, Any], now: str | None, kind: str = "keyword_only") -> str:
+    """The caveat for a finding that holds unless an old parameter already had ``kind``."""
+    if "kind" in param or now != kind:
+        return ""
+    return (
+        f" (unless {param['name']!r} was {kind.replace('_', '-')} already: the old manifest "
+        "predates recorded parameter kinds; export it again with this celeriac from the code "
+        "now running to know)"
+    )
+
+
+def _positional(task: dict[str, Any]) -> list[str]:
+    """Names of the parameters an old message can fill by position, in slot order."""
+    return [p["name"] for p in task["params"] if p.get("kind", _EITHER) != "keyword_only"]
+
+
+def _new_required(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    old_names = {p["name"] for p in before["params"]}
+    return [
+        f"new required parameter {p['name']!r}: old messages lack it and will fail; "
+        "give it a default"
+        for p in after["params"]
+        if p.get("required") and p["name"] not in old_names
+    ]
+
+
+def _inserted(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    # A new parameter in a slot that old messages fill by position takes their argument:
+    # ship(order_id, carrier) -> ship(order_id, priority=False, carrier) makes an old
+    # ship(7, "ups") set priority="ups".
+    old_params = {p["name"]: p for p in before["params"]}
+    old_slots = _positional(before)
+    now = {p["name"]: p.get("kind", _EITHER) for p in after["params"]}
+    reach = None if before.get("var_args") else len(old_slots)  # *args fills every slot
     problems = []
-    for p in new_params:
-        if p["required"] and p["name"] not in old_names:
-            problems.append(
-                f"new required parameter {p['name']!r}: old messages lack it and "
-                "will fail; give it a default"
-            )
-    common = [n for n in old_names if n in new_names]
-    if common != [n for n in new_names if n in old_names]:
+    for slot, name in enumerate(_positional(after)[:reach]):
+        if name in old_params:
+            continue
+        meant = old_slots[slot] if slot < len(old_slots) else None
+        caveat = _unrecorded(old_params[meant], now.get(meant)) if meant else ""
         problems.append(
-            f"parameters reordered ({', '.join(old_names)} -> {', '.join(new_names)})"
-            ": positional arguments in old messages land in the wrong place"
+            f"new parameter {name!r} inserted at position {slot}: old messages' positional "
+            f"argument {slot} (meant for {repr(meant) if meant else '*args'}) now sets it; add "
+            f"new parameters after the old ones or make them keyword-only{caveat}"
         )
-    for n in old_names:
-        if n not in new_names and not after.get("var_kwargs"):
+    return problems
+
+
+def _moved(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    new_slots = _positional(after)
+    problems = []
+    for slot, name in enumerate(_positional(before)):
+        if name not in new_slots:
+            continue  # removed or now keyword-only: _removed and _kind_changes say so
+        if new_slots.index(name) != slot:
             problems.append(
-                f"parameter {n!r} removed: old messages passing it by keyword lose "
-                "it (dropped with a warning); positionally they fail"
+                f"parameter {name!r} moved from position {slot} to {new_slots.index(name)}: "
+                "positional arguments in old messages land in the wrong parameters"
             )
+    return problems
+
+
+def _kind_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    now = {p["name"]: p.get("kind", _EITHER) for p in after["params"]}
+    fails = "land in *args" if after.get("var_args") else "fail with TypeError"
+    problems = []
+    for param in before["params"]:
+        name, was, kind = param["name"], param.get("kind"), now.get(param["name"])
+        if kind == "keyword_only" and was != "keyword_only":
+            problems.append(
+                f"parameter {name!r} became keyword-only: old messages passing it "
+                f"positionally {fails}{_unrecorded(param, kind)}"
+            )
+        elif kind == "positional_only" and was != "positional_only":
+            problems.append(
+                f"parameter {name!r} became positional-only: old messages passing it by "
+                f"keyword fail with TypeError{_unrecorded(param, kind, kind)}"
+            )
+    return problems
+
+
+def _removed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    new_names = {p["name"] for p in after["params"]}
+    problems = [
+        f"parameter {p['name']!r} removed: old messages passing it by keyword lose it "
+        "(dropped with a warning)"
+        + ("" if p.get("kind") == "keyword_only" else "; positionally they fail")
+        for p in before["params"]
+        if p["name"] not in new_names and not after.get("var_kwargs")
+    ]
+    if before.get("var_args") and not after.get("var_args"):
+        problems.append("*args removed: old messages passing extra positional arguments fail")
     return problems

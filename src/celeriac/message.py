@@ -145,6 +145,26 @@ def decode_message(raw: bytes) -> Message:
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         preview = raw[:60]
         raise MalformedMessage(f"not a celeriac message ({exc}); first bytes: {preview!r}") from exc
+    return check_version(message)
+
+
+def check_version(message: Message) -> Message:
+    """Return ``message`` if this worker can read its protocol version, else refuse it.
+
+    Every format (JSON, msgpack, pickle) passes through here after decoding, so a message
+    from a newer producer is dead-lettered with advice whatever format carried it.
+
+    Raises:
+        MalformedMessage: ``message.v`` is newer than :data:`PROTOCOL_VERSION`.
+
+    Example:
+        >>> check_version(Message(id="a", task="t")).v
+        1
+        >>> check_version(Message(id="a", task="t", v=PROTOCOL_VERSION + 1))
+        Traceback (most recent call last):
+        ...
+        celeriac.errors.MalformedMessage: task t[a] uses message protocol v2; this worker ...
+    """
     if message.v > PROTOCOL_VERSION:
         raise MalformedMessage(
             f"task {message.task}[{message.id}] uses message protocol v{message.v}; this worker "

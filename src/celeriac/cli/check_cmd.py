@@ -83,9 +83,12 @@ def _limits(obj: Context, name: str) -> dict[str, str]:
 
 def _compare(obj: Context, against: Path) -> None:
     try:
-        old: dict[str, Any] = json.loads(against.read_text())
+        data: Any = json.loads(against.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"{against} is not a manifest (cannot read it: {exc})") from exc
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"{against} is not a manifest (invalid JSON: {exc})") from exc
+    old = manifest.validate(data, str(against))
     problems = manifest.breaking_changes(old, manifest.build(obj.app))
     if not problems:
         click.echo(f"no breaking changes against {against}")
