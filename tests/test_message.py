@@ -89,3 +89,7 @@ def test_peek_identity_reads_what_it_can() -> None:
     assert peek_identity(b'{"id":"x","task":"y","args":"bad"}') == ("x", "y")
     assert peek_identity(b"\x00") == (None, None)
     assert peek_identity(b"[1]") == (None, None)
+    packed = msgspec.msgpack.encode({"id": "m", "task": "t", "v": 99})
+    assert peek_identity(packed) == ("m", "t")  # a newer msgpack message names itself
+    assert peek_identity(b"sig1:k:00:" + packed) == ("m", "t")
+    assert peek_identity(b"\x80\x05garbage") == (None, None)  # pickle: never unpickled

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 import msgspec
 
 from celeriac.errors import ConfigurationError, MalformedMessage, SerializationError
-from celeriac.message import Message, check_version, decode_message, encode_message
+from celeriac.message import (
+    Message,
+    check_version,
+    content_type,
+    decode_message,
+    encode_message,
+)
 
 log = logging.getLogger("celeriac")
 
@@ -99,7 +105,7 @@ class Codec:
             raw = self._verified(raw)
         elif raw.startswith(_SIGNED):
             raw = raw.split(b":", 3)[3] if raw.count(b":") >= 3 else raw
-        kind = _content_type(raw)
+        kind = content_type(raw)
         if kind not in self.accept:
             raise UntrustedMessage(
                 f"content type {kind} is not in accept_content "
@@ -125,15 +131,6 @@ class Codec:
             f"bad signature (key id {key_id.decode(errors='replace')}): the "
             "message was altered or signed with a key this app does not accept"
         )
-
-
-def _content_type(raw: bytes) -> str:
-    first = raw[:1]
-    if first == b"\x80":
-        return "pickle"
-    if first and (0x81 <= first[0] <= 0x8F or first[0] in (0xDE, 0xDF)):
-        return "msgpack"
-    return "json"  # anything else is for the JSON decoder to accept or refuse
 
 
 def _unmsgpack(raw: bytes) -> Message:

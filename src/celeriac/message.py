@@ -204,10 +204,37 @@ def decode_result(raw: bytes) -> ResultRecord:
         raise MalformedMessage(f"stored result is unreadable ({exc})") from exc
 
 
+def content_type(raw: bytes) -> str:
+    """The format of an encoded message, from its first byte: "pickle", "msgpack" or "json"
+    (anything else is for the JSON decoder to accept or refuse).
+
+    Example:
+        >>> content_type(b'{"id": "a"}'), content_type(b"\\x82\\xa2id"), content_type(b"\\x80")
+        ('json', 'msgpack', 'pickle')
+    """
+    first = raw[:1]
+    if first == b"\x80":
+        return "pickle"
+    if first and (0x81 <= first[0] <= 0x8F or first[0] in (0xDE, 0xDF)):
+        return "msgpack"
+    return "json"
+
+
 def peek_identity(raw: bytes) -> tuple[str | None, str | None]:
-    """Best effort (task id, task name) from bytes that may not decode as a Message."""
+    """Best effort (task id, task name) from bytes that may not decode as a Message: JSON
+    or msgpack, signed or not (the signature is not checked; pickle is never read here).
+
+    Example:
+        >>> peek_identity(b'sig1:k:0f:{"id": "a1", "task": "shop.add", "v": 9}')
+        ('a1', 'shop.add')
+    """
+    if raw.startswith(b"sig1:") and raw.count(b":") >= 3:
+        raw = raw.split(b":", 3)[3]  # sig1:<key id>:<hmac>:<payload>, as codec.py signs
+    kind = content_type(raw)
+    if kind == "pickle":
+        return None, None
     try:
-        loose = msgspec.json.decode(raw)
+        loose = msgspec.msgpack.decode(raw) if kind == "msgpack" else msgspec.json.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError):
         return None, None
     if not isinstance(loose, dict):
