@@ -109,7 +109,28 @@ def test_any_id_round_trips(broker: Broker, task_id: str) -> None:
     assert broker.get_result(task_id) == (b"r", True)
 
 
+def test_the_empty_id_is_an_id_like_any_other(broker: Broker) -> None:
+    # Task.apply_async never sends it, but the Broker API takes it (Redis once read it as
+    # bytes pushed by hand: delivered under another id, with its header in the body).
+    assert broker.send([out("", body=b'{"id":"","task":"t"}')]) == [True]
+    assert broker.send([out("", body=b"again")]) == [False]  # queued: idempotent
+    d = one(broker)
+    assert (d.id, d.body) == ("", b'{"id":"","task":"t"}')
+    assert broker.complete(d.lease, b"r", 60)
+    assert broker.get_result("") == (b"r", True)
+    assert broker.send([out("")]) == [False]  # finished
+
+
 # -- fetch, priority, delay ------------------------------------------------------------
+
+
+def test_fetch_from_no_queue_waits_and_takes_nothing(broker: Broker) -> None:
+    broker.send([out("a")])
+    assert take(broker, queues=()) == []
+    started = time.monotonic()
+    assert take(broker, queues=(), timeout=0.2) == []
+    assert time.monotonic() - started >= 0.15  # it waited: a polling caller does not spin
+    assert counts(broker) == (1, 0, 0, 0)
 
 
 def test_fetch_takes_under_a_lease(broker: Broker) -> None:

@@ -16,11 +16,11 @@ from redis.cluster import key_slot
 
 import redis
 from celeriac.brokers import broker_from_url
-from celeriac.brokers.base import DeadLetter, Outgoing
+from celeriac.brokers.base import DeadLetter, Delivery, Outgoing, WorkerInfo
 from celeriac.brokers.redis import RedisBroker, ops
 from celeriac.brokers.redis.connection import RedisURL
-from celeriac.brokers.redis.keys import INDEX_BUCKETS, Keyspace, compact, expand
-from celeriac.errors import BrokerConnectionError, ConfigurationError
+from celeriac.brokers.redis.keys import INDEX_BUCKETS, Keyspace, compact, expand, is_foreign
+from celeriac.errors import BrokerConnectionError, ConfigurationError, MessageError
 from celeriac.message import Message, encode_message
 from celeriac.testing import wait_for
 from tests.redis_server import RedisServer, start_redis
@@ -73,6 +73,123 @@ def test_foreign_bytes_survive_requeue_and_lease_expiry(
     assert broker.requeue(again.lease)
     (third,) = broker.fetch(["q"], "w3", limit=1, lease_seconds=30, timeout=0)
     assert (third.id, third.body, third.deliveries) == (d.id, b"junk", 3)
+
+
+def _dead(d: Delivery, reason: str = "malformed") -> DeadLetter:
+    return DeadLetter(d.id, d.queue, "t.x", reason, d.body, d.deliveries, "", time.time())
+
+
+def test_a_foreign_entry_never_takes_the_id_of_a_task(
+    broker: RedisBroker, raw: redis.Redis
+) -> None:
+    # Foreign bytes used to be held as 'raw-<seq>': here 'raw-3', over the held task raw-3.
+    q = broker.keys.queue("q")
+    assert broker.send([Outgoing("raw-3", "q", b'{"real":"task"}')]) == [True]
+    (real,) = broker.fetch(["q"], "w1", limit=1, lease_seconds=30, timeout=0)
+    pushed = b"\x00{pushed by hand"  # led like a stored body whose id was taken out
+    raw.rpush(q.ready[0], pushed)
+    (foreign,) = broker.fetch(["q"], "w2", limit=1, lease_seconds=30, timeout=0)
+    assert foreign.id != "raw-3"
+    assert foreign.body == pushed  # as pushed, not "restored" with an id
+    assert compact(expand(compact(foreign.id))) == compact(foreign.id)
+    assert broker.dead_letter(foreign.lease, _dead(foreign), None)
+    assert broker.complete(real.lease, b"ok", 60)
+    assert broker.get_result("raw-3") == (b"ok", True)
+    assert [(d.id, d.body) for d in broker.dead_letters()] == [(foreign.id, pushed)]
+    assert broker.stats()[0].in_flight == 0
+
+
+def test_a_foreign_id_is_never_taken_for_a_uuid(broker: RedisBroker, raw: redis.Redis) -> None:
+    q = broker.keys.queue("q")
+    raw.set(q.seq, 10**11 - 2)  # this fetch: token 10**11 - 1, foreign id 10**11 (12 digits)
+    raw.rpush(q.ready[0], b"junk")
+    (d,) = broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=0)
+    assert d.id == "\x00raw-0100000000000"  # 18 bytes: a 17-byte one would expand as a UUID
+    assert broker.complete(d.lease, None, 60)
+
+
+@pytest.mark.parametrize("task_id", ["\x00raw-1", "\x00raw-0100000000000"])
+def test_the_foreign_id_spelling_is_refused_by_send(broker: RedisBroker, task_id: str) -> None:
+    with pytest.raises(MessageError, match="reserved"):
+        broker.send([Outgoing("a", "q", b"a"), Outgoing(task_id, "q", b"b")])
+    assert broker.stats() == []  # nothing was sent, not even the valid one
+    # Ids that only look alike are ordinary ids.
+    alike = ["raw-1", "\x00raw-", "\x00raw-1x", "\x00raw-" + "1" * 12, "\x01\x00raw-1"]
+    assert broker.send([Outgoing(i, "q", b"x") for i in alike]) == [True] * len(alike)
+    got = broker.fetch(["q"], "w", limit=10, lease_seconds=30, timeout=0)
+    assert [d.id for d in got] == alike
+    assert all(broker.complete(d.lease, None, 60) for d in got)
+
+
+# -- sizes: no script may fail midway (Redis does not roll back what it already wrote) ----
+
+
+def _take_all(broker: RedisBroker, queue: str) -> list[Delivery]:
+    """Everything ready in ``queue``, a thousand per fetch."""
+    taken: list[Delivery] = []
+    while got := broker.fetch([queue], "w", limit=1000, lease_seconds=60, timeout=0):
+        taken += got
+    return taken
+
+
+def test_a_fetch_of_thousands_holds_all_it_takes(broker: RedisBroker) -> None:
+    # Lua's unpack() fails near 8000 values: the hold of 4000 entries (2 values each)
+    # failed after they were popped, and they were lost.
+    count = 4500
+    broker.send([Outgoing(f"t{i}", "q", b"x") for i in range(count)])
+    got = broker.fetch(["q"], "w", limit=count + 10, lease_seconds=30, timeout=0)
+    assert sorted(d.id for d in got) == sorted(f"t{i}" for i in range(count))
+    assert (broker.stats()[0].ready, broker.stats()[0].in_flight) == (0, count)
+    committed, _ = broker.complete_many([(d.lease, None) for d in got], 60)
+    assert all(committed)
+
+
+def test_a_fetch_over_hundreds_of_queues_keeps_strict_priority(broker: RedisBroker) -> None:
+    # 820 queues are 8200 ready lists: more than one LMPOP (one unpack()) can name.
+    names = [f"q{i}" for i in range(820)]
+    broker.send([Outgoing(f"low-{n}", n, b"x") for n in names])
+    broker.send([Outgoing("p3-late", names[-1], b"x", 3), Outgoing("p3-early", "q5", b"x", 3)])
+    broker.send([Outgoing("p9", names[-2], b"x", 9)])
+    got = broker.fetch(names, "w", limit=10, lease_seconds=30, timeout=0)
+    assert [d.id for d in got] == ["p9", "p3-early", "p3-late", *(f"low-q{i}" for i in range(7))]
+
+
+def test_every_due_delayed_message_is_promoted_before_taking(broker: RedisBroker) -> None:
+    eta = time.time() + 0.3
+    broker.send([Outgoing(f"low{i}", "q", b"x", 0, eta) for i in range(1500)])
+    broker.send([Outgoing("high", "q", b"x", 9, eta + 0.05)])  # due after all the others
+    assert wait_for(lambda: broker.stats()[0].delayed == 0, timeout=15)  # all due (Redis time)
+    (d,) = broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=0)
+    assert (d.id, d.priority) == ("high", 9)
+
+
+def test_complete_many_over_a_batch_settles_every_queue(broker: RedisBroker) -> None:
+    broker.send([Outgoing("a", "q1", b"a")])
+    broker.send([Outgoing(f"t{i}", "q2", b"x") for i in range(8100)])
+    (a,) = broker.fetch(["q1"], "w", limit=1, lease_seconds=30, timeout=0)
+    many = _take_all(broker, "q2")
+    items = [(a.lease, b"result of a"), *((d.lease, b"r") for d in many)]
+    committed, _ = broker.complete_many(items, 60)
+    assert committed == [True] * len(items)
+    assert broker.get_result("a") == (b"result of a", True)
+    assert [s.in_flight for s in broker.stats()] == [0, 0]
+
+
+def test_thousands_of_dead_letters_are_listed_and_replayed(broker: RedisBroker) -> None:
+    count = 8200
+    broker.send([Outgoing(f"t{i}", "q", b"x") for i in range(count)])
+    for d in _take_all(broker, "q"):
+        assert broker.dead_letter(d.lease, _dead(d, "poison"), None)
+    assert len(broker.dead_letters(count + 1)) == count
+    assert broker.replay_dead_letters(task="t.x") == count
+    assert (broker.stats()[0].ready, broker.stats()[0].dead) == (count, 0)
+
+
+def test_thousands_of_live_workers_are_listed(broker: RedisBroker) -> None:
+    count = 8200
+    now = time.time()
+    broker.heartbeat_all([WorkerInfo(f"w{i}", "h", i, ("q",), 1, now) for i in range(count)], 60)
+    assert len(broker.workers()) == count
 
 
 # -- memory ------------------------------------------------------------------------------
@@ -204,10 +321,23 @@ def test_queue_names_with_braces_are_refused(name: str) -> None:
         "\x01x",
         "\udcff surrogate",
         "ü" * 40,
+        "",
+        "\x00raw-3",  # a foreign id (refused by send), as fetch delivers it
+        "\x00raw-123456789012",  # 17 bytes: not a foreign id, escaped like any other
     ],
 )
 def test_compact_ids_round_trip(task_id: str) -> None:
     assert expand(compact(task_id)) == task_id
+    assert compact(task_id) != b""  # entry.lua reads an empty id as bytes pushed by hand
+
+
+def test_foreign_ids_round_trip_and_no_other_id_compacts_to_one() -> None:
+    for cid in (b"\x00raw-1", b"\x00raw-99999999999", b"\x00raw-0100000000000"):
+        assert is_foreign(cid)
+        assert compact(expand(cid)) == cid
+    assert not is_foreign(b"\x00raw-123456789012")  # 17 bytes: a UUID
+    for task_id in ("raw-1", "\x01\x00raw-1", "\x00raw-", "\x00raw-1 ", str(uuid.uuid4())):
+        assert not is_foreign(compact(task_id))
 
 
 def test_a_compact_uuid_expands_as_uuid_prints_it() -> None:

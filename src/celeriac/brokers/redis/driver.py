@@ -7,6 +7,7 @@ that failed). The sync driver never touches an event loop.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from celeriac.brokers.redis.steps import (
     Command,
     Listen,
     OnEveryNode,
+    Pause,
     Plan,
     Step,
     Subscribe,
@@ -96,6 +98,9 @@ class SyncDriver:
                     elif isinstance(step, Listen):
                         assert pubsub is not None, "Listen before Subscribe"
                         reply = self._listen(pubsub, step.timeout)
+                    elif isinstance(step, Pause):
+                        time.sleep(step.seconds)
+                        reply = None
                     else:
                         reply = self._do(step)
                 except redis.RedisError as exc:
@@ -220,6 +225,9 @@ class AsyncDriver:
                     elif isinstance(step, Listen):
                         assert pubsub is not None, "Listen before Subscribe"
                         reply = await self._listen(pubsub, step.timeout)
+                    elif isinstance(step, Pause):
+                        await asyncio.sleep(step.seconds)
+                        reply = None
                     else:
                         reply = await self._do(client, step)
                 except redis.RedisError as exc:

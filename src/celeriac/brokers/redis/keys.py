@@ -6,7 +6,27 @@ named by task id (``<prefix>:r:{<id>}``) because readers know only the id.
 
 Ids are stored compactly: a canonical UUID string (36 bytes) becomes 17 bytes (a zero byte
 and the 16 raw bytes); any other id is stored as its UTF-8 bytes (prefixed with ``\\x01``
-when it would be mistaken for a compact UUID). :func:`expand` reverses :func:`compact`.
+when it would be mistaken for a compact UUID, or when it is empty: entry.lua reads an id
+length of 0 as bytes pushed by hand). :func:`expand` reverses :func:`compact`.
+
+Bytes pushed by hand into a ready list (not a celeriac entry) are held under a *foreign*
+id that fetch makes up: ``\\x00raw-<n>`` (includes/queue.lua: foreign_id). Led by a zero
+byte and never 17 bytes long, it is the compact form of no id a client may send:
+:func:`expand` gives the id ``"\\x00raw-<n>"``, which :func:`compact` maps back to those
+bytes (the worker settles by ``compact(lease.id)``), and send refuses that id.
+
+Versions sharing one Redis. Earlier versions spelled a foreign id ``raw-<n>``, an id any
+client may use, and stored an empty id as no bytes (so fetch took it for bytes pushed by
+hand). An entry an older worker holds under ``raw-<n>`` needs nothing: once held it is an
+ordinary entry with that id (when its lease runs out it is queued again as one), which
+every version settles and dead-letters as ``raw-<n>``; only a client's own task
+``raw-<n>`` could still meet it, as before. The other way round, an older worker cannot
+settle an entry held under ``\\x00raw-<n>`` or ``\\x01`` (the empty id): it escapes the
+zero byte, and compacts ``""`` to no bytes. Its complete or dead-letter then reports a lost
+lease and changes nothing; the entry comes back when the lease runs out, until a current
+worker takes it: nothing is lost or run twice while an upgrade lasts. The one casualty is
+a task whose id is exactly ``"\\x00raw-<n>"``, queued by an older producer: it now names
+a foreign entry, so no worker can settle it.
 """
 
 from __future__ import annotations
@@ -35,8 +55,8 @@ def compact(task_id: str) -> bytes:
     if len(task_id) == 36 and _UUID.fullmatch(task_id):
         return b"\x00" + bytes.fromhex(task_id.replace("-", ""))
     raw = task_id.encode("utf-8", "surrogateescape")
-    if raw[:1] in (b"\x00", b"\x01"):
-        return b"\x01" + raw
+    if raw[:1] in (b"\x00", b"\x01", b""):
+        return raw if is_foreign(raw) else b"\x01" + raw
     return raw
 
 
@@ -49,6 +69,16 @@ def expand(cid: bytes) -> str:
     if cid[:1] == b"\x01":
         cid = cid[1:]
     return cid.decode("utf-8", "surrogateescape")
+
+
+def is_foreign(cid: bytes) -> bool:
+    """Whether ``cid`` is the id fetch made up for bytes pushed by hand (see above).
+
+    Example:
+        >>> is_foreign(b"\\x00raw-3"), is_foreign(b"raw-3"), is_foreign(compact("\\x00raw-3"))
+        (True, False, True)
+    """
+    return cid[:5] == b"\x00raw-" and len(cid) != 17 and cid[5:].isdigit()
 
 
 def index_bucket(cid: bytes) -> int:

@@ -15,10 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from celeriac.brokers.base import Delivery, Lease, Outgoing
-from celeriac.brokers.redis.keys import INDEX_BUCKETS, Keyspace, QueueKeys, compact, expand
+from celeriac.brokers.redis.keys import (
+    INDEX_BUCKETS,
+    Keyspace,
+    QueueKeys,
+    compact,
+    expand,
+    is_foreign,
+)
 from celeriac.brokers.redis.scripts import SCRIPTS, ErrorCode, check
-from celeriac.brokers.redis.steps import Arg, Batch, Call, Command, OnEveryNode, Plan
-from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
+from celeriac.brokers.redis.steps import Arg, Batch, Call, Command, OnEveryNode, Pause, Plan
+from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError, MessageError
 
 log = logging.getLogger("celeriac.brokers.redis")
 
@@ -66,7 +73,17 @@ def result_spec(ctx: Context, task_id: str, result: bytes | None, ttl: float) ->
 
 
 def send(ctx: Context, messages: Sequence[Outgoing]) -> Plan[list[bool]]:
-    """Store messages, grouped by queue, in one round trip; True for each new id."""
+    """Store messages, grouped by queue, in one round trip; True for each new id.
+
+    Raises:
+        MessageError: an id is one fetch makes up for bytes pushed by hand (nothing sent).
+    """
+    for m in messages:  # all checked first: a batch is streamed as it is built
+        if m.id.startswith("\x00raw-") and is_foreign(compact(m.id)):
+            raise MessageError(
+                f"task id {m.id!r} is reserved: the Redis broker gives it to bytes pushed into "
+                "a queue by hand. Nothing was sent; choose another id."
+            )
     if len(messages) == 1 and not ctx.cluster and messages[0].queue in ctx.known:
         # The common case (one delay()) without the grouping below: one script call.
         m = messages[0]
@@ -203,6 +220,10 @@ def fetch(
     """Take due messages; block on the queues' wake lists (never a poll) until timeout."""
     deadline = time.monotonic() + timeout
     queues = [ctx.keys.queue(name) for name in dict.fromkeys(names)]
+    if not queues:  # nothing can arrive: wait out the timeout, as every broker does
+        if timeout > 0:
+            yield Pause(timeout)
+        return []
     registration = ctx.register(names)
     if registration:
         yield Batch(registration)
@@ -273,7 +294,9 @@ def deliveries(reply: Sequence[Any], start: int, queues: Sequence[QueueKeys]) ->
         block, cid, token, count, priority, body = reply[i : i + 6]
         task_id = expand(cid)
         lease = Lease(task_id, queues[block - 1].name, token.decode())
-        out.append(Delivery(lease, sent_body(task_id, body), count, priority))
+        # Bytes pushed by hand are delivered exactly as they were pushed, never "restored".
+        body = body if is_foreign(cid) else sent_body(task_id, body)
+        out.append(Delivery(lease, body, count, priority))
     return out
 
 

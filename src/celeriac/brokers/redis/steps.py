@@ -68,5 +68,12 @@ class Listen:
     timeout: float
 
 
-Step: TypeAlias = Call | Command | Batch | OnEveryNode | Subscribe | Listen
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Wait ``seconds`` without asking Redis anything (a fetch with no queue to wait on)."""
+
+    seconds: float
+
+
+Step: TypeAlias = Call | Command | Batch | OnEveryNode | Subscribe | Listen | Pause
 Plan: TypeAlias = Generator[Step, Any, T]

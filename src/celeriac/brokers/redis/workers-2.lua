@@ -8,8 +8,9 @@
 local now = now_ms()
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 local infos = {}
-if #live > 0 then
-  for _, info in ipairs(redis.call('HMGET', KEYS[2], unpack(live))) do
+for first = 1, #live, 1000 do -- 1000 per HMGET: Lua's unpack() fails past ~8000 values
+  local last = math.min(first + 999, #live)
+  for _, info in ipairs(redis.call('HMGET', KEYS[2], unpack(live, first, last))) do
     if info then infos[#infos + 1] = info end
   end
 end

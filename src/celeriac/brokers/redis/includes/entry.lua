@@ -5,7 +5,8 @@
 --   priority    1 byte, 0..9
 --   deliveries  2 bytes, big-endian: hand-outs so far
 --   id length   2 bytes, big-endian
---   id          the compact task id (see keys.py: a UUID is stored as 17 bytes)
+--   id          the compact task id (see keys.py: a UUID is stored as 17 bytes; never
+--               empty, so an id length of 0 marks bytes that are not an entry)
 --   body        the message bytes, never decoded here
 -- One list element holds everything a fetch needs, which keeps a queued task small.
 

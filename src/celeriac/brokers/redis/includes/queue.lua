@@ -10,7 +10,10 @@
 --   +15      wake: short list that blocked fetchers BLPOP on
 
 local BLOCK = 15
-local BATCH = 1000 -- entries moved per step, so one call never blocks Redis for long
+-- Entries moved per step, so one call never blocks Redis for long. Also what keeps every
+-- unpack() below Lua's limit (~8000 values): a script fails there midway, AFTER its
+-- earlier writes, and Redis does not roll a script back.
+local BATCH = 1000
 
 local function queue_block(base)
   return {base = base, delayed = KEYS[base + 11], held = KEYS[base + 12],
@@ -70,19 +73,33 @@ local function reclaim(q, now)
   return released
 end
 
--- Move delayed entries that came due to the tail of their ready lists.
+-- Move every delayed entry that came due to the tail of its ready list, a batch at a
+-- time: all of them, so a due high-priority entry is never left behind lower ones.
 local function promote(q, now)
-  local due = redis.call('ZRANGEBYSCORE', q.delayed, '-inf', now, 'LIMIT', 0, BATCH)
-  for _, entry in ipairs(due) do
-    local _, priority = unpack_entry(entry)
-    redis.call('RPUSH', ready_key(q, priority or 0), entry)
-  end
-  if #due > 0 then redis.call('ZREM', q.delayed, unpack(due)) end
+  repeat
+    local due = redis.call('ZRANGEBYSCORE', q.delayed, '-inf', now, 'LIMIT', 0, BATCH)
+    for _, entry in ipairs(due) do
+      local _, priority = unpack_entry(entry)
+      redis.call('RPUSH', ready_key(q, priority or 0), entry)
+    end
+    if #due > 0 then redis.call('ZREM', q.delayed, unpack(due)) end
+  until #due < BATCH
 end
 
--- Hold popped entries (all from one list of queue q) under new leases, with one INCRBY
--- for their fencing tokens, one HSET and one ZADD; append (block, cid, token, deliveries,
--- priority, body) per entry to out.
+-- The id of bytes pushed by hand: a zero byte, 'raw-' and a number from the queue's seq.
+-- No client id compacts to it: keys.py escapes ids led by a zero byte, and a compact id
+-- that starts with one is a UUID of exactly 17 bytes, a length this id never has (spelled
+-- with a leading 0 instead). keys.py expands it to the id '\0raw-<n>' and compacts that id
+-- back to these bytes, so the worker settles it like any other; send refuses that id.
+local function foreign_id(n)
+  local cid = '\0raw-' .. string.format('%d', n)
+  if #cid == 17 then cid = '\0raw-0' .. string.format('%d', n) end
+  return cid
+end
+
+-- Hold popped entries (all from one list of queue q, at most BATCH of them) under new
+-- leases, with one INCRBY for their fencing tokens, one HSET and one ZADD; append (block,
+-- cid, token, deliveries, priority, body) per entry to out.
 local function hold(q, index, entries, list_priority, consumer, lease_ms, now, out)
   local last = redis.call('INCRBY', q.seq, #entries)
   local records, deadlines = {}, {}
@@ -91,7 +108,8 @@ local function hold(q, index, entries, list_priority, consumer, lease_ms, now, o
     if not cid then
       -- Bytes pushed by hand: deliver them as they are under a fresh id, so the worker can
       -- dead-letter them with their raw bytes instead of the broker choking on them.
-      cid, priority, deliveries, body = 'raw-' .. redis.call('INCR', q.seq), list_priority, 0, entry
+      cid, priority, deliveries = foreign_id(redis.call('INCR', q.seq)), list_priority, 0
+      body = entry
     end
     deliveries = deliveries + 1
     local token = tostring(last - #entries + i)
@@ -110,28 +128,41 @@ end
 
 -- Take up to limit ready entries from the blocks: higher priority first, then the order of
 -- the blocks, then list order (send order, or the time the message became due again).
--- LMPOP (Redis 7) pops from the first non-empty list of all of them in one call.
+-- LMPOP (Redis 7) pops from the first non-empty list of all of them in one call; with more
+-- than BATCH lists (over 100 queues) from a slice of them at a time, in that same order: a
+-- slice found empty stays empty, as nothing in this script pushes to a ready list. Each pop
+-- takes at most BATCH entries, the most hold() can unpack.
 local function take(blocks, consumer, limit, lease_ms, now, out)
-  local args, where = {0}, {}
+  local lists, where = {}, {}
   for priority = 9, 0, -1 do
     for index, q in ipairs(blocks) do
       local key = ready_key(q, priority)
-      args[#args + 1] = key
+      lists[#lists + 1] = key
       where[key] = {index, q, priority}
     end
   end
-  args[1] = #args - 1
-  args[#args + 1] = 'LEFT'
-  args[#args + 1] = 'COUNT'
-  args[#args + 1] = 0 -- the count, set before each pop
-  local taken = 0
-  while taken < limit do
-    args[#args] = limit - taken
+  local slices = {} -- LMPOP arguments: numkeys, up to BATCH lists, LEFT COUNT <count>
+  for first = 1, #lists, BATCH do
+    local args = {0}
+    for i = first, math.min(first + BATCH - 1, #lists) do args[#args + 1] = lists[i] end
+    args[1] = #args - 1
+    args[#args + 1] = 'LEFT'
+    args[#args + 1] = 'COUNT'
+    args[#args + 1] = 0 -- the count, set before each pop
+    slices[#slices + 1] = args
+  end
+  local taken, slice = 0, 1
+  while taken < limit and slice <= #slices do
+    local args = slices[slice]
+    args[#args] = math.min(limit - taken, BATCH)
     local popped = redis.call('LMPOP', unpack(args))
-    if not popped then break end
-    local index, q, priority = unpack(where[popped[1]])
-    hold(q, index, popped[2], priority, consumer, lease_ms, now, out)
-    taken = taken + #popped[2]
+    if popped then
+      local index, q, priority = unpack(where[popped[1]])
+      hold(q, index, popped[2], priority, consumer, lease_ms, now, out)
+      taken = taken + #popped[2]
+    else
+      slice = slice + 1
+    end
   end
   return taken
 end

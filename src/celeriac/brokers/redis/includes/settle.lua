@@ -18,12 +18,14 @@ end
 -- Settle many at once, described in ARGV from index first, stride values each: the KEYS
 -- indexes of the held hash, leases set and index bucket, then the compact id and token.
 -- Items sharing a held hash are checked with one HMGET and removed with one HDEL and one
--- ZREM. Returns one code per item, in order: 1, or LEASE_LOST (that item unchanged).
+-- ZREM per SETTLE_CHUNK items: Lua's unpack() fails past ~8000 values, and a failure here
+-- would come after earlier groups were already settled, before any result was stored.
+-- Returns one code per item, in order: 1, or LEASE_LOST (that item unchanged).
+local SETTLE_CHUNK = 1000
+
 local function settle_many(first, stride)
   local codes, groups, order = {}, {}, {}
-  local n = 0
   for i = first, #ARGV, stride do
-    n = n + 1
     local held = ARGV[i]
     local group = groups[held]
     if not group then
@@ -37,22 +39,27 @@ local function settle_many(first, stride)
     local group, cids = groups[held], {}
     for j, i in ipairs(group) do cids[j] = ARGV[i + 3] end
     local held_key = KEYS[tonumber(held)]
-    local records = redis.call('HMGET', held_key, unpack(cids))
-    local won = {}
-    for j, i in ipairs(group) do
-      local record = records[j]
-      local item = (i - first) / stride + 1
-      if record and cmsgpack.unpack(record) == ARGV[i + 4] then
-        codes[item] = 1
-        won[#won + 1] = cids[j]
-        redis.call('HDEL', KEYS[tonumber(ARGV[i + 2])], cids[j])
-      else
-        codes[item] = LEASE_LOST
+    local leases_key = KEYS[tonumber(ARGV[group[1] + 1])]
+    for start = 1, #group, SETTLE_CHUNK do
+      local stop = math.min(start + SETTLE_CHUNK - 1, #group)
+      local records = redis.call('HMGET', held_key, unpack(cids, start, stop))
+      local won = {}
+      for j = start, stop do
+        local i = group[j]
+        local record = records[j - start + 1]
+        local item = (i - first) / stride + 1
+        if record and cmsgpack.unpack(record) == ARGV[i + 4] then
+          codes[item] = 1
+          won[#won + 1] = cids[j]
+          redis.call('HDEL', KEYS[tonumber(ARGV[i + 2])], cids[j])
+        else
+          codes[item] = LEASE_LOST
+        end
       end
-    end
-    if #won > 0 then
-      redis.call('HDEL', held_key, unpack(won))
-      redis.call('ZREM', KEYS[tonumber(ARGV[group[1] + 1])], unpack(won))
+      if #won > 0 then
+        redis.call('HDEL', held_key, unpack(won))
+        redis.call('ZREM', leases_key, unpack(won))
+      end
     end
   end
   return codes
