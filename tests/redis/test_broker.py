@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.cluster import key_slot
@@ -540,3 +541,25 @@ def test_a_wake_up_delivers_without_another_round_trip(
         fetcher.join(30)
         if fetcher.is_alive():
             fetcher.kill()
+
+
+def test_cluster_a_copy_queued_after_its_task_finished_is_acked_not_handed_out(
+    cluster_broker: RedisBroker,
+) -> None:
+    # The end state of a send that raced the commit of the same id: send's check read the
+    # result key before the commit, its script queued the id again after it.
+    message = Outgoing("order-7", "q", b"charge")
+    cluster_broker.send([message])
+    (first,) = cluster_broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=0)
+    assert cluster_broker.complete(first.lease, b"charged", 60)
+    ctx = cluster_broker._ctx
+    cluster_broker._sync.run(_one(ops._send_call(ctx, ctx.keys.queue("q"), [message])), "send")
+    assert [s.ready for s in cluster_broker.stats()] == [1]  # queued again
+    assert cluster_broker.fetch(["q"], "w", limit=5, lease_seconds=30, timeout=0) == []
+    (stats,) = cluster_broker.stats()
+    assert (stats.ready, stats.in_flight) == (0, 0)
+    assert cluster_broker.get_result("order-7") == (b"charged", True)
+
+
+def _one(step: Any) -> Any:
+    return (yield step)

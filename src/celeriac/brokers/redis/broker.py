@@ -35,10 +35,14 @@ ack. In Redis Cluster (``?cluster=1``) those keys are in different slots, so the
 parks the result in the queue's ``:outbox`` hash — still atomic with the ack, so a commit
 is never lost — and the client then copies it to the result key and deletes the parked
 copy. If that client dies in between, the reaper (run by every worker) finishes the copy.
-Cluster trade-offs: a result appears a moment after the commit, send's "already
-finished" check reads result keys just before the script (a send racing the commit of the
-same id may queue it again; the worker then acks it without running it), and fetching
-from several queues peeks at each before taking.
+Cluster trade-offs: a result appears a moment after the commit; send's "already
+finished" check reads result keys just before the script, so a send racing the commit of
+the same id may queue it again (fetch reads the result keys of what it took and acks such
+a copy without handing it out, unless the first copy is still running then: it runs
+twice, as any at-least-once delivery may); and fetching from several queues peeks at each
+queue's best priority, then takes from the best queue first, its lower priorities
+included, before the next queue: strict between the queues' best messages, not across a
+whole prefetched batch (with ``worker_prefetch_multiplier=1`` and one slot, strict).
 
 Waiting for a result subscribes to the task's channel, then reads the result key: every
 waiter has its own subscription, so all of them wake the moment the commit publishes.

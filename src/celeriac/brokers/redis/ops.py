@@ -93,8 +93,8 @@ def send(ctx: Context, messages: Sequence[Outgoing]) -> Plan[list[bool]]:
     finished: set[int] = set()
     if ctx.cluster and messages:
         # Result keys live in other slots than the queue, so the script cannot read them:
-        # read first. A send racing the commit of the same id may queue it again; the
-        # worker then finds the final result and acks it without running it.
+        # read first. A send racing the commit of the same id may queue it again; fetch
+        # then finds the final result and acks that copy without handing it out.
         heads = yield Batch([Command(("GETRANGE", ctx.keys.result(m.id), 0, 0)) for m in messages])
         finished = {i for i, head in enumerate(heads) if head == b"F"}
     groups: dict[str, list[int]] = {}
@@ -259,20 +259,43 @@ def _take(
     ctx: Context, queues: Sequence[QueueKeys], consumer: str, limit: int, lease_ms: int
 ) -> Plan[tuple[list[Delivery], int]]:
     """One non-blocking fetch over ``queues``; the deliveries and a wait hint in ms."""
-    if not ctx.cluster or len(queues) == 1:
+    if not ctx.cluster:
         return _fetched((yield fetch_call(queues, consumer, limit, lease_ms)), queues)
-    # Cluster, several queues: peek at each queue's best priority, then take from the best
-    # first (strict priority across queues, up to a race with other consumers).
-    peeks = yield Batch([fetch_call([q], consumer, 0, lease_ms) for q in queues])
-    order = sorted(range(len(queues)), key=lambda i: -int(peeks[i][1]))
-    hints = [int(p[0]) for p in peeks if int(p[0]) >= 0]
-    taken: list[Delivery] = []
-    for i in order:
-        if len(taken) >= limit or int(peeks[i][1]) < 0:
-            continue
-        reply = yield fetch_call([queues[i]], consumer, limit - len(taken), lease_ms)
-        taken += deliveries(reply, 2, [queues[i]])
-    return taken, min(hints, default=-1)
+    if len(queues) == 1:
+        taken, hint = _fetched((yield fetch_call(queues, consumer, limit, lease_ms)), queues)
+    else:
+        # Several queues: peek at each queue's best priority, then take from the queue with
+        # the best first (see the module docstring of broker.py: strict across the queues'
+        # best messages, not across a whole batch).
+        peeks = yield Batch([fetch_call([q], consumer, 0, lease_ms) for q in queues])
+        order = sorted(range(len(queues)), key=lambda i: -int(peeks[i][1]))
+        hints = [int(p[0]) for p in peeks if int(p[0]) >= 0]
+        taken, hint = [], min(hints, default=-1)
+        for i in order:
+            if len(taken) >= limit or int(peeks[i][1]) < 0:
+                continue
+            reply = yield fetch_call([queues[i]], consumer, limit - len(taken), lease_ms)
+            taken += deliveries(reply, 2, [queues[i]])
+    return (yield from _unfinished(ctx, taken)), hint
+
+
+def _unfinished(ctx: Context, taken: list[Delivery]) -> Plan[list[Delivery]]:
+    """Cluster: ack, without running them, deliveries whose task already has a final result.
+
+    send's check for a finished id reads the result keys before its script runs (they are
+    in other slots), so a send racing the commit of the same id queues it again; this
+    catches that copy when it is fetched, unless the first copy is still running then.
+    """
+    if not taken:
+        return taken
+    heads = yield Batch([Command(("GETRANGE", ctx.keys.result(d.lease.id), 0, 0)) for d in taken])
+    keep = []
+    for delivery, head in zip(taken, heads, strict=True):
+        if head != b"F":
+            keep.append(delivery)
+        elif (yield from complete(ctx, delivery.lease, None, 1.0)):
+            log.info("task %s already finished: its second copy was acked", delivery.lease.id)
+    return keep
 
 
 def _fetched(reply: Sequence[Any], queues: Sequence[QueueKeys]) -> tuple[list[Delivery], int]:
