@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+import redis
 from celeriac import Celeriac
 from celeriac.cli import cli
 from celeriac.testing import run_queued
@@ -306,3 +309,27 @@ def test_status_counts_expired_tasks(core_app: Celeriac, broker_url: str) -> Non
     _, output = invoke("-b", broker_url, "status", "--json")
     (queue,) = json.loads(output)["queues"]
     assert queue["expired_today"] == 3 and queue["ready"] == 0
+
+
+def test_dlq_ids_a_terminal_cannot_show_are_listed_escaped_and_read_back(
+    redis_server: RedisServer,
+) -> None:
+    url = f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:12]}"
+    app = Celeriac("escaped", broker=url)
+    client = redis.Redis(port=redis_server.port)
+    try:
+        app.broker.fetch(["default"], "w", limit=1, lease_seconds=30, timeout=0)  # registers
+        client.rpush(app.broker.keys.queue("default").ready[0], b"junk pushed by hand")
+        run_queued(app, fail_fast=False)  # dead-lettered under an id that starts with \x00
+        code, output = invoke("-b", url, "dlq", "list")
+        shown = re.search(r"\\x00raw-\d+", output)
+        assert code == 0 and shown is not None, output
+        code, output = invoke("-b", url, "dlq", "show", shown.group())
+        assert code == 0 and json.loads(output)["body"] == "junk pushed by hand"
+        code, output = invoke("-b", url, "dlq", "replay", shown.group())
+        assert code == 0 and "replayed 1 dead letter(s)" in output
+        code, output = invoke("-b", url, "dlq", "replay", "no-such-id")
+        assert "replayed 0" in output and "no dead letter of those ids" in output
+    finally:
+        client.close()
+        app.broker.close()

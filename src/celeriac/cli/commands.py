@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import codecs
+import contextlib
 import datetime as dt
 import difflib
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -302,8 +305,38 @@ def dlq_list(obj: Context, limit: int, as_json: bool) -> None:
     for column in ("id", "task", "queue", "deliveries", "dead at", "reason"):
         table.add_column(column, overflow="fold")
     for x in letters:
-        table.add_row(x.id, x.task, x.queue, str(x.deliveries), _when(x.dead_at), x.reason)
+        row = (shown_id(x.id), x.task, x.queue, str(x.deliveries), _when(x.dead_at), x.reason)
+        table.add_row(*map(escape, row))
     out.print(table)
+
+
+def shown_id(task_id: str) -> str:
+    """An id as a listing prints it: escaped when it has characters a terminal cannot show
+    (bytes pushed into a Redis queue by hand get ids such as ``\\x00raw-7``), so it can be
+    copied into ``dlq show`` / ``dlq replay``, which read it back with :func:`given_ids`.
+
+    Example:
+        >>> shown_id("order-42"), shown_id("\\x00raw-7")
+        ('order-42', '\\\\x00raw-7')
+    """
+    return task_id if task_id.isprintable() else task_id.encode("unicode_escape").decode("ascii")
+
+
+def given_ids(ids: Sequence[str]) -> list[str]:
+    """The ids typed on the command line, each also read back from :func:`shown_id`'s
+    escaped form when it has a backslash.
+
+    Example:
+        >>> given_ids(["order-42", "\\\\x00raw-7"])
+        ['order-42', '\\\\x00raw-7', '\\x00raw-7']
+    """
+    out = []
+    for task_id in ids:
+        out.append(task_id)
+        if "\\" in task_id and task_id.isascii():  # shown_id escapes to ASCII
+            with contextlib.suppress(UnicodeError):  # not an escaped id: as typed only
+                out.append(codecs.decode(task_id, "unicode_escape"))
+    return list(dict.fromkeys(out))
 
 
 @dlq.command("show")
@@ -311,7 +344,7 @@ def dlq_list(obj: Context, limit: int, as_json: bool) -> None:
 @click.pass_obj
 def dlq_show(obj: Context, task_id: str) -> None:
     """One dead letter in full, raw bytes included."""
-    matches = obj.app.broker.find_dead_letters([task_id])
+    matches = obj.app.broker.find_dead_letters(given_ids([task_id]))
     if not matches:
         raise ConfigurationError(f"no dead letter with id {task_id} (see celeriac dlq list)")
     print_json(_letter_json(matches[0]))
@@ -336,8 +369,11 @@ def dlq_replay(obj: Context, ids: tuple[str, ...], replay_all: bool, task_name: 
     """Send dead letters back to their queues: IDS, --task NAME, or --all."""
     if not ids and not replay_all and not task_name:
         raise click.UsageError("say which: one or more IDS, --task NAME, or --all")
-    count = obj.app.broker.replay_dead_letters(list(ids) or None, task_name)
+    count = obj.app.broker.replay_dead_letters(given_ids(ids) or None, task_name)
     click.echo(f"replayed {count} dead letter(s)")
+    if not count and (ids or task_name):  # a typo should not look like an empty queue
+        which = f"task {task_name}" if task_name and not ids else "those ids"
+        err.print(f"[yellow]note:[/] no dead letter of {escape(which)} (see celeriac dlq list)")
 
 
 @dlq.command("purge")
