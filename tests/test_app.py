@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import inspect
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -192,6 +194,33 @@ def test_async_tasks_and_async_faces(app: Celeriac) -> None:
         return await r.aget(timeout=1)
 
     assert asyncio.run(scenario()) == 42
+
+
+def test_cancelled_agets_leave_later_agets_and_shutdown_free(app: Celeriac) -> None:
+    # A web handler that gives up on aget() (a request timeout) must not keep a thread of
+    # the default executor: after more give-ups than it has threads, aget() and adelay()
+    # still work and asyncio.run() returns.
+    @app.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    done = double.delay(21)
+    run_queued(app)
+    queued = [double.apply_async((i,), queue="nobody-consumes-this") for i in range(40)]
+
+    async def scenario() -> int:
+        for r in queued:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(r.aget(timeout=60), 0.05)
+        await asyncio.wait_for(double.adelay(1), 15)
+        return await asyncio.wait_for(done.aget(timeout=15), 15)
+
+    got: list[int] = []
+    runner = threading.Thread(target=lambda: got.append(asyncio.run(scenario())), daemon=True)
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive(), "asyncio.run() did not return"
+    assert got == [42]
 
 
 def test_keyword_arguments_from_newer_code_are_dropped_with_a_warning(

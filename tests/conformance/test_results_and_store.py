@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 import time
 
 from celeriac.brokers.base import Broker, WorkerInfo
 from tests.conformance.test_messages import DEADLINE, eventually, one, out
+
+JOIN_TTL = 1.5  # seconds a join lives after an add
+JOIN_GAP = 0.8  # seconds between adds: under JOIN_TTL, but two of them are over it
+LONG_WAIT = 60.0  # a wait's timeout that a cancelled wait must not sit out
 
 # -- results ---------------------------------------------------------------------------
 
@@ -35,6 +41,14 @@ def test_wait_returns_a_stored_final_result_at_once(broker: Broker) -> None:
     broker.send([out("t")])
     broker.complete(one(broker).lease, b"done", 60)
     assert broker.wait_result("t", DEADLINE) == b"done"
+
+
+def test_wait_ignores_an_expired_final_result(broker: Broker) -> None:
+    broker.send([out("t")])
+    assert broker.complete(one(broker).lease, b"done", 0.2)
+    eventually(lambda: broker.get_result("t") is None, "the result expires")
+    assert broker.wait_result("t", 0.2) is None
+    assert asyncio.run(broker.await_result("t", 0.2)) is None
 
 
 def test_wait_times_out_on_non_final(broker: Broker) -> None:
@@ -128,6 +142,29 @@ def test_join_counts_each_member_once(broker: Broker) -> None:
     assert broker.join_values("other") == {}
 
 
+def test_every_add_renews_the_whole_join(broker: Broker) -> None:
+    # Members arrive JOIN_GAP apart, under the TTL, but further apart in total than it:
+    # the join stays whole, as a chord whose members finish one after another must.
+    assert broker.join_add("chord", "m1", b"r1", JOIN_TTL) == 1
+    time.sleep(JOIN_GAP)
+    assert broker.join_add("chord", "m2", b"r2", JOIN_TTL) == 2
+    time.sleep(JOIN_GAP)  # m1 was added more than JOIN_TTL ago now
+    broker.reap()
+    assert broker.join_add("chord", "m3", b"r3", JOIN_TTL) == 3
+    assert broker.join_values("chord") == {"m1": b"r1", "m2": b"r2", "m3": b"r3"}
+
+
+def test_a_join_expires_whole_and_an_add_then_starts_afresh(broker: Broker) -> None:
+    assert broker.join_add("chord", "m1", b"r1", 0.2) == 1
+    assert broker.join_add("chord", "m2", b"r2", 0.2) == 2
+    eventually(lambda: broker.join_values("chord") == {}, "the join expires")
+    assert broker.join_add("chord", "m2", b"new", 60) == 1
+    assert broker.join_values("chord") == {"m2": b"new"}
+    broker.reap()
+    assert broker.join_add("chord", "m1", b"r1", 60) == 2
+    assert broker.join_values("chord") == {"m1": b"r1", "m2": b"new"}
+
+
 def test_rate_reserve_hands_out_slots(broker: Broker) -> None:
     waits = [broker.rate_reserve("slots", per_second=10, burst=2) for _ in range(4)]
     assert waits[0] == 0 and waits[1] == 0
@@ -154,6 +191,27 @@ def test_stream(broker: Broker) -> None:
 
 
 # -- async faces -----------------------------------------------------------------------
+
+
+def test_cancelled_async_waits_leave_the_default_executor_free(broker: Broker) -> None:
+    # More cancelled waits than the default executor has threads: were each to keep its
+    # thread for its whole timeout, the later wait and asyncio.run's shutdown would stall.
+    broker.send([out("done")])
+    assert broker.complete(one(broker).lease, b"final", 60)
+    cancelled = min(32, (os.cpu_count() or 1) + 4) + 4
+
+    async def main() -> bytes | None:
+        for i in range(cancelled):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(broker.await_result(f"never-{i}", LONG_WAIT), 0.05)
+        return await asyncio.wait_for(broker.await_result("done", DEADLINE), DEADLINE)
+
+    got: list[bytes | None] = []
+    runner = threading.Thread(target=lambda: got.append(asyncio.run(main())), daemon=True)
+    runner.start()
+    runner.join(DEADLINE * 2)
+    assert not runner.is_alive(), "asyncio.run() did not return"
+    assert got == [b"final"]
 
 
 def test_async_faces(broker: Broker) -> None:

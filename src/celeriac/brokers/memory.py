@@ -304,7 +304,7 @@ class MemoryBroker(Broker):
         with self._lock:
             while True:
                 stored = self._results.get(task_id)
-                if stored is not None and stored[1]:
+                if stored is not None and stored[1] and stored[2] > time.time():
                     return stored[0]
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -341,11 +341,18 @@ class MemoryBroker(Broker):
             self._kv.pop(key, None)
 
     def join_add(self, key: str, member: str, value: bytes, ttl: float) -> int:
-        """Add a member once; return the number of distinct members."""
+        """Add a member once; return the number of distinct members.
+
+        The whole join lives ``ttl`` seconds from its latest add; an add after that starts
+        a new join, as on Redis.
+        """
         with self._lock:
-            members, _ = self._joins.get(key, ({}, 0.0))
+            now = time.time()
+            members, expires = self._joins.get(key, ({}, 0.0))
+            if expires <= now:
+                members = {}
             members.setdefault(member, value)
-            self._joins[key] = (members, time.time() + ttl)
+            self._joins[key] = (members, now + ttl)
             return len(members)
 
     def join_values(self, key: str) -> dict[str, bytes]:

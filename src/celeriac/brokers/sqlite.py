@@ -73,7 +73,11 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, info BLOB NOT NULL, expires_at REAL);
 CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS join_counts (key TEXT PRIMARY KEY, members INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS join_counts (
+    key TEXT PRIMARY KEY,
+    members INTEGER NOT NULL,
+    expires_at REAL NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL);
 CREATE TABLE IF NOT EXISTS joins (
     key TEXT NOT NULL,
@@ -143,6 +147,7 @@ class SQLiteBroker(SQLiteStore, Broker):
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db().executescript(_SCHEMA)  # executescript commits by itself
+            self._upgrade_joins()
         except sqlite3.Error as exc:
             raise BrokerError(f"cannot create the SQLite broker at {self.path}: {exc}") from exc
 
@@ -465,8 +470,7 @@ class SQLiteBroker(SQLiteStore, Broker):
             db.execute("DELETE FROM workers WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM results WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
-            db.execute("DELETE FROM joins WHERE expires_at <= ?", (now,))
-            db.execute("DELETE FROM join_counts WHERE key NOT IN (SELECT DISTINCT key FROM joins)")
+            self._reap_joins(db, now)
         return released
 
     # -- results ------------------------------------------------------------------------

@@ -54,26 +54,71 @@ class SQLiteStore:
             db.execute("DELETE FROM kv WHERE key = ?", (key,))
 
     def join_add(self, key: str, member: str, value: bytes, ttl: float) -> int:
-        """Add a member once; return the number of distinct members."""
+        """Add a member once; return the number of distinct members.
+
+        As on Redis, the whole join lives ``ttl`` seconds from its latest add: the expiry
+        is one per join, on its ``join_counts`` row, renewed here on every add. A join
+        whose members arrive further apart in total than ``ttl`` stays whole; one that
+        saw no add for ``ttl`` seconds is gone, and the next add starts a new one.
+        """
+        now = time.time()
         with self._transaction() as db:
+            expired = db.execute(
+                "SELECT 1 FROM join_counts WHERE key = ? AND expires_at <= ?", (key, now)
+            ).fetchone()
+            if expired:  # not reaped yet, but gone all the same (Redis dropped the key)
+                db.execute("DELETE FROM joins WHERE key = ?", (key,))
+                db.execute("DELETE FROM join_counts WHERE key = ?", (key,))
             added = db.execute(
                 "INSERT INTO joins VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (key, member, value, time.time() + ttl),
+                (key, member, value, now + ttl),
             ).rowcount
-            # A running count in the same transaction: COUNT(*) per add is quadratic.
+            # A running count in the same transaction: COUNT(*) per add is quadratic, and so
+            # would be renewing every member row; the join's one expiry lives beside it.
             row = db.execute(
-                "INSERT INTO join_counts VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
-                "members = members + excluded.members RETURNING members",
-                (key, added),
+                "INSERT INTO join_counts (key, members, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET members = members + excluded.members, "
+                "expires_at = excluded.expires_at RETURNING members",
+                (key, added, now + ttl),
             ).fetchone()
             return int(row[0])
 
     def join_values(self, key: str) -> dict[str, bytes]:
-        """Every member of a join and its value."""
+        """Every member of a join and its value (none once the join expired)."""
         rows = self._read(
-            "SELECT member, value FROM joins WHERE key = ? AND expires_at > ?", (key, time.time())
+            "SELECT j.member, j.value FROM joins AS j JOIN join_counts AS c ON c.key = j.key "
+            "WHERE j.key = ? AND c.expires_at > ?",
+            (key, time.time()),
         )
         return dict(rows)
+
+    @staticmethod
+    def _reap_joins(db: sqlite3.Connection, now: float) -> None:
+        """Drop expired joins, each whole (inside the reaper's transaction)."""
+        db.execute(
+            "DELETE FROM joins WHERE key IN (SELECT key FROM join_counts WHERE expires_at <= ?)",
+            (now,),
+        )
+        db.execute("DELETE FROM join_counts WHERE expires_at <= ?", (now,))
+
+    def _upgrade_joins(self) -> None:
+        """Give files made before joins expired whole their per-join expiry column.
+
+        Such a file kept the expiry on each member row only; a join's expiry becomes its
+        newest member's, so a join in flight during the upgrade keeps its members.
+        """
+        columns = {row[1] for row in self._read("PRAGMA table_info(join_counts)")}
+        if "expires_at" in columns:
+            return
+        with self._transaction() as db:  # re-checked under the write lock: one process adds
+            columns = {row[1] for row in db.execute("PRAGMA table_info(join_counts)")}
+            if "expires_at" in columns:
+                return
+            db.execute("ALTER TABLE join_counts ADD COLUMN expires_at REAL NOT NULL DEFAULT 0")
+            db.execute(
+                "UPDATE join_counts SET expires_at = COALESCE((SELECT MAX(j.expires_at) "
+                "FROM joins AS j WHERE j.key = join_counts.key), 0)"
+            )
 
     def rate_reserve(self, key: str, per_second: float, burst: int = 1) -> float:
         """Reserve the next free slot; return the seconds until it."""

@@ -219,6 +219,10 @@ class AsyncDriver:
             while True:
                 try:
                     if isinstance(step, Subscribe):
+                        if pubsub is None and isinstance(client, redis.asyncio.RedisCluster):
+                            # Its slot map is read on its first command; a subscribe as
+                            # the first (an aget() first thing in a loop) found it empty.
+                            await client.initialize()
                         pubsub = pubsub or client.pubsub(ignore_subscribe_messages=True)
                         await pubsub.subscribe(step.channel)
                         reply: Any = None
