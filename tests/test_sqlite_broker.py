@@ -1,4 +1,5 @@
-"""SQLite-only behaviour the conformance suite cannot state: upgrading older files."""
+"""SQLite-only behaviour the conformance suite cannot state: upgrading older files, and
+its own transactions."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from celeriac.brokers.base import Outgoing
 from celeriac.brokers.sqlite import SQLiteBroker
 
 
@@ -36,3 +38,24 @@ def test_a_file_from_before_whole_join_expiry_keeps_its_joins(tmp_path: Path) ->
     SQLiteBroker(f"sqlite:///{path}").close()  # opening it again changes nothing
     assert broker.join_values("gone") == {"m2": b"y"}
     broker.close()
+
+
+def test_a_transaction_left_open_by_an_interruption_is_rolled_back_on_next_use(
+    tmp_path: Path,
+) -> None:
+    # A soft limit firing between two of the broker's statements (inside a task's own
+    # delay()) once left the connection in a write transaction: every later call here
+    # failed and every other process found the file locked.
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    broker, other = SQLiteBroker(url), SQLiteBroker(url)
+    try:
+        broker.send([Outgoing("a", "q", b"a")])
+        broker._db().execute("BEGIN IMMEDIATE")  # the state the interruption left
+        broker._db().execute("DELETE FROM messages")  # half done, never committed
+        assert broker.send([Outgoing("b", "q", b"b")]) == [True]
+        assert other.send([Outgoing("c", "q", b"c")]) == [True]  # the file is not locked
+        taken = other.fetch(["q"], "w", limit=10, lease_seconds=30, timeout=0)
+        assert sorted(d.id for d in taken) == ["a", "b", "c"]  # the half-done delete undone
+    finally:
+        broker.close()
+        other.close()

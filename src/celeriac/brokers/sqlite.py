@@ -182,13 +182,19 @@ class SQLiteBroker(SQLiteStore, Broker):
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         db = self._db()
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
+            if db.in_transaction:
+                # Left open by an exception between two statements of ours (a task's soft
+                # limit firing inside its own delay()): it holds the write lock for every
+                # process on this file until rolled back.
                 db.execute("ROLLBACK")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:  # a failed COMMIT (busy) leaves it open too
+                    db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise BrokerError(f"SQLite broker at {self.path} failed: {exc}") from exc
 
