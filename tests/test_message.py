@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 import pytest
 
 from celeriac.errors import MalformedMessage, SerializationError
 from celeriac.message import (
     PROTOCOL_VERSION,
+    ErrorInfo,
     Message,
     ResultRecord,
     decode_message,
@@ -83,6 +86,40 @@ def test_unserializable_result_becomes_a_failure_record() -> None:
     record = decode_result(raw)
     assert record.state == "FAILURE"
     assert record.error is not None and "not JSON-serializable" in record.error.message
+
+
+SURROGATE = b"report-\xff.csv".decode("utf-8", "surrogateescape")  # as os.listdir gives it
+
+
+def test_an_error_with_a_lone_surrogate_is_stored_escaped() -> None:
+    error = ErrorInfo(type="builtins.OSError", message=f"missing {SURROGATE}", traceback=SURROGATE)
+    record = decode_result(encode_result(ResultRecord(state="FAILURE", task="t", error=error)))
+    assert record.state == "FAILURE" and record.error is not None
+    assert record.error.type == "builtins.OSError"  # the task's own error, escaped
+    assert record.error.message == "missing report-\\udcff.csv"
+    assert record.error.traceback == "report-\\udcff.csv"
+
+
+CONTAINS_ITSELF: list[object] = []
+CONTAINS_ITSELF.append(CONTAINS_ITSELF)
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (SURROGATE, r"returned a str, .*\(a string in it is not valid UTF-8: .*surrogates"),
+        ({"rows": [1, 2], "name": SURROGATE}, r"returned a dict, .*not valid UTF-8"),
+        (CONTAINS_ITSELF, r"returned a list, .*\(it contains itself, or nests too deeply\)"),
+    ],
+)
+def test_a_value_that_cannot_be_encoded_becomes_a_failure_that_says_why(
+    value: object, why: str
+) -> None:
+    record = decode_result(encode_result(ResultRecord(state="SUCCESS", task="t", result=value)))
+    assert record.state == "FAILURE" and record.error is not None
+    assert record.error.type == "celeriac.errors.SerializationError"
+    assert re.search(why, record.error.message), record.error.message
+    assert record.error.message.endswith("Return simple values such as ids.")
 
 
 def test_peek_identity_reads_what_it_can() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from celeriac import Celeriac, Retry, Task
+from celeriac import Celeriac, Reject, Retry, Task
 from celeriac.middleware.events import STREAM
 from celeriac.retry import RetryPolicy
 from celeriac.testing import run_queued
@@ -261,3 +261,34 @@ def test_dead_letter_shows_the_first_and_the_last_error(app: Celeriac) -> None:
     assert letter.error == (
         "first error: builtins.OSError: disk gone | last error: builtins.OSError: disk still gone"
     )
+
+
+def test_results_and_errors_that_cannot_be_encoded_settle_as_failures(app: Celeriac) -> None:
+    name = b"report-\xff.csv".decode("utf-8", "surrogateescape")  # as os.listdir gives it
+
+    runs: list[int] = []
+
+    @app.task(autoretry_for=(OSError,), max_retries=1, retry_backoff=0.01)
+    def missing() -> None:
+        runs.append(1)
+        raise FileNotFoundError(f"missing {name}")
+
+    @app.task
+    def listed() -> str:
+        return name
+
+    @app.task
+    def rejected() -> None:
+        raise Reject(f"cannot read {name}")
+
+    failed, unencodable, dead = missing.delay(), listed.delay(), rejected.delay()
+    run_queued(app, fail_fast=False, include_delayed=True)  # used to raise from settle
+    with pytest.raises(FileNotFoundError, match=r"missing report-\\udcff\.csv"):
+        failed.get(timeout=1)
+    assert len(runs) == 2  # the retry was sent too, its message carrying the first error
+    with pytest.raises(Exception, match=r"returned a str, which is not JSON-serializable"):
+        unencodable.get(timeout=1)
+    with pytest.raises(Exception, match=r"dead-lettered: rejected by the task: cannot read"):
+        dead.get(timeout=1)
+    (letter,) = app.broker.dead_letters()
+    assert letter.reason == "rejected by the task: cannot read report-\\udcff.csv"

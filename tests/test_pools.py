@@ -49,6 +49,20 @@ def test_asyncio_pool_runs_sync_tasks_and_cancels_at_the_soft_limit(
     assert [p[4] for p in ledger.lines() if p[0] == "cleanup"] == ["CancelledError"]
 
 
+def test_asyncio_pool_dead_letters_a_task_that_kills_its_child(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # Each crash must count as a delivery: the child shows the task started before it runs.
+    workers.start("-P", "asyncio", "-c", "4")
+    doomed = core.dies.delay()
+    with pytest.raises(Exception, match="dead-lettered"):
+        doomed.get(timeout=30)
+    (letter,) = core_app.broker.dead_letters()
+    assert letter.id == doomed.id
+    assert ledger.count("run")[doomed.id] >= 2  # max_deliveries=2
+    assert core.add.delay(1, 1).get(timeout=20) == 2  # and a fresh child serves on
+
+
 def test_threads_pool_runs_tasks_concurrently_with_soft_limits(
     core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
 ) -> None:

@@ -175,25 +175,80 @@ def check_version(message: Message) -> Message:
 
 
 def encode_result(record: ResultRecord) -> bytes:
-    """Encode a result record; a value that cannot be encoded becomes a FAILURE record."""
+    """Encode a result record; it never raises for what the record holds.
+
+    Text UTF-8 cannot carry (a lone surrogate in an error message, a task name) is kept with
+    backslash escapes. A value that cannot be encoded (an object, a str with a lone
+    surrogate, a list that contains itself) becomes a FAILURE record that says why.
+
+    Example:
+        >>> loop: list[object] = []
+        >>> loop.append(loop)
+        >>> raw = encode_result(ResultRecord(state="SUCCESS", task="t", result=loop))
+        >>> record = decode_result(raw)
+        >>> record.state, record.error.type
+        ('FAILURE', 'celeriac.errors.SerializationError')
+        >>> print(record.error.message)  # doctest: +NORMALIZE_WHITESPACE
+        task t returned a list, which is not JSON-serializable (it contains itself, or nests
+        too deeply). Return simple values such as ids.
+    """
     try:
         return _encoder.encode(record)
-    except (TypeError, msgspec.EncodeError, OverflowError) as exc:
-        failed = ResultRecord(
-            state="FAILURE",
-            task=record.task,
-            error=ErrorInfo(
-                type="celeriac.errors.SerializationError",
-                message=(
-                    f"task {record.task} returned a {type(record.result).__name__}, which is "
-                    f"not JSON-serializable ({exc}). Return simple values such as ids."
-                ),
-            ),
-            retries=record.retries,
-            date_done=record.date_done,
-            worker=record.worker,
+    except _UNENCODABLE as exc:
+        failure = exc
+    # First only the text this record's strings cannot carry: an error's message and
+    # traceback keep what they say, escaped.
+    text = msgspec.structs.replace(
+        record,
+        task=_storable(record.task),
+        worker=_storable(record.worker) if record.worker else record.worker,
+        error=msgspec.structs.replace(
+            record.error,
+            type=_storable(record.error.type),
+            message=_storable(record.error.message),
+            traceback=_storable(record.error.traceback),
         )
-        return _encoder.encode(failed)
+        if record.error
+        else None,
+    )
+    try:
+        return _encoder.encode(text)
+    except _UNENCODABLE as exc:
+        failure = exc
+    # Then the value (or progress data) itself cannot be stored: say what and why.
+    if isinstance(failure, UnicodeEncodeError):
+        why = f"a string in it is not valid UTF-8: {failure}"
+    elif isinstance(failure, RecursionError):
+        why = "it contains itself, or nests too deeply"
+    else:
+        why = str(failure)
+    value = record.result if record.result is not None else record.meta
+    what = "returned" if record.result is not None else "reported progress as"
+    failed = ResultRecord(
+        state="FAILURE",
+        task=text.task,
+        error=ErrorInfo(
+            type="celeriac.errors.SerializationError",
+            message=_storable(
+                f"task {text.task} {what} a {type(value).__name__}, which is not "
+                f"JSON-serializable ({why}). Return simple values such as ids."
+            ),
+        ),
+        retries=record.retries,
+        date_done=record.date_done,
+        worker=text.worker,
+    )
+    return _encoder.encode(failed)
+
+
+#: What msgspec raises for a value it cannot encode (UnicodeEncodeError is a ValueError).
+_UNENCODABLE = (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError)
+
+
+def _storable(text: str) -> str:
+    # Lone surrogates (surrogateescape-decoded file names, JSON "\\udcff" escapes) as
+    # backslash escapes: UTF-8 cannot carry them. Kept here, not imported from the worker.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def decode_result(raw: bytes) -> ResultRecord:

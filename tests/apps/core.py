@@ -71,6 +71,12 @@ def crash() -> None:
     os._exit(3)  # like a segfault: the process vanishes mid-task
 
 
+@app.bound_task(max_deliveries=2)
+def dies(self: Task[Any, Any]) -> None:
+    record("run", self.request.id, self.request.delivery_count)
+    os._exit(3)  # at once: within the asyncio child's slot-flush interval
+
+
 @app.task
 async def async_double(x: int) -> int:
     await asyncio.sleep(0.01)

@@ -36,7 +36,7 @@ from celeriac import crashpoints, pid
 from celeriac.brokers.base import Delivery
 from celeriac.errors import BrokerError, SoftTimeLimitExceeded
 from celeriac.middleware.base import Job, Outcome
-from celeriac.worker.executor import FINAL, Executor, FetchSpec, error_info
+from celeriac.worker.executor import FINAL, Executor, FetchSpec
 from celeriac.worker.outage import Outage
 from celeriac.worker.slot import Held, Slot
 
@@ -185,17 +185,17 @@ class Child:
             max(conf.worker_prefetch_multiplier, 1),
             conf.worker_lease_seconds,
         )
-        self.in_task = False
-        self.soft_deadline = math.inf  # monotonic time the running task's soft limit ends
-        self.soft_seconds = math.inf  # the running task's soft limit, for the error message
-        self.alarm_at = 0.0  # monotonic time the armed SIGALRM fires; 0: none armed
+        self.alarm = SoftAlarm()
         self.rss = current_rss()  # as last measured: after the previous task
 
     def run(self) -> int:
         """Consume until told to stop or until it is time to recycle; return an exit code."""
         self._install_signals()
-        signal.signal(signal.SIGALRM, self._on_soft_limit)
-        self._consume(Executor(self.app, self.spec.worker_id), key=0)
+        signal.signal(signal.SIGALRM, self.alarm.on_signal)
+        executor = Executor(
+            self.app, self.spec.worker_id, soft_limit=self.alarm, contain_exits=True
+        )
+        self._consume(executor, key=0)
         return EXIT_RECYCLE
 
     def _install_signals(self) -> None:
@@ -208,6 +208,7 @@ class Child:
         pending: list[Delivery] = []
         conf = self.app.conf
         batch = Batch(conf.worker_batch_max, conf.worker_batch_window)
+        crashed = True
         try:
             while not self.stopping:
                 if not pending:
@@ -227,10 +228,15 @@ class Child:
                 pending.extend(more)
                 if self._should_recycle():
                     self.stopping = True
+            crashed = False
         finally:
-            if batch:  # these ran: commit them before anything else
-                self._commit(executor, key, batch, None, [])
-            self._give_back(key, pending)
+            # After a crash the slot is left as it is: it names the running task, which the
+            # supervisor puts back counted as a delivery and names in its log; what ran
+            # and waits for its commit, and the prefetched, go back as the slot says.
+            if not crashed:
+                if batch:  # these ran: commit them before anything else
+                    self._commit(executor, key, batch, None, [])
+                self._give_back(key, pending)
             executor.close()
 
     def _handle(
@@ -302,32 +308,13 @@ class Child:
         )
         self._publish(key, pending, running, batch)
         rss_before = self.rss
-        outcome = self._run_with_soft_limit(executor, job, soft)
+        outcome = executor.execute(job, soft)
         self.rss = current_rss()  # the one read per task: growth, slot and recycling use it
         with self._lock:
             stats = self.growth.setdefault(task.name, [0, 0])
             stats[0] += 1
             stats[1] += self.rss - rss_before
         return outcome
-
-    def _run_with_soft_limit(self, executor: Executor, job: Job, soft: float) -> Outcome:
-        # The alarm is armed lazily: two setitimer calls per task were ~2% of a no-op's
-        # CPU. An alarm armed for an earlier task is left running when it would fire no
-        # later than this task's deadline; when it fires early, _on_soft_limit re-arms it
-        # for what is left; between tasks it does nothing. in_task is set before the check,
-        # so an alarm firing in between re-arms for this task instead of being dropped.
-        if soft != math.inf:
-            self.soft_deadline = time.monotonic() + soft
-            self.soft_seconds = soft
-        self.in_task = True
-        if soft != math.inf and (not self.alarm_at or self.alarm_at > self.soft_deadline):
-            self.alarm_at = self.soft_deadline
-            signal.setitimer(signal.ITIMER_REAL, soft)
-        try:
-            return executor.execute(job)
-        finally:
-            self.in_task = False
-            self.soft_deadline = math.inf
 
     def limits(self, job: Job) -> tuple[float, float]:
         """(soft, hard) seconds for this job: the message's, the task's, or the app's."""
@@ -446,20 +433,6 @@ class Child:
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
 
-    def _on_soft_limit(self, signum: int, frame: FrameType | None) -> None:
-        self.alarm_at = 0.0
-        if not self.in_task or self.soft_deadline == math.inf:
-            return  # armed for a task that is done
-        left = self.soft_deadline - time.monotonic()
-        if left > _ALARM_SLACK:  # armed for an earlier task: wait for this one's deadline
-            self.alarm_at = self.soft_deadline
-            signal.setitimer(signal.ITIMER_REAL, left)
-            return
-        raise SoftTimeLimitExceeded(
-            f"the task ran past its soft time limit ({self.soft_seconds:g}s); it may catch "
-            "SoftTimeLimitExceeded to clean up, or take a larger soft_time_limit"
-        )
-
 
 class ThreadsChild(Child):
     """The threads pool's child: ``concurrency`` consumer threads in one process."""
@@ -480,20 +453,86 @@ class ThreadsChild(Child):
         return EXIT_RECYCLE
 
     def _thread_main(self, index: int) -> None:
+        executor = Executor(
+            self.app, self.spec.worker_id, soft_limit=thread_soft_limit, contain_exits=True
+        )
         try:
-            self._consume(Executor(self.app, self.spec.worker_id), key=index)
-        except Exception:
+            self._consume(executor, key=index)
+        except BaseException:  # a thread that ends must never go unnoticed
+            # A task's own SystemExit/KeyboardInterrupt is its failure (the executor), so
+            # this is celeriac's own failure: stop the whole child, so that a fresh one
+            # serves at full concurrency and what this thread held goes back at once.
             log.exception(
                 "consumer thread %d crashed; the child stops so it can be replaced", index
             )
             self.stopping = True
 
-    def _run_with_soft_limit(self, executor: Executor, job: Job, soft: float) -> Outcome:
-        try:
-            with thread_soft_limit(soft):
-                return executor.execute(job)
-        except SoftTimeLimitExceeded as exc:  # fired just as the task returned
-            return Outcome("FAILURE", error=error_info(exc), exception=exc)
+
+class SoftAlarm:
+    """The process pool's soft limit: SIGALRM, raised only while the task's own code runs.
+
+    The executor runs the task's function inside ``with alarm(soft):``. Outside that block
+    (middleware, broker calls, between tasks) the signal raises nothing: an exception there
+    would be swallowed by a middleware hook (a chain's next step never sent) or break a
+    broker call, and an alarm spent there would leave the task without its limit. Such an
+    alarm is dropped, and the next task's block arms its own. It is raised once per task.
+
+    The alarm is armed lazily: two setitimer calls per task were ~2% of a no-op's CPU. An
+    alarm armed for an earlier task is left running when it would fire no later than this
+    task's deadline; when it fires early, :meth:`on_signal` re-arms it for what is left.
+
+    Example:
+        >>> alarm = SoftAlarm()
+        >>> with alarm(math.inf):  # no soft limit: nothing is armed
+        ...     pass
+        >>> alarm.alarm_at, alarm.in_task
+        (0.0, False)
+    """
+
+    __slots__ = ("alarm_at", "deadline", "in_task", "seconds")
+
+    def __init__(self) -> None:
+        self.in_task = False  # the task's own code is running: the limit may be raised
+        self.seconds = math.inf  # the running task's soft limit, for the error message
+        self.deadline = math.inf  # monotonic time the running task's soft limit ends
+        self.alarm_at = 0.0  # monotonic time the armed SIGALRM fires; 0: none armed
+
+    def __call__(self, soft: float) -> contextlib.AbstractContextManager[object]:
+        """The block to run the task's code in, under a soft limit of ``soft`` seconds."""
+        if soft == math.inf:
+            return _NO_LIMIT
+        self.seconds = soft
+        return self
+
+    def __enter__(self) -> None:
+        self.deadline = time.monotonic() + self.seconds
+        # in_task before the check: an alarm firing in between re-arms for this task.
+        self.in_task = True
+        if not self.alarm_at or self.alarm_at > self.deadline:
+            self.alarm_at = self.deadline
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.in_task = False
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """SIGALRM: raise SoftTimeLimitExceeded if the running task's code is past its limit."""
+        self.alarm_at = 0.0
+        if not self.in_task:
+            return  # not inside a task's code: an earlier task's alarm, or too late
+        left = self.deadline - time.monotonic()
+        if left > _ALARM_SLACK:  # armed for an earlier task: wait for this one's deadline
+            self.alarm_at = self.deadline
+            signal.setitimer(signal.ITIMER_REAL, left)
+            return
+        self.in_task = False  # once: the task's own cleanup is not interrupted again
+        raise SoftTimeLimitExceeded(
+            f"the task ran past its soft time limit ({self.seconds:g}s); it may catch "
+            "SoftTimeLimitExceeded to clean up, or take a larger soft_time_limit"
+        )
+
+
+_NO_LIMIT = contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -541,6 +580,10 @@ def _die_with_supervisor(supervisor_pid: int) -> None:
 
 
 _PR_SET_PDEATHSIG = 1
+#: Blocked by the supervisor around fork, unblocked by the child once its own handlers are
+#: in place: a SIGTERM in a fresh child's first milliseconds then reaches the child's
+#: handler instead of the supervisor's, inherited and meaningless there.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 #: A SIGALRM this close to the running task's soft deadline is its soft limit: the timer
 #: and time.monotonic() differ by microseconds, and a task is never given more than this.
 _ALARM_SLACK = 0.001
@@ -550,7 +593,6 @@ def child_main(app: Celeriac, spec: ChildSpec, slot: Slot) -> None:
     """Entry point of a forked child; never returns."""
     code = 1
     try:
-        _die_with_supervisor(spec.supervisor_pid)
         if spec.pool == "asyncio":
             from celeriac.worker.aio import AsyncioChild
 
@@ -559,8 +601,13 @@ def child_main(app: Celeriac, spec: ChildSpec, slot: Slot) -> None:
             child = ThreadsChild(app, spec, slot)
         else:
             child = Child(app, spec, slot)
+        # Forked with SIGTERM/SIGINT blocked: this child's handlers first, then a signal
+        # that came meanwhile is delivered to them (not lost to the supervisor's).
+        child._install_signals()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        _die_with_supervisor(spec.supervisor_pid)
         code = child.run()
-    except Exception:
+    except BaseException:  # logged, then the process ends with code 1
         log.exception("worker child %d crashed; the supervisor will start another", os.getpid())
     finally:
         logging.shutdown()

@@ -9,17 +9,20 @@ fenced step, requeue, or dead-letter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
 import traceback
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celeriac import crashpoints
 from celeriac.brokers.base import DeadLetter, Delivery
 from celeriac.codec import UntrustedMessage
-from celeriac.errors import MalformedMessage, PayloadTooLarge, Reject, Retry
+from celeriac.errors import MalformedMessage, PayloadTooLarge, Reject, Retry, SerializationError
 from celeriac.message import (
     ErrorInfo,
     ResultRecord,
@@ -48,28 +51,112 @@ class FetchSpec:
     lease_seconds: float
 
 
-def outcome_for(exc: Exception) -> Outcome:
-    """The Outcome of a task that raised ``exc``: a retry, a rejection or a failure."""
+#: A soft time limit for the task's own code: ``with soft_limit(seconds): <the function>``.
+#: The worker's pools supply one (SIGALRM, an asynchronous exception in a thread); the
+#: limit must be deliverable only inside that block, never in middleware or broker calls.
+SoftLimit = Callable[[float], AbstractContextManager[object]]
+
+
+def no_soft_limit(seconds: float) -> AbstractContextManager[object]:
+    """The soft limit of in-process runners: none.
+
+    Example:
+        >>> with no_soft_limit(0.5):
+        ...     pass
+    """
+    return _NO_LIMIT
+
+
+_NO_LIMIT = contextlib.nullcontext()
+
+
+def outcome_for(exc: BaseException) -> Outcome:
+    """The Outcome of a task that raised ``exc``: a retry, a rejection or a failure.
+
+    Example:
+        >>> outcome_for(ValueError("no")).state
+        'FAILURE'
+        >>> outcome_for(SystemExit(3)).error.message
+        'the task raised SystemExit(3); in a worker that fails the task, not the worker'
+    """
     if isinstance(exc, Retry):
         return Outcome("RETRY", delay=exc.delay, exception=exc.exc or exc)
     if isinstance(exc, Reject):
         return Outcome("DEAD", reason=f"rejected by the task: {exc.reason}")
-    return Outcome("FAILURE", error=error_info(exc), exception=exc)
+    error = error_info(exc)
+    if isinstance(exc, SystemExit | KeyboardInterrupt):  # say what it means, not just "0"
+        error.message = f"the task raised {exc!r}; in a worker that fails the task, not the worker"
+    return Outcome("FAILURE", error=error, exception=exc)
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
-    """An exception as stored in a result: qualified type, message, traceback text."""
+    """An exception as stored in a result: qualified type, message, traceback text.
+
+    Text that UTF-8 cannot carry (a lone surrogate, as in a file name decoded with
+    ``surrogateescape``) is kept with backslash escapes, so the error can always be stored.
+
+    Example:
+        >>> name = "report-" + chr(0xDCFF) + ".csv"  # b"report-\\xff.csv", surrogateescape
+        >>> print(error_info(FileNotFoundError(f"missing {name}")).message)
+        missing report-\\udcff.csv
+    """
     cls = type(exc)
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the task's failure
+        message = f"<{cls.__name__} whose str() failed>"
     text = "".join(traceback.format_exception(exc))
-    return ErrorInfo(type=f"{cls.__module__}.{cls.__qualname__}", message=str(exc), traceback=text)
+    return ErrorInfo(
+        type=f"{cls.__module__}.{cls.__qualname__}",
+        message=storable_text(message),
+        traceback=storable_text(text),
+    )
+
+
+def storable_text(text: str) -> str:
+    """``text`` as UTF-8 can carry it: lone surrogates become backslash escapes.
+
+    Example:
+        >>> print(storable_text("ok"), storable_text("bad-" + chr(0xDCFF)))
+        ok bad-\\udcff
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 class Executor:
-    """Processes deliveries for one worker process (or thread)."""
+    """Processes deliveries for one worker process (or thread).
 
-    def __init__(self, app: Celeriac, worker_id: str) -> None:
+    Args:
+        app: the worker's app.
+        worker_id: the name results and logs give this worker.
+        soft_limit: how the pool enforces a soft time limit around the task's own code.
+        contain_exits: a task's SystemExit or KeyboardInterrupt is its FAILURE. On in a
+            worker child, where only a task can raise them (a child ignores SIGINT); off
+            in-process, where Ctrl-C must stop the caller.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> executor = Executor(Celeriac("doc", broker="memory://"), "doc-worker")
+        >>> executor.contain_exits
+        False
+    """
+
+    def __init__(
+        self,
+        app: Celeriac,
+        worker_id: str,
+        *,
+        soft_limit: SoftLimit = no_soft_limit,
+        contain_exits: bool = False,
+    ) -> None:
         self.app = app
         self.worker_id = worker_id
+        self.soft_limit = soft_limit
+        self.contain_exits = contain_exits
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- preparing ----------------------------------------------------------------------
@@ -144,25 +231,35 @@ class Executor:
 
     # -- running ------------------------------------------------------------------------
 
-    def execute(self, job: Job) -> Outcome:
-        """Run the middleware and the task; never raises for a task's failure."""
+    def execute(self, job: Job, soft: float = math.inf) -> Outcome:
+        """Run the middleware and the task, the task's own code under a soft limit of
+        ``soft`` seconds; never raises for a task's failure."""
         outcome = self.app.middleware.before_execute(job)
         if outcome is None:
-            outcome = self._call(job)
+            outcome = self._call(job, soft)
         return self.app.middleware.after_execute(job, outcome)
 
-    def _call(self, job: Job) -> Outcome:
+    def _call(self, job: Job, soft: float) -> Outcome:
         task, request = job.task, job.request
         assert task is not None and request is not None
         token = _current.set(request)
         started = time.perf_counter()
         try:
-            value = self.invoke(job)
-            if task.is_async:
-                value = self.run_coroutine(value)
+            # The soft limit can land only inside this block, so never in a middleware hook
+            # (a chain's next step unsent) or a broker call. It may land just after the
+            # function returned, even inside the limit's own exit: still inside this try,
+            # so the task ends FAILURE with SoftTimeLimitExceeded and nothing escapes.
+            with self.soft_limit(soft):
+                value = self.invoke(job)
+                if task.is_async:
+                    value = self.run_coroutine(value)
             outcome = Outcome("SUCCESS", value=value)
         except Exception as exc:  # noqa: BLE001 - a task's failure is data, not a crash
             outcome = outcome_for(exc)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            if not self.contain_exits:
+                raise
+            outcome = outcome_for(exc)  # sys.exit() in a task must not take a consumer down
         finally:
             _current.reset(token)
         outcome.runtime = time.perf_counter() - started
@@ -179,10 +276,33 @@ class Executor:
         return task.fn(*args, **self._accepted_kwargs(task, request.kwargs))
 
     def run_coroutine(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run an ``async def`` task on this process's own event loop."""
+        """Run an ``async def`` task on this process's own event loop.
+
+        When anything ends the run early (the soft limit lands in the loop's ``select``,
+        not in the coroutine), the coroutine and whatever it started are cancelled and
+        run to their end here: left pending, they would resume inside the next async task
+        this process runs, after their own task had failed.
+
+        Example:
+            >>> import asyncio
+            >>> from celeriac import Celeriac
+            >>> executor = Executor(Celeriac("doc", broker="memory://"), "doc-worker")
+            >>> async def answer() -> int:
+            ...     await asyncio.sleep(0)
+            ...     return 42
+            >>> executor.run_coroutine(answer())
+            42
+            >>> executor.close()
+        """
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
-        return self._loop.run_until_complete(coro)
+        loop = self._loop
+        task = loop.create_task(coro)
+        try:
+            return loop.run_until_complete(task)
+        except BaseException:
+            _cancel_pending(loop)
+            raise
 
     def close(self) -> None:
         """Close this executor's event loop, if an async task ever needed one."""
@@ -286,7 +406,19 @@ class Executor:
         return more
 
     def _encoded_result(self, job: Job, outcome: Outcome) -> bytes:
-        raw = encode_result(self._record(job, outcome))
+        try:
+            raw = encode_result(self._record(job, outcome))
+        except Exception as unencodable:  # noqa: BLE001 - a result it cannot store is a failure
+            # encode_result already turns what msgspec refuses into a FAILURE record; this
+            # is the last line: settling must never crash the child (it would run the task
+            # again and again, then dead-letter it for the wrong reason).
+            bad = SerializationError(
+                f"task {job.label}: its {outcome.state} result could not be encoded "
+                f"({type(unencodable).__name__}: {unencodable})"
+            )
+            log.error("%s", storable_text(str(bad)))
+            failed = Outcome("FAILURE", error=error_info(bad), runtime=outcome.runtime)
+            return encode_result(self._record(job, failed))
         limit = self.app.conf.task_result_max_bytes
         if len(raw) <= limit:
             return raw
@@ -322,7 +454,20 @@ class Executor:
         delay = outcome.delay or 0.0
         message.retries += 1
         message.eta = time.time() + delay
-        body = outcome.body or self.app.codec.encode(message)
+        first = message.options.get("first_error")
+        if isinstance(first, str):  # the error's text, kept for a later dead letter
+            message.options["first_error"] = storable_text(first)
+        try:
+            body = outcome.body or self.app.codec.encode(message)
+        except Exception as exc:  # noqa: BLE001 - a retry that cannot be sent is a failure
+            bad = SerializationError(
+                f"task {job.label} cannot be retried: its message could not be encoded "
+                f"({type(exc).__name__}: {exc})"
+            )
+            failed = Outcome("FAILURE", error=error_info(bad), runtime=outcome.runtime)
+            return self.app.broker.complete(
+                job.delivery.lease, self._encoded_result(job, failed), self.app.conf.result_expires
+            )
         committed = self.app.broker.requeue(job.delivery.lease, delay=delay, body=body)
         if committed:
             record = ResultRecord(
@@ -345,11 +490,14 @@ class Executor:
         first = job.message.options.get("first_error") if job.message else None
         if first and first != error:
             error = f"first error: {first} | last error: {error}"
+        # The broker stores these as text: a lone surrogate (a Reject reason naming a file)
+        # must not make the dead letter itself fail.
+        error, reason = storable_text(error), storable_text(outcome.reason)
         letter = DeadLetter(
             id=delivery.id,
             queue=delivery.queue,
             task=name,
-            reason=outcome.reason,
+            reason=reason,
             body=delivery.body,
             deliveries=delivery.deliveries,
             error=error,
@@ -363,7 +511,7 @@ class Executor:
             worker=self.worker_id,
             error=ErrorInfo(
                 type=own.type if own else "celeriac.errors.Reject",
-                message=f"dead-lettered: {outcome.reason}" + (f": {own.message}" if own else ""),
+                message=f"dead-lettered: {reason}" + (f": {own.message}" if own else ""),
                 traceback=own.traceback if own else "",
             ),
         )
@@ -414,6 +562,23 @@ class Executor:
             outcome = self.execute(job)
         self.settle(job, outcome)
         return job, outcome
+
+
+def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel every unfinished task on ``loop`` and run the loop until they end.
+
+    A coroutine that ignores cancellation keeps this waiting until the hard limit stops
+    the process: nothing of it may run later, inside another task.
+    """
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if not pending:
+        return
+    for task in pending:
+        task.cancel()
+    # Everything here is the cancelled task's own cleanup: whatever it raises (even
+    # SystemExit) is not this worker's business; the original error is raised next.
+    with contextlib.suppress(BaseException):
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
 
 def _current_id() -> str:

@@ -37,7 +37,7 @@ from celeriac.brokers import redacted
 from celeriac.brokers.base import Lease, WorkerInfo
 from celeriac.errors import BrokerError, ConfigurationError, TaskRevoked, TimeLimitExceeded
 from celeriac.middleware.verdicts import Verdict, verdict_key
-from celeriac.worker.child import ChildSpec, child_main
+from celeriac.worker.child import STOP_SIGNALS, ChildSpec, child_main
 from celeriac.worker.executor import error_info
 from celeriac.worker.outage import Outage
 from celeriac.worker.remote import Remote
@@ -193,9 +193,15 @@ class Worker:
         spec = ChildSpec(
             self.id, self.queues, child.index, self.pool, inside, child.consumer, os.getpid()
         )
-        pid = os.fork()
-        if pid == 0:
-            child_main(self.app, spec, child.slot)
+        # Stop signals blocked across fork: the child unblocks them once its own handlers
+        # are installed (child_main), so none lands on the supervisor's handler in it.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                child_main(self.app, spec, child.slot)  # never returns
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the parent, right after fork
         child.pid, child.started = pid, time.time()
 
     def _tick(self) -> None:
