@@ -141,3 +141,47 @@ def test_a_worker_dead_letters_a_newer_message_instead_of_running_it(serializer:
     (letter,) = app.broker.dead_letters()
     assert letter.id == "new1"
     assert f"uses message protocol v{NEWER}" in letter.reason
+
+
+# -- renewing a dead letter for replay ---------------------------------------------------
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+def test_a_renewed_message_gets_its_time_to_live_and_retries_back(serializer: str) -> None:
+    codec = Codec(serializer)
+    old = Message(
+        id="a", task="t", args=[1], sent_at=100.0, eta=130.0, expires=190.0, retries=3,
+        priority=8, options={"first_error": "ValueError: x", "dedupe_key": "k"},
+    )  # fmt: skip
+    renewed = codec.renewed(codec.encode(old), now=10_000.0)
+    assert renewed is not None
+    body, priority = renewed
+    new = codec.decode(body)
+    assert (new.sent_at, new.expires, new.eta, new.retries) == (10_000.0, 10_060.0, None, 0)
+    assert priority == 8 and new.args == [1] and new.options == {"dedupe_key": "k"}
+
+
+def test_renewing_keeps_fields_this_version_does_not_know() -> None:
+    newer = b'{"id":"a","task":"t","sent_at":1.0,"expires":2.0,"trace":{"span":"x9"}}'
+    renewed = Codec().renewed(newer, now=50.0)
+    assert renewed is not None and b'"trace":{"span":"x9"}' in renewed[0]
+
+
+def test_a_signed_message_is_signed_again_and_one_this_app_cannot_sign_is_left_alone() -> None:
+    signing = Codec(keys=(b"new", b"old"))
+    by_old_key = Codec(keys=(b"old",)).encode(Message(id="a", task="t", sent_at=1.0))
+    renewed = signing.renewed(by_old_key, now=2.0)
+    assert renewed is not None and signing.decode(renewed[0]).sent_at == 2.0
+    assert Codec(keys=(b"new",)).decode(renewed[0]).id == "a"  # signed with the first key
+    assert Codec().renewed(by_old_key, now=2.0) is None  # no key here: cannot sign again
+    assert signing.renewed(Codec().encode(Message(id="a", task="t")), now=2.0) is None
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x00garbage", b"[1, 2]", b'{"task": "no id"}'])
+def test_bytes_that_are_not_a_message_are_not_renewed(raw: bytes) -> None:
+    assert Codec().renewed(raw, now=1.0) is None
+
+
+def test_pickle_is_never_read_to_renew_it() -> None:
+    codec = Codec("pickle", ("json", "pickle"))
+    assert codec.renewed(codec.encode(Message(id="a", task="t")), now=1.0) is None

@@ -84,6 +84,30 @@ def test_dead_letter_after_retries_keeps_the_error(app: Celeriac) -> None:
         r.get(timeout=1)
 
 
+def test_a_replayed_dead_letter_gets_its_retries_and_time_to_live_back(app: Celeriac) -> None:
+    runs: list[int] = []
+
+    @app.task(
+        autoretry_for=(OSError,), max_retries=1, retry_backoff=0.01, dead_letter_after_retries=True
+    )
+    def flaky() -> str:
+        runs.append(1)
+        if len(runs) < 4:  # first life: 2 runs; after the replay: fails once more, then works
+            raise OSError("disk gone")
+        return "done"
+
+    r = flaky.apply_async(expires=1.5, priority=7)
+    run_queued(app, include_delayed=True, fail_fast=False)
+    assert len(runs) == 2 and len(app.broker.dead_letters()) == 1
+    time.sleep(1.6)  # past its expiry: replayed as it was stored, it would expire at once
+    assert app.replay_dead_letters(task=flaky.name) == 1
+    (replayed,) = app.broker.fetch(["default"], "w", limit=1, lease_seconds=30, timeout=0)
+    assert replayed.priority == 7
+    app.broker.requeue(replayed.lease, count_delivery=False)
+    run_queued(app, include_delayed=True, fail_fast=False)
+    assert r.get(timeout=1) == "done" and len(runs) == 4  # a retry of its own again
+
+
 def test_unknown_task_is_dead_lettered_after_its_max_age(app: Celeriac) -> None:
     app.conf.task_unknown_max_age = 0.05
     r = app.send_task("not.deployed.anywhere")

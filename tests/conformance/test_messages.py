@@ -368,6 +368,20 @@ def test_replay_forgets_the_old_result(broker: Broker) -> None:
     assert [x.id for x in take(broker)] == ["a"]
 
 
+def test_replay_sends_what_renew_gives_at_its_priority(broker: Broker) -> None:
+    broker.send([out("a"), out("b"), out("junk")])
+    for d in take(broker, limit=3):
+        assert broker.dead_letter(d.lease, letter(d), None)
+    renewed = {b"a": (b"a-renewed", 2), b"b": (b"b-renewed", 9)}  # junk: None, as it is
+    assert broker.replay_dead_letters(renew=renewed.get) == 3
+    taken = take(broker, limit=3)
+    assert [(d.id, d.body, d.priority) for d in taken] == [
+        ("b", b"b-renewed", 9),
+        ("a", b"a-renewed", 2),
+        ("junk", b"junk", 0),
+    ]
+
+
 # -- stats and purge -------------------------------------------------------------------
 
 

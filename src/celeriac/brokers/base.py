@@ -38,7 +38,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -50,6 +50,21 @@ _ASYNC_WAIT_STEP = 0.25
 # Outgoing, Lease and Delivery are made once per message sent or taken: immutable structs
 # built in C (a frozen dataclass's __init__ costs ~8,000 instructions, 10% of a batch
 # send per message), outside the cyclic GC since they cannot hold a cycle.
+
+
+#: Rewrites a dead letter's body for replay: (new body, priority), or None to keep it.
+Renew = Callable[[bytes], "tuple[bytes, int] | None"]
+
+
+def replayed(body: bytes, renew: Renew | None) -> tuple[bytes, int]:
+    """The body and priority a dead letter is replayed with: renewed when ``renew`` can,
+    else as it is, at priority 0.
+
+    Example:
+        >>> replayed(b"junk", None), replayed(b"junk", lambda body: None)
+        ((b'junk', 0), (b'junk', 0))
+    """
+    return (renew(body) if renew else None) or (body, 0)
 
 
 class Outgoing(msgspec.Struct, frozen=True, gc=False):
@@ -385,10 +400,15 @@ class Broker(abc.ABC):
         return [d for d in self.dead_letters(2**31 - 1) if d.id in wanted]
 
     @abc.abstractmethod
-    def replay_dead_letters(self, ids: Sequence[str] | None = None, task: str | None = None) -> int:
+    def replay_dead_letters(
+        self, ids: Sequence[str] | None = None, task: str | None = None, renew: Renew | None = None
+    ) -> int:
         """Send dead letters back to their queues with a fresh delivery count.
 
         ``ids`` picks some, ``task`` picks those of one task name, neither picks all.
+        ``renew`` (the app's :meth:`celeriac.codec.Codec.renewed`, bound to now) gives each
+        letter's body as a fresh send and its priority; None from it, or no ``renew``, sends
+        the body as it is at priority 0.
         """
 
     @abc.abstractmethod

@@ -22,7 +22,9 @@ from celeriac.brokers.base import (
     Lease,
     Outgoing,
     QueueStats,
+    Renew,
     WorkerInfo,
+    replayed,
 )
 
 
@@ -430,7 +432,9 @@ class MemoryBroker(Broker):
         with self._lock:
             return list(reversed(self._dead.values()))[:limit]
 
-    def replay_dead_letters(self, ids: Sequence[str] | None = None, task: str | None = None) -> int:
+    def replay_dead_letters(
+        self, ids: Sequence[str] | None = None, task: str | None = None, renew: Renew | None = None
+    ) -> int:
         """Send chosen dead letters back to their queues."""
         with self._lock:
             chosen = [
@@ -441,7 +445,11 @@ class MemoryBroker(Broker):
             for letter in chosen:
                 del self._dead[letter.id]
                 self._results.pop(letter.id, None)
-        self.send([Outgoing(id=x.id, queue=x.queue, body=x.body) for x in chosen])
+        outgoing = []
+        for x in chosen:
+            body, priority = replayed(x.body, renew)
+            outgoing.append(Outgoing(id=x.id, queue=x.queue, body=body, priority=priority))
+        self.send(outgoing)
         return len(chosen)
 
     def purge_dead_letters(self) -> int:

@@ -34,7 +34,9 @@ from celeriac.brokers.base import (
     Lease,
     Outgoing,
     QueueStats,
+    Renew,
     WorkerInfo,
+    replayed,
 )
 from celeriac.brokers.sqlite_store import SQLiteStore
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
@@ -556,7 +558,9 @@ class SQLiteBroker(SQLiteStore, Broker):
             rows += self._read(f"SELECT * FROM dead_letters WHERE id IN ({marks})", chunk)  # noqa: S608 - placeholders only
         return [DeadLetter(*row) for row in rows]
 
-    def replay_dead_letters(self, ids: Sequence[str] | None = None, task: str | None = None) -> int:
+    def replay_dead_letters(
+        self, ids: Sequence[str] | None = None, task: str | None = None, renew: Renew | None = None
+    ) -> int:
         """Send chosen dead letters back to their queues with a fresh delivery count."""
         now = time.time()
         with self._transaction() as db:
@@ -565,13 +569,14 @@ class SQLiteBroker(SQLiteStore, Broker):
             else:
                 rows = db.execute("SELECT id, queue, task, body FROM dead_letters").fetchall()
             chosen = [r for r in rows if task is None or r[2] == task]
-            for index, (task_id, queue, _, body) in enumerate(chosen):
+            for index, (task_id, queue, _, stored) in enumerate(chosen):
+                body, priority = replayed(stored, renew)
                 db.execute("DELETE FROM dead_letters WHERE id = ?", (task_id,))
                 db.execute("DELETE FROM results WHERE id = ?", (task_id,))
                 db.execute(
                     "INSERT INTO messages (id, queue, priority, due, seq, body) "
-                    "VALUES (?, ?, 0, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                    (task_id, queue, now, time.time_ns() + index, body),
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    (task_id, queue, priority, now, time.time_ns() + index, body),
                 )
         return len(chosen)
 

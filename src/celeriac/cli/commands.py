@@ -369,7 +369,7 @@ def dlq_replay(obj: Context, ids: tuple[str, ...], replay_all: bool, task_name: 
     """Send dead letters back to their queues: IDS, --task NAME, or --all."""
     if not ids and not replay_all and not task_name:
         raise click.UsageError("say which: one or more IDS, --task NAME, or --all")
-    count = obj.app.broker.replay_dead_letters(given_ids(ids) or None, task_name)
+    count = obj.app.replay_dead_letters(given_ids(ids) or None, task_name)
     click.echo(f"replayed {count} dead letter(s)")
     if not count and (ids or task_name):  # a typo should not look like an empty queue
         which = f"task {task_name}" if task_name and not ids else "those ids"

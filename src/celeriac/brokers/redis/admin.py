@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from celeriac.brokers.base import DeadLetter, Lease, QueueStats
+from celeriac.brokers.base import DeadLetter, Lease, QueueStats, Renew, replayed
 from celeriac.brokers.redis.keys import compact
 from celeriac.brokers.redis.ops import (
     Context,
@@ -181,8 +181,11 @@ def _letters_by_id(
     return [[_as_letter(_letter_decoder.decode(r)) for r in reply if r] for reply in replies]
 
 
-def replay_dead_letters(ctx: Context, ids: Sequence[str] | None, task: str | None) -> Plan[int]:
-    """Send chosen dead letters back to their queues with a fresh delivery count."""
+def replay_dead_letters(
+    ctx: Context, ids: Sequence[str] | None, task: str | None, renew: Renew | None
+) -> Plan[int]:
+    """Send chosen dead letters back to their queues with a fresh delivery count (and,
+    with ``renew``, a renewed body at the message's own priority)."""
     names = yield from known_queues(ctx)
     if ids is not None:  # by id: read only those
         per_queue = yield from _letters_by_id(ctx, names, ids)
@@ -195,12 +198,13 @@ def replay_dead_letters(ctx: Context, ids: Sequence[str] | None, task: str | Non
         if not chosen:
             continue
         q = ctx.keys.queue(name)
-        keys = [q.ready[0], q.dead, q.dead_at, q.wake]
+        keys = [*q.ready, q.dead, q.dead_at, q.wake]
         args: list[Arg] = []
         for letter in chosen:
             cid = compact(letter.id)
             keys.append(q.bucket(cid))
-            args += [cid, len(keys), letter.body]
+            body, priority = replayed(letter.body, renew)
+            args += [cid, len(keys), priority, body]
             forget.append(Command(("DEL", ctx.keys.result(letter.id))))
         calls.append(Call(SCRIPTS.replay, keys, args))
     if not calls:

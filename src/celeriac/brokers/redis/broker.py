@@ -64,6 +64,7 @@ from celeriac.brokers.base import (
     Lease,
     Outgoing,
     QueueStats,
+    Renew,
     WorkerInfo,
 )
 from celeriac.brokers.redis import admin, ops, store
@@ -394,9 +395,12 @@ class RedisBroker(Broker):
         """The dead letters with these ids (one HMGET per queue)."""
         return self._run(admin.find_dead_letters(self._ctx, ids), "look up dead letters")
 
-    def replay_dead_letters(self, ids: Sequence[str] | None = None, task: str | None = None) -> int:
+    def replay_dead_letters(
+        self, ids: Sequence[str] | None = None, task: str | None = None, renew: Renew | None = None
+    ) -> int:
         """Send chosen dead letters back to their queues with a fresh delivery count."""
-        return self._run(admin.replay_dead_letters(self._ctx, ids, task), "replay dead letters")
+        plan = admin.replay_dead_letters(self._ctx, ids, task, renew)
+        return self._run(plan, "replay dead letters")
 
     def purge_dead_letters(self) -> int:
         """Delete every dead letter."""

@@ -92,7 +92,7 @@ class Scripts:
         self.renew = load("renew-2")
         self.reap = load("reap-16")
         self.purge = load("purge-15")
-        self.replay = load("replay-4")
+        self.replay = load("replay-13")
         self.stats = load("stats-13")
         self.dead_letters = load("dead_letters-2")
         self.purge_dead = load("purge_dead-2")
