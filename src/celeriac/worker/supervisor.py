@@ -304,7 +304,12 @@ class Worker:
             self._after_exit(child, os.waitstatus_to_exitcode(status))
 
     def _after_exit(self, child: _ChildState, code: int) -> None:
-        pid, view, killed = child.pid, child.last_view, child.killed_for
+        # The slot as the child left it: a task it started (and died of) after this tick's
+        # read must count as a delivery, or a poison task crash-loops uncounted. A child
+        # killed mid-write leaves no complete record (rss 0): the tick's read stands then.
+        final = child.slot.read()
+        pid, killed = child.pid, child.killed_for
+        view = final if final.rss else child.last_view
         child.pid = 0
         self._fold_counters(view)
         if killed is not None:
