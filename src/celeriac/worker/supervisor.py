@@ -391,11 +391,20 @@ class Worker:
         if leases:
             lost = self.app.broker.renew(leases, self.app.conf.worker_lease_seconds)
             if lost:
+                # Only what a child still holds was lost: a task committed between this
+                # tick's read of the slots and the renewal is merely done.
+                lost = self._still_held(lost, leases)
+            if lost:
                 log.warning(
                     "worker %s lost the lease of %s; another worker may run them",
                     self.id,
                     ", ".join(lost),
                 )
+
+    def _still_held(self, ids: list[str], leases: list[Lease]) -> list[str]:
+        tokens = {lease.id: lease.token for lease in leases}
+        held = {(h.id, h.token) for c in self._children if c.pid for h in c.slot.read().held}
+        return [i for i in ids if (i, tokens.get(i)) in held]
 
     def _answer(self, command: str) -> Any:
         """This worker's reply to a remote-control command."""

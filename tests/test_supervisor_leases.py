@@ -1,0 +1,54 @@
+"""The supervisor's lease renewal, in-process: it renews what its children's slots list,
+and warns of a lost lease only when a child still holds it."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from celeriac import Celeriac
+from celeriac.brokers.base import Lease, Outgoing
+from celeriac.worker.slot import Held
+from celeriac.worker.supervisor import Worker
+
+
+@pytest.fixture
+def worker(sqlite_url: str) -> Worker:
+    return Worker(Celeriac("leases", broker=sqlite_url), ["q"], concurrency=1)
+
+
+def _hold(worker: Worker, lease_seconds: float) -> Held:
+    broker = worker.app.broker
+    broker.send([Outgoing("t1", "q", b"body")])
+    (d,) = broker.fetch(["q"], "child", limit=1, lease_seconds=lease_seconds, timeout=0)
+    held = Held(d.lease.id, d.lease.queue, d.lease.token, "t", started=time.time())
+    child = worker._children[0]
+    child.pid = 1  # a live child in this place: its slot is read
+    child.slot.write([held], rss=1)
+    child.last_view = child.slot.read()
+    return held
+
+
+def test_a_lease_committed_since_the_slot_was_read_is_not_called_lost(
+    worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    held = _hold(worker, lease_seconds=30)
+    # The child commits between the supervisor's read of its slot and the renewal.
+    assert worker.app.broker.complete(Lease(held.id, held.queue, held.token), b"done", 60)
+    worker._children[0].slot.write([], rss=1)
+    worker._renew_leases()
+    assert "lost the lease" not in caplog.text
+
+
+def test_a_lease_a_child_still_holds_and_lost_is_called_lost(
+    worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    held = _hold(worker, lease_seconds=0.05)
+    # The lease runs out and another worker takes the message (fetch waits for that).
+    (again,) = worker.app.broker.fetch(["q"], "other", limit=1, lease_seconds=30, timeout=5)
+    assert again.id == held.id
+    with caplog.at_level(logging.WARNING):
+        worker._renew_leases()
+    assert f"lost the lease of {held.id}" in caplog.text
