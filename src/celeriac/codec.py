@@ -140,8 +140,9 @@ class Codec:
         kind = content_type(payload)
         if kind == "pickle" or kind not in self.accept:
             return None
+        fmt = msgspec.msgpack if kind == "msgpack" else msgspec.json
         try:
-            fields = (msgspec.msgpack if kind == "msgpack" else msgspec.json).decode(payload)
+            fields = fmt.decode(payload)
         except (msgspec.DecodeError, UnicodeDecodeError):
             return None
         if not isinstance(fields, dict) or not isinstance(fields.get("id"), str):
@@ -158,7 +159,7 @@ class Codec:
         priority = fields.get("priority", 0)
         if not isinstance(priority, int) or not 0 <= priority <= 9:
             priority = 0
-        body = (msgspec.msgpack if kind == "msgpack" else msgspec.json).encode(fields)
+        body = fmt.encode(fields)
         return self._signed(body), priority
 
     def _signed(self, payload: bytes) -> bytes:

@@ -200,13 +200,13 @@ def encode_result(record: ResultRecord) -> bytes:
     # traceback keep what they say, escaped.
     text = msgspec.structs.replace(
         record,
-        task=_storable(record.task),
-        worker=_storable(record.worker) if record.worker else record.worker,
+        task=storable_text(record.task),
+        worker=storable_text(record.worker) if record.worker else record.worker,
         error=msgspec.structs.replace(
             record.error,
-            type=_storable(record.error.type),
-            message=_storable(record.error.message),
-            traceback=_storable(record.error.traceback),
+            type=storable_text(record.error.type),
+            message=storable_text(record.error.message),
+            traceback=storable_text(record.error.traceback),
         )
         if record.error
         else None,
@@ -229,7 +229,7 @@ def encode_result(record: ResultRecord) -> bytes:
         task=text.task,
         error=ErrorInfo(
             type="celeriac.errors.SerializationError",
-            message=_storable(
+            message=storable_text(
                 f"task {text.task} {what} a {type(value).__name__}, which is not "
                 f"JSON-serializable ({why}). Return simple values such as ids."
             ),
@@ -245,10 +245,19 @@ def encode_result(record: ResultRecord) -> bytes:
 _UNENCODABLE = (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError)
 
 
-def _storable(text: str) -> str:
-    # Lone surrogates (surrogateescape-decoded file names, JSON "\\udcff" escapes) as
-    # backslash escapes: UTF-8 cannot carry them. Kept here, not imported from the worker.
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+def storable_text(text: str) -> str:
+    """``text`` as UTF-8 can carry it: lone surrogates (a file name decoded with
+    ``surrogateescape``) become backslash escapes.
+
+    Example:
+        >>> print(storable_text("ok"), storable_text("bad-" + chr(0xDCFF)))
+        ok bad-\\udcff
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def decode_result(raw: bytes) -> ResultRecord:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac.brokers.base import Delivery
 from celeriac.errors import SoftTimeLimitExceeded
-from celeriac.message import ErrorInfo, peek_identity
+from celeriac.message import ErrorInfo, peek_identity, storable_text
 from celeriac.middleware.base import Job, Outcome
 from celeriac.task import _current
 from celeriac.worker.child import (
@@ -41,7 +41,7 @@ from celeriac.worker.child import (
     current_rss,
     thread_soft_limit,
 )
-from celeriac.worker.executor import Executor, error_info, outcome_for, storable_text
+from celeriac.worker.executor import Executor, error_info, outcome_for
 from celeriac.worker.slot import Held, Slot
 
 if TYPE_CHECKING:

@@ -28,6 +28,7 @@ from celeriac.message import (
     ResultRecord,
     encode_result,
     peek_identity,
+    storable_text,
 )
 from celeriac.middleware.base import Job, Outcome
 from celeriac.task import Request, _current
@@ -111,20 +112,6 @@ def error_info(exc: BaseException) -> ErrorInfo:
         message=storable_text(message),
         traceback=storable_text(text),
     )
-
-
-def storable_text(text: str) -> str:
-    """``text`` as UTF-8 can carry it: lone surrogates become backslash escapes.
-
-    Example:
-        >>> print(storable_text("ok"), storable_text("bad-" + chr(0xDCFF)))
-        ok bad-\\udcff
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 class Executor:
