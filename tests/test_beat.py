@@ -22,10 +22,13 @@ from click.testing import CliRunner
 
 from celeriac import Celeriac, ConfigurationError
 from celeriac.beat import Cron, Every, Scheduler, parse_schedule, tick_id
+from celeriac.brokers.base import DeadLetter, Delivery
 from celeriac.brokers.memory import MemoryBroker
 from celeriac.cli import cli
 from celeriac.errors import BrokerConnectionError, UnknownEntry
 from celeriac.message import Message
+from celeriac.worker.executor import Executor
+from celeriac.worker.inline import run_queued
 from tests.conftest import ROOT
 
 UTC = dt.UTC
@@ -328,6 +331,88 @@ def test_tick_sent_by_another_scheduler_is_not_sent_again(app: Celeriac, clock: 
     app.broker.kv_delete("beat:state:ping")
     second.step()
     assert len(queued(app)) == 1
+
+
+def _taken_over_after_sending(app: Celeriac, clock: Clock, runs: list[str]) -> None:
+    """A scheduler sends a tick and dies before its ``sent`` mark; the tick runs; another
+    scheduler takes the lapsed claim over and sends the tick a second time."""
+    app.beat.periodic(
+        app.task(lambda: runs.append("ran"), name="t.ping", ignore_result=True),
+        every=1,
+        name="ping",
+    )
+    Scheduler(app, clock=clock).step()  # first sight of the entry: its first tick is sent
+    run_queued(app)
+    runs.clear()
+    clock.now += 1
+    dying = Scheduler(app, clock=clock, ident="dying")
+
+    def die(*args: object) -> None:
+        raise RuntimeError("SIGKILL between the send and the mark")
+
+    dying.app.beat.store.mark_sent = die  # type: ignore[method-assign]
+    dying.step()
+    del dying.app.beat.store.mark_sent  # back to the class's method for the survivor
+    survivor = Scheduler(app, clock=clock, ident="survivor")
+    survivor.step()  # finds the tick claimed and unconfirmed: it looks again at the lapse
+    run_queued(app)
+    assert runs == ["ran"]
+    time.sleep(0.55)  # the claim (half the 1-s interval) lapses on the broker's real clock
+    clock.now += 0.5
+    survivor.step()
+
+
+def test_a_second_send_of_a_finished_tick_is_skipped_by_the_worker(
+    app: Celeriac, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Scenario 15's rare failure: the deterministic id cannot catch a second send once
+    an ``ignore_result`` tick has finished; the worker's tick fence does."""
+    runs: list[str] = []
+    _taken_over_after_sending(app, clock, runs)
+    assert [s.ready for s in app.broker.stats()] == [1], "the takeover sent nothing"
+    with caplog.at_level(logging.WARNING, logger="celeriac.beat"):
+        assert run_queued(app) == 1
+    assert runs == ["ran"], "the tick ran twice"
+    (line,) = [r.getMessage() for r in caplog.records if "sent twice" in r.getMessage()]
+    assert f"t.ping[{tick_id('ping', clock.now - 0.5)}]" in line and "skipped" in line
+    assert app.AsyncResult(tick_id("ping", clock.now - 0.5)).state == "PENDING"  # none stored
+
+
+def test_a_redelivered_or_replayed_tick_runs_again(app: Celeriac, clock: Clock) -> None:
+    """The fence stops only a second *send*: a redelivery of the same send (its worker
+    died) and a dead letter replayed by hand run, as every other task's would."""
+    runs: list[str] = []
+    app.beat.periodic(
+        app.task(lambda: runs.append("ran"), name="t.ping", ignore_result=True),
+        every=60,
+        name="ping",
+    )
+    Scheduler(app, clock=clock).step()
+    executor = Executor(app, "doomed")
+
+    def start() -> Delivery:
+        (delivery,) = app.broker.fetch(["default"], "doomed", limit=1, lease_seconds=30, timeout=0)
+        job, skip = executor.prepare(delivery)
+        assert skip is None, "the fence stopped the same send"
+        executor.execute(job)
+        return delivery
+
+    app.broker.requeue(start().lease)  # its worker died before settling
+    poisoned = start()  # the redelivery runs; then it is dead-lettered
+    letter = DeadLetter(
+        id=poisoned.id,
+        queue=poisoned.queue,
+        task="t.ping",
+        reason="poisoned in a test",
+        body=poisoned.body,
+        deliveries=poisoned.deliveries,
+        error="",
+        dead_at=time.time(),
+    )
+    assert app.broker.dead_letter(poisoned.lease, letter, None)
+    assert app.replay_dead_letters([poisoned.id]) == 1
+    assert run_queued(app) == 1
+    assert runs == ["ran", "ran", "ran"]
 
 
 # -- missed ticks ----------------------------------------------------------------------------

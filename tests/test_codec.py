@@ -158,7 +158,8 @@ def test_a_renewed_message_gets_its_time_to_live_and_retries_back(serializer: st
     body, priority = renewed
     new = codec.decode(body)
     assert (new.sent_at, new.expires, new.eta, new.retries) == (10_000.0, 10_060.0, None, 0)
-    assert priority == 8 and new.args == [1] and new.options == {"dedupe_key": "k"}
+    assert priority == 8 and new.args == [1]
+    assert new.options == {"dedupe_key": "k", "replayed_at": 10_000.0}  # marked as a re-run
 
 
 def test_renewing_keeps_fields_this_version_does_not_know() -> None:

@@ -117,9 +117,10 @@ class Codec:
 
         For replaying a dead letter: the expiry moves with it (the same time to live from
         ``now``), and retries, countdown and the first error start again, so a letter replayed
-        a day later runs instead of expiring at once and gets its retries back. The message
-        is rewritten field by field in its own format, so fields this version does not know
-        (a newer producer's) are kept.
+        a day later runs instead of expiring at once and gets its retries back, and
+        ``options["replayed_at"]`` marks it as a re-run. The message is rewritten field by
+        field in its own format, so fields this version does not know (a newer producer's)
+        are kept.
 
         Example:
             >>> codec = Codec()
@@ -127,8 +128,8 @@ class Codec:
             ...                            retries=3, priority=7))
             >>> body, priority = codec.renewed(old, now=5000.0)
             >>> m = codec.decode(body)
-            >>> m.sent_at, m.expires, m.retries, priority
-            (5000.0, 5060.0, 0, 7)
+            >>> m.sent_at, m.expires, m.retries, priority, m.options["replayed_at"]
+            (5000.0, 5060.0, 0, 7, 5000.0)
         """
         signed = raw.startswith(_SIGNED)
         if signed != bool(self.keys):
@@ -153,8 +154,10 @@ class Codec:
         for stale in ("eta", "retries"):
             fields.pop(stale, None)
         options = fields.get("options")
-        if isinstance(options, dict):
-            options.pop("first_error", None)
+        if not isinstance(options, dict):
+            options = fields["options"] = {}
+        options.pop("first_error", None)
+        options["replayed_at"] = now  # a deliberate re-run: beat's tick fence lets it through
         fields["sent_at"] = now
         priority = fields.get("priority", 0)
         if not isinstance(priority, int) or not 0 <= priority <= 9:

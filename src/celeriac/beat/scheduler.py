@@ -13,7 +13,8 @@ How one tick is sent (entry ``E``, fire time ``T``):
    again when its TTL lapses and, if the winner died between claim and send, take the tick
    over. Sending the same deterministic id twice is a no-op in every broker, so even a
    takeover of a tick that *was* sent creates no second task while it is queued, running
-   or has a stored result.
+   or has a stored result. After that, the worker's tick fence
+   (:mod:`celeriac.middleware.ticks`) skips the second copy.
 
 Missed ticks (every scheduler was down at ``T``): only the latest fire time is ever
 considered, so recovery never bursts. A tick more than its grace late (half the interval,

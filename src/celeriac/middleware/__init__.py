@@ -13,6 +13,7 @@ from celeriac.middleware.rate_limit import RateLimit
 from celeriac.middleware.results import Results
 from celeriac.middleware.retries import Retries
 from celeriac.middleware.revocation import Revocation
+from celeriac.middleware.ticks import Ticks
 from celeriac.middleware.verdicts import Verdicts
 
 
@@ -27,6 +28,7 @@ def default_middleware() -> list[Middleware]:
         Revocation(),
         Dedupe(),
         RateLimit(),
+        Ticks(),  # after every hook that may put the message back: its fence is a start
         Results(),
         Retries(),
         Events(),
@@ -46,6 +48,7 @@ __all__ = [
     "Results",
     "Retries",
     "Revocation",
+    "Ticks",
     "Verdicts",
     "default_middleware",
 ]
