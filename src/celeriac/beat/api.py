@@ -25,10 +25,11 @@ from celeriac.beat.entries import (
     EntryState,
     Loaded,
     entry_from_config,
+    tick_id,
 )
 from celeriac.beat.schedules import Cron, Schedule, parse_schedule
 from celeriac.errors import ConfigurationError, UnknownEntry
-from celeriac.task import Task
+from celeriac.task import Task, TaskOptions
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -66,6 +67,7 @@ class EntryInfo:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] | None = None
     options: dict[str, Any] | None = None
+    last_error: str | None = None  # why the last tick could not be sent (None: it was)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: times as ISO 8601 in UTC.
@@ -186,11 +188,23 @@ class Beat:
         return entries
 
     def _check_arguments(self, entry: Entry) -> None:
-        """Refuse an entry whose arguments cannot fit its task's function, when that task is
-        registered here: a tick that would fail every time is refused when it is defined."""
+        """Refuse an entry whose ticks could never be sent or run: arguments that cannot fit
+        its task's function (when that task is registered here), or send options no
+        message can carry (``priority=10``, ``queue=5``). Found when the entry is defined,
+        not by the scheduler at every tick."""
         try:
             self.app.check_call(entry.task, entry.args, entry.kwargs)
-        except TypeError as exc:
+            task = self.app.tasks.get(entry.task) or Task(
+                self.app, _elsewhere, entry.task, TaskOptions()
+            )
+            following = entry.schedule.next_after(self.clock())
+            task.message(
+                entry.args,
+                entry.kwargs,
+                task_id=tick_id(entry.name, following),
+                **entry.send_options(following, following),
+            )
+        except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"periodic entry {entry.name!r}: {exc}") from None
 
     # -- the merged view -------------------------------------------------------------------
@@ -343,8 +357,14 @@ class Beat:
             ConfigurationError: a bad schedule or option.
         """
         item = self.load().get(name)
-        if item is None or item.entry is None:
+        if item is None:
             raise UnknownEntry(self._unknown(name))
+        if item.entry is None:  # listed from a scheduler's state; its definition is not here
+            raise UnknownEntry(
+                f"periodic entry {name!r} is defined in code this process does not load: "
+                f"pass -A with that code, or redefine it here (celeriac beat add {name} "
+                "TASK --cron/--every ... --replace)"
+            )
         entry = item.entry
         schedule = _changed_schedule(entry.schedule, cron, every, tz, self.app.conf.beat_timezone)
         changed = replace(
@@ -363,35 +383,43 @@ class Beat:
         )
         return changed
 
-    def pause(self, name: str) -> None:
+    def pause(self, name: str) -> str:
         """Stop an entry's ticks until :meth:`resume`; schedulers see it within a second.
+
+        Returns what happened, in words (pausing a paused entry changes nothing).
 
         Example:
             >>> from celeriac import Celeriac
             >>> app = Celeriac("doc", broker="memory://")
             >>> _ = app.beat.add("ping", "doc.ping", every=60)
-            >>> app.beat.pause("ping"); app.beat.get("ping").paused
+            >>> app.beat.pause("ping")
+            'paused ping'
+            >>> app.beat.get("ping").paused
             True
 
         Raises:
             UnknownEntry: no entry of that name.
         """
-        self._set_paused(name, paused=True)
+        return self._set_paused(name, paused=True)
 
-    def resume(self, name: str) -> None:
+    def resume(self, name: str) -> str:
         """Start a paused entry's ticks again, from the next one (missed ones never run).
+
+        Returns what happened, in words (resuming an active entry changes nothing).
 
         Example:
             >>> from celeriac import Celeriac
             >>> app = Celeriac("doc", broker="memory://")
             >>> _ = app.beat.add("ping", "doc.ping", every=60, paused=True)
-            >>> app.beat.resume("ping"); app.beat.get("ping").paused
-            False
+            >>> app.beat.resume("ping")
+            'resumed ping'
+            >>> app.beat.resume("ping")
+            'ping was not paused; nothing changed'
 
         Raises:
             UnknownEntry: no entry of that name.
         """
-        self._set_paused(name, paused=False)
+        return self._set_paused(name, paused=False)
 
     def remove(self, name: str) -> str:
         """Remove an entry added at run time, or drop the run-time changes of one from code.
@@ -436,10 +464,14 @@ class Beat:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _set_paused(self, name: str, *, paused: bool) -> None:
+    def _set_paused(self, name: str, *, paused: bool) -> str:
         item = self.load().get(name)
         if item is None:
             raise UnknownEntry(self._unknown(name))
+        if item.paused == paused:
+            # Writing anyway would move changed_at and so drop a tick that is due but not
+            # yet sent: a no-op must stay one.
+            return f"{name} was {'already paused' if paused else 'not paused'}; nothing changed"
         records, _ = self.store.read([name])
         record = records.get(name, EntryRecord())
         self.store.register(name)
@@ -447,6 +479,7 @@ class Beat:
         self.store.write_record(
             name, EntryRecord(spec=record.spec, paused=paused, changed_at=self.clock())
         )
+        return f"{'paused' if paused else 'resumed'} {name}"
 
     def _unknown(self, name: str) -> str:
         known = ", ".join(sorted(self.load())) or "none"
@@ -515,4 +548,10 @@ def _info(app: Celeriac, item: Loaded, now: float) -> EntryInfo:
         args=entry.args if entry else (),
         kwargs=entry.kwargs if entry else None,
         options=entry.options if entry else None,
+        last_error=state.last_error,
     )
+
+
+def _elsewhere(*args: Any, **kwargs: Any) -> Any:
+    """Stands for a task known only by name here; its message is only built, never run."""
+    raise NotImplementedError("a task known only by name: a worker runs it")

@@ -77,13 +77,38 @@ class Entry:
             )
         object.__setattr__(self, "args", tuple(self.args))
         object.__setattr__(self, "kwargs", dict(self.kwargs))
-        object.__setattr__(self, "options", dict(self.options))
+        object.__setattr__(self, "options", _tick_options(self.name, self.options))
         try:  # fail when the entry is defined, not at 3 a.m. when its tick is sent
             msgspec.json.encode([self.args, self.kwargs, self.options])
         except (TypeError, msgspec.EncodeError) as exc:
             raise ConfigurationError(
                 f"entry {self.name!r}: arguments and options must be JSON ({exc})"
             ) from exc
+
+    def send_options(self, tick: float, following: float) -> dict[str, Any]:
+        """The options the tick at ``tick`` is sent with, the next being due at ``following``.
+
+        By default a tick expires when the next one is due: a stale tick never runs late.
+        The headers say which entry and tick a message is (the worker's tick fence reads
+        them).
+
+        Example:
+            >>> options = Entry("e", "t", Every(60)).send_options(60.0, 120.0)
+            >>> options["expires"].timestamp()
+            120.0
+            >>> options["headers"]
+            {'beat_entry': 'e', 'beat_tick': 60.0}
+            >>> Entry("e", "t", Every(60), options={"expires": 10}).send_options(60, 120)["expires"]
+            10
+        """
+        options: dict[str, Any] = dict(self.options)
+        options.setdefault("expires", dt.datetime.fromtimestamp(following, dt.UTC))
+        options["headers"] = {
+            **options.get("headers", {}),
+            "beat_entry": self.name,
+            "beat_tick": tick,
+        }
+        return options
 
     def to_spec(self) -> EntrySpec:
         """The stored form of this definition.
@@ -119,6 +144,29 @@ class Entry:
         return cls(
             name, spec.task, schedule, tuple(spec.args), spec.kwargs, spec.options, spec.missed
         )
+
+
+def _tick_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` as they survive the trip through the broker's JSON, or a clear error.
+
+    A timedelta ``expires`` becomes seconds (JSON would turn it into the string ``PT30S``,
+    which no send accepts); a datetime is refused: one instant would expire every later tick.
+    """
+    options = dict(options)
+    expires = options.get("expires")
+    if isinstance(expires, dt.timedelta):
+        options["expires"] = expires.total_seconds()
+    elif isinstance(expires, dt.datetime):
+        raise ConfigurationError(
+            f"entry {name!r}: expires={expires!r} is one point in time, and would expire "
+            "every tick after it; give seconds after each tick is sent (expires=300)"
+        )
+    headers = options.get("headers", {})
+    if not isinstance(headers, dict):
+        raise ConfigurationError(
+            f"entry {name!r}: headers must be a dict, got {type(headers).__name__} {headers!r}"
+        )
+    return options
 
 
 def check_name(name: str) -> str:

@@ -25,7 +25,6 @@ at most ``beat_missed_after``) is dropped under ``missed="skip"`` and sent once 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import math
 import os
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from celeriac.beat.entries import EntryState, Loaded, grace, tick_id
+from celeriac.beat.schedules import format_seconds
 from celeriac.brokers import redacted
 from celeriac.errors import BrokerError, CeleriacError
 
@@ -156,19 +156,23 @@ class Scheduler:
             >>> 0 < Scheduler(Celeriac("doc", broker="memory://"), clock=lambda: 0.5).step() <= 1
             True
         """
-        now, started = self.clock(), time.monotonic()
-        wake = now + self.app.conf.beat_max_interval
+        interval = self.app.conf.beat_max_interval
         try:
             loaded = self.app.beat.load()
         except BrokerError as exc:
-            return self._broker_failed(exc, wake - now)
+            return self._broker_failed(exc, interval)
         except CeleriacError as exc:
             log.error("beat: cannot load the entries: %s", exc)
-            return wake - now
+            return interval
+        # The time is read after the broker answered, and again for each entry: a read that
+        # stalled (a slow broker, a paused VM) must not make a stale tick look on time.
+        now = self.clock()
+        wake = now + interval
         self._note_changes(loaded, now)
         for item in loaded.values():
             if item.entry is None or item.paused:
                 continue
+            now = self.clock()
             try:
                 wake = min(wake, self._consider(item, item.entry, now))
             except BrokerError as exc:
@@ -178,7 +182,7 @@ class Scheduler:
         if self._broker_down:
             log.info("beat: the broker is reachable again")
             self._broker_down = False
-        return max(wake - now - (time.monotonic() - started), 0.001)
+        return max(wake - self.clock(), 0.001)
 
     def _consider(self, item: Loaded, entry: Entry, now: float) -> float:
         """Send ``entry``'s current tick if it is due and unsent; return when to look next."""
@@ -199,10 +203,11 @@ class Scheduler:
         ):
             if entry.missed == "skip" or state.schedule != schedule.describe():
                 log.info(
-                    "beat: missed the tick of %s for %s (no scheduler ran then); policy "
-                    "skip: next at %s",
+                    "beat: missed the tick of %s for %s (no scheduler sent it within %s of "
+                    "it); policy skip: next at %s",
                     name,
                     _at(schedule, tick, now),
+                    format_seconds(grace(following - tick, self.app.conf.beat_missed_after)),
                     _at(schedule, upcoming, now),
                 )
                 self._done[name] = tick
@@ -235,12 +240,17 @@ class Scheduler:
         except BrokerError:
             self._contended[name] = tick  # our claim lapses; whoever looks next retries
             raise
-        except CeleriacError as exc:  # the tick itself is bad (too large, unencodable)
+        except (CeleriacError, TypeError, ValueError) as exc:
+            # The tick itself is bad (too large, an option no message can carry, say one
+            # stored by a process that did not check it): retrying it cannot help.
             log.error(
-                "beat: could not send the tick of %s for %s: %s",
+                "beat: could not send the tick of %s for %s: %s. Fix the entry (celeriac "
+                "beat add %s ... --replace, or its definition in code); next tick at %s",
                 name,
                 _at(entry.schedule, tick, now),
                 exc,
+                name,
+                _at(entry.schedule, upcoming, now),
             )
             self._done[name] = tick
             store.write_state(name, _replace_state(state, last_error=str(exc)))
@@ -281,17 +291,13 @@ class Scheduler:
         return lapse
 
     def _send(self, entry: Entry, tick: float, following: float) -> str:
-        options: dict[str, Any] = dict(entry.options)
-        # By default a tick expires when the next one is due: a stale tick never runs late.
-        options.setdefault("expires", dt.datetime.fromtimestamp(following, dt.UTC))
-        options["headers"] = {
-            **options.get("headers", {}),
-            "beat_entry": entry.name,
-            "beat_tick": tick,
-        }
         task_id = tick_id(entry.name, tick)
         result = self.app.send_task(
-            entry.task, entry.args, dict(entry.kwargs), task_id=task_id, **options
+            entry.task,
+            entry.args,
+            dict(entry.kwargs),
+            task_id=task_id,
+            **entry.send_options(tick, following),
         )
         return result.id  # a dedupe middleware may name an existing task instead
 

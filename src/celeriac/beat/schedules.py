@@ -14,6 +14,10 @@ Cron and daylight-saving time follow Vixie cron / cronie, the rules ops people k
 * A wall-clock time that happens twice when clocks go back fires once (the first time)
   for a fixed-time job; other jobs fire at both, so ``*/5`` keeps its cadence through the
   repeated hour.
+
+Days follow cron's rule too: with both day fields restricted, a day matching either runs
+(``0 0 1,15 * 1``: the 1st, the 15th and every Monday); if either field starts with ``*``,
+a day must match both (``0 0 */2 * 1``: Mondays on odd days).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import abc
 import datetime as dt
 import functools
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -41,6 +46,9 @@ _ALIASES = {
 }
 _MAX_CANDIDATES = 50_000  # a valid 5-field expression matches within a few years of minutes
 _MIN_EVERY = 0.1  # seconds; a faster schedule would cost more broker calls than it is worth
+# croniter's extensions "R" (a random value, drawn anew at every parse) and "H" (hashed
+# from an id): a field using them is not a pure function of time.
+_DRAWN = re.compile(r"(?:^|,)[hr](?:\(|/|,|$)", re.IGNORECASE)
 
 
 class Schedule(abc.ABC):
@@ -188,11 +196,20 @@ class Cron(Schedule):
     tz: str = "UTC"
     _zone: ZoneInfo = field(init=False, repr=False, compare=False)
     _fixed: bool = field(init=False, repr=False, compare=False)
+    _day_or: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         expr = " ".join(self.expr.split())
         expr = _ALIASES.get(expr.lower(), expr)
         fields = expr.split(" ")
+        if any(_DRAWN.search(f) for f in fields):
+            # Each scheduler, and each pass, would see other fire times: ticks sent several
+            # times an hour under different ids, or never.
+            raise ConfigurationError(
+                f"cron {self.expr!r}: random (R) and hashed (H) fields are not supported: "
+                "every scheduler must compute the same fire times; write the minute or hour "
+                "you want (e.g. '17 * * * *')"
+            )
         if len(fields) != 5 or not croniter.is_valid(expr):
             raise ConfigurationError(
                 f"cron {self.expr!r}: not a valid five-field cron expression (minute hour "
@@ -210,6 +227,12 @@ class Cron(Schedule):
         # cronie's rule: a job is "fixed-time" unless its minute or hour field is a wildcard.
         object.__setattr__(
             self, "_fixed", not fields[0].startswith("*") and not fields[1].startswith("*")
+        )
+        # cronie's day rule: a day matches day-of-month OR day-of-week only when neither
+        # field starts with "*"; otherwise it must match both ("0 0 */2 * 1" is the Mondays
+        # that fall on odd days). croniter ORs any two restricted fields unless told.
+        object.__setattr__(
+            self, "_day_or", not fields[2].startswith("*") and not fields[4].startswith("*")
         )
         try:
             self.next_after(0.0)
@@ -229,7 +252,7 @@ class Cron(Schedule):
         # A candidate whose wall time is earlier than t's can still fire after t when the
         # clocks go back in between, so the scan starts `slack` (the zone's offset swing
         # around t) earlier and keeps the smallest instant after t.
-        it = croniter(self.expr, self._naive(t) - self._slack(t))
+        it = croniter(self.expr, self._naive(t) - self._slack(t), day_or=self._day_or)
         best: float | None = None
         for _ in range(_MAX_CANDIDATES):
             wall: dt.datetime = it.get_next(dt.datetime)
@@ -248,7 +271,8 @@ class Cron(Schedule):
             >>> c.latest(7200.0), c.latest(7199.0)
             (7200.0, 3600.0)
         """
-        it = croniter(self.expr, self._naive(t) + self._slack(t) + dt.timedelta(minutes=1))
+        start = self._naive(t) + self._slack(t) + dt.timedelta(minutes=1)
+        it = croniter(self.expr, start, day_or=self._day_or)
         best: float | None = None
         for _ in range(_MAX_CANDIDATES):
             wall: dt.datetime = it.get_prev(dt.datetime)

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from celeriac.beat import EntryInfo, Scheduler
@@ -173,8 +174,7 @@ def beat_pause(obj: Context, name: str) -> None:
 
     Example: celeriac beat pause nightly-report
     """
-    obj.app.beat.pause(name)
-    click.echo(f"paused {name}")
+    click.echo(obj.app.beat.pause(name))
 
 
 @beat.command("resume")
@@ -185,8 +185,7 @@ def beat_resume(obj: Context, name: str) -> None:
 
     Example: celeriac beat resume nightly-report
     """
-    obj.app.beat.resume(name)
-    click.echo(f"resumed {name}")
+    click.echo(obj.app.beat.resume(name))
 
 
 @beat.command("remove")
@@ -218,7 +217,11 @@ def _when(ts: float | None) -> str:
 
 def _status(entry: EntryInfo) -> str:
     if entry.paused:
-        return "[yellow]paused[/]"
-    if entry.origin == "elsewhere":
-        return "defined elsewhere"
-    return f"active ({entry.origin})"
+        status = "[yellow]paused[/]"
+    elif entry.origin == "elsewhere":
+        status = "defined elsewhere"
+    else:
+        status = f"active ({entry.origin})"
+    if entry.last_error:  # the last tick was not sent: say why, or nobody would know
+        status += f"\n[red]last tick not sent:[/] {escape(entry.last_error)}"
+    return status
