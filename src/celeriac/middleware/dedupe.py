@@ -18,8 +18,12 @@ from typing import TYPE_CHECKING
 from celeriac.message import Message
 from celeriac.middleware.base import Job, Middleware, Outcome
 
+# Outcomes after which the task will not run again: its dedupe key is free.
+_ENDED = frozenset({"SUCCESS", "FAILURE", "EXPIRED", "REVOKED", "DEAD"})
+
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+    from celeriac.brokers.base import Broker
 
 
 class Dedupe(Middleware):
@@ -52,7 +56,13 @@ class Dedupe(Middleware):
         if message.expires is not None:
             message.expires += due - (message.eta or message.sent_at)
         message.eta = due
-        app.broker.kv_set(f"debounce:{key}", message.id.encode(), wait * 2 + 60)
+        # The mark must outlive every send of the burst that may still wait: once it lapses,
+        # each superseded send runs. They wait as long as a backlog lasts, up to their expiry
+        # (a day by default); a mark kept for only wait * 2 + 60 s let a burst behind a
+        # minute's backlog run once per send.
+        lives = message.expires - time.time() if message.expires is not None else None
+        keep = max(wait * 2, lives if lives is not None else app.conf.result_expires) + 60
+        app.broker.kv_set(f"debounce:{key}", message.id.encode(), keep)
 
     def before_execute(self, job: Job) -> Outcome | None:
         """Skip superseded debounced sends; free a queued-mode dedupe key."""
@@ -69,18 +79,51 @@ class Dedupe(Middleware):
         return None
 
     def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
-        """Free a running-mode dedupe key once the task finished."""
+        """Free the dedupe key of a task that ended; hold it again for one put back unrun.
+
+        Not committed: another worker owns the message now and settles the key itself. A
+        final state or a dead letter frees the key in both modes, even when an earlier
+        middleware (expiry, revocation, debounce) skipped the task before
+        :meth:`before_execute` could free it: it used to stay held for the whole TTL, and
+        every later send got the handle of a task that would never run again. A retry
+        keeps a running-mode key (the task has not finished). A deferral (a rate limit,
+        an unknown task) puts the message back unrun, so it is queued again: a
+        queued-mode key is taken again for it, or every deferral let a duplicate in.
+        """
         message = job.message
-        if message is not None and message.options.get("dedupe_mode") == "running":
+        if not committed or message is None or message.options.get("dedupe_key") is None:
+            return
+        if outcome.state in _ENDED:
             self._release(job)
+        elif (
+            outcome.state == "DEFERRED" and message.options.get("dedupe_mode", "queued") == "queued"
+        ):
+            self._hold_again(job)
+
+    def _hold_again(self, job: Job) -> None:
+        message = job.message
+        assert message is not None
+        ttl = float(message.options.get("dedupe_ttl", 3600))
+        left = message.sent_at + ttl - time.time()  # never longer than the TTL it was sent with
+        if left > 0:
+            store = f"dedupe:{message.options['dedupe_key']}"
+            _broker(job).kv_set(store, message.id.encode(), left, only_if_absent=True)
 
     def _release(self, job: Job) -> None:
-        message, task = job.message, job.task
-        assert message is not None and task is not None
+        message = job.message
+        assert message is not None
         key = message.options.get("dedupe_key")
         if key is None:
             return
         store = f"dedupe:{key}"
-        (held,) = task.app.broker.kv_get([store])
+        broker = _broker(job)
+        (held,) = broker.kv_get([store])
         if held is not None and held.decode() == message.id:
-            task.app.broker.kv_delete(store)
+            broker.kv_delete(store)
+
+
+def _broker(job: Job) -> Broker:
+    # The worker's app: there even when the task is unknown (a deferred unknown task).
+    app = job.app or (job.task.app if job.task is not None else None)
+    assert app is not None
+    return app.broker

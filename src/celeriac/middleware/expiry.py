@@ -28,7 +28,18 @@ class Expiry(Middleware):
         message = job.message
         if message is not None and message.expires is not None and message.expires < time.time():
             late = time.time() - message.expires
-            return Outcome("EXPIRED", reason=f"expired {late:.1f}s before a worker started it")
+            if not message.retries:
+                return Outcome("EXPIRED", reason=f"expired {late:.1f}s before a worker started it")
+            # A retry that came up too late: it did run, and failed. "Before a worker
+            # started it" told its caller it never ran, and hid the error it failed with.
+            first = message.options.get("first_error")
+            return Outcome(
+                "EXPIRED",
+                reason=(
+                    f"expired {late:.1f}s before a worker started retry {message.retries}; "
+                    "its earlier runs failed" + (f" (first error: {first})" if first else "")
+                ),
+            )
         return None
 
     def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:

@@ -25,6 +25,7 @@ from celeriac.errors import ConfigurationError
 from celeriac.middleware.base import Job, Middleware, Outcome
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PER_CALL = frozenset({"rate_limit", "limit"})  # options apply_async may give per message
 _SLOT = "rate_slot"  # option on a deferred message: the time of its reserved slot
 # Admissions asked for per start at most: a broker slow on every call must not spend the
 # whole window on one task's retries.
@@ -60,7 +61,10 @@ class RateLimit(Middleware):
         task, message = job.task, job.message
         if task is None or message is None:
             return None
-        limiter = self._limiter(job)
+        try:
+            limiter = self._limiter(job)
+        except Exception as exc:  # noqa: BLE001 - reported as the task's failure, by name
+            return _misconfigured(job, exc)
         if limiter is None:
             return None
         key, limit, period = limiter
@@ -101,15 +105,20 @@ class RateLimit(Middleware):
         )
 
     def _limiter(self, job: Job) -> tuple[str, int, float] | None:
-        assert job.task is not None and job.request is not None
+        assert job.task is not None and job.request is not None and job.message is not None
         opts = job.task.options.extra
+        sent = {k: v for k, v in job.message.options.items() if k in _PER_CALL}
+        if sent:
+            # Given to apply_async for this call, which accepts it: it replaces the task's
+            # own limit (it was ignored). A per-call rate_limit_key cannot travel (a function).
+            opts = {k: v for k, v in opts.items() if k not in _PER_CALL} | sent
         if "limit" in opts:
             name = opts["limit"]
             rate = job.task.app.conf.limits.get(name)
             if rate is None:
+                known = ", ".join(sorted(job.task.app.conf.limits)) or "none"
                 raise ConfigurationError(
-                    f"task {job.task.name} uses limit {name!r}, which is "
-                    "not in the app's limits setting"
+                    f"its limit {name!r} is not in this worker's limits setting (it has: {known})"
                 )
             key = f"rate:limit:{name}"
         elif "rate_limit" in opts:
@@ -120,3 +129,22 @@ class RateLimit(Middleware):
         if split is not None:
             key += ":" + str(split(*job.request.args, **job.request.kwargs))
         return (key, *parse_rate(rate))
+
+
+def _misconfigured(job: Job, exc: Exception) -> Outcome:
+    """FAILURE, not a run: a limit this worker cannot apply (a rate it cannot read, a limit
+    name missing from its ``limits``, a ``rate_limit_key`` that raised) used to fail the
+    hook, which is logged and skipped, so the task ran with no limit at all and every task
+    of it hammered the service the limit protects."""
+    from celeriac.worker.executor import error_info
+
+    if not isinstance(exc, ConfigurationError):  # the task's rate_limit_key raised
+        exc = ConfigurationError(
+            f"its rate_limit_key raised {type(exc).__name__}: {exc} (it is called with the "
+            "task's arguments and returns the text that splits the limit)"
+        )
+    exc = ConfigurationError(
+        f"task {job.label} was not run: {exc}. Fix the task's rate limit (or the app's "
+        "limits setting) and send it again."
+    )
+    return Outcome("FAILURE", error=error_info(exc), exception=exc)

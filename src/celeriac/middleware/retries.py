@@ -7,9 +7,12 @@ releases the current delivery.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from celeriac.errors import Retry
+import msgspec
+
+from celeriac.errors import Retry, TaskFailed
 from celeriac.middleware.base import Job, Middleware, Outcome
 from celeriac.retry import RetryPolicy
 
@@ -20,7 +23,9 @@ class Retries(Middleware):
     Task options: ``autoretry_for`` (exception types), ``max_retries`` (default 3),
     ``retry_backoff`` (base seconds, default 1), ``retry_backoff_max`` (default 600),
     ``retry_jitter`` (default True), ``dead_letter_after_retries`` (default False: the
-    final failure is only stored; True also dead-letters the message).
+    final failure is only stored; True also dead-letters the message). Each may also be
+    given to ``apply_async`` for one call. A retry that would be due after the message's
+    expiry is not scheduled: the task fails with its own error instead of ending EXPIRED.
     """
 
     options = frozenset(
@@ -39,14 +44,14 @@ class Retries(Middleware):
         task, message = job.task, job.message
         if task is None or message is None or outcome.state not in {"FAILURE", "RETRY"}:
             return outcome
-        opts: dict[str, Any] = task.options.extra
+        opts = _options(task.options.extra, message.options, self.options)
         if outcome.state == "FAILURE":
             retry_on = tuple(opts.get("autoretry_for", ()))
             if not (retry_on and isinstance(outcome.exception, retry_on)):
                 return outcome
         max_retries = opts.get("max_retries", 3)
         if max_retries is not None and message.retries >= max_retries:
-            return self._give_up(job, outcome, max_retries, opts)
+            return self._give_up(job, outcome, f"after {max_retries} retries", opts)
         if outcome.state == "FAILURE" or outcome.delay is None:
             policy = RetryPolicy(
                 base=float(opts.get("retry_backoff", 1.0)),
@@ -56,24 +61,54 @@ class Retries(Middleware):
             delay = policy.delay(message.retries)
         else:
             delay = outcome.delay
+        if message.expires is not None and time.time() + delay >= message.expires:
+            # A retry due after the expiry would only end EXPIRED, "expired before a worker
+            # started it": the task's own error lost, and its caller told it never ran.
+            why = f"after {message.retries} retries: the next would be due after its expiry"
+            return self._give_up(job, outcome, why, opts)
         exc = outcome.exception
         if exc is not None and not isinstance(exc, Retry):
             # Kept in the message, so a dead letter can show the first error and the last.
             message.options.setdefault("first_error", f"{_qualname(exc)}: {exc}")
         return Outcome("RETRY", delay=delay, exception=exc, runtime=outcome.runtime)
 
-    def _give_up(
-        self, job: Job, outcome: Outcome, max_retries: int, opts: dict[str, Any]
-    ) -> Outcome:
+    def _give_up(self, job: Job, outcome: Outcome, why: str, opts: dict[str, Any]) -> Outcome:
         from celeriac.worker.executor import error_info
 
         exc = outcome.exception
-        error = outcome.error or (error_info(exc) if exc is not None else None)
+        if isinstance(exc, Retry):
+            # ``raise self.retry()`` with no cause: "celeriac.errors.Retry: retry in 5s" told
+            # the caller nothing, and run_queued re-raised a Retry in the test.
+            exc = TaskFailed(
+                f"task {job.label} gave up {why}; its last run raised Retry without an "
+                "error (pass the cause, raise self.retry(exc=...), to see it here)"
+            )
+        error = outcome.error if exc is outcome.exception else None
+        error = error or (error_info(exc) if exc is not None else None)
+        if error is not None:  # the caller's traceback note says why it was not retried
+            note = f"celeriac: task {job.label} gave up {why}"
+            error = msgspec.structs.replace(error, traceback=f"{error.traceback}\n{note}".lstrip())
         final = Outcome("FAILURE", error=error, exception=exc, runtime=outcome.runtime)
         if opts.get("dead_letter_after_retries"):
             final.state = "DEAD"
-            final.reason = f"failed after {max_retries} retries"
+            final.reason = f"failed {why}"
         return final
+
+
+def _options(
+    defined: dict[str, Any], sent: dict[str, Any], names: frozenset[str]
+) -> dict[str, Any]:
+    """The task's options, overridden by those given to ``apply_async`` for this call.
+
+    ``apply_async(max_retries=0)`` was accepted (a declared option) and then ignored: the
+    policy read only the options the task was defined with.
+
+    Example:
+        >>> _options({"max_retries": 3, "retry_jitter": False}, {"max_retries": 0}, Retries.options)
+        {'max_retries': 0, 'retry_jitter': False}
+    """
+    given = {name: sent[name] for name in names if name in sent}
+    return {**defined, **given} if given else defined
 
 
 def _qualname(exc: BaseException) -> str:

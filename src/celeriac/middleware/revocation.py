@@ -3,7 +3,8 @@
 Revokes live in the broker (see :mod:`celeriac.control`), so they survive worker restarts
 and reach every host. Each process keeps the set it has read and refreshes it at most
 every quarter second, so a revoke takes effect within about that long: no extra broker
-round trip per task.
+round trip per task. A revoke made in this process (a test's ``run_queued``, eager mode, a
+task revoking another) applies at once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ class Revocation(Middleware):
         self._revoked: set[str] = set()
         self._seq = 0
         self._checked = 0.0
+
+    def revoked_here(self, task_id: str) -> None:
+        """Honour a revoke made in this process at once, not at the next refresh.
+
+        Example:
+            >>> middleware = Revocation()
+            >>> middleware.revoked_here("abc")
+            >>> "abc" in middleware._revoked
+            True
+        """
+        self._revoked.add(task_id)
 
     def before_execute(self, job: Job) -> Outcome | None:
         """Return REVOKED for a revoked task id."""

@@ -1,0 +1,357 @@
+"""Policies under review: dedupe, debounce, retries with expiry, rate-limit mistakes,
+revokes, and result waits (each test is a bug a user hit before its fix)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from celeriac import Celeriac, Retry, Task
+from celeriac.canvas import group
+from celeriac.errors import ConfigurationError, ResultTimeout, TaskExpired, TaskFailed
+from celeriac.testing import run_queued
+from celeriac.worker.executor import Executor
+
+
+@pytest.fixture
+def app() -> Celeriac:
+    return Celeriac("review-policies", broker="memory://")
+
+
+def _spend_the_minute(app: Celeriac, task: Task[Any, Any]) -> None:
+    """Use up a 1/m limit, so the next start of ``task`` is deferred."""
+    task.delay(0)
+    run_queued(app)
+
+
+# -- dedupe ------------------------------------------------------------------------------
+
+
+def test_an_expired_task_frees_its_dedupe_key(app: Celeriac) -> None:
+    @app.task
+    def sync(n: int) -> int:
+        return n
+
+    first = sync.apply_async((1,), dedupe_key="sync:42", expires=0.01)
+    time.sleep(0.05)
+    run_queued(app)
+    assert first.state == "EXPIRED"
+    again = sync.apply_async((2,), dedupe_key="sync:42")
+    assert again.id != first.id  # was: the expired task's handle, for the whole TTL
+    run_queued(app)
+    assert again.get(timeout=1) == 2
+
+
+def test_a_revoked_task_frees_its_dedupe_key(app: Celeriac) -> None:
+    @app.task
+    def sync(n: int) -> int:
+        return n
+
+    first = sync.apply_async((1,), dedupe_key="sync:42")
+    first.revoke()
+    run_queued(app)
+    assert first.state == "REVOKED"
+    again = sync.apply_async((2,), dedupe_key="sync:42")
+    assert again.id != first.id
+    run_queued(app)
+    assert again.get(timeout=1) == 2
+
+
+def test_running_mode_dedupe_holds_its_key_through_a_retry(app: Celeriac) -> None:
+    runs: list[int] = []
+
+    @app.task(max_retries=3)
+    def refresh() -> str:
+        runs.append(1)
+        if len(runs) == 1:
+            raise Retry(delay=30)
+        return "fresh"
+
+    first = refresh.apply_async(dedupe_key="refresh", dedupe_mode="running")
+    run_queued(app)
+    assert first.state == "RETRY"
+    again = refresh.apply_async(dedupe_key="refresh", dedupe_mode="running")
+    assert again.id == first.id  # not finished: no second task while it waits to retry
+
+
+def test_running_mode_dedupe_holds_its_key_while_a_rate_limit_defers_it(app: Celeriac) -> None:
+    @app.task(rate_limit="1/m")
+    def push(n: int) -> int:
+        return n
+
+    _spend_the_minute(app, push)
+    first = push.apply_async((1,), dedupe_key="push", dedupe_mode="running")
+    run_queued(app)  # taken, deferred to the next minute
+    assert first.state == "PENDING"
+    again = push.apply_async((2,), dedupe_key="push", dedupe_mode="running")
+    assert again.id == first.id
+
+
+def test_queued_mode_dedupe_holds_its_key_while_a_rate_limit_defers_it(app: Celeriac) -> None:
+    @app.task(rate_limit="1/m")
+    def sync(n: int) -> int:
+        return n
+
+    _spend_the_minute(app, sync)
+    ids = set()
+    for n in range(3):
+        ids.add(sync.apply_async((n,), dedupe_key="sync:42").id)
+        run_queued(app)  # a worker takes it and the limit puts it back, still unrun
+    assert len(ids) == 1  # was: one more queued duplicate per deferral
+    (stats,) = app.broker.stats()
+    assert stats.delayed == 1
+
+
+def test_a_lost_lease_does_not_free_a_running_mode_key(app: Celeriac) -> None:
+    @app.task
+    def refresh() -> str:
+        return "fresh"
+
+    sent = refresh.apply_async(dedupe_key="refresh", dedupe_mode="running")
+    (stale,) = app.broker.fetch(["default"], "w1", limit=1, lease_seconds=0.01, timeout=0)
+    time.sleep(0.05)
+    app.broker.reap()  # w1's lease expired: the message goes back, w2 takes it
+    (owned,) = app.broker.fetch(["default"], "w2", limit=1, lease_seconds=30, timeout=0)
+    assert owned.id == sent.id
+    executor = Executor(app, "w1")
+    _, outcome = executor.process(stale)  # runs, but cannot commit: w2 owns it
+    assert outcome.state == "SUCCESS"
+    again = refresh.apply_async(dedupe_key="refresh", dedupe_mode="running")
+    assert again.id == sent.id  # w2 still runs it: the key stays held
+    app.broker.requeue(owned.lease, count_delivery=False)
+
+
+def test_debounce_survives_a_backlog_longer_than_a_minute(
+    app: Celeriac, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[int] = []
+
+    @app.task
+    def reindex(version: int) -> None:
+        ran.append(version)
+
+    for version in range(4):
+        reindex.apply_async((version,), debounce=0.5, debounce_key="account:1")
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 120)  # the workers were busy 2 min
+    run_queued(app, include_delayed=True)
+    assert ran == [3]  # was: [0, 1, 2, 3], the debounce mark had lapsed after 61 s
+
+
+# -- retries -----------------------------------------------------------------------------
+
+
+def test_a_retry_due_after_the_expiry_fails_with_the_tasks_own_error(app: Celeriac) -> None:
+    runs: list[int] = []
+
+    @app.task(
+        autoretry_for=(ConnectionError,),
+        max_retries=5,
+        retry_backoff=3600,
+        retry_jitter=False,
+    )
+    def charge() -> None:
+        runs.append(1)
+        raise ConnectionError("payment service down")
+
+    r = charge.apply_async(expires=60)
+    run_queued(app, include_delayed=True, fail_fast=False)
+    assert runs == [1] and r.state == "FAILURE"  # was: a retry an hour out, then EXPIRED
+    with pytest.raises(ConnectionError, match="payment service down") as info:
+        r.get(timeout=1)
+    assert "next would be due after its expiry" in "".join(info.value.__notes__)
+    (stats,) = app.broker.stats()
+    assert stats.delayed == 0
+
+
+def test_an_explicit_retry_after_the_expiry_fails_too(app: Celeriac) -> None:
+    @app.bound_task(max_retries=5)
+    def poll(self: Task[Any, Any]) -> None:
+        raise self.retry(exc=TimeoutError("not ready"), countdown=120)
+
+    r = poll.apply_async(expires=30)
+    run_queued(app, fail_fast=False)
+    with pytest.raises(TimeoutError, match="not ready"):
+        r.get(timeout=1)
+
+
+def test_a_bare_retry_at_max_retries_fails_with_a_clear_error(app: Celeriac) -> None:
+    @app.task(max_retries=2)
+    def poll() -> None:
+        raise Retry(delay=0)
+
+    r = poll.delay()
+    with pytest.raises(TaskFailed, match=r"gave up after 2 retries; .* raise self.retry\(exc="):
+        run_queued(app, include_delayed=True)  # was: celeriac.errors.Retry: retry in 0s
+    with pytest.raises(TaskFailed, match=rf"task .*poll\[{r.id}\] gave up after 2 retries"):
+        r.get(timeout=1)
+
+
+def test_dead_letter_after_a_retry_past_the_expiry_says_why(app: Celeriac) -> None:
+    @app.task(
+        autoretry_for=(OSError,),
+        retry_backoff=3600,
+        retry_jitter=False,
+        dead_letter_after_retries=True,
+    )
+    def copy() -> None:
+        raise OSError("disk gone")
+
+    copy.apply_async(expires=60)
+    run_queued(app, fail_fast=False)
+    (letter,) = app.broker.dead_letters()
+    assert letter.reason == "failed after 0 retries: the next would be due after its expiry"
+
+
+def test_a_retry_that_expired_in_a_backlog_says_the_task_ran_and_failed(
+    app: Celeriac, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @app.task(autoretry_for=(ConnectionError,), retry_backoff=1, retry_jitter=False)
+    def charge() -> None:
+        raise ConnectionError("payment service down")
+
+    r = charge.apply_async(expires=60)
+    run_queued(app, fail_fast=False)  # fails; its retry is due long before the expiry
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 120)  # the workers were busy 2 min
+    run_queued(app, include_delayed=True, fail_fast=False)
+    assert r.state == "EXPIRED"
+    with pytest.raises(
+        TaskExpired,
+        match=r"expired .*s before a worker started retry 1; its earlier runs failed \(first "
+        r"error: builtins.ConnectionError: payment service down\)",
+    ):  # was: "expired before a worker started it", as if it never ran
+        r.get(timeout=1)
+
+
+def test_retry_options_given_per_call_apply(app: Celeriac) -> None:
+    runs: list[int] = []
+
+    @app.task(autoretry_for=(ConnectionError,), retry_backoff=0.001, retry_jitter=False)
+    def call() -> None:
+        runs.append(1)
+        raise ConnectionError("down")
+
+    r = call.apply_async(max_retries=0)  # accepted, and was ignored: 4 runs
+    run_queued(app, include_delayed=True, fail_fast=False)
+    assert len(runs) == 1 and r.state == "FAILURE"
+
+
+# -- rate limits -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"rate_limit": "1/minute"}, "write it as N/s"),
+        (
+            {"limit": "smpt"},
+            r"its limit 'smpt' is not in this worker's limits setting \(it has: smtp\)",
+        ),
+        (
+            {"rate_limit": "1/m", "rate_limit_key": lambda *a, **k: k["tenant"]},
+            "its rate_limit_key raised KeyError",
+        ),
+    ],
+)
+def test_a_rate_limit_that_cannot_apply_fails_the_task_instead_of_running_it_unlimited(
+    options: dict[str, Any], says: str
+) -> None:
+    app = Celeriac("review-limits", broker="memory://", limits={"smtp": "1/m"})
+    ran: list[int] = []
+
+    @app.task(**options)
+    def send(n: int) -> None:
+        ran.append(n)
+
+    results = [send.delay(n) for n in range(3)]
+    run_queued(app, fail_fast=False)
+    assert ran == []  # was: all three ran, with no limit at all
+    for r in results:
+        with pytest.raises(
+            ConfigurationError, match=rf"task .*send\[{r.id}\] was not run: .*{says}"
+        ):
+            r.get(timeout=1)
+
+
+def test_a_rate_limit_given_per_call_applies(app: Celeriac) -> None:
+    ran: list[int] = []
+
+    @app.task
+    def push(n: int) -> None:
+        ran.append(n)
+
+    for n in range(3):
+        push.apply_async((n,), rate_limit="1/m")  # accepted, and was ignored
+    run_queued(app)
+    assert ran == [0]
+    (stats,) = app.broker.stats()
+    assert stats.delayed == 2
+
+
+# -- revokes -----------------------------------------------------------------------------
+
+
+def test_a_revoke_applies_at_once_in_the_revoking_process(app: Celeriac) -> None:
+    ran: list[int] = []
+
+    @app.task
+    def charge(n: int) -> None:
+        ran.append(n)
+
+    charge.delay(0)
+    run_queued(app)  # the revocation middleware has just read the revokes
+    r = charge.delay(1)
+    r.revoke()
+    run_queued(app)  # was: within a quarter second of that read, the revoked task ran
+    assert ran == [0] and r.state == "REVOKED"
+
+
+# -- waiting for results -----------------------------------------------------------------
+
+
+def test_aget_honours_its_timeout_when_the_thread_pool_is_busy(app: Celeriac) -> None:
+    # Many waiters share the loop's default thread pool, in which memory and SQLite waits
+    # run: 200 waiters took 9 s to report a 1 s timeout. Here the pool's one thread is
+    # taken until the wait returns; the outer bound is only there to fail, not hang.
+    release = threading.Event()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        pool = ThreadPoolExecutor(max_workers=1)
+        loop.set_default_executor(pool)
+        busy = loop.run_in_executor(None, release.wait)
+        try:
+            waiting = app.AsyncResult("never-sent").aget(timeout=0.05)
+            with pytest.raises(ResultTimeout, match=r"never-sent\] did not finish within 0.05s"):
+                await asyncio.wait_for(waiting, 30)
+        finally:
+            release.set()
+            await busy
+
+    asyncio.run(main())
+
+
+def test_a_group_timeout_names_the_group_and_the_timeout_asked_for(app: Celeriac) -> None:
+    @app.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    g = group(double.s(i) for i in range(3)).apply_async()
+    run_queued(app, max_tasks=1)
+    with pytest.raises(ResultTimeout) as info:
+        g.get(timeout=0.1)
+    text = str(info.value)
+    assert text.startswith(f"group {g.id}: 2 of 3 members did not finish within 0.1s")
+    assert sum(f"{g.id}:{i}" in text for i in range(3)) == 2  # the members still waited for
+
+    async def wait() -> None:
+        await g.aget(timeout=0.1)
+
+    with pytest.raises(ResultTimeout, match=rf"group {g.id}: 2 of 3 members .* within 0.1s"):
+        asyncio.run(wait())
