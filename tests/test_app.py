@@ -85,7 +85,7 @@ def test_apply_async_options_reach_the_message(app: Celeriac) -> None:
     eta = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     m2 = send.message((1,), eta=eta, queue="other")
     assert m2.queue == "other" and m2.eta == pytest.approx(eta.timestamp())
-    with pytest.raises(ValueError, match=r"outside 0..9"):
+    with pytest.raises(ValueError, match=r"priority must be a whole number from 0 to 9"):
         send.apply_async((1,), priority=10)
 
 

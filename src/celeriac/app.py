@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import os
@@ -166,7 +167,12 @@ class Celeriac:
                 f"Known options: {', '.join(sorted(known))}"
             )
         core = {k: options[k] for k in _CORE_OPTIONS - {"name", "bind"} if k in options}
+        core = checked_task_options(fn.__qualname__, core)
         extra = {k: v for k, v in options.items() if k not in _CORE_OPTIONS}
+        if options.get("name") is not None and not isinstance(options["name"], str):
+            raise ConfigurationError(
+                f"task {fn.__qualname__}: name must be a str, got {options['name']!r}"
+            )
         name = options.get("name") or task_name_for(fn)
         task: Task[Any, Any] = Task(
             self, fn, name, TaskOptions(**core, extra=extra), bind=bool(options.get("bind"))
@@ -345,6 +351,57 @@ class Celeriac:
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
         """A result handle from an id alone, e.g. in another process."""
         return AsyncResult(task_id, self)
+
+
+def checked_task_options(task: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Check ``@app.task`` options when the task is defined, converting what is meant
+    (a timedelta to seconds). A wrong type would otherwise surface only in the worker: a
+    ``soft_time_limit="abc"`` crashes each child that takes the task until it is
+    dead-lettered, and ``ignore_result="no"`` (a truthy string) drops every result.
+
+    Example:
+        >>> import datetime as dt
+        >>> checked_task_options("send_welcome", {"expires": dt.timedelta(minutes=5)})
+        {'expires': 300.0}
+        >>> checked_task_options("send_welcome", {"priority": 12})
+        Traceback (most recent call last):
+        celeriac.errors.ConfigurationError: task send_welcome: priority must be a whole \
+number from 0 to 9 (9 runs first), got 12
+    """
+    checked = dict(options)
+    for option, value in options.items():
+        if value is None:
+            continue  # None: the app's default
+        problem = _option_problem(option, value)
+        if problem:
+            raise ConfigurationError(f"task {task}: {option} must be {problem}, got {value!r}")
+        if option in _DURATIONS:
+            seconds = value.total_seconds() if isinstance(value, dt.timedelta) else value
+            checked[option] = float(seconds)
+    return checked
+
+
+#: Options given in seconds: over 0, math.inf (UNBOUNDED) to opt out, or a timedelta.
+_DURATIONS = frozenset({"soft_time_limit", "time_limit", "expires"})
+
+
+def _option_problem(option: str, value: Any) -> str:
+    """What ``value`` of a core task option should be instead; empty when it is fine."""
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if option == "queue" and not (isinstance(value, str) and value):
+        return "a queue name (a non-empty str)"
+    if option == "priority" and not (whole and 0 <= value <= 9):
+        return "a whole number from 0 to 9 (9 runs first)"
+    if option == "max_deliveries" and not (whole and value >= 1):
+        return "a whole number of at least 1"
+    if option == "ignore_result" and not isinstance(value, bool):
+        return "True or False"
+    if option in _DURATIONS:
+        seconds = value.total_seconds() if isinstance(value, dt.timedelta) else value
+        number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+        if not (number and seconds > 0):
+            return "a number of seconds over 0 or a timedelta (UNBOUNDED: no limit)"
+    return ""
 
 
 def _unknown_task(*args: Any, **kwargs: Any) -> Any:

@@ -84,6 +84,7 @@ class Settings:
             raise ConfigurationError(_unknown(name))
         value = _coerce(name, hints[name], value)
         _check_bounds(name, value)
+        _check_text(name, value)
         super().__setattr__(name, value)
 
     def as_dict(self) -> dict[str, Any]:
@@ -154,6 +155,25 @@ def _check_bounds(name: str, value: Any) -> None:
         raise ConfigurationError(f"setting {name} must be {span}, got {value!r}")
 
 
+#: Text settings that take one of a few values (compared without case).
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "worker_log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+}
+
+
+def _check_text(name: str, value: Any) -> None:
+    """Refuse an empty default queue (tasks would go where no worker can consume) and a
+    log level ``logging`` does not know (the worker would stop with a bare ValueError
+    that names no setting)."""
+    if name == "task_default_queue" and not value:
+        raise ConfigurationError(f"setting {name} must be a queue name, got {value!r}")
+    choices = _CHOICES.get(name)
+    if choices and str(value).upper() not in choices:
+        raise ConfigurationError(
+            f"setting {name} must be one of {', '.join(c.lower() for c in choices)}, got {value!r}"
+        )
+
+
 def _warn_if_misspelt(key: str, name: str) -> None:
     """Warn about a CELERIAC_* variable that is no setting but nearly one (a typo that
     would otherwise leave a default in force without a word)."""
@@ -198,6 +218,10 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
             return bool(value)
         if kind in (int, float) and isinstance(value, bool):
             raise ValueError(value)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)  # int(2.7) is 2: a silent change of what was asked
+        if kind is str and not isinstance(value, str):
+            raise TypeError(value)  # str(None) is "None": a queue or broker URL named "None"
         return kind(value)
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"setting {name} must be {kind.__name__}, got {value!r}") from exc

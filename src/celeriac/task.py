@@ -71,16 +71,82 @@ _current: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
 )
 
 
-def _absolute(when: float | dt.datetime | dt.timedelta | None, now: float) -> float | None:
-    if when is None:
-        return None
+def _absolute(
+    when: float | dt.datetime | dt.timedelta, now: float, option: str, task: str
+) -> float:
+    """``when`` as a Unix time: an aware datetime as it is, seconds or a timedelta after
+    ``now``. Anything else fails here, naming the task and the option: a value that slipped
+    through would stop the send with a bare ``ValueError`` (NaN, a typo'd string), or put a
+    due time in the message that no worker can read.
+
+    Example:
+        >>> _absolute(dt.timedelta(seconds=5), 100.0, "countdown", "shop.add")
+        105.0
+        >>> _absolute(float("nan"), 100.0, "countdown", "shop.add")
+        Traceback (most recent call last):
+        ValueError: task shop.add: countdown=nan is not a finite number of seconds
+    """
     if isinstance(when, dt.datetime):
         if when.tzinfo is None:
-            raise ValueError(f"naive datetime {when!r}: give it a timezone")
+            raise ValueError(
+                f"task {task}: {option}={when!r} has no timezone (celeriac cannot tell "
+                "which zone it is in): use datetime.now(timezone.utc) or .astimezone()"
+            )
         return when.timestamp()
-    if isinstance(when, dt.timedelta):
-        return now + when.total_seconds()
-    return now + float(when)
+    seconds = when.total_seconds() if isinstance(when, dt.timedelta) else when
+    if seconds.__class__ is not float and (seconds.__class__ is bool or not _is_real(seconds)):
+        kinds = (
+            "an aware datetime or a Unix time"
+            if option == "eta"
+            else "seconds (a number), a timedelta or an aware datetime"
+        )
+        raise TypeError(
+            f"task {task}: {option} must be {kinds}, got {type(when).__name__} {when!r}"
+        )
+    at = now + float(seconds)
+    if not math.isfinite(at):
+        raise ValueError(f"task {task}: {option}={when!r} is not a finite number of seconds")
+    return at
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_options(
+    task: str,
+    *,
+    task_id: object,
+    queue: object,
+    headers: object,
+    soft_time_limit: object,
+    time_limit: object,
+) -> None:
+    """Refuse per-call options of a type the message cannot carry. The encoder writes any
+    type, but every worker reads the message against its schema: a ``task_id=42`` or a
+    ``queue=5`` would be sent, then dead-lettered as malformed, and the task never run.
+
+    Example:
+        >>> _check_options(
+        ...     "shop.add", task_id=42, queue="q", headers={}, soft_time_limit=None, time_limit=5
+        ... )
+        Traceback (most recent call last):
+        TypeError: task shop.add: task_id must be a str, got int 42; pass task_id=str(42)
+    """
+    for option, value in (("task_id", task_id), ("queue", queue)):
+        if value and not isinstance(value, str):
+            raise TypeError(
+                f"task {task}: {option} must be a str, got {type(value).__name__} {value!r}; "
+                f"pass {option}=str({value!r})"
+            )
+    if headers and not isinstance(headers, dict):
+        raise TypeError(f"task {task}: headers must be a dict, got {type(headers).__name__}")
+    for option, limit in (("soft_time_limit", soft_time_limit), ("time_limit", time_limit)):
+        if limit is not None and not (_is_real(limit) and limit > 0):  # type: ignore[operator]
+            raise ValueError(
+                f"task {task}: {option} must be a number of seconds over 0 (math.inf: no "
+                f"limit), got {limit!r}"
+            )
 
 
 def _to_ms(when: float | None, *, up: bool = False) -> float | None:
@@ -264,28 +330,47 @@ function is add(x, y)
                 )
         conf, opts = self.app.conf, self.options
         now = time.time()
+        if task_id or queue or headers or soft_time_limit is not None or time_limit is not None:
+            _check_options(
+                self.name,
+                task_id=task_id,
+                queue=queue,
+                headers=headers,
+                soft_time_limit=soft_time_limit,
+                time_limit=time_limit,
+            )
         # The common case (no countdown, eta or expires given; the task's or the app's
         # expiry in seconds) without a call per field: this runs once per message sent.
         if countdown is not None:
-            due = _absolute(countdown, now)
+            due = _absolute(countdown, now, "countdown", self.name)
         elif eta is None:
             due = None
+        elif isinstance(eta, dt.timedelta):  # would read as seconds after 1970: runs at once
+            raise TypeError(
+                f"task {self.name}: eta is a point in time (an aware datetime or a Unix "
+                f"time), got timedelta {eta!r}; for a delay pass countdown={eta!r}"
+            )
         else:
-            due = eta if isinstance(eta, float | int) else _absolute(eta, 0.0)
-        ttl = expires
-        if ttl is None:
+            due = _absolute(eta, 0.0, "eta", self.name)
+        if expires is None:  # the task's or the app's, both checked when they were set
             ttl = opts.expires if opts.expires is not None else conf.task_expires
-        if ttl == UNBOUNDED:
+            expires_at = None if ttl == UNBOUNDED else _nearest_ms((due or now) + ttl)
+        elif expires == UNBOUNDED:
             expires_at = None
-        elif ttl.__class__ is float or ttl.__class__ is int:
-            expires_at = _nearest_ms((due or now) + ttl)
         else:
-            expires_at = _to_ms(_absolute(ttl, due or now))
+            expires_at = _to_ms(_absolute(expires, due or now, "expires", self.name))
         level = priority
         if level is None:
             level = opts.priority if opts.priority is not None else conf.task_default_priority
-        if not 0 <= level <= 9:
-            raise ValueError(f"priority {level} for task {self.name} is outside 0..9")
+        if (
+            level.__class__ is not int and (level.__class__ is bool or not isinstance(level, int))
+        ) or (not 0 <= level <= 9):
+            # A float, bool or string would be sent, then refused by every worker as a
+            # malformed message and dead-lettered: the task would never run.
+            raise ValueError(
+                f"task {self.name}: priority must be a whole number from 0 to 9 (9 runs "
+                f"first), got {level!r}"
+            )
         parent = _current.get()
         return Message(
             id=task_id or new_task_id(),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from celeriac import manifest
@@ -49,11 +50,11 @@ def check(obj: Context, as_json: bool, export_to: Path | None, against: Path | N
     if as_json:
         print_json(rows)
         return
-    table = Table(title=f"{len(rows)} task(s) in app {obj.app.name}")
+    table = Table(title=escape(f"{len(rows)} task(s) in app {obj.app.name}"))
     for column in _COLUMNS:
         table.add_column(column)
     for row in rows:
-        table.add_row(*(row[c] for c in _COLUMNS))
+        table.add_row(*(escape(row[c]) for c in _COLUMNS))  # a name is text, not markup
     out.print(table)
     relying = sum("default" in v or "UNBOUNDED" in v for r in rows for v in r.values())
     if relying:

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from celeriac.brokers import redacted
-from celeriac.cli.main import Context, cli, err, out, parse_json_option, print_json
+from celeriac.cli.main import Context, Seconds, cli, err, out, parse_json_option, print_json
 from celeriac.control import live_workers
 from celeriac.errors import ConfigurationError
 from celeriac.message import decode_result
@@ -26,6 +26,7 @@ from celeriac.result import FINAL_STATES, AsyncResult
 if TYPE_CHECKING:
     from celeriac import Celeriac
     from celeriac.brokers.base import DeadLetter
+    from celeriac.message import ResultRecord
 
 
 def _when(ts: float | None) -> str:
@@ -39,13 +40,13 @@ def _when(ts: float | None) -> str:
 @click.option("--args", "args_json", metavar="JSON", help="Positional arguments: '[1, 2]'")
 @click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments: '{\"x\": 1}'")
 @click.option("-q", "--queue", default=None, help="Queue (default: the task's own).")
-@click.option("--countdown", type=click.FloatRange(0), default=None, help="Seconds to wait.")
+@click.option("--countdown", type=Seconds(0), default=None, help="Seconds to wait.")
 @click.option("--priority", type=click.IntRange(0, 9), default=None, help="0..9, 9 runs first.")
 @click.option("--id", "task_id", default=None, help="Task id (sending an id twice runs once).")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(0),
+    type=Seconds(0),
     default=60.0,
     show_default=True,
     help="Seconds --wait waits.",
@@ -131,9 +132,11 @@ def _show_result(result: AsyncResult[Any], value: Any) -> None:
         print_json(value)
         return
     error = record.error
-    out.print(f"[bold red]{record.state}[/] task {record.task}[{result.id}]", markup=True)
+    # Task names, ids and error text are data, never markup (see cli.main._fail).
+    what = escape(f"task {record.task}[{result.id}]")
+    out.print(f"[bold red]{escape(record.state)}[/] {what}", markup=True)
     if error is not None:
-        out.print(f"{error.type}: {error.message}")
+        out.print(f"{error.type}: {error.message}", markup=False)
         if error.traceback:
             out.print(error.traceback.rstrip(), style="dim", markup=False)
     sys.exit(1)
@@ -142,7 +145,7 @@ def _show_result(result: AsyncResult[Any], value: Any) -> None:
 @cli.command()
 @click.argument("task_id")
 @click.option("--wait", is_flag=True, help="Wait until the task finishes.")
-@click.option("--timeout", type=click.FloatRange(0), default=60.0, show_default=True)
+@click.option("--timeout", type=Seconds(0), default=60.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool) -> None:
@@ -175,7 +178,10 @@ def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool
         if as_json:
             print_json({"id": task_id, "state": "PENDING"})
         else:
-            out.print(f"PENDING: no result stored for {task_id} (queued, unknown, or expired)")
+            out.print(
+                f"PENDING: no result stored for {task_id} (queued, unknown, or expired)",
+                markup=False,
+            )
         return
     if as_json:
         import msgspec
@@ -188,23 +194,32 @@ def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool
             }
         )
         return
-    table = Table(show_header=False, box=None)
-    table.add_row("task", f"{record.task}[{task_id}]")
-    table.add_row("state", record.state)
-    if record.state == "SUCCESS":
-        table.add_row("result", repr(record.result))
-    if record.meta:
-        table.add_row("progress", repr(record.meta))
-    if record.error:
-        table.add_row("error", f"{record.error.type}: {record.error.message}")
-    table.add_row("retries", str(record.retries))
-    table.add_row("finished", _when(record.date_done))
-    table.add_row("worker", record.worker or "-")
-    out.print(table)
+    out.print(_record_table(task_id, record))
     if record.error and record.error.traceback:
         out.print(record.error.traceback.rstrip(), style="dim", markup=False)
     if record.state in FINAL_STATES - {"SUCCESS"}:
         sys.exit(1)
+
+
+def _record_table(task_id: str, record: ResultRecord) -> Table:
+    """A stored result as rows for a person; every value escaped, since a result, an
+    error or an id may hold ``[...]`` that rich would take for a style."""
+    rows = [("task", f"{record.task}[{task_id}]"), ("state", record.state)]
+    if record.state == "SUCCESS":
+        rows.append(("result", repr(record.result)))
+    if record.meta:
+        rows.append(("progress", repr(record.meta)))
+    if record.error:
+        rows.append(("error", f"{record.error.type}: {record.error.message}"))
+    rows += [
+        ("retries", str(record.retries)),
+        ("finished", _when(record.date_done)),
+        ("worker", record.worker or "-"),
+    ]
+    table = Table(show_header=False, box=None)
+    for label, value in rows:
+        table.add_row(label, escape(value))
+    return table
 
 
 @cli.command()
@@ -230,7 +245,7 @@ def status(obj: Context, as_json: bool) -> None:
         table.add_column(column, justify="left" if column == "queue" else "right")
     for s in stats:
         table.add_row(
-            s.queue,
+            escape(s.queue),
             str(s.ready),
             str(s.delayed),
             str(s.in_flight),
@@ -244,8 +259,8 @@ def status(obj: Context, as_json: bool) -> None:
     for w in workers:
         active = w.extra.get("active", [])
         wtable.add_row(
-            w.id,
-            ",".join(w.queues),
+            escape(w.id),
+            escape(",".join(w.queues)),
             str(w.concurrency),
             str(len(active) if isinstance(active, list) else 0),
             _when(w.started_at),
@@ -276,11 +291,11 @@ def purge(obj: Context, queue: str, yes: bool) -> None:
     click.echo(f"purged {count} task(s) from queue {queue}")
     known = sorted(s.queue for s in obj.app.broker.stats())
     if queue not in known:  # a typo at 3 a.m. should not look like an empty queue
-        err.print(
-            f"[yellow]note:[/] no queue {queue!r} has been used on this broker "
-            f"(queues: {', '.join(known) or 'none yet'})",
-            markup=True,
+        listed = escape(
+            f"no queue {queue!r} has been used on this broker "
+            f"(queues: {', '.join(known) or 'none yet'})"
         )
+        err.print(f"[yellow]note:[/] {listed}", markup=True)
 
 
 @cli.group()

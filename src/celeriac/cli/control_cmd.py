@@ -9,9 +9,10 @@ from typing import Any
 
 import click
 import msgspec
+from rich.markup import escape
 from rich.table import Table
 
-from celeriac.cli.main import Context, cli, out, print_json
+from celeriac.cli.main import Context, Seconds, cli, out, print_json
 from celeriac.control import broadcast, revoke
 from celeriac.middleware.events import STREAM, Event
 
@@ -31,7 +32,7 @@ def revoke_cmd(obj: Context, task_ids: tuple[str, ...], terminate: bool) -> None
 
 
 @cli.command()
-@click.option("--timeout", type=click.FloatRange(0.1, 60), default=1.0, show_default=True)
+@click.option("--timeout", type=Seconds(0.1, 60), default=1.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def ping(obj: Context, timeout: float, as_json: bool) -> None:
@@ -50,7 +51,7 @@ def ping(obj: Context, timeout: float, as_json: bool) -> None:
 @cli.command()
 @click.argument("what", type=click.Choice(["active", "registered", "stats", "memory"]))
 @click.option("-w", "--worker", "target", default=None, help="Ask one worker (its id).")
-@click.option("--timeout", type=click.FloatRange(0.1, 60), default=1.0, show_default=True)
+@click.option("--timeout", type=Seconds(0.1, 60), default=1.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def inspect(obj: Context, what: str, target: str | None, timeout: float, as_json: bool) -> None:
@@ -68,14 +69,16 @@ def inspect(obj: Context, what: str, target: str | None, timeout: float, as_json
     for r in replies:
         rows = r.data if isinstance(r.data, list) else [r.data]
         if rows and isinstance(rows[0], dict):
-            table = Table(title=f"{what} on {r.worker}")
+            # Replies are data (task names, arguments): escaped, never read as markup.
+            table = Table(title=escape(f"{what} on {r.worker}"))
             for column in rows[0]:
-                table.add_column(str(column))
+                table.add_column(escape(str(column)))
             for row in rows:
-                table.add_row(*(_cell(k, v) for k, v in row.items()))
+                table.add_row(*(escape(_cell(k, v)) for k, v in row.items()))
             out.print(table)
         else:
-            out.print(f"[bold]{r.worker}[/]: " + (", ".join(map(str, rows)) or "nothing"))
+            listed = ", ".join(map(str, rows)) or "nothing"
+            out.print(f"[bold]{escape(r.worker)}[/]: {escape(listed)}", markup=True)
 
 
 def _cell(column: str, value: Any) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -45,7 +46,7 @@ def demo(count: int, concurrency: int) -> None:
         _wait_for_worker(worker, log)
         summary = _showcase(count)
     except (CeleriacError, TimeoutError) as exc:
-        out.print(f"[red]demo failed:[/] {exc}\nworker log: {log}")
+        out.print(f"[red]demo failed:[/] {escape(str(exc))}\nworker log: {escape(str(log))}")
         _stop(worker)
         sys.exit(1)
     _stop(worker)

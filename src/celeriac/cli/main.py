@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import os
 import sys
 import traceback
@@ -92,12 +93,22 @@ def load_app(path: str) -> Celeriac:
         ConfigurationError: the module cannot be imported or holds no app (says which).
     """
     module_name, _, attr = path.partition(":")
+    if module_name.endswith(".py") or "/" in module_name:  # a file, not a module
+        file = module_name.removesuffix(".py")
+        dotted = os.path.basename(file) if os.path.isabs(file) else file.strip("./")
+        dotted = dotted.replace("/", ".")
+        raise ConfigurationError(
+            f"-A {path}: give the module's import name, not its file: -A {dotted}"
+            f"{':' + attr if attr else ''} (run from the folder that holds it)"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`: the project folder is importable
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        # The module itself (or a package on its path) is missing, not something it
+        # imports: "celery_tasks" importing a missing "celery" is the module's problem.
+        if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
             raise ConfigurationError(
                 f"-A {path}: no module named {module_name!r} (looked in {os.getcwd()} and "
                 "the installed packages). Run from your project folder or install it."
@@ -113,7 +124,10 @@ def load_app(path: str) -> Celeriac:
     if attr:
         app = getattr(module, attr, None)
         if not isinstance(app, Celeriac):
-            raise ConfigurationError(f"-A {path}: {module_name}.{attr} is not a Celeriac app")
+            what = "is not a Celeriac app" if hasattr(module, attr) else "does not exist"
+            names = [k for k, v in vars(module).items() if isinstance(v, Celeriac)]
+            hint = f" (apps there: {', '.join(names)})" if names else ""
+            raise ConfigurationError(f"-A {path}: {module_name}.{attr} {what}{hint}")
         return app
     apps = [v for v in vars(module).values() if isinstance(v, Celeriac)]
     if not apps:
@@ -165,8 +179,12 @@ def _fail(ctx: click.Context, exc: BaseException, unexpected: bool = False) -> N
     err = _console("err")
     if debug:
         err.print_exception()
+    from rich.markup import escape
+
     kind = f"{type(exc).__name__}: " if unexpected else ""
-    err.print(f"[bold red]error:[/] {kind}{exc}", markup=True, soft_wrap=True)
+    # Escaped: error text is data. As markup, "task shop.add[e3b0...]" lost its id and a
+    # bracket such as "[/tmp]" made rich raise, printing a traceback instead of the error.
+    err.print(f"[bold red]error:[/] {escape(f'{kind}{exc}')}", markup=True, soft_wrap=True)
     if unexpected and not debug:  # celeriac's own errors say what to do; a traceback won't
         err.print("(run with --debug for the traceback)", style="dim")
     sys.exit(1)
@@ -193,6 +211,28 @@ def _fail(ctx: click.Context, exc: BaseException, unexpected: bool = False) -> N
 def cli(ctx: click.Context, app_path: str | None, broker: str | None, debug: bool) -> None:
     """celeriac: run and manage background tasks."""
     ctx.obj = Context(app_path, broker, debug)
+
+
+class Seconds(click.FloatRange):
+    """A number of seconds of at least ``min``; refuses NaN, which every range check
+    lets through (a ``--timeout nan`` waited forever at full CPU).
+
+    Example:
+        >>> Seconds(0).convert("2.5", None, None)
+        2.5
+        >>> Seconds(0).convert("nan", None, None)
+        Traceback (most recent call last):
+        click.exceptions.BadParameter: nan is not a number of seconds.
+    """
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The value as float seconds, or a usage error."""
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value} is not a number of seconds.", param, ctx)
+        return seconds
 
 
 #: ``-l/--loglevel`` for every command that runs a long-lived process.
