@@ -77,6 +77,22 @@ def test_many_waiters_wake_on_the_final_result(broker: Broker) -> None:
     assert got == [b"final"] * 5
 
 
+def test_hundreds_of_async_waiters_in_one_loop_all_wake(broker: Broker) -> None:
+    """300 ``await_result`` calls at once in one event loop: each used to take a Redis
+    connection of its own for its subscription, and past redis-py's pool of 100 the rest
+    failed with "Too many connections"."""
+    broker.send([out("t")])
+    d = one(broker)
+
+    async def main() -> list[bytes | None]:
+        waits = asyncio.gather(*[broker.await_result("t", DEADLINE) for _ in range(300)])
+        await asyncio.sleep(0.2)  # let them subscribe (they must wake whether or not they did)
+        assert await asyncio.to_thread(broker.complete, d.lease, b"final", 60)
+        return list(await waits)
+
+    assert asyncio.run(main()) == [b"final"] * 300
+
+
 def test_dead_letter_result_wakes_waiters(broker: Broker) -> None:
     from tests.conformance.test_messages import letter
 

@@ -378,6 +378,9 @@ def test_url_mistakes_are_refused_before_any_connection() -> None:
     with pytest.raises(ConfigurationError, match="not a Redis URL") as caught:
         RedisURL.parse("http://alice:pw@localhost/0")
     assert "pw" not in str(caught.value)
+    with pytest.raises(ConfigurationError, match=r"port .* is not a number") as caught:
+        RedisURL.parse("redis://alice:pw@localhost:abc/0")  # was: a bare ValueError
+    assert "pw" not in str(caught.value)
     # Options redis-py takes pass, whichever class takes them.
     for option in ("socket_timeout=2", "ssl_cert_reqs=none", "client_name=w", "db=3"):
         assert RedisURL.parse(f"redis://localhost?{option}").redis_url.endswith(option)

@@ -66,7 +66,8 @@ def get_result(ctx: Context, task_id: str) -> Plan[tuple[bytes, bool] | None]:
 def wait_result(ctx: Context, task_id: str, timeout: float) -> Plan[bytes | None]:
     """Subscribe to the task's channel, then look: a commit in between is never missed.
 
-    Every waiter has its own subscription, so many waiters on one id all wake, each as
+    Every waiter joins the task's channel (the async face shares one pub/sub connection
+    per event loop, see subscriptions.py), so many waiters on one id all wake, each as
     soon as the committing script publishes. The wake-up is one byte; the waiter then
     reads the result key. It also reads the key after every quiet second, because a
     wake-up published while redis-py was re-subscribing (after a dropped connection)

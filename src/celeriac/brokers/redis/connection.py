@@ -79,6 +79,13 @@ class RedisURL:
                 f"not a Redis URL: {redacted(url)!r}. Use redis://host:6379/0, "
                 "rediss://host:6380/0 or unix:///path/to/redis.sock?db=0"
             )
+        try:
+            parts.port  # noqa: B018 - parsing the port is the check: "host:abc" raises
+        except ValueError:
+            raise ConfigurationError(
+                f"the port in the broker URL {redacted(url)!r} is not a number from 0 to "
+                "65535. Use redis://host:6379/0"
+            ) from None
         ours = {"prefix": "celeriac", "cluster": "0"}
         rest: list[tuple[str, str]] = []
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -127,7 +134,13 @@ class RedisURL:
             return redis.asyncio.cluster.RedisCluster.from_url(
                 self.redis_url, retry=_retry(), **self.defaults
             )
-        return redis.asyncio.Redis.from_url(self.redis_url, retry=_retry(), **self.defaults)
+        # A blocking pool: past its 100 connections a command waits for a free one. The
+        # default pool raised "Too many connections" instead, so ~100 concurrent aget()s
+        # or sends in one loop failed (each holds a connection while its reply is due).
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            self.redis_url, max_connections=100, timeout=None, retry=_retry(), **self.defaults
+        )
+        return redis.asyncio.Redis.from_pool(pool)
 
 
 def _check_database(url: str, scheme: str, path: str, query: list[tuple[str, str]]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -30,9 +31,12 @@ from celeriac.brokers.redis.steps import (
     Step,
     Subscribe,
 )
+from celeriac.brokers.redis.subscriptions import Subscriptions
 from celeriac.brokers.redis.wire import RAW, Wire
 
 T = TypeVar("T")
+
+_CLUSTER_IN_FLIGHT = 90  # below redis-py's 100 connections per node: pub/sub takes one
 
 
 def _evalsha(call: Call) -> tuple[Arg, ...]:
@@ -209,30 +213,52 @@ class AsyncDriver:
     def __init__(self, clients: AsyncClients, url: str) -> None:
         self.clients = clients
         self.url = url
+        # One shared pub/sub connection per loop (its client): see subscriptions.py.
+        self._subscriptions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Subscriptions] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._in_flight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _cluster_slots(self) -> asyncio.Semaphore:
+        """A bound on the commands in flight per loop: redis-py's Cluster client raises
+        MaxConnectionsError past 100 connections to a node instead of waiting for one."""
+        loop = asyncio.get_running_loop()
+        slots = self._in_flight.get(loop)
+        if slots is None:
+            slots = self._in_flight[loop] = asyncio.Semaphore(_CLUSTER_IN_FLIGHT)
+        return slots
+
+    def _subscriptions_of(self, client: Any) -> Subscriptions:
+        loop = asyncio.get_running_loop()
+        subs = self._subscriptions.get(loop)
+        if subs is None or subs.client is not client:  # first use, or a new client
+            subs = self._subscriptions[loop] = Subscriptions(client)
+        return subs
 
     async def run(self, plan: Plan[T], what: str) -> T:
         """Async twin of :meth:`SyncDriver.run`."""
-        pubsub: Any = None
+        joined: list[tuple[Subscriptions, bytes | str, asyncio.Queue[bytes]]] = []
         try:
             client: Any = await self.clients.get()  # redis.asyncio's methods are untyped
             step = next(plan)
             while True:
                 try:
                     if isinstance(step, Subscribe):
-                        if pubsub is None and isinstance(client, redis.asyncio.RedisCluster):
-                            # Its slot map is read on its first command; a subscribe as
-                            # the first (an aget() first thing in a loop) found it empty.
-                            await client.initialize()
-                        pubsub = pubsub or client.pubsub(ignore_subscribe_messages=True)
-                        await pubsub.subscribe(step.channel)
+                        subs = self._subscriptions_of(client)
+                        joined.append((subs, step.channel, await subs.join(step.channel)))
                         reply: Any = None
                     elif isinstance(step, Listen):
-                        assert pubsub is not None, "Listen before Subscribe"
-                        reply = await self._listen(pubsub, step.timeout)
+                        assert joined, "Listen before Subscribe"
+                        reply = await _next_wake([queue for _, _, queue in joined], step.timeout)
                     elif isinstance(step, Pause):
                         await asyncio.sleep(step.seconds)
                         reply = None
-                    else:
+                    elif isinstance(client, redis.asyncio.cluster.RedisCluster):
+                        async with self._cluster_slots():
+                            reply = await self._do(client, step)
+                    else:  # the client's blocking pool bounds what is in flight
                         reply = await self._do(client, step)
                 except redis.RedisError as exc:
                     step = plan.throw(translate(exc, what, self.url))
@@ -243,8 +269,8 @@ class AsyncDriver:
             return value
         finally:
             plan.close()
-            if pubsub is not None:
-                await pubsub.aclose()
+            for subs, channel, queue in joined:
+                await subs.leave(channel, queue)
 
     async def _do(self, client: Any, step: Step) -> Any:
         if isinstance(step, Call):
@@ -283,11 +309,16 @@ class AsyncDriver:
                 raise reply
         return replies
 
-    @staticmethod
-    async def _listen(pubsub: Any, timeout: float) -> bytes | None:
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            data = _message_data(await pubsub.get_message(timeout=remaining))
-            if data is not None:
-                return data
-        return None
+
+async def _next_wake(queues: list[asyncio.Queue[bytes]], timeout: float) -> bytes | None:
+    """The first wake-up on any of ``queues`` within ``timeout`` seconds, else None."""
+    for queue in queues:
+        if not queue.empty():
+            return queue.get_nowait()
+    getters = [asyncio.ensure_future(queue.get()) for queue in queues]
+    try:
+        done, _ = await asyncio.wait(getters, timeout=timeout, return_when="FIRST_COMPLETED")
+    finally:
+        for getter in getters:
+            getter.cancel()
+    return next(iter(done)).result() if done else None
