@@ -98,4 +98,7 @@ def test_sqlite_url_mistakes_are_clear_errors(tmp_path: Path) -> None:
         SQLiteBroker(f"sqlite:///{tmp_path}/b.db?synchronous=sometimes")
     with pytest.raises(ConfigurationError, match="no file in SQLite URL"):
         SQLiteBroker("sqlite:///")
+    with pytest.raises(ConfigurationError, match=r"folder .* does not exist.*mkdir -p"):
+        SQLiteBroker(f"sqlite:///{tmp_path}/typo/b.db")  # was: created, an empty broker
+    assert not (tmp_path / "typo").exists()
     SQLiteBroker(f"sqlite:///{tmp_path}/b.db?synchronous=full").close()

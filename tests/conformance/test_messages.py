@@ -263,6 +263,13 @@ def test_requeue_delivery_counts_and_body(broker: Broker) -> None:
     assert broker.requeue(d.lease, body=b"retry-1")  # a retry: new body, count reset
     d = one(broker)
     assert (d.body, d.deliveries) == (b"retry-1", 1)
+    assert broker.requeue(d.lease)  # a crash: counted
+    d = one(broker)
+    # A rate-limit deferral rewrites the message and takes its hand-out back, but keeps
+    # the count: a task that crashes its worker between deferrals still reaches its limit.
+    assert broker.requeue(d.lease, body=b"deferred", count_delivery=False)
+    d = one(broker)
+    assert (d.body, d.deliveries) == (b"deferred", 2)
     assert broker.requeue(d.lease, delay=600)
     assert take(broker) == []
     assert counts(broker) == (0, 1, 0, 0)

@@ -254,7 +254,10 @@ class Broker(abc.ABC):
 
         ``body`` replaces the stored bytes (a retry) and resets the delivery count.
         ``count_delivery=False`` takes back this hand-out's count (a graceful shutdown or a
-        deferral is not a failed delivery). Returns False when the lease was lost.
+        deferral is not a failed delivery); with a ``body`` too (a deferral that rewrote
+        the message) the count is kept otherwise, so a task that crashes its worker still
+        reaches the dead-letter queue, however often a rate limit puts it back. Returns
+        False when the lease was lost.
         """
 
     @abc.abstractmethod

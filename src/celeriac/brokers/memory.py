@@ -221,7 +221,9 @@ class MemoryBroker(Broker):
             if entry is None:
                 return False
             if body is not None:
-                entry.body, entry.deliveries = body, 0
+                entry.body = body
+            if body is not None and count_delivery:
+                entry.deliveries = 0  # a retry starts counting again
             elif not count_delivery:
                 entry.deliveries = max(entry.deliveries - 1, 0)
             self._release(entry, time.time(), delay)

@@ -146,7 +146,12 @@ class SQLiteBroker(SQLiteStore, Broker):
         self._inherited: list[sqlite3.Connection] = []  # from a parent process; never used
         self._last_reclaim = 0.0
         self._known_queues: set[str] = set()  # queues this process has recorded already
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(self.path).parent
+        if not folder.is_dir():  # a typo would otherwise make a fresh, empty broker elsewhere
+            raise ConfigurationError(
+                f"the folder of the SQLite broker {self.path} does not exist: fix the path "
+                f"in the broker URL {url!r}, or create the folder (mkdir -p {folder})"
+            )
         try:
             self._db().executescript(_SCHEMA)  # executescript commits by itself
             self._upgrade_joins()
@@ -367,11 +372,10 @@ class SQLiteBroker(SQLiteStore, Broker):
         count_delivery: bool = True,
     ) -> bool:
         """Put a held message back, due after ``delay`` seconds (fenced)."""
-        deliveries = (
-            "0"
-            if body is not None
-            else ("deliveries" if count_delivery else "MAX(deliveries - 1, 0)")
-        )
+        if not count_delivery:  # shutdown or deferral, the message rewritten or not
+            deliveries = "MAX(deliveries - 1, 0)"
+        else:  # a retry (new body) starts counting again; a failure keeps its count
+            deliveries = "0" if body is not None else "deliveries"
         with self._transaction() as db:
             sql = (  # deliveries is one of three fixed fragments above, never input
                 "UPDATE messages SET token = NULL, holder = NULL, lease_deadline = NULL, "  # noqa: S608

@@ -439,7 +439,10 @@ def requeue(
 ) -> Plan[bool]:
     """Put a held message back, fenced."""
     q = ctx.keys.queue(lease.queue)
-    mode = "replace" if body is not None else ("count" if count_delivery else "uncount")
+    if body is None:
+        mode = "count" if count_delivery else "uncount"
+    else:  # a retry starts counting again; a deferral that rewrote the message does not
+        mode = "replace" if count_delivery else "rewrite"
     delay_ms = int(delay * 1000) if delay > 0 else 0
     code = yield Call(
         SCRIPTS.requeue, q.block, [compact(lease.id), lease.token, delay_ms, mode, body or b""]

@@ -6,8 +6,11 @@
 -- ARGV[3]      delay in ms (0: due now, at the tail of its ready list)
 -- ARGV[4]      'count': keep the delivery count (a failure);
 --              'uncount': take back this hand-out (shutdown, deferral);
---              'replace': new body in ARGV[5], count reset to 0 (a retry)
--- ARGV[5]      the new body for 'replace', else ''
+--              'replace': new body in ARGV[5], count reset to 0 (a retry);
+--              'rewrite': new body in ARGV[5], this hand-out taken back (a deferral that
+--              rewrote the message: a task that crashes its worker must still reach the
+--              dead-letter queue, however often a rate limit put it back)
+-- ARGV[5]      the new body for 'replace' and 'rewrite', else ''
 -- Returns: 1 requeued; -1 LEASE_LOST (nothing changed); -2 BAD_ARGUMENT (unknown mode).
 -- @include clock.lua
 -- @include entry.lua
@@ -20,6 +23,8 @@ local token, _, priority, deliveries, body = held(q, cid)
 if token ~= ARGV[2] then return -1 end
 if mode == 'replace' then
   body, deliveries = ARGV[5], 0
+elseif mode == 'rewrite' then
+  body, deliveries = ARGV[5], math.max(deliveries - 1, 0)
 elseif mode == 'uncount' then
   deliveries = math.max(deliveries - 1, 0)
 elseif mode ~= 'count' then
