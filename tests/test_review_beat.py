@@ -104,6 +104,15 @@ def test_beat_list_shows_the_last_error(app: Celeriac, clock: Clock, tmp_path: A
     assert "last tick not sent: task shop.report: queue must be a str" in result.output
 
 
+def test_beat_list_prints_names_as_typed(tmp_path: Any) -> None:
+    """Entry and task names are data: rich must not read "[red]" in them as markup."""
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    Celeriac("beat-review", broker=url).beat.add("report[red]", "shop.[b]report", every=60)
+    result = CliRunner().invoke(cli, ["--broker", url, "beat", "list"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert "report[red]" in result.output and "shop.[b]report" in result.output
+
+
 # -- cron: a random or hashed field is not a pure function of time ----------------------------
 
 

@@ -13,7 +13,13 @@ import pytest
 
 from celeriac import Celeriac, Retry, Task
 from celeriac.canvas import group
-from celeriac.errors import ConfigurationError, ResultTimeout, TaskExpired, TaskFailed
+from celeriac.errors import (
+    ConfigurationError,
+    PayloadTooLarge,
+    ResultTimeout,
+    TaskExpired,
+    TaskFailed,
+)
 from celeriac.testing import run_queued
 from celeriac.worker.executor import Executor
 
@@ -141,6 +147,29 @@ def test_debounce_survives_a_backlog_longer_than_a_minute(
     monkeypatch.setattr(time, "time", lambda: real() + 120)  # the workers were busy 2 min
     run_queued(app, include_delayed=True)
     assert ran == [3]  # was: [0, 1, 2, 3], the debounce mark had lapsed after 61 s
+
+
+def test_a_refused_send_leaves_no_dedupe_key_or_debounce_mark(app: Celeriac) -> None:
+    """A send refused after the hooks ran (too large here) must not stand for a task."""
+    ran: list[str] = []
+
+    @app.task
+    def sync(blob: str) -> None:
+        ran.append(blob[:5])
+
+    app.conf.task_payload_warn_bytes = app.conf.task_payload_max_bytes = 1_000
+    with pytest.raises(PayloadTooLarge):
+        sync.apply_async(("x" * 5_000,), dedupe_key="sync:1")
+    sent = sync.apply_async(("small",), dedupe_key="sync:1")  # was: the refused send's id
+    sync.apply_async(("first",), debounce=0.01, debounce_key="sync:2")
+    with pytest.raises(PayloadTooLarge):
+        sync.apply_async(("y" * 5_000,), debounce=0.01, debounce_key="sync:2")
+    with pytest.raises(PayloadTooLarge):
+        app.send_many([sync.message(("z" * 5_000,), {}, dedupe_key="sync:3")])
+    run_queued(app, include_delayed=True)
+    assert sorted(ran) == ["first", "small"]  # was: "first" superseded by the refused send
+    assert sent.state == "SUCCESS"
+    assert app.broker.kv_get(["dedupe:sync:3"]) == [None]
 
 
 # -- retries -----------------------------------------------------------------------------

@@ -236,7 +236,11 @@ class Celeriac:
         outgoing = self._outgoing(message)
         if outgoing is None:  # a middleware (dedupe) says an existing task stands for it
             return AsyncResult(message.id, self, message.task)
-        self.broker.send([outgoing])
+        try:
+            self.broker.send([outgoing])
+        except Exception:
+            self.middleware.send_failed(self, [message])
+            raise
         if self.conf.task_always_eager:
             from celeriac.worker.inline import run_queued
 
@@ -247,14 +251,28 @@ class Celeriac:
         """Async face of :meth:`publish`."""
         outgoing = self._outgoing(message)
         if outgoing is not None:
-            await self.broker.asend([outgoing])
+            try:
+                await self.broker.asend([outgoing])
+            except Exception:
+                self.middleware.send_failed(self, [message])
+                raise
         return AsyncResult(message.id, self, message.task)
 
     def publish_many(self, messages: Sequence[Message]) -> list[AsyncResult[Any]]:
         """Send many messages in one broker round trip."""
         codec = self.codec  # once, not per message
-        outgoing = [self._outgoing(m, codec) for m in messages]
-        self.broker.send([o for o in outgoing if o is not None])
+        outgoing: list[Outgoing] = []
+        accepted: list[Message] = []  # passed the send hooks: undo them if nothing is sent
+        try:
+            for m in messages:
+                out = self._outgoing(m, codec)
+                if out is not None:
+                    outgoing.append(out)
+                    accepted.append(m)
+            self.broker.send(outgoing)
+        except Exception:
+            self.middleware.send_failed(self, accepted)
+            raise
         return [AsyncResult(m.id, self, m.task) for m in messages]
 
     def send_many(self, messages: Sequence[Message]) -> list[AsyncResult[Any]]:
@@ -275,10 +293,14 @@ class Celeriac:
         if existing is not None:
             message.id = existing
             return None
-        body = (codec or self.codec).encode(message)
-        size = len(body)
-        if size > self.conf.task_payload_warn_bytes:
-            self._check_size(message, size)
+        try:
+            body = (codec or self.codec).encode(message)
+            size = len(body)
+            if size > self.conf.task_payload_warn_bytes:
+                self._check_size(message, size)
+        except Exception:
+            self.middleware.send_failed(self, [message])
+            raise
         return Outgoing(message.id, message.queue, body, message.priority, message.eta)
 
     def _check_size(self, message: Message, size: int) -> None:

@@ -83,13 +83,14 @@ def beat_list(obj: Context, as_json: bool) -> None:
     for column in ("entry", "task", "schedule", "next run", "last run", "last task", "status"):
         table.add_column(column, overflow="fold")
     for e in entries:
-        table.add_row(
-            e.name,
-            e.task,
-            e.schedule,
+        last = f"{e.last_task_id} ({e.last_state})" if e.last_task_id else "-"
+        table.add_row(  # names and ids are data, not markup: "[x]" must show as typed
+            escape(e.name),
+            escape(e.task),
+            escape(e.schedule),
             _when(e.next_run),
             _when(e.last_run),
-            f"{e.last_task_id} ({e.last_state})" if e.last_task_id else "-",
+            escape(last),
             _status(e),
         )
     out.print(table)

@@ -12,11 +12,18 @@ A task's trip through the hooks in a worker::
     after_execute   -> may replace the Outcome (a failure becomes a retry, ...)
     <the broker settles the message: ack + result, requeue or dead-letter, fenced>
     after_settle    -> act on what was committed (continue a chain, emit events, ...)
+
+And in the producer::
+
+    before_send     -> may change the message, or name an existing task (dedupe)
+    <encode, size check, broker send>
+    send_failed     -> only when that failed: undo what before_send wrote
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -83,6 +90,11 @@ class Middleware:
         """
         return None
 
+    def send_failed(self, app: Celeriac, message: Message) -> None:
+        """Called in the producer when a message that passed :meth:`before_send` was not
+        sent after all (too large, unencodable, the broker failed): undo what
+        :meth:`before_send` wrote, or it would stand for a task that does not exist."""
+
     def before_execute(self, job: Job) -> Outcome | None:
         """Called before the task runs; return an Outcome to not run it."""
         return None
@@ -107,6 +119,7 @@ class MiddlewareStack:
         # Only middleware that override a hook are called for it: delay() and the worker's
         # per-task path skip every no-op hook. after_* lists are already reversed.
         self._senders = _overriding(middleware, "before_send")
+        self._unsent = _overriding(middleware, "send_failed")[::-1]
         self._before = _overriding(middleware, "before_execute")
         self._after = _overriding(middleware, "after_execute")[::-1]
         self._settled = _overriding(middleware, "after_settle")[::-1]
@@ -129,6 +142,24 @@ class MiddlewareStack:
             if existing is not None:
                 return existing
         return None
+
+    def send_failed(self, app: Celeriac, messages: Sequence[Message]) -> None:
+        """Let the send hooks undo their work for messages that were not sent.
+
+        Best effort: the caller is already raising the error that stopped the send, and a
+        hook's own failure (the broker is down) is logged, not raised over it.
+        """
+        for m in self._unsent:
+            for message in messages:
+                try:
+                    m.send_failed(app, message)
+                except Exception:
+                    log.exception(
+                        "%s.send_failed failed for task %s[%s]; carrying on",
+                        type(m).__name__,
+                        message.task,
+                        message.id,
+                    )
 
     def before_execute(self, job: Job) -> Outcome | None:
         """Run before_execute hooks until one returns an Outcome."""

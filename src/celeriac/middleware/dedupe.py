@@ -49,6 +49,22 @@ class Dedupe(Middleware):
                 return held.decode()
         return None
 
+    def send_failed(self, app: Celeriac, message: Message) -> None:
+        """Free the dedupe key and the debounce mark this message took: it was not sent.
+
+        Left behind, the key handed every later send the id of a task that never existed,
+        and the mark cancelled the burst's earlier, good send, so nothing ran at all.
+        """
+        opts = message.options
+        for key in (
+            f"dedupe:{opts['dedupe_key']}" if "dedupe_key" in opts else None,
+            f"debounce:{opts['debounce_key']}" if "debounce_key" in opts else None,
+        ):
+            if key is not None:
+                (held,) = app.broker.kv_get([key])
+                if held is not None and held.decode() == message.id:
+                    app.broker.kv_delete(key)
+
     def _debounce(self, app: Celeriac, message: Message) -> None:
         wait = float(message.options["debounce"])
         key = message.options.setdefault("debounce_key", message.task)
