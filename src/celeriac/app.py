@@ -349,8 +349,18 @@ class Celeriac:
             >>> r.state
             'PENDING'
         """
-        task = self.tasks.get(name) or Task(self, _unknown_task, name, TaskOptions())
-        return self.publish(task.message(tuple(args), kwargs, **options))
+        return self.publish(self.task_named(name).message(tuple(args), kwargs, **options))
+
+    def task_named(self, name: str) -> Task[Any, Any]:
+        """The task registered under ``name``, or a stand-in that builds its messages with
+        the app's defaults (the code that runs it lives in some worker, not here).
+
+        Example:
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> app.task_named("shop.tasks.send_welcome").message((42,)).task
+            'shop.tasks.send_welcome'
+        """
+        return self.tasks.get(name) or Task(self, _unknown_task, name, TaskOptions())
 
     def replay_dead_letters(self, ids: Sequence[str] | None = None, task: str | None = None) -> int:
         """Send dead letters back to their queues as fresh sends; return how many.

@@ -29,7 +29,7 @@ from celeriac.beat.entries import (
 )
 from celeriac.beat.schedules import Cron, Schedule, parse_schedule
 from celeriac.errors import ConfigurationError, UnknownEntry
-from celeriac.task import Task, TaskOptions
+from celeriac.task import Task
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -194,9 +194,7 @@ class Beat:
         not by the scheduler at every tick."""
         try:
             self.app.check_call(entry.task, entry.args, entry.kwargs)
-            task = self.app.tasks.get(entry.task) or Task(
-                self.app, _elsewhere, entry.task, TaskOptions()
-            )
+            task = self.app.task_named(entry.task)
             following = entry.schedule.next_after(self.clock())
             task.message(
                 entry.args,
@@ -550,8 +548,3 @@ def _info(app: Celeriac, item: Loaded, now: float) -> EntryInfo:
         options=entry.options if entry else None,
         last_error=state.last_error,
     )
-
-
-def _elsewhere(*args: Any, **kwargs: Any) -> Any:
-    """Stands for a task known only by name here; its message is only built, never run."""
-    raise NotImplementedError("a task known only by name: a worker runs it")

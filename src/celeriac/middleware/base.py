@@ -111,6 +111,21 @@ class Middleware:
         """Called when the worker has nothing to run (flush buffers here)."""
 
 
+def call_options(
+    defined: dict[str, Any], sent: dict[str, Any], names: frozenset[str]
+) -> dict[str, Any]:
+    """A task's options as defined, overridden by those of ``names`` that ``apply_async``
+    gave for this one call (they travel in the message's options).
+
+    Example:
+        >>> call_options({"max_retries": 3, "retry_jitter": False}, {"max_retries": 0},
+        ...              frozenset({"max_retries"}))
+        {'max_retries': 0, 'retry_jitter': False}
+    """
+    given = {name: sent[name] for name in names if name in sent}
+    return {**defined, **given} if given else defined
+
+
 class MiddlewareStack:
     """Runs hooks in order and contains their failures."""
 

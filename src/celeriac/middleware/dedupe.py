@@ -56,14 +56,10 @@ class Dedupe(Middleware):
         and the mark cancelled the burst's earlier, good send, so nothing ran at all.
         """
         opts = message.options
-        for key in (
-            f"dedupe:{opts['dedupe_key']}" if "dedupe_key" in opts else None,
-            f"debounce:{opts['debounce_key']}" if "debounce_key" in opts else None,
-        ):
-            if key is not None:
-                (held,) = app.broker.kv_get([key])
-                if held is not None and held.decode() == message.id:
-                    app.broker.kv_delete(key)
+        if "dedupe_key" in opts:
+            _free(app.broker, f"dedupe:{opts['dedupe_key']}", message.id)
+        if "debounce_key" in opts:
+            _free(app.broker, f"debounce:{opts['debounce_key']}", message.id)
 
     def _debounce(self, app: Celeriac, message: Message) -> None:
         wait = float(message.options["debounce"])
@@ -129,13 +125,15 @@ class Dedupe(Middleware):
         message = job.message
         assert message is not None
         key = message.options.get("dedupe_key")
-        if key is None:
-            return
-        store = f"dedupe:{key}"
-        broker = _broker(job)
-        (held,) = broker.kv_get([store])
-        if held is not None and held.decode() == message.id:
-            broker.kv_delete(store)
+        if key is not None:
+            _free(_broker(job), f"dedupe:{key}", message.id)
+
+
+def _free(broker: Broker, store: str, task_id: str) -> None:
+    """Delete ``store`` if it still names ``task_id`` (a later send may hold it by now)."""
+    (held,) = broker.kv_get([store])
+    if held is not None and held.decode() == task_id:
+        broker.kv_delete(store)
 
 
 def _broker(job: Job) -> Broker:

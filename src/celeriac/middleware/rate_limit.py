@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celeriac.errors import ConfigurationError
-from celeriac.middleware.base import Job, Middleware, Outcome
+from celeriac.middleware.base import Job, Middleware, Outcome, call_options
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PER_CALL = frozenset({"rate_limit", "limit"})  # options apply_async may give per message
@@ -107,11 +107,12 @@ class RateLimit(Middleware):
     def _limiter(self, job: Job) -> tuple[str, int, float] | None:
         assert job.task is not None and job.request is not None and job.message is not None
         opts = job.task.options.extra
-        sent = {k: v for k, v in job.message.options.items() if k in _PER_CALL}
-        if sent:
-            # Given to apply_async for this call, which accepts it: it replaces the task's
-            # own limit (it was ignored). A per-call rate_limit_key cannot travel (a function).
-            opts = {k: v for k, v in opts.items() if k not in _PER_CALL} | sent
+        sent = job.message.options
+        if sent and ("rate_limit" in sent or "limit" in sent):
+            # Given to apply_async for this call: it replaces the task's own limit of either
+            # kind (it was ignored). A per-call rate_limit_key cannot travel (a function).
+            own = {k: v for k, v in opts.items() if k not in _PER_CALL}
+            opts = call_options(own, sent, _PER_CALL)
         if "limit" in opts:
             name = opts["limit"]
             rate = job.task.app.conf.limits.get(name)

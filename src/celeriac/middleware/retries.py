@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from celeriac.errors import Retry, TaskFailed
-from celeriac.middleware.base import Job, Middleware, Outcome
+from celeriac.middleware.base import Job, Middleware, Outcome, call_options
 from celeriac.retry import RetryPolicy
 
 
@@ -44,7 +44,8 @@ class Retries(Middleware):
         task, message = job.task, job.message
         if task is None or message is None or outcome.state not in {"FAILURE", "RETRY"}:
             return outcome
-        opts = _options(task.options.extra, message.options, self.options)
+        # apply_async(max_retries=0) and the like apply to their call; they were ignored.
+        opts = call_options(task.options.extra, message.options, self.options)
         if outcome.state == "FAILURE":
             retry_on = tuple(opts.get("autoretry_for", ()))
             if not (retry_on and isinstance(outcome.exception, retry_on)):
@@ -93,22 +94,6 @@ class Retries(Middleware):
             final.state = "DEAD"
             final.reason = f"failed {why}"
         return final
-
-
-def _options(
-    defined: dict[str, Any], sent: dict[str, Any], names: frozenset[str]
-) -> dict[str, Any]:
-    """The task's options, overridden by those given to ``apply_async`` for this call.
-
-    ``apply_async(max_retries=0)`` was accepted (a declared option) and then ignored: the
-    policy read only the options the task was defined with.
-
-    Example:
-        >>> _options({"max_retries": 3, "retry_jitter": False}, {"max_retries": 0}, Retries.options)
-        {'max_retries': 0, 'retry_jitter': False}
-    """
-    given = {name: sent[name] for name in names if name in sent}
-    return {**defined, **given} if given else defined
 
 
 def _qualname(exc: BaseException) -> str:
