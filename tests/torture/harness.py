@@ -97,7 +97,7 @@ class LedgerFile:
         out = []
         for raw in self.path.read_bytes().splitlines():
             with contextlib.suppress(ValueError):  # a core-format line from another app
-                out.append(json.loads(raw))
+                out.append(json.loads(_last_record(raw)))
         return out
 
     def phase(self, name: str) -> list[dict[str, Any]]:
@@ -108,6 +108,22 @@ class LedgerFile:
 
     def write(self, lines: list[dict[str, Any]]) -> None:
         append(lines, str(self.path))
+
+
+def _last_record(raw: bytes) -> bytes:
+    """The whole record at the end of ``raw``, past a torn one in front of it.
+
+    A process SIGKILLed inside its ``os.write`` can leave a record cut short where the
+    write crossed a page (Linux stops a buffered write between pages for a fatal signal).
+    The next process's record is then appended to the fragment's line; read as one, the
+    intact record was dropped with it, and the oracle saw a commit with no "end".
+
+    Example:
+        >>> _last_record(b'{"phase":"start","id":"a","to{"phase":"end","id":"b"}')
+        b'{"phase":"end","id":"b"}'
+    """
+    start = raw.rfind(b'{"phase":')
+    return raw[start:] if start > 0 else raw
 
 
 @dataclass
