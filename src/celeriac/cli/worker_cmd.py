@@ -67,7 +67,7 @@ def worker(
     max_memory_per_child: int | None,
     with_beat: bool,
 ) -> None:
-    """Consume tasks until SIGTERM/Ctrl-C (twice: cold shutdown; nothing is lost).
+    """Consume tasks until SIGTERM/Ctrl-C (twice, or SIGQUIT: cold shutdown; nothing is lost).
 
     Example: celeriac -A shop.tasks worker -c 2 -Q emails,default
     """
@@ -82,7 +82,10 @@ def worker(
         conf.worker_max_tasks_per_child = max_tasks_per_child
     if max_memory_per_child:
         conf.worker_max_memory_per_child = max_memory_per_child
-    names = [q.strip() for q in (queues or conf.task_default_queue).split(",") if q.strip()]
+    # Only a missing -Q means the default queue: -Q "$QUEUES" with QUEUES unset is a mistake,
+    # and consuming the default queue instead would hide it.
+    given = conf.task_default_queue if queues is None else queues
+    names = [q.strip() for q in given.split(",") if q.strip()]
     if not names:
         raise click.BadParameter("give at least one queue name", param_hint="-Q")
     warn_if_many_processes(pool, concurrency or conf.worker_concurrency, os.cpu_count() or 1)

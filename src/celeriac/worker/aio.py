@@ -198,7 +198,14 @@ class AsyncioChild(Child):
         middleware = self.app.middleware
         skipped = await asyncio.to_thread(middleware.before_execute, job)
         outcome = skipped or await self._call(executor, job, soft)
-        return await asyncio.to_thread(middleware.after_execute, job, outcome)
+        outcome = await asyncio.to_thread(middleware.after_execute, job, outcome)
+        # Done: a slow commit or settle hook must not pass for the task running past its
+        # hard limit (the supervisor would kill the child and every task on its loop).
+        self._held[delivery.id] = [
+            Held(delivery.id, delivery.queue, delivery.lease.token, message.task, started)
+        ]
+        self._dirty = True
+        return outcome
 
     async def _call(self, executor: Executor, job: Job, soft: float) -> Outcome:
         assert job.task is not None

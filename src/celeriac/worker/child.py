@@ -19,6 +19,7 @@ Pools:
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import ctypes
 import logging
@@ -30,13 +31,16 @@ import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import msgspec
 
 from celeriac import crashpoints, pid
-from celeriac.brokers.base import Delivery
-from celeriac.errors import BrokerError, SoftTimeLimitExceeded
+from celeriac.brokers.base import Delivery, Lease
+from celeriac.errors import BrokerError, SoftTimeLimitExceeded, TaskRevoked, TimeLimitExceeded
 from celeriac.middleware.base import Job, Outcome
-from celeriac.worker.executor import FINAL, Executor, FetchSpec
+from celeriac.middleware.verdicts import Verdict, verdict_key
+from celeriac.worker.executor import FINAL, Executor, FetchSpec, error_info
 from celeriac.worker.outage import Outage
 from celeriac.worker.slot import Held, Slot
 
@@ -187,6 +191,7 @@ class Child:
         )
         self.alarm = SoftAlarm()
         self.rss = current_rss()  # as last measured: after the previous task
+        self._alone = False  # the supervisor is gone: this child enforces its hard limits
 
     def run(self) -> int:
         """Consume until told to stop or until it is time to recycle; return an exit code."""
@@ -199,7 +204,10 @@ class Child:
         return EXIT_RECYCLE
 
     def _install_signals(self) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides on Ctrl-C
+        # The supervisor decides on Ctrl-C and Ctrl-\, which reach the whole process group:
+        # a child that died of SIGQUIT on the spot left its tasks held until lease expiry.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_term)
 
     # -- the consume loop (shared by the process and threads pools) -----------------------
@@ -314,6 +322,14 @@ class Child:
             stats = self.growth.setdefault(task.name, [0, 0])
             stats[0] += 1
             stats[1] += self.rss - rss_before
+        if hard_at and hard_at - time.time() < self.fetch.lease_seconds:
+            # Done: what is left (the commit, retried for up to a lease, and the settle
+            # hooks) must not pass for the task running past its hard limit, or the
+            # supervisor kills a child whose task succeeded and cuts its hooks short. Still
+            # started: counted as a delivery if the child dies before the commit. Only near
+            # the deadline: a slot write per task is a few percent of a no-op's cost.
+            running.hard_deadline = 0.0
+            self._publish(key, pending, running, batch)
         return outcome
 
     def limits(self, job: Job) -> tuple[float, float]:
@@ -401,6 +417,10 @@ class Child:
             self.slot.write(everything, self.rss, self.tasks_done, self.growth)
 
     def _should_recycle(self) -> bool:
+        if not self.tasks_done:
+            # Only between tasks: a child that starts over its memory limit (the app's
+            # imports) would otherwise be replaced after every empty fetch, a fork loop.
+            return False
         conf = self.app.conf
         if conf.worker_max_tasks_per_child and self.tasks_done >= conf.worker_max_tasks_per_child:
             log.info(
@@ -432,6 +452,66 @@ class Child:
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
+        orphaned = self.spec.supervisor_pid and os.getppid() != self.spec.supervisor_pid
+        if orphaned and not self._alone:  # the SIGTERM of _die_with_supervisor
+            self._alone = True
+            self._watch_hard_limits_alone()
+
+    def _watch_hard_limits_alone(self) -> None:
+        """Enforce hard limits in a thread of this child, since its supervisor is gone.
+
+        The supervisor kills a child whose task passed its hard limit. Without it (killed
+        by the OOM killer, kill -9), a child finishes its running task and exits, and a
+        task that ignores its soft limit would keep an orphan running for ever.
+
+        Called from a signal handler: ``_thread``, not ``threading``, whose module lock
+        the interrupted code may hold; and with every signal blocked in the new thread, so
+        that SIGALRM (the soft limit) still interrupts the task in the main thread.
+        """
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            _thread.start_new_thread(self._hard_limits_alone, ())
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    def _hard_limits_alone(self) -> None:
+        while True:
+            now = time.time()
+            with self._lock:  # every pool replaces its lists whole: a copy is consistent
+                held = [h for items in list(self._held.values()) for h in items]
+            for running in held:
+                if running.hard_deadline and now > running.hard_deadline:
+                    self._stop_alone(running, held)
+            time.sleep(0.1)
+
+    def _stop_alone(self, overdue: Held, held: list[Held]) -> NoReturn:
+        """Do what the supervisor does for a task past its hard limit, then exit."""
+        log.error(
+            "child %d: task %s[%s] passed its hard time limit and this child's supervisor "
+            "is gone, so nothing else can stop it: recording its failure, putting back what "
+            "this child holds, and exiting",
+            os.getpid(),
+            overdue.task,
+            overdue.id,
+        )
+        broker = self.app.broker
+        try:
+            verdict = killed_verdict(overdue, "FAILURE")
+            broker.kv_set(verdict_key(overdue.id), verdict, self.app.conf.result_expires)
+            for h in held:
+                # The overdue task counts as a delivery, as when the supervisor kills it.
+                lease = Lease(h.id, h.queue, h.token)
+                broker.requeue(lease, count_delivery=bool(h.started))
+        except BrokerError as exc:
+            log.error(
+                "child %d could not reach the broker (%s); what it held is delivered again "
+                "when its lease expires",
+                os.getpid(),
+                exc,
+            )
+        finally:
+            logging.shutdown()
+            os._exit(1)
 
 
 class ThreadsChild(Child):
@@ -567,6 +647,20 @@ def _set_async_exc(thread_id: int, exc_type: type[BaseException] | None) -> None
     )
 
 
+def killed_verdict(held: Held, state: str) -> bytes:
+    """The verdict recorded for a task stopped from outside its child: FAILURE (past its
+    hard limit) or REVOKED (revoked with terminate). Its next delivery is settled with it.
+    """
+    if state == "REVOKED":
+        exc: Exception = TaskRevoked(f"task {held.task}[{held.id}] was revoked and stopped")
+    else:
+        limit = held.hard_deadline - held.started
+        exc = TimeLimitExceeded(
+            f"task {held.task}[{held.id}] ran past its hard time limit ({limit:g}s) and was killed"
+        )
+    return msgspec.json.encode(Verdict(state, error_info(exc)))
+
+
 def _die_with_supervisor(supervisor_pid: int) -> None:
     """Get SIGTERM when the supervisor dies, however it dies (SIGKILL, the OOM killer).
 
@@ -583,7 +677,7 @@ _PR_SET_PDEATHSIG = 1
 #: Blocked by the supervisor around fork, unblocked by the child once its own handlers are
 #: in place: a SIGTERM in a fresh child's first milliseconds then reaches the child's
 #: handler instead of the supervisor's, inherited and meaningless there.
-STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 #: A SIGALRM this close to the running task's soft deadline is its soft limit: the timer
 #: and time.monotonic() differ by microseconds, and a task is never given more than this.
 _ALARM_SLACK = 0.001

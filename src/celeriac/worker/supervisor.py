@@ -12,8 +12,8 @@ It starts N children (each a full consumer), then loops a few times a second:
 * heartbeats for the host, and runs the broker's deterministic reaper for dead hosts.
 
 Shutdown: the first SIGTERM/SIGINT is warm (children finish their running task and give
-back what they prefetched); a second is cold (children are killed and everything they
-held is given back at once). Either way nothing is lost.
+back what they prefetched); a second, or SIGQUIT (Ctrl-\\), is cold (children are killed
+and everything they held is given back at once). Either way nothing is lost.
 """
 
 from __future__ import annotations
@@ -31,14 +31,17 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from celeriac.brokers import redacted
 from celeriac.brokers.base import Lease, WorkerInfo
-from celeriac.errors import BrokerError, ConfigurationError, TaskRevoked, TimeLimitExceeded
-from celeriac.middleware.verdicts import Verdict, verdict_key
-from celeriac.worker.child import STOP_SIGNALS, ChildSpec, child_main
-from celeriac.worker.executor import error_info
+from celeriac.errors import BrokerError, ConfigurationError
+from celeriac.middleware.verdicts import verdict_key
+from celeriac.worker.child import (
+    STOP_SIGNALS,
+    ChildSpec,
+    child_main,
+    current_rss,
+    killed_verdict,
+)
 from celeriac.worker.outage import Outage
 from celeriac.worker.remote import Remote
 from celeriac.worker.slot import Held, Slot, SlotView
@@ -90,6 +93,8 @@ class Worker:
         app.broker.check_queue_names(queues)  # here, not in a crash loop of every child
         self.app = app
         self.queues = tuple(queues)
+        if concurrency < 1:  # no consumer at all: a threads child would exit and respawn
+            raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
         self.concurrency = concurrency
         if pool not in POOLS:
             raise ConfigurationError(f"unknown pool {pool!r}; use one of {', '.join(POOLS)}")
@@ -114,6 +119,7 @@ class Worker:
         """Run until a shutdown signal; return the process exit code."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGQUIT, self._on_signal)
         children = f"{len(self._children)} child{'ren' if len(self._children) > 1 else ''}"
         inside = {"threads": "threads", "asyncio": "coroutines"}.get(self.pool)
         log.info(
@@ -128,6 +134,7 @@ class Worker:
             log.info("worker %s stopped before the broker could be reached", self.id)
             return 0
         _trim_heap()
+        self._check_memory_limit()
         for child in self._children:
             self._spawn(child)
         while self._stop_requests == 0:
@@ -166,7 +173,31 @@ class Worker:
             return True
         return False
 
+    def _check_memory_limit(self) -> None:
+        """Say so when a fresh child would already be over worker_max_memory_per_child.
+
+        A child starts as a copy of this process, so recycling cannot bring it under such
+        a limit: every child would be replaced after its first task.
+        """
+        limit = self.app.conf.worker_max_memory_per_child
+        if not limit:
+            return
+        size = current_rss() >> 20
+        if size > limit:
+            log.error(
+                "worker %s: worker_max_memory_per_child=%d MiB is below what a fresh child "
+                "already uses (%d MiB, the app and its imports), so every child will be "
+                "replaced after each task it runs. Raise it (--max-memory-per-child) well "
+                "above %d MiB, or set worker_max_memory_per_child = 0 for no limit.",
+                self.id,
+                limit,
+                size,
+                size,
+            )
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGQUIT:  # Ctrl-\: cold at once, as a second SIGTERM is
+            self._stop_requests = max(self._stop_requests, 1)
         self._stop_requests += 1
         if self._stop_requests == 1:
             log.info(
@@ -327,14 +358,16 @@ class Worker:
                 functools.partial(self.app.broker.requeue, lease, count_delivery=bool(held.started))
             )
         self._quietly(self.app.broker.reap)
-        if code != 0 and killed is None and self._stop_requests < 2:
-            names = ", ".join(f"{h.task}[{h.id}]" for h in view.held if h.started) or "none"
+        running = [h for h in view.held if h.started]
+        # A child that stops by itself (recycling, shutdown) leaves nothing started in its
+        # slot; one that exits with code 0 in a task was ended by the task (os._exit(0)).
+        if (code != 0 or running) and killed is None and self._stop_requests < 2:
             log.error(
-                "worker child %d died (exit code %d) while running: %s; its messages "
-                "were put back and a new child is starting",
+                "worker child %d died (%s) while running: %s; its messages were put back and a "
+                "new child is starting",
                 pid,
-                code,
-                names,
+                _how_it_ended(code),
+                ", ".join(f"{h.task}[{h.id}]" for h in running) or "none",
             )
             child.crashes = child.crashes + 1 if time.time() - child.started < 2 else 0
         if self._stop_requests == 0:
@@ -366,15 +399,7 @@ class Worker:
         The next delivery does not run it: the Verdicts middleware settles it with this
         verdict through the whole pipeline, so retries, chains and chords carry on.
         """
-        if state == "REVOKED":
-            exc: Exception = TaskRevoked(f"task {held.task}[{held.id}] was revoked and stopped")
-        else:
-            limit = held.hard_deadline - held.started
-            exc = TimeLimitExceeded(
-                f"task {held.task}[{held.id}] ran past its hard time limit "
-                f"({limit:g}s) and was killed"
-            )
-        verdict = msgspec.json.encode(Verdict(state, error_info(exc)))
+        verdict = killed_verdict(held, state)
         broker = self.app.broker
         lease = Lease(held.id, held.queue, held.token)
         self._quietly(
@@ -555,6 +580,27 @@ def _trim_heap() -> None:
     except (OSError, AttributeError):
         return
     malloc_trim(0)
+
+
+def _how_it_ended(code: int) -> str:
+    """A child's exit status in words (``code`` as :func:`os.waitstatus_to_exitcode` gives).
+
+    Example:
+        >>> _how_it_ended(-9)
+        "killed by SIGKILL: the kernel's OOM killer, or kill -9"
+        >>> _how_it_ended(0)
+        'exit code 0: os._exit(0) in the task?'
+    """
+    if code == -signal.SIGKILL:
+        return "killed by SIGKILL: the kernel's OOM killer, or kill -9"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    if code == 0:
+        return "exit code 0: os._exit(0) in the task?"
+    return f"exit code {code}"
 
 
 def _signal(pid: int, signum: int) -> None:
