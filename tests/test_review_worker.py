@@ -1,7 +1,8 @@
 """The worker's life cycle at its edges, with real worker processes on SQLite: a child that
-exits with code 0 inside a task, SIGQUIT (Ctrl-\\), a supervisor killed while a child runs
-a task that ignores its soft limit, a memory limit below a fresh child's size, settle hooks
-that outlast a finished task's hard limit, and bad ``celeriac worker`` arguments.
+exits with code 0 inside a task, SIGQUIT (Ctrl-\\) and SIGHUP (a closed terminal), a
+supervisor killed while a child runs a task that ignores its soft limit, a memory limit below
+a fresh child's size, settle hooks that outlast a finished task's hard limit, and bad
+``celeriac worker`` arguments.
 
 The worker processes import this module (``-A tests.test_review_worker``) for its tasks.
 """
@@ -148,6 +149,26 @@ def test_sigquit_is_a_cold_shutdown_that_gives_every_task_back_at_once(
     assert (stats.ready, stats.in_flight) == (4, 0), stats
     assert "cold shutdown" in workers.log_text()
     assert all(r.state == "PENDING" for r in results)
+
+
+def test_sighup_is_a_warm_shutdown(
+    review_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # A closed terminal (an SSH session dropped without nohup) signals the whole process
+    # group. Every process used to die on the spot, the running tasks held until their
+    # leases expired; now the running tasks finish and the waiting ones go back at once.
+    proc = workers.start("-c", "2", app=APP)
+    children = workers.children(proc)
+    results = [work.delay(1) for _ in range(4)]
+    assert wait_for(lambda: len(ledger.count("start")) == 2, timeout=20)
+    for pid in (proc.pid, *children):
+        os.kill(pid, signal.SIGHUP)
+    assert proc.wait(timeout=30) == 0, workers.log_text()
+    assert not [pid for pid in children if _alive(pid)]
+    assert sorted(r.state for r in results) == ["PENDING", "PENDING", "SUCCESS", "SUCCESS"]
+    (stats,) = review_app.broker.stats()
+    assert (stats.ready, stats.in_flight) == (2, 0), stats
+    assert "warm shutdown" in workers.log_text()
 
 
 def test_a_child_left_without_its_supervisor_still_obeys_its_hard_limit(

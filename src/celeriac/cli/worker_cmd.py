@@ -67,7 +67,8 @@ def worker(
     max_memory_per_child: int | None,
     with_beat: bool,
 ) -> None:
-    """Consume tasks until SIGTERM/Ctrl-C (twice, or SIGQUIT: cold shutdown; nothing is lost).
+    """Consume tasks until SIGTERM, SIGHUP or Ctrl-C (twice, or SIGQUIT: cold shutdown; no
+    task is lost).
 
     Example: celeriac -A shop.tasks worker -c 2 -Q emails,default
     """

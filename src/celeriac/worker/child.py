@@ -204,10 +204,11 @@ class Child:
         return EXIT_RECYCLE
 
     def _install_signals(self) -> None:
-        # The supervisor decides on Ctrl-C and Ctrl-\, which reach the whole process group:
-        # a child that died of SIGQUIT on the spot left its tasks held until lease expiry.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+        # The supervisor decides on Ctrl-C, Ctrl-\ and a closed terminal, which reach the
+        # whole process group: a child that died of SIGQUIT or SIGHUP on the spot left its
+        # tasks held until lease expiry.
+        for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_term)
 
     # -- the consume loop (shared by the process and threads pools) -----------------------
@@ -677,7 +678,7 @@ _PR_SET_PDEATHSIG = 1
 #: Blocked by the supervisor around fork, unblocked by the child once its own handlers are
 #: in place: a SIGTERM in a fresh child's first milliseconds then reaches the child's
 #: handler instead of the supervisor's, inherited and meaningless there.
-STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP})
 #: A SIGALRM this close to the running task's soft deadline is its soft limit: the timer
 #: and time.monotonic() differ by microseconds, and a task is never given more than this.
 _ALARM_SLACK = 0.001
@@ -695,7 +696,7 @@ def child_main(app: Celeriac, spec: ChildSpec, slot: Slot) -> None:
             child = ThreadsChild(app, spec, slot)
         else:
             child = Child(app, spec, slot)
-        # Forked with SIGTERM/SIGINT blocked: this child's handlers first, then a signal
+        # Forked with the stop signals blocked: this child's handlers first, then a signal
         # that came meanwhile is delivered to them (not lost to the supervisor's).
         child._install_signals()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

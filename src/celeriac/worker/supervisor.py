@@ -11,7 +11,7 @@ It starts N children (each a full consumer), then loops a few times a second:
 * renews the leases of everything its children hold, every third of the lease;
 * heartbeats for the host, and runs the broker's deterministic reaper for dead hosts.
 
-Shutdown: the first SIGTERM/SIGINT is warm (children finish their running task and give
+Shutdown: the first SIGTERM/SIGINT/SIGHUP is warm (children finish their running task and give
 back what they prefetched); a second, or SIGQUIT (Ctrl-\\), is cold (children are killed
 and everything they held is given back at once). Either way nothing is lost.
 """
@@ -120,6 +120,9 @@ class Worker:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGQUIT, self._on_signal)
+        # A closed terminal (an SSH session dropped without nohup): warm, as SIGTERM. Its
+        # default, death on the spot, left every running task held until lease expiry.
+        signal.signal(signal.SIGHUP, self._on_signal)
         children = f"{len(self._children)} child{'ren' if len(self._children) > 1 else ''}"
         inside = {"threads": "threads", "asyncio": "coroutines"}.get(self.pool)
         log.info(
