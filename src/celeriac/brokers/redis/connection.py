@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import threading
 import weakref
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -29,16 +30,25 @@ import redis.asyncio.cluster
 import redis.cluster
 from redis.backoff import ExponentialBackoff
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.exceptions import ClusterDownError, RedisClusterException
 from redis.retry import Retry
 
 import redis
 from celeriac.brokers import redacted
+from celeriac.brokers.redis.subscriptions import Subscriptions
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 
 SyncClient = redis.Redis | redis.cluster.RedisCluster
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
+#: What redis-py raises when Redis fails: a Cluster that cannot be reached at all raises
+#: RedisClusterException, which is no RedisError (a worker on Cluster died of it).
+DriverError = redis.RedisError | RedisClusterException
+DRIVER_ERRORS = (redis.RedisError, RedisClusterException)
+
 _TRUE = {"1", "true", "yes", "on"}
+
+CLUSTER_IN_FLIGHT = 90  # below redis-py's 100 connections per node: pub/sub takes one
 
 # Defaults that make a dead server fail fast and a restarted one recover by itself: one
 # quick retry on a fresh connection covers a pooled socket that the restart broke.
@@ -121,11 +131,19 @@ class RedisURL:
         return _DEFAULTS if self.redis_url.startswith("unix:") else _TCP_DEFAULTS
 
     def sync_client(self) -> SyncClient:
-        """A new redis-py client (its own connection pool)."""
+        """A new redis-py client (its own connection pool).
+
+        Raises:
+            BrokerConnectionError: a Cluster none of whose nodes answers (redis-py reads its
+                slot map at once; a standalone client connects on its first command).
+        """
         if self.cluster:
-            return redis.cluster.RedisCluster.from_url(
-                self.redis_url, retry=_retry(), **self.defaults
-            )
+            try:
+                return redis.cluster.RedisCluster.from_url(
+                    self.redis_url, retry=_retry(), **self.defaults
+                )
+            except DRIVER_ERRORS as exc:
+                raise translate(exc, "connect", self.safe) from exc
         return redis.Redis.from_url(self.redis_url, retry=_retry(), **self.defaults)
 
     def async_client(self) -> AsyncClient:
@@ -177,13 +195,21 @@ def _redis_options() -> frozenset[str]:
     return frozenset(names - {"self", "args", "kwargs"})
 
 
-def translate(exc: redis.RedisError, what: str, url: str) -> BrokerError:
+def translate(exc: DriverError, what: str, url: str) -> BrokerError:
     """The celeriac error for a redis-py error, with a message readable at 3 a.m.
 
     The result is chained to ``exc`` as ``raise ... from exc`` would (drivers throw it into
     the plan that was running rather than raising it here).
     """
     error: BrokerError
+    original, said = exc, exc.__cause__
+    if isinstance(exc, redis.ConnectionError) and isinstance(
+        said, redis.AuthenticationError | redis.ResponseError
+    ):
+        # redis.asyncio over a Unix socket wraps what the server said while connecting (a
+        # wrong password, no such database) in a ConnectionError, which read "did not
+        # answer ... check that redis-server is running".
+        exc = said
     if isinstance(exc, redis.exceptions.NoPermissionError):
         error = BrokerError(
             f"could not {what}: Redis at {url} denied it to the URL's user ({exc}). Give that "
@@ -195,6 +221,13 @@ def translate(exc: redis.RedisError, what: str, url: str) -> BrokerError:
             f"could not {what}: Redis at {url} refused this client's credentials "
             f"({type(exc).__name__}: {exc}). Check the user and password in the broker URL "
             "(redis://user:password@host:6379/0) and the user's ACL on the server."
+        )
+    elif isinstance(exc, RedisClusterException | ClusterDownError):
+        error = BrokerConnectionError(
+            f"could not {what}: the Redis Cluster at {url} cannot serve it "
+            f"({type(exc).__name__}: {exc}). Check that its nodes are running and reachable "
+            "from this host (redis-cli --cluster check HOST:PORT), and that the broker URL "
+            "(host, port, password, TLS) is right."
         )
     elif isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         error = BrokerConnectionError(
@@ -216,9 +249,20 @@ def translate(exc: redis.RedisError, what: str, url: str) -> BrokerError:
         )
     else:
         error = BrokerError(f"could not {what}: Redis at {url} refused the command: {exc}")
-    error.__cause__ = exc
+    error.__cause__ = original
     error.__suppress_context__ = True
     return error
+
+
+@dataclass(eq=False)
+class LoopClient:
+    """What one event loop talks to Redis with (nothing of it can cross loops)."""
+
+    client: AsyncClient
+    subscriptions: Subscriptions  # its result waiters' one pub/sub connection
+    # Cluster: a bound on its commands in flight. redis-py's Cluster client raises
+    # MaxConnectionsError past 100 connections to a node instead of waiting for one.
+    in_flight: asyncio.Semaphore
 
 
 class AsyncClients:
@@ -226,31 +270,39 @@ class AsyncClients:
 
     A client is closed when its loop shuts down (``asyncio.run`` finalizes the async
     generator that keeps it), or by :meth:`aclose`; so no connection outlives its loop.
+    Everything a loop uses (:class:`LoopClient`) is dropped with its client: it all refers
+    to the loop, and kept anywhere else (the driver once kept the subscriptions) it kept
+    every finished loop alive, ~40 kB per ``asyncio.run(result.aget())``.
     """
 
     def __init__(self, url: RedisURL) -> None:
         self._url = url
         self._by_loop: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[AsyncClient, AsyncGenerator[None, None]]
+            asyncio.AbstractEventLoop, tuple[LoopClient, AsyncGenerator[None, None]]
         ] = weakref.WeakKeyDictionary()
+        self._guard = threading.Lock()  # loops of other threads come and go meanwhile
 
-    async def get(self) -> AsyncClient:
-        """The client of the running loop, created on first use."""
+    async def get(self) -> LoopClient:
+        """The running loop's client, created on first use."""
         loop = asyncio.get_running_loop()
         found = self._by_loop.get(loop)
         if found is not None:
             return found[0]
+        self._forget_closed_loops()
         client = self._url.async_client()
+        made = LoopClient(client, Subscriptions(client), asyncio.Semaphore(CLUSTER_IN_FLIGHT))
         keeper = self._keep(client)
         await keeper.__anext__()  # registers it with the loop's async-generator shutdown
-        self._by_loop[loop] = (client, keeper)
-        return client
+        with self._guard:
+            self._by_loop[loop] = (made, keeper)
+        return made
 
     async def _keep(self, client: AsyncClient) -> AsyncGenerator[None, None]:
         try:
             yield
         finally:
-            self._by_loop.pop(asyncio.get_running_loop(), None)
+            with self._guard:
+                self._by_loop.pop(asyncio.get_running_loop(), None)
             await client.aclose()
 
     async def aclose(self) -> None:
@@ -264,6 +316,20 @@ class AsyncClients:
 
         A running loop's client is closed when that loop shuts down.
         """
-        for loop, (_, keeper) in list(self._by_loop.items()):
+        self._forget_closed_loops()
+        with self._guard:
+            kept = list(self._by_loop.items())
+        for loop, (_, keeper) in kept:
             if not loop.is_closed() and not loop.is_running():
                 loop.run_until_complete(keeper.aclose())
+
+    def _forget_closed_loops(self) -> None:
+        """Drop what loops closed without shutting down (a bare ``loop.close()``) left.
+
+        Their connections cannot be closed through a closed loop, but once dropped they
+        are closed when collected (with a ResourceWarning). Kept here, they stayed open
+        for good: the client refers to its loop, so the weak mapping never let go.
+        """
+        with self._guard:
+            for loop in [loop for loop in list(self._by_loop) if loop.is_closed()]:
+                self._by_loop.pop(loop, None)

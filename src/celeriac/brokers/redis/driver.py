@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -18,7 +17,7 @@ import redis.cluster
 from redis.exceptions import NoScriptError
 
 import redis
-from celeriac.brokers.redis.connection import AsyncClients, SyncClient, translate
+from celeriac.brokers.redis.connection import DRIVER_ERRORS, AsyncClients, SyncClient, translate
 from celeriac.brokers.redis.steps import (
     Arg,
     Batch,
@@ -35,8 +34,6 @@ from celeriac.brokers.redis.subscriptions import Subscriptions
 from celeriac.brokers.redis.wire import RAW, Wire
 
 T = TypeVar("T")
-
-_CLUSTER_IN_FLIGHT = 90  # below redis-py's 100 connections per node: pub/sub takes one
 
 
 def _evalsha(call: Call) -> tuple[Arg, ...]:
@@ -107,7 +104,7 @@ class SyncDriver:
                         reply = None
                     else:
                         reply = self._do(step)
-                except redis.RedisError as exc:
+                except DRIVER_ERRORS as exc:
                     step = plan.throw(translate(exc, what, self.url))
                     continue
                 step = plan.send(reply)
@@ -213,40 +210,18 @@ class AsyncDriver:
     def __init__(self, clients: AsyncClients, url: str) -> None:
         self.clients = clients
         self.url = url
-        # One shared pub/sub connection per loop (its client): see subscriptions.py.
-        self._subscriptions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Subscriptions] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._in_flight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def _cluster_slots(self) -> asyncio.Semaphore:
-        """A bound on the commands in flight per loop: redis-py's Cluster client raises
-        MaxConnectionsError past 100 connections to a node instead of waiting for one."""
-        loop = asyncio.get_running_loop()
-        slots = self._in_flight.get(loop)
-        if slots is None:
-            slots = self._in_flight[loop] = asyncio.Semaphore(_CLUSTER_IN_FLIGHT)
-        return slots
-
-    def _subscriptions_of(self, client: Any) -> Subscriptions:
-        loop = asyncio.get_running_loop()
-        subs = self._subscriptions.get(loop)
-        if subs is None or subs.client is not client:  # first use, or a new client
-            subs = self._subscriptions[loop] = Subscriptions(client)
-        return subs
 
     async def run(self, plan: Plan[T], what: str) -> T:
         """Async twin of :meth:`SyncDriver.run`."""
         joined: list[tuple[Subscriptions, bytes | str, asyncio.Queue[bytes]]] = []
         try:
-            client: Any = await self.clients.get()  # redis.asyncio's methods are untyped
+            loop_client = await self.clients.get()
+            client: Any = loop_client.client  # redis.asyncio's methods are untyped
             step = next(plan)
             while True:
                 try:
                     if isinstance(step, Subscribe):
-                        subs = self._subscriptions_of(client)
+                        subs = loop_client.subscriptions  # one pub/sub connection per loop
                         joined.append((subs, step.channel, await subs.join(step.channel)))
                         reply: Any = None
                     elif isinstance(step, Listen):
@@ -256,11 +231,11 @@ class AsyncDriver:
                         await asyncio.sleep(step.seconds)
                         reply = None
                     elif isinstance(client, redis.asyncio.cluster.RedisCluster):
-                        async with self._cluster_slots():
+                        async with loop_client.in_flight:
                             reply = await self._do(client, step)
                     else:  # the client's blocking pool bounds what is in flight
                         reply = await self._do(client, step)
-                except redis.RedisError as exc:
+                except DRIVER_ERRORS as exc:
                     step = plan.throw(translate(exc, what, self.url))
                     continue
                 step = plan.send(reply)
