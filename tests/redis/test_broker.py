@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -505,6 +506,38 @@ def test_a_waiter_registers_and_is_woken_by_the_commit_not_by_its_poll(
     assert result == b"done"
     # Woken by the wake-up: its fallback would read the key only after a quiet LISTEN_STEP.
     assert woke_at - committed_at < LISTEN_STEP
+    assert raw.zcard(broker.keys.waiting) == 0  # it left
+
+
+def test_a_waiter_that_never_leaves_lapses_and_one_that_waits_on_is_renewed(
+    broker: RedisBroker, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A waiter cancelled or killed never removes its registration. It was registered until
+    # its timeout, years for an aget() with none, so every commit published for good.
+    from celeriac.brokers.redis import admin
+
+    monkeypatch.setattr(admin, "WAITER_LEASE", 1.0)
+
+    async def abandon() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(broker.await_result("gone", 10 * 365 * 86_400.0), 0.3)
+
+    asyncio.run(abandon())
+    ((_, lapses),) = raw.zrange(broker.keys.waiting, 0, -1, withscores=True)
+    assert lapses <= (time.time() + 1.0) * 1000
+    time.sleep(1.2)
+    broker.reap()
+    assert raw.zcard(broker.keys.waiting) == 0
+
+    # A waiter that waits on renews its registration: the reaper leaves it alone.
+    waiter = threading.Thread(target=broker.wait_result, args=("slow", 4.0))
+    waiter.start()
+    deadline = time.monotonic() + 3.5
+    while time.monotonic() < deadline:
+        broker.reap()
+        assert wait_for(lambda: raw.zcard(broker.keys.waiting) == 1, timeout=10)
+        time.sleep(0.3)
+    waiter.join(30)
     assert raw.zcard(broker.keys.waiting) == 0  # it left
 
 

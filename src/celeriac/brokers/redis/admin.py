@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from celeriac.brokers.redis.steps import Arg, Batch, Call, Command, Listen, Plan
 DEAD_RESULT_TTL = 86_400.0 * 7  # seconds a dead-lettered task's result is kept
 PURGE_STEP = 10_000  # entries deleted per purge call, so Redis never stalls for long
 LISTEN_STEP = 1.0  # seconds per wait for a wake-up; the key is read again after each
-WAITER_MARGIN = 60.0  # seconds a waiter's registration outlives its timeout
+WAITER_LEASE = 60.0  # seconds a waiter's registration lasts unless it is renewed
 
 
 class _Letter(msgspec.Struct, array_like=True):
@@ -75,15 +76,19 @@ def wait_result(ctx: Context, task_id: str, timeout: float) -> Plan[bytes | None
     """
     deadline = time.monotonic() + timeout
     waiter = b""
+    renew_at = math.inf
     if not ctx.cluster:
         # Registered before the first look, so a commit after it publishes (settling
         # scripts skip the wake-up while nobody is registered). The score is when the
-        # registration may be dropped: by this waiter when it leaves, or by the reaper if
-        # it dies. A clock more than WAITER_MARGIN off only costs wake-ups: the key is
-        # read again every LISTEN_STEP anyway.
+        # registration may be dropped: by this waiter when it leaves, or by the reaper
+        # once it lapses. It lasts WAITER_LEASE and is renewed halfway, not set to the
+        # timeout: a waiter that never leaves (cancelled, its process killed; aget() with
+        # no timeout waits for years) must not keep commits publishing for years, and a
+        # restart that lost the set is repaired within a renewal. A clock more than
+        # WAITER_LEASE off only costs wake-ups: the key is read every LISTEN_STEP anyway.
         waiter = os.urandom(8).hex().encode()
-        expiry = int((time.time() + timeout + WAITER_MARGIN) * 1000)
-        yield Command(("ZADD", ctx.keys.waiting, expiry, waiter))
+        yield Command(("ZADD", ctx.keys.waiting, _lapses(), waiter))
+        renew_at = time.monotonic() + WAITER_LEASE / 2
     yield Subscribe(ctx.keys.channel(task_id))
     found: bytes | None = None
     while True:
@@ -95,9 +100,17 @@ def wait_result(ctx: Context, task_id: str, timeout: float) -> Plan[bytes | None
         if remaining <= 0:
             break
         yield Listen(min(remaining, LISTEN_STEP))
+        if time.monotonic() >= renew_at:
+            yield Command(("ZADD", ctx.keys.waiting, _lapses(), waiter))
+            renew_at = time.monotonic() + WAITER_LEASE / 2
     if waiter:
         yield Command(("ZREM", ctx.keys.waiting, waiter))
     return found
+
+
+def _lapses() -> int:
+    """When a waiter's registration made now may be dropped (Unix ms)."""
+    return int((time.time() + WAITER_LEASE) * 1000)
 
 
 def forget_result(ctx: Context, task_id: str) -> Plan[None]:

@@ -45,7 +45,8 @@ included, before the next queue: strict between the queues' best messages, not a
 whole prefetched batch (with ``worker_prefetch_multiplier=1`` and one slot, strict).
 
 Waiting for a result subscribes to the task's channel, then reads the result key: every
-waiter has its own subscription, so all of them wake the moment the commit publishes.
+waiter of the channel is subscribed (the async face shares one pub/sub connection per
+event loop, replaced when it drops), so all of them wake the moment the commit publishes.
 Classic PUBLISH reaches subscribers on any Cluster node.
 """
 
@@ -318,11 +319,15 @@ class RedisBroker(Broker):
 
     def wait_result(self, task_id: str, timeout: float) -> bytes | None:
         """Block until a final result exists or ``timeout`` passes; woken by pub/sub."""
-        return self._run(admin.wait_result(self._ctx, task_id, timeout), "wait for a result")
+        return self._run(
+            admin.wait_result(self._ctx, task_id, timeout), f"wait for the result of task {task_id}"
+        )
 
     async def await_result(self, task_id: str, timeout: float) -> bytes | None:
         """Async face of :meth:`wait_result`."""
-        return await self._arun(admin.wait_result(self._ctx, task_id, timeout), "wait for a result")
+        return await self._arun(
+            admin.wait_result(self._ctx, task_id, timeout), f"wait for the result of task {task_id}"
+        )
 
     def forget_result(self, task_id: str) -> None:
         """Delete a stored result."""

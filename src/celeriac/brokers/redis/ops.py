@@ -510,12 +510,12 @@ def reap(ctx: Context) -> Plan[int]:
     """Release what dead workers and expired leases held, in every queue; finish results
     that a dead worker left in an outbox. Deterministic: the same state, the same moves."""
     _, dead = yield from workers(ctx)
+    if not ctx.cluster:  # waiters that died without leaving (see admin.wait_result)
+        yield Command(("ZREMRANGEBYSCORE", ctx.keys.waiting, "-inf", int(time.time() * 1000)))
     names = yield from known_queues(ctx)
     if not names:
         return 0
     queues = [ctx.keys.queue(name) for name in names]
-    if not ctx.cluster:  # waiters that died without leaving (see admin.wait_result)
-        yield Command(("ZREMRANGEBYSCORE", ctx.keys.waiting, "-inf", int(time.time() * 1000)))
     replies = yield Batch([Call(SCRIPTS.reap, (*q.block, q.outbox), dead) for q in queues])
     released = 0
     for q, reply in zip(queues, replies, strict=True):
