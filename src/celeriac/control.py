@@ -11,6 +11,7 @@ reaches workers on every host:
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from celeriac.brokers.base import WorkerInfo
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+
+log = logging.getLogger("celeriac.control")
 
 REVOKES = "revokes"
 CONTROL = "control"
@@ -44,6 +47,9 @@ class Command(msgspec.Struct):
     command: str  # ping | active | registered | stats | memory | shutdown
     target: str | None = None
     at: float = 0.0
+
+
+_revocation_decoder = msgspec.json.Decoder(Revocation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,10 @@ def revoke(app: Celeriac, task_id: str, *, terminate: bool = False) -> None:
     """
     from celeriac.middleware.revocation import Revocation as Skipper
 
+    if not isinstance(task_id, str) or not task_id:
+        # Stored as it is: an id of another type (revoke(app, 42)) made every worker that
+        # read it exit, and workers started later too, for as long as the stream held it.
+        raise TypeError(f"revoke: a task id is a non-empty string, got {task_id!r}")
     entry = Revocation(task_id, terminate, time.time())
     app.broker.stream_append(REVOKES, [msgspec.json.encode(entry)], STREAM_LENGTH)
     # This process's own middleware re-reads the stream only every quarter second: a task
@@ -85,10 +95,26 @@ def revoke(app: Celeriac, task_id: str, *, terminate: bool = False) -> None:
 
 
 def read_revocations(app: Celeriac, after: int) -> tuple[int, list[Revocation]]:
-    """Revocations newer than sequence ``after``; returns the last sequence seen."""
+    """Revocations newer than sequence ``after``; returns the last sequence seen.
+
+    An entry this version cannot read (written by hand or by another tool, or in a shape a
+    newer celeriac uses) is skipped with a warning. It used to raise: the worker reading it
+    exited, and so did every worker started while the stream held it.
+    """
     items = app.broker.stream_read(REVOKES, after, STREAM_LENGTH)
     last = items[-1][0] if items else after
-    return last, [msgspec.json.decode(raw, type=Revocation) for _, raw in items]
+    revocations: list[Revocation] = []
+    for _, raw in items:
+        try:
+            revocations.append(_revocation_decoder.decode(raw))
+        except msgspec.DecodeError as exc:
+            log.warning(
+                "skipping an entry of the revokes stream that this worker cannot read (%s): "
+                "%r. If it revoked a task, revoke it again with `celeriac revoke ID`.",
+                exc,
+                raw[:200],
+            )
+    return last, revocations
 
 
 def broadcast(
@@ -101,6 +127,9 @@ def broadcast(
         >>> broadcast(Celeriac("doc", broker="memory://"), "ping", timeout=0.1)
         []
     """
+    if not isinstance(command, str) or not (target is None or isinstance(target, str)):
+        # Workers could not read such a command and exited (every live one, for a target).
+        raise TypeError(f"broadcast: command and target are strings, got {command!r}, {target!r}")
     broker = app.broker
     workers = [w.id for w in live_workers(app) if target in (None, w.id)]
     cmd = Command(uuid.uuid4().hex, command, target, time.time())

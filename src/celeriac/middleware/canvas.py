@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -59,6 +60,18 @@ _STATE_ERRORS = {
 _TRACEBACK_CHARS = 4000  # tracebacks ride in messages and join values: keep them bounded
 _RETRY_DELAY = 1.0  # seconds before a task whose workflow could not be continued runs again
 _encoder = msgspec.json.Encoder()
+_sending: ContextVar[bool] = ContextVar("celeriac_sending_workflow", default=False)
+
+
+def sending_workflow() -> bool:
+    """True while :meth:`Flow.send` sends a workflow's tasks: each must run under the id
+    its workflow gave it (producer middleware must not swap in another task's id).
+
+    Example:
+        >>> sending_workflow()
+        False
+    """
+    return _sending.get()
 
 
 def join_key(group_id: str) -> str:
@@ -97,7 +110,11 @@ class Flow:
         """Send every message built so far in one broker round trip."""
         if self.messages:
             messages, self.messages = self.messages, []
-            self.app.publish_many(messages)
+            token = _sending.set(True)
+            try:
+                self.app.publish_many(messages)
+            finally:
+                _sending.reset(token)
 
     def apply(
         self,

@@ -8,15 +8,34 @@
   burst end REVOKED ("superseded").
 
 Both keep their state in the broker's small store, so they hold across producers and hosts.
+The same options given to ``@app.task`` apply to every send of the task.
+
+A key belongs to its task: ``sync.apply_async(dedupe_key="acct:42")`` and
+``notify.apply_async(dedupe_key="acct:42")`` both run. Keys were shared by every task: the
+second send was handed the first task's id (its caller got ``sync``'s result for
+``notify``), and a debounced send superseded another task's send, which then never ran.
+The producer writes the scoped key (``<task>:<key>``) back into the message, and workers
+use the key the message carries, so old and new producers and workers can run side by
+side during a deploy; only a send from an old producer and one from a new producer do not
+dedupe against each other.
+
+A task of a workflow (chain, group, chord) always runs under the id its workflow gave it:
+its workflow waits for that id. It takes its dedupe key when the key is free, so plain
+sends are deduped against it, but it is never replaced by the task that holds the key
+(the workflow then waited forever).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
 from celeriac.message import Message
 from celeriac.middleware.base import Job, Middleware, Outcome
+from celeriac.middleware.canvas import sending_workflow
+
+log = logging.getLogger("celeriac.dedupe")
 
 # Outcomes after which the task will not run again: its dedupe key is free.
 _ENDED = frozenset({"SUCCESS", "FAILURE", "EXPIRED", "REVOKED", "DEAD"})
@@ -34,15 +53,32 @@ class Dedupe(Middleware):
     def before_send(self, app: Celeriac, message: Message) -> str | None:
         """Return an existing task id to send nothing; arm debounce on this message."""
         opts = message.options
+        task = app.tasks.get(message.task)
+        if task is not None and task.options.extra:
+            # @app.task(debounce=5) and the like: accepted there, then ignored by every send.
+            # Written into the message, where workers (of any version) read them.
+            defined = task.options.extra
+            for name in self.options & defined.keys():
+                opts.setdefault(name, defined[name])
         if "debounce" in opts:
             self._debounce(app, message)
         key = opts.get("dedupe_key")
         if key is None:
             return None
+        key = opts["dedupe_key"] = scoped(message.task, key)
         ttl = float(opts.get("dedupe_ttl", 3600))
         store = f"dedupe:{key}"
         for _ in range(3):  # the holder may expire between our two calls: try again
             if app.broker.kv_set(store, message.id.encode(), ttl, only_if_absent=True):
+                return None
+            if sending_workflow():
+                log.info(
+                    "task %s[%s] is sent by a workflow, which waits for this id: it is sent "
+                    "although another task holds its dedupe key %r",
+                    message.task,
+                    message.id,
+                    key,
+                )
                 return None
             (held,) = app.broker.kv_get([store])
             if held is not None:
@@ -63,7 +99,10 @@ class Dedupe(Middleware):
 
     def _debounce(self, app: Celeriac, message: Message) -> None:
         wait = float(message.options["debounce"])
-        key = message.options.setdefault("debounce_key", message.task)
+        given = message.options.get("debounce_key")
+        # The task's name alone by default, as older producers wrote it.
+        key = message.task if given is None else scoped(message.task, given)
+        message.options["debounce_key"] = key
         due = time.time() + wait
         if message.expires is not None:
             message.expires += due - (message.eta or message.sent_at)
@@ -127,6 +166,19 @@ class Dedupe(Middleware):
         key = message.options.get("dedupe_key")
         if key is not None:
             _free(_broker(job), f"dedupe:{key}", message.id)
+
+
+def scoped(task: str, key: object) -> str:
+    """``key`` as a key of ``task`` alone, so that two tasks never share one.
+
+    Example:
+        >>> scoped("shop.sync", "acct:42")
+        'shop.sync:acct:42'
+        >>> scoped("shop.sync", "shop.sync:acct:42")  # already scoped: the same message again
+        'shop.sync:acct:42'
+    """
+    text, prefix = f"{key}", f"{task}:"
+    return text if text.startswith(prefix) else prefix + text
 
 
 def _free(broker: Broker, store: str, task_id: str) -> None:

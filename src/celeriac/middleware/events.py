@@ -4,7 +4,10 @@ One event per task by default — its outcome, with its runtime — and ``receiv
 ``started`` too with ``worker_send_started_events``. Events are buffered in the worker and
 written to the broker's bounded stream ``events``
 in batches (every quarter second, every 200 events, or when the worker goes idle), so
-monitoring costs no extra round trip per task and the stream never grows without bound.
+monitoring costs no extra round trip per task and the stream never grows without bound:
+it keeps the last ``max_length`` events, and an event's ``detail`` (the error message)
+is cut to ``DETAIL_CHARS``, so one task failing with a megabyte of text cannot make the
+stream hold gigabytes. The result keeps the whole error.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ if TYPE_CHECKING:
     from celeriac.app import Celeriac
 
 STREAM = "events"
+DETAIL_CHARS = 500  # an event names what happened; the result holds the whole error
 _NAMES = {
     "SUCCESS": "succeeded",
     "FAILURE": "failed",
@@ -53,13 +57,18 @@ class Events(Middleware):
         self._app: Celeriac | None = None
 
     def _add(self, job: Job, kind: str, runtime: float | None = None, detail: str = "") -> None:
-        if job.task is not None and not job.task.app.conf.worker_send_task_events:
+        # The worker's app, there even for a task it does not know or could not decode:
+        # with the task's only, their events were never written (nor, with events turned
+        # off, ever dropped from the buffer).
+        app = job.app or (job.task.app if job.task is not None else None)
+        if app is None or not app.conf.worker_send_task_events:
             return
+        self._app = app
+        if len(detail) > DETAIL_CHARS:
+            detail = detail[: DETAIL_CHARS - 1] + "…"
         name = job.message.task if job.message else "?"
         event = Event(kind, job.delivery.id, name, job.worker_id, time.time(), runtime, detail)
         self._buffer.append(msgspec.json.encode(event))
-        if job.task is not None:
-            self._app = job.task.app
         if len(self._buffer) >= 200 or time.monotonic() - self._flushed > 0.25:
             self.on_idle()
 
