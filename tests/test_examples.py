@@ -1,37 +1,73 @@
-"""The examples are real: run them as a user would."""
+"""The examples are real: run them, and the README's code, as a user would.
+
+Each example runs its own script against a real worker on SQLite and on Redis; the
+README's Quickstart runs as written (tasks.py, the worker command, the client lines, the
+CLI commands it names) on the default SQLite file, and its other blocks run in-process.
+"""
 
 from __future__ import annotations
 
+import ast
+import itertools
+import json
 import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
+import click
+import psutil
 import pytest
 
+from celeriac import Celeriac
+from celeriac.cli.main import cli
+from celeriac.testing import run_queued, wait_for
 from tests.conftest import ROOT, Ledger, WorkerProcesses
 
-SHOP = ROOT / "examples" / "shop"
+EXAMPLES = ROOT / "examples"
+SHOP = EXAMPLES / "shop"
+ETL = EXAMPLES / "etl"
+PERIODIC = EXAMPLES / "periodic"
+ORDERS = EXAMPLES / "orders"
+README = ROOT / "README.md"
+
+
+def run(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to its end; its output is kept for the assertion's message."""
+    return subprocess.run(
+        args, cwd=cwd, env=env, text=True, capture_output=True, timeout=timeout, check=False
+    )
+
+
+def celeriac_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celeriac", *args]
+
+
+def ok(done: subprocess.CompletedProcess[str], logs: str = "") -> str:
+    assert done.returncode == 0, f"{done.args}\n{done.stdout}{done.stderr}{logs}"
+    return done.stdout
+
+
+# -- examples/shop --------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_quickstart_runs_against_a_real_worker(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/shop.db"
-    env = {**os.environ, "CELERIAC_BROKER_URL": url, "PYTHONPATH": str(SHOP)}
-    procs = WorkerProcesses(url, Ledger(tmp_path / "ledger.txt"))
+def test_the_shop_example_runs_against_a_real_worker(broker_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "CELERIAC_BROKER_URL": broker_url, "PYTHONPATH": str(SHOP)}
+    procs = WorkerProcesses(broker_url, Ledger(tmp_path / "ledger.txt"))
     try:
-        procs.start("-c", "1", "-Q", "emails,default", app="tasks", env={"PYTHONPATH": str(SHOP)})
-        done = subprocess.run(
-            [sys.executable, "send.py"],
-            cwd=SHOP,
-            env=env,
-            text=True,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr + procs.log_text()
-        assert done.stdout.splitlines() == [
+        procs.start("-c", "2", "-Q", "emails,default", app="tasks", env={"PYTHONPATH": str(SHOP)})
+        out = ok(run([sys.executable, "send.py"], SHOP, env), procs.log_text())
+        assert out.splitlines() == [
             "welcome e-mail sent to user 42",
             "receipt for order 1001 sent (copy to accounting)",
             "state: SUCCESS",
@@ -42,14 +78,429 @@ def test_quickstart_runs_against_a_real_worker(tmp_path: Path) -> None:
 
 
 def test_the_testing_example_passes() -> None:
-    done = subprocess.run(
+    done = run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_tasks.py"],
-        cwd=SHOP,
-        text=True,
-        capture_output=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(SHOP)},
+        SHOP,
+        {**os.environ, "PYTHONPATH": str(SHOP)},
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 passed" in done.stdout
+    assert "1 passed" in ok(done)
+
+
+# -- examples/etl ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_etl_pipeline_loads_the_sample_file_and_can_run_again(
+    broker_url: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "CELERIAC_BROKER_URL": broker_url, "PYTHONPATH": str(ETL)}
+    procs = WorkerProcesses(broker_url, Ledger(tmp_path / "ledger.txt"))
+    expected = [
+        "loaded 6 rows into warehouse.db",
+        "CH: 1 orders, 9.90",
+        "GB: 2 orders, 61.98",
+        "US: 3 orders, 378.95",
+    ]
+    try:
+        procs.start(app="tasks", env={"PYTHONPATH": str(ETL)})
+        command = [sys.executable, str(ETL / "run.py"), str(ETL / "sales.csv"), "warehouse.db"]
+        assert ok(run(command, tmp_path, env), procs.log_text()).splitlines() == expected
+        # Each step is safe to run again: the same file loaded twice gives the same table.
+        assert ok(run(command, tmp_path, env), procs.log_text()).splitlines() == expected
+    finally:
+        procs.kill_all()
+
+
+# -- examples/periodic ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_periodic_example_and_its_commands_with_two_schedulers(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/broker.db"
+    env = {**os.environ, "CELERIAC_BROKER_URL": url, "PYTHONPATH": str(PERIODIC)}
+    procs = WorkerProcesses(url, Ledger(tmp_path / "ledger.txt"))
+    beat_log = (tmp_path / "beat.log").open("wb")
+    # The README's two ways at once: a worker with a scheduler inside, and one alone.
+    scheduler = subprocess.Popen(
+        celeriac_cli("-A", "tasks", "beat"),
+        cwd=PERIODIC,
+        env=env,
+        stdout=beat_log,
+        stderr=subprocess.STDOUT,
+    )
+    app = Celeriac("probe", broker=url)
+    try:
+        procs.start("--beat", "-c", "2", app="tasks", env={"PYTHONPATH": str(PERIODIC)})
+        cli = ["-A", "tasks", "beat"]
+        added = run(
+            celeriac_cli(*cli, "add", "hi", "tasks.say", "--every", "10s", "--args", '["hi"]'),
+            PERIODIC,
+            env,
+        )
+        assert ok(added).startswith("added hi: tasks.say every 10s")
+
+        def entries() -> dict[str, Any]:
+            listed = ok(run(celeriac_cli(*cli, "list", "--json"), PERIODIC, env))
+            return {e["name"]: e for e in json.loads(listed)}
+
+        # 10 s intervals are aligned to the epoch: both entries tick within ~10 s.
+        ran = ("hi", "tasks.refresh_rates")
+        assert wait_for(
+            lambda: all(entries()[name]["last_state"] == "SUCCESS" for name in ran), timeout=40
+        ), f"{entries()}\n{procs.log_text()}"
+        listed = entries()
+        assert set(listed) == {
+            "heartbeat-every-30s",
+            "hi",
+            "tasks.nightly_report",
+            "tasks.refresh_rates",
+            "weekday-digest",
+        }
+        assert app.AsyncResult(listed["hi"]["last_task_id"]).get(timeout=10) == "hi"
+        paused = run(celeriac_cli(*cli, "pause", "hi"), PERIODIC, env)
+        assert ok(paused).strip() == "paused hi"
+        assert ok(run(celeriac_cli(*cli, "remove", "hi"), PERIODIC, env)).strip() == "removed hi"
+        assert "hi" not in entries()
+        # Two schedulers were up: each tick ran once (one event per tick id).
+        events = ok(run(celeriac_cli("events", "--json", "-n", "1000"), PERIODIC, env))
+        runs = Counter(
+            e["id"] for e in map(json.loads, events.splitlines()) if e["type"] == "succeeded"
+        )
+        assert runs and set(runs.values()) == {1}, runs
+    finally:
+        app.broker.close()
+        with suppress(ProcessLookupError):
+            scheduler.send_signal(signal.SIGTERM)
+        scheduler.wait(timeout=20)
+        beat_log.close()
+        procs.kill_all()
+
+
+# -- examples/orders ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_orders_example_runs_against_a_real_worker(broker_url: str, tmp_path: Path) -> None:
+    own = {
+        "PYTHONPATH": str(ORDERS),
+        "ORDERS_DB": str(tmp_path / "orders.db"),
+        "ORDERS_AUDIT": str(tmp_path / "audit.log"),
+        "ORDERS_EXPORTS": str(tmp_path / "exports"),
+    }
+    env = {**os.environ, "CELERIAC_BROKER_URL": broker_url, **own}
+    procs = WorkerProcesses(broker_url, Ledger(tmp_path / "ledger.txt"))
+    try:
+        procs.start("-c", "2", "-Q", "payments,default", app="tasks", env=own)
+        out = ok(run([sys.executable, "run.py"], ORDERS, env), procs.log_text())
+        assert out.splitlines() == [
+            "charged 27549 cents in total",
+            "['order 1: charged 19.99', 'order 2: charged 250.00', 'order 3: charged 5.50']",
+            "exported: ['1,1999', '2,25000', '3,550']",
+            "rejected: dead-lettered: rejected by the task: order 99 does not exist",
+            "not finished within 0.5s: state PENDING",
+            "revoked: state REVOKED",
+        ]
+        # The Audit middleware saw every committed outcome of charge_order: order 2's two
+        # retries, nine charges (three runs of three orders) and the rejected order 99.
+        audit = Counter(
+            line.split()[0] for line in (tmp_path / "audit.log").read_text().splitlines()
+        )
+        assert audit == {"SUCCESS": 9, "RETRY": 2, "DEAD": 1}
+        letters = json.loads(ok(run(celeriac_cli("dlq", "list", "--json"), ORDERS, env)))
+        assert [(d["task"], d["reason"]) for d in letters] == [
+            ("tasks.charge_order", "rejected by the task: order 99 does not exist")
+        ]
+        # A charge was made once per order, however many tasks charged it.
+        with_code = run(
+            [sys.executable, "-c", "import orders; print(orders.charged_total([1, 2, 3, 99]))"],
+            ORDERS,
+            env,
+        )
+        assert ok(with_code).strip() == "27549"
+    finally:
+        procs.kill_all()
+
+
+# -- README.md --------------------------------------------------------------------------------
+
+
+def readme_blocks(section: str) -> list[tuple[str, str]]:
+    """The fenced code blocks (language, code) of one `## section` of the README."""
+    text = README.read_text(encoding="utf-8")
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```(\w+)\n(.*?)```", body, flags=re.DOTALL)
+
+
+@contextmanager
+def started(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[None]:
+    """A process and its children, stopped by PID at the end."""
+    with log.open("wb") as output:
+        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        children = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+        with suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        finally:
+            for child in children:
+                with suppress(psutil.NoSuchProcess):
+                    child.kill()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_the_readme_quickstart_runs_as_written(tmp_path: Path) -> None:
+    (_, tasks_py), (_, worker_cmd), (_, client), *_ = readme_blocks("Quickstart")
+    assert tasks_py.startswith("# tasks.py\n")
+    (tmp_path / "tasks.py").write_text(tasks_py)
+    env = {k: v for k, v in os.environ.items() if k != "CELERIAC_BROKER_URL"}
+    env["PYTHONPATH"] = str(tmp_path)
+    # The command as printed (its comment dropped), with this interpreter's celeriac.
+    words = shlex.split(worker_cmd, comments=True)
+    assert words[:4] == ["celeriac", "-A", "tasks", "worker"], words
+    # No broker URL anywhere: the default, ./celeriac.db, as the README says.
+    probe = Celeriac("probe", broker=f"sqlite:///{tmp_path}/celeriac.db")
+    with started(celeriac_cli(*words[1:]), tmp_path, env, tmp_path / "worker.log"):
+        assert wait_for(probe.broker.workers, timeout=30), (tmp_path / "worker.log").read_text()
+        # The client lines, top-level await included, in one process as a user would.
+        runner = (
+            "import ast, asyncio, sys\n"
+            "code = compile(sys.stdin.read(), 'README', 'exec', "
+            "flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)\n"
+            "namespace = {}\n"
+            "async def main():\n"
+            "    pending = eval(code, namespace)\n"
+            "    if pending is not None:\n"
+            "        await pending\n"
+            "asyncio.run(main())\n"
+            "print(namespace['r'].get(timeout=30))\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", runner],
+            input=client,
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            capture_output=True,
+            timeout=90,
+            check=False,
+        )
+        assert ok(done, (tmp_path / "worker.log").read_text()) == "welcome e-mail sent to user 42\n"
+        # The commands the text names after it; welcome-42 was sent with countdown=5.
+        result = json.loads(
+            ok(run(celeriac_cli("result", "welcome-42", "--wait", "--json"), tmp_path, env))
+        )
+        assert (result["state"], result["result"]) == ("SUCCESS", "welcome e-mail sent to user 42")
+        called = run(
+            celeriac_cli("-A", "tasks", "call", "tasks.send_welcome", "--args", "[42]", "--wait"),
+            tmp_path,
+            env,
+        )
+        assert ok(called).strip() == '"welcome e-mail sent to user 42"'
+        status = json.loads(ok(run(celeriac_cli("status", "--json"), tmp_path, env)))
+        assert [w["queues"] for w in status["workers"]] == [["emails", "default"]]
+        assert json.loads(ok(run(celeriac_cli("dlq", "list", "--json"), tmp_path, env))) == []
+        checked = json.loads(ok(run(celeriac_cli("-A", "tasks", "check", "--json"), tmp_path, env)))
+        assert "tasks.send_welcome" in json.dumps(checked)
+    probe.broker.close()
+    assert (tmp_path / "celeriac.db").exists()
+    # The README's test, run by pytest against the Quickstart's tasks.py.
+    ((_, test_code),) = readme_blocks("Testing your tasks")
+    (tmp_path / "test_tasks.py").write_text(test_code)
+    pytest_run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_tasks.py"]
+    assert "1 passed" in ok(run(pytest_run, tmp_path, env))
+
+
+# What the Workflows block leaves to the reader, on the memory broker.
+WORKFLOW_PRELUDE = """
+from celeriac import Celeriac
+app = Celeriac("readme", broker="memory://", limits={"smtp": "10/s"})
+albums = []
+
+@app.task
+def extract(path: str) -> list[int]:
+    return [1, 2, 3]
+
+@app.task
+def transform(rows: list[int]) -> list[int]:
+    return [row * 10 for row in rows]
+
+@app.task
+def load(rows: list[int]) -> int:
+    return sum(rows)
+
+@app.task
+def resize(image_id: int) -> int:
+    return image_id * 2
+
+@app.task
+def make_album(sizes: list[int]) -> None:
+    albums.append(sizes)
+
+@app.task
+def send_welcome(user_id: int) -> str:
+    return f"welcome {user_id}"
+
+@app.task
+def sync_account(account_id: int) -> int:
+    return account_id
+
+@app.task
+def reindex(version: int) -> int:
+    return version
+
+ids, users, v = [1, 2, 3], [7, 8], 4
+"""
+
+
+def test_the_readme_workflow_block_is_valid_code() -> None:
+    ((language, block),) = readme_blocks("Workflows, schedules and policies")
+    assert language == "python"
+    namespace: dict[str, Any] = {}
+    exec(compile(WORKFLOW_PRELUDE + block, "README", "exec"), namespace)
+    app: Celeriac = namespace["app"]
+    assert run_queued(app, include_delayed=True) > 0
+    assert namespace["albums"] == [[2, 4, 6]]  # the chord's callback, once
+    assert {"refresh_rates", "call_partner", "send_mail"} <= set(namespace)
+    scheduled = [entry.task for entry, *_ in app.beat.static_entries().values()]
+    assert scheduled == [namespace["refresh_rates"].name]
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """Every celeriac command line in the README and in examples/ (file name, command)."""
+    names = set(cli.list_commands(click.Context(cli)))
+    found = []
+    for path in [README, *sorted(EXAMPLES.rglob("README.md")), *sorted(EXAMPLES.rglob("*.py"))]:
+        text = path.read_text(encoding="utf-8")
+        # Inline: `celeriac status`, `beat list`, `-P threads -c 50`.
+        for span in re.findall(r"`([^`\n]+)`", text):
+            first = span.split()[0]
+            if first == "celeriac" or first in names:
+                found.append((path.name, span))
+            elif first == "-P":
+                found.append((path.name, f"worker {span}"))
+        command = rf"(?<![`\w/.])celeriac (?:-A \S+ )?(?:{'|'.join(names)})\b[^`#\n]*"
+        for match in re.findall(command, text):  # in code blocks and docstrings
+            found.extend((path.name, part.strip()) for part in match.split("&&"))
+    return found
+
+
+GLOBAL_OPTIONS = {"-A": 1, "--app": 1, "-b": 1, "--broker": 1, "--debug": 0}
+
+
+def test_the_docs_name_only_commands_options_and_choices_that_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each command line is parsed by the CLI itself: an unknown command, option or choice
+    fails (ID, NAME... stand for values; a command named without its arguments is fine)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "manifest.json").write_text("{}")  # --against wants an existing file
+    commands = documented_commands()
+    assert len(commands) > 20
+    wrong = []
+    for where, command in commands:
+        words = shlex.split(command.rstrip(').,:"').replace("[", "").replace("]", ""))
+        words = words[1:] if words[0] == "celeriac" else words
+        while words and words[0] in GLOBAL_OPTIONS:
+            words = words[1 + GLOBAL_OPTIONS[words[0]] :]
+        # `inspect active|registered|stats|memory`: each choice in turn.
+        for choice in itertools.product(*(w.split("|") for w in words)):
+            args = ["x" if w.isupper() and not w.startswith("-") else w for w in choice]
+            group: click.Command = cli
+            parent = click.Context(cli, info_name="celeriac")
+            while (
+                isinstance(group, click.Group) and args and args[0] in group.list_commands(parent)
+            ):
+                name = args.pop(0)
+                found = group.get_command(parent, name)
+                assert found is not None
+                group = found
+                parent = click.Context(group, info_name=name, parent=parent)
+            try:
+                group.make_context(parent.info_name, list(args), parent=parent.parent)
+            except click.MissingParameter:
+                pass  # `celeriac beat add` named in a sentence
+            except click.UsageError as exc:
+                wrong.append(f"{where}: {command!r}: {exc.format_message()}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_public_name_has_a_docstring_and_an_example() -> None:
+    import celeriac
+
+    documented = README.read_text(encoding="utf-8") + "".join(
+        p.read_text(encoding="utf-8") for p in EXAMPLES.rglob("*.py")
+    )
+    missing = []
+    for name in celeriac.__all__:
+        obj = getattr(celeriac, name)
+        if callable(obj) and not obj.__doc__:
+            missing.append(f"{name}: no docstring")
+        if not re.search(rf"\b{re.escape(name)}\b", documented):
+            missing.append(f"{name}: in neither the README nor examples/")
+    assert not missing, missing
+
+
+def markdown_table(text: str, after: str) -> list[list[str]]:
+    """The rows (cells stripped) of the first table after the line ``after``."""
+    lines = text.split(f"\n{after}\n", 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return [row for row in rows if not all(cell and set(cell) <= set("-:") for cell in row)]
+
+
+def test_the_readme_speed_table_is_the_latest_benchmark_run() -> None:
+    """docs/benchmarks.md is rewritten by each `scripts/bench`; the README quotes its run."""
+    bench = markdown_table(
+        (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8"),
+        "### Side by side on one Redis (2 worker processes each)",
+    )
+    systems = [name.lower() for name in bench[0][1:]]
+
+    readme = markdown_table(README.read_text(encoding="utf-8"), "## Speed")
+    columns = [name.split()[0].lower() for name in readme[0][1:]]  # "Celery 5.7" -> celery
+    shown = {
+        row[0]: dict(zip(columns, [cell.replace(",", "") for cell in row[1:]], strict=True))
+        for row in readme
+    }
+
+    def measured(metric: str) -> dict[str, float]:
+        """The medians of the README's systems: "4,063 (3,950-5,203)" -> 4063.0."""
+        (row,) = (r for r in bench if r[0] == metric)
+        cells = dict(zip(systems, row[1:], strict=True))
+        return {s: float(cells[s].split()[0].replace(",", "")) for s in columns}
+
+    drain = measured("drain, -c 2, from worker start (tasks/s)")
+    workers = measured("drain: CPU per task, worker processes (µs)")
+    redis_cpu = measured("drain: CPU per task, redis-server (µs)")
+    single = measured("enqueue, one call each (tasks/s)")
+    batch = measured("enqueue, batch API (tasks/s)")
+    p50 = measured("enqueue-to-start latency p50 (ms)")
+    p99 = measured("enqueue-to-start latency p99 (ms)")
+    size = measured("Redis bytes per queued task")
+    for system in columns:
+        assert shown["drain 20,000 no-ops (tasks/s)"][system] == f"{drain[system]:.0f}"
+        cpu = workers[system] + redis_cpu[system]
+        assert shown["CPU per drained task, workers + Redis (µs)"][system] == f"{cpu:.0f}"
+        assert shown["`delay()` one at a time (tasks/s)"][system] == f"{single[system]:.0f}"
+        assert shown["batch send of 20,000 (tasks/s)"][system] == f"{batch[system]:.0f}"
+        latency = f"{p50[system]:.2f} / {p99[system]:.2f}"
+        assert shown["enqueue-to-start latency p50 / p99 (ms)"][system] == latency
+        assert shown["Redis bytes per queued task"][system] == f"{size[system]:.0f}"
+
+
+def test_every_python_block_of_the_readme_compiles() -> None:
+    text = README.read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert len(blocks) >= 5
+    for block in blocks:  # the Quickstart's client lines use await at the top level
+        compile(block, "README", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)

@@ -28,11 +28,11 @@ from celeriac.canvas import Chain
 app = Celeriac("etl")
 
 # Staged rows expire by themselves; no step deletes them, because a step that runs again
-# after a crash must still find its input.
+# after a crash must still find its input. A step that waited longer than that expires too.
 STAGED_TTL = 24 * 3600.0
 
 
-@app.bound_task(name="etl.extract")
+@app.bound_task(name="etl.extract", soft_time_limit=60, time_limit=90, expires=STAGED_TTL)
 def extract(self: Task[Any, Any], path: str) -> str:
     """Read the CSV file as it is; stage its rows; return their key."""
     with open(path, newline="", encoding="utf-8") as file:
@@ -40,7 +40,7 @@ def extract(self: Task[Any, Any], path: str) -> str:
     return _stage(self, "raw", rows)
 
 
-@app.bound_task(name="etl.transform")
+@app.bound_task(name="etl.transform", soft_time_limit=60, time_limit=90, expires=STAGED_TTL)
 def transform(self: Task[Any, Any], raw_key: str) -> str:
     """Clean the raw rows: trim and capitalise names, upper-case countries, compute totals
     in cents, drop rows without an id or with a bad number, keep an order's last row."""
@@ -62,7 +62,7 @@ def transform(self: Task[Any, Any], raw_key: str) -> str:
     return _stage(self, "clean", sorted(clean.values(), key=lambda r: r["order_id"]))
 
 
-@app.bound_task(name="etl.load")
+@app.bound_task(name="etl.load", soft_time_limit=60, time_limit=90, expires=STAGED_TTL)
 def load(self: Task[Any, Any], clean_key: str, db_path: str) -> int:
     """Upsert the clean rows into the ``sales`` table; return how many were loaded."""
     rows = _staged(self, clean_key)

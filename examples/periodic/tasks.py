@@ -33,6 +33,7 @@ app.conf.beat_schedule = {
 
 
 @app.periodic(every=timedelta(seconds=10))
+@app.task(soft_time_limit=5, time_limit=8, expires=10)  # done before the next tick
 def refresh_rates() -> str:
     """Every 10 seconds, on :00, :10, :20... whichever scheduler gets there first."""
     return f"rates refreshed at {time.strftime('%H:%M:%S')}"
@@ -40,18 +41,19 @@ def refresh_rates() -> str:
 
 # missed="run_once": if every scheduler was down at 03:00, run the report once on recovery.
 @app.periodic(cron="0 3 * * *", tz="Europe/Kyiv", missed="run_once")
+@app.task(soft_time_limit=1800, time_limit=2400, expires=6 * 3600)
 def nightly_report() -> str:
     """03:00 in Kyiv, daylight-saving changes included."""
     return "nightly report built"
 
 
-@app.task
+@app.task(soft_time_limit=5, time_limit=10, expires=30)
 def heartbeat() -> str:
     """Scheduled from beat_schedule above."""
     return "alive"
 
 
-@app.task
+@app.task(soft_time_limit=5, time_limit=10, expires=3600)
 def say(text: str) -> str:
     """Scheduled from beat_schedule, or at run time with `celeriac beat add`."""
     return text

@@ -19,7 +19,7 @@ def send_welcome(user_id: int) -> str:
     return f"welcome e-mail sent to user {user_id}"
 
 
-@app.task(queue="emails")
+@app.task(queue="emails", soft_time_limit=10, time_limit=20, expires=3600)
 def send_receipt(order_id: int, copy_to_accounting: bool = False) -> str:
     """E-mail the receipt of one order."""
     return f"receipt for order {order_id} sent" + (" (copy to accounting)" * copy_to_accounting)
