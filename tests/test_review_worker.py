@@ -1,8 +1,9 @@
 """The worker's life cycle at its edges, with real worker processes on SQLite: a child that
 exits with code 0 inside a task, SIGQUIT (Ctrl-\\) and SIGHUP (a closed terminal), a
 supervisor killed while a child runs a task that ignores its soft limit, a memory limit below
-a fresh child's size, settle hooks that outlast a finished task's hard limit, and bad
-``celeriac worker`` arguments.
+a fresh child's size, settle hooks that outlast a finished task's hard limit, bad
+``celeriac worker`` arguments, and the supervisor's remote control on a dead broker or an
+unreadable message.
 
 The worker processes import this module (``-A tests.test_review_worker``) for its tasks.
 """
@@ -28,6 +29,7 @@ from celeriac.testing import wait_for
 from celeriac.worker import Worker
 from tests.apps.core import record
 from tests.conftest import ROOT, Ledger, WorkerProcesses
+from tests.redis_server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -255,3 +257,44 @@ def test_bad_worker_arguments_are_a_clear_error(sqlite_url: str, args: list[str]
         pytest.fail(f"{args} started a worker:\n{output.decode()}")
     assert proc.returncode == 2, output.decode()
     assert b"Error: Invalid value" in output
+
+
+# -- the supervisor's remote control -------------------------------------------------------
+
+
+def test_remote_control_says_an_outage_once_not_at_every_poll(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # On a Redis Cluster outage the supervisor logged "could not read remote-control
+    # messages" at every poll, twice a second, for the whole outage.
+    from celeriac.worker import remote
+
+    monkeypatch.setattr(remote, "_EVERY", 0.0)
+    unreachable = Celeriac("remote", broker=f"redis://127.0.0.1:{free_port()}/0")
+    polls = remote.Remote(unreachable, "w-remote", answer=lambda command: None)
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        polls.poll()
+        time.sleep(0.02)
+    said = [r for r in caplog.records if "could not read remote-control" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]
+    unreachable.broker.close()
+
+
+def test_remote_control_skips_a_message_it_cannot_read(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One control entry with a non-string target (written by hand, or by another tool)
+    # raised out of the supervisor's loop: every live worker exited.
+    from celeriac.control import CONTROL
+    from celeriac.worker import remote
+
+    monkeypatch.setattr(remote, "_EVERY", 0.0)
+    local = Celeriac("remote", broker="memory://")
+    polls = remote.Remote(local, "w-remote", answer=lambda command: None)
+    polls.poll()  # starts at the stream's tail
+    local.broker.stream_append(CONTROL, [b'{"id": "x", "command": "ping", "target": 5}'], 100)
+    local.broker.stream_append(CONTROL, [b'{"id": "y", "command": "shutdown"}'], 100)
+    polls.poll()
+    assert polls.shutdown_requested  # the readable command after it still counts
+    assert "cannot read" in caplog.text

@@ -358,6 +358,9 @@ def test_a_worker_on_cluster_outlives_an_outage_and_producers_get_a_clear_error(
         assert wait_for(sent, timeout=30, interval=0.2)
         assert app.AsyncResult("after").get(timeout=60) == 5, workers.log_text()
         assert workers.stop(proc) == 0
+        log = workers.log_text()
+        # Said once per outage (and every 30 s), not at every poll (it was every 0.5 s).
+        assert log.count("could not read remote-control messages") <= 2, log
     finally:
         app.broker.close()
         workers.kill_all()

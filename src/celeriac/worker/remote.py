@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from celeriac.control import CONTROL, Command, read_revocations, reply
+from celeriac.control import CONTROL, STREAM_LENGTH, Command, read_revocations, reply
 from celeriac.errors import BrokerError
+from celeriac.worker.outage import Outage
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("celeriac.worker")
 
 _EVERY = 0.5  # answers within a second, without a round trip per tick
+_command_decoder = msgspec.json.Decoder(Command)
 
 
 class Remote:
@@ -39,27 +41,46 @@ class Remote:
         self.app = app
         self.worker_id = worker_id
         self.answer = answer
-        self.to_terminate: set[str] = set()
+        # Revoked with terminate: ids of the latest STREAM_LENGTH at least (what the stream
+        # holds), an ordered set trimmed now and then; it grew for the worker's whole life.
+        self.to_terminate: dict[str, None] = {}
         self.shutdown_requested = False
         self._control_seq: int | None = None
         self._revoke_seq = 0
         self._polled = 0.0
+        self._outage = Outage()
 
     def poll(self) -> None:
         """Read new commands and revokes (rate-limited); never raises for broker errors."""
         now = time.monotonic()
-        if now - self._polled < _EVERY:
+        if now - self._polled < _EVERY or now < self._outage.retry_at:
             return
         self._polled = now
         try:
             self._poll_revokes()
             self._poll_control()
         except BrokerError as exc:
-            log.warning("worker %s could not read remote-control messages: %s", self.worker_id, exc)
+            if self._outage.failed():  # once per outage and every 30 s, not at every poll
+                log.warning(
+                    "worker %s could not read remote-control messages (revokes, inspect); "
+                    "trying again with backoff: %s",
+                    self.worker_id,
+                    exc,
+                )
+            return
+        if self._outage.since:
+            lasted = self._outage.ended()
+            log.info(
+                "worker %s reads remote-control messages again (after %.0f s)",
+                self.worker_id,
+                lasted,
+            )
 
     def _poll_revokes(self) -> None:
         self._revoke_seq, entries = read_revocations(self.app, self._revoke_seq)
-        self.to_terminate.update(e.id for e in entries if e.terminate)
+        self.to_terminate.update(dict.fromkeys(e.id for e in entries if e.terminate))
+        if len(self.to_terminate) > 2 * STREAM_LENGTH:
+            self.to_terminate = dict.fromkeys(list(self.to_terminate)[-STREAM_LENGTH:])
 
     def _poll_control(self) -> None:
         broker = self.app.broker
@@ -69,7 +90,18 @@ class Remote:
             return
         for seq, raw in broker.stream_read(CONTROL, self._control_seq, 100):
             self._control_seq = seq
-            command = msgspec.json.decode(raw, type=Command)
+            try:
+                command = _command_decoder.decode(raw)
+            except msgspec.DecodeError as exc:
+                # Written by hand, another tool or a newer celeriac: skipped. Raised, it
+                # stopped every live worker (the supervisor's loop does not catch it).
+                log.warning(
+                    "worker %s: skipping a control message it cannot read (%s): %r",
+                    self.worker_id,
+                    exc,
+                    raw[:200],
+                )
+                continue
             if command.target not in (None, self.worker_id):
                 continue
             if command.command == "shutdown":
