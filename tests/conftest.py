@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from celeriac import Celeriac
+from celeriac.testing import wait_for
 from tests.apps import core
 from tests.redis_server import RedisServer, redis_cluster, redis_server
 
@@ -94,6 +95,12 @@ class WorkerProcesses:
 
     def children(self, proc: subprocess.Popen[bytes]) -> list[int]:
         return [c.pid for c in psutil.Process(proc.pid).children()]
+
+    def wait_children(self, proc: subprocess.Popen[bytes], count: int) -> list[int]:
+        """The supervisor's ``count`` children, once forked: a worker is ready (its
+        heartbeat) before it forks them."""
+        assert wait_for(lambda: len(self.children(proc)) == count, timeout=20), self.log_text()
+        return self.children(proc)
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
         if proc.poll() is None:

@@ -403,7 +403,7 @@ def test_a_member_dead_lettered_before_running_fails_the_chord(
     (delivery,) = app.broker.fetch(["default"], "w", limit=1, lease_seconds=30, timeout=0)
     app.broker.requeue(delivery.lease)  # a crash: the second delivery is one too many
     run(app)
-    with pytest.raises(ChordError, match="delivered 1 times"):
+    with pytest.raises(ChordError, match="started once without finishing"):
         r.get(timeout=1)
     assert not ledger.count("callback")
 
@@ -641,3 +641,22 @@ def test_signatures_need_an_app_to_be_sent() -> None:
     with pytest.raises(TypeError, match="not a signature"):
         group([add.s(1, 1), 3])  # type: ignore[list-item]
     assert mul.s(2)(y=3) == 6
+
+
+def test_a_group_result_revokes_every_member_nested_ones_too() -> None:
+    from celeriac.control import STREAM_LENGTH, revoke_many
+
+    local = Celeriac("group-revoke", broker="memory://")
+
+    @local.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    g = group(double.s(1), group(double.s(2), double.s(3))).apply_async()
+    g.revoke()
+    assert run_queued(local) == 3
+    inner = g.results[1]
+    assert isinstance(inner, GroupResult)
+    assert [m.state for m in (g.results[0], *inner.results)] == ["REVOKED"] * 3
+    with pytest.raises(ValueError, match="revokes stream keeps the last"):
+        revoke_many(local, ["x"] * (STREAM_LENGTH + 1))

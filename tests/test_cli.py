@@ -97,9 +97,14 @@ def test_call_of_a_name_the_app_lacks_sends_it_and_says_what_will_happen(broker_
     )
     assert code == 0 and "note:" not in output
     code, output = invoke("-b", broker_url, "call", "elsewhere.task")  # no -A: nothing to compare
+    assert code == 0 and "has no task named" not in output
+    # ... but its own queue is unknown: where it went is said (a worker on another queue
+    # never sees it, and --wait timed out with nothing said).
+    assert "sent to queue 'default' (without -A the task's own queue is unknown)" in output
+    code, output = invoke("-b", broker_url, "call", "elsewhere.task", "-q", "default")
     assert code == 0 and "note:" not in output
     code, output = invoke("-b", broker_url, "status", "--json")
-    assert [q["ready"] for q in json.loads(output)["queues"]] == [3]  # all three were sent
+    assert [q["ready"] for q in json.loads(output)["queues"]] == [4]  # all four were sent
 
 
 def test_bad_json_arguments_are_usage_errors(broker_url: str) -> None:
@@ -110,9 +115,9 @@ def test_bad_json_arguments_are_usage_errors(broker_url: str) -> None:
 
 
 def test_call_result_status_purge(core_app: Celeriac, broker_url: str) -> None:
-    code, task_id = invoke("-b", broker_url, "call", "tests.apps.core.add", "--args", "[2, 3]")
+    code, output = invoke("-b", broker_url, "call", "tests.apps.core.add", "--args", "[2, 3]")
     assert code == 0
-    task_id = task_id.strip()
+    task_id = output.strip().splitlines()[-1]  # after the note on stderr: sent to 'default'
     code, output = invoke("-b", broker_url, "status", "--json")
     status = json.loads(output)
     assert status["queues"] == [

@@ -129,6 +129,11 @@ def test_a_child_that_exits_with_code_0_inside_a_task_is_reported_as_died(
     with pytest.raises(Exception, match="task_max_deliveries=2"):
         result.get(timeout=30)
     assert ledger.count("run")[result.id] == 2
+    # The reason agrees with `dlq list`'s count of 3 deliveries: 2 runs, the 3rd not run.
+    (letter,) = [d for d in review_app.broker.dead_letters(10) if d.id == result.id]
+    assert letter.deliveries == 3
+    assert "started 2 times without finishing" in letter.reason
+    assert "this delivery, the 3rd, was not run" in letter.reason
     text = workers.log_text()
     assert f"while running: {exits_quietly.name}[{result.id}]" in text, text
     assert "died (exit code 0: os._exit(0) in the task?)" in text, text
@@ -140,7 +145,7 @@ def test_sigquit_is_a_cold_shutdown_that_gives_every_task_back_at_once(
     # Ctrl-\ signals the whole process group. Every process used to die on the spot:
     # nothing logged, the running tasks held until their leases expired (30 s).
     proc = workers.start("-c", "2", app=APP)
-    children = workers.children(proc)
+    children = workers.wait_children(proc, 2)
     results = [work.delay(60) for _ in range(4)]
     assert wait_for(lambda: len(ledger.count("start")) == 2, timeout=20)
     for pid in (proc.pid, *children):
@@ -160,7 +165,7 @@ def test_sighup_is_a_warm_shutdown(
     # group. Every process used to die on the spot, the running tasks held until their
     # leases expired; now the running tasks finish and the waiting ones go back at once.
     proc = workers.start("-c", "2", app=APP)
-    children = workers.children(proc)
+    children = workers.wait_children(proc, 2)
     results = [work.delay(1) for _ in range(4)]
     assert wait_for(lambda: len(ledger.count("start")) == 2, timeout=20)
     for pid in (proc.pid, *children):
@@ -201,7 +206,7 @@ def test_a_memory_limit_below_a_fresh_childs_size_is_named_and_forks_no_idle_loo
     # A fresh child is already over 1 MiB. The asyncio child used to recycle after every
     # empty fetch (a fork every 0.2 s while idle) and nothing said the limit could not work.
     proc = workers.start("-P", "asyncio", "-c", "2", "--max-memory-per-child", "1", app=APP)
-    (first,) = workers.children(proc)
+    (first,) = workers.wait_children(proc, 1)
     time.sleep(1.5)  # several empty fetches
     assert workers.children(proc) == [first], workers.log_text()
     text = workers.log_text()
@@ -218,7 +223,7 @@ def test_a_finished_task_is_not_killed_for_its_slow_settle_hooks(
     # killed the child of a task that had succeeded in microseconds, as past its hard
     # limit, and cut the rest of its settle hooks (a dedupe key never released).
     proc = workers.start("-P", pool, "-c", "1", app=APP)
-    (child,) = workers.children(proc)
+    (child,) = workers.wait_children(proc, 1)
     result = settles_slowly.delay()
     assert result.get(timeout=20) == "done"
     assert wait_for(lambda: ledger.count("hook-done")[result.id] == 1, timeout=20)
@@ -298,3 +303,24 @@ def test_remote_control_skips_a_message_it_cannot_read(
     polls.poll()
     assert polls.shutdown_requested  # the readable command after it still counts
     assert "cannot read" in caplog.text
+
+
+def test_a_huge_error_is_cut_in_the_log_and_kept_whole_in_the_result(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A task failing with a megabyte of text wrote a megabyte log line per failure.
+    from celeriac.testing import run_queued
+
+    local = Celeriac("huge-error", broker="memory://")
+
+    @local.task(max_retries=0)
+    def fails_loudly() -> None:
+        raise ValueError("x" * 1_000_000)
+
+    result = fails_loudly.delay()
+    run_queued(local, fail_fast=False)
+    (line,) = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert len(line) < 3_000 and "more characters in the result" in line
+    with pytest.raises(ValueError) as raised:
+        result.get(timeout=5)
+    assert str(raised.value) == "x" * 1_000_000

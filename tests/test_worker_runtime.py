@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from celeriac import Celeriac, TaskRevoked
 from celeriac.cli import cli
-from celeriac.control import broadcast
+from celeriac.control import broadcast, live_workers
 from celeriac.testing import wait_for
 from tests.apps import core
 from tests.conftest import Ledger, WorkerProcesses
@@ -81,6 +81,12 @@ def test_inspect_ping_stats_registered_and_shutdown(
     assert listed["id"] == running.id
     result = CliRunner().invoke(cli, ["-b", broker_url, "ping"])
     assert result.output.strip().endswith(": pong")
+    # A mistyped worker id names the live ones (it read "is one running on this broker?").
+    (live,) = [w.id for w in live_workers(core_app)]
+    for command in (["inspect", "active", "-w", "typo"], ["shutdown", "-w", "typo"]):
+        result = CliRunner().invoke(cli, ["-b", broker_url, *command])
+        assert result.exit_code == 1, result.output
+        assert f"no live worker has the id 'typo'; the live ones: {live}" in result.output
     running.revoke(terminate=True)
     result = CliRunner().invoke(cli, ["-b", broker_url, "shutdown"])
     assert result.output.strip() == "1 worker(s) are shutting down"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -79,19 +80,44 @@ def revoke(app: Celeriac, task_id: str, *, terminate: bool = False) -> None:
         >>> app = Celeriac("doc", broker="memory://")
         >>> revoke(app, "some-task-id")
     """
+    revoke_many(app, [task_id], terminate=terminate)
+
+
+def revoke_many(app: Celeriac, task_ids: Sequence[str], *, terminate: bool = False) -> None:
+    """Revoke tasks in one broker call (a group's members: ``GroupResult.revoke``).
+
+    Raises:
+        TypeError: an id is not a non-empty string.
+        ValueError: more ids than the revokes stream keeps (``STREAM_LENGTH``): the oldest
+            would be trimmed before a worker could read them.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> revoke_many(app, ["a", "b"])
+    """
     from celeriac.middleware.revocation import Revocation as Skipper
 
-    if not isinstance(task_id, str) or not task_id:
-        # Stored as it is: an id of another type (revoke(app, 42)) made every worker that
-        # read it exit, and workers started later too, for as long as the stream held it.
-        raise TypeError(f"revoke: a task id is a non-empty string, got {task_id!r}")
-    entry = Revocation(task_id, terminate, time.time())
-    app.broker.stream_append(REVOKES, [msgspec.json.encode(entry)], STREAM_LENGTH)
+    for task_id in task_ids:
+        if not isinstance(task_id, str) or not task_id:
+            # Stored as it is: an id of another type (revoke(app, 42)) made every worker
+            # that read it exit, and workers started later too, while the stream held it.
+            raise TypeError(f"revoke: a task id is a non-empty string, got {task_id!r}")
+    if len(task_ids) > STREAM_LENGTH:
+        raise ValueError(
+            f"revoke: {len(task_ids):,} ids at once, but the revokes stream keeps the last "
+            f"{STREAM_LENGTH:,}: the first would be trimmed before workers read them. Revoke "
+            "them in parts, a few seconds apart, or purge the queue (celeriac purge QUEUE)"
+        )
+    now = time.time()
+    entries = [msgspec.json.encode(Revocation(i, terminate, now)) for i in task_ids]
+    app.broker.stream_append(REVOKES, entries, STREAM_LENGTH)
     # This process's own middleware re-reads the stream only every quarter second: a task
     # revoked and then run here within it (``run_queued`` in a test) ran anyway.
     for middleware in app.middleware.middleware:
         if isinstance(middleware, Skipper):
-            middleware.revoked_here(task_id)
+            for task_id in task_ids:
+                middleware.revoked_here(task_id)
 
 
 def read_revocations(app: Celeriac, after: int) -> tuple[int, list[Revocation]]:

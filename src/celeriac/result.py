@@ -219,6 +219,33 @@ class GroupResult:
         """PENDING until every member finished; then SUCCESS, or the first failure's state."""
         return self.summary().state
 
+    def revoke(self, terminate: bool = False) -> None:
+        """Revoke every member (of nested groups too) in one broker call; with
+        ``terminate``, running members are stopped as well.
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> from celeriac.canvas import group
+            >>> from celeriac.testing import run_queued
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> @app.task
+            ... def double(x: int) -> int:
+            ...     return 2 * x
+            >>> g = group(double.s(i) for i in range(3)).apply_async()
+            >>> g.revoke()
+            >>> run_queued(app), g.results[0].state
+            (3, 'REVOKED')
+        """
+        from celeriac.control import revoke_many
+
+        revoke_many(self.app, self._member_ids(), terminate=terminate)
+
+    def _member_ids(self) -> list[str]:
+        ids: list[str] = []
+        for member in self.results:
+            ids.extend(member._member_ids() if isinstance(member, GroupResult) else [member.id])
+        return ids
+
     def completed_count(self) -> int:
         """How many members finished, successfully or not (one read per member)."""
         return sum(1 for member in self.results if member.ready())

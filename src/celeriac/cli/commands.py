@@ -89,6 +89,16 @@ def call(
     if obj.app_path and name not in obj.app.tasks:  # a typo would wait an hour, then dead-letter
         note = escape(unregistered_note(name, obj.app_path, obj.app))
         err.print(f"[yellow]note:[/] {note}", markup=True, soft_wrap=True)
+    elif not obj.app_path and queue is None:
+        # Without the task's code its own queue is unknown: a worker on -Q emails only
+        # never sees it, and --wait times out with nothing said.
+        sent_to = escape(obj.app.conf.task_default_queue)
+        err.print(
+            f"[yellow]note:[/] sent to queue {sent_to!r} (without -A the task's own queue is "
+            "unknown); pass -A MODULE or -q QUEUE if its worker consumes another queue",
+            markup=True,
+            soft_wrap=True,
+        )
     if not wait:
         click.echo(result.id)
         return

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from celeriac.cli.main import Context, Seconds, cli, out, print_json
-from celeriac.control import broadcast, revoke
+from celeriac.control import broadcast, live_workers, revoke_many
 from celeriac.middleware.events import STREAM, Event
 
 
@@ -26,8 +26,7 @@ def revoke_cmd(obj: Context, task_ids: tuple[str, ...], terminate: bool) -> None
 
     Example: celeriac revoke 1b4e28ba-2fa1-11d2-883f-0016d3cca427 --terminate
     """
-    for task_id in task_ids:
-        revoke(obj.app, task_id, terminate=terminate)
+    revoke_many(obj.app, task_ids, terminate=terminate)  # one broker call
     click.echo(f"revoked {len(task_ids)} task(s)" + (" (terminate)" if terminate else ""))
 
 
@@ -44,7 +43,7 @@ def ping(obj: Context, timeout: float, as_json: bool) -> None:
         for r in replies:
             click.echo(f"{r.worker}: {r.data}")
     if not replies:
-        click.echo("no worker answered (is one running on this broker?)", err=True)
+        click.echo(_nobody_answered(obj, None), err=True)
         raise SystemExit(1)
 
 
@@ -64,7 +63,7 @@ def inspect(obj: Context, what: str, target: str | None, timeout: float, as_json
         print_json({r.worker: r.data for r in replies})
         return
     if not replies:
-        out.print("no worker answered (is one running on this broker?)")
+        out.print(escape(_nobody_answered(obj, target)))
         raise SystemExit(1)
     for r in replies:
         rows = r.data if isinstance(r.data, list) else [r.data]
@@ -117,7 +116,24 @@ def _duration(seconds: float) -> str:
 def shutdown(obj: Context, target: str | None) -> None:
     """Ask workers to stop warmly (running tasks finish; nothing is lost)."""
     replies = broadcast(obj.app, "shutdown", target=target, timeout=2.0)
+    if not replies:
+        click.echo(_nobody_answered(obj, target), err=True)
+        raise SystemExit(1)
     click.echo(f"{len(replies)} worker(s) are shutting down")
+
+
+def _nobody_answered(obj: Context, target: str | None) -> str:
+    """Why no worker answered, naming the live ones when ``target`` is none of them (a typo
+    read as "no worker is running")."""
+    live = sorted(w.id for w in live_workers(obj.app))
+    if not live:
+        return "no worker answered: none is running on this broker (celeriac status)"
+    if target is not None and target not in live:
+        return f"no live worker has the id {target!r}; the live ones: {', '.join(live)}"
+    return (
+        f"no worker answered in time; live by their heartbeats: {', '.join(live)}. A busy or "
+        "stopping worker may answer late: try again with a longer --timeout"
+    )
 
 
 @cli.command()

@@ -165,8 +165,9 @@ class Executor:
             return job, Outcome(
                 "DEAD",
                 reason=(
-                    f"delivered {delivery.deliveries - 1} times without finishing (the worker "
-                    "crashed, was killed or lost its lease each time); limit task_max_deliveries="
+                    f"started {_times(delivery.deliveries - 1)} without finishing (the worker "
+                    "crashed, was killed or lost its lease each time), so this delivery, the "
+                    f"{_ordinal(delivery.deliveries)}, was not run; limit task_max_deliveries="
                     f"{max_deliveries}"
                 ),
             )
@@ -526,7 +527,7 @@ class Executor:
                 job.label,
                 runtime,
                 error.type if error else "?",
-                error.message if error else "",
+                _for_log(error.message) if error else "",
             )
         elif state == "RETRY":
             log.info(
@@ -537,7 +538,9 @@ class Executor:
             )
         elif state == "DEAD":
             log.error(
-                "task %s dead-lettered: %s. See `celeriac dlq list`.", job.label, outcome.reason
+                "task %s dead-lettered: %s. See `celeriac dlq list`.",
+                job.label,
+                _for_log(outcome.reason),
             )
         elif state != "DEFERRED":
             log.info("task %s %s: %s", job.label, state.lower(), outcome.reason)
@@ -571,3 +574,37 @@ def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
 def _current_id() -> str:
     request = _current.get()
     return request.id if request else "?"
+
+
+LOG_TEXT_CHARS = 2000  # of an error in a log line; the stored result keeps all of it
+
+
+def _for_log(text: str) -> str:
+    """``text`` cut for one log line: a task failing with a megabyte of text wrote a
+    megabyte line per failure (the result and ``celeriac result ID`` have it whole).
+
+    Example:
+        >>> len(_for_log("x" * 10_000)) < 2100
+        True
+    """
+    if len(text) <= LOG_TEXT_CHARS:
+        return text
+    more = len(text) - LOG_TEXT_CHARS
+    return f"{text[:LOG_TEXT_CHARS]}... ({more:,} more characters in the result)"
+
+
+def _times(n: int) -> str:
+    """``1`` -> ``'once'``, ``3`` -> ``'3 times'``."""
+    return "once" if n == 1 else f"{n} times"
+
+
+def _ordinal(n: int) -> str:
+    """``3`` -> ``'3rd'``.
+
+    Example:
+        >>> [_ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22)]
+        ['1st', '2nd', '3rd', '4th', '11th', '12th', '13th', '21st', '22nd']
+    """
+    if 10 <= n % 100 <= 20:
+        return f"{n}th"
+    return f"{n}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th') }"
