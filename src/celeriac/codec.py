@@ -2,6 +2,9 @@
 
 * JSON (default) and msgpack are safe to accept; pickle runs code on decode, so a worker
   reads it only when ``accept_content`` names it, and the app warns when it does.
+* Fields a newer producer added survive a retry or deferral here in JSON and msgpack
+  (:class:`celeriac.message.ReadMessage`); a pickle carries only the fields this version
+  knows.
 * The format is recognised from the first byte (``{`` JSON, a map marker msgpack, the
   pickle protocol opcode pickle), so workers read every accepted format whatever their
   own ``task_serializer`` is: producers and workers can switch format one at a time.
@@ -29,6 +32,9 @@ from celeriac.message import (
     content_type,
     decode_message,
     encode_message,
+    plain,
+    wire_form,
+    with_unknown_fields,
 )
 
 log = logging.getLogger("celeriac")
@@ -80,13 +86,15 @@ class Codec:
             payload = encode_message(message)
         elif self.serializer == "msgpack":
             try:
-                payload = _msgpack_encoder.encode(message)
+                payload = _msgpack_encoder.encode(wire_form(message))
             except (TypeError, msgspec.EncodeError) as exc:
                 raise SerializationError(f"cannot send task {message.task}: {exc}") from exc
         else:
             import pickle  # see _unpickle
 
-            payload = pickle.dumps(message, protocol=5)
+            # A pickle names the message's class: a plain Message, which every version has.
+            # (Fields a newer producer added are lost here; pickle has no place for them.)
+            payload = pickle.dumps(plain(message), protocol=5)
         return self._signed(payload)
 
     def decode(self, raw: bytes) -> Message:
@@ -193,7 +201,13 @@ class Codec:
 def _unmsgpack(raw: bytes) -> Message:
     try:
         return _msgpack_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except msgspec.ValidationError as exc:  # unknown fields are kept, as in JSON
+        try:
+            loose = msgspec.msgpack.decode(raw)
+        except msgspec.DecodeError:
+            loose = None
+        return with_unknown_fields(loose, exc, raw)
+    except msgspec.DecodeError as exc:
         raise MalformedMessage(f"not a celeriac message ({exc})") from exc
 
 

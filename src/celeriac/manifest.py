@@ -16,6 +16,11 @@ position is its index among the parameters that are not keyword-only. ``kind`` i
 before kinds were recorded lack it: such a parameter is compared as positional-or-keyword,
 since old messages may have passed it either way, and a finding that depends on its kind
 says so.
+
+What it compares is the old code's messages reaching new workers. The other way round,
+during a rolling deploy, a new producer passing a new parameter *positionally* to a worker
+still on the old code fails there with TypeError (by keyword it is dropped with a
+warning): upgrade the workers before the producers, or pass new parameters by keyword.
 """
 
 from __future__ import annotations
@@ -187,13 +192,24 @@ def _positional(task: dict[str, Any]) -> list[str]:
 
 
 def _new_required(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    old_names = {p["name"] for p in before["params"]}
-    return [
-        f"new required parameter {p['name']!r}: old messages lack it and will fail; "
-        "give it a default"
-        for p in after["params"]
-        if p.get("required") and p["name"] not in old_names
-    ]
+    old_required = {p["name"]: p.get("required") for p in before["params"]}
+    problems = []
+    for p in after["params"]:
+        if not p.get("required"):
+            continue
+        if p["name"] not in old_required:
+            problems.append(
+                f"new required parameter {p['name']!r}: old messages lack it and will fail; "
+                "give it a default"
+            )
+        elif old_required[p["name"]] is False:
+            # ship(order_id, carrier="dhl") -> ship(order_id, carrier): an old ship.delay(7)
+            # fails with TypeError on the new workers.
+            problems.append(
+                f"parameter {p['name']!r} became required: old messages that left it out "
+                "fail with TypeError; keep its default"
+            )
+    return problems
 
 
 def _inserted(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
@@ -262,4 +278,9 @@ def _removed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     ]
     if before.get("var_args") and not after.get("var_args"):
         problems.append("*args removed: old messages passing extra positional arguments fail")
+    if before.get("var_kwargs") and not after.get("var_kwargs"):
+        problems.append(
+            "**kwargs removed: old messages passing other keyword arguments lose them "
+            "(dropped with a warning)"
+        )
     return problems

@@ -2,8 +2,10 @@
 
 Compatibility rules, so old and new code can run side by side during a deploy:
 
-* Decoding ignores fields it does not know, so a newer producer's extra fields never crash
-  an older worker. New fields are always optional with a default.
+* Decoding sets aside fields it does not know, so a newer producer's extra fields never
+  crash an older worker, and encoding writes them back: a retry or a rate-limit deferral
+  by an older worker passes them on to the newer worker that runs the message next (they
+  were dropped there). New fields are always optional with a default.
 * ``v`` is the protocol version. A worker refuses (dead-letters) a message whose major
   version is newer than :data:`PROTOCOL_VERSION`; additive changes do not bump it.
 * Field names are short because every queued message sits in broker memory; each is
@@ -24,7 +26,9 @@ from celeriac.errors import MalformedMessage, SerializationError
 PROTOCOL_VERSION = 1
 
 
-class Message(msgspec.Struct, omit_defaults=True, kw_only=True):
+# forbid_unknown_fields: only for decode_message to notice fields it must keep (it decodes
+# such a message again, leniently); a message with none costs nothing more.
+class Message(msgspec.Struct, omit_defaults=True, kw_only=True, forbid_unknown_fields=True):
     """One task invocation, as stored in the broker.
 
     Example:
@@ -50,6 +54,21 @@ class Message(msgspec.Struct, omit_defaults=True, kw_only=True):
     options: dict[str, Any] = msgspec.field(default_factory=dict)  # for middleware
     sent_at: float = 0.0
     v: int = PROTOCOL_VERSION
+
+
+class ReadMessage(Message, kw_only=True):
+    """A message read with fields this version does not know, kept to be written back.
+
+    Example:
+        >>> m = decode_message(b'{"id": "a", "task": "t", "trace": "x9"}')
+        >>> m.unknown_fields, decode_message(encode_message(m)).unknown_fields
+        ({'trace': 'x9'}, {'trace': 'x9'})
+    """
+
+    unknown_fields: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+_FIELDS = frozenset(Message.__struct_fields__)
 
 
 class ErrorInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -103,9 +122,28 @@ def encode_message(message: Message) -> bytes:
             and the argument so the caller can pass an id instead.
     """
     try:
-        return _encoder.encode(message)
+        return _encoder.encode(wire_form(message))
     except (TypeError, msgspec.EncodeError, OverflowError) as exc:
         raise SerializationError(_unserializable(message, exc)) from exc
+
+
+def wire_form(message: Message) -> Message | dict[str, Any]:
+    """What to encode for ``message``: itself, or its fields and the unknown ones it was
+    read with (:class:`ReadMessage`), which lose to a known field of the same name."""
+    if type(message) is Message or not isinstance(message, ReadMessage):
+        return message  # nearly always: one type check per send
+    # Every field, defaults too, values as they are (bytes and datetimes stay themselves in
+    # msgpack): a little larger, and only for a message a newer producer sent.
+    fields = msgspec.structs.asdict(plain(message))
+    return {**fields, **{k: v for k, v in message.unknown_fields.items() if k not in _FIELDS}}
+
+
+def plain(message: Message) -> Message:
+    """``message`` as a plain :class:`Message`, without fields read but not known (pickle
+    must name a class every version has)."""
+    if type(message) is Message:
+        return message
+    return Message(**{name: getattr(message, name) for name in Message.__struct_fields__})
 
 
 def _unserializable(message: Message, exc: BaseException) -> str:
@@ -142,10 +180,49 @@ def decode_message(raw: bytes) -> Message:
     """
     try:
         message = _message_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-        preview = raw[:60]
-        raise MalformedMessage(f"not a celeriac message ({exc}); first bytes: {preview!r}") from exc
+    except msgspec.ValidationError as exc:  # unknown fields, or a known one of another type
+        try:
+            loose = msgspec.json.decode(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            loose = None
+        message = with_unknown_fields(loose, exc, raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise _not_a_message(exc, raw) from exc
     return check_version(message)
+
+
+def with_unknown_fields(fields: Any, refused: msgspec.ValidationError, raw: bytes) -> Message:
+    """The message in ``fields`` (decoded without a type) that the typed decoder ``refused``:
+    a :class:`ReadMessage` when the refusal was only fields this version does not know.
+
+    Raises:
+        MalformedMessage: not a message, or a known field of the wrong type (a message of a
+            newer protocol version says so, with advice).
+    """
+    if isinstance(fields, dict):
+        unknown = {k: v for k, v in fields.items() if k not in _FIELDS}
+        if unknown:
+            try:
+                message = msgspec.convert(
+                    {k: v for k, v in fields.items() if k in _FIELDS}, ReadMessage
+                )
+            except msgspec.ValidationError as exc:
+                refused = exc
+            else:
+                message.unknown_fields = unknown
+                return message
+        version = fields.get("v")
+        if isinstance(version, int) and version > PROTOCOL_VERSION:
+            # A newer version changed a field this one reads: say what it is, not "not a
+            # celeriac message".
+            raise MalformedMessage(
+                _newer(fields.get("task"), fields.get("id"), version)
+            ) from refused
+    raise _not_a_message(refused, raw) from refused
+
+
+def _not_a_message(exc: Exception, raw: bytes) -> MalformedMessage:
+    return MalformedMessage(f"not a celeriac message ({exc}); first bytes: {raw[:60]!r}")
 
 
 def check_version(message: Message) -> Message:
@@ -166,12 +243,16 @@ def check_version(message: Message) -> Message:
         celeriac.errors.MalformedMessage: task t[a] uses message protocol v2; this worker ...
     """
     if message.v > PROTOCOL_VERSION:
-        raise MalformedMessage(
-            f"task {message.task}[{message.id}] uses message protocol v{message.v}; this worker "
-            f"reads up to v{PROTOCOL_VERSION}. Upgrade this worker or keep an upgraded one "
-            "consuming this queue."
-        )
+        raise MalformedMessage(_newer(message.task, message.id, message.v))
     return message
+
+
+def _newer(task: object, task_id: object, version: int) -> str:
+    return (
+        f"task {task}[{task_id}] uses message protocol v{version}; this worker "
+        f"reads up to v{PROTOCOL_VERSION}. Upgrade this worker or keep an upgraded one "
+        "consuming this queue."
+    )
 
 
 def encode_result(record: ResultRecord) -> bytes:
