@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+import re
 
 from celeriac.brokers.base import Broker
 from celeriac.errors import ConfigurationError
@@ -46,11 +46,41 @@ def broker_from_url(url: str) -> Broker:
 
 
 def redacted(url: str) -> str:
-    """``url`` with its password replaced by ``***``: the form messages and logs show.
+    """``url`` with its secrets replaced by ``***``: the form messages and logs show.
+
+    Hidden: the password before the host (a user name alone too: it is more often a
+    password written without its colon than a user without one), and the value of every
+    query option whose name holds "password" (redis-py also reads ``?password=`` and
+    ``?ssl_password=``). A password that was not percent-encoded may hold ``/``, ``?`` or
+    ``#`` (a base64 token often holds ``/``): all of it up to the host's ``@`` is hidden,
+    not just what a URL parser takes for the password.
 
     Example:
         >>> redacted("redis://alice:s3cret@db:6379/0")
         'redis://alice:***@db:6379/0'
+        >>> redacted("rediss://db:6380/0?ssl_password=s3cret&password=s3cret")
+        'rediss://db:6380/0?ssl_password=***&password=***'
+        >>> redacted("redis://:ab/c+d=@db:6379/0")
+        'redis://:***@db:6379/0'
+        >>> redacted("redis://s3cret@db:6379/0"), redacted("sqlite:///var/a@b.db")
+        ('redis://***@db:6379/0', 'sqlite:///var/a@b.db')
     """
-    password = urlsplit(url).password
-    return url if password is None else url.replace(f":{password}@", ":***@", 1)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    # The host follows the last "@" before the query, or, when a "?" comes before any "@"
+    # or "/", the last "@" at all: that "?" is in an unencoded password.
+    head = rest.split("?", 1)[0]
+    at = head.rfind("@") if "@" in head or "/" in head else rest.rfind("@")
+    if at > 0 and not rest.startswith("/"):  # "sqlite:///a@b.db" has no user part
+        user, colon, _ = rest[:at].partition(":")
+        if colon:
+            rest = f"{user}:***{rest[at:]}"
+        elif "/" not in user:  # redis://PASSWORD@host, a common slip: redis-py takes it
+            rest = f"***{rest[at:]}"  # for a user name, so the refusal would show it
+    return f"{scheme}://{_SECRET_OPTION.sub(_HIDDEN, rest)}"
+
+
+#: A query option that carries a secret: ``password=``, ``ssl_password=``, ...
+_SECRET_OPTION = re.compile(r"(?<=[?&])([^=&#]*password[^=&#]*)=[^&#]*", re.IGNORECASE)
+_HIDDEN = r"\1=***"

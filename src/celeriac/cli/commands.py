@@ -16,12 +16,21 @@ from rich.markup import escape
 from rich.table import Table
 
 from celeriac.brokers import redacted
-from celeriac.cli.main import Context, Seconds, cli, err, out, parse_json_option, print_json
+from celeriac.cli.main import (
+    Context,
+    Seconds,
+    cli,
+    err,
+    out,
+    parse_json_option,
+    print_json,
+)
 from celeriac.control import live_workers
 from celeriac.errors import ConfigurationError
 from celeriac.message import decode_result
 from celeriac.middleware.expiry import expired_key
 from celeriac.result import FINAL_STATES, AsyncResult
+from celeriac.text import printable
 
 if TYPE_CHECKING:
     from celeriac import Celeriac
@@ -143,12 +152,14 @@ def _show_result(result: AsyncResult[Any], value: Any) -> None:
         return
     error = record.error
     # Task names, ids and error text are data, never markup (see cli.main._fail).
-    what = escape(f"task {record.task}[{result.id}]")
-    out.print(f"[bold red]{escape(record.state)}[/] {what}", markup=True)
+    # ... and their control characters are shown, not obeyed (see celeriac.text).
+    what = escape(printable(f"task {record.task}[{result.id}]"))
+    out.print(f"[bold red]{escape(printable(record.state))}[/] {what}", markup=True)
     if error is not None:
-        out.print(f"{error.type}: {error.message}", markup=False)
+        out.print(printable(f"{error.type}: {error.message}", lines=True), markup=False)
         if error.traceback:
-            out.print(error.traceback.rstrip(), style="dim", markup=False)
+            tb = printable(error.traceback.rstrip(), lines=True)
+            out.print(tb, style="dim", markup=False)
     sys.exit(1)
 
 
@@ -189,7 +200,7 @@ def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool
             print_json({"id": task_id, "state": "PENDING"})
         else:
             out.print(
-                f"PENDING: no result stored for {task_id} (queued, unknown, or expired)",
+                f"PENDING: no result stored for {printable(task_id)} (queued, unknown, or expired)",
                 markup=False,
             )
         return
@@ -206,14 +217,16 @@ def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool
         return
     out.print(_record_table(task_id, record))
     if record.error and record.error.traceback:
-        out.print(record.error.traceback.rstrip(), style="dim", markup=False)
+        tb = printable(record.error.traceback.rstrip(), lines=True)
+        out.print(tb, style="dim", markup=False)
     if record.state in FINAL_STATES - {"SUCCESS"}:
         sys.exit(1)
 
 
 def _record_table(task_id: str, record: ResultRecord) -> Table:
     """A stored result as rows for a person; every value escaped, since a result, an
-    error or an id may hold ``[...]`` that rich would take for a style."""
+    error or an id may hold ``[...]`` that rich would take for a style, or control
+    characters that the terminal would obey."""
     rows = [("task", f"{record.task}[{task_id}]"), ("state", record.state)]
     if record.state == "SUCCESS":
         rows.append(("result", repr(record.result)))
@@ -228,7 +241,7 @@ def _record_table(task_id: str, record: ResultRecord) -> Table:
     ]
     table = Table(show_header=False, box=None)
     for label, value in rows:
-        table.add_row(label, escape(value))
+        table.add_row(label, escape(printable(value, lines=label == "error")))
     return table
 
 
@@ -255,7 +268,7 @@ def status(obj: Context, as_json: bool) -> None:
         table.add_column(column, justify="left" if column == "queue" else "right")
     for s in stats:
         table.add_row(
-            escape(s.queue),
+            escape(printable(s.queue)),
             str(s.ready),
             str(s.delayed),
             str(s.in_flight),
@@ -269,8 +282,8 @@ def status(obj: Context, as_json: bool) -> None:
     for w in workers:
         active = w.extra.get("active", [])
         wtable.add_row(
-            escape(w.id),
-            escape(",".join(w.queues)),
+            escape(printable(w.id)),
+            escape(printable(",".join(w.queues))),
             str(w.concurrency),
             str(len(active) if isinstance(active, list) else 0),
             _when(w.started_at),
@@ -302,8 +315,10 @@ def purge(obj: Context, queue: str, yes: bool) -> None:
     known = sorted(s.queue for s in obj.app.broker.stats())
     if queue not in known:  # a typo at 3 a.m. should not look like an empty queue
         listed = escape(
-            f"no queue {queue!r} has been used on this broker "
-            f"(queues: {', '.join(known) or 'none yet'})"
+            printable(
+                f"no queue {queue!r} has been used on this broker "
+                f"(queues: {', '.join(known) or 'none yet'})"
+            )
         )
         err.print(f"[yellow]note:[/] {listed}", markup=True)
 
@@ -330,8 +345,9 @@ def dlq_list(obj: Context, limit: int, as_json: bool) -> None:
     for column in ("id", "task", "queue", "deliveries", "dead at", "reason"):
         table.add_column(column, overflow="fold")
     for x in letters:
+        # What a dead letter holds came from the broker: control characters are shown.
         row = (shown_id(x.id), x.task, x.queue, str(x.deliveries), _when(x.dead_at), x.reason)
-        table.add_row(*map(escape, row))
+        table.add_row(*(escape(printable(text)) for text in row))
     out.print(table)
 
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from celeriac.cli.main import Context, Seconds, cli, out, print_json
 from celeriac.control import broadcast, live_workers, revoke_many
 from celeriac.middleware.events import STREAM, Event
+from celeriac.text import printable
 
 
 @cli.command("revoke")
@@ -69,15 +70,17 @@ def inspect(obj: Context, what: str, target: str | None, timeout: float, as_json
         rows = r.data if isinstance(r.data, list) else [r.data]
         if rows and isinstance(rows[0], dict):
             # Replies are data (task names, arguments): escaped, never read as markup.
-            table = Table(title=escape(f"{what} on {r.worker}"))
+            # ... and their control characters are shown, not obeyed (celeriac.text).
+            table = Table(title=escape(printable(f"{what} on {r.worker}")))
             for column in rows[0]:
-                table.add_column(escape(str(column)))
+                table.add_column(escape(printable(str(column))))
             for row in rows:
-                table.add_row(*(escape(_cell(k, v)) for k, v in row.items()))
+                table.add_row(*(escape(printable(_cell(k, v), lines=True)) for k, v in row.items()))
             out.print(table)
         else:
             listed = ", ".join(map(str, rows)) or "nothing"
-            out.print(f"[bold]{escape(r.worker)}[/]: {escape(listed)}", markup=True)
+            shown = escape(printable(f"{r.worker}")), escape(printable(listed))
+            out.print(f"[bold]{shown[0]}[/]: {shown[1]}", markup=True)
 
 
 def _cell(column: str, value: Any) -> str:
@@ -163,4 +166,5 @@ def _print_event(raw: bytes, as_json: bool) -> None:
     at = dt.datetime.fromtimestamp(e.at).strftime("%H:%M:%S.%f")[:-3]
     runtime = f" in {e.runtime:.4f}s" if e.runtime else ""  # 0: decided without running
     detail = f": {e.detail}" if e.detail else ""
-    click.echo(f"{at} {e.type:<13} {e.task}[{e.id}]{runtime} ({e.worker}){detail}")
+    line = f"{at} {e.type:<13} {e.task}[{e.id}]{runtime} ({e.worker}){detail}"
+    click.echo(printable(line))  # names and errors are the sender's text (celeriac.text)

@@ -16,6 +16,7 @@ import click
 
 from celeriac.app import Celeriac
 from celeriac.errors import CeleriacError, ConfigurationError
+from celeriac.text import printable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -184,7 +185,8 @@ def _fail(ctx: click.Context, exc: BaseException, unexpected: bool = False) -> N
     kind = f"{type(exc).__name__}: " if unexpected else ""
     # Escaped: error text is data. As markup, "task shop.add[e3b0...]" lost its id and a
     # bracket such as "[/tmp]" made rich raise, printing a traceback instead of the error.
-    err.print(f"[bold red]error:[/] {escape(f'{kind}{exc}')}", markup=True, soft_wrap=True)
+    text = escape(printable(f"{kind}{exc}", lines=True))
+    err.print(f"[bold red]error:[/] {text}", markup=True, soft_wrap=True)
     if unexpected and not debug:  # celeriac's own errors say what to do; a traceback won't
         err.print("(run with --debug for the traceback)", style="dim")
     sys.exit(1)

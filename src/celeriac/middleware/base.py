@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celeriac.message import ErrorInfo, Message
+from celeriac.text import printable
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -71,9 +72,10 @@ class Job:
 
     @property
     def label(self) -> str:
-        """``name[id]``, the way every log line names a task."""
+        """``name[id]``, the way every log line names a task (control characters escaped:
+        the name is the sender's text, see :mod:`celeriac.text`)."""
         name = self.message.task if self.message else "?"
-        return f"{name}[{self.delivery.id}]"
+        return printable(f"{name}[{self.delivery.id}]")
 
 
 class Middleware:

@@ -26,12 +26,14 @@ from celeriac.errors import MalformedMessage, PayloadTooLarge, Reject, Retry, Se
 from celeriac.message import (
     ErrorInfo,
     ResultRecord,
+    decode_result,
     encode_result,
     peek_identity,
     storable_text,
 )
 from celeriac.middleware.base import Job, Outcome
 from celeriac.task import Request, _current
+from celeriac.text import printable
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -151,12 +153,11 @@ class Executor:
     def prepare(self, delivery: Delivery) -> tuple[Job, Outcome | None]:
         """Decode and resolve a delivery; an Outcome when it must not run at all."""
         job = Job(delivery, self.worker_id, app=self.app)
-        try:
-            message = job.message = self.app.codec.decode(delivery.body)
-        except UntrustedMessage as exc:
-            return job, Outcome("DEAD", reason=f"refused: {exc}")
-        except MalformedMessage as exc:
-            return job, Outcome("DEAD", reason=f"malformed message: {exc}")
+        refused = self._read(job)
+        if refused is not None:
+            return job, refused
+        message = job.message
+        assert message is not None
         max_deliveries = self.app.conf.task_max_deliveries
         task = self.app.tasks.get(message.task)
         if task is not None and task.options.max_deliveries is not None:
@@ -193,6 +194,42 @@ class Executor:
         )
         return job, None
 
+    def _read(self, job: Job) -> Outcome | None:
+        """Decode the delivery into ``job.message``; the dead letter when it cannot run."""
+        delivery = job.delivery
+        try:
+            message = job.message = self.app.codec.decode(delivery.body)
+        except UntrustedMessage as exc:
+            return Outcome("DEAD", reason=f"refused: {exc}")
+        except MalformedMessage as exc:
+            return Outcome("DEAD", reason=f"malformed message: {exc}")
+        except RecursionError:
+            # msgspec gives up on nesting past Python's recursion limit with RecursionError,
+            # not a DecodeError: uncaught, it killed the child at every delivery.
+            return Outcome(
+                "DEAD",
+                reason=(
+                    "malformed message: nested too deeply to decode (arrays or objects "
+                    "inside one another ~1000 levels deep); first bytes: "
+                    f"{delivery.body[:60]!r}"
+                ),
+            )
+        if message.id != delivery.id and self.app.codec.keys:
+            # The signature covers the body, not the id the broker holds it under: a
+            # signed message copied into a queue (pushed by hand, its id made up by the
+            # broker) would run again, past the one-task-per-id rule. Sent the normal way,
+            # both ids are the same.
+            return Outcome(
+                "DEAD",
+                reason=(
+                    f"refused: a signed message of task {message.task}[{message.id}] was "
+                    f"delivered under another id ({delivery.id}), so it is a copy (a replay?) "
+                    "pushed into the queue, not a send. Signed messages run only under their "
+                    "own id; send the task again with app.send_task or `celeriac call`."
+                ),
+            )
+        return None
+
     def _unknown(self, job: Job) -> Outcome:
         message = job.message
         assert message is not None
@@ -211,7 +248,7 @@ class Executor:
             "task %s is not registered in this worker; putting it back for %gs so a worker "
             "that knows it can take it (dead-lettered after %gs). Deploy the code that defines "
             "it, or purge the queue.",
-            job.label,
+            _for_log(job.label),
             conf.task_unknown_retry_delay,
             conf.task_unknown_max_age,
         )
@@ -318,8 +355,8 @@ class Executor:
             "task %s[%s]: dropped keyword argument(s) %s that this version of the "
             "task does not accept (sent by newer code?)",
             task.name,
-            _current_id(),
-            ", ".join(dropped),
+            _for_log(_current_id()),
+            _for_log(", ".join(dropped)),
         )
         return {k: v for k, v in kwargs.items() if k in accepted}
 
@@ -394,6 +431,13 @@ class Executor:
         return more
 
     def _encoded_result(self, job: Job, outcome: Outcome) -> bytes:
+        """The result record to store for ``outcome``.
+
+        A value that cannot be stored (not JSON-serializable, nested too deeply, over
+        task_result_max_bytes) is stored as a FAILURE that says why, and ``outcome`` is
+        made that FAILURE in place, so the log line and the ``after_settle`` hooks (task
+        events) say what the caller's ``get()`` raises: they said "succeeded".
+        """
         try:
             raw = encode_result(self._record(job, outcome))
         except Exception as unencodable:  # noqa: BLE001 - a result it cannot store is a failure
@@ -404,9 +448,14 @@ class Executor:
                 f"task {job.label}: its {outcome.state} result could not be encoded "
                 f"({type(unencodable).__name__}: {unencodable})"
             )
-            log.error("%s", storable_text(str(bad)))
-            failed = Outcome("FAILURE", error=error_info(bad), runtime=outcome.runtime)
-            return encode_result(self._record(job, failed))
+            _now_failed(outcome, bad, error_info(bad))
+            return encode_result(self._record(job, outcome))
+        if outcome.state != "FAILURE" and raw.startswith(_FAILURE_RECORD):
+            # encode_result stored a FAILURE instead of the value: it says why.
+            error = decode_result(raw).error
+            text = error.message if error else "the task's result could not be encoded"
+            _now_failed(outcome, SerializationError(text), error)
+            return raw
         limit = self.app.conf.task_result_max_bytes
         if len(raw) <= limit:
             return raw
@@ -415,9 +464,8 @@ class Executor:
             f"task {job.label} returned {len(raw):,} bytes, over task_result_max_bytes "
             f"({limit:,}); store the data elsewhere (a file, object storage) and return its id"
         )
-        log.error("%s", exc)
-        too_big = Outcome("FAILURE", error=error_info(exc), exception=exc, runtime=outcome.runtime)
-        return encode_result(self._record(job, too_big))
+        _now_failed(outcome, exc, error_info(exc))
+        return encode_result(self._record(job, outcome))
 
     def _record(self, job: Job, outcome: Outcome) -> ResultRecord:
         message = job.message
@@ -452,9 +500,9 @@ class Executor:
                 f"task {job.label} cannot be retried: its message could not be encoded "
                 f"({type(exc).__name__}: {exc})"
             )
-            failed = Outcome("FAILURE", error=error_info(bad), runtime=outcome.runtime)
+            _now_failed(outcome, bad, error_info(bad))  # logged as FAILURE, not "will retry"
             return self.app.broker.complete(
-                job.delivery.lease, self._encoded_result(job, failed), self.app.conf.result_expires
+                job.delivery.lease, self._encoded_result(job, outcome), self.app.conf.result_expires
             )
         committed = self.app.broker.requeue(job.delivery.lease, delay=delay, body=body)
         if committed:
@@ -472,8 +520,7 @@ class Executor:
 
     def _dead_letter(self, job: Job, outcome: Outcome) -> bool:
         delivery = job.delivery
-        _, name = peek_identity(delivery.body)
-        name = job.message.task if job.message else (name or "?")
+        name = job.message.task if job.message else (_peeked_name(delivery.body) or "?")
         error = f"{outcome.error.type}: {outcome.error.message}" if outcome.error else ""
         first = job.message.options.get("first_error") if job.message else None
         if first and first != error:
@@ -506,11 +553,12 @@ class Executor:
         return self.app.broker.dead_letter(delivery.lease, letter, encode_result(record))
 
     def _log(self, job: Job, outcome: Outcome, committed: bool) -> None:
+        label = _for_log(job.label)  # the name and id are the sender's text
         if not committed:
             log.warning(
                 "task %s: lease lost before settling (%s); another worker owns it "
                 "now, so this outcome was discarded",
-                job.label,
+                label,
                 outcome.state,
             )
             return
@@ -519,31 +567,31 @@ class Executor:
         runtime = f" in {outcome.runtime:.4f}s" if outcome.runtime else ""
         state = outcome.state
         if state == "SUCCESS":
-            log.info("task %s succeeded%s", job.label, runtime)
+            log.info("task %s succeeded%s", label, runtime)
         elif state == "FAILURE":
             error = outcome.error
             log.error(
                 "task %s failed%s: %s: %s",
-                job.label,
+                label,
                 runtime,
-                error.type if error else "?",
+                _for_log(error.type) if error else "?",
                 _for_log(error.message) if error else "",
             )
         elif state == "RETRY":
             log.info(
                 "task %s will retry in %.1fs (attempt %d)",
-                job.label,
+                label,
                 outcome.delay or 0.0,
                 job.message.retries if job.message else 0,
             )
         elif state == "DEAD":
             log.error(
                 "task %s dead-lettered: %s. See `celeriac dlq list`.",
-                job.label,
+                label,
                 _for_log(outcome.reason),
             )
         elif state != "DEFERRED":
-            log.info("task %s %s: %s", job.label, state.lower(), outcome.reason)
+            log.info("task %s %s: %s", label, state.lower(), _for_log(outcome.reason))
 
     def process(self, delivery: Delivery) -> tuple[Job, Outcome]:
         """Prepare, execute and settle one delivery (used by in-process runners)."""
@@ -571,6 +619,34 @@ def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
 
+#: How an encoded result record that stores a FAILURE begins: ``state`` is its first field
+#: and always written (msgspec keeps the declared order).
+_FAILURE_RECORD = b'{"state":"FAILURE"'
+
+
+def _now_failed(outcome: Outcome, exc: Exception, error: ErrorInfo | None) -> None:
+    """Make ``outcome`` the FAILURE ``exc`` that was stored in place of its result."""
+    outcome.state, outcome.value, outcome.exception = "FAILURE", None, exc
+    outcome.error = error or error_info(exc)
+
+
+def _peeked_name(body: bytes) -> str | None:
+    """The task name in bytes that did not decode, if it can be read at all.
+
+    Best effort: the body is dead-lettered whatever it holds, so nothing in it may stop
+    that (nesting too deep to read raised RecursionError, and the child died at every
+    delivery of the message, never dead-lettering it).
+
+    Example:
+        >>> _peeked_name(b'{"id": "a", "task": "shop.add"'), _peeked_name(b"[" * 100_000)
+        (None, None)
+    """
+    try:
+        return peek_identity(body)[1]
+    except RecursionError:
+        return None
+
+
 def _current_id() -> str:
     request = _current.get()
     return request.id if request else "?"
@@ -580,13 +656,21 @@ LOG_TEXT_CHARS = 2000  # of an error in a log line; the stored result keeps all 
 
 
 def _for_log(text: str) -> str:
-    """``text`` cut for one log line: a task failing with a megabyte of text wrote a
-    megabyte line per failure (the result and ``celeriac result ID`` have it whole).
+    """``text`` as one log line shows it: control characters escaped and cut short.
+
+    Task names, ids, reasons and error texts come from messages and task code, so anyone
+    who can send a task can put a newline or an ANSI escape code in them: written as
+    they are, they forged log lines ("...\\n04:00:00 INFO task x succeeded") or rewrote
+    the operator's terminal. A task failing with a megabyte of text wrote a megabyte line
+    per failure (the result and ``celeriac result ID`` have it whole).
 
     Example:
+        >>> print(_for_log("bad\\nFAKE 04:00:00 INFO ok \\x1b[2J"))
+        bad\\nFAKE 04:00:00 INFO ok \\x1b[2J
         >>> len(_for_log("x" * 10_000)) < 2100
         True
     """
+    text = printable(text)
     if len(text) <= LOG_TEXT_CHARS:
         return text
     more = len(text) - LOG_TEXT_CHARS

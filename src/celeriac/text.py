@@ -1,0 +1,34 @@
+"""Text from messages, shown to people: in log lines and on terminals.
+
+Task names, queue names, ids, reasons and error texts come from the broker, where anyone
+who can send a task puts what they like. Written as they are, a newline or carriage return
+forged a log line or a line of output ("...\\n04:00:00 INFO task x succeeded"), and an ANSI
+escape code cleared the operator's screen or recoloured a table (rich passes ``ESC``
+through).
+"""
+
+from __future__ import annotations
+
+
+def printable(text: str, *, lines: bool = False) -> str:
+    """``text`` with its control characters written as escapes (``\\n``, ``\\x1b``).
+
+    With ``lines``, newlines and tabs stay, for texts of several lines: an error message,
+    a traceback.
+
+    Example:
+        >>> print(printable("evil\\x1b[2J\\rline\\none"))
+        evil\\x1b[2J\\rline\\none
+        >>> print(printable("first\\n\\x1b[31msecond", lines=True))
+        first
+        \\x1b[31msecond
+    """
+    if text.isprintable():  # nearly always: one C-speed scan
+        return text
+    kept = "\n\t" if lines else ""
+    return "".join(c if c.isprintable() or c in kept else _escaped(c) for c in text)
+
+
+def _escaped(char: str) -> str:
+    """One unprintable character as its Python escape: ``\\x1b``, ``\\r``, ``\\u2028``."""
+    return char.encode("unicode_escape").decode("ascii")
