@@ -326,3 +326,44 @@ def test_a_job_label_shows_control_characters_escaped() -> None:
     delivery = Delivery(Lease("id\r", "q", "1"), b"", 1)
     job = Job(delivery, "w", message=Message(id="id\r", task=f"t{FORGED}"))
     assert "\n" not in job.label and "\x1b" not in job.label and "\\r" in job.label
+
+
+def test_a_signing_key_of_the_wrong_kind_is_refused_without_showing_it() -> None:
+    # bytes printed the key in the error; a list holding bytes was accepted, then failed
+    # in the codec with "'bytes' object has no attribute 'encode'".
+    from celeriac import ConfigurationError
+
+    local = Celeriac("keys", broker="memory://")
+    for bad in (b"k3y-s3cret", ["old-key", b"k3y-s3cret"]):
+        with pytest.raises(ConfigurationError, match="not shown: it is a secret") as refused:
+            local.conf.task_signing_key = bad
+        assert "k3y" not in str(refused.value)
+    with pytest.raises(ConfigurationError, match="must be a list of str, got an item 5"):
+        local.conf.accept_content = ["json", 5]
+
+
+def test_a_password_with_a_slash_is_named_as_the_cause_of_a_bad_port() -> None:
+    from celeriac import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="percent-encode the password") as refused:
+        Celeriac("url", broker="redis://:ab/c+d=@127.0.0.1:6379/0").broker  # noqa: B018
+    assert "c+d" not in str(refused.value)
+
+
+def test_arguments_nested_too_deeply_are_a_serialization_error_at_send() -> None:
+    # They reached the caller as a bare RecursionError.
+    from celeriac.errors import SerializationError
+    from celeriac.message import peek_identity
+
+    local = Celeriac("deep", broker="memory://")
+
+    @local.task
+    def echo(value: Any) -> Any:
+        return value
+
+    deep: list[Any] = []
+    for _ in range(5_000):
+        deep = [deep]
+    with pytest.raises(SerializationError, match="positional argument 0"):
+        echo.delay(deep)
+    assert peek_identity(b"[" * 100_000) == (None, None)  # best effort, never raises

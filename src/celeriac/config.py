@@ -83,6 +83,8 @@ class Settings:
         if name not in hints:
             raise ConfigurationError(_unknown(name))
         value = _coerce(name, hints[name], value)
+        if isinstance(value, list):
+            _check_items(name, hints[name], value)
         _check_bounds(name, value)
         _check_text(name, value)
         super().__setattr__(name, value)
@@ -224,7 +226,29 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
             raise TypeError(value)  # str(None) is "None": a queue or broker URL named "None"
         return kind(value)
     except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"setting {name} must be {kind.__name__}, got {value!r}") from exc
+        raise ConfigurationError(
+            f"setting {name} must be {kind.__name__}, got {_shown(name, value)}"
+        ) from exc
+
+
+def _check_items(name: str, hint: Any, value: list[Any]) -> None:
+    """Refuse a list setting's item of the wrong kind: a list of keys with a bytes key in
+    it was accepted, then failed in the codec ("'bytes' object has no attribute 'encode'")."""
+    kinds = get_args(hint) if _is_optional(hint) or get_origin(hint) is not list else [hint]
+    wanted = [a for k in kinds if get_origin(k) is list for a in get_args(k)]
+    if str in wanted:
+        for item in value:
+            if not isinstance(item, str):
+                raise ConfigurationError(
+                    f"setting {name} must be a list of str, got an item {_shown(name, item)}"
+                )
+
+
+def _shown(name: str, value: Any) -> str:
+    """``value`` for an error message; only its type for a secret (a signing key)."""
+    if any(word in name for word in ("key", "password", "secret")):
+        return f"a {type(value).__name__} (not shown: it is a secret)"
+    return repr(value)
 
 
 def _parse_container(name: str, container: type, value: str) -> Any:

@@ -123,7 +123,9 @@ def encode_message(message: Message) -> bytes:
     """
     try:
         return _encoder.encode(wire_form(message))
-    except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+    except (TypeError, msgspec.EncodeError, OverflowError, RecursionError) as exc:
+        # RecursionError: nested past Python's recursion limit (msgspec raises it, not an
+        # EncodeError); it reached the caller as a bare RecursionError.
         raise SerializationError(_unserializable(message, exc)) from exc
 
 
@@ -166,7 +168,7 @@ def _unserializable(message: Message, exc: BaseException) -> str:
 def _encodable(value: Any) -> bool:
     try:
         _encoder.encode(value)
-    except (TypeError, msgspec.EncodeError, OverflowError):
+    except (TypeError, msgspec.EncodeError, OverflowError, RecursionError):
         return False
     return True
 
@@ -380,7 +382,7 @@ def peek_identity(raw: bytes) -> tuple[str | None, str | None]:
         return None, None
     try:
         loose = msgspec.msgpack.decode(raw) if kind == "msgpack" else msgspec.json.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # nested too deeply
         return None, None
     if not isinstance(loose, dict):
         return None, None

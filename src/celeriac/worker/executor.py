@@ -520,7 +520,7 @@ class Executor:
 
     def _dead_letter(self, job: Job, outcome: Outcome) -> bool:
         delivery = job.delivery
-        name = job.message.task if job.message else (_peeked_name(delivery.body) or "?")
+        name = job.message.task if job.message else (peek_identity(delivery.body)[1] or "?")
         error = f"{outcome.error.type}: {outcome.error.message}" if outcome.error else ""
         first = job.message.options.get("first_error") if job.message else None
         if first and first != error:
@@ -628,23 +628,6 @@ def _now_failed(outcome: Outcome, exc: Exception, error: ErrorInfo | None) -> No
     """Make ``outcome`` the FAILURE ``exc`` that was stored in place of its result."""
     outcome.state, outcome.value, outcome.exception = "FAILURE", None, exc
     outcome.error = error or error_info(exc)
-
-
-def _peeked_name(body: bytes) -> str | None:
-    """The task name in bytes that did not decode, if it can be read at all.
-
-    Best effort: the body is dead-lettered whatever it holds, so nothing in it may stop
-    that (nesting too deep to read raised RecursionError, and the child died at every
-    delivery of the message, never dead-lettering it).
-
-    Example:
-        >>> _peeked_name(b'{"id": "a", "task": "shop.add"'), _peeked_name(b"[" * 100_000)
-        (None, None)
-    """
-    try:
-        return peek_identity(body)[1]
-    except RecursionError:
-        return None
 
 
 def _current_id() -> str:

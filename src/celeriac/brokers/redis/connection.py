@@ -92,9 +92,18 @@ class RedisURL:
         try:
             parts.port  # noqa: B018 - parsing the port is the check: "host:abc" raises
         except ValueError:
+            # A password with "/", "?" or "#" in it (a base64 token) ends the host part
+            # early, so the parser reads part of the password as the port.
+            unencoded = "@" in url.partition("://")[2] and "@" not in parts.netloc
+            hint = (
+                " The part before '@' holds '/', '?' or '#': percent-encode the password "
+                "(urllib.parse.quote(password, safe=''); '/' is %2F)."
+                if unencoded
+                else ""
+            )
             raise ConfigurationError(
                 f"the port in the broker URL {redacted(url)!r} is not a number from 0 to "
-                "65535. Use redis://host:6379/0"
+                f"65535. Use redis://host:6379/0.{hint}"
             ) from None
         ours = {"prefix": "celeriac", "cluster": "0"}
         rest: list[tuple[str, str]] = []
