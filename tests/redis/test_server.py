@@ -200,6 +200,23 @@ def test_a_dead_server_raises_broker_connection_error() -> None:
         broker.close()
 
 
+def test_a_tls_url_at_a_plain_port_fails_within_the_connect_timeout(
+    redis_server: RedisServer,
+) -> None:
+    # redis-py ran the TLS handshake under the socket timeout: a rediss:// URL pointed at
+    # a plain Redis (which waits for a newline that never comes) failed only after three
+    # tries of socket_timeout, 90 s with the defaults; here that would be 30 minutes.
+    url = f"rediss://127.0.0.1:{redis_server.port}/0?socket_timeout=600&socket_connect_timeout=1"
+    broker = broker_from_url(url)
+    started = time.monotonic()
+    try:
+        with pytest.raises(BrokerConnectionError, match="did not answer"):
+            broker.send([Outgoing("a", "q", b"a")])
+    finally:
+        broker.close()
+    assert time.monotonic() - started < 300  # bounded by the connect timeout, not 3 x 600 s
+
+
 def test_the_broker_recovers_when_the_server_restarts(own_server: Server) -> None:
     server = own_server()
     broker = RedisBroker(server.url)
