@@ -122,7 +122,8 @@ def encode_message(message: Message) -> bytes:
             and the argument so the caller can pass an id instead.
     """
     try:
-        return _encoder.encode(wire_form(message))
+        # The type check inline: this runs once per message sent.
+        return _encoder.encode(message if type(message) is Message else wire_form(message))
     except (TypeError, msgspec.EncodeError, OverflowError, RecursionError) as exc:
         # RecursionError: nested past Python's recursion limit (msgspec raises it, not an
         # EncodeError); it reached the caller as a bare RecursionError.

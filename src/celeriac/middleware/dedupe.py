@@ -54,10 +54,9 @@ class Dedupe(Middleware):
         """Return an existing task id to send nothing; arm debounce on this message."""
         opts = message.options
         task = app.tasks.get(message.task)
-        if task is not None and task.options.extra:
+        if task is not None and (defined := task.options.extra):
             # @app.task(debounce=5) and the like: accepted there, then ignored by every send.
             # Written into the message, where workers (of any version) read them.
-            defined = task.options.extra
             for name in self.options & defined.keys():
                 opts.setdefault(name, defined[name])
         if "debounce" in opts:
