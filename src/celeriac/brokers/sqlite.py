@@ -203,13 +203,13 @@ class SQLiteBroker(SQLiteStore, Broker):
                     db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise BrokerError(f"SQLite broker at {self.path} failed: {exc}") from exc
+            raise BrokerError(failure(self.path, exc)) from exc
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
             return self._db().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise BrokerError(f"SQLite broker at {self.path} failed: {exc}") from exc
+            raise BrokerError(failure(self.path, exc)) from exc
 
     def _changed(self) -> bool:
         """True when another connection committed since the last call on this thread."""
@@ -588,6 +588,40 @@ class SQLiteBroker(SQLiteStore, Broker):
         """Delete every dead letter."""
         with self._transaction() as db:
             return db.execute("DELETE FROM dead_letters").rowcount
+
+
+def failure(path: str, exc: sqlite3.Error) -> str:
+    """The error of a failed statement: what happened to the file, and what to do when
+    the disk is the cause (SQLite's own words name neither the folder nor a remedy).
+
+    Example:
+        >>> full = sqlite3.OperationalError("database or disk is full")
+        >>> full.sqlite_errorname = "SQLITE_FULL"
+        >>> print(failure("/var/lib/app/broker.db", full))  # doctest: +NORMALIZE_WHITESPACE
+        SQLite broker at /var/lib/app/broker.db failed: database or disk is full. The disk
+        is full: nothing was written. Free space on the disk holding /var/lib/app (df -h
+        /var/lib/app); purging a queue needs room too, as SQLite writes deletions to
+        /var/lib/app/broker.db-wal first. Producers get this error; workers retry until
+        there is room.
+    """
+    folder = Path(path).parent
+    said = f"SQLite broker at {path} failed: {exc}."
+    code = getattr(exc, "sqlite_errorname", "")
+    if code == "SQLITE_FULL":
+        return (
+            f"{said} The disk is full: nothing was written. Free space on the disk holding "
+            f"{folder} (df -h {folder}); purging a queue needs room too, as SQLite writes "
+            f"deletions to {path}-wal first. Producers get this error; workers retry until "
+            "there is room."
+        )
+    if code.startswith(("SQLITE_READONLY", "SQLITE_IOERR")):
+        return (
+            f"{said} The file cannot be written: nothing was written. Check that {path}, its "
+            f"-wal and -shm files and {folder} are writable by this user, that the disk is "
+            "not mounted read-only or full, and the system log (dmesg) for disk errors. "
+            "Producers get this error; workers retry until the file can be written."
+        )
+    return said
 
 
 def _enable_wal(db: sqlite3.Connection) -> None:

@@ -33,6 +33,10 @@ MAX_BLOCK = 5.0  # seconds one BLPOP may block; well under the socket timeout
 POLL = 0.05  # seconds per wake list when several queues cannot share one BLPOP (Cluster)
 MIN_REDIS = 7  # major version the scripts need (LMPOP)
 SEND_CHUNK = 500  # messages per send script call
+# Seconds a process trusts that Redis still holds the queue names it registered: a Redis
+# restarted without persistence (or flushed) lost them, and then `celeriac status` and
+# `celeriac dlq list` showed no queue while tasks waited in it.
+REREGISTER = 60.0
 
 
 @dataclass
@@ -42,6 +46,16 @@ class Context:
     keys: Keyspace
     cluster: bool
     known: set[str]  # queue names this process has registered in the queue set
+    known_since: float = 0.0  # monotonic time ``known`` was last emptied (see REREGISTER)
+
+    def registered(self) -> set[str]:
+        """The queues this process registered, forgotten every REREGISTER seconds so that
+        it registers them again: one SADD a minute per queue and process."""
+        now = time.monotonic()
+        if now - self.known_since > REREGISTER:
+            self.known.clear()
+            self.known_since = now
+        return self.known
 
     @property
     def mode(self) -> str:
@@ -52,10 +66,12 @@ class Context:
         """Where a settling script writes the final result of ``task_id``."""
         return q.outbox if self.cluster else self.keys.result(task_id)
 
-    def register(self, names: Sequence[str]) -> list[Command]:
-        """Commands adding queues to the set of known queues (once per process)."""
-        new = [name for name in dict.fromkeys(names) if name not in self.known]
-        return [Command(("SADD", self.keys.queues, *new))] if new else []
+    def register(self, names: Sequence[str]) -> list[Call]:
+        """A script call adding queues to the set of known queues (once per process and
+        REREGISTER seconds)."""
+        registered = self.registered()
+        new = [name for name in dict.fromkeys(names) if name not in registered]
+        return [Call(SCRIPTS.register_queues, (self.keys.queues,), new)] if new else []
 
 
 def ms(seconds: float) -> int:
@@ -84,7 +100,7 @@ def send(ctx: Context, messages: Sequence[Outgoing]) -> Plan[list[bool]]:
                 f"task id {m.id!r} is reserved: the Redis broker gives it to bytes pushed into "
                 "a queue by hand. Nothing was sent; choose another id."
             )
-    if len(messages) == 1 and not ctx.cluster and messages[0].queue in ctx.known:
+    if len(messages) == 1 and not ctx.cluster and messages[0].queue in ctx.registered():
         # The common case (one delay()) without the grouping below: one script call.
         m = messages[0]
         reply = yield _send_call(ctx, ctx.keys.queue(m.queue), messages)

@@ -6,6 +6,9 @@
 -- ARGV[2..]    pairs: compact id, fencing token
 -- Returns: the 1-based numbers of the pairs whose lease is lost (held by another token, or
 -- no longer held at all).
+-- A full Redis (maxmemory, noeviction) must not refuse it, or leases lapse under live
+-- workers and their tasks run twice. It overwrites one entry per held message.
+-- @allow-oom
 -- @include clock.lua
 
 local deadline = now_ms() + tonumber(ARGV[1])

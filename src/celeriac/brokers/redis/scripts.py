@@ -24,6 +24,7 @@ from celeriac.errors import BrokerError, LeaseLost
 VERSION = __version__
 
 _INCLUDE = "-- @include "
+_ALLOW_OOM = "-- @allow-oom"
 
 
 class ErrorCode(enum.IntEnum):
@@ -68,11 +69,19 @@ def _read(name: str) -> str:
 
 
 def load(name: str) -> Script:
-    """Load ``<name>.lua`` with its includes inlined and the version line on top."""
+    """Load ``<name>.lua`` with its includes inlined and the version line on top.
+
+    A line ``-- @allow-oom`` makes the script run even when Redis is over ``maxmemory``
+    (the ``#!lua flags=allow-oom`` shebang, which must be the first line): for scripts
+    that only overwrite one small entry per worker, held message or queue, and that a
+    full Redis must not refuse (see heartbeat-2.lua).
+    """
     lines = [f"-- celeriac {VERSION}: {name}"]
     for line in _read(f"{name}.lua").splitlines():
         if line.startswith(_INCLUDE):
             lines.append(_read(f"includes/{line[len(_INCLUDE) :].strip()}"))
+        elif line.strip() == _ALLOW_OOM:
+            lines.insert(0, "#!lua flags=allow-oom")
         else:
             lines.append(line)
     text = "\n".join(lines).encode()
@@ -104,6 +113,7 @@ class Scripts:
         self.join_add = load("join_add-1")
         self.rate_reserve = load("rate_reserve-1")
         self.rate_admit = load("rate_admit-1")
+        self.register_queues = load("register_queues-1")
 
 
 SCRIPTS = Scripts()
