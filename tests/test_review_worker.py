@@ -324,3 +324,22 @@ def test_a_huge_error_is_cut_in_the_log_and_kept_whole_in_the_result(
     with pytest.raises(ValueError) as raised:
         result.get(timeout=5)
     assert str(raised.value) == "x" * 1_000_000
+
+
+def test_a_failing_supervisor_call_is_said_once_in_words(
+    caplog: pytest.LogCaptureFixture, sqlite_url: str
+) -> None:
+    # With the broker down during a warm shutdown, the supervisor logged an ERROR per pass
+    # naming its internals ("_heartbeat failed", "<lambda> failed").
+    from celeriac.errors import BrokerConnectionError
+
+    worker = Worker(Celeriac("quiet", broker=sqlite_url), ["default"], 1)
+
+    def unreachable() -> None:
+        raise BrokerConnectionError("Redis at redis://127.0.0.1:1/0 did not answer")
+
+    for _ in range(5):
+        worker._quietly(unreachable, "send its heartbeat")
+    said = [r.getMessage() for r in caplog.records if "could not" in r.getMessage()]
+    assert len(said) == 1, said
+    assert f"worker {worker.id} could not send its heartbeat (Redis at" in said[0]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import signal
 import socket
@@ -104,6 +105,7 @@ class Worker:
         processes = concurrency if pool == "process" else 1
         self._children = [_ChildState(i, Slot()) for i in range(processes)]
         self._stop_requests = 0
+        self._said_failed: dict[str, float] = {}  # what _quietly said failed, and when
         self._last_renew = self._last_beat = self._last_reap = 0.0
         # At most a second between tries: heartbeats and lease renewals must resume at once
         # when the broker is back, before another worker's reaper takes this one for dead.
@@ -223,7 +225,10 @@ class Worker:
         child.generation += 1
         child.consumer = f"{self.id}/{child.index}.{child.generation}"
         # Alive in the broker before it can hold anything, so no reaper takes its work.
-        self._quietly(functools.partial(self._beat_child, child, 0, self._child_ttl()))
+        self._quietly(
+            functools.partial(self._beat_child, child, 0, self._child_ttl()),
+            "announce a new child",
+        )
         spec = ChildSpec(
             self.id, self.queues, child.index, self.pool, inside, child.consumer, os.getpid()
         )
@@ -351,16 +356,19 @@ class Worker:
         # Release what the child held but had not yet written into its slot (taken by the
         # same call that committed its last task): its heartbeat ends now, and the reaper
         # hands back everything held under its consumer id, at once.
-        self._quietly(functools.partial(self._beat_child, child, pid, 0.0))
+        self._quietly(
+            functools.partial(self._beat_child, child, pid, 0.0), "end a dead child's heartbeat"
+        )
         for held in view.held:
             if killed is not None and held.id == killed[0].id:
                 continue
             # The running task counts as a delivery (a crash); prefetched ones do not.
             lease = Lease(held.id, held.queue, held.token)
-            self._quietly(
-                functools.partial(self.app.broker.requeue, lease, count_delivery=bool(held.started))
+            back = functools.partial(
+                self.app.broker.requeue, lease, count_delivery=bool(held.started)
             )
-        self._quietly(self.app.broker.reap)
+            self._quietly(back, f"put back task {held.task}[{held.id}]")
+        self._quietly(self.app.broker.reap, "hand back what dead workers held")
         running = [h for h in view.held if h.started]
         # A child that stops by itself (recycling, shutdown) leaves nothing started in its
         # slot; one that exits with code 0 in a task was ended by the task (os._exit(0)).
@@ -408,9 +416,13 @@ class Worker:
         self._quietly(
             functools.partial(
                 broker.kv_set, verdict_key(held.id), verdict, self.app.conf.result_expires
-            )
+            ),
+            f"record why task {held.task}[{held.id}] was stopped",
         )
-        self._quietly(functools.partial(broker.requeue, lease, count_delivery=True))
+        self._quietly(
+            functools.partial(broker.requeue, lease, count_delivery=True),
+            f"put back task {held.task}[{held.id}]",
+        )
 
     def _renew_leases(self) -> None:
         leases = [
@@ -515,18 +527,25 @@ class Worker:
         """Heartbeat one child's consumer id; ttl 0 declares it dead at once."""
         self.app.broker.heartbeat(self._child_info(child, pid), ttl)
 
-    def _quietly(self, action: Callable[[], object]) -> None:
+    def _quietly(self, action: Callable[[], object], what: str) -> None:
+        """Run a broker call whose failure must not stop the supervisor; say so once.
+
+        ``what`` names it for a person ("renew the leases of running tasks"). The same
+        failure is said again only after Outage.REPEAT seconds: with the broker down, a
+        line per pass (several a second) buried everything else.
+        """
         try:
             action()
         except BrokerError as exc:
-            name = getattr(action, "__name__", None) or getattr(
-                getattr(action, "func", None), "__name__", "a broker call"
-            )
+            now = time.monotonic()
+            if now - self._said_failed.get(what, -math.inf) < Outage.REPEAT:
+                return
+            self._said_failed[what] = now
             log.error(
-                "worker %s: %s failed (%s); it is retried on the next pass, and any message "
-                "it was settling is delivered again when its lease expires",
+                "worker %s could not %s (%s); it is tried again on the next pass, and any "
+                "message it was settling is delivered again when its lease expires",
                 self.id,
-                name,
+                what,
                 exc,
             )
 
@@ -544,8 +563,14 @@ class Worker:
             self._tick_shutdown()
             time.sleep(_TICK)
         for child in self._children:
-            self._quietly(functools.partial(self.app.broker.forget_worker, child.consumer))
-        self._quietly(lambda: self.app.broker.forget_worker(self.id))
+            self._quietly(
+                functools.partial(self.app.broker.forget_worker, child.consumer),
+                "remove a child from the live workers",
+            )
+        self._quietly(
+            functools.partial(self.app.broker.forget_worker, self.id),
+            "remove this worker from the live workers",
+        )
         log.info("worker %s stopped", self.id)
 
     def _tick_shutdown(self) -> None:
@@ -558,13 +583,13 @@ class Worker:
                 # the shutdown hostage.
                 self._enforce_limits(child, view, now)
         self._reap_children()
-        self._quietly(self.remote.poll)
+        self._quietly(self.remote.poll, "read remote-control messages")
         # Running tasks are still ours while they finish: keep their children alive too.
         if now - self._last_beat >= conf.worker_heartbeat_seconds:
-            self._quietly(self._heartbeat)
+            self._quietly(self._heartbeat, "send its heartbeat")
             self._last_beat = now
         if now - self._last_renew >= conf.worker_lease_seconds / 3:
-            self._quietly(self._renew_leases)
+            self._quietly(self._renew_leases, "renew the leases of running tasks")
             self._last_renew = now
 
 
