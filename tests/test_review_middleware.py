@@ -284,3 +284,24 @@ def test_revoke_and_broadcast_refuse_what_workers_could_not_read(mw_app: Celeria
     with pytest.raises(TypeError, match="got 'ping', 5"):
         broadcast(mw_app, "ping", target=5)  # type: ignore[arg-type]
     assert mw_app.broker.stream_read(REVOKES, 0, 10) == []
+
+
+def test_events_the_broker_refuses_are_dropped_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A flush the broker refused (down, or a full Redis) raised into the worker's hook
+    # runner: a full traceback at every flush, 132 in 15 s at maxmemory.
+    from celeriac.brokers.base import Delivery, Lease
+    from celeriac.middleware.base import Job, Outcome
+    from celeriac.middleware.events import Events
+    from tests.redis_server import free_port
+
+    down = Celeriac("events-down", broker=f"redis://127.0.0.1:{free_port()}/0")
+    events = Events()
+    for i in range(3):
+        job = Job(Delivery(Lease(f"t{i}", "q", "1"), b"", 1), "w", app=down)
+        events.after_settle(job, Outcome("SUCCESS"), committed=True)
+        events.on_idle()  # raises nothing
+    said = [r.getMessage() for r in caplog.records if "events not written" in r.getMessage()]
+    assert len(said) == 1 and "tasks are not affected" in said[0], said
+    down.broker.close()

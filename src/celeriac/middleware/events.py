@@ -12,17 +12,22 @@ stream hold gigabytes. The result keeps the whole error.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
 import msgspec
 
+from celeriac.errors import BrokerError
 from celeriac.middleware.base import Job, Middleware, Outcome
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
 
+log = logging.getLogger("celeriac.worker")
+
 STREAM = "events"
+_SAY_AGAIN = 30.0  # seconds between two warnings about events the broker refused
 DETAIL_CHARS = 500  # an event names what happened; the result holds the whole error
 _NAMES = {
     "SUCCESS": "succeeded",
@@ -55,6 +60,8 @@ class Events(Middleware):
         self._buffer: list[bytes] = []
         self._flushed = time.monotonic()
         self._app: Celeriac | None = None
+        self._dropped = 0  # events the broker refused since it last took a batch
+        self._said_at = -_SAY_AGAIN  # when that was last logged
 
     def _add(self, job: Job, kind: str, runtime: float | None = None, detail: str = "") -> None:
         # The worker's app, there even for a task it does not know or could not decode:
@@ -89,8 +96,29 @@ class Events(Middleware):
         self._add(job, _NAMES.get(outcome.state, outcome.state.lower()), outcome.runtime, detail)
 
     def on_idle(self) -> None:
-        """Write buffered events to the broker."""
+        """Write buffered events to the broker.
+
+        Events are for monitoring: a batch the broker refuses (down, or a full Redis) is
+        dropped, said once per outage and every 30 s. It raised into the worker's hook
+        runner, which logged a full traceback at every flush (132 in 15 s at maxmemory).
+        """
         self._flushed = time.monotonic()
         if self._buffer and self._app is not None:
             batch, self._buffer = self._buffer, []
-            self._app.broker.stream_append(STREAM, batch, self.max_length)
+            try:
+                self._app.broker.stream_append(STREAM, batch, self.max_length)
+            except BrokerError as exc:
+                self._dropped += len(batch)
+                now = time.monotonic()
+                if now - self._said_at >= _SAY_AGAIN:
+                    self._said_at = now
+                    log.warning(
+                        "task events not written (%d dropped so far; the tasks are not "
+                        "affected): %s",
+                        self._dropped,
+                        exc,
+                    )
+            else:
+                if self._dropped:
+                    log.info("task events are written again (%d were dropped)", self._dropped)
+                    self._dropped, self._said_at = 0, -_SAY_AGAIN
