@@ -167,6 +167,10 @@ class GroupResult:
         3
         >>> g.get(timeout=1), g.completed_count()
         ([0, 2, 4], 3)
+        >>> later = group(double.s(i) for i in range(2)).apply_async()
+        >>> later.revoke()
+        >>> run_queued(app), later.results[0].state
+        (2, 'REVOKED')
     """
 
     __slots__ = ("app", "id", "results")
@@ -221,20 +225,7 @@ class GroupResult:
 
     def revoke(self, terminate: bool = False) -> None:
         """Revoke every member (of nested groups too) in one broker call; with
-        ``terminate``, running members are stopped as well.
-
-        Example:
-            >>> from celeriac import Celeriac
-            >>> from celeriac.canvas import group
-            >>> from celeriac.testing import run_queued
-            >>> app = Celeriac("doc", broker="memory://")
-            >>> @app.task
-            ... def double(x: int) -> int:
-            ...     return 2 * x
-            >>> g = group(double.s(i) for i in range(3)).apply_async()
-            >>> g.revoke()
-            >>> run_queued(app), g.results[0].state
-            (3, 'REVOKED')
+        ``terminate``, running members are stopped as well (example: the class's).
         """
         from celeriac.control import revoke_many
 

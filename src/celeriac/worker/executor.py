@@ -248,7 +248,7 @@ class Executor:
             "task %s is not registered in this worker; putting it back for %gs so a worker "
             "that knows it can take it (dead-lettered after %gs). Deploy the code that defines "
             "it, or purge the queue.",
-            _for_log(job.label),
+            job.label,
             conf.task_unknown_retry_delay,
             conf.task_unknown_max_age,
         )
@@ -553,7 +553,7 @@ class Executor:
         return self.app.broker.dead_letter(delivery.lease, letter, encode_result(record))
 
     def _log(self, job: Job, outcome: Outcome, committed: bool) -> None:
-        label = _for_log(job.label)  # the name and id are the sender's text
+        label = job.label  # escaped already: the name and id are the sender's text
         if not committed:
             log.warning(
                 "task %s: lease lost before settling (%s); another worker owns it "
