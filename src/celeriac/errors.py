@@ -8,6 +8,7 @@
     │   ├── SerializationError      an argument or result is not serializable
     │   ├── PayloadTooLarge         refused at enqueue: the message is over the hard size
     │   └── MalformedMessage        bytes in the broker that are not a celeriac message
+    │       └── NewerProtocol       a message of a protocol version this worker cannot read
     ├── BrokerError                 the broker failed (translated from driver errors)
     │   ├── BrokerConnectionError   the broker cannot be reached
     │   └── LeaseLost               a worker tried to settle a message it no longer holds
@@ -60,6 +61,24 @@ class PayloadTooLarge(MessageError):
 
 class MalformedMessage(MessageError):
     """Bytes in the broker that are not a message this worker can read."""
+
+
+class NewerProtocol(MalformedMessage):
+    """A message of a newer protocol version than this worker reads (a newer producer's).
+
+    A worker puts it back for an upgraded worker, as it does for a task it does not know,
+    so it carries what it could read of the message.
+
+    Example:
+        >>> exc = NewerProtocol("task t[a] uses message protocol v2", task="t", sent_at=5.0)
+        >>> exc.task, exc.sent_at
+        ('t', 5.0)
+    """
+
+    def __init__(self, text: str, *, task: str = "?", sent_at: float = 0.0) -> None:
+        super().__init__(text)
+        self.task = task  # the name as sent ("?" when unreadable)
+        self.sent_at = sent_at  # 0.0 when the message did not say (or not as a number)
 
 
 class BrokerError(CeleriacError):

@@ -6,8 +6,10 @@ Compatibility rules, so old and new code can run side by side during a deploy:
   crash an older worker, and encoding writes them back: a retry or a rate-limit deferral
   by an older worker passes them on to the newer worker that runs the message next (they
   were dropped there). New fields are always optional with a default.
-* ``v`` is the protocol version. A worker refuses (dead-letters) a message whose major
-  version is newer than :data:`PROTOCOL_VERSION`; additive changes do not bump it.
+* ``v`` is the protocol version. A worker does not run a message whose major version is
+  newer than :data:`PROTOCOL_VERSION` (:class:`~celeriac.errors.NewerProtocol`): it puts it
+  back for an upgraded worker, then dead-letters it with advice after
+  ``task_unknown_max_age``, as for a task it does not know. Additive changes do not bump it.
 * Field names are short because every queued message sits in broker memory; each is
   spelled out in the comment beside it.
 
@@ -21,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from celeriac.errors import MalformedMessage, SerializationError
+from celeriac.errors import MalformedMessage, NewerProtocol, SerializationError
 
 PROTOCOL_VERSION = 1
 
@@ -217,9 +219,14 @@ def with_unknown_fields(fields: Any, refused: msgspec.ValidationError, raw: byte
         version = fields.get("v")
         if isinstance(version, int) and version > PROTOCOL_VERSION:
             # A newer version changed a field this one reads: say what it is, not "not a
-            # celeriac message".
-            raise MalformedMessage(
-                _newer(fields.get("task"), fields.get("id"), version)
+            # celeriac message", with what this version can still read of it.
+            task, sent_at = fields.get("task"), fields.get("sent_at")
+            if sent_at.__class__ not in (int, float):  # bool, text, a newer shape: unknown
+                sent_at = 0.0
+            raise NewerProtocol(
+                _newer(task, fields.get("id"), version),
+                task=task if isinstance(task, str) else "?",
+                sent_at=float(sent_at),
             ) from refused
     raise _not_a_message(refused, raw) from refused
 
@@ -232,10 +239,10 @@ def check_version(message: Message) -> Message:
     """Return ``message`` if this worker can read its protocol version, else refuse it.
 
     Every format (JSON, msgpack, pickle) passes through here after decoding, so a message
-    from a newer producer is dead-lettered with advice whatever format carried it.
+    from a newer producer is refused with advice whatever format carried it.
 
     Raises:
-        MalformedMessage: ``message.v`` is newer than :data:`PROTOCOL_VERSION`.
+        NewerProtocol: ``message.v`` is newer than :data:`PROTOCOL_VERSION`.
 
     Example:
         >>> check_version(Message(id="a", task="t")).v
@@ -243,10 +250,14 @@ def check_version(message: Message) -> Message:
         >>> check_version(Message(id="a", task="t", v=PROTOCOL_VERSION + 1))
         Traceback (most recent call last):
         ...
-        celeriac.errors.MalformedMessage: task t[a] uses message protocol v2; this worker ...
+        celeriac.errors.NewerProtocol: task t[a] uses message protocol v2; this worker ...
     """
     if message.v > PROTOCOL_VERSION:
-        raise MalformedMessage(_newer(message.task, message.id, message.v))
+        raise NewerProtocol(
+            _newer(message.task, message.id, message.v),
+            task=message.task,
+            sent_at=message.sent_at,
+        )
     return message
 
 

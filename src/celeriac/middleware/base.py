@@ -52,7 +52,7 @@ class Outcome:
     error: ErrorInfo | None = None
     exception: BaseException | None = None
     delay: float | None = 0.0  # RETRY and DEFERRED: seconds until due (None: policy's)
-    body: bytes | None = None  # RETRY: the message to store instead
+    body: bytes | None = None  # RETRY and DEFERRED: the message to store instead
     reason: str = ""  # DEAD: why
     runtime: float = 0.0
     store_result: bool = True

@@ -1,9 +1,9 @@
 """The executor: one delivery in, one settled message out. Every pool uses it.
 
-Steps: read the message (malformed → dead letter), find the task (unknown → deferred for a
-worker that knows it), check the delivery count (too many → dead letter), run the
-middleware and the function, and settle with the broker — ack with the result in one
-fenced step, requeue, or dead-letter.
+Steps: read the message (malformed → dead letter; a newer protocol → deferred for an
+upgraded worker), find the task (unknown → deferred for a worker that knows it), check the
+delivery count (too many → dead letter), run the middleware and the function, and settle
+with the broker — ack with the result in one fenced step, requeue, or dead-letter.
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 from celeriac import crashpoints
 from celeriac.brokers.base import DeadLetter, Delivery
 from celeriac.codec import UntrustedMessage
-from celeriac.errors import MalformedMessage, PayloadTooLarge, Reject, Retry, SerializationError
+from celeriac.errors import (
+    MalformedMessage,
+    NewerProtocol,
+    PayloadTooLarge,
+    Reject,
+    Retry,
+    SerializationError,
+)
 from celeriac.message import (
     ErrorInfo,
     ResultRecord,
@@ -201,6 +208,8 @@ class Executor:
             message = job.message = self.app.codec.decode(delivery.body)
         except UntrustedMessage as exc:
             return Outcome("DEAD", reason=f"refused: {exc}")
+        except NewerProtocol as exc:
+            return self._newer(job, exc)
         except MalformedMessage as exc:
             return Outcome("DEAD", reason=f"malformed message: {exc}")
         except RecursionError:
@@ -234,8 +243,13 @@ class Executor:
         message = job.message
         assert message is not None
         conf = self.app.conf
+        if not message.sent_at and conf.task_unknown_max_age > 0:
+            # No send time (a message built by hand or by another language's producer):
+            # its age could never reach task_unknown_max_age, so it would be put back
+            # for ever. Its age counts from now, written into the message it is put back as.
+            return self._defer_unknown(job, stamped=self._stamped(job))
         # max: sent_at is rounded, and a producer's clock may run ahead of this host's.
-        age = max(time.time() - message.sent_at, 0.0) if message.sent_at else 0.0
+        age = max(time.time() - message.sent_at, 0.0)
         if age >= conf.task_unknown_max_age:  # 0: dead-letter at once
             return Outcome(
                 "DEAD",
@@ -244,6 +258,20 @@ class Executor:
                     f"task_unknown_max_age={conf.task_unknown_max_age:g}s"
                 ),
             )
+        return self._defer_unknown(job, stamped=None)
+
+    def _stamped(self, job: Job) -> bytes | None:
+        """The message with ``sent_at`` set to now, encoded; None when it cannot be."""
+        message = job.message
+        assert message is not None
+        message.sent_at = time.time()
+        try:
+            return self.app.codec.encode(message)
+        except Exception:  # noqa: BLE001 - it was just decoded; put back as it came
+            return None
+
+    def _defer_unknown(self, job: Job, stamped: bytes | None) -> Outcome:
+        conf = self.app.conf
         log.warning(
             "task %s is not registered in this worker; putting it back for %gs so a worker "
             "that knows it can take it (dead-lettered after %gs). Deploy the code that defines "
@@ -252,7 +280,33 @@ class Executor:
             conf.task_unknown_retry_delay,
             conf.task_unknown_max_age,
         )
-        return Outcome("DEFERRED", delay=conf.task_unknown_retry_delay, reason="unknown task")
+        return Outcome(
+            "DEFERRED", delay=conf.task_unknown_retry_delay, reason="unknown task", body=stamped
+        )
+
+    def _newer(self, job: Job, exc: NewerProtocol) -> Outcome:
+        """A newer producer's message: put back unchanged for an upgraded worker, as an
+        unknown task is (a rolling deploy that upgrades producers first loses nothing), and
+        dead-lettered with the advice once no upgraded worker took it in time."""
+        conf = self.app.conf
+        age = max(time.time() - exc.sent_at, 0.0)
+        if not exc.sent_at or age >= conf.task_unknown_max_age:
+            # No send time to count from: its bytes cannot be rewritten by this version.
+            waited = (
+                f"; no upgraded worker took it within task_unknown_max_age="
+                f"{conf.task_unknown_max_age:g}s"
+                if exc.sent_at
+                else ""
+            )
+            return Outcome("DEAD", reason=f"malformed message: {exc}{waited}")
+        log.warning(
+            "%s Putting it back for %gs so an upgraded worker can take it (dead-lettered "
+            "after %gs).",
+            printable(str(exc)),
+            conf.task_unknown_retry_delay,
+            conf.task_unknown_max_age,
+        )
+        return Outcome("DEFERRED", delay=conf.task_unknown_retry_delay, reason="newer protocol")
 
     # -- running ------------------------------------------------------------------------
 
