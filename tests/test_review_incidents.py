@@ -78,6 +78,25 @@ def test_a_full_redis_keeps_renewing_leases_and_heartbeats(private_redis: RedisS
         raw.close()
 
 
+def test_a_full_redis_still_hands_out_delayed_tasks_that_came_due(
+    private_redis: RedisServer,
+) -> None:
+    """Fetch moved a due delayed task (a retry, a countdown) with RPUSH first: a full Redis
+    refused that first write, so every fetch of the queue failed until memory was freed,
+    and no task could be taken to drain it."""
+    broker = app.broker
+    raw = redis.Redis(port=private_redis.port)
+    try:
+        echo.apply_async((1,), countdown=0.2)
+        time.sleep(0.3)
+        fill_up(raw)
+        [taken] = broker.fetch(["default"], "w1", limit=1, lease_seconds=30, timeout=1)
+        assert taken.body and broker.complete(taken.lease, None, 60)
+    finally:
+        raw.config_set("maxmemory", 0)
+        raw.close()
+
+
 def test_a_redis_restarted_empty_shows_the_queues_sent_to_after_it(
     private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

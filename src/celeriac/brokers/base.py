@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import enum
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -127,6 +128,37 @@ class DeadLetter:
     deliveries: int
     error: str
     dead_at: float
+
+
+class LeaseLoss(enum.Enum):
+    """Why a settling call found its lease lost (:meth:`Broker.lease_loss`), in the words
+    of the worker's log line: what became of the message, and what that means."""
+
+    LAPSED = (
+        "its lease lapsed and the broker handed the message out again (to its queue or to "
+        "another worker); whichever worker settles it decides its outcome"
+    )
+    TAKEN = (
+        "another worker took it after this worker's lease lapsed (the task outran its "
+        "lease while renewals failed, or this worker was frozen); that worker's outcome "
+        "stands"
+    )
+    REQUEUED = "the message is back in its queue and no worker holds it; it will run again"
+    FINISHED = (
+        "another worker took it after this worker's lease lapsed and finished it; that "
+        "worker's outcome stands"
+    )
+    GONE = (
+        "the broker no longer holds it: another worker finished it after this worker's "
+        "lease lapsed, or it was purged, or the broker lost it. If no result is stored, "
+        "send the task again"
+    )
+    VANISHED = (
+        "the broker no longer holds this message and never handed it out again: it lost "
+        "its data (Redis restarted without persistence, was flushed, or failed over to a "
+        "replica that had not received it) or its keys were deleted. Its result was not "
+        "stored and it will not run again unless it is sent again"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +298,14 @@ class Broker(abc.ABC):
 
         Returns False when the lease was lost.
         """
+
+    def lease_loss(self, lease: Lease) -> LeaseLoss:
+        """Why a settling call with ``lease`` just returned False, for the worker's log.
+
+        Only read after the fact, never part of the fenced call, so a broker that cannot
+        tell (or cannot be reached now) says :attr:`LeaseLoss.LAPSED`; never raises.
+        """
+        return LeaseLoss.LAPSED
 
     @abc.abstractmethod
     def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:

@@ -20,6 +20,7 @@ from celeriac.brokers.base import (
     DeadLetter,
     Delivery,
     Lease,
+    LeaseLoss,
     Outgoing,
     QueueStats,
     Renew,
@@ -243,6 +244,14 @@ class MemoryBroker(Broker):
                 self._results[lease.id] = (result, True, time.time() + 86_400 * 7)
             self._lock.notify_all()
             return True
+
+    def lease_loss(self, lease: Lease) -> LeaseLoss:
+        """Why a settling call with ``lease`` found it lost."""
+        with self._lock:
+            entry = self._entries.get(lease.id)
+            if entry is not None:
+                return LeaseLoss.REQUEUED if entry.token is None else LeaseLoss.TAKEN
+            return LeaseLoss.FINISHED if self._is_final(lease.id, time.time()) else LeaseLoss.GONE
 
     def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
         """Extend held leases; return the ids that were lost."""

@@ -23,6 +23,7 @@ from celeriac import crashpoints
 from celeriac.brokers.base import DeadLetter, Delivery
 from celeriac.codec import UntrustedMessage
 from celeriac.errors import (
+    BrokerError,
     MalformedMessage,
     NewerProtocol,
     PayloadTooLarge,
@@ -154,6 +155,7 @@ class Executor:
         self.soft_limit = soft_limit
         self.contain_exits = contain_exits
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._retry_state_said = -math.inf  # when a RETRY state not stored was last said
 
     # -- preparing ----------------------------------------------------------------------
 
@@ -567,9 +569,26 @@ class Executor:
                 error=error_info(outcome.exception) if outcome.exception else None,
                 worker=self.worker_id,
             )
-            self.app.broker.store_result(
-                message.id, encode_result(record), self.app.conf.result_expires
-            )
+            try:
+                self.app.broker.store_result(
+                    message.id, encode_result(record), self.app.conf.result_expires
+                )
+            except BrokerError as exc:
+                # The retry is queued: only the state a get() reads meanwhile is missing.
+                # Raised, the settle was tried again, found its lease gone (the requeue
+                # had committed) and logged "lease lost" for every retry (a full Redis).
+                # Said once per RETRY_STATE_REPEAT seconds, not once per retry.
+                now = time.monotonic()
+                if now - self._retry_state_said >= RETRY_STATE_REPEAT:
+                    self._retry_state_said = now
+                    log.warning(
+                        "task %s: retry queued, but its RETRY state was not stored (%s); "
+                        "AsyncResult.state reads the previous one until the retry runs. "
+                        "Said once per %.0fs for every task it happens to.",
+                        job.label,
+                        _for_log(str(exc)),
+                        RETRY_STATE_REPEAT,
+                    )
         return committed
 
     def _dead_letter(self, job: Job, outcome: Outcome) -> bool:
@@ -610,10 +629,10 @@ class Executor:
         label = job.label  # escaped already: the name and id are the sender's text
         if not committed:
             log.warning(
-                "task %s: lease lost before settling (%s); another worker owns it "
-                "now, so this outcome was discarded",
+                "task %s: lease lost before settling (%s), so this outcome was discarded: %s",
                 label,
                 outcome.state,
+                self.app.broker.lease_loss(job.delivery.lease).value,
             )
             return
         # No run time for an outcome decided without running the task here (a verdict of
@@ -689,6 +708,7 @@ def _current_id() -> str:
     return request.id if request else "?"
 
 
+RETRY_STATE_REPEAT = 30.0  # seconds between two lines saying a RETRY state was not stored
 LOG_TEXT_CHARS = 2000  # of an error in a log line; the stored result keeps all of it
 
 

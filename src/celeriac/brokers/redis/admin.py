@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from celeriac.brokers.base import DeadLetter, Lease, QueueStats, Renew, replayed
+from celeriac.brokers.base import DeadLetter, Lease, LeaseLoss, QueueStats, Renew, replayed
 from celeriac.brokers.redis.keys import compact
 from celeriac.brokers.redis.ops import (
     Context,
@@ -150,6 +150,38 @@ def dead_letter(ctx: Context, lease: Lease, letter: DeadLetter, result: bytes | 
     if committed:
         yield from after_commit(ctx, q, cid, ms(DEAD_RESULT_TTL), result)
     return committed
+
+
+def lease_loss(ctx: Context, lease: Lease) -> Plan[LeaseLoss]:
+    """Why a fenced script just refused ``lease``: read after the fact (never part of the
+    fenced step), so the answer describes the message as it is now.
+
+    Held under another token: another worker has it. Not held but still in the id index:
+    waiting in its queue again. Neither, with a final result stored: another worker
+    finished it. Neither, without one, while the queue's token counter is behind the
+    lease's token: Redis lost the writes that made the token (the counter only grows), so
+    a restart without persistence, a flush or a failover took the message with them. A
+    counter that climbed past the token again since (a young queue) reads as GONE, whose
+    words include that case.
+    """
+    q, cid = ctx.keys.queue(lease.queue), compact(lease.id)
+    held, indexed, seq, result = yield Batch(
+        [
+            Command(("HEXISTS", q.held, cid)),
+            Command(("HEXISTS", q.bucket(cid), cid)),
+            Command(("GET", q.seq)),
+            Command(("GETRANGE", ctx.keys.result(lease.id), 0, 0)),
+        ]
+    )
+    if held:
+        return LeaseLoss.TAKEN
+    if indexed:
+        return LeaseLoss.REQUEUED
+    if result == b"F":
+        return LeaseLoss.FINISHED
+    if lease.token.isdigit() and int(seq or 0) < int(lease.token):
+        return LeaseLoss.VANISHED
+    return LeaseLoss.GONE
 
 
 def _letters(ctx: Context, names: Sequence[str], limit: int) -> Plan[list[list[DeadLetter]]]:

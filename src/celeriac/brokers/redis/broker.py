@@ -63,6 +63,7 @@ from celeriac.brokers.base import (
     DeadLetter,
     Delivery,
     Lease,
+    LeaseLoss,
     Outgoing,
     QueueStats,
     Renew,
@@ -73,6 +74,7 @@ from celeriac.brokers.redis.connection import AsyncClients, RedisURL
 from celeriac.brokers.redis.driver import AsyncDriver, SyncDriver
 from celeriac.brokers.redis.keys import Keyspace
 from celeriac.brokers.redis.steps import Plan
+from celeriac.errors import BrokerError
 
 T = TypeVar("T")
 
@@ -239,6 +241,13 @@ class RedisBroker(Broker):
         return self._run(
             admin.dead_letter(self._ctx, lease, letter, result), f"dead-letter task {lease.id}"
         )
+
+    def lease_loss(self, lease: Lease) -> LeaseLoss:
+        """Why a settling call with ``lease`` found it lost (see :func:`.admin.lease_loss`)."""
+        try:
+            return self._run(admin.lease_loss(self._ctx, lease), f"look up task {lease.id}")
+        except BrokerError:  # only for a log line: it must not fail the settle after it
+            return LeaseLoss.LAPSED
 
     def renew(self, leases: Sequence[Lease], lease_seconds: float) -> list[str]:
         """Extend leases; return the ids no longer held."""

@@ -75,14 +75,17 @@ end
 
 -- Move every delayed entry that came due to the tail of its ready list, a batch at a
 -- time: all of them, so a due high-priority entry is never left behind lower ones.
+-- ZREM before RPUSH: a full Redis (maxmemory, noeviction) refuses a script whose first
+-- write may grow memory, and a fetch with a due entry was refused until memory was freed;
+-- a ZREM first makes the move, which grows nothing, a write Redis lets finish.
 local function promote(q, now)
   repeat
     local due = redis.call('ZRANGEBYSCORE', q.delayed, '-inf', now, 'LIMIT', 0, BATCH)
+    if #due > 0 then redis.call('ZREM', q.delayed, unpack(due)) end
     for _, entry in ipairs(due) do
       local _, priority = unpack_entry(entry)
       redis.call('RPUSH', ready_key(q, priority or 0), entry)
     end
-    if #due > 0 then redis.call('ZREM', q.delayed, unpack(due)) end
   until #due < BATCH
 end
 
