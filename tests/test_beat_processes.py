@@ -42,11 +42,12 @@ class Schedulers:
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, broker_url: str | None = None) -> subprocess.Popen[bytes]:
+        """Start one; ``broker_url`` when it differs from the others' (a proxy's)."""
         log = self.ledger.path.with_name(f"beat-{len(self.started)}.log")
         env = {
             **os.environ,
-            "CELERIAC_BROKER_URL": self.broker_url,
+            "CELERIAC_BROKER_URL": broker_url or self.broker_url,
             "CELERIAC_TEST_LEDGER": str(self.ledger.path),
             "PYTHONPATH": str(ROOT),
         }
@@ -75,10 +76,19 @@ class Schedulers:
         proc.send_signal(signal.SIGTERM)
         return proc.wait(timeout=20)
 
+    def text(self) -> str:
+        """Every scheduler's whole log."""
+        return "\n".join(p.read_text() for p in self.logs)
+
+    def all_logs(self) -> str:
+        """The end of each log, for an assertion's message."""
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-6000:]}" for p in self.logs)
+
     def kill_all(self) -> None:
         for proc in self.started:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGCONT)  # a test may have paused it
                     os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
 

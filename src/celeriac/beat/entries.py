@@ -429,8 +429,26 @@ class BeatStore:
             (True, False)
         """
         return self.app.broker.kv_set(
-            claim_key(name, tick), f"claimed {owner}".encode(), ttl, only_if_absent=True
+            claim_key(name, tick), _claimed(owner), ttl, only_if_absent=True
         )
+
+    def reclaim(self, name: str, tick: float, owner: str, ttl: float) -> bool:
+        """True when ``owner`` holds the claim of a tick: still, or again if it had lapsed.
+
+        For a claimer that stalled past its claim's TTL: another scheduler may have taken
+        the tick over meanwhile (the claim then says so, or ``sent``).
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> s = BeatStore(Celeriac("doc", broker="memory://"))
+            >>> s.claim("a", 60.0, "me", 5), s.reclaim("a", 60.0, "me", 5)
+            (True, True)
+            >>> s.reclaim("a", 60.0, "you", 5)
+            False
+        """
+        if self.claim_value(name, tick) == _claimed(owner):
+            return True
+        return self.claim(name, tick, owner, ttl)
 
     def claim_value(self, name: str, tick: float) -> bytes | None:
         """What the claim of a tick says now (``claimed ...``, ``sent ...``) or None.
@@ -452,6 +470,10 @@ class BeatStore:
             b'sent t1'
         """
         self.app.broker.kv_set(claim_key(name, tick), f"sent {task_id}".encode(), max(ttl, 1.0))
+
+
+def _claimed(owner: str) -> bytes:
+    return f"claimed {owner}".encode()
 
 
 def grace(interval: float, missed_after: float) -> float:

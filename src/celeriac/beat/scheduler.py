@@ -10,11 +10,17 @@ How one tick is sent (entry ``E``, fire time ``T``):
    next tick is due), then turns the claim into a lasting ``sent <task id>`` mark and
    records the entry's state (last tick, task id, next run).
 4. The losers look at the claim: ``sent`` — done; ``claimed`` and not confirmed — they look
-   again when its TTL lapses and, if the winner died between claim and send, take the tick
-   over. Sending the same deterministic id twice is a no-op in every broker, so even a
-   takeover of a tick that *was* sent creates no second task while it is queued, running
-   or has a stored result. After that, the worker's tick fence
-   (:mod:`celeriac.middleware.ticks`) skips the second copy.
+   again just after its TTL lapses (counted from their own failed claim, which came after
+   the winner's) and, if the winner died between claim and send, take the tick over.
+   Sending the same deterministic id twice is a no-op in every broker, so even a takeover
+   of a tick that *was* sent creates no second task while it is queued, running or has a
+   stored result. After that, the worker's tick fence (:mod:`celeriac.middleware.ticks`)
+   skips the second copy.
+5. A winner whose claim took longer than the claim's TTL (this process was paused, the
+   broker did not answer) checks before sending that the claim is still its own: another
+   scheduler may have taken the tick over meanwhile. A tick whose successor is already due
+   is not sent at all (only the latest tick ever is), and a send that stalled does not
+   write an older last tick over the newer one another scheduler recorded meanwhile.
 
 Missed ticks (every scheduler was down at ``T``): only the latest fire time is ever
 considered, so recovery never bursts. A tick more than its grace late (half the interval,
@@ -28,6 +34,7 @@ import contextlib
 import logging
 import math
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -52,6 +59,7 @@ log = logging.getLogger("celeriac.beat")
 
 _SENT_MARK_MARGIN = 300.0  # seconds a "sent" mark outlives its tick: covers clock skew
 _MAX_CLAIM = 30.0  # seconds; a claimer that died is taken over within this at most
+_LAPSE_MARGIN = 0.05  # seconds past a claim's TTL to look again: the broker expires it by then
 
 
 class Scheduler:
@@ -85,13 +93,19 @@ class Scheduler:
         self.app = app
         self.clock = clock
         self.ident = ident or f"{socket.gethostname()}:{os.getpid()}"
+        # Claims carry a token of this instance: "is this claim still mine?" must not be
+        # answered yes for another process that happens to have the same ident.
+        self._claim_owner = f"{self.ident} {secrets.token_hex(4)}"
         self.parent_pid = parent_pid
         self._stopping = threading.Event()
         self._done: dict[str, float] = {}  # entry -> latest tick settled by this scheduler
-        self._contended: dict[str, float] = {}  # entry -> tick claimed by another, unconfirmed
+        # entry -> (tick claimed by another and unconfirmed, when its claim lapses at the latest)
+        self._contended: dict[str, tuple[float, float]] = {}
         self._known: dict[str, tuple[Entry | None, bool]] | None = None
         self._registered: set[str] = set()  # names this process put in the index
         self._broker_down = False
+        self._due_at: float | None = None  # when the current pass should have started
+        self._late = 0.0  # how late this pass read the entries: a stalled broker or process
 
     # -- running ---------------------------------------------------------------------------
 
@@ -156,6 +170,11 @@ class Scheduler:
             >>> 0 < Scheduler(Celeriac("doc", broker="memory://"), clock=lambda: 0.5).step() <= 1
             True
         """
+        wait = self._pass()
+        self._due_at = self.clock() + wait
+        return wait
+
+    def _pass(self) -> float:
         interval = self.app.conf.beat_max_interval
         try:
             loaded = self.app.beat.load()
@@ -167,6 +186,9 @@ class Scheduler:
         # The time is read after the broker answered, and again for each entry: a read that
         # stalled (a slow broker, a paused VM) must not make a stale tick look on time.
         now = self.clock()
+        # A pass that got here late (the broker did not answer, this process was paused)
+        # says so when it finds ticks that were not sent.
+        self._late = max(now - self._due_at, 0.0) if self._due_at is not None else 0.0
         wake = now + interval
         self._note_changes(loaded, now)
         for item in loaded.values():
@@ -198,27 +220,70 @@ class Scheduler:
             return upcoming
         following = schedule.next_after(tick)
         late = now - tick
-        if late > grace(following - tick, self.app.conf.beat_missed_after) and (
-            self._contended.get(name) != tick  # a claimed tick is not missed: take it over
+        on_time = grace(following - tick, self.app.conf.beat_missed_after)
+        unsent = self._unsent_before(name, schedule, state, tick, baseline)
+        if late > on_time and (
+            self._contended.get(name, (None,))[0] != tick  # a claimed tick is not missed
         ):
+            span = _span(name, schedule, tick if unsent is None else unsent[0], tick, now)
+            why = self._why_unsent(on_time)
             if entry.missed == "skip" or state.schedule != schedule.describe():
-                log.info(
-                    "beat: missed the tick of %s for %s (no scheduler sent it within %s of "
-                    "it); policy skip: next at %s",
-                    name,
-                    _at(schedule, tick, now),
-                    format_seconds(grace(following - tick, self.app.conf.beat_missed_after)),
+                log.log(
+                    logging.WARNING if self._late > on_time else logging.INFO,
+                    "beat: missed %s (%s); policy skip: next at %s",
+                    span,
+                    why,
                     _at(schedule, upcoming, now),
                 )
                 self._done[name] = tick
                 return upcoming
             log.info(
-                "beat: missed ticks of %s while no scheduler ran; policy run_once: sending "
-                "the latest (%s) once",
-                name,
+                "beat: missed %s (%s); policy run_once: sending the latest (%s) once",
+                span,
+                why,
+                _at(schedule, tick, now),
+            )
+        elif unsent is not None:
+            log.log(
+                logging.WARNING if self._late > on_time else logging.INFO,
+                "beat: %s not sent (%s); only the latest tick is sent (%s)",
+                _span(name, schedule, unsent[0], unsent[1], now, verb=True),
+                self._why_unsent(on_time),
                 _at(schedule, tick, now),
             )
         return self._claim_and_send(item, entry, state, tick=tick, following=following, now=now)
+
+    def _unsent_before(
+        self, name: str, schedule: Schedule, state: EntryState, tick: float, baseline: float
+    ) -> tuple[float, float] | None:
+        """The first and last fire times before ``tick`` that no scheduler sent, if any.
+
+        Only for a log line that tells a person ticks were lost (to a broker that did not
+        answer, or to no scheduler running); the previous tick's mark is read to be sure.
+        """
+        sent = -math.inf if state.last_tick is None else state.last_tick
+        settled = max(sent, self._done.get(name, -math.inf))
+        if not math.isfinite(settled):
+            return None  # never sent: nothing to compare with
+        first = schedule.next_after(max(settled, baseline))
+        if first >= tick:
+            return None
+        last = schedule.latest(tick - 0.001)
+        mark = self.app.beat.store.claim_value(name, last)
+        if mark is not None and mark.startswith(b"sent "):
+            return None  # sent by a scheduler whose state write has not landed yet
+        return first, last
+
+    def _why_unsent(self, on_time: float) -> str:
+        if self._late > on_time:
+            return (
+                f"this scheduler was {format_seconds(round(self._late, 1))} late: the broker "
+                "did not answer for that long, or this process was paused"
+            )
+        return (
+            f"not sent within {format_seconds(on_time)} of the fire time: no scheduler was "
+            "running, or the broker did not answer"
+        )
 
     def _claim_and_send(
         self,
@@ -233,12 +298,22 @@ class Scheduler:
         name, store = item.name, self.app.beat.store
         claim_ttl = min(max((following - tick) / 2, 0.1), _MAX_CLAIM)
         upcoming = entry.schedule.next_after(now)
-        if not store.claim(name, tick, self.ident, claim_ttl):
-            return self._claimed_elsewhere(name, tick, min(now + claim_ttl, upcoming), upcoming)
+        if not store.claim(name, tick, self._claim_owner, claim_ttl):
+            # The claim we lost was made before our attempt was answered, so it lapses at
+            # most claim_ttl after this answer. Counted from `now` (read before the attempt)
+            # the next look could come too early, find the claim still held and wait for
+            # the next tick: the tick of a claimer that died was lost.
+            lapse = self.clock() + claim_ttl + _LAPSE_MARGIN
+            return self._claimed_elsewhere(name, tick, min(lapse, upcoming), upcoming)
+        after_stall = self._after_stalled_claim(
+            name, entry.schedule, tick, following, claimed_from=now, claim_ttl=claim_ttl
+        )
+        if after_stall is not None:
+            return after_stall
         try:
             task_id = self._send(entry, tick, following)
         except BrokerError:
-            self._contended[name] = tick  # our claim lapses; whoever looks next retries
+            self._contended[name] = (tick, now)  # our claim lapses; whoever looks next retries
             raise
         except (CeleriacError, TypeError, ValueError) as exc:
             # The tick itself is bad (too large, an option no message can carry, say one
@@ -255,27 +330,96 @@ class Scheduler:
             self._done[name] = tick
             store.write_state(name, _replace_state(state, last_error=str(exc)))
             return upcoming
-        store.mark_sent(name, tick, task_id, following - now + _SENT_MARK_MARGIN)
-        store.write_state(
-            name,
-            _replace_state(
-                state,
-                task=entry.task,
-                schedule=entry.schedule.describe(),
-                last_tick=tick,
-                last_task_id=task_id,
-                last_sent_at=now,
-                next_run=following,
-                sent_by=self.ident,
-                last_error=None,
-            ),
+        sent_at = self.clock()
+        store.mark_sent(name, tick, task_id, following - sent_at + _SENT_MARK_MARGIN)
+        stalled = sent_at - now >= claim_ttl
+        sent = _replace_state(
+            state,
+            task=entry.task,
+            schedule=entry.schedule.describe(),
+            last_tick=tick,
+            last_task_id=task_id,
+            last_sent_at=sent_at,
+            next_run=following,
+            sent_by=self.ident,
+            last_error=None,
         )
+        if not stalled or not self._newer_tick_recorded(name, tick):
+            store.write_state(name, sent)
         self._done[name] = tick
         self._contended.pop(name, None)
-        log.info(
-            "beat: sent tick of %s for %s as task %s", name, _at(entry.schedule, tick, now), task_id
+        if stalled:
+            log.warning(
+                "beat: sent tick of %s for %s as task %s, %s after claiming it (this process "
+                "was paused, or the broker did not answer): another scheduler may have taken "
+                "it over and sent it too; the worker runs one copy",
+                name,
+                _at(entry.schedule, tick, sent_at),
+                task_id,
+                format_seconds(round(sent_at - now, 1)),
+            )
+        else:
+            log.info(
+                "beat: sent tick of %s for %s as task %s",
+                name,
+                _at(entry.schedule, tick, now),
+                task_id,
+            )
+        return entry.schedule.next_after(sent_at)
+
+    def _after_stalled_claim(
+        self,
+        name: str,
+        schedule: Schedule,
+        tick: float,
+        following: float,
+        *,
+        claimed_from: float,
+        claim_ttl: float,
+    ) -> float | None:
+        """None when a claim just won may be acted on; else when to look at the entry next.
+
+        A claim that took ``claim_ttl`` or longer to win (this process was paused, the
+        broker did not answer) may have lapsed and been taken over while this scheduler
+        waited: sending then would send the tick a second time, as if on time. So the claim
+        is read again. And a tick whose successor is due already is not sent at all: only
+        the latest tick ever is (the next pass considers it; by default the message of this
+        one would expire unread anyway).
+        """
+        now = self.clock()
+        if now - claimed_from < claim_ttl:
+            return None
+        stall = (
+            f"this scheduler took {format_seconds(round(now - claimed_from, 1))} to claim it "
+            "(this process was paused, or the broker did not answer)"
         )
-        return upcoming
+        if now >= following:
+            log.warning(
+                "beat: the tick of %s for %s is not sent: %s, and the next tick is due already",
+                name,
+                _at(schedule, tick, now),
+                stall,
+            )
+            self._done[name] = tick
+            return now
+        if self.app.beat.store.reclaim(name, tick, self._claim_owner, claim_ttl):
+            return None  # still ours (the broker itself stalled), or lapsed and ours again
+        log.warning(
+            "beat: the tick of %s for %s is left to the scheduler that took it over: %s",
+            name,
+            _at(schedule, tick, now),
+            stall,
+        )
+        upcoming = schedule.next_after(now)
+        return self._claimed_elsewhere(
+            name, tick, min(now + claim_ttl + _LAPSE_MARGIN, upcoming), upcoming
+        )
+
+    def _newer_tick_recorded(self, name: str, tick: float) -> bool:
+        """Whether the entry's state names a tick after ``tick`` (sent while this one stalled)."""
+        _, states = self.app.beat.store.read([name])
+        current = states.get(name)
+        return current is not None and current.last_tick is not None and current.last_tick > tick
 
     def _claimed_elsewhere(self, name: str, tick: float, lapse: float, upcoming: float) -> float:
         """Another scheduler holds the claim: done if it sent the tick, else look again."""
@@ -286,8 +430,13 @@ class Scheduler:
             log.debug("beat: tick of %s for %s was sent by another scheduler", name, tick)
             return upcoming
         # Claimed and not confirmed (or the claim just lapsed): look again when it lapses,
-        # and take the tick over if its claimer died before sending it.
-        self._contended[name] = tick
+        # and take the tick over if its claimer died before sending it. A pass before then
+        # (another entry's tick) finds the same claim: it keeps the first estimate, or the
+        # next one would land on the following tick and this one would be lost.
+        tick_before, lapse_before = self._contended.get(name, (None, 0.0))
+        if tick_before == tick and self.clock() < lapse_before < lapse:
+            lapse = lapse_before
+        self._contended[name] = (tick, lapse)
         return lapse
 
     def _send(self, entry: Entry, tick: float, following: float) -> str:
@@ -360,6 +509,19 @@ class Scheduler:
             log.warning("beat: broker unreachable (%s); retrying every %.1fs", exc, wait)
             self._broker_down = True
         return wait
+
+
+def _span(
+    name: str, schedule: Schedule, first: float, last: float, now: float, *, verb: bool = False
+) -> str:
+    """``the tick of E for 03:00:00`` or ``the ticks of E from 02:00:00 to 03:00:00``, with
+    ``was``/``were`` after it when ``verb``."""
+    if first >= last:
+        return f"the tick of {name} for {_at(schedule, last, now)}{' was' if verb else ''}"
+    return (
+        f"the ticks of {name} from {_at(schedule, first, now)} to {_at(schedule, last, now)}"
+        f"{' were' if verb else ''}"
+    )
 
 
 def _at(schedule: Schedule, t: float, now: float) -> str:
