@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis.exceptions import NoScriptError, ResponseError
 
 import redis
 from celeriac.brokers.redis.wire import RETRY_PAUSES, Wire
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, start_redis
 
 
 @pytest.fixture
@@ -109,3 +112,27 @@ def test_a_server_that_hangs_up_costs_three_attempts_then_an_error() -> None:
         listener.close()
         server.join(timeout=5)
     assert len(accepted) == len(RETRY_PAUSES) + 1
+
+
+def test_a_frozen_server_costs_one_timeout_not_three(tmp_path: Path) -> None:
+    # A timeout was retried like a broken socket: two fresh connections, each waiting
+    # socket_timeout again (90 s with the defaults before a frozen Redis was reported to
+    # a worker or a scheduler), and the command sent again if Redis answered the handshake.
+    server = start_redis(tmp_path / "redis")
+    made = Wire(redis.Redis(port=server.port, socket_timeout=0.5))
+    raw = redis.Redis(port=server.port)
+    try:
+        made.call(("PING",))
+        before = raw.info("stats")["total_connections_received"]
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(redis.TimeoutError):
+                made.call(("INCR", "n"))
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert raw.get("n") == b"1"
+        assert raw.info("stats")["total_connections_received"] == before  # no retry
+    finally:
+        made.close()
+        raw.close()
+        server.stop()

@@ -41,7 +41,10 @@ RAW = frozenset(
 )
 
 #: Retries after a broken connection, and the pause before each (as redis-py's Retry with
-#: exponential backoff): a pooled socket that a Redis restart broke costs one retry.
+#: exponential backoff): a pooled socket that a Redis restart broke costs one retry. A
+#: timeout is not retried: the server is there and not answering (frozen, swapping, a
+#: long script), so each retry only waited socket_timeout again (90 s with the defaults
+#: before any caller heard of it) and sent the command a second time.
 RETRY_PAUSES = (0.02, 0.04)
 
 #: Bytes per sendall in a pipeline: few system calls, yet Redis starts working early.
@@ -50,7 +53,7 @@ SEND_CHUNK = 64 * 1024
 #: Bytes read from the socket per system call, into a buffer each connection keeps.
 RECV_SIZE = 64 * 1024
 
-_RETRYABLE = (RedisConnectionError, RedisTimeoutError)
+_RETRYABLE = RedisConnectionError
 
 
 def _parse_error(text: str) -> ResponseError:
