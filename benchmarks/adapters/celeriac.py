@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.adapters.base import (
     ASYNC_TASKS,
@@ -21,7 +21,6 @@ from benchmarks.probes import task_done, task_started
 from celeriac import Celeriac
 
 if TYPE_CHECKING:
-    from celeriac.result import AsyncResult
     from celeriac.task import Task
 
 app = Celeriac("bench", broker=broker_url())
@@ -114,8 +113,7 @@ def run_chord(count: int, timeout: float) -> int:
     from celeriac.canvas import chord
 
     result = chord((noop.s(i) for i in range(count)), collect.s()).apply_async()
-    # A chord's handle is its body's result (collect returns an int).
-    return int(cast("AsyncResult[int]", result).get(timeout=timeout))
+    return result.get(timeout=timeout)  # a chord's handle is its body's: collect's int
 
 
 def canvas_available() -> bool:

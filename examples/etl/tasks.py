@@ -21,7 +21,7 @@ import sqlite3
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from celeriac import Celeriac, Task
+from celeriac import AsyncResult, Celeriac, Task
 from celeriac.canvas import Chain
 
 # No broker given: a SQLite file in the working directory. CELERIAC_BROKER_URL overrides it.
@@ -79,7 +79,7 @@ def load(self: Task[Any, Any], clean_key: str, db_path: str) -> int:
     return len(rows)
 
 
-def pipeline(csv_path: str, db_path: str) -> Chain:
+def pipeline(csv_path: str, db_path: str) -> Chain[AsyncResult[int]]:
     """The whole pipeline as one chain: each step's result is the next one's input."""
     return extract.s(csv_path) | transform.s() | load.s(db_path)
 

@@ -27,7 +27,7 @@ def main() -> None:
     charges = group(charge_order.s(i).set(priority=9) for i in ids)
     print(charges.apply_async().get(timeout=30))
     export = (charges | export_orders.si(ids)).apply_async()
-    with open(str(export.get(timeout=30)), encoding="utf-8") as csv:
+    with open(export.get(timeout=30), encoding="utf-8") as csv:
         print("exported:", csv.read().split())
 
     # Reject: the task said no retry can help; the message is in `celeriac dlq list`.

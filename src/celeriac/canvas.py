@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
 
 from celeriac.errors import ConfigurationError
 from celeriac.middleware.canvas import Node
@@ -38,10 +38,25 @@ from celeriac.workflow import Result, normalized, send
 if TYPE_CHECKING:
     from typing import Self
 
+    from typing_extensions import TypeVar as TypeVarWithDefault
+
     from celeriac.app import Celeriac
     from celeriac.task import Task
 
 R = TypeVar("R")
+
+# For type checkers, the handle that sending a piece returns: a task's AsyncResult[R], a
+# group's GroupResult, a chain's last step's, a chord's body's; so that
+# chain(add.s(1, 2), add.s(3)).apply_async().get() is an int, with no cast. ``object`` means
+# "not known" (a bare ``Canvas`` or ``Chain`` annotation, a list mixing tasks and groups)
+# and sends as either handle, ``Result``, as before. No bound: mypy joins
+# Canvas[AsyncResult[int]] and Canvas[GroupResult] to Canvas[object], which a bound would
+# turn into plain object, and [add.s(1), add.map(xs)] would stop being a list of canvases.
+if TYPE_CHECKING:
+    ResultT_co = TypeVarWithDefault("ResultT_co", covariant=True, default=object)
+else:  # typing.TypeVar takes a default only from Python 3.13; the checker's is what counts
+    ResultT_co = TypeVar("ResultT_co", covariant=True)
+LastT = TypeVar("LastT")  # the handle of a chain's last step
 
 #: Options a signature takes with ``.set()``, as ``apply_async`` does.
 CALL_OPTIONS = frozenset(
@@ -59,7 +74,7 @@ CALL_OPTIONS = frozenset(
 )
 
 
-class Canvas:
+class Canvas(Generic[ResultT_co]):
     """What every workflow piece shares: options, links, ``|`` and sending.
 
     Example:
@@ -119,7 +134,7 @@ class Canvas:
         self.errbacks.append(errback)
         return self
 
-    def __or__(self, other: Canvas) -> Chain:
+    def __or__(self, other: Canvas[LastT]) -> Chain[LastT]:
         """``a | b``: a chain."""
         return Chain(self, other)
 
@@ -137,6 +152,24 @@ class Canvas:
             node["link_error"] = [e.to_dict() for e in self.errbacks]
         return node
 
+    @overload
+    def apply_async(
+        self: Canvas[AsyncResult[R]],
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]: ...
+    @overload
+    def apply_async(
+        self: Canvas[GroupResult],
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> GroupResult: ...
+    @overload
+    def apply_async(
+        self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Result: ...
     def apply_async(
         self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Result:
@@ -147,6 +180,12 @@ class Canvas:
         """
         return send(self._require_app(), self.to_dict(), args, kwargs, options)
 
+    @overload
+    def delay(self: Canvas[AsyncResult[R]], *args: Any, **kwargs: Any) -> AsyncResult[R]: ...
+    @overload
+    def delay(self: Canvas[GroupResult], *args: Any, **kwargs: Any) -> GroupResult: ...
+    @overload
+    def delay(self, *args: Any, **kwargs: Any) -> Result: ...
     def delay(self, *args: Any, **kwargs: Any) -> Result:
         """Send the workflow with partial arguments for its first tasks."""
         return self.apply_async(args, kwargs)
@@ -161,7 +200,7 @@ class Canvas:
         return app
 
 
-class Signature(Canvas, Generic[R]):
+class Signature(Canvas[AsyncResult[R]], Generic[R]):
     """One task with (partial) arguments and options: ``add.s(1, 2)``.
 
     In a chain, the previous result is prepended to the arguments unless the signature is
@@ -258,7 +297,7 @@ class Signature(Canvas, Generic[R]):
         return self.apply_async(args, kwargs)
 
 
-class Chain(Canvas):
+class Chain(Canvas[ResultT_co]):
     """Steps run one after another, each result the first argument of the next step.
 
     ``chain(a, b, c)`` is ``a | b | c``. A failed step stops the chain: the steps after it
@@ -278,7 +317,16 @@ class Chain(Canvas):
         113
     """
 
-    def __init__(self, *steps: Canvas | Iterable[Canvas]) -> None:
+    # A chain's handle is its last step's: *tuple[*tuple[Canvas, ...], Canvas[LastT]] reads
+    # "any steps, then the last one". For steps the checker cannot count (chain(*steps),
+    # chain(generator)), the join of their handles: the last one's when all are alike.
+    @overload
+    def __init__(
+        self: Chain[LastT], *steps: *tuple[*tuple[Canvas, ...], Canvas[LastT]]
+    ) -> None: ...
+    @overload
+    def __init__(self: Chain[LastT], *steps: Canvas[LastT] | Iterable[Canvas[LastT]]) -> None: ...
+    def __init__(self, *steps: object) -> None:  # mypy accepts no narrower type here
         super().__init__()
         self.steps: list[Canvas] = []
         for step in _pieces(steps):
@@ -301,7 +349,7 @@ class Chain(Canvas):
         return {"kind": "chain", "steps": [s.to_dict() for s in self.steps]}
 
 
-class Group(Canvas):
+class Group(Canvas[GroupResult]):
     """Members sent together in one broker round trip, run in parallel.
 
     Its result is a :class:`~celeriac.result.GroupResult`. Followed by another step (in a
@@ -353,7 +401,7 @@ class Group(Canvas):
         return self.apply_async(args, kwargs)
 
 
-class Chord(Canvas):
+class Chord(Canvas[ResultT_co]):
     """A header group, then a body that gets the list of header results, in member order.
 
     The body runs exactly once, after every member committed, with no polling task. When a
@@ -382,7 +430,7 @@ class Chord(Canvas):
     def __init__(
         self,
         header: Group | Iterable[Canvas],
-        body: Canvas,
+        body: Canvas[ResultT_co],
         *,
         on_error: Literal["stop", "continue"] = "stop",
     ) -> None:
@@ -492,10 +540,10 @@ def chunks(task: Task[Any, Any], items: Iterable[Iterable[Any]], size: int) -> G
     return Group(members)
 
 
-def _pieces(items: tuple[Canvas | Iterable[Canvas], ...]) -> list[Canvas]:
+def _pieces(items: tuple[object, ...]) -> list[Canvas]:
     # group(a, b) and group([a, b]) / group(generator) both work.
     if len(items) == 1 and not isinstance(items[0], Canvas):
-        items = tuple(items[0])
+        items = tuple(cast("Iterable[object]", items[0]))  # if not, tuple() says so
     for item in items:
         if not isinstance(item, Canvas):
             raise TypeError(f"{item!r} is not a signature: use task.s(...) or task.si(...)")
