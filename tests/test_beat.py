@@ -676,3 +676,16 @@ def test_the_example_lists_its_entries(tmp_path: Path) -> None:
         "tasks.refresh_rates": "every 10s",
         "tasks.nightly_report": "cron 0 3 * * * (Europe/Kyiv)",
     }
+
+
+def test_a_scheduler_process_stopped_right_after_its_fork_exits_cleanly(tmp_path: Path) -> None:
+    # A SIGTERM before the forked child installed its handlers killed it by the default
+    # action (exit code -15), or ran the parent's handler in it.
+    from celeriac.beat.scheduler import fork_scheduler, stop_scheduler
+
+    app = Celeriac("fork-beat", broker=f"sqlite:///{tmp_path}/broker.db")
+    try:
+        codes = [stop_scheduler(fork_scheduler(app)) for _ in range(5)]
+    finally:
+        app.broker.close()
+    assert codes == [0] * 5

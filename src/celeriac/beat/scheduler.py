@@ -547,15 +547,27 @@ def fork_scheduler(app: Celeriac) -> int:
     # Open the broker first: a new SQLite file must not be created by two processes at once.
     _ = app.broker
     parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # the child: schedule, then leave without running the parent's cleanup
-        code = 1
-        try:
-            code = Scheduler(app, parent_pid=parent).run()
-        except BaseException:  # the child must always reach os._exit, whatever happened
-            log.exception("beat: scheduler crashed")
-        finally:
-            os._exit(code)
+    # Stop signals blocked across fork, as for worker children: one that came before the
+    # child's handlers were installed killed it by the default action (exit code -15), or
+    # ran the parent's handler in it.
+    stops = {signal.SIGTERM, signal.SIGINT}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: schedule, then leave without running the parent's cleanup
+            code = 1
+            try:
+                scheduler = Scheduler(app, parent_pid=parent)
+                for signum in stops:
+                    signal.signal(signum, scheduler._on_signal)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                code = scheduler.run()
+            except BaseException:  # the child must always reach os._exit, whatever happened
+                log.exception("beat: scheduler crashed")
+            finally:
+                os._exit(code)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the parent, right after fork
     log.info("beat: started scheduler process %d", pid)
     return pid
 
