@@ -17,6 +17,8 @@
     ├── TaskFailed                  a task's exception that cannot be rebuilt as its own type
     │   └── ChordError              a chord member failed, so its callback did not run
     ├── ResultTimeout               also a TimeoutError: get() waited longer than asked
+    ├── GetInsideTask               also a RuntimeError: get() on another task's result from
+    │                               inside a running task (it can deadlock the worker)
     └── TaskControl                 raised inside tasks to steer the worker, not errors
         ├── Retry                   run this task again later
         ├── Reject                  do not run or retry this message; dead-letter it
@@ -138,6 +140,23 @@ class ChordError(TaskFailed):
 
 class ResultTimeout(CeleriacError, TimeoutError):
     """``AsyncResult.get()`` waited longer than its timeout; the task may still finish."""
+
+
+class GetInsideTask(CeleriacError, RuntimeError):
+    """A running task called ``get()`` / ``aget()`` on another task's result, and was refused.
+
+    Waiting holds the worker's slot (a process, a thread, a coroutine slot) while the
+    subtask waits for a free one: with ``-c 1``, or when every slot waits the same way,
+    nothing runs the subtask and the task hangs until its soft time limit. Chain the steps
+    (or use a chord) instead; pass ``disable_sync_subtasks=False`` only when the subtask runs
+    on a queue that other workers serve.
+
+    Example:
+        >>> raise GetInsideTask("task shop.parent[ab12] waited for shop.child[cd34]")
+        Traceback (most recent call last):
+        ...
+        celeriac.errors.GetInsideTask: task shop.parent[ab12] waited for shop.child[cd34]
+    """
 
 
 class TaskControl(CeleriacError):

@@ -11,12 +11,13 @@ import builtins
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import msgspec
 
-from celeriac.errors import ResultTimeout, TaskExpired, TaskFailed, TaskRevoked
+from celeriac.errors import GetInsideTask, ResultTimeout, TaskExpired, TaskFailed, TaskRevoked
 from celeriac.message import ResultRecord, decode_result
+from celeriac.task import _current
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -34,6 +35,7 @@ EXPIRED = "EXPIRED"
 FINAL_STATES = frozenset({SUCCESS, FAILURE, REVOKED, EXPIRED})
 
 _FOREVER = 10 * 365 * 86_400.0
+_LAST_LOOK_SECONDS = 0.5  # aget's one read after its deadline (see _last_look)
 
 
 class AsyncResult(Generic[R]):
@@ -89,17 +91,87 @@ class AsyncResult(Generic[R]):
         """True when the task failed."""
         return self.state == FAILURE
 
-    def get(self, timeout: float | None = None, propagate: bool = True) -> R:
-        """Wait for the task's value; re-raise its exception when it failed.
+    @overload
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: Literal[True] = True,
+        disable_sync_subtasks: bool = True,
+    ) -> R: ...
+
+    @overload
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        disable_sync_subtasks: bool = True,
+    ) -> R | BaseException: ...
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        disable_sync_subtasks: bool = True,
+    ) -> R | BaseException:
+        """Wait for the task's value; re-raise its exception when it failed, or with
+        ``propagate=False`` return that exception (``TaskRevoked``, ``TaskExpired``...)
+        instead of raising it, so a failure never reads as a task that returned None.
+
+        Inside a running task this is refused (:class:`GetInsideTask`), even for a result
+        already stored: chain the steps instead. Pass ``disable_sync_subtasks=False`` only
+        when the awaited task runs on a queue other workers serve.
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> from celeriac.testing import run_queued
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> @app.task(name="shop.child")
+            ... def child(x: int) -> int:
+            ...     return x + 1
+            >>> @app.task(name="shop.parent")
+            ... def parent(x: int) -> int:
+            ...     return child.delay(x).get(timeout=5)  # holds the slot child needs
+            >>> r = parent.delay(1)
+            >>> run_queued(app, fail_fast=False)
+            2
+            >>> r.get(timeout=1)
+            Traceback (most recent call last):
+            ...
+            celeriac.errors.GetInsideTask: task shop.parent[...] called get() on shop.child[...] ...
 
         Raises:
             ResultTimeout: not finished within ``timeout`` seconds (a ``TimeoutError``).
+            GetInsideTask: called inside a running task (a ``RuntimeError``).
         """
+        if disable_sync_subtasks:
+            _refuse_inside_a_task(self, "get()")
         raw = self.app.broker.wait_result(self.id, _FOREVER if timeout is None else timeout)
         return self._outcome(raw, timeout, propagate)
 
-    async def aget(self, timeout: float | None = None, propagate: bool = True) -> R:
-        """Async face of :meth:`get`.
+    @overload
+    async def aget(
+        self,
+        timeout: float | None = None,
+        propagate: Literal[True] = True,
+        disable_sync_subtasks: bool = True,
+    ) -> R: ...
+
+    @overload
+    async def aget(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        disable_sync_subtasks: bool = True,
+    ) -> R | BaseException: ...
+
+    async def aget(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        disable_sync_subtasks: bool = True,
+    ) -> R | BaseException:
+        """Async face of :meth:`get`; refused inside a running task too (an ``-P asyncio``
+        child whose every slot awaits a subtask has none left to run it).
 
         Example:
             >>> import asyncio
@@ -110,6 +182,8 @@ class AsyncResult(Generic[R]):
             ...
             celeriac.errors.ResultTimeout: task ?[never-sent] did not finish within 0.05s; ...
         """
+        if disable_sync_subtasks:
+            _refuse_inside_a_task(self, "aget()")
         wait = _FOREVER if timeout is None else timeout
         # The broker's wait may run in steps on the loop's default thread pool, shared by
         # every waiter: 200 waiters on 6 threads took 9 s to report a 1 s timeout. The
@@ -121,21 +195,41 @@ class AsyncResult(Generic[R]):
         except TimeoutError:
             if not limit.expired():  # not our deadline: the broker's own error
                 raise
-            raw = None
+            raw = await self._last_look()
         return self._outcome(raw, timeout, propagate)
 
-    def _outcome(self, raw: bytes | None, timeout: float | None, propagate: bool) -> R:
+    async def _last_look(self) -> bytes | None:
+        """The final result if stored, read once after our deadline passed.
+
+        The deadline can cancel the broker's wait before it looked even once (a thread
+        hop, a round trip): ``aget(timeout=0)`` of a finished task raised ResultTimeout.
+        Bounded, so a busy thread pool cannot delay the timeout's report for long.
+        """
+        try:
+            async with asyncio.timeout(_LAST_LOOK_SECONDS):
+                stored = await self.app.broker.aget_result(self.id)
+        except TimeoutError:
+            return None
+        return stored[0] if stored is not None and stored[1] else None
+
+    def _outcome(
+        self, raw: bytes | None, timeout: float | None, propagate: bool
+    ) -> R | BaseException:
         if raw is None:
             raise ResultTimeout(
                 f"task {self.task_name or '?'}[{self.id}] did not finish within "
-                f"{_seconds(timeout)}; it may still run. Check `celeriac status` for live "
-                "workers on its queue."
+                f"{_seconds(timeout)}; {_unfinished(self.app, [self.task_name])}"
             )
         record = decode_result(raw)
-        if record.state == SUCCESS or not propagate:
+        if record.state == SUCCESS:
             value: R = record.result
             return value
-        raise _rebuild(record, self.id)
+        # The failure as a value with propagate=False: its result field is empty, and a
+        # None here read as a task that succeeded and returned None.
+        error = _rebuild(record, self.id)
+        if propagate:
+            raise error
+        return error
 
     def revoke(self, terminate: bool = False) -> None:
         """Stop this task from running; with ``terminate``, also stop it if it is running.
@@ -193,13 +287,18 @@ class GroupResult:
         return self.iter_completed()
 
     def iter_completed(
-        self, timeout: float | None = None
+        self, timeout: float | None = None, disable_sync_subtasks: bool = True
     ) -> Iterator[AsyncResult[Any] | GroupResult]:
         """Yield the members as they finish (in any final state), first finished first.
 
+        Refused inside a running task, as :meth:`get` is.
+
         Raises:
             ResultTimeout: some member did not finish within ``timeout`` seconds.
+            GetInsideTask: called inside a running task (a ``RuntimeError``).
         """
+        if disable_sync_subtasks:
+            _refuse_inside_a_task(self, "iter_completed()")
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = list(self.results)
         while pending:
@@ -253,25 +352,48 @@ class GroupResult:
         """True when some member failed."""
         return any(member.failed() for member in self.results)
 
-    def get(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        disable_sync_subtasks: bool = True,
+    ) -> list[Any]:
         """Wait for every member; return their values in member order.
+
+        Refused inside a running task, as :meth:`AsyncResult.get` is.
 
         Raises:
             ResultTimeout: not all finished within ``timeout`` seconds.
+            GetInsideTask: called inside a running task (a ``RuntimeError``).
             Exception: the first failed member's exception (with ``propagate``).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            return [m.get(timeout=_left(deadline), propagate=propagate) for m in self.results]
-        except ResultTimeout:
-            raise self._timed_out(timeout) from None
-
-    async def aget(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
-        """Async face of :meth:`get`."""
+        if disable_sync_subtasks:
+            _refuse_inside_a_task(self, "get()")
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             return [
-                await m.aget(timeout=_left(deadline), propagate=propagate) for m in self.results
+                m.get(timeout=_left(deadline), propagate=propagate, disable_sync_subtasks=False)
+                for m in self.results
+            ]
+        except ResultTimeout:
+            raise self._timed_out(timeout) from None
+
+    async def aget(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        disable_sync_subtasks: bool = True,
+    ) -> list[Any]:
+        """Async face of :meth:`get`."""
+        if disable_sync_subtasks:
+            _refuse_inside_a_task(self, "aget()")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            return [
+                await m.aget(
+                    timeout=_left(deadline), propagate=propagate, disable_sync_subtasks=False
+                )
+                for m in self.results
             ]
         except ResultTimeout:
             raise self._timed_out(timeout) from None
@@ -281,10 +403,10 @@ class GroupResult:
         # timeout ("task ?[g:3] ... within 0.0s"), not the group and the timeout asked for.
         waiting = [m.id for m in self.results if not m.ready()]
         shown = ", ".join(waiting[:3]) + (", ..." if len(waiting) > 3 else "")
+        names = [m.task_name for m in self.results if isinstance(m, AsyncResult)]
         return ResultTimeout(
             f"group {self.id}: {len(waiting)} of {len(self)} members did not finish within "
-            f"{_seconds(timeout)} ({shown}); they may still run. Check `celeriac status` "
-            "for live workers on their queues."
+            f"{_seconds(timeout)} ({shown}); {_unfinished(self.app, names)}"
         )
 
     def forget(self) -> None:
@@ -368,6 +490,36 @@ def _record_of(member: AsyncResult[Any] | GroupResult) -> ResultRecord:
     return member._record() or ResultRecord(state=PENDING)
 
 
+def _unfinished(app: Celeriac, task_names: Sequence[str]) -> str:
+    """What a missing final result can mean, for a timeout's message.
+
+    Nothing stored looks the same whether the task is still queued, or finished long ago
+    and its result expired or was forgotten, or it never stores one (``ignore_result``):
+    "it may still run" alone sent people to check workers that had done the work.
+    """
+    it, its = ("they", "their") if len(task_names) > 1 else ("it", "its")
+    text = (
+        f"{it} may still be queued or running (check `celeriac status` for live workers "
+        f"on {its} queue), or {it} finished and {its} result is gone: results are kept "
+        f"result_expires={app.conf.result_expires:g}s, and forget() deletes them."
+    )
+    quiet = sorted({n for n in task_names if _ignores_result(app, n)})
+    if quiet:
+        text += (
+            f" Note: {', '.join(quiet)} ignores its result (ignore_result=True), so its "
+            "success stores nothing to wait for (except as a workflow step)."
+        )
+    return text
+
+
+def _ignores_result(app: Celeriac, task_name: str) -> bool:
+    task = app.tasks.get(task_name)
+    if task is None:
+        return False
+    ignore = task.options.ignore_result
+    return bool(app.conf.task_ignore_result if ignore is None else ignore)
+
+
 def _seconds(timeout: float | None) -> str:
     # "0.3s", not "0.2999894599997788s" (what a group's member had left of its timeout).
     return "forever" if timeout is None else f"{timeout:g}s"
@@ -383,6 +535,29 @@ def _wait_a_little(member: AsyncResult[Any] | GroupResult) -> None:
         member.app.broker.wait_result(member.id, 0.05)
     else:
         time.sleep(0.02)
+
+
+def _refuse_inside_a_task(awaited: AsyncResult[Any] | GroupResult, call: str) -> None:
+    """Raise :class:`GetInsideTask` when a worker (or ``run_queued``, or eager mode) is
+    running a task in this context.
+
+    In-process runs are refused too: ``run_queued`` runs one task at a time, so the wait
+    would never end, and eager mode must fail where production would rather than pass.
+    """
+    request = _current.get()
+    if request is None:
+        return
+    if isinstance(awaited, GroupResult):
+        what = f"group {awaited.id} ({len(awaited)} members)"
+    else:
+        what = f"{awaited.task_name or '?'}[{awaited.id}]"
+    raise GetInsideTask(
+        f"task {request.task}[{request.id}] called {call} on {what} while it runs: refused, "
+        "as the wait holds this worker's slot while the awaited task needs one (with -c 1, "
+        "or every slot waiting like this, it hangs until the soft time limit). Chain the "
+        "steps instead (first.s() | then.s()), or use a chord for many. If the awaited task "
+        f"runs on a queue that other workers serve, pass {call[:-1]}disable_sync_subtasks=False)."
+    )
 
 
 def _rebuild(record: ResultRecord, task_id: str) -> BaseException:
