@@ -176,6 +176,8 @@ def test_dlq_commands(core_app: Celeriac, broker_url: str) -> None:
     code, output = invoke("-b", broker_url, "dlq", "list", "--json")
     letters = {letter["id"]: letter for letter in json.loads(output)}
     assert letters["bad"]["body"] == "not json"
+    code, output = invoke("-b", broker_url, "dlq", "list", "--limit", "1")
+    assert "newest 1 of 2; --limit N shows more" in output  # not "newest 1" of how many?
     code, output = invoke("-b", broker_url, "dlq", "show", "binary")
     shown = json.loads(output)
     assert shown["reason"].startswith("malformed message")

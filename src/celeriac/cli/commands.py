@@ -341,7 +341,9 @@ def dlq_list(obj: Context, limit: int, as_json: bool) -> None:
     if not letters:
         out.print("the dead-letter queue is empty")
         return
-    table = Table(title=f"dead letters (newest {len(letters)})")
+    total = sum(s.dead for s in obj.app.broker.stats())
+    more = f" of {total:,}; --limit N shows more" if total > len(letters) else ""
+    table = Table(title=f"dead letters (newest {len(letters)}{more})")
     for column in ("id", "task", "queue", "deliveries", "dead at", "reason"):
         table.add_column(column, overflow="fold")
     for x in letters:
