@@ -57,7 +57,9 @@ class Settings:
     # that long); tasks longer than the window go one by one. 1 turns batching off.
     worker_batch_max: int = 32
     worker_batch_window: float = 0.005
-    worker_max_memory_per_child: int | None = 1024  # MiB of RSS; the child then recycles
+    # MiB of RSS; the child then recycles. Left at its default, the worker fits it to the
+    # container's (or host's) memory: at most 1024, less when -c children would not fit.
+    worker_max_memory_per_child: int | None = 1024
     worker_max_tasks_per_child: int | None = None
     worker_lease_seconds: float = 30.0  # renewed every third of it while a task runs
     worker_heartbeat_seconds: float = 2.0  # a worker is dead after 5 missed heartbeats
@@ -72,6 +74,34 @@ class Settings:
     task_signing_key: str | list[str] | None = None  # first signs; all verify (rotation)
     worker_send_task_events: bool = True  # batched into a bounded stream; see `celeriac events`
     worker_send_started_events: bool = False  # also "received" and "started" per task
+
+    def __post_init__(self) -> None:
+        # The names a person chose (a keyword, a CELERIAC_* variable, an assignment), as
+        # opposed to defaults: the worker fits some defaults to the machine, never a choice.
+        # Settings(name=...) keywords pass __setattr__ before this; those that differ from
+        # the default are the ones that can be told apart.
+        chosen = {
+            f.name
+            for f in dataclasses.fields(self)
+            if f.default is not dataclasses.MISSING and getattr(self, f.name) != f.default
+        }
+        object.__setattr__(self, "_chosen", chosen)
+
+    def was_set(self, name: str) -> bool:
+        """True when setting ``name`` was chosen (by a keyword argument, a ``CELERIAC_*``
+        environment variable or an assignment), False while it holds its default.
+
+        Example:
+            >>> s = Settings()
+            >>> s.was_set("worker_max_memory_per_child")
+            False
+            >>> s.worker_max_memory_per_child = 1024  # the default's value, but chosen
+            >>> s.was_set("worker_max_memory_per_child")
+            True
+        """
+        if name not in _hints():
+            raise ConfigurationError(_unknown(name))
+        return name in self.__dict__.get("_chosen", ())
 
     def update(self, **values: Any) -> None:
         """Set several settings, converting and checking each one."""
@@ -88,6 +118,9 @@ class Settings:
         _check_bounds(name, value)
         _check_text(name, value)
         super().__setattr__(name, value)
+        chosen = self.__dict__.get("_chosen")
+        if chosen is not None:  # None while the dataclass's __init__ assigns the defaults
+            chosen.add(name)
 
     def as_dict(self) -> dict[str, Any]:
         """Every setting and its current value."""

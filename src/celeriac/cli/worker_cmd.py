@@ -47,7 +47,8 @@ from celeriac.errors import ConfigurationError
     type=click.IntRange(1),
     default=None,
     metavar="MIB",
-    help="Recycle a child once its RSS passes this many MiB.",
+    help="Recycle a child once its RSS passes this many MiB (default: what fits -c children "
+    "in the container's or host's memory, at most 1024).",
 )
 @click.option(
     "--beat",

@@ -64,6 +64,10 @@ class ChildSpec:
     concurrency: int = 1  # consumers inside this child (threads or coroutines)
     consumer: str = ""  # the lease holder id of this child; its supervisor heartbeats it
     supervisor_pid: int = 0
+    # The RSS ceiling in MiB the supervisor chose (0: none), and what it is in words for
+    # the recycling line; None: worker_max_memory_per_child as it stands.
+    max_memory_mib: int | None = None
+    memory_ceiling: str = ""
 
 
 _statm: tuple[int, int] | None = None  # (pid, descriptor of that process's statm)
@@ -430,14 +434,15 @@ class Child:
                 self.tasks_done,
             )
             return True
-        limit = conf.worker_max_memory_per_child
+        limit = self.spec.max_memory_mib
+        if limit is None:
+            limit = conf.worker_max_memory_per_child
         if limit and self.rss > limit * 1024 * 1024:
             log.warning(
-                "child %d uses %d MiB, over worker_max_memory_per_child=%d; recycling "
-                "after its current task",
+                "child %d uses %d MiB, over %s; recycling after its current task",
                 os.getpid(),
                 self.rss >> 20,
-                limit,
+                self.spec.memory_ceiling or f"worker_max_memory_per_child={limit}",
             )
             return True
         return False

@@ -43,6 +43,7 @@ from celeriac.worker.child import (
     current_rss,
     killed_verdict,
 )
+from celeriac.worker.memory import Ceiling, choose_ceiling, memory_limit
 from celeriac.worker.outage import Outage
 from celeriac.worker.remote import Remote
 from celeriac.worker.slot import Held, Slot, SlotView
@@ -114,6 +115,9 @@ class Worker:
         self._done_before = 0
         self._growth_before: dict[str, list[int]] = {}
         self.remote = Remote(app, self.id, self._answer)
+        # The setting as it stands until run() fits it to the machine's memory.
+        limit = app.conf.worker_max_memory_per_child or 0
+        self._ceiling = Ceiling(limit, f"worker_max_memory_per_child={limit}")
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -139,7 +143,7 @@ class Worker:
             log.info("worker %s stopped before the broker could be reached", self.id)
             return 0
         _trim_heap()
-        self._check_memory_limit()
+        self._choose_memory_ceiling()
         for child in self._children:
             self._spawn(child)
         while self._stop_requests == 0:
@@ -178,27 +182,28 @@ class Worker:
             return True
         return False
 
-    def _check_memory_limit(self) -> None:
-        """Say so when a fresh child would already be over worker_max_memory_per_child.
+    def _choose_memory_ceiling(self) -> None:
+        """Choose the RSS ceiling its children recycle above, and say it once.
 
-        A child starts as a copy of this process, so recycling cannot bring it under such
-        a limit: every child would be replaced after its first task.
+        Left at its default, worker_max_memory_per_child is fitted to the memory the
+        container (or host) allows, so that every child can reach it before the kernel's
+        OOM killer fires: 8 children under 1 GiB each in a 4 GiB container were killed,
+        with their running tasks, long before any of them recycled. A value the user set
+        is kept, with a warning when it cannot fit. Measured after _trim_heap: a child
+        starts as a copy of this process, so this RSS is also a fresh child's size.
         """
-        limit = self.app.conf.worker_max_memory_per_child
-        if not limit:
-            return
-        size = current_rss() >> 20
-        if size > limit:
-            log.error(
-                "worker %s: worker_max_memory_per_child=%d MiB is below what a fresh child "
-                "already uses (%d MiB, the app and its imports), so every child will be "
-                "replaced after each task it runs. Raise it (--max-memory-per-child) well "
-                "above %d MiB, or set worker_max_memory_per_child = 0 for no limit.",
-                self.id,
-                limit,
-                size,
-                size,
-            )
+        conf = self.app.conf
+        name = "worker_max_memory_per_child"
+        ceiling = choose_ceiling(
+            conf.worker_max_memory_per_child,
+            conf.was_set(name),
+            memory_limit(),
+            current_rss(),
+            len(self._children),
+        )
+        self._ceiling = ceiling
+        for level, line in ceiling.notes:
+            log.log(level, "worker %s: %s", self.id, line)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGQUIT:  # Ctrl-\: cold at once, as a second SIGTERM is
@@ -230,7 +235,15 @@ class Worker:
             "announce a new child",
         )
         spec = ChildSpec(
-            self.id, self.queues, child.index, self.pool, inside, child.consumer, os.getpid()
+            self.id,
+            self.queues,
+            child.index,
+            self.pool,
+            inside,
+            child.consumer,
+            os.getpid(),
+            self._ceiling.mib,
+            self._ceiling.words,
         )
         # Stop signals blocked across fork: the child unblocks them once its own handlers
         # are installed (child_main), so none lands on the supervisor's handler in it.
@@ -470,6 +483,7 @@ class Worker:
                 "uptime": now - self._started,
                 "concurrency": self.concurrency,
                 "tasks_done": self._done_before + sum(v.done for _, v in views),
+                "max_memory_per_child_mb": self._ceiling.mib,  # as chosen at start-up
                 "children": {str(pid): {"rss_mb": v.rss >> 20, "done": v.done} for pid, v in views},
             }
         return {"error": f"unknown command {command!r}"}
