@@ -599,3 +599,18 @@ def test_cluster_a_copy_queued_after_its_task_finished_is_acked_not_handed_out(
 
 def _one(step: Any) -> Any:
     return (yield step)
+
+
+def test_an_idle_fetch_stays_under_a_short_socket_timeout(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    # BLPOP blocked 5 s whatever the URL said: with socket_timeout=1 every idle fetch
+    # timed out on its own wait and was reported as a broker that did not answer.
+    broker = RedisBroker(f"{redis_server.url}?prefix={prefix}&socket_timeout=1")
+    try:
+        assert broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=2.5) == []
+        broker.send([Outgoing("a", "q", b"a")])
+        (delivery,) = broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=2.5)
+        assert delivery.id == "a"
+    finally:
+        broker.close()

@@ -107,7 +107,8 @@ class RedisBroker(Broker):
     def __init__(self, url: str) -> None:
         self.url = RedisURL.parse(url)
         self.keys = Keyspace(self.url.prefix)
-        self._ctx = ops.Context(self.keys, self.url.cluster, set())
+        block = min(ops.MAX_BLOCK, self.url.socket_timeout / 2)
+        self._ctx = ops.Context(self.keys, self.url.cluster, set(), max_block=block)
         self._sync = SyncDriver(self.url.sync_client(), self.url.safe)
         self._async_clients = AsyncClients(self.url)
         self._async = AsyncDriver(self._async_clients, self.url.safe)

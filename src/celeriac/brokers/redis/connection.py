@@ -135,6 +135,23 @@ class RedisURL:
         )
 
     @property
+    def socket_timeout(self) -> float:
+        """Seconds a client waits for a reply: the URL's ``socket_timeout=``, else ours.
+
+        Example:
+            >>> RedisURL.parse("redis://db:6379/0?socket_timeout=2").socket_timeout
+            2.0
+            >>> RedisURL.parse("redis://db:6379/0").socket_timeout
+            30.0
+        """
+        given = dict(parse_qsl(urlsplit(self.redis_url).query)).get("socket_timeout")
+        try:
+            seconds = float(given) if given else 0.0
+        except ValueError:
+            seconds = 0.0  # redis-py refuses it when it connects, with its own words
+        return seconds if seconds > 0 else float(_DEFAULTS["socket_timeout"])
+
+    @property
     def defaults(self) -> dict[str, Any]:
         """Client options the URL may override (keepalive only exists over TCP)."""
         return _DEFAULTS if self.redis_url.startswith("unix:") else _TCP_DEFAULTS

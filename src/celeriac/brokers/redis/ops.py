@@ -47,6 +47,9 @@ class Context:
     cluster: bool
     known: set[str]  # queue names this process has registered in the queue set
     known_since: float = 0.0  # monotonic time ``known`` was last emptied (see REREGISTER)
+    # Seconds one BLPOP may block: under half the socket timeout, or an idle fetch with
+    # socket_timeout=2 in the URL timed out on its own BLPOP, an outage every idle moment.
+    max_block: float = MAX_BLOCK
 
     def registered(self) -> set[str]:
         """The queues this process registered, forgotten every REREGISTER seconds so that
@@ -259,14 +262,15 @@ def fetch(
                 wake, wait = [wake[turn % len(wake)]], min(wait, POLL)
                 turn += 1
             if wait >= 0.001:
-                yield Command(("BLPOP", *wake, f"{min(wait, MAX_BLOCK):.3f}"))
+                yield Command(("BLPOP", *wake, f"{min(wait, ctx.max_block):.3f}"))
             taken, wait_ms = yield from _take(ctx, queues, consumer, limit, lease_ms)
             continue
         # The fetch goes in one pipeline with the BLPOP: Redis keeps a blocked client's
         # next command in its buffer and runs it the moment the BLPOP returns, so a wake-up
         # is a delivery, without a second round trip, and the fetch script still takes the
         # best priority and records the lease atomically.
-        block = [Command(("BLPOP", *wake, f"{min(wait, MAX_BLOCK):.3f}"))] if wait >= 0.001 else []
+        blpop = Command(("BLPOP", *wake, f"{min(wait, ctx.max_block):.3f}"))
+        block = [blpop] if wait >= 0.001 else []
         replies = yield Batch([*block, fetch_call(queues, consumer, limit, lease_ms)])
         taken, wait_ms = _fetched(replies[-1], queues)
 
