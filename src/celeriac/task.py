@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,6 +21,7 @@ from celeriac.message import Message, new_task_id
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+    from celeriac.arguments import Conversions
     from celeriac.canvas import Group, Signature
     from celeriac.result import AsyncResult
 
@@ -230,12 +232,17 @@ class Task(Generic[P, R]):
         ``queue``, ``task_id``, ``headers``, ``soft_time_limit``, ``time_limit``.
 
         Raises:
-            TypeError: the arguments do not fit the task function's signature (nothing is
-                sent: the call would fail in the worker).
+            TypeError: the arguments do not fit the task function's signature, or a value
+                could not be read back as its parameter's annotated type (a str that is no
+                datetime, for a ``datetime``; a str for ``bytes``). Nothing is sent: the
+                call would fail in the worker.
             SerializationError: an argument cannot be encoded (names the argument).
             PayloadTooLarge: the message is over ``task_payload_max_bytes``.
         """
         self.check_arguments(args, kwargs)
+        conversions = self.conversions
+        if conversions is not None:  # only a task with a bytes, datetime, ... parameter
+            conversions.check(self.name, args, kwargs)
         message = self.message(args, kwargs, **options)
         return self.app.publish(message)
 
@@ -247,6 +254,9 @@ class Task(Generic[P, R]):
     ) -> AsyncResult[R]:
         """Async face of :meth:`apply_async`."""
         self.check_arguments(args, kwargs)
+        conversions = self.conversions
+        if conversions is not None:  # only a task with a bytes, datetime, ... parameter
+            conversions.check(self.name, args, kwargs)
         message = self.message(args, kwargs, **options)
         return await self.app.apublish(message)
 
@@ -273,6 +283,17 @@ function is add(x, y)
         if self._arguments is None:
             self._arguments = Arguments(self.fn, self.bind)
         return self._arguments
+
+    @functools.cached_property
+    def conversions(self) -> Conversions | None:
+        """How arguments that JSON carried as other types (bytes as base64 text, a datetime
+        as ISO text, a tuple as a list) are turned back into the parameters' annotated
+        types; None when no parameter needs it. Worked out once, at the first send or run
+        (annotations may name classes defined after the task); then a plain attribute,
+        read by the worker for every task. See :mod:`celeriac.arguments`."""
+        from celeriac.arguments import conversions_for
+
+        return conversions_for(self.fn, self.bind)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """A signature with (partial) arguments: ``add.s(2)``; in a chain the previous

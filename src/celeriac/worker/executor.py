@@ -353,8 +353,16 @@ class Executor:
         """
         task, request = job.task, job.request
         assert task is not None and request is not None
-        args = [task, *request.args] if task.bind else request.args
-        return task.fn(*args, **self._accepted_kwargs(task, request.kwargs))
+        conversions = task.conversions  # None for most tasks: nothing more to do
+        if conversions is None:
+            args = [task, *request.args] if task.bind else request.args
+            return task.fn(*args, **self._accepted_kwargs(task, request.kwargs))
+        # JSON carried bytes, datetimes, tuples... as text and lists: back to the
+        # parameters' annotated types (a value that is not one fails the task here).
+        args, kwargs = conversions.apply(
+            task.name, request.args, self._accepted_kwargs(task, request.kwargs)
+        )
+        return task.fn(*([task, *args] if task.bind else args), **kwargs)
 
     def run_coroutine(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run an ``async def`` task on this process's own event loop.
