@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from celeriac import Celeriac
+from celeriac import ArgumentsRefused, Celeriac
 from celeriac.arguments import conversions_for
 from celeriac.testing import run_queued
 from tests.apps import argtypes, core
@@ -127,6 +127,25 @@ def test_the_in_process_runner_converts_as_a_worker_does() -> None:
     result = stamp.delay(WHEN, b"\x00\x01\x02", (1, 2))
     assert run_queued(app) == 1
     assert result.get(timeout=5) == "09:30 3"
+    app.broker.close()
+
+
+def test_arguments_that_do_not_fit_are_never_retried() -> None:
+    # autoretry_for=(Exception,) covered the TypeError: the same message failed the same
+    # way max_retries more times, with backoff, before it was given up.
+    app = Celeriac("argtypes-retry", broker="memory://")
+    runs: list[int] = []
+
+    @app.task(name="argtypes.retried", autoretry_for=(Exception,), max_retries=3,
+              retry_backoff=0.01, retry_jitter=False)  # fmt: skip
+    def retried(when: dt.datetime) -> None:
+        runs.append(1)
+
+    result = app.send_task("argtypes.retried", args=["next tuesday"])  # not checked at send
+    assert run_queued(app, fail_fast=False, include_delayed=True) == 1  # one attempt
+    with pytest.raises(ArgumentsRefused, match="argument 'when' should be a datetime"):
+        result.get(timeout=5)
+    assert runs == []
     app.broker.close()
 
 

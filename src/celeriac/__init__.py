@@ -12,6 +12,7 @@ from celeriac._version import __version__
 from celeriac.app import Celeriac
 from celeriac.canvas import Signature, chain, chord, group
 from celeriac.errors import (
+    ArgumentsRefused,
     BrokerConnectionError,
     BrokerError,
     CeleriacError,
@@ -36,6 +37,7 @@ from celeriac.task import UNBOUNDED, Request, Task
 
 __all__ = [
     "UNBOUNDED",
+    "ArgumentsRefused",
     "AsyncResult",
     "BrokerConnectionError",
     "BrokerError",

@@ -51,6 +51,8 @@ from typing import Any
 
 import msgspec
 
+from celeriac.errors import ArgumentsRefused
+
 #: Types JSON writes as text, converted back from a str.
 _TEXT_TYPES: tuple[type, ...] = (
     bytes,
@@ -94,7 +96,7 @@ class Conversion:
         try:
             return msgspec.convert(value, self.annotation)
         except msgspec.ValidationError as exc:
-            raise TypeError(
+            raise ArgumentsRefused(
                 f"task {task}: argument {self.name!r} should be {_described(self.annotation)} "
                 f"but arrived as a {type(value).__name__} that is not one ({exc}). Send "
                 f"{_described(self.annotation)}, or annotate the parameter Any to take the "
@@ -164,7 +166,8 @@ class Conversions:
         are (a retry re-sends the message as it came).
 
         Raises:
-            TypeError: a value in its JSON form that is not of its parameter's type.
+            ArgumentsRefused: a value in its JSON form that is not of its parameter's type
+                (a TypeError).
         """
         converted = list(args)
         for index, value in enumerate(args):
@@ -200,7 +203,7 @@ class Conversions:
 
 def _refuse_if(task: str, why: str | None) -> None:
     if why is not None:
-        raise TypeError(f"cannot send task {task}: argument {why}")
+        raise ArgumentsRefused(f"cannot send task {task}: argument {why}")
 
 
 def conversions_for(fn: Callable[..., Any], bound: bool) -> Conversions | None:

@@ -7,6 +7,8 @@
     ├── MessageError                a message cannot be built or read
     │   ├── SerializationError      an argument or result is not serializable
     │   ├── PayloadTooLarge         refused at enqueue: the message is over the hard size
+    │   ├── ArgumentsRefused        also a TypeError: arguments the task cannot take (never
+    │   │                           retried: the same message would fail the same way)
     │   └── MalformedMessage        bytes in the broker that are not a celeriac message
     │       └── NewerProtocol       a message of a protocol version this worker cannot read
     ├── BrokerError                 the broker failed (translated from driver errors)
@@ -59,6 +61,19 @@ class SerializationError(MessageError):
 
 class PayloadTooLarge(MessageError):
     """A message is larger than ``task_payload_max_bytes``; nothing was sent."""
+
+
+class ArgumentsRefused(MessageError, TypeError):
+    """A message's arguments do not fit its task: a value that is not its parameter's
+    annotated type, or a keyword the task does not take (``task_strict_kwargs``).
+
+    Autoretry never retries it, whatever ``autoretry_for`` says (``Exception`` covers it):
+    the same message would fail the same way at every attempt.
+
+    Example:
+        >>> isinstance(ArgumentsRefused("task shop.report: argument 'when' ..."), TypeError)
+        True
+    """
 
 
 class MalformedMessage(MessageError):

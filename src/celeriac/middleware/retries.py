@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from celeriac.errors import Retry, TaskFailed
+from celeriac.errors import ArgumentsRefused, Retry, TaskFailed
 from celeriac.middleware.base import Job, Middleware, Outcome, call_options
 from celeriac.retry import RetryPolicy
 
@@ -50,6 +50,8 @@ class Retries(Middleware):
             retry_on = tuple(opts.get("autoretry_for", ()))
             if not (retry_on and isinstance(outcome.exception, retry_on)):
                 return outcome
+            if isinstance(outcome.exception, ArgumentsRefused):
+                return outcome  # the same arguments would fail the same way every time
         max_retries = opts.get("max_retries", 3)
         if max_retries is not None and message.retries >= max_retries:
             return self._give_up(job, outcome, f"after {max_retries} retries", opts)

@@ -23,6 +23,7 @@ from celeriac import crashpoints
 from celeriac.brokers.base import DeadLetter, Delivery
 from celeriac.codec import UntrustedMessage
 from celeriac.errors import (
+    ArgumentsRefused,
     BrokerError,
     MalformedMessage,
     NewerProtocol,
@@ -411,7 +412,7 @@ class Executor:
         if not dropped:
             return kwargs
         if self.app.conf.task_strict_kwargs:
-            raise TypeError(
+            raise ArgumentsRefused(
                 f"task {task.name} does not accept keyword argument(s) {', '.join(dropped)} "
                 "(task_strict_kwargs is on; sent by newer code?)"
             )
