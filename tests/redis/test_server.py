@@ -243,3 +243,23 @@ def test_redis_before_7_is_refused() -> None:
     plan.send([b"PONG"])  # INFO server
     with pytest.raises(ConfigurationError, match=r"version 6\.2\.6; celeriac needs Redis 7\.0"):
         plan.send([{"redis_version": "6.2.6"}])
+
+
+def test_a_replica_is_named_and_its_connection_not_reused(own_server: Server) -> None:
+    # After a failover the old primary is a replica: writes were "refused the command:
+    # READONLY ..." (not a connection error: no reconnect), and the pooled connection
+    # went on to the replica for ever, where a new one may reach the new primary.
+    primary = own_server()
+    replica = own_server("--replicaof", "127.0.0.1", str(primary.port))
+    broker = RedisBroker(replica.url)
+    raw = redis.Redis(port=replica.port)
+    try:
+        with pytest.raises(BrokerConnectionError, match="is a read-only replica"):
+            broker.send([Outgoing("a", "q", b"a")])
+        before = raw.info("stats")["total_connections_received"]
+        raw.execute_command("REPLICAOF", "NO", "ONE")  # promoted: the same address writes
+        assert broker.send([Outgoing("a", "q", b"a")]) == [True]
+        assert raw.info("stats")["total_connections_received"] == before + 1  # a fresh one
+    finally:
+        raw.close()
+        broker.close()

@@ -282,6 +282,14 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
             "Check that redis-server is running and reachable from this host, and that the "
             "broker URL (host, port, password, TLS) is right."
         )
+    elif isinstance(exc, redis.exceptions.ReadOnlyError):
+        # After a failover the old primary is a replica: a connection error, so workers
+        # reconnect (resolving the host again) and producers can retry.
+        error = BrokerConnectionError(
+            f"could not {what}: Redis at {url} is a read-only replica ({exc}). Point the "
+            "broker URL at the primary, or at an endpoint that follows failovers (Sentinel, "
+            "a managed service's primary endpoint); workers reconnect by themselves."
+        )
     elif isinstance(exc, redis.exceptions.OutOfMemoryError) or "maxmemory" in str(exc):
         error = BrokerError(
             f"could not {what}: Redis at {url} is full (used memory over maxmemory; with "

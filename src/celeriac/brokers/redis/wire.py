@@ -28,7 +28,7 @@ from typing import Any
 import hiredis
 from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, ResponseError
+from redis.exceptions import InvalidResponse, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import redis
@@ -216,7 +216,12 @@ class Wire:
                     link.close()  # a reply may be half read: never reuse this socket
                 raise
             assert link is not None
-            self._idle.append(link)  # every reply was read whole: the socket is clean
+            if any(isinstance(reply, ReadOnlyError) for reply in out):
+                # A replica (the old primary after a failover): a new connection resolves
+                # the host again and may reach the new primary; this one never would.
+                link.close()
+            else:
+                self._idle.append(link)  # every reply was read whole: the socket is clean
             if not errors_in_place:
                 for reply in out:
                     if isinstance(reply, ResponseError):
