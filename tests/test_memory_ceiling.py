@@ -90,8 +90,8 @@ def test_the_limit_of_a_real_cgroup_is_read_through_proc(v1_cgroup: Path, tmp_pa
     try:
         procfs = Path(f"/proc/{sleeper.pid}")
         assert wait_for(lambda: str(sleeper.pid) in (v1_cgroup / "cgroup.procs").read_text(), 10)
-        fake = _proc_dir_for(procfs, tmp_path / "proc")
-        limit = memory_limit(fake)
+        copied = _proc_dir_for(procfs, tmp_path / "proc")
+        limit = memory_limit(copied)
         assert limit == MemoryLimit(
             300 * MiB, "cgroup v1", str(v1_cgroup / "memory.limit_in_bytes")
         ), limit
@@ -100,20 +100,20 @@ def test_the_limit_of_a_real_cgroup_is_read_through_proc(v1_cgroup: Path, tmp_pa
         sleeper.wait(timeout=10)
 
 
-def _proc_dir_for(procfs: Path, fake: Path) -> Path:
+def _proc_dir_for(procfs: Path, copied: Path) -> Path:
     """A /proc look-alike whose ``self`` is another process (``memory_limit`` reads self)."""
-    (fake / "self").mkdir(parents=True)
+    (copied / "self").mkdir(parents=True)
     for name in ("cgroup", "mountinfo"):
-        (fake / "self" / name).write_text((procfs / name).read_text())
-    (fake / "meminfo").write_text(Path("/proc/meminfo").read_text())
-    return fake
+        (copied / "self" / name).write_text((procfs / name).read_text())
+    (copied / "meminfo").write_text(Path("/proc/meminfo").read_text())
+    return copied
 
 
-# -- files written here: a fake /proc and cgroup trees ------------------------------------
+# -- files written here: a /proc and cgroup trees of our own ------------------------------------
 
 
 @dataclass
-class FakeHost:
+class HostFiles:
     """A /proc (self/cgroup, self/mountinfo, meminfo) and cgroup mounts under tmp_path."""
 
     root: Path
@@ -144,8 +144,8 @@ class FakeHost:
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> FakeHost:
-    return FakeHost(tmp_path)
+def host(tmp_path: Path) -> HostFiles:
+    return HostFiles(tmp_path)
 
 
 HOST_KB = 8 * 1024 * 1024  # an 8 GiB host
@@ -153,20 +153,20 @@ V2 = [("cgroup2", "/", "cg2", "rw")]
 V1 = [("cgroup", "/", "cg1/memory", "rw,memory")]
 
 
-def test_cgroup_v2_memory_max_as_a_number(host: FakeHost) -> None:
+def test_cgroup_v2_memory_max_as_a_number(host: HostFiles) -> None:
     host.write("0::/app.slice/job\n", V2, HOST_KB)
     path = host.limit_file("cg2/app.slice/job/memory.max", "2147483648\n")
     assert memory_limit(host.proc) == MemoryLimit(2 * GiB, "cgroup v2", str(path))
 
 
-def test_cgroup_v2_max_means_no_limit_but_a_parents_limit_binds(host: FakeHost) -> None:
+def test_cgroup_v2_max_means_no_limit_but_a_parents_limit_binds(host: HostFiles) -> None:
     host.write("0::/app.slice/job\n", V2, HOST_KB)
     host.limit_file("cg2/app.slice/job/memory.max", "max\n")
     parent = host.limit_file("cg2/app.slice/memory.max", str(3 * GiB))
     assert memory_limit(host.proc) == MemoryLimit(3 * GiB, "cgroup v2", str(parent))
 
 
-def test_cgroup_v2_max_everywhere_leaves_the_hosts_memory(host: FakeHost) -> None:
+def test_cgroup_v2_max_everywhere_leaves_the_hosts_memory(host: HostFiles) -> None:
     host.write("0::/job\n", V2, HOST_KB)
     host.limit_file("cg2/job/memory.max", "max\n")
     assert memory_limit(host.proc) == MemoryLimit(
@@ -174,7 +174,7 @@ def test_cgroup_v2_max_everywhere_leaves_the_hosts_memory(host: FakeHost) -> Non
     )
 
 
-def test_cgroup_v1_limit_and_its_unlimited_value(host: FakeHost) -> None:
+def test_cgroup_v1_limit_and_its_unlimited_value(host: HostFiles) -> None:
     host.write("4:memory:/docker/abc\n0::/\n", V1, HOST_KB)
     path = host.limit_file("cg1/memory/docker/abc/memory.limit_in_bytes", str(512 * MiB))
     host.limit_file("cg1/memory/memory.limit_in_bytes", V1_UNLIMITED)
@@ -185,7 +185,7 @@ def test_cgroup_v1_limit_and_its_unlimited_value(host: FakeHost) -> None:
     )
 
 
-def test_a_hybrid_host_without_v2_memory_reads_v1(host: FakeHost) -> None:
+def test_a_hybrid_host_without_v2_memory_reads_v1(host: HostFiles) -> None:
     # As on this machine: cgroup2 mounted at .../unified with no memory controller in it.
     host.write("4:memory:/job\n0::/\n", [("cgroup2", "/", "cg/unified", "rw"), *V1], HOST_KB)
     (host.root / "cg/unified").mkdir(parents=True)
@@ -193,7 +193,7 @@ def test_a_hybrid_host_without_v2_memory_reads_v1(host: FakeHost) -> None:
     assert memory_limit(host.proc) == MemoryLimit(1 * GiB, "cgroup v1", str(path))
 
 
-def test_a_containers_own_view_of_its_cgroup(host: FakeHost) -> None:
+def test_a_containers_own_view_of_its_cgroup(host: HostFiles) -> None:
     # Docker without a cgroup namespace (v1): the mount's root is the container's cgroup,
     # mounted at the top, and /proc/self/cgroup names the same path.
     mount = [("cgroup", "/docker/abc", "cg1/memory", "rw,memory")]
@@ -202,13 +202,13 @@ def test_a_containers_own_view_of_its_cgroup(host: FakeHost) -> None:
     assert memory_limit(host.proc) == MemoryLimit(700 * MiB, "cgroup v1", str(path))
 
 
-def test_a_mount_point_with_a_space_is_unescaped(host: FakeHost) -> None:
+def test_a_mount_point_with_a_space_is_unescaped(host: HostFiles) -> None:
     host.write("0::/job\n", [("cgroup2", "/", "my\\040cgroups", "rw")], HOST_KB)
     path = host.limit_file("my cgroups/job/memory.max", str(900 * MiB))
     assert memory_limit(host.proc) == MemoryLimit(900 * MiB, "cgroup v2", str(path))
 
 
-def test_a_cgroup_limit_above_the_hosts_memory_binds_nothing(host: FakeHost) -> None:
+def test_a_cgroup_limit_above_the_hosts_memory_binds_nothing(host: HostFiles) -> None:
     host.write("0::/job\n", V2, HOST_KB)
     host.limit_file("cg2/job/memory.max", str(64 * GiB))
     assert memory_limit(host.proc) == MemoryLimit(
@@ -220,7 +220,7 @@ def test_a_cgroup_limit_above_the_hosts_memory_binds_nothing(host: FakeHost) -> 
     "garbage",
     ["", "lots\n", "-1\n", "0\n", "12.5\n", b"\xff\xfe\x00\x01", "1e9\n", "max max\n"],
 )
-def test_garbage_in_a_limit_file_is_skipped(host: FakeHost, garbage: str | bytes) -> None:
+def test_garbage_in_a_limit_file_is_skipped(host: HostFiles, garbage: str | bytes) -> None:
     host.write("0::/job\n4:memory:/job\n", [*V2, *V1], HOST_KB)
     host.limit_file("cg2/job/memory.max", garbage)
     host.limit_file("cg1/memory/job/memory.limit_in_bytes", garbage)
@@ -229,7 +229,7 @@ def test_garbage_in_a_limit_file_is_skipped(host: FakeHost, garbage: str | bytes
     )
 
 
-def test_garbage_in_proc_files_never_raises(host: FakeHost) -> None:
+def test_garbage_in_proc_files_never_raises(host: HostFiles) -> None:
     (host.proc / "self").mkdir(parents=True)
     (host.proc / "self" / "cgroup").write_bytes(b"\x00\xff::::\n:memory\n7\n")
     (host.proc / "self" / "mountinfo").write_text("- cgroup2\n1 2 3 - cgroup\n - - -\n")
@@ -240,7 +240,7 @@ def test_garbage_in_proc_files_never_raises(host: FakeHost) -> None:
     assert memory_limit(host.proc) is None
 
 
-def test_missing_files(host: FakeHost) -> None:
+def test_missing_files(host: HostFiles) -> None:
     assert memory_limit(host.proc) is None  # no /proc at all
     host.write("0::/job\n", V2, HOST_KB)  # cgroup files missing: the host's memory
     assert memory_limit(host.proc) == MemoryLimit(
@@ -251,7 +251,7 @@ def test_missing_files(host: FakeHost) -> None:
     assert memory_limit(host.proc) == MemoryLimit(1 * GiB, "cgroup v2", str(path))
 
 
-def test_a_process_outside_the_mounts_view_reads_no_cgroup(host: FakeHost) -> None:
+def test_a_process_outside_the_mounts_view_reads_no_cgroup(host: HostFiles) -> None:
     # A cgroup namespace can show the process's cgroup above the mount's root ("/../x").
     host.write("0::/../other\n", [("cgroup2", "/mine", "cg2", "rw")], HOST_KB)
     host.limit_file("cg2/memory.max", str(1 * GiB))

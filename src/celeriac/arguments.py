@@ -45,7 +45,7 @@ import inspect
 import types
 import typing
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -169,31 +169,32 @@ class Conversions:
             ArgumentsRefused: a value in its JSON form that is not of its parameter's type
                 (a TypeError).
         """
-        converted = list(args)
-        for index, value in enumerate(args):
-            conversion = self._at(index)
-            if conversion is not None:
-                converted[index] = conversion.convert(task, value)
-        if not kwargs:
-            return converted, kwargs
-        named = dict(kwargs)
-        for name, value in kwargs.items():
-            conversion = self.by_name.get(name, self.extra_keywords)
-            if conversion is not None:
-                named[name] = conversion.convert(task, value)
+        converted, named = list(args), dict(kwargs) if kwargs else kwargs
+        for where, conversion, value in self._each(args, kwargs):
+            if isinstance(where, int):
+                converted[where] = conversion.convert(task, value)
+            else:
+                named[where] = conversion.convert(task, value)
         return converted, named
 
     def check(self, task: str, args: Sequence[Any], kwargs: dict[str, Any] | None) -> None:
-        """Raise TypeError when a value given could not be read back by the worker as its
-        parameter's type (a str that is no datetime, for a datetime)."""
+        """Raise ArgumentsRefused (a TypeError) when a value given could not be read back by
+        the worker as its parameter's type (a str that is no datetime, for a datetime)."""
+        for _, conversion, value in self._each(args, kwargs or {}):
+            _refuse_if(task, conversion.refusal(value))
+
+    def _each(
+        self, args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> Iterator[tuple[int | str, Conversion, Any]]:
+        """(position or name, its conversion, the value) of each value that has one."""
         for index, value in enumerate(args):
             conversion = self._at(index)
             if conversion is not None:
-                _refuse_if(task, conversion.refusal(value))
-        for name, value in (kwargs or {}).items():
+                yield index, conversion, value
+        for name, value in kwargs.items():
             conversion = self.by_name.get(name, self.extra_keywords)
             if conversion is not None:
-                _refuse_if(task, conversion.refusal(value))
+                yield name, conversion, value
 
     def _at(self, index: int) -> Conversion | None:
         if index < len(self.positional):

@@ -514,10 +514,7 @@ def _unfinished(app: Celeriac, task_names: Sequence[str]) -> str:
 
 def _ignores_result(app: Celeriac, task_name: str) -> bool:
     task = app.tasks.get(task_name)
-    if task is None:
-        return False
-    ignore = task.options.ignore_result
-    return bool(app.conf.task_ignore_result if ignore is None else ignore)
+    return task is not None and task.ignores_result
 
 
 def _seconds(timeout: float | None) -> str:

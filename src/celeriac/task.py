@@ -284,6 +284,20 @@ function is add(x, y)
             self._arguments = Arguments(self.fn, self.bind)
         return self._arguments
 
+    @property
+    def ignores_result(self) -> bool:
+        """Whether a success stores no value: the task's ``ignore_result``, else the app's
+        ``task_ignore_result`` (read at each call: the app's setting may change).
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> app.task(ignore_result=True)(lambda: None).ignores_result
+            True
+        """
+        ignore = self.options.ignore_result
+        return bool(self.app.conf.task_ignore_result if ignore is None else ignore)
+
     @functools.cached_property
     def conversions(self) -> Conversions | None:
         """How arguments that JSON carried as other types (bytes as base64 text, a datetime

@@ -35,8 +35,5 @@ class Results(Middleware):
         task = job.task
         if task is None or outcome.state != "SUCCESS":
             return outcome
-        ignore = task.options.ignore_result
-        if ignore is None:
-            ignore = task.app.conf.task_ignore_result
-        outcome.store_result = not ignore
+        outcome.store_result = not task.ignores_result
         return outcome

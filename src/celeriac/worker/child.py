@@ -41,6 +41,7 @@ from celeriac.errors import BrokerError, SoftTimeLimitExceeded, TaskRevoked, Tim
 from celeriac.middleware.base import Job, Outcome
 from celeriac.middleware.verdicts import Verdict, verdict_key
 from celeriac.worker.executor import FINAL, Executor, FetchSpec, error_info
+from celeriac.worker.memory import Ceiling
 from celeriac.worker.outage import Outage
 from celeriac.worker.slot import Held, Slot
 
@@ -64,10 +65,8 @@ class ChildSpec:
     concurrency: int = 1  # consumers inside this child (threads or coroutines)
     consumer: str = ""  # the lease holder id of this child; its supervisor heartbeats it
     supervisor_pid: int = 0
-    # The RSS ceiling in MiB the supervisor chose (0: none), and what it is in words for
-    # the recycling line; None: worker_max_memory_per_child as it stands.
-    max_memory_mib: int | None = None
-    memory_ceiling: str = ""
+    # The RSS ceiling the supervisor chose; None: worker_max_memory_per_child as it stands.
+    ceiling: Ceiling | None = None
 
 
 _statm: tuple[int, int] | None = None  # (pid, descriptor of that process's statm)
@@ -434,15 +433,13 @@ class Child:
                 self.tasks_done,
             )
             return True
-        limit = self.spec.max_memory_mib
-        if limit is None:
-            limit = conf.worker_max_memory_per_child
-        if limit and self.rss > limit * 1024 * 1024:
+        ceiling = self.spec.ceiling or Ceiling.of_setting(conf.worker_max_memory_per_child)
+        if ceiling.mib and self.rss > ceiling.mib << 20:
             log.warning(
                 "child %d uses %d MiB, over %s; recycling after its current task",
                 os.getpid(),
                 self.rss >> 20,
-                self.spec.memory_ceiling or f"worker_max_memory_per_child={limit}",
+                ceiling.words,
             )
             return True
         return False

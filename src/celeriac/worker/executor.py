@@ -43,6 +43,7 @@ from celeriac.message import (
 from celeriac.middleware.base import Job, Outcome
 from celeriac.task import Request, _current
 from celeriac.text import printable
+from celeriac.worker.outage import Outage
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -251,9 +252,7 @@ class Executor:
             # its age could never reach task_unknown_max_age, so it would be put back
             # for ever. Its age counts from now, written into the message it is put back as.
             return self._defer_unknown(job, stamped=self._stamped(job))
-        # max: sent_at is rounded, and a producer's clock may run ahead of this host's.
-        age = max(time.time() - message.sent_at, 0.0)
-        if age >= conf.task_unknown_max_age:  # 0: dead-letter at once
+        if self._past_max_age(message.sent_at):  # task_unknown_max_age=0: at once
             return Outcome(
                 "DEAD",
                 reason=(
@@ -292,16 +291,16 @@ class Executor:
         unknown task is (a rolling deploy that upgrades producers first loses nothing), and
         dead-lettered with the advice once no upgraded worker took it in time."""
         conf = self.app.conf
-        age = max(time.time() - exc.sent_at, 0.0)
-        if not exc.sent_at or age >= conf.task_unknown_max_age:
-            # No send time to count from: its bytes cannot be rewritten by this version.
-            waited = (
-                f"; no upgraded worker took it within task_unknown_max_age="
-                f"{conf.task_unknown_max_age:g}s"
-                if exc.sent_at
-                else ""
+        if not exc.sent_at:  # no send time to count from, and this version cannot write one
+            return Outcome("DEAD", reason=f"malformed message: {exc}")
+        if self._past_max_age(exc.sent_at):
+            return Outcome(
+                "DEAD",
+                reason=(
+                    f"malformed message: {exc}; no upgraded worker took it within "
+                    f"task_unknown_max_age={conf.task_unknown_max_age:g}s"
+                ),
             )
-            return Outcome("DEAD", reason=f"malformed message: {exc}{waited}")
         log.warning(
             "%s Putting it back for %gs so an upgraded worker can take it (dead-lettered "
             "after %gs).",
@@ -310,6 +309,11 @@ class Executor:
             conf.task_unknown_max_age,
         )
         return Outcome("DEFERRED", delay=conf.task_unknown_retry_delay, reason="newer protocol")
+
+    def _past_max_age(self, sent_at: float) -> bool:
+        """Whether a message sent at ``sent_at`` waited task_unknown_max_age for a worker
+        that can run it. max: sent_at is rounded, and a producer's clock may run ahead."""
+        return max(time.time() - sent_at, 0.0) >= self.app.conf.task_unknown_max_age
 
     # -- running ------------------------------------------------------------------------
 
@@ -586,9 +590,9 @@ class Executor:
                 # The retry is queued: only the state a get() reads meanwhile is missing.
                 # Raised, the settle was tried again, found its lease gone (the requeue
                 # had committed) and logged "lease lost" for every retry (a full Redis).
-                # Said once per RETRY_STATE_REPEAT seconds, not once per retry.
+                # Said once per Outage.REPEAT seconds, not once per retry.
                 now = time.monotonic()
-                if now - self._retry_state_said >= RETRY_STATE_REPEAT:
+                if now - self._retry_state_said >= Outage.REPEAT:
                     self._retry_state_said = now
                     log.warning(
                         "task %s: retry queued, but its RETRY state was not stored (%s); "
@@ -596,7 +600,7 @@ class Executor:
                         "Said once per %.0fs for every task it happens to.",
                         job.label,
                         _for_log(str(exc)),
-                        RETRY_STATE_REPEAT,
+                        Outage.REPEAT,
                     )
         return committed
 
@@ -717,7 +721,6 @@ def _current_id() -> str:
     return request.id if request else "?"
 
 
-RETRY_STATE_REPEAT = 30.0  # seconds between two lines saying a RETRY state was not stored
 LOG_TEXT_CHARS = 2000  # of an error in a log line; the stored result keeps all of it
 
 

@@ -91,6 +91,16 @@ class Ceiling:
     words: str  # the ceiling in a child's recycling line: "worker_max_memory_per_child=300"
     notes: tuple[tuple[int, str], ...] = ()  # (logging level, line) to log at start-up
 
+    @classmethod
+    def of_setting(cls, mib: int | None) -> Ceiling:
+        """The ceiling ``worker_max_memory_per_child`` says, as it stands (None: none).
+
+        Example:
+            >>> Ceiling.of_setting(300).words
+            'worker_max_memory_per_child=300'
+        """
+        return cls(mib or 0, f"{_NAME}={mib or 0}")
+
 
 def choose_ceiling(
     setting: int | None, chosen: bool, limit: MemoryLimit | None, supervisor_rss: int, children: int
@@ -133,7 +143,7 @@ children and the supervisor; set worker_max_memory_per_child to choose')
 def _chosen_ceiling(
     mib: int, limit: MemoryLimit | None, supervisor_rss: int, children: int
 ) -> Ceiling:
-    words = f"{_NAME}={mib}"
+    words = Ceiling.of_setting(mib).words
     if not mib:
         return Ceiling(0, words, ((_INFO, f"children do not recycle by memory ({_NAME} off)"),))
     notes = [(_INFO, f"children recycle above {mib} MiB of RSS ({_NAME})")]

@@ -116,8 +116,7 @@ class Worker:
         self._growth_before: dict[str, list[int]] = {}
         self.remote = Remote(app, self.id, self._answer)
         # The setting as it stands until run() fits it to the machine's memory.
-        limit = app.conf.worker_max_memory_per_child or 0
-        self._ceiling = Ceiling(limit, f"worker_max_memory_per_child={limit}")
+        self._ceiling = Ceiling.of_setting(app.conf.worker_max_memory_per_child)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -242,8 +241,7 @@ class Worker:
             inside,
             child.consumer,
             os.getpid(),
-            self._ceiling.mib,
-            self._ceiling.words,
+            self._ceiling,
         )
         # Stop signals blocked across fork: the child unblocks them once its own handlers
         # are installed (child_main), so none lands on the supervisor's handler in it.

@@ -66,7 +66,7 @@ def _parse_error(text: str) -> ResponseError:
 class _Link:
     """One connection: redis-py opened it, the socket and the reply parser are ours."""
 
-    __slots__ = ("buffer", "conn", "reader", "sock")
+    __slots__ = ("buffer", "conn", "reader", "replica", "sock")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
@@ -80,8 +80,15 @@ class _Link:
         else:
             conn.connect()
         self.sock: socket.socket = conn._sock  # redis-py's own socket: the point of this module
-        self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=_parse_error)
+        self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=self._error)
         self.buffer = bytearray(RECV_SIZE)
+        self.replica = False  # a READONLY reply came: the server is a replica (_round_trip)
+
+    def _error(self, text: str) -> ResponseError:
+        error = _parse_error(text)
+        if isinstance(error, ReadOnlyError):
+            self.replica = True
+        return error
 
     def send(self, packed: Iterable[bytes]) -> None:
         try:
@@ -216,9 +223,9 @@ class Wire:
                     link.close()  # a reply may be half read: never reuse this socket
                 raise
             assert link is not None
-            if any(isinstance(reply, ReadOnlyError) for reply in out):
-                # A replica (the old primary after a failover): a new connection resolves
-                # the host again and may reach the new primary; this one never would.
+            if link.replica:
+                # The old primary after a failover: a new connection resolves the host
+                # again and may reach the new primary; this one never would.
                 link.close()
             else:
                 self._idle.append(link)  # every reply was read whole: the socket is clean
