@@ -3,8 +3,14 @@
 Everything travels through the broker's small store, so it works on every broker and
 reaches workers on every host:
 
-* revokes are appended to the bounded stream ``revokes`` — stored, so a worker that starts
-  later still honours them (workers re-read it every quarter second and at start-up);
+* a revoke is recorded twice. Each id gets a revoke mark in the result store
+  (:meth:`~celeriac.brokers.base.Broker.mark_revoked`): the task reads REVOKED at once,
+  unless it already finished, and the mark is kept ``REVOKE_KEEP`` (or ``result_expires``,
+  if longer), however many revokes follow. And the revoke is appended to the bounded
+  stream ``revokes``, which workers re-read every quarter second and at start-up: the
+  check before each task is a set lookup, with no broker round trip. A worker looks a
+  task's mark up only when a revoke of it could have left the stream or the worker's
+  memory (see :mod:`celeriac.middleware.revocation`);
 * commands are appended to the stream ``control``; each live worker's supervisor reads it
   every tick and writes its reply under ``reply:<command id>:<worker id>`` for a minute.
 """
@@ -12,6 +18,7 @@ reaches workers on every host:
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -21,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from celeriac.brokers.base import WorkerInfo
+from celeriac.message import ErrorInfo, ResultRecord, encode_result
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -30,6 +38,10 @@ log = logging.getLogger("celeriac.control")
 REVOKES = "revokes"
 CONTROL = "control"
 STREAM_LENGTH = 10_000
+#: Seconds a revoke mark is kept at least (``result_expires`` if longer): a revoked task
+#: whose message comes due later than this (a countdown of months) is only skipped if its
+#: revoke is still among the last ``STREAM_LENGTH``.
+REVOKE_KEEP = 30 * 86_400.0
 REPLY_TTL = 60.0
 
 
@@ -84,12 +96,15 @@ def revoke(app: Celeriac, task_id: str, *, terminate: bool = False) -> None:
 
 
 def revoke_many(app: Celeriac, task_ids: Sequence[str], *, terminate: bool = False) -> None:
-    """Revoke tasks in one broker call (a group's members: ``GroupResult.revoke``).
+    """Revoke tasks (a group's members: ``GroupResult.revoke``) in two broker calls.
+
+    Each task that has not finished reads REVOKED at once (a stored SUCCESS or FAILURE is
+    left as it is). A worker that takes its message later acks it without running it and
+    stores REVOKED; a task already running goes on (unless ``terminate``) and its own
+    outcome replaces REVOKED when it ends, so the result says what really happened.
 
     Raises:
         TypeError: an id is not a non-empty string.
-        ValueError: more ids than the revokes stream keeps (``STREAM_LENGTH``): the oldest
-            would be trimmed before a worker could read them.
 
     Example:
         >>> from celeriac import Celeriac
@@ -103,13 +118,11 @@ def revoke_many(app: Celeriac, task_ids: Sequence[str], *, terminate: bool = Fal
             # Stored as it is: an id of another type (revoke(app, 42)) made every worker
             # that read it exit, and workers started later too, while the stream held it.
             raise TypeError(f"revoke: a task id is a non-empty string, got {task_id!r}")
-    if len(task_ids) > STREAM_LENGTH:
-        raise ValueError(
-            f"revoke: {len(task_ids):,} ids at once, but the revokes stream keeps the last "
-            f"{STREAM_LENGTH:,}: the first would be trimmed before workers read them. Revoke "
-            "them in parts, a few seconds apart, or purge the queue (celeriac purge QUEUE)"
-        )
     now = time.time()
+    # The marks first: a worker that reads the stream entry and later looks the mark up
+    # (its memory lost the entry) must find it. Ids beyond the stream's length are fine:
+    # a worker that sees the stream full looks up the marks of older messages.
+    app.broker.mark_revoked(task_ids, _revoke_mark(now), _mark_ttl(app))
     entries = [msgspec.json.encode(Revocation(i, terminate, now)) for i in task_ids]
     app.broker.stream_append(REVOKES, entries, STREAM_LENGTH)
     # This process's own middleware re-reads the stream only every quarter second: a task
@@ -120,6 +133,38 @@ def revoke_many(app: Celeriac, task_ids: Sequence[str], *, terminate: bool = Fal
                 middleware.revoked_here(task_id)
 
 
+def _revoke_mark(now: float) -> bytes:
+    """The REVOKED record a revoke stores at once (a worker's settle replaces it with
+    one naming the task and the worker)."""
+    error = ErrorInfo(type="celeriac.errors.TaskRevoked", message="revoked before it finished")
+    return encode_result(ResultRecord(state="REVOKED", error=error, date_done=now))
+
+
+def _mark_ttl(app: Celeriac) -> float:
+    keep = app.conf.result_expires
+    return max(keep, REVOKE_KEEP) if math.isfinite(keep) else REVOKE_KEEP
+
+
+def is_revoke_mark(raw: bytes) -> bool:
+    """Whether stored result bytes say REVOKED: a revoke mark, or a REVOKED outcome.
+
+    Example:
+        >>> is_revoke_mark(_revoke_mark(0.0)), is_revoke_mark(b'{"state":"SUCCESS"}')
+        (True, False)
+    """
+    try:
+        return _state_decoder.decode(raw).state == "REVOKED"
+    except msgspec.DecodeError:
+        return False
+
+
+class _State(msgspec.Struct):
+    state: str = ""
+
+
+_state_decoder = msgspec.json.Decoder(_State)
+
+
 def read_revocations(app: Celeriac, after: int) -> tuple[int, list[Revocation]]:
     """Revocations newer than sequence ``after``; returns the last sequence seen.
 
@@ -127,6 +172,13 @@ def read_revocations(app: Celeriac, after: int) -> tuple[int, list[Revocation]]:
     newer celeriac uses) is skipped with a warning. It used to raise: the worker reading it
     exited, and so did every worker started while the stream held it.
     """
+    last, revocations, _ = read_revocations_counted(app, after)
+    return last, revocations
+
+
+def read_revocations_counted(app: Celeriac, after: int) -> tuple[int, list[Revocation], bool]:
+    """:func:`read_revocations`, and whether the read was full (``STREAM_LENGTH`` entries,
+    unreadable ones included): then older revokes may have been trimmed unread."""
     items = app.broker.stream_read(REVOKES, after, STREAM_LENGTH)
     last = items[-1][0] if items else after
     revocations: list[Revocation] = []
@@ -140,7 +192,7 @@ def read_revocations(app: Celeriac, after: int) -> tuple[int, list[Revocation]]:
                 exc,
                 raw[:200],
             )
-    return last, revocations
+    return last, revocations, len(items) >= STREAM_LENGTH
 
 
 def broadcast(

@@ -358,6 +358,26 @@ class Broker(abc.ABC):
     def forget_result(self, task_id: str) -> None:
         """Delete a stored result."""
 
+    @abc.abstractmethod
+    def mark_revoked(self, task_ids: Sequence[str], result: bytes, ttl: float) -> list[bool]:
+        """Store ``result`` (a REVOKED record) as the revoke mark of each id that has no
+        final result, in one round trip; True for each id marked.
+
+        A mark reads as final (:meth:`get_result` says final, :meth:`wait_result` returns
+        it), so a revoked task reads REVOKED at once, and :meth:`store_result` leaves it.
+        It is not final for everything else: a send of the id is still queued (a workflow
+        step revoked before it was sent must still pass through the worker, which settles
+        it REVOKED so that its chain or chord carries on), and a complete or dead letter
+        replaces it (a task already running when revoked keeps the outcome it really had).
+        A final result already stored is never replaced, nor an existing mark.
+
+        Example:
+            >>> from celeriac.brokers.memory import MemoryBroker
+            >>> broker = MemoryBroker()
+            >>> broker.mark_revoked(["a", "a"], b"{}", 60), broker.get_result("a")
+            ([True, False], (b'{}', True))
+        """
+
     # -- the small store: state for policies (revokes, dedupe, joins, limits, beat) ----
 
     @abc.abstractmethod

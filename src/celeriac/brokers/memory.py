@@ -66,6 +66,7 @@ class MemoryBroker(Broker):
         self._queues: set[str] = set()
         self._reclaimed_at = 0.0
         self._results: dict[str, tuple[bytes, bool, float]] = {}
+        self._marks: set[str] = set()  # ids whose stored final result is a revoke mark
         self._dead: dict[str, DeadLetter] = {}
         self._workers: dict[str, WorkerInfo] = {}
         self._worker_expiry: dict[str, float] = {}
@@ -103,8 +104,16 @@ class MemoryBroker(Broker):
             heapq.heappush(self._ready.setdefault(entry.queue, []), key)
 
     def _is_final(self, task_id: str, now: float) -> bool:
+        """A final result, not a revoke mark, is stored: the task finished."""
+        return self._has_final(task_id, now) and task_id not in self._marks
+
+    def _has_final(self, task_id: str, now: float) -> bool:
         stored = self._results.get(task_id)
         return stored is not None and stored[1] and stored[2] > now
+
+    def _store_final(self, task_id: str, result: bytes, ttl: float) -> None:
+        self._results[task_id] = (result, True, time.time() + ttl)
+        self._marks.discard(task_id)
 
     # -- consuming ----------------------------------------------------------------------
 
@@ -204,7 +213,7 @@ class MemoryBroker(Broker):
                 return False
             del self._entries[lease.id]
             if result is not None:
-                self._results[lease.id] = (result, True, time.time() + result_ttl)
+                self._store_final(lease.id, result, result_ttl)
             self._lock.notify_all()
             return True
 
@@ -241,7 +250,7 @@ class MemoryBroker(Broker):
             self._dead.pop(letter.id, None)
             self._dead[letter.id] = letter
             if result is not None:
-                self._results[lease.id] = (result, True, time.time() + 86_400 * 7)
+                self._store_final(lease.id, result, 86_400 * 7)
             self._lock.notify_all()
             return True
 
@@ -300,7 +309,7 @@ class MemoryBroker(Broker):
     def store_result(self, task_id: str, result: bytes, ttl: float) -> None:
         """Store a non-final state unless a final one exists."""
         with self._lock:
-            if not self._is_final(task_id, time.time()):
+            if not self._has_final(task_id, time.time()):  # nor a revoke mark
                 self._results[task_id] = (result, False, time.time() + ttl)
 
     def get_result(self, task_id: str) -> tuple[bytes, bool] | None:
@@ -328,6 +337,21 @@ class MemoryBroker(Broker):
         """Delete a stored result."""
         with self._lock:
             self._results.pop(task_id, None)
+            self._marks.discard(task_id)
+
+    def mark_revoked(self, task_ids: Sequence[str], result: bytes, ttl: float) -> list[bool]:
+        """Store a revoke mark for each id without a final result (or a mark)."""
+        marked: list[bool] = []
+        with self._lock:
+            now = time.time()
+            for task_id in task_ids:
+                fresh = not self._has_final(task_id, now)
+                if fresh:
+                    self._results[task_id] = (result, True, now + ttl)
+                    self._marks.add(task_id)
+                marked.append(fresh)
+            self._lock.notify_all()
+        return marked
 
     # -- the small store ----------------------------------------------------------------
 
@@ -456,6 +480,7 @@ class MemoryBroker(Broker):
             for letter in chosen:
                 del self._dead[letter.id]
                 self._results.pop(letter.id, None)
+                self._marks.discard(letter.id)
         outgoing = []
         for x in chosen:
             body, priority = replayed(x.body, renew)

@@ -1,4 +1,4 @@
-"""The SQLite broker's small store: keys, joins, rate limiters and streams.
+"""The SQLite broker's small store: keys, joins, rate limiters, streams, revoke marks.
 
 A mixin of :class:`~celeriac.brokers.sqlite.SQLiteBroker`, kept apart so each module stays
 small. Every method is one transaction on the broker's own file; the tables are created
@@ -22,6 +22,23 @@ class SQLiteStore:
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         raise NotImplementedError  # provided by SQLiteBroker
+
+    def mark_revoked(self, task_ids: Sequence[str], result: bytes, ttl: float) -> list[bool]:
+        """Store a revoke mark for each id without a final result (or a mark), in one
+        transaction: ``final = 2``, which readers take as final and a send does not (it
+        refuses only ``final = 1``), and which a complete replaces."""
+        now = time.time()
+        with self._transaction() as db:
+            return [
+                db.execute(
+                    "INSERT INTO results VALUES (?, ?, 2, ?) ON CONFLICT (id) DO UPDATE SET "
+                    "body = excluded.body, final = 2, expires_at = excluded.expires_at "
+                    "WHERE final = 0 OR expires_at <= ?",
+                    (task_id, result, now + ttl, now),
+                ).rowcount
+                == 1
+                for task_id in task_ids
+            ]
 
     def kv_set(self, key: str, value: bytes, ttl: float, *, only_if_absent: bool = False) -> bool:
         """Set a key for ``ttl`` seconds (only when unset, if asked)."""

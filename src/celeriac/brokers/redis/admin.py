@@ -55,7 +55,24 @@ def store_result(ctx: Context, task_id: str, result: bytes, ttl: float) -> Plan[
 def _read_result(stored: bytes | None) -> tuple[bytes, bool] | None:
     if not stored:
         return None
-    return stored[1:], stored[:1] == b"F"
+    return stored[1:], stored[:1] in _READ_AS_FINAL
+
+
+_READ_AS_FINAL = (b"F", b"R")  # a final result, or a revoke mark (mark_revoked-1.lua)
+
+
+def mark_revoked(
+    ctx: Context, task_ids: Sequence[str], result: bytes, ttl: float
+) -> Plan[list[bool]]:
+    """Mark each id without a final result revoked, in one pipeline (each result key is
+    in its own Cluster slot); True for each id marked."""
+    if not task_ids:
+        return []
+    replies = yield Batch(
+        Call(SCRIPTS.mark_revoked, (ctx.keys.result(i),), [result, ms(ttl), ctx.keys.channel(i)])
+        for i in task_ids
+    )
+    return [reply == 1 for reply in replies]
 
 
 def get_result(ctx: Context, task_id: str) -> Plan[tuple[bytes, bool] | None]:

@@ -343,6 +343,10 @@ class RedisBroker(Broker):
         """Delete a stored result."""
         self._run(admin.forget_result(self._ctx, task_id), "delete a result")
 
+    def mark_revoked(self, task_ids: Sequence[str], result: bytes, ttl: float) -> list[bool]:
+        """Mark tasks revoked where no final result exists (see :meth:`Broker.mark_revoked`)."""
+        return self._run(admin.mark_revoked(self._ctx, task_ids, result, ttl), "mark tasks revoked")
+
     # -- the small store ------------------------------------------------------------------
 
     def kv_set(self, key: str, value: bytes, ttl: float, *, only_if_absent: bool = False) -> bool:

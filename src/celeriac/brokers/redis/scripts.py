@@ -106,6 +106,7 @@ class Scripts:
         self.dead_letters = load("dead_letters-2")
         self.purge_dead = load("purge_dead-2")
         self.store_result = load("store_result-1")
+        self.mark_revoked = load("mark_revoked-1")
         self.publish_result = load("publish_result-1")
         self.heartbeat = load("heartbeat-2")
         self.workers = load("workers-2")
