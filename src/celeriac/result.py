@@ -6,6 +6,7 @@ final ones SUCCESS, FAILURE, REVOKED, EXPIRED.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import builtins
 import sys
@@ -396,18 +397,44 @@ class GroupResult:
                 for m in self.results
             ]
         except ResultTimeout:
-            raise self._timed_out(timeout) from None
+            raise await self._atimed_out(timeout) from None
 
     def _timed_out(self, timeout: float | None) -> ResultTimeout:
         # A member's own timeout named the member and what was left of the group's
         # timeout ("task ?[g:3] ... within 0.0s"), not the group and the timeout asked for.
-        waiting = [m.id for m in self.results if not m.ready()]
-        shown = ", ".join(waiting[:3]) + (", ..." if len(waiting) > 3 else "")
-        names = [m.task_name for m in self.results if isinstance(m, AsyncResult)]
-        return ResultTimeout(
-            f"group {self.id}: {len(waiting)} of {len(self)} members did not finish within "
-            f"{_seconds(timeout)} ({shown}); {_unfinished(self.app, names)}"
+        return self._timeout_error(timeout, [m.id for m in self.results if not m.ready()])
+
+    async def _atimed_out(self, timeout: float | None) -> ResultTimeout:
+        """:meth:`_timed_out` for :meth:`aget`: the members' states are awaited, all at
+        once, and bounded like :meth:`AsyncResult._last_look`.
+
+        Read with sync broker calls, as get() does, they blocked the event loop (every
+        coroutine on it stopped), for as long as the broker took to answer: up to its
+        socket timeout, per member.
+        """
+        try:
+            async with asyncio.timeout(_LAST_LOOK_SECONDS):
+                done = await asyncio.gather(*(_aready(m) for m in self.results))
+        except TimeoutError:
+            return self._timeout_error(timeout, None)
+        return self._timeout_error(
+            timeout, [m.id for m, d in zip(self.results, done, strict=True) if not d]
         )
+
+    def _timeout_error(self, timeout: float | None, waiting: list[str] | None) -> ResultTimeout:
+        names = [m.task_name for m in self.results if isinstance(m, AsyncResult)]
+        within = _seconds(timeout)
+        if waiting is None:  # the broker did not say in time which members are unfinished
+            which = (
+                f"not all of its {len(self)} members finished within {within} (the broker "
+                "did not answer in time which ones)"
+            )
+        else:
+            shown = ", ".join(waiting[:3]) + (", ..." if len(waiting) > 3 else "")
+            which = (
+                f"{len(waiting)} of {len(self)} members did not finish within {within} ({shown})"
+            )
+        return ResultTimeout(f"group {self.id}: {which}; {_unfinished(self.app, names)}")
 
     def forget(self) -> None:
         """Delete the members' stored results and this group's saved membership."""
@@ -517,6 +544,14 @@ def _ignores_result(app: Celeriac, task_name: str) -> bool:
     return task is not None and task.ignores_result
 
 
+async def _aready(member: AsyncResult[Any] | GroupResult) -> bool:
+    """``member.ready()`` without a blocking broker call (for code on an event loop)."""
+    if isinstance(member, GroupResult):
+        return all(await asyncio.gather(*(_aready(m) for m in member.results)))
+    stored = await member.app.broker.aget_result(member.id)
+    return stored is not None and stored[1]
+
+
 def _seconds(timeout: float | None) -> str:
     # "0.3s", not "0.2999894599997788s" (what a group's member had left of its timeout).
     return "forever" if timeout is None else f"{timeout:g}s"
@@ -573,7 +608,7 @@ def _rebuild(record: ResultRecord, task_id: str) -> BaseException:
     cls = _loaded_exception_type(error.type)
     try:
         exc = (
-            cls(error.message)
+            cls(_key_error_arg(error.message) if issubclass(cls, KeyError) else error.message)
             if cls is not None
             else TaskFailed(f"{error.type}: {error.message}", error.type, error.traceback)
         )
@@ -582,6 +617,22 @@ def _rebuild(record: ResultRecord, task_id: str) -> BaseException:
     if error.traceback:
         exc.add_note(f"Remote traceback of task {label}:\n{error.traceback}")
     return exc
+
+
+def _key_error_arg(message: str) -> Any:
+    """The key a KeyError was raised with, from its stored text.
+
+    ``str(KeyError("sku-1"))`` is ``"'sku-1'"`` (the key's repr): rebuilt from that text,
+    ``e.args[0]`` was ``"'sku-1'"``, quotes included, and ``str(e)`` quoted it twice.
+
+    Example:
+        >>> _key_error_arg("'sku-1'"), _key_error_arg("42"), _key_error_arg("no repr")
+        ('sku-1', 42, 'no repr')
+    """
+    try:
+        return ast.literal_eval(message)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return message
 
 
 def _loaded_exception_type(qualified: str) -> type[BaseException] | None:

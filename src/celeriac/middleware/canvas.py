@@ -7,8 +7,9 @@ after it in ``Message.options["canvas"]``::
     then        continuation frames, innermost first:
                   {"chain": [node, ...]}     apply the next node with this result
                   {"join": group_id, "i": 3, "n": 10, "then": [...],
-                   "err": "continue", "link": [...], "link_error": [...]}
+                   "err": "continue", "kind": "group", "link": [...], "link_error": [...]}
                                              record this result as member 3 of 10
+                                             (kind: absent for a chord's header)
     link        nodes applied with the result when the task succeeds
     link_error  nodes applied with an error dict when it fails
     abort       an earlier task failed: do not run; end FAILURE with its error, pass it on
@@ -135,10 +136,11 @@ class Flow:
             steps = node["steps"]
             self.apply(steps[0], push_chain(steps[1:], then), value, abort)
         elif kind == "group":
-            self._group(node, list(then), value, abort, "stop")
+            self._group(node, list(then), value, abort, on_error="stop", kind="group")
         elif kind == "chord":
             then = push_chain([node["body"]], then)
-            self._group(node["header"], then, value, abort, node.get("on_error", "stop"))
+            on_error = node.get("on_error", "stop")
+            self._group(node["header"], then, value, abort, on_error=on_error, kind="chord")
         else:
             raise ValueError(f"unknown canvas node kind {kind!r}")
 
@@ -148,26 +150,36 @@ class Flow:
         then: list[Frame],
         value: Any,
         abort: dict[str, str] | None,
+        *,
         on_error: str,
+        kind: str,
     ) -> None:
         members = node["members"]
         links, errbacks = node.get("link", []), node.get("link_error", [])
-        if not (then or links or errbacks):  # nothing waits for the whole group: no join
+        waited = bool(then or links or errbacks)  # else nothing waits for the whole group
+        if not waited or abort is not None:
             for member in members:
                 self.apply(member, (), value, abort)
+        if not waited:
             return
         frame: Frame = {"join": node["id"], "n": len(members), "then": then}
         if on_error != "stop":
             frame["err"] = on_error
+        if kind == "group":  # a chord's frame is the default (and what older workers sent)
+            frame["kind"] = kind
         if links:
             frame["link"] = links
         if errbacks:
             frame["link_error"] = errbacks
+        if abort is not None:
+            # An earlier step failed, so no member runs (each ends FAILURE with that step's
+            # error, above) and what waits for the group fails now. Joined like results,
+            # the aborted members read "chord member 0 failed", naming the earlier step as
+            # a member, and on_error="continue" ran the body with that error as a list.
+            self._join_failed(frame, abort if kind == "group" else never_started(abort))
+            return
         if not members:  # an empty group is complete at once
-            if abort is not None:
-                self._join_failed(frame, abort)
-            else:
-                self._join_done(frame, [])
+            self._join_done(frame, [])
             return
         for index, member in enumerate(members):
             self.apply(member, [{**frame, "i": index}], value, abort)
@@ -206,17 +218,18 @@ class Flow:
         key = join_key(frame["join"])
         count = broker.join_add(key, str(index), _encode_entry(entry), self.app.conf.result_expires)
         stop = frame.get("err", "stop") == "stop"
+        kind = frame.get("kind", "chord")
         if "e" in entry and stop:
             # Fail fast: the callback will not run whatever the other members do. A member
             # that completes the join later fails it again, under the same ids: a no-op.
-            self._join_failed(frame, chord_error(index, entry["e"]))
+            self._join_failed(frame, chord_error(index, entry["e"], kind))
             return
         if count < size:
             return
         entries = _decode_entries(broker.join_values(key), size, frame["join"])
         failed = next(((i, e["e"]) for i, e in enumerate(entries) if "e" in e), None)
         if failed is not None and stop:
-            self._join_failed(frame, chord_error(*failed))
+            self._join_failed(frame, chord_error(*failed, kind))
             return
         self._join_done(frame, [public_error(e["e"]) if "e" in e else e["v"] for e in entries])
 
@@ -329,21 +342,51 @@ def public_error(error: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in error.items() if k != "traceback"}
 
 
-def chord_error(index: int, error: dict[str, str]) -> dict[str, str]:
+def chord_error(index: int, error: dict[str, str], kind: str = "chord") -> dict[str, str]:
     """The error a join fails with: it names the failed member, its task id and its error.
+
+    ``kind`` is what the user wrote: a ``"chord"``, or a ``"group"`` followed by more steps.
 
     Example:
         >>> e = {"id": "g:3", "task": "shop.resize", "type": "builtins.ValueError",
         ...      "message": "bad size"}
         >>> chord_error(3, e)["message"]
         'chord member 3 (shop.resize[g:3]) failed: builtins.ValueError: bad size'
+        >>> chord_error(3, e, "group")["message"]
+        'group member 3 (shop.resize[g:3]) failed: builtins.ValueError: bad size'
     """
     return {
         "id": error["id"],
         "task": error["task"],
         "type": "celeriac.errors.ChordError",
         "message": (
-            f"chord member {index} ({error['task']}[{error['id']}]) failed: "
+            f"{kind} member {index} ({error['task']}[{error['id']}]) failed: "
+            f"{error['type']}: {error['message']}"
+        ),
+        "traceback": error.get("traceback", ""),
+    }
+
+
+def never_started(error: dict[str, str]) -> dict[str, str]:
+    """The error a chord's body fails with when a step before the chord failed: it names
+    that step (task and id) and says that no member of the chord ran.
+
+    Example:
+        >>> e = {"id": "w:s0", "task": "shop.fetch", "type": "builtins.OSError",
+        ...      "message": "no route"}
+        >>> text = never_started(e)["message"]
+        >>> text.startswith("the chord never started (none of its members ran)")
+        True
+        >>> text.partition(": ")[2]
+        'an earlier step of its workflow, shop.fetch[w:s0], failed: builtins.OSError: no route'
+    """
+    return {
+        "id": error["id"],
+        "task": error["task"],
+        "type": "celeriac.errors.ChordError",
+        "message": (
+            "the chord never started (none of its members ran): an earlier step of its "
+            f"workflow, {error['task']}[{error['id']}], failed: "
             f"{error['type']}: {error['message']}"
         ),
         "traceback": error.get("traceback", ""),
