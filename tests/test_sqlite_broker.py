@@ -59,3 +59,28 @@ def test_a_transaction_left_open_by_an_interruption_is_rolled_back_on_next_use(
     finally:
         broker.close()
         other.close()
+
+
+def test_the_wal_file_shrinks_back_after_a_burst(tmp_path: Path) -> None:
+    # A reader holding checkpoints back lets the log grow past 4 MiB; once it is gone and
+    # the log resets, the file is cut back (it used to stay at its high-water mark for as
+    # long as any connection of the worker was open).
+    path = tmp_path / "b.db"
+    broker = SQLiteBroker(f"sqlite:///{path}")
+    wal = Path(f"{path}-wal")
+    reader = sqlite3.connect(path)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM results").fetchone()
+        for i in range(40):
+            broker.store_result(f"big-{i}", b"x" * 256 * 1024, 60)
+        peak = wal.stat().st_size
+        assert peak > 8 * 1024 * 1024
+    finally:
+        reader.close()
+    deadline = time.monotonic() + 30
+    while wal.stat().st_size >= peak and time.monotonic() < deadline:
+        broker.store_result("small", b"x", 60)  # checkpoints, then resets the log
+    size = wal.stat().st_size
+    broker.close()
+    assert size <= 4 * 1024 * 1024 + 64 * 1024, f"the WAL file stayed at {size:,} bytes"

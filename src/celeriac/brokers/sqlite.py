@@ -178,6 +178,11 @@ class SQLiteBroker(SQLiteStore, Broker):
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             _enable_wal(db)
             db.execute(f"PRAGMA synchronous={self._synchronous}")
+            # A burst (a big backlog, large results, a long reader holding checkpoints
+            # back) grows the WAL file, and SQLite keeps it at that high-water mark for as
+            # long as any connection is open: tens of MB on disk for a worker's lifetime.
+            # With a limit, the file is cut back to it the next time the log is reset.
+            db.execute(f"PRAGMA journal_size_limit={_WAL_KEEP_BYTES}")
         except sqlite3.Error as exc:
             raise BrokerConnectionError(
                 f"cannot open the SQLite broker at {self.path}: {exc}. Check that the folder "
@@ -622,6 +627,9 @@ def failure(path: str, exc: sqlite3.Error) -> str:
             "Producers get this error; workers retry until the file can be written."
         )
     return said
+
+
+_WAL_KEEP_BYTES = 4 * 1024 * 1024
 
 
 def _enable_wal(db: sqlite3.Connection) -> None:
