@@ -19,6 +19,7 @@ Timestamps are Unix seconds (float). ``eta`` and ``expires`` are absolute.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import msgspec
@@ -259,6 +260,75 @@ def check_version(message: Message) -> Message:
             sent_at=message.sent_at,
         )
     return message
+
+
+#: The latest ``eta`` a message may hold: the end of the year 9999, the last second
+#: ``datetime`` can show. Past it a number is no time a producer meant.
+LATEST_TIME = 253_402_300_799.0
+#: The earliest ``expires``: 2000-01-01. Below it the number is a time to live written where
+#: an absolute time belongs (``expires: 3600``), or 0 for "none"; the task ended EXPIRED.
+EARLIEST_EXPIRY = 946_684_800.0
+#: The longest task name shown whole in a reason or a log line.
+NAME_SHOWN = 200
+
+
+def invalid_field(message: Message) -> str | None:
+    """Why a decoded message cannot run as its fields say, naming the field and its value;
+    None when it can.
+
+    The decoder checks only each field's type: a producer in another language, an older
+    version or a person pushing by hand can still write a value no worker can act on. Each
+    refused here did harm: ``retries=-1000`` was retried a thousand times; an ``expires``
+    of 0 or a time to live (3600) ended EXPIRED at once, unrun and not replayable; a
+    ``hard_limit`` of 0 got the task killed at once and a NaN one gave it no limit at all;
+    an empty task name was put back for an hour; an ``eta`` of 1e300 ran at once. Odd
+    values that harm nothing are kept: a ``priority`` out of 0..9 (the broker orders by
+    the priority it was sent with, never the body's), an ``eta`` in the past or at 0, an
+    ``expires`` far ahead (never), an older ``v``, fields this version does not know (a
+    newer producer's).
+
+    Example:
+        >>> invalid_field(Message(id="a", task="shop.add", retries=2)) is None
+        True
+        >>> print(invalid_field(Message(id="a", task="shop.add", retries=-1)))
+        retries=-1 is negative (it counts the retries already made, from 0)
+        >>> print(invalid_field(Message(id="a", task="shop.add", expires=3600.0)))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        expires=3600.0 is 1970-01-01T01:00:00Z: expires is an absolute Unix time (a time
+        to live must be added to the send time), and null for none
+    """
+    if not message.id:
+        return "id is empty (every task needs one: its result is stored under it)"
+    if not message.task:
+        return "task is empty (no task has an empty name)"
+    if message.retries < 0:
+        return f"retries={message.retries} is negative (it counts the retries already made, from 0)"
+    return _wrong_time(message) or _wrong_limit(message)
+
+
+def _wrong_time(message: Message) -> str | None:
+    eta, expires = message.eta, message.expires
+    if eta is not None and not eta <= LATEST_TIME:  # NaN is never <=
+        return f"eta={eta!r} is not a time before the year 10000 (a Unix time in seconds)"
+    if expires is not None and not expires >= EARLIEST_EXPIRY:  # NaN is never >=
+        # Far ahead (even infinite) is kept: it never expires, as apply_async may send it.
+        shown = _utc(expires) if expires >= 0 else "no time"
+        return (
+            f"expires={expires!r} is {shown}: expires is an absolute Unix time (a time to "
+            "live must be added to the send time), and null for none"
+        )
+    return None
+
+
+def _wrong_limit(message: Message) -> str | None:
+    for field, limit in (("soft_limit", message.soft_limit), ("hard_limit", message.hard_limit)):
+        if limit is not None and not limit > 0:  # NaN is never > 0
+            return f"{field}={limit!r} is not a number of seconds over 0 (null: the task's limit)"
+    return None
+
+
+def _utc(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def _newer(task: object, task_id: object, version: int) -> str:

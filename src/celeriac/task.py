@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from celeriac.errors import Retry
-from celeriac.message import Message, new_task_id
+from celeriac.message import LATEST_TIME, Message, new_task_id
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -87,6 +87,9 @@ def _absolute(
         >>> _absolute(float("nan"), 100.0, "countdown", "shop.add")
         Traceback (most recent call last):
         ValueError: task shop.add: countdown=nan is not a finite number of seconds
+        >>> _absolute(1e300, 100.0, "countdown", "shop.add")
+        Traceback (most recent call last):
+        ValueError: task shop.add: countdown=1e+300 puts its start after the year 9999; ...
     """
     if isinstance(when, dt.datetime):
         if when.tzinfo is None:
@@ -108,6 +111,12 @@ def _absolute(
     at = now + float(seconds)
     if not math.isfinite(at):
         raise ValueError(f"task {task}: {option}={when!r} is not a finite number of seconds")
+    if at > LATEST_TIME and option != "expires":  # an expiry that far ahead means never
+        # The broker would hold it delayed for ever, and a worker dead-letters such an eta.
+        raise ValueError(
+            f"task {task}: {option}={when!r} puts its start after the year 9999; pass "
+            "a Unix time in seconds, or a timedelta"
+        )
     return at
 
 

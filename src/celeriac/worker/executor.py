@@ -33,10 +33,12 @@ from celeriac.errors import (
     SerializationError,
 )
 from celeriac.message import (
+    NAME_SHOWN,
     ErrorInfo,
     ResultRecord,
     decode_result,
     encode_result,
+    invalid_field,
     peek_identity,
     storable_text,
 )
@@ -158,6 +160,7 @@ class Executor:
         self.contain_exits = contain_exits
         self._loop: asyncio.AbstractEventLoop | None = None
         self._retry_state_said = -math.inf  # when a RETRY state not stored was last said
+        self._oversized_said = -math.inf  # when a message over the size limit was last said
 
     # -- preparing ----------------------------------------------------------------------
 
@@ -169,6 +172,18 @@ class Executor:
             return job, refused
         message = job.message
         assert message is not None
+        wrong = invalid_field(message)
+        if wrong is not None:
+            # Readable but not runnable as sent: run, it was retried without end, killed at
+            # once or expired unrun. Dead-lettered, it can be fixed and replayed.
+            return job, Outcome(
+                "DEAD",
+                reason=(
+                    f"malformed message: task {_shown(message.task)}[{_shown(message.id)}]: "
+                    f"{wrong}. Fix the producer that sent it"
+                ),
+            )
+        self._check_size(job)
         max_deliveries = self.app.conf.task_max_deliveries
         task = self.app.tasks.get(message.task)
         if task is not None and task.options.max_deliveries is not None:
@@ -243,14 +258,53 @@ class Executor:
             )
         return None
 
+    def _check_size(self, job: Job) -> None:
+        """Say so when a delivery is over task_payload_max_bytes; it runs all the same.
+
+        Only a producer with another limit (another language, another version or setting)
+        sends one. Refused here it would be lost or dead-lettered while its bytes already sit
+        in the broker, which is what the limit protects: it runs, and the log names the
+        task and the setting to fix. Said once per Outage.REPEAT seconds, not per message.
+        """
+        size, limit = len(job.delivery.body), self.app.conf.task_payload_max_bytes
+        if size <= limit:
+            return
+        now = time.monotonic()
+        if now - self._oversized_said < Outage.REPEAT:
+            return
+        self._oversized_said = now
+        log.warning(
+            "task %s: its message is %s bytes, over task_payload_max_bytes (%s), so its "
+            "producer has another limit (another version, language or setting); running it "
+            "all the same. Messages this large fill the broker's memory: make that producer "
+            "pass ids instead of data, or give it this limit. Said once per %.0fs for every "
+            "message it happens to.",
+            _label(job),
+            f"{size:,}",
+            f"{limit:,}",
+            Outage.REPEAT,
+        )
+
     def _unknown(self, job: Job) -> Outcome:
         message = job.message
         assert message is not None
         conf = self.app.conf
-        if not message.sent_at and conf.task_unknown_max_age > 0:
-            # No send time (a message built by hand or by another language's producer):
-            # its age could never reach task_unknown_max_age, so it would be put back
-            # for ever. Its age counts from now, written into the message it is put back as.
+        if len(message.task) > NAME_SHOWN:
+            # No task has such a name (a registered one of any length still runs). Put back
+            # for task_unknown_max_age, it wrote its whole name in a log line per deferral.
+            return Outcome(
+                "DEAD",
+                reason=(
+                    f"malformed message: task {_shown(message.task)}[{_shown(message.id)}]: "
+                    f"its name is {len(message.task):,} characters long, and no task here "
+                    "has such a name. Fix the producer that sent it"
+                ),
+            )
+        if not self._sent_at_readable(message.sent_at) and conf.task_unknown_max_age > 0:
+            # No send time (a message built by hand or by another language's producer), or
+            # none that can be counted from (NaN, in the future): its age could never reach
+            # task_unknown_max_age, so it would be put back for ever. Its age counts from
+            # now, written into the message it is put back as.
             return self._defer_unknown(job, stamped=self._stamped(job))
         if self._past_max_age(message.sent_at):  # task_unknown_max_age=0: at once
             return Outcome(
@@ -291,7 +345,9 @@ class Executor:
         unknown task is (a rolling deploy that upgrades producers first loses nothing), and
         dead-lettered with the advice once no upgraded worker took it in time."""
         conf = self.app.conf
-        if not exc.sent_at:  # no send time to count from, and this version cannot write one
+        if not self._sent_at_readable(exc.sent_at):
+            # No send time to count from (none, NaN, far in the future), and this version
+            # cannot write one: put back, it would wait for ever.
             return Outcome("DEAD", reason=f"malformed message: {exc}")
         if self._past_max_age(exc.sent_at):
             return Outcome(
@@ -309,6 +365,12 @@ class Executor:
             conf.task_unknown_max_age,
         )
         return Outcome("DEFERRED", delay=conf.task_unknown_retry_delay, reason="newer protocol")
+
+    def _sent_at_readable(self, sent_at: float) -> bool:
+        """Whether a message's age can be counted from ``sent_at``: a time after 1970 and
+        not past now by more than task_unknown_max_age (a producer's clock may run ahead
+        a little; NaN fails both)."""
+        return 0 < sent_at <= time.time() + self.app.conf.task_unknown_max_age
 
     def _past_max_age(self, sent_at: float) -> bool:
         """Whether a message sent at ``sent_at`` waited task_unknown_max_age for a worker
@@ -639,7 +701,7 @@ class Executor:
         return self.app.broker.dead_letter(delivery.lease, letter, encode_result(record))
 
     def _log(self, job: Job, outcome: Outcome, committed: bool) -> None:
-        label = job.label  # escaped already: the name and id are the sender's text
+        label = _label(job)  # the name and id are the sender's text
         if not committed:
             log.warning(
                 "task %s: lease lost before settling (%s), so this outcome was discarded: %s",
@@ -744,6 +806,24 @@ def _for_log(text: str) -> str:
         return text
     more = len(text) - LOG_TEXT_CHARS
     return f"{text[:LOG_TEXT_CHARS]}... ({more:,} more characters in the result)"
+
+
+def _label(job: Job) -> str:
+    """``name[id]`` as :attr:`Job.label`, each part cut by :func:`_shown`."""
+    name = job.message.task if job.message else "?"
+    return f"{_shown(name)}[{_shown(job.delivery.id)}]"
+
+
+def _shown(text: str) -> str:
+    """A task name or id from a message, as a reason or a log line shows it: escaped, and
+    cut to NAME_SHOWN characters (a producer can send a name of megabytes).
+
+    Example:
+        >>> print(_shown("x" * 300))  # doctest: +ELLIPSIS
+        xxx...x... (300 characters)
+    """
+    text = printable(text)
+    return text if len(text) <= NAME_SHOWN else f"{text[:NAME_SHOWN]}... ({len(text):,} characters)"
 
 
 def _times(n: int) -> str:
