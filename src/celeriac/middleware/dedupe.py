@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from celeriac.message import Message
 from celeriac.middleware.base import Job, Middleware, Outcome
@@ -39,10 +39,14 @@ log = logging.getLogger("celeriac.dedupe")
 
 # Outcomes after which the task will not run again: its dedupe key is free.
 _ENDED = frozenset({"SUCCESS", "FAILURE", "EXPIRED", "REVOKED", "DEAD"})
+# A key outlives its message's expiry by this much: a worker whose clock is behind may still
+# start the task, and a send meanwhile would run it twice.
+_EXPIRY_GRACE = 1.0
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
     from celeriac.brokers.base import Broker
+    from celeriac.task import Task
 
 
 class Dedupe(Middleware):
@@ -67,8 +71,12 @@ class Dedupe(Middleware):
         key = opts["dedupe_key"] = scoped(message.task, key)
         ttl = float(opts.get("dedupe_ttl", 3600))
         store = f"dedupe:{key}"
-        for _ in range(3):  # the holder may expire between our two calls: try again
-            if app.broker.kv_set(store, message.id.encode(), ttl, only_if_absent=True):
+        life = _key_life(message, ttl)
+        if life <= 0:
+            return None  # expired already: it will never run, so it stands for nothing
+        broker = app.broker
+        for _ in range(3):  # the holder may end between our calls: try again
+            if broker.kv_set(store, message.id.encode(), life, only_if_absent=True):
                 return None
             if sending_workflow():
                 log.info(
@@ -79,9 +87,44 @@ class Dedupe(Middleware):
                     key,
                 )
                 return None
-            (held,) = app.broker.kv_get([store])
-            if held is not None:
-                return held.decode()
+            (held,) = broker.kv_get([store])
+            if held is None:
+                continue
+            holder = held.decode()
+            found = broker.get_result(holder)
+            if found is not None and found[1]:
+                # The holder ended (revoked while queued, or a worker died between its
+                # commit and freeing the key) and will not run again: the key is stale.
+                # Kept, it handed every send of the TTL a task that never runs again.
+                log.info(
+                    "task %s[%s]: dedupe key %r was still held by task %s, which has ended; "
+                    "freed, and this send takes it",
+                    message.task,
+                    message.id,
+                    key,
+                    holder,
+                )
+                _free(broker, store, holder)
+                continue
+            # DEBUG: dropping duplicates is what the key is for (a trigger sent on every
+            # page view); the caller gets the holder's handle, and at INFO a busy key
+            # would fill the log.
+            log.debug(
+                "task %s[%s] was not sent: its dedupe key %r is held by task %s, which has "
+                "not finished (queued, running or waiting to retry); this call returns that "
+                "task's handle. The key is freed when that task %s, or at the latest %.0fs "
+                "(dedupe_ttl) after it was sent. If it was purged or lost, free the key with "
+                "celeriac.middleware.dedupe.release_dedupe_key(app, %r, %r)",
+                message.task,
+                message.id,
+                key,
+                holder,
+                "starts" if opts.get("dedupe_mode", "queued") == "queued" else "finishes",
+                ttl,
+                message.task,
+                key.removeprefix(f"{message.task}:"),
+            )
+            return holder
         return None
 
     def send_failed(self, app: Celeriac, message: Message) -> None:
@@ -126,6 +169,8 @@ class Dedupe(Middleware):
                 return Outcome("REVOKED", reason="superseded by a later send (debounce)")
         if message.options.get("dedupe_mode", "queued") == "queued":
             self._release(job)
+        elif message.options.get("dedupe_key") is not None:
+            self._hold_while_running(job)
         return None
 
     def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
@@ -150,11 +195,30 @@ class Dedupe(Middleware):
         ):
             self._hold_again(job)
 
+    def _hold_while_running(self, job: Job) -> None:
+        """Hold a running-mode key for the whole TTL again once the task starts.
+
+        The producer cut the key's life to the message's expiry (an expired message never
+        runs); a task that started in time may run past it, and its key must hold until
+        it finishes. Only then is a call paid, and never over another send's key.
+        """
+        message = job.message
+        assert message is not None
+        ttl = float(message.options.get("dedupe_ttl", 3600))
+        left = message.sent_at + ttl - time.time()
+        if left <= 0 or _key_life(message, ttl) >= left:
+            return  # the key was not cut short, or the TTL is over anyway
+        store = f"dedupe:{message.options['dedupe_key']}"
+        broker = _broker(job)
+        (held,) = broker.kv_get([store])
+        if held is None or held.decode() == message.id:
+            broker.kv_set(store, message.id.encode(), left)
+
     def _hold_again(self, job: Job) -> None:
         message = job.message
         assert message is not None
         ttl = float(message.options.get("dedupe_ttl", 3600))
-        left = message.sent_at + ttl - time.time()  # never longer than the TTL it was sent with
+        left = _key_life(message, ttl)  # never longer than the TTL it was sent with
         if left > 0:
             store = f"dedupe:{message.options['dedupe_key']}"
             _broker(job).kv_set(store, message.id.encode(), left, only_if_absent=True)
@@ -165,6 +229,34 @@ class Dedupe(Middleware):
         key = message.options.get("dedupe_key")
         if key is not None:
             _free(_broker(job), f"dedupe:{key}", message.id)
+
+
+def release_dedupe_key(app: Celeriac, task: str | Task[Any, Any], key: object) -> str | None:
+    """Free ``task``'s dedupe key ``key`` now; return the id of the task that held it.
+
+    For a key whose task will never run although it has not ended: its message was
+    purged (``celeriac purge``) or lost with the broker's data. Until its TTL, every send
+    with that key is handed the lost task's handle and runs nothing.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> @app.task
+        ... def sync(n: int) -> int:
+        ...     return n
+        >>> first = sync.apply_async((1,), dedupe_key="acct:42")
+        >>> release_dedupe_key(app, sync, "acct:42") == first.id
+        True
+        >>> release_dedupe_key(app, sync.name, "acct:42") is None  # by name; nothing held now
+        True
+    """
+    name = task if isinstance(task, str) else task.name
+    store = f"dedupe:{scoped(name, key)}"
+    (held,) = app.broker.kv_get([store])
+    if held is None:
+        return None
+    _free(app.broker, store, held.decode())
+    return held.decode()
 
 
 def scoped(task: str, key: object) -> str:
@@ -178,6 +270,19 @@ def scoped(task: str, key: object) -> str:
     """
     text, prefix = f"{key}", f"{task}:"
     return text if text.startswith(prefix) else prefix + text
+
+
+def _key_life(message: Message, ttl: float) -> float:
+    """Seconds left for ``message``'s dedupe key: its TTL from the send, cut to its expiry.
+
+    An expired message never runs, so its key stands for nothing after that: kept for the
+    whole TTL, it handed every later send a task that ended EXPIRED unrun. The grace
+    covers a worker whose clock is a little behind the broker's.
+    """
+    end = message.sent_at + ttl
+    if message.expires is not None:
+        end = min(end, message.expires + _EXPIRY_GRACE)
+    return end - time.time()
 
 
 def _free(broker: Broker, store: str, task_id: str) -> None:

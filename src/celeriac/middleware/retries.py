@@ -8,7 +8,8 @@ releases the current delivery.
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import msgspec
 
@@ -47,7 +48,7 @@ class Retries(Middleware):
         # apply_async(max_retries=0) and the like apply to their call; they were ignored.
         opts = call_options(task.options.extra, message.options, self.options)
         if outcome.state == "FAILURE":
-            retry_on = tuple(opts.get("autoretry_for", ()))
+            retry_on = _exception_types(opts.get("autoretry_for", ()))
             if not (retry_on and isinstance(outcome.exception, retry_on)):
                 return outcome
             if isinstance(outcome.exception, ArgumentsRefused):
@@ -72,7 +73,7 @@ class Retries(Middleware):
         exc = outcome.exception
         if exc is not None and not isinstance(exc, Retry):
             # Kept in the message, so a dead letter can show the first error and the last.
-            message.options.setdefault("first_error", f"{_qualname(exc)}: {exc}")
+            message.options.setdefault("first_error", f"{_qualname(exc)}: {_text(exc)}")
         return Outcome("RETRY", delay=delay, exception=exc, runtime=outcome.runtime)
 
     def _give_up(self, job: Job, outcome: Outcome, why: str, opts: dict[str, Any]) -> Outcome:
@@ -96,6 +97,30 @@ class Retries(Middleware):
             final.state = "DEAD"
             final.reason = f"failed {why}"
         return final
+
+
+def _exception_types(given: object) -> tuple[type[BaseException], ...]:
+    """``autoretry_for`` as a tuple of exception classes.
+
+    One class alone (``autoretry_for=ValueError``) is accepted: ``tuple(ValueError)``
+    raised in this hook, which is logged and skipped, so the task was never retried.
+
+    Example:
+        >>> _exception_types(ValueError), _exception_types([KeyError, OSError])
+        ((<class 'ValueError'>,), (<class 'KeyError'>, <class 'OSError'>))
+    """
+    if isinstance(given, type):
+        return (given,)
+    return tuple(cast("Iterable[type[BaseException]]", given))
+
+
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when the exception's ``__str__`` itself raises: that
+    raise used to cost the task its retry (this hook failed, the failure stood)."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - any error of a broken __str__
+        return f"<{type(exc).__name__} whose str() failed>"
 
 
 def _qualname(exc: BaseException) -> str:
