@@ -195,6 +195,10 @@ def result_of(app: Celeriac, node: Node) -> Result:
     """The handle on a frozen node's result: a task's, a chain's last step's, a group's
     members', a chord's body's.
 
+    A chain's or chord's handle also knows the ids of its other tasks (earlier steps,
+    header members), so that revoking or forgetting it reaches the whole workflow; links
+    and errbacks are not part of it.
+
     Example:
         >>> from celeriac import Celeriac
         >>> app = Celeriac("doc", broker="memory://")
@@ -204,11 +208,33 @@ def result_of(app: Celeriac, node: Node) -> Result:
     kind = node["kind"]
     if kind == "task":
         return AsyncResult(node["options"]["task_id"], app, node["task"])
-    if kind == "chain":
-        return result_of(app, node["steps"][-1])
     if kind == "group":
         return GroupResult(node["id"], [result_of(app, m) for m in node["members"]], app)
-    return result_of(app, node["body"])
+    if kind == "chain":
+        result, before = result_of(app, node["steps"][-1]), node["steps"][:-1]
+    else:
+        result, before = result_of(app, node["body"]), [node["header"]]
+    result._workflow = (*(i for n in before for i in task_ids(n)), *result._workflow)
+    return result
+
+
+def task_ids(node: Node) -> list[str]:
+    """The id of every task a frozen node runs (not its links' and errbacks'), in order.
+
+    Example:
+        >>> flow = {"kind": "chain", "steps": [{"kind": "task", "task": "a"},
+        ...                                     {"kind": "task", "task": "b"}]}
+        >>> task_ids(freeze(flow, "w1"))
+        ['w1:s0', 'w1']
+    """
+    kind = node["kind"]
+    if kind == "task":
+        return [node["options"]["task_id"]]
+    if kind == "chain":
+        return [i for step in node["steps"] for i in task_ids(step)]
+    if kind == "group":
+        return [i for member in node["members"] for i in task_ids(member)]
+    return [*task_ids(node["header"]), *task_ids(node["body"])]
 
 
 def _save_group(app: Celeriac, node: Node, result: Result) -> None:
