@@ -275,28 +275,33 @@ def test_retry_options_given_per_call_apply(app: Celeriac) -> None:
 
 
 @pytest.mark.parametrize(
-    ("options", "says"),
+    ("options", "says", "worker_limits"),
     [
-        ({"rate_limit": "1/minute"}, "write it as N/s"),
+        # The producer's limits had it; this worker's do not (a deploy renaming a limit).
         (
             {"limit": "smpt"},
             r"its limit 'smpt' is not in this worker's limits setting \(it has: smtp\)",
+            {"smtp": "1/m"},
         ),
         (
             {"rate_limit": "1/m", "rate_limit_key": lambda *a, **k: k["tenant"]},
             "its rate_limit_key raised KeyError",
+            None,
         ),
     ],
 )
 def test_a_rate_limit_that_cannot_apply_fails_the_task_instead_of_running_it_unlimited(
-    options: dict[str, Any], says: str
+    options: dict[str, Any], says: str, worker_limits: dict[str, str] | None
 ) -> None:
-    app = Celeriac("review-limits", broker="memory://", limits={"smtp": "1/m"})
+    app = Celeriac("review-limits", broker="memory://", limits={"smtp": "1/m", "smpt": "1/m"})
     ran: list[int] = []
 
     @app.task(**options)
     def send(n: int) -> None:
         ran.append(n)
+
+    if worker_limits is not None:
+        app.conf.limits = worker_limits
 
     results = [send.delay(n) for n in range(3)]
     run_queued(app, fail_fast=False)

@@ -19,7 +19,7 @@ from celeriac.errors import ConfigurationError, NotRegistered, PayloadTooLarge
 from celeriac.message import Message
 from celeriac.middleware import Middleware, MiddlewareStack, default_middleware
 from celeriac.result import AsyncResult
-from celeriac.task import Task, TaskOptions, task_name_for
+from celeriac.task import DURATIONS, Task, TaskOptions, option_problem, task_name_for
 
 if TYPE_CHECKING:
     from celeriac.beat import Beat, PeriodicDecorator
@@ -146,7 +146,10 @@ class Celeriac:
         (``self.request``, ``self.retry``); see :meth:`bound_task` for precise typing.
 
         Raises:
-            ConfigurationError: an option no middleware understands.
+            ConfigurationError: an option no middleware understands, or a value that its
+                middleware could not apply (``rate_limit="10/x"``, a ``limit`` missing
+                from the ``limits`` setting, ``max_retries=-1``...): the error names the
+                task, the option, the value and what is accepted.
         """
         if fn:
             return self._register(fn[0], options)
@@ -174,6 +177,8 @@ class Celeriac:
                 f"task {fn.__qualname__}: name must be a str, got {options['name']!r}"
             )
         name = options.get("name") or task_name_for(fn)
+        if extra:  # here, at import time: in the worker it failed every message of the task
+            self.middleware.check_options(self, name, extra)
         task: Task[Any, Any] = Task(
             self, fn, name, TaskOptions(**core, extra=extra), bind=bool(options.get("bind"))
         )
@@ -404,36 +409,13 @@ number from 0 to 9 (9 runs first), got 12
     for option, value in options.items():
         if value is None:
             continue  # None: the app's default
-        problem = _option_problem(option, value)
+        problem = option_problem(option, value)
         if problem:
             raise ConfigurationError(f"task {task}: {option} must be {problem}, got {value!r}")
-        if option in _DURATIONS:
+        if option in DURATIONS:
             seconds = value.total_seconds() if isinstance(value, dt.timedelta) else value
             checked[option] = float(seconds)
     return checked
-
-
-#: Options given in seconds: over 0, math.inf (UNBOUNDED) to opt out, or a timedelta.
-_DURATIONS = frozenset({"soft_time_limit", "time_limit", "expires"})
-
-
-def _option_problem(option: str, value: Any) -> str:
-    """What ``value`` of a core task option should be instead; empty when it is fine."""
-    whole = isinstance(value, int) and not isinstance(value, bool)
-    if option == "queue" and not (isinstance(value, str) and value):
-        return "a queue name (a non-empty str)"
-    if option == "priority" and not (whole and 0 <= value <= 9):
-        return "a whole number from 0 to 9 (9 runs first)"
-    if option == "max_deliveries" and not (whole and value >= 1):
-        return "a whole number of at least 1"
-    if option == "ignore_result" and not isinstance(value, bool):
-        return "True or False"
-    if option in _DURATIONS:
-        seconds = value.total_seconds() if isinstance(value, dt.timedelta) else value
-        number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
-        if not (number and seconds > 0):
-            return "a number of seconds over 0 or a timedelta (UNBOUNDED: no limit)"
-    return ""
 
 
 def _unknown_task(*args: Any, **kwargs: Any) -> Any:

@@ -32,6 +32,15 @@ R = TypeVar("R")
 #: lists such tasks). Anything left unset takes the app's default instead.
 UNBOUNDED = math.inf
 
+#: How a message carries a per-call time limit of UNBOUNDED: 100 years, longer than any
+#: task runs. JSON has no infinity (it wrote null, "the task's own limit", so the opt-out
+#: was lost), and every worker, older ones too, arms this as a plain timer: it is within
+#: ``signal.setitimer``'s and ``threading.TIMEOUT_MAX``'s range.
+NO_LIMIT_SECONDS = 3_153_600_000.0
+
+#: Options given in seconds: over 0, UNBOUNDED to opt out, or a timedelta.
+DURATIONS = frozenset({"soft_time_limit", "time_limit", "expires"})
+
 
 @dataclass(frozen=True, slots=True)
 class TaskOptions:
@@ -124,6 +133,32 @@ def _is_real(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def option_problem(option: str, value: Any) -> str:
+    """What ``value`` of a core task option should be instead; empty when it is fine.
+    The one check of these options, for ``@app.task`` and for ``apply_async``.
+
+    Example:
+        >>> option_problem("priority", 12)
+        'a whole number from 0 to 9 (9 runs first)'
+        >>> option_problem("time_limit", dt.timedelta(minutes=1))
+        ''
+    """
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if option == "queue" and not (isinstance(value, str) and value):
+        return "a queue name (a non-empty str)"
+    if option == "priority" and not (whole and 0 <= value <= 9):
+        return "a whole number from 0 to 9 (9 runs first)"
+    if option == "max_deliveries" and not (whole and value >= 1):
+        return "a whole number of at least 1"
+    if option == "ignore_result" and not isinstance(value, bool):
+        return "True or False"
+    if option in DURATIONS:
+        seconds = value.total_seconds() if isinstance(value, dt.timedelta) else value
+        if not (_is_real(seconds) and seconds > 0):  # NaN is never > 0
+            return "a number of seconds over 0 or a timedelta (UNBOUNDED: no limit)"
+    return ""
+
+
 def _check_options(
     task: str,
     *,
@@ -153,11 +188,23 @@ def _check_options(
     if headers and not isinstance(headers, dict):
         raise TypeError(f"task {task}: headers must be a dict, got {type(headers).__name__}")
     for option, limit in (("soft_time_limit", soft_time_limit), ("time_limit", time_limit)):
-        if limit is not None and not (_is_real(limit) and limit > 0):  # type: ignore[operator]
-            raise ValueError(
-                f"task {task}: {option} must be a number of seconds over 0 (math.inf: no "
-                f"limit), got {limit!r}"
-            )
+        problem = "" if limit is None else option_problem(option, limit)
+        if problem:
+            raise ValueError(f"task {task}: {option} must be {problem}, got {limit!r}")
+
+
+def _wire_limit(limit: float | dt.timedelta | None) -> float | None:
+    """A per-call time limit as the message carries it: seconds, UNBOUNDED as
+    :data:`NO_LIMIT_SECONDS` (JSON would carry it as null: the task's own limit).
+
+    Example:
+        >>> _wire_limit(dt.timedelta(minutes=2)), _wire_limit(UNBOUNDED), _wire_limit(None)
+        (120.0, 3153600000.0, None)
+    """
+    if limit is None:
+        return None
+    seconds = float(limit.total_seconds() if isinstance(limit, dt.timedelta) else limit)
+    return NO_LIMIT_SECONDS if seconds == UNBOUNDED else seconds
 
 
 def _to_ms(when: float | None, *, up: bool = False) -> float | None:
@@ -361,19 +408,16 @@ function is add(x, y)
         queue: str | None = None,
         task_id: str | None = None,
         headers: dict[str, Any] | None = None,
-        soft_time_limit: float | None = None,
-        time_limit: float | None = None,
+        soft_time_limit: float | dt.timedelta | None = None,
+        time_limit: float | dt.timedelta | None = None,
         **extra: Any,
     ) -> Message:
         """Build the message ``apply_async`` would send, without sending it."""
         if extra:
-            unknown = set(extra) - self.app.middleware.known_options()
-            if unknown:
-                raise TypeError(
-                    f"{self.name}.apply_async() got unknown option(s) {', '.join(sorted(unknown))}"
-                )
+            self._check_call_options(extra)
         conf, opts = self.app.conf, self.options
         now = time.time()
+        soft_limit = hard_limit = None
         if task_id or queue or headers or soft_time_limit is not None or time_limit is not None:
             _check_options(
                 self.name,
@@ -383,6 +427,7 @@ function is add(x, y)
                 soft_time_limit=soft_time_limit,
                 time_limit=time_limit,
             )
+            soft_limit, hard_limit = _wire_limit(soft_time_limit), _wire_limit(time_limit)
         # The common case (no countdown, eta or expires given; the task's or the app's
         # expiry in seconds) without a call per field: this runs once per message sent.
         if countdown is not None:
@@ -411,10 +456,8 @@ function is add(x, y)
         ) or (not 0 <= level <= 9):
             # A float, bool or string would be sent, then refused by every worker as a
             # malformed message and dead-lettered: the task would never run.
-            raise ValueError(
-                f"task {self.name}: priority must be a whole number from 0 to 9 (9 runs "
-                f"first), got {level!r}"
-            )
+            problem = option_problem("priority", level)
+            raise ValueError(f"task {self.name}: priority must be {problem}, got {level!r}")
         parent = _current.get()
         return Message(
             id=task_id or new_task_id(),
@@ -425,14 +468,34 @@ function is add(x, y)
             priority=level,
             eta=_to_ms(due, up=True),
             expires=expires_at,
-            soft_limit=soft_time_limit,
-            hard_limit=time_limit,
+            soft_limit=soft_limit,
+            hard_limit=hard_limit,
             root_id=(parent.root_id or parent.id) if parent else None,
             parent_id=parent.id if parent else None,
             headers=headers or {},
             options=extra,
             sent_at=_nearest_ms(now),
         )
+
+    def _check_call_options(self, extra: dict[str, Any]) -> None:
+        """Refuse, before anything is sent, a middleware option this call cannot give: one
+        no middleware declared, one only ``@app.task`` takes, or a value its middleware
+        could not apply (it failed in the worker, for this message)."""
+        stack = self.app.middleware
+        unknown = set(extra) - stack.known_options()
+        if unknown:
+            raise TypeError(
+                f"{self.name}.apply_async() got unknown option(s) {', '.join(sorted(unknown))}"
+            )
+        only = sorted(stack.task_only_options() & extra.keys())
+        if only:
+            # Said here: the encoder's "an argument is not JSON-serializable" misled.
+            raise TypeError(
+                f"task {self.name}: {', '.join(only)} can only be set on @app.task(...), not "
+                "per call: its value (a class or a function) cannot travel in a message. "
+                "Set it where the task is defined, or define a second task with it"
+            )
+        stack.check_options(self.app, self.name, extra)
 
     def retry(self, exc: BaseException | None = None, countdown: float | None = None) -> Retry:
         """Return a :class:`Retry` to raise: ``raise self.retry(exc=e, countdown=5)``."""

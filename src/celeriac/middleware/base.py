@@ -23,10 +23,12 @@ And in the producer::
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from celeriac.errors import ConfigurationError
 from celeriac.message import ErrorInfo, Message
 from celeriac.text import printable
 
@@ -83,6 +85,19 @@ class Middleware:
 
     #: task options this middleware understands, e.g. {"max_retries", "retry_backoff"}
     options: ClassVar[frozenset[str]] = frozenset()
+    #: those of ``options`` that only ``@app.task`` takes: their values (a function, an
+    #: exception class) cannot travel in a message, so ``apply_async`` refuses them
+    task_only_options: ClassVar[frozenset[str]] = frozenset()
+
+    def check_options(self, app: Celeriac, task: str, options: dict[str, Any]) -> None:
+        """Raise :class:`~celeriac.errors.ConfigurationError` for a value of one of this
+        middleware's options that it could not apply; ignore every other option.
+
+        Called with a task's options when ``@app.task`` defines it (at import time), and
+        with the options ``apply_async`` gives for one call. A value that passed would
+        fail in the worker, for every message of the task; :func:`option_error` words
+        the error.
+        """
 
     def before_send(self, app: Celeriac, message: Message) -> str | None:
         """Called in the producer before a message is encoded; may change it or raise.
@@ -113,6 +128,30 @@ class Middleware:
         """Called when the worker has nothing to run (flush buffers here)."""
 
 
+def option_error(task: str, option: str, value: object, accepted: str) -> ConfigurationError:
+    """The error for a task option's value: the task, the option, the value, and what is
+    accepted instead.
+
+    Example:
+        >>> print(option_error("shop.push", "dedupe_mode", "queud", "'queued' or 'running'"))
+        task shop.push: dedupe_mode must be 'queued' or 'running', got 'queud'
+    """
+    return ConfigurationError(f"task {task}: {option} must be {accepted}, got {value!r}")
+
+
+def is_seconds(value: object, *, over_zero: bool = False) -> bool:
+    """Whether ``value`` is a finite number of seconds, at least 0 (or over 0): not a bool,
+    a str, NaN or infinity, which a policy's arithmetic fails on in the worker.
+
+    Example:
+        >>> is_seconds(2.5), is_seconds(0, over_zero=True), is_seconds(True), is_seconds("1")
+        (True, False, False, False)
+    """
+    if value.__class__ is bool or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and (value > 0 if over_zero else value >= 0)
+
+
 def call_options(
     defined: dict[str, Any], sent: dict[str, Any], names: frozenset[str]
 ) -> dict[str, Any]:
@@ -141,6 +180,7 @@ class MiddlewareStack:
         self._after = _overriding(middleware, "after_execute")[::-1]
         self._settled = _overriding(middleware, "after_settle")[::-1]
         self._idle = _overriding(middleware, "on_idle")
+        self._checkers = _overriding(middleware, "check_options")
 
     def known_options(self) -> frozenset[str]:
         """Every task option some middleware declared."""
@@ -148,6 +188,19 @@ class MiddlewareStack:
         for m in self.middleware:
             known |= m.options
         return known
+
+    def task_only_options(self) -> frozenset[str]:
+        """Every task option some middleware takes from ``@app.task`` only."""
+        only: frozenset[str] = frozenset()
+        for m in self.middleware:
+            only |= m.task_only_options
+        return only
+
+    def check_options(self, app: Celeriac, task: str, options: dict[str, Any]) -> None:
+        """Let every middleware refuse a value of its options (see
+        :meth:`Middleware.check_options`); the first error propagates to the caller."""
+        for m in self._checkers:
+            m.check_options(app, task, options)
 
     def before_send(self, app: Celeriac, message: Message) -> str | None:
         """Producer-side hooks; their errors propagate to the caller of delay().

@@ -32,7 +32,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from celeriac.message import Message
-from celeriac.middleware.base import Job, Middleware, Outcome
+from celeriac.middleware.base import Job, Middleware, Outcome, is_seconds, option_error
 from celeriac.middleware.canvas import sending_workflow
 
 log = logging.getLogger("celeriac.dedupe")
@@ -53,6 +53,34 @@ class Dedupe(Middleware):
     """Producer-side dedupe and debounce, and their worker-side clean-up."""
 
     options = frozenset({"dedupe_key", "dedupe_ttl", "dedupe_mode", "debounce", "debounce_key"})
+
+    def check_options(self, app: Celeriac, task: str, options: dict[str, Any]) -> None:
+        """Refuse a TTL, wait or mode that every send (or worker) of the task would fail
+        on: ``dedupe_mode="queud"`` was taken as "running", ``dedupe_ttl="1h"`` failed
+        every send.
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> Dedupe().check_options(Celeriac("doc", broker="memory://"), "shop.sync",
+            ...                        {"dedupe_mode": "queud"})
+            Traceback (most recent call last):
+            celeriac.errors.ConfigurationError: task shop.sync: dedupe_mode must be 'queued' \
+(the key is freed when the task starts) or 'running' (when it finishes), got 'queud'
+        """
+        mode = options.get("dedupe_mode", "queued")
+        if mode not in ("queued", "running"):
+            raise option_error(
+                task,
+                "dedupe_mode",
+                mode,
+                "'queued' (the key is freed when the task starts) or 'running' (when it finishes)",
+            )
+        for option, over_zero in (("dedupe_ttl", True), ("debounce", False)):
+            if option in options and not is_seconds(options[option], over_zero=over_zero):
+                least = "over 0" if over_zero else "at least 0"
+                raise option_error(
+                    task, option, options[option], f"a finite number of seconds, {least}"
+                )
 
     def before_send(self, app: Celeriac, message: Message) -> str | None:
         """Return an existing task id to send nothing; arm debounce on this message."""

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celeriac.errors import ConfigurationError
-from celeriac.middleware.base import Job, Middleware, Outcome, call_options
+from celeriac.middleware.base import Job, Middleware, Outcome, call_options, option_error
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PER_CALL = frozenset({"rate_limit", "limit"})  # options apply_async may give per message
@@ -30,6 +33,9 @@ _SLOT = "rate_slot"  # option on a deferred message: the time of its reserved sl
 # Admissions asked for per start at most: a broker slow on every call must not spend the
 # whole window on one task's retries.
 _ADMIT_TRIES = 3
+# Limiter keys whose latest slot a process remembers (see RateLimit._later).
+_LATER_KEPT = 10_000
+_RATE = "a rate written N/s, N/m, N/h or N/d with N a whole number over 0 (e.g. '100/m')"
 
 
 def parse_rate(text: str) -> tuple[int, float]:
@@ -55,6 +61,39 @@ class RateLimit(Middleware):
     """Defers tasks over their limit to their reserved slot."""
 
     options = frozenset({"rate_limit", "limit", "rate_limit_key"})
+    task_only_options = frozenset({"rate_limit_key"})  # a function: a message cannot carry it
+
+    def check_options(self, app: Celeriac, task: str, options: dict[str, Any]) -> None:
+        """Refuse a rate this middleware cannot read, a limit name missing from the app's
+        ``limits`` setting, and a ``rate_limit_key`` that is not callable: in the worker
+        each failed every message of the task (None, for a rate or a limit: none).
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> app = Celeriac("doc", broker="memory://", limits={"smtp": "10/s"})
+            >>> RateLimit().check_options(app, "shop.mail", {"limit": "smpt"})
+            Traceback (most recent call last):
+            celeriac.errors.ConfigurationError: task shop.mail: limit must be a name in this \
+app's limits setting (it has: 'smtp'), got 'smpt'
+        """
+        rate = options.get("rate_limit")
+        if rate is not None:
+            try:
+                if not isinstance(rate, str):
+                    raise ConfigurationError(rate)
+                parse_rate(rate)
+            except ConfigurationError:
+                raise option_error(task, "rate_limit", rate, _RATE) from None
+        name = options.get("limit")
+        if name is not None and not (isinstance(name, str) and name in app.conf.limits):
+            known = ", ".join(repr(n) for n in sorted(app.conf.limits))
+            has = f"it has: {known}" if known else "it has none: set Celeriac(limits={...}) first"
+            raise option_error(task, "limit", name, f"a name in this app's limits setting ({has})")
+        split = options.get("rate_limit_key")
+        if split is not None and not callable(split):
+            raise option_error(
+                task, "rate_limit_key", split, "a function of the task's arguments returning a str"
+            )
 
     def before_execute(self, job: Job) -> Outcome | None:
         """Run now, or defer the message to the next free slot of its limiter."""
@@ -72,9 +111,9 @@ class RateLimit(Middleware):
         if _SLOT not in message.options:
             # Phase 1: reserve a slot, once. Slots are spread evenly, so a backlog waits in
             # the broker in order instead of all waking together.
-            wait = broker.rate_reserve(key + ":slots", limit / period)
-            if wait > 0.001:
-                return self._defer(job, wait, key)
+            waiting = self._reserve(job, key, limit / period)
+            if waiting is not None:
+                return waiting
         # Phase 2: admit at the real start time. Starts can run late by a few ms (fetch
         # and scheduling), so the exact window check is what guarantees "never more than
         # N in any window"; the guard covers the gap between admission and the task's code.
@@ -92,6 +131,40 @@ class RateLimit(Middleware):
             # and ask again; spending a slot only slows the limit, never breaks it.
         message.options.pop(_SLOT, None)
         return None
+
+    def __init__(self) -> None:
+        # Per limiter, the latest slot this process was given. Slots are handed out in
+        # order (the broker's next free slot only moves later), so no task can get one
+        # earlier than this: a task expiring before it needs no reservation to know it
+        # will not run.
+        self._later: dict[str, float] = {}
+
+    def _reserve(self, job: Job, key: str, per_second: float) -> Outcome | None:
+        """Reserve the next free slot: None to start now, else the Outcome to settle."""
+        assert job.task is not None and job.message is not None
+        expires = job.message.expires
+        if expires is not None and self._later.get(key, 0.0) >= expires:
+            # No slot before its expiry: reserved, one would push every later task back
+            # by a slot nobody uses (a backlog of 100 such tasks at 1/m made a fresh task
+            # wait 100 minutes).
+            return _expires_first(job, self._later[key], key)
+        wait = job.task.app.broker.rate_reserve(key + ":slots", per_second)
+        if wait <= 0.001:
+            return None
+        slot = time.time() + wait
+        self._seen_slot(key, slot)
+        if expires is not None and slot >= expires:
+            return _expires_first(job, slot, key)  # deferred, it would only expire unrun
+        return self._defer(job, wait, key)
+
+    def _seen_slot(self, key: str, slot: float) -> None:
+        later = self._later
+        if len(later) >= _LATER_KEPT:  # many split keys (rate_limit_key): drop past slots
+            now = time.time()
+            for passed in [k for k, at in list(later.items()) if at < now]:
+                later.pop(passed, None)  # pop: a thread of the threads pool may have too
+        if len(later) < _LATER_KEPT or key in later:
+            later[key] = max(slot, later.get(key, 0.0))
 
     def _defer(self, job: Job, wait: float, key: str) -> Outcome:
         message = job.message
@@ -113,7 +186,7 @@ class RateLimit(Middleware):
             # kind (it was ignored). A per-call rate_limit_key cannot travel (a function).
             own = {k: v for k, v in opts.items() if k not in _PER_CALL}
             opts = call_options(own, sent, _PER_CALL)
-        if "limit" in opts:
+        if opts.get("limit") is not None:  # None: not set, as for rate_limit
             name = opts["limit"]
             rate = job.task.app.conf.limits.get(name)
             if rate is None:
@@ -122,7 +195,7 @@ class RateLimit(Middleware):
                     f"its limit {name!r} is not in this worker's limits setting (it has: {known})"
                 )
             key = f"rate:limit:{name}"
-        elif "rate_limit" in opts:
+        elif opts.get("rate_limit") is not None:
             rate, key = opts["rate_limit"], f"rate:task:{job.task.name}"
         else:
             return None
@@ -130,6 +203,22 @@ class RateLimit(Middleware):
         if split is not None:
             key += ":" + str(split(*job.request.args, **job.request.kwargs))
         return (key, *parse_rate(rate))
+
+
+def _expires_first(job: Job, slot: float, key: str) -> Outcome:
+    """EXPIRED now, for a task whose expiry comes before the first slot its limiter can
+    give it: it would only wait in the broker to expire there, unrun."""
+    message = job.message
+    assert message is not None and message.expires is not None
+    now = time.time()
+    return Outcome(
+        "EXPIRED",
+        reason=(
+            f"rate limit {key} has no free slot before its expiry (it expires in "
+            f"{max(message.expires - now, 0.0):.1f}s, the next slot is in {slot - now:.1f}s), "
+            "so it could not start in time"
+        ),
+    )
 
 
 def _misconfigured(job: Job, exc: Exception) -> Outcome:

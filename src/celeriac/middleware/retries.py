@@ -8,14 +8,24 @@ releases the current delivery.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import Any, cast
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
 from celeriac.errors import ArgumentsRefused, Retry, TaskFailed
-from celeriac.middleware.base import Job, Middleware, Outcome, call_options
+from celeriac.middleware.base import (
+    Job,
+    Middleware,
+    Outcome,
+    call_options,
+    is_seconds,
+    option_error,
+)
 from celeriac.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
 
 
 class Retries(Middleware):
@@ -24,8 +34,9 @@ class Retries(Middleware):
     Task options: ``autoretry_for`` (exception types), ``max_retries`` (default 3),
     ``retry_backoff`` (base seconds, default 1), ``retry_backoff_max`` (default 600),
     ``retry_jitter`` (default True), ``dead_letter_after_retries`` (default False: the
-    final failure is only stored; True also dead-letters the message). Each may also be
-    given to ``apply_async`` for one call. A retry that would be due after the message's
+    final failure is only stored; True also dead-letters the message). Each but
+    ``autoretry_for`` (classes: a message cannot carry them) may also be given to
+    ``apply_async`` for one call. A retry that would be due after the message's
     expiry is not scheduled: the task fails with its own error instead of ending EXPIRED.
     """
 
@@ -39,6 +50,25 @@ class Retries(Middleware):
             "dead_letter_after_retries",
         }
     )
+
+    task_only_options = frozenset({"autoretry_for"})  # classes: a message cannot carry them
+
+    def check_options(self, app: Celeriac, task: str, options: dict[str, Any]) -> None:
+        """Refuse a value this middleware could not apply: in the worker it failed this
+        hook (logged and skipped), so the task was not retried at all.
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> Retries().check_options(Celeriac("doc", broker="memory://"), "shop.push",
+            ...                         {"max_retries": -1})
+            Traceback (most recent call last):
+            celeriac.errors.ConfigurationError: task shop.push: max_retries must be a whole \
+number of at least 0, or None for no limit, got -1
+        """
+        for option, value in options.items():
+            accepted = _ACCEPTED.get(option)
+            if accepted is not None and not accepted[0](value):
+                raise option_error(task, option, value, accepted[1])
 
     def after_execute(self, job: Job, outcome: Outcome) -> Outcome:
         """Decide between RETRY and a final FAILURE."""
@@ -97,6 +127,36 @@ class Retries(Middleware):
             final.state = "DEAD"
             final.reason = f"failed {why}"
         return final
+
+
+def _is_exception_class(value: object) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseException)
+
+
+def _are_exception_classes(value: object) -> bool:
+    if _is_exception_class(value):
+        return True
+    return isinstance(value, tuple | list | set | frozenset) and all(
+        _is_exception_class(v) for v in value
+    )
+
+
+def _is_retry_count(value: object) -> bool:
+    return value is None or (value.__class__ is not bool and isinstance(value, int) and value >= 0)
+
+
+#: Each option's test, and what it accepts (for the error).
+_ACCEPTED: dict[str, tuple[Callable[[object], bool], str]] = {
+    "autoretry_for": (
+        _are_exception_classes,
+        "an exception class or a tuple of exception classes, e.g. (ConnectionError,)",
+    ),
+    "max_retries": (_is_retry_count, "a whole number of at least 0, or None for no limit"),
+    "retry_backoff": (is_seconds, "a finite number of seconds, at least 0"),
+    "retry_backoff_max": (is_seconds, "a finite number of seconds, at least 0"),
+    "retry_jitter": (lambda v: isinstance(v, bool), "True or False"),
+    "dead_letter_after_retries": (lambda v: isinstance(v, bool), "True or False"),
+}
 
 
 def _exception_types(given: object) -> tuple[type[BaseException], ...]:

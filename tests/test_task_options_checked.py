@@ -1,0 +1,232 @@
+"""Task options are checked where they are given, and per-call opt-outs reach the worker.
+
+* ``@app.task(...)`` refuses, at import time, a policy option its middleware could not
+  apply (it failed in the worker, for every message), naming the task, the option, the
+  value and what is accepted; ``apply_async`` refuses the same values for one call, and
+  names the options only ``@app.task`` takes (they cannot travel in a message).
+* ``apply_async(time_limit=UNBOUNDED)`` lifts the task's own limit in a real worker, with
+  either serializer (JSON carried infinity as null: the task's own limit applied).
+* Tasks whose expiry comes before their rate limit's next slot do not reserve slots that
+  a fresh task would then wait behind.
+
+Real worker processes run this module's app (``-A tests.test_task_options_checked``)
+against a SQLite file, with the same celeriac source as this test process.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import celeriac
+from celeriac import Celeriac
+from celeriac.errors import ConfigurationError, SoftTimeLimitExceeded
+from celeriac.testing import wait_for
+from tests.conftest import ROOT, WorkerProcesses
+
+app = Celeriac("options-checked")
+
+PACE = 2.0  # starts per second of `paced`
+
+
+@app.task(name="checked.hard_limited", time_limit=1, soft_time_limit=30)
+def hard_limited(seconds: float) -> str:
+    time.sleep(seconds)
+    return "finished"
+
+
+@app.task(name="checked.soft_limited", soft_time_limit=0.5, time_limit=30)
+def soft_limited(seconds: float) -> str:
+    time.sleep(seconds)
+    return "finished"
+
+
+@app.task(name="checked.paced", rate_limit=f"{PACE:g}/s")
+def paced(n: int) -> int:
+    return n
+
+
+@pytest.fixture
+def broker_url(sqlite_url: str) -> str:
+    """SQLite only: what is checked is the producer's and the middleware's, not a broker's."""
+    return sqlite_url
+
+
+@pytest.fixture
+def checked_app(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Celeriac]:
+    monkeypatch.setattr(app.conf, "broker_url", sqlite_url)
+    yield app
+    app.broker.close()
+
+
+def _start(workers: WorkerProcesses, *args: str) -> None:
+    # The worker runs the celeriac this test imported (a copy of older code, too).
+    source = Path(celeriac.__file__).resolve().parents[1]
+    env = {"PYTHONPATH": f"{source}:{ROOT}"}
+    workers.start("-c", "1", *args, app="tests.test_task_options_checked", env=env)
+
+
+# -- checked when the task is defined -------------------------------------------------
+
+
+@pytest.fixture
+def local() -> Celeriac:
+    return Celeriac("checked-local", broker="memory://", limits={"smtp": "5/s"})
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"rate_limit": "10/x"}, r"rate_limit must be a rate written N/s.*got '10/x'"),
+        ({"rate_limit": "0/s"}, r"rate_limit must be a rate .* over 0 .*got '0/s'"),
+        ({"rate_limit": "-1/s"}, r"rate_limit must be .*got '-1/s'"),
+        ({"rate_limit": 10}, r"rate_limit must be .*got 10$"),
+        (
+            {"limit": "smpt"},
+            r"limit must be a name in this app's limits setting \(it has: 'smtp'\)",
+        ),
+        ({"rate_limit_key": "tenant"}, r"rate_limit_key must be a function"),
+        ({"dedupe_mode": "queud"}, r"dedupe_mode must be 'queued' .* or 'running' .*got 'queud'"),
+        ({"dedupe_ttl": "1h"}, r"dedupe_ttl must be a finite number of seconds, over 0"),
+        ({"debounce": -1}, r"debounce must be a finite number of seconds, at least 0, got -1"),
+        ({"retry_backoff": -1}, r"retry_backoff must be a finite number of seconds.*got -1"),
+        ({"retry_backoff_max": math.nan}, r"retry_backoff_max must be .*got nan"),
+        ({"max_retries": -1}, r"max_retries must be a whole number of at least 0.*got -1"),
+        ({"max_retries": 2.5}, r"max_retries must be a whole number"),
+        ({"retry_jitter": "no"}, r"retry_jitter must be True or False"),
+        ({"autoretry_for": (ValueError, "x")}, r"autoretry_for must be an exception class or"),
+        ({"autoretry_for": int}, r"autoretry_for must be an exception class"),
+    ],
+)
+def test_a_policy_option_no_worker_could_apply_is_refused_when_the_task_is_defined(
+    local: Celeriac, options: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=f"^task shop.job: {says}"):
+
+        @local.task(name="shop.job", **options)
+        def job() -> None: ...
+
+    assert "shop.job" not in local.tasks
+
+
+def test_good_policy_options_are_accepted(local: Celeriac) -> None:
+    @local.task(
+        name="shop.job",
+        rate_limit="5/m",
+        rate_limit_key=lambda *a, **k: "tenant",
+        autoretry_for=OSError,
+        max_retries=None,
+        retry_backoff=0,
+        retry_jitter=False,
+        dedupe_mode="running",
+        dedupe_ttl=60,
+        debounce=0,
+    )
+    def job() -> None: ...
+
+    @local.task(name="shop.mail", limit="smtp", autoretry_for=[KeyError, OSError])
+    def mail() -> None: ...
+
+    assert {"shop.job", "shop.mail"} <= local.tasks.keys()
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"rate_limit": "1/minute"}, r"rate_limit must be a rate"),
+        ({"limit": "smpt"}, r"limit must be a name in this app's limits setting"),
+        ({"max_retries": -1}, r"max_retries must be a whole number"),
+        ({"dedupe_key": "k", "dedupe_mode": "runing"}, r"dedupe_mode must be 'queued'"),
+    ],
+)
+def test_the_same_values_are_refused_per_call_and_nothing_is_sent(
+    local: Celeriac, options: dict[str, Any], says: str
+) -> None:
+    @local.task(name="shop.job")
+    def job() -> None: ...
+
+    with pytest.raises(ConfigurationError, match=f"^task shop.job: {says}"):
+        job.apply_async(**options)
+    assert local.broker.stats() == []
+
+
+@pytest.mark.parametrize(
+    "options", [{"autoretry_for": (OSError,)}, {"rate_limit_key": lambda *a, **k: "tenant"}]
+)
+def test_an_option_only_the_decorator_takes_is_named_when_given_per_call(
+    local: Celeriac, options: dict[str, Any]
+) -> None:
+    @local.task(name="shop.job")
+    def job() -> None: ...
+
+    (option,) = options
+    with pytest.raises(TypeError, match=f"^task shop.job: {option} can only be set on @app.task"):
+        job.apply_async(**options)  # was: "an argument is not JSON-serializable"
+    assert local.broker.stats() == []
+
+
+def test_a_per_call_time_limit_may_be_a_timedelta(local: Celeriac) -> None:
+    import datetime as dt
+
+    @local.task(name="shop.job")
+    def job() -> str:
+        return "ran"
+
+    message = job.message((), time_limit=dt.timedelta(minutes=2), soft_time_limit=math.inf)
+    assert message.hard_limit == 120.0
+    assert message.soft_limit is not None and message.soft_limit > 50 * 365 * 86400
+
+
+# -- per-call "no limit" reaches the worker ---------------------------------------------
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+def test_a_per_call_unbounded_time_limit_lifts_the_tasks_own_in_a_real_worker(
+    checked_app: Celeriac,
+    workers: WorkerProcesses,
+    monkeypatch: pytest.MonkeyPatch,
+    serializer: str,
+) -> None:
+    monkeypatch.setattr(checked_app.conf, "task_serializer", serializer)
+    _start(workers)
+    # Each sleeps past its task's own limit (hard 1 s; soft 0.5 s), sent with no limit.
+    hard = hard_limited.apply_async((2,), time_limit=math.inf)
+    soft = soft_limited.apply_async((1.5,), soft_time_limit=math.inf)
+    # Was, with JSON: "ran past its hard time limit (1s) and was killed", and
+    # SoftTimeLimitExceeded: the opt-out arrived as null, the task's own limit.
+    assert hard.get(timeout=30) == "finished", workers.log_text()
+    assert soft.get(timeout=30) == "finished", workers.log_text()
+    # The task's own limits still apply to a send that does not lift them.
+    with pytest.raises(SoftTimeLimitExceeded):
+        soft_limited.apply_async((1.5,)).get(timeout=30)
+
+
+# -- rate limit slots and expiry ------------------------------------------------------
+
+
+def test_tasks_that_expire_before_their_slot_do_not_push_a_fresh_task_back(
+    checked_app: Celeriac, workers: WorkerProcesses
+) -> None:
+    _start(workers)
+    backlog = 40  # at 2/s, 20 s of slots; each expires 2 s after it is sent
+    sent = checked_app.send_many([paced.message((n,), expires=2) for n in range(backlog)])
+    broker = checked_app.broker
+
+    def handled_once() -> bool:  # each message ran, expired, or waits for its slot
+        return all(s.ready == 0 and s.in_flight == 0 for s in broker.stats())
+
+    assert wait_for(handled_once, timeout=30), workers.log_text()
+    # How far ahead the limiter's next free slot lies now (this reserves one slot: the
+    # one a fresh task sent now would get).
+    ahead = broker.rate_reserve(f"rate:task:{paced.name}:slots", PACE)
+    # Was ~20 s: all 40 reserved a slot, and all but the first few expired before theirs.
+    # Now only those that can start in time reserve (and, per process, one more).
+    assert ahead * PACE < backlog / 2, f"{ahead:.1f}s of slots are reserved ahead"
+    assert wait_for(lambda: all(r.state in ("SUCCESS", "EXPIRED") for r in sent), timeout=30)
+    states = [r.state for r in sent]
+    assert states.count("EXPIRED") >= backlog // 2 and "SUCCESS" in states
