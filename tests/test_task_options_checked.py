@@ -201,9 +201,18 @@ def test_a_per_call_unbounded_time_limit_lifts_the_tasks_own_in_a_real_worker(
     # SoftTimeLimitExceeded: the opt-out arrived as null, the task's own limit.
     assert hard.get(timeout=30) == "finished", workers.log_text()
     assert soft.get(timeout=30) == "finished", workers.log_text()
+    # A later step of a workflow is built in the worker, from the workflow's JSON.
+    flow = hard_limited.si(0) | hard_limited.si(2).set(time_limit=math.inf)
+    assert flow.apply_async().get(timeout=30) == "finished", workers.log_text()
     # The task's own limits still apply to a send that does not lift them.
     with pytest.raises(SoftTimeLimitExceeded):
         soft_limited.apply_async((1.5,)).get(timeout=30)
+
+
+def test_a_workflow_step_option_its_middleware_cannot_apply_is_refused_at_set() -> None:
+    # A later step is built in a worker: there the value stopped the workflow.
+    with pytest.raises(ConfigurationError, match="rate_limit"):
+        paced.s(1).set(rate_limit="10/x")
 
 
 # -- rate limit slots and expiry ------------------------------------------------------

@@ -107,12 +107,19 @@ class Canvas(Generic[ResultT_co]):
 
         Raises:
             ValueError: an option that no part of celeriac understands.
+            ConfigurationError: a value its middleware could not apply (``rate_limit="10/x"``).
         """
         app = self.app
         known = CALL_OPTIONS | (app.middleware.known_options() if app is not None else set())
         unknown = sorted(set(options) - known)
         if unknown and app is not None:
             raise ValueError(f"unknown option(s) {', '.join(unknown)}; known: {sorted(known)}")
+        policy = {k: v for k, v in options.items() if k not in CALL_OPTIONS}
+        if policy and app is not None:
+            # Checked here, where the caller can see it: a later step is built in a worker,
+            # where a value its middleware cannot apply stopped the workflow.
+            what = self.name if isinstance(self, Signature) else type(self).__name__.lower()
+            app.middleware.check_options(app, what, policy)
         for key, value in options.items():
             self.options.update(normalized(key, value))
         return self

@@ -18,6 +18,7 @@ from celeriac.message import new_task_id
 from celeriac.middleware.canvas import Canvas as CanvasMiddleware
 from celeriac.middleware.canvas import Flow, Node
 from celeriac.result import AsyncResult, GroupResult
+from celeriac.task import NO_LIMIT_SECONDS, UNBOUNDED
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -272,6 +273,8 @@ def normalized(key: str, value: Any) -> dict[str, Any]:
         >>> import datetime as dt
         >>> normalized("expires", dt.timedelta(minutes=5))
         {'expires': 300.0}
+        >>> normalized("time_limit", UNBOUNDED)  # JSON has no infinity: 100 years
+        {'time_limit': 3153600000.0}
     """
     # Signatures are JSON data: times become Unix seconds. A datetime expiry is absolute,
     # a number of seconds relative to each task's own send time.
@@ -283,6 +286,12 @@ def normalized(key: str, value: Any) -> dict[str, Any]:
         if value.tzinfo is None:
             raise ValueError(f"{key}={value!r}: give the datetime a timezone")
         return {"expires_at" if key == "expires" else key: value.timestamp()}
-    if isinstance(value, dt.timedelta):
-        return {key: value.total_seconds()}
-    return {key: value}
+    seconds = value.total_seconds() if isinstance(value, dt.timedelta) else value
+    if key in _LIMITS and seconds == UNBOUNDED:
+        # A workflow is JSON, which has no infinity: null was "the task's own limit", so
+        # the opt-out was lost for every step built in a worker.
+        return {key: NO_LIMIT_SECONDS}
+    return {key: seconds}
+
+
+_LIMITS = frozenset({"soft_time_limit", "time_limit"})
