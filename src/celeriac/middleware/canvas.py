@@ -12,7 +12,8 @@ after it in ``Message.options["canvas"]``::
                                              (kind: absent for a chord's header)
     link        nodes applied with the result when the task succeeds
     link_error  nodes applied with an error dict when it fails
-    abort       an earlier task failed: do not run; end FAILURE with its error, pass it on
+    abort       an earlier task failed: do not run; end FAILURE with its error (REVOKED
+                if this task was revoked itself), pass it on. Sent without its delay.
     chunk       args[0] is a list of argument lists: run the task once for each
 
 This middleware continues in ``after_execute``, *before* the broker commits the task: a
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from celeriac.control import is_revoke_mark
 from celeriac.errors import BrokerError, MessageError, NotRegistered, SerializationError
 from celeriac.message import ErrorInfo, Message, encode_message
 from celeriac.middleware.base import Job, Middleware, Outcome
@@ -57,6 +59,12 @@ _STATE_ERRORS = {
     "EXPIRED": "celeriac.errors.TaskExpired",
     "REVOKED": "celeriac.errors.TaskRevoked",
     "DEAD": "celeriac.errors.Reject",
+}
+# How the task an error dict names ended, by the error's type ("failed" for the rest).
+_ENDED = {
+    "celeriac.errors.TaskRevoked": "was revoked",
+    "celeriac.errors.TaskExpired": "expired",
+    "celeriac.errors.Reject": "was dead-lettered",
 }
 _TRACEBACK_CHARS = 4000  # tracebacks ride in messages and join values: keep them bounded
 _RETRY_DELAY = 1.0  # seconds before a task whose workflow could not be continued runs again
@@ -250,6 +258,11 @@ class Flow:
         if value is not NOTHING and abort is None and not node.get("immutable"):
             args.insert(0, value)
         options = dict(node.get("options", {}))
+        if abort is not None:
+            # It will not run: settled now, not after its delay (an hour's countdown left
+            # the workflow's handle PENDING for the hour, its failure already known).
+            options.pop("countdown", None)
+            options.pop("eta", None)
         if "expires_at" in options:
             options["expires"] = dt.datetime.fromtimestamp(options.pop("expires_at"), dt.UTC)
         if "route" in node and name not in self.app.tasks:
@@ -343,7 +356,8 @@ def public_error(error: dict[str, str]) -> dict[str, str]:
 
 
 def chord_error(index: int, error: dict[str, str], kind: str = "chord") -> dict[str, str]:
-    """The error a join fails with: it names the failed member, its task id and its error.
+    """The error a join fails with: it names the failed member, its task id and its error
+    (a member revoked, expired or dead-lettered unrun is said to be, not to have failed).
 
     ``kind`` is what the user wrote: a ``"chord"``, or a ``"group"`` followed by more steps.
 
@@ -354,13 +368,16 @@ def chord_error(index: int, error: dict[str, str], kind: str = "chord") -> dict[
         'chord member 3 (shop.resize[g:3]) failed: builtins.ValueError: bad size'
         >>> chord_error(3, e, "group")["message"]
         'group member 3 (shop.resize[g:3]) failed: builtins.ValueError: bad size'
+        >>> revoked = {**e, "type": "celeriac.errors.TaskRevoked", "message": "revoked"}
+        >>> chord_error(3, revoked)["message"]
+        'chord member 3 (shop.resize[g:3]) was revoked: celeriac.errors.TaskRevoked: revoked'
     """
     return {
         "id": error["id"],
         "task": error["task"],
         "type": "celeriac.errors.ChordError",
         "message": (
-            f"{kind} member {index} ({error['task']}[{error['id']}]) failed: "
+            f"{kind} member {index} ({error['task']}[{error['id']}]) {_what_happened(error)}: "
             f"{error['type']}: {error['message']}"
         ),
         "traceback": error.get("traceback", ""),
@@ -386,7 +403,7 @@ def never_started(error: dict[str, str]) -> dict[str, str]:
         "type": "celeriac.errors.ChordError",
         "message": (
             "the chord never started (none of its members ran): an earlier step of its "
-            f"workflow, {error['task']}[{error['id']}], failed: "
+            f"workflow, {error['task']}[{error['id']}], {_what_happened(error)}: "
             f"{error['type']}: {error['message']}"
         ),
         "traceback": error.get("traceback", ""),
@@ -460,10 +477,45 @@ def chunk_task(task: Task[Any, Any]) -> Task[Any, Any]:
 
 
 def _aborted(error: dict[str, str]) -> Outcome:
-    origin = f"{error['task']}[{error['id']}]"
-    trace = f"not run: {origin} failed earlier in this workflow\n{error.get('traceback', '')}"
+    origin = f"{error['task']}[{error['id']}] {_what_happened(error)} earlier in this workflow"
+    trace = f"not run: {origin}\n{error.get('traceback', '')}"
     info = ErrorInfo(type=error["type"], message=error["message"], traceback=trace)
-    return Outcome("FAILURE", error=info, reason=f"{origin} failed earlier in this workflow")
+    return Outcome("FAILURE", error=info, reason=origin)
+
+
+def _what_happened(error: dict[str, str]) -> str:
+    """How the task an error dict names ended, in words: a revoked step did not fail."""
+    return _ENDED.get(error.get("type", ""), "failed")
+
+
+def _revoked_itself(job: Job) -> Outcome | None:
+    """REVOKED when the task was revoked itself: its revoke mark is in the result store.
+
+    Asked only of a task aborted by an earlier step (one read each). A workflow revoked
+    through its handle marks every step; settled FAILURE with the first step's error, the
+    later steps overwrote their marks, and the handle read FAILURE although every step was
+    revoked and none ran. The mark is read, not the Revocation middleware's set: that runs
+    after this middleware, and its copy in another worker process may lag the revoke by a
+    quarter second.
+    """
+    app = job.task.app if job.task is not None else job.app
+    if app is None:
+        return None
+    try:
+        stored = app.broker.get_result(job.delivery.id)
+    except BrokerError as exc:
+        log.warning(
+            "task %s: could not read whether it was revoked (%s). It will not run either "
+            "way (an earlier step of its workflow did not succeed); it is put back and "
+            "settled in %gs. If this repeats, check that the broker is reachable",
+            job.label,
+            exc,
+            _RETRY_DELAY,
+        )
+        return Outcome("DEFERRED", delay=_RETRY_DELAY, reason="revoke check failed")
+    if stored is not None and is_revoke_mark(stored[0]):
+        return Outcome("REVOKED", reason="revoked before it started")
+    return None
 
 
 def _data(job: Job) -> dict[str, Any] | None:
@@ -493,7 +545,10 @@ class Canvas(Middleware):
             return None
         abort = data.get("abort")
         if abort is not None:
-            return _aborted(abort)
+            # A step revoked itself (a workflow's handle revokes every step) reads REVOKED;
+            # one that was not, FAILURE with the earlier step's error (TaskRevoked when
+            # that step was revoked): it did not run because of that step.
+            return _revoked_itself(job) or _aborted(abort)
         if data.get("chunk") and job.task is not None:
             job.task = chunk_task(job.task)
         return None
