@@ -102,3 +102,13 @@ def test_sqlite_url_mistakes_are_clear_errors(tmp_path: Path) -> None:
         SQLiteBroker(f"sqlite:///{tmp_path}/typo/b.db")  # was: created, an empty broker
     assert not (tmp_path / "typo").exists()
     SQLiteBroker(f"sqlite:///{tmp_path}/b.db?synchronous=full").close()
+
+
+def test_a_named_limit_whose_rate_cannot_be_read_is_refused_when_set() -> None:
+    # It was accepted, and every task using it failed in the worker, message after message.
+    for rate in ("10/x", "0/s", "-1/m"):
+        with pytest.raises(ConfigurationError, match="setting limits: 'smtp': rate limit"):
+            Settings(limits={"smtp": rate})
+    with pytest.raises(ConfigurationError, match="CELERIAC_LIMITS"):
+        Settings.from_environment({"CELERIAC_LIMITS": '{"smtp": "ten per second"}'})
+    assert Settings(limits={"smtp": "10/s"}).limits == {"smtp": "10/s"}

@@ -117,6 +117,8 @@ class Settings:
             _check_items(name, hints[name], value)
         _check_bounds(name, value)
         _check_text(name, value)
+        if name == "limits" and value:
+            _check_limits(value)
         super().__setattr__(name, value)
         chosen = self.__dict__.get("_chosen")
         if chosen is not None:  # None while the dataclass's __init__ assigns the defaults
@@ -188,6 +190,26 @@ def _check_bounds(name: str, value: Any) -> None:
     if not low <= value <= high:
         span = f"at least {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
         raise ConfigurationError(f"setting {name} must be {span}, got {value!r}")
+
+
+def _check_limits(limits: Any) -> None:
+    """Refuse a named limit whose rate cannot be read, here: in the worker it failed every
+    message of every task using it.
+
+    Example:
+        >>> Settings(limits={"smtp": "10/x"})
+        Traceback (most recent call last):
+        celeriac.errors.ConfigurationError: setting limits: 'smtp': rate limit '10/x': ...
+    """
+    from celeriac.middleware.rate_limit import parse_rate  # the one reader of rates
+
+    for limit_name, rate in dict(limits).items():
+        try:
+            if not isinstance(rate, str):
+                raise ConfigurationError(f"rate limit {rate!r} must be a str such as '100/m'")
+            parse_rate(rate)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"setting limits: {limit_name!r}: {exc}") from None
 
 
 #: Text settings that take one of a few values (compared without case).
