@@ -37,6 +37,39 @@ def test_result_expires(broker: Broker) -> None:
     eventually(lambda: broker.get_result("t") is None, "the result expires")
 
 
+def test_get_results_reads_each_id_as_get_result_does_in_order(broker: Broker) -> None:
+    broker.store_result("p", b"started", 60)
+    broker.send([out("f")])
+    assert broker.complete(one(broker).lease, b"final", 60)
+    assert broker.mark_revoked(["r"], b"revoked", 60) == [True]  # a revoke mark reads final
+    broker.store_result("gone", b"x", 0.2)
+    eventually(lambda: broker.get_result("gone") is None, "the result expires")
+    ids = ["f", "missing", "p", "r", "gone", "f", "caf\u00e9 {x}"]
+    expected = [
+        (b"final", True),
+        None,
+        (b"started", False),
+        (b"revoked", True),
+        None,
+        (b"final", True),  # an id asked twice is answered twice
+        None,
+    ]
+    assert [broker.get_result(i) for i in ids] == expected
+    assert broker.get_results(ids) == expected
+    assert broker.get_results([]) == []
+    assert asyncio.run(broker.aget_results(ids)) == expected
+    assert asyncio.run(broker.aget_results([])) == []
+
+
+def test_get_results_of_more_ids_than_one_query_or_command_takes(broker: Broker) -> None:
+    """2,500 ids: over SQLite's 500 per query and Redis's 1,000 per MGET."""
+    ids = [f"g:{i}" for i in range(2_500)]
+    assert all(broker.mark_revoked(ids[::2], b"revoked", 60))
+    expected = [(b"revoked", True) if i % 2 == 0 else None for i in range(len(ids))]
+    assert broker.get_results(ids) == expected
+    assert broker.get_results(ids[::-1]) == expected[::-1]
+
+
 def test_wait_returns_a_stored_final_result_at_once(broker: Broker) -> None:
     broker.send([out("t")])
     broker.complete(one(broker).lease, b"done", 60)

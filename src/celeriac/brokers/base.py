@@ -347,6 +347,23 @@ class Broker(abc.ABC):
     def get_result(self, task_id: str) -> tuple[bytes, bool] | None:
         """The stored result bytes and whether they are final, or None."""
 
+    def get_results(self, task_ids: Sequence[str]) -> list[tuple[bytes, bool] | None]:
+        """What :meth:`get_result` says of each id, in order, in one round trip.
+
+        A group's progress (``GroupResult.completed_count()``, ``ready()``, ``get()``...)
+        reads every member: one round trip each made a group of 10,000 cost 10,000. Brokers
+        with a network round trip override this; by default it is :meth:`get_result` for
+        each id.
+
+        Example:
+            >>> from celeriac.brokers.memory import MemoryBroker
+            >>> broker = MemoryBroker()
+            >>> broker.store_result("a", b"{}", 60)
+            >>> broker.get_results(["a", "never-sent"])
+            [(b'{}', False), None]
+        """
+        return [self.get_result(task_id) for task_id in task_ids]
+
     @abc.abstractmethod
     def wait_result(self, task_id: str, timeout: float) -> bytes | None:
         """Block until a final result exists (returned) or ``timeout`` passes (None).
@@ -500,6 +517,10 @@ class Broker(abc.ABC):
     async def aget_result(self, task_id: str) -> tuple[bytes, bool] | None:
         """Async face of :meth:`get_result`."""
         return await asyncio.to_thread(self.get_result, task_id)
+
+    async def aget_results(self, task_ids: Sequence[str]) -> list[tuple[bytes, bool] | None]:
+        """Async face of :meth:`get_results`."""
+        return await asyncio.to_thread(self.get_results, task_ids)
 
     async def await_result(self, task_id: str, timeout: float) -> bytes | None:
         """Async face of :meth:`wait_result`, cancellable.

@@ -320,6 +320,13 @@ class MemoryBroker(Broker):
                 return None
             return stored[0], stored[1]
 
+    def get_results(self, task_ids: Sequence[str]) -> list[tuple[bytes, bool] | None]:
+        """What :meth:`get_result` says of each id, read together under one lock."""
+        with self._lock:
+            now = time.time()
+            found = [self._results.get(task_id) for task_id in task_ids]
+        return [None if s is None or s[2] <= now else (s[0], s[1]) for s in found]
+
     def wait_result(self, task_id: str, timeout: float) -> bytes | None:
         """Block until a final result exists or ``timeout`` passes."""
         deadline = time.monotonic() + timeout

@@ -327,6 +327,14 @@ class RedisBroker(Broker):
         """Async face of :meth:`get_result`."""
         return await self._arun(admin.get_result(self._ctx, task_id), "read a result")
 
+    def get_results(self, task_ids: Sequence[str]) -> list[tuple[bytes, bool] | None]:
+        """The stored result of each id, in one round trip (see :func:`.admin.get_results`)."""
+        return self._run(admin.get_results(self._ctx, task_ids), _reading(task_ids))
+
+    async def aget_results(self, task_ids: Sequence[str]) -> list[tuple[bytes, bool] | None]:
+        """Async face of :meth:`get_results`."""
+        return await self._arun(admin.get_results(self._ctx, task_ids), _reading(task_ids))
+
     def wait_result(self, task_id: str, timeout: float) -> bytes | None:
         """Block until a final result exists or ``timeout`` passes; woken by pub/sub."""
         return self._run(
@@ -424,3 +432,9 @@ class RedisBroker(Broker):
     def purge_dead_letters(self) -> int:
         """Delete every dead letter."""
         return self._run(admin.purge_dead_letters(self._ctx), "purge dead letters")
+
+
+def _reading(task_ids: Sequence[str]) -> str:
+    """What a read of several results was, for its error message."""
+    shown = ", ".join(task_ids[:3]) + (", ..." if len(task_ids) > 3 else "")
+    return f"read the results of {len(task_ids)} tasks ({shown})"
