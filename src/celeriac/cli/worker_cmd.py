@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from celeriac.cli.main import Context, cli, loglevel_option, setup_logging
-from celeriac.errors import ConfigurationError
+from celeriac.errors import BrokerError, ConfigurationError
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
 
 
 @cli.command()
@@ -98,6 +103,7 @@ def worker(
     from celeriac.beat import fork_scheduler, stop_scheduler
 
     app.beat.static_entries()  # a bad beat_schedule fails here, before anything starts
+    reach_broker_before_forking(app)
     # Forked before the worker starts its children, and stopped by PID when it returns, so
     # the worker's own code never needs to know about it.
     scheduler_pid = fork_scheduler(app)
@@ -107,6 +113,25 @@ def worker(
     finally:
         stop_scheduler(scheduler_pid)
     sys.exit(code)
+
+
+def reach_broker_before_forking(app: Celeriac) -> None:
+    """Make the first broker call here, before the scheduler process is forked.
+
+    The first call checks the server and logs its start-up warnings (a Redis with
+    persistence off) once per process tree: the scheduler, forked after it, inherits that
+    they were said. Forked first, it said them a second time. A broker that cannot be
+    reached yet is left to the worker, which waits for it and says so.
+
+    Example:
+        >>> import tempfile
+        >>> from celeriac import Celeriac
+        >>> reach_broker_before_forking(
+        ...     Celeriac("doc", broker=f"sqlite:///{tempfile.mkdtemp()}/doc.db")
+        ... )
+    """
+    with contextlib.suppress(BrokerError):
+        app.broker.workers()
 
 
 def warn_if_many_processes(pool: str, concurrency: int, cpus: int) -> bool:

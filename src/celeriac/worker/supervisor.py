@@ -37,6 +37,7 @@ from celeriac.brokers.base import Lease, WorkerInfo
 from celeriac.errors import BrokerError, ConfigurationError
 from celeriac.middleware.verdicts import verdict_key
 from celeriac.worker.child import (
+    STOP_PATIENCE,
     STOP_SIGNALS,
     ChildSpec,
     child_main,
@@ -107,6 +108,11 @@ class Worker:
         self._children = [_ChildState(i, Slot()) for i in range(processes)]
         self._stop_requests = 0
         self._said_failed: dict[str, float] = {}  # what _quietly said failed, and when
+        # What a shutdown could not do for want of the broker, said once when it stops;
+        # and whether the broker answered the shutdown's last call.
+        self._unreached: list[str] = []
+        self._unreached_why = ""
+        self._reachable = True
         self._last_renew = self._last_beat = self._last_reap = 0.0
         # At most a second between tries: heartbeats and lease renewals must resume at once
         # when the broker is back, before another worker's reaper takes this one for dead.
@@ -208,18 +214,48 @@ class Worker:
         if signum == signal.SIGQUIT:  # Ctrl-\: cold at once, as a second SIGTERM is
             self._stop_requests = max(self._stop_requests, 1)
         self._stop_requests += 1
+        # The children are told here, not after the pass in progress: a pass blocked on a
+        # broker that hangs (a socket timeout, 30 s by default) delayed both kinds of stop.
+        # _shutdown signals them again, which covers a child forked meanwhile.
+        for child in self._children:
+            if child.pid:
+                _signal_child(
+                    child.pid, signal.SIGTERM if self._stop_requests == 1 else signal.SIGKILL
+                )
         if self._stop_requests == 1:
-            log.info(
-                "worker %s: warm shutdown — running tasks finish, the rest go back to "
-                "the queue. Send the signal again for a cold shutdown.",
-                self.id,
-            )
+            log.info("worker %s: warm shutdown — %s", self.id, self._warm_words())
         else:
+            running = self._running()
             log.warning(
-                "worker %s: cold shutdown — killing children; their tasks go back to "
-                "the queue and will run again",
+                "worker %s: cold shutdown — killing its children%s; what they held goes back "
+                "to the queue, and killed tasks run again",
                 self.id,
+                f" and {_tasks(running)}" if running else "",
             )
+
+    def _warm_words(self) -> str:
+        """What a warm shutdown waits for, and what the operator can do about it."""
+        if not any(c.pid for c in self._children):
+            return "no child is running yet."
+        running = self._running()
+        if not running:
+            return "no task is running; prefetched messages go back to the queue."
+        outage = (
+            f" The broker is unreachable: a result not stored within {STOP_PATIENCE:g}s "
+            "of the task's end is given up, and the task runs again once its lease expires."
+            if self._outage.since
+            else ""
+        )
+        return (
+            f"waiting for {_tasks(running)} to finish; prefetched messages go back to the "
+            f"queue.{outage} Send the signal again (or SIGQUIT) for a cold shutdown: running "
+            "tasks are killed and run again later."
+        )
+
+    def _running(self) -> list[Held]:
+        """The tasks its children run now: their slots, read again (a pass may be late
+        while a broker call waits, and a task started since the last one is running)."""
+        return [h for c in self._children if c.pid for h in c.slot.read().held if h.started]
 
     def _spawn(self, child: _ChildState) -> None:
         child.slot.clear()
@@ -539,16 +575,33 @@ class Worker:
         """Heartbeat one child's consumer id; ttl 0 declares it dead at once."""
         self.app.broker.heartbeat(self._child_info(child, pid), ttl)
 
-    def _quietly(self, action: Callable[[], object], what: str) -> None:
+    def _quietly(self, action: Callable[[], object], what: str, *, periodic: bool = False) -> None:
         """Run a broker call whose failure must not stop the supervisor; say so once.
 
         ``what`` names it for a person ("renew the leases of running tasks"). The same
         failure is said again only after Outage.REPEAT seconds: with the broker down, a
         line per pass (several a second) buried everything else.
+
+        During a shutdown, a call that is not ``periodic`` (the heartbeats and renewals
+        that go on while running tasks finish) is a last one, never tried again: its
+        failure is kept for the summary that :meth:`_shutdown` logs, and it is skipped
+        while the shutdown's previous call failed. A broker that hangs instead of refusing
+        (a stopped process, a lost network) costs a socket timeout per call, 30 s by
+        default, and what they would hand back is delivered again when its lease expires.
         """
+        stopping = self._stop_requests > 0
+        last = stopping and not periodic
+        if last and not self._reachable:
+            self._unreached.append(what)
+            return
         try:
             action()
         except BrokerError as exc:
+            if stopping:
+                self._reachable, self._unreached_why = False, str(exc)
+            if last:
+                self._unreached.append(what)
+                return
             now = time.monotonic()
             if now - self._said_failed.get(what, -math.inf) < Outage.REPEAT:
                 return
@@ -560,10 +613,17 @@ class Worker:
                 what,
                 exc,
             )
+        else:
+            if stopping:
+                self._reachable = True
 
     # -- shutdown -----------------------------------------------------------------------
 
     def _shutdown(self) -> None:
+        if self._outage.since:
+            self._reachable = False
+            down = time.monotonic() - self._outage.since
+            self._unreached_why = f"it had not answered for {down:.0f}s"
         live = [c for c in self._children if c.pid]
         for child in live:
             _signal(child.pid, signal.SIGTERM)
@@ -583,7 +643,27 @@ class Worker:
             functools.partial(self.app.broker.forget_worker, self.id),
             "remove this worker from the live workers",
         )
-        log.info("worker %s stopped", self.id)
+        self._say_stopped()
+
+    def _say_stopped(self) -> None:
+        """The last line: stopped, and what became of the work when the broker was away."""
+        if not self._unreached:
+            log.info("worker %s stopped", self.id)
+            return
+        prefix = "put back task "
+        put_back = [w.removeprefix(prefix) for w in self._unreached if w.startswith(prefix)]
+        log.error(
+            "worker %s stopped without reaching the broker (%s).%s Every message this "
+            "worker still held stays in the broker and is delivered again once its lease "
+            "(%gs) or its holder's heartbeat (%gs) has run out, so soon after the broker is "
+            "back; a task that ran but whose result could not be stored runs again. Until "
+            "then `celeriac status` may still list this worker.",
+            self.id,
+            self._unreached_why.rstrip("."),
+            f" It could not put back {', '.join(put_back)}." if put_back else "",
+            self.app.conf.worker_lease_seconds,
+            self._child_ttl(),
+        )
 
     def _tick_shutdown(self) -> None:
         now, conf = time.time(), self.app.conf
@@ -595,14 +675,23 @@ class Worker:
                 # the shutdown hostage.
                 self._enforce_limits(child, view, now)
         self._reap_children()
-        self._quietly(self.remote.poll, "read remote-control messages")
-        # Running tasks are still ours while they finish: keep their children alive too.
-        if now - self._last_beat >= conf.worker_heartbeat_seconds:
-            self._quietly(self._heartbeat, "send its heartbeat")
-            self._last_beat = now
+        if not any(c.pid for c in self._children):
+            return  # nothing left to keep alive: no call (it may hang) before the last ones
+        # Running tasks are still ours while they finish: keep their leases, and their
+        # children alive. While the broker does not answer, one call per pass: one that
+        # hangs costs a socket timeout, and children that exit meanwhile wait to be reaped.
         if now - self._last_renew >= conf.worker_lease_seconds / 3:
-            self._quietly(self._renew_leases, "renew the leases of running tasks")
             self._last_renew = now
+            self._quietly(self._renew_leases, "renew the leases of running tasks", periodic=True)
+            if not self._reachable:
+                return
+        if now - self._last_beat >= conf.worker_heartbeat_seconds:
+            self._last_beat = now
+            self._quietly(self._heartbeat, "send its heartbeat", periodic=True)
+            if not self._reachable:
+                return
+        if self._reachable:  # poll never raises (it backs off and logs by itself)
+            self.remote.poll()
 
 
 def _trim_heap() -> None:
@@ -620,6 +709,18 @@ def _trim_heap() -> None:
     except (OSError, AttributeError):
         return
     malloc_trim(0)
+
+
+def _tasks(running: list[Held]) -> str:
+    """Running tasks in words, the first five named.
+
+    Example:
+        >>> _tasks([Held("id1", "q", "t", "shop.send_email", started=1.0)])
+        '1 running task (shop.send_email[id1])'
+    """
+    names = ", ".join(f"{h.task}[{h.id}]" for h in running[:5])
+    more = f" and {len(running) - 5} more" if len(running) > 5 else ""
+    return f"{len(running)} running task{'s' if len(running) > 1 else ''} ({names}{more})"
 
 
 def _how_it_ended(code: int) -> str:
@@ -646,3 +747,14 @@ def _how_it_ended(code: int) -> str:
 def _signal(pid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
+
+
+def _signal_child(pid: int, signum: int) -> None:
+    """Signal a child from a signal handler, which may run between the main flow's
+    ``waitpid`` and its forgetting the pid: a pid already reaped may be another process's
+    by now. Only this thread reaps, so a child still waitable here is still ours."""
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return
+    _signal(pid, signum)
