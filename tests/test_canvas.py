@@ -25,9 +25,10 @@ from celeriac.brokers.memory import MemoryBroker
 from celeriac.canvas import Canvas, Signature, chain, chord, from_dict, group, signature
 from celeriac.cli import cli
 from celeriac.errors import BrokerConnectionError, ChordError, ConfigurationError, PayloadTooLarge
+from celeriac.group_result import GroupResult
 from celeriac.middleware import MiddlewareStack, default_middleware
 from celeriac.middleware.canvas import join_key
-from celeriac.result import AsyncResult, GroupResult
+from celeriac.result import AsyncResult
 from celeriac.testing import run_queued, wait_for
 from celeriac.worker.executor import Executor
 from tests.apps import canvas as tasks

@@ -25,7 +25,8 @@ from celeriac.brokers.memory import MemoryBroker
 from celeriac.brokers.redis import RedisBroker
 from celeriac.canvas import group
 from celeriac.errors import ResultTimeout
-from celeriac.result import AsyncResult, GroupResult
+from celeriac.group_result import GroupResult
+from celeriac.result import AsyncResult
 from celeriac.testing import run_queued, wait_for
 from tests.conformance.test_messages import out
 from tests.conftest import ROOT, Ledger, WorkerProcesses

@@ -18,7 +18,8 @@ import celeriac
 from celeriac import Celeriac
 from celeriac.canvas import chain, chord, group
 from celeriac.errors import ChordError, ResultTimeout
-from celeriac.result import AsyncResult, GroupResult
+from celeriac.group_result import GroupResult
+from celeriac.result import AsyncResult
 from tests.apps import canvas as tasks
 from tests.apps.canvas import add, boom, collect, tsum
 from tests.conftest import ROOT, Ledger, WorkerProcesses

@@ -15,7 +15,8 @@ import redis
 from celeriac import Celeriac, Task
 from celeriac.canvas import chain, chord, group
 from celeriac.errors import ResultTimeout
-from celeriac.result import AsyncResult, GroupResult
+from celeriac.group_result import GroupResult
+from celeriac.result import AsyncResult
 from celeriac.testing import wait_for
 from tests.apps.core import record
 from tests.conftest import ROOT, Ledger, WorkerProcesses

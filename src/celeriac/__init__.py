@@ -31,8 +31,9 @@ from celeriac.errors import (
     TaskRevoked,
     TimeLimitExceeded,
 )
+from celeriac.group_result import GroupResult
 from celeriac.middleware import Middleware
-from celeriac.result import AsyncResult, GroupResult
+from celeriac.result import AsyncResult
 from celeriac.task import UNBOUNDED, Request, Task
 
 __all__ = [

@@ -31,8 +31,9 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
 
 from celeriac.errors import ConfigurationError
+from celeriac.group_result import GroupResult
 from celeriac.middleware.canvas import Node
-from celeriac.result import AsyncResult, GroupResult
+from celeriac.result import AsyncResult
 from celeriac.workflow import Result, normalized, send
 
 if TYPE_CHECKING:

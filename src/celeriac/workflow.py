@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from celeriac.errors import ConfigurationError
+from celeriac.group_result import GroupResult
 from celeriac.message import new_task_id
 from celeriac.middleware.canvas import Canvas as CanvasMiddleware
 from celeriac.middleware.canvas import Flow, Node
-from celeriac.result import AsyncResult, GroupResult
+from celeriac.result import AsyncResult
 from celeriac.task import NO_LIMIT_SECONDS, UNBOUNDED
 
 if TYPE_CHECKING:

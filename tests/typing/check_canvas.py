@@ -6,7 +6,7 @@ from typing import Any, assert_type
 
 from celeriac import AsyncResult, Celeriac
 from celeriac.canvas import Canvas, Chain, Chord, Group, Signature, chain, chord, group
-from celeriac.result import GroupResult
+from celeriac.group_result import GroupResult
 
 app = Celeriac("typing-canvas", broker="memory://")
 

@@ -178,7 +178,7 @@ def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool
 
     from rich.progress import Progress
 
-    from celeriac.result import GroupResult
+    from celeriac.group_result import GroupResult
 
     deadline = time.monotonic() + timeout
     group = GroupResult.restore(obj.app, task_id)  # a group's id, or a chord's (its header)
