@@ -251,8 +251,9 @@ class AsyncResult(Generic[R]):
         step of the chain, the chord's header members and body (in one broker call), so
         none that has not started runs. A step already running finishes (unless
         ``terminate``) and keeps its outcome; a step already finished is left as it is.
-        The steps after a revoked one end FAILURE with its ``TaskRevoked``, so the
-        handle's ``get()`` raises ``TaskRevoked``. A handle made from an id alone
+        Every step then reads REVOKED (a step revoked alone makes the steps after it end
+        FAILURE with its ``TaskRevoked``); either way the handle's ``get()`` raises
+        ``TaskRevoked``. A handle made from an id alone
         (``app.AsyncResult(id)``) knows only its own task. The revoke is stored in the
         broker, so a worker that starts later honours it too.
 
