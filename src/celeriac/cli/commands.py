@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import difflib
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -250,7 +251,10 @@ def _record_table(task_id: str, record: ResultRecord) -> Table:
 @click.pass_obj
 def status(obj: Context, as_json: bool) -> None:
     """Each queue's ready, delayed, in-flight, dead and expired-today counts, and the live
-    workers."""
+    workers.
+
+    Example: celeriac -A shop.tasks status --json
+    """
     broker = obj.app.broker
     stats, workers = broker.stats(), live_workers(obj.app)
     expired = {s.queue: len(broker.join_values(expired_key(s.queue))) for s in stats}
@@ -305,7 +309,10 @@ def _asdict(obj: Any) -> dict[str, Any]:
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
 def purge(obj: Context, queue: str, yes: bool) -> None:
-    """Delete every ready and delayed task of QUEUE (running ones are left alone)."""
+    """Delete every ready and delayed task of QUEUE (running ones are left alone).
+
+    Example: celeriac purge emails --yes
+    """
     if not yes:
         if not sys.stdin.isatty():
             raise ConfigurationError(f"refusing to purge queue {queue!r} without --yes")
@@ -325,15 +332,23 @@ def purge(obj: Context, queue: str, yes: bool) -> None:
 
 @cli.group()
 def dlq() -> None:
-    """Dead letters: messages that will not run again unless replayed."""
+    """Dead letters: messages that will not run again unless replayed.
+
+    Example: celeriac dlq list, then celeriac dlq show ID, then celeriac dlq replay ID
+    """
 
 
 @dlq.command("list")
-@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--limit", type=click.IntRange(1), default=50, show_default=True, help="Letters shown."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the bodies too).")
 @click.pass_obj
 def dlq_list(obj: Context, limit: int, as_json: bool) -> None:
-    """The newest dead letters, with their reasons."""
+    """The newest dead letters, with their reasons: two lines each, the id first.
+
+    Example: celeriac dlq list --limit 10
+    """
     letters = obj.app.broker.dead_letters(limit)
     if as_json:
         print_json([_letter_json(x) for x in letters])
@@ -343,14 +358,35 @@ def dlq_list(obj: Context, limit: int, as_json: bool) -> None:
         return
     total = sum(s.dead for s in obj.app.broker.stats())
     more = f" of {total:,}; --limit N shows more" if total > len(letters) else ""
-    table = Table(title=f"dead letters (newest {len(letters)}{more})")
-    for column in ("id", "task", "queue", "deliveries", "dead at", "reason"):
-        table.add_column(column, overflow="fold")
+    click.echo(f"dead letters (newest {len(letters)}{more})")
     for x in letters:
-        # What a dead letter holds came from the broker: control characters are shown.
-        row = (shown_id(x.id), x.task, x.queue, str(x.deliveries), _when(x.dead_at), x.reason)
-        table.add_row(*(escape(printable(text)) for text in row))
-    out.print(table)
+        click.echo(_letter_lines(x))
+
+
+def _letter_lines(letter: DeadLetter) -> str:
+    """A dead letter as two lines: its id, task, queue, time and deliveries; then its
+    reason, indented. A table folded a 36-character id over four lines at 80 columns,
+    where it could not be copied into ``dlq show``, and its reason over twenty.
+
+    Example:
+        >>> from celeriac.brokers.base import DeadLetter
+        >>> reason = "malformed message: task shop.add[t-1]: retries=-1 is negative"
+        >>> letter = DeadLetter("t-1", "default", "shop.add", reason, b"", 2, "", 0.0)
+        >>> print(_letter_lines(letter))
+        t-1  shop.add  queue default  dead at -  2 deliveries
+            malformed message: retries=-1 is negative
+    """
+    deliveries = f"{letter.deliveries} deliver{'y' if letter.deliveries == 1 else 'ies'}"
+    # The id and task are on the first line: a reason's "task NAME[ID]: " would repeat them.
+    reason = letter.reason
+    for task, task_id in {(letter.task, letter.id), (printable(letter.task), shown_id(letter.id))}:
+        reason = reason.replace(f"task {task}[{task_id}]: ", "", 1)  # as stored, or escaped
+    # What a dead letter holds came from the broker: control characters are shown.
+    first = (
+        f"{shown_id(letter.id)}  {printable(letter.task)}  queue {printable(letter.queue)}  "
+        f"dead at {_when(letter.dead_at)}  {deliveries}"
+    )
+    return f"{first}\n    {printable(reason)}"
 
 
 def shown_id(task_id: str) -> str:
@@ -386,7 +422,10 @@ def given_ids(ids: Sequence[str]) -> list[str]:
 @click.argument("task_id")
 @click.pass_obj
 def dlq_show(obj: Context, task_id: str) -> None:
-    """One dead letter in full, raw bytes included."""
+    """One dead letter in full, as JSON: its body readable and exact in base64.
+
+    Example: celeriac dlq show 1b4e28ba-2fa1-11d2-883f-0016d3cca427
+    """
     matches = obj.app.broker.find_dead_letters(given_ids([task_id]))
     if not matches:
         raise ConfigurationError(f"no dead letter with id {task_id} (see celeriac dlq list)")
@@ -409,21 +448,42 @@ def _letter_json(letter: DeadLetter) -> dict[str, Any]:
 @click.option("--task", "task_name", default=None, help="Replay those of one task name.")
 @click.pass_obj
 def dlq_replay(obj: Context, ids: tuple[str, ...], replay_all: bool, task_name: str | None) -> None:
-    """Send dead letters back to their queues: IDS, --task NAME, or --all."""
+    """Send dead letters back to their queues: IDS, --task NAME, or --all.
+
+    Example: celeriac dlq replay --task shop.tasks.send_welcome
+    """
     if not ids and not replay_all and not task_name:
         raise click.UsageError("say which: one or more IDS, --task NAME, or --all")
     count = obj.app.replay_dead_letters(given_ids(ids) or None, task_name)
     click.echo(f"replayed {count} dead letter(s)")
     if not count and (ids or task_name):  # a typo should not look like an empty queue
         which = f"task {task_name}" if task_name and not ids else "those ids"
-        err.print(f"[yellow]note:[/] no dead letter of {escape(which)} (see celeriac dlq list)")
+        hint = _tasks_hint(obj, task_name) if task_name and not ids else ""
+        note = escape(printable(f"no dead letter of {which}{hint} (see celeriac dlq list)"))
+        err.print(f"[yellow]note:[/] {note}", markup=True, soft_wrap=True)
+
+
+def _tasks_hint(obj: Context, task_name: str) -> str:
+    """``; did you mean 'x' (3 letters)?``, or the tasks the newest dead letters are of:
+    a typo'd --task said only "none", and the right name had to be found by hand."""
+    counts = Counter(x.task for x in obj.app.broker.dead_letters(1000))
+    if not counts:
+        return ""
+    close = difflib.get_close_matches(task_name, list(counts), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r} ({counts[close[0]]:,} letter(s))?"
+    listed = ", ".join(f"{name} ({n:,})" for name, n in counts.most_common(5))
+    return f"; the newest dead letters are of {listed}"
 
 
 @dlq.command("purge")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
 def dlq_purge(obj: Context, yes: bool) -> None:
-    """Delete every dead letter."""
+    """Delete every dead letter.
+
+    Example: celeriac dlq purge --yes
+    """
     if not yes:
         if not sys.stdin.isatty():
             raise ConfigurationError("refusing to purge dead letters without --yes")

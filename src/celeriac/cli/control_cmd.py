@@ -13,30 +13,85 @@ from rich.markup import escape
 from rich.table import Table
 
 from celeriac.cli.main import Context, Seconds, cli, out, print_json
-from celeriac.control import broadcast, live_workers, revoke_many
+from celeriac.control import broadcast, is_revoke_mark, live_workers, revoke_many
+from celeriac.errors import MalformedMessage
+from celeriac.message import decode_result
 from celeriac.middleware.events import STREAM, Event
 from celeriac.text import printable
 
 
 @cli.command("revoke")
-@click.argument("task_ids", nargs=-1, required=True)
+@click.argument("task_ids", nargs=-1, required=True, metavar="TASK_ID... | -")
 @click.option("--terminate", is_flag=True, help="Also stop the task if it is running.")
 @click.pass_obj
 def revoke_cmd(obj: Context, task_ids: tuple[str, ...], terminate: bool) -> None:
-    """Revoke tasks: they will not start (and, with --terminate, running ones stop).
+    """Revoke tasks by id: they will not start (with --terminate, running ones stop too).
 
+    Each id reaches that one task. A chain's id is its last step's and a chord's is its
+    body's: revoking it stops that step only, and the steps before it still run. Revoke a
+    whole workflow with the handle that sending it returned (result.revoke()), or give
+    every step's id. A task that already finished keeps its outcome (they are listed).
+    With - the ids are read from standard input, separated by spaces or newlines.
+
+    \b
     Example: celeriac revoke 1b4e28ba-2fa1-11d2-883f-0016d3cca427 --terminate
+    Example: celeriac revoke - < ids.txt
     """
-    revoke_many(obj.app, task_ids, terminate=terminate)  # one broker call
-    click.echo(f"revoked {len(task_ids)} task(s)" + (" (terminate)" if terminate else ""))
+    ids = _ids_given(task_ids)
+    revoke_many(obj.app, ids, terminate=terminate)  # one broker call
+    click.echo(f"revoked {len(ids)} task(s)" + (" (terminate)" if terminate else ""))
+    finished = _already_finished(obj, ids)
+    if finished:
+        shown = ", ".join(f"{printable(i)} ({state})" for i, state in finished[:10])
+        more = f" and {len(finished) - 10} more" if len(finished) > 10 else ""
+        click.echo(
+            f"note: {len(finished)} had already finished and keep their outcome: {shown}{more}",
+            err=True,
+        )
+
+
+def _ids_given(task_ids: tuple[str, ...]) -> list[str]:
+    """The ids to revoke: as typed, and those on standard input for ``-``, each once.
+
+    Read as an id, ``-`` revoked a task named "-" and said "revoked 1 task(s)".
+    """
+    ids: list[str] = []
+    for task_id in task_ids:
+        if task_id == "-":
+            from_stdin = click.get_text_stream("stdin").read().split()
+            if not from_stdin:
+                raise click.UsageError("revoke -: no task ids on standard input")
+            ids.extend(from_stdin)
+        else:
+            ids.append(task_id)
+    return list(dict.fromkeys(ids))
+
+
+def _already_finished(obj: Context, ids: list[str]) -> list[tuple[str, str]]:
+    """The ids whose stored outcome is not REVOKED after the revoke: they had finished
+    before it (a revoke never replaces a final result), so it changed nothing for them."""
+    finished = []
+    for task_id, stored in zip(ids, obj.app.broker.get_results(ids), strict=True):
+        if stored is not None and stored[1] and not is_revoke_mark(stored[0]):
+            try:
+                state = decode_result(stored[0]).state
+            except MalformedMessage:
+                state = "an unreadable result"
+            finished.append((task_id, printable(state)))
+    return finished
 
 
 @cli.command()
-@click.option("--timeout", type=Seconds(0.1, 60), default=1.0, show_default=True)
+@click.option(
+    "--timeout", type=Seconds(0.1, 60), default=1.0, show_default=True, help="Seconds to wait."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def ping(obj: Context, timeout: float, as_json: bool) -> None:
-    """Ask every live worker to answer; exit 1 when none does."""
+    """Ask every live worker to answer; exit 1 when none does.
+
+    Example: celeriac ping --timeout 5
+    """
     replies = broadcast(obj.app, "ping", timeout=timeout)
     if as_json:
         print_json({r.worker: r.data for r in replies})
@@ -51,7 +106,9 @@ def ping(obj: Context, timeout: float, as_json: bool) -> None:
 @cli.command()
 @click.argument("what", type=click.Choice(["active", "registered", "stats", "memory"]))
 @click.option("-w", "--worker", "target", default=None, help="Ask one worker (its id).")
-@click.option("--timeout", type=Seconds(0.1, 60), default=1.0, show_default=True)
+@click.option(
+    "--timeout", type=Seconds(0.1, 60), default=1.0, show_default=True, help="Seconds to wait."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def inspect(obj: Context, what: str, target: str | None, timeout: float, as_json: bool) -> None:
@@ -62,10 +119,13 @@ def inspect(obj: Context, what: str, target: str | None, timeout: float, as_json
     replies = broadcast(obj.app, what, target=target, timeout=timeout)
     if as_json:
         print_json({r.worker: r.data for r in replies})
-        return
     if not replies:
-        out.print(escape(_nobody_answered(obj, target)))
+        # Exit 1 with --json too (as ping does): a script read "{}" and exit 0 as "all
+        # workers are idle" when none was running.
+        click.echo(_nobody_answered(obj, target), err=True)
         raise SystemExit(1)
+    if as_json:
+        return
     for r in replies:
         rows = r.data if isinstance(r.data, list) else [r.data]
         if rows and isinstance(rows[0], dict):
@@ -117,7 +177,11 @@ def _duration(seconds: float) -> str:
 @click.option("-w", "--worker", "target", default=None, help="Stop one worker (its id).")
 @click.pass_obj
 def shutdown(obj: Context, target: str | None) -> None:
-    """Ask workers to stop warmly (running tasks finish; nothing is lost)."""
+    """Ask workers to stop warmly (running tasks finish; nothing is lost); exit 1 when none
+    answers.
+
+    Example: celeriac shutdown -w web-1:4242:9f86d0   (one worker; ids: celeriac status)
+    """
     replies = broadcast(obj.app, "shutdown", target=target, timeout=2.0)
     if not replies:
         click.echo(_nobody_answered(obj, target), err=True)
@@ -140,22 +204,38 @@ def _nobody_answered(obj: Context, target: str | None) -> str:
 
 
 @cli.command()
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new events.")
-@click.option("-n", "--lines", type=click.IntRange(1), default=20, show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events until Ctrl-C.")
+@click.option(
+    "-n", "--lines", type=click.IntRange(1), default=20, show_default=True, help="Events shown."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event.")
 @click.pass_obj
 def events(obj: Context, follow: bool, lines: int, as_json: bool) -> None:
-    """Show task events (received, started, succeeded, failed, retried, ...)."""
+    """Show the newest task events (received, started, succeeded, failed, retried, ...).
+
+    With -f, keep printing new ones; Ctrl-C stops it and exits 0.
+
+    Example: celeriac events -f -n 50
+    """
     broker = obj.app.broker
     items = broker.stream_read(STREAM, 0, 1_000_000)
     after = items[-1][0] if items else 0
     for _, raw in items[-lines:]:
         _print_event(raw, as_json)
-    while follow:
-        time.sleep(0.2)
-        for seq, raw in broker.stream_read(STREAM, after, 1000):
-            after = seq
-            _print_event(raw, as_json)
+    if not items and not as_json:  # silence read as "the command is broken"
+        click.echo(
+            "no events yet on this broker" + (": waiting (Ctrl-C stops)" if follow else ""),
+            err=True,
+        )
+    try:
+        while follow:
+            time.sleep(0.2)
+            for seq, raw in broker.stream_read(STREAM, after, 1000):
+                after = seq
+                _print_event(raw, as_json)
+    except KeyboardInterrupt:
+        # Ctrl-C is how following ends, not a failure: it printed "Aborted!" and exited 1.
+        return
 
 
 def _print_event(raw: bytes, as_json: bool) -> None:

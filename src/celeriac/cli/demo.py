@@ -30,9 +30,19 @@ from celeriac.errors import CeleriacError
     show_default=True,
     help="Tasks in the first batch.",
 )
-@click.option("-c", "--concurrency", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Child processes of the demo's worker.",
+)
 def demo(count: int, concurrency: int) -> None:
-    """Start a worker on a temporary SQLite broker, run a showcase workload, stop it."""
+    """Start a worker on a temporary SQLite broker, run a showcase workload, stop it.
+
+    Example: celeriac demo -n 1000 -c 4
+    """
     folder = Path(tempfile.mkdtemp(prefix="celeriac-demo-"))
     url = f"sqlite:///{folder}/demo.db"
     os.environ["CELERIAC_BROKER_URL"] = url
@@ -47,9 +57,12 @@ def demo(count: int, concurrency: int) -> None:
         summary = _showcase(count)
     except (CeleriacError, TimeoutError) as exc:
         out.print(f"[red]demo failed:[/] {escape(str(exc))}\nworker log: {escape(str(log))}")
-        _stop(worker)
         sys.exit(1)
-    _stop(worker)
+    finally:
+        # Whatever ends the demo (Ctrl-C, a `kill -INT` of this process alone, an error
+        # from a task): its worker stops too. Only these two errors stopped it, and the
+        # worker was left running on the temporary broker after anything else.
+        _stop(worker)
     table = Table(title="what happened")
     table.add_column("step")
     table.add_column("result")

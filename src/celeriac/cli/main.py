@@ -169,6 +169,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except KeyboardInterrupt:
+            # Ctrl-C: the shell's code for it, and no "Aborted!" (click's word for a refused
+            # prompt) after a wait the user chose to end.
+            click.echo("interrupted", err=True)
+            sys.exit(130)
         except CeleriacError as exc:
             _fail(ctx, exc)
         except Exception as exc:  # noqa: BLE001 - the CLI boundary: one line, not a traceback
@@ -211,7 +216,22 @@ def _fail(ctx: click.Context, exc: BaseException, unexpected: bool = False) -> N
 @click.version_option(package_name="celeriac")
 @click.pass_context
 def cli(ctx: click.Context, app_path: str | None, broker: str | None, debug: bool) -> None:
-    """celeriac: run and manage background tasks."""
+    """celeriac: run and manage background tasks.
+
+    \b
+    Example: celeriac -A shop.tasks worker
+             celeriac -b redis://localhost:6379/0 status
+
+    \b
+    Exit codes:
+      0    done
+      1    an error, said in one line (--debug adds the traceback); a task that did not
+           succeed (result, call --wait); no worker answered (ping, inspect, shutdown);
+           breaking changes found (check --against)
+      2    a usage error: an unknown command, option or argument
+      130  interrupted by Ctrl-C (a worker, beat and events -f exit 0: Ctrl-C is how
+           they stop)
+    """
     ctx.obj = Context(app_path, broker, debug)
 
 

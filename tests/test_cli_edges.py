@@ -1,0 +1,281 @@
+"""The command line at 3 a.m.: Ctrl-C, exit codes, revokes from a pipe, dead-letter
+listings a person can read and copy from, and every command's help."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import click
+import psutil
+import pytest
+from click.testing import CliRunner
+
+import celeriac
+from celeriac import Celeriac
+from celeriac.brokers.base import Outgoing
+from celeriac.cli import cli
+from celeriac.message import decode_result
+from celeriac.testing import run_queued, wait_for
+from tests.apps import core
+from tests.conftest import ROOT, Ledger, WorkerProcesses
+
+#: The celeriac this test imported, first on the path of the CLI processes it starts: they
+#: then run the same code (an older tree's, when PYTHONPATH points there).
+SRC = str(Path(celeriac.__file__).resolve().parents[1])
+
+
+def invoke(*args: str, stdin: str | None = None) -> click.testing.Result:
+    return CliRunner().invoke(cli, list(args), input=stdin, catch_exceptions=False)
+
+
+class Cli:
+    """A `celeriac` process whose output lines are read as they come."""
+
+    def __init__(self, *args: str) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(ROOT)])}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celeriac", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.readers = [
+            threading.Thread(target=self._read, args=(stream,), daemon=True)
+            for stream in (self.proc.stdout, self.proc.stderr)
+        ]
+        for reader in self.readers:
+            reader.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        with stream:  # closed at the end of the output: no unclosed pipe left behind
+            for line in stream:
+                self.lines.put(line)
+
+    def wait_for_line(self, text: str, timeout: float = 30) -> None:
+        """Until a line of stdout or stderr holds ``text``."""
+
+        def arrived() -> bool:
+            while not self.lines.empty():
+                self.seen.append(self.lines.get())
+            return any(text in line for line in self.seen)
+
+        assert wait_for(arrived, timeout=timeout), f"no {text!r} in: {self.seen}"
+
+    def interrupt(self) -> tuple[int, str]:
+        """Ctrl-C (SIGINT to this process); its exit code and everything it printed."""
+        self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(timeout=30)
+        for reader in self.readers:
+            reader.join(timeout=10)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return code, "".join(self.seen)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        for reader in self.readers:
+            reader.join(timeout=10)
+
+
+@pytest.fixture
+def clis() -> Iterator[list[Cli]]:
+    started: list[Cli] = []
+    yield started
+    for one in started:
+        one.kill()
+
+
+def test_events_follow_ends_on_ctrl_c_with_exit_0(
+    core_app: Celeriac, broker_url: str, clis: list[Cli]
+) -> None:
+    follow = Cli("-b", broker_url, "events", "-f")
+    clis.append(follow)
+    for x in (1, 2):  # the second is sent after the first was printed: only -f prints it
+        ran = core.add.delay(x, 3)
+        run_queued(core_app)
+        follow.wait_for_line(f"succeeded     tests.apps.core.add[{ran.id}]")
+    code, output = follow.interrupt()
+    assert code == 0, output  # was 1, with click's "Aborted!"
+    assert "Aborted" not in output and "Traceback" not in output
+
+
+def test_events_on_a_broker_without_any_says_so(broker_url: str) -> None:
+    result = invoke("-b", broker_url, "events")
+    assert result.exit_code == 0 and result.stdout == ""  # nothing: was silence
+    assert "no events yet on this broker" in result.stderr
+
+
+def test_ctrl_c_while_waiting_exits_130_without_a_traceback(
+    broker_url: str, clis: list[Cli]
+) -> None:
+    waiting = Cli("-b", broker_url, "call", "tests.apps.core.add", "--args", "[1, 2]", "--wait")
+    clis.append(waiting)
+    waiting.wait_for_line("note: sent to queue 'default'")  # sent: now waiting, no worker
+    code, output = waiting.interrupt()
+    assert code == 130, output  # the shell's code for Ctrl-C; was 1 and "Aborted!"
+    assert output.splitlines()[-1] == "interrupted"
+    assert "Aborted" not in output and "Traceback" not in output
+
+
+def test_the_exit_codes_are_in_the_help() -> None:
+    result = invoke("--help")
+    assert "Exit codes:" in result.output
+    for line in ("0    done", "1    an error", "2    a usage error", "130  interrupted"):
+        assert line in result.output
+
+
+def _commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    context = click.Context(group)
+    for name in group.list_commands(context):
+        command = group.get_command(context, name)
+        assert command is not None
+        yield (*path, name)
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*path, name))
+
+
+def test_every_command_says_what_it_does_with_an_example() -> None:
+    commands = list(_commands(cli))
+    assert ("dlq", "replay") in commands and ("beat", "add") in commands
+    lacking = [
+        " ".join(path)
+        for path in commands
+        if "Example: celeriac " not in invoke(*path, "--help").output
+    ]
+    assert lacking == []  # status, purge, ping, shutdown, events, demo and dlq * had none
+
+
+def test_inspect_with_no_worker_alive_exits_1_with_json_too(broker_url: str) -> None:
+    app = Celeriac("probe", broker=broker_url)
+    app.broker.stats()  # the broker exists; no worker was ever started on it
+    for args in (("inspect", "active"), ("inspect", "stats", "--json")):
+        result = invoke("-b", broker_url, *args, "--timeout", "0.2")
+        assert result.exit_code == 1, args  # --json exited 0 with "{}": "all idle"
+        assert "no worker answered: none is running on this broker" in result.stderr
+    assert json.loads(result.stdout) == {}  # a script still reads JSON
+    app.broker.close()
+
+
+def test_revoke_reads_ids_from_stdin_and_names_those_already_finished(
+    core_app: Celeriac, broker_url: str, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    done = core.add.delay(1, 1)
+    run_queued(core_app)
+    waiting = [core.add.delay(2, 2), core.add.delay(3, 3)]
+    ids = f"{waiting[0].id}\n{waiting[1].id} {done.id}\n"
+    result = invoke("-b", broker_url, "revoke", "-", stdin=ids)
+    assert result.exit_code == 0
+    assert result.stdout.strip() == "revoked 3 task(s)"  # "-" was revoked as a task id
+    assert f"1 had already finished and keep their outcome: {done.id} (SUCCESS)" in result.stderr
+    assert core_app.broker.get_result("-") is None
+    assert [r.state for r in waiting] == ["REVOKED", "REVOKED"] and done.state == "SUCCESS"
+    sentinel = core.add.delay(4, 4)
+    workers.start("-c", "1")  # a worker started later skips both
+    assert sentinel.get(timeout=30) == 8
+    assert all(wait_for(lambda r=r: _settled_by_a_worker(core_app, r.id)) for r in waiting)
+    assert [r.state for r in waiting] == ["REVOKED", "REVOKED"]
+    assert not any(ledger.count("run")[r.id] for r in waiting), "a revoked task ran"
+    result = invoke("-b", broker_url, "revoke", "-", stdin="\n")
+    assert result.exit_code == 2 and "no task ids on standard input" in result.output
+
+
+def test_revoking_a_chains_id_stops_its_last_step_only_as_the_help_says(
+    core_app: Celeriac, broker_url: str, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    handle = (core.add.s(1, 2) | core.add.s(10) | core.add.s(100)).apply_async()
+    assert invoke("-b", broker_url, "revoke", handle.id).exit_code == 0
+    workers.start("-c", "1")
+    first, second = (core_app.AsyncResult(i) for i in handle._workflow)  # the earlier steps
+    assert (first.get(timeout=30), second.get(timeout=30)) == (3, 13)  # ran: not revoked
+    assert wait_for(lambda: _settled_by_a_worker(core_app, handle.id), timeout=30)
+    assert handle.state == "REVOKED" and not ledger.count("run")[handle.id]
+    help_text = " ".join(invoke("revoke", "--help").output.split())
+    assert "A chain's id is its last step's" in help_text
+    assert "revoking it stops that step only, and the steps before it still run" in help_text
+    assert "result.revoke()" in help_text  # how to stop the whole workflow
+
+
+def _settled_by_a_worker(app: Celeriac, task_id: str) -> bool:
+    """Whether a worker stored the task's outcome (a revoke's own mark names no worker)."""
+    stored = app.broker.get_result(task_id)
+    return stored is not None and bool(decode_result(stored[0]).worker)
+
+
+def _malformed(task_id: str, task: str) -> bytes:
+    """A message with one bad field: dead-lettered, its reason naming the field."""
+    return json.dumps({"id": task_id, "task": task, "args": [1], "retries": -1}).encode()
+
+
+def test_dlq_list_keeps_each_id_whole_and_its_reason_readable_at_80_columns(
+    core_app: Celeriac, broker_url: str
+) -> None:
+    task = "tests.apps.core.send_welcome_email_to_new_customer"
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    core_app.broker.send([Outgoing(i, "default", _malformed(i, task)) for i in ids])
+    run_queued(core_app, fail_fast=False)
+    output = invoke("-b", broker_url, "dlq", "list").output  # 80 columns: not a terminal
+    lines = output.splitlines()
+    assert lines[0] == "dead letters (newest 3)"
+    for task_id in ids:  # whole, so it can be copied into `dlq show` (a table folded it)
+        (line,) = [line for line in lines if line.startswith(task_id)]
+        assert f"{task_id}  {task}  queue default  dead at " in line
+        assert line.endswith("  1 delivery")
+        reason = lines[lines.index(line) + 1]
+        # The id and task are on the line above: the reason does not repeat them.
+        assert reason.startswith("    malformed message: retries=-1 is negative")
+    assert len(lines) == 1 + 2 * len(ids)
+    shown = invoke("-b", broker_url, "dlq", "show", ids[0])
+    assert shown.exit_code == 0 and json.loads(shown.output)["id"] == ids[0]
+
+
+def test_dlq_replay_of_a_mistyped_task_name_suggests_the_right_one(
+    core_app: Celeriac, broker_url: str
+) -> None:
+    task = "tests.apps.core.send_welcome"
+    core_app.broker.send(
+        [Outgoing(f"m{i}", "default", _malformed(f"m{i}", task)) for i in range(2)]
+    )
+    run_queued(core_app, fail_fast=False)
+    result = invoke("-b", broker_url, "dlq", "replay", "--task", "tests.apps.core.send_welcom")
+    assert result.stdout.strip() == "replayed 0 dead letter(s)"
+    assert "did you mean 'tests.apps.core.send_welcome' (2 letter(s))?" in result.stderr
+    result = invoke("-b", broker_url, "dlq", "replay", "--task", "zzz")
+    assert "the newest dead letters are of tests.apps.core.send_welcome (2)" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_stops_its_worker_whatever_ends_it(clis: list[Cli]) -> None:
+    demo = Cli("demo", "-n", "100000")  # long enough to be interrupted while it runs
+    clis.append(demo)
+    demo_process = psutil.Process(demo.proc.pid)
+
+    def its_worker() -> list[psutil.Process]:
+        return [p for p in demo_process.children() if "demo_tasks" in " ".join(p.cmdline())]
+
+    assert wait_for(lambda: its_worker() and its_worker()[0].children(), timeout=60)
+    (worker,) = its_worker()
+    code, output = demo.interrupt()  # the demo process alone, not its process group
+    try:
+        assert code == 130, output
+        assert wait_for(lambda: not worker.is_running(), timeout=30), "the worker outlived it"
+    finally:
+        if worker.is_running():
+            for proc in [*worker.children(), worker]:
+                proc.kill()
