@@ -1,4 +1,7 @@
-"""Send tasks and wait for their results (run a worker first: celeriac -A tasks worker)."""
+"""Send tasks and wait for their results.
+
+Start a worker first, in this folder: celeriac -A tasks worker -c 2 -Q emails,default
+"""
 
 from __future__ import annotations
 

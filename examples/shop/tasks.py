@@ -1,6 +1,7 @@
 """The quickstart's tasks: thin launchers that call the real code with ids.
 
-Run a worker:   celeriac -A tasks worker -c 2
+Run a worker:   celeriac -A tasks worker -c 2 -Q emails,default
+                (-Q emails: these tasks go to queue emails, not to default)
 Send work:      python send.py
 """
 
