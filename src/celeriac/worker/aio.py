@@ -15,24 +15,39 @@ The slot (what this child holds, for its supervisor) is touched only by the loop
 Writes are batched every ``_SLOT_FLUSH``, except two that cannot wait: after a fetch (the
 supervisor must know what the child holds) and before a task's body runs (a task that
 kills the child at once must count as a delivery, or it is never dead-lettered).
+
+Three thread pools, so that no kind of work waits behind another: celeriac's own blocking
+calls (fetch, settle, middleware hooks), plain-function tasks (one thread per slot), and
+the loop's default executor, left to the tasks' own ``asyncio.to_thread``. A watchdog
+thread names the task that blocks the loop (a blocking call in an ``async def``), and
+work a task left running on the loop (``asyncio.create_task``) is given
+``_BACKGROUND_GRACE`` seconds to end when the child stops, then cancelled, named in the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import math
+import os
+import signal
+import sys
+import threading
 import time
-from collections.abc import Coroutine, Hashable
+import traceback
+from collections.abc import Callable, Coroutine, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from celeriac.brokers.base import Delivery
 from celeriac.errors import SoftTimeLimitExceeded
 from celeriac.message import ErrorInfo, peek_identity, storable_text
 from celeriac.middleware.base import Job, Outcome
-from celeriac.task import _current
+from celeriac.task import Request, _current
+from celeriac.text import printable
 from celeriac.worker.child import (
     EXIT_RECYCLE,
     Batch,
@@ -50,6 +65,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("celeriac.worker")
 
 _SLOT_FLUSH = 0.02  # seconds between slot writes: one write per batch, not per task
+#: Seconds without a turn of the event loop before the watchdog names the task blocking it.
+_BLOCKED_AFTER = 1.0
+#: Seconds that work a task left running on the loop gets to end when the child stops.
+_BACKGROUND_GRACE = 5.0
+
+_STACK_SHOWN = 12  # frames of a blocking task's stack in the watchdog's log line
+
+_T = TypeVar("_T")
 
 
 class AsyncioChild(Child):
@@ -59,6 +82,14 @@ class AsyncioChild(Child):
         super().__init__(app, spec, slot)
         self._dirty = False  # the slot lags _held: the flusher writes it
         self._unwritten_start = False  # a task marked started that the slot does not show yet
+        # Celeriac's own blocking calls, apart from the tasks: 64 plain-function tasks (or
+        # the tasks' own to_thread calls) sleeping in a shared pool held up every settle,
+        # hook and fetch, until the hard limit of a task that had finished killed the child.
+        self._io = ThreadPoolExecutor(min(64, spec.concurrency), "celeriac-io")
+        self._sync = ThreadPoolExecutor(spec.concurrency, "celeriac-task")
+        self._jobs: dict[asyncio.Task[Any], Job] = {}  # each running job's asyncio task
+        self._spawned: dict[asyncio.Task[Any], str] = {}  # started by a task: its label
+        self._turn = time.monotonic()  # the last turn of the loop, for the watchdog
 
     def run(self) -> int:
         """Run the event loop until told to stop or until it is time to recycle."""
@@ -68,18 +99,34 @@ class AsyncioChild(Child):
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
+        # The tasks' own asyncio.to_thread calls; celeriac's calls have a pool of their own.
         loop.set_default_executor(ThreadPoolExecutor(max_workers=min(64, self.spec.concurrency)))
+        loop.set_task_factory(self._make_task)
         executor = Executor(self.app, self.spec.worker_id)
         running: set[asyncio.Task[None]] = set()
         flusher = asyncio.create_task(self._flush_slot())
+        watching = self._watch(loop)
+        try:
+            await self._consume_on_loop(executor, running)
+            if running:
+                await asyncio.wait(running)
+            await self._end_background()
+        finally:
+            watching.set()
+            flusher.cancel()
+            self._write_slot()
+            self._io.shutdown(wait=False)
+            self._sync.shutdown(wait=False)
+
+    async def _consume_on_loop(self, executor: Executor, running: set[asyncio.Task[None]]) -> None:
         while not self.stopping:
             free = self.spec.concurrency - len(running)
             if free == 0:
                 await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 continue
             if not running:
-                await asyncio.to_thread(self.app.middleware.on_idle)
-            deliveries = await asyncio.to_thread(self._fetch_up_to, free)
+                await self._off_loop(self._io, self.app.middleware.on_idle)
+            deliveries = await self._off_loop(self._io, self._fetch_up_to, free)
             if deliveries:
                 # Here, not in the fetch's thread: one writer, and _held changes only on the
                 # loop. Dying before this write is covered: the supervisor declares a dead
@@ -93,10 +140,137 @@ class AsyncioChild(Child):
                 task.add_done_callback(running.discard)
             if self._should_recycle():
                 self.stopping = True
-        if running:
-            await asyncio.wait(running)
-        flusher.cancel()
-        self._write_slot()
+
+    async def _off_loop(self, pool: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` in a thread of ``pool``, in this context (as asyncio.to_thread)."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
+
+    def _make_task(
+        self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any
+    ) -> asyncio.Task[Any]:
+        """The loop's task factory: remember which celeriac task started each asyncio task.
+
+        Called in the creator's context, so ``_current`` is the request of the celeriac
+        task whose code (or whose own asyncio tasks) called ``create_task``: the name the
+        watchdog and the end of the child give for work a task left running.
+        """
+        task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, **kwargs)
+        request = _current.get()
+        if request is not None:
+            self._spawned[task] = _request_label(request)
+            task.add_done_callback(self._forget_spawned)
+        return task
+
+    def _forget_spawned(self, task: asyncio.Task[Any]) -> None:
+        self._spawned.pop(task, None)
+
+    async def _end_background(self) -> None:
+        """Give work the tasks left running on the loop a grace to end, then cancel it.
+
+        ``asyncio.run`` cancelled it silently as the child stopped (a warm shutdown or a
+        recycle): a task's ``asyncio.create_task(send_report())`` was cut off unlogged.
+        """
+        left = [t for t in self._spawned if not t.done()]
+        if not left:
+            return
+        log.warning(
+            "child %d is stopping while %d asyncio task(s) started with create_task by %s "
+            "still run; waiting up to %gs for them to end, then cancelling them. Work a "
+            "task must finish belongs in the task: await it (asyncio.gather, a TaskGroup).",
+            os.getpid(),
+            len(left),
+            _some(self._spawned[t] for t in left),
+            _BACKGROUND_GRACE,
+        )
+        _, pending = await asyncio.wait(left, timeout=_BACKGROUND_GRACE)
+        if not pending:
+            return
+        labels = _some(self._spawned.get(t, "?") for t in pending)
+        for t in pending:
+            t.cancel()
+        # Bounded: a coroutine that ignores cancellation must not keep the child alive.
+        await asyncio.wait(pending, timeout=_BACKGROUND_GRACE)
+        log.warning(
+            "child %d cancelled %d asyncio task(s) started by %s, still running %gs after "
+            "their tasks' end; what they had not done is lost",
+            os.getpid(),
+            len(pending),
+            labels,
+            _BACKGROUND_GRACE,
+        )
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> threading.Event:
+        """Start the watchdog thread; set the returned event to stop it."""
+        stop = threading.Event()
+        watchdog = threading.Thread(
+            target=self._watch_loop,
+            args=(loop, threading.get_ident(), stop),
+            name="celeriac-loop-watchdog",
+            daemon=True,
+        )
+        # Started with every signal blocked: they belong to the loop's thread (a SIGTERM
+        # taken here would not wake the loop's select).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            watchdog.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return stop
+
+    def _watch_loop(
+        self, loop: asyncio.AbstractEventLoop, loop_thread: int, stop: threading.Event
+    ) -> None:
+        """Name the task that blocks the event loop, once as it blocks and once as it ends.
+
+        A blocking call in an ``async def`` (time.sleep, a sync HTTP or DB client, CPU
+        work) stops every task on the loop, and nothing said which: the others reported
+        slow runs, and soft limits could not fire.
+        """
+        reported = 0.0  # the turn whose stall was reported
+        blocker = ""
+        while not stop.wait(_BLOCKED_AFTER / 4):
+            turn = self._turn
+            if reported and turn != reported:
+                log.warning(
+                    "child %d: the event loop runs again after %.1fs, blocked by %s",
+                    os.getpid(),
+                    time.monotonic() - reported,
+                    blocker,
+                )
+                reported = 0.0
+            stalled = time.monotonic() - turn
+            if reported or stalled < _BLOCKED_AFTER:
+                continue
+            reported, blocker = turn, self._blocker(loop)
+            where = _where(sys._current_frames().get(loop_thread))
+            log.warning(
+                "child %d: %s has blocked the event loop for %.1fs: the other %d task(s) of "
+                "this child cannot run meanwhile, and soft time limits cannot fire (the hard "
+                "limit still stops the child). A blocking call in an async def task "
+                "(time.sleep, requests, a sync database driver, CPU-heavy work) stops every "
+                "task on the loop: await an async client instead, wrap the call in "
+                "`await asyncio.to_thread(...)`, or make the task a plain def (it then runs "
+                "in a thread). It is at:\n%s",
+                os.getpid(),
+                blocker,
+                stalled,
+                max(len(self._jobs) - 1, 0),
+                where,
+            )
+
+    def _blocker(self, loop: asyncio.AbstractEventLoop) -> str:
+        """Who runs on the loop now, in words: a celeriac task, work one started, or not."""
+        current = asyncio.current_task(loop)
+        if current is None:
+            return "code outside any task (a callback on the loop)"
+        job = self._jobs.get(current)
+        if job is not None:
+            return f"task {job.label}"
+        spawned = self._spawned.get(current)
+        if spawned is not None:
+            return f"an asyncio task started by task {spawned}"
+        return f"the asyncio task {printable(current.get_name())}"
 
     def _fetch_up_to(self, free: int) -> list[Delivery]:
         deliveries = self._reconnecting(
@@ -113,19 +287,25 @@ class AsyncioChild(Child):
 
     async def _process(self, executor: Executor, delivery: Delivery) -> None:
         job = Job(delivery, executor.worker_id, app=self.app)  # prepare's, once it returns
+        me = asyncio.current_task()
+        assert me is not None
         try:
             job, outcome = executor.prepare(delivery)
+            self._jobs[me] = job
             if outcome is None:
                 outcome = await self._execute_async(executor, job)
             self.tasks_done += 1
-            await asyncio.to_thread(
-                self._reconnecting,
-                functools.partial(executor.settle, job, outcome),
-                give_up_after=self.fetch.lease_seconds,
+            settle = functools.partial(executor.settle, job, outcome)
+            await self._off_loop(
+                self._io,
+                functools.partial(
+                    self._reconnecting, settle, give_up_after=self.fetch.lease_seconds
+                ),
             )
         except Exception as exc:  # noqa: BLE001 - a worker bug must not strand the message
-            await asyncio.to_thread(self._after_internal_error, executor, job, exc)
+            await self._off_loop(self._io, self._after_internal_error, executor, job, exc)
         finally:
+            self._jobs.pop(me, None)
             self._held.pop(delivery.id, None)  # no longer renewed, whatever happened
             self._dirty = True
 
@@ -196,9 +376,9 @@ class AsyncioChild(Child):
         ]
         self._dirty = self._unwritten_start = True  # written before the task's body runs
         middleware = self.app.middleware
-        skipped = await asyncio.to_thread(middleware.before_execute, job)
+        skipped = await self._off_loop(self._io, middleware.before_execute, job)
         outcome = skipped or await self._call(executor, job, soft)
-        outcome = await asyncio.to_thread(middleware.after_execute, job, outcome)
+        outcome = await self._off_loop(self._io, middleware.after_execute, job, outcome)
         # Done: a slow commit or settle hook must not pass for the task running past its
         # hard limit (the supervisor would kill the child and every task on its loop).
         self._held[delivery.id] = [
@@ -220,7 +400,7 @@ class AsyncioChild(Child):
             if job.task.is_async:
                 value = await _with_soft_limit(executor.invoke(job), soft)
             else:
-                value = await asyncio.to_thread(_call_with_soft_limit, executor, job, soft)
+                value = await self._off_loop(self._sync, _call_with_soft_limit, executor, job, soft)
             outcome = Outcome("SUCCESS", value=value)
         except Exception as exc:  # noqa: BLE001 - a task's failure is data, not a crash
             outcome = outcome_for(exc)
@@ -246,6 +426,7 @@ class AsyncioChild(Child):
     async def _flush_slot(self) -> None:
         while True:
             await asyncio.sleep(_SLOT_FLUSH)
+            self._turn = time.monotonic()  # the loop turns: the watchdog's sign of life
             if self._dirty:
                 self._write_slot()
 
@@ -255,6 +436,30 @@ class AsyncioChild(Child):
         held.sort(key=lambda h: h.started == 0)
         self.rss = current_rss()
         self.slot.write(held, self.rss, self.tasks_done, self.growth)
+
+
+def _request_label(request: Request) -> str:
+    """``name[id]`` of a running task's request, as log lines name a task."""
+    return printable(f"{request.task}[{request.id}]")
+
+
+def _where(frame: FrameType | None) -> str:
+    """The stack of the loop's thread from the task's own code down (celeriac's frames
+    above it say nothing), at most its last ``_STACK_SHOWN`` frames."""
+    if frame is None:
+        return "(no stack)"
+    stack = list(traceback.extract_stack(frame))
+    ours = [i for i, f in enumerate(stack) if f.filename == __file__]
+    if ours and ours[-1] + 1 < len(stack):
+        stack = stack[ours[-1] + 1 :]
+    return "".join(traceback.format_list(stack[-_STACK_SHOWN:])).rstrip("\n")
+
+
+def _some(labels: Any) -> str:
+    """A few distinct task labels, in words (a child may run thousands)."""
+    distinct = list(dict.fromkeys(labels))
+    shown = ", ".join(distinct[:5])
+    return shown if len(distinct) <= 5 else f"{shown} and {len(distinct) - 5} more tasks"
 
 
 async def _with_soft_limit(coro: Coroutine[Any, Any, Any], soft: float) -> Any:
