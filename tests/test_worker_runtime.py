@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 from click.testing import CliRunner
 
+import celeriac
 from celeriac import Celeriac, TaskRevoked
 from celeriac.cli import cli
 from celeriac.control import broadcast, live_workers
 from celeriac.testing import wait_for
 from tests.apps import core
-from tests.conftest import Ledger, WorkerProcesses
+from tests.conftest import ROOT, Ledger, WorkerProcesses
 
 pytestmark = pytest.mark.slow
 
@@ -201,3 +203,18 @@ def test_a_crash_loop_backs_off_without_stalling_the_supervisor(
     while time.monotonic() < deadline:
         assert any(w.pid == proc.pid for w in core_app.broker.workers()), workers.log_text()
         time.sleep(0.05)
+
+
+def test_a_command_sent_as_soon_as_a_worker_is_listed_is_answered(
+    core_app: Celeriac, workers: WorkerProcesses
+) -> None:
+    # A health check pinging a worker the moment `status` lists it went unanswered (most
+    # starts): its first read of the control stream skipped to the end, over the ping.
+    source = Path(celeriac.__file__).resolve().parents[1]  # this test's celeriac, old or new
+    for _ in range(3):
+        # start() returns once the worker is listed.
+        proc = workers.start("-c", "1", env={"PYTHONPATH": f"{source}:{ROOT}"})
+        (me,) = [w.id for w in live_workers(core_app) if w.pid == proc.pid]
+        replies = broadcast(core_app, "ping", target=me, timeout=5)
+        assert [r.data for r in replies] == ["pong"], workers.log_text()
+        workers.stop(proc)

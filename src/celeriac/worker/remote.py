@@ -46,6 +46,10 @@ class Remote:
         self.to_terminate: dict[str, None] = {}
         self.shutdown_requested = False
         self._control_seq: int | None = None
+        # Commands sent before this are another worker's business: never replayed. Those
+        # sent after are answered even when they came before this worker's first read: a
+        # health check that pings as soon as `status` lists the worker went unanswered.
+        self._started = time.time()
         self._revoke_seq = 0
         self._polled = 0.0
         self._outage = Outage()
@@ -84,15 +88,18 @@ class Remote:
 
     def _poll_control(self) -> None:
         broker = self.app.broker
-        if self._control_seq is None:  # start at the tail: never replay old commands
-            items = broker.stream_read(CONTROL, 0, 1000)
-            self._control_seq = items[-1][0] if items else 0
-            return
-        for seq, raw in broker.stream_read(CONTROL, self._control_seq, 100):
+        first = self._control_seq is None  # the whole stream (it keeps 1,000), once
+        items = broker.stream_read(CONTROL, self._control_seq or 0, 1000 if first else 100)
+        self._control_seq = self._control_seq or 0
+        for seq, raw in items:
             self._control_seq = seq
             try:
                 command = _command_decoder.decode(raw)
+                if first and command.at < self._started:
+                    continue  # sent before this worker started: not for it
             except msgspec.DecodeError as exc:
+                if first:
+                    continue  # said by the workers that were running when it came
                 # Written by hand, another tool or a newer celeriac: skipped. Raised, it
                 # stopped every live worker (the supervisor's loop does not catch it).
                 log.warning(
