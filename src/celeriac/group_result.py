@@ -288,15 +288,39 @@ class GroupResult:
 
     def forget(self) -> None:
         """Delete the members' stored results and this group's saved membership (and, for
-        the handle a chain ending in this group returned, its earlier steps' results)."""
-        for task_id in self._workflow:
-            self.app.broker.forget_result(task_id)
+        the handle a chain ending in this group returned, its earlier steps' results).
+
+        Every result is deleted in one round trip (:meth:`Broker.forget_results`), nested
+        groups and workflows included: one per member made a group of 10,000 cost 10,000.
+        Then one deletion per saved membership (this group's and each nested group's).
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> g = GroupResult("g1", [AsyncResult("g1:0", app)], app)
+            >>> app.broker.store_result("g1:0", b"{}", 60)
+            >>> g.save()
+            >>> g.forget()
+            >>> app.broker.get_result("g1:0"), GroupResult.restore(app, "g1")
+            (None, None)
+        """
+        task_ids: list[str] = []
+        group_ids: list[str] = []
+        self._forgotten(task_ids, group_ids)
+        self.app.broker.forget_results(task_ids)
+        for group_id in group_ids:
+            self.app.broker.kv_delete(_group_key(group_id))
+
+    def _forgotten(self, task_ids: list[str], group_ids: list[str]) -> None:
+        """Collect what :meth:`forget` deletes: every task id, and every group's id (a
+        plain member has no saved membership: a group saves only its own)."""
+        task_ids.extend(self._workflow)
         for member in self.results:
             if isinstance(member, GroupResult):
-                member.forget()
-            else:  # no saved header to delete: a group saves only its own membership
-                member._forget_results()
-        self.app.broker.kv_delete(_group_key(self.id))
+                member._forgotten(task_ids, group_ids)
+            else:
+                task_ids.extend((*member._workflow, member.id))
+        group_ids.append(self.id)
 
     def summary(self) -> ResultRecord:
         """One record for the whole group, the way `celeriac result` shows a task's.

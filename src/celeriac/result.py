@@ -289,8 +289,10 @@ class AsyncResult(Generic[R]):
         self.app.broker.kv_delete(_group_key(self.id))
 
     def _forget_results(self) -> None:
-        for task_id in (*self._workflow, self.id):
-            self.app.broker.forget_result(task_id)
+        if self._workflow:  # one round trip for the workflow's tasks
+            self.app.broker.forget_results((*self._workflow, self.id))
+        else:
+            self.app.broker.forget_result(self.id)
 
 
 def _group_key(group_id: str) -> str:

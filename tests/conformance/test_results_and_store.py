@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import threading
 import time
@@ -30,6 +31,25 @@ def test_store_get_forget(broker: Broker) -> None:
     assert broker.get_result("t") == (b"final", True)
     broker.forget_result("t")
     assert broker.get_result("t") is None
+
+
+def test_forget_results_deletes_each_id_and_nothing_else(broker: Broker) -> None:
+    broker.store_result("p", b"started", 60)
+    broker.send([out("f")])
+    assert broker.complete(one(broker).lease, b"final", 60)
+    assert broker.mark_revoked(["r"], b"revoked", 60) == [True]
+    broker.store_result("kept", b"started", 60)
+    broker.forget_results([])
+    broker.forget_results(["f", "p", "missing", "r", "f", "caf\u00e9 {x}"])
+    assert broker.get_results(["f", "p", "r", "kept"]) == [None, None, None, (b"started", False)]
+    assert broker.wait_result("f", 0.05) is None
+    # A revoke mark forgotten is no longer a mark: a later mark is new again.
+    assert broker.mark_revoked(["r"], b"revoked", 60) == [True]
+    ids = [f"many-{i}" for i in range(1_200)]  # more than one chunk on every broker
+    for task_id in ids:
+        broker.store_result(task_id, b"x", 60)
+    broker.forget_results(ids)
+    assert broker.get_results(ids) == [None] * len(ids)
 
 
 def test_result_expires(broker: Broker) -> None:
@@ -203,6 +223,21 @@ def test_every_add_renews_the_whole_join(broker: Broker) -> None:
     assert broker.join_values("chord") == {"m1": b"r1", "m2": b"r2", "m3": b"r3"}
 
 
+def test_kv_get_reads_many_keys_in_order(broker: Broker) -> None:
+    keys = [f"k{i}" for i in range(1_200)]  # more than one chunk on every broker
+    for i in (0, 600, 1_199):
+        assert broker.kv_set(keys[i], f"v{i}".encode(), 60)
+    values = broker.kv_get([*keys, "k600"])
+    assert len(values) == 1_201
+    assert {i: v for i, v in enumerate(values) if v is not None} == {
+        0: b"v0",
+        600: b"v600",
+        1_199: b"v1199",
+        1_200: b"v600",
+    }
+    assert broker.kv_get([]) == []
+
+
 def test_a_join_expires_whole_and_an_add_then_starts_afresh(broker: Broker) -> None:
     assert broker.join_add("chord", "m1", b"r1", 0.2) == 1
     assert broker.join_add("chord", "m2", b"r2", 0.2) == 2
@@ -218,6 +253,25 @@ def test_rate_reserve_hands_out_slots(broker: Broker) -> None:
     waits = [broker.rate_reserve("slots", per_second=10, burst=2) for _ in range(4)]
     assert waits[0] == 0 and waits[1] == 0
     assert 0 < waits[2] < waits[3] <= 0.5
+
+
+def test_rate_reserve_takes_no_slot_further_ahead_than_max_wait(broker: Broker) -> None:
+    minute = 1 / 60  # one slot a minute: the few ms this test takes are far below a slot
+    assert broker.rate_reserve("slow", minute, max_wait=0) == 0  # now is within any max
+    # The next slot is a minute ahead: over max_wait, it is not reserved, and again.
+    beyond = broker.rate_reserve("slow", minute, max_wait=30)
+    assert 55 < beyond <= 60
+    assert 55 < broker.rate_reserve("slow", minute, max_wait=30) <= beyond
+    # So the next caller without a max (or with a max it fits in) gets that same slot.
+    assert 55 < broker.rate_reserve("slow", minute) <= beyond
+    assert 115 < broker.rate_reserve("slow", minute, max_wait=121) <= 120
+    assert 175 < broker.rate_reserve("slow", minute, max_wait=math.inf) <= 180
+    assert 235 < broker.rate_reserve("slow", minute, burst=1, max_wait=-1) <= 240  # not taken
+    assert 235 < broker.rate_reserve("slow", minute) <= 240
+    # Burst slots free now are given within any max_wait; one past the burst is not.
+    assert [broker.rate_reserve("burst", minute, burst=2, max_wait=1) for _ in range(2)] == [0, 0]
+    assert 55 < broker.rate_reserve("burst", minute, burst=2, max_wait=1) <= 60
+    assert 55 < broker.rate_reserve("burst", minute, burst=2) <= 60
 
 
 def test_rate_admit_is_an_exact_window(broker: Broker) -> None:

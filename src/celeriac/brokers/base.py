@@ -38,6 +38,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -375,6 +376,25 @@ class Broker(abc.ABC):
     def forget_result(self, task_id: str) -> None:
         """Delete a stored result."""
 
+    def forget_results(self, task_ids: Sequence[str]) -> None:
+        """Delete the stored results of many ids, in one round trip (an id with no result
+        is skipped).
+
+        ``GroupResult.forget()`` deletes every member's result: one round trip each made a
+        group of 10,000 cost 10,000. Brokers with a network round trip override this; by
+        default it is :meth:`forget_result` for each id.
+
+        Example:
+            >>> from celeriac.brokers.memory import MemoryBroker
+            >>> broker = MemoryBroker()
+            >>> broker.store_result("a", b"{}", 60)
+            >>> broker.forget_results(["a", "never-sent"])
+            >>> broker.get_results(["a", "never-sent"])
+            [None, None]
+        """
+        for task_id in task_ids:
+            self.forget_result(task_id)
+
     @abc.abstractmethod
     def mark_revoked(self, task_ids: Sequence[str], result: bytes, ttl: float) -> list[bool]:
         """Store ``result`` (a REVOKED record) as the revoke mark of each id that has no
@@ -427,13 +447,31 @@ class Broker(abc.ABC):
         """Every member of the join ``key`` and its value."""
 
     @abc.abstractmethod
-    def rate_reserve(self, key: str, per_second: float, burst: int = 1) -> float:
+    def rate_reserve(
+        self, key: str, per_second: float, burst: int = 1, max_wait: float = math.inf
+    ) -> float:
         """Reserve the next free slot of the rate limiter ``key`` on the broker's clock.
 
         Slots are ``1 / per_second`` apart, with up to ``burst`` available at once
         (GCRA). Returns the seconds until the reserved slot (0: now). The reservation is
         final: the caller waits that long and then runs without asking again, so a backlog
         of limited tasks costs one call each, never a polling loop.
+
+        ``max_wait``: when the next free slot is more than that many seconds ahead,
+        nothing is reserved (the limiter is left as it was) and the wait it would have
+        been is returned, so a result over ``max_wait`` means "not reserved". A task that
+        expires before its slot passes its expiry here: reserved, the slot would be spent
+        by a task that never runs, and every later task would wait one slot longer for it.
+
+        Example:
+            >>> from celeriac.brokers.memory import MemoryBroker
+            >>> broker = MemoryBroker()
+            >>> broker.rate_reserve("r", per_second=0.1)  # one slot every 10 s; now is free
+            0.0
+            >>> 9 < broker.rate_reserve("r", per_second=0.1, max_wait=5) <= 10  # not taken
+            True
+            >>> 9 < broker.rate_reserve("r", per_second=0.1) <= 10  # the same slot, taken
+            True
         """
 
     @abc.abstractmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import threading
 import time
 import uuid
@@ -346,6 +347,13 @@ class MemoryBroker(Broker):
             self._results.pop(task_id, None)
             self._marks.discard(task_id)
 
+    def forget_results(self, task_ids: Sequence[str]) -> None:
+        """Delete the stored results of many ids, under one lock."""
+        with self._lock:
+            for task_id in task_ids:
+                self._results.pop(task_id, None)
+                self._marks.discard(task_id)
+
     def mark_revoked(self, task_ids: Sequence[str], result: bytes, ttl: float) -> list[bool]:
         """Store a revoke mark for each id without a final result (or a mark)."""
         marked: list[bool] = []
@@ -405,14 +413,18 @@ class MemoryBroker(Broker):
             members, expires = self._joins.get(key, ({}, 0.0))
             return dict(members) if expires > time.time() else {}
 
-    def rate_reserve(self, key: str, per_second: float, burst: int = 1) -> float:
-        """Reserve the next free slot; return the seconds until it."""
+    def rate_reserve(
+        self, key: str, per_second: float, burst: int = 1, max_wait: float = math.inf
+    ) -> float:
+        """Reserve the next free slot, unless it is more than ``max_wait`` ahead (then
+        nothing changes); return the seconds until it."""
         with self._lock:
             now = time.time()
             interval = 1.0 / per_second
             tat = max(self._limiters.get(key, now), now)
             slot = max(now, tat - (burst - 1) * interval)
-            self._limiters[key] = tat + interval
+            if slot - now <= max_wait:
+                self._limiters[key] = tat + interval
             return slot - now
 
     def rate_admit(self, key: str, limit: int, period: float) -> float:

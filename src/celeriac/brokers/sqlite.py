@@ -38,7 +38,7 @@ from celeriac.brokers.base import (
     WorkerInfo,
     replayed,
 )
-from celeriac.brokers.sqlite_store import SQLiteStore
+from celeriac.brokers.sqlite_store import IDS_PER_QUERY, SQLiteStore
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 
 _SCHEMA = """
@@ -99,7 +99,6 @@ CREATE TABLE IF NOT EXISTS streams (
 );
 """
 
-_IDS_PER_QUERY = 500  # ids per "IN (...)": well under SQLite's bound-variable limit
 _WAIT_STEP = 0.004  # seconds between data_version checks while waiting
 _RECLAIM_EVERY = 1.0  # seconds between expired-lease sweeps inside fetch
 
@@ -514,8 +513,8 @@ class SQLiteBroker(SQLiteStore, Broker):
         now = time.time()
         found: dict[str, tuple[bytes, bool]] = {}
         unique = list(dict.fromkeys(task_ids))
-        for start in range(0, len(unique), _IDS_PER_QUERY):
-            chunk = unique[start : start + _IDS_PER_QUERY]
+        for start in range(0, len(unique), IDS_PER_QUERY):
+            chunk = unique[start : start + IDS_PER_QUERY]
             marks = ",".join("?" * len(chunk))
             rows = self._read(
                 f"SELECT id, body, final FROM results WHERE id IN ({marks}) AND expires_at > ?",  # noqa: S608 - placeholders only
@@ -576,8 +575,8 @@ class SQLiteBroker(SQLiteStore, Broker):
         """The dead letters with these ids, by primary key."""
         rows: list[Any] = []
         unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), _IDS_PER_QUERY):
-            chunk = unique[start : start + _IDS_PER_QUERY]
+        for start in range(0, len(unique), IDS_PER_QUERY):
+            chunk = unique[start : start + IDS_PER_QUERY]
             marks = ",".join("?" * len(chunk))
             rows += self._read(f"SELECT * FROM dead_letters WHERE id IN ({marks})", chunk)  # noqa: S608 - placeholders only
         return [DeadLetter(*row) for row in rows]

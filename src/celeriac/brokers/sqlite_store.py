@@ -8,10 +8,15 @@ with the rest of the schema in ``sqlite.py``.
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any
+
+# Ids (or keys) per "IN (...)": well under SQLite's bound-variable limit, which is 32,766
+# since SQLite 3.32 and 999 before it (a list over it fails the whole query).
+IDS_PER_QUERY = 500
 
 
 class SQLiteStore:
@@ -40,6 +45,18 @@ class SQLiteStore:
                 for task_id in task_ids
             ]
 
+    def forget_results(self, task_ids: Sequence[str]) -> None:
+        """Delete the stored results of many ids, in one transaction (one statement per
+        500 distinct ids)."""
+        unique = list(dict.fromkeys(task_ids))
+        if not unique:
+            return
+        with self._transaction() as db:
+            for start in range(0, len(unique), IDS_PER_QUERY):
+                chunk = unique[start : start + IDS_PER_QUERY]
+                marks = ",".join("?" * len(chunk))
+                db.execute(f"DELETE FROM results WHERE id IN ({marks})", chunk)  # noqa: S608 - placeholders only
+
     def kv_set(self, key: str, value: bytes, ttl: float, *, only_if_absent: bool = False) -> bool:
         """Set a key for ``ttl`` seconds (only when unset, if asked)."""
         now = time.time()
@@ -54,15 +71,19 @@ class SQLiteStore:
             return True
 
     def kv_get(self, keys: Sequence[str]) -> list[bytes | None]:
-        """Values of keys, None where unset or expired."""
-        if not keys:
-            return []
-        marks = ",".join("?" * len(keys))
-        rows = self._read(
-            f"SELECT key, value FROM kv WHERE key IN ({marks}) AND expires_at > ?",  # noqa: S608
-            (*keys, time.time()),
-        )
-        found = dict(rows)
+        """Values of keys, None where unset or expired: one query per 500 distinct keys
+        (one list of them all failed past SQLite's bound-variable limit)."""
+        now = time.time()
+        found: dict[str, bytes] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), IDS_PER_QUERY):
+            chunk = unique[start : start + IDS_PER_QUERY]
+            marks = ",".join("?" * len(chunk))
+            rows = self._read(
+                f"SELECT key, value FROM kv WHERE key IN ({marks}) AND expires_at > ?",  # noqa: S608 - placeholders only
+                (*chunk, now),
+            )
+            found.update(rows)
         return [found.get(k) for k in keys]
 
     def kv_delete(self, key: str) -> None:
@@ -137,15 +158,19 @@ class SQLiteStore:
                 "FROM joins AS j WHERE j.key = join_counts.key), 0)"
             )
 
-    def rate_reserve(self, key: str, per_second: float, burst: int = 1) -> float:
-        """Reserve the next free slot; return the seconds until it."""
+    def rate_reserve(
+        self, key: str, per_second: float, burst: int = 1, max_wait: float = math.inf
+    ) -> float:
+        """Reserve the next free slot, unless it is more than ``max_wait`` ahead (then
+        nothing changes); return the seconds until it."""
         interval = 1.0 / per_second
         with self._transaction() as db:
             now = time.time()
             row = db.execute("SELECT tat FROM limiters WHERE key = ?", (key,)).fetchone()
             tat = max(row[0] if row else now, now)
             slot = max(now, tat - (burst - 1) * interval)
-            db.execute("INSERT OR REPLACE INTO limiters VALUES (?, ?)", (key, tat + interval))
+            if slot - now <= max_wait:
+                db.execute("INSERT OR REPLACE INTO limiters VALUES (?, ?)", (key, tat + interval))
             return slot - now
 
     def rate_admit(self, key: str, limit: int, period: float) -> float:

@@ -13,10 +13,15 @@ that the moment a task's own code runs, a little after admission, obeys the limi
 admission whose call took more than half of that margin (a slow commit, a paused process)
 is counted as spent and asked for again, up to three times. A process paused for longer
 than the margin after its admission (e.g. SIGSTOP) can still start its task late.
+
+A task whose expiry comes before the next free slot ends EXPIRED without reserving it
+(``rate_reserve``'s ``max_wait``): a slot it would never use would push every later task
+back by one slot, whichever process sent or runs them.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -148,13 +153,18 @@ app's limits setting (it has: 'smtp'), got 'smpt'
             # by a slot nobody uses (a backlog of 100 such tasks at 1/m made a fresh task
             # wait 100 minutes).
             return _expires_first(job, self._later[key], key)
-        wait = job.task.app.broker.rate_reserve(key + ":slots", per_second)
+        # A slot past its expiry is not reserved, by any process: a task that would only
+        # expire waiting for it must not push every later task back by one slot (each
+        # worker process spent one such slot per backlog, before it learnt the next one).
+        max_wait = math.inf if expires is None else max(expires - time.time(), 0.0)
+        wait = job.task.app.broker.rate_reserve(key + ":slots", per_second, max_wait=max_wait)
+        slot = time.time() + wait
+        if wait > max_wait:
+            self._seen_slot(key, slot)  # not reserved, but no later slot comes before it
+            return _expires_first(job, slot, key)
         if wait <= 0.001:
             return None
-        slot = time.time() + wait
         self._seen_slot(key, slot)
-        if expires is not None and slot >= expires:
-            return _expires_first(job, slot, key)  # deferred, it would only expire unrun
         return self._defer(job, wait, key)
 
     def _seen_slot(self, key: str, slot: float) -> None:

@@ -161,6 +161,25 @@ def forget_result(ctx: Context, task_id: str) -> Plan[None]:
     yield Command(("DEL", ctx.keys.result(task_id)))
 
 
+def forget_results(ctx: Context, task_ids: Sequence[str]) -> Plan[None]:
+    """Delete the stored results of many ids in one round trip (in Cluster, one per node),
+    as :func:`get_results` reads them: DELs of up to ``MGET_KEYS`` keys each in one
+    pipeline on a standalone server; one DEL per id, pipelined, in Cluster, where each
+    result key is in its own slot and no DEL may span slots."""
+    if not task_ids:
+        return
+    keys = list(dict.fromkeys(ctx.keys.result(task_id) for task_id in task_ids))
+    if ctx.cluster:
+        yield Batch([Command(("DEL", key)) for key in keys])
+    else:
+        yield Batch(
+            [
+                Command(("DEL", *keys[start : start + MGET_KEYS]))
+                for start in range(0, len(keys), MGET_KEYS)
+            ]
+        )
+
+
 # -- dead letters ------------------------------------------------------------------------
 
 

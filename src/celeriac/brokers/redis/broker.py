@@ -52,6 +52,7 @@ Classic PUBLISH reaches subscribers on any Cluster node.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -351,6 +352,10 @@ class RedisBroker(Broker):
         """Delete a stored result."""
         self._run(admin.forget_result(self._ctx, task_id), "delete a result")
 
+    def forget_results(self, task_ids: Sequence[str]) -> None:
+        """Delete many results in one round trip (see :func:`.admin.forget_results`)."""
+        self._run(admin.forget_results(self._ctx, task_ids), _deleting(task_ids))
+
     def mark_revoked(self, task_ids: Sequence[str], result: bytes, ttl: float) -> list[bool]:
         """Mark tasks revoked where no final result exists (see :meth:`Broker.mark_revoked`)."""
         return self._run(admin.mark_revoked(self._ctx, task_ids, result, ttl), "mark tasks revoked")
@@ -377,10 +382,14 @@ class RedisBroker(Broker):
         """Every member of a join and its value."""
         return self._run(store.join_values(self._ctx, key), "read a join")
 
-    def rate_reserve(self, key: str, per_second: float, burst: int = 1) -> float:
-        """Reserve the next slot of a GCRA limiter on Redis's clock; seconds until it."""
+    def rate_reserve(
+        self, key: str, per_second: float, burst: int = 1, max_wait: float = math.inf
+    ) -> float:
+        """Reserve the next slot of a GCRA limiter on Redis's clock unless it is more than
+        ``max_wait`` ahead (then nothing changes); seconds until it."""
         return self._run(
-            store.rate_reserve(self._ctx, key, per_second, burst), "reserve a rate-limit slot"
+            store.rate_reserve(self._ctx, key, per_second, burst, max_wait),
+            f"reserve a slot of the rate limit {key}",
         )
 
     def rate_admit(self, key: str, limit: int, period: float) -> float:
@@ -436,5 +445,14 @@ class RedisBroker(Broker):
 
 def _reading(task_ids: Sequence[str]) -> str:
     """What a read of several results was, for its error message."""
+    return f"read the results of {_tasks(task_ids)}"
+
+
+def _deleting(task_ids: Sequence[str]) -> str:
+    """What a deletion of several results was, for its error message."""
+    return f"delete the results of {_tasks(task_ids)}"
+
+
+def _tasks(task_ids: Sequence[str]) -> str:
     shown = ", ".join(task_ids[:3]) + (", ..." if len(task_ids) > 3 else "")
-    return f"read the results of {len(task_ids)} tasks ({shown})"
+    return f"{len(task_ids)} tasks ({shown})"

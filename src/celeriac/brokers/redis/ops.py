@@ -555,6 +555,10 @@ def check_server(ctx: Context, url: str) -> Plan[None]:
     """Refuse Redis before 7.0 and an evicting ``maxmemory-policy``; warn when persistence
     is off. A server that refuses INFO or CONFIG (managed services) gets a warning.
 
+    The warnings go to the ``celeriac.brokers.redis.startup`` logger, once per process
+    tree: a worker or beat says them when it starts; the CLI's one-shot commands (status,
+    result, dlq list...) raise that logger's level so that they do not repeat them.
+
     Raises:
         ConfigurationError: the server is too old, or eviction could delete queued tasks.
     """
@@ -599,12 +603,17 @@ def check_server(ctx: Context, url: str) -> Plan[None]:
 _warned: set[tuple[str, ...]] = set()
 
 
+#: Where the start-up check's warnings go (see check_server): a logger of their own, so a
+#: one-shot command can leave them to the long-lived processes and keep every other one.
+startup_log = logging.getLogger("celeriac.brokers.redis.startup")
+
+
 def _warn_once(message: str, *args: str) -> None:
     """Log a start-up warning unless this process tree already logged it."""
     key = (message, *args)
-    if key not in _warned:
-        _warned.add(key)
-        log.warning(message, *args)
+    if key not in _warned and startup_log.isEnabledFor(logging.WARNING):
+        _warned.add(key)  # only once said: a quiet one-shot caller leaves it to the next
+        startup_log.warning(message, *args)
 
 
 def _ask(command: Command, url: str) -> Plan[list[Any] | None]:

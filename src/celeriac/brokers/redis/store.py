@@ -7,6 +7,7 @@ Rate limits run on Redis's clock inside a script, so every worker shares one lim
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from celeriac.brokers.redis.ops import Context, ms
@@ -48,12 +49,17 @@ def join_values(ctx: Context, key: str) -> Plan[dict[str, bytes]]:
     return {member.decode(): value for member, value in dict(found).items()}
 
 
-def rate_reserve(ctx: Context, key: str, per_second: float, burst: int) -> Plan[float]:
-    """Reserve the next GCRA slot; seconds until it."""
+def rate_reserve(
+    ctx: Context, key: str, per_second: float, burst: int, max_wait: float
+) -> Plan[float]:
+    """Reserve the next GCRA slot unless it is more than ``max_wait`` ahead; seconds
+    until it. No third argument means no limit (see rate_reserve-1.lua)."""
     interval_us = max(round(1_000_000 / per_second), 1)
-    wait_us = yield Call(
-        SCRIPTS.rate_reserve, (ctx.keys.store(b"rate", key),), [interval_us, max(burst, 1)]
-    )
+    args: list[int] = [interval_us, max(burst, 1)]
+    if max_wait < math.inf:
+        # Rounded down: a slot a fraction of a microsecond inside max_wait is not taken.
+        args.append(math.floor(max(max_wait, -1.0) * 1_000_000))
+    wait_us = yield Call(SCRIPTS.rate_reserve, (ctx.keys.store(b"rate", key),), args)
     return int(wait_us) / 1_000_000
 
 
