@@ -15,7 +15,7 @@ from celeriac.brokers import broker_from_url, redacted
 from celeriac.brokers.base import Broker, Outgoing
 from celeriac.codec import Codec, codec_for
 from celeriac.config import Settings
-from celeriac.errors import ConfigurationError, NotRegistered, PayloadTooLarge
+from celeriac.errors import BrokerError, ConfigurationError, NotRegistered, PayloadTooLarge
 from celeriac.message import Message
 from celeriac.middleware import Middleware, MiddlewareStack, default_middleware
 from celeriac.result import AsyncResult
@@ -243,8 +243,9 @@ class Celeriac:
             return AsyncResult(message.id, self, message.task)
         try:
             self.broker.send([outgoing])
-        except Exception:
+        except Exception as exc:
             self.middleware.send_failed(self, [message])
+            _say_not_sent(exc, [message])
             raise
         if self.conf.task_always_eager:
             from celeriac.worker.inline import run_queued
@@ -258,8 +259,9 @@ class Celeriac:
         if outgoing is not None:
             try:
                 await self.broker.asend([outgoing])
-            except Exception:
+            except Exception as exc:
                 self.middleware.send_failed(self, [message])
+                _say_not_sent(exc, [message])
                 raise
         return AsyncResult(message.id, self, message.task)
 
@@ -275,8 +277,9 @@ class Celeriac:
                     outgoing.append(out)
                     accepted.append(m)
             self.broker.send(outgoing)
-        except Exception:
+        except Exception as exc:
             self.middleware.send_failed(self, accepted)
+            _say_not_sent(exc, accepted)
             raise
         return [AsyncResult(m.id, self, m.task) for m in messages]
 
@@ -416,6 +419,28 @@ number from 0 to 9 (9 runs first), got 12
             seconds = value.total_seconds() if isinstance(value, dt.timedelta) else value
             checked[option] = float(seconds)
     return checked
+
+
+def _say_not_sent(exc: BaseException, messages: Sequence[Message]) -> None:
+    """Begin a broker error's text with what was not sent. The broker's words begin with
+    its own step ("could not check the server: Redis at ... did not answer"), which did not
+    say that the caller's task was not sent, nor which.
+
+    Example:
+        >>> exc = BrokerError("could not send: Redis at redis://h:6379/0 did not answer")
+        >>> _say_not_sent(exc, [Message(id="a1", task="shop.add")])
+        >>> str(exc)
+        'task shop.add[a1] was not sent: could not send: Redis at redis://h:6379/0 did not answer'
+    """
+    if not isinstance(exc, BrokerError) or not messages or len(exc.args) != 1:
+        return
+    first = messages[0]
+    what = (
+        f"task {first.task}[{first.id}] was"
+        if len(messages) == 1
+        else f"{len(messages):,} tasks ({first.task}[{first.id}], ...) were"
+    )
+    exc.args = (f"{what} not sent: {exc.args[0]}",)
 
 
 def _unknown_task(*args: Any, **kwargs: Any) -> Any:

@@ -36,7 +36,7 @@ from celeriac.text import printable
 if TYPE_CHECKING:
     from celeriac import Celeriac
     from celeriac.brokers.base import DeadLetter
-    from celeriac.message import ResultRecord
+    from celeriac.message import ErrorInfo, ResultRecord
 
 
 def _when(ts: float | None) -> str:
@@ -158,10 +158,31 @@ def _show_result(result: AsyncResult[Any], value: Any) -> None:
     out.print(f"[bold red]{escape(printable(record.state))}[/] {what}", markup=True)
     if error is not None:
         out.print(printable(f"{error.type}: {error.message}", lines=True), markup=False)
-        if error.traceback:
+        if _adds_to_the_error(error):
             tb = printable(error.traceback.rstrip(), lines=True)
             out.print(tb, style="dim", markup=False)
     sys.exit(1)
+
+
+def _adds_to_the_error(error: ErrorInfo) -> bool:
+    """Whether a stored traceback says more than the error line printed above it. An error
+    decided outside the task (revoked and stopped, a time limit) stores only its own line
+    as its traceback, and it was printed twice.
+
+    Example:
+        >>> from celeriac.message import ErrorInfo
+        >>> said = "task shop.add[t-1] was revoked and stopped"
+        >>> kind = "celeriac.errors.TaskRevoked"
+        >>> _adds_to_the_error(ErrorInfo(type=kind, message=said, traceback=f"{kind}: {said}"))
+        False
+        >>> _adds_to_the_error(ErrorInfo(type=kind, message=said, traceback="Traceback (..."))
+        True
+    """
+    tb = error.traceback.strip()
+    short = error.type.rpartition(".")[2]
+    return bool(tb) and tb not in {
+        f"{kind}: {error.message}".strip() for kind in (error.type, short)
+    }
 
 
 @cli.command()
@@ -190,9 +211,10 @@ def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool
                 progress.advance(bar)
     only_group = group if group is not None and group.id == task_id else None  # no own result
     if wait and only_group is None:
-        obj.app.AsyncResult(task_id).get(
-            timeout=max(deadline - time.monotonic(), 0), propagate=False
-        )
+        # The timeout as given when nothing was waited for before (a chord's header): what
+        # was left of it read "did not finish within 1.98277s" for --timeout 2.
+        left = timeout if group is None else round(max(deadline - time.monotonic(), 0), 1)
+        obj.app.AsyncResult(task_id).get(timeout=left, propagate=False)
     stored = obj.app.broker.get_result(task_id)
     summary = only_group.summary() if only_group is not None else None
     record = decode_result(stored[0]) if stored else summary
@@ -217,7 +239,7 @@ def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool
         )
         return
     out.print(_record_table(task_id, record))
-    if record.error and record.error.traceback:
+    if record.error and _adds_to_the_error(record.error):
         tb = printable(record.error.traceback.rstrip(), lines=True)
         out.print(tb, style="dim", markup=False)
     if record.state in FINAL_STATES - {"SUCCESS"}:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
@@ -19,6 +19,9 @@ from celeriac.message import decode_result
 from celeriac.middleware.events import STREAM, Event
 from celeriac.text import printable
 
+if TYPE_CHECKING:
+    from celeriac.group_result import GroupResult
+
 
 @cli.command("revoke")
 @click.argument("task_ids", nargs=-1, required=True, metavar="TASK_ID... | -")
@@ -30,7 +33,8 @@ def revoke_cmd(obj: Context, task_ids: tuple[str, ...], terminate: bool) -> None
     Each id reaches that one task. A chain's id is its last step's and a chord's is its
     body's: revoking it stops that step only, and the steps before it still run. Revoke a
     whole workflow with the handle that sending it returned (result.revoke()), or give
-    every step's id. A task that already finished keeps its outcome (they are listed).
+    every step's id. A group's id (group(...).apply_async().id) revokes its members. A
+    task that already finished keeps its outcome (they are listed).
     With - the ids are read from standard input, separated by spaces or newlines.
 
     \b
@@ -38,8 +42,26 @@ def revoke_cmd(obj: Context, task_ids: tuple[str, ...], terminate: bool) -> None
     Example: celeriac revoke - < ids.txt
     """
     ids = _ids_given(task_ids)
+    before = dict(zip(ids, obj.app.broker.get_results(ids), strict=True))
+    _refuse_task_names(obj, [i for i in ids if before[i] is None])
+    groups = _saved_groups(obj, ids)
+    for group in groups:
+        # The group's members: revoking its id alone marked that id REVOKED, which no task
+        # has, and every member still ran.
+        group.revoke(terminate=terminate)
+        click.echo(
+            f"revoked group {printable(group.id)}: its {len(group)} member(s)"
+            + (" (terminate)" if terminate else "")
+            + "; those that had finished keep their outcome (celeriac result shows them)"
+        )
+    ids = [i for i in ids if i not in {g.id for g in groups}]
+    if not ids:
+        return
     revoke_many(obj.app, ids, terminate=terminate)  # one broker call
     click.echo(f"revoked {len(ids)} task(s)" + (" (terminate)" if terminate else ""))
+    unknown = [i for i in ids if before[i] is None]
+    if unknown:
+        click.echo(_nothing_stored_note(unknown), err=True)
     finished = _already_finished(obj, ids)
     if finished:
         shown = ", ".join(f"{printable(i)} ({state})" for i, state in finished[:10])
@@ -65,6 +87,55 @@ def _ids_given(task_ids: tuple[str, ...]) -> list[str]:
         else:
             ids.append(task_id)
     return list(dict.fromkeys(ids))
+
+
+def _refuse_task_names(obj: Context, ids: list[str]) -> None:
+    """A usage error for an id that is a task name of the ``-A`` app (and no task's id):
+    ``revoke tasks.send_welcome`` said "revoked 1 task(s)" and stopped nothing."""
+    names = [i for i in ids if i in obj.app.tasks]
+    if names:
+        raise click.UsageError(
+            f"{printable(names[0])} is a task name; revoke takes task ids (delay() and "
+            "celeriac call print them; celeriac events and inspect active show them). "
+            "Nothing was revoked."
+        )
+
+
+def _saved_groups(obj: Context, ids: list[str]) -> list[GroupResult]:
+    """The ids that are groups sent with ``group(...).apply_async()`` (saved for ``celeriac
+    result GROUP_ID``), as their results; a chord's id is its body's, a task's."""
+    from celeriac.group_result import GroupResult
+    from celeriac.result import _group_key
+
+    saved = obj.app.broker.kv_get([_group_key(i) for i in ids])  # one round trip for all
+    groups = []
+    for group_id, raw in zip(ids, saved, strict=True):
+        group = GroupResult.restore(obj.app, group_id) if raw is not None else None
+        if group is not None and group.id == group_id:  # a chord's restores its header
+            groups.append(group)
+    return groups
+
+
+def _nothing_stored_note(ids: list[str]) -> str:
+    """What to say of revoked ids that had no state stored: a mistyped id was revoked as
+    silently as a queued task's (and the broker cannot tell them apart by id).
+
+    Example:
+        >>> print(_nothing_stored_note(["no-such-id"]))  # doctest: +NORMALIZE_WHITESPACE
+        note: nothing is stored for no-such-id: it is still queued, was never sent (a
+        mistyped id?), or its result expired. Revoked anyway: it will not run if it is
+        queued or sent later.
+    """
+    if len(ids) == 1:
+        which, later = f"{printable(ids[0])}: it is", "it will not run"
+    else:
+        shown = ", ".join(printable(i) for i in ids[:10])
+        more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+        which, later = f"{len(ids)} of them ({shown}{more}): each is", "none will run"
+    return (
+        f"note: nothing is stored for {which} still queued, was never sent (a mistyped id?), "
+        f"or its result expired. Revoked anyway: {later} if it is queued or sent later."
+    )
 
 
 def _already_finished(obj: Context, ids: list[str]) -> list[tuple[str, str]]:

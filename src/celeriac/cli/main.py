@@ -10,6 +10,7 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -48,6 +49,18 @@ _COMMAND_MODULES = {
     "worker": "worker_cmd",
 }
 
+#: Commands that run until stopped. The others are one-shot: the broker's start-up
+#: warnings (a Redis without persistence) are for the processes that hold tasks, and were
+#: printed again by every status, result or dlq list.
+_LONG_LIVED = frozenset({"worker", "beat", "demo"})
+
+#: Commands whose first use of a SQLite broker is expected to create its file: the others
+#: (status, result, revoke...) look at what is there, and say when nothing was.
+_MAKE_THE_BROKER = _LONG_LIVED | {"call"}
+
+#: The logger of the Redis broker's start-up check (celeriac.brokers.redis.ops).
+_STARTUP_LOGGER = "celeriac.brokers.redis.startup"
+
 
 _consoles: dict[str, Console] = {}
 
@@ -75,7 +88,9 @@ class Context:
     app_path: str | None
     broker: str | None
     debug: bool
+    command: str | None = None  # the subcommand run: worker, status, ...
     _app: Celeriac | None = None
+    _missing_db: Path | None = None  # the SQLite file the broker URL names, if absent
 
     @property
     def app(self) -> Celeriac:
@@ -84,7 +99,46 @@ class Context:
             self._app = load_app(self.app_path) if self.app_path else Celeriac("cli")
             if self.broker:
                 self._app.conf.broker_url = self.broker
+            # Looked at before the broker opens it, which creates the file: see fresh_db_note.
+            self._missing_db = _missing_sqlite_file(self._app.conf.broker_url)
         return self._app
+
+    def fresh_db_note(self) -> str | None:
+        """What to say when this command created the SQLite broker's file: a command run
+        from another folder than the worker's opens a new, empty ./celeriac.db, and its
+        "no queues yet ... no live workers" read as "the worker died".
+
+        Example:
+            >>> import os, tempfile
+            >>> folder = tempfile.mkdtemp()
+            >>> obj = Context(None, f"sqlite:///{folder}/celeriac.db", False, "status")
+            >>> obj.app.broker.stats()
+            []
+            >>> print(obj.fresh_db_note())  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+            celeriac.db did not exist in /...: this command created it, empty. ...
+        """
+        path = self._missing_db
+        if path is None or not path.exists() or self.command in _MAKE_THE_BROKER:
+            return None  # it existed, the command did not open it, or it is a first use
+        return (
+            f"{path.name} did not exist in {path.parent}: this command created it, empty. "
+            "Each process opens a relative SQLite path (sqlite:///celeriac.db, the default) "
+            "in its own folder: run from the worker's folder, or give every process the same "
+            f"absolute path: -b sqlite:///{path} (or CELERIAC_BROKER_URL)."
+        )
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The absolute path of the SQLite file ``url`` names when it does not exist yet."""
+    if not url.startswith("sqlite:"):
+        return None
+    from celeriac.brokers.sqlite import _path_from_url  # the broker's own reading of it
+
+    try:
+        path = Path(_path_from_url(url)[0]).absolute()
+    except CeleriacError:
+        return None  # a bad URL: the broker says what is wrong when it opens
+    return None if path.exists() else path
 
 
 def load_app(path: str) -> Celeriac:
@@ -111,15 +165,18 @@ def load_app(path: str) -> Celeriac:
         # imports: "celery_tasks" importing a missing "celery" is the module's problem.
         if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
             raise ConfigurationError(
-                f"-A {path}: no module named {module_name!r} (looked in {os.getcwd()} and "
+                _attribute_as_module(path, module_name, attr)
+                or f"-A {path}: no module named {module_name!r} (looked in {os.getcwd()} and "
                 "the installed packages). Run from your project folder or install it."
             ) from exc
         raise ConfigurationError(f"-A {path}: importing it failed{_where(exc)}: {exc}") from exc
     except CeleriacError:
         raise  # celeriac's own errors (a bad setting in the environment) say what to fix
     except Exception as exc:  # the user's module raised: say where
+        # A syntax error's text repeats its place, "(broken.py, line 3)": _where says it.
+        said = exc.msg if isinstance(exc, SyntaxError) and exc.filename else exc
         raise ConfigurationError(
-            f"-A {path}: importing it raised {type(exc).__name__}{_where(exc)}: {exc} "
+            f"-A {path}: importing it raised {type(exc).__name__}{_where(exc)}: {said} "
             "(--debug shows the whole traceback)"
         ) from exc
     if attr:
@@ -144,8 +201,39 @@ def load_app(path: str) -> Celeriac:
     return app if isinstance(app, Celeriac) else apps[0]
 
 
+def _attribute_as_module(path: str, module_name: str, attr: str) -> str | None:
+    """The error for ``-A tasks.app``, an app written with a dot where ``-A`` takes a
+    colon, when ``tasks`` imports and has ``app``: "no module named 'tasks.app' ... Run
+    from your project folder" sent a user who was in it looking elsewhere."""
+    parent, _, last = module_name.rpartition(".")
+    if attr or not parent:
+        return None
+    try:
+        module = importlib.import_module(parent)
+    except Exception:  # noqa: BLE001 - not the case we can help with: the usual message
+        return None
+    if not hasattr(module, last):
+        return None
+    said = f"-A {path}: {parent} is a module with no submodule {last!r};"
+    if isinstance(getattr(module, last), Celeriac):
+        return f"{said} its app {last!r} is named with a colon: -A {parent}:{last}"
+    return f"{said} {last!r} in it is not an app. Name the module that holds the app: -A {parent}"
+
+
 def _where(exc: BaseException) -> str:
-    """`` at file:line``: the innermost frame an import error came from."""
+    """`` at file:line``: the innermost frame an import error came from; for a syntax
+    error, the file and line that hold it (its traceback ends in importlib's machinery,
+    which left the CLI's own frame as the culprit).
+
+    Example:
+        >>> try:
+        ...     compile("def f(:\\n", "broken.py", "exec")
+        ... except SyntaxError as exc:
+        ...     print(_where(exc))
+         at broken.py:1
+    """
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" at {exc.filename}:{exc.lineno}"
     every = list(traceback.extract_tb(exc.__traceback__))
     frames = [f for f in every if "importlib" not in f.filename] or every  # not the machinery
     return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
@@ -232,7 +320,24 @@ def cli(ctx: click.Context, app_path: str | None, broker: str | None, debug: boo
       130  interrupted by Ctrl-C (a worker, beat and events -f exit 0: Ctrl-C is how
            they stop)
     """
-    ctx.obj = Context(app_path, broker, debug)
+    ctx.obj = obj = Context(app_path, broker, debug, ctx.invoked_subcommand)
+    if obj.command not in _LONG_LIVED and not debug:
+        startup = logging.getLogger(_STARTUP_LOGGER)
+        level = startup.level
+        startup.setLevel(logging.ERROR)  # see _LONG_LIVED
+        ctx.call_on_close(lambda: startup.setLevel(level))  # tests run many commands
+    ctx.call_on_close(lambda: _note_fresh_db(obj))
+
+
+def _note_fresh_db(obj: Context) -> None:
+    """Say, after the command's own output (and its error, if any), that it created the
+    SQLite file: see :meth:`Context.fresh_db_note`."""
+    note = obj.fresh_db_note()
+    if note is not None:
+        from rich.markup import escape
+
+        text = escape(printable(note))  # a path is text, not markup
+        _console("err").print(f"[yellow]note:[/] {text}", markup=True, soft_wrap=True)
 
 
 class Seconds(click.FloatRange):
