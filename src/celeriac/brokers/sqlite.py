@@ -33,12 +33,10 @@ from celeriac.brokers.base import (
     Delivery,
     Lease,
     Outgoing,
-    QueueStats,
-    Renew,
     WorkerInfo,
-    replayed,
 )
-from celeriac.brokers.sqlite_store import IDS_PER_QUERY, SQLiteStore
+from celeriac.brokers.sqlite_results import WAIT_STEP, SQLiteResults
+from celeriac.brokers.sqlite_store import SQLiteStore
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 
 _SCHEMA = """
@@ -99,7 +97,6 @@ CREATE TABLE IF NOT EXISTS streams (
 );
 """
 
-_WAIT_STEP = 0.004  # seconds between data_version checks while waiting
 _RECLAIM_EVERY = 1.0  # seconds between expired-lease sweeps inside fetch
 
 
@@ -122,7 +119,7 @@ def _path_from_url(url: str) -> tuple[str, dict[str, list[str]]]:
     return path, params
 
 
-class SQLiteBroker(SQLiteStore, Broker):
+class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
     """The embedded broker: one SQLite file shared by every process on the host.
 
     Example:
@@ -289,7 +286,7 @@ class SQLiteBroker(SQLiteStore, Broker):
         if next_due is not None:
             until = min(until, time.monotonic() + max(next_due - time.time(), 0.0))
         while time.monotonic() < until:
-            time.sleep(_WAIT_STEP)
+            time.sleep(WAIT_STEP)
             if self._changed():
                 return
 
@@ -488,125 +485,6 @@ class SQLiteBroker(SQLiteStore, Broker):
             db.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
             self._reap_joins(db, now)
         return released
-
-    # -- results ------------------------------------------------------------------------
-
-    def store_result(self, task_id: str, result: bytes, ttl: float) -> None:
-        """Store a non-final state unless a final one exists."""
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO results VALUES (?, ?, 0, ?) ON CONFLICT (id) DO UPDATE SET "
-                "body = excluded.body, expires_at = excluded.expires_at WHERE final = 0",
-                (task_id, result, time.time() + ttl),
-            )
-
-    def get_result(self, task_id: str) -> tuple[bytes, bool] | None:
-        """The stored result and whether it is final."""
-        rows = self._read(
-            "SELECT body, final FROM results WHERE id = ? AND expires_at > ?",
-            (task_id, time.time()),
-        )
-        return (rows[0][0], bool(rows[0][1])) if rows else None
-
-    def get_results(self, task_ids: Sequence[str]) -> list[tuple[bytes, bool] | None]:
-        """What :meth:`get_result` says of each id: one query per 500 distinct ids."""
-        now = time.time()
-        found: dict[str, tuple[bytes, bool]] = {}
-        unique = list(dict.fromkeys(task_ids))
-        for start in range(0, len(unique), IDS_PER_QUERY):
-            chunk = unique[start : start + IDS_PER_QUERY]
-            marks = ",".join("?" * len(chunk))
-            rows = self._read(
-                f"SELECT id, body, final FROM results WHERE id IN ({marks}) AND expires_at > ?",  # noqa: S608 - placeholders only
-                (*chunk, now),
-            )
-            found.update((task_id, (body, bool(final))) for task_id, body, final in rows)
-        return [found.get(task_id) for task_id in task_ids]
-
-    def wait_result(self, task_id: str, timeout: float) -> bytes | None:
-        """Block until a final result exists or ``timeout`` passes."""
-        deadline = time.monotonic() + timeout
-        self._changed()
-        while True:
-            stored = self.get_result(task_id)
-            if stored is not None and stored[1]:
-                return stored[0]
-            if time.monotonic() >= deadline:
-                return None
-            while time.monotonic() < deadline and not self._changed():
-                time.sleep(_WAIT_STEP)
-
-    def forget_result(self, task_id: str) -> None:
-        """Delete a stored result."""
-        with self._transaction() as db:
-            db.execute("DELETE FROM results WHERE id = ?", (task_id,))
-
-    # -- administration -----------------------------------------------------------------
-
-    def stats(self) -> list[QueueStats]:
-        """Counts per queue."""
-        now = time.time()
-        counts: dict[str, list[int]] = {
-            row[0]: [0, 0, 0, 0] for row in self._read("SELECT name FROM queues")
-        }
-        for queue, ready, delayed, held in self._read(
-            "SELECT queue, SUM(token IS NULL AND due <= ?), SUM(token IS NULL AND due > ?), "
-            "SUM(token IS NOT NULL) FROM messages GROUP BY queue",
-            (now, now),
-        ):
-            counts[queue] = [ready, delayed, held, 0]
-        for queue, dead in self._read("SELECT queue, COUNT(*) FROM dead_letters GROUP BY queue"):
-            counts.setdefault(queue, [0, 0, 0, 0])[3] = dead
-        return [QueueStats(q, *row) for q, row in sorted(counts.items())]
-
-    def purge(self, queue: str) -> int:
-        """Delete ready and delayed messages of ``queue``."""
-        with self._transaction() as db:
-            return db.execute(
-                "DELETE FROM messages WHERE queue = ? AND token IS NULL", (queue,)
-            ).rowcount
-
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """Newest dead letters first."""
-        rows = self._read("SELECT * FROM dead_letters ORDER BY dead_at DESC LIMIT ?", (limit,))
-        return [DeadLetter(*row) for row in rows]
-
-    def find_dead_letters(self, ids: Sequence[str]) -> list[DeadLetter]:
-        """The dead letters with these ids, by primary key."""
-        rows: list[Any] = []
-        unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), IDS_PER_QUERY):
-            chunk = unique[start : start + IDS_PER_QUERY]
-            marks = ",".join("?" * len(chunk))
-            rows += self._read(f"SELECT * FROM dead_letters WHERE id IN ({marks})", chunk)  # noqa: S608 - placeholders only
-        return [DeadLetter(*row) for row in rows]
-
-    def replay_dead_letters(
-        self, ids: Sequence[str] | None = None, task: str | None = None, renew: Renew | None = None
-    ) -> int:
-        """Send chosen dead letters back to their queues with a fresh delivery count."""
-        now = time.time()
-        with self._transaction() as db:
-            if ids is not None:  # by id: read only those
-                rows = [(d.id, d.queue, d.task, d.body) for d in self.find_dead_letters(ids)]
-            else:
-                rows = db.execute("SELECT id, queue, task, body FROM dead_letters").fetchall()
-            chosen = [r for r in rows if task is None or r[2] == task]
-            for index, (task_id, queue, _, stored) in enumerate(chosen):
-                body, priority = replayed(stored, renew)
-                db.execute("DELETE FROM dead_letters WHERE id = ?", (task_id,))
-                db.execute("DELETE FROM results WHERE id = ?", (task_id,))
-                db.execute(
-                    "INSERT INTO messages (id, queue, priority, due, seq, body) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                    (task_id, queue, priority, now, time.time_ns() + index, body),
-                )
-        return len(chosen)
-
-    def purge_dead_letters(self) -> int:
-        """Delete every dead letter."""
-        with self._transaction() as db:
-            return db.execute("DELETE FROM dead_letters").rowcount
 
 
 def failure(path: str, exc: sqlite3.Error) -> str:
