@@ -217,7 +217,7 @@ class Child:
 
     # -- the consume loop (shared by the process and threads pools) -----------------------
 
-    def _consume(self, executor: Executor, key: Hashable) -> None:
+    def _consume(self, executor: Executor, key: int) -> None:
         pending: list[Delivery] = []
         conf = self.app.conf
         batch = Batch(conf.worker_batch_max, conf.worker_batch_window)
@@ -231,10 +231,16 @@ class Child:
                         lambda: self._fetch(batch), give_up_when_stopping=True
                     )
                     pending = fetched or []
+                    if pending:  # listed: the supervisor can tell in hand from prefetched
+                        self._publish(key, pending, None, batch)
                     if crashpoints.ARMED and pending:
                         crashpoints.reached("after_fetch")
                     continue
                 delivery = pending.pop(0)
+                # In hand from here: if this child dies before its slot names the task as
+                # started (decoding it segfaults), the delivery still counts (Slot.hand).
+                lease = delivery.lease
+                self.slot.hand(key, lease.id, lease.token)
                 more = self._handle(executor, key, delivery, pending, batch)
                 if crashpoints.ARMED and more:
                     crashpoints.reached("after_fetch")
@@ -301,7 +307,9 @@ class Child:
         settled = self._reconnecting(
             lambda: executor.settle_many(finished, fetch), give_up_after=self.fetch.lease_seconds
         )
-        self._publish(key, pending, None, batch)
+        # What was fetched is listed at once (pending is empty when this fetched): unlisted,
+        # a child that died before its next write had them all counted as delivered.
+        self._publish(key, pending or settled or [], None, batch)
         return settled or []
 
     def _fetch_spec(self, batch: Batch) -> FetchSpec:

@@ -165,18 +165,51 @@ class Executor:
     # -- preparing ----------------------------------------------------------------------
 
     def prepare(self, delivery: Delivery) -> tuple[Job, Outcome | None]:
-        """Decode and resolve a delivery; an Outcome when it must not run at all."""
+        """Decode and resolve a delivery; an Outcome when it must not run at all.
+
+        Never raises for what a message holds: whatever reading or resolving it raises
+        dead-letters that one message, and a message handed out more often than any task
+        it may name allows is dead-lettered before it is read. Both ended in a crash loop:
+        an error here killed the child before its slot named the task, and a message whose
+        decoding kills the process (a segfault unpickling it) was read again, never
+        counted against ``task_max_deliveries``, at every delivery.
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> from celeriac.brokers.base import Lease
+            >>> executor = Executor(Celeriac("doc", broker="memory://"), "doc-worker")
+            >>> delivery = Delivery(Lease("a1", "default", "t1"), b'{"id": "a1"', 1)
+            >>> executor.prepare(delivery)[1].state
+            'DEAD'
+        """
         job = Job(delivery, self.worker_id, app=self.app)
+        most = self.app.conf.task_max_deliveries
+        if delivery.deliveries > most:  # rare: only then is the body peeked at
+            unread = self._over_limit_unread(job, most)
+            if unread is not None:
+                return job, unread
+        try:
+            return job, self._resolve(job, most)
+        except Exception as exc:  # noqa: BLE001 - one message's problem, not the worker's
+            return job, self._unreadable(job, exc)
+        except (SystemExit, KeyboardInterrupt) as exc:  # raised by an unpickled object
+            if not self.contain_exits:
+                raise
+            return job, self._unreadable(job, exc)
+
+    def _resolve(self, job: Job, max_deliveries: int) -> Outcome | None:
+        """What :meth:`prepare` does, given the app's ``task_max_deliveries``."""
+        delivery = job.delivery
         refused = self._read(job)
         if refused is not None:
-            return job, refused
+            return refused
         message = job.message
         assert message is not None
         wrong = invalid_field(message)
         if wrong is not None:
             # Readable but not runnable as sent: run, it was retried without end, killed at
             # once or expired unrun. Dead-lettered, it can be fixed and replayed.
-            return job, Outcome(
+            return Outcome(
                 "DEAD",
                 reason=(
                     f"malformed message: task {_shown(message.task)}[{_shown(message.id)}]: "
@@ -184,22 +217,13 @@ class Executor:
                 ),
             )
         self._check_size(job)
-        max_deliveries = self.app.conf.task_max_deliveries
         task = self.app.tasks.get(message.task)
         if task is not None and task.options.max_deliveries is not None:
             max_deliveries = task.options.max_deliveries
         if delivery.deliveries > max_deliveries:
-            return job, Outcome(
-                "DEAD",
-                reason=(
-                    f"started {_times(delivery.deliveries - 1)} without finishing (the worker "
-                    "crashed, was killed or lost its lease each time), so this delivery, the "
-                    f"{_ordinal(delivery.deliveries)}, was not run; limit task_max_deliveries="
-                    f"{max_deliveries}"
-                ),
-            )
+            return Outcome("DEAD", reason=_too_many(delivery.deliveries, max_deliveries))
         if task is None:
-            return job, self._unknown(job)
+            return self._unknown(job)
         job.task = task
         job.request = Request(
             id=message.id,
@@ -218,7 +242,62 @@ class Executor:
             worker=self.worker_id,
             message=message,
         )
-        return job, None
+        return None
+
+    def _over_limit_unread(self, job: Job, most: int) -> Outcome | None:
+        """The dead letter of a delivery past its limit, decided without decoding it; None
+        when the task it names (peeked at), or any task here when none can be peeked at
+        (pickle), may still run it.
+
+        Checked before reading: a message whose decoding kills the process was counted at
+        every death but read again each time, so the limit never applied to it.
+        """
+        delivery = job.delivery
+        name = _peek_name(delivery.body)
+        if name is None:  # any task here may be the one it names: the largest limit
+            limits = (t.options.max_deliveries for t in self.app.tasks.values())
+            limit = max([most, *(n for n in limits if n is not None)])
+        else:
+            task = self.app.tasks.get(name)
+            own = task.options.max_deliveries if task is not None else None
+            limit = most if own is None else own
+        if delivery.deliveries <= limit:
+            return None
+        return Outcome(
+            "DEAD",
+            reason=(
+                f"{_too_many(delivery.deliveries, limit)}. It was not decoded either: "
+                "reading it may be what stopped the worker each time"
+            ),
+        )
+
+    def _unreadable(self, job: Job, exc: BaseException) -> Outcome:
+        """The dead letter of a delivery that reading or resolving raised ``exc`` for.
+
+        Raised, it killed the child before its slot named the task, and the message was
+        put back to do it again, for ever. The exception is the dead letter's error and is
+        logged with its traceback: it is a message no producer of this version sends, or a
+        bug in reading one.
+        """
+        body = job.delivery.body
+        log.error(
+            "task %s: reading its message raised %s; dead-lettering it (see `celeriac dlq "
+            "list`). If a celeriac producer sent it, please report this traceback",
+            _label(job),
+            type(exc).__name__,
+            exc_info=exc,
+        )
+        error = error_info(exc)
+        return Outcome(
+            "DEAD",
+            reason=(
+                f"malformed message: reading it raised {type(exc).__name__} (first bytes: "
+                f"{body[:60]!r}). Fix the producer that sent it, or report the traceback "
+                "in the worker's log"
+            ),
+            error=error,
+            exception=exc,
+        )
 
     def _read(self, job: Job) -> Outcome | None:
         """Decode the delivery into ``job.message``; the dead letter when it cannot run."""
@@ -668,7 +747,7 @@ class Executor:
 
     def _dead_letter(self, job: Job, outcome: Outcome) -> bool:
         delivery = job.delivery
-        name = job.message.task if job.message else (peek_identity(delivery.body)[1] or "?")
+        name = job.message.task if job.message else (_peek_name(delivery.body) or "?")
         error = f"{outcome.error.type}: {outcome.error.message}" if outcome.error else ""
         first = job.message.options.get("first_error") if job.message else None
         if first and first != error:
@@ -824,6 +903,31 @@ def _shown(text: str) -> str:
     """
     text = printable(text)
     return text if len(text) <= NAME_SHOWN else f"{text[:NAME_SHOWN]}... ({len(text):,} characters)"
+
+
+def _peek_name(body: bytes) -> str | None:
+    """The task name in ``body`` read without decoding it as a message; None when it
+    cannot be read so (pickle, not a mapping, or reading it raised: a dead letter must be
+    written whatever the bytes hold)."""
+    try:
+        return peek_identity(body)[1]
+    except Exception:  # noqa: BLE001 - best effort: the name only labels the letter
+        return None
+
+
+def _too_many(deliveries: int, limit: int) -> str:
+    """Why a message handed out ``deliveries`` times is dead-lettered, over ``limit``.
+
+    Example:
+        >>> print(_too_many(6, 5))  # doctest: +NORMALIZE_WHITESPACE
+        started 5 times without finishing (the worker crashed, was killed or lost its lease
+        each time), so this delivery, the 6th, was not run; limit task_max_deliveries=5
+    """
+    return (
+        f"started {_times(deliveries - 1)} without finishing (the worker crashed, was killed "
+        f"or lost its lease each time), so this delivery, the {_ordinal(deliveries)}, was "
+        f"not run; limit task_max_deliveries={limit}"
+    )
 
 
 def _times(n: int) -> str:

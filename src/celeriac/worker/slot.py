@@ -10,6 +10,15 @@ Capacity: a held message takes ~125 bytes (more with a long task name), so the d
 4 MiB holds ~30,000. Only the pages written count as memory. A child holding more than
 fits publishes the first records (running tasks come first) and logs an error: the rest
 are not renewed, so their leases may expire and another worker may run them.
+
+Apart from the record, each consumer of the child has a *hand*: eight bytes at the end of
+the mapping naming the message it took last to read and run (:meth:`Slot.hand`). Until
+the record names it as started, that message is listed as prefetched; if the child dies
+meanwhile (decoding it segfaulted, the OOM killer) the hand tells the supervisor to count
+the delivery, so a message that kills children is dead-lettered after
+``task_max_deliveries`` like any poison message, while those merely prefetched go back
+uncounted. One 8-byte store per task: a record write (encoding every held message) per
+task would cost a few percent of a no-op task.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import msgspec
 log = logging.getLogger("celeriac.worker")
 
 _HEADER = struct.Struct("<QI")  # sequence, payload length
+_HAND = struct.Struct("<q")  # a consumer's hand: hand_mark() of the message it took last
 _SIZE = 4 << 20  # bytes: -c 10,000 with task names of ~250 characters
 
 
@@ -62,6 +72,20 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(_Payload).decode
 
 
+def hand_mark(task_id: str, token: str) -> int:
+    """What a hand holds for the message ``task_id`` under the lease ``token``.
+
+    ``hash`` of the two strings: children are forked, never spawned, so they share their
+    supervisor's hash seed and the supervisor computes the same number from a record. The
+    id and the token together: a Redis token is unique within its queue only.
+
+    Example:
+        >>> hand_mark("t1", "x") == hand_mark("t1", "x") != hand_mark("t1", "y")
+        True
+    """
+    return hash(task_id) ^ hash(token)
+
+
 class Slot:
     """One child's shared record. Create it in the supervisor before forking the child.
 
@@ -72,11 +96,13 @@ class Slot:
         ['t1']
     """
 
-    def __init__(self, size: int = _SIZE) -> None:
-        if size < 1024:
-            raise ValueError(f"a slot needs at least 1024 bytes, not {size}")
+    def __init__(self, size: int = _SIZE, hands: int = 1) -> None:
+        if size < 1024 + hands * _HAND.size:
+            raise ValueError(f"a slot of {hands} hand(s) needs more than {size} bytes")
         self._mem = mmap.mmap(-1, size)  # anonymous and shared across fork()
-        self._room = size - _HEADER.size
+        self._hands = hands  # one per consumer of the child
+        self._hands_at = size - hands * _HAND.size
+        self._room = self._hands_at - _HEADER.size
         self._seq = 0
         self._lock = threading.Lock()  # the child's writers; the supervisor never writes
         self._overflowed = False  # the last write left records out (logged once per spell)
@@ -130,6 +156,31 @@ class Slot:
             )
         return data
 
+    def hand(self, consumer: int, task_id: str, token: str) -> None:
+        """Say that ``consumer`` (0 in a process child, its index in a threads child) took
+        the message ``task_id`` under the lease ``token`` to read and run (child side).
+
+        Written before the message is decoded, and left as it is afterwards: once the
+        record names the task as started that counts, and once it is settled its lease is
+        gone (putting it back does nothing). A hand beyond this slot's is not kept.
+
+        Example:
+            >>> s = Slot()
+            >>> s.hand(0, "t1", "x")
+            >>> s.in_hand() == {hand_mark("t1", "x")}
+            True
+        """
+        if consumer < self._hands:
+            offset = self._hands_at + consumer * _HAND.size
+            _HAND.pack_into(self._mem, offset, hash(task_id) ^ hash(token))
+
+    def in_hand(self) -> set[int]:
+        """The hand marks (:func:`hand_mark`) of every consumer's hand (supervisor side)."""
+        return {
+            _HAND.unpack_from(self._mem, self._hands_at + i * _HAND.size)[0]
+            for i in range(self._hands)
+        }
+
     def read(self) -> SlotView:
         """The child's last complete record (supervisor side)."""
         for _ in range(1000):
@@ -148,3 +199,4 @@ class Slot:
         """Forget everything (before a fresh child takes this slot)."""
         self._seq = 0
         _HEADER.pack_into(self._mem, 0, 0, 0)
+        self._mem[self._hands_at :] = bytes(self._hands * _HAND.size)

@@ -47,7 +47,7 @@ from celeriac.worker.child import (
 from celeriac.worker.memory import Ceiling, choose_ceiling, memory_limit
 from celeriac.worker.outage import Outage
 from celeriac.worker.remote import Remote
-from celeriac.worker.slot import Held, Slot, SlotView
+from celeriac.worker.slot import Held, Slot, SlotView, hand_mark
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -105,7 +105,8 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # The process pool has one child per slot; the others run every slot in one child.
         processes = concurrency if pool == "process" else 1
-        self._children = [_ChildState(i, Slot()) for i in range(processes)]
+        hands = 1 if pool == "process" else concurrency  # one per consumer of a child
+        self._children = [_ChildState(i, Slot(hands=hands)) for i in range(processes)]
         self._stop_requests = 0
         self._said_failed: dict[str, float] = {}  # what _quietly said failed, and when
         # What a shutdown could not do for want of the broker, said once when it stops;
@@ -406,26 +407,29 @@ class Worker:
         self._quietly(
             functools.partial(self._beat_child, child, pid, 0.0), "end a dead child's heartbeat"
         )
+        reading = self._reading(child, view, killed)
         for held in view.held:
             if killed is not None and held.id == killed[0].id:
                 continue
-            # The running task counts as a delivery (a crash); prefetched ones do not.
+            # The running task counts as a delivery (a crash), and so does a message taken
+            # to run but not started yet (its decoding may be what killed the child: not
+            # counted, it did so for ever); prefetched ones do not.
             lease = Lease(held.id, held.queue, held.token)
-            back = functools.partial(
-                self.app.broker.requeue, lease, count_delivery=bool(held.started)
-            )
+            counted = bool(held.started) or held in reading
+            back = functools.partial(self.app.broker.requeue, lease, count_delivery=counted)
             self._quietly(back, f"put back task {held.task}[{held.id}]")
         self._quietly(self.app.broker.reap, "hand back what dead workers held")
         running = [h for h in view.held if h.started]
         # A child that stops by itself (recycling, shutdown) leaves nothing started in its
-        # slot; one that exits with code 0 in a task was ended by the task (os._exit(0)).
-        if (code != 0 or running) and killed is None and self._stop_requests < 2:
+        # slot; one that exits with code 0 in a task was ended by the task (os._exit(0)),
+        # and one with a message in hand by that message (os._exit(0) unpickling it).
+        if (code != 0 or running or reading) and killed is None and self._stop_requests < 2:
             log.error(
-                "worker child %d died (%s) while running: %s; its messages were put back and a "
-                "new child is starting",
+                "worker child %d died (%s) while %s; its messages were put back and a new "
+                "child is starting",
                 pid,
                 _how_it_ended(code),
-                ", ".join(f"{h.task}[{h.id}]" for h in running) or "none",
+                _doing(running, reading, self.app.conf.task_max_deliveries),
             )
             child.crashes = child.crashes + 1 if time.time() - child.started < 2 else 0
         if self._stop_requests == 0:
@@ -442,6 +446,21 @@ class Worker:
                 child.respawn_at = time.monotonic() + pause
             else:
                 self._spawn(child)
+
+    def _reading(
+        self, child: _ChildState, view: SlotView, killed: tuple[Held, str] | None
+    ) -> list[Held]:
+        """The messages a dead child had taken to run but not started (its consumers'
+        hands, see :meth:`Slot.hand`): being read, or on their way to start.
+
+        A child that ends by itself (recycling, a warm stop) lists nothing any more: it
+        gave everything back. Nothing when this supervisor killed it (a hard limit, a cold
+        stop): the message in hand did nothing wrong then.
+        """
+        if killed is not None or self._stop_requests >= 2:
+            return []
+        marks = child.slot.in_hand()
+        return [h for h in view.held if not h.started and hand_mark(h.id, h.token) in marks]
 
     def _fold_counters(self, view: SlotView) -> None:
         # A child's counters die with it: keep them at the supervisor for inspect.
@@ -721,6 +740,25 @@ def _tasks(running: list[Held]) -> str:
     names = ", ".join(f"{h.task}[{h.id}]" for h in running[:5])
     more = f" and {len(running) - 5} more" if len(running) > 5 else ""
     return f"{len(running)} running task{'s' if len(running) > 1 else ''} ({names}{more})"
+
+
+def _doing(running: list[Held], reading: list[Held], limit: int) -> str:
+    """What a child was doing when it died, for the line that says so.
+
+    Example:
+        >>> _doing([], [Held("id1", "q", "t")], 5)  # doctest: +ELLIPSIS
+        'reading message id1 (taken to run, not started; counted as a delivery, so a ...'
+        >>> _doing([], [], 5)
+        'running: none'
+    """
+    if running or not reading:
+        return "running: " + (", ".join(f"{h.task}[{h.id}]" for h in running) or "none")
+    ids = ", ".join(h.id for h in reading)
+    return (
+        f"reading message {ids} (taken to run, not started; counted as a delivery, so a "
+        f"message that kills every child that reads it is dead-lettered after "
+        f"task_max_deliveries={limit}, see `celeriac dlq list`)"
+    )
 
 
 def _how_it_ended(code: int) -> str:
