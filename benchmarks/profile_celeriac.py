@@ -72,6 +72,7 @@ COMPONENTS: list[tuple[str, str]] = [
     ("celeriac/middleware/events.py", "middleware: events"),
     ("celeriac/middleware/", "middleware: other hooks"),
     ("celeriac/worker/executor.py", "executor: prepare, call, settle, log"),
+    ("celeriac/worker/reading.py", "executor: prepare, call, settle, log"),
     ("celeriac/worker/", "child: consume loop"),
     ("celeriac/task.py", "task.py: Message and Request objects"),
     ("celeriac/app.py", "app.py: publish, the broker property"),

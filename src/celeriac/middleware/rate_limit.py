@@ -236,7 +236,7 @@ def _misconfigured(job: Job, exc: Exception) -> Outcome:
     name missing from its ``limits``, a ``rate_limit_key`` that raised) used to fail the
     hook, which is logged and skipped, so the task ran with no limit at all and every task
     of it hammered the service the limit protects."""
-    from celeriac.worker.executor import error_info
+    from celeriac.worker.reading import error_info
 
     if not isinstance(exc, ConfigurationError):  # the task's rate_limit_key raised
         exc = ConfigurationError(

@@ -107,7 +107,7 @@ number of at least 0, or None for no limit, got -1
         return Outcome("RETRY", delay=delay, exception=exc, runtime=outcome.runtime)
 
     def _give_up(self, job: Job, outcome: Outcome, why: str, opts: dict[str, Any]) -> Outcome:
-        from celeriac.worker.executor import error_info
+        from celeriac.worker.reading import error_info
 
         exc = outcome.exception
         if isinstance(exc, Retry):

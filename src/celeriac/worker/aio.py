@@ -56,7 +56,8 @@ from celeriac.worker.child import (
     current_rss,
     thread_soft_limit,
 )
-from celeriac.worker.executor import Executor, error_info, outcome_for
+from celeriac.worker.executor import Executor, outcome_for
+from celeriac.worker.reading import error_info
 from celeriac.worker.slot import Held, Slot
 
 if TYPE_CHECKING:

@@ -40,9 +40,10 @@ from celeriac.brokers.base import Delivery, Lease
 from celeriac.errors import BrokerError, SoftTimeLimitExceeded, TaskRevoked, TimeLimitExceeded
 from celeriac.middleware.base import Job, Outcome
 from celeriac.middleware.verdicts import Verdict, verdict_key
-from celeriac.worker.executor import FINAL, Executor, FetchSpec, error_info
+from celeriac.worker.executor import FINAL, Executor, FetchSpec
 from celeriac.worker.memory import Ceiling
 from celeriac.worker.outage import Outage
+from celeriac.worker.reading import error_info
 from celeriac.worker.slot import Held, Slot
 
 if TYPE_CHECKING:

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import math
 import time
-import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -21,31 +20,26 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac import crashpoints
 from celeriac.brokers.base import DeadLetter, Delivery
-from celeriac.codec import UntrustedMessage
 from celeriac.errors import (
     ArgumentsRefused,
     BrokerError,
-    MalformedMessage,
-    NewerProtocol,
     PayloadTooLarge,
     Reject,
     Retry,
     SerializationError,
 )
 from celeriac.message import (
-    NAME_SHOWN,
     ErrorInfo,
     ResultRecord,
     decode_result,
     encode_result,
-    invalid_field,
-    peek_identity,
     storable_text,
 )
 from celeriac.middleware.base import Job, Outcome
-from celeriac.task import Request, _current
+from celeriac.task import _current
 from celeriac.text import printable
 from celeriac.worker.outage import Outage
+from celeriac.worker.reading import Reading, error_info, label, peek_name
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -104,31 +98,7 @@ def outcome_for(exc: BaseException) -> Outcome:
     return Outcome("FAILURE", error=error, exception=exc)
 
 
-def error_info(exc: BaseException) -> ErrorInfo:
-    """An exception as stored in a result: qualified type, message, traceback text.
-
-    Text that UTF-8 cannot carry (a lone surrogate, as in a file name decoded with
-    ``surrogateescape``) is kept with backslash escapes, so the error can always be stored.
-
-    Example:
-        >>> name = "report-" + chr(0xDCFF) + ".csv"  # b"report-\\xff.csv", surrogateescape
-        >>> print(error_info(FileNotFoundError(f"missing {name}")).message)
-        missing report-\\udcff.csv
-    """
-    cls = type(exc)
-    try:
-        message = str(exc)
-    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the task's failure
-        message = f"<{cls.__name__} whose str() failed>"
-    text = "".join(traceback.format_exception(exc))
-    return ErrorInfo(
-        type=f"{cls.__module__}.{cls.__qualname__}",
-        message=storable_text(message),
-        traceback=storable_text(text),
-    )
-
-
-class Executor:
+class Executor(Reading):
     """Processes deliveries for one worker process (or thread).
 
     Args:
@@ -161,300 +131,6 @@ class Executor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._retry_state_said = -math.inf  # when a RETRY state not stored was last said
         self._oversized_said = -math.inf  # when a message over the size limit was last said
-
-    # -- preparing ----------------------------------------------------------------------
-
-    def prepare(self, delivery: Delivery) -> tuple[Job, Outcome | None]:
-        """Decode and resolve a delivery; an Outcome when it must not run at all.
-
-        Never raises for what a message holds: whatever reading or resolving it raises
-        dead-letters that one message, and a message handed out more often than any task
-        it may name allows is dead-lettered before it is read. Both ended in a crash loop:
-        an error here killed the child before its slot named the task, and a message whose
-        decoding kills the process (a segfault unpickling it) was read again, never
-        counted against ``task_max_deliveries``, at every delivery.
-
-        Example:
-            >>> from celeriac import Celeriac
-            >>> from celeriac.brokers.base import Lease
-            >>> executor = Executor(Celeriac("doc", broker="memory://"), "doc-worker")
-            >>> delivery = Delivery(Lease("a1", "default", "t1"), b'{"id": "a1"', 1)
-            >>> executor.prepare(delivery)[1].state
-            'DEAD'
-        """
-        job = Job(delivery, self.worker_id, app=self.app)
-        most = self.app.conf.task_max_deliveries
-        if delivery.deliveries > most:  # rare: only then is the body peeked at
-            unread = self._over_limit_unread(job, most)
-            if unread is not None:
-                return job, unread
-        try:
-            return job, self._resolve(job, most)
-        except Exception as exc:  # noqa: BLE001 - one message's problem, not the worker's
-            return job, self._unreadable(job, exc)
-        except (SystemExit, KeyboardInterrupt) as exc:  # raised by an unpickled object
-            if not self.contain_exits:
-                raise
-            return job, self._unreadable(job, exc)
-
-    def _resolve(self, job: Job, max_deliveries: int) -> Outcome | None:
-        """What :meth:`prepare` does, given the app's ``task_max_deliveries``."""
-        delivery = job.delivery
-        refused = self._read(job)
-        if refused is not None:
-            return refused
-        message = job.message
-        assert message is not None
-        wrong = invalid_field(message)
-        if wrong is not None:
-            # Readable but not runnable as sent: run, it was retried without end, killed at
-            # once or expired unrun. Dead-lettered, it can be fixed and replayed.
-            return Outcome(
-                "DEAD",
-                reason=(
-                    f"malformed message: task {_shown(message.task)}[{_shown(message.id)}]: "
-                    f"{wrong}. Fix the producer that sent it"
-                ),
-            )
-        self._check_size(job)
-        task = self.app.tasks.get(message.task)
-        if task is not None and task.options.max_deliveries is not None:
-            max_deliveries = task.options.max_deliveries
-        if delivery.deliveries > max_deliveries:
-            return Outcome("DEAD", reason=_too_many(delivery.deliveries, max_deliveries))
-        if task is None:
-            return self._unknown(job)
-        job.task = task
-        job.request = Request(
-            id=message.id,
-            task=message.task,
-            args=message.args,
-            kwargs=message.kwargs,
-            retries=message.retries,
-            delivery_count=delivery.deliveries,
-            queue=message.queue,
-            priority=message.priority,
-            eta=message.eta,
-            expires=message.expires,
-            root_id=message.root_id,
-            parent_id=message.parent_id,
-            headers=message.headers,
-            worker=self.worker_id,
-            message=message,
-        )
-        return None
-
-    def _over_limit_unread(self, job: Job, most: int) -> Outcome | None:
-        """The dead letter of a delivery past its limit, decided without decoding it; None
-        when the task it names (peeked at), or any task here when none can be peeked at
-        (pickle), may still run it.
-
-        Checked before reading: a message whose decoding kills the process was counted at
-        every death but read again each time, so the limit never applied to it.
-        """
-        delivery = job.delivery
-        name = _peek_name(delivery.body)
-        if name is None:  # any task here may be the one it names: the largest limit
-            limits = (t.options.max_deliveries for t in self.app.tasks.values())
-            limit = max([most, *(n for n in limits if n is not None)])
-        else:
-            task = self.app.tasks.get(name)
-            own = task.options.max_deliveries if task is not None else None
-            limit = most if own is None else own
-        if delivery.deliveries <= limit:
-            return None
-        return Outcome(
-            "DEAD",
-            reason=(
-                f"{_too_many(delivery.deliveries, limit)}. It was not decoded either: "
-                "reading it may be what stopped the worker each time"
-            ),
-        )
-
-    def _unreadable(self, job: Job, exc: BaseException) -> Outcome:
-        """The dead letter of a delivery that reading or resolving raised ``exc`` for.
-
-        Raised, it killed the child before its slot named the task, and the message was
-        put back to do it again, for ever. The exception is the dead letter's error and is
-        logged with its traceback: it is a message no producer of this version sends, or a
-        bug in reading one.
-        """
-        body = job.delivery.body
-        log.error(
-            "task %s: reading its message raised %s; dead-lettering it (see `celeriac dlq "
-            "list`). If a celeriac producer sent it, please report this traceback",
-            _label(job),
-            type(exc).__name__,
-            exc_info=exc,
-        )
-        error = error_info(exc)
-        return Outcome(
-            "DEAD",
-            reason=(
-                f"malformed message: reading it raised {type(exc).__name__} (first bytes: "
-                f"{body[:60]!r}). Fix the producer that sent it, or report the traceback "
-                "in the worker's log"
-            ),
-            error=error,
-            exception=exc,
-        )
-
-    def _read(self, job: Job) -> Outcome | None:
-        """Decode the delivery into ``job.message``; the dead letter when it cannot run."""
-        delivery = job.delivery
-        try:
-            message = job.message = self.app.codec.decode(delivery.body)
-        except UntrustedMessage as exc:
-            return Outcome("DEAD", reason=f"refused: {exc}")
-        except NewerProtocol as exc:
-            return self._newer(job, exc)
-        except MalformedMessage as exc:
-            return Outcome("DEAD", reason=f"malformed message: {exc}")
-        except RecursionError:
-            # msgspec gives up on nesting past Python's recursion limit with RecursionError,
-            # not a DecodeError: uncaught, it killed the child at every delivery.
-            return Outcome(
-                "DEAD",
-                reason=(
-                    "malformed message: nested too deeply to decode (arrays or objects "
-                    "inside one another ~1000 levels deep); first bytes: "
-                    f"{delivery.body[:60]!r}"
-                ),
-            )
-        if message.id != delivery.id and self.app.codec.keys:
-            # The signature covers the body, not the id the broker holds it under: a
-            # signed message copied into a queue (pushed by hand, its id made up by the
-            # broker) would run again, past the one-task-per-id rule. Sent the normal way,
-            # both ids are the same.
-            return Outcome(
-                "DEAD",
-                reason=(
-                    f"refused: a signed message of task {message.task}[{message.id}] was "
-                    f"delivered under another id ({delivery.id}), so it is a copy (a replay?) "
-                    "pushed into the queue, not a send. Signed messages run only under their "
-                    "own id; send the task again with app.send_task or `celeriac call`."
-                ),
-            )
-        return None
-
-    def _check_size(self, job: Job) -> None:
-        """Say so when a delivery is over task_payload_max_bytes; it runs all the same.
-
-        Only a producer with another limit (another language, another version or setting)
-        sends one. Refused here it would be lost or dead-lettered while its bytes already sit
-        in the broker, which is what the limit protects: it runs, and the log names the
-        task and the setting to fix. Said once per Outage.REPEAT seconds, not per message.
-        """
-        size, limit = len(job.delivery.body), self.app.conf.task_payload_max_bytes
-        if size <= limit:
-            return
-        now = time.monotonic()
-        if now - self._oversized_said < Outage.REPEAT:
-            return
-        self._oversized_said = now
-        log.warning(
-            "task %s: its message is %s bytes, over task_payload_max_bytes (%s), so its "
-            "producer has another limit (another version, language or setting); running it "
-            "all the same. Messages this large fill the broker's memory: make that producer "
-            "pass ids instead of data, or give it this limit. Said once per %.0fs for every "
-            "message it happens to.",
-            _label(job),
-            f"{size:,}",
-            f"{limit:,}",
-            Outage.REPEAT,
-        )
-
-    def _unknown(self, job: Job) -> Outcome:
-        message = job.message
-        assert message is not None
-        conf = self.app.conf
-        if len(message.task) > NAME_SHOWN:
-            # No task has such a name (a registered one of any length still runs). Put back
-            # for task_unknown_max_age, it wrote its whole name in a log line per deferral.
-            return Outcome(
-                "DEAD",
-                reason=(
-                    f"malformed message: task {_shown(message.task)}[{_shown(message.id)}]: "
-                    f"its name is {len(message.task):,} characters long, and no task here "
-                    "has such a name. Fix the producer that sent it"
-                ),
-            )
-        if not self._sent_at_readable(message.sent_at) and conf.task_unknown_max_age > 0:
-            # No send time (a message built by hand or by another language's producer), or
-            # none that can be counted from (NaN, in the future): its age could never reach
-            # task_unknown_max_age, so it would be put back for ever. Its age counts from
-            # now, written into the message it is put back as.
-            return self._defer_unknown(job, stamped=self._stamped(job))
-        if self._past_max_age(message.sent_at):  # task_unknown_max_age=0: at once
-            return Outcome(
-                "DEAD",
-                reason=(
-                    f"unknown task: no worker that knows {message.task} took it within "
-                    f"task_unknown_max_age={conf.task_unknown_max_age:g}s"
-                ),
-            )
-        return self._defer_unknown(job, stamped=None)
-
-    def _stamped(self, job: Job) -> bytes | None:
-        """The message with ``sent_at`` set to now, encoded; None when it cannot be."""
-        message = job.message
-        assert message is not None
-        message.sent_at = time.time()
-        try:
-            return self.app.codec.encode(message)
-        except Exception:  # noqa: BLE001 - it was just decoded; put back as it came
-            return None
-
-    def _defer_unknown(self, job: Job, stamped: bytes | None) -> Outcome:
-        conf = self.app.conf
-        log.warning(
-            "task %s is not registered in this worker; putting it back for %gs so a worker "
-            "that knows it can take it (dead-lettered after %gs). Deploy the code that defines "
-            "it, or purge the queue.",
-            job.label,
-            conf.task_unknown_retry_delay,
-            conf.task_unknown_max_age,
-        )
-        return Outcome(
-            "DEFERRED", delay=conf.task_unknown_retry_delay, reason="unknown task", body=stamped
-        )
-
-    def _newer(self, job: Job, exc: NewerProtocol) -> Outcome:
-        """A newer producer's message: put back unchanged for an upgraded worker, as an
-        unknown task is (a rolling deploy that upgrades producers first loses nothing), and
-        dead-lettered with the advice once no upgraded worker took it in time."""
-        conf = self.app.conf
-        if not self._sent_at_readable(exc.sent_at):
-            # No send time to count from (none, NaN, far in the future), and this version
-            # cannot write one: put back, it would wait for ever.
-            return Outcome("DEAD", reason=f"malformed message: {exc}")
-        if self._past_max_age(exc.sent_at):
-            return Outcome(
-                "DEAD",
-                reason=(
-                    f"malformed message: {exc}; no upgraded worker took it within "
-                    f"task_unknown_max_age={conf.task_unknown_max_age:g}s"
-                ),
-            )
-        log.warning(
-            "%s Putting it back for %gs so an upgraded worker can take it (dead-lettered "
-            "after %gs).",
-            printable(str(exc)),
-            conf.task_unknown_retry_delay,
-            conf.task_unknown_max_age,
-        )
-        return Outcome("DEFERRED", delay=conf.task_unknown_retry_delay, reason="newer protocol")
-
-    def _sent_at_readable(self, sent_at: float) -> bool:
-        """Whether a message's age can be counted from ``sent_at``: a time after 1970 and
-        not past now by more than task_unknown_max_age (a producer's clock may run ahead
-        a little; NaN fails both)."""
-        return 0 < sent_at <= time.time() + self.app.conf.task_unknown_max_age
-
-    def _past_max_age(self, sent_at: float) -> bool:
-        """Whether a message sent at ``sent_at`` waited task_unknown_max_age for a worker
-        that can run it. max: sent_at is rounded, and a producer's clock may run ahead."""
-        return max(time.time() - sent_at, 0.0) >= self.app.conf.task_unknown_max_age
 
     # -- running ------------------------------------------------------------------------
 
@@ -747,7 +423,7 @@ class Executor:
 
     def _dead_letter(self, job: Job, outcome: Outcome) -> bool:
         delivery = job.delivery
-        name = job.message.task if job.message else (_peek_name(delivery.body) or "?")
+        name = job.message.task if job.message else (peek_name(delivery.body) or "?")
         error = f"{outcome.error.type}: {outcome.error.message}" if outcome.error else ""
         first = job.message.options.get("first_error") if job.message else None
         if first and first != error:
@@ -780,11 +456,11 @@ class Executor:
         return self.app.broker.dead_letter(delivery.lease, letter, encode_result(record))
 
     def _log(self, job: Job, outcome: Outcome, committed: bool) -> None:
-        label = _label(job)  # the name and id are the sender's text
+        shown = label(job)  # the name and id are the sender's text
         if not committed:
             log.warning(
                 "task %s: lease lost before settling (%s), so this outcome was discarded: %s",
-                label,
+                shown,
                 outcome.state,
                 self.app.broker.lease_loss(job.delivery.lease).value,
             )
@@ -794,12 +470,12 @@ class Executor:
         runtime = f" in {outcome.runtime:.4f}s" if outcome.runtime else ""
         state = outcome.state
         if state == "SUCCESS":
-            log.info("task %s succeeded%s", label, runtime)
+            log.info("task %s succeeded%s", shown, runtime)
         elif state == "FAILURE":
             error = outcome.error
             log.error(
                 "task %s failed%s: %s: %s",
-                label,
+                shown,
                 runtime,
                 _for_log(error.type) if error else "?",
                 _for_log(error.message) if error else "",
@@ -807,18 +483,18 @@ class Executor:
         elif state == "RETRY":
             log.info(
                 "task %s will retry in %.1fs (attempt %d)",
-                label,
+                shown,
                 outcome.delay or 0.0,
                 job.message.retries if job.message else 0,
             )
         elif state == "DEAD":
             log.error(
                 "task %s dead-lettered: %s. See `celeriac dlq list`.",
-                label,
+                shown,
                 _for_log(outcome.reason),
             )
         elif state != "DEFERRED":
-            log.info("task %s %s: %s", label, state.lower(), _for_log(outcome.reason))
+            log.info("task %s %s: %s", shown, state.lower(), _for_log(outcome.reason))
 
     def process(self, delivery: Delivery) -> tuple[Job, Outcome]:
         """Prepare, execute and settle one delivery (used by in-process runners)."""
@@ -885,63 +561,3 @@ def _for_log(text: str) -> str:
         return text
     more = len(text) - LOG_TEXT_CHARS
     return f"{text[:LOG_TEXT_CHARS]}... ({more:,} more characters in the result)"
-
-
-def _label(job: Job) -> str:
-    """``name[id]`` as :attr:`Job.label`, each part cut by :func:`_shown`."""
-    name = job.message.task if job.message else "?"
-    return f"{_shown(name)}[{_shown(job.delivery.id)}]"
-
-
-def _shown(text: str) -> str:
-    """A task name or id from a message, as a reason or a log line shows it: escaped, and
-    cut to NAME_SHOWN characters (a producer can send a name of megabytes).
-
-    Example:
-        >>> print(_shown("x" * 300))  # doctest: +ELLIPSIS
-        xxx...x... (300 characters)
-    """
-    text = printable(text)
-    return text if len(text) <= NAME_SHOWN else f"{text[:NAME_SHOWN]}... ({len(text):,} characters)"
-
-
-def _peek_name(body: bytes) -> str | None:
-    """The task name in ``body`` read without decoding it as a message; None when it
-    cannot be read so (pickle, not a mapping, or reading it raised: a dead letter must be
-    written whatever the bytes hold)."""
-    try:
-        return peek_identity(body)[1]
-    except Exception:  # noqa: BLE001 - best effort: the name only labels the letter
-        return None
-
-
-def _too_many(deliveries: int, limit: int) -> str:
-    """Why a message handed out ``deliveries`` times is dead-lettered, over ``limit``.
-
-    Example:
-        >>> print(_too_many(6, 5))  # doctest: +NORMALIZE_WHITESPACE
-        started 5 times without finishing (the worker crashed, was killed or lost its lease
-        each time), so this delivery, the 6th, was not run; limit task_max_deliveries=5
-    """
-    return (
-        f"started {_times(deliveries - 1)} without finishing (the worker crashed, was killed "
-        f"or lost its lease each time), so this delivery, the {_ordinal(deliveries)}, was "
-        f"not run; limit task_max_deliveries={limit}"
-    )
-
-
-def _times(n: int) -> str:
-    """``1`` -> ``'once'``, ``3`` -> ``'3 times'``."""
-    return "once" if n == 1 else f"{n} times"
-
-
-def _ordinal(n: int) -> str:
-    """``3`` -> ``'3rd'``.
-
-    Example:
-        >>> [_ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22)]
-        ['1st', '2nd', '3rd', '4th', '11th', '12th', '13th', '21st', '22nd']
-    """
-    if 10 <= n % 100 <= 20:
-        return f"{n}th"
-    return f"{n}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th') }"
