@@ -83,7 +83,7 @@ def test_a_message_that_raises_while_read_is_dead_lettered_and_the_child_lives(
         core_app.AsyncResult(bad).get(timeout=5)
 
 
-@pytest.mark.parametrize("pool", ["process", "threads"])
+@pytest.mark.parametrize("pool", ["process", "threads", "asyncio"])
 def test_a_message_that_kills_every_child_reading_it_is_dead_lettered(
     core_app: Celeriac, workers: WorkerProcesses, pool: str
 ) -> None:

@@ -291,6 +291,9 @@ class AsyncioChild(Child):
         me = asyncio.current_task()
         assert me is not None
         try:
+            # Read on the loop's thread, one message at a time: one hand is enough. A death
+            # while decoding it (a segfault unpickling) still counts its delivery.
+            self.slot.hand(0, delivery.lease.id, delivery.lease.token)
             job, outcome = executor.prepare(delivery)
             self._jobs[me] = job
             if outcome is None:
