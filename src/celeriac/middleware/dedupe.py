@@ -31,6 +31,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from celeriac.control import is_revoke_mark
 from celeriac.message import Message
 from celeriac.middleware.base import Job, Middleware, Outcome, is_seconds, option_error
 from celeriac.middleware.canvas import sending_workflow
@@ -120,7 +121,7 @@ class Dedupe(Middleware):
                 continue
             holder = held.decode()
             found = broker.get_result(holder)
-            if found is not None and found[1]:
+            if found is not None and found[1] and not _may_still_run(opts, found[0]):
                 # The holder ended (revoked while queued, or a worker died between its
                 # commit and freeing the key) and will not run again: the key is stale.
                 # Kept, it handed every send of the TTL a task that never runs again.
@@ -197,8 +198,6 @@ class Dedupe(Middleware):
                 return Outcome("REVOKED", reason="superseded by a later send (debounce)")
         if message.options.get("dedupe_mode", "queued") == "queued":
             self._release(job)
-        elif message.options.get("dedupe_key") is not None:
-            self._hold_while_running(job)
         return None
 
     def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
@@ -222,25 +221,6 @@ class Dedupe(Middleware):
             outcome.state == "DEFERRED" and message.options.get("dedupe_mode", "queued") == "queued"
         ):
             self._hold_again(job)
-
-    def _hold_while_running(self, job: Job) -> None:
-        """Hold a running-mode key for the whole TTL again once the task starts.
-
-        The producer cut the key's life to the message's expiry (an expired message never
-        runs); a task that started in time may run past it, and its key must hold until
-        it finishes. Only then is a call paid, and never over another send's key.
-        """
-        message = job.message
-        assert message is not None
-        ttl = float(message.options.get("dedupe_ttl", 3600))
-        left = message.sent_at + ttl - time.time()
-        if left <= 0 or _key_life(message, ttl) >= left:
-            return  # the key was not cut short, or the TTL is over anyway
-        store = f"dedupe:{message.options['dedupe_key']}"
-        broker = _broker(job)
-        (held,) = broker.kv_get([store])
-        if held is None or held.decode() == message.id:
-            broker.kv_set(store, message.id.encode(), left)
 
     def _hold_again(self, job: Job) -> None:
         message = job.message
@@ -301,16 +281,35 @@ def scoped(task: str, key: object) -> str:
 
 
 def _key_life(message: Message, ttl: float) -> float:
-    """Seconds left for ``message``'s dedupe key: its TTL from the send, cut to its expiry.
+    """Seconds left for ``message``'s dedupe key: its TTL from the send, and in queued
+    mode no longer than its expiry.
 
-    An expired message never runs, so its key stands for nothing after that: kept for the
-    whole TTL, it handed every later send a task that ended EXPIRED unrun. The grace
-    covers a worker whose clock is a little behind the broker's.
+    An expired message never starts, so a queued-mode key stands for nothing after that:
+    kept for the whole TTL, it handed every later send a task that ended EXPIRED unrun.
+    The grace covers a worker whose clock is a little behind the broker's. A running-mode
+    key keeps its TTL: a task that started in time may run past its expiry, and a worker
+    of an older version would not hold the key again when it starts (a duplicate ran
+    beside it); an expired one frees its key when a worker settles it EXPIRED.
     """
     end = message.sent_at + ttl
-    if message.expires is not None:
+    if message.expires is not None and message.options.get("dedupe_mode", "queued") == "queued":
         end = min(end, message.expires + _EXPIRY_GRACE)
     return end - time.time()
+
+
+def _may_still_run(options: dict[str, Any], stored: bytes) -> bool:
+    """Whether a running-mode key's holder, final to readers, may still be running: a
+    revoke without ``terminate`` marks the task REVOKED at once and lets it run on, and
+    its key must hold until it ends (its worker frees it then).
+
+    Example:
+        >>> from celeriac.control import _revoke_mark
+        >>> _may_still_run({"dedupe_mode": "running"}, _revoke_mark(0.0))
+        True
+        >>> _may_still_run({}, _revoke_mark(0.0))  # queued mode: freed when it started
+        False
+    """
+    return options.get("dedupe_mode", "queued") == "running" and is_revoke_mark(stored)
 
 
 def _free(broker: Broker, store: str, task_id: str) -> None:
