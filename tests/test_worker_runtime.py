@@ -126,7 +126,8 @@ def _rss(process: psutil.Process) -> int:
 def test_global_rate_limit_across_two_workers(
     core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
 ) -> None:
-    limited = [core.limited.delay(i) for i in range(200)]
+    # 100 starts at 20/s: 5 s of the limit (200 took 10 s of the suite, twice).
+    limited = [core.limited.delay(i) for i in range(100)]
     workers.start("-c", "1")
     workers.start("-c", "1")
     others = [core.add.delay(i, 1) for i in range(200)]
@@ -136,8 +137,8 @@ def test_global_rate_limit_across_two_workers(
     for r in limited:
         r.get(timeout=60)
     starts = sorted(float(p[3]) for p in ledger.lines() if p[0] == "start")
-    assert len(starts) == 200
-    assert starts[-1] - starts[0] >= 9.5
+    assert len(starts) == 100
+    assert starts[-1] - starts[0] >= 4.5
     most_in_a_second = max(
         sum(1 for t in starts[i:] if t < start + 1.0) for i, start in enumerate(starts)
     )
