@@ -19,17 +19,17 @@ import msgspec
 from celeriac.errors import ResultTimeout
 from celeriac.message import ResultRecord, decode_result
 from celeriac.result import (
-    _LAST_LOOK_SECONDS,
     FAILURE,
     FINAL_STATES,
+    LAST_LOOK_SECONDS,
     PENDING,
     SUCCESS,
     AsyncResult,
-    _group_key,
-    _left,
-    _refuse_inside_a_task,
-    _seconds,
-    _unfinished,
+    group_key,
+    refuse_inside_a_task,
+    seconds_text,
+    time_left,
+    unfinished_note,
 )
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ class GroupResult:
             GetInsideTask: called inside a running task (a ``RuntimeError``).
         """
         if disable_sync_subtasks:
-            _refuse_inside_a_task(self, "iter_completed()")
+            refuse_inside_a_task(self, "iter_completed()")
         deadline = None if timeout is None else time.monotonic() + timeout
         # Not a read of every unfinished member per wake-up: a group of 10,000 cost Redis
         # 10,000 reads per pass, every 50 ms, for as long as the caller waited.
@@ -118,7 +118,7 @@ class GroupResult:
                 pending.append(member)
         pause = _SWEEP_SECONDS
         while pending:
-            left = _left(deadline)
+            left = time_left(deadline)
             if left is not None and left <= 0:
                 raise self._timeout_error(timeout, [m.id for m in pending])
             if _wait_for(pending[0], pause if left is None else min(pause, left)):
@@ -197,7 +197,7 @@ class GroupResult:
                 as every member before it finished.
         """
         if disable_sync_subtasks:
-            _refuse_inside_a_task(self, "get()")
+            refuse_inside_a_task(self, "get()")
         deadline = None if timeout is None else time.monotonic() + timeout
         gathered = _Gathering(self.results, propagate)
         gathered.learn(_read_tasks(gathered.unknown()))
@@ -206,7 +206,7 @@ class GroupResult:
         # a read of the rest while that costs a small share of the time (on Redis, every
         # member's wait cost 5 round trips: 2,000 finished members took 1.3 s, not 10 ms).
         while (task := gathered.first_unknown()) is not None:
-            raw = task._wait(_left(deadline))
+            raw = task._wait(time_left(deadline))
             if raw is None:
                 raise self._timed_out(timeout)
             gathered.found(task, raw)
@@ -222,12 +222,12 @@ class GroupResult:
     ) -> list[Any]:
         """Async face of :meth:`get`."""
         if disable_sync_subtasks:
-            _refuse_inside_a_task(self, "aget()")
+            refuse_inside_a_task(self, "aget()")
         deadline = None if timeout is None else time.monotonic() + timeout
         gathered = _Gathering(self.results, propagate)
         await self._aread_rest(gathered, deadline, timeout)
         while (task := gathered.first_unknown()) is not None:
-            raw = await task._await(_left(deadline))
+            raw = await task._await(time_left(deadline))
             if raw is None:
                 raise await self._atimed_out(timeout)
             gathered.found(task, raw)
@@ -239,9 +239,9 @@ class GroupResult:
         self, gathered: _Gathering, deadline: float | None, timeout: float | None
     ) -> None:
         """One read for :meth:`aget`, kept within its deadline as its waits are (plus
-        _LAST_LOOK_SECONDS): a broker that does not answer ends in ResultTimeout on time."""
-        left = _left(deadline)
-        limit = asyncio.timeout(None if left is None else left + _LAST_LOOK_SECONDS)
+        LAST_LOOK_SECONDS): a broker that does not answer ends in ResultTimeout on time."""
+        left = time_left(deadline)
+        limit = asyncio.timeout(None if left is None else left + LAST_LOOK_SECONDS)
         try:
             async with limit:
                 gathered.learn(await _aread_tasks(gathered.unknown()))
@@ -265,7 +265,7 @@ class GroupResult:
         socket timeout, per member.
         """
         try:
-            async with asyncio.timeout(_LAST_LOOK_SECONDS):
+            async with asyncio.timeout(LAST_LOOK_SECONDS):
                 found = await _aread_tasks(_tasks(self.results))
         except TimeoutError:
             return self._timeout_error(timeout, None)
@@ -273,7 +273,7 @@ class GroupResult:
 
     def _timeout_error(self, timeout: float | None, waiting: list[str] | None) -> ResultTimeout:
         names = [m.task_name for m in self.results if isinstance(m, AsyncResult)]
-        within = _seconds(timeout)
+        within = seconds_text(timeout)
         if waiting is None:  # the broker did not say in time which members are unfinished
             which = (
                 f"not all of its {len(self)} members finished within {within} (the broker "
@@ -284,7 +284,7 @@ class GroupResult:
             which = (
                 f"{len(waiting)} of {len(self)} members did not finish within {within} ({shown})"
             )
-        return ResultTimeout(f"group {self.id}: {which}; {_unfinished(self.app, names)}")
+        return ResultTimeout(f"group {self.id}: {which}; {unfinished_note(self.app, names)}")
 
     def forget(self) -> None:
         """Delete the members' stored results and this group's saved membership (and, for
@@ -309,7 +309,7 @@ class GroupResult:
         self._forgotten(task_ids, group_ids)
         self.app.broker.forget_results(task_ids)
         for group_id in group_ids:
-            self.app.broker.kv_delete(_group_key(group_id))
+            self.app.broker.kv_delete(group_key(group_id))
 
     def _forgotten(self, task_ids: list[str], group_ids: list[str]) -> None:
         """Collect what :meth:`forget` deletes: every task id, and every group's id (a
@@ -348,7 +348,7 @@ class GroupResult:
         id, e.g. a chord's, to find it by). Sending a group saves it."""
         ttl = self.app.conf.result_expires if ttl is None else ttl
         tree = msgspec.json.encode(self._tree())
-        self.app.broker.kv_set(_group_key(under or self.id), tree, ttl)
+        self.app.broker.kv_set(group_key(under or self.id), tree, ttl)
 
     @classmethod
     def restore(cls, app: Celeriac, group_id: str) -> GroupResult | None:
@@ -361,7 +361,7 @@ class GroupResult:
             >>> GroupResult.restore(app, "g1")
             <GroupResult g1 (1 members)>
         """
-        (raw,) = app.broker.kv_get([_group_key(group_id)])
+        (raw,) = app.broker.kv_get([group_key(group_id)])
         if raw is None:
             return None
         return _from_tree(app, msgspec.json.decode(raw))

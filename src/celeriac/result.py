@@ -37,7 +37,7 @@ EXPIRED = "EXPIRED"
 FINAL_STATES = frozenset({SUCCESS, FAILURE, REVOKED, EXPIRED})
 
 _FOREVER = 10 * 365 * 86_400.0
-_LAST_LOOK_SECONDS = 0.5  # aget's one read after its deadline (see _last_look)
+LAST_LOOK_SECONDS = 0.5  # aget's one read after its deadline (see _last_look)
 
 
 class AsyncResult(Generic[R]):
@@ -150,7 +150,7 @@ class AsyncResult(Generic[R]):
             GetInsideTask: called inside a running task (a ``RuntimeError``).
         """
         if disable_sync_subtasks:
-            _refuse_inside_a_task(self, "get()")
+            refuse_inside_a_task(self, "get()")
         return self._outcome(self._wait(timeout), timeout, propagate)
 
     def _wait(self, timeout: float | None) -> bytes | None:
@@ -192,7 +192,7 @@ class AsyncResult(Generic[R]):
             celeriac.errors.ResultTimeout: task ?[never-sent] did not finish within 0.05s; ...
         """
         if disable_sync_subtasks:
-            _refuse_inside_a_task(self, "aget()")
+            refuse_inside_a_task(self, "aget()")
         return self._outcome(await self._await(timeout), timeout, propagate)
 
     async def _await(self, timeout: float | None) -> bytes | None:
@@ -219,7 +219,7 @@ class AsyncResult(Generic[R]):
         Bounded, so a busy thread pool cannot delay the timeout's report for long.
         """
         try:
-            async with asyncio.timeout(_LAST_LOOK_SECONDS):
+            async with asyncio.timeout(LAST_LOOK_SECONDS):
                 stored = await self.app.broker.aget_result(self.id)
         except TimeoutError:
             return None
@@ -231,7 +231,7 @@ class AsyncResult(Generic[R]):
         if raw is None:
             raise ResultTimeout(
                 f"task {self.task_name or '?'}[{self.id}] did not finish within "
-                f"{_seconds(timeout)}; {_unfinished(self.app, [self.task_name])}"
+                f"{seconds_text(timeout)}; {unfinished_note(self.app, [self.task_name])}"
             )
         record = decode_result(raw)
         if record.state == SUCCESS:
@@ -286,7 +286,7 @@ class AsyncResult(Generic[R]):
         # A chord's header is saved under the chord's id (the body's); no task id is ever
         # a group's id (members are <group id>:<i>), so for a plain task this deletes
         # nothing, and a handle made from a chord's id alone forgets its header too.
-        self.app.broker.kv_delete(_group_key(self.id))
+        self.app.broker.kv_delete(group_key(self.id))
 
     def _forget_results(self) -> None:
         if self._workflow:  # one round trip for the workflow's tasks
@@ -295,11 +295,17 @@ class AsyncResult(Generic[R]):
             self.app.broker.forget_result(self.id)
 
 
-def _group_key(group_id: str) -> str:
+def group_key(group_id: str) -> str:
+    """The store key a group's membership is saved under (``GroupResult.save``).
+
+    Example:
+        >>> group_key("g1")
+        'celeriac:group:g1'
+    """
     return f"celeriac:group:{group_id}"
 
 
-def _unfinished(app: Celeriac, task_names: Sequence[str]) -> str:
+def unfinished_note(app: Celeriac, task_names: Sequence[str]) -> str:
     """What a missing final result can mean, for a timeout's message.
 
     Nothing stored looks the same whether the task is still queued, or finished long ago
@@ -326,16 +332,29 @@ def _ignores_result(app: Celeriac, task_name: str) -> bool:
     return task is not None and task.ignores_result
 
 
-def _seconds(timeout: float | None) -> str:
-    # "0.3s", not "0.2999894599997788s" (what a group's member had left of its timeout).
+def seconds_text(timeout: float | None) -> str:
+    """A timeout as a timeout error says it.
+
+    "0.3s", not "0.2999894599997788s" (what a group's member had left of its timeout).
+
+    Example:
+        >>> seconds_text(0.30000001), seconds_text(None)
+        ('0.3s', 'forever')
+    """
     return "forever" if timeout is None else f"{timeout:g}s"
 
 
-def _left(deadline: float | None) -> float | None:
+def time_left(deadline: float | None) -> float | None:
+    """Seconds until a ``time.monotonic()`` deadline, at least 0; None for no deadline.
+
+    Example:
+        >>> time_left(None), time_left(0.0)
+        (None, 0.0)
+    """
     return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
-def _refuse_inside_a_task(awaited: AsyncResult[Any] | GroupResult, call: str) -> None:
+def refuse_inside_a_task(awaited: AsyncResult[Any] | GroupResult, call: str) -> None:
     """Raise :class:`GetInsideTask` when a worker (or ``run_queued``, or eager mode) is
     running a task in this context.
 

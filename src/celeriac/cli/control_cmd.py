@@ -105,9 +105,9 @@ def _saved_groups(obj: Context, ids: list[str]) -> list[GroupResult]:
     """The ids that are groups sent with ``group(...).apply_async()`` (saved for ``celeriac
     result GROUP_ID``), as their results; a chord's id is its body's, a task's."""
     from celeriac.group_result import GroupResult
-    from celeriac.result import _group_key
+    from celeriac.result import group_key
 
-    saved = obj.app.broker.kv_get([_group_key(i) for i in ids])  # one round trip for all
+    saved = obj.app.broker.kv_get([group_key(i) for i in ids])  # one round trip for all
     groups = []
     for group_id, raw in zip(ids, saved, strict=True):
         group = GroupResult.restore(obj.app, group_id) if raw is not None else None

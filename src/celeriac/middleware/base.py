@@ -181,20 +181,17 @@ class MiddlewareStack:
         self._settled = _overriding(middleware, "after_settle")[::-1]
         self._idle = _overriding(middleware, "on_idle")
         self._checkers = _overriding(middleware, "check_options")
+        # Read per send that gives options: unions made once, not per call.
+        self._known = frozenset().union(*(m.options for m in middleware))
+        self._task_only = frozenset().union(*(m.task_only_options for m in middleware))
 
     def known_options(self) -> frozenset[str]:
         """Every task option some middleware declared."""
-        known: frozenset[str] = frozenset()
-        for m in self.middleware:
-            known |= m.options
-        return known
+        return self._known
 
     def task_only_options(self) -> frozenset[str]:
         """Every task option some middleware takes from ``@app.task`` only."""
-        only: frozenset[str] = frozenset()
-        for m in self.middleware:
-            only |= m.task_only_options
-        return only
+        return self._task_only
 
     def check_options(self, app: Celeriac, task: str, options: dict[str, Any]) -> None:
         """Let every middleware refuse a value of its options (see
