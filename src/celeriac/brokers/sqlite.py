@@ -100,7 +100,14 @@ CREATE TABLE IF NOT EXISTS streams (
 _RECLAIM_EVERY = 1.0  # seconds between expired-lease sweeps inside fetch
 
 
-def _path_from_url(url: str) -> tuple[str, dict[str, list[str]]]:
+def path_from_url(url: str) -> tuple[str, dict[str, list[str]]]:
+    """The file a ``sqlite://`` URL names (relative to the working directory unless it
+    starts with a fourth slash) and its query parameters.
+
+    Example:
+        >>> path_from_url("sqlite:///celeriac.db?synchronous=full")
+        ('celeriac.db', {'synchronous': ['full']})
+    """
     parts = urlsplit(url)
     if parts.scheme != "sqlite":
         raise ConfigurationError(f"not a SQLite URL: {url!r} (expected sqlite:///path.db)")
@@ -131,7 +138,7 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
     """
 
     def __init__(self, url: str) -> None:
-        path, params = _path_from_url(url)
+        path, params = path_from_url(url)
         self.path = str(Path(path).absolute())
         self._synchronous = params.get("synchronous", ["normal"])[0].upper()
         if self._synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:

@@ -132,10 +132,10 @@ def _missing_sqlite_file(url: str) -> Path | None:
     """The absolute path of the SQLite file ``url`` names when it does not exist yet."""
     if not url.startswith("sqlite:"):
         return None
-    from celeriac.brokers.sqlite import _path_from_url  # the broker's own reading of it
+    from celeriac.brokers.sqlite import path_from_url  # the broker's own reading of it
 
     try:
-        path = Path(_path_from_url(url)[0]).absolute()
+        path = Path(path_from_url(url)[0]).absolute()
     except CeleriacError:
         return None  # a bad URL: the broker says what is wrong when it opens
     return None if path.exists() else path

@@ -172,7 +172,7 @@ class Slot:
         """
         if consumer < self._hands:
             offset = self._hands_at + consumer * _HAND.size
-            _HAND.pack_into(self._mem, offset, hash(task_id) ^ hash(token))
+            _HAND.pack_into(self._mem, offset, hand_mark(task_id, token))
 
     def in_hand(self) -> set[int]:
         """The hand marks (:func:`hand_mark`) of every consumer's hand (supervisor side)."""
