@@ -245,6 +245,20 @@ def test_dlq_list_keeps_each_id_whole_and_its_reason_readable_at_80_columns(
     assert shown.exit_code == 0 and json.loads(shown.output)["id"] == ids[0]
 
 
+def test_dlq_show_cuts_a_large_body_unless_full(core_app: Celeriac, broker_url: str) -> None:
+    body = b"x" * 100_000  # a megabyte printed 2.4 MB of JSON: the reason scrolled away
+    core_app.broker.send([Outgoing("big", "default", body)])
+    run_queued(core_app, fail_fast=False)
+    shown = invoke("-b", broker_url, "dlq", "show", "big")
+    letter = json.loads(shown.stdout)
+    assert letter["body"] == "x" * 8192 and letter["body_bytes"] == 100_000
+    assert "the body is 100,000 bytes; shown are its first 8,192 (--full for all)" in shown.stderr
+    full = json.loads(invoke("-b", broker_url, "dlq", "show", "big", "--full").stdout)
+    assert full["body"].encode() == body and full["body_bytes"] == 100_000
+    (listed,) = json.loads(invoke("-b", broker_url, "dlq", "list", "--json").stdout)
+    assert len(listed["body"]) == 8192 and listed["reason"].startswith("malformed message")
+
+
 def test_dlq_replay_of_a_mistyped_task_name_suggests_the_right_one(
     core_app: Celeriac, broker_url: str
 ) -> None:

@@ -364,7 +364,12 @@ def dlq() -> None:
 @click.option(
     "--limit", type=click.IntRange(1), default=50, show_default=True, help="Letters shown."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (the bodies too).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON: the bodies too, each cut at 8,192 bytes (dlq show --full: whole).",
+)
 @click.pass_obj
 def dlq_list(obj: Context, limit: int, as_json: bool) -> None:
     """The newest dead letters, with their reasons: two lines each, the id first.
@@ -373,7 +378,7 @@ def dlq_list(obj: Context, limit: int, as_json: bool) -> None:
     """
     letters = obj.app.broker.dead_letters(limit)
     if as_json:
-        print_json([_letter_json(x) for x in letters])
+        print_json([letter_json(x, SHOWN_BODY_BYTES) for x in letters])
         return
     if not letters:
         out.print("the dead-letter queue is empty")
@@ -440,27 +445,54 @@ def given_ids(ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+# What `dlq show` prints of a body unless --full: a dead letter of a megabyte printed 2.4 MB
+# of JSON into the terminal, the reason and the task name scrolled out of sight.
+SHOWN_BODY_BYTES = 8192
+
+
 @dlq.command("show")
 @click.argument("task_id")
+@click.option(
+    "--full", is_flag=True, help=f"The whole body, not its first {SHOWN_BODY_BYTES:,} bytes."
+)
 @click.pass_obj
-def dlq_show(obj: Context, task_id: str) -> None:
-    """One dead letter in full, as JSON: its body readable and exact in base64.
+def dlq_show(obj: Context, task_id: str, full: bool) -> None:
+    """One dead letter as JSON: its body readable and exact in base64.
 
-    Example: celeriac dlq show 1b4e28ba-2fa1-11d2-883f-0016d3cca427
+    A body over 8,192 bytes is cut there unless --full ("body_bytes" is its whole length).
+
+    Example: celeriac dlq show 1b4e28ba-2fa1-11d2-883f-0016d3cca427 --full > letter.json
     """
     matches = obj.app.broker.find_dead_letters(given_ids([task_id]))
     if not matches:
         raise ConfigurationError(f"no dead letter with id {task_id} (see celeriac dlq list)")
-    print_json(_letter_json(matches[0]))
+    letter = matches[0]
+    limit = None if full else SHOWN_BODY_BYTES
+    print_json(letter_json(letter, limit))
+    if limit is not None and len(letter.body) > limit:
+        size = len(letter.body)
+        note = f"the body is {size:,} bytes; shown are its first {limit:,} (--full for all)"
+        err.print(f"[yellow]note:[/] {note}", markup=True, soft_wrap=True)
 
 
-def _letter_json(letter: DeadLetter) -> dict[str, Any]:
+def letter_json(letter: DeadLetter, limit: int | None = None) -> dict[str, Any]:
     """A dead letter for JSON: the body readable (bytes that are not UTF-8 replaced) and
-    exact in base64, since a malformed message's bytes are the evidence."""
+    exact in base64, since a malformed message's bytes are the evidence; cut to its first
+    ``limit`` bytes when given, "body_bytes" saying how long it is.
+
+    Example:
+        >>> from celeriac.brokers.base import DeadLetter
+        >>> letter = DeadLetter("t1", "q", "shop.add", "malformed", b"not json", 1, "", 0.0)
+        >>> shown = letter_json(letter, limit=3)
+        >>> shown["body"], shown["body_base64"], shown["body_bytes"]
+        ('not', 'bm90', 8)
+    """
+    body = letter.body if limit is None else letter.body[:limit]
     return {
         **_asdict(letter),
-        "body": letter.body.decode("utf-8", "replace"),
-        "body_base64": base64.b64encode(letter.body).decode("ascii"),
+        "body": body.decode("utf-8", "replace"),
+        "body_base64": base64.b64encode(body).decode("ascii"),
+        "body_bytes": len(letter.body),
     }
 
 
