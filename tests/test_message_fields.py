@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,13 @@ from typing import Any
 import msgspec
 import pytest
 
+import redis
 from celeriac import Celeriac, Task
 from celeriac.brokers.base import Outgoing
-from celeriac.testing import wait_for
+from celeriac.testing import run_queued, wait_for
 from tests.apps.core import record
 from tests.conftest import Ledger, WorkerProcesses
+from tests.redis_server import RedisServer
 
 app = Celeriac("message-fields-tests")
 ECHO = "tests.test_message_fields.echo"
@@ -209,3 +212,26 @@ def test_a_send_that_would_start_after_the_year_9999_is_refused(tmp_path: Path) 
             ping.apply_async(**option)  # type: ignore[arg-type]
     ping.apply_async(expires=1e300)  # an expiry that far ahead means never
     local.broker.close()
+
+
+def test_a_message_pushed_into_a_redis_queue_by_hand_runs_under_its_own_id(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another language's producer may push a message into the list itself. Held under an
+    id the broker made up, it ran and stored its result under that id, so a get() of its
+    own id waited for ever; it is sent again under its own id (one task per id)."""
+    ledger = Ledger(tmp_path / "ledger.txt")
+    monkeypatch.setenv("CELERIAC_TEST_LEDGER", str(ledger.path))
+    monkeypatch.setattr(app.conf, "broker_url", f"{redis_server.url}?prefix=t{uuid.uuid4().hex}")
+    client = redis.Redis(port=redis_server.port)
+    try:
+        app.broker.fetch(["default"], "w", limit=1, lease_seconds=30, timeout=0)  # registers
+        ready = app.broker.keys.queue("default").ready[0]  # type: ignore[attr-defined]
+        client.rpush(ready, _json("from-node-1", args=[1, 2]), _json("from-node-1", args=[3]))
+        run_queued(app)
+        assert app.AsyncResult("from-node-1").get(timeout=5) == [1, 2]
+        assert ledger.count("run") == {"from-node-1": 1}  # the second copy was dropped
+        assert app.broker.stats()[0].ready == 0 and app.broker.dead_letters() == []
+    finally:
+        client.close()
+        app.broker.close()

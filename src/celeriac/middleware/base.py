@@ -45,8 +45,9 @@ class Outcome:
     """What happened to one delivery, and so what the broker must do with it.
 
     ``state`` is a result state (SUCCESS, FAILURE, RETRY, EXPIRED, REVOKED) or one of the
-    two message-only states: DEFERRED (put back without counting a delivery) and DEAD
-    (dead-lettered with ``reason``).
+    message-only states: DEFERRED (put back without counting a delivery), DEAD
+    (dead-lettered with ``reason``) and MOVED (held under an id the broker made up for
+    bytes pushed by hand: sent again under the message's own id, this copy acked).
     """
 
     state: str

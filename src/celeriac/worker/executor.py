@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celeriac import crashpoints
-from celeriac.brokers.base import DeadLetter, Delivery
+from celeriac.brokers.base import DeadLetter, Delivery, Outgoing
 from celeriac.errors import (
     ArgumentsRefused,
     BrokerError,
@@ -275,6 +275,8 @@ class Executor(Reading):
             committed = broker.requeue(
                 lease, delay=outcome.delay or 0.0, body=outcome.body, count_delivery=False
             )
+        elif state == "MOVED":
+            committed = self._move(job, outcome)
         else:
             committed = self._dead_letter(job, outcome)
         if crashpoints.ARMED:
@@ -369,6 +371,21 @@ class Executor(Reading):
             date_done=time.time(),
             worker=self.worker_id,
         )
+
+    def _move(self, job: Job, outcome: Outcome) -> bool:
+        """Send a message held under an id the broker made up again under its own id, then
+        ack this copy (see Reading._resolve). Sending first: a crash in between delivers
+        the copy again, and its second send finds the id taken and sends nothing."""
+        message, delivery = job.message, job.delivery
+        assert message is not None
+        moved = Outgoing(message.id, delivery.queue, delivery.body, delivery.priority, message.eta)
+        if not self.app.broker.send([moved])[0]:
+            outcome.reason = (
+                f"delivered under an id the broker made up, not its own; task "
+                f"{printable(message.task)}[{printable(message.id)}] was already sent, so "
+                "this copy was dropped (one task per id)"
+            )
+        return self.app.broker.complete(delivery.lease, None, self.app.conf.result_expires)
 
     def _retry(self, job: Job, outcome: Outcome) -> bool:
         message = job.message

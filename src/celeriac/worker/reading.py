@@ -92,6 +92,20 @@ class Reading:
                     f"{wrong}. Fix the producer that sent it"
                 ),
             )
+        if message.id != delivery.id and message.id and not message.id.startswith("\x00raw-"):
+            # Pushed into a queue by hand or by another language's producer, not sent: the
+            # broker made up the id it is held under, and run here its result (and its
+            # retries' state) were stored under that made-up id, so the sender waited on
+            # its own id for ever. Settling sends it again under its own id (one task per
+            # id, as any send) and acks this copy. Signed copies were refused in _read.
+            return Outcome(
+                "MOVED",
+                reason=(
+                    f"delivered under an id the broker made up, not its own; sent again as "
+                    f"task {shown(message.task)}[{shown(message.id)}] (pushed into the "
+                    "queue by hand? send with app.send_task or `celeriac call` instead)"
+                ),
+            )
         self._check_size(job)
         task = self.app.tasks.get(message.task)
         if task is not None and task.options.max_deliveries is not None:
