@@ -35,7 +35,7 @@ ENV = {"PYTHONPATH": PYTHONPATH}
 app = Celeriac("asyncio-edges")
 
 
-@app.bound_task(soft_time_limit=1, time_limit=30)
+@app.bound_task(soft_time_limit=10, time_limit=30)  # blocks under its soft limit
 async def blocks_the_loop(self: Task[Any, Any], seconds: float) -> str:
     record("start", self.request.id)
     time.sleep(seconds)  # the point: a blocking call in an async def

@@ -2,11 +2,15 @@
 
 ``async def`` tasks run as coroutines; plain functions run in threads with the same limits
 as the threads pool. The child fetches only as many messages as it has free slots, so it
-never holds work it cannot start. Broker calls run in threads: the sync broker faces are
+never holds work it cannot start, and never more than ``worker_max_tasks_per_child`` leaves
+it (it then finishes them and recycles). What a fetch brings after a stop signal came is
+given back to the queue unstarted. Broker calls run in threads: the sync broker faces are
 the fast ones, and a slow call never blocks the loop.
 
 Soft time limit: the coroutine is cancelled and the task fails with
 ``SoftTimeLimitExceeded`` (a task may catch ``asyncio.CancelledError`` to clean up). A
+coroutine that blocks the loop past its limit cannot be cancelled: it fails with
+``SoftTimeLimitExceeded`` when it returns or raises, as in the other pools. A
 ``TimeoutError`` the task raises itself (``asyncio.timeout``, a socket, an HTTP client) is
 the task's own error, not its soft limit. Hard time limit: the supervisor stops the child;
 its other running tasks are delivered again.
@@ -120,27 +124,66 @@ class AsyncioChild(Child):
             self._sync.shutdown(wait=False)
 
     async def _consume_on_loop(self, executor: Executor, running: set[asyncio.Task[None]]) -> None:
+        taken = 0  # messages fetched by this child: worker_max_tasks_per_child counts them
         while not self.stopping:
-            free = self.spec.concurrency - len(running)
-            if free == 0:
+            room = min(self.spec.concurrency - len(running), self._left_to_take(taken))
+            if room <= 0:
+                if not running:
+                    # Took the last task worker_max_tasks_per_child allows, and every one
+                    # has ended, some uncounted (a worker error): _should_recycle missed it.
+                    log.info(
+                        "child %d took %d tasks (worker_max_tasks_per_child); recycling",
+                        os.getpid(),
+                        taken,
+                    )
+                    return
                 await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            if not running:
-                await self._off_loop(self._io, self.app.middleware.on_idle)
-            deliveries = await self._off_loop(self._io, self._fetch_up_to, free)
-            if deliveries:
-                # Here, not in the fetch's thread: one writer, and _held changes only on the
-                # loop. Dying before this write is covered: the supervisor declares a dead
-                # child's consumer id dead and the reaper releases what it held.
-                for d in deliveries:
-                    self._held[d.id] = [Held(d.id, d.queue, d.lease.token)]
-                self._write_slot()
-            for delivery in deliveries:
-                task = asyncio.create_task(self._process(executor, delivery))
-                running.add(task)
-                task.add_done_callback(running.discard)
+            else:
+                if not running:
+                    await self._off_loop(self._io, self.app.middleware.on_idle)
+                deliveries = await self._off_loop(self._io, self._fetch_up_to, room)
+                if self.stopping and deliveries:
+                    # A stop came while the fetch waited: what it brought has not started,
+                    # so it goes straight back to the queue, as the process and threads
+                    # children give back what they prefetched (a warm stop finishes only
+                    # the tasks that had started).
+                    await self._off_loop(self._io, self._give_back, "fetched", deliveries)
+                    return
+                taken += len(deliveries)
+                self._start(executor, running, deliveries)
             if self._should_recycle():
                 self.stopping = True
+
+    def _left_to_take(self, taken: int) -> int:
+        """How many more messages this child may fetch: what worker_max_tasks_per_child
+        leaves after ``taken``, or ``concurrency`` when there is no such limit.
+
+        Fetched messages are counted, not finished tasks: counting those, a child kept
+        fetching for the slots its ending tasks freed, and ran up to ``concurrency`` tasks
+        past the limit. The process child runs exactly the limit (what it prefetched goes
+        back to the queue); this one does too.
+        """
+        most = self.app.conf.worker_max_tasks_per_child
+        if not most:
+            return self.spec.concurrency
+        return max(most - taken, 0)
+
+    def _start(
+        self, executor: Executor, running: set[asyncio.Task[None]], deliveries: list[Delivery]
+    ) -> None:
+        """Start a task on the loop for each delivery, first listing them in the slot."""
+        if not deliveries:
+            return
+        # Here, not in the fetch's thread: one writer, and _held changes only on the loop.
+        # Dying before this write is covered: the supervisor declares a dead child's
+        # consumer id dead and the reaper releases what it held.
+        for d in deliveries:
+            self._held[d.id] = [Held(d.id, d.queue, d.lease.token)]
+        self._write_slot()
+        for delivery in deliveries:
+            task = asyncio.create_task(self._process(executor, delivery))
+            running.add(task)
+            task.add_done_callback(running.discard)
 
     async def _off_loop(self, pool: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any) -> _T:
         """``fn(*args)`` in a thread of ``pool``, in this context (as asyncio.to_thread)."""
@@ -470,18 +513,49 @@ async def _with_soft_limit(coro: Coroutine[Any, Any, Any], soft: float) -> Any:
     """Await a task's coroutine, cancelled at ``soft`` seconds.
 
     Only the limit's own expiry is a soft limit: a ``TimeoutError`` the task raises is
-    its own, and passes through as it is (so ``autoretry_for=(TimeoutError,)`` works).
+    its own, and passes through as it is (so ``autoretry_for=(TimeoutError,)`` works). A
+    coroutine that blocked the loop past the limit (``time.sleep`` in an ``async def``)
+    could not be cancelled: when it returns or raises, it fails with
+    ``SoftTimeLimitExceeded`` all the same, as the process and threads pools stop it.
     """
     if soft == math.inf:
         return await coro
     scope = asyncio.timeout(soft)
     try:
         async with scope:
-            return await coro
-    except TimeoutError:
-        if not scope.expired():
-            raise
-    raise SoftTimeLimitExceeded(f"cancelled at its soft time limit ({soft:g}s)")
+            value = await coro
+    except Exception as exc:
+        if scope.expired() and isinstance(exc, TimeoutError):
+            raise SoftTimeLimitExceeded(f"cancelled at its soft time limit ({soft:g}s)") from None
+        if _blocked_past(scope):
+            raise _blocked_error(soft) from exc
+        raise
+    if _blocked_past(scope):
+        raise _blocked_error(soft)
+    return value
+
+
+def _blocked_past(scope: asyncio.Timeout) -> bool:
+    """Whether the task's code ran past the scope's deadline without the loop turning to
+    cancel it: its cancellation never came (a task that took it and returned keeps its
+    value, as one that catches SoftTimeLimitExceeded does in the other pools)."""
+    deadline = scope.when()
+    return (
+        not scope.expired()
+        and deadline is not None
+        and asyncio.get_running_loop().time() >= deadline
+    )
+
+
+def _blocked_error(soft: float) -> SoftTimeLimitExceeded:
+    """The soft limit of a coroutine that blocked past it, saying what to do about it."""
+    return SoftTimeLimitExceeded(
+        f"the task ran past its soft time limit ({soft:g}s) while blocking the event loop "
+        "(a blocking call in an async def), where no cancellation reaches it, so it fails "
+        "as it ends. Await an async client, wrap the blocking call in "
+        "`await asyncio.to_thread(...)`, make the task a plain def (it then runs in a "
+        "thread), or give it a larger soft_time_limit"
+    )
 
 
 def _call_with_soft_limit(executor: Executor, job: Job, soft: float) -> Any:

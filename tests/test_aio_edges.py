@@ -1,0 +1,164 @@
+"""The asyncio pool made to behave as the process and threads pools do, with real worker
+processes on a real redis-server: a coroutine that blocks past its soft time limit, a
+fetch in flight when a warm stop comes, and worker_max_tasks_per_child.
+
+The worker processes import this module (``-A tests.test_aio_edges``) for its tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from celeriac import Celeriac, SoftTimeLimitExceeded, Task
+from celeriac.testing import wait_for
+from tests.apps.core import record
+from tests.conftest import ROOT, Ledger, WorkerProcesses
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.slow
+
+APP = "tests.test_aio_edges"
+#: Worker subprocesses import celeriac from the caller's PYTHONPATH first, when it sets one
+#: (an old source tree, to check that these tests fail on the code they guard).
+PYTHONPATH = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)
+ENV = {"PYTHONPATH": PYTHONPATH}
+
+app = Celeriac("aio-edges")
+
+
+@app.bound_task(soft_time_limit=0.2, time_limit=30)
+async def blocks_then_returns(self: Task[Any, Any], seconds: float) -> str:
+    record("start", self.request.id)
+    time.sleep(seconds)  # the point: a blocking call in an async def, past the soft limit
+    return "returned"
+
+
+@app.bound_task(soft_time_limit=0.2, time_limit=30)
+async def blocks_then_raises(self: Task[Any, Any], seconds: float) -> None:
+    record("start", self.request.id)
+    time.sleep(seconds)
+    raise ValueError("its own error, raised after its soft limit had passed")
+
+
+@app.bound_task(
+    soft_time_limit=0.2,
+    time_limit=30,
+    autoretry_for=(SoftTimeLimitExceeded,),
+    max_retries=1,
+    retry_backoff=0.01,
+    retry_jitter=False,
+)
+async def blocks_and_retries(self: Task[Any, Any], seconds: float) -> str:
+    record("start", self.request.id)
+    time.sleep(seconds)
+    return "returned"
+
+
+@app.bound_task(soft_time_limit=0.2, time_limit=30)
+async def cleans_up_and_returns(self: Task[Any, Any]) -> str:
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:  # its soft limit: it may clean up and return
+        return "cleaned up"
+    return "slept"
+
+
+@app.bound_task()
+async def runs(self: Task[Any, Any]) -> int:
+    record("start", self.request.id, self.request.delivery_count)
+    return self.request.delivery_count
+
+
+@pytest.fixture
+def broker_url(redis_server: RedisServer) -> str:
+    """Redis only: what is tested is the asyncio child's own loop, the same on every
+    broker."""
+    return f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def edges_app(
+    broker_url: str, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Celeriac]:
+    """This module's app on this test's broker (the one `workers` use)."""
+    monkeypatch.setenv("CELERIAC_TEST_LEDGER", str(ledger.path))
+    monkeypatch.setattr(app.conf, "broker_url", broker_url)
+    yield app
+    app.broker.close()
+
+
+def _starts(ledger: Ledger) -> list[tuple[str, int]]:
+    """(task id, pid) of each start in the ledger."""
+    return [(p[1], int(p[2])) for p in ledger.lines() if p[0] == "start"]
+
+
+@pytest.mark.parametrize("pool", ["asyncio", "threads", "process"])
+def test_a_coroutine_that_blocks_past_its_soft_limit_fails_in_every_pool(
+    edges_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, pool: str
+) -> None:
+    # -P asyncio could not cancel a coroutine that never awaited: it returned after its
+    # limit and ended SUCCESS, where the process and threads pools fail it.
+    proc = workers.start("-P", pool, "-c", "3", app=APP, env=ENV)
+    if pool != "process":
+        workers.wait_children(proc, 1)
+    returns = blocks_then_returns.delay(0.5)
+    raises = blocks_then_raises.delay(0.5)
+    retries = blocks_and_retries.delay(0.5)
+    with pytest.raises(SoftTimeLimitExceeded, match=r"ran past its soft time limit"):
+        returns.get(timeout=30)
+    # Its own error came after the limit: the limit stopped it first in the other pools.
+    with pytest.raises(SoftTimeLimitExceeded, match=r"ran past its soft time limit"):
+        raises.get(timeout=30)
+    # autoretry_for=(SoftTimeLimitExceeded,) retries it, as in the other pools.
+    with pytest.raises(SoftTimeLimitExceeded):
+        retries.get(timeout=30)
+    assert Counter(i for i, _ in _starts(ledger))[retries.id] == 2, workers.log_text()
+    if pool == "asyncio":
+        # A coroutine the limit did cancel, and that caught it to clean up, keeps its value
+        # (as a task that catches SoftTimeLimitExceeded does in the other pools).
+        assert cleans_up_and_returns.delay().get(timeout=30) == "cleaned up"
+
+
+def test_a_message_fetched_after_a_warm_stop_goes_back_unstarted(
+    edges_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # The idle child waits in a fetch; a SIGTERM lands, then the messages arrive and that
+    # fetch (still in flight) takes them. The process and threads children give what
+    # they have not started back to the queue; the asyncio child started them.
+    proc = workers.start("-P", "asyncio", "-c", "4", app=APP, env=ENV)
+    (child,) = workers.wait_children(proc, 1)
+    # One task first: the child's loop runs (and this process's connection is warm, so
+    # the messages below arrive within the fetch the child waits in when the stop lands).
+    first = runs.delay()
+    assert first.get(timeout=20) == 1, workers.log_text()
+    time.sleep(0.05)  # back in its next fetch
+    os.kill(child, signal.SIGTERM)
+    sent = [runs.delay() for _ in range(4)]
+    assert wait_for(lambda: child not in workers.children(proc), timeout=20)
+    # The supervisor replaces the stopped child; its successor runs them.
+    assert [r.get(timeout=30) for r in sent] == [1, 1, 1, 1], workers.log_text()
+    starts = _starts(ledger)
+    assert sorted(i for i, _ in starts) == sorted([first.id, *(r.id for r in sent)])  # once
+    assert [pid for i, pid in starts if i != first.id and pid == child] == [], workers.log_text()
+
+
+def test_max_tasks_per_child_is_not_overshot(
+    edges_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # Queued before the child starts: its first fetch could take -c (4) of them, over the
+    # limit of 2, and it ran all it took.
+    sent = [runs.delay() for _ in range(8)]
+    proc = workers.start("-P", "asyncio", "-c", "4", "--max-tasks-per-child", "2", app=APP, env=ENV)
+    assert [r.get(timeout=30) for r in sent] == [1] * 8, workers.log_text()
+    per_child = Counter(pid for _, pid in _starts(ledger))
+    assert sorted(per_child.values()) == [2, 2, 2, 2], (per_child, workers.log_text())
+    assert proc.poll() is None
