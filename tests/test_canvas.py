@@ -27,7 +27,7 @@ from celeriac.cli import cli
 from celeriac.errors import BrokerConnectionError, ChordError, ConfigurationError, PayloadTooLarge
 from celeriac.group_result import GroupResult
 from celeriac.middleware import MiddlewareStack, default_middleware
-from celeriac.middleware.canvas import join_key
+from celeriac.middleware.flow import join_key
 from celeriac.result import AsyncResult
 from celeriac.testing import run_queued, wait_for
 from celeriac.worker.executor import Executor

@@ -35,7 +35,7 @@ from celeriac import Celeriac, Task
 from celeriac.brokers.base import Outgoing
 from celeriac.canvas import Canvas, chain, group
 from celeriac.errors import ChordError
-from celeriac.middleware.canvas import Flow, Frame
+from celeriac.middleware.flow import Flow, Frame
 from celeriac.result import AsyncResult
 from celeriac.testing import wait_for
 from celeriac.workflow import freeze, result_of

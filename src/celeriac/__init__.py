@@ -33,8 +33,9 @@ from celeriac.errors import (
 )
 from celeriac.group_result import GroupResult
 from celeriac.middleware import Middleware
+from celeriac.options import UNBOUNDED
 from celeriac.result import AsyncResult
-from celeriac.task import UNBOUNDED, Request, Task
+from celeriac.task import Request, Task
 
 __all__ = [
     "UNBOUNDED",

@@ -18,8 +18,9 @@ from celeriac.config import Settings
 from celeriac.errors import BrokerError, ConfigurationError, NotRegistered, PayloadTooLarge
 from celeriac.message import Message
 from celeriac.middleware import Middleware, MiddlewareStack, default_middleware
+from celeriac.options import DURATIONS, TaskOptions, option_problem
 from celeriac.result import AsyncResult
-from celeriac.task import DURATIONS, Task, TaskOptions, option_problem, task_name_for
+from celeriac.task import Task, task_name_for
 
 if TYPE_CHECKING:
     from celeriac.beat import Beat, PeriodicDecorator

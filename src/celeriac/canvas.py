@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
 
 from celeriac.errors import ConfigurationError
 from celeriac.group_result import GroupResult
-from celeriac.middleware.canvas import Node
+from celeriac.middleware.flow import Node
 from celeriac.result import AsyncResult
 from celeriac.workflow import Result, normalized, send
 

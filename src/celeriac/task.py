@@ -1,4 +1,5 @@
-"""Task: a registered function with its options, and the ways to send it.
+"""Task: a registered function with its options, and the ways to send it. What each option
+may be set to, and how a message carries it: :mod:`celeriac.options`.
 
 ``Task[P, R]`` is generic over the function's parameters, so ``add.delay("x")`` for
 ``def add(x: int, y: int)`` is a type error, and ``add.delay(1, 2)`` is an
@@ -17,7 +18,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from celeriac.errors import Retry
-from celeriac.message import LATEST_TIME, Message, new_task_id
+from celeriac.message import Message, new_task_id
+from celeriac.options import (
+    UNBOUNDED,
+    TaskOptions,
+    absolute_time,
+    check_send_options,
+    nearest_ms,
+    option_problem,
+    to_ms,
+    wire_limit,
+)
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -27,33 +38,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-#: Pass as a time limit or expiry to opt a task out of it explicitly (``celeriac check``
-#: lists such tasks). Anything left unset takes the app's default instead.
-UNBOUNDED = math.inf
-
-#: How a message carries a per-call time limit of UNBOUNDED: 100 years, longer than any
-#: task runs. JSON has no infinity (it wrote null, "the task's own limit", so the opt-out
-#: was lost), and every worker, older ones too, arms this as a plain timer: it is within
-#: ``signal.setitimer``'s and ``threading.TIMEOUT_MAX``'s range.
-NO_LIMIT_SECONDS = 3_153_600_000.0
-
-#: Options given in seconds: over 0, UNBOUNDED to opt out, or a timedelta.
-DURATIONS = frozenset({"soft_time_limit", "time_limit", "expires"})
-
-
-@dataclass(frozen=True, slots=True)
-class TaskOptions:
-    """A task's options; None means "the app's default"."""
-
-    queue: str | None = None
-    priority: int | None = None
-    soft_time_limit: float | None = None
-    time_limit: float | None = None
-    expires: float | None = None
-    max_deliveries: int | None = None
-    ignore_result: bool | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # options that middleware declared
 
 
 @dataclass(slots=True)
@@ -80,145 +64,6 @@ class Request:
 _current: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
     "celeriac_request", default=None
 )
-
-
-def _absolute(
-    when: float | dt.datetime | dt.timedelta, now: float, option: str, task: str
-) -> float:
-    """``when`` as a Unix time: an aware datetime as it is, seconds or a timedelta after
-    ``now``. Anything else fails here, naming the task and the option: a value that slipped
-    through would stop the send with a bare ``ValueError`` (NaN, a typo'd string), or put a
-    due time in the message that no worker can read.
-
-    Example:
-        >>> _absolute(dt.timedelta(seconds=5), 100.0, "countdown", "shop.add")
-        105.0
-        >>> _absolute(float("nan"), 100.0, "countdown", "shop.add")
-        Traceback (most recent call last):
-        ValueError: task shop.add: countdown=nan is not a finite number of seconds
-        >>> _absolute(1e300, 100.0, "countdown", "shop.add")
-        Traceback (most recent call last):
-        ValueError: task shop.add: countdown=1e+300 puts its start after the year 9999; ...
-    """
-    if isinstance(when, dt.datetime):
-        if when.tzinfo is None:
-            raise ValueError(
-                f"task {task}: {option}={when!r} has no timezone (celeriac cannot tell "
-                "which zone it is in): use datetime.now(timezone.utc) or .astimezone()"
-            )
-        return when.timestamp()
-    seconds = when.total_seconds() if isinstance(when, dt.timedelta) else when
-    if seconds.__class__ is not float and (seconds.__class__ is bool or not _is_real(seconds)):
-        kinds = (
-            "an aware datetime or a Unix time"
-            if option == "eta"
-            else "seconds (a number), a timedelta or an aware datetime"
-        )
-        raise TypeError(
-            f"task {task}: {option} must be {kinds}, got {type(when).__name__} {when!r}"
-        )
-    at = now + float(seconds)
-    if not math.isfinite(at):
-        raise ValueError(f"task {task}: {option}={when!r} is not a finite number of seconds")
-    if at > LATEST_TIME and option != "expires":  # an expiry that far ahead means never
-        # The broker would hold it delayed for ever, and a worker dead-letters such an eta.
-        raise ValueError(
-            f"task {task}: {option}={when!r} puts its start after the year 9999; pass "
-            "a Unix time in seconds, or a timedelta"
-        )
-    return at
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def option_problem(option: str, value: Any) -> str:
-    """What ``value`` of a core task option should be instead; empty when it is fine.
-    The one check of these options, for ``@app.task`` and for ``apply_async``.
-
-    Example:
-        >>> option_problem("priority", 12)
-        'a whole number from 0 to 9 (9 runs first)'
-        >>> option_problem("time_limit", dt.timedelta(minutes=1))
-        ''
-    """
-    whole = isinstance(value, int) and not isinstance(value, bool)
-    if option == "queue" and not (isinstance(value, str) and value):
-        return "a queue name (a non-empty str)"
-    if option == "priority" and not (whole and 0 <= value <= 9):
-        return "a whole number from 0 to 9 (9 runs first)"
-    if option == "max_deliveries" and not (whole and value >= 1):
-        return "a whole number of at least 1"
-    if option == "ignore_result" and not isinstance(value, bool):
-        return "True or False"
-    if option in DURATIONS:
-        seconds = value.total_seconds() if isinstance(value, dt.timedelta) else value
-        if not (_is_real(seconds) and seconds > 0):  # NaN is never > 0
-            return "a number of seconds over 0 or a timedelta (UNBOUNDED: no limit)"
-    return ""
-
-
-def _check_options(
-    task: str,
-    *,
-    task_id: object,
-    queue: object,
-    headers: object,
-    soft_time_limit: object,
-    time_limit: object,
-) -> None:
-    """Refuse per-call options of a type the message cannot carry. The encoder writes any
-    type, but every worker reads the message against its schema: a ``task_id=42`` or a
-    ``queue=5`` would be sent, then dead-lettered as malformed, and the task never run.
-
-    Example:
-        >>> _check_options(
-        ...     "shop.add", task_id=42, queue="q", headers={}, soft_time_limit=None, time_limit=5
-        ... )
-        Traceback (most recent call last):
-        TypeError: task shop.add: task_id must be a str, got int 42; pass task_id=str(42)
-    """
-    for option, value in (("task_id", task_id), ("queue", queue)):
-        if value and not isinstance(value, str):
-            raise TypeError(
-                f"task {task}: {option} must be a str, got {type(value).__name__} {value!r}; "
-                f"pass {option}=str({value!r})"
-            )
-    if headers and not isinstance(headers, dict):
-        raise TypeError(f"task {task}: headers must be a dict, got {type(headers).__name__}")
-    for option, limit in (("soft_time_limit", soft_time_limit), ("time_limit", time_limit)):
-        problem = "" if limit is None else option_problem(option, limit)
-        if problem:
-            raise ValueError(f"task {task}: {option} must be {problem}, got {limit!r}")
-
-
-def _wire_limit(limit: float | dt.timedelta | None) -> float | None:
-    """A per-call time limit as the message carries it: seconds, UNBOUNDED as
-    :data:`NO_LIMIT_SECONDS` (JSON would carry it as null: the task's own limit).
-
-    Example:
-        >>> _wire_limit(dt.timedelta(minutes=2)), _wire_limit(UNBOUNDED), _wire_limit(None)
-        (120.0, 3153600000.0, None)
-    """
-    if limit is None:
-        return None
-    seconds = float(limit.total_seconds() if isinstance(limit, dt.timedelta) else limit)
-    return NO_LIMIT_SECONDS if seconds == UNBOUNDED else seconds
-
-
-def _to_ms(when: float | None, *, up: bool = False) -> float | None:
-    """A time to whole milliseconds (rounded, or up for a due time, never early): its JSON
-    is 14 characters instead of 18, in every queued message."""
-    if when is None:
-        return None
-    return math.ceil(when * 1000) / 1000 if up else _nearest_ms(when)
-
-
-def _nearest_ms(when: float) -> float:
-    """``round(when, 3)`` for a Unix time, in a quarter of its time (paid per message): the
-    nearest double to k / 1000 prints with at most three decimals."""
-    return int(when * 1000 + 0.5) / 1000
 
 
 class Task(Generic[P, R]):
@@ -419,7 +264,7 @@ function is add(x, y)
         now = time.time()
         soft_limit = hard_limit = None
         if task_id or queue or headers or soft_time_limit is not None or time_limit is not None:
-            _check_options(
+            check_send_options(
                 self.name,
                 task_id=task_id,
                 queue=queue,
@@ -427,11 +272,11 @@ function is add(x, y)
                 soft_time_limit=soft_time_limit,
                 time_limit=time_limit,
             )
-            soft_limit, hard_limit = _wire_limit(soft_time_limit), _wire_limit(time_limit)
+            soft_limit, hard_limit = wire_limit(soft_time_limit), wire_limit(time_limit)
         # The common case (no countdown, eta or expires given; the task's or the app's
         # expiry in seconds) without a call per field: this runs once per message sent.
         if countdown is not None:
-            due = _absolute(countdown, now, "countdown", self.name)
+            due = absolute_time(countdown, now, "countdown", self.name)
         elif eta is None:
             due = None
         elif isinstance(eta, dt.timedelta):  # would read as seconds after 1970: runs at once
@@ -440,14 +285,14 @@ function is add(x, y)
                 f"time), got timedelta {eta!r}; for a delay pass countdown={eta!r}"
             )
         else:
-            due = _absolute(eta, 0.0, "eta", self.name)
+            due = absolute_time(eta, 0.0, "eta", self.name)
         if expires is None:  # the task's or the app's, both checked when they were set
             ttl = opts.expires if opts.expires is not None else conf.task_expires
-            expires_at = None if ttl == UNBOUNDED else _nearest_ms((due or now) + ttl)
+            expires_at = None if ttl == UNBOUNDED else nearest_ms((due or now) + ttl)
         elif expires == UNBOUNDED:
             expires_at = None
         else:
-            expires_at = _to_ms(_absolute(expires, due or now, "expires", self.name))
+            expires_at = to_ms(absolute_time(expires, due or now, "expires", self.name))
         level = priority
         if level is None:
             level = opts.priority if opts.priority is not None else conf.task_default_priority
@@ -466,7 +311,7 @@ function is add(x, y)
             kwargs=kwargs or {},
             queue=queue or opts.queue or conf.task_default_queue,
             priority=level,
-            eta=_to_ms(due, up=True),
+            eta=to_ms(due, up=True),
             expires=expires_at,
             soft_limit=soft_limit,
             hard_limit=hard_limit,
@@ -474,7 +319,7 @@ function is add(x, y)
             parent_id=parent.id if parent else None,
             headers=headers or {},
             options=extra,
-            sent_at=_nearest_ms(now),
+            sent_at=nearest_ms(now),
         )
 
     def _check_call_options(self, extra: dict[str, Any]) -> None:

@@ -17,9 +17,9 @@ from celeriac.errors import ConfigurationError
 from celeriac.group_result import GroupResult
 from celeriac.message import new_task_id
 from celeriac.middleware.canvas import Canvas as CanvasMiddleware
-from celeriac.middleware.canvas import Flow, Node
+from celeriac.middleware.flow import Flow, Node
+from celeriac.options import NO_LIMIT_SECONDS, UNBOUNDED
 from celeriac.result import AsyncResult
-from celeriac.task import NO_LIMIT_SECONDS, UNBOUNDED
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac

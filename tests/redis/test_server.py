@@ -14,7 +14,7 @@ import redis
 from celeriac import Celeriac
 from celeriac.brokers import broker_from_url
 from celeriac.brokers.base import Outgoing
-from celeriac.brokers.redis import RedisBroker, ops
+from celeriac.brokers.redis import RedisBroker, ops, startup
 from celeriac.brokers.redis.keys import Keyspace
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 from celeriac.testing import wait_for
@@ -26,7 +26,7 @@ from tests.redis_server import RedisServer, free_port, start_redis
 def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Start-up warnings are logged once per process tree: forget earlier tests' (a free
     port, and so a server's URL, can come round again)."""
-    monkeypatch.setattr(ops, "_warned", set())
+    monkeypatch.setattr(startup, "_warned", set())
 
 
 @pytest.fixture
@@ -238,7 +238,7 @@ def test_the_broker_recovers_when_the_server_restarts(own_server: Server) -> Non
 
 def test_redis_before_7_is_refused() -> None:
     # Plans do no I/O, so the start-up check can be driven with made-up replies.
-    plan = ops.check_server(ops.Context(Keyspace("p"), False, set()), "redis://old:6379/0")
+    plan = startup.check_server(ops.Context(Keyspace("p"), False, set()), "redis://old:6379/0")
     next(plan)  # PING
     plan.send([b"PONG"])  # INFO server
     with pytest.raises(ConfigurationError, match=r"version 6\.2\.6; celeriac needs Redis 7\.0"):

@@ -58,7 +58,7 @@ _LONG_LIVED = frozenset({"worker", "beat", "demo"})
 #: (status, result, revoke...) look at what is there, and say when nothing was.
 _MAKE_THE_BROKER = _LONG_LIVED | {"call"}
 
-#: The logger of the Redis broker's start-up check (celeriac.brokers.redis.ops).
+#: The logger of the Redis broker's start-up check (celeriac.brokers.redis.startup).
 _STARTUP_LOGGER = "celeriac.brokers.redis.startup"
 
 

@@ -2,19 +2,7 @@
 
 A workflow is data. :mod:`celeriac.canvas` freezes it — every task gets its id up front,
 derived from the workflow's id — and sends its first tasks. Each message carries what comes
-after it in ``Message.options["canvas"]``::
-
-    then        continuation frames, innermost first:
-                  {"chain": [node, ...]}     apply the next node with this result
-                  {"join": group_id, "i": 3, "n": 10, "then": [...],
-                   "err": "continue", "kind": "group", "link": [...], "link_error": [...]}
-                                             record this result as member 3 of 10
-                                             (kind: absent for a chord's header)
-    link        nodes applied with the result when the task succeeds
-    link_error  nodes applied with an error dict when it fails
-    abort       an earlier task failed: do not run; end FAILURE with its error (REVOKED
-                if this task was revoked itself), pass it on. Sent without its delay.
-    chunk       args[0] is a list of argument lists: run the task once for each
+after it in ``Message.options["canvas"]`` (the format: :mod:`celeriac.middleware.flow`).
 
 This middleware continues in ``after_execute``, *before* the broker commits the task: a
 worker that dies in between leaves an uncommitted task that is delivered and continued
@@ -28,18 +16,14 @@ the callback — again under its fixed id.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-from collections.abc import Sequence
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final
-
-import msgspec
+from typing import TYPE_CHECKING, Any
 
 from celeriac.control import is_revoke_mark
-from celeriac.errors import BrokerError, MessageError, NotRegistered, SerializationError
-from celeriac.message import ErrorInfo, Message, encode_message
+from celeriac.errors import BrokerError, MessageError
+from celeriac.message import ErrorInfo, Message
 from celeriac.middleware.base import Job, Middleware, Outcome
+from celeriac.middleware.flow import Flow, public_error, what_happened
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -47,280 +31,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("celeriac.canvas")
 
-Node = dict[str, Any]
-"""A canvas piece as plain data: ``{"kind": "task" | "chain" | "group" | "chord", ...}``."""
-Frame = dict[str, Any]
-"""One continuation frame: ``{"chain": [...]}`` or ``{"join": ..., ...}``."""
-
-NOTHING: Final[Any] = object()  # "no value to pass on" (None is a value)
-
 _FAILED = frozenset({"FAILURE", "EXPIRED", "REVOKED", "DEAD"})
 _STATE_ERRORS = {
     "EXPIRED": "celeriac.errors.TaskExpired",
     "REVOKED": "celeriac.errors.TaskRevoked",
     "DEAD": "celeriac.errors.Reject",
 }
-# How the task an error dict names ended, by the error's type ("failed" for the rest).
-_ENDED = {
-    "celeriac.errors.TaskRevoked": "was revoked",
-    "celeriac.errors.TaskExpired": "expired",
-    "celeriac.errors.Reject": "was dead-lettered",
-}
 _TRACEBACK_CHARS = 4000  # tracebacks ride in messages and join values: keep them bounded
 _RETRY_DELAY = 1.0  # seconds before a task whose workflow could not be continued runs again
-_encoder = msgspec.json.Encoder()
-_sending: ContextVar[bool] = ContextVar("celeriac_sending_workflow", default=False)
-
-
-def sending_workflow() -> bool:
-    """True while :meth:`Flow.send` sends a workflow's tasks: each must run under the id
-    its workflow gave it (producer middleware must not swap in another task's id).
-
-    Example:
-        >>> sending_workflow()
-        False
-    """
-    return _sending.get()
-
-
-def join_key(group_id: str) -> str:
-    """The small-store key that counts a group's finished members.
-
-    Example:
-        >>> join_key("8f1c:h")
-        'celeriac:join:8f1c:h'
-    """
-    return f"celeriac:join:{group_id}"
-
-
-class Flow:
-    """Builds the messages that start a frozen node, or continue after one, then sends them.
-
-    ``parent`` is the message whose task is continuing (None in the producer); it becomes
-    the new messages' ``parent_id`` and gives them its ``root_id``.
-
-    Example:
-        >>> from celeriac import Celeriac
-        >>> app = Celeriac("doc", broker="memory://")
-        >>> flow = Flow(app)
-        >>> flow.apply({"kind": "task", "task": "shop.add", "args": [1, 2],
-        ...             "options": {"task_id": "t1"}})
-        >>> [m.id for m in flow.messages]
-        ['t1']
-        >>> flow.send()
-    """
-
-    def __init__(self, app: Celeriac, parent: Message | None = None) -> None:
-        self.app = app
-        self.parent = parent
-        self.messages: list[Message] = []
-
-    def send(self) -> None:
-        """Send every message built so far in one broker round trip."""
-        if self.messages:
-            messages, self.messages = self.messages, []
-            token = _sending.set(True)
-            try:
-                self.app.publish_many(messages)
-            finally:
-                _sending.reset(token)
-
-    def apply(
-        self,
-        node: Node,
-        then: Sequence[Frame] = (),
-        value: Any = NOTHING,
-        abort: dict[str, str] | None = None,
-    ) -> None:
-        """Start ``node`` (passing ``value`` as a first argument), continuing with ``then``.
-
-        With ``abort``, the node's first tasks are sent marked as failed by an earlier task,
-        so the failure travels the same path (and ids) a result would have.
-        """
-        kind = node["kind"]
-        if kind == "task":
-            self.messages.append(self._message(node, list(then), value, abort))
-        elif kind == "chain":
-            steps = node["steps"]
-            self.apply(steps[0], push_chain(steps[1:], then), value, abort)
-        elif kind == "group":
-            self._group(node, list(then), value, abort, on_error="stop", kind="group")
-        elif kind == "chord":
-            then = push_chain([node["body"]], then)
-            on_error = node.get("on_error", "stop")
-            self._group(node["header"], then, value, abort, on_error=on_error, kind="chord")
-        else:
-            raise ValueError(f"unknown canvas node kind {kind!r}")
-
-    def _group(
-        self,
-        node: Node,
-        then: list[Frame],
-        value: Any,
-        abort: dict[str, str] | None,
-        *,
-        on_error: str,
-        kind: str,
-    ) -> None:
-        members = node["members"]
-        links, errbacks = node.get("link", []), node.get("link_error", [])
-        waited = bool(then or links or errbacks)  # else nothing waits for the whole group
-        if not waited or abort is not None:
-            for member in members:
-                self.apply(member, (), value, abort)
-        if not waited:
-            return
-        frame: Frame = {"join": node["id"], "n": len(members), "then": then}
-        if on_error != "stop":
-            frame["err"] = on_error
-        if kind == "group":  # a chord's frame is the default (and what older workers sent)
-            frame["kind"] = kind
-        if links:
-            frame["link"] = links
-        if errbacks:
-            frame["link_error"] = errbacks
-        if abort is not None:
-            # An earlier step failed, so no member runs (each ends FAILURE with that step's
-            # error, above) and what waits for the group fails now. Joined like results,
-            # the aborted members read "chord member 0 failed", naming the earlier step as
-            # a member, and on_error="continue" ran the body with that error as a list.
-            self._join_failed(frame, abort if kind == "group" else never_started(abort))
-            return
-        if not members:  # an empty group is complete at once
-            self._join_done(frame, [])
-            return
-        for index, member in enumerate(members):
-            self.apply(member, [{**frame, "i": index}], value, abort)
-
-    def links(self, nodes: Sequence[Node], value: Any) -> None:
-        """Apply callbacks (or errbacks) with ``value``."""
-        for node in nodes:
-            self.apply(node, (), value)
-
-    def resume(self, value: Any, then: Sequence[Frame]) -> None:
-        """Continue after a result: apply the next chain step, or record a join member."""
-        if not then:
-            return
-        frame = then[0]
-        if "chain" in frame:
-            steps = frame["chain"]
-            self.apply(steps[0], push_chain(steps[1:], then[1:]), value)
-        else:
-            self.join(frame, {"v": value})
-
-    def fail(self, error: dict[str, str], then: Sequence[Frame]) -> None:
-        """Continue after a failure: what follows ends FAILURE with ``error``, unrun."""
-        if not then:
-            return
-        frame = then[0]
-        if "chain" in frame:
-            steps = frame["chain"]
-            self.apply(steps[0], push_chain(steps[1:], then[1:]), abort=error)
-        else:
-            self.join(frame, {"e": error})
-
-    def join(self, frame: Frame, entry: dict[str, Any]) -> None:
-        """Record one member's result (``{"v": value}`` or ``{"e": error}``) in its join;
-        the member that completes the join continues with every result, in member order."""
-        broker, index, size = self.app.broker, frame["i"], frame["n"]
-        key = join_key(frame["join"])
-        count = broker.join_add(key, str(index), _encode_entry(entry), self.app.conf.result_expires)
-        stop = frame.get("err", "stop") == "stop"
-        kind = frame.get("kind", "chord")
-        if "e" in entry and stop:
-            # Fail fast: the callback will not run whatever the other members do. A member
-            # that completes the join later fails it again, under the same ids: a no-op.
-            self._join_failed(frame, chord_error(index, entry["e"], kind))
-            return
-        if count < size:
-            return
-        entries = _decode_entries(broker.join_values(key), size, frame["join"])
-        failed = next(((i, e["e"]) for i, e in enumerate(entries) if "e" in e), None)
-        if failed is not None and stop:
-            self._join_failed(frame, chord_error(*failed, kind))
-            return
-        self._join_done(frame, [public_error(e["e"]) if "e" in e else e["v"] for e in entries])
-
-    def _join_done(self, frame: Frame, values: list[Any]) -> None:
-        self.links(frame.get("link", ()), values)
-        self.resume(values, frame["then"])
-
-    def _join_failed(self, frame: Frame, error: dict[str, str]) -> None:
-        self.links(frame.get("link_error", ()), public_error(error))
-        self.fail(error, frame["then"])
-
-    def _message(
-        self, node: Node, then: list[Frame], value: Any, abort: dict[str, str] | None
-    ) -> Message:
-        name = node["task"]
-        task = self.app.tasks.get(name) or _task_elsewhere(self.app, name)
-        args = list(node.get("args", ()))
-        if value is not NOTHING and abort is None and not node.get("immutable"):
-            args.insert(0, value)
-        options = dict(node.get("options", {}))
-        if abort is not None:
-            # It will not run: settled now, not after its delay (an hour's countdown left
-            # the workflow's handle PENDING for the hour, its failure already known).
-            options.pop("countdown", None)
-            options.pop("eta", None)
-        if "expires_at" in options:
-            options["expires"] = dt.datetime.fromtimestamp(options.pop("expires_at"), dt.UTC)
-        if "route" in node and name not in self.app.tasks:
-            # This process lacks the task's code: use the queue its definition named.
-            options.setdefault("queue", node["route"])
-        message = task.message(args, node.get("kwargs") or {}, **options)
-        if value is not NOTHING and abort is None and self.parent is not None:
-            problem = self._unsendable(message)
-            if problem is not None:  # the same task, ending FAILURE with the reason
-                return self._message(node, then, NOTHING, problem)
-        data = {
-            "then": then,
-            "link": node.get("link"),
-            "link_error": node.get("link_error"),
-            "abort": abort,
-            "chunk": node.get("chunk"),
-        }
-        data = {k: v for k, v in data.items() if v}
-        if data:
-            message.options["canvas"] = data
-        if self.parent is not None:
-            message.root_id = self.parent.root_id or self.parent.id
-            message.parent_id = self.parent.id
-        return message
-
-    def _unsendable(self, message: Message) -> dict[str, str] | None:
-        # A result passed on can make the next message unsendable. Found here, that task
-        # alone fails, saying why; its own continuation and errbacks still happen.
-        limit = self.app.conf.task_payload_max_bytes
-        try:
-            size = len(encode_message(message))
-        except SerializationError as exc:
-            kind, text = "celeriac.errors.SerializationError", str(exc)
-        else:
-            if size <= limit:
-                return None
-            kind = "celeriac.errors.PayloadTooLarge"
-            text = (
-                f"cannot pass the previous result on to {message.task}: its message would be "
-                f"{size:,} bytes, over task_payload_max_bytes ({limit:,}). Store large data "
-                "elsewhere and return its id."
-            )
-        return {"id": message.id, "task": message.task, "type": kind, "message": text}
-
-
-def push_chain(steps: Sequence[Node], then: Sequence[Frame]) -> list[Frame]:
-    """``then`` with ``steps`` to run first, merged into a leading chain frame.
-
-    Example:
-        >>> a, b = {"kind": "task", "task": "a"}, {"kind": "task", "task": "b"}
-        >>> push_chain([a], [{"chain": [b]}]) == [{"chain": [a, b]}]
-        True
-    """
-    if not steps:
-        return list(then)
-    if then and "chain" in then[0]:
-        return [{"chain": [*steps, *then[0]["chain"]]}, *then[1:]]
-    return [{"chain": list(steps)}, *then]
 
 
 def error_dict(message: Message, outcome: Outcome) -> dict[str, str]:
@@ -343,110 +61,6 @@ def error_dict(message: Message, outcome: Outcome) -> dict[str, str]:
         "message": info.message,
         "traceback": info.traceback[-_TRACEBACK_CHARS:],
     }
-
-
-def public_error(error: dict[str, str]) -> dict[str, str]:
-    """The error dict handed to errbacks and put in ``on_error="continue"`` result lists.
-
-    Example:
-        >>> public_error({"id": "t1", "task": "a", "type": "T", "message": "m", "traceback": "..."})
-        {'id': 't1', 'task': 'a', 'type': 'T', 'message': 'm'}
-    """
-    return {k: v for k, v in error.items() if k != "traceback"}
-
-
-def chord_error(index: int, error: dict[str, str], kind: str = "chord") -> dict[str, str]:
-    """The error a join fails with: it names the failed member, its task id and its error
-    (a member revoked, expired or dead-lettered unrun is said to be, not to have failed).
-
-    ``kind`` is what the user wrote: a ``"chord"``, or a ``"group"`` followed by more steps.
-
-    Example:
-        >>> e = {"id": "g:3", "task": "shop.resize", "type": "builtins.ValueError",
-        ...      "message": "bad size"}
-        >>> chord_error(3, e)["message"]
-        'chord member 3 (shop.resize[g:3]) failed: builtins.ValueError: bad size'
-        >>> chord_error(3, e, "group")["message"]
-        'group member 3 (shop.resize[g:3]) failed: builtins.ValueError: bad size'
-        >>> revoked = {**e, "type": "celeriac.errors.TaskRevoked", "message": "revoked"}
-        >>> chord_error(3, revoked)["message"]
-        'chord member 3 (shop.resize[g:3]) was revoked: celeriac.errors.TaskRevoked: revoked'
-    """
-    return {
-        "id": error["id"],
-        "task": error["task"],
-        "type": "celeriac.errors.ChordError",
-        "message": (
-            f"{kind} member {index} ({error['task']}[{error['id']}]) {_what_happened(error)}: "
-            f"{error['type']}: {error['message']}"
-        ),
-        "traceback": error.get("traceback", ""),
-    }
-
-
-def never_started(error: dict[str, str]) -> dict[str, str]:
-    """The error a chord's body fails with when a step before the chord failed: it names
-    that step (task and id) and says that no member of the chord ran.
-
-    Example:
-        >>> e = {"id": "w:s0", "task": "shop.fetch", "type": "builtins.OSError",
-        ...      "message": "no route"}
-        >>> text = never_started(e)["message"]
-        >>> text.startswith("the chord never started (none of its members ran)")
-        True
-        >>> text.partition(": ")[2]
-        'an earlier step of its workflow, shop.fetch[w:s0], failed: builtins.OSError: no route'
-    """
-    return {
-        "id": error["id"],
-        "task": error["task"],
-        "type": "celeriac.errors.ChordError",
-        "message": (
-            "the chord never started (none of its members ran): an earlier step of its "
-            f"workflow, {error['task']}[{error['id']}], {_what_happened(error)}: "
-            f"{error['type']}: {error['message']}"
-        ),
-        "traceback": error.get("traceback", ""),
-    }
-
-
-def _encode_entry(entry: dict[str, Any]) -> bytes:
-    try:
-        return _encoder.encode(entry)
-    except (TypeError, msgspec.EncodeError, OverflowError) as exc:
-        # The result store turns such a value into a FAILURE; the join must agree.
-        return _encoder.encode(
-            {
-                "e": {
-                    "id": "?",
-                    "task": "?",
-                    "type": "celeriac.errors.SerializationError",
-                    "message": f"the result is not JSON-serializable ({exc})",
-                }
-            }
-        )
-
-
-def _decode_entries(values: dict[str, bytes], size: int, group_id: str) -> list[dict[str, Any]]:
-    entries: list[dict[str, Any]] = []
-    for index in range(size):
-        raw = values.get(str(index))
-        if raw is None:  # expired from the store (result_expires) before the join completed
-            gone = {"id": f"{group_id}[{index}]", "task": "?", "type": "celeriac.errors.ChordError"}
-            entries.append({"e": {**gone, "message": "its result expired before the join"}})
-        else:
-            entries.append(msgspec.json.decode(raw))
-    return entries
-
-
-def _task_elsewhere(app: Celeriac, name: str) -> Task[Any, Any]:
-    from celeriac.task import Task, TaskOptions
-
-    return Task(app, _runs_elsewhere, name, TaskOptions())
-
-
-def _runs_elsewhere(*args: Any, **kwargs: Any) -> Any:
-    raise NotRegistered("this task is only known by name here; a worker that has it runs it")
 
 
 def chunk_task(task: Task[Any, Any]) -> Task[Any, Any]:
@@ -477,15 +91,10 @@ def chunk_task(task: Task[Any, Any]) -> Task[Any, Any]:
 
 
 def _aborted(error: dict[str, str]) -> Outcome:
-    origin = f"{error['task']}[{error['id']}] {_what_happened(error)} earlier in this workflow"
+    origin = f"{error['task']}[{error['id']}] {what_happened(error)} earlier in this workflow"
     trace = f"not run: {origin}\n{error.get('traceback', '')}"
     info = ErrorInfo(type=error["type"], message=error["message"], traceback=trace)
     return Outcome("FAILURE", error=info, reason=origin)
-
-
-def _what_happened(error: dict[str, str]) -> str:
-    """How the task an error dict names ended, in words: a revoked step did not fail."""
-    return _ENDED.get(error.get("type", ""), "failed")
 
 
 def _revoked_itself(job: Job) -> Outcome | None:

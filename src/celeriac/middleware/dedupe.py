@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from celeriac.control import is_revoke_mark
 from celeriac.message import Message
 from celeriac.middleware.base import Job, Middleware, Outcome, is_seconds, option_error
-from celeriac.middleware.canvas import sending_workflow
+from celeriac.middleware.flow import sending_workflow
 
 log = logging.getLogger("celeriac.dedupe")
 

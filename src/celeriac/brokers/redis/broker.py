@@ -70,7 +70,7 @@ from celeriac.brokers.base import (
     Renew,
     WorkerInfo,
 )
-from celeriac.brokers.redis import admin, ops, store
+from celeriac.brokers.redis import admin, ops, startup, store
 from celeriac.brokers.redis.connection import AsyncClients, RedisURL
 from celeriac.brokers.redis.driver import AsyncDriver, SyncDriver
 from celeriac.brokers.redis.keys import Keyspace
@@ -122,7 +122,9 @@ class RedisBroker(Broker):
 
     async def _arun(self, plan: Plan[T], what: str) -> T:
         if not self._checked:
-            await self._async.run(ops.check_server(self._ctx, self.url.safe), "check the server")
+            await self._async.run(
+                startup.check_server(self._ctx, self.url.safe), "check the server"
+            )
             self._checked = True
         return await self._async.run(plan, what)
 
@@ -133,7 +135,7 @@ class RedisBroker(Broker):
             ConfigurationError: the server may evict keys.
             BrokerConnectionError: the server cannot be reached.
         """
-        self._sync.run(ops.check_server(self._ctx, self.url.safe), "check the server")
+        self._sync.run(startup.check_server(self._ctx, self.url.safe), "check the server")
         self._checked = True
 
     def close(self) -> None:

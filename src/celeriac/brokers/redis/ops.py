@@ -2,7 +2,7 @@
 
 A plan names the script, builds its keys and arguments, and reads its reply; the sync and
 async drivers only carry the steps to Redis. Settling, fetching and workers live here;
-results and administration in :mod:`.admin`.
+results and administration in :mod:`.admin`; the server's start-up check in :mod:`.startup`.
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ from celeriac.brokers.redis.keys import (
     is_foreign,
 )
 from celeriac.brokers.redis.scripts import SCRIPTS, ErrorCode, check
-from celeriac.brokers.redis.steps import Arg, Batch, Call, Command, OnEveryNode, Pause, Plan
-from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError, MessageError
+from celeriac.brokers.redis.steps import Arg, Batch, Call, Command, Pause, Plan
+from celeriac.errors import BrokerError, MessageError
 
 log = logging.getLogger("celeriac.brokers.redis")
 
 MAX_BLOCK = 5.0  # seconds one BLPOP may block; well under the socket timeout
 POLL = 0.05  # seconds per wake list when several queues cannot share one BLPOP (Cluster)
-MIN_REDIS = 7  # major version the scripts need (LMPOP)
 SEND_CHUNK = 500  # messages per send script call
 # Seconds a process trusts that Redis still holds the queue names it registered: a Redis
 # restarted without persistence (or flushed) lost them, and then `celeriac status` and
@@ -546,98 +545,3 @@ def reap(ctx: Context) -> Plan[int]:
     if dead:
         yield Call(SCRIPTS.drop_workers, (ctx.keys.workers_alive, ctx.keys.workers_info), dead)
     return released
-
-
-# -- start-up ----------------------------------------------------------------------------
-
-
-def check_server(ctx: Context, url: str) -> Plan[None]:
-    """Refuse Redis before 7.0 and an evicting ``maxmemory-policy``; warn when persistence
-    is off. A server that refuses INFO or CONFIG (managed services) gets a warning.
-
-    The warnings go to the ``celeriac.brokers.redis.startup`` logger, once per process
-    tree: a worker or beat says them when it starts; the CLI's one-shot commands (status,
-    result, dlq list...) raise that logger's level so that they do not repeat them.
-
-    Raises:
-        ConfigurationError: the server is too old, or eviction could delete queued tasks.
-    """
-    # A command every server runs: a refused handshake (wrong password, a database number
-    # the server does not have) is an error here, not mistaken below for a disabled CONFIG.
-    yield OnEveryNode(Command(("PING",)))
-    servers = yield from _ask(Command(("INFO", "server")), url)
-    for server in servers or []:
-        version = str(server.get("redis_version", "0")) if isinstance(server, dict) else "0"
-        if int(version.split(".")[0]) < MIN_REDIS:
-            raise ConfigurationError(
-                f"Redis at {url} is version {version}; celeriac needs Redis {MIN_REDIS}.0 or "
-                "newer (its scripts use LMPOP and other Redis 7 commands)."
-            )
-    settings: dict[bytes, list[bytes]] = {}
-    for name in (b"maxmemory-policy", b"save", b"appendonly"):
-        replies = yield from _ask(Command(("CONFIG", "GET", name)), url)
-        if replies is None:
-            return
-        settings[name] = [_config_value(reply, name) for reply in replies]
-    evicting = sorted({p.decode() for p in settings[b"maxmemory-policy"]} - {"noeviction"})
-    if evicting:
-        raise ConfigurationError(
-            f"Redis at {url} uses maxmemory-policy {', '.join(evicting)}: under memory "
-            "pressure it would delete queued tasks. Set `maxmemory-policy noeviction` (in "
-            "redis.conf, or CONFIG SET maxmemory-policy noeviction) before using it as a "
-            "celeriac broker."
-        )
-    no_rdb = all(not save.strip() for save in settings[b"save"])
-    no_aof = all(aof == b"no" for aof in settings[b"appendonly"])
-    if no_rdb and no_aof:
-        _warn_once(
-            "Redis at %s has persistence off (no AOF, no RDB save points): a restart "
-            "loses every queued task. Set `appendonly yes` for a durable broker.",
-            url,
-        )
-
-
-#: Start-up warnings already logged by this process or the one it was forked from: a
-#: worker's children check the server again (one may start hours later), but repeating the
-#: supervisor's warning once per child only buries it.
-_warned: set[tuple[str, ...]] = set()
-
-
-#: Where the start-up check's warnings go (see check_server): a logger of their own, so a
-#: one-shot command can leave them to the long-lived processes and keep every other one.
-startup_log = logging.getLogger("celeriac.brokers.redis.startup")
-
-
-def _warn_once(message: str, *args: str) -> None:
-    """Log a start-up warning unless this process tree already logged it."""
-    key = (message, *args)
-    if key not in _warned and startup_log.isEnabledFor(logging.WARNING):
-        _warned.add(key)  # only once said: a quiet one-shot caller leaves it to the next
-        startup_log.warning(message, *args)
-
-
-def _ask(command: Command, url: str) -> Plan[list[Any] | None]:
-    """Run a command on every node; None (and a warning) when the server refuses it."""
-    try:
-        replies: list[Any] = yield OnEveryNode(command)
-    except BrokerConnectionError:
-        raise
-    except BrokerError as exc:
-        _warn_once(
-            "cannot run %s on Redis at %s (disabled, as on many managed services): check "
-            "yourself that it is Redis 7 or newer, that maxmemory-policy is noeviction and "
-            "that persistence is on. (%s)",
-            " ".join(str(a) for a in command.args[:2]),
-            url,
-            str(exc),
-        )
-        return None
-    return replies
-
-
-def _config_value(reply: Any, name: bytes) -> bytes:
-    if isinstance(reply, dict):
-        value = reply.get(name, reply.get(name.decode(), b""))
-    else:  # a flat [name, value] list
-        value = reply[1] if len(reply) > 1 else b""
-    return value.encode() if isinstance(value, str) else bytes(value or b"")

@@ -1,0 +1,106 @@
+"""The start-up check of a Redis server, as a plan (see :mod:`.steps`): its version, its
+eviction policy and its persistence, said once per process tree.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celeriac.brokers.redis.ops import Context
+from celeriac.brokers.redis.steps import Command, OnEveryNode, Plan
+from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
+
+MIN_REDIS = 7  # major version the scripts need (LMPOP)
+
+
+def check_server(ctx: Context, url: str) -> Plan[None]:
+    """Refuse Redis before 7.0 and an evicting ``maxmemory-policy``; warn when persistence
+    is off. A server that refuses INFO or CONFIG (managed services) gets a warning.
+
+    The warnings go to the ``celeriac.brokers.redis.startup`` logger, once per process
+    tree: a worker or beat says them when it starts; the CLI's one-shot commands (status,
+    result, dlq list...) raise that logger's level so that they do not repeat them.
+
+    Raises:
+        ConfigurationError: the server is too old, or eviction could delete queued tasks.
+    """
+    # A command every server runs: a refused handshake (wrong password, a database number
+    # the server does not have) is an error here, not mistaken below for a disabled CONFIG.
+    yield OnEveryNode(Command(("PING",)))
+    servers = yield from _ask(Command(("INFO", "server")), url)
+    for server in servers or []:
+        version = str(server.get("redis_version", "0")) if isinstance(server, dict) else "0"
+        if int(version.split(".")[0]) < MIN_REDIS:
+            raise ConfigurationError(
+                f"Redis at {url} is version {version}; celeriac needs Redis {MIN_REDIS}.0 or "
+                "newer (its scripts use LMPOP and other Redis 7 commands)."
+            )
+    settings: dict[bytes, list[bytes]] = {}
+    for name in (b"maxmemory-policy", b"save", b"appendonly"):
+        replies = yield from _ask(Command(("CONFIG", "GET", name)), url)
+        if replies is None:
+            return
+        settings[name] = [_config_value(reply, name) for reply in replies]
+    evicting = sorted({p.decode() for p in settings[b"maxmemory-policy"]} - {"noeviction"})
+    if evicting:
+        raise ConfigurationError(
+            f"Redis at {url} uses maxmemory-policy {', '.join(evicting)}: under memory "
+            "pressure it would delete queued tasks. Set `maxmemory-policy noeviction` (in "
+            "redis.conf, or CONFIG SET maxmemory-policy noeviction) before using it as a "
+            "celeriac broker."
+        )
+    no_rdb = all(not save.strip() for save in settings[b"save"])
+    no_aof = all(aof == b"no" for aof in settings[b"appendonly"])
+    if no_rdb and no_aof:
+        _warn_once(
+            "Redis at %s has persistence off (no AOF, no RDB save points): a restart "
+            "loses every queued task. Set `appendonly yes` for a durable broker.",
+            url,
+        )
+
+
+#: Start-up warnings already logged by this process or the one it was forked from: a
+#: worker's children check the server again (one may start hours later), but repeating the
+#: supervisor's warning once per child only buries it.
+_warned: set[tuple[str, ...]] = set()
+
+
+#: Where the start-up check's warnings go (see check_server): a logger of their own, so a
+#: one-shot command can leave them to the long-lived processes and keep every other one.
+startup_log = logging.getLogger("celeriac.brokers.redis.startup")
+
+
+def _warn_once(message: str, *args: str) -> None:
+    """Log a start-up warning unless this process tree already logged it."""
+    key = (message, *args)
+    if key not in _warned and startup_log.isEnabledFor(logging.WARNING):
+        _warned.add(key)  # only once said: a quiet one-shot caller leaves it to the next
+        startup_log.warning(message, *args)
+
+
+def _ask(command: Command, url: str) -> Plan[list[Any] | None]:
+    """Run a command on every node; None (and a warning) when the server refuses it."""
+    try:
+        replies: list[Any] = yield OnEveryNode(command)
+    except BrokerConnectionError:
+        raise
+    except BrokerError as exc:
+        _warn_once(
+            "cannot run %s on Redis at %s (disabled, as on many managed services): check "
+            "yourself that it is Redis 7 or newer, that maxmemory-policy is noeviction and "
+            "that persistence is on. (%s)",
+            " ".join(str(a) for a in command.args[:2]),
+            url,
+            str(exc),
+        )
+        return None
+    return replies
+
+
+def _config_value(reply: Any, name: bytes) -> bytes:
+    if isinstance(reply, dict):
+        value = reply.get(name, reply.get(name.decode(), b""))
+    else:  # a flat [name, value] list
+        value = reply[1] if len(reply) > 1 else b""
+    return value.encode() if isinstance(value, str) else bytes(value or b"")
