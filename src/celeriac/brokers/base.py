@@ -30,24 +30,33 @@ At-least-once, never lost, at most one committed result:
 
 Every method may raise :class:`~celeriac.errors.BrokerConnectionError`; driver errors are
 translated at this boundary. Each operation has a sync face and an ``a``-prefixed async
-face; brokers without a native async driver run the sync one in a thread.
+face; brokers without a native async driver run the sync one in a thread of a small pool
+of their own, and share one poller per event loop among every async result wait.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import contextvars
 import enum
+import functools
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 import msgspec
 
-# Seconds one thread blocks per step of an async result wait: a cancelled wait frees its
-# thread within this. Waking 4 times a second costs nothing beside the wait's own watch.
-_ASYNC_WAIT_STEP = 0.25
+from celeriac.brokers.async_waits import AsyncSide
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+# Seconds between reads of the waited ids by a broker that cannot tell when to read again.
+_POLL_STEP = 0.02
 
 # Outgoing, Lease and Delivery are made once per message sent or taken: immutable structs
 # built in C (a frozen dataclass's __init__ costs ~8,000 instructions, 10% of a batch
@@ -547,28 +556,64 @@ class Broker(abc.ABC):
         """Release async connections (they belong to one event loop)."""
 
     # -- async faces --------------------------------------------------------------------
+    # Without a native async driver, the sync call runs in the broker's own small pool
+    # (:class:`AsyncSide`), never in the loop's default executor: that one is the app's
+    # (its own ``asyncio.to_thread``), and ``asyncio.run()`` waits for it at shutdown.
+
+    async def _in_thread(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``fn(*args, **kwargs)`` in a thread of this broker's pool, in this context."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(AsyncSide.of(self).pool, call)
 
     async def asend(self, messages: Sequence[Outgoing]) -> list[bool]:
         """Async face of :meth:`send`."""
-        return await asyncio.to_thread(self.send, messages)
+        return await self._in_thread(self.send, messages)
 
     async def aget_result(self, task_id: str) -> tuple[bytes, bool] | None:
         """Async face of :meth:`get_result`."""
-        return await asyncio.to_thread(self.get_result, task_id)
+        return await self._in_thread(self.get_result, task_id)
 
     async def aget_results(self, task_ids: Sequence[str]) -> list[tuple[bytes, bool] | None]:
         """Async face of :meth:`get_results`."""
-        return await asyncio.to_thread(self.get_results, task_ids)
+        return await self._in_thread(self.get_results, task_ids)
+
+    def wait_results(
+        self, task_ids: Sequence[str], timeout: float, wake: threading.Event
+    ) -> dict[str, bytes]:
+        """Block until one of ``task_ids`` has a final result, ``timeout`` passes or
+        ``wake`` is set; return the final results found, by id (maybe none).
+
+        One call serves every :meth:`await_result` of an event loop. By default it reads
+        them all (:meth:`get_results`) every ``_POLL_STEP`` seconds; a broker that learns
+        of commits cheaply overrides it to read only after one (SQLite).
+
+        Example:
+            >>> import threading
+            >>> from celeriac.brokers.memory import MemoryBroker
+            >>> broker = MemoryBroker()
+            >>> broker.mark_revoked(["a"], b"{}", 60)
+            [True]
+            >>> broker.wait_results(["a", "never-sent"], 1, threading.Event())
+            {'a': b'{}'}
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            stored = self.get_results(task_ids)
+            found = {i: s[0] for i, s in zip(task_ids, stored, strict=True) if s and s[1]}
+            remaining = deadline - time.monotonic()
+            if found or remaining <= 0 or wake.wait(min(remaining, _POLL_STEP)):
+                return found
 
     async def await_result(self, task_id: str, timeout: float) -> bytes | None:
         """Async face of :meth:`wait_result`, cancellable.
 
-        The blocking wait runs in steps of at most ``_ASYNC_WAIT_STEP`` seconds, each in a
-        thread of the default executor, so a cancelled wait frees its thread within one
-        step. A thread blocked for the whole timeout would outlive the cancellation, and
-        enough of them fill the executor: every later ``asyncio.to_thread`` and the
-        shutdown of ``asyncio.run()`` would wait for them. Brokers with a native async wait
-        (Redis) override this.
+        All the waits of one event loop on this broker share one poller task
+        (:class:`ResultPoll`): it reads every id waited on at once, in one thread of its
+        own (:meth:`wait_results`), and wakes each waiter whose result is final. A wait per
+        default-executor thread (0.25 s steps) made 300 ``aget()`` calls queue the app's
+        own ``asyncio.to_thread`` calls for 12 s. A cancelled wait leaves at once; the
+        poller stops when no wait is left. Redis (a native async wait) and memory (the
+        commit wakes the loop) override this.
 
         Example:
             >>> import asyncio
@@ -576,13 +621,19 @@ class Broker(abc.ABC):
             >>> asyncio.run(MemoryBroker().await_result("never-sent", 0.1)) is None
             True
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            step = min(max(deadline - time.monotonic(), 0.0), _ASYNC_WAIT_STEP)
-            raw = await asyncio.to_thread(self.wait_result, task_id, step)
-            if raw is not None or time.monotonic() >= deadline:
-                return raw
+        poll = AsyncSide.of(self).poll(self, asyncio.get_running_loop())
+        waiter = poll.add(task_id)
+        try:
+            await asyncio.wait({waiter}, timeout=timeout)
+        finally:
+            poll.discard(task_id, waiter)
+        if waiter.done():
+            return waiter.result()
+        # A last look: the poller may not have read an id that was final all along
+        # (``await_result(id, 0)`` of a finished task), or one committed just now.
+        stored = await self.aget_result(task_id)
+        return stored[0] if stored is not None and stored[1] else None
 
     async def astore_result(self, task_id: str, result: bytes, ttl: float) -> None:
         """Async face of :meth:`store_result`."""
-        await asyncio.to_thread(self.store_result, task_id, result, ttl)
+        await self._in_thread(self.store_result, task_id, result, ttl)

@@ -7,6 +7,8 @@ Only threads of the process that created it can reach it: a worker process canno
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import heapq
 import itertools
 import math
@@ -44,6 +46,15 @@ class _Entry:
     lease_deadline: float = 0.0
 
 
+#: An async result waiter: its event loop and the future the final result is set on.
+_AsyncWait = tuple[asyncio.AbstractEventLoop, "asyncio.Future[bytes]"]
+
+
+def _settle(waiter: asyncio.Future[bytes], result: bytes) -> None:
+    if not waiter.done():  # its wait may have timed out or been cancelled meanwhile
+        waiter.set_result(result)
+
+
 class MemoryBroker(Broker):
     """The in-process broker. ``Celeriac(broker="memory://")`` gives one.
 
@@ -76,6 +87,8 @@ class MemoryBroker(Broker):
         self._limiters: dict[str, float] = {}  # theoretical arrival time of the next slot
         self._admitted: dict[str, list[float]] = {}  # newest admissions, oldest first
         self._streams: dict[str, tuple[int, list[tuple[int, bytes]]]] = {}
+        # Async result waiters by id: a final result wakes their loop itself, no thread.
+        self._async_waits: dict[str, list[_AsyncWait]] = {}
 
     # -- producing ----------------------------------------------------------------------
 
@@ -115,6 +128,14 @@ class MemoryBroker(Broker):
     def _store_final(self, task_id: str, result: bytes, ttl: float) -> None:
         self._results[task_id] = (result, True, time.time() + ttl)
         self._marks.discard(task_id)
+        self._wake_async(task_id, result)
+
+    def _wake_async(self, task_id: str, result: bytes) -> None:
+        """Hand a final result to the async waiters on ``task_id`` (under the lock)."""
+        for loop, waiter in self._async_waits.pop(task_id, ()):
+            # RuntimeError: the waiter's loop was closed without ending the wait.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, waiter, result)
 
     # -- consuming ----------------------------------------------------------------------
 
@@ -341,6 +362,40 @@ class MemoryBroker(Broker):
                     return None
                 self._lock.wait(remaining)
 
+    def _final_result(self, task_id: str) -> bytes | None:
+        stored = self._results.get(task_id)
+        return stored[0] if stored is not None and stored[1] and stored[2] > time.time() else None
+
+    async def await_result(self, task_id: str, timeout: float) -> bytes | None:
+        """Async face of :meth:`wait_result`: the commit wakes the waiting loop itself
+        (``call_soon_threadsafe``), so a wait holds no thread at all.
+
+        Example:
+            >>> import asyncio
+            >>> asyncio.run(MemoryBroker().await_result("never-sent", 0.01)) is None
+            True
+        """
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bytes] = loop.create_future()
+        with self._lock:
+            found = self._final_result(task_id)
+            if found is not None:
+                return found
+            self._async_waits.setdefault(task_id, []).append((loop, waiter))
+        try:
+            await asyncio.wait({waiter}, timeout=timeout)
+        finally:
+            with self._lock:
+                waits = self._async_waits.get(task_id, [])
+                with contextlib.suppress(ValueError):  # already popped by the commit
+                    waits.remove((loop, waiter))
+                if not waits:
+                    self._async_waits.pop(task_id, None)
+        if waiter.done():
+            return waiter.result()
+        with self._lock:  # a commit whose wake-up had not run yet when the time was up
+            return self._final_result(task_id)
+
     def forget_result(self, task_id: str) -> None:
         """Delete a stored result."""
         with self._lock:
@@ -364,6 +419,7 @@ class MemoryBroker(Broker):
                 if fresh:
                     self._results[task_id] = (result, True, now + ttl)
                     self._marks.add(task_id)
+                    self._wake_async(task_id, result)
                 marked.append(fresh)
             self._lock.notify_all()
         return marked

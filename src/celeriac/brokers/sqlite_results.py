@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -77,6 +78,23 @@ class SQLiteResults:
                 return None
             while time.monotonic() < deadline and not self._changed():
                 time.sleep(WAIT_STEP)
+
+    def wait_results(
+        self, task_ids: Sequence[str], timeout: float, wake: threading.Event
+    ) -> dict[str, bytes]:
+        """Block until one of ``task_ids`` has a final result, ``timeout`` passes or
+        ``wake`` is set; the final results found, by id. Reads them again only after a
+        commit (by any process) on the file: one query per 500 ids, not one per id."""
+        deadline = time.monotonic() + timeout
+        self._changed()
+        while True:
+            stored = self.get_results(task_ids)
+            found = {i: s[0] for i, s in zip(task_ids, stored, strict=True) if s and s[1]}
+            if found or time.monotonic() >= deadline:
+                return found
+            while time.monotonic() < deadline and not self._changed():
+                if wake.wait(WAIT_STEP):
+                    return found
 
     def forget_result(self, task_id: str) -> None:
         """Delete a stored result."""
