@@ -92,7 +92,7 @@ def _clocked() -> Iterator[None]:
     """Clocks on the wire's sockets and on the child's steps before a task starts."""
     from celeriac.brokers.redis import wire
     from celeriac.worker.child import Child
-    from celeriac.worker.executor import Executor
+    from celeriac.worker.reading import Reading
 
     def link_init(original: Any) -> Any:
         def init(self: Any, conn: Any) -> None:
@@ -104,7 +104,8 @@ def _clocked() -> Iterator[None]:
     with (
         _patched(wire._Link, "__init__", link_init),
         _patched(Child, "_fetch", _marking("fetched")),
-        _patched(Executor, "prepare", _marking("prepared")),
+        # Where prepare is defined (the executor's mixin): _patched restores it there.
+        _patched(Reading, "prepare", _marking("prepared")),
         _patched(Child, "_publish", _marking("published")),
     ):
         yield

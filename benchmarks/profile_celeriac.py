@@ -53,7 +53,7 @@ from benchmarks.redis_server import redis_server
 
 if TYPE_CHECKING:
     from celeriac.brokers.base import Delivery
-    from celeriac.worker.child import Batch
+    from celeriac.worker.batch import Batch
 
 #: Component of a function, by the first matching fragment of "file:function".
 COMPONENTS: list[tuple[str, str]] = [
@@ -75,6 +75,7 @@ COMPONENTS: list[tuple[str, str]] = [
     ("celeriac/worker/reading.py", "executor: prepare, call, settle, log"),
     ("celeriac/worker/", "child: consume loop"),
     ("celeriac/task.py", "task.py: Message and Request objects"),
+    ("celeriac/options.py", "task.py: Message and Request objects"),
     ("celeriac/app.py", "app.py: publish, the broker property"),
     ("celeriac/result.py", "producer: result handle"),
     ("uuid", "task.py: Message and Request objects"),

@@ -52,17 +52,12 @@ from celeriac.message import ErrorInfo, peek_identity, storable_text
 from celeriac.middleware.base import Job, Outcome
 from celeriac.task import Request, _current
 from celeriac.text import printable
-from celeriac.worker.child import (
-    EXIT_RECYCLE,
-    Batch,
-    Child,
-    ChildSpec,
-    current_rss,
-    thread_soft_limit,
-)
+from celeriac.worker.batch import Batch
+from celeriac.worker.child import EXIT_RECYCLE, Child, ChildSpec, current_rss
 from celeriac.worker.executor import Executor, outcome_for
 from celeriac.worker.reading import error_info
 from celeriac.worker.slot import Held, Slot
+from celeriac.worker.soft_limits import thread_soft_limit
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac

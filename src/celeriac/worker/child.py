@@ -15,12 +15,14 @@ Pools:
   call returns. A hard limit can only stop the whole child: its other running tasks are
   delivered again.
 * ``asyncio``: see :mod:`celeriac.worker.aio`.
+
+Batching of short tasks is in :mod:`celeriac.worker.batch`, the soft-limit machinery of
+both pools in :mod:`celeriac.worker.soft_limits`.
 """
 
 from __future__ import annotations
 
 import _thread
-import contextlib
 import ctypes
 import logging
 import math
@@ -28,7 +30,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -37,14 +39,16 @@ import msgspec
 
 from celeriac import crashpoints, pid
 from celeriac.brokers.base import Delivery, Lease
-from celeriac.errors import BrokerError, SoftTimeLimitExceeded, TaskRevoked, TimeLimitExceeded
+from celeriac.errors import BrokerError, TaskRevoked, TimeLimitExceeded
 from celeriac.middleware.base import Job, Outcome
 from celeriac.middleware.verdicts import Verdict, verdict_key
+from celeriac.worker.batch import Batch
 from celeriac.worker.executor import FINAL, Executor, FetchSpec
 from celeriac.worker.memory import Ceiling
 from celeriac.worker.outage import Outage
 from celeriac.worker.reading import error_info
 from celeriac.worker.slot import Held, Slot
+from celeriac.worker.soft_limits import SoftAlarm, thread_soft_limit
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -84,94 +88,6 @@ def current_rss() -> int:
     if _statm is None or _statm[0] != this:
         _statm = (this, os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
     return int(os.pread(_statm[1], 64, 0).split()[1]) * _PAGE
-
-
-class Batch:
-    """Finished tasks whose commits wait to go to the broker together, and how long tasks
-    take: one consumer's batching state.
-
-    Short tasks are taken and committed many per broker call: a no-op costs a fraction of
-    a round trip, so one call per task would make the round trip the whole cost. A batch
-    is sized so that it runs in about ``window`` seconds, from the recent run times of each
-    task, so a commit (the result a caller waits for) is late by at most about that much;
-    a task that is slow, or not yet timed, commits what waits before it starts and then
-    goes alone. With ``most`` = 1 there is no batching at all.
-    """
-
-    def __init__(self, most: int, window: float) -> None:
-        self.most = max(most, 1)
-        self.window = window
-        self.finished: list[tuple[Job, Outcome]] = []
-        self.held: list[Held] = []  # the finished tasks' leases, still held until committed
-        self.since = 0.0  # monotonic time the oldest waiting commit was added
-        self.average = math.inf  # recent run time of any task (seconds, moving average)
-        self.by_task: dict[str, float] = {}  # the same per task name
-        self._waiting: list[Held] = []  # slot records of the messages fetched last
-
-    def __bool__(self) -> bool:
-        return bool(self.finished)
-
-    def size(self) -> int:
-        """How many messages to take per fetch: enough to fill the window, at least 1."""
-        if self.most == 1 or self.average == math.inf:
-            return 1
-        return max(1, min(self.most, int(self.window / max(self.average, 1e-6))))
-
-    def timed(self, task: str, runtime: float) -> None:
-        """Record a task's run time (exponential moving average, a fifth per run)."""
-        self.average = runtime if self.average == math.inf else 0.8 * self.average + 0.2 * runtime
-        known = self.by_task.get(task)
-        self.by_task[task] = runtime if known is None else 0.8 * known + 0.2 * runtime
-
-    def admits(self, task: str) -> bool:
-        """Whether ``task`` may run before the waiting commits go: it is known to be short
-        and the oldest commit has not waited a window yet."""
-        if not self.finished:
-            return True
-        known = self.by_task.get(task)
-        return (
-            known is not None
-            and known < self.window / 2
-            and time.monotonic() - self.since < self.window
-        )
-
-    def add(self, job: Job, outcome: Outcome) -> None:
-        """Keep a finished task's commit for the next broker call."""
-        if not self.finished:
-            self.since = time.monotonic()
-        self.finished.append((job, outcome))
-        d = job.delivery
-        task = job.message.task if job.message else ""
-        self.held.append(Held(d.id, d.queue, d.lease.token, task, started=time.time()))
-
-    def full(self) -> bool:
-        """Whether the waiting commits must go now."""
-        return len(self.finished) >= self.size() or time.monotonic() - self.since >= self.window
-
-    def waiting(self, pending: list[Delivery]) -> list[Held]:
-        """The slot records of prefetched messages, each made once per fetch.
-
-        This runs per task. Between two fetches ``pending`` only loses messages from its
-        front (a child fetches only when it holds nothing else), so it is a tail of the
-        list last made: that tail is returned, checked by the tokens at both of its ends
-        (unique per hand-out), instead of a record looked up per message per task.
-        """
-        made, n = self._waiting, len(pending)
-        if not n:
-            return []
-        if (
-            n <= len(made)
-            and made[-n].token == pending[0].lease.token
-            and made[-1].token == pending[-1].lease.token
-        ):
-            return made[-n:]
-        made = self._waiting = [Held(d.id, d.queue, d.lease.token) for d in pending]
-        return made
-
-    def take(self) -> list[tuple[Job, Outcome]]:
-        """The waiting commits, and forget them."""
-        finished, self.finished, self.held = self.finished, [], []
-        return finished
 
 
 class Child:
@@ -612,105 +528,6 @@ class ThreadsChild(Child):
             self.stopping = True
 
 
-class SoftAlarm:
-    """The process pool's soft limit: SIGALRM, raised only while the task's own code runs.
-
-    The executor runs the task's function inside ``with alarm(soft):``. Outside that block
-    (middleware, broker calls, between tasks) the signal raises nothing: an exception there
-    would be swallowed by a middleware hook (a chain's next step never sent) or break a
-    broker call, and an alarm spent there would leave the task without its limit. Such an
-    alarm is dropped, and the next task's block arms its own. It is raised once per task.
-
-    The alarm is armed lazily: two setitimer calls per task were ~2% of a no-op's CPU. An
-    alarm armed for an earlier task is left running when it would fire no later than this
-    task's deadline; when it fires early, :meth:`on_signal` re-arms it for what is left.
-
-    Example:
-        >>> alarm = SoftAlarm()
-        >>> with alarm(math.inf):  # no soft limit: nothing is armed
-        ...     pass
-        >>> alarm.alarm_at, alarm.in_task
-        (0.0, False)
-    """
-
-    __slots__ = ("alarm_at", "deadline", "in_task", "seconds")
-
-    def __init__(self) -> None:
-        self.in_task = False  # the task's own code is running: the limit may be raised
-        self.seconds = math.inf  # the running task's soft limit, for the error message
-        self.deadline = math.inf  # monotonic time the running task's soft limit ends
-        self.alarm_at = 0.0  # monotonic time the armed SIGALRM fires; 0: none armed
-
-    def __call__(self, soft: float) -> contextlib.AbstractContextManager[object]:
-        """The block to run the task's code in, under a soft limit of ``soft`` seconds."""
-        if soft == math.inf:
-            return _NO_LIMIT
-        self.seconds = soft
-        return self
-
-    def __enter__(self) -> None:
-        self.deadline = time.monotonic() + self.seconds
-        # in_task before the check: an alarm firing in between re-arms for this task.
-        self.in_task = True
-        if not self.alarm_at or self.alarm_at > self.deadline:
-            self.alarm_at = self.deadline
-            signal.setitimer(signal.ITIMER_REAL, self.seconds)
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.in_task = False
-
-    def on_signal(self, signum: int, frame: FrameType | None) -> None:
-        """SIGALRM: raise SoftTimeLimitExceeded if the running task's code is past its limit."""
-        self.alarm_at = 0.0
-        if not self.in_task:
-            return  # not inside a task's code: an earlier task's alarm, or too late
-        left = self.deadline - time.monotonic()
-        if left > _ALARM_SLACK:  # armed for an earlier task: wait for this one's deadline
-            self.alarm_at = self.deadline
-            signal.setitimer(signal.ITIMER_REAL, left)
-            return
-        self.in_task = False  # once: the task's own cleanup is not interrupted again
-        raise SoftTimeLimitExceeded(
-            f"the task ran past its soft time limit ({self.seconds:g}s); it may catch "
-            "SoftTimeLimitExceeded to clean up, or take a larger soft_time_limit"
-        )
-
-
-_NO_LIMIT = contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def thread_soft_limit(soft: float) -> Iterator[None]:
-    """Raise SoftTimeLimitExceeded in this thread if the block runs longer than ``soft``."""
-    if soft == math.inf:
-        yield
-        return
-    thread_id, lock, armed = threading.get_ident(), threading.Lock(), [True]
-
-    def fire() -> None:
-        with lock:
-            if armed[0]:
-                _set_async_exc(thread_id, SoftTimeLimitExceeded)
-
-    timer = threading.Timer(soft, fire)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        with lock:
-            armed[0] = False
-        timer.cancel()
-        _set_async_exc(thread_id, None)  # a limit that fired as the block ended must not land
-
-
-def _set_async_exc(thread_id: int, exc_type: type[BaseException] | None) -> None:
-    """Raise ``exc_type`` in another thread at its next Python instruction (None: clear)."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type) if exc_type else None
-    )
-
-
 def killed_verdict(held: Held, state: str) -> bytes:
     """The verdict recorded for a task stopped from outside its child: FAILURE (past its
     hard limit) or REVOKED (revoked with terminate). Its next delivery is settled with it.
@@ -746,9 +563,6 @@ STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.
 #: commit of a task that ran): enough for a broker restart or a failover to finish, short
 #: enough that stopping a worker during an outage is prompt (it waited a whole lease, 30 s).
 STOP_PATIENCE = 3.0
-#: A SIGALRM this close to the running task's soft deadline is its soft limit: the timer
-#: and time.monotonic() differ by microseconds, and a task is never given more than this.
-_ALARM_SLACK = 0.001
 
 
 def child_main(app: Celeriac, spec: ChildSpec, slot: Slot) -> None:

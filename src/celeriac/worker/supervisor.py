@@ -14,6 +14,11 @@ It starts N children (each a full consumer), then loops a few times a second:
 Shutdown: the first SIGTERM/SIGINT/SIGHUP is warm (children finish their running task and give
 back what they prefetched); a second, or SIGQUIT (Ctrl-\\), is cold (children are killed
 and everything they held is given back at once). Either way nothing is lost.
+
+Two parts live in their own modules, as mixins of :class:`Worker`: its broker duties
+(heartbeats, lease renewal, the reaper, remote-control answers) in
+:mod:`celeriac.worker.broker_duties`, and what it does once a child has exited in
+:mod:`celeriac.worker.reaping`.
 """
 
 from __future__ import annotations
@@ -28,26 +33,24 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from celeriac.brokers import redacted
-from celeriac.brokers.base import Lease, WorkerInfo
 from celeriac.errors import BrokerError, ConfigurationError
-from celeriac.middleware.verdicts import verdict_key
+from celeriac.worker.broker_duties import BrokerDuties
 from celeriac.worker.child import (
     STOP_PATIENCE,
     STOP_SIGNALS,
     ChildSpec,
     child_main,
     current_rss,
-    killed_verdict,
 )
 from celeriac.worker.memory import Ceiling, choose_ceiling, memory_limit
 from celeriac.worker.outage import Outage
+from celeriac.worker.reaping import ChildState, Reaping
 from celeriac.worker.remote import Remote
-from celeriac.worker.slot import Held, Slot, SlotView, hand_mark
+from celeriac.worker.slot import Held, Slot, SlotView
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -58,21 +61,7 @@ _TICK = 0.05  # seconds between supervisor checks
 POOLS = ("process", "threads", "asyncio")
 
 
-@dataclass(slots=True)
-class _ChildState:
-    index: int
-    slot: Slot
-    pid: int = 0
-    started: float = 0.0
-    last_view: SlotView = field(default_factory=lambda: SlotView([], 0))
-    killed_for: tuple[Held, str] | None = None  # the task we killed it for, and why
-    crashes: int = 0
-    consumer: str = ""  # lease holder id of the current process in this place
-    generation: int = 0
-    respawn_at: float = 0.0  # monotonic time a crash-looping place gets its next child
-
-
-class Worker:
+class Worker(Reaping, BrokerDuties):
     """A supervisor and its children.
 
     Example:
@@ -106,7 +95,7 @@ class Worker:
         # The process pool has one child per slot; the others run every slot in one child.
         processes = concurrency if pool == "process" else 1
         hands = 1 if pool == "process" else concurrency  # one per consumer of a child
-        self._children = [_ChildState(i, Slot(hands=hands)) for i in range(processes)]
+        self._children = [ChildState(i, Slot(hands=hands)) for i in range(processes)]
         self._stop_requests = 0
         self._said_failed: dict[str, float] = {}  # what _quietly said failed, and when
         # What a shutdown could not do for want of the broker, said once when it stops;
@@ -258,7 +247,7 @@ class Worker:
         while a broker call waits, and a task started since the last one is running)."""
         return [h for c in self._children if c.pid for h in c.slot.read().held if h.started]
 
-    def _spawn(self, child: _ChildState) -> None:
+    def _spawn(self, child: ChildState) -> None:
         child.slot.clear()
         child.last_view = SlotView([], 0)
         child.killed_for = None
@@ -326,32 +315,9 @@ class Worker:
         if self.remote.shutdown_requested and self._stop_requests == 0:
             self._stop_requests = 1
 
-    def _broker_duties(self, now: float) -> None:
-        """What keeps this worker's tasks its own, first; the rest when there is time.
+    # -- hard limits --------------------------------------------------------------------
 
-        Every call is a round trip, and on a slow link a pass can take seconds: heartbeats
-        (one call for the supervisor and all children) and lease renewals come first, so
-        they stay on time; remote control and the reaper of other hosts wait for a pass
-        that has time to spare.
-        """
-        conf = self.app.conf
-        started = time.monotonic()
-        if now - self._last_beat >= conf.worker_heartbeat_seconds:
-            self._heartbeat()
-            self._last_beat = now
-        if now - self._last_renew >= conf.worker_lease_seconds / 3:
-            self._renew_leases()
-            self._last_renew = now
-        if time.monotonic() - started > conf.worker_heartbeat_seconds / 2:
-            return
-        self.remote.poll()
-        if now - self._last_reap >= max(conf.worker_heartbeat_seconds, 2.0):
-            self.app.broker.reap()
-            self._last_reap = now
-
-    # -- children -----------------------------------------------------------------------
-
-    def _enforce_limits(self, child: _ChildState, view: SlotView, now: float) -> None:
+    def _enforce_limits(self, child: ChildState, view: SlotView, now: float) -> None:
         if not child.pid or child.killed_for is not None:
             return
         for running in (h for h in view.held if h.started):
@@ -377,222 +343,9 @@ class Worker:
                 self._kill_for(child, running, "FAILURE")
                 return
 
-    def _kill_for(self, child: _ChildState, running: Held, state: str) -> None:
+    def _kill_for(self, child: ChildState, running: Held, state: str) -> None:
         child.killed_for = (running, state)
         _signal(child.pid, signal.SIGKILL)
-
-    def _reap_children(self) -> None:
-        for child in self._children:
-            if not child.pid:
-                continue
-            pid, status = os.waitpid(child.pid, os.WNOHANG)
-            if pid == 0:
-                continue
-            self._after_exit(child, os.waitstatus_to_exitcode(status))
-
-    def _after_exit(self, child: _ChildState, code: int) -> None:
-        # The slot as the child left it: a task it started (and died of) after this tick's
-        # read must count as a delivery, or a poison task crash-loops uncounted. A child
-        # killed mid-write leaves no complete record (rss 0): the tick's read stands then.
-        final = child.slot.read()
-        pid, killed = child.pid, child.killed_for
-        view = final if final.rss else child.last_view
-        child.pid = 0
-        self._fold_counters(view)
-        if killed is not None:
-            self._record_killed(*killed)
-        # Release what the child held but had not yet written into its slot (taken by the
-        # same call that committed its last task): its heartbeat ends now, and the reaper
-        # hands back everything held under its consumer id, at once.
-        self._quietly(
-            functools.partial(self._beat_child, child, pid, 0.0), "end a dead child's heartbeat"
-        )
-        reading = self._reading(child, view, killed)
-        for held in view.held:
-            if killed is not None and held.id == killed[0].id:
-                continue
-            # The running task counts as a delivery (a crash), and so does a message taken
-            # to run but not started yet (its decoding may be what killed the child: not
-            # counted, it did so for ever); prefetched ones do not.
-            lease = Lease(held.id, held.queue, held.token)
-            counted = bool(held.started) or held in reading
-            back = functools.partial(self.app.broker.requeue, lease, count_delivery=counted)
-            self._quietly(back, f"put back task {held.task}[{held.id}]")
-        self._quietly(self.app.broker.reap, "hand back what dead workers held")
-        running = [h for h in view.held if h.started]
-        # A child that stops by itself (recycling, shutdown) leaves nothing started in its
-        # slot; one that exits with code 0 in a task was ended by the task (os._exit(0)),
-        # and one with a message in hand by that message (os._exit(0) unpickling it).
-        if (code != 0 or running or reading) and killed is None and self._stop_requests < 2:
-            log.error(
-                "worker child %d died (%s) while %s; its messages were put back and a new "
-                "child is starting",
-                pid,
-                _how_it_ended(code),
-                _doing(running, reading, self.app.conf.task_max_deliveries),
-            )
-            child.crashes = child.crashes + 1 if time.time() - child.started < 2 else 0
-        if self._stop_requests == 0:
-            if child.crashes > 3:
-                # A crash loop: back off, but never by sleeping here — heartbeats, lease
-                # renewals and the other children must go on meanwhile.
-                pause = min(2**child.crashes / 10, 5)
-                log.error(
-                    "worker child in place %d crashed %d times in a row; next one in %.1fs",
-                    child.index,
-                    child.crashes,
-                    pause,
-                )
-                child.respawn_at = time.monotonic() + pause
-            else:
-                self._spawn(child)
-
-    def _reading(
-        self, child: _ChildState, view: SlotView, killed: tuple[Held, str] | None
-    ) -> list[Held]:
-        """The messages a dead child had taken to run but not started (its consumers'
-        hands, see :meth:`Slot.hand`): being read, or on their way to start.
-
-        A child that ends by itself (recycling, a warm stop) lists nothing any more: it
-        gave everything back. Nothing when this supervisor killed it (a hard limit, a cold
-        stop): the message in hand did nothing wrong then.
-        """
-        if killed is not None or self._stop_requests >= 2:
-            return []
-        marks = child.slot.in_hand()
-        return [h for h in view.held if not h.started and hand_mark(h.id, h.token) in marks]
-
-    def _fold_counters(self, view: SlotView) -> None:
-        # A child's counters die with it: keep them at the supervisor for inspect.
-        self._done_before += view.done
-        for name, (runs, grown) in (view.growth or {}).items():
-            total = self._growth_before.setdefault(name, [0, 0])
-            total[0] += runs
-            total[1] += grown
-
-    def _record_killed(self, held: Held, state: str) -> None:
-        """Record why we stopped a task, and hand its message back.
-
-        The next delivery does not run it: the Verdicts middleware settles it with this
-        verdict through the whole pipeline, so retries, chains and chords carry on.
-        """
-        verdict = killed_verdict(held, state)
-        broker = self.app.broker
-        lease = Lease(held.id, held.queue, held.token)
-        self._quietly(
-            functools.partial(
-                broker.kv_set, verdict_key(held.id), verdict, self.app.conf.result_expires
-            ),
-            f"record why task {held.task}[{held.id}] was stopped",
-        )
-        self._quietly(
-            functools.partial(broker.requeue, lease, count_delivery=True),
-            f"put back task {held.task}[{held.id}]",
-        )
-
-    def _renew_leases(self) -> None:
-        leases = [
-            Lease(h.id, h.queue, h.token) for child in self._children for h in child.last_view.held
-        ]
-        if leases:
-            lost = self.app.broker.renew(leases, self.app.conf.worker_lease_seconds)
-            if lost:
-                # Only what a child still holds was lost: a task committed between this
-                # tick's read of the slots and the renewal is merely done.
-                lost = self._still_held(lost, leases)
-            if lost:
-                log.warning(
-                    "worker %s lost the lease of %s; another worker may run them",
-                    self.id,
-                    ", ".join(lost),
-                )
-
-    def _still_held(self, ids: list[str], leases: list[Lease]) -> list[str]:
-        tokens = {lease.id: lease.token for lease in leases}
-        held = {(h.id, h.token) for c in self._children if c.pid for h in c.slot.read().held}
-        return [i for i in ids if (i, tokens.get(i)) in held]
-
-    def _answer(self, command: str) -> Any:
-        """This worker's reply to a remote-control command."""
-        now = time.time()
-        views = [(c.pid, c.last_view) for c in self._children if c.pid]
-        if command == "ping":
-            return "pong"
-        if command == "active":
-            return [
-                {"id": h.id, "task": h.task, "runtime": round(now - h.started, 3), "child": pid}
-                for pid, v in views
-                for h in v.held
-                if h.started
-            ]
-        if command == "registered":
-            return sorted(self.app.tasks)
-        if command == "memory":
-            return self._memory_report(views)
-        if command == "stats":
-            return {
-                "pid": os.getpid(),
-                "queues": list(self.queues),
-                "uptime": now - self._started,
-                "concurrency": self.concurrency,
-                "tasks_done": self._done_before + sum(v.done for _, v in views),
-                "max_memory_per_child_mb": self._ceiling.mib,  # as chosen at start-up
-                "children": {str(pid): {"rss_mb": v.rss >> 20, "done": v.done} for pid, v in views},
-            }
-        return {"error": f"unknown command {command!r}"}
-
-    def _memory_report(self, views: list[tuple[int, SlotView]]) -> list[dict[str, Any]]:
-        totals = {name: list(pair) for name, pair in self._growth_before.items()}
-        for _, view in views:
-            for name, (runs, grown) in (view.growth or {}).items():
-                total = totals.setdefault(name, [0, 0])
-                total[0] += runs
-                total[1] += grown
-        ranked = sorted(totals.items(), key=lambda item: item[1][1], reverse=True)[:20]
-        return [
-            {
-                "task": name,
-                "runs": runs,
-                "rss_growth_mb": round(grown / 2**20, 1),
-                "per_run_kb": round(grown / 1024 / max(runs, 1), 1),
-            }
-            for name, (runs, grown) in ranked
-        ]
-
-    def _heartbeat(self) -> None:
-        """The supervisor's heartbeat and each live child's consumer id, in one call."""
-        info = WorkerInfo(
-            self.id,
-            socket.gethostname(),
-            os.getpid(),
-            self.queues,
-            self.concurrency,
-            self._started,
-            extra={
-                "children": [c.pid for c in self._children],
-                "active": [h.id for c in self._children for h in c.last_view.held if h.started],
-            },
-        )
-        beats = [info, *(self._child_info(c, c.pid) for c in self._children if c.pid)]
-        self.app.broker.heartbeat_all(beats, self._child_ttl())
-
-    def _child_ttl(self) -> float:
-        return self.app.conf.worker_heartbeat_seconds * 5
-
-    def _child_info(self, child: _ChildState, pid: int) -> WorkerInfo:
-        return WorkerInfo(
-            child.consumer,
-            socket.gethostname(),
-            pid,
-            self.queues,
-            1,
-            child.started,
-            extra={"child_of": self.id},
-        )
-
-    def _beat_child(self, child: _ChildState, pid: int, ttl: float) -> None:
-        """Heartbeat one child's consumer id; ttl 0 declares it dead at once."""
-        self.app.broker.heartbeat(self._child_info(child, pid), ttl)
 
     def _quietly(self, action: Callable[[], object], what: str, *, periodic: bool = False) -> None:
         """Run a broker call whose failure must not stop the supervisor; say so once.
@@ -740,46 +493,6 @@ def _tasks(running: list[Held]) -> str:
     names = ", ".join(f"{h.task}[{h.id}]" for h in running[:5])
     more = f" and {len(running) - 5} more" if len(running) > 5 else ""
     return f"{len(running)} running task{'s' if len(running) > 1 else ''} ({names}{more})"
-
-
-def _doing(running: list[Held], reading: list[Held], limit: int) -> str:
-    """What a child was doing when it died, for the line that says so.
-
-    Example:
-        >>> _doing([], [Held("id1", "q", "t")], 5)  # doctest: +ELLIPSIS
-        'reading message id1 (taken to run, not started; counted as a delivery, so a ...'
-        >>> _doing([], [], 5)
-        'running: none'
-    """
-    if running or not reading:
-        return "running: " + (", ".join(f"{h.task}[{h.id}]" for h in running) or "none")
-    ids = ", ".join(h.id for h in reading)
-    return (
-        f"reading message {ids} (taken to run, not started; counted as a delivery, so a "
-        f"message that kills every child that reads it is dead-lettered after "
-        f"task_max_deliveries={limit}, see `celeriac dlq list`)"
-    )
-
-
-def _how_it_ended(code: int) -> str:
-    """A child's exit status in words (``code`` as :func:`os.waitstatus_to_exitcode` gives).
-
-    Example:
-        >>> _how_it_ended(-9)
-        "killed by SIGKILL: the kernel's OOM killer, or kill -9"
-        >>> _how_it_ended(0)
-        'exit code 0: os._exit(0) in the task?'
-    """
-    if code == -signal.SIGKILL:
-        return "killed by SIGKILL: the kernel's OOM killer, or kill -9"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    if code == 0:
-        return "exit code 0: os._exit(0) in the task?"
-    return f"exit code {code}"
 
 
 def _signal(pid: int, signum: int) -> None:

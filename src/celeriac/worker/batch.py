@@ -1,0 +1,103 @@
+"""Batching: short tasks taken and committed many per broker call.
+
+One consumer's batching state, shared by every pool: how many messages to take per fetch,
+which finished tasks' commits wait to go together, and the slot records of what was
+prefetched. See :class:`Batch`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from celeriac.brokers.base import Delivery
+from celeriac.middleware.base import Job, Outcome
+from celeriac.worker.slot import Held
+
+
+class Batch:
+    """Finished tasks whose commits wait to go to the broker together, and how long tasks
+    take: one consumer's batching state.
+
+    Short tasks are taken and committed many per broker call: a no-op costs a fraction of
+    a round trip, so one call per task would make the round trip the whole cost. A batch
+    is sized so that it runs in about ``window`` seconds, from the recent run times of each
+    task, so a commit (the result a caller waits for) is late by at most about that much;
+    a task that is slow, or not yet timed, commits what waits before it starts and then
+    goes alone. With ``most`` = 1 there is no batching at all.
+    """
+
+    def __init__(self, most: int, window: float) -> None:
+        self.most = max(most, 1)
+        self.window = window
+        self.finished: list[tuple[Job, Outcome]] = []
+        self.held: list[Held] = []  # the finished tasks' leases, still held until committed
+        self.since = 0.0  # monotonic time the oldest waiting commit was added
+        self.average = math.inf  # recent run time of any task (seconds, moving average)
+        self.by_task: dict[str, float] = {}  # the same per task name
+        self._waiting: list[Held] = []  # slot records of the messages fetched last
+
+    def __bool__(self) -> bool:
+        return bool(self.finished)
+
+    def size(self) -> int:
+        """How many messages to take per fetch: enough to fill the window, at least 1."""
+        if self.most == 1 or self.average == math.inf:
+            return 1
+        return max(1, min(self.most, int(self.window / max(self.average, 1e-6))))
+
+    def timed(self, task: str, runtime: float) -> None:
+        """Record a task's run time (exponential moving average, a fifth per run)."""
+        self.average = runtime if self.average == math.inf else 0.8 * self.average + 0.2 * runtime
+        known = self.by_task.get(task)
+        self.by_task[task] = runtime if known is None else 0.8 * known + 0.2 * runtime
+
+    def admits(self, task: str) -> bool:
+        """Whether ``task`` may run before the waiting commits go: it is known to be short
+        and the oldest commit has not waited a window yet."""
+        if not self.finished:
+            return True
+        known = self.by_task.get(task)
+        return (
+            known is not None
+            and known < self.window / 2
+            and time.monotonic() - self.since < self.window
+        )
+
+    def add(self, job: Job, outcome: Outcome) -> None:
+        """Keep a finished task's commit for the next broker call."""
+        if not self.finished:
+            self.since = time.monotonic()
+        self.finished.append((job, outcome))
+        d = job.delivery
+        task = job.message.task if job.message else ""
+        self.held.append(Held(d.id, d.queue, d.lease.token, task, started=time.time()))
+
+    def full(self) -> bool:
+        """Whether the waiting commits must go now."""
+        return len(self.finished) >= self.size() or time.monotonic() - self.since >= self.window
+
+    def waiting(self, pending: list[Delivery]) -> list[Held]:
+        """The slot records of prefetched messages, each made once per fetch.
+
+        This runs per task. Between two fetches ``pending`` only loses messages from its
+        front (a child fetches only when it holds nothing else), so it is a tail of the
+        list last made: that tail is returned, checked by the tokens at both of its ends
+        (unique per hand-out), instead of a record looked up per message per task.
+        """
+        made, n = self._waiting, len(pending)
+        if not n:
+            return []
+        if (
+            n <= len(made)
+            and made[-n].token == pending[0].lease.token
+            and made[-1].token == pending[-1].lease.token
+        ):
+            return made[-n:]
+        made = self._waiting = [Held(d.id, d.queue, d.lease.token) for d in pending]
+        return made
+
+    def take(self) -> list[tuple[Job, Outcome]]:
+        """The waiting commits, and forget them."""
+        finished, self.finished, self.held = self.finished, [], []
+        return finished

@@ -1,0 +1,173 @@
+"""The supervisor's broker duties: what keeps its children's tasks its own, and lets
+others see and question the worker.
+
+A mixin of :class:`~celeriac.worker.supervisor.Worker`, kept apart so each module stays
+small: heartbeats (the supervisor's and each live child's consumer id, in one call), lease
+renewal of everything its children hold, the deterministic reaper of dead hosts, and the
+answers to remote-control commands (``ping``, ``active``, ``registered``, ``memory``,
+``stats``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from celeriac.brokers.base import Lease, WorkerInfo
+from celeriac.worker.memory import Ceiling
+from celeriac.worker.remote import Remote
+from celeriac.worker.slot import SlotView
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+    from celeriac.worker.reaping import ChildState
+
+log = logging.getLogger("celeriac.worker")
+
+
+class BrokerDuties:
+    """Heartbeats, lease renewal, the reaper and remote-control answers of a supervisor."""
+
+    app: Celeriac
+    id: str
+    queues: tuple[str, ...]
+    concurrency: int
+    remote: Remote
+    _children: list[ChildState]
+    _started: float
+    _done_before: int
+    _growth_before: dict[str, list[int]]
+    _ceiling: Ceiling
+    _last_beat: float
+    _last_renew: float
+    _last_reap: float
+
+    def _broker_duties(self, now: float) -> None:
+        """What keeps this worker's tasks its own, first; the rest when there is time.
+
+        Every call is a round trip, and on a slow link a pass can take seconds: heartbeats
+        (one call for the supervisor and all children) and lease renewals come first, so
+        they stay on time; remote control and the reaper of other hosts wait for a pass
+        that has time to spare.
+        """
+        conf = self.app.conf
+        started = time.monotonic()
+        if now - self._last_beat >= conf.worker_heartbeat_seconds:
+            self._heartbeat()
+            self._last_beat = now
+        if now - self._last_renew >= conf.worker_lease_seconds / 3:
+            self._renew_leases()
+            self._last_renew = now
+        if time.monotonic() - started > conf.worker_heartbeat_seconds / 2:
+            return
+        self.remote.poll()
+        if now - self._last_reap >= max(conf.worker_heartbeat_seconds, 2.0):
+            self.app.broker.reap()
+            self._last_reap = now
+
+    def _renew_leases(self) -> None:
+        leases = [
+            Lease(h.id, h.queue, h.token) for child in self._children for h in child.last_view.held
+        ]
+        if leases:
+            lost = self.app.broker.renew(leases, self.app.conf.worker_lease_seconds)
+            if lost:
+                # Only what a child still holds was lost: a task committed between this
+                # tick's read of the slots and the renewal is merely done.
+                lost = self._still_held(lost, leases)
+            if lost:
+                log.warning(
+                    "worker %s lost the lease of %s; another worker may run them",
+                    self.id,
+                    ", ".join(lost),
+                )
+
+    def _still_held(self, ids: list[str], leases: list[Lease]) -> list[str]:
+        tokens = {lease.id: lease.token for lease in leases}
+        held = {(h.id, h.token) for c in self._children if c.pid for h in c.slot.read().held}
+        return [i for i in ids if (i, tokens.get(i)) in held]
+
+    def _answer(self, command: str) -> Any:
+        """This worker's reply to a remote-control command."""
+        now = time.time()
+        views = [(c.pid, c.last_view) for c in self._children if c.pid]
+        if command == "ping":
+            return "pong"
+        if command == "active":
+            return [
+                {"id": h.id, "task": h.task, "runtime": round(now - h.started, 3), "child": pid}
+                for pid, v in views
+                for h in v.held
+                if h.started
+            ]
+        if command == "registered":
+            return sorted(self.app.tasks)
+        if command == "memory":
+            return self._memory_report(views)
+        if command == "stats":
+            return {
+                "pid": os.getpid(),
+                "queues": list(self.queues),
+                "uptime": now - self._started,
+                "concurrency": self.concurrency,
+                "tasks_done": self._done_before + sum(v.done for _, v in views),
+                "max_memory_per_child_mb": self._ceiling.mib,  # as chosen at start-up
+                "children": {str(pid): {"rss_mb": v.rss >> 20, "done": v.done} for pid, v in views},
+            }
+        return {"error": f"unknown command {command!r}"}
+
+    def _memory_report(self, views: list[tuple[int, SlotView]]) -> list[dict[str, Any]]:
+        totals = {name: list(pair) for name, pair in self._growth_before.items()}
+        for _, view in views:
+            for name, (runs, grown) in (view.growth or {}).items():
+                total = totals.setdefault(name, [0, 0])
+                total[0] += runs
+                total[1] += grown
+        ranked = sorted(totals.items(), key=lambda item: item[1][1], reverse=True)[:20]
+        return [
+            {
+                "task": name,
+                "runs": runs,
+                "rss_growth_mb": round(grown / 2**20, 1),
+                "per_run_kb": round(grown / 1024 / max(runs, 1), 1),
+            }
+            for name, (runs, grown) in ranked
+        ]
+
+    def _heartbeat(self) -> None:
+        """The supervisor's heartbeat and each live child's consumer id, in one call."""
+        info = WorkerInfo(
+            self.id,
+            socket.gethostname(),
+            os.getpid(),
+            self.queues,
+            self.concurrency,
+            self._started,
+            extra={
+                "children": [c.pid for c in self._children],
+                "active": [h.id for c in self._children for h in c.last_view.held if h.started],
+            },
+        )
+        beats = [info, *(self._child_info(c, c.pid) for c in self._children if c.pid)]
+        self.app.broker.heartbeat_all(beats, self._child_ttl())
+
+    def _child_ttl(self) -> float:
+        return self.app.conf.worker_heartbeat_seconds * 5
+
+    def _child_info(self, child: ChildState, pid: int) -> WorkerInfo:
+        return WorkerInfo(
+            child.consumer,
+            socket.gethostname(),
+            pid,
+            self.queues,
+            1,
+            child.started,
+            extra={"child_of": self.id},
+        )
+
+    def _beat_child(self, child: ChildState, pid: int, ttl: float) -> None:
+        """Heartbeat one child's consumer id; ttl 0 declares it dead at once."""
+        self.app.broker.heartbeat(self._child_info(child, pid), ttl)

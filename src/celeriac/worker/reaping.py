@@ -1,0 +1,211 @@
+"""Reaping: what the supervisor does when one of its children has exited.
+
+A mixin of :class:`~celeriac.worker.supervisor.Worker`, kept apart so each module stays
+small. The messages a dead child held go back to the queue at once: the running one
+counted as a delivery, and so is one it had taken to run but not started (unless this
+supervisor killed the child), so a message that kills every child that reads it is
+dead-lettered; prefetched ones are not counted. A task the supervisor killed (past its
+hard time limit, or revoked with terminate) gets its verdict recorded first, so its next
+delivery settles it instead of running it. The death is said in one line (how the child
+ended, what it was doing), and a fresh child takes its place, later when the place
+crash-loops.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from celeriac.brokers.base import Lease
+from celeriac.middleware.verdicts import verdict_key
+from celeriac.worker.child import killed_verdict
+from celeriac.worker.slot import Held, Slot, SlotView, hand_mark
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+
+log = logging.getLogger("celeriac.worker")
+
+
+@dataclass(slots=True)
+class ChildState:
+    """The supervisor's record of one place for a child, kept across the children in it."""
+
+    index: int
+    slot: Slot
+    pid: int = 0
+    started: float = 0.0
+    last_view: SlotView = field(default_factory=lambda: SlotView([], 0))
+    killed_for: tuple[Held, str] | None = None  # the task we killed it for, and why
+    crashes: int = 0
+    consumer: str = ""  # lease holder id of the current process in this place
+    generation: int = 0
+    respawn_at: float = 0.0  # monotonic time a crash-looping place gets its next child
+
+
+class Reaping:
+    """Cleans up after children that exited, and starts their replacements."""
+
+    app: Celeriac
+    _children: list[ChildState]
+    _stop_requests: int
+    _done_before: int
+    _growth_before: dict[str, list[int]]
+    _spawn: Callable[[ChildState], None]
+    _beat_child: Callable[[ChildState, int, float], None]
+    _quietly: Callable[[Callable[[], object], str], None]
+
+    def _reap_children(self) -> None:
+        for child in self._children:
+            if not child.pid:
+                continue
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+            if pid == 0:
+                continue
+            self._after_exit(child, os.waitstatus_to_exitcode(status))
+
+    def _after_exit(self, child: ChildState, code: int) -> None:
+        # The slot as the child left it: a task it started (and died of) after this tick's
+        # read must count as a delivery, or a poison task crash-loops uncounted. A child
+        # killed mid-write leaves no complete record (rss 0): the tick's read stands then.
+        final = child.slot.read()
+        pid, killed = child.pid, child.killed_for
+        view = final if final.rss else child.last_view
+        child.pid = 0
+        self._fold_counters(view)
+        if killed is not None:
+            self._record_killed(*killed)
+        # Release what the child held but had not yet written into its slot (taken by the
+        # same call that committed its last task): its heartbeat ends now, and the reaper
+        # hands back everything held under its consumer id, at once.
+        self._quietly(
+            functools.partial(self._beat_child, child, pid, 0.0), "end a dead child's heartbeat"
+        )
+        reading = self._reading(child, view, killed)
+        for held in view.held:
+            if killed is not None and held.id == killed[0].id:
+                continue
+            # The running task counts as a delivery (a crash), and so does a message taken
+            # to run but not started yet (its decoding may be what killed the child: not
+            # counted, it did so for ever); prefetched ones do not.
+            lease = Lease(held.id, held.queue, held.token)
+            counted = bool(held.started) or held in reading
+            back = functools.partial(self.app.broker.requeue, lease, count_delivery=counted)
+            self._quietly(back, f"put back task {held.task}[{held.id}]")
+        self._quietly(self.app.broker.reap, "hand back what dead workers held")
+        running = [h for h in view.held if h.started]
+        # A child that stops by itself (recycling, shutdown) leaves nothing started in its
+        # slot; one that exits with code 0 in a task was ended by the task (os._exit(0)),
+        # and one with a message in hand by that message (os._exit(0) unpickling it).
+        if (code != 0 or running or reading) and killed is None and self._stop_requests < 2:
+            log.error(
+                "worker child %d died (%s) while %s; its messages were put back and a new "
+                "child is starting",
+                pid,
+                _how_it_ended(code),
+                _doing(running, reading, self.app.conf.task_max_deliveries),
+            )
+            child.crashes = child.crashes + 1 if time.time() - child.started < 2 else 0
+        if self._stop_requests == 0:
+            if child.crashes > 3:
+                # A crash loop: back off, but never by sleeping here — heartbeats, lease
+                # renewals and the other children must go on meanwhile.
+                pause = min(2**child.crashes / 10, 5)
+                log.error(
+                    "worker child in place %d crashed %d times in a row; next one in %.1fs",
+                    child.index,
+                    child.crashes,
+                    pause,
+                )
+                child.respawn_at = time.monotonic() + pause
+            else:
+                self._spawn(child)
+
+    def _reading(
+        self, child: ChildState, view: SlotView, killed: tuple[Held, str] | None
+    ) -> list[Held]:
+        """The messages a dead child had taken to run but not started (its consumers'
+        hands, see :meth:`Slot.hand`): being read, or on their way to start.
+
+        A child that ends by itself (recycling, a warm stop) lists nothing any more: it
+        gave everything back. Nothing when this supervisor killed it (a hard limit, a cold
+        stop): the message in hand did nothing wrong then.
+        """
+        if killed is not None or self._stop_requests >= 2:
+            return []
+        marks = child.slot.in_hand()
+        return [h for h in view.held if not h.started and hand_mark(h.id, h.token) in marks]
+
+    def _fold_counters(self, view: SlotView) -> None:
+        # A child's counters die with it: keep them at the supervisor for inspect.
+        self._done_before += view.done
+        for name, (runs, grown) in (view.growth or {}).items():
+            total = self._growth_before.setdefault(name, [0, 0])
+            total[0] += runs
+            total[1] += grown
+
+    def _record_killed(self, held: Held, state: str) -> None:
+        """Record why we stopped a task, and hand its message back.
+
+        The next delivery does not run it: the Verdicts middleware settles it with this
+        verdict through the whole pipeline, so retries, chains and chords carry on.
+        """
+        verdict = killed_verdict(held, state)
+        broker = self.app.broker
+        lease = Lease(held.id, held.queue, held.token)
+        self._quietly(
+            functools.partial(
+                broker.kv_set, verdict_key(held.id), verdict, self.app.conf.result_expires
+            ),
+            f"record why task {held.task}[{held.id}] was stopped",
+        )
+        self._quietly(
+            functools.partial(broker.requeue, lease, count_delivery=True),
+            f"put back task {held.task}[{held.id}]",
+        )
+
+
+def _doing(running: list[Held], reading: list[Held], limit: int) -> str:
+    """What a child was doing when it died, for the line that says so.
+
+    Example:
+        >>> _doing([], [Held("id1", "q", "t")], 5)  # doctest: +ELLIPSIS
+        'reading message id1 (taken to run, not started; counted as a delivery, so a ...'
+        >>> _doing([], [], 5)
+        'running: none'
+    """
+    if running or not reading:
+        return "running: " + (", ".join(f"{h.task}[{h.id}]" for h in running) or "none")
+    ids = ", ".join(h.id for h in reading)
+    return (
+        f"reading message {ids} (taken to run, not started; counted as a delivery, so a "
+        f"message that kills every child that reads it is dead-lettered after "
+        f"task_max_deliveries={limit}, see `celeriac dlq list`)"
+    )
+
+
+def _how_it_ended(code: int) -> str:
+    """A child's exit status in words (``code`` as :func:`os.waitstatus_to_exitcode` gives).
+
+    Example:
+        >>> _how_it_ended(-9)
+        "killed by SIGKILL: the kernel's OOM killer, or kill -9"
+        >>> _how_it_ended(0)
+        'exit code 0: os._exit(0) in the task?'
+    """
+    if code == -signal.SIGKILL:
+        return "killed by SIGKILL: the kernel's OOM killer, or kill -9"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    if code == 0:
+        return "exit code 0: os._exit(0) in the task?"
+    return f"exit code {code}"
