@@ -22,6 +22,7 @@ from celeriac.cli.main import (
     cli,
     err,
     loglevel_option,
+    one_shot,
     out,
     parse_json_option,
     print_json,
@@ -50,6 +51,7 @@ def beat(ctx: click.Context, loglevel: str | None, max_interval: float | None) -
     Example: celeriac -A shop.tasks beat
     """
     if ctx.invoked_subcommand is not None:
+        one_shot(ctx)  # list, add, pause...: not the scheduler
         return
     obj: Context = ctx.obj
     if obj.app_path is None:

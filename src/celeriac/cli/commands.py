@@ -49,8 +49,15 @@ def _when(ts: float | None) -> str:
 @click.argument("name")
 @click.option("--args", "args_json", metavar="JSON", help="Positional arguments: '[1, 2]'")
 @click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments: '{\"x\": 1}'")
-@click.option("-q", "--queue", default=None, help="Queue (default: the task's own).")
-@click.option("--countdown", type=Seconds(0), default=None, help="Seconds to wait.")
+@click.option(
+    "-q",
+    "--queue",
+    default=None,
+    help="Queue (default: the task's own with -A, else task_default_queue).",
+)
+@click.option(
+    "--countdown", type=Seconds(0), default=None, help="Start it no sooner than SECONDS from now."
+)
 @click.option("--priority", type=click.IntRange(0, 9), default=None, help="0..9, 9 runs first.")
 @click.option("--id", "task_id", default=None, help="Task id (sending an id twice runs once).")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
@@ -77,7 +84,7 @@ def call(
 ) -> None:
     """Send task NAME; print its id (or, with --wait, its result).
 
-    Example: celeriac call shop.tasks.send_welcome --args '[42]' --wait
+    Example: celeriac -A shop.tasks call shop.tasks.send_welcome --args '[42]' --wait
     """
     args = parse_json_option("--args", args_json, list)
     kwargs = parse_json_option("--kwargs", kwargs_json, dict)
@@ -188,7 +195,9 @@ def _adds_to_the_error(error: ErrorInfo) -> bool:
 @cli.command()
 @click.argument("task_id")
 @click.option("--wait", is_flag=True, help="Wait until the task finishes.")
-@click.option("--timeout", type=Seconds(0), default=60.0, show_default=True)
+@click.option(
+    "--timeout", type=Seconds(0), default=60.0, show_default=True, help="Seconds --wait waits."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool) -> None:
@@ -222,8 +231,10 @@ def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool
         if as_json:
             print_json({"id": task_id, "state": "PENDING"})
         else:
+            # A running task has no result stored either: the line named only "queued".
             out.print(
-                f"PENDING: no result stored for {printable(task_id)} (queued, unknown, or expired)",
+                f"PENDING: no result stored for {printable(task_id)} (queued or running, "
+                "unknown, or its result expired; celeriac inspect active lists running ids)",
                 markup=False,
             )
         return

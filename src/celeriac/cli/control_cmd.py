@@ -61,7 +61,7 @@ def revoke_cmd(obj: Context, task_ids: tuple[str, ...], terminate: bool) -> None
     click.echo(f"revoked {len(ids)} task(s)" + (" (terminate)" if terminate else ""))
     unknown = [i for i in ids if before[i] is None]
     if unknown:
-        click.echo(_nothing_stored_note(unknown), err=True)
+        click.echo(_nothing_stored_note(unknown, terminate), err=True)
     finished = _already_finished(obj, ids)
     if finished:
         shown = ", ".join(f"{printable(i)} ({state})" for i, state in finished[:10])
@@ -116,15 +116,20 @@ def _saved_groups(obj: Context, ids: list[str]) -> list[GroupResult]:
     return groups
 
 
-def _nothing_stored_note(ids: list[str]) -> str:
+def _nothing_stored_note(ids: list[str], terminate: bool = False) -> str:
     """What to say of revoked ids that had no state stored: a mistyped id was revoked as
-    silently as a queued task's (and the broker cannot tell them apart by id).
+    silently as a queued task's (and the broker cannot tell them apart by id). A running
+    task has nothing stored either: the note said only "still queued", and a task revoked
+    without --terminate then finished and stored SUCCESS.
 
     Example:
         >>> print(_nothing_stored_note(["no-such-id"]))  # doctest: +NORMALIZE_WHITESPACE
         note: nothing is stored for no-such-id: it is still queued, was never sent (a
-        mistyped id?), or its result expired. Revoked anyway: it will not run if it is
-        queued or sent later.
+        mistyped id?), or its result expired, or it is running. Revoked anyway: it will not
+        run if it is queued or sent later; if it is running, it finishes (--terminate stops
+        it).
+        >>> print(_nothing_stored_note(["a", "b"], terminate=True))  # doctest: +ELLIPSIS
+        note: nothing is stored for 2 of them (a, b): ... if it is running, it is stopped.
     """
     if len(ids) == 1:
         which, later = f"{printable(ids[0])}: it is", "it will not run"
@@ -132,9 +137,11 @@ def _nothing_stored_note(ids: list[str]) -> str:
         shown = ", ".join(printable(i) for i in ids[:10])
         more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
         which, later = f"{len(ids)} of them ({shown}{more}): each is", "none will run"
+    running = "it is stopped" if terminate else "it finishes (--terminate stops it)"
     return (
         f"note: nothing is stored for {which} still queued, was never sent (a mistyped id?), "
-        f"or its result expired. Revoked anyway: {later} if it is queued or sent later."
+        f"or its result expired, or it is running. Revoked anyway: {later} if it is queued "
+        f"or sent later; if it is running, {running}."
     )
 
 

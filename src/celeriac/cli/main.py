@@ -51,7 +51,8 @@ _COMMAND_MODULES = {
 
 #: Commands that run until stopped. The others are one-shot: the broker's start-up
 #: warnings (a Redis without persistence) are for the processes that hold tasks, and were
-#: printed again by every status, result or dlq list.
+#: printed again by every status, result or dlq list. ``beat`` runs a scheduler; its
+#: subcommands (``beat list``, ``beat add``...) are one-shot: see :func:`one_shot`.
 _LONG_LIVED = frozenset({"worker", "beat", "demo"})
 
 #: Commands whose first use of a SQLite broker is expected to create its file: the others
@@ -321,12 +322,31 @@ def cli(ctx: click.Context, app_path: str | None, broker: str | None, debug: boo
            they stop)
     """
     ctx.obj = obj = Context(app_path, broker, debug, ctx.invoked_subcommand)
-    if obj.command not in _LONG_LIVED and not debug:
-        startup = logging.getLogger(_STARTUP_LOGGER)
-        level = startup.level
-        startup.setLevel(logging.ERROR)  # see _LONG_LIVED
-        ctx.call_on_close(lambda: startup.setLevel(level))  # tests run many commands
+    if obj.command not in _LONG_LIVED:
+        one_shot(ctx)
     ctx.call_on_close(lambda: _note_fresh_db(obj))
+
+
+def one_shot(ctx: click.Context) -> None:
+    """Run the command of ``ctx`` as a one-shot command: the Redis start-up check's
+    warnings (persistence off) are left to the processes that hold tasks, and ``--debug``
+    shows them. ``beat list`` counted as ``beat``, the scheduler: every listing, ``beat
+    add`` and ``beat pause`` on a Redis without persistence printed the warning.
+
+    Example:
+        >>> import click, logging
+        >>> with click.Context(cli, obj=Context(None, "memory://", False, "beat")) as ctx:
+        ...     one_shot(ctx)
+        ...     logging.getLevelName(logging.getLogger(_STARTUP_LOGGER).level)
+        'ERROR'
+    """
+    obj: Context = ctx.obj
+    if obj.debug:
+        return
+    startup = logging.getLogger(_STARTUP_LOGGER)
+    level = startup.level
+    startup.setLevel(logging.ERROR)  # see _LONG_LIVED
+    ctx.call_on_close(lambda: startup.setLevel(level))  # tests run many commands
 
 
 def _note_fresh_db(obj: Context) -> None:
