@@ -239,3 +239,23 @@ def test_tasks_that_expire_before_their_slot_do_not_push_a_fresh_task_back(
     assert wait_for(lambda: all(r.state in ("SUCCESS", "EXPIRED") for r in sent), timeout=30)
     states = [r.state for r in sent]
     assert states.count("EXPIRED") >= backlog // 2 and "SUCCESS" in states
+
+
+def test_a_mistyped_option_is_named_with_the_option_it_is_closest_to() -> None:
+    # "unknown option(s) prority" gave no hint, or listed 25 options beside it.
+    local = Celeriac("typos", broker="memory://")
+
+    @local.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    hint = r"unknown option\(s\) prority \(did you mean 'priority'\?\)"
+    with pytest.raises(TypeError, match=hint):
+        add.apply_async((1, 2), prority=9)
+    with pytest.raises(ValueError, match=hint):
+        add.s(1, 2).set(prority=9)
+    with pytest.raises(ConfigurationError, match=r"\(did you mean 'max_retries'\?\)"):
+        local.task(max_retrys=3)(lambda: None)
+    with pytest.raises(TypeError, match=r"got unknown option\(s\) zzz$"):  # nothing close
+        add.apply_async((1, 2), zzz=1)
+    assert local.broker.stats() == []  # nothing was sent

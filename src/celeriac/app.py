@@ -18,7 +18,7 @@ from celeriac.config import Settings
 from celeriac.errors import BrokerError, ConfigurationError, NotRegistered, PayloadTooLarge
 from celeriac.message import Message
 from celeriac.middleware import Middleware, MiddlewareStack, default_middleware
-from celeriac.options import DURATIONS, TaskOptions, option_problem
+from celeriac.options import DURATIONS, TaskOptions, option_problem, unknown_options
 from celeriac.result import AsyncResult
 from celeriac.task import Task, task_name_for
 
@@ -167,7 +167,7 @@ class Celeriac:
         unknown = sorted(set(options) - known)
         if unknown:
             raise ConfigurationError(
-                f"task {fn.__qualname__}: unknown option(s) {', '.join(unknown)}. "
+                f"task {fn.__qualname__}: {unknown_options(unknown, known)}. "
                 f"Known options: {', '.join(sorted(known))}"
             )
         core = {k: options[k] for k in _CORE_OPTIONS - {"name", "bind"} if k in options}

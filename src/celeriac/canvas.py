@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
 from celeriac.errors import ConfigurationError
 from celeriac.group_result import GroupResult
 from celeriac.middleware.flow import Node
+from celeriac.options import CALL_OPTIONS, unknown_options
 from celeriac.result import AsyncResult
 from celeriac.workflow import Result, normalized, send
 
@@ -58,21 +59,6 @@ if TYPE_CHECKING:
 else:  # typing.TypeVar takes a default only from Python 3.13; the checker's is what counts
     ResultT_co = TypeVar("ResultT_co", covariant=True)
 LastT = TypeVar("LastT")  # the handle of a chain's last step
-
-#: Options a signature takes with ``.set()``, as ``apply_async`` does.
-CALL_OPTIONS = frozenset(
-    {
-        "queue",
-        "priority",
-        "countdown",
-        "eta",
-        "expires",
-        "task_id",
-        "headers",
-        "soft_time_limit",
-        "time_limit",
-    }
-)
 
 
 class Canvas(Generic[ResultT_co]):
@@ -114,7 +100,7 @@ class Canvas(Generic[ResultT_co]):
         known = CALL_OPTIONS | (app.middleware.known_options() if app is not None else set())
         unknown = sorted(set(options) - known)
         if unknown and app is not None:
-            raise ValueError(f"unknown option(s) {', '.join(unknown)}; known: {sorted(known)}")
+            raise ValueError(f"{unknown_options(unknown, known)}; known: {sorted(known)}")
         policy = {k: v for k, v in options.items() if k not in CALL_OPTIONS}
         if policy and app is not None:
             # Checked here, where the caller can see it: a later step is built in a worker,

@@ -5,6 +5,7 @@ and the due times, expiries and time limits they give, as a message carries them
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +89,42 @@ def absolute_time(
 
 def _is_real(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+#: Options a signature takes with ``.set()``, as ``apply_async`` does.
+CALL_OPTIONS = frozenset(
+    {
+        "queue",
+        "priority",
+        "countdown",
+        "eta",
+        "expires",
+        "task_id",
+        "headers",
+        "soft_time_limit",
+        "time_limit",
+    }
+)
+
+
+def unknown_options(unknown: set[str] | list[str], known: set[str] | frozenset[str]) -> str:
+    """``unknown option(s) x``, naming the known option each one is closest to: a typo
+    (``prority=9``) was named with no hint, or beside a list of 25 options.
+
+    Example:
+        >>> unknown_options({"prority"}, {"priority", "queue", "countdown"})
+        "unknown option(s) prority (did you mean 'priority'?)"
+        >>> unknown_options(["zzz"], {"priority"})
+        'unknown option(s) zzz'
+    """
+    names = sorted(unknown)
+    close = {n: m[0] for n in names if (m := difflib.get_close_matches(n, sorted(known), 1, 0.7))}
+    text = f"unknown option(s) {', '.join(names)}"
+    if len(names) == 1 and close:
+        return f"{text} (did you mean {close[names[0]]!r}?)"
+    if close:
+        return f"{text} (did you mean {', '.join(f'{m!r} for {n!r}' for n, m in close.items())}?)"
+    return text
 
 
 def option_problem(option: str, value: Any) -> str:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from celeriac.errors import Retry
 from celeriac.message import Message, new_task_id
 from celeriac.options import (
+    CALL_OPTIONS,
     UNBOUNDED,
     TaskOptions,
     absolute_time,
@@ -27,6 +28,7 @@ from celeriac.options import (
     nearest_ms,
     option_problem,
     to_ms,
+    unknown_options,
     wire_limit,
 )
 
@@ -329,9 +331,8 @@ function is add(x, y)
         stack = self.app.middleware
         unknown = set(extra) - stack.known_options()
         if unknown:
-            raise TypeError(
-                f"{self.name}.apply_async() got unknown option(s) {', '.join(sorted(unknown))}"
-            )
+            known = CALL_OPTIONS | stack.known_options()
+            raise TypeError(f"{self.name}.apply_async() got {unknown_options(unknown, known)}")
         only = sorted(stack.task_only_options() & extra.keys())
         if only:
             # Said here: the encoder's "an argument is not JSON-serializable" misled.
