@@ -151,13 +151,15 @@ def test_a_message_fetched_after_a_warm_stop_goes_back_unstarted(
     assert [pid for i, pid in starts if i != first.id and pid == child] == [], workers.log_text()
 
 
+@pytest.mark.parametrize("pool", ["asyncio", "threads"])
 def test_max_tasks_per_child_is_not_overshot(
-    edges_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+    edges_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, pool: str
 ) -> None:
     # Queued before the child starts: its first fetch could take -c (4) of them, over the
-    # limit of 2, and it ran all it took.
+    # limit of 2, and it ran all it took (asyncio); the other threads kept starting tasks
+    # until one finished the second (threads).
     sent = [runs.delay() for _ in range(8)]
-    proc = workers.start("-P", "asyncio", "-c", "4", "--max-tasks-per-child", "2", app=APP, env=ENV)
+    proc = workers.start("-P", pool, "-c", "4", "--max-tasks-per-child", "2", app=APP, env=ENV)
     assert [r.get(timeout=30) for r in sent] == [1] * 8, workers.log_text()
     per_child = Counter(pid for _, pid in _starts(ledger))
     assert sorted(per_child.values()) == [2, 2, 2, 2], (per_child, workers.log_text())

@@ -100,6 +100,7 @@ class Child:
         self.stopping = False
         self.shutting_down = False  # a stop signal came (not recycling): see _reconnecting
         self.tasks_done = 0
+        self._taken = 0  # deliveries this child began to handle: see _may_take
         self.growth: dict[str, list[int]] = {}  # task name -> [runs, RSS growth in bytes]
         self._held: dict[Hashable, list[Held]] = {}  # per consumer
         self._lock = threading.Lock()
@@ -153,6 +154,8 @@ class Child:
                     if crashpoints.ARMED and pending:
                         crashpoints.reached("after_fetch")
                     continue
+                if not self._may_take():
+                    break  # pending goes back below; the threads that run tasks finish them
                 delivery = pending.pop(0)
                 # In hand from here: if this child dies before its slot names the task as
                 # started (decoding it segfaults), the delivery still counts (Slot.hand).
@@ -381,6 +384,18 @@ class Child:
                 everything = [h for items in self._held.values() for h in items]
                 everything.sort(key=lambda h: h.started == 0)
             self.slot.write(everything, self.rss, self.tasks_done, self.growth)
+
+    def _may_take(self) -> bool:
+        """Count one more delivery taken in hand; False (recycling) when
+        ``worker_max_tasks_per_child`` allows no more. Counted when taken, not when done:
+        the other threads kept starting tasks, up to ``-c`` - 1 past the limit."""
+        most = self.app.conf.worker_max_tasks_per_child
+        with self._lock:
+            if most and self._taken >= most:
+                self.stopping = True
+                return False
+            self._taken += 1
+            return True
 
     def _should_recycle(self) -> bool:
         if not self.tasks_done:
