@@ -83,6 +83,9 @@ def test_inspect_ping_stats_registered_and_shutdown(
     assert listed["id"] == running.id
     result = CliRunner().invoke(cli, ["-b", broker_url, "ping"])
     assert result.output.strip().endswith(": pong")
+    # A stats reply: a line per field, whole at 80 columns (a one-row table cut them).
+    result = CliRunner().invoke(cli, ["-b", broker_url, "inspect", "stats"])
+    assert "│ concurrency " in result.output and "│ max_memory_per_child_mb " in result.output
     # A mistyped worker id names the live ones (it read "is one running on this broker?").
     (live,) = [w.id for w in live_workers(core_app)]
     for command in (["inspect", "active", "-w", "typo"], ["shutdown", "-w", "typo"]):

@@ -205,6 +205,16 @@ def inspect(obj: Context, what: str, target: str | None, timeout: float, as_json
     if as_json:
         return
     for r in replies:
+        if isinstance(r.data, dict):
+            # One record (stats): a line per field. As a one-row table its columns were cut
+            # at 80 columns ("concurren…") and its children folded a word per line.
+            table = Table(title=escape(printable(f"{what} on {r.worker}")), show_header=False)
+            table.add_column("field", style="bold")
+            table.add_column("value")
+            for k, v in r.data.items():
+                table.add_row(escape(printable(str(k))), escape(printable(_cell(k, v), lines=True)))
+            out.print(table)
+            continue
         rows = r.data if isinstance(r.data, list) else [r.data]
         if rows and isinstance(rows[0], dict):
             # Replies are data (task names, arguments): escaped, never read as markup.
