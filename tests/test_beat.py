@@ -621,6 +621,12 @@ def test_cli_add_list_pause_resume_remove(sqlite_url: str) -> None:
     assert beat_cli(sqlite_url, "pause", "ping") == (0, "paused ping\n")
     code, output = beat_cli(sqlite_url, "list")
     assert code == 0 and "nightly" in output and "paused" in output
+    # Two lines an entry, whole at 80 columns (a seven-column table folded every date).
+    lines = output.splitlines()
+    (first,) = [n for n, line in enumerate(lines) if line.startswith("nightly  ")]
+    assert lines[first].startswith("nightly  cron 0 3 * * * (Europe/Kyiv)  active")
+    assert lines[first + 1].startswith("    task shop.report, next 20")
+    assert "ping  every 5m  paused" in output
     assert beat_cli(sqlite_url, "resume", "ping") == (0, "resumed ping\n")
     assert beat_cli(sqlite_url, "remove", "ping") == (0, "removed ping\n")
     code, output = beat_cli(sqlite_url, "pause", "ping")

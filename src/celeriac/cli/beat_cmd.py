@@ -14,7 +14,6 @@ from typing import Any
 
 import click
 from rich.markup import escape
-from rich.table import Table
 
 from celeriac.beat import EntryInfo, Scheduler
 from celeriac.cli.main import (
@@ -81,21 +80,19 @@ def beat_list(obj: Context, as_json: bool) -> None:
     if not entries:
         out.print("no periodic entries (define them with @app.periodic or celeriac beat add)")
         return
-    table = Table(title=f"{len(entries)} periodic entr{'y' if len(entries) == 1 else 'ies'}")
-    for column in ("entry", "task", "schedule", "next run", "last run", "last task", "status"):
-        table.add_column(column, overflow="fold")
+    # Lines, not a table: seven columns at 80 characters folded every name and date
+    # ("2026-12-0" / "1"). The name first and whole, as `dlq list` does.
+    out.print(f"{len(entries)} periodic entr{'y' if len(entries) == 1 else 'ies'}")
     for e in entries:
-        last = f"{e.last_task_id} ({e.last_state})" if e.last_task_id else "-"
-        table.add_row(  # names and ids are data, not markup: "[x]" must show as typed
-            escape(e.name),
-            escape(e.task),
-            escape(e.schedule),
-            _when(e.next_run),
-            _when(e.last_run),
-            escape(last),
-            _status(e),
-        )
-    out.print(table)
+        # Names and ids are data, not markup: "[x]" must show as typed.
+        out.print(f"{escape(e.name)}  {escape(e.schedule)}  {_status(e)}", soft_wrap=True)
+        task = "" if e.task == e.name else f"task {escape(e.task)}, "
+        last = _when(e.last_run)
+        if e.last_task_id:
+            last += f": task {escape(e.last_task_id)} ({escape(e.last_state or '?')})"
+        out.print(f"    {task}next {_when(e.next_run, 'not planned')}, last {last}", soft_wrap=True)
+        if e.last_error:  # the last tick was not sent: say why, or nobody would know
+            out.print(f"    [red]last tick not sent:[/] {escape(e.last_error)}", soft_wrap=True)
 
 
 @beat.command("add")
@@ -212,9 +209,9 @@ def _interval(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def _when(ts: float | None) -> str:
+def _when(ts: float | None, none: str = "never") -> str:
     if not ts:
-        return "-"
+        return none
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -225,6 +222,4 @@ def _status(entry: EntryInfo) -> str:
         status = "defined elsewhere"
     else:
         status = f"active ({entry.origin})"
-    if entry.last_error:  # the last tick was not sent: say why, or nobody would know
-        status += f"\n[red]last tick not sent:[/] {escape(entry.last_error)}"
     return status
