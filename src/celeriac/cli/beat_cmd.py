@@ -51,6 +51,9 @@ def beat(ctx: click.Context, loglevel: str | None, max_interval: float | None) -
     """
     if ctx.invoked_subcommand is not None:
         one_shot(ctx)  # list, add, pause...: not the scheduler
+        # Nor do they make the broker: `beat list` from another folder than the
+        # scheduler's made an empty ./celeriac.db and said only "no periodic entries".
+        ctx.obj.command = f"beat {ctx.invoked_subcommand}"
         return
     obj: Context = ctx.obj
     if obj.app_path is None:
