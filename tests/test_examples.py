@@ -8,6 +8,7 @@ CLI commands it names) on the default SQLite file, and its other blocks run in-p
 from __future__ import annotations
 
 import ast
+import dataclasses
 import itertools
 import json
 import os
@@ -28,6 +29,7 @@ import pytest
 
 from celeriac import Celeriac
 from celeriac.cli.main import cli
+from celeriac.config import Settings
 from celeriac.testing import run_queued, wait_for
 from tests.conftest import ROOT, Ledger, WorkerProcesses
 
@@ -217,6 +219,116 @@ def test_the_orders_example_runs_against_a_real_worker(broker_url: str, tmp_path
             env,
         )
         assert ok(with_code).strip() == "27549"
+    finally:
+        procs.kill_all()
+
+
+# -- examples/advanced and examples/periodic/manage.py ------------------------------------------
+
+ADVANCED = EXAMPLES / "advanced"
+
+# Each script runs its tasks in its own process (run_queued on the memory broker): what
+# it prints, line by line.
+IN_PROCESS = {
+    "middleware.py": [
+        "waiting: {'acme': 1, 'globex': 1}",
+        "refused: task middleware.rebuild_report: send it with headers={'tenant': ...}",
+        "too large; waiting: {'acme': 1, 'globex': 1}",
+        "definition refused: task tenants.nightly: tenant_required must be True or False, "
+        "got 'yes'",
+        "result: report 1 rebuilt",
+        "dead letters: ['tenant globex is suspended']",
+        "waiting: {'acme': 0, 'globex': 0}",
+        "audit: ['acme: middleware.rebuild_report SUCCESS', "
+        "'globex: middleware.rebuild_report DEAD']",
+    ],
+    "signing.py": [
+        "on the wire: sig1 + key id + HMAC + msgpack payload",
+        "moved 500 cents from account 1",
+        "moved 300 cents from account 2",
+        "unsigned: FAILURE",
+        "pickled: FAILURE",
+        "dead-lettered: refused: content type pickle is not in accept_content "
+        "['json', 'msgpack']; refused without reading it",
+        "dead-lettered: refused: unsigned message refused: this app requires messages "
+        "signed with task_signing_key",
+    ],
+    "producing.py": [
+        "not sent: cannot send task producing.send_issue: missing a required argument: "
+        "'issue'; the function is send_issue(subscriber_id, issue)",
+        "1000 sent; first on queue mail priority 3",
+        "sent by name: billing.tasks.invoice PENDING",
+        "signature: billing.tasks.remind.s(7) PENDING",
+        "count_open.ignores_result: True",
+        "apublish: issue-7-to-2000",
+        "ran: 1003 | issue 7 sent to 0 | issue 7 sent to 2000",
+    ],
+    "workflows.py": [
+        "before: 0 of 3",
+        "after: 3 ready: True ok: True",
+        "winter failed: True 2",
+        "restored: True",
+        "album ready: 600 bytes",
+        "winter failed: ChordError (image -5 does not exist)",
+    ],
+    "settings.py": [
+        "broker: redis://localhost:6379/0 | soft limit: 120.0",
+        "soft limit now: 90.0",
+        "chosen, not default: True",
+        "unknown setting 'task_soft_time_limt'. Did you mean 'task_soft_time_limit'? "
+        "Every setting is listed in celeriac.config.Settings.",
+        "setting worker_concurrency must be between 1 and 10000, got 0",
+        f"{len(dataclasses.fields(Settings))} settings; all given here: True",
+    ],
+}
+
+
+@pytest.mark.parametrize("script", sorted(IN_PROCESS))
+def test_the_advanced_examples_run_as_their_docstrings_say(script: str, tmp_path: Path) -> None:
+    """`python <script>` in examples/advanced, with or without CELERIAC_BROKER_URL set
+    (each points its app at memory:// itself, and changes no real broker)."""
+    env = {**os.environ, "CELERIAC_BROKER_URL": f"sqlite:///{tmp_path}/untouched.db"}
+    assert ok(run([sys.executable, script], ADVANCED, env)).splitlines() == IN_PROCESS[script]
+    assert not (tmp_path / "untouched.db").exists()
+
+
+def test_the_schedule_example_manages_entries_from_python(tmp_path: Path) -> None:
+    env = {**os.environ, "CELERIAC_BROKER_URL": f"sqlite:///{tmp_path}/untouched.db"}
+    out = ok(run([sys.executable, "manage.py"], PERIODIC, env)).splitlines()
+    assert out[:5] == [
+        "from code and config: ['heartbeat-every-30s', 'tasks.nightly_report', "
+        "'tasks.refresh_rates', 'weekday-digest']",
+        "added: hello every 1m",
+        "changed: hello cron 0 8 * * * (Europe/Kyiv)",
+        "paused hello | paused: True",
+        "resumed hello | paused: False",
+    ]
+    listed = [line.split() for line in out[5:-1]]
+    assert [(row[0], row[1]) for row in listed] == [
+        ("heartbeat-every-30s", "config"),
+        ("hello", "runtime"),
+        ("tasks.nightly_report", "code"),
+        ("tasks.refresh_rates", "code"),
+        ("weekday-digest", "config"),
+    ]
+    assert out[-1] == "removed hello | left: 4"
+    assert not (tmp_path / "untouched.db").exists()
+
+
+@pytest.mark.slow
+def test_the_progress_example_runs_against_a_real_worker(broker_url: str, tmp_path: Path) -> None:
+    """examples/advanced/progress.py as its docstring says: the worker, then the script."""
+    env = {**os.environ, "CELERIAC_BROKER_URL": broker_url, "PYTHONPATH": str(ADVANCED)}
+    procs = WorkerProcesses(broker_url, Ledger(tmp_path / "ledger.txt"))
+    try:
+        procs.start("-Q", "imports", app="progress", env={"PYTHONPATH": str(ADVANCED)})
+        out = ok(run([sys.executable, "progress.py"], ADVANCED, env), procs.log_text())
+        assert out.splitlines() == [
+            "WAITING_FOR_UPLOAD True ready: False",
+            "sum: 42",
+            "SUCCESS successful: True info: 42",
+            "FAILURE failed: True ValueError",
+        ]
     finally:
         procs.kill_all()
 

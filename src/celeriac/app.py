@@ -125,7 +125,20 @@ class Celeriac:
         return self._codec
 
     def use_broker(self, broker: Broker) -> None:
-        """Use this broker object instead of one created from ``broker_url``."""
+        """Use this broker object instead of one created from ``broker_url``.
+
+        For several app objects in one process that must share one broker: two apps on
+        ``memory://`` each make their own in-memory broker otherwise. Kept until
+        ``broker_url`` changes, and in this process only (a forked child connects anew).
+        See examples/advanced/signing.py.
+
+        Example:
+            >>> worker = Celeriac("doc", broker="memory://")
+            >>> producer = Celeriac("doc", broker="memory://")
+            >>> producer.use_broker(worker.broker)
+            >>> producer.broker is worker.broker
+            True
+        """
         self._broker, self._broker_pid = broker, pid.current()
         self._broker_url = self.conf.broker_url
 
@@ -238,7 +251,22 @@ class Celeriac:
     # -- producing ------------------------------------------------------------------------
 
     def publish(self, message: Message) -> AsyncResult[Any]:
-        """Send one built message; return its result handle."""
+        """Send one built message (:meth:`Task.message`); return its result handle.
+
+        The send hooks run as for ``delay()``, but the arguments are not checked against
+        the task's signature: ``delay()`` and ``apply_async()`` check, then publish.
+        See examples/advanced/producing.py.
+
+        Example:
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> app.publish(app.task_named("shop.report").message((7,))).state
+            'PENDING'
+
+        Raises:
+            SerializationError: an argument cannot be encoded.
+            PayloadTooLarge: the message is over ``task_payload_max_bytes``.
+            BrokerConnectionError: the broker cannot be reached; nothing was sent.
+        """
         outgoing = self._outgoing(message)
         if outgoing is None:  # a middleware (dedupe) says an existing task stands for it
             return AsyncResult(message.id, self, message.task)
@@ -255,7 +283,10 @@ class Celeriac:
         return AsyncResult(message.id, self, message.task)
 
     async def apublish(self, message: Message) -> AsyncResult[Any]:
-        """Async face of :meth:`publish`."""
+        """Async face of :meth:`publish`: ``await app.apublish(task.message(args))``.
+
+        See examples/advanced/producing.py.
+        """
         outgoing = self._outgoing(message)
         if outgoing is not None:
             try:
@@ -267,7 +298,22 @@ class Celeriac:
         return AsyncResult(message.id, self, message.task)
 
     def publish_many(self, messages: Sequence[Message]) -> list[AsyncResult[Any]]:
-        """Send many messages in one broker round trip."""
+        """Send many built messages in one broker round trip; their handles, in order.
+
+        A message that cannot be encoded stops the call before anything is sent. When
+        the send fails, the send hooks undo what they wrote (:meth:`Middleware.send_failed`)
+        and the error is raised: send the same messages again (an id already queued is
+        not queued twice). A message a hook answers with an existing task (dedupe) is not
+        sent; its handle is that task's.
+        See examples/advanced/producing.py.
+
+        Example:
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> report = app.task_named("shop.report")
+            >>> [r.id for r in app.publish_many([report.message((i,), task_id=f"r{i}")
+            ...                                  for i in range(3)])]
+            ['r0', 'r1', 'r2']
+        """
         codec = self.codec  # once, not per message
         outgoing: list[Outgoing] = []
         accepted: list[Message] = []  # passed the send hooks: undo them if nothing is sent

@@ -348,7 +348,30 @@ function is add(x, y)
         return Retry(delay=countdown, exc=exc)
 
     def update_state(self, state: str = "PROGRESS", meta: dict[str, Any] | None = None) -> None:
-        """Store a custom state and progress data, visible in ``AsyncResult.info``."""
+        """Store a custom state and progress data, visible in ``AsyncResult.info``.
+
+        Call it from the running task (a bound one: ``self.update_state(...)``); the caller
+        sees ``state`` in ``AsyncResult.state`` and ``meta`` (JSON-ready) in
+        ``AsyncResult.info`` until the task finishes, when its outcome replaces them. One
+        broker write per call: report per step of work, not per row.
+        See examples/advanced/progress.py.
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> from celeriac.testing import run_queued
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> seen = []
+            >>> @app.bound_task()
+            ... def resize(self: Task[..., None], image_id: int) -> None:
+            ...     self.update_state("RESIZING", {"image": image_id})
+            ...     mine = self.app.AsyncResult(self.request.id)  # as a caller sees it
+            ...     seen.append((mine.state, mine.info))
+            >>> r = resize.delay(7)
+            >>> run_queued(app)
+            1
+            >>> seen
+            [('RESIZING', {'image': 7})]
+        """
         from celeriac.message import ResultRecord, encode_result
 
         request = self.request

@@ -31,7 +31,19 @@ __all__ = ["celeriac_app", "run_queued", "wait_for"]
 
 @pytest.fixture
 def celeriac_app() -> Iterator[Celeriac]:
-    """A fresh app on the in-memory broker."""
+    """A fresh app on the in-memory broker, closed after the test.
+
+    Example:
+        A test that defines its own task (the fixture comes with celeriac: no import)::
+
+            from celeriac.testing import run_queued
+
+            def test_double(celeriac_app):
+                double = celeriac_app.task(lambda x: 2 * x, name="double")
+                r = double.delay(21)
+                run_queued(celeriac_app)
+                assert r.get(timeout=1) == 42
+    """
     from celeriac.app import Celeriac
 
     app = Celeriac("test", broker="memory://")
@@ -40,7 +52,18 @@ def celeriac_app() -> Iterator[Celeriac]:
 
 
 def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.01) -> bool:
-    """Poll ``predicate()`` until it is true or ``timeout`` passes; return its last value."""
+    """Poll ``predicate()`` until it is true or ``timeout`` passes; return its last value.
+
+    For tests against a real worker: wait for a condition with a generous deadline, not a
+    fixed sleep (assert on the returned value, with what was seen as the message).
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> r = app.AsyncResult("never-sent")
+        >>> wait_for(lambda: r.ready(), timeout=0.05)
+        False
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = bool(predicate())  # type: ignore[operator]
