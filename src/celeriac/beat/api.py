@@ -490,7 +490,8 @@ def _schedule(
     if (cron is None) == (every is None):
         raise ConfigurationError("give exactly one of cron='...' or every=...")
     if cron is not None:
-        return parse_schedule(cron, tz or default_tz)
+        # An empty zone (--tz "$TZ" with TZ unset) is a mistake to report, not the default.
+        return parse_schedule(cron, default_tz if tz is None else tz)
     return parse_schedule(every, tz)
 
 
@@ -505,14 +506,14 @@ def _changed_schedule(
         raise ConfigurationError("give one of cron='...' or every=..., not both")
     if every is not None:
         return parse_schedule(every, tz)
-    zone = tz or (schedule.tz if isinstance(schedule, Cron) else None)
+    zone = tz if tz is not None else (schedule.tz if isinstance(schedule, Cron) else None)
     if cron is not None:
-        return parse_schedule(cron, zone or default_tz)
+        return parse_schedule(cron, default_tz if zone is None else zone)
     if tz is None:
         return schedule
     if not isinstance(schedule, Cron):
         raise ConfigurationError(f"tz={tz!r} only applies to cron schedules")
-    return Cron(schedule.expr, tz)
+    return parse_schedule(Cron(schedule.expr, tz))
 
 
 def _info(app: Celeriac, item: Loaded, now: float) -> EntryInfo:

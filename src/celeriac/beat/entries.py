@@ -212,7 +212,9 @@ def entry_from_config(name: str, item: Any, default_tz: str) -> Entry:
             f"beat_schedule[{name!r}]: task must be a task name (a string), got {task_name!r}"
         )
     schedule = item["schedule"]
-    tz = item.get("tz") or (default_tz if isinstance(schedule, str) else None)
+    tz = item.get("tz")
+    if tz is None and isinstance(schedule, str):
+        tz = default_tz
     try:
         return Entry(
             name,

@@ -102,10 +102,12 @@ class Scheduler:
         # entry -> (tick claimed by another and unconfirmed, when its claim lapses at the latest)
         self._contended: dict[str, tuple[float, float]] = {}
         self._known: dict[str, tuple[Entry | None, bool]] | None = None
-        self._registered: set[str] = set()  # names this process put in the index
         self._broker_down = False
+        self._down_since = 0.0  # when this scheduler first found the broker unreachable
+        self._outage = 0.0  # seconds the broker was unreachable, when this pass ended an outage
         self._due_at: float | None = None  # when the current pass should have started
         self._late = 0.0  # how late this pass read the entries: a stalled broker or process
+        self._stalled = 0.0  # longest claim or send stall of the last pass (a locked SQLite)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -186,9 +188,15 @@ class Scheduler:
         # The time is read after the broker answered, and again for each entry: a read that
         # stalled (a slow broker, a paused VM) must not make a stale tick look on time.
         now = self.clock()
-        # A pass that got here late (the broker did not answer, this process was paused)
-        # says so when it finds ticks that were not sent.
-        self._late = max(now - self._due_at, 0.0) if self._due_at is not None else 0.0
+        # A pass that got here late (the broker did not answer, this process was paused),
+        # after a stalled claim (a locked SQLite file) or after an outage says so when it
+        # finds ticks that were not sent.
+        late = max(now - self._due_at, 0.0) if self._due_at is not None else 0.0
+        self._late, self._stalled = max(late, self._stalled), 0.0
+        self._outage = max(now - self._down_since, 0.0) if self._broker_down else 0.0
+        if self._broker_down:
+            log.info("beat: the broker is reachable again")  # the ticks lost say for how long
+            self._broker_down = False
         wake = now + interval
         self._note_changes(loaded, now)
         for item in loaded.values():
@@ -201,9 +209,6 @@ class Scheduler:
                 return self._broker_failed(exc, wake - now)
             except Exception:  # one broken entry must not stop the others
                 log.exception("beat: entry %s failed; the other entries carry on", item.name)
-        if self._broker_down:
-            log.info("beat: the broker is reachable again")
-            self._broker_down = False
         return max(wake - self.clock(), 0.001)
 
     def _consider(self, item: Loaded, entry: Entry, now: float) -> float:
@@ -226,10 +231,10 @@ class Scheduler:
             self._contended.get(name, (None,))[0] != tick  # a claimed tick is not missed
         ):
             span = _span(name, schedule, tick if unsent is None else unsent[0], tick, now)
-            why = self._why_unsent(on_time)
+            level, why = self._why_unsent(on_time)
             if entry.missed == "skip" or state.schedule != schedule.describe():
                 log.log(
-                    logging.WARNING if self._late > on_time else logging.INFO,
+                    level,
                     "beat: missed %s (%s); policy skip: next at %s",
                     span,
                     why,
@@ -244,11 +249,12 @@ class Scheduler:
                 _at(schedule, tick, now),
             )
         elif unsent is not None:
+            level, why = self._why_unsent(on_time)
             log.log(
-                logging.WARNING if self._late > on_time else logging.INFO,
+                level,
                 "beat: %s not sent (%s); only the latest tick is sent (%s)",
                 _span(name, schedule, unsent[0], unsent[1], now, verb=True),
-                self._why_unsent(on_time),
+                why,
                 _at(schedule, tick, now),
             )
         return self._claim_and_send(item, entry, state, tick=tick, following=following, now=now)
@@ -274,13 +280,20 @@ class Scheduler:
             return None  # sent by a scheduler whose state write has not landed yet
         return first, last
 
-    def _why_unsent(self, on_time: float) -> str:
+    def _why_unsent(self, on_time: float) -> tuple[int, str]:
+        """The log level and the cause of ticks not sent on time, as far as this scheduler
+        knows it: a WARNING when it was itself kept from sending them."""
+        if self._outage > 0:
+            return logging.WARNING, (
+                f"this scheduler could not reach the broker for "
+                f"{format_seconds(round(self._outage, 1))} and no other scheduler sent them"
+            )
         if self._late > on_time:
-            return (
+            return logging.WARNING, (
                 f"this scheduler was {format_seconds(round(self._late, 1))} late: the broker "
                 "did not answer for that long, or this process was paused"
             )
-        return (
+        return logging.INFO, (
             f"not sent within {format_seconds(on_time)} of the fire time: no scheduler was "
             "running, or the broker did not answer"
         )
@@ -349,6 +362,7 @@ class Scheduler:
         self._done[name] = tick
         self._contended.pop(name, None)
         if stalled:
+            self._note_stall(sent_at - now)
             log.warning(
                 "beat: sent tick of %s for %s as task %s, %s after claiming it (this process "
                 "was paused, or the broker did not answer): another scheduler may have taken "
@@ -401,6 +415,7 @@ class Scheduler:
                 stall,
             )
             self._done[name] = tick
+            self._note_stall(now - claimed_from)
             return now
         if self.app.beat.store.reclaim(name, tick, self._claim_owner, claim_ttl):
             return None  # still ours (the broker itself stalled), or lapsed and ours again
@@ -414,6 +429,13 @@ class Scheduler:
         return self._claimed_elsewhere(
             name, tick, min(now + claim_ttl + _LAPSE_MARGIN, upcoming), upcoming
         )
+
+    def _note_stall(self, seconds: float) -> None:
+        """A claim or send took ``seconds`` (a locked SQLite file, a paused process): the
+        ticks it cost, of this entry and the others, are reported with it as their cause, in
+        this pass and the next."""
+        self._late = max(self._late, seconds)
+        self._stalled = max(self._stalled, seconds)
 
     def _newer_tick_recorded(self, name: str, tick: float) -> bool:
         """Whether the entry's state names a tick after ``tick`` (sent while this one stalled)."""
@@ -456,12 +478,12 @@ class Scheduler:
         """Record when an entry was first seen: ticks before it were never due.
 
         Written whenever the state is missing (not only once per process), so an entry
-        whose state was deleted or expired starts again from its next tick.
+        whose state was deleted or expired starts again from its next tick. The name goes
+        back in the index then too: a broker that lost its data (a Redis restarted without
+        persistence) lost the index with it, and `celeriac beat list` would show nothing.
         """
         state = EntryState(since=now, task=entry.task, schedule=entry.schedule.describe())
-        if name not in self._registered:
-            self.app.beat.store.register(name)
-            self._registered.add(name)
+        self.app.beat.store.register(name)
         self.app.beat.store.write_state(name, state, only_if_absent=True)
         return state
 
@@ -508,6 +530,7 @@ class Scheduler:
         if not self._broker_down:
             log.warning("beat: broker unreachable (%s); retrying every %.1fs", exc, wait)
             self._broker_down = True
+            self._down_since = self.clock()
         return wait
 
 

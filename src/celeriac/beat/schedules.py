@@ -45,6 +45,7 @@ _ALIASES = {
     "@hourly": "0 * * * *",
 }
 _MAX_CANDIDATES = 50_000  # a valid 5-field expression matches within a few years of minutes
+_HOST_ZONE = "localtime"  # zoneinfo's name for whatever zone this host is set to
 _MIN_EVERY = 0.1  # seconds; a faster schedule would cost more broker calls than it is worth
 # croniter's extensions "R" (a random value, drawn anew at every parse) and "H" (hashed
 # from an id): a field using them is not a pure function of time.
@@ -373,9 +374,9 @@ def parse_schedule(value: Any, tz: str | None = None) -> Schedule:
     if isinstance(value, Schedule):
         if tz is not None and not (isinstance(value, Cron) and value.tz == tz):
             raise ConfigurationError(f"tz={tz!r} given with {value!r}: set the zone on the Cron")
-        return value
+        return _same_on_every_host(value)
     if isinstance(value, str):
-        return Cron(value, tz=tz or "UTC")
+        return _same_on_every_host(Cron(value, tz="UTC" if tz is None else tz))
     if tz is not None:
         raise ConfigurationError(f"tz={tz!r} only applies to cron schedules, not {value!r}")
     if isinstance(value, dt.timedelta):
@@ -385,6 +386,23 @@ def parse_schedule(value: Any, tz: str | None = None) -> Schedule:
     raise ConfigurationError(
         f"schedule {value!r}: give a cron string ('*/5 * * * *'), seconds, or a timedelta"
     )
+
+
+def _same_on_every_host(schedule: Schedule) -> Schedule:
+    """Refuse a new schedule whose fire times depend on the host it is computed on.
+
+    Checked where entries are defined, not in :class:`Cron` itself, so an entry stored by
+    an older version keeps its ticks (a scheduler that cannot rebuild an entry skips it).
+    """
+    if isinstance(schedule, Cron) and schedule.tz == _HOST_ZONE:
+        # A link to the host's /etc/localtime: schedulers on hosts set to other zones
+        # would fire the same entry at other instants, each tick under its own id.
+        raise ConfigurationError(
+            f"cron {schedule.expr!r}: tz={schedule.tz!r} is this host's own zone (a link to "
+            "/etc/localtime), so schedulers on hosts set to other zones would send the "
+            "entry's ticks at other times; name the zone ('Europe/Kyiv', 'UTC')"
+        )
+    return schedule
 
 
 def format_seconds(seconds: float) -> str:
