@@ -245,6 +245,17 @@ def test_dlq_list_keeps_each_id_whole_and_its_reason_readable_at_80_columns(
     assert shown.exit_code == 0 and json.loads(shown.output)["id"] == ids[0]
 
 
+def test_a_name_with_an_emoji_code_in_it_is_printed_as_it_is(broker_url: str) -> None:
+    # Rich turned ":ghost:" into an emoji (a tick id beat:ghost:20261201T... printed as
+    # beat👻2026...), and the name or id could not be copied back into a command.
+    name = "cleanup:ghost:tmp"
+    assert (
+        invoke("-b", broker_url, "beat", "add", name, "shop.cleanup", "--every", "1h").exit_code
+        == 0
+    )
+    assert f"\n{name}  every 1h  active" in invoke("-b", broker_url, "beat", "list").output
+
+
 def test_dlq_show_cuts_a_large_body_unless_full(core_app: Celeriac, broker_url: str) -> None:
     body = b"x" * 100_000  # a megabyte printed 2.4 MB of JSON: the reason scrolled away
     core_app.broker.send([Outgoing("big", "default", body)])

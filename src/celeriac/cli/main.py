@@ -77,7 +77,9 @@ def _console(name: str) -> Console:
     if name not in _consoles:
         from rich.console import Console
 
-        _consoles[name] = Console(stderr=name == "err", highlight=False)
+        # emoji=False: an id or name with ":ghost:" in it (beat:ghost:2026...) was printed
+        # with an emoji in its place, and could not be copied back.
+        _consoles[name] = Console(stderr=name == "err", highlight=False, emoji=False)
         globals()[name] = _consoles[name]  # later lookups skip __getattr__
     return _consoles[name]
 
