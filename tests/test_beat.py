@@ -694,7 +694,7 @@ def test_the_example_lists_its_entries(tmp_path: Path) -> None:
 def test_a_scheduler_process_stopped_right_after_its_fork_exits_cleanly(tmp_path: Path) -> None:
     # A SIGTERM before the forked child installed its handlers killed it by the default
     # action (exit code -15), or ran the parent's handler in it.
-    from celeriac.beat.scheduler import fork_scheduler, stop_scheduler
+    from celeriac.beat.process import fork_scheduler, stop_scheduler
 
     app = Celeriac("fork-beat", broker=f"sqlite:///{tmp_path}/broker.db")
     try:

@@ -19,7 +19,8 @@ Example:
 
 from celeriac.beat.api import Beat, EntryInfo, PeriodicDecorator
 from celeriac.beat.entries import Entry, tick_id
-from celeriac.beat.scheduler import Scheduler, fork_scheduler, stop_scheduler
+from celeriac.beat.process import fork_scheduler, stop_scheduler
+from celeriac.beat.scheduler import Scheduler
 from celeriac.beat.schedules import Cron, Every, Schedule, parse_schedule
 
 __all__ = [
