@@ -15,6 +15,8 @@ another connection commits, every few milliseconds — no one-second poll.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -24,8 +26,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import msgspec
-
 from celeriac import pid
 from celeriac.brokers.base import (
     Broker,
@@ -33,7 +33,6 @@ from celeriac.brokers.base import (
     Delivery,
     Lease,
     Outgoing,
-    WorkerInfo,
 )
 from celeriac.brokers.sqlite_results import WAIT_STEP, SQLiteResults
 from celeriac.brokers.sqlite_store import SQLiteStore
@@ -98,6 +97,9 @@ CREATE TABLE IF NOT EXISTS streams (
 """
 
 _RECLAIM_EVERY = 1.0  # seconds between expired-lease sweeps inside fetch
+_FILE_CHECK_EVERY = 0.5  # seconds between two reads' checks that the file is still there
+
+log = logging.getLogger("celeriac.brokers.sqlite")
 
 
 def path_from_url(url: str) -> tuple[str, dict[str, list[str]]]:
@@ -163,18 +165,61 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
 
     # -- connections --------------------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self, *, check_file: bool = False) -> sqlite3.Connection:
+        """This thread's connection; ``check_file`` makes sure it is still to the file at
+        ``self.path`` (reads check at most every ``_FILE_CHECK_EVERY`` seconds)."""
         local = self._local
         if getattr(local, "pid", None) != pid.current():
             if getattr(local, "db", None) is not None:
                 # A connection must never cross fork(); closing it here could disturb the
                 # parent's locks, so it is kept unused until this process exits.
                 self._inherited.append(local.db)
-            local.db = self._connect()
+            local.db, local.file = self._connect_recording_file()
             local.pid = pid.current()
             local.version = None
+        elif check_file or time.monotonic() - local.checked > _FILE_CHECK_EVERY:
+            self._follow_file(local)
         db: sqlite3.Connection = local.db
         return db
+
+    def _connect_recording_file(self) -> tuple[sqlite3.Connection, tuple[int, int] | None]:
+        # The file's identity is taken before connecting: if it is swapped in between, the
+        # next check reconnects once more, which is harmless; taken after, it could bind
+        # this connection to a file it is not on.
+        before = _file_id(self.path)
+        db = self._connect()
+        self._local.checked = time.monotonic()
+        return db, before if before is not None else _file_id(self.path)
+
+    def _follow_file(self, local: threading.local) -> None:
+        """Reconnect when the file at ``self.path`` is no longer the one this thread's
+        connection has open (deleted, or replaced by a restore or a copy).
+
+        SQLite keeps reading and writing a deleted file through its open descriptor, and
+        nothing reaches it any more: a worker on it waited forever for tasks that
+        producers, opening the path, put in the new file, and a producer on it committed
+        sends into a file that vanished with its last connection.
+        """
+        local.checked = time.monotonic()
+        now = _file_id(self.path)
+        if now == local.file:
+            return
+        old = local.db
+        local.db, local.file = self._connect_recording_file()  # raises: old kept, retried
+        local.version = None  # a new file: whatever waits reads it again
+        old.close()  # safe: SQLite neither checkpoints nor deletes the WAL of a moved file
+        log.error(
+            "the SQLite broker file %s is no longer the file process %d opened (it was "
+            "deleted or replaced); this process now uses the file at that path%s. Queued "
+            "tasks, results and leases that were only in the old file are gone for this "
+            "process: tasks running from it will report a lost lease, and producers that "
+            "kept the old file open may have sent tasks into it. To swap the file on "
+            "purpose (a restore), stop every worker and producer first and remove its -wal "
+            "and -shm files with it; otherwise restore it from a backup.",
+            self.path,
+            os.getpid(),
+            " (a new, empty one)" if now is None else "",
+        )
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -186,16 +231,21 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
             # long as any connection is open: tens of MB on disk for a worker's lifetime.
             # With a limit, the file is cut back to it the next time the log is reset.
             db.execute(f"PRAGMA journal_size_limit={_WAL_KEEP_BYTES}")
+            # A file created since this broker was made (the old one deleted under a
+            # running process) has no tables yet: every call failed "no such table".
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchone():
+                db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
+            advice = _advice(self.path, getattr(exc, "sqlite_errorname", ""))
             raise BrokerConnectionError(
-                f"cannot open the SQLite broker at {self.path}: {exc}. Check that the folder "
-                "exists and is writable by this user."
+                f"cannot open the SQLite broker at {self.path}: {exc}. "
+                f"{advice or 'Check that the folder exists and is writable by this user.'}"
             ) from exc
         return db
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self._db()
+        db = self._db(check_file=True)  # a write into a deleted file would be lost
         try:
             if db.in_transaction:
                 # Left open by an exception between two statements of ours (a task's soft
@@ -221,7 +271,10 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
 
     def _changed(self) -> bool:
         """True when another connection committed since the last call on this thread."""
-        version = self._db().execute("PRAGMA data_version").fetchone()[0]
+        try:
+            version = self._db().execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise BrokerError(failure(self.path, exc)) from exc
         changed = version != self._local.version
         self._local.version = version
         return bool(changed)
@@ -273,7 +326,11 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         while True:
             if time.time() - self._last_reclaim > _RECLAIM_EVERY:
                 self.reap()
-            if self._candidates(self._db(), queues, limit, time.time()):
+            try:  # a read outside any transaction: its errors are translated here
+                ready = self._candidates(self._db(), queues, limit, time.time())
+            except sqlite3.Error as exc:
+                raise BrokerError(failure(self.path, exc)) from exc
+            if ready:
                 with self._transaction() as db:
                     taken = self._take(db, queues, consumer, limit, lease_seconds)
                 if taken:
@@ -440,41 +497,6 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
                     lost.append(lease.id)
         return lost
 
-    # -- workers ------------------------------------------------------------------------
-
-    def heartbeat(self, worker: WorkerInfo, ttl: float) -> None:
-        """Record a live worker."""
-        now = time.time()
-        info = msgspec.json.encode(msgspec.structs.asdict(_WorkerRow.from_info(worker, now)))
-        with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO workers VALUES (?, ?, ?)", (worker.id, info, now + ttl)
-            )
-
-    def heartbeat_all(self, workers: Sequence[WorkerInfo], ttl: float) -> None:
-        """Record several live workers in one transaction."""
-        now = time.time()
-        rows = [
-            (
-                w.id,
-                msgspec.json.encode(msgspec.structs.asdict(_WorkerRow.from_info(w, now))),
-                now + ttl,
-            )
-            for w in workers
-        ]
-        with self._transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO workers VALUES (?, ?, ?)", rows)
-
-    def forget_worker(self, worker_id: str) -> None:
-        """Drop a worker that stopped cleanly."""
-        with self._transaction() as db:
-            db.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
-
-    def workers(self) -> list[WorkerInfo]:
-        """Workers whose heartbeat has not expired."""
-        rows = self._read("SELECT info FROM workers WHERE expires_at > ?", (time.time(),))
-        return [msgspec.json.decode(row[0], type=_WorkerRow).to_info() for row in rows]
-
     def reap(self) -> int:
         """Release messages of dead workers and expired leases; drop expired results."""
         now = time.time()
@@ -495,8 +517,8 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
 
 
 def failure(path: str, exc: sqlite3.Error) -> str:
-    """The error of a failed statement: what happened to the file, and what to do when
-    the disk is the cause (SQLite's own words name neither the folder nor a remedy).
+    """The error of a failed statement: what happened to the file, and what to do (SQLite's
+    own words name neither the file nor a remedy).
 
     Example:
         >>> full = sqlite3.OperationalError("database or disk is full")
@@ -508,27 +530,65 @@ def failure(path: str, exc: sqlite3.Error) -> str:
         /var/lib/app/broker.db-wal first. Producers get this error; workers retry until
         there is room.
     """
-    folder = Path(path).parent
     said = f"SQLite broker at {path} failed: {exc}."
-    code = getattr(exc, "sqlite_errorname", "")
+    advice = _advice(path, getattr(exc, "sqlite_errorname", ""))
+    return f"{said} {advice}" if advice else said
+
+
+def _advice(path: str, code: str) -> str:
+    """What to do about the SQLite error ``code`` on the broker file ``path`` ('' when
+    there is nothing better to say than SQLite's own words)."""
+    folder = Path(path).parent
     if code == "SQLITE_FULL":
         return (
-            f"{said} The disk is full: nothing was written. Free space on the disk holding "
+            f"The disk is full: nothing was written. Free space on the disk holding "
             f"{folder} (df -h {folder}); purging a queue needs room too, as SQLite writes "
             f"deletions to {path}-wal first. Producers get this error; workers retry until "
             "there is room."
         )
     if code.startswith(("SQLITE_READONLY", "SQLITE_IOERR")):
         return (
-            f"{said} The file cannot be written: nothing was written. Check that {path}, its "
+            f"The file cannot be written: nothing was written. Check that {path}, its "
             f"-wal and -shm files and {folder} are writable by this user, that the disk is "
             "not mounted read-only or full, and the system log (dmesg) for disk errors. "
             "Producers get this error; workers retry until the file can be written."
         )
-    return said
+    if code == "SQLITE_BUSY":
+        return (
+            f"Another process held the write lock of {path} for over 30 s: nothing was "
+            "written. Celeriac's transactions are short, so look for one outside it: an "
+            "sqlite3 shell left inside BEGIN, a backup or copy tool, a "
+            f"process stopped with Ctrl-Z (fuser -v {path} lists the processes that have "
+            "it open). Producers get this error; workers retry until the lock is free."
+        )
+    if code == "SQLITE_NOTADB":
+        return (
+            f"{path} is not a SQLite database: another program's file, or a broker URL "
+            "naming the wrong file. Point the broker URL at a new file name (celeriac "
+            "creates it), or move this file away if it is not needed."
+        )
+    if code.startswith("SQLITE_CORRUPT"):
+        return (
+            f"The file is damaged (copied while written, its -wal file removed in use, a "
+            f"disk fault). Stop every worker and producer, keep a copy of {path} and its "
+            f"-wal file, and see what SQLite can save: sqlite3 {path} .recover | sqlite3 "
+            f"{folder}/recovered.db"
+        )
+    return ""
 
 
 _WAL_KEEP_BYTES = 4 * 1024 * 1024
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """The device and inode of the file at ``path``, None when there is none or it cannot
+    be seen (a folder without search permission: connecting again then fails with
+    SQLite's error and its advice, and the connection in hand is kept)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _enable_wal(db: sqlite3.Connection) -> None:
@@ -543,39 +603,3 @@ def _enable_wal(db: sqlite3.Connection) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
-
-
-class _WorkerRow(msgspec.Struct):
-    id: str
-    host: str
-    pid: int
-    queues: list[str]
-    concurrency: int
-    started_at: float
-    heartbeat_at: float
-    extra: dict[str, Any]
-
-    @classmethod
-    def from_info(cls, info: WorkerInfo, now: float) -> _WorkerRow:
-        return cls(
-            info.id,
-            info.host,
-            info.pid,
-            list(info.queues),
-            info.concurrency,
-            info.started_at,
-            now,
-            dict(info.extra),
-        )
-
-    def to_info(self) -> WorkerInfo:
-        return WorkerInfo(
-            self.id,
-            self.host,
-            self.pid,
-            tuple(self.queues),
-            self.concurrency,
-            self.started_at,
-            self.heartbeat_at,
-            self.extra,
-        )

@@ -1,4 +1,5 @@
-"""The SQLite broker's results, dead letters and administration (stats, purge).
+"""The SQLite broker's results, dead letters and administration (live workers, stats,
+purge).
 
 A mixin of :class:`~celeriac.brokers.sqlite.SQLiteBroker`, kept apart so each module stays
 small, as :mod:`~celeriac.brokers.sqlite_store` is. Every write is one transaction on the
@@ -14,14 +15,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from celeriac.brokers.base import DeadLetter, QueueStats, Renew, replayed
+import msgspec
+
+from celeriac.brokers.base import DeadLetter, QueueStats, Renew, WorkerInfo, replayed
 from celeriac.brokers.sqlite_store import IDS_PER_QUERY
 
 WAIT_STEP = 0.004  # seconds between data_version checks while waiting
 
 
 class SQLiteResults:
-    """Results (with waiting on them), dead letters, stats and purge on SQLite."""
+    """Results (with waiting on them), dead letters, live workers, stats and purge on
+    SQLite."""
 
     def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError  # provided by SQLiteBroker
@@ -101,6 +105,41 @@ class SQLiteResults:
         with self._transaction() as db:
             db.execute("DELETE FROM results WHERE id = ?", (task_id,))
 
+    # -- workers ------------------------------------------------------------------------
+
+    def heartbeat(self, worker: WorkerInfo, ttl: float) -> None:
+        """Record a live worker."""
+        now = time.time()
+        info = msgspec.json.encode(msgspec.structs.asdict(_WorkerRow.from_info(worker, now)))
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO workers VALUES (?, ?, ?)", (worker.id, info, now + ttl)
+            )
+
+    def heartbeat_all(self, workers: Sequence[WorkerInfo], ttl: float) -> None:
+        """Record several live workers in one transaction."""
+        now = time.time()
+        rows = [
+            (
+                w.id,
+                msgspec.json.encode(msgspec.structs.asdict(_WorkerRow.from_info(w, now))),
+                now + ttl,
+            )
+            for w in workers
+        ]
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO workers VALUES (?, ?, ?)", rows)
+
+    def forget_worker(self, worker_id: str) -> None:
+        """Drop a worker that stopped cleanly."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    def workers(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat has not expired."""
+        rows = self._read("SELECT info FROM workers WHERE expires_at > ?", (time.time(),))
+        return [msgspec.json.decode(row[0], type=_WorkerRow).to_info() for row in rows]
+
     # -- administration -----------------------------------------------------------------
 
     def stats(self) -> list[QueueStats]:
@@ -167,3 +206,39 @@ class SQLiteResults:
         """Delete every dead letter."""
         with self._transaction() as db:
             return db.execute("DELETE FROM dead_letters").rowcount
+
+
+class _WorkerRow(msgspec.Struct):
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    started_at: float
+    heartbeat_at: float
+    extra: dict[str, Any]
+
+    @classmethod
+    def from_info(cls, info: WorkerInfo, now: float) -> _WorkerRow:
+        return cls(
+            info.id,
+            info.host,
+            info.pid,
+            list(info.queues),
+            info.concurrency,
+            info.started_at,
+            now,
+            dict(info.extra),
+        )
+
+    def to_info(self) -> WorkerInfo:
+        return WorkerInfo(
+            self.id,
+            self.host,
+            self.pid,
+            tuple(self.queues),
+            self.concurrency,
+            self.started_at,
+            self.heartbeat_at,
+            self.extra,
+        )

@@ -1,0 +1,164 @@
+"""The SQLite broker under what happens to a file on a real host: deleted or replaced
+under running processes, a file that is not a database, a lock held by another program."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from celeriac import Celeriac
+from celeriac.brokers.base import Outgoing
+from celeriac.brokers.sqlite import SQLiteBroker
+from celeriac.errors import BrokerConnectionError, BrokerError
+from tests.conftest import ROOT, Ledger, WorkerProcesses
+
+
+def _remove(path: Path) -> None:
+    """Delete a broker file the way a person cleaning up does: with its -wal and -shm."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def test_a_running_worker_takes_tasks_from_the_new_file_once_its_file_is_deleted(
+    sqlite_url: str, ledger: Ledger, tmp_path: Path
+) -> None:
+    # SQLite kept the worker on the deleted file through its open descriptor: producers
+    # created a new file at the path, and the worker waited forever without a word.
+    procs = WorkerProcesses(sqlite_url, ledger)
+    producer = Celeriac("producer", broker=sqlite_url)
+    try:
+        # The worker imports celeriac from where this test does (the source under test).
+        source = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)
+        procs.start("-c", "1", env={"PYTHONPATH": source})
+        assert producer.send_task("tests.apps.core.add", args=(1, 2)).get(timeout=20) == 3
+        producer.broker.close()
+        _remove(tmp_path / "broker.db")
+
+        fresh = Celeriac("fresh-producer", broker=sqlite_url)  # as a process started now
+        try:
+            sent = fresh.send_task("tests.apps.core.add", args=(2, 3))
+            assert sent.get(timeout=20) == 5, procs.log_text()
+        finally:
+            fresh.broker.close()
+        assert ledger.count("run")[sent.id] == 1
+        assert f"the SQLite broker file {tmp_path / 'broker.db'} is no longer" in procs.log_text()
+    finally:
+        procs.kill_all()
+        producer.broker.close()
+
+
+@pytest.mark.parametrize("how", ["deleted", "restored from a backup"])
+def test_a_producer_that_kept_the_file_open_sends_into_the_file_now_at_its_path(
+    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its sends were committed into the old file, which vanished with its last
+    # connection: tasks lost without an error. A thread it started later opened the new
+    # file, which had no tables ("no such table: messages").
+    path = tmp_path / "broker.db"
+    url = f"sqlite:///{path}"
+    producer = SQLiteBroker(url)
+    producer.send([Outgoing("before", "q", b"x")])
+    if how == "deleted":
+        _remove(path)
+        expected = ["after", "from-thread"]
+    else:  # a proper backup (SQLite's backup API), put in place with its stale logs gone
+        backup, live = sqlite3.connect(tmp_path / "backup.db"), sqlite3.connect(path)
+        live.backup(backup)
+        backup.close()
+        live.close()
+        producer.send([Outgoing("lost-in-restore", "q", b"x")])
+        _remove(path)
+        os.replace(tmp_path / "backup.db", path)
+        expected = ["after", "before", "from-thread"]
+    thread_said: list[object] = []
+
+    def send_from_a_new_thread() -> None:
+        try:
+            thread_said.append(producer.send([Outgoing("from-thread", "q", b"x")]))
+        except BrokerError as exc:
+            thread_said.append(exc)
+
+    with caplog.at_level(logging.ERROR, logger="celeriac.brokers.sqlite"):
+        assert producer.send([Outgoing("after", "q", b"x")]) == [True]
+        worker_thread = threading.Thread(target=send_from_a_new_thread)
+        worker_thread.start()
+        worker_thread.join(timeout=30)
+    assert thread_said == [[True]]
+
+    consumer = SQLiteBroker(url)
+    try:
+        taken = consumer.fetch(["q"], "c", limit=10, lease_seconds=30, timeout=0)
+        assert sorted(d.id for d in taken) == expected
+    finally:
+        consumer.close()
+        producer.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1  # once, by the thread that noticed; the other opened the new file
+    assert f"{path} is no longer the file process {os.getpid()} opened" in said[0]
+
+
+def test_a_file_that_is_not_a_database_is_named_with_what_to_do(tmp_path: Path) -> None:
+    # It said "file is not a database. Check that the folder exists and is writable by
+    # this user": both were true, and the remedy was elsewhere.
+    path = tmp_path / "notes.txt"
+    path.write_text("shopping list: celeriac, leeks\n" * 20)
+    with pytest.raises(BrokerConnectionError) as raised:
+        SQLiteBroker(f"sqlite:///{path}")
+    said = str(raised.value)
+    assert f"{path} is not a SQLite database" in said
+    assert "Point the broker URL at a new file name" in said
+    assert "writable" not in said
+
+
+def test_a_lock_held_by_another_program_names_the_file_and_where_to_look(tmp_path: Path) -> None:
+    # "database is locked." was all a producer read after 30 s of waiting.
+    path = tmp_path / "broker.db"
+    broker = SQLiteBroker(f"sqlite:///{path}")
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # an sqlite3 shell left inside a transaction
+        broker._db().execute("PRAGMA busy_timeout=50")  # not 30 s of waiting in a test
+        with pytest.raises(BrokerError) as raised:
+            broker.send([Outgoing("t1", "q", b"x")])
+    finally:
+        holder.close()
+        broker.close()
+    said = str(raised.value)
+    assert said.startswith(f"SQLite broker at {path} failed: database is locked.")
+    assert f"fuser -v {path}" in said
+    assert "workers retry" in said
+
+
+def test_a_damaged_file_fails_a_fetch_with_a_broker_error_not_a_driver_error(
+    tmp_path: Path,
+) -> None:
+    # fetch read its candidates outside a transaction, untranslated: a child got
+    # sqlite3.DatabaseError, which its outage handling does not catch, and crash-looped
+    # with a traceback per restart instead of waiting and saying what to do.
+    path = tmp_path / "broker.db"
+    url = f"sqlite:///{path}"
+    broker = SQLiteBroker(url)
+    broker.send([Outgoing(f"t{i}", "q", b"x" * 200) for i in range(300)])
+    broker._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file
+    broker.close()
+    with path.open("r+b") as file:  # a disk fault: every page after the schema's
+        size = file.seek(0, os.SEEK_END)
+        file.seek(4096)
+        file.write(b"\xa5" * (size - 4096))
+    damaged = SQLiteBroker(url)
+    try:
+        # The first fetch starts with the expired-lease sweep, a transaction (translated);
+        # a fetch within the next second goes straight to the read, as a child's does.
+        for _ in range(2):
+            with pytest.raises(BrokerError) as raised:
+                damaged.fetch(["q"], "c", limit=10, lease_seconds=30, timeout=0)
+    finally:
+        damaged.close()
+    said = str(raised.value)
+    assert said.startswith(f"SQLite broker at {path} failed: database disk image is malformed.")
+    assert ".recover" in said
