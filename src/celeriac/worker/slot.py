@@ -35,7 +35,14 @@ import msgspec
 
 log = logging.getLogger("celeriac.worker")
 
-_HEADER = struct.Struct("<QI")  # sequence, payload length
+# Header: the sequence (8 bytes at 0, written as one aligned store through a memoryview)
+# and the payload length (4 bytes at 8, written only while the sequence is odd). Written
+# with struct.pack_into, the header was zeroed first and then filled byte by byte: a reader
+# could see a new even sequence beside a zero length, and the supervisor died decoding an
+# empty record ("Input data was truncated"), or saw a zero sequence and read "holds nothing".
+_SEQ = slice(0, 8)
+_LENGTH = struct.Struct("<I")
+_HEADER_SIZE = 12
 _HAND = struct.Struct("<q")  # a consumer's hand: hand_mark() of the message it took last
 _SIZE = 4 << 20  # bytes: -c 10,000 with task names of ~250 characters
 
@@ -100,9 +107,10 @@ class Slot:
         if size < 1024 + hands * _HAND.size:
             raise ValueError(f"a slot of {hands} hand(s) needs more than {size} bytes")
         self._mem = mmap.mmap(-1, size)  # anonymous and shared across fork()
+        self._seq_word = memoryview(self._mem)[_SEQ].cast("Q")  # one store, one load
         self._hands = hands  # one per consumer of the child
         self._hands_at = size - hands * _HAND.size
-        self._room = self._hands_at - _HEADER.size
+        self._room = self._hands_at - _HEADER_SIZE
         self._seq = 0
         self._lock = threading.Lock()  # the child's writers; the supervisor never writes
         self._overflowed = False  # the last write left records out (logged once per spell)
@@ -132,9 +140,10 @@ class Slot:
             self._overflowed = False
         with self._lock:
             self._seq += 1
-            _HEADER.pack_into(self._mem, 0, self._seq * 2 - 1, len(data))
-            self._mem[_HEADER.size : _HEADER.size + len(data)] = data
-            _HEADER.pack_into(self._mem, 0, self._seq * 2, len(data))
+            self._seq_word[0] = self._seq * 2 - 1  # odd: a write is under way
+            _LENGTH.pack_into(self._mem, 8, len(data))
+            self._mem[_HEADER_SIZE : _HEADER_SIZE + len(data)] = data
+            self._seq_word[0] = self._seq * 2
 
     def _fit(self, held: list[Held], rss: int, done: int, size: int) -> bytes:
         """A head of ``held`` that fits (about the longest), without the growth counters."""
@@ -184,13 +193,18 @@ class Slot:
     def read(self) -> SlotView:
         """The child's last complete record (supervisor side)."""
         for _ in range(1000):
-            seq, length = _HEADER.unpack_from(self._mem, 0)
+            seq = self._seq_word[0]
             if seq % 2 == 0:
-                data = bytes(self._mem[_HEADER.size : _HEADER.size + length])
-                if _HEADER.unpack_from(self._mem, 0)[0] == seq:
+                (length,) = _LENGTH.unpack_from(self._mem, 8)
+                data = bytes(self._mem[_HEADER_SIZE : _HEADER_SIZE + min(length, self._room)])
+                if self._seq_word[0] == seq:
                     if seq == 0:
                         return SlotView([], 0)
-                    p = _decode(data)
+                    try:
+                        p = _decode(data)
+                    except msgspec.DecodeError:
+                        # Torn all the same (a CPU that reorders stores): read it again.
+                        continue
                     return SlotView(p.held, p.rss, p.done, p.growth)
             time.sleep(0.0001)
         return SlotView([], 0)  # a child that died mid-write; its leases will expire
@@ -198,5 +212,6 @@ class Slot:
     def clear(self) -> None:
         """Forget everything (before a fresh child takes this slot)."""
         self._seq = 0
-        _HEADER.pack_into(self._mem, 0, 0, 0)
+        self._seq_word[0] = 0
+        _LENGTH.pack_into(self._mem, 8, 0)
         self._mem[self._hands_at :] = bytes(self._hands * _HAND.size)
