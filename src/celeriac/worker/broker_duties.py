@@ -44,6 +44,7 @@ class BrokerDuties:
     _last_beat: float
     _last_renew: float
     _last_reap: float
+    _lost_before: set[tuple[str, str]]  # (id, token) found lost by the last renewal
 
     def _broker_duties(self, now: float) -> None:
         """What keeps this worker's tasks its own, first; the rest when there is time.
@@ -72,18 +73,27 @@ class BrokerDuties:
         leases = [
             Lease(h.id, h.queue, h.token) for child in self._children for h in child.last_view.held
         ]
-        if leases:
-            lost = self.app.broker.renew(leases, self.app.conf.worker_lease_seconds)
-            if lost:
-                # Only what a child still holds was lost: a task committed between this
-                # tick's read of the slots and the renewal is merely done.
-                lost = self._still_held(lost, leases)
-            if lost:
-                log.warning(
-                    "worker %s lost the lease of %s; another worker may run them",
-                    self.id,
-                    ", ".join(lost),
-                )
+        if not leases:
+            self._lost_before = set()
+            return
+        lost = self.app.broker.renew(leases, self.app.conf.worker_lease_seconds)
+        if lost:
+            # Only what a child still holds was lost: a task committed between this
+            # tick's read of the slots and the renewal is merely done.
+            lost = self._still_held(lost, leases)
+        # Said on the second renewal in a row that finds it lost: a child that committed
+        # a batch lists it in its slot until its next write, so once was often "done",
+        # not "lost" (~1 run in 6 under load), and read as "another worker may run them".
+        tokens = {lease.id: lease.token for lease in leases}
+        now_lost = {(i, tokens[i]) for i in lost}
+        repeated = sorted(i for i, token in now_lost & self._lost_before)
+        self._lost_before = now_lost
+        if repeated:
+            log.warning(
+                "worker %s lost the lease of %s; another worker may run them",
+                self.id,
+                ", ".join(repeated),
+            )
 
     def _still_held(self, ids: list[str], leases: list[Lease]) -> list[str]:
         tokens = {lease.id: lease.token for lease in leases}

@@ -104,6 +104,7 @@ class Worker(Reaping, BrokerDuties):
         self._unreached_why = ""
         self._reachable = True
         self._last_renew = self._last_beat = self._last_reap = 0.0
+        self._lost_before: set[tuple[str, str]] = set()
         # At most a second between tries: heartbeats and lease renewals must resume at once
         # when the broker is back, before another worker's reaper takes this one for dead.
         self._outage = Outage(first_delay=0.5, longest=1.0)
