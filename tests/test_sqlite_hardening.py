@@ -3,6 +3,7 @@ under running processes, a file that is not a database, a lock held by another p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -13,8 +14,8 @@ import pytest
 
 from celeriac import Celeriac
 from celeriac.brokers.base import Outgoing
-from celeriac.brokers.sqlite import SQLiteBroker
-from celeriac.errors import BrokerConnectionError, BrokerError
+from celeriac.brokers.sqlite import SCHEMA_VERSION, SQLiteBroker
+from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 from tests.conftest import ROOT, Ledger, WorkerProcesses
 
 
@@ -162,3 +163,17 @@ def test_a_damaged_file_fails_a_fetch_with_a_broker_error_not_a_driver_error(
     said = str(raised.value)
     assert said.startswith(f"SQLite broker at {path} failed: database disk image is malformed.")
     assert ".recover" in said
+
+
+def test_a_file_from_a_newer_schema_is_refused_and_a_new_file_is_stamped(tmp_path: Path) -> None:
+    # The file had no schema version: a newer celeriac's layout would have been read (and
+    # "upgraded") as this one's, in whatever way that went wrong.
+    path = tmp_path / "broker.db"
+    SQLiteBroker(f"sqlite:///{path}").close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(
+        ConfigurationError, match=r"was made by a newer celeriac \(schema version 2"
+    ):
+        SQLiteBroker(f"sqlite:///{path}")

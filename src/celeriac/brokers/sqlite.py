@@ -38,6 +38,11 @@ from celeriac.brokers.sqlite_results import WAIT_STEP, SQLiteResults
 from celeriac.brokers.sqlite_store import SQLiteStore
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 
+#: The layout of the file, stamped in its ``user_version``: a file from a newer celeriac is
+#: refused with what to do (its layout unknown here, reading it could go wrong in any way).
+#: Raise it with any change an older celeriac could not read or write correctly.
+SCHEMA_VERSION = 1
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY,
@@ -158,8 +163,19 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
                 f"in the broker URL {url!r}, or create the folder (mkdir -p {folder})"
             )
         try:
+            version = self._db().execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                # Read first: this version's script and upgrades could undo a newer layout.
+                raise ConfigurationError(
+                    f"the SQLite broker file {self.path} was made by a newer celeriac "
+                    f"(schema version {version}; this celeriac knows up to {SCHEMA_VERSION}). "
+                    "Upgrade celeriac here (every worker and producer on one file must run "
+                    "a version that knows its schema), or point the broker URL at another file"
+                )
             self._db().executescript(_SCHEMA)  # executescript commits by itself
             self._upgrade_joins()
+            if version < SCHEMA_VERSION:
+                self._db().execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise BrokerError(f"cannot create the SQLite broker at {self.path}: {exc}") from exc
 
