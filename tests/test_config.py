@@ -112,3 +112,16 @@ def test_a_named_limit_whose_rate_cannot_be_read_is_refused_when_set() -> None:
     with pytest.raises(ConfigurationError, match="CELERIAC_LIMITS"):
         Settings.from_environment({"CELERIAC_LIMITS": '{"smtp": "ten per second"}'})
     assert Settings(limits={"smtp": "10/s"}).limits == {"smtp": "10/s"}
+
+
+def test_a_three_slash_url_meant_as_absolute_says_to_write_four(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # sqlite:///tmp/x.db is tmp/x.db under the working directory: the error named a folder
+    # that does not exist, and not why the path was not the one written.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    absolute = tmp_path / "elsewhere" / "c.db"
+    with pytest.raises(ConfigurationError) as caught:
+        Celeriac("x", broker=f"sqlite://{absolute}").broker  # three slashes
+    assert f"for {absolute} write four: sqlite:///{absolute})" in str(caught.value)

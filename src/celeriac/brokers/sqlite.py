@@ -158,9 +158,16 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         self._known_queues: set[str] = set()  # queues this process has recorded already
         folder = Path(self.path).parent
         if not folder.is_dir():  # a typo would otherwise make a fresh, empty broker elsewhere
+            meant = Path("/", path)  # sqlite:///tmp/x.db is tmp/x.db, relative
+            hint = (
+                f" (three slashes make the path relative to {Path.cwd()}; for {meant} "
+                f"write four: sqlite:///{meant})"
+                if not Path(path).is_absolute() and meant.parent.is_dir()
+                else ""
+            )
             raise ConfigurationError(
                 f"the folder of the SQLite broker {self.path} does not exist: fix the path "
-                f"in the broker URL {url!r}, or create the folder (mkdir -p {folder})"
+                f"in the broker URL {url!r}{hint}, or create the folder (mkdir -p {folder})"
             )
         try:
             version = self._db().execute("PRAGMA user_version").fetchone()[0]
