@@ -123,5 +123,5 @@ def test_a_three_slash_url_meant_as_absolute_says_to_write_four(
     (tmp_path / "elsewhere").mkdir()
     absolute = tmp_path / "elsewhere" / "c.db"
     with pytest.raises(ConfigurationError) as caught:
-        Celeriac("x", broker=f"sqlite://{absolute}").broker  # three slashes
+        _ = Celeriac("x", broker=f"sqlite://{absolute}").broker  # three slashes
     assert f"for {absolute} write four: sqlite:///{absolute})" in str(caught.value)
