@@ -14,6 +14,7 @@ result: two different committed tokens for one id is a double commit.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -96,6 +97,18 @@ def job(self: Task[Any, Any], pause: float = 0.0, pad: str = "") -> dict[str, An
     record("start", self, token)
     if pause:
         time.sleep(pause)
+    record("end", self, token)
+    return {"token": token}
+
+
+@app.bound_task()
+async def ajob(self: Task[Any, Any], pause: float = 0.0) -> dict[str, Any]:
+    """The normal workload as an ``async def``: awaits ``pause`` seconds (``-P asyncio``
+    runs it as a coroutine, many per child)."""
+    token = _token()
+    record("start", self, token)
+    if pause:
+        await asyncio.sleep(pause)
     record("end", self, token)
     return {"token": token}
 

@@ -48,7 +48,7 @@ from celeriac.worker.memory import Ceiling
 from celeriac.worker.outage import Outage
 from celeriac.worker.reading import error_info
 from celeriac.worker.slot import Held, Slot
-from celeriac.worker.soft_limits import SoftAlarm, thread_soft_limit
+from celeriac.worker.soft_limits import SoftAlarm
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -505,44 +505,6 @@ class Child:
             os._exit(1)
 
 
-class ThreadsChild(Child):
-    """The threads pool's child: ``concurrency`` consumer threads in one process."""
-
-    def run(self) -> int:
-        """Start the consumer threads and wait for them to finish."""
-        self._install_signals()
-        threads = [
-            threading.Thread(
-                target=self._thread_main, args=(i,), daemon=True, name=f"celeriac-consumer-{i}"
-            )
-            for i in range(self.spec.concurrency)
-        ]
-        for thread in threads:
-            thread.start()
-        # join(), not a poll: a recycle waited up to 0.1 s more for the poll's sleep (each
-        # recycle of a threads child took ~140 ms, against ~45 ms for a process child). A
-        # join without a timeout is a lock wait that signals interrupt, so the main thread
-        # still runs the SIGTERM handler at once.
-        for thread in threads:
-            thread.join()
-        return EXIT_RECYCLE
-
-    def _thread_main(self, index: int) -> None:
-        executor = Executor(
-            self.app, self.spec.worker_id, soft_limit=thread_soft_limit, contain_exits=True
-        )
-        try:
-            self._consume(executor, key=index)
-        except BaseException:  # a thread that ends must never go unnoticed
-            # A task's own SystemExit/KeyboardInterrupt is its failure (the executor), so
-            # this is celeriac's own failure: stop the whole child, so that a fresh one
-            # serves at full concurrency and what this thread held goes back at once.
-            log.exception(
-                "consumer thread %d crashed; the child stops so it can be replaced", index
-            )
-            self.stopping = True
-
-
 def killed_verdict(held: Held, state: str) -> bytes:
     """The verdict recorded for a task stopped from outside its child: FAILURE (past its
     hard limit) or REVOKED (revoked with terminate). Its next delivery is settled with it.
@@ -589,6 +551,8 @@ def child_main(app: Celeriac, spec: ChildSpec, slot: Slot) -> None:
 
             child: Any = AsyncioChild(app, spec, slot)
         elif spec.pool == "threads":
+            from celeriac.worker.threads import ThreadsChild
+
             child = ThreadsChild(app, spec, slot)
         else:
             child = Child(app, spec, slot)

@@ -1,0 +1,85 @@
+"""The threads pool's child: ``concurrency`` consumer threads in one process, each running
+:meth:`Child._consume` with an executor of its own and the threads' soft limit
+(:func:`~celeriac.worker.soft_limits.thread_soft_limit`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from typing import TYPE_CHECKING
+
+from celeriac.worker.child import EXIT_RECYCLE, Child, ChildSpec
+from celeriac.worker.executor import Executor
+from celeriac.worker.soft_limits import thread_soft_limit
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+    from celeriac.worker.slot import Slot
+
+log = logging.getLogger("celeriac.worker")
+
+
+class ThreadsChild(Child):
+    """The threads pool's child: ``concurrency`` consumer threads in one process."""
+
+    def __init__(self, app: Celeriac, spec: ChildSpec, slot: Slot) -> None:
+        super().__init__(app, spec, slot)
+        self._ended = 0  # consumer threads that have ended
+        self._wake_w = -1  # the write end of the main thread's wake-up pipe
+
+    def run(self) -> int:
+        """Start the consumer threads and wait for them to finish.
+
+        The main thread sleeps on a pipe that a consumer thread writes as it ends and
+        ``signal.set_wakeup_fd`` writes when a signal comes: no poll wakes an idle child,
+        a recycle goes on at once, and a stop signal is handled whichever thread the kernel
+        gave it to. A join (as before) is interrupted only by a signal delivered to the
+        main thread, the one where Python runs handlers; a SIGTERM taken by a consumer
+        thread (starting a task's soft-limit timer checks for signals) left the child
+        taking tasks through a warm shutdown for ever, its supervisor waiting for it.
+        """
+        self._install_signals()
+        wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)  # set_wakeup_fd's requirement
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        threads = [
+            threading.Thread(
+                target=self._thread_main, args=(i,), daemon=True, name=f"celeriac-consumer-{i}"
+            )
+            for i in range(self.spec.concurrency)
+        ]
+        for thread in threads:
+            thread.start()
+        while self._ended < len(threads):
+            os.read(wake_r, 512)  # a thread ended, or a signal came: its handler runs here
+        for thread in threads:
+            thread.join()  # each is past its last task
+        signal.set_wakeup_fd(-1)
+        os.close(wake_r)
+        os.close(self._wake_w)
+        return EXIT_RECYCLE
+
+    def _thread_main(self, index: int) -> None:
+        executor = Executor(
+            self.app, self.spec.worker_id, soft_limit=thread_soft_limit, contain_exits=True
+        )
+        try:
+            self._consume(executor, key=index)
+        except BaseException:  # a thread that ends must never go unnoticed
+            # A task's own SystemExit/KeyboardInterrupt is its failure (the executor), so
+            # this is celeriac's own failure: stop the whole child, so that a fresh one
+            # serves at full concurrency and what this thread held goes back at once.
+            log.exception(
+                "consumer thread %d crashed; the child stops so it can be replaced", index
+            )
+            self.stopping = True
+        finally:
+            with self._lock:
+                self._ended += 1
+            # A full pipe already holds bytes that wake the main thread.
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"\0")
