@@ -70,3 +70,20 @@ def test_a_lease_committed_before_the_child_rewrote_its_slot_is_not_called_lost(
         worker._children[0].last_view = worker._children[0].slot.read()
         worker._renew_leases()
     assert "lost the lease" not in caplog.text
+
+
+def test_what_a_dead_child_held_is_not_renewed_after_it_went_back(
+    worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The dead child's slot kept listing what was put back until a new child took the
+    # place: renewal renewed it, found it gone, and called it lost.
+    held = _hold(worker, lease_seconds=30)
+    worker._stop_requests = 1  # stopping: no child is started in its place
+    with caplog.at_level(logging.WARNING):
+        worker._after_exit(worker._children[0], -9)
+        assert worker.app.broker.stats()[0].ready == 1  # put back
+        worker._tick()
+        worker._renew_leases()
+        worker._renew_leases()
+    assert worker._children[0].last_view.held == []
+    assert "lost the lease" not in caplog.text, held

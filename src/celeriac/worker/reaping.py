@@ -99,6 +99,10 @@ class Reaping:
             back = functools.partial(self.app.broker.requeue, lease, count_delivery=counted)
             self._quietly(back, f"put back task {held.task}[{held.id}]")
         self._quietly(self.app.broker.reap, "hand back what dead workers held")
+        # Handed back: the next reads of this slot (until a child takes it) must not list
+        # them, or lease renewal renews what went back and calls it lost.
+        child.slot.clear()
+        child.last_view = SlotView([], 0)
         running = [h for h in view.held if h.started]
         # A child that stops by itself (recycling, shutdown) leaves nothing started in its
         # slot; one that exits with code 0 in a task was ended by the task (os._exit(0)),
