@@ -78,6 +78,11 @@ def replayed(body: bytes, renew: Renew | None) -> tuple[bytes, int]:
     return (renew(body) if renew else None) or (body, 0)
 
 
+#: How ids a broker makes up begin: bytes pushed into a Redis list by hand have no id of
+#: their own, so fetch holds them under ``"\x00raw-<n>"`` (brokers/redis/keys.py).
+MADE_UP_ID = "\x00raw-"
+
+
 class Outgoing(msgspec.Struct, frozen=True, gc=False):
     """A message ready to store: its routing facts and its encoded bytes."""
 

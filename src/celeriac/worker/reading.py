@@ -14,7 +14,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING
 
-from celeriac.brokers.base import Delivery
+from celeriac.brokers.base import MADE_UP_ID, Delivery
 from celeriac.codec import UntrustedMessage
 from celeriac.errors import MalformedMessage, NewerProtocol
 from celeriac.message import NAME_SHOWN, ErrorInfo, invalid_field, peek_identity, storable_text
@@ -92,12 +92,14 @@ class Reading:
                     f"{wrong}. Fix the producer that sent it"
                 ),
             )
-        if message.id != delivery.id and message.id and not message.id.startswith("\x00raw-"):
-            # Pushed into a queue by hand or by another language's producer, not sent: the
-            # broker made up the id it is held under, and run here its result (and its
+        made_up = delivery.id.startswith(MADE_UP_ID)
+        if made_up and message.id and not message.id.startswith(MADE_UP_ID):
+            # Pushed into a Redis list by hand or by another language's producer, not sent:
+            # the broker made up the id it is held under, and run here its result (and its
             # retries' state) were stored under that made-up id, so the sender waited on
             # its own id for ever. Settling sends it again under its own id (one task per
-            # id, as any send) and acks this copy. Signed copies were refused in _read.
+            # id, as any send) and acks this copy. Signed copies were refused in _read. An
+            # id given with the message (Outgoing.id) stays the task's, as before.
             return Outcome(
                 "MOVED",
                 reason=(
