@@ -434,6 +434,24 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
             )
         return True
 
+    def complete_many(
+        self,
+        items: Sequence[tuple[Lease, bytes | None]],
+        result_ttl: float,
+        queues: Sequence[str] = (),
+        consumer: str = "",
+        *,
+        limit: int = 0,
+        lease_seconds: float = 0.0,
+    ) -> tuple[list[bool], list[Delivery]]:
+        """Commit several messages (each fenced on its own lease) and take the next ones,
+        in one transaction: one write lock and one commit for a batch, where each message
+        took its own (the children and producers sharing the file wait on that lock)."""
+        with self._transaction() as db:
+            committed = [self._complete(db, lease, result, result_ttl) for lease, result in items]
+            taken = self._take(db, queues, consumer, limit, lease_seconds) if limit > 0 else []
+        return committed, taken
+
     def complete_and_fetch(
         self,
         lease: Lease,
