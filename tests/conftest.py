@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+import celeriac
 from celeriac import Celeriac
 from celeriac.testing import wait_for
 from tests.apps import core
@@ -25,6 +26,24 @@ from tests.redis_server import RedisServer, redis_cluster, redis_server
 __all__ = ["redis_cluster", "redis_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_celeriac(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A ``celeriac`` command as its own process (start-up warnings are said once per
+    process), importing the celeriac this test process runs (an older tree's, when
+    PYTHONPATH points there), with no CELERIAC_BROKER_URL from the environment."""
+    src = str(Path(celeriac.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(ROOT)])}
+    env.pop("CELERIAC_BROKER_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "celeriac", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @dataclass

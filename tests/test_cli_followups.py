@@ -6,9 +6,6 @@ the Redis persistence warning in one-shot commands, and a send with Redis down."
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -16,19 +13,14 @@ import click
 import pytest
 from click.testing import CliRunner
 
-import celeriac
 from celeriac import Celeriac, group
 from celeriac.cli import cli
 from celeriac.errors import BrokerError
 from celeriac.message import decode_result
 from celeriac.testing import wait_for
 from tests.apps import core
-from tests.conftest import ROOT, Ledger, WorkerProcesses
+from tests.conftest import Ledger, WorkerProcesses, run_celeriac
 from tests.redis_server import RedisServer, free_port
-
-#: The celeriac this test imported, first on the path of the CLI processes it starts: they
-#: then run the same code (an older tree's, when PYTHONPATH points there).
-SRC = str(Path(celeriac.__file__).resolve().parents[1])
 
 
 def invoke(*args: str) -> click.testing.Result:
@@ -183,30 +175,15 @@ def test_a_stopped_tasks_error_line_is_printed_once(
 # -- Redis ---------------------------------------------------------------------------------
 
 
-def _celeriac(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """A ``celeriac`` process (the start-up warning is said once per process)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(ROOT)])}
-    env.pop("CELERIAC_BROKER_URL", None)
-    return subprocess.run(
-        [sys.executable, "-m", "celeriac", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_one_shot_commands_leave_the_persistence_warning_to_workers(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     url = f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:12]}"  # persistence off
     for args in (("status",), ("result", "some-id"), ("dlq", "list")):
-        done = _celeriac("-b", url, *args, cwd=tmp_path)
+        done = run_celeriac("-b", url, *args, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert "persistence off" not in done.stderr, args  # printed by every command
-    done = _celeriac("-b", url, "--debug", "status", cwd=tmp_path)
+    done = run_celeriac("-b", url, "--debug", "status", cwd=tmp_path)
     assert "has persistence off" in done.stderr  # still there for those who ask
     startup = logging.getLogger("celeriac.brokers.redis.startup")
     before = startup.level
@@ -217,7 +194,9 @@ def test_one_shot_commands_leave_the_persistence_warning_to_workers(
 def test_call_with_redis_down_says_the_task_was_not_sent(tmp_path: Path) -> None:
     # The wording comes from Celeriac.publish, so delay() says the same.
     url = f"redis://127.0.0.1:{free_port()}/0"  # nobody listens
-    done = _celeriac("-b", url, "call", "shop.tasks.send_welcome", "--args", "[42]", cwd=tmp_path)
+    done = run_celeriac(
+        "-b", url, "call", "shop.tasks.send_welcome", "--args", "[42]", cwd=tmp_path
+    )
     assert done.returncode == 1
     first = done.stderr.splitlines()[0]
     # It began "error: could not check the server": nothing said the task was not sent.

@@ -16,29 +16,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-import celeriac
 from celeriac.cli import cli
-from tests.conftest import ROOT, Ledger, WorkerProcesses
+from tests.conftest import ROOT, Ledger, WorkerProcesses, run_celeriac
 from tests.redis_server import RedisServer
-
-#: The celeriac this test imported, first on the path of the CLI processes it starts, so
-#: they run the same code (an older tree's, when PYTHONPATH points there).
-SRC = str(Path(celeriac.__file__).resolve().parents[1])
-
-
-def _celeriac(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """A ``celeriac`` process: the start-up warning is said once per process."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(ROOT)])}
-    env.pop("CELERIAC_BROKER_URL", None)
-    return subprocess.run(
-        [sys.executable, "-m", "celeriac", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_beat_subcommands_leave_the_persistence_warning_to_the_scheduler(
@@ -51,10 +31,10 @@ def test_beat_subcommands_leave_the_persistence_warning_to_the_scheduler(
         ("beat", "add", "tick", "shop.tasks.tick", "--every", "1h"),
         ("beat", "list"),
     ):
-        done = _celeriac("-b", url, *args, cwd=tmp_path)
+        done = run_celeriac("-b", url, *args, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert "persistence off" not in done.stderr, args
-    debug = _celeriac("-b", url, "--debug", "beat", "list", cwd=tmp_path)
+    debug = run_celeriac("-b", url, "--debug", "beat", "list", cwd=tmp_path)
     assert "has persistence off" in debug.stderr  # still there for those who ask
 
 
