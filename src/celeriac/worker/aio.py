@@ -119,9 +119,11 @@ class AsyncioChild(Child):
             self._sync.shutdown(wait=False)
 
     async def _consume_on_loop(self, executor: Executor, running: set[asyncio.Task[None]]) -> None:
-        taken = 0  # messages fetched by this child: worker_max_tasks_per_child counts them
         while not self.stopping:
-            room = min(self.spec.concurrency - len(running), self._left_to_take(taken))
+            room = self.spec.concurrency - len(running)
+            left = self._left_to_take()  # fetched messages count, as a process child's
+            if left is not None:
+                room = min(room, left)
             if room <= 0:
                 if not running:
                     # Took the last task worker_max_tasks_per_child allows, and every one
@@ -129,7 +131,7 @@ class AsyncioChild(Child):
                     log.info(
                         "child %d took %d tasks (worker_max_tasks_per_child); recycling",
                         os.getpid(),
-                        taken,
+                        self._taken,
                     )
                     return
                 await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -144,24 +146,10 @@ class AsyncioChild(Child):
                     # the tasks that had started).
                     await self._off_loop(self._io, self._give_back, "fetched", deliveries)
                     return
-                taken += len(deliveries)
+                self._taken += len(deliveries)
                 self._start(executor, running, deliveries)
             if self._should_recycle():
                 self.stopping = True
-
-    def _left_to_take(self, taken: int) -> int:
-        """How many more messages this child may fetch: what worker_max_tasks_per_child
-        leaves after ``taken``, or ``concurrency`` when there is no such limit.
-
-        Fetched messages are counted, not finished tasks: counting those, a child kept
-        fetching for the slots its ending tasks freed, and ran up to ``concurrency`` tasks
-        past the limit. The process child runs exactly the limit (what it prefetched goes
-        back to the queue); this one does too.
-        """
-        most = self.app.conf.worker_max_tasks_per_child
-        if not most:
-            return self.spec.concurrency
-        return max(most - taken, 0)
 
     def _start(
         self, executor: Executor, running: set[asyncio.Task[None]], deliveries: list[Delivery]

@@ -385,13 +385,22 @@ class Child:
                 everything.sort(key=lambda h: h.started == 0)
             self.slot.write(everything, self.rss, self.tasks_done, self.growth)
 
-    def _may_take(self) -> bool:
-        """Count one more delivery taken in hand; False (recycling) when
-        ``worker_max_tasks_per_child`` allows no more. Counted when taken, not when done:
-        the other threads kept starting tasks, up to ``-c`` - 1 past the limit."""
+    def _left_to_take(self) -> int | None:
+        """How many more deliveries ``worker_max_tasks_per_child`` lets this child take;
+        None when there is no such limit.
+
+        Deliveries are counted when taken, not when their tasks end: counting ends, the
+        other threads (or an asyncio child's free slots) kept taking tasks until one
+        finished the last the limit allowed, up to ``-c`` - 1 past it (``-c``: asyncio).
+        """
         most = self.app.conf.worker_max_tasks_per_child
+        return max(most - self._taken, 0) if most else None
+
+    def _may_take(self) -> bool:
+        """Count one more delivery taken in hand; False (recycling) when the limit allows
+        no more (:meth:`_left_to_take`)."""
         with self._lock:
-            if most and self._taken >= most:
+            if self._left_to_take() == 0:
                 self.stopping = True
                 return False
             self._taken += 1
