@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -20,13 +21,26 @@ from celeriac.brokers.redis.ops import (
     settled,
 )
 from celeriac.brokers.redis.scripts import SCRIPTS, check
-from celeriac.brokers.redis.steps import Arg, Batch, Call, Command, Listen, Plan, Subscribe
+from celeriac.brokers.redis.steps import (
+    Arg,
+    Batch,
+    Call,
+    Command,
+    Listen,
+    Pause,
+    Plan,
+    Subscribe,
+)
+from celeriac.errors import BrokerConnectionError
 
 DEAD_RESULT_TTL = 86_400.0 * 7  # seconds a dead-lettered task's result is kept
 PURGE_STEP = 10_000  # entries deleted per purge call, so Redis never stalls for long
 LISTEN_STEP = 1.0  # seconds per wait for a wake-up; the key is read again after each
 WAITER_LEASE = 60.0  # seconds a waiter's registration lasts unless it is renewed
 MGET_KEYS = 1_000  # result keys per MGET: about a millisecond of Redis's time at most
+OUTAGE_PAUSE_MAX = 1.0  # seconds between a waiter's reads while Redis is away (0.1 s, doubled)
+
+log = logging.getLogger("celeriac.broker")
 
 
 class _Letter(msgspec.Struct, array_like=True):
@@ -116,6 +130,12 @@ def wait_result(ctx: Context, task_id: str, timeout: float) -> Plan[bytes | None
     reads the result key. It also reads the key after every quiet second, because a
     wake-up published while redis-py was re-subscribing (after a dropped connection)
     is gone for good.
+
+    Redis going away once the wait has begun (a restart, a failover, a blip) is waited
+    out until the deadline, as workers wait it out: a ``get(timeout=60)`` across a
+    two-second restart returns the result. Before the first read, and at the deadline,
+    it raises :class:`~celeriac.errors.BrokerConnectionError`, so a dead broker is
+    still reported at once and a wait never ends as a time-out that was an outage.
     """
     deadline = time.monotonic() + timeout
     waiter = b""
@@ -134,18 +154,33 @@ def wait_result(ctx: Context, task_id: str, timeout: float) -> Plan[bytes | None
         renew_at = time.monotonic() + WAITER_LEASE / 2
     yield Subscribe(ctx.keys.channel(task_id))
     found: bytes | None = None
+    away = 0  # reads in a row that found Redis unreachable
     while True:
-        stored = _read_result((yield Command(("GET", ctx.keys.result(task_id)))))
-        if stored is not None and stored[1]:
-            found = stored[0]
-            break
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        yield Listen(min(remaining, LISTEN_STEP))
-        if time.monotonic() >= renew_at:
-            yield Command(("ZADD", ctx.keys.waiting, _lapses(), waiter))
-            renew_at = time.monotonic() + WAITER_LEASE / 2
+        try:
+            stored = _read_result((yield Command(("GET", ctx.keys.result(task_id)))))
+            if stored is not None and stored[1]:
+                found = stored[0]
+                break
+            away = 0
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            yield Listen(min(remaining, LISTEN_STEP))
+            if time.monotonic() >= renew_at:
+                yield Command(("ZADD", ctx.keys.waiting, _lapses(), waiter))
+                renew_at = time.monotonic() + WAITER_LEASE / 2
+        except BrokerConnectionError as exc:
+            pause = min(0.1 * 2**away, OUTAGE_PAUSE_MAX)
+            if time.monotonic() + pause >= deadline:
+                raise
+            if away == 0:
+                log.warning(
+                    "%s Still waiting, up to %.0f s more (the wait's timeout).",
+                    exc,
+                    deadline - time.monotonic(),
+                )
+            away += 1
+            yield Pause(pause)
     if waiter:
         yield Command(("ZREM", ctx.keys.waiting, waiter))
     return found
