@@ -14,7 +14,7 @@ import gc
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,7 @@ from celeriac.brokers.redis import RedisBroker, admin
 from celeriac.errors import BrokerConnectionError
 from celeriac.testing import wait_for
 from tests.conftest import Ledger, WorkerProcesses
+from tests.redis.conftest import held_lease
 from tests.redis_server import (
     RedisClusterNodes,
     RedisServer,
@@ -42,28 +43,6 @@ WAIT = 60.0  # a waiter's own timeout: longer than WAKE_DEADLINE, so only a wake
 @pytest.fixture(autouse=True)
 def _no_polling(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(admin, "LISTEN_STEP", 3600.0)
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
-    """Private servers (a test kills their clients or restarts them), stopped by PID."""
-    started: list[RedisServer] = []
-
-    def start(folder: str = "redis", port: int | None = None) -> RedisServer:
-        server = start_redis(tmp_path / folder, port=port, appendonly=True)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-def _held(broker: RedisBroker, task_id: str) -> object:
-    """Send ``task_id`` and take it: its lease, to commit a result with later."""
-    broker.send([Outgoing(task_id, "q", b"body")])
-    (delivery,) = broker.fetch(["q"], "w", limit=1, lease_seconds=120, timeout=5)
-    return delivery.lease
 
 
 def _commit(broker: RedisBroker, lease: object, result: bytes) -> None:
@@ -90,7 +69,7 @@ def test_a_dropped_pubsub_connection_is_replaced_and_its_waiters_woken(
     broker = RedisBroker(server.url)
     raw = redis.Redis(port=server.port)
     try:
-        first, later = _held(broker, "first"), _held(broker, "later")
+        first, later = held_lease(broker, "first"), held_lease(broker, "later")
 
         async def scenario() -> tuple[bytes | None, bytes | None]:
             waiting = asyncio.create_task(broker.await_result("first", WAIT))
@@ -117,7 +96,7 @@ def test_a_waiter_is_woken_after_redis_restarts(
     broker = RedisBroker(server.url)
     raw = redis.Redis(port=server.port)
     try:
-        lease = _held(broker, "t")
+        lease = held_lease(broker, "t")
 
         async def scenario() -> bytes | None:
             waiting = asyncio.create_task(broker.await_result("t", WAIT))
@@ -271,7 +250,7 @@ def test_cluster_waiters_on_every_master_wake(
     cluster_broker: RedisBroker, redis_cluster: RedisClusterNodes, drop: bool
 ) -> None:
     ids = _ids_on_every_master(redis_cluster)
-    leases = [_held(cluster_broker, task_id) for task_id in ids]
+    leases = [held_lease(cluster_broker, task_id) for task_id in ids]
     channels = [cluster_broker.keys.channel(task_id) for task_id in ids]
     nodes = [redis.Redis(port=node.port) for node in redis_cluster.nodes]
 

@@ -12,17 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 import redis
-from celeriac.brokers.base import Outgoing
 from celeriac.brokers.redis import RedisBroker, admin
 from celeriac.errors import BrokerConnectionError
 from celeriac.testing import wait_for
-from tests.redis_server import RedisServer, free_port, start_redis
+from tests.redis.conftest import held_lease
+from tests.redis_server import RedisServer, free_port
 
 STILL_WAITING = "Still waiting"
 
@@ -30,27 +29,6 @@ STILL_WAITING = "Still waiting"
 @pytest.fixture(autouse=True)
 def _quick_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(admin, "LISTEN_STEP", 0.05)
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
-    """Private servers with AOF on (a restart keeps the lease), stopped by PID."""
-    started: list[RedisServer] = []
-
-    def start(port: int | None = None) -> RedisServer:
-        server = start_redis(tmp_path / "redis", port=port, appendonly=True)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-def _held(broker: RedisBroker, task_id: str) -> object:
-    broker.send([Outgoing(task_id, "q", b"body")])
-    (delivery,) = broker.fetch(["q"], "w", limit=1, lease_seconds=120, timeout=5)
-    return delivery.lease
 
 
 def _registered(server: RedisServer, broker: RedisBroker) -> bool:
@@ -78,7 +56,7 @@ def test_a_sync_wait_outlasts_a_redis_restart(
             outcome.append(exc)
 
     try:
-        lease = _held(broker, "t")
+        lease = held_lease(broker, "t")
         waiter = threading.Thread(target=wait)
         waiter.start()
         wait_for(lambda: _registered(server, broker), timeout=10)
@@ -100,7 +78,7 @@ def test_an_async_wait_outlasts_a_redis_restart(
     server = own_server()
     broker = RedisBroker(server.url)
     try:
-        lease = _held(broker, "t")
+        lease = held_lease(broker, "t")
 
         async def scenario() -> bytes | None:
             waiting = asyncio.create_task(broker.await_result("t", 60))
@@ -128,7 +106,7 @@ def test_redis_still_away_at_the_deadline_is_an_error_not_a_time_out(
     server = own_server()
     broker = RedisBroker(server.url)
     try:
-        _held(broker, "t")
+        held_lease(broker, "t")
         outcome: list[object] = []
 
         def wait() -> None:
