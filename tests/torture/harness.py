@@ -106,6 +106,14 @@ class LedgerFile:
     def count(self, name: str) -> Counter[str]:
         return Counter(line["id"] for line in self.phase(name))
 
+    def records(self, name: str) -> int:
+        """How many ``name`` records the ledger holds, repeats included, without parsing
+        it: the file grows by ~70,000 lines a minute under load, and parsing it whole once
+        per kill took up to 3 s a read, most of scenario 1's time."""
+        if not self.path.exists():
+            return 0
+        return self.path.read_bytes().count(b'{"phase":"%s"' % name.encode())
+
     def write(self, lines: list[dict[str, Any]]) -> None:
         append(lines, str(self.path))
 
