@@ -145,7 +145,10 @@ def test_global_rate_limit_across_two_workers(
     most_in_a_second = max(
         sum(1 for t in starts[i:] if t < start + 1.0) for i, start in enumerate(starts)
     )
-    assert most_in_a_second <= 20
+    # Slots are 50 ms apart on the broker's clock, and each task stamps its start a few ms
+    # after its slot: a first start stamped late puts the 21st slot inside its second
+    # (seen once in a loaded suite run). A limit each worker kept for itself shows ~40.
+    assert most_in_a_second <= 21
     assert others_done < starts[-1], "unlimited tasks waited behind the limited ones"
     stored = core_app.broker.get_result(limited[-1].id)
     assert stored is not None and b'"retries"' not in stored[0]  # no retry was used up
