@@ -30,9 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.torture, pytest.mark.timeout(1800 if
 @pytest.mark.parametrize(
     "pause", [0.01, 0.0005], ids=["one-by-one", "batched"]
 )  # batched: tasks short enough to be taken and committed many per broker call
-def test_1_sigkill_children_and_whole_workers_under_load(
-    rig: Rig, pause: float, request: pytest.FixtureRequest
-) -> None:
+def test_1_sigkill_children_and_whole_workers_under_load(rig: Rig, pause: float) -> None:
     """Scenario 1: SIGKILL a random child mid-task 20 times (100 with --long) and a whole
     worker, supervisor and children, 5 times (20), while tasks flow.
 
@@ -49,9 +47,6 @@ def test_1_sigkill_children_and_whole_workers_under_load(
     worker) — with short tasks, at most one batch (``worker_batch_max``) per interrupted
     consumer — never a lost task or a second commit.
     """
-    if pause >= 0.005 and request.node.callspec.params["backend"] == "sqlite" and not LONG:
-        # 13 s of the 15-minute CI budget: SQLite gets the batched variant, Redis both.
-        pytest.skip("one-by-one on SQLite runs with scripts/torture --long (CI: batched)")
     rng = random.Random(1)
     tasks = scaled(1000, 10_000)
     child_kills_wanted, worker_kills_wanted = scaled(20, 100), scaled(5, 20)
