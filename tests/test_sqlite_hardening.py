@@ -14,7 +14,8 @@ import pytest
 
 from celeriac import Celeriac
 from celeriac.brokers.base import Outgoing
-from celeriac.brokers.sqlite import SCHEMA_VERSION, SQLiteBroker
+from celeriac.brokers.sqlite import SQLiteBroker
+from celeriac.brokers.sqlite_file import SCHEMA_VERSION
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 from tests.conftest import ROOT, Ledger, WorkerProcesses
 

@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from celeriac import pid
 from celeriac.brokers.base import (
@@ -34,103 +33,24 @@ from celeriac.brokers.base import (
     Lease,
     Outgoing,
 )
+from celeriac.brokers.sqlite_file import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    WAL_KEEP_BYTES,
+    advice,
+    enable_wal,
+    failure,
+    file_id,
+    path_from_url,
+)
 from celeriac.brokers.sqlite_results import WAIT_STEP, SQLiteResults
 from celeriac.brokers.sqlite_store import SQLiteStore
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
-
-#: The layout of the file, stamped in its ``user_version``: a file from a newer celeriac is
-#: refused with what to do (its layout unknown here, reading it could go wrong in any way).
-#: Raise it with any change an older celeriac could not read or write correctly.
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id TEXT PRIMARY KEY,
-    queue TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    due REAL NOT NULL,
-    seq INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    deliveries INTEGER NOT NULL DEFAULT 0,
-    token TEXT,
-    holder TEXT,
-    lease_deadline REAL
-);
-CREATE INDEX IF NOT EXISTS messages_waiting
-    ON messages (queue, priority DESC, due, seq) WHERE token IS NULL;
-CREATE INDEX IF NOT EXISTS messages_held ON messages (lease_deadline) WHERE token IS NOT NULL;
-CREATE TABLE IF NOT EXISTS results (
-    id TEXT PRIMARY KEY,
-    body BLOB NOT NULL,
-    final INTEGER NOT NULL,
-    expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id TEXT PRIMARY KEY,
-    queue TEXT NOT NULL,
-    task TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    body BLOB NOT NULL,
-    deliveries INTEGER NOT NULL,
-    error TEXT NOT NULL,
-    dead_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, info BLOB NOT NULL, expires_at REAL);
-CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS join_counts (
-    key TEXT PRIMARY KEY,
-    members INTEGER NOT NULL,
-    expires_at REAL NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL);
-CREATE TABLE IF NOT EXISTS joins (
-    key TEXT NOT NULL,
-    member TEXT NOT NULL,
-    value BLOB NOT NULL,
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (key, member)
-);
-CREATE TABLE IF NOT EXISTS limiters (key TEXT PRIMARY KEY, tat REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS admissions (key TEXT NOT NULL, at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS admissions_by_key ON admissions (key, at);
-CREATE TABLE IF NOT EXISTS streams (
-    key TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    item BLOB NOT NULL,
-    PRIMARY KEY (key, seq)
-);
-"""
 
 _RECLAIM_EVERY = 1.0  # seconds between expired-lease sweeps inside fetch
 _FILE_CHECK_EVERY = 0.5  # seconds between two reads' checks that the file is still there
 
 log = logging.getLogger("celeriac.brokers.sqlite")
-
-
-def path_from_url(url: str) -> tuple[str, dict[str, list[str]]]:
-    """The file a ``sqlite://`` URL names (relative to the working directory unless it
-    starts with a fourth slash) and its query parameters.
-
-    Example:
-        >>> path_from_url("sqlite:///celeriac.db?synchronous=full")
-        ('celeriac.db', {'synchronous': ['full']})
-    """
-    parts = urlsplit(url)
-    if parts.scheme != "sqlite":
-        raise ConfigurationError(f"not a SQLite URL: {url!r} (expected sqlite:///path.db)")
-    path = url[len("sqlite://") :].split("?", 1)[0]
-    # sqlite:///name.db is relative to the working directory, sqlite:////abs/name.db absolute.
-    path = path[1:] if path.startswith("/") else path
-    if not path:
-        raise ConfigurationError(f"no file in SQLite URL {url!r}; write sqlite:///celeriac.db")
-    params = parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(params) - {"synchronous"})
-    if unknown:
-        raise ConfigurationError(
-            f"unknown option {', '.join(map(repr, unknown))} in the SQLite URL {url!r}: the "
-            "SQLite broker takes one, synchronous=normal|full|extra. Check the spelling."
-        )
-    return path, params
 
 
 class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
@@ -179,7 +99,7 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
                     "Upgrade celeriac here (every worker and producer on one file must run "
                     "a version that knows its schema), or point the broker URL at another file"
                 )
-            self._db().executescript(_SCHEMA)  # executescript commits by itself
+            self._db().executescript(SCHEMA)  # executescript commits by itself
             self._upgrade_joins()
             if version < SCHEMA_VERSION:
                 self._db().execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -209,10 +129,10 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         # The file's identity is taken before connecting: if it is swapped in between, the
         # next check reconnects once more, which is harmless; taken after, it could bind
         # this connection to a file it is not on.
-        before = _file_id(self.path)
+        before = file_id(self.path)
         db = self._connect()
         self._local.checked = time.monotonic()
-        return db, before if before is not None else _file_id(self.path)
+        return db, before if before is not None else file_id(self.path)
 
     def _follow_file(self, local: threading.local) -> None:
         """Reconnect when the file at ``self.path`` is no longer the one this thread's
@@ -224,7 +144,7 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         sends into a file that vanished with its last connection.
         """
         local.checked = time.monotonic()
-        now = _file_id(self.path)
+        now = file_id(self.path)
         if now == local.file:
             return
         old = local.db
@@ -247,22 +167,22 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
     def _connect(self) -> sqlite3.Connection:
         try:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            _enable_wal(db)
+            enable_wal(db)
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             # A burst (a big backlog, large results, a long reader holding checkpoints
             # back) grows the WAL file, and SQLite keeps it at that high-water mark for as
             # long as any connection is open: tens of MB on disk for a worker's lifetime.
             # With a limit, the file is cut back to it the next time the log is reset.
-            db.execute(f"PRAGMA journal_size_limit={_WAL_KEEP_BYTES}")
+            db.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
             # A file created since this broker was made (the old one deleted under a
             # running process) has no tables yet: every call failed "no such table".
             if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchone():
-                db.executescript(_SCHEMA)
+                db.executescript(SCHEMA)
         except sqlite3.Error as exc:
-            advice = _advice(self.path, getattr(exc, "sqlite_errorname", ""))
+            remedy = advice(self.path, getattr(exc, "sqlite_errorname", ""))
             raise BrokerConnectionError(
                 f"cannot open the SQLite broker at {self.path}: {exc}. "
-                f"{advice or 'Check that the folder exists and is writable by this user.'}"
+                f"{remedy or 'Check that the folder exists and is writable by this user.'}"
             ) from exc
         return db
 
@@ -555,92 +475,3 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
             db.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
             self._reap_joins(db, now)
         return released
-
-
-def failure(path: str, exc: sqlite3.Error) -> str:
-    """The error of a failed statement: what happened to the file, and what to do (SQLite's
-    own words name neither the file nor a remedy).
-
-    Example:
-        >>> full = sqlite3.OperationalError("database or disk is full")
-        >>> full.sqlite_errorname = "SQLITE_FULL"
-        >>> print(failure("/var/lib/app/broker.db", full))  # doctest: +NORMALIZE_WHITESPACE
-        SQLite broker at /var/lib/app/broker.db failed: database or disk is full. The disk
-        is full: nothing was written. Free space on the disk holding /var/lib/app (df -h
-        /var/lib/app); purging a queue needs room too, as SQLite writes deletions to
-        /var/lib/app/broker.db-wal first. Producers get this error; workers retry until
-        there is room.
-    """
-    said = f"SQLite broker at {path} failed: {exc}."
-    advice = _advice(path, getattr(exc, "sqlite_errorname", ""))
-    return f"{said} {advice}" if advice else said
-
-
-def _advice(path: str, code: str) -> str:
-    """What to do about the SQLite error ``code`` on the broker file ``path`` ('' when
-    there is nothing better to say than SQLite's own words)."""
-    folder = Path(path).parent
-    if code == "SQLITE_FULL":
-        return (
-            f"The disk is full: nothing was written. Free space on the disk holding "
-            f"{folder} (df -h {folder}); purging a queue needs room too, as SQLite writes "
-            f"deletions to {path}-wal first. Producers get this error; workers retry until "
-            "there is room."
-        )
-    if code.startswith(("SQLITE_READONLY", "SQLITE_IOERR")):
-        return (
-            f"The file cannot be written: nothing was written. Check that {path}, its "
-            f"-wal and -shm files and {folder} are writable by this user, that the disk is "
-            "not mounted read-only or full, and the system log (dmesg) for disk errors. "
-            "Producers get this error; workers retry until the file can be written."
-        )
-    if code == "SQLITE_BUSY":
-        return (
-            f"Another process held the write lock of {path} for over 30 s: nothing was "
-            "written. Celeriac's transactions are short, so look for one outside it: an "
-            "sqlite3 shell left inside BEGIN, a backup or copy tool, a "
-            f"process stopped with Ctrl-Z (fuser -v {path} lists the processes that have "
-            "it open). Producers get this error; workers retry until the lock is free."
-        )
-    if code == "SQLITE_NOTADB":
-        return (
-            f"{path} is not a SQLite database: another program's file, or a broker URL "
-            "naming the wrong file. Point the broker URL at a new file name (celeriac "
-            "creates it), or move this file away if it is not needed."
-        )
-    if code.startswith("SQLITE_CORRUPT"):
-        return (
-            f"The file is damaged (copied while written, its -wal file removed in use, a "
-            f"disk fault). Stop every worker and producer, keep a copy of {path} and its "
-            f"-wal file, and see what SQLite can save: sqlite3 {path} .recover | sqlite3 "
-            f"{folder}/recovered.db"
-        )
-    return ""
-
-
-_WAL_KEEP_BYTES = 4 * 1024 * 1024
-
-
-def _file_id(path: str) -> tuple[int, int] | None:
-    """The device and inode of the file at ``path``, None when there is none or it cannot
-    be seen (a folder without search permission: connecting again then fails with
-    SQLite's error and its advice, and the connection in hand is kept)."""
-    try:
-        found = os.stat(path)
-    except OSError:
-        return None
-    return found.st_dev, found.st_ino
-
-
-def _enable_wal(db: sqlite3.Connection) -> None:
-    """Switch to WAL, retrying: when several processes open a brand-new file at once, the
-    switch needs a lock that SQLite's busy timeout does not wait for."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)

@@ -135,7 +135,7 @@ def _missing_sqlite_file(url: str) -> Path | None:
     """The absolute path of the SQLite file ``url`` names when it does not exist yet."""
     if not url.startswith("sqlite:"):
         return None
-    from celeriac.brokers.sqlite import path_from_url  # the broker's own reading of it
+    from celeriac.brokers.sqlite_file import path_from_url  # the broker's own reading of it
 
     try:
         path = Path(path_from_url(url)[0]).absolute()

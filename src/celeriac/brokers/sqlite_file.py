@@ -1,0 +1,196 @@
+"""The SQLite broker's file: the URL's path, the layout and its version, opening it in WAL
+mode, telling when the file at the path is another one, and what a failed statement means
+for a person (SQLite's own words name neither the file nor a remedy).
+
+Kept apart from :mod:`celeriac.brokers.sqlite`, the broker's operations, so each module
+stays small; the command line reads a URL's path from here without opening the file.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from celeriac.errors import ConfigurationError
+
+#: The layout of the file, stamped in its ``user_version``: a file from a newer celeriac is
+#: refused with what to do (its layout unknown here, reading it could go wrong in any way).
+#: Raise it with any change an older celeriac could not read or write correctly.
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    due REAL NOT NULL,
+    seq INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    token TEXT,
+    holder TEXT,
+    lease_deadline REAL
+);
+CREATE INDEX IF NOT EXISTS messages_waiting
+    ON messages (queue, priority DESC, due, seq) WHERE token IS NULL;
+CREATE INDEX IF NOT EXISTS messages_held ON messages (lease_deadline) WHERE token IS NOT NULL;
+CREATE TABLE IF NOT EXISTS results (
+    id TEXT PRIMARY KEY,
+    body BLOB NOT NULL,
+    final INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    task TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    body BLOB NOT NULL,
+    deliveries INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    dead_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, info BLOB NOT NULL, expires_at REAL);
+CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS join_counts (
+    key TEXT PRIMARY KEY,
+    members INTEGER NOT NULL,
+    expires_at REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL);
+CREATE TABLE IF NOT EXISTS joins (
+    key TEXT NOT NULL,
+    member TEXT NOT NULL,
+    value BLOB NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (key, member)
+);
+CREATE TABLE IF NOT EXISTS limiters (key TEXT PRIMARY KEY, tat REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS admissions (key TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS admissions_by_key ON admissions (key, at);
+CREATE TABLE IF NOT EXISTS streams (
+    key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    item BLOB NOT NULL,
+    PRIMARY KEY (key, seq)
+);
+"""
+
+
+def path_from_url(url: str) -> tuple[str, dict[str, list[str]]]:
+    """The file a ``sqlite://`` URL names (relative to the working directory unless it
+    starts with a fourth slash) and its query parameters.
+
+    Example:
+        >>> path_from_url("sqlite:///celeriac.db?synchronous=full")
+        ('celeriac.db', {'synchronous': ['full']})
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ConfigurationError(f"not a SQLite URL: {url!r} (expected sqlite:///path.db)")
+    path = url[len("sqlite://") :].split("?", 1)[0]
+    # sqlite:///name.db is relative to the working directory, sqlite:////abs/name.db absolute.
+    path = path[1:] if path.startswith("/") else path
+    if not path:
+        raise ConfigurationError(f"no file in SQLite URL {url!r}; write sqlite:///celeriac.db")
+    params = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(params) - {"synchronous"})
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option {', '.join(map(repr, unknown))} in the SQLite URL {url!r}: the "
+            "SQLite broker takes one, synchronous=normal|full|extra. Check the spelling."
+        )
+    return path, params
+
+
+def failure(path: str, exc: sqlite3.Error) -> str:
+    """The error of a failed statement: what happened to the file, and what to do (SQLite's
+    own words name neither the file nor a remedy).
+
+    Example:
+        >>> full = sqlite3.OperationalError("database or disk is full")
+        >>> full.sqlite_errorname = "SQLITE_FULL"
+        >>> print(failure("/var/lib/app/broker.db", full))  # doctest: +NORMALIZE_WHITESPACE
+        SQLite broker at /var/lib/app/broker.db failed: database or disk is full. The disk
+        is full: nothing was written. Free space on the disk holding /var/lib/app (df -h
+        /var/lib/app); purging a queue needs room too, as SQLite writes deletions to
+        /var/lib/app/broker.db-wal first. Producers get this error; workers retry until
+        there is room.
+    """
+    said = f"SQLite broker at {path} failed: {exc}."
+    remedy = advice(path, getattr(exc, "sqlite_errorname", ""))
+    return f"{said} {remedy}" if remedy else said
+
+
+def advice(path: str, code: str) -> str:
+    """What to do about the SQLite error ``code`` on the broker file ``path`` ('' when
+    there is nothing better to say than SQLite's own words)."""
+    folder = Path(path).parent
+    if code == "SQLITE_FULL":
+        return (
+            f"The disk is full: nothing was written. Free space on the disk holding "
+            f"{folder} (df -h {folder}); purging a queue needs room too, as SQLite writes "
+            f"deletions to {path}-wal first. Producers get this error; workers retry until "
+            "there is room."
+        )
+    if code.startswith(("SQLITE_READONLY", "SQLITE_IOERR")):
+        return (
+            f"The file cannot be written: nothing was written. Check that {path}, its "
+            f"-wal and -shm files and {folder} are writable by this user, that the disk is "
+            "not mounted read-only or full, and the system log (dmesg) for disk errors. "
+            "Producers get this error; workers retry until the file can be written."
+        )
+    if code == "SQLITE_BUSY":
+        return (
+            f"Another process held the write lock of {path} for over 30 s: nothing was "
+            "written. Celeriac's transactions are short, so look for one outside it: an "
+            "sqlite3 shell left inside BEGIN, a backup or copy tool, a "
+            f"process stopped with Ctrl-Z (fuser -v {path} lists the processes that have "
+            "it open). Producers get this error; workers retry until the lock is free."
+        )
+    if code == "SQLITE_NOTADB":
+        return (
+            f"{path} is not a SQLite database: another program's file, or a broker URL "
+            "naming the wrong file. Point the broker URL at a new file name (celeriac "
+            "creates it), or move this file away if it is not needed."
+        )
+    if code.startswith("SQLITE_CORRUPT"):
+        return (
+            f"The file is damaged (copied while written, its -wal file removed in use, a "
+            f"disk fault). Stop every worker and producer, keep a copy of {path} and its "
+            f"-wal file, and see what SQLite can save: sqlite3 {path} .recover | sqlite3 "
+            f"{folder}/recovered.db"
+        )
+    return ""
+
+
+#: How much of the -wal file SQLite keeps after a checkpoint resets it (journal_size_limit).
+WAL_KEEP_BYTES = 4 * 1024 * 1024
+
+
+def file_id(path: str) -> tuple[int, int] | None:
+    """The device and inode of the file at ``path``, None when there is none or it cannot
+    be seen (a folder without search permission: connecting again then fails with
+    SQLite's error and its advice, and the connection in hand is kept)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def enable_wal(db: sqlite3.Connection) -> None:
+    """Switch to WAL, retrying: when several processes open a brand-new file at once, the
+    switch needs a lock that SQLite's busy timeout does not wait for."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
