@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import uuid
 
 import msgspec
 import pytest
 
+from celeriac import message as message_module
 from celeriac.errors import MalformedMessage, SerializationError
 from celeriac.message import (
     PROTOCOL_VERSION,
@@ -17,6 +20,7 @@ from celeriac.message import (
     decode_result,
     encode_message,
     encode_result,
+    new_task_id,
     peek_identity,
 )
 
@@ -130,3 +134,33 @@ def test_peek_identity_reads_what_it_can() -> None:
     assert peek_identity(packed) == ("m", "t")  # a newer msgpack message names itself
     assert peek_identity(b"sig1:k:00:" + packed) == ("m", "t")
     assert peek_identity(b"\x80\x05garbage") == (None, None)  # pickle: never unpickled
+
+
+def test_new_task_ids_are_uuid4_and_never_repeat() -> None:
+    # Made many at a time from one os.urandom call: each is still a version 4 UUID of its
+    # own 16 random bytes, past a refill too.
+    ids = [new_task_id() for _ in range(1000)]
+    assert len(set(ids)) == len(ids)
+    for task_id in ids:
+        parsed = uuid.UUID(task_id)
+        assert (str(parsed), parsed.version, parsed.variant) == (task_id, 4, uuid.RFC_4122)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_reuse_its_parents_task_ids() -> None:
+    new_task_id()
+    if not message_module._ids:  # that was the last one made in advance: make more
+        new_task_id()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child only reports its id
+        try:
+            os.write(write, new_task_id().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read, "rb") as pipe:
+        from_child = pipe.read().decode()
+    assert uuid.UUID(from_child).version == 4
+    assert from_child != new_task_id()  # the parent's next id is not the child's

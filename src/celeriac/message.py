@@ -103,18 +103,47 @@ _result_decoder = msgspec.json.Decoder(ResultRecord)
 def new_task_id() -> str:
     """Return a fresh random task id (a UUID4 string).
 
-    What ``str(uuid.uuid4())`` returns, in a third of its time (it is paid per message).
+    What ``str(uuid.uuid4())`` returns, in a sixth of its time (it is paid per message):
+    ids are made 128 at a time, from one ``os.urandom`` call (not a system call each), with
+    their version bits set and their text laid out for all of them at once. Each is made
+    of its own 16 random bytes, as before.
 
     Example:
         >>> import uuid
         >>> uuid.UUID(new_task_id()).version
         4
     """
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    while True:
+        try:
+            return _ids.pop()  # atomic: two threads never get the same id
+        except IndexError:
+            _ids.extend(_fresh_ids(_IDS_AT_ONCE))
+
+
+#: Task ids made per ``os.urandom`` call by :func:`new_task_id`.
+_IDS_AT_ONCE = 128
+# Byte maps applied to every id's 7th and 9th byte at once: version 4, RFC 4122 variant.
+_VERSION_4 = bytes(b & 0x0F | 0x40 for b in range(256))
+_VARIANT = bytes(b & 0x3F | 0x80 for b in range(256))
+# Where each of an id's 32 hex digits goes in its 36-character text (8-4-4-4-12, dashes).
+_PLACES = [place for place in range(36) if place not in (8, 13, 18, 23)]
+_ids: list[str] = []
+# A forked child starts with none: its parent hands out the ids it made in advance.
+os.register_at_fork(after_in_child=_ids.clear)
+
+
+def _fresh_ids(count: int) -> list[str]:
+    raw = bytearray(os.urandom(16 * count))
+    raw[6::16] = raw[6::16].translate(_VERSION_4)
+    raw[8::16] = raw[8::16].translate(_VARIANT)
+    digits = raw.hex().encode()
+    # Every id's text at once, one digit position at a time: a per-id f-string of five
+    # slices cost more than everything else here.
+    text = bytearray(b"-" * (36 * count))
+    for digit, place in enumerate(_PLACES):
+        text[place::36] = digits[digit::32]
+    joined = text.decode()
+    return [joined[i : i + 36] for i in range(0, 36 * count, 36)]
 
 
 def encode_message(message: Message) -> bytes:

@@ -83,6 +83,22 @@ def test_send_is_idempotent_while_queued_held_or_finished(broker: Broker) -> Non
     assert broker.send([out("b")]) == [True]
 
 
+def test_a_batch_drops_only_the_ids_with_a_final_result(broker: Broker) -> None:
+    # Redis asks for every result key of a batch at once, then, only when one exists, for
+    # each id: a stored result that is not final (progress) does not stop a send.
+    assert broker.send([out("done")]) == [True]
+    assert broker.complete(one(broker).lease, b"r", 60)
+    broker.store_result("started", b"progress", 60)
+    batch = [out("new1", priority=4), out("done", priority=4), out("started", priority=6)]
+    assert broker.send([*batch, out("new2", priority=4)]) == [True, False, True, True]
+    assert [(d.id, d.priority) for d in take(broker)] == [
+        ("started", 6),
+        ("new1", 4),
+        ("new2", 4),
+    ]
+    assert broker.send([out(f"n{i}") for i in range(3)]) == [True] * 3  # none has a result
+
+
 def test_send_many_queues_in_one_call(broker: Broker) -> None:
     assert broker.send([out("a1", "qa"), out("b1", "qb"), out("a2", "qa")]) == [True] * 3
     assert [d.id for d in take(broker, queues=("qa",))] == ["a1", "a2"]

@@ -257,17 +257,20 @@ def test_the_send_call_builds_what_the_entry_layout_says() -> None:
     ]
     outgoing.append(Outgoing("custom-1", "q", b'{"task":"t","id":"custom-1"}', -1))
     call = ops._send_call(ctx, q, outgoing)
-    assert call.args[0] == "direct"
+    assert call.args[:2] == ["direct", 0]  # the lowest priority: -1, sent at 0
+    assert tuple(call.keys[2:12]) == q.ready  # priorities 0 to 9 (12, sent at 9), in order
     for n, out in enumerate(outgoing):
-        cid, ready, bucket, result, eta, entry = call.args[1 + 6 * n : 7 + 6 * n]
-        priority = min(max(out.priority, 0), 9)
-        assert cid == compact(out.id)
-        assert call.keys[ready - 1] == q.ready[priority]
+        bucket, result, eta, entry = call.args[2 + 4 * n : 6 + 4 * n]
+        priority, cid = min(max(out.priority, 0), 9), compact(out.id)
         assert call.keys[bucket - 1] == q.bucket(cid)
         assert call.keys[result - 1] == ctx.target(q, out.id)
         assert eta == (int(out.eta * 1000) if out.eta else 0)
+        # The script reads the id and the priority (its ready list) from the entry.
         assert entry == ops.pack_entry(cid, priority, ops.stored_body(out.id, out.body))
     assert len(call.keys) == len(set(call.keys))  # each key passed once
+    # One priority only: its ready list is the one ready list passed.
+    call = ops._send_call(ctx, q, [Outgoing("a", "q", b"{}", 4), Outgoing("b", "q", b"{}", 4)])
+    assert call.args[:2] == ["direct", 4] and call.keys[2:4] == [q.ready[4], q.bucket(b"a")]
 
 
 def test_the_hot_path_recovers_from_a_dropped_connection(
