@@ -9,8 +9,9 @@ import pytest
 
 import redis
 from celeriac.brokers.base import Lease, Outgoing
-from celeriac.brokers.redis import RedisBroker, scripts
+from celeriac.brokers.redis import RedisBroker, scripts, store
 from celeriac.brokers.redis.keys import INDEX_BUCKETS, compact, index_bucket
+from celeriac.brokers.redis.steps import Call
 from celeriac.errors import BrokerError, LeaseLost
 
 LUA = resources.files("celeriac.brokers.redis")
@@ -93,3 +94,21 @@ def test_index_bucket_is_the_same_in_lua(raw: redis.Redis) -> None:
     cids = [compact(i) for i in ("a", "9b2c7a4e-0d1f-4c3b-8a5e-6f7a8b9c0d1e", "ünï", "x" * 300)]
     cids += [bytes(range(256))]
     assert raw.eval(lua, 0, *cids) == [index_bucket(c) for c in cids]
+
+
+def test_a_stream_batch_is_one_script_call_in_order_and_trimmed_exactly(
+    broker: RedisBroker,
+) -> None:
+    # stream_append-1.lua replaced a pipeline of one XADD per item: the entries, their
+    # order, their growing ids and the exact trim must be what that pipeline left.
+    items = [b"%d" % i for i in range(250)]
+    steps = list(store.stream_append(broker._ctx, "events", items, 200))
+    assert [type(step) for step in steps] == [Call]
+    assert steps[0].script is scripts.SCRIPTS.stream_append  # type: ignore[union-attr]
+    broker.stream_append("events", items, maxlen=200)
+    read = broker.stream_read("events", 0, 1000)
+    assert [item for _, item in read] == items[50:]
+    assert [seq for seq, _ in read] == sorted({seq for seq, _ in read})
+    broker.stream_append("events", [b"last"], maxlen=3)
+    assert [item for _, item in broker.stream_read("events", 0, 10)] == [b"248", b"249", b"last"]
+    assert list(store.stream_append(broker._ctx, "events", [], 3)) == []  # no call at all

@@ -115,6 +115,7 @@ class Scripts:
         self.rate_reserve = load("rate_reserve-1")
         self.rate_admit = load("rate_admit-1")
         self.register_queues = load("register_queues-1")
+        self.stream_append = load("stream_append-1")
 
 
 SCRIPTS = Scripts()

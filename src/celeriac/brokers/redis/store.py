@@ -74,15 +74,11 @@ def rate_admit(ctx: Context, key: str, limit: int, period: float) -> Plan[float]
 
 
 def stream_append(ctx: Context, key: str, items: Sequence[bytes], maxlen: int) -> Plan[None]:
-    """XADD each item, trimming to exactly ``maxlen`` (ids: Redis time, always growing).
-
-    Only the last XADD trims: one trim per batch instead of one per item, same result.
-    """
-    stream = ctx.keys.store(b"stream", key)
+    """XADD each item, trimming to exactly ``maxlen`` (ids: Redis time, always growing),
+    in one script call (see stream_append-1.lua)."""
     if items:
-        commands = [Command(("XADD", stream, "*", "i", item)) for item in items[:-1]]
-        commands.append(Command(("XADD", stream, "MAXLEN", max(maxlen, 0), "*", "i", items[-1])))
-        yield Batch(commands)
+        stream = ctx.keys.store(b"stream", key)
+        yield Call(SCRIPTS.stream_append, (stream,), [max(maxlen, 0), *items])
 
 
 def stream_read(ctx: Context, key: str, after: int, limit: int) -> Plan[list[tuple[int, bytes]]]:
