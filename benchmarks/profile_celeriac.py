@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from benchmarks.redis_server import redis_server
 
 if TYPE_CHECKING:
-    from celeriac.brokers.base import Delivery
+    from celeriac.brokers.records import Delivery
     from celeriac.worker.batch import Batch
 
 #: Component of a function, by the first matching fragment of "file:function".

@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 
 from celeriac import Celeriac
-from celeriac.brokers.base import Broker, Outgoing
+from celeriac.brokers.base import Broker
 from celeriac.brokers.memory import MemoryBroker
+from celeriac.brokers.records import Outgoing
 from celeriac.brokers.sqlite import SQLiteBroker
 from celeriac.errors import BrokerError
 from tests.apps import core

@@ -22,8 +22,8 @@ from click.testing import CliRunner
 
 from celeriac import Celeriac, ConfigurationError
 from celeriac.beat import Cron, Every, Scheduler, parse_schedule, tick_id
-from celeriac.brokers.base import DeadLetter, Delivery
 from celeriac.brokers.memory import MemoryBroker
+from celeriac.brokers.records import DeadLetter, Delivery
 from celeriac.cli import cli
 from celeriac.errors import BrokerConnectionError, UnknownEntry
 from celeriac.message import Message

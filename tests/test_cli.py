@@ -156,7 +156,7 @@ def test_failed_result_exits_non_zero_and_shows_the_error(
 
 
 def test_events_show_a_run_time_only_for_what_ran(core_app: Celeriac, broker_url: str) -> None:
-    from celeriac.brokers.base import Outgoing
+    from celeriac.brokers.records import Outgoing
 
     ran = core.add.delay(1, 2)
     core_app.broker.send([Outgoing("garbled", "default", b"not json")])
@@ -168,7 +168,7 @@ def test_events_show_a_run_time_only_for_what_ran(core_app: Celeriac, broker_url
 
 
 def test_dlq_commands(core_app: Celeriac, broker_url: str) -> None:
-    from celeriac.brokers.base import Outgoing
+    from celeriac.brokers.records import Outgoing
 
     core_app.broker.send([Outgoing("bad", "default", b"not json")])
     core_app.broker.send([Outgoing("binary", "default", b"\x00\xff\xfe")])

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 import celeriac
 from celeriac import Celeriac
-from celeriac.brokers.base import Outgoing
+from celeriac.brokers.records import Outgoing
 from celeriac.cli import cli
 from celeriac.message import decode_result
 from celeriac.testing import run_queued, wait_for

@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from celeriac import Celeriac, ConfigurationError
-from celeriac.brokers.base import Outgoing
+from celeriac.brokers.records import Outgoing
 from celeriac.codec import Codec, UntrustedMessage
 from celeriac.errors import MalformedMessage
 from celeriac.message import PROTOCOL_VERSION, Message, encode_message

@@ -32,7 +32,7 @@ import pytest
 import celeriac
 import redis
 from celeriac import Celeriac, Task
-from celeriac.brokers.base import Outgoing
+from celeriac.brokers.records import Outgoing
 from celeriac.canvas import Canvas, chain, group
 from celeriac.errors import ChordError
 from celeriac.middleware.flow import Flow, Frame

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from celeriac import Celeriac
-from celeriac.brokers.base import Delivery, Lease
+from celeriac.brokers.records import Delivery, Lease
 from celeriac.middleware.base import Job, Outcome
 from celeriac.worker.executor import Executor
 

@@ -22,7 +22,7 @@ import pytest
 
 import redis
 from celeriac import Celeriac, Task
-from celeriac.brokers.base import Outgoing
+from celeriac.brokers.records import Outgoing
 from celeriac.testing import run_queued, wait_for
 from tests.apps.core import record
 from tests.conftest import Ledger, WorkerProcesses

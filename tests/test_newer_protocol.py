@@ -17,7 +17,7 @@ import pytest
 
 from celeriac import Celeriac
 from celeriac import message as wire
-from celeriac.brokers.base import Outgoing
+from celeriac.brokers.records import Outgoing
 from celeriac.testing import run_queued
 
 NEWER = wire.PROTOCOL_VERSION + 1

@@ -21,7 +21,7 @@ import pytest
 
 import celeriac
 from celeriac import Celeriac
-from celeriac.brokers.base import DeadLetter, Outgoing
+from celeriac.brokers.records import DeadLetter, Outgoing
 from celeriac.message import Message
 from celeriac.testing import wait_for
 from tests.apps import core

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from celeriac import Celeriac, Task, chord
-from celeriac.brokers.base import Outgoing
+from celeriac.brokers.records import Outgoing
 from celeriac.cli import cli
 from celeriac.codec import Codec
 from celeriac.errors import MalformedMessage

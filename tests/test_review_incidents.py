@@ -16,7 +16,7 @@ import pytest
 
 import redis
 from celeriac import Celeriac
-from celeriac.brokers.base import Outgoing, WorkerInfo
+from celeriac.brokers.records import Outgoing, WorkerInfo
 from celeriac.brokers.redis import RedisBroker, ops
 from celeriac.brokers.sqlite import SQLiteBroker
 from celeriac.errors import BrokerError

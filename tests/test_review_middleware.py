@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from celeriac import Celeriac, Task, TaskRevoked
-from celeriac.brokers.base import Outgoing
+from celeriac.brokers.records import Outgoing
 from celeriac.canvas import chain, chord, group
 from celeriac.control import REVOKES, STREAM_LENGTH, Revocation, broadcast, revoke
 from celeriac.middleware import MiddlewareStack, default_middleware
@@ -291,7 +291,7 @@ def test_events_the_broker_refuses_are_dropped_with_one_warning(
 ) -> None:
     # A flush the broker refused (down, or a full Redis) raised into the worker's hook
     # runner: a full traceback at every flush, 132 in 15 s at maxmemory.
-    from celeriac.brokers.base import Delivery, Lease
+    from celeriac.brokers.records import Delivery, Lease
     from celeriac.middleware.base import Job, Outcome
     from celeriac.middleware.events import Events
     from tests.redis_server import free_port

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from celeriac import Celeriac, chain
 from celeriac.brokers import redacted
-from celeriac.brokers.base import Outgoing
+from celeriac.brokers.records import Outgoing
 from celeriac.cli import cli
 from celeriac.codec import Codec
 from celeriac.errors import SerializationError
@@ -319,7 +319,7 @@ def test_a_signing_key_never_reaches_the_dead_letter_or_the_result(
 
 def test_a_job_label_shows_control_characters_escaped() -> None:
     # Middleware log lines name tasks by Job.label: a task name with a newline forged lines.
-    from celeriac.brokers.base import Delivery, Lease
+    from celeriac.brokers.records import Delivery, Lease
     from celeriac.message import Message
     from celeriac.middleware.base import Job
 

@@ -15,8 +15,9 @@ import pytest
 
 import celeriac
 from celeriac import Celeriac, TaskRevoked
-from celeriac.brokers.base import Broker, Outgoing
+from celeriac.brokers.base import Broker
 from celeriac.brokers.memory import MemoryBroker
+from celeriac.brokers.records import Outgoing
 from celeriac.brokers.sqlite import SQLiteBroker
 from celeriac.control import STREAM_LENGTH, revoke_many
 from celeriac.message import ResultRecord, decode_result, encode_result

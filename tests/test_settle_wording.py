@@ -18,8 +18,9 @@ import pytest
 
 import redis
 from celeriac import Celeriac, Task
-from celeriac.brokers.base import Broker, DeadLetter, Lease, LeaseLoss, Outgoing
+from celeriac.brokers.base import Broker
 from celeriac.brokers.memory import MemoryBroker
+from celeriac.brokers.records import DeadLetter, Lease, LeaseLoss, Outgoing
 from celeriac.brokers.redis import RedisBroker
 from celeriac.testing import wait_for
 from tests.conftest import Ledger, WorkerProcesses

@@ -7,7 +7,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from celeriac.brokers.base import Outgoing
+from celeriac.brokers.records import Outgoing
 from celeriac.brokers.sqlite import SQLiteBroker
 
 

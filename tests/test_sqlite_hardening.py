@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from celeriac import Celeriac
-from celeriac.brokers.base import Outgoing
+from celeriac.brokers.records import Outgoing
 from celeriac.brokers.sqlite import SQLiteBroker
 from celeriac.brokers.sqlite_file import SCHEMA_VERSION
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from celeriac import Celeriac
-from celeriac.brokers.base import Lease, Outgoing
+from celeriac.brokers.records import Lease, Outgoing
 from celeriac.worker.slot import Held
 from celeriac.worker.supervisor import Worker
 

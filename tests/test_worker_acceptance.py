@@ -166,7 +166,7 @@ def test_a_crashing_task_is_dead_lettered_after_max_deliveries(
 def test_malformed_and_unknown_messages_do_not_stop_the_worker(
     core_app: Celeriac, workers: WorkerProcesses
 ) -> None:
-    from celeriac.brokers.base import Outgoing
+    from celeriac.brokers.records import Outgoing
 
     workers.start("-c", "1")
     core_app.broker.send(

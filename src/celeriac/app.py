@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from celeriac import pid
 from celeriac.brokers import broker_from_url, redacted
-from celeriac.brokers.base import Broker, Outgoing
+from celeriac.brokers.base import Broker
+from celeriac.brokers.records import Outgoing
 from celeriac.codec import Codec, codec_for
 from celeriac.config import Settings
 from celeriac.errors import BrokerError, ConfigurationError, NotRegistered, PayloadTooLarge

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from celeriac.brokers.base import WorkerInfo
+from celeriac.brokers.records import WorkerInfo
 from celeriac.message import ErrorInfo, ResultRecord, encode_result
 
 if TYPE_CHECKING:

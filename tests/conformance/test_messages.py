@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from celeriac.brokers.base import Broker, DeadLetter, Delivery, Lease, Outgoing, WorkerInfo
+from celeriac.brokers.base import Broker
+from celeriac.brokers.records import DeadLetter, Delivery, Lease, Outgoing, WorkerInfo
 
 DEADLINE = 15.0  # seconds before a wait that should succeed counts as a failure
 

@@ -9,7 +9,8 @@ import os
 import threading
 import time
 
-from celeriac.brokers.base import Broker, WorkerInfo
+from celeriac.brokers.base import Broker
+from celeriac.brokers.records import WorkerInfo
 from tests.conformance.test_messages import DEADLINE, eventually, one, out
 
 JOIN_TTL = 1.5  # seconds a join lives after an add

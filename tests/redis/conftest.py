@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import redis
-from celeriac.brokers.base import Lease, Outgoing
+from celeriac.brokers.records import Lease, Outgoing
 from celeriac.brokers.redis import RedisBroker
 from tests.redis_server import (
     RedisClusterNodes,

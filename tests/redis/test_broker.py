@@ -18,7 +18,7 @@ from redis.cluster import key_slot
 
 import redis
 from celeriac.brokers import broker_from_url
-from celeriac.brokers.base import DeadLetter, Delivery, Outgoing, WorkerInfo
+from celeriac.brokers.records import DeadLetter, Delivery, Outgoing, WorkerInfo
 from celeriac.brokers.redis import RedisBroker, ops
 from celeriac.brokers.redis.connection import RedisURL
 from celeriac.brokers.redis.keys import INDEX_BUCKETS, Keyspace, compact, expand, is_foreign

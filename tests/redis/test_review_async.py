@@ -22,7 +22,7 @@ from redis.cluster import key_slot
 
 import redis
 from celeriac import Celeriac
-from celeriac.brokers.base import Outgoing
+from celeriac.brokers.records import Outgoing
 from celeriac.brokers.redis import RedisBroker, admin
 from celeriac.errors import BrokerConnectionError
 from celeriac.testing import wait_for

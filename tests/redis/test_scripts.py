@@ -8,7 +8,7 @@ from importlib import resources
 import pytest
 
 import redis
-from celeriac.brokers.base import Lease, Outgoing
+from celeriac.brokers.records import Lease, Outgoing
 from celeriac.brokers.redis import RedisBroker, scripts, store
 from celeriac.brokers.redis.keys import INDEX_BUCKETS, compact, index_bucket
 from celeriac.brokers.redis.steps import Call

@@ -13,7 +13,7 @@ import pytest
 import redis
 from celeriac import Celeriac
 from celeriac.brokers import broker_from_url
-from celeriac.brokers.base import Outgoing
+from celeriac.brokers.records import Outgoing
 from celeriac.brokers.redis import RedisBroker, ops, startup
 from celeriac.brokers.redis.keys import Keyspace
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError

@@ -37,7 +37,7 @@ import psutil
 
 import redis
 from celeriac import Celeriac
-from celeriac.brokers.base import DeadLetter
+from celeriac.brokers.records import DeadLetter
 from celeriac.errors import BrokerError
 from celeriac.message import Message, decode_result
 from tests.conftest import Ledger as CoreLedger

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from celeriac import PayloadTooLarge, ResultTimeout
-from celeriac.brokers.base import Outgoing
+from celeriac.brokers.records import Outgoing
 from celeriac.message import Message
 from celeriac.testing import wait_for
 from tests.torture.conftest import Rig

@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from celeriac.brokers.base import (
-    Broker,
+from celeriac.brokers.base import Broker
+from celeriac.brokers.records import (
     DeadLetter,
     Delivery,
     Lease,

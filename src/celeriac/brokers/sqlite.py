@@ -26,13 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from celeriac import pid
-from celeriac.brokers.base import (
-    Broker,
-    DeadLetter,
-    Delivery,
-    Lease,
-    Outgoing,
-)
+from celeriac.brokers.base import Broker
+from celeriac.brokers.records import DeadLetter, Delivery, Lease, Outgoing
 from celeriac.brokers.sqlite_file import (
     SCHEMA,
     SCHEMA_VERSION,

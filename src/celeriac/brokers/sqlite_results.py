@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from celeriac.brokers.base import DeadLetter, QueueStats, Renew, WorkerInfo, replayed
+from celeriac.brokers.records import DeadLetter, QueueStats, Renew, WorkerInfo, replayed
 from celeriac.brokers.sqlite_store import IDS_PER_QUERY
 
 WAIT_STEP = 0.004  # seconds between data_version checks while waiting

@@ -35,7 +35,7 @@ from celeriac.text import printable
 
 if TYPE_CHECKING:
     from celeriac import Celeriac
-    from celeriac.brokers.base import DeadLetter
+    from celeriac.brokers.records import DeadLetter
     from celeriac.message import ErrorInfo, ResultRecord
 
 

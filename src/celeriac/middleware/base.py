@@ -34,7 +34,7 @@ from celeriac.text import printable
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
-    from celeriac.brokers.base import Delivery
+    from celeriac.brokers.records import Delivery
     from celeriac.task import Request, Task
 
 log = logging.getLogger("celeriac.middleware")

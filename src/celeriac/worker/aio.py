@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from celeriac.brokers.base import Delivery
+from celeriac.brokers.records import Delivery
 from celeriac.errors import SoftTimeLimitExceeded
 from celeriac.message import ErrorInfo, peek_identity, storable_text
 from celeriac.middleware.base import Job, Outcome

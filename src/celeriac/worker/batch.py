@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 
-from celeriac.brokers.base import Delivery
+from celeriac.brokers.records import Delivery
 from celeriac.middleware.base import Job, Outcome
 from celeriac.worker.slot import Held
 

@@ -16,7 +16,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from celeriac.brokers.base import Lease, WorkerInfo
+from celeriac.brokers.records import Lease, WorkerInfo
 from celeriac.worker.memory import Ceiling
 from celeriac.worker.remote import Remote
 from celeriac.worker.slot import SlotView

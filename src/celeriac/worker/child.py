@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import msgspec
 
 from celeriac import crashpoints, pid
-from celeriac.brokers.base import Delivery, Lease
+from celeriac.brokers.records import Delivery, Lease
 from celeriac.errors import BrokerError, TaskRevoked, TimeLimitExceeded
 from celeriac.middleware.base import Job, Outcome
 from celeriac.middleware.verdicts import Verdict, verdict_key

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celeriac import crashpoints
-from celeriac.brokers.base import DeadLetter, Delivery, Outgoing
+from celeriac.brokers.records import DeadLetter, Delivery, Outgoing
 from celeriac.errors import (
     ArgumentsRefused,
     BrokerError,

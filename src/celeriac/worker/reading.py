@@ -14,7 +14,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING
 
-from celeriac.brokers.base import MADE_UP_ID, Delivery
+from celeriac.brokers.records import MADE_UP_ID, Delivery
 from celeriac.codec import UntrustedMessage
 from celeriac.errors import MalformedMessage, NewerProtocol
 from celeriac.message import NAME_SHOWN, ErrorInfo, invalid_field, peek_identity, storable_text

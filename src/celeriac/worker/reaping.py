@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from celeriac.brokers.base import Lease
+from celeriac.brokers.records import Lease
 from celeriac.middleware.verdicts import verdict_key
 from celeriac.worker.child import killed_verdict
 from celeriac.worker.slot import Held, Slot, SlotView, hand_mark

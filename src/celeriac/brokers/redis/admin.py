@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from celeriac.brokers.base import DeadLetter, Lease, LeaseLoss, QueueStats, Renew, replayed
+from celeriac.brokers.records import DeadLetter, Lease, LeaseLoss, QueueStats, Renew, replayed
 from celeriac.brokers.redis.keys import compact
 from celeriac.brokers.redis.ops import (
     Context,

@@ -59,8 +59,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from celeriac.brokers.base import (
-    Broker,
+from celeriac.brokers.base import Broker
+from celeriac.brokers.records import (
     DeadLetter,
     Delivery,
     Lease,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from celeriac.brokers.base import Delivery, Lease, Outgoing
+from celeriac.brokers.records import Delivery, Lease, Outgoing
 from celeriac.brokers.redis.keys import (
     INDEX_BUCKETS,
     Keyspace,
