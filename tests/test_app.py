@@ -131,10 +131,10 @@ def test_failure_is_reraised_with_its_own_type_and_remote_traceback(app: Celeria
 
 
 def test_exception_of_a_type_not_loaded_here_becomes_task_failed(app: Celeriac) -> None:
-    from celeriac.brokers.records import Lease
+    from celeriac.brokers.records import Lease, Outgoing
     from celeriac.message import ErrorInfo, ResultRecord, encode_result
 
-    app.broker.send([__import__("celeriac.brokers.records").brokers.records.Outgoing("x", "q", b"{}")])
+    app.broker.send([Outgoing("x", "q", b"{}")])
     (d,) = app.broker.fetch(["q"], "me", limit=1, lease_seconds=30, timeout=0)
     record = ResultRecord(
         state="FAILURE",
