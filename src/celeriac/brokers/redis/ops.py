@@ -115,8 +115,6 @@ def send(ctx: Context, messages: Sequence[Outgoing]) -> Plan[list[bool]]:
         # then finds the final result and acks that copy without handing it out.
         heads = yield Batch([Command(("GETRANGE", ctx.keys.result(m.id), 0, 0)) for m in messages])
         finished = {i for i, head in enumerate(heads) if head == b"F"}
-    if not finished and len({m.queue for m in messages}) == 1:
-        return (yield from _send_one_queue(ctx, messages))
     groups: dict[str, list[int]] = {}
     for i, out in enumerate(messages):
         if i not in finished:
@@ -140,19 +138,6 @@ def send(ctx: Context, messages: Sequence[Outgoing]) -> Plan[list[bool]]:
             created[i] = flag == 1
     ctx.known.update(groups)
     return created
-
-
-def _send_one_queue(ctx: Context, messages: Sequence[Outgoing]) -> Plan[list[bool]]:
-    """send() when every message goes to one queue (a batch of one task): the messages
-    are cut into SEND_CHUNK calls as they are, without an index per message to group them
-    by queue and put the replies back in order."""
-    name = messages[0].queue
-    q = ctx.keys.queue(name)
-    starts = range(0, len(messages), SEND_CHUNK)
-    calls = (_send_call(ctx, q, messages[start : start + SEND_CHUNK]) for start in starts)
-    replies = yield Batch(itertools.chain(calls, ctx.register([name])))
-    ctx.known.add(name)
-    return [flag == 1 for reply in replies[: len(starts)] for flag in reply]
 
 
 def _send_call(ctx: Context, q: QueueKeys, messages: Sequence[Outgoing]) -> Call:
