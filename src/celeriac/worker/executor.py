@@ -49,7 +49,7 @@ log = logging.getLogger("celeriac.worker")
 
 FINAL = frozenset({"SUCCESS", "FAILURE", "EXPIRED", "REVOKED"})
 #: The level of the line Executor._log writes for a committed outcome, by state (INFO for
-#: any other); DEFERRED writes none.
+#: any other; DEFERRED writes none): the one place that says it.
 _LOG_LEVELS = {"FAILURE": logging.ERROR, "DEAD": logging.ERROR}
 
 
@@ -476,28 +476,30 @@ class Executor(Reading):
         return self.app.broker.dead_letter(delivery.lease, letter, encode_result(record))
 
     def _log(self, job: Job, outcome: Outcome, committed: bool) -> None:
-        state = outcome.state
-        if committed and not log.isEnabledFor(_LOG_LEVELS.get(state, logging.INFO)):
-            # The line would be dropped: building its text (the escaped label, the run
-            # time's float formatting) was ~5% of a no-op task's instructions at WARNING.
-            return
-        shown = label(job)  # the name and id are the sender's text
         if not committed:
             log.warning(
                 "task %s: lease lost before settling (%s), so this outcome was discarded: %s",
-                shown,
+                label(job),
                 outcome.state,
                 self.app.broker.lease_loss(job.delivery.lease).value,
             )
             return
+        state = outcome.state
+        level = _LOG_LEVELS.get(state, logging.INFO)
+        if state == "DEFERRED" or not log.isEnabledFor(level):
+            # A line that would be dropped is not built: the escaped label and the run
+            # time's float formatting were ~5% of a no-op task's instructions at WARNING.
+            return
+        shown = label(job)  # the name and id are the sender's text
         # No run time for an outcome decided without running the task here (a verdict of
         # the supervisor's after a kill, an expiry): "in 0.0000s" would mislead.
         runtime = f" in {outcome.runtime:.4f}s" if outcome.runtime else ""
         if state == "SUCCESS":
-            log.info("task %s succeeded%s", shown, runtime)
+            log.log(level, "task %s succeeded%s", shown, runtime)
         elif state == "FAILURE":
             error = outcome.error
-            log.error(
+            log.log(
+                level,
                 "task %s failed%s: %s: %s",
                 shown,
                 runtime,
@@ -505,20 +507,22 @@ class Executor(Reading):
                 _for_log(error.message) if error else "",
             )
         elif state == "RETRY":
-            log.info(
+            log.log(
+                level,
                 "task %s will retry in %.1fs (attempt %d)",
                 shown,
                 outcome.delay or 0.0,
                 job.message.retries if job.message else 0,
             )
         elif state == "DEAD":
-            log.error(
+            log.log(
+                level,
                 "task %s dead-lettered: %s. See `celeriac dlq list`.",
                 shown,
                 _for_log(outcome.reason),
             )
-        elif state != "DEFERRED":
-            log.info("task %s %s: %s", shown, state.lower(), _for_log(outcome.reason))
+        else:
+            log.log(level, "task %s %s: %s", shown, state.lower(), _for_log(outcome.reason))
 
     def process(self, delivery: Delivery) -> tuple[Job, Outcome]:
         """Prepare, execute and settle one delivery (used by in-process runners)."""
