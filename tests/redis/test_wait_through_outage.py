@@ -31,10 +31,27 @@ def _quick_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(admin, "LISTEN_STEP", 0.05)
 
 
-def _registered(server: RedisServer, broker: RedisBroker) -> bool:
-    """A waiter is registered, so it has begun its wait (its reads come next)."""
+def _waiting(server: RedisServer, broker: RedisBroker, task_id: str = "t") -> bool:
+    """A waiter is registered and subscribed: its wait has begun, its reads come next."""
+    channel = broker.keys.channel(task_id)
     with redis.Redis(port=server.port) as raw:
-        return bool(raw.zcard(broker.keys.waiting))
+        return bool(raw.zcard(broker.keys.waiting)) and raw.pubsub_numsub(channel) == [(channel, 1)]
+
+
+def _wait_in_thread(broker: RedisBroker, timeout: float) -> tuple[threading.Thread, list[object]]:
+    """A started thread waiting for task t's result; its outcome (the result or the
+    BrokerConnectionError) lands in the list."""
+    outcome: list[object] = []
+
+    def wait() -> None:
+        try:
+            outcome.append(broker.wait_result("t", timeout))
+        except BrokerConnectionError as exc:  # the assertions name it
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    return waiter, outcome
 
 
 def _outage_seen(caplog: pytest.LogCaptureFixture) -> bool:
@@ -47,19 +64,10 @@ def test_a_sync_wait_outlasts_a_redis_restart(
     caplog.set_level(logging.WARNING, logger="celeriac.broker")
     server = own_server()
     broker = RedisBroker(server.url)
-    outcome: list[object] = []
-
-    def wait() -> None:
-        try:
-            outcome.append(broker.wait_result("t", 60))
-        except BrokerConnectionError as exc:  # the assertion below names it
-            outcome.append(exc)
-
     try:
         lease = held_lease(broker, "t")
-        waiter = threading.Thread(target=wait)
-        waiter.start()
-        wait_for(lambda: _registered(server, broker), timeout=10)
+        waiter, outcome = _wait_in_thread(broker, 60)
+        wait_for(lambda: _waiting(server, broker), timeout=10)
         server.stop()
         wait_for(lambda: outcome or _outage_seen(caplog), timeout=20)
         assert not outcome, f"the wait ended during the outage: {outcome}"
@@ -82,7 +90,10 @@ def test_an_async_wait_outlasts_a_redis_restart(
 
         async def scenario() -> bytes | None:
             waiting = asyncio.create_task(broker.await_result("t", 60))
-            await asyncio.sleep(0.2)  # subscribed and reading
+            for _ in range(500):
+                if _waiting(server, broker):
+                    break
+                await asyncio.sleep(0.02)
             server.stop()
             for _ in range(1000):
                 if waiting.done() or _outage_seen(caplog):
@@ -107,17 +118,8 @@ def test_redis_still_away_at_the_deadline_is_an_error_not_a_time_out(
     broker = RedisBroker(server.url)
     try:
         held_lease(broker, "t")
-        outcome: list[object] = []
-
-        def wait() -> None:
-            try:
-                outcome.append(broker.wait_result("t", 2.0))
-            except BrokerConnectionError as exc:
-                outcome.append(exc)
-
-        waiter = threading.Thread(target=wait)
-        waiter.start()
-        wait_for(lambda: _registered(server, broker), timeout=10)
+        waiter, outcome = _wait_in_thread(broker, 4.0)  # begun well within 4 s, even loaded
+        wait_for(lambda: _waiting(server, broker), timeout=10)
         server.stop()
         waiter.join(30)
         assert len(outcome) == 1 and isinstance(outcome[0], BrokerConnectionError), outcome

@@ -133,9 +133,10 @@ def wait_result(ctx: Context, task_id: str, timeout: float) -> Plan[bytes | None
 
     Redis going away once the wait has begun (a restart, a failover, a blip) is waited
     out until the deadline, as workers wait it out: a ``get(timeout=60)`` across a
-    two-second restart returns the result. Before the first read, and at the deadline,
-    it raises :class:`~celeriac.errors.BrokerConnectionError`, so a dead broker is
-    still reported at once and a wait never ends as a time-out that was an outage.
+    two-second restart returns the result. Before the wait has begun (its registration
+    and subscription), and at the deadline, it raises
+    :class:`~celeriac.errors.BrokerConnectionError`, so a dead broker is still reported at
+    once and a wait never ends as a time-out that was an outage.
     """
     deadline = time.monotonic() + timeout
     waiter = b""
