@@ -3,9 +3,15 @@ its own transactions."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import os
 import sqlite3
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from uuid import uuid4
 
 from celeriac.brokers.records import Outgoing
 from celeriac.brokers.sqlite import SQLiteBroker
@@ -84,3 +90,62 @@ def test_the_wal_file_shrinks_back_after_a_burst(tmp_path: Path) -> None:
     size = wal.stat().st_size
     broker.close()
     assert size <= 4 * 1024 * 1024 + 64 * 1024, f"the WAL file stayed at {size:,} bytes"
+
+
+def _descriptors_on(path: Path) -> int:
+    """How many of this process's file descriptors are open on ``path`` itself."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            count += os.readlink(fd) == str(path)
+    return count
+
+
+def test_close_closes_the_connection_of_every_thread_that_used_the_broker(
+    tmp_path: Path,
+) -> None:
+    # close() closed only the calling thread's connection: one opened by a pool thread
+    # (the async faces use four) stayed open until that thread ended.
+    path = tmp_path / "b.db"
+    broker = SQLiteBroker(f"sqlite:///{path}")
+    with ThreadPoolExecutor(1) as pool:  # its thread lives until the block ends
+        pool.submit(broker.stats).result()
+        broker.stats()
+        assert _descriptors_on(path) == 2
+        broker.close()
+        assert _descriptors_on(path) == 0
+        assert pool.submit(broker.stats).result() == []  # a later call opens a new one
+    broker.close()
+    assert _descriptors_on(path) == 0
+
+
+def _open_connections() -> int:
+    """How many sqlite3 connections in this process are open."""
+    count = 0
+    for thing in gc.get_objects():
+        if isinstance(thing, sqlite3.Connection):
+            with contextlib.suppress(sqlite3.ProgrammingError):  # closed
+                count += thing.total_changes >= 0
+    return count
+
+
+def test_a_thread_or_a_broker_that_goes_away_closes_its_connection(tmp_path: Path) -> None:
+    # Each connection is closed by a finalizer (Python 3.13 warns of one the collector
+    # closes): the finalizer must go with the thread, or every short-lived thread that
+    # sent a task would leave a connection open for the life of the process. (Descriptors
+    # are no measure here: SQLite keeps a closed connection's one for reuse while another
+    # connection of the process holds a lock on the file.)
+    before = _open_connections()
+    broker = SQLiteBroker(f"sqlite:///{tmp_path / 'b.db'}")
+    assert _open_connections() == before + 1  # the constructor's, on this thread
+    for _ in range(5):
+        thread = threading.Thread(target=broker.send, args=([Outgoing(uuid4().hex, "q", b"")],))
+        thread.start()
+        thread.join()
+    assert _open_connections() == before + 1
+    assert broker.stats()[0].ready == 5
+    cycle: list[object] = [broker]
+    cycle.append(cycle)
+    del broker, cycle
+    gc.collect()
+    assert _open_connections() == before

@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,25 @@ _FILE_CHECK_EVERY = 0.5  # seconds between two reads' checks that the file is st
 log = logging.getLogger("celeriac.brokers.sqlite")
 
 
+class _Owner:
+    """Stands for one thread's use of a connection: when it goes (the thread ended, the
+    broker was dropped or closed), its finalizer closes the connection."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _close_own(db: sqlite3.Connection, opened_by: int) -> None:
+    """Close a connection this process opened; a forked child never closes its parent's.
+
+    Left to the garbage collector, a connection is closed anyway, but Python 3.13 warns of
+    each one ("unclosed database"), and a test suite that turns warnings into errors fails
+    whichever test the collection ran in. A finalizer (a weak reference's callback) runs
+    before the collector finalizes anything, even when the broker is part of a cycle.
+    """
+    if opened_by == pid.current():
+        db.close()
+
+
 class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
     """The embedded broker: one SQLite file shared by every process on the host.
 
@@ -69,6 +89,10 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
             )
         self._local = threading.local()
         self._inherited: list[sqlite3.Connection] = []  # from a parent process; never used
+        # One per connection this process opened (each thread has its own): close() and
+        # interpreter exit run them, and so does the end of the connection's thread.
+        self._closers: list[weakref.finalize[Any, Any]] = []
+        self._closers_lock = threading.Lock()
         self._last_reclaim = 0.0
         self._known_queues: set[str] = set()  # queues this process has recorded already
         folder = Path(self.path).parent
@@ -126,6 +150,12 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         # this connection to a file it is not on.
         before = file_id(self.path)
         db = self._connect()
+        owner = _Owner()
+        closer = weakref.finalize(owner, _close_own, db, pid.current())
+        with self._closers_lock:
+            self._closers = [c for c in self._closers if c.alive]
+            self._closers.append(closer)
+        self._local.owner = owner  # replaces (so closes) this thread's previous connection
         self._local.checked = time.monotonic()
         return db, before if before is not None else file_id(self.path)
 
@@ -161,7 +191,10 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            # Each thread uses only its own connection; close() closes them all from one.
+            db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
             enable_wal(db)
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             # A burst (a big backlog, large results, a long reader holding checkpoints
@@ -218,10 +251,12 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         return bool(changed)
 
     def close(self) -> None:
-        """Close this thread's connection."""
-        db = getattr(self._local, "db", None)
-        if db is not None and self._local.pid == pid.current():
-            db.close()
+        """Close every connection this process opened on the file, one per thread that
+        used the broker; a later call opens a new one."""
+        with self._closers_lock:
+            closers, self._closers = self._closers, []
+        for close in closers:
+            close()
         self._local = threading.local()
 
     # -- producing ----------------------------------------------------------------------

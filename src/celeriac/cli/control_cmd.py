@@ -4,6 +4,7 @@ shutdown, events."""
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +81,7 @@ def _ids_given(task_ids: tuple[str, ...]) -> list[str]:
     ids: list[str] = []
     for task_id in task_ids:
         if task_id == "-":
-            from_stdin = click.get_text_stream("stdin").read().split()
+            from_stdin = sys.stdin.read().split()
             if not from_stdin:
                 raise click.UsageError("revoke -: no task ids on standard input")
             ids.extend(from_stdin)
