@@ -7,6 +7,7 @@ are in test_canvas_workers.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import sqlite3
@@ -604,7 +605,7 @@ EXPECTED_SALES = [
 
 
 def loaded_sales(db_path: Path) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db_path) as db:
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
         return db.execute("SELECT * FROM sales ORDER BY order_id").fetchall()
 
 

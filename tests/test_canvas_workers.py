@@ -3,6 +3,7 @@ whose worker children are SIGKILLed at random while its header runs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -58,7 +59,7 @@ def test_the_etl_example_runs_against_a_real_worker(
         "GB: 2 orders, 61.98",
         "US: 3 orders, 378.95",
     ]
-    with sqlite3.connect(db_path) as db:
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
         names = [r[0] for r in db.execute("SELECT customer FROM sales ORDER BY order_id")]
     assert names == [
         "Ada Lovelace",

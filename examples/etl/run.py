@@ -5,6 +5,7 @@ Usage: python run.py [sales.csv] [warehouse.db]
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ def main(csv_path: str, db_path: str) -> None:
     # Absolute paths: the worker may run in another directory.
     result = pipeline(str(Path(csv_path).resolve()), str(Path(db_path).resolve())).delay()
     print(f"loaded {result.get(timeout=60)} rows into {db_path}")
-    with sqlite3.connect(db_path) as db:
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
         query = "SELECT country, COUNT(*), SUM(total_cents) FROM sales GROUP BY 1 ORDER BY 1"
         for country, orders, cents in db.execute(query):
             print(f"{country}: {orders} orders, {cents / 100:.2f}")

@@ -15,6 +15,7 @@ Run the pipeline:  python run.py sales.csv warehouse.db
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sqlite3
@@ -66,7 +67,8 @@ def transform(self: Task[Any, Any], raw_key: str) -> str:
 def load(self: Task[Any, Any], clean_key: str, db_path: str) -> int:
     """Upsert the clean rows into the ``sales`` table; return how many were loaded."""
     rows = _staged(self, clean_key)
-    with sqlite3.connect(db_path) as db:
+    # closing() closes the connection; a connection's own `with` only commits.
+    with contextlib.closing(sqlite3.connect(db_path)) as db, db:
         db.execute(
             "CREATE TABLE IF NOT EXISTS sales (order_id INTEGER PRIMARY KEY, ordered_at TEXT, "
             "customer TEXT, country TEXT, total_cents INTEGER)"
