@@ -157,6 +157,29 @@ def test_run_queued_reraises_the_task_exception(app: Celeriac) -> None:
         run_queued(app)
 
 
+def test_run_queued_runs_a_task_that_came_due_while_it_looked(
+    app: Celeriac, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A retry with a short backoff could come due between run_queued's empty fetch and
+    # its look at the queues' counts: ready by then, not delayed, so it was left unrun.
+    @app.task
+    def soon() -> str:
+        return "ran"
+
+    fetch = app.broker.fetch
+
+    def fetch_then_stall(*args: Any, **kwargs: Any) -> Any:
+        got = fetch(*args, **kwargs)
+        if not got:
+            time.sleep(0.1)  # a loaded machine: the countdown below runs out meanwhile
+        return got
+
+    monkeypatch.setattr(app.broker, "fetch", fetch_then_stall)
+    r = soon.apply_async(countdown=0.05)
+    assert run_queued(app, include_delayed=True) == 1
+    assert r.get(timeout=0) == "ran"
+
+
 def test_get_times_out_with_a_timeout_error(app: Celeriac) -> None:
     @app.task
     def never_run() -> None: ...

@@ -9,6 +9,7 @@ from celeriac.worker.executor import Executor
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+    from celeriac.brokers.records import QueueStats
 
 
 def run_queued(
@@ -75,13 +76,17 @@ def _drain(
         )
         if not deliveries:
             # Nothing due in the queues we know: look again once (tasks may have sent to
-            # new queues, or delayed ones may be waiting) before calling it done.
-            fresh = _queues(app, queues)
-            delayed = include_delayed and any(s.delayed for s in broker.stats())
-            if fresh == names and not delayed:
+            # new queues, or delayed ones may be waiting) before calling it done. A task
+            # that came due since the fetch (a retry's short backoff) is ready now: it was
+            # left unrun when only delayed tasks counted.
+            stats = broker.stats()
+            fresh = _queues(app, queues, stats)
+            ready = any(s.ready for s in stats if s.queue in fresh)
+            delayed = include_delayed and any(s.delayed for s in stats)
+            if fresh == names and not delayed and not ready:
                 app.middleware.on_idle()
                 return ran
-            names, wait = fresh, 60.0 if delayed else 0.0
+            names, wait = fresh, 60.0 if delayed and not ready else 0.0
             continue
         wait = 0.0
         _, outcome = executor.process(deliveries[0])
@@ -91,7 +96,10 @@ def _drain(
     return ran
 
 
-def _queues(app: Celeriac, queues: Sequence[str] | None) -> list[str]:
+def _queues(
+    app: Celeriac, queues: Sequence[str] | None, stats: Sequence[QueueStats] | None = None
+) -> list[str]:
     if queues:
         return list(queues)
-    return sorted(s.queue for s in app.broker.stats()) or [app.conf.task_default_queue]
+    known = app.broker.stats() if stats is None else stats
+    return sorted(s.queue for s in known) or [app.conf.task_default_queue]
