@@ -13,8 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from uuid import uuid4
 
+import pytest
+
 from celeriac.brokers.records import Outgoing
 from celeriac.brokers.sqlite import SQLiteBroker
+from celeriac.errors import BrokerConnectionError
 
 
 def test_a_file_from_before_whole_join_expiry_keeps_its_joins(tmp_path: Path) -> None:
@@ -148,4 +151,15 @@ def test_a_thread_or_a_broker_that_goes_away_closes_its_connection(tmp_path: Pat
     cycle.append(cycle)
     del broker, cycle
     gc.collect()
+    assert _open_connections() == before
+
+
+def test_a_connection_that_fails_its_set_up_is_closed_at_once(tmp_path: Path) -> None:
+    # A file that is not a database fails at the first statement, after connect(): that
+    # connection was left to the collector (the raise kept it alive in the traceback).
+    path = tmp_path / "notes.txt"
+    path.write_text("shopping list: celeriac, leeks\n" * 20)
+    before = _open_connections()
+    with pytest.raises(BrokerConnectionError, match="is not a SQLite database"):
+        SQLiteBroker(f"sqlite:///{path}")
     assert _open_connections() == before

@@ -195,6 +195,9 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
             db = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )
+        except sqlite3.Error as exc:
+            raise self._cannot_open(exc) from exc
+        try:
             enable_wal(db)
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             # A burst (a big backlog, large results, a long reader holding checkpoints
@@ -206,13 +209,19 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
             # running process) has no tables yet: every call failed "no such table".
             if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchone():
                 db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            remedy = advice(self.path, getattr(exc, "sqlite_errorname", ""))
-            raise BrokerConnectionError(
-                f"cannot open the SQLite broker at {self.path}: {exc}. "
-                f"{remedy or 'Check that the folder exists and is writable by this user.'}"
-            ) from exc
+        except BaseException as exc:
+            db.close()  # never handed out: closed here, not left to the collector
+            if isinstance(exc, sqlite3.Error):
+                raise self._cannot_open(exc) from exc
+            raise
         return db
+
+    def _cannot_open(self, exc: sqlite3.Error) -> BrokerConnectionError:
+        remedy = advice(self.path, getattr(exc, "sqlite_errorname", ""))
+        return BrokerConnectionError(
+            f"cannot open the SQLite broker at {self.path}: {exc}. "
+            f"{remedy or 'Check that the folder exists and is writable by this user.'}"
+        )
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
