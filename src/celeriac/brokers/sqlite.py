@@ -172,10 +172,11 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         now = file_id(self.path)
         if now == local.file:
             return
-        old = local.db
-        local.db, local.file = self._connect_recording_file()  # raises: old kept, retried
+        # Raises: the old connection is kept and this is retried. Succeeds: the old one is
+        # closed by its finalizer (its owner is replaced), which is safe: SQLite neither
+        # checkpoints nor deletes the WAL of a moved file.
+        local.db, local.file = self._connect_recording_file()
         local.version = None  # a new file: whatever waits reads it again
-        old.close()  # safe: SQLite neither checkpoints nor deletes the WAL of a moved file
         log.error(
             "the SQLite broker file %s is no longer the file process %d opened (it was "
             "deleted or replaced); this process now uses the file at that path%s. Queued "
