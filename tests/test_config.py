@@ -89,6 +89,22 @@ def test_unknown_broker_scheme_is_a_clear_error() -> None:
         _ = app.broker
 
 
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("amqp://guest:pw@localhost//", "does not speak AMQP"),
+        ("sqs://", "SQS broker is not built yet"),
+        ("sentinel://:pw@localhost:26379", "give the URL of the current master"),
+        ("redis+sentinel://localhost:26379/mymaster", "Sentinel is not supported"),
+        ("kafka://localhost", "Use one of: memory://"),
+    ],
+)
+def test_a_scheme_from_another_queue_says_what_to_use(url: str, said: str) -> None:
+    with pytest.raises(ConfigurationError, match="unknown broker URL") as caught:
+        _ = Celeriac("x", broker=url).broker
+    assert said in str(caught.value) and "pw" not in str(caught.value)
+
+
 def test_sqlite_url_mistakes_are_clear_errors(tmp_path: Path) -> None:
     from celeriac.brokers.sqlite import SQLiteBroker
 

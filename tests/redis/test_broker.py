@@ -386,8 +386,28 @@ def test_url_mistakes_are_refused_before_any_connection() -> None:
         RedisURL.parse("redis://alice:pw@localhost:abc/0")  # was: a bare ValueError
     assert "pw" not in str(caught.value)
     # Options redis-py takes pass, whichever class takes them.
-    for option in ("socket_timeout=2", "ssl_cert_reqs=none", "client_name=w", "db=3"):
+    for option in ("socket_timeout=2", "client_name=w", "db=3", "max_connections=5"):
         assert RedisURL.parse(f"redis://localhost?{option}").redis_url.endswith(option)
+    assert RedisURL.parse("rediss://localhost?ssl_cert_reqs=none").redis_url.endswith("=none")
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        # Each was found only at the first send: a bare ValueError or TypeError, or a
+        # RedisError worded as the server refusing a command.
+        ("redis://alice:pw@localhost/0?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
+        ("rediss://alice:pw@localhost/0?ssl_cert_reqs=bogus", "Certificate Requirements Flag"),
+        ("redis://alice:pw@localhost/0?ssl_ca_certs=/ca.pem", "ssl_ca_certs= applies to TLS"),
+        ("redis://alice:pw@localhost/0?timeout=3", "does not take timeout= from a URL"),
+        ("redis://alice:pw@localhost:7000?cluster=1&socket_timeout=x", "'socket_timeout'"),
+    ],
+)
+def test_an_option_value_redis_py_cannot_use_is_refused_at_once(url: str, said: str) -> None:
+    with pytest.raises(ConfigurationError, match="option redis-py cannot use") as caught:
+        RedisURL.parse(url)
+    assert said in str(caught.value)
+    assert "pw" not in str(caught.value) and "alice:***@" in str(caught.value)
 
 
 def test_a_database_the_server_lacks_is_named(redis_server: RedisServer) -> None:

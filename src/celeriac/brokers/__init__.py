@@ -39,10 +39,26 @@ def broker_from_url(url: str) -> Broker:
             raise ConfigurationError(f"the Redis broker is not available here: {exc}") from exc
         broker: Broker = RedisBroker(url)
         return broker
+    scheme = url.partition("://")[0].lower()
     raise ConfigurationError(
-        f"unknown broker URL {redacted(url)!r}. Use one of: memory://, sqlite:///celeriac.db, "
-        "redis://localhost:6379/0"
+        f"unknown broker URL {redacted(url)!r}. {_NOT_HERE.get(scheme, '')}Use one of: "
+        "memory://, sqlite:///celeriac.db, redis://localhost:6379/0"
     )
+
+
+_SENTINEL = (
+    "Redis Sentinel is not supported: give the URL of the current master, or of an "
+    "address that follows it (a DNS name or a proxy). "
+)
+
+#: Schemes people bring from other task queues, and what to do instead.
+_NOT_HERE = {
+    "amqp": "celeriac does not speak AMQP (RabbitMQ): run Redis, or SQLite on one host. ",
+    "pyamqp": "celeriac does not speak AMQP (RabbitMQ): run Redis, or SQLite on one host. ",
+    "sqs": "The SQS broker is not built yet. ",
+    "sentinel": _SENTINEL,
+    "redis+sentinel": _SENTINEL,
+}
 
 
 def redacted(url: str) -> str:

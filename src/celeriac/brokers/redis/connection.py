@@ -10,7 +10,8 @@ URL forms::
 Two query options belong to celeriac and are removed before redis-py sees the URL:
 ``prefix`` (default ``celeriac``) puts every key under another namespace, as tests do, and
 ``cluster=1`` selects Redis Cluster. Every other option (``socket_timeout=``,
-``ssl_cert_reqs=``, ...) goes to redis-py unchanged.
+``ssl_cert_reqs=``, ...) goes to redis-py unchanged, checked when the URL is parsed by
+building (not connecting) the connection redis-py would make from it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import re
 import threading
 import weakref
 from collections.abc import AsyncGenerator
@@ -29,7 +31,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 from redis.backoff import ExponentialBackoff
-from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
 from redis.exceptions import ClusterDownError, RedisClusterException
 from redis.retry import Retry
 
@@ -80,8 +82,8 @@ class RedisURL:
 
         Raises:
             ConfigurationError: not a redis://, rediss:// or unix:// URL, a database that is
-                not a number, an option neither celeriac nor redis-py knows, or Cluster over
-                a Unix socket.
+                not a number, an option neither celeriac nor redis-py knows or a value
+                redis-py cannot use, or Cluster over a Unix socket.
         """
         parts = urlsplit(url)
         if parts.scheme not in {"redis", "rediss", "unix"}:
@@ -127,11 +129,44 @@ class RedisURL:
                 f"Redis Cluster cannot be reached over a Unix socket: {redacted(url)!r}"
             )
         base = url.split("?", 1)[0]  # string surgery: urlunsplit would mangle unix:///path
-        return cls(
+        parsed = cls(
             redis_url=f"{base}?{urlencode(rest)}" if rest else base,
             safe=redacted(url),
             prefix=ours["prefix"],
             cluster=cluster,
+        )
+        parsed._check_values()
+        return parsed
+
+    def _check_values(self) -> None:
+        """Refuse an option redis-py cannot use, as redis-py itself reads it: a value it
+        cannot parse (``socket_timeout=abc``, ``ssl_cert_reqs=bogus``) or an option its
+        connection does not take here (``ssl_ca_certs=`` on a plain ``redis://``). Each
+        was found only at the first send: a bare ValueError or TypeError, or a RedisError
+        that read as the server refusing a command."""
+        try:
+            if self.cluster:  # a Cluster client connects as it is made: check values only
+                parse_url(self.redis_url)  # type: ignore[no-untyped-call]
+                return
+            # What redis.Redis.from_url builds, every query option reaching the connection
+            tls = {"connection_class": HandshakeBoundSSLConnection} if self.tls else {}
+            pool = redis.ConnectionPool.from_url(self.redis_url, **self.defaults, **tls)
+            pool.connection_class(**pool.connection_kwargs)  # built, never connected
+            return
+        except TypeError as exc:  # "... got an unexpected keyword argument 'ssl_ca_certs'"
+            found = re.search(r"argument '(\w+)'", str(exc))
+            option = found.group(1) if found else ""
+            if option.startswith("ssl"):
+                problem = f"{option}= applies to TLS only: use a rediss:// URL"
+            elif option:
+                problem = f"redis-py's connection does not take {option}= from a URL"
+            else:
+                problem = str(exc)
+        except Exception as exc:  # noqa: BLE001 - whatever redis-py raises for a bad value
+            problem = str(exc).rstrip(".") or type(exc).__name__
+        raise ConfigurationError(
+            f"the broker URL {self.safe} has an option redis-py cannot use: {problem}. Fix "
+            "it in the URL's query string."
         )
 
     @property
