@@ -108,6 +108,9 @@ def test_a_scheme_from_another_queue_says_what_to_use(url: str, said: str) -> No
 def test_sqlite_url_mistakes_are_clear_errors(tmp_path: Path) -> None:
     from celeriac.brokers.sqlite import SQLiteBroker
 
+    with pytest.raises(ConfigurationError, match=r"in-memory database.*Use memory://"):
+        SQLiteBroker("sqlite:///:memory:")  # made a file named ":memory:"
+
     with pytest.raises(ConfigurationError, match=r"unknown option 'synchronus'.*synchronous="):
         SQLiteBroker(f"sqlite:///{tmp_path}/b.db?synchronus=full")
     with pytest.raises(ConfigurationError, match=r"synchronous=sometimes .*use normal, full"):

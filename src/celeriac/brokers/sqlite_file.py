@@ -96,6 +96,12 @@ def path_from_url(url: str) -> tuple[str, dict[str, list[str]]]:
     path = path[1:] if path.startswith("/") else path
     if not path:
         raise ConfigurationError(f"no file in SQLite URL {url!r}; write sqlite:///celeriac.db")
+    if path == ":memory:":  # it made a file named ":memory:", which misleads either way
+        raise ConfigurationError(
+            f"{url!r} names SQLite's in-memory database, which only the process that opened "
+            "it can see: workers would never get the tasks. Use memory:// for tests inside "
+            "one process, or a file (sqlite:///celeriac.db)."
+        )
     params = parse_qs(parts.query, keep_blank_values=True)
     unknown = sorted(set(params) - {"synchronous"})
     if unknown:
