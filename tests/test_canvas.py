@@ -182,6 +182,19 @@ def test_a_failed_step_stops_the_chain_and_runs_link_error_once(
     }
 
 
+def test_a_group_errback_that_ignores_its_result_runs_once(app: Celeriac, ledger: Ledger) -> None:
+    """The failed member sends the errback at once; the member completing the join sends
+    it again under the same id. With ignore_result the errback left no result, so the
+    broker took the second send as new and it ran twice."""
+    late = add.s(2, 2).set(queue="later")
+    r = group(boom.s(1), late).link_error(tasks.quiet_errback.s()).apply_async()
+    run_queued(app, [app.conf.task_default_queue], fail_fast=False)  # boom, then the errback
+    assert ledger.count("errback") == Counter({f"{r.id}:e0": 1})
+    run(app)  # the late member completes the join
+    assert ledger.count("errback") == Counter({f"{r.id}:e0": 1})
+    assert ledger.count("run") == Counter({f"{r.id}:0": 1, f"{r.id}:1": 1})
+
+
 def test_a_retried_step_continues_the_chain_once_it_succeeds(app: Celeriac, ledger: Ledger) -> None:
     r = (flaky.s(5) | add.s(1)).apply_async()
     run_queued(app, include_delayed=True)

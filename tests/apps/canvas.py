@@ -93,6 +93,12 @@ def errback(self: Task[Any, Any], error: dict[str, str]) -> dict[str, str]:
     return error
 
 
+@app.bound_task(ignore_result=True)
+def quiet_errback(self: Task[Any, Any], error: dict[str, str]) -> None:
+    """An errback that stores no result of its own (ignore_result)."""
+    record("errback", self.request.id, error["id"])
+
+
 @app.task
 async def async_double(x: int) -> int:
     await asyncio.sleep(0)

@@ -14,6 +14,7 @@ Each message carries what comes after it in ``Message.options["canvas"]``::
     abort       an earlier task failed: do not run; end FAILURE with its error (REVOKED
                 if this task was revoked itself), pass it on. Sent without its delay.
     chunk       args[0] is a list of argument lists: run the task once for each
+    once        nothing follows, but a worker sent it and may send it again: keep a result
 
 :class:`~celeriac.middleware.canvas.Canvas` continues workflows with a Flow in the
 worker, and :mod:`celeriac.workflow` sends their first tasks with one.
@@ -261,6 +262,13 @@ class Flow:
             "chunk": node.get("chunk"),
         }
         data = {k: v for k, v in data.items() if v}
+        if not data and self.parent is not None:
+            # Sent while continuing a workflow, so it may be sent again under its fixed id:
+            # a group's errbacks by each failed member and by the member completing the join,
+            # anything by a redelivered parent. The broker ignores the second send only if
+            # the first left a result, so this marks it a canvas task, which keeps one even
+            # with ignore_result: an ignore_result errback ran once per failed member.
+            data = {"once": True}
         if data:
             message.options["canvas"] = data
         if self.parent is not None:
