@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import re
 import sqlite3
 import threading
 from collections import Counter
@@ -356,6 +357,20 @@ def test_on_error_continue_passes_errors_in_the_list(app: Celeriac, ledger: Ledg
         "message": "boom x",
     }
     assert ledger.count("callback") == Counter({r.id: 1})
+
+
+def test_a_member_whose_result_is_not_json_is_named_in_the_join(app: Celeriac) -> None:
+    # The join recorded such a result as an error of task "?" with id "?": the chord
+    # failed with "chord member 1 (?[?]) failed", and the on_error="continue" list held it.
+    stopped = chord([add.s(1, 1), tasks.unstorable.s()], tsum.s()).apply_async()
+    kept = chord([add.s(1, 1), tasks.unstorable.s()], collect.s(), on_error="continue").delay()
+    run(app)
+    named = f"chord member 1 ({tasks.unstorable.name}[{stopped.id}:h:1]) failed"
+    with pytest.raises(ChordError, match=re.escape(named)):
+        stopped.get(timeout=1)
+    _, error = kept.get(timeout=1)
+    assert (error["id"], error["task"]) == (f"{kept.id}:h:1", tasks.unstorable.name)
+    assert "not JSON-serializable" in error["message"]
 
 
 def test_an_empty_chord_calls_its_body_with_an_empty_list(app: Celeriac) -> None:

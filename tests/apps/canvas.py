@@ -100,6 +100,11 @@ def quiet_errback(self: Task[Any, Any], error: dict[str, str]) -> None:
 
 
 @app.task
+def unstorable() -> object:
+    return object()  # not JSON
+
+
+@app.task
 async def async_double(x: int) -> int:
     await asyncio.sleep(0)
     return 2 * x

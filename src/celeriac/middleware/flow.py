@@ -205,7 +205,8 @@ class Flow:
         the member that completes the join continues with every result, in member order."""
         broker, index, size = self.app.broker, frame["i"], frame["n"]
         key = join_key(frame["join"])
-        count = broker.join_add(key, str(index), _encode_entry(entry), self.app.conf.result_expires)
+        raw = _encode_entry(entry, self.parent)
+        count = broker.join_add(key, str(index), raw, self.app.conf.result_expires)
         stop = frame.get("err", "stop") == "stop"
         kind = frame.get("kind", "chord")
         if "e" in entry and stop:
@@ -381,16 +382,18 @@ def what_happened(error: dict[str, str]) -> str:
     return _ENDED.get(error.get("type", ""), "failed")
 
 
-def _encode_entry(entry: dict[str, Any]) -> bytes:
+def _encode_entry(entry: dict[str, Any], member: Message | None) -> bytes:
     try:
         return _encoder.encode(entry)
     except (TypeError, msgspec.EncodeError, OverflowError) as exc:
-        # The result store turns such a value into a FAILURE; the join must agree.
+        # The result store turns such a value into a FAILURE; the join must agree. The
+        # member is named (the message that finished), as for any other failure: the
+        # chord's error read "chord member 1 (?[?]) failed".
         return _encoder.encode(
             {
                 "e": {
-                    "id": "?",
-                    "task": "?",
+                    "id": member.id if member is not None else "?",
+                    "task": member.task if member is not None else "?",
                     "type": "celeriac.errors.SerializationError",
                     "message": f"the result is not JSON-serializable ({exc})",
                 }
