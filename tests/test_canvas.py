@@ -26,7 +26,13 @@ from celeriac import Celeriac
 from celeriac.brokers.memory import MemoryBroker
 from celeriac.canvas import Canvas, Signature, chain, chord, from_dict, group, signature
 from celeriac.cli import cli
-from celeriac.errors import BrokerConnectionError, ChordError, ConfigurationError, PayloadTooLarge
+from celeriac.errors import (
+    BrokerConnectionError,
+    ChordError,
+    ConfigurationError,
+    PayloadTooLarge,
+    SerializationError,
+)
 from celeriac.group_result import GroupResult
 from celeriac.middleware import MiddlewareStack, default_middleware
 from celeriac.middleware.flow import join_key
@@ -128,6 +134,28 @@ def test_a_workflow_with_a_step_that_can_never_run_is_refused_before_sending(
     for flow in fine:
         flow.apply_async()
     assert add.s(2).apply_async((1,)).id  # partial arguments completed at send
+
+
+def test_an_argument_that_is_not_json_is_named_where_it_sits_in_the_workflow(app: Celeriac) -> None:
+    # The first message carries the rest of the workflow, so encoding it named the first
+    # task (whose arguments were fine) and "an argument": add's, never mul's or 'y'.
+    bad = object()
+    refused: list[tuple[str, Canvas]] = [
+        (
+            "step 2 of the chain: cannot send task {}: positional argument 0",
+            add.s(1, 2) | mul.s(bad),
+        ),
+        ("the chord's body: cannot send task {}: argument 'y'", chord([add.s(1, 1)], mul.s(y=bad))),
+        ("a link callback: cannot send task {}: argument 'y'", add.s(1, 2).link(mul.si(2, y=bad))),
+        (
+            "member 2 of the group: cannot send task {}: positional argument 0",
+            group(add.s(1, 2), mul.s(bad)),
+        ),
+    ]
+    for message, flow in refused:
+        with pytest.raises(SerializationError, match=re.escape(message.format(mul.name))):
+            flow.apply_async()
+    assert sum(s.ready for s in app.broker.stats()) == 0  # nothing of any of them was sent
 
 
 def test_a_signature_known_by_name_routes_to_its_queue(app: Celeriac) -> None:

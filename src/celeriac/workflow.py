@@ -13,9 +13,9 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from celeriac.errors import ConfigurationError
+from celeriac.errors import ConfigurationError, SerializationError
 from celeriac.group_result import GroupResult
-from celeriac.message import new_task_id
+from celeriac.message import Message, encode_message, new_task_id
 from celeriac.middleware.canvas import Canvas as CanvasMiddleware
 from celeriac.middleware.flow import Flow, Node
 from celeriac.options import NO_LIMIT_SECONDS, UNBOUNDED
@@ -96,11 +96,15 @@ def check_arguments(app: Celeriac, node: Node, given: int = 0) -> None:
         TypeError: step 2 of the chain: cannot send task shop.ship: too many positional \
 arguments; the function is ship(parcel, carrier)
 
+    Also refuses a task, registered here or not, whose own arguments JSON cannot hold.
+
     Raises:
         TypeError: naming the task, where it sits in the workflow, and the argument.
+        SerializationError: the same, for an argument that is not JSON-serializable.
     """
     kind = node["kind"]
     if kind == "task":
+        _check_json(node)
         if not node.get("chunk"):  # a chunk's task runs once per argument list inside it
             leading = [None] * (0 if node.get("immutable") else given)
             app.check_call(node["task"], [*leading, *node.get("args", ())], node.get("kwargs"))
@@ -123,6 +127,16 @@ def _within(place: str, app: Celeriac, node: Node, given: int) -> None:
         check_arguments(app, node, given)
     except TypeError as exc:
         raise TypeError(f"{place}: {exc}") from None
+    except SerializationError as exc:
+        raise SerializationError(f"{place}: {exc}") from exc.__cause__
+
+
+def _check_json(node: Node) -> None:
+    # Checked per task, where the workflow is still a tree: the first message carries the
+    # rest of the workflow inside it, so encoding it named the first task and "an
+    # argument" for a bad argument of a later step, a chord's body or a callback.
+    args, kwargs = list(node.get("args", ())), dict(node.get("kwargs") or {})
+    encode_message(Message(id="", task=node["task"], args=args, kwargs=kwargs))
 
 
 def freeze(
