@@ -401,6 +401,19 @@ def test_a_member_whose_result_is_not_json_is_named_in_the_join(app: Celeriac) -
     assert "not JSON-serializable" in error["message"]
 
 
+def test_a_step_whose_result_is_not_json_is_named_by_the_next_step_s_error(app: Celeriac) -> None:
+    # It read "cannot send task <next>: positional argument 0 (object) is not
+    # JSON-serializable ... Pass simple values": an argument the next step was never given.
+    r = chain(tasks.unstorable.s(), identity.s()).apply_async()
+    run(app)
+    with pytest.raises(SerializationError) as raised:
+        r.get(timeout=1)
+    assert str(raised.value).startswith(
+        f"cannot pass the result of {tasks.unstorable.name}[{r.id}:s0] on to {identity.name}: "
+        "a value of type object is not JSON-serializable"
+    )
+
+
 def test_an_empty_chord_calls_its_body_with_an_empty_list(app: Celeriac) -> None:
     r = chord([], collect.s()).apply_async()
     run(app)

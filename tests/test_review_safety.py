@@ -219,7 +219,7 @@ def test_a_result_that_cannot_be_stored_is_a_failure_in_logs_and_hooks(
         not_json.get(timeout=5)
     with pytest.raises(Exception, match="over task_result_max_bytes"):
         too_big.get(timeout=5)
-    with pytest.raises(SerializationError, match=r"argument 0 \(object\) is not JSON-serializable"):
+    with pytest.raises(SerializationError, match=r"of type object is not JSON-serializable"):
         workflow.get(timeout=5)  # the next step is not sent: the workflow says why
     for result in (not_json, too_big):
         assert SettledStates.settled[result.id] == "FAILURE"

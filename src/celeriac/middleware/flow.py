@@ -252,7 +252,7 @@ class Flow:
             options.setdefault("queue", node["route"])
         message = task.message(args, node.get("kwargs") or {}, **options)
         if value is not NOTHING and abort is None and self.parent is not None:
-            problem = self._unsendable(message)
+            problem = self._unsendable(message, value)
             if problem is not None:  # the same task, ending FAILURE with the reason
                 return self._message(node, then, NOTHING, problem)
         data = {
@@ -277,7 +277,7 @@ class Flow:
             message.parent_id = self.parent.id
         return message
 
-    def _unsendable(self, message: Message) -> dict[str, str] | None:
+    def _unsendable(self, message: Message, value: Any) -> dict[str, str] | None:
         # A result passed on can make the next message unsendable. Found here, that task
         # alone fails, saying why; its own continuation and errbacks still happen.
         limit = self.app.conf.task_payload_max_bytes
@@ -285,6 +285,16 @@ class Flow:
             size = len(encode_message(message))
         except SerializationError as exc:
             kind, text = "celeriac.errors.SerializationError", str(exc)
+            if self.parent is not None and not _encodable(value):
+                # Not "cannot send task <next>: positional argument 0 ... Pass simple
+                # values": the next step was given no such argument; the step before it
+                # returned the value.
+                text = (
+                    f"cannot pass the result of {self.parent.task}[{self.parent.id}] on to "
+                    f"{message.task}: a value of type {type(value).__name__} is not "
+                    f"JSON-serializable ({exc.__cause__}). Return simple values such as ids "
+                    "from that task."
+                )
         else:
             if size <= limit:
                 return None
@@ -399,6 +409,14 @@ def _encode_entry(entry: dict[str, Any], member: Message | None) -> bytes:
                 }
             }
         )
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        _encoder.encode(value)
+    except (TypeError, msgspec.EncodeError, OverflowError, RecursionError):
+        return False
+    return True
 
 
 def _decode_entries(values: dict[str, bytes], size: int, group_id: str) -> list[dict[str, Any]]:
