@@ -337,7 +337,7 @@ def test_a_chord_of_10000_completes_once_with_results_in_member_order(
     assert run_queued(app, queues=["default"]) == 10_001
     assert r.get(timeout=1) == list(range(10_000))
     assert ledger.count("callback") == Counter({r.id: 1})
-    assert len(app.broker.join_values(join_key(f"{r.id}:h"))) == 10_000
+    assert app.broker.join_values(join_key(f"{r.id}:h")) == {}  # dropped once the body went
 
 
 @pytest.mark.parametrize("crashing", ["first", "last"])
@@ -399,6 +399,19 @@ def test_a_member_whose_result_is_not_json_is_named_in_the_join(app: Celeriac) -
     _, error = kept.get(timeout=1)
     assert (error["id"], error["task"]) == (f"{kept.id}:h:1", tasks.unstorable.name)
     assert "not JSON-serializable" in error["message"]
+
+
+def test_a_chord_sent_again_under_its_id_after_forget_joins_afresh(app: Celeriac) -> None:
+    # The finished join was kept: the second run's body ran when its first member ended,
+    # with the first run's values, and the second run's own results were dropped.
+    first = chord([identity.s(1), identity.s(2)], collect.s()).set(task_id="report-1").delay()
+    run(app)
+    assert first.get(timeout=1) == [1, 2]
+    first.forget()
+    again = chord([identity.s(10), identity.s(20)], collect.s()).set(task_id="report-1").delay()
+    run(app)
+    assert again.get(timeout=1) == [10, 20]
+    assert app.broker.join_values(join_key("report-1:h")) == {}  # dropped once the body went
 
 
 def test_a_step_whose_result_is_not_json_is_named_by_the_next_step_s_error(app: Celeriac) -> None:

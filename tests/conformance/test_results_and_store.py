@@ -218,6 +218,18 @@ def test_join_counts_each_member_once(broker: Broker) -> None:
     assert broker.join_values("other") == {}
 
 
+def test_a_deleted_join_starts_afresh(broker: Broker) -> None:
+    assert broker.join_add("chord", "m1", b"r1", 60) == 1
+    assert broker.join_add("chord", "m2", b"r2", 60) == 2
+    assert broker.join_add("kept", "m1", b"k1", 60) == 1
+    broker.join_delete("chord")
+    broker.join_delete("never-made")
+    assert broker.join_values("chord") == {}
+    assert broker.join_add("chord", "m2", b"new", 60) == 1
+    assert broker.join_values("chord") == {"m2": b"new"}
+    assert broker.join_values("kept") == {"m1": b"k1"}
+
+
 def test_every_add_renews_the_whole_join(broker: Broker) -> None:
     # Members arrive JOIN_GAP apart, under the TTL, but further apart in total than it:
     # the join stays whole, as a chord whose members finish one after another must.

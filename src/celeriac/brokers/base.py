@@ -336,6 +336,10 @@ class Broker(abc.ABC):
         """Every member of the join ``key`` and its value."""
 
     @abc.abstractmethod
+    def join_delete(self, key: str) -> None:
+        """Drop the join ``key``, members and count: the next add starts a new one."""
+
+    @abc.abstractmethod
     def rate_reserve(
         self, key: str, per_second: float, burst: int = 1, max_wait: float = math.inf
     ) -> float:

@@ -469,6 +469,11 @@ class MemoryBroker(Broker):
             members, expires = self._joins.get(key, ({}, 0.0))
             return dict(members) if expires > time.time() else {}
 
+    def join_delete(self, key: str) -> None:
+        """Drop a join, members and count."""
+        with self._lock:
+            self._joins.pop(key, None)
+
     def rate_reserve(
         self, key: str, per_second: float, burst: int = 1, max_wait: float = math.inf
     ) -> float:

@@ -130,6 +130,12 @@ class SQLiteStore:
         )
         return dict(rows)
 
+    def join_delete(self, key: str) -> None:
+        """Drop a join, members and count."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM joins WHERE key = ?", (key,))
+            db.execute("DELETE FROM join_counts WHERE key = ?", (key,))
+
     @staticmethod
     def _reap_joins(db: sqlite3.Connection, now: float) -> None:
         """Drop expired joins, each whole (inside the reaper's transaction)."""

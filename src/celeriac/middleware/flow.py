@@ -23,18 +23,21 @@ worker, and :mod:`celeriac.workflow` sends their first tasks with one.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from celeriac.errors import NotRegistered, SerializationError
+from celeriac.errors import BrokerError, NotRegistered, SerializationError
 from celeriac.message import Message, encode_message
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
     from celeriac.task import Task
+
+log = logging.getLogger("celeriac.canvas")
 
 Node = dict[str, Any]
 """A canvas piece as plain data: ``{"kind": "task" | "chain" | "group" | "chord", ...}``."""
@@ -95,9 +98,11 @@ class Flow:
         self.app = app
         self.parent = parent
         self.messages: list[Message] = []
+        self.completed: list[str] = []  # keys of the joins this flow completed
 
     def send(self) -> None:
-        """Send every message built so far in one broker round trip."""
+        """Send every message built so far in one broker round trip; then drop the joins
+        they complete."""
         if self.messages:
             messages, self.messages = self.messages, []
             token = _sending.set(True)
@@ -105,6 +110,20 @@ class Flow:
                 self.app.publish_many(messages)
             finally:
                 _sending.reset(token)
+        completed, self.completed = self.completed, []
+        for key in completed:
+            self._drop_join(key)
+
+    def _drop_join(self, key: str) -> None:
+        # Dropped only once what follows is sent: a member redelivered before this still
+        # completes the join again and sends it again (the same ids: a no-op). After it, a
+        # redelivered member starts a new join that never completes (it expires), and the
+        # chord sent again under its ids after forget() starts from nothing: the kept join
+        # ran its body at the first member, with the old run's values.
+        try:
+            self.app.broker.join_delete(key)
+        except BrokerError as exc:  # not worth running the task again: the join expires
+            log.warning("could not drop the finished join %s (%s); it expires by itself", key, exc)
 
     def apply(
         self,
@@ -207,6 +226,8 @@ class Flow:
         key = join_key(frame["join"])
         raw = _encode_entry(entry, self.parent)
         count = broker.join_add(key, str(index), raw, self.app.conf.result_expires)
+        if count >= size:
+            self.completed.append(key)
         stop = frame.get("err", "stop") == "stop"
         kind = frame.get("kind", "chord")
         if "e" in entry and stop:

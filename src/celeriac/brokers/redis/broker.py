@@ -384,6 +384,10 @@ class RedisBroker(Broker):
         """Every member of a join and its value."""
         return self._run(store.join_values(self._ctx, key), "read a join")
 
+    def join_delete(self, key: str) -> None:
+        """Drop a join, members and count."""
+        self._run(store.join_delete(self._ctx, key), "delete a join")
+
     def rate_reserve(
         self, key: str, per_second: float, burst: int = 1, max_wait: float = math.inf
     ) -> float:

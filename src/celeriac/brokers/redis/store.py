@@ -49,6 +49,11 @@ def join_values(ctx: Context, key: str) -> Plan[dict[str, bytes]]:
     return {member.decode(): value for member, value in dict(found).items()}
 
 
+def join_delete(ctx: Context, key: str) -> Plan[None]:
+    """Drop a join, members and count (one hash)."""
+    yield Command(("DEL", ctx.keys.store(b"join", key)))
+
+
 def rate_reserve(
     ctx: Context, key: str, per_second: float, burst: int, max_wait: float
 ) -> Plan[float]:
