@@ -4,6 +4,7 @@ revokes, and result waits (each test is a bug a user hit before its fix)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from celeriac import Celeriac, Retry, Task
+from celeriac import UNBOUNDED, Celeriac, Retry, Task
 from celeriac.canvas import group
 from celeriac.errors import (
     ConfigurationError,
@@ -269,6 +270,33 @@ def test_retry_options_given_per_call_apply(app: Celeriac) -> None:
     r = call.apply_async(max_retries=0)  # accepted, and was ignored: 4 runs
     run_queued(app, include_delayed=True, fail_fast=False)
     assert len(runs) == 1 and r.state == "FAILURE"
+
+
+@pytest.mark.parametrize(
+    ("countdown", "error", "says"),
+    [
+        (float("inf"), ValueError, "retry countdown=inf is not a finite number of seconds"),
+        (float("nan"), ValueError, "retry countdown=nan is not a finite number of seconds"),
+        (1e12, ValueError, "retry countdown=1000000000000.0 puts the retry after the year 9999"),
+        ("30", TypeError, "retry countdown must be a number of seconds, got str '30'"),
+    ],
+)
+def test_a_retry_countdown_no_broker_can_wait_fails_the_task_naming_it(
+    app: Celeriac, countdown: Any, error: type[Exception], says: str
+) -> None:
+    @app.bound_task(name="shop.poll", max_retries=5)
+    def poll(self: Task[Any, Any]) -> None:
+        raise self.retry(exc=TimeoutError("not ready"), countdown=countdown)
+
+    r = poll.apply_async(expires=UNBOUNDED)  # no expiry to end the wait
+    run_queued(app, fail_fast=False)
+    # Was: inf and 1e12 left it in the delayed store for ever, its state RETRY; NaN was
+    # retried at once; a str failed it with "Unknown format code 'g' for object of type 'str'".
+    assert r.state == "FAILURE"
+    with pytest.raises(error, match=f"task shop.poll: {re.escape(says)}"):
+        r.get(timeout=1)
+    (stats,) = app.broker.stats()
+    assert stats.delayed == 0
 
 
 # -- rate limits -------------------------------------------------------------------------

@@ -35,6 +35,9 @@ exc`` so callers handle one family whatever the broker.
 
 from __future__ import annotations
 
+import math
+import time
+
 
 class CeleriacError(Exception):
     """The root of every error celeriac raises."""
@@ -189,9 +192,44 @@ class Retry(TaskControl):
     """
 
     def __init__(self, delay: float | None = None, exc: BaseException | None = None) -> None:
+        if delay is not None:
+            _check_retry_delay(delay)
         super().__init__(f"retry in {delay:g}s" if delay is not None else "retry")
         self.delay = delay
         self.exc = exc
+
+
+def _check_retry_delay(delay: object) -> None:
+    """Refuse a retry delay no broker can honour, as ``apply_async`` refuses such a
+    countdown. ``inf`` or ``1e12`` (a Retry-After header misread, a backoff computed by
+    hand) left the task in the delayed store for ever, its state RETRY, with nothing
+    logged; a str failed the task with "Unknown format code 'g'".
+
+    Example:
+        >>> _check_retry_delay(1e12)
+        Traceback (most recent call last):
+        ValueError: retry countdown=1000000000000.0 puts the retry after the year 9999: it \
+would never come due, and the task would wait as RETRY for ever; pass seconds, e.g. \
+countdown=30
+    """
+    if delay.__class__ is bool or not isinstance(delay, int | float):
+        raise TypeError(
+            f"retry countdown must be a number of seconds, got {type(delay).__name__} "
+            f"{delay!r}; pass seconds, e.g. countdown=30"
+        )
+    if not math.isfinite(delay):
+        raise ValueError(
+            f"retry countdown={delay!r} is not a finite number of seconds, so the retry "
+            "cannot be scheduled; pass seconds, e.g. countdown=30"
+        )
+    from celeriac.message import LATEST_TIME  # here: celeriac.message imports this module
+
+    if time.time() + delay > LATEST_TIME:
+        raise ValueError(
+            f"retry countdown={delay!r} puts the retry after the year 9999: it would never "
+            "come due, and the task would wait as RETRY for ever; pass seconds, e.g. "
+            "countdown=30"
+        )
 
 
 class Reject(TaskControl):

@@ -344,8 +344,16 @@ function is add(x, y)
         stack.check_options(self.app, self.name, extra)
 
     def retry(self, exc: BaseException | None = None, countdown: float | None = None) -> Retry:
-        """Return a :class:`Retry` to raise: ``raise self.retry(exc=e, countdown=5)``."""
-        return Retry(delay=countdown, exc=exc)
+        """Return a :class:`Retry` to raise: ``raise self.retry(exc=e, countdown=5)``.
+
+        Raises:
+            TypeError, ValueError: ``countdown`` is not seconds a retry can wait (a str,
+                NaN, infinity, past the year 9999); raised in the task, they fail it.
+        """
+        try:
+            return Retry(delay=countdown, exc=exc)
+        except (TypeError, ValueError) as bad:  # say which task: it is read in a worker's log
+            raise type(bad)(f"task {self.name}: {bad}") from exc
 
     def update_state(self, state: str = "PROGRESS", meta: dict[str, Any] | None = None) -> None:
         """Store a custom state and progress data, visible in ``AsyncResult.info``.
