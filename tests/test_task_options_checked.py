@@ -209,6 +209,19 @@ def test_a_per_call_unbounded_time_limit_lifts_the_tasks_own_in_a_real_worker(
         soft_limited.apply_async((1.5,)).get(timeout=30)
 
 
+@pytest.mark.parametrize("pool", ["process", "threads"])
+def test_a_soft_limit_too_long_for_a_timer_never_fires_and_fails_nothing(
+    checked_app: Celeriac, workers: WorkerProcesses, pool: str
+) -> None:
+    _start(workers, "-P", pool)
+    # 317 years: past what setitimer and threading's waits take (about 292 years).
+    r = soft_limited.apply_async((0,), soft_time_limit=1e10)
+    # Was, in the process pool: FAILURE "OverflowError: timestamp out of range for
+    # platform time_t", for every run; in the threads pool a traceback of the timer thread.
+    assert r.get(timeout=30) == "finished", workers.log_text()
+    assert "OverflowError" not in workers.log_text()
+
+
 def test_a_workflow_step_option_its_middleware_cannot_apply_is_refused_at_set() -> None:
     # A later step is built in a worker: there the value stopped the workflow.
     with pytest.raises(ConfigurationError, match="rate_limit"):

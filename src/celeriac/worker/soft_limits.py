@@ -26,6 +26,11 @@ from celeriac.errors import SoftTimeLimitExceeded
 #: A SIGALRM this close to the running task's soft deadline is its soft limit: the timer
 #: and time.monotonic() differ by microseconds, and a task is never given more than this.
 _ALARM_SLACK = 0.001
+#: A soft limit this long (about 292 years) or longer arms no timer: ``signal.setitimer``
+#: and threading's waits raise OverflowError past it. Such a limit never fires while a task
+#: runs; armed, ``soft_time_limit=1e10`` failed every run of the task in the process pool
+#: ("OverflowError: timestamp out of range for platform time_t").
+_LONGEST_TIMER = threading.TIMEOUT_MAX
 
 
 class SoftAlarm:
@@ -45,6 +50,8 @@ class SoftAlarm:
         >>> alarm = SoftAlarm()
         >>> with alarm(math.inf):  # no soft limit: nothing is armed
         ...     pass
+        >>> with alarm(1e10):  # 317 years: it never fires, and setitimer cannot take it
+        ...     pass
         >>> alarm.alarm_at, alarm.in_task
         (0.0, False)
     """
@@ -59,7 +66,7 @@ class SoftAlarm:
 
     def __call__(self, soft: float) -> contextlib.AbstractContextManager[object]:
         """The block to run the task's code in, under a soft limit of ``soft`` seconds."""
-        if soft == math.inf:
+        if soft >= _LONGEST_TIMER:  # UNBOUNDED, or too long to arm: it never fires
             return _NO_LIMIT
         self.seconds = soft
         return self
@@ -98,7 +105,7 @@ _NO_LIMIT = contextlib.nullcontext()
 @contextlib.contextmanager
 def thread_soft_limit(soft: float) -> Iterator[None]:
     """Raise SoftTimeLimitExceeded in this thread if the block runs longer than ``soft``."""
-    if soft == math.inf:
+    if soft >= _LONGEST_TIMER:  # UNBOUNDED, or too long to arm: it never fires
         yield
         return
     thread_id, lock, armed = threading.get_ident(), threading.Lock(), [True]
