@@ -4,6 +4,7 @@ revokes, and result waits (each test is a bug a user hit before its fix)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 import threading
 import time
@@ -297,6 +298,20 @@ def test_a_retry_countdown_no_broker_can_wait_fails_the_task_naming_it(
         r.get(timeout=1)
     (stats,) = app.broker.stats()
     assert stats.delayed == 0
+
+
+def test_a_retry_countdown_may_be_a_timedelta_as_for_apply_async(app: Celeriac) -> None:
+    runs: list[int] = []
+
+    @app.bound_task(name="shop.wait", max_retries=1)
+    def wait(self: Task[Any, Any]) -> None:
+        runs.append(self.request.retries)
+        if not self.request.retries:
+            raise self.retry(countdown=dt.timedelta(milliseconds=50))
+
+    r = wait.delay()
+    run_queued(app, fail_fast=False, include_delayed=True)  # timedelta failed the task
+    assert r.state == "SUCCESS" and runs == [0, 1]
 
 
 # -- rate limits -------------------------------------------------------------------------

@@ -343,13 +343,19 @@ function is add(x, y)
             )
         stack.check_options(self.app, self.name, extra)
 
-    def retry(self, exc: BaseException | None = None, countdown: float | None = None) -> Retry:
+    def retry(
+        self, exc: BaseException | None = None, countdown: float | dt.timedelta | None = None
+    ) -> Retry:
         """Return a :class:`Retry` to raise: ``raise self.retry(exc=e, countdown=5)``.
+
+        ``countdown`` is seconds or a ``timedelta``, as for ``apply_async``.
 
         Raises:
             TypeError, ValueError: ``countdown`` is not seconds a retry can wait (a str,
                 NaN, infinity, past the year 9999); raised in the task, they fail it.
         """
+        if isinstance(countdown, dt.timedelta):
+            countdown = countdown.total_seconds()
         try:
             return Retry(delay=countdown, exc=exc)
         except (TypeError, ValueError) as bad:  # say which task: it is read in a worker's log
