@@ -17,6 +17,7 @@ from click.testing import CliRunner
 import redis
 from celeriac import Celeriac
 from celeriac.cli import cli
+from celeriac.cli.worker_cmd import warn_of_soft_limits_that_never_fire
 from celeriac.testing import run_queued
 from tests.apps import core
 from tests.conftest import ROOT
@@ -211,6 +212,23 @@ def test_check_lists_limits(broker_url: str) -> None:
     rows = {row["task"]: row for row in json.loads(output)}
     assert rows["tests.apps.core.stuck"]["time_limit"] == "1s"
     assert rows["tests.apps.core.add"]["time_limit"].endswith("(app default)")
+
+
+def test_check_and_the_worker_name_a_soft_limit_that_never_fires(
+    broker_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # tests.apps.core.stuck: soft_time_limit=10, time_limit=1. Nothing said so: the task's
+    # SoftTimeLimitExceeded cleanup never ran, the hard limit stopped it first.
+    code, output = invoke("-A", "tests.apps.core", "-b", broker_url, "check")
+    assert code == 0
+    said = " ".join(output.split())  # the table's console wraps long lines
+    assert "not below their time_limit" in said and "tests.apps.core.stuck" in said
+    assert "tests.apps.core.add" not in said.partition("not below")[2]
+    from tests.apps import core
+
+    with caplog.at_level("WARNING", logger="celeriac.worker"):
+        assert "tests.apps.core.stuck" in warn_of_soft_limits_that_never_fire(core.app)
+    assert "tests.apps.core.stuck" in caplog.text and "never fires" in caplog.text
 
 
 @pytest.mark.slow

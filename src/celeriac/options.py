@@ -8,9 +8,12 @@ import datetime as dt
 import difflib
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celeriac.message import LATEST_TIME
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
 
 #: Pass as a time limit or expiry to opt a task out of it explicitly (``celeriac check``
 #: lists such tasks). Anything left unset takes the app's default instead.
@@ -213,3 +216,27 @@ def nearest_ms(when: float) -> float:
     """``round(when, 3)`` for a Unix time, in a quarter of its time (paid per message): the
     nearest double to k / 1000 prints with at most three decimals."""
     return int(when * 1000 + 0.5) / 1000
+
+
+def soft_limits_that_never_fire(app: Celeriac) -> list[str]:
+    """The tasks whose soft time limit (their own, else the app's) is not below their hard
+    limit: the hard limit stops them first, so the soft one never fires and an ``except
+    SoftTimeLimitExceeded`` cleanup never runs. ``time_limit=60`` alone, under the app's
+    default soft limit of 300 s, does that.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> @app.task(name="shop.export", time_limit=60)
+        ... def export() -> None: ...
+        >>> soft_limits_that_never_fire(app)
+        ['shop.export']
+    """
+    conf, found = app.conf, []
+    for name in sorted(app.tasks):
+        own = app.tasks[name].options
+        soft = conf.task_soft_time_limit if own.soft_time_limit is None else own.soft_time_limit
+        hard = conf.task_time_limit if own.time_limit is None else own.time_limit
+        if math.isfinite(soft) and soft >= hard:
+            found.append(name)
+    return found

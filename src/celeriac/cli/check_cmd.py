@@ -14,6 +14,7 @@ from rich.table import Table
 from celeriac import manifest
 from celeriac.cli.main import Context, cli, out, print_json
 from celeriac.errors import ConfigurationError
+from celeriac.options import soft_limits_that_never_fire
 
 _COLUMNS = ("task", "soft_time_limit", "time_limit", "expires")
 
@@ -61,6 +62,15 @@ def check(obj: Context, as_json: bool, export_to: Path | None, against: Path | N
         out.print(
             f"{relying} limit(s) rely on app defaults or are opted out; set them on "
             "the task where the default does not fit."
+        )
+    silent = soft_limits_that_never_fire(obj.app)
+    if silent:
+        out.print(
+            escape(
+                f"{len(silent)} task(s) have a soft_time_limit not below their time_limit: "
+                "the hard limit stops them first, so their SoftTimeLimitExceeded cleanup "
+                f"never runs: {', '.join(silent)}. Set soft_time_limit below time_limit."
+            )
         )
 
 

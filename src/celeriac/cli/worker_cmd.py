@@ -12,6 +12,7 @@ import click
 
 from celeriac.cli.main import Context, cli, loglevel_option, setup_logging
 from celeriac.errors import BrokerError, ConfigurationError
+from celeriac.options import soft_limits_that_never_fire
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -96,6 +97,7 @@ def worker(
     if not names:
         raise click.BadParameter("give at least one queue name", param_hint="-Q")
     warn_if_many_processes(pool, concurrency or conf.worker_concurrency, os.cpu_count() or 1)
+    warn_of_soft_limits_that_never_fire(app)
     from celeriac.worker import Worker
 
     if not with_beat:
@@ -132,6 +134,27 @@ def reach_broker_before_forking(app: Celeriac) -> None:
     """
     with contextlib.suppress(BrokerError):
         app.broker.workers()
+
+
+def warn_of_soft_limits_that_never_fire(app: Celeriac) -> list[str]:
+    """Warn of the tasks whose soft time limit is not below their hard limit (see
+    :func:`~celeriac.options.soft_limits_that_never_fire`); return their names.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> warn_of_soft_limits_that_never_fire(Celeriac("doc", broker="memory://"))
+        []
+    """
+    names = soft_limits_that_never_fire(app)
+    if names:
+        logging.getLogger("celeriac.worker").warning(
+            "%d task(s) have a soft time limit that is not below their hard limit, so it "
+            "never fires and their SoftTimeLimitExceeded cleanup never runs: %s. Set "
+            "soft_time_limit below time_limit on each (celeriac check lists both).",
+            len(names),
+            ", ".join(names),
+        )
+    return names
 
 
 def warn_if_many_processes(pool: str, concurrency: int, cpus: int) -> bool:
