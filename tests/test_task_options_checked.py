@@ -182,6 +182,20 @@ def test_a_per_call_time_limit_may_be_a_timedelta(local: Celeriac) -> None:
     assert message.soft_limit is not None and message.soft_limit > 50 * 365 * 86400
 
 
+def test_an_expiry_beyond_the_year_9999_is_none_and_the_task_runs(local: Celeriac) -> None:
+    # Both failed every send: "OverflowError: cannot convert float infinity to integer".
+    from celeriac.worker.inline import run_queued
+
+    @local.task(name="shop.job", expires=1e306)
+    def job() -> str:
+        return "ran"
+
+    assert job.message(()).expires is None  # as UNBOUNDED: it never expires
+    handles = [job.delay(), job.apply_async(expires=1e306), job.apply_async(expires=1e20)]
+    assert run_queued(local) == 3
+    assert [h.get(timeout=1) for h in handles] == ["ran"] * 3
+
+
 # -- per-call "no limit" reaches the worker ---------------------------------------------
 
 

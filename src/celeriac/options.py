@@ -81,7 +81,11 @@ def absolute_time(
     at = now + float(seconds)
     if not math.isfinite(at):
         raise ValueError(f"task {task}: {option}={when!r} is not a finite number of seconds")
-    if at > LATEST_TIME and option != "expires":  # an expiry that far ahead means never
+    if at > LATEST_TIME and option == "expires":
+        # That far ahead means never; kept at the year 9999, where a message can carry it
+        # (expires=1e306 failed the send: "cannot convert float infinity to integer").
+        return LATEST_TIME
+    if at > LATEST_TIME:
         # The broker would hold it delayed for ever, and a worker dead-letters such an eta.
         raise ValueError(
             f"task {task}: {option}={when!r} puts its start after the year 9999; pass "

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from celeriac.errors import Retry
-from celeriac.message import Message, new_task_id
+from celeriac.message import LATEST_TIME, Message, new_task_id
 from celeriac.options import (
     CALL_OPTIONS,
     UNBOUNDED,
@@ -290,7 +290,9 @@ function is add(x, y)
             due = absolute_time(eta, 0.0, "eta", self.name)
         if expires is None:  # the task's or the app's, both checked when they were set
             ttl = opts.expires if opts.expires is not None else conf.task_expires
-            expires_at = None if ttl == UNBOUNDED else nearest_ms((due or now) + ttl)
+            # Beyond the year 9999 (UNBOUNDED, or 1e306 whose milliseconds overflowed the
+            # send) is no expiry at all.
+            expires_at = None if ttl >= LATEST_TIME else nearest_ms((due or now) + ttl)
         elif expires == UNBOUNDED:
             expires_at = None
         else:
