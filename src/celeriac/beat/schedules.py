@@ -47,6 +47,10 @@ _ALIASES = {
 _MAX_CANDIDATES = 50_000  # a valid 5-field expression matches within a few years of minutes
 _HOST_ZONE = "localtime"  # zoneinfo's name for whatever zone this host is set to
 _MIN_EVERY = 0.1  # seconds; a faster schedule would cost more broker calls than it is worth
+# Seconds (100 years). Fire times are multiples of the interval since 1970: a longer one
+# fired first past the year 9999 ("year 33658 is out of range"), or raised a bare
+# OverflowError (every=1e300).
+_MAX_EVERY = 100 * 365 * 86400
 # croniter's extensions "R" (a random value, drawn anew at every parse) and "H" (hashed
 # from an id): a field using them is not a pure function of time.
 _DRAWN = re.compile(r"(?:^|,)[hr](?:\(|/|,|$)", re.IGNORECASE)
@@ -121,6 +125,11 @@ class Every(Schedule):
         if not math.isfinite(seconds) or seconds < _MIN_EVERY:
             raise ConfigurationError(
                 f"every={self.seconds!r}: an interval must be at least {_MIN_EVERY} seconds"
+            )
+        if seconds > _MAX_EVERY:
+            raise ConfigurationError(
+                f"every={self.seconds!r}: an interval must be at most {_MAX_EVERY} seconds "
+                "(100 years); for a rare job, write a cron expression"
             )
         object.__setattr__(self, "seconds", seconds)
 
