@@ -87,6 +87,25 @@ def test_running_mode_dedupe_holds_its_key_through_a_retry(app: Celeriac) -> Non
     assert again.id == first.id  # not finished: no second task while it waits to retry
 
 
+def test_queued_mode_dedupe_holds_its_key_while_a_retry_waits(app: Celeriac) -> None:
+    runs: list[int] = []
+
+    @app.task(max_retries=3)
+    def sync(n: int) -> int:
+        runs.append(n)
+        if len(runs) == 1:
+            raise Retry(delay=30)
+        return n
+
+    first = sync.apply_async((1,), dedupe_key="sync:42")
+    run_queued(app)  # started (the key freed), then back in the queue for its retry
+    assert first.state == "RETRY"
+    again = sync.apply_async((2,), dedupe_key="sync:42")
+    assert again.id == first.id  # was: a second task, run beside the retry
+    run_queued(app)
+    assert runs == [1]
+
+
 def test_running_mode_dedupe_holds_its_key_while_a_rate_limit_defers_it(app: Celeriac) -> None:
     @app.task(rate_limit="1/m")
     def push(n: int) -> int:

@@ -1,8 +1,9 @@
 """Dedupe and debounce, for trigger-driven work.
 
 * ``apply_async(dedupe_key="sync:42", dedupe_ttl=60)``: while a task with that key is
-  queued (or, with ``dedupe_mode="running"``, until it finishes; never longer than the
-  TTL), sending again returns the first task's handle and sends nothing.
+  queued (a retry waiting out its backoff too), or, with ``dedupe_mode="running"``, until
+  it finishes (never longer than the TTL), sending again returns the first task's handle
+  and sends nothing.
 * ``apply_async(debounce=5, debounce_key="sync:42")``: a burst of sends within 5 s runs
   once, 5 s after the last send, with the last send's arguments. Earlier sends of the
   burst end REVOKED ("superseded").
@@ -40,6 +41,8 @@ log = logging.getLogger("celeriac.dedupe")
 
 # Outcomes after which the task will not run again: its dedupe key is free.
 _ENDED = frozenset({"SUCCESS", "FAILURE", "EXPIRED", "REVOKED", "DEAD"})
+# Outcomes that put the message back in its queue, to run later.
+_QUEUED_AGAIN = frozenset({"DEFERRED", "RETRY"})
 # A key outlives its message's expiry by this much: a worker whose clock is behind may still
 # start the task, and a send meanwhile would run it twice.
 _EXPIRY_GRACE = 1.0
@@ -209,8 +212,9 @@ class Dedupe(Middleware):
         :meth:`before_execute` could free it: it used to stay held for the whole TTL, and
         every later send got the handle of a task that would never run again. A retry
         keeps a running-mode key (the task has not finished). A deferral (a rate limit,
-        an unknown task) puts the message back unrun, so it is queued again: a
-        queued-mode key is taken again for it, or every deferral let a duplicate in.
+        an unknown task) or a retry puts the message back in the queue: a queued-mode key
+        is taken again for it, or every deferral let a duplicate in, and a send while a
+        retry waited its backoff ran beside that retry.
         """
         message = job.message
         if not committed or message is None or message.options.get("dedupe_key") is None:
@@ -218,7 +222,8 @@ class Dedupe(Middleware):
         if outcome.state in _ENDED:
             self._release(job)
         elif (
-            outcome.state == "DEFERRED" and message.options.get("dedupe_mode", "queued") == "queued"
+            outcome.state in _QUEUED_AGAIN
+            and message.options.get("dedupe_mode", "queued") == "queued"
         ):
             self._hold_again(job)
 
