@@ -210,6 +210,16 @@ def test_kv(broker: Broker) -> None:
     assert broker.kv_set("short", b"y", 60, only_if_absent=True)
 
 
+def test_kv_delete_if_deletes_only_the_value_asked_for(broker: Broker) -> None:
+    assert broker.kv_set("held", b"task-1", 60)
+    assert broker.kv_delete_if("held", b"task-0") is False  # another holder's: kept
+    assert broker.kv_get(["held"]) == [b"task-1"]
+    assert broker.kv_delete_if("held", b"task-1") is True
+    assert broker.kv_get(["held"]) == [None]
+    assert broker.kv_delete_if("held", b"task-1") is False  # gone already
+    assert broker.kv_delete_if("never-set", b"x") is False
+
+
 def test_join_counts_each_member_once(broker: Broker) -> None:
     assert broker.join_add("chord", "m1", b"r1", 60) == 1
     assert broker.join_add("chord", "m1", b"again", 60) == 1

@@ -322,6 +322,14 @@ class Broker(abc.ABC):
         """Unset ``key``."""
 
     @abc.abstractmethod
+    def kv_delete_if(self, key: str, value: bytes) -> bool:
+        """Unset ``key`` only while it holds ``value``, atomically; True when it did.
+
+        A holder frees its own key with it: read-then-delete could delete the key of a
+        later holder that took it between the two calls (after the first one's TTL).
+        """
+
+    @abc.abstractmethod
     def join_add(self, key: str, member: str, value: bytes, ttl: float) -> int:
         """Record ``member`` (with ``value``) in the join ``key``; return how many distinct
         members it holds now. Adding a member twice counts it once and keeps the first

@@ -448,6 +448,15 @@ class MemoryBroker(Broker):
         with self._lock:
             self._kv.pop(key, None)
 
+    def kv_delete_if(self, key: str, value: bytes) -> bool:
+        """Unset a key only while it holds ``value``."""
+        with self._lock:
+            held = self._kv.get(key)
+            if held is None or held[0] != value or held[1] <= time.time():
+                return False
+            del self._kv[key]
+            return True
+
     def join_add(self, key: str, member: str, value: bytes, ttl: float) -> int:
         """Add a member once; return the number of distinct members.
 

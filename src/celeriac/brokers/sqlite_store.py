@@ -91,6 +91,15 @@ class SQLiteStore:
         with self._transaction() as db:
             db.execute("DELETE FROM kv WHERE key = ?", (key,))
 
+    def kv_delete_if(self, key: str, value: bytes) -> bool:
+        """Unset a key only while it holds ``value`` (and has not expired)."""
+        with self._transaction() as db:
+            deleted = db.execute(
+                "DELETE FROM kv WHERE key = ? AND value = ? AND expires_at > ?",
+                (key, value, time.time()),
+            )
+            return deleted.rowcount > 0
+
     def join_add(self, key: str, member: str, value: bytes, ttl: float) -> int:
         """Add a member once; return the number of distinct members.
 

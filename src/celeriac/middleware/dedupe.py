@@ -318,10 +318,12 @@ def _may_still_run(options: dict[str, Any], stored: bytes) -> bool:
 
 
 def _free(broker: Broker, store: str, task_id: str) -> None:
-    """Delete ``store`` if it still names ``task_id`` (a later send may hold it by now)."""
-    (held,) = broker.kv_get([store])
-    if held is not None and held.decode() == task_id:
-        broker.kv_delete(store)
+    """Delete ``store`` if it still names ``task_id`` (a later send may hold it by now).
+
+    One atomic call: a read, then a delete, deleted the key of a send that took it in
+    between (the holder's TTL ran out meanwhile), and a third send then ran beside it.
+    """
+    broker.kv_delete_if(store, task_id.encode())
 
 
 def _broker(job: Job) -> Broker:

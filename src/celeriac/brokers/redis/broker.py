@@ -376,6 +376,10 @@ class RedisBroker(Broker):
         """Unset a key."""
         self._run(store.kv_delete(self._ctx, key), "delete a key")
 
+    def kv_delete_if(self, key: str, value: bytes) -> bool:
+        """Unset a key only while it holds ``value``."""
+        return self._run(store.kv_delete_if(self._ctx, key, value), "delete a key")
+
     def join_add(self, key: str, member: str, value: bytes, ttl: float) -> int:
         """Add a member once; return the number of distinct members."""
         return self._run(store.join_add(self._ctx, key, member, value, ttl), "add to a join")

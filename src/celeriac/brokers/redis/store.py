@@ -37,6 +37,12 @@ def kv_delete(ctx: Context, key: str) -> Plan[None]:
     yield Command(("DEL", ctx.keys.store(b"kv", key)))
 
 
+def kv_delete_if(ctx: Context, key: str, value: bytes) -> Plan[bool]:
+    """Unset a key only while it holds ``value`` (one script: no read-then-delete race)."""
+    deleted = yield Call(SCRIPTS.kv_delete_if, (ctx.keys.store(b"kv", key),), [value])
+    return bool(deleted)
+
+
 def join_add(ctx: Context, key: str, member: str, value: bytes, ttl: float) -> Plan[int]:
     """Add a member once; the number of distinct members."""
     count = yield Call(SCRIPTS.join_add, (ctx.keys.store(b"join", key),), [member, value, ms(ttl)])
