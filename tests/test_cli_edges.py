@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 import click
+import msgspec
 import psutil
 import pytest
 from click.testing import CliRunner
@@ -304,3 +305,31 @@ def test_demo_stops_its_worker_whatever_ends_it(clis: list[Cli]) -> None:
         if worker.is_running():
             for proc in [*worker.children(), worker]:
                 proc.kill()
+
+
+def test_output_cut_short_by_its_reader_is_no_error(sqlite_url: str) -> None:
+    # `celeriac events | head -1`: the reader leaves, the next write fails with EPIPE, and
+    # the CLI's catch-all printed "error: BrokenPipeError" as if the command had failed.
+    from celeriac.middleware.events import STREAM, Event
+
+    app = Celeriac("pipe", broker=sqlite_url)
+    event = Event("succeeded", "t-1", "shop.add", "w-1", 1.0e9, 0.01, "x" * 100)
+    # Well beyond a pipe's buffer (64 KiB), so writes go on after the reader left.
+    app.broker.stream_append(STREAM, [msgspec.json.encode(event)] * 2000, 10_000)
+    app.broker.close()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(ROOT)])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celeriac", "-b", sqlite_url, "events", "-n", "2000"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert "shop.add[t-1]" in proc.stdout.readline()
+    proc.stdout.close()  # as head does once it has its line
+    stderr = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 1  # as rich's tables exit (status | head): quietly
+    assert stderr == ""

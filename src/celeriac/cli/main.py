@@ -260,6 +260,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:
+            # The reader left (`celeriac events | head`): click's main() exits 1 quietly,
+            # as rich's tables do. Caught below, it printed "error: BrokenPipeError" under
+            # the output the reader had asked for, as if the command had failed.
+            raise
         except KeyboardInterrupt:
             # Ctrl-C: the shell's code for it, and no "Aborted!" (click's word for a refused
             # prompt) after a wait the user chose to end.
