@@ -236,3 +236,26 @@ def test_a_zero_timeout_returns_a_finished_result_and_refuses_an_unfinished_one(
         waiting.get(timeout=0)
     with pytest.raises(ResultTimeout, match=r"within 0s"):
         asyncio.run(waiting.aget(timeout=0))
+
+
+def test_a_nan_timeout_is_refused_not_waited_on_forever(api_app: Celeriac) -> None:
+    # No comparison with NaN is true, so no deadline ever passed: get(timeout=nan) spun at
+    # full CPU for ever (the CLI's --timeout refused NaN; the API did not), aget and a
+    # group's aget raised "did not finish within nans" at once, a group's get hung too.
+    nan = float("nan")
+    done = child.delay(1)
+    g = group(child.s(i) for i in range(2)).apply_async()
+    run_queued(api_app)
+    with pytest.raises(ValueError, match=r"aget\(timeout=nan\): the timeout is not a number"):
+        asyncio.run(done.aget(timeout=nan))
+    with pytest.raises(ValueError, match=r"aget\(timeout=nan\)"):
+        asyncio.run(g.aget(timeout=nan))
+    with pytest.raises(ValueError, match=r"iter_completed\(timeout=nan\)"):
+        next(g.iter_completed(timeout=nan))
+    with pytest.raises(ValueError, match=r"get\(timeout=nan\)"):
+        g.get(timeout=nan)
+    with pytest.raises(ValueError, match=r"get\(timeout=nan\)"):
+        done.get(timeout=nan)
+    with pytest.raises(ValueError, match=r"get\(timeout=nan\)"):
+        child.delay(9).get(timeout=nan)  # never run: the wait that spun
+    assert done.get(timeout=None) == 2  # None still waits without a limit

@@ -25,6 +25,7 @@ from celeriac.result import (
     PENDING,
     SUCCESS,
     AsyncResult,
+    check_timeout,
     group_key,
     refuse_inside_a_task,
     seconds_text,
@@ -105,6 +106,7 @@ class GroupResult:
             ResultTimeout: some member did not finish within ``timeout`` seconds.
             GetInsideTask: called inside a running task (a ``RuntimeError``).
         """
+        check_timeout(timeout, "iter_completed()")
         if disable_sync_subtasks:
             refuse_inside_a_task(self, "iter_completed()")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -196,6 +198,7 @@ class GroupResult:
             Exception: the first failed member's exception (with ``propagate``), as soon
                 as every member before it finished.
         """
+        check_timeout(timeout, "get()")
         if disable_sync_subtasks:
             refuse_inside_a_task(self, "get()")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -221,6 +224,7 @@ class GroupResult:
         disable_sync_subtasks: bool = True,
     ) -> list[Any]:
         """Async face of :meth:`get`."""
+        check_timeout(timeout, "aget()")
         if disable_sync_subtasks:
             refuse_inside_a_task(self, "aget()")
         deadline = None if timeout is None else time.monotonic() + timeout

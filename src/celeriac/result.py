@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import builtins
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -149,6 +150,7 @@ class AsyncResult(Generic[R]):
             ResultTimeout: not finished within ``timeout`` seconds (a ``TimeoutError``).
             GetInsideTask: called inside a running task (a ``RuntimeError``).
         """
+        check_timeout(timeout, "get()")
         if disable_sync_subtasks:
             refuse_inside_a_task(self, "get()")
         return self._outcome(self._wait(timeout), timeout, propagate)
@@ -191,6 +193,7 @@ class AsyncResult(Generic[R]):
             ...
             celeriac.errors.ResultTimeout: task ?[never-sent] did not finish within 0.05s; ...
         """
+        check_timeout(timeout, "aget()")
         if disable_sync_subtasks:
             refuse_inside_a_task(self, "aget()")
         return self._outcome(await self._await(timeout), timeout, propagate)
@@ -342,6 +345,24 @@ def seconds_text(timeout: float | None) -> str:
         ('0.3s', 'forever')
     """
     return "forever" if timeout is None else f"{timeout:g}s"
+
+
+def check_timeout(timeout: float | None, call: str) -> None:
+    """Refuse a NaN timeout: no comparison with NaN is ever true, so no deadline passed.
+    ``get(timeout=nan)`` waited forever at full CPU (and ``aget`` timed out at once).
+
+    Example:
+        >>> check_timeout(None, "get()"), check_timeout(0, "get()")
+        (None, None)
+        >>> check_timeout(float("nan"), "get()")
+        Traceback (most recent call last):
+        ValueError: get(timeout=nan): the timeout is not a number of seconds; ...
+    """
+    if timeout is not None and math.isnan(timeout):
+        raise ValueError(
+            f"{call[:-1]}timeout={timeout}): the timeout is not a number of seconds; pass "
+            "seconds, or None to wait without a limit"
+        )
 
 
 def time_left(deadline: float | None) -> float | None:
