@@ -29,6 +29,7 @@ from celeriac.message import decode_result
 from celeriac.testing import run_queued, wait_for
 from tests.apps import core
 from tests.conftest import ROOT, Ledger, WorkerProcesses
+from tests.redis_server import start_redis
 
 #: The celeriac this test imported, first on the path of the CLI processes it starts: they
 #: then run the same code (an older tree's, when PYTHONPATH points there).
@@ -333,3 +334,33 @@ def test_output_cut_short_by_its_reader_is_no_error(sqlite_url: str) -> None:
     proc.stderr.close()
     assert proc.wait(timeout=60) == 1  # as rich's tables exit (status | head): quietly
     assert stderr == ""
+
+
+def test_events_follow_waits_out_a_redis_restart(tmp_path: Path, clis: list[Cli]) -> None:
+    # The follower exited 1 at the first read Redis did not answer ("error: could not read
+    # a stream"), so a failover, when one watches events most, ended the watch unseen.
+    from celeriac.middleware.events import STREAM, Event
+
+    server = start_redis(tmp_path / "redis", appendonly=True)
+    try:
+        app = Celeriac("follow", broker=server.url)
+
+        def event(task_id: str) -> bytes:
+            return msgspec.json.encode(Event("succeeded", task_id, "shop.add", "w-1", 1.0e9))
+
+        app.broker.stream_append(STREAM, [event("before")], 100)
+        follow = Cli("-b", server.url, "events", "-f")
+        clis.append(follow)
+        follow.wait_for_line("shop.add[before]")
+        server.stop()
+        follow.wait_for_line("Still following (Ctrl-C stops).")
+        server = start_redis(tmp_path / "redis", port=server.port, appendonly=True)
+        follow.wait_for_line("the broker answers again: following")
+        app.broker.stream_append(STREAM, [event("after")], 100)
+        follow.wait_for_line("shop.add[after]")
+        app.broker.close()
+        code, output = follow.interrupt()
+        assert code == 0 and "error" not in output
+        assert output.count("Still following") == 1  # said once, not once a second
+    finally:
+        server.stop()

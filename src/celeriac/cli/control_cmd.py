@@ -15,7 +15,7 @@ from rich.table import Table
 
 from celeriac.cli.main import Context, Seconds, cli, out, print_json
 from celeriac.control import broadcast, is_revoke_mark, live_workers, revoke_many
-from celeriac.errors import MalformedMessage
+from celeriac.errors import BrokerConnectionError, MalformedMessage
 from celeriac.message import decode_result
 from celeriac.middleware.events import STREAM, Event
 from celeriac.text import printable
@@ -292,6 +292,10 @@ def _nobody_answered(obj: Context, target: str | None) -> str:
     )
 
 
+#: Seconds between ``events -f``'s reads while the broker does not answer.
+_UNREACHABLE_PAUSE = 1.0
+
+
 @cli.command()
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new events until Ctrl-C.")
 @click.option(
@@ -302,7 +306,8 @@ def _nobody_answered(obj: Context, target: str | None) -> str:
 def events(obj: Context, follow: bool, lines: int, as_json: bool) -> None:
     """Show the newest task events (received, started, succeeded, failed, retried, ...).
 
-    With -f, keep printing new ones; Ctrl-C stops it and exits 0.
+    With -f, keep printing new ones (through a broker outage, said once on stderr); Ctrl-C
+    stops it and exits 0.
 
     Example: celeriac events -f -n 50
     """
@@ -316,10 +321,25 @@ def events(obj: Context, follow: bool, lines: int, as_json: bool) -> None:
             "no events yet on this broker" + (": waiting (Ctrl-C stops)" if follow else ""),
             err=True,
         )
+    away = False  # the broker did not answer the last read
     try:
         while follow:
             time.sleep(0.2)
-            for seq, raw in broker.stream_read(STREAM, after, 1000):
+            try:
+                items = broker.stream_read(STREAM, after, 1000)
+            except BrokerConnectionError as exc:
+                # Waited out, as workers and result waits wait it out: the follower of a
+                # failover (when one watches events most) exited 1 at its first blip,
+                # and the events of the minutes after it went unseen. Said once.
+                if not away:
+                    click.echo(f"{printable(str(exc))} Still following (Ctrl-C stops).", err=True)
+                away = True
+                time.sleep(_UNREACHABLE_PAUSE)
+                continue
+            if away:
+                click.echo("the broker answers again: following", err=True)
+                away = False
+            for seq, raw in items:
                 after = seq
                 _print_event(raw, as_json)
     except KeyboardInterrupt:
