@@ -38,6 +38,7 @@ PURGE_STEP = 10_000  # entries deleted per purge call, so Redis never stalls for
 LISTEN_STEP = 1.0  # seconds per wait for a wake-up; the key is read again after each
 WAITER_LEASE = 60.0  # seconds a waiter's registration lasts unless it is renewed
 MGET_KEYS = 1_000  # result keys per MGET: about a millisecond of Redis's time at most
+REPLAY_STEP = 1_000  # dead letters per replay call, so Redis never stalls for long
 OUTAGE_PAUSE_MAX = 1.0  # seconds between a waiter's reads while Redis is away (0.1 s, doubled)
 
 log = logging.getLogger("celeriac.broker")
@@ -329,15 +330,45 @@ def replay_dead_letters(
     ctx: Context, ids: Sequence[str] | None, task: str | None, renew: Renew | None
 ) -> Plan[int]:
     """Send chosen dead letters back to their queues with a fresh delivery count (and,
-    with ``renew``, a renewed body at the message's own priority)."""
+    with ``renew``, a renewed body at the message's own priority).
+
+    ``REPLAY_STEP`` letters per script call, oldest first: every letter of every queue
+    read in one reply and replayed in one call held Redis for 2.7 s at 200,000 small
+    letters (workers, waiters and producers all stalled) and the CLI for 500 MB, when a
+    bad deploy's "unknown task" letters are what is replayed by the thousand. Without
+    ``ids``, the letters are those dead when it starts (their ids read first, without
+    bodies): one that dies again during the replay is not replayed again.
+    """
     names = yield from known_queues(ctx)
-    if ids is not None:  # by id: read only those
-        per_queue = yield from _letters_by_id(ctx, names, ids)
-    else:
-        per_queue = yield from _letters(ctx, names, 2**31 - 1)
+    if not names:
+        return 0
+    total = 0
+    if ids is not None:  # by id: a step of ids at a time, looked up in every queue at once
+        cids = [compact(i) for i in dict.fromkeys(ids)]
+        for first in range(0, len(cids), REPLAY_STEP):
+            step = cids[first : first + REPLAY_STEP]
+            total += yield from _replay_step(ctx, names, step, task, renew)
+        return total
+    per_queue: list[list[bytes]] = yield Batch(
+        [Command(("ZRANGE", ctx.keys.queue(n).dead_at, 0, -1)) for n in names]
+    )
+    for name, dead in zip(names, per_queue, strict=True):
+        for first in range(0, len(dead), REPLAY_STEP):
+            step = dead[first : first + REPLAY_STEP]
+            total += yield from _replay_step(ctx, [name], step, task, renew)
+    return total
+
+
+def _replay_step(
+    ctx: Context, names: Sequence[str], cids: Sequence[bytes], task: str | None, renew: Renew | None
+) -> Plan[int]:
+    """Replay the letters of ``cids`` found in the queues ``names`` (of ``task``, if
+    given): one read per queue, then one script call per queue that holds any."""
+    rows = yield Batch([Command(("HMGET", ctx.keys.queue(n).dead, *cids)) for n in names])
     calls: list[Call | Command] = []
     forget: list[Call | Command] = []
-    for name, letters in zip(names, per_queue, strict=True):
+    for name, found in zip(names, rows, strict=True):
+        letters = [_as_letter(_letter_decoder.decode(r)) for r in found if r]
         chosen = [d for d in letters if task is None or d.task == task]
         if not chosen:
             continue
