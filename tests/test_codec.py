@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import pytest
@@ -186,3 +187,22 @@ def test_bytes_that_are_not_a_message_are_not_renewed(raw: bytes) -> None:
 def test_pickle_is_never_read_to_renew_it() -> None:
     codec = Codec("pickle", ("json", "pickle"))
     assert codec.renewed(codec.encode(Message(id="a", task="t")), now=1.0) is None
+
+
+def test_nan_reaches_the_task_in_msgpack_and_a_nan_result_reads_none() -> None:
+    # The README's word: JSON has no NaN (msgspec writes null, as JSON.stringify does);
+    # msgpack carries it; results are JSON whatever the serializer.
+    got: list[float] = []
+    for serializer in ("msgpack", "json"):
+        app = Celeriac("nan", broker="memory://")
+        app.conf.task_serializer = serializer
+
+        @app.task(name="shop.keep")
+        def keep(x: float) -> float:
+            got.append(x)
+            return x
+
+        handle = keep.delay(math.nan)
+        assert run_queued(app) == 1
+        assert handle.get(timeout=1) is None
+    assert math.isnan(got[0]) and got[1] is None
