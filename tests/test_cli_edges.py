@@ -287,6 +287,19 @@ def test_dlq_replay_of_a_mistyped_task_name_suggests_the_right_one(
     assert "the newest dead letters are of tests.apps.core.send_welcome (2)" in result.stderr
 
 
+def test_dlq_replay_names_the_ids_it_did_not_find(core_app: Celeriac, broker_url: str) -> None:
+    task = "tests.apps.core.send_welcome"
+    core_app.broker.send(
+        [Outgoing(f"m{i}", "default", _malformed(f"m{i}", task)) for i in range(2)]
+    )
+    run_queued(core_app, fail_fast=False)
+    # "replayed 2 dead letter(s)" and nothing else: the mistyped third id went unnoticed.
+    result = invoke("-b", broker_url, "dlq", "replay", "m0", "m1", "m9")
+    assert result.stdout.strip() == "replayed 2 dead letter(s)"
+    assert "no dead letter with id m9 (see celeriac dlq list)" in result.stderr
+    assert "m0" not in result.stderr
+
+
 @pytest.mark.slow
 def test_demo_stops_its_worker_whatever_ends_it(clis: list[Cli]) -> None:
     demo = Cli("demo", "-n", "100000")  # long enough to be interrupted while it runs

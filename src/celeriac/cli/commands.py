@@ -519,8 +519,18 @@ def dlq_replay(obj: Context, ids: tuple[str, ...], replay_all: bool, task_name: 
     """
     if not ids and not replay_all and not task_name:
         raise click.UsageError("say which: one or more IDS, --task NAME, or --all")
-    count = obj.app.replay_dead_letters(given_ids(ids) or None, task_name)
+    wanted = given_ids(ids)
+    # Looked up first: once replayed, a letter is gone, like an id that never was one.
+    found = {x.id for x in obj.app.broker.find_dead_letters(wanted)} if wanted else set()
+    count = obj.app.replay_dead_letters(wanted or None, task_name)
     click.echo(f"replayed {count} dead letter(s)")
+    missing = [t for t in dict.fromkeys(ids) if not found.intersection(given_ids([t]))]
+    if count and missing:  # "replayed 2" for three ids hid the one mistyped
+        shown = ", ".join(missing[:10]) + (
+            f" and {len(missing) - 10:,} more" if len(missing) > 10 else ""
+        )
+        note = escape(printable(f"no dead letter with id {shown} (see celeriac dlq list)"))
+        err.print(f"[yellow]note:[/] {note}", markup=True, soft_wrap=True)
     if not count and (ids or task_name):  # a typo should not look like an empty queue
         which = f"task {task_name}" if task_name and not ids else "those ids"
         hint = _tasks_hint(obj, task_name) if task_name and not ids else ""
