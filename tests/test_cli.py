@@ -115,6 +115,13 @@ def test_bad_json_arguments_are_usage_errors(broker_url: str) -> None:
     assert code == 2 and "must be a JSON dict" in output
 
 
+def test_purge_writes_a_queue_name_s_control_characters_as_escapes(broker_url: str) -> None:
+    # Printed raw, a name with a newline or an escape sequence broke or restyled the line.
+    code, output = invoke("-b", broker_url, "purge", "jobs\n\x1b[2Jx", "--yes")
+    assert code == 0
+    assert "purged 0 task(s) from queue jobs\\n\\x1b[2Jx\n" in output
+
+
 def test_call_result_status_purge(core_app: Celeriac, broker_url: str) -> None:
     code, output = invoke("-b", broker_url, "call", "tests.apps.core.add", "--args", "[2, 3]")
     assert code == 0

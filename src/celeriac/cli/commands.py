@@ -351,7 +351,7 @@ def purge(obj: Context, queue: str, yes: bool) -> None:
             raise ConfigurationError(f"refusing to purge queue {queue!r} without --yes")
         click.confirm(f"Delete every waiting task in queue {queue!r}?", abort=True)
     count = obj.app.broker.purge(queue)
-    click.echo(f"purged {count} task(s) from queue {queue}")
+    click.echo(printable(f"purged {count} task(s) from queue {queue}"))  # a name is data
     known = sorted(s.queue for s in obj.app.broker.stats())
     if queue not in known:  # a typo at 3 a.m. should not look like an empty queue
         listed = escape(
