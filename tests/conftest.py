@@ -78,11 +78,14 @@ class WorkerProcesses:
         env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         log = self.ledger.path.with_name(f"worker-{len(self.started)}.log")
+        # The celeriac this test process runs, as run_celeriac does: with ROOT alone, the
+        # workers imported the installed tree's, whatever PYTHONPATH the tests ran under.
+        src = str(Path(celeriac.__file__).resolve().parents[1])
         environ = {
             **os.environ,
             "CELERIAC_BROKER_URL": self.broker_url,
             "CELERIAC_TEST_LEDGER": str(self.ledger.path),
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": os.pathsep.join([src, str(ROOT)]),
             **(env or {}),
         }
         with log.open("wb") as output:
