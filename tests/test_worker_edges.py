@@ -72,6 +72,28 @@ def test_system_exit_and_keyboard_interrupt_in_a_task_are_its_failure(
     assert "died" not in workers.log_text()
 
 
+@pytest.mark.parametrize("pool", ["process", "threads", "asyncio"])
+def test_any_base_exception_in_a_task_is_its_failure_run_once(
+    edges_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, pool: str
+) -> None:
+    # Only SystemExit and KeyboardInterrupt were contained. Any other BaseException (an
+    # asyncio.CancelledError from asyncio.run, a library's own) killed the process and
+    # threads children, and the asyncio pool left the job unsettled and unlogged: each
+    # way the task ran again and again, then was dead-lettered as a crash.
+    workers.start("-P", pool, "-c", "2", app=APP)
+    sent = {
+        "asyncio.exceptions.CancelledError": edges.cancelled.delay(),
+        "asyncio.exceptions.CancelledError: the task raised": edges.cancels_itself.delay(),
+        "tests.apps.edges.OwnBaseException: the task raised": (edges.raises_base_exception.delay()),
+    }
+    for error, result in sent.items():
+        with pytest.raises(TaskFailed, match=error):
+            result.get(timeout=20)
+    assert ledger.count("run") == {r.id: 1 for r in sent.values()}
+    assert edges.add.delay(1, 1).get(timeout=20) == 2
+    assert "died" not in workers.log_text()
+
+
 def test_a_child_that_dies_of_its_own_error_names_the_task_and_gives_it_back(
     edges_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
 ) -> None:

@@ -104,6 +104,36 @@ def interrupts(self: Task[Any, Any]) -> None:
     raise KeyboardInterrupt
 
 
+class OwnBaseException(BaseException):
+    """A library's own BaseException (as gevent's GreenletExit or trio's Cancelled)."""
+
+
+async def _cancelled_inside() -> None:
+    waiting = asyncio.ensure_future(asyncio.sleep(10))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    await waiting
+
+
+@app.bound_task()
+def cancelled(self: Task[Any, Any]) -> None:
+    """A plain task whose asyncio.run() raises asyncio.CancelledError, a BaseException."""
+    record("run", self.request.id)
+    asyncio.run(_cancelled_inside())
+
+
+@app.bound_task()
+async def cancels_itself(self: Task[Any, Any]) -> None:
+    record("run", self.request.id)
+    raise asyncio.CancelledError
+
+
+@app.bound_task()
+def raises_base_exception(self: Task[Any, Any]) -> None:
+    record("run", self.request.id)
+    raise OwnBaseException("from a library")
+
+
 @app.bound_task()
 def meet(self: Task[Any, Any], others: int) -> str:
     """Wait (up to 5 s) until ``others`` more meet tasks run at the same time."""

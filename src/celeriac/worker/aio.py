@@ -434,9 +434,14 @@ class AsyncioChild(Child):
             outcome = Outcome("SUCCESS", value=value)
         except Exception as exc:  # noqa: BLE001 - a task's failure is data, not a crash
             outcome = outcome_for(exc)
-        except (SystemExit, KeyboardInterrupt) as exc:
-            # Only a task raises these here (a child ignores SIGINT). Left to propagate,
-            # they would end the loop and every task running on it.
+        except BaseException as exc:
+            me = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and me is not None and me.cancelling():
+                raise  # this job's own asyncio task is being cancelled: not the task's doing
+            # Only a task raises these here (a child ignores SIGINT): SystemExit, or a
+            # CancelledError or other BaseException of its own. Left to propagate, they
+            # ended the job unsettled and unlogged: its message, held until its lease ran
+            # out, ran again each time, silently, until dead-lettered as a crash.
             outcome = outcome_for(exc)
         finally:
             _current.reset(token)

@@ -96,7 +96,7 @@ def outcome_for(exc: BaseException) -> Outcome:
     if isinstance(exc, Reject):
         return Outcome("DEAD", reason=f"rejected by the task: {exc.reason}")
     error = error_info(exc)
-    if isinstance(exc, SystemExit | KeyboardInterrupt):  # say what it means, not just "0"
+    if not isinstance(exc, Exception):  # say what it means, not just "0" (or nothing)
         error.message = f"the task raised {exc!r}; in a worker that fails the task, not the worker"
     return Outcome("FAILURE", error=error, exception=exc)
 
@@ -108,9 +108,9 @@ class Executor(Reading):
         app: the worker's app.
         worker_id: the name results and logs give this worker.
         soft_limit: how the pool enforces a soft time limit around the task's own code.
-        contain_exits: a task's SystemExit or KeyboardInterrupt is its FAILURE. On in a
-            worker child, where only a task can raise them (a child ignores SIGINT); off
-            in-process, where Ctrl-C must stop the caller.
+        contain_exits: a task's SystemExit, KeyboardInterrupt or any other BaseException
+            is its FAILURE. On in a worker child, where only a task can raise them (a
+            child ignores SIGINT); off in-process, where Ctrl-C must stop the caller.
 
     Example:
         >>> from celeriac import Celeriac
@@ -162,10 +162,14 @@ class Executor(Reading):
             outcome = Outcome("SUCCESS", value=value)
         except Exception as exc:  # noqa: BLE001 - a task's failure is data, not a crash
             outcome = outcome_for(exc)
-        except (SystemExit, KeyboardInterrupt) as exc:
+        except BaseException as exc:
             if not self.contain_exits:
                 raise
-            outcome = outcome_for(exc)  # sys.exit() in a task must not take a consumer down
+            # sys.exit() in a task must not take a consumer down, nor must any other
+            # BaseException (asyncio.CancelledError from asyncio.run, GeneratorExit, a
+            # library's own): it killed the child, and the task ran again and again until
+            # dead-lettered as "the worker crashed", repeating its side effects each time.
+            outcome = outcome_for(exc)
         finally:
             _current.reset(token)
         outcome.runtime = time.perf_counter() - started

@@ -70,7 +70,7 @@ class ThreadsChild(Child):
         try:
             self._consume(executor, key=index)
         except BaseException:  # a thread that ends must never go unnoticed
-            # A task's own SystemExit/KeyboardInterrupt is its failure (the executor), so
+            # A task's own BaseException (SystemExit...) is its failure (the executor), so
             # this is celeriac's own failure: stop the whole child, so that a fresh one
             # serves at full concurrency and what this thread held goes back at once.
             log.exception(
