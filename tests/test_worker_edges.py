@@ -5,13 +5,15 @@ first instant."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
-from celeriac import Celeriac, SoftTimeLimitExceeded, TaskFailed
+from celeriac import Celeriac, SoftTimeLimitExceeded, Task, TaskFailed
 from celeriac.canvas import chain
 from celeriac.testing import wait_for
 from tests.apps import edges
@@ -92,6 +94,31 @@ def test_any_base_exception_in_a_task_is_its_failure_run_once(
     assert ledger.count("run") == {r.id: 1 for r in sent.values()}
     assert edges.add.delay(1, 1).get(timeout=20) == 2
     assert "died" not in workers.log_text()
+
+
+@pytest.mark.parametrize(
+    ("pool", "task"),
+    [("process", edges.ignores_sigterm), ("asyncio", edges.ignores_sigterm_async)],
+    ids=["process", "asyncio"],
+)
+def test_a_warm_shutdown_ends_after_a_task_that_ignored_sigterm(
+    edges_app: Celeriac,
+    workers: WorkerProcesses,
+    ledger: Ledger,
+    pool: str,
+    task: Task[Any, Any],
+) -> None:
+    # The task set SIGTERM to SIG_IGN in its child: the warm shutdown's SIGTERM, sent while
+    # it ran, was lost, and so was every later one; the supervisor waited for ever.
+    proc = workers.start("-P", pool, "-c", "1", app=APP)
+    result = task.delay(1.0)
+    assert wait_for(lambda: ledger.count("run")[result.id] == 1, timeout=20)
+    proc.send_signal(signal.SIGTERM)  # once: a second one is a cold shutdown
+    assert proc.wait(timeout=30) == 0
+    assert result.get(timeout=5) == "slept", workers.log_text()
+    assert f"task {task.name}[{result.id}] replaced this child's handler of SIGTERM" in (
+        workers.log_text()
+    )
 
 
 def test_a_child_that_dies_of_its_own_error_names_the_task_and_gives_it_back(

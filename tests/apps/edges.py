@@ -135,6 +135,23 @@ def raises_base_exception(self: Task[Any, Any]) -> None:
 
 
 @app.bound_task()
+def ignores_sigterm(self: Task[Any, Any], seconds: float) -> str:
+    """Ignores SIGTERM from then on (as a library may), and takes ``seconds``."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    record("run", self.request.id)
+    time.sleep(seconds)
+    return "slept"
+
+
+@app.bound_task()
+async def ignores_sigterm_async(self: Task[Any, Any], seconds: float) -> str:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    record("run", self.request.id)
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+@app.bound_task()
 def meet(self: Task[Any, Any], others: int) -> str:
     """Wait (up to 5 s) until ``others`` more meet tasks run at the same time."""
     record("meet", self.request.id)

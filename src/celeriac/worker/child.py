@@ -112,6 +112,8 @@ class Child:
             conf.worker_lease_seconds,
         )
         self.alarm = SoftAlarm()
+        # The handlers this child installed, put back after a task that replaced one.
+        self._handlers: dict[int, Callable[[int, FrameType | None], Any] | int] = {}
         self.rss = current_rss()  # as last measured: after the previous task
         self._alone = False  # the supervisor is gone: this child enforces its hard limits
 
@@ -119,6 +121,7 @@ class Child:
         """Consume until told to stop or until it is time to recycle; return an exit code."""
         self._install_signals()
         signal.signal(signal.SIGALRM, self.alarm.on_signal)
+        self._handlers[signal.SIGALRM] = self.alarm.on_signal
         executor = Executor(
             self.app, self.spec.worker_id, soft_limit=self.alarm, contain_exits=True
         )
@@ -131,7 +134,30 @@ class Child:
         # tasks held until lease expiry.
         for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
+            self._handlers[signum] = signal.SIG_IGN
         signal.signal(signal.SIGTERM, self._on_term)
+        self._handlers[signal.SIGTERM] = self._on_term
+
+    def _keep_handlers(self, job: Job, others: bool = False) -> None:
+        """Put back this child's signal handlers that the task just run replaced.
+
+        Only a task on the main thread can (a process child's, an asyncio child's async
+        one). One that ignored SIGTERM (signal.signal in its code or in a library it
+        called) left the child deaf to the warm shutdown, which then waited for it for
+        ever ("no task is running"); one that took SIGALRM ended the soft time limits of
+        every later task in the child. A getsignal per handler: well under a microsecond.
+        ``others``: other tasks ran meanwhile (an asyncio child), so one of them may have.
+        """
+        for signum, handler in self._handlers.items():
+            if signal.getsignal(signum) != handler:
+                log.warning(
+                    "task %s%s replaced this child's handler of %s; it is put back (a warm "
+                    "shutdown and soft time limits depend on it)",
+                    job.label,
+                    " (or another task running on this child's loop meanwhile)" if others else "",
+                    signal.Signals(signum).name,
+                )
+                signal.signal(signum, handler)
 
     # -- the consume loop (shared by the process and threads pools) -----------------------
 
@@ -252,6 +278,8 @@ class Child:
         self._publish(key, pending, running, batch)
         rss_before = self.rss
         outcome = executor.execute(job, soft)
+        if self.spec.pool == "process":  # the threads pool's tasks cannot set handlers
+            self._keep_handlers(job)
         self.rss = current_rss()  # the one read per task: growth, slot and recycling use it
         with self._lock:
             stats = self.growth.setdefault(task.name, [0, 0])

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("celeriac.worker")
 
 _TICK = 0.05  # seconds between supervisor checks
+_TERM_AGAIN = 1.0  # seconds between SIGTERMs to an idle child a warm shutdown waits for
 POOLS = ("process", "threads", "asyncio")
 
 
@@ -104,6 +105,7 @@ class Worker(Reaping, BrokerDuties):
         self._unreached_why = ""
         self._reachable = True
         self._last_renew = self._last_beat = self._last_reap = 0.0
+        self._last_term = time.time()  # the last SIGTERM to idle children, see _tick_shutdown
         self._lost_before: set[tuple[str, str]] = set()
         # At most a second between tries: heartbeats and lease renewals must resume at once
         # when the broker is back, before another worker's reaper takes this one for dead.
@@ -400,6 +402,7 @@ class Worker(Reaping, BrokerDuties):
         live = [c for c in self._children if c.pid]
         for child in live:
             _signal(child.pid, signal.SIGTERM)
+        self._last_term = time.time()
         while any(c.pid for c in self._children):
             if self._stop_requests > 1:
                 for child in self._children:
@@ -440,6 +443,9 @@ class Worker(Reaping, BrokerDuties):
 
     def _tick_shutdown(self) -> None:
         now, conf = time.time(), self.app.conf
+        again = self._stop_requests == 1 and now - self._last_term >= _TERM_AGAIN
+        if again:
+            self._last_term = now
         for child in self._children:
             view = child.slot.read()
             if child.pid:
@@ -447,6 +453,13 @@ class Worker(Reaping, BrokerDuties):
                 # A task past its hard limit, or revoked with terminate, must not hold
                 # the shutdown hostage.
                 self._enforce_limits(child, view, now)
+                if again and not any(h.started for h in view.held):
+                    # Still there with no task running: its SIGTERM may have come while
+                    # a task ignored it (signal.signal in the task; the child puts its
+                    # handler back after the task), and the shutdown waited for ever. Not
+                    # sent while a task runs: it is the task's time, and a signal can
+                    # break a C library's blocking call (EINTR).
+                    _signal(child.pid, signal.SIGTERM)
         self._reap_children()
         if not any(c.pid for c in self._children):
             return  # nothing left to keep alive: no call (it may hang) before the last ones
