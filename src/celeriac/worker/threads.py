@@ -30,6 +30,7 @@ class ThreadsChild(Child):
         super().__init__(app, spec, slot)
         self._ended = 0  # consumer threads that have ended
         self._wake_w = -1  # the write end of the main thread's wake-up pipe
+        self._crashed = False  # a consumer thread crashed: the child exits with code 1
 
     def run(self) -> int:
         """Start the consumer threads and wait for them to finish.
@@ -61,7 +62,9 @@ class ThreadsChild(Child):
         signal.set_wakeup_fd(-1)
         os.close(wake_r)
         os.close(self._wake_w)
-        return EXIT_RECYCLE
+        # Not EXIT_RECYCLE after a crash: the supervisor reads code 0 with a task in hand
+        # as the task's own os._exit(0), and said so of celeriac's (or a hook's) failure.
+        return 1 if self._crashed else EXIT_RECYCLE
 
     def _thread_main(self, index: int) -> None:
         executor = Executor(
@@ -76,7 +79,7 @@ class ThreadsChild(Child):
             log.exception(
                 "consumer thread %d crashed; the child stops so it can be replaced", index
             )
-            self.stopping = True
+            self.stopping = self._crashed = True
         finally:
             with self._lock:
                 self._ended += 1
