@@ -96,6 +96,18 @@ def test_any_base_exception_in_a_task_is_its_failure_run_once(
     assert "died" not in workers.log_text()
 
 
+def test_soft_limits_fire_after_a_task_cancelled_the_soft_limit_timer(
+    edges_app: Celeriac, workers: WorkerProcesses
+) -> None:
+    # The child arms SIGALRM once for several tasks and trusted it to be armed: after a
+    # task cancelled it (its own SIGALRM timer, as timeout libraries use), every later
+    # task whose soft deadline came after the stale one ran without a soft limit.
+    workers.start("-c", "1", app=APP)
+    assert edges.times_itself_with_sigalrm.delay().get(timeout=20) == "timed"
+    # Soft limit 1.5 s: its deadline is after the 1 s of the task before.
+    assert edges.sleeps_longer.delay(6.0).get(timeout=20) == "cut short"
+
+
 @pytest.mark.parametrize(
     ("pool", "task"),
     [("process", edges.ignores_sigterm), ("asyncio", edges.ignores_sigterm_async)],

@@ -151,6 +151,28 @@ async def ignores_sigterm_async(self: Task[Any, Any], seconds: float) -> str:
     return "slept"
 
 
+@app.bound_task(soft_time_limit=1, time_limit=10)
+def times_itself_with_sigalrm(self: Task[Any, Any]) -> str:
+    """Times a block with a SIGALRM timer of its own, cancelled after it, as timeout
+    libraries do (timeout-decorator), restoring the handler it found."""
+    found = signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    signal.setitimer(signal.ITIMER_REAL, 5)
+    try:
+        return "timed"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, found)
+
+
+@app.bound_task(soft_time_limit=1.5, time_limit=10)
+def sleeps_longer(self: Task[Any, Any], seconds: float) -> str:
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        return "cut short"
+    return "slept"
+
+
 @app.bound_task()
 def meet(self: Task[Any, Any], others: int) -> str:
     """Wait (up to 5 s) until ``others`` more meet tasks run at the same time."""

@@ -72,12 +72,20 @@ class SoftAlarm:
         return self
 
     def __enter__(self) -> None:
-        self.deadline = time.monotonic() + self.seconds
+        now = time.monotonic()
+        self.deadline = now + self.seconds
         # in_task before the check: an alarm firing in between re-arms for this task.
         self.in_task = True
-        if not self.alarm_at or self.alarm_at > self.deadline:
-            self.alarm_at = self.deadline
-            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        if self.alarm_at and self.alarm_at <= self.deadline:
+            # The alarm armed for an earlier task is trusted only as the kernel still has
+            # it: a task's code may have cancelled or replaced the timer (signal.alarm(0),
+            # a timeout library's own SIGALRM); trusted blindly, no alarm came, and the
+            # soft limit of every later task in the child was lost.
+            left = signal.getitimer(signal.ITIMER_REAL)[0]
+            if left and now + left <= self.alarm_at + _ALARM_SLACK:
+                return
+        self.alarm_at = self.deadline
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
 
     def __exit__(self, *exc_info: object) -> None:
         self.in_task = False
