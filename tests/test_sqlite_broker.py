@@ -163,3 +163,46 @@ def test_a_connection_that_fails_its_set_up_is_closed_at_once(tmp_path: Path) ->
     with pytest.raises(BrokerConnectionError, match="is not a SQLite database"):
         SQLiteBroker(f"sqlite:///{path}")
     assert _open_connections() == before
+
+
+def test_idle_fetching_threads_share_one_look_at_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each waiting thread asked SQLite for data_version every 4 ms: an idle -P threads
+    # -c 100 worker used 1.6 cores. One thread now looks for all of them.
+    broker = SQLiteBroker(f"sqlite:///{tmp_path}/idle.db")
+    looks: list[None] = []
+    real = broker._changed
+
+    def counted() -> bool:
+        looks.append(None)  # list.append is atomic under the GIL
+        return real()
+
+    monkeypatch.setattr(broker, "_changed", counted)
+    waiting = 20
+    with ThreadPoolExecutor(waiting) as pool:
+        fetches = [
+            pool.submit(broker.fetch, ["idle"], f"c{i}", limit=1, lease_seconds=5, timeout=1.0)
+            for i in range(waiting)
+        ]
+        assert [f.result() for f in fetches] == [[]] * waiting
+    # One looker: ~250 looks in the second, and one per query (each thread re-reads the
+    # queue at least every 0.25 s). Each thread looking on its own: ~20 x 250 = 5,000.
+    assert len(looks) < 1_000, len(looks)
+    broker.close()
+
+
+def test_a_commit_wakes_every_thread_waiting_in_fetch(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/wake.db"
+    broker, producer = SQLiteBroker(url), SQLiteBroker(url)
+    waiting = 8
+    with ThreadPoolExecutor(waiting) as pool:
+        fetches = [
+            pool.submit(broker.fetch, ["wake"], f"c{i}", limit=1, lease_seconds=5, timeout=30)
+            for i in range(waiting)
+        ]
+        producer.send([Outgoing(f"m{i}", "wake", b"{}") for i in range(waiting)])
+        taken = sorted(d.id for f in fetches for d in f.result(timeout=60))
+    assert taken == sorted(f"m{i}" for i in range(waiting))  # each taken once, none left
+    broker.close()
+    producer.close()

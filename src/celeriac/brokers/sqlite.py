@@ -39,8 +39,9 @@ from celeriac.brokers.sqlite_file import (
     file_id,
     path_from_url,
 )
-from celeriac.brokers.sqlite_results import WAIT_STEP, SQLiteResults
+from celeriac.brokers.sqlite_results import SQLiteResults
 from celeriac.brokers.sqlite_store import SQLiteStore
+from celeriac.brokers.sqlite_wait import CommitWatch
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 
 _RECLAIM_EVERY = 1.0  # seconds between expired-lease sweeps inside fetch
@@ -88,6 +89,7 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
                 f"synchronous={self._synchronous.lower()} in {url!r}: use normal, full or extra"
             )
         self._local = threading.local()
+        self._watch = CommitWatch()
         self._inherited: list[sqlite3.Connection] = []  # from a parent process; never used
         # One per connection this process opened (each thread has its own): close() and
         # interpreter exit run them, and so does the end of the connection's thread.
@@ -305,8 +307,12 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
     ) -> list[Delivery]:
         """Take up to ``limit`` due messages, waiting up to ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        self._changed()
         while True:
+            # Before the query: a commit after it wakes the wait below. The connection's
+            # own mark too, so that this thread, looking for the others later, does not
+            # take a commit they already saw for a new one.
+            self._changed()
+            seen = self._watch.seen()
             if time.time() - self._last_reclaim > _RECLAIM_EVERY:
                 self.reap()
             try:  # a read outside any transaction: its errors are translated here
@@ -320,9 +326,9 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
                     return taken
             if time.monotonic() >= deadline:
                 return []
-            self._wait_for_change(deadline)
+            self._wait_for_change(deadline, seen)
 
-    def _wait_for_change(self, deadline: float) -> None:
+    def _wait_for_change(self, deadline: float, seen: int) -> None:
         # Wake on any commit by another process, on the next delayed message coming due,
         # or after a short while anyway (a delayed message may have been added meanwhile).
         rows = self._read(
@@ -332,10 +338,8 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         until = min(deadline, time.monotonic() + 0.25)
         if next_due is not None:
             until = min(until, time.monotonic() + max(next_due - time.time(), 0.0))
-        while time.monotonic() < until:
-            time.sleep(WAIT_STEP)
-            if self._changed():
-                return
+        # One waiting thread of this process looks at the file for all (sqlite_wait.py).
+        self._watch.wait(seen, until, self._changed)
 
     def _candidates(
         self, db: sqlite3.Connection, queues: Sequence[str], limit: int, now: float
