@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import sqlite3
 import threading
@@ -206,3 +207,33 @@ def test_a_commit_wakes_every_thread_waiting_in_fetch(tmp_path: Path) -> None:
     assert taken == sorted(f"m{i}" for i in range(waiting))  # each taken once, none left
     broker.close()
     producer.close()
+
+
+def test_many_threads_waiting_for_results_share_one_look_and_all_wake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A web server's threads each in get(): each asked SQLite every 4 ms on its own.
+    url = f"sqlite:///{tmp_path}/results.db"
+    broker, worker = SQLiteBroker(url), SQLiteBroker(url)
+    looks: list[None] = []
+    real = broker._changed
+
+    def counted() -> bool:
+        looks.append(None)
+        return real()
+
+    monkeypatch.setattr(broker, "_changed", counted)
+    waiting = 12
+    with ThreadPoolExecutor(waiting + 1) as pool:
+        # One waits without a limit (get(timeout=inf)): a condition wait that long raised.
+        results = [pool.submit(broker.wait_result, "r0", math.inf)]
+        results += [pool.submit(broker.wait_result, f"r{i}", 60.0) for i in range(1, waiting)]
+        results.append(pool.submit(broker.wait_result, "never", 1.0))
+        assert results[-1].result(timeout=60) is None  # a second of waiting, nothing stored
+        in_that_second = len(looks)
+        # Final results, committed by another connection: every waiter wakes with its own.
+        worker.mark_revoked([f"r{i}" for i in range(waiting)], b'{"state":"REVOKED"}', 60)
+        assert [r.result(timeout=60) for r in results[:-1]] == [b'{"state":"REVOKED"}'] * waiting
+    assert in_that_second < 1_000, in_that_second  # each on its own: ~12 x 250 = 3,000
+    broker.close()
+    worker.close()

@@ -19,6 +19,7 @@ import msgspec
 
 from celeriac.brokers.records import DeadLetter, QueueStats, Renew, WorkerInfo, replayed
 from celeriac.brokers.sqlite_store import IDS_PER_QUERY
+from celeriac.brokers.sqlite_wait import CommitWatch
 
 WAIT_STEP = 0.004  # seconds between data_version checks while waiting
 
@@ -35,6 +36,8 @@ class SQLiteResults:
 
     def _changed(self) -> bool:
         raise NotImplementedError  # provided by SQLiteBroker
+
+    _watch: CommitWatch  # provided by SQLiteBroker
 
     # -- results ------------------------------------------------------------------------
 
@@ -71,17 +74,21 @@ class SQLiteResults:
         return [found.get(task_id) for task_id in task_ids]
 
     def wait_result(self, task_id: str, timeout: float) -> bytes | None:
-        """Block until a final result exists or ``timeout`` passes."""
+        """Block until a final result exists or ``timeout`` passes.
+
+        Many threads waiting at once (a web server's) share one look at the file, as
+        fetches do (:mod:`celeriac.brokers.sqlite_wait`).
+        """
         deadline = time.monotonic() + timeout
-        self._changed()
         while True:
+            self._changed()  # before the read, as in fetch: a commit after it wakes us
+            seen = self._watch.seen()
             stored = self.get_result(task_id)
             if stored is not None and stored[1]:
                 return stored[0]
             if time.monotonic() >= deadline:
                 return None
-            while time.monotonic() < deadline and not self._changed():
-                time.sleep(WAIT_STEP)
+            self._watch.wait(seen, deadline, self._changed)
 
     def wait_results(
         self, task_ids: Sequence[str], timeout: float, wake: threading.Event

@@ -23,6 +23,8 @@ from celeriac import pid
 #: Seconds between two looks at the file by the looking thread.
 LOOK_EVERY = 0.004
 
+_LONGEST_SLEEP = 3600.0  # seconds of one condition wait; the loop then waits again
+
 
 class CommitWatch:
     """Commits seen by this process's looking thread, and the threads waiting for one.
@@ -66,7 +68,9 @@ class CommitWatch:
                 if now >= until:
                     return False
                 if self._looking:
-                    cond.wait(until - now)  # told of a commit, or to take over the looking
+                    # Told of a commit, or to take over the looking. Bounded: a wait
+                    # longer than threading.TIMEOUT_MAX (get(timeout=inf)) raises.
+                    cond.wait(min(until - now, _LONGEST_SLEEP))
                     continue
                 self._looking = True
                 try:
