@@ -73,6 +73,7 @@ class CommitWatch:
                     cond.wait(min(until - now, _LONGEST_SLEEP))
                     continue
                 self._looking = True
+                found = False  # _look may raise (Ctrl-C in its sleep): another takes over
                 try:
                     found = self._look(cond, until, changed)
                 finally:
