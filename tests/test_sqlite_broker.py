@@ -237,3 +237,19 @@ def test_many_threads_waiting_for_results_share_one_look_and_all_wake(
     assert in_that_second < 1_000, in_that_second  # each on its own: ~12 x 250 = 3,000
     broker.close()
     worker.close()
+
+
+def test_an_error_while_looking_is_raised_as_itself_and_another_thread_looks_next() -> None:
+    # A Ctrl-C in the looking thread's sleep read "UnboundLocalError: found".
+    from celeriac.brokers.sqlite_wait import CommitWatch
+
+    watch = CommitWatch()
+
+    def fails() -> bool:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        watch.wait(watch.seen(), time.monotonic() + 5, changed=fails)
+    seen = watch.seen()  # no longer "looking": the next waiter looks, and sees the commit
+    assert watch.wait(seen, time.monotonic() + 5, changed=lambda: True)
+    assert watch.seen() == seen + 1
