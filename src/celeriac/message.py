@@ -184,12 +184,12 @@ def plain(message: Message) -> Message:
 def _unserializable(message: Message, exc: BaseException) -> str:
     culprit = "an argument"
     for index, value in enumerate(message.args):
-        if not _encodable(value):
+        if not encodable(value):
             culprit = f"positional argument {index} ({type(value).__name__})"
             break
     else:
         for key, value in message.kwargs.items():
-            if not _encodable(value):
+            if not encodable(value):
                 culprit = f"argument {key!r} ({type(value).__name__})"
                 break
     return (
@@ -198,7 +198,13 @@ def _unserializable(message: Message, exc: BaseException) -> str:
     )
 
 
-def _encodable(value: Any) -> bool:
+def encodable(value: Any) -> bool:
+    """Whether JSON can carry ``value`` (as messages and results are encoded).
+
+    Example:
+        >>> encodable([1, "a"]), encodable(object())
+        (True, False)
+    """
     try:
         _encoder.encode(value)
     except (TypeError, msgspec.EncodeError, OverflowError, RecursionError):

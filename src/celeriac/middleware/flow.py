@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from celeriac.errors import BrokerError, NotRegistered, SerializationError
-from celeriac.message import Message, encode_message
+from celeriac.message import Message, encodable, encode_message
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -306,7 +306,7 @@ class Flow:
             size = len(encode_message(message))
         except SerializationError as exc:
             kind, text = "celeriac.errors.SerializationError", str(exc)
-            if self.parent is not None and not _encodable(value):
+            if self.parent is not None and not encodable(value):
                 # Not "cannot send task <next>: positional argument 0 ... Pass simple
                 # values": the next step was given no such argument; the step before it
                 # returned the value.
@@ -430,14 +430,6 @@ def _encode_entry(entry: dict[str, Any], member: Message | None) -> bytes:
                 }
             }
         )
-
-
-def _encodable(value: Any) -> bool:
-    try:
-        _encoder.encode(value)
-    except (TypeError, msgspec.EncodeError, OverflowError, RecursionError):
-        return False
-    return True
 
 
 def _decode_entries(values: dict[str, bytes], size: int, group_id: str) -> list[dict[str, Any]]:
