@@ -187,6 +187,25 @@ def test_thousands_of_dead_letters_are_listed_and_replayed(broker: RedisBroker) 
     assert (broker.stats()[0].ready, broker.stats()[0].dead) == (count, 0)
 
 
+def test_purging_dead_letters_frees_them_in_the_background(
+    broker: RedisBroker, raw: redis.Redis
+) -> None:
+    # DEL freed every letter in the call: a million (raw bytes and tracebacks) stalled the
+    # server for its length. UNLINK frees a big hash in Redis's background thread.
+    def unlinks() -> int:
+        stats: dict[str, dict[str, int]] = raw.info("commandstats")
+        return stats.get("cmdstat_unlink", {}).get("calls", 0)
+
+    broker.send([Outgoing(f"t{i}", "q", b"x") for i in range(10)])
+    for d in _take_all(broker, "q"):
+        assert broker.dead_letter(d.lease, _dead(d, "poison"), None)
+    before = unlinks()
+    assert broker.purge_dead_letters() == 10
+    assert unlinks() == before + 1
+    assert broker.stats()[0].dead == 0
+    assert broker.dead_letters() == []
+
+
 def test_a_replay_of_every_dead_letter_is_done_a_step_at_a_time(tmp_path: Path) -> None:
     # Every letter of a queue was read in one reply and replayed in one script call: at
     # 200,000 letters Redis stalled 2.7 s and the CLI took 500 MB. A server that caps a
