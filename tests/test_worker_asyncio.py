@@ -15,6 +15,7 @@ import pytest
 
 from celeriac import Celeriac, SoftTimeLimitExceeded, Task
 from celeriac.errors import TaskFailed
+from celeriac.middleware import Middleware, default_middleware
 from celeriac.middleware.base import Job, Outcome
 from celeriac.worker.aio import AsyncioChild
 from celeriac.worker.child import ChildSpec
@@ -174,6 +175,36 @@ def test_an_error_escaping_the_worker_dead_letters_the_message(
     # Logged with the task's name and id, and what happens to it.
     assert f"add[{result.id}]: the worker failed while handling it" in caplog.text
     assert "dead-lettering it" in caplog.text
+
+
+def test_a_hooks_system_exit_dead_letters_its_message_and_the_loop_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # SystemExit out of a hook went through asyncio's Task.__step out of the event loop:
+    # the child ended, cancelling every task it was running, and its message waited out
+    # its lease. Now it is the worker's failure for that message alone, as any error.
+    class Exits(Middleware):
+        def before_execute(self, job: Job) -> Outcome | None:
+            if job.message is not None and job.message.args == [0]:
+                raise SystemExit(3)
+            return None
+
+    app = Celeriac("aio-tests", broker="memory://", middleware=[Exits(), *default_middleware()])
+
+    @app.task
+    async def nap(n: int) -> int:
+        await asyncio.sleep(0.05)
+        return n
+
+    results = [nap.delay(n) for n in (1, 0, 2)]
+    with caplog.at_level(logging.ERROR, logger="celeriac.worker"):
+        consume(app, tasks=3)
+    assert [results[0].get(timeout=1), results[2].get(timeout=1)] == [1, 2]
+    (letter,) = app.broker.dead_letters()
+    assert letter.id == results[1].id
+    assert "SystemExit: 3" in letter.error
+    assert [(s.in_flight, s.ready) for s in app.broker.stats()] == [(0, 0)]
+    assert f"nap[{results[1].id}]: the worker failed while handling it" in caplog.text
 
 
 def test_a_message_that_cannot_be_dead_lettered_goes_back_counted(

@@ -332,14 +332,19 @@ class AsyncioChild(Child):
                     self._reconnecting, settle, give_up_after=self.fetch.lease_seconds
                 ),
             )
-        except Exception as exc:  # noqa: BLE001 - a worker bug must not strand the message
+        except BaseException as exc:  # a worker bug, or a hook's, must not strand the message
+            if isinstance(exc, asyncio.CancelledError) and me.cancelling():
+                raise  # this job's own asyncio task is being cancelled: the loop is ending
+            # A middleware hook's SystemExit or KeyboardInterrupt (a task's own is its
+            # failure, see _call) went through Task.__step out of the event loop: the child
+            # ended, cancelling every other task it was running.
             await self._off_loop(self._io, self._after_internal_error, executor, job, exc)
         finally:
             self._jobs.pop(me, None)
             self._held.pop(delivery.id, None)  # no longer renewed, whatever happened
             self._dirty = True
 
-    def _after_internal_error(self, executor: Executor, job: Job, exc: Exception) -> None:
+    def _after_internal_error(self, executor: Executor, job: Job, exc: BaseException) -> None:
         """Settle a message whose handling failed in the worker itself, not in the task.
 
         Dead-lettered with the error: kept (``celeriac dlq``) and never looping, and its
