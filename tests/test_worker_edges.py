@@ -134,6 +134,23 @@ def test_a_warm_shutdown_ends_after_a_task_that_ignored_sigterm(
 
 
 @pytest.mark.parametrize("pool", ["process", "threads"])
+def test_a_task_that_closes_stderr_leaves_the_log_working(
+    edges_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, pool: str
+) -> None:
+    # The next log line ("succeeded") raised ValueError in the child's own code: it died
+    # after committing, and the supervisor said it died while running the task.
+    workers.start("-P", pool, "-c", "1", app=APP)
+    closer = edges.closes_stderr.delay()
+    assert closer.get(timeout=20) == "closed"
+    after = edges.closes_stderr.delay()  # the same child: still logging
+    assert after.get(timeout=20) == "closed"
+    assert wait_for(lambda: f"closes_stderr[{after.id}] succeeded" in workers.log_text())
+    log = workers.log_text()
+    assert "died" not in log, log
+    assert ledger.count("run") == {closer.id: 1, after.id: 1}
+
+
+@pytest.mark.parametrize("pool", ["process", "threads"])
 def test_a_child_that_dies_of_its_own_error_names_the_task_and_gives_it_back(
     edges_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, pool: str
 ) -> None:

@@ -135,6 +135,14 @@ def raises_base_exception(self: Task[Any, Any]) -> None:
 
 
 @app.bound_task()
+def closes_stderr(self: Task[Any, Any]) -> str:
+    """Closes ``sys.stderr``, as a library daemonizing itself may."""
+    sys.stderr.close()
+    record("run", self.request.id)
+    return "closed"
+
+
+@app.bound_task()
 def ignores_sigterm(self: Task[Any, Any], seconds: float) -> str:
     """Ignores SIGTERM from then on (as a library may), and takes ``seconds``."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

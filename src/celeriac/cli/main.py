@@ -11,7 +11,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import click
 
@@ -410,7 +410,29 @@ def setup_logging(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)-7s [%(process)d] %(message)s",
         datefmt="%H:%M:%S",
-        stream=sys.stderr,
+        stream=_log_stream(),
+    )
+
+
+def _log_stream() -> TextIO:
+    """A stream of the log's own on standard error's file descriptor.
+
+    A task that closed ``sys.stderr`` (a library daemonizing, a misguided cleanup) made
+    the next log line raise in the worker's own code: its child died after committing the
+    task, and the log said it died while running it. Closing ``sys.stderr`` leaves the
+    descriptor open; this stream is not the task's to close.
+
+    Example:
+        >>> _log_stream().writable()
+        True
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without one
+        return sys.stderr
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    return open(  # the log's, for the life of the process: never closed
+        fd, "w", encoding=encoding, errors="backslashreplace", closefd=False, buffering=1
     )
 
 
