@@ -207,6 +207,37 @@ def test_a_hooks_system_exit_dead_letters_its_message_and_the_loop_goes_on(
     assert f"nap[{results[1].id}]: the worker failed while handling it" in caplog.text
 
 
+def test_a_failing_consume_loop_lets_its_running_tasks_finish(
+    app: Celeriac, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.task
+    async def nap(n: int) -> int:
+        await asyncio.sleep(0.2)
+        return n
+
+    results = [nap.delay(n) for n in range(3)]
+    real, fetches = AsyncioChild._fetch_up_to, list[int]()
+
+    def fetch_up_to(self: AsyncioChild, free: int) -> list[Any]:
+        fetches.append(free)
+        if len(fetches) > 1:  # a worker bug, with the first fetch's tasks running
+            raise RuntimeError("a worker bug")
+        return real(self, free)
+
+    monkeypatch.setattr(AsyncioChild, "_fetch_up_to", fetch_up_to)
+    spec = ChildSpec("w", ("default",), 0, "asyncio", 8, "w/0.1")
+    child = AsyncioChild(app, spec, Slot())
+    with (
+        caplog.at_level(logging.ERROR, logger="celeriac.worker"),
+        pytest.raises(RuntimeError, match="a worker bug"),
+    ):
+        asyncio.run(asyncio.wait_for(child._main(), 30))
+    # Cancelled by asyncio.run before; their messages waited out their leases.
+    assert [r.get(timeout=1) for r in results] == [0, 1, 2]
+    assert [(s.in_flight, s.ready) for s in app.broker.stats()] == [(0, 0)]
+    assert "its consume loop failed; it finishes its 3 running task(s)" in caplog.text
+
+
 def test_a_message_that_cannot_be_dead_lettered_goes_back_counted(
     app: Celeriac, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -107,7 +107,21 @@ class AsyncioChild(Child):
         flusher = asyncio.create_task(self._flush_slot())
         watching = self._watch(loop)
         try:
-            await self._consume_on_loop(executor, running)
+            try:
+                await self._consume_on_loop(executor, running)
+            except Exception:
+                # A worker bug in the loop itself: the tasks it started still finish and
+                # commit (their hard limits bound the wait). Left to asyncio.run, they
+                # were cancelled mid-run and their messages ran again.
+                log.error(  # the traceback follows, from child_main
+                    "child %d: its consume loop failed; it finishes its %d running task(s), "
+                    "then stops so that a fresh child replaces it",
+                    os.getpid(),
+                    len(running),
+                )
+                if running:
+                    await asyncio.wait(running)
+                raise
             if running:
                 await asyncio.wait(running)
             await self._end_background()
