@@ -30,6 +30,7 @@ from celeriac.codec import Codec
 from celeriac.errors import MalformedMessage
 from celeriac.manifest import breaking_changes, build
 from celeriac.message import PROTOCOL_VERSION, Message, decode_message
+from celeriac.middleware import Middleware, default_middleware
 from celeriac.testing import run_queued
 from tests.conftest import ROOT, Ledger, WorkerProcesses
 
@@ -170,6 +171,32 @@ def test_a_retry_keeps_the_fields_a_newer_producer_added(deploy_app: Celeriac) -
     (letter,) = deploy_app.broker.dead_letters()
     stored = json.loads(letter.body)  # the body as the retry wrote it
     assert stored["retries"] == 1 and stored["trace"] == {"span": "x9"}
+
+
+class Team(Middleware):
+    """A policy a newer version adds: its option rides in the message."""
+
+    options = frozenset({"team"})
+
+
+def test_an_older_worker_continues_a_workflow_whose_next_step_has_an_option_it_lacks(
+    sqlite_url: str,
+) -> None:
+    # The older worker ran the first step, then refused to build the next one ("got
+    # unknown option(s) team"): the step committed SUCCESS and the chain stopped for good.
+    newer = Celeriac("newer", broker=sqlite_url, middleware=[*default_middleware(), Team()])
+    older = Celeriac("older", broker=sqlite_url)
+    for app in (newer, older):
+        app.task(name="deploy.add")(lambda x, y: x + y)
+    add = newer.tasks["deploy.add"]
+    handle = (add.s(1, 2) | add.s(3).set(team="billing")).apply_async()
+    try:
+        assert run_queued(older) == 2
+        assert handle.get(timeout=5) == 6
+        assert newer.broker.dead_letters() == []
+    finally:
+        newer.broker.close()
+        older.broker.close()
 
 
 def test_a_newer_message_that_changed_a_field_is_dead_lettered_with_advice(

@@ -32,6 +32,7 @@ import msgspec
 
 from celeriac.errors import BrokerError, NotRegistered, SerializationError
 from celeriac.message import Message, encodable, encode_message
+from celeriac.options import CALL_OPTIONS
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -271,7 +272,16 @@ class Flow:
         if "route" in node and name not in self.app.tasks:
             # This process lacks the task's code: use the queue its definition named.
             options.setdefault("queue", node["route"])
+        carried: dict[str, Any] = {}
+        if self.parent is not None:
+            # Continuing in a worker: the policy options were checked by the producer that
+            # built the workflow, which may be a newer version with options (or values)
+            # this worker's middleware does not have. Checked again here, they raised out of
+            # the continuation: the task committed and its workflow stopped for good. They
+            # travel as they came, for the worker that runs the step to apply.
+            carried = {k: options.pop(k) for k in list(options) if k not in CALL_OPTIONS}
         message = task.message(args, node.get("kwargs") or {}, **options)
+        message.options.update(carried)
         if value is not NOTHING and abort is None and self.parent is not None:
             problem = self._unsendable(message, value)
             if problem is not None:  # the same task, ending FAILURE with the reason
