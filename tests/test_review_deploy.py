@@ -9,6 +9,7 @@ against this code, both ways round.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -171,6 +172,39 @@ def test_a_retry_keeps_the_fields_a_newer_producer_added(deploy_app: Celeriac) -
     (letter,) = deploy_app.broker.dead_letters()
     stored = json.loads(letter.body)  # the body as the retry wrote it
     assert stored["retries"] == 1 and stored["trace"] == {"span": "x9"}
+
+
+@pytest.mark.parametrize("key", [None, "k1"], ids=["unsigned", "signed"])
+def test_a_json_worker_retries_a_msgpack_producers_task_with_the_same_arguments(
+    sqlite_url: str, key: str | None
+) -> None:
+    # Producers and workers switch serializer one at a time. A JSON worker wrote the
+    # retry of a msgpack message as JSON: its second run got base64 text for the bytes
+    # and None for the NaN, and returned the length of the text.
+    producer = Celeriac("p", broker=sqlite_url, task_serializer="msgpack", task_signing_key=key)
+    worker = Celeriac("w", broker=sqlite_url, task_signing_key=key)  # JSON, reads msgpack
+    seen: list[tuple[Any, Any]] = []
+    for app in (producer, worker):
+
+        @app.bound_task(
+            name="deploy.measure", max_retries=1, retry_backoff=0.01, retry_jitter=False,
+            autoretry_for=(ValueError,),
+        )  # fmt: skip
+        def measure(self: Task[Any, Any], blob: Any, ratio: Any) -> int:
+            seen.append((blob, ratio))
+            if self.request.retries == 0:
+                raise ValueError("down")
+            return len(blob)
+
+    handle = producer.tasks["deploy.measure"].delay(b"\x00\xff", math.nan)
+    try:
+        run_queued(worker, fail_fast=False, include_delayed=True)
+        assert handle.get(timeout=5) == 2
+    finally:
+        producer.broker.close()
+        worker.broker.close()
+    assert [blob for blob, _ in seen] == [b"\x00\xff", b"\x00\xff"]
+    assert all(math.isnan(ratio) for _, ratio in seen)
 
 
 class Team(Middleware):

@@ -8,6 +8,7 @@
 * The format is recognised from the first byte (``{`` JSON, a map marker msgpack, the
   pickle protocol opcode pickle), so workers read every accepted format whatever their
   own ``task_serializer`` is: producers and workers can switch format one at a time.
+  A message a worker writes back (a retry, a deferral) keeps the format it came in.
   Every format then passes the same protocol-version check
   (:func:`celeriac.message.check_version`): a newer message is dead-lettered, never run.
 * Signing (``task_signing_key``, a key or a list — the first signs, all verify, so keys
@@ -80,11 +81,24 @@ class Codec:
                 " this app could not read its own messages"
             )
 
-    def encode(self, message: Message) -> bytes:
-        """Serialize (and sign, when keys are set)."""
-        if self.serializer == "json":
+    def encode(self, message: Message, like: bytes | None = None) -> bytes:
+        """Serialize (and sign, when keys are set).
+
+        ``like`` is the body ``message`` was read from, when a worker writes it back (a
+        retry, a deferral): it is written in that body's format, not in this app's
+        ``task_serializer``. A JSON worker wrote a msgpack producer's retry as JSON, so the
+        task's second run got base64 text for its bytes and None for a NaN.
+
+        Example:
+            >>> codec = Codec("json")
+            >>> read = Codec("msgpack").encode(Message(id="a", task="t", args=[b"\\xff"]))
+            >>> codec.decode(codec.encode(codec.decode(read), like=read)).args
+            [b'\\xff']
+        """
+        serializer = self.serializer if like is None else self._format_of(like)
+        if serializer == "json":
             payload = encode_message(message)
-        elif self.serializer == "msgpack":
+        elif serializer == "msgpack":
             try:
                 payload = _msgpack_encoder.encode(wire_form(message))
             except (TypeError, msgspec.EncodeError) as exc:
@@ -172,6 +186,14 @@ class Codec:
             priority = 0
         body = fmt.encode(fields)
         return self._signed(body), priority
+
+    def _format_of(self, raw: bytes) -> str:
+        """The serializer ``raw`` (signed or not) was written with, if this app reads it;
+        else this app's own."""
+        if raw.startswith(_SIGNED) and raw.count(b":") >= 3:
+            raw = raw.split(b":", 3)[3]
+        kind = content_type(raw)
+        return kind if kind in self.accept else self.serializer
 
     def _signed(self, payload: bytes) -> bytes:
         if not self.keys:

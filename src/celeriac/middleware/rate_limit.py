@@ -183,7 +183,7 @@ app's limits setting (it has: 'smtp'), got 'smpt'
         return Outcome(
             "DEFERRED",
             delay=wait,
-            body=job.task.app.codec.encode(message) if job.task else None,
+            body=job.task.app.codec.encode(message, like=job.delivery.body) if job.task else None,
             reason=f"rate limit {key}",
         )
 

@@ -404,7 +404,7 @@ class Executor(Reading):
         if isinstance(first, str):  # the error's text, kept for a later dead letter
             message.options["first_error"] = storable_text(first)
         try:
-            body = outcome.body or self.app.codec.encode(message)
+            body = outcome.body or self.app.codec.encode(message, like=job.delivery.body)
         except Exception as exc:  # noqa: BLE001 - a retry that cannot be sent is a failure
             bad = SerializationError(
                 f"task {job.label} cannot be retried: its message could not be encoded "

@@ -298,7 +298,7 @@ class Reading:
         assert message is not None
         message.sent_at = time.time()
         try:
-            return self.app.codec.encode(message)
+            return self.app.codec.encode(message, like=job.delivery.body)
         except Exception:  # noqa: BLE001 - it was just decoded; put back as it came
             return None
 
