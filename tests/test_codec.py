@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import time
 
 import pytest
 
@@ -142,6 +143,38 @@ def test_a_worker_dead_letters_a_newer_message_instead_of_running_it(serializer:
     (letter,) = app.broker.dead_letters()
     assert letter.id == "new1"
     assert f"uses message protocol v{NEWER}" in letter.reason
+
+
+class NewerPickled:
+    """A Message as a newer celeriac pickles it: ``Message(**fields)``, with a field this
+    version does not have (what msgspec's pickling of a keyword-only Struct writes)."""
+
+    def __init__(self, **fields: object) -> None:
+        self.fields = fields
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        from msgspec._utils import rebuild
+
+        return rebuild, (Message, self.fields)
+
+
+@pytest.mark.parametrize("version", [PROTOCOL_VERSION, NEWER])
+def test_a_newer_pickle_producers_added_field_does_not_dead_letter_its_message(
+    version: int,
+) -> None:
+    # Unpickled as Message(**fields), it failed with "Unexpected keyword argument
+    # 'trace'": dead-lettered at once as "not a celeriac message", even when its newer
+    # protocol should have put it back for an upgraded worker.
+    app = make_app(accept_content=["json", "msgpack", "pickle"])
+    fields = {"id": "np1", "task": "codec.add", "args": [2, 3], "trace": "x9"}
+    raw = pickle.dumps(NewerPickled(**fields, sent_at=time.time(), v=version), protocol=5)
+    app.broker.send([Outgoing("np1", "default", raw)])
+    run_queued(app, fail_fast=False)
+    assert app.broker.dead_letters() == []
+    if version == PROTOCOL_VERSION:
+        assert app.AsyncResult("np1").get(timeout=1) == 5
+    else:  # put back, unchanged, for an upgraded worker
+        assert [s.delayed for s in app.broker.stats()] == [1]
 
 
 # -- renewing a dead letter for replay ---------------------------------------------------

@@ -4,7 +4,7 @@
   reads it only when ``accept_content`` names it, and the app warns when it does.
 * Fields a newer producer added survive a retry or deferral here in JSON and msgpack
   (:class:`celeriac.message.ReadMessage`); a pickle carries only the fields this version
-  knows.
+  knows, and one from a newer producer is read with its other fields set aside.
 * The format is recognised from the first byte (``{`` JSON, a map marker msgpack, the
   pickle protocol opcode pickle), so workers read every accepted format whatever their
   own ``task_serializer`` is: producers and workers can switch format one at a time.
@@ -19,10 +19,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -33,6 +35,7 @@ from celeriac.message import (
     content_type,
     decode_message,
     encode_message,
+    message_from_fields,
     plain,
     wire_form,
     with_unknown_fields,
@@ -234,17 +237,35 @@ def _unmsgpack(raw: bytes) -> Message:
 
 
 def _unpickle(raw: bytes) -> Message:
-    # pickle is imported only by apps that use it (after the first call it is a dict
-    # lookup): the default JSON/msgpack worker saves ~0.25 MiB of RSS per process.
-    import pickle
+    import io
 
     try:
-        message = pickle.loads(raw)  # noqa: S301 - only when accept_content names pickle
+        message = _unpickler()(io.BytesIO(raw)).load()  # only when accept_content names pickle
     except Exception as exc:
         raise MalformedMessage(f"not a celeriac message (unpickling failed: {exc})") from exc
     if not isinstance(message, Message):
         raise MalformedMessage(f"pickled {type(message).__name__}, not a celeriac message")
     return message
+
+
+@functools.cache
+def _unpickler() -> Any:
+    """pickle's Unpickler with a lenient Message, made at the first use: pickle is imported
+    only by apps that use it, so the default JSON/msgpack worker saves ~0.25 MiB of RSS
+    per process."""
+    import pickle
+
+    class Unpickler(pickle.Unpickler):
+        # A pickled Message is rebuilt as Message(**fields), and a newer producer's has
+        # fields this version lacks: "Unexpected keyword argument" dead-lettered every
+        # message of a newer pickle producer (even one of a newer protocol, which is put
+        # back for an upgraded worker). They are set aside instead, as JSON and msgpack do.
+        def find_class(self, module: str, name: str) -> Any:
+            if module == "celeriac.message" and name == "Message":
+                return message_from_fields
+            return super().find_class(module, name)
+
+    return Unpickler
 
 
 def codec_for(serializer: str, accept: list[str], keys: str | list[str] | None) -> Codec:

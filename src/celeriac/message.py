@@ -173,6 +173,22 @@ def wire_form(message: Message) -> Message | dict[str, Any]:
     return {**fields, **{k: v for k, v in message.unknown_fields.items() if k not in _FIELDS}}
 
 
+def message_from_fields(**fields: Any) -> Message:
+    """The message ``fields`` hold: a :class:`ReadMessage` keeping those this version does
+    not know (a newer producer's), as a pickled message is rebuilt.
+
+    Example:
+        >>> message_from_fields(id="a", task="t", trace="x9").unknown_fields
+        {'trace': 'x9'}
+    """
+    unknown = {k: v for k, v in fields.items() if k not in _FIELDS}
+    if not unknown:
+        return Message(**fields)
+    message = ReadMessage(**{k: v for k, v in fields.items() if k in _FIELDS})
+    message.unknown_fields = unknown
+    return message
+
+
 def plain(message: Message) -> Message:
     """``message`` as a plain :class:`Message`, without fields read but not known (pickle
     must name a class every version has)."""
