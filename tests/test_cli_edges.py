@@ -124,6 +124,31 @@ def test_events_on_a_broker_without_any_says_so(broker_url: str) -> None:
     assert "no events yet on this broker" in result.stderr
 
 
+def test_events_shows_an_event_it_cannot_read_and_the_rest(sqlite_url: str) -> None:
+    # An event in another shape (a newer celeriac's, another tool's) stopped the command
+    # with a ValidationError, so `events` failed until 10,000 newer events had pushed it out.
+    app = Celeriac("events-shape", broker=sqlite_url)
+    good = msgspec.json.encode(
+        {"type": "succeeded", "id": "t2", "task": "shop.add", "worker": "w1", "at": 1.0}
+    )
+    odd = b'{"type": "succeeded", "id": "t1", "task": "shop.add", "at": "soon"}'
+    app.broker.stream_append("events", [odd, good], 1000)
+    app.broker.close()
+    result = invoke("-b", sqlite_url, "events")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("unreadable event (a newer celeriac's?):") and "t1" in lines[0]
+    assert "succeeded     shop.add[t2]" in lines[1]
+    app = Celeriac("events-shape", broker=sqlite_url)
+    app.broker.stream_append("events", [b'{"type": "\xff"}'], 1000)  # not UTF-8
+    app.broker.close()
+    assert invoke("-b", sqlite_url, "events").exit_code == 0
+    as_json = invoke("-b", sqlite_url, "events", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    assert as_json.stdout.splitlines()[-1] == '{"type": "\ufffd"}'
+
+
 def test_ctrl_c_while_waiting_exits_130_without_a_traceback(
     broker_url: str, clis: list[Cli]
 ) -> None:

@@ -292,6 +292,8 @@ def _nobody_answered(obj: Context, target: str | None) -> str:
     )
 
 
+#: Bytes of an event ``events`` cannot read that it shows.
+_UNREADABLE_SHOWN = 300
 #: Seconds between ``events -f``'s reads while the broker does not answer.
 _UNREACHABLE_PAUSE = 1.0
 
@@ -349,9 +351,16 @@ def events(obj: Context, follow: bool, lines: int, as_json: bool) -> None:
 
 def _print_event(raw: bytes, as_json: bool) -> None:
     if as_json:
-        click.echo(raw.decode())
+        click.echo(raw.decode("utf-8", "replace"))  # not UTF-8 (another tool's): it ended
         return
-    e = msgspec.json.decode(raw, type=Event)
+    try:
+        e = msgspec.json.decode(raw, type=Event)
+    except msgspec.DecodeError:
+        # A newer celeriac's shape, or another tool's: shown as it is. Raised, it ended the
+        # command, and `events` failed until newer events had pushed this one out.
+        text = raw[:_UNREADABLE_SHOWN].decode("utf-8", "replace")
+        click.echo(printable(f"unreadable event (a newer celeriac's?): {text}"))
+        return
     at = dt.datetime.fromtimestamp(e.at).strftime("%H:%M:%S.%f")[:-3]
     runtime = f" in {e.runtime:.4f}s" if e.runtime else ""  # 0: decided without running
     detail = f": {e.detail}" if e.detail else ""
