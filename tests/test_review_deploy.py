@@ -28,7 +28,8 @@ from celeriac import Celeriac, Task, chord
 from celeriac.brokers.records import Outgoing
 from celeriac.cli import cli
 from celeriac.codec import Codec
-from celeriac.errors import MalformedMessage
+from celeriac.errors import MalformedMessage, TaskFailed
+from celeriac.group_result import GroupResult
 from celeriac.manifest import breaking_changes, build
 from celeriac.message import PROTOCOL_VERSION, Message, decode_message
 from celeriac.middleware import Middleware, default_middleware
@@ -352,3 +353,37 @@ def test_a_worker_of_an_earlier_commit_and_this_code_side_by_side(
     finally:
         workers.kill_all()
         app.broker.close()
+
+
+# -- results in a shape this version does not read -----------------------------------------
+
+
+def test_a_result_with_a_field_in_another_shape_is_read_for_what_it_says() -> None:
+    # A newer worker's record (or progress given to update_state as a list) raised
+    # "stored result is unreadable" from state, get() and every read of its group.
+    app = Celeriac("results-shape", broker="memory://")
+    newer = {"state": "SUCCESS", "task": "t", "result": 5, "meta": ["a", "newer", "shape"]}
+    failed = {"state": "FAILURE", "task": "t", "error": {"kind": "ValueError"}, "retries": 1}
+    app.broker.send([Outgoing("g:0", "default", b"{}"), Outgoing("g:1", "default", b"{}")])
+    held = app.broker.fetch(["default"], "newer-worker", limit=2, lease_seconds=30, timeout=0)
+    records = {"g:0": newer, "g:1": failed}
+    assert sorted(d.id for d in held) == sorted(records)
+    for delivery in held:  # committed, as a newer worker would
+        raw = json.dumps(records[delivery.id]).encode()
+        assert app.broker.complete(delivery.lease, raw, 60.0)
+    done, broken = app.AsyncResult("g:0"), app.AsyncResult("g:1")
+    assert (done.state, done.get(timeout=1)) == ("SUCCESS", 5)
+    assert broken.state == "FAILURE"
+    with pytest.raises(TaskFailed, match="ValueError"):  # the error is shown as it came
+        broken.get(timeout=1)
+    members = GroupResult("g", [done, broken], app)
+    assert (members.completed_count(), members.failed()) == (2, True)
+
+    @app.bound_task(name="shape.progress")
+    def progress(self: Task[Any, Any]) -> str:
+        self.update_state("PROGRESS", ["step", 3])  # type: ignore[arg-type]
+        return self.app.AsyncResult(self.request.id).state
+
+    handle = progress.delay()
+    run_queued(app)
+    assert handle.get(timeout=1) == "PROGRESS"

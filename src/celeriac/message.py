@@ -477,11 +477,64 @@ def storable_text(text: str) -> str:
 
 
 def decode_result(raw: bytes) -> ResultRecord:
-    """Decode a stored result record."""
+    """Decode a stored result record.
+
+    A record with a field in another shape (written by a newer version, or progress that
+    ``update_state`` was given as a list) is read for what it can say: its state, and each
+    field that has this version's type; the others keep their defaults. It raised
+    MalformedMessage, so ``state``, ``get()`` and a whole group's reads failed on it.
+
+    Raises:
+        MalformedMessage: not a result record at all (not JSON, or no text ``state``).
+
+    Example:
+        >>> record = decode_result(b'{"state": "PROGRESS", "meta": [3, 10], "retries": 1}')
+        >>> record.state, record.meta, record.retries
+        ('PROGRESS', None, 1)
+    """
     try:
         return _result_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except msgspec.ValidationError as exc:
+        refused: Exception = exc
+    except msgspec.DecodeError as exc:
         raise MalformedMessage(f"stored result is unreadable ({exc})") from exc
+    fields = msgspec.json.decode(raw)  # JSON, or the typed decoder would not have got here
+    if not isinstance(fields, dict) or not isinstance(fields.get("state"), str):
+        raise MalformedMessage(f"stored result is unreadable ({refused})") from refused
+    readable: dict[str, Any] = {}
+    for name, value in fields.items():
+        try:
+            readable.update(msgspec.convert({name: value}, _ResultFields, strict=False).given())
+        except msgspec.ValidationError:
+            if name == "error":  # a failure must not read as one "without an error"
+                readable["error"] = ErrorInfo(
+                    type="celeriac.errors.TaskFailed", message=f"{value!r}"[:_SHOWN_ERROR]
+                )
+    return ResultRecord(**readable)
+
+
+class _ResultFields(msgspec.Struct, kw_only=True):
+    """ResultRecord's fields, each optional: a record's fields checked one at a time."""
+
+    state: str | msgspec.UnsetType = msgspec.UNSET
+    task: str | msgspec.UnsetType = msgspec.UNSET
+    result: Any = msgspec.UNSET
+    error: ErrorInfo | msgspec.UnsetType | None = msgspec.UNSET
+    meta: dict[str, Any] | msgspec.UnsetType | None = msgspec.UNSET
+    retries: int | msgspec.UnsetType = msgspec.UNSET
+    date_done: float | msgspec.UnsetType | None = msgspec.UNSET
+    worker: str | msgspec.UnsetType | None = msgspec.UNSET
+
+    def given(self) -> dict[str, Any]:
+        """The fields the record had, by name."""
+        return {
+            name: getattr(self, name)
+            for name in self.__struct_fields__
+            if getattr(self, name) is not msgspec.UNSET
+        }
+
+
+_SHOWN_ERROR = 2000  # characters of an error in an unknown shape kept as its message
 
 
 def content_type(raw: bytes) -> str:
