@@ -323,6 +323,34 @@ def test_ignore_result(app: Celeriac) -> None:
     assert r.state == "PENDING"
 
 
+def test_ignore_result_and_track_started_per_call(app: Celeriac) -> None:
+    # Accepted by apply_async, carried in the message, and then not read: the worker
+    # looked at the task's own options only, so the call's choice did nothing.
+    states: list[str] = []
+
+    @app.bound_task()
+    def add(self: Task[Any, Any], x: int, y: int) -> int:
+        states.append(app.AsyncResult(self.request.id).state)
+        return x + y
+
+    quiet = add.apply_async((1, 2), ignore_result=True)
+    tracked = add.apply_async((3, 4), track_started=True)
+    plain = add.delay(5, 6)
+    run_queued(app)
+    assert states == ["PENDING", "STARTED", "PENDING"]
+    assert (quiet.state, tracked.get(timeout=1), plain.get(timeout=1)) == ("PENDING", 7, 11)
+
+    @app.task(ignore_result=True)
+    def fire_and_forget() -> int:
+        return 1
+
+    kept = fire_and_forget.apply_async(ignore_result=False)  # the call overrides the task
+    run_queued(app)
+    assert kept.get(timeout=1) == 1
+    with pytest.raises(ConfigurationError, match="track_started must be True or False"):
+        add.apply_async((1, 2), track_started="yes")
+
+
 def test_eager_mode_runs_at_once(app: Celeriac) -> None:
     app.conf.task_always_eager = True
 
