@@ -22,12 +22,13 @@ from celeriac.beat.entries import (
     BeatStore,
     Entry,
     EntryRecord,
+    EntrySpec,
     EntryState,
     Loaded,
     entry_from_config,
     tick_id,
 )
-from celeriac.beat.schedules import Cron, Schedule, parse_schedule
+from celeriac.beat.schedules import Cron, Schedule, format_seconds, parse_schedule
 from celeriac.errors import ConfigurationError, UnknownEntry
 from celeriac.task import Task
 
@@ -68,6 +69,8 @@ class EntryInfo:
     kwargs: dict[str, Any] | None = None
     options: dict[str, Any] | None = None
     last_error: str | None = None  # why the last tick could not be sent (None: it was)
+    #: Why this process cannot schedule the stored definition (None: it can).
+    problem: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: times as ISO 8601 in UTC.
@@ -222,11 +225,15 @@ class Beat:
         for name in names:
             record, state = records.get(name), states.get(name)
             entry, origin = static.get(name, (None, "elsewhere"))
+            problem = None
             if record is not None and record.spec is not None:
                 try:
                     entry = Entry.from_spec(name, record.spec)
-                except ConfigurationError:
-                    entry = None  # a newer version's entry; shown, not scheduled here
+                except ConfigurationError as exc:
+                    # A newer version's entry, or a zone this host does not have: shown,
+                    # and said by the scheduler, not scheduled here (it was skipped in
+                    # silence: the startup line said "none yet", `beat list` "active").
+                    entry, problem = None, str(exc)
                 origin = "runtime" if name not in static else "changed"
             elif entry is None and state is None and record is None:
                 continue  # removed at run time: only its name is left in the index
@@ -237,6 +244,8 @@ class Beat:
                 paused=record.paused if record else False,
                 changed_at=record.changed_at if record else 0.0,
                 state=state,
+                problem=problem,
+                spec=record.spec if record else None,
             )
         return loaded
 
@@ -352,11 +361,17 @@ class Beat:
 
         Raises:
             UnknownEntry: no entry of that name here.
-            ConfigurationError: a bad schedule or option.
+            ConfigurationError: a bad schedule or option, or a stored definition this
+                process cannot read (redefine it with :meth:`add` and ``replace=True``).
         """
         item = self.load().get(name)
         if item is None:
             raise UnknownEntry(self._unknown(name))
+        if item.problem is not None:
+            raise ConfigurationError(
+                f"periodic entry {name!r} is stored but cannot be read here: {item.problem}. "
+                f"Redefine it: celeriac beat add {name} TASK --cron/--every ... --replace"
+            )
         if item.entry is None:  # listed from a scheduler's state; its definition is not here
             raise UnknownEntry(
                 f"periodic entry {name!r} is defined in code this process does not load: "
@@ -532,10 +547,11 @@ def _info(app: Celeriac, item: Loaded, now: float) -> EntryInfo:
         next_run = entry.schedule.next_after(now)
     elif entry is None:
         next_run = state.next_run
+    spec = item.spec
     return EntryInfo(
         name=item.name,
-        task=entry.task if entry else state.task,
-        schedule=entry.schedule.describe() if entry else state.schedule,
+        task=entry.task if entry else spec.task if spec else state.task,
+        schedule=entry.schedule.describe() if entry else _stored(spec) or state.schedule,
         origin=item.origin,
         paused=item.paused,
         missed=entry.missed if entry else "?",
@@ -548,4 +564,14 @@ def _info(app: Celeriac, item: Loaded, now: float) -> EntryInfo:
         kwargs=entry.kwargs if entry else None,
         options=entry.options if entry else None,
         last_error=state.last_error,
+        problem=item.problem,
     )
+
+
+def _stored(spec: EntrySpec | None) -> str:
+    """A stored schedule as written, for an entry this process cannot rebuild."""
+    if spec is None:
+        return ""
+    if spec.cron is not None:
+        return f"cron {spec.cron} ({spec.tz or 'UTC'})"
+    return f"every {format_seconds(spec.every)}" if spec.every is not None else ""

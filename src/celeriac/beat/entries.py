@@ -318,6 +318,10 @@ class Loaded:
     paused: bool = False
     changed_at: float = 0.0
     state: EntryState | None = None
+    #: Why a stored definition cannot be scheduled by this process (an unknown zone on
+    #: this host, a newer version's entry); None when it can.
+    problem: str | None = None
+    spec: EntrySpec | None = None  # the stored definition, shown when it cannot be read
 
 
 _record_decoder = msgspec.json.Decoder(EntryRecord)

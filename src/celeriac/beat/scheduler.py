@@ -101,6 +101,7 @@ class Scheduler:
         # entry -> (tick claimed by another and unconfirmed, when its claim lapses at the latest)
         self._contended: dict[str, tuple[float, float]] = {}
         self._known: dict[str, tuple[Entry | None, bool]] | None = None
+        self._unreadable: dict[str, str] = {}  # entry -> why this scheduler cannot schedule it
         self._broker_down = False
         self._down_since = 0.0  # when this scheduler first found the broker unreachable
         self._outage = 0.0  # seconds the broker was unreachable, when this pass ended an outage
@@ -198,6 +199,7 @@ class Scheduler:
             self._broker_down = False
         wake = now + interval
         self._note_changes(loaded, now)
+        self._note_unreadable(loaded)
         for item in loaded.values():
             if item.entry is None or item.paused:
                 continue
@@ -502,7 +504,12 @@ class Scheduler:
                 "beat: scheduling %d entr%s: %s",
                 count,
                 "y" if count == 1 else "ies",
-                described or "none yet (add some: celeriac beat add)",
+                described
+                or (
+                    "none it can read (see below)"
+                    if any(item.problem for item in loaded.values())
+                    else "none yet (add some: celeriac beat add)"
+                ),
             )
             return
         for name, (entry, paused) in current.items():
@@ -524,6 +531,26 @@ class Scheduler:
                 )
         for name in before.keys() - current.keys():
             log.info("beat: entry %s removed", name)
+
+    def _note_unreadable(self, loaded: dict[str, Loaded]) -> None:
+        """Say which stored entries this scheduler cannot schedule, once per reason.
+
+        They were skipped without a word: a run-time entry in a zone this host does not
+        have (no tzdata in the image) never ran, while the start-up line said "none yet".
+        """
+        current = {n: item.problem for n, item in loaded.items() if item.problem is not None}
+        for name, problem in current.items():
+            if self._unreadable.get(name) != problem:
+                log.error(
+                    "beat: entry %s is not scheduled by this scheduler: %s. A scheduler that "
+                    "can read it (a newer celeriac; a host that has the zone: pip install "
+                    "tzdata) sends its ticks; if none runs, redefine the entry: celeriac beat "
+                    "add %s TASK --cron/--every ... --replace",
+                    name,
+                    problem,
+                    name,
+                )
+        self._unreadable = current
 
     def _broker_failed(self, exc: BrokerError, wait: float) -> float:
         if not self._broker_down:

@@ -94,6 +94,8 @@ def beat_list(obj: Context, as_json: bool) -> None:
         if e.last_task_id:
             last += f": task {escape(e.last_task_id)} ({escape(e.last_state or '?')})"
         out.print(f"    {task}next {_when(e.next_run, 'not planned')}, last {last}", soft_wrap=True)
+        if e.problem:  # stored, but this process cannot rebuild it: no scheduler like it runs it
+            out.print(f"    [red]cannot be scheduled here:[/] {escape(e.problem)}", soft_wrap=True)
         if e.last_error:  # the last tick was not sent: say why, or nobody would know
             out.print(f"    [red]last tick not sent:[/] {escape(e.last_error)}", soft_wrap=True)
 
@@ -219,7 +221,9 @@ def _when(ts: float | None, none: str = "never") -> str:
 
 
 def _status(entry: EntryInfo) -> str:
-    if entry.paused:
+    if entry.problem:
+        status = "[red]unreadable here[/]"
+    elif entry.paused:
         status = "[yellow]paused[/]"
     elif entry.origin == "elsewhere":
         status = "defined elsewhere"

@@ -1,0 +1,80 @@
+"""Regression tests from an audit of beat: entries a scheduler cannot read, deploys that
+change a schedule, clocks that jump.
+
+Fast tests on the in-memory broker (SQLite for the command line) with a fake clock, as in
+``tests/test_beat.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from celeriac import Celeriac, ConfigurationError
+from celeriac.beat import Every, Scheduler
+from celeriac.beat.entries import EntryRecord, EntrySpec
+from celeriac.cli import cli
+from tests.test_beat import Clock, app, queued
+
+__all__ = ["app"]  # the fixture, shared with tests/test_beat.py
+
+
+@pytest.fixture
+def clock(app: Celeriac) -> Clock:
+    """On an hour boundary, a day ahead (run-time changes are stamped with it too)."""
+    app.beat.clock = Clock(Every(3600).next_after(time.time() + 86_400))
+    return app.beat.clock
+
+
+# -- a stored entry this scheduler cannot rebuild is said, not skipped in silence ------------
+
+# A zone this host does not have: what a scheduler in an image without tzdata sees of an
+# entry that `celeriac beat add --tz Europe/Kyiv` stored from a laptop.
+NO_SUCH_ZONE = "Mars/Olympus"
+
+
+def store_unreadable(app: Celeriac, clock: Clock) -> None:
+    spec = EntrySpec(task="shop.report", cron="0 3 * * *", tz=NO_SUCH_ZONE)
+    app.beat.store.register("report")
+    app.beat.store.write_record("report", EntryRecord(spec=spec, changed_at=clock.now - 1))
+
+
+def test_a_stored_entry_the_scheduler_cannot_read_is_logged_once_as_an_error(
+    app: Celeriac, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store_unreadable(app, clock)
+    scheduler = Scheduler(app, clock=clock)
+    with caplog.at_level(logging.INFO, logger="celeriac.beat"):
+        scheduler.step()
+        clock.now += 3600
+        scheduler.step()
+    assert queued(app) == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "report" in errors[0] and NO_SUCH_ZONE in errors[0] and "--replace" in errors[0]
+    first = caplog.records[0].getMessage()
+    assert "none yet" not in first, first  # there is one; this scheduler cannot read it
+
+
+def test_beat_list_shows_what_is_stored_and_why_it_is_not_scheduled(
+    clock: Clock, tmp_path: Any
+) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    store_unreadable(Celeriac("beat-audit", broker=url), clock)
+    result = CliRunner().invoke(cli, ["--broker", url, "beat", "list"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert f"report  cron 0 3 * * * ({NO_SUCH_ZONE})  unreadable here" in result.output
+    assert "task shop.report" in result.output
+    assert f"cannot be scheduled here: cron '0 3 * * *': unknown time zone '{NO_SUCH_ZONE}'" in (
+        result.output
+    )
+
+
+def test_changing_an_unreadable_entry_says_to_redefine_it(app: Celeriac, clock: Clock) -> None:
+    store_unreadable(app, clock)
+    with pytest.raises(ConfigurationError, match=f"cannot be read here.*{NO_SUCH_ZONE}.*--replace"):
+        app.beat.change("report", args=[1])
