@@ -78,3 +78,30 @@ def test_changing_an_unreadable_entry_says_to_redefine_it(app: Celeriac, clock: 
     store_unreadable(app, clock)
     with pytest.raises(ConfigurationError, match=f"cannot be read here.*{NO_SUCH_ZONE}.*--replace"):
         app.beat.change("report", args=[1])
+
+
+# -- a deploy that changes an entry's schedule in code -----------------------------------------
+
+
+def deployed(url: str, clock: Clock, **schedule: Any) -> Celeriac:
+    """A new release of the app: the same entry from code, on the given schedule."""
+    release = Celeriac("beat-audit", broker=url)
+    release.beat.clock = clock
+    release.periodic(name="sync", **schedule)(release.task(lambda: None, name="shop.sync"))
+    return release
+
+
+def test_a_deploy_that_changes_a_schedule_reports_no_ticks_lost_before_it(
+    clock: Clock, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    Scheduler(deployed(url, clock, cron="0 * * * *"), clock=clock).step()  # sends hh:00
+    clock.now += 40 * 60  # at hh:40 the entry becomes minutely
+    release = deployed(url, clock, every=60)
+    with caplog.at_level(logging.INFO, logger="celeriac.beat"):
+        Scheduler(release, clock=clock).step()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("sent tick of sync" in line for line in lines), lines
+    # hh:01..hh:39 were never ticks: the entry was hourly then.
+    assert not [line for line in lines if "not sent" in line or "missed" in line], lines
+    assert release.beat.get("sync").last_run == clock.now

@@ -272,6 +272,11 @@ class Scheduler:
         settled = max(sent, self._done.get(name, -math.inf))
         if not math.isfinite(settled):
             return None  # never sent: nothing to compare with
+        if state.schedule != schedule.describe():
+            # The last tick was sent under another schedule (a deploy changed it in code):
+            # the new schedule's fire times before now were never due, not lost. Reported,
+            # an hourly entry made minutely at :40 "lost" the ticks from :01 to :39.
+            return None
         first = schedule.next_after(max(settled, baseline))
         if first >= tick:
             return None
