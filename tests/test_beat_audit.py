@@ -105,3 +105,35 @@ def test_a_deploy_that_changes_a_schedule_reports_no_ticks_lost_before_it(
     # hh:01..hh:39 were never ticks: the entry was hourly then.
     assert not [line for line in lines if "not sent" in line or "missed" in line], lines
     assert release.beat.get("sync").last_run == clock.now
+
+
+# -- clocks: set back, or ahead on another host ------------------------------------------------
+
+
+def test_a_clock_set_back_says_why_no_tick_is_sent(
+    app: Celeriac, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.beat.periodic(app.task(lambda: None, name="shop.sync"), every=60, name="sync")
+    scheduler = Scheduler(app, clock=clock, ident="s1")
+    scheduler.step()  # sends the tick for hh:00
+    assert len(queued(app)) == 1
+    clock.now -= 3600  # the system time is set back an hour
+    with caplog.at_level(logging.INFO, logger="celeriac.beat"):
+        for _ in range(3):
+            clock.now += 60
+            scheduler.step()
+    assert queued(app) == []  # those ticks were sent already: none twice
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings  # said once, not at every pass
+    assert "sync" in warnings[0] and "59m ahead" in warnings[0] and "NTP" in warnings[0]
+
+
+def test_a_scheduler_whose_clock_is_ahead_is_named_by_the_others(
+    app: Celeriac, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.beat.periodic(app.task(lambda: None, name="shop.sync"), every=60, name="sync")
+    Scheduler(app, clock=lambda: clock.now + 300, ident="fast-host:7").step()
+    with caplog.at_level(logging.WARNING, logger="celeriac.beat"):
+        Scheduler(app, clock=clock, ident="s2").step()
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "fast-host:7" in warning and "5m ahead" in warning, warning

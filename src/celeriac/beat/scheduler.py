@@ -59,6 +59,9 @@ log = logging.getLogger("celeriac.beat")
 _SENT_MARK_MARGIN = 300.0  # seconds a "sent" mark outlives its tick: covers clock skew
 _MAX_CLAIM = 30.0  # seconds; a claimer that died is taken over within this at most
 _LAPSE_MARGIN = 0.05  # seconds past a claim's TTL to look again: the broker expires it by then
+# Seconds a tick's recorded send time may be ahead of this scheduler's clock before it says
+# that clocks disagree: more than a send takes, far less than a skew that moves a job.
+_SKEW_WARN = 2.0
 
 
 class Scheduler:
@@ -102,6 +105,7 @@ class Scheduler:
         self._contended: dict[str, tuple[float, float]] = {}
         self._known: dict[str, tuple[Entry | None, bool]] | None = None
         self._unreadable: dict[str, str] = {}  # entry -> why this scheduler cannot schedule it
+        self._skewed: set[str] = set()  # entries whose last send is ahead of this clock (said)
         self._broker_down = False
         self._down_since = 0.0  # when this scheduler first found the broker unreachable
         self._outage = 0.0  # seconds the broker was unreachable, when this pass ended an outage
@@ -217,6 +221,7 @@ class Scheduler:
         name, schedule = item.name, entry.schedule
         upcoming = schedule.next_after(now)
         state = item.state if item.state is not None else self._first_seen(name, entry, now)
+        self._check_clock(name, schedule, state, now)
         tick = schedule.latest(now)
         if tick <= self._done.get(name, -math.inf):
             return upcoming
@@ -259,6 +264,32 @@ class Scheduler:
                 _at(schedule, tick, now),
             )
         return self._claim_and_send(item, entry, state, tick=tick, following=following, now=now)
+
+    def _check_clock(self, name: str, schedule: Schedule, state: EntryState, now: float) -> None:
+        """Warn, once until it passes, when the entry's last tick was sent at a time still
+        ahead of this scheduler's clock: this clock went back, or the sender's is ahead.
+
+        Either way ticks are held until this clock passes the last one sent (none is sent
+        twice), and with a sender ahead they go out early; both were silent, so an hour
+        without ticks after the system time was set back had no explanation.
+        """
+        ahead = (state.last_sent_at or -math.inf) - now
+        if ahead <= _SKEW_WARN:
+            self._skewed.discard(name)
+            return
+        if name in self._skewed:
+            return
+        self._skewed.add(name)
+        log.warning(
+            "beat: the last tick of %s (for %s) was sent by %s at a time %s ahead of this "
+            "scheduler's clock: this host's clock went back, or that scheduler's clock is "
+            "ahead. Ticks already sent are not sent again, and a scheduler whose clock is "
+            "ahead sends them early: keep the clocks of every scheduler's host in sync (NTP)",
+            name,
+            _at(schedule, state.last_tick, now) if state.last_tick is not None else "?",
+            state.sent_by or "a scheduler",
+            format_seconds(round(ahead)),
+        )
 
     def _unsent_before(
         self, name: str, schedule: Schedule, state: EntryState, tick: float, baseline: float
