@@ -137,3 +137,17 @@ def test_a_scheduler_whose_clock_is_ahead_is_named_by_the_others(
         Scheduler(app, clock=clock, ident="s2").step()
     (warning,) = [r.getMessage() for r in caplog.records]
     assert "fast-host:7" in warning and "5m ahead" in warning, warning
+
+
+def test_ticks_skipped_by_a_clock_that_jumped_ahead_name_the_jump_as_a_cause(
+    app: Celeriac, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.beat.periodic(app.task(lambda: None, name="shop.sync"), every=60, name="sync")
+    scheduler = Scheduler(app, clock=clock)
+    scheduler.step()
+    clock.now += 2 * 3600  # the system time is set two hours ahead while it waits
+    with caplog.at_level(logging.WARNING, logger="celeriac.beat"):
+        scheduler.step()
+    (warning,) = [r.getMessage() for r in caplog.records]
+    # It said "the broker did not answer for that long, or this process was paused".
+    assert "were not sent" in warning and "clock jumped ahead" in warning, warning

@@ -328,7 +328,8 @@ class Scheduler:
         if self._late > on_time:
             return logging.WARNING, (
                 f"this scheduler was {format_seconds(round(self._late, 1))} late: the broker "
-                "did not answer for that long, or this process was paused"
+                "did not answer for that long, this process was paused, or this host's clock "
+                "jumped ahead"
             )
         return logging.INFO, (
             f"not sent within {format_seconds(on_time)} of the fire time: no scheduler was "
