@@ -151,3 +151,34 @@ def test_ticks_skipped_by_a_clock_that_jumped_ahead_name_the_jump_as_a_cause(
     (warning,) = [r.getMessage() for r in caplog.records]
     # It said "the broker did not answer for that long, or this process was paused".
     assert "were not sent" in warning and "clock jumped ahead" in warning, warning
+
+
+# -- an entry whose task this app does not know ------------------------------------------------
+
+
+def test_an_entry_whose_task_is_not_registered_is_warned_of_once(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    typo = {"heartbeat": {"task": "shop.heartbeet", "schedule": 60.0}}
+    app = Celeriac("beat-audit", broker="memory://", beat_schedule=typo)
+    app.beat.clock = clock
+    app.task(lambda: None, name="shop.heartbeat")
+    scheduler = Scheduler(app, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="celeriac.beat"):
+        for _ in range(3):
+            scheduler.step()
+            clock.now += 60
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "heartbeat" in warning and "shop.heartbeet" in warning, warning
+    assert "does not register" in warning
+
+
+def test_a_scheduler_whose_app_has_no_tasks_sends_by_name_without_a_warning(
+    app: Celeriac, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.beat.add("report", "other.service.report", every=60)
+    with caplog.at_level(logging.WARNING, logger="celeriac.beat"):
+        clock.now += 60
+        Scheduler(app, clock=clock).step()
+    assert len(queued(app)) == 1
+    assert [r.getMessage() for r in caplog.records] == []

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from celeriac.beat.entries import EntryState, Loaded, grace, tick_id
+from celeriac.beat.notices import Notices, at
 from celeriac.beat.schedules import format_seconds
 from celeriac.brokers import redacted
 from celeriac.errors import BrokerError, CeleriacError
@@ -59,12 +60,9 @@ log = logging.getLogger("celeriac.beat")
 _SENT_MARK_MARGIN = 300.0  # seconds a "sent" mark outlives its tick: covers clock skew
 _MAX_CLAIM = 30.0  # seconds; a claimer that died is taken over within this at most
 _LAPSE_MARGIN = 0.05  # seconds past a claim's TTL to look again: the broker expires it by then
-# Seconds a tick's recorded send time may be ahead of this scheduler's clock before it says
-# that clocks disagree: more than a send takes, far less than a skew that moves a job.
-_SKEW_WARN = 2.0
 
 
-class Scheduler:
+class Scheduler(Notices):
     """Sends the ticks of ``app.beat``'s entries. Run as many as you like.
 
     Example:
@@ -105,6 +103,7 @@ class Scheduler:
         self._contended: dict[str, tuple[float, float]] = {}
         self._known: dict[str, tuple[Entry | None, bool]] | None = None
         self._unreadable: dict[str, str] = {}  # entry -> why this scheduler cannot schedule it
+        self._unregistered: set[tuple[str, str]] = set()  # (entry, task) said to be unknown
         self._skewed: set[str] = set()  # entries whose last send is ahead of this clock (said)
         self._broker_down = False
         self._down_since = 0.0  # when this scheduler first found the broker unreachable
@@ -204,6 +203,7 @@ class Scheduler:
         wake = now + interval
         self._note_changes(loaded, now)
         self._note_unreadable(loaded)
+        self._note_unregistered(loaded)
         for item in loaded.values():
             if item.entry is None or item.paused:
                 continue
@@ -244,7 +244,7 @@ class Scheduler:
                     "beat: missed %s (%s); policy skip: next at %s",
                     span,
                     why,
-                    _at(schedule, upcoming, now),
+                    at(schedule, upcoming, now),
                 )
                 self._done[name] = tick
                 return upcoming
@@ -252,7 +252,7 @@ class Scheduler:
                 "beat: missed %s (%s); policy run_once: sending the latest (%s) once",
                 span,
                 why,
-                _at(schedule, tick, now),
+                at(schedule, tick, now),
             )
         elif unsent is not None:
             level, why = self._why_unsent(on_time)
@@ -261,35 +261,9 @@ class Scheduler:
                 "beat: %s not sent (%s); only the latest tick is sent (%s)",
                 _span(name, schedule, unsent[0], unsent[1], now, verb=True),
                 why,
-                _at(schedule, tick, now),
+                at(schedule, tick, now),
             )
         return self._claim_and_send(item, entry, state, tick=tick, following=following, now=now)
-
-    def _check_clock(self, name: str, schedule: Schedule, state: EntryState, now: float) -> None:
-        """Warn, once until it passes, when the entry's last tick was sent at a time still
-        ahead of this scheduler's clock: this clock went back, or the sender's is ahead.
-
-        Either way ticks are held until this clock passes the last one sent (none is sent
-        twice), and with a sender ahead they go out early; both were silent, so an hour
-        without ticks after the system time was set back had no explanation.
-        """
-        ahead = (state.last_sent_at or -math.inf) - now
-        if ahead <= _SKEW_WARN:
-            self._skewed.discard(name)
-            return
-        if name in self._skewed:
-            return
-        self._skewed.add(name)
-        log.warning(
-            "beat: the last tick of %s (for %s) was sent by %s at a time %s ahead of this "
-            "scheduler's clock: this host's clock went back, or that scheduler's clock is "
-            "ahead. Ticks already sent are not sent again, and a scheduler whose clock is "
-            "ahead sends them early: keep the clocks of every scheduler's host in sync (NTP)",
-            name,
-            _at(schedule, state.last_tick, now) if state.last_tick is not None else "?",
-            state.sent_by or "a scheduler",
-            format_seconds(round(ahead)),
-        )
 
     def _unsent_before(
         self, name: str, schedule: Schedule, state: EntryState, tick: float, baseline: float
@@ -373,10 +347,10 @@ class Scheduler:
                 "beat: could not send the tick of %s for %s: %s. Fix the entry (celeriac "
                 "beat add %s ... --replace, or its definition in code); next tick at %s",
                 name,
-                _at(entry.schedule, tick, now),
+                at(entry.schedule, tick, now),
                 exc,
                 name,
-                _at(entry.schedule, upcoming, now),
+                at(entry.schedule, upcoming, now),
             )
             self._done[name] = tick
             store.write_state(name, _replace_state(state, last_error=str(exc)))
@@ -406,7 +380,7 @@ class Scheduler:
                 "was paused, or the broker did not answer): another scheduler may have taken "
                 "it over and sent it too; the worker runs one copy",
                 name,
-                _at(entry.schedule, tick, sent_at),
+                at(entry.schedule, tick, sent_at),
                 task_id,
                 format_seconds(round(sent_at - now, 1)),
             )
@@ -414,7 +388,7 @@ class Scheduler:
             log.info(
                 "beat: sent tick of %s for %s as task %s",
                 name,
-                _at(entry.schedule, tick, now),
+                at(entry.schedule, tick, now),
                 task_id,
             )
         return entry.schedule.next_after(sent_at)
@@ -449,7 +423,7 @@ class Scheduler:
             log.warning(
                 "beat: the tick of %s for %s is not sent: %s, and the next tick is due already",
                 name,
-                _at(schedule, tick, now),
+                at(schedule, tick, now),
                 stall,
             )
             self._done[name] = tick
@@ -460,7 +434,7 @@ class Scheduler:
         log.warning(
             "beat: the tick of %s for %s is left to the scheduler that took it over: %s",
             name,
-            _at(schedule, tick, now),
+            at(schedule, tick, now),
             stall,
         )
         upcoming = schedule.next_after(now)
@@ -525,70 +499,6 @@ class Scheduler:
         self.app.beat.store.write_state(name, state, only_if_absent=True)
         return state
 
-    def _note_changes(self, loaded: dict[str, Loaded], now: float) -> None:
-        current: dict[str, tuple[Entry | None, bool]] = {
-            n: (item.entry, item.paused) for n, item in loaded.items() if item.entry
-        }
-        before, self._known = self._known, current
-        if before is None:
-            described = "; ".join(
-                f"{n} ({e.schedule.describe()}{', paused' if p else ''})"
-                for n, (e, p) in current.items()
-                if e is not None
-            )
-            count = len(current)
-            log.info(
-                "beat: scheduling %d entr%s: %s",
-                count,
-                "y" if count == 1 else "ies",
-                described
-                or (
-                    "none it can read (see below)"
-                    if any(item.problem for item in loaded.values())
-                    else "none yet (add some: celeriac beat add)"
-                ),
-            )
-            return
-        for name, (entry, paused) in current.items():
-            old = before.get(name)
-            assert entry is not None
-            upcoming = _at(entry.schedule, entry.schedule.next_after(now), now)
-            if old is None:
-                log.info(
-                    "beat: entry %s added (%s)%s",
-                    name,
-                    entry.schedule.describe(),
-                    " paused" if paused else f"; next at {upcoming}",
-                )
-            elif old[0] != entry:
-                log.info("beat: entry %s changed (%s)", name, entry.schedule.describe())
-            elif old[1] != paused:
-                log.info(
-                    "beat: entry %s %s", name, "paused" if paused else f"resumed; next {upcoming}"
-                )
-        for name in before.keys() - current.keys():
-            log.info("beat: entry %s removed", name)
-
-    def _note_unreadable(self, loaded: dict[str, Loaded]) -> None:
-        """Say which stored entries this scheduler cannot schedule, once per reason.
-
-        They were skipped without a word: a run-time entry in a zone this host does not
-        have (no tzdata in the image) never ran, while the start-up line said "none yet".
-        """
-        current = {n: item.problem for n, item in loaded.items() if item.problem is not None}
-        for name, problem in current.items():
-            if self._unreadable.get(name) != problem:
-                log.error(
-                    "beat: entry %s is not scheduled by this scheduler: %s. A scheduler that "
-                    "can read it (a newer celeriac; a host that has the zone: pip install "
-                    "tzdata) sends its ticks; if none runs, redefine the entry: celeriac beat "
-                    "add %s TASK --cron/--every ... --replace",
-                    name,
-                    problem,
-                    name,
-                )
-        self._unreadable = current
-
     def _broker_failed(self, exc: BrokerError, wait: float) -> float:
         if not self._broker_down:
             log.warning("beat: broker unreachable (%s); retrying every %.1fs", exc, wait)
@@ -603,17 +513,11 @@ def _span(
     """``the tick of E for 03:00:00`` or ``the ticks of E from 02:00:00 to 03:00:00``, with
     ``was``/``were`` after it when ``verb``."""
     if first >= last:
-        return f"the tick of {name} for {_at(schedule, last, now)}{' was' if verb else ''}"
+        return f"the tick of {name} for {at(schedule, last, now)}{' was' if verb else ''}"
     return (
-        f"the ticks of {name} from {_at(schedule, first, now)} to {_at(schedule, last, now)}"
+        f"the ticks of {name} from {at(schedule, first, now)} to {at(schedule, last, now)}"
         f"{' were' if verb else ''}"
     )
-
-
-def _at(schedule: Schedule, t: float, now: float) -> str:
-    """A fire time for a log line: ``03:00:00 EEST``, with the date only if not today."""
-    text, today = schedule.format(t), schedule.format(now)
-    return text[11:] if text[:10] == today[:10] else text
 
 
 def _replace_state(state: EntryState, **changes: Any) -> EntryState:
