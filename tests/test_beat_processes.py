@@ -187,6 +187,32 @@ def test_killing_the_sending_scheduler_leaves_no_gap(
     assert not psutil.pid_exists(embedded), "worker --beat left its scheduler running"
 
 
+def test_worker_beat_starts_its_scheduler_again_when_it_dies(
+    workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # The OOM killer, a crash: the worker went on with no scheduler, said in one log line,
+    # and every periodic task stopped until someone restarted the worker.
+    worker = workers.start("-c", "1", "--beat", app=APP)
+    first = beat_child_pid(workers, worker)
+    os.kill(first, signal.SIGKILL)
+    killed_at = time.time()
+    log = workers.logs[workers.started.index(worker)]
+
+    def second() -> int | None:
+        found = re.findall(r"beat: started scheduler process (\d+)", log.read_text())
+        return int(found[-1]) if len(found) > 1 else None
+
+    assert wait_for(lambda: second() is not None, timeout=20), log.read_text()
+    assert f"scheduler process {first} ended (killed by SIGKILL)" in log.read_text()
+    assert wait_for(lambda: sum(t > killed_at for t in ticks(ledger)) >= 2, timeout=15), (
+        log.read_text()
+    )
+    again = second()
+    assert again is not None and psutil.pid_exists(again)
+    assert workers.stop(worker) == 0
+    assert not psutil.pid_exists(again), "worker --beat left its scheduler running"
+
+
 def test_an_entry_added_at_run_time_fires_and_a_paused_one_does_not(
     periodic_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
 ) -> None:

@@ -19,7 +19,7 @@ Example:
 
 from celeriac.beat.api import Beat, EntryInfo, PeriodicDecorator
 from celeriac.beat.entries import Entry, tick_id
-from celeriac.beat.process import fork_scheduler, stop_scheduler
+from celeriac.beat.process import SchedulerProcess, fork_scheduler, stop_scheduler
 from celeriac.beat.scheduler import Scheduler
 from celeriac.beat.schedules import Cron, Every, Schedule, parse_schedule
 
@@ -32,6 +32,7 @@ __all__ = [
     "PeriodicDecorator",
     "Schedule",
     "Scheduler",
+    "SchedulerProcess",
     "fork_scheduler",
     "parse_schedule",
     "stop_scheduler",

@@ -102,18 +102,21 @@ def worker(
 
     if not with_beat:
         sys.exit(Worker(app, names, concurrency or conf.worker_concurrency, pool).run())
-    from celeriac.beat import fork_scheduler, stop_scheduler
+    from celeriac.beat import SchedulerProcess
 
     app.beat.static_entries()  # a bad beat_schedule fails here, before anything starts
     reach_broker_before_forking(app)
-    # Forked before the worker starts its children, and stopped by PID when it returns, so
-    # the worker's own code never needs to know about it.
-    scheduler_pid = fork_scheduler(app)
+    # Forked before the worker starts its children, started again by the supervisor if it
+    # dies, and stopped by PID when the worker returns.
+    scheduler = SchedulerProcess(app)
+    scheduler.start()
     code = 1
     try:
-        code = Worker(app, names, concurrency or conf.worker_concurrency, pool).run()
+        code = Worker(
+            app, names, concurrency or conf.worker_concurrency, pool, companions=[scheduler]
+        ).run()
     finally:
-        stop_scheduler(scheduler_pid)
+        scheduler.stop()
     sys.exit(code)
 
 

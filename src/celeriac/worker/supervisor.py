@@ -32,9 +32,9 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from celeriac.brokers import redacted
 from celeriac.errors import BrokerError, ConfigurationError
@@ -62,6 +62,14 @@ _TERM_AGAIN = 1.0  # seconds between SIGTERMs to an idle child a warm shutdown w
 POOLS = ("process", "threads", "asyncio")
 
 
+class Companion(Protocol):
+    """A process kept alive beside the worker's children (``worker --beat``'s scheduler):
+    its :meth:`check` runs on each supervisor pass until a shutdown begins."""
+
+    def check(self) -> None:
+        """Start the process again if it died."""
+
+
 class Worker(Reaping, BrokerDuties):
     """A supervisor and its children.
 
@@ -75,7 +83,12 @@ class Worker(Reaping, BrokerDuties):
     """
 
     def __init__(
-        self, app: Celeriac, queues: list[str], concurrency: int, pool: str = "process"
+        self,
+        app: Celeriac,
+        queues: list[str],
+        concurrency: int,
+        pool: str = "process",
+        companions: Sequence[Companion] = (),
     ) -> None:
         if app.broker.in_process_only:
             raise ConfigurationError(
@@ -92,6 +105,7 @@ class Worker(Reaping, BrokerDuties):
         if pool not in POOLS:
             raise ConfigurationError(f"unknown pool {pool!r}; use one of {', '.join(POOLS)}")
         self.pool = pool
+        self.companions = tuple(companions)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # The process pool has one child per slot; the others run every slot in one child.
         processes = concurrency if pool == "process" else 1
@@ -283,6 +297,17 @@ class Worker(Reaping, BrokerDuties):
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the parent, right after fork
         child.pid, child.started = pid, time.time()
 
+    def _keep_alive(self) -> None:
+        """Start the children whose crash-loop pause is over, and the companions that died."""
+        for child in self._children:
+            if not child.pid and child.respawn_at and time.monotonic() >= child.respawn_at:
+                child.respawn_at = 0.0
+                if self._stop_requests == 0:
+                    self._spawn(child)
+        for companion in self.companions:
+            if self._stop_requests == 0:  # a stop signal may have come during this pass
+                companion.check()
+
     def _tick(self) -> None:
         now = time.time()
         for child in self._children:
@@ -290,11 +315,7 @@ class Worker(Reaping, BrokerDuties):
             child.last_view = view
             self._enforce_limits(child, view, now)
         self._reap_children()
-        for child in self._children:
-            if not child.pid and child.respawn_at and time.monotonic() >= child.respawn_at:
-                child.respawn_at = 0.0
-                if self._stop_requests == 0:
-                    self._spawn(child)
+        self._keep_alive()
         outage = self._outage
         if time.monotonic() >= outage.retry_at:
             try:
