@@ -15,7 +15,7 @@ import pytest
 from celeriac import Celeriac
 from celeriac.brokers.records import Outgoing
 from celeriac.brokers.sqlite import SQLiteBroker
-from celeriac.brokers.sqlite_file import SCHEMA_VERSION
+from celeriac.brokers.sqlite_file import APPLICATION_ID, SCHEMA_VERSION
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 from tests.conftest import ROOT, Ledger, WorkerProcesses
 
@@ -178,3 +178,94 @@ def test_a_file_from_a_newer_schema_is_refused_and_a_new_file_is_stamped(tmp_pat
         ConfigurationError, match=r"was made by a newer celeriac \(schema version 2"
     ):
         SQLiteBroker(f"sqlite:///{path}")
+
+
+def _layout(path: Path) -> tuple[list[str], str, int, int]:
+    """A file's tables, journal mode, user_version and application_id, read without
+    changing it."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master ORDER BY name")]
+        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+        return (
+            tables,
+            mode,
+            db.execute("PRAGMA user_version").fetchone()[0],
+            db.execute("PRAGMA application_id").fetchone()[0],
+        )
+
+
+@pytest.mark.parametrize(
+    ("setup", "named"),
+    [
+        # A chat program's table that shares celeriac's name: "no such column: queue".
+        ("CREATE TABLE messages (id INTEGER PRIMARY KEY, sender TEXT, text TEXT)", "messages"),
+        # A web app's database with its own migrations in user_version: "made by a newer
+        # celeriac (schema version 7)", after celeriac had added its tables to it.
+        ("CREATE TABLE auth_user (id INTEGER PRIMARY KEY); PRAGMA user_version = 7", "auth_user"),
+        # The same without a user_version: celeriac took it over, silently.
+        ("CREATE TABLE auth_user (id INTEGER PRIMARY KEY)", "auth_user"),
+        ("PRAGMA application_id = 1234; CREATE TABLE t (x)", "application_id 0x4d2"),
+    ],
+)
+def test_another_programs_database_is_refused_and_left_as_it_was(
+    tmp_path: Path, setup: str, named: str
+) -> None:
+    path = tmp_path / "db.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(setup)
+    before = _layout(path)
+    with pytest.raises(ConfigurationError) as raised:
+        SQLiteBroker(f"sqlite:///{path}")
+    said = str(raised.value)
+    assert said.startswith(f"{path} is another program's SQLite database ("), said
+    assert named in said
+    assert "Point the broker URL at a file of its own" in said
+    assert _layout(path) == before  # no tables added, not switched to WAL, not stamped
+
+
+def test_a_newer_celeriacs_file_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    # A newer layout without a "messages" table got this version's tables (and WAL) from
+    # the connection's set-up before the version check refused the file.
+    path = tmp_path / "broker.db"
+    SQLiteBroker(f"sqlite:///{path}").close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(
+            f"DROP TABLE messages; CREATE TABLE messages_v2 (id); "
+            f"PRAGMA user_version = {SCHEMA_VERSION + 1}"
+        )
+    before = _layout(path)
+    with pytest.raises(ConfigurationError, match="was made by a newer celeriac"):
+        SQLiteBroker(f"sqlite:///{path}")
+    assert _layout(path) == before
+
+
+def test_a_file_from_before_the_stamp_is_opened_and_stamped(tmp_path: Path) -> None:
+    path = tmp_path / "broker.db"
+    SQLiteBroker(f"sqlite:///{path}").send([Outgoing("kept", "q", b"x")])
+    with contextlib.closing(sqlite3.connect(path)) as db:  # as celeriac left it before
+        db.executescript("PRAGMA application_id = 0; PRAGMA user_version = 0")
+    broker = SQLiteBroker(f"sqlite:///{path}")
+    try:
+        taken = broker.fetch(["q"], "c", limit=10, lease_seconds=30, timeout=0)
+        assert [d.id for d in taken] == ["kept"]
+    finally:
+        broker.close()
+    assert _layout(path)[2:] == (SCHEMA_VERSION, APPLICATION_ID)
+
+
+def test_a_file_swapped_for_another_programs_under_a_running_process_is_a_broker_error(
+    tmp_path: Path,
+) -> None:
+    # A worker must wait it out and say why (a BrokerError), not crash on a setting error.
+    path = tmp_path / "broker.db"
+    broker = SQLiteBroker(f"sqlite:///{path}")
+    try:
+        broker.send([Outgoing("a", "q", b"x")])
+        _remove(path)
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute("CREATE TABLE auth_user (id INTEGER PRIMARY KEY)")
+        with pytest.raises(BrokerError, match="is another program's SQLite database"):
+            broker.send([Outgoing("b", "q", b"x")])
+    finally:
+        broker.close()
+    assert _layout(path)[0] == ["auth_user"]

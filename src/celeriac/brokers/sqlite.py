@@ -30,13 +30,13 @@ from celeriac import pid
 from celeriac.brokers.base import Broker
 from celeriac.brokers.records import DeadLetter, Delivery, Lease, Outgoing
 from celeriac.brokers.sqlite_file import (
-    SCHEMA,
-    SCHEMA_VERSION,
     WAL_KEEP_BYTES,
     advice,
+    check_layout,
     enable_wal,
     failure,
     file_id,
+    lay_out,
     path_from_url,
 )
 from celeriac.brokers.sqlite_results import SQLiteResults
@@ -97,6 +97,7 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         self._closers_lock = threading.Lock()
         self._last_reclaim = 0.0
         self._known_queues: set[str] = set()  # queues this process has recorded already
+        self._opened = False
         folder = Path(self.path).parent
         if not folder.is_dir():  # a typo would otherwise make a fresh, empty broker elsewhere
             meant = Path("/", path)  # sqlite:///tmp/x.db is tmp/x.db, relative
@@ -110,22 +111,10 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
                 f"the folder of the SQLite broker {self.path} does not exist: fix the path "
                 f"in the broker URL {url!r}{hint}, or create the folder (mkdir -p {folder})"
             )
-        try:
-            version = self._db().execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                # Read first: this version's script and upgrades could undo a newer layout.
-                raise ConfigurationError(
-                    f"the SQLite broker file {self.path} was made by a newer celeriac "
-                    f"(schema version {version}; this celeriac knows up to {SCHEMA_VERSION}). "
-                    "Upgrade celeriac here (every worker and producer on one file must run "
-                    "a version that knows its schema), or point the broker URL at another file"
-                )
-            self._db().executescript(SCHEMA)  # executescript commits by itself
-            self._upgrade_joins()
-            if version < SCHEMA_VERSION:
-                self._db().execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            raise BrokerError(f"cannot create the SQLite broker at {self.path}: {exc}") from exc
+        self._db()  # refuses another program's database or a newer celeriac's file
+        # From now on a refused file is one swapped in under this process: a BrokerError,
+        # which workers wait out (logged) as they do a file they cannot write.
+        self._opened = True
 
     # -- connections --------------------------------------------------------------------
 
@@ -201,6 +190,8 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         except sqlite3.Error as exc:
             raise self._cannot_open(exc) from exc
         try:
+            # Before WAL, which is written into the file: another program's is left as found.
+            to_lay_out = check_layout(self.path, db)
             enable_wal(db)
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             # A burst (a big backlog, large results, a long reader holding checkpoints
@@ -208,14 +199,16 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
             # long as any connection is open: tens of MB on disk for a worker's lifetime.
             # With a limit, the file is cut back to it the next time the log is reset.
             db.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
-            # A file created since this broker was made (the old one deleted under a
-            # running process) has no tables yet: every call failed "no such table".
-            if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchone():
-                db.executescript(SCHEMA)
+            # A new file, also one created since this broker was made (the old one deleted
+            # under a running process), has no tables yet; an older one is upgraded.
+            if to_lay_out:
+                lay_out(self.path, db)
         except BaseException as exc:
             db.close()  # never handed out: closed here, not left to the collector
             if isinstance(exc, sqlite3.Error):
                 raise self._cannot_open(exc) from exc
+            if isinstance(exc, ConfigurationError) and self._opened:
+                raise BrokerError(str(exc)) from exc
             raise
         return db
 

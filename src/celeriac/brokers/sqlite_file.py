@@ -21,6 +21,33 @@ from celeriac.errors import ConfigurationError
 #: Raise it with any change an older celeriac could not read or write correctly.
 SCHEMA_VERSION = 1
 
+#: Stamped in the file's ``application_id`` (SQLite's header field naming a file's format;
+#: "CELR"), so that another program's SQLite database is told apart from a broker file.
+APPLICATION_ID = 0x43454C52
+
+#: Every table any celeriac version made: a file without the stamp (made before it) whose
+#: tables are all among these is an older broker file; one with others belongs to another
+#: program, and celeriac neither adds its tables to it nor switches it to WAL.
+_OWN_TABLES = frozenset(
+    [
+        "messages",
+        "results",
+        "dead_letters",
+        "workers",
+        "queues",
+        "join_counts",
+        "kv",
+        "joins",
+        "buckets",
+        "limiters",
+        "admissions",
+        "streams",
+    ]
+)
+_MESSAGE_COLUMNS = frozenset(
+    ["id", "queue", "priority", "due", "seq", "body", "token", "holder", "lease_deadline"]
+)
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY,
@@ -171,6 +198,98 @@ def advice(path: str, code: str) -> str:
             f"{folder}/recovered.db"
         )
     return ""
+
+
+def check_layout(path: str, db: sqlite3.Connection) -> bool:
+    """Refuse a file this celeriac must not use; True when its tables are to be created,
+    upgraded or stamped (:func:`lay_out`), False when it is a broker file of this version.
+
+    Raises:
+        ConfigurationError: another program's database, or a newer celeriac's broker file.
+
+    Example:
+        >>> check_layout("/srv/new.db", sqlite3.connect(":memory:"))  # empty: to be laid out
+        True
+    """
+    application_id = db.execute("PRAGMA application_id").fetchone()[0]
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    tables = [
+        row[0]
+        for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%' "
+            "ORDER BY name"
+        )
+    ]
+    if application_id == 0 and tables and not _older_broker_file(db, tables):
+        shown = ", ".join(tables[:6]) + (", ..." if len(tables) > 6 else "")
+        raise ConfigurationError(
+            f"{path} is another program's SQLite database (tables: {shown}), not a celeriac "
+            "broker file; celeriac left it as it was. Point the broker URL at a file of its "
+            "own (celeriac creates it), such as sqlite:///celeriac.db"
+        )
+    if application_id not in (0, APPLICATION_ID):
+        raise ConfigurationError(
+            f"{path} is another program's SQLite database (application_id "
+            f"{application_id:#x}), not a celeriac broker file; celeriac left it as it was. "
+            "Point the broker URL at a file of its own (celeriac creates it), such as "
+            "sqlite:///celeriac.db"
+        )
+    if version > SCHEMA_VERSION:
+        # Refused before anything is written: this version's tables and upgrades could
+        # undo a newer layout.
+        raise ConfigurationError(
+            f"the SQLite broker file {path} was made by a newer celeriac (schema version "
+            f"{version}; this celeriac knows up to {SCHEMA_VERSION}). Upgrade celeriac here "
+            "(every worker and producer on one file must run a version that knows its "
+            "schema), or point the broker URL at another file"
+        )
+    return bool(application_id == 0 or version < SCHEMA_VERSION)
+
+
+def _older_broker_file(db: sqlite3.Connection, tables: list[str]) -> bool:
+    """Whether an unstamped file's tables are a celeriac broker's (made before the stamp)."""
+    if not set(tables) <= _OWN_TABLES:
+        return False
+    if "messages" not in tables:
+        return True
+    columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+    return columns >= _MESSAGE_COLUMNS  # a chat program's "messages" table is not ours
+
+
+def lay_out(path: str, db: sqlite3.Connection) -> None:
+    """Create this version's tables, upgrade an older file's and stamp it, in one
+    transaction: a process killed half-way leaves the file as it was, and processes opening
+    a new file at once do it once (each checks again under the write lock)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if check_layout(path, db):
+            for statement in SCHEMA.split(";"):  # executescript would commit on its own
+                if statement.strip():
+                    db.execute(statement)
+            _upgrade_joins(db)
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _upgrade_joins(db: sqlite3.Connection) -> None:
+    """Give files made before joins expired whole their per-join expiry column.
+
+    Such a file kept the expiry on each member row only; a join's expiry becomes its
+    newest member's, so a join in flight during the upgrade keeps its members.
+    """
+    columns = {row[1] for row in db.execute("PRAGMA table_info(join_counts)")}
+    if "expires_at" in columns:
+        return
+    db.execute("ALTER TABLE join_counts ADD COLUMN expires_at REAL NOT NULL DEFAULT 0")
+    db.execute(
+        "UPDATE join_counts SET expires_at = COALESCE((SELECT MAX(j.expires_at) "
+        "FROM joins AS j WHERE j.key = join_counts.key), 0)"
+    )
 
 
 #: How much of the -wal file SQLite keeps after a checkpoint resets it (journal_size_limit).

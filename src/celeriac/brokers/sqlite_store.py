@@ -154,25 +154,6 @@ class SQLiteStore:
         )
         db.execute("DELETE FROM join_counts WHERE expires_at <= ?", (now,))
 
-    def _upgrade_joins(self) -> None:
-        """Give files made before joins expired whole their per-join expiry column.
-
-        Such a file kept the expiry on each member row only; a join's expiry becomes its
-        newest member's, so a join in flight during the upgrade keeps its members.
-        """
-        columns = {row[1] for row in self._read("PRAGMA table_info(join_counts)")}
-        if "expires_at" in columns:
-            return
-        with self._transaction() as db:  # re-checked under the write lock: one process adds
-            columns = {row[1] for row in db.execute("PRAGMA table_info(join_counts)")}
-            if "expires_at" in columns:
-                return
-            db.execute("ALTER TABLE join_counts ADD COLUMN expires_at REAL NOT NULL DEFAULT 0")
-            db.execute(
-                "UPDATE join_counts SET expires_at = COALESCE((SELECT MAX(j.expires_at) "
-                "FROM joins AS j WHERE j.key = join_counts.key), 0)"
-            )
-
     def rate_reserve(
         self, key: str, per_second: float, burst: int = 1, max_wait: float = math.inf
     ) -> float:
