@@ -15,7 +15,13 @@ import pytest
 from celeriac import Celeriac
 from celeriac.brokers.records import Outgoing
 from celeriac.brokers.sqlite import SQLiteBroker
-from celeriac.brokers.sqlite_file import APPLICATION_ID, SCHEMA_VERSION
+from celeriac.brokers.sqlite_file import (
+    APPLICATION_ID,
+    NETWORK_FILESYSTEMS,
+    SCHEMA_VERSION,
+    filesystem,
+    network_warning,
+)
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 from tests.conftest import ROOT, Ledger, WorkerProcesses
 
@@ -269,3 +275,57 @@ def test_a_file_swapped_for_another_programs_under_a_running_process_is_a_broker
     finally:
         broker.close()
     assert _layout(path)[0] == ["auth_user"]
+
+
+_MOUNTS = "\n".join(
+    [
+        "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw",
+        "40 22 0:40 / /srv/shared rw,relatime - nfs4 files:/export rw,vers=4.2",
+        "41 40 8:2 / /srv/shared/local rw,relatime - ext4 /dev/sdb1 rw",
+        r"42 22 0:41 / /mnt/my\040drive rw,relatime - 9p drvfs rw,aname=drvfs",
+        "43 22 0:42 / /mnt/c rw - 9p C: rw",
+        "44 22 0:43 / /mnt/c rw - ext4 /dev/sdc1 rw",  # mounted over the one before
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("folder", "expected"),
+    [
+        ("/srv/shared/app", ("nfs4", "/srv/shared")),
+        ("/srv/shared", ("nfs4", "/srv/shared")),
+        ("/srv/shared/local/app", ("ext4", "/srv/shared/local")),
+        ("/srv/sharedx", ("ext4", "/")),  # a name that only starts like a mount point
+        ("/mnt/my drive/app", ("9p", "/mnt/my drive")),
+        ("/mnt/c/app", ("ext4", "/mnt/c")),
+    ],
+)
+def test_the_filesystem_holding_a_path_is_read_from_the_mount_table(
+    folder: str, expected: tuple[str, str]
+) -> None:
+    assert filesystem(folder, _MOUNTS) == expected
+
+
+def test_a_broker_file_on_a_network_filesystem_is_warned_of_with_what_to_do() -> None:
+    # Nothing was said: SQLite's WAL on NFS (or WSL 2's /mnt/c) loses locks and the
+    # shared-memory index, and the file ends up damaged or tasks run twice.
+    said = network_warning("/srv/shared/app/broker.db", _MOUNTS)
+    assert said is not None
+    assert said.startswith(
+        "the SQLite broker file /srv/shared/app/broker.db is on a network filesystem "
+        "(nfs4 at /srv/shared)."
+    )
+    assert "Put the file on a local disk" in said
+    assert "use the Redis broker" in said
+    assert network_warning("/srv/shared/local/broker.db", _MOUNTS) is None
+
+
+def test_a_broker_file_on_this_hosts_disk_opens_without_a_network_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    found = filesystem(str(tmp_path))
+    assert found is not None  # Linux: read from /proc/self/mountinfo
+    assert found[0] not in NETWORK_FILESYSTEMS
+    with caplog.at_level(logging.WARNING, logger="celeriac.brokers.sqlite"):
+        SQLiteBroker(f"sqlite:///{tmp_path / 'broker.db'}").close()
+    assert not [r for r in caplog.records if "network filesystem" in r.getMessage()]

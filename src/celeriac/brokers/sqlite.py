@@ -37,6 +37,7 @@ from celeriac.brokers.sqlite_file import (
     failure,
     file_id,
     lay_out,
+    network_warning,
     path_from_url,
 )
 from celeriac.brokers.sqlite_results import SQLiteResults
@@ -115,6 +116,9 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         # From now on a refused file is one swapped in under this process: a BrokerError,
         # which workers wait out (logged) as they do a file they cannot write.
         self._opened = True
+        warning = network_warning(self.path)
+        if warning:  # once per process that opens the broker; its forked children share it
+            log.warning(warning)
 
     # -- connections --------------------------------------------------------------------
 

@@ -292,6 +292,95 @@ def _upgrade_joins(db: sqlite3.Connection) -> None:
     )
 
 
+#: Filesystems on which SQLite's WAL mode is unsafe: its -shm index is shared memory, which
+#: only processes on one host see alike, and their byte-range locks are emulated or lost
+#: (WSL 2's Windows drives are 9p; Docker Desktop's host folders are grpcfuse/fakeowner).
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "afs",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "fakeowner",
+        "fuse.sshfs",
+        "fuse.s3fs",
+        "fuse.rclone",
+        "fuse.gcsfuse",
+        "fuse.glusterfs",
+        "fuse.ceph",
+        "fuse.grpcfuse",
+    }
+)
+
+
+def filesystem(path: str, mountinfo: str | None = None) -> tuple[str, str] | None:
+    """The type and mount point of the filesystem holding ``path`` (a file or a folder;
+    its folder need only exist), from ``/proc/self/mountinfo`` unless ``mountinfo`` is given;
+    None where that cannot be read (not Linux).
+
+    Example:
+        >>> table = "1 0 8:1 / / rw - ext4 sda rw" + chr(10) + "2 1 0:40 / /srv rw - nfs4 h:/x rw"
+        >>> filesystem("/srv/app/broker.db", table)
+        ('nfs4', '/srv')
+    """
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text(errors="replace")
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    found: tuple[str, str] | None = None
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if " - " not in line or len(fields) < 5:
+            continue
+        point = _unescape(fields[4])
+        kind = line.split(" - ", 1)[1].split(" ", 1)[0]
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        # A later line for the same or a deeper point is mounted over the earlier ones.
+        if inside and (found is None or len(point) >= len(found[1])):
+            found = (kind, point)
+    return found
+
+
+def _unescape(field: str) -> str:
+    """A mount point as mountinfo writes it: space, tab, newline and backslash in octal."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def network_warning(path: str, mountinfo: str | None = None) -> str | None:
+    """What to tell a person whose broker file is on a network filesystem; None otherwise.
+
+    Example:
+        >>> table = "1 0 8:1 / / rw - ext4 sda rw" + chr(10) + "2 1 0:40 / /mnt/c rw - 9p C: rw"
+        >>> print(network_warning("/mnt/c/app/broker.db", table))  # doctest: +ELLIPSIS
+        the SQLite broker file /mnt/c/app/broker.db is on a network filesystem (9p at /mnt/c)...
+        >>> network_warning("/var/lib/app/broker.db", table) is None
+        True
+    """
+    found = filesystem(str(Path(path).parent), mountinfo)
+    if found is None or found[0] not in NETWORK_FILESYSTEMS:
+        return None
+    kind, point = found
+    return (
+        f"the SQLite broker file {path} is on a network filesystem ({kind} at {point}). "
+        "SQLite's WAL mode shares its index through memory of one host and relies on file "
+        "locks such filesystems do not keep reliably: tasks can be lost or run twice, and "
+        "the file damaged, especially with processes on more than one host. Put the file "
+        "on a local disk (sqlite:////var/lib/<app>/celeriac.db); for workers on several "
+        "hosts use the Redis broker."
+    )
+
+
 #: How much of the -wal file SQLite keeps after a checkpoint resets it (journal_size_limit).
 WAL_KEEP_BYTES = 4 * 1024 * 1024
 
