@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -39,6 +40,7 @@ from celeriac.brokers.sqlite_file import (
     lay_out,
     network_warning,
     path_from_url,
+    trim_wal,
 )
 from celeriac.brokers.sqlite_results import SQLiteResults
 from celeriac.brokers.sqlite_store import SQLiteStore
@@ -47,6 +49,8 @@ from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationErr
 
 _RECLAIM_EVERY = 1.0  # seconds between expired-lease sweeps inside fetch
 _FILE_CHECK_EVERY = 0.5  # seconds between two reads' checks that the file is still there
+_WAL_WARN_EVERY = 300.0  # seconds between two warnings of a -wal file kept from shrinking
+_WAL_RETRY_EVERY = 10.0  # seconds before a process tries again to cut back such a file
 
 log = logging.getLogger("celeriac.brokers.sqlite")
 
@@ -99,6 +103,8 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         self._last_reclaim = 0.0
         self._known_queues: set[str] = set()  # queues this process has recorded already
         self._opened = False
+        self._wal_warned = -math.inf
+        self._wal_trim_after = 0.0
         folder = Path(self.path).parent
         if not folder.is_dir():  # a typo would otherwise make a fresh, empty broker elsewhere
             meant = Path("/", path)  # sqlite:///tmp/x.db is tmp/x.db, relative
@@ -515,4 +521,33 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
             db.execute("DELETE FROM results WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
             self._reap_joins(db, now)
+        self._trim_wal()
         return released
+
+    def _trim_wal(self) -> None:
+        """Cut a -wal file grown past ``WAL_TRIM_BYTES`` back (see ``trim_wal``), and say
+        what keeps it growing when that fails, at most every ``_WAL_WARN_EVERY`` seconds."""
+        now = time.monotonic()
+        if now < self._wal_trim_after:
+            return
+        try:
+            kept = trim_wal(self.path, self._db())
+        except sqlite3.Error as exc:
+            raise BrokerError(failure(self.path, exc)) from exc
+        if not kept:
+            return
+        # Each try stalls every writer while it waits: not again for a while.
+        self._wal_trim_after = now + _WAL_RETRY_EVERY
+        if now - self._wal_warned < _WAL_WARN_EVERY:
+            return
+        self._wal_warned = now
+        log.warning(
+            "the SQLite broker's log %s-wal has grown to %d MB and cannot be cut back: a "
+            "process keeps a read transaction open on %s (an sqlite3 shell inside BEGIN, a "
+            "backup or copy tool; fuser -v %s lists the processes that have it open). End "
+            "it: the log grows with every task until then, and with it the disk used.",
+            self.path,
+            kept // 1_000_000,
+            self.path,
+            self.path,
+        )

@@ -384,6 +384,43 @@ def network_warning(path: str, mountinfo: str | None = None) -> str | None:
 #: How much of the -wal file SQLite keeps after a checkpoint resets it (journal_size_limit).
 WAL_KEEP_BYTES = 4 * 1024 * 1024
 
+#: A -wal file past this is checkpointed and cut back by the reaper (:func:`trim_wal`).
+WAL_TRIM_BYTES = 64 * 1024 * 1024
+
+_TRIM_PATIENCE_MS = 200  # how long a trim waits for readers, holding the write lock
+
+
+def trim_wal(path: str, db: sqlite3.Connection) -> int:
+    """Checkpoint the -wal file of ``path`` and cut it to nothing when it has grown past
+    ``WAL_TRIM_BYTES``; its size in bytes when that could not be done (a reader kept
+    it), else 0.
+
+    SQLite's own checkpoints never reset the log while some process is reading, and
+    celeriac's processes read every few milliseconds: a busy file's log grew to 574 MB
+    beside a 149 MB database (checkpoint starvation). A TRUNCATE checkpoint waits for the
+    readers of the moment to finish. It holds the write lock while it waits, so it waits
+    only ``_TRIM_PATIENCE_MS``: a reader that stays (an sqlite3 shell inside BEGIN, a
+    backup) makes it give up, and the caller says so.
+
+    Example:
+        >>> import tempfile
+        >>> trim_wal(f"{tempfile.mkdtemp()}/b.db", sqlite3.connect(":memory:"))  # no -wal
+        0
+    """
+    try:
+        size = os.stat(f"{path}-wal").st_size
+    except OSError:
+        return 0
+    if size <= WAL_TRIM_BYTES:
+        return 0
+    patience = db.execute("PRAGMA busy_timeout").fetchone()[0]
+    db.execute(f"PRAGMA busy_timeout = {_TRIM_PATIENCE_MS}")
+    try:
+        busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    finally:
+        db.execute(f"PRAGMA busy_timeout = {int(patience)}")
+    return size if busy else 0
+
 
 def file_id(path: str) -> tuple[int, int] | None:
     """The device and inode of the file at ``path``, None when there is none or it cannot
