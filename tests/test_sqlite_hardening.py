@@ -329,3 +329,17 @@ def test_a_broker_file_on_this_hosts_disk_opens_without_a_network_warning(
     with caplog.at_level(logging.WARNING, logger="celeriac.brokers.sqlite"):
         SQLiteBroker(f"sqlite:///{tmp_path / 'broker.db'}").close()
     assert not [r for r in caplog.records if "network filesystem" in r.getMessage()]
+
+
+@pytest.mark.parametrize("trailing", ["", "/"])
+def test_a_url_naming_a_folder_says_so_and_which_url_to_write(
+    tmp_path: Path, trailing: str
+) -> None:
+    # It said "unable to open database file. Check that the folder exists and is writable
+    # by this user": it did and it was.
+    with pytest.raises(ConfigurationError) as raised:
+        SQLiteBroker(f"sqlite:///{tmp_path}{trailing}")
+    said = str(raised.value)
+    assert f"names the folder {tmp_path}, not a file" in said
+    assert f"sqlite:///{tmp_path / 'celeriac.db'}" in said
+    assert "writable" not in said

@@ -118,6 +118,12 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
                 f"the folder of the SQLite broker {self.path} does not exist: fix the path "
                 f"in the broker URL {url!r}{hint}, or create the folder (mkdir -p {folder})"
             )
+        if Path(self.path).is_dir():  # SQLite says "unable to open database file"
+            raise ConfigurationError(
+                f"the SQLite broker URL {url!r} names the folder {self.path}, not a file: "
+                f"name a file in it (sqlite:///{Path(self.path, 'celeriac.db')}; celeriac "
+                "creates it)"
+            )
         self._db()  # refuses another program's database or a newer celeriac's file
         # From now on a refused file is one swapped in under this process: a BrokerError,
         # which workers wait out (logged) as they do a file they cannot write.
