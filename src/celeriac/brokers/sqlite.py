@@ -105,6 +105,7 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         self._opened = False
         self._wal_warned = -math.inf
         self._wal_trim_after = 0.0
+        self._wal_trim_failed = False
         folder = Path(self.path).parent
         if not folder.is_dir():  # a typo would otherwise make a fresh, empty broker elsewhere
             meant = Path("/", path)  # sqlite:///tmp/x.db is tmp/x.db, relative
@@ -532,7 +533,8 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
 
     def _trim_wal(self) -> None:
         """Cut a -wal file grown past ``WAL_TRIM_BYTES`` back (see ``trim_wal``), and say
-        what keeps it growing when that fails, at most every ``_WAL_WARN_EVERY`` seconds."""
+        what keeps it growing when two tries in a row failed (one may meet another
+        process's checkpoint), at most every ``_WAL_WARN_EVERY`` seconds."""
         now = time.monotonic()
         if now < self._wal_trim_after:
             return
@@ -540,11 +542,12 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
             kept = trim_wal(self.path, self._db())
         except sqlite3.Error as exc:
             raise BrokerError(failure(self.path, exc)) from exc
+        failed_before, self._wal_trim_failed = self._wal_trim_failed, bool(kept)
         if not kept:
             return
         # Each try stalls every writer while it waits: not again for a while.
         self._wal_trim_after = now + _WAL_RETRY_EVERY
-        if now - self._wal_warned < _WAL_WARN_EVERY:
+        if not failed_before or now - self._wal_warned < _WAL_WARN_EVERY:
             return
         self._wal_warned = now
         log.warning(

@@ -407,10 +407,7 @@ def trim_wal(path: str, db: sqlite3.Connection) -> int:
         >>> trim_wal(f"{tempfile.mkdtemp()}/b.db", sqlite3.connect(":memory:"))  # no -wal
         0
     """
-    try:
-        size = os.stat(f"{path}-wal").st_size
-    except OSError:
-        return 0
+    size = _wal_size(path)
     if size <= WAL_TRIM_BYTES:
         return 0
     patience = db.execute("PRAGMA busy_timeout").fetchone()[0]
@@ -419,7 +416,15 @@ def trim_wal(path: str, db: sqlite3.Connection) -> int:
         busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
     finally:
         db.execute(f"PRAGMA busy_timeout = {int(patience)}")
-    return size if busy else 0
+    after = _wal_size(path)  # busy also when another process cut it back meanwhile
+    return after if busy and after > WAL_TRIM_BYTES else 0
+
+
+def _wal_size(path: str) -> int:
+    try:
+        return os.stat(f"{path}-wal").st_size
+    except OSError:
+        return 0
 
 
 def file_id(path: str) -> tuple[int, int] | None:
