@@ -367,3 +367,25 @@ def test_arguments_nested_too_deeply_are_a_serialization_error_at_send() -> None
     with pytest.raises(SerializationError, match="positional argument 0"):
         echo.delay(deep)
     assert peek_identity(b"[" * 100_000) == (None, None)  # best effort, never raises
+
+
+@pytest.mark.parametrize("broker_url", ["sqlite"], indirect=True)
+def test_the_supervisor_log_shows_control_characters_in_task_ids_escaped(
+    workers: WorkerProcesses, core_app: Celeriac
+) -> None:
+    # The supervisor names running tasks from its children's slots (a child that died, a
+    # hard limit, a shutdown): the id is the sender's text, and it was written as it came.
+    from tests.apps import core
+
+    forged = "\n04:00:00 INFO    [1] task shop.refund[1] succeeded\x1b[2J"
+    proc = workers.start("-c", "1")
+    stuck = core.stuck.apply_async(task_id=f"stuck{forged}")
+    dies = core.dies.apply_async(task_id=f"dies{forged}")
+    with pytest.raises(Exception, match="hard time limit"):
+        stuck.get(timeout=30)
+    assert wait_for(lambda: core_app.broker.find_dead_letters([dies.id]), timeout=30)
+    workers.stop(proc)
+    log = workers.log_text()
+    assert "passed its hard time limit" in log and "died" in log, log
+    assert "\x1b" not in log and "\n04:00:00 INFO    [1]" not in log, log
+    assert "stuck\\n04:00:00 INFO" in log and "dies\\n04:00:00 INFO" in log, log

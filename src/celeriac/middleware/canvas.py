@@ -24,6 +24,7 @@ from celeriac.errors import BrokerError, MessageError
 from celeriac.message import ErrorInfo, Message
 from celeriac.middleware.base import Job, Middleware, Outcome
 from celeriac.middleware.flow import Flow, public_error, what_happened
+from celeriac.text import printable
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -206,9 +207,8 @@ class Canvas(Middleware):
         except BrokerError as exc:
             # Not continued: do not commit either, or the workflow would stop here for good.
             log.warning(
-                "task %s[%s]: could not continue its workflow (%s); it will run again in %gs",
-                message.task,
-                message.id,
+                "task %s: could not continue its workflow (%s); it will run again in %gs",
+                printable(f"{message.task}[{message.id}]"),  # the sender's text
                 exc,
                 _RETRY_DELAY,
             )
@@ -216,5 +216,7 @@ class Canvas(Middleware):
         except MessageError:
             # Unreachable for passed-on values (checked in Flow); a producer-side middleware
             # refusing a message would land here.
-            log.exception("task %s[%s]: its workflow cannot continue", message.task, message.id)
+            log.exception(
+                "task %s: its workflow cannot continue", printable(f"{message.task}[{message.id}]")
+            )
         return outcome

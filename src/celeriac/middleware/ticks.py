@@ -18,6 +18,7 @@ import logging
 import time
 
 from celeriac.middleware.base import Job, Middleware, Outcome
+from celeriac.text import printable
 
 log = logging.getLogger("celeriac.beat")
 
@@ -54,8 +55,8 @@ class Ticks(Middleware):
             "tick whose first sender stalled or died after sending); the first copy already "
             "started, so this second copy is skipped. Nothing to do.",
             job.label,
-            message.headers.get("beat_tick"),
-            message.headers.get("beat_entry"),
+            printable(str(message.headers.get("beat_tick"))),  # headers: the sender's text
+            printable(str(message.headers.get("beat_entry"))),
         )
         return Outcome(
             "REVOKED",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac.brokers.records import Lease, WorkerInfo
 from celeriac.worker.memory import Ceiling
+from celeriac.worker.reading import shown
 from celeriac.worker.remote import Remote
 from celeriac.worker.slot import SlotView
 
@@ -92,7 +93,7 @@ class BrokerDuties:
             log.warning(
                 "worker %s lost the lease of %s; another worker may run them",
                 self.id,
-                ", ".join(repeated),
+                ", ".join(shown(i) for i in repeated),  # ids are the senders' text
             )
 
     def _still_held(self, ids: list[str], leases: list[Lease]) -> list[str]:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from celeriac.brokers.records import Lease
 from celeriac.middleware.verdicts import verdict_key
 from celeriac.worker.child import killed_verdict
+from celeriac.worker.reading import shown
 from celeriac.worker.slot import Held, Slot, SlotView, hand_mark
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ class Reaping:
             lease = Lease(held.id, held.queue, held.token)
             counted = bool(held.started) or held in reading
             back = functools.partial(self.app.broker.requeue, lease, count_delivery=counted)
-            self._quietly(back, f"put back task {held.task}[{held.id}]")
+            self._quietly(back, f"put back task {held.label}")
         self._quietly(self.app.broker.reap, "hand back what dead workers held")
         # Handed back: the next reads of this slot (until a child takes it) must not list
         # them, or lease renewal renews what went back and calls it lost.
@@ -167,11 +168,11 @@ class Reaping:
             functools.partial(
                 broker.kv_set, verdict_key(held.id), verdict, self.app.conf.result_expires
             ),
-            f"record why task {held.task}[{held.id}] was stopped",
+            f"record why task {held.label} was stopped",
         )
         self._quietly(
             functools.partial(broker.requeue, lease, count_delivery=True),
-            f"put back task {held.task}[{held.id}]",
+            f"put back task {held.label}",
         )
 
 
@@ -185,8 +186,8 @@ def _doing(running: list[Held], reading: list[Held], limit: int) -> str:
         'running: none'
     """
     if running or not reading:
-        return "running: " + (", ".join(f"{h.task}[{h.id}]" for h in running) or "none")
-    ids = ", ".join(h.id for h in reading)
+        return "running: " + (", ".join(h.label for h in running) or "none")
+    ids = ", ".join(shown(h.id) for h in reading)
     return (
         f"reading message {ids} (taken to run, not started; counted as a delivery, so a "
         f"message that kills every child that reads it is dead-lettered after "

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import msgspec
 
+from celeriac.worker.reading import shown
+
 log = logging.getLogger("celeriac.worker")
 
 # Header: the sequence (8 bytes at 0, written as one aligned store through a memoryview)
@@ -56,6 +58,18 @@ class Held(msgspec.Struct, array_like=True):
     task: str = ""
     started: float = 0.0
     hard_deadline: float = 0.0  # Unix time; 0: no hard limit
+
+    @property
+    def label(self) -> str:
+        """``name[id]`` as the supervisor's log lines show it: escaped and cut, as
+        :attr:`celeriac.middleware.Job.label` is (the id is the sender's text: a newline
+        in it forged a line of the worker's log).
+
+        Example:
+            >>> print(Held("a\\n04:00 INFO x", "q", "t", "shop.add").label)
+            shop.add[a\\n04:00 INFO x]
+        """
+        return f"{shown(self.task)}[{shown(self.id)}]"
 
 
 @dataclass(slots=True)

@@ -347,18 +347,16 @@ class Worker(Reaping, BrokerDuties):
         for running in (h for h in view.held if h.started):
             if running.id in self.remote.to_terminate:
                 log.warning(
-                    "task %s[%s] was revoked with terminate; killing child %d",
-                    running.task,
-                    running.id,
+                    "task %s was revoked with terminate; killing child %d",
+                    running.label,
                     child.pid,
                 )
                 self._kill_for(child, running, "REVOKED")
                 return
             if running.hard_deadline and now > running.hard_deadline:
                 log.error(
-                    "task %s[%s] passed its hard time limit; killing child %d%s",
-                    running.task,
-                    running.id,
+                    "task %s passed its hard time limit; killing child %d%s",
+                    running.label,
                     child.pid,
                     ""
                     if self.pool == "process"
@@ -525,7 +523,7 @@ def _tasks(running: list[Held]) -> str:
         >>> _tasks([Held("id1", "q", "t", "shop.send_email", started=1.0)])
         '1 running task (shop.send_email[id1])'
     """
-    names = ", ".join(f"{h.task}[{h.id}]" for h in running[:5])
+    names = ", ".join(h.label for h in running[:5])
     more = f" and {len(running) - 5} more" if len(running) > 5 else ""
     return f"{len(running)} running task{'s' if len(running) > 1 else ''} ({names}{more})"
 
