@@ -343,3 +343,25 @@ def test_a_url_naming_a_folder_says_so_and_which_url_to_write(
     assert f"names the folder {tmp_path}, not a file" in said
     assert f"sqlite:///{tmp_path / 'celeriac.db'}" in said
     assert "writable" not in said
+
+
+def test_a_new_broker_file_and_its_wal_and_shm_are_not_readable_by_other_users(
+    tmp_path: Path,
+) -> None:
+    # SQLite creates a file 0644 less the umask: under the usual umask 022 every user of
+    # the host could read queued arguments and results (under umask 0, also send tasks).
+    # Its -wal and -shm take the file's mode, and the -wal holds the latest writes.
+    path = tmp_path / "broker.db"
+    before = os.umask(0o022)
+    try:
+        broker = SQLiteBroker(f"sqlite:///{path}")
+        broker.send([Outgoing(id="t1", queue="default", body=b"{}")])
+    finally:
+        os.umask(before)
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            mode = os.stat(f"{path}{suffix}").st_mode & 0o777
+            assert mode & 0o007 == 0, (suffix, oct(mode))
+            assert mode & 0o600 == 0o600, (suffix, oct(mode))  # its owner reads and writes
+    finally:
+        broker.close()

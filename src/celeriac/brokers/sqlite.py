@@ -34,6 +34,7 @@ from celeriac.brokers.sqlite_file import (
     WAL_KEEP_BYTES,
     advice,
     check_layout,
+    create_file,
     enable_wal,
     failure,
     file_id,
@@ -157,6 +158,9 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         # next check reconnects once more, which is harmless; taken after, it could bind
         # this connection to a file it is not on.
         before = file_id(self.path)
+        if before is None:
+            create_file(self.path)  # not readable by other users, as SQLite would make it
+            before = file_id(self.path)
         db = self._connect()
         owner = _Owner()
         closer = weakref.finalize(owner, _close_own, db, pid.current())

@@ -427,6 +427,34 @@ def _wal_size(path: str) -> int:
         return 0
 
 
+#: The mode of a broker file celeriac creates, less the umask: no access for other users
+#: of the host. SQLite's own, 0644, let every user read queued arguments and results (and
+#: under umask 0 also send tasks); the -wal and -shm files take the file's mode.
+FILE_MODE = 0o660
+
+
+def create_file(path: str) -> None:
+    """Create an empty broker file at ``path`` with :data:`FILE_MODE`, unless one is there.
+
+    SQLite would create it readable by every user of the host; an empty file is a new
+    database to it. Two processes starting at once both get the one file (``O_EXCL``, which
+    also refuses to follow a symbolic link planted at the path). An error here (a folder
+    this user cannot write) is left to SQLite's, which comes with advice.
+
+    Example:
+        >>> import tempfile
+        >>> path = f"{tempfile.mkdtemp()}/new.db"
+        >>> create_file(path)
+        >>> oct(os.stat(path).st_mode & 0o007)
+        '0o0'
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except OSError:
+        return
+    os.close(fd)
+
+
 def file_id(path: str) -> tuple[int, int] | None:
     """The device and inode of the file at ``path``, None when there is none or it cannot
     be seen (a folder without search permission: connecting again then fails with
