@@ -316,3 +316,29 @@ def test_results_and_errors_that_cannot_be_encoded_settle_as_failures(app: Celer
         dead.get(timeout=1)
     (letter,) = app.broker.dead_letters()
     assert letter.reason == "rejected by the task: cannot read report-\\udcff.csv"
+
+
+def test_a_retry_keeps_its_message_under_the_size_limit_whatever_its_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The first error's text rode in the retried message whole: an error quoting a 1 MB
+    # response body made the retry a 1 MB message, over task_payload_max_bytes (256 KiB),
+    # which the producer would have refused, and the worker warned of "another producer".
+    from celeriac.middleware import Job, Middleware, default_middleware
+
+    sizes: list[int] = []
+
+    class Sizes(Middleware):
+        def before_execute(self, job: Job) -> None:
+            sizes.append(len(job.delivery.body))
+
+    local = Celeriac("sizes", broker="memory://", middleware=[*default_middleware(), Sizes()])
+
+    @local.task(autoretry_for=(OSError,), max_retries=1, retry_backoff=0.01)
+    def fetch_page() -> None:
+        raise OSError("bad response: " + "x" * 1_000_000)
+
+    fetch_page.delay()
+    run_queued(local, include_delayed=True, fail_fast=False)
+    assert len(sizes) == 2 and max(sizes) < local.conf.task_payload_warn_bytes, sizes
+    assert "over task_payload_max_bytes" not in caplog.text

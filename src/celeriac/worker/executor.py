@@ -402,7 +402,7 @@ class Executor(Reading):
         message.eta = time.time() + delay
         first = message.options.get("first_error")
         if isinstance(first, str):  # the error's text, kept for a later dead letter
-            message.options["first_error"] = storable_text(first)
+            message.options["first_error"] = _first_error(first)
         try:
             body = outcome.body or self.app.codec.encode(message, like=job.delivery.body)
         except Exception as exc:  # noqa: BLE001 - a retry that cannot be sent is a failure
@@ -571,6 +571,23 @@ def _current_id() -> str:
 
 
 LOG_TEXT_CHARS = 2000  # of an error in a log line; the stored result keeps all of it
+
+
+def _first_error(text: str) -> str:
+    """A retry's first error as its message carries it: storable, and cut short.
+
+    Whole, an error quoting a response body of a megabyte made every retry of the task a
+    message of a megabyte, over ``task_payload_max_bytes`` (which its producer would have
+    refused) and in the broker's memory for as long as the task kept retrying. Only a dead
+    letter shows it, beside the last error.
+
+    Example:
+        >>> len(_first_error("x" * 10_000)) < 2100
+        True
+    """
+    if len(text) > LOG_TEXT_CHARS:
+        text = f"{text[:LOG_TEXT_CHARS]}... ({len(text) - LOG_TEXT_CHARS:,} more characters)"
+    return storable_text(text)
 
 
 def _for_log(text: str) -> str:
