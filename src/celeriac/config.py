@@ -51,7 +51,9 @@ class Settings:
     task_strict_kwargs: bool = False  # fail, instead of dropping, unknown keyword arguments
     result_expires: float = 86_400.0  # seconds a result is kept
     worker_concurrency: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 2)
-    worker_prefetch_multiplier: int = 1  # messages a child takes per free slot
+    # Messages a consumer takes per free slot. Above 1, a priority-9 task may wait for
+    # up to this many - 1 low-priority tasks per consumer (-P asyncio: not used).
+    worker_prefetch_multiplier: int = 1
     # Short tasks: a consumer takes and commits up to worker_batch_max per broker call,
     # sized so a batch runs in about worker_batch_window seconds (commits wait at most
     # that long); tasks longer than the window go one by one. 1 turns batching off.

@@ -52,17 +52,17 @@ class Batch:
         known = self.by_task.get(task)
         self.by_task[task] = runtime if known is None else 0.8 * known + 0.2 * runtime
 
+    def short(self, task: str) -> bool:
+        """Whether ``task`` is known to be short: timed, and well inside the window."""
+        known = self.by_task.get(task)
+        return known is not None and known < self.window / 2
+
     def admits(self, task: str) -> bool:
         """Whether ``task`` may run before the waiting commits go: it is known to be short
         and the oldest commit has not waited a window yet."""
         if not self.finished:
             return True
-        known = self.by_task.get(task)
-        return (
-            known is not None
-            and known < self.window / 2
-            and time.monotonic() - self.since < self.window
-        )
+        return self.short(task) and time.monotonic() - self.since < self.window
 
     def add(self, job: Job, outcome: Outcome) -> None:
         """Keep a finished task's commit for the next broker call."""

@@ -225,6 +225,8 @@ class Child:
             assert job.message is not None
             if not batch.admits(job.message.task):
                 self._commit(executor, key, batch, None, pending)  # before a slow task
+            if len(pending) >= self.fetch.limit and not batch.short(job.message.task):
+                self._give_back_surplus(pending)
             outcome = self._execute(executor, key, job, pending, batch)
             batch.timed(job.message.task, outcome.runtime)
         with self._lock:
@@ -464,7 +466,31 @@ class Child:
             return True
         return False
 
+    def _give_back_surplus(self, pending: list[Delivery]) -> None:
+        """Give back what a batch brought beyond ``worker_prefetch_multiplier``, before a
+        task not known to be short runs.
+
+        A batch is sized for short tasks, but the messages behind them may be slow ones (a
+        backlog's next task, one not yet timed): held by this child, they all ran before a
+        priority-9 task sent meanwhile (a batch of 32 one-minute tasks: half an hour), and
+        no idle sibling could start them. Given back, they join the back of their queue,
+        uncounted, as at a warm shutdown; the slot is written by the caller next.
+        """
+        surplus = pending[self.fetch.limit - 1 :]
+        del pending[self.fetch.limit - 1 :]
+        log.debug(
+            "child %d gives back %d prefetched message(s) before a task not known to be "
+            "short: a batch is taken for short tasks only",
+            os.getpid(),
+            len(surplus),
+        )
+        self._requeue_unstarted(surplus)
+
     def _give_back(self, key: Hashable, pending: list[Delivery]) -> None:
+        self._requeue_unstarted(pending)
+        self._publish(key, [], None)
+
+    def _requeue_unstarted(self, pending: list[Delivery]) -> None:
         # Fetched but never started: straight back to the queue, not counted as a delivery.
         for n, delivery in enumerate(pending):
             try:
@@ -482,7 +508,6 @@ class Child:
                     self.fetch.lease_seconds,
                 )
                 break
-        self._publish(key, [], None)
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = self.shutting_down = True
