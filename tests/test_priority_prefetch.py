@@ -43,3 +43,44 @@ def test_a_batch_taken_for_short_tasks_does_not_hold_slow_ones_before_priority_9
     urgent.get(timeout=60)
     order = _starts(ledger)
     assert order[order.index("slow-0") + 1] == "urgent", order
+
+
+@pytest.mark.parametrize("pool", ["process", "threads"])
+def test_a_child_that_recycles_by_count_takes_nothing_it_will_not_run(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, pool: str
+) -> None:
+    # The commit of a child's last task fetched the next message, which the recycling
+    # child then gave back to the back of its queue: with --max-tasks-per-child 1, every
+    # other message went behind the whole backlog, again and again.
+    results = [core.work.delay(0, f"t-{i}") for i in range(8)]
+    workers.start("-c", "1", "-P", pool, "--max-tasks-per-child", "1")
+    for r in results:
+        r.get(timeout=60)
+    assert _starts(ledger) == [f"t-{i}" for i in range(8)]
+
+
+def test_a_child_that_recycles_by_memory_takes_nothing_it_will_not_run(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # The same when a task leaves the child over worker_max_memory_per_child: the commit
+    # fetched the next message, and the recycling child gave it back behind the backlog.
+    first = core.leak.delay(150)
+    results = [core.work.delay(0, f"t-{i}") for i in range(4)]
+    workers.start("-c", "1", "--max-memory-per-child", "120")
+    first.get(timeout=60)
+    for r in results:
+        r.get(timeout=60)
+    assert _starts(ledger) == [f"t-{i}" for i in range(4)]
+    assert "over worker_max_memory_per_child=120; recycling" in workers.log_text()
+
+
+def test_an_asyncio_child_over_its_ceiling_starts_no_more_tasks(
+    core_app: Celeriac, workers: WorkerProcesses
+) -> None:
+    # The asyncio child fetched and started its next task, then saw that the one before
+    # had taken it over worker_max_memory_per_child: each child ran one task past its
+    # ceiling (measured at -c 4 under a 300 MiB ceiling: 433 MiB).
+    results = [core.leak.delay(150) for _ in range(4)]
+    workers.start("-c", "1", "-P", "asyncio", "--max-memory-per-child", "120")
+    # leak returns how many blocks its child holds: 1 when each child ran one of them.
+    assert [r.get(timeout=60) for r in results] == [1, 1, 1, 1], workers.log_text()

@@ -197,10 +197,6 @@ class Child:
                 if crashpoints.ARMED and more:
                     crashpoints.reached("after_fetch")
                 pending.extend(more)
-                # Once: in the threads pool the other consumers finish their tasks after
-                # one decided to recycle, and each said it again.
-                if not self.stopping and self._should_recycle():
-                    self.stopping = True
             crashed = False
         finally:
             # After a crash the slot is left as it is: it names the running task, which the
@@ -231,6 +227,12 @@ class Child:
             batch.timed(job.message.task, outcome.runtime)
         with self._lock:
             self.tasks_done += 1
+        # Decided before the commit's fetch: a child that recycles gave back what that
+        # fetch took, to the back of its queue (with --max-tasks-per-child 1, every other
+        # message, again and again). Once: in the threads pool the other consumers finish
+        # their tasks after one decided to recycle, and each said it again.
+        if not self.stopping and self._should_recycle():
+            self.stopping = True
         # Fetch in the same broker call only when nothing else is in hand: a child never
         # hoards more work than one batch that an idle sibling could start.
         fetch = self._fetch_spec(batch) if not pending and not self.stopping else None
@@ -266,10 +268,18 @@ class Child:
         self._publish(key, pending or settled or [], None, batch)
         return settled or []
 
-    def _fetch_spec(self, batch: Batch) -> FetchSpec:
-        size = batch.size()
-        if size <= self.fetch.limit:
+    def _fetch_spec(self, batch: Batch) -> FetchSpec | None:
+        """What the next fetch takes: a batch, or the prefetch, but no more than
+        ``worker_max_tasks_per_child`` leaves this child to take (what it took beyond that
+        went back to the back of its queue); None when that is nothing."""
+        size = max(batch.size(), self.fetch.limit)
+        left = self._left_to_take()
+        if left is not None:
+            size = min(size, left)
+        if size == self.fetch.limit:
             return self.fetch
+        if not size:
+            return None
         return FetchSpec(self.fetch.queues, self.fetch.consumer, size, self.fetch.lease_seconds)
 
     def _execute(
@@ -314,10 +324,14 @@ class Child:
         return float(soft), float(hard)
 
     def _fetch(self, batch: Batch) -> list[Delivery]:
+        spec = self._fetch_spec(batch)
+        if spec is None:  # worker_max_tasks_per_child: it may take no more, so it recycles
+            self.stopping = True
+            return []
         return self.app.broker.fetch(
             self.spec.queues,
             self.fetch.consumer,
-            limit=self._fetch_spec(batch).limit,
+            limit=spec.limit,
             lease_seconds=self.fetch.lease_seconds,
             timeout=0.5,
         )
