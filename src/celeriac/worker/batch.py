@@ -14,6 +14,10 @@ from celeriac.brokers.records import Delivery
 from celeriac.middleware.base import Job, Outcome
 from celeriac.worker.slot import Held
 
+#: Seconds a task may take before the messages a batch holds behind it go back first: 32
+#: held behind tasks just under this wait at most ~1.6 s.
+HOLD_UP = 0.05
+
 
 class Batch:
     """Finished tasks whose commits wait to go to the broker together, and how long tasks
@@ -56,6 +60,23 @@ class Batch:
         """Whether ``task`` is known to be short: timed, and well inside the window."""
         known = self.by_task.get(task)
         return known is not None and known < self.window / 2
+
+    def may_hold_up(self, task: str) -> bool:
+        """Whether ``task`` may run long enough that the messages held behind it should go
+        back first: not timed yet, or known to take ``HOLD_UP`` seconds or more.
+
+        Not every task that is not short: giving back costs a broker call per message,
+        and a batch behind a 5 ms task made a drain with 3 % of them ~10 % slower, for a
+        wait of a few milliseconds per message held.
+
+        Example:
+            >>> batch = Batch(32, 0.005)
+            >>> batch.timed("shop.add", 0.004)
+            >>> batch.may_hold_up("shop.add"), batch.may_hold_up("shop.report")
+            (False, True)
+        """
+        known = self.by_task.get(task)
+        return known is None or known >= HOLD_UP
 
     def admits(self, task: str) -> bool:
         """Whether ``task`` may run before the waiting commits go: it is known to be short

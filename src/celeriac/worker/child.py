@@ -221,7 +221,7 @@ class Child:
             assert job.message is not None
             if not batch.admits(job.message.task):
                 self._commit(executor, key, batch, None, pending)  # before a slow task
-            if len(pending) >= self.fetch.limit and not batch.short(job.message.task):
+            if len(pending) >= self.fetch.limit and batch.may_hold_up(job.message.task):
                 self._give_back_surplus(pending)
             outcome = self._execute(executor, key, job, pending, batch)
             batch.timed(job.message.task, outcome.runtime)
