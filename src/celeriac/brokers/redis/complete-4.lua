@@ -8,6 +8,7 @@
 -- ARGV[2]      fencing token from the fetch
 -- ARGV[3..7]   result spec (includes/result.lua)
 -- Returns: 1 committed; -1 LEASE_LOST: the token no longer holds the lease, nothing changed.
+-- @include notify.lua
 -- @include result.lua
 -- @include settle.lua
 

@@ -21,6 +21,7 @@
 -- tried: a lost lease on one never holds back the others.
 -- @include clock.lua
 -- @include entry.lua
+-- @include notify.lua
 -- @include result.lua
 -- @include settle.lua
 -- @include wake.lua

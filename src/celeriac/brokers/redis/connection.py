@@ -37,6 +37,7 @@ from redis.retry import Retry
 
 import redis
 from celeriac.brokers import redacted
+from celeriac.brokers.redis.scripts import Denial, denied_in_script
 from celeriac.brokers.redis.subscriptions import Subscriptions
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 
@@ -292,12 +293,9 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
         # wrong password, no such database) in a ConnectionError, which read "did not
         # answer ... check that redis-server is running".
         exc = said
-    if isinstance(exc, redis.exceptions.NoPermissionError):
-        error = BrokerError(
-            f"could not {what}: Redis at {url} denied it to the URL's user ({exc}). Give that "
-            "user the broker's keys (~PREFIX:*), its channels (&*) and the commands celeriac "
-            "runs (scripts, lists, sorted sets, hashes, pub/sub), e.g. +@all -@dangerous."
-        )
+    denial = denied_in_script(str(exc)) if isinstance(exc, redis.ResponseError) else None
+    if isinstance(exc, redis.exceptions.NoPermissionError) or denial is not None:
+        error = BrokerError(f"could not {what}: {_denied(exc, url, denial)}")
     elif isinstance(exc, redis.AuthenticationError):
         error = BrokerConnectionError(
             f"could not {what}: Redis at {url} refused this client's credentials "
@@ -342,6 +340,32 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
     error.__cause__ = original
     error.__suppress_context__ = True
     return error
+
+
+def _denied(exc: DriverError, url: str, denial: Denial | None) -> str:
+    """An ACL refusal, with the grant that lifts it for the URL's user and prefix."""
+    parts = urlsplit(url)
+    user = parts.username or "default"
+    prefix = dict(parse_qsl(parts.query)).get("prefix", "celeriac")
+    said = str(exc).split(" script: ")[0]  # the rest is a SHA1 and a line number
+    named = re.search(r"to run the '([\w|]+)' command", said)  # a NOPERM reply names it
+    command = denial.command.lower() if denial else named.group(1) if named else ""
+    if denial is not None:
+        where = f"celeriac's script {denial.script}" if denial.script else "a script"
+        said = f"{said}, on line {denial.line} of {where}"
+    if "channel" in said:
+        grant = f" Grant the channels: ACL SETUSER {user} &{prefix}:*."
+    elif "keys" in said:
+        grant = f" Grant the keys: ACL SETUSER {user} ~{prefix}:*."
+    elif command:
+        grant = f" Grant the command: ACL SETUSER {user} +{command}."
+    else:
+        grant = ""
+    return (
+        f"Redis at {url} denied it to the URL's user {user!r} ({said}).{grant} celeriac "
+        f"needs the keys ~{prefix}:*, the channels &{prefix}:* and the commands its scripts, "
+        "lists, sorted sets, hashes and pub/sub run: +@all -@dangerous grants them."
+    )
 
 
 @dataclass(eq=False)

@@ -14,6 +14,7 @@
 -- ARGV[9]      dead_at in ms (orders the list, newest first)
 -- ARGV[10]     the dead-letter record (msgpack written by the client; not read here)
 -- Returns: 1 dead-lettered; -1 LEASE_LOST (nothing changed).
+-- @include notify.lua
 -- @include result.lua
 -- @include settle.lua
 

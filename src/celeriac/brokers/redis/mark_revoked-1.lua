@@ -11,9 +11,10 @@
 -- ARGV[2]      time to live in ms
 -- ARGV[3]      the pub/sub channel that wakes waiters of this task id
 -- Returns: 1 marked; 0 a final result or a mark exists (left as it is).
+-- @include notify.lua
 
 local head = redis.call('GETRANGE', KEYS[1], 0, 0)
 if head == 'F' or head == 'R' then return 0 end
 redis.call('SET', KEYS[1], 'R' .. ARGV[1], 'PX', ARGV[2])
-redis.call('PUBLISH', ARGV[3], '1') -- a wake-up only: waiters read the key
+notify(ARGV[3])
 return 1

@@ -9,7 +9,8 @@
 -- Returns: 1.
 -- The wake-up carries one byte, never the result: a large result would overflow a
 -- subscriber's output buffer and Redis would drop the subscriber (and the wake-up).
+-- @include notify.lua
 
 redis.call('SET', KEYS[1], 'F' .. ARGV[1], 'PX', ARGV[2])
-redis.call('PUBLISH', ARGV[3], '1')
+notify(ARGV[3])
 return 1

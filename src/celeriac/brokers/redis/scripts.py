@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -88,6 +89,49 @@ def load(name: str) -> Script:
     return Script(name, text, hashlib.sha1(text, usedforsecurity=False).hexdigest())
 
 
+#: An ACL refusal inside a script: Redis 7.0 says "The user executing the script can't run
+#: this command or subcommand" (or "can't access ... keys", "can't publish to the
+#: channel"), 7.2 "ACL failure in script: ..."; neither is a NOPERM reply, and 7.0's does
+#: not name the command, only the script's SHA1 and the line.
+_DENIED_IN_SCRIPT = re.compile(
+    r"(?:user executing the script can't|ACL failure in script).*"
+    r"script: ([0-9a-f]{40}), on @user_script:(\d+)",
+    re.DOTALL,
+)
+_CALL = re.compile(r"redis\.p?call\('([A-Z]+)'")
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """What an ACL refused inside one of the broker's scripts."""
+
+    script: str  # the script's name, e.g. "heartbeat-2"
+    command: str  # the command on the refused line ("" when the line names none)
+    line: int
+
+
+def denied_in_script(message: str) -> Denial | None:
+    """Which script and command an in-script ACL refusal is about (None: not one).
+
+    Example:
+        >>> said = "The user executing the script can't run this command or subcommand"
+        >>> denied_in_script(f"{said} script: {SCRIPTS.heartbeat.sha}, on @user_script:1.")
+        Denial(script='heartbeat-2', command='', line=1)
+        >>> denied_in_script("WRONGTYPE Operation against a key") is None
+        True
+    """
+    found = _DENIED_IN_SCRIPT.search(message)
+    if found is None:
+        return None
+    sha, line = found.group(1), int(found.group(2))
+    script = next((s for s in vars(SCRIPTS).values() if s.sha == sha), None)
+    if script is None:  # another program's script, or another celeriac version's
+        return Denial("", "", line)
+    lines = script.text.decode().splitlines()
+    called = _CALL.search(lines[line - 1]) if 0 < line <= len(lines) else None
+    return Denial(script.name, called.group(1) if called else "", line)
+
+
 class Scripts:
     """Every script of the broker, loaded once per process."""
 
@@ -117,6 +161,7 @@ class Scripts:
         self.rate_admit = load("rate_admit-1")
         self.register_queues = load("register_queues-1")
         self.stream_append = load("stream_append-1")
+        self.may_publish = load("may_publish-0")
 
 
 SCRIPTS = Scripts()

@@ -17,6 +17,7 @@
 -- a result key) then checks no message's result on its own (a GETRANGE per message).
 -- Messages for one ready list are pushed with one variadic RPUSH, in ARGV order.
 -- @include clock.lua
+-- @include notify.lua
 -- @include result.lua
 -- @include wake.lua
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 from celeriac.brokers.redis.ops import Context
-from celeriac.brokers.redis.steps import Command, OnEveryNode, Plan
+from celeriac.brokers.redis.scripts import SCRIPTS
+from celeriac.brokers.redis.steps import Call, Command, OnEveryNode, Plan
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 
 MIN_REDIS = 7  # major version the scripts need (LMPOP)
@@ -36,6 +38,7 @@ def check_server(ctx: Context, url: str) -> Plan[None]:
                 f"Redis at {url} is version {version}; celeriac needs Redis {MIN_REDIS}.0 or "
                 "newer (its scripts use LMPOP and other Redis 7 commands)."
             )
+    yield from _check_channels(ctx, url)
     settings: dict[bytes, list[bytes]] = {}
     for name in (b"maxmemory-policy", b"save", b"appendonly"):
         replies = yield from _ask(Command(("CONFIG", "GET", name)), url)
@@ -57,6 +60,32 @@ def check_server(ctx: Context, url: str) -> Plan[None]:
             "Redis at %s has persistence off (no AOF, no RDB save points): a restart "
             "loses every queued task. Set `appendonly yes` for a durable broker.",
             url,
+        )
+
+
+def _check_channels(ctx: Context, url: str) -> Plan[None]:
+    """Warn when the URL's ACL user may not publish result wake-ups (Redis 7 gives a new
+    user no channel): settles skip a refused wake-up, so results are stored, but waiters
+    only find them by re-reading, and nothing else says so."""
+    channel = ctx.keys.channel("0")
+    try:
+        allowed = yield Call(SCRIPTS.may_publish, (), (channel,))
+    except BrokerConnectionError:
+        raise
+    except BrokerError:  # scripts refused: the first call that needs one says what to grant
+        return
+    if not allowed:
+        user = urlsplit(url).username or "default"
+        _warn_once(
+            "Redis at %s does not let the URL's user %r publish to the channel %s: tasks "
+            "commit and store their results, but result waiters (get(), aget()) are not "
+            "woken and see them only when they read again, once a second. Grant the "
+            "broker's channels: ACL SETUSER %s &%s:*",
+            url,
+            user,
+            channel.decode(errors="replace"),
+            user,
+            ctx.keys.prefix.decode(errors="replace"),
         )
 
 

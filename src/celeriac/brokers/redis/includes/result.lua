@@ -1,5 +1,7 @@
 -- result.lua: committing a final result together with the settling of its message.
 --
+-- Needs notify.lua included before it.
+--
 -- A "result spec" is five ARGV entries starting at index i:
 --   i+0  mode: 'direct' (standalone Redis: the target is the result key itself) or
 --        'outbox' (Cluster: the target is the queue's outbox hash; the client copies the
@@ -19,7 +21,7 @@ local function commit_result(target, spec, cid)
   if not spec.present then return end
   if spec.mode == 'direct' then
     redis.call('SET', target, 'F' .. spec.body, 'PX', spec.ttl)
-    redis.call('PUBLISH', spec.channel, '1')  -- a wake-up only: waiters read the key
+    notify(spec.channel)
   else
     redis.call('HSET', target, cid, spec.ttl .. ':' .. spec.body)
   end
@@ -31,7 +33,7 @@ local function commit_result_at(target, i, cid, publish)
   if ARGV[i + 1] ~= '1' then return end
   if ARGV[i] == 'direct' then
     redis.call('SET', target, 'F' .. ARGV[i + 2], 'PX', ARGV[i + 3])
-    if publish then redis.call('PUBLISH', ARGV[i + 4], '1') end
+    if publish then notify(ARGV[i + 4]) end
   else
     redis.call('HSET', target, cid, ARGV[i + 3] .. ':' .. ARGV[i + 2])
   end

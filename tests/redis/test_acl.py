@@ -1,0 +1,104 @@
+"""A broker whose ACL user lacks a command, a key or a channel that celeriac needs: what
+is refused says what to grant, and what is half allowed never half commits."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+import redis
+from celeriac.brokers.records import Outgoing
+from celeriac.brokers.redis import RedisBroker
+from celeriac.errors import BrokerConnectionError, BrokerError
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture
+def acl_user(redis_server: RedisServer) -> Iterator[tuple[str, redis.Redis]]:
+    """A fresh user name on the shared server, removed after the test, and an admin client."""
+    admin = redis.Redis(port=redis_server.port)
+    name = f"u{uuid.uuid4().hex[:10]}"
+    yield name, admin
+    admin.execute_command("ACL", "DELUSER", name)
+    admin.close()
+
+
+def test_a_user_without_channels_still_commits_every_result_of_a_batch(
+    redis_server: RedisServer, acl_user: tuple[str, redis.Redis], prefix: str
+) -> None:
+    # Redis 7 gives a new ACL user no channel (acl-pubsub-default resetchannels), so the
+    # settle script's wake-up PUBLISH is refused. The script had acked every task of the
+    # batch before its first PUBLISH failed: the results after it were never stored.
+    name, admin = acl_user
+    admin.execute_command("ACL", "SETUSER", name, "on", ">pw", "~*", "resetchannels", "+@all")
+    broker = RedisBroker(f"redis://{name}:pw@127.0.0.1:{redis_server.port}/0?prefix={prefix}")
+    try:
+        broker.send([Outgoing(f"t{n}", "q", b"body") for n in range(3)])
+        taken = broker.fetch(["q"], "w", limit=3, lease_seconds=60, timeout=5)
+        assert len(taken) == 3
+        # A result waiter somewhere (a web request in get()): commits publish wake-ups.
+        admin.zadd(broker.keys.waiting, {"someone": int(time.time() * 1000) + 60_000})
+        committed, _ = broker.complete_many(
+            [(d.lease, f"r{d.lease.id}".encode()) for d in taken], 3600
+        )
+        assert committed == [True, True, True]
+        for delivery in taken:
+            assert broker.get_result(delivery.lease.id) == (f"r{delivery.lease.id}".encode(), True)
+    finally:
+        broker.close()
+
+
+def test_a_user_without_channels_is_told_at_start_up(
+    redis_server: RedisServer,
+    acl_user: tuple[str, redis.Redis],
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Settles skip a refused wake-up (above): only the start-up check can say it.
+    name, admin = acl_user
+    admin.execute_command("ACL", "SETUSER", name, "on", ">pw", "~*", "resetchannels", "+@all")
+    broker = RedisBroker(f"redis://{name}:pw@127.0.0.1:{redis_server.port}/0?prefix={prefix}")
+    try:
+        with caplog.at_level(logging.WARNING, "celeriac.brokers.redis.startup"):
+            broker.check()
+        assert f"ACL SETUSER {name} &{prefix}:*" in caplog.text
+        assert f"publish to the channel {prefix}:done:" in caplog.text
+    finally:
+        broker.close()
+
+
+def test_a_command_a_script_is_denied_is_named_with_its_grant(
+    redis_server: RedisServer, acl_user: tuple[str, redis.Redis], prefix: str
+) -> None:
+    # Inside a script Redis 7.0 says only "The user executing the script can't run this
+    # command or subcommand script: <sha1>, on @user_script:<line>": it read "refused the
+    # command" with nothing to grant. Least-privilege grants by category miss TIME (@fast).
+    name, admin = acl_user
+    admin.execute_command(
+        "ACL",
+        "SETUSER",
+        name,
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@read",
+        "+@write",
+        "+@scripting",
+        "+@connection",
+    )
+    broker = RedisBroker(f"redis://{name}:pw@127.0.0.1:{redis_server.port}/0?prefix={prefix}")
+    try:
+        with pytest.raises(BrokerError) as caught:
+            broker.fetch(["q"], "w", limit=1, lease_seconds=10, timeout=0)
+        message = str(caught.value)
+        assert f"denied it to the URL's user {name!r}" in message
+        assert "celeriac's script fetch-15" in message
+        assert f"ACL SETUSER {name} +time" in message
+        assert not isinstance(caught.value, BrokerConnectionError)
+    finally:
+        broker.close()
