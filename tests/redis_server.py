@@ -74,11 +74,11 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
-def _ping(port: int) -> bool:
+def _ping(port: int, replies: tuple[bytes, ...] = (b"+PONG",)) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+            return s.recv(64).startswith(replies)
     except OSError:
         return False
 
@@ -129,6 +129,7 @@ def start_redis(
     appendonly: bool = False,
     unixsocket: bool = False,
     extra: tuple[str, ...] = (),
+    loading: bool = False,
 ) -> RedisServer:
     """Start a private redis-server on loopback and wait until it answers PING.
 
@@ -138,6 +139,7 @@ def start_redis(
         appendonly: turn AOF on (``appendfsync everysec``).
         unixsocket: also listen on ``<folder>/redis.sock``.
         extra: more ``--option value`` arguments.
+        loading: return as soon as it answers, even ``LOADING`` (still reading its files).
     """
     binary = require_redis_server()
     remove_folder = folder is None
@@ -171,13 +173,13 @@ def start_redis(
         preexec_fn=_die_with_parent,  # noqa: PLW1509 - a single call into prctl, no locks
     )
     server = RedisServer(port, folder, process, sock, remove_folder)
-    _wait_until_ready(server)
+    _wait_until_ready(server, (b"+PONG", b"-LOADING") if loading else (b"+PONG",))
     return server
 
 
-def _wait_until_ready(server: RedisServer) -> None:
+def _wait_until_ready(server: RedisServer, replies: tuple[bytes, ...] = (b"+PONG",)) -> None:
     deadline = time.monotonic() + _START_TIMEOUT
-    while not _ping(server.port):
+    while not _ping(server.port, replies):
         if server.process.poll() is not None:
             raise RuntimeError(f"redis-server exited at start-up:\n{server.log()}")
         if time.monotonic() > deadline:

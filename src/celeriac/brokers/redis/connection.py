@@ -309,6 +309,15 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
             "from this host (redis-cli --cluster check HOST:PORT), and that the broker URL "
             "(host, port, password, TLS) is right."
         )
+    elif isinstance(exc, redis.exceptions.BusyLoadingError):
+        # A ConnectionError to redis-py, but the server is there: "check that it is
+        # running" sent an operator to look for a fault while Redis read its AOF.
+        error = BrokerConnectionError(
+            f"could not {what}: Redis at {url} is loading its data set into memory ({exc}): "
+            "it has just started and is reading its AOF or RDB file, and answers once that "
+            "is done (`redis-cli INFO persistence` shows loading_eta_seconds). Workers wait "
+            "for it by themselves; send again once it answers."
+        )
     elif isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         error = BrokerConnectionError(
             f"could not {what}: Redis at {url} did not answer ({type(exc).__name__}: {exc}). "

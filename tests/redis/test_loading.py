@@ -1,0 +1,38 @@
+"""A Redis that is still loading its data set at start-up (a large AOF or RDB file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import redis
+from celeriac.brokers.records import Outgoing
+from celeriac.brokers.redis import RedisBroker
+from celeriac.errors import BrokerConnectionError
+from tests.redis_server import start_redis
+
+
+def test_a_redis_loading_its_data_is_named_as_such_not_as_down(tmp_path: Path) -> None:
+    # redis-py raises BusyLoadingError, a ConnectionError, and the error read "did not
+    # answer ... check that redis-server is running" from a server that had answered.
+    server = start_redis(tmp_path / "r")
+    admin = redis.Redis(port=server.port)
+    admin.eval("for i = 1, 20000 do redis.call('SET', 'k' .. i, 'v') end", 0)
+    admin.save()
+    admin.close()
+    server.stop()
+    # Redis's own test hooks: 500 us per key read, so loading lasts about 10 s.
+    slow = ("--key-load-delay", "500", "--loading-process-events-interval-bytes", "1024")
+    server = start_redis(tmp_path / "r", port=server.port, extra=slow, loading=True)
+    broker = RedisBroker(server.url)
+    try:
+        with pytest.raises(BrokerConnectionError) as caught:
+            broker.send([Outgoing("a", "q", b"a")])  # workers retry a connection error
+        message = str(caught.value)
+        assert f"Redis at {server.url} is loading its data set into memory" in message
+        assert "loading_eta_seconds" in message
+        assert "Check that redis-server is running" not in message
+    finally:
+        broker.close()
+        server.stop()
