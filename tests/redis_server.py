@@ -129,7 +129,7 @@ def start_redis(
     appendonly: bool = False,
     unixsocket: bool = False,
     extra: tuple[str, ...] = (),
-    loading: bool = False,
+    started: tuple[bytes, ...] = (b"+PONG",),
 ) -> RedisServer:
     """Start a private redis-server on loopback and wait until it answers PING.
 
@@ -139,7 +139,8 @@ def start_redis(
         appendonly: turn AOF on (``appendfsync everysec``).
         unixsocket: also listen on ``<folder>/redis.sock``.
         extra: more ``--option value`` arguments.
-        loading: return as soon as it answers, even ``LOADING`` (still reading its files).
+        started: the replies to PING that mean it has started: add ``b"-LOADING"`` for
+            one still reading its files, ``b"-NOAUTH"`` for one that wants a password.
     """
     binary = require_redis_server()
     remove_folder = folder is None
@@ -173,7 +174,7 @@ def start_redis(
         preexec_fn=_die_with_parent,  # noqa: PLW1509 - a single call into prctl, no locks
     )
     server = RedisServer(port, folder, process, sock, remove_folder)
-    _wait_until_ready(server, (b"+PONG", b"-LOADING") if loading else (b"+PONG",))
+    _wait_until_ready(server, started)
     return server
 
 

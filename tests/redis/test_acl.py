@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ import redis
 from celeriac.brokers.records import Outgoing
 from celeriac.brokers.redis import RedisBroker
 from celeriac.errors import BrokerConnectionError, BrokerError
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, start_redis
 
 
 @pytest.fixture
@@ -102,3 +103,31 @@ def test_a_command_a_script_is_denied_is_named_with_its_grant(
         assert not isinstance(caught.value, BrokerConnectionError)
     finally:
         broker.close()
+
+
+@pytest.mark.parametrize("user", ["", "shop@"])
+def test_a_url_without_the_password_the_server_requires_says_so(tmp_path: Path, user: str) -> None:
+    # redis-py's handshake got "HELLO must be called with the client already
+    # authenticated, otherwise the HELLO AUTH <user> <pass> option can be used...": the
+    # error said the credentials were refused, when the URL had given none.
+    server = start_redis(tmp_path / "r", extra=("--requirepass", "pw"), started=(b"-NOAUTH",))
+    broker = RedisBroker(f"redis://{user}127.0.0.1:{server.port}/0")
+    try:
+        with pytest.raises(BrokerConnectionError) as caught:
+            broker.send([Outgoing("a", "q", b"a")])
+        assert "requires a password and the broker URL gives none" in str(caught.value)
+        assert "redis://:PASSWORD@host:6379/0" in str(caught.value)
+    finally:
+        broker.close()
+        server.stop()
+
+
+def test_a_wrong_password_is_still_called_refused_credentials(tmp_path: Path) -> None:
+    server = start_redis(tmp_path / "r", extra=("--requirepass", "pw"), started=(b"-NOAUTH",))
+    broker = RedisBroker(f"redis://:nope@127.0.0.1:{server.port}/0")
+    try:
+        with pytest.raises(BrokerConnectionError, match="refused this client's credentials"):
+            broker.send([Outgoing("a", "q", b"a")])
+    finally:
+        broker.close()
+        server.stop()

@@ -24,7 +24,9 @@ def test_a_redis_loading_its_data_is_named_as_such_not_as_down(tmp_path: Path) -
     server.stop()
     # Redis's own test hooks: 500 us per key read, so loading lasts about 10 s.
     slow = ("--key-load-delay", "500", "--loading-process-events-interval-bytes", "1024")
-    server = start_redis(tmp_path / "r", port=server.port, extra=slow, loading=True)
+    server = start_redis(
+        tmp_path / "r", port=server.port, extra=slow, started=(b"+PONG", b"-LOADING")
+    )
     broker = RedisBroker(server.url)
     try:
         with pytest.raises(BrokerConnectionError) as caught:

@@ -198,7 +198,7 @@ def test_loops_closed_without_shutting_down_leave_no_connection_open(
     ("credentials", "database", "said"),
     [
         (":wrong@", "0", "refused this client's credentials"),
-        ("", "0", "refused this client's credentials"),
+        ("", "0", "requires a password and the broker URL gives none"),
         (":s3cret@", "99", "has no such database"),
     ],
 )

@@ -296,6 +296,14 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
     denial = denied_in_script(str(exc)) if isinstance(exc, redis.ResponseError) else None
     if isinstance(exc, redis.exceptions.NoPermissionError) or denial is not None:
         error = BrokerError(f"could not {what}: {_denied(exc, url, denial)}")
+    elif isinstance(exc, redis.AuthenticationError) and urlsplit(url).password is None:
+        # The server's words ("HELLO must be called with the client already authenticated",
+        # "NOAUTH Authentication required") leave the reader to infer the missing password.
+        error = BrokerConnectionError(
+            f"could not {what}: Redis at {url} requires a password and the broker URL gives "
+            f"none ({exc}). Put it in the URL: redis://:PASSWORD@host:6379/0, or "
+            "redis://USER:PASSWORD@host:6379/0 for an ACL user (percent-encode '/', '?', '#')."
+        )
     elif isinstance(exc, redis.AuthenticationError):
         error = BrokerConnectionError(
             f"could not {what}: Redis at {url} refused this client's credentials "
