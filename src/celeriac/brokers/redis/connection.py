@@ -51,6 +51,11 @@ DRIVER_ERRORS = (redis.RedisError, RedisClusterException)
 
 _TRUE = {"1", "true", "yes", "on"}
 
+#: Redis's refusal when full, as a reply (OOM ...) and inside a script (ERR ...). Not
+#: the bare word "maxmemory": an error that echoes its arguments has it too (a renamed
+#: CONFIG: "unknown command 'CONFIG', with args beginning with: 'GET' 'maxmemory-policy'").
+_OOM = "used memory > 'maxmemory'"
+
 CLUSTER_IN_FLIGHT = 90  # below redis-py's 100 connections per node: pub/sub takes one
 
 # Defaults that make a dead server fail fast and a restarted one recover by itself: one
@@ -340,7 +345,7 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
             "broker URL at the primary, or at an endpoint that follows failovers (Sentinel, "
             "a managed service's primary endpoint); workers reconnect by themselves."
         )
-    elif isinstance(exc, redis.exceptions.OutOfMemoryError) or "maxmemory" in str(exc):
+    elif isinstance(exc, redis.exceptions.OutOfMemoryError) or _OOM in str(exc):
         error = BrokerError(
             f"could not {what}: Redis at {url} is full (used memory over maxmemory; with "
             "noeviction it refuses writes instead of deleting queued tasks), so nothing was "

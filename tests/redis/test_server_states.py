@@ -1,7 +1,8 @@
-"""A Redis that is still loading its data set at start-up (a large AOF or RDB file)."""
+"""Redis servers in states an operator meets: loading a large file, commands renamed."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,24 @@ def test_a_redis_loading_its_data_is_named_as_such_not_as_down(tmp_path: Path) -
         assert f"Redis at {server.url} is loading its data set into memory" in message
         assert "loading_eta_seconds" in message
         assert "Check that redis-server is running" not in message
+    finally:
+        broker.close()
+        server.stop()
+
+
+def test_a_renamed_config_is_not_called_a_full_redis(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "unknown command 'CONFIG', with args beginning with: 'GET' 'maxmemory-policy'" has
+    # the word maxmemory in it, and the start-up warning said Redis was full.
+    server = start_redis(tmp_path / "r", extra=("--rename-command", "CONFIG", ""))
+    broker = RedisBroker(server.url)
+    try:
+        with caplog.at_level(logging.WARNING, "celeriac.brokers.redis.startup"):
+            assert broker.send([Outgoing("a", "q", b"a")]) == [True]
+        assert "cannot run CONFIG GET" in caplog.text
+        assert "unknown command 'CONFIG'" in caplog.text
+        assert "is full" not in caplog.text
     finally:
         broker.close()
         server.stop()
