@@ -131,3 +131,27 @@ def test_a_wrong_password_is_still_called_refused_credentials(tmp_path: Path) ->
     finally:
         broker.close()
         server.stop()
+
+
+def test_a_batch_refused_halfway_says_part_was_queued_and_a_resend_completes_it(
+    redis_server: RedisServer, acl_user: tuple[str, redis.Redis], prefix: str
+) -> None:
+    # A batch goes in one script call per queue (and per 500 messages): Redis ran the
+    # call for queue a and refused the one for queue b (here the ACL; Redis full halfway
+    # is the same). The error said the tasks were not sent (a full Redis: "nothing was
+    # written"), and a job run again on that word, with new ids, queued a's tasks twice.
+    name, admin = acl_user
+    allowed = [f"~{prefix}:{{a}}:*", f"~{prefix}:r:*", f"~{prefix}:queues"]
+    admin.execute_command("ACL", "SETUSER", name, "on", ">pw", *allowed, "&*", "+@all")
+    url = f"redis://{name}:pw@127.0.0.1:{redis_server.port}/0?prefix={prefix}"
+    broker = RedisBroker(url)
+    batch = [Outgoing("t1", "a", b"x"), Outgoing("t2", "b", b"y")]
+    try:
+        with pytest.raises(BrokerError) as caught:
+            broker.send(batch)
+        assert "Some of these 2 messages may be queued all the same" in str(caught.value)
+        assert "Send the same messages again" in str(caught.value)
+        admin.execute_command("ACL", "SETUSER", name, f"~{prefix}:*")
+        assert broker.send(batch) == [False, True]  # a's was queued: only b's is new
+    finally:
+        broker.close()

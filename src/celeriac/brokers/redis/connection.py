@@ -348,8 +348,8 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
     elif isinstance(exc, redis.exceptions.OutOfMemoryError) or _OOM in str(exc):
         error = BrokerError(
             f"could not {what}: Redis at {url} is full (used memory over maxmemory; with "
-            "noeviction it refuses writes instead of deleting queued tasks), so nothing was "
-            f"written ({exc}). Drain or purge queues (celeriac status), shorten "
+            "noeviction it refuses writes instead of deleting queued tasks), so it refused "
+            f"the write ({exc}). Drain or purge queues (celeriac status), shorten "
             "result_expires, or raise maxmemory."
         )
     elif "DB index is out of range" in str(exc):

@@ -132,7 +132,19 @@ def send(ctx: Context, messages: Sequence[Outgoing]) -> Plan[list[bool]]:
         _send_call(ctx, ctx.keys.queue(name), [messages[i] for i in indexes])
         for name, indexes in chunks
     )
-    replies = yield Batch(itertools.chain(calls, ctx.register(list(groups))))
+    try:
+        replies = yield Batch(itertools.chain(calls, ctx.register(list(groups))))
+    except BrokerError as exc:
+        if len(chunks) > 1 and len(exc.args) == 1:
+            # Other calls than the one that failed may have run (Redis full halfway, an
+            # ACL on one queue): "not sent" alone had a job run again with new ids.
+            exc.args = (
+                f"{exc.args[0]} Some of these {len(messages)} messages may be queued all the "
+                f"same: they go in one call per queue and {SEND_CHUNK} messages, and calls "
+                "other than the refused one may have run. Send the same messages again: "
+                "their ids make a resend queue only those that are not queued yet.",
+            )
+        raise
     for (_, indexes), reply in zip(chunks, replies, strict=False):
         for i, flag in zip(indexes, reply, strict=True):
             created[i] = flag == 1
