@@ -278,9 +278,7 @@ class Celeriac:
             _say_not_sent(exc, [message])
             raise
         if self.conf.task_always_eager:
-            from celeriac.worker.inline import run_queued
-
-            run_queued(self, queues=[message.queue])
+            self._run_eagerly([message])
         return AsyncResult(message.id, self, message.task)
 
     async def apublish(self, message: Message) -> AsyncResult[Any]:
@@ -296,6 +294,8 @@ class Celeriac:
                 self.middleware.send_failed(self, [message])
                 _say_not_sent(exc, [message])
                 raise
+        if self.conf.task_always_eager:  # it sent, and never ran: the test saw PENDING
+            self._run_eagerly([message])
         return AsyncResult(message.id, self, message.task)
 
     def publish_many(self, messages: Sequence[Message]) -> list[AsyncResult[Any]]:
@@ -329,7 +329,15 @@ class Celeriac:
             self.middleware.send_failed(self, accepted)
             _say_not_sent(exc, accepted)
             raise
+        if self.conf.task_always_eager:  # it sent, and never ran: the test saw PENDING
+            self._run_eagerly(accepted)
         return [AsyncResult(m.id, self, m.task) for m in messages]
+
+    def _run_eagerly(self, messages: Sequence[Message]) -> None:
+        from celeriac.worker.inline import run_queued
+
+        if messages:
+            run_queued(self, queues=sorted({m.queue for m in messages}))
 
     def send_many(self, messages: Sequence[Message]) -> list[AsyncResult[Any]]:
         """Send many built messages in one broker round trip (``publish_many``).

@@ -42,7 +42,7 @@ class Settings:
     task_max_deliveries: int = 5  # hand-outs (crashes included) before dead-lettering
     task_track_started: bool = False  # store STARTED (costs one broker write per task)
     task_ignore_result: bool = False
-    task_always_eager: bool = False  # delay() runs the task in the caller (tests only)
+    task_always_eager: bool = False  # sends run the task in the caller (tests; run_queued)
     task_payload_warn_bytes: int = 16 * 1024
     task_payload_max_bytes: int = 256 * 1024
     task_result_max_bytes: int = 16 * 1024 * 1024  # a bigger result is stored as FAILURE

@@ -9,6 +9,12 @@ the first task failure in the test::
         run_queued(celeriac_app)          # raises if a task failed
         assert welcome_sent(42)
 
+Tasks run as a worker runs them (middleware, arguments through the wire format, results
+stored), with these differences: no soft or hard time limits; delayed work (countdown,
+ETA, a retry's backoff, a rate-limited task) runs only with ``include_delayed=True``; a
+dead-lettered task (``Reject``) is not raised. ``task_always_eager`` runs each send this
+way at once.
+
 The ``celeriac_app`` fixture is a fresh ``Celeriac("test", broker="memory://")``; override
 it in your conftest to return your own app switched to ``memory://``.
 """

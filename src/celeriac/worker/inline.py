@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import asyncio
+import contextvars
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from celeriac.worker.executor import Executor
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
     from celeriac.brokers.records import QueueStats
+    from celeriac.middleware.base import Job
+
+T = TypeVar("T")
+
+#: The failures of tasks run by a drain nested in a running task (a task's ``delay()`` in
+#: eager mode), held for the drain that runs that task; None outside any drain.
+_held: contextvars.ContextVar[list[tuple[Job, BaseException]] | None] = contextvars.ContextVar(
+    "celeriac_held_failures", default=None
+)
 
 
 def run_queued(
@@ -22,10 +34,21 @@ def run_queued(
 ) -> int:
     """Run queued tasks in this process until none is due; return how many ran.
 
+    Each task runs as a worker runs it: the middleware (retries, expiry, revocation,
+    dedupe, rate limits, canvas), its result stored, its own event loop for an
+    ``async def`` task (called from a running event loop, an async test, the tasks run in
+    a helper thread while the caller waits). What a task sends while it runs is run at
+    once (eager mode), but its failure is not raised into the task that sent it (in
+    production that task succeeds): it is raised by the outer call once the sending task
+    has finished. Delayed tasks (countdown, ETA, a retry's backoff) wait for
+    ``include_delayed``; there is no soft or hard time limit.
+
     Args:
         app: the app whose broker holds the tasks.
         queues: the queues to drain; every queue the broker knows when None.
-        fail_fast: re-raise the first task exception (its own type) in the caller.
+        fail_fast: re-raise the first task exception (its own type, with a note naming
+            the task) in the caller. A task that ends dead-lettered (``Reject``) or
+            EXPIRED/REVOKED is not raised: read its result.
         include_delayed: also wait for countdown/ETA tasks and retries to come due.
         max_tasks: a bound, so a task that re-sends itself cannot loop forever.
 
@@ -41,18 +64,27 @@ def run_queued(
         >>> r.get(timeout=1)
         42
     """
-    executor = Executor(app, "in-process")
-    try:
-        return _drain(
-            app,
-            executor,
-            queues,
-            fail_fast=fail_fast,
-            include_delayed=include_delayed,
-            max_tasks=max_tasks,
-        )
-    finally:
-        executor.close()
+
+    def drain() -> int:
+        executor = Executor(app, "in-process")
+        try:
+            return _drain(
+                app,
+                executor,
+                queues,
+                fail_fast=fail_fast,
+                include_delayed=include_delayed,
+                max_tasks=max_tasks,
+            )
+        finally:
+            executor.close()
+
+    if _loop_running():
+        # An async test or handler: an ``async def`` task needs an event loop of its own,
+        # and this thread's is busy running the caller (it failed every such task with
+        # "Cannot run the event loop while another loop is running").
+        return _in_helper_thread(drain)
+    return drain()
 
 
 def _drain(
@@ -64,9 +96,50 @@ def _drain(
     include_delayed: bool,
     max_tasks: int,
 ) -> int:
+    outer = _held.get()
+    held: list[tuple[Job, BaseException]] = []
+    token = _held.set(held)
+    try:
+        ran = _each(
+            app,
+            executor,
+            queues,
+            held=held,
+            fail_fast=fail_fast,
+            include_delayed=include_delayed,
+            max_tasks=max_tasks,
+        )
+    finally:
+        _held.reset(token)
+    if not held or not fail_fast:
+        return ran
+    if outer is not None:
+        # A task's delay() in eager mode ran these: in production a failure of theirs never
+        # fails the task that sent them, so the drain running that task raises it later.
+        outer.extend(held)
+        return ran
+    job, exc = held[0]
+    exc.add_note(
+        f"raised by task {job.label}, run by celeriac's run_queued (or eager mode); its "
+        "result is stored as FAILURE. Pass fail_fast=False to run every task and read "
+        "each result instead."
+    )
+    raise exc
+
+
+def _each(
+    app: Celeriac,
+    executor: Executor,
+    queues: Sequence[str] | None,
+    *,
+    held: list[tuple[Job, BaseException]],
+    fail_fast: bool,
+    include_delayed: bool,
+    max_tasks: int,
+) -> int:
     broker = app.broker
     names, wait, ran = _queues(app, queues), 0.0, 0
-    while ran < max_tasks:
+    while ran < max_tasks and not (fail_fast and held):
         deliveries = broker.fetch(
             names,
             executor.worker_id,
@@ -89,10 +162,10 @@ def _drain(
             names, wait = fresh, 60.0 if delayed and not ready else 0.0
             continue
         wait = 0.0
-        _, outcome = executor.process(deliveries[0])
+        job, outcome = executor.process(deliveries[0])
         ran += 1
-        if fail_fast and outcome.state == "FAILURE" and outcome.exception is not None:
-            raise outcome.exception
+        if outcome.state == "FAILURE" and outcome.exception is not None:
+            held.append((job, outcome.exception))
     return ran
 
 
@@ -103,3 +176,32 @@ def _queues(
         return list(queues)
     known = app.broker.stats() if stats is None else stats
     return sorted(s.queue for s in known) or [app.conf.task_default_queue]
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _in_helper_thread(call: Callable[[], T]) -> T:
+    """``call()`` in a new thread (with this context: a running task's request), waited
+    for; its exception re-raised here."""
+    context = contextvars.copy_context()
+    box: list[T] = []
+    failed: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            box.append(context.run(call))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+            failed.append(exc)
+
+    helper = threading.Thread(target=target, name="celeriac-run-queued", daemon=True)
+    helper.start()
+    helper.join()
+    if failed:
+        raise failed[0]
+    return box[0]

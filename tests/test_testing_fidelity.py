@@ -1,0 +1,111 @@
+"""In-process runs (run_queued, eager mode) behave as a worker would for the code under test."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from celeriac import Celeriac
+from celeriac.task import Task
+from celeriac.testing import run_queued
+
+
+@pytest.fixture
+def eager_app(celeriac_app: Celeriac) -> Celeriac:
+    celeriac_app.conf.task_always_eager = True
+    return celeriac_app
+
+
+def test_async_tasks_run_from_an_async_test(celeriac_app: Celeriac) -> None:
+    # An async test (pytest-asyncio, anyio) calls run_queued with its loop running: every
+    # async def task failed with "Cannot run the event loop while another loop is running".
+    @celeriac_app.task
+    async def fetch(x: int) -> int:
+        await asyncio.sleep(0)
+        return x + 1
+
+    async def the_test() -> int:
+        r = fetch.delay(1)
+        assert run_queued(celeriac_app) == 1
+        return r.get(timeout=1)
+
+    assert asyncio.run(the_test()) == 2
+
+
+def test_eager_delay_from_async_code_runs_an_async_task(eager_app: Celeriac) -> None:
+    # An async view under test sends an async task: the same failure, in eager mode.
+    @eager_app.task
+    async def fetch(x: int) -> int:
+        await asyncio.sleep(0)
+        return x * 10
+
+    async def view() -> int:
+        return fetch.delay(4).get(timeout=1)
+
+    assert asyncio.run(view()) == 40
+
+
+def test_eager_adelay_and_send_many_run_the_tasks(eager_app: Celeriac) -> None:
+    # Only the sync single send ran eagerly: adelay() and send_many() left the tasks
+    # queued, so an async app's test saw PENDING forever.
+    @eager_app.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    async def view() -> int:
+        r = await double.adelay(21)
+        return r.get(timeout=1)
+
+    assert asyncio.run(view()) == 42
+    batch = eager_app.send_many([double.message((i,)) for i in range(3)])
+    assert [r.get(timeout=1) for r in batch] == [0, 2, 4]
+
+
+def test_eager_child_failure_does_not_fail_the_task_that_sent_it(eager_app: Celeriac) -> None:
+    # In production signup succeeds and welcome fails on its own. Eager mode raised
+    # welcome's error out of signup's delay() call inside signup, failing signup too.
+    seen: list[str | None] = []
+
+    @eager_app.bound_task()
+    def welcome(self: Task[..., None], user: int) -> None:
+        seen.append(self.request.parent_id)
+        raise ConnectionError(f"smtp down for {user}")
+
+    @eager_app.task
+    def signup(user: int) -> str:
+        seen.append(welcome.delay(user).id)
+        return "ok"
+
+    with pytest.raises(ConnectionError, match="smtp down for 7") as info:
+        signup.delay(7)  # the test still hears of welcome's failure
+    signup_id, welcome_id = seen
+    assert signup_id is not None and welcome_id is not None
+    assert eager_app.AsyncResult(signup_id).get(timeout=1) == "ok"
+    assert eager_app.AsyncResult(welcome_id).state == "FAILURE"
+    assert f"raised by task {welcome.name}[{welcome_id}]" in "\n".join(info.value.__notes__)
+
+
+def test_a_failure_raised_by_run_queued_names_its_task(celeriac_app: Celeriac) -> None:
+    @celeriac_app.task
+    def charge(order: int) -> None:
+        raise ValueError(f"card declined for order {order}")
+
+    r = charge.delay(3)
+    with pytest.raises(ValueError, match="card declined") as info:
+        run_queued(celeriac_app)
+    notes = "\n".join(info.value.__notes__)
+    assert f"raised by task {charge.name}[{r.id}]" in notes
+    assert "fail_fast=False" in notes
+
+
+def test_without_fail_fast_every_task_runs_after_a_failure(celeriac_app: Celeriac) -> None:
+    @celeriac_app.task
+    def maybe(x: int) -> int:
+        if x == 0:
+            raise ValueError("zero")
+        return x
+
+    results = [maybe.delay(x) for x in (0, 1, 2)]
+    assert run_queued(celeriac_app, fail_fast=False) == 3
+    assert [r.state for r in results] == ["FAILURE", "SUCCESS", "SUCCESS"]
