@@ -109,3 +109,19 @@ def test_without_fail_fast_every_task_runs_after_a_failure(celeriac_app: Celeria
     results = [maybe.delay(x) for x in (0, 1, 2)]
     assert run_queued(celeriac_app, fail_fast=False) == 3
     assert [r.state for r in results] == ["FAILURE", "SUCCESS", "SUCCESS"]
+
+
+def test_a_bound_task_called_directly_says_how_to_run_it_with_a_request(
+    celeriac_app: Celeriac,
+) -> None:
+    # A unit test calling a bound task directly got "only available while the task
+    # runs", with no word of how a test gives it a request.
+    @celeriac_app.bound_task()
+    def whoami(self: Task[..., str]) -> str:
+        return self.request.id
+
+    with pytest.raises(RuntimeError, match=r"run_queued\(app\)"):
+        whoami()
+    r = whoami.delay()
+    run_queued(celeriac_app)
+    assert r.get(timeout=1) == r.id

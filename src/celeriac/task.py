@@ -105,7 +105,20 @@ class Task(Generic[P, R]):
         return f"<Task {self.name}>"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the function here and now, as a plain call."""
+        """Run the function here and now, as a plain call.
+
+        Nothing of a worker's run happens: arguments are not checked or passed through
+        the wire format (a datetime stays a datetime, where a worker may see text), no
+        middleware runs (retries, expiry, limits), and a bound task has no
+        ``self.request``. To test a task as a worker runs it, send it and run it with
+        :func:`celeriac.testing.run_queued`.
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> app.task(lambda x: x * 2, name="doc.twice")(21)
+            42
+        """
         result: R = self.fn(self, *args, **kwargs) if self.bind else self.fn(*args, **kwargs)
         return result
 
@@ -114,7 +127,11 @@ class Task(Generic[P, R]):
         """The invocation being run (inside a task only)."""
         request = _current.get()
         if request is None:
-            raise RuntimeError(f"{self.name}.request is only available while the task runs")
+            raise RuntimeError(
+                f"{self.name}.request is only available while the task runs, and a plain "
+                "call does not run it as a task. In a test, send it (delay()) and run it "
+                "with celeriac.testing.run_queued(app) to give it a request"
+            )
         return request
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
