@@ -125,3 +125,18 @@ def test_a_bound_task_called_directly_says_how_to_run_it_with_a_request(
     r = whoami.delay()
     run_queued(celeriac_app)
     assert r.get(timeout=1) == r.id
+
+
+def test_eager_task_that_sends_itself_again_runs_every_step(eager_app: Celeriac) -> None:
+    # A task that queues its next page ran each send nested in the last: eager mode
+    # failed with RecursionError at about page 75, where a worker runs them one by one.
+    pages: list[int] = []
+
+    @eager_app.task
+    def fetch_page(n: int) -> None:
+        pages.append(n)
+        if n < 300:
+            fetch_page.delay(n + 1)
+
+    fetch_page.delay(0)
+    assert pages == list(range(301))

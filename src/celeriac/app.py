@@ -334,10 +334,10 @@ class Celeriac:
         return [AsyncResult(m.id, self, m.task) for m in messages]
 
     def _run_eagerly(self, messages: Sequence[Message]) -> None:
-        from celeriac.worker.inline import run_queued
+        from celeriac.worker.inline import run_eagerly
 
         if messages:
-            run_queued(self, queues=sorted({m.queue for m in messages}))
+            run_eagerly(self)
 
     def send_many(self, messages: Sequence[Message]) -> list[AsyncResult[Any]]:
         """Send many built messages in one broker round trip (``publish_many``).

@@ -71,9 +71,9 @@ def send(
         )
     flow.send()
     if app.conf.task_always_eager:
-        from celeriac.worker.inline import run_queued
+        from celeriac.worker.inline import run_eagerly
 
-        run_queued(app)
+        run_eagerly(app)
     return result
 
 

@@ -22,6 +22,12 @@ T = TypeVar("T")
 _held: contextvars.ContextVar[list[tuple[Job, BaseException]] | None] = contextvars.ContextVar(
     "celeriac_held_failures", default=None
 )
+#: How many drains are running in this context (1: run_queued, 2+: sends of running tasks).
+_depth: contextvars.ContextVar[int] = contextvars.ContextVar("celeriac_drains", default=0)
+#: How deep eager mode nests drains. A task that sends itself again (a page at a time, a
+#: poll) hit Python's recursion limit at ~75 levels (~13 frames each); past this depth a
+#: send is left queued, and the drain already running takes it next.
+EAGER_DEPTH = 16
 
 
 def run_queued(
@@ -87,6 +93,21 @@ def run_queued(
     return drain()
 
 
+def run_eagerly(app: Celeriac) -> None:
+    """Eager mode's step after a send: run every queued task now (see :func:`run_queued`).
+
+    Called by a task that runs in a drain nested :data:`EAGER_DEPTH` deep, it runs
+    nothing: the innermost drain running takes the new task after the current one.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> run_eagerly(app)  # nothing queued: nothing runs
+    """
+    if _depth.get() < EAGER_DEPTH:
+        run_queued(app)
+
+
 def _drain(
     app: Celeriac,
     executor: Executor,
@@ -98,7 +119,7 @@ def _drain(
 ) -> int:
     outer = _held.get()
     held: list[tuple[Job, BaseException]] = []
-    token = _held.set(held)
+    token, level = _held.set(held), _depth.set(_depth.get() + 1)
     try:
         ran = _each(
             app,
@@ -110,6 +131,7 @@ def _drain(
             max_tasks=max_tasks,
         )
     finally:
+        _depth.reset(level)
         _held.reset(token)
     if not held or not fail_fast:
         return ran
