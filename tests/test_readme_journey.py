@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from celeriac import Celeriac
+from celeriac.testing import wait_for
 from tests.conftest import ROOT, Ledger, WorkerProcesses
 
 EXAMPLES = ROOT / "examples"
@@ -93,10 +95,12 @@ def test_every_worker_command_in_an_example_serves_its_tasks_queues(folder: Path
 
 
 def run_example(
-    script: str, folder: Path, env: dict[str, str], timeout: float = 120
+    script: str | list[str], folder: Path, env: dict[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
+    """``python SCRIPT ...`` (or ``-m``/``-c`` and their argument) in ``folder``."""
+    args = script if isinstance(script, list) else [script]
     return subprocess.run(
-        [sys.executable, script],
+        [sys.executable, *args],
         cwd=folder,
         env=env,
         text=True,
@@ -190,3 +194,65 @@ def test_the_functions_a_user_reaches_first_have_an_example() -> None:
             elif "Example" not in doc and not re.search(rf"\b{re.escape(name)}\b", shown):
                 missing.append(f"{qualified}: no example in its docstring, README or examples/")
     assert not missing, "\n".join(missing)
+
+
+# -- a task defined in the script being run ----------------------------------------------
+
+
+def test_a_task_of_a_module_run_with_python_m_has_the_name_the_worker_gives_it(
+    tmp_path: Path,
+) -> None:
+    """``python -m pkg.jobs`` sent its tasks as ``jobs.add`` while ``celeriac -A pkg.jobs
+    worker`` registers ``pkg.jobs.add``: the worker never ran them."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "jobs.py").write_text(
+        "from celeriac import Celeriac\n"
+        "app = Celeriac('pkg', broker='memory://')\n"
+        "@app.task\n"
+        "def add(x: int, y: int) -> int:\n"
+        "    return x + y\n"
+        "if __name__ == '__main__':\n"
+        "    print(add.name)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(tmp_path)])}
+    done = run_example(["-m", "pkg.jobs"], tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "pkg.jobs.add"
+
+
+def test_a_task_defined_where_no_worker_can_import_it_says_so_when_its_wait_times_out(
+    tmp_path: Path,
+) -> None:
+    """A task defined in ``python -c``, a REPL or a notebook is named ``__main__.NAME``: no
+    worker can import it, and waiting for it timed out with no word of why."""
+    code = (
+        "from celeriac import Celeriac, ResultTimeout\n"
+        "app = Celeriac('repl')\n"
+        "@app.task\n"
+        "def add(x: int, y: int) -> int:\n"
+        "    return x + y\n"
+        "try:\n"
+        "    add.delay(1, 2).get(timeout=0.1)\n"
+        "except ResultTimeout as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env.pop("CELERIAC_BROKER_URL", None)
+    done = run_example(["-c", code], tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    assert "__main__.add" in done.stdout
+    assert "no worker can import it" in done.stdout
+    assert "-A" in done.stdout
+
+
+def test_a_worker_given_a_task_of_no_module_says_why_it_cannot_run_it(
+    core_app: Celeriac, workers: WorkerProcesses
+) -> None:
+    """The worker's log line for an unknown task names the cause when the name is one no
+    worker can import (``__main__.NAME``), instead of only "deploy the code"."""
+    workers.start("-c", "1", env={"CELERIAC_TASK_UNKNOWN_RETRY_DELAY": "0.2"})
+    core_app.send_task("__main__.add", args=(1, 2))
+    assert wait_for(lambda: "__main__.add[" in workers.log_text(), timeout=30)
+    line = next(x for x in workers.log_text().splitlines() if "__main__.add[" in x)
+    assert "not registered in this worker" in line and "no worker can import it" in line, line

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from celeriac.errors import GetInsideTask, ResultTimeout, TaskExpired, TaskFailed, TaskRevoked
 from celeriac.message import ResultRecord, decode_result
-from celeriac.task import _current
+from celeriac.task import _current, unimportable_note
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -321,6 +321,7 @@ def unfinished_note(app: Celeriac, task_names: Sequence[str]) -> str:
         f"on {its} queue), or {it} finished and {its} result is gone: results are kept "
         f"result_expires={app.conf.result_expires:g}s, and forget() deletes them."
     )
+    text += "".join(unimportable_note(n) for n in sorted(set(task_names)))
     quiet = sorted({n for n in task_names if _ignores_result(app, n)})
     if quiet:
         text += (

@@ -512,12 +512,42 @@ def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
 
 
 def task_name_for(fn: Callable[..., Any]) -> str:
-    """The default task name: ``module.qualname``; a script run as __main__ uses its file."""
+    """The default task name: ``module.qualname``, as a worker that imports the module
+    (``-A module``) names it.
+
+    The module being run is ``__main__``: ``python -m pkg.jobs`` names its tasks
+    ``pkg.jobs.NAME`` (``jobs.NAME`` was never run by ``-A pkg.jobs``), ``python jobs.py``
+    ``jobs.NAME``. Code with no module (``python -c``, a REPL, a notebook) keeps
+    ``__main__.NAME``, which no worker can import (see :func:`unimportable_note`).
+    """
     import sys
     from pathlib import Path
 
     module = fn.__module__
     if module == "__main__":
-        main_file = getattr(sys.modules["__main__"], "__file__", None)
-        module = Path(main_file).stem if main_file else "__main__"
+        main = sys.modules["__main__"]
+        spec_name = getattr(getattr(main, "__spec__", None), "name", None)
+        main_file = getattr(main, "__file__", None)
+        if spec_name:
+            module = spec_name
+        elif main_file:
+            module = Path(main_file).stem
     return f"{module}.{fn.__qualname__}"
+
+
+def unimportable_note(task_name: str) -> str:
+    """Why no worker runs a task defined outside any module, for a message; else "".
+
+    Example:
+        >>> unimportable_note("shop.tasks.add")
+        ''
+        >>> unimportable_note("__main__.add")[:60]
+        ' Note: __main__.add was defined in python -c, a REPL or a no'
+    """
+    if not task_name.startswith("__main__."):
+        return ""
+    return (
+        f" Note: {task_name} was defined in python -c, a REPL or a notebook (module "
+        "__main__), so no worker can import it: define it in a module (tasks.py) and "
+        "start the worker with -A that module (celeriac -A tasks worker)."
+    )

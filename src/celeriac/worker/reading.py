@@ -19,7 +19,7 @@ from celeriac.codec import UntrustedMessage
 from celeriac.errors import MalformedMessage, NewerProtocol
 from celeriac.message import NAME_SHOWN, ErrorInfo, invalid_field, peek_identity, storable_text
 from celeriac.middleware.base import Job, Outcome
-from celeriac.task import Request
+from celeriac.task import Request, unimportable_note
 from celeriac.text import printable
 from celeriac.worker.outage import Outage
 
@@ -307,10 +307,11 @@ class Reading:
         log.warning(
             "task %s is not registered in this worker; putting it back for %gs so a worker "
             "that knows it can take it (dead-lettered after %gs). Deploy the code that defines "
-            "it, or purge the queue.",
+            "it, or purge the queue.%s",
             job.label,
             conf.task_unknown_retry_delay,
             conf.task_unknown_max_age,
+            printable(unimportable_note(job.message.task if job.message else "")),
         )
         return Outcome(
             "DEFERRED", delay=conf.task_unknown_retry_delay, reason="unknown task", body=stamped
