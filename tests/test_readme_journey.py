@@ -256,3 +256,32 @@ def test_a_worker_given_a_task_of_no_module_says_why_it_cannot_run_it(
     assert wait_for(lambda: "__main__.add[" in workers.log_text(), timeout=30)
     line = next(x for x in workers.log_text().splitlines() if "__main__.add[" in x)
     assert "not registered in this worker" in line and "no worker can import it" in line, line
+
+
+# -- a worker started in another folder ----------------------------------------------------
+
+
+def test_a_worker_on_the_default_sqlite_file_names_the_file_it_opened(tmp_path: Path) -> None:
+    """The default broker, sqlite:///celeriac.db, is relative to each process's folder. A
+    worker started in another folder than its producers (its module found on PYTHONPATH or
+    installed) logged only "broker sqlite:///celeriac.db", created a file of its own and
+    waited there while the tasks queued in the other file."""
+    from tests.test_examples import celeriac_cli, started
+
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "tasks.py").write_text(
+        "from celeriac import Celeriac\napp = Celeriac('shop')\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "CELERIAC_BROKER_URL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(tmp_path / "project")])
+    log = tmp_path / "worker.log"
+    probe = Celeriac("probe", broker=f"sqlite:///{elsewhere}/celeriac.db")
+    try:
+        with started(celeriac_cli("-A", "tasks", "worker", "-c", "1"), elsewhere, env, log):
+            assert wait_for(probe.broker.workers, timeout=30), log.read_text()
+    finally:
+        probe.broker.close()
+    (line,) = [x for x in log.read_text().splitlines() if "starting" in x]
+    assert f"the file {elsewhere / 'celeriac.db'}" in line, line

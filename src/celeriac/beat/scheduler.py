@@ -47,7 +47,7 @@ import msgspec
 from celeriac.beat.entries import EntryState, Loaded, grace, tick_id
 from celeriac.beat.notices import Notices, at
 from celeriac.beat.schedules import format_seconds
-from celeriac.brokers import redacted
+from celeriac.brokers import shown
 from celeriac.errors import BrokerError, CeleriacError
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class Scheduler(Notices):
             "beat: scheduler %s starting (broker %s); other schedulers may run too: "
             "each tick is sent once",
             self.ident,
-            redacted(self.app.conf.broker_url),
+            shown(self.app.conf.broker_url),
         )
         try:
             while not self._stopping.is_set():

@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 from celeriac.brokers.base import Broker
-from celeriac.errors import ConfigurationError
+from celeriac.errors import CeleriacError, ConfigurationError
 
 SCHEMES = ("memory://", "sqlite:///", "redis://", "rediss://", "unix://")
 
@@ -95,6 +96,37 @@ def redacted(url: str) -> str:
         elif "/" not in user:  # redis://PASSWORD@host, a common slip: redis-py takes it
             rest = f"***{rest[at:]}"  # for a user name, so the refusal would show it
     return f"{scheme}://{_SECRET_OPTION.sub(_HIDDEN, rest)}"
+
+
+def shown(url: str) -> str:
+    """``url`` as a process's start-up line shows it: redacted, and for a relative SQLite
+    path the file it opens, which depends on the folder the process was started in.
+
+    Example:
+        >>> shown("redis://alice:s3cret@db:6379/0")
+        'redis://alice:***@db:6379/0'
+        >>> import os
+        >>> shown("sqlite:///celeriac.db") == (
+        ...     f"sqlite:///celeriac.db, the file {os.path.abspath('celeriac.db')}: producers "
+        ...     "must open the same file, run from this folder or by its absolute path")
+        True
+    """
+    text = redacted(url)
+    if not url.startswith("sqlite:"):
+        return text
+    from celeriac.brokers.sqlite_file import path_from_url
+
+    try:
+        path = path_from_url(url)[0]
+    except CeleriacError:
+        return text  # the broker says what is wrong with it when it opens
+    if os.path.isabs(path):
+        return text
+    path = os.path.abspath(path)
+    return (
+        f"{text}, the file {path}: producers must open the same file, run from this folder "
+        "or by its absolute path"
+    )
 
 
 #: A query option that carries a secret: ``password=``, ``ssl_password=``, ...

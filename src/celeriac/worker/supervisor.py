@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from celeriac.brokers import redacted
+from celeriac.brokers import redacted, shown
 from celeriac.errors import BrokerError, ConfigurationError
 from celeriac.worker.broker_duties import BrokerDuties
 from celeriac.worker.child import (
@@ -149,7 +149,7 @@ class Worker(Reaping, BrokerDuties):
             children,
             f" with {self.concurrency} {inside}" if inside else "",
             ", ".join(self.queues),
-            redacted(self.app.conf.broker_url),
+            shown(self.app.conf.broker_url),
         )
         if not self._wait_for_broker():
             log.info("worker %s stopped before the broker could be reached", self.id)
