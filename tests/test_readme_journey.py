@@ -285,3 +285,52 @@ def test_a_worker_on_the_default_sqlite_file_names_the_file_it_opened(tmp_path: 
         probe.broker.close()
     (line,) = [x for x in log.read_text().splitlines() if "starting" in x]
     assert f"the file {elsewhere / 'celeriac.db'}" in line, line
+
+
+# -- the two set-up commands on Debian's own Python ---------------------------------------
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+MANAGED = (
+    "import ensurepip, os, sys, sysconfig\n"  # ensurepip: a venv can be made without apt
+    "marker = os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED')\n"
+    "sys.exit(0 if os.path.exists(marker) and sys.prefix == sys.base_prefix else 1)\n"
+)
+
+
+def _refuses_pip(python: str) -> bool:
+    if not os.path.exists(python):
+        return False
+    done = subprocess.run([python, "-c", MANAGED], capture_output=True, timeout=60, check=False)
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(
+    not _refuses_pip(SYSTEM_PYTHON),
+    reason=f"no {SYSTEM_PYTHON} that refuses pip installs (PEP 668) here",
+)
+def test_the_setup_commands_install_into_a_venv_with_debians_own_python(tmp_path: Path) -> None:
+    """On a fresh Debian machine python3 is Debian's 3.11, whose pip refuses to install
+    outside a virtual environment ("externally-managed-environment"): `bash scripts/demo`
+    and `bash scripts/test` stopped at their first line of work."""
+    for script in ("demo", "test"):
+        text = (ROOT / "scripts" / script).read_text(encoding="utf-8")
+        assert text.index("source scripts/python-env.sh") < text.index("pip install"), script
+    (tmp_path / "scripts").mkdir()
+    helper = (ROOT / "scripts" / "python-env.sh").read_text(encoding="utf-8")
+    (tmp_path / "scripts" / "python-env.sh").write_text(helper)
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    env.pop("VIRTUAL_ENV", None)
+    shell = "source scripts/python-env.sh; command -v python3; python3 -m pip --version"
+    done = subprocess.run(
+        ["bash", "-c", shell],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    python, pip = done.stdout.splitlines()
+    assert python == str(tmp_path / ".venv" / "bin" / "python3")
+    assert str(tmp_path / ".venv") in pip
