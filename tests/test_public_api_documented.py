@@ -9,8 +9,9 @@ would be found in any English sentence.
 The public surface is what a user touches: ``celeriac.__all__``; the public methods and
 properties of Celeriac, Task, AsyncResult, GroupResult, the canvas classes, Middleware and
 the beat API (``app.beat``); every setting; the functions of ``celeriac.control``,
-``celeriac.testing`` and ``celeriac.canvas``, and ``release_dedupe_key``. Those functions
-also carry an Example in their docstrings, as their modules' others do (run as doctests).
+``celeriac.testing`` and ``celeriac.canvas``, ``default_middleware`` and
+``release_dedupe_key``. Those functions also carry an Example in their docstrings, as their
+modules' others do (run as doctests).
 
 A name that needs no example goes in NOT_SHOWN, with the reason. Static and cheap: the
 examples themselves run in tests/test_examples.py, and the last test here checks that
@@ -57,7 +58,20 @@ FUNCTION_MODULES: dict[str, tuple[str, ...] | None] = {
     "celeriac.control": None,
     "celeriac.testing": None,
     "celeriac.canvas": None,
+    "celeriac.middleware": ("default_middleware",),  # the README's own middleware example
     "celeriac.middleware.dedupe": ("release_dedupe_key",),
+}
+
+# The methods a newcomer calls first (the README's Quickstart): like the module functions
+# above, each carries an Example in its docstring, what `help(app.task)` shows.
+FIRST_CALLS = {
+    "Celeriac.task",
+    "Celeriac.bound_task",
+    "Task.delay",
+    "Task.adelay",
+    "Task.apply_async",
+    "AsyncResult.get",
+    "AsyncResult.aget",
 }
 
 # Public names that need no example in the README, docs or examples/, and why. Keep it
@@ -124,7 +138,8 @@ def methods() -> Iterator[Name]:
                     continue
                 seen.add((owner, name))
                 pattern = rf"\.{re.escape(name)}\b|\bdef {re.escape(name)}\("
-                yield Name(f"{owner.__name__}.{name}", _doc(raw), pattern)
+                label = f"{owner.__name__}.{name}"
+                yield Name(label, _doc(raw), pattern, label in FIRST_CALLS)
 
 
 def settings() -> Iterator[Name]:
@@ -192,11 +207,13 @@ def test_the_public_surface_is_what_the_rule_says() -> None:
         "celeriac.testing.wait_for",
         "celeriac.testing.celeriac_app",  # a pytest fixture: no plain function
         "celeriac.middleware.dedupe.release_dedupe_key",
+        "celeriac.middleware.default_middleware",
         "celeriac.Retry",
     }
     assert expected <= labels, sorted(expected - labels)
     assert len(labels) > 150, len(labels)
     assert NO_EXAMPLE <= NOT_SHOWN <= labels, sorted(NOT_SHOWN - labels)
+    assert labels >= FIRST_CALLS, sorted(FIRST_CALLS - labels)
 
 
 def test_every_public_name_has_a_docstring() -> None:
@@ -205,7 +222,8 @@ def test_every_public_name_has_a_docstring() -> None:
 
 
 def test_every_public_function_of_an_example_module_has_an_example() -> None:
-    """Their modules' functions carry ``Example:`` sections (run as doctests)."""
+    """Their modules' functions, and FIRST_CALLS, carry ``Example:`` sections (run as
+    doctests)."""
     missing = [
         name.label
         for name in public_names()

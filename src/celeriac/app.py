@@ -160,6 +160,18 @@ class Celeriac:
         middleware declares. With ``bind=True`` the function receives the task first
         (``self.request``, ``self.retry``); see :meth:`bound_task` for precise typing.
 
+        Example:
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> @app.task(queue="emails", soft_time_limit=10, time_limit=20, expires=300)
+            ... def send_welcome(user_id: int) -> str:
+            ...     return f"welcome e-mail sent to user {user_id}"
+            >>> send_welcome.name, send_welcome.options.queue
+            ('celeriac.app.send_welcome', 'emails')
+            >>> app.task(retries=3)(print)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            celeriac.errors.ConfigurationError: task print: unknown option(s) retries (did you \
+mean 'max_retries'?). Known options: ...
+
         Raises:
             ConfigurationError: an option no middleware understands, or a value that its
                 middleware could not apply (``rate_limit="10/x"``, a ``limit`` missing
@@ -173,7 +185,16 @@ class Celeriac:
     def bound_task(
         self, **options: Any
     ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]:
-        """Like ``@app.task(bind=True)``, typed so that ``self`` is not a parameter."""
+        """Like ``@app.task(bind=True)``, typed so that ``self`` is not a parameter.
+
+        Example:
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> @app.bound_task(max_retries=3)
+            ... def charge(self: Task[..., str], order_id: int) -> str:
+            ...     return f"order {order_id}, try {self.request.retries + 1}"
+            >>> charge.bind
+            True
+        """
         return lambda f: self._register(f, {**options, "bind": True})
 
     def _register(self, fn: Callable[..., Any], options: dict[str, Any]) -> Task[Any, Any]:

@@ -135,11 +135,30 @@ class Task(Generic[P, R]):
         return request
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
-        """Send the task with these arguments; return its result handle at once."""
+        """Send the task with these arguments; return its result handle at once.
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> from celeriac.testing import run_queued
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> add = app.task(name="doc.add")(lambda x, y: x + y)
+            >>> r = add.delay(2, 3)  # sent; a worker (here run_queued) runs it
+            >>> run_queued(app), r.get(timeout=1)
+            (1, 5)
+        """
         return self.apply_async(args, kwargs)
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
-        """Async face of :meth:`delay`."""
+        """Async face of :meth:`delay`: ``r = await add.adelay(2, 3)``.
+
+        Example:
+            >>> import asyncio
+            >>> from celeriac import Celeriac
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> add = app.task(name="doc.add")(lambda x, y: x + y)
+            >>> asyncio.run(add.adelay(2, 3))  # doctest: +ELLIPSIS
+            <AsyncResult doc.add[...]>
+        """
         return await self.aapply_async(args, kwargs)
 
     def apply_async(
@@ -158,6 +177,17 @@ class Task(Generic[P, R]):
                 call would fail in the worker.
             SerializationError: an argument cannot be encoded (names the argument).
             PayloadTooLarge: the message is over ``task_payload_max_bytes``.
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> add = app.task(name="doc.add")(lambda x, y: x + y)
+            >>> add.apply_async((2, 3), countdown=5, priority=9, task_id="add-2-3").id
+            'add-2-3'
+            >>> add.apply_async((2,))
+            Traceback (most recent call last):
+            TypeError: cannot send task doc.add: missing a required argument: 'y'; the \
+function is <lambda>(x, y)
         """
         self.check_arguments(args, kwargs)
         conversions = self.conversions

@@ -18,7 +18,21 @@ from celeriac.middleware.verdicts import Verdicts
 
 
 def default_middleware() -> list[Middleware]:
-    """The middleware every app gets unless it passes its own list."""
+    """The middleware every app gets unless it passes its own list: keep them, and add
+    yours after them (``Celeriac(..., middleware=[*default_middleware(), Audit()])``).
+
+    Example:
+        >>> from celeriac import Celeriac, Middleware
+        >>> class Audit(Middleware):
+        ...     options = frozenset({"audit"})
+        >>> app = Celeriac("doc", broker="memory://", middleware=[*default_middleware(), Audit()])
+        >>> [type(m).__name__ for m in default_middleware()][:3]
+        ['Canvas', 'Verdicts', 'Expiry']
+        >>> @app.task(audit=True)  # refused without Audit: no middleware declares it
+        ... def charge(order_id: int) -> None: ...
+        >>> charge.options.extra
+        {'audit': True}
+    """
     # Canvas first: its after_execute then runs last and sees the final outcome (after
     # Retries decided whether a failure is final).
     return [
