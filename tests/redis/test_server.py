@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -263,3 +265,30 @@ def test_a_replica_is_named_and_its_connection_not_reused(own_server: Server) ->
     finally:
         raw.close()
         broker.close()
+
+
+def test_a_frozen_server_costs_a_producer_one_timeout_not_three(own_server: Server) -> None:
+    # A process's first send checks the server through redis-py's client, whose retry
+    # policy retried a timeout like a broken socket: a web request's delay() to a frozen
+    # Redis (SIGSTOP, a paused VM, a partition) waited 3 x socket_timeout, 90 s with the
+    # defaults, opening a connection per try. The hot path (wire.py) already tried once.
+    server = own_server()
+    raw = redis.Redis(port=server.port)
+    app = Celeriac("frozen", broker=f"{server.url}?socket_timeout=0.5")
+    message = app.task_named("shop.add").message((1, 2))
+    try:
+        before = raw.info("stats")["total_connections_received"]
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(BrokerConnectionError, match="did not answer"):
+                app.publish(message)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        # Redis accepts its backlog in order: once a new client's PING is answered, every
+        # connection the producer opened while the server was stopped has been counted.
+        with redis.Redis(port=server.port) as last:
+            last.ping()
+        assert raw.info("stats")["total_connections_received"] - before == 1 + 1  # + last
+    finally:
+        app.broker.close()
+        raw.close()

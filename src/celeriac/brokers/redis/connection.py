@@ -64,8 +64,19 @@ _DEFAULTS: dict[str, Any] = {"socket_connect_timeout": 5.0, "socket_timeout": 30
 _TCP_DEFAULTS: dict[str, Any] = {**_DEFAULTS, "socket_keepalive": True}
 
 
-def _retry() -> Retry:
-    return Retry(ExponentialBackoff(cap=0.2, base=0.02), 2)
+def _retry(*, timeouts: bool = False) -> Retry:
+    """Two quick retries of a broken connection; a time-out only when ``timeouts``.
+
+    A time-out is the server there and not answering (frozen, a paused VM, a partition):
+    each retry waited socket_timeout again and sent the command again, so a producer's
+    first ``delay()`` to a frozen Redis (its server check runs on redis-py) waited 90 s
+    with the defaults. The wire (wire.py) never retried one. ``retry_on_timeout=true`` in
+    the URL still turns it on. Cluster keeps it: a timed-out node may have failed over.
+    """
+    errors: tuple[type[Exception], ...] = (redis.ConnectionError,)
+    if timeouts:
+        errors += (redis.TimeoutError, TimeoutError)
+    return Retry(ExponentialBackoff(cap=0.2, base=0.02), 2, supported_errors=errors)
 
 
 @dataclass(frozen=True)
@@ -207,7 +218,7 @@ class RedisURL:
         if self.cluster:
             try:
                 return redis.cluster.RedisCluster.from_url(
-                    self.redis_url, retry=_retry(), **self.defaults
+                    self.redis_url, retry=_retry(timeouts=True), **self.defaults
                 )
             except DRIVER_ERRORS as exc:
                 raise translate(exc, "connect", self.safe) from exc
@@ -223,7 +234,7 @@ class RedisURL:
         """A new redis.asyncio client, bound to the running event loop."""
         if self.cluster:
             return redis.asyncio.cluster.RedisCluster.from_url(
-                self.redis_url, retry=_retry(), **self.defaults
+                self.redis_url, retry=_retry(timeouts=True), **self.defaults
             )
         # A blocking pool: past its 100 connections a command waits for a free one. The
         # default pool raised "Too many connections" instead, so ~100 concurrent aget()s
