@@ -287,7 +287,9 @@ mean 'max_retries'?). Known options: ...
         Raises:
             SerializationError: an argument cannot be encoded.
             PayloadTooLarge: the message is over ``task_payload_max_bytes``.
-            BrokerConnectionError: the broker cannot be reached; nothing was sent.
+            BrokerConnectionError: the broker cannot be reached; nothing was sent,
+                unless the error's ``maybe_done`` is True (Redis got the message and did
+                not answer in time): then send it again under the same id to be sure.
         """
         outgoing = self._outgoing(message)
         if outgoing is None:  # a middleware (dedupe) says an existing task stands for it
@@ -517,7 +519,10 @@ def _say_not_sent(exc: BaseException, messages: Sequence[Message]) -> None:
         if len(messages) == 1
         else f"{len(messages):,} tasks ({first.task}[{first.id}], ...) were"
     )
-    exc.args = (f"{what} not sent: {exc.args[0]}",)
+    # The broker may have queued them all the same (no answer came): "not sent" alone
+    # had callers send again under new ids, and the task ran twice.
+    outcome = "perhaps not sent (it may be queued)" if exc.maybe_done else "not sent"
+    exc.args = (f"{what} {outcome}: {exc.args[0]}",)
 
 
 def _unknown_task(*args: Any, **kwargs: Any) -> Any:

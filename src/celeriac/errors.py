@@ -102,7 +102,19 @@ class NewerProtocol(MalformedMessage):
 
 
 class BrokerError(CeleriacError):
-    """The broker failed to do what was asked."""
+    """The broker failed to do what was asked.
+
+    ``maybe_done`` is True when it may have done it all the same: the request reached
+    the broker and no answer came back (a Redis that did not answer in time runs the
+    command once it answers), or a batch in several calls failed partway. A send is safe
+    to repeat with the same ids: an id already queued is not queued twice.
+
+    Example:
+        >>> BrokerError("could not send messages: Redis did not answer").maybe_done
+        False
+    """
+
+    maybe_done = False
 
 
 class BrokerConnectionError(BrokerError):

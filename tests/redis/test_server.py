@@ -292,3 +292,30 @@ def test_a_frozen_server_costs_a_producer_one_timeout_not_three(own_server: Serv
     finally:
         app.broker.close()
         raw.close()
+
+
+def test_a_send_redis_did_not_answer_says_it_may_be_queued(own_server: Server) -> None:
+    # The script reached a stopped Redis, which ran it once it ran again; the error said
+    # "task ... was not sent", and a web request that sent the task again on that word,
+    # under a new id, ran it twice.
+    server = own_server()
+    app = Celeriac("frozen", broker=f"{server.url}?prefix=frozen&socket_timeout=0.5")
+    add = app.task_named("shop.add")
+    try:
+        add.apply_async((1, 1), task_id="before")  # the connection is open and checked
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(BrokerConnectionError) as caught:
+                add.apply_async((1, 2), task_id="frozen-1")
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        said = str(caught.value)
+        assert said.startswith("task shop.add[frozen-1] was perhaps not sent (it may be queued)")
+        assert "Send it again under the same id" in said and "task_id=ID" in said
+        assert caught.value.maybe_done
+        queued = wait_for(lambda: app.broker.stats()[0].ready == 2, timeout=10)
+        assert queued, app.broker.stats()  # Redis ran the send it had not answered
+        add.apply_async((1, 2), task_id="frozen-1")  # the advice: same id, queued once
+        assert app.broker.stats()[0].ready == 2
+    finally:
+        app.broker.close()

@@ -370,6 +370,9 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
         )
     else:
         error = BrokerError(f"could not {what}: Redis at {url} refused the command: {exc}")
+    if isinstance(original, redis.TimeoutError) and "connecting" not in str(original):
+        # Sent, or partly sent, and unanswered: Redis may run it when it answers.
+        error.maybe_done = True
     error.__cause__ = original
     error.__suppress_context__ = True
     return error

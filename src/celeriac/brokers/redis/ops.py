@@ -105,7 +105,11 @@ def send(ctx: Context, messages: Sequence[Outgoing]) -> Plan[list[bool]]:
     if len(messages) == 1 and not ctx.cluster and messages[0].queue in ctx.registered():
         # The common case (one delay()) without the grouping below: one script call.
         m = messages[0]
-        reply = yield _send_call(ctx, ctx.keys.queue(m.queue), messages)
+        try:
+            reply = yield _send_call(ctx, ctx.keys.queue(m.queue), messages)
+        except BrokerError as exc:
+            _say_maybe_queued(exc, 1)
+            raise
         return [reply[0] == 1]
     created = [False] * len(messages)
     finished: set[int] = set()
@@ -135,21 +139,43 @@ def send(ctx: Context, messages: Sequence[Outgoing]) -> Plan[list[bool]]:
     try:
         replies = yield Batch(itertools.chain(calls, ctx.register(list(groups))))
     except BrokerError as exc:
-        if len(chunks) > 1 and len(exc.args) == 1:
-            # Other calls than the one that failed may have run (Redis full halfway, an
-            # ACL on one queue): "not sent" alone had a job run again with new ids.
-            exc.args = (
-                f"{exc.args[0]} Some of these {len(messages)} messages may be queued all the "
-                f"same: they go in one call per queue and {SEND_CHUNK} messages, and calls "
-                "other than the refused one may have run. Send the same messages again: "
-                "their ids make a resend queue only those that are not queued yet.",
-            )
+        _say_maybe_queued(exc, len(messages), calls=len(chunks))
         raise
     for (_, indexes), reply in zip(chunks, replies, strict=False):
         for i, flag in zip(indexes, reply, strict=True):
             created[i] = flag == 1
     ctx.known.update(groups)
     return created
+
+
+def _say_maybe_queued(exc: BrokerError, count: int, *, calls: int = 1) -> None:
+    """Add to a failed send's error what may be queued all the same, and mark it
+    ``maybe_done``: "not sent" alone had callers send again under new ids, and the
+    tasks ran twice.
+
+    Two cases: Redis got the calls and did not answer in time (a stopped Redis runs them
+    once it runs again), or one of several calls was refused after others had run (Redis
+    full halfway, an ACL on one queue).
+    """
+    if len(exc.args) != 1:
+        return
+    if not exc.maybe_done and calls > 1:
+        exc.maybe_done = True
+        exc.args = (
+            f"{exc.args[0]} Some of these {count} messages may be queued all the same: they "
+            f"go in one call per queue and {SEND_CHUNK} messages, and calls other than the "
+            "refused one may have run. Send the same messages again: their ids make a "
+            "resend queue only those that are not queued yet.",
+        )
+    elif exc.maybe_done:
+        again = (
+            "this message all the same once it answers. Send it again under the same id "
+            "to be sure (apply_async(..., task_id=ID))"
+            if count == 1
+            else f"these {count} messages all the same once it answers. Send the same "
+            "messages again to be sure"
+        )
+        exc.args = (f"{exc.args[0]} Redis may queue {again}: an id queued is not queued twice.",)
 
 
 def _send_call(ctx: Context, q: QueueKeys, messages: Sequence[Outgoing]) -> Call:
