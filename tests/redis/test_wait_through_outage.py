@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import threading
 from collections.abc import Callable
 
 import pytest
 
 import redis
+from celeriac.brokers.records import Outgoing
 from celeriac.brokers.redis import RedisBroker, admin
 from celeriac.errors import BrokerConnectionError
 from celeriac.testing import wait_for
@@ -133,5 +136,30 @@ def test_a_wait_on_a_redis_that_is_not_there_fails_at_once() -> None:
     try:
         with pytest.raises(BrokerConnectionError, match="did not answer"):
             broker.wait_result("t", 3600)
+    finally:
+        broker.close()
+
+
+def test_a_wait_on_a_frozen_redis_ends_at_its_deadline_not_the_socket_timeout(
+    own_server: Callable[..., RedisServer],
+) -> None:
+    # A stopped Redis (SIGSTOP, a paused VM) answers nothing: each read of the result
+    # key waited the whole socket timeout, so a web request's get(timeout=1) took 31 s
+    # with the defaults (here it would take 600 s).
+    server = own_server()
+    broker = RedisBroker(f"{server.url}?socket_timeout=600")
+    try:
+        held_lease(broker, "t")
+        waiter, outcome = _wait_in_thread(broker, 1.0)
+        wait_for(lambda: _waiting(server, broker), timeout=10)
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            waiter.join(30)
+            assert not waiter.is_alive(), "the wait outlasted its timeout by 30 s"
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert len(outcome) == 1 and isinstance(outcome[0], BrokerConnectionError), outcome
+        assert "did not answer" in str(outcome[0])
+        assert broker.send([Outgoing("u", "q", b"u")]) == [True]  # no reply left on a socket
     finally:
         broker.close()

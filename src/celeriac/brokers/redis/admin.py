@@ -152,14 +152,17 @@ def wait_result(ctx: Context, task_id: str, timeout: float) -> Plan[bytes | None
         # restart that lost the set is repaired within a renewal. A clock more than
         # WAITER_LEASE off only costs wake-ups: the key is read every LISTEN_STEP anyway.
         waiter = os.urandom(8).hex().encode()
-        yield Command(("ZADD", ctx.keys.waiting, _lapses(), waiter))
+        yield Command(("ZADD", ctx.keys.waiting, _lapses(), waiter), _bound(deadline))
         renew_at = time.monotonic() + WAITER_LEASE / 2
     yield Subscribe(ctx.keys.channel(task_id))
     found: bytes | None = None
     away = 0  # reads in a row that found Redis unreachable
     while True:
         try:
-            stored = _read_result((yield Command(("GET", ctx.keys.result(task_id)))))
+            # Each read is bounded by the wait's deadline, not only the socket timeout: a
+            # get(timeout=1) on a frozen Redis took 31 s (a paused VM, SIGSTOP).
+            key = ctx.keys.result(task_id)
+            stored = _read_result((yield Command(("GET", key), _bound(deadline))))
             if stored is not None and stored[1]:
                 found = stored[0]
                 break
@@ -169,7 +172,7 @@ def wait_result(ctx: Context, task_id: str, timeout: float) -> Plan[bytes | None
                 break
             yield Listen(min(remaining, LISTEN_STEP))
             if time.monotonic() >= renew_at:
-                yield Command(("ZADD", ctx.keys.waiting, _lapses(), waiter))
+                yield Command(("ZADD", ctx.keys.waiting, _lapses(), waiter), _bound(deadline))
                 renew_at = time.monotonic() + WAITER_LEASE / 2
         except BrokerConnectionError as exc:
             pause = min(0.1 * 2**away, OUTAGE_PAUSE_MAX)
@@ -184,8 +187,14 @@ def wait_result(ctx: Context, task_id: str, timeout: float) -> Plan[bytes | None
             away += 1
             yield Pause(pause)
     if waiter:
-        yield Command(("ZREM", ctx.keys.waiting, waiter))
+        yield Command(("ZREM", ctx.keys.waiting, waiter), LISTEN_STEP)
     return found
+
+
+def _bound(deadline: float) -> float:
+    """Seconds a waiter's command may wait for its reply: what is left of the wait, and
+    at least LISTEN_STEP, so the last look at the key still gets its answer."""
+    return max(deadline - time.monotonic(), LISTEN_STEP)
 
 
 def _lapses() -> int:

@@ -144,7 +144,7 @@ class SyncDriver:
     @staticmethod
     def _do_raw(wire: Wire, step: Call | Command) -> Any:
         if isinstance(step, Command):
-            return wire.call(step.args)
+            return wire.call(step.args, step.timeout)
         try:
             return wire.call(_evalsha(step))
         except NoScriptError:  # not cached on this server yet, or SCRIPT FLUSH

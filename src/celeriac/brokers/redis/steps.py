@@ -30,9 +30,11 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """Run one plain Redis command."""
+    """Run one plain Redis command; ``timeout`` (seconds) caps the wait for its reply
+    below the socket timeout, on the sync driver's wire (standalone Redis) only."""
 
     args: tuple[Arg, ...]
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

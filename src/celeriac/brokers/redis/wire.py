@@ -116,6 +116,16 @@ class _Link:
             reply = reader.gets()
         return reply
 
+    def replies(self, count: int, timeout: float | None) -> list[Any]:
+        """The next ``count`` replies; ``timeout`` caps the wait below the socket's."""
+        kept = self.sock.gettimeout() if timeout is not None else None
+        if timeout is None or (kept is not None and kept <= timeout):
+            return [self.read() for _ in range(count)]
+        self.sock.settimeout(timeout)  # a time-out closes the link: put back only here
+        out = [self.read() for _ in range(count)]
+        self.sock.settimeout(kept)
+        return out
+
     def close(self) -> None:
         self.conn.disconnect()
 
@@ -174,14 +184,17 @@ class Wire:
         # sockets before the cycle's finalizers run, so no socket is finalized while open.
         weakref.finalize(self, _close_all, self._idle)
 
-    def call(self, args: Sequence[Any]) -> Any:
+    def call(self, args: Sequence[Any], timeout: float | None = None) -> Any:
         """One command, one reply; an error reply is raised as redis-py's exception.
+
+        ``timeout`` caps the wait for the reply below the socket timeout (a result
+        waiter's read must not outlast the wait's own timeout).
 
         Raises:
             redis.ResponseError: Redis answered with an error (``NoScriptError`` included).
             redis.ConnectionError: the server could not be reached after the retries.
         """
-        return self._round_trip((hiredis.pack_command(tuple(args)),), 1)[0]
+        return self._round_trip((hiredis.pack_command(tuple(args)),), 1, timeout=timeout)[0]
 
     def pipeline(self, commands: Iterable[Sequence[Any]]) -> list[Any]:
         """Several commands in one round trip; an error reply is returned in its place.
@@ -202,6 +215,7 @@ class Wire:
         replies: int | Callable[[], int],  # a function: known once everything is sent
         *,
         errors_in_place: bool = False,
+        timeout: float | None = None,
     ) -> list[Any]:
         for attempt in range(len(RETRY_PAUSES) + 1):
             link: _Link | None = None
@@ -210,7 +224,11 @@ class Wire:
                 # One sendall per chunk: Redis starts on the first while the rest are sent.
                 link.send(packed)
                 count = replies if isinstance(replies, int) else replies()
-                out = [link.read() for _ in range(count)]
+                out = (
+                    [link.read() for _ in range(count)]
+                    if timeout is None  # the hot path: no call more
+                    else link.replies(count, timeout)
+                )
             except _RETRYABLE:
                 if link is not None:
                     link.close()
