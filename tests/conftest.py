@@ -21,7 +21,7 @@ import celeriac
 from celeriac import Celeriac
 from celeriac.testing import wait_for
 from tests.apps import core
-from tests.redis_server import RedisServer, redis_cluster, redis_server
+from tests.redis_server import RedisServer, redis_cluster, redis_server, start_redis
 
 __all__ = ["redis_cluster", "redis_server"]
 
@@ -145,6 +145,14 @@ class WorkerProcesses:
 def _kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which the test may stop (an outage)."""
+    server = start_redis(tmp_path / "private-redis")
+    yield server
+    server.stop()
 
 
 @pytest.fixture

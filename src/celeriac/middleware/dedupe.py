@@ -33,6 +33,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from celeriac.control import is_revoke_mark
+from celeriac.errors import BrokerError
 from celeriac.message import Message
 from celeriac.middleware.base import Job, Middleware, Outcome, is_seconds, option_error
 from celeriac.middleware.flow import sending_workflow
@@ -46,6 +47,8 @@ _QUEUED_AGAIN = frozenset({"DEFERRED", "RETRY"})
 # A key outlives its message's expiry by this much: a worker whose clock is behind may still
 # start the task, and a send meanwhile would run it twice.
 _EXPIRY_GRACE = 1.0
+# Seconds a task waits when its debounce mark or dedupe key could not be read or freed.
+_UNREACHABLE_DELAY = 1.0
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -195,12 +198,26 @@ class Dedupe(Middleware):
         if message is None or task is None:
             return None
         broker = task.app.broker
-        if "debounce" in message.options:
-            (last,) = broker.kv_get([f"debounce:{message.options['debounce_key']}"])
-            if last is not None and last.decode() != message.id:
-                return Outcome("REVOKED", reason="superseded by a later send (debounce)")
-        if message.options.get("dedupe_mode", "queued") == "queued":
-            self._release(job)
+        try:
+            if "debounce" in message.options:
+                (last,) = broker.kv_get([f"debounce:{message.options['debounce_key']}"])
+                if last is not None and last.decode() != message.id:
+                    return Outcome("REVOKED", reason="superseded by a later send (debounce)")
+            if message.options.get("dedupe_mode", "queued") == "queued":
+                self._release(job)
+        except BrokerError as exc:
+            # Raised, the hook was logged and skipped and the task ran: a superseded send
+            # of a burst ran beside the last one, and a queued-mode key stayed held while
+            # its task ran, so the next trigger was dropped.
+            log.warning(
+                "task %s: its %s could not be read or freed (%s); it is put back and "
+                "run in %gs. If this repeats, check that the broker is reachable",
+                job.label,
+                "debounce mark" if "debounce" in message.options else "dedupe key",
+                exc,
+                _UNREACHABLE_DELAY,
+            )
+            return Outcome("DEFERRED", delay=_UNREACHABLE_DELAY, reason=f"dedupe: {exc}")
         return None
 
     def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:

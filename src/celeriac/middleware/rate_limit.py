@@ -21,13 +21,15 @@ back by one slot, whichever process sent or runs them.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from celeriac.errors import ConfigurationError
+from celeriac.errors import BrokerError, ConfigurationError
 from celeriac.middleware.base import Job, Middleware, Outcome, call_options, option_error
+from celeriac.text import printable
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -40,6 +42,9 @@ _SLOT = "rate_slot"  # option on a deferred message: the time of its reserved sl
 _ADMIT_TRIES = 3
 # Limiter keys whose latest slot a process remembers (see RateLimit._later).
 _LATER_KEPT = 10_000
+# Seconds a task waits when its limiter could not be read: the broker's outage decides.
+_UNREACHABLE_DELAY = 1.0
+log = logging.getLogger("celeriac.rate_limit")
 _RATE = "a rate written N/s, N/m, N/h or N/d with N a whole number over 0 (e.g. '100/m')"
 
 
@@ -111,8 +116,15 @@ app's limits setting (it has: 'smtp'), got 'smpt'
             return _misconfigured(job, exc)
         if limiter is None:
             return None
-        key, limit, period = limiter
-        broker = task.app.broker
+        try:
+            return self._apply(job, *limiter)
+        except BrokerError as exc:
+            return _unreachable(job, limiter[0], exc)
+
+    def _apply(self, job: Job, key: str, limit: int, period: float) -> Outcome | None:
+        """Reserve (once) and admit: None to run now, else the Outcome to settle."""
+        assert job.task is not None and job.message is not None
+        broker, message = job.task.app.broker, job.message
         if _SLOT not in message.options:
             # Phase 1: reserve a slot, once. Slots are spread evenly, so a backlog waits in
             # the broker in order instead of all waking together.
@@ -229,6 +241,22 @@ def _expires_first(job: Job, slot: float, key: str) -> Outcome:
             "so it could not start in time"
         ),
     )
+
+
+def _unreachable(job: Job, key: str, exc: BrokerError) -> Outcome:
+    """DEFERRED, not a run: the broker that keeps the limiter did not answer. The hook's
+    error used to be logged and skipped like any other, so during a broker outage (a
+    failover, a restart) every task a child held ran at once, with no limit at all."""
+    log.warning(
+        "task %s: its rate limit %s could not be checked (%s); it is not run unlimited but "
+        "put back and checked again in %gs. If this repeats, check that the broker is "
+        "reachable",
+        job.label,
+        printable(key),
+        exc,
+        _UNREACHABLE_DELAY,
+    )
+    return Outcome("DEFERRED", delay=_UNREACHABLE_DELAY, reason=f"rate limit {key}: {exc}")
 
 
 def _misconfigured(job: Job, exc: Exception) -> Outcome:
