@@ -22,11 +22,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+import redis
 
 MISSING = (
     "redis-server not found: install Debian's redis-server package (apt-get install redis-server)"
@@ -201,6 +203,38 @@ class RedisClusterNodes:
         return f"redis://127.0.0.1:{self.nodes[0].port}?cluster=1"
 
     folder: Path | None = None
+
+    def owner(self, slot: int) -> int:
+        """The port of the primary that serves ``slot``."""
+        with redis.Redis(port=self.nodes[0].port) as client:
+            for first, last, primary, *_ in client.execute_command("CLUSTER SLOTS"):
+                if first <= slot <= last:
+                    return int(primary[1])
+        raise RuntimeError(f"no node serves slot {slot}")
+
+    def begin_move(self, slot: int, to: int) -> Callable[[], int]:
+        """Mark ``slot`` as migrating to the node on port ``to``, as a reshard does before
+        it moves any key; the returned function moves its keys and hands the slot over
+        (returns how many keys moved). Until then the slot's multi-key scripts are refused
+        (ASK, then TRYAGAIN), as they are during a real reshard."""
+        source = redis.Redis(port=self.owner(slot))
+        target = redis.Redis(port=to)
+        source_id, target_id = (c.execute_command("CLUSTER MYID") for c in (source, target))
+        target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+
+        def finish() -> int:
+            moved = 0
+            while keys := source.execute_command("CLUSTER GETKEYSINSLOT", slot, 10):
+                source.execute_command("MIGRATE", "127.0.0.1", to, "", 0, 5000, "KEYS", *keys)
+                moved += len(keys)
+            for node in (target, source):
+                node.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+            source.close()
+            target.close()
+            return moved
+
+        return finish
 
     def stop(self) -> None:
         """Stop every node by its PID."""

@@ -32,7 +32,7 @@ import redis.asyncio.cluster
 import redis.cluster
 from redis.backoff import ExponentialBackoff
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
-from redis.exceptions import ClusterDownError, RedisClusterException
+from redis.exceptions import ClusterDownError, ClusterError, RedisClusterException
 from redis.retry import Retry
 
 import redis
@@ -326,13 +326,8 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
             f"({type(exc).__name__}: {exc}). Check the user and password in the broker URL "
             "(redis://user:password@host:6379/0) and the user's ACL on the server."
         )
-    elif isinstance(exc, RedisClusterException | ClusterDownError):
-        error = BrokerConnectionError(
-            f"could not {what}: the Redis Cluster at {url} cannot serve it "
-            f"({type(exc).__name__}: {exc}). Check that its nodes are running and reachable "
-            "from this host (redis-cli --cluster check HOST:PORT), and that the broker URL "
-            "(host, port, password, TLS) is right."
-        )
+    elif (cluster := _cluster_error(exc, what, url)) is not None:
+        error = cluster
     elif isinstance(exc, redis.exceptions.BusyLoadingError):
         # A ConnectionError to redis-py, but the server is there: "check that it is
         # running" sent an operator to look for a fault while Redis read its AOF.
@@ -376,6 +371,28 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
     error.__cause__ = original
     error.__suppress_context__ = True
     return error
+
+
+def _cluster_error(exc: DriverError, what: str, url: str) -> BrokerError | None:
+    """What translate() says of a Cluster that cannot serve a command; None for others."""
+    if isinstance(exc, RedisClusterException | ClusterDownError):
+        return BrokerConnectionError(
+            f"could not {what}: the Redis Cluster at {url} cannot serve it "
+            f"({type(exc).__name__}: {exc}). Check that its nodes are running and reachable "
+            "from this host (redis-cli --cluster check HOST:PORT), and that the broker URL "
+            "(host, port, password, TLS) is right."
+        )
+    if isinstance(exc, ClusterError) and str(exc).startswith("TTL exhausted"):
+        # Redirected until redis-py (and the driver, REDIRECT_PATIENCE) gave up: a slot on
+        # the move. It read "refused the command: TTL exhausted.", as if the command were
+        # wrong, and producers took it for a refusal rather than an outage to wait out.
+        return BrokerConnectionError(
+            f"could not {what}: the Redis Cluster at {url} is moving the slot ({exc}). A "
+            "reshard or rebalance is migrating it; send again once it is done. If none is "
+            "running, a migration was left half-done: `redis-cli --cluster check HOST:PORT` "
+            "shows it and `redis-cli --cluster fix HOST:PORT` finishes it."
+        )
+    return None
 
 
 def _denied(exc: DriverError, url: str, denial: Denial | None) -> str:

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import redis.asyncio.cluster
 import redis.cluster
-from redis.exceptions import NoScriptError
+from redis.crc import key_slot
+from redis.exceptions import AskError, ClusterError, MovedError, NoScriptError, TryAgainError
 
 import redis
 from celeriac.brokers.redis.connection import DRIVER_ERRORS, AsyncClients, SyncClient, translate
@@ -34,6 +35,36 @@ from celeriac.brokers.redis.subscriptions import Subscriptions
 from celeriac.brokers.redis.wire import RAW, Wire
 
 T = TypeVar("T")
+
+#: Seconds a Cluster command whose slot is on the move is tried again. While a reshard
+#: migrates a queue's slot, Redis refuses that queue's scripts without running them (ASK,
+#: then TRYAGAIN: their keys are split between two nodes), and redis-py gives up after
+#: ~0.4 s ("TTL exhausted"): a producer's delay() and `celeriac status` failed for as
+#: long as the migration of one busy slot lasted.
+REDIRECT_PATIENCE = 10.0
+_REDIRECT_PAUSE = (0.05, 0.5)  # first and longest pause between tries
+
+
+def _redirected(exc: BaseException) -> bool:
+    """Whether Cluster refused a command without running it because its slot is moving:
+    redis-py's own tries ran out, or (a pipeline's reply) the bare redirection."""
+    if isinstance(exc, TryAgainError | AskError | MovedError):
+        return True
+    return isinstance(exc, ClusterError) and "TTL exhausted" in str(exc)
+
+
+def _still_moving(exc: Exception, step: Call | Command) -> ClusterError:
+    """The error once REDIRECT_PATIENCE ran out, naming the slot (translate() words it)."""
+    key = step.keys[0] if isinstance(step, Call) and step.keys else None
+    if isinstance(step, Command) and len(step.args) > 1 and isinstance(step.args[1], bytes):
+        key = step.args[1]
+    where = f"slot {key_slot(key)} (key {key.decode(errors='replace')!r})" if key else "a slot"
+    error = ClusterError(
+        f"TTL exhausted: {where} kept being redirected (MOVED, ASK or TRYAGAIN) for "
+        f"{REDIRECT_PATIENCE:g}s; the command did not run"
+    )
+    error.__cause__ = exc
+    return error
 
 
 def _evalsha(call: Call) -> tuple[Arg, ...]:
@@ -119,19 +150,38 @@ class SyncDriver:
     def _do(self, step: Step) -> Any:
         if self._wire is not None and isinstance(step, Call | Command) and _raw(step):
             return self._do_raw(self._wire, step)
+        if isinstance(step, Call | Command):
+            return self._patiently(step) if self._wire is None else self._one(step)
+        if isinstance(step, Batch):
+            return self._batch(step.steps)
+        if isinstance(step, OnEveryNode):
+            return self._on_every_node(step.command)
+        raise TypeError(f"unknown step {step!r}")
+
+    def _patiently(self, step: Call | Command) -> Any:
+        """Run one step on Cluster, tried again while its slot is on the move (see
+        REDIRECT_PATIENCE): a refused command did not run, so trying again is safe."""
+        deadline = time.monotonic() + REDIRECT_PATIENCE
+        pause = _REDIRECT_PAUSE[0]
+        while True:
+            try:
+                return self._one(step)
+            except ClusterError as exc:
+                if not _redirected(exc):
+                    raise
+                if time.monotonic() + pause > deadline:
+                    raise _still_moving(exc, step) from exc
+            time.sleep(pause)
+            pause = min(pause * 2, _REDIRECT_PAUSE[1])
+
+    def _one(self, step: Call | Command) -> Any:
         client = self._io
         if isinstance(step, Call):
             try:
                 return client.execute_command(*_evalsha(step))
             except NoScriptError:  # not cached on this server yet, or SCRIPT FLUSH
                 return client.execute_command(*_eval(step))
-        if isinstance(step, Command):
-            return client.execute_command(*step.args)
-        if isinstance(step, Batch):
-            return self._batch(step.steps)
-        if isinstance(step, OnEveryNode):
-            return self._on_every_node(step.command)
-        raise TypeError(f"unknown step {step!r}")
+        return client.execute_command(*step.args)
 
     def _on_every_node(self, command: Command) -> list[Any]:
         client = self._io
@@ -169,6 +219,8 @@ class SyncDriver:
                 step = steps[i]
                 assert isinstance(step, Call)
                 replies[i] = self._io.execute_command(*_eval(step))
+            elif _redirected(reply):  # refused, not run: on its own, patiently
+                replies[i] = self._patiently(steps[i])
             elif isinstance(reply, Exception):
                 raise reply
         return replies
@@ -248,13 +300,10 @@ class AsyncDriver:
                 await subs.leave(channel, queue)
 
     async def _do(self, client: Any, step: Step) -> Any:
-        if isinstance(step, Call):
-            try:
-                return await client.execute_command(*_evalsha(step))
-            except NoScriptError:
-                return await client.execute_command(*_eval(step))
-        if isinstance(step, Command):
-            return await client.execute_command(*step.args)
+        if isinstance(step, Call | Command):
+            if isinstance(client, redis.asyncio.cluster.RedisCluster):
+                return await self._patiently(client, step)
+            return await self._one(client, step)
         if isinstance(step, Batch):
             return await self._batch(client, step.steps)
         if isinstance(step, OnEveryNode):
@@ -266,6 +315,30 @@ class AsyncDriver:
                 )
             return [await client.execute_command(*step.command.args)]
         raise TypeError(f"unknown step {step!r}")
+
+    async def _patiently(self, client: Any, step: Call | Command) -> Any:
+        """Async twin of :meth:`SyncDriver._patiently`."""
+        deadline = time.monotonic() + REDIRECT_PATIENCE
+        pause = _REDIRECT_PAUSE[0]
+        while True:
+            try:
+                return await self._one(client, step)
+            except ClusterError as exc:
+                if not _redirected(exc):
+                    raise
+                if time.monotonic() + pause > deadline:
+                    raise _still_moving(exc, step) from exc
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _REDIRECT_PAUSE[1])
+
+    @staticmethod
+    async def _one(client: Any, step: Call | Command) -> Any:
+        if isinstance(step, Call):
+            try:
+                return await client.execute_command(*_evalsha(step))
+            except NoScriptError:
+                return await client.execute_command(*_eval(step))
+        return await client.execute_command(*step.args)
 
     async def _batch(self, client: Any, steps: Iterable[Call | Command]) -> list[Any]:
         steps = list(steps)
@@ -280,6 +353,8 @@ class AsyncDriver:
                 step = steps[i]
                 assert isinstance(step, Call)
                 replies[i] = await client.execute_command(*_eval(step))
+            elif _redirected(reply):  # refused, not run: on its own, patiently
+                replies[i] = await self._do(client, steps[i])
             elif isinstance(reply, Exception):
                 raise reply
         return replies

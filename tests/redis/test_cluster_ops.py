@@ -1,0 +1,92 @@
+"""Redis Cluster in operation: a queue's slot migrated by a reshard while clients use it.
+
+Each test moves slots of a private Cluster (never the session's shared one), stopped by
+PID at the end of the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from redis.cluster import key_slot
+
+from celeriac.brokers.records import Outgoing
+from celeriac.brokers.redis import RedisBroker, driver
+from celeriac.errors import BrokerConnectionError
+from tests.redis_server import RedisClusterNodes, start_cluster
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterNodes]:
+    """A private 3-master Cluster whose slots these tests move."""
+    nodes = start_cluster()
+    yield nodes
+    nodes.stop()
+
+
+@pytest.fixture
+def queue() -> str:
+    """A queue name of this test's own (so its slot too, most likely)."""
+    return f"q{uuid.uuid4().hex[:10]}"
+
+
+def _elsewhere(cluster: RedisClusterNodes, slot: int) -> int:
+    owner = cluster.owner(slot)
+    return next(n.port for n in cluster.nodes if n.port != owner)
+
+
+def test_producers_wait_out_a_reshard_of_their_queues_slot(
+    cluster: RedisClusterNodes, queue: str
+) -> None:
+    # While a reshard migrates a queue's slot, Redis refuses the queue's scripts without
+    # running them (ASK, then TRYAGAIN) and redis-py gives up after ~0.4 s: a delay(),
+    # asend() and `celeriac status` failed with "refused the command: TTL exhausted."
+    broker = RedisBroker(f"{cluster.url}&prefix=mv{uuid.uuid4().hex[:6]}")
+    try:
+        broker.send([Outgoing("before", queue, b"b")])
+        slot = key_slot(queue.encode())
+        finish = cluster.begin_move(slot, _elsewhere(cluster, slot))
+        # The keys move 2 s after the sends begin, well past redis-py's own patience.
+        mover = threading.Timer(2.0, finish)
+        mover.start()
+        try:
+            assert broker.send([Outgoing("during", queue, b"d")]) == [True]
+            assert asyncio.run(broker.asend([Outgoing("async", queue, b"a")])) == [True]
+            assert [s.ready for s in broker.stats() if s.queue == queue] == [3]
+        finally:
+            mover.join()
+        taken = broker.fetch([queue], "w", limit=5, lease_seconds=30, timeout=0)
+        assert [d.id for d in taken] == ["before", "during", "async"]
+    finally:
+        broker.close()
+
+
+def test_a_migration_left_half_done_is_named_with_its_slot_and_the_fix(
+    cluster: RedisClusterNodes, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(driver, "REDIRECT_PATIENCE", 0.5)
+    broker = RedisBroker(f"{cluster.url}&prefix=mv{uuid.uuid4().hex[:6]}")
+    slot = key_slot(queue.encode())
+    broker.send([Outgoing("before", queue, b"b")])
+    finish = cluster.begin_move(slot, _elsewhere(cluster, slot))  # a reshard that died
+    finished = False
+    try:
+        with pytest.raises(BrokerConnectionError) as caught:
+            broker.send([Outgoing("stuck", queue, b"s")])
+        said = str(caught.value)
+        assert f"slot {slot} " in said
+        assert "did not run" in said
+        assert "redis-cli --cluster fix" in said
+        assert not caught.value.maybe_done
+        finish()  # what `redis-cli --cluster fix` does
+        finished = True
+        assert broker.send([Outgoing("after", queue, b"a")]) == [True]
+        assert [s.ready for s in broker.stats() if s.queue == queue] == [2]  # not "stuck"
+    finally:
+        if not finished:
+            finish()
+        broker.close()
