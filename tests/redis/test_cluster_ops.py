@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 from redis.cluster import key_slot
 
+import redis
 from celeriac.brokers.records import Outgoing
 from celeriac.brokers.redis import RedisBroker, driver
 from celeriac.errors import BrokerConnectionError
@@ -90,3 +91,34 @@ def test_a_migration_left_half_done_is_named_with_its_slot_and_the_fix(
         if not finished:
             finish()
         broker.close()
+
+
+def test_a_process_started_while_a_node_is_down_uses_the_queues_of_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The start-up check asked every primary and failed on the first that was down, so a
+    # process started meanwhile could not send even to queues the other nodes serve.
+    nodes = start_cluster()
+    try:
+        for node in nodes.nodes:  # serve what is covered (Redis's default stops it all)
+            with redis.Redis(port=node.port) as client:
+                client.config_set("cluster-require-full-coverage", "no")
+        down = nodes.nodes[1]
+        # A queue, and task ids (their result keys), in slots the live nodes serve.
+        served = [n for n in map(str, range(50)) if nodes.owner(key_slot(n.encode())) != down.port]
+        alive, a, b = served[:3]
+        down.kill()
+        url = f"{nodes.url}&prefix=dn{uuid.uuid4().hex[:6]}"
+        broker = RedisBroker(url)
+        try:
+            assert broker.send([Outgoing(a, alive, b"a")]) == [True]
+            assert f"127.0.0.1:{down.port} does not answer" in caplog.text
+        finally:
+            broker.close()
+        fresh = RedisBroker(url)  # the async face runs the same check
+        assert asyncio.run(fresh.asend([Outgoing(b, alive, b"b")])) == [True]
+        taken = fresh.fetch([alive], "w", limit=5, lease_seconds=30, timeout=0)
+        assert [d.id for d in taken] == [a, b]
+        fresh.close()
+    finally:
+        nodes.stop()

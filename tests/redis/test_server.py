@@ -242,9 +242,9 @@ def test_redis_before_7_is_refused() -> None:
     # Plans do no I/O, so the start-up check can be driven with made-up replies.
     plan = startup.check_server(ops.Context(Keyspace("p"), False, set()), "redis://old:6379/0")
     next(plan)  # PING
-    plan.send([b"PONG"])  # INFO server
+    plan.send([("old:6379", b"PONG")])  # INFO server
     with pytest.raises(ConfigurationError, match=r"version 6\.2\.6; celeriac needs Redis 7\.0"):
-        plan.send([{"redis_version": "6.2.6"}])
+        plan.send([("old:6379", {"redis_version": "6.2.6"})])
 
 
 def test_a_replica_is_named_and_its_connection_not_reused(own_server: Server) -> None:

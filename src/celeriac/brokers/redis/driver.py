@@ -84,12 +84,18 @@ def _raw(step: Call | Command) -> bool:
     return isinstance(step, Call) or str(step.args[0]).upper() in RAW
 
 
-def _per_node(replies: Any) -> list[Any]:
-    """Replies of a command sent to every primary: redis-py returns a dict by node name,
-    or (async Cluster) one reply merged from all nodes."""
-    if isinstance(replies, dict) and all(isinstance(v, dict | list) for v in replies.values()):
-        return list(replies.values())
-    return [replies]
+def _node_failures(replies: list[tuple[str, Any]], what: str, url: str) -> list[tuple[str, Any]]:
+    """An OnEveryNode reply with each node's driver error translated (see OnEveryNode)."""
+    return [
+        (name, translate(reply, what, url) if isinstance(reply, DRIVER_ERRORS) else reply)
+        for name, reply in replies
+    ]
+
+
+def _primaries(client: Any, step: OnEveryNode) -> list[Any]:
+    """The Cluster primaries ``step`` runs on."""
+    nodes = client.get_primaries()
+    return nodes if step.nodes is None else [n for n in nodes if n.name in step.nodes]
 
 
 def _message_data(message: dict[str, Any] | None) -> bytes | None:
@@ -133,6 +139,8 @@ class SyncDriver:
                     elif isinstance(step, Pause):
                         time.sleep(step.seconds)
                         reply = None
+                    elif isinstance(step, OnEveryNode):
+                        reply = _node_failures(self._on_every_node(step), what, self.url)
                     else:
                         reply = self._do(step)
                 except DRIVER_ERRORS as exc:
@@ -154,8 +162,6 @@ class SyncDriver:
             return self._patiently(step) if self._wire is None else self._one(step)
         if isinstance(step, Batch):
             return self._batch(step.steps)
-        if isinstance(step, OnEveryNode):
-            return self._on_every_node(step.command)
         raise TypeError(f"unknown step {step!r}")
 
     def _patiently(self, step: Call | Command) -> Any:
@@ -183,13 +189,18 @@ class SyncDriver:
                 return client.execute_command(*_eval(step))
         return client.execute_command(*step.args)
 
-    def _on_every_node(self, command: Command) -> list[Any]:
+    def _on_every_node(self, step: OnEveryNode) -> list[tuple[str, Any]]:
         client = self._io
-        if isinstance(self.client, redis.cluster.RedisCluster):
-            return _per_node(
-                client.execute_command(*command.args, target_nodes=client.get_primaries())
-            )
-        return [client.execute_command(*command.args)]
+        if not isinstance(self.client, redis.cluster.RedisCluster):
+            return [(self.url, client.execute_command(*step.command.args))]
+        replies: list[tuple[str, Any]] = []
+        for node in _primaries(client, step):
+            try:
+                reply = client.execute_command(*step.command.args, target_nodes=node)
+            except DRIVER_ERRORS as exc:
+                reply = exc
+            replies.append((node.name, reply))
+        return replies
 
     @staticmethod
     def _do_raw(wire: Wire, step: Call | Command) -> Any:
@@ -282,6 +293,9 @@ class AsyncDriver:
                     elif isinstance(step, Pause):
                         await asyncio.sleep(step.seconds)
                         reply = None
+                    elif isinstance(step, OnEveryNode):
+                        replies = await self._on_every_node(client, step)
+                        reply = _node_failures(replies, what, self.url)
                     elif isinstance(client, redis.asyncio.cluster.RedisCluster):
                         async with loop_client.in_flight:
                             reply = await self._do(client, step)
@@ -306,15 +320,20 @@ class AsyncDriver:
             return await self._one(client, step)
         if isinstance(step, Batch):
             return await self._batch(client, step.steps)
-        if isinstance(step, OnEveryNode):
-            if isinstance(client, redis.asyncio.cluster.RedisCluster):
-                return _per_node(
-                    await client.execute_command(
-                        *step.command.args, target_nodes=client.get_primaries()
-                    )
-                )
-            return [await client.execute_command(*step.command.args)]
         raise TypeError(f"unknown step {step!r}")
+
+    async def _on_every_node(self, client: Any, step: OnEveryNode) -> list[tuple[str, Any]]:
+        if not isinstance(client, redis.asyncio.cluster.RedisCluster):
+            return [(self.url, await client.execute_command(*step.command.args))]
+        await client.initialize()  # a new client knows no node yet (a no-op after)
+        replies: list[tuple[str, Any]] = []
+        for node in _primaries(client, step):
+            try:
+                reply = await client.execute_command(*step.command.args, target_nodes=node)
+            except DRIVER_ERRORS as exc:
+                reply = exc
+            replies.append((node.name, reply))
+        return replies
 
     async def _patiently(self, client: Any, step: Call | Command) -> Any:
         """Async twin of :meth:`SyncDriver._patiently`."""

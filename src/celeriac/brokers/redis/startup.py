@@ -29,8 +29,8 @@ def check_server(ctx: Context, url: str) -> Plan[None]:
     """
     # A command every server runs: a refused handshake (wrong password, a database number
     # the server does not have) is an error here, not mistaken below for a disabled CONFIG.
-    yield OnEveryNode(Command(("PING",)))
-    servers = yield from _ask(Command(("INFO", "server")), url)
+    nodes = yield from _answering(url)
+    servers = yield from _ask(Command(("INFO", "server")), url, nodes)
     for server in servers or []:
         version = str(server.get("redis_version", "0")) if isinstance(server, dict) else "0"
         if int(version.split(".")[0]) < MIN_REDIS:
@@ -41,7 +41,7 @@ def check_server(ctx: Context, url: str) -> Plan[None]:
     yield from _check_channels(ctx, url)
     settings: dict[bytes, list[bytes]] = {}
     for name in (b"maxmemory-policy", b"save", b"appendonly"):
-        replies = yield from _ask(Command(("CONFIG", "GET", name)), url)
+        replies = yield from _ask(Command(("CONFIG", "GET", name)), url, nodes)
         if replies is None:
             return
         settings[name] = [_config_value(reply, name) for reply in replies]
@@ -108,10 +108,38 @@ def _warn_once(message: str, *args: str) -> None:
         startup_log.warning(message, *args)
 
 
-def _ask(command: Command, url: str) -> Plan[list[Any] | None]:
-    """Run a command on every node; None (and a warning) when the server refuses it."""
+def _answering(url: str) -> Plan[tuple[str, ...]]:
+    """The nodes that answer PING. On Cluster, a primary that is down (no replica took
+    over) is said once and left out: every process started meanwhile failed its first
+    call, even to queues whose slots the other nodes serve. None answering is an error.
+
+    Raises:
+        BrokerError: no node answers, or one refused the handshake (a wrong password).
+    """
+    replies = yield OnEveryNode(Command(("PING",)))
+    down = [(name, r) for name, r in replies if isinstance(r, BrokerError)]
+    refused = [r for _, r in down if not isinstance(r, BrokerConnectionError)]
+    if refused or len(down) == len(replies):
+        raise (refused or [r for _, r in down])[0]
+    for name, error in down:
+        _warn_once(
+            "Redis Cluster node %s does not answer (%s): the queues and results in its "
+            "slots fail until it is back or a replica takes over; the other nodes' work "
+            "on. `redis-cli --cluster check HOST:PORT` shows which slots it serves.",
+            name,
+            str(error),
+        )
+    return tuple(name for name, r in replies if not isinstance(r, BrokerError))
+
+
+def _ask(command: Command, url: str, nodes: tuple[str, ...]) -> Plan[list[Any] | None]:
+    """Run a command on ``nodes``; None (and a warning) when the server refuses it."""
     try:
-        replies: list[Any] = yield OnEveryNode(command)
+        answered: list[tuple[str, Any]] = yield OnEveryNode(command, nodes)
+        replies = [reply for _, reply in answered]
+        failed = [reply for reply in replies if isinstance(reply, BrokerError)]
+        if failed:
+            raise failed[0]
     except BrokerConnectionError:
         raise
     except BrokerError as exc:

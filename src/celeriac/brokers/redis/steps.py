@@ -51,9 +51,13 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class OnEveryNode:
-    """Run a command on every primary (one in standalone); the reply is a list of replies."""
+    """Run a command on every primary (one in standalone), or on the primaries named in
+    ``nodes`` ("host:port"). The reply is a list of (node name, reply) pairs in which a
+    node that failed has the BrokerError it failed with as its reply: on Cluster, a node
+    that is down must not hide what the others answered."""
 
     command: Command
+    nodes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
