@@ -18,7 +18,7 @@ import redis
 from celeriac.brokers.records import Outgoing
 from celeriac.brokers.redis import RedisBroker, driver
 from celeriac.errors import BrokerConnectionError
-from tests.redis_server import RedisClusterNodes, start_cluster
+from tests.redis_server import RedisClusterNodes, RedisServer, start_cluster
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,25 @@ def cluster() -> Iterator[RedisClusterNodes]:
 def queue() -> str:
     """A queue name of this test's own (so its slot too, most likely)."""
     return f"q{uuid.uuid4().hex[:10]}"
+
+
+def _to_stop(nodes: RedisClusterNodes, tag: str) -> tuple[RedisServer, str]:
+    """A node to stop, and a key prefix (tag + suffix) whose keys outside any queue (the
+    queue registry, result waiters, worker heartbeats) all live on the other nodes: those
+    keys have one slot each, and on a stopped node they failed every send to a new queue
+    and every heartbeat (about one run in three, as the prefix was random)."""
+    down = next(  # not the URL's seed node: a client starts from it
+        n for n in nodes.nodes[1:] if nodes.owner(key_slot(b"workers")) != n.port
+    )
+    prefix = next(
+        p
+        for p in (f"{tag}{n}" for n in range(1000))
+        if all(
+            nodes.owner(key_slot(f"{p}:{name}".encode())) != down.port
+            for name in ("queues", "waiting")
+        )
+    )
+    return down, prefix
 
 
 def _elsewhere(cluster: RedisClusterNodes, slot: int) -> int:
@@ -103,12 +122,12 @@ def test_a_process_started_while_a_node_is_down_uses_the_queues_of_the_others(
         for node in nodes.nodes:  # serve what is covered (Redis's default stops it all)
             with redis.Redis(port=node.port) as client:
                 client.config_set("cluster-require-full-coverage", "no")
-        down = nodes.nodes[1]
+        down, prefix = _to_stop(nodes, "dn")
         # A queue, and task ids (their result keys), in slots the live nodes serve.
         served = [n for n in map(str, range(50)) if nodes.owner(key_slot(n.encode())) != down.port]
         alive, a, b = served[:3]
         down.kill()
-        url = f"{nodes.url}&prefix=dn{uuid.uuid4().hex[:6]}"
+        url = f"{nodes.url}&prefix={prefix}"
         broker = RedisBroker(url)
         try:
             assert broker.send([Outgoing(a, alive, b"a")]) == [True]
@@ -120,5 +139,36 @@ def test_a_process_started_while_a_node_is_down_uses_the_queues_of_the_others(
         taken = fresh.fetch([alive], "w", limit=5, lease_seconds=30, timeout=0)
         assert [d.id for d in taken] == [a, b]
         fresh.close()
+    finally:
+        nodes.stop()
+
+
+def test_a_fetch_hands_out_its_messages_while_their_result_keys_node_is_down() -> None:
+    # On Cluster a fetch reads the result keys of what it took (their slots are the task
+    # ids', all over the cluster) to drop copies of finished tasks. With one of those
+    # nodes down the read failed and the whole fetch raised with the messages taken: held
+    # until their leases ran out, each redelivery counted, and after task_max_deliveries
+    # healthy tasks were dead-lettered for a node that has none of their queue's keys.
+    nodes = start_cluster()
+    try:
+        for node in nodes.nodes:
+            with redis.Redis(port=node.port) as client:
+                client.config_set("cluster-require-full-coverage", "no")
+        down, prefix = _to_stop(nodes, "rk")
+        broker = RedisBroker(f"{nodes.url}&prefix={prefix}")
+        try:
+            names = [f"q{n}" for n in range(100)]
+            queue = next(q for q in names if nodes.owner(key_slot(q.encode())) != down.port)
+            ids = [f"t{n}" for n in range(200)]
+            there = [i for i in ids if nodes.owner(key_slot(broker.keys.result(i))) == down.port]
+            elsewhere = [i for i in ids if i not in there]
+            task_ids = [there[0], elsewhere[0]]
+            assert broker.send([Outgoing(i, queue, b"x") for i in task_ids]) == [True, True]
+            down.kill()
+            taken = broker.fetch([queue], "w", limit=5, lease_seconds=30, timeout=0)
+            assert sorted(d.id for d in taken) == sorted(task_ids)
+            assert all(d.deliveries == 1 for d in taken)
+        finally:
+            broker.close()
     finally:
         nodes.stop()

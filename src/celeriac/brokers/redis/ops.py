@@ -342,7 +342,18 @@ def _unfinished(ctx: Context, taken: list[Delivery]) -> Plan[list[Delivery]]:
     """
     if not taken:
         return taken
-    heads = yield Batch([Command(("GETRANGE", ctx.keys.result(d.lease.id), 0, 0)) for d in taken])
+    try:
+        heads = yield Batch(
+            [Command(("GETRANGE", ctx.keys.result(d.lease.id), 0, 0)) for d in taken]
+        )
+    except BrokerError as exc:
+        # A node holding some of these result keys (their slots are the task ids', all
+        # over the cluster) is down. Raised, the fetch left what it took held until the
+        # leases ran out, each redelivery counted, and healthy tasks of a live node's queue
+        # were dead-lettered. Handed out unchecked instead: a copy of a finished task (the
+        # rare send racing its commit) may run again, which at-least-once allows.
+        _say_unchecked(exc, len(taken))
+        return taken
     keep = []
     for delivery, head in zip(taken, heads, strict=True):
         if head != b"F":
@@ -350,6 +361,27 @@ def _unfinished(ctx: Context, taken: list[Delivery]) -> Plan[list[Delivery]]:
         elif (yield from complete(ctx, delivery.lease, None, 1.0)):
             log.info("task %s already finished: its second copy was acked", delivery.lease.id)
     return keep
+
+
+_UNCHECKED_SAID_EVERY = 60.0  # seconds between two warnings of _say_unchecked
+_unchecked_said = -_UNCHECKED_SAID_EVERY
+
+
+def _say_unchecked(exc: BrokerError, count: int) -> None:
+    """Warn, at most once a minute per process, that fetched tasks were not checked."""
+    global _unchecked_said  # noqa: PLW0603 - one rate limit per process
+    now = time.monotonic()
+    if now - _unchecked_said < _UNCHECKED_SAID_EVERY:
+        return
+    _unchecked_said = now
+    log.warning(
+        "could not read the result keys of %d fetched task(s) (%s): they run without the "
+        "check for an already finished copy, so a task sent again as it finished may run "
+        "twice. A Cluster node is down or unreachable: bring it back (redis-cli --cluster "
+        "check)",
+        count,
+        exc,
+    )
 
 
 def _fetched(reply: Sequence[Any], queues: Sequence[QueueKeys]) -> tuple[list[Delivery], int]:
