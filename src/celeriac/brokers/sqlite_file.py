@@ -208,8 +208,10 @@ def check_layout(path: str, db: sqlite3.Connection) -> bool:
         ConfigurationError: another program's database, or a newer celeriac's broker file.
 
     Example:
-        >>> check_layout("/srv/new.db", sqlite3.connect(":memory:"))  # empty: to be laid out
+        >>> db = sqlite3.connect(":memory:")
+        >>> check_layout("/srv/new.db", db)  # empty: to be laid out
         True
+        >>> db.close()
     """
     application_id = db.execute("PRAGMA application_id").fetchone()[0]
     version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -404,8 +406,10 @@ def trim_wal(path: str, db: sqlite3.Connection) -> int:
 
     Example:
         >>> import tempfile
-        >>> trim_wal(f"{tempfile.mkdtemp()}/b.db", sqlite3.connect(":memory:"))  # no -wal
+        >>> db = sqlite3.connect(":memory:")
+        >>> trim_wal(f"{tempfile.mkdtemp()}/b.db", db)  # no -wal
         0
+        >>> db.close()
     """
     size = _wal_size(path)
     if size <= WAL_TRIM_BYTES:
