@@ -297,3 +297,32 @@ def test_an_error_while_looking_is_raised_as_itself_and_another_thread_looks_nex
     seen = watch.seen()  # no longer "looking": the next waiter looks, and sees the commit
     assert watch.wait(seen, time.monotonic() + 5, changed=lambda: True)
     assert watch.seen() == seen + 1
+
+
+def test_the_reaper_drops_rate_limiters_that_no_longer_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One limiter per rate_limit_key value (per user, per account): each left a row in
+    # limiters, and its admissions, for good; Redis expires both keys.
+    broker = SQLiteBroker(f"sqlite:///{tmp_path}/broker.db")
+    try:
+        for n in range(200):
+            assert broker.rate_reserve(f"user:{n}:slots", per_second=1000) == 0
+            assert broker.rate_admit(f"user:{n}", limit=3, period=0.001) == 0
+        assert broker.rate_reserve("busy:slots", per_second=1 / 60) == 0  # next slot: 60 s
+        time.sleep(0.01)  # every user's next slot has come
+        broker.reap()
+        db = sqlite3.connect(f"{tmp_path}/broker.db")
+        try:
+            limiters = [r[0] for r in db.execute("SELECT key FROM limiters")]
+            assert limiters == ["busy:slots"]  # still limiting: kept
+            assert db.execute("SELECT count(*) FROM admissions").fetchone()[0] == 200
+            later = time.time() + 3 * 86_400  # past any window a rate can name (N/d)
+            monkeypatch.setattr(time, "time", lambda: later)
+            broker.reap()
+            assert db.execute("SELECT count(*) FROM admissions").fetchone()[0] == 0
+            assert db.execute("SELECT count(*) FROM limiters").fetchone()[0] == 0
+        finally:
+            db.close()
+    finally:
+        broker.close()

@@ -380,7 +380,9 @@ class Broker(abc.ABC):
         """Admit one start now if fewer than ``limit`` were admitted under ``key`` in the
         last ``period`` seconds (broker clock), and record it; return 0. Otherwise record
         nothing and return the seconds until a start would be admitted. Exact: no window of
-        ``period`` seconds ever holds more than ``limit`` admissions."""
+        ``period`` seconds ever holds more than ``limit`` admissions. ``period`` is at most
+        a day and a bit (a rate of N/d with its margin): a broker may forget admissions
+        older than two days, or than ``period`` if it keeps it."""
 
     @abc.abstractmethod
     def stream_append(self, key: str, items: Sequence[bytes], maxlen: int) -> None:

@@ -532,6 +532,7 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
             db.execute("DELETE FROM results WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
             self._reap_joins(db, now)
+            self._reap_limiters(db, now)
         self._trim_wal()
         return released
 

@@ -17,6 +17,8 @@ from typing import Any
 # Ids (or keys) per "IN (...)": well under SQLite's bound-variable limit, which is 32,766
 # since SQLite 3.32 and 999 before it (a list over it fails the whole query).
 IDS_PER_QUERY = 500
+# Admissions kept by the reaper: two days, over the longest window a rate names (N/d).
+ADMISSIONS_KEPT = 2 * 86_400.0
 
 
 class SQLiteStore:
@@ -153,6 +155,19 @@ class SQLiteStore:
             (now,),
         )
         db.execute("DELETE FROM join_counts WHERE expires_at <= ?", (now,))
+
+    @staticmethod
+    def _reap_limiters(db: sqlite3.Connection, now: float) -> None:
+        """Drop rate limiters nothing remembers any more (inside the reaper's transaction).
+
+        Each limiter key (one per ``rate_limit_key`` value: per user, per account) left a
+        row for good, and its last ``limit`` admissions: a million users' limits left a
+        million rows. Redis expires both keys. A limiter whose next slot has passed reads
+        as absent (``max(tat, now)``), so its row goes; admissions older than any window
+        (N/d, plus the middleware's 1 % margin) count for nothing.
+        """
+        db.execute("DELETE FROM limiters WHERE tat <= ?", (now,))
+        db.execute("DELETE FROM admissions WHERE at <= ?", (now - ADMISSIONS_KEPT,))
 
     def rate_reserve(
         self, key: str, per_second: float, burst: int = 1, max_wait: float = math.inf
