@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,19 @@ from tests.redis_server import RedisServer, redis_cluster, redis_server, start_r
 __all__ = ["redis_cluster", "redis_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport() -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Captured output with a lone surrogate (tests log unencodable task errors on purpose)
+    is escaped in the report: pytest-xdist sends reports between processes as UTF-8 and
+    stops the whole run on one it cannot encode."""
+    report = yield
+    report.sections = [
+        (title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+        for title, text in report.sections
+    ]
+    return report
 
 
 def run_celeriac(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -50,6 +50,12 @@ def run(
     )
 
 
+def pytest_env(base: dict[str, str]) -> dict[str, str]:
+    """``base`` without the variables of the pytest-xdist worker this test runs in: a pytest
+    started with them takes itself for a worker (pytest-benchmark then warns, an error here)."""
+    return {k: v for k, v in base.items() if not k.startswith("PYTEST_XDIST_")}
+
+
 def celeriac_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "celeriac", *args]
 
@@ -83,7 +89,7 @@ def test_the_testing_example_passes() -> None:
     done = run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_tasks.py"],
         SHOP,
-        {**os.environ, "PYTHONPATH": str(SHOP)},
+        pytest_env({**os.environ, "PYTHONPATH": str(SHOP)}),
     )
     assert "1 passed" in ok(done)
 
@@ -425,7 +431,7 @@ def test_the_readme_quickstart_runs_as_written(tmp_path: Path) -> None:
     ((_, test_code),) = readme_blocks("Testing your tasks")
     (tmp_path / "test_tasks.py").write_text(test_code)
     pytest_run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_tasks.py"]
-    assert "1 passed" in ok(run(pytest_run, tmp_path, env))
+    assert "1 passed" in ok(run(pytest_run, tmp_path, pytest_env(env)))
 
 
 # What the Workflows block leaves to the reader, on the memory broker.
