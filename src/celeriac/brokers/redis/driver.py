@@ -277,11 +277,13 @@ class AsyncDriver:
     async def run(self, plan: Plan[T], what: str) -> T:
         """Async twin of :meth:`SyncDriver.run`."""
         joined: list[tuple[Subscriptions, bytes | str, asyncio.Queue[bytes]]] = []
+        task = asyncio.current_task()
         try:
             loop_client = await self.clients.get()
             client: Any = loop_client.client  # redis.asyncio's methods are untyped
             step = next(plan)
             while True:
+                cancels = task.cancelling() if task is not None else 0
                 try:
                     if isinstance(step, Subscribe):
                         subs = loop_client.subscriptions  # one pub/sub connection per loop
@@ -302,8 +304,10 @@ class AsyncDriver:
                     else:  # the client's blocking pool bounds what is in flight
                         reply = await self._do(client, step)
                 except DRIVER_ERRORS as exc:
+                    _raise_lost_cancel(task, cancels)
                     step = plan.throw(translate(exc, what, self.url))
                     continue
+                _raise_lost_cancel(task, cancels)
                 step = plan.send(reply)
         except StopIteration as stop:
             value: T = stop.value
@@ -377,6 +381,21 @@ class AsyncDriver:
             elif isinstance(reply, Exception):
                 raise reply
         return replies
+
+
+def _raise_lost_cancel(task: asyncio.Task[Any] | None, cancels: int) -> None:
+    """Raise the cancellation a step received and lost.
+
+    On Python 3.11, ``asyncio.wait_for`` returns its inner result when a cancellation
+    arrives just as that result does (fixed in 3.12), and redis.asyncio sends every
+    command through it: a step returned as if never cancelled. An ``aget()`` under
+    ``asyncio.wait_for(..., 1)`` or a request's time-out then waited on to its own
+    timeout (60 s here), about once in 20 early cancels. The cancel is still counted on
+    the task (``Task.cancelling()``), so a step ending with more than it began with lost
+    one; raising it again lets ``wait_for``/``asyncio.timeout`` end the wait as asked.
+    """
+    if task is not None and task.cancelling() > cancels:
+        raise asyncio.CancelledError
 
 
 async def _next_wake(queues: list[asyncio.Queue[bytes]], timeout: float) -> bytes | None:
