@@ -193,6 +193,40 @@ def test_a_refused_send_leaves_no_dedupe_key_or_debounce_mark(app: Celeriac) -> 
     assert app.broker.kv_get(["dedupe:sync:3"]) == [None]
 
 
+def test_a_cancelled_async_send_leaves_no_dedupe_key_or_debounce_mark(
+    app: Celeriac, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An async send cancelled before the broker took the message (asyncio.wait_for, a
+    request whose client went away) must not stand for a task either."""
+    ran: list[str] = []
+
+    @app.task
+    def sync(what: str) -> None:
+        ran.append(what)
+
+    async def stalled_send(messages: object) -> list[bool]:
+        await asyncio.Event().wait()  # the broker never answers: the cancel ends the send
+        raise AssertionError("unreachable")
+
+    async def cancelled_sends() -> None:
+        with monkeypatch.context() as patched:
+            patched.setattr(app.broker, "asend", stalled_send)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(sync.aapply_async(("cut",), dedupe_key="sync:1"), 0.05)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(
+                    sync.aapply_async(("cut",), debounce=0.01, debounce_key="sync:2"), 0.05
+                )
+
+    sync.apply_async(("first",), debounce=0.01, debounce_key="sync:2")
+    asyncio.run(cancelled_sends())
+    # Was: the cancelled send's id, for the whole dedupe_ttl; nothing was queued under it.
+    sent = sync.apply_async(("small",), dedupe_key="sync:1")
+    run_queued(app, include_delayed=True)
+    assert sorted(ran) == ["first", "small"]  # was: "first" superseded by the cancelled send
+    assert sent.state == "SUCCESS"
+
+
 # -- retries -----------------------------------------------------------------------------
 
 

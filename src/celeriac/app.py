@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import logging
@@ -313,6 +314,15 @@ mean 'max_retries'?). Known options: ...
         if outgoing is not None:
             try:
                 await self.broker.asend([outgoing])
+            except asyncio.CancelledError:
+                # Cancelled mid-send (asyncio.wait_for, a TaskGroup, a client that went
+                # away): the message may or may not be queued, as after an error with
+                # maybe_done, and the caller gets no handle to wait on. Left in place, a
+                # dedupe key named a task that was never queued: every later send with the
+                # key got its handle and ran nothing for dedupe_ttl (an hour by default),
+                # and a debounce mark superseded the burst's earlier sends, so none ran.
+                self.middleware.send_failed(self, [message])
+                raise
             except Exception as exc:
                 self.middleware.send_failed(self, [message])
                 _say_not_sent(exc, [message])
