@@ -9,6 +9,8 @@ Hooks, in the order a task meets them (celeriac.middleware.base has the full pic
     check_options   when @app.task defines a task, and per apply_async call: refuse a bad
                     value of this middleware's own options, at once
     before_send     in the producer, before the message is encoded (may change it)
+    send_blocks     in the producer, before an async send (adelay): will before_send make
+                    a blocking call for this message? Then the send runs in a thread
     send_failed     in the producer, when that message was not sent after all: undo
     before_execute  in the worker, before the task runs (return an Outcome to not run it)
     after_execute   in the worker, after it ran (return the Outcome to settle)
@@ -62,6 +64,12 @@ class Tenants(Middleware):
         if tenant is not None:
             self.waiting[tenant] += 1
         return None  # None: send it (an existing task id would send nothing: see dedupe)
+
+    def send_blocks(self, app: Celeriac, message: Message) -> bool:
+        """False: before_send only counts, in memory. A hook that reads a database or the
+        broker returns True for the messages it calls out for: adelay() then sends those
+        from a thread, so a slow call holds up that send, not the caller's event loop."""
+        return False
 
     def send_failed(self, app: Celeriac, message: Message) -> None:
         """Undo the count: before_send counted the message, then the send failed (too

@@ -310,6 +310,13 @@ mean 'max_retries'?). Known options: ...
 
         See examples/advanced/producing.py.
         """
+        if not self.conf.task_always_eager and self.middleware.send_blocks(self, message):
+            # A dedupe key or debounce: the send hook calls the broker's sync face. Run
+            # here it stalled the event loop, every request of an async web server, for
+            # as long as a frozen Redis took to time out (socket_timeout, 30 s by
+            # default). In a thread only this send waits. A cancel leaves the thread to
+            # finish the send whole: the task is queued or not, its key right either way.
+            return await asyncio.to_thread(self.publish, message)
         outgoing = self._outgoing(message)
         if outgoing is not None:
             try:

@@ -294,6 +294,43 @@ def test_a_frozen_server_costs_a_producer_one_timeout_not_three(own_server: Serv
         raw.close()
 
 
+def test_an_async_send_with_a_dedupe_key_leaves_the_event_loop_free(own_server: Server) -> None:
+    # The dedupe hook calls the broker's sync face: run on the event loop, a frozen Redis
+    # (SIGSTOP, a paused VM) stopped every coroutine of the process, every request of an
+    # async web server, until the socket timed out. In a thread, only this send waits.
+    server = own_server()
+    app = Celeriac("frozen", broker=f"{server.url}?prefix=frozen-aio&socket_timeout=1")
+    add = app.task_named("shop.add")
+    add.apply_async((1, 1), task_id="before")  # the connection is open and checked
+
+    async def ticks_during_the_send() -> int:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        try:
+            with pytest.raises(BrokerConnectionError):
+                await add.aapply_async((1, 2), dedupe_key="report-7")
+        finally:
+            ticker.cancel()
+        return ticks
+
+    try:
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            ticks = asyncio.run(ticks_during_the_send())
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert ticks >= 10, f"the event loop ran {ticks} times in the send's second"
+    finally:
+        app.broker.close()
+
+
 def test_a_send_redis_did_not_answer_says_it_may_be_queued(own_server: Server) -> None:
     # The script reached a stopped Redis, which ran it once it ran again; the error said
     # "task ... was not sent", and a web request that sent the task again on that word,

@@ -127,6 +127,12 @@ class Middleware:
         """
         return None
 
+    def send_blocks(self, app: Celeriac, message: Message) -> bool:
+        """Whether :meth:`before_send` will make a blocking call (the broker's sync face)
+        for ``message``: then ``adelay()`` and ``apublish()`` run the send in a thread,
+        so a slow broker holds up that send, not the caller's event loop."""
+        return False
+
     def send_failed(self, app: Celeriac, message: Message) -> None:
         """Called in the producer when a message that passed :meth:`before_send` was not
         sent after all (too large, unencodable, the broker failed): undo what
@@ -195,6 +201,7 @@ class MiddlewareStack:
         # Only middleware that override a hook are called for it: delay() and the worker's
         # per-task path skip every no-op hook. after_* lists are already reversed.
         self._senders = _overriding(middleware, "before_send")
+        self._blockers = _overriding(middleware, "send_blocks")
         self._unsent = _overriding(middleware, "send_failed")[::-1]
         self._before = _overriding(middleware, "before_execute")
         self._after = _overriding(middleware, "after_execute")[::-1]
@@ -229,6 +236,11 @@ class MiddlewareStack:
             if existing is not None:
                 return existing
         return None
+
+    def send_blocks(self, app: Celeriac, message: Message) -> bool:
+        """Whether a send hook will make a blocking call for ``message`` (see
+        :meth:`Middleware.send_blocks`)."""
+        return any(m.send_blocks(app, message) for m in self._blockers)
 
     def send_failed(self, app: Celeriac, messages: Sequence[Message]) -> None:
         """Let the send hooks undo their work for messages that were not sent.

@@ -89,6 +89,14 @@ class Dedupe(Middleware):
                     task, option, options[option], f"a finite number of seconds, {least}"
                 )
 
+    def send_blocks(self, app: Celeriac, message: Message) -> bool:
+        """True for a message with a dedupe key or debounce (its own or its task's): the
+        send hook reads and writes them in the broker."""
+        if not _SEND_OPTIONS.isdisjoint(message.options):
+            return True
+        task = app.tasks.get(message.task)
+        return task is not None and not _SEND_OPTIONS.isdisjoint(task.options.extra)
+
     def before_send(self, app: Celeriac, message: Message) -> str | None:
         """Return an existing task id to send nothing; arm debounce on this message."""
         opts = message.options
@@ -259,6 +267,10 @@ class Dedupe(Middleware):
         key = message.options.get("dedupe_key")
         if key is not None:
             _free(_broker(job), f"dedupe:{key}", message.id)
+
+
+#: The options whose send hook calls the broker.
+_SEND_OPTIONS = frozenset({"dedupe_key", "debounce"})
 
 
 def release_dedupe_key(app: Celeriac, task: str | Task[Any, Any], key: object) -> str | None:
