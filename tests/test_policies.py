@@ -255,6 +255,25 @@ def test_an_oversized_result_is_stored_as_a_clear_failure(app: Celeriac) -> None
         r.get(timeout=1)
 
 
+def test_an_oversized_error_is_stored_as_what_the_task_raised_cut(app: Celeriac) -> None:
+    # An exception quoting a whole response, over the limit, was stored as "report
+    # returned 50,000 bytes", a PayloadTooLarge, as if the task had returned a value.
+    app.conf.task_result_max_bytes = 20_000
+
+    @app.task
+    def report() -> str:
+        raise ValueError("bad response: " + "x" * 50_000)
+
+    r = report.delay()
+    run_queued(app, fail_fast=False)
+    with pytest.raises(
+        ValueError, match=r"^bad response: x+ \[\.\.\. cut: the error's result"
+    ) as e:
+        r.get(timeout=1)
+    assert "over task_result_max_bytes" in str(e.value)
+    assert len(app.broker.get_result(r.id)[0]) <= 20_000  # type: ignore[index]
+
+
 def test_strict_kwargs_fails_instead_of_dropping(app: Celeriac) -> None:
     app.conf.task_strict_kwargs = True
 

@@ -354,6 +354,12 @@ class Executor(Reading):
         limit = self.app.conf.task_result_max_bytes
         if len(raw) <= limit:
             return raw
+        if outcome.state != "SUCCESS" and outcome.error is not None:
+            # An error over the limit (an exception quoting a whole response, a recursion's
+            # traceback) was stored as "returned N bytes", as if the task had returned a
+            # value: keep what it raised, cut to fit.
+            outcome.error = _cut_error(outcome.error, len(raw), limit)
+            return encode_result(self._record(job, outcome))
         # Refused like an oversized message: results live in broker memory too.
         exc = PayloadTooLarge(
             f"task {job.label} returned {len(raw):,} bytes, over task_result_max_bytes "
@@ -557,6 +563,27 @@ def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
 #: How an encoded result record that stores a FAILURE begins: ``state`` is its first field
 #: and always written (msgspec keeps the declared order).
 _FAILURE_RECORD = b'{"state":"FAILURE"'
+
+
+def _cut_error(error: ErrorInfo, size: int, limit: int) -> ErrorInfo:
+    """``error`` with its message and traceback cut to fit a result of ``limit`` bytes,
+    each saying so (JSON escapes at most 6 bytes a character, hence the margin).
+
+    Example:
+        >>> big = ErrorInfo(type="builtins.ValueError", message="x" * 100_000)
+        >>> cut = _cut_error(big, 100_100, 4_096)
+        >>> cut.type, len(cut.message) < 1_000, cut.message.endswith("task_result_max_bytes]")
+        ('builtins.ValueError', True, True)
+    """
+    keep = max((limit - 1_024) // 12, 0)
+    note = f" [... cut: the error's result was {size:,} bytes, over task_result_max_bytes]"
+    return ErrorInfo(
+        type=error.type,
+        message=error.message if len(error.message) <= keep else error.message[:keep] + note,
+        traceback=error.traceback
+        if len(error.traceback) <= keep
+        else "..." + error.traceback[-keep:],
+    )
 
 
 def _now_failed(outcome: Outcome, exc: Exception, error: ErrorInfo | None) -> None:
