@@ -341,8 +341,9 @@ def test_demo_stops_its_worker_whatever_ends_it(clis: list[Cli]) -> None:
         # 130, or killed by the SIGINT itself (-2): about 1 run in 40 on a loaded machine,
         # after printing "interrupted" and exiting 130. CPython's doing (strace: the demo
         # sends itself SIGINT as it exits): when a KeyboardInterrupt comes out of an
-        # exec() of source text, Python sets a flag that nothing clears, and at exit
-        # kills itself with SIGINT whatever the exit code. The demo's first send imports
+        # exec() of source text, Python sets a flag that nothing clears, and at exit a
+        # `python -m` run kills itself with SIGINT whatever the exit code (a 3-line module
+        # shows it every time; the `celeriac` script exits 130). The demo's first send imports
         # celeriac.arguments lazily, whose @dataclass runs exec(); the test interrupts
         # just as the worker's children appear, about when that first send starts. A
         # shell shows 130 for both, and what this test is about is the worker below.
