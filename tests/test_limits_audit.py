@@ -141,6 +141,10 @@ def test_a_backlog_at_its_limit_comes_back_at_its_slots_without_waking_again(
     starts = sorted(float(line[3]) for line in ledger.lines() if line[0] == "start")
     most = max(sum(1 for t in starts[i:] if t < s + 1.0) for i, s in enumerate(starts))
     assert most <= 52  # 50/s, on stamps a task writes a little after its admission
-    again = sum(ledger.count("again").values())
-    # A few come back early by a scheduling hiccup; the drift made it ~2 per task.
-    assert again < len(sent) / 3, f"{again} deferrals of tasks that came back at their slot"
+    deferred = ledger.count("again")  # per task, the deferrals after its first
+    again = sum(deferred.values())
+    # The drift made ~1 per task, with a herd deferred again and again (one task 9 to 16
+    # times here). A few come back early by a scheduling hiccup: 1-7 on a quiet machine
+    # or beside two CPU hogs, 65 once beside the rest of the suite on two processes.
+    assert again < len(sent) * 2 / 3, f"{again} deferrals of tasks that came back at their slot"
+    assert max(deferred.values(), default=0) <= 4, f"deferred again and again: {deferred}"
