@@ -183,6 +183,7 @@ def test_a_thread_or_a_broker_that_goes_away_closes_its_connection(tmp_path: Pat
     # sent a task would leave a connection open for the life of the process. (Descriptors
     # are no measure here: SQLite keeps a closed connection's one for reuse while another
     # connection of the process holds a lock on the file.)
+    gc.collect()  # earlier tests' garbage brokers, else collected below and counted
     before = _open_connections()
     broker = SQLiteBroker(f"sqlite:///{tmp_path / 'b.db'}")
     assert _open_connections() == before + 1  # the constructor's, on this thread
