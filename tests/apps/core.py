@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 from typing import Any
+
+import psutil
 
 from celeriac import Celeriac, Task
 
@@ -142,3 +145,35 @@ def spins_too_long(self: Task[Any, Any]) -> str:
         record("cleanup", self.request.id, type(exc).__name__)
         return "cleaned up"
     return "not interrupted"
+
+
+@app.bound_task(soft_time_limit=0.3, time_limit=1)
+def starts_helpers_and_hangs(self: Task[Any, Any]) -> None:
+    """Start a shell that starts a sleep (ffmpeg, a browser...), then ignore the soft limit
+    as a C call that never returns to Python would: only the hard limit ends it."""
+    helper = subprocess.Popen(["sh", "-c", "sleep 600 & wait"], start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not psutil.Process(helper.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    tree = [helper.pid, *(p.pid for p in psutil.Process(helper.pid).children())]
+    record("helpers", self.request.id, ",".join(map(str, tree)))
+    while True:
+        try:
+            time.sleep(30)
+        except Exception:  # noqa: BLE001 - the point: the soft limit is ignored
+            continue
+
+
+@app.bound_task(soft_time_limit=0.3, time_limit=1)
+def keeps_shared_memory(self: Task[Any, Any], name: str) -> None:
+    """Create shared memory (its resource tracker unlinks it if this process dies) and
+    ignore the soft limit: only the hard limit ends it."""
+    from multiprocessing import shared_memory
+
+    block = shared_memory.SharedMemory(name=name, create=True, size=4096)
+    record("shared", self.request.id, block.name)
+    while True:
+        try:
+            time.sleep(30)
+        except Exception:  # noqa: BLE001 - the point: the soft limit is ignored
+            continue

@@ -44,6 +44,7 @@ from celeriac.errors import BrokerError, TaskRevoked, TimeLimitExceeded
 from celeriac.middleware.base import Job, Outcome
 from celeriac.middleware.verdicts import Verdict, verdict_key
 from celeriac.worker.batch import Batch
+from celeriac.worker.descendants import kill_own_tree, words
 from celeriac.worker.executor import FINAL, Executor, FetchSpec
 from celeriac.worker.memory import Ceiling
 from celeriac.worker.outage import Outage
@@ -559,13 +560,15 @@ class Child:
 
     def _stop_alone(self, overdue: Held, held: list[Held]) -> NoReturn:
         """Do what the supervisor does for a task past its hard limit, then exit."""
+        # What its tasks started would outlive it, reparented to init (see .descendants).
+        started = kill_own_tree()
         log.error(
-            "child %d: task %s[%s] passed its hard time limit and this child's supervisor "
-            "is gone, so nothing else can stop it: recording its failure, putting back what "
-            "this child holds, and exiting",
+            "child %d: task %s passed its hard time limit and this child's supervisor "
+            "is gone, so nothing else can stop it: killed%s, recording its failure, "
+            "putting back what this child holds, and exiting",
             os.getpid(),
-            overdue.task,
-            overdue.id,
+            overdue.label,
+            words(started).removeprefix(" and") or " nothing it started",
         )
         broker = self.app.broker
         try:

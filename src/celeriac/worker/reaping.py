@@ -44,6 +44,7 @@ class ChildState:
     started: float = 0.0
     last_view: SlotView = field(default_factory=lambda: SlotView([], 0))
     killed_for: tuple[Held, str] | None = None  # the task we killed it for, and why
+    killed_cold: bool = False  # killed (with what its tasks started) by a cold shutdown
     crashes: int = 0
     consumer: str = ""  # lease holder id of the current process in this place
     generation: int = 0

@@ -46,6 +46,7 @@ from celeriac.worker.child import (
     child_main,
     current_rss,
 )
+from celeriac.worker.descendants import Started, kill_tree, words
 from celeriac.worker.memory import Ceiling, choose_ceiling, memory_limit
 from celeriac.worker.outage import Outage
 from celeriac.worker.reaping import ChildState, Reaping
@@ -224,21 +225,29 @@ class Worker(Reaping, BrokerDuties):
         # The children are told here, not after the pass in progress: a pass blocked on a
         # broker that hangs (a socket timeout, 30 s by default) delayed both kinds of stop.
         # _shutdown signals them again, which covers a child forked meanwhile.
-        for child in self._children:
-            if child.pid:
-                _signal_child(
-                    child.pid, signal.SIGTERM if self._stop_requests == 1 else signal.SIGKILL
-                )
         if self._stop_requests == 1:
+            for child in self._children:
+                if child.pid and _still_ours(child.pid):
+                    _signal(child.pid, signal.SIGTERM)
             log.info("worker %s: warm shutdown — %s", self.id, self._warm_words())
         else:
-            running = self._running()
+            running = self._running()  # read before the kill, which may tear a slot
+            started = [s for child in self._children for s in self._kill_cold(child)]
             log.warning(
-                "worker %s: cold shutdown — killing its children%s; what they held goes back "
-                "to the queue, and killed tasks run again",
+                "worker %s: cold shutdown — killed its children%s%s; what they held goes "
+                "back to the queue, and killed tasks run again",
                 self.id,
-                f" and {_tasks(running)}" if running else "",
+                f" with {_tasks(running)}" if running else "",
+                words(started),
             )
+
+    def _kill_cold(self, child: ChildState) -> list[Started]:
+        """Kill a child (and what its tasks started) for a cold shutdown, once; return the
+        processes killed under it. Safe in a signal handler (see :func:`_still_ours`)."""
+        if not child.pid or child.killed_cold or not _still_ours(child.pid):
+            return []
+        child.killed_cold = True
+        return kill_tree(child.pid)
 
     def _warm_words(self) -> str:
         """What a warm shutdown waits for, and what the operator can do about it."""
@@ -268,6 +277,7 @@ class Worker(Reaping, BrokerDuties):
         child.slot.clear()
         child.last_view = SlotView([], 0)
         child.killed_for = None
+        child.killed_cold = False
         inside = 1 if self.pool == "process" else self.concurrency
         child.generation += 1
         child.consumer = f"{self.id}/{child.index}.{child.generation}"
@@ -346,28 +356,32 @@ class Worker(Reaping, BrokerDuties):
             return
         for running in (h for h in view.held if h.started):
             if running.id in self.remote.to_terminate:
+                pid, started = child.pid, self._kill_for(child, running, "REVOKED")
                 log.warning(
-                    "task %s was revoked with terminate; killing child %d",
+                    "task %s was revoked with terminate; killed child %d%s",
                     running.label,
-                    child.pid,
+                    pid,
+                    words(started),
                 )
-                self._kill_for(child, running, "REVOKED")
                 return
             if running.hard_deadline and now > running.hard_deadline:
+                pid, started = child.pid, self._kill_for(child, running, "FAILURE")
                 log.error(
-                    "task %s passed its hard time limit; killing child %d%s",
+                    "task %s passed its hard time limit; killed child %d%s%s",
                     running.label,
-                    child.pid,
+                    pid,
+                    words(started),
                     ""
                     if self.pool == "process"
                     else " (its other running tasks will be delivered again)",
                 )
-                self._kill_for(child, running, "FAILURE")
                 return
 
-    def _kill_for(self, child: ChildState, running: Held, state: str) -> None:
+    def _kill_for(self, child: ChildState, running: Held, state: str) -> list[Started]:
+        """Kill the child (and what its tasks started, see :mod:`.descendants`) because
+        of ``running``; return the processes killed under it."""
         child.killed_for = (running, state)
-        _signal(child.pid, signal.SIGKILL)
+        return kill_tree(child.pid)
 
     def _quietly(self, action: Callable[[], object], what: str, *, periodic: bool = False) -> None:
         """Run a broker call whose failure must not stop the supervisor; say so once.
@@ -424,9 +438,12 @@ class Worker(Reaping, BrokerDuties):
         self._last_term = time.time()
         while any(c.pid for c in self._children):
             if self._stop_requests > 1:
-                for child in self._children:
-                    if child.pid:
-                        _signal(child.pid, signal.SIGKILL)
+                # A child forked while the handler ran, or one it found already reaped.
+                started = [s for child in self._children for s in self._kill_cold(child)]
+                if started:
+                    log.warning(
+                        "worker %s: cold shutdown — killed a child%s", self.id, words(started)
+                    )
             self._tick_shutdown()
             time.sleep(_TICK)
         for child in self._children:
@@ -533,12 +550,12 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-def _signal_child(pid: int, signum: int) -> None:
-    """Signal a child from a signal handler, which may run between the main flow's
-    ``waitpid`` and its forgetting the pid: a pid already reaped may be another process's
-    by now. Only this thread reaps, so a child still waitable here is still ours."""
+def _still_ours(pid: int) -> bool:
+    """Whether a child may be signalled from a signal handler, which may run between the
+    main flow's ``waitpid`` and its forgetting the pid: a pid already reaped may be another
+    process's by now. Only this thread reaps, so a child still waitable here is still ours."""
     try:
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
-        return
-    _signal(pid, signum)
+        return False
+    return True

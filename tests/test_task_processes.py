@@ -1,0 +1,122 @@
+"""Processes a task starts (ffmpeg, a browser, a shell pipeline) end with its child when
+the child is killed: at the task's hard time limit, in a cold shutdown, and when a child
+whose supervisor died enforces the hard limit itself. Left running, they were reparented
+to init and ran for ever.
+
+Real worker processes on SQLite; the task (tests.apps.core.starts_helpers_and_hangs)
+starts ``sh -c "sleep 600 & wait"`` in a session of its own and ignores its soft limit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from celeriac import Celeriac
+from celeriac.result import AsyncResult
+from celeriac.testing import wait_for
+from tests.apps import core
+from tests.conftest import Ledger, WorkerProcesses
+
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("broker_url", ["sqlite"], indirect=True)]
+
+
+def _gone(pid: int) -> bool:
+    try:  # the container's init may not reap what it inherits
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _helpers(ledger: Ledger, result: AsyncResult) -> list[int]:
+    def started() -> list[list[str]]:
+        return [p for p in ledger.lines() if p[0] == "helpers" and p[1] == result.id]
+
+    assert wait_for(lambda: bool(started()), timeout=20), ledger.lines()
+    pids = [int(pid) for pid in started()[0][4].split(",")]
+    assert len(pids) == 2 and not any(_gone(pid) for pid in pids)
+    return pids
+
+
+@pytest.fixture
+def helpers_killed() -> Iterator[list[int]]:
+    """The helper pids a test saw; those still alive at its end are killed (by pid)."""
+    seen: list[int] = []
+    yield seen
+    for pid in seen:
+        if not _gone(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("pool", ["process", "threads"])
+def test_the_hard_limit_kills_the_processes_the_task_started(
+    core_app: Celeriac,
+    workers: WorkerProcesses,
+    ledger: Ledger,
+    helpers_killed: list[int],
+    pool: str,
+) -> None:
+    workers.start("-c", "1", "-P", pool)
+    result = core.starts_helpers_and_hangs.delay()
+    helpers_killed += _helpers(ledger, result)
+    with pytest.raises(Exception, match="hard time limit"):
+        result.get(timeout=20)
+    assert wait_for(lambda: all(_gone(pid) for pid in helpers_killed), timeout=10)
+    # The log says which processes went with the child, and the worker carries on.
+    line = f"task {core.starts_helpers_and_hangs.name}[{result.id}] passed its hard time limit"
+    text = workers.log_text()
+    assert line in text
+    assert f"the 2 processes its tasks started ({helpers_killed[0]} (sh)" in text
+    assert core.add.delay(2, 3).get(timeout=20) == 5
+
+
+def test_a_cold_shutdown_kills_the_processes_running_tasks_started(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, helpers_killed: list[int]
+) -> None:
+    proc = workers.start("-c", "1")
+    result = core.starts_helpers_and_hangs.apply_async(time_limit=60)
+    helpers_killed += _helpers(ledger, result)
+    proc.send_signal(signal.SIGQUIT)
+    assert proc.wait(timeout=20) == 0
+    assert wait_for(lambda: all(_gone(pid) for pid in helpers_killed), timeout=10)
+    assert "the 2 processes its tasks started" in workers.log_text()
+
+
+def test_a_child_without_its_supervisor_kills_them_at_the_hard_limit(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, helpers_killed: list[int]
+) -> None:
+    proc = workers.start("-c", "1")
+    # Long enough to kill the supervisor first: the child enforces the limit alone.
+    result = core.starts_helpers_and_hangs.apply_async(time_limit=3)
+    helpers_killed += _helpers(ledger, result)
+    (child,) = workers.children(proc)
+    os.kill(proc.pid, signal.SIGKILL)  # as the OOM killer would
+    proc.wait(timeout=10)
+    assert wait_for(lambda: _gone(child), timeout=20), workers.log_text()
+    assert all(_gone(pid) for pid in helpers_killed)
+    assert "killed the 2 processes its tasks started" in workers.log_text()
+
+
+def test_the_hard_limit_spares_the_tracker_that_cleans_up_shared_memory(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # multiprocessing's resource tracker unlinks what a dead process left in /dev/shm;
+    # killed with the child, it left the block there until a reboot.
+    name = f"celeriac-test-{uuid.uuid4().hex[:12]}"
+    block = Path("/dev/shm") / name
+    try:
+        workers.start("-c", "1")
+        result = core.keeps_shared_memory.delay(name)
+        assert wait_for(lambda: ledger.count("shared")[result.id] == 1, timeout=20)
+        assert block.exists()
+        with pytest.raises(Exception, match="hard time limit"):
+            result.get(timeout=20)
+        assert wait_for(lambda: not block.exists(), timeout=20), workers.log_text()
+    finally:
+        block.unlink(missing_ok=True)
