@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class Reaping:
 
     app: Celeriac
     _children: list[ChildState]
+    _lifecycle: threading.Lock
     _stop_requests: int
     _done_before: int
     _growth_before: dict[str, list[int]]
@@ -67,17 +69,22 @@ class Reaping:
         for child in self._children:
             if not child.pid:
                 continue
-            pid, status = os.waitpid(child.pid, os.WNOHANG)
-            if pid == 0:
-                continue
-            self._after_exit(child, os.waitstatus_to_exitcode(status))
+            # With the hard-limit watch's lock: it must never signal a pid once reaped
+            # (by then it may be another process's).
+            with self._lifecycle:
+                pid, status = os.waitpid(child.pid, os.WNOHANG)
+                if pid == 0:
+                    continue
+                child.pid = 0
+            self._after_exit(child, os.waitstatus_to_exitcode(status), pid)
 
-    def _after_exit(self, child: ChildState, code: int) -> None:
+    def _after_exit(self, child: ChildState, code: int, pid: int = 0) -> None:
+        """After the child ``pid`` (by default the child's) exited with ``code``."""
         # The slot as the child left it: a task it started (and died of) after this tick's
         # read must count as a delivery, or a poison task crash-loops uncounted. A child
         # killed mid-write leaves no complete record (rss 0): the tick's read stands then.
         final = child.slot.read()
-        pid, killed = child.pid, child.killed_for
+        pid, killed = pid or child.pid, child.killed_for
         view = final if final.rss else child.last_view
         child.pid = 0
         self._fold_counters(view)

@@ -4,10 +4,12 @@ It starts N children (each a full consumer), then loops a few times a second:
 
 * reaps children that exited: the messages a dead child held go back to the queue at once
   (the running one counted as a delivery, prefetched ones not); a fresh child replaces it;
-* kills a child whose task passed its hard time limit (or that runs a task revoked with
-  terminate), records a verdict for that task and hands its message back: the next
-  delivery does not run it but settles it as FAILURE with ``TimeLimitExceeded`` (or
-  REVOKED) through the middleware, so chains and chords carry on; then replaces the child;
+* a child whose task passed its hard time limit (or that runs a task revoked with
+  terminate) is killed by a thread of its own (:meth:`Worker._watch_limits`, which no
+  broker call holds up); the pass records a verdict for that task and hands its message
+  back: the next delivery does not run it but settles it as FAILURE with
+  ``TimeLimitExceeded`` (or REVOKED) through the middleware, so chains and chords carry
+  on; then replaces the child;
 * renews the leases of everything its children hold, every third of the lease;
 * heartbeats for the host, and runs the broker's deterministic reaper for dead hosts.
 
@@ -30,8 +32,10 @@ import math
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
@@ -112,6 +116,11 @@ class Worker(Reaping, BrokerDuties):
         processes = concurrency if pool == "process" else 1
         hands = 1 if pool == "process" else concurrency  # one per consumer of a child
         self._children = [ChildState(i, Slot(hands=hands)) for i in range(processes)]
+        # Taken by the hard-limit watch (see _watch_limits) around each check and kill, and
+        # by the main flow around a fork and a reap: a pid is never signalled once reaped,
+        # and no fork happens while the watch holds a lock of its own (logging's).
+        self._lifecycle = threading.Lock()
+        self._watch_stop = threading.Event()
         self._stop_requests = 0
         self._said_failed: dict[str, float] = {}  # what _quietly said failed, and when
         # What a shutdown could not do for want of the broker, said once when it stops;
@@ -157,12 +166,17 @@ class Worker(Reaping, BrokerDuties):
             return 0
         _trim_heap()
         self._choose_memory_ceiling()
-        for child in self._children:
-            self._spawn(child)
-        while self._stop_requests == 0:
-            self._tick()
-            time.sleep(_TICK)
-        self._shutdown()
+        watch = self._start_watching_limits()
+        try:
+            for child in self._children:
+                self._spawn(child)
+            while self._stop_requests == 0:
+                self._tick()
+                time.sleep(_TICK)
+            self._shutdown()
+        finally:
+            self._watch_stop.set()
+            watch.join()
         return 0
 
     def _wait_for_broker(self) -> bool:
@@ -300,12 +314,16 @@ class Worker(Reaping, BrokerDuties):
         # are installed (child_main), so none lands on the supervisor's handler in it.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            pid = os.fork()
-            if pid == 0:
-                child_main(self.app, spec, child.slot)  # never returns
+            with self._lifecycle, warnings.catch_warnings():
+                # Python 3.12+ warns of fork() beside another thread: the hard-limit watch
+                # holds no lock while this one is taken, so the child inherits none held.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+                if pid == 0:
+                    child_main(self.app, spec, child.slot)  # never returns
+                child.pid, child.started = pid, time.time()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the parent, right after fork
-        child.pid, child.started = pid, time.time()
 
     def _keep_alive(self) -> None:
         """Start the children whose crash-loop pause is over, and the companions that died."""
@@ -321,9 +339,7 @@ class Worker(Reaping, BrokerDuties):
     def _tick(self) -> None:
         now = time.time()
         for child in self._children:
-            view = child.slot.read()
-            child.last_view = view
-            self._enforce_limits(child, view, now)
+            child.last_view = child.slot.read()
         self._reap_children()
         self._keep_alive()
         outage = self._outage
@@ -350,6 +366,38 @@ class Worker(Reaping, BrokerDuties):
             self._stop_requests = 1
 
     # -- hard limits --------------------------------------------------------------------
+
+    def _start_watching_limits(self) -> threading.Thread:
+        """Start the thread that enforces hard limits; set ``_watch_stop`` to end it.
+
+        Not the main flow's pass: that one waits on broker calls, and a broker that hangs
+        instead of refusing (Redis frozen or failing over, a lost network: a socket timeout
+        of 30 s; a SQLite write lock held by a consumer thread that a task starves of the
+        GIL: the 30 s busy timeout) held back every hard limit meanwhile. A task with a
+        2 s limit was killed after 31 s. Started with every signal blocked, so that signals
+        reach the main thread (a SIGTERM taken by this thread would not interrupt the
+        main flow's blocked call, and its handler would wait for that call to return).
+        """
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            watch = threading.Thread(
+                target=self._watch_limits, name="celeriac-hard-limits", daemon=True
+            )
+            watch.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return watch
+
+    def _watch_limits(self) -> None:
+        while not self._watch_stop.wait(_TICK):
+            try:
+                with self._lifecycle:
+                    now = time.time()
+                    for child in self._children:
+                        if child.pid:
+                            self._enforce_limits(child, child.slot.read(), now)
+            except Exception:  # a bug here must not end hard limits for good
+                log.exception("worker %s: checking hard time limits failed", self.id)
 
     def _enforce_limits(self, child: ChildState, view: SlotView, now: float) -> None:
         if not child.pid or child.killed_for is not None:
@@ -487,8 +535,7 @@ class Worker(Reaping, BrokerDuties):
             if child.pid:
                 child.last_view = view
                 # A task past its hard limit, or revoked with terminate, must not hold
-                # the shutdown hostage.
-                self._enforce_limits(child, view, now)
+                # the shutdown hostage: the hard-limit watch goes on until the end.
                 if again and not any(h.started for h in view.held):
                     # Still there with no task running: its SIGTERM may have come while
                     # a task ignored it (signal.signal in the task; the child puts its
