@@ -120,3 +120,17 @@ def test_the_hard_limit_spares_the_tracker_that_cleans_up_shared_memory(
         assert wait_for(lambda: not block.exists(), timeout=20), workers.log_text()
     finally:
         block.unlink(missing_ok=True)
+
+
+def test_a_recycled_child_ends_what_its_tasks_left_running(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, helpers_killed: list[int]
+) -> None:
+    # A task that never waits for what it starts: once the child recycled, the process
+    # was reparented to init, and such leftovers piled up with every recycle.
+    workers.start("-c", "1", "--max-tasks-per-child", "1")
+    result = core.leaves_a_helper.delay()
+    helper = result.get(timeout=20)
+    helpers_killed.append(helper)
+    assert wait_for(lambda: _gone(helper), timeout=20), workers.log_text()
+    assert f"its tasks left 1 process running: {helper} (sleep)" in workers.log_text()
+    assert core.add.delay(2, 3).get(timeout=20) == 5

@@ -177,3 +177,11 @@ def keeps_shared_memory(self: Task[Any, Any], name: str) -> None:
             time.sleep(30)
         except Exception:  # noqa: BLE001 - the point: the soft limit is ignored
             continue
+
+
+@app.bound_task()
+def leaves_a_helper(self: Task[Any, Any]) -> int:
+    """Start a process and return without waiting for it (a browser never closed)."""
+    helper = subprocess.Popen(["sleep", "600"])
+    record("helpers", self.request.id, helper.pid)
+    return helper.pid

@@ -44,7 +44,7 @@ from celeriac.errors import BrokerError, TaskRevoked, TimeLimitExceeded
 from celeriac.middleware.base import Job, Outcome
 from celeriac.middleware.verdicts import Verdict, verdict_key
 from celeriac.worker.batch import Batch
-from celeriac.worker.descendants import kill_own_tree, words
+from celeriac.worker.descendants import end_leftovers, kill_own_tree, words
 from celeriac.worker.executor import FINAL, Executor, FetchSpec
 from celeriac.worker.memory import Ceiling
 from celeriac.worker.outage import Outage
@@ -650,5 +650,36 @@ def child_main(app: Celeriac, spec: ChildSpec, slot: Slot) -> None:
     except BaseException:  # logged, then the process ends with code 1
         log.exception("worker child %d crashed; the supervisor will start another", os.getpid())
     finally:
-        logging.shutdown()
-        os._exit(code)
+        try:
+            _end_leftovers()
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+
+#: Seconds the processes a child's tasks left running get, after SIGTERM, to end before
+#: SIGKILL as the child exits: enough for ffmpeg to close its file or a browser its profile.
+LEFTOVER_GRACE = 2.0
+
+
+def _end_leftovers() -> None:
+    """End what this child's tasks started and left running, and say so (see
+    :func:`celeriac.worker.descendants.end_leftovers`)."""
+    try:
+        left = end_leftovers(LEFTOVER_GRACE)
+    except Exception:  # the child is exiting: say it, and exit all the same
+        log.exception("child %d could not end the processes its tasks left", os.getpid())
+        return
+    if left:
+        log.warning(
+            "child %d is exiting, and its tasks left %d process%s running: %s. Nothing would "
+            "stop them once it is gone (they are reparented to init), so they got SIGTERM "
+            "(SIGKILL after %gs). A task should wait for what it starts (subprocess.run, "
+            "Popen.wait, `with Popen(...)`, closing its browser in a finally); a process "
+            "that must outlive its task belongs to a service of its own.",
+            os.getpid(),
+            len(left),
+            "es" if len(left) > 1 else "",
+            ", ".join(str(s) for s in left[:10]) + (" ..." if len(left) > 10 else ""),
+            LEFTOVER_GRACE,
+        )

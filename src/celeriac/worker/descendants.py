@@ -13,6 +13,11 @@ child keeps the supervisor's group (the terminal's Ctrl-C and job control work a
 and a helper started with ``start_new_session=True`` is still found. A process that left
 the tree on purpose (a daemon's double fork, reparented to init) is not touched, nor is
 multiprocessing's resource tracker, which cleans up after the child once it is gone.
+
+A child that ends by itself (recycling, a warm shutdown) ends what its tasks left running
+in the same way, more gently (SIGTERM, then SIGKILL after a grace): a browser a failed
+task never closed, an ``ffmpeg`` started and never waited for, reparented to init once
+the child exits, piled up with every recycle, outside what memory recycling can see.
 """
 
 from __future__ import annotations
@@ -75,6 +80,30 @@ def kill_own_tree() -> list[Started]:
     late = [s for s in _freeze_under(os.getpid()) if s.pid not in known]
     _kill(late)
     return found + late
+
+
+def end_leftovers(grace: float) -> list[Started]:
+    """SIGTERM the processes still running under this one (what its tasks started and left
+    behind), and SIGKILL those still there after ``grace`` seconds; return them.
+
+    For a child that ends by itself (recycling, a warm shutdown): once it exits, nothing
+    would ever stop them. Finished ones (zombies) are left to be reaped, and the resource
+    tracker to clean up.
+    """
+    found: list[Started] = []
+    with contextlib.suppress(psutil.Error):
+        for process in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if process.status() != psutil.STATUS_ZOMBIE and not _cleans_up_after(process):
+                    found.append(Started(process))
+    for started in found:
+        with contextlib.suppress(psutil.Error):
+            started.process.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs([s.process for s in found], timeout=grace)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(signal.SIGKILL)
+    return found
 
 
 def words(found: list[Started]) -> str:
