@@ -134,3 +134,23 @@ def test_a_recycled_child_ends_what_its_tasks_left_running(
     assert wait_for(lambda: _gone(helper), timeout=20), workers.log_text()
     assert f"its tasks left 1 process running: {helper} (sleep)" in workers.log_text()
     assert core.add.delay(2, 3).get(timeout=20) == 5
+
+
+@pytest.mark.parametrize("pool", ["process", "asyncio"])
+def test_a_copy_of_a_child_forked_by_its_task_does_not_go_on_consuming(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, pool: str
+) -> None:
+    # The copy came back out of the task and ran its child's consume loop: a second
+    # consumer under the child's name, unseen by the supervisor, that outlived the worker.
+    workers.start("-c", "1", "-P", pool)
+    result = core.forks_without_exit.delay()
+    assert wait_for(lambda: len(ledger.count("forked")) == 1 and len(ledger.lines()) == 2)
+    (copy,) = [int(p[4]) for p in ledger.lines() if p[0] == "forked" and p[4] != "0"]
+    try:
+        assert result.get(timeout=20) == copy  # the child's own outcome
+        assert wait_for(lambda: _gone(copy), timeout=20), workers.log_text()
+    finally:
+        if not _gone(copy):  # not the worker's: kill_all does not see it
+            os.kill(copy, signal.SIGKILL)
+    assert f"and the copy, process {copy}, returned from the task" in workers.log_text()
+    assert [core.add.delay(i, 1).get(timeout=20) for i in range(5)] == [1, 2, 3, 4, 5]

@@ -185,3 +185,11 @@ def leaves_a_helper(self: Task[Any, Any]) -> int:
     helper = subprocess.Popen(["sleep", "600"])
     record("helpers", self.request.id, helper.pid)
     return helper.pid
+
+
+@app.bound_task()
+def forks_without_exit(self: Task[Any, Any]) -> int:
+    """Fork and forget os._exit() in the copy: both processes return from the task."""
+    copy = os.fork()
+    record("forked", self.request.id, copy)  # the copy records 0
+    return copy

@@ -54,7 +54,7 @@ from celeriac.task import Request, _current
 from celeriac.text import printable
 from celeriac.worker.batch import Batch
 from celeriac.worker.child import EXIT_RECYCLE, Child, ChildSpec, current_rss
-from celeriac.worker.executor import Executor, outcome_for
+from celeriac.worker.executor import Executor, exit_if_forked, outcome_for
 from celeriac.worker.reading import error_info
 from celeriac.worker.slot import Held, Slot
 from celeriac.worker.soft_limits import thread_soft_limit
@@ -470,6 +470,7 @@ class AsyncioChild(Child):
             # out, ran again each time, silently, until dead-lettered as a crash.
             outcome = outcome_for(exc)
         finally:
+            exit_if_forked(executor.pid, job)  # a copy of this child, forked by an async task
             _current.reset(token)
         outcome.runtime = time.perf_counter() - began
         return outcome
@@ -574,5 +575,9 @@ def _blocked_error(soft: float) -> SoftTimeLimitExceeded:
 
 def _call_with_soft_limit(executor: Executor, job: Job, soft: float) -> Any:
     """Run a plain function in this worker thread under the soft limit."""
-    with thread_soft_limit(soft):
-        return executor.invoke(job)
+    try:
+        with thread_soft_limit(soft):
+            return executor.invoke(job)
+    finally:
+        # A copy forked here has this thread alone: it would wait for work for ever.
+        exit_if_forked(executor.pid, job)

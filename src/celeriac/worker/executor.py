@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from celeriac import crashpoints
+from celeriac import crashpoints, pid
 from celeriac.brokers.records import DeadLetter, Delivery, Outgoing
 from celeriac.errors import (
     ArgumentsRefused,
@@ -132,6 +133,7 @@ class Executor(Reading):
         self.soft_limit = soft_limit
         self.contain_exits = contain_exits
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.pid = pid.current()  # the process whose tasks this runs: see exit_if_forked
         self._retry_state_said = -math.inf  # when a RETRY state not stored was last said
         self._oversized_said = -math.inf  # when a message over the size limit was last said
 
@@ -171,6 +173,8 @@ class Executor(Reading):
             # dead-lettered as "the worker crashed", repeating its side effects each time.
             outcome = outcome_for(exc)
         finally:
+            if self.contain_exits:
+                exit_if_forked(self.pid, job)
             _current.reset(token)
         outcome.runtime = time.perf_counter() - started
         return outcome
@@ -541,6 +545,32 @@ class Executor(Reading):
             outcome = self.execute(job)
         self.settle(job, outcome)
         return job, outcome
+
+
+def exit_if_forked(owner: int, job: Job) -> None:
+    """End this process at once if it is a copy of the worker child ``owner`` that a task
+    forked (``os.fork()`` without exec) and that came back out of the task.
+
+    Such a copy went on as a second consumer under its child's name, unseen by the
+    supervisor: it took tasks, wrote over its child's slot (what the supervisor renews
+    and puts back), had no hard limit, and kept consuming after the worker stopped. Its
+    commit of the forking task was refused (the child had settled it): "lease lost".
+    ``os._exit``: no cleanup of the child's may run in the copy (its ``finally`` blocks
+    would give back the child's prefetched messages).
+    """
+    if pid.current() == owner:
+        return
+    log.error(
+        "task %s forked its worker child %d (os.fork() without exec) and the copy, process "
+        "%d, returned from the task instead of ending with os._exit(): it would have gone "
+        "on as a second consumer that no supervisor sees, so it exits now. End forked code "
+        "with os._exit(), or use subprocess or multiprocessing.",
+        job.label,
+        owner,
+        pid.current(),
+    )
+    logging.shutdown()
+    os._exit(1)
 
 
 def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
