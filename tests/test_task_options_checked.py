@@ -15,6 +15,7 @@ against a SQLite file, with the same celeriac source as this test process.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -180,6 +181,34 @@ def test_a_per_call_time_limit_may_be_a_timedelta(local: Celeriac) -> None:
     message = job.message((), time_limit=dt.timedelta(minutes=2), soft_time_limit=math.inf)
     assert message.hard_limit == 120.0
     assert message.soft_limit is not None and message.soft_limit > 50 * 365 * 86400
+
+
+def test_a_per_call_hard_limit_under_the_soft_limit_is_said_once_per_task(
+    local: Celeriac, caplog: pytest.LogCaptureFixture
+) -> None:
+    # apply_async(time_limit=10) under the app's soft limit of 300 s was taken silently:
+    # the task was killed with no SoftTimeLimitExceeded first, its cleanup never ran.
+    @local.task(name="shop.per_call_limits")
+    def job() -> str:
+        return "ran"
+
+    @local.task(name="shop.own_limits", soft_time_limit=20, time_limit=30)
+    def other() -> str:
+        return "ran"
+
+    with caplog.at_level(logging.WARNING, logger="celeriac"):
+        job.message((), time_limit=10)
+        job.message((), time_limit=5)  # the same task: said once
+        job.message((), soft_time_limit=1, time_limit=10)  # fine
+        other.message((), soft_time_limit=15)  # under the task's own hard limit: fine
+        other.message((), soft_time_limit=40)  # over it
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(
+        "task shop.per_call_limits sent with time_limit=10: its soft time limit (300s) is "
+        "not below its hard time limit (10s)"
+    )
+    assert "shop.own_limits sent with soft_time_limit=40: its soft time limit (40s)" in lines[1]
 
 
 def test_an_expiry_beyond_the_year_9999_is_none_and_the_task_runs(local: Celeriac) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -192,6 +193,52 @@ def check_send_options(
         problem = "" if limit is None else option_problem(option, limit)
         if problem:
             raise ValueError(f"task {task}: {option} must be {problem}, got {limit!r}")
+
+
+def warn_if_soft_limit_never_fires(
+    task: str, soft: float, hard: float, soft_given: bool, hard_given: bool
+) -> bool:
+    """Warn, once per task in this process, when the limits a send gives (``soft`` and
+    ``hard``: the call's, else the task's, else the app's) leave a soft limit that the
+    hard one ends first; return True when it does.
+
+    ``apply_async(time_limit=10)`` under the app's default soft limit of 300 s was taken
+    silently: the task was killed at 10 s with no SoftTimeLimitExceeded before, so its
+    cleanup never ran. The worker's start-up check (:func:`soft_limits_that_never_fire`)
+    sees only the tasks' own options, not a call's.
+
+    Example:
+        >>> warn_if_soft_limit_never_fires("doc.add", 0.5, 1.0, False, True)
+        False
+    """
+    if not math.isfinite(soft) or soft >= NO_LIMIT_SECONDS or soft < hard:
+        return False
+    if task in _SAID_NEVER_FIRES:  # per task: a limit computed per call varies
+        return True
+    _SAID_NEVER_FIRES.add(task)
+    given = [
+        f"{name}={value:g}"
+        for name, value, set_here in (
+            ("soft_time_limit", soft, soft_given),
+            ("time_limit", hard, hard_given),
+        )
+        if set_here
+    ]
+    logging.getLogger("celeriac").warning(
+        "task %s sent with %s: its soft time limit (%gs) is not below its hard time limit "
+        "(%gs), so the hard limit kills it first: SoftTimeLimitExceeded never fires and its "
+        "cleanup never runs. Pass a soft_time_limit below time_limit in the same call. "
+        "(Said once per task in this process.)",
+        task,
+        " and ".join(given),
+        soft,
+        hard,
+    )
+    return True
+
+
+#: The tasks already warned of by :func:`warn_if_soft_limit_never_fires`.
+_SAID_NEVER_FIRES: set[str] = set()
 
 
 def wire_limit(limit: float | dt.timedelta | None) -> float | None:

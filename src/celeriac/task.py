@@ -29,6 +29,7 @@ from celeriac.options import (
     option_problem,
     to_ms,
     unknown_options,
+    warn_if_soft_limit_never_fires,
     wire_limit,
 )
 
@@ -322,6 +323,20 @@ function is add(x, y)
                 time_limit=time_limit,
             )
             soft_limit, hard_limit = wire_limit(soft_time_limit), wire_limit(time_limit)
+            if soft_limit is not None or hard_limit is not None:
+                own_soft = opts.soft_time_limit
+                own_hard = opts.time_limit
+                warn_if_soft_limit_never_fires(
+                    self.name,
+                    soft_limit
+                    if soft_limit is not None
+                    else (conf.task_soft_time_limit if own_soft is None else own_soft),
+                    hard_limit
+                    if hard_limit is not None
+                    else (conf.task_time_limit if own_hard is None else own_hard),
+                    soft_limit is not None,
+                    hard_limit is not None,
+                )
         # The common case (no countdown, eta or expires given; the task's or the app's
         # expiry in seconds) without a call per field: this runs once per message sent.
         if countdown is not None:
