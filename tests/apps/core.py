@@ -193,3 +193,9 @@ def forks_without_exit(self: Task[Any, Any]) -> int:
     copy = os.fork()
     record("forked", self.request.id, copy)  # the copy records 0
     return copy
+
+
+@app.task
+def daemonizes() -> None:
+    """Start a process that outlives its parent shell (``cmd &``): an orphan at once."""
+    subprocess.run(["sh", "-c", "sleep 0.2 &"], check=True)

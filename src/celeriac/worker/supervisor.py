@@ -64,12 +64,15 @@ log = logging.getLogger("celeriac.worker")
 
 _TICK = 0.05  # seconds between supervisor checks
 _TERM_AGAIN = 1.0  # seconds between SIGTERMs to an idle child a warm shutdown waits for
+_ORPHANS_PER_PASS = 100  # orphans reaped per pass at most, as PID 1 (see _reap_orphans)
 POOLS = ("process", "threads", "asyncio")
 
 
 class Companion(Protocol):
     """A process kept alive beside the worker's children (``worker --beat``'s scheduler):
     its :meth:`check` runs on each supervisor pass until a shutdown begins."""
+
+    pid: int  # its process (0: none now); the supervisor leaves it to :meth:`check` to reap
 
     def check(self) -> None:
         """Start the process again if it died."""
@@ -120,6 +123,7 @@ class Worker(Reaping, BrokerDuties):
         # by the main flow around a fork and a reap: a pid is never signalled once reaped,
         # and no fork happens while the watch holds a lock of its own (logging's).
         self._lifecycle = threading.Lock()
+        self._init = os.getpid() == 1  # orphans come to this process: see _reap_orphans
         self._watch_stop = threading.Event()
         self._stop_requests = 0
         self._said_failed: dict[str, float] = {}  # what _quietly said failed, and when
@@ -161,6 +165,12 @@ class Worker(Reaping, BrokerDuties):
             ", ".join(self.queues),
             shown(self.app.conf.broker_url),
         )
+        if self._init:
+            log.info(
+                "worker %s runs as PID 1 (a container's first process, without --init): it "
+                "reaps the orphaned processes the kernel hands it",
+                self.id,
+            )
         if not self._wait_for_broker():
             log.info("worker %s stopped before the broker could be reached", self.id)
             return 0
@@ -325,6 +335,30 @@ class Worker(Reaping, BrokerDuties):
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the parent, right after fork
 
+    def _reap_orphans(self) -> None:
+        """As PID 1, reap the orphans the kernel hands this process; a few per pass.
+
+        A worker run as a container's first process (``docker run`` without ``--init``,
+        an exec-form CMD) is the init of its PID namespace: every process orphaned in it
+        is reparented to the supervisor, which waited only for its own children. The
+        processes killed with a child at a hard limit, and what tasks daemonized (``sh -c
+        "cmd &"``), stayed zombies for as long as the worker ran, each holding a pid,
+        until the container's pid limit made every fork fail. Its own children and its
+        companions (``--beat``) are left to their own code, which needs their status.
+        """
+        if not self._init:
+            return
+        ours = {c.pid for c in self._children} | {c.pid for c in self.companions}
+        for _ in range(_ORPHANS_PER_PASS):
+            try:
+                found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:  # no child at all
+                return
+            if found is None or found.si_pid in ours:
+                return  # none has ended, or one of ours first: reaped by its own code
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(found.si_pid, os.WNOHANG)
+
     def _keep_alive(self) -> None:
         """Start the children whose crash-loop pause is over, and the companions that died."""
         for child in self._children:
@@ -342,6 +376,7 @@ class Worker(Reaping, BrokerDuties):
             child.last_view = child.slot.read()
         self._reap_children()
         self._keep_alive()
+        self._reap_orphans()
         outage = self._outage
         if time.monotonic() >= outage.retry_at:
             try:
@@ -544,6 +579,7 @@ class Worker(Reaping, BrokerDuties):
                     # break a C library's blocking call (EINTR).
                     _signal(child.pid, signal.SIGTERM)
         self._reap_children()
+        self._reap_orphans()
         if not any(c.pid for c in self._children):
             return  # nothing left to keep alive: no call (it may hang) before the last ones
         # Running tasks are still ours while they finish: keep their leases, and their
