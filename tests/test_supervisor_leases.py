@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import logging
 import time
+import types
 
 import pytest
 
 from celeriac import Celeriac
 from celeriac.brokers.records import Lease, Outgoing
+from celeriac.errors import BrokerError
+from celeriac.worker import outage, supervisor
 from celeriac.worker.slot import Held
 from celeriac.worker.supervisor import Worker
 
@@ -87,3 +90,28 @@ def test_what_a_dead_child_held_is_not_renewed_after_it_went_back(
         worker._renew_leases()
     assert worker._children[0].last_view.held == []
     assert "lost the lease" not in caplog.text, held
+
+
+def test_an_outage_is_measured_from_the_start_of_the_call_that_hung(
+    worker: Worker, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A broker that hangs (Redis frozen, a lost network) fails a socket timeout after the
+    # call began: measured from the failure, a 31 s outage read "answers again after 2s".
+    clock = [1000.0]
+    fake = types.SimpleNamespace(time=time.time, monotonic=lambda: clock[0], sleep=time.sleep)
+    monkeypatch.setattr(supervisor, "time", fake)
+    monkeypatch.setattr(outage, "time", fake)
+
+    def duties(now: float) -> None:
+        if clock[0] < 1031:
+            clock[0] += 31  # the call hangs for a socket timeout, then fails
+            raise BrokerError("Timeout reading from socket")
+        clock[0] += 0.5
+
+    monkeypatch.setattr(worker, "_broker_duties", duties)
+    with caplog.at_level(logging.INFO, logger="celeriac.worker"):
+        worker._tick()
+        clock[0] += 1.2  # past the retry's time
+        worker._tick()
+    assert "cannot reach the broker: a call waited 31s (Timeout" in caplog.text
+    assert "the broker answers again after 33s" in caplog.text

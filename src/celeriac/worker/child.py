@@ -362,7 +362,7 @@ class Child:
             except BrokerError as exc:
                 if outage is None:
                     outage, began = Outage(first_delay=0.1), tried
-                logged = outage.failed()
+                logged = outage.failed(began=tried)  # its length counts a hung call
                 waited = time.monotonic() - began
                 if give_up_when_stopping and self.stopping:
                     return None  # nothing in hand: a fetch the child no longer needs

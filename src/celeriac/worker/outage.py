@@ -27,12 +27,16 @@ class Outage:
         self._longest = longest
         self._said_at = 0.0
 
-    def failed(self) -> bool:
-        """Record a failed try and schedule the next; True when it should be logged."""
+    def failed(self, began: float | None = None) -> bool:
+        """Record a failed try and schedule the next; True when it should be logged.
+
+        ``began``: the monotonic time the failed try began, where the outage begins
+        (default: now). A broker that hangs fails a socket timeout after the call began.
+        """
         now = time.monotonic()
         first = not self.since
         if first:
-            self.since, self._delay = now, self._first
+            self.since, self._delay = now if began is None else min(began, now), self._first
         self.retry_at = now + self._delay
         self._delay = min(self._delay * 2, self._longest)
         if first or now - self._said_at >= self.REPEAT:

@@ -378,19 +378,24 @@ class Worker(Reaping, BrokerDuties):
         self._keep_alive()
         self._reap_orphans()
         outage = self._outage
-        if time.monotonic() >= outage.retry_at:
+        tried = time.monotonic()
+        if tried >= outage.retry_at:
             try:
                 self._broker_duties(now)
             except BrokerError as exc:
-                if outage.failed():
+                first = not outage.since
+                # From the start of the call that failed: a broker that hangs fails a
+                # socket timeout (30 s) later, and "answers again after 1s" hid that.
+                if outage.failed(began=tried):
                     down = time.monotonic() - outage.since
                     log.error(
                         "worker %s %s (%s); it retries with backoff, running tasks carry "
                         "on, and their commits wait for the broker",
                         self.id,
                         f"still cannot reach the broker after {down:.0f}s"
-                        if down >= 1
-                        else "cannot reach the broker",
+                        if not first
+                        else "cannot reach the broker"
+                        + (f": a call waited {down:.0f}s" if down >= 1 else ""),
                         exc,
                     )
             else:
