@@ -154,3 +154,19 @@ def test_a_copy_of_a_child_forked_by_its_task_does_not_go_on_consuming(
             os.kill(copy, signal.SIGKILL)
     assert f"and the copy, process {copy}, returned from the task" in workers.log_text()
     assert [core.add.delay(i, 1).get(timeout=20) for i in range(5)] == [1, 2, 3, 4, 5]
+
+
+def test_a_task_killed_beside_one_past_its_hard_limit_is_not_counted_as_a_delivery(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # A threads child killed for one task's hard limit takes its other running tasks with
+    # it: they go back, but counting them as deliveries dead-lettered (as a crash) a task
+    # that only shared a child with hanging ones.
+    workers.start("-c", "2", "-P", "threads")
+    innocent = core.delivered_once.delay(2)
+    assert wait_for(lambda: ledger.count("start")[innocent.id] == 1, timeout=20)
+    hanging = core.stuck.delay()  # hard limit 1 s, its soft limit (10 s) never comes
+    with pytest.raises(Exception, match="hard time limit"):
+        hanging.get(timeout=20)
+    assert innocent.get(timeout=20) == 1  # run again, from a delivery count of 1
+    assert ledger.count("start")[innocent.id] == 2

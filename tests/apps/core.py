@@ -199,3 +199,11 @@ def forks_without_exit(self: Task[Any, Any]) -> int:
 def daemonizes() -> None:
     """Start a process that outlives its parent shell (``cmd &``): an orphan at once."""
     subprocess.run(["sh", "-c", "sleep 0.2 &"], check=True)
+
+
+@app.bound_task(max_deliveries=1)
+def delivered_once(self: Task[Any, Any], seconds: float) -> int:
+    """A task that may be handed out only once: a second delivery dead-letters it."""
+    record("start", self.request.id, self.request.delivery_count)
+    time.sleep(seconds)
+    return self.request.delivery_count

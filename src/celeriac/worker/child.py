@@ -13,7 +13,7 @@ Pools:
   task's thread as an asynchronous exception: it lands at the next Python instruction, so
   a thread blocked inside a C call (a socket read, ``time.sleep``) sees it only when that
   call returns. A hard limit can only stop the whole child: its other running tasks are
-  delivered again.
+  delivered again (not counted as deliveries).
 * ``asyncio``: see :mod:`celeriac.worker.aio`.
 
 Batching of short tasks is in :mod:`celeriac.worker.batch`, the soft-limit machinery of

@@ -2,10 +2,11 @@
 
 A mixin of :class:`~celeriac.worker.supervisor.Worker`, kept apart so each module stays
 small. The messages a dead child held go back to the queue at once: the running one
-counted as a delivery, and so is one it had taken to run but not started (unless this
-supervisor killed the child), so a message that kills every child that reads it is
-dead-lettered; prefetched ones are not counted. A task the supervisor killed (past its
-hard time limit, or revoked with terminate) gets its verdict recorded first, so its next
+counted as a delivery, and so is one it had taken to run but not started, so a message
+that kills every child that reads it is dead-lettered; prefetched ones are not counted,
+nor are the tasks running beside one this supervisor killed the child for (in a threads
+or asyncio child: they did nothing wrong). A task the supervisor killed (past its hard
+time limit, or revoked with terminate) gets its verdict recorded first, so its next
 delivery settles it instead of running it. The death is said in one line (how the child
 ended, what it was doing), and a fresh child takes its place, later when the place
 crash-loops.
@@ -102,9 +103,12 @@ class Reaping:
                 continue
             # The running task counts as a delivery (a crash), and so does a message taken
             # to run but not started yet (its decoding may be what killed the child: not
-            # counted, it did so for ever); prefetched ones do not.
+            # counted, it did so for ever); prefetched ones do not. Nor do the tasks
+            # killed beside the one this supervisor killed the child for (a threads or
+            # asyncio child): they did nothing wrong, and counted, a task sharing a child
+            # with hanging ones was dead-lettered as a crash after max_deliveries of them.
             lease = Lease(held.id, held.queue, held.token)
-            counted = bool(held.started) or held in reading
+            counted = (bool(held.started) or held in reading) and killed is None
             back = functools.partial(self.app.broker.requeue, lease, count_delivery=counted)
             self._quietly(back, f"put back task {held.label}")
         self._quietly(self.app.broker.reap, "hand back what dead workers held")
