@@ -44,7 +44,7 @@ from celeriac.errors import BrokerError, TaskRevoked, TimeLimitExceeded
 from celeriac.middleware.base import Job, Outcome
 from celeriac.middleware.verdicts import Verdict, verdict_key
 from celeriac.worker.batch import Batch
-from celeriac.worker.descendants import end_leftovers, kill_own_tree, words
+from celeriac.worker.descendants import end_leftovers, kill_own_tree, listed, words
 from celeriac.worker.executor import FINAL, Executor, FetchSpec
 from celeriac.worker.memory import Ceiling
 from celeriac.worker.outage import Outage
@@ -680,6 +680,6 @@ def _end_leftovers() -> None:
             os.getpid(),
             len(left),
             "es" if len(left) > 1 else "",
-            ", ".join(str(s) for s in left[:10]) + (" ..." if len(left) > 10 else ""),
+            listed(left),
             LEFTOVER_GRACE,
         )

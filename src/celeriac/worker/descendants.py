@@ -115,10 +115,19 @@ def words(found: list[Started]) -> str:
     """
     if not found:
         return ""
-    shown = ", ".join(str(s) for s in found[:10])
-    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
     plural = "es" if len(found) > 1 else ""
-    return f" and the {len(found)} process{plural} its tasks started ({shown}{more})"
+    return f" and the {len(found)} process{plural} its tasks started ({listed(found)})"
+
+
+def listed(found: list[Started]) -> str:
+    """The first ten of ``found`` by pid and name, for a log line.
+
+    Example:
+        >>> listed([])
+        ''
+    """
+    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+    return ", ".join(str(s) for s in found[:10]) + more
 
 
 def _freeze_under(pid: int) -> list[Started]:
