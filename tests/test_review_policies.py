@@ -529,3 +529,23 @@ def test_a_group_timeout_names_the_group_and_the_timeout_asked_for(app: Celeriac
 
     with pytest.raises(ResultTimeout, match=rf"group {g.id}: 2 of 3 members .* within 0.1s"):
         asyncio.run(wait())
+
+
+def test_the_worker_log_says_expired_and_revoked_once(
+    app: Celeriac, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.task
+    def report(n: int) -> None:
+        raise AssertionError("an expired or revoked task must not run")
+
+    late = report.apply_async((1,), expires=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5))
+    gone = report.apply_async((2,))
+    gone.revoke()
+    with caplog.at_level("INFO", logger="celeriac.worker"):
+        run_queued(app)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("celeriac.worker")]
+    # was: "task ...report[<id>] expired: expired 5.0s before a worker started it"
+    said = rf"report\[{late.id}\] expired \d+\.\ds before a worker"
+    assert any(re.search(said, s) for s in lines), lines
+    assert any(f"report[{gone.id}] revoked before it started" in s for s in lines), lines
+    assert not any("expired: expired" in s or "revoked: revoked" in s for s in lines), lines

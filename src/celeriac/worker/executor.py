@@ -535,6 +535,8 @@ class Executor(Reading):
                 shown,
                 _for_log(outcome.reason),
             )
+        elif outcome.reason.startswith(state.lower()):  # "expired 3.2s before ...": said once
+            log.log(level, "task %s %s", shown, _for_log(outcome.reason))
         else:
             log.log(level, "task %s %s: %s", shown, state.lower(), _for_log(outcome.reason))
 
