@@ -549,3 +549,16 @@ def test_the_worker_log_says_expired_and_revoked_once(
     assert any(re.search(said, s) for s in lines), lines
     assert any(f"report[{gone.id}] revoked before it started" in s for s in lines), lines
     assert not any("expired: expired" in s or "revoked: revoked" in s for s in lines), lines
+
+
+def test_a_retry_countdown_that_is_a_unix_time_fails_the_task_saying_so(app: Celeriac) -> None:
+    # A Retry-After date turned into a timestamp by hand: the retry waited 56 years as RETRY.
+    @app.bound_task()
+    def fetch(self: Task[Any, Any]) -> None:
+        raise self.retry(countdown=time.time() + 30)
+
+    r = fetch.delay()
+    run_queued(app, fail_fast=False)
+    assert r.state == "FAILURE"
+    with pytest.raises(ValueError, match=r"retry countdown=.* looks like a Unix time .* pass "):
+        r.get(timeout=1)

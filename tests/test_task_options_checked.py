@@ -225,6 +225,27 @@ def test_an_expiry_beyond_the_year_9999_is_none_and_the_task_runs(local: Celeria
     assert [h.get(timeout=1) for h in handles] == ["ran"] * 3
 
 
+@pytest.mark.parametrize("option", ["countdown", "expires"])
+def test_a_unix_time_given_as_seconds_from_now_is_refused_with_the_fix(
+    local: Celeriac, option: str
+) -> None:
+    # countdown=time.time() + 60 queued the task for 56 years; expires=time.time() + 60
+    # made it never expire. Both are seconds from now (eta takes a Unix time).
+    import datetime as dt
+
+    @local.task(name="shop.job")
+    def job() -> None: ...
+
+    when = time.time() + 60
+    with pytest.raises(ValueError, match=rf"^task shop.job: {option}=.* looks like a Unix time"):
+        job.apply_async(**{option: when})
+    assert local.broker.stats() == []
+    far = 30 * 365 * 86_400  # a long delay in seconds is still taken as one
+    assert job.message((), **{option: dt.datetime.fromtimestamp(when, dt.UTC)})
+    assert job.message((), eta=when).eta is not None
+    assert job.message((), countdown=far).eta is not None
+
+
 # -- per-call "no limit" reaches the worker ---------------------------------------------
 
 

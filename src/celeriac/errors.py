@@ -234,8 +234,11 @@ countdown=30
             f"retry countdown={delay!r} is not a finite number of seconds, so the retry "
             "cannot be scheduled; pass seconds, e.g. countdown=30"
         )
-    from celeriac.message import LATEST_TIME  # here: celeriac.message imports this module
+    # here: celeriac.message imports this module
+    from celeriac.message import LATEST_TIME, unix_time_as_seconds
 
+    if wrong := unix_time_as_seconds("countdown", delay, time.time()):
+        raise ValueError(f"retry {wrong}")  # a Retry-After date turned into a timestamp by hand
     if time.time() + delay > LATEST_TIME:
         raise ValueError(
             f"retry countdown={delay!r} puts the retry after the year 9999: it would never "

@@ -321,6 +321,29 @@ LATEST_TIME = 253_402_300_799.0
 EARLIEST_EXPIRY = 946_684_800.0
 #: The longest task name shown whole in a reason or a log line.
 NAME_SHOWN = 200
+#: A number of seconds this close to the clock (20 years either way) is a Unix time.
+_NEAR_NOW = 20 * 365 * 86_400.0
+
+
+def unix_time_as_seconds(option: str, seconds: float, now: float) -> str | None:
+    """What is wrong with ``seconds`` given as a delay, when it is in fact a Unix time.
+
+    ``countdown=time.time() + 60`` waited 56 years; ``expires=time.time() + 60`` never
+    expired. No one means a delay of 36 to 76 years, so a number that close to the clock
+    is said back with the fix.
+
+    Example:
+        >>> print(unix_time_as_seconds("countdown", 1_800_000_060, 1_800_000_000.0))
+        countdown=1800000060 looks like a Unix time (2027-01-15T08:01:00Z), but countdown ...
+        >>> unix_time_as_seconds("countdown", 3600, 1_800_000_000.0) is None
+        True
+    """
+    if not abs(seconds - now) < _NEAR_NOW:  # NaN is never <: said by the caller
+        return None
+    return (
+        f"{option}={seconds!r} looks like a Unix time ({_utc(seconds)}), but {option} is "
+        f"seconds from now: pass {option}={seconds - now:.0f}"
+    )
 
 
 def invalid_field(message: Message) -> str | None:

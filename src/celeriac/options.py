@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from celeriac.message import LATEST_TIME
+from celeriac.message import LATEST_TIME, unix_time_as_seconds
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -61,6 +61,9 @@ def absolute_time(
         >>> absolute_time(1e300, 100.0, "countdown", "shop.add")
         Traceback (most recent call last):
         ValueError: task shop.add: countdown=1e+300 puts its start after the year 9999; ...
+        >>> absolute_time(1_800_000_060, 1_800_000_000.0, "countdown", "shop.add")
+        Traceback (most recent call last):
+        ValueError: task shop.add: countdown=1800000060 looks like a Unix time (2027-01-15T08:...
     """
     if isinstance(when, dt.datetime):
         if when.tzinfo is None:
@@ -78,6 +81,11 @@ def absolute_time(
         )
         raise TypeError(
             f"task {task}: {option} must be {kinds}, got {type(when).__name__} {when!r}"
+        )
+    if seconds is when and now and (wrong := unix_time_as_seconds(option, seconds, now)):
+        # eta (now=0) takes a Unix time; the others take a datetime for one
+        raise ValueError(
+            f"task {task}: {wrong}, or datetime.fromtimestamp({when!r}, timezone.utc) for that time"
         )
     at = now + float(seconds)
     if not math.isfinite(at):
