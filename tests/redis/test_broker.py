@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import re
 import signal
 import threading
 import time
@@ -411,6 +412,18 @@ def test_url_options() -> None:
         RedisURL.parse("amqp://guest@localhost//")
     with pytest.raises(ConfigurationError, match="prefix"):
         RedisBroker("redis://localhost/0?prefix={x}")
+
+
+def test_cluster_seed_nodes_in_the_url() -> None:
+    url = RedisURL.parse("redis://h1:7000?cluster=1&nodes=h2:7001,[::1]:7002&nodes=h4:7003")
+    assert url.seeds == (("h2", 7001), ("::1", 7002), ("h4", 7003))
+    assert url.redis_url == "redis://h1:7000"  # redis-py never sees nodes=
+    assert RedisURL.parse("redis://h1:7000?cluster=1").seeds == ()
+    with pytest.raises(ConfigurationError, match=r"nodes= .* add cluster=1"):
+        RedisURL.parse("redis://h1:6379/0?nodes=h2:6379")
+    for bad in ("h2", "h2:port", "h2:70000", ":7000"):
+        with pytest.raises(ConfigurationError, match=f"has '{re.escape(bad)}', not host:port"):
+            RedisURL.parse(f"redis://h1:7000?cluster=1&nodes={bad}")
 
 
 def test_url_mistakes_are_refused_before_any_connection() -> None:

@@ -18,7 +18,7 @@ import redis
 from celeriac.brokers.records import Outgoing
 from celeriac.brokers.redis import RedisBroker, driver
 from celeriac.errors import BrokerConnectionError
-from tests.redis_server import RedisClusterNodes, RedisServer, start_cluster
+from tests.redis_server import RedisClusterNodes, RedisServer, free_port, start_cluster
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +172,22 @@ def test_a_fetch_hands_out_its_messages_while_their_result_keys_node_is_down() -
             broker.close()
     finally:
         nodes.stop()
+
+
+def test_a_process_starts_from_the_seed_nodes_while_the_urls_own_node_is_down(
+    cluster: RedisClusterNodes, queue: str
+) -> None:
+    # A Cluster client read its slot map from the URL's one node: with that node down a
+    # worker could not start (it waited, retrying) although the others served every slot.
+    down = f"redis://127.0.0.1:{free_port()}?cluster=1&prefix=sd{uuid.uuid4().hex[:6]}"
+    seeds = ",".join(f"127.0.0.1:{n.port}" for n in cluster.nodes)
+    broker = RedisBroker(f"{down}&nodes={seeds}")
+    try:
+        assert broker.send([Outgoing("a", queue, b"x")]) == [True]
+        assert asyncio.run(broker.asend([Outgoing("b", queue, b"y")])) == [True]
+        taken = broker.fetch([queue], "w", limit=5, lease_seconds=30, timeout=0)
+        assert [d.id for d in taken] == ["a", "b"]
+    finally:
+        broker.close()
+    with pytest.raises(BrokerConnectionError, match=r"list others with nodes=host2:7000"):
+        RedisBroker(down).send([Outgoing("c", queue, b"z")])  # the client reads the slots

@@ -6,10 +6,13 @@ URL forms::
     rediss://[user:password@]host:6380/0      TLS (redis-py's ssl_* query options apply)
     unix:///run/redis/redis.sock?db=0         a Unix socket
     redis://host:7000?cluster=1               Redis Cluster (any node; the others are found)
+    redis://h1:7000?cluster=1&nodes=h2:7000,h3:7000   ... starting from whichever answers
 
-Two query options belong to celeriac and are removed before redis-py sees the URL:
-``prefix`` (default ``celeriac``) puts every key under another namespace, as tests do, and
-``cluster=1`` selects Redis Cluster. Every other option (``socket_timeout=``,
+Three query options belong to celeriac and are removed before redis-py sees the URL:
+``prefix`` (default ``celeriac``) puts every key under another namespace, as tests do,
+``cluster=1`` selects Redis Cluster, and ``nodes=`` names more Cluster nodes to start
+from: a client reads the slot map from the first that answers, so a process can start
+while the URL's own node is down. Every other option (``socket_timeout=``,
 ``ssl_cert_reqs=``, ...) goes to redis-py unchanged, checked when the URL is parsed by
 building (not connecting) the connection redis-py would make from it.
 """
@@ -87,6 +90,7 @@ class RedisURL:
     safe: str  # the URL with the password hidden, for messages and logs
     prefix: str = "celeriac"
     cluster: bool = False
+    seeds: tuple[tuple[str, int], ...] = ()  # nodes= : more Cluster nodes to start from
 
     @classmethod
     def parse(cls, url: str) -> RedisURL:
@@ -126,9 +130,12 @@ class RedisURL:
             ) from None
         ours = {"prefix": "celeriac", "cluster": "0"}
         rest: list[tuple[str, str]] = []
+        nodes: list[str] = []
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             if key in ours:
                 ours[key] = value
+            elif key == "nodes":
+                nodes += value.split(",")
             else:
                 rest.append((key, value))
         _check_database(url, parts.scheme, parts.path, rest)
@@ -136,7 +143,7 @@ class RedisURL:
         if unknown:
             raise ConfigurationError(
                 f"unknown option {', '.join(map(repr, unknown))} in the broker URL "
-                f"{redacted(url)}: celeriac takes prefix= and cluster=1, redis-py its "
+                f"{redacted(url)}: celeriac takes prefix=, cluster=1 and nodes=, redis-py its "
                 "connection options (socket_timeout=, ssl_cert_reqs=, client_name=, ...). "
                 "Check the spelling."
             )
@@ -145,12 +152,18 @@ class RedisURL:
             raise ConfigurationError(
                 f"Redis Cluster cannot be reached over a Unix socket: {redacted(url)!r}"
             )
+        if nodes and not cluster:
+            raise ConfigurationError(
+                f"nodes= in the broker URL {redacted(url)} lists Redis Cluster nodes to start "
+                "from: add cluster=1, or remove nodes= for a single Redis"
+            )
         base = url.split("?", 1)[0]  # string surgery: urlunsplit would mangle unix:///path
         parsed = cls(
             redis_url=f"{base}?{urlencode(rest)}" if rest else base,
             safe=redacted(url),
             prefix=ours["prefix"],
             cluster=cluster,
+            seeds=tuple(_seed(node, url) for node in nodes),
         )
         parsed._check_values()
         return parsed
@@ -216,9 +229,16 @@ class RedisURL:
                 slot map at once; a standalone client connects on its first command).
         """
         if self.cluster:
+            seeds = [
+                redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
+                for host, port in self.seeds
+            ]
             try:
                 return redis.cluster.RedisCluster.from_url(
-                    self.redis_url, retry=_retry(timeouts=True), **self.defaults
+                    self.redis_url,
+                    startup_nodes=seeds,
+                    retry=_retry(timeouts=True),
+                    **self.defaults,
                 )
             except DRIVER_ERRORS as exc:
                 raise translate(exc, "connect", self.safe) from exc
@@ -233,8 +253,9 @@ class RedisURL:
     def async_client(self) -> AsyncClient:
         """A new redis.asyncio client, bound to the running event loop."""
         if self.cluster:
+            seeds = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in self.seeds]
             return redis.asyncio.cluster.RedisCluster.from_url(
-                self.redis_url, retry=_retry(timeouts=True), **self.defaults
+                self.redis_url, startup_nodes=seeds, retry=_retry(timeouts=True), **self.defaults
             )
         # A blocking pool: past its 100 connections a command waits for a free one. The
         # default pool raised "Too many connections" instead, so ~100 concurrent aget()s
@@ -258,6 +279,23 @@ class HandshakeBoundSSLConnection(redis.SSLConnection):
         wrapped = super()._wrap_socket_with_ssl(sock)  # type: ignore[no-untyped-call]
         wrapped.settimeout(self.socket_timeout)
         return wrapped
+
+
+def _seed(node: str, url: str) -> tuple[str, int]:
+    """One ``host:port`` of ``nodes=`` (``[::1]:7000`` for IPv6), as a Cluster seed.
+
+    Example:
+        >>> _seed("10.0.0.2:7000", "redis://h:7000?cluster=1&nodes=10.0.0.2:7000")
+        ('10.0.0.2', 7000)
+    """
+    host, _, port = node.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(
+            f"nodes= in the broker URL {redacted(url)} has {node!r}, not host:port: write "
+            "nodes=host2:7000,host3:7000 (the other Cluster nodes to start from)"
+        )
+    return host, int(port)
 
 
 def _check_database(url: str, scheme: str, path: str, query: list[tuple[str, str]]) -> None:
@@ -376,11 +414,17 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
 def _cluster_error(exc: DriverError, what: str, url: str) -> BrokerError | None:
     """What translate() says of a Cluster that cannot serve a command; None for others."""
     if isinstance(exc, RedisClusterException | ClusterDownError):
+        seeds = (
+            " A client starts from the URL's node alone: list others with "
+            "nodes=host2:7000,host3:7000 so it can start while one is down."
+            if "nodes=" not in url and "at least one reachable node" in str(exc)
+            else ""
+        )
         return BrokerConnectionError(
             f"could not {what}: the Redis Cluster at {url} cannot serve it "
             f"({type(exc).__name__}: {exc}). Check that its nodes are running and reachable "
             "from this host (redis-cli --cluster check HOST:PORT), and that the broker URL "
-            "(host, port, password, TLS) is right."
+            f"(host, port, password, TLS) is right.{seeds}"
         )
     if isinstance(exc, ClusterError) and str(exc).startswith("TTL exhausted"):
         # Redirected until redis-py (and the driver, REDIRECT_PATIENCE) gave up: a slot on
