@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import msgspec
 import pytest
 
-from celeriac import Celeriac, Reject, Retry, Task
+from celeriac import BrokerConnectionError, Celeriac, Reject, Retry, Task
+from celeriac.brokers.memory import MemoryBroker
+from celeriac.brokers.records import Lease
 from celeriac.middleware.events import STREAM
 from celeriac.retry import RetryPolicy
 from celeriac.testing import run_queued
+from celeriac.worker.aio import AsyncioChild
+from celeriac.worker.child import ChildSpec
+from celeriac.worker.slot import Slot
 
 
 @pytest.fixture
@@ -361,3 +367,52 @@ def test_a_retry_keeps_its_message_under_the_size_limit_whatever_its_error(
     run_queued(local, include_delayed=True, fail_fast=False)
     assert len(sizes) == 2 and max(sizes) < local.conf.task_payload_warn_bytes, sizes
     assert "over task_payload_max_bytes" not in caplog.text
+
+
+class _RequeueFailsOnce(MemoryBroker):
+    """A broker that cannot be reached for the first retry's requeue, as in a blip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = 0
+
+    def requeue(self, lease: Lease, **kwargs: Any) -> bool:  # MemoryBroker's, passed on
+        if not self.refused:
+            self.refused += 1
+            raise BrokerConnectionError("Redis at redis://h:6379/0 did not answer")
+        return super().requeue(lease, **kwargs)
+
+
+def test_a_broker_blip_while_a_retry_is_queued_does_not_spend_a_retry() -> None:
+    # The worker tries a settle again while the broker is unreachable. The retry was
+    # counted into the delivered message at each try: one blip made the runs 0, 2, 3
+    # and the task "gave up after 3 retries" having been retried twice.
+    local = Celeriac("blip", broker="memory://")
+    broker = _RequeueFailsOnce()
+    local.use_broker(broker)
+    seen: list[int] = []
+
+    @local.bound_task(
+        autoretry_for=(OSError,), max_retries=3, retry_backoff=0.01, retry_backoff_max=0.01
+    )
+    def flaky(self: Task[Any, Any]) -> None:
+        seen.append(self.request.retries)
+        raise OSError("service down")
+
+    r = flaky.delay()
+    child = AsyncioChild(local, ChildSpec("w", ("default",), 0, "asyncio", 1, "w/0.1"), Slot())
+
+    async def stop_when_done() -> None:
+        while not r.ready():
+            await asyncio.sleep(0.01)
+        child.stopping = True
+
+    async def consume() -> None:
+        await asyncio.gather(child._main(), stop_when_done())
+
+    asyncio.run(asyncio.wait_for(consume(), 30))
+    assert broker.refused == 1
+    assert seen == [0, 1, 2, 3]
+    with pytest.raises(OSError, match="service down") as failed:
+        r.get(timeout=1)
+    assert "gave up after 3 retries" in str(failed.value.__notes__)

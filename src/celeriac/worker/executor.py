@@ -19,6 +19,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from celeriac import crashpoints, pid
 from celeriac.brokers.records import DeadLetter, Delivery, Outgoing
 from celeriac.errors import (
@@ -405,14 +407,19 @@ class Executor(Reading):
         return self.app.broker.complete(delivery.lease, None, self.app.conf.result_expires)
 
     def _retry(self, job: Job, outcome: Outcome) -> bool:
-        message = job.message
-        assert message is not None
+        assert job.message is not None
         delay = outcome.delay or 0.0
-        message.retries += 1
-        message.eta = time.time() + delay
-        first = message.options.get("first_error")
+        # The next version of the message, made anew from the one delivered at each try: a
+        # settle is tried again while the broker is unreachable, and counted in place, each
+        # try took one more retry (a one-second blip: retries 0, 2, 3 and "gave up after 3
+        # retries" after three runs; a longer one spent them all at the next failure).
+        options = dict(job.message.options)
+        first = options.get("first_error")
         if isinstance(first, str):  # the error's text, kept for a later dead letter
-            message.options["first_error"] = _first_error(first)
+            options["first_error"] = _first_error(first)
+        message = msgspec.structs.replace(
+            job.message, retries=job.message.retries + 1, eta=time.time() + delay, options=options
+        )
         try:
             body = outcome.body or self.app.codec.encode(message, like=job.delivery.body)
         except Exception as exc:  # noqa: BLE001 - a retry that cannot be sent is a failure
@@ -526,7 +533,7 @@ class Executor(Reading):
                 "task %s will retry in %.1fs (attempt %d)",
                 shown,
                 outcome.delay or 0.0,
-                job.message.retries if job.message else 0,
+                job.message.retries + 1 if job.message else 0,  # the retry just queued
             )
         elif state == "DEAD":
             log.log(
