@@ -18,7 +18,8 @@ from uuid import uuid4
 import pytest
 
 from celeriac.brokers import sqlite as sqlite_broker
-from celeriac.brokers.records import Outgoing
+from celeriac.brokers import sqlite_results
+from celeriac.brokers.records import DeadLetter, Outgoing
 from celeriac.brokers.sqlite import SQLiteBroker
 from celeriac.brokers.sqlite_file import WAL_TRIM_BYTES
 from celeriac.errors import BrokerConnectionError
@@ -326,4 +327,38 @@ def test_the_reaper_drops_rate_limiters_that_no_longer_limit(
         finally:
             db.close()
     finally:
+        broker.close()
+
+
+def test_a_big_replay_lets_other_writers_in_between_its_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every letter was replayed in one transaction: at 200,000 letters `dlq replay --all`
+    # held the file's write lock for 7 s (every send and every worker's commit waited,
+    # and past the 30 s busy timeout failed) and read 200 MB of bodies at once.
+    monkeypatch.setattr(sqlite_results, "REPLAY_STEP", 2, raising=False)  # none before steps
+    path = tmp_path / "broker.db"
+    broker = SQLiteBroker(f"sqlite:///{path}")
+    broker.send([Outgoing(f"t{i}", "q", f"t{i}".encode()) for i in range(6)])
+    held = broker.fetch(["q"], "w1", limit=6, lease_seconds=30, timeout=0)
+    for n, d in enumerate(reversed(held)):  # dead oldest first: t5 ... t0
+        task = "t.other" if d.id == "t5" else "t.x"
+        letter = DeadLetter(d.id, d.queue, task, "unknown task", d.body, 1, "", 1000.0 + n)
+        assert broker.dead_letter(d.lease, letter, None)
+    producer = sqlite3.connect(path, timeout=0, isolation_level=None)  # no patience at all
+    queued: list[int] = []
+
+    def renew(body: bytes) -> None:  # called for each letter, as the app renews it
+        producer.execute("BEGIN IMMEDIATE")  # "database is locked" inside one transaction
+        producer.execute("ROLLBACK")
+        queued.append(producer.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+    try:
+        assert broker.replay_dead_letters(task="t.x", renew=renew) == 5
+        assert queued == [0, 0, 2, 2, 4]  # each step committed before the next is read
+        assert [x.id for x in broker.dead_letters()] == ["t5"]
+        got = broker.fetch(["q"], "w1", limit=6, lease_seconds=30, timeout=0)
+        assert [d.id for d in got] == ["t4", "t3", "t2", "t1", "t0"]  # the oldest first
+    finally:
+        producer.close()
         broker.close()
