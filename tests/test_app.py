@@ -323,6 +323,37 @@ def test_ignore_result(app: Celeriac) -> None:
     assert r.state == "PENDING"
 
 
+def test_a_task_that_ignores_its_result_leaves_no_retry_or_started_state(
+    app: Celeriac,
+) -> None:
+    # Its success stores nothing, so nothing replaced the RETRY state a retry stored (nor
+    # a tracked STARTED): a welcome e-mail sent on its second try read RETRY, with the
+    # first try's error, for a day (result_expires) after it had gone out.
+    runs: list[int] = []
+
+    @app.bound_task(ignore_result=True, autoretry_for=(OSError,), retry_backoff=0.01)
+    def send_welcome(self: Task[Any, Any]) -> None:
+        runs.append(self.request.retries)
+        if self.request.retries == 0:
+            raise OSError("smtp timeout")
+
+    @app.task(ignore_result=True, track_started=True)
+    def send_receipt() -> None:
+        pass
+
+    @app.task(ignore_result=True, autoretry_for=(OSError,), max_retries=1, retry_backoff=0.01)
+    def always_down() -> None:
+        raise OSError("smtp down")
+
+    sent, receipt, failed = send_welcome.delay(), send_receipt.delay(), always_down.delay()
+    run_queued(app, include_delayed=True, fail_fast=False)
+    assert runs == [0, 1]
+    for done in (sent, receipt):
+        assert (done.state, done.info, app.broker.get_result(done.id)) == ("PENDING", None, None)
+    with pytest.raises(OSError, match="smtp down"):  # a failure is still stored
+        failed.get(timeout=1)
+
+
 def test_ignore_result_and_track_started_per_call(app: Celeriac) -> None:
     # Accepted by apply_async, carried in the message, and then not read: the worker
     # looked at the task's own options only, so the call's choice did nothing.

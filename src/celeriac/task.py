@@ -430,8 +430,9 @@ function is add(x, y)
 
         Call it from the running task (a bound one: ``self.update_state(...)``); the caller
         sees ``state`` in ``AsyncResult.state`` and ``meta`` (JSON-ready) in
-        ``AsyncResult.info`` until the task finishes, when its outcome replaces them. One
-        broker write per call: report per step of work, not per row.
+        ``AsyncResult.info`` until the task finishes, when its outcome replaces them (a
+        success that stores nothing, ``ignore_result``, leaves them until
+        ``result_expires``). One broker write per call: report per step of work, not per row.
         See examples/advanced/progress.py.
 
         Example:

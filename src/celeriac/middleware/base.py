@@ -58,7 +58,7 @@ class Outcome:
     body: bytes | None = None  # RETRY and DEFERRED: the message to store instead
     reason: str = ""  # DEAD: why
     runtime: float = 0.0
-    store_result: bool = True
+    store_result: bool = True  # final states: store the result; RETRY: store its state
 
 
 @dataclass(slots=True)

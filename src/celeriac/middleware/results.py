@@ -17,6 +17,12 @@ class Results(Middleware):
 
     The final result itself is written by the broker in the same step as the ack, so a
     committed task always has its result and a crashed one never half has it.
+
+    A task that ignores its result stores no STARTED or RETRY state either (as Celery's
+    ``track_started`` does nothing then): its success stores nothing that would replace
+    them, so a task retried once, or tracked, read RETRY (with the retry's error) or
+    STARTED for ``result_expires`` after it had succeeded. Its FAILURE is stored, and a
+    workflow step keeps its RETRY (Canvas stores its result).
     """
 
     options = frozenset({"ignore_result", "track_started"})
@@ -45,7 +51,7 @@ False, got 'yes'
         track = message.options.get("track_started")
         if track is None:  # per call, as apply_async takes it: it was read from the task only
             track = task.options.extra.get("track_started", task.app.conf.task_track_started)
-        if track:
+        if track and not _ignores_result(job):
             record = ResultRecord(
                 state="STARTED", task=task.name, retries=request.retries, worker=job.worker_id
             )
@@ -55,10 +61,16 @@ False, got 'yes'
         return None
 
     def after_execute(self, job: Job, outcome: Outcome) -> Outcome:
-        """Drop the stored value of a successful task that ignores its result."""
-        task, message = job.task, job.message
-        if task is None or outcome.state != "SUCCESS":
-            return outcome
-        ignore = message.options.get("ignore_result") if message is not None else None
-        outcome.store_result = not (task.ignores_result if ignore is None else ignore)
+        """Store neither the value nor the RETRY state of a task that ignores its result."""
+        if outcome.state in {"SUCCESS", "RETRY"}:
+            outcome.store_result = not _ignores_result(job)
         return outcome
+
+
+def _ignores_result(job: Job) -> bool:
+    """Whether the job's success stores no value: the call's choice, else the task's."""
+    task, message = job.task, job.message
+    if task is None:
+        return False
+    ignore = message.options.get("ignore_result") if message is not None else None
+    return bool(task.ignores_result if ignore is None else ignore)

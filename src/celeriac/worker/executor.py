@@ -432,7 +432,7 @@ class Executor(Reading):
                 job.delivery.lease, self._encoded_result(job, outcome), self.app.conf.result_expires
             )
         committed = self.app.broker.requeue(job.delivery.lease, delay=delay, body=body)
-        if committed:
+        if committed and outcome.store_result:  # not for a task that ignores its result
             record = ResultRecord(
                 state="RETRY",
                 task=message.task,
