@@ -416,3 +416,24 @@ def test_a_broker_blip_while_a_retry_is_queued_does_not_spend_a_retry() -> None:
     with pytest.raises(OSError, match="service down") as failed:
         r.get(timeout=1)
     assert "gave up after 3 retries" in str(failed.value.__notes__)
+
+
+def test_a_retry_runs_with_the_arguments_as_sent_not_as_the_task_left_them(
+    app: Celeriac,
+) -> None:
+    # The function gets the message's own lists and dicts, and the retry was encoded from
+    # them: a task that worked its list off (pop) before failing was retried with what it
+    # left, and the items it had taken were never done.
+    seen: list[tuple[list[int], dict[str, Any]]] = []
+
+    @app.bound_task(autoretry_for=(OSError,), max_retries=2, retry_backoff=0.01)
+    def send_batch(self: Task[Any, Any], ids: list[int], opts: dict[str, Any]) -> None:
+        seen.append((list(ids), dict(opts)))
+        ids.pop()
+        opts["cursor"] = 1
+        if self.request.retries < 2:
+            raise OSError("smtp timeout")
+
+    send_batch.delay([1, 2, 3], {"mode": "full"})
+    run_queued(app, include_delayed=True)
+    assert seen == [([1, 2, 3], {"mode": "full"})] * 3

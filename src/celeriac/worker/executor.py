@@ -33,6 +33,7 @@ from celeriac.errors import (
 )
 from celeriac.message import (
     ErrorInfo,
+    Message,
     ResultRecord,
     decode_result,
     encode_result,
@@ -409,19 +410,14 @@ class Executor(Reading):
     def _retry(self, job: Job, outcome: Outcome) -> bool:
         assert job.message is not None
         delay = outcome.delay or 0.0
-        # The next version of the message, made anew from the one delivered at each try: a
-        # settle is tried again while the broker is unreachable, and counted in place, each
-        # try took one more retry (a one-second blip: retries 0, 2, 3 and "gave up after 3
-        # retries" after three runs; a longer one spent them all at the next failure).
         options = dict(job.message.options)
         first = options.get("first_error")
         if isinstance(first, str):  # the error's text, kept for a later dead letter
             options["first_error"] = _first_error(first)
-        message = msgspec.structs.replace(
-            job.message, retries=job.message.retries + 1, eta=time.time() + delay, options=options
-        )
         try:
-            body = outcome.body or self.app.codec.encode(message, like=job.delivery.body)
+            body = outcome.body or self.app.codec.encode(
+                self._retried(job, delay, options), like=job.delivery.body
+            )
         except Exception as exc:  # noqa: BLE001 - a retry that cannot be sent is a failure
             bad = SerializationError(
                 f"task {job.label} cannot be retried: its message could not be encoded "
@@ -433,10 +429,11 @@ class Executor(Reading):
             )
         committed = self.app.broker.requeue(job.delivery.lease, delay=delay, body=body)
         if committed and outcome.store_result:  # not for a task that ignores its result
+            message = job.message
             record = ResultRecord(
                 state="RETRY",
                 task=message.task,
-                retries=message.retries,
+                retries=message.retries + 1,
                 error=error_info(outcome.exception) if outcome.exception else None,
                 worker=self.worker_id,
             )
@@ -461,6 +458,26 @@ class Executor(Reading):
                         Outage.REPEAT,
                     )
         return committed
+
+    def _retried(self, job: Job, delay: float, options: dict[str, Any]) -> Message:
+        """The next version of the job's message: one more retry, due in ``delay`` seconds.
+
+        Made anew at each try of the settle (the worker tries again while the broker is
+        unreachable; counted in place, each try took one more retry), and with the
+        arguments as they were sent, read again from the delivered bytes: the function
+        got the message's own lists and dicts, so a task that consumed its list
+        (``ids.pop()``) or filled in a dict before failing was retried with what it left.
+        """
+        assert job.message is not None
+        sent = self.app.codec.decode(job.delivery.body)
+        return msgspec.structs.replace(
+            job.message,
+            args=sent.args,
+            kwargs=sent.kwargs,
+            retries=job.message.retries + 1,
+            eta=time.time() + delay,
+            options=options,
+        )
 
     def _dead_letter(self, job: Job, outcome: Outcome) -> bool:
         delivery = job.delivery
