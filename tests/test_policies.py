@@ -437,3 +437,32 @@ def test_a_retry_runs_with_the_arguments_as_sent_not_as_the_task_left_them(
     send_batch.delay([1, 2, 3], {"mode": "full"})
     run_queued(app, include_delayed=True)
     assert seen == [([1, 2, 3], {"mode": "full"})] * 3
+
+
+def test_a_retry_given_text_for_its_exception_fails_the_task_not_retries_for_ever() -> None:
+    # self.retry(exc=str(e)): the text could be neither stored as the retry's error nor
+    # raised when the retries ran out (the give-up hook failed and was skipped), so the
+    # task was retried for ever past max_retries, its state never RETRY.
+    local = Celeriac("text-cause", broker="memory://")
+    runs: list[int] = []
+
+    @local.bound_task(max_retries=2)
+    def call_api(self: Task[Any, Any]) -> None:
+        runs.append(self.request.retries)
+        raise self.retry(exc="HTTP 503", countdown=0.01)  # type: ignore[arg-type]
+
+    r = call_api.delay()
+    child = AsyncioChild(local, ChildSpec("w", ("default",), 0, "asyncio", 1, "w/0.1"), Slot())
+
+    async def stop_when_done_or_looping() -> None:
+        while not r.ready() and len(runs) <= 3:
+            await asyncio.sleep(0.01)
+        child.stopping = True
+
+    async def consume() -> None:
+        await asyncio.gather(child._main(), stop_when_done_or_looping())
+
+    asyncio.run(asyncio.wait_for(consume(), 30))
+    assert runs == [0]
+    with pytest.raises(TypeError, match=r"call_api: retry exc must be the exception .*'HTTP 503'"):
+        r.get(timeout=1)

@@ -36,6 +36,7 @@ exc`` so callers handle one family whatever the broker.
 from __future__ import annotations
 
 import math
+import reprlib
 import time
 
 
@@ -206,6 +207,7 @@ class Retry(TaskControl):
     def __init__(self, delay: float | None = None, exc: BaseException | None = None) -> None:
         if delay is not None:
             _check_retry_delay(delay)
+        _check_retry_cause(exc)
         super().__init__(f"retry in {delay:g}s" if delay is not None else "retry")
         self.delay = delay
         self.exc = exc
@@ -244,6 +246,25 @@ countdown=30
             f"retry countdown={delay!r} puts the retry after the year 9999: it would never "
             "come due, and the task would wait as RETRY for ever; pass seconds, e.g. "
             "countdown=30"
+        )
+
+
+def _check_retry_cause(exc: object) -> None:
+    """Refuse a retry's ``exc`` that is not an exception. ``self.retry(exc=str(e))`` could
+    not be stored as the retry's error nor raised when the retries ran out: the task was
+    retried for ever, past ``max_retries``, its state never RETRY, a worker warning per run.
+
+    Example:
+        >>> _check_retry_cause("smtp timeout")
+        Traceback (most recent call last):
+        TypeError: retry exc must be the exception that made the task retry, got str \
+'smtp timeout'; pass the exception itself, e.g. raise self.retry(exc=error)
+    """
+    if exc is not None and not isinstance(exc, BaseException):
+        raise TypeError(
+            f"retry exc must be the exception that made the task retry, got "
+            f"{type(exc).__name__} {reprlib.repr(exc)}; pass the exception itself, e.g. "
+            "raise self.retry(exc=error)"
         )
 
 

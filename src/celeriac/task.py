@@ -416,14 +416,16 @@ function is add(x, y)
 
         Raises:
             TypeError, ValueError: ``countdown`` is not seconds a retry can wait (a str,
-                NaN, infinity, past the year 9999); raised in the task, they fail it.
+                NaN, infinity, past the year 9999), or ``exc`` is not an exception;
+                raised in the task, they fail it.
         """
         if isinstance(countdown, dt.timedelta):
             countdown = countdown.total_seconds()
         try:
             return Retry(delay=countdown, exc=exc)
         except (TypeError, ValueError) as bad:  # say which task: it is read in a worker's log
-            raise type(bad)(f"task {self.name}: {bad}") from exc
+            cause = exc if isinstance(exc, BaseException) else None  # "from 'text'" raises
+            raise type(bad)(f"task {self.name}: {bad}") from cause
 
     def update_state(self, state: str = "PROGRESS", meta: dict[str, Any] | None = None) -> None:
         """Store a custom state and progress data, visible in ``AsyncResult.info``.
