@@ -272,6 +272,32 @@ def test_dlq_list_keeps_each_id_whole_and_its_reason_readable_at_80_columns(
     assert shown.exit_code == 0 and json.loads(shown.output)["id"] == ids[0]
 
 
+def test_dlq_list_says_what_error_a_task_that_spent_its_retries_died_of(
+    broker_url: str,
+) -> None:
+    # The reason alone, "failed after 2 retries", was all the listing said: what had gone
+    # wrong took a `dlq show` per letter.
+    app = Celeriac("dlq-errors", broker=broker_url)
+
+    @app.task(
+        autoretry_for=(OSError,), max_retries=2, retry_backoff=0.01, dead_letter_after_retries=True
+    )
+    def charge(order: int) -> None:
+        raise OSError(f"payment gateway down for order {order}\n{'x' * 500}")
+
+    try:
+        charge.delay(7)
+        run_queued(app, include_delayed=True, fail_fast=False)
+        lines = invoke("-b", broker_url, "dlq", "list").output.splitlines()
+    finally:
+        app.broker.close()
+    assert lines[2] == "    failed after 2 retries"
+    error = lines[3]
+    assert error.startswith("    builtins.OSError: payment gateway down for order 7\\nxxx")
+    assert error.endswith("... (celeriac dlq show " + lines[1].split()[0] + ")")  # one line
+    assert len(lines) == 4
+
+
 def test_a_name_with_an_emoji_code_in_it_is_printed_as_it_is(broker_url: str) -> None:
     # Rich turned ":ghost:" into an emoji (a tick id beat:ghost:20261201T... printed as
     # beat👻2026...), and the name or id could not be copied back into a command.

@@ -383,7 +383,8 @@ def dlq() -> None:
 )
 @click.pass_obj
 def dlq_list(obj: Context, limit: int, as_json: bool) -> None:
-    """The newest dead letters, with their reasons: two lines each, the id first.
+    """The newest dead letters, with their reasons (and the task's error, when it failed):
+    two or three lines each, the id first.
 
     Example: celeriac dlq list --limit 10
     """
@@ -401,10 +402,16 @@ def dlq_list(obj: Context, limit: int, as_json: bool) -> None:
         click.echo(_letter_lines(x))
 
 
+#: How much of a dead letter's error `dlq list` shows on its line (`dlq show`: all of it).
+LISTED_ERROR_CHARS = 200
+
+
 def _letter_lines(letter: DeadLetter) -> str:
     """A dead letter as two lines: its id, task, queue, time and deliveries; then its
     reason, indented. A table folded a 36-character id over four lines at 80 columns,
-    where it could not be copied into ``dlq show``, and its reason over twenty.
+    where it could not be copied into ``dlq show``, and its reason over twenty. A task
+    that failed (its retries spent) has a third line, its error: the reason alone, "failed
+    after 3 retries", did not say what had happened.
 
     Example:
         >>> from celeriac.brokers.base import DeadLetter
@@ -413,6 +420,13 @@ def _letter_lines(letter: DeadLetter) -> str:
         >>> print(_letter_lines(letter))
         t-1  shop.add  queue default  dead at -  2 deliveries
             malformed message: retries=-1 is negative
+        >>> error = "builtins.OSError: disk gone"
+        >>> letter = DeadLetter("t-2", "default", "shop.add", "failed after 3 retries", b"",
+        ...                     1, error, 0.0)
+        >>> print(_letter_lines(letter))
+        t-2  shop.add  queue default  dead at -  1 delivery
+            failed after 3 retries
+            builtins.OSError: disk gone
     """
     deliveries = f"{letter.deliveries} deliver{'y' if letter.deliveries == 1 else 'ies'}"
     # The id and task are on the first line: a reason's "task NAME[ID]: " would repeat them.
@@ -424,7 +438,13 @@ def _letter_lines(letter: DeadLetter) -> str:
         f"{shown_id(letter.id)}  {printable(letter.task)}  queue {printable(letter.queue)}  "
         f"dead at {_when(letter.dead_at)}  {deliveries}"
     )
-    return f"{first}\n    {printable(reason)}"
+    lines = f"{first}\n    {printable(reason)}"
+    if letter.error:  # one line: printable escapes a traceback's newlines
+        error = printable(letter.error)
+        if len(error) > LISTED_ERROR_CHARS:
+            error = f"{error[:LISTED_ERROR_CHARS]}... (celeriac dlq show {shown_id(letter.id)})"
+        lines += f"\n    {error}"
+    return lines
 
 
 def shown_id(task_id: str) -> str:
