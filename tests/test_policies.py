@@ -11,7 +11,7 @@ import pytest
 
 from celeriac import BrokerConnectionError, Celeriac, Reject, Retry, Task
 from celeriac.brokers.memory import MemoryBroker
-from celeriac.brokers.records import Lease
+from celeriac.brokers.records import Lease, Outgoing
 from celeriac.middleware.events import STREAM
 from celeriac.retry import RetryPolicy
 from celeriac.testing import run_queued
@@ -466,3 +466,25 @@ def test_a_retry_given_text_for_its_exception_fails_the_task_not_retries_for_eve
     assert runs == [0]
     with pytest.raises(TypeError, match=r"call_api: retry exc must be the exception .*'HTTP 503'"):
         r.get(timeout=1)
+
+
+def test_a_call_option_the_retries_cannot_use_falls_back_to_the_tasks_own(
+    app: Celeriac, caplog: pytest.LogCaptureFixture
+) -> None:
+    # apply_async checks its options, but a message is data: "max_retries": "3" from
+    # another producer made the Retries hook raise at every run, and a failing hook is
+    # skipped, so raise self.retry() went on for ever past the task's max_retries.
+    runs: list[int] = []
+
+    @app.bound_task(max_retries=2)
+    def poll(self: Task[Any, Any]) -> None:
+        runs.append(self.request.retries)
+        raise self.retry(exc=TimeoutError("not ready"), countdown=0)
+
+    sent = {"id": "p1", "task": poll.name, "options": {"max_retries": "3"}, "sent_at": time.time()}
+    app.broker.send([Outgoing("p1", "default", msgspec.json.encode(sent))])
+    run_queued(app, include_delayed=True, fail_fast=False, max_tasks=10)
+    assert runs == [0, 1, 2]
+    with pytest.raises(TimeoutError, match="not ready"):
+        app.AsyncResult("p1").get(timeout=1)
+    assert "its message's max_retries='3' is not a whole number" in caplog.text

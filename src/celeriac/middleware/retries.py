@@ -7,6 +7,8 @@ releases the current delivery.
 
 from __future__ import annotations
 
+import logging
+import reprlib
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
@@ -23,9 +25,12 @@ from celeriac.middleware.base import (
     option_error,
 )
 from celeriac.retry import RetryPolicy
+from celeriac.text import printable
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+
+log = logging.getLogger("celeriac.worker")
 
 
 class Retries(Middleware):
@@ -76,7 +81,7 @@ number of at least 0, or None for no limit, got -1
         if task is None or message is None or outcome.state not in {"FAILURE", "RETRY"}:
             return outcome
         # apply_async(max_retries=0) and the like apply to their call; they were ignored.
-        opts = call_options(task.options.extra, message.options, self.options)
+        opts = call_options(task.options.extra, _usable(job, message.options), self.options)
         if outcome.state == "FAILURE":
             retry_on = _exception_types(opts.get("autoretry_for", ()))
             if not (retry_on and isinstance(outcome.exception, retry_on)):
@@ -157,6 +162,33 @@ _ACCEPTED: dict[str, tuple[Callable[[object], bool], str]] = {
     "retry_jitter": (lambda v: isinstance(v, bool), "True or False"),
     "dead_letter_after_retries": (lambda v: isinstance(v, bool), "True or False"),
 }
+
+
+def _usable(job: Job, sent: dict[str, Any]) -> dict[str, Any]:
+    """The call's options that this middleware can apply; the others are logged and left
+    out, so the task's own apply.
+
+    ``apply_async`` checks them, but a message is data (another producer, another
+    language): ``"max_retries": "3"`` made this hook raise at every failure, and a
+    failing hook is skipped, so ``raise self.retry()`` went on for ever past the task's
+    ``max_retries`` (and autoretry_for never retried).
+    """
+    bad = {
+        name: value
+        for name, value in sent.items()
+        if name in _ACCEPTED and not _ACCEPTED[name][0](value)
+    }
+    if not bad:
+        return sent
+    for name, value in bad.items():
+        log.warning(
+            "task %s: its message's %s=%s is not %s; the task's own is used",
+            job.label,
+            name,
+            printable(reprlib.repr(value)),
+            _ACCEPTED[name][1],
+        )
+    return {name: value for name, value in sent.items() if name not in bad}
 
 
 def _exception_types(given: object) -> tuple[type[BaseException], ...]:
