@@ -8,6 +8,7 @@ Worker processes import this module (``-A tests.test_results_api``) for its task
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,27 @@ def fails(text: str) -> None:
 @app.task(ignore_result=True)
 def quiet(x: int) -> int:
     return x
+
+
+class UpstreamError(Exception):
+    """An error whose text is made from its args, as many libraries' are."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"upstream answered HTTP {self.status}"
+
+
+@app.task
+def calls_upstream(status: int) -> None:
+    raise UpstreamError(status)
+
+
+@app.task
+def connects() -> None:
+    raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
 
 
 # A soft limit well under the caller's wait: before the fix the parent hung until it.
@@ -259,3 +281,24 @@ def test_a_nan_timeout_is_refused_not_waited_on_forever(api_app: Celeriac) -> No
     with pytest.raises(ValueError, match=r"get\(timeout=nan\)"):
         child.delay(9).get(timeout=nan)  # never run: the wait that spun
     assert done.get(timeout=None) == 2  # None still waits without a limit
+
+
+def test_a_failure_comes_back_with_its_own_args_not_its_text_in_their_place(
+    api_app: Celeriac,
+) -> None:
+    # Rebuilt from its text alone, UpstreamError(503) came back as UpstreamError("upstream
+    # answered HTTP 503"): its status that text, its message said twice; and an OSError
+    # came back without its errno, so `if e.status == 503` and `e.errno == ECONNREFUSED`
+    # were quietly false in the caller.
+    upstream, refused, plain = calls_upstream.delay(503), connects.delay(), fails.delay("bad")
+    run_queued(api_app, fail_fast=False)
+    with pytest.raises(UpstreamError) as raised:
+        upstream.get(timeout=10)
+    assert (raised.value.status, str(raised.value)) == (503, "upstream answered HTTP 503")
+    with pytest.raises(ConnectionRefusedError) as oserror:
+        refused.get(timeout=10)
+    refusal = oserror.value
+    assert (refusal.errno, refusal.strerror) == (errno.ECONNREFUSED, "Connection refused")
+    with pytest.raises(ValueError) as text_only:  # its args are its text: as before
+        plain.get(timeout=10)
+    assert text_only.value.args == ("bad",)

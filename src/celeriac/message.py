@@ -80,6 +80,9 @@ class ErrorInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
     type: str  # qualified name, e.g. "builtins.ValueError"
     message: str
     traceback: str = ""
+    # The exception's args when they are not just its message and JSON carries them in
+    # ERROR_ARGS_BYTES (see error_args): it is rebuilt with them, not with its text.
+    args: list[Any] | None = None
 
 
 class ResultRecord(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -482,6 +485,35 @@ def encode_result(record: ResultRecord) -> bytes:
 
 #: What msgspec raises for a value it cannot encode (UnicodeEncodeError is a ValueError).
 _UNENCODABLE = (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError)
+
+
+#: The most bytes of JSON an exception's args take in its stored error (its message and
+#: traceback carry the rest): a result must stay small.
+ERROR_ARGS_BYTES = 1024
+
+
+def error_args(exc: BaseException, message: str) -> list[Any] | None:
+    """``exc.args``, for rebuilding it, when they say more than ``message`` (its text).
+
+    Rebuilt from its text alone, ``HTTPError(503)`` whose ``__str__`` is "HTTP 503" came
+    back as ``HTTPError("HTTP 503")`` (its status the text, its message "HTTP HTTP 503"),
+    and ``OSError(111, "Connection refused")`` without its errno. None when the args are
+    the text itself (most exceptions, nothing to add), or not JSON, or too big.
+
+    Example:
+        >>> error_args(ConnectionRefusedError(111, "refused"), "[Errno 111] refused")
+        [111, 'refused']
+        >>> error_args(ValueError("bad"), "bad") is None
+        True
+    """
+    args = list(exc.args)
+    if args == [message] or not args:
+        return None
+    try:
+        encoded = _encoder.encode(args)
+    except _UNENCODABLE:
+        return None
+    return args if len(encoded) <= ERROR_ARGS_BYTES else None
 
 
 def storable_text(text: str) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from celeriac.errors import GetInsideTask, ResultTimeout, TaskExpired, TaskFailed, TaskRevoked
-from celeriac.message import ResultRecord, decode_result
+from celeriac.message import ErrorInfo, ResultRecord, decode_result
 from celeriac.task import _current, unimportable_note
 
 if TYPE_CHECKING:
@@ -411,10 +411,10 @@ def _rebuild(record: ResultRecord, task_id: str) -> BaseException:
         return TaskRevoked(f"task {label} was revoked")
     if error is None:
         return TaskFailed(f"task {label} ended {record.state} without an error")
-    exc: BaseException
     cls = _loaded_exception_type(error.type)
+    exc = _from_args(cls, error) if cls is not None else None
     try:
-        exc = (
+        exc = exc or (
             cls(_key_error_arg(error.message) if issubclass(cls, KeyError) else error.message)
             if cls is not None
             else TaskFailed(f"{error.type}: {error.message}", error.type, error.traceback)
@@ -424,6 +424,19 @@ def _rebuild(record: ResultRecord, task_id: str) -> BaseException:
     if error.traceback:
         exc.add_note(f"Remote traceback of task {label}:\n{error.traceback}")
     return exc
+
+
+def _from_args(cls: type[BaseException], error: ErrorInfo) -> BaseException | None:
+    """``cls(*args)`` when the error kept its args and they give back its message: its own
+    attributes come back (an HTTP status, an errno), not its text in their place. None
+    otherwise (an OSError's filename is not in its args: its text says more)."""
+    if error.args is None:
+        return None
+    try:
+        exc = cls(*error.args)
+        return exc if str(exc) == error.message else None
+    except Exception:  # noqa: BLE001 - a type whose __init__ or __str__ wants otherwise
+        return None
 
 
 def _key_error_arg(message: str) -> Any:

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 from celeriac.brokers.records import MADE_UP_ID, Delivery
 from celeriac.codec import UntrustedMessage
 from celeriac.errors import MalformedMessage, NewerProtocol
-from celeriac.message import NAME_SHOWN, ErrorInfo, invalid_field, peek_identity, storable_text
+from celeriac.message import (
+    NAME_SHOWN,
+    ErrorInfo,
+    error_args,
+    invalid_field,
+    peek_identity,
+    storable_text,
+)
 from celeriac.middleware.base import Job, Outcome
 from celeriac.task import Request, unimportable_note
 from celeriac.text import printable
@@ -376,6 +383,7 @@ def error_info(exc: BaseException) -> ErrorInfo:
         type=f"{cls.__module__}.{cls.__qualname__}",
         message=storable_text(message),
         traceback=storable_text(text),
+        args=error_args(exc, message),
     )
 
 
