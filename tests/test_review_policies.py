@@ -562,3 +562,15 @@ def test_a_retry_countdown_that_is_a_unix_time_fails_the_task_saying_so(app: Cel
     assert r.state == "FAILURE"
     with pytest.raises(ValueError, match=r"retry countdown=.* looks like a Unix time .* pass "):
         r.get(timeout=1)
+
+
+def test_a_retry_survives_pickling_and_copying() -> None:
+    # It came back from pickle as Retry("retry in 5s"), refused by its own delay check.
+    import copy
+    import pickle
+
+    retry = Retry(5, ValueError("smtp down"))
+    for again in (pickle.loads(pickle.dumps(retry)), copy.copy(retry)):
+        assert isinstance(again, Retry) and again.delay == 5 and str(again) == "retry in 5s"
+        assert isinstance(again.exc, ValueError) and str(again.exc) == "smtp down"
+    assert pickle.loads(pickle.dumps(Retry())).delay is None

@@ -212,6 +212,11 @@ class Retry(TaskControl):
         self.delay = delay
         self.exc = exc
 
+    def __reduce__(self) -> tuple[type[Retry], tuple[float | None, BaseException | None]]:
+        # Pickled as an exception (its text for args), it came back as Retry("retry in
+        # 5s"), which its own check refuses: copy.copy and a process pool's result failed.
+        return (type(self), (self.delay, self.exc))
+
 
 def _check_retry_delay(delay: object) -> None:
     """Refuse a retry delay no broker can honour, as ``apply_async`` refuses such a
