@@ -338,6 +338,24 @@ def test_dlq_replay_of_a_mistyped_task_name_suggests_the_right_one(
     assert "the newest dead letters are of tests.apps.core.send_welcome (2)" in result.stderr
 
 
+def test_the_hint_for_a_mistyped_task_counts_among_the_newest_when_there_are_more(
+    core_app: Celeriac, broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "(2 letter(s))" read as all of them when only the newest (1,000) were counted.
+    from celeriac.cli import commands
+
+    monkeypatch.setattr(commands, "_HINT_READS", 2)
+    task = "tests.apps.core.send_welcome"
+    core_app.broker.send(
+        [Outgoing(f"m{i}", "default", _malformed(f"m{i}", task)) for i in range(3)]
+    )
+    run_queued(core_app, fail_fast=False)
+    result = invoke("-b", broker_url, "dlq", "replay", "--task", "tests.apps.core.send_welcom")
+    assert f"did you mean '{task}' (2 letter(s) among the newest 2)?" in result.stderr
+    result = invoke("-b", broker_url, "dlq", "replay", "--task", "zzz")
+    assert f"the newest 2 dead letters are of {task} (2)" in result.stderr
+
+
 def test_dlq_replay_names_the_ids_it_did_not_find(core_app: Celeriac, broker_url: str) -> None:
     task = "tests.apps.core.send_welcome"
     core_app.broker.send(

@@ -561,14 +561,21 @@ def dlq_replay(obj: Context, ids: tuple[str, ...], replay_all: bool, task_name: 
 def _tasks_hint(obj: Context, task_name: str) -> str:
     """``; did you mean 'x' (3 letters)?``, or the tasks the newest dead letters are of:
     a typo'd --task said only "none", and the right name had to be found by hand."""
-    counts = Counter(x.task for x in obj.app.broker.dead_letters(1000))
+    counts = Counter(x.task for x in obj.app.broker.dead_letters(_HINT_READS))
     if not counts:
         return ""
+    # Counted among the newest only: "(10 letters)" read as all of them when there were more.
+    capped = counts.total() >= _HINT_READS
     close = difflib.get_close_matches(task_name, list(counts), n=1, cutoff=0.6)
     if close:
-        return f"; did you mean {close[0]!r} ({counts[close[0]]:,} letter(s))?"
+        among = f" among the newest {_HINT_READS:,}" if capped else ""
+        return f"; did you mean {close[0]!r} ({counts[close[0]]:,} letter(s){among})?"
     listed = ", ".join(f"{name} ({n:,})" for name, n in counts.most_common(5))
-    return f"; the newest dead letters are of {listed}"
+    newest = f"newest {_HINT_READS:,}" if capped else "newest"
+    return f"; the {newest} dead letters are of {listed}"
+
+
+_HINT_READS = 1000  # dead letters a mistyped --task is matched against
 
 
 @dlq.command("purge")
