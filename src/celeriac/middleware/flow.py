@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
@@ -53,6 +54,10 @@ _ENDED = {
     "celeriac.errors.TaskExpired": "expired",
     "celeriac.errors.Reject": "was dead-lettered",
 }
+#: Seconds a join is kept at least after its latest member (``result_expires`` if longer).
+#: A join is the chord's progress, not a result: dropped at once when it completes, it
+#: only waits this long for the members still to come.
+JOIN_KEEP = 30 * 86_400.0
 _encoder = msgspec.json.Encoder()
 _sending: ContextVar[bool] = ContextVar("celeriac_sending_workflow", default=False)
 
@@ -66,6 +71,25 @@ def sending_workflow() -> bool:
         False
     """
     return _sending.get()
+
+
+def join_ttl(app: Celeriac) -> float:
+    """Seconds a join lives after its latest member: :data:`JOIN_KEEP`, or the app's
+    ``result_expires`` if longer.
+
+    It was ``result_expires`` alone: when two members finished further apart than that
+    (``result_expires=3600`` and one member an hour slower than the rest), the join
+    expired in between, the late member started a new one that never reached the
+    header's size, and the body never ran, PENDING for ever with nothing logged.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://", result_expires=3600)
+        >>> join_ttl(app) == JOIN_KEEP
+        True
+    """
+    keep = app.conf.result_expires
+    return max(keep, JOIN_KEEP) if math.isfinite(keep) else JOIN_KEEP
 
 
 def join_key(group_id: str) -> str:
@@ -226,7 +250,7 @@ class Flow:
         broker, index, size = self.app.broker, frame["i"], frame["n"]
         key = join_key(frame["join"])
         raw = _encode_entry(entry, self.parent)
-        count = broker.join_add(key, str(index), raw, self.app.conf.result_expires)
+        count = broker.join_add(key, str(index), raw, join_ttl(self.app))
         if count >= size:
             self.completed.append(key)
         stop = frame.get("err", "stop") == "stop"
@@ -446,7 +470,7 @@ def _decode_entries(values: dict[str, bytes], size: int, group_id: str) -> list[
     entries: list[dict[str, Any]] = []
     for index in range(size):
         raw = values.get(str(index))
-        if raw is None:  # expired from the store (result_expires) before the join completed
+        if raw is None:  # expired from the store (join_ttl) before the join completed
             gone = {"id": f"{group_id}[{index}]", "task": "?", "type": "celeriac.errors.ChordError"}
             entries.append({"e": {**gone, "message": "its result expired before the join"}})
         else:
