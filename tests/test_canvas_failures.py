@@ -1,4 +1,4 @@
-"""Canvas under failure: chords whose members finish far apart, and what the handles say.
+"""Canvas at its edges: chords whose members finish far apart, chunks of typed tasks.
 
 These run in the test process (run_queued) on each broker's own store: the in-memory
 broker, SQLite and the session's private redis-server.
@@ -6,20 +6,22 @@ broker, SQLite and the session's private redis-server.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from celeriac import Celeriac
+from celeriac import Celeriac, Task
 from celeriac.brokers.memory import MemoryBroker
 from celeriac.canvas import chord
 from celeriac.testing import run_queued
 from tests.apps import canvas as tasks
-from tests.apps.canvas import collect, identity
+from tests.apps.canvas import async_typed, collect, identity, typed
 from tests.conftest import Ledger
 from tests.redis_server import RedisServer
 
@@ -56,3 +58,15 @@ def test_a_chord_whose_members_finish_further_apart_than_result_expires_still_ca
     time.sleep(0.6)  # longer than result_expires: what an hour is to result_expires=3600
     assert run_queued(app, include_delayed=True) == 2  # the slow member, then the body
     assert ledger.count("callback") == Counter({r.id: 1})
+
+
+@pytest.mark.parametrize("task", [typed, async_typed], ids=["sync", "async"])
+def test_chunks_convert_each_argument_list_as_map_does(app: Celeriac, task: Task[Any, Any]) -> None:
+    # A chunk called the task with each argument list as JSON carried it: a bytes
+    # parameter got its base64 text, a date its ISO text; starmap converted them.
+    calls = [(dt.date(2026, 12, 25), b"\x00\x01"), (dt.date(2027, 1, 1), b"\xff")]
+    one_by_one = task.starmap(calls).apply_async()
+    chunked = task.chunks(calls, 2).apply_async()
+    run_queued(app)
+    assert one_by_one.get(timeout=5) == ["date b'\\x00\\x01'", "date b'\\xff'"]
+    assert chunked.get(timeout=5) == [one_by_one.get(timeout=5)]

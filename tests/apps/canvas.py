@@ -9,6 +9,7 @@ worker leaves a task that continued but must run again.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import time
 from typing import Any
@@ -118,3 +119,15 @@ def reports_progress(self: Task[Any, Any], path: str) -> str:
     while os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.01)
     return "done"
+
+
+@app.task
+def typed(when: dt.date, payload: bytes) -> str:
+    """What arrived, by type: JSON carries a date and bytes as text, the worker converts."""
+    return f"{type(when).__name__} {payload!r}"
+
+
+@app.task
+async def async_typed(when: dt.date, payload: bytes) -> str:
+    """:func:`typed`, as a coroutine."""
+    return f"{type(when).__name__} {payload!r}"

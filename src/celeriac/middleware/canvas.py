@@ -17,6 +17,7 @@ the callback — again under its fixed id.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celeriac.control import is_revoke_mark
@@ -67,6 +68,10 @@ def error_dict(message: Message, outcome: Outcome) -> dict[str, str]:
 def chunk_task(task: Task[Any, Any]) -> Task[Any, Any]:
     """A stand-in for ``task`` that runs it once per argument list and returns the results.
 
+    Each argument list is converted to the task's annotated types as a message's
+    arguments are (:mod:`celeriac.arguments`): a chunk passed a ``bytes`` parameter its
+    base64 text, and a ``datetime`` its ISO text, where ``map`` and ``starmap`` did not.
+
     Example:
         >>> from celeriac import Celeriac
         >>> app = Celeriac("doc", broker="memory://")
@@ -78,17 +83,32 @@ def chunk_task(task: Task[Any, Any]) -> Task[Any, Any]:
     """
     from celeriac.task import Task
 
+    call = _one_call(task)
     if task.is_async:
 
         async def run_chunk_async(items: list[list[Any]]) -> list[Any]:
-            return [await task(*args) for args in items]
+            return [await call(args) for args in items]
 
         return Task(task.app, run_chunk_async, task.name, task.options)
 
     def run_chunk(items: list[list[Any]]) -> list[Any]:
-        return [task(*args) for args in items]
+        return [call(args) for args in items]
 
     return Task(task.app, run_chunk, task.name, task.options)
+
+
+def _one_call(task: Task[Any, Any]) -> Callable[[list[Any]], Any]:
+    """``task`` called with one argument list of a chunk, converted as the worker converts
+    a message's arguments (the chunk's own message carries them all as one list)."""
+    conversions = task.conversions
+    if conversions is None:  # most tasks: nothing to convert
+        return lambda args: task(*args)
+
+    def converted(args: list[Any]) -> Any:
+        values, _ = conversions.apply(task.name, args, {})
+        return task(*values)
+
+    return converted
 
 
 def _aborted(error: dict[str, str]) -> Outcome:
