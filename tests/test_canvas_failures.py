@@ -7,6 +7,7 @@ broker, SQLite and the session's private redis-server.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 import uuid
 from collections import Counter
@@ -19,9 +20,12 @@ import pytest
 from celeriac import Celeriac, Task
 from celeriac.brokers.memory import MemoryBroker
 from celeriac.canvas import chord
+from celeriac.errors import BrokerConnectionError, ChordError
+from celeriac.middleware import MiddlewareStack, default_middleware
+from celeriac.middleware import canvas as canvas_middleware
 from celeriac.testing import run_queued
 from tests.apps import canvas as tasks
-from tests.apps.canvas import async_typed, collect, identity, typed
+from tests.apps.canvas import add, async_typed, collect, identity, tsum, typed
 from tests.conftest import Ledger
 from tests.redis_server import RedisServer
 
@@ -70,3 +74,66 @@ def test_chunks_convert_each_argument_list_as_map_does(app: Celeriac, task: Task
     run_queued(app)
     assert one_by_one.get(timeout=5) == ["date b'\\x00\\x01'", "date b'\\xff'"]
     assert chunked.get(timeout=5) == [one_by_one.get(timeout=5)]
+
+
+def test_a_dead_lettered_member_whose_chord_the_broker_could_not_reach_at_once_still_fails_it(
+    app: Celeriac, ledger: Ledger, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A member dead-lettered before it ran (too many deliveries) fails its chord after the
+    # dead letter is committed. A broker error at that moment was logged as "it will run
+    # again in 1s", but it never ran again: the chord waited for ever on that member.
+    monkeypatch.setattr(app, "middleware", MiddlewareStack(default_middleware()))
+    monkeypatch.setattr(app.conf, "task_max_deliveries", 1)
+    r = chord([add.s(1, 1), add.s(2, 2)], tsum.s()).apply_async()
+    (delivery,) = app.broker.fetch(["default"], "w", limit=1, lease_seconds=30, timeout=0)
+    app.broker.requeue(delivery.lease)  # a crash: the second delivery is one too many
+    broker = app.broker
+    real_join_add = broker.join_add
+    failures = iter([BrokerConnectionError("the broker went away")])
+
+    def flaky_join_add(key: str, member: str, value: bytes, ttl: float) -> int:
+        if member == "0":  # the dead letter's join fails once, then the broker is back
+            for exc in failures:
+                raise exc
+        return real_join_add(key, member, value, ttl)
+
+    monkeypatch.setattr(broker, "join_add", flaky_join_add)
+    run_queued(app, fail_fast=False)
+    with pytest.raises(ChordError, match=re.escape(f"chord member 0 ({add.name}[{r.id}:h:0])")):
+        r.get(timeout=5)
+    assert not ledger.count("callback")
+    assert "will run again" not in caplog.text
+
+
+def test_a_dead_lettered_member_whose_chord_cannot_be_told_says_how_to_recover(
+    app: Celeriac, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The broker stays away while the dead letter's workflow is failed: the log says what
+    # waits, and that replaying the dead letter moves the workflow on. Which it does.
+    monkeypatch.setattr(app, "middleware", MiddlewareStack(default_middleware()))
+    monkeypatch.setattr(app.conf, "task_max_deliveries", 1)
+    monkeypatch.setattr(canvas_middleware, "_DEAD_LETTER_PAUSES", (0.0,))
+    r = chord([add.s(1, 1), add.s(2, 2)], tsum.s()).apply_async()
+    (delivery,) = app.broker.fetch(["default"], "w", limit=1, lease_seconds=30, timeout=0)
+    app.broker.requeue(delivery.lease)  # a crash: the second delivery is one too many
+    real_join_add = app.broker.join_add
+
+    def unreachable(key: str, member: str, value: bytes, ttl: float) -> int:
+        if member == delivery.id.rpartition(":")[2]:  # the dead letter's index
+            raise BrokerConnectionError("the broker went away")
+        return real_join_add(key, member, value, ttl)
+
+    monkeypatch.setattr(app.broker, "join_add", unreachable)
+    run_queued(app, fail_fast=False)
+    said = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert (
+        f"task {add.name}[{delivery.id}] was dead-lettered, and its workflow could not be told "
+        "(the broker went away): what waits for it (the rest of its chain, its chord's body) "
+        f"will wait for ever. Once the broker answers, `celeriac dlq replay {delivery.id}` "
+        "sends it again, and its workflow moves on when it ends"
+    ) in said
+    assert "will run again" not in caplog.text
+    monkeypatch.setattr(app.broker, "join_add", real_join_add)  # the broker is back
+    assert app.replay_dead_letters([delivery.id], None) == 1
+    run_queued(app)
+    assert r.get(timeout=5) == 2 + 4

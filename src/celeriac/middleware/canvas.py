@@ -17,6 +17,7 @@ the callback — again under its fixed id.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,8 @@ _STATE_ERRORS = {
 }
 _TRACEBACK_CHARS = 4000  # tracebacks ride in messages and join values: keep them bounded
 _RETRY_DELAY = 1.0  # seconds before a task whose workflow could not be continued runs again
+# Seconds between tries to fail a dead letter's workflow: a Redis failover's few seconds.
+_DEAD_LETTER_PAUSES = (0.5, 1.0, 2.0, 4.0)
 
 
 def error_dict(message: Message, outcome: Outcome) -> dict[str, str]:
@@ -197,7 +200,8 @@ class Canvas(Middleware):
     def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
         """Fail the workflow of a task dead-lettered before it ran (too many deliveries,
         unknown task): the executor skips ``after_execute`` for those, so this is the only
-        place that hears of them — after the commit, on a best-effort basis."""
+        place that hears of them — after the commit, so a worker killed in between leaves
+        the workflow waiting (the log of the dead letter names the task to replay)."""
         data, message = _data(job), job.message
         if data is None or message is None or "canvas" in job.context:
             return
@@ -208,11 +212,57 @@ class Canvas(Middleware):
         if app is None:
             log.warning("task %s was dead-lettered; its workflow cannot be failed here", job.label)
             return
-        self._continue(app, message, data, outcome)
+        self._continue_dead_letter(app, message, data, outcome)
+
+    def _continue_dead_letter(
+        self, app: Celeriac, message: Message, data: dict[str, Any], outcome: Outcome
+    ) -> None:
+        """Fail a dead letter's workflow, trying again over a few seconds of broker errors.
+
+        The dead letter is committed: unlike a task that could not continue, it does not
+        run again, so this is the workflow's only chance. A broker error here was logged
+        as "it will run again in 1s", and the chain or chord waited for ever.
+        """
+        for pause in (*_DEAD_LETTER_PAUSES, None):
+            try:
+                self._advance(app, message, data, outcome)
+                return
+            except BrokerError as exc:
+                if pause is not None:
+                    time.sleep(pause)
+                    continue
+                task = printable(f"{message.task}[{message.id}]")  # the sender's text
+                log.error(
+                    "task %s was dead-lettered, and its workflow could not be told (%s): "
+                    "what waits for it (the rest of its chain, its chord's body) will wait "
+                    "for ever. Once the broker answers, `celeriac dlq replay %s` sends it "
+                    "again, and its workflow moves on when it ends",
+                    task,
+                    exc,
+                    printable(message.id),
+                )
 
     def _continue(
         self, app: Celeriac, message: Message, data: dict[str, Any], outcome: Outcome
     ) -> Outcome:
+        try:
+            self._advance(app, message, data, outcome)
+        except BrokerError as exc:
+            # Not continued: do not commit either, or the workflow would stop here for good.
+            log.warning(
+                "task %s: could not continue its workflow (%s); it will run again in %gs",
+                printable(f"{message.task}[{message.id}]"),  # the sender's text
+                exc,
+                _RETRY_DELAY,
+            )
+            return Outcome("RETRY", delay=_RETRY_DELAY, exception=exc, runtime=outcome.runtime)
+        return outcome
+
+    @staticmethod
+    def _advance(app: Celeriac, message: Message, data: dict[str, Any], outcome: Outcome) -> None:
+        """Send what follows ``outcome`` in the workflow. Raises BrokerError, having sent
+        part of it or none: sending it all again is harmless (fixed ids, joins count a
+        member once)."""
         then = data.get("then", [])
         flow = Flow(app, message)
         try:
@@ -224,19 +274,9 @@ class Canvas(Middleware):
                 flow.links(data.get("link_error", ()), public_error(error))
                 flow.fail(error, then)
             flow.send()
-        except BrokerError as exc:
-            # Not continued: do not commit either, or the workflow would stop here for good.
-            log.warning(
-                "task %s: could not continue its workflow (%s); it will run again in %gs",
-                printable(f"{message.task}[{message.id}]"),  # the sender's text
-                exc,
-                _RETRY_DELAY,
-            )
-            return Outcome("RETRY", delay=_RETRY_DELAY, exception=exc, runtime=outcome.runtime)
         except MessageError:
             # Unreachable for passed-on values (checked in Flow); a producer-side middleware
             # refusing a message would land here.
             log.exception(
                 "task %s: its workflow cannot continue", printable(f"{message.task}[{message.id}]")
             )
-        return outcome
