@@ -7,6 +7,7 @@ broker, SQLite and the session's private redis-server.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import time
 import uuid
@@ -19,13 +20,13 @@ import pytest
 
 from celeriac import Celeriac, Task
 from celeriac.brokers.memory import MemoryBroker
-from celeriac.canvas import chord
+from celeriac.canvas import chain, chord
 from celeriac.errors import BrokerConnectionError, ChordError
 from celeriac.middleware import MiddlewareStack, default_middleware
 from celeriac.middleware import canvas as canvas_middleware
 from celeriac.testing import run_queued
 from tests.apps import canvas as tasks
-from tests.apps.canvas import add, async_typed, collect, identity, tsum, typed
+from tests.apps.canvas import add, async_typed, boom, collect, identity, tsum, typed
 from tests.conftest import Ledger
 from tests.redis_server import RedisServer
 
@@ -137,3 +138,25 @@ def test_a_dead_lettered_member_whose_chord_cannot_be_told_says_how_to_recover(
     assert app.replay_dead_letters([delivery.id], None) == 1
     run_queued(app)
     assert r.get(timeout=5) == 2 + 4
+
+
+def test_steps_a_failure_kept_from_running_are_logged_as_not_run(
+    app: Celeriac, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each unrun step was logged at ERROR as "task parse[...] failed: ConnectionError:
+    # ..." with the first step's error: a failure per step, of tasks that never ran.
+    caplog.set_level(logging.INFO, logger="celeriac")
+    r = chain(boom.s("fetch"), add.s(1), chord([add.s(2), add.s(3)], tsum.s())).apply_async()
+    run_queued(app, fail_fast=False)
+    errors = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors  # the step that failed, and only it
+    assert errors[0].startswith(f"task {boom.name}[{r.id}:s0] failed in "), errors
+    first = f"{boom.name}[{r.id}:s0] failed earlier in this workflow"
+    warned = {rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING}
+    assert {
+        f"task {add.name}[{r.id}:s1] not run: {first}: builtins.ValueError: boom fetch",
+        f"task {add.name}[{r.id}:s2:h:0] not run: {first}: builtins.ValueError: boom fetch",
+        f"task {add.name}[{r.id}:s2:h:1] not run: {first}: builtins.ValueError: boom fetch",
+    } <= warned
+    body = f"task {tsum.name}[{r.id}] not run: {first}: celeriac.errors.ChordError: "
+    assert [line for line in warned if line.startswith(body)], warned

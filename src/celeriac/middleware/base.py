@@ -59,6 +59,9 @@ class Outcome:
     reason: str = ""  # DEAD: why
     runtime: float = 0.0
     store_result: bool = True  # final states: store the result; RETRY: store its state
+    # FAILURE decided without running the task, and why (an earlier step of its workflow
+    # failed): logged as not run, at WARNING, not as a failure of its own at ERROR.
+    not_run: str = ""
 
 
 @dataclass(slots=True)

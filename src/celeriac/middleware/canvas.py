@@ -118,7 +118,7 @@ def _aborted(error: dict[str, str]) -> Outcome:
     origin = f"{error['task']}[{error['id']}] {what_happened(error)} earlier in this workflow"
     trace = f"not run: {origin}\n{error.get('traceback', '')}"
     info = ErrorInfo(type=error["type"], message=error["message"], traceback=trace)
-    return Outcome("FAILURE", error=info, reason=origin)
+    return Outcome("FAILURE", error=info, reason=origin, not_run=origin)
 
 
 def _revoked_itself(job: Job) -> Outcome | None:

@@ -523,7 +523,9 @@ class Executor(Reading):
             )
             return
         state = outcome.state
-        level = _LOG_LEVELS.get(state, logging.INFO)
+        # An unrun step of a failed workflow: its cause was logged at ERROR once, and a
+        # line per step ("task parse failed: ConnectionError") blamed tasks that never ran.
+        level = logging.WARNING if outcome.not_run else _LOG_LEVELS.get(state, logging.INFO)
         if state == "DEFERRED" or not log.isEnabledFor(level):
             # A line that would be dropped is not built: the escaped label and the run
             # time's float formatting were ~5% of a no-op task's instructions at WARNING.
@@ -538,9 +540,9 @@ class Executor(Reading):
             error = outcome.error
             log.log(
                 level,
-                "task %s failed%s: %s: %s",
+                "task %s %s: %s: %s",
                 shown,
-                runtime,
+                f"not run: {_for_log(outcome.not_run)}" if outcome.not_run else f"failed{runtime}",
                 _for_log(error.type) if error else "?",
                 _for_log(error.message) if error else "",
             )
