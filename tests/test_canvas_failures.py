@@ -6,6 +6,7 @@ broker, SQLite and the session's private redis-server.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import re
@@ -21,7 +22,7 @@ import pytest
 from celeriac import Celeriac, Task
 from celeriac.brokers.memory import MemoryBroker
 from celeriac.canvas import chain, chord
-from celeriac.errors import BrokerConnectionError, ChordError
+from celeriac.errors import BrokerConnectionError, ChordError, ResultTimeout
 from celeriac.middleware import MiddlewareStack, default_middleware
 from celeriac.middleware import canvas as canvas_middleware
 from celeriac.testing import run_queued
@@ -160,3 +161,31 @@ def test_steps_a_failure_kept_from_running_are_logged_as_not_run(
     } <= warned
     body = f"task {tsum.name}[{r.id}] not run: {first}: celeriac.errors.ChordError: "
     assert [line for line in warned if line.startswith(body)], warned
+
+
+def test_a_chord_that_times_out_names_the_members_it_still_waits_for(app: Celeriac) -> None:
+    # Its body is not sent until every member finished: the timeout said only that the body
+    # "may still be queued or running", and not which member to look for.
+    r = chord([identity.s(1), identity.s(2).set(queue="gpu")], collect.s()).apply_async()
+    run_queued(app, queues=["default"])  # no worker serves "gpu"
+    waiting = (
+        "it waits for the 2 tasks before it in its workflow, and 1 of them has not "
+        f"finished ({r.id}:h:1)"
+    )
+    with pytest.raises(ResultTimeout, match=re.escape(waiting)):
+        r.get(timeout=0.1)
+    with pytest.raises(ResultTimeout, match=re.escape(waiting)):
+        asyncio.run(r.aget(timeout=0.1))
+    run_queued(app, queues=["gpu", "default"])
+    assert r.get(timeout=5) == [1, 2]
+
+
+def test_a_large_chord_s_timeout_reads_a_bounded_part_of_its_header(app: Celeriac) -> None:
+    # A caller polling get(timeout=...) must not read 10,000 members' results each time.
+    r = chord([identity.s(i) for i in range(1_200)], collect.s()).apply_async()
+    with pytest.raises(ResultTimeout) as raised:
+        r.get(timeout=0.05)
+    assert (
+        "it waits for the 1,200 tasks before it in its workflow, and 1,000 of the first "
+        f"1,000 have not finished ({r.id}:h:0, {r.id}:h:1, {r.id}:h:2, ...)"
+    ) in str(raised.value)

@@ -17,7 +17,14 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
-from celeriac.errors import GetInsideTask, ResultTimeout, TaskExpired, TaskFailed, TaskRevoked
+from celeriac.errors import (
+    BrokerError,
+    GetInsideTask,
+    ResultTimeout,
+    TaskExpired,
+    TaskFailed,
+    TaskRevoked,
+)
 from celeriac.message import ErrorInfo, ResultRecord, decode_result
 from celeriac.task import _current, unimportable_note
 
@@ -39,6 +46,9 @@ FINAL_STATES = frozenset({SUCCESS, FAILURE, REVOKED, EXPIRED})
 
 _FOREVER = 10 * 365 * 86_400.0
 LAST_LOOK_SECONDS = 0.5  # aget's one read after its deadline (see _last_look)
+# A workflow handle's timeout reads at most this many of its earlier tasks' results: a
+# caller polling get(timeout=1) on a chord of 10,000 read them all every second.
+_PROGRESS_READ_MAX = 1_000
 
 
 class AsyncResult(Generic[R]):
@@ -153,7 +163,8 @@ class AsyncResult(Generic[R]):
         check_timeout(timeout, "get()")
         if disable_sync_subtasks:
             refuse_inside_a_task(self, "get()")
-        return self._outcome(self._wait(timeout), timeout, propagate)
+        raw = self._wait(timeout)
+        return self._outcome(raw, timeout, propagate, self._progress() if raw is None else "")
 
     def _wait(self, timeout: float | None) -> bytes | None:
         """The final result, waited for up to ``timeout`` seconds (None: not in time)."""
@@ -196,7 +207,37 @@ class AsyncResult(Generic[R]):
         check_timeout(timeout, "aget()")
         if disable_sync_subtasks:
             refuse_inside_a_task(self, "aget()")
-        return self._outcome(await self._await(timeout), timeout, propagate)
+        raw = await self._await(timeout)
+        progress = await self._aprogress() if raw is None else ""
+        return self._outcome(raw, timeout, propagate, progress)
+
+    def _progress(self) -> str:
+        """For a timeout of a workflow's handle: how far the tasks before this one got.
+
+        A chord whose header waited on a member (stuck on a queue no worker serves) timed
+        out saying only that its body "may still be queued or running": it was not even
+        sent, and the member to look at went unnamed.
+        """
+        if not self._workflow:
+            return ""
+        checked = self._workflow[:_PROGRESS_READ_MAX]
+        try:
+            found = self.app.broker.get_results(list(checked))
+        except BrokerError:  # the timeout is the error to raise, not this read's
+            return ""
+        return _progress_note(checked, found, len(self._workflow))
+
+    async def _aprogress(self) -> str:
+        """Async face of :meth:`_progress`, bounded like :meth:`_last_look`."""
+        if not self._workflow:
+            return ""
+        checked = self._workflow[:_PROGRESS_READ_MAX]
+        try:
+            async with asyncio.timeout(LAST_LOOK_SECONDS):
+                found = await self.app.broker.aget_results(list(checked))
+        except (BrokerError, TimeoutError):
+            return ""
+        return _progress_note(checked, found, len(self._workflow))
 
     async def _await(self, timeout: float | None) -> bytes | None:
         """Async face of :meth:`_wait`."""
@@ -229,12 +270,13 @@ class AsyncResult(Generic[R]):
         return stored[0] if stored is not None and stored[1] else None
 
     def _outcome(
-        self, raw: bytes | None, timeout: float | None, propagate: bool
+        self, raw: bytes | None, timeout: float | None, propagate: bool, progress: str = ""
     ) -> R | BaseException:
         if raw is None:
             raise ResultTimeout(
                 f"task {self.task_name or '?'}[{self.id}] did not finish within "
-                f"{seconds_text(timeout)}; {unfinished_note(self.app, [self.task_name])}"
+                f"{seconds_text(timeout)}{progress}; "
+                f"{unfinished_note(self.app, [self.task_name])}"
             )
         record = decode_result(raw)
         if record.state == SUCCESS:
@@ -334,6 +376,34 @@ def unfinished_note(app: Celeriac, task_names: Sequence[str]) -> str:
 def _ignores_result(app: Celeriac, task_name: str) -> bool:
     task = app.tasks.get(task_name)
     return task is not None and task.ignores_result
+
+
+def _progress_note(
+    ids: Sequence[str], found: Sequence[tuple[bytes, bool] | None], total: int
+) -> str:
+    """How many of a workflow's earlier tasks (the first ``ids`` of ``total``, their
+    stored results ``found``) have not finished, naming a few, for a timeout's message.
+
+    Example:
+        >>> _progress_note(["w:h:0", "w:h:1"], [(b"{}", True), None], 2).partition(", and ")[2]
+        '1 of them has not finished (w:h:1)'
+        >>> _progress_note(["w:s0"], [(b"{}", True)], 1)
+        '; the task before it in its workflow finished'
+    """
+    waiting = [i for i, stored in zip(ids, found, strict=True) if stored is None or not stored[1]]
+    before = f"the {total:,} tasks before it" if total > 1 else "the task before it"
+    of = "them" if len(ids) == total else f"the first {len(ids):,}"
+    if not waiting:
+        first = "" if len(ids) == total else f"{of} of "
+        return f"; {first}{before} in its workflow finished"
+    shown = ", ".join(waiting[:3]) + (", ..." if len(waiting) > 3 else "")
+    if total == 1:
+        return f"; it waits for {before} in its workflow, which has not finished ({shown})"
+    verb = "has" if len(waiting) == 1 else "have"
+    return (
+        f"; it waits for {before} in its workflow, and {len(waiting):,} of {of} {verb} not "
+        f"finished ({shown})"
+    )
 
 
 def seconds_text(timeout: float | None) -> str:
