@@ -58,6 +58,19 @@ def test_result_expires(broker: Broker) -> None:
     eventually(lambda: broker.get_result("t") is None, "the result expires")
 
 
+def test_an_infinite_ttl_keeps_results_keys_and_joins(broker: Broker) -> None:
+    # result_expires=math.inf is a valid setting; on Redis every commit raised
+    # OverflowError (a TTL in whole milliseconds), and so did every chord's join.
+    broker.store_result("t", b"started", math.inf)
+    broker.send([out("t")])
+    assert broker.complete(one(broker).lease, b"final", math.inf)
+    assert broker.get_result("t") == (b"final", True)
+    broker.kv_set("k", b"v", math.inf)
+    assert broker.kv_get(["k"]) == [b"v"]
+    assert broker.join_add("j", "0", b"a", math.inf) == 1
+    assert broker.join_values("j") == {"0": b"a"}
+
+
 def test_get_results_reads_each_id_as_get_result_does_in_order(broker: Broker) -> None:
     broker.store_result("p", b"started", 60)
     broker.send([out("f")])

@@ -76,9 +76,20 @@ class Context:
         return [Call(SCRIPTS.register_queues, (self.keys.queues,), new)] if new else []
 
 
+#: The longest time to live sent to Redis, in seconds: 100 years stands for "no expiry".
+LONGEST_TTL = 100 * 365 * 86_400.0
+
+
 def ms(seconds: float) -> int:
-    """Seconds as whole milliseconds, at least 1 (Redis refuses a zero TTL)."""
-    return max(int(seconds * 1000), 1)
+    """Seconds as whole milliseconds, at least 1 (Redis refuses a zero TTL), at most
+    :data:`LONGEST_TTL`: ``result_expires=math.inf`` (the settings allow it) raised
+    OverflowError at every commit, and Redis refuses a TTL past a 64-bit integer.
+
+    Example:
+        >>> ms(0.0001), ms(1.5), ms(float("inf")) == ms(LONGEST_TTL)
+        (1, 1500, True)
+    """
+    return max(int(min(seconds, LONGEST_TTL) * 1000), 1)
 
 
 def result_spec(ctx: Context, task_id: str, result: bytes | None, ttl: float) -> list[Arg]:
