@@ -189,3 +189,21 @@ def test_a_large_chord_s_timeout_reads_a_bounded_part_of_its_header(app: Celeria
         "it waits for the 1,200 tasks before it in its workflow, and 1,000 of the first "
         f"1,000 have not finished ({r.id}:h:0, {r.id}:h:1, {r.id}:h:2, ...)"
     ) in str(raised.value)
+
+
+@pytest.mark.parametrize("task", [typed, async_typed], ids=["sync", "async"])
+def test_a_failed_chunk_says_which_call_raised_and_which_ran(
+    app: Celeriac, task: Task[Any, Any]
+) -> None:
+    # The chunk failed as a whole with the call's error, naming neither the call nor that
+    # the calls before it had run (and had their effects).
+    calls = [(dt.date(2026, 12, 25), b"a"), ("not a date", b"b"), (dt.date(2027, 1, 1), b"c")]
+    r = task.chunks(calls, 3).apply_async()
+    run_queued(app, fail_fast=False)
+    with pytest.raises(TypeError) as raised:
+        r.get(timeout=5)
+    notes = "\n".join(getattr(raised.value, "__notes__", []))
+    assert (
+        "celeriac: raised by call 1 (counting from 0) of the 3 in this chunk: the 1 before "
+        "it ran, the 1 after it did not"
+    ) in notes, notes

@@ -16,9 +16,10 @@ the callback — again under its fixed id.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from celeriac.control import is_revoke_mark
@@ -90,14 +91,36 @@ def chunk_task(task: Task[Any, Any]) -> Task[Any, Any]:
     if task.is_async:
 
         async def run_chunk_async(items: list[list[Any]]) -> list[Any]:
-            return [await call(args) for args in items]
+            values = []
+            for number, args in enumerate(items):
+                with _naming_the_call(number, len(items)):
+                    values.append(await call(args))
+            return values
 
         return Task(task.app, run_chunk_async, task.name, task.options)
 
     def run_chunk(items: list[list[Any]]) -> list[Any]:
-        return [call(args) for args in items]
+        values = []
+        for number, args in enumerate(items):
+            with _naming_the_call(number, len(items)):
+                values.append(call(args))
+        return values
 
     return Task(task.app, run_chunk, task.name, task.options)
+
+
+@contextlib.contextmanager
+def _naming_the_call(number: int, size: int) -> Iterator[None]:
+    """Note on an exception which call of a chunk raised it, and which calls ran: the
+    chunk failed as a whole, naming neither, and the calls before it had their effects."""
+    try:
+        yield
+    except Exception as exc:
+        exc.add_note(
+            f"celeriac: raised by call {number} (counting from 0) of the {size} in this "
+            f"chunk: the {number} before it ran, the {size - number - 1} after it did not"
+        )
+        raise
 
 
 def _one_call(task: Task[Any, Any]) -> Callable[[list[Any]], Any]:
