@@ -43,7 +43,8 @@ from celeriac.middleware.base import Job, Outcome
 from celeriac.task import _current
 from celeriac.text import printable
 from celeriac.worker.outage import Outage
-from celeriac.worker.reading import Reading, error_info, label, peek_name
+from celeriac.worker.outcome_log import LOG_TEXT_CHARS, for_log, log_outcome
+from celeriac.worker.reading import Reading, error_info, peek_name
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -52,9 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("celeriac.worker")
 
 FINAL = frozenset({"SUCCESS", "FAILURE", "EXPIRED", "REVOKED"})
-#: The level of the line Executor._log writes for a committed outcome, by state (INFO for
-#: any other; DEFERRED writes none): the one place that says it.
-_LOG_LEVELS = {"FAILURE": logging.ERROR, "DEAD": logging.ERROR}
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,8 +253,8 @@ class Executor(Reading):
             "task %s[%s]: dropped keyword argument(s) %s that this version of the "
             "task does not accept (sent by newer code?)",
             task.name,
-            _for_log(_current_id()),
-            _for_log(", ".join(dropped)),
+            for_log(_current_id()),
+            for_log(", ".join(dropped)),
         )
         return {k: v for k, v in kwargs.items() if k in accepted}
 
@@ -454,7 +452,7 @@ class Executor(Reading):
                         "AsyncResult.state reads the previous one until the retry runs. "
                         "Said once per %.0fs for every task it happens to.",
                         job.label,
-                        _for_log(str(exc)),
+                        for_log(str(exc)),
                         Outage.REPEAT,
                     )
         return committed
@@ -514,57 +512,8 @@ class Executor(Reading):
         return self.app.broker.dead_letter(delivery.lease, letter, encode_result(record))
 
     def _log(self, job: Job, outcome: Outcome, committed: bool) -> None:
-        if not committed:
-            log.warning(
-                "task %s: lease lost before settling (%s), so this outcome was discarded: %s",
-                label(job),
-                outcome.state,
-                self.app.broker.lease_loss(job.delivery.lease).value,
-            )
-            return
-        state = outcome.state
-        # An unrun step of a failed workflow: its cause was logged at ERROR once, and a
-        # line per step ("task parse failed: ConnectionError") blamed tasks that never ran.
-        level = logging.WARNING if outcome.not_run else _LOG_LEVELS.get(state, logging.INFO)
-        if state == "DEFERRED" or not log.isEnabledFor(level):
-            # A line that would be dropped is not built: the escaped label and the run
-            # time's float formatting were ~5% of a no-op task's instructions at WARNING.
-            return
-        shown = label(job)  # the name and id are the sender's text
-        # No run time for an outcome decided without running the task here (a verdict of
-        # the supervisor's after a kill, an expiry): "in 0.0000s" would mislead.
-        runtime = f" in {outcome.runtime:.4f}s" if outcome.runtime else ""
-        if state == "SUCCESS":
-            log.log(level, "task %s succeeded%s", shown, runtime)
-        elif state == "FAILURE":
-            error = outcome.error
-            log.log(
-                level,
-                "task %s %s: %s: %s",
-                shown,
-                f"not run: {_for_log(outcome.not_run)}" if outcome.not_run else f"failed{runtime}",
-                _for_log(error.type) if error else "?",
-                _for_log(error.message) if error else "",
-            )
-        elif state == "RETRY":
-            log.log(
-                level,
-                "task %s will retry in %.1fs (attempt %d)",
-                shown,
-                outcome.delay or 0.0,
-                job.message.retries + 1 if job.message else 0,  # the retry just queued
-            )
-        elif state == "DEAD":
-            log.log(
-                level,
-                "task %s dead-lettered: %s. See `celeriac dlq list`.",
-                shown,
-                _for_log(outcome.reason),
-            )
-        elif outcome.reason.startswith(state.lower()):  # "expired 3.2s before ...": said once
-            log.log(level, "task %s %s", shown, _for_log(outcome.reason))
-        else:
-            log.log(level, "task %s %s: %s", shown, state.lower(), _for_log(outcome.reason))
+        loss = "" if committed else self.app.broker.lease_loss(job.delivery.lease).value
+        log_outcome(job, outcome, loss)
 
     def process(self, delivery: Delivery) -> tuple[Job, Outcome]:
         """Prepare, execute and settle one delivery (used by in-process runners)."""
@@ -655,9 +604,6 @@ def _current_id() -> str:
     return request.id if request else "?"
 
 
-LOG_TEXT_CHARS = 2000  # of an error in a log line; the stored result keeps all of it
-
-
 def _first_error(text: str) -> str:
     """A retry's first error as its message carries it: storable, and cut short.
 
@@ -673,25 +619,3 @@ def _first_error(text: str) -> str:
     if len(text) > LOG_TEXT_CHARS:
         text = f"{text[:LOG_TEXT_CHARS]}... ({len(text) - LOG_TEXT_CHARS:,} more characters)"
     return storable_text(text)
-
-
-def _for_log(text: str) -> str:
-    """``text`` as one log line shows it: control characters escaped and cut short.
-
-    Task names, ids, reasons and error texts come from messages and task code, so anyone
-    who can send a task can put a newline or an ANSI escape code in them: written as
-    they are, they forged log lines ("...\\n04:00:00 INFO task x succeeded") or rewrote
-    the operator's terminal. A task failing with a megabyte of text wrote a megabyte line
-    per failure (the result and ``celeriac result ID`` have it whole).
-
-    Example:
-        >>> print(_for_log("bad\\nFAKE 04:00:00 INFO ok \\x1b[2J"))
-        bad\\nFAKE 04:00:00 INFO ok \\x1b[2J
-        >>> len(_for_log("x" * 10_000)) < 2100
-        True
-    """
-    text = printable(text)
-    if len(text) <= LOG_TEXT_CHARS:
-        return text
-    more = len(text) - LOG_TEXT_CHARS
-    return f"{text[:LOG_TEXT_CHARS]}... ({more:,} more characters in the result)"

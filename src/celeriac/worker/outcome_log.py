@@ -1,0 +1,104 @@
+"""The one log line a worker writes per settled task, and how message text is shown in it.
+
+Its level by outcome: ERROR for a failure or a dead letter, WARNING for a step a failure
+kept from running and for an outcome discarded with a lost lease, INFO for the rest; a
+deferral writes none.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celeriac.middleware.base import Job, Outcome
+from celeriac.text import printable
+from celeriac.worker.reading import label
+
+log = logging.getLogger("celeriac.worker")
+
+#: The level of a committed outcome's line, by state (INFO for any other): the one place
+#: that says it.
+_LOG_LEVELS = {"FAILURE": logging.ERROR, "DEAD": logging.ERROR}
+LOG_TEXT_CHARS = 2000  # of an error in a log line; the stored result keeps all of it
+
+
+def log_outcome(job: Job, outcome: Outcome, lease_loss: str = "") -> None:
+    """Log how ``job`` ended; ``lease_loss`` (the broker's reason) when it was not committed.
+
+    Example:
+        >>> from celeriac.brokers.records import Delivery, Lease
+        >>> job = Job(Delivery(Lease("t1", "default", "tok"), b"{}", 1), "worker-1")
+        >>> log_outcome(job, Outcome("EXPIRED", reason="expired 3.2s before a worker started it"))
+    """
+    if lease_loss:
+        log.warning(
+            "task %s: lease lost before settling (%s), so this outcome was discarded: %s",
+            label(job),
+            outcome.state,
+            lease_loss,
+        )
+        return
+    state = outcome.state
+    # An unrun step of a failed workflow: its cause was logged at ERROR once, and a
+    # line per step ("task parse failed: ConnectionError") blamed tasks that never ran.
+    level = logging.WARNING if outcome.not_run else _LOG_LEVELS.get(state, logging.INFO)
+    if state == "DEFERRED" or not log.isEnabledFor(level):
+        # A line that would be dropped is not built: the escaped label and the run
+        # time's float formatting were ~5% of a no-op task's instructions at WARNING.
+        return
+    shown = label(job)  # the name and id are the sender's text
+    # No run time for an outcome decided without running the task here (a verdict of
+    # the supervisor's after a kill, an expiry): "in 0.0000s" would mislead.
+    runtime = f" in {outcome.runtime:.4f}s" if outcome.runtime else ""
+    if state == "SUCCESS":
+        log.log(level, "task %s succeeded%s", shown, runtime)
+    elif state == "FAILURE":
+        error = outcome.error
+        log.log(
+            level,
+            "task %s %s: %s: %s",
+            shown,
+            f"not run: {for_log(outcome.not_run)}" if outcome.not_run else f"failed{runtime}",
+            for_log(error.type) if error else "?",
+            for_log(error.message) if error else "",
+        )
+    elif state == "RETRY":
+        log.log(
+            level,
+            "task %s will retry in %.1fs (attempt %d)",
+            shown,
+            outcome.delay or 0.0,
+            job.message.retries + 1 if job.message else 0,  # the retry just queued
+        )
+    elif state == "DEAD":
+        log.log(
+            level,
+            "task %s dead-lettered: %s. See `celeriac dlq list`.",
+            shown,
+            for_log(outcome.reason),
+        )
+    elif outcome.reason.startswith(state.lower()):  # "expired 3.2s before ...": said once
+        log.log(level, "task %s %s", shown, for_log(outcome.reason))
+    else:
+        log.log(level, "task %s %s: %s", shown, state.lower(), for_log(outcome.reason))
+
+
+def for_log(text: str) -> str:
+    """``text`` as one log line shows it: control characters escaped and cut short.
+
+    Task names, ids, reasons and error texts come from messages and task code, so anyone
+    who can send a task can put a newline or an ANSI escape code in them: written as
+    they are, they forged log lines ("...\\n04:00:00 INFO task x succeeded") or rewrote
+    the operator's terminal. A task failing with a megabyte of text wrote a megabyte line
+    per failure (the result and ``celeriac result ID`` have it whole).
+
+    Example:
+        >>> print(for_log("bad\\nFAKE 04:00:00 INFO ok \\x1b[2J"))
+        bad\\nFAKE 04:00:00 INFO ok \\x1b[2J
+        >>> len(for_log("x" * 10_000)) < 2100
+        True
+    """
+    text = printable(text)
+    if len(text) <= LOG_TEXT_CHARS:
+        return text
+    more = len(text) - LOG_TEXT_CHARS
+    return f"{text[:LOG_TEXT_CHARS]}... ({more:,} more characters in the result)"
