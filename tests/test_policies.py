@@ -280,6 +280,23 @@ def test_an_oversized_error_is_stored_as_what_the_task_raised_cut(app: Celeriac)
     assert len(app.broker.get_result(r.id)[0]) <= 20_000  # type: ignore[index]
 
 
+def test_an_oversized_error_of_a_retry_is_stored_cut_in_its_retry_state(app: Celeriac) -> None:
+    # The RETRY state kept the error whole: a response of 50 MB quoted in it sat in Redis
+    # for result_expires, beside each retry, whatever task_result_max_bytes said.
+    app.conf.task_result_max_bytes = 20_000
+
+    @app.task(autoretry_for=(ValueError,), max_retries=3, retry_backoff=3600)
+    def report() -> str:
+        raise ValueError("bad response: " + "x" * 50_000)
+
+    r = report.delay()
+    run_queued(app, fail_fast=False)
+    assert r.state == "RETRY"
+    stored = app.broker.get_result(r.id)
+    assert stored is not None and len(stored[0]) <= 20_000
+    assert "cut: the error's result" in stored[0].decode()
+
+
 def test_strict_kwargs_fails_instead_of_dropping(app: Celeriac) -> None:
     app.conf.task_strict_kwargs = True
 

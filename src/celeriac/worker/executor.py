@@ -435,10 +435,13 @@ class Executor(Reading):
                 error=error_info(outcome.exception) if outcome.exception else None,
                 worker=self.worker_id,
             )
+            raw, limit = encode_result(record), self.app.conf.task_result_max_bytes
+            if len(raw) > limit and record.error is not None:
+                # As a FAILURE's: an error quoting a whole response was stored whole.
+                record.error = _cut_error(record.error, len(raw), limit)
+                raw = encode_result(record)
             try:
-                self.app.broker.store_result(
-                    message.id, encode_result(record), self.app.conf.result_expires
-                )
+                self.app.broker.store_result(message.id, raw, self.app.conf.result_expires)
             except BrokerError as exc:
                 # The retry is queued: only the state a get() reads meanwhile is missing.
                 # Raised, the settle was tried again, found its lease gone (the requeue
