@@ -140,3 +140,16 @@ def test_eager_task_that_sends_itself_again_runs_every_step(eager_app: Celeriac)
 
     fetch_page.delay(0)
     assert pages == list(range(301))
+
+
+def test_an_eager_retry_waiting_its_backoff_is_explained_on_timeout(eager_app: Celeriac) -> None:
+    # The timeout said to check `celeriac status` for live workers: there are none in
+    # eager mode, and the retry waits for run_queued(app, include_delayed=True).
+    @eager_app.task(autoretry_for=(ConnectionError,), retry_backoff=60)
+    def call_api() -> str:
+        raise ConnectionError("api down")
+
+    r = call_api.delay()
+    assert r.state == "RETRY"
+    with pytest.raises(Exception, match=r"eager mode .* run_queued\(app, include_delayed=True\)"):
+        r.get(timeout=0.1)

@@ -358,11 +358,17 @@ def unfinished_note(app: Celeriac, task_names: Sequence[str]) -> str:
     "it may still run" alone sent people to check workers that had done the work.
     """
     it, its = ("they", "their") if len(task_names) > 1 else ("it", "its")
-    text = (
-        f"{it} may still be queued or running (check `celeriac status` for live workers "
-        f"on {its} queue), or {it} finished and {its} result is gone: results are kept "
-        f"result_expires={app.conf.result_expires:g}s, and forget() deletes them."
-    )
+    if app.conf.task_always_eager:  # no worker to look for: sends ran what was due
+        text = (
+            "in eager mode (task_always_eager) a send runs only what is due: a countdown, "
+            "an eta or a retry's backoff waits for run_queued(app, include_delayed=True)."
+        )
+    else:
+        text = (
+            f"{it} may still be queued or running (check `celeriac status` for live workers "
+            f"on {its} queue), or {it} finished and {its} result is gone: results are kept "
+            f"result_expires={app.conf.result_expires:g}s, and forget() deletes them."
+        )
     text += "".join(unimportable_note(n) for n in sorted(set(task_names)))
     quiet = sorted({n for n in task_names if _ignores_result(app, n)})
     if quiet:
