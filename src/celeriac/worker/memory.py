@@ -11,11 +11,8 @@ the limit that applies to this process:
    (a huge value, 2**63 less a page, means no limit);
 3. the host's ``MemTotal`` (a cgroup limit above it binds nothing).
 
-The cgroup of a process and the mount points are read from ``/proc/self/cgroup`` and
-``/proc/self/mountinfo``, so a cgroup mounted elsewhere than ``/sys/fs/cgroup`` (hybrid
-hosts mount cgroup2 at ``/sys/fs/cgroup/unified``) or seen through a container's own root
-is found too. Nothing here raises: what cannot be read is skipped, and None means nothing
-was readable.
+Where the cgroup files are is :mod:`celeriac.worker.cgroups`' business. Nothing here
+raises: what cannot be read is skipped, and None means nothing was readable.
 """
 
 from __future__ import annotations
@@ -24,6 +21,8 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from celeriac.worker.cgroups import Mount, own_cgroups, read_small, up_the_tree
 
 HEADROOM = 0.85  # of the limit, for the page cache, the kernel's own use and what we miss
 DEFAULT_CEILING_MIB = 1024  # worker_max_memory_per_child's default: the most we fit
@@ -57,9 +56,8 @@ def memory_limit(proc: Path = Path("/proc")) -> MemoryLimit | None:
     ``proc`` is where ``self/cgroup``, ``self/mountinfo`` and ``meminfo`` are read (tests
     point it at files of their own); the cgroup files are read where the mounts say.
     """
-    host = _mem_total(_read(proc / "meminfo"))
-    groups = _cgroups(_read(proc / "self" / "cgroup"))
-    mounts = _mounts(_read(proc / "self" / "mountinfo"))
+    host = _mem_total(read_small(proc / "meminfo"))
+    groups, mounts = own_cgroups(proc)
     found = _cgroup_limit(groups, mounts)
     if found is not None and (host is None or found.bytes < host):
         return found
@@ -205,63 +203,13 @@ def size_text(size: int) -> str:
 # -- reading ---------------------------------------------------------------------------
 
 
-def _read(path: Path) -> str:
-    """A small file's text, or "" when it cannot be read (missing, no permission, binary)."""
-    try:
-        with path.open("rb") as handle:
-            return handle.read(1 << 20).decode("utf-8", "replace")
-    except (OSError, ValueError):
-        return ""
-
-
 def _mem_total(meminfo: str) -> int | None:
     """MemTotal of ``/proc/meminfo`` in bytes."""
     match = re.search(r"^MemTotal:\s+(\d+)\s*kB", meminfo, re.MULTILINE)
     return int(match.group(1)) * 1024 if match and int(match.group(1)) > 0 else None
 
 
-def _cgroups(text: str) -> dict[str, str]:
-    """``/proc/self/cgroup`` as {controller: path}; the cgroup v2 entry is under ""."""
-    groups: dict[str, str] = {}
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3 or not parts[2].startswith("/"):
-            continue
-        for controller in parts[1].split(",") if parts[1] else [""]:
-            groups.setdefault(controller, parts[2])
-    return groups
-
-
-@dataclass(frozen=True, slots=True)
-class _Mount:
-    kind: str  # "cgroup2" or "cgroup"
-    root: str  # the cgroup this mount shows as its top (a container sees its own)
-    point: str
-    options: frozenset[str]  # super options: the controllers of a v1 mount
-
-
-def _mounts(mountinfo: str) -> list[_Mount]:
-    """The cgroup mounts of ``/proc/self/mountinfo``.
-
-    A line is ``id parent major:minor root mount-point options [optional...] - type source
-    super-options``; paths escape spaces and the like as octal (``\\040``).
-    """
-    mounts = []
-    for line in mountinfo.splitlines():
-        head, sep, tail = line.partition(" - ")
-        fields, rest = head.split(), tail.split()
-        if not sep or len(fields) < 5 or len(rest) < 3 or rest[0] not in ("cgroup", "cgroup2"):
-            continue
-        options = frozenset(rest[2].split(","))
-        mounts.append(_Mount(rest[0], _unescape(fields[3]), _unescape(fields[4]), options))
-    return mounts
-
-
-def _unescape(path: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
-
-
-def _cgroup_limit(groups: dict[str, str], mounts: list[_Mount]) -> MemoryLimit | None:
+def _cgroup_limit(groups: dict[str, str], mounts: list[Mount]) -> MemoryLimit | None:
     """The smallest cgroup memory limit of this process: v2 where it has a memory
     controller, else v1's memory controller (a hybrid host has both hierarchies)."""
     for mount in mounts:
@@ -277,35 +225,19 @@ def _cgroup_limit(groups: dict[str, str], mounts: list[_Mount]) -> MemoryLimit |
     return None
 
 
-def _smallest(mount: _Mount, group: str, name: str, source: str) -> MemoryLimit | None:
+def _smallest(mount: Mount, group: str, name: str, source: str) -> MemoryLimit | None:
     """The smallest limit in ``name`` files from the process's cgroup up to the mount's top."""
-    relative = _relative(group, mount.root)
-    if relative is None:
-        return None  # the process's cgroup is outside what this mount shows
-    top = Path(mount.point)
-    here = top.joinpath(*relative)
     best: MemoryLimit | None = None
-    while True:
+    for here in up_the_tree(mount, group):
         limit = _limit_in(here / name)
         if limit is not None and (best is None or limit < best.bytes):
             best = MemoryLimit(limit, source, str(here / name))
-        if here == top or top not in here.parents:
-            return best
-        here = here.parent
-
-
-def _relative(group: str, root: str) -> list[str] | None:
-    """The parts of ``group`` below ``root``; [] when equal, None when outside it."""
-    group_parts = [p for p in group.split("/") if p]
-    root_parts = [p for p in root.split("/") if p]
-    if ".." in group_parts or group_parts[: len(root_parts)] != root_parts:
-        return None
-    return group_parts[len(root_parts) :]
+    return best
 
 
 def _limit_in(path: Path) -> int | None:
     """The number in a limit file; None for "max", a huge number, garbage or no file."""
-    text = _read(path).strip()
+    text = read_small(path).strip()
     if not text.isdigit():
         return None  # "max" (v2's no limit), empty, or not a number
     value = int(text)
