@@ -55,7 +55,7 @@ def test_many_more_child_processes_than_cpus_is_a_warning(caplog: pytest.LogCapt
     assert not warn_if_many_processes("process", 8, cpus=2)
     assert not warn_if_many_processes("threads", 500, cpus=2)  # one child
     assert warn_if_many_processes("process", 9, cpus=2)
-    assert "-c 9 starts 9 child processes on a host with 2 CPUs" in caplog.text
+    assert "-c 9 starts 9 child processes where this worker may use 2 CPUs" in caplog.text
     assert "-P threads or -P asyncio" in caplog.text
 
 

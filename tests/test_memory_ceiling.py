@@ -19,7 +19,6 @@ import re
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from celeriac.worker.memory import (
     memory_limit,
 )
 from tests.apps import core
+from tests.cgroup_dirs import fresh_v1_group, own_v1_dir
 from tests.conftest import ROOT
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -55,23 +55,11 @@ def _mem_total() -> int:
     raise AssertionError("no MemTotal in /proc/meminfo")
 
 
-def _own_v1_memory_dir() -> Path | None:
-    """This process's cgroup v1 memory directory, found without the module under test:
-    /proc/self/cgroup's memory line under the mount /proc/self/mounts lists for it."""
-    mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
-    points = [m[1] for m in mounts if m[2] == "cgroup" and "memory" in m[3].split(",")]
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(",") and points:
-            return Path(points[0] + path)
-    return None
-
-
 def test_the_running_systems_limit_is_read_and_never_above_the_hosts_memory() -> None:
     limit = memory_limit()
     assert limit is not None, "nothing readable in /proc on Linux"
     assert 0 < limit.bytes <= _mem_total()
-    own = _own_v1_memory_dir()
+    own = own_v1_dir("memory")
     if own is None or not (own / "memory.stat").exists():
         return
     # cgroup v1 says itself what binds this process: the smallest limit up its tree.
@@ -343,25 +331,8 @@ def test_settings_tell_a_default_from_a_choice(monkeypatch: pytest.MonkeyPatch) 
 def v1_cgroup() -> Iterator[Path]:
     """A fresh cgroup v1 memory group, under this process's own (so whatever limits this
     process limits it too); removed once its processes are gone."""
-    own = _own_v1_memory_dir()
-    if own is None:
-        pytest.skip("no cgroup v1 memory hierarchy in /proc/self/cgroup and /proc/self/mounts")
-    group = own / f"celeriac-test-{uuid.uuid4().hex[:8]}"
-    try:
-        group.mkdir()
-        (group / "memory.limit_in_bytes").write_text(str(1 * GiB))
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            group.rmdir()
-        pytest.skip(f"cannot make a cgroup v1 memory group at {group}: {exc}")
-    try:
+    with fresh_v1_group("memory", {"memory.limit_in_bytes": str(1 * GiB)}) as group:
         yield group
-    finally:
-        for pid in (group / "cgroup.procs").read_text().split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
-        wait_for(lambda: not (group / "cgroup.procs").read_text().strip(), timeout=10)
-        group.rmdir()
 
 
 @dataclass

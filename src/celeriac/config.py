@@ -50,6 +50,8 @@ class Settings:
     task_unknown_max_age: float = 3600.0  # then an unknown task is dead-lettered
     task_strict_kwargs: bool = False  # fail, instead of dropping, unknown keyword arguments
     result_expires: float = 86_400.0  # seconds a result is kept
+    # Left unset, `celeriac worker` runs as many as the CPUs it may use (a container's CPU
+    # limit, its CPU affinity: celeriac.worker.cpus); this default counts the host's.
     worker_concurrency: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 2)
     # Messages a consumer takes per free slot. Above 1, a priority-9 task may wait for
     # up to this many - 1 low-priority tasks per consumer (-P asyncio: not used).

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -16,6 +15,7 @@ from celeriac.options import soft_limits_that_never_fire
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+    from celeriac.worker.cpus import Cpus
 
 
 @cli.command()
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     "--concurrency",
     type=click.IntRange(1, 10_000),
     default=None,
-    help="Tasks at once: child processes, threads or coroutines (default: worker_concurrency).",
+    help="Tasks at once: child processes, threads or coroutines (default: worker_concurrency, "
+    "else the CPUs the worker may use: its container's CPU limit, its CPU affinity).",
 )
 @click.option(
     "-P",
@@ -96,12 +97,15 @@ def worker(
     names = [q.strip() for q in given.split(",") if q.strip()]
     if not names:
         raise click.BadParameter("give at least one queue name", param_hint="-Q")
-    warn_if_many_processes(pool, concurrency or conf.worker_concurrency, os.cpu_count() or 1)
-    warn_of_soft_limits_that_never_fire(app)
     from celeriac.worker import Worker
+    from celeriac.worker.cpus import usable_cpus
 
+    cpus = usable_cpus()
+    concurrency = concurrency or default_concurrency(app, cpus)
+    warn_if_many_processes(pool, concurrency, cpus.count)
+    warn_of_soft_limits_that_never_fire(app)
     if not with_beat:
-        sys.exit(Worker(app, names, concurrency or conf.worker_concurrency, pool).run())
+        sys.exit(Worker(app, names, concurrency, pool).run())
     from celeriac.beat import SchedulerProcess
 
     app.beat.static_entries()  # a bad beat_schedule fails here, before anything starts
@@ -112,12 +116,31 @@ def worker(
     scheduler.start()
     code = 1
     try:
-        code = Worker(
-            app, names, concurrency or conf.worker_concurrency, pool, companions=[scheduler]
-        ).run()
+        code = Worker(app, names, concurrency, pool, companions=[scheduler]).run()
     finally:
         scheduler.stop()
     sys.exit(code)
+
+
+def default_concurrency(app: Celeriac, cpus: Cpus) -> int:
+    """``worker_concurrency`` when it was chosen, else the CPUs this worker may use (see
+    :mod:`celeriac.worker.cpus`), said when fewer than the host's: the setting's own
+    default counts the host's CPUs, and a container limited to 2 of 64 started 64
+    children.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> from celeriac.worker.cpus import Cpus
+        >>> default_concurrency(Celeriac("doc", broker="memory://"), Cpus(2, "why"))
+        2
+    """
+    if app.conf.was_set("worker_concurrency"):
+        return app.conf.worker_concurrency
+    if cpus.why:
+        logging.getLogger("celeriac.worker").info(
+            "concurrency %d: %s (-c or worker_concurrency to choose)", cpus.count, cpus.why
+        )
+    return cpus.count
 
 
 def reach_broker_before_forking(app: Celeriac) -> None:
@@ -162,7 +185,8 @@ def warn_of_soft_limits_that_never_fire(app: Celeriac) -> list[str]:
 
 def warn_if_many_processes(pool: str, concurrency: int, cpus: int) -> bool:
     """Warn (and return True) when the process pool would start far more children than
-    the host has CPUs: each child holds its own memory, and I/O-bound work has better pools.
+    the CPUs the worker may use (see :mod:`celeriac.worker.cpus`): each child holds its
+    own memory, and I/O-bound work has better pools.
 
     Example:
         >>> warn_if_many_processes("threads", 64, cpus=2)
@@ -171,8 +195,8 @@ def warn_if_many_processes(pool: str, concurrency: int, cpus: int) -> bool:
     if pool != "process" or concurrency <= 4 * cpus:
         return False
     logging.getLogger("celeriac.worker").warning(
-        "-c %d starts %d child processes on a host with %d CPUs; each holds its own memory "
-        "(~30 MiB at rest). For tasks that mostly wait on I/O, -P threads or -P asyncio "
+        "-c %d starts %d child processes where this worker may use %d CPUs; each holds its own "
+        "memory (~30 MiB at rest). For tasks that mostly wait on I/O, -P threads or -P asyncio "
         "runs many at once in one child.",
         concurrency,
         concurrency,
