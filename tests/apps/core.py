@@ -207,3 +207,10 @@ def delivered_once(self: Task[Any, Any], seconds: float) -> int:
     record("start", self.request.id, self.request.delivery_count)
     time.sleep(seconds)
     return self.request.delivery_count
+
+
+@app.bound_task()
+def prints(self: Task[Any, Any], text: str, end: str = "\n") -> None:
+    """Print to the child's standard output, as tasks do (what ``kubectl logs`` shows)."""
+    record("run", self.request.id)
+    print(text, end=end)

@@ -48,6 +48,7 @@ from celeriac.worker.descendants import end_leftovers, kill_own_tree, listed, wo
 from celeriac.worker.executor import FINAL, Executor, FetchSpec
 from celeriac.worker.memory import Ceiling
 from celeriac.worker.outage import Outage
+from celeriac.worker.output import flush_output
 from celeriac.worker.reading import error_info
 from celeriac.worker.slot import Held, Slot
 from celeriac.worker.soft_limits import SoftAlarm
@@ -587,6 +588,7 @@ class Child:
             )
         finally:
             logging.shutdown()
+            flush_output()
             os._exit(1)
 
 
@@ -654,6 +656,7 @@ def child_main(app: Celeriac, spec: ChildSpec, slot: Slot) -> None:
             _end_leftovers()
         finally:
             logging.shutdown()
+            flush_output()  # what tasks printed: os._exit drops buffers
             os._exit(code)
 
 

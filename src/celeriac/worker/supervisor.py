@@ -53,6 +53,7 @@ from celeriac.worker.child import (
 from celeriac.worker.descendants import Started, kill_tree, words
 from celeriac.worker.memory import Ceiling, choose_ceiling, memory_limit
 from celeriac.worker.outage import Outage
+from celeriac.worker.output import line_buffered_stdout
 from celeriac.worker.reaping import ChildState, Reaping
 from celeriac.worker.remote import Remote
 from celeriac.worker.slot import Held, Slot, SlotView
@@ -175,6 +176,7 @@ class Worker(Reaping, BrokerDuties):
             log.info("worker %s stopped before the broker could be reached", self.id)
             return 0
         _trim_heap()
+        line_buffered_stdout()  # before any fork: what tasks print must not wait or be lost
         self._choose_memory_ceiling()
         watch = self._start_watching_limits()
         try:
