@@ -162,24 +162,58 @@ def _already_finished(obj: Context, ids: list[str]) -> list[tuple[str, str]]:
 
 @cli.command()
 @click.option(
+    "-w",
+    "--worker",
+    "target",
+    default=None,
+    metavar="ID|HOST",
+    help="Ask one worker (its id), or every worker on a host (its host name, as in the id).",
+)
+@click.option(
     "--timeout", type=Seconds(0.1, 60), default=1.0, show_default=True, help="Seconds to wait."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def ping(obj: Context, timeout: float, as_json: bool) -> None:
-    """Ask every live worker to answer; exit 1 when none does.
+def ping(obj: Context, target: str | None, timeout: float, as_json: bool) -> None:
+    """Ask every live worker to answer; exit 1 when none does. With -w, exit 1 unless each
+    worker it names answers: a container's health check (a worker's id ends in its pid and
+    a random part, so the probe names its host).
 
+    \b
     Example: celeriac ping --timeout 5
+    Example: celeriac ping -w "$(hostname)" --timeout 5   (this host's or pod's workers)
     """
-    replies = broadcast(obj.app, "ping", timeout=timeout)
+    if target is None:
+        replies, named = broadcast(obj.app, "ping", timeout=timeout), []
+    else:
+        named = _named(obj, target)
+        replies = [r for i in named for r in broadcast(obj.app, "ping", target=i, timeout=timeout)]
     if as_json:
         print_json({r.worker: r.data for r in replies})
     else:
         for r in replies:
             click.echo(f"{r.worker}: {r.data}")
-    if not replies:
-        click.echo(_nobody_answered(obj, None), err=True)
+    if not replies and not named:  # none live, or none -w names
+        click.echo(_nobody_answered(obj, target), err=True)
         raise SystemExit(1)
+    silent = [i for i in named if i not in {r.worker for r in replies}]
+    if silent:
+        click.echo(
+            f"no answer in time from {', '.join(silent)}: a busy or stopping worker may "
+            "answer late (a longer --timeout?)",
+            err=True,
+        )
+        raise SystemExit(1)
+
+
+def _named(obj: Context, target: str) -> list[str]:
+    """The live workers ``-w`` names: the one with that id, else every one on that host.
+
+    A worker's id is ``host:pid:random``: a health check cannot know it, but it knows its
+    host (``$(hostname)``; a Kubernetes pod's is its name, a container's its id).
+    """
+    live = live_workers(obj.app)
+    return [w.id for w in live if w.id == target] or sorted(w.id for w in live if w.host == target)
 
 
 @cli.command()
@@ -285,7 +319,8 @@ def _nobody_answered(obj: Context, target: str | None) -> str:
     if not live:
         return "no worker answered: none is running on this broker (celeriac status)"
     if target is not None and target not in live:
-        return f"no live worker has the id {target!r}; the live ones: {', '.join(live)}"
+        what = "id or host" if obj.command == "ping" else "id"  # ping -w takes a host too
+        return f"no live worker has the {what} {target!r}; the live ones: {', '.join(live)}"
     return (
         f"no worker answered in time; live by their heartbeats: {', '.join(live)}. A busy or "
         "stopping worker may answer late: try again with a longer --timeout"

@@ -1,0 +1,49 @@
+"""A container's health check asks its own worker: ``celeriac ping -w "$(hostname)"``.
+
+``ping`` alone exits 0 when any worker answers, so in a pod it checked the other pods'
+workers; ``-w`` named one worker by its id, which ends in a pid and a random part that a
+probe cannot know. ``-w`` also takes a host name: every live worker on that host must
+answer. A real worker answers; a heartbeat written here for a worker on another host,
+which nothing answers for, stands for a stuck worker there.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from click.testing import CliRunner, Result
+
+from celeriac import Celeriac
+from celeriac.brokers.records import WorkerInfo
+from celeriac.cli import cli
+from celeriac.control import live_workers
+from tests.conftest import WorkerProcesses
+
+pytestmark = pytest.mark.slow
+
+
+def _ping(broker_url: str, *args: str, timeout: float = 5) -> Result:
+    """``celeriac ping``: ``timeout`` is how long a silent worker makes it wait."""
+    return CliRunner().invoke(cli, ["-b", broker_url, "ping", "--timeout", str(timeout), *args])
+
+
+def test_ping_w_host_asks_the_workers_of_that_host_and_fails_when_one_is_silent(
+    core_app: Celeriac, workers: WorkerProcesses, broker_url: str
+) -> None:
+    workers.start("-c", "1")
+    (real,) = [w.id for w in live_workers(core_app)]
+    stuck = WorkerInfo("elsewhere:7:abc123", "elsewhere", 7, ("default",), 1, time.time())
+    core_app.broker.heartbeat(stuck, 600)
+
+    here = _ping(broker_url, "-w", socket.gethostname())
+    assert here.exit_code == 0 and here.output == f"{real}: pong\n", here.output
+    assert _ping(broker_url, "-w", real).output == f"{real}: pong\n"
+    there = _ping(broker_url, "-w", "elsewhere", timeout=0.5)
+    assert there.exit_code == 1, there.output
+    assert "no answer in time from elsewhere:7:abc123" in there.output
+    unknown = _ping(broker_url, "-w", "no-such-host")
+    assert unknown.exit_code == 1
+    assert "no live worker has the id or host 'no-such-host'" in unknown.output
+    assert _ping(broker_url, timeout=1).exit_code == 0  # without -w: any worker's answer will do
