@@ -14,6 +14,7 @@ crash-loops.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -48,6 +49,7 @@ class ChildState:
     killed_for: tuple[Held, str] | None = None  # the task we killed it for, and why
     killed_cold: bool = False  # killed (with what its tasks started) by a cold shutdown
     crashes: int = 0
+    fork_failures: int = 0  # in a row: see Reaping._could_not_fork
     consumer: str = ""  # lease holder id of the current process in this place
     generation: int = 0
     respawn_at: float = 0.0  # monotonic time a crash-looping place gets its next child
@@ -57,6 +59,7 @@ class Reaping:
     """Cleans up after children that exited, and starts their replacements."""
 
     app: Celeriac
+    id: str
     _children: list[ChildState]
     _lifecycle: threading.Lock
     _stop_requests: int
@@ -133,7 +136,7 @@ class Reaping:
             if child.crashes > 3:
                 # A crash loop: back off, but never by sleeping here — heartbeats, lease
                 # renewals and the other children must go on meanwhile.
-                pause = min(2**child.crashes / 10, 5)
+                pause = _pause(child.crashes)
                 log.error(
                     "worker child in place %d crashed %d times in a row; next one in %.1fs",
                     child.index,
@@ -143,6 +146,38 @@ class Reaping:
                 child.respawn_at = time.monotonic() + pause
             else:
                 self._spawn(child)
+
+    def _could_not_fork(self, child: ChildState, exc: OSError) -> None:
+        """A child could not be started: ``fork`` failed. Its place is tried again after a
+        pause, as a crash-looping one is, while the other children work on.
+
+        A container's process limit (``pids.max``: Kubernetes' pod pid limit, ``docker
+        --pids-limit``, systemd's ``TasksMax``; ``ulimit -u``), which the processes tasks
+        start count against, or memory to copy the supervisor: the error ended the
+        supervisor (exit 1), and its other children finished their tasks with nobody
+        renewing their leases or enforcing hard limits.
+        """
+        child.fork_failures += 1
+        pause = _pause(child.fork_failures)
+        child.respawn_at = time.monotonic() + pause
+        self._quietly(functools.partial(self._beat_child, child, 0, 0.0), "end a child's heartbeat")
+        if child.fork_failures & (child.fork_failures - 1):
+            return  # said at the 1st, 2nd, 4th, 8th... failure in a row: not every pause
+        why = {
+            errno.EAGAIN: "; the process limit: the container's pids.max, systemd's TasksMax "
+            "or ulimit -u, which the processes tasks start count against",
+            errno.ENOMEM: "; no memory to copy the supervisor",
+        }.get(exc.errno or 0, "")
+        log.error(
+            "worker %s could not start a child in place %d: fork failed (%s%s), %d time(s) "
+            "in a row. The other children work on; it tries again in %.1fs",
+            self.id,
+            child.index,
+            exc,
+            why,
+            child.fork_failures,
+            pause,
+        )
 
     def _reading(
         self, child: ChildState, view: SlotView, killed: tuple[Held, str] | None
@@ -186,6 +221,16 @@ class Reaping:
             functools.partial(broker.requeue, lease, count_delivery=True),
             f"put back task {held.label}",
         )
+
+
+def _pause(failures: int) -> float:
+    """Seconds before a place that failed ``failures`` times in a row gets its next child.
+
+    Example:
+        >>> _pause(1), _pause(4), _pause(20)
+        (0.2, 1.6, 5.0)
+    """
+    return min(2.0**failures / 10, 5.0)
 
 
 def _doing(running: list[Held], reading: list[Held], limit: int) -> str:

@@ -325,6 +325,7 @@ class Worker(Reaping, BrokerDuties):
         # Stop signals blocked across fork: the child unblocks them once its own handlers
         # are installed (child_main), so none lands on the supervisor's handler in it.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        failed: OSError | None = None
         try:
             with self._lifecycle, warnings.catch_warnings():
                 # Python 3.12+ warns of fork() beside another thread: the hard-limit watch
@@ -333,9 +334,13 @@ class Worker(Reaping, BrokerDuties):
                 pid = os.fork()
                 if pid == 0:
                     child_main(self.app, spec, child.slot)  # never returns
-                child.pid, child.started = pid, time.time()
+                child.pid, child.started, child.fork_failures = pid, time.time(), 0
+        except OSError as exc:  # a process limit, or no memory: tried again later
+            failed = exc
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the parent, right after fork
+        if failed is not None:
+            self._could_not_fork(child, failed)
 
     def _reap_orphans(self) -> None:
         """As PID 1, reap the orphans the kernel hands this process; a few per pass.
