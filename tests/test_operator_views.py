@@ -1,14 +1,20 @@
 """What operators see, checked after load and faults: ``events -f`` under a burst of
-events."""
+events, ``status`` after a worker was killed with -9."""
 
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 import msgspec
+from click.testing import CliRunner
 
 from celeriac import Celeriac
+from celeriac.cli import cli
 from celeriac.middleware.events import STREAM, Event
+from celeriac.testing import wait_for
+from tests.apps import core
+from tests.conftest import Ledger, WorkerProcesses
 from tests.test_cli_edges import Cli, clis
 
 __all__ = ["clis"]  # a fixture: pytest finds it by its name in this module
@@ -59,3 +65,43 @@ def test_events_follow_keeps_up_with_a_burst_or_says_what_it_missed(
         # The first burst trimmed the last event shown, not the one after it: nothing was
         # missed (SQLite numbers events one by one; Redis's numbers cannot tell).
         assert "dropped" not in output
+
+
+SHORT_LEASE = {"CELERIAC_WORKER_LEASE_SECONDS": "1", "CELERIAC_WORKER_HEARTBEAT_SECONDS": "0.5"}
+
+
+def _status(broker_url: str) -> dict[str, Any]:
+    result = CliRunner().invoke(cli, ["-b", broker_url, "status", "--json"])
+    assert result.exit_code == 0, result.output
+    return cast("dict[str, Any]", json.loads(result.stdout))
+
+
+def _counts(status: dict[str, Any]) -> tuple[int, int]:
+    default = next(q for q in status["queues"] if q["queue"] == "default")
+    return default["ready"], default["in_flight"]
+
+
+def test_status_stops_showing_the_work_of_a_killed_worker_in_flight(
+    core_app: Celeriac, broker_url: str, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # A worker killed with -9 (the supervisor and its child), and none left to reap: its
+    # task read "in flight" in `status` for ever, beside "no live workers", though nothing
+    # ran it. Its lease has run out: the next worker to fetch takes it, so it is ready.
+    proc = workers.start("-c", "1", env=SHORT_LEASE)
+    sent = core.work.delay(60, "long")
+    assert wait_for(lambda: ledger.count("start")[sent.id] == 1, timeout=20), workers.log_text()
+
+    def running() -> bool:  # by the worker's next heartbeat
+        status = _status(broker_url)
+        return [w["extra"]["active"] for w in status["workers"]] == [[sent.id]]
+
+    assert wait_for(running, timeout=20), _status(broker_url)
+    assert _counts(_status(broker_url)) == (0, 1)
+    workers.kill_all()
+    assert proc.poll() is not None
+
+    def gone() -> bool:
+        status = _status(broker_url)
+        return not status["workers"] and _counts(status) == (1, 0)
+
+    assert wait_for(gone, timeout=20), _status(broker_url)

@@ -420,6 +420,17 @@ def test_stats_lists_every_queue(broker: Broker) -> None:
     assert {"q1", "q2"} <= {s.queue for s in broker.stats()}
 
 
+def test_stats_count_a_message_whose_lease_ran_out_as_ready(broker: Broker) -> None:
+    # The next fetch hands it out, as it does a due delayed one. Counted in flight, the work
+    # of a worker killed with -9 read "in flight" for as long as no worker was left.
+    broker.send([out("lapses"), out("runs")])
+    one(broker, lease=0.05)
+    one(broker, lease=600)
+    eventually(lambda: counts(broker) == (1, 0, 1, 0), "the lapsed lease counts as ready")
+    assert {d.id for d in take(broker, limit=1, timeout=DEADLINE)} == {"lapses"}
+    assert counts(broker) == (0, 0, 2, 0)
+
+
 def test_purge_deletes_waiting_messages_only(broker: Broker) -> None:
     ids = [uuid.uuid4().hex for _ in range(30)]
     broker.send([out(i) for i in ids] + [out("later", eta=time.time() + 600)])

@@ -397,7 +397,11 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def stats(self) -> list[QueueStats]:
-        """Counts for every queue the broker knows of."""
+        """Counts for every queue the broker knows of.
+
+        Ready is what a fetch can take: due messages, and held ones whose lease ran out (a
+        worker killed with -9); in flight is held under a lease that still runs.
+        """
 
     @abc.abstractmethod
     def purge(self, queue: str) -> int:

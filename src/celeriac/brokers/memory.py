@@ -533,8 +533,10 @@ class MemoryBroker(Broker):
             counts: dict[str, list[int]] = {q: [0, 0, 0, 0] for q in self._queues}
             for entry in self._entries.values():
                 row = counts.setdefault(entry.queue, [0, 0, 0, 0])
-                if entry.token is not None:
+                if entry.token is not None and entry.lease_deadline > now:
                     row[2] += 1
+                elif entry.token is not None:  # its lease ran out: a fetch takes it
+                    row[0] += 1
                 elif entry.due > now:
                     row[1] += 1
                 else:

@@ -156,10 +156,14 @@ class SQLiteResults:
         counts: dict[str, list[int]] = {
             row[0]: [0, 0, 0, 0] for row in self._read("SELECT name FROM queues")
         }
+        # A held message whose lease ran out counts as ready, as a due one does: a fetch
+        # hands it out. Counted in flight, the work of a worker killed with -9 read
+        # "in flight" for as long as no worker was left to fetch it.
         for queue, ready, delayed, held in self._read(
-            "SELECT queue, SUM(token IS NULL AND due <= ?), SUM(token IS NULL AND due > ?), "
-            "SUM(token IS NOT NULL) FROM messages GROUP BY queue",
-            (now, now),
+            "SELECT queue, SUM(token IS NULL AND due <= ? OR token IS NOT NULL AND "
+            "lease_deadline <= ?), SUM(token IS NULL AND due > ?), "
+            "SUM(token IS NOT NULL AND lease_deadline > ?) FROM messages GROUP BY queue",
+            (now, now, now, now),
         ):
             counts[queue] = [ready, delayed, held, 0]
         for queue, dead in self._read("SELECT queue, COUNT(*) FROM dead_letters GROUP BY queue"):

@@ -284,7 +284,8 @@ def _record_table(task_id: str, record: ResultRecord) -> Table:
 @click.pass_obj
 def status(obj: Context, as_json: bool) -> None:
     """Each queue's ready, delayed, in-flight, dead and expired-today counts, and the live
-    workers.
+    workers. Ready counts what the next fetch can take: delayed tasks that came due, and
+    held ones whose lease ran out (a worker killed with -9); in flight is under a lease.
 
     Example: celeriac -A shop.tasks status --json
     """

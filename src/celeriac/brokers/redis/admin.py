@@ -419,7 +419,7 @@ def stats(ctx: Context) -> Plan[list[QueueStats]]:
         return []
     queues = [ctx.keys.queue(name) for name in names]
     replies = yield Batch(
-        [Call(SCRIPTS.stats, (*q.ready, q.delayed, q.held, q.dead), []) for q in queues]
+        [Call(SCRIPTS.stats, (*q.ready, q.delayed, q.held, q.dead, q.leases), []) for q in queues]
     )
     return [
         QueueStats(q.name, *(int(n) for n in reply))
