@@ -1,9 +1,12 @@
 """What operators see, checked after load and faults: ``events -f`` under a burst of
-events, ``status`` after a worker was killed with -9."""
+events, ``status`` after a worker was killed with -9, ``ping`` and ``inspect`` with a
+frozen worker."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from typing import Any, cast
 
 import msgspec
@@ -68,6 +71,8 @@ def test_events_follow_keeps_up_with_a_burst_or_says_what_it_missed(
 
 
 SHORT_LEASE = {"CELERIAC_WORKER_LEASE_SECONDS": "1", "CELERIAC_WORKER_HEARTBEAT_SECONDS": "0.5"}
+#: A frozen worker stays live by its heartbeat for 5 of these: however slow the machine.
+SLOW_HEARTBEAT = {"CELERIAC_WORKER_HEARTBEAT_SECONDS": "12"}
 
 
 def _status(broker_url: str) -> dict[str, Any]:
@@ -105,3 +110,30 @@ def test_status_stops_showing_the_work_of_a_killed_worker_in_flight(
         return not status["workers"] and _counts(status) == (1, 0)
 
     assert wait_for(gone, timeout=20), _status(broker_url)
+
+
+def test_ping_and_inspect_name_a_live_worker_that_did_not_answer(
+    core_app: Celeriac, broker_url: str, workers: WorkerProcesses
+) -> None:
+    # One worker of two frozen (SIGSTOP; a debugger, a paused VM): ping listed the other
+    # and said nothing of it, and inspect active showed the other's tasks only, read as
+    # "the frozen one is idle". Its heartbeat still said it was live (for 10 s by default).
+    live = workers.start("-c", "1")
+    frozen = workers.start("-c", "1", env=SLOW_HEARTBEAT)
+    ids = {w.pid: w.id for w in core_app.broker.workers() if "child_of" not in w.extra}
+    os.kill(frozen.pid, signal.SIGSTOP)
+    # A long wait for the live one's sake (a busy machine); the frozen one uses it all.
+    ping = ["-b", broker_url, "ping", "--timeout", "5"]
+    inspect = ["-b", broker_url, "inspect", "active", "--json", "--timeout", "5"]
+    try:
+        pinged = CliRunner().invoke(cli, ping)
+        inspected = CliRunner().invoke(cli, inspect)
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    assert pinged.exit_code == 0, pinged.output  # one answered, as before
+    assert pinged.stdout == f"{ids[live.pid]}: pong\n"
+    silent = f"no answer within 5s from {ids[frozen.pid]}, live by its heartbeat: frozen"
+    assert silent in pinged.stderr
+    assert inspected.exit_code == 0, inspected.output
+    assert json.loads(inspected.stdout) == {ids[live.pid]: []}  # still well-formed JSON
+    assert silent in inspected.stderr

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from celeriac.cli.main import Context, Seconds, cli, out, print_json
-from celeriac.control import broadcast, is_revoke_mark, live_workers, revoke_many
+from celeriac.control import Reply, broadcast, is_revoke_mark, live_workers, revoke_many
 from celeriac.errors import BrokerConnectionError, MalformedMessage
 from celeriac.message import decode_result
 from celeriac.middleware.events import STREAM, Event
@@ -177,17 +177,19 @@ def _already_finished(obj: Context, ids: list[str]) -> list[tuple[str, str]]:
 def ping(obj: Context, target: str | None, timeout: float, as_json: bool) -> None:
     """Ask every live worker to answer; exit 1 when none does. With -w, exit 1 unless each
     worker it names answers: a container's health check (a worker's id ends in its pid and
-    a random part, so the probe names its host).
+    a random part, so the probe names its host). Live workers that did not answer in time
+    (frozen, stopping) are named on stderr.
 
     \b
     Example: celeriac ping --timeout 5
     Example: celeriac ping -w "$(hostname)" --timeout 5   (this host's or pod's workers)
     """
     if target is None:
-        replies, named = broadcast(obj.app, "ping", timeout=timeout), []
+        (replies, silent), named = _ask(obj, "ping", None, timeout), []
     else:
         named = _named(obj, target)
         replies = [r for i in named for r in broadcast(obj.app, "ping", target=i, timeout=timeout)]
+        silent = [i for i in named if i not in {r.worker for r in replies}]
     if as_json:
         print_json({r.worker: r.data for r in replies})
     else:
@@ -196,13 +198,8 @@ def ping(obj: Context, target: str | None, timeout: float, as_json: bool) -> Non
     if not replies and not named:  # none live, or none -w names
         click.echo(_nobody_answered(obj, target), err=True)
         raise SystemExit(1)
-    silent = [i for i in named if i not in {r.worker for r in replies}]
-    if silent:
-        click.echo(
-            f"no answer in time from {', '.join(silent)}: a busy or stopping worker may "
-            "answer late (a longer --timeout?)",
-            err=True,
-        )
+    _say_silent(silent, timeout)
+    if named and silent:  # -w: every worker it names must answer
         raise SystemExit(1)
 
 
@@ -226,10 +223,11 @@ def _named(obj: Context, target: str) -> list[str]:
 @click.pass_obj
 def inspect(obj: Context, what: str, target: str | None, timeout: float, as_json: bool) -> None:
     """Ask live workers: running tasks, registered tasks, counters, memory growth by task.
+    Live workers that did not answer in time are named on stderr: their tasks are not shown.
 
     Example: celeriac inspect memory   (which task makes children grow)
     """
-    replies = broadcast(obj.app, what, target=target, timeout=timeout)
+    replies, silent = _ask(obj, what, target, timeout)
     if as_json:
         print_json({r.worker: r.data for r in replies})
     if not replies:
@@ -237,8 +235,13 @@ def inspect(obj: Context, what: str, target: str | None, timeout: float, as_json
         # workers are idle" when none was running.
         click.echo(_nobody_answered(obj, target), err=True)
         raise SystemExit(1)
-    if as_json:
-        return
+    if not as_json:
+        _print_replies(what, replies)
+    _say_silent(silent, timeout)
+
+
+def _print_replies(what: str, replies: list[Reply]) -> None:
+    """The replies to ``inspect WHAT`` as tables (a record, or rows) or one line each."""
     for r in replies:
         if isinstance(r.data, dict):
             # One record (stats): a line per field. As a one-row table its columns were cut
@@ -305,11 +308,50 @@ def shutdown(obj: Context, target: str | None) -> None:
 
     Example: celeriac shutdown -w web-1:4242:9f86d0   (one worker; ids: celeriac status)
     """
-    replies = broadcast(obj.app, "shutdown", target=target, timeout=2.0)
+    replies, silent = _ask(obj, "shutdown", target, 2.0)
     if not replies:
         click.echo(_nobody_answered(obj, target), err=True)
         raise SystemExit(1)
     click.echo(f"{len(replies)} worker(s) are shutting down")
+    _say_silent(silent, 2.0)
+
+
+def _ask(
+    obj: Context, command: str, target: str | None, timeout: float
+) -> tuple[list[Reply], list[str]]:
+    """The replies to ``command``, and the ids of the live workers that gave none in time.
+
+    Those went unmentioned: with one worker of two frozen (SIGSTOP, a debugger, a paused
+    VM), ``ping`` listed the other and exited 0, and ``inspect active`` showed only the
+    other's tasks, read as "the frozen one is idle".
+    """
+    asked = [w.id for w in live_workers(obj.app) if target in (None, w.id)]
+    replies = broadcast(obj.app, command, target=target, timeout=timeout)
+    answered = {r.worker for r in replies}
+    return replies, [w for w in asked if w not in answered]
+
+
+def _say_silent(silent: list[str], timeout: float) -> None:
+    """Name, on stderr, the live workers that did not answer within ``timeout``."""
+    if silent:
+        click.echo(_silent_note(silent, timeout), err=True)
+
+
+def _silent_note(silent: list[str], timeout: float) -> str:
+    """What to say of live workers that did not answer, and what to do.
+
+    Example:
+        >>> print(_silent_note(["web-1:4242:9f86d0"], 1.0))  # doctest: +ELLIPSIS
+        no answer within 1s from web-1:4242:9f86d0, live by its heartbeat: frozen ...
+    """
+    which = ", ".join(printable(w) for w in sorted(silent))
+    its = "its" if len(silent) == 1 else "their"
+    return (
+        f"no answer within {timeout:g}s from {which}, live by {its} heartbeat: frozen "
+        "(SIGSTOP, a debugger, a paused VM), stopping, or slowed by its broker calls. Try "
+        "again with a longer --timeout; a worker that stays frozen drops out of celeriac "
+        "status once its heartbeat expires, and its tasks go back to their queue."
+    )
 
 
 def _nobody_answered(obj: Context, target: str | None) -> str:
