@@ -1,23 +1,26 @@
 """What operators see, checked after load and faults: ``events -f`` under a burst of
 events, ``status`` after a worker was killed with -9, ``ping`` and ``inspect`` with a
-frozen worker."""
+frozen worker, and tables 80 columns wide."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import time
 from typing import Any, cast
 
 import msgspec
+import pytest
 from click.testing import CliRunner
 
 from celeriac import Celeriac
+from celeriac.brokers.records import WorkerInfo
 from celeriac.cli import cli
 from celeriac.middleware.events import STREAM, Event
 from celeriac.testing import wait_for
 from tests.apps import core
-from tests.conftest import Ledger, WorkerProcesses
+from tests.conftest import Ledger, WorkerProcesses, run_celeriac
 from tests.test_cli_edges import Cli, clis
 
 __all__ = ["clis"]  # a fixture: pytest finds it by its name in this module
@@ -137,3 +140,56 @@ def test_ping_and_inspect_name_a_live_worker_that_did_not_answer(
     assert inspected.exit_code == 0, inspected.output
     assert json.loads(inspected.stdout) == {ids[live.pid]: []}  # still well-formed JSON
     assert silent in inspected.stderr
+
+
+def _cells(output: str) -> list[list[str]]:
+    """The rows of the tables in ``output``, each cell's text whole: a row's first line
+    fills every cell, and the lines a folded cell goes on add to it."""
+    rows: list[list[str]] = []
+    for line in output.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if all(cells) or not rows:
+            rows.append(cells)
+        else:
+            rows[-1] = [whole + more for whole, more in zip(rows[-1], cells, strict=True)]
+    return rows
+
+
+def test_status_and_inspect_show_names_and_ids_whole_at_80_columns(
+    core_app: Celeriac,
+    broker_url: str,
+    workers: WorkerProcesses,
+    ledger: Ledger,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Not a terminal (a pipe, a log, kubectl exec without -t), rich draws 80 columns and
+    # cut what did not fit with "…": a running task's id (which `revoke` takes), two
+    # queues named alike, a worker's id (which `shutdown -w` takes) and its queue list.
+    monkeypatch.setenv("COLUMNS", "80")
+    queues = ("shop.billing.invoice-reminders.high", "shop.billing.invoice-reminders.low")
+    for queue in queues:
+        core.add.apply_async((1, 2), queue=queue)
+    pod = WorkerInfo(
+        "shop-worker-7d9f8b6c5-x2x4q:1:a30293",
+        "shop-worker-7d9f8b6c5-x2x4q",
+        1,
+        (*queues, "default", "emails", "reports"),
+        4,
+        time.time(),
+    )
+    core_app.broker.heartbeat(pod, 600)
+    workers.start("-c", "1")
+    sent = core.work.delay(60, "long")
+    assert wait_for(lambda: ledger.count("start")[sent.id] == 1, timeout=20), workers.log_text()
+    here = ledger.path.parent
+    status = run_celeriac("-b", broker_url, "status", cwd=here)
+    inspected = run_celeriac("-b", broker_url, "inspect", "active", cwd=here)
+    assert status.returncode == 0 and inspected.returncode == 0, status.stderr + inspected.stderr
+    assert "…" not in status.stdout + inspected.stdout
+    shown = _cells(status.stdout)
+    assert {row[0] for row in shown} >= {*queues, "default", pod.id}
+    listed = [row[1].replace(" ", "") for row in shown if row[0] == pod.id]
+    assert listed == [",".join(pod.queues)]  # wrapped at its spaces, or folded
+    assert [row[:2] for row in _cells(inspected.stdout)] == [[sent.id, "tests.apps.core.work"]]

@@ -76,8 +76,12 @@ def test_inspect_ping_stats_registered_and_shutdown(
     assert pong.data == "pong"
     (registered,) = broadcast(core_app, "registered", timeout=3)
     assert "tests.apps.core.add" in registered.data
-    result = CliRunner().invoke(cli, ["-b", broker_url, "inspect", "active"])
+    # 120 columns: at 80 the task name is folded onto two lines, to keep the id whole
+    # (tests/test_operator_views.py checks that).
+    wide = {"COLUMNS": "120"}
+    result = CliRunner().invoke(cli, ["-b", broker_url, "inspect", "active"], env=wide)
     assert "tests.apps.core.work" in result.output and result.exit_code == 0
+    assert running.id in result.output
     result = CliRunner().invoke(cli, ["-b", broker_url, "inspect", "active", "--json"])
     ((listed,),) = json.loads(result.output).values()
     assert listed["id"] == running.id

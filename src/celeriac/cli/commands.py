@@ -35,7 +35,7 @@ from celeriac.text import printable
 
 if TYPE_CHECKING:
     from celeriac import Celeriac
-    from celeriac.brokers.records import DeadLetter
+    from celeriac.brokers.records import DeadLetter, WorkerInfo
     from celeriac.message import ErrorInfo, ResultRecord
 
 
@@ -301,9 +301,12 @@ def status(obj: Context, as_json: bool) -> None:
             }
         )
         return
+    # Names are folded onto more lines, never cut: at 80 columns (a pipe, kubectl exec
+    # without -t) "shop.billing.invoice-reminders.high" and "...low" both read
+    # "shop.billing.invoice-r…"; a worker's id and its queue list lost their tails.
     table = Table(title=f"queues on {redacted(obj.app.conf.broker_url)}")
     for column in ("queue", "ready", "delayed", "in flight", "dead", "expired today"):
-        table.add_column(column, justify="left" if column == "queue" else "right")
+        table.add_column(column, justify="left" if column == "queue" else "right", overflow="fold")
     for s in stats:
         table.add_row(
             escape(printable(s.queue)),
@@ -314,24 +317,29 @@ def status(obj: Context, as_json: bool) -> None:
             str(expired[s.queue]),
         )
     out.print(table if stats else "no queues yet: nothing has been sent to this broker")
-    wtable = Table(title="live workers")
-    for column in ("worker", "queues", "children", "running", "up since"):
-        wtable.add_column(column)
-    for w in workers:
-        active = w.extra.get("active", [])
-        wtable.add_row(
-            escape(printable(w.id)),
-            escape(printable(",".join(w.queues))),
-            str(w.concurrency),
-            str(len(active) if isinstance(active, list) else 0),
-            _when(w.started_at),
-        )
     out.print(
-        wtable
+        _workers_table(workers)
         if workers
         else "[yellow]no live workers[/]: queued tasks wait until "
         "one starts (celeriac -A MODULE worker)"
     )
+
+
+def _workers_table(workers: list[WorkerInfo]) -> Table:
+    """The live workers, a row each, every value folded onto more lines, never cut."""
+    table = Table(title="live workers")
+    for column in ("worker", "queues", "children", "running", "up since"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("children", "running"))
+    for w in workers:
+        active = w.extra.get("active", [])
+        table.add_row(
+            escape(printable(w.id)),
+            escape(printable(", ".join(w.queues))),
+            str(w.concurrency),
+            str(len(active) if isinstance(active, list) else 0),
+            _when(w.started_at),
+        )
+    return table
 
 
 def _asdict(obj: Any) -> dict[str, Any]:

@@ -248,7 +248,7 @@ def _print_replies(what: str, replies: list[Reply]) -> None:
             # at 80 columns ("concurren…") and its children folded a word per line.
             table = Table(title=escape(printable(f"{what} on {r.worker}")), show_header=False)
             table.add_column("field", style="bold")
-            table.add_column("value")
+            table.add_column("value", overflow="fold")
             for k, v in r.data.items():
                 table.add_row(escape(printable(str(k))), escape(printable(_cell(k, v), lines=True)))
             out.print(table)
@@ -258,8 +258,18 @@ def _print_replies(what: str, replies: list[Reply]) -> None:
             # Replies are data (task names, arguments): escaped, never read as markup.
             # ... and their control characters are shown, not obeyed (celeriac.text).
             table = Table(title=escape(printable(f"{what} on {r.worker}")))
+            # Folded onto more lines, never cut, and a task id whole on one line: at 80
+            # columns (a pipe, kubectl exec without -t) `inspect active` showed
+            # "91cb4e44-5d42-44db-a3b1-5e92b39827…", which `revoke` cannot take.
+            id_width = _whole_width([printable(str(row.get("id", ""))) for row in rows])
             for column in rows[0]:
-                table.add_column(escape(printable(str(column))))
+                whole = id_width if column == "id" else None
+                table.add_column(
+                    escape(printable(str(column))),
+                    overflow="fold",
+                    min_width=whole,
+                    no_wrap=whole is not None,  # without it, rich let the table overflow
+                )
             for row in rows:
                 table.add_row(*(escape(printable(_cell(k, v), lines=True)) for k, v in row.items()))
             out.print(table)
@@ -267,6 +277,20 @@ def _print_replies(what: str, replies: list[Reply]) -> None:
             listed = ", ".join(map(str, rows)) or "nothing"
             shown = escape(printable(f"{r.worker}")), escape(printable(listed))
             out.print(f"[bold]{shown[0]}[/]: {shown[1]}", markup=True)
+
+
+def _whole_width(values: list[str]) -> int | None:
+    """The width a table column needs to show each of ``values`` (ids: one copies them
+    into other commands) on one line; None when there are none, or one is longer than 48
+    characters (the column is then folded like the others: kept on one line, it took the
+    whole width and squeezed the other columns to a letter a line).
+
+    Example:
+        >>> _whole_width(["9b2c7a4e-0d1f-4c3b-8a5e-6f7a8b9c0d1e", "order-42"]), _whole_width([])
+        (36, None)
+    """
+    longest = max(map(len, values), default=0)
+    return longest if 0 < longest <= 48 else None
 
 
 def _cell(column: str, value: Any) -> str:
