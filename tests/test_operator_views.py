@@ -1,6 +1,6 @@
 """What operators see, checked after load and faults: ``events -f`` under a burst of
-events, ``status`` after a worker was killed with -9, ``ping`` and ``inspect`` with a
-frozen worker, and tables 80 columns wide."""
+events (and none, with events off), ``status`` after a worker was killed with -9,
+``ping`` and ``inspect`` with a frozen worker, and tables 80 columns wide."""
 
 from __future__ import annotations
 
@@ -193,3 +193,19 @@ def test_status_and_inspect_show_names_and_ids_whole_at_80_columns(
     listed = [row[1].replace(" ", "") for row in shown if row[0] == pod.id]
     assert listed == [",".join(pod.queues)]  # wrapped at its spaces, or folded
     assert [row[:2] for row in _cells(inspected.stdout)] == [[sent.id, "tests.apps.core.work"]]
+
+
+def test_events_on_a_broker_without_any_says_whether_this_app_turns_them_off(
+    sqlite_url: str,
+) -> None:
+    # "no events yet on this broker" alone, when workers run with events off, read as "no
+    # task has run".
+    runner = CliRunner()
+    off = {"CELERIAC_WORKER_SEND_TASK_EVENTS": "false"}
+    result = runner.invoke(cli, ["-b", sqlite_url, "events"], env=off)
+    assert result.exit_code == 0 and result.stdout == ""
+    assert "this app's configuration turns them off (worker_send_task_events=False)" in (
+        result.stderr
+    )
+    result = runner.invoke(cli, ["-b", sqlite_url, "events"])
+    assert "no events yet on this broker (workers write one per task, unless" in result.stderr

@@ -426,16 +426,34 @@ def events(obj: Context, follow: bool, lines: int, as_json: bool) -> None:
     for _, raw in items[-lines:]:
         _print_event(raw, as_json)
     if not items and not as_json:  # silence read as "the command is broken"
-        click.echo(
-            "no events yet on this broker" + (": waiting (Ctrl-C stops)" if follow else ""),
-            err=True,
-        )
+        click.echo(_no_events_note(obj.app.conf.worker_send_task_events, follow), err=True)
     try:
         if follow:
             _follow(obj, after, as_json)
     except KeyboardInterrupt:
         # Ctrl-C is how following ends, not a failure: it printed "Aborted!" and exited 1.
         return
+
+
+def _no_events_note(sent: bool, follow: bool) -> str:
+    """What to say when the broker holds no event: workers run with events off write none,
+    and "no events yet" alone read as "no task has run" (``sent``: whether this app's
+    configuration, which workers started with ``-A`` share, sends them).
+
+    Example:
+        >>> print(_no_events_note(False, follow=False))  # doctest: +NORMALIZE_WHITESPACE
+        no events on this broker: this app's configuration turns them off
+        (worker_send_task_events=False), so its workers write none
+    """
+    if not sent:
+        return (
+            "no events on this broker: this app's configuration turns them off "
+            "(worker_send_task_events=False), so its workers write none"
+        )
+    return (
+        "no events yet on this broker (workers write one per task, unless started with "
+        "worker_send_task_events=False)" + (": waiting (Ctrl-C stops)" if follow else "")
+    )
 
 
 def _follow(obj: Context, after: int, as_json: bool) -> None:
