@@ -207,3 +207,18 @@ def workers(broker_url: str, ledger: Ledger, core_app: Celeriac) -> Iterator[Wor
     procs = WorkerProcesses(broker_url, ledger)
     yield procs
     procs.kill_all()
+
+
+def table_cells(output: str) -> list[list[str]]:
+    """The rows of the tables in ``output``, each cell's text whole: a row's first line
+    fills every cell, and the lines a folded cell goes on add to it."""
+    rows: list[list[str]] = []
+    for line in output.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if all(cells) or not rows:
+            rows.append(cells)
+        else:
+            rows[-1] = [whole + more for whole, more in zip(rows[-1], cells, strict=True)]
+    return rows

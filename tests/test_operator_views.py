@@ -20,7 +20,7 @@ from celeriac.cli import cli
 from celeriac.middleware.events import STREAM, Event
 from celeriac.testing import wait_for
 from tests.apps import core
-from tests.conftest import Ledger, WorkerProcesses, run_celeriac
+from tests.conftest import Ledger, WorkerProcesses, run_celeriac, table_cells
 from tests.test_cli_edges import Cli, clis
 
 __all__ = ["clis"]  # a fixture: pytest finds it by its name in this module
@@ -142,21 +142,6 @@ def test_ping_and_inspect_name_a_live_worker_that_did_not_answer(
     assert silent in inspected.stderr
 
 
-def _cells(output: str) -> list[list[str]]:
-    """The rows of the tables in ``output``, each cell's text whole: a row's first line
-    fills every cell, and the lines a folded cell goes on add to it."""
-    rows: list[list[str]] = []
-    for line in output.splitlines():
-        if not line.startswith("│"):
-            continue
-        cells = [cell.strip() for cell in line.split("│")[1:-1]]
-        if all(cells) or not rows:
-            rows.append(cells)
-        else:
-            rows[-1] = [whole + more for whole, more in zip(rows[-1], cells, strict=True)]
-    return rows
-
-
 def test_status_and_inspect_show_names_and_ids_whole_at_80_columns(
     core_app: Celeriac,
     broker_url: str,
@@ -188,11 +173,11 @@ def test_status_and_inspect_show_names_and_ids_whole_at_80_columns(
     inspected = run_celeriac("-b", broker_url, "inspect", "active", cwd=here)
     assert status.returncode == 0 and inspected.returncode == 0, status.stderr + inspected.stderr
     assert "…" not in status.stdout + inspected.stdout
-    shown = _cells(status.stdout)
+    shown = table_cells(status.stdout)
     assert {row[0] for row in shown} >= {*queues, "default", pod.id}
     listed = [row[1].replace(" ", "") for row in shown if row[0] == pod.id]
     assert listed == [",".join(pod.queues)]  # wrapped at its spaces, or folded
-    assert [row[:2] for row in _cells(inspected.stdout)] == [[sent.id, "tests.apps.core.work"]]
+    assert [row[:2] for row in table_cells(inspected.stdout)] == [[sent.id, "tests.apps.core.work"]]
 
 
 def test_events_on_a_broker_without_any_says_whether_this_app_turns_them_off(
