@@ -81,6 +81,16 @@ def test_inspect_ping_stats_registered_and_shutdown(
     result = CliRunner().invoke(cli, ["-b", broker_url, "inspect", "active"])
     assert result.exit_code == 0, result.output
     assert [row[:2] for row in table_cells(result.output)] == [[running.id, "tests.apps.core.work"]]
+    # `celeriac result` of a running task names its worker (it read "queued or running,
+    # unknown, or its result expired"); the heartbeat that lists it comes every 2 s.
+    (worker_id,) = [w.id for w in live_workers(core_app)]
+
+    def shown() -> str:
+        return CliRunner().invoke(cli, ["-b", broker_url, "result", running.id]).output
+
+    assert wait_for(lambda: f"is running on {worker_id}" in shown(), timeout=10), shown()
+    as_json = CliRunner().invoke(cli, ["-b", broker_url, "result", running.id, "--json"])
+    assert json.loads(as_json.output)["running_on"] == [worker_id]
     result = CliRunner().invoke(cli, ["-b", broker_url, "inspect", "active", "--json"])
     ((listed,),) = json.loads(result.output).values()
     assert listed["id"] == running.id

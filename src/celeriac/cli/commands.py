@@ -228,15 +228,7 @@ def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool
     summary = only_group.summary() if only_group is not None else None
     record = decode_result(stored[0]) if stored else summary
     if record is None:
-        if as_json:
-            print_json({"id": task_id, "state": "PENDING"})
-        else:
-            # A running task has no result stored either: the line named only "queued".
-            out.print(
-                f"PENDING: no result stored for {printable(task_id)} (queued or running, "
-                "unknown, or its result expired; celeriac inspect active lists running ids)",
-                markup=False,
-            )
+        _say_pending(obj, task_id, as_json)
         return
     if as_json:
         import msgspec
@@ -331,15 +323,42 @@ def _workers_table(workers: list[WorkerInfo]) -> Table:
     for column in ("worker", "queues", "children", "running", "up since"):
         table.add_column(column, overflow="fold", no_wrap=column in ("children", "running"))
     for w in workers:
-        active = w.extra.get("active", [])
         table.add_row(
             escape(printable(w.id)),
             escape(printable(", ".join(w.queues))),
             str(w.concurrency),
-            str(len(active) if isinstance(active, list) else 0),
+            str(len(_active(w))),
             _when(w.started_at),
         )
     return table
+
+
+def _say_pending(obj: Context, task_id: str, as_json: bool) -> None:
+    """No result stored: say which live workers run the task (their heartbeats list the
+    ids they run), else what PENDING may mean. A task running for an hour read "queued or
+    running, unknown, or its result expired", and finding it took `inspect active`."""
+    running = [w.id for w in live_workers(obj.app) if task_id in _active(w)]
+    if as_json:
+        print_json({"id": task_id, "state": "PENDING", "running_on": running})
+    elif running:
+        out.print(
+            f"PENDING: {printable(task_id)} is running on {printable(', '.join(running))} "
+            "(no result stored yet; --wait waits for it)",
+            markup=False,
+        )
+    else:
+        # A running task has no result stored either: the line named only "queued".
+        out.print(
+            f"PENDING: no result stored for {printable(task_id)} (queued or running, "
+            "unknown, or its result expired; celeriac inspect active lists running ids)",
+            markup=False,
+        )
+
+
+def _active(worker: WorkerInfo) -> list[Any]:
+    """The ids of the tasks a worker's heartbeat says it runs (a list; other data: none)."""
+    active = worker.extra.get("active", [])
+    return active if isinstance(active, list) else []
 
 
 def _asdict(obj: Any) -> dict[str, Any]:
