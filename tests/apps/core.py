@@ -214,3 +214,20 @@ def prints(self: Task[Any, Any], text: str, end: str = "\n") -> None:
     """Print to the child's standard output, as tasks do (what ``kubectl logs`` shows)."""
     record("run", self.request.id)
     print(text, end=end)
+
+
+@app.bound_task()
+def waits_for_ready(self: Task[Any, Any], count: int, seconds: float) -> int:
+    """Run until ``count`` messages wait ready in the default queue (at most ``seconds``),
+    using the app's broker meanwhile (as a task calling ``.delay()`` does); record and
+    return how many it saw."""
+    record("start", self.request.id)
+    deadline = time.monotonic() + seconds
+    ready = 0
+    while time.monotonic() < deadline:
+        ready = sum(s.ready for s in app.broker.stats() if s.queue == "default")
+        if ready >= count:
+            break
+        time.sleep(0.05)
+    record("saw", self.request.id, ready)
+    return ready

@@ -23,7 +23,6 @@ both pools in :mod:`celeriac.worker.soft_limits`.
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # no stubs; see _keep_handlers
-import _thread
 import ctypes
 import logging
 import math
@@ -46,6 +45,7 @@ from celeriac.middleware.verdicts import Verdict, verdict_key
 from celeriac.worker.batch import Batch
 from celeriac.worker.descendants import end_leftovers, kill_own_tree, listed, words
 from celeriac.worker.executor import FINAL, Executor, FetchSpec
+from celeriac.worker.handback import Prefetched, start_quiet_thread
 from celeriac.worker.memory import Ceiling
 from celeriac.worker.outage import Outage
 from celeriac.worker.output import flush_output
@@ -107,6 +107,7 @@ class Child:
         self.growth: dict[str, list[int]] = {}  # task name -> [runs, RSS growth in bytes]
         self._held: dict[Hashable, list[Held]] = {}  # per consumer
         self._lock = threading.Lock()
+        self._prefetched = Prefetched(self._lock)  # each consumer's, given back at SIGTERM
         conf = app.conf
         self.fetch = FetchSpec(
             spec.queues,
@@ -170,7 +171,7 @@ class Child:
     # -- the consume loop (shared by the process and threads pools) -----------------------
 
     def _consume(self, executor: Executor, key: int) -> None:
-        pending: list[Delivery] = []
+        pending = self._prefetched.watch(key)  # changed only through self._prefetched
         conf = self.app.conf
         batch = Batch(conf.worker_batch_max, conf.worker_batch_window)
         crashed = True
@@ -182,7 +183,7 @@ class Child:
                     fetched = self._reconnecting(
                         lambda: self._fetch(batch), give_up_when_stopping=True
                     )
-                    pending = fetched or []
+                    self._prefetched.add(pending, fetched or [])
                     if pending:  # listed: the supervisor can tell in hand from prefetched
                         self._publish(key, pending, None, batch)
                     if crashpoints.ARMED and pending:
@@ -190,7 +191,9 @@ class Child:
                     continue
                 if not self._may_take():
                     break  # pending goes back below; the threads that run tasks finish them
-                delivery = pending.pop(0)
+                delivery = self._prefetched.take(pending)
+                if delivery is None:  # a warm shutdown began: the hand-back has them
+                    continue
                 # In hand from here: if this child dies before its slot names the task as
                 # started (decoding it segfaults), the delivery still counts (Slot.hand).
                 lease = delivery.lease
@@ -198,7 +201,8 @@ class Child:
                 more = self._handle(executor, key, delivery, pending, batch)
                 if crashpoints.ARMED and more:
                     crashpoints.reached("after_fetch")
-                pending.extend(more)
+                if more:
+                    self._prefetched.add(pending, more)
             crashed = False
         finally:
             # After a crash the slot is left as it is: it names the running task, which the
@@ -207,7 +211,8 @@ class Child:
             if not crashed:
                 if batch:  # these ran: commit them before anything else
                     self._commit(executor, key, batch, None, [])
-                self._give_back(key, pending)
+                self._give_back(key, self._prefetched.split(pending, 0))
+            self._prefetched.wait(STOP_PATIENCE)  # not exiting in the middle of it
             executor.close()
 
     def _handle(
@@ -422,20 +427,35 @@ class Child:
         batch: Batch | None = None,
     ) -> None:
         # In order: running, then ran and waiting for their commit (counted as delivered
-        # if this child dies), then prefetched.
-        held = [running] if running is not None else []
-        if batch is not None:
-            held += batch.held
-            held += batch.waiting(pending)
-        else:
-            held += [Held(d.id, d.queue, d.lease.token) for d in pending]
+        # if this child dies), then prefetched. Read under the lock: a warm shutdown's
+        # hand-back takes from pending and unlists what it took under it.
         with self._lock:
+            held = [running] if running is not None else []
+            if batch is not None:
+                held += batch.held
+                held += batch.waiting(pending)
+            else:
+                held += [Held(d.id, d.queue, d.lease.token) for d in pending]
             self._held[key] = held
-            everything = held
-            if len(self._held) > 1:  # threads: running tasks of every consumer first
-                everything = [h for items in self._held.values() for h in items]
-                everything.sort(key=lambda h: h.started == 0)
-            self.slot.write(everything, self.rss, self.tasks_done, self.growth)
+            self._write_slot()
+
+    def _write_slot(self) -> None:
+        """Write what every consumer holds into the slot; under ``self._lock``."""
+        everything = next(iter(self._held.values()))
+        if len(self._held) > 1:  # threads: running tasks of every consumer first
+            everything = [h for items in self._held.values() for h in items]
+            everything.sort(key=lambda h: h.started == 0)
+        self.slot.write(everything, self.rss, self.tasks_done, self.growth)
+
+    def _unlist(self, given: list[Delivery]) -> None:
+        """Stop listing in the slot what the warm shutdown's hand-back took (under
+        ``self._lock``), before it gives them back: listed, their stale leases were
+        renewed, and called lost, until the running task ended."""
+        gone = {(d.id, d.lease.token) for d in given}
+        for key, held in self._held.items():
+            self._held[key] = [h for h in held if (h.id, h.token) not in gone]
+        if self._held:
+            self._write_slot()
 
     def _left_to_take(self) -> int | None:
         """How many more deliveries ``worker_max_tasks_per_child`` lets this child take;
@@ -492,8 +512,7 @@ class Child:
         no idle sibling could start them. Given back, they join the back of their queue,
         uncounted, as at a warm shutdown; the slot is written by the caller next.
         """
-        surplus = pending[self.fetch.limit - 1 :]
-        del pending[self.fetch.limit - 1 :]
+        surplus = self._prefetched.split(pending, self.fetch.limit - 1)
         log.debug(
             "child %d gives back %d prefetched message(s) before a task not known to be "
             "short: a batch is taken for short tasks only",
@@ -527,6 +546,8 @@ class Child:
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = self.shutting_down = True
+        # What waits beside the running task goes back now, not when it ends.
+        self._prefetched.close(self._unlist, self._requeue_unstarted)
         orphaned = self.spec.supervisor_pid and os.getppid() != self.spec.supervisor_pid
         if orphaned and not self._alone:  # the SIGTERM of _die_with_supervisor
             self._alone = True
@@ -539,15 +560,9 @@ class Child:
         by the OOM killer, kill -9), a child finishes its running task and exits, and a
         task that ignores its soft limit would keep an orphan running for ever.
 
-        Called from a signal handler: ``_thread``, not ``threading``, whose module lock
-        the interrupted code may hold; and with every signal blocked in the new thread, so
-        that SIGALRM (the soft limit) still interrupts the task in the main thread.
+        Called from a signal handler: see :func:`~celeriac.worker.handback.start_quiet_thread`.
         """
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        try:
-            _thread.start_new_thread(self._hard_limits_alone, ())
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        start_quiet_thread(self._hard_limits_alone)
 
     def _hard_limits_alone(self) -> None:
         while True:
