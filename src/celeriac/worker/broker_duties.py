@@ -24,6 +24,7 @@ from celeriac.worker.slot import SlotView
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+    from celeriac.config import Settings
     from celeriac.worker.reaping import ChildState
 
 log = logging.getLogger("celeriac.worker")
@@ -166,19 +167,26 @@ class BrokerDuties:
         self.app.broker.heartbeat_all(beats, self._child_ttl())
 
     def _child_ttl(self) -> float:
-        return self.app.conf.worker_heartbeat_seconds * 5
+        return child_ttl(self.app.conf)
 
     def _child_info(self, child: ChildState, pid: int) -> WorkerInfo:
-        return WorkerInfo(
-            child.consumer,
-            socket.gethostname(),
-            pid,
-            self.queues,
-            1,
-            child.started,
-            extra={"child_of": self.id},
-        )
+        return consumer_info(child.consumer, pid, self.queues, child.started, self.id)
 
     def _beat_child(self, child: ChildState, pid: int, ttl: float) -> None:
         """Heartbeat one child's consumer id; ttl 0 declares it dead at once."""
         self.app.broker.heartbeat(self._child_info(child, pid), ttl)
+
+
+def child_ttl(conf: Settings) -> float:
+    """Seconds a child's consumer id lives after a heartbeat: 5 missed ones mean dead."""
+    return conf.worker_heartbeat_seconds * 5
+
+
+def consumer_info(
+    consumer: str, pid: int, queues: tuple[str, ...], started: float, supervisor: str
+) -> WorkerInfo:
+    """The heartbeat of a child's consumer id: sent by its supervisor, or by the child
+    itself once the supervisor is gone (:mod:`celeriac.worker.alone`)."""
+    return WorkerInfo(
+        consumer, socket.gethostname(), pid, queues, 1, started, extra={"child_of": supervisor}
+    )

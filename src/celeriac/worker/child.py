@@ -33,23 +33,21 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
-
-import msgspec
+from typing import TYPE_CHECKING, Any
 
 from celeriac import crashpoints, pid
-from celeriac.brokers.records import Delivery, Lease
-from celeriac.errors import BrokerError, TaskRevoked, TimeLimitExceeded
+from celeriac.brokers.records import Delivery
+from celeriac.errors import BrokerError
 from celeriac.middleware.base import Job, Outcome
-from celeriac.middleware.verdicts import Verdict, verdict_key
+from celeriac.worker.alone import Orphan
 from celeriac.worker.batch import Batch
-from celeriac.worker.descendants import end_leftovers, kill_own_tree, listed, words
+from celeriac.worker.broker_duties import child_ttl
+from celeriac.worker.descendants import end_leftovers, listed
 from celeriac.worker.executor import FINAL, Executor, FetchSpec
 from celeriac.worker.handback import Prefetched, start_quiet_thread
 from celeriac.worker.memory import Ceiling
 from celeriac.worker.outage import Outage
 from celeriac.worker.output import flush_output
-from celeriac.worker.reading import error_info
 from celeriac.worker.slot import Held, Slot
 from celeriac.worker.soft_limits import SoftAlarm
 
@@ -414,7 +412,7 @@ class Child:
             " (shutting down)" if self.shutting_down else "",
             str(exc).rstrip("."),
             self.fetch.lease_seconds,
-            self.app.conf.worker_heartbeat_seconds * 5,  # the supervisor's _child_ttl
+            child_ttl(self.app.conf),
         )
 
     # -- bookkeeping ----------------------------------------------------------------------
@@ -551,74 +549,18 @@ class Child:
         orphaned = self.spec.supervisor_pid and os.getppid() != self.spec.supervisor_pid
         if orphaned and not self._alone:  # the SIGTERM of _die_with_supervisor
             self._alone = True
-            self._watch_hard_limits_alone()
-
-    def _watch_hard_limits_alone(self) -> None:
-        """Enforce hard limits in a thread of this child, since its supervisor is gone.
-
-        The supervisor kills a child whose task passed its hard limit. Without it (killed
-        by the OOM killer, kill -9), a child finishes its running task and exits, and a
-        task that ignores its soft limit would keep an orphan running for ever.
-
-        Called from a signal handler: see :func:`~celeriac.worker.handback.start_quiet_thread`.
-        """
-        start_quiet_thread(self._hard_limits_alone)
-
-    def _hard_limits_alone(self) -> None:
-        while True:
-            now = time.time()
-            with self._lock:  # every pool replaces its lists whole: a copy is consistent
-                held = [h for items in list(self._held.values()) for h in items]
-            for running in held:
-                if running.hard_deadline and now > running.hard_deadline:
-                    self._stop_alone(running, held)
-            time.sleep(0.1)
-
-    def _stop_alone(self, overdue: Held, held: list[Held]) -> NoReturn:
-        """Do what the supervisor does for a task past its hard limit, then exit."""
-        # What its tasks started would outlive it, reparented to init (see .descendants).
-        started = kill_own_tree()
-        log.error(
-            "child %d: task %s passed its hard time limit and this child's supervisor "
-            "is gone, so nothing else can stop it: killed%s, recording its failure, "
-            "putting back what this child holds, and exiting",
-            os.getpid(),
-            overdue.label,
-            words(started).removeprefix(" and") or " nothing it started",
-        )
-        broker = self.app.broker
-        try:
-            verdict = killed_verdict(overdue, "FAILURE")
-            broker.kv_set(verdict_key(overdue.id), verdict, self.app.conf.result_expires)
-            for h in held:
-                # The overdue task counts as a delivery, as when the supervisor kills it.
-                lease = Lease(h.id, h.queue, h.token)
-                broker.requeue(lease, count_delivery=bool(h.started))
-        except BrokerError as exc:
-            log.error(
-                "child %d could not reach the broker (%s); what it held is delivered again "
-                "when its lease expires",
-                os.getpid(),
-                exc,
+            spec = self.spec
+            orphan = Orphan(
+                self.app, self.fetch.consumer, spec.worker_id, spec.queues, self._held_now
             )
-        finally:
-            logging.shutdown()
-            flush_output()
-            os._exit(1)
+            # Two threads: a broker that hangs must not hold back a hard limit.
+            start_quiet_thread(orphan.watch_hard_limits)
+            start_quiet_thread(orphan.keep)
 
-
-def killed_verdict(held: Held, state: str) -> bytes:
-    """The verdict recorded for a task stopped from outside its child: FAILURE (past its
-    hard limit) or REVOKED (revoked with terminate). Its next delivery is settled with it.
-    """
-    if state == "REVOKED":
-        exc: Exception = TaskRevoked(f"task {held.task}[{held.id}] was revoked and stopped")
-    else:
-        limit = held.hard_deadline - held.started
-        exc = TimeLimitExceeded(
-            f"task {held.task}[{held.id}] ran past its hard time limit ({limit:g}s) and was killed"
-        )
-    return msgspec.json.encode(Verdict(state, error_info(exc)))
+    def _held_now(self) -> list[Held]:
+        """What every consumer of this child holds now, as a list of its own."""
+        with self._lock:  # every pool replaces its lists whole: a copy is consistent
+            return [h for items in list(self._held.values()) for h in items]
 
 
 def _die_with_supervisor(supervisor_pid: int) -> None:

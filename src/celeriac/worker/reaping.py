@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from celeriac.brokers.records import Lease
 from celeriac.middleware.verdicts import verdict_key
-from celeriac.worker.child import killed_verdict
+from celeriac.worker.alone import killed_verdict
 from celeriac.worker.reading import shown
 from celeriac.worker.slot import Held, Slot, SlotView, hand_mark
 
