@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from tasks import app, send_welcome
 
-from celeriac.control import broadcast, live_workers, revoke_many
+from celeriac.control import ask, broadcast, live_workers, revoke_many
 from celeriac.middleware.dedupe import release_dedupe_key
 from celeriac.testing import wait_for
 
@@ -31,9 +31,12 @@ def main() -> None:
     workers = live_workers(app)  # `celeriac status`: supervisors, from their heartbeats
     print("queues served:", sorted({q for w in workers for q in w.queues}))
 
-    # `celeriac inspect registered`: the task names the workers' code defines.
-    registered = broadcast(app, "registered", timeout=2)
+    # `celeriac inspect registered`: the task names the workers' code defines. ask() is
+    # broadcast() that also names the live workers that gave no reply in time (frozen).
+    registered, silent = ask(app, "registered", timeout=2)
     print("registered:", sorted({name for r in registered for name in r.data}))
+    if silent:
+        print("no reply from:", silent)
 
     # `celeriac revoke ID ID`: tasks that have not started read REVOKED at once and never run.
     later = [send_welcome.apply_async((u,), queue=PARKED, countdown=600) for u in (1, 2)]

@@ -205,6 +205,20 @@ def broadcast(
         >>> broadcast(Celeriac("doc", broker="memory://"), "ping", timeout=0.1)
         []
     """
+    return ask(app, command, target=target, timeout=timeout)[0]
+
+
+def ask(
+    app: Celeriac, command: str, *, target: str | None = None, timeout: float = 1.0
+) -> tuple[list[Reply], list[str]]:
+    """:func:`broadcast`, and the ids of the live workers asked that gave no reply in time
+    (frozen, stopping): left unsaid, ``inspect active`` read a frozen worker as idle.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> ask(Celeriac("doc", broker="memory://"), "ping", timeout=0.1)
+        ([], [])
+    """
     if not isinstance(command, str) or not (target is None or isinstance(target, str)):
         # Workers could not read such a command and exited (every live one, for a target).
         raise TypeError(f"broadcast: command and target are strings, got {command!r}, {target!r}")
@@ -217,11 +231,12 @@ def broadcast(
     while True:
         values = broker.kv_get(keys) if keys else []
         if all(v is not None for v in values) or time.monotonic() > deadline:
-            return [
+            replies = [
                 Reply(w, msgspec.json.decode(v))
                 for w, v in zip(workers, values, strict=True)
                 if v is not None
             ]
+            return replies, [w for w, v in zip(workers, values, strict=True) if v is None]
         time.sleep(0.02)
 
 

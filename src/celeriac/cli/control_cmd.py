@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from celeriac.cli.main import Context, Seconds, cli, out, print_json
-from celeriac.control import Reply, broadcast, is_revoke_mark, live_workers, revoke_many
+from celeriac.control import Reply, ask, broadcast, is_revoke_mark, live_workers, revoke_many
 from celeriac.errors import BrokerConnectionError, MalformedMessage
 from celeriac.message import decode_result
 from celeriac.middleware.events import STREAM, Event
@@ -185,7 +185,7 @@ def ping(obj: Context, target: str | None, timeout: float, as_json: bool) -> Non
     Example: celeriac ping -w "$(hostname)" --timeout 5   (this host's or pod's workers)
     """
     if target is None:
-        (replies, silent), named = _ask(obj, "ping", None, timeout), []
+        (replies, silent), named = ask(obj.app, "ping", timeout=timeout), []
     else:
         named = _named(obj, target)
         replies = [r for i in named for r in broadcast(obj.app, "ping", target=i, timeout=timeout)]
@@ -227,7 +227,7 @@ def inspect(obj: Context, what: str, target: str | None, timeout: float, as_json
 
     Example: celeriac inspect memory   (which task makes children grow)
     """
-    replies, silent = _ask(obj, what, target, timeout)
+    replies, silent = ask(obj.app, what, target=target, timeout=timeout)
     if as_json:
         print_json({r.worker: r.data for r in replies})
     if not replies:
@@ -332,27 +332,12 @@ def shutdown(obj: Context, target: str | None) -> None:
 
     Example: celeriac shutdown -w web-1:4242:9f86d0   (one worker; ids: celeriac status)
     """
-    replies, silent = _ask(obj, "shutdown", target, 2.0)
+    replies, silent = ask(obj.app, "shutdown", target=target, timeout=2.0)
     if not replies:
         click.echo(_nobody_answered(obj, target), err=True)
         raise SystemExit(1)
     click.echo(f"{len(replies)} worker(s) are shutting down")
     _say_silent(silent, 2.0)
-
-
-def _ask(
-    obj: Context, command: str, target: str | None, timeout: float
-) -> tuple[list[Reply], list[str]]:
-    """The replies to ``command``, and the ids of the live workers that gave none in time.
-
-    Those went unmentioned: with one worker of two frozen (SIGSTOP, a debugger, a paused
-    VM), ``ping`` listed the other and exited 0, and ``inspect active`` showed only the
-    other's tasks, read as "the frozen one is idle".
-    """
-    asked = [w.id for w in live_workers(obj.app) if target in (None, w.id)]
-    replies = broadcast(obj.app, command, target=target, timeout=timeout)
-    answered = {r.worker for r in replies}
-    return replies, [w for w in asked if w not in answered]
 
 
 def _say_silent(silent: list[str], timeout: float) -> None:
