@@ -20,7 +20,7 @@ from celeriac.brokers.redis import RedisBroker, ops, startup
 from celeriac.brokers.redis.keys import Keyspace
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 from celeriac.testing import wait_for
-from tests.conftest import Ledger, WorkerProcesses
+from tests.conftest import Ledger, WorkerProcesses, run_celeriac
 from tests.redis_server import RedisServer, free_port, start_redis
 
 
@@ -292,6 +292,30 @@ def test_a_frozen_server_costs_a_producer_one_timeout_not_three(own_server: Serv
     finally:
         app.broker.close()
         raw.close()
+
+
+def test_ping_and_inspect_give_a_frozen_server_their_timeout_not_thirty_seconds(
+    own_server: Server, tmp_path: Path
+) -> None:
+    # A health check or an operator's `ping --timeout 1` against a stopped Redis (SIGSTOP,
+    # a paused VM) printed nothing for the broker's 30 s socket timeout, then said "check
+    # that redis-server is running" of a server that was. Each call now waits --timeout
+    # plus 2 s; a socket_timeout the URL gives is kept.
+    server = own_server()
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        for command, waited in (
+            (("--broker", server.url, "ping", "--timeout", "1"), "3s"),
+            (("--broker", server.url, "inspect", "active", "--timeout", "0.5"), "2.5s"),
+            (("--broker", f"{server.url}?socket_timeout=1.5", "ping", "--timeout", "4"), "1.5s"),
+        ):
+            done = run_celeriac(*command, cwd=tmp_path)
+            assert done.returncode == 1, done.stderr
+            assert f"did not answer within {waited} (socket_timeout)" in done.stderr
+            assert "stopped or frozen" in done.stderr
+            assert "Traceback" not in done.stderr
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
 
 
 def test_an_async_send_with_a_dedupe_key_leaves_the_event_loop_free(own_server: Server) -> None:

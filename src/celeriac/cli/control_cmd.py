@@ -23,6 +23,14 @@ from celeriac.text import printable
 if TYPE_CHECKING:
     from celeriac.group_result import GroupResult
 
+#: Seconds a Redis gets to answer each call of ping, inspect and shutdown beyond their
+#: own wait for replies: a live one answers in milliseconds, a frozen one fails the
+#: command soon after instead of at the broker's 30 s socket timeout.
+_REDIS_SLACK = 2.0
+
+#: Seconds ``shutdown`` waits for the workers' answers.
+_SHUTDOWN_WAIT = 2.0
+
 
 @cli.command("revoke")
 @click.argument("task_ids", nargs=-1, required=True, metavar="TASK_ID... | -")
@@ -184,6 +192,7 @@ def ping(obj: Context, target: str | None, timeout: float, as_json: bool) -> Non
     Example: celeriac ping --timeout 5
     Example: celeriac ping -w "$(hostname)" --timeout 5   (this host's or pod's workers)
     """
+    obj.wait_at_most(timeout + _REDIS_SLACK)
     if target is None:
         (replies, silent), named = ask(obj.app, "ping", timeout=timeout), []
     else:
@@ -227,6 +236,7 @@ def inspect(obj: Context, what: str, target: str | None, timeout: float, as_json
 
     Example: celeriac inspect memory   (which task makes children grow)
     """
+    obj.wait_at_most(timeout + _REDIS_SLACK)
     replies, silent = ask(obj.app, what, target=target, timeout=timeout)
     if as_json:
         print_json({r.worker: r.data for r in replies})
@@ -332,12 +342,13 @@ def shutdown(obj: Context, target: str | None) -> None:
 
     Example: celeriac shutdown -w web-1:4242:9f86d0   (one worker; ids: celeriac status)
     """
-    replies, silent = ask(obj.app, "shutdown", target=target, timeout=2.0)
+    obj.wait_at_most(_SHUTDOWN_WAIT + _REDIS_SLACK)
+    replies, silent = ask(obj.app, "shutdown", target=target, timeout=_SHUTDOWN_WAIT)
     if not replies:
         click.echo(_nobody_answered(obj, target), err=True)
         raise SystemExit(1)
     click.echo(f"{len(replies)} worker(s) are shutting down")
-    _say_silent(silent, 2.0)
+    _say_silent(silent, _SHUTDOWN_WAIT)
 
 
 def _say_silent(silent: list[str], timeout: float) -> None:

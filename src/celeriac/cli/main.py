@@ -12,6 +12,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+from urllib.parse import parse_qsl, urlsplit
 
 import click
 
@@ -61,6 +62,9 @@ _MAKE_THE_BROKER = _LONG_LIVED | {"call"}
 
 #: The logger of the Redis broker's start-up check (celeriac.brokers.redis.startup).
 _STARTUP_LOGGER = "celeriac.brokers.redis.startup"
+
+#: Broker URLs whose connections take a ``socket_timeout=`` (see Context.wait_at_most).
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 _consoles: dict[str, Console] = {}
@@ -129,6 +133,23 @@ class Context:
             "in its own folder: run from the worker's folder, or give every process the same "
             f"absolute path: -b sqlite:///{path} (or CELERIAC_BROKER_URL)."
         )
+
+    def wait_at_most(self, seconds: float) -> None:
+        """Let a Redis that accepts connections but answers nothing fail this command after
+        ``seconds``, not the broker's 30 s socket timeout: ``ping --timeout 1`` against a
+        stopped server (SIGSTOP, a paused VM, a long-blocking script) printed nothing for
+        30 s. A ``socket_timeout=`` the URL gives is kept.
+
+        Example:
+            >>> obj = Context(None, "redis://db:6379/0", False, "ping")
+            >>> obj.wait_at_most(3)
+            >>> obj.app.conf.broker_url
+            'redis://db:6379/0?socket_timeout=3'
+        """
+        url = self.app.conf.broker_url
+        query = urlsplit(url).query
+        if url.startswith(_REDIS_SCHEMES) and "socket_timeout" not in dict(parse_qsl(query)):
+            self.app.conf.broker_url = f"{url}{'&' if query else '?'}socket_timeout={seconds:g}"
 
 
 def _missing_sqlite_file(url: str) -> Path | None:

@@ -209,12 +209,7 @@ class RedisURL:
             >>> RedisURL.parse("redis://db:6379/0").socket_timeout
             30.0
         """
-        given = dict(parse_qsl(urlsplit(self.redis_url).query)).get("socket_timeout")
-        try:
-            seconds = float(given) if given else 0.0
-        except ValueError:
-            seconds = 0.0  # redis-py refuses it when it connects, with its own words
-        return seconds if seconds > 0 else float(_DEFAULTS["socket_timeout"])
+        return _socket_timeout(self.redis_url)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -332,6 +327,46 @@ def _redis_options() -> frozenset[str]:
     return frozenset(names - {"self", "args", "kwargs"})
 
 
+def _unanswered(exc: DriverError, what: str, url: str) -> BrokerError | None:
+    """The error for a server that did not answer (loading, frozen, down), else None."""
+    if isinstance(exc, redis.exceptions.BusyLoadingError):
+        # A ConnectionError to redis-py, but the server is there: "check that it is
+        # running" sent an operator to look for a fault while Redis read its AOF.
+        return BrokerConnectionError(
+            f"could not {what}: Redis at {url} is loading its data set into memory ({exc}): "
+            "it has just started and is reading its AOF or RDB file, and answers once that "
+            "is done (`redis-cli INFO persistence` shows loading_eta_seconds). Workers wait "
+            "for it by themselves; send again once it answers."
+        )
+    if isinstance(exc, redis.TimeoutError) and "reading" in str(exc):
+        # Connected and sent, then nothing: "check that redis-server is running" sent an
+        # operator to a server that was running, only stopped or busy.
+        return BrokerConnectionError(
+            f"could not {what}: Redis at {url} did not answer within "
+            f"{_socket_timeout(url):g}s (socket_timeout), though it took the connection: it "
+            "is stopped or frozen (SIGSTOP, a paused VM), blocked by a long script or "
+            "command (`redis-cli SLOWLOG GET`), or overloaded. Check `redis-cli -h HOST -p "
+            "PORT PING` from this host."
+        )
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return BrokerConnectionError(
+            f"could not {what}: Redis at {url} did not answer ({type(exc).__name__}: {exc}). "
+            "Check that redis-server is running and reachable from this host, and that the "
+            "broker URL (host, port, password, TLS) is right."
+        )
+    return None
+
+
+def _socket_timeout(url: str) -> float:
+    """The URL's ``socket_timeout=`` in seconds, else ours (see RedisURL.socket_timeout)."""
+    given = dict(parse_qsl(urlsplit(url).query)).get("socket_timeout")
+    try:
+        seconds = float(given) if given else 0.0
+    except ValueError:
+        seconds = 0.0  # redis-py refuses it when it connects, with its own words
+    return seconds if seconds > 0 else float(_DEFAULTS["socket_timeout"])
+
+
 def translate(exc: DriverError, what: str, url: str) -> BrokerError:
     """The celeriac error for a redis-py error, with a message readable at 3 a.m.
 
@@ -366,21 +401,8 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
         )
     elif (cluster := _cluster_error(exc, what, url)) is not None:
         error = cluster
-    elif isinstance(exc, redis.exceptions.BusyLoadingError):
-        # A ConnectionError to redis-py, but the server is there: "check that it is
-        # running" sent an operator to look for a fault while Redis read its AOF.
-        error = BrokerConnectionError(
-            f"could not {what}: Redis at {url} is loading its data set into memory ({exc}): "
-            "it has just started and is reading its AOF or RDB file, and answers once that "
-            "is done (`redis-cli INFO persistence` shows loading_eta_seconds). Workers wait "
-            "for it by themselves; send again once it answers."
-        )
-    elif isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-        error = BrokerConnectionError(
-            f"could not {what}: Redis at {url} did not answer ({type(exc).__name__}: {exc}). "
-            "Check that redis-server is running and reachable from this host, and that the "
-            "broker URL (host, port, password, TLS) is right."
-        )
+    elif (unanswered := _unanswered(exc, what, url)) is not None:
+        error = unanswered
     elif isinstance(exc, redis.exceptions.ReadOnlyError):
         # After a failover the old primary is a replica: a connection error, so workers
         # reconnect (resolving the host again) and producers can retry.
