@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 import celeriac
 from celeriac import Celeriac
-from celeriac.brokers.records import Outgoing
+from celeriac.brokers.records import DeadLetter, Outgoing
 from celeriac.cli import cli
 from celeriac.message import decode_result
 from celeriac.testing import run_queued, wait_for
@@ -367,6 +367,29 @@ def test_dlq_replay_names_the_ids_it_did_not_find(core_app: Celeriac, broker_url
     assert result.stdout.strip() == "replayed 2 dead letter(s)"
     assert "no dead letter with id m9 (see celeriac dlq list)" in result.stderr
     assert "m0" not in result.stderr
+    # It exited 0, as if done, where `dlq show m9` exits 1: a runbook's script went on.
+    assert result.exit_code == 1
+    # Both were malformed: "replayed 2" alone, and a moment later both were back.
+    assert "2 of them had been dead-lettered as malformed" in result.stderr
+    none = invoke("-b", broker_url, "dlq", "replay", "m9")
+    assert none.exit_code == 1 and "no dead letter of those ids" in none.stderr
+
+
+def test_dlq_replay_of_readable_letters_says_nothing_more(
+    core_app: Celeriac, broker_url: str
+) -> None:
+    message = core.add.message((1, 2), task_id="ok1")
+    core_app.broker.send([Outgoing("ok1", "default", core_app.codec.encode(message))])
+    (delivery,) = core_app.broker.fetch(["default"], "t", limit=1, lease_seconds=60, timeout=5)
+    reason = "delivered 6 times (max 5)"
+    letter = DeadLetter("ok1", "default", message.task, reason, delivery.body, 6, "", 0.0)
+    assert core_app.broker.dead_letter(delivery.lease, letter, None)
+    result = invoke("-b", broker_url, "dlq", "replay", "ok1")
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        0,
+        "replayed 1 dead letter(s)\n",
+        "",
+    )
 
 
 @pytest.mark.slow

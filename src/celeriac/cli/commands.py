@@ -569,21 +569,38 @@ def dlq_replay(obj: Context, ids: tuple[str, ...], replay_all: bool, task_name: 
         raise click.UsageError("say which: one or more IDS, --task NAME, or --all")
     wanted = given_ids(ids)
     # Looked up first: once replayed, a letter is gone, like an id that never was one.
-    found = {x.id for x in obj.app.broker.find_dead_letters(wanted)} if wanted else set()
+    letters = obj.app.broker.find_dead_letters(wanted) if wanted else []
+    found = {x.id for x in letters}
     count = obj.app.replay_dead_letters(wanted or None, task_name)
     click.echo(f"replayed {count} dead letter(s)")
+    unreadable = sum(x.reason.startswith(_MALFORMED) for x in letters)
+    if count and unreadable:  # "replayed 1", and it was back in the queue a moment later
+        _note(
+            f"{unreadable} of them had been dead-lettered as malformed (bytes no worker "
+            "could read): unless the workers now read them (a fixed producer's bytes do not "
+            "change; a codec or signing setting may have), they come back here"
+        )
     missing = [t for t in dict.fromkeys(ids) if not found.intersection(given_ids([t]))]
     if count and missing:  # "replayed 2" for three ids hid the one mistyped
         shown = ", ".join(missing[:10]) + (
             f" and {len(missing) - 10:,} more" if len(missing) > 10 else ""
         )
-        note = escape(printable(f"no dead letter with id {shown} (see celeriac dlq list)"))
-        err.print(f"[yellow]note:[/] {note}", markup=True, soft_wrap=True)
+        _note(f"no dead letter with id {shown} (see celeriac dlq list)")
     if not count and (ids or task_name):  # a typo should not look like an empty queue
         which = f"task {task_name}" if task_name and not ids else "those ids"
         hint = _tasks_hint(obj, task_name) if task_name and not ids else ""
-        note = escape(printable(f"no dead letter of {which}{hint} (see celeriac dlq list)"))
-        err.print(f"[yellow]note:[/] {note}", markup=True, soft_wrap=True)
+        _note(f"no dead letter of {which}{hint} (see celeriac dlq list)")
+    if missing:  # as `dlq show` of an unknown id: a runbook's script must not read "done"
+        raise SystemExit(1)
+
+
+#: How a dead letter's reason begins when its bytes could not be read (worker/reading.py).
+_MALFORMED = "malformed message"
+
+
+def _note(text: str) -> None:
+    """Print ``note: text`` on stderr (text is printed as it is, never as markup)."""
+    err.print(f"[yellow]note:[/] {escape(printable(text))}", markup=True, soft_wrap=True)
 
 
 def _tasks_hint(obj: Context, task_name: str) -> str:

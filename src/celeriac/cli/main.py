@@ -344,7 +344,8 @@ def cli(ctx: click.Context, app_path: str | None, broker: str | None, debug: boo
       0    done
       1    an error, said in one line (--debug adds the traceback); a task that did not
            succeed (result, call --wait); no worker answered (ping, inspect, shutdown);
-           breaking changes found (check --against)
+           an id that names no dead letter (dlq show, dlq replay); breaking changes
+           found (check --against)
       2    a usage error: an unknown command, option or argument
       130  interrupted by Ctrl-C (a worker, beat and events -f exit 0: Ctrl-C is how
            they stop)
