@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from celeriac import Celeriac, Task
@@ -25,6 +26,7 @@ from celeriac.canvas import chain, chord
 from celeriac.errors import BrokerConnectionError, ChordError, ResultTimeout
 from celeriac.middleware import MiddlewareStack, default_middleware
 from celeriac.middleware import canvas as canvas_middleware
+from celeriac.middleware.events import STREAM, Event
 from celeriac.testing import run_queued
 from tests.apps import canvas as tasks
 from tests.apps.canvas import add, async_typed, boom, collect, identity, tsum, typed
@@ -161,6 +163,17 @@ def test_steps_a_failure_kept_from_running_are_logged_as_not_run(
     } <= warned
     body = f"task {tsum.name}[{r.id}] not run: {first}: celeriac.errors.ChordError: "
     assert [line for line in warned if line.startswith(body)], warned
+    # Their events said "failed" too: a monitor counted 5 failures for one.
+    app.middleware.on_idle()
+    events = [
+        msgspec.json.decode(item, type=Event) for _, item in app.broker.stream_read(STREAM, 0, 100)
+    ]
+    kinds = Counter((e.type, e.id) for e in events)
+    assert kinds[("failed", f"{r.id}:s0")] == 1
+    assert sum(n for (kind, _), n in kinds.items() if kind == "failed") == 1, kinds
+    assert kinds[("not-run", f"{r.id}:s1")] == 1 and kinds[("not-run", r.id)] == 1
+    (s1,) = [e for e in events if e.id == f"{r.id}:s1"]
+    assert s1.detail.startswith(first), s1.detail
 
 
 def test_a_chord_that_times_out_names_the_members_it_still_waits_for(app: Celeriac) -> None:

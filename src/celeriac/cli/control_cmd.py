@@ -407,8 +407,8 @@ _FOLLOW_PAUSE = 0.2
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event.")
 @click.pass_obj
 def events(obj: Context, follow: bool, lines: int, as_json: bool) -> None:
-    """Show the newest task events: outcomes (succeeded, failed, retried, ...); received and
-    started too when workers run with worker_send_started_events=True.
+    """Show the newest task events: outcomes (succeeded, failed, not-run, retried, ...);
+    received and started too when workers run with worker_send_started_events=True.
 
     With -f, keep printing new ones (through a broker outage, said once on stderr); Ctrl-C
     stops it and exits 0. The broker keeps only the newest events (10,000): when some were

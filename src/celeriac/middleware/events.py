@@ -43,7 +43,7 @@ _NAMES = {
 class Event(msgspec.Struct, omit_defaults=True):
     """One task event."""
 
-    type: str  # received, started, succeeded, failed, retried, expired, revoked, ...
+    type: str  # received, started, succeeded, failed, not-run, retried, expired, revoked, ...
     id: str
     task: str
     worker: str
@@ -91,7 +91,12 @@ class Events(Middleware):
         return None
 
     def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
-        """Record the outcome."""
+        """Record the outcome. A step an earlier failure kept from running is ``not-run``:
+        as ``failed``, with the earlier step's error, a chord of 1,000 after one failed
+        step made 1,001 failures of a monitor's count, as its log lines once did."""
+        if outcome.not_run:
+            self._add(job, "not-run", outcome.runtime, outcome.not_run)
+            return
         detail = outcome.error.message if outcome.error else outcome.reason
         self._add(job, _NAMES.get(outcome.state, outcome.state.lower()), outcome.runtime, detail)
 
