@@ -5,7 +5,7 @@ It starts N children (each a full consumer), then loops a few times a second:
 * reaps children that exited: the messages a dead child held go back to the queue at once
   (the running one counted as a delivery, prefetched ones not); a fresh child replaces it;
 * a child whose task passed its hard time limit (or that runs a task revoked with
-  terminate) is killed by a thread of its own (:meth:`Worker._watch_limits`, which no
+  terminate) is killed by a thread of its own (:mod:`celeriac.worker.hard_limits`, which no
   broker call holds up); the pass records a verdict for that task and hands its message
   back: the next delivery does not run it but settles it as FAILURE with
   ``TimeLimitExceeded`` (or REVOKED) through the middleware, so chains and chords carry
@@ -17,10 +17,11 @@ Shutdown: the first SIGTERM/SIGINT/SIGHUP is warm (children finish their running
 back what they prefetched); a second, or SIGQUIT (Ctrl-\\), is cold (children are killed
 and everything they held is given back at once). Either way nothing is lost.
 
-Two parts live in their own modules, as mixins of :class:`Worker`: its broker duties
+Three parts live in their own modules, as mixins of :class:`Worker`: its broker duties
 (heartbeats, lease renewal, the reaper, remote-control answers) in
-:mod:`celeriac.worker.broker_duties`, and what it does once a child has exited in
-:mod:`celeriac.worker.reaping`.
+:mod:`celeriac.worker.broker_duties`, what it does once a child has exited in
+:mod:`celeriac.worker.reaping`, and the hard-limit watch in
+:mod:`celeriac.worker.hard_limits`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from celeriac.worker.child import (
     current_rss,
 )
 from celeriac.worker.descendants import Started, kill_tree, words
+from celeriac.worker.hard_limits import HardLimits
 from celeriac.worker.memory import Ceiling, choose_ceiling, memory_limit
 from celeriac.worker.outage import Outage
 from celeriac.worker.output import line_buffered_stdout
@@ -79,7 +81,7 @@ class Companion(Protocol):
         """Start the process again if it died."""
 
 
-class Worker(Reaping, BrokerDuties):
+class Worker(Reaping, BrokerDuties, HardLimits):
     """A supervisor and its children.
 
     Example:
@@ -120,7 +122,7 @@ class Worker(Reaping, BrokerDuties):
         processes = concurrency if pool == "process" else 1
         hands = 1 if pool == "process" else concurrency  # one per consumer of a child
         self._children = [ChildState(i, Slot(hands=hands)) for i in range(processes)]
-        # Taken by the hard-limit watch (see _watch_limits) around each check and kill, and
+        # Taken by the hard-limit watch (see .hard_limits) around each check and kill, and
         # by the main flow around a fork and a reap: a pid is never signalled once reaped,
         # and no fork happens while the watch holds a lock of its own (logging's).
         self._lifecycle = threading.Lock()
@@ -411,72 +413,6 @@ class Worker(Reaping, BrokerDuties):
                     log.info("worker %s: the broker answers again after %.0fs", self.id, down)
         if self.remote.shutdown_requested and self._stop_requests == 0:
             self._stop_requests = 1
-
-    # -- hard limits --------------------------------------------------------------------
-
-    def _start_watching_limits(self) -> threading.Thread:
-        """Start the thread that enforces hard limits; set ``_watch_stop`` to end it.
-
-        Not the main flow's pass: that one waits on broker calls, and a broker that hangs
-        instead of refusing (Redis frozen or failing over, a lost network: a socket timeout
-        of 30 s; a SQLite write lock held by a consumer thread that a task starves of the
-        GIL: the 30 s busy timeout) held back every hard limit meanwhile. A task with a
-        2 s limit was killed after 31 s. Started with every signal blocked, so that signals
-        reach the main thread (a SIGTERM taken by this thread would not interrupt the
-        main flow's blocked call, and its handler would wait for that call to return).
-        """
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        try:
-            watch = threading.Thread(
-                target=self._watch_limits, name="celeriac-hard-limits", daemon=True
-            )
-            watch.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        return watch
-
-    def _watch_limits(self) -> None:
-        while not self._watch_stop.wait(_TICK):
-            try:
-                with self._lifecycle:
-                    now = time.time()
-                    for child in self._children:
-                        if child.pid:
-                            self._enforce_limits(child, child.slot.read(), now)
-            except Exception:  # a bug here must not end hard limits for good
-                log.exception("worker %s: checking hard time limits failed", self.id)
-
-    def _enforce_limits(self, child: ChildState, view: SlotView, now: float) -> None:
-        if not child.pid or child.killed_for is not None:
-            return
-        for running in (h for h in view.held if h.started):
-            if running.id in self.remote.to_terminate:
-                pid, started = child.pid, self._kill_for(child, running, "REVOKED")
-                log.warning(
-                    "task %s was revoked with terminate; killed child %d%s",
-                    running.label,
-                    pid,
-                    words(started),
-                )
-                return
-            if running.hard_deadline and now > running.hard_deadline:
-                pid, started = child.pid, self._kill_for(child, running, "FAILURE")
-                log.error(
-                    "task %s passed its hard time limit; killed child %d%s%s",
-                    running.label,
-                    pid,
-                    words(started),
-                    ""
-                    if self.pool == "process"
-                    else " (its other running tasks will be delivered again)",
-                )
-                return
-
-    def _kill_for(self, child: ChildState, running: Held, state: str) -> list[Started]:
-        """Kill the child (and what its tasks started, see :mod:`.descendants`) because
-        of ``running``; return the processes killed under it."""
-        child.killed_for = (running, state)
-        return kill_tree(child.pid)
 
     def _quietly(self, action: Callable[[], object], what: str, *, periodic: bool = False) -> None:
         """Run a broker call whose failure must not stop the supervisor; say so once.

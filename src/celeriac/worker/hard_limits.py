@@ -1,0 +1,98 @@
+"""The supervisor's hard-limit watch: a thread that kills a child whose task passed its
+hard time limit, or runs a task revoked with ``terminate``.
+
+A mixin of :class:`~celeriac.worker.supervisor.Worker`, kept apart so each module stays
+small. The kill only records why (``ChildState.killed_for``); the main flow's pass reaps
+the child and settles that task (:mod:`celeriac.worker.reaping`).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from celeriac.worker.descendants import Started, kill_tree, words
+from celeriac.worker.reaping import ChildState
+from celeriac.worker.remote import Remote
+from celeriac.worker.slot import Held, SlotView
+
+log = logging.getLogger("celeriac.worker")
+
+_TICK = 0.05  # seconds between the watch's checks
+
+
+class HardLimits:
+    """The hard-limit watch of a supervisor."""
+
+    id: str
+    pool: str
+    remote: Remote
+    _children: list[ChildState]
+    _lifecycle: threading.Lock
+    _watch_stop: threading.Event
+
+    def _start_watching_limits(self) -> threading.Thread:
+        """Start the thread that enforces hard limits; set ``_watch_stop`` to end it.
+
+        Not the main flow's pass: that one waits on broker calls, and a broker that hangs
+        instead of refusing (Redis frozen or failing over, a lost network: a socket timeout
+        of 30 s; a SQLite write lock held by a consumer thread that a task starves of the
+        GIL: the 30 s busy timeout) held back every hard limit meanwhile. A task with a
+        2 s limit was killed after 31 s. Started with every signal blocked, so that signals
+        reach the main thread (a SIGTERM taken by this thread would not interrupt the
+        main flow's blocked call, and its handler would wait for that call to return).
+        """
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            watch = threading.Thread(
+                target=self._watch_limits, name="celeriac-hard-limits", daemon=True
+            )
+            watch.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return watch
+
+    def _watch_limits(self) -> None:
+        while not self._watch_stop.wait(_TICK):
+            try:
+                with self._lifecycle:
+                    now = time.time()
+                    for child in self._children:
+                        if child.pid:
+                            self._enforce_limits(child, child.slot.read(), now)
+            except Exception:  # a bug here must not end hard limits for good
+                log.exception("worker %s: checking hard time limits failed", self.id)
+
+    def _enforce_limits(self, child: ChildState, view: SlotView, now: float) -> None:
+        if not child.pid or child.killed_for is not None:
+            return
+        for running in (h for h in view.held if h.started):
+            if running.id in self.remote.to_terminate:
+                pid, started = child.pid, self._kill_for(child, running, "REVOKED")
+                log.warning(
+                    "task %s was revoked with terminate; killed child %d%s",
+                    running.label,
+                    pid,
+                    words(started),
+                )
+                return
+            if running.hard_deadline and now > running.hard_deadline:
+                pid, started = child.pid, self._kill_for(child, running, "FAILURE")
+                log.error(
+                    "task %s passed its hard time limit; killed child %d%s%s",
+                    running.label,
+                    pid,
+                    words(started),
+                    ""
+                    if self.pool == "process"
+                    else " (its other running tasks will be delivered again)",
+                )
+                return
+
+    def _kill_for(self, child: ChildState, running: Held, state: str) -> list[Started]:
+        """Kill the child (and what its tasks started, see :mod:`.descendants`) because
+        of ``running``; return the processes killed under it."""
+        child.killed_for = (running, state)
+        return kill_tree(child.pid)
