@@ -1,7 +1,9 @@
-"""Redis servers in states an operator meets: loading a large file, commands renamed."""
+"""Redis servers in states an operator meets: loading a large file, commands renamed,
+every connection taken."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -56,4 +58,32 @@ def test_a_renamed_config_is_not_called_a_full_redis(
         assert "is full" not in caplog.text
     finally:
         broker.close()
+        server.stop()
+
+
+def test_a_redis_at_maxclients_is_named_as_such_not_as_down(tmp_path: Path) -> None:
+    # Redis answers a connection past maxclients with "ERR max number of clients reached"
+    # and closes it: the error read "did not answer ... Check that redis-server is
+    # running", sending an operator after a dead server that served every other client.
+    server = start_redis(tmp_path / "r", extra=("--maxclients", "2"))
+    others = [redis.Redis(port=server.port) for _ in range(2)]
+    broker = RedisBroker(server.url)
+    try:
+        for other in others:
+            other.ping()  # both of the server's connections are taken
+        with pytest.raises(BrokerConnectionError) as caught:  # workers wait and retry
+            broker.send([Outgoing("a", "q", b"a")])
+        message = str(caught.value)
+        assert "reached its maxclients limit" in message
+        assert "redis-cli INFO clients" in message
+        assert "Check that redis-server is running" not in message
+        with pytest.raises(BrokerConnectionError, match="reached its maxclients limit"):
+            asyncio.run(broker.asend([Outgoing("a", "q", b"a")]))
+        while others:  # connections free up: the same broker object goes on
+            others.pop().close()
+        assert broker.send([Outgoing("a", "q", b"a")]) == [True]
+    finally:
+        broker.close()
+        for other in others:
+            other.close()
         server.stop()

@@ -58,6 +58,9 @@ _TRUE = {"1", "true", "yes", "on"}
 #: the bare word "maxmemory": an error that echoes its arguments has it too (a renamed
 #: CONFIG: "unknown command 'CONFIG', with args beginning with: 'GET' 'maxmemory-policy'").
 _OOM = "used memory > 'maxmemory'"
+#: Redis's reply to a connection past ``maxclients``, before it closes it (redis-py raises
+#: a ConnectionError with these words).
+_MAXCLIENTS = "max number of clients reached"
 
 CLUSTER_IN_FLIGHT = 90  # below redis-py's 100 connections per node: pub/sub takes one
 
@@ -328,16 +331,7 @@ def _redis_options() -> frozenset[str]:
 
 
 def _unanswered(exc: DriverError, what: str, url: str) -> BrokerError | None:
-    """The error for a server that did not answer (loading, frozen, down), else None."""
-    if isinstance(exc, redis.exceptions.BusyLoadingError):
-        # A ConnectionError to redis-py, but the server is there: "check that it is
-        # running" sent an operator to look for a fault while Redis read its AOF.
-        return BrokerConnectionError(
-            f"could not {what}: Redis at {url} is loading its data set into memory ({exc}): "
-            "it has just started and is reading its AOF or RDB file, and answers once that "
-            "is done (`redis-cli INFO persistence` shows loading_eta_seconds). Workers wait "
-            "for it by themselves; send again once it answers."
-        )
+    """The error for a server that did not answer (frozen, down), else None."""
     if isinstance(exc, redis.TimeoutError) and "reading" in str(exc):
         # Connected and sent, then nothing: "check that redis-server is running" sent an
         # operator to a server that was running, only stopped or busy.
@@ -401,6 +395,8 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
         )
     elif (cluster := _cluster_error(exc, what, url)) is not None:
         error = cluster
+    elif (busy := _busy_error(exc, what, url)) is not None:
+        error = busy
     elif (unanswered := _unanswered(exc, what, url)) is not None:
         error = unanswered
     elif isinstance(exc, redis.exceptions.ReadOnlyError):
@@ -431,6 +427,33 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
     error.__cause__ = original
     error.__suppress_context__ = True
     return error
+
+
+def _busy_error(exc: DriverError, what: str, url: str) -> BrokerError | None:
+    """What translate() says of a Redis that is there but cannot take this client now
+    (loading its data, every connection taken); None for other errors.
+
+    Both are ConnectionErrors to redis-py, and read "did not answer ... check that
+    redis-server is running": an operator went looking for a dead server while Redis read
+    its AOF, or served every connection it already had.
+    """
+    if isinstance(exc, redis.exceptions.BusyLoadingError):
+        return BrokerConnectionError(
+            f"could not {what}: Redis at {url} is loading its data set into memory ({exc}): "
+            "it has just started and is reading its AOF or RDB file, and answers once that "
+            "is done (`redis-cli INFO persistence` shows loading_eta_seconds). Workers wait "
+            "for it by themselves; send again once it answers."
+        )
+    if _MAXCLIENTS in str(exc):
+        return BrokerConnectionError(
+            f"could not {what}: Redis at {url} refused a new connection: it has reached its "
+            f"maxclients limit ({exc}). Each worker child, beat and producer process keeps "
+            "connections of its own: `redis-cli INFO clients` (connected_clients) and "
+            "`redis-cli CLIENT LIST` show who holds them. Raise maxclients (on a managed "
+            "service, a larger tier) or run fewer processes; workers reconnect by themselves "
+            "once one is free."
+        )
+    return None
 
 
 def _cluster_error(exc: DriverError, what: str, url: str) -> BrokerError | None:
