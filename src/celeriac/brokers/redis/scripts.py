@@ -156,6 +156,7 @@ class Scripts:
         self.workers = load("workers-2")
         self.drop_workers = load("drop_workers-2")
         self.join_add = load("join_add-1")
+        self.kv_set = load("kv_set-1")
         self.kv_delete_if = load("kv_delete_if-1")
         self.rate_reserve = load("rate_reserve-1")
         self.rate_admit = load("rate_admit-1")

@@ -12,16 +12,17 @@ from collections.abc import Sequence
 
 from celeriac.brokers.redis.ops import Context, ms
 from celeriac.brokers.redis.scripts import SCRIPTS
-from celeriac.brokers.redis.steps import Batch, Call, Command, Plan
+from celeriac.brokers.redis.steps import Arg, Batch, Call, Command, Plan
 
 _SEQ = 1_000_000  # stream ids "<ms>-<n>" become the integer ms * _SEQ + n
 
 
 def kv_set(ctx: Context, key: str, value: bytes, ttl: float, only_if_absent: bool) -> Plan[bool]:
-    """SET with a TTL (NX when only_if_absent); True when written."""
-    args = ("SET", ctx.keys.store(b"kv", key), value, "PX", ms(ttl))
-    reply = yield Command((*args, "NX") if only_if_absent else args)
-    return reply is not None and reply is not False
+    """SET with a TTL (NX when only_if_absent); True when written. A script rather than a
+    plain SET, so that a full Redis still takes it (see kv_set-1.lua)."""
+    args: list[Arg] = [value, ms(ttl), "NX" if only_if_absent else ""]
+    written = yield Call(SCRIPTS.kv_set, (ctx.keys.store(b"kv", key),), args)
+    return bool(written)
 
 
 def kv_get(ctx: Context, keys: Sequence[str]) -> Plan[list[bytes | None]]:

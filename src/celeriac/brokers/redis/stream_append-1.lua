@@ -9,6 +9,12 @@
 --              time, always growing)
 -- Returns: the number of items appended.
 -- Only the last XADD trims: one trim per batch instead of one per item, same result.
+-- A full Redis (maxmemory, noeviction) must not refuse it: `celeriac ping` (a container's
+-- liveness check), `inspect` and `shutdown` reach the workers through the control stream,
+-- and refused, every worker's probe failed and the fleet was restarted while it drained
+-- the queues. Every stream is trimmed to an exact length (control commands 1,000, revokes
+-- 10,000, task events `Events.max_length`), so none grows with the queue.
+-- @allow-oom
 
 local last = #ARGV
 for i = 2, last - 1 do
