@@ -13,6 +13,7 @@ import json
 import re
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from celeriac.canvas import Canvas, Signature, chain, chord, from_dict, group, s
 from celeriac.cli import cli
 from celeriac.errors import (
     BrokerConnectionError,
+    BrokerError,
     ChordError,
     ConfigurationError,
     PayloadTooLarge,
@@ -35,6 +37,8 @@ from celeriac.errors import (
 )
 from celeriac.group_result import GroupResult
 from celeriac.middleware import MiddlewareStack, default_middleware
+from celeriac.middleware import canvas as canvas_middleware
+from celeriac.middleware.base import HARD_DEADLINE, Outcome
 from celeriac.middleware.flow import join_key
 from celeriac.result import AsyncResult
 from celeriac.testing import run_queued, wait_for
@@ -446,23 +450,55 @@ def test_a_result_too_big_to_pass_on_fails_the_next_task_saying_why(
     assert sum(ledger.count("errback").values()) == 1
 
 
-def test_a_broker_error_while_continuing_runs_the_task_again(
-    app: Celeriac, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("failures", "runs"), [(1, 1), (5, 2)], ids=["brief", "lasting"])
+def test_a_broker_error_while_continuing_is_tried_again_before_the_task_runs_again(
+    app: Celeriac, ledger: Ledger, monkeypatch: pytest.MonkeyPatch, failures: int, runs: int
 ) -> None:
+    # The step is not committed until its next step is sent. A broker error was answered
+    # by running the whole step again a second later; the send is now tried again in place
+    # a few times first (a Redis restart, or a Redis full for a moment), and only when the
+    # broker stays away (the first try and each of the 4 pauses fail) does the step run again.
+    monkeypatch.setattr(canvas_middleware, "_CONTINUE_PAUSES", (0.01,) * 4)
     r = (add.s(1, 2) | add.s(3)).apply_async()
     broker = app.broker
     real_send = broker.send
-    failures = iter([BrokerConnectionError("the broker went away")])
+    errors = iter([BrokerConnectionError("the broker went away")] * failures)
 
     def flaky_send(messages: Any) -> list[bool]:
-        for exc in failures:  # the first continuation fails, then the broker is back
+        for exc in errors:  # the first continuations fail, then the broker is back
             raise exc
         return real_send(messages)
 
     monkeypatch.setattr(broker, "send", flaky_send)
     run_queued(app, include_delayed=True)
     assert r.get(timeout=1) == 6
-    assert ledger.count("run")[f"{r.id}:s0"] == 2  # not committed the first time: ran again
+    assert ledger.count("run")[f"{r.id}:s0"] == runs
+
+
+@pytest.mark.parametrize(("limit_in", "tries"), [(None, 5), (0.5, 1)], ids=["no-limit", "near"])
+def test_continuing_is_tried_again_only_within_the_tasks_hard_limit(
+    app: Celeriac, monkeypatch: pytest.MonkeyPatch, limit_in: float | None, tries: int
+) -> None:
+    # The hard limit still holds while a step continues: a try that outlasts it gets the
+    # child killed and the step, which succeeded, settled as a time-out. Near the limit,
+    # the step is put back at the first error (runs again), as before.
+    monkeypatch.setattr(canvas_middleware, "_CONTINUE_PAUSES", (0.01,) * 4)
+    (add.s(1, 2) | add.s(3)).apply_async()
+    executor = Executor(app, "w")
+    (delivery,) = app.broker.fetch(["default"], "w", limit=1, lease_seconds=30, timeout=0)
+    job, skip = executor.prepare(delivery)
+    assert skip is None
+    if limit_in is not None:
+        job.context[HARD_DEADLINE] = time.time() + limit_in
+    sends: list[object] = []
+
+    def refused(messages: object) -> list[bool]:
+        sends.append(messages)
+        raise BrokerError("Redis is full")
+
+    monkeypatch.setattr(app.broker, "send", refused)
+    assert app.middleware.after_execute(job, Outcome("SUCCESS", value=3)).state == "RETRY"
+    assert len(sends) == tries
 
 
 def test_a_rejected_member_fails_the_chord(app: Celeriac, ledger: Ledger) -> None:

@@ -20,6 +20,7 @@ from celeriac.brokers.records import Outgoing
 from celeriac.brokers.redis import RedisBroker
 from celeriac.errors import BrokerError
 from celeriac.testing import wait_for
+from tests.apps import core
 from tests.apps.core import record
 from tests.conftest import Ledger, WorkerProcesses, run_celeriac
 from tests.redis_server import RedisServer, start_redis
@@ -101,3 +102,26 @@ def test_a_task_killed_at_its_hard_limit_while_redis_is_full_does_not_run_again(
         assert workers.ledger.count("start") == {handle.id: 1}, workers.log_text()
     finally:
         app.broker.close()
+
+
+def test_a_chain_step_that_ends_while_redis_is_briefly_full_is_not_run_again(
+    server: RedisServer, workers: WorkerProcesses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A step sends the next one before it commits. Refused (Redis full, or restarting),
+    # the step was put back to run again a second later: the whole step again, its side
+    # effects too, every second until Redis took writes. It now tries the send again for
+    # a few seconds first, its lease still renewed.
+    monkeypatch.setattr(core.app.conf, "broker_url", server.url)
+    workers.start("-c", "1")
+    try:
+        handle = (core.work.s(1.5, "first") | core.add.si(1, 2)).apply_async()
+        assert wait_for(lambda: workers.ledger.count("start"), timeout=20), workers.log_text()
+        fill_up(server)
+        assert wait_for(lambda: workers.ledger.count("end"), timeout=20), workers.log_text()
+        time.sleep(2.5)  # the step has ended and is trying to send the next one
+        with redis.Redis(port=server.port) as raw:
+            raw.config_set("maxmemory", 0)
+        assert handle.get(timeout=30) == 3, workers.log_text()
+        assert list(workers.ledger.count("start").values()) == [1], workers.log_text()
+    finally:
+        core.app.broker.close()

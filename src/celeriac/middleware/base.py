@@ -64,6 +64,13 @@ class Outcome:
     not_run: str = ""
 
 
+#: The ``Job.context`` key under which the worker pools put the Unix time at which the
+#: running task's hard limit ends it (0.0: no hard limit). ``after_execute`` hooks run
+#: before that limit is lifted: a hook that waits (Canvas, for a broker that does not
+#: answer) must be done by then, or the task is killed and settled as a time-out.
+HARD_DEADLINE = "hard_deadline"
+
+
 @dataclass(slots=True)
 class Job:
     """One delivery as it moves through a worker."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from celeriac.control import is_revoke_mark
 from celeriac.errors import BrokerError, MessageError
 from celeriac.message import ErrorInfo, Message
-from celeriac.middleware.base import Job, Middleware, Outcome
+from celeriac.middleware.base import HARD_DEADLINE, Job, Middleware, Outcome
 from celeriac.middleware.flow import Flow, public_error, what_happened
 from celeriac.text import printable
 
@@ -45,6 +45,12 @@ _TRACEBACK_CHARS = 4000  # tracebacks ride in messages and join values: keep the
 _RETRY_DELAY = 1.0  # seconds before a task whose workflow could not be continued runs again
 # Seconds between tries to fail a dead letter's workflow: a Redis failover's few seconds.
 _DEAD_LETTER_PAUSES = (0.5, 1.0, 2.0, 4.0)
+# Seconds between tries to continue a workflow before the task is run again instead (a
+# Redis restart or failover, a Redis full for a moment): running again repeats the task.
+_CONTINUE_PAUSES = (0.5, 1.0, 2.0, 4.0)
+# Seconds a try to continue leaves before the task's hard limit: the supervisor would kill
+# the child and settle the task, which succeeded, as a time-out.
+_DEADLINE_MARGIN = 1.0
 
 
 def error_dict(message: Message, outcome: Outcome) -> dict[str, str]:
@@ -218,7 +224,8 @@ class Canvas(Middleware):
         # A broker recognises a finished id by its stored result; without one, a task that
         # continues twice could start its next task twice. So canvas tasks keep a result.
         outcome.store_result = True
-        return self._continue(job.task.app, message, data, outcome)
+        deadline = job.context.get(HARD_DEADLINE, 0.0)
+        return self._continue(job.task.app, message, data, outcome, deadline)
 
     def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
         """Fail the workflow of a task dead-lettered before it ran (too many deliveries,
@@ -266,20 +273,39 @@ class Canvas(Middleware):
                 )
 
     def _continue(
-        self, app: Celeriac, message: Message, data: dict[str, Any], outcome: Outcome
+        self,
+        app: Celeriac,
+        message: Message,
+        data: dict[str, Any],
+        outcome: Outcome,
+        deadline: float,
     ) -> Outcome:
-        try:
-            self._advance(app, message, data, outcome)
-        except BrokerError as exc:
-            # Not continued: do not commit either, or the workflow would stop here for good.
-            log.warning(
-                "task %s: could not continue its workflow (%s); it will run again in %gs",
-                printable(f"{message.task}[{message.id}]"),  # the sender's text
-                exc,
-                _RETRY_DELAY,
-            )
-            return Outcome("RETRY", delay=_RETRY_DELAY, exception=exc, runtime=outcome.runtime)
-        return outcome
+        """Send what follows ``outcome``, trying again over a few seconds of broker errors
+        (while the task's hard limit, at Unix time ``deadline``, allows); else RETRY.
+
+        The task is not committed yet and its lease is renewed meanwhile. Put back at the
+        first error, it ran again, whole, a second later: every second while Redis was
+        full, and once for a restart caught at the wrong moment.
+        """
+        pauses = iter(_CONTINUE_PAUSES)
+        while True:
+            try:
+                self._advance(app, message, data, outcome)
+                return outcome
+            except BrokerError as exc:
+                error = exc
+            pause = next(pauses, None)
+            if pause is None or (deadline and time.time() + pause + _DEADLINE_MARGIN > deadline):
+                break
+            time.sleep(pause)
+        # Not continued: do not commit either, or the workflow would stop here for good.
+        log.warning(
+            "task %s: could not continue its workflow (%s); it will run again in %gs",
+            printable(f"{message.task}[{message.id}]"),  # the sender's text
+            error,
+            _RETRY_DELAY,
+        )
+        return Outcome("RETRY", delay=_RETRY_DELAY, exception=error, runtime=outcome.runtime)
 
     @staticmethod
     def _advance(app: Celeriac, message: Message, data: dict[str, Any], outcome: Outcome) -> None:

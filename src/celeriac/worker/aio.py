@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from celeriac.brokers.records import Delivery
 from celeriac.errors import SoftTimeLimitExceeded
 from celeriac.message import ErrorInfo, peek_identity, storable_text
-from celeriac.middleware.base import Job, Outcome
+from celeriac.middleware.base import HARD_DEADLINE, Job, Outcome
 from celeriac.task import Request, _current
 from celeriac.text import printable
 from celeriac.worker.batch import Batch
@@ -418,15 +418,9 @@ class AsyncioChild(Child):
         assert task is not None and message is not None
         soft, hard = self.limits(job)
         started = time.time()
+        hard_at = job.context[HARD_DEADLINE] = started + hard if hard != math.inf else 0.0
         self._held[delivery.id] = [
-            Held(
-                delivery.id,
-                delivery.queue,
-                delivery.lease.token,
-                message.task,
-                started,
-                started + hard if hard != math.inf else 0.0,
-            )
+            Held(delivery.id, delivery.queue, delivery.lease.token, message.task, started, hard_at)
         ]
         self._dirty = self._unwritten_start = True  # written before the task's body runs
         middleware = self.app.middleware

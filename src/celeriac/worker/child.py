@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from celeriac import crashpoints, pid
 from celeriac.brokers.records import Delivery
 from celeriac.errors import BrokerError
-from celeriac.middleware.base import Job, Outcome
+from celeriac.middleware.base import HARD_DEADLINE, Job, Outcome
 from celeriac.worker.alone import Orphan
 from celeriac.worker.batch import Batch
 from celeriac.worker.broker_duties import child_ttl
@@ -299,6 +299,7 @@ class Child:
             delivery.id, delivery.queue, delivery.lease.token, message.task, started, hard_at
         )
         self._publish(key, pending, running, batch)
+        job.context[HARD_DEADLINE] = hard_at
         rss_before = self.rss
         outcome = executor.execute(job, soft)
         if self.spec.pool == "process":  # the threads pool's tasks cannot set handlers
