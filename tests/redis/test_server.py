@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -212,11 +214,75 @@ def test_a_tls_url_at_a_plain_port_fails_within_the_connect_timeout(
     broker = broker_from_url(url)
     started = time.monotonic()
     try:
-        with pytest.raises(BrokerConnectionError, match="did not answer"):
+        with pytest.raises(BrokerConnectionError, match="did not answer") as caught:
             broker.send([Outgoing("a", "q", b"a")])
     finally:
         broker.close()
     assert time.monotonic() - started < 300  # bounded by the connect timeout, not 3 x 600 s
+    assert "for a server without TLS, use redis://" in str(caught.value)  # the likely cause
+
+
+def test_a_host_name_that_does_not_resolve_is_named() -> None:
+    # It read "did not answer ... Check that redis-server is running": an operator went
+    # to look at the server, when the URL's host (a service's name) was wrong or DNS down.
+    broker = broker_from_url("redis://no-such-host.invalid:6379/0")
+    try:
+        with pytest.raises(BrokerConnectionError) as caught:  # workers retry: DNS may come up
+            broker.send([Outgoing("a", "q", b"a")])
+        with pytest.raises(BrokerConnectionError) as caught_async:
+            asyncio.run(broker.asend([Outgoing("a", "q", b"a")]))
+    finally:
+        broker.close()
+    for error in (caught.value, caught_async.value):
+        message = str(error)
+        said = "the host name in the broker URL redis://no-such-host.invalid:6379/0 does not"
+        assert f"{said} resolve" in message
+        assert "Check that redis-server is running" not in message
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[RedisServer, int, Path]]:
+    """A redis-server that also serves TLS: (the server, its TLS port, its certificate),
+    the certificate self-signed for 127.0.0.1 (skipped without openssl or a TLS build)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not found: it makes the test's certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = ("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2")
+    files = ("-keyout", str(key), "-out", str(cert))
+    names = ("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1")
+    subprocess.run(["openssl", *request, *files, *names], check=True, capture_output=True)
+    tls_port = free_port()
+    options = ("--tls-port", str(tls_port), "--tls-cert-file", str(cert))
+    options += ("--tls-key-file", str(key), "--tls-ca-cert-file", str(cert))
+    try:
+        server = start_redis(tmp_path / "redis", extra=(*options, "--tls-auth-clients", "no"))
+    except RuntimeError as exc:
+        pytest.skip(f"this redis-server cannot serve TLS: {exc}")
+    yield server, tls_port, cert
+    server.stop()
+
+
+def test_tls_mismatches_say_tls(tls_server: tuple[RedisServer, int, Path]) -> None:
+    # A plain redis:// URL at a TLS port (a managed service's 6380) and a certificate the
+    # client does not trust both read "did not answer ... check that redis-server is
+    # running", with TLS named only in a list of things to check.
+    _, tls_port, cert = tls_server
+    plain = broker_from_url(f"redis://127.0.0.1:{tls_port}/0")
+    untrusted = broker_from_url(f"rediss://127.0.0.1:{tls_port}/0")
+    trusted = broker_from_url(f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}")
+    try:
+        with pytest.raises(BrokerConnectionError, match=r"if so, use rediss://"):
+            plain.send([Outgoing("a", "q", b"a")])
+        with pytest.raises(BrokerConnectionError) as caught:
+            untrusted.send([Outgoing("a", "q", b"a")])
+        message = str(caught.value)
+        assert "presented a TLS certificate this client does not trust" in message
+        assert "ssl_ca_certs=/path/to/ca.pem" in message
+        assert "Check that redis-server is running" not in message
+        assert trusted.send([Outgoing("a", "q", b"a")]) == [True]  # the advice works
+    finally:
+        for broker in (plain, untrusted, trusted):
+            broker.close()
 
 
 def test_the_broker_recovers_when_the_server_restarts(own_server: Server) -> None:

@@ -23,6 +23,8 @@ import asyncio
 import functools
 import inspect
 import re
+import socket
+import ssl
 import threading
 import weakref
 from collections.abc import AsyncGenerator
@@ -330,27 +332,6 @@ def _redis_options() -> frozenset[str]:
     return frozenset(names - {"self", "args", "kwargs"})
 
 
-def _unanswered(exc: DriverError, what: str, url: str) -> BrokerError | None:
-    """The error for a server that did not answer (frozen, down), else None."""
-    if isinstance(exc, redis.TimeoutError) and "reading" in str(exc):
-        # Connected and sent, then nothing: "check that redis-server is running" sent an
-        # operator to a server that was running, only stopped or busy.
-        return BrokerConnectionError(
-            f"could not {what}: Redis at {url} did not answer within "
-            f"{_socket_timeout(url):g}s (socket_timeout), though it took the connection: it "
-            "is stopped or frozen (SIGSTOP, a paused VM), blocked by a long script or "
-            "command (`redis-cli SLOWLOG GET`), or overloaded. Check `redis-cli -h HOST -p "
-            "PORT PING` from this host."
-        )
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-        return BrokerConnectionError(
-            f"could not {what}: Redis at {url} did not answer ({type(exc).__name__}: {exc}). "
-            "Check that redis-server is running and reachable from this host, and that the "
-            "broker URL (host, port, password, TLS) is right."
-        )
-    return None
-
-
 def _socket_timeout(url: str) -> float:
     """The URL's ``socket_timeout=`` in seconds, else ours (see RedisURL.socket_timeout)."""
     given = dict(parse_qsl(urlsplit(url).query)).get("socket_timeout")
@@ -397,8 +378,8 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
         error = cluster
     elif (busy := _busy_error(exc, what, url)) is not None:
         error = busy
-    elif (unanswered := _unanswered(exc, what, url)) is not None:
-        error = unanswered
+    elif isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        error = _unreachable(exc, what, url)
     elif isinstance(exc, redis.exceptions.ReadOnlyError):
         # After a failover the old primary is a replica: a connection error, so workers
         # reconnect (resolving the host again) and producers can retry.
@@ -427,6 +408,72 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
     error.__cause__ = original
     error.__suppress_context__ = True
     return error
+
+
+def _unreachable(exc: DriverError, what: str, url: str) -> BrokerConnectionError:
+    """What translate() says of a connection that failed: the step that failed when the
+    error tells it (the host's name, TLS), else that Redis did not answer.
+
+    Each read "did not answer ... check that redis-server is running": a host name that
+    does not resolve sent an operator after the server, not the URL or DNS, and a TLS
+    mismatch (rediss:// at a plain port, redis:// at a TLS one, an untrusted certificate)
+    gave no hint of TLS beyond the last words.
+    """
+    causes = _causes(exc)
+    said = f"{type(exc).__name__}: {exc}"
+    if any(isinstance(c, socket.gaierror) for c in causes):
+        return BrokerConnectionError(
+            f"could not {what}: the host name in the broker URL {url} does not resolve "
+            f"({said}). Check the host in the URL and this host's DNS (in Kubernetes or "
+            "Compose, the service's name and namespace); workers retry until it resolves."
+        )
+    if any(isinstance(c, ssl.SSLCertVerificationError) for c in causes):
+        return BrokerConnectionError(
+            f"could not {what}: Redis at {url} presented a TLS certificate this client does "
+            f"not trust ({said}). Name the CA that signed it in the URL: "
+            "ssl_ca_certs=/path/to/ca.pem (ssl_cert_reqs=none skips the check)."
+        )
+    if any(isinstance(c, ssl.SSLError) for c in causes):
+        return BrokerConnectionError(
+            f"could not {what}: the TLS handshake with Redis at {url} failed ({said}). Check "
+            "that this port speaks TLS (else use redis://) and the URL's ssl_* options."
+        )
+    tls = ""
+    if url.startswith("rediss:") and isinstance(exc, redis.TimeoutError):
+        tls = (
+            " A rediss:// URL at a port that speaks plain Redis gets no TLS answer and "
+            "times out like this: for a server without TLS, use redis://."
+        )
+    elif url.startswith("redis:") and any(isinstance(c, ConnectionResetError) for c in causes):
+        tls = (
+            " A port that expects TLS resets plain connections like this (managed services "
+            "often serve TLS on 6380): if so, use rediss://."
+        )
+    if isinstance(exc, redis.TimeoutError) and "reading" in str(exc):
+        # Connected and sent, then nothing: "check that redis-server is running" sent an
+        # operator to a server that was running, only stopped or busy.
+        return BrokerConnectionError(
+            f"could not {what}: Redis at {url} did not answer within "
+            f"{_socket_timeout(url):g}s (socket_timeout), though it took the connection: it "
+            "is stopped or frozen (SIGSTOP, a paused VM), blocked by a long script or "
+            "command (`redis-cli SLOWLOG GET`), or overloaded. Check `redis-cli -h HOST -p "
+            f"PORT PING` from this host.{tls}"
+        )
+    return BrokerConnectionError(
+        f"could not {what}: Redis at {url} did not answer ({said}). Check that "
+        "redis-server is running and reachable from this host, and that the broker URL "
+        f"(host, port, password, TLS) is right.{tls}"
+    )
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it was raised from or while handling, innermost last."""
+    found: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in found:
+        found.append(current)
+        current = current.__cause__ or current.__context__
+    return found
 
 
 def _busy_error(exc: DriverError, what: str, url: str) -> BrokerError | None:
