@@ -6,6 +6,7 @@ The worker processes import this module (``-A tests.redis.test_full_redis``) for
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 
 import redis
 from celeriac import Celeriac, Task
+from celeriac.beat.scheduler import Scheduler
 from celeriac.brokers.records import Outgoing
 from celeriac.brokers.redis import RedisBroker
 from celeriac.errors import BrokerError
@@ -125,3 +127,36 @@ def test_a_chain_step_that_ends_while_redis_is_briefly_full_is_not_run_again(
         assert list(workers.ledger.count("start").values()) == [1], workers.log_text()
     finally:
         core.app.broker.close()
+
+
+def test_beat_says_once_that_redis_refuses_its_sends_not_at_every_pass(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A full Redis answers beat's reads and refuses its sends: each pass read the entries
+    # ("the broker is reachable again"), failed to send ("broker unreachable") and said
+    # the ticks lost so far ("not sent ... could not reach the broker for 1s"): three
+    # lines a second for as long as Redis stayed full.
+    beat_app = Celeriac("beat-full", broker=server.url)
+    beat_app.beat.periodic(beat_app.task(lambda: None, name="t.ping"), every=1, name="ping")
+    scheduler = Scheduler(beat_app, ident="full:1")
+
+    def sent() -> int:
+        return sum(s.ready for s in beat_app.broker.stats())
+
+    try:
+        while not sent():  # the first tick that comes due is sent
+            time.sleep(scheduler.step())
+        fill_up(server)
+        with caplog.at_level(logging.INFO, logger="celeriac.beat"):
+            for _ in range(4):  # four ticks come due while Redis is full
+                time.sleep(scheduler.step())
+            with redis.Redis(port=server.port) as raw:
+                raw.config_set("maxmemory", 0)
+            while sent() < 2:
+                time.sleep(scheduler.step())
+        said = caplog.messages
+        assert sum("broker unreachable" in m and "is full" in m for m in said) == 1, said
+        assert said.count("beat: the broker is reachable again") == 1, said
+        assert sum(" not sent (" in m for m in said) == 1, said  # the ticks lost, once
+    finally:
+        beat_app.broker.close()

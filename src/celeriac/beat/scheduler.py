@@ -197,9 +197,6 @@ class Scheduler(Notices):
         late = max(now - self._due_at, 0.0) if self._due_at is not None else 0.0
         self._late, self._stalled = max(late, self._stalled), 0.0
         self._outage = max(now - self._down_since, 0.0) if self._broker_down else 0.0
-        if self._broker_down:
-            log.info("beat: the broker is reachable again")  # the ticks lost say for how long
-            self._broker_down = False
         wake = now + interval
         self._note_changes(loaded, now)
         self._note_unreadable(loaded)
@@ -214,6 +211,13 @@ class Scheduler(Notices):
                 return self._broker_failed(exc, wake - now)
             except Exception:  # one broken entry must not stop the others
                 log.exception("beat: entry %s failed; the other entries carry on", item.name)
+        # Said once a whole pass went through, not once the entries could be read: a broker
+        # that answers reads and refuses writes (Redis full) had this said, and the outage
+        # and the ticks lost said again, at every pass, a second apart for as long as it
+        # lasted, each outage "1s" long.
+        if self._broker_down:
+            log.info("beat: the broker is reachable again")  # the ticks lost say for how long
+            self._broker_down = False
         return max(wake - self.clock(), 0.001)
 
     def _consider(self, item: Loaded, entry: Entry, now: float) -> float:
@@ -248,7 +252,8 @@ class Scheduler(Notices):
                 )
                 self._done[name] = tick
                 return upcoming
-            log.info(
+            notice: tuple[Any, ...] | None = (
+                logging.INFO,
                 "beat: missed %s (%s); policy run_once: sending the latest (%s) once",
                 span,
                 why,
@@ -256,14 +261,21 @@ class Scheduler(Notices):
             )
         elif unsent is not None:
             level, why = self._why_unsent(on_time)
-            log.log(
+            notice = (
                 level,
                 "beat: %s not sent (%s); only the latest tick is sent (%s)",
                 _span(name, schedule, unsent[0], unsent[1], now, verb=True),
                 why,
                 at(schedule, tick, now),
             )
-        return self._claim_and_send(item, entry, state, tick=tick, following=following, now=now)
+        else:
+            notice = None
+        wake = self._claim_and_send(item, entry, state, tick=tick, following=following, now=now)
+        # Said once the broker took the send: one that refused it (a BrokerError, said as
+        # an outage) would have the same ticks said lost again at every pass.
+        if notice is not None:
+            log.log(*notice)
+        return wake
 
     def _unsent_before(
         self, name: str, schedule: Schedule, state: EntryState, tick: float, baseline: float
