@@ -106,15 +106,16 @@ def test_a_task_killed_at_its_hard_limit_while_redis_is_full_does_not_run_again(
         app.broker.close()
 
 
+@pytest.mark.parametrize("pool", ["process", "asyncio"])
 def test_a_chain_step_that_ends_while_redis_is_briefly_full_is_not_run_again(
-    server: RedisServer, workers: WorkerProcesses, monkeypatch: pytest.MonkeyPatch
+    server: RedisServer, workers: WorkerProcesses, monkeypatch: pytest.MonkeyPatch, pool: str
 ) -> None:
     # A step sends the next one before it commits. Refused (Redis full, or restarting),
     # the step was put back to run again a second later: the whole step again, its side
     # effects too, every second until Redis took writes. It now tries the send again for
     # a few seconds first, its lease still renewed.
     monkeypatch.setattr(core.app.conf, "broker_url", server.url)
-    workers.start("-c", "1")
+    workers.start("-c", "1", "-P", pool)
     try:
         handle = (core.work.s(1.5, "first") | core.add.si(1, 2)).apply_async()
         assert wait_for(lambda: workers.ledger.count("start"), timeout=20), workers.log_text()
