@@ -15,6 +15,7 @@ from celeriac.errors import BrokerError
 from celeriac.worker import outage, supervisor
 from celeriac.worker.slot import Held
 from celeriac.worker.supervisor import Worker
+from tests.redis_server import RedisServer, start_redis
 
 
 @pytest.fixture
@@ -56,7 +57,30 @@ def test_a_lease_a_child_still_holds_and_lost_is_called_lost(
         worker._renew_leases()
         assert "lost the lease" not in caplog.text  # maybe committed, its slot not written
         worker._renew_leases()
-    assert f"lost the lease of {held.id}" in caplog.text
+    assert f"lost the lease of {held.id}: its lease lapsed and the broker handed" in caplog.text
+
+
+def test_a_lease_redis_lost_in_a_restart_is_not_said_to_be_run_elsewhere(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Redis restarted without persistence while a child ran the task: the warning said
+    # "another worker may run them", though no copy of the message was left anywhere.
+    worker = Worker(Celeriac("leases", broker=private_redis.url), ["q"], concurrency=1)
+    try:
+        held = _hold(worker, lease_seconds=30)
+        private_redis.stop()
+        restarted = start_redis(private_redis.folder, port=private_redis.port)
+        try:
+            with caplog.at_level(logging.WARNING):
+                worker._renew_leases()
+                worker._renew_leases()
+        finally:
+            restarted.stop()
+    finally:
+        worker.app.broker.close()
+    assert f"lost the lease of {held.id}: the broker no longer holds this message" in caplog.text
+    assert "Redis restarted without persistence" in caplog.text
+    assert "another worker may run" not in caplog.text
 
 
 def test_a_lease_committed_before_the_child_rewrote_its_slot_is_not_called_lost(

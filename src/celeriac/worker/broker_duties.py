@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from celeriac.brokers.records import Lease, WorkerInfo
+from celeriac.errors import BrokerError
 from celeriac.worker.memory import Ceiling
 from celeriac.worker.reading import shown
 from celeriac.worker.remote import Remote
@@ -91,11 +92,24 @@ class BrokerDuties:
         repeated = sorted(i for i, token in now_lost & self._lost_before)
         self._lost_before = now_lost
         if repeated:
-            log.warning(
-                "worker %s lost the lease of %s; another worker may run them",
-                self.id,
-                ", ".join(shown(i) for i in repeated),  # ids are the senders' text
-            )
+            self._say_lost([lease for lease in leases if lease.id in repeated])
+
+    def _say_lost(self, lost: list[Lease]) -> None:
+        """Warn of leases found lost twice in a row, with what became of each message.
+
+        It said "another worker may run them" in every case: after a Redis restart without
+        persistence, which took the messages with it, nobody would run them again, and the
+        line sent an operator looking for a second worker.
+        """
+        said: dict[str, list[str]] = {}
+        for lease in lost:
+            try:
+                reason = self.app.broker.lease_loss(lease).value
+            except BrokerError:
+                reason = "another worker may run it (the broker could not say more)"
+            said.setdefault(reason, []).append(shown(lease.id))  # ids are the senders' text
+        for reason, ids in said.items():
+            log.warning("worker %s lost the lease of %s: %s", self.id, ", ".join(ids), reason)
 
     def _still_held(self, ids: list[str], leases: list[Lease]) -> list[str]:
         tokens = {lease.id: lease.token for lease in leases}
