@@ -42,7 +42,7 @@ from celeriac.middleware.base import HARD_DEADLINE, Job, Outcome
 from celeriac.worker.alone import Orphan
 from celeriac.worker.batch import Batch
 from celeriac.worker.broker_duties import child_ttl
-from celeriac.worker.descendants import end_leftovers, listed
+from celeriac.worker.descendants import end_leftovers, listed, plain_signals_in_forks
 from celeriac.worker.executor import FINAL, Executor, FetchSpec
 from celeriac.worker.handback import Prefetched, start_quiet_thread
 from celeriac.worker.memory import Ceiling
@@ -604,6 +604,7 @@ def child_main(app: Celeriac, spec: ChildSpec, slot: Slot) -> None:
         # Forked with the stop signals blocked: this child's handlers first, then a signal
         # that came meanwhile is delivered to them (not lost to the supervisor's).
         child._install_signals()
+        os.register_at_fork(after_in_child=plain_signals_in_forks)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         _die_with_supervisor(spec.supervisor_pid)
         code = child.run()

@@ -179,3 +179,20 @@ def _wait_frozen(pid: int) -> None:
 def _signal(pid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
+
+
+def plain_signals_in_forks() -> None:
+    """SIGTERM and SIGALRM at their defaults, and no wake-up fd, in a process a task
+    forked from its worker child (multiprocessing's fork start method, ``os.fork()``);
+    registered by the child with ``os.register_at_fork``.
+
+    The copy inherited the child's handlers: ``Process.terminate()`` (SIGTERM) ran the
+    child's warm-shutdown handler in the helper, which did not end (``join()`` waited for
+    ever). It gave back the messages the child had prefetched, which the child ran all the
+    same (twice), wrote the child's slot (shared memory) and, its parent not being the
+    supervisor, renewed leases and heartbeated as an orphaned child. A signal it handled
+    also wrote the child's own wake-up pipe (the threads child's, an asyncio loop's).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)

@@ -1,0 +1,55 @@
+"""Tasks that misbehave toward the worker process that runs them: they start helpers with
+multiprocessing and stop them, close descriptors they do not own, raise what cannot be
+shown.
+
+Executions are appended to the ledger named by $CELERIAC_TEST_LEDGER (tests.apps.core's
+``record``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from typing import Any
+
+from celeriac import Celeriac, Task
+from tests.apps.core import record
+
+app = Celeriac("hostile-tests")
+
+#: multiprocessing's fork start method (Linux's default before Python 3.14): the helper is
+#: a copy of the worker child, with whatever the child had set up.
+_FORK = multiprocessing.get_context("fork")
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+@app.bound_task()
+def add(self: Task[Any, Any], x: int, y: int) -> int:
+    record("run", self.request.id)
+    return x + y
+
+
+@app.bound_task()
+def stops_its_helper(self: Task[Any, Any]) -> int | None:
+    """Start a helper process with multiprocessing (fork), stop it with terminate()
+    (SIGTERM) and return its exit code: -15 once it ended, None when it did not."""
+    record("run", self.request.id)
+    helper = _FORK.Process(target=_sleep, args=(30,))
+    helper.start()
+    time.sleep(0.2)
+    helper.terminate()
+    helper.join(5)
+    if helper.exitcode is None:
+        helper.kill()  # not left behind by the test
+        helper.join(5)
+        return None
+    return helper.exitcode
+
+
+@app.bound_task()
+async def stops_its_helper_async(self: Task[Any, Any]) -> int | None:
+    """:func:`stops_its_helper` from a coroutine (forked from the asyncio child's loop)."""
+    return stops_its_helper.fn(self)

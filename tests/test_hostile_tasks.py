@@ -1,0 +1,61 @@
+"""Tasks that misbehave toward the worker process running them, in real workers: each
+ends with a clear outcome, no other task is lost or run twice, and the worker consumes
+on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from celeriac import Celeriac, Task
+from tests.apps import hostile
+from tests.conftest import Ledger, WorkerProcesses
+
+pytestmark = pytest.mark.slow
+
+APP = "tests.apps.hostile"
+
+
+@pytest.fixture
+def hostile_app(
+    broker_url: str, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Celeriac]:
+    """tests.apps.hostile's app on this test's broker (the one `workers` use)."""
+    monkeypatch.setenv("CELERIAC_TEST_LEDGER", str(ledger.path))
+    monkeypatch.setattr(hostile.app.conf, "broker_url", broker_url)
+    yield hostile.app
+    hostile.app.broker.close()
+
+
+@pytest.mark.parametrize(
+    ("pool", "task"),
+    [
+        ("process", hostile.stops_its_helper),
+        ("threads", hostile.stops_its_helper),
+        ("asyncio", hostile.stops_its_helper_async),
+    ],
+    ids=["process", "threads", "asyncio"],
+)
+def test_a_helper_a_task_forks_stops_at_sigterm_and_leaves_the_child_alone(
+    hostile_app: Celeriac,
+    workers: WorkerProcesses,
+    ledger: Ledger,
+    pool: str,
+    task: Task[Any, Any],
+) -> None:
+    # A helper forked by multiprocessing is a copy of the worker child, signal handlers
+    # and all: its terminate() (SIGTERM) ran the child's warm-shutdown handler in the
+    # helper, which went on running, gave back the messages the child had prefetched (the
+    # child ran them all the same: twice), and renewed leases and heartbeats as an
+    # orphaned child.
+    helper_user = task.delay()
+    prefetched = hostile.add.delay(1, 1)  # taken with it: held by the child meanwhile
+    env = {"CELERIAC_WORKER_PREFETCH_MULTIPLIER": "2", "CELERIAC_WORKER_BATCH_MAX": "1"}
+    workers.start("-P", pool, "-c", "1", app=APP, env=env)
+    assert helper_user.get(timeout=30) == -15, workers.log_text()  # ended by its SIGTERM
+    assert prefetched.get(timeout=20) == 2
+    assert ledger.count("run") == {helper_user.id: 1, prefetched.id: 1}
+    log = workers.log_text()
+    assert "gives back" not in log and "lost" not in log, log
