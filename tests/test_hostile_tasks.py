@@ -5,6 +5,7 @@ on."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,3 +60,22 @@ def test_a_helper_a_task_forks_stops_at_sigterm_and_leaves_the_child_alone(
     assert ledger.count("run") == {helper_user.id: 1, prefetched.id: 1}
     log = workers.log_text()
     assert "gives back" not in log and "lost" not in log, log
+
+
+@pytest.mark.parametrize("pool", ["process", "threads"])
+def test_a_task_that_closes_its_childs_descriptors_fails_once_and_the_worker_goes_on(
+    hostile_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, tmp_path: Path, pool: str
+) -> None:
+    # os.closerange(3, ...) closed the child's broker connection and its memory gauge: the
+    # child crashed after the task, which ran 5 times and was dead-lettered as a crash (and
+    # with the gauge alone fixed, a SQLite child failed every later call: "locking
+    # protocol", consuming nothing ever again).
+    workers.start("-P", pool, "-c", "1", app=APP)
+    closer = hostile.closes_descriptors.delay(str(tmp_path / "own.log"))
+    with pytest.raises(OSError, match=r"closes_descriptors\[.*\] closed file descriptors it"):
+        closer.get(timeout=30)
+    assert hostile.add.delay(2, 3).get(timeout=20) == 5  # a fresh child serves
+    assert ledger.count("run")[closer.id] == 1
+    log = workers.log_text()
+    assert f"task {hostile.closes_descriptors.name}[{closer.id}] closed file" in log, log
+    assert "died" not in log and "crashed" not in log, log

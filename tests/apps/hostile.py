@@ -9,6 +9,7 @@ Executions are appended to the ledger named by $CELERIAC_TEST_LEDGER (tests.apps
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from typing import Any
 
@@ -53,3 +54,17 @@ def stops_its_helper(self: Task[Any, Any]) -> int | None:
 async def stops_its_helper_async(self: Task[Any, Any]) -> int | None:
     """:func:`stops_its_helper` from a coroutine (forked from the asyncio child's loop)."""
     return stops_its_helper.fn(self)
+
+
+@app.bound_task()
+def closes_descriptors(self: Task[Any, Any], log_path: str) -> str:
+    """Close every descriptor from 3 up, then open a log file of its own (as a daemonizing
+    library does): its number is one the worker child had open."""
+    record("run", self.request.id)
+    os.closerange(3, 1024)
+    global _own_log
+    _own_log = open(log_path, "a")  # noqa: SIM115
+    return "closed"
+
+
+_own_log = None

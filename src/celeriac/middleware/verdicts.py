@@ -56,5 +56,7 @@ class Verdicts(Middleware):
 def _exception(error: ErrorInfo) -> BaseException:
     from celeriac.errors import TaskRevoked, TimeLimitExceeded
 
+    if error.type == "builtins.OSError":  # a task closed its child's descriptors
+        return OSError(error.message)
     cls = TaskRevoked if error.type.endswith("TaskRevoked") else TimeLimitExceeded
     return cls(error.message)

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from celeriac import crashpoints, pid
 from celeriac.brokers.records import Delivery
@@ -41,6 +41,7 @@ from celeriac.errors import BrokerError
 from celeriac.middleware.base import HARD_DEADLINE, Job, Outcome
 from celeriac.worker.alone import Orphan
 from celeriac.worker.batch import Batch
+from celeriac.worker.broken import EXIT_TASK_CLOSED_DESCRIPTORS, DescriptorsLost
 from celeriac.worker.broker_duties import child_ttl
 from celeriac.worker.descendants import end_leftovers, listed, plain_signals_in_forks
 from celeriac.worker.executor import FINAL, Executor, FetchSpec
@@ -88,7 +89,12 @@ def current_rss() -> int:
     this = pid.current()
     if _statm is None or _statm[0] != this:
         _statm = (this, os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
-    return int(os.pread(_statm[1], 64, 0).split()[1]) * _PAGE
+    try:
+        return int(os.pread(_statm[1], 64, 0).split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError) as exc:
+        # Closed by a task (os.closerange), or its number is another file now: see .broken
+        _statm = None
+        raise DescriptorsLost(f"this process's /proc/self/statm descriptor: {exc}") from exc
 
 
 class Child:
@@ -304,7 +310,10 @@ class Child:
         outcome = executor.execute(job, soft)
         if self.spec.pool == "process":  # the threads pool's tasks cannot set handlers
             self._keep_handlers(job)
-        self.rss = current_rss()  # the one read per task: growth, slot and recycling use it
+        try:
+            self.rss = current_rss()  # the one read per task: growth, slot and recycling use it
+        except DescriptorsLost:
+            self._closed_descriptors(job, outcome, running)
         with self._lock:
             stats = self.growth.setdefault(task.name, [0, 0])
             stats[0] += 1
@@ -318,6 +327,26 @@ class Child:
             running.hard_deadline = 0.0
             self._publish(key, pending, running, batch)
         return outcome
+
+    def _closed_descriptors(self, job: Job, outcome: Outcome, running: Held) -> NoReturn:
+        """End this child after ``job``'s task closed its descriptors (see .broken): its
+        broker connection must not be used again, so its supervisor settles the task."""
+        log.error(
+            "task %s closed file descriptors it did not open (os.closerange, a daemonizing "
+            "library?), among them this child's broker connection, and ended %s: child %d "
+            "cannot use the broker any more and exits. Its supervisor records the task's "
+            "FAILURE (it is not run again), and a fresh child takes its place",
+            job.label,
+            outcome.state,
+            os.getpid(),
+        )
+        with self._lock:  # held until the exit: no other consumer writes the slot again
+            # The task first, as the only one started: the others (another thread's, a
+            # batch's) did nothing wrong and go back uncounted.
+            others = [Held(h.id, h.queue, h.token) for items in self._held.values() for h in items]
+            others = [h for h in others if (h.id, h.token) != (running.id, running.token)]
+            self.slot.write([running, *others], self.rss, self.tasks_done, self.growth)
+            exit_child(EXIT_TASK_CLOSED_DESCRIPTORS)
 
     def limits(self, job: Job) -> tuple[float, float]:
         """(soft, hard) seconds for this job: the message's, the task's, or the app's."""
@@ -611,12 +640,18 @@ def child_main(app: Celeriac, spec: ChildSpec, slot: Slot) -> None:
     except BaseException:  # logged, then the process ends with code 1
         log.exception("worker child %d crashed; the supervisor will start another", os.getpid())
     finally:
-        try:
-            _end_leftovers()
-        finally:
-            logging.shutdown()
-            flush_output()  # what tasks printed: os._exit drops buffers
-            os._exit(code)
+        exit_child(code)
+
+
+def exit_child(code: int) -> NoReturn:
+    """End this child with ``code``: what its tasks left running first, then the log and
+    what tasks printed (``os._exit`` drops buffers)."""
+    try:
+        _end_leftovers()
+    finally:
+        logging.shutdown()
+        flush_output()
+        os._exit(code)
 
 
 #: Seconds the processes a child's tasks left running get, after SIGTERM, to end before

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from celeriac.brokers.records import Lease
 from celeriac.middleware.verdicts import verdict_key
 from celeriac.worker.alone import killed_verdict
+from celeriac.worker.broken import EXIT_TASK_CLOSED_DESCRIPTORS, closed_descriptors_verdict
 from celeriac.worker.reading import shown
 from celeriac.worker.slot import Held, Slot, SlotView, hand_mark
 
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
     from celeriac.app import Celeriac
 
 log = logging.getLogger("celeriac.worker")
+
+#: Why a task is settled by a verdict, beside FAILURE (its hard limit) and REVOKED: its
+#: child exited after it closed the child's descriptors (see .broken).
+CLOSED_DESCRIPTORS = "CLOSED"
 
 
 @dataclass(slots=True)
@@ -91,6 +96,9 @@ class Reaping:
         pid, killed = pid or child.pid, child.killed_for
         view = final if final.rss else child.last_view
         child.pid = 0
+        closed = code == EXIT_TASK_CLOSED_DESCRIPTORS and view.held and view.held[0].started
+        if killed is None and closed:  # the child put that task first: see .broken
+            killed = (view.held[0], CLOSED_DESCRIPTORS)
         self._fold_counters(view)
         if killed is not None:
             self._record_killed(*killed)
@@ -208,7 +216,10 @@ class Reaping:
         The next delivery does not run it: the Verdicts middleware settles it with this
         verdict through the whole pipeline, so retries, chains and chords carry on.
         """
-        verdict = killed_verdict(held, state)
+        if state == CLOSED_DESCRIPTORS:
+            verdict = closed_descriptors_verdict(held)
+        else:
+            verdict = killed_verdict(held, state)
         broker = self.app.broker
         lease = Lease(held.id, held.queue, held.token)
         self._quietly(

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from celeriac.worker.child import EXIT_RECYCLE, Child, ChildSpec
@@ -56,7 +57,14 @@ class ThreadsChild(Child):
         for thread in threads:
             thread.start()
         while self._ended < len(threads):
-            os.read(wake_r, 512)  # a thread ended, or a signal came: its handler runs here
+            try:
+                woke = os.read(wake_r, 512)  # a thread ended, or a signal came: its handler
+            except OSError:  # runs here
+                woke = b""
+            if not woke:
+                # A task closed the pipe (os.closerange): its consumer thread ends this
+                # child as that task ends (see .broken); until then, handlers run here.
+                time.sleep(0.1)
         for thread in threads:
             thread.join()  # each is past its last task
         signal.set_wakeup_fd(-1)
