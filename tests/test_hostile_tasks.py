@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from celeriac import Celeriac, Task
+from celeriac import Celeriac, Task, TaskFailed
 from tests.apps import hostile
 from tests.conftest import Ledger, WorkerProcesses
 
@@ -79,3 +79,25 @@ def test_a_task_that_closes_its_childs_descriptors_fails_once_and_the_worker_goe
     log = workers.log_text()
     assert f"task {hostile.closes_descriptors.name}[{closer.id}] closed file" in log, log
     assert "died" not in log and "crashed" not in log, log
+
+
+@pytest.mark.parametrize("pool", ["process", "threads", "asyncio"])
+def test_an_error_that_cannot_be_compared_or_shown_is_the_tasks_failure_once(
+    hostile_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, pool: str
+) -> None:
+    # Storing an error compares its args with its text: for a single numpy array or
+    # DataFrame argument that comparison raises ("truth value ... is ambiguous"), and a
+    # BaseException's repr() was called unguarded. Either crashed the child after the task
+    # (run 5 times, dead-lettered as a crash; in -P asyncio dead-lettered at once, blamed
+    # on the worker).
+    workers.start("-P", pool, "-c", "1", app=APP)
+    is_async = pool == "asyncio"
+    table = (hostile.rejects_table_async if is_async else hostile.rejects_table).delay()
+    base = (hostile.raises_unshowable_async if is_async else hostile.raises_unshowable).delay()
+    with pytest.raises(ValueError, match="<Table 3x2>"):
+        table.get(timeout=30)
+    with pytest.raises(TaskFailed, match=r"tests.apps.hostile.Unshowable: the task raised"):
+        base.get(timeout=30)
+    assert ledger.count("run") == {table.id: 1, base.id: 1}
+    assert not hostile_app.broker.dead_letters()
+    assert "died" not in workers.log_text()

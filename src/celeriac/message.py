@@ -507,7 +507,9 @@ def error_args(exc: BaseException, message: str) -> list[Any] | None:
         True
     """
     args = list(exc.args)
-    if args == [message] or not args:
+    # Compared as text only: ``==`` on a numpy array or a DataFrame (``ValueError(df)``)
+    # gives an object whose truth value raises, and crashed the child storing the error.
+    if not args or (len(args) == 1 and type(args[0]) is str and args[0] == message):
         return None
     try:
         encoded = _encoder.encode(args)

@@ -68,3 +68,55 @@ def closes_descriptors(self: Task[Any, Any], log_path: str) -> str:
 
 
 _own_log = None
+
+
+class Table:
+    """Compares as a numpy array or a pandas DataFrame does: ``==`` gives an object whose
+    truth value raises ("The truth value of an array ... is ambiguous")."""
+
+    def __eq__(self, other: object) -> Any:
+        return _Ambiguous()
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return "<Table 3x2>"
+
+
+class _Ambiguous:
+    def __bool__(self) -> bool:
+        raise ValueError("The truth value of a Table is ambiguous. Use a.any() or a.all().")
+
+
+class Unshowable(BaseException):
+    """A library's BaseException whose str() and repr() both raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str() of Unshowable")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr() of Unshowable")
+
+
+@app.bound_task()
+def rejects_table(self: Task[Any, Any]) -> None:
+    """Raise an error whose one argument is the offending table, as
+    ``raise ValueError(df)`` does."""
+    record("run", self.request.id)
+    raise ValueError(Table())
+
+
+@app.bound_task()
+def raises_unshowable(self: Task[Any, Any]) -> None:
+    record("run", self.request.id)
+    raise Unshowable
+
+
+@app.bound_task()
+async def rejects_table_async(self: Task[Any, Any]) -> None:
+    rejects_table.fn(self)
+
+
+@app.bound_task()
+async def raises_unshowable_async(self: Task[Any, Any]) -> None:
+    raises_unshowable.fn(self)

@@ -99,7 +99,11 @@ def outcome_for(exc: BaseException) -> Outcome:
         return Outcome("DEAD", reason=f"rejected by the task: {exc.reason}")
     error = error_info(exc)
     if not isinstance(exc, Exception):  # say what it means, not just "0" (or nothing)
-        error.message = f"the task raised {exc!r}; in a worker that fails the task, not the worker"
+        try:
+            shown = repr(exc)
+        except Exception:  # noqa: BLE001 - a broken __repr__ must not lose the task's failure
+            shown = f"{type(exc).__qualname__}(<repr() failed>)"
+        error.message = f"the task raised {shown}; in a worker that fails the task, not the worker"
     return Outcome("FAILURE", error=error, exception=exc)
 
 
