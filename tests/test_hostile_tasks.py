@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from celeriac import Celeriac, Task, TaskFailed
+from celeriac.testing import wait_for
 from tests.apps import hostile
-from tests.conftest import Ledger, WorkerProcesses
+from tests.conftest import ROOT, Ledger, WorkerProcesses
 
 pytestmark = pytest.mark.slow
 
@@ -101,3 +102,36 @@ def test_an_error_that_cannot_be_compared_or_shown_is_the_tasks_failure_once(
     assert ledger.count("run") == {table.id: 1, base.id: 1}
     assert not hostile_app.broker.dead_letters()
     assert "died" not in workers.log_text()
+
+
+def test_a_task_that_closes_replaces_stdout_or_moves_leaves_later_tasks_as_they_were(
+    hostile_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, tmp_path: Path
+) -> None:
+    # Process-wide state one task changed stayed for every later task of its child: after
+    # a closed sys.stdout, the next task that printed failed ("I/O operation on closed
+    # file"); after sys.stdout = open(os.devnull), what later tasks printed was lost; after
+    # os.chdir, later tasks ran in that folder (relative paths, lazy imports).
+    workers.start("-c", "1", app=APP)
+    assert hostile.closes_stdout.delay().get(timeout=20) == "closed"
+    first = hostile.prints_where.delay("printed after a task closed stdout")
+    assert first.get(timeout=20) == str(ROOT)  # the worker's folder
+    assert hostile.silences_stdout.delay().get(timeout=20) == "silenced"
+    assert hostile.moves_to.delay(str(tmp_path)).get(timeout=20) == str(tmp_path)
+    second = hostile.prints_where.delay("printed after a task silenced stdout")
+    assert second.get(timeout=20) == str(ROOT)
+    assert wait_for(lambda: "printed after a task silenced stdout" in workers.log_text())
+    log = workers.log_text()
+    assert "printed after a task closed stdout" in log, log
+    closer = f"task {hostile.closes_stdout.name}"
+    assert f"{closer}" in log and "closed sys.stdout; this child's own is put back" in log, log
+    assert "changed this child's working directory" in log, log
+
+
+@pytest.mark.parametrize("pool", ["threads", "asyncio"])
+def test_a_task_that_closes_stdout_fails_no_later_task_in_any_pool(
+    hostile_app: Celeriac, workers: WorkerProcesses, pool: str
+) -> None:
+    workers.start("-P", pool, "-c", "1", app=APP)
+    assert hostile.closes_stdout.delay().get(timeout=20) == "closed"
+    assert hostile.prints_where.delay("printed after").get(timeout=20) == str(ROOT)
+    assert wait_for(lambda: "printed after" in workers.log_text())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import time
 from typing import Any
 
@@ -120,3 +121,34 @@ async def rejects_table_async(self: Task[Any, Any]) -> None:
 @app.bound_task()
 async def raises_unshowable_async(self: Task[Any, Any]) -> None:
     raises_unshowable.fn(self)
+
+
+@app.bound_task()
+def closes_stdout(self: Task[Any, Any]) -> str:
+    """Close ``sys.stdout``, as a library daemonizing itself or a misguided cleanup may."""
+    record("run", self.request.id)
+    sys.stdout.close()
+    return "closed"
+
+
+@app.bound_task()
+def silences_stdout(self: Task[Any, Any]) -> str:
+    """Point ``sys.stdout`` at /dev/null to quiet a chatty library, and never put it back."""
+    record("run", self.request.id)
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+    return "silenced"
+
+
+@app.bound_task()
+def moves_to(self: Task[Any, Any], folder: str) -> str:
+    record("run", self.request.id)
+    os.chdir(folder)
+    return folder
+
+
+@app.bound_task()
+def prints_where(self: Task[Any, Any], text: str) -> str:
+    """Print ``text``; return the folder the task runs in."""
+    record("run", self.request.id)
+    print(text)
+    return os.getcwd()

@@ -39,6 +39,7 @@ from celeriac import crashpoints, pid
 from celeriac.brokers.records import Delivery
 from celeriac.errors import BrokerError
 from celeriac.middleware.base import HARD_DEADLINE, Job, Outcome
+from celeriac.text import printable
 from celeriac.worker.alone import Orphan
 from celeriac.worker.batch import Batch
 from celeriac.worker.broken import EXIT_TASK_CLOSED_DESCRIPTORS, DescriptorsLost
@@ -49,6 +50,7 @@ from celeriac.worker.handback import Prefetched, start_quiet_thread
 from celeriac.worker.memory import Ceiling
 from celeriac.worker.outage import Outage
 from celeriac.worker.output import flush_output
+from celeriac.worker.restore import OwnFolder, OwnStreams
 from celeriac.worker.slot import Held, Slot
 from celeriac.worker.soft_limits import SoftAlarm
 
@@ -123,6 +125,8 @@ class Child:
         # The handlers this child installed, put back after a task that replaced one.
         self._handlers: dict[int, Callable[[int, FrameType | None], Any] | int] = {}
         self.rss = current_rss()  # as last measured: after the previous task
+        self._streams = OwnStreams()  # put back after a task that closed or replaced one
+        self._folder = OwnFolder()
         self._alone = False  # the supervisor is gone: this child enforces its hard limits
 
     def run(self) -> int:
@@ -171,6 +175,32 @@ class Child:
                     signal.Signals(signum).name,
                 )
                 signal.signal(signum, handler)
+
+    def _keep_streams(self, job: Job, *, replaced_too: bool, others: bool = False) -> None:
+        """Put back this child's sys.stdout and sys.stderr if the task just run closed (or
+        replaced) one: see :mod:`celeriac.worker.restore`."""
+        did = self._streams.put_back(replaced_too=replaced_too)
+        if did:
+            log.warning(
+                "task %s%s %s; this child's own is put back (later tasks' print() failed "
+                "on a closed stream, or what they printed was lost)",
+                job.label,
+                " (or another task running in this child meanwhile)" if others else "",
+                " and ".join(did),
+            )
+
+    def _keep_folder(self, job: Job) -> None:
+        """Go back to this child's working directory if the task just run left another
+        (a process child's only: in the threads pool, tasks share one)."""
+        left = self._folder.put_back()
+        if left is not None:
+            log.warning(
+                "task %s changed this child's working directory to %s; it is put back to "
+                "%s, where later tasks run (relative paths, a relative PYTHONPATH entry)",
+                job.label,
+                printable(left),
+                printable(self._folder.path),
+            )
 
     # -- the consume loop (shared by the process and threads pools) -----------------------
 
@@ -310,6 +340,8 @@ class Child:
         outcome = executor.execute(job, soft)
         if self.spec.pool == "process":  # the threads pool's tasks cannot set handlers
             self._keep_handlers(job)
+            self._keep_folder(job)
+        self._keep_streams(job, replaced_too=self.spec.pool == "process")
         try:
             self.rss = current_rss()  # the one read per task: growth, slot and recycling use it
         except DescriptorsLost:
