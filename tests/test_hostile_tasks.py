@@ -4,6 +4,7 @@ on."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,27 @@ def test_a_task_that_closes_stdout_fails_no_later_task_in_any_pool(
     assert hostile.closes_stdout.delay().get(timeout=20) == "closed"
     assert hostile.prints_where.delay("printed after").get(timeout=20) == str(ROOT)
     assert wait_for(lambda: "printed after" in workers.log_text())
+
+
+@pytest.mark.parametrize(
+    ("pool", "task"),
+    [("process", hostile.blocks_sigterm), ("asyncio", hostile.blocks_sigterm_async)],
+    ids=["process", "asyncio"],
+)
+def test_a_warm_shutdown_ends_after_a_task_that_blocked_sigterm(
+    hostile_app: Celeriac,
+    workers: WorkerProcesses,
+    ledger: Ledger,
+    pool: str,
+    task: Task[Any, Any],
+) -> None:
+    # The task blocked SIGTERM in the child's main thread (pthread_sigmask) and returned:
+    # the warm shutdown's SIGTERM stayed pending for ever, the child consumed on, and the
+    # supervisor waited for it for ever.
+    proc = workers.start("-P", pool, "-c", "1", app=APP)
+    result = task.delay(1.0)
+    assert wait_for(lambda: ledger.count("run")[result.id] == 1, timeout=20)
+    proc.send_signal(signal.SIGTERM)  # once: a second one is a cold shutdown
+    assert proc.wait(timeout=30) == 0
+    assert result.get(timeout=5) == "blocked"
+    assert f"task {task.name}[{result.id}] blocked this child's SIGTERM" in workers.log_text()

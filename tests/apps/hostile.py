@@ -8,8 +8,10 @@ Executions are appended to the ledger named by $CELERIAC_TEST_LEDGER (tests.apps
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -152,3 +154,21 @@ def prints_where(self: Task[Any, Any], text: str) -> str:
     record("run", self.request.id)
     print(text)
     return os.getcwd()
+
+
+@app.bound_task()
+def blocks_sigterm(self: Task[Any, Any], seconds: float) -> str:
+    """Block SIGTERM in the thread running it (a library guarding a critical section that
+    never unblocks it again), then take ``seconds``."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    record("run", self.request.id)
+    time.sleep(seconds)
+    return "blocked"
+
+
+@app.bound_task()
+async def blocks_sigterm_async(self: Task[Any, Any], seconds: float) -> str:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    record("run", self.request.id)
+    await asyncio.sleep(seconds)
+    return "blocked"
