@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from celeriac import Celeriac, Task, TaskFailed
+from celeriac import Celeriac, Task, TaskFailed, TimeLimitExceeded
 from celeriac.testing import wait_for
 from tests.apps import hostile
 from tests.conftest import ROOT, Ledger, WorkerProcesses
@@ -160,3 +160,19 @@ def test_a_warm_shutdown_ends_after_a_task_that_blocked_sigterm(
     assert proc.wait(timeout=30) == 0
     assert result.get(timeout=5) == "blocked"
     assert f"task {task.name}[{result.id}] blocked this child's SIGTERM" in workers.log_text()
+
+
+def test_a_task_delivered_at_most_once_killed_at_its_hard_limit_fails_with_that_limit(
+    hostile_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # The hard limit's verdict is read by the delivery after the kill, which for a task
+    # with max_deliveries=1 is over its limit: it was dead-lettered as "started 1 times
+    # without finishing (the worker crashed...)", a Reject in a dead-letter queue that a
+    # replay would run again, and the verdict was left behind in the store.
+    workers.start("-c", "1", app=APP)
+    result = hostile.at_most_once_hangs.delay()
+    with pytest.raises(TimeLimitExceeded, match=r"ran past its hard time limit \(1s\)"):
+        result.get(timeout=30)
+    assert ledger.count("run") == {result.id: 1}
+    assert not hostile_app.broker.dead_letters()
+    assert hostile_app.broker.kv_get([f"verdict:{result.id}"]) == [None]

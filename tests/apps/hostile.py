@@ -172,3 +172,10 @@ async def blocks_sigterm_async(self: Task[Any, Any], seconds: float) -> str:
     record("run", self.request.id)
     await asyncio.sleep(seconds)
     return "blocked"
+
+
+@app.bound_task(max_deliveries=1, soft_time_limit=10, time_limit=1)
+def at_most_once_hangs(self: Task[Any, Any]) -> None:
+    """A task that must never run twice (max_deliveries=1), stuck past its hard limit."""
+    record("run", self.request.id)
+    time.sleep(30)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from celeriac.brokers.records import MADE_UP_ID, Delivery
 from celeriac.codec import UntrustedMessage
-from celeriac.errors import MalformedMessage, NewerProtocol
+from celeriac.errors import BrokerError, MalformedMessage, NewerProtocol
 from celeriac.message import (
     NAME_SHOWN,
     ErrorInfo,
@@ -26,6 +26,7 @@ from celeriac.message import (
     storable_text,
 )
 from celeriac.middleware.base import Job, Outcome
+from celeriac.middleware.verdicts import Verdicts, verdict_key
 from celeriac.task import Request, unimportable_note
 from celeriac.text import printable
 from celeriac.worker.outage import Outage
@@ -119,7 +120,7 @@ class Reading:
         task = self.app.tasks.get(message.task)
         if task is not None and task.options.max_deliveries is not None:
             max_deliveries = task.options.max_deliveries
-        if delivery.deliveries > max_deliveries:
+        if delivery.deliveries > max_deliveries and not self._verdict_waits(delivery):
             return Outcome("DEAD", reason=too_many(delivery.deliveries, max_deliveries))
         if task is None:
             return self._unknown(job)
@@ -142,6 +143,24 @@ class Reading:
             message=message,
         )
         return None
+
+    def _verdict_waits(self, delivery: Delivery) -> bool:
+        """True when a verdict was recorded for this delivery's task (its hard limit, a
+        revoke with terminate, descriptors it closed): the Verdicts middleware settles it
+        unrun. A broker read, only for a delivery over its limit.
+
+        The kill that recorded it counted a delivery: a task with ``max_deliveries=1`` was
+        then dead-lettered as "started once without finishing (the worker crashed...)", a
+        Reject where its caller expects TimeLimitExceeded, in a dead-letter queue whose
+        replay would run it again, and its verdict was left in the store.
+        """
+        if not any(isinstance(m, Verdicts) for m in self.app.middleware.middleware):
+            return False  # nothing would settle it: over its limit, as before
+        try:
+            (verdict,) = self.app.broker.kv_get([verdict_key(delivery.id)])
+        except BrokerError:
+            return False  # dead-lettered as over its limit, as before
+        return verdict is not None
 
     def _over_limit_unread(self, job: Job, most: int) -> Outcome | None:
         """The dead letter of a delivery past its limit, decided without decoding it; None
