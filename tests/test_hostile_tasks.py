@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from celeriac import Celeriac, Task, TaskFailed, TimeLimitExceeded
+from celeriac import Celeriac, Reject, Task, TaskFailed, TimeLimitExceeded
 from celeriac.testing import wait_for
 from tests.apps import hostile
 from tests.conftest import ROOT, Ledger, WorkerProcesses
@@ -178,3 +178,22 @@ def test_a_task_delivered_at_most_once_killed_at_its_hard_limit_fails_with_that_
     # Forgotten once settled: after the commit that get() saw.
     verdict = f"verdict:{result.id}"
     assert wait_for(lambda: hostile_app.broker.kv_get([verdict]) == [None], timeout=10)
+
+
+@pytest.mark.parametrize("pool", ["process", "threads"])
+def test_a_task_that_kills_its_child_is_dead_lettered_saying_how_it_died(
+    hostile_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, pool: str
+) -> None:
+    # Its caller's error and its dead letter said only "the worker crashed, was killed or
+    # lost its lease each time"; how the child died (SIGSEGV: C code; exit code 0: the
+    # task's own os._exit) was in the worker's log alone.
+    workers.start("-P", pool, "-c", "1", app=APP)
+    crash, exit0 = hostile.segfaults.delay(), hostile.exits_quietly.delay()
+    with pytest.raises(Reject, match=r"the last time, its worker child died \(killed by SIGSEGV"):
+        crash.get(timeout=40)
+    with pytest.raises(Reject, match=r"died \(exit code 0: os._exit\(0\) in the task\?\)"):
+        exit0.get(timeout=40)
+    assert ledger.count("run") == {crash.id: 2, exit0.id: 2}
+    letters = {letter.id: letter for letter in hostile_app.broker.dead_letters()}
+    assert "killed by SIGSEGV" in letters[crash.id].reason
+    assert hostile.add.delay(1, 2).get(timeout=20) == 3

@@ -9,6 +9,7 @@ Executions are appended to the ledger named by $CELERIAC_TEST_LEDGER (tests.apps
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -179,3 +180,16 @@ def at_most_once_hangs(self: Task[Any, Any]) -> None:
     """A task that must never run twice (max_deliveries=1), stuck past its hard limit."""
     record("run", self.request.id)
     time.sleep(30)
+
+
+@app.bound_task(max_deliveries=2)
+def segfaults(self: Task[Any, Any]) -> None:
+    """Crash in C code, as a buggy extension does."""
+    record("run", self.request.id)
+    ctypes.string_at(0)
+
+
+@app.bound_task(max_deliveries=2)
+def exits_quietly(self: Task[Any, Any]) -> None:
+    record("run", self.request.id)
+    os._exit(0)

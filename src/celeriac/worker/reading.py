@@ -120,8 +120,11 @@ class Reading:
         task = self.app.tasks.get(message.task)
         if task is not None and task.options.max_deliveries is not None:
             max_deliveries = task.options.max_deliveries
-        if delivery.deliveries > max_deliveries and not self._verdict_waits(delivery):
-            return Outcome("DEAD", reason=too_many(delivery.deliveries, max_deliveries))
+        if delivery.deliveries > max_deliveries:
+            verdict, death = self._notes(delivery)
+            if verdict is None:  # else the Verdicts middleware settles it, unrun
+                reason = too_many(delivery.deliveries, max_deliveries) + last_death(death)
+                return Outcome("DEAD", reason=reason)
         if task is None:
             return self._unknown(job)
         job.task = task
@@ -144,23 +147,26 @@ class Reading:
         )
         return None
 
-    def _verdict_waits(self, delivery: Delivery) -> bool:
-        """True when a verdict was recorded for this delivery's task (its hard limit, a
-        revoke with terminate, descriptors it closed): the Verdicts middleware settles it
-        unrun. A broker read, only for a delivery over its limit.
+    def _notes(self, delivery: Delivery) -> tuple[bytes | None, bytes | None]:
+        """The verdict recorded for this delivery's task (its hard limit, a revoke with
+        terminate, descriptors it closed), and how its worker child last died (see
+        :func:`death_key`), in one broker read, made only for a delivery over its limit.
 
-        The kill that recorded it counted a delivery: a task with ``max_deliveries=1`` was
-        then dead-lettered as "started once without finishing (the worker crashed...)", a
-        Reject where its caller expects TimeLimitExceeded, in a dead-letter queue whose
-        replay would run it again, and its verdict was left in the store.
+        A verdict means the Verdicts middleware settles it unrun: the kill that recorded
+        it counted a delivery, and a task with ``max_deliveries=1`` was then dead-lettered
+        as "started once without finishing (the worker crashed...)", a Reject where its
+        caller expects TimeLimitExceeded, in a dead-letter queue whose replay would run it
+        again, and its verdict was left in the store.
         """
-        if not any(isinstance(m, Verdicts) for m in self.app.middleware.middleware):
-            return False  # nothing would settle it: over its limit, as before
         try:
-            (verdict,) = self.app.broker.kv_get([verdict_key(delivery.id)])
+            verdict, death = self.app.broker.kv_get(
+                [verdict_key(delivery.id), death_key(delivery.id)]
+            )
         except BrokerError:
-            return False  # dead-lettered as over its limit, as before
-        return verdict is not None
+            return None, None  # dead-lettered as over its limit, as before
+        if not any(isinstance(m, Verdicts) for m in self.app.middleware.middleware):
+            verdict = None  # nothing would settle it: over its limit, as before
+        return verdict, death
 
     def _over_limit_unread(self, job: Job, most: int) -> Outcome | None:
         """The dead letter of a delivery past its limit, decided without decoding it; None
@@ -188,9 +194,9 @@ class Reading:
         return Outcome(
             "DEAD",
             reason=(
-                f"{too_many(delivery.deliveries, limit)}. It was not decoded either: the "
-                "worker stopped while reading it, past the limit, so reading it may be what "
-                "stopped the worker each time"
+                f"{too_many(delivery.deliveries, limit)}{last_death(self._notes(delivery)[1])}"
+                ". It was not decoded either: the worker stopped while reading it, past the "
+                "limit, so reading it may be what stopped the worker each time"
             ),
         )
 
@@ -432,6 +438,31 @@ def peek_name(body: bytes) -> str | None:
         return peek_identity(body)[1]
     except Exception:  # noqa: BLE001 - best effort: the name only labels the letter
         return None
+
+
+def death_key(task_id: str) -> str:
+    """Where the supervisor notes how a worker child died while it held ``task_id``
+    (``killed by SIGSEGV``, ``exit code 0: os._exit(0) in the task?``): the dead letter
+    of a task that kills every child running it says so, not only the worker's log.
+
+    Example:
+        >>> death_key("a1")
+        'died:a1'
+    """
+    return f"died:{task_id}"
+
+
+def last_death(note: bytes | None) -> str:
+    """What a too-many-deliveries reason adds about the last death (see
+    :func:`death_key`); nothing when none was noted.
+
+    Example:
+        >>> last_death(b"killed by SIGSEGV")
+        '; the last time, its worker child died (killed by SIGSEGV)'
+    """
+    if note is None:
+        return ""
+    return f"; the last time, its worker child died ({note.decode('utf-8', 'replace')})"
 
 
 def too_many(deliveries: int, limit: int) -> str:

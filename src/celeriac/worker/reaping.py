@@ -29,7 +29,7 @@ from celeriac.brokers.records import Lease
 from celeriac.middleware.verdicts import verdict_key
 from celeriac.worker.alone import killed_verdict
 from celeriac.worker.broken import EXIT_TASK_CLOSED_DESCRIPTORS, closed_descriptors_verdict
-from celeriac.worker.reading import shown
+from celeriac.worker.reading import death_key, shown
 from celeriac.worker.slot import Held, Slot, SlotView, hand_mark
 
 if TYPE_CHECKING:
@@ -132,6 +132,7 @@ class Reaping:
         # slot; one that exits with code 0 in a task was ended by the task (os._exit(0)),
         # and one with a message in hand by that message (os._exit(0) unpickling it).
         if (code != 0 or running or reading) and killed is None and self._stop_requests < 2:
+            self._note_death([*running, *reading], _how_it_ended(code))
             log.error(
                 "worker child %d died (%s) while %s; its messages were put back and a new "
                 "child is starting",
@@ -154,6 +155,19 @@ class Reaping:
                 child.respawn_at = time.monotonic() + pause
             else:
                 self._spawn(child)
+
+    def _note_death(self, held: list[Held], how: str) -> None:
+        """Note how a child died (see :func:`~celeriac.worker.reading.death_key`) for
+        each task it was running or reading: put back counted, the task may be
+        dead-lettered next, and its dead letter then says how."""
+        for h in held:
+            note = functools.partial(
+                self.app.broker.kv_set,
+                death_key(h.id),
+                how.encode(),
+                self.app.conf.result_expires,
+            )
+            self._quietly(note, f"note how the child running task {h.label} died")
 
     def _could_not_fork(self, child: ChildState, exc: OSError) -> None:
         """A child could not be started: ``fork`` failed. Its place is tried again after a
