@@ -197,3 +197,19 @@ def test_a_task_that_kills_its_child_is_dead_lettered_saying_how_it_died(
     letters = {letter.id: letter for letter in hostile_app.broker.dead_letters()}
     assert "killed by SIGSEGV" in letters[crash.id].reason
     assert hostile.add.delay(1, 2).get(timeout=20) == 3
+
+
+def test_an_asyncio_child_stops_without_waiting_for_ever_on_a_thread_a_task_left(
+    hostile_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # asyncio.run's end joins the loop's default executor without a time limit (Python
+    # 3.11): a blocking call a task left in a thread (its to_thread cancelled at a soft
+    # limit, an HTTP request without a timeout) held the warm shutdown, or a recycle,
+    # until it returned: here 120 s; for a hung call, for ever.
+    proc = workers.start("-P", "asyncio", "-c", "1", app=APP)
+    result = hostile.leaves_work_in_a_thread.delay(120)
+    assert result.get(timeout=20) == "left"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    log = workers.log_text()
+    assert f"handed to threads by {hostile.leaves_work_in_a_thread.name}[{result.id}]" in log, log

@@ -193,3 +193,12 @@ def segfaults(self: Task[Any, Any]) -> None:
 def exits_quietly(self: Task[Any, Any]) -> None:
     record("run", self.request.id)
     os._exit(0)
+
+
+@app.bound_task()
+async def leaves_work_in_a_thread(self: Task[Any, Any], seconds: float) -> str:
+    """Hand a blocking call to a thread and return without awaiting it (as a coroutine
+    cancelled at its soft limit leaves its ``asyncio.to_thread`` call running)."""
+    record("run", self.request.id)
+    asyncio.get_running_loop().run_in_executor(None, time.sleep, seconds)
+    return "left"

@@ -58,6 +58,7 @@ from celeriac.worker.executor import Executor, exit_if_forked, outcome_for
 from celeriac.worker.reading import error_info
 from celeriac.worker.slot import Held, Slot
 from celeriac.worker.soft_limits import thread_soft_limit
+from celeriac.worker.task_threads import TaskThreads
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -100,7 +101,8 @@ class AsyncioChild(Child):
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
         # The tasks' own asyncio.to_thread calls; celeriac's calls have a pool of their own.
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=min(64, self.spec.concurrency)))
+        threads = TaskThreads(max_workers=min(64, self.spec.concurrency))
+        loop.set_default_executor(threads)
         loop.set_task_factory(self._make_task)
         executor = Executor(self.app, self.spec.worker_id)
         running: set[asyncio.Task[None]] = set()
@@ -125,6 +127,7 @@ class AsyncioChild(Child):
             if running:
                 await asyncio.wait(running)
             await self._end_background()
+            await _end_threads(threads)
         finally:
             watching.set()
             flusher.cancel()
@@ -493,6 +496,28 @@ class AsyncioChild(Child):
         held.sort(key=lambda h: h.started == 0)
         self.rss = current_rss()
         self.slot.write(held, self.rss, self.tasks_done, self.growth)
+
+
+async def _end_threads(threads: TaskThreads) -> None:
+    """Give the calls tasks left running in threads a grace to end, then leave them: the
+    child exits without them (see :mod:`celeriac.worker.task_threads`)."""
+    left = threads.unfinished()
+    if not left:
+        return
+    futures = [asyncio.wrap_future(f) for f, _ in left]
+    _, pending = await asyncio.wait(futures, timeout=_BACKGROUND_GRACE)
+    if not pending:
+        return
+    log.warning(
+        "child %d is stopping while %d call(s) handed to threads by %s (asyncio.to_thread, "
+        "run_in_executor) still run %gs after their tasks' end; it exits without waiting "
+        "for them, and what they had not done is lost (a thread cannot be cancelled). Give "
+        "blocking calls a timeout of their own.",
+        os.getpid(),
+        len(pending),
+        _some(by for _, by in threads.unfinished()),
+        _BACKGROUND_GRACE,
+    )
 
 
 def _request_label(request: Request) -> str:
