@@ -213,3 +213,15 @@ def test_an_asyncio_child_stops_without_waiting_for_ever_on_a_thread_a_task_left
     assert proc.wait(timeout=30) == 0
     log = workers.log_text()
     assert f"handed to threads by {hostile.leaves_work_in_a_thread.name}[{result.id}]" in log, log
+
+
+@pytest.mark.parametrize("pool", ["process", "threads"])
+def test_a_program_a_task_starts_can_be_interrupted(
+    hostile_app: Celeriac, workers: WorkerProcesses, pool: str
+) -> None:
+    # A child ignored SIGINT, SIGQUIT and SIGHUP (SIG_IGN), and an ignored signal stays
+    # ignored across exec: every program a task started did too, so a task that stopped
+    # its helper with SIGINT (ffmpeg finishing its file, a Python script's
+    # KeyboardInterrupt) waited on it for ever.
+    workers.start("-P", pool, "-c", "1", app=APP)
+    assert hostile.interrupts_its_helper.delay().get(timeout=20) == -signal.SIGINT

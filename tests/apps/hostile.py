@@ -13,6 +13,7 @@ import ctypes
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 import time
 from typing import Any
@@ -202,3 +203,19 @@ async def leaves_work_in_a_thread(self: Task[Any, Any], seconds: float) -> str:
     record("run", self.request.id)
     asyncio.get_running_loop().run_in_executor(None, time.sleep, seconds)
     return "left"
+
+
+@app.bound_task()
+def interrupts_its_helper(self: Task[Any, Any]) -> int | None:
+    """Start a program, stop it with SIGINT (as ffmpeg is asked to finish its file), and
+    return its exit status: -2 once SIGINT ended it, None when it ignored SIGINT."""
+    record("run", self.request.id)
+    helper = subprocess.Popen(["sleep", "30"])
+    time.sleep(0.2)
+    helper.send_signal(signal.SIGINT)
+    try:
+        return helper.wait(5)
+    except subprocess.TimeoutExpired:
+        helper.kill()
+        helper.wait()
+        return None

@@ -143,10 +143,14 @@ class Child:
     def _install_signals(self) -> None:
         # The supervisor decides on Ctrl-C, Ctrl-\ and a closed terminal, which reach the
         # whole process group: a child that died of SIGQUIT or SIGHUP on the spot left its
-        # tasks held until lease expiry.
+        # tasks held until lease expiry. A handler that does nothing, not SIG_IGN: an
+        # ignored signal stays ignored across exec, so every program a task started
+        # ignored SIGINT too (a task stopping its ffmpeg with SIGINT waited for ever). A
+        # handler is reset at exec. (It interrupts a blocking call as SIG_IGN does not, as
+        # the supervisor's SIGTERM that follows each of these does anyway.)
         for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)
-            self._handlers[signum] = signal.SIG_IGN
+            signal.signal(signum, _supervisors_to_decide)
+            self._handlers[signum] = _supervisors_to_decide
         signal.signal(signal.SIGTERM, self._on_term)
         self._handlers[signal.SIGTERM] = self._on_term
 
@@ -635,6 +639,10 @@ class Child:
         """What every consumer of this child holds now, as a list of its own."""
         with self._lock:  # every pool replaces its lists whole: a copy is consistent
             return [h for items in list(self._held.values()) for h in items]
+
+
+def _supervisors_to_decide(signum: int, frame: FrameType | None) -> None:
+    """A child's handler of SIGINT, SIGQUIT and SIGHUP: nothing (see _install_signals)."""
 
 
 def _die_with_supervisor(supervisor_pid: int) -> None:
