@@ -225,3 +225,19 @@ def test_a_program_a_task_starts_can_be_interrupted(
     # KeyboardInterrupt) waited on it for ever.
     workers.start("-P", pool, "-c", "1", app=APP)
     assert hostile.interrupts_its_helper.delay().get(timeout=20) == -signal.SIGINT
+
+
+@pytest.mark.parametrize("pool", ["process", "threads", "asyncio"])
+def test_generator_exit_from_a_plain_task_is_its_failure_in_every_pool(
+    hostile_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, pool: str
+) -> None:
+    # In -P asyncio a plain task runs in a thread and its outcome comes back through an
+    # await, and a GeneratorExit raised through an await skips the awaiting coroutine's
+    # handlers: the job was dead-lettered at once as "the worker failed while handling
+    # it", blaming the worker.
+    workers.start("-P", pool, "-c", "1", app=APP)
+    result = hostile.raises_generator_exit.delay()
+    with pytest.raises(TaskFailed, match=r"builtins.GeneratorExit: the task raised"):
+        result.get(timeout=20)
+    assert ledger.count("run") == {result.id: 1}
+    assert not hostile_app.broker.dead_letters()

@@ -219,3 +219,10 @@ def interrupts_its_helper(self: Task[Any, Any]) -> int | None:
         helper.kill()
         helper.wait()
         return None
+
+
+@app.bound_task()
+def raises_generator_exit(self: Task[Any, Any]) -> None:
+    """GeneratorExit out of a plain function (a generator's close() mishandled)."""
+    record("run", self.request.id)
+    raise GeneratorExit

@@ -455,6 +455,8 @@ class AsyncioChild(Child):
                 value = await _with_soft_limit(executor.invoke(job), soft)
             else:
                 value = await self._off_loop(self._sync, _call_with_soft_limit, executor, job, soft)
+                if isinstance(value, _Raised):
+                    raise value.exc  # here, in this frame: see _Raised
             outcome = Outcome("SUCCESS", value=value)
         except Exception as exc:  # noqa: BLE001 - a task's failure is data, not a crash
             outcome = outcome_for(exc)
@@ -593,11 +595,27 @@ def _blocked_error(soft: float) -> SoftTimeLimitExceeded:
     )
 
 
+class _Raised:
+    """A GeneratorExit a plain task raised in its thread, carried back as a value.
+
+    Raised through an ``await`` (the thread's future), a GeneratorExit skips the awaiting
+    coroutine's ``except`` clauses (CPython's coroutine machinery): the job's own handler
+    never saw it, and the task was dead-lettered as "the worker failed while handling it".
+    """
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: GeneratorExit) -> None:
+        self.exc = exc
+
+
 def _call_with_soft_limit(executor: Executor, job: Job, soft: float) -> Any:
     """Run a plain function in this worker thread under the soft limit."""
     try:
         with thread_soft_limit(soft):
             return executor.invoke(job)
+    except GeneratorExit as exc:
+        return _Raised(exc)
     finally:
         # A copy forked here has this thread alone: it would wait for work for ever.
         exit_if_forked(executor.pid, job)
