@@ -17,11 +17,16 @@ puts the message back: the next delivery settles it unrun, through every middlew
 
 from __future__ import annotations
 
+import logging
+import os
+
 import msgspec
 
 from celeriac.message import ErrorInfo
 from celeriac.middleware.verdicts import Verdict
 from celeriac.worker.slot import Held
+
+log = logging.getLogger("celeriac.worker")
 
 #: The exit code of a child whose task closed its descriptors; the first started task in
 #: its slot is that task.
@@ -48,3 +53,21 @@ def closed_descriptors_verdict(held: Held) -> bytes:
     )
     error = ErrorInfo(type="builtins.OSError", message=message)
     return msgspec.json.encode(Verdict("FAILURE", error))
+
+
+def blame(label: str, state: str, running: Held, held: list[Held]) -> list[Held]:
+    """Say that the task ``label`` (``running``, which ended ``state``) closed this
+    child's descriptors; return what the child's slot lists as it exits: that task first,
+    the only one started. The others (another thread's, a batch's) did nothing wrong and
+    go back uncounted."""
+    log.error(
+        "task %s closed file descriptors it did not open (os.closerange, a daemonizing "
+        "library?), among them this child's broker connection, and ended %s: child %d "
+        "cannot use the broker any more and exits. Its supervisor records the task's "
+        "FAILURE (it is not run again), and a fresh child takes its place",
+        label,
+        state,
+        os.getpid(),
+    )
+    mine = (running.id, running.token)
+    return [running, *(Held(h.id, h.queue, h.token) for h in held if (h.id, h.token) != mine)]

@@ -22,7 +22,6 @@ both pools in :mod:`celeriac.worker.soft_limits`.
 
 from __future__ import annotations
 
-import _signal  # type: ignore[import-not-found]  # no stubs; see _keep_handlers
 import ctypes
 import logging
 import math
@@ -39,10 +38,9 @@ from celeriac import crashpoints, pid
 from celeriac.brokers.records import Delivery
 from celeriac.errors import BrokerError
 from celeriac.middleware.base import HARD_DEADLINE, Job, Outcome
-from celeriac.text import printable
 from celeriac.worker.alone import Orphan
 from celeriac.worker.batch import Batch
-from celeriac.worker.broken import EXIT_TASK_CLOSED_DESCRIPTORS, DescriptorsLost
+from celeriac.worker.broken import EXIT_TASK_CLOSED_DESCRIPTORS, DescriptorsLost, blame
 from celeriac.worker.broker_duties import child_ttl
 from celeriac.worker.descendants import end_leftovers, listed, plain_signals_in_forks
 from celeriac.worker.executor import FINAL, Executor, FetchSpec
@@ -50,7 +48,7 @@ from celeriac.worker.handback import Prefetched, start_quiet_thread
 from celeriac.worker.memory import Ceiling
 from celeriac.worker.outage import Outage
 from celeriac.worker.output import flush_output
-from celeriac.worker.restore import OwnFolder, OwnStreams
+from celeriac.worker.restore import Undo
 from celeriac.worker.slot import Held, Slot
 from celeriac.worker.soft_limits import SoftAlarm
 
@@ -125,8 +123,7 @@ class Child:
         # The handlers this child installed, put back after a task that replaced one.
         self._handlers: dict[int, Callable[[int, FrameType | None], Any] | int] = {}
         self.rss = current_rss()  # as last measured: after the previous task
-        self._streams = OwnStreams()  # put back after a task that closed or replaced one
-        self._folder = OwnFolder()
+        self._undo = Undo(self._handlers)  # what a task changed in this process, put back
         self._alone = False  # the supervisor is gone: this child enforces its hard limits
 
     def run(self) -> int:
@@ -153,70 +150,6 @@ class Child:
             self._handlers[signum] = _supervisors_to_decide
         signal.signal(signal.SIGTERM, self._on_term)
         self._handlers[signal.SIGTERM] = self._on_term
-
-    def _keep_handlers(self, job: Job, others: bool = False) -> None:
-        """Put back this child's signal handlers that the task just run replaced.
-
-        Only a task on the main thread can (a process child's, an asyncio child's async
-        one). One that ignored SIGTERM (signal.signal in its code or in a library it
-        called) left the child deaf to the warm shutdown, which then waited for it for
-        ever ("no task is running"); one that took SIGALRM ended the soft time limits of
-        every later task in the child. ``others``: other tasks ran meanwhile (an asyncio
-        child), so one of them may have.
-
-        Read with ``_signal.getsignal``, the C function under ``signal.getsignal``: the
-        latter tries to turn each handler into an enum first, ~1.5 µs a signal (8 µs per
-        task for these five, a tenth of a no-op's whole cost); this is ~0.03 µs.
-        """
-        getsignal: Callable[[int], object] = _signal.getsignal
-        for signum, handler in self._handlers.items():
-            if getsignal(signum) != handler:
-                log.warning(
-                    "task %s%s replaced this child's handler of %s; it is put back (a warm "
-                    "shutdown and soft time limits depend on it)",
-                    job.label,
-                    " (or another task running on this child's loop meanwhile)" if others else "",
-                    signal.Signals(signum).name,
-                )
-                signal.signal(signum, handler)
-        # Blocked (pthread_sigmask) instead of replaced: as deaf, and the warm shutdown's
-        # SIGTERM stayed pending for ever while the child consumed on. ~0.3 µs.
-        blocked = _signal.pthread_sigmask(signal.SIG_BLOCK, ()) & _OWN_SIGNALS
-        if blocked:
-            log.warning(
-                "task %s%s blocked this child's %s (pthread_sigmask); unblocked (a warm "
-                "shutdown and soft time limits depend on them)",
-                job.label,
-                " (or another task running on this child's loop meanwhile)" if others else "",
-                ", ".join(sorted(signal.Signals(s).name for s in blocked)),
-            )
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
-
-    def _keep_streams(self, job: Job, *, replaced_too: bool, others: bool = False) -> None:
-        """Put back this child's sys.stdout and sys.stderr if the task just run closed (or
-        replaced) one: see :mod:`celeriac.worker.restore`."""
-        did = self._streams.put_back(replaced_too=replaced_too)
-        if did:
-            log.warning(
-                "task %s%s %s; this child's own is put back (later tasks' print() failed "
-                "on a closed stream, or what they printed was lost)",
-                job.label,
-                " (or another task running in this child meanwhile)" if others else "",
-                " and ".join(did),
-            )
-
-    def _keep_folder(self, job: Job) -> None:
-        """Go back to this child's working directory if the task just run left another
-        (a process child's only: in the threads pool, tasks share one)."""
-        left = self._folder.put_back()
-        if left is not None:
-            log.warning(
-                "task %s changed this child's working directory to %s; it is put back to "
-                "%s, where later tasks run (relative paths, a relative PYTHONPATH entry)",
-                job.label,
-                printable(left),
-                printable(self._folder.path),
-            )
 
     # -- the consume loop (shared by the process and threads pools) -----------------------
 
@@ -355,13 +288,17 @@ class Child:
         rss_before = self.rss
         outcome = executor.execute(job, soft)
         if self.spec.pool == "process":  # the threads pool's tasks cannot set handlers
-            self._keep_handlers(job)
-            self._keep_folder(job)
-        self._keep_streams(job, replaced_too=self.spec.pool == "process")
+            self._undo.signals(job.label)
+            self._undo.folder(job.label)
+        self._undo.streams(job.label, replaced_too=self.spec.pool == "process")
         try:
             self.rss = current_rss()  # the one read per task: growth, slot and recycling use it
-        except DescriptorsLost:
-            self._closed_descriptors(job, outcome, running)
+        except DescriptorsLost:  # its connections must not be used again: see .broken
+            with self._lock:  # held until the exit: no other consumer writes the slot again
+                held = [h for items in self._held.values() for h in items]
+                blamed = blame(job.label, outcome.state, running, held)
+                self.slot.write(blamed, self.rss, self.tasks_done, self.growth)
+                exit_child(EXIT_TASK_CLOSED_DESCRIPTORS)
         with self._lock:
             stats = self.growth.setdefault(task.name, [0, 0])
             stats[0] += 1
@@ -375,26 +312,6 @@ class Child:
             running.hard_deadline = 0.0
             self._publish(key, pending, running, batch)
         return outcome
-
-    def _closed_descriptors(self, job: Job, outcome: Outcome, running: Held) -> NoReturn:
-        """End this child after ``job``'s task closed its descriptors (see .broken): its
-        broker connection must not be used again, so its supervisor settles the task."""
-        log.error(
-            "task %s closed file descriptors it did not open (os.closerange, a daemonizing "
-            "library?), among them this child's broker connection, and ended %s: child %d "
-            "cannot use the broker any more and exits. Its supervisor records the task's "
-            "FAILURE (it is not run again), and a fresh child takes its place",
-            job.label,
-            outcome.state,
-            os.getpid(),
-        )
-        with self._lock:  # held until the exit: no other consumer writes the slot again
-            # The task first, as the only one started: the others (another thread's, a
-            # batch's) did nothing wrong and go back uncounted.
-            others = [Held(h.id, h.queue, h.token) for items in self._held.values() for h in items]
-            others = [h for h in others if (h.id, h.token) != (running.id, running.token)]
-            self.slot.write([running, *others], self.rss, self.tasks_done, self.growth)
-            exit_child(EXIT_TASK_CLOSED_DESCRIPTORS)
 
     def limits(self, job: Job) -> tuple[float, float]:
         """(soft, hard) seconds for this job: the message's, the task's, or the app's."""
@@ -658,9 +575,6 @@ def _die_with_supervisor(supervisor_pid: int) -> None:
 
 
 _PR_SET_PDEATHSIG = 1
-#: The signals a child handles itself (the warm shutdown's, the soft limit's): a task
-#: that leaves one blocked in the child's main thread is undone (Child._keep_handlers).
-_OWN_SIGNALS = frozenset({signal.SIGTERM, signal.SIGALRM})
 #: Blocked by the supervisor around fork, unblocked by the child once its own handlers are
 #: in place: a SIGTERM in a fresh child's first milliseconds then reaches the child's
 #: handler instead of the supervisor's, inherited and meaningless there.
