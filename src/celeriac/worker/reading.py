@@ -118,12 +118,15 @@ class Reading:
             )
         self._check_size(job)
         task = self.app.tasks.get(message.task)
-        if task is not None and task.options.max_deliveries is not None:
-            max_deliveries = task.options.max_deliveries
+        given = task.options.max_deliveries if task is not None else None
+        own = given is not None
+        if given is not None:
+            max_deliveries = given
         if delivery.deliveries > max_deliveries:
             verdict, death = self._notes(delivery)
             if verdict is None:  # else the Verdicts middleware settles it, unrun
-                reason = too_many(delivery.deliveries, max_deliveries) + last_death(death)
+                reason = too_many(delivery.deliveries, max_deliveries, own=own)
+                reason += last_death(death)
                 return Outcome("DEAD", reason=reason)
         if task is None:
             return self._unknown(job)
@@ -185,16 +188,18 @@ class Reading:
         if name is None:  # any task here may be the one it names: the largest limit
             limits = (t.options.max_deliveries for t in self.app.tasks.values())
             limit = max([most, *(n for n in limits if n is not None)])
+            own = limit != most
         else:
             task = self.app.tasks.get(name)
-            own = task.options.max_deliveries if task is not None else None
-            limit = most if own is None else own
+            given = task.options.max_deliveries if task is not None else None
+            limit, own = (most, False) if given is None else (given, True)
         if delivery.deliveries <= limit + 1:
             return None
         return Outcome(
             "DEAD",
             reason=(
-                f"{too_many(delivery.deliveries, limit)}{last_death(self._notes(delivery)[1])}"
+                f"{too_many(delivery.deliveries, limit, own=own)}"
+                f"{last_death(self._notes(delivery)[1])}"
                 ". It was not decoded either: the worker stopped while reading it, past the "
                 "limit, so reading it may be what stopped the worker each time"
             ),
@@ -465,18 +470,23 @@ def last_death(note: bytes | None) -> str:
     return f"; the last time, its worker child died ({note.decode('utf-8', 'replace')})"
 
 
-def too_many(deliveries: int, limit: int) -> str:
-    """Why a message handed out ``deliveries`` times is dead-lettered, over ``limit``.
+def too_many(deliveries: int, limit: int, *, own: bool = False) -> str:
+    """Why a message handed out ``deliveries`` times is dead-lettered, over ``limit``:
+    the app's ``task_max_deliveries``, or with ``own`` the task's own ``max_deliveries``
+    (named as the setting, it sent a reader to a setting that was not the limit).
 
     Example:
         >>> print(too_many(6, 5))  # doctest: +NORMALIZE_WHITESPACE
         started 5 times without finishing (the worker crashed, was killed or lost its lease
         each time), so this delivery, the 6th, was not run; limit task_max_deliveries=5
+        >>> too_many(2, 1, own=True).endswith("limit: the task's max_deliveries=1")
+        True
     """
+    setting = f": the task's max_deliveries={limit}" if own else f" task_max_deliveries={limit}"
     return (
         f"started {times(deliveries - 1)} without finishing (the worker crashed, was killed "
         f"or lost its lease each time), so this delivery, the {ordinal(deliveries)}, was "
-        f"not run; limit task_max_deliveries={limit}"
+        f"not run; limit{setting}"
     )
 
 
