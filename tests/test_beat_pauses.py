@@ -158,7 +158,8 @@ def frozen_tick(request: bytes) -> float:
 
 CLAIM = (
     lambda data: b"claimed " in data and f"beat:tick:{ENTRY}:".encode() in data,
-    lambda reply: reply.startswith(b"+OK"),  # it won the claim (nil: another scheduler did)
+    # It won the claim: kv_set-1.lua answers 1 (0: another scheduler did).
+    lambda reply: reply.startswith(b":1"),
 )
 SEND = (
     lambda data: b"EVAL" in data and f"beat:{ENTRY}:".encode() in data,
