@@ -63,6 +63,45 @@ class _Owner:
     __slots__ = ("__weakref__",)
 
 
+#: Every SQLite broker of this process: a forked child lets go of their connections.
+_BROKERS: weakref.WeakSet[SQLiteBroker] = weakref.WeakSet()
+_settled_pid = pid.current()  # the process whose brokers hold no inherited connection
+_settling = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # Locks only: no SQLite call here. A thread of the parent may have held SQLite's own
+    # mutexes at the fork, and a child that never uses the broker must not hang on them.
+    global _settling  # noqa: PLW0603 - one per process, by design
+    _settling = threading.Lock()
+    for broker in list(_BROKERS):
+        broker._closers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _let_go_of_inherited_connections() -> None:
+    """In a forked child, before its first connection, close those of the parent.
+
+    SQLite keeps its POSIX file locks in a per-process table keyed by the file, and the
+    child inherits the parent's: a connection the child opened next found the parent's
+    lock counted there and took none of its own (POSIX locks are not inherited). Once
+    the parent let go of the file, the next process to close it saw no one else on it,
+    checkpointed and deleted the -wal and -shm files, and the child committed on into a
+    deleted log: its tasks reached no worker, ever. Closed first, the table empties and
+    the child's own connections lock the file. Closing releases only the child's locks
+    (none); a connection inside a write transaction is kept unused instead, as rolling
+    it back would touch the parent's shared WAL index.
+    """
+    global _settled_pid  # noqa: PLW0603 - one per process, by design
+    with _settling:
+        if _settled_pid != pid.current():
+            for broker in list(_BROKERS):
+                broker._let_go_of_inherited()
+            _settled_pid = pid.current()
+
+
 def _close_own(db: sqlite3.Connection, opened_by: int) -> None:
     """Close a connection this process opened; a forked child never closes its parent's.
 
@@ -126,6 +165,7 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
                 f"name a file in it (sqlite:///{Path(self.path, 'celeriac.db')}; celeriac "
                 "creates it)"
             )
+        _BROKERS.add(self)
         self._db()  # refuses another program's database or a newer celeriac's file
         # From now on a refused file is one swapped in under this process: a BrokerError,
         # which workers wait out (logged) as they do a file they cannot write.
@@ -141,10 +181,9 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         ``self.path`` (reads check at most every ``_FILE_CHECK_EVERY`` seconds)."""
         local = self._local
         if getattr(local, "pid", None) != pid.current():
-            if getattr(local, "db", None) is not None:
-                # A connection must never cross fork(); closing it here could disturb the
-                # parent's locks, so it is kept unused until this process exits.
-                self._inherited.append(local.db)
+            if _settled_pid != pid.current():  # forked: before the child's first connection
+                _let_go_of_inherited_connections()
+                local = self._local
             local.db, local.file = self._connect_recording_file()
             local.pid = pid.current()
             local.version = None
@@ -152,6 +191,23 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
             self._follow_file(local)
         db: sqlite3.Connection = local.db
         return db
+
+    def _let_go_of_inherited(self) -> None:
+        """Close the parent's connections in a forked child (see
+        _let_go_of_inherited_connections); each thread of the child opens its own."""
+        with self._closers_lock:
+            closers, self._closers = self._closers, []
+        for closer in closers:
+            found = closer.detach()  # the parent's: its finalizer would never close it
+            if found is None:
+                continue
+            db: sqlite3.Connection = found[2][0]
+            if db.in_transaction:
+                self._inherited.append(db)
+            else:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+        self._local = threading.local()
 
     def _connect_recording_file(self) -> tuple[sqlite3.Connection, tuple[int, int] | None]:
         # The file's identity is taken before connecting: if it is swapped in between, the

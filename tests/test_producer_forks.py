@@ -1,0 +1,101 @@
+"""A producer app used before a fork (gunicorn --preload, multiprocessing, a daemon's
+double fork) keeps working in the children, on SQLite and Redis: nothing sent by a child
+is lost, and no reply reaches another process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import celeriac
+from celeriac.brokers.sqlite import SQLiteBroker
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``script`` as a process of its own (a test must not fork pytest), on this tree."""
+    src = str(Path(celeriac.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(ROOT)])}
+    env.pop("CELERIAC_BROKER_URL", None)
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+# The parent opens the file and forks; it lets go of the file (it exits, or its thread
+# that had the connection ends) while its child goes on sending. Another process opens
+# the file and closes it again (a `celeriac status`, a short script), then the child sends
+# once more.
+_SEND_AFTER_PARENT_LEFT = """
+import os, signal, subprocess, sys, threading
+from celeriac import Celeriac
+
+url = sys.argv[1]
+app = Celeriac("web", broker=url)
+
+@app.task
+def notify(n: int) -> int:
+    return n
+
+notify.apply_async((0,), task_id="from-parent")
+if sys.argv[2] == "thread":  # an idle thread of a threaded server has its own connection
+    sent, request_done = threading.Event(), threading.Event()
+    def request():
+        notify.apply_async((3,), task_id="from-parent-thread")
+        sent.set()
+        request_done.wait(60)
+    server_thread = threading.Thread(target=request)
+    server_thread.start()
+    sent.wait(60)
+parent_left, tell_child = os.pipe()
+child = os.fork()
+if child == 0:
+    signal.alarm(60)  # never outlive the test
+    os.close(tell_child)
+    os.read(parent_left, 1)
+    notify.apply_async((1,), task_id="from-child-1")
+    passer_by = f"from celeriac import Celeriac; Celeriac('x', broker={url!r}).broker.close()"
+    subprocess.run([sys.executable, "-c", passer_by], check=True, timeout=60)
+    notify.apply_async((2,), task_id="from-child-2")
+    os._exit(0)
+if sys.argv[2] == "thread":
+    request_done.set()
+    server_thread.join(60)
+app.broker.close()
+os.close(tell_child)
+_, status = os.waitpid(child, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize("parent", ["main", "thread"])
+def test_tasks_a_forked_child_sends_after_its_parent_let_go_of_the_file_are_kept(
+    tmp_path: Path, parent: str
+) -> None:
+    # SQLite keeps its file locks per process, in a table the child inherits: the child's
+    # own connection found the parent's lock counted there and took no lock of its own.
+    # Once the parent closed, the next process to close the file found no one else on it,
+    # checkpointed and deleted the -wal and -shm files, and the child went on committing
+    # into the deleted log: from-child-2 reached no worker, ever.
+    url = f"sqlite:///{tmp_path}/broker.db"
+    done = _run(_SEND_AFTER_PARENT_LEFT, url, parent)
+    assert done.returncode == 0, done.stderr
+    broker = SQLiteBroker(url)
+    try:
+        taken = broker.fetch(["default"], "reader", limit=10, lease_seconds=60, timeout=0)
+        sent = ["from-child-1", "from-child-2", "from-parent"]
+        sent += ["from-parent-thread"] if parent == "thread" else []
+        assert sorted(d.id for d in taken) == sent
+    finally:
+        broker.close()
