@@ -63,6 +63,25 @@ class _Owner:
     __slots__ = ("__weakref__",)
 
 
+class _Link:
+    """One thread's connection and the lock its thread holds while it uses it.
+
+    ``close()`` closes every thread's connection: closing one under a statement that
+    another thread was running crashed the process (a segmentation fault in CPython's
+    sqlite3), e.g. a web app closing the broker at shutdown while requests still sent.
+    Under the lock it waits for that statement or transaction to end; the thread then
+    sees ``closed`` and opens a new connection.
+    """
+
+    __slots__ = ("closed", "db", "lock")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        # Reentrant: a read inside a transaction of the same thread must not hang.
+        self.lock = threading.RLock()
+        self.closed = False
+
+
 #: Every SQLite broker of this process: a forked child lets go of their connections.
 _BROKERS: weakref.WeakSet[SQLiteBroker] = weakref.WeakSet()
 _settled_pid = pid.current()  # the process whose brokers hold no inherited connection
@@ -102,7 +121,7 @@ def _let_go_of_inherited_connections() -> None:
             _settled_pid = pid.current()
 
 
-def _close_own(db: sqlite3.Connection, opened_by: int) -> None:
+def _close_own(link: _Link, opened_by: int) -> None:
     """Close a connection this process opened; a forked child never closes its parent's.
 
     Left to the garbage collector, a connection is closed anyway, but Python 3.13 warns of
@@ -111,7 +130,9 @@ def _close_own(db: sqlite3.Connection, opened_by: int) -> None:
     before the collector finalizes anything, even when the broker is part of a cycle.
     """
     if opened_by == pid.current():
-        db.close()
+        link.closed = True  # first: its thread takes a new one rather than wait here
+        with link.lock:  # a statement of its thread in flight ends first
+            link.db.close()
 
 
 class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
@@ -166,7 +187,7 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
                 "creates it)"
             )
         _BROKERS.add(self)
-        self._db()  # refuses another program's database or a newer celeriac's file
+        self._link()  # refuses another program's database or a newer celeriac's file
         # From now on a refused file is one swapped in under this process: a BrokerError,
         # which workers wait out (logged) as they do a file they cannot write.
         self._opened = True
@@ -176,21 +197,37 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
 
     # -- connections --------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _using(self, *, check_file: bool = False) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, held for the block: ``close()`` from another thread
+        waits for the block to end instead of closing the connection under it."""
+        while True:
+            link = self._link(check_file=check_file)
+            with link.lock:
+                if not link.closed:
+                    yield link.db
+                    return
+            # Closed by close() between the two lines above: a new one.
+
     def _db(self, *, check_file: bool = False) -> sqlite3.Connection:
+        """This thread's connection, not held (see :meth:`_using`): for tests."""
+        return self._link(check_file=check_file).db
+
+    def _link(self, *, check_file: bool = False) -> _Link:
         """This thread's connection; ``check_file`` makes sure it is still to the file at
         ``self.path`` (reads check at most every ``_FILE_CHECK_EVERY`` seconds)."""
         local = self._local
-        if getattr(local, "pid", None) != pid.current():
+        if getattr(local, "pid", None) != pid.current() or local.link.closed:
             if _settled_pid != pid.current():  # forked: before the child's first connection
                 _let_go_of_inherited_connections()
                 local = self._local
-            local.db, local.file = self._connect_recording_file()
+            local.link, local.file = self._connect_recording_file()
             local.pid = pid.current()
             local.version = None
         elif check_file or time.monotonic() - local.checked > _FILE_CHECK_EVERY:
             self._follow_file(local)
-        db: sqlite3.Connection = local.db
-        return db
+        link: _Link = local.link
+        return link
 
     def _let_go_of_inherited(self) -> None:
         """Close the parent's connections in a forked child (see
@@ -201,7 +238,8 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
             found = closer.detach()  # the parent's: its finalizer would never close it
             if found is None:
                 continue
-            db: sqlite3.Connection = found[2][0]
+            # Not under its lock: a thread of the parent may have held it at the fork.
+            db = found[2][0].db
             if db.in_transaction:
                 self._inherited.append(db)
             else:
@@ -209,7 +247,7 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
                     db.close()
         self._local = threading.local()
 
-    def _connect_recording_file(self) -> tuple[sqlite3.Connection, tuple[int, int] | None]:
+    def _connect_recording_file(self) -> tuple[_Link, tuple[int, int] | None]:
         # The file's identity is taken before connecting: if it is swapped in between, the
         # next check reconnects once more, which is harmless; taken after, it could bind
         # this connection to a file it is not on.
@@ -217,15 +255,15 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         if before is None:
             create_file(self.path)  # not readable by other users, as SQLite would make it
             before = file_id(self.path)
-        db = self._connect()
+        link = _Link(self._connect())
         owner = _Owner()
-        closer = weakref.finalize(owner, _close_own, db, pid.current())
+        closer = weakref.finalize(owner, _close_own, link, pid.current())
         with self._closers_lock:
             self._closers = [c for c in self._closers if c.alive]
             self._closers.append(closer)
         self._local.owner = owner  # replaces (so closes) this thread's previous connection
         self._local.checked = time.monotonic()
-        return db, before if before is not None else file_id(self.path)
+        return link, before if before is not None else file_id(self.path)
 
     def _follow_file(self, local: threading.local) -> None:
         """Reconnect when the file at ``self.path`` is no longer the one this thread's
@@ -243,7 +281,7 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         # Raises: the old connection is kept and this is retried. Succeeds: the old one is
         # closed by its finalizer (its owner is replaced), which is safe: SQLite neither
         # checkpoints nor deletes the WAL of a moved file.
-        local.db, local.file = self._connect_recording_file()
+        local.link, local.file = self._connect_recording_file()
         local.version = None  # a new file: whatever waits reads it again
         log.error(
             "the SQLite broker file %s is no longer the file process %d opened (it was "
@@ -298,34 +336,36 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self._db(check_file=True)  # a write into a deleted file would be lost
         try:
-            if db.in_transaction:
-                # Left open by an exception between two statements of ours (a task's soft
-                # limit firing inside its own delay()): it holds the write lock for every
-                # process on this file until rolled back.
-                db.execute("ROLLBACK")
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:  # a failed COMMIT (busy) leaves it open too
+            with self._using(check_file=True) as db:  # a write into a deleted file is lost
+                if db.in_transaction:
+                    # Left open by an exception between two statements of ours (a task's
+                    # soft limit firing inside its own delay()): it holds the write lock
+                    # for every process on this file until rolled back.
                     db.execute("ROLLBACK")
-                raise
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:  # a failed COMMIT (busy) leaves it open too
+                        db.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
             raise BrokerError(failure(self.path, exc)) from exc
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
-            return self._db().execute(sql, params).fetchall()
+            with self._using() as db:
+                return db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise BrokerError(failure(self.path, exc)) from exc
 
     def _changed(self) -> bool:
         """True when another connection committed since the last call on this thread."""
         try:
-            version = self._db().execute("PRAGMA data_version").fetchone()[0]
+            with self._using() as db:
+                version = db.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.Error as exc:
             raise BrokerError(failure(self.path, exc)) from exc
         changed = version != self._local.version
@@ -386,7 +426,8 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
             if time.time() - self._last_reclaim > _RECLAIM_EVERY:
                 self.reap()
             try:  # a read outside any transaction: its errors are translated here
-                ready = self._candidates(self._db(), queues, limit, time.time())
+                with self._using() as db:
+                    ready = self._candidates(db, queues, limit, time.time())
             except sqlite3.Error as exc:
                 raise BrokerError(failure(self.path, exc)) from exc
             if ready:
@@ -600,7 +641,8 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         if now < self._wal_trim_after:
             return
         try:
-            kept = trim_wal(self.path, self._db())
+            with self._using() as db:
+                kept = trim_wal(self.path, db)
         except sqlite3.Error as exc:
             raise BrokerError(failure(self.path, exc)) from exc
         failed_before, self._wal_trim_failed = self._wal_trim_failed, bool(kept)
