@@ -139,7 +139,8 @@ class RedisBroker(Broker):
         self._checked = True
 
     def close(self) -> None:
-        """Close every connection of this broker (async ones of loops not running)."""
+        """Close this broker's idle connections (async ones of loops not running); one
+        in use by another thread is left to the call using it, which goes on."""
         self._sync.close()
         self._async_clients.close()
 

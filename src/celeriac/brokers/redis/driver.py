@@ -117,10 +117,18 @@ class SyncDriver:
         self._wire = None if isinstance(client, redis.cluster.RedisCluster) else Wire(client)
 
     def close(self) -> None:
-        """Close every connection."""
+        """Close every idle connection; one in use by another thread (a command in
+        flight, a ``get()`` waiting on its pub/sub connection) is left to that call."""
         if self._wire is not None:
-            self._wire.close()
-        self.client.close()
+            self._wire.close()  # idle ones only, as below
+        if not isinstance(self.client, redis.Redis):  # Cluster: a pool per node
+            self.client.close()
+            return
+        # Not redis-py's close(), which disconnects connections in use too: the call using
+        # one in another thread found its socket gone and raised TypeError ("argument
+        # must be an int, or have a fileno() method"), a web app's requests in flight
+        # failed when it closed the broker at shutdown.
+        self.client.connection_pool.disconnect(inuse_connections=False)
 
     def run(self, plan: Plan[T], what: str) -> T:
         """Drive ``plan`` to its end; ``what`` names the operation in error messages."""

@@ -1,0 +1,56 @@
+"""A producer app shared by the threads of a threaded web server, on Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from celeriac import Celeriac
+from celeriac.errors import ResultTimeout
+from tests.redis_server import RedisServer
+
+
+def test_closing_the_broker_while_threads_send_and_wait_fails_none_of_their_calls(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    # close() disconnected redis-py's connections in use too: a get() waiting on its
+    # pub/sub connection in another thread (or a command in flight) found its socket
+    # gone and raised TypeError "argument must be an int, or have a fileno() method",
+    # out of celeriac, naming neither Redis nor the task. Only idle connections are
+    # closed now; one in use is finished with by its thread, which goes on.
+    app = Celeriac("web", broker=f"{redis_server.url}?prefix={prefix}")
+
+    @app.task
+    def notify(n: int) -> int:
+        return n
+
+    stop = threading.Event()
+    errors: list[str] = []
+    waits = 0
+
+    def request_thread() -> None:
+        nonlocal waits
+        while not stop.is_set():
+            try:
+                result = notify.delay(1)
+                try:
+                    result.get(timeout=0.05)  # no worker: it waits, and times out
+                except ResultTimeout:
+                    waits += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=request_thread) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(20):
+            time.sleep(0.03)
+            app.broker.close()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        app.broker.close()
+    assert errors == []
+    assert waits > 0
