@@ -101,8 +101,8 @@ def test_tasks_a_forked_child_sends_after_its_parent_let_go_of_the_file_are_kept
         broker.close()
 
 
-# Request threads of a threaded web server send while the app closes the broker (a
-# shutdown hook, a test's teardown), again and again.
+# Request threads of a threaded web server send and wait while the app closes the broker
+# (a shutdown hook, a test's teardown), again and again.
 _CLOSE_WHILE_THREADS_SEND = """
 import sys, threading, time
 from celeriac import Celeriac
@@ -120,7 +120,13 @@ def requests(thread: int) -> None:
     n = 0
     while not stop.is_set():
         try:
-            sent.append(notify.apply_async((n,), task_id=f"t{thread}-{n}").id)
+            result = notify.apply_async((n,), task_id=f"t{thread}-{n}")
+            sent.append(result.id)
+            if n % 4 == 0:  # some requests wait for their result (no worker: time out)
+                try:
+                    result.get(timeout=0.02)
+                except TimeoutError:
+                    pass
         except Exception as exc:
             errors.append(repr(exc))
         n += 1
@@ -145,7 +151,9 @@ def test_closing_the_broker_while_threads_send_crashes_nothing_and_loses_nothing
     # close() closed every thread's connection at once, also under a statement another
     # thread was running: CPython's sqlite3 died of it (a segmentation fault, the whole
     # web process gone). It now waits for each statement in flight; the threads open new
-    # connections and go on.
+    # connections and go on. A wait between two looks at the file failed with
+    # AttributeError ('_thread._local' object has no attribute 'version'): close()
+    # replaced every thread's local state under it.
     done = _run(_CLOSE_WHILE_THREADS_SEND, f"sqlite:///{tmp_path}/broker.db")
     assert done.returncode == 0, f"exit code {done.returncode}: {done.stderr[-2000:]}"
     sent, missing, errors = done.stdout.split(" ", 2)

@@ -378,8 +378,9 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         with self._closers_lock:
             closers, self._closers = self._closers, []
         for close in closers:
-            close()
-        self._local = threading.local()
+            close()  # marks it closed: each thread opens a new one at its next call
+        # self._local is kept: replaced, a thread between two uses of its own (a wait's
+        # look at data_version) found its attributes gone and failed with AttributeError.
 
     # -- producing ----------------------------------------------------------------------
 
