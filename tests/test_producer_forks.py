@@ -159,3 +159,61 @@ def test_closing_the_broker_while_threads_send_crashes_nothing_and_loses_nothing
     sent, missing, errors = done.stdout.split(" ", 2)
     assert int(sent) > 0
     assert (int(missing), errors.strip()) == (0, "[]")
+
+
+# A thread of the parent is between two statements of its connection (inside a
+# transaction, say) when the main thread forks; the child sends a task and exits.
+_FORK_WHILE_A_THREAD_USES_ITS_CONNECTION = """
+import os, signal, sys, threading, time
+from celeriac import Celeriac
+
+app = Celeriac("web", broker=sys.argv[1])
+
+@app.task
+def notify(n: int) -> int:
+    return n
+
+inside, leave = threading.Event(), threading.Event()
+
+def request() -> None:
+    with app.broker._using():
+        inside.set()
+        leave.wait(60)
+
+thread = threading.Thread(target=request)
+thread.start()
+inside.wait(60)
+child = os.fork()
+if child == 0:
+    notify.apply_async((1,), task_id="from-child")
+    os._exit(0)
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline and os.waitpid(child, os.WNOHANG) == (0, 0):
+    time.sleep(0.05)
+else:
+    if time.monotonic() >= deadline:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        print("child hung")
+leave.set()
+thread.join(60)
+"""
+
+
+def test_a_child_forked_while_a_thread_uses_its_connection_starts_and_sends(
+    tmp_path: Path,
+) -> None:
+    # CPython drops the parent's other threads in the child before the fork hooks run,
+    # while the cached process id still reads the parent's: that thread's connection was
+    # closed in the child as if it were the parent, under the lock its thread held there
+    # (the child hung for good), or, without that lock, rolled back under the parent.
+    url = f"sqlite:///{tmp_path}/broker.db"
+    done = _run(_FORK_WHILE_A_THREAD_USES_ITS_CONNECTION, url)
+    assert (done.returncode, done.stdout) == (0, ""), done.stderr[-2000:]
+    broker = SQLiteBroker(url)
+    try:
+        assert broker.get_results(["from-child"]) == [None]  # not run, but queued:
+        (stats,) = broker.stats()
+        assert stats.ready == 1
+    finally:
+        broker.close()

@@ -82,6 +82,9 @@ class _Link:
         self.closed = False
 
 
+#: Connections of a parent process, kept unused in a forked child (see _close_own).
+_PARKED: list[_Link] = []
+
 #: Every SQLite broker of this process: a forked child lets go of their connections.
 _BROKERS: weakref.WeakSet[SQLiteBroker] = weakref.WeakSet()
 _settled_pid = pid.current()  # the process whose brokers hold no inherited connection
@@ -110,15 +113,28 @@ def _let_go_of_inherited_connections() -> None:
     checkpointed and deleted the -wal and -shm files, and the child committed on into a
     deleted log: its tasks reached no worker, ever. Closed first, the table empties and
     the child's own connections lock the file. Closing releases only the child's locks
-    (none); a connection inside a write transaction is kept unused instead, as rolling
-    it back would touch the parent's shared WAL index.
+    (none). Kept unused instead: one its thread was using at the fork (see
+    _closed_if_idle), and one inside a write transaction, as rolling it back would touch
+    the parent's shared WAL index.
     """
     global _settled_pid  # noqa: PLW0603 - one per process, by design
     with _settling:
         if _settled_pid != pid.current():
             for broker in list(_BROKERS):
                 broker._let_go_of_inherited()
+            _PARKED[:] = [link for link in _PARKED if not _closed_if_idle(link)]
             _settled_pid = pid.current()
+
+
+def _closed_if_idle(link: _Link) -> bool:
+    """Close a parent's connection in a forked child unless its thread was using it at
+    the fork (its lock held: maybe inside SQLite, whose mutex then stays locked in the
+    child) or it is inside a write transaction; True when closed."""
+    if not link.lock.acquire(blocking=False) or link.db.in_transaction:
+        return False
+    with contextlib.suppress(sqlite3.Error):
+        link.db.close()
+    return True
 
 
 def _close_own(link: _Link, opened_by: int) -> None:
@@ -129,10 +145,17 @@ def _close_own(link: _Link, opened_by: int) -> None:
     whichever test the collection ran in. A finalizer (a weak reference's callback) runs
     before the collector finalizes anything, even when the broker is part of a cycle.
     """
-    if opened_by == pid.current():
-        link.closed = True  # first: its thread takes a new one rather than wait here
-        with link.lock:  # a statement of its thread in flight ends first
-            link.db.close()
+    # os.getpid(), not the cached id: CPython drops the parent's other threads in a
+    # forked child (so their connections' owners) before the fork hooks renew that id.
+    if opened_by != os.getpid():
+        # The parent's: never closed here (its thread may have held it, and SQLite's
+        # mutex, at the fork: the child hung), and never left to the collector either,
+        # which would close it all the same.
+        _PARKED.append(link)
+        return
+    link.closed = True  # first: its thread takes a new one rather than wait here
+    with link.lock:  # a statement of its thread in flight ends first
+        link.db.close()
 
 
 class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
@@ -156,7 +179,6 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
             )
         self._local = threading.local()
         self._watch = CommitWatch()
-        self._inherited: list[sqlite3.Connection] = []  # from a parent process; never used
         # One per connection this process opened (each thread has its own): close() and
         # interpreter exit run them, and so does the end of the connection's thread.
         self._closers: list[weakref.finalize[Any, Any]] = []
@@ -230,21 +252,15 @@ class SQLiteBroker(SQLiteResults, SQLiteStore, Broker):
         return link
 
     def _let_go_of_inherited(self) -> None:
-        """Close the parent's connections in a forked child (see
-        _let_go_of_inherited_connections); each thread of the child opens its own."""
+        """Park the parent's connections in a forked child, for
+        _let_go_of_inherited_connections to close; each thread of the child opens its own."""
         with self._closers_lock:
             closers, self._closers = self._closers, []
         for closer in closers:
             found = closer.detach()  # the parent's: its finalizer would never close it
             if found is None:
                 continue
-            # Not under its lock: a thread of the parent may have held it at the fork.
-            db = found[2][0].db
-            if db.in_transaction:
-                self._inherited.append(db)
-            else:
-                with contextlib.suppress(sqlite3.Error):
-                    db.close()
+            _PARKED.append(found[2][0])
         self._local = threading.local()
 
     def _connect_recording_file(self) -> tuple[_Link, tuple[int, int] | None]:
