@@ -12,7 +12,9 @@ import re
 from celeriac.brokers.base import Broker
 from celeriac.errors import CeleriacError, ConfigurationError
 
-SCHEMES = ("memory://", "sqlite:///", "redis://", "rediss://", "unix://")
+#: The URL schemes the Redis broker takes.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+SCHEMES = ("memory://", "sqlite:///", *REDIS_SCHEMES)
 
 
 def broker_from_url(url: str) -> Broker:
@@ -33,7 +35,7 @@ def broker_from_url(url: str) -> Broker:
         from celeriac.brokers.sqlite import SQLiteBroker
 
         return SQLiteBroker(url)
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(REDIS_SCHEMES):
         try:
             from celeriac.brokers.redis import RedisBroker
         except ImportError as exc:

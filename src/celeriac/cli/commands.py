@@ -104,17 +104,13 @@ def call(
         raise click.UsageError(str(exc)) from None
     result = obj.app.send_task(name, args=args, kwargs=kwargs, **options)
     if obj.app_path and name not in obj.app.tasks:  # a typo would wait an hour, then dead-letter
-        note = escape(unregistered_note(name, obj.app_path, obj.app))
-        err.print(f"[yellow]note:[/] {note}", markup=True, soft_wrap=True)
+        _note(unregistered_note(name, obj.app_path, obj.app))
     elif not obj.app_path and queue is None:
         # Without the task's code its own queue is unknown: a worker on -Q emails only
         # never sees it, and --wait times out with nothing said.
-        sent_to = escape(obj.app.conf.task_default_queue)
-        err.print(
-            f"[yellow]note:[/] sent to queue {sent_to!r} (without -A the task's own queue is "
-            "unknown); pass -A MODULE or -q QUEUE if its worker consumes another queue",
-            markup=True,
-            soft_wrap=True,
+        _note(
+            f"sent to queue {obj.app.conf.task_default_queue!r} (without -A the task's own "
+            "queue is unknown); pass -A MODULE or -q QUEUE if its worker consumes another queue"
         )
     if not wait:
         click.echo(result.id)
@@ -530,8 +526,7 @@ def dlq_show(obj: Context, task_id: str, full: bool) -> None:
     print_json(letter_json(letter, limit))
     if limit is not None and len(letter.body) > limit:
         size = len(letter.body)
-        note = f"the body is {size:,} bytes; shown are its first {limit:,} (--full for all)"
-        err.print(f"[yellow]note:[/] {note}", markup=True, soft_wrap=True)
+        _note(f"the body is {size:,} bytes; shown are its first {limit:,} (--full for all)")
 
 
 def letter_json(letter: DeadLetter, limit: int | None = None) -> dict[str, Any]:

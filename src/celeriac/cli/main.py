@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 import click
 
 from celeriac.app import Celeriac
+from celeriac.brokers import REDIS_SCHEMES
 from celeriac.errors import CeleriacError, ConfigurationError
 from celeriac.text import printable
 
@@ -62,9 +63,6 @@ _MAKE_THE_BROKER = _LONG_LIVED | {"call"}
 
 #: The logger of the Redis broker's start-up check (celeriac.brokers.redis.startup).
 _STARTUP_LOGGER = "celeriac.brokers.redis.startup"
-
-#: Broker URLs whose connections take a ``socket_timeout=`` (see Context.wait_at_most).
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 _consoles: dict[str, Console] = {}
@@ -148,7 +146,7 @@ class Context:
         """
         url = self.app.conf.broker_url
         query = urlsplit(url).query
-        if url.startswith(_REDIS_SCHEMES) and "socket_timeout" not in dict(parse_qsl(query)):
+        if url.startswith(REDIS_SCHEMES) and "socket_timeout" not in dict(parse_qsl(query)):
             self.app.conf.broker_url = f"{url}{'&' if query else '?'}socket_timeout={seconds:g}"
 
 
