@@ -458,7 +458,7 @@ def test_a_broker_error_while_continuing_is_tried_again_before_the_task_runs_aga
     # by running the whole step again a second later; the send is now tried again in place
     # a few times first (a Redis restart, or a Redis full for a moment), and only when the
     # broker stays away (the first try and each of the 4 pauses fail) does the step run again.
-    monkeypatch.setattr(canvas_middleware, "_CONTINUE_PAUSES", (0.01,) * 4)
+    monkeypatch.setattr(canvas_middleware, "_PAUSES", (0.01,) * 4)
     r = (add.s(1, 2) | add.s(3)).apply_async()
     broker = app.broker
     real_send = broker.send
@@ -482,7 +482,7 @@ def test_continuing_is_tried_again_only_within_the_tasks_hard_limit(
     # The hard limit still holds while a step continues: a try that outlasts it gets the
     # child killed and the step, which succeeded, settled as a time-out. Near the limit,
     # the step is put back at the first error (runs again), as before.
-    monkeypatch.setattr(canvas_middleware, "_CONTINUE_PAUSES", (0.01,) * 4)
+    monkeypatch.setattr(canvas_middleware, "_PAUSES", (0.01,) * 4)
     (add.s(1, 2) | add.s(3)).apply_async()
     executor = Executor(app, "w")
     (delivery,) = app.broker.fetch(["default"], "w", limit=1, lease_seconds=30, timeout=0)

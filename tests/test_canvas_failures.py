@@ -116,7 +116,7 @@ def test_a_dead_lettered_member_whose_chord_cannot_be_told_says_how_to_recover(
     # waits, and that replaying the dead letter moves the workflow on. Which it does.
     monkeypatch.setattr(app, "middleware", MiddlewareStack(default_middleware()))
     monkeypatch.setattr(app.conf, "task_max_deliveries", 1)
-    monkeypatch.setattr(canvas_middleware, "_DEAD_LETTER_PAUSES", (0.0,))
+    monkeypatch.setattr(canvas_middleware, "_PAUSES", (0.0,))
     r = chord([add.s(1, 1), add.s(2, 2)], tsum.s()).apply_async()
     (delivery,) = app.broker.fetch(["default"], "w", limit=1, lease_seconds=30, timeout=0)
     app.broker.requeue(delivery.lease)  # a crash: the second delivery is one too many

@@ -43,11 +43,9 @@ _STATE_ERRORS = {
 }
 _TRACEBACK_CHARS = 4000  # tracebacks ride in messages and join values: keep them bounded
 _RETRY_DELAY = 1.0  # seconds before a task whose workflow could not be continued runs again
-# Seconds between tries to fail a dead letter's workflow: a Redis failover's few seconds.
-_DEAD_LETTER_PAUSES = (0.5, 1.0, 2.0, 4.0)
-# Seconds between tries to continue a workflow before the task is run again instead (a
-# Redis restart or failover, a Redis full for a moment): running again repeats the task.
-_CONTINUE_PAUSES = (0.5, 1.0, 2.0, 4.0)
+# Seconds between tries to continue a workflow (a Redis restart or failover, a Redis full
+# for a moment): a task not continued runs again whole, a dead letter's workflow waits.
+_PAUSES = (0.5, 1.0, 2.0, 4.0)
 # Seconds a try to continue leaves before the task's hard limit: the supervisor would kill
 # the child and settle the task, which succeeded, as a time-out.
 _DEADLINE_MARGIN = 1.0
@@ -253,24 +251,17 @@ class Canvas(Middleware):
         run again, so this is the workflow's only chance. A broker error here was logged
         as "it will run again in 1s", and the chain or chord waited for ever.
         """
-        for pause in (*_DEAD_LETTER_PAUSES, None):
-            try:
-                self._advance(app, message, data, outcome)
-                return
-            except BrokerError as exc:
-                if pause is not None:
-                    time.sleep(pause)
-                    continue
-                task = printable(f"{message.task}[{message.id}]")  # the sender's text
-                log.error(
-                    "task %s was dead-lettered, and its workflow could not be told (%s): "
-                    "what waits for it (the rest of its chain, its chord's body) will wait "
-                    "for ever. Once the broker answers, `celeriac dlq replay %s` sends it "
-                    "again, and its workflow moves on when it ends",
-                    task,
-                    exc,
-                    printable(message.id),
-                )
+        error = self._advance_patiently(app, message, data, outcome, deadline=0.0)
+        if error is not None:
+            log.error(
+                "task %s was dead-lettered, and its workflow could not be told (%s): "
+                "what waits for it (the rest of its chain, its chord's body) will wait "
+                "for ever. Once the broker answers, `celeriac dlq replay %s` sends it "
+                "again, and its workflow moves on when it ends",
+                printable(f"{message.task}[{message.id}]"),  # the sender's text
+                error,
+                printable(message.id),
+            )
 
     def _continue(
         self,
@@ -287,17 +278,9 @@ class Canvas(Middleware):
         first error, it ran again, whole, a second later: every second while Redis was
         full, and once for a restart caught at the wrong moment.
         """
-        pauses = iter(_CONTINUE_PAUSES)
-        while True:
-            try:
-                self._advance(app, message, data, outcome)
-                return outcome
-            except BrokerError as exc:
-                error = exc
-            pause = next(pauses, None)
-            if pause is None or (deadline and time.time() + pause + _DEADLINE_MARGIN > deadline):
-                break
-            time.sleep(pause)
+        error = self._advance_patiently(app, message, data, outcome, deadline=deadline)
+        if error is None:
+            return outcome
         # Not continued: do not commit either, or the workflow would stop here for good.
         log.warning(
             "task %s: could not continue its workflow (%s); it will run again in %gs",
@@ -306,6 +289,30 @@ class Canvas(Middleware):
             _RETRY_DELAY,
         )
         return Outcome("RETRY", delay=_RETRY_DELAY, exception=error, runtime=outcome.runtime)
+
+    def _advance_patiently(
+        self,
+        app: Celeriac,
+        message: Message,
+        data: dict[str, Any],
+        outcome: Outcome,
+        *,
+        deadline: float,
+    ) -> BrokerError | None:
+        """:meth:`_advance`, tried again after each of ``_PAUSES`` while the broker fails
+        and a pause ends over ``_DEADLINE_MARGIN`` before ``deadline`` (a Unix time; 0.0:
+        none); None once done, else the last error."""
+        pauses = iter(_PAUSES)
+        while True:
+            try:
+                self._advance(app, message, data, outcome)
+                return None
+            except BrokerError as exc:
+                error = exc
+            pause = next(pauses, None)
+            if pause is None or (deadline and time.time() + pause + _DEADLINE_MARGIN > deadline):
+                return error
+            time.sleep(pause)
 
     @staticmethod
     def _advance(app: Celeriac, message: Message, data: dict[str, Any], outcome: Outcome) -> None:
