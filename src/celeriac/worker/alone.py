@@ -33,11 +33,11 @@ import psutil
 from celeriac.brokers.records import Lease
 from celeriac.errors import BrokerError, TaskRevoked, TimeLimitExceeded
 from celeriac.middleware.verdicts import Verdict, verdict_key
-from celeriac.worker.broker_duties import child_ttl, consumer_info
+from celeriac.worker.broker_duties import child_ttl, consumer_info, lost_by_reason
 from celeriac.worker.descendants import kill_own_tree, words
 from celeriac.worker.outage import Outage
 from celeriac.worker.output import flush_output
-from celeriac.worker.reading import error_info, shown
+from celeriac.worker.reading import error_info
 from celeriac.worker.slot import Held
 
 if TYPE_CHECKING:
@@ -159,12 +159,15 @@ class Orphan:
         new = sorted(i for i in lost if (i, tokens[i]) in still and i not in self._said_lost)
         if new:
             self._said_lost.update(new)
-            log.warning(
-                "child %d, its supervisor gone, lost the lease of %s; another worker may "
-                "run them, and their results here will be refused",
-                os.getpid(),
-                ", ".join(shown(i) for i in new),
-            )
+            lost_now = [lease for lease in leases if lease.id in new]
+            for reason, ids in lost_by_reason(self.app.broker, lost_now).items():
+                log.warning(
+                    "child %d, its supervisor gone, lost the lease of %s: %s; their results "
+                    "here will be refused",
+                    os.getpid(),
+                    ids,
+                    reason,
+                )
 
 
 def killed_verdict(held: Held, state: str) -> bytes:

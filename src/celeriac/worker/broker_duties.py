@@ -25,10 +25,29 @@ from celeriac.worker.slot import SlotView
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+    from celeriac.brokers.base import Broker
     from celeriac.config import Settings
     from celeriac.worker.reaping import ChildState
 
 log = logging.getLogger("celeriac.worker")
+
+
+def lost_by_reason(broker: Broker, lost: list[Lease]) -> dict[str, str]:
+    """What became of the messages of ``lost`` leases (:meth:`Broker.lease_loss`), each
+    reason with the ids it applies to, joined for a log line.
+
+    A lost lease was said as "another worker may run them" in every case: after a Redis
+    restart without persistence, which took the messages with it, nobody would run them
+    again, and the line sent an operator looking for a second worker.
+    """
+    said: dict[str, list[str]] = {}
+    for lease in lost:
+        try:
+            reason = broker.lease_loss(lease).value
+        except BrokerError:
+            reason = "another worker may run it (the broker could not say more)"
+        said.setdefault(reason, []).append(shown(lease.id))  # ids are the senders' text
+    return {reason: ", ".join(ids) for reason, ids in said.items()}
 
 
 class BrokerDuties:
@@ -95,21 +114,9 @@ class BrokerDuties:
             self._say_lost([lease for lease in leases if lease.id in repeated])
 
     def _say_lost(self, lost: list[Lease]) -> None:
-        """Warn of leases found lost twice in a row, with what became of each message.
-
-        It said "another worker may run them" in every case: after a Redis restart without
-        persistence, which took the messages with it, nobody would run them again, and the
-        line sent an operator looking for a second worker.
-        """
-        said: dict[str, list[str]] = {}
-        for lease in lost:
-            try:
-                reason = self.app.broker.lease_loss(lease).value
-            except BrokerError:
-                reason = "another worker may run it (the broker could not say more)"
-            said.setdefault(reason, []).append(shown(lease.id))  # ids are the senders' text
-        for reason, ids in said.items():
-            log.warning("worker %s lost the lease of %s: %s", self.id, ", ".join(ids), reason)
+        """Warn of leases found lost twice in a row, with what became of each message."""
+        for reason, ids in lost_by_reason(self.app.broker, lost).items():
+            log.warning("worker %s lost the lease of %s: %s", self.id, ids, reason)
 
     def _still_held(self, ids: list[str], leases: list[Lease]) -> list[str]:
         tokens = {lease.id: lease.token for lease in leases}
