@@ -54,9 +54,11 @@ class Verdicts(Middleware):
 
 
 def _exception(error: ErrorInfo) -> BaseException:
+    """The exception a verdict's error stands for, by the type it names."""
     from celeriac.errors import TaskRevoked, TimeLimitExceeded
 
-    if error.type == "builtins.OSError":  # a task closed its child's descriptors
-        return OSError(error.message)
-    cls = TaskRevoked if error.type.endswith("TaskRevoked") else TimeLimitExceeded
-    return cls(error.message)
+    kinds: dict[str, type[BaseException]] = {
+        "celeriac.errors.TaskRevoked": TaskRevoked,  # revoked with terminate
+        "builtins.OSError": OSError,  # a task closed its child's descriptors (.broken)
+    }
+    return kinds.get(error.type, TimeLimitExceeded)(error.message)
