@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from redis.cluster import key_slot
 
+import celeriac
 import redis
 from celeriac.brokers import broker_from_url
 from celeriac.brokers.records import DeadLetter, Delivery, Outgoing, WorkerInfo
@@ -48,6 +49,31 @@ FOREIGN = [
     b"\xce\x1a\x00",
     b"\xce\x1a\x09\x00\x00\xff\xff short",
 ]
+
+
+def test_new_connections_name_celeriac_without_reading_package_metadata(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # redis-py read its own version from its package metadata at every new connection
+    # (~0.2 ms; a worker child's first ones imported the email parser for it).
+    import importlib.metadata
+
+    reads: list[str] = []
+    real_version = importlib.metadata.version
+
+    def counted(name: str) -> str:
+        reads.append(name)
+        return real_version(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", counted)
+    for _ in range(3):
+        broker._sync.client.connection_pool.disconnect()
+        assert broker.workers() is not None  # a new connection, and its handshake
+    assert reads == []
+    kwargs = broker._sync.client.connection_pool.connection_kwargs
+    info = kwargs.get("driver_info")
+    name = info.formatted_name if info is not None else kwargs.get("lib_name")
+    assert name == f"redis-py(celeriac_v{celeriac.__version__})"
 
 
 def test_foreign_bytes_are_delivered_as_they_are(broker: RedisBroker, raw: redis.Redis) -> None:
