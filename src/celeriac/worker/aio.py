@@ -430,8 +430,8 @@ class AsyncioChild(Child):
         skipped = await self._off_loop(self._io, middleware.before_execute, job)
         outcome = skipped or await self._call(executor, job, soft)
         if task.is_async:  # on the loop's thread, which can replace signal handlers
-            self._undo.signals(job.label, others=self.spec.concurrency > 1)
-        self._undo.streams(job.label, replaced_too=False, others=self.spec.concurrency > 1)
+            self._undo.signals(job, others=self.spec.concurrency > 1)
+        self._undo.streams(job, replaced_too=False, others=self.spec.concurrency > 1)
         outcome = await self._off_loop(self._io, middleware.after_execute, job, outcome)
         # Done: a slow commit or settle hook must not pass for the task running past its
         # hard limit (the supervisor would kill the child and every task on its loop).

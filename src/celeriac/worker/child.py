@@ -288,9 +288,9 @@ class Child:
         rss_before = self.rss
         outcome = executor.execute(job, soft)
         if self.spec.pool == "process":  # the threads pool's tasks cannot set handlers
-            self._undo.signals(job.label)
-            self._undo.folder(job.label)
-        self._undo.streams(job.label, replaced_too=self.spec.pool == "process")
+            self._undo.signals(job)
+            self._undo.folder(job)
+        self._undo.streams(job, replaced_too=self.spec.pool == "process")
         try:
             self.rss = current_rss()  # the one read per task: growth, slot and recycling use it
         except DescriptorsLost:  # its connections must not be used again: see .broken
