@@ -1,0 +1,149 @@
+"""What a worker child takes in hand, when it stops taking, and what it gives back unstarted.
+
+A mixin of :class:`~celeriac.worker.child.Child` (and so of every pool's child), kept apart
+so each module stays small: the size of the next fetch, the count of deliveries
+``worker_max_tasks_per_child`` still leaves the child, the decision to recycle (that many
+tasks run, or ``worker_max_memory_per_child`` passed), and the messages the child gives
+back to their queue without running them (a batch's surplus before a task not known to be
+short, what it still holds when it stops). The consume loop itself is in
+:mod:`celeriac.worker.child`; what a warm shutdown's hand-back takes, in
+:mod:`celeriac.worker.handback`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
+
+from celeriac.brokers.records import Delivery
+from celeriac.errors import BrokerError
+from celeriac.worker.batch import Batch
+from celeriac.worker.executor import FetchSpec
+from celeriac.worker.handback import Prefetched
+from celeriac.worker.memory import Ceiling
+from celeriac.worker.slot import Held
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+    from celeriac.worker.child import ChildSpec
+
+log = logging.getLogger("celeriac.worker")
+
+
+class Intake:
+    """How much a child takes, when it recycles, and what it gives back unstarted."""
+
+    app: Celeriac
+    spec: ChildSpec
+    fetch: FetchSpec
+    stopping: bool
+    tasks_done: int
+    rss: int
+    _taken: int
+    _lock: threading.Lock
+    _prefetched: Prefetched
+    _publish: Callable[[Hashable, list[Delivery], Held | None], None]
+
+    def _fetch_spec(self, batch: Batch) -> FetchSpec | None:
+        """What the next fetch takes: a batch, or the prefetch, but no more than
+        ``worker_max_tasks_per_child`` leaves this child to take (what it took beyond that
+        went back to the back of its queue); None when that is nothing."""
+        size = max(batch.size(), self.fetch.limit)
+        left = self._left_to_take()
+        if left is not None:
+            size = min(size, left)
+        if size == self.fetch.limit:
+            return self.fetch
+        if not size:
+            return None
+        return FetchSpec(self.fetch.queues, self.fetch.consumer, size, self.fetch.lease_seconds)
+
+    def _left_to_take(self) -> int | None:
+        """How many more deliveries ``worker_max_tasks_per_child`` lets this child take;
+        None when there is no such limit.
+
+        Deliveries are counted when taken, not when their tasks end: counting ends, the
+        other threads (or an asyncio child's free slots) kept taking tasks until one
+        finished the last the limit allowed, up to ``-c`` - 1 past it (``-c``: asyncio).
+        """
+        most = self.app.conf.worker_max_tasks_per_child
+        return max(most - self._taken, 0) if most else None
+
+    def _may_take(self) -> bool:
+        """Count one more delivery taken in hand; False (recycling) when the limit allows
+        no more (:meth:`_left_to_take`)."""
+        with self._lock:
+            if self._left_to_take() == 0:
+                self.stopping = True
+                return False
+            self._taken += 1
+            return True
+
+    def _should_recycle(self) -> bool:
+        if not self.tasks_done:
+            # Only between tasks: a child that starts over its memory limit (the app's
+            # imports) would otherwise be replaced after every empty fetch, a fork loop.
+            return False
+        conf = self.app.conf
+        if conf.worker_max_tasks_per_child and self.tasks_done >= conf.worker_max_tasks_per_child:
+            log.info(
+                "child %d ran %d tasks (worker_max_tasks_per_child); recycling",
+                os.getpid(),
+                self.tasks_done,
+            )
+            return True
+        ceiling = self.spec.ceiling or Ceiling.of_setting(conf.worker_max_memory_per_child)
+        if ceiling.mib and self.rss > ceiling.mib << 20:
+            log.warning(
+                "child %d uses %d MiB, over %s; recycling after its current task",
+                os.getpid(),
+                self.rss >> 20,
+                ceiling.words,
+            )
+            return True
+        return False
+
+    def _give_back_surplus(self, pending: list[Delivery]) -> None:
+        """Give back what a batch brought beyond ``worker_prefetch_multiplier``, before a
+        task not known to be short runs.
+
+        A batch is sized for short tasks, but the messages behind them may be slow ones (a
+        backlog's next task, one not yet timed): held by this child, they all ran before a
+        priority-9 task sent meanwhile (a batch of 32 one-minute tasks: half an hour), and
+        no idle sibling could start them. Given back, they join the back of their queue,
+        uncounted, as at a warm shutdown; the slot is written by the caller next.
+        """
+        surplus = self._prefetched.split(pending, self.fetch.limit - 1)
+        log.debug(
+            "child %d gives back %d prefetched message(s) before a task not known to be "
+            "short: a batch is taken for short tasks only",
+            os.getpid(),
+            len(surplus),
+        )
+        self._requeue_unstarted(surplus)
+
+    def _give_back(self, key: Hashable, pending: list[Delivery]) -> None:
+        self._requeue_unstarted(pending)
+        self._publish(key, [], None)
+
+    def _requeue_unstarted(self, pending: list[Delivery]) -> None:
+        # Fetched but never started: straight back to the queue, not counted as a delivery.
+        for n, delivery in enumerate(pending):
+            try:
+                self.app.broker.requeue(delivery.lease, count_delivery=False)
+            except BrokerError as exc:
+                # The rest would fail alike, each a socket timeout on a broker that hangs.
+                log.warning(
+                    "child %d could not give back %d prefetched message(s) (%s): %s. They "
+                    "are delivered again once their leases expire (worker_lease_seconds, "
+                    "%gs); they have not run.",
+                    os.getpid(),
+                    len(pending) - n,
+                    str(exc).rstrip("."),
+                    ", ".join(d.id for d in pending[n:]),
+                    self.fetch.lease_seconds,
+                )
+                break
