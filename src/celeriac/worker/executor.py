@@ -3,7 +3,9 @@
 Steps: read the message (malformed → dead letter; a newer protocol → deferred for an
 upgraded worker), find the task (unknown → deferred for a worker that knows it), check the
 delivery count (too many → dead letter), run the middleware and the function, and settle
-with the broker — ack with the result in one fenced step, requeue, or dead-letter.
+with the broker — ack with the result in one fenced step, requeue, or dead-letter. The
+result record it stores, and what becomes of one it cannot store, are in
+:mod:`celeriac.worker.result_records`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from celeriac.brokers.records import DeadLetter, Delivery, Outgoing
 from celeriac.errors import (
     ArgumentsRefused,
     BrokerError,
-    PayloadTooLarge,
     Reject,
     Retry,
     SerializationError,
@@ -35,7 +36,6 @@ from celeriac.message import (
     ErrorInfo,
     Message,
     ResultRecord,
-    decode_result,
     encode_result,
     storable_text,
 )
@@ -45,6 +45,7 @@ from celeriac.text import printable
 from celeriac.worker.outage import Outage
 from celeriac.worker.outcome_log import LOG_TEXT_CHARS, for_log, log_outcome
 from celeriac.worker.reading import Reading, error_info, peek_name
+from celeriac.worker.result_records import ResultRecords, cut_error, now_failed
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -107,7 +108,7 @@ def outcome_for(exc: BaseException) -> Outcome:
     return Outcome("FAILURE", error=error, exception=exc)
 
 
-class Executor(Reading):
+class Executor(Reading, ResultRecords):
     """Processes deliveries for one worker process (or thread).
 
     Args:
@@ -334,66 +335,6 @@ class Executor(Reading):
             self.app.middleware.after_settle(job, outcome, ok)
         return more
 
-    def _encoded_result(self, job: Job, outcome: Outcome) -> bytes:
-        """The result record to store for ``outcome``.
-
-        A value that cannot be stored (not JSON-serializable, nested too deeply, over
-        task_result_max_bytes) is stored as a FAILURE that says why, and ``outcome`` is
-        made that FAILURE in place, so the log line and the ``after_settle`` hooks (task
-        events) say what the caller's ``get()`` raises: they said "succeeded".
-        """
-        try:
-            raw = encode_result(self._record(job, outcome))
-        except Exception as unencodable:  # noqa: BLE001 - a result it cannot store is a failure
-            # encode_result already turns what msgspec refuses into a FAILURE record; this
-            # is the last line: settling must never crash the child (it would run the task
-            # again and again, then dead-letter it for the wrong reason).
-            bad = SerializationError(
-                f"task {job.label}: its {outcome.state} result could not be encoded "
-                f"({type(unencodable).__name__}: {unencodable})"
-            )
-            _now_failed(outcome, bad, error_info(bad))
-            return encode_result(self._record(job, outcome))
-        if outcome.state != "FAILURE" and raw.startswith(_FAILURE_RECORD):
-            # encode_result stored a FAILURE instead of the value: it says why.
-            error = decode_result(raw).error
-            text = error.message if error else "the task's result could not be encoded"
-            _now_failed(outcome, SerializationError(text), error)
-            return raw
-        limit = self.app.conf.task_result_max_bytes
-        if len(raw) <= limit:
-            return raw
-        if outcome.state != "SUCCESS" and outcome.error is not None:
-            # An error over the limit (an exception quoting a whole response, a recursion's
-            # traceback) was stored as "returned N bytes", as if the task had returned a
-            # value: keep what it raised, cut to fit.
-            outcome.error = _cut_error(outcome.error, len(raw), limit)
-            return encode_result(self._record(job, outcome))
-        # Refused like an oversized message: results live in broker memory too.
-        exc = PayloadTooLarge(
-            f"task {job.label} returned {len(raw):,} bytes, over task_result_max_bytes "
-            f"({limit:,}); store the data elsewhere (a file, object storage) and return its id"
-        )
-        _now_failed(outcome, exc, error_info(exc))
-        return encode_result(self._record(job, outcome))
-
-    def _record(self, job: Job, outcome: Outcome) -> ResultRecord:
-        message = job.message
-        error = outcome.error
-        if error is None and outcome.state in {"EXPIRED", "REVOKED"}:
-            error = ErrorInfo(
-                type=f"celeriac.errors.Task{outcome.state.title()}", message=outcome.reason
-            )
-        return ResultRecord(
-            state=outcome.state,
-            task=message.task if message else "",
-            result=outcome.value if outcome.state == "SUCCESS" else None,
-            error=error,
-            retries=message.retries if message else 0,
-            date_done=time.time(),
-            worker=self.worker_id,
-        )
-
     def _move(self, job: Job, outcome: Outcome) -> bool:
         """Send a message held under an id the broker made up again under its own id, then
         ack this copy (see Reading._resolve). Sending first: a crash in between delivers
@@ -425,7 +366,7 @@ class Executor(Reading):
                 f"task {job.label} cannot be retried: its message could not be encoded "
                 f"({type(exc).__name__}: {exc})"
             )
-            _now_failed(outcome, bad, error_info(bad))  # logged as FAILURE, not "will retry"
+            now_failed(outcome, bad, error_info(bad))  # logged as FAILURE, not "will retry"
             return self.app.broker.complete(
                 job.delivery.lease, self._encoded_result(job, outcome), self.app.conf.result_expires
             )
@@ -442,7 +383,7 @@ class Executor(Reading):
             raw, limit = encode_result(record), self.app.conf.task_result_max_bytes
             if len(raw) > limit and record.error is not None:
                 # As a FAILURE's: an error quoting a whole response was stored whole.
-                record.error = _cut_error(record.error, len(raw), limit)
+                record.error = cut_error(record.error, len(raw), limit)
                 raw = encode_result(record)
             try:
                 self.app.broker.store_result(message.id, raw, self.app.conf.result_expires)
@@ -572,38 +513,6 @@ def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
     # SystemExit) is not this worker's business; the original error is raised next.
     with contextlib.suppress(BaseException):
         loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-
-
-#: How an encoded result record that stores a FAILURE begins: ``state`` is its first field
-#: and always written (msgspec keeps the declared order).
-_FAILURE_RECORD = b'{"state":"FAILURE"'
-
-
-def _cut_error(error: ErrorInfo, size: int, limit: int) -> ErrorInfo:
-    """``error`` with its message and traceback cut to fit a result of ``limit`` bytes,
-    each saying so (JSON escapes at most 6 bytes a character, hence the margin).
-
-    Example:
-        >>> big = ErrorInfo(type="builtins.ValueError", message="x" * 100_000)
-        >>> cut = _cut_error(big, 100_100, 4_096)
-        >>> cut.type, len(cut.message) < 1_000, cut.message.endswith("task_result_max_bytes]")
-        ('builtins.ValueError', True, True)
-    """
-    keep = max((limit - 1_024) // 12, 0)
-    note = f" [... cut: the error's result was {size:,} bytes, over task_result_max_bytes]"
-    return ErrorInfo(
-        type=error.type,
-        message=error.message if len(error.message) <= keep else error.message[:keep] + note,
-        traceback=error.traceback
-        if len(error.traceback) <= keep
-        else "..." + error.traceback[-keep:],
-    )
-
-
-def _now_failed(outcome: Outcome, exc: Exception, error: ErrorInfo | None) -> None:
-    """Make ``outcome`` the FAILURE ``exc`` that was stored in place of its result."""
-    outcome.state, outcome.value, outcome.exception = "FAILURE", None, exc
-    outcome.error = error or error_info(exc)
 
 
 def _current_id() -> str:
