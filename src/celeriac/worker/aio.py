@@ -24,8 +24,8 @@ Three thread pools, so that no kind of work waits behind another: celeriac's own
 calls (fetch, settle, middleware hooks), plain-function tasks (one thread per slot), and
 the loop's default executor, left to the tasks' own ``asyncio.to_thread``. A watchdog
 thread names the task that blocks the loop (a blocking call in an ``async def``), and
-work a task left running on the loop (``asyncio.create_task``) is given
-``_BACKGROUND_GRACE`` seconds to end when the child stops, then cancelled, named in the log.
+work a task left running on the loop (``asyncio.create_task``) is given a grace to end when
+the child stops, then cancelled, named in the log (:mod:`celeriac.worker.aio_background`).
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ from celeriac.brokers.records import Delivery
 from celeriac.errors import SoftTimeLimitExceeded
 from celeriac.message import ErrorInfo, peek_identity, storable_text
 from celeriac.middleware.base import HARD_DEADLINE, Job, Outcome
-from celeriac.task import Request, _current
+from celeriac.task import _current
 from celeriac.text import printable
+from celeriac.worker.aio_background import BackgroundWork, end_threads
 from celeriac.worker.batch import Batch
 from celeriac.worker.child import EXIT_RECYCLE, Child, ChildSpec, current_rss
 from celeriac.worker.executor import Executor, exit_if_forked, outcome_for
@@ -68,15 +69,13 @@ log = logging.getLogger("celeriac.worker")
 _SLOT_FLUSH = 0.02  # seconds between slot writes: one write per batch, not per task
 #: Seconds without a turn of the event loop before the watchdog names the task blocking it.
 _BLOCKED_AFTER = 1.0
-#: Seconds that work a task left running on the loop gets to end when the child stops.
-_BACKGROUND_GRACE = 5.0
 
 _STACK_SHOWN = 12  # frames of a blocking task's stack in the watchdog's log line
 
 _T = TypeVar("_T")
 
 
-class AsyncioChild(Child):
+class AsyncioChild(Child, BackgroundWork):
     """Consumes with one event loop and ``concurrency`` task slots."""
 
     def __init__(self, app: Celeriac, spec: ChildSpec, slot: Slot) -> None:
@@ -127,7 +126,7 @@ class AsyncioChild(Child):
             if running:
                 await asyncio.wait(running)
             await self._end_background()
-            await _end_threads(threads)
+            await end_threads(threads)
         finally:
             watching.set()
             flusher.cancel()
@@ -194,60 +193,6 @@ class AsyncioChild(Child):
         """``fn(*args)`` in a thread of ``pool``, in this context (as asyncio.to_thread)."""
         call = functools.partial(contextvars.copy_context().run, fn, *args)
         return await asyncio.get_running_loop().run_in_executor(pool, call)
-
-    def _make_task(
-        self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any
-    ) -> asyncio.Task[Any]:
-        """The loop's task factory: remember which celeriac task started each asyncio task.
-
-        Called in the creator's context, so ``_current`` is the request of the celeriac
-        task whose code (or whose own asyncio tasks) called ``create_task``: the name the
-        watchdog and the end of the child give for work a task left running.
-        """
-        task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, **kwargs)
-        request = _current.get()
-        if request is not None:
-            self._spawned[task] = _request_label(request)
-            task.add_done_callback(self._forget_spawned)
-        return task
-
-    def _forget_spawned(self, task: asyncio.Task[Any]) -> None:
-        self._spawned.pop(task, None)
-
-    async def _end_background(self) -> None:
-        """Give work the tasks left running on the loop a grace to end, then cancel it.
-
-        ``asyncio.run`` cancelled it silently as the child stopped (a warm shutdown or a
-        recycle): a task's ``asyncio.create_task(send_report())`` was cut off unlogged.
-        """
-        left = [t for t in self._spawned if not t.done()]
-        if not left:
-            return
-        log.warning(
-            "child %d is stopping while %d asyncio task(s) started with create_task by %s "
-            "still run; waiting up to %gs for them to end, then cancelling them. Work a "
-            "task must finish belongs in the task: await it (asyncio.gather, a TaskGroup).",
-            os.getpid(),
-            len(left),
-            _some(self._spawned[t] for t in left),
-            _BACKGROUND_GRACE,
-        )
-        _, pending = await asyncio.wait(left, timeout=_BACKGROUND_GRACE)
-        if not pending:
-            return
-        labels = _some(self._spawned.get(t, "?") for t in pending)
-        for t in pending:
-            t.cancel()
-        # Bounded: a coroutine that ignores cancellation must not keep the child alive.
-        await asyncio.wait(pending, timeout=_BACKGROUND_GRACE)
-        log.warning(
-            "child %d cancelled %d asyncio task(s) started by %s, still running %gs after "
-            "their tasks' end; what they had not done is lost",
-            os.getpid(),
-            len(pending),
-            labels,
-            _BACKGROUND_GRACE,
-        )
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> threading.Event:
         """Start the watchdog thread; set the returned event to stop it."""
@@ -500,33 +445,6 @@ class AsyncioChild(Child):
         self.slot.write(held, self.rss, self.tasks_done, self.growth)
 
 
-async def _end_threads(threads: TaskThreads) -> None:
-    """Give the calls tasks left running in threads a grace to end, then leave them: the
-    child exits without them (see :mod:`celeriac.worker.task_threads`)."""
-    left = threads.unfinished()
-    if not left:
-        return
-    futures = [asyncio.wrap_future(f) for f, _ in left]
-    _, pending = await asyncio.wait(futures, timeout=_BACKGROUND_GRACE)
-    if not pending:
-        return
-    log.warning(
-        "child %d is stopping while %d call(s) handed to threads by %s (asyncio.to_thread, "
-        "run_in_executor) still run %gs after their tasks' end; it exits without waiting "
-        "for them, and what they had not done is lost (a thread cannot be cancelled). Give "
-        "blocking calls a timeout of their own.",
-        os.getpid(),
-        len(pending),
-        _some(by for _, by in threads.unfinished()),
-        _BACKGROUND_GRACE,
-    )
-
-
-def _request_label(request: Request) -> str:
-    """``name[id]`` of a running task's request, as log lines name a task."""
-    return printable(f"{request.task}[{request.id}]")
-
-
 def _where(frame: FrameType | None) -> str:
     """The stack of the loop's thread from the task's own code down (celeriac's frames
     above it say nothing), at most its last ``_STACK_SHOWN`` frames."""
@@ -537,13 +455,6 @@ def _where(frame: FrameType | None) -> str:
     if ours and ours[-1] + 1 < len(stack):
         stack = stack[ours[-1] + 1 :]
     return "".join(traceback.format_list(stack[-_STACK_SHOWN:])).rstrip("\n")
-
-
-def _some(labels: Any) -> str:
-    """A few distinct task labels, in words (a child may run thousands)."""
-    distinct = list(dict.fromkeys(labels))
-    shown = ", ".join(distinct[:5])
-    return shown if len(distinct) <= 5 else f"{shown} and {len(distinct) - 5} more tasks"
 
 
 async def _with_soft_limit(coro: Coroutine[Any, Any, Any], soft: float) -> Any:
