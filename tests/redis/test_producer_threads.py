@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -52,5 +53,52 @@ def test_closing_the_broker_while_threads_send_and_wait_fails_none_of_their_call
         for thread in threads:
             thread.join(30)
         app.broker.close()
+    assert errors == []
+    assert waits > 0
+
+
+def test_aclose_while_other_coroutines_send_and_wait_fails_none_of_their_calls(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    # aclose() closed the loop's redis.asyncio client, connections in use included: an
+    # adelay() or aget() awaiting in another task of the same loop (a web app's request
+    # while its shutdown hook ran `await app.broker.aclose()`) failed with a connection
+    # error. As close() does for threads, it now closes idle connections only, and a call
+    # in flight goes on.
+    app = Celeriac("web", broker=f"{redis_server.url}?prefix={prefix}")
+
+    @app.task
+    def notify(n: int) -> int:
+        return n
+
+    errors: list[str] = []
+    waits = 0
+
+    async def request(stop: asyncio.Event) -> None:
+        nonlocal waits
+        while not stop.is_set():
+            try:
+                result = await notify.adelay(1)
+                try:
+                    await result.aget(timeout=0.05)  # no worker: it waits, and times out
+                except ResultTimeout:
+                    waits += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        requests = [asyncio.create_task(request(stop)) for _ in range(4)]
+        try:
+            for _ in range(20):
+                await asyncio.sleep(0.03)
+                await app.broker.aclose()
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*requests), 30)
+            await app.broker.aclose()
+
+    asyncio.run(main())
+    app.broker.close()
     assert errors == []
     assert waits > 0

@@ -145,7 +145,9 @@ class RedisBroker(Broker):
         self._async_clients.close()
 
     async def aclose(self) -> None:
-        """Close the running event loop's connections (also done when the loop ends)."""
+        """Close the running event loop's idle connections (see
+        :meth:`AsyncClients.aclose`); calls in flight in other tasks go on. The rest are
+        closed when the loop ends."""
         await self._async_clients.aclose()
 
     # -- producing ----------------------------------------------------------------------

@@ -637,9 +637,24 @@ class AsyncClients:
             await client.aclose()
 
     async def aclose(self) -> None:
-        """Close the running loop's client, if it has one."""
+        """Close the running loop's idle connections; one in use by another task of the
+        loop (a command in flight, the result waiters' pub/sub connection) is left to the
+        call using it, which goes on, as :meth:`close` does for threads. Whatever is still
+        open is closed when the loop shuts down.
+
+        Not the client's ``aclose()``, which disconnects connections in use too: an
+        ``adelay()`` or ``aget()`` awaiting in another task failed with "did not answer"
+        when a web app's shutdown hook closed the broker. A Cluster client is closed
+        whole, as :meth:`close` closes it: redis-py keeps its idle connections per node,
+        out of reach of any public call.
+        """
         found = self._by_loop.get(asyncio.get_running_loop())
-        if found is not None:
+        if found is None:
+            return
+        client = found[0].client
+        if isinstance(client, redis.asyncio.Redis):
+            await client.connection_pool.disconnect(inuse_connections=False)
+        else:
             await found[1].aclose()
 
     def close(self) -> None:
