@@ -9,6 +9,8 @@ which nothing answers for, stands for a stuck worker there.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 
@@ -19,6 +21,8 @@ from celeriac import Celeriac
 from celeriac.brokers.records import WorkerInfo
 from celeriac.cli import cli
 from celeriac.control import live_workers
+from celeriac.testing import wait_for
+from tests.apps import core
 from tests.conftest import WorkerProcesses
 
 pytestmark = pytest.mark.slow
@@ -47,3 +51,35 @@ def test_ping_w_host_asks_the_workers_of_that_host_and_fails_when_one_is_silent(
     assert unknown.exit_code == 1
     assert "no live worker has the id or host 'no-such-host'" in unknown.output
     assert _ping(broker_url, timeout=1).exit_code == 0  # without -w: any worker's answer will do
+
+
+def test_ping_fails_for_a_worker_whose_children_keep_dying_and_passes_once_it_works_again(
+    core_app: Celeriac, workers: WorkerProcesses, broker_url: str
+) -> None:
+    # The supervisor answers ping itself: a worker whose children died at every start (an
+    # OOM-kill loop here: each new child is killed with -9) answered "pong" while it ran
+    # nothing, and the orchestrator probing it never restarted it. It answers
+    # "unhealthy: ..." now, and ping exits 1, until a task finishes again.
+    proc = workers.start("-c", "1")
+    host = socket.gethostname()
+    assert _ping(broker_url, "-w", host).exit_code == 0
+    killed: list[int] = []
+    for _ in range(8):  # 5 deaths in a row make a crash loop; a few more for slow starts
+        (pid,) = workers.wait_children(proc, 1)
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+        assert wait_for(lambda: workers.children(proc) not in ([], killed[-1:]), timeout=30)
+        probe = _ping(broker_url, "-w", host)
+        if probe.exit_code != 0:
+            break
+    assert probe.exit_code == 1, probe.output
+    assert ": unhealthy: worker " in probe.output and "is crash-looping" in probe.output
+    assert "killed by SIGKILL: the kernel's OOM killer" in probe.output
+    assert f"child {killed[-1]}" in probe.output
+    assert _ping(broker_url, timeout=1).exit_code == 1  # no healthy worker answers at all
+    stats = CliRunner().invoke(cli, ["-b", broker_url, "inspect", "stats", "--json"])
+    assert "is crash-looping" in stats.output
+
+    # The next child lives: once it finishes a task the worker is healthy again.
+    assert core.add.delay(1, 2).get(timeout=30) == 3
+    assert wait_for(lambda: _ping(broker_url, "-w", host).exit_code == 0, timeout=30)

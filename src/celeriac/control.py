@@ -43,6 +43,10 @@ STREAM_LENGTH = 10_000
 #: revoke is still among the last ``STREAM_LENGTH``.
 REVOKE_KEEP = 30 * 86_400.0
 REPLY_TTL = 60.0
+#: How the ``ping`` reply of a worker that answers but runs nothing begins (its children
+#: keep dying: :mod:`celeriac.worker.crash_loop`), words for a person after it; a healthy
+#: worker answers "pong".
+UNHEALTHY = "unhealthy: "
 
 
 class Revocation(msgspec.Struct):

@@ -183,10 +183,12 @@ def _already_finished(obj: Context, ids: list[str]) -> list[tuple[str, str]]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def ping(obj: Context, target: str | None, timeout: float, as_json: bool) -> None:
-    """Ask every live worker to answer; exit 1 when none does. With -w, exit 1 unless each
-    worker it names answers: a container's health check (a worker's id ends in its pid and
-    a random part, so the probe names its host). Live workers that did not answer in time
-    (frozen, stopping) are named on stderr.
+    """Ask every live worker to answer; exit 1 when none answers healthy. With -w, exit 1
+    unless each worker it names answers healthy: a container's health check (a worker's id
+    ends in its pid and a random part, so the probe names its host). Live workers that did
+    not answer in time (frozen, stopping) are named on stderr. A worker answers
+    "unhealthy: ..." instead of "pong" while it runs nothing because its children keep
+    dying: 5 in a row within 5 minutes, the latest within a minute, no task finished since.
 
     \b
     Example: celeriac ping --timeout 5
@@ -208,7 +210,12 @@ def ping(obj: Context, target: str | None, timeout: float, as_json: bool) -> Non
         click.echo(_nobody_answered(obj, target), err=True)
         raise SystemExit(1)
     _say_silent(silent, timeout)
-    if named and silent:  # -w: every worker it names must answer
+    # A crash-looping worker answers, but runs nothing: a liveness probe must fail for it,
+    # or the orchestrator never restarts it.
+    unhealthy = [r for r in replies if r.data != "pong"]
+    if named and (silent or unhealthy):  # -w: every worker it names must answer healthy
+        raise SystemExit(1)
+    if not named and len(unhealthy) == len(replies):
         raise SystemExit(1)
 
 

@@ -17,7 +17,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from celeriac.brokers.records import Lease, WorkerInfo
+from celeriac.control import UNHEALTHY
 from celeriac.errors import BrokerError
+from celeriac.worker.crash_loop import ChildDeaths
 from celeriac.worker.memory import Ceiling
 from celeriac.worker.reading import shown
 from celeriac.worker.remote import Remote
@@ -62,6 +64,7 @@ class BrokerDuties:
     _started: float
     _done_before: int
     _growth_before: dict[str, list[int]]
+    _deaths: ChildDeaths
     _ceiling: Ceiling
     _last_beat: float
     _last_renew: float
@@ -128,7 +131,8 @@ class BrokerDuties:
         now = time.time()
         views = [(c.pid, c.last_view) for c in self._children if c.pid]
         if command == "ping":
-            return "pong"
+            unhealthy = self._unhealthy()
+            return "pong" if unhealthy is None else f"{UNHEALTHY}{unhealthy}"
         if command == "active":
             return [
                 {"id": h.id, "task": h.task, "runtime": round(now - h.started, 3), "child": pid}
@@ -146,11 +150,31 @@ class BrokerDuties:
                 "queues": list(self.queues),
                 "uptime": now - self._started,
                 "concurrency": self.concurrency,
-                "tasks_done": self._done_before + sum(v.done for _, v in views),
+                "tasks_done": self._tasks_done(),
+                "health": self._unhealthy() or "ok",
                 "max_memory_per_child_mb": self._ceiling.mib,  # as chosen at start-up
                 "children": {str(pid): {"rss_mb": v.rss >> 20, "done": v.done} for pid, v in views},
             }
         return {"error": f"unknown command {command!r}"}
+
+    def _tasks_done(self) -> int:
+        """Tasks this worker's children finished, the dead ones' included."""
+        return self._done_before + sum(c.last_view.done for c in self._children if c.pid)
+
+    def _unhealthy(self) -> str | None:
+        """Why this worker runs nothing although it answers, for the person its liveness
+        probe wakes; None when it is healthy (see :mod:`celeriac.worker.crash_loop`)."""
+        crash_loop = self._deaths.crash_loop(self._tasks_done())
+        if crash_loop is None:
+            return None
+        return (
+            f"worker {self.id} is crash-looping: {crash_loop}. It answers but runs no task; "
+            "restarting it helps only once the cause is fixed. Its log says why each child "
+            "died (the 'worker child ... died' lines, and any traceback before them): "
+            "SIGKILL is most often the OOM killer (dmesg; the container's memory limit), an "
+            "exit code soon after start a task module that fails in the child, 'fork "
+            "failed' a process limit (pids.max, ulimit -u)."
+        )
 
     def _memory_report(self, views: list[tuple[int, SlotView]]) -> list[dict[str, Any]]:
         totals = {name: list(pair) for name, pair in self._growth_before.items()}

@@ -29,6 +29,7 @@ from celeriac.brokers.records import Lease
 from celeriac.middleware.verdicts import verdict_key
 from celeriac.worker.alone import killed_verdict
 from celeriac.worker.broken import EXIT_TASK_CLOSED_DESCRIPTORS, closed_descriptors_verdict
+from celeriac.worker.crash_loop import ChildDeaths
 from celeriac.worker.reading import death_key, shown
 from celeriac.worker.slot import Held, Slot, SlotView, hand_mark
 
@@ -70,6 +71,8 @@ class Reaping:
     _stop_requests: int
     _done_before: int
     _growth_before: dict[str, list[int]]
+    _deaths: ChildDeaths
+    _tasks_done: Callable[[], int]
     _spawn: Callable[[ChildState], None]
     _beat_child: Callable[[ChildState, int, float], None]
     _quietly: Callable[[Callable[[], object], str], None]
@@ -141,6 +144,7 @@ class Reaping:
                 _doing(running, reading, self.app.conf.task_max_deliveries),
             )
             child.crashes = child.crashes + 1 if time.time() - child.started < 2 else 0
+            self._deaths.note(pid, _how_it_ended(code), self._tasks_done())  # for ping
         if self._stop_requests == 0:
             if child.crashes > 3:
                 # A crash loop: back off, but never by sleeping here — heartbeats, lease
@@ -180,6 +184,7 @@ class Reaping:
         renewing their leases or enforcing hard limits.
         """
         child.fork_failures += 1
+        self._deaths.note(0, f"fork failed ({exc})", self._tasks_done())  # runs nothing either
         pause = _pause(child.fork_failures)
         child.respawn_at = time.monotonic() + pause
         self._quietly(functools.partial(self._beat_child, child, 0, 0.0), "end a child's heartbeat")

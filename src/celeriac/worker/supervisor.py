@@ -51,6 +51,7 @@ from celeriac.worker.child import (
     child_main,
     current_rss,
 )
+from celeriac.worker.crash_loop import ChildDeaths
 from celeriac.worker.descendants import Started, kill_tree, words
 from celeriac.worker.hard_limits import HardLimits
 from celeriac.worker.memory import Ceiling, choose_ceiling, memory_limit
@@ -144,6 +145,7 @@ class Worker(Reaping, BrokerDuties, HardLimits):
         self._started = time.time()
         self._done_before = 0
         self._growth_before: dict[str, list[int]] = {}
+        self._deaths = ChildDeaths()  # whether its children keep dying: see .crash_loop
         self.remote = Remote(app, self.id, self._answer)
         # The setting as it stands until run() fits it to the machine's memory.
         self._ceiling = Ceiling.of_setting(app.conf.worker_max_memory_per_child)
