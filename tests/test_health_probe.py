@@ -33,6 +33,11 @@ def _ping(broker_url: str, *args: str, timeout: float = 5) -> Result:
     return CliRunner().invoke(cli, ["-b", broker_url, "ping", "--timeout", str(timeout), *args])
 
 
+def _status(broker_url: str) -> str:
+    """What ``celeriac status`` prints (wide, so that nothing is folded)."""
+    return CliRunner().invoke(cli, ["-b", broker_url, "status"], env={"COLUMNS": "400"}).output
+
+
 def test_ping_w_host_asks_the_workers_of_that_host_and_fails_when_one_is_silent(
     core_app: Celeriac, workers: WorkerProcesses, broker_url: str
 ) -> None:
@@ -79,7 +84,9 @@ def test_ping_fails_for_a_worker_whose_children_keep_dying_and_passes_once_it_wo
     assert _ping(broker_url, timeout=1).exit_code == 1  # no healthy worker answers at all
     stats = CliRunner().invoke(cli, ["-b", broker_url, "inspect", "stats", "--json"])
     assert "is crash-looping" in stats.output
+    assert wait_for(lambda: "is crash-looping" in _status(broker_url), timeout=30)  # heartbeat
 
     # The next child lives: once it finishes a task the worker is healthy again.
     assert core.add.delay(1, 2).get(timeout=30) == 3
     assert wait_for(lambda: _ping(broker_url, "-w", host).exit_code == 0, timeout=30)
+    assert wait_for(lambda: "unhealthy" not in _status(broker_url), timeout=30)

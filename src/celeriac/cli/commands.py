@@ -311,6 +311,10 @@ def status(obj: Context, as_json: bool) -> None:
         else "[yellow]no live workers[/]: queued tasks wait until "
         "one starts (celeriac -A MODULE worker)"
     )
+    for w in workers:  # live by their heartbeats, but running nothing: said in full
+        unhealthy = w.extra.get("unhealthy")
+        if isinstance(unhealthy, str):
+            out.print(f"[red]unhealthy:[/] {escape(printable(unhealthy))}")
 
 
 def _workers_table(workers: list[WorkerInfo]) -> Table:

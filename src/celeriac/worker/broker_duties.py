@@ -206,6 +206,8 @@ class BrokerDuties:
             extra={
                 "children": [c.pid for c in self._children],
                 "active": [h.id for c in self._children for h in c.last_view.held if h.started],
+                # For `celeriac status`, which reads heartbeats: only when there is one.
+                **({"unhealthy": unhealthy} if (unhealthy := self._unhealthy()) else {}),
             },
         )
         beats = [info, *(self._child_info(c, c.pid) for c in self._children if c.pid)]
