@@ -171,9 +171,10 @@ class BrokerDuties:
             f"worker {self.id} is crash-looping: {crash_loop}. It answers but runs no task; "
             "restarting it helps only once the cause is fixed. Its log says why each child "
             "died (the 'worker child ... died' lines, and any traceback before them): "
-            "SIGKILL is most often the OOM killer (dmesg; the container's memory limit), an "
-            "exit code soon after start a task module that fails in the child, 'fork "
-            "failed' a process limit (pids.max, ulimit -u)."
+            "SIGKILL is most often the OOM killer (dmesg; the container's memory limit); "
+            "an exit code or SIGSEGV soon after start, what each child does first (a "
+            "library that is not fork-safe, set up at import in the supervisor); 'fork "
+            "failed', a process limit (pids.max, ulimit -u)."
         )
 
     def _memory_report(self, views: list[tuple[int, SlotView]]) -> list[dict[str, Any]]:
