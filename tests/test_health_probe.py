@@ -78,11 +78,14 @@ def test_ping_fails_for_a_worker_whose_children_keep_dying_and_passes_once_it_wo
         if probe.exit_code != 0:
             break
     assert probe.exit_code == 1, probe.output
+    assert len(killed) >= 5  # fewer deaths in a row are no crash loop: it answered "pong"
     assert ": unhealthy: worker " in probe.output and "is crash-looping" in probe.output
     assert "killed by SIGKILL: the kernel's OOM killer" in probe.output
     assert f"child {killed[-1]}" in probe.output
-    assert _ping(broker_url, timeout=1).exit_code == 1  # no healthy worker answers at all
-    stats = CliRunner().invoke(cli, ["-b", broker_url, "inspect", "stats", "--json"])
+    assert _ping(broker_url).exit_code == 1  # no healthy worker answers at all
+    stats = CliRunner().invoke(
+        cli, ["-b", broker_url, "inspect", "stats", "--timeout", "5", "--json"]
+    )
     assert "is crash-looping" in stats.output
     assert wait_for(lambda: "is crash-looping" in _status(broker_url), timeout=30)  # heartbeat
 
