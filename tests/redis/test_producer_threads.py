@@ -6,20 +6,32 @@ import asyncio
 import threading
 import time
 
+import pytest
+
 from celeriac import Celeriac
 from celeriac.errors import ResultTimeout
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisClusterNodes, RedisServer
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def redis_url(request: pytest.FixtureRequest, prefix: str) -> str:
+    """A broker URL under this test's prefix, on a standalone server or on the Cluster."""
+    if request.param == "cluster":
+        cluster: RedisClusterNodes = request.getfixturevalue("redis_cluster")
+        return f"{cluster.url}&prefix={prefix}"
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return f"{server.url}?prefix={prefix}"
 
 
 def test_closing_the_broker_while_threads_send_and_wait_fails_none_of_their_calls(
-    redis_server: RedisServer, prefix: str
+    redis_url: str,
 ) -> None:
     # close() disconnected redis-py's connections in use too: a get() waiting on its
     # pub/sub connection in another thread (or a command in flight) found its socket
     # gone and raised TypeError "argument must be an int, or have a fileno() method",
     # out of celeriac, naming neither Redis nor the task. Only idle connections are
     # closed now; one in use is finished with by its thread, which goes on.
-    app = Celeriac("web", broker=f"{redis_server.url}?prefix={prefix}")
+    app = Celeriac("web", broker=redis_url)
 
     @app.task
     def notify(n: int) -> int:

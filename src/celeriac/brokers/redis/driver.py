@@ -121,14 +121,18 @@ class SyncDriver:
         flight, a ``get()`` waiting on its pub/sub connection) is left to that call."""
         if self._wire is not None:
             self._wire.close()  # idle ones only, as below
-        if not isinstance(self.client, redis.Redis):  # Cluster: a pool per node
-            self.client.close()
-            return
         # Not redis-py's close(), which disconnects connections in use too: the call using
         # one in another thread found its socket gone and raised TypeError ("argument
         # must be an int, or have a fileno() method"), a web app's requests in flight
-        # failed when it closed the broker at shutdown.
-        self.client.connection_pool.disconnect(inuse_connections=False)
+        # failed when it closed the broker at shutdown. On a Cluster, close() also
+        # dropped the default node: every call after it, in any thread, failed with
+        # AttributeError ("'NoneType' object has no attribute 'redis_connection'").
+        if isinstance(self.client, redis.Redis):
+            self.client.connection_pool.disconnect(inuse_connections=False)
+            return
+        for node in self._io.get_nodes():  # Cluster: a pool per node
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect(inuse_connections=False)
 
     def run(self, plan: Plan[T], what: str) -> T:
         """Drive ``plan`` to its end; ``what`` names the operation in error messages."""
