@@ -70,14 +70,14 @@ def test_closing_the_broker_while_threads_send_and_wait_fails_none_of_their_call
 
 
 def test_aclose_while_other_coroutines_send_and_wait_fails_none_of_their_calls(
-    redis_server: RedisServer, prefix: str
+    redis_url: str,
 ) -> None:
     # aclose() closed the loop's redis.asyncio client, connections in use included: an
     # adelay() or aget() awaiting in another task of the same loop (a web app's request
     # while its shutdown hook ran `await app.broker.aclose()`) failed with a connection
     # error. As close() does for threads, it now closes idle connections only, and a call
     # in flight goes on.
-    app = Celeriac("web", broker=f"{redis_server.url}?prefix={prefix}")
+    app = Celeriac("web", broker=redis_url)
 
     @app.task
     def notify(n: int) -> int:
