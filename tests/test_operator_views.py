@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from celeriac import Celeriac
 from celeriac.brokers.records import WorkerInfo
 from celeriac.cli import cli
+from celeriac.control import broadcast
 from celeriac.middleware.events import STREAM, Event
 from celeriac.testing import wait_for
 from tests.apps import core
@@ -194,3 +195,14 @@ def test_events_on_a_broker_without_any_says_whether_this_app_turns_them_off(
     )
     result = runner.invoke(cli, ["-b", sqlite_url, "events"])
     assert "no events yet on this broker (workers write one per task, unless" in result.stderr
+
+
+def test_a_worker_answers_shutdown_with_what_it_does_not_an_unknown_command(
+    core_app: Celeriac, workers: WorkerProcesses
+) -> None:
+    # The supervisor stopped, but its answer was {"error": "unknown command 'shutdown'"}:
+    # a script or admin page that sent shutdown through broadcast() read it as refused.
+    proc = workers.start("-c", "1")
+    (answer,) = broadcast(core_app, "shutdown", timeout=10)
+    assert answer.data == "stopping warmly: running tasks finish, the rest go back to their queue"
+    assert proc.wait(timeout=30) == 0

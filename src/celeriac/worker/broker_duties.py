@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celeriac.brokers.records import Lease, WorkerInfo
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from celeriac.worker.reaping import ChildState
 
 log = logging.getLogger("celeriac.worker")
+
+#: A worker's answer to ``shutdown``.
+STOPPING = "stopping warmly: running tasks finish, the rest go back to their queue"
 
 
 def lost_by_reason(broker: Broker, lost: list[Lease]) -> dict[str, str]:
@@ -130,32 +134,40 @@ class BrokerDuties:
         """This worker's reply to a remote-control command."""
         now = time.time()
         views = [(c.pid, c.last_view) for c in self._children if c.pid]
-        if command == "ping":
-            unhealthy = self._unhealthy()
-            return "pong" if unhealthy is None else f"{UNHEALTHY}{unhealthy}"
-        if command == "active":
-            return [
+        answers: dict[str, Callable[[], Any]] = {
+            "ping": self._ping_answer,
+            "active": lambda: [
                 {"id": h.id, "task": h.task, "runtime": round(now - h.started, 3), "child": pid}
                 for pid, v in views
                 for h in v.held
                 if h.started
-            ]
-        if command == "registered":
-            return sorted(self.app.tasks)
-        if command == "memory":
-            return self._memory_report(views)
-        if command == "stats":
-            return {
-                "pid": os.getpid(),
-                "queues": list(self.queues),
-                "uptime": now - self._started,
-                "concurrency": self.concurrency,
-                "tasks_done": self._tasks_done(),
-                "health": self._unhealthy() or "ok",
-                "max_memory_per_child_mb": self._ceiling.mib,  # as chosen at start-up
-                "children": {str(pid): {"rss_mb": v.rss >> 20, "done": v.done} for pid, v in views},
-            }
-        return {"error": f"unknown command {command!r}"}
+            ],
+            # Remote has begun the stop: this only says so. It answered "unknown command",
+            # and a script that sent it through broadcast() read that as a refusal.
+            "shutdown": lambda: STOPPING,
+            "registered": lambda: sorted(self.app.tasks),
+            "memory": lambda: self._memory_report(views),
+            "stats": lambda: self._stats(views, now),
+        }
+        answer = answers.get(command)
+        return answer() if answer is not None else {"error": f"unknown command {command!r}"}
+
+    def _ping_answer(self) -> str:
+        unhealthy = self._unhealthy()
+        return "pong" if unhealthy is None else f"{UNHEALTHY}{unhealthy}"
+
+    def _stats(self, views: list[tuple[int, SlotView]], now: float) -> dict[str, Any]:
+        """This worker's counters, for ``inspect stats``."""
+        return {
+            "pid": os.getpid(),
+            "queues": list(self.queues),
+            "uptime": now - self._started,
+            "concurrency": self.concurrency,
+            "tasks_done": self._tasks_done(),
+            "health": self._unhealthy() or "ok",
+            "max_memory_per_child_mb": self._ceiling.mib,  # as chosen at start-up
+            "children": {str(pid): {"rss_mb": v.rss >> 20, "done": v.done} for pid, v in views},
+        }
 
     def _tasks_done(self) -> int:
         """Tasks this worker's children finished, the dead ones' included."""
