@@ -23,7 +23,9 @@ def main() -> None:
     """Find the workers, ask them questions, revoke tasks, free a purged task's dedupe key."""
     # `celeriac ping`: each live worker answers within the timeout. A worker that has just
     # started is listed a moment before it reads commands, so wait until one answers:
-    # wait_for polls a condition until it holds or the timeout passes (False then).
+    # wait_for polls a condition until it holds or the timeout passes (False then). Each
+    # reply's data is "pong", or "unhealthy: ..." (why) while the worker's children keep
+    # dying: a health check looks at it, as `celeriac ping` does.
     if not wait_for(lambda: broadcast(app, "ping", timeout=1), timeout=30):
         raise SystemExit(
             "no worker answered: start celeriac -A tasks worker -c 2 -Q emails,default"
