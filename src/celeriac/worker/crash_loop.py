@@ -1,8 +1,8 @@
 """Whether a worker's children keep dying: what its ``ping`` answers to a liveness probe.
 
 The supervisor answers ``ping`` itself, so a worker whose children died at every start (a
-task module that fails at import in the child, a C extension that segfaults, an OOM-kill
-loop) answered "pong" while it ran nothing, and an orchestrator that probes it with
+library set up in the supervisor that is not fork-safe, a C extension that segfaults, an
+OOM-kill loop) answered "pong" while it ran nothing, and an orchestrator that probes it with
 ``celeriac ping -w HOST`` never restarted it. The supervisor already sees each death (it
 reaps the child and starts another): it keeps the last few here, at no cost to the broker.
 
@@ -48,8 +48,13 @@ class ChildDeaths:
         >>> for pid in range(100, 105):
         ...     deaths.note(pid, "exit code 1", done=7, now=10.0 + pid)
         >>> print(deaths.crash_loop(done=7, now=120.0))  # doctest: +NORMALIZE_WHITESPACE
-        its children died 5 times in 4s and it finished no task since (the latest: child
-        104, exit code 1; all 5: exit code 1)
+        its children died 5 times in 4s and it finished no task since (all 5: exit code 1;
+        the latest: child 104)
+        >>> deaths.note(0, "fork failed ([Errno 11] Resource temporarily unavailable)", 7, 115.0)
+        >>> print(deaths.crash_loop(done=7, now=120.0))  # doctest: +NORMALIZE_WHITESPACE
+        its children died or could not be started 5 times in 4s and it finished no task
+        since (4 x exit code 1; fork failed ([Errno 11] Resource temporarily unavailable);
+        the latest: a child that could not be started)
         >>> deaths.crash_loop(done=8, now=120.0) is None  # a task finished since: it works
         True
         >>> deaths.crash_loop(done=7, now=200.0) is None  # none died for a minute: it ended
@@ -75,12 +80,16 @@ class ChildDeaths:
             return None
         if done > first.done:
             return None  # a task finished meanwhile: children live long enough to work
+        count = len(self._recent)
         hows = Counter(d.how for d in self._recent)
-        said = "; ".join(f"{n} x {how}" if n > 1 else how for how, n in hows.items())
-        if len(hows) == 1:
-            said = f"all {len(self._recent)}: {latest.how}"
         last = f"child {latest.pid}" if latest.pid else "a child that could not be started"
+        if len(hows) == 1:
+            said = f"all {count}: {latest.how}; the latest: {last}"
+        else:
+            each = "; ".join(f"{n} x {how}" if n > 1 else how for how, n in hows.items())
+            said = f"{each}; the latest: {last}" + (f", {latest.how}" if latest.pid else "")
+        died = "died" if all(d.pid for d in self._recent) else "died or could not be started"
         return (
-            f"its children died {len(self._recent)} times in {latest.at - first.at:.0f}s "
-            f"and it finished no task since (the latest: {last}, {latest.how}; {said})"
+            f"its children {died} {count} times in {latest.at - first.at:.0f}s and it "
+            f"finished no task since ({said})"
         )
