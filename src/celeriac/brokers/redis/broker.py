@@ -71,7 +71,8 @@ from celeriac.brokers.records import (
     WorkerInfo,
 )
 from celeriac.brokers.redis import admin, ops, startup, store
-from celeriac.brokers.redis.connection import AsyncClients, RedisURL
+from celeriac.brokers.redis.async_clients import AsyncClients
+from celeriac.brokers.redis.connection import RedisURL
 from celeriac.brokers.redis.driver import AsyncDriver, SyncDriver
 from celeriac.brokers.redis.keys import Keyspace
 from celeriac.brokers.redis.steps import Plan

@@ -18,7 +18,8 @@ from redis.crc import key_slot
 from redis.exceptions import AskError, ClusterError, MovedError, NoScriptError, TryAgainError
 
 import redis
-from celeriac.brokers.redis.connection import DRIVER_ERRORS, AsyncClients, SyncClient, translate
+from celeriac.brokers.redis.async_clients import AsyncClients
+from celeriac.brokers.redis.connection import DRIVER_ERRORS, SyncClient, translate
 from celeriac.brokers.redis.steps import (
     Arg,
     Batch,
