@@ -14,8 +14,9 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+import msgspec
 
 from celeriac.errors import Retry
 from celeriac.message import LATEST_TIME, Message, new_task_id
@@ -43,8 +44,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-@dataclass(slots=True)
-class Request:
+class Request(msgspec.Struct):
     """What a running task knows about its own invocation (``self.request``)."""
 
     id: str
@@ -59,7 +59,7 @@ class Request:
     expires: float | None = None
     root_id: str | None = None
     parent_id: str | None = None
-    headers: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, Any] = msgspec.field(default_factory=dict)
     worker: str | None = None
     message: Message | None = None
 

@@ -25,8 +25,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
 
 from celeriac.errors import ConfigurationError
 from celeriac.message import ErrorInfo, Message
@@ -40,8 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("celeriac.middleware")
 
 
-@dataclass(slots=True)
-class Outcome:
+class Outcome(msgspec.Struct):
     """What happened to one delivery, and so what the broker must do with it.
 
     ``state`` is a result state (SUCCESS, FAILURE, RETRY, EXPIRED, REVOKED) or one of the
@@ -71,8 +71,7 @@ class Outcome:
 HARD_DEADLINE = "hard_deadline"
 
 
-@dataclass(slots=True)
-class Job:
+class Job(msgspec.Struct):
     """One delivery as it moves through a worker."""
 
     delivery: Delivery
@@ -80,7 +79,7 @@ class Job:
     message: Message | None = None
     task: Task[Any, Any] | None = None
     request: Request | None = None
-    context: dict[str, Any] = field(default_factory=dict)  # scratch space for middleware
+    context: dict[str, Any] = msgspec.field(default_factory=dict)  # scratch space for middleware
     app: Celeriac | None = None  # the worker's app: there even when the task is unknown
 
     @property

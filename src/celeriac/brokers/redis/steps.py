@@ -10,8 +10,9 @@ into the plan (as a celeriac error) at the step that failed.
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
+
+import msgspec
 
 from celeriac.brokers.redis.scripts import Script
 
@@ -19,8 +20,7 @@ T = TypeVar("T")
 Arg: TypeAlias = bytes | str | int | float
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(msgspec.Struct, frozen=True):
     """Run a script: EVALSHA, and EVAL (which caches it again) when Redis says NOSCRIPT."""
 
     script: Script
@@ -28,8 +28,7 @@ class Call:
     args: Sequence[Arg]
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
+class Command(msgspec.Struct, frozen=True):
     """Run one plain Redis command; ``timeout`` (seconds) caps the wait for its reply
     below the socket timeout, on the sync driver's wire (standalone Redis) only."""
 
@@ -37,8 +36,7 @@ class Command:
     timeout: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
+class Batch(msgspec.Struct, frozen=True):
     """Steps sent together in one pipeline (one round trip per node); replies in order.
 
     ``steps`` may be a generator of script calls and raw commands (see wire.py): on a
@@ -49,8 +47,7 @@ class Batch:
     steps: Iterable[Call | Command]
 
 
-@dataclass(frozen=True, slots=True)
-class OnEveryNode:
+class OnEveryNode(msgspec.Struct, frozen=True):
     """Run a command on every primary (one in standalone), or on the primaries named in
     ``nodes`` ("host:port"). The reply is a list of (node name, reply) pairs in which a
     node that failed has the BrokerError it failed with as its reply: on Cluster, a node
@@ -60,22 +57,19 @@ class OnEveryNode:
     nodes: tuple[str, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Subscribe:
+class Subscribe(msgspec.Struct, frozen=True):
     """Subscribe to a pub/sub channel for the rest of the plan."""
 
     channel: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Listen:
+class Listen(msgspec.Struct, frozen=True):
     """Wait up to ``timeout`` seconds for a message; the reply is its data, or None."""
 
     timeout: float
 
 
-@dataclass(frozen=True, slots=True)
-class Pause:
+class Pause(msgspec.Struct, frozen=True):
     """Wait ``seconds`` without asking Redis anything (a fetch with no queue to wait on)."""
 
     seconds: float
