@@ -14,10 +14,11 @@ redis-py's ``register_script`` does, without its per-call overhead, and in pipel
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
+import os
 import re
 from dataclasses import dataclass
-from importlib import resources
 
 from celeriac._version import __version__
 from celeriac.errors import BrokerError, LeaseLost
@@ -65,8 +66,26 @@ class Script:
     sha: str
 
 
+#: The scripts' folder: this module's, where the package installs them.
+_HERE = os.path.dirname(__file__)
+
+
+@functools.cache  # an include is read once, not once per script that inlines it
 def _read(name: str) -> str:
-    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+    """The text of ``name`` (a script, or ``includes/<fragment>``) beside this module.
+
+    Read as a plain file: importlib.resources, which also reads a package installed
+    zipped, imports zipfile and builds a reader per call, ~4 ms of every worker's and
+    every command's start for 27 scripts and their includes. A package that is not on
+    disk (zipped) is read through it still.
+    """
+    try:
+        with open(os.path.join(_HERE, name), encoding="utf-8") as file:
+            return file.read()
+    except FileNotFoundError:
+        from importlib import resources  # only for a zipped install
+
+        return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
 def load(name: str) -> Script:
