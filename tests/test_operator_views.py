@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import time
 from typing import Any, cast
 
@@ -125,7 +126,7 @@ def test_ping_and_inspect_name_a_live_worker_that_did_not_answer(
     live = workers.start("-c", "1")
     frozen = workers.start("-c", "1", env=SLOW_HEARTBEAT)
     ids = {w.pid: w.id for w in core_app.broker.workers() if "child_of" not in w.extra}
-    os.kill(frozen.pid, signal.SIGSTOP)
+    _freeze_outside_a_write(frozen.pid, broker_url)
     # A long wait for the live one's sake (a busy machine); the frozen one uses it all.
     ping = ["-b", broker_url, "ping", "--timeout", "5"]
     inspect = ["-b", broker_url, "inspect", "active", "--json", "--timeout", "5"]
@@ -141,6 +142,30 @@ def test_ping_and_inspect_name_a_live_worker_that_did_not_answer(
     assert inspected.exit_code == 0, inspected.output
     assert json.loads(inspected.stdout) == {ids[live.pid]: []}  # still well-formed JSON
     assert silent in inspected.stderr
+
+
+def _freeze_outside_a_write(pid: int, broker_url: str) -> None:
+    """SIGSTOP ``pid`` at a moment it holds no SQLite write lock.
+
+    A process stopped inside one of its (short) transactions locks every other one out of
+    the file until it runs again: the "database is locked" error a person then gets says
+    so, and is not what this test is about (seen once in a whole run: ping could not send).
+    """
+    for _ in range(50):
+        os.kill(pid, signal.SIGSTOP)
+        if not broker_url.startswith("sqlite:"):
+            return
+        probe = sqlite3.connect(broker_url.removeprefix("sqlite:///"), timeout=1.0)
+        try:
+            probe.execute("BEGIN IMMEDIATE")  # waits out the other processes' transactions
+            probe.rollback()
+            return
+        except sqlite3.OperationalError:  # the stopped one holds it: let it finish
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            probe.close()
+    raise AssertionError(f"process {pid} held the SQLite write lock at every stop")
 
 
 def test_status_and_inspect_show_names_and_ids_whole_at_80_columns(
