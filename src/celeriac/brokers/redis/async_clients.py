@@ -136,17 +136,18 @@ async def _close_idle(client: AsyncClient) -> None:
 
 def _take_idle(client: AsyncClient) -> list[Any]:
     """Take the idle connections out of ``client``'s pools (redis-py 5 to 8.1 keep them in
-    these private lists); AttributeError from a redis-py that does not."""
-    idle: list[Any] = []
+    these private lists); AttributeError from a redis-py that does not, raised before any
+    pool is changed (a connection taken and then left unclosed would be lost)."""
     if isinstance(client, redis.asyncio.Redis):
         free = client.connection_pool._available_connections
-        idle.extend(free)
+        idle = list(free)
         free.clear()  # the pool counts the connections in use only: nothing else to undo
         return idle
-    for node in client.get_nodes():
-        taken = list(node._free)
+    nodes = [(node, list(node._free), node._connections) for node in client.get_nodes()]
+    idle = []
+    for node, taken, connections in nodes:
         node._free.clear()
         # Its limit (max_connections) counts this list: once closed, they leave it.
-        node._connections = [c for c in node._connections if c not in taken]
+        node._connections = [c for c in connections if c not in taken]
         idle.extend(taken)
     return idle
