@@ -77,8 +77,7 @@ _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder().decode
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Conversion:
+class Conversion(msgspec.Struct, frozen=True):
     """How one parameter's value is converted: to ``annotation``, from a value whose type
     is one of ``wire`` (the forms JSON gives it)."""
 

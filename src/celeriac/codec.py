@@ -23,7 +23,6 @@ import functools
 import hashlib
 import hmac
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -57,8 +56,7 @@ def _key_id(key: bytes) -> bytes:
     return hashlib.sha256(key).hexdigest()[:8].encode()
 
 
-@dataclass(frozen=True)
-class Codec:
+class Codec(msgspec.Struct, frozen=True):
     """Encodes and decodes messages for one app's settings.
 
     Example:

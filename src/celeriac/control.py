@@ -22,7 +22,6 @@ import math
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -69,8 +68,7 @@ class Command(msgspec.Struct):
 _revocation_decoder = msgspec.json.Decoder(Revocation)
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(msgspec.Struct, frozen=True):
     """One worker's answer to a command."""
 
     worker: str

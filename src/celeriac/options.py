@@ -8,8 +8,9 @@ import datetime as dt
 import difflib
 import logging
 import math
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from celeriac.message import LATEST_TIME, unix_time_as_seconds
 
@@ -30,8 +31,7 @@ NO_LIMIT_SECONDS = 3_153_600_000.0
 DURATIONS = frozenset({"soft_time_limit", "time_limit", "expires"})
 
 
-@dataclass(frozen=True, slots=True)
-class TaskOptions:
+class TaskOptions(msgspec.Struct, frozen=True):
     """A task's options; None means "the app's default"."""
 
     queue: str | None = None
@@ -41,7 +41,7 @@ class TaskOptions:
     expires: float | None = None
     max_deliveries: int | None = None
     ignore_result: bool | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # options that middleware declared
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)  # options that middleware declared
 
 
 def absolute_time(

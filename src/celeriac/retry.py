@@ -7,11 +7,11 @@ tasks that failed together, so they do not hammer a recovering service in waves.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+
+import msgspec
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class RetryPolicy(msgspec.Struct, frozen=True):
     """How long to wait before retry number ``attempt`` (0 for the first retry).
 
     Example:

@@ -446,3 +446,55 @@ def test_a_send_redis_did_not_answer_says_it_may_be_queued(own_server: Server) -
         assert app.broker.stats()[0].ready == 2
     finally:
         app.broker.close()
+
+
+def _send_in_a_fork(url: str) -> str:
+    """Fork; the child sends one message on a new broker for ``url`` and reports what
+    happened through a pipe: "sent", or the error's class name."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the forked child
+        code = 0
+        try:
+            os.close(read_end)
+            broker = RedisBroker(url)
+            try:
+                broker.send([Outgoing("forked", "q", b"a")])
+                said = "sent"
+            except Exception as exc:  # noqa: BLE001 - reported to the parent
+                said = type(exc).__name__
+            os.write(write_end, said.encode())
+        except BaseException:  # noqa: BLE001 - never return into pytest in a fork
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        said = pipe.read().decode()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, said
+    return said
+
+
+def test_a_child_forked_right_after_its_parents_check_skips_its_own(
+    own_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker's first children do not repeat the supervisor's start-up check (six round
+    # trips before their first task); one forked later, or a new broker in the process
+    # that checked, checks again. Shown by an evicting policy set after the parent's check.
+    server = own_server()
+    parent = RedisBroker(server.url)
+    try:
+        parent.check()
+        redis.Redis.from_url(server.url).config_set("maxmemory-policy", "allkeys-lru")
+        assert _send_in_a_fork(server.url) == "sent"
+        monkeypatch.setattr(startup, "CHECK_INHERITED_FOR", 0.0)
+        assert _send_in_a_fork(server.url) == "ConfigurationError"
+        again = RedisBroker(server.url)
+        try:
+            with pytest.raises(ConfigurationError, match="allkeys-lru"):
+                again.send([Outgoing("again", "q", b"a")])
+        finally:
+            again.close()
+    finally:
+        parent.close()

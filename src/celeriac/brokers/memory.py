@@ -16,7 +16,9 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+
+import msgspec
 
 from celeriac.brokers.base import Broker
 from celeriac.brokers.records import (
@@ -303,7 +305,7 @@ class MemoryBroker(Broker):
         """Record a live worker."""
         with self._lock:
             now = time.time()
-            self._workers[worker.id] = replace(worker, heartbeat_at=now)
+            self._workers[worker.id] = msgspec.structs.replace(worker, heartbeat_at=now)
             self._worker_expiry[worker.id] = now + ttl
 
     def forget_worker(self, worker_id: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import msgspec
 
@@ -76,8 +75,7 @@ class Delivery(msgspec.Struct, frozen=True, gc=False):
         return self.lease.queue
 
 
-@dataclass(frozen=True, slots=True)
-class QueueStats:
+class QueueStats(msgspec.Struct, frozen=True):
     """Counts for one queue, as ``celeriac status`` shows them."""
 
     queue: str
@@ -87,8 +85,7 @@ class QueueStats:
     dead: int
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(msgspec.Struct, frozen=True):
     """A message that will not be run again unless replayed, and why."""
 
     id: str
@@ -132,8 +129,7 @@ class LeaseLoss(enum.Enum):
     )
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
+class WorkerInfo(msgspec.Struct, frozen=True):
     """A live worker as its heartbeat describes it."""
 
     id: str
@@ -143,4 +139,4 @@ class WorkerInfo:
     concurrency: int
     started_at: float
     heartbeat_at: float = 0.0
-    extra: dict[str, object] = field(default_factory=dict)
+    extra: dict[str, object] = msgspec.field(default_factory=dict)

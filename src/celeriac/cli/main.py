@@ -9,12 +9,12 @@ import math
 import os
 import sys
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
 import click
+import msgspec
 
 from celeriac.app import Celeriac
 from celeriac.brokers import REDIS_SCHEMES
@@ -86,8 +86,7 @@ def _console(name: str) -> Console:
     return _consoles[name]
 
 
-@dataclass
-class Context:
+class Context(msgspec.Struct):
     """What every command gets: how to find the app, and output preferences."""
 
     app_path: str | None

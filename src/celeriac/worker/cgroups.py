@@ -18,8 +18,9 @@ Example:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 
 def read_small(path: Path) -> str:
@@ -31,8 +32,7 @@ def read_small(path: Path) -> str:
         return ""
 
 
-@dataclass(frozen=True, slots=True)
-class Mount:
+class Mount(msgspec.Struct, frozen=True):
     """A cgroup hierarchy as ``/proc/self/mountinfo`` shows it."""
 
     kind: str  # "cgroup2" or "cgroup"

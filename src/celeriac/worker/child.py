@@ -31,9 +31,10 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
+
+import msgspec
 
 from celeriac import crashpoints, pid
 from celeriac.brokers.records import Delivery
@@ -63,8 +64,7 @@ EXIT_RECYCLE = 0  # the child chose to stop (shutdown or recycling); start a fre
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-@dataclass(frozen=True, slots=True)
-class ChildSpec:
+class ChildSpec(msgspec.Struct, frozen=True):
     """What a child needs to know, fixed at fork time."""
 
     worker_id: str

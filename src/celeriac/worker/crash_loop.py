@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+
+import msgspec
 
 #: Children that died (or could not be started) in a row without a task finished...
 CRASH_LOOP_DEATHS = 5
@@ -30,8 +31,7 @@ CRASH_LOOP_WINDOW = 300.0
 STILL_DYING = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class Death:
+class Death(msgspec.Struct, frozen=True):
     """One child that died, or could not be started."""
 
     at: float  # time.monotonic()

@@ -18,7 +18,6 @@ import os
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -56,8 +55,7 @@ log = logging.getLogger("celeriac.worker")
 FINAL = frozenset({"SUCCESS", "FAILURE", "EXPIRED", "REVOKED"})
 
 
-@dataclass(frozen=True, slots=True)
-class FetchSpec:
+class FetchSpec(msgspec.Struct, frozen=True):
     """What to fetch next when settling: lets a broker commit and fetch in one call."""
 
     queues: Sequence[str]

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from celeriac.worker.cgroups import Mount, own_cgroups, read_small, up_the_tree
 
@@ -31,8 +32,7 @@ _NAME = "worker_max_memory_per_child"
 _INFO, _WARNING, _ERROR = logging.INFO, logging.WARNING, logging.ERROR
 
 
-@dataclass(frozen=True, slots=True)
-class MemoryLimit:
+class MemoryLimit(msgspec.Struct, frozen=True):
     """The memory this process may use, and where that number comes from.
 
     Example:
@@ -81,8 +81,7 @@ def fitted_ceiling(limit: int, supervisor_rss: int, children: int) -> int:
     return max(1, min(DEFAULT_CEILING_MIB, (room // max(children, 1)) >> 20))
 
 
-@dataclass(frozen=True, slots=True)
-class Ceiling:
+class Ceiling(msgspec.Struct, frozen=True):
     """The RSS ceiling a worker's children recycle above, and what to say about it."""
 
     mib: int  # 0: no ceiling

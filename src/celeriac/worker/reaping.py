@@ -22,8 +22,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from celeriac.brokers.records import Lease
 from celeriac.middleware.verdicts import verdict_key
@@ -43,15 +44,14 @@ log = logging.getLogger("celeriac.worker")
 CLOSED_DESCRIPTORS = "CLOSED"
 
 
-@dataclass(slots=True)
-class ChildState:
+class ChildState(msgspec.Struct):
     """The supervisor's record of one place for a child, kept across the children in it."""
 
     index: int
     slot: Slot
     pid: int = 0
     started: float = 0.0
-    last_view: SlotView = field(default_factory=lambda: SlotView([], 0))
+    last_view: SlotView = msgspec.field(default_factory=lambda: SlotView([], 0))
     killed_for: tuple[Held, str] | None = None  # the task we killed it for, and why
     killed_cold: bool = False  # killed (with what its tasks started) by a cold shutdown
     crashes: int = 0

@@ -29,7 +29,6 @@ import os
 import struct
 import threading
 import time
-from dataclasses import dataclass
 
 import msgspec
 
@@ -72,8 +71,7 @@ class Held(msgspec.Struct, array_like=True):
         return f"{shown(self.task)}[{shown(self.id)}]"
 
 
-@dataclass(slots=True)
-class SlotView:
+class SlotView(msgspec.Struct):
     """What the supervisor read."""
 
     held: list[Held]

@@ -9,9 +9,9 @@ import contextlib
 import threading
 import weakref
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import redis.asyncio
 import redis.asyncio.cluster
 
@@ -21,8 +21,7 @@ from celeriac.brokers.redis.subscriptions import Subscriptions
 CLUSTER_IN_FLIGHT = 90  # below redis-py's 100 connections per node: pub/sub takes one
 
 
-@dataclass(eq=False)
-class LoopClient:
+class LoopClient(msgspec.Struct, eq=False):
     """What one event loop talks to Redis with (nothing of it can cross loops)."""
 
     client: AsyncClient

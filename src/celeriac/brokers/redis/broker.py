@@ -114,7 +114,8 @@ class RedisBroker(Broker):
         self._sync = SyncDriver(self.url.sync_client(), self.url.safe)
         self._async_clients = AsyncClients(self.url)
         self._async = AsyncDriver(self._async_clients, self.url.safe)
-        self._checked = False
+        # Forked by a process that just checked this server: not again (startup.parent_passed).
+        self._checked = startup.parent_passed(self.url.safe)
 
     def _run(self, plan: Plan[T], what: str) -> T:
         if not self._checked:
@@ -126,6 +127,7 @@ class RedisBroker(Broker):
             await self._async.run(
                 startup.check_server(self._ctx, self.url.safe), "check the server"
             )
+            startup.record_pass(self.url.safe)
             self._checked = True
         return await self._async.run(plan, what)
 
@@ -137,6 +139,7 @@ class RedisBroker(Broker):
             BrokerConnectionError: the server cannot be reached.
         """
         self._sync.run(startup.check_server(self._ctx, self.url.safe), "check the server")
+        startup.record_pass(self.url.safe)
         self._checked = True
 
     def close(self) -> None:

@@ -32,8 +32,9 @@ a foreign entry, so no worker can settle it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import cached_property
+
+import msgspec
 
 from celeriac.errors import ConfigurationError
 
@@ -87,8 +88,7 @@ def index_bucket(cid: bytes) -> int:
     return int.from_bytes(cid, "big") % INDEX_BUCKETS
 
 
-@dataclass(frozen=True)
-class QueueKeys:
+class QueueKeys(msgspec.Struct, frozen=True, dict=True):
     """The keys of one queue, all under its hash tag."""
 
     name: str

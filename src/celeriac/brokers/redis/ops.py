@@ -11,8 +11,9 @@ import itertools
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from celeriac.brokers.records import Delivery, Lease, Outgoing
 from celeriac.brokers.redis.keys import (
@@ -38,8 +39,7 @@ SEND_CHUNK = 500  # messages per send script call
 REREGISTER = 60.0
 
 
-@dataclass
-class Context:
+class Context(msgspec.Struct):
     """What every plan needs: key names, and whether the server is a Cluster."""
 
     keys: Keyspace

@@ -18,7 +18,8 @@ import functools
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+
+import msgspec
 
 from celeriac._version import __version__
 from celeriac.errors import BrokerError, LeaseLost
@@ -57,8 +58,7 @@ def check(code: int, what: str) -> int:
     return code
 
 
-@dataclass(frozen=True, slots=True)
-class Script:
+class Script(msgspec.Struct, frozen=True):
     """One loaded script: its name, full text (includes inlined) and SHA1."""
 
     name: str
@@ -120,8 +120,7 @@ _DENIED_IN_SCRIPT = re.compile(
 _CALL = re.compile(r"redis\.p?call\('([A-Z]+)'")
 
 
-@dataclass(frozen=True, slots=True)
-class Denial:
+class Denial(msgspec.Struct, frozen=True):
     """What an ACL refused inside one of the broker's scripts."""
 
     script: str  # the script's name, e.g. "heartbeat-2"
