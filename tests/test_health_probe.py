@@ -14,13 +14,14 @@ import signal
 import socket
 import time
 
+import msgspec
 import pytest
 from click.testing import CliRunner, Result
 
 from celeriac import Celeriac
 from celeriac.brokers.records import WorkerInfo
 from celeriac.cli import cli
-from celeriac.control import live_workers
+from celeriac.control import CONTROL, Command, live_workers
 from celeriac.testing import wait_for
 from tests.apps import core
 from tests.conftest import WorkerProcesses
@@ -56,6 +57,31 @@ def test_ping_w_host_asks_the_workers_of_that_host_and_fails_when_one_is_silent(
     assert unknown.exit_code == 1
     assert "no live worker has the id or host 'no-such-host'" in unknown.output
     assert _ping(broker_url, timeout=1).exit_code == 0  # without -w: any worker's answer will do
+
+
+def test_ping_w_asks_every_worker_of_a_host_at_once_not_one_after_another(
+    core_app: Celeriac, broker_url: str
+) -> None:
+    # Three stuck workers on one host: each was asked only after the one before had been
+    # waited for, so the probe took three timeouts (a Kubernetes probe's timeoutSeconds
+    # then failed it for slowness, whatever the workers said). The commands now go out
+    # together: they carry one send time.
+    stuck = [f"elsewhere:{pid}:abc123" for pid in (7, 8, 9)]
+    for worker_id in stuck:
+        info = WorkerInfo(worker_id, "elsewhere", 7, ("default",), 1, time.time())
+        core_app.broker.heartbeat(info, 600)
+
+    there = _ping(broker_url, "-w", "elsewhere", timeout=0.3)
+    assert there.exit_code == 1, there.output
+    for worker_id in stuck:
+        assert worker_id in there.output, there.output
+    sent = [
+        msgspec.json.decode(raw, type=Command)
+        for _, raw in core_app.broker.stream_read(CONTROL, 0, 100)
+    ]
+    pings = [c for c in sent if c.command == "ping" and c.target in stuck]
+    assert sorted(c.target or "" for c in pings) == stuck
+    assert len({c.at for c in pings}) == 1, [c.at for c in pings]
 
 
 def test_ping_fails_for_a_worker_whose_children_keep_dying_and_passes_once_it_works_again(

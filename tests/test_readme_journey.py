@@ -122,6 +122,7 @@ def test_the_operate_example_runs_against_a_real_worker(broker_url: str, tmp_pat
         assert done.stdout.splitlines() == [
             "queues served: ['default', 'emails']",
             "registered: ['tasks.send_receipt', 'tasks.send_welcome']",
+            "healthy here: 1 of 1",
             "revoked: ['REVOKED', 'REVOKED']",
             "second send handed the first: True",
             "purged: 3",

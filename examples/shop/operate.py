@@ -10,9 +10,11 @@ that queue, so it leaves the shop's queues alone.
 
 from __future__ import annotations
 
+import socket
+
 from tasks import app, send_welcome
 
-from celeriac.control import ask, broadcast, live_workers, revoke_many
+from celeriac.control import ask, ask_each, broadcast, live_workers, revoke_many
 from celeriac.middleware.dedupe import release_dedupe_key
 from celeriac.testing import wait_for
 
@@ -39,6 +41,12 @@ def main() -> None:
     print("registered:", sorted({name for r in registered for name in r.data}))
     if silent:
         print("no reply from:", silent)
+
+    # `celeriac ping -w HOST`, a container's health check: one command per worker of
+    # this host, all sent at once, so frozen ones cost one timeout between them.
+    here = [w.id for w in workers if w.host == socket.gethostname()]
+    pongs, _ = ask_each(app, "ping", here, timeout=2)
+    print("healthy here:", sum(r.data == "pong" for r in pongs), "of", len(here))
 
     # `celeriac revoke ID ID`: tasks that have not started read REVOKED at once and never run.
     later = [send_welcome.apply_async((u,), queue=PARKED, countdown=600) for u in (1, 2)]

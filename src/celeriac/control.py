@@ -224,21 +224,48 @@ def ask(
     if not isinstance(command, str) or not (target is None or isinstance(target, str)):
         # Workers could not read such a command and exited (every live one, for a target).
         raise TypeError(f"broadcast: command and target are strings, got {command!r}, {target!r}")
-    broker = app.broker
     workers = [w.id for w in live_workers(app) if target in (None, w.id)]
     cmd = Command(uuid.uuid4().hex, command, target, time.time())
-    broker.stream_append(CONTROL, [msgspec.json.encode(cmd)], 1000)
-    keys = [f"reply:{cmd.id}:{w}" for w in workers]
+    return _collect(app, [cmd], [(w, f"reply:{cmd.id}:{w}") for w in workers], timeout)
+
+
+def ask_each(
+    app: Celeriac, command: str, worker_ids: Sequence[str], *, timeout: float = 1.0
+) -> tuple[list[Reply], list[str]]:
+    """:func:`ask` of each worker in ``worker_ids``, one command each, all sent at once and
+    waited for together: a health check naming five workers of which some are frozen
+    takes ``timeout``, not five times it.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> ask_each(Celeriac("doc", broker="memory://"), "ping", ["web-1:42:9f86d0"],
+        ...          timeout=0.1)
+        ([], ['web-1:42:9f86d0'])
+    """
+    now = time.time()
+    cmds = [Command(uuid.uuid4().hex, command, w, now) for w in worker_ids]
+    awaited = [(w, f"reply:{c.id}:{w}") for w, c in zip(worker_ids, cmds, strict=True)]
+    return _collect(app, cmds, awaited, timeout)
+
+
+def _collect(
+    app: Celeriac, cmds: list[Command], awaited: list[tuple[str, str]], timeout: float
+) -> tuple[list[Reply], list[str]]:
+    """Send ``cmds``, then read the (worker, reply key) pairs of ``awaited`` until all have
+    answered or ``timeout`` passed: the replies, and the workers that gave none."""
+    broker = app.broker
+    broker.stream_append(CONTROL, [msgspec.json.encode(c) for c in cmds], 1000)
+    keys = [key for _, key in awaited]
     deadline = time.monotonic() + timeout
     while True:
         values = broker.kv_get(keys) if keys else []
         if all(v is not None for v in values) or time.monotonic() > deadline:
             replies = [
                 Reply(w, msgspec.json.decode(v))
-                for w, v in zip(workers, values, strict=True)
+                for (w, _), v in zip(awaited, values, strict=True)
                 if v is not None
             ]
-            return replies, [w for w, v in zip(workers, values, strict=True) if v is None]
+            return replies, [w for (w, _), v in zip(awaited, values, strict=True) if v is None]
         time.sleep(0.02)
 
 

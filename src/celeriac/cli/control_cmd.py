@@ -14,7 +14,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from celeriac.cli.main import Context, Seconds, cli, out, print_json
-from celeriac.control import Reply, ask, broadcast, is_revoke_mark, live_workers, revoke_many
+from celeriac.control import (
+    Reply,
+    ask,
+    ask_each,
+    is_revoke_mark,
+    live_workers,
+    revoke_many,
+)
 from celeriac.errors import BrokerConnectionError, MalformedMessage
 from celeriac.message import decode_result
 from celeriac.middleware.events import STREAM, Event
@@ -199,8 +206,7 @@ def ping(obj: Context, target: str | None, timeout: float, as_json: bool) -> Non
         (replies, silent), named = ask(obj.app, "ping", timeout=timeout), []
     else:
         named = _named(obj, target)
-        replies = [r for i in named for r in broadcast(obj.app, "ping", target=i, timeout=timeout)]
-        silent = [i for i in named if i not in {r.worker for r in replies}]
+        replies, silent = ask_each(obj.app, "ping", named, timeout=timeout)
     if as_json:
         print_json({r.worker: r.data for r in replies})
     else:
