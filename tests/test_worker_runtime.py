@@ -225,6 +225,27 @@ def test_a_crash_loop_backs_off_without_stalling_the_supervisor(
         time.sleep(0.05)
 
 
+def test_a_child_stuck_on_messages_it_never_starts_is_killed_and_they_run_elsewhere(
+    core_app: Celeriac, workers: WorkerProcesses, tmp_path: Path
+) -> None:
+    """A child that froze right after a fetch (here it stops itself, as SIGSTOP or a
+    deadlock outside a task would leave it) held its messages for ever: its supervisor
+    renewed their leases, and hard limits watch only started tasks. Stuck for two leases
+    (1 s each here), it is killed; its messages go back and a fresh child runs them."""
+    results = [core.add.delay(i, 1) for i in range(3)]
+    env = {
+        "CELERIAC_CRASH_AT": "after_fetch:1",
+        "CELERIAC_CRASH_HOW": "stop",
+        "CELERIAC_CRASH_MARKER": str(tmp_path / "stopped-once"),
+        "CELERIAC_WORKER_LEASE_SECONDS": "1",
+    }
+    workers.start("-c", "1", env=env)
+    assert [r.get(timeout=30) for r in results] == [1, 2, 3], workers.log_text()
+    assert (tmp_path / "stopped-once").exists()  # the first child did stop
+    log = workers.log_text()
+    assert "without starting any" in log and "Killing it" in log, log
+
+
 def test_a_command_sent_as_soon_as_a_worker_is_listed_is_answered(
     core_app: Celeriac, workers: WorkerProcesses
 ) -> None:

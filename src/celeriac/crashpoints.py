@@ -3,8 +3,10 @@
 Set ``CELERIAC_CRASH_AT=<point>[:<n>]`` in a worker's environment and the process kills
 itself with SIGKILL the n-th time (default: first) it reaches that point; with
 ``CELERIAC_CRASH_MARKER=<path>`` it does so only if that file does not exist yet, creating
-it first, so a scenario crashes exactly once across restarts. Without the variable each
-point costs one comparison of a module constant with None.
+it first, so a scenario crashes exactly once across restarts. With
+``CELERIAC_CRASH_HOW=stop`` the process stops itself (SIGSTOP) instead: a frozen process
+that still holds what it took. Without the variable each point costs one comparison of a
+module constant with None.
 
 Points: ``after_fetch`` (taken from the broker, not yet recorded in the slot),
 ``before_commit`` (task ran, result not stored), ``after_commit`` (stored and acked, not
@@ -45,4 +47,5 @@ def reached(point: str) -> None:
             return  # this scenario crashed already
         os.write(fd, f"{point} pid={os.getpid()}\n".encode())
         os.close(fd)
-    os.kill(os.getpid(), signal.SIGKILL)
+    stop = os.environ.get("CELERIAC_CRASH_HOW") == "stop"
+    os.kill(os.getpid(), signal.SIGSTOP if stop else signal.SIGKILL)

@@ -60,6 +60,7 @@ from celeriac.worker.output import line_buffered_stdout
 from celeriac.worker.reaping import ChildState, Reaping
 from celeriac.worker.remote import Remote
 from celeriac.worker.slot import Held, Slot, SlotView
+from celeriac.worker.stuck import STUCK_AFTER_LEASES, StuckWatch, stuck_note
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -146,6 +147,7 @@ class Worker(Reaping, BrokerDuties, HardLimits):
         self._done_before = 0
         self._growth_before: dict[str, list[int]] = {}
         self._deaths = ChildDeaths()  # whether its children keep dying: see .crash_loop
+        self._stuck = StuckWatch(STUCK_AFTER_LEASES * app.conf.worker_lease_seconds)
         self.remote = Remote(app, self.id, self._answer)
         # The setting as it stands until run() fits it to the machine's memory.
         self._ceiling = Ceiling.of_setting(app.conf.worker_max_memory_per_child)
@@ -381,10 +383,23 @@ class Worker(Reaping, BrokerDuties, HardLimits):
             if self._stop_requests == 0:  # a stop signal may have come during this pass
                 companion.check()
 
+    def _kill_stuck_children(self) -> None:
+        """SIGKILL each child stuck on messages it does not start (see
+        :mod:`celeriac.worker.stuck`); the reaping that follows puts them back."""
+        for child in self._children:
+            waited = self._stuck.stuck_for(child.pid, child.last_view.held, time.monotonic())
+            if child.pid and waited is not None:
+                log.error("%s", stuck_note(child.pid, child.last_view.held, waited))
+                self._stuck.forget(child.pid)
+                with self._lifecycle:
+                    if child.pid:
+                        _signal(child.pid, signal.SIGKILL)
+
     def _tick(self) -> None:
         now = time.time()
         for child in self._children:
             child.last_view = child.slot.read()
+        self._kill_stuck_children()
         self._reap_children()
         self._keep_alive()
         self._reap_orphans()

@@ -1,0 +1,76 @@
+"""A child that holds messages and starts none of them: stuck.
+
+A child runs the first message it fetched within microseconds, and lists it in its slot
+as started (:mod:`celeriac.worker.slot`). One whose slot lists the same messages, none
+started, for a long time is not working: it was stopped (SIGSTOP, a debugger, a frozen
+cgroup) or is deadlocked outside any task (a lock that a fork copied while another thread
+held it). Its supervisor went on renewing every lease in its slot, so those messages
+waited for ever while ``celeriac ping`` said the worker was healthy; hard limits only
+watch tasks that started. The supervisor now kills such a child: its messages go back to
+the queue (the one it had in hand counted as a delivery, as for any child that dies) and
+a fresh child takes its place.
+"""
+
+from __future__ import annotations
+
+from celeriac.worker.reading import shown
+from celeriac.worker.slot import Held
+
+#: Leases a child may hold the same unstarted messages for before it counts as stuck.
+STUCK_AFTER_LEASES = 2.0
+
+
+class StuckWatch:
+    """Remembers, per child process, since when its slot has listed the same unstarted
+    messages and nothing started.
+
+    Example:
+        >>> watch = StuckWatch(after=60.0)
+        >>> held = [Held("t1", "default", "7")]
+        >>> watch.stuck_for(4242, held, now=100.0) is None  # first seen
+        True
+        >>> watch.stuck_for(4242, held, now=170.0)  # the same, 70 s later
+        70.0
+        >>> watch.stuck_for(4242, [Held("t1", "default", "7", "shop.add", 1.0)], now=171.0)
+    """
+
+    def __init__(self, after: float) -> None:
+        self.after = after
+        self._since: dict[int, tuple[frozenset[tuple[str, str]], float]] = {}
+
+    def stuck_for(self, pid: int, held: list[Held], now: float) -> float | None:
+        """Seconds child ``pid`` has listed ``held`` unchanged with none started, once that
+        is at least ``after``; None otherwise (and for pid 0: no child). ``now``: a
+        monotonic clock."""
+        if not pid or not held or any(h.started for h in held):
+            self._since.pop(pid, None)
+            return None
+        listed = frozenset((h.id, h.token) for h in held)
+        seen = self._since.get(pid)
+        if seen is None or seen[0] != listed:
+            self._since[pid] = (listed, now)
+            return None
+        waited = now - seen[1]
+        return waited if waited >= self.after else None
+
+    def forget(self, pid: int) -> None:
+        """Drop what is known of ``pid`` (the child is gone)."""
+        self._since.pop(pid, None)
+
+
+def stuck_note(pid: int, held: list[Held], waited: float) -> str:
+    """The supervisor's log line for a stuck child it kills.
+
+    Example:
+        >>> print(stuck_note(4242, [Held("t1", "default", "7")], 61.0))  # doctest: +ELLIPSIS
+        worker child 4242 has held 1 message(s) for 61s without starting any (t1): ...
+    """
+    ids = ", ".join(shown(h.id) for h in held[:3]) + (", ..." if len(held) > 3 else "")
+    return (
+        f"worker child {pid} has held {len(held)} message(s) for {waited:.0f}s without "
+        f"starting any ({ids}): it is stopped (SIGSTOP, a debugger, a frozen cgroup) or "
+        "deadlocked outside a task, and its supervisor renewed their leases all the while. "
+        "Killing it: the messages go back to the queue and a new child starts. If this "
+        "repeats, look for a library that is not fork-safe (py-spy dump --pid PID of the "
+        "next stuck child shows where it waits)"
+    )
