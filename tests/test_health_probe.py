@@ -21,7 +21,7 @@ from click.testing import CliRunner, Result
 from celeriac import Celeriac
 from celeriac.brokers.records import WorkerInfo
 from celeriac.cli import cli
-from celeriac.control import CONTROL, Command, live_workers
+from celeriac.control import CONTROL, Command, ask_each, live_workers
 from celeriac.testing import wait_for
 from tests.apps import core
 from tests.conftest import WorkerProcesses
@@ -119,3 +119,13 @@ def test_ping_fails_for_a_worker_whose_children_keep_dying_and_passes_once_it_wo
     assert core.add.delay(1, 2).get(timeout=30) == 3
     assert wait_for(lambda: _ping(broker_url, "-w", host).exit_code == 0, timeout=30)
     assert wait_for(lambda: "unhealthy" not in _status(broker_url), timeout=30)
+
+
+def test_ask_each_refuses_what_no_worker_could_read() -> None:
+    # Sent, a command whose target is not a string made every worker it names exit.
+    app = Celeriac("probe", broker="memory://")
+    with pytest.raises(TypeError, match="worker ids are strings"):
+        ask_each(app, "ping", [42])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="worker ids are strings"):
+        ask_each(app, b"ping", ["web-1:42:9f86d0"])  # type: ignore[arg-type]
+    assert app.broker.stream_read(CONTROL, 0, 10) == []  # nothing was sent

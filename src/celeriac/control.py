@@ -242,6 +242,9 @@ def ask_each(
         ...          timeout=0.1)
         ([], ['web-1:42:9f86d0'])
     """
+    if not isinstance(command, str) or not all(isinstance(w, str) for w in worker_ids):
+        # As in ask(): a worker cannot read such a command (every one named would exit).
+        raise TypeError(f"ask_each: command and worker ids are strings, got {command!r}")
     now = time.time()
     cmds = [Command(uuid.uuid4().hex, command, w, now) for w in worker_ids]
     awaited = [(w, f"reply:{c.id}:{w}") for w, c in zip(worker_ids, cmds, strict=True)]
