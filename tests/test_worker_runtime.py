@@ -230,7 +230,7 @@ def test_a_child_stuck_on_messages_it_never_starts_is_killed_and_they_run_elsewh
 ) -> None:
     """A child that froze right after a fetch (here it stops itself, as SIGSTOP or a
     deadlock outside a task would leave it) held its messages for ever: its supervisor
-    renewed their leases, and hard limits watch only started tasks. Stuck for two leases
+    renewed their leases, and hard limits watch only started tasks. Stuck for three leases
     (1 s each here), it is killed; its messages go back and a fresh child runs them."""
     results = [core.add.delay(i, 1) for i in range(3)]
     env = {

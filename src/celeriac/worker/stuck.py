@@ -16,8 +16,10 @@ from __future__ import annotations
 from celeriac.worker.reading import shown
 from celeriac.worker.slot import Held
 
-#: Leases a child may hold the same unstarted messages for before it counts as stuck.
-STUCK_AFTER_LEASES = 2.0
+#: Leases a child may hold the same unstarted messages for before it counts as stuck. Over
+#: the longest a healthy child waits with messages unstarted: a settle retried through a
+#: broker outage gives up after one lease, plus a call's socket timeout.
+STUCK_AFTER_LEASES = 3.0
 
 
 class StuckWatch:
@@ -56,6 +58,20 @@ class StuckWatch:
     def forget(self, pid: int) -> None:
         """Drop what is known of ``pid`` (the child is gone)."""
         self._since.pop(pid, None)
+
+    def reset(self) -> None:
+        """Start every count again: the broker does not answer the supervisor, so its
+        children wait on it too, and that is not being stuck.
+
+        Example:
+            >>> watch = StuckWatch(after=60.0)
+            >>> held = [Held("t1", "default", "7")]
+            >>> watch.stuck_for(4242, held, now=100.0)
+            >>> watch.reset()
+            >>> watch.stuck_for(4242, held, now=170.0) is None  # counted from here
+            True
+        """
+        self._since.clear()
 
 
 def stuck_note(pid: int, held: list[Held], waited: float) -> str:

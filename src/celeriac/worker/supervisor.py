@@ -399,7 +399,10 @@ class Worker(Reaping, BrokerDuties, HardLimits):
         now = time.time()
         for child in self._children:
             child.last_view = child.slot.read()
-        self._kill_stuck_children()
+        if self._outage.since:  # its children wait on the broker too: not stuck
+            self._stuck.reset()
+        else:
+            self._kill_stuck_children()
         self._reap_children()
         self._keep_alive()
         self._reap_orphans()
