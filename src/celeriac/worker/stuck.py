@@ -2,7 +2,7 @@
 
 A child runs the first message it fetched within microseconds, and lists it in its slot
 as started (:mod:`celeriac.worker.slot`). One whose slot lists the same messages, none
-started, for a long time is not working: it was stopped (SIGSTOP, a debugger, a frozen
+started, for three leases is not working: it was stopped (SIGSTOP, a debugger, a frozen
 cgroup) or is deadlocked outside any task (a lock that a fork copied while another thread
 held it). Its supervisor went on renewing every lease in its slot, so those messages
 waited for ever while ``celeriac ping`` said the worker was healthy; hard limits only
@@ -58,6 +58,19 @@ class StuckWatch:
     def forget(self, pid: int) -> None:
         """Drop what is known of ``pid`` (the child is gone)."""
         self._since.pop(pid, None)
+
+    def keep_only(self, pids: set[int]) -> None:
+        """Drop what is known of children not in ``pids`` (they died meanwhile).
+
+        Example:
+            >>> watch = StuckWatch(after=60.0)
+            >>> _ = watch.stuck_for(4242, [Held("t1", "default", "7")], now=100.0)
+            >>> watch.keep_only({4343})
+            >>> watch.stuck_for(4242, [Held("t1", "default", "7")], now=170.0) is None
+            True
+        """
+        for pid in self._since.keys() - pids:
+            del self._since[pid]
 
     def reset(self) -> None:
         """Start every count again: the broker does not answer the supervisor, so its

@@ -386,6 +386,7 @@ class Worker(Reaping, BrokerDuties, HardLimits):
     def _kill_stuck_children(self) -> None:
         """SIGKILL each child stuck on messages it does not start (see
         :mod:`celeriac.worker.stuck`); the reaping that follows puts them back."""
+        self._stuck.keep_only({c.pid for c in self._children if c.pid})
         for child in self._children:
             waited = self._stuck.stuck_for(child.pid, child.last_view.held, time.monotonic())
             if child.pid and waited is not None:
