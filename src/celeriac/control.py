@@ -257,7 +257,8 @@ def _collect(
     """Send ``cmds``, then read the (worker, reply key) pairs of ``awaited`` until all have
     answered or ``timeout`` passed: the replies, and the workers that gave none."""
     broker = app.broker
-    broker.stream_append(CONTROL, [msgspec.json.encode(c) for c in cmds], 1000)
+    if cmds:  # -w of a host with no live worker: nothing to send (SQLite: no write)
+        broker.stream_append(CONTROL, [msgspec.json.encode(c) for c in cmds], 1000)
     keys = [key for _, key in awaited]
     deadline = time.monotonic() + timeout
     while True:

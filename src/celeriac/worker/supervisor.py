@@ -389,7 +389,7 @@ class Worker(Reaping, BrokerDuties, HardLimits):
         self._stuck.keep_only({c.pid for c in self._children if c.pid})
         for child in self._children:
             waited = self._stuck.stuck_for(child.pid, child.last_view.held, time.monotonic())
-            if child.pid and waited is not None:
+            if waited is not None:  # never for a place without a child (pid 0)
                 log.error("%s", stuck_note(child.pid, child.last_view.held, waited))
                 self._stuck.forget(child.pid)
                 with self._lifecycle:

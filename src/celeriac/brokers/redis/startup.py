@@ -5,11 +5,11 @@ eviction policy and its persistence, said once per process tree.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from celeriac import pid
 from celeriac.brokers.redis.ops import Context
 from celeriac.brokers.redis.scripts import SCRIPTS
 from celeriac.brokers.redis.steps import Call, Command, OnEveryNode, Plan
@@ -95,36 +95,27 @@ def _check_channels(ctx: Context, url: str) -> Plan[None]:
 #: Seconds a parent's passed check stands for a child it forked (see parent_passed).
 CHECK_INHERITED_FOR = 10.0
 
-#: When this process passed the check of each server (by its redacted URL), and when its
-#: parent (or an ancestor) last did, on the monotonic clock, which a fork keeps.
-_passed: dict[str, float] = {}
-_passed_by_parent: dict[str, float] = {}
+#: The last passed check of each server (by its redacted URL): the process that passed it,
+#: and when, on the monotonic clock. A forked child inherits it with the module's state.
+_passed: dict[str, tuple[int, float]] = {}
 
 
 def record_pass(url: str) -> None:
     """Note that the server at ``url`` passed :func:`check_server` in this process."""
-    _passed[url] = time.monotonic()
+    _passed[url] = (pid.current(), time.monotonic())
 
 
 def parent_passed(url: str) -> bool:
-    """True when the process this one was forked from passed the check of ``url`` less
-    than :data:`CHECK_INHERITED_FOR` seconds ago.
+    """True when the process this one was forked from (or an ancestor) passed the check
+    of ``url`` less than :data:`CHECK_INHERITED_FOR` seconds ago.
 
     A worker's first children start within a second of their supervisor's check: they
     skip their own, six round trips before their first task. A child started later (a
     recycle, a respawn after a crash) checks again, as does any new broker in the
     process that checked (the server's settings may have changed since).
     """
-    passed_at = _passed_by_parent.get(url)
-    return passed_at is not None and time.monotonic() - passed_at < CHECK_INHERITED_FOR
-
-
-def _inherit_passes() -> None:
-    _passed_by_parent.update(_passed)
-    _passed.clear()
-
-
-os.register_at_fork(after_in_child=_inherit_passes)
+    by, at = _passed.get(url, (0, 0.0))
+    return by not in (0, pid.current()) and time.monotonic() - at < CHECK_INHERITED_FOR
 
 
 #: Start-up warnings already logged by this process or the one it was forked from: a
