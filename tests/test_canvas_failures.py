@@ -28,6 +28,7 @@ from celeriac.middleware import MiddlewareStack, default_middleware
 from celeriac.middleware import canvas as canvas_middleware
 from celeriac.middleware.events import STREAM, Event
 from celeriac.testing import run_queued
+from celeriac.worker.executor import Executor
 from tests.apps import canvas as tasks
 from tests.apps.canvas import add, async_typed, boom, collect, identity, tsum, typed
 from tests.conftest import Ledger
@@ -107,6 +108,52 @@ def test_a_dead_lettered_member_whose_chord_the_broker_could_not_reach_at_once_s
         r.get(timeout=5)
     assert not ledger.count("callback")
     assert "will run again" not in caplog.text
+
+
+class WorkerKilled(BaseException):
+    """The worker process dying at a given line, in a test that runs it in-process."""
+
+
+def test_a_dead_lettered_member_fails_its_chord_before_the_letter_is_committed(
+    app: Celeriac, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The chord was told after the dead letter's commit: a worker killed between the two
+    # left the letter committed, nothing to deliver again, and the chord waiting for ever.
+    # Told first, a kill before the commit leaves the message to come back: dead-lettered
+    # again, the chord told again, and nothing runs twice.
+    monkeypatch.setattr(app, "middleware", MiddlewareStack(default_middleware()))
+    monkeypatch.setattr(app.conf, "task_max_deliveries", 1)
+    r = chord([add.s(1, 1), add.s(2, 2)], tsum.s()).apply_async()
+    broker = app.broker
+    (first,) = broker.fetch(["default"], "w", limit=1, lease_seconds=30, timeout=0)
+    broker.requeue(first.lease)  # a crash: the second delivery is one too many
+    fetched = broker.fetch(["default"], "w", limit=2, lease_seconds=30, timeout=0)
+    (second,) = [d for d in fetched if d.id == first.id]
+    for other in fetched:
+        if other is not second:
+            broker.requeue(other.lease, count_delivery=False)
+    assert run_queued(app) == 1  # the other member: the chord waits only for this one now
+    executor = Executor(app, "w")
+    job, outcome = executor.prepare(second)
+    assert outcome is not None and outcome.state == "DEAD"
+
+    def killed(*args: object) -> bool:
+        raise WorkerKilled
+
+    real_dead_letter = broker.dead_letter
+    monkeypatch.setattr(broker, "dead_letter", killed)
+    with pytest.raises(WorkerKilled):
+        executor.settle(job, outcome)
+    assert run_queued(app, fail_fast=False) == 1  # the chord's body, sent as failed
+    with pytest.raises(ChordError, match=re.escape(f"chord member 0 ({add.name}[{r.id}:h:0])")):
+        r.get(timeout=1)
+    monkeypatch.setattr(broker, "dead_letter", real_dead_letter)
+    broker.requeue(second.lease)  # the killed worker's lease ran out: delivered again
+    assert run_queued(app, fail_fast=False) == 1  # dead-lettered; the chord's body not again
+    assert [letter.id for letter in broker.dead_letters()] == [second.id]
+    with pytest.raises(ChordError, match=re.escape(f"chord member 0 ({add.name}[{r.id}:h:0])")):
+        r.get(timeout=1)
+    assert not ledger.count("callback")
 
 
 def test_a_dead_lettered_member_whose_chord_cannot_be_told_says_how_to_recover(

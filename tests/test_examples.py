@@ -242,11 +242,13 @@ IN_PROCESS = {
         "too large; waiting: {'acme': 1, 'globex': 1}",
         "definition refused: task tenants.nightly: tenant_required must be True or False, "
         "got 'yes'",
+        "waiting: {'acme': 2, 'globex': 1}",
         "result: report 1 rebuilt",
-        "dead letters: ['tenant globex is suspended']",
+        "dead letters: ['unknown task: no worker that knows tenants.retired_report took it "
+        "within task_unknown_max_age=0s', 'tenant globex is suspended']",
         "waiting: {'acme': 0, 'globex': 0}",
         "audit: ['acme: middleware.rebuild_report SUCCESS', "
-        "'globex: middleware.rebuild_report DEAD']",
+        "'globex: middleware.rebuild_report DEAD', 'acme: tenants.retired_report DEAD']",
     ],
     "signing.py": [
         "on the wire: sig1 + key id + HMAC + msgpack payload",

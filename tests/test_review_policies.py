@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from celeriac import UNBOUNDED, Celeriac, Retry, Task
+from celeriac.brokers.base import Outgoing
 from celeriac.canvas import group
 from celeriac.errors import (
     ConfigurationError,
@@ -23,7 +24,7 @@ from celeriac.errors import (
     TaskFailed,
 )
 from celeriac.message import Message
-from celeriac.middleware import Middleware
+from celeriac.middleware import Job, Middleware, Outcome
 from celeriac.testing import run_queued
 from celeriac.worker.executor import Executor
 
@@ -574,3 +575,34 @@ def test_a_retry_survives_pickling_and_copying() -> None:
         assert isinstance(again, Retry) and again.delay == 5 and str(again) == "retry in 5s"
         assert isinstance(again.exc, ValueError) and str(again.exc) == "smtp down"
     assert pickle.loads(pickle.dumps(Retry())).delay is None
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+
+def test_before_dead_letter_hears_of_every_letter_and_cannot_stop_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The hook runs before the commit, also for letters decided before a task could run
+    (an unknown task, bytes that are no message), which no other hook sees; a hook that
+    raises is logged, naming itself and the task, and the letter is committed anyway."""
+    heard: dict[str | None, int] = {}
+
+    class Hears(Middleware):
+        def before_dead_letter(self, job: Job, outcome: Outcome) -> None:
+            name = job.message.task if job.message else None
+            heard[name] = len(app.broker.dead_letters())  # how many were committed before
+            raise RuntimeError("the alerting service is down")
+
+    app = Celeriac("dead-letter-hook", broker="memory://", middleware=[Hears()])
+    app.conf.task_unknown_max_age = 0
+    gone = app.send_task("shop.gone")
+    run_queued(app, fail_fast=False)
+    app.broker.send([Outgoing("garbled", "default", b"\xff not a message")])
+    run_queued(app, fail_fast=False)
+    assert heard == {"shop.gone": 0, None: 1}  # each before its own commit
+    assert len(app.broker.dead_letters()) == 2  # the hook's error stopped neither
+    assert [r.getMessage() for r in caplog.records if "before_dead_letter" in r.getMessage()] == [
+        f"Hears.before_dead_letter failed for task shop.gone[{gone.id}]; carrying on",
+        "Hears.before_dead_letter failed for task ?[garbled]; carrying on",
+    ]

@@ -14,6 +14,9 @@ Hooks, in the order a task meets them (celeriac.middleware.base has the full pic
     send_failed     in the producer, when that message was not sent after all: undo
     before_execute  in the worker, before the task runs (return an Outcome to not run it)
     after_execute   in the worker, after it ran (return the Outcome to settle)
+    before_dead_letter  in the worker, before a dead letter is committed: the only hook
+                    that hears of a message dead-lettered before it could run (an unknown
+                    task, too many deliveries); it may run twice for one letter
     after_settle    in the worker, once the broker committed the outcome
     on_idle         in the worker, when there is nothing to run (flush buffers here)
 
@@ -90,6 +93,13 @@ class Tenants(Middleware):
         job.context["tenant"] = job.request.headers.get("tenant") if job.request else None
         return outcome  # unchanged; a retry policy would return a RETRY outcome here
 
+    def before_dead_letter(self, job: Job, outcome: Outcome) -> None:
+        """Note the tenant of a task dead-lettered before it could run (a task this code
+        does not have, too many deliveries): after_execute never saw it, and the tenant
+        would show it waiting for ever. Runs again if the worker dies before the commit
+        (the message comes back): it only notes, so twice is harmless."""
+        job.context["tenant"] = job.message.headers.get("tenant") if job.message else None
+
     def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
         """Count the task as finished and audit it, once the broker committed its outcome.
 
@@ -140,8 +150,14 @@ def main() -> None:
     except ConfigurationError as exc:
         print("definition refused:", exc)
 
+    # Sent by name, a task this code no longer has: dead-lettered before it could run
+    # (task_unknown_max_age=0: at once; by default a worker that knows it gets an hour).
+    app.conf.task_unknown_max_age = 0
+    app.send_task("tenants.retired_report", args=(5,), headers={"tenant": "acme"})
+    print("waiting:", dict(tenants.waiting))
+
     tenants.suspended.add("globex")
-    run_queued(app)  # runs both; globex's is dead-lettered by before_execute
+    run_queued(app)  # runs acme's; globex's is dead-lettered by before_execute
     print("result:", ok.get(timeout=5))
     print("dead letters:", [d.reason for d in app.broker.dead_letters()])
     print("waiting:", dict(tenants.waiting))

@@ -155,6 +155,16 @@ class Middleware:
         """Called after the task ran (or was skipped); return the Outcome to settle."""
         return outcome
 
+    def before_dead_letter(self, job: Job, outcome: Outcome) -> None:
+        """Called just before the broker commits a dead letter, whatever decided it.
+
+        It is the only hook that hears of a message dead-lettered before it could run (too
+        many deliveries, an unknown task, a malformed message: ``job.message`` is None when
+        it could not be read). A worker that dies before the commit leaves the message to
+        be delivered and dead-lettered again, so this may run more than once for one
+        letter: make it idempotent.
+        """
+
     def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
         """Called after the broker settled the message; ``committed`` is False when the
         lease had been lost and another worker owns the message now."""
@@ -215,6 +225,7 @@ class MiddlewareStack:
         self._before = _overriding(middleware, "before_execute")
         self._after = _overriding(middleware, "after_execute")[::-1]
         self._settled = _overriding(middleware, "after_settle")[::-1]
+        self._dead = _overriding(middleware, "before_dead_letter")[::-1]
         self._idle = _overriding(middleware, "on_idle")
         self._checkers = _overriding(middleware, "check_options")
         # Read per send that gives options: unions made once, not per call.
@@ -293,6 +304,18 @@ class MiddlewareStack:
                     "%s.after_execute failed for task %s; carrying on", type(m).__name__, job.label
                 )
         return outcome
+
+    def before_dead_letter(self, job: Job, outcome: Outcome) -> None:
+        """Run before_dead_letter hooks in reverse order."""
+        for m in self._dead:
+            try:
+                m.before_dead_letter(job, outcome)
+            except Exception:
+                log.exception(
+                    "%s.before_dead_letter failed for task %s; carrying on",
+                    type(m).__name__,
+                    job.label,
+                )
 
     def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
         """Run after_settle hooks in reverse order."""

@@ -49,6 +49,8 @@ _PAUSES = (0.5, 1.0, 2.0, 4.0)
 # Seconds a try to continue leaves before the task's hard limit: the supervisor would kill
 # the child and settle the task, which succeeded, as a time-out.
 _DEADLINE_MARGIN = 1.0
+# job.context key: the broker error that kept a dead letter's workflow from being told
+_UNTOLD = "canvas_untold"
 
 
 def error_dict(message: Message, outcome: Outcome) -> dict[str, str]:
@@ -225,43 +227,51 @@ class Canvas(Middleware):
         deadline = job.context.get(HARD_DEADLINE, 0.0)
         return self._continue(job.task.app, message, data, outcome, deadline)
 
-    def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
+    def before_dead_letter(self, job: Job, outcome: Outcome) -> None:
         """Fail the workflow of a task dead-lettered before it ran (too many deliveries,
         unknown task): the executor skips ``after_execute`` for those, so this is the only
-        place that hears of them — after the commit, so a worker killed in between leaves
-        the workflow waiting (the log of the dead letter names the task to replay)."""
+        hook that hears of them.
+
+        Before the commit, as ``after_execute`` continues before a task's: told after it, a
+        worker killed in between left the letter committed and the workflow waiting for
+        ever. Killed in between now, the message is delivered and dead-lettered again, and
+        the workflow told again (harmless: fixed ids, joins count a member once).
+        """
         data, message = _data(job), job.message
         if data is None or message is None or "canvas" in job.context:
-            return
-        if outcome.state != "DEAD" or not committed:
             return
         # job.app: the task may be unknown here, or dead-lettered before it was looked up.
         app = job.task.app if job.task is not None else job.app
         if app is None:
             log.warning("task %s was dead-lettered; its workflow cannot be failed here", job.label)
             return
-        self._continue_dead_letter(app, message, data, outcome)
-
-    def _continue_dead_letter(
-        self, app: Celeriac, message: Message, data: dict[str, Any], outcome: Outcome
-    ) -> None:
-        """Fail a dead letter's workflow, trying again over a few seconds of broker errors.
-
-        The dead letter is committed: unlike a task that could not continue, it does not
-        run again, so this is the workflow's only chance. A broker error here was logged
-        as "it will run again in 1s", and the chain or chord waited for ever.
-        """
         error = self._advance_patiently(app, message, data, outcome, deadline=0.0)
-        if error is not None:
-            log.error(
-                "task %s was dead-lettered, and its workflow could not be told (%s): "
-                "what waits for it (the rest of its chain, its chord's body) will wait "
-                "for ever. Once the broker answers, `celeriac dlq replay %s` sends it "
-                "again, and its workflow moves on when it ends",
-                printable(f"{message.task}[{message.id}]"),  # the sender's text
-                error,
-                printable(message.id),
-            )
+        if error is None:
+            job.context["canvas"] = True  # a settle tried again through an outage: told once
+            job.context.pop(_UNTOLD, None)
+        else:
+            job.context[_UNTOLD] = error  # said once the letter is committed (after_settle)
+
+    def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
+        """Say how to recover a dead letter committed without its workflow told: unlike a
+        task that could not continue, it does not run again, so nothing else will.
+
+        A broker error here was once logged as "it will run again in 1s", and the chain or
+        chord waited for ever.
+        """
+        error = job.context.get(_UNTOLD)
+        if error is None or not committed or job.message is None:
+            return
+        message = job.message
+        log.error(
+            "task %s was dead-lettered, and its workflow could not be told (%s): what waits "
+            "for it (the rest of its chain, its chord's body) will wait for ever. Once the "
+            "broker answers, `celeriac dlq replay %s` sends it again, and its workflow moves "
+            "on when it ends",
+            printable(f"{message.task}[{message.id}]"),  # the sender's text
+            error,
+            printable(message.id),
+        )
 
     def _continue(
         self,

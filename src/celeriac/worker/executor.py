@@ -293,6 +293,7 @@ class Executor(Reading, ResultRecords):
         elif state == "MOVED":
             committed = self._move(job, outcome)
         else:
+            self.app.middleware.before_dead_letter(job, outcome)
             committed = self._dead_letter(job, outcome)
         if crashpoints.ARMED:
             crashpoints.reached(
