@@ -225,16 +225,14 @@ def test_a_crash_loop_backs_off_without_stalling_the_supervisor(
         time.sleep(0.05)
 
 
-def test_a_child_stuck_on_messages_it_never_starts_is_killed_and_they_run_elsewhere(
-    core_app: Celeriac, workers: WorkerProcesses, tmp_path: Path
-) -> None:
-    """A child that froze right after a fetch (here it stops itself, as SIGSTOP or a
-    deadlock outside a task would leave it) held its messages for ever: its supervisor
-    renewed their leases, and hard limits watch only started tasks. Stuck for three leases
-    (1 s each here), it is killed; its messages go back and a fresh child runs them."""
+def _tasks_run_past_a_first_child_stopped_at(
+    point: str, workers: WorkerProcesses, tmp_path: Path
+) -> str:
+    """Queue three tasks, start a -c 1 worker (leases of 1 s) whose first child stops
+    itself (SIGSTOP) at crash point ``point``; wait until they ran; return the log."""
     results = [core.add.delay(i, 1) for i in range(3)]
     env = {
-        "CELERIAC_CRASH_AT": "after_fetch:1",
+        "CELERIAC_CRASH_AT": f"{point}:1",
         "CELERIAC_CRASH_HOW": "stop",
         "CELERIAC_CRASH_MARKER": str(tmp_path / "stopped-once"),
         "CELERIAC_WORKER_LEASE_SECONDS": "1",
@@ -242,8 +240,45 @@ def test_a_child_stuck_on_messages_it_never_starts_is_killed_and_they_run_elsewh
     workers.start("-c", "1", env=env)
     assert [r.get(timeout=30) for r in results] == [1, 2, 3], workers.log_text()
     assert (tmp_path / "stopped-once").exists()  # the first child did stop
-    log = workers.log_text()
+    return workers.log_text()
+
+
+def test_a_child_stuck_on_messages_it_never_starts_is_killed_and_they_run_elsewhere(
+    core_app: Celeriac, workers: WorkerProcesses, tmp_path: Path
+) -> None:
+    """A child that froze right after a fetch (here it stops itself, as SIGSTOP or a
+    deadlock outside a task would leave it) held its messages for ever: its supervisor
+    renewed their leases, and hard limits watch only started tasks. Stuck for three leases
+    (1 s each here), it is killed; its messages go back and a fresh child runs them."""
+    log = _tasks_run_past_a_first_child_stopped_at("after_fetch", workers, tmp_path)
     assert "without starting any" in log and "Killing it" in log, log
+
+
+def test_a_child_stuck_before_it_began_to_consume_is_killed_and_replaced(
+    core_app: Celeriac, workers: WorkerProcesses, tmp_path: Path
+) -> None:
+    """A child that froze before its first fetch (it stops itself here, as a lock copied
+    locked by the fork would leave it) held nothing, so nothing looked stuck: the worker
+    ran one child short for ever, with -c 1 none, while `ping` said pong. With no record
+    in its slot for three leases (1 s each here), it is killed and a fresh child runs the
+    tasks."""
+    log = _tasks_run_past_a_first_child_stopped_at("child_start", workers, tmp_path)
+    assert "has not begun to consume" in log and "Killing it (it holds no messages)" in log, log
+
+
+@pytest.mark.parametrize("pool", ["process", "threads", "asyncio"])
+def test_an_idle_child_of_any_pool_is_not_taken_for_a_stuck_one(
+    core_app: Celeriac, workers: WorkerProcesses, pool: str
+) -> None:
+    """An idle child holds nothing and runs nothing; it wrote its first record before its
+    first fetch, so four leases of idling (1 s each) do not get it killed as one stuck
+    before it began. (An asyncio child used to write its first record only once it had
+    fetched something: an idle one would have been killed.)"""
+    workers.start("-P", pool, "-c", "2", env={"CELERIAC_WORKER_LEASE_SECONDS": "1"})
+    time.sleep(4.0)  # idle past the three leases that make a silent child stuck
+    assert core.add.delay(1, 1).get(timeout=10) == 2, workers.log_text()
+    log = workers.log_text()
+    assert "has not begun to consume" not in log and "Killing it" not in log, log
 
 
 def test_a_command_sent_as_soon_as_a_worker_is_listed_is_answered(

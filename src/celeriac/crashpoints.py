@@ -8,7 +8,8 @@ it first, so a scenario crashes exactly once across restarts. With
 that still holds what it took. Without the variable each point costs one comparison of a
 module constant with None.
 
-Points: ``after_fetch`` (taken from the broker, not yet recorded in the slot),
+Points: ``child_start`` (a worker child, before its first record: it holds nothing),
+``after_fetch`` (taken from the broker, not yet recorded in the slot),
 ``before_commit`` (task ran, result not stored), ``after_commit`` (stored and acked, not
 yet logged or continued), ``after_retry`` (retry stored; the original delivery is
 released by the same atomic call), ``after_dead_letter``.
@@ -19,7 +20,14 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("after_fetch", "before_commit", "after_commit", "after_retry", "after_dead_letter")
+POINTS = (
+    "child_start",
+    "after_fetch",
+    "before_commit",
+    "after_commit",
+    "after_retry",
+    "after_dead_letter",
+)
 
 _spec = os.environ.get("CELERIAC_CRASH_AT")
 ARMED: str | None = _spec.split(":", 1)[0] if _spec else None

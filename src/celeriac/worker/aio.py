@@ -105,6 +105,9 @@ class AsyncioChild(Child, BackgroundWork):
         loop.set_task_factory(self._make_task)
         executor = Executor(self.app, self.spec.worker_id)
         running: set[asyncio.Task[None]] = set()
+        # A first record, empty: the supervisor tells a child that never wrote one, stuck
+        # before it could consume (celeriac.worker.stuck), from an idle one.
+        self._write_slot()
         flusher = asyncio.create_task(self._flush_slot())
         watching = self._watch(loop)
         try:

@@ -506,6 +506,8 @@ def child_main(app: Celeriac, spec: ChildSpec, slot: Slot) -> None:
         os.register_at_fork(after_in_child=plain_signals_in_forks)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         _die_with_supervisor(spec.supervisor_pid)
+        if crashpoints.ARMED:
+            crashpoints.reached("child_start")
         code = child.run()
     except BaseException:  # logged, then the process ends with code 1
         log.exception("worker child %d crashed; the supervisor will start another", os.getpid())

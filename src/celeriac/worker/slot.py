@@ -78,6 +78,7 @@ class SlotView(msgspec.Struct):
     rss: int  # bytes, as the child last measured itself
     done: int = 0  # tasks this child finished
     growth: dict[str, list[int]] | None = None  # task name -> [runs, RSS growth in bytes]
+    written: bool = True  # False: its child has not written a record yet (see stuck.py)
 
 
 class _Payload(msgspec.Struct, array_like=True):
@@ -211,7 +212,7 @@ class Slot:
                 data = bytes(self._mem[_HEADER_SIZE : _HEADER_SIZE + min(length, self._room)])
                 if self._seq_word[0] == seq:
                     if seq == 0:
-                        return SlotView([], 0)
+                        return SlotView([], 0, written=False)
                     try:
                         p = _decode(data)
                     except msgspec.DecodeError:

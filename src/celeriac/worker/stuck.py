@@ -9,6 +9,11 @@ waited for ever while ``celeriac ping`` said the worker was healthy; hard limits
 watch tasks that started. The supervisor now kills such a child: its messages go back to
 the queue (the one it had in hand counted as a delivery, as for any child that dies) and
 a fresh child takes its place.
+
+A child also writes a first record, empty, before its first fetch, within milliseconds of
+its start. One that has written none for as long is stuck the same way before it could
+consume: it holds nothing, but the worker ran one child short while ``ping`` said pong.
+It is killed too, and replaced.
 """
 
 from __future__ import annotations
@@ -34,20 +39,26 @@ class StuckWatch:
         >>> watch.stuck_for(4242, held, now=170.0)  # the same, 70 s later
         70.0
         >>> watch.stuck_for(4242, [Held("t1", "default", "7", "shop.add", 1.0)], now=171.0)
+        >>> watch.stuck_for(4343, [], now=100.0, written=False)  # no record yet: counted
+        >>> watch.stuck_for(4343, [], now=160.0, written=False)
+        60.0
     """
 
     def __init__(self, after: float) -> None:
         self.after = after
-        self._since: dict[int, tuple[frozenset[tuple[str, str]], float]] = {}
+        # pid -> what its slot listed (None: no record yet), and since when
+        self._since: dict[int, tuple[frozenset[tuple[str, str]] | None, float]] = {}
 
-    def stuck_for(self, pid: int, held: list[Held], now: float) -> float | None:
-        """Seconds child ``pid`` has listed ``held`` unchanged with none started, once that
-        is at least ``after``; None otherwise (and for pid 0: no child). ``now``: a
-        monotonic clock."""
-        if not pid or not held or any(h.started for h in held):
+    def stuck_for(
+        self, pid: int, held: list[Held], now: float, *, written: bool = True
+    ) -> float | None:
+        """Seconds child ``pid`` has listed ``held`` unchanged with none started, or has
+        not ``written`` a record at all, once that is at least ``after``; None otherwise
+        (and for pid 0: no child). ``now``: a monotonic clock."""
+        if not pid or (written and not held) or any(h.started for h in held):
             self._since.pop(pid, None)
             return None
-        listed = frozenset((h.id, h.token) for h in held)
+        listed = frozenset((h.id, h.token) for h in held) if written else None
         seen = self._since.get(pid)
         if seen is None or seen[0] != listed:
             self._since[pid] = (listed, now)
@@ -102,4 +113,21 @@ def stuck_note(pid: int, held: list[Held], waited: float) -> str:
         "Killing it: the messages go back to the queue and a new child starts. If this "
         "repeats, look for a library that is not fork-safe (py-spy dump --pid PID of the "
         "next stuck child shows where it waits)"
+    )
+
+
+def stuck_at_start_note(pid: int, waited: float) -> str:
+    """The supervisor's log line for a child it kills that never began to consume.
+
+    Example:
+        >>> print(stuck_at_start_note(4242, 91.0))  # doctest: +ELLIPSIS
+        worker child 4242 has not begun to consume 91s after it started: ...
+    """
+    return (
+        f"worker child {pid} has not begun to consume {waited:.0f}s after it started: it is "
+        "stopped (SIGSTOP, a debugger, a frozen cgroup) or deadlocked before its first "
+        "fetch, and the worker ran one child short all the while. Killing it (it holds no "
+        "messages); a new child starts. If this repeats, look for a library that is not "
+        "fork-safe, such as a thread started when your tasks' module is imported (py-spy "
+        "dump --pid PID of the next stuck child shows where it waits)"
     )

@@ -60,7 +60,12 @@ from celeriac.worker.output import line_buffered_stdout
 from celeriac.worker.reaping import ChildState, Reaping
 from celeriac.worker.remote import Remote
 from celeriac.worker.slot import Held, Slot, SlotView
-from celeriac.worker.stuck import STUCK_AFTER_LEASES, StuckWatch, stuck_note
+from celeriac.worker.stuck import (
+    STUCK_AFTER_LEASES,
+    StuckWatch,
+    stuck_at_start_note,
+    stuck_note,
+)
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -384,13 +389,20 @@ class Worker(Reaping, BrokerDuties, HardLimits):
                 companion.check()
 
     def _kill_stuck_children(self) -> None:
-        """SIGKILL each child stuck on messages it does not start (see
-        :mod:`celeriac.worker.stuck`); the reaping that follows puts them back."""
+        """SIGKILL each child stuck on messages it does not start, or before it began to
+        consume (see :mod:`celeriac.worker.stuck`); the reaping that follows puts back
+        what it held."""
         self._stuck.keep_only({c.pid for c in self._children if c.pid})
         for child in self._children:
-            waited = self._stuck.stuck_for(child.pid, child.last_view.held, time.monotonic())
+            view = child.last_view
+            waited = self._stuck.stuck_for(
+                child.pid, view.held, time.monotonic(), written=view.written
+            )
             if waited is not None:  # never for a place without a child (pid 0)
-                log.error("%s", stuck_note(child.pid, child.last_view.held, waited))
+                if view.written:
+                    log.error("%s", stuck_note(child.pid, view.held, waited))
+                else:
+                    log.error("%s", stuck_at_start_note(child.pid, waited))
                 self._stuck.forget(child.pid)
                 with self._lifecycle:
                     if child.pid:
