@@ -80,6 +80,21 @@ def dies(self: Task[Any, Any]) -> None:
     os._exit(3)  # at once: within the asyncio child's slot-flush interval
 
 
+@app.bound_task()
+def dies_after(self: Task[Any, Any], seconds: float) -> None:
+    record("run", self.request.id, self.request.delivery_count)
+    time.sleep(seconds)  # the tasks beside it in a threads or asyncio child are running
+    os._exit(3)
+
+
+@app.bound_task()
+def dies_if(self: Task[Any, Any], die: bool, n: int) -> int:
+    record("run", self.request.id, self.request.delivery_count)
+    if die:  # a short task that now and then kills its process (a C extension's bug)
+        os._exit(3)
+    return n
+
+
 @app.task
 async def async_double(x: int) -> int:
     await asyncio.sleep(0.01)

@@ -81,6 +81,8 @@ class Job(msgspec.Struct):
     request: Request | None = None
     context: dict[str, Any] = msgspec.field(default_factory=dict)  # scratch space for middleware
     app: Celeriac | None = None  # the worker's app: there even when the task is unknown
+    # Run with no other task beside it in its child (see celeriac.worker.death_notes)
+    alone: bool = False
 
     @property
     def label(self) -> str:

@@ -60,6 +60,7 @@ from celeriac.worker.reading import error_info
 from celeriac.worker.slot import Held, Slot
 from celeriac.worker.soft_limits import thread_soft_limit
 from celeriac.worker.task_threads import TaskThreads
+from celeriac.worker.turns import LoopTurns
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -89,7 +90,8 @@ class AsyncioChild(Child, BackgroundWork):
         self._sync = ThreadPoolExecutor(spec.concurrency, "celeriac-task")
         self._jobs: dict[asyncio.Task[Any], Job] = {}  # each running job's asyncio task
         self._spawned: dict[asyncio.Task[Any], str] = {}  # started by a task: its label
-        self._turn = time.monotonic()  # the last turn of the loop, for the watchdog
+        self._loop_turns = LoopTurns()  # tasks side by side, or one alone
+        self._loop_turned = time.monotonic()  # the last turn of the loop, for the watchdog
 
     def run(self) -> int:
         """Run the event loop until told to stop or until it is time to recycle."""
@@ -227,7 +229,7 @@ class AsyncioChild(Child, BackgroundWork):
         reported = 0.0  # the turn whose stall was reported
         blocker = ""
         while not stop.wait(_BLOCKED_AFTER / 4):
-            turn = self._turn
+            turn = self._loop_turned
             if reported and turn != reported:
                 log.warning(
                     "child %d: the event loop runs again after %.1fs, blocked by %s",
@@ -293,15 +295,14 @@ class AsyncioChild(Child, BackgroundWork):
             job, outcome = executor.prepare(delivery)
             self._jobs[me] = job
             if outcome is None:
-                outcome = await self._execute_async(executor, job)
-            self.tasks_done += 1
-            settle = functools.partial(executor.settle, job, outcome)
-            await self._off_loop(
-                self._io,
-                functools.partial(
-                    self._reconnecting, settle, give_up_after=self.fetch.lease_seconds
-                ),
-            )
+                # Its commit too: what waits for one is listed as started, and counted if a
+                # task that must run alone kills the child meanwhile (see worker.turns).
+                let_go = functools.partial(self.slot.let_go, 0)  # read: see Slot.let_go
+                async with self._loop_turns.take(alone=job.alone, before_wait=let_go):
+                    outcome = await self._execute_async(executor, job)
+                    await self._settle(executor, job, outcome)
+            else:
+                await self._settle(executor, job, outcome)
         except BaseException as exc:  # a worker bug, or a hook's, must not strand the message
             if isinstance(exc, asyncio.CancelledError) and me.cancelling():
                 raise  # this job's own asyncio task is being cancelled: the loop is ending
@@ -313,6 +314,14 @@ class AsyncioChild(Child, BackgroundWork):
             self._jobs.pop(me, None)
             self._held.pop(delivery.id, None)  # no longer renewed, whatever happened
             self._dirty = True
+
+    async def _settle(self, executor: Executor, job: Job, outcome: Outcome) -> None:
+        self.tasks_done += 1
+        settle = functools.partial(executor.settle, job, outcome)
+        await self._off_loop(
+            self._io,
+            functools.partial(self._reconnecting, settle, give_up_after=self.fetch.lease_seconds),
+        )
 
     def _after_internal_error(self, executor: Executor, job: Job, exc: BaseException) -> None:
         """Settle a message whose handling failed in the worker itself, not in the task.
@@ -436,7 +445,7 @@ class AsyncioChild(Child, BackgroundWork):
     async def _flush_slot(self) -> None:
         while True:
             await asyncio.sleep(_SLOT_FLUSH)
-            self._turn = time.monotonic()  # the loop turns: the watchdog's sign of life
+            self._loop_turned = time.monotonic()  # the loop turns: the watchdog's sign of life
             if self._dirty:
                 self._write_slot()
 

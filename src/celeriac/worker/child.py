@@ -211,11 +211,13 @@ class Child(Intake):
         job, outcome = executor.prepare(delivery)
         if outcome is None:
             assert job.message is not None
-            if not batch.admits(job.message.task):
-                self._commit(executor, key, batch, None, pending)  # before a slow task
+            if not batch.admits(job.message.task) or job.alone:
+                # Before a slow task; and before one to run alone: a commit waiting beside
+                # it would be counted if it kills the child (see worker.death_notes).
+                self._commit(executor, key, batch, None, pending)
             if len(pending) >= self.fetch.limit and batch.may_hold_up(job.message.task):
                 self._give_back_surplus(pending)
-            outcome = self._execute(executor, key, job, pending, batch)
+            outcome = self._run(executor, key, job, pending, batch)
             batch.timed(job.message.task, outcome.runtime)
         with self._lock:
             self.tasks_done += 1
@@ -239,6 +241,13 @@ class Child(Intake):
             lambda: executor.settle(job, outcome, fetch), give_up_after=self.fetch.lease_seconds
         )
         return settled or []
+
+    def _run(
+        self, executor: Executor, key: Hashable, job: Job, pending: list[Delivery], batch: Batch
+    ) -> Outcome:
+        """Run the job's task: at once, a process child running one task at a time (the
+        threads child takes turns, see :mod:`celeriac.worker.turns`)."""
+        return self._execute(executor, key, job, pending, batch)
 
     def _commit(
         self,

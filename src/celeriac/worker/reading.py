@@ -29,6 +29,7 @@ from celeriac.middleware.base import Job, Outcome
 from celeriac.middleware.verdicts import Verdicts, verdict_key
 from celeriac.task import Request, unimportable_note
 from celeriac.text import printable
+from celeriac.worker.death_notes import death_key, last_death, shared_with
 from celeriac.worker.outage import Outage
 
 if TYPE_CHECKING:
@@ -125,9 +126,14 @@ class Reading:
         if delivery.deliveries > max_deliveries:
             verdict, death = self._notes(delivery)
             if verdict is None:  # else the Verdicts middleware settles it, unrun
-                reason = too_many(delivery.deliveries, max_deliveries, own=own)
-                reason += last_death(death)
-                return Outcome("DEAD", reason=reason)
+                if delivery.deliveries == max_deliveries + 1 and shared_with(death):
+                    # The last death counted every task its child ran; at most one of them
+                    # killed it. One delivery more, run alone, tells which: see death_notes.
+                    job.alone = True
+                else:
+                    reason = too_many(delivery.deliveries, max_deliveries, own=own)
+                    reason += last_death(death)
+                    return Outcome("DEAD", reason=reason)
         if task is None:
             return self._unknown(job)
         job.task = task
@@ -178,10 +184,12 @@ class Reading:
 
         Checked before reading: a message whose decoding kills the process was counted at
         every death but read again each time, so the limit never applied to it. The first
-        delivery over the limit is still read, and dead-lettered by the ordinary check: it
-        knows the task, so a workflow the message belongs to fails with it (unread, a
-        chord waited for ever on that member). Only if that reading died too is the next
-        delivery refused unread.
+        two deliveries over the limit are still read, and dead-lettered by the ordinary
+        check: it knows the task, so a workflow the message belongs to fails with it
+        (unread, a chord waited for ever on that member). Two, because the first may be
+        run once more, alone, after a death it shared (see worker.death_notes), and the
+        second must fail the workflow if it killed its child then. Only if those readings
+        died too is the next delivery refused unread.
         """
         delivery = job.delivery
         name = peek_name(delivery.body)
@@ -193,7 +201,7 @@ class Reading:
             task = self.app.tasks.get(name)
             given = task.options.max_deliveries if task is not None else None
             limit, own = (most, False) if given is None else (given, True)
-        if delivery.deliveries <= limit + 1:
+        if delivery.deliveries <= limit + 2:
             return None
         return Outcome(
             "DEAD",
@@ -443,31 +451,6 @@ def peek_name(body: bytes) -> str | None:
         return peek_identity(body)[1]
     except Exception:  # noqa: BLE001 - best effort: the name only labels the letter
         return None
-
-
-def death_key(task_id: str) -> str:
-    """Where the supervisor notes how a worker child died while it held ``task_id``
-    (``killed by SIGSEGV``, ``exit code 0: os._exit(0) in the task?``): the dead letter
-    of a task that kills every child running it says so, not only the worker's log.
-
-    Example:
-        >>> death_key("a1")
-        'died:a1'
-    """
-    return f"died:{task_id}"
-
-
-def last_death(note: bytes | None) -> str:
-    """What a too-many-deliveries reason adds about the last death (see
-    :func:`death_key`); nothing when none was noted.
-
-    Example:
-        >>> last_death(b"killed by SIGSEGV")
-        '; the last time, its worker child died (killed by SIGSEGV)'
-    """
-    if note is None:
-        return ""
-    return f"; the last time, its worker child died ({note.decode('utf-8', 'replace')})"
 
 
 def too_many(deliveries: int, limit: int, *, own: bool = False) -> str:

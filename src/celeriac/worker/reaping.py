@@ -31,7 +31,8 @@ from celeriac.middleware.verdicts import verdict_key
 from celeriac.worker.alone import killed_verdict
 from celeriac.worker.broken import EXIT_TASK_CLOSED_DESCRIPTORS, closed_descriptors_verdict
 from celeriac.worker.crash_loop import ChildDeaths
-from celeriac.worker.reading import death_key, shown
+from celeriac.worker.death_notes import death_key, death_note
+from celeriac.worker.reading import shown
 from celeriac.worker.slot import Held, Slot, SlotView, hand_mark
 
 if TYPE_CHECKING:
@@ -161,14 +162,14 @@ class Reaping:
                 self._spawn(child)
 
     def _note_death(self, held: list[Held], how: str) -> None:
-        """Note how a child died (see :func:`~celeriac.worker.reading.death_key`) for
-        each task it was running or reading: put back counted, the task may be
-        dead-lettered next, and its dead letter then says how."""
+        """Note how a child died (see :mod:`celeriac.worker.death_notes`) for each task
+        it was running or reading: put back counted, the task may be dead-lettered next,
+        and its dead letter then says how; one that died beside others may run alone."""
         for h in held:
             note = functools.partial(
                 self.app.broker.kv_set,
                 death_key(h.id),
-                how.encode(),
+                death_note(how, len(held) - 1),
                 self.app.conf.result_expires,
             )
             self._quietly(note, f"note how the child running task {h.label} died")

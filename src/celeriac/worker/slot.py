@@ -196,6 +196,21 @@ class Slot:
             offset = self._hands_at + consumer * _HAND.size
             _HAND.pack_into(self._mem, offset, hand_mark(task_id, token))
 
+    def let_go(self, consumer: int) -> None:
+        """Empty ``consumer``'s hand (child side): the message it held was read, and now
+        waits for its turn to run (:mod:`celeriac.worker.turns`). Nothing it does can kill
+        the child meanwhile, so a death then does not count its delivery.
+
+        Example:
+            >>> s = Slot()
+            >>> s.hand(0, "t1", "x")
+            >>> s.let_go(0)
+            >>> s.in_hand() == {0}
+            True
+        """
+        if consumer < self._hands:
+            _HAND.pack_into(self._mem, self._hands_at + consumer * _HAND.size, 0)
+
     def in_hand(self) -> set[int]:
         """The hand marks (:func:`hand_mark`) of every consumer's hand (supervisor side)."""
         return {

@@ -11,14 +11,19 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from celeriac.worker.child import EXIT_RECYCLE, Child, ChildSpec
 from celeriac.worker.executor import Executor
 from celeriac.worker.soft_limits import thread_soft_limit
+from celeriac.worker.turns import Turns
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+    from celeriac.brokers.records import Delivery
+    from celeriac.middleware.base import Job, Outcome
+    from celeriac.worker.batch import Batch
     from celeriac.worker.slot import Slot
 
 log = logging.getLogger("celeriac.worker")
@@ -32,6 +37,7 @@ class ThreadsChild(Child):
         self._ended = 0  # consumer threads that have ended
         self._wake_w = -1  # the write end of the main thread's wake-up pipe
         self._crashed = False  # a consumer thread crashed: the child exits with code 1
+        self._turns = Turns()
 
     def run(self) -> int:
         """Start the consumer threads and wait for them to finish.
@@ -73,6 +79,25 @@ class ThreadsChild(Child):
         # Not EXIT_RECYCLE after a crash: the supervisor reads code 0 with a task in hand
         # as the task's own os._exit(0), and said so of celeriac's (or a hook's) failure.
         return 1 if self._crashed else EXIT_RECYCLE
+
+    def _run(
+        self, executor: Executor, key: Hashable, job: Job, pending: list[Delivery], batch: Batch
+    ) -> Outcome:
+        """Run the job's task in its turn: side by side with the other consumers' tasks,
+        or alone (see :mod:`celeriac.worker.turns`)."""
+
+        def before_wait() -> None:
+            # Commit what this consumer finished, so nothing of it waits beside a task
+            # running alone; list the message as held but not in hand: its lease is
+            # renewed meanwhile, and a death then (of a task running alone) does not count
+            # it.
+            self._commit(executor, key, batch, None, pending)
+            assert isinstance(key, int)  # a consumer's index
+            self.slot.let_go(key)
+            self._publish(key, [job.delivery, *pending], None, batch)
+
+        with self._turns.take(alone=job.alone, before_wait=before_wait):
+            return self._execute(executor, key, job, pending, batch)
 
     def _thread_main(self, index: int) -> None:
         executor = Executor(
