@@ -39,6 +39,12 @@ def test_the_tasks_beside_a_poison_task_finish_and_it_alone_is_dead_lettered(
     )
     assert len(deaths) == 3, workers.log_text()  # twice beside the others, then alone
     assert deaths[-1] == f"{core.dies_after.name}[{poison.id}]", deaths
+    said = (
+        f"task {core.dies_after.name}[{poison.id}]: its worker child died (exit code 3) while "
+        "it ran beside 3 other task(s), and it has reached its limit of 2 deliveries; it runs "
+        "once more, alone"
+    )
+    assert said in workers.log_text(), workers.log_text()
     # Each innocent task ran to its end once: after the deaths it shared, alone.
     assert ledger.count("end") == {r.id: 1 for r in innocent}
 

@@ -66,6 +66,18 @@ def shared_with(note: bytes | None) -> int:
     return int(found.group(1)) if found else 0
 
 
+def how_it_died(note: bytes | None) -> str:
+    """The child's exit in words, as ``note`` records it, without who ran beside it.
+
+    Example:
+        >>> how_it_died(death_note("killed by SIGSEGV", 2))
+        'killed by SIGSEGV'
+    """
+    if note is None:
+        return "how is not known"
+    return _SHARED.sub(b"", note).decode("utf-8", "replace")
+
+
 def last_death(note: bytes | None) -> str:
     """What a too-many-deliveries reason adds about the last death (see
     :func:`death_key`); nothing when none was noted.

@@ -29,7 +29,7 @@ from celeriac.middleware.base import Job, Outcome
 from celeriac.middleware.verdicts import Verdicts, verdict_key
 from celeriac.task import Request, unimportable_note
 from celeriac.text import printable
-from celeriac.worker.death_notes import death_key, last_death, shared_with
+from celeriac.worker.death_notes import death_key, how_it_died, last_death, shared_with
 from celeriac.worker.outage import Outage
 
 if TYPE_CHECKING:
@@ -130,6 +130,16 @@ class Reading:
                     # The last death counted every task its child ran; at most one of them
                     # killed it. One delivery more, run alone, tells which: see death_notes.
                     job.alone = True
+                    log.warning(
+                        "task %s: its worker child died (%s) while it ran beside %d other "
+                        "task(s), and it has reached its limit of %d deliveries; it runs "
+                        "once more, alone (this child's other tasks wait for it), to tell "
+                        "whether it is what kills the child: dead-lettered if it dies again",
+                        label(job),
+                        printable(how_it_died(death)),
+                        shared_with(death),
+                        max_deliveries,
+                    )
                 else:
                     reason = too_many(delivery.deliveries, max_deliveries, own=own)
                     reason += last_death(death)
