@@ -2,8 +2,8 @@
 
 Every task of a child that dies is counted as a delivery. In a threads or asyncio child a
 task that kills the process took the tasks beside it along at each death, and after
-``task_max_deliveries`` deaths they were dead-lettered with it. Now one delivery over the
-limit after a shared death runs alone (celeriac.worker.death_notes, celeriac.worker.turns):
+``task_max_deliveries`` deaths they were dead-lettered with it. Now a last allowed delivery
+that follows a shared death runs alone (celeriac.worker.death_notes, celeriac.worker.turns):
 the innocent tasks finish, and the poison task is dead-lettered for a death of its own.
 Real worker processes, on a real SQLite file and a real redis-server.
 """
@@ -16,6 +16,7 @@ import pytest
 
 from celeriac import Celeriac
 from celeriac.testing import wait_for
+from celeriac.worker.death_notes import death_key, death_note
 from tests.apps import core
 from tests.conftest import Ledger, WorkerProcesses
 
@@ -31,39 +32,46 @@ def test_the_tasks_beside_a_poison_task_finish_and_it_alone_is_dead_lettered(
     assert labels == ["innocent-0", "innocent-1", "innocent-2"], workers.log_text()
     assert wait_for(core_app.broker.dead_letters, timeout=30), workers.log_text()
     (letter,) = core_app.broker.dead_letters()
-    assert letter.id == poison.id and letter.deliveries == 4, letter
+    assert letter.id == poison.id and letter.deliveries == 3, letter
     # Its last death was its own: it ran alone, and no other task was counted for it.
     assert letter.reason.endswith("its worker child died (exit code 3)"), letter.reason
     deaths = re.findall(
         r"worker child \d+ died \(exit code 3\) while running: ([^;]*)", workers.log_text()
     )
-    assert len(deaths) == 3, workers.log_text()  # twice beside the others, then alone
+    assert len(deaths) == 2, workers.log_text()  # beside the others, then alone
     assert deaths[-1] == f"{core.dies_after.name}[{poison.id}]", deaths
     said = (
-        f"task {core.dies_after.name}[{poison.id}]: its worker child died (exit code 3) while "
-        "it ran beside 3 other task(s), and it has reached its limit of 2 deliveries; it runs "
-        "once more, alone"
+        f"task {core.dies_after.name}[{poison.id}]: its worker child died (exit code 3) the "
+        "last time, while it ran beside 3 other task(s), and this is its last delivery of 2; "
+        "it runs alone now"
     )
     assert said in workers.log_text(), workers.log_text()
     # Each innocent task ran to its end once: after the deaths it shared, alone.
     assert ledger.count("end") == {r.id: 1 for r in innocent}
 
 
-def test_a_short_task_that_kills_its_process_child_is_not_held_against_the_batch(
-    core_app: Celeriac, workers: WorkerProcesses
+def test_a_process_child_commits_its_batch_before_a_task_that_must_run_alone(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
 ) -> None:
-    # A process child runs one task at a time, but lists the finished short tasks whose
-    # batched commit is still to come as started: they were counted at its death, and
-    # with task_max_deliveries=1 dead-lettered at their next delivery.
-    before = [core.dies_if.delay(False, i) for i in range(10)]  # timed short: batched
-    poison = core.dies_if.delay(True, -1)
-    after = [core.dies_if.delay(False, i) for i in range(10, 15)]
-    # A window of a second: the batch is committed when it is full, not when 5 ms passed
-    # (on a slow machine, before the poison task ran, and no death was shared).
-    env = {"CELERIAC_TASK_MAX_DELIVERIES": "1", "CELERIAC_WORKER_BATCH_WINDOW": "1"}
+    # A process child lists the finished short tasks of its batch, their commit still to
+    # come, as started: a task that killed the child beside them had them all counted and
+    # run again (and, past their limit, dead-lettered). A task whose last allowed delivery
+    # follows a shared death (noted here as a supervisor notes one) runs alone: the batch
+    # is committed first, and its death is its own.
+    innocent = [core.dies_if.apply_async((False, i), priority=9) for i in range(10)]
+    poison = core.dies_if.apply_async((True, -1), priority=0)  # after them in a fetch
+    broker = core_app.broker
+    for d in broker.fetch(["default"], "earlier-worker", limit=11, lease_seconds=30, timeout=0):
+        broker.requeue(d.lease, count_delivery=d.id == poison.id)  # its first death
+    broker.kv_set(death_key(poison.id), death_note("exit code 3", 10), 3600)
+    # A window of a second: the batch is committed when it is full or before a task that
+    # must run alone, not when 5 ms passed (on a slow machine, before the poison task).
+    env = {"CELERIAC_TASK_MAX_DELIVERIES": "2", "CELERIAC_WORKER_BATCH_WINDOW": "1"}
     workers.start("-c", "1", env=env)
-    assert [r.get(timeout=60) for r in before + after] == list(range(15)), workers.log_text()
+    assert [r.get(timeout=60) for r in innocent] == list(range(10)), workers.log_text()
     assert wait_for(core_app.broker.dead_letters, timeout=30), workers.log_text()
     (letter,) = core_app.broker.dead_letters()
     assert letter.id == poison.id, letter
     assert letter.reason.endswith("its worker child died (exit code 3)"), letter.reason
+    # Each innocent task ran once: committed before the poison task ran alone.
+    assert ledger.count("run") == {r.id: 1 for r in [*innocent, poison]}, workers.log_text()

@@ -167,17 +167,17 @@ def test_a_task_cancelled_while_it_waits_to_run_alone_holds_no_one_back() -> Non
 
 
 @pytest.mark.parametrize(
-    ("deliveries", "others", "runs_alone"),
-    [(2, 3, True), (2, 0, False), (3, 3, False), (1, 3, False)],
-    ids=["shared-death-one-over", "alone-death", "two-over", "within-the-limit"],
+    ("limit", "deliveries", "others", "runs_alone"),
+    [(2, 2, 3, True), (2, 2, 0, False), (2, 1, 0, False), (1, 1, 0, False), (2, 3, 3, False)],
+    ids=["last-after-a-shared-death", "last-after-its-own", "first", "limit-1", "over"],
 )
-def test_one_delivery_over_the_limit_after_a_shared_death_runs_alone(
-    deliveries: int, others: int, runs_alone: bool
+def test_the_last_delivery_after_a_shared_death_runs_alone(
+    limit: int, deliveries: int, others: int, runs_alone: bool
 ) -> None:
     # Every task of a child that died was counted, though at most one killed it: with a
     # poison task in a threads child, the innocent ones beside it were dead-lettered too.
     app = Celeriac("turns", broker="memory://")
-    app.conf.task_max_deliveries = 1
+    app.conf.task_max_deliveries = limit
 
     @app.task
     def resize(image_id: int) -> int:
@@ -192,11 +192,10 @@ def test_one_delivery_over_the_limit_after_a_shared_death_runs_alone(
     assert delivery.deliveries == deliveries
     job, outcome = Executor(app, "w").prepare(delivery)
     assert job.alone is runs_alone
-    if runs_alone or deliveries == 1:
+    if deliveries <= limit:
         assert outcome is None  # it runs
-    else:
+    else:  # the limit stands: dead-lettered, saying how its child died, and beside whom
         assert outcome is not None and outcome.state == "DEAD"
         assert outcome.reason.endswith(
-            "; the last time, its worker child died (killed by SIGSEGV"
-            + (f", beside {others} other tasks)" if others else ")")
+            "; the last time, its worker child died (killed by SIGSEGV, beside 3 other tasks)"
         )

@@ -10,9 +10,10 @@ asyncio child runs several, and a process child lists the finished tasks of its 
 whose commit is still to come, as started. Every one of them was counted, though at most
 one killed the child. With a poison task among them, a few shared deaths dead-lettered
 the innocent tasks beside it too, most surely on a short queue, where the next child
-fetched the same messages again. So a message that reaches ``max_deliveries + 1`` after a
-shared death gets that one delivery more, run alone (:mod:`celeriac.worker.turns`): an
-innocent task finishes, and one that kills its child alone is dead-lettered at the next.
+fetched the same messages again. So a message whose last allowed delivery follows a shared
+death runs alone (:mod:`celeriac.worker.turns`): an innocent task finishes, and one that
+kills its child alone is dead-lettered at the next delivery, for a death of its own. The
+limit itself stands: a task with ``max_deliveries=1`` is never handed out twice.
 """
 
 from __future__ import annotations

@@ -126,24 +126,11 @@ class Reading:
         if delivery.deliveries > max_deliveries:
             verdict, death = self._notes(delivery)
             if verdict is None:  # else the Verdicts middleware settles it, unrun
-                if delivery.deliveries == max_deliveries + 1 and shared_with(death):
-                    # The last death counted every task its child ran; at most one of them
-                    # killed it. One delivery more, run alone, tells which: see death_notes.
-                    job.alone = True
-                    log.warning(
-                        "task %s: its worker child died (%s) while it ran beside %d other "
-                        "task(s), and it has reached its limit of %d deliveries; it runs "
-                        "once more, alone (this child's other tasks wait for it), to tell "
-                        "whether it is what kills the child: dead-lettered if it dies again",
-                        label(job),
-                        printable(how_it_died(death)),
-                        shared_with(death),
-                        max_deliveries,
-                    )
-                else:
-                    reason = too_many(delivery.deliveries, max_deliveries, own=own)
-                    reason += last_death(death)
-                    return Outcome("DEAD", reason=reason)
+                reason = too_many(delivery.deliveries, max_deliveries, own=own)
+                reason += last_death(death)
+                return Outcome("DEAD", reason=reason)
+        elif delivery.deliveries == max_deliveries > 1 and task is not None:
+            self._alone_if_shared(job, max_deliveries)
         if task is None:
             return self._unknown(job)
         job.task = task
@@ -169,7 +156,7 @@ class Reading:
     def _notes(self, delivery: Delivery) -> tuple[bytes | None, bytes | None]:
         """The verdict recorded for this delivery's task (its hard limit, a revoke with
         terminate, descriptors it closed), and how its worker child last died (see
-        :func:`death_key`), in one broker read, made only for a delivery over its limit.
+        :func:`death_key`), in one broker read, made only for a delivery at or over its limit.
 
         A verdict means the Verdicts middleware settles it unrun: the kill that recorded
         it counted a delivery, and a task with ``max_deliveries=1`` was then dead-lettered
@@ -187,6 +174,27 @@ class Reading:
             verdict = None  # nothing would settle it: over its limit, as before
         return verdict, death
 
+    def _alone_if_shared(self, job: Job, limit: int) -> None:
+        """Mark ``job`` to run alone when this, its last delivery of ``limit``, follows a
+        death it shared with other tasks (see :mod:`celeriac.worker.death_notes`): each
+        of them was counted, though at most one killed the child. Alone, a death is its
+        own. One read, made only at a redelivery's last allowed delivery."""
+        verdict, death = self._notes(job.delivery)
+        others = shared_with(death)
+        if verdict is not None or not others:
+            return
+        job.alone = True
+        log.warning(
+            "task %s: its worker child died (%s) the last time, while it ran beside %d "
+            "other task(s), and this is its last delivery of %d; it runs alone now (the "
+            "child's other tasks wait for it), so that a death is its own: dead-lettered if "
+            "it dies again",
+            label(job),
+            printable(how_it_died(death)),
+            others,
+            limit,
+        )
+
     def _over_limit_unread(self, job: Job, most: int) -> Outcome | None:
         """The dead letter of a delivery past its limit, decided without decoding it; None
         when the task it names (peeked at), or any task here when none can be peeked at
@@ -194,12 +202,10 @@ class Reading:
 
         Checked before reading: a message whose decoding kills the process was counted at
         every death but read again each time, so the limit never applied to it. The first
-        two deliveries over the limit are still read, and dead-lettered by the ordinary
-        check: it knows the task, so a workflow the message belongs to fails with it
-        (unread, a chord waited for ever on that member). Two, because the first may be
-        run once more, alone, after a death it shared (see worker.death_notes), and the
-        second must fail the workflow if it killed its child then. Only if those readings
-        died too is the next delivery refused unread.
+        delivery over the limit is still read, and dead-lettered by the ordinary check: it
+        knows the task, so a workflow the message belongs to fails with it (unread, a
+        chord waited for ever on that member). Only if that reading died too is the next
+        delivery refused unread.
         """
         delivery = job.delivery
         name = peek_name(delivery.body)
@@ -211,7 +217,7 @@ class Reading:
             task = self.app.tasks.get(name)
             given = task.options.max_deliveries if task is not None else None
             limit, own = (most, False) if given is None else (given, True)
-        if delivery.deliveries <= limit + 2:
+        if delivery.deliveries <= limit + 1:
             return None
         return Outcome(
             "DEAD",
