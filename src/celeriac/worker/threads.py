@@ -96,8 +96,12 @@ class ThreadsChild(Child):
             self.slot.let_go(key)
             self._publish(key, [job.delivery, *pending], None, batch)
 
-        with self._turns.take(alone=job.alone, before_wait=before_wait):
+        turns = self._turns
+        turns.begin(job.alone, before_wait)  # not `with turns.take`: this runs per task
+        try:
             return self._execute(executor, key, job, pending, batch)
+        finally:
+            turns.end(job.alone)
 
     def _thread_main(self, index: int) -> None:
         executor = Executor(

@@ -30,10 +30,11 @@ class Turns:
     """
 
     def __init__(self) -> None:
-        self._changed = threading.Condition()
+        self._changed = threading.Condition(threading.Lock())
         self.running = 0  # tasks running side by side
         self.alone_running = False
         self._alone_waiting = 0
+        self._waiting = 0  # threads waiting for a turn: told when one ends
 
     def _may_start(self, alone: bool) -> bool:
         if alone:
@@ -47,42 +48,55 @@ class Turns:
         else:
             self.running += 1
 
-    @contextlib.contextmanager
-    def take(self, *, alone: bool, before_wait: Callable[[], None]) -> Iterator[None]:
-        """Hold a turn while the block runs: one side by side, or ``alone``.
+    def begin(self, alone: bool, before_wait: Callable[[], None]) -> None:
+        """Take a turn, one side by side or ``alone``, waiting for it if need be; every
+        :meth:`begin` is followed by an :meth:`end` (``take`` pairs them).
 
-        ``before_wait`` runs (outside any lock) before this thread waits for its turn:
-        the consumer commits its finished tasks and lists the message it holds, so that a
-        task running alone runs with nothing of another task's in the child, and the
-        waiting message's lease is renewed.
+        ``before_wait`` runs (outside any lock) before this thread waits: the consumer
+        commits its finished tasks and lists the message it holds, so that a task running
+        alone runs with nothing of another task's in the child, and the waiting message's
+        lease is renewed.
         """
         with self._changed:
             if alone:
                 self._alone_waiting += 1
-            ready = self._may_start(alone)
-            if ready:
+            if self._may_start(alone):
                 self._start(alone)
-        if not ready:
+                return
+        try:
+            before_wait()
+        except BaseException:
+            with self._changed:  # never waited: the others must not wait for it
+                if alone:
+                    self._alone_waiting -= 1
+                self._changed.notify_all()
+            raise
+        with self._changed:
+            self._waiting += 1
             try:
-                before_wait()
-            except BaseException:
-                with self._changed:  # never waited: the others must not wait for it
-                    if alone:
-                        self._alone_waiting -= 1
-                    self._changed.notify_all()
-                raise
-            with self._changed:
                 self._changed.wait_for(lambda: self._may_start(alone))
-                self._start(alone)
+            finally:
+                self._waiting -= 1
+            self._start(alone)
+
+    def end(self, alone: bool) -> None:
+        """Give back the turn :meth:`begin` took."""
+        with self._changed:
+            if alone:
+                self.alone_running = False
+            else:
+                self.running -= 1
+            if self._waiting:
+                self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def take(self, *, alone: bool, before_wait: Callable[[], None]) -> Iterator[None]:
+        """Hold a turn while the block runs (:meth:`begin`, then :meth:`end`)."""
+        self.begin(alone, before_wait)
         try:
             yield
         finally:
-            with self._changed:
-                if alone:
-                    self.alone_running = False
-                else:
-                    self.running -= 1
-                self._changed.notify_all()
+            self.end(alone)
 
 
 class LoopTurns:
