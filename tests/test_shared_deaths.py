@@ -75,3 +75,27 @@ def test_a_process_child_commits_its_batch_before_a_task_that_must_run_alone(
     assert letter.reason.endswith("its worker child died (exit code 3)"), letter.reason
     # Each innocent task ran once: committed before the poison task ran alone.
     assert ledger.count("run") == {r.id: 1 for r in [*innocent, poison]}, workers.log_text()
+
+
+def test_a_task_that_ran_alone_is_committed_at_once_not_held_in_the_batch(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # Its commit, held in the batch like any short task's, was counted again when the next
+    # task of the same fetch killed the child: at its last delivery, a task that had just
+    # run alone and succeeded was dead-lettered.
+    warm = [core.dies_if.apply_async((False, i), priority=9) for i in range(3)]
+    alone = core.dies_if.apply_async((False, 100), priority=5)
+    broker = core_app.broker
+    (d,) = broker.fetch(["default"], "earlier-worker", limit=1, lease_seconds=30, timeout=0)
+    assert d.id == warm[0].id
+    broker.requeue(d.lease, count_delivery=False)
+    for d in broker.fetch(["default"], "earlier-worker", limit=4, lease_seconds=30, timeout=0):
+        broker.requeue(d.lease, count_delivery=d.id == alone.id)  # its first death
+    broker.kv_set(death_key(alone.id), death_note("exit code 3", 5), 3600)
+    poison = core.dies_if.apply_async((True, -1), priority=0)  # fetched with it, after it
+    env = {"CELERIAC_TASK_MAX_DELIVERIES": "2", "CELERIAC_WORKER_BATCH_WINDOW": "1"}
+    workers.start("-c", "1", env=env)
+    assert [r.get(timeout=60) for r in [*warm, alone]] == [0, 1, 2, 100], workers.log_text()
+    assert wait_for(core_app.broker.dead_letters, timeout=30), workers.log_text()
+    assert [letter.id for letter in core_app.broker.dead_letters()] == [poison.id]
+    assert ledger.count("run")[alone.id] == 1, workers.log_text()

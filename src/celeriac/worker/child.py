@@ -230,7 +230,9 @@ class Child(Intake):
         # Fetch in the same broker call only when nothing else is in hand: a child never
         # hoards more work than one batch that an idle sibling could start.
         fetch = self._fetch_spec(batch) if not pending and not self.stopping else None
-        if outcome.state in FINAL and batch.most > 1:
+        # Not one that ran alone: its commit, held back in the batch, would be counted again
+        # if a later task of the batch killed the child, and this was its last delivery.
+        if outcome.state in FINAL and batch.most > 1 and not job.alone:
             batch.add(job, outcome)
             if pending and not batch.full():
                 return []
