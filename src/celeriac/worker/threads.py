@@ -38,6 +38,7 @@ class ThreadsChild(Child):
         self._wake_w = -1  # the write end of the main thread's wake-up pipe
         self._crashed = False  # a consumer thread crashed: the child exits with code 1
         self._turns = Turns()
+        self._alone_turn: dict[Hashable, bool] = {}  # consumers whose task ran alone
 
     def run(self) -> int:
         """Start the consumer threads and wait for them to finish.
@@ -98,10 +99,30 @@ class ThreadsChild(Child):
 
         turns = self._turns
         turns.begin(job.alone, before_wait)  # not `with turns.take`: this runs per task
+        if job.alone:  # ended by _handle, after its commit: see there
+            self._alone_turn[key] = True
+            return self._execute(executor, key, job, pending, batch)
         try:
             return self._execute(executor, key, job, pending, batch)
         finally:
-            turns.end(job.alone)
+            turns.end(alone=False)
+
+    def _handle(
+        self,
+        executor: Executor,
+        key: Hashable,
+        delivery: Delivery,
+        pending: list[Delivery],
+        batch: Batch,
+    ) -> list[Delivery]:
+        """Handle one delivery; a task that ran alone keeps its turn until its commit is
+        done: listed as started until then, it was counted again if another consumer's
+        task, started meanwhile, killed the child."""
+        try:
+            return super()._handle(executor, key, delivery, pending, batch)
+        finally:
+            if self._alone_turn.pop(key, False):
+                self._turns.end(alone=True)
 
     def _thread_main(self, index: int) -> None:
         executor = Executor(
