@@ -1,11 +1,12 @@
 """Turns: a child's tasks run side by side, except one that must run alone.
 
-A task whose last death it shared with other tasks gets one more delivery, run alone
-(:mod:`celeriac.worker.death_notes`). A process child runs one task at a time already and
-only commits its batch first. A threads child's consumers and an asyncio child's tasks
-take a turn around each task instead: a task that must run alone waits until none runs,
-and no other starts until it has ended. A turn is taken only after the message was read,
-so the wait never counts against the task's time limits.
+A task whose last allowed delivery follows a death it shared with other tasks runs alone
+(:mod:`celeriac.worker.death_notes`). A process child runs one task at a time already: it
+only commits its batch before the task and the task's outcome at once after. A threads
+child's consumers and an asyncio child's tasks take a turn around each task instead (an
+asyncio task's commit included, and a threads task's that ran alone): a task that must run
+alone waits until none runs, and no other starts until it has ended. A turn is taken only
+after the message was read, so the wait never counts against the task's time limits.
 """
 
 from __future__ import annotations
