@@ -10,6 +10,7 @@ import time
 import pytest
 
 from celeriac import Celeriac
+from celeriac.testing import wait_for
 from celeriac.worker.death_notes import death_key, death_note
 from celeriac.worker.executor import Executor
 from celeriac.worker.turns import LoopTurns, Turns
@@ -42,12 +43,10 @@ def test_a_thread_to_run_alone_waits_for_the_running_and_holds_back_new_ones() -
     assert first_running.wait(5)
     lone = threading.Thread(target=alone)
     lone.start()
-    while not waits:  # the alone task is waiting for the first to end
-        time.sleep(0.001)
+    assert wait_for(lambda: waits, timeout=5)  # the alone task waits for the first to end
     later = threading.Thread(target=side, args=("later",))
     later.start()
-    while len(waits) < 2:  # the later one waits behind the alone one
-        time.sleep(0.001)
+    assert wait_for(lambda: len(waits) == 2, timeout=5)  # the later one waits behind it
     release_first.set()
     for thread in (first, lone, later):
         thread.join(5)

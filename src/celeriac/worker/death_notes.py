@@ -67,15 +67,13 @@ def shared_with(note: bytes | None) -> int:
     return int(found.group(1)) if found else 0
 
 
-def how_it_died(note: bytes | None) -> str:
+def how_it_died(note: bytes) -> str:
     """The child's exit in words, as ``note`` records it, without who ran beside it.
 
     Example:
         >>> how_it_died(death_note("killed by SIGSEGV", 2))
         'killed by SIGSEGV'
     """
-    if note is None:
-        return "how is not known"
     return _SHARED.sub(b"", note).decode("utf-8", "replace")
 
 

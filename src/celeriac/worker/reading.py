@@ -181,7 +181,7 @@ class Reading:
         own. One read, made only at a redelivery's last allowed delivery."""
         verdict, death = self._notes(job.delivery)
         others = shared_with(death)
-        if verdict is not None or not others:
+        if verdict is not None or death is None or not others:
             return
         job.alone = True
         log.warning(

@@ -17,7 +17,21 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 
 
-class Turns:
+class _Counts:
+    """Who runs: how many side by side, whether one alone, how many wait to run alone."""
+
+    def __init__(self) -> None:
+        self.running = 0  # tasks running side by side
+        self.alone_running = False
+        self._alone_waiting = 0
+
+    def _may_start(self, alone: bool) -> bool:
+        if alone:
+            return not self.running and not self.alone_running
+        return not self.alone_running and not self._alone_waiting
+
+
+class Turns(_Counts):
     """Turns for a threads child's consumer threads.
 
     Example:
@@ -31,16 +45,9 @@ class Turns:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._changed = threading.Condition(threading.Lock())
-        self.running = 0  # tasks running side by side
-        self.alone_running = False
-        self._alone_waiting = 0
         self._waiting = 0  # threads waiting for a turn: told when one ends
-
-    def _may_start(self, alone: bool) -> bool:
-        if alone:
-            return not self.running and not self.alone_running
-        return not self.alone_running and not self._alone_waiting
 
     def _start(self, alone: bool) -> None:
         if alone:
@@ -100,7 +107,7 @@ class Turns:
             self.end(alone)
 
 
-class LoopTurns:
+class LoopTurns(_Counts):
     """Turns for the tasks on an asyncio child's event loop (one thread: no lock, and the
     common case, no task waiting to run alone, awaits nothing).
 
@@ -116,15 +123,8 @@ class LoopTurns:
     """
 
     def __init__(self) -> None:
-        self.running = 0
-        self.alone_running = False
-        self._alone_waiting = 0
+        super().__init__()
         self._changed: asyncio.Condition | None = None  # made on the loop, when first needed
-
-    def _may_start(self, alone: bool) -> bool:
-        if alone:
-            return not self.running and not self.alone_running
-        return not self.alone_running and not self._alone_waiting
 
     @contextlib.asynccontextmanager
     async def take(
