@@ -28,7 +28,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 import msgspec
-import psutil
 
 from celeriac.brokers.records import Lease
 from celeriac.errors import BrokerError, TaskRevoked, TimeLimitExceeded
@@ -111,6 +110,8 @@ class Orphan:
 
     def keep(self) -> None:
         """Renew and heartbeat on time until the process exits (a thread's target)."""
+        import psutil  # only an orphan needs it (see celeriac.worker.descendants)
+
         conf = self.app.conf
         started = psutil.Process().create_time()
         beat_at = renew_at = 0.0
