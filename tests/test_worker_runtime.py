@@ -16,6 +16,8 @@ from celeriac import Celeriac, TaskRevoked
 from celeriac.cli import cli
 from celeriac.control import broadcast, live_workers
 from celeriac.testing import wait_for
+from celeriac.worker.child import LEFTOVER_GRACE, STOP_PATIENCE
+from celeriac.worker.stuck import IDLE_AFTER_AT_LEAST as STUCK_IDLE_AFTER
 from tests.apps import core
 from tests.conftest import ROOT, Ledger, WorkerProcesses, table_cells
 
@@ -267,18 +269,48 @@ def test_a_child_stuck_before_it_began_to_consume_is_killed_and_replaced(
 
 
 @pytest.mark.parametrize("pool", ["process", "threads", "asyncio"])
+def test_a_child_stuck_between_tasks_is_killed_and_replaced(
+    core_app: Celeriac, workers: WorkerProcesses, tmp_path: Path, pool: str
+) -> None:
+    """A child that froze while idle (it stops itself on its third time round with nothing
+    in hand, as a deadlocked on_idle hook or a fork-copied lock would leave it) held
+    nothing and had written its record, so no rule saw it: with -c 1 the worker ran no
+    child at all while `ping` said pong. Its beat standing still for ten seconds (three
+    leases of 1 s, but never under 10 s), it is killed and a fresh child runs the task."""
+    env = {
+        "CELERIAC_CRASH_AT": "idle:3",
+        "CELERIAC_CRASH_HOW": "stop",
+        "CELERIAC_CRASH_MARKER": str(tmp_path / "stopped-once"),
+        "CELERIAC_WORKER_LEASE_SECONDS": "1",
+    }
+    workers.start("-P", pool, "-c", "1", env=env)
+    assert wait_for((tmp_path / "stopped-once").exists, timeout=20)
+    assert core.add.delay(1, 1).get(timeout=40) == 2, workers.log_text()
+    log = workers.log_text()
+    assert "has not looked for work" in log and "Killing it (it holds no messages)" in log, log
+
+
+def test_a_child_on_its_way_out_is_not_taken_for_one_stuck_between_tasks() -> None:
+    # A child that left its loop (recycling, a warm stop) beats no more while it waits for
+    # its hand-back and ends what its tasks left running; killed meanwhile, those leftovers
+    # stayed behind, reparented to init.
+    assert STUCK_IDLE_AFTER > STOP_PATIENCE + LEFTOVER_GRACE + 2.0
+
+
+@pytest.mark.parametrize("pool", ["process", "threads", "asyncio"])
 def test_an_idle_child_of_any_pool_is_not_taken_for_a_stuck_one(
     core_app: Celeriac, workers: WorkerProcesses, pool: str
 ) -> None:
     """An idle child holds nothing and runs nothing; it wrote its first record before its
-    first fetch, so four leases of idling (1 s each) do not get it killed as one stuck
-    before it began. (An asyncio child used to write its first record only once it had
-    fetched something: an idle one would have been killed.)"""
+    first fetch, and beats every time round its loop, so eleven seconds of idling (leases
+    of 1 s) get it killed neither as one stuck before it began (after three leases) nor as
+    one stuck between tasks (after 10 s). (An asyncio child used to write its first record
+    only once it had fetched something: an idle one would have been killed.)"""
     workers.start("-P", pool, "-c", "2", env={"CELERIAC_WORKER_LEASE_SECONDS": "1"})
-    time.sleep(4.0)  # idle past the three leases that make a silent child stuck
+    time.sleep(STUCK_IDLE_AFTER + 1.0)  # idle past both rules for a silent child
     assert core.add.delay(1, 1).get(timeout=10) == 2, workers.log_text()
     log = workers.log_text()
-    assert "has not begun to consume" not in log and "Killing it" not in log, log
+    assert "Killing it" not in log, log
 
 
 def test_a_command_sent_as_soon_as_a_worker_is_listed_is_answered(

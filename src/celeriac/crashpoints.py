@@ -9,6 +9,7 @@ that still holds what it took. Without the variable each point costs one compari
 module constant with None.
 
 Points: ``child_start`` (a worker child, before its first record: it holds nothing),
+``idle`` (a worker child with nothing in hand, about to look for work),
 ``after_fetch`` (taken from the broker, not yet recorded in the slot),
 ``before_commit`` (task ran, result not stored), ``after_commit`` (stored and acked, not
 yet logged or continued), ``after_retry`` (retry stored; the original delivery is
@@ -22,6 +23,7 @@ import signal
 
 POINTS = (
     "child_start",
+    "idle",
     "after_fetch",
     "before_commit",
     "after_commit",

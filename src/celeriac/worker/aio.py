@@ -46,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from celeriac import crashpoints
 from celeriac.brokers.records import Delivery
 from celeriac.errors import SoftTimeLimitExceeded
 from celeriac.message import ErrorInfo, peek_identity, storable_text
@@ -164,7 +165,10 @@ class AsyncioChild(Child, BackgroundWork):
                 if self._should_recycle():
                     self.stopping = True
                     break
+                self.slot.beat()  # still going round: not stuck (celeriac.worker.stuck)
                 if not running:
+                    if crashpoints.ARMED:
+                        crashpoints.reached("idle")
                     await self._off_loop(self._io, self.app.middleware.on_idle)
                 deliveries = await self._off_loop(self._io, self._fetch_up_to, room)
                 if self.stopping and deliveries:

@@ -163,6 +163,9 @@ class Child(Intake):
         try:
             while not self.stopping:
                 if not pending:
+                    self.slot.beat()  # still going round: not stuck (celeriac.worker.stuck)
+                    if crashpoints.ARMED:
+                        crashpoints.reached("idle")
                     self.app.middleware.on_idle()
                     self._publish(key, pending, None, batch)
                     fetched = self._reconnecting(
@@ -390,6 +393,7 @@ class Child(Intake):
         if shutting_down:
             wake = min(wake, began + STOP_PATIENCE)
         while self.shutting_down == shutting_down:
+            self.slot.beat()  # waiting out an outage is not being stuck
             left = wake - time.monotonic()
             if left <= 0:
                 return

@@ -19,6 +19,11 @@ the delivery, so a message that kills children is dead-lettered after
 ``task_max_deliveries`` like any poison message, while those merely prefetched go back
 uncounted. One 8-byte store per task: a record write (encoding every held message) per
 task would cost a few percent of a no-op task.
+
+Beside the hands, a *beat*: eight bytes a child changes every time it goes round its loop
+with nothing in hand (before each idle fetch, and every tenth of a second while it waits
+out a broker outage). An idle child's record stays the same; its beat tells the supervisor
+it still loops (:mod:`celeriac.worker.stuck`).
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ class SlotView(msgspec.Struct):
     done: int = 0  # tasks this child finished
     growth: dict[str, list[int]] | None = None  # task name -> [runs, RSS growth in bytes]
     written: bool = True  # False: its child has not written a record yet (see stuck.py)
+    beats: int = 0  # changes while the child goes round its loop idle (see stuck.py)
 
 
 class _Payload(msgspec.Struct, array_like=True):
@@ -123,7 +129,10 @@ class Slot:
         self._seq_word = memoryview(self._mem)[_SEQ].cast("Q")  # one store, one load
         self._hands = hands  # one per consumer of the child
         self._hands_at = size - hands * _HAND.size
-        self._room = self._hands_at - _HEADER_SIZE
+        beat_at = self._hands_at - 8
+        self._beat_word = memoryview(self._mem)[beat_at : beat_at + 8].cast("Q")
+        self._beats = 0
+        self._room = beat_at - _HEADER_SIZE
         self._seq = 0
         self._lock = threading.Lock()  # the child's writers; the supervisor never writes
         self._overflowed = False  # the last write left records out (logged once per spell)
@@ -211,6 +220,21 @@ class Slot:
         if consumer < self._hands:
             _HAND.pack_into(self._mem, self._hands_at + consumer * _HAND.size, 0)
 
+    def beat(self) -> None:
+        """Say that the child still goes round its loop (child side): one 8-byte store.
+
+        Consumers of a threads child beat side by side; one that loses an increment to
+        another still changed the word, which is all the supervisor looks at.
+
+        Example:
+            >>> s = Slot()
+            >>> s.beat()
+            >>> s.read().beats
+            1
+        """
+        self._beats += 1
+        self._beat_word[0] = self._beats
+
     def in_hand(self) -> set[int]:
         """The hand marks (:func:`hand_mark`) of every consumer's hand (supervisor side)."""
         return {
@@ -226,20 +250,22 @@ class Slot:
                 (length,) = _LENGTH.unpack_from(self._mem, 8)
                 data = bytes(self._mem[_HEADER_SIZE : _HEADER_SIZE + min(length, self._room)])
                 if self._seq_word[0] == seq:
+                    beats = self._beat_word[0]
                     if seq == 0:
-                        return SlotView([], 0, written=False)
+                        return SlotView([], 0, written=False, beats=beats)
                     try:
                         p = _decode(data)
                     except msgspec.DecodeError:
                         # Torn all the same (a CPU that reorders stores): read it again.
                         continue
-                    return SlotView(p.held, p.rss, p.done, p.growth)
+                    return SlotView(p.held, p.rss, p.done, p.growth, beats=beats)
             time.sleep(0.0001)
-        return SlotView([], 0)  # a child that died mid-write; its leases will expire
+        # A child that died mid-write; its leases will expire.
+        return SlotView([], 0, beats=self._beat_word[0])
 
     def clear(self) -> None:
         """Forget everything (before a fresh child takes this slot)."""
-        self._seq = 0
-        self._seq_word[0] = 0
+        self._seq = self._beats = 0
+        self._seq_word[0] = self._beat_word[0] = 0
         _LENGTH.pack_into(self._mem, 8, 0)
         self._mem[self._hands_at :] = bytes(self._hands * _HAND.size)

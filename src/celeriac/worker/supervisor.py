@@ -64,6 +64,7 @@ from celeriac.worker.stuck import (
     STUCK_AFTER_LEASES,
     StuckWatch,
     stuck_at_start_note,
+    stuck_idle_note,
     stuck_note,
 )
 
@@ -389,20 +390,22 @@ class Worker(Reaping, BrokerDuties, HardLimits):
                 companion.check()
 
     def _kill_stuck_children(self) -> None:
-        """SIGKILL each child stuck on messages it does not start, or before it began to
-        consume (see :mod:`celeriac.worker.stuck`); the reaping that follows puts back
-        what it held."""
+        """SIGKILL each child stuck on messages it does not start, before it began to
+        consume, or between tasks (see :mod:`celeriac.worker.stuck`); the reaping that
+        follows puts back what it held."""
         self._stuck.keep_only({c.pid for c in self._children if c.pid})
         for child in self._children:
             view = child.last_view
             waited = self._stuck.stuck_for(
-                child.pid, view.held, time.monotonic(), written=view.written
+                child.pid, view.held, time.monotonic(), written=view.written, beats=view.beats
             )
             if waited is not None:  # never for a place without a child (pid 0)
-                if view.written:
+                if not view.written:
+                    log.error("%s", stuck_at_start_note(child.pid, waited))
+                elif view.held:
                     log.error("%s", stuck_note(child.pid, view.held, waited))
                 else:
-                    log.error("%s", stuck_at_start_note(child.pid, waited))
+                    log.error("%s", stuck_idle_note(child.pid, waited))
                 self._stuck.forget(child.pid)
                 with self._lifecycle:
                     if child.pid:
