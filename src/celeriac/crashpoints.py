@@ -11,8 +11,9 @@ module constant with None.
 Points: ``child_start`` (a worker child, before its first record: it holds nothing),
 ``idle`` (a worker child with nothing in hand, about to look for work),
 ``after_fetch`` (taken from the broker, not yet recorded in the slot),
-``before_commit`` (task ran, result not stored), ``after_commit`` (stored and acked, not
-yet logged or continued), ``after_retry`` (retry stored; the original delivery is
+``before_commit`` (task ran, result not stored), ``sent_ahead`` (a batch's commit sent,
+its reply not read, while the child still holds tasks to run), ``after_commit`` (stored and
+acked, not yet logged or continued), ``after_retry`` (retry stored; the original delivery is
 released by the same atomic call), ``after_dead_letter``.
 """
 
@@ -26,6 +27,7 @@ POINTS = (
     "idle",
     "after_fetch",
     "before_commit",
+    "sent_ahead",
     "after_commit",
     "after_retry",
     "after_dead_letter",

@@ -346,6 +346,21 @@ def test_complete_many_settles_each_on_its_own_lease_then_fetches(broker: Broker
     assert broker.get_result("b") == (b"rb", True)
 
 
+def test_complete_many_started_now_answers_later_as_complete_many(broker: Broker) -> None:
+    broker.send([out("a"), out("b"), out("c"), out("d")])
+    a, b = take(broker, limit=2)
+    lost = Lease(b.id, b.queue, "not-the-token")
+    landing = broker.complete_many_start(
+        [(a.lease, b"ra"), (lost, b"never")], 60, ["q"], "w1", limit=1, lease_seconds=30
+    )
+    # Another call while the first is in flight (a Redis broker sent it on its own socket).
+    assert broker.get_result("c") is None
+    committed, more = landing.result()
+    assert committed == [True, False] and [m.id for m in more] == ["c"]
+    assert broker.get_result("a") == (b"ra", True)
+    assert counts(broker) == (1, 0, 2, 0)  # in q: d; held: b and c
+
+
 # -- dead letters ----------------------------------------------------------------------
 
 

@@ -64,6 +64,20 @@ def test_noscript_after_script_flush_reloads(broker: RedisBroker, raw: redis.Red
     assert raw.script_exists(scripts.SCRIPTS.stats.sha) == [True]
 
 
+def test_a_script_sent_ahead_reloads_after_script_flush(
+    broker: RedisBroker, raw: redis.Redis
+) -> None:
+    assert broker.send([Outgoing("a", "q", b"a"), Outgoing("b", "q", b"b")]) == [True, True]
+    (a,) = broker.fetch(["q"], "w1", limit=1, lease_seconds=30, timeout=0)
+    raw.script_flush()
+    landing = broker.complete_many_start(
+        [(a.lease, b"r")], 60, ["q"], "w1", limit=1, lease_seconds=30
+    )
+    committed, more = landing.result()  # NOSCRIPT read in the reply: sent again as EVAL
+    assert committed == [True] and [m.id for m in more] == ["b"]
+    assert broker.get_result("a") == (b"r", True)
+
+
 def test_error_codes_map_to_one_exception_each() -> None:
     assert isinstance(scripts.error_for(scripts.ErrorCode.LEASE_LOST, "x"), LeaseLost)
     assert type(scripts.error_for(scripts.ErrorCode.BAD_ARGUMENT, "x")) is BrokerError

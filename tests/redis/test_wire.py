@@ -15,6 +15,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 import redis
 from celeriac.brokers.redis.wire import RETRY_PAUSES, Wire
+from celeriac.testing import wait_for
 from tests.redis_server import RedisServer, start_redis
 
 
@@ -79,6 +80,47 @@ def test_threads_never_share_a_socket(wire: Wire, prefix: str) -> None:
     for t in threads:
         t.join()
     assert failures == []
+
+
+def test_a_command_sent_now_is_answered_later_on_its_own_socket(
+    wire: Wire, redis_server: RedisServer, prefix: str
+) -> None:
+    raw = redis.Redis(port=redis_server.port)
+    try:
+        sent = wire.send(("INCR", f"{prefix}:n"))
+        # Redis runs it at once; the reply waits in the socket meanwhile.
+        assert wait_for(lambda: raw.get(f"{prefix}:n") == b"1", timeout=5)
+        assert wire.call(("INCR", f"{prefix}:other")) == 1  # another socket meanwhile
+        assert sent.reply() == 1
+        connections = raw.info("stats")["total_connections_received"]
+        for _ in range(3):  # both sockets went back clean: no new connection is made
+            wire.send(("PING",)).reply()
+            wire.call(("PING",))
+        assert raw.info("stats")["total_connections_received"] == connections
+        with pytest.raises(NoScriptError):  # an error reply is raised, as by call()
+            wire.send(("EVALSHA", "0" * 40, 0)).reply()
+    finally:
+        raw.close()
+
+
+def test_a_reply_lost_with_its_connection_is_asked_again(
+    wire: Wire, redis_server: RedisServer, prefix: str
+) -> None:
+    raw = redis.Redis(port=redis_server.port)
+    key = f"{prefix}:list"
+    try:
+        sent = wire.send(("BLPOP", key, 10))  # blocks in Redis: no reply before the kill
+        assert sent.link is not None
+        assert wait_for(lambda: raw.info("clients")["blocked_clients"] == 1, timeout=5)
+        raw.client_kill(f"127.0.0.1:{sent.link.sock.getsockname()[1]}")
+        connections = raw.info("stats")["total_connections_received"]
+        raw.rpush(key, "x")
+        # The read finds the connection closed: the command is made again on a fresh one,
+        # with call()'s retries, and finds the item.
+        assert sent.reply() == [key.encode(), b"x"]
+        assert raw.info("stats")["total_connections_received"] == connections + 1
+    finally:
+        raw.close()
 
 
 def test_a_server_that_hangs_up_costs_three_attempts_then_an_error() -> None:

@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from typing import ParamSpec, TypeVar
 
 from celeriac.brokers.async_waits import AsyncSide
+from celeriac.brokers.landing import Landing, Ready
 from celeriac.brokers.records import (
     DeadLetter,
     Delivery,
@@ -162,6 +163,46 @@ class Broker(abc.ABC):
             lease, result, result_ttl, queues, consumer, limit=limit, lease_seconds=lease_seconds
         )
         return [*committed, last], more
+
+    #: Whether :meth:`complete_many_start` sends at once and lets the caller work while
+    #: the broker answers; a worker pipelines its batches only then.
+    overlaps_calls = False
+
+    def complete_many_start(
+        self,
+        items: Sequence[tuple[Lease, bytes | None]],
+        result_ttl: float,
+        queues: Sequence[str] = (),
+        consumer: str = "",
+        *,
+        limit: int = 0,
+        lease_seconds: float = 0.0,
+    ) -> Landing[tuple[list[bool], list[Delivery]]]:
+        """:meth:`complete_many`, whose result is read later (see :mod:`.landing`).
+
+        By default the call is made at once and its result (or error) kept; a broker that
+        can overlap (:attr:`overlaps_calls`) sends it and returns.
+
+        Example:
+            >>> from celeriac.brokers.memory import MemoryBroker
+            >>> broker = MemoryBroker()
+            >>> broker.send([Outgoing("a", "q", b"{}")])
+            [True]
+            >>> taken = broker.fetch(["q"], "c1", limit=1, lease_seconds=30, timeout=0)
+            >>> landing = broker.complete_many_start([(taken[0].lease, None)], 60)
+            >>> landing.result()
+            ([True], [])
+        """
+        return Ready(
+            lambda: self.complete_many(
+                items,
+                result_ttl,
+                queues,
+                consumer,
+                limit=limit,
+                lease_seconds=lease_seconds,
+            )
+        )
 
     @abc.abstractmethod
     def requeue(

@@ -1,7 +1,9 @@
 """Worker children: full consumers in their own processes.
 
 Each consumer fetches from the broker itself, runs one task at a time, settles each message
-and, when it has nothing else in hand, fetches the next one in the same broker call. A
+and, when it has nothing else in hand, fetches the next one in the same broker call. On
+Redis a process child sends a batch's commit and that fetch while the last half of the
+batch still runs, and reads the reply when it needs it (``_send_ahead``, ``_land``). A
 child reports everything it holds through its :class:`~celeriac.worker.slot.Slot`; the
 supervisor renews those leases, enforces hard limits and cleans up after it if it dies.
 
@@ -127,6 +129,11 @@ class Child(Intake):
         self.rss = current_rss()  # as last measured: after the previous task
         self._undo = Undo(self._handlers)  # what a task changed in this process, put back
         self._alone = False  # the supervisor is gone: this child enforces its hard limits
+        # Sends a batch's commit, and the next fetch, while the last tasks run (see
+        # Batch.may_send_ahead): one consumer per process, and no delivery limit, whose
+        # count a fetch ahead would overrun. Decided at the first fetch (the broker is made
+        # on first use).
+        self.overlapping: bool | None = None
 
     def run(self) -> int:
         """Consume until told to stop or until it is time to recycle; return an exit code."""
@@ -197,8 +204,8 @@ class Child(Intake):
             # supervisor puts back counted as a delivery and names in its log; what ran
             # and waits for its commit, and the prefetched, go back as the slot says.
             if not crashed:
-                if batch:  # these ran: commit them before anything else
-                    self._commit(executor, key, batch, None, [])
+                if batch or batch.flight is not None:  # these ran: commit them first
+                    self._commit(executor, key, batch, None, pending)
                 self._give_back(key, self._prefetched.split(pending, 0))
             self._prefetched.wait(STOP_PATIENCE)  # not exiting in the middle of it
             executor.close()
@@ -214,16 +221,23 @@ class Child(Intake):
         job, outcome = executor.prepare(delivery)
         if outcome is None:
             assert job.message is not None
-            if not batch.admits(job.message.task) or job.alone:
+            task_name = job.message.task
+            if (
+                not batch.admits(task_name)
+                or job.alone
+                or (batch.flight is not None and not batch.short(task_name))
+            ):
                 # Before a slow task; and before one to run alone: a commit waiting beside
                 # it would be counted if it kills the child (see worker.death_notes).
                 self._commit(executor, key, batch, None, pending)
-            if len(pending) >= self.fetch.limit and batch.may_hold_up(job.message.task):
+            if len(pending) >= self.fetch.limit and batch.may_hold_up(task_name):
                 self._give_back_surplus(pending)
             outcome = self._run(executor, key, job, pending, batch)
-            batch.timed(job.message.task, outcome.runtime)
+            batch.timed(task_name, outcome.runtime)
         with self._lock:
             self.tasks_done += 1
+        if not pending and batch.flight is not None:
+            self._land(key, batch, pending)  # what it fetched is what runs next
         # Decided before the commit's fetch: a child that recycles gave back what that
         # fetch took, to the back of its queue (with --max-tasks-per-child 1, every other
         # message, again and again). Once: in the threads pool the other consumers finish
@@ -237,10 +251,18 @@ class Child(Intake):
         # if a later task of the batch killed the child, and this was its last delivery.
         if outcome.state in FINAL and batch.most > 1 and not job.alone:
             batch.add(job, outcome)
+            if (
+                pending
+                and not self.stopping
+                and self._overlaps()
+                and batch.may_send_ahead(len(pending))
+            ):
+                self._send_ahead(executor, key, batch, pending)
+                return []
             if pending and not batch.full():
                 return []
             return self._commit(executor, key, batch, fetch, pending)
-        if batch:
+        if batch or batch.flight is not None:
             self._commit(executor, key, batch, None, pending)
         settled = self._reconnecting(
             lambda: executor.settle(job, outcome, fetch), give_up_after=self.fetch.lease_seconds
@@ -262,7 +284,12 @@ class Child(Intake):
         fetch: FetchSpec | None,
         pending: list[Delivery],
     ) -> list[Delivery]:
-        """Commit the batch's waiting tasks (and fetch) in one broker call."""
+        """Commit the batch's waiting tasks (and fetch) in one broker call; a commit in
+        flight is landed first (its fetch joins ``pending``)."""
+        if batch.flight is not None:
+            self._land(key, batch, pending)
+            if pending:
+                fetch = None
         finished = batch.take()
         if not finished:
             return []
@@ -273,6 +300,77 @@ class Child(Intake):
         # a child that died before its next write had them all counted as delivered.
         self._publish(key, pending or settled or [], None, batch)
         return settled or []
+
+    def _overlaps(self) -> bool:
+        if self.overlapping is None:
+            self.overlapping = (
+                self.spec.pool == "process"
+                and self.app.broker.overlaps_calls
+                and not self.app.conf.worker_max_tasks_per_child
+            )
+        return self.overlapping
+
+    def _send_ahead(
+        self, executor: Executor, key: Hashable, batch: Batch, pending: list[Delivery]
+    ) -> None:
+        """Send the batch's commits and the next fetch now, and run what is left of
+        ``pending`` while Redis works on them; :meth:`_land` reads the reply. A fetch
+        while tasks are still in hand takes a full batch: the child holds at most half a
+        batch more than when it fetches with nothing left."""
+        fetch = self._fetch_spec(batch)
+        finished = batch.finished
+
+        def again() -> list[Delivery]:
+            return executor.settle_many(finished, fetch)
+
+        try:
+            land = executor.settle_many_start(finished, fetch)
+        except BrokerError:  # made again, with the outage's retries, when it is landed
+            land = again
+        batch.send_ahead(land, again)
+        self._publish(key, pending, None, batch)  # what it commits is no longer listed
+        if crashpoints.ARMED:
+            crashpoints.reached("sent_ahead")
+
+    def _land(self, key: Hashable, batch: Batch, pending: list[Delivery]) -> None:
+        """Read the reply of the commit in flight (made again, with the outage's retries,
+        if it failed) and add what it fetched to ``pending``."""
+        flight = batch.flight
+        assert flight is not None
+        try:
+            more = flight.land()
+        except BrokerError:
+            flight.listed = True  # held again: renewed while the commit is made again
+            self._publish(key, pending, None, batch)
+            more = self._reconnecting(flight.again, give_up_after=self.fetch.lease_seconds) or []
+        batch.flight = None
+        if more and time.monotonic() - flight.sent_at > self.fetch.lease_seconds / 3:
+            more = self._still_ours(more, time.monotonic() - flight.sent_at)
+        if more:
+            self._prefetched.add(pending, more)
+        self._publish(key, pending, None, batch)
+
+    def _still_ours(self, fetched: list[Delivery], waited: float) -> list[Delivery]:
+        """The messages of a fetch that landed late that this child still holds.
+
+        Listed in the slot only once the reply is read, they were not renewed meanwhile:
+        behind a task thought short that ran for a lease, theirs lapsed, and another
+        worker may have them. Renewed here, the lost ones are dropped, not run twice."""
+        try:
+            lost = set(self.app.broker.renew([d.lease for d in fetched], self.fetch.lease_seconds))
+        except BrokerError:
+            return fetched  # fenced at their commit all the same
+        if lost:
+            log.warning(
+                "child %d: %d message(s) of a fetch whose reply it could read only after "
+                "%.0fs (a task ran that long meanwhile) lost their lease: they are back in "
+                "their queue or with another worker, so this child does not run them (%s)",
+                os.getpid(),
+                len(lost),
+                waited,
+                ", ".join(sorted(lost)[:5]) + (", ..." if len(lost) > 5 else ""),
+            )
+        return [d for d in fetched if d.id not in lost]
 
     def _execute(
         self, executor: Executor, key: Hashable, job: Job, pending: list[Delivery], batch: Batch
@@ -429,6 +527,8 @@ class Child(Intake):
             held = [running] if running is not None else []
             if batch is not None:
                 held += batch.held
+                if batch.flight is not None and batch.flight.listed:
+                    held += batch.flight.held
                 held += batch.waiting(pending)
             else:
                 held += [Held(d.id, d.queue, d.lease.token) for d in pending]

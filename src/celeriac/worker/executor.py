@@ -312,6 +312,16 @@ class Executor(Reading, ResultRecords):
         Only for final states (SUCCESS, FAILURE, EXPIRED, REVOKED): a retry, a deferral
         or a dead letter goes through :meth:`settle`.
         """
+        return self.settle_many_start(finished, fetch)()
+
+    def settle_many_start(
+        self, finished: Sequence[tuple[Job, Outcome]], fetch: FetchSpec | None = None
+    ) -> Callable[[], list[Delivery]]:
+        """:meth:`settle_many`, its broker call sent now: the function it returns reads the
+        reply (once), logs each outcome, runs the ``after_settle`` hooks and returns what
+        was fetched. A broker that cannot overlap calls makes the call here (see
+        :mod:`celeriac.brokers.landing`); its error is raised by the function.
+        """
         conf = self.app.conf
         items = [
             (job.delivery.lease, self._encoded_result(job, o) if o.store_result else None)
@@ -319,7 +329,7 @@ class Executor(Reading, ResultRecords):
         ]
         if crashpoints.ARMED:
             crashpoints.reached("before_commit")
-        committed, more = self.app.broker.complete_many(
+        landing = self.app.broker.complete_many_start(
             items,
             conf.result_expires,
             fetch.queues if fetch else (),
@@ -327,12 +337,17 @@ class Executor(Reading, ResultRecords):
             limit=fetch.limit if fetch else 0,
             lease_seconds=fetch.lease_seconds if fetch else 0.0,
         )
-        if crashpoints.ARMED:
-            crashpoints.reached("after_commit")
-        for (job, outcome), ok in zip(finished, committed, strict=True):
-            self._log(job, outcome, ok)
-            self.app.middleware.after_settle(job, outcome, ok)
-        return more
+
+        def land() -> list[Delivery]:
+            committed, more = landing.result()
+            if crashpoints.ARMED:
+                crashpoints.reached("after_commit")
+            for (job, outcome), ok in zip(finished, committed, strict=True):
+                self._log(job, outcome, ok)
+                self.app.middleware.after_settle(job, outcome, ok)
+            return more
+
+        return land
 
     def _move(self, job: Job, outcome: Outcome) -> bool:
         """Send a message held under an id the broker made up again under its own id, then

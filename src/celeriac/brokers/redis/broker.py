@@ -60,6 +60,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from celeriac.brokers.base import Broker
+from celeriac.brokers.landing import Landing
 from celeriac.brokers.records import (
     DeadLetter,
     Delivery,
@@ -116,6 +117,8 @@ class RedisBroker(Broker):
         self._async = AsyncDriver(self._async_clients, self.url.safe)
         # Forked by a process that just checked this server: not again (startup.parent_passed).
         self._checked = startup.parent_passed(self.url.safe)
+        # Cluster routes each call through redis-py, which cannot leave a reply unread.
+        self.overlaps_calls = not self.url.cluster
 
     def _run(self, plan: Plan[T], what: str) -> T:
         if not self._checked:
@@ -220,6 +223,25 @@ class RedisBroker(Broker):
         lease_seconds: float = 0.0,
     ) -> tuple[list[bool], list[Delivery]]:
         """Complete several messages and take the next ones in one script call."""
+        landing = self.complete_many_start(
+            items, result_ttl, queues, consumer, limit=limit, lease_seconds=lease_seconds
+        )
+        return landing.result()
+
+    def complete_many_start(
+        self,
+        items: Sequence[tuple[Lease, bytes | None]],
+        result_ttl: float,
+        queues: Sequence[str] = (),
+        consumer: str = "",
+        *,
+        limit: int = 0,
+        lease_seconds: float = 0.0,
+    ) -> Landing[tuple[list[bool], list[Delivery]]]:
+        """:meth:`complete_many`, its script sent now and its reply read by ``result()``
+        (standalone Redis; on Cluster the call is made when the result is asked for)."""
+        if not self._checked:
+            self.check()
         plan = ops.complete_many(
             self._ctx,
             items,
@@ -232,7 +254,7 @@ class RedisBroker(Broker):
         what = (
             f"complete task {items[0][0].id}" if len(items) == 1 else f"complete {len(items)} tasks"
         )
-        return self._run(plan, what)
+        return self._sync.start(plan, what)
 
     def requeue(
         self,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Generic, TypeVar
 
 import redis.asyncio.cluster
 import redis.cluster
@@ -33,7 +33,7 @@ from celeriac.brokers.redis.steps import (
     Subscribe,
 )
 from celeriac.brokers.redis.subscriptions import Subscriptions
-from celeriac.brokers.redis.wire import RAW, Wire
+from celeriac.brokers.redis.wire import RAW, Sent, Wire
 
 T = TypeVar("T")
 
@@ -137,9 +137,54 @@ class SyncDriver:
 
     def run(self, plan: Plan[T], what: str) -> T:
         """Drive ``plan`` to its end; ``what`` names the operation in error messages."""
-        pubsub: Any = None  # redis-py's PubSub; its methods are untyped
+        return self._drive(plan, what, plan.__next__)
+
+    def start(self, plan: Plan[T], what: str) -> InFlight[T]:
+        """Send ``plan``'s first step now, if it is a script on standalone Redis, and leave
+        the rest (reading its reply, any later step) to :meth:`InFlight.result`: the
+        caller works meanwhile while Redis runs the script. Otherwise the plan is run
+        when its result is asked for.
+
+        Example:
+            >>> flight = driver.start(plan, "complete 32 tasks")  # doctest: +SKIP
+            >>> run_the_tasks_still_in_hand()  # doctest: +SKIP
+            >>> committed, fetched = flight.result()  # doctest: +SKIP
+        """
         try:
             step = next(plan)
+        except StopIteration as stop:  # asked nothing of Redis
+            value: T = stop.value
+            return InFlight(self, plan, what, None, None, done=value)
+        sent = None
+        if self._wire is not None and isinstance(step, Call):
+            try:
+                sent = self._wire.send(_evalsha(step))
+            except DRIVER_ERRORS:
+                sent = None  # made again, with the error, when the result is asked for
+        return InFlight(self, plan, what, step, sent)
+
+    def land(self, plan: Plan[T], what: str, step: Step, sent: Sent | None) -> T:
+        """The rest of a plan that :meth:`start` began (see :class:`InFlight`)."""
+        if sent is None:
+            return self._drive(plan, what, lambda: step)
+
+        def first() -> Step:
+            assert isinstance(step, Call) and self._wire is not None
+            try:
+                try:
+                    reply = sent.reply()
+                except NoScriptError:  # not cached on this server yet, or SCRIPT FLUSH
+                    reply = self._wire.call(_eval(step))
+            except DRIVER_ERRORS as exc:
+                return plan.throw(translate(exc, what, self.url))
+            return plan.send(reply)
+
+        return self._drive(plan, what, first)
+
+    def _drive(self, plan: Plan[T], what: str, first: Callable[[], Step]) -> T:
+        pubsub: Any = None  # redis-py's PubSub; its methods are untyped
+        try:
+            step = first()
             while True:
                 try:
                     if isinstance(step, Subscribe):
@@ -278,6 +323,36 @@ class SyncDriver:
             if data is not None:
                 return data
         return None
+
+
+class InFlight(Generic[T]):
+    """A plan whose first script :meth:`SyncDriver.start` sent; :meth:`result` reads its
+    reply and runs the rest of the plan, once.
+
+    Its connection is its own until then: a plan left in flight keeps one connection
+    busy (closed with the process if it never lands).
+    """
+
+    __slots__ = ("_done", "_driver", "_plan", "_sent", "_step", "_what")
+
+    def __init__(
+        self,
+        driver: SyncDriver,
+        plan: Plan[T],
+        what: str,
+        step: Step | None,
+        sent: Sent | None,
+        *,
+        done: T | None = None,
+    ) -> None:
+        self._driver, self._plan, self._what, self._step = driver, plan, what, step
+        self._sent, self._done = sent, done
+
+    def result(self) -> T:
+        """The plan's result, as :meth:`SyncDriver.run` returns it (and raises its errors)."""
+        if self._step is None:  # the plan ended before its first step
+            return self._done  # type: ignore[return-value]  # T, which may include None
+        return self._driver.land(self._plan, self._what, self._step, self._sent)
 
 
 class AsyncDriver:

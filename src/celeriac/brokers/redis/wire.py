@@ -196,6 +196,26 @@ class Wire:
         """
         return self._round_trip((hiredis.pack_command(tuple(args)),), 1, timeout=timeout)[0]
 
+    def send(self, args: Sequence[Any]) -> Sent:
+        """Send one command now and leave its reply to be read later (:meth:`Sent.reply`).
+
+        The connection is the call's own until then. A send that fails is not an error
+        yet: the reply's read makes the call again, with :meth:`call`'s retries.
+        """
+        sent = Sent(self, args)
+        link = self._checkout_or_none()
+        if link is not None:
+            try:
+                link.send((sent.packed,))
+            except _RETRYABLE:
+                link.close()  # the reply's read makes the call again
+                return sent
+            except BaseException:
+                link.close()
+                raise  # a timeout is not tried again: as in call()
+            sent.link = link
+        return sent
+
     def pipeline(self, commands: Iterable[Sequence[Any]]) -> list[Any]:
         """Several commands in one round trip; an error reply is returned in its place.
 
@@ -241,18 +261,29 @@ class Wire:
                     link.close()  # a reply may be half read: never reuse this socket
                 raise
             assert link is not None
-            if link.replica:
-                # The old primary after a failover: a new connection resolves the host
-                # again and may reach the new primary; this one never would.
-                link.close()
-            else:
-                self._idle.append(link)  # every reply was read whole: the socket is clean
+            self._put_back(link)
             if not errors_in_place:
                 for reply in out:
                     if isinstance(reply, ResponseError):
                         raise reply
             return out
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _put_back(self, link: _Link) -> None:
+        """Keep a link whose every reply was read whole (its socket is clean)."""
+        if link.replica:
+            # The old primary after a failover: a new connection resolves the host again
+            # and may reach the new primary; this one never would.
+            link.close()
+        else:
+            self._idle.append(link)
+
+    def _checkout_or_none(self) -> _Link | None:
+        """A link, or None when none can be opened now (the caller tries again later)."""
+        try:
+            return self._checkout()
+        except _RETRYABLE:
+            return None
 
     def _checkout(self) -> _Link:
         if self._pid != pid.current():  # forked: the parent's sockets are not ours to use
@@ -262,6 +293,44 @@ class Wire:
             return self._idle.pop()
         except IndexError:
             return _Link(self._connection_class(**self._connection_kwargs))
+
+
+class Sent:
+    """A command sent by :meth:`Wire.send`, whose reply is not read yet."""
+
+    __slots__ = ("args", "link", "packed", "wire")
+
+    def __init__(self, wire: Wire, args: Sequence[Any]) -> None:
+        self.wire = wire
+        self.args = args
+        self.packed = hiredis.pack_command(tuple(args))
+        self.link: _Link | None = None  # None: not sent (or its reply already read)
+
+    def reply(self) -> Any:
+        """The command's reply, read once; an error reply is raised as redis-py's exception.
+
+        If the send or the read failed on a broken connection, the command is made again
+        as :meth:`Wire.call` makes it (retries included): as a round trip that broke.
+
+        Raises:
+            redis.ResponseError: Redis answered with an error (``NoScriptError`` included).
+            redis.ConnectionError: the server could not be reached after the retries.
+        """
+        link, self.link = self.link, None
+        if link is None:
+            return self.wire.call(self.args)
+        try:
+            out = link.read()
+        except _RETRYABLE:
+            link.close()
+            return self.wire.call(self.args)
+        except BaseException:
+            link.close()  # a reply may be half read: never reuse this socket
+            raise
+        self.wire._put_back(link)
+        if isinstance(out, ResponseError):
+            raise out
+        return out
 
 
 def _close_all(links: list[_Link]) -> None:
