@@ -54,9 +54,10 @@ class Batch:
     goes alone. With ``most`` = 1 there is no batching at all.
     """
 
-    def __init__(self, most: int, window: float) -> None:
+    def __init__(self, most: int, window: float, *, sends_ahead: bool = False) -> None:
         self.most = max(most, 1)
         self.window = window
+        self.sends_ahead = sends_ahead  # may commit while tasks still run (may_send_ahead)
         self.finished: list[tuple[Job, Outcome]] = []
         self.held: list[Held] = []  # the finished tasks' leases, still held until committed
         self.since = 0.0  # monotonic time the oldest waiting commit was added
@@ -67,6 +68,10 @@ class Batch:
 
     def __bool__(self) -> bool:
         return bool(self.finished)
+
+    def owes_commits(self) -> bool:
+        """Whether finished tasks wait for their commit, or a commit is in flight."""
+        return bool(self.finished) or self.flight is not None
 
     def size(self) -> int:
         """How many messages to take per fetch: enough to fill the window, at least 1."""
@@ -157,8 +162,13 @@ class Batch:
         self.finished, self.held = [], []
 
     def may_send_ahead(self, pending: int) -> bool:
-        """Whether to send the waiting commits, and the next fetch, now: nothing in flight,
-        something to commit, and no more than half a batch left to run, which covers
-        Redis's work on the call and its round trip (a no-op takes ~30 µs, a batch of 32
-        costs Redis ~0.5 ms)."""
-        return self.flight is None and bool(self.finished) and pending <= self.size() // 2
+        """Whether to send the waiting commits, and the next fetch, now: this consumer
+        sends ahead, nothing is in flight, something waits to be committed, and no more
+        than half a batch is left to run, which covers Redis's work on the call and its
+        round trip (a no-op takes ~30 µs, a batch of 32 costs Redis ~0.5 ms)."""
+        return (
+            self.sends_ahead
+            and self.flight is None
+            and bool(self.finished)
+            and 0 < pending <= self.size() // 2
+        )

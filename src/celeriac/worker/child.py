@@ -129,11 +129,6 @@ class Child(Intake):
         self.rss = current_rss()  # as last measured: after the previous task
         self._undo = Undo(self._handlers)  # what a task changed in this process, put back
         self._alone = False  # the supervisor is gone: this child enforces its hard limits
-        # Sends a batch's commit, and the next fetch, while the last tasks run (see
-        # Batch.may_send_ahead): one consumer per process, and no delivery limit, whose
-        # count a fetch ahead would overrun. Decided at the first fetch (the broker is made
-        # on first use).
-        self.overlapping: bool | None = None
 
     def run(self) -> int:
         """Consume until told to stop or until it is time to recycle; return an exit code."""
@@ -165,7 +160,15 @@ class Child(Intake):
     def _consume(self, executor: Executor, key: int) -> None:
         pending = self._prefetched.watch(key)  # changed only through self._prefetched
         conf = self.app.conf
-        batch = Batch(conf.worker_batch_max, conf.worker_batch_window)
+        # A batch's commit, and the next fetch, sent while its last tasks run (see
+        # Batch.may_send_ahead): one consumer per process, and no delivery limit, whose
+        # count a fetch ahead would overrun.
+        sends_ahead = (
+            self.spec.pool == "process"
+            and self.app.broker.overlaps_calls
+            and not conf.worker_max_tasks_per_child
+        )
+        batch = Batch(conf.worker_batch_max, conf.worker_batch_window, sends_ahead=sends_ahead)
         crashed = True
         try:
             while not self.stopping:
@@ -204,7 +207,7 @@ class Child(Intake):
             # supervisor puts back counted as a delivery and names in its log; what ran
             # and waits for its commit, and the prefetched, go back as the slot says.
             if not crashed:
-                if batch or batch.flight is not None:  # these ran: commit them first
+                if batch.owes_commits():  # these ran: commit them first
                     self._commit(executor, key, batch, None, pending)
                 self._give_back(key, self._prefetched.split(pending, 0))
             self._prefetched.wait(STOP_PATIENCE)  # not exiting in the middle of it
@@ -251,18 +254,13 @@ class Child(Intake):
         # if a later task of the batch killed the child, and this was its last delivery.
         if outcome.state in FINAL and batch.most > 1 and not job.alone:
             batch.add(job, outcome)
-            if (
-                pending
-                and not self.stopping
-                and self._overlaps()
-                and batch.may_send_ahead(len(pending))
-            ):
+            if not self.stopping and batch.may_send_ahead(len(pending)):
                 self._send_ahead(executor, key, batch, pending)
                 return []
             if pending and not batch.full():
                 return []
             return self._commit(executor, key, batch, fetch, pending)
-        if batch or batch.flight is not None:
+        if batch.owes_commits():
             self._commit(executor, key, batch, None, pending)
         settled = self._reconnecting(
             lambda: executor.settle(job, outcome, fetch), give_up_after=self.fetch.lease_seconds
@@ -301,15 +299,6 @@ class Child(Intake):
         self._publish(key, pending or settled or [], None, batch)
         return settled or []
 
-    def _overlaps(self) -> bool:
-        if self.overlapping is None:
-            self.overlapping = (
-                self.spec.pool == "process"
-                and self.app.broker.overlaps_calls
-                and not self.app.conf.worker_max_tasks_per_child
-            )
-        return self.overlapping
-
     def _send_ahead(
         self, executor: Executor, key: Hashable, batch: Batch, pending: list[Delivery]
     ) -> None:
@@ -344,8 +333,9 @@ class Child(Intake):
             self._publish(key, pending, None, batch)
             more = self._reconnecting(flight.again, give_up_after=self.fetch.lease_seconds) or []
         batch.flight = None
-        if more and time.monotonic() - flight.sent_at > self.fetch.lease_seconds / 3:
-            more = self._still_ours(more, time.monotonic() - flight.sent_at)
+        waited = time.monotonic() - flight.sent_at
+        if more and waited > self.fetch.lease_seconds / 3:
+            more = self._still_ours(more, waited)
         if more:
             self._prefetched.add(pending, more)
         self._publish(key, pending, None, batch)

@@ -18,6 +18,7 @@ from redis.crc import key_slot
 from redis.exceptions import AskError, ClusterError, MovedError, NoScriptError, TryAgainError
 
 import redis
+from celeriac.brokers.landing import Landing, Ready
 from celeriac.brokers.redis.async_clients import AsyncClients
 from celeriac.brokers.redis.connection import DRIVER_ERRORS, SyncClient, translate
 from celeriac.brokers.redis.steps import (
@@ -139,7 +140,7 @@ class SyncDriver:
         """Drive ``plan`` to its end; ``what`` names the operation in error messages."""
         return self._drive(plan, what, plan.__next__)
 
-    def start(self, plan: Plan[T], what: str) -> InFlight[T]:
+    def start(self, plan: Plan[T], what: str) -> Landing[T]:
         """Send ``plan``'s first step now, if it is a script on standalone Redis, and leave
         the rest (reading its reply, any later step) to :meth:`InFlight.result`: the
         caller works meanwhile while Redis runs the script. Otherwise the plan is run
@@ -154,7 +155,7 @@ class SyncDriver:
             step = next(plan)
         except StopIteration as stop:  # asked nothing of Redis
             value: T = stop.value
-            return InFlight(self, plan, what, None, None, done=value)
+            return Ready(lambda: value)
         sent = None
         if self._wire is not None and isinstance(step, Call):
             try:
@@ -333,25 +334,16 @@ class InFlight(Generic[T]):
     busy (closed with the process if it never lands).
     """
 
-    __slots__ = ("_done", "_driver", "_plan", "_sent", "_step", "_what")
+    __slots__ = ("_driver", "_plan", "_sent", "_step", "_what")
 
     def __init__(
-        self,
-        driver: SyncDriver,
-        plan: Plan[T],
-        what: str,
-        step: Step | None,
-        sent: Sent | None,
-        *,
-        done: T | None = None,
+        self, driver: SyncDriver, plan: Plan[T], what: str, step: Step, sent: Sent | None
     ) -> None:
         self._driver, self._plan, self._what, self._step = driver, plan, what, step
-        self._sent, self._done = sent, done
+        self._sent = sent
 
     def result(self) -> T:
         """The plan's result, as :meth:`SyncDriver.run` returns it (and raises its errors)."""
-        if self._step is None:  # the plan ended before its first step
-            return self._done  # type: ignore[return-value]  # T, which may include None
         return self._driver.land(self._plan, self._what, self._step, self._sent)
 
 

@@ -202,18 +202,20 @@ class Wire:
         The connection is the call's own until then. A send that fails is not an error
         yet: the reply's read makes the call again, with :meth:`call`'s retries.
         """
-        sent = Sent(self, args)
-        link = self._checkout_or_none()
-        if link is not None:
-            try:
-                link.send((sent.packed,))
-            except _RETRYABLE:
-                link.close()  # the reply's read makes the call again
-                return sent
-            except BaseException:
-                link.close()
-                raise  # a timeout is not tried again: as in call()
-            sent.link = link
+        sent = Sent(self, hiredis.pack_command(tuple(args)))
+        try:
+            link = self._checkout()
+        except _RETRYABLE:
+            return sent  # the reply's read makes the call again
+        try:
+            link.send((sent.packed,))
+        except _RETRYABLE:
+            link.close()  # the reply's read makes the call again
+            return sent
+        except BaseException:
+            link.close()
+            raise  # a timeout is not tried again: as in call()
+        sent.link = link
         return sent
 
     def pipeline(self, commands: Iterable[Sequence[Any]]) -> list[Any]:
@@ -278,13 +280,6 @@ class Wire:
         else:
             self._idle.append(link)
 
-    def _checkout_or_none(self) -> _Link | None:
-        """A link, or None when none can be opened now (the caller tries again later)."""
-        try:
-            return self._checkout()
-        except _RETRYABLE:
-            return None
-
     def _checkout(self) -> _Link:
         if self._pid != pid.current():  # forked: the parent's sockets are not ours to use
             self._idle.clear()  # dropped: redis-py closes the copies without a shutdown
@@ -298,12 +293,11 @@ class Wire:
 class Sent:
     """A command sent by :meth:`Wire.send`, whose reply is not read yet."""
 
-    __slots__ = ("args", "link", "packed", "wire")
+    __slots__ = ("link", "packed", "wire")
 
-    def __init__(self, wire: Wire, args: Sequence[Any]) -> None:
+    def __init__(self, wire: Wire, packed: bytes) -> None:
         self.wire = wire
-        self.args = args
-        self.packed = hiredis.pack_command(tuple(args))
+        self.packed = packed
         self.link: _Link | None = None  # None: not sent (or its reply already read)
 
     def reply(self) -> Any:
@@ -318,12 +312,12 @@ class Sent:
         """
         link, self.link = self.link, None
         if link is None:
-            return self.wire.call(self.args)
+            return self._again()
         try:
             out = link.read()
         except _RETRYABLE:
             link.close()
-            return self.wire.call(self.args)
+            return self._again()
         except BaseException:
             link.close()  # a reply may be half read: never reuse this socket
             raise
@@ -331,6 +325,9 @@ class Sent:
         if isinstance(out, ResponseError):
             raise out
         return out
+
+    def _again(self) -> Any:
+        return self.wire._round_trip((self.packed,), 1)[0]  # as call(), packed already
 
 
 def _close_all(links: list[_Link]) -> None:
