@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 import logging
@@ -310,6 +309,8 @@ mean 'max_retries'?). Known options: ...
 
         See examples/advanced/producing.py.
         """
+        import asyncio  # loaded by code that awaits, not at import: see architecture.md
+
         if not self.conf.task_always_eager and self.middleware.send_blocks(self, message):
             # A dedupe key or debounce: the send hook calls the broker's sync face. Run
             # here it stalled the event loop, every request of an async web server, for

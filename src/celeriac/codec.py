@@ -20,8 +20,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 import logging
 from typing import Any
 
@@ -52,7 +50,13 @@ class UntrustedMessage(MalformedMessage):
     """A message that is unsigned, badly signed, or of a content type this worker refuses."""
 
 
+# hashlib and hmac are imported by the signing code alone: loading OpenSSL's libcrypto
+# costs a process ~4 MiB, and most apps sign nothing.
+
+
 def _key_id(key: bytes) -> bytes:
+    import hashlib
+
     return hashlib.sha256(key).hexdigest()[:8].encode()
 
 
@@ -199,11 +203,17 @@ class Codec(msgspec.Struct, frozen=True):
     def _signed(self, payload: bytes) -> bytes:
         if not self.keys:
             return payload
+        import hashlib
+        import hmac
+
         key = self.keys[0]
         mac = hmac.new(key, payload, hashlib.sha256).hexdigest().encode()
         return b"".join((_SIGNED, _key_id(key), b":", mac, b":", payload))
 
     def _verified(self, raw: bytes) -> bytes:
+        import hashlib
+        import hmac
+
         if not raw.startswith(_SIGNED) or raw.count(b":") < 3:
             raise UntrustedMessage(
                 "unsigned message refused: this app requires messages signed with task_signing_key"

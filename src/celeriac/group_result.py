@@ -8,7 +8,6 @@ again only as often as keeps those reads a small share of the wait.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -244,6 +243,8 @@ class GroupResult:
     ) -> None:
         """One read for :meth:`aget`, kept within its deadline as its waits are (plus
         LAST_LOOK_SECONDS): a broker that does not answer ends in ResultTimeout on time."""
+        import asyncio  # loaded by code that awaits, not at import: see architecture.md
+
         left = time_left(deadline)
         limit = asyncio.timeout(None if left is None else left + LAST_LOOK_SECONDS)
         try:
@@ -268,6 +269,8 @@ class GroupResult:
         coroutine on it stopped), for as long as the broker took to answer: up to its
         socket timeout, per member.
         """
+        import asyncio  # loaded by code that awaits, not at import: see architecture.md
+
         try:
             async with asyncio.timeout(LAST_LOOK_SECONDS):
                 found = await _aread_tasks(_tasks(self.results))
@@ -442,6 +445,8 @@ def _read_tasks(tasks: Sequence[AsyncResult[Any]]) -> _Found:
 
 async def _aread_tasks(tasks: Sequence[AsyncResult[Any]]) -> _Found:
     """Async face of :func:`_read_tasks`."""
+    import asyncio  # loaded by code that awaits, not at import: see architecture.md
+
     asked = _ids_by_app(tasks)
     replies = await asyncio.gather(*(app.broker.aget_results(ids) for app, ids in asked))
     found: _Found = {}

@@ -9,7 +9,6 @@ final ones SUCCESS, FAILURE, REVOKED, EXPIRED.
 from __future__ import annotations
 
 import ast
-import asyncio
 import builtins
 import math
 import sys
@@ -231,6 +230,8 @@ class AsyncResult(Generic[R]):
         """Async face of :meth:`_progress`, bounded like :meth:`_last_look`."""
         if not self._workflow:
             return ""
+        import asyncio  # loaded by code that awaits, not at import: see architecture.md
+
         checked = self._workflow[:_PROGRESS_READ_MAX]
         try:
             async with asyncio.timeout(LAST_LOOK_SECONDS):
@@ -241,6 +242,8 @@ class AsyncResult(Generic[R]):
 
     async def _await(self, timeout: float | None) -> bytes | None:
         """Async face of :meth:`_wait`."""
+        import asyncio  # loaded by code that awaits, not at import: see architecture.md
+
         wait = _FOREVER if timeout is None else timeout
         # The broker's wait may run in steps on the loop's default thread pool, shared by
         # every waiter: 200 waiters on 6 threads took 9 s to report a 1 s timeout. The
@@ -262,6 +265,8 @@ class AsyncResult(Generic[R]):
         hop, a round trip): ``aget(timeout=0)`` of a finished task raised ResultTimeout.
         Bounded, so a busy thread pool cannot delay the timeout's report for long.
         """
+        import asyncio  # loaded by code that awaits, not at import: see architecture.md
+
         try:
             async with asyncio.timeout(LAST_LOOK_SECONDS):
                 stored = await self.app.broker.aget_result(self.id)

@@ -37,7 +37,6 @@ of their own, and share one poller per event loop among every async result wait.
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextvars
 import functools
 import math
@@ -46,7 +45,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import ParamSpec, TypeVar
 
-from celeriac.brokers.async_waits import AsyncSide
 from celeriac.brokers.landing import Landing, Ready
 from celeriac.brokers.records import (
     DeadLetter,
@@ -501,6 +499,10 @@ class Broker(abc.ABC):
 
     async def _in_thread(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """``fn(*args, **kwargs)`` in a thread of this broker's pool, in this context."""
+        import asyncio  # loaded by code that awaits, not at import: see architecture.md
+
+        from celeriac.brokers.async_waits import AsyncSide
+
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(AsyncSide.of(self).pool, call)
 
@@ -560,6 +562,10 @@ class Broker(abc.ABC):
             >>> asyncio.run(MemoryBroker().await_result("never-sent", 0.1)) is None
             True
         """
+        import asyncio  # loaded by code that awaits, not at import: see architecture.md
+
+        from celeriac.brokers.async_waits import AsyncSide
+
         poll = AsyncSide.of(self).poll(self, asyncio.get_running_loop())
         waiter = poll.add(task_id)
         try:

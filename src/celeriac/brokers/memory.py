@@ -7,7 +7,6 @@ Only threads of the process that created it can reach it: a worker process canno
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import heapq
 import itertools
@@ -17,6 +16,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -33,6 +33,12 @@ from celeriac.brokers.records import (
     replayed,
 )
 
+if TYPE_CHECKING:
+    import asyncio
+
+    #: An async result waiter: its event loop and the future the final result is set on.
+    _AsyncWait = tuple[asyncio.AbstractEventLoop, asyncio.Future[bytes]]
+
 
 @dataclass(slots=True)
 class _Entry:
@@ -46,10 +52,6 @@ class _Entry:
     token: str | None = None  # set while held
     holder: str | None = None
     lease_deadline: float = 0.0
-
-
-#: An async result waiter: its event loop and the future the final result is set on.
-_AsyncWait = tuple[asyncio.AbstractEventLoop, "asyncio.Future[bytes]"]
 
 
 def _settle(waiter: asyncio.Future[bytes], result: bytes) -> None:
@@ -377,6 +379,8 @@ class MemoryBroker(Broker):
             >>> asyncio.run(MemoryBroker().await_result("never-sent", 0.01)) is None
             True
         """
+        import asyncio  # loaded by code that awaits, not at import: see architecture.md
+
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bytes] = loop.create_future()
         with self._lock:

@@ -10,7 +10,6 @@ result record it stores, and what becomes of one it cannot store, are in
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -47,6 +46,8 @@ from celeriac.worker.reading import Reading, error_info, peek_name
 from celeriac.worker.result_records import ResultRecords, cut_error, now_failed
 
 if TYPE_CHECKING:
+    import asyncio
+
     from celeriac.app import Celeriac
     from celeriac.task import Task
 
@@ -221,6 +222,8 @@ class Executor(Reading, ResultRecords):
             >>> executor.close()
         """
         if self._loop is None:
+            import asyncio  # loaded by code that awaits, not at import: see architecture.md
+
             self._loop = asyncio.new_event_loop()
         loop = self._loop
         task = loop.create_task(coro)
@@ -518,6 +521,8 @@ def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
     A coroutine that ignores cancellation keeps this waiting until the hard limit stops
     the process: nothing of it may run later, inside another task.
     """
+    import asyncio  # loaded by code that awaits, not at import: see architecture.md
+
     pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
     if not pending:
         return

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
@@ -201,6 +201,9 @@ def _queues(
 
 
 def _loop_running() -> bool:
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:  # never imported, so no loop runs (see architecture.md)
+        return False
     try:
         asyncio.get_running_loop()
     except RuntimeError:

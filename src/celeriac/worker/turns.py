@@ -11,10 +11,13 @@ after the message was read, so the wait never counts against the task's time lim
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 class _Counts:
@@ -112,6 +115,7 @@ class LoopTurns(_Counts):
     common case, no task waiting to run alone, awaits nothing).
 
     Example:
+        >>> import asyncio
         >>> async def two() -> tuple[int, bool]:
         ...     turns = LoopTurns()
         ...     async with turns.take(alone=False):
@@ -151,6 +155,8 @@ class LoopTurns(_Counts):
                     self._changed.notify_all()
 
     async def _wait(self, alone: bool) -> None:
+        import asyncio  # loaded by code that awaits, not at import: see architecture.md
+
         if self._changed is None:
             self._changed = asyncio.Condition()
         if alone:
