@@ -1,7 +1,10 @@
-"""What the benchmark's tasks call: count a completion, stamp a start (os, struct, time, redis).
+"""What the benchmark's tasks call: count a completion, stamp a start (os, struct, time; redis
+for a stamp).
 
 Kept small on purpose: RQ's work horse imports the task module after every fork, so
-whatever this module imports is paid per job there.
+whatever this module imports is paid per job there, and every worker's idle memory
+includes what its task module imports. redis-py is imported by the first stamp: a
+system whose worker does not load redis-py itself is not charged for the harness's.
 
 A completion is counted by appending its time, 8 bytes, to a file that the driver names
 (``BENCH_COUNTER_FILE``): one ``write`` system call, a few microseconds, so a no-op task
@@ -22,8 +25,10 @@ from __future__ import annotations
 import os
 import struct
 import time
+from typing import TYPE_CHECKING
 
-import redis
+if TYPE_CHECKING:
+    import redis
 
 #: Where latency probes stamp their start: a database of its own on the same private
 #: server, so the stamps never mix with a system's keys (and FLUSHALL still clears them).
@@ -54,6 +59,8 @@ def _stamps() -> redis.Redis:
     """This process's stamps client, made anew after a fork (a socket is not shareable)."""
     global _client, _client_pid  # noqa: PLW0603 - one client per process, on purpose
     if _client is None or _client_pid != os.getpid():
+        import redis  # here: see the module docstring
+
         _client = redis.Redis.from_url(os.environ["BENCH_STAMPS_URL"])
         _client_pid = os.getpid()
     return _client

@@ -180,6 +180,28 @@ def start_redis(
     return server
 
 
+def start_tls_redis(folder: Path) -> tuple[RedisServer, int, Path]:
+    """A redis-server that also serves TLS: (the server, its TLS port, its certificate),
+    the certificate self-signed for 127.0.0.1 (the test is skipped without openssl or a
+    redis-server built with TLS)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not found: it makes the test's certificate")
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    request = ("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2")
+    files = ("-keyout", str(key), "-out", str(cert))
+    names = ("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1")
+    subprocess.run(["openssl", *request, *files, *names], check=True, capture_output=True)
+    tls_port = free_port()
+    options: tuple[str, ...] = ("--tls-port", str(tls_port), "--tls-cert-file", str(cert))
+    options += ("--tls-key-file", str(key), "--tls-ca-cert-file", str(cert))
+    try:
+        server = start_redis(folder / "redis", extra=(*options, "--tls-auth-clients", "no"))
+    except RuntimeError as exc:
+        pytest.skip(f"this redis-server cannot serve TLS: {exc}")
+    return server, tls_port, cert
+
+
 def _wait_until_ready(server: RedisServer, replies: tuple[bytes, ...] = (b"+PONG",)) -> None:
     deadline = time.monotonic() + _START_TIMEOUT
     while not _ping(server.port, replies):

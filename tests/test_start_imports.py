@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.apps import lean
 from tests.conftest import Ledger, WorkerProcesses
+from tests.redis_server import RedisServer
 
 #: The modules a process-, threads- or asyncio-pool worker on Redis loads to start.
 _WORKER_START = (
@@ -66,15 +68,52 @@ def test_an_app_and_an_sqlite_worker_load_no_asyncio_openssl_or_redis_py(tmp_pat
     assert shown.stdout.strip() == "[]", shown.stdout + shown.stderr
 
 
+#: What a Redis producer or worker may load of lean.HEAVY: hashlib, for its scripts' SHA1
+#: (EVALSHA).
+_REDIS_LOADS = ["_hashlib"]
+
+
+def test_a_producer_on_redis_sends_and_waits_without_redis_py(redis_server: RedisServer) -> None:
+    # send (a script), get() (pub/sub and reads) and the server check (INFO, CONFIG GET)
+    # all run on celeriac's own client.
+    url = f"{redis_server.url}?prefix=lean{uuid.uuid4().hex[:8]}"
+    code = (
+        "import sys, celeriac\n"
+        f"app = celeriac.Celeriac('lean', broker={url!r})\n"
+        "handle = app.send_task('lean.nothing')\n"
+        "try:\n"
+        "    handle.get(timeout=0.3)\n"
+        "except celeriac.ResultTimeout:\n"
+        "    pass\n"
+        f"print(sorted(set({lean.HEAVY!r}) & set(sys.modules)))"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert shown.stdout.strip() == str(_REDIS_LOADS), shown.stdout + shown.stderr
+
+
 @pytest.mark.parametrize("pool", ["process", "threads"])
-def test_a_task_on_an_sqlite_worker_runs_in_a_process_without_them(
-    pool: str, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("broker", ["sqlite", "redis"])
+def test_a_task_on_a_worker_runs_in_a_process_without_them(
+    broker: str,
+    pool: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    workers = WorkerProcesses(sqlite_url, Ledger(tmp_path / "ledger.txt"))
+    # On Redis too: the sync face is celeriac's own client (brokers/redis/wire.py, dial.py);
+    # redis-py (with asyncio and ssl) is loaded by Cluster and the async face only.
+    if broker == "sqlite":
+        url, expected = f"sqlite:///{tmp_path}/broker.db", []
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        url, expected = f"{server.url}?prefix=lean{uuid.uuid4().hex[:8]}", _REDIS_LOADS
+    workers = WorkerProcesses(url, Ledger(tmp_path / "ledger.txt"))
     try:
         workers.start("-P", pool, "-c", "2", app="tests.apps.lean")
-        monkeypatch.setattr(lean.app.conf, "broker_url", sqlite_url)
-        assert lean.loaded_heavy.delay().get(timeout=20) == []
+        monkeypatch.setattr(lean.app.conf, "broker_url", url)
+        assert lean.loaded_heavy.delay().get(timeout=20) == expected
     finally:
         lean.app.broker.close()
         workers.kill_all()

@@ -15,14 +15,16 @@ imported, so the producer and the workers see the same one.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.probes import now
+
+if TYPE_CHECKING:
+    import asyncio
 
 #: The I/O wait of the ``sleep`` task, in seconds.
 SLEEP_SECONDS = 0.005
@@ -130,6 +132,10 @@ class AsyncAdapter(Adapter):
     def loop(self) -> asyncio.AbstractEventLoop:
         """This adapter's event loop, kept for its whole life (connections belong to it)."""
         if self._loop is None:
+            # Imported here: every system's task module imports this one, and a worker's
+            # idle memory would include asyncio whether its system uses it or not.
+            import asyncio
+
             self._loop = asyncio.new_event_loop()
         return self._loop
 

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from redis.cluster import key_slot
 
-import celeriac
 import redis
 from celeriac.brokers import broker_from_url
 from celeriac.brokers.records import DeadLetter, Delivery, Outgoing, WorkerInfo
@@ -51,11 +50,12 @@ FOREIGN = [
 ]
 
 
-def test_new_connections_name_celeriac_without_reading_package_metadata(
+def test_new_connections_read_no_package_metadata(
     broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # redis-py read its own version from its package metadata at every new connection
-    # (~0.2 ms; a worker child's first ones imported the email parser for it).
+    # (~0.2 ms; a worker child's first ones imported the email parser for it). celeriac's
+    # own client names itself from celeriac's version (tests/redis/test_dial.py).
     import importlib.metadata
 
     reads: list[str] = []
@@ -67,13 +67,9 @@ def test_new_connections_name_celeriac_without_reading_package_metadata(
 
     monkeypatch.setattr(importlib.metadata, "version", counted)
     for _ in range(3):
-        broker._sync.client.connection_pool.disconnect()
+        broker._sync.close()
         assert broker.workers() is not None  # a new connection, and its handshake
     assert reads == []
-    kwargs = broker._sync.client.connection_pool.connection_kwargs
-    info = kwargs.get("driver_info")
-    name = info.formatted_name if info is not None else kwargs.get("lib_name")
-    assert name == f"redis-py(celeriac_v{celeriac.__version__})"
 
 
 def test_foreign_bytes_are_delivered_as_they_are(broker: RedisBroker, raw: redis.Redis) -> None:
@@ -479,15 +475,15 @@ def test_url_mistakes_are_refused_before_any_connection() -> None:
     [
         # Each was found only at the first send: a bare ValueError or TypeError, or a
         # RedisError worded as the server refusing a command.
-        ("redis://alice:pw@localhost/0?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
-        ("rediss://alice:pw@localhost/0?ssl_cert_reqs=bogus", "Certificate Requirements Flag"),
+        ("redis://alice:pw@localhost/0?socket_timeout=abc", "socket_timeout='abc' is not a number"),
+        ("rediss://alice:pw@localhost/0?ssl_cert_reqs=bogus", "one of none, optional, required"),
         ("redis://alice:pw@localhost/0?ssl_ca_certs=/ca.pem", "ssl_ca_certs= applies to TLS"),
         ("redis://alice:pw@localhost/0?timeout=3", "does not take timeout= from a URL"),
-        ("redis://alice:pw@localhost:7000?cluster=1&socket_timeout=x", "'socket_timeout'"),
+        ("redis://alice:pw@localhost:7000?cluster=1&socket_timeout=x", "socket_timeout='x'"),
     ],
 )
-def test_an_option_value_redis_py_cannot_use_is_refused_at_once(url: str, said: str) -> None:
-    with pytest.raises(ConfigurationError, match="option redis-py cannot use") as caught:
+def test_an_option_value_celeriac_cannot_use_is_refused_at_once(url: str, said: str) -> None:
+    with pytest.raises(ConfigurationError, match="option celeriac cannot use") as caught:
         RedisURL.parse(url)
     assert said in str(caught.value)
     assert "pw" not in str(caught.value) and "alice:***@" in str(caught.value)
@@ -714,5 +710,28 @@ def test_an_idle_fetch_stays_under_a_short_socket_timeout(
         broker.send([Outgoing("a", "q", b"a")])
         (delivery,) = broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=2.5)
         assert delivery.id == "a"
+    finally:
+        broker.close()
+
+
+@pytest.mark.parametrize("option", ["health_check_interval=5", "protocol=2"])
+def test_a_url_option_only_redis_py_takes_has_redis_py_open_the_connections(
+    redis_server: RedisServer, prefix: str, option: str
+) -> None:
+    # celeriac's own client (dial.py) takes the common options; for any other, redis-py
+    # opens the wire's connections, in RESP3 whatever protocol= says (the wire reads
+    # replies raw: a hash must come back as a map, as the plans read it).
+    broker = RedisBroker(f"{redis_server.url}?prefix={prefix}&{option}")
+    try:
+        broker.send([Outgoing("t1", "q", b"{}")])
+        (got,) = broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=0)
+        assert broker.complete(got.lease, b'{"ok": 1}', 60)
+        assert broker.get_result("t1") is not None
+        broker.join_add("j", "a", b"1", 60)
+        assert broker.join_values("j") == {"a": b"1"}  # HGETALL: a map in RESP3 only
+        broker.stream_append("s", [b"x"], 10)
+        assert [item for _, item in broker.stream_read("s", 0, 10)] == [b"x"]  # XRANGE
+        opener = broker._sync._wire._open  # type: ignore[union-attr]
+        assert opener.__qualname__.startswith("connection_opener"), opener.__qualname__
     finally:
         broker.close()

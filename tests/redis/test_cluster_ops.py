@@ -16,7 +16,7 @@ from redis.cluster import key_slot
 
 import redis
 from celeriac.brokers.records import Outgoing
-from celeriac.brokers.redis import RedisBroker, driver
+from celeriac.brokers.redis import RedisBroker, cluster_driver
 from celeriac.errors import BrokerConnectionError
 from tests.redis_server import RedisClusterNodes, RedisServer, free_port, start_cluster
 
@@ -88,7 +88,7 @@ def test_producers_wait_out_a_reshard_of_their_queues_slot(
 def test_a_migration_left_half_done_is_named_with_its_slot_and_the_fix(
     cluster: RedisClusterNodes, queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(driver, "REDIRECT_PATIENCE", 0.5)
+    monkeypatch.setattr(cluster_driver, "REDIRECT_PATIENCE", 0.5)
     broker = RedisBroker(f"{cluster.url}&prefix=mv{uuid.uuid4().hex[:6]}")
     slot = key_slot(queue.encode())
     broker.send([Outgoing("before", queue, b"b")])

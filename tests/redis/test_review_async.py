@@ -123,7 +123,7 @@ def test_a_waiter_cancelled_again_while_it_leaves_is_forgotten(
         channel = broker.keys.channel("x")
         waiting = asyncio.create_task(broker.await_result("x", WAIT))
         await _subscribed(raw, channel)
-        subscriptions = (await broker._async_clients.get()).subscriptions
+        subscriptions = (await broker._async.clients.get()).subscriptions
         async with subscriptions._lock:  # as a join in progress holds it
             waiting.cancel()
             await asyncio.sleep(0.05)

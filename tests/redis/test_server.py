@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +21,7 @@ from celeriac.brokers.redis.keys import Keyspace
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 from celeriac.testing import wait_for
 from tests.conftest import Ledger, WorkerProcesses, run_celeriac
-from tests.redis_server import RedisServer, free_port, start_redis
+from tests.redis_server import RedisServer, free_port, start_redis, start_tls_redis
 
 
 @pytest.fixture(autouse=True)
@@ -242,22 +240,8 @@ def test_a_host_name_that_does_not_resolve_is_named() -> None:
 
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[RedisServer, int, Path]]:
-    """A redis-server that also serves TLS: (the server, its TLS port, its certificate),
-    the certificate self-signed for 127.0.0.1 (skipped without openssl or a TLS build)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not found: it makes the test's certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    request = ("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2")
-    files = ("-keyout", str(key), "-out", str(cert))
-    names = ("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1")
-    subprocess.run(["openssl", *request, *files, *names], check=True, capture_output=True)
-    tls_port = free_port()
-    options = ("--tls-port", str(tls_port), "--tls-cert-file", str(cert))
-    options += ("--tls-key-file", str(key), "--tls-ca-cert-file", str(cert))
-    try:
-        server = start_redis(tmp_path / "redis", extra=(*options, "--tls-auth-clients", "no"))
-    except RuntimeError as exc:
-        pytest.skip(f"this redis-server cannot serve TLS: {exc}")
+    """A redis-server that also serves TLS (see start_tls_redis)."""
+    server, tls_port, cert = start_tls_redis(tmp_path)
     yield server, tls_port, cert
     server.stop()
 

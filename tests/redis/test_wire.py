@@ -1,4 +1,7 @@
-"""The raw hot path (wire.py): its own socket reads must answer exactly as redis-py would."""
+"""celeriac's own sync client (wire.py): raw replies, errors as celeriac's, retries as promised.
+
+redis-py appears here only as an independent client that looks at the server.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redis.exceptions import NoScriptError, ResponseError
 
 import redis
-from celeriac.brokers.redis.wire import RETRY_PAUSES, Wire
+from celeriac.brokers.redis import errors
+from celeriac.brokers.redis.errors import NoScriptError, ResponseError
+from celeriac.brokers.redis.wire import RETRY_PAUSES, Wire, opener
 from celeriac.testing import wait_for
 from tests.redis_server import RedisServer, start_redis
 
 
 @pytest.fixture
 def wire(redis_server: RedisServer) -> Iterator[Wire]:
-    made = Wire(redis.Redis(port=redis_server.port))
+    made = Wire(opener(f"redis://127.0.0.1:{redis_server.port}/0", 30.0))
     yield made
     made.close()
 
@@ -35,7 +39,7 @@ def test_replies_come_back_raw(wire: Wire, prefix: str) -> None:
     assert wire.call(("LRANGE", f"{prefix}:l", 0, -1)) == [b"1", b"2"]
 
 
-def test_error_replies_are_redis_py_exceptions(wire: Wire, prefix: str) -> None:
+def test_error_replies_are_celeriacs_redis_errors(wire: Wire, prefix: str) -> None:
     wire.call(("SET", f"{prefix}:s", "x"))
     with pytest.raises(NoScriptError):  # the drivers reload a script on exactly this type
         wire.call(("EVALSHA", "0" * 40, 0))
@@ -52,7 +56,7 @@ def test_a_pipeline_returns_errors_in_place(wire: Wire, prefix: str) -> None:
     assert isinstance(replies[1], NoScriptError)
 
 
-def test_an_error_inside_an_array_reply_is_a_redis_py_exception(wire: Wire) -> None:
+def test_an_error_inside_an_array_reply_is_a_redis_error(wire: Wire) -> None:
     reply = wire.call(("EVAL", "return {1, redis.error_reply('NOSCRIPT inner')}", 0))
     assert reply[0] == 1
     assert isinstance(reply[1], NoScriptError)
@@ -125,9 +129,8 @@ def test_a_reply_lost_with_its_connection_is_asked_again(
 
 def test_a_server_that_hangs_up_costs_three_attempts_then_an_error() -> None:
     # A listener on loopback that reads each connection's first request (the handshake)
-    # and hangs up without answering: every attempt fails in redis-py's handshake. The
-    # wire's policy is one try plus two retries (RETRY_PAUSES), each a fresh connection;
-    # redis-py's connect() would retry the handshake again inside each attempt.
+    # and hangs up without answering: every attempt fails in the handshake. The
+    # wire's policy is one try plus two retries (RETRY_PAUSES), each a fresh connection.
     listener = socket.create_server(("127.0.0.1", 0))
     accepted: list[int] = []
 
@@ -143,9 +146,9 @@ def test_a_server_that_hangs_up_costs_three_attempts_then_an_error() -> None:
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
-    made = Wire(redis.Redis(port=listener.getsockname()[1], socket_timeout=5))
+    made = Wire(opener(f"redis://127.0.0.1:{listener.getsockname()[1]}?socket_timeout=5", 5))
     try:
-        with pytest.raises(redis.ConnectionError):
+        with pytest.raises(errors.ConnectionError):
             made.call(("PING",))
     finally:
         made.close()
@@ -161,14 +164,14 @@ def test_a_frozen_server_costs_one_timeout_not_three(tmp_path: Path) -> None:
     # socket_timeout again (90 s with the defaults before a frozen Redis was reported to
     # a worker or a scheduler), and the command sent again if Redis answered the handshake.
     server = start_redis(tmp_path / "redis")
-    made = Wire(redis.Redis(port=server.port, socket_timeout=0.5))
+    made = Wire(opener(f"redis://127.0.0.1:{server.port}?socket_timeout=0.5", 0.5))
     raw = redis.Redis(port=server.port)
     try:
         made.call(("PING",))
         before = raw.info("stats")["total_connections_received"]
         os.kill(server.process.pid, signal.SIGSTOP)
         try:
-            with pytest.raises(redis.TimeoutError):
+            with pytest.raises(errors.TimeoutError):
                 made.call(("INCR", "n"))
         finally:
             os.kill(server.process.pid, signal.SIGCONT)

@@ -129,7 +129,7 @@ def wait_result(ctx: Context, task_id: str, timeout: float) -> Plan[bytes | None
     per event loop, see subscriptions.py), so many waiters on one id all wake, each as
     soon as the committing script publishes. The wake-up is one byte; the waiter then
     reads the result key. It also reads the key after every quiet second, because a
-    wake-up published while redis-py was re-subscribing (after a dropped connection)
+    wake-up published while a dropped connection was being replaced and subscribed again
     is gone for good.
 
     Redis going away once the wait has begun (a restart, a failover, a blip) is waited

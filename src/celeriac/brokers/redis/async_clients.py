@@ -15,7 +15,8 @@ import msgspec
 import redis.asyncio
 import redis.asyncio.cluster
 
-from celeriac.brokers.redis.connection import AsyncClient, RedisURL
+from celeriac.brokers.redis.connection import RedisURL
+from celeriac.brokers.redis.redis_py import AsyncClient
 from celeriac.brokers.redis.subscriptions import Subscriptions
 
 CLUSTER_IN_FLIGHT = 90  # below redis-py's 100 connections per node: pub/sub takes one

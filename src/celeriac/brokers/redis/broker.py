@@ -55,7 +55,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -72,12 +72,16 @@ from celeriac.brokers.records import (
     WorkerInfo,
 )
 from celeriac.brokers.redis import admin, ops, startup, store
-from celeriac.brokers.redis.async_clients import AsyncClients
 from celeriac.brokers.redis.connection import RedisURL
-from celeriac.brokers.redis.driver import AsyncDriver, SyncDriver
+from celeriac.brokers.redis.driver import SyncDriver
 from celeriac.brokers.redis.keys import Keyspace
 from celeriac.brokers.redis.steps import Plan
+from celeriac.brokers.redis.wire import Wire, opener
 from celeriac.errors import BrokerError
+
+if TYPE_CHECKING:
+    from celeriac.brokers.redis.async_driver import AsyncDriver
+    from celeriac.brokers.redis.cluster_driver import ClusterDriver
 
 T = TypeVar("T")
 
@@ -112,13 +116,33 @@ class RedisBroker(Broker):
         self.keys = Keyspace(self.url.prefix)
         block = min(ops.MAX_BLOCK, self.url.socket_timeout / 2)
         self._ctx = ops.Context(self.keys, self.url.cluster, set(), max_block=block)
-        self._sync = SyncDriver(self.url.sync_client(), self.url.safe)
-        self._async_clients = AsyncClients(self.url)
-        self._async = AsyncDriver(self._async_clients, self.url.safe)
+        self._sync = self._sync_driver()
+        self._async_driver: AsyncDriver | None = None  # made by the first async call
         # Forked by a process that just checked this server: not again (startup.parent_passed).
         self._checked = startup.parent_passed(self.url.safe)
         # Cluster routes each call through redis-py, which cannot leave a reply unread.
         self.overlaps_calls = not self.url.cluster
+
+    def _sync_driver(self) -> SyncDriver | ClusterDriver:
+        """The sync face's driver: celeriac's own client on a standalone Redis (no
+        redis-py: see wire.py), redis-py's Cluster client on a Cluster."""
+        if self.url.cluster:
+            from celeriac.brokers.redis.cluster_driver import ClusterDriver
+
+            return ClusterDriver(self.url.cluster_client(), self.url.safe)
+        wire = Wire(opener(self.url.redis_url, self.url.socket_timeout))
+        return SyncDriver(wire, self.url.safe)
+
+    @property
+    def _async(self) -> AsyncDriver:
+        """The async face's driver (redis.asyncio), made on first use: a process that
+        never awaits does not load redis-py for it."""
+        if self._async_driver is None:
+            from celeriac.brokers.redis.async_clients import AsyncClients
+            from celeriac.brokers.redis.async_driver import AsyncDriver
+
+            self._async_driver = AsyncDriver(AsyncClients(self.url), self.url.safe)
+        return self._async_driver
 
     def _run(self, plan: Plan[T], what: str) -> T:
         if not self._checked:
@@ -149,13 +173,15 @@ class RedisBroker(Broker):
         """Close this broker's idle connections (async ones of loops not running); one
         in use by another thread is left to the call using it, which goes on."""
         self._sync.close()
-        self._async_clients.close()
+        if self._async_driver is not None:
+            self._async_driver.clients.close()
 
     async def aclose(self) -> None:
         """Close the running event loop's idle connections (see
         :meth:`AsyncClients.aclose`); calls in flight in other tasks go on. The rest are
         closed when the loop ends."""
-        await self._async_clients.aclose()
+        if self._async_driver is not None:
+            await self._async_driver.clients.aclose()
 
     # -- producing ----------------------------------------------------------------------
 

@@ -1,54 +1,43 @@
-"""Broker URLs, Redis clients (sync, async, Cluster) and driver-error translation.
+"""Broker URLs, and the translation of driver errors into celeriac's.
 
 URL forms::
 
     redis://[user:password@]host:6379/0       plain TCP (ACL user optional)
-    rediss://[user:password@]host:6380/0      TLS (redis-py's ssl_* query options apply)
+    rediss://[user:password@]host:6380/0      TLS (ssl_* query options, redis-py's names)
     unix:///run/redis/redis.sock?db=0         a Unix socket
     redis://host:7000?cluster=1               Redis Cluster (any node; the others are found)
     redis://h1:7000?cluster=1&nodes=h2:7000,h3:7000   ... starting from whichever answers
 
-Three query options belong to celeriac and are removed before redis-py sees the URL:
+Three query options belong to celeriac and are removed before a client sees the URL:
 ``prefix`` (default ``celeriac``) puts every key under another namespace, as tests do,
 ``cluster=1`` selects Redis Cluster, and ``nodes=`` names more Cluster nodes to start
 from: a client reads the slot map from the first that answers, so a process can start
 while the URL's own node is down. Every other option (``socket_timeout=``,
-``ssl_cert_reqs=``, ...) goes to redis-py unchanged, checked when the URL is parsed by
-building (not connecting) the connection redis-py would make from it.
+``ssl_cert_reqs=``, ...) is redis-py's, with redis-py's meaning, and is checked when the
+URL is parsed: by :mod:`.dial`, which opens the sync face's connections, for the options
+it takes, else by building (not connecting) the connection redis-py would make from it
+(redis-py then opens them: see wire.opener).
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import re
 import socket
-import ssl
-from typing import Any
+import sys
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import msgspec
-import redis.asyncio
-import redis.asyncio.cluster
-import redis.cluster
-from redis.backoff import ExponentialBackoff
-from redis.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
-from redis.exceptions import ClusterDownError, ClusterError, RedisClusterException
-from redis.retry import Retry
 
-import redis
-from celeriac._version import __version__
 from celeriac.brokers import redacted
+from celeriac.brokers.redis import dial, errors
 from celeriac.brokers.redis.scripts import Denial, denied_in_script
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 
-SyncClient = redis.Redis | redis.cluster.RedisCluster
-AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+if TYPE_CHECKING:
+    import redis.cluster
 
-#: What redis-py raises when Redis fails: a Cluster that cannot be reached at all raises
-#: RedisClusterException, which is no RedisError (a worker on Cluster died of it).
-DriverError = redis.RedisError | RedisClusterException
-DRIVER_ERRORS = (redis.RedisError, RedisClusterException)
+    from celeriac.brokers.redis.redis_py import AsyncClient
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -56,56 +45,12 @@ _TRUE = {"1", "true", "yes", "on"}
 #: the bare word "maxmemory": an error that echoes its arguments has it too (a renamed
 #: CONFIG: "unknown command 'CONFIG', with args beginning with: 'GET' 'maxmemory-policy'").
 _OOM = "used memory > 'maxmemory'"
-#: Redis's reply to a connection past ``maxclients``, before it closes it (redis-py raises
-#: a ConnectionError with these words).
+#: Redis's reply to a connection past ``maxclients``, before it closes it (a
+#: ConnectionError with these words).
 _MAXCLIENTS = "max number of clients reached"
 
-
-def driver_identity() -> dict[str, Any]:
-    """The library name and version every connection gives Redis (CLIENT SETINFO), as
-    client options: ``redis-py(celeriac_v0.1.0)`` in CLIENT LIST, so an operator can tell
-    celeriac's connections from the rest.
-
-    Given here, too, so that redis-py does not read its own version from its package
-    metadata at every new connection: ~0.2 ms each, and a worker child's first ones
-    imported the ``email`` parser to do it.
-
-    Example:
-        >>> sorted(driver_identity()) in (["driver_info"], ["lib_name", "lib_version"])
-        True
-    """
-    name = f"redis-py(celeriac_v{__version__})"
-    try:
-        from redis.driver_info import DriverInfo
-    except ImportError:  # redis-py before 8: the keywords that 8 deprecates
-        return {"lib_name": name, "lib_version": redis.__version__}
-    identity = DriverInfo(lib_version=redis.__version__)
-    return {"driver_info": identity.add_upstream_driver("celeriac", __version__)}
-
-
-# Defaults that make a dead server fail fast and a restarted one recover by itself: one
-# quick retry on a fresh connection covers a pooled socket that the restart broke.
-_DEFAULTS: dict[str, Any] = {
-    "socket_connect_timeout": 5.0,
-    "socket_timeout": 30.0,
-    **driver_identity(),
-}
-_TCP_DEFAULTS: dict[str, Any] = {**_DEFAULTS, "socket_keepalive": True}
-
-
-def _retry(*, timeouts: bool = False) -> Retry:
-    """Two quick retries of a broken connection; a time-out only when ``timeouts``.
-
-    A time-out is the server there and not answering (frozen, a paused VM, a partition):
-    each retry waited socket_timeout again and sent the command again, so a producer's
-    first ``delay()`` to a frozen Redis (its server check runs on redis-py) waited 90 s
-    with the defaults. The wire (wire.py) never retried one. ``retry_on_timeout=true`` in
-    the URL still turns it on. Cluster keeps it: a timed-out node may have failed over.
-    """
-    errors: tuple[type[Exception], ...] = (redis.ConnectionError,)
-    if timeouts:
-        errors += (redis.TimeoutError, TimeoutError)
-    return Retry(ExponentialBackoff(cap=0.2, base=0.02), 2, supported_errors=errors)
+#: Seconds a client waits for a reply unless the URL says (socket_timeout=).
+SOCKET_TIMEOUT = 30.0
 
 
 class RedisURL(msgspec.Struct, frozen=True):
@@ -164,8 +109,7 @@ class RedisURL(msgspec.Struct, frozen=True):
             else:
                 rest.append((key, value))
         _check_database(url, parts.scheme, parts.path, rest)
-        # Reading redis-py's signatures costs ~4 ms: only for a URL that has options to check.
-        unknown = sorted({key for key, _ in rest} - _redis_options()) if rest else []
+        unknown = _unknown_options({key for key, _ in rest})
         if unknown:
             raise ConfigurationError(
                 f"unknown option {', '.join(map(repr, unknown))} in the broker URL "
@@ -195,33 +139,25 @@ class RedisURL(msgspec.Struct, frozen=True):
         return parsed
 
     def _check_values(self) -> None:
-        """Refuse an option redis-py cannot use, as redis-py itself reads it: a value it
-        cannot parse (``socket_timeout=abc``, ``ssl_cert_reqs=bogus``) or an option its
-        connection does not take here (``ssl_ca_certs=`` on a plain ``redis://``). Each
-        was found only at the first send: a bare ValueError or TypeError, or a RedisError
-        that read as the server refusing a command."""
+        """Refuse an option value that cannot be used, as the client that will use it
+        reads it: :mod:`.dial` for the options it takes (a plain URL loads no redis-py),
+        else redis-py (``socket_timeout=abc``, ``ssl_cert_reqs=bogus``, ``ssl_ca_certs=``
+        on a plain ``redis://``). Each was found only at the first send: a bare ValueError
+        or TypeError, or a RedisError that read as the server refusing a command."""
         try:
-            if self.cluster:  # a Cluster client connects as it is made: check values only
-                parse_url(self.redis_url)  # type: ignore[no-untyped-call]
+            if dial.Endpoint.from_url(self.redis_url) is not None:
                 return
-            # What redis.Redis.from_url builds, every query option reaching the connection
-            tls = {"connection_class": HandshakeBoundSSLConnection} if self.tls else {}
-            pool = redis.ConnectionPool.from_url(self.redis_url, **self.defaults, **tls)
-            pool.connection_class(**pool.connection_kwargs)  # built, never connected
-            return
-        except TypeError as exc:  # "... got an unexpected keyword argument 'ssl_ca_certs'"
-            found = re.search(r"argument '(\w+)'", str(exc))
-            option = found.group(1) if found else ""
-            if option.startswith("ssl"):
-                problem = f"{option}= applies to TLS only: use a rediss:// URL"
-            elif option:
-                problem = f"redis-py's connection does not take {option}= from a URL"
-            else:
-                problem = str(exc)
-        except Exception as exc:  # noqa: BLE001 - whatever redis-py raises for a bad value
-            problem = str(exc).rstrip(".") or type(exc).__name__
+            problem = None
+        except ValueError as exc:
+            problem = str(exc).rstrip(".")
+        if problem is None:
+            from celeriac.brokers.redis import redis_py
+
+            problem = redis_py.check_values(self.redis_url, self.cluster, self.socket_timeout)
+            if problem is None:
+                return
         raise ConfigurationError(
-            f"the broker URL {self.safe} has an option redis-py cannot use: {problem}. Fix "
+            f"the broker URL {self.safe} has an option celeriac cannot use: {problem}. Fix "
             "it in the URL's query string."
         )
 
@@ -237,34 +173,18 @@ class RedisURL(msgspec.Struct, frozen=True):
         """
         return _socket_timeout(self.redis_url)
 
-    @property
-    def defaults(self) -> dict[str, Any]:
-        """Client options the URL may override (keepalive only exists over TCP)."""
-        return _DEFAULTS if self.redis_url.startswith("unix:") else _TCP_DEFAULTS
-
-    def sync_client(self) -> SyncClient:
-        """A new redis-py client (its own connection pool).
+    def cluster_client(self) -> redis.cluster.RedisCluster:
+        """A new redis-py Cluster client (redis-py reads the slot map at once).
 
         Raises:
-            BrokerConnectionError: a Cluster none of whose nodes answers (redis-py reads its
-                slot map at once; a standalone client connects on its first command).
+            BrokerConnectionError: none of the Cluster's nodes answers.
         """
-        if self.cluster:
-            seeds = [
-                redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
-                for host, port in self.seeds
-            ]
-            try:
-                return redis.cluster.RedisCluster.from_url(
-                    self.redis_url,
-                    startup_nodes=seeds,
-                    retry=_retry(timeouts=True),
-                    **self.defaults,
-                )
-            except DRIVER_ERRORS as exc:
-                raise translate(exc, "connect", self.safe) from exc
-        tls = {"connection_class": HandshakeBoundSSLConnection} if self.tls else {}
-        return redis.Redis.from_url(self.redis_url, retry=_retry(), **self.defaults, **tls)
+        from celeriac.brokers.redis import redis_py
+
+        try:
+            return redis_py.cluster_client(self.redis_url, self.socket_timeout, self.seeds)
+        except redis_py.DRIVER_ERRORS as exc:
+            raise translate(exc, "connect", self.safe) from exc
 
     @property
     def tls(self) -> bool:
@@ -273,33 +193,9 @@ class RedisURL(msgspec.Struct, frozen=True):
 
     def async_client(self) -> AsyncClient:
         """A new redis.asyncio client, bound to the running event loop."""
-        if self.cluster:
-            seeds = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in self.seeds]
-            return redis.asyncio.cluster.RedisCluster.from_url(
-                self.redis_url, startup_nodes=seeds, retry=_retry(timeouts=True), **self.defaults
-            )
-        # A blocking pool: past its 100 connections a command waits for a free one. The
-        # default pool raised "Too many connections" instead, so ~100 concurrent aget()s
-        # or sends in one loop failed (each holds a connection while its reply is due).
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            self.redis_url, max_connections=100, timeout=None, retry=_retry(), **self.defaults
-        )
-        return redis.asyncio.Redis.from_pool(pool)
+        from celeriac.brokers.redis import redis_py
 
-
-class HandshakeBoundSSLConnection(redis.SSLConnection):
-    """redis-py's TLS connection, its handshake bounded by the connect timeout (5 s).
-
-    redis-py runs the handshake under the socket timeout (30 s): a ``rediss://`` URL
-    pointed at a plain Redis port (the server waits for a newline that never comes) took
-    90 s to fail, three tries of 30 s, before any error was shown.
-    """
-
-    def _wrap_socket_with_ssl(self, sock: Any) -> Any:
-        sock.settimeout(self.socket_connect_timeout)  # the handshake is part of connecting
-        wrapped = super()._wrap_socket_with_ssl(sock)  # type: ignore[no-untyped-call]
-        wrapped.settimeout(self.socket_timeout)
-        return wrapped
+        return redis_py.async_client(self.redis_url, self.socket_timeout, self.cluster, self.seeds)
 
 
 def _seed(node: str, url: str) -> tuple[str, int]:
@@ -332,25 +228,15 @@ def _check_database(url: str, scheme: str, path: str, query: list[tuple[str, str
             )
 
 
-@functools.cache
-def _redis_options() -> frozenset[str]:
-    """Every keyword redis-py's clients, pools and connections take: the query options a
-    broker URL may carry besides celeriac's own (read from redis-py, so any version's)."""
-    names = set(URL_QUERY_ARGUMENT_PARSERS)
-    classes = (
-        redis.Redis,
-        redis.cluster.RedisCluster,
-        redis.ConnectionPool,
-        redis.Connection,
-        redis.SSLConnection,
-        redis.UnixDomainSocketConnection,
-    )
-    for cls in classes:
-        for klass in cls.__mro__:
-            init = klass.__dict__.get("__init__")
-            if init is not None:
-                names.update(inspect.signature(init).parameters)
-    return frozenset(names - {"self", "args", "kwargs"})
+def _unknown_options(names: set[str]) -> list[str]:
+    """The query options neither :mod:`.dial` nor redis-py takes, sorted. redis-py is
+    imported (its signatures read, ~4 ms more) only for a name that is not dial's."""
+    others = names - dial.OPTIONS if names else names
+    if not others:
+        return []
+    from celeriac.brokers.redis.redis_py import redis_options
+
+    return sorted(others - redis_options())
 
 
 def _socket_timeout(url: str) -> float:
@@ -360,28 +246,23 @@ def _socket_timeout(url: str) -> float:
         seconds = float(given) if given else 0.0
     except ValueError:
         seconds = 0.0  # redis-py refuses it when it connects, with its own words
-    return seconds if seconds > 0 else float(_DEFAULTS["socket_timeout"])
+    return seconds if seconds > 0 else SOCKET_TIMEOUT
 
 
-def translate(exc: DriverError, what: str, url: str) -> BrokerError:
-    """The celeriac error for a redis-py error, with a message readable at 3 a.m.
+def translate(exc: BaseException, what: str, url: str) -> BrokerError:
+    """The celeriac error for a driver's error (an :mod:`.errors` one, or redis-py's,
+    adopted first), with a message readable at 3 a.m.
 
     The result is chained to ``exc`` as ``raise ... from exc`` would (drivers throw it into
     the plan that was running rather than raising it here).
     """
     error: BrokerError
-    original, said = exc, exc.__cause__
-    if isinstance(exc, redis.ConnectionError) and isinstance(
-        said, redis.AuthenticationError | redis.ResponseError
-    ):
-        # redis.asyncio over a Unix socket wraps what the server said while connecting (a
-        # wrong password, no such database) in a ConnectionError, which read "did not
-        # answer ... check that redis-server is running".
-        exc = said
-    denial = denied_in_script(str(exc)) if isinstance(exc, redis.ResponseError) else None
-    if isinstance(exc, redis.exceptions.NoPermissionError) or denial is not None:
+    original = exc
+    exc = _what_redis_said(exc)
+    denial = denied_in_script(str(exc)) if isinstance(exc, errors.ResponseError) else None
+    if isinstance(exc, errors.NoPermissionError) or denial is not None:
         error = BrokerError(f"could not {what}: {_denied(exc, url, denial)}")
-    elif isinstance(exc, redis.AuthenticationError) and urlsplit(url).password is None:
+    elif isinstance(exc, errors.AuthenticationError) and urlsplit(url).password is None:
         # The server's words ("HELLO must be called with the client already authenticated",
         # "NOAUTH Authentication required") leave the reader to infer the missing password.
         error = BrokerConnectionError(
@@ -389,7 +270,7 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
             f"none ({exc}). Put it in the URL: redis://:PASSWORD@host:6379/0, or "
             "redis://USER:PASSWORD@host:6379/0 for an ACL user (percent-encode '/', '?', '#')."
         )
-    elif isinstance(exc, redis.AuthenticationError):
+    elif isinstance(exc, errors.AuthenticationError):
         error = BrokerConnectionError(
             f"could not {what}: Redis at {url} refused this client's credentials "
             f"({type(exc).__name__}: {exc}). Check the user and password in the broker URL "
@@ -399,9 +280,9 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
         error = cluster
     elif (busy := _busy_error(exc, what, url)) is not None:
         error = busy
-    elif isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+    elif isinstance(exc, errors.ConnectionError | errors.TimeoutError):
         error = _unreachable(exc, what, url)
-    elif isinstance(exc, redis.exceptions.ReadOnlyError):
+    elif isinstance(exc, errors.ReadOnlyError):
         # After a failover the old primary is a replica: a connection error, so workers
         # reconnect (resolving the host again) and producers can retry.
         error = BrokerConnectionError(
@@ -409,7 +290,7 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
             "broker URL at the primary, or at an endpoint that follows failovers (Sentinel, "
             "a managed service's primary endpoint); workers reconnect by themselves."
         )
-    elif isinstance(exc, redis.exceptions.OutOfMemoryError) or _OOM in str(exc):
+    elif isinstance(exc, errors.OutOfMemoryError) or _OOM in str(exc):
         error = BrokerError(
             f"could not {what}: Redis at {url} is full (used memory over maxmemory; with "
             "noeviction it refuses writes instead of deleting queued tasks), so it refused "
@@ -423,7 +304,7 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
         )
     else:
         error = BrokerError(f"could not {what}: Redis at {url} refused the command: {exc}")
-    if isinstance(original, redis.TimeoutError) and "connecting" not in str(original):
+    if isinstance(exc, errors.TimeoutError) and "connecting" not in str(exc):
         # Sent, or partly sent, and unanswered: Redis may run it when it answers.
         error.maybe_done = True
     error.__cause__ = original
@@ -431,7 +312,38 @@ def translate(exc: DriverError, what: str, url: str) -> BrokerError:
     return error
 
 
-def _unreachable(exc: DriverError, what: str, url: str) -> BrokerConnectionError:
+def _what_redis_said(exc: BaseException) -> errors.RedisError:
+    """``exc`` in the :mod:`.errors` vocabulary, unwrapped to what the server said.
+
+    redis.asyncio over a Unix socket wraps what the server said while connecting (a wrong
+    password, no such database) in a ConnectionError, which read "did not answer ...
+    check that redis-server is running".
+    """
+    ours = _ours(exc)
+    if ours is None:  # no driver's error: worded as a refusal, with what it was as the cause
+        ours = errors.RedisError(*exc.args)
+        ours.__cause__ = exc
+    said = _ours(exc.__cause__) if exc.__cause__ is not None else None
+    if isinstance(ours, errors.ConnectionError) and isinstance(
+        said, errors.AuthenticationError | errors.ResponseError
+    ):
+        return said
+    return ours
+
+
+def _ours(exc: BaseException) -> errors.RedisError | None:
+    """``exc`` in the :mod:`.errors` vocabulary: redis-py's adopted (redis-py raised it, so
+    it is loaded); None for anything else (the OSError a connection failed with)."""
+    if isinstance(exc, errors.RedisError):
+        return exc
+    if not type(exc).__module__.startswith("redis."):
+        return None
+    from celeriac.brokers.redis.redis_py import adopt
+
+    return adopt(exc)
+
+
+def _unreachable(exc: errors.RedisError, what: str, url: str) -> BrokerConnectionError:
     """What translate() says of a connection that failed: the step that failed when the
     error tells it (the host's name, TLS), else that Redis did not answer.
 
@@ -448,19 +360,21 @@ def _unreachable(exc: DriverError, what: str, url: str) -> BrokerConnectionError
             f"({said}). Check the host in the URL and this host's DNS (in Kubernetes or "
             "Compose, the service's name and namespace); workers retry until it resolves."
         )
-    if any(isinstance(c, ssl.SSLCertVerificationError) for c in causes):
+    # ssl is loaded by a TLS connection only (~4 MiB a process): without it, no TLS error.
+    ssl = sys.modules.get("ssl")
+    if ssl is not None and any(isinstance(c, ssl.SSLCertVerificationError) for c in causes):
         return BrokerConnectionError(
             f"could not {what}: Redis at {url} presented a TLS certificate this client does "
             f"not trust ({said}). Name the CA that signed it in the URL: "
             "ssl_ca_certs=/path/to/ca.pem (ssl_cert_reqs=none skips the check)."
         )
-    if any(isinstance(c, ssl.SSLError) for c in causes):
+    if ssl is not None and any(isinstance(c, ssl.SSLError) for c in causes):
         return BrokerConnectionError(
             f"could not {what}: the TLS handshake with Redis at {url} failed ({said}). Check "
             "that this port speaks TLS (else use redis://) and the URL's ssl_* options."
         )
     tls = ""
-    if url.startswith("rediss:") and isinstance(exc, redis.TimeoutError):
+    if url.startswith("rediss:") and isinstance(exc, errors.TimeoutError):
         tls = (
             " A rediss:// URL at a port that speaks plain Redis gets no TLS answer and "
             "times out like this: for a server without TLS, use redis://."
@@ -470,7 +384,7 @@ def _unreachable(exc: DriverError, what: str, url: str) -> BrokerConnectionError
             " A port that expects TLS resets plain connections like this (managed services "
             "often serve TLS on 6380): if so, use rediss://."
         )
-    if isinstance(exc, redis.TimeoutError) and "reading" in str(exc):
+    if isinstance(exc, errors.TimeoutError) and "reading" in str(exc):
         # Connected and sent, then nothing: "check that redis-server is running" sent an
         # operator to a server that was running, only stopped or busy.
         return BrokerConnectionError(
@@ -497,7 +411,7 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return found
 
 
-def _busy_error(exc: DriverError, what: str, url: str) -> BrokerError | None:
+def _busy_error(exc: errors.RedisError, what: str, url: str) -> BrokerError | None:
     """What translate() says of a Redis that is there but cannot take this client now
     (loading its data, every connection taken); None for other errors.
 
@@ -505,7 +419,7 @@ def _busy_error(exc: DriverError, what: str, url: str) -> BrokerError | None:
     redis-server is running": an operator went looking for a dead server while Redis read
     its AOF, or served every connection it already had.
     """
-    if isinstance(exc, redis.exceptions.BusyLoadingError):
+    if isinstance(exc, errors.BusyLoadingError):
         return BrokerConnectionError(
             f"could not {what}: Redis at {url} is loading its data set into memory ({exc}): "
             "it has just started and is reading its AOF or RDB file, and answers once that "
@@ -524,9 +438,9 @@ def _busy_error(exc: DriverError, what: str, url: str) -> BrokerError | None:
     return None
 
 
-def _cluster_error(exc: DriverError, what: str, url: str) -> BrokerError | None:
+def _cluster_error(exc: errors.RedisError, what: str, url: str) -> BrokerError | None:
     """What translate() says of a Cluster that cannot serve a command; None for others."""
-    if isinstance(exc, RedisClusterException | ClusterDownError):
+    if isinstance(exc, errors.RedisClusterException | errors.ClusterDownError):
         seeds = (
             " A client starts from the URL's node alone: list others with "
             "nodes=host2:7000,host3:7000 so it can start while one is down."
@@ -539,7 +453,7 @@ def _cluster_error(exc: DriverError, what: str, url: str) -> BrokerError | None:
             "from this host (redis-cli --cluster check HOST:PORT), and that the broker URL "
             f"(host, port, password, TLS) is right.{seeds}"
         )
-    if isinstance(exc, ClusterError) and str(exc).startswith("TTL exhausted"):
+    if isinstance(exc, errors.ClusterError) and str(exc).startswith("TTL exhausted"):
         # Redirected until redis-py (and the driver, REDIRECT_PATIENCE) gave up: a slot on
         # the move. It read "refused the command: TTL exhausted.", as if the command were
         # wrong, and producers took it for a refusal rather than an outage to wait out.
@@ -552,7 +466,7 @@ def _cluster_error(exc: DriverError, what: str, url: str) -> BrokerError | None:
     return None
 
 
-def _denied(exc: DriverError, url: str, denial: Denial | None) -> str:
+def _denied(exc: errors.RedisError, url: str, denial: Denial | None) -> str:
     """An ACL refusal, with the grant that lifts it for the URL's user and prefix."""
     parts = urlsplit(url)
     user = parts.username or "default"

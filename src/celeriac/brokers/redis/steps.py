@@ -1,10 +1,11 @@
 """What an operation asks of Redis, as data: the steps a plan yields to a driver.
 
 Each broker operation is written once, as a generator (a *plan*) that yields steps and
-receives their replies; :mod:`.driver` runs plans on redis-py (sync) or redis.asyncio
-(async). Plans hold the logic — which script, which keys and arguments, how a reply is
-read — and never do I/O, so the two faces cannot drift apart. A driver error is thrown
-into the plan (as a celeriac error) at the step that failed.
+receives their replies; the drivers run them (:mod:`.driver` on a standalone Redis,
+:mod:`.cluster_driver` on Cluster, :mod:`.async_driver` for the async face). Plans hold
+the logic (which script, which keys and arguments, how a reply is read) and never do
+I/O, so the faces cannot drift apart. A driver error is thrown into the plan (as a
+celeriac error) at the step that failed.
 """
 
 from __future__ import annotations

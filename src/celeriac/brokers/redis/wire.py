@@ -1,16 +1,16 @@
-"""The hot path to a standalone Redis: commands on kept sockets, without redis-py's
-per-command machinery.
+"""celeriac's sync client for a standalone Redis: commands on kept sockets, without redis-py.
 
 redis-py's ``execute_command`` costs ~30 µs of Python per call (pool checkout, retry
 wrapper, event dispatch, observability hooks, response callbacks), and even its bare
 ``send_packed_command`` / ``read_response`` pair ~8,000 instructions more (health and
 push-message checks, buffer bookkeeping), about the round trip itself on loopback; a worker pays
-it once per broker call and a producer once per ``delay()``. :class:`Wire` lets redis-py
-open each connection (so URLs, TLS, ACL, Unix sockets and the handshake behave exactly as
-in redis-py), then drives the connection's socket itself: pack with hiredis, one
-``sendall``, ``recv`` into a hiredis reader of its own. Replies are raw (no response
-callbacks), so only commands whose raw reply is what the caller wants go through here
-(:data:`RAW`); error replies are raised (or returned in place) as redis-py's exceptions.
+it once per broker call and a producer once per ``delay()``. Importing redis-py costs a
+process ~18 MiB and ~100 ms more (it imports asyncio, ssl, email, importlib.metadata...),
+more than the rest of a worker. :class:`Wire` packs with hiredis, makes one ``sendall``,
+and ``recv``s into a hiredis reader of its own, on connections that :mod:`.dial` opens
+(or redis-py, for a URL whose options dial does not take: see :func:`opener`). Replies
+are raw (RESP3 as hiredis reads it: maps are dicts); error replies are raised (or
+returned in place) as :mod:`.errors` exceptions.
 
 Thread- and fork-safe: idle connections sit in a list (``pop``/``append`` are atomic), a
 connection is used by one call at a time, and a forked child never touches its parent's
@@ -19,6 +19,7 @@ sockets (they are dropped, not closed, on the first call after the fork).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 import weakref
@@ -26,13 +27,20 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import hiredis
-from redis._parsers.base import BaseParser
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, ReadOnlyError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-import redis
 from celeriac import pid
+from celeriac._version import __version__
+from celeriac.brokers.redis import dial, errors
+from celeriac.brokers.redis.errors import ConnectionError as RedisConnectionError
+from celeriac.brokers.redis.errors import InvalidResponse, ReadOnlyError, ResponseError
+from celeriac.brokers.redis.errors import TimeoutError as RedisTimeoutError
+
+#: A connected socket and how to close it (a redis-py connection closes its own way).
+Opened = tuple[socket.socket, Callable[[], None]]
+
+#: The library name and version every connection gives Redis (CLIENT SETINFO), so that
+#: an operator can tell celeriac's connections from the rest in CLIENT LIST.
+LIB_NAME = "celeriac"
 
 #: Commands whose raw reply (bytes, ints, lists, None) is what the plans expect.
 RAW = frozenset(
@@ -56,36 +64,48 @@ RECV_SIZE = 64 * 1024
 _RETRYABLE = RedisConnectionError
 
 
-def _parse_error(text: str) -> ResponseError:
-    """redis-py's exception for an error reply (``NOSCRIPT ...`` is a NoScriptError); the
-    reader makes one for every error reply, nested ones included, as redis-py's does."""
-    error: ResponseError = BaseParser.parse_error(text)  # type: ignore[no-untyped-call]
-    return error
+def opener(url: str, socket_timeout: float) -> Callable[[], Opened]:
+    """How :class:`Wire` opens its connections to the standalone Redis at ``url`` (the
+    URL without celeriac's own options): :func:`.dial.connect`, or redis-py's connection
+    when the URL has an option dial does not take (redis-py is then imported, once).
+
+    Example:
+        >>> open_one = opener("redis://127.0.0.1:6379/0", 30.0)  # nothing connects yet
+    """
+    endpoint = dial.Endpoint.from_url(url)
+    if endpoint is None:
+        from celeriac.brokers.redis.redis_py import connection_opener
+
+        return connection_opener(url, socket_timeout)
+
+    def open_dialled() -> Opened:
+        sock = dial.connect(endpoint, lib_name=LIB_NAME, lib_version=__version__)
+        return sock, lambda: _shut(sock)
+
+    return open_dialled
+
+
+def _shut(sock: socket.socket) -> None:
+    """Close a connection for good: the server sees it end even while a forked child still
+    holds a copy of the descriptor (as redis-py's disconnect does)."""
+    with contextlib.suppress(OSError):  # already broken or closed by the server
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
 
 
 class _Link:
-    """One connection: redis-py opened it, the socket and the reply parser are ours."""
+    """One connection: a socket, and a reply parser of its own."""
 
-    __slots__ = ("buffer", "conn", "reader", "replica", "sock")
+    __slots__ = ("buffer", "close", "reader", "replica", "sock")
 
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        # redis-py's handshake (TLS, AUTH, HELLO, SELECT, CLIENT SETNAME), made as its own
-        # send_packed_command makes it: one try of the handshake, so that a failed one is
-        # one of this module's attempts. Newer redis-py's connect() retries the handshake
-        # inside; older redis-py has no connect_check_health and its connect() does not.
-        opened = getattr(conn, "connect_check_health", None)
-        if opened is not None:
-            opened(check_health=False)
-        else:
-            conn.connect()
-        self.sock: socket.socket = conn._sock  # redis-py's own socket: the point of this module
+    def __init__(self, opened: Opened) -> None:
+        self.sock, self.close = opened
         self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=self._error)
         self.buffer = bytearray(RECV_SIZE)
         self.replica = False  # a READONLY reply came: the server is a replica (_round_trip)
 
-    def _error(self, text: str) -> ResponseError:
-        error = _parse_error(text)
+    def _error(self, text: str) -> errors.RedisError:
+        error = errors.reply_error(text)
         if isinstance(error, ReadOnlyError):
             self.replica = True
         return error
@@ -126,9 +146,6 @@ class _Link:
         self.sock.settimeout(kept)
         return out
 
-    def close(self) -> None:
-        self.conn.disconnect()
-
 
 class _Packed:
     """Commands packed in chunks of about SEND_CHUNK bytes, made while they are sent and
@@ -166,18 +183,15 @@ class _Packed:
 
 
 class Wire:
-    """Runs raw commands on connections made like ``client``'s own.
+    """Runs raw commands on connections that ``open`` makes (see :func:`opener`).
 
     Example:
-        >>> wire = Wire(redis.Redis.from_url("redis://127.0.0.1:6379/0"))  # doctest: +SKIP
+        >>> wire = Wire(opener("redis://127.0.0.1:6379/0", 30.0))  # doctest: +SKIP
         >>> wire.call(("GET", "missing"))  # doctest: +SKIP
     """
 
-    def __init__(self, client: redis.Redis) -> None:
-        pool = client.connection_pool
-        # redis-py's connections are untyped: Any below.
-        self._connection_class: Any = pool.connection_class
-        self._connection_kwargs = dict(pool.connection_kwargs)
+    def __init__(self, open: Callable[[], Opened]) -> None:
+        self._open = open
         self._idle: list[_Link] = []
         self._pid = pid.current()
         # A Wire dropped without close() (an app garbage-collected in a cycle) closes its
@@ -185,14 +199,14 @@ class Wire:
         weakref.finalize(self, _close_all, self._idle)
 
     def call(self, args: Sequence[Any], timeout: float | None = None) -> Any:
-        """One command, one reply; an error reply is raised as redis-py's exception.
+        """One command, one reply; an error reply is raised as an :mod:`.errors` exception.
 
         ``timeout`` caps the wait for the reply below the socket timeout (a result
         waiter's read must not outlast the wait's own timeout).
 
         Raises:
-            redis.ResponseError: Redis answered with an error (``NoScriptError`` included).
-            redis.ConnectionError: the server could not be reached after the retries.
+            errors.ResponseError: Redis answered with an error (``NoScriptError`` included).
+            errors.ConnectionError: the server could not be reached after the retries.
         """
         return self._round_trip((hiredis.pack_command(tuple(args)),), 1, timeout=timeout)[0]
 
@@ -282,12 +296,12 @@ class Wire:
 
     def _checkout(self) -> _Link:
         if self._pid != pid.current():  # forked: the parent's sockets are not ours to use
-            self._idle.clear()  # dropped: redis-py closes the copies without a shutdown
+            self._idle.clear()  # dropped: the copies close without a shutdown when collected
             self._pid = pid.current()
         try:
             return self._idle.pop()
         except IndexError:
-            return _Link(self._connection_class(**self._connection_kwargs))
+            return _Link(self._open())
 
 
 class Sent:
@@ -301,14 +315,14 @@ class Sent:
         self.link: _Link | None = None  # None: not sent (or its reply already read)
 
     def reply(self) -> Any:
-        """The command's reply, read once; an error reply is raised as redis-py's exception.
+        """The command's reply, read once; an error reply is raised as an :mod:`.errors` exception.
 
         If the send or the read failed on a broken connection, the command is made again
         as :meth:`Wire.call` makes it (retries included): as a round trip that broke.
 
         Raises:
-            redis.ResponseError: Redis answered with an error (``NoScriptError`` included).
-            redis.ConnectionError: the server could not be reached after the retries.
+            errors.ResponseError: Redis answered with an error (``NoScriptError`` included).
+            errors.ConnectionError: the server could not be reached after the retries.
         """
         link, self.link = self.link, None
         if link is None:
@@ -333,3 +347,79 @@ class Sent:
 def _close_all(links: list[_Link]) -> None:
     while links:
         links.pop().close()
+
+
+class Subscriber:
+    """Pub/sub on a connection of its own (a subscribed connection takes no other
+    command): the channels a plan subscribed to, and their messages one at a time.
+
+    A connection that breaks is opened again at the next read, subscribed to the same
+    channels; what was published meanwhile is lost, which result waiters allow for (they
+    read the result key again between reads).
+    """
+
+    def __init__(self, wire: Wire) -> None:
+        self._wire = wire
+        self._link: _Link | None = None
+        self._channels: list[bytes] = []
+
+    def subscribe(self, channel: bytes) -> None:
+        """Subscribe to ``channel`` now (connecting first if needed).
+
+        Raises:
+            errors.ConnectionError: the server could not be reached.
+        """
+        self._channels.append(channel)
+        if self._link is None:
+            self._connected()  # subscribes to every channel, this one included
+        else:
+            self._send(self._link, (channel,))
+
+    def message(self, timeout: float) -> bytes | None:
+        """The next message's data, or None once ``timeout`` seconds pass without one.
+
+        Raises:
+            errors.ConnectionError: the connection broke (the next call opens another).
+        """
+        deadline = time.monotonic() + timeout
+        link = self._connected()
+        while (remaining := deadline - time.monotonic()) > 0:
+            link.sock.settimeout(remaining)
+            try:
+                reply = link.read()
+            except RedisTimeoutError:
+                return None  # the reader keeps a partial reply: the socket stays usable
+            except BaseException:
+                self.close()
+                raise
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+                data: bytes = reply[2]
+                return data
+        return None
+
+    def close(self) -> None:
+        """Close the connection (its subscriptions end with it)."""
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
+
+    def _connected(self) -> _Link:
+        if self._link is not None:
+            return self._link
+        link = self._link = _Link(self._wire._open())
+        self._send(link, tuple(self._channels))
+        return link
+
+    def _send(self, link: _Link, channels: tuple[bytes, ...]) -> None:
+        if not channels:
+            return
+        try:
+            command: list[Any] = ["SUBSCRIBE", *channels]
+            link.send((hiredis.pack_command(tuple(command)),))
+            for _ in channels:  # each channel's confirmation, so none is read as a message
+                confirmed = link.read()
+                if isinstance(confirmed, errors.RedisError):
+                    raise confirmed
+        except BaseException:
+            self.close()
+            raise
