@@ -181,3 +181,30 @@ def test_a_frozen_server_costs_one_timeout_not_three(tmp_path: Path) -> None:
         made.close()
         raw.close()
         server.stop()
+
+
+def test_a_forked_child_that_exits_leaves_its_parents_connections_open(
+    redis_server: RedisServer,
+) -> None:
+    # A child forked by a producer (a web server's workers, multiprocessing) holds copies
+    # of the parent's sockets; when it exits, its Wire is finalized (closed). Shutting
+    # those copies down would end the parent's connections too: the parent's next call
+    # would fail over to a new connection, and a command in flight would be sent again.
+    made = Wire(opener(f"redis://127.0.0.1:{redis_server.port}/0", 30.0))
+    raw = redis.Redis(port=redis_server.port)
+    try:
+        made.call(("PING",))  # one idle connection, kept
+        before = raw.info("stats")["total_connections_received"]
+        child = os.fork()
+        if child == 0:  # the child closes its copy of the Wire (as its exit's finalizer does)
+            try:
+                made.close()
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert made.call(("PING",)) == b"PONG"
+        assert raw.info("stats")["total_connections_received"] == before  # the same one
+    finally:
+        made.close()
+        raw.close()

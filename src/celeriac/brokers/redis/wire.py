@@ -80,16 +80,20 @@ def opener(url: str, socket_timeout: float) -> Callable[[], Opened]:
 
     def open_dialled() -> Opened:
         sock = dial.connect(endpoint, lib_name=LIB_NAME, lib_version=__version__)
-        return sock, lambda: _shut(sock)
+        owner = pid.current()
+        return sock, lambda: _shut(sock, owner)
 
     return open_dialled
 
 
-def _shut(sock: socket.socket) -> None:
-    """Close a connection for good: the server sees it end even while a forked child still
-    holds a copy of the descriptor (as redis-py's disconnect does)."""
-    with contextlib.suppress(OSError):  # already broken or closed by the server
-        sock.shutdown(socket.SHUT_RDWR)
+def _shut(sock: socket.socket, owner: int) -> None:
+    """Close a connection: for good in the process that opened it (the server sees it end
+    even while a forked child still holds a copy of the descriptor), only this process's
+    descriptor in a forked child, whose shutdown would end the parent's connection too
+    (as redis-py's disconnect does)."""
+    if pid.current() == owner:
+        with contextlib.suppress(OSError):  # already broken or closed by the server
+            sock.shutdown(socket.SHUT_RDWR)
     sock.close()
 
 
