@@ -607,6 +607,8 @@ def test_the_readme_speed_table_is_the_latest_benchmark_run() -> None:
     p50 = measured("enqueue-to-start latency p50 (ms)")
     p99 = measured("enqueue-to-start latency p99 (ms)")
     size = measured("Redis bytes per queued task")
+    rss = measured("idle RSS, all worker processes (MiB)")
+    pss = measured("idle PSS, all worker processes (MiB)")
     for system in columns:
         assert shown["drain 20,000 no-ops (tasks/s)"][system] == f"{drain[system]:.0f}"
         cpu = workers[system] + redis_cpu[system]
@@ -616,6 +618,8 @@ def test_the_readme_speed_table_is_the_latest_benchmark_run() -> None:
         latency = f"{p50[system]:.2f} / {p99[system]:.2f}"
         assert shown["enqueue-to-start latency p50 / p99 (ms)"][system] == latency
         assert shown["Redis bytes per queued task"][system] == f"{size[system]:.0f}"
+        memory = f"{rss[system]:.1f} / {pss[system]:.1f}"
+        assert shown["idle worker memory, RSS / PSS (MiB)"][system] == memory
 
 
 def test_every_python_block_of_the_readme_compiles() -> None:
