@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -336,13 +336,13 @@ def _handshake(sock: socket.socket, endpoint: Endpoint, lib_name: str, lib_versi
     ]
     if endpoint.db:
         steps.append((("SELECT", endpoint.db), True))
-    _send(sock, b"".join(_pack(command) for command, _ in steps))
+    send(sock, (b"".join(_pack(command) for command, _ in steps),))
     reader = hiredis.Reader(protocolError=errors.InvalidResponse, replyError=errors.reply_error)
     buffer = bytearray(_RECV_SIZE)
     for _, required in steps:
         # Read in order and stop at the first refusal: after "max number of clients" or
         # NOAUTH the later replies say nothing more (or the server has hung up).
-        reply = _read(sock, reader, buffer)
+        reply = read_reply(sock, reader, buffer)
         if required and isinstance(reply, errors.RedisError):
             raise reply
 
@@ -353,18 +353,31 @@ def _pack(command: Sequence[str | int]) -> bytes:
     return cast(bytes, hiredis.pack_command(args))
 
 
-def _send(sock: socket.socket, data: bytes) -> None:
-    """Write ``data``, in redis-py's words when it cannot."""
+def send(sock: socket.socket, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` in order, in redis-py's words when it cannot (the wire's writes
+    and the handshake's alike).
+
+    Raises:
+        errors.TimeoutError: the socket timed out writing.
+        errors.ConnectionError: the connection broke.
+    """
     try:
-        sock.sendall(data)
+        for chunk in chunks:
+            sock.sendall(chunk)
     except TimeoutError as exc:
         raise errors.TimeoutError("Timeout writing to socket") from exc
     except OSError as exc:
         raise errors.ConnectionError(f"Error while writing to socket: {exc}") from exc
 
 
-def _read(sock: socket.socket, reader: hiredis.Reader, buffer: bytearray) -> Any:
-    """The next reply; an error reply is returned as its exception, not raised."""
+def read_reply(sock: socket.socket, reader: hiredis.Reader, buffer: bytearray) -> Any:
+    """The next reply on ``sock``, parsed by ``reader`` from reads into ``buffer``; an error
+    reply is returned as its exception, not raised (the wire's reads and the handshake's).
+
+    Raises:
+        errors.TimeoutError: no reply within the socket's timeout.
+        errors.ConnectionError: the connection broke or was closed.
+    """
     reply = reader.gets()
     while reply is False:
         try:
@@ -375,6 +388,6 @@ def _read(sock: socket.socket, reader: hiredis.Reader, buffer: bytearray) -> Any
             raise errors.ConnectionError(f"Error while reading from socket: {exc}") from exc
         if not size:
             raise errors.ConnectionError("Connection closed by server.")
-        reader.feed(buffer, 0, size)  # type: ignore[arg-type]  # any buffer, as wire.py
+        reader.feed(buffer, 0, size)  # type: ignore[arg-type]  # any buffer, as redis-py
         reply = reader.gets()
     return reply

@@ -115,30 +115,12 @@ class _Link:
         return error
 
     def send(self, packed: Iterable[bytes]) -> None:
-        try:
-            for chunk in packed:
-                self.sock.sendall(chunk)
-        except TimeoutError as exc:
-            raise RedisTimeoutError("Timeout writing to socket") from exc
-        except OSError as exc:
-            raise RedisConnectionError(f"Error while writing to socket: {exc}") from exc
+        dial.send(self.sock, packed)
 
     def read(self) -> Any:
-        """The next reply; an error reply comes back as a redis-py exception, not raised."""
-        reader = self.reader
-        reply = reader.gets()
-        while reply is False:
-            try:
-                size = self.sock.recv_into(self.buffer)
-            except TimeoutError as exc:
-                raise RedisTimeoutError("Timeout reading from socket") from exc
-            except OSError as exc:
-                raise RedisConnectionError(f"Error while reading from socket: {exc}") from exc
-            if not size:
-                raise RedisConnectionError("Connection closed by server.")
-            reader.feed(self.buffer, 0, size)  # type: ignore[arg-type]  # any buffer, as redis-py
-            reply = reader.gets()
-        return reply
+        """The next reply; an error reply comes back as an :mod:`.errors` exception, not
+        raised."""
+        return dial.read_reply(self.sock, self.reader, self.buffer)
 
     def replies(self, count: int, timeout: float | None) -> list[Any]:
         """The next ``count`` replies; ``timeout`` caps the wait below the socket's."""
