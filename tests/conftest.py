@@ -29,11 +29,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport() -> Generator[None, pytest.TestReport, pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item,
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Captured output with a lone surrogate (tests log unencodable task errors on purpose)
     is escaped in the report: pytest-xdist sends reports between processes as UTF-8 and
-    stops the whole run on one it cannot encode."""
+    stops the whole run on one it cannot encode.
+
+    A failed test that started workers gets their logs in its report: they live in the
+    test's temporary folder, which pytest prunes after a few runs, and a flaky failure
+    (a ResultTimeout says nothing of why the task did not run) is seen once in a CI log."""
     report = yield
+    workers = getattr(item, "funcargs", {}).get("workers")
+    if report.failed and isinstance(workers, WorkerProcesses) and workers.logs:
+        report.sections.append(("worker logs", workers.log_text()))
     report.sections = [
         (title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
         for title, text in report.sections
