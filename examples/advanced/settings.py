@@ -42,7 +42,7 @@ PRODUCTION: dict[str, Any] = {
     # -- workers ----------------------------------------------------------------------
     "worker_concurrency": 4,  # children (or threads, or tasks for -P asyncio); -c wins
     "worker_prefetch_multiplier": 1,  # messages a child takes per free slot
-    "worker_batch_max": 32,  # short tasks committed per broker call (1: no batching)
+    "worker_batch_max": 64,  # short tasks committed per broker call (1: no batching)
     "worker_batch_window": 0.005,  # s; a batch runs in about this long
     "worker_max_memory_per_child": 512,  # MiB of RSS, then the child recycles
     "worker_max_tasks_per_child": None,  # recycle a child after this many tasks

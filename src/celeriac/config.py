@@ -59,7 +59,7 @@ class Settings:
     # Short tasks: a consumer takes and commits up to worker_batch_max per broker call,
     # sized so a batch runs in about worker_batch_window seconds (commits wait at most
     # that long); tasks longer than the window go one by one. 1 turns batching off.
-    worker_batch_max: int = 32
+    worker_batch_max: int = 64
     worker_batch_window: float = 0.005
     # MiB of RSS; the child then recycles. Left at its default, the worker fits it to the
     # container's (or host's) memory: at most 1024, less when -c children would not fit.
