@@ -53,6 +53,13 @@ def test_version_is_part_of_the_identity(monkeypatch: pytest.MonkeyPatch) -> Non
     assert scripts.load("send-2").sha != script.sha
 
 
+def test_every_script_is_named_by_the_sha1_redis_gives_it(raw: redis.Redis) -> None:
+    # The SHA1 comes from CPython's _sha1, not hashlib: a wrong one would not fail a call,
+    # only send every call's script text again (NOSCRIPT, then EVAL), silently.
+    for script in vars(scripts.SCRIPTS).values():
+        assert raw.script_load(script.text) == script.sha, script.name
+
+
 def test_noscript_after_script_flush_reloads(broker: RedisBroker, raw: redis.Redis) -> None:
     assert broker.send([Outgoing("a", "q", b"a")]) == [True]
     raw.script_flush()
