@@ -164,8 +164,9 @@ class Batch:
     def may_send_ahead(self, pending: int) -> bool:
         """Whether to send the waiting commits, and the next fetch, now: this consumer
         sends ahead, nothing is in flight, something waits to be committed, and no more
-        than half a batch is left to run, which covers Redis's work on the call and its
-        round trip (a no-op takes ~30 µs, a batch of 32 costs Redis ~0.5 ms)."""
+        than half a batch is left to run, which about covers Redis's work on the call and
+        its round trip (32 no-ops take ~1 ms; Redis commits, stores a result and fetches
+        anew for a task in ~16 µs of its CPU, ~1 ms a batch of 64)."""
         return (
             self.sends_ahead
             and self.flight is None

@@ -112,7 +112,7 @@ class Intake:
 
         A batch is sized for short tasks, but the messages behind them may be slow ones (a
         backlog's next task, one not yet timed): held by this child, they all ran before a
-        priority-9 task sent meanwhile (a batch of 32 one-minute tasks: half an hour), and
+        priority-9 task sent meanwhile (a batch of 64 one-minute tasks: an hour), and
         no idle sibling could start them. Given back, they join the back of their queue,
         uncounted, as at a warm shutdown; the slot is written by the caller next.
         """
