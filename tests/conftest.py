@@ -28,6 +28,21 @@ __all__ = ["redis_cluster", "redis_server"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the processes the tests start Ctrl-C and Ctrl-\\ back when the suite itself was
+    started with them ignored (``bash scripts/test &`` in a script, ``nohup``: a shell's
+    background job ignores SIGINT and SIGQUIT, and every process it starts inherits that).
+    A celeriac command rightly keeps a signal it was started ignoring, so the tests that
+    press Ctrl-C on a worker, ``events -f`` or ``call --wait`` waited 30 s on a process
+    that never heard it, and failed. A Python handler, unlike SIG_IGN, is reset by exec."""
+    for signum, handler in (
+        (signal.SIGINT, signal.default_int_handler),
+        (signal.SIGQUIT, signal.SIG_DFL),
+    ):
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            signal.signal(signum, handler)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item,
