@@ -393,8 +393,9 @@ def test_dlq_replay_of_readable_letters_says_nothing_more(
 
 
 @pytest.mark.slow
-def test_demo_stops_its_worker_whatever_ends_it(clis: list[Cli]) -> None:
-    demo = Cli("demo", "-n", "100000")  # long enough to be interrupted while it runs
+def _running_demo(clis: list[Cli]) -> tuple[Cli, psutil.Process]:
+    """A demo long enough to be stopped while it runs, and its worker once it has children."""
+    demo = Cli("demo", "-n", "100000")
     clis.append(demo)
     demo_process = psutil.Process(demo.proc.pid)
 
@@ -403,6 +404,11 @@ def test_demo_stops_its_worker_whatever_ends_it(clis: list[Cli]) -> None:
 
     assert wait_for(lambda: its_worker() and its_worker()[0].children(), timeout=60)
     (worker,) = its_worker()
+    return demo, worker
+
+
+def test_demo_stops_its_worker_whatever_ends_it(clis: list[Cli]) -> None:
+    demo, worker = _running_demo(clis)
     try:  # the worker is stopped below even when the demo never answers the interrupt
         code, output = demo.interrupt()  # the demo process alone, not its process group
         # 130, or killed by the SIGINT itself (-2): about 1 run in 40 on a loaded machine,
@@ -420,6 +426,23 @@ def test_demo_stops_its_worker_whatever_ends_it(clis: list[Cli]) -> None:
     finally:
         if worker.is_running():
             for proc in [*worker.children(), worker]:
+                proc.kill()
+
+
+def test_demo_killed_with_sigkill_takes_its_worker_along(clis: list[Cli]) -> None:
+    # SIGKILL runs no finally: the demo's worker polled its temporary broker on, for good
+    # (one was found half an hour after a failed test run). It now gets the parent-death
+    # signal (SIGTERM), so it stops as after Ctrl-C, children and all.
+    demo, worker = _running_demo(clis)
+    family = [worker, *worker.children()]
+    try:
+        demo.proc.kill()
+        demo.proc.wait(timeout=10)
+        _, alive = psutil.wait_procs(family, timeout=30)
+        assert not alive, f"outlived the demo: {[p.cmdline() for p in alive]}"
+    finally:
+        for proc in family:
+            if proc.is_running():
                 proc.kill()
 
 
