@@ -23,6 +23,8 @@ from tests.conftest import ROOT, Ledger, WorkerProcesses, table_cells
 
 pytestmark = pytest.mark.slow
 
+POOLS = ("process", "threads", "asyncio")
+
 
 def test_short_tasks_are_not_stuck_behind_a_long_one(
     core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
@@ -268,26 +270,37 @@ def test_a_child_stuck_before_it_began_to_consume_is_killed_and_replaced(
     assert "has not begun to consume" in log and "Killing it (it holds no messages)" in log, log
 
 
-@pytest.mark.parametrize("pool", ["process", "threads", "asyncio"])
 def test_a_child_stuck_between_tasks_is_killed_and_replaced(
-    core_app: Celeriac, workers: WorkerProcesses, tmp_path: Path, pool: str
+    core_app: Celeriac, workers: WorkerProcesses, tmp_path: Path
 ) -> None:
     """A child that froze while idle (it stops itself on its third time round with nothing
     in hand, as a deadlocked on_idle hook or a fork-copied lock would leave it) held
     nothing and had written its record, so no rule saw it: with -c 1 the worker ran no
     child at all while `ping` said pong. Its beat standing still for ten seconds (three
-    leases of 1 s, but never under 10 s), it is killed and a fresh child runs the task."""
-    env = {
-        "CELERIAC_CRASH_AT": "idle:3",
-        "CELERIAC_CRASH_HOW": "stop",
-        "CELERIAC_CRASH_MARKER": str(tmp_path / "stopped-once"),
-        "CELERIAC_WORKER_LEASE_SECONDS": "1",
-    }
-    workers.start("-P", pool, "-c", "1", env=env)
-    assert wait_for((tmp_path / "stopped-once").exists, timeout=20)
-    assert core.add.delay(1, 1).get(timeout=40) == 2, workers.log_text()
-    log = workers.log_text()
-    assert "has not looked for work" in log and "Killing it (it holds no messages)" in log, log
+    leases of 1 s, but never under 10 s), it is killed and a fresh child runs the task.
+    One worker per pool, side by side, each on a queue of its own: the ten seconds are
+    waited once, not once per pool."""
+    started = {}
+    for pool in POOLS:
+        env = {
+            "CELERIAC_CRASH_AT": "idle:3",
+            "CELERIAC_CRASH_HOW": "stop",
+            "CELERIAC_CRASH_MARKER": str(tmp_path / f"stopped-once-{pool}"),
+            "CELERIAC_WORKER_LEASE_SECONDS": "1",
+        }
+        started[pool] = (
+            workers.start("-P", pool, "-c", "1", "-Q", f"stuck-{pool}", env=env),
+            workers.logs[-1],
+        )
+    for pool in POOLS:
+        assert wait_for((tmp_path / f"stopped-once-{pool}").exists, timeout=20), pool
+    results = {pool: core.add.apply_async((1, 1), queue=f"stuck-{pool}") for pool in POOLS}
+    for pool, result in results.items():
+        assert result.get(timeout=40) == 2, f"{pool}: {workers.log_text()}"
+    for pool, (_, log_path) in started.items():
+        log = log_path.read_text()
+        assert "has not looked for work" in log, f"{pool}: {log}"
+        assert "Killing it (it holds no messages)" in log, f"{pool}: {log}"
 
 
 def test_a_child_on_its_way_out_is_not_taken_for_one_stuck_between_tasks() -> None:
@@ -297,20 +310,27 @@ def test_a_child_on_its_way_out_is_not_taken_for_one_stuck_between_tasks() -> No
     assert STUCK_IDLE_AFTER > STOP_PATIENCE + LEFTOVER_GRACE + 2.0
 
 
-@pytest.mark.parametrize("pool", ["process", "threads", "asyncio"])
 def test_an_idle_child_of_any_pool_is_not_taken_for_a_stuck_one(
-    core_app: Celeriac, workers: WorkerProcesses, pool: str
+    core_app: Celeriac, workers: WorkerProcesses
 ) -> None:
     """An idle child holds nothing and runs nothing; it wrote its first record before its
     first fetch, and beats every time round its loop, so eleven seconds of idling (leases
     of 1 s) get it killed neither as one stuck before it began (after three leases) nor as
     one stuck between tasks (after 10 s). (An asyncio child used to write its first record
-    only once it had fetched something: an idle one would have been killed.)"""
-    workers.start("-P", pool, "-c", "2", env={"CELERIAC_WORKER_LEASE_SECONDS": "1"})
+    only once it had fetched something: an idle one would have been killed.) One worker
+    per pool, side by side, each on a queue of its own: the eleven seconds are waited once."""
+    started = {}
+    for pool in POOLS:
+        env = {"CELERIAC_WORKER_LEASE_SECONDS": "1"}
+        proc = workers.start("-P", pool, "-c", "2", "-Q", f"idle-{pool}", env=env)
+        forked = 2 if pool == "process" else 1  # -c is threads or tasks at once in one child
+        started[pool] = (proc, workers.wait_children(proc, forked), workers.logs[-1])
     time.sleep(STUCK_IDLE_AFTER + 1.0)  # idle past both rules for a silent child
-    assert core.add.delay(1, 1).get(timeout=10) == 2, workers.log_text()
-    log = workers.log_text()
-    assert "Killing it" not in log, log
+    for pool, (proc, children, log_path) in started.items():
+        assert core.add.apply_async((1, 1), queue=f"idle-{pool}").get(timeout=10) == 2, pool
+        log = log_path.read_text()
+        assert "Killing it" not in log, f"{pool}: {log}"
+        assert workers.children(proc) == children, f"{pool}: a child was replaced: {log}"
 
 
 def test_a_command_sent_as_soon_as_a_worker_is_listed_is_answered(
