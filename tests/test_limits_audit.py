@@ -147,4 +147,6 @@ def test_a_backlog_at_its_limit_comes_back_at_its_slots_without_waking_again(
     # times here). A few come back early by a scheduling hiccup: 1-7 on a quiet machine
     # or beside two CPU hogs, 65 once beside the rest of the suite on two processes.
     assert again < len(sent) * 2 / 3, f"{again} deferrals of tasks that came back at their slot"
-    assert max(deferred.values(), default=0) <= 4, f"deferred again and again: {deferred}"
+    # One task's own count: 5 beside two CPU hogs (1 run in 3) and 7 beside the suite on
+    # three processes, where the herd made 9 to 16 (41 at 400 tasks) on top of the total.
+    assert max(deferred.values(), default=0) <= 8, f"deferred again and again: {deferred}"

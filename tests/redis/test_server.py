@@ -138,7 +138,9 @@ def test_an_outage_is_a_few_log_lines_and_its_end_is_said(own_server: Server, ri
     restarted = start_redis(server.folder, port=server.port)
     try:
         assert app.send_task("tests.apps.core.add", args=(1, 2)).get(timeout=30) == 3
-        assert wait_for(lambda: "answers again" in workers.log_text(), timeout=10)
+        assert wait_for(lambda: "answers again" in workers.log_text(), timeout=10), (
+            workers.log_text()
+        )
         log = workers.log_text()
         assert log.count("cannot reach the broker") == 1, log  # the supervisor's
         assert log.count("broker unavailable") <= 2, log  # the child's (fetch, commit)
