@@ -175,6 +175,26 @@ def test_every_priority_level_in_order(broker: Broker) -> None:
     assert [d.priority for d in take(broker, limit=10)] == list(range(9, -1, -1))
 
 
+def test_priorities_out_of_range_are_clamped_alone_or_in_a_batch(broker: Broker) -> None:
+    # The API refuses them, but a message built by hand (app.publish) or by another version
+    # reaches the broker as it is. On Redis, a call whose every priority was under 0 or
+    # over 9 failed with WRONGTYPE after writing the id to the index: the message was not
+    # sent, and a later send of its id was taken for a duplicate and dropped. SQLite and
+    # memory kept them as given, so a 12 went ahead of every 9 there and not on Redis.
+    for batch in (
+        [out("low-1", priority=-1)],
+        [out("high-1", priority=12)],
+        [out("low-2", priority=-5), out("low-3", priority=-1)],
+        [out("high-2", priority=10), out("high-3", priority=99)],
+        [out("nine", priority=9)],
+    ):
+        assert broker.send(batch) == [True] * len(batch)
+    assert [(d.id, d.priority) for d in take(broker)] == [
+        *[(i, 9) for i in ("high-1", "high-2", "high-3", "nine")],
+        *[(i, 0) for i in ("low-1", "low-2", "low-3")],
+    ]
+
+
 def test_priority_across_queues(broker: Broker) -> None:
     broker.send([out("a-low", "qa", priority=1), out("b-high", "qb", priority=5)])
     assert [d.id for d in take(broker, queues=("qa", "qb"), limit=1)] == ["b-high"]

@@ -359,30 +359,6 @@ def test_one_message_is_sent_as_a_batch_of_one_would_be(cluster: bool) -> None:
         assert ops._send_one_call(ctx, q, out) == ops._send_call(ctx, q, [out]), out
 
 
-def test_priorities_out_of_range_are_clamped_alone_or_in_a_batch(broker: RedisBroker) -> None:
-    # The API refuses them, but a message built by hand (app.publish) or by another version
-    # reaches the broker as it is. A call whose every priority was under 0 or over 9 failed
-    # with WRONGTYPE after writing the id to the index: the message was not sent, and a
-    # later send of its id was taken for a duplicate and dropped.
-    sends = [
-        [Outgoing("low-1", "q", b"{}", -1)],
-        [Outgoing("high-1", "q", b"{}", 12)],
-        [Outgoing("low-2", "q", b"{}", -5), Outgoing("low-3", "q", b"{}", -1)],
-        [Outgoing("high-2", "q", b"{}", 10), Outgoing("high-3", "q", b"{}", 99)],
-    ]
-    for batch in sends:
-        assert broker.send(batch) == [True] * len(batch)
-    got = broker.fetch(["q"], "w", limit=10, lease_seconds=30, timeout=0)
-    assert [(d.id, d.priority) for d in got] == [
-        ("high-1", 9),
-        ("high-2", 9),
-        ("high-3", 9),
-        ("low-1", 0),
-        ("low-2", 0),
-        ("low-3", 0),
-    ]
-
-
 def test_the_hot_path_recovers_from_a_dropped_connection(
     broker: RedisBroker, raw: redis.Redis
 ) -> None:

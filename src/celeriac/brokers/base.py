@@ -76,7 +76,9 @@ class Broker(abc.ABC):
     def send(self, messages: Sequence[Outgoing]) -> list[bool]:
         """Store messages, in one round trip; True for each that was new.
 
-        An id already queued, held or finished is left as it is (False).
+        An id already queued, held or finished is left as it is (False). A priority
+        outside 0..9 (the API refuses one; a message built by hand is not checked) is
+        stored as the nearer end, 0 or 9, on every broker.
         """
 
     # -- consuming --------------------------------------------------------------------

@@ -106,7 +106,8 @@ class MemoryBroker(Broker):
                     created.append(False)
                     continue
                 due = max(out.eta or now, now) if out.eta else now
-                entry = _Entry(out.id, out.queue, out.body, out.priority, due, next(self._seq))
+                priority = min(max(out.priority, 0), 9)  # as every broker: see Broker.send
+                entry = _Entry(out.id, out.queue, out.body, priority, due, next(self._seq))
                 self._entries[out.id] = entry
                 self._queues.add(out.queue)
                 self._place(entry, now)

@@ -115,12 +115,13 @@ class SQLiteBroker(SQLiteConnections, SQLiteResults, SQLiteStore, Broker):
         with self._transaction() as db:
             for index, out in enumerate(messages):
                 due = max(out.eta, now) if out.eta else now
+                priority = min(max(out.priority, 0), 9)  # as every broker: see Broker.send
                 cursor = db.execute(
                     "INSERT INTO messages (id, queue, priority, due, seq, body) "
                     "SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "
                     "(SELECT 1 FROM results WHERE id = ? AND final = 1 AND expires_at > ?) "
                     "ON CONFLICT (id) DO NOTHING",
-                    (out.id, out.queue, out.priority, due, base + index, out.body, out.id, now),
+                    (out.id, out.queue, priority, due, base + index, out.body, out.id, now),
                 )
                 created.append(cursor.rowcount == 1)
             for queue in {out.queue for out in messages} - self._known_queues:
