@@ -8,6 +8,7 @@ import datetime as dt
 import inspect
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -402,6 +403,24 @@ def test_payload_guard(app: Celeriac, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(PayloadTooLarge, match=r"argument 'note'.*pass its id"):
         ingest.delay([1], note="x" * 300_000)
     assert sum(s.ready for s in app.broker.stats()) == 1  # the refused one never reached it
+
+
+@pytest.mark.parametrize("eta", [math.nan, math.inf, -math.inf])
+def test_a_built_message_with_an_eta_that_is_no_time_is_refused_clearly(
+    app: Celeriac, eta: float
+) -> None:
+    # apply_async refuses such an eta; a message built by hand and given one reached the
+    # broker, where Redis's send raised a bare "cannot convert float NaN to integer".
+    @app.task
+    def ping() -> None: ...
+
+    message = ping.message(())
+    message.eta = eta
+    with pytest.raises(ValueError, match=r"\]: eta=.* is not a finite Unix time, so it was not"):
+        app.publish(message)
+    with pytest.raises(ValueError, match="not a finite Unix time"):
+        app.publish_many([ping.message(()), message])
+    assert sum(s.ready + s.delayed for s in app.broker.stats()) == 0  # nothing reached it
 
 
 def test_unserializable_argument_fails_at_delay(app: Celeriac) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -287,6 +288,7 @@ mean 'max_retries'?). Known options: ...
         Raises:
             SerializationError: an argument cannot be encoded.
             PayloadTooLarge: the message is over ``task_payload_max_bytes``.
+            ValueError: the message's ``eta`` is NaN or infinite (one built by hand).
             BrokerConnectionError: the broker cannot be reached; nothing was sent,
                 unless the error's ``maybe_done`` is True (Redis got the message and did
                 not answer in time): then send it again under the same id to be sure.
@@ -399,6 +401,15 @@ mean 'max_retries'?). Known options: ...
             message.id = existing
             return None
         try:
+            eta = message.eta
+            if eta is not None and not math.isfinite(eta):
+                # Only a message built by hand gets here (the send options refuse one), and
+                # a broker turned it into an integer with a bare "cannot convert float NaN".
+                raise ValueError(
+                    f"task {message.task}[{message.id}]: eta={eta!r} is not a finite Unix "
+                    "time, so it was not sent. Send it with apply_async(countdown=...) or "
+                    "eta=..., or set message.eta to time.time() plus a number of seconds."
+                )
             body = (codec or self.codec).encode(message)
             size = len(body)
             if size > self.conf.task_payload_warn_bytes:
