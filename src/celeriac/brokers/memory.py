@@ -30,6 +30,7 @@ from celeriac.brokers.records import (
     QueueStats,
     Renew,
     WorkerInfo,
+    clamped_priority,
     replayed,
 )
 
@@ -106,7 +107,7 @@ class MemoryBroker(Broker):
                     created.append(False)
                     continue
                 due = max(out.eta or now, now) if out.eta else now
-                priority = min(max(out.priority, 0), 9)  # as every broker: see Broker.send
+                priority = clamped_priority(out.priority)
                 entry = _Entry(out.id, out.queue, out.body, priority, due, next(self._seq))
                 self._entries[out.id] = entry
                 self._queues.add(out.queue)

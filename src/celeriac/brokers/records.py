@@ -33,6 +33,17 @@ def replayed(body: bytes, renew: Renew | None) -> tuple[bytes, int]:
     return (renew(body) if renew else None) or (body, 0)
 
 
+def clamped_priority(priority: int) -> int:
+    """The priority every broker stores: 0..9, the nearer end for one outside (the API
+    refuses such a priority; a message built by hand is not checked).
+
+    Example:
+        >>> clamped_priority(-1), clamped_priority(4), clamped_priority(12)
+        (0, 4, 9)
+    """
+    return min(max(priority, 0), 9)
+
+
 #: How ids a broker makes up begin: bytes pushed into a Redis list by hand have no id of
 #: their own, so fetch holds them under ``"\x00raw-<n>"`` (brokers/redis/keys.py).
 MADE_UP_ID = "\x00raw-"

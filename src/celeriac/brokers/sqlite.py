@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from celeriac.brokers.base import Broker
-from celeriac.brokers.records import DeadLetter, Delivery, Lease, Outgoing
+from celeriac.brokers.records import DeadLetter, Delivery, Lease, Outgoing, clamped_priority
 from celeriac.brokers.sqlite_connections import SQLiteConnections
 from celeriac.brokers.sqlite_file import (
     failure,
@@ -115,7 +115,7 @@ class SQLiteBroker(SQLiteConnections, SQLiteResults, SQLiteStore, Broker):
         with self._transaction() as db:
             for index, out in enumerate(messages):
                 due = max(out.eta, now) if out.eta else now
-                priority = min(max(out.priority, 0), 9)  # as every broker: see Broker.send
+                priority = clamped_priority(out.priority)
                 cursor = db.execute(
                     "INSERT INTO messages (id, queue, priority, due, seq, body) "
                     "SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS "

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from rich.table import Table
 
 from celeriac.cli.main import cli, out
 from celeriac.errors import CeleriacError
+from celeriac.parent import stop_with_parent
 
 
 @cli.command()
@@ -94,29 +94,10 @@ def _start_worker(concurrency: int, url: str, log: Path) -> subprocess.Popen[byt
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
-            preexec_fn=_stop_with_demo(os.getpid()),  # noqa: PLW1509  # no thread runs yet
+            # A demo killed with SIGKILL runs no `finally`: its worker polled a temporary
+            # broker for good. The worker now stops with it (no thread runs here yet).
+            preexec_fn=functools.partial(stop_with_parent, os.getpid()),  # noqa: PLW1509
         )
-
-
-def _stop_with_demo(demo_pid: int) -> Callable[[], None]:
-    """What the worker runs before exec: it gets SIGTERM when the demo dies, however it dies.
-
-    A demo killed with SIGKILL (or by the OOM killer, or a closed terminal's kill -9) runs
-    no ``finally``: its worker ran on, polling a temporary broker nobody would use again.
-    The parent-death signal survives exec; it is Linux's, and elsewhere nothing is set.
-    """
-    libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-
-    def arm() -> None:  # in the forked child: only a call into libc, no import, no lock
-        if libc is not None:
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != demo_pid:  # the demo died before prctl took hold
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return arm
-
-
-_PR_SET_PDEATHSIG = 1
 
 
 def _wait_for_worker(worker: subprocess.Popen[bytes], log: Path) -> None:

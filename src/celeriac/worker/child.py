@@ -25,7 +25,6 @@ and what it gives back unstarted in :mod:`celeriac.worker.intake`.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
@@ -42,6 +41,7 @@ from celeriac import crashpoints, pid
 from celeriac.brokers.records import Delivery
 from celeriac.errors import BrokerError
 from celeriac.middleware.base import HARD_DEADLINE, Job, Outcome
+from celeriac.parent import stop_with_parent
 from celeriac.worker.alone import Orphan
 from celeriac.worker.batch import Batch
 from celeriac.worker.broken import EXIT_TASK_CLOSED_DESCRIPTORS, DescriptorsLost, blame
@@ -548,7 +548,7 @@ class Child(Intake):
         # What waits beside the running task goes back now, not when it ends.
         self._prefetched.close(self._unlist, self._requeue_unstarted)
         orphaned = self.spec.supervisor_pid and os.getppid() != self.spec.supervisor_pid
-        if orphaned and not self._alone:  # the SIGTERM of _die_with_supervisor
+        if orphaned and not self._alone:  # the SIGTERM of stop_with_parent
             self._alone = True
             spec = self.spec
             orphan = Orphan(
@@ -568,19 +568,6 @@ def _supervisors_to_decide(signum: int, frame: FrameType | None) -> None:
     """A child's handler of SIGINT, SIGQUIT and SIGHUP: nothing (see _install_signals)."""
 
 
-def _die_with_supervisor(supervisor_pid: int) -> None:
-    """Get SIGTERM when the supervisor dies, however it dies (SIGKILL, the OOM killer).
-
-    A child without its supervisor has no one renewing its leases, enforcing its hard
-    limits or heartbeating it: it must finish its current task, give back the rest and go.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if supervisor_pid and os.getppid() != supervisor_pid:  # it died before prctl took hold
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-_PR_SET_PDEATHSIG = 1
 #: Blocked by the supervisor around fork, unblocked by the child once its own handlers are
 #: in place: a SIGTERM in a fresh child's first milliseconds then reaches the child's
 #: handler instead of the supervisor's, inherited and meaningless there.
@@ -610,7 +597,9 @@ def child_main(app: Celeriac, spec: ChildSpec, slot: Slot) -> None:
         child._install_signals()
         os.register_at_fork(after_in_child=plain_signals_in_forks)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        _die_with_supervisor(spec.supervisor_pid)
+        # Without its supervisor, no one renews its leases, enforces its hard limits or
+        # heartbeats it: it must finish its current task, give back the rest and go.
+        stop_with_parent(spec.supervisor_pid)
         if crashpoints.ARMED:
             crashpoints.reached("child_start")
         code = child.run()

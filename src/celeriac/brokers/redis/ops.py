@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from celeriac.brokers.records import Delivery, Lease, Outgoing
+from celeriac.brokers.records import Delivery, Lease, Outgoing, clamped_priority
 from celeriac.brokers.redis.keys import (
     INDEX_BUCKETS,
     Keyspace,
@@ -199,8 +199,7 @@ def _send_call(ctx: Context, q: QueueKeys, messages: Sequence[Outgoing]) -> Call
     # a call whose every priority was under 0 (or over 9) passed too few ready lists, and
     # the script pushed to an index hash (WRONGTYPE) after writing the id to it: the
     # message was not sent and a later send of its id was taken for a duplicate.
-    low, high = min(levels), max(levels)
-    lowest, highest = min(max(low, 0), 9), min(max(high, 0), 9)
+    lowest, highest = clamped_priority(min(levels)), clamped_priority(max(levels))
     keys = [q.wake, q.delayed, *q.ready[lowest : highest + 1]]
     position: dict[bytes, int] = {}  # 1-based KEYS index, each key passed once
     buckets = q.buckets
@@ -244,8 +243,7 @@ def _send_one_call(ctx: Context, q: QueueKeys, m: Outgoing) -> Call:
     task_id = m.id
     encoded = task_id.encode("utf-8", "surrogateescape")
     cid = compact(task_id)
-    priority = m.priority
-    priority = 0 if priority < 0 else 9 if priority > 9 else priority
+    priority = clamped_priority(m.priority)  # once per call: not worth inlining
     body = m.body
     head = b'{"id":"%s",' % encoded
     if body.startswith(head):  # stored_body, inline
