@@ -418,6 +418,17 @@ def test_dead_letters_newest_first_replay_and_purge(broker: Broker) -> None:
     assert broker.replay_dead_letters() == 0
 
 
+def test_replay_queues_the_letters_oldest_first_whatever_the_order_asked(broker: Broker) -> None:
+    # Replayed by id on Redis, letters were queued in the order the ids were given: a
+    # random walk across the brokers found it (test_random_walks.py).
+    broker.send([out("a"), out("b"), out("c")])
+    now = time.time()
+    for d, at in zip(take(broker, limit=3), (now - 3, now - 2, now - 1), strict=True):
+        assert broker.dead_letter(d.lease, letter(d, at=at), None)
+    assert broker.replay_dead_letters(ids=["c", "a", "b"]) == 3
+    assert [d.id for d in take(broker)] == ["a", "b", "c"]
+
+
 def test_replay_forgets_the_old_result(broker: Broker) -> None:
     broker.send([out("a")])
     d = one(broker)

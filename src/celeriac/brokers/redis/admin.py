@@ -378,7 +378,8 @@ def _replay_step(
     forget: list[Call | Command] = []
     for name, found in zip(names, rows, strict=True):
         letters = [_as_letter(_letter_decoder.decode(r)) for r in found if r]
-        chosen = [d for d in letters if task is None or d.task == task]
+        # Oldest first, as every broker queues them, not in the order the ids were given.
+        chosen = sorted((d for d in letters if task is None or d.task == task), key=_dead_at)
         if not chosen:
             continue
         q = ctx.keys.queue(name)
@@ -396,6 +397,10 @@ def _replay_step(
     yield Batch(forget)  # first: a replayed task must not look finished
     replies = yield Batch(calls)
     return sum(int(r) for r in replies)
+
+
+def _dead_at(letter: DeadLetter) -> float:
+    return letter.dead_at
 
 
 def purge_dead_letters(ctx: Context) -> Plan[int]:
