@@ -95,6 +95,47 @@ def test_unserializable_result_becomes_a_failure_record() -> None:
 SURROGATE = b"report-\xff.csv".decode("utf-8", "surrogateescape")  # as os.listdir gives it
 
 
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+@pytest.mark.parametrize(
+    ("options", "named", "advice"),
+    [
+        ({"args": (SURROGATE,)}, "positional argument 0 (str)", "pass the bytes instead"),
+        ({"kwargs": {"b": [1, SURROGATE]}}, "argument 'b' (list)", "pass the bytes instead"),
+        ({"task_id": SURROGATE}, "its task_id", "give it text that is valid UTF-8"),
+        ({"queue": SURROGATE}, "its queue", "give it text that is valid UTF-8"),
+        ({"headers": {"h": SURROGATE}}, "a header", "give it text that is valid UTF-8"),
+    ],
+)
+def test_a_send_with_text_that_is_not_utf8_says_which_part_and_sends_nothing(
+    serializer: str, options: dict[str, object], named: str, advice: str
+) -> None:
+    # A file name from os.listdir that is not UTF-8 reached the encoder as a bare
+    # UnicodeEncodeError, naming neither the task nor the argument.
+    from celeriac import Celeriac
+
+    app = Celeriac("t", broker="memory://", task_serializer=serializer)
+    task = app.task(name="t.files")(lambda a=None, b=None: None)
+    with pytest.raises(SerializationError) as raised:
+        task.apply_async(**options)  # type: ignore[arg-type]
+    said = str(raised.value)
+    assert said.startswith(f"cannot send task t.files: {named} holds text that is not valid")
+    assert f"which {serializer if serializer == 'msgpack' else 'JSON'} cannot carry" in said
+    assert advice in said
+    said.encode("utf-8")  # printable: the message itself holds no lone surrogate
+    assert app.broker.stats() == []
+
+
+def test_an_int_msgpack_cannot_carry_is_named() -> None:
+    # msgpack's OverflowError reached the caller bare.
+    from celeriac import Celeriac
+
+    app = Celeriac("t", broker="memory://", task_serializer="msgpack")
+    task = app.task(name="t.big")(lambda n: None)
+    with pytest.raises(SerializationError, match=r"t.big: positional argument 0 \(int\) is not "):
+        task.delay(2**70)
+    assert app.broker.stats() == []
+
+
 def test_an_error_with_a_lone_surrogate_is_stored_escaped() -> None:
     error = ErrorInfo(type="builtins.OSError", message=f"missing {SURROGATE}", traceback=SURROGATE)
     record = decode_result(encode_result(ResultRecord(state="FAILURE", task="t", error=error)))

@@ -27,6 +27,7 @@ import msgspec
 
 from celeriac.errors import ConfigurationError, MalformedMessage, SerializationError
 from celeriac.message import (
+    UNENCODABLE,
     Message,
     check_version,
     content_type,
@@ -34,6 +35,7 @@ from celeriac.message import (
     encode_message,
     message_from_fields,
     plain,
+    unserializable,
     wire_form,
     with_unknown_fields,
 )
@@ -106,8 +108,10 @@ class Codec(msgspec.Struct, frozen=True):
         elif serializer == "msgpack":
             try:
                 payload = _msgpack_encoder.encode(wire_form(message))
-            except (TypeError, msgspec.EncodeError) as exc:
-                raise SerializationError(f"cannot send task {message.task}: {exc}") from exc
+            except UNENCODABLE as exc:  # an int past 64 bits, a lone surrogate, ...
+                raise SerializationError(
+                    unserializable(message, exc, "msgpack", _msgpack_encoder.encode)
+                ) from exc
         else:
             import pickle  # see _unpickle
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -159,10 +160,11 @@ def encode_message(message: Message) -> bytes:
     try:
         # The type check inline: this runs once per message sent.
         return _encoder.encode(message if type(message) is Message else wire_form(message))
-    except (TypeError, msgspec.EncodeError, OverflowError, RecursionError) as exc:
+    except UNENCODABLE as exc:
         # RecursionError: nested past Python's recursion limit (msgspec raises it, not an
-        # EncodeError); it reached the caller as a bare RecursionError.
-        raise SerializationError(_unserializable(message, exc)) from exc
+        # EncodeError); it reached the caller as a bare RecursionError. UnicodeEncodeError
+        # (a ValueError): a str with a lone surrogate, as an undecodable file name gives.
+        raise SerializationError(unserializable(message, exc)) from exc
 
 
 def wire_form(message: Message) -> Message | dict[str, Any]:
@@ -200,21 +202,63 @@ def plain(message: Message) -> Message:
     return Message(**{name: getattr(message, name) for name in Message.__struct_fields__})
 
 
-def _unserializable(message: Message, exc: BaseException) -> str:
-    culprit = "an argument"
-    for index, value in enumerate(message.args):
-        if not encodable(value):
-            culprit = f"positional argument {index} ({type(value).__name__})"
-            break
-    else:
-        for key, value in message.kwargs.items():
-            if not encodable(value):
-                culprit = f"argument {key!r} ({type(value).__name__})"
-                break
-    return (
-        f"cannot send task {message.task}: {culprit} is not JSON-serializable ({exc}). "
-        "Pass simple values such as ids, strings and numbers, and load objects inside the task."
+def unserializable(
+    message: Message,
+    exc: BaseException,
+    carrier: str = "JSON",
+    encode: Callable[[Any], object] | None = None,
+) -> str:
+    """What a :class:`SerializationError` says when ``message`` could not be encoded in
+    ``carrier`` (the format's name; ``encode`` its encoder, JSON's by default): which task,
+    which part of it, why, and what to pass instead.
+
+    Example:
+        >>> print(unserializable(Message(id="a", task="shop.add", args=[object()]), TypeError()))
+        ... # doctest: +ELLIPSIS
+        cannot send task shop.add: positional argument 0 (object) is not JSON-serializable ...
+    """
+    culprit, is_argument = _culprit(message, encode or _encoder.encode)
+    sent = f"cannot send task {storable_text(message.task)}"
+    if not isinstance(exc, UnicodeEncodeError):
+        return (
+            f"{sent}: {culprit} is not {carrier}-serializable ({exc}). Pass simple values "
+            "such as ids, strings and numbers, and load objects inside the task."
+        )
+    # A str holding a lone surrogate: what bytes decoded with errors="surrogateescape" give
+    # (os.listdir's name of a file whose name is not UTF-8, sys.argv, os.environ).
+    instead = (
+        "pass the bytes instead, or the text decoded with errors='replace'"
+        if is_argument
+        else "give it text that is valid UTF-8"
     )
+    return (
+        f"{sent}: {culprit} holds text that is not valid UTF-8 ({exc}), which {carrier} "
+        "cannot carry. Such text comes from bytes decoded with errors='surrogateescape' "
+        f"(a file name that is not UTF-8): {instead}."
+    )
+
+
+def _culprit(message: Message, encode: Callable[[Any], object]) -> tuple[str, bool]:
+    """The first part of ``message`` that ``encode`` refuses, named for the caller, and
+    whether it is an argument."""
+
+    def refused(value: Any) -> bool:
+        try:
+            encode(value)
+        except UNENCODABLE:
+            return True
+        return False
+
+    for index, value in enumerate(message.args):
+        if refused(value):
+            return f"positional argument {index} ({type(value).__name__})", True
+    for key, value in message.kwargs.items():
+        if refused(value):
+            return f"argument {storable_text(key)!r} ({type(value).__name__})", True
+    for field, name in (("id", "its task_id"), ("queue", "its queue"), ("headers", "a header")):
+        if refused(getattr(message, field)):
+            return name, False
+    return "an argument", True
 
 
 def encodable(value: Any) -> bool:
@@ -226,7 +270,7 @@ def encodable(value: Any) -> bool:
     """
     try:
         _encoder.encode(value)
-    except (TypeError, msgspec.EncodeError, OverflowError, RecursionError):
+    except UNENCODABLE:
         return False
     return True
 
@@ -436,7 +480,7 @@ def encode_result(record: ResultRecord) -> bytes:
     """
     try:
         return _encoder.encode(record)
-    except _UNENCODABLE as exc:
+    except UNENCODABLE as exc:
         failure = exc
     # First only the text this record's strings cannot carry: an error's message and
     # traceback keep what they say, escaped.
@@ -455,7 +499,7 @@ def encode_result(record: ResultRecord) -> bytes:
     )
     try:
         return _encoder.encode(text)
-    except _UNENCODABLE as exc:
+    except UNENCODABLE as exc:
         failure = exc
     # Then the value (or progress data) itself cannot be stored: say what and why.
     if isinstance(failure, UnicodeEncodeError):
@@ -484,7 +528,7 @@ def encode_result(record: ResultRecord) -> bytes:
 
 
 #: What msgspec raises for a value it cannot encode (UnicodeEncodeError is a ValueError).
-_UNENCODABLE = (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError)
+UNENCODABLE = (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError)
 
 
 #: The most bytes of JSON an exception's args take in its stored error (its message and
@@ -513,7 +557,7 @@ def error_args(exc: BaseException, message: str) -> list[Any] | None:
         return None
     try:
         encoded = _encoder.encode(args)
-    except _UNENCODABLE:
+    except UNENCODABLE:
         return None
     return args if len(encoded) <= ERROR_ARGS_BYTES else None
 

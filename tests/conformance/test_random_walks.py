@@ -1,4 +1,5 @@
-"""Every broker, driven through one random sequence of calls, must answer alike.
+"""Every broker (and Redis's async face), driven through one random sequence of calls,
+must answer alike.
 
 The other conformance tests each pin one rule. These walks mix the calls a worker and an
 operator make (send, fetch, complete, requeue, dead-letter, replay, purge, revoke...) on
@@ -14,13 +15,14 @@ and a step names a lease by its task id.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -345,6 +347,36 @@ class Steps:
         return "purge_dead_letters", lambda w: w.broker.purge_dead_letters()
 
 
+class AsyncFaces:
+    """A broker whose calls that have an async face (send, results) are made through it,
+    on an event loop of its own: the Redis async driver, on redis.asyncio, runs the same
+    plans as the sync one and must answer alike. Every other call is the broker's own."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+        self._loop = asyncio.new_event_loop()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._broker, name)
+
+    def send(self, messages: Sequence[Outgoing]) -> list[bool]:
+        return self._loop.run_until_complete(self._broker.asend(messages))
+
+    def get_result(self, task_id: str) -> tuple[bytes, bool] | None:
+        return self._loop.run_until_complete(self._broker.aget_result(task_id))
+
+    def get_results(self, task_ids: Sequence[str]) -> list[tuple[bytes, bool] | None]:
+        return self._loop.run_until_complete(self._broker.aget_results(task_ids))
+
+    def store_result(self, task_id: str, result: bytes, ttl: float) -> None:
+        self._loop.run_until_complete(self._broker.astore_result(task_id, result, ttl))
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._broker.aclose())
+        self._loop.close()
+        self._broker.close()
+
+
 def _redis(url: str) -> Broker:
     from celeriac.brokers.redis import RedisBroker
 
@@ -361,6 +393,7 @@ def brokers(
         Walk("sqlite", SQLiteBroker(f"sqlite:///{tmp_path}/walk.db")),
         Walk("redis", _redis(redis_server.url)),
         Walk("redis-cluster", _redis(redis_cluster.url)),
+        Walk("redis-async", cast(Broker, AsyncFaces(_redis(redis_server.url)))),
     ]
     yield made
     for walk in made:
