@@ -201,6 +201,24 @@ def test_priority_across_queues(broker: Broker) -> None:
     assert [d.id for d in take(broker, queues=("qa", "qb"), limit=1)] == ["a-low"]
 
 
+def test_at_equal_priority_the_queue_named_first_goes_first(broker: Broker) -> None:
+    # SQLite and memory took the oldest message of any queue, Redis the first queue's:
+    # one worker (-Q a,b) ran in another order on the laptop's broker than in production.
+    broker.send([out("a1", "qa"), out("b1", "qb"), out("a2", "qa", priority=3)])
+    broker.send([out("b2", "qb", priority=3)])
+    assert [d.id for d in take(broker, queues=("qb", "qa"), limit=1)] == ["b2"]
+    assert [d.id for d in take(broker, queues=("qa", "qb"), limit=1)] == ["a2"]
+    assert [d.id for d in take(broker, queues=("qb", "qa"), limit=2)] == ["b1", "a1"]
+
+
+def test_a_queue_named_twice_hands_each_message_out_once(broker: Broker) -> None:
+    # SQLite handed the message out twice, once per name, the first lease void.
+    broker.send([out("a"), out("b")])
+    taken = take(broker, queues=("q", "q"), limit=5)
+    assert sorted((d.id, d.deliveries) for d in taken) == [("a", 1), ("b", 1)]
+    assert all(broker.complete(d.lease, None, 60) for d in taken)
+
+
 def test_delayed_message_waits_in_the_broker(broker: Broker) -> None:
     broker.send([out("later", eta=time.time() + 600)])
     assert take(broker) == []

@@ -20,6 +20,7 @@ import os
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -28,7 +29,7 @@ import pytest
 
 from celeriac.brokers.base import Broker
 from celeriac.brokers.memory import MemoryBroker
-from celeriac.brokers.records import DeadLetter, Delivery, Lease, Outgoing
+from celeriac.brokers.records import DeadLetter, Delivery, Lease, Outgoing, WorkerInfo
 from celeriac.brokers.sqlite import SQLiteBroker
 from tests.redis_server import RedisClusterNodes, RedisServer
 
@@ -47,6 +48,9 @@ IDS = (
     "",
 )
 PRIORITIES = (-2, 0, 0, 3, 9, 12)
+# Who fetches: a consumer is a worker's id, so a worker whose heartbeat lapsed loses its
+# leases at the next reap.
+CONSUMERS = ("walker", "w2")
 FAR = 10_000.0  # seconds: a due time or lease no walk outlives
 SHORT = 0.1  # seconds: a lease or delay that runs out in the pause after its step
 PAUSE = 0.4  # seconds the walk waits after such a step, once every broker took it
@@ -81,10 +85,14 @@ class Walk:
         self.broker = broker
         self.held: dict[str, Lease] = {}
         self.stale: dict[str, Lease] = {}  # leases given up: settling with one must fail
+        self.holder: dict[str, str] = {}  # the consumer each held id was handed to
 
-    def took(self, deliveries: list[Delivery]) -> list[tuple[str, str, bytes, int, int]]:
+    def took(
+        self, deliveries: list[Delivery], consumer: str = "walker"
+    ) -> list[tuple[str, str, bytes, int, int]]:
         for d in deliveries:
             self.held[d.id] = d.lease
+            self.holder[d.id] = consumer
         return [delivered(d) for d in deliveries]
 
     def settled(self, task_id: str, done: bool) -> None:
@@ -103,12 +111,17 @@ class Steps:
         self.rng = random.Random(seed)
         self.n = 0
         self.now = time.time()
+        self.short = False  # whether the step being drawn lets a lease or delay run out
+        self.holding: dict[str, int] = {}  # how many messages each consumer holds
 
-    def draw(self, held: list[str], stale: list[str]) -> tuple[str, Step, bool]:
+    def draw(
+        self, held: list[str], stale: list[str], holding: dict[str, int]
+    ) -> tuple[str, Step, bool]:
         """The next step, described, for the ids every broker holds now, and whether the
         walk pauses after it (a step with a short lease or delay: every broker sees it run
         out in the same pause, never between two brokers' turns)."""
         self.short = False
+        self.holding = holding
         what, step = self._draw(held, stale)
         return what, step, self.short
 
@@ -133,6 +146,7 @@ class Steps:
             self._dead_letters,
             self._replay,
             self._reap,
+            self._heartbeat,
             self._progress,
             self._store,
         ]
@@ -144,31 +158,52 @@ class Steps:
             choices.append(lambda: self._settle(rng.choice(stale), stale=True))
         if rng.random() < 0.04:
             choices += [self._purge, self._purge_dead_letters]
+        if rng.random() < 0.03:
+            # Past the per-call chunks: 500 messages per send call, 1,000 per fetch batch.
+            choices += [self._bulk_send, self._bulk_fetch]
         del n
         return rng.choice(choices)()
 
-    def _message(self) -> Outgoing:
+    def _message(self, slot: int) -> Outgoing:
         rng = self.rng
         at = rng.randrange(len(IDS))
         task_id = IDS[at]
         eta = rng.choice((None, None, None, self.now - 5, self.now + FAR))
         if eta is None and self._short():
-            eta = time.time() + SHORT + self.rng.random() / 100  # no two due alike
+            # No two due in the same millisecond: Redis keeps due times in whole ms, and
+            # orders a tie by the entry's bytes where the others keep send order.
+            eta = time.time() + SHORT + slot * 0.003
         # One queue per id: Redis's id index is per queue, so an id sent to a second queue
         # while the first still holds it is queued in both there (docs/architecture.md).
         queue = QUEUES[at % len(QUEUES)]
         return Outgoing(task_id, queue, body_for(task_id, self.n), rng.choice(PRIORITIES), eta)
 
     def _send(self) -> tuple[str, Step]:
-        messages = [self._message() for _ in range(self.rng.choice((1, 1, 2, 3)))]
+        slots = self.rng.sample(range(4), self.rng.choice((1, 1, 2, 3)))  # due order, if short
+        messages = [self._message(slot) for slot in slots]
         return f"send {messages}", lambda w: w.broker.send(messages)
 
+    def _bulk_send(self) -> tuple[str, Step]:
+        rng = self.rng
+        messages = [
+            Outgoing(f"bulk-{k}", "qa", body_for(f"bulk-{k}", k), rng.choice(PRIORITIES))
+            for k in rng.sample(range(1_200), 600)
+        ]
+        return "send 600 bulk-<n> to qa", lambda w: w.broker.send(messages)
+
+    def _bulk_fetch(self) -> tuple[str, Step]:
+        def fetch(w: Walk) -> Any:
+            taken = w.broker.fetch(["qa"], "walker", limit=1_100, lease_seconds=FAR, timeout=0)
+            return w.took(taken)
+
+        return "fetch ['qa'] limit=1100", fetch
+
     def _fetch(self) -> tuple[str, Step]:
-        # One queue at a time: between queues the brokers' orders differ by design (at
-        # equal priority Redis takes the queues in the order named, SQLite and memory in
-        # due order; Cluster is strict across the queues' best messages only).
-        queues = [self.rng.choice(QUEUES)]
-        limit = self.rng.choice((1, 2, 5))
+        queues = self.rng.choice((["qa"], ["qb"], ["qa", "qb"], ["qb", "qa"]))
+        # Over several queues one at a time: Cluster keeps priority strict across the
+        # queues' best messages, not across a whole batch (brokers/redis/broker.py).
+        limit = self.rng.choice((1, 2, 5)) if len(queues) == 1 else 1
+        consumer = self.rng.choice(CONSUMERS)
         lease = FAR
         if self._short():
             # One message whose lease lapses: messages released by one reap come back in
@@ -176,10 +211,10 @@ class Steps:
             lease, limit = SHORT, 1
 
         def fetch(w: Walk) -> Any:
-            taken = w.broker.fetch(queues, "walker", limit=limit, lease_seconds=lease, timeout=0)
-            return w.took(taken)
+            taken = w.broker.fetch(queues, consumer, limit=limit, lease_seconds=lease, timeout=0)
+            return w.took(taken, consumer)
 
-        return f"fetch {queues} limit={limit} lease={lease}", fetch
+        return f"fetch {queues} limit={limit} lease={lease} by {consumer}", fetch
 
     def _settle(self, task_id: str, *, stale: bool = False) -> tuple[str, Step]:
         rng = self.rng
@@ -295,6 +330,25 @@ class Steps:
     def _reap(self) -> tuple[str, Step]:
         return "reap", lambda w: w.broker.reap()
 
+    def _heartbeat(self) -> tuple[str, Step]:
+        rng = self.rng
+        worker = rng.choice(CONSUMERS)
+        how = rng.choice(("heartbeat", "heartbeat", "forget_worker", "workers"))
+        # A lapse only for a worker holding one message at most: what one reap releases
+        # comes back in an order no broker promises.
+        lapse = how == "heartbeat" and self.holding.get(worker, 0) <= 1
+        ttl = SHORT if lapse and self._short() else FAR
+        info = WorkerInfo(worker, "host", 1, QUEUES, 2, self.now)
+
+        def heartbeat(w: Walk) -> Any:
+            if how == "heartbeat":
+                w.broker.heartbeat(info, ttl)
+            elif how == "forget_worker":
+                w.broker.forget_worker(worker)
+            return sorted(x.id for x in w.broker.workers())
+
+        return f"{how} {worker}{f' ttl={ttl}' if how == 'heartbeat' else ''}", heartbeat
+
     def _progress(self) -> tuple[str, Step]:
         task_id = self.rng.choice(IDS)
         state = b'{"state":"PROGRESS","n":%d}' % self.n
@@ -408,8 +462,9 @@ def test_every_broker_answers_a_random_walk_alike(brokers: list[Walk], seed: int
         first = brokers[0]
         # Every broker holds the same ids (a difference in a fetch fails before this).
         held = sorted(first.held)
+        holding = Counter(first.holder[i] for i in held)
         stale = sorted(i for i in first.stale if i not in first.held)
-        what, step, pause = steps.draw(held, stale)
+        what, step, pause = steps.draw(held, stale, holding)
         said.append(what)
         answers = [(walk.name, step(walk)) for walk in brokers]
         expected = answers[0][1]

@@ -95,7 +95,9 @@ class Broker(abc.ABC):
     ) -> list[Delivery]:
         """Take up to ``limit`` due messages under a lease held by ``consumer``.
 
-        Waits up to ``timeout`` seconds for one to become due; returns [] if none did.
+        Order: the highest priority first; at equal priority the queue named first in
+        ``queues``; within a queue, the order messages became due. Waits up to ``timeout``
+        seconds for one to become due; returns [] if none did.
         """
 
     @abc.abstractmethod

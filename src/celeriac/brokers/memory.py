@@ -179,7 +179,8 @@ class MemoryBroker(Broker):
                 heap = self._ready.get(queue)
                 while heap and not self._is_live(heap[0]):
                     heapq.heappop(heap)
-                if heap and (best is None or heap[0] < best[0]):
+                # Priority first; at equal priority the queue named first, as on Redis.
+                if heap and (best is None or heap[0][0] < best[0][0]):
                     best = heap
             if best is None:
                 break

@@ -179,11 +179,15 @@ class SQLiteBroker(SQLiteConnections, SQLiteResults, SQLiteStore, Broker):
 
     def _candidates(
         self, db: sqlite3.Connection, queues: Sequence[str], limit: int, now: float
-    ) -> list[tuple[int, float, int, str]]:
-        found: list[tuple[int, float, int, str]] = []
-        for queue in queues:
+    ) -> list[tuple[int, int, float, int, str]]:
+        # Priority first; at equal priority the queue named first (as on Redis), then due
+        # order within a queue.
+        found: list[tuple[int, int, float, int, str]] = []
+        # Each queue once: a queue named twice handed its messages out twice, the first
+        # lease void before its holder saw it.
+        for place, queue in enumerate(dict.fromkeys(queues)):
             found += [
-                (-row[1], row[2], row[3], row[0])
+                (-row[1], place, row[2], row[3], row[0])
                 for row in db.execute(
                     "SELECT id, priority, due, seq FROM messages WHERE queue = ? AND "
                     "token IS NULL AND due <= ? ORDER BY priority DESC, due, seq LIMIT ?",
@@ -203,7 +207,7 @@ class SQLiteBroker(SQLiteConnections, SQLiteResults, SQLiteStore, Broker):
     ) -> list[Delivery]:
         now = time.time()
         taken: list[Delivery] = []
-        for _, _, _, task_id in self._candidates(db, queues, limit, now):
+        for *_, task_id in self._candidates(db, queues, limit, now):
             token = uuid.uuid4().hex
             row = db.execute(
                 "UPDATE messages SET token = ?, holder = ?, lease_deadline = ?, "
