@@ -307,6 +307,18 @@ def test_reap_releases_what_a_dead_worker_held(broker: Broker) -> None:
     assert broker.complete(live.lease, None, 60)
 
 
+def test_a_reaped_worker_is_forgotten_even_before_any_queue_exists(broker: Broker) -> None:
+    # Redis kept a dead worker when it knew no queue yet: the worker came back (frozen
+    # past its heartbeat), took a message, and the next reap released it under its feet.
+    broker.heartbeat(WorkerInfo("w-back", "h", 1, ("q",), 1, time.time()), ttl=0.2)
+    eventually(lambda: not broker.workers(), "w-back expires")
+    assert broker.reap() == 0
+    broker.send([out("a")])
+    d = one(broker, consumer="w-back", lease=600)
+    assert broker.reap() == 0
+    assert broker.complete(d.lease, None, 60)
+
+
 def test_requeue_delivery_counts_and_body(broker: Broker) -> None:
     broker.send([out("a")])
     assert broker.requeue(one(broker).lease)  # a failure: the count stays

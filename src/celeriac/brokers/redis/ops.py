@@ -635,17 +635,18 @@ def reap(ctx: Context) -> Plan[int]:
     _, dead = yield from workers(ctx)
     if not ctx.cluster:  # waiters that died without leaving (see admin.wait_result)
         yield Command(("ZREMRANGEBYSCORE", ctx.keys.waiting, "-inf", int(time.time() * 1000)))
-    names = yield from known_queues(ctx)
-    if not names:
-        return 0
-    queues = [ctx.keys.queue(name) for name in names]
-    replies = yield Batch([Call(SCRIPTS.reap, (*q.block, q.outbox), dead) for q in queues])
+    queues = [ctx.keys.queue(name) for name in (yield from known_queues(ctx))]
     released = 0
-    for q, reply in zip(queues, replies, strict=True):
-        released += int(reply[0])
-        for i in range(1, len(reply), 2):
-            ttl, _, result = reply[i + 1].partition(b":")
-            yield from publish(ctx, q, reply[i], int(ttl), result)
+    if queues:
+        replies = yield Batch([Call(SCRIPTS.reap, (*q.block, q.outbox), dead) for q in queues])
+        for q, reply in zip(queues, replies, strict=True):
+            released += int(reply[0])
+            for i in range(1, len(reply), 2):
+                ttl, _, result = reply[i + 1].partition(b":")
+                yield from publish(ctx, q, reply[i], int(ttl), result)
+    # Dropped once what they held is released, and even when no queue is known yet: kept,
+    # a worker that came back (frozen past its heartbeat) lost every lease it took before
+    # its next heartbeat, at the next reap.
     if dead:
         yield Call(SCRIPTS.drop_workers, (ctx.keys.workers_alive, ctx.keys.workers_info), dead)
     return released
