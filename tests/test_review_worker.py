@@ -233,6 +233,13 @@ def test_a_finished_task_is_not_killed_for_its_slow_settle_hooks(
     assert workers.children(proc) == [child]
 
 
+def test_a_queue_named_twice_is_served_once(sqlite_url: str) -> None:
+    # -Q a,b,a: the heartbeat listed a twice, and SQLite handed each of its messages out
+    # twice per fetch (the broker reads each queue once now too).
+    worker = Worker(Celeriac("twice", broker=sqlite_url), ["a", "b", "a"], 1, pool="threads")
+    assert worker.queues == ("a", "b")
+
+
 def test_the_worker_refuses_no_children(sqlite_url: str) -> None:
     with pytest.raises(ConfigurationError, match="concurrency"):
         Worker(Celeriac("zero", broker=sqlite_url), ["default"], 0, pool="threads")

@@ -117,7 +117,7 @@ class Worker(Reaping, BrokerDuties, HardLimits):
             )
         app.broker.check_queue_names(queues)  # here, not in a crash loop of every child
         self.app = app
-        self.queues = tuple(queues)
+        self.queues = tuple(dict.fromkeys(queues))  # -Q a,a: each once (status, fetch order)
         if concurrency < 1:  # no consumer at all: a threads child would exit and respawn
             raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
         self.concurrency = concurrency
