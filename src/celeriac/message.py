@@ -217,7 +217,7 @@ def unserializable(
         ... # doctest: +ELLIPSIS
         cannot send task shop.add: positional argument 0 (object) is not JSON-serializable ...
     """
-    culprit, is_argument = _culprit(message, encode or _encoder.encode)
+    culprit, is_argument = _culprit(message, encode)
     sent = f"cannot send task {storable_text(message.task)}"
     if not isinstance(exc, UnicodeEncodeError):
         return (
@@ -238,38 +238,32 @@ def unserializable(
     )
 
 
-def _culprit(message: Message, encode: Callable[[Any], object]) -> tuple[str, bool]:
+def _culprit(message: Message, encode: Callable[[Any], object] | None) -> tuple[str, bool]:
     """The first part of ``message`` that ``encode`` refuses, named for the caller, and
     whether it is an argument."""
 
-    def refused(value: Any) -> bool:
-        try:
-            encode(value)
-        except UNENCODABLE:
-            return True
-        return False
-
     for index, value in enumerate(message.args):
-        if refused(value):
+        if not encodable(value, encode):
             return f"positional argument {index} ({type(value).__name__})", True
     for key, value in message.kwargs.items():
-        if refused(value):
+        if not encodable(value, encode):
             return f"argument {storable_text(key)!r} ({type(value).__name__})", True
     for field, name in (("id", "its task_id"), ("queue", "its queue"), ("headers", "a header")):
-        if refused(getattr(message, field)):
+        if not encodable(getattr(message, field), encode):
             return name, False
     return "an argument", True
 
 
-def encodable(value: Any) -> bool:
-    """Whether JSON can carry ``value`` (as messages and results are encoded).
+def encodable(value: Any, encode: Callable[[Any], object] | None = None) -> bool:
+    """Whether JSON (or the format whose encoder is ``encode``) can carry ``value``, as
+    messages and results are encoded.
 
     Example:
         >>> encodable([1, "a"]), encodable(object())
         (True, False)
     """
     try:
-        _encoder.encode(value)
+        (encode or _encoder.encode)(value)
     except UNENCODABLE:
         return False
     return True

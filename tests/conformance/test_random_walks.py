@@ -69,7 +69,7 @@ def renewed(body: bytes) -> tuple[bytes, int] | None:
     return (b"renewed " + body, 7) if body.startswith(b"raw") else None
 
 
-def letter(d: DeadLetter) -> tuple[str, str, str, str, bytes, int, str, float]:
+def letter_fields(d: DeadLetter) -> tuple[str, str, str, str, bytes, int, str, float]:
     return (d.id, d.queue, d.task, d.reason, d.body, d.deliveries, d.error, d.dead_at)
 
 
@@ -132,7 +132,6 @@ class Steps:
     def _draw(self, held: list[str], stale: list[str]) -> tuple[str, Step]:
         rng = self.rng
         self.n += 1
-        n = self.n
         choices: list[Callable[[], tuple[str, Step]]] = [
             self._send,
             self._send,
@@ -161,7 +160,6 @@ class Steps:
         if rng.random() < 0.03:
             # Past the per-call chunks: 500 messages per send call, 1,000 per fetch batch.
             choices += [self._bulk_send, self._bulk_fetch]
-        del n
         return rng.choice(choices)()
 
     def _message(self, slot: int) -> Outgoing:
@@ -312,8 +310,8 @@ class Steps:
         ids = self.rng.sample(IDS, 2)
 
         def dead_letters(w: Walk) -> Any:
-            found = sorted(letter(d) for d in w.broker.find_dead_letters(ids))
-            return [letter(d) for d in w.broker.dead_letters(50)], found
+            found = sorted(letter_fields(d) for d in w.broker.find_dead_letters(ids))
+            return [letter_fields(d) for d in w.broker.dead_letters(50)], found
 
         return f"dead_letters, find_dead_letters {ids}", dead_letters
 
