@@ -62,7 +62,14 @@ def test_as_pid_1_the_supervisor_reaps_the_orphans_handed_to_it(
         supervisor = psutil.Process(namespace.pid).children()[0].pid
 
         def orphans() -> list[psutil.Process]:
-            return [p for p in psutil.Process(supervisor).children() if p.name() == "sleep"]
+            found = []
+            for child in psutil.Process(supervisor).children():
+                try:
+                    if child.name() == "sleep":
+                        found.append(child)
+                except psutil.NoSuchProcess:  # reaped between the listing and the read
+                    pass
+            return found
 
         for _ in range(5):
             core.daemonizes.delay().get(timeout=20)
