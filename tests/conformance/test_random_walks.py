@@ -33,8 +33,10 @@ from celeriac.brokers.records import DeadLetter, Delivery, Lease, Outgoing, Work
 from celeriac.brokers.sqlite import SQLiteBroker
 from tests.redis_server import RedisClusterNodes, RedisServer
 
-# More walks, longer, when hunting: WALK_SEEDS=300 WALK_STEPS=150 (about 5 min on 2 cores).
-SEEDS = range(int(os.environ.get("WALK_SEEDS", "24")))
+# More walks, longer, when hunting: WALK_SEEDS=300 WALK_STEPS=150 (about 5 min on 2 cores);
+# WALK_FIRST_SEED=1000 walks seeds no earlier hunt walked.
+_FIRST_SEED = int(os.environ.get("WALK_FIRST_SEED", "0"))
+SEEDS = range(_FIRST_SEED, _FIRST_SEED + int(os.environ.get("WALK_SEEDS", "24")))
 STEPS = int(os.environ.get("WALK_STEPS", "80"))
 QUEUES = ("qa", "qb")
 # A few ids, so sends repeat ids that are queued, held, finished or dead: a canonical
