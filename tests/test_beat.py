@@ -282,6 +282,28 @@ def test_an_entry_whose_arguments_cannot_fit_its_task_is_refused(app: Celeriac) 
     app.beat.add("elsewhere", "other.service.task", every=60, args=(1, 2, 3))  # not known here
 
 
+def test_an_entry_whose_ticks_are_over_the_size_limit_is_refused_when_defined(
+    app: Celeriac, sqlite_url: str
+) -> None:
+    # Accepted, its every tick was refused at send: one ERROR a tick, nothing ever ran.
+    big = "x" * (app.conf.task_payload_max_bytes + 1)
+    app.conf.beat_schedule = {"bulk": {"task": "tasks.bulk", "schedule": 60, "args": [big]}}
+    with pytest.raises(ConfigurationError, match=r"entry 'bulk'.*over task_payload_max_bytes"):
+        app.beat.static_entries()  # a scheduler refuses to start
+    app.conf.beat_schedule = {}
+    with pytest.raises(ConfigurationError, match=r"positional argument 0 .*pass its id"):
+        app.beat.add("bulk", "tasks.bulk", every=60, args=[big])
+    with pytest.raises(ConfigurationError, match="over task_payload_max_bytes"):
+        app.beat.add("bulk", "tasks.bulk", every=60, kwargs={"rows": big})  # unknown task too
+    assert app.beat.entries() == []
+    app.beat.add("bulk", "tasks.bulk", every=60, args=["small"])
+    with pytest.raises(ConfigurationError, match="over task_payload_max_bytes"):
+        app.beat.change("bulk", args=[big])
+    assert app.beat.get("bulk").args == ("small",)
+    code, output = beat_cli(sqlite_url, "add", "bulk", "t", "--every", "1m", "--args", f'["{big}"]')
+    assert code == 1 and "over task_payload_max_bytes" in output and "Traceback" not in output
+
+
 # -- exactly-once ticks -------------------------------------------------------------------
 
 

@@ -437,6 +437,27 @@ mean 'max_retries'?). Known options: ...
             largest,
         )
 
+    def check_size(self, message: Message) -> None:
+        """Raise PayloadTooLarge when ``message`` would be refused at send for its size.
+
+        For messages built now and sent later (a periodic entry's ticks): the send would
+        refuse them each time, long after whoever defined them has gone home.
+
+        Example:
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> @app.task
+            ... def ping(text: str) -> str:
+            ...     return text
+            >>> app.check_size(ping.message(("hello",)))
+            >>> app.check_size(ping.message(("x" * 300_000,)))
+            Traceback (most recent call last):
+              ...
+            celeriac.errors.PayloadTooLarge: task ...ping: message is 300,... bytes, over ...
+        """
+        size = len(self.codec.encode(message))
+        if size > self.conf.task_payload_max_bytes:
+            self._check_size(message, size)
+
     def check_call(self, name: str, args: Sequence[Any], kwargs: dict[str, Any] | None) -> None:
         """Raise TypeError when task ``name``, if registered here, cannot take these
         arguments; a task known only by name is not checked (its worker's code decides).

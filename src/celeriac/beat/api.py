@@ -29,7 +29,7 @@ from celeriac.beat.entries import (
     tick_id,
 )
 from celeriac.beat.schedules import Cron, Schedule, format_seconds, parse_schedule
-from celeriac.errors import ConfigurationError, UnknownEntry
+from celeriac.errors import ConfigurationError, PayloadTooLarge, UnknownEntry
 from celeriac.task import Task
 
 if TYPE_CHECKING:
@@ -192,20 +192,22 @@ class Beat:
 
     def _check_arguments(self, entry: Entry) -> None:
         """Refuse an entry whose ticks could never be sent or run: arguments that cannot fit
-        its task's function (when that task is registered here), or send options no
-        message can carry (``priority=10``, ``queue=5``). Found when the entry is defined,
-        not by the scheduler at every tick."""
+        its task's function (when that task is registered here), send options no message
+        can carry (``priority=10``, ``queue=5``), or arguments over
+        ``task_payload_max_bytes``. Found when the entry is defined, not by the scheduler
+        at every tick."""
         try:
             self.app.check_call(entry.task, entry.args, entry.kwargs)
             task = self.app.task_named(entry.task)
             following = entry.schedule.next_after(self.clock())
-            task.message(
+            message = task.message(
                 entry.args,
                 entry.kwargs,
                 task_id=tick_id(entry.name, following),
                 **entry.send_options(following, following),
             )
-        except (TypeError, ValueError) as exc:
+            self.app.check_size(message)
+        except (TypeError, ValueError, PayloadTooLarge) as exc:
             raise ConfigurationError(f"periodic entry {entry.name!r}: {exc}") from None
 
     # -- the merged view -------------------------------------------------------------------
