@@ -135,6 +135,10 @@ def test_a_command_that_creates_the_sqlite_file_says_where(project: Path) -> Non
     assert f"jobs.db did not exist in {elsewhere}: this command created it, empty" in (
         result.stderr
     )
+    # Named by an absolute path, the folder the command ran in is not the cause: moving to
+    # the worker's folder, as the note for a relative path advises, would change nothing.
+    assert "Check the path for a typo" in result.stderr
+    assert "relative SQLite path" not in result.stderr
 
 
 # -- result ------------------------------------------------------------------------------

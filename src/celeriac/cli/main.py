@@ -124,11 +124,17 @@ class Context(msgspec.Struct):
         path = self._missing_db
         if path is None or not path.exists() or self.command in _MAKE_THE_BROKER:
             return None  # it existed, the command did not open it, or it is a first use
+        created = f"{path.name} did not exist in {path.parent}: this command created it, empty."
+        if _names_absolute_path(self.app.conf.broker_url):  # the folder is not the cause
+            return (
+                f"{created} Check the path for a typo: the worker and every command must "
+                "name the same file (compare with the broker URL in the worker's first log "
+                "line), then delete this empty one."
+            )
         return (
-            f"{path.name} did not exist in {path.parent}: this command created it, empty. "
-            "Each process opens a relative SQLite path (sqlite:///celeriac.db, the default) "
-            "in its own folder: run from the worker's folder, or give every process the same "
-            f"absolute path: -b sqlite:///{path} (or CELERIAC_BROKER_URL)."
+            f"{created} Each process opens a relative SQLite path (sqlite:///celeriac.db, the "
+            "default) in its own folder: run from the worker's folder, or give every process "
+            f"the same absolute path: -b sqlite:///{path} (or CELERIAC_BROKER_URL)."
         )
 
     def wait_at_most(self, seconds: float) -> None:
@@ -147,6 +153,16 @@ class Context(msgspec.Struct):
         query = urlsplit(url).query
         if url.startswith(REDIS_SCHEMES) and "socket_timeout" not in dict(parse_qsl(query)):
             self.app.conf.broker_url = f"{url}{'&' if query else '?'}socket_timeout={seconds:g}"
+
+
+def _names_absolute_path(url: str) -> bool:
+    """Whether the SQLite broker URL ``url`` names its file by an absolute path."""
+    from celeriac.brokers.sqlite_file import path_from_url
+
+    try:
+        return os.path.isabs(path_from_url(url)[0])
+    except CeleriacError:
+        return False
 
 
 def _missing_sqlite_file(url: str) -> Path | None:
