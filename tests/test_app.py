@@ -399,10 +399,36 @@ def test_payload_guard(app: Celeriac, caplog: pytest.LogCaptureFixture) -> None:
 
     with caplog.at_level(logging.WARNING):
         ingest.delay(list(range(5000)))
-    assert "largest argument is positional argument 0" in caplog.text
+    assert "largest part is positional argument 0" in caplog.text
     with pytest.raises(PayloadTooLarge, match=r"argument 'note'.*pass its id"):
         ingest.delay([1], note="x" * 300_000)
     assert sum(s.ready for s in app.broker.stats()) == 1  # the refused one never reached it
+
+
+def test_the_size_errors_name_the_part_that_is_large_even_when_it_is_no_argument(
+    app: Celeriac, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An over-long task id was reported as "the largest argument is positional argument 0
+    # (1 bytes)", with advice to pass an id instead of the data.
+    @app.task
+    def ping(n: int) -> int:
+        return n
+
+    with pytest.raises(PayloadTooLarge, match=r"largest part is the task id \(300,002 bytes\)"):
+        ping.apply_async((1,), task_id="i" * 300_000)
+    with pytest.raises(PayloadTooLarge, match=r"header 'trace' .*Keep the header 'trace' short"):
+        ping.apply_async((1,), headers={"trace": "t" * 300_000})
+    with caplog.at_level(logging.WARNING):
+        ping.apply_async((1,), queue="q" * 20_000)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "largest part is the queue name (20,002 bytes)" in warning
+    assert "Keep the queue name short" in warning and "pass its id" not in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        sent = ping.apply_async((1,), task_id="j" * 20_000)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"task {ping.name}[{'j' * 200}... (20,000 chars)]" in warning  # not the whole id
+    assert sent.id == "j" * 20_000
 
 
 @pytest.mark.parametrize("eta", [math.nan, math.inf, -math.inf])

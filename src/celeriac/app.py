@@ -420,21 +420,22 @@ mean 'max_retries'?). Known options: ...
         return Outgoing(message.id, message.queue, body, message.priority, message.eta)
 
     def _check_size(self, message: Message, size: int) -> None:
-        largest = _largest_argument(message)
+        largest, advice = _largest_part(message)
         if size > self.conf.task_payload_max_bytes:
             raise PayloadTooLarge(
                 f"task {message.task}: message is {size:,} bytes, over task_payload_max_bytes "
-                f"({self.conf.task_payload_max_bytes:,}); the largest argument is {largest}. "
-                "Store the data elsewhere and pass its id."
+                f"({self.conf.task_payload_max_bytes:,}); its largest part is {largest}. "
+                f"{advice}"
             )
         log.warning(
-            "task %s[%s]: message is %s bytes (warn at %s); the largest argument is %s. "
-            "Big messages cost broker memory and throughput: pass an id instead.",
+            "task %s[%s]: message is %s bytes (warn at %s); its largest part is %s. "
+            "Big messages cost broker memory and throughput. %s",
             message.task,
-            message.id,
+            _shown_id(message.id),
             f"{size:,}",
             f"{self.conf.task_payload_warn_bytes:,}",
             largest,
+            advice,
         )
 
     def check_size(self, message: Message) -> None:
@@ -579,14 +580,35 @@ def _unknown_task(*args: Any, **kwargs: Any) -> Any:
     raise NotRegistered("this task is only known by name here; a worker runs it")
 
 
-def _largest_argument(message: Message) -> str:
+def _largest_part(message: Message) -> tuple[str, str]:
+    """The largest part of ``message`` ("positional argument 0 (300,002 bytes)"), and what
+    to do about it. The id, queue name and headers count too: an over-long task id was
+    reported as the message's one small argument.
+
+    Example:
+        >>> _largest_part(Message(id="i" * 500, task="t", args=[1]))
+        ('the task id (502 bytes)', 'Keep the task id short: it travels in every message.')
+    """
     from celeriac.message import _encoder
 
-    sizes = [
-        (len(_encoder.encode(v)), f"positional argument {i}") for i, v in enumerate(message.args)
+    encode = _encoder.encode
+    sizes = [(len(encode(v)), f"positional argument {i}") for i, v in enumerate(message.args)]
+    sizes += [(len(encode(v)), f"argument {k!r}") for k, v in message.kwargs.items()]
+    arguments = len(sizes)
+    sizes += [(len(encode(v)), f"header {k!r}") for k, v in message.headers.items()]
+    sizes += [(len(encode(v)), f"option {k!r}") for k, v in message.options.items()]
+    sizes += [
+        (len(encode(message.id)), "the task id"),
+        (len(encode(message.queue)), "the queue name"),
     ]
-    sizes += [(len(_encoder.encode(v)), f"argument {k!r}") for k, v in message.kwargs.items()]
-    if not sizes:
-        return "none (headers or options are large)"
-    size, label = max(sizes)
-    return f"{label} ({size:,} bytes)"
+    index = max(range(len(sizes)), key=lambda i: sizes[i][0])
+    size, label = sizes[index]
+    if index < arguments:
+        return f"{label} ({size:,} bytes)", "Store the data elsewhere and pass its id."
+    what = label.removeprefix("the ")
+    return f"{label} ({size:,} bytes)", f"Keep the {what} short: it travels in every message."
+
+
+def _shown_id(task_id: str) -> str:
+    """``task_id`` cut for a log line: a 100 KB id would be the whole line."""
+    return task_id if len(task_id) <= 200 else f"{task_id[:200]}... ({len(task_id):,} chars)"
