@@ -157,6 +157,52 @@ def test_the_same_values_are_refused_per_call_and_nothing_is_sent(
 
 
 @pytest.mark.parametrize(
+    "queue",
+    [
+        "reports,nightly",
+        "emails ",
+        " emails",
+        "a\nb",
+        "tab\there",
+        "nb\u00a0sp",
+        "z\u200bw",
+        "q" * 201,
+    ],
+)
+def test_a_queue_no_worker_could_be_started_on_is_refused_where_it_is_given(
+    local: Celeriac, queue: str
+) -> None:
+    # `-Q a,b` is split at commas and stripped: a task sent to "reports,nightly" or to
+    # "emails " waited for ever in a queue no worker could be given.
+    with pytest.raises(ConfigurationError, match=r"^task shop.job: queue must be a queue name"):
+
+        @local.task(name="shop.job", queue=queue)
+        def job() -> None: ...
+
+    @local.task(name="shop.job")
+    def job_() -> None: ...
+
+    with pytest.raises(ValueError, match=r"^task shop.job: queue must be a queue name"):
+        job_.apply_async(queue=queue)
+    with pytest.raises(ConfigurationError, match=r"^setting task_default_queue must be a queue"):
+        local.conf.task_default_queue = queue
+    assert local.broker.stats() == []
+
+
+def test_an_over_long_queue_name_is_shown_cut_in_the_error(local: Celeriac) -> None:
+    @local.task(name="shop.job")
+    def job() -> None: ...
+
+    with pytest.raises(
+        ValueError, match=r"at most 200 characters, got 'qqq.*\.\.\. \(10,002 chars\)$"
+    ):
+        job.apply_async(queue="q" * 10_000)
+    job.apply_async(queue="q" * 200)  # the longest allowed
+    job.apply_async(queue="rapports-été_2026.v2")  # any printable text but a comma
+    assert sorted(s.queue for s in local.broker.stats()) == ["q" * 200, "rapports-été_2026.v2"]
+
+
+@pytest.mark.parametrize(
     "options", [{"autoretry_for": (OSError,)}, {"rate_limit_key": lambda *a, **k: "tenant"}]
 )
 def test_an_option_only_the_decorator_takes_is_named_when_given_per_call(

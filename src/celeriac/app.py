@@ -20,7 +20,7 @@ from celeriac.config import Settings
 from celeriac.errors import BrokerError, ConfigurationError, NotRegistered, PayloadTooLarge
 from celeriac.message import Message
 from celeriac.middleware import Middleware, MiddlewareStack, default_middleware
-from celeriac.options import DURATIONS, TaskOptions, option_problem, unknown_options
+from celeriac.options import DURATIONS, TaskOptions, option_problem, shown, unknown_options
 from celeriac.result import AsyncResult
 from celeriac.task import Task, task_name_for
 
@@ -170,8 +170,8 @@ class Celeriac:
             ('celeriac.app.send_welcome', 'emails')
             >>> app.task(retries=3)(print)  # doctest: +ELLIPSIS
             Traceback (most recent call last):
-            celeriac.errors.ConfigurationError: task print: unknown option(s) retries (did you \
-mean 'max_retries'?). Known options: ...
+            celeriac.errors.ConfigurationError: task builtins.print: unknown option(s) retries \
+(did you mean 'max_retries'?). Known options: ...
 
         Raises:
             ConfigurationError: an option no middleware understands, or a value that its
@@ -199,21 +199,21 @@ mean 'max_retries'?). Known options: ...
         return lambda f: self._register(f, {**options, "bind": True})
 
     def _register(self, fn: Callable[..., Any], options: dict[str, Any]) -> Task[Any, Any]:
-        known = _CORE_OPTIONS | self.middleware.known_options()
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigurationError(
-                f"task {fn.__qualname__}: {unknown_options(unknown, known)}. "
-                f"Known options: {', '.join(sorted(known))}"
-            )
-        core = {k: options[k] for k in _CORE_OPTIONS - {"name", "bind"} if k in options}
-        core = checked_task_options(fn.__qualname__, core)
-        extra = {k: v for k, v in options.items() if k not in _CORE_OPTIONS}
         if options.get("name") is not None and not isinstance(options["name"], str):
             raise ConfigurationError(
                 f"task {fn.__qualname__}: name must be a str, got {options['name']!r}"
             )
-        name = options.get("name") or task_name_for(fn)
+        name = options.get("name") or task_name_for(fn)  # what every error below names
+        known = _CORE_OPTIONS | self.middleware.known_options()
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"task {name}: {unknown_options(unknown, known)}. "
+                f"Known options: {', '.join(sorted(known))}"
+            )
+        core = {k: options[k] for k in _CORE_OPTIONS - {"name", "bind"} if k in options}
+        core = checked_task_options(name, core)
+        extra = {k: v for k, v in options.items() if k not in _CORE_OPTIONS}
         if extra:  # here, at import time: in the worker it failed every message of the task
             self.middleware.check_options(self, name, extra)
         task: Task[Any, Any] = Task(
@@ -544,7 +544,7 @@ number from 0 to 9 (9 runs first), got 12
             continue  # None: the app's default
         problem = option_problem(option, value)
         if problem:
-            raise ConfigurationError(f"task {task}: {option} must be {problem}, got {value!r}")
+            raise ConfigurationError(f"task {task}: {option} must be {problem}, got {shown(value)}")
         if option in DURATIONS:
             seconds = value.total_seconds() if isinstance(value, dt.timedelta) else value
             checked[option] = float(seconds)

@@ -20,6 +20,7 @@ import types
 from typing import Any, get_args, get_origin, get_type_hints
 
 from celeriac.errors import ConfigurationError
+from celeriac.options import queue_name_problem, shown
 
 
 @dataclasses.dataclass
@@ -226,8 +227,10 @@ def _check_text(name: str, value: Any) -> None:
     """Refuse an empty default queue (tasks would go where no worker can consume) and a
     log level ``logging`` does not know (the worker would stop with a bare ValueError
     that names no setting)."""
-    if name == "task_default_queue" and not value:
-        raise ConfigurationError(f"setting {name} must be a queue name, got {value!r}")
+    if name == "task_default_queue" and queue_name_problem(value):
+        raise ConfigurationError(
+            f"setting {name} must be {queue_name_problem(value)}, got {shown(value)}"
+        )
     choices = _CHOICES.get(name)
     if choices and str(value).upper() not in choices:
         raise ConfigurationError(

@@ -143,6 +143,55 @@ def unknown_options(unknown: set[str] | list[str], known: set[str] | frozenset[s
     return text
 
 
+#: Longer queue names are refused: a name travels in every message and is part of every
+#: broker key of its queue.
+QUEUE_NAME_MAX = 200
+
+
+def queue_name_problem(name: object) -> str:
+    """What a queue name must be instead; empty when ``name`` is fine.
+
+    A worker is given its queues as ``-Q a,b``, split at commas and stripped: a task sent
+    to ``"reports, nightly"`` or ``"emails "`` went to a queue no worker could be started
+    on, and waited there for ever.
+
+    Example:
+        >>> queue_name_problem("emails")
+        ''
+        >>> print(queue_name_problem("reports,nightly"))  # doctest: +NORMALIZE_WHITESPACE
+        a queue name a worker can be given with -Q (no comma, no space at either end,
+        no control or invisible character)
+    """
+    if not (isinstance(name, str) and name):
+        return "a queue name (a non-empty str)"
+    if len(name) > QUEUE_NAME_MAX:
+        return f"a queue name of at most {QUEUE_NAME_MAX} characters"
+    if "," in name or name != name.strip() or (not name.isprintable() and _invisible(name)):
+        return (
+            "a queue name a worker can be given with -Q (no comma, no space at either end, "
+            "no control or invisible character)"
+        )
+    return ""
+
+
+def _invisible(text: str) -> bool:
+    """Whether ``text`` holds a character no terminal shows (a control character, a
+    zero-width or non-breaking space). A lone surrogate is left to the encoder, whose
+    error says the text is not UTF-8 and what to pass instead."""
+    return any(not c.isprintable() and not "\ud800" <= c <= "\udfff" for c in text)
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for an error message.
+
+    Example:
+        >>> shown("q" * 500, limit=10)
+        "'qqqqqqqq... (502 chars)"
+    """
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}... ({len(text):,} chars)"
+
+
 def option_problem(option: str, value: Any) -> str:
     """What ``value`` of a core task option should be instead; empty when it is fine.
     The one check of these options, for ``@app.task`` and for ``apply_async``.
@@ -154,8 +203,8 @@ def option_problem(option: str, value: Any) -> str:
         ''
     """
     whole = isinstance(value, int) and not isinstance(value, bool)
-    if option == "queue" and not (isinstance(value, str) and value):
-        return "a queue name (a non-empty str)"
+    if option == "queue":
+        return queue_name_problem(value)
     if option == "priority" and not (whole and 0 <= value <= 9):
         return "a whole number from 0 to 9 (9 runs first)"
     if option == "max_deliveries" and not (whole and value >= 1):
@@ -195,6 +244,9 @@ def check_send_options(
                 f"task {task}: {option} must be a str, got {type(value).__name__} {value!r}; "
                 f"pass {option}=str({value!r})"
             )
+    problem = queue_name_problem(queue) if queue else ""
+    if problem:
+        raise ValueError(f"task {task}: queue must be {problem}, got {shown(queue)}")
     if headers and not isinstance(headers, dict):
         raise TypeError(f"task {task}: headers must be a dict, got {type(headers).__name__}")
     for option, limit in (("soft_time_limit", soft_time_limit), ("time_limit", time_limit)):
