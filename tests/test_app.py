@@ -423,7 +423,7 @@ def test_the_size_errors_name_the_part_that_is_large_even_when_it_is_no_argument
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "largest part is the task id (20,002 bytes)" in warning
     assert "Keep the task id short" in warning and "pass its id" not in warning
-    assert f"task {ping.name}[{'j' * 200}... (20,000 chars)]" in warning  # not the whole id
+    assert f"task {ping.name}[{'j' * 200}... (20,000 characters)]" in warning  # not the whole id
     assert sent.id == "j" * 20_000
 
 

@@ -194,7 +194,7 @@ def test_an_over_long_queue_name_is_shown_cut_in_the_error(local: Celeriac) -> N
     def job() -> None: ...
 
     with pytest.raises(
-        ValueError, match=r"at most 200 characters, got 'qqq.*\.\.\. \(10,002 chars\)$"
+        ValueError, match=r"at most 200 characters, got 'qqq.*\.\.\. \(10,002 characters\)$"
     ):
         job.apply_async(queue="q" * 10_000)
     job.apply_async(queue="q" * 200)  # the longest allowed

@@ -20,9 +20,10 @@ from celeriac.config import Settings
 from celeriac.errors import BrokerError, ConfigurationError, NotRegistered, PayloadTooLarge
 from celeriac.message import Message
 from celeriac.middleware import Middleware, MiddlewareStack, default_middleware
-from celeriac.options import DURATIONS, TaskOptions, option_problem, shown, unknown_options
+from celeriac.options import DURATIONS, TaskOptions, option_problem, unknown_options
 from celeriac.result import AsyncResult
 from celeriac.task import Task, task_name_for
+from celeriac.text import cut
 
 if TYPE_CHECKING:
     from celeriac.beat import Beat, PeriodicDecorator
@@ -431,7 +432,7 @@ class Celeriac:
             "task %s[%s]: message is %s bytes (warn at %s); its largest part is %s. "
             "Big messages cost broker memory and throughput. %s",
             message.task,
-            _shown_id(message.id),
+            cut(message.id, 200),
             f"{size:,}",
             f"{self.conf.task_payload_warn_bytes:,}",
             largest,
@@ -544,7 +545,9 @@ number from 0 to 9 (9 runs first), got 12
             continue  # None: the app's default
         problem = option_problem(option, value)
         if problem:
-            raise ConfigurationError(f"task {task}: {option} must be {problem}, got {shown(value)}")
+            raise ConfigurationError(
+                f"task {task}: {option} must be {problem}, got {cut(repr(value), 80)}"
+            )
         if option in DURATIONS:
             seconds = value.total_seconds() if isinstance(value, dt.timedelta) else value
             checked[option] = float(seconds)
@@ -607,8 +610,3 @@ def _largest_part(message: Message) -> tuple[str, str]:
         return f"{label} ({size:,} bytes)", "Store the data elsewhere and pass its id."
     what = label.removeprefix("the ")
     return f"{label} ({size:,} bytes)", f"Keep the {what} short: it travels in every message."
-
-
-def _shown_id(task_id: str) -> str:
-    """``task_id`` cut for a log line: a 100 KB id would be the whole line."""
-    return task_id if len(task_id) <= 200 else f"{task_id[:200]}... ({len(task_id):,} chars)"

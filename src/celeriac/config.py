@@ -20,7 +20,8 @@ import types
 from typing import Any, get_args, get_origin, get_type_hints
 
 from celeriac.errors import ConfigurationError
-from celeriac.options import queue_name_problem, shown
+from celeriac.options import queue_name_problem
+from celeriac.text import cut
 
 
 @dataclasses.dataclass
@@ -229,7 +230,7 @@ def _check_text(name: str, value: Any) -> None:
     that names no setting)."""
     if name == "task_default_queue" and queue_name_problem(value):
         raise ConfigurationError(
-            f"setting {name} must be {queue_name_problem(value)}, got {shown(value)}"
+            f"setting {name} must be {queue_name_problem(value)}, got {cut(repr(value), 80)}"
         )
     choices = _CHOICES.get(name)
     if choices and str(value).upper() not in choices:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from celeriac.message import LATEST_TIME, unix_time_as_seconds
+from celeriac.text import cut
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -181,17 +182,6 @@ def _invisible(text: str) -> bool:
     return any(not c.isprintable() and not "\ud800" <= c <= "\udfff" for c in text)
 
 
-def shown(value: object, limit: int = 80) -> str:
-    """``repr(value)`` cut to about ``limit`` characters, for an error message.
-
-    Example:
-        >>> shown("q" * 500, limit=10)
-        "'qqqqqqqq... (502 chars)"
-    """
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 1]}... ({len(text):,} chars)"
-
-
 def option_problem(option: str, value: Any) -> str:
     """What ``value`` of a core task option should be instead; empty when it is fine.
     The one check of these options, for ``@app.task`` and for ``apply_async``.
@@ -246,7 +236,7 @@ def check_send_options(
             )
     problem = queue_name_problem(queue) if queue else ""
     if problem:
-        raise ValueError(f"task {task}: queue must be {problem}, got {shown(queue)}")
+        raise ValueError(f"task {task}: queue must be {problem}, got {cut(repr(queue), 80)}")
     if headers and not isinstance(headers, dict):
         raise TypeError(f"task {task}: headers must be a dict, got {type(headers).__name__}")
     for option, limit in (("soft_time_limit", soft_time_limit), ("time_limit", time_limit)):

@@ -29,6 +29,19 @@ def printable(text: str, *, lines: bool = False) -> str:
     return "".join(c if c.isprintable() or c in kept else _escaped(c) for c in text)
 
 
+def cut(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was: a 100 KB task id or
+    queue name in an error message or log line would be the whole of it.
+
+    Example:
+        >>> cut("q" * 500, 8)
+        'qqqqqqqq... (500 characters)'
+        >>> cut("short", 8)
+        'short'
+    """
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def _escaped(char: str) -> str:
     """One unprintable character as its Python escape: ``\\x1b``, ``\\r``, ``\\u2028``."""
     return char.encode("unicode_escape").decode("ascii")

@@ -28,7 +28,7 @@ from celeriac.message import (
 from celeriac.middleware.base import Job, Outcome
 from celeriac.middleware.verdicts import Verdicts, verdict_key
 from celeriac.task import Request, unimportable_note
-from celeriac.text import printable
+from celeriac.text import cut, printable
 from celeriac.worker.death_notes import death_key, how_it_died, last_death, shared_with
 from celeriac.worker.outage import Outage
 
@@ -455,8 +455,7 @@ def shown(text: str) -> str:
         >>> print(shown("x" * 300))  # doctest: +ELLIPSIS
         xxx...x... (300 characters)
     """
-    text = printable(text)
-    return text if len(text) <= NAME_SHOWN else f"{text[:NAME_SHOWN]}... ({len(text):,} characters)"
+    return cut(printable(text), NAME_SHOWN)
 
 
 def peek_name(body: bytes) -> str | None:
