@@ -228,10 +228,9 @@ def _check_text(name: str, value: Any) -> None:
     """Refuse an empty default queue (tasks would go where no worker can consume) and a
     log level ``logging`` does not know (the worker would stop with a bare ValueError
     that names no setting)."""
-    if name == "task_default_queue" and queue_name_problem(value):
-        raise ConfigurationError(
-            f"setting {name} must be {queue_name_problem(value)}, got {cut(repr(value), 80)}"
-        )
+    problem = queue_name_problem(value) if name == "task_default_queue" else ""
+    if problem:
+        raise ConfigurationError(f"setting {name} must be {problem}, got {cut(repr(value), 80)}")
     choices = _CHOICES.get(name)
     if choices and str(value).upper() not in choices:
         raise ConfigurationError(
