@@ -108,6 +108,40 @@ def test_call_of_a_name_the_app_lacks_sends_it_and_says_what_will_happen(broker_
     assert [q["ready"] for q in json.loads(output)["queues"]] == [4]  # all four were sent
 
 
+@pytest.mark.parametrize(
+    ("command", "names"),
+    [
+        (["call", "x.y", "-q", ""], "'-q' / '--queue'"),
+        (["call", "x.y", "--id", ""], "'--id'"),
+        (["call", ""], "'NAME'"),
+        (["result", ""], "'TASK_ID'"),
+        (["purge", "", "--yes"], "'QUEUE'"),
+        (["dlq", "show", ""], "'TASK_ID'"),
+        (["dlq", "replay", "a", ""], "'[IDS]...'"),
+        (["dlq", "replay", "--task", ""], "'--task'"),
+        (["revoke", ""], "'TASK_ID... | -'"),
+        (["beat", "add", "", "x.y", "--every", "5"], "'NAME'"),
+        (["beat", "add", "nightly", "", "--every", "5"], "'TASK'"),
+    ],
+)
+def test_an_empty_name_or_id_is_a_usage_error_naming_it(
+    broker_url: str, command: list[str], names: str
+) -> None:
+    # What "$QUEUE" gives when QUEUE is unset: `call --queue ''` sent to the default queue,
+    # `result ''` said PENDING and `purge ''` purged nothing, each without a word.
+    code, output = invoke("-b", broker_url, *command)
+    assert code == 2 and f"Invalid value for {names}: is empty (an unset shell variable?)" in output
+    assert Celeriac("check", broker=broker_url).broker.stats() == []  # nothing was sent
+
+
+def test_call_refuses_a_queue_name_no_worker_could_be_given(broker_url: str) -> None:
+    code, output = invoke("-b", broker_url, "call", "x.y", "-q", "reports, nightly")
+    assert (
+        code == 2 and "Invalid value for '-q' / '--queue': must be a queue name a worker" in output
+    )
+    assert "got 'reports, nightly'" in output and "Traceback" not in output
+
+
 def test_bad_json_arguments_are_usage_errors(broker_url: str) -> None:
     code, output = invoke("-b", broker_url, "call", "x.y", "--args", "[1,")
     assert code == 2 and "not valid JSON" in output

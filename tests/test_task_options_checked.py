@@ -202,6 +202,28 @@ def test_an_over_long_queue_name_is_shown_cut_in_the_error(local: Celeriac) -> N
     assert sorted(s.queue for s in local.broker.stats()) == ["q" * 200, "rapports-été_2026.v2"]
 
 
+@pytest.mark.parametrize("option", ["queue", "task_id"])
+def test_an_empty_queue_or_task_id_is_refused_not_taken_as_not_given(
+    local: Celeriac, option: str
+) -> None:
+    # task_id=f"{order.ref}" with an empty ref got a random id, so a second send of the same
+    # order ran again; queue=os.environ.get("QUEUE", "") went to the default queue unsaid.
+    @local.task(name="shop.job")
+    def job() -> None: ...
+
+    with pytest.raises(ValueError, match=f"^task shop.job: {option} is an empty string; pass"):
+        job.apply_async(**{option: ""})
+    with pytest.raises(ValueError, match=f"{option} is an empty string"):
+        local.send_task("shop.job", **{option: ""})
+    with pytest.raises(ValueError, match=f"{option} is an empty string"):
+        job.s().set(**{option: ""}).delay()
+    with pytest.raises(TypeError, match=f"^task shop.job: {option} must be a str, got int 0"):
+        job.apply_async(**{option: 0})  # 0 was taken as "not given" too
+    assert local.broker.stats() == []
+    job.apply_async(**{option: None})  # None is "not given"
+    assert [s.ready for s in local.broker.stats()] == [1]
+
+
 @pytest.mark.parametrize(
     "options", [{"autoretry_for": (OSError,)}, {"rate_limit_key": lambda *a, **k: "tenant"}]
 )

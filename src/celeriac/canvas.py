@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
 from celeriac.errors import ConfigurationError
 from celeriac.group_result import GroupResult
 from celeriac.middleware.flow import Node
-from celeriac.options import CALL_OPTIONS, unknown_options
+from celeriac.options import CALL_OPTIONS, check_send_options, unknown_options
 from celeriac.result import AsyncResult
 from celeriac.workflow import Result, normalized, send
 
@@ -93,7 +93,10 @@ class Canvas(Generic[ResultT_co]):
         its own; ``countdown`` and ``eta`` only delay the tasks that start the workflow.
 
         Raises:
-            ValueError: an option that no part of celeriac understands.
+            ValueError: an option that no part of celeriac understands, or a value the send
+                would refuse (an empty ``task_id`` or ``queue``, a queue name no worker
+                could be given).
+            TypeError: a ``task_id``, ``queue`` or ``headers`` of the wrong type.
             ConfigurationError: a value its middleware could not apply (``rate_limit="10/x"``).
         """
         app = self.app
@@ -101,11 +104,21 @@ class Canvas(Generic[ResultT_co]):
         unknown = sorted(set(options) - known)
         if unknown and app is not None:
             raise ValueError(f"{unknown_options(unknown, known)}; known: {sorted(known)}")
+        what = self.name if isinstance(self, Signature) else type(self).__name__.lower()
+        who = f"task {what}" if isinstance(self, Signature) else what
+        # Checked here, where the caller can see it: a later step is built in a worker,
+        # where a value that cannot be sent stopped the workflow (and an empty task_id
+        # was taken as none given, so the piece got a made-up id).
+        check_send_options(
+            who,
+            task_id=options.get("task_id"),
+            queue=options.get("queue"),
+            headers=options.get("headers"),
+            soft_time_limit=options.get("soft_time_limit"),
+            time_limit=options.get("time_limit"),
+        )
         policy = {k: v for k, v in options.items() if k not in CALL_OPTIONS}
         if policy and app is not None:
-            # Checked here, where the caller can see it: a later step is built in a worker,
-            # where a value its middleware cannot apply stopped the workflow.
-            what = self.name if isinstance(self, Signature) else type(self).__name__.lower()
             app.middleware.check_options(app, what, policy)
         for key, value in options.items():
             self.options.update(normalized(key, value))

@@ -209,7 +209,7 @@ def option_problem(option: str, value: Any) -> str:
 
 
 def check_send_options(
-    task: str,
+    who: str,
     *,
     task_id: object,
     queue: object,
@@ -220,29 +220,40 @@ def check_send_options(
     """Refuse per-call options of a type the message cannot carry. The encoder writes any
     type, but every worker reads the message against its schema: a ``task_id=42`` or a
     ``queue=5`` would be sent, then dead-lettered as malformed, and the task never run.
+    ``who`` starts the error: what the options were given to ("task shop.add", "chain").
 
     Example:
         >>> check_send_options(
-        ...     "shop.add", task_id=42, queue="q", headers={}, soft_time_limit=None, time_limit=5
+        ...     "task shop.add", task_id=42, queue="q", headers={}, soft_time_limit=None,
+        ...     time_limit=5,
         ... )
         Traceback (most recent call last):
         TypeError: task shop.add: task_id must be a str, got int 42; pass task_id=str(42)
     """
     for option, value in (("task_id", task_id), ("queue", queue)):
-        if value and not isinstance(value, str):
+        if value is not None and not isinstance(value, str):
             raise TypeError(
-                f"task {task}: {option} must be a str, got {type(value).__name__} {value!r}; "
+                f"{who}: {option} must be a str, got {type(value).__name__} {value!r}; "
                 f"pass {option}=str({value!r})"
             )
-    problem = queue_name_problem(queue) if queue else ""
+        if value == "":
+            # Was taken as "not given": an id built from an empty field (f"{order.ref}")
+            # got a random one instead, and two sends of it both ran; an empty queue from
+            # an unset environment variable went to the default queue without a word.
+            default = "a new random id" if option == "task_id" else "the task's own queue"
+            raise ValueError(
+                f"{who}: {option} is an empty string; pass a non-empty {option}, or "
+                f"leave {option} out (or None) for {default}"
+            )
+    problem = queue_name_problem(queue) if queue is not None else ""
     if problem:
-        raise ValueError(f"task {task}: queue must be {problem}, got {cut(repr(queue), 80)}")
+        raise ValueError(f"{who}: queue must be {problem}, got {cut(repr(queue), 80)}")
     if headers and not isinstance(headers, dict):
-        raise TypeError(f"task {task}: headers must be a dict, got {type(headers).__name__}")
+        raise TypeError(f"{who}: headers must be a dict, got {type(headers).__name__}")
     for option, limit in (("soft_time_limit", soft_time_limit), ("time_limit", time_limit)):
         problem = "" if limit is None else option_problem(option, limit)
         if problem:
-            raise ValueError(f"task {task}: {option} must be {problem}, got {limit!r}")
+            raise ValueError(f"{who}: {option} must be {problem}, got {limit!r}")
 
 
 def warn_if_soft_limit_never_fires(

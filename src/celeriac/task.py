@@ -313,9 +313,15 @@ function is add(x, y)
         conf, opts = self.app.conf, self.options
         now = time.time()
         soft_limit = hard_limit = None
-        if task_id or queue or headers or soft_time_limit is not None or time_limit is not None:
+        if (
+            task_id is not None
+            or queue is not None
+            or headers
+            or soft_time_limit is not None
+            or time_limit is not None
+        ):
             check_send_options(
-                self.name,
+                f"task {self.name}",
                 task_id=task_id,
                 queue=queue,
                 headers=headers,

@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from celeriac.beat import EntryInfo, Scheduler
 from celeriac.cli.main import (
+    NAME,
     Context,
     cli,
     err,
@@ -101,8 +102,8 @@ def beat_list(obj: Context, as_json: bool) -> None:
 
 
 @beat.command("add")
-@click.argument("name")
-@click.argument("task")
+@click.argument("name", type=NAME)
+@click.argument("task", type=NAME)
 @click.option("--cron", default=None, metavar="EXPR", help="Cron expression: '*/5 * * * *'.")
 @click.option("--tz", default=None, metavar="ZONE", help="Zone of --cron: 'Europe/Kyiv'.")
 @click.option("--every", default=None, metavar="N[s|m|h|d]", help="Interval: 30, 30s, 5m, 1h.")
@@ -172,7 +173,7 @@ def beat_add(
 
 
 @beat.command("pause")
-@click.argument("name")
+@click.argument("name", type=NAME)
 @click.pass_obj
 def beat_pause(obj: Context, name: str) -> None:
     """Stop NAME's ticks until resumed (schedulers see it within a second).
@@ -183,7 +184,7 @@ def beat_pause(obj: Context, name: str) -> None:
 
 
 @beat.command("resume")
-@click.argument("name")
+@click.argument("name", type=NAME)
 @click.pass_obj
 def beat_resume(obj: Context, name: str) -> None:
     """Start NAME's ticks again from the next one (ticks missed while paused never run).
@@ -194,7 +195,7 @@ def beat_resume(obj: Context, name: str) -> None:
 
 
 @beat.command("remove")
-@click.argument("name")
+@click.argument("name", type=NAME)
 @click.pass_obj
 def beat_remove(obj: Context, name: str) -> None:
     """Remove NAME (added at run time), or drop the run-time changes of an entry from code.

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from celeriac.brokers import redacted
 from celeriac.cli.main import (
+    NAME,
     Context,
     Seconds,
     cli,
@@ -30,8 +31,9 @@ from celeriac.control import live_workers
 from celeriac.errors import ConfigurationError
 from celeriac.message import decode_result
 from celeriac.middleware.expiry import expired_key
+from celeriac.options import queue_name_problem
 from celeriac.result import FINAL_STATES, AsyncResult
-from celeriac.text import printable
+from celeriac.text import cut, printable
 
 if TYPE_CHECKING:
     from celeriac import Celeriac
@@ -45,21 +47,38 @@ def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _queue_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a ``--queue`` the send would refuse, as a usage error naming the option
+    (raised by the send it read as a Python error: "leave queue out (or None)")."""
+    problem = queue_name_problem(value) if value is not None else ""
+    if problem:
+        raise click.BadParameter(f"must be {problem}, got {cut(repr(value), 80)}")
+    return value
+
+
 @cli.command()
-@click.argument("name")
+@click.argument("name", type=NAME)
 @click.option("--args", "args_json", metavar="JSON", help="Positional arguments: '[1, 2]'")
 @click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments: '{\"x\": 1}'")
 @click.option(
     "-q",
     "--queue",
     default=None,
+    type=NAME,
+    callback=_queue_option,
     help="Queue (default: the task's own with -A, else task_default_queue).",
 )
 @click.option(
     "--countdown", type=Seconds(0), default=None, help="Start it no sooner than SECONDS from now."
 )
 @click.option("--priority", type=click.IntRange(0, 9), default=None, help="0..9, 9 runs first.")
-@click.option("--id", "task_id", default=None, help="Task id (sending an id twice runs once).")
+@click.option(
+    "--id",
+    "task_id",
+    default=None,
+    type=NAME,
+    help="Task id (sending an id twice runs once).",
+)
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
 @click.option(
     "--timeout",
@@ -189,7 +208,7 @@ def _adds_to_the_error(error: ErrorInfo) -> bool:
 
 
 @cli.command()
-@click.argument("task_id")
+@click.argument("task_id", type=NAME)
 @click.option("--wait", is_flag=True, help="Wait until the task finishes.")
 @click.option(
     "--timeout", type=Seconds(0), default=60.0, show_default=True, help="Seconds --wait waits."
@@ -366,7 +385,7 @@ def _asdict(obj: Any) -> dict[str, Any]:
 
 
 @cli.command()
-@click.argument("queue")
+@click.argument("queue", type=NAME)
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
 def purge(obj: Context, queue: str, yes: bool) -> None:
@@ -510,7 +529,7 @@ SHOWN_BODY_BYTES = 8192
 
 
 @dlq.command("show")
-@click.argument("task_id")
+@click.argument("task_id", type=NAME)
 @click.option(
     "--full", is_flag=True, help=f"The whole body, not its first {SHOWN_BODY_BYTES:,} bytes."
 )
@@ -555,9 +574,9 @@ def letter_json(letter: DeadLetter, limit: int | None = None) -> dict[str, Any]:
 
 
 @dlq.command("replay")
-@click.argument("ids", nargs=-1)
+@click.argument("ids", nargs=-1, type=NAME)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
-@click.option("--task", "task_name", default=None, help="Replay those of one task name.")
+@click.option("--task", "task_name", default=None, type=NAME, help="Replay those of one task name.")
 @click.pass_obj
 def dlq_replay(obj: Context, ids: tuple[str, ...], replay_all: bool, task_name: str | None) -> None:
     """Send dead letters back to their queues: IDS, --task NAME, or --all.

@@ -13,7 +13,7 @@ import msgspec
 from rich.markup import escape
 from rich.table import Table
 
-from celeriac.cli.main import Context, Seconds, cli, out, print_json
+from celeriac.cli.main import NAME, Context, Seconds, cli, out, print_json
 from celeriac.control import (
     Reply,
     ask,
@@ -40,7 +40,7 @@ _SHUTDOWN_WAIT = 2.0
 
 
 @cli.command("revoke")
-@click.argument("task_ids", nargs=-1, required=True, metavar="TASK_ID... | -")
+@click.argument("task_ids", nargs=-1, required=True, type=NAME, metavar="TASK_ID... | -")
 @click.option("--terminate", is_flag=True, help="Also stop the task if it is running.")
 @click.pass_obj
 def revoke_cmd(obj: Context, task_ids: tuple[str, ...], terminate: bool) -> None:

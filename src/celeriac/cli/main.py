@@ -424,6 +424,35 @@ class Seconds(click.FloatRange):
         return seconds
 
 
+class Name(click.types.StringParamType):
+    """A task, queue or entry name or a task id: any text but the empty string.
+
+    An empty one is what ``"$QUEUE"`` gives when QUEUE is unset: it was taken as "not
+    given" (``call --queue ''`` sent to the default queue) or looked up as a name no task
+    has (``result ''`` said PENDING, ``purge ''`` purged nothing), without a word.
+
+    Example:
+        >>> NAME.convert("emails", None, None)
+        'emails'
+        >>> NAME.convert("", None, None)
+        Traceback (most recent call last):
+        click.exceptions.BadParameter: is empty (an unset shell variable?).
+    """
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The text itself, or a usage error when it is empty."""
+        value = super().convert(value, param, ctx)
+        if value == "":
+            self.fail("is empty (an unset shell variable?).", param, ctx)
+        return value
+
+
+#: The one :class:`Name` every command uses.
+NAME = Name()
+
+
 #: ``-l/--loglevel`` for every command that runs a long-lived process.
 loglevel_option = click.option(
     "-l",
