@@ -82,6 +82,17 @@ class PlanDriver:
         """Drive ``plan`` to its end; ``what`` names the operation in error messages."""
         return self._drive(plan, what, plan.__next__)
 
+    def call(self, call: Call, what: str) -> Any:
+        """Run one script call on its own, as a plan of that one step would.
+
+        Raises:
+            BrokerError: as :func:`.connection.translate` tells the driver's error.
+        """
+        try:
+            return self._do(call)
+        except self.failures as exc:
+            raise translate(exc, what, self.url) from exc
+
     def _listener(self) -> Listener:
         raise NotImplementedError
 

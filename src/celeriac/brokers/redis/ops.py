@@ -107,19 +107,12 @@ def send(ctx: Context, messages: Sequence[Outgoing]) -> Plan[list[bool]]:
     Raises:
         MessageError: an id is one fetch makes up for bytes pushed by hand (nothing sent).
     """
-    for m in messages:  # all checked first: a batch is streamed as it is built
-        if m.id.startswith("\x00raw-") and is_foreign(compact(m.id)):
-            raise MessageError(
-                f"task id {m.id!r} is reserved: the Redis broker gives it to bytes pushed into "
-                "a queue by hand. Nothing was sent; choose another id."
-            )
-    if len(messages) == 1 and not ctx.cluster and messages[0].queue in ctx.registered():
-        # The common case (one delay()) without the grouping below: one script call.
-        m = messages[0]
+    one = one_send(ctx, messages)
+    if one is not None:
         try:
-            reply = yield _send_one_call(ctx, ctx.keys.queue(m.queue), m)
+            reply = yield one
         except BrokerError as exc:
-            _say_maybe_queued(exc, 1)
+            say_not_sent(exc)
             raise
         return [reply[0] == 1]
     created = [False] * len(messages)
@@ -157,6 +150,34 @@ def send(ctx: Context, messages: Sequence[Outgoing]) -> Plan[list[bool]]:
             created[i] = flag == 1
     ctx.known.update(groups)
     return created
+
+
+def one_send(ctx: Context, messages: Sequence[Outgoing]) -> Call | None:
+    """The one script call that sends ``messages``, when that is all :func:`send` would
+    do: the common case of one ``delay()`` (one message, to a queue this process has
+    registered, on a standalone Redis). Its reply's first item is 1 for a new id; a
+    failure is told as :func:`say_not_sent` tells it. None: :func:`send` must be run.
+
+    Raises:
+        MessageError: an id is one fetch makes up for bytes pushed by hand (nothing sent).
+    """
+    for m in messages:  # all checked first: a batch is streamed as it is built
+        if m.id.startswith("\x00raw-") and is_foreign(compact(m.id)):
+            raise MessageError(
+                f"task id {m.id!r} is reserved: the Redis broker gives it to bytes pushed into "
+                "a queue by hand. Nothing was sent; choose another id."
+            )
+    if len(messages) != 1 or ctx.cluster:
+        return None
+    m = messages[0]
+    if m.queue not in ctx.registered():
+        return None
+    return _send_one_call(ctx, ctx.keys.queue(m.queue), m)
+
+
+def say_not_sent(exc: BrokerError) -> None:
+    """What a failed :func:`one_send` call adds to its error (see _say_maybe_queued)."""
+    _say_maybe_queued(exc, 1)
 
 
 def _say_maybe_queued(exc: BrokerError, count: int, *, calls: int = 1) -> None:
