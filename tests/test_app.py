@@ -131,6 +131,40 @@ def test_failure_is_reraised_with_its_own_type_and_remote_traceback(app: Celeria
     assert isinstance(r.info, ValueError)
 
 
+def test_a_failure_s_traceback_starts_at_the_task_not_in_the_worker(app: Celeriac) -> None:
+    # It began with the executor's two frames (_call, invoke): noise above the frame that
+    # matters, in every failed task's result, `celeriac result` and log line.
+    @app.task
+    def charge(order: int) -> None:
+        app.send_task("shop.missing", queue="a,b")  # fails in celeriac, under the task
+
+    r = charge.delay(7)
+    run_queued(app, fail_fast=False)
+    record = r._record()
+    assert record is not None and record.error is not None
+    text = record.error.traceback
+    frames = [line for line in text.splitlines() if line.startswith('  File "')]
+    assert frames[0].startswith(f'  File "{__file__}"') and frames[0].endswith(" in charge")
+    assert "/celeriac/worker/executor.py" not in text
+    # Frames after the task's are kept, celeriac's included: the failure is in there.
+    assert "/celeriac/options.py" in frames[-1] and "queue must be a queue name" in text
+
+
+def test_an_error_raised_in_celeriac_alone_keeps_its_frames() -> None:
+    from celeriac.options import check_send_options
+    from celeriac.worker.reading import error_info
+
+    with pytest.raises(TypeError) as caught:
+        check_send_options(
+            "task t", task_id=1, queue=None, headers=None, soft_time_limit=None, time_limit=None
+        )
+    exc = caught.value
+    assert exc.__traceback__ is not None
+    exc.__traceback__ = exc.__traceback__.tb_next  # only celeriac's frame is left
+    text = error_info(exc).traceback
+    assert '/celeriac/options.py", line ' in text  # not dropped: there is nothing else
+
+
 def test_exception_of_a_type_not_loaded_here_becomes_task_failed(app: Celeriac) -> None:
     from celeriac.brokers.records import Lease, Outgoing
     from celeriac.message import ErrorInfo, ResultRecord, encode_result

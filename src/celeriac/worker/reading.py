@@ -10,6 +10,7 @@ is dead-lettered before it is decoded (its decoding may be what killed the worke
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from typing import TYPE_CHECKING
@@ -432,13 +433,29 @@ def error_info(exc: BaseException) -> ErrorInfo:
         message = str(exc)
     except Exception:  # noqa: BLE001 - a broken __str__ must not lose the task's failure
         message = f"<{cls.__name__} whose str() failed>"
-    text = "".join(traceback.format_exception(exc))
+    text = "".join(_without_our_frames(traceback.TracebackException.from_exception(exc)).format())
     return ErrorInfo(
         type=f"{cls.__module__}.{cls.__qualname__}",
         message=storable_text(message),
         traceback=storable_text(text),
         args=error_args(exc, message),
     )
+
+
+#: Where celeriac's own code lives: the frames a failed task's traceback starts with.
+_OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _without_our_frames(te: traceback.TracebackException) -> traceback.TracebackException:
+    """``te`` without the worker's frames in front of the task's own (the executor's call
+    of the function): the traceback read at 3 a.m. starts at the task. Frames after it are
+    kept, celeriac's included (a ``delay()`` the task made that failed); an error raised in
+    celeriac alone (no frame of the task) keeps every frame."""
+    stack = te.stack
+    first = next((i for i, f in enumerate(stack) if not f.filename.startswith(_OURS)), None)
+    if first:  # 0: nothing to drop; None: no frame of the task's
+        te.stack = traceback.StackSummary.from_list(stack[first:])
+    return te
 
 
 def label(job: Job) -> str:
