@@ -435,6 +435,40 @@ def test_a_broker_blip_while_a_retry_is_queued_does_not_spend_a_retry() -> None:
     assert "gave up after 3 retries" in str(failed.value.__notes__)
 
 
+def test_a_retry_s_log_line_says_why_and_the_last_failure_that_it_gave_up(
+    app: Celeriac, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "will retry in 0.2s (attempt 1)" said nothing of the cause, and the final "failed:
+    # ConnectionError" read as a first failure: the operator had to open the result.
+    @app.task(
+        autoretry_for=(ConnectionError,), max_retries=2, retry_backoff=0.01, retry_backoff_max=0.01
+    )
+    def flaky(n: int) -> None:
+        raise ConnectionError(f"upstream {n} refused\nlater line")
+
+    @app.bound_task(max_retries=2)
+    def manual(self: Task[Any, Any]) -> None:
+        if self.request.retries == 0:
+            raise self.retry(countdown=0.01)  # no cause: none to say
+        raise self.retry(exc=ValueError("still bad"), countdown=0.01)
+
+    flaky.delay(5)
+    manual.delay()
+    with caplog.at_level("INFO", logger="celeriac.worker"):
+        run_queued(app, fail_fast=False, include_delayed=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "celeriac.worker"]
+    flaky_lines = [line for line in lines if ".flaky[" in line]
+    cause = "builtins.ConnectionError: upstream 5 refused\\nlater line"  # escaped: one line
+    assert [line.split("] ", 1)[1] for line in flaky_lines[:2]] == [
+        f"will retry in {d} (attempt {n}): {cause}" for d, n in (("0.0s", 1), ("0.0s", 2))
+    ], lines
+    assert flaky_lines[2].endswith(f"s (gave up after 2 retries): {cause}"), lines
+    manual_lines = [line.split("] ", 1)[1] for line in lines if ".manual[" in line]
+    assert manual_lines[0] == "will retry in 0.0s (attempt 1)", lines
+    assert manual_lines[1] == "will retry in 0.0s (attempt 2): builtins.ValueError: still bad"
+    assert "gave up after 2 retries" in manual_lines[2]
+
+
 def test_a_retry_runs_with_the_arguments_as_sent_not_as_the_task_left_them(
     app: Celeriac,
 ) -> None:

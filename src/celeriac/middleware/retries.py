@@ -108,7 +108,7 @@ number of at least 0, or None for no limit, got -1
         exc = outcome.exception
         if exc is not None and not isinstance(exc, Retry):
             # Kept in the message, so a dead letter can show the first error and the last.
-            message.options.setdefault("first_error", f"{_qualname(exc)}: {_text(exc)}")
+            message.options.setdefault("first_error", described(exc))
         return Outcome("RETRY", delay=delay, exception=exc, runtime=outcome.runtime)
 
     def _give_up(self, job: Job, outcome: Outcome, why: str, opts: dict[str, Any]) -> Outcome:
@@ -128,6 +128,7 @@ number of at least 0, or None for no limit, got -1
             note = f"celeriac: task {job.label} gave up {why}"
             error = msgspec.structs.replace(error, traceback=f"{error.traceback}\n{note}".lstrip())
         final = Outcome("FAILURE", error=error, exception=exc, runtime=outcome.runtime)
+        final.reason = f"gave up {why}"  # for the log line: its error alone read as a first try
         if opts.get("dead_letter_after_retries"):
             final.state = "DEAD"
             final.reason = f"failed {why}"
@@ -206,15 +207,18 @@ def _exception_types(given: object) -> tuple[type[BaseException], ...]:
     return tuple(cast("Iterable[type[BaseException]]", given))
 
 
-def _text(exc: BaseException) -> str:
-    """``str(exc)``, or a stand-in when the exception's ``__str__`` itself raises: that
-    raise used to cost the task its retry (this hook failed, the failure stood)."""
-    try:
-        return str(exc)
-    except Exception:  # noqa: BLE001 - any error of a broken __str__
-        return f"<{type(exc).__name__} whose str() failed>"
+def described(exc: BaseException) -> str:
+    """``"module.Type: text"`` for ``exc``, with a stand-in for a text whose ``__str__``
+    raises: that raise used to cost the task its retry (this hook failed, the failure
+    stood). What a dead letter keeps as the first error, and a retry's log line shows.
 
-
-def _qualname(exc: BaseException) -> str:
+    Example:
+        >>> described(ConnectionError("upstream refused"))
+        'builtins.ConnectionError: upstream refused'
+    """
     cls = type(exc)
-    return f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - any error of a broken __str__
+        text = f"<{cls.__name__} whose str() failed>"
+    return f"{cls.__module__}.{cls.__qualname__}: {text}"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 
+from celeriac.errors import Retry
 from celeriac.middleware.base import Job, Outcome
+from celeriac.middleware.retries import described
 from celeriac.text import printable
 from celeriac.worker.reading import label
 
@@ -57,17 +59,25 @@ def log_outcome(job: Job, outcome: Outcome, lease_loss: str = "") -> None:
             level,
             "task %s %s: %s: %s",
             shown,
-            f"not run: {for_log(outcome.not_run)}" if outcome.not_run else f"failed{runtime}",
+            f"not run: {for_log(outcome.not_run)}"
+            if outcome.not_run
+            else f"failed{runtime}{f' ({for_log(outcome.reason)})' if outcome.reason else ''}",
             for_log(error.type) if error else "?",
             for_log(error.message) if error else "",
         )
     elif state == "RETRY":
+        # With its cause: "will retry in 0.2s (attempt 1)" alone left the operator to
+        # guess why a task kept coming back, until its retries ran out.
+        cause = outcome.exception
+        if isinstance(cause, Retry):  # raise self.retry(exc=...): its exc, if it has one
+            cause = cause.exc
         log.log(
             level,
-            "task %s will retry in %.1fs (attempt %d)",
+            "task %s will retry in %.1fs (attempt %d)%s",
             shown,
             outcome.delay or 0.0,
             job.message.retries + 1 if job.message else 0,  # the retry just queued
+            f": {for_log(described(cause))}" if cause is not None else "",
         )
     elif state == "DEAD":
         log.log(
