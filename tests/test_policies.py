@@ -469,6 +469,22 @@ def test_a_retry_s_log_line_says_why_and_the_last_failure_that_it_gave_up(
     assert "gave up after 2 retries" in manual_lines[2]
 
 
+def test_a_failure_s_log_line_shows_its_error_once(caplog: pytest.LogCaptureFixture) -> None:
+    # A verdict's FAILURE (a hard time limit) carries its text as reason and as error: the
+    # line said it twice when it showed the reason too.
+    from celeriac.brokers.records import Delivery
+    from celeriac.message import ErrorInfo
+    from celeriac.middleware.base import Job, Outcome
+    from celeriac.worker.outcome_log import log_outcome
+
+    said = "task t[1] ran past its hard time limit (1s) and was killed"
+    error = ErrorInfo(type="celeriac.errors.TimeLimitExceeded", message=said)
+    job = Job(Delivery(Lease("1", "default", "tok"), b"{}", 1), "w")
+    with caplog.at_level("INFO", logger="celeriac.worker"):
+        log_outcome(job, Outcome("FAILURE", error=error, reason=said))
+    assert caplog.messages[-1].count("ran past its hard time limit") == 1
+
+
 def test_a_retry_runs_with_the_arguments_as_sent_not_as_the_task_left_them(
     app: Celeriac,
 ) -> None:

@@ -62,6 +62,9 @@ class Outcome(msgspec.Struct):
     # FAILURE decided without running the task, and why (an earlier step of its workflow
     # failed): logged as not run, at WARNING, not as a failure of its own at ERROR.
     not_run: str = ""
+    # FAILURE of a task the retry policy stopped retrying, and when ("after 3 retries"):
+    # its log line says so, or it read as a first failure.
+    gave_up: str = ""
 
 
 #: The ``Job.context`` key under which the worker pools put the Unix time at which the

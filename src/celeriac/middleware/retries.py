@@ -127,8 +127,7 @@ number of at least 0, or None for no limit, got -1
         if error is not None:  # the caller's traceback note says why it was not retried
             note = f"celeriac: task {job.label} gave up {why}"
             error = msgspec.structs.replace(error, traceback=f"{error.traceback}\n{note}".lstrip())
-        final = Outcome("FAILURE", error=error, exception=exc, runtime=outcome.runtime)
-        final.reason = f"gave up {why}"  # for the log line: its error alone read as a first try
+        final = Outcome("FAILURE", error=error, exception=exc, runtime=outcome.runtime, gave_up=why)
         if opts.get("dead_letter_after_retries"):
             final.state = "DEAD"
             final.reason = f"failed {why}"

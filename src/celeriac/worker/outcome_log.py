@@ -61,7 +61,7 @@ def log_outcome(job: Job, outcome: Outcome, lease_loss: str = "") -> None:
             shown,
             f"not run: {for_log(outcome.not_run)}"
             if outcome.not_run
-            else f"failed{runtime}{f' ({for_log(outcome.reason)})' if outcome.reason else ''}",
+            else f"failed{runtime}{f' (gave up {outcome.gave_up})' if outcome.gave_up else ''}",
             for_log(error.type) if error else "?",
             for_log(error.message) if error else "",
         )
