@@ -689,7 +689,11 @@ def test_cli_add_checks_the_task_when_it_loads_its_code(sqlite_url: str) -> None
     code, output = add("sum", "tests.apps.core.add", "--every", "5m", "--args", "[1]")
     assert code == 1 and "missing a required argument: 'y'" in output
     code, output = add("typo", "tests.apps.core.ad", "--every", "5m")
-    assert code == 0 and "no task tests.apps.core.ad is registered in tests.apps.core" in output
+    said = " ".join(output.split())  # rich wraps the warning to the terminal's width
+    assert code == 0 and "no task 'tests.apps.core.ad' is registered in tests.apps.core" in said
+    assert "(did you mean 'tests.apps.core.add'?)" in said
+    code, output = add("styled", "x[red]y", "--every", "5m")  # the name is text, not markup
+    assert code == 0 and "no task 'x[red]y' is registered" in " ".join(output.split())
     code, output = add("sum", "tests.apps.core.add", "--every", "5m", "--args", "[1, 2]")
     assert code == 0 and "warning" not in output
 

@@ -20,6 +20,7 @@ from celeriac.cli.main import (
     NAME,
     Context,
     cli,
+    did_you_mean,
     err,
     loglevel_option,
     one_shot,
@@ -29,6 +30,7 @@ from celeriac.cli.main import (
     setup_logging,
 )
 from celeriac.errors import ConfigurationError
+from celeriac.text import printable
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
 
@@ -160,8 +162,10 @@ def beat_add(
         **options,
     )
     if obj.app_path is not None and task not in obj.app.tasks:
+        # The name is the user's text, never markup: "[red]" in it restyled the line.
+        said = printable(f"no task {task!r} is registered in {obj.app_path}")
         err.print(
-            f"[yellow]warning:[/] no task {task} is registered in {obj.app_path}: check the "
+            f"[yellow]warning:[/] {escape(said + did_you_mean(task, obj.app))}: check the "
             "name (workers that do not know it put its ticks back, then dead-letter them)",
             markup=True,
         )

@@ -22,6 +22,7 @@ from celeriac.cli.main import (
     Context,
     Seconds,
     cli,
+    did_you_mean,
     err,
     out,
     parse_json_option,
@@ -155,9 +156,7 @@ def unregistered_note(name: str, app_path: str, app: Celeriac) -> str:
         it; a worker that does not offers it again every 10 s and dead-letters it after 3600 s
         (celeriac dlq list).
     """
-    # Names share their module's prefix, so only a close match is worth suggesting.
-    close = difflib.get_close_matches(name, list(app.tasks), n=1, cutoff=0.8)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(name, app)
     conf = app.conf
     return (
         f"{app_path} has no task named {name!r}{hint}. Sent anyway: a worker "

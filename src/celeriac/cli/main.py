@@ -453,6 +453,22 @@ class Name(click.types.StringParamType):
 NAME = Name()
 
 
+def did_you_mean(name: str, app: Celeriac) -> str:
+    """`` (did you mean 'x'?)`` when ``app`` has a task named close to ``name``, else "".
+    Names share their module's prefix, so only a close match is worth suggesting.
+
+    Example:
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> _ = app.task(name="shop.tasks.send_welcome")(lambda: None)
+        >>> did_you_mean("shop.tasks.send_welcom", app)
+        " (did you mean 'shop.tasks.send_welcome'?)"
+    """
+    import difflib  # a typo's path only
+
+    close = difflib.get_close_matches(name, list(app.tasks), n=1, cutoff=0.8)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 #: ``-l/--loglevel`` for every command that runs a long-lived process.
 loglevel_option = click.option(
     "-l",
