@@ -469,20 +469,35 @@ def test_a_retry_s_log_line_says_why_and_the_last_failure_that_it_gave_up(
     assert "gave up after 2 retries" in manual_lines[2]
 
 
-def test_a_failure_s_log_line_shows_its_error_once(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_verdict_s_log_line_names_the_task_and_its_error_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # A verdict's FAILURE (a hard time limit) carries its text as reason and as error: the
-    # line said it twice when it showed the reason too.
+    # line said it twice when it showed the reason too. And texts written to be read on
+    # their own start with the task's label, which the line had already given.
     from celeriac.brokers.records import Delivery
-    from celeriac.message import ErrorInfo
+    from celeriac.message import ErrorInfo, Message
     from celeriac.middleware.base import Job, Outcome
     from celeriac.worker.outcome_log import log_outcome
 
     said = "task t[1] ran past its hard time limit (1s) and was killed"
     error = ErrorInfo(type="celeriac.errors.TimeLimitExceeded", message=said)
-    job = Job(Delivery(Lease("1", "default", "tok"), b"{}", 1), "w")
+    job = Job(
+        Delivery(Lease("1", "default", "tok"), b"{}", 1), "w", message=Message(id="1", task="t")
+    )
+    other = Job(
+        Delivery(Lease("2", "default", "tok"), b"{}", 1), "w", message=Message(id="2", task="t")
+    )
     with caplog.at_level("INFO", logger="celeriac.worker"):
         log_outcome(job, Outcome("FAILURE", error=error, reason=said))
-    assert caplog.messages[-1].count("ran past its hard time limit") == 1
+        log_outcome(job, Outcome("REVOKED", reason="task t[1] was revoked and stopped"))
+        log_outcome(other, Outcome("REVOKED", reason="task t[1] was revoked and stopped"))
+    assert caplog.messages[-3:] == [
+        "task t[1] failed: celeriac.errors.TimeLimitExceeded: ran past its hard time limit "
+        "(1s) and was killed",
+        "task t[1] was revoked and stopped",
+        "task t[2] revoked: task t[1] was revoked and stopped",  # another task's: kept whole
+    ]
 
 
 def test_a_retry_runs_with_the_arguments_as_sent_not_as_the_task_left_them(

@@ -63,7 +63,7 @@ def log_outcome(job: Job, outcome: Outcome, lease_loss: str = "") -> None:
             if outcome.not_run
             else f"failed{runtime}{f' (gave up {outcome.gave_up})' if outcome.gave_up else ''}",
             for_log(error.type) if error else "?",
-            for_log(error.message) if error else "",
+            for_log(_unlabelled(error.message, job)) if error else "",
         )
     elif state == "RETRY":
         # With its cause: "will retry in 0.2s (attempt 1)" alone left the operator to
@@ -86,10 +86,35 @@ def log_outcome(job: Job, outcome: Outcome, lease_loss: str = "") -> None:
             shown,
             for_log(outcome.reason),
         )
-    elif outcome.reason.startswith(state.lower()):  # "expired 3.2s before ...": said once
-        log.log(level, "task %s %s", shown, for_log(outcome.reason))
     else:
-        log.log(level, "task %s %s: %s", shown, state.lower(), for_log(outcome.reason))
+        reason = _unlabelled(outcome.reason, job)
+        if reason is not outcome.reason or reason.startswith(state.lower()):
+            # "expired 3.2s before ...", "was revoked and stopped": the state said once
+            log.log(level, "task %s %s", shown, for_log(reason))
+        else:
+            log.log(level, "task %s %s: %s", shown, state.lower(), for_log(reason))
+
+
+def _unlabelled(text: str, job: Job) -> str:
+    """``text`` without a leading ``task NAME[ID] `` that names this line's own task (a
+    verdict's or an error's text, written to be read on its own): the line starts with
+    the label already, and said it twice. Otherwise ``text`` itself.
+
+    Example:
+        >>> from celeriac.brokers.records import Delivery, Lease
+        >>> from celeriac.message import Message
+        >>> job = Job(Delivery(Lease("t1", "default", "tok"), b"{}", 1), "w")
+        >>> job.message = Message(id="t1", task="shop.add")
+        >>> _unlabelled("task shop.add[t1] was revoked and stopped", job)
+        'was revoked and stopped'
+    """
+    message = job.message
+    if message is None or not text.startswith("task "):
+        return text
+    for own in (f"task {job.label} ", f"task {message.task}[{job.delivery.id}] "):
+        if text.startswith(own):  # as Job.label writes it (escaped), or as sent
+            return text[len(own) :]
+    return text
 
 
 def for_log(text: str) -> str:
