@@ -49,8 +49,8 @@ def _when(ts: float | None) -> str:
 
 
 def _queue_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Refuse a ``--queue`` the send would refuse, as a usage error naming the option
-    (raised by the send it read as a Python error: "leave queue out (or None)")."""
+    """Refuse a ``--queue`` the send would refuse, as a usage error naming the option:
+    raised by the send, the error spoke Python ("leave queue out (or None)")."""
     problem = queue_name_problem(value) if value is not None else ""
     if problem:
         raise click.BadParameter(f"must be {problem}, got {cut(repr(value), 80)}")

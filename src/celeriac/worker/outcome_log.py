@@ -88,7 +88,7 @@ def log_outcome(job: Job, outcome: Outcome, lease_loss: str = "") -> None:
         )
     else:
         reason = _unlabelled(outcome.reason, job)
-        if reason is not outcome.reason or reason.startswith(state.lower()):
+        if reason != outcome.reason or reason.startswith(state.lower()):
             # "expired 3.2s before ...", "was revoked and stopped": the state said once
             log.log(level, "task %s %s", shown, for_log(reason))
         else:

@@ -433,7 +433,8 @@ def error_info(exc: BaseException) -> ErrorInfo:
         message = str(exc)
     except Exception:  # noqa: BLE001 - a broken __str__ must not lose the task's failure
         message = f"<{cls.__name__} whose str() failed>"
-    text = "".join(_without_our_frames(traceback.TracebackException.from_exception(exc)).format())
+    whole = traceback.TracebackException.from_exception(exc, compact=True)  # as format_exception
+    text = "".join(_without_our_frames(whole).format())
     return ErrorInfo(
         type=f"{cls.__module__}.{cls.__qualname__}",
         message=storable_text(message),
