@@ -94,6 +94,9 @@ def local() -> Celeriac:
         ({"rate_limit_key": "tenant"}, r"rate_limit_key must be a function"),
         ({"dedupe_mode": "queud"}, r"dedupe_mode must be 'queued' .* or 'running' .*got 'queud'"),
         ({"dedupe_ttl": "1h"}, r"dedupe_ttl must be a finite number of seconds, over 0"),
+        # Built from an empty field: every send shared it, all but one were dropped.
+        ({"dedupe_key": ""}, r"dedupe_key must be a non-empty key \(every send .*got ''$"),
+        ({"debounce": 5, "debounce_key": ""}, r"debounce_key must be a non-empty key"),
         ({"debounce": -1}, r"debounce must be a finite number of seconds, at least 0, got -1"),
         ({"retry_backoff": -1}, r"retry_backoff must be a finite number of seconds.*got -1"),
         ({"retry_backoff_max": math.nan}, r"retry_backoff_max must be .*got nan"),
@@ -143,6 +146,7 @@ def test_good_policy_options_are_accepted(local: Celeriac) -> None:
         ({"limit": "smpt"}, r"limit must be a name in this app's limits setting"),
         ({"max_retries": -1}, r"max_retries must be a whole number"),
         ({"dedupe_key": "k", "dedupe_mode": "runing"}, r"dedupe_mode must be 'queued'"),
+        ({"dedupe_key": ""}, r"dedupe_key must be a non-empty key"),
     ],
 )
 def test_the_same_values_are_refused_per_call_and_nothing_is_sent(

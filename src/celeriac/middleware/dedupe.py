@@ -82,6 +82,17 @@ class Dedupe(Middleware):
                 mode,
                 "'queued' (the key is freed when the task starts) or 'running' (when it finishes)",
             )
+        for option in ("dedupe_key", "debounce_key"):
+            if options.get(option) == "":
+                # A key built from an empty field (f"{order.ref}") made every such send
+                # share one key: all but one of them were dropped, each order's own work.
+                raise option_error(
+                    task,
+                    option,
+                    "",
+                    "a non-empty key (every send with an empty one would share it, and all "
+                    "but one of them would be dropped)",
+                )
         for option, over_zero in (("dedupe_ttl", True), ("debounce", False)):
             if option in options and not is_seconds(options[option], over_zero=over_zero):
                 least = "over 0" if over_zero else "at least 0"
