@@ -134,6 +134,15 @@ def test_an_empty_name_or_id_is_a_usage_error_naming_it(
     assert Celeriac("check", broker=broker_url).broker.stats() == []  # nothing was sent
 
 
+@pytest.mark.parametrize("option", ["-b", "-A"])
+def test_an_empty_broker_or_app_is_a_usage_error(option: str) -> None:
+    # -b "$BROKER" with BROKER unset was taken as not given: status read (and created) the
+    # default SQLite file in the current folder, and said "no queues yet".
+    code, output = invoke(option, "", "status")
+    assert code == 2 and f"Invalid value for '{option}' / " in output
+    assert "is empty (an unset shell variable?)" in output
+
+
 def test_call_refuses_a_queue_name_no_worker_could_be_given(broker_url: str) -> None:
     code, output = invoke("-b", broker_url, "call", "x.y", "-q", "reports, nightly")
     assert (

@@ -89,6 +89,15 @@ def test_unknown_broker_scheme_is_a_clear_error() -> None:
         _ = app.broker
 
 
+def test_an_empty_broker_url_says_it_is_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    # broker=os.environ.get("REDIS_URL", "") with REDIS_URL unset: "unknown broker URL ''".
+    with pytest.raises(ConfigurationError, match=r"^the broker URL is empty \(''\): an unset"):
+        _ = Celeriac("x", broker="").broker
+    monkeypatch.setenv("CELERIAC_BROKER_URL", " ")
+    with pytest.raises(ConfigurationError, match="CELERIAC_BROKER_URL set to nothing"):
+        _ = Celeriac("x", broker="memory://").broker
+
+
 @pytest.mark.parametrize(
     ("url", "said"),
     [

@@ -42,6 +42,12 @@ def broker_from_url(url: str) -> Broker:
             raise ConfigurationError(f"the Redis broker is not available here: {exc}") from exc
         broker: Broker = RedisBroker(url)
         return broker
+    if not url.strip():
+        raise ConfigurationError(
+            f"the broker URL is empty ({url!r}): an unset variable in Celeriac(broker=...), "
+            "or CELERIAC_BROKER_URL set to nothing? Use one of: memory://, "
+            "sqlite:///celeriac.db, redis://localhost:6379/0"
+        )
     scheme = url.partition("://")[0].lower()
     raise ConfigurationError(
         f"unknown broker URL {redacted(url)!r}. {_NOT_HERE.get(scheme, '')}Use one of: "

@@ -327,18 +327,49 @@ def _fail(ctx: click.Context, exc: BaseException, unexpected: bool = False) -> N
     sys.exit(1)
 
 
+class Name(click.types.StringParamType):
+    """A task, queue or entry name or a task id: any text but the empty string.
+
+    An empty one is what ``"$QUEUE"`` gives when QUEUE is unset: it was taken as "not
+    given" (``call --queue ''`` sent to the default queue) or looked up as a name no task
+    has (``result ''`` said PENDING, ``purge ''`` purged nothing), without a word.
+
+    Example:
+        >>> NAME.convert("emails", None, None)
+        'emails'
+        >>> NAME.convert("", None, None)
+        Traceback (most recent call last):
+        click.exceptions.BadParameter: is empty (an unset shell variable?).
+    """
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The text itself, or a usage error when it is empty."""
+        value = super().convert(value, param, ctx)
+        if value == "":
+            self.fail("is empty (an unset shell variable?).", param, ctx)
+        return value
+
+
+#: The one :class:`Name` every command uses.
+NAME = Name()
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-A",
     "--app",
     "app_path",
     metavar="MODULE[:APP]",
+    type=NAME,
     help="Module that defines your Celeriac app, e.g. shop.tasks",
 )
 @click.option(
     "-b",
     "--broker",
     metavar="URL",
+    type=NAME,
     envvar="CELERIAC_BROKER_URL",
     help="Broker URL (overrides the app's); env CELERIAC_BROKER_URL",
 )
@@ -422,35 +453,6 @@ class Seconds(click.FloatRange):
         if math.isnan(seconds):
             self.fail(f"{value} is not a number of seconds.", param, ctx)
         return seconds
-
-
-class Name(click.types.StringParamType):
-    """A task, queue or entry name or a task id: any text but the empty string.
-
-    An empty one is what ``"$QUEUE"`` gives when QUEUE is unset: it was taken as "not
-    given" (``call --queue ''`` sent to the default queue) or looked up as a name no task
-    has (``result ''`` said PENDING, ``purge ''`` purged nothing), without a word.
-
-    Example:
-        >>> NAME.convert("emails", None, None)
-        'emails'
-        >>> NAME.convert("", None, None)
-        Traceback (most recent call last):
-        click.exceptions.BadParameter: is empty (an unset shell variable?).
-    """
-
-    name = "text"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        """The text itself, or a usage error when it is empty."""
-        value = super().convert(value, param, ctx)
-        if value == "":
-            self.fail("is empty (an unset shell variable?).", param, ctx)
-        return value
-
-
-#: The one :class:`Name` every command uses.
-NAME = Name()
 
 
 def did_you_mean(name: str, app: Celeriac) -> str:
