@@ -215,7 +215,7 @@ def test_a_result_that_cannot_be_stored_is_a_failure_in_logs_and_hooks(
     not_json, too_big = unstorable.delay(), big.delay(20_000)
     workflow = chain(unstorable.s(), echo.s()).apply_async()
     run_queued(safety_app, fail_fast=False)
-    with pytest.raises(SerializationError, match="unstorable returned a object"):
+    with pytest.raises(SerializationError, match="unstorable returned an object"):
         not_json.get(timeout=5)
     with pytest.raises(Exception, match="over task_result_max_bytes"):
         too_big.get(timeout=5)

@@ -504,13 +504,15 @@ def encode_result(record: ResultRecord) -> bytes:
         why = str(failure)
     value = record.result if record.result is not None else record.meta
     what = "returned" if record.result is not None else "reported progress as"
+    kind = type(value).__name__
+    kind = f"an {kind}" if kind[:1].lower() in "aeiou" else f"a {kind}"  # "an object"
     failed = ResultRecord(
         state="FAILURE",
         task=text.task,
         error=ErrorInfo(
             type="celeriac.errors.SerializationError",
             message=storable_text(
-                f"task {text.task} {what} a {type(value).__name__}, which is not "
+                f"task {text.task} {what} {kind}, which is not "
                 f"JSON-serializable ({why}). Return simple values such as ids."
             ),
         ),
