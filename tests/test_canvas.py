@@ -431,6 +431,20 @@ def test_a_step_whose_result_is_not_json_is_named_by_the_next_step_s_error(app: 
     )
 
 
+def test_celery_s_chord_header_then_body_spelling_sends_it(app: Celeriac) -> None:
+    # chord(header)(body), the form most Celery code uses, raised "missing 1 required
+    # positional argument: 'body'".
+    r = chord(identity.s(i) for i in range(3))(collect.s(), queue="reports")
+    assert [(s.queue, s.ready) for s in app.broker.stats()] == [("reports", 3)]  # sent
+    run(app)
+    assert r.get(timeout=1) == [0, 1, 2]
+    with pytest.raises(TypeError, match=r"has a body already; send it with \.apply_async\(\)"):
+        chord([identity.s(1)], collect.s())(collect.s())
+    with pytest.raises(TypeError, match=r"has no body, the task that gets the header's results"):
+        chord([identity.s(1)]).apply_async()
+    assert [(s.queue, s.ready) for s in app.broker.stats()] == [("reports", 0)]  # nor these
+
+
 def test_an_empty_chord_calls_its_body_with_an_empty_list(app: Celeriac) -> None:
     r = chord([], collect.s()).apply_async()
     run(app)

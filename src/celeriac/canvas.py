@@ -432,12 +432,15 @@ class Chord(Canvas[ResultT_co]):
         5
         >>> r.get(timeout=1)
         14
+        >>> r = chord(square.s(i) for i in range(4))(total.s())  # Celery's spelling: sent
+        >>> run_queued(app), r.get(timeout=1)
+        (5, 14)
     """
 
     def __init__(
         self,
         header: Group | Iterable[Canvas],
-        body: Canvas[ResultT_co],
+        body: Canvas[ResultT_co] | None = None,
         *,
         on_error: Literal["stop", "continue"] = "stop",
     ) -> None:
@@ -445,18 +448,42 @@ class Chord(Canvas[ResultT_co]):
         if on_error not in ("stop", "continue"):
             raise ValueError(f"on_error={on_error!r}: use 'stop' or 'continue'")
         self.header = header if isinstance(header, Group) else Group(header)
-        self.body = body
+        self.body = body  # None: given when called, chord(header)(body), as in Celery
         self.on_error = on_error
 
+    def __call__(self, body: Canvas[LastT], **options: Any) -> LastT:
+        """Celery's ``chord(header)(body)``: send this header with ``body``; return the
+        body's result handle. ``options`` as for :meth:`set`.
+
+        Raises:
+            TypeError: this chord has a body already (send it with ``apply_async()``).
+        """
+        if self.body is not None:
+            raise TypeError(
+                f"{self!r} has a body already; send it with .apply_async(), or call "
+                "chord(header)(body) on a chord made without one"
+            )
+        whole: Chord[LastT] = Chord(self.header, body, on_error=self.on_error)
+        whole.options = dict(self.options)
+        whole.callbacks, whole.errbacks = list(self.callbacks), list(self.errbacks)
+        return cast(LastT, whole.apply_async(**options))
+
     def __repr__(self) -> str:
+        if self.body is None:
+            return f"chord({self.header!r})"
         return f"chord({self.header!r}, {self.body!r})"
 
     @property
     def app(self) -> Celeriac | None:
         """The app of the first task that knows one."""
-        return _first_app([*self.header.members, self.body])
+        return _first_app([*self.header.members, *([] if self.body is None else [self.body])])
 
     def _node(self) -> Node:
+        if self.body is None:
+            raise TypeError(
+                f"{self!r} has no body, the task that gets the header's results: send it "
+                "as chord(header)(body) or chord(header, body).apply_async()"
+            )
         node: Node = {"kind": "chord", "header": self.header.to_dict(), "body": self.body.to_dict()}
         if self.on_error != "stop":
             node["on_error"] = self.on_error
