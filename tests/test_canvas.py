@@ -445,6 +445,30 @@ def test_celery_s_chord_header_then_body_spelling_sends_it(app: Celeriac) -> Non
     assert [(s.queue, s.ready) for s in app.broker.stats()] == [("reports", 0)]  # nor these
 
 
+def test_celery_s_calls_of_a_chain_or_group_send_them(app: Celeriac) -> None:
+    # chain(a, b)() and group(...)() raised "'Chain' object is not callable".
+    r = chain(add.s(1), add.s(3))(5)  # as .delay(5): partial arguments for the first step
+    g = group(identity.s(1), identity.s(2))()
+    run(app)
+    assert r.get(timeout=1) == 9 and g.get(timeout=1) == [1, 2]
+
+
+def test_apply_async_takes_celery_s_link_and_link_error(app: Celeriac, ledger: Ledger) -> None:
+    # add.apply_async((1, 2), link=tsum.s()) was "got unknown option(s) link".
+    linked = add.apply_async((1, 2), link=[add.s(10), add.s(20)], countdown=0)
+    failed = boom.apply_async((7,), link_error=errback.s(), task_id="boom-7")
+    run(app)
+    assert linked.get(timeout=1) == 3
+    added = [parts[1] for parts in ledger.lines() if parts[0] == "run" and parts[4] == "add"]
+    assert len(added) == 3 and added[0] == linked.id  # 1 + 2, then each link with its 3
+    assert ledger.count("errback") == Counter({"boom-7:e0": 1})  # the errback of boom-7, once
+    assert failed.state == "FAILURE"
+    with pytest.raises(TypeError, match=r"link must be a signature \(task.s\(...\)\) or a list"):
+        add.apply_async((1, 2), link="tsum")
+    with pytest.raises(TypeError, match="missing a required argument: 'y'"):
+        add.apply_async((1,), link=add.s(10))  # checked as without a link
+
+
 def test_an_empty_chord_calls_its_body_with_an_empty_list(app: Celeriac) -> None:
     r = chord([], collect.s()).apply_async()
     run(app)

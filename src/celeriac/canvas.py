@@ -347,6 +347,11 @@ class Chain(Canvas[ResultT_co]):
     def __repr__(self) -> str:
         return " | ".join(repr(s) for s in self.steps)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> ResultT_co:
+        """Celery's ``chain(a, b)()``: the same as :meth:`delay` (send it, with partial
+        arguments for its first step); return the last step's handle."""
+        return cast(ResultT_co, self.apply_async(args, kwargs))
+
     @property
     def app(self) -> Celeriac | None:
         """The app of the first step that knows one."""
@@ -386,6 +391,11 @@ class Group(Canvas[GroupResult]):
 
     def __len__(self) -> int:
         return len(self.members)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> GroupResult:
+        """Celery's ``group(...)()``: the same as :meth:`delay` (send every member, with
+        partial arguments for each); return their results."""
+        return self.apply_async(args, kwargs)
 
     @property
     def app(self) -> Celeriac | None:

@@ -33,6 +33,7 @@ from celeriac.options import (
     warn_if_soft_limit_never_fires,
     wire_limit,
 )
+from celeriac.text import cut
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -189,7 +190,12 @@ class Task(Generic[P, R]):
             Traceback (most recent call last):
             TypeError: cannot send task doc.add: missing a required argument: 'y'; the \
 function is <lambda>(x, y)
+
+        ``link`` and ``link_error`` (a signature or a list of them), as in Celery, send it
+        as ``add.s(*args).link(...)`` would: see :meth:`celeriac.canvas.Canvas.link`.
         """
+        if options and ("link" in options or "link_error" in options):
+            return self._linked(args, kwargs, options)
         self.check_arguments(args, kwargs)
         conversions = self.conversions
         if conversions is not None:  # only a task with a bytes, datetime, ... parameter
@@ -204,12 +210,38 @@ function is <lambda>(x, y)
         **options: Any,
     ) -> AsyncResult[R]:
         """Async face of :meth:`apply_async`."""
+        if options and ("link" in options or "link_error" in options):
+            import asyncio  # loaded by code that awaits, not at import: see architecture.md
+
+            # A workflow is sent by the sync face only: in a thread, as apublish sends
+            # what would block the event loop.
+            return await asyncio.to_thread(self._linked, args, kwargs, options)
         self.check_arguments(args, kwargs)
         conversions = self.conversions
         if conversions is not None:  # only a task with a bytes, datetime, ... parameter
             conversions.check(self.name, args, kwargs)
         message = self.message(args, kwargs, **options)
         return await self.app.apublish(message)
+
+    def _linked(
+        self, args: Sequence[Any], kwargs: dict[str, Any] | None, options: dict[str, Any]
+    ) -> AsyncResult[R]:
+        """``apply_async(..., link=..., link_error=...)``: sent as a signature with them."""
+        from celeriac.canvas import Canvas, Signature
+
+        signature: Signature[R] = Signature(self, tuple(args), dict(kwargs or {}))
+        for option, attach in (("link", signature.link), ("link_error", signature.link_error)):
+            given = options.pop(option, None)
+            for piece in given if isinstance(given, list | tuple) else [given]:
+                if piece is None:
+                    continue
+                if not isinstance(piece, Canvas):
+                    raise TypeError(
+                        f"task {self.name}: {option} must be a signature (task.s(...)) or a "
+                        f"list of them, got {type(piece).__name__} {cut(repr(piece), 80)}"
+                    )
+                attach(piece)
+        return signature.apply_async(**options)
 
     def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any] | None) -> None:
         """Raise TypeError when the function could not be called with these arguments.
