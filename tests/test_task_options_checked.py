@@ -408,3 +408,25 @@ def test_a_mistyped_option_is_named_with_the_option_it_is_closest_to() -> None:
     with pytest.raises(TypeError, match=r"got unknown option\(s\) zzz$"):  # nothing close
         add.apply_async((1, 2), zzz=1)
     assert local.broker.stats() == []  # nothing was sent
+
+
+def test_a_celery_send_option_says_what_to_write_instead() -> None:
+    # routing_key=, retry=... were "unknown option(s)" with no way forward (or, for
+    # exchange, a close spelling would have pointed at the wrong option).
+    local = Celeriac("migrating", broker="memory://")
+
+    @local.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with pytest.raises(TypeError, match=r"\(routing_key is Celery's: route with queue=\.\.\.\)$"):
+        add.apply_async((1, 2), routing_key="reports")
+    with pytest.raises(TypeError, match=r"retry is Celery's: a send is not retried: .*maybe_done"):
+        add.apply_async((1, 2), retry=True)
+    with pytest.raises(
+        TypeError,
+        match=r"\(exchange is Celery's: route with queue=\.\.\.; did you mean 'priority' for "
+        r"'prority'\?\)$",
+    ):
+        add.apply_async((1, 2), exchange="x", prority=3)  # a typo beside it keeps its hint
+    assert local.broker.stats() == []

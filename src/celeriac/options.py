@@ -124,6 +124,19 @@ CALL_OPTIONS = frozenset(
 )
 
 
+#: Celery's send options celeriac has no such option for, and what to do instead.
+_FROM_CELERY = {
+    "retry": "a send is not retried: a failed one raises BrokerConnectionError, whose "
+    "maybe_done says if it may be queued (send again under the same task_id)",
+    "retry_policy": "a send is not retried (see retry)",
+    "routing_key": "route with queue=...",
+    "exchange": "route with queue=...",
+    "serializer": "set task_serializer on the app",
+    "compression": "messages are not compressed; pass ids, not data",
+    "shadow": "logs name a task by its registered name",
+}
+
+
 def unknown_options(unknown: set[str] | list[str], known: set[str] | frozenset[str]) -> str:
     """``unknown option(s) x``, naming the known option each one is closest to: a typo
     (``prority=9``) was named with no hint, or beside a list of 25 options.
@@ -133,10 +146,18 @@ def unknown_options(unknown: set[str] | list[str], known: set[str] | frozenset[s
         "unknown option(s) prority (did you mean 'priority'?)"
         >>> unknown_options(["zzz"], {"priority"})
         'unknown option(s) zzz'
+        >>> unknown_options(["routing_key"], {"queue"})
+        "unknown option(s) routing_key (routing_key is Celery's: route with queue=...)"
     """
     names = sorted(unknown)
-    close = {n: m[0] for n in names if (m := difflib.get_close_matches(n, sorted(known), 1, 0.7))}
+    # Celery's own options get what to write instead: a close spelling would mislead.
+    celery = [f"{n} is Celery's: {_FROM_CELERY[n]}" for n in names if n in _FROM_CELERY]
+    typos = [n for n in names if n not in _FROM_CELERY]
+    close = {n: m[0] for n in typos if (m := difflib.get_close_matches(n, sorted(known), 1, 0.7))}
     text = f"unknown option(s) {', '.join(names)}"
+    if celery:
+        meant = [f"did you mean {m!r} for {n!r}?" for n, m in close.items()]
+        return f"{text} ({'; '.join(celery + meant)})"
     if len(names) == 1 and close:
         return f"{text} (did you mean {close[names[0]]!r}?)"
     if close:
