@@ -410,7 +410,7 @@ def test_a_mistyped_option_is_named_with_the_option_it_is_closest_to() -> None:
     assert local.broker.stats() == []  # nothing was sent
 
 
-def test_a_celery_send_option_says_what_to_write_instead() -> None:
+def test_a_celery_send_or_task_option_says_what_to_write_instead() -> None:
     # routing_key=, retry=... were "unknown option(s)" with no way forward (or, for
     # exchange, a close spelling would have pointed at the wrong option).
     local = Celeriac("migrating", broker="memory://")
@@ -430,3 +430,9 @@ def test_a_celery_send_option_says_what_to_write_instead() -> None:
     ):
         add.apply_async((1, 2), exchange="x", prority=3)  # a typo beside it keeps its hint
     assert local.broker.stats() == []
+    with pytest.raises(ConfigurationError, match=r"\(acks_late is Celery's: a message is always"):
+        local.task(acks_late=True)(lambda: None)
+    with pytest.raises(ConfigurationError, match=r"retry_kwargs is Celery's: pass max_retries"):
+        local.task(retry_kwargs={"max_retries": 5})(lambda: None)
+    with pytest.raises(ConfigurationError, match=r"Celery's retry_backoff=True is 1 second"):
+        local.task(autoretry_for=(OSError,), retry_backoff=True)(lambda: None)

@@ -124,7 +124,7 @@ CALL_OPTIONS = frozenset(
 )
 
 
-#: Celery's send options celeriac has no such option for, and what to do instead.
+#: Celery's send and task options celeriac has no such option for, and what to do instead.
 _FROM_CELERY = {
     "retry": "a send is not retried: a failed one raises BrokerConnectionError, whose "
     "maybe_done says if it may be queued (send again under the same task_id)",
@@ -134,6 +134,14 @@ _FROM_CELERY = {
     "serializer": "set task_serializer on the app",
     "compression": "messages are not compressed; pass ids, not data",
     "shadow": "logs name a task by its registered name",
+    # @app.task(...) options
+    "acks_late": "a message is always acked after its task ends (at-least-once): drop it",
+    "reject_on_worker_lost": "a task whose worker died runs again, up to max_deliveries, "
+    "then is dead-lettered: drop it",
+    "default_retry_delay": "set retry_backoff (seconds), or raise self.retry(countdown=...)",
+    "retry_kwargs": "pass max_retries=... itself",
+    "base": "shared behaviour goes in a Middleware (Celeriac(..., middleware=[...]))",
+    "typing": "arguments are always checked at send",
 }
 
 

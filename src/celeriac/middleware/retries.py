@@ -73,7 +73,10 @@ number of at least 0, or None for no limit, got -1
         for option, value in options.items():
             accepted = _ACCEPTED.get(option)
             if accepted is not None and not accepted[0](value):
-                raise option_error(task, option, value, accepted[1])
+                what = accepted[1]
+                if option == "retry_backoff" and value is True:  # Celery's spelling
+                    what += " (Celery's retry_backoff=True is 1 second: write retry_backoff=1)"
+                raise option_error(task, option, value, what)
 
     def after_execute(self, job: Job, outcome: Outcome) -> Outcome:
         """Decide between RETRY and a final FAILURE."""
