@@ -131,6 +131,34 @@ def test_failure_is_reraised_with_its_own_type_and_remote_traceback(app: Celeria
     assert isinstance(r.info, ValueError)
 
 
+def test_a_handle_answers_to_celery_s_names(app: Celeriac) -> None:
+    # res.status, res.result, res.traceback... were AttributeErrors for code moving over.
+    @app.task(name="shop.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="shop.charge")
+    def charge() -> None:
+        raise ValueError("declined")
+
+    done, failed, unknown = add.delay(1, 2), charge.delay(), app.AsyncResult("nope")
+    before = time.time()
+    run_queued(app, fail_fast=False)
+    assert (done.status, done.result, done.traceback, done.task_id) == ("SUCCESS", 3, None, done.id)
+    assert failed.status == "FAILURE" and isinstance(failed.result, ValueError)
+    assert failed.traceback is not None and failed.traceback.endswith("ValueError: declined\n")
+    assert done.date_done is not None and done.date_done.tzinfo is not None
+    assert before - 1 <= done.date_done.timestamp() <= time.time() + 1
+    assert app.AsyncResult(done.id).name == "shop.add"  # from the stored record
+    assert (unknown.status, unknown.result, unknown.traceback, unknown.date_done) == (
+        "PENDING",
+        None,
+        None,
+        None,
+    )
+    assert unknown.name == ""
+
+
 def test_a_failure_s_traceback_starts_at_the_task_not_in_the_worker(app: Celeriac) -> None:
     # It began with the executor's two frames (_call, invoke): noise above the frame that
     # matters, in every failed task's result, `celeriac result` and log line.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import datetime as dt
 import math
 import sys
 import time
@@ -94,6 +95,46 @@ class AsyncResult(Generic[R]):
         if record.error is not None:
             return _rebuild(record, self.id)
         return record.result if record.state == SUCCESS else record.meta
+
+    # Celery's names, for code that moves over: one broker read each, as state and info.
+
+    @property
+    def status(self) -> str:
+        """Celery's name for :attr:`state`."""
+        return self.state
+
+    @property
+    def result(self) -> Any:
+        """Celery's name for :attr:`info`: the value, the error, or progress meta."""
+        return self.info
+
+    @property
+    def task_id(self) -> str:
+        """Celery's name for :attr:`id`."""
+        return self.id
+
+    @property
+    def name(self) -> str:
+        """The task's name: the one it was sent as, else the one its result records."""
+        if self.task_name:
+            return self.task_name
+        record = self._record()
+        return record.task if record else ""
+
+    @property
+    def traceback(self) -> str | None:
+        """The worker's traceback text of a failure (it starts at the task's own frame);
+        None while there is none."""
+        record = self._record()
+        return record.error.traceback if record and record.error else None
+
+    @property
+    def date_done(self) -> dt.datetime | None:
+        """When the task reached its final state (UTC), or None before then."""
+        record = self._record()
+        if record is None or record.date_done is None or record.state not in FINAL_STATES:
+            return None
+        return dt.datetime.fromtimestamp(record.date_done, dt.UTC)
 
     def ready(self) -> bool:
         """True when the task reached a final state."""
