@@ -150,6 +150,8 @@ def test_a_handle_answers_to_celery_s_names(app: Celeriac) -> None:
     assert done.date_done is not None and done.date_done.tzinfo is not None
     assert before - 1 <= done.date_done.timestamp() <= time.time() + 1
     assert app.AsyncResult(done.id).name == "shop.add"  # from the stored record
+    assert add.AsyncResult(done.id).get(timeout=1) == 3  # Celery's add.AsyncResult(id)
+    assert repr(add.AsyncResult("x1")) == "<AsyncResult shop.add[x1]>"
     assert (unknown.status, unknown.result, unknown.traceback, unknown.date_done) == (
         "PENDING",
         None,

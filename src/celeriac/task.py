@@ -508,6 +508,22 @@ function is add(x, y)
         """Report progress: ``self.progress(3, 10)`` stores meta ``{"done": 3, "total": 10}``."""
         self.update_state("PROGRESS", {"done": done, "total": total})
 
+    # Last in the class: above it, "AsyncResult" in an annotation would name this method.
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
+        """This task's result handle from an id alone (Celery's ``add.AsyncResult(id)``),
+        typed as the task's own result; :meth:`Celeriac.AsyncResult` for any task.
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> add = app.task(name="doc.add")(lambda x, y: x + y)
+            >>> add.AsyncResult("a1b2")
+            <AsyncResult doc.add[a1b2]>
+        """
+        from celeriac.result import AsyncResult
+
+        return AsyncResult(task_id, self.app, self.name)
+
 
 class Arguments:
     """A task function's signature, checked before a message is sent: a call that cannot
