@@ -455,7 +455,7 @@ def test_celery_s_calls_of_a_chain_or_group_send_them(app: Celeriac) -> None:
 
 def test_apply_async_takes_celery_s_link_and_link_error(app: Celeriac, ledger: Ledger) -> None:
     # add.apply_async((1, 2), link=tsum.s()) was "got unknown option(s) link".
-    linked = add.apply_async((1, 2), link=[add.s(10), add.s(20)], countdown=0)
+    linked = add.apply_async((1, 2), link=[add.s(10), add.s(20)], priority=5)
     failed = boom.apply_async((7,), link_error=errback.s(), task_id="boom-7")
     run(app)
     assert linked.get(timeout=1) == 3
