@@ -243,6 +243,22 @@ def test_an_option_only_the_decorator_takes_is_named_when_given_per_call(
     assert local.broker.stats() == []
 
 
+def test_a_start_time_already_here_is_sent_as_due_now(local: Celeriac) -> None:
+    # countdown=0 was sent with an eta a millisecond ahead: on an idle Redis it waited in
+    # the delayed set for the next promotion tick, up to ~100 ms.
+    import datetime as dt
+
+    @local.task(name="shop.job")
+    def job() -> None: ...
+
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+    for options in ({"countdown": 0}, {"countdown": -3}, {"eta": past}, {"eta": 0.0}):
+        message = job.message((), **options)
+        assert message.eta is None, options
+    assert job.message((), countdown=0, expires=60).expires is not None  # counted from now
+    assert job.message((), countdown=0.5).eta is not None  # a real delay keeps its eta
+
+
 def test_a_per_call_time_limit_may_be_a_timedelta(local: Celeriac) -> None:
     import datetime as dt
 

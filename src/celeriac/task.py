@@ -388,6 +388,10 @@ function is add(x, y)
             )
         else:
             due = absolute_time(eta, 0.0, "eta", self.name)
+        # countdown=0, or an eta already passed: due now. Sent with its eta (rounded up to
+        # the next ms), it went to the delayed set, where an idle Redis promotes it at its
+        # next tick: up to ~100 ms late.
+        due = due if due is not None and due > now else None
         if expires is None:  # the task's or the app's, both checked when they were set
             ttl = opts.expires if opts.expires is not None else conf.task_expires
             # Beyond the year 9999 (UNBOUNDED, or 1e306 whose milliseconds overflowed the
