@@ -42,6 +42,34 @@ def cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
+def error_type(exc: BaseException) -> str:
+    """The qualified name of ``exc``'s class, as results and log lines name it.
+
+    Example:
+        >>> error_type(ConnectionError("refused"))
+        'builtins.ConnectionError'
+    """
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def error_text(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when the exception's own ``__str__`` raises: that raise
+    must not cost the task its failure's record or its retry.
+
+    Example:
+        >>> class Broken(Exception):
+        ...     def __str__(self) -> str:
+        ...         raise RuntimeError
+        >>> error_text(Broken())
+        '<Broken whose str() failed>'
+    """
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - any error of a broken __str__
+        return f"<{type(exc).__name__} whose str() failed>"
+
+
 def _escaped(char: str) -> str:
     """One unprintable character as its Python escape: ``\\x1b``, ``\\r``, ``\\u2028``."""
     return char.encode("unicode_escape").decode("ascii")

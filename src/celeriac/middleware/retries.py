@@ -25,7 +25,7 @@ from celeriac.middleware.base import (
     option_error,
 )
 from celeriac.retry import RetryPolicy
-from celeriac.text import printable
+from celeriac.text import error_text, error_type, printable
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -210,17 +210,12 @@ def _exception_types(given: object) -> tuple[type[BaseException], ...]:
 
 
 def described(exc: BaseException) -> str:
-    """``"module.Type: text"`` for ``exc``, with a stand-in for a text whose ``__str__``
-    raises: that raise used to cost the task its retry (this hook failed, the failure
-    stood). What a dead letter keeps as the first error, and a retry's log line shows.
+    """``"module.Type: text"`` for ``exc`` (:func:`~celeriac.text.error_text`: a broken
+    ``__str__`` cost the task its retry, this hook failed and the failure stood). What a
+    dead letter keeps as the first error, and a retry's log line shows.
 
     Example:
         >>> described(ConnectionError("upstream refused"))
         'builtins.ConnectionError: upstream refused'
     """
-    cls = type(exc)
-    try:
-        text = str(exc)
-    except Exception:  # noqa: BLE001 - any error of a broken __str__
-        text = f"<{cls.__name__} whose str() failed>"
-    return f"{cls.__module__}.{cls.__qualname__}: {text}"
+    return f"{error_type(exc)}: {error_text(exc)}"

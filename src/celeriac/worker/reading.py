@@ -29,7 +29,7 @@ from celeriac.message import (
 from celeriac.middleware.base import Job, Outcome
 from celeriac.middleware.verdicts import Verdicts, verdict_key
 from celeriac.task import Request, unimportable_note
-from celeriac.text import cut, printable
+from celeriac.text import cut, error_text, error_type, printable
 from celeriac.worker.death_notes import death_key, how_it_died, last_death, shared_with
 from celeriac.worker.outage import Outage
 
@@ -428,15 +428,11 @@ def error_info(exc: BaseException) -> ErrorInfo:
         >>> print(error_info(FileNotFoundError(f"missing {name}")).message)
         missing report-\\udcff.csv
     """
-    cls = type(exc)
-    try:
-        message = str(exc)
-    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the task's failure
-        message = f"<{cls.__name__} whose str() failed>"
+    message = error_text(exc)
     whole = traceback.TracebackException.from_exception(exc, compact=True)  # as format_exception
     text = "".join(_without_our_frames(whole).format())
     return ErrorInfo(
-        type=f"{cls.__module__}.{cls.__qualname__}",
+        type=error_type(exc),
         message=storable_text(message),
         traceback=storable_text(text),
         args=error_args(exc, message),

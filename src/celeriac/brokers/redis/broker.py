@@ -195,7 +195,7 @@ class RedisBroker(Broker):
         try:
             reply = self._sync.call(one, "send messages")
         except BrokerError as exc:
-            ops.say_not_sent(exc)
+            ops.say_maybe_queued(exc, 1)
             raise
         return [reply[0] == 1]
 

@@ -112,7 +112,7 @@ def send(ctx: Context, messages: Sequence[Outgoing]) -> Plan[list[bool]]:
         try:
             reply = yield one
         except BrokerError as exc:
-            say_not_sent(exc)
+            say_maybe_queued(exc, 1)
             raise
         return [reply[0] == 1]
     created = [False] * len(messages)
@@ -143,7 +143,7 @@ def send(ctx: Context, messages: Sequence[Outgoing]) -> Plan[list[bool]]:
     try:
         replies = yield Batch(itertools.chain(calls, ctx.register(list(groups))))
     except BrokerError as exc:
-        _say_maybe_queued(exc, len(messages), calls=len(chunks))
+        say_maybe_queued(exc, len(messages), calls=len(chunks))
         raise
     for (_, indexes), reply in zip(chunks, replies, strict=False):
         for i, flag in zip(indexes, reply, strict=True):
@@ -156,7 +156,7 @@ def one_send(ctx: Context, messages: Sequence[Outgoing]) -> Call | None:
     """The one script call that sends ``messages``, when that is all :func:`send` would
     do: the common case of one ``delay()`` (one message, to a queue this process has
     registered, on a standalone Redis). Its reply's first item is 1 for a new id; a
-    failure is told as :func:`say_not_sent` tells it. None: :func:`send` must be run.
+    failure is told as :func:`say_maybe_queued` tells it. None: :func:`send` must be run.
 
     Raises:
         MessageError: an id is one fetch makes up for bytes pushed by hand (nothing sent).
@@ -175,12 +175,7 @@ def one_send(ctx: Context, messages: Sequence[Outgoing]) -> Call | None:
     return _send_one_call(ctx, ctx.keys.queue(m.queue), m)
 
 
-def say_not_sent(exc: BrokerError) -> None:
-    """What a failed :func:`one_send` call adds to its error (see _say_maybe_queued)."""
-    _say_maybe_queued(exc, 1)
-
-
-def _say_maybe_queued(exc: BrokerError, count: int, *, calls: int = 1) -> None:
+def say_maybe_queued(exc: BrokerError, count: int, *, calls: int = 1) -> None:
     """Add to a failed send's error what may be queued all the same, and mark it
     ``maybe_done``: "not sent" alone had callers send again under new ids, and the
     tasks ran twice.
