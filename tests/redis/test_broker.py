@@ -340,25 +340,6 @@ def test_the_send_call_builds_what_the_entry_layout_says() -> None:
     assert call.args[:2] == ["direct", 4] and call.keys[2:4] == [q.ready[4], q.bucket(b"a")]
 
 
-@pytest.mark.parametrize("cluster", [False, True])
-def test_one_message_is_sent_as_a_batch_of_one_would_be(cluster: bool) -> None:
-    # send() builds one message's call on a path of its own (the common delay()); it must
-    # stay what the batch path builds for [message], key for key and byte for byte.
-    ctx = ops.Context(Keyspace("p"), cluster=cluster, known=set())
-    q = ctx.keys.queue("q")
-    message = Message(id=str(uuid.uuid4()), task="t", args=[1])
-    shapes = [
-        Outgoing(message.id, "q", encode_message(message)),  # led by its id: stripped
-        Outgoing(message.id, "q", encode_message(message), 7, 1_700_000_000.25),
-        Outgoing("custom-1", "q", b'{"task":"t","id":"custom-1"}', -3),  # not led by it
-        Outgoing("\x00x", "q", b"{}", 12),  # an id compact() marks, a priority over 9
-        Outgoing("caf\u00e9-\udcff", "q", b'{"id":"caf\xc3\xa9-\xff","task":"t"}', 9),
-        Outgoing(str(uuid.uuid4()).upper(), "q", b"[]", 0),  # no canonical UUID: as text
-    ]
-    for out in shapes:
-        assert ops._send_one_call(ctx, q, out) == ops._send_call(ctx, q, [out]), out
-
-
 def test_the_hot_path_recovers_from_a_dropped_connection(
     broker: RedisBroker, raw: redis.Redis
 ) -> None:

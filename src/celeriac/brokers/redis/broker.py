@@ -197,7 +197,7 @@ class RedisBroker(Broker):
         except BrokerError as exc:
             ops.say_maybe_queued(exc, 1)
             raise
-        return [reply[0] == 1]
+        return [reply == 1]
 
     async def asend(self, messages: Sequence[Outgoing]) -> list[bool]:
         """Async face of :meth:`send`, on redis.asyncio."""

@@ -114,7 +114,7 @@ def send(ctx: Context, messages: Sequence[Outgoing]) -> Plan[list[bool]]:
         except BrokerError as exc:
             say_maybe_queued(exc, 1)
             raise
-        return [reply[0] == 1]
+        return [reply == 1]
     created = [False] * len(messages)
     finished: set[int] = set()
     if ctx.cluster and messages:
@@ -155,8 +155,8 @@ def send(ctx: Context, messages: Sequence[Outgoing]) -> Plan[list[bool]]:
 def one_send(ctx: Context, messages: Sequence[Outgoing]) -> Call | None:
     """The one script call that sends ``messages``, when that is all :func:`send` would
     do: the common case of one ``delay()`` (one message, to a queue this process has
-    registered, on a standalone Redis). Its reply's first item is 1 for a new id; a
-    failure is told as :func:`say_maybe_queued` tells it. None: :func:`send` must be run.
+    registered, on a standalone Redis). Its reply is 1 for a new id; a failure is told as
+    :func:`say_maybe_queued` tells it. None: :func:`send` must be run.
 
     Raises:
         MessageError: an id is one fetch makes up for bytes pushed by hand (nothing sent).
@@ -252,10 +252,11 @@ def _send_call(ctx: Context, q: QueueKeys, messages: Sequence[Outgoing]) -> Call
 
 
 def _send_one_call(ctx: Context, q: QueueKeys, m: Outgoing) -> Call:
-    # What _send_call builds for [m] (a test holds them equal), without what a batch
+    # The call of send_one-5.lua, which does for one message what send-2.lua does for a
+    # batch of it (tests/redis/test_send_one.py holds the two equal), without what a batch
     # needs: the priority range, the key positions, the argument list grown per message.
     # One delay() is the call producers make most: 6 of its ~55 µs of Python, and ~5 % of
-    # its rate (docs/benchmarks.md, "One message, one call").
+    # its rate (docs/benchmarks.md, "One message, one call"). Direct mode only (one_send).
     task_id = m.id
     encoded = task_id.encode("utf-8", "surrogateescape")
     cid = compact(task_id)
@@ -266,11 +267,11 @@ def _send_one_call(ctx: Context, q: QueueKeys, m: Outgoing) -> Call:
         body = _STRIPPED + body[len(head) :]
     size = len(cid)
     bucket = q.buckets[int.from_bytes(cid, "big") % INDEX_BUCKETS]
-    target = q.outbox if ctx.cluster else b"%s:r:{%s}" % (ctx.keys.prefix, encoded)
+    target = b"%s:r:{%s}" % (ctx.keys.prefix, encoded)
     entry = b"\xce\x1a%c\x00\x00%c%c%s%s" % (priority, size >> 8, size & 255, cid, body)
     due = int(m.eta * 1000) if m.eta else 0
     keys = [q.wake, q.delayed, q.ready[priority], bucket, target]
-    return Call(SCRIPTS.send, keys, [ctx.mode, priority, 4, 5, due, entry])
+    return Call(SCRIPTS.send_one, keys, [due, entry])
 
 
 def pack_entry(cid: bytes, priority: int, body: bytes) -> bytes:

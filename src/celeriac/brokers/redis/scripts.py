@@ -175,6 +175,7 @@ class Scripts:
 
     def __init__(self) -> None:
         self.send = load("send-2")
+        self.send_one = load("send_one-5")
         self.fetch = load("fetch-15")
         self.complete = load("complete-4")
         self.complete_many = load("complete_many-0")
