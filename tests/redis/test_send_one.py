@@ -5,6 +5,7 @@ the same way, and compares the replies and every key and value under each prefix
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -144,3 +145,15 @@ def test_a_delay_uses_the_one_message_script_and_says_whether_it_was_new(
     assert broker.send([out]) == [True]
     assert broker.send([out]) == [False]
     assert raw.llen(broker._ctx.keys.queue("q").ready[0]) == 2
+
+
+def test_the_async_face_sends_one_message_with_it_too(
+    broker: RedisBroker, raw: redis.Redis
+) -> None:
+    async def twice(out: Outgoing) -> list[list[bool]]:
+        return [await broker.asend([out]), await broker.asend([out])]
+
+    broker.send([Outgoing("registers-q", "q", b"x")])
+    out = _uuid_message(5)
+    assert asyncio.run(twice(out)) == [[True], [False]]
+    assert raw.llen(broker._ctx.keys.queue("q").ready[5]) == 1
