@@ -502,3 +502,38 @@ def test_events_follow_waits_out_a_redis_restart(tmp_path: Path, clis: list[Cli]
         assert output.count("Still following") == 1  # said once, not once a second
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("typed", "option", "instead"),
+    [
+        ("worker -A tests.apps.core -c 2", "-A", "-A tests.apps.core worker -c 2"),
+        ("worker --app=tests.apps.core", "--app", "--app=tests.apps.core worker"),
+        ("-b memory:// beat add -A x nightly t", "-A", "-b memory:// -A x beat add nightly t"),
+        ("status -b", "-b", "-b URL status"),  # no value: where it goes
+        ("worker -A -c 1", "-A", "-A MODULE worker -c 1"),
+        ("status --debug", "--debug", "--debug status"),
+        (
+            "dlq list --broker 'redis://h/0?a=1&b=2'",
+            "--broker",
+            "--broker 'redis://h/0?a=1&b=2' dlq list",
+        ),
+    ],
+)
+def test_celeriac_s_own_option_after_the_command_says_where_it_goes(
+    typed: str, option: str, instead: str
+) -> None:
+    # Celery 4's order, `celery worker -A proj`, was "No such option '-A'." and no more.
+    import shlex
+
+    result = invoke(*shlex.split(typed))
+    assert result.exit_code == 2
+    said = " ".join(result.output.split())
+    assert f"{option} is an option of celeriac itself: give it before the command" in said
+    assert said.endswith(f"as in: celeriac {instead}"), said
+
+
+def test_an_option_no_command_has_gets_no_such_hint() -> None:
+    result = invoke("status", "--colour")
+    assert result.exit_code == 2 and "No such option" in result.output
+    assert "celeriac itself" not in result.output

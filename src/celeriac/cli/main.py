@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -276,6 +277,42 @@ def _where(exc: BaseException) -> str:
     return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
+_ARGV = "celeriac.argv"
+#: celeriac's own options, which go before the command, with their value's metavar.
+_GROUP_OPTIONS = {"-A": "MODULE", "--app": "MODULE", "-b": "URL", "--broker": "URL", "--debug": ""}
+
+
+def misplaced_option(option: str | None, argv: list[str], command: str | None) -> str:
+    """What to type instead when ``option``, one of celeriac's own, follows ``command``:
+    ``celeriac worker -A shop.tasks`` (Celery 4's order; Celery 5 says where it goes) was
+    only "No such option: -A". ``argv`` is the line after ``celeriac``. Empty for an
+    option that is not celeriac's own.
+
+    Example:
+        >>> print(misplaced_option("-A", ["worker", "-A", "shop.tasks", "-c", "2"], "worker"))
+        -A is an option of celeriac itself: give it before the command, as in:
+          celeriac -A shop.tasks worker -c 2
+        >>> misplaced_option("--colour", ["status", "--colour"], "status")
+        ''
+    """
+    if option not in _GROUP_OPTIONS:
+        return ""
+    said = f"{option} is an option of celeriac itself: give it before the command"
+    spelled = [i for i, arg in enumerate(argv) if arg == option or arg.startswith(f"{option}=")]
+    if not spelled or command is None or command not in argv[: spelled[-1]]:
+        return said
+    at, metavar = spelled[-1], _GROUP_OPTIONS[option]
+    if metavar and "=" not in argv[at]:  # the option and its value, or where it goes
+        given = at + 1 < len(argv) and not argv[at + 1].startswith("-")
+        moved = argv[at : at + 2] if given else [option, metavar]
+        rest = argv[:at] + argv[at + (2 if given else 1) :]
+    else:
+        moved, rest = argv[at : at + 1], argv[:at] + argv[at + 1 :]
+    first = rest.index(command)
+    line = " ".join(shlex.quote(arg) for arg in [*rest[:first], *moved, *rest[first:]])
+    return f"{said}, as in:\n  celeriac {line}"
+
+
 class _Group(click.Group):
     """Turns celeriac errors into one readable line and an exit code; loads commands lazily."""
 
@@ -289,9 +326,22 @@ class _Group(click.Group):
             _import_commands({module} if module else set(_COMMAND_MODULES.values()))
         return super().get_command(ctx, cmd_name)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_ARGV] = list(args)  # for a misplaced -A/-b (invoke): the line as typed
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.NoSuchOption as exc:
+            command = exc.ctx
+            while command is not None and command.parent is not ctx:
+                command = command.parent  # `beat add -A x`: the command typed first, beat
+            name = command.info_name if command else None
+            hint = misplaced_option(exc.option_name, ctx.meta.get(_ARGV, []), name)
+            if hint:  # click ends its message with a period (8.2+) or not (8.1)
+                exc.message = f"{exc.message.rstrip('.')}. {hint}"
+            raise
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except BrokenPipeError:
