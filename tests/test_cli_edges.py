@@ -537,3 +537,34 @@ def test_an_option_no_command_has_gets_no_such_hint() -> None:
     result = invoke("status", "--colour")
     assert result.exit_code == 2 and "No such option" in result.output
     assert "celeriac itself" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("typed", "advice"),
+    [
+        ("worker -n w1@%h", "-n is Celery's: a worker names itself"),
+        ("worker --hostname=w1", "--hostname is Celery's: a worker names itself"),
+        ("worker -l INFO -E", "-E is Celery's: task events are on by default"),
+        ("worker -O fair", "-O is Celery's: a child keeps nothing waiting behind a slow task"),
+        ("worker --autoscale=10,3", "--autoscale is Celery's: a worker runs -c children"),
+        ("worker -B", "-B is Celery's: use --beat"),
+        ("worker --without-gossip", "--without-gossip is Celery's: celeriac has no gossip"),
+        ("worker --logfile=w.log", "--logfile is Celery's: logs go to standard error"),
+        ("beat -s /var/run/beat-schedule", "-s is Celery's: the schedule's state is kept"),
+        ("worker -P prefork", "'prefork' is Celery's pool: -P process, the default, is the same"),
+        ("worker --pool=solo", "'solo' is Celery's pool: use -c 1"),
+        ("worker -P gevent", "'gevent' is Celery's pool: celeriac has no green threads"),
+    ],
+)
+def test_a_celery_worker_or_beat_option_says_what_to_write_instead(typed: str, advice: str) -> None:
+    # A Procfile or a systemd unit copied from Celery's: each was "No such option '-E'."
+    import shlex
+
+    result = invoke("-A", "tests.apps.core", *shlex.split(typed))
+    assert result.exit_code == 2
+    assert advice in " ".join(result.output.split()), result.output
+
+
+def test_an_option_celery_s_beat_has_is_not_advised_on_a_beat_entry_command() -> None:
+    result = invoke("-A", "tests.apps.core", "beat", "add", "-s", "x")
+    assert result.exit_code == 2 and "Celery's" not in result.output

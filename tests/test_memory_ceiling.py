@@ -290,6 +290,20 @@ def test_a_chosen_value_that_cannot_fit_is_kept_with_a_warning() -> None:
     )
 
 
+def test_a_chosen_value_that_reads_as_celery_s_kib_says_so() -> None:
+    # Celery's 200000 is KiB (~195 MiB); here it is MiB, and children never recycled.
+    host = MemoryLimit(24 * GiB, "host", "/proc/meminfo")
+    (_, _), (level, warning) = choose_ceiling(200_000, True, host, 40 * MiB, 2).notes
+    assert level == logging.WARNING
+    said = (
+        "Celery's --max-memory-per-child counts KiB and celeriac's MiB: for 200000 KiB, write 195."
+    )
+    assert said in warning
+    # A value that is too big either way is not taken for KiB.
+    (_, _), (_, warning) = choose_ceiling(1024, True, CONTAINER_2G, 40 * MiB, 8).notes
+    assert "KiB" not in warning
+
+
 def test_a_chosen_value_that_fits_or_is_off_warns_nothing() -> None:
     fits = choose_ceiling(400, True, CONTAINER_2G, 40 * MiB, 4)
     assert fits.mib == 400 and [level for level, _ in fits.notes] == [logging.INFO]

@@ -339,6 +339,10 @@ class _Group(click.Group):
                 command = command.parent  # `beat add -A x`: the command typed first, beat
             name = command.info_name if command else None
             hint = misplaced_option(exc.option_name, ctx.meta.get(_ARGV, []), name)
+            if not hint and exc.ctx is not None and exc.ctx.parent is ctx:
+                from celeriac.cli.celery_flags import celery_option_advice
+
+                hint = celery_option_advice(exc.ctx.info_name or "", exc.option_name)
             if hint:  # click ends its message with a period (8.2+) or not (8.1)
                 exc.message = f"{exc.message.rstrip('.')}. {hint}"
             raise

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from celeriac.cli.celery_flags import PoolChoice
 from celeriac.cli.main import Context, cli, loglevel_option, setup_logging
 from celeriac.errors import BrokerError, ConfigurationError
 from celeriac.options import soft_limits_that_never_fire
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 @click.option(
     "-P",
     "--pool",
-    type=click.Choice(["process", "threads", "asyncio"]),
+    type=PoolChoice(["process", "threads", "asyncio"]),
     default="process",
     show_default=True,
     help="process: a child per task slot; threads / asyncio: one child running -c at once.",
@@ -54,8 +55,8 @@ if TYPE_CHECKING:
     type=click.IntRange(1),
     default=None,
     metavar="MIB",
-    help="Recycle a child once its RSS passes this many MiB (default: what fits -c children "
-    "in the container's or host's memory, at most 1024).",
+    help="Recycle a child once its RSS passes this many MiB (Celery's counts KiB; default: "
+    "what fits -c children in the container's or host's memory, at most 1024).",
 )
 @click.option(
     "--beat",

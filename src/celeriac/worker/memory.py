@@ -155,12 +155,21 @@ def _chosen_ceiling(
 def _over(mib: int, limit: MemoryLimit, supervisor_rss: int, children: int) -> str:
     fits = int(limit.bytes * HEADROOM - supervisor_rss) // (mib << 20)
     fewer = f", or the concurrency to -c {fits}" if 0 < fits < children else ""
+    # Celery's --max-memory-per-child counts KiB: its 200000 (~195 MiB) is 195 GiB here.
+    # Said when the value read as KiB is a ceiling that works: above a fresh child, fitting.
+    kib = mib >> 10
+    meant = (
+        f" Celery's --max-memory-per-child counts KiB and celeriac's MiB: for {mib} KiB, "
+        f"write {kib}."
+        if kib > supervisor_rss >> 20 and children * (kib << 20) + supervisor_rss <= limit.bytes
+        else ""
+    )
     return (
         f"{_NAME}={mib} MiB for {_children(children)} adds up to "
         f"{size_text(children * (mib << 20))}, more than the {size_text(limit.bytes)} "
         f"{limit.owner} allows ({limit.path}): the kernel's OOM killer will kill children, "
         f"and the tasks they run, before they recycle. Lower {_NAME} to "
-        f"{fitted_ceiling(limit.bytes, supervisor_rss, children)} or less{fewer}."
+        f"{fitted_ceiling(limit.bytes, supervisor_rss, children)} or less{fewer}.{meant}"
     )
 
 

@@ -1,0 +1,103 @@
+"""What to write instead of a Celery command-line option or pool that celeriac lacks.
+
+A worker's command line is copied from a Procfile or a systemd unit written for Celery
+(``celery -A proj worker -l INFO -n w1@%h -E -O fair``): each option celeriac does not
+have was "No such option", with nothing on what to write instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+_DROP = "drop it"
+_DAEMON = "run it under systemd, supervisord or a container, which keep it running: drop it"
+_NAMED = f"a worker names itself <host>:<pid>:<random> (celeriac status lists them): {_DROP}"
+_EVENTS = f"task events are on by default (worker_send_task_events; celeriac events): {_DROP}"
+_LOGS = "logs go to standard error: redirect it (2>>FILE), or let systemd or Docker collect it"
+
+#: Celery's options per command: what celeriac does instead.
+_OPTIONS: dict[str, dict[str, str]] = {
+    "worker": {
+        "-n": _NAMED,
+        "--hostname": _NAMED,
+        "-E": _EVENTS,
+        "--task-events": _EVENTS,
+        "-O": "a child keeps nothing waiting behind a slow task (messages it took with it go "
+        f"back after 50 ms; worker/batch.py: HOLD_UP): {_DROP}",
+        "--autoscale": "a worker runs -c children, a fixed number: set -c, and start more "
+        "workers to scale out",
+        "-B": "use --beat",
+        "--prefetch-multiplier": "set worker_prefetch_multiplier on the app",
+        "--time-limit": "set task_time_limit on the app, or time_limit= on @app.task",
+        "--soft-time-limit": "set task_soft_time_limit on the app, or soft_time_limit= on "
+        "@app.task",
+        "--without-gossip": f"celeriac has no gossip: {_DROP}",
+        "--without-mingle": f"celeriac has no mingle: {_DROP}",
+        "--without-heartbeat": "heartbeats are how a dead worker's tasks come back within "
+        f"seconds: {_DROP}",
+        "--purge": "run celeriac purge QUEUE before the worker",
+        "-X": "name the queues to consume with -Q",
+        "--exclude-queues": "name the queues to consume with -Q",
+        "--statedb": f"revokes are kept in the broker: {_DROP}",
+        "-f": _LOGS,
+        "--logfile": _LOGS,
+        "-D": _DAEMON,
+        "--detach": _DAEMON,
+        "--pidfile": _DAEMON,
+        "--uid": _DAEMON,
+        "--gid": _DAEMON,
+    },
+    "beat": {
+        "-s": f"the schedule's state is kept in the broker: {_DROP}",
+        "--schedule": f"the schedule's state is kept in the broker: {_DROP}",
+        "-S": f"entries come from beat_schedule and celeriac beat add: {_DROP}",
+        "--scheduler": f"entries come from beat_schedule and celeriac beat add: {_DROP}",
+        "-f": _LOGS,
+        "--logfile": _LOGS,
+        "--detach": _DAEMON,
+        "--pidfile": _DAEMON,
+    },
+}
+
+#: Celery's worker pools: what to pass to -P instead.
+POOLS = {
+    "prefork": "-P process, the default, is the same: a child process per task slot",
+    "solo": "use -c 1 (one task at a time, in one child process)",
+    "gevent": "celeriac has no green threads: -P asyncio runs async def tasks, -P threads "
+    "blocking ones",
+    "eventlet": "celeriac has no green threads: -P asyncio runs async def tasks, -P threads "
+    "blocking ones",
+    "custom": "celeriac's pools are process, threads and asyncio",
+}
+
+
+def celery_option_advice(command: str, option: str | None) -> str:
+    """What ``command`` (``worker``, ``beat``) does instead of Celery's ``option``; empty
+    when the option is not one of Celery's.
+
+    Example:
+        >>> celery_option_advice("worker", "-B")
+        "-B is Celery's: use --beat"
+        >>> celery_option_advice("worker", "--no-such")
+        ''
+    """
+    advice = _OPTIONS.get(command, {}).get(option or "")
+    return f"{option} is Celery's: {advice}" if advice else ""
+
+
+class PoolChoice(click.Choice):  # type: ignore[type-arg]  # generic from click 8.2 only
+    """``-P``: celeriac's pools; a Celery pool's name says which to use instead.
+
+    Example:
+        >>> PoolChoice(["process"]).convert("process", None, None)
+        'process'
+    """
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The pool named, or a usage error that says which pool replaces Celery's."""
+        advice = POOLS.get(value) if isinstance(value, str) else None
+        if advice:
+            self.fail(f"{value!r} is Celery's pool: {advice}", param, ctx)
+        return super().convert(value, param, ctx)
