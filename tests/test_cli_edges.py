@@ -554,10 +554,19 @@ def test_an_option_no_command_has_gets_no_such_hint() -> None:
         ("worker -P prefork", "'prefork' is Celery's pool: -P process, the default, is the same"),
         ("worker --pool=solo", "'solo' is Celery's pool: use -c 1"),
         ("worker -P gevent", "'gevent' is Celery's pool: celeriac has no green threads"),
+        ("inspect ping", "'ping' is Celery's inspect command: use celeriac ping"),
+        ("inspect scheduled", "'scheduled' is Celery's inspect command: tasks with a countdown"),
+        ("inspect active_queues", "celeriac status lists each live worker's queues"),
+        ("control revoke abc", "No such command 'control': control is Celery's; celeriac revoke"),
+        ("flower", "flower is Celery's; there is no dashboard yet: celeriac status, inspect"),
+        ("multi start w1", "multi is Celery's; start each worker with celeriac worker"),
     ],
 )
-def test_a_celery_worker_or_beat_option_says_what_to_write_instead(typed: str, advice: str) -> None:
+def test_a_celery_option_pool_or_command_says_what_to_write_instead(
+    typed: str, advice: str
+) -> None:
     # A Procfile or a systemd unit copied from Celery's: each was "No such option '-E'."
+    # (or "No such command 'flower'."), with no word on what to write instead.
     import shlex
 
     result = invoke("-A", "tests.apps.core", *shlex.split(typed))

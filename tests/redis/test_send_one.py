@@ -77,6 +77,8 @@ def _cases() -> Iterator[tuple[str, Outgoing, Setup]]:
     yield "an id already finished", finished, _result_before(finished, b"F")
     late = _uuid_message(eta=FUTURE)
     yield "a delayed id already finished", late, _result_before(late, b"F")
+    revoked = _uuid_message()  # a revoke mark is not final: the worker settles it REVOKED
+    yield "an id revoked before it was sent", revoked, _result_before(revoked, b"R")
     running = Outgoing("started-1", "q", b"{}")
     yield "an id with a result that is not final", running, _result_before(running, b"S")
     yield "a short list, wake tokens piled up", _uuid_message(), _ready_before(3, 16)

@@ -61,6 +61,29 @@ _OPTIONS: dict[str, dict[str, str]] = {
     },
 }
 
+#: Celery's commands celeriac does not have: what to run instead.
+COMMANDS = {
+    "control": "celeriac revoke (--terminate), ping and shutdown are its commands here",
+    "multi": "start each worker with celeriac worker (-c N runs N children) under systemd, "
+    "supervisord or a container",
+    "report": "celeriac --version names the version, celeriac -A MODULE check each task's limits",
+    "flower": "there is no dashboard yet: celeriac status, inspect and events -f show the "
+    "queues, the workers and each task's outcome",
+    "shell": "run python -i and import your tasks module: the app and its tasks are plain objects",
+}
+
+#: Celery's inspect commands celeriac does not have: what tells the same.
+INSPECTIONS = {
+    "ping": "use celeriac ping",
+    "reserved": "a worker keeps no backlog of its own: what waits is counted by celeriac "
+    "status (ready), and celeriac inspect active shows what runs",
+    "scheduled": "tasks with a countdown or an eta wait in the broker, not in a worker: "
+    "celeriac status counts them (delayed)",
+    "revoked": "revokes are kept in the broker: celeriac result ID says REVOKED at once",
+    "active_queues": "celeriac status lists each live worker's queues",
+    "query_task": "use celeriac result ID",
+}
+
 #: Celery's worker pools: what to pass to -P instead.
 POOLS = {
     "prefork": "-P process, the default, is the same: a child process per task slot",
@@ -87,17 +110,22 @@ def celery_option_advice(command: str, option: str | None) -> str:
     return f"{option} is Celery's: {advice}" if advice else ""
 
 
-class PoolChoice(click.Choice):  # type: ignore[type-arg]  # generic from click 8.2 only
-    """``-P``: celeriac's pools; a Celery pool's name says which to use instead.
+class CeleryChoice(click.Choice):  # type: ignore[type-arg]  # generic from click 8.2 only
+    """A choice among celeriac's values; one of Celery's (a ``-P`` pool, an ``inspect``
+    command) says what to use instead.
 
     Example:
-        >>> PoolChoice(["process"]).convert("process", None, None)
+        >>> CeleryChoice(["process"], POOLS, "pool").convert("process", None, None)
         'process'
     """
 
+    def __init__(self, choices: list[str], celery: dict[str, str], noun: str) -> None:
+        super().__init__(choices)
+        self.celery, self.noun = celery, noun
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        """The pool named, or a usage error that says which pool replaces Celery's."""
-        advice = POOLS.get(value) if isinstance(value, str) else None
+        """The value chosen, or a usage error that says what replaces Celery's."""
+        advice = self.celery.get(value) if isinstance(value, str) else None
         if advice:
-            self.fail(f"{value!r} is Celery's pool: {advice}", param, ctx)
+            self.fail(f"{value!r} is Celery's {self.noun}: {advice}", param, ctx)
         return super().convert(value, param, ctx)

@@ -13,6 +13,7 @@ import msgspec
 from rich.markup import escape
 from rich.table import Table
 
+from celeriac.cli.celery_flags import INSPECTIONS, CeleryChoice
 from celeriac.cli.main import NAME, Context, Seconds, cli, out, print_json
 from celeriac.control import (
     Reply,
@@ -236,7 +237,10 @@ def _named(obj: Context, target: str) -> list[str]:
 
 
 @cli.command()
-@click.argument("what", type=click.Choice(["active", "registered", "stats", "memory"]))
+@click.argument(
+    "what",
+    type=CeleryChoice(["active", "registered", "stats", "memory"], INSPECTIONS, "inspect command"),
+)
 @click.option("-w", "--worker", "target", default=None, help="Ask one worker (its id).")
 @click.option(
     "--timeout", type=Seconds(0.1, 60), default=1.0, show_default=True, help="Seconds to wait."

@@ -326,6 +326,19 @@ class _Group(click.Group):
             _import_commands({module} if module else set(_COMMAND_MODULES.values()))
         return super().get_command(ctx, cmd_name)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            from celeriac.cli.celery_flags import COMMANDS
+
+            advice = COMMANDS.get(args[0]) if args else None
+            if advice:  # `celeriac flower`: "No such command 'flower'." said no more
+                exc.message = f"{exc.message.rstrip('.')}: {args[0]} is Celery's; {advice}"
+            raise
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta[_ARGV] = list(args)  # for a misplaced -A/-b (invoke): the line as typed
         return super().parse_args(ctx, args)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from celeriac.cli.celery_flags import PoolChoice
+from celeriac.cli.celery_flags import POOLS, CeleryChoice
 from celeriac.cli.main import Context, cli, loglevel_option, setup_logging
 from celeriac.errors import BrokerError, ConfigurationError
 from celeriac.options import soft_limits_that_never_fire
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 @click.option(
     "-P",
     "--pool",
-    type=PoolChoice(["process", "threads", "asyncio"]),
+    type=CeleryChoice(["process", "threads", "asyncio"], POOLS, "pool"),
     default="process",
     show_default=True,
     help="process: a child per task slot; threads / asyncio: one child running -c at once.",
