@@ -153,3 +153,30 @@ def test_a_three_slash_url_meant_as_absolute_says_to_write_four(
     with pytest.raises(ConfigurationError) as caught:
         _ = Celeriac("x", broker=f"sqlite://{absolute}").broker  # three slashes
     assert f"for {absolute} write four: sqlite:///{absolute})" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "advice"),
+    [
+        ("result_backend", "redis://localhost/1", "results are stored in the broker"),
+        ("task_acks_late", True, "a message is always acked after its task ends"),
+        ("task_routes", {"shop.*": {"queue": "shop"}}, "route with queue= on @app.task"),
+        ("timezone", "Europe/Paris", "beat_timezone is the zone of cron entries"),
+        ("broker_transport_options", {"visibility_timeout": 60}, "worker_lease_seconds"),
+        ("broker_connection_retry_on_startup", True, "workers reconnect with backoff"),
+    ],
+)
+def test_a_celery_setting_says_what_to_set_instead(
+    setting: str, value: object, advice: str
+) -> None:
+    # A Celery config carried over said "unknown setting", and task_acks_late was met with
+    # "Did you mean 'task_track_started'?", a setting that does something else.
+    for give in (
+        lambda: Celeriac("x", broker="memory://", **{setting: value}),
+        lambda: Settings().update(**{setting: value}),
+    ):
+        with pytest.raises(ConfigurationError) as caught:
+            give()
+        said = str(caught.value)
+        assert said.startswith(f"unknown setting {setting!r}: it is Celery's; ") and advice in said
+        assert "Did you mean" not in said
