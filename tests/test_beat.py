@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from celeriac import Celeriac, ConfigurationError
-from celeriac.beat import Cron, Every, Scheduler, parse_schedule, tick_id
+from celeriac.beat import Cron, Every, Scheduler, crontab, parse_schedule, tick_id
 from celeriac.brokers.memory import MemoryBroker
 from celeriac.brokers.records import DeadLetter, Delivery
 from celeriac.cli import cli
@@ -263,6 +263,40 @@ def test_beat_schedule_in_celerys_format(app: Celeriac) -> None:
     app.conf.beat_schedule = {"bad": {"task": "t", "schedule": 5, "relative": True}}
     with pytest.raises(ConfigurationError, match=r"beat_schedule\['bad'\]: unknown key"):
         app.beat.static_entries()
+
+
+def test_celery_s_crontab_fields_make_a_cron_string_in_the_entry_s_zone(app: Celeriac) -> None:
+    # `"schedule": crontab(minute=0, hour="*/3")` is how Celery configs spell cron; the
+    # import was the one line that had to change, and there was nothing to import.
+    assert crontab() == "* * * * *"
+    assert crontab(minute=0, hour="*/3") == "0 */3 * * *"
+    assert crontab(minute=30, hour=7, day_of_week="mon-fri") == "30 7 * * mon-fri"
+    assert crontab(minute=[0, 30], day_of_month="1,15", month_of_year=(1, 7)) == "0,30 * 1,15 1,7 *"
+    assert crontab(minute={45, 15}) == "15,45 * * * *"
+    app.conf.beat_timezone = "Europe/Paris"
+    app.conf.beat_schedule = {
+        "every-3h": {"task": "tasks.report", "schedule": crontab(minute=0, hour="*/3")},
+        "kyiv": {"task": "tasks.report", "schedule": crontab(hour=9), "tz": "Europe/Kyiv"},
+    }
+    entries = {name: entry for name, (entry, _) in app.beat.static_entries().items()}
+    assert entries["every-3h"].schedule == Cron("0 */3 * * *", tz="Europe/Paris")
+    assert entries["kyiv"].schedule == Cron("* 9 * * *", tz="Europe/Kyiv")
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"minute": 61}, "crontab(minute=61) is '61 * * * *': cron '61 * * * *': not a valid"),
+        ({"hour": "noon"}, "crontab(hour='noon') is '* noon * * *'"),
+        ({"minute": None}, "crontab(minute=None): give a cron field"),
+        ({"hour": True}, "crontab(hour=True): give a cron field"),
+        ({"day_of_week": ""}, "crontab(day_of_week=''): an empty field; give '*' for every"),
+    ],
+)
+def test_a_crontab_that_is_no_cron_names_the_field(fields: dict[str, Any], said: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        crontab(**fields)
+    assert str(caught.value).startswith(said), caught.value
 
 
 def test_an_entry_whose_arguments_cannot_fit_its_task_is_refused(app: Celeriac) -> None:
@@ -714,6 +748,7 @@ def test_the_example_lists_its_entries(tmp_path: Path) -> None:
     assert listed == {
         "heartbeat-every-30s": "every 30s",
         "weekday-digest": "cron 0 9 * * 1-5 (America/New_York)",
+        "month-closed": "cron 0 6 1 * * (UTC)",
         "tasks.refresh_rates": "every 10s",
         "tasks.nightly_report": "cron 0 3 * * * (Europe/Kyiv)",
     }

@@ -28,6 +28,7 @@ import psutil
 import pytest
 
 from celeriac import Celeriac
+from celeriac.beat import Cron
 from celeriac.cli.main import cli
 from celeriac.config import Settings
 from celeriac.testing import run_queued, wait_for
@@ -160,6 +161,7 @@ def test_the_periodic_example_and_its_commands_with_two_schedulers(tmp_path: Pat
         assert set(listed) == {
             "heartbeat-every-30s",
             "hi",
+            "month-closed",
             "tasks.nightly_report",
             "tasks.refresh_rates",
             "weekday-digest",
@@ -304,7 +306,7 @@ def test_the_schedule_example_manages_entries_from_python(tmp_path: Path) -> Non
     env = {**os.environ, "CELERIAC_BROKER_URL": f"sqlite:///{tmp_path}/untouched.db"}
     out = ok(run([sys.executable, "manage.py"], PERIODIC, env)).splitlines()
     assert out[:5] == [
-        "from code and config: ['heartbeat-every-30s', 'tasks.nightly_report', "
+        "from code and config: ['heartbeat-every-30s', 'month-closed', 'tasks.nightly_report', "
         "'tasks.refresh_rates', 'weekday-digest']",
         "added: hello every 1m",
         "changed: hello cron 0 8 * * * (Europe/Kyiv)",
@@ -315,11 +317,12 @@ def test_the_schedule_example_manages_entries_from_python(tmp_path: Path) -> Non
     assert [(row[0], row[1]) for row in listed] == [
         ("heartbeat-every-30s", "config"),
         ("hello", "runtime"),
+        ("month-closed", "config"),
         ("tasks.nightly_report", "code"),
         ("tasks.refresh_rates", "code"),
         ("weekday-digest", "config"),
     ]
-    assert out[-1] == "removed hello | left: 4"
+    assert out[-1] == "removed hello | left: 5"
     assert not (tmp_path / "untouched.db").exists()
 
 
@@ -487,8 +490,12 @@ def test_the_readme_workflow_block_is_valid_code() -> None:
     assert run_queued(app, include_delayed=True) > 0
     assert namespace["albums"] == [[2, 4, 6]] * 2  # each chord's callback (two spellings), once
     assert {"refresh_rates", "call_partner", "send_mail"} <= set(namespace)
-    scheduled = [entry.task for entry, *_ in app.beat.static_entries().values()]
-    assert scheduled == [namespace["refresh_rates"].name]
+    scheduled = {name: entry for name, (entry, *_) in app.beat.static_entries().items()}
+    assert {entry.task for entry in scheduled.values()} == {
+        namespace["refresh_rates"].name,
+        "tasks.digest",
+    }
+    assert scheduled["digest"].schedule == Cron("0 7 * * *")
 
 
 def documented_commands() -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ import time
 from datetime import timedelta
 
 from celeriac import Celeriac
+from celeriac.beat import crontab
 
 # No broker given: a SQLite file in the working directory; CELERIAC_BROKER_URL overrides it.
 app = Celeriac("periodic-example")
@@ -28,6 +29,12 @@ app.conf.beat_schedule = {
         "tz": "America/New_York",
         "args": ("good morning",),
         "options": {"priority": 5},
+    },
+    # Celery's crontab(...), imported from celeriac.beat: a cron string in beat_timezone.
+    "month-closed": {
+        "task": "tasks.say",
+        "schedule": crontab(minute=0, hour=6, day_of_month=1),
+        "args": ("month closed",),
     },
 }
 

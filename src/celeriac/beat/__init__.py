@@ -21,7 +21,7 @@ from celeriac.beat.api import Beat, EntryInfo, PeriodicDecorator
 from celeriac.beat.entries import Entry, tick_id
 from celeriac.beat.process import SchedulerProcess, fork_scheduler, stop_scheduler
 from celeriac.beat.scheduler import Scheduler
-from celeriac.beat.schedules import Cron, Every, Schedule, parse_schedule
+from celeriac.beat.schedules import Cron, Every, Schedule, crontab, parse_schedule
 
 __all__ = [
     "Beat",
@@ -33,6 +33,7 @@ __all__ = [
     "Schedule",
     "Scheduler",
     "SchedulerProcess",
+    "crontab",
     "fork_scheduler",
     "parse_schedule",
     "stop_scheduler",

@@ -365,6 +365,60 @@ def _offset_swing(tz: str, hour: int) -> dt.timedelta:
     return max(known) - min(known) if known else dt.timedelta(0)
 
 
+def crontab(
+    minute: Any = "*",
+    hour: Any = "*",
+    day_of_week: Any = "*",
+    day_of_month: Any = "*",
+    month_of_year: Any = "*",
+) -> str:
+    """Celery's ``crontab(...)``: the cron string of these fields, each ``*`` unless given,
+    for wherever a cron string goes (``beat_schedule``'s ``"schedule"``, ``cron=``). A field
+    is what cron takes (``"*/15"``, ``"mon-fri"``, ``"1,15"``), a number, or numbers.
+
+    It is a string, not a schedule: the zone stays the entry's (``tz``, else
+    ``beat_timezone``), as Celery's crontab follows the app's ``timezone``.
+
+    Example:
+        >>> crontab(minute=0, hour="*/3")
+        '0 */3 * * *'
+        >>> crontab(minute=30, hour=7, day_of_week="mon-fri")
+        '30 7 * * mon-fri'
+        >>> crontab(minute=[0, 30])
+        '0,30 * * * *'
+
+    Raises:
+        ConfigurationError: the fields do not make a valid cron expression (named, as
+            Celery names them).
+    """
+    named = {
+        "minute": minute,
+        "hour": hour,
+        "day_of_month": day_of_month,
+        "month_of_year": month_of_year,
+        "day_of_week": day_of_week,
+    }
+    fields = {}
+    for name, value in named.items():
+        if isinstance(value, bool) or not isinstance(value, str | int | list | tuple | set):
+            raise ConfigurationError(
+                f"crontab({name}={value!r}): give a cron field ('*/15', 'mon-fri'), a number "
+                "or a list of numbers"
+            )
+        many = sorted(value) if isinstance(value, set) else value
+        text = ",".join(str(v) for v in many) if isinstance(many, list | tuple) else str(many)
+        if not text.strip():  # "$FIELD" with FIELD unset: not "every"
+            raise ConfigurationError(f"crontab({name}=''): an empty field; give '*' for every")
+        fields[name] = "".join(text.split())
+    expr = " ".join(fields.values())
+    try:
+        Cron(expr)  # checked here, where the fields still have their names
+    except ConfigurationError as exc:
+        given = ", ".join(f"{n}={v!r}" for n, v in named.items() if v != "*")
+        raise ConfigurationError(f"crontab({given}) is {expr!r}: {exc}") from None
+    return expr
+
+
 def parse_schedule(value: Any, tz: str | None = None) -> Schedule:
     """Turn what a user wrote into a :class:`Schedule`.
 
