@@ -790,6 +790,23 @@ def test_eager_mode_runs_a_workflow_at_once(app: Celeriac, monkeypatch: pytest.M
     assert (add.s(1, 2) | mul.s(3)).delay().get(timeout=1) == 9
 
 
+def test_celery_s_long_forms_of_a_signature(app: Celeriac) -> None:
+    # add.signature((2, 2), countdown=10) and `from celeriac import signature`, as Celery
+    # code writes them, were AttributeErrors.
+    import celeriac
+
+    sig = add.signature((1,), {"y": 2}, {"queue": "math"}, priority=7)
+    assert sig.to_dict() == add.s(1, y=2).set(queue="math", priority=7).to_dict()
+    assert add.signature().to_dict() == add.s().to_dict()
+    assert add.signature((1, 2), immutable=True).to_dict() == add.si(1, 2).to_dict()
+    with pytest.raises(ValueError, match="routing_key is Celery's: route with queue="):
+        add.signature((1, 2), routing_key="math")
+    assert celeriac.signature is signature
+    r = add.signature((40, 2)).delay()
+    run(app)
+    assert r.get(timeout=1) == 42
+
+
 def test_signatures_need_an_app_to_be_sent() -> None:
     lonely: Signature[Any] = Signature("nowhere.task")
     with pytest.raises(Exception, match="knows no app"):

@@ -10,7 +10,7 @@ Example:
 
 from celeriac._version import __version__
 from celeriac.app import Celeriac
-from celeriac.canvas import Signature, chain, chord, group
+from celeriac.canvas import Signature, chain, chord, group, signature
 from celeriac.errors import (
     ArgumentsRefused,
     BrokerConnectionError,
@@ -68,4 +68,5 @@ __all__ = [
     "chain",
     "chord",
     "group",
+    "signature",
 ]

@@ -299,6 +299,32 @@ function is add(x, y)
 
         return Signature(self, args, kwargs)
 
+    def signature(
+        self,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+        *,
+        immutable: bool = False,
+        **more_options: Any,
+    ) -> Signature[R]:
+        """Celery's long form of :meth:`s`: the arguments as a tuple and a dict, the send
+        options beside them, checked as :meth:`~celeriac.canvas.Canvas.set` checks them.
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> add = app.task(name="doc.add")(lambda x, y: x + y)
+            >>> sig = add.signature((2,), {"y": 3}, countdown=10)  # add.s(2, y=3).set(...)
+            >>> sig, sig.options
+            (doc.add.s(2, y=3), {'countdown': 10})
+        """
+        from celeriac.canvas import Signature
+
+        made: Signature[R] = Signature(self, tuple(args), dict(kwargs or {}), immutable=immutable)
+        given = {**(options or {}), **more_options}
+        return made.set(**given) if given else made
+
     def si(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """An immutable signature: in a chain it ignores the previous result."""
         from celeriac.canvas import Signature
