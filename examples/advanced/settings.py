@@ -15,8 +15,9 @@ from typing import Any
 from celeriac import Celeriac, ConfigurationError
 
 PRODUCTION: dict[str, Any] = {
-    # -- where tasks go ---------------------------------------------------------------
+    # -- where tasks go, and where they are defined -----------------------------------
     "broker_url": "redis://localhost:6379/0",
+    "imports": ["shop.orders.tasks", "shop.billing.tasks"],  # celeriac -A imports them too
     "task_default_queue": "default",  # a task with no queue= goes here
     "task_default_priority": 0,  # 0..9, higher runs first
     # -- limits every task gets unless it sets its own --------------------------------

@@ -80,6 +80,9 @@ class Settings:
     task_signing_key: str | list[str] | None = None  # first signs; all verify (rotation)
     worker_send_task_events: bool = True  # batched into a bounded stream; see `celeriac events`
     worker_send_started_events: bool = False  # also "received" and "started" per task
+    # Modules that define tasks, imported by every `celeriac -A` command after the app's
+    # module: a worker knows only the tasks of modules it imported (Celery's imports).
+    imports: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         # The names a person chose (a keyword, a CELERIAC_* variable, an assignment), as
@@ -280,8 +283,7 @@ _FROM_CELERY = {
     "task_create_missing_queues": f"a queue exists once something is sent to it: {_DROP}",
     "timezone": "times are kept in UTC; beat_timezone is the zone of cron entries",
     "enable_utc": f"times are always kept in UTC: {_DROP}",
-    "imports": "import your task modules from the app's module (celeriac -A MODULE imports it)",
-    "include": "import your task modules from the app's module (celeriac -A MODULE imports it)",
+    "include": "list the modules of its tasks in imports=[...]: celeriac -A imports them",
     "broker_transport_options": "give Redis options in the broker URL's query "
     "(?socket_timeout=5); a lease's length (Celery's visibility_timeout) is "
     "worker_lease_seconds",

@@ -12,6 +12,7 @@ import contextvars
 import datetime as dt
 import functools
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -665,6 +666,39 @@ def task_name_for(fn: Callable[..., Any]) -> str:
         elif main_file:
             module = Path(main_file).stem
     return f"{module}.{fn.__qualname__}"
+
+
+def unimported_note(task_name: str) -> str:
+    """Why this process does not know a task whose module it could import; else "".
+
+    A worker knows only the tasks of the modules it imported: ``-A`` imports the app's
+    module and those its ``imports`` setting lists. The module is looked up without
+    importing anything (only under a package this process has imported already).
+
+    Example:
+        >>> print(unimported_note("json.tool.main")[:56])
+         Note: module json.tool is on this worker's path but was
+        >>> unimported_note("no_such_package.tasks.add")
+        ''
+    """
+    import importlib.util  # only for this warning
+
+    module = task_name.rpartition(".")[0]
+    if not module or module in sys.modules:
+        return ""
+    parent = module.rpartition(".")[0]
+    if parent and parent not in sys.modules:
+        return ""  # finding it would import the parent package: not from a log line
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return ""
+    if not found:
+        return ""
+    return (
+        f" Note: module {module} is on this worker's path but was never imported, so its "
+        f"tasks are unknown here: list it in the app's imports setting (imports=[{module!r}])."
+    )
 
 
 def unimportable_note(task_name: str) -> str:

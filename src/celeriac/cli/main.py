@@ -10,7 +10,9 @@ import os
 import shlex
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 from urllib.parse import parse_qsl, urlsplit
 
@@ -180,43 +182,88 @@ def _missing_sqlite_file(url: str) -> Path | None:
 
 
 def load_app(path: str) -> Celeriac:
-    """Import ``module`` or ``module:attribute`` and return the Celeriac app it holds.
+    """Import ``module`` or ``module:attribute`` and return the Celeriac app it holds, with
+    the modules its ``imports`` setting lists imported too (see :func:`import_listed`).
 
     Raises:
         ConfigurationError: the module cannot be imported or holds no app (says which).
     """
     module_name, _, attr = path.partition(":")
-    if module_name.endswith(".py") or "/" in module_name:  # a file, not a module
-        file = module_name.removesuffix(".py")
+    _check_module_name(module_name, f"-A {path}", f"-A {{dotted}}{':' + attr if attr else ''}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: the project folder is importable
+    module = _import(
+        module_name,
+        f"-A {path}",
+        lambda: (
+            _attribute_as_module(path, module_name, attr)
+            or f"-A {path}: no module named {module_name!r} (looked in {os.getcwd()} and the "
+            "installed packages). Run from your project folder or install it."
+        ),
+    )
+    app = _app_in(module, path, module_name, attr)
+    import_listed(app)
+    return app
+
+
+def import_listed(app: Celeriac) -> None:
+    """Import each module the app's ``imports`` setting lists: the modules that define its
+    tasks, which a worker started with ``-A`` (one module) knew nothing of otherwise. Its
+    tasks' messages were put back as "not registered in this worker", then dead-lettered.
+
+    Example:
+        >>> app = Celeriac("doc", broker="memory://", imports=["json"])
+        >>> import_listed(app)  # -A does this after importing the app's module
+
+    Raises:
+        ConfigurationError: a module cannot be imported (says which, and why).
+    """
+    for name in app.conf.imports:
+        label = f"imports setting, module {name!r}"
+        _check_module_name(name, label, "imports=[{dotted!r}]")
+        where = f"looked in {os.getcwd()} and the installed packages"
+        missing = f"{label}: no module named {name!r} ({where})"
+        _import(name, label, missing)
+
+
+def _check_module_name(name: str, label: str, instead: str) -> None:
+    """Refuse a file path where an import name goes; ``instead`` shows the right spelling
+    (``{dotted}`` stands for it)."""
+    if name.endswith(".py") or "/" in name:  # a file, not a module
+        file = name.removesuffix(".py")
         dotted = os.path.basename(file) if os.path.isabs(file) else file.strip("./")
         dotted = dotted.replace("/", ".")
         raise ConfigurationError(
-            f"-A {path}: give the module's import name, not its file: -A {dotted}"
-            f"{':' + attr if attr else ''} (run from the folder that holds it)"
+            f"{label}: give the module's import name, not its file: "
+            f"{instead.format(dotted=dotted)} (run from the folder that holds it)"
         )
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `python -m`: the project folder is importable
+
+
+def _import(name: str, label: str, missing: str | Callable[[], str]) -> ModuleType:
+    """Import module ``name``; an error that says which import failed, and where
+    (``missing``: what to say when the module itself is not found, or a function that
+    works it out)."""
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         # The module itself (or a package on its path) is missing, not something it
         # imports: "celery_tasks" importing a missing "celery" is the module's problem.
-        if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
-            raise ConfigurationError(
-                _attribute_as_module(path, module_name, attr)
-                or f"-A {path}: no module named {module_name!r} (looked in {os.getcwd()} and "
-                "the installed packages). Run from your project folder or install it."
-            ) from exc
-        raise ConfigurationError(f"-A {path}: importing it failed{_where(exc)}: {exc}") from exc
+        if exc.name and (exc.name == name or name.startswith(exc.name + ".")):
+            raise ConfigurationError(missing if isinstance(missing, str) else missing()) from exc
+        raise ConfigurationError(f"{label}: importing it failed{_where(exc)}: {exc}") from exc
     except CeleriacError:
         raise  # celeriac's own errors (a bad setting in the environment) say what to fix
     except Exception as exc:  # the user's module raised: say where
         # A syntax error's text repeats its place, "(broken.py, line 3)": _where says it.
         said = exc.msg if isinstance(exc, SyntaxError) and exc.filename else exc
         raise ConfigurationError(
-            f"-A {path}: importing it raised {type(exc).__name__}{_where(exc)}: {said} "
+            f"{label}: importing it raised {type(exc).__name__}{_where(exc)}: {said} "
             "(--debug shows the whole traceback)"
         ) from exc
+
+
+def _app_in(module: ModuleType, path: str, module_name: str, attr: str) -> Celeriac:
+    """The app ``-A path`` names in ``module``."""
     if attr:
         app = getattr(module, attr, None)
         if not isinstance(app, Celeriac):

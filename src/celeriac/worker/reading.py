@@ -28,7 +28,7 @@ from celeriac.message import (
 )
 from celeriac.middleware.base import Job, Outcome
 from celeriac.middleware.verdicts import Verdicts, verdict_key
-from celeriac.task import Request, unimportable_note
+from celeriac.task import Request, unimportable_note, unimported_note
 from celeriac.text import cut, error_text, error_type, printable
 from celeriac.worker.death_notes import death_key, how_it_died, last_death, shared_with
 from celeriac.worker.outage import Outage
@@ -373,7 +373,7 @@ class Reading:
             job.label,
             conf.task_unknown_retry_delay,
             conf.task_unknown_max_age,
-            printable(unimportable_note(job.message.task if job.message else "")),
+            printable(_unknown_note(job.message.task if job.message else "")),
         )
         return Outcome(
             "DEFERRED", delay=conf.task_unknown_retry_delay, reason="unknown task", body=stamped
@@ -517,3 +517,9 @@ def ordinal(n: int) -> str:
     if 10 <= n % 100 <= 20:
         return f"{n}th"
     return f"{n}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th') }"
+
+
+def _unknown_note(task_name: str) -> str:
+    """Why this worker may not know the task: defined in ``__main__``, or in a module it
+    could import but never did (see :func:`celeriac.task.unimported_note`)."""
+    return unimportable_note(task_name) or unimported_note(task_name)
