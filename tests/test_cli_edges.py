@@ -548,6 +548,10 @@ def test_an_option_no_command_has_gets_no_such_hint() -> None:
         ("worker -O fair", "-O is Celery's: a child keeps nothing waiting behind a slow task"),
         ("worker --autoscale=10,3", "--autoscale is Celery's: a worker runs -c children"),
         ("worker -B", "-B is Celery's: use --beat"),
+        (
+            "worker -I shop.orders.tasks",
+            "-I is Celery's: list the modules of the app's tasks in its imports setting",
+        ),
         ("worker --without-gossip", "--without-gossip is Celery's: celeriac has no gossip"),
         ("worker --logfile=w.log", "--logfile is Celery's: logs go to standard error"),
         ("beat -s /var/run/beat-schedule", "-s is Celery's: the schedule's state is kept"),

@@ -15,6 +15,7 @@ _DROP = "drop it"
 _DAEMON = "run it under systemd, supervisord or a container, which keep it running: drop it"
 _NAMED = f"a worker names itself <host>:<pid>:<random> (celeriac status lists them): {_DROP}"
 _EVENTS = f"task events are on by default (worker_send_task_events; celeriac events): {_DROP}"
+_IMPORTS = "list the modules of the app's tasks in its imports setting: -A imports them"
 _LOGS = "logs go to standard error: redirect it (2>>FILE), or let systemd or Docker collect it"
 
 #: Celery's options per command: what celeriac does instead.
@@ -41,6 +42,10 @@ _OPTIONS: dict[str, dict[str, str]] = {
         "-X": "name the queues to consume with -Q",
         "--exclude-queues": "name the queues to consume with -Q",
         "--statedb": f"revokes are kept in the broker: {_DROP}",
+        "-I": _IMPORTS,
+        "--include": _IMPORTS,
+        "-s": f"with --beat, the schedule's state is kept in the broker: {_DROP}",
+        "--schedule": f"with --beat, the schedule's state is kept in the broker: {_DROP}",
         "-f": _LOGS,
         "--logfile": _LOGS,
         "-D": _DAEMON,
