@@ -26,7 +26,7 @@ _OPTIONS: dict[str, dict[str, str]] = {
         "-E": _EVENTS,
         "--task-events": _EVENTS,
         "-O": "a child keeps nothing waiting behind a slow task (messages it took with it go "
-        f"back after 50 ms; worker/batch.py: HOLD_UP): {_DROP}",
+        f"back to the queue after 50 ms): {_DROP}",
         "--autoscale": "a worker runs -c children, a fixed number: set -c, and start more "
         "workers to scale out",
         "-B": "use --beat",
