@@ -272,6 +272,7 @@ _RECONNECT = (
 #: (task_acks_late -> task_track_started).
 _FROM_CELERY = {
     "result_backend": _NO_BACKEND,
+    "backend": _NO_BACKEND,  # Celery("proj", backend=...)
     "result_backend_transport_options": _NO_BACKEND,
     "task_acks_late": f"a message is always acked after its task ends (at-least-once): {_DROP}",
     "task_reject_on_worker_lost": "a task whose worker died runs again, up to "
