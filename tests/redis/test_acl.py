@@ -155,3 +155,19 @@ def test_a_batch_refused_halfway_says_part_was_queued_and_a_resend_completes_it(
         assert broker.send(batch) == [False, True]  # a's was queued: only b's is new
     finally:
         broker.close()
+
+
+def test_a_user_who_may_not_ask_the_server_s_role_still_gets_its_counts(
+    redis_server: RedisServer, acl_user: tuple[str, redis.Redis], prefix: str
+) -> None:
+    # `celeriac status` asks ROLE to say when the server is a replica; an ACL without it
+    # must cost the note, not the counts.
+    name, admin = acl_user
+    admin.execute_command("ACL", "SETUSER", name, "on", ">pw", "~*", "&*", "+@all", "-role")
+    broker = RedisBroker(f"redis://{name}:pw@127.0.0.1:{redis_server.port}/0?prefix={prefix}")
+    try:
+        broker.send([Outgoing("a", "q", b"body")])
+        assert broker.notes() == []
+        assert [s.ready for s in broker.stats()] == [1]
+    finally:
+        broker.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import redis
 from celeriac import Celeriac
@@ -18,6 +20,7 @@ from celeriac.brokers import broker_from_url
 from celeriac.brokers.records import Outgoing
 from celeriac.brokers.redis import RedisBroker, ops, startup
 from celeriac.brokers.redis.keys import Keyspace
+from celeriac.cli import cli
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 from celeriac.testing import wait_for
 from tests.conftest import Ledger, WorkerProcesses, run_celeriac
@@ -317,6 +320,35 @@ def test_a_replica_is_named_and_its_connection_not_reused(own_server: Server) ->
     finally:
         raw.close()
         broker.close()
+
+
+def test_status_on_a_replica_says_so_above_its_counts(own_server: Server) -> None:
+    # After a failover, `celeriac status` on the old primary's address showed the copied
+    # counts as a healthy broker's, with no word that nothing could be sent or taken there.
+    primary = own_server()
+    replica = own_server("--replicaof", "127.0.0.1", str(primary.port))
+    sender = RedisBroker(primary.url)
+    raw = redis.Redis(port=replica.port)
+    try:
+        sender.send([Outgoing("a", "q", b"a")])
+        assert wait_for(lambda: raw.info("replication")["master_link_status"] == "up")
+        assert wait_for(lambda: raw.exists(sender.keys.queue("q").ready[0]) == 1)
+        said = CliRunner().invoke(cli, ["-b", replica.url, "status"])
+        assert said.exit_code == 0, said.output
+        text = " ".join(said.output.split())
+        assert text.startswith(
+            f"note: Redis at {replica.url} is a read-only replica of 127.0.0.1:{primary.port} "
+            "(replication link: connected): these counts are copied from it, and no task can "
+            "be sent or taken here."
+        ), text
+        as_json = CliRunner().invoke(cli, ["-b", replica.url, "status", "--json"])
+        assert json.loads(as_json.output)["notes"][0].startswith(f"Redis at {replica.url} is")
+        assert json.loads(as_json.output)["queues"][0]["ready"] == 1
+        on_primary = CliRunner().invoke(cli, ["-b", primary.url, "status", "--json"])
+        assert json.loads(on_primary.output)["notes"] == []
+    finally:
+        raw.close()
+        sender.close()
 
 
 def test_a_frozen_server_costs_a_producer_one_timeout_not_three(own_server: Server) -> None:

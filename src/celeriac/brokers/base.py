@@ -483,6 +483,18 @@ class Broker(abc.ABC):
     def purge_dead_letters(self) -> int:
         """Delete every dead letter; return how many."""
 
+    def notes(self) -> list[str]:
+        """What an operator reading :meth:`stats` should know about the server, one
+        sentence each (``celeriac status`` prints them): e.g. that it is a read-only
+        replica. Empty for a broker with nothing to say (the default).
+
+        Example:
+            >>> from celeriac.brokers.memory import MemoryBroker
+            >>> MemoryBroker().notes()
+            []
+        """
+        return []
+
     def check_queue_names(self, names: Sequence[str]) -> None:  # noqa: B027 - optional
         """Refuse queue names this broker cannot use, before a worker starts on them.
 

@@ -298,15 +298,19 @@ def status(obj: Context, as_json: bool) -> None:
     broker = obj.app.broker
     stats, workers = broker.stats(), live_workers(obj.app)
     expired = {s.queue: len(broker.join_values(expired_key(s.queue))) for s in stats}
+    notes = broker.notes()
     if as_json:
         print_json(
             {
                 "broker": redacted(obj.app.conf.broker_url),
                 "queues": [{**_asdict(s), "expired_today": expired[s.queue]} for s in stats],
                 "workers": [_asdict(w) for w in workers],
+                "notes": notes,
             }
         )
         return
+    for note in notes:  # first: a replica's counts read like a healthy broker's
+        out.print(f"[yellow]note:[/] {escape(printable(note))}")
     # Names are folded onto more lines, never cut: at 80 columns (a pipe, kubectl exec
     # without -t) "shop.billing.invoice-reminders.high" and "...low" both read
     # "shop.billing.invoice-r…"; a worker's id and its queue list lost their tails.

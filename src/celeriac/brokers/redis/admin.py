@@ -31,7 +31,7 @@ from celeriac.brokers.redis.steps import (
     Plan,
     Subscribe,
 )
-from celeriac.errors import BrokerConnectionError
+from celeriac.errors import BrokerConnectionError, BrokerError
 
 DEAD_RESULT_TTL = 86_400.0 * 7  # seconds a dead-lettered task's result is kept
 PURGE_STEP = 10_000  # entries deleted per purge call, so Redis never stalls for long
@@ -415,6 +415,28 @@ def purge_dead_letters(ctx: Context) -> Plan[int]:
 
 
 # -- queues ------------------------------------------------------------------------------
+
+
+def notes(ctx: Context, url: str) -> Plan[list[str]]:
+    """What ``celeriac status`` says beside the counts: that the server is a read-only
+    replica. After a failover the old primary is one, and its counts (copied from the new
+    primary, or frozen since the link broke) read like a healthy broker's. Nothing when
+    the server may not be asked (an ACL without ROLE) or on Cluster (each node has one)."""
+    if ctx.cluster:
+        return []
+    try:
+        role = yield Command(("ROLE",))
+    except BrokerError:
+        return []  # a refusal (NOPERM): the counts are still worth showing
+    if not role or role[0] not in (b"slave", b"replica"):
+        return []
+    primary = f"{role[1].decode()}:{role[2]}" if len(role) > 2 else "another server"
+    link = role[3].decode() if len(role) > 3 else "unknown"
+    return [
+        f"Redis at {url} is a read-only replica of {primary} (replication link: {link}): "
+        "these counts are copied from it, and no task can be sent or taken here. Point the "
+        "broker URL at the primary, or at an endpoint that follows failovers."
+    ]
 
 
 def stats(ctx: Context) -> Plan[list[QueueStats]]:

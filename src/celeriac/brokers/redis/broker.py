@@ -494,6 +494,10 @@ class RedisBroker(Broker):
         """Counts for every queue any process registered."""
         return self._run(admin.stats(self._ctx), "read queue counts")
 
+    def notes(self) -> list[str]:
+        """That the server is a read-only replica, when it is (see :func:`.admin.notes`)."""
+        return self._run(admin.notes(self._ctx, self.url.safe), "read the server's role")
+
     def purge(self, queue: str) -> int:
         """Delete ready and delayed messages of ``queue``."""
         return self._run(admin.purge(self._ctx, queue), f"purge queue {queue}")
