@@ -302,14 +302,25 @@ def test_redis_before_7_is_refused() -> None:
         plan.send([("old:6379", {"redis_version": "6.2.6"})])
 
 
-def test_a_replica_is_named_and_its_connection_not_reused(own_server: Server) -> None:
+Pair = tuple[RedisServer, RedisServer, redis.Redis]
+
+
+@pytest.fixture
+def replica_of(own_server: Server) -> Iterator[Pair]:
+    """A primary, its replica, and a plain client on the replica (closed at the end)."""
+    primary = own_server()
+    replica = own_server("--replicaof", "127.0.0.1", str(primary.port))
+    raw = redis.Redis(port=replica.port)
+    yield primary, replica, raw
+    raw.close()
+
+
+def test_a_replica_is_named_and_its_connection_not_reused(replica_of: Pair) -> None:
     # After a failover the old primary is a replica: writes were "refused the command:
     # READONLY ..." (not a connection error: no reconnect), and the pooled connection
     # went on to the replica for ever, where a new one may reach the new primary.
-    primary = own_server()
-    replica = own_server("--replicaof", "127.0.0.1", str(primary.port))
+    _, replica, raw = replica_of
     broker = RedisBroker(replica.url)
-    raw = redis.Redis(port=replica.port)
     try:
         with pytest.raises(BrokerConnectionError, match="is a read-only replica"):
             broker.send([Outgoing("a", "q", b"a")])
@@ -318,17 +329,14 @@ def test_a_replica_is_named_and_its_connection_not_reused(own_server: Server) ->
         assert broker.send([Outgoing("a", "q", b"a")]) == [True]
         assert raw.info("stats")["total_connections_received"] == before + 1  # a fresh one
     finally:
-        raw.close()
         broker.close()
 
 
-def test_status_on_a_replica_says_so_above_its_counts(own_server: Server) -> None:
+def test_status_on_a_replica_says_so_above_its_counts(replica_of: Pair) -> None:
     # After a failover, `celeriac status` on the old primary's address showed the copied
     # counts as a healthy broker's, with no word that nothing could be sent or taken there.
-    primary = own_server()
-    replica = own_server("--replicaof", "127.0.0.1", str(primary.port))
+    primary, replica, raw = replica_of
     sender = RedisBroker(primary.url)
-    raw = redis.Redis(port=replica.port)
     try:
         sender.send([Outgoing("a", "q", b"a")])
         assert wait_for(lambda: raw.info("replication")["master_link_status"] == "up")
@@ -347,7 +355,6 @@ def test_status_on_a_replica_says_so_above_its_counts(own_server: Server) -> Non
         on_primary = CliRunner().invoke(cli, ["-b", primary.url, "status", "--json"])
         assert json.loads(on_primary.output)["notes"] == []
     finally:
-        raw.close()
         sender.close()
 
 
