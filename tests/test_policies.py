@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -459,13 +460,14 @@ def test_a_retry_s_log_line_says_why_and_the_last_failure_that_it_gave_up(
     lines = [r.getMessage() for r in caplog.records if r.name == "celeriac.worker"]
     flaky_lines = [line for line in lines if ".flaky[" in line]
     cause = "builtins.ConnectionError: upstream 5 refused\\nlater line"  # escaped: one line
-    assert [line.split("] ", 1)[1] for line in flaky_lines[:2]] == [
-        f"will retry in {d} (attempt {n}): {cause}" for d, n in (("0.0s", 1), ("0.0s", 2))
-    ], lines
+    for line, n in zip(flaky_lines[:2], (1, 2), strict=True):  # full jitter: 0 to 0.01 s
+        said = line.split("] ", 1)[1]
+        assert re.fullmatch(rf"will retry in (0|0\.0\d*)s \(attempt {n}\): .*", said), lines
+        assert said.endswith(cause), lines
     assert flaky_lines[2].endswith(f"s (gave up after 2 retries): {cause}"), lines
     manual_lines = [line.split("] ", 1)[1] for line in lines if ".manual[" in line]
-    assert manual_lines[0] == "will retry in 0.0s (attempt 1)", lines
-    assert manual_lines[1] == "will retry in 0.0s (attempt 2): builtins.ValueError: still bad"
+    assert manual_lines[0] == "will retry in 0.01s (attempt 1)", lines  # "0.0s" before
+    assert manual_lines[1] == "will retry in 0.01s (attempt 2): builtins.ValueError: still bad"
     assert "gave up after 2 retries" in manual_lines[2]
 
 
