@@ -70,6 +70,18 @@ def error_text(exc: BaseException) -> str:
         return f"<{type(exc).__name__} whose str() failed>"
 
 
+def seconds(value: float) -> str:
+    """A duration in a message, two significant digits under 10 s: "0.034s", where one
+    decimal said "0.0s" (a retry that seemed to come back at once, a task that seemed to
+    expire the moment it was due).
+
+    Example:
+        >>> [seconds(s) for s in (0.0, 0.0342, 0.2, 3.25, 12.7, 3600.0)]
+        ['0s', '0.034s', '0.2s', '3.2s', '13s', '3600s']
+    """
+    return f"{value:.2g}s" if value < 10 else f"{value:.0f}s"
+
+
 def _escaped(char: str) -> str:
     """One unprintable character as its Python escape: ``\\x1b``, ``\\r``, ``\\u2028``."""
     return char.encode("unicode_escape").decode("ascii")

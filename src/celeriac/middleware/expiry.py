@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from celeriac.middleware.base import Job, Middleware, Outcome
+from celeriac.text import seconds
 
 _COUNT_TTL = 2 * 86_400.0
 
@@ -29,14 +30,16 @@ class Expiry(Middleware):
         if message is not None and message.expires is not None and message.expires < time.time():
             late = time.time() - message.expires
             if not message.retries:
-                return Outcome("EXPIRED", reason=f"expired {late:.1f}s before a worker started it")
+                return Outcome(
+                    "EXPIRED", reason=f"expired {seconds(late)} before a worker started it"
+                )
             # A retry that came up too late: it did run, and failed. "Before a worker
             # started it" told its caller it never ran, and hid the error it failed with.
             first = message.options.get("first_error")
             return Outcome(
                 "EXPIRED",
                 reason=(
-                    f"expired {late:.1f}s before a worker started retry {message.retries}; "
+                    f"expired {seconds(late)} before a worker started retry {message.retries}; "
                     "its earlier runs failed" + (f" (first error: {first})" if first else "")
                 ),
             )

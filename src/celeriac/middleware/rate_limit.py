@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac.errors import BrokerError, ConfigurationError
 from celeriac.middleware.base import Job, Middleware, Outcome, call_options, option_error
-from celeriac.text import printable
+from celeriac.text import printable, seconds
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -243,7 +243,8 @@ def _expires_first(job: Job, slot: float, key: str) -> Outcome:
         "EXPIRED",
         reason=(
             f"rate limit {key} has no free slot before its expiry (it expires in "
-            f"{max(message.expires - now, 0.0):.1f}s, the next slot is in {slot - now:.1f}s), "
+            f"{seconds(max(message.expires - now, 0.0))}, the next slot is in "
+            f"{seconds(slot - now)}), "
             "so it could not start in time"
         ),
     )

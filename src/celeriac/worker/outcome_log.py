@@ -12,7 +12,7 @@ import logging
 from celeriac.errors import Retry
 from celeriac.middleware.base import Job, Outcome
 from celeriac.middleware.retries import described
-from celeriac.text import printable
+from celeriac.text import printable, seconds
 from celeriac.worker.reading import label
 
 log = logging.getLogger("celeriac.worker")
@@ -73,9 +73,9 @@ def log_outcome(job: Job, outcome: Outcome, lease_loss: str = "") -> None:
             cause = cause.exc
         log.log(
             level,
-            "task %s will retry in %ss (attempt %d)%s",
+            "task %s will retry in %s (attempt %d)%s",
             shown,
-            _delay_text(outcome.delay or 0.0),
+            seconds(outcome.delay or 0.0),
             job.message.retries + 1 if job.message else 0,  # the retry just queued
             f": {for_log(described(cause))}" if cause is not None else "",
         )
@@ -137,14 +137,3 @@ def for_log(text: str) -> str:
         return text
     more = len(text) - LOG_TEXT_CHARS
     return f"{text[:LOG_TEXT_CHARS]}... ({more:,} more characters in the result)"
-
-
-def _delay_text(seconds: float) -> str:
-    """A retry's delay, two significant digits under 10 s: a jittered 0.034 s read "0.0s",
-    as if the task came back at once.
-
-    Example:
-        >>> [_delay_text(s) for s in (0.0, 0.0342, 0.2, 3.25, 12.7, 3600.0)]
-        ['0', '0.034', '0.2', '3.2', '13', '3600']
-    """
-    return f"{seconds:.2g}" if seconds < 10 else f"{seconds:.0f}"
