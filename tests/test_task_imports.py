@@ -63,9 +63,10 @@ def _package(root: Path, name: str, tasks: str) -> None:
         ),
         (
             "{pkg}/tasks.py",
-            "imports setting, module '{pkg}/tasks.py': give the module's import name, not its "
-            "file: imports=['{pkg}.tasks']",
+            "setting imports: '{pkg}/tasks.py' is a file; give its import name: '{pkg}.tasks'",
         ),
+        (" {pkg}.tasks", "setting imports: ' {pkg}.tasks' is not a module's import name"),
+        ("", "setting imports: '' is not a module's import name"),
         (
             "{pkg}.broken",
             "imports setting, module '{pkg}.broken': importing it failed at ",
@@ -85,9 +86,8 @@ def test_a_listed_module_that_does_not_import_says_which_and_why(
     (tmp_path / pkg / "raising.py").write_text("raise RuntimeError('no database yet')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    app = Celeriac("x", broker="memory://", imports=[listed.format(pkg=pkg)])
-    with pytest.raises(ConfigurationError) as caught:
-        import_listed(app)
+    with pytest.raises(ConfigurationError) as caught:  # where it is given, or at -A
+        import_listed(Celeriac("x", broker="memory://", imports=[listed.format(pkg=pkg)]))
     assert str(caught.value).startswith(said.format(pkg=pkg)), caught.value
 
 

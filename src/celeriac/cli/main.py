@@ -189,7 +189,14 @@ def load_app(path: str) -> Celeriac:
         ConfigurationError: the module cannot be imported or holds no app (says which).
     """
     module_name, _, attr = path.partition(":")
-    _check_module_name(module_name, f"-A {path}", f"-A {{dotted}}{':' + attr if attr else ''}")
+    if module_name.endswith(".py") or "/" in module_name:  # a file, not a module
+        file = module_name.removesuffix(".py")
+        dotted = os.path.basename(file) if os.path.isabs(file) else file.strip("./")
+        dotted = dotted.replace("/", ".")
+        raise ConfigurationError(
+            f"-A {path}: give the module's import name, not its file: -A {dotted}"
+            f"{':' + attr if attr else ''} (run from the folder that holds it)"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`: the project folder is importable
     module = _import(
@@ -218,25 +225,11 @@ def import_listed(app: Celeriac) -> None:
     Raises:
         ConfigurationError: a module cannot be imported (says which, and why).
     """
-    for name in app.conf.imports:
+    for name in app.conf.imports:  # each an import name: the setting checks them
         label = f"imports setting, module {name!r}"
-        _check_module_name(name, label, "imports=[{dotted!r}]")
         where = f"looked in {os.getcwd()} and the installed packages"
         missing = f"{label}: no module named {name!r} ({where})"
         _import(name, label, missing)
-
-
-def _check_module_name(name: str, label: str, instead: str) -> None:
-    """Refuse a file path where an import name goes; ``instead`` shows the right spelling
-    (``{dotted}`` stands for it)."""
-    if name.endswith(".py") or "/" in name:  # a file, not a module
-        file = name.removesuffix(".py")
-        dotted = os.path.basename(file) if os.path.isabs(file) else file.strip("./")
-        dotted = dotted.replace("/", ".")
-        raise ConfigurationError(
-            f"{label}: give the module's import name, not its file: "
-            f"{instead.format(dotted=dotted)} (run from the folder that holds it)"
-        )
 
 
 def _import(name: str, label: str, missing: str | Callable[[], str]) -> ModuleType:
