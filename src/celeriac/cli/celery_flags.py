@@ -1,4 +1,5 @@
-"""What to write instead of a Celery command-line option or pool that celeriac lacks.
+"""What to write instead of a Celery command-line option, pool or command that celeriac
+lacks, and of celeriac's own option given after the command (Celery 4's order).
 
 A worker's command line is copied from a Procfile or a systemd unit written for Celery
 (``celery -A proj worker -l INFO -n w1@%h -E -O fair``): each option celeriac does not
@@ -7,6 +8,7 @@ have was "No such option", with nothing on what to write instead.
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import click
@@ -134,3 +136,38 @@ class CeleryChoice(click.Choice):  # type: ignore[type-arg]  # generic from clic
         if advice:
             self.fail(f"{value!r} is Celery's {self.noun}: {advice}", param, ctx)
         return super().convert(value, param, ctx)
+
+
+#: celeriac's own options, which go before the command, with their value's metavar.
+_GROUP_OPTIONS = {"-A": "MODULE", "--app": "MODULE", "-b": "URL", "--broker": "URL", "--debug": ""}
+
+
+def misplaced_option(option: str | None, argv: list[str], command: str | None) -> str:
+    """What to type instead when ``option``, one of celeriac's own, follows ``command``:
+    ``celeriac worker -A shop.tasks`` (Celery 4's order; Celery 5 says where it goes) was
+    only "No such option: -A". ``argv`` is the line after ``celeriac``. Empty for an
+    option that is not celeriac's own.
+
+    Example:
+        >>> print(misplaced_option("-A", ["worker", "-A", "shop.tasks", "-c", "2"], "worker"))
+        -A is an option of celeriac itself: give it before the command, as in:
+          celeriac -A shop.tasks worker -c 2
+        >>> misplaced_option("--colour", ["status", "--colour"], "status")
+        ''
+    """
+    if option not in _GROUP_OPTIONS:
+        return ""
+    said = f"{option} is an option of celeriac itself: give it before the command"
+    spelled = [i for i, arg in enumerate(argv) if arg == option or arg.startswith(f"{option}=")]
+    if not spelled or command is None or command not in argv[: spelled[-1]]:
+        return said
+    at, metavar = spelled[-1], _GROUP_OPTIONS[option]
+    if metavar and "=" not in argv[at]:  # the option and its value, or where it goes
+        given = at + 1 < len(argv) and not argv[at + 1].startswith("-")
+        moved = argv[at : at + 2] if given else [option, metavar]
+        rest = argv[:at] + argv[at + (2 if given else 1) :]
+    else:
+        moved, rest = argv[at : at + 1], argv[:at] + argv[at + 1 :]
+    first = rest.index(command)
+    line = " ".join(shlex.quote(arg) for arg in [*rest[:first], *moved, *rest[first:]])
+    return f"{said}, as in:\n  celeriac {line}"

@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import shlex
 import sys
 import traceback
 from collections.abc import Callable
@@ -318,39 +317,6 @@ def _where(exc: BaseException) -> str:
 
 
 _ARGV = "celeriac.argv"
-#: celeriac's own options, which go before the command, with their value's metavar.
-_GROUP_OPTIONS = {"-A": "MODULE", "--app": "MODULE", "-b": "URL", "--broker": "URL", "--debug": ""}
-
-
-def misplaced_option(option: str | None, argv: list[str], command: str | None) -> str:
-    """What to type instead when ``option``, one of celeriac's own, follows ``command``:
-    ``celeriac worker -A shop.tasks`` (Celery 4's order; Celery 5 says where it goes) was
-    only "No such option: -A". ``argv`` is the line after ``celeriac``. Empty for an
-    option that is not celeriac's own.
-
-    Example:
-        >>> print(misplaced_option("-A", ["worker", "-A", "shop.tasks", "-c", "2"], "worker"))
-        -A is an option of celeriac itself: give it before the command, as in:
-          celeriac -A shop.tasks worker -c 2
-        >>> misplaced_option("--colour", ["status", "--colour"], "status")
-        ''
-    """
-    if option not in _GROUP_OPTIONS:
-        return ""
-    said = f"{option} is an option of celeriac itself: give it before the command"
-    spelled = [i for i, arg in enumerate(argv) if arg == option or arg.startswith(f"{option}=")]
-    if not spelled or command is None or command not in argv[: spelled[-1]]:
-        return said
-    at, metavar = spelled[-1], _GROUP_OPTIONS[option]
-    if metavar and "=" not in argv[at]:  # the option and its value, or where it goes
-        given = at + 1 < len(argv) and not argv[at + 1].startswith("-")
-        moved = argv[at : at + 2] if given else [option, metavar]
-        rest = argv[:at] + argv[at + (2 if given else 1) :]
-    else:
-        moved, rest = argv[at : at + 1], argv[:at] + argv[at + 1 :]
-    first = rest.index(command)
-    line = " ".join(shlex.quote(arg) for arg in [*rest[:first], *moved, *rest[first:]])
-    return f"{said}, as in:\n  celeriac {line}"
 
 
 class _Group(click.Group):
@@ -391,10 +357,10 @@ class _Group(click.Group):
             while command is not None and command.parent is not ctx:
                 command = command.parent  # `beat add -A x`: the command typed first, beat
             name = command.info_name if command else None
+            from celeriac.cli.celery_flags import celery_option_advice, misplaced_option
+
             hint = misplaced_option(exc.option_name, ctx.meta.get(_ARGV, []), name)
             if not hint and exc.ctx is not None and exc.ctx.parent is ctx:
-                from celeriac.cli.celery_flags import celery_option_advice
-
                 hint = celery_option_advice(exc.ctx.info_name or "", exc.option_name)
             if hint:  # click ends its message with a period (8.2+) or not (8.1)
                 exc.message = f"{exc.message.rstrip('.')}. {hint}"
