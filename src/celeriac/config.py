@@ -19,6 +19,7 @@ import os
 import types
 from typing import Any, get_args, get_origin, get_type_hints
 
+from celeriac.celery_names import SETTINGS
 from celeriac.errors import ConfigurationError
 from celeriac.options import queue_name_problem
 from celeriac.text import cut
@@ -287,49 +288,6 @@ def _hints() -> dict[str, Any]:
     return _HINTS
 
 
-_DROP = "drop it"
-_ROUTE = "route with queue= on @app.task or apply_async (celeriac has no exchanges)"
-_NO_BACKEND = f"results are stored in the broker, which needs no separate backend: {_DROP}"
-_RECONNECT = (
-    "workers reconnect with backoff for ever; a producer raises BrokerConnectionError at "
-    f"once: {_DROP}"
-)
-
-#: Celery's settings celeriac does not have: what to set instead. A Celery config carried
-#: over was "unknown setting", or worse, a did-you-mean that pointed elsewhere
-#: (task_acks_late -> task_track_started).
-_FROM_CELERY = {
-    "result_backend": _NO_BACKEND,
-    "backend": _NO_BACKEND,  # Celery("proj", backend=...)
-    "result_backend_transport_options": _NO_BACKEND,
-    "task_acks_late": f"a message is always acked after its task ends (at-least-once): {_DROP}",
-    "task_reject_on_worker_lost": "a task whose worker died runs again, up to "
-    f"task_max_deliveries: {_DROP}",
-    "task_routes": _ROUTE,
-    "task_queues": _ROUTE,
-    "task_default_exchange": _ROUTE,
-    "task_default_routing_key": _ROUTE,
-    "task_create_missing_queues": f"a queue exists once something is sent to it: {_DROP}",
-    "timezone": "times are kept in UTC; beat_timezone is the zone of cron entries",
-    "enable_utc": f"times are always kept in UTC: {_DROP}",
-    "include": "list the modules of its tasks in imports=[...]: celeriac -A imports them",
-    "broker_transport_options": "give Redis options in the broker URL's query "
-    "(?socket_timeout=5); a lease's length (Celery's visibility_timeout) is "
-    "worker_lease_seconds",
-    "broker_connection_retry": _RECONNECT,
-    "broker_connection_retry_on_startup": _RECONNECT,
-    "broker_connection_max_retries": _RECONNECT,
-    "broker_pool_limit": f"a producer keeps the connections it needs: {_DROP}",
-    "task_compression": "messages are not compressed; pass ids, not data",
-    "task_annotations": "set options on @app.task, or shared behaviour in a Middleware",
-    "task_default_rate_limit": "name a limit per task: @app.task(limit=NAME) with "
-    'limits={NAME: "10/s"}',
-    "beat_scheduler": f"entries come from beat_schedule and celeriac beat add: {_DROP}",
-    "beat_schedule_filename": f"the schedule's state is kept in the broker: {_DROP}",
-    "task_send_sent_event": f"events are written by workers: {_DROP}",
-}
-
-
 def _unknown(name: str) -> str:
     """What an unknown setting's error says: Celery's setting and what to set instead,
     or the closest setting.
@@ -338,8 +296,8 @@ def _unknown(name: str) -> str:
         >>> _unknown("enable_utc")
         "unknown setting 'enable_utc': it is Celery's; times are always kept in UTC: drop it."
     """
-    if name in _FROM_CELERY:
-        return f"unknown setting {name!r}: it is Celery's; {_FROM_CELERY[name]}."
+    if name in SETTINGS:
+        return f"unknown setting {name!r}: it is Celery's; {SETTINGS[name]}."
     close = difflib.get_close_matches(name, list(_hints()), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return f"unknown setting {name!r}.{hint} Every setting is listed in celeriac.config.Settings."

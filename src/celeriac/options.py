@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from celeriac.celery_names import OPTIONS
 from celeriac.message import LATEST_TIME, unix_time_as_seconds
 from celeriac.text import cut
 
@@ -124,27 +125,6 @@ CALL_OPTIONS = frozenset(
 )
 
 
-#: Celery's send and task options celeriac has no such option for, and what to do instead.
-_FROM_CELERY = {
-    "retry": "a send is not retried: a failed one raises BrokerConnectionError, whose "
-    "maybe_done says if it may be queued (send again under the same task_id)",
-    "retry_policy": "a send is not retried (see retry)",
-    "routing_key": "route with queue=...",
-    "exchange": "route with queue=...",
-    "serializer": "set task_serializer on the app",
-    "compression": "messages are not compressed; pass ids, not data",
-    "shadow": "logs name a task by its registered name",
-    # @app.task(...) options
-    "acks_late": "a message is always acked after its task ends (at-least-once): drop it",
-    "reject_on_worker_lost": "a task whose worker died runs again, up to max_deliveries, "
-    "then is dead-lettered: drop it",
-    "default_retry_delay": "set retry_backoff (seconds), or raise self.retry(countdown=...)",
-    "retry_kwargs": "pass max_retries=... itself",
-    "base": "shared behaviour goes in a Middleware (Celeriac(..., middleware=[...]))",
-    "typing": "arguments are always checked at send",
-}
-
-
 def unknown_options(unknown: set[str] | list[str], known: set[str] | frozenset[str]) -> str:
     """``unknown option(s) x``, naming the known option each one is closest to: a typo
     (``prority=9``) was named with no hint, or beside a list of 25 options.
@@ -159,8 +139,8 @@ def unknown_options(unknown: set[str] | list[str], known: set[str] | frozenset[s
     """
     names = sorted(unknown)
     # Celery's own options get what to write instead: a close spelling would mislead.
-    celery = [f"{n} is Celery's: {_FROM_CELERY[n]}" for n in names if n in _FROM_CELERY]
-    typos = [n for n in names if n not in _FROM_CELERY]
+    celery = [f"{n} is Celery's: {OPTIONS[n]}" for n in names if n in OPTIONS]
+    typos = [n for n in names if n not in OPTIONS]
     close = {n: m[0] for n in typos if (m := difflib.get_close_matches(n, sorted(known), 1, 0.7))}
     text = f"unknown option(s) {', '.join(names)}"
     if celery:

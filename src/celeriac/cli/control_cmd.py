@@ -13,7 +13,8 @@ import msgspec
 from rich.markup import escape
 from rich.table import Table
 
-from celeriac.cli.celery_flags import INSPECTIONS, CeleryChoice
+from celeriac.celery_names import INSPECTIONS
+from celeriac.cli.celery_flags import CeleryChoice
 from celeriac.cli.main import NAME, Context, Seconds, cli, out, print_json
 from celeriac.control import (
     Reply,

@@ -338,7 +338,7 @@ class _Group(click.Group):
         try:
             return super().resolve_command(ctx, args)
         except click.UsageError as exc:
-            from celeriac.cli.celery_flags import COMMANDS
+            from celeriac.celery_names import COMMANDS
 
             advice = COMMANDS.get(args[0]) if args else None
             if advice:  # `celeriac flower`: "No such command 'flower'." said no more

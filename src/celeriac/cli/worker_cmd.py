@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from celeriac.cli.celery_flags import POOLS, CeleryChoice
+from celeriac.celery_names import POOLS
+from celeriac.cli.celery_flags import CeleryChoice
 from celeriac.cli.main import Context, cli, loglevel_option, setup_logging
 from celeriac.errors import BrokerError, ConfigurationError
 from celeriac.options import soft_limits_that_never_fire

@@ -1,0 +1,164 @@
+"""What celeriac says for Celery's names it does not have: options of ``@app.task`` and of
+a send, settings, and the command line's options, pools, commands and inspections.
+
+Code, configuration and Procfiles carried over from Celery met a bare "unknown option",
+"unknown setting" or "No such option", or a did-you-mean that pointed at something else
+(``task_acks_late`` -> ``task_track_started``). Each table maps a Celery name to what to
+write instead; a phrase said of several names is written once, here. Imports nothing:
+``options``, ``config`` and the CLI each read their table.
+"""
+
+from __future__ import annotations
+
+_DROP = "drop it"
+_ACKED = f"a message is always acked after its task ends (at-least-once): {_DROP}"
+_ROUTE = "route with queue=..."
+_ROUTE_SETTINGS = "route with queue= on @app.task or apply_async (celeriac has no exchanges)"
+_UNCOMPRESSED = "messages are not compressed; pass ids, not data"
+_NO_BACKEND = f"results are stored in the broker, which needs no separate backend: {_DROP}"
+_RECONNECT = (
+    "workers reconnect with backoff for ever; a producer raises BrokerConnectionError at "
+    f"once: {_DROP}"
+)
+_IMPORTS = "list the modules of the app's tasks in its imports setting: -A imports them"
+_SCHEDULE_STATE = f"the schedule's state is kept in the broker: {_DROP}"
+_ENTRIES = f"entries come from beat_schedule and celeriac beat add: {_DROP}"
+_DAEMON = f"run it under systemd, supervisord or a container, which keep it running: {_DROP}"
+_NAMED = f"a worker names itself <host>:<pid>:<random> (celeriac status lists them): {_DROP}"
+_EVENTS = f"task events are on by default (worker_send_task_events; celeriac events): {_DROP}"
+_LOGS = "logs go to standard error: redirect it (2>>FILE), or let systemd or Docker collect it"
+_NO_GREEN = (
+    "celeriac has no green threads: -P asyncio runs async def tasks, -P threads blocking ones"
+)
+
+#: Options of a send (``apply_async``) and of ``@app.task(...)``.
+OPTIONS = {
+    "retry": "a send is not retried: a failed one raises BrokerConnectionError, whose "
+    "maybe_done says if it may be queued (send again under the same task_id)",
+    "retry_policy": "a send is not retried (see retry)",
+    "routing_key": _ROUTE,
+    "exchange": _ROUTE,
+    "serializer": "set task_serializer on the app",
+    "compression": _UNCOMPRESSED,
+    "shadow": "logs name a task by its registered name",
+    # @app.task(...) options
+    "acks_late": _ACKED,
+    "reject_on_worker_lost": "a task whose worker died runs again, up to max_deliveries, "
+    f"then is dead-lettered: {_DROP}",
+    "default_retry_delay": "set retry_backoff (seconds), or raise self.retry(countdown=...)",
+    "retry_kwargs": "pass max_retries=... itself",
+    "base": "shared behaviour goes in a Middleware (Celeriac(..., middleware=[...]))",
+    "typing": "arguments are always checked at send",
+}
+
+#: Settings (``Celeriac(name=...)``, ``app.conf``).
+SETTINGS = {
+    "result_backend": _NO_BACKEND,
+    "backend": _NO_BACKEND,  # Celery("proj", backend=...)
+    "result_backend_transport_options": _NO_BACKEND,
+    "task_acks_late": _ACKED,
+    "task_reject_on_worker_lost": "a task whose worker died runs again, up to "
+    f"task_max_deliveries: {_DROP}",
+    "task_routes": _ROUTE_SETTINGS,
+    "task_queues": _ROUTE_SETTINGS,
+    "task_default_exchange": _ROUTE_SETTINGS,
+    "task_default_routing_key": _ROUTE_SETTINGS,
+    "task_create_missing_queues": f"a queue exists once something is sent to it: {_DROP}",
+    "timezone": "times are kept in UTC; beat_timezone is the zone of cron entries",
+    "enable_utc": f"times are always kept in UTC: {_DROP}",
+    "include": "list the modules of its tasks in imports=[...]: celeriac -A imports them",
+    "broker_transport_options": "give Redis options in the broker URL's query "
+    "(?socket_timeout=5); a lease's length (Celery's visibility_timeout) is "
+    "worker_lease_seconds",
+    "broker_connection_retry": _RECONNECT,
+    "broker_connection_retry_on_startup": _RECONNECT,
+    "broker_connection_max_retries": _RECONNECT,
+    "broker_pool_limit": f"a producer keeps the connections it needs: {_DROP}",
+    "task_compression": _UNCOMPRESSED,
+    "task_annotations": "set options on @app.task, or shared behaviour in a Middleware",
+    "task_default_rate_limit": "name a limit per task: @app.task(limit=NAME) with "
+    'limits={NAME: "10/s"}',
+    "beat_scheduler": _ENTRIES,
+    "beat_schedule_filename": _SCHEDULE_STATE,
+    "task_send_sent_event": f"events are written by workers: {_DROP}",
+}
+
+#: Command-line options, per command.
+CLI_OPTIONS: dict[str, dict[str, str]] = {
+    "worker": {
+        "-n": _NAMED,
+        "--hostname": _NAMED,
+        "-E": _EVENTS,
+        "--task-events": _EVENTS,
+        "-O": "a child keeps nothing waiting behind a slow task (messages it took with it go "
+        f"back to the queue after 50 ms): {_DROP}",
+        "--autoscale": "a worker runs -c children, a fixed number: set -c, and start more "
+        "workers to scale out",
+        "-B": "use --beat",
+        "--prefetch-multiplier": "set worker_prefetch_multiplier on the app",
+        "--time-limit": "set task_time_limit on the app, or time_limit= on @app.task",
+        "--soft-time-limit": "set task_soft_time_limit on the app, or soft_time_limit= on "
+        "@app.task",
+        "--without-gossip": f"celeriac has no gossip: {_DROP}",
+        "--without-mingle": f"celeriac has no mingle: {_DROP}",
+        "--without-heartbeat": "heartbeats are how a dead worker's tasks come back within "
+        f"seconds: {_DROP}",
+        "--purge": "run celeriac purge QUEUE before the worker",
+        "-X": "name the queues to consume with -Q",
+        "--exclude-queues": "name the queues to consume with -Q",
+        "--statedb": f"revokes are kept in the broker: {_DROP}",
+        "-I": _IMPORTS,
+        "--include": _IMPORTS,
+        "-s": f"with --beat, {_SCHEDULE_STATE}",
+        "--schedule": f"with --beat, {_SCHEDULE_STATE}",
+        "-f": _LOGS,
+        "--logfile": _LOGS,
+        "-D": _DAEMON,
+        "--detach": _DAEMON,
+        "--pidfile": _DAEMON,
+        "--uid": _DAEMON,
+        "--gid": _DAEMON,
+    },
+    "beat": {
+        "-s": _SCHEDULE_STATE,
+        "--schedule": _SCHEDULE_STATE,
+        "-S": _ENTRIES,
+        "--scheduler": _ENTRIES,
+        "-f": _LOGS,
+        "--logfile": _LOGS,
+        "--detach": _DAEMON,
+        "--pidfile": _DAEMON,
+    },
+}
+
+#: Commands: what to run instead.
+COMMANDS = {
+    "control": "celeriac revoke (--terminate), ping and shutdown are its commands here",
+    "multi": "start each worker with celeriac worker (-c N runs N children) under systemd, "
+    "supervisord or a container",
+    "report": "celeriac --version names the version, celeriac -A MODULE check each task's limits",
+    "flower": "there is no dashboard yet: celeriac status, inspect and events -f show the "
+    "queues, the workers and each task's outcome",
+    "shell": "run python -i and import your tasks module: the app and its tasks are plain objects",
+}
+
+#: ``inspect`` commands: what tells the same.
+INSPECTIONS = {
+    "ping": "use celeriac ping",
+    "reserved": "a worker keeps no backlog of its own: what waits is counted by celeriac "
+    "status (ready), and celeriac inspect active shows what runs",
+    "scheduled": "tasks with a countdown or an eta wait in the broker, not in a worker: "
+    "celeriac status counts them (delayed)",
+    "revoked": "revokes are kept in the broker: celeriac result ID says REVOKED at once",
+    "active_queues": "celeriac status lists each live worker's queues",
+    "query_task": "use celeriac result ID",
+}
+
+#: Worker pools (``-P``): what to pass instead.
+POOLS = {
+    "prefork": "-P process, the default, is the same: a child process per task slot",
+    "solo": "use -c 1 (one task at a time, in one child process)",
+    "gevent": _NO_GREEN,
+    "eventlet": _NO_GREEN,
+    "custom": "celeriac's pools are process, threads and asyncio",
+}
