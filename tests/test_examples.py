@@ -326,22 +326,38 @@ def test_the_schedule_example_manages_entries_from_python(tmp_path: Path) -> Non
     assert not (tmp_path / "untouched.db").exists()
 
 
-@pytest.mark.slow
-def test_the_progress_example_runs_against_a_real_worker(broker_url: str, tmp_path: Path) -> None:
-    """examples/advanced/progress.py as its docstring says: the worker, then the script."""
+def run_beside_a_worker(script: str, broker_url: str, tmp_path: Path, *args: str) -> list[str]:
+    """The lines ``python <script>`` prints in examples/advanced, a worker of its app
+    (started with ``args``) running beside it, as the script's docstring says."""
     env = {**os.environ, "CELERIAC_BROKER_URL": broker_url, "PYTHONPATH": str(ADVANCED)}
     procs = WorkerProcesses(broker_url, Ledger(tmp_path / "ledger.txt"))
     try:
-        procs.start("-Q", "imports", app="progress", env={"PYTHONPATH": str(ADVANCED)})
-        out = ok(run([sys.executable, "progress.py"], ADVANCED, env), procs.log_text())
-        assert out.splitlines() == [
-            "WAITING_FOR_UPLOAD True ready: False",
-            "sum: 42",
-            "SUCCESS successful: True info: 42",
-            "FAILURE failed: True ValueError",
-        ]
+        procs.start(*args, app=Path(script).stem, env={"PYTHONPATH": str(ADVANCED)})
+        return ok(run([sys.executable, script], ADVANCED, env), procs.log_text()).splitlines()
     finally:
         procs.kill_all()
+
+
+@pytest.mark.slow
+def test_the_progress_example_runs_against_a_real_worker(broker_url: str, tmp_path: Path) -> None:
+    assert run_beside_a_worker("progress.py", broker_url, tmp_path, "-Q", "imports") == [
+        "WAITING_FOR_UPLOAD True ready: False",
+        "sum: 42",
+        "SUCCESS successful: True info: 42",
+        "FAILURE failed: True ValueError",
+    ]
+
+
+@pytest.mark.slow
+def test_the_child_resources_example_runs_against_a_real_worker(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    args = ("-Q", "visits", "-c", "2", "--max-tasks-per-child", "3")
+    assert run_beside_a_worker("child_resources.py", sqlite_url, tmp_path, *args) == [
+        "recorded: 6",
+        "each through its own child's connection: True",
+        "children: more than one",
+    ]
 
 
 # -- README.md --------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ Hooks, in the order a task meets them (celeriac.middleware.base has the full pic
                     task, too many deliveries); it may run twice for one letter
     after_settle    in the worker, once the broker committed the outcome
     on_idle         in the worker, when there is nothing to run (flush buffers here)
+    on_child_start / on_child_stop  in each worker child, before its first task and as it
+                    stops: what each process opens of its own (child_resources.py)
 
 Run it, in this folder:  python middleware.py
 It runs the tasks in this process on the in-memory broker (celeriac.testing.run_queued);

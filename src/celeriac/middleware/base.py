@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -177,6 +178,25 @@ class Middleware:
     def on_idle(self) -> None:
         """Called when the worker has nothing to run (flush buffers here)."""
 
+    def on_child_start(self, app: Celeriac) -> None:
+        """Called in each worker child as it starts, before it takes a task: open here
+        what each process needs of its own (a database pool, a client), Celery's
+        ``worker_process_init``. A child is forked from its supervisor, which imported
+        the app: a connection opened at import is shared by every child, and their
+        replies get mixed up.
+
+        Runs once per child process, whatever the pool (``-P threads`` and ``-P asyncio``
+        run one child: this runs before its threads or its event loop start). A hook that
+        raises stops the child before it takes any task: the error is logged and the
+        supervisor starts another, backing off if every start fails.
+        """
+
+    def on_child_stop(self, app: Celeriac) -> None:
+        """Called in a worker child that stops of its own accord (recycled, a warm
+        shutdown) after it gave back or settled every task: close here what
+        :meth:`on_child_start` opened, flush what is buffered. Not called in a child that
+        is killed (a hard limit, the OOM killer). A hook that raises is logged."""
+
 
 def option_error(task: str, option: str, value: object, accepted: str) -> ConfigurationError:
     """The error for a task option's value: the task, the option, the value, and what is
@@ -232,6 +252,8 @@ class MiddlewareStack:
         self._settled = _overriding(middleware, "after_settle")[::-1]
         self._dead = _overriding(middleware, "before_dead_letter")[::-1]
         self._idle = _overriding(middleware, "on_idle")
+        self._starting = _overriding(middleware, "on_child_start")
+        self._stopping = _overriding(middleware, "on_child_stop")[::-1]
         self._checkers = _overriding(middleware, "check_options")
         # Read per send that gives options: unions made once, not per call.
         self._known = frozenset().union(*(m.options for m in middleware))
@@ -339,6 +361,45 @@ class MiddlewareStack:
                 m.on_idle()
             except Exception:
                 log.exception("%s.on_idle failed; carrying on", type(m).__name__)
+
+    def child_started(self, app: Celeriac) -> None:
+        """Run on_child_start hooks in order (see :meth:`Middleware.on_child_start`).
+
+        Raises:
+            ChildStartFailed: a hook raised (its error is the cause); the hooks that had
+                run already were given their on_child_stop, as a stop would.
+        """
+        for m in self._starting:
+            try:
+                m.on_child_start(app)
+            except Exception as exc:
+                # As nested context managers: those registered before it stop, in reverse.
+                before = self.middleware[: next(i for i, x in enumerate(self.middleware) if x is m)]
+                self._stop(app, [s for s in self._stopping if any(s is b for b in before)])
+                raise ChildStartFailed(type(m).__name__, exc) from exc
+
+    def child_stopping(self, app: Celeriac) -> None:
+        """Run on_child_stop hooks in reverse order; each failure is logged."""
+        self._stop(app, self._stopping)
+
+    def _stop(self, app: Celeriac, stopping: list[Middleware]) -> None:
+        for m in stopping:
+            try:
+                m.on_child_stop(app)
+            except Exception:
+                log.exception(
+                    "%s.on_child_stop failed in worker child %d; the child exits all the same",
+                    type(m).__name__,
+                    os.getpid(),
+                )
+
+
+class ChildStartFailed(Exception):
+    """A middleware's ``on_child_start`` raised: the child must not take tasks."""
+
+    def __init__(self, middleware: str, error: Exception) -> None:
+        super().__init__(f"{middleware}.on_child_start raised {type(error).__name__}: {error}")
+        self.middleware = middleware
 
 
 def _overriding(middleware: list[Middleware], hook: str) -> list[Middleware]:

@@ -40,12 +40,13 @@ import msgspec
 from celeriac import crashpoints, pid
 from celeriac.brokers.records import Delivery
 from celeriac.errors import BrokerError
-from celeriac.middleware.base import HARD_DEADLINE, Job, Outcome
+from celeriac.middleware.base import HARD_DEADLINE, ChildStartFailed, Job, Outcome
 from celeriac.parent import stop_with_parent
 from celeriac.worker.alone import Orphan
 from celeriac.worker.batch import Batch
 from celeriac.worker.broken import EXIT_TASK_CLOSED_DESCRIPTORS, DescriptorsLost, blame
 from celeriac.worker.broker_duties import child_ttl
+from celeriac.worker.crash_loop import EXIT_START_FAILED
 from celeriac.worker.descendants import end_leftovers, listed, plain_signals_in_forks
 from celeriac.worker.executor import FINAL, Executor, FetchSpec
 from celeriac.worker.handback import Prefetched, start_quiet_thread
@@ -602,11 +603,35 @@ def child_main(app: Celeriac, spec: ChildSpec, slot: Slot) -> None:
         stop_with_parent(spec.supervisor_pid)
         if crashpoints.ARMED:
             crashpoints.reached("child_start")
-        code = child.run()
+        started = _start_hooks(app)
+        try:
+            code = child.run() if started else EXIT_START_FAILED
+        finally:
+            if started:
+                app.middleware.child_stopping(app)
     except BaseException:  # logged, then the process ends with code 1
         log.exception("worker child %d crashed; the supervisor will start another", os.getpid())
     finally:
         exit_child(code)
+
+
+def _start_hooks(app: Celeriac) -> bool:
+    """Run the middleware's on_child_start hooks; False (said in the log) when one raised:
+    this child then takes no task and exits, and the supervisor starts another."""
+    try:
+        app.middleware.child_started(app)
+    except ChildStartFailed as failed:
+        log.error(
+            "worker child %d did not start: %s. It took no task; the supervisor starts "
+            "another (backing off after a few in a row), and the tasks wait in their "
+            "queues meanwhile. Fix what the hook needs, or catch the error in the hook to "
+            "start without it.",
+            os.getpid(),
+            failed,
+            exc_info=failed.__cause__,
+        )
+        return False
+    return True
 
 
 def exit_child(code: int) -> NoReturn:

@@ -21,6 +21,10 @@ from collections import Counter, deque
 
 import msgspec
 
+#: The exit code of a child that a middleware's ``on_child_start`` stopped before it took
+#: a task (78, EX_CONFIG in sysexits.h); the child logged the hook's error.
+EXIT_START_FAILED = 78
+
 #: Children that died (or could not be started) in a row without a task finished...
 CRASH_LOOP_DEATHS = 5
 #: ... within this many seconds ...

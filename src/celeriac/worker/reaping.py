@@ -30,7 +30,7 @@ from celeriac.brokers.records import Lease
 from celeriac.middleware.verdicts import verdict_key
 from celeriac.worker.alone import killed_verdict
 from celeriac.worker.broken import EXIT_TASK_CLOSED_DESCRIPTORS, closed_descriptors_verdict
-from celeriac.worker.crash_loop import ChildDeaths
+from celeriac.worker.crash_loop import EXIT_START_FAILED, ChildDeaths
 from celeriac.worker.death_notes import death_key, death_note
 from celeriac.worker.reading import shown
 from celeriac.worker.slot import Held, Slot, SlotView, hand_mark
@@ -301,4 +301,6 @@ def _how_it_ended(code: int) -> str:
             return f"killed by signal {-code}"
     if code == 0:
         return "exit code 0: os._exit(0) in the task?"
+    if code == EXIT_START_FAILED:
+        return f"exit code {code}: a middleware's on_child_start raised, as the child logged"
     return f"exit code {code}"

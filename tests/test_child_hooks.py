@@ -1,0 +1,189 @@
+"""A middleware's on_child_start and on_child_stop: per-process resources in a worker
+(Celery's ``worker_process_init`` / ``worker_process_shutdown``).
+
+The worker processes import this module (``-A tests.test_child_hooks``) for its app.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from celeriac import Celeriac, Middleware
+from celeriac.middleware import default_middleware
+from celeriac.middleware.base import ChildStartFailed, MiddlewareStack
+from celeriac.testing import wait_for
+from tests.apps.core import record
+from tests.conftest import ROOT, Ledger, WorkerProcesses
+
+pytestmark = pytest.mark.slow
+
+APP = "tests.test_child_hooks"
+#: Worker subprocesses import celeriac from the caller's PYTHONPATH first, when it sets one
+#: (an old source tree, to check that these tests fail on the code they guard).
+ENV = {"PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)}
+
+#: What a child's on_child_start opened: None until it ran in this process.
+pool: str | None = None
+
+
+class DatabasePool(Middleware):
+    """Opens a "pool" per child; refuses to while the file CELERIAC_TEST_REFUSE names exists
+    (a database that is down)."""
+
+    def on_child_start(self, app: Celeriac) -> None:
+        global pool
+        refuse = os.environ.get("CELERIAC_TEST_REFUSE", "")
+        if refuse and Path(refuse).exists():
+            raise ConnectionRefusedError("database at 10.0.0.5:5432 refused the connection")
+        pool = f"pool-{os.getpid()}"
+        record("child-start", "-")
+
+    def on_child_stop(self, app: Celeriac) -> None:
+        record("child-stop", "-", pool)
+
+
+app = Celeriac("child-hooks", middleware=[*default_middleware(), DatabasePool()])
+
+
+@app.task
+def uses_pool() -> list[object]:
+    """The child's pid and the pool its on_child_start opened."""
+    return [os.getpid(), pool]
+
+
+@pytest.fixture
+def hooks_app(
+    sqlite_url: str, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Celeriac]:
+    """This module's app on this test's SQLite broker."""
+    monkeypatch.setenv("CELERIAC_TEST_LEDGER", str(ledger.path))
+    monkeypatch.setattr(app.conf, "broker_url", sqlite_url)
+    yield app
+    app.broker.close()
+
+
+@pytest.fixture
+def hook_workers(sqlite_url: str, ledger: Ledger, hooks_app: Celeriac) -> Iterator[WorkerProcesses]:
+    """Real workers of this module's app; all killed by PID when the test ends."""
+    procs = WorkerProcesses(sqlite_url, ledger)
+    yield procs
+    procs.kill_all()
+
+
+def _pids(ledger: Ledger, phase: str) -> Counter[int]:
+    return Counter(int(p[2]) for p in ledger.lines() if p[0] == phase)
+
+
+@pytest.mark.parametrize(
+    "pool_args",
+    [
+        ("-P", "process", "-c", "2", "--max-tasks-per-child", "2"),
+        ("-P", "threads", "-c", "2"),
+        ("-P", "asyncio", "-c", "2"),
+    ],
+    ids=["process", "threads", "asyncio"],
+)
+def test_each_child_opens_its_own_and_closes_it_when_it_stops(
+    hooks_app: Celeriac, hook_workers: WorkerProcesses, ledger: Ledger, pool_args: tuple[str, ...]
+) -> None:
+    sent = [uses_pool.delay() for _ in range(6)]
+    proc = hook_workers.start(*pool_args, app=APP, env=ENV)
+    ran = [r.get(timeout=30) for r in sent]
+    # Every task ran in a child whose hook had opened that child's own pool.
+    assert all(got_pool == f"pool-{pid}" for pid, got_pool in ran), ran
+    started = _pids(ledger, "child-start")
+    assert set(started.values()) == {1}, started  # once per child
+    assert {pid for pid, _ in ran} <= set(started)
+    assert hook_workers.stop(proc) == 0
+    # Each child that stopped of its own accord (recycled, the warm shutdown) closed it.
+    stopped = _pids(ledger, "child-stop")
+    assert stopped == started, (started, stopped, hook_workers.log_text())
+
+
+def test_a_child_whose_hook_raises_takes_no_task_and_the_next_one_runs_it(
+    hooks_app: Celeriac, hook_workers: WorkerProcesses, ledger: Ledger, tmp_path: Path
+) -> None:
+    refuse = tmp_path / "database-down"
+    refuse.touch()
+    result = uses_pool.delay()
+    hook_workers.start("-c", "1", app=APP, env={**ENV, "CELERIAC_TEST_REFUSE": str(refuse)})
+    assert wait_for(lambda: "did not start" in hook_workers.log_text(), timeout=20)
+    log = hook_workers.log_text()
+    assert (
+        "DatabasePool.on_child_start raised ConnectionRefusedError: database at 10.0.0.5:5432 "
+        "refused the connection. It took no task" in log
+    ), log
+    assert not result.ready()
+    queue = next(q for q in hooks_app.broker.stats() if q.queue == "default")
+    assert (queue.ready, queue.in_flight, queue.dead) == (1, 0, 0)  # waiting, not taken
+    refuse.unlink()  # the database is back: the next child starts and runs the task
+    pid, got_pool = result.get(timeout=30)
+    assert got_pool == f"pool-{pid}"
+    log = hook_workers.log_text()
+    assert "crashed" not in log  # a refusal, not a crash
+    assert "(exit code 78: a middleware's on_child_start raised, as the child logged)" in log
+    assert _pids(ledger, "child-stop") == Counter()  # no child that failed to start stopped
+
+
+class Recorder(Middleware):
+    """Says in ``said`` each hook it ran; raises in on_child_start when told to."""
+
+    def __init__(self, name: str, said: list[str], fail: bool = False) -> None:
+        self.name, self.said, self.fail = name, said, fail
+
+    def on_child_start(self, app: Celeriac) -> None:
+        if self.fail:
+            raise OSError(f"{self.name} cannot start")
+        self.said.append(f"start {self.name}")
+
+    def on_child_stop(self, app: Celeriac) -> None:
+        self.said.append(f"stop {self.name}")
+
+
+class StopsOnly(Middleware):
+    """Has an on_child_stop and no on_child_start (a buffer it flushes)."""
+
+    def __init__(self, said: list[str]) -> None:
+        self.said = said
+
+    def on_child_stop(self, app: Celeriac) -> None:
+        self.said.append("stop flush")
+
+
+def test_hooks_nest_and_a_failed_start_stops_only_what_started_before_it() -> None:
+    said: list[str] = []
+    stack = MiddlewareStack(
+        [Recorder("a", said), StopsOnly(said), Recorder("b", said), Recorder("c", said)]
+    )
+    stack.child_started(app)
+    stack.child_stopping(app)
+    assert said == ["start a", "start b", "start c", "stop c", "stop b", "stop flush", "stop a"]
+
+    said.clear()
+    failing = MiddlewareStack(
+        [Recorder("a", said), StopsOnly(said), Recorder("b", said, fail=True), Recorder("c", said)]
+    )
+    with pytest.raises(
+        ChildStartFailed, match=r"Recorder\.on_child_start raised OSError: b cannot"
+    ):
+        failing.child_started(app)
+    assert said == ["start a", "stop flush", "stop a"]  # c never started; b did not
+
+
+def test_a_stop_hook_that_raises_is_logged_and_the_others_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    said: list[str] = []
+
+    class Broken(Middleware):
+        def on_child_stop(self, app: Celeriac) -> None:
+            raise RuntimeError("flush failed")
+
+    MiddlewareStack([Recorder("a", said), Broken()]).child_stopping(app)
+    assert said == ["stop a"]
+    assert f"Broken.on_child_stop failed in worker child {os.getpid()}" in caplog.text
