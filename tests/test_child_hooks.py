@@ -7,6 +7,7 @@ The worker processes import this module (``-A tests.test_child_hooks``) for its 
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,13 +34,17 @@ pool: str | None = None
 
 class DatabasePool(Middleware):
     """Opens a "pool" per child; refuses to while the file CELERIAC_TEST_REFUSE names exists
-    (a database that is down)."""
+    (a database that is down), and hangs while CELERIAC_TEST_HANG's does (one that never
+    answers)."""
 
     def on_child_start(self, app: Celeriac) -> None:
         global pool
         refuse = os.environ.get("CELERIAC_TEST_REFUSE", "")
         if refuse and Path(refuse).exists():
             raise ConnectionRefusedError("database at 10.0.0.5:5432 refused the connection")
+        hang = os.environ.get("CELERIAC_TEST_HANG", "")
+        while hang and Path(hang).exists():  # a connect with no timeout, to a silent host
+            time.sleep(0.05)
         pool = f"pool-{os.getpid()}"
         record("child-start", "-")
 
@@ -128,6 +133,22 @@ def test_a_child_whose_hook_raises_takes_no_task_and_the_next_one_runs_it(
     assert "crashed" not in log  # a refusal, not a crash
     assert "(exit code 78: a middleware's on_child_start raised, as the child logged)" in log
     assert _pids(ledger, "child-stop") == Counter()  # no child that failed to start stopped
+
+
+def test_a_child_whose_hook_never_returns_is_killed_and_replaced(
+    hooks_app: Celeriac, hook_workers: WorkerProcesses, tmp_path: Path
+) -> None:
+    hang = tmp_path / "database-silent"
+    hang.touch()
+    result = uses_pool.delay()
+    env = {**ENV, "CELERIAC_TEST_HANG": str(hang), "CELERIAC_WORKER_LEASE_SECONDS": "1"}
+    hook_workers.start("-c", "1", app=APP, env=env)
+    assert wait_for(lambda: "has not begun to consume" in hook_workers.log_text(), timeout=30)
+    assert "still in a middleware's on_child_start" in hook_workers.log_text()
+    assert not result.ready()
+    hang.unlink()
+    pid, got_pool = result.get(timeout=30)
+    assert got_pool == f"pool-{pid}"
 
 
 class Recorder(Middleware):

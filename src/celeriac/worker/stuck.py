@@ -167,8 +167,9 @@ def stuck_at_start_note(pid: int, waited: float) -> str:
     """
     return (
         f"worker child {pid} has not begun to consume {waited:.0f}s after it started: it is "
-        "stopped (SIGSTOP, a debugger, a frozen cgroup) or deadlocked before its first "
-        "fetch, and the worker ran one child short all the while. Killing it (it holds no "
+        "stopped (SIGSTOP, a debugger, a frozen cgroup), deadlocked before its first "
+        "fetch, or still in a middleware's on_child_start (a connect with no timeout), and "
+        "the worker ran one child short all the while. Killing it (it holds no "
         "messages); a new child starts. If this repeats, look for a library that is not "
         "fork-safe, such as a thread started when your tasks' module is imported (py-spy "
         "dump --pid PID of the next stuck child shows where it waits)"
