@@ -288,6 +288,7 @@ IN_PROCESS = {
         "unknown setting 'task_soft_time_limt'. Did you mean 'task_soft_time_limit'? "
         "Every setting is listed in celeriac.config.Settings.",
         "setting worker_concurrency must be between 1 and 10000, got 0",
+        "from Django's settings: shop 45.0",
         f"{len(dataclasses.fields(Settings))} settings; all given here: True",
     ],
 }

@@ -2,7 +2,9 @@
 
 Precedence, lowest first: the defaults (celeriac.config.Settings), ``CELERIAC_<NAME>``
 environment variables (``CELERIAC_TASK_SOFT_TIME_LIMIT=60``; lists and dicts as JSON),
-keyword arguments to ``Celeriac(...)``, then assignments to ``app.conf`` at run time.
+keyword arguments to ``Celeriac(...)``, then assignments to ``app.conf`` at run time
+(``app.conf.update(...)``, and ``app.config_from_object(...)``: a module of settings, a
+class, a dict, or Django's settings with ``namespace="CELERY"``).
 A misspelt name is refused with the closest real one, never silently ignored.
 
 Run it, in this folder:  python settings.py   (it builds the app and prints; no broker)
@@ -80,6 +82,14 @@ def main() -> None:
         app.conf.worker_concurrency = 0
     except ConfigurationError as exc:
         print(exc)
+
+    class DjangoSettings:  # what django.conf:settings holds: CELERY_* names are celeriac's
+        DEBUG = False
+        CELERY_TASK_DEFAULT_QUEUE = "shop"
+        CELERY_TASK_SOFT_TIME_LIMIT = "45"
+
+    app.config_from_object(DjangoSettings, namespace="CELERY")  # "django.conf:settings"
+    print("from Django's settings:", app.conf.task_default_queue, app.conf.task_soft_time_limit)
     every = set(app.conf.as_dict())
     print(len(every), "settings; all given here:", set(PRODUCTION) == every)
 

@@ -17,6 +17,7 @@ from celeriac.brokers.base import Broker
 from celeriac.brokers.records import Outgoing
 from celeriac.codec import Codec, codec_for
 from celeriac.config import Settings
+from celeriac.config_source import label, read_settings
 from celeriac.errors import BrokerError, ConfigurationError, NotRegistered, PayloadTooLarge
 from celeriac.message import Message
 from celeriac.middleware import Middleware, MiddlewareStack, default_middleware
@@ -100,6 +101,34 @@ class Celeriac:
 
     def __repr__(self) -> str:
         return f"<Celeriac {self.name} broker={redacted(self.conf.broker_url)}>"
+
+    def config_from_object(self, source: object, *, namespace: str | None = None) -> None:
+        """Take settings from a module, an object or a dict (Celery's name), as assignments
+        to ``app.conf`` would; a ``CELERIAC_BROKER_URL`` variable still wins over the
+        source's ``broker_url``, as it does over ``broker=``.
+
+        ``source`` is a module or ``"module"`` / ``"module:attribute"`` to import, whose
+        lowercase names are read, or Django's settings with ``namespace="CELERY"``
+        (``CELERY_BROKER_URL`` sets ``broker_url``). See :func:`.config_source.read_settings`.
+
+        Example:
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> app.config_from_object({"CELERY_TASK_DEFAULT_QUEUE": "shop"}, namespace="CELERY")
+            >>> app.conf.task_default_queue
+            'shop'
+
+        Raises:
+            ConfigurationError: a name that is no setting, or a value it cannot take (each
+                says which name of the source), or a source that holds no setting at all.
+        """
+        where = label(source)
+        for name, setting, value in read_settings(source, namespace):
+            if setting == "broker_url" and "CELERIAC_BROKER_URL" in os.environ:
+                continue
+            try:
+                setattr(self.conf, setting, value)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"config_from_object({where!r}), {name}: {exc}") from None
 
     # -- the broker -----------------------------------------------------------------------
 
