@@ -16,7 +16,7 @@ from celeriac.brokers import broker_from_url, redacted
 from celeriac.brokers.base import Broker
 from celeriac.brokers.records import Outgoing
 from celeriac.codec import Codec, codec_for
-from celeriac.config import Settings
+from celeriac.config import Settings, check_import_names
 from celeriac.config_source import label, read_settings
 from celeriac.errors import BrokerError, ConfigurationError, NotRegistered, PayloadTooLarge
 from celeriac.message import Message
@@ -93,6 +93,8 @@ class Celeriac:
         self.middleware = MiddlewareStack(
             middleware if middleware is not None else default_middleware()
         )
+        #: What :meth:`autodiscover_tasks` named: (packages or None for Django's, module).
+        self.discovered: list[tuple[tuple[str, ...] | None, str]] = []
         self._broker: Broker | None = None
         self._broker_pid = 0
         self._broker_url = ""
@@ -251,6 +253,34 @@ class Celeriac:
         )
         self.tasks[name] = task
         return task
+
+    def autodiscover_tasks(
+        self, packages: Sequence[str] | None = None, related_name: str = "tasks"
+    ) -> None:
+        """Name packages whose ``tasks`` module (``related_name``) defines tasks (Celery's
+        name): every command given ``-A`` imports ``<package>.tasks`` of each, after the
+        app's module and its ``imports`` setting; a package without one is skipped, one
+        that does not exist is an error. With no packages, Django's ``INSTALLED_APPS``
+        (see :mod:`celeriac.integrations.django`).
+
+        Example:
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> app.autodiscover_tasks(["shop.orders", "shop.billing"])
+            >>> app.discovered
+            [(('shop.orders', 'shop.billing'), 'tasks')]
+
+        Raises:
+            ConfigurationError: a name that is no import name, or packages given as one
+                string rather than a list.
+        """
+        if isinstance(packages, str):
+            raise ConfigurationError(
+                f"autodiscover_tasks({packages!r}): give a list of packages: "
+                f"autodiscover_tasks([{packages!r}])"
+            )
+        names = None if packages is None else tuple(packages)
+        check_import_names([*(names or ()), related_name], "autodiscover_tasks")
+        self.discovered.append((names, related_name))
 
     def get_task(self, name: str) -> Task[Any, Any]:
         """The registered task of this name.

@@ -130,7 +130,7 @@ class Settings:
         if name == "limits" and value:
             _check_limits(value)
         if name == "imports":
-            _check_imports(value)
+            check_import_names(value)
         super().__setattr__(name, value)
         chosen = self.__dict__.get("_chosen")
         if chosen is not None:  # None while the dataclass's __init__ assigns the defaults
@@ -204,28 +204,28 @@ def _check_bounds(name: str, value: Any) -> None:
         raise ConfigurationError(f"setting {name} must be {span}, got {value!r}")
 
 
-def _check_imports(names: list[str]) -> None:
+def check_import_names(names: list[str], where: str = "setting imports") -> None:
     """Refuse what is not a module's import name: a file path, a name with spaces (from
-    ``CELERIAC_IMPORTS="a; b"``), an empty one. Found here, it is said where the setting is
-    given, not when a worker starts.
+    ``CELERIAC_IMPORTS="a; b"``), an empty one. Found here, it is said where the names are
+    given (``where``), not when a worker starts.
 
     Example:
-        >>> _check_imports(["shop.orders.tasks"])
-        >>> _check_imports(["shop/orders/tasks.py"])
+        >>> check_import_names(["shop.orders.tasks"])
+        >>> check_import_names(["shop/orders/tasks.py"])
         Traceback (most recent call last):
         celeriac.errors.ConfigurationError: setting imports: 'shop/orders/tasks.py' is a file; \
 give its import name: 'shop.orders.tasks'
     """
     for name in names:
-        if all(part.isidentifier() for part in name.split(".")):
+        if isinstance(name, str) and all(part.isidentifier() for part in name.split(".")):
             continue
-        if name.endswith(".py") or "/" in name:
+        if isinstance(name, str) and (name.endswith(".py") or "/" in name):
             dotted = name.removesuffix(".py").strip("./").replace("/", ".")
             raise ConfigurationError(
-                f"setting imports: {name!r} is a file; give its import name: {dotted!r}"
+                f"{where}: {name!r} is a file; give its import name: {dotted!r}"
             )
         raise ConfigurationError(
-            f"setting imports: {name!r} is not a module's import name (dotted Python names, "
+            f"{where}: {name!r} is not a module's import name (dotted Python names, "
             "e.g. 'shop.orders.tasks')"
         )
 

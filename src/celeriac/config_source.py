@@ -8,6 +8,7 @@ from __future__ import annotations
 import __future__
 
 import importlib
+import os
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -39,7 +40,16 @@ def read_settings(source: object, namespace: str | None = None) -> list[tuple[st
             setting at all (a Django settings module read without its namespace).
     """
     where = label(source)
-    found = _items(_resolve(source) if isinstance(source, str) else source, namespace)
+    resolved = _resolve(source) if isinstance(source, str) else source
+    try:
+        found = _items(resolved, namespace)
+    except Exception as exc:  # Django's settings load when first read: their module may fail
+        module = os.environ.get("DJANGO_SETTINGS_MODULE")
+        django = f" (DJANGO_SETTINGS_MODULE={module!r})" if "django" in where and module else ""
+        raise ConfigurationError(
+            f"config_from_object({where!r}): reading its settings raised "
+            f"{type(exc).__name__}: {exc}{django}"
+        ) from exc
     if not found:
         wanted = (
             f"no name starting with {namespace}_"

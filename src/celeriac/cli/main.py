@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ import msgspec
 from celeriac.app import Celeriac
 from celeriac.brokers import REDIS_SCHEMES
 from celeriac.errors import CeleriacError, ConfigurationError
+from celeriac.integrations import django
 from celeriac.text import printable
 
 if TYPE_CHECKING:
@@ -221,14 +223,26 @@ def import_listed(app: Celeriac) -> None:
         >>> app = Celeriac("doc", broker="memory://", imports=["json"])
         >>> import_listed(app)  # -A does this after importing the app's module
 
+    Then the ``tasks`` module of each package :meth:`Celeriac.autodiscover_tasks` named.
+    Beside Django (``DJANGO_SETTINGS_MODULE`` set), ``django.setup()`` runs first: these
+    modules import models.
+
     Raises:
         ConfigurationError: a module cannot be imported (says which, and why).
     """
+    if django.in_use():
+        django.set_up()
+    where = f"looked in {os.getcwd()} and the installed packages"
     for name in app.conf.imports:  # each an import name: the setting checks them
         label = f"imports setting, module {name!r}"
-        where = f"looked in {os.getcwd()} and the installed packages"
-        missing = f"{label}: no module named {name!r} ({where})"
-        _import(name, label, missing)
+        _import(name, label, f"{label}: no module named {name!r} ({where})")
+    for packages, related in app.discovered:
+        for package in django.installed_apps() if packages is None else packages:
+            label = f"autodiscover_tasks, package {package!r}"
+            found = _import(package, label, f"{label}: no module named {package!r} ({where})")
+            name = f"{package}.{related}"
+            if hasattr(found, "__path__") and importlib.util.find_spec(name) is not None:
+                _import(name, f"autodiscover_tasks, module {name!r}", f"no module {name!r}")
 
 
 def _import(name: str, label: str, missing: str | Callable[[], str]) -> ModuleType:

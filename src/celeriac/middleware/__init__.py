@@ -20,6 +20,8 @@ from celeriac.middleware.verdicts import Verdicts
 def default_middleware() -> list[Middleware]:
     """The middleware every app gets unless it passes its own list: keep them, and add
     yours after them (``Celeriac(..., middleware=[*default_middleware(), Audit()])``).
+    Beside Django (``DJANGO_SETTINGS_MODULE`` set), its connections' keeper too
+    (:class:`celeriac.integrations.django.DjangoConnections`).
 
     Example:
         >>> from celeriac import Celeriac, Middleware
@@ -35,7 +37,7 @@ def default_middleware() -> list[Middleware]:
     """
     # Canvas first: its after_execute then runs last and sees the final outcome (after
     # Retries decided whether a failure is final).
-    return [
+    found: list[Middleware] = [
         Canvas(),
         Verdicts(),
         Expiry(),
@@ -47,6 +49,11 @@ def default_middleware() -> list[Middleware]:
         Retries(),
         Events(),
     ]
+    from celeriac.integrations import django  # imports no Django: it looks for it
+
+    if django.in_use():  # last: its hooks run right before and right after the task
+        found.append(django.DjangoConnections())
+    return found
 
 
 __all__ = [

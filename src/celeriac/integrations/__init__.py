@@ -1,0 +1,1 @@
+"""What celeriac does for frameworks its users run it beside (Django)."""

@@ -1,0 +1,1 @@
+"""A small Django project whose tasks a celeriac worker runs (tests/test_django.py)."""

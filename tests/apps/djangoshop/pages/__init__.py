@@ -1,0 +1,1 @@
+"""An app with no tasks module: autodiscovery passes it by."""
