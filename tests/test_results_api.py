@@ -176,6 +176,22 @@ def test_outside_a_task_get_and_aget_wait_as_before(memory_app: Celeriac) -> Non
     assert asyncio.run(r.aget(timeout=1)) == 2
 
 
+def test_celerys_polling_interval_is_taken_and_a_bad_one_refused(memory_app: Celeriac) -> None:
+    # Celery's get(timeout=10, interval=0.1) was a TypeError: code moved over failed at once.
+    r = child.delay(1)
+    g = group([child.s(1), child.s(2)]).apply_async()
+    run_queued(memory_app)
+    assert r.get(timeout=1, interval=0.1) == 2
+    assert asyncio.run(r.aget(timeout=1, interval=0)) == 2
+    assert g.get(timeout=1, interval=0.5) == [2, 3]
+    assert asyncio.run(g.aget(timeout=1, interval=1)) == [2, 3]
+    for bad in ("0.5", -1, float("nan"), True):
+        with pytest.raises(ValueError, match=r"interval=.*: Celery's polling interval, in sec"):
+            r.get(timeout=1, interval=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"aget\(interval="):
+            asyncio.run(g.aget(timeout=1, interval=bad))  # type: ignore[arg-type]
+
+
 # -- propagate=False: the failure, not None ---------------------------------------------
 
 

@@ -186,6 +186,8 @@ class GroupResult:
         timeout: float | None = None,
         propagate: bool = True,
         disable_sync_subtasks: bool = True,
+        *,
+        interval: float | None = None,
     ) -> list[Any]:
         """Wait for every member; return their values in member order.
 
@@ -197,7 +199,7 @@ class GroupResult:
             Exception: the first failed member's exception (with ``propagate``), as soon
                 as every member before it finished.
         """
-        check_timeout(timeout, "get()")
+        check_timeout(timeout, "get()", interval)
         if disable_sync_subtasks:
             refuse_inside_a_task(self, "get()")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -221,9 +223,11 @@ class GroupResult:
         timeout: float | None = None,
         propagate: bool = True,
         disable_sync_subtasks: bool = True,
+        *,
+        interval: float | None = None,
     ) -> list[Any]:
         """Async face of :meth:`get`."""
-        check_timeout(timeout, "aget()")
+        check_timeout(timeout, "aget()", interval)
         if disable_sync_subtasks:
             refuse_inside_a_task(self, "aget()")
         deadline = None if timeout is None else time.monotonic() + timeout

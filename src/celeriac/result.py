@@ -154,6 +154,8 @@ class AsyncResult(Generic[R]):
         timeout: float | None = None,
         propagate: Literal[True] = True,
         disable_sync_subtasks: bool = True,
+        *,
+        interval: float | None = None,
     ) -> R: ...
 
     @overload
@@ -162,6 +164,8 @@ class AsyncResult(Generic[R]):
         timeout: float | None = None,
         propagate: bool = True,
         disable_sync_subtasks: bool = True,
+        *,
+        interval: float | None = None,
     ) -> R | BaseException: ...
 
     def get(
@@ -169,6 +173,8 @@ class AsyncResult(Generic[R]):
         timeout: float | None = None,
         propagate: bool = True,
         disable_sync_subtasks: bool = True,
+        *,
+        interval: float | None = None,
     ) -> R | BaseException:
         """Wait for the task's value; re-raise its exception when it failed, or with
         ``propagate=False`` return that exception (``TaskRevoked``, ``TaskExpired``...)
@@ -176,7 +182,8 @@ class AsyncResult(Generic[R]):
 
         Inside a running task this is refused (:class:`GetInsideTask`), even for a result
         already stored: chain the steps instead. Pass ``disable_sync_subtasks=False`` only
-        when the awaited task runs on a queue other workers serve.
+        when the awaited task runs on a queue other workers serve. ``interval`` (Celery's
+        polling interval) is accepted and unused: the result wakes the wait.
 
         Example:
             >>> from celeriac import Celeriac
@@ -200,7 +207,7 @@ class AsyncResult(Generic[R]):
             ResultTimeout: not finished within ``timeout`` seconds (a ``TimeoutError``).
             GetInsideTask: called inside a running task (a ``RuntimeError``).
         """
-        check_timeout(timeout, "get()")
+        check_timeout(timeout, "get()", interval)
         if disable_sync_subtasks:
             refuse_inside_a_task(self, "get()")
         raw = self._wait(timeout)
@@ -216,6 +223,8 @@ class AsyncResult(Generic[R]):
         timeout: float | None = None,
         propagate: Literal[True] = True,
         disable_sync_subtasks: bool = True,
+        *,
+        interval: float | None = None,
     ) -> R: ...
 
     @overload
@@ -224,6 +233,8 @@ class AsyncResult(Generic[R]):
         timeout: float | None = None,
         propagate: bool = True,
         disable_sync_subtasks: bool = True,
+        *,
+        interval: float | None = None,
     ) -> R | BaseException: ...
 
     async def aget(
@@ -231,6 +242,8 @@ class AsyncResult(Generic[R]):
         timeout: float | None = None,
         propagate: bool = True,
         disable_sync_subtasks: bool = True,
+        *,
+        interval: float | None = None,
     ) -> R | BaseException:
         """Async face of :meth:`get`; refused inside a running task too (an ``-P asyncio``
         child whose every slot awaits a subtask has none left to run it).
@@ -244,7 +257,7 @@ class AsyncResult(Generic[R]):
             ...
             celeriac.errors.ResultTimeout: task ?[never-sent] did not finish within 0.05s; ...
         """
-        check_timeout(timeout, "aget()")
+        check_timeout(timeout, "aget()", interval)
         if disable_sync_subtasks:
             refuse_inside_a_task(self, "aget()")
         raw = await self._await(timeout)
@@ -470,12 +483,16 @@ def seconds_text(timeout: float | None) -> str:
     return "forever" if timeout is None else f"{timeout:g}s"
 
 
-def check_timeout(timeout: float | None, call: str) -> None:
+def check_timeout(timeout: float | None, call: str, interval: object = None) -> None:
     """Refuse a NaN timeout: no comparison with NaN is ever true, so no deadline passed.
     ``get(timeout=nan)`` waited forever at full CPU (and ``aget`` timed out at once).
 
+    ``interval`` is Celery's polling interval: accepted so that Celery's code runs, and
+    unused (a wait is woken by the result, not polled), but refused when it is not a
+    number of seconds, as Celery would refuse it.
+
     Example:
-        >>> check_timeout(None, "get()"), check_timeout(0, "get()")
+        >>> check_timeout(None, "get()"), check_timeout(0, "get()", 0.5)
         (None, None)
         >>> check_timeout(float("nan"), "get()")
         Traceback (most recent call last):
@@ -485,6 +502,16 @@ def check_timeout(timeout: float | None, call: str) -> None:
         raise ValueError(
             f"{call[:-1]}timeout={timeout}): the timeout is not a number of seconds; pass "
             "seconds, or None to wait without a limit"
+        )
+    if interval is not None and (
+        isinstance(interval, bool)
+        or not isinstance(interval, int | float)
+        or not interval >= 0  # NaN too
+    ):
+        raise ValueError(
+            f"{call[:-1]}interval={interval!r}): Celery's polling interval, in seconds; "
+            "celeriac does not poll (a wait is woken by the result), so any number will do, "
+            "or leave it out"
         )
 
 
