@@ -572,3 +572,29 @@ def test_a_call_option_the_retries_cannot_use_falls_back_to_the_tasks_own(
     with pytest.raises(TimeoutError, match="not ready"):
         app.AsyncResult("p1").get(timeout=1)
     assert "its message's max_retries='3' is not a whole number" in caplog.text
+
+
+def test_a_retrys_own_max_retries_wins_over_the_tasks_and_self_max_retries_reads_it(
+    app: Celeriac,
+) -> None:
+    # Celery's raise self.retry(exc=e, countdown=1, max_retries=5) was a TypeError in the
+    # task: it failed at its first retry, and self.max_retries an AttributeError.
+    runs: list[tuple[int, int | None]] = []
+
+    @app.bound_task(max_retries=5)
+    def poll(self: Task[Any, Any], limit: int) -> None:
+        runs.append((self.request.retries, self.max_retries))
+        raise self.retry(exc=TimeoutError("not ready"), countdown=0, max_retries=limit)
+
+    @app.task
+    def plain() -> None: ...
+
+    fewer, none = poll.delay(1), poll.delay(0)
+    run_queued(app, include_delayed=True, fail_fast=False, max_tasks=20)
+    assert sorted(runs) == [(0, 5), (0, 5), (1, 5)]  # one retry; none; the task's 5 unused
+    for result in (fewer, none):
+        with pytest.raises(TimeoutError, match="not ready"):
+            result.get(timeout=1)
+    assert plain.max_retries == 3  # the default, as the retry policy counts it
+    with pytest.raises(ValueError, match="max_retries must be a whole number of at least 0"):
+        poll.retry(max_retries=-1)

@@ -204,18 +204,32 @@ class Retry(TaskControl):
         celeriac.errors.Retry: retry in 5s
     """
 
-    def __init__(self, delay: float | None = None, exc: BaseException | None = None) -> None:
+    def __init__(
+        self,
+        delay: float | None = None,
+        exc: BaseException | None = None,
+        max_retries: int | None = None,
+    ) -> None:
         if delay is not None:
             _check_retry_delay(delay)
         _check_retry_cause(exc)
+        if max_retries is not None and (
+            max_retries.__class__ is bool or not isinstance(max_retries, int) or max_retries < 0
+        ):
+            raise ValueError(
+                f"retry max_retries must be a whole number of at least 0, got {max_retries!r}"
+            )
         super().__init__(f"retry in {delay:g}s" if delay is not None else "retry")
         self.delay = delay
         self.exc = exc
+        self.max_retries = max_retries  # this retry's own limit, over the task's option
 
-    def __reduce__(self) -> tuple[type[Retry], tuple[float | None, BaseException | None]]:
+    def __reduce__(
+        self,
+    ) -> tuple[type[Retry], tuple[float | None, BaseException | None, int | None]]:
         # Pickled as an exception (its text for args), it came back as Retry("retry in
         # 5s"), which its own check refuses: copy.copy and a process pool's result failed.
-        return (type(self), (self.delay, self.exc))
+        return (type(self), (self.delay, self.exc, self.max_retries))
 
 
 def _check_retry_delay(delay: object) -> None:

@@ -10,6 +10,9 @@ import random
 
 import msgspec
 
+#: Retries a task gets when it sets no ``max_retries`` (Celery's default too).
+DEFAULT_MAX_RETRIES = 3
+
 
 class RetryPolicy(msgspec.Struct, frozen=True):
     """How long to wait before retry number ``attempt`` (0 for the first retry).

@@ -34,6 +34,7 @@ from celeriac.options import (
     warn_if_soft_limit_never_fires,
     wire_limit,
 )
+from celeriac.retry import DEFAULT_MAX_RETRIES
 from celeriac.text import cut
 
 if TYPE_CHECKING:
@@ -476,12 +477,34 @@ function is add(x, y)
             )
         stack.check_options(self.app, self.name, extra)
 
+    @property
+    def max_retries(self) -> int | None:
+        """The retries this task gets (its ``max_retries`` option, else 3; None: no limit),
+        as Celery's ``self.max_retries``: compare ``self.request.retries`` with it.
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> @app.task(max_retries=5)
+            ... def push(user_id: int) -> None: ...
+            >>> push.max_retries
+            5
+        """
+        limit: int | None = self.options.extra.get("max_retries", DEFAULT_MAX_RETRIES)
+        return limit
+
     def retry(
-        self, exc: BaseException | None = None, countdown: float | dt.timedelta | None = None
+        self,
+        exc: BaseException | None = None,
+        countdown: float | dt.timedelta | None = None,
+        *,
+        max_retries: int | None = None,
     ) -> Retry:
         """Return a :class:`Retry` to raise: ``raise self.retry(exc=e, countdown=5)``.
 
-        ``countdown`` is seconds or a ``timedelta``, as for ``apply_async``.
+        ``countdown`` is seconds or a ``timedelta``, as for ``apply_async``. ``max_retries``
+        is this retry's own limit, over the task's (Celery's ``retry(max_retries=5)``):
+        past it, the task fails with ``exc``.
 
         Raises:
             TypeError, ValueError: ``countdown`` is not seconds a retry can wait (a str,
@@ -491,7 +514,7 @@ function is add(x, y)
         if isinstance(countdown, dt.timedelta):
             countdown = countdown.total_seconds()
         try:
-            return Retry(delay=countdown, exc=exc)
+            return Retry(delay=countdown, exc=exc, max_retries=max_retries)
         except (TypeError, ValueError) as bad:  # say which task: it is read in a worker's log
             cause = exc if isinstance(exc, BaseException) else None  # "from 'text'" raises
             raise type(bad)(f"task {self.name}: {bad}") from cause

@@ -56,6 +56,7 @@ class Outcome(msgspec.Struct):
     error: ErrorInfo | None = None
     exception: BaseException | None = None
     delay: float | None = 0.0  # RETRY and DEFERRED: seconds until due (None: policy's)
+    max_retries: int | None = None  # RETRY: self.retry(max_retries=N), over the task's
     body: bytes | None = None  # RETRY and DEFERRED: the message to store instead
     reason: str = ""  # DEAD: why
     runtime: float = 0.0

@@ -24,7 +24,7 @@ from celeriac.middleware.base import (
     is_seconds,
     option_error,
 )
-from celeriac.retry import RetryPolicy
+from celeriac.retry import DEFAULT_MAX_RETRIES, RetryPolicy
 from celeriac.text import error_text, error_type, printable
 
 if TYPE_CHECKING:
@@ -91,7 +91,9 @@ number of at least 0, or None for no limit, got -1
                 return outcome
             if isinstance(outcome.exception, ArgumentsRefused):
                 return outcome  # the same arguments would fail the same way every time
-        max_retries = opts.get("max_retries", 3)
+        max_retries = opts.get("max_retries", DEFAULT_MAX_RETRIES)
+        if outcome.state == "RETRY" and outcome.max_retries is not None:
+            max_retries = outcome.max_retries  # raise self.retry(max_retries=5): this call's
         if max_retries is not None and message.retries >= max_retries:
             return self._give_up(job, outcome, f"after {max_retries} retries", opts)
         if outcome.state == "FAILURE" or outcome.delay is None:

@@ -94,7 +94,9 @@ def outcome_for(exc: BaseException) -> Outcome:
         'the task raised SystemExit(3); in a worker that fails the task, not the worker'
     """
     if isinstance(exc, Retry):
-        return Outcome("RETRY", delay=exc.delay, exception=exc.exc or exc)
+        return Outcome(
+            "RETRY", delay=exc.delay, exception=exc.exc or exc, max_retries=exc.max_retries
+        )
     if isinstance(exc, Reject):
         return Outcome("DEAD", reason=f"rejected by the task: {exc.reason}")
     error = error_info(exc)
