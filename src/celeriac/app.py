@@ -15,6 +15,7 @@ from celeriac import pid
 from celeriac.brokers import broker_from_url, redacted
 from celeriac.brokers.base import Broker
 from celeriac.brokers.records import Outgoing
+from celeriac.celery_names import explain_celerys_names
 from celeriac.codec import Codec, codec_for
 from celeriac.config import Settings, check_import_names
 from celeriac.config_source import label, read_settings
@@ -669,3 +670,6 @@ def _largest_part(message: Message) -> tuple[str, str]:
         return f"{label} ({size:,} bytes)", "Store the data elsewhere and pass its id."
     what = label.removeprefix("the ")
     return f"{label} ({size:,} bytes)", f"Keep the {what} short: it travels in every message."
+
+
+explain_celerys_names(Celeriac)  # app.control and the like: what to use instead

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
+from celeriac.celery_names import explain_celerys_names
 from celeriac.errors import (
     BrokerError,
     GetInsideTask,
@@ -614,3 +615,6 @@ def _loaded_exception_type(qualified: str) -> type[BaseException] | None:
     if isinstance(obj, type) and issubclass(obj, Exception):
         return obj
     return None
+
+
+explain_celerys_names(AsyncResult)  # app.control and the like: what to use instead

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import msgspec
 
+from celeriac.celery_names import explain_celerys_names
 from celeriac.errors import Retry
 from celeriac.message import LATEST_TIME, Message, new_task_id
 from celeriac.options import (
@@ -740,3 +741,6 @@ def unimportable_note(task_name: str) -> str:
         "__main__), so no worker can import it: define it in a module (tasks.py) and "
         "start the worker with -A that module (celeriac -A tasks worker)."
     )
+
+
+explain_celerys_names(Task)  # app.control and the like: what to use instead
