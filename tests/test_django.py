@@ -163,3 +163,50 @@ def test_autodiscovery_refuses_what_it_cannot_use_where_it_is_called(
     app.autodiscover_tasks()
     with pytest.raises(ConfigurationError, match="DJANGO_SETTINGS_MODULE is not set"):
         import_listed(app)
+
+
+ON_COMMIT = """
+import django
+django.setup()
+from django.db import transaction
+from tests.apps.djangoshop.celeriac_app import app
+from tests.apps.djangoshop.orders.tasks import place_order
+
+def queued():
+    return sum(q.ready for q in app.broker.stats())
+
+with transaction.atomic():
+    place_order.delay_on_commit(1)
+    print("inside:", queued())
+print("committed:", queued())
+try:
+    with transaction.atomic():
+        place_order.apply_async_on_commit((2,), priority=9)
+        raise RuntimeError("the view failed")
+except RuntimeError:
+    pass
+print("rolled back:", queued())
+place_order.delay_on_commit(3)
+print("no transaction:", queued())
+with transaction.atomic():
+    try:
+        place_order.delay_on_commit(4, 5)
+    except TypeError as exc:
+        print("refused at once:", str(exc).split(":")[0])
+print("then:", queued())
+"""
+
+
+def test_delay_on_commit_sends_when_the_transaction_commits_and_never_on_rollback(
+    shop: dict[str, str], sqlite_url: str
+) -> None:
+    done = _run(["-c", ON_COMMIT], {**shop, "CELERIAC_BROKER_URL": sqlite_url})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "inside: 0",  # a worker would have read the order before it was committed
+        "committed: 1",
+        "rolled back: 1",
+        "no transaction: 2",
+        f"refused at once: cannot send task {PLACE_ORDER}",
+        "then: 2",
+    ]

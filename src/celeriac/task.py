@@ -153,6 +153,52 @@ class Task(Generic[P, R]):
         """
         return self.apply_async(args, kwargs)
 
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """:meth:`delay` once the running Django database transaction commits (Celery's
+        name): a worker never reads rows the view has not committed yet, and a rollback
+        sends nothing. At once outside a transaction. See :meth:`apply_async_on_commit`.
+
+        Example:
+            >>> charge.delay_on_commit(order.id)  # doctest: +SKIP
+        """
+        self.apply_async_on_commit(args, kwargs)
+
+    def apply_async_on_commit(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        using: str | None = None,
+        **options: Any,
+    ) -> None:
+        """:meth:`apply_async` once the Django database transaction of ``using`` (the
+        default database) commits. The arguments, options and size are checked now, so a
+        mistake raises here, not at the commit; a broker that fails then raises from the
+        commit (the rows are committed, the task is not sent). Returns nothing, as
+        Celery's does: the task exists only once the transaction commits.
+
+        Raises:
+            ConfigurationError: Django is not installed.
+            TypeError, SerializationError, PayloadTooLarge: as :meth:`apply_async`.
+
+        Example:
+            >>> with transaction.atomic():  # doctest: +SKIP
+            ...     order = Order.objects.create(total=10)
+            ...     charge.apply_async_on_commit((order.id,), priority=9)
+        """
+        from celeriac.integrations.django import on_commit
+
+        if options and ("link" in options or "link_error" in options):
+            on_commit(functools.partial(self._linked, args, kwargs, options), using)
+            return
+        self.check_arguments(args, kwargs)
+        conversions = self.conversions
+        if conversions is not None:
+            conversions.check(self.name, args, kwargs)
+        message = self.message(args, kwargs, **options)
+        self.app.check_size(message)
+        on_commit(functools.partial(self.app.publish, message), using)
+
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Async face of :meth:`delay`: ``r = await add.adelay(2, 3)``.
 

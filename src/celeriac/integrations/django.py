@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celeriac.errors import ConfigurationError
@@ -80,6 +81,23 @@ def installed_apps() -> list[str]:
     from django.apps import apps
 
     return [config.name for config in apps.get_app_configs()]
+
+
+def on_commit(send: Callable[[], object], using: str | None) -> None:
+    """Call ``send`` once the transaction of database ``using`` commits (Django's
+    ``transaction.on_commit``): at once outside a transaction, never after a rollback.
+
+    Raises:
+        ConfigurationError: Django is not installed.
+    """
+    try:
+        from django.db import transaction
+    except ImportError:
+        raise ConfigurationError(
+            "delay_on_commit() and apply_async_on_commit() wait for a Django transaction, and "
+            "Django is not installed: use delay() or apply_async()"
+        ) from None
+    transaction.on_commit(send, using=using)
 
 
 class DjangoConnections(Middleware):
