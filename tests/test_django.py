@@ -210,3 +210,31 @@ def test_delay_on_commit_sends_when_the_transaction_commits_and_never_on_rollbac
         f"refused at once: cannot send task {PLACE_ORDER}",
         "then: 2",
     ]
+
+
+IN_PROCESS = """
+import django
+django.setup()
+from django.db import connection, transaction
+from celeriac.testing import run_queued
+from tests.apps.djangoshop.celeriac_app import app
+from tests.apps.djangoshop.orders.models import Order
+from tests.apps.djangoshop.orders.tasks import place_order
+
+with transaction.atomic():  # as a Django TestCase runs each test
+    Order.objects.create(number=99)
+    result = place_order.delay(1)
+    run_queued(app)
+    print("orders:", result.get(timeout=1)["orders"], "| still in it:", connection.in_atomic_block)
+"""
+
+
+def test_tasks_run_in_the_callers_process_keep_its_connection_and_transaction(
+    shop: dict[str, str],
+) -> None:
+    # run_queued in a Django test: closing "old" connections around the task closed the
+    # test's own, inside its transaction, and the task failed ("Cannot operate on a closed
+    # database").
+    done = _run(["-c", IN_PROCESS], {**shop, "CELERIAC_BROKER_URL": "memory://"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "orders: 2 | still in it: True\n"

@@ -108,9 +108,17 @@ class DjangoConnections(Middleware):
     under ``-P asyncio``, call the ORM through ``sync_to_async`` as Django says.
     """
 
+    #: Set in a worker child only: tasks run in the caller's process (run_queued in a
+    #: test, eager mode) share the caller's connection, often inside its transaction (a
+    #: Django TestCase), and closing it there failed the task with "Cannot operate on a
+    #: closed database" (Celery's fix-up skips eager tasks for the same reason).
+    in_worker_child = False
+
     def on_child_start(self, app: Celeriac) -> None:
         """Drop the connections copied from the supervisor, without closing them for it."""
         from django.db import connections
+
+        self.in_worker_child = True
 
         for connection in _opened(connections):
             raw = connection.connection
@@ -125,12 +133,14 @@ class DjangoConnections(Middleware):
 
     def before_execute(self, job: Job) -> Outcome | None:
         """Close connections too old or broken to use, as Django does before a request."""
-        _close_old()
+        if self.in_worker_child:
+            _close_old()
         return None
 
     def after_execute(self, job: Job, outcome: Outcome) -> Outcome:
         """The same after the task: ``CONN_MAX_AGE = 0`` (the default) closes it now."""
-        _close_old()
+        if self.in_worker_child:
+            _close_old()
         return outcome
 
 
