@@ -27,6 +27,11 @@ __all__ = ["redis_cluster", "redis_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: Not collected (its doctests would import it): the Django project's modules need
+#: django.setup() first, and its app module sets DJANGO_SETTINGS_MODULE, which every worker
+#: a later test starts would inherit (tests/test_django.py runs it in subprocesses only).
+collect_ignore_glob = ["apps/djangoshop/*"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Give the processes the tests start Ctrl-C and Ctrl-\\ back when the suite itself was
