@@ -6,15 +6,17 @@ The worker processes import this module (``-A tests.test_child_hooks``) for its 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
-from celeriac import Celeriac, Middleware
+from celeriac import Celeriac, Middleware, Task
 from celeriac.middleware import default_middleware
 from celeriac.middleware.base import ChildStartFailed, MiddlewareStack
 from celeriac.testing import wait_for
@@ -30,6 +32,8 @@ ENV = {"PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), s
 
 #: What a child's on_child_start opened: None until it ran in this process.
 pool: str | None = None
+#: The event loop an asyncio child's on_loop_start ran in: None until it ran.
+session_loop: asyncio.AbstractEventLoop | None = None
 
 
 class DatabasePool(Middleware):
@@ -51,6 +55,17 @@ class DatabasePool(Middleware):
     def on_child_stop(self, app: Celeriac) -> None:
         record("child-stop", "-", pool)
 
+    async def on_loop_start(self, app: Celeriac) -> None:
+        global session_loop
+        refuse = os.environ.get("CELERIAC_TEST_REFUSE_LOOP", "")
+        if refuse and Path(refuse).exists():
+            raise ConnectionRefusedError("api at 10.0.0.6:443 refused the connection")
+        session_loop = asyncio.get_running_loop()  # an aiohttp session, made in its loop
+        record("loop-start", "-")
+
+    async def on_loop_stop(self, app: Celeriac) -> None:
+        record("loop-stop", "-")
+
 
 app = Celeriac("child-hooks", middleware=[*default_middleware(), DatabasePool()])
 
@@ -59,6 +74,12 @@ app = Celeriac("child-hooks", middleware=[*default_middleware(), DatabasePool()]
 def uses_pool() -> list[object]:
     """The child's pid and the pool its on_child_start opened."""
     return [os.getpid(), pool]
+
+
+@app.task
+async def uses_session() -> list[object]:
+    """The child's pid, and whether its on_loop_start ran in the loop this task runs in."""
+    return [os.getpid(), session_loop is asyncio.get_running_loop()]
 
 
 @pytest.fixture
@@ -108,31 +129,77 @@ def test_each_child_opens_its_own_and_closes_it_when_it_stops(
     # Each child that stopped of its own accord (recycled, the warm shutdown) closed it.
     stopped = _pids(ledger, "child-stop")
     assert stopped == started, (started, stopped, hook_workers.log_text())
+    assert _pids(ledger, "loop-start") == _pids(ledger, "loop-stop")
+    assert set(_pids(ledger, "loop-start")) == (started.keys() if "asyncio" in pool_args else set())
 
 
-def test_a_child_whose_hook_raises_takes_no_task_and_the_next_one_runs_it(
-    hooks_app: Celeriac, hook_workers: WorkerProcesses, ledger: Ledger, tmp_path: Path
+def test_an_asyncio_child_opens_in_its_loop_what_its_tasks_await_on(
+    hooks_app: Celeriac, hook_workers: WorkerProcesses, ledger: Ledger
 ) -> None:
-    refuse = tmp_path / "database-down"
+    sent = [uses_session.delay() for _ in range(4)]
+    args = ("-P", "asyncio", "-c", "2", "--max-tasks-per-child", "2")
+    proc = hook_workers.start(*args, app=APP, env=ENV)
+    ran = [r.get(timeout=30) for r in sent]
+    assert [same_loop for _, same_loop in ran] == [True] * 4, hook_workers.log_text()
+    assert hook_workers.stop(proc) == 0
+    phases = [(p[0], int(p[2])) for p in ledger.lines()]
+    for pid in {pid for pid, _ in ran}:  # nested: the child's hooks around the loop's
+        mine = [phase for phase, at in phases if at == pid]
+        assert mine == ["child-start", "loop-start", "loop-stop", "child-stop"], phases
+
+
+class Refusal(NamedTuple):
+    """A start hook that raises while a file exists, and what the worker then says."""
+
+    variable: str  # the environment variable naming the file
+    pool_args: tuple[str, ...]
+    task: Task[[], list[object]]
+    said: str
+    child_stopped: bool  # whether the child's on_child_stop runs
+
+
+REFUSALS = {
+    "on_child_start": Refusal(
+        "CELERIAC_TEST_REFUSE",
+        ("-c", "1"),
+        uses_pool,
+        "DatabasePool.on_child_start raised ConnectionRefusedError: database at "
+        "10.0.0.5:5432 refused the connection. It took no task",
+        False,  # a child whose own start failed runs no stop hook
+    ),
+    "on_loop_start": Refusal(
+        "CELERIAC_TEST_REFUSE_LOOP",
+        ("-P", "asyncio", "-c", "1"),
+        uses_session,
+        "DatabasePool.on_loop_start raised ConnectionRefusedError: api at 10.0.0.6:443 "
+        "refused the connection. It took no task",
+        True,  # its on_child_start had run: its on_child_stop runs too
+    ),
+}
+
+
+@pytest.mark.parametrize("hook", sorted(REFUSALS))
+def test_a_child_whose_hook_raises_takes_no_task_and_the_next_one_runs_it(
+    hooks_app: Celeriac, hook_workers: WorkerProcesses, ledger: Ledger, tmp_path: Path, hook: str
+) -> None:
+    refusal = REFUSALS[hook]
+    refuse = tmp_path / "service-down"
     refuse.touch()
-    result = uses_pool.delay()
-    hook_workers.start("-c", "1", app=APP, env={**ENV, "CELERIAC_TEST_REFUSE": str(refuse)})
+    result = refusal.task.delay()
+    hook_workers.start(*refusal.pool_args, app=APP, env={**ENV, refusal.variable: str(refuse)})
     assert wait_for(lambda: "did not start" in hook_workers.log_text(), timeout=20)
     log = hook_workers.log_text()
-    assert (
-        "DatabasePool.on_child_start raised ConnectionRefusedError: database at 10.0.0.5:5432 "
-        "refused the connection. It took no task" in log
-    ), log
+    assert refusal.said in log, log
     assert not result.ready()
     queue = next(q for q in hooks_app.broker.stats() if q.queue == "default")
     assert (queue.ready, queue.in_flight, queue.dead) == (1, 0, 0)  # waiting, not taken
-    refuse.unlink()  # the database is back: the next child starts and runs the task
-    pid, got_pool = result.get(timeout=30)
-    assert got_pool == f"pool-{pid}"
+    assert bool(_pids(ledger, "child-stop")) is refusal.child_stopped
+    refuse.unlink()  # the service is back: the next child starts and runs the task
+    pid, got = result.get(timeout=30)
+    assert got in (f"pool-{pid}", True)
     log = hook_workers.log_text()
     assert "crashed" not in log  # a refusal, not a crash
     assert "(exit code 78: a middleware's on_child_start raised, as the child logged)" in log
-    assert _pids(ledger, "child-stop") == Counter()  # no child that failed to start stopped
 
 
 def test_a_child_whose_hook_never_returns_is_killed_and_replaced(
@@ -208,3 +275,34 @@ def test_a_stop_hook_that_raises_is_logged_and_the_others_still_run(
     MiddlewareStack([Recorder("a", said), Broken()]).child_stopping(app)
     assert said == ["stop a"]
     assert f"Broken.on_child_stop failed in worker child {os.getpid()}" in caplog.text
+
+
+class LoopRecorder(Middleware):
+    """Says in ``said`` each loop hook it ran; raises in on_loop_start when told to."""
+
+    def __init__(self, name: str, said: list[str], fail: bool = False) -> None:
+        self.name, self.said, self.fail = name, said, fail
+
+    async def on_loop_start(self, app: Celeriac) -> None:
+        if self.fail:
+            raise OSError(f"{self.name} cannot start")
+        self.said.append(f"loop start {self.name}")
+
+    async def on_loop_stop(self, app: Celeriac) -> None:
+        self.said.append(f"loop stop {self.name}")
+
+
+def test_loop_hooks_nest_as_the_child_hooks_do() -> None:
+    said: list[str] = []
+    stack = MiddlewareStack([LoopRecorder("a", said), LoopRecorder("b", said)])
+    asyncio.run(stack.loop_started(app))
+    asyncio.run(stack.loop_stopping(app))
+    assert said == ["loop start a", "loop start b", "loop stop b", "loop stop a"]
+
+    said.clear()
+    failing = MiddlewareStack(
+        [LoopRecorder("a", said), LoopRecorder("b", said, fail=True), LoopRecorder("c", said)]
+    )
+    with pytest.raises(ChildStartFailed, match=r"LoopRecorder\.on_loop_start raised OSError"):
+        asyncio.run(failing.loop_started(app))
+    assert said == ["loop start a", "loop stop a"]

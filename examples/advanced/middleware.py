@@ -21,6 +21,7 @@ Hooks, in the order a task meets them (celeriac.middleware.base has the full pic
     on_idle         in the worker, when there is nothing to run (flush buffers here)
     on_child_start / on_child_stop  in each worker child, before its first task and as it
                     stops: what each process opens of its own (child_resources.py)
+    on_loop_start / on_loop_stop  (async) the same inside a -P asyncio child's event loop
 
 Run it, in this folder:  python middleware.py
 It runs the tasks in this process on the in-memory broker (celeriac.testing.run_queued);

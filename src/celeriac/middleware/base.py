@@ -198,6 +198,17 @@ class Middleware:
         :meth:`on_child_start` opened, flush what is buffered. Not called in a child that
         is killed (a hard limit, the OOM killer). A hook that raises is logged."""
 
+    async def on_loop_start(self, app: Celeriac) -> None:
+        """Called in a ``-P asyncio`` child, inside its event loop, after
+        :meth:`on_child_start` and before it takes a task: open what the tasks await on
+        and must be made in the loop that uses it (an aiohttp session, an asyncpg pool).
+        A hook that raises stops the child, as :meth:`on_child_start` does."""
+
+    async def on_loop_stop(self, app: Celeriac) -> None:
+        """Called in a ``-P asyncio`` child's event loop once its last task ended, before
+        the loop closes: close what :meth:`on_loop_start` opened. A hook that raises is
+        logged."""
+
 
 def option_error(task: str, option: str, value: object, accepted: str) -> ConfigurationError:
     """The error for a task option's value: the task, the option, the value, and what is
@@ -255,6 +266,8 @@ class MiddlewareStack:
         self._idle = _overriding(middleware, "on_idle")
         self._starting = _overriding(middleware, "on_child_start")
         self._stopping = _overriding(middleware, "on_child_stop")[::-1]
+        self._loop_starting = _overriding(middleware, "on_loop_start")
+        self._loop_stopping = _overriding(middleware, "on_loop_stop")[::-1]
         self._checkers = _overriding(middleware, "check_options")
         # Read per send that gives options: unions made once, not per call.
         self._known = frozenset().union(*(m.options for m in middleware))
@@ -374,32 +387,66 @@ class MiddlewareStack:
             try:
                 m.on_child_start(app)
             except Exception as exc:
-                # As nested context managers: those registered before it stop, in reverse.
-                before = self.middleware[: next(i for i, x in enumerate(self.middleware) if x is m)]
-                self._stop(app, [s for s in self._stopping if any(s is b for b in before)])
-                raise ChildStartFailed(type(m).__name__, exc) from exc
+                self._stop(app, self._registered_before(m, self._stopping))
+                raise ChildStartFailed(type(m).__name__, "on_child_start", exc) from exc
 
     def child_stopping(self, app: Celeriac) -> None:
         """Run on_child_stop hooks in reverse order; each failure is logged."""
         self._stop(app, self._stopping)
 
+    async def loop_started(self, app: Celeriac) -> None:
+        """Run on_loop_start hooks in order, in a ``-P asyncio`` child's event loop.
+
+        Raises:
+            ChildStartFailed: as :meth:`child_started`, for the loop's hooks.
+        """
+        for m in self._loop_starting:
+            try:
+                await m.on_loop_start(app)
+            except Exception as exc:
+                await self._loop_stop(app, self._registered_before(m, self._loop_stopping))
+                raise ChildStartFailed(type(m).__name__, "on_loop_start", exc) from exc
+
+    async def loop_stopping(self, app: Celeriac) -> None:
+        """Run on_loop_stop hooks in reverse order; each failure is logged."""
+        await self._loop_stop(app, self._loop_stopping)
+
+    def _registered_before(self, failed: Middleware, hooked: list[Middleware]) -> list[Middleware]:
+        """Those of ``hooked`` registered before ``failed``: as nested context managers,
+        they stop when it fails to start."""
+        before = self.middleware[: next(i for i, m in enumerate(self.middleware) if m is failed)]
+        return [m for m in hooked if any(m is b for b in before)]
+
     def _stop(self, app: Celeriac, stopping: list[Middleware]) -> None:
         for m in stopping:
             try:
                 m.on_child_stop(app)
-            except Exception:
-                log.exception(
-                    "%s.on_child_stop failed in worker child %d; the child exits all the same",
-                    type(m).__name__,
-                    os.getpid(),
-                )
+            except Exception:  # noqa: BLE001 - logged, with its traceback
+                _stop_failed(m, "on_child_stop")
+
+    async def _loop_stop(self, app: Celeriac, stopping: list[Middleware]) -> None:
+        for m in stopping:
+            try:
+                await m.on_loop_stop(app)
+            except Exception:  # noqa: BLE001 - logged, with its traceback
+                _stop_failed(m, "on_loop_stop")
+
+
+def _stop_failed(m: Middleware, hook: str) -> None:
+    log.exception(
+        "%s.%s failed in worker child %d; the child exits all the same",
+        type(m).__name__,
+        hook,
+        os.getpid(),
+    )
 
 
 class ChildStartFailed(Exception):
-    """A middleware's ``on_child_start`` raised: the child must not take tasks."""
+    """A middleware's ``on_child_start`` (or ``on_loop_start``) raised: the child must not
+    take tasks."""
 
-    def __init__(self, middleware: str, error: Exception) -> None:
-        super().__init__(f"{middleware}.on_child_start raised {type(error).__name__}: {error}")
+    def __init__(self, middleware: str, hook: str, error: Exception) -> None:
+        super().__init__(f"{middleware}.{hook} raised {type(error).__name__}: {error}")
         self.middleware = middleware
 
 

@@ -50,12 +50,13 @@ from celeriac import crashpoints
 from celeriac.brokers.records import Delivery
 from celeriac.errors import SoftTimeLimitExceeded
 from celeriac.message import ErrorInfo, peek_identity, storable_text
-from celeriac.middleware.base import HARD_DEADLINE, Job, Outcome
+from celeriac.middleware.base import HARD_DEADLINE, ChildStartFailed, Job, Outcome
 from celeriac.task import _current
 from celeriac.text import printable
 from celeriac.worker.aio_background import BackgroundWork, end_threads
 from celeriac.worker.batch import Batch
-from celeriac.worker.child import EXIT_RECYCLE, Child, ChildSpec, current_rss
+from celeriac.worker.child import EXIT_RECYCLE, Child, ChildSpec, current_rss, log_start_failed
+from celeriac.worker.crash_loop import EXIT_START_FAILED
 from celeriac.worker.executor import Executor, exit_if_forked, outcome_for
 from celeriac.worker.reading import error_info
 from celeriac.worker.slot import Held, Slot
@@ -97,10 +98,23 @@ class AsyncioChild(Child, BackgroundWork):
     def run(self) -> int:
         """Run the event loop until told to stop or until it is time to recycle."""
         self._install_signals()
-        asyncio.run(self._main())
-        return EXIT_RECYCLE
+        started = asyncio.run(self._main())
+        return EXIT_RECYCLE if started else EXIT_START_FAILED
 
-    async def _main(self) -> None:
+    async def _main(self) -> bool:
+        """The child's life in its loop; False when a middleware's on_loop_start raised."""
+        try:
+            await self.app.middleware.loop_started(self.app)
+        except ChildStartFailed as failed:
+            log_start_failed(failed)
+            return False
+        try:
+            await self._serve()
+        finally:
+            await self.app.middleware.loop_stopping(self.app)
+        return True
+
+    async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         # The tasks' own asyncio.to_thread calls; celeriac's calls have a pool of their own.
         threads = TaskThreads(max_workers=min(64, self.spec.concurrency))

@@ -621,17 +621,22 @@ def _start_hooks(app: Celeriac) -> bool:
     try:
         app.middleware.child_started(app)
     except ChildStartFailed as failed:
-        log.error(
-            "worker child %d did not start: %s. It took no task; the supervisor starts "
-            "another (backing off after a few in a row), and the tasks wait in their "
-            "queues meanwhile. Fix what the hook needs, or catch the error in the hook to "
-            "start without it.",
-            os.getpid(),
-            failed,
-            exc_info=failed.__cause__,
-        )
+        log_start_failed(failed)
         return False
     return True
+
+
+def log_start_failed(failed: ChildStartFailed) -> None:
+    """Say that this child will not start because a middleware's start hook raised."""
+    log.error(
+        "worker child %d did not start: %s. It took no task; the supervisor starts "
+        "another (backing off after a few in a row), and the tasks wait in their "
+        "queues meanwhile. Fix what the hook needs, or catch the error in the hook to "
+        "start without it.",
+        os.getpid(),
+        failed,
+        exc_info=failed.__cause__,
+    )
 
 
 def exit_child(code: int) -> NoReturn:
