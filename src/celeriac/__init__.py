@@ -9,7 +9,7 @@ Example:
 """
 
 from celeriac._version import __version__
-from celeriac.app import Celeriac
+from celeriac.app import Celeriac, shared_task
 from celeriac.canvas import Signature, chain, chord, group, signature
 from celeriac.errors import (
     ArgumentsRefused,
@@ -68,5 +68,6 @@ __all__ = [
     "chain",
     "chord",
     "group",
+    "shared_task",
     "signature",
 ]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import gc
 import logging
 import math
 import os
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
@@ -50,6 +52,10 @@ _CORE_OPTIONS = frozenset(
 )
 
 
+#: Every app this process made, for :func:`shared_task` (weakly: a dropped app goes).
+_APPS: weakref.WeakSet[Celeriac] = weakref.WeakSet()
+
+
 class TaskDecorator(Protocol):
     """What ``@app.task(...)`` returns: turns a sync or async function into a Task."""
 
@@ -86,6 +92,7 @@ class Celeriac:
         **settings: Any,
     ) -> None:
         self.name = name
+        _APPS.add(self)
         self.conf = Settings.from_environment()
         if broker is not None and "CELERIAC_BROKER_URL" not in os.environ:
             self.conf.broker_url = broker
@@ -670,6 +677,63 @@ def _largest_part(message: Message) -> tuple[str, str]:
         return f"{label} ({size:,} bytes)", "Store the data elsewhere and pass its id."
     what = label.removeprefix("the ")
     return f"{label} ({size:,} bytes)", f"Keep the {what} short: it travels in every message."
+
+
+@overload
+def shared_task(fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
+@overload
+def shared_task(fn: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def shared_task(**options: Any) -> TaskDecorator: ...
+
+
+def shared_task(*fn: Callable[..., Any], **options: Any) -> Any:
+    """``@app.task`` of the one app this process has made (Celery's name): for a module
+    that cannot import its app, such as a reusable Django app's ``tasks.py``. Takes the
+    options ``@app.task`` takes.
+
+    The app must exist when the module is imported (a worker's ``-A`` module, Django's
+    ``proj/__init__.py`` importing it), and be the only one: with none or several, the
+    decorator raises, saying so, rather than guess.
+
+    Example (in a process whose one app is ``shop``'s)::
+
+        @shared_task(queue="emails")
+        def send_welcome(user_id: int) -> None: ...
+
+        send_welcome.app      # shop's app: the task is registered there
+
+    Raises:
+        ConfigurationError: no app, or several; an option ``@app.task`` refuses.
+    """
+    if fn:
+        return only_app(f"@shared_task on {fn[0].__qualname__}").task(fn[0], **options)
+    return lambda f: only_app(f"@shared_task on {f.__qualname__}").task(f, **options)
+
+
+def only_app(what: str) -> Celeriac:
+    """The one app this process has made.
+
+    Raises:
+        ConfigurationError: none yet, or several (``what`` names the caller).
+    """
+    apps = list(_APPS)
+    if len(apps) > 1:
+        gc.collect()  # an app dropped and not yet freed (its tasks refer back to it)
+        apps = list(_APPS)
+    if len(apps) == 1:
+        return apps[0]
+    if not apps:
+        raise ConfigurationError(
+            f"{what}: no Celeriac app exists yet in this process. Import the module that "
+            "makes it first (a worker's -A module does; in Django, import it in "
+            "proj/__init__.py), or use @app.task with the app imported"
+        )
+    names = ", ".join(sorted(repr(app.name) for app in apps))
+    raise ConfigurationError(
+        f"{what}: this process has {len(apps)} Celeriac apps ({names}), and shared_task "
+        "would have to guess: use @app.task on the app the task belongs to"
+    )
 
 
 explain_celerys_names(Celeriac)  # app.control and the like: what to use instead

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, assert_type
 
-from celeriac import AsyncResult, Celeriac, Task
+from celeriac import AsyncResult, Celeriac, Task, shared_task
 
 app = Celeriac("typing", broker="memory://")
 
@@ -31,6 +31,22 @@ async def fetch_page(url: str) -> bytes:
 @app.bound_task()
 def job(self: Task[Any, Any], x: int) -> str:
     return self.request.id + str(x)
+
+
+def shared() -> None:
+    """@shared_task keeps the function's types, as @app.task does (not run: mypy only)."""
+
+    @shared_task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @shared_task(queue="emails")
+    async def page(url: str) -> bytes:
+        return url.encode()
+
+    assert_type(double.delay(2), AsyncResult[int])
+    assert_type(page.delay("/"), AsyncResult[bytes])
+    double.delay("2")  # type: ignore[arg-type]
 
 
 def check() -> None:

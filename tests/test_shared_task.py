@@ -1,0 +1,58 @@
+"""@shared_task: @app.task of the one app the process made (Celery's name, for modules that
+cannot import their app). A worker runs such tasks in tests/test_django.py: the Django
+project's tasks.py uses it."""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+
+import celeriac.app
+from celeriac import Celeriac, ConfigurationError, shared_task
+from celeriac.testing import run_queued
+
+
+@pytest.fixture
+def apps(monkeypatch: pytest.MonkeyPatch) -> weakref.WeakSet[Celeriac]:
+    """This test's own record of the apps made: none yet (the suite has made many)."""
+    made: weakref.WeakSet[Celeriac] = weakref.WeakSet()
+    monkeypatch.setattr(celeriac.app, "_APPS", made)
+    return made
+
+
+def test_a_shared_task_belongs_to_the_one_app(apps: weakref.WeakSet[Celeriac]) -> None:
+    app = Celeriac("shop", broker="memory://")
+
+    @shared_task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @shared_task(bind=True, queue="emails", max_retries=5)
+    def welcome(self: object, user_id: int) -> str:
+        return f"{user_id}: {type(self).__name__}"
+
+    assert add.app is app and app.tasks[add.name] is add
+    assert welcome.options.queue == "emails" and welcome.max_retries == 5
+    first, second = add.delay(2, 3), welcome.apply_async((7,), queue="default")
+    run_queued(app)
+    assert (first.get(timeout=1), second.get(timeout=1)) == (5, "7: Task")
+
+
+def test_with_no_app_or_several_it_says_so_rather_than_guess(
+    apps: weakref.WeakSet[Celeriac],
+) -> None:
+    def nightly() -> None: ...
+
+    with pytest.raises(ConfigurationError) as caught:
+        shared_task(nightly)
+    assert str(caught.value).startswith(
+        "@shared_task on test_with_no_app_or_several_it_says_so_rather_than_guess.<locals>."
+        "nightly: no Celeriac app exists yet in this process. Import the module that makes it"
+    )
+    kept = [Celeriac("shop", broker="memory://"), Celeriac("billing", broker="memory://")]
+    with pytest.raises(ConfigurationError, match=r"has 2 Celeriac apps \('billing', 'shop'\)"):
+        shared_task(queue="x")(nightly)
+    del kept  # the two are gone (collected), and a third is made: one left
+    only = Celeriac("orders", broker="memory://")
+    assert shared_task(nightly).app is only
