@@ -599,6 +599,33 @@ def test_send_task_by_name(app: Celeriac) -> None:
     assert other.send_task("not.imported.here", args=(1,)).state == "PENDING"
 
 
+def test_send_task_by_name_takes_callbacks_as_apply_async_does(app: Celeriac) -> None:
+    # Celery's send_task(name, args, link=..., link_error=...) was "unknown option link".
+    @app.task(name="shop.tasks.charge")
+    def charge(order_id: int) -> int:
+        if order_id < 0:
+            raise ValueError(f"no order {order_id}")
+        return order_id * 10
+
+    ran: list[str] = []
+
+    @app.task(name="shop.tasks.receipt")
+    def receipt(total: int) -> None:
+        ran.append(f"receipt for {total}")
+
+    @app.task(name="shop.tasks.alert")
+    def alert(failed: dict[str, Any]) -> None:
+        ran.append(f"alerted for {failed['id']}")
+
+    ok = app.send_task("shop.tasks.charge", args=(4,), link=receipt.s())
+    bad = app.send_task("shop.tasks.charge", args=(-1,), link_error=[alert.s()])
+    run_queued(app, fail_fast=False)
+    assert ok.get(timeout=1) == 40
+    with pytest.raises(ValueError, match="no order -1"):
+        bad.get(timeout=1)
+    assert sorted(ran) == sorted(["receipt for 40", f"alerted for {bad.id}"])
+
+
 def test_memory_broker_refuses_worker_processes(app: Celeriac) -> None:
     from celeriac.worker import Worker
 

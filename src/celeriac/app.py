@@ -548,6 +548,7 @@ class Celeriac:
     ) -> AsyncResult[Any]:
         """Send a task by name, without importing its code. The arguments are not checked
         against a function of that name registered here (the worker's code decides).
+        ``link`` and ``link_error`` attach callbacks, as for ``apply_async``.
 
         Example:
             >>> app = Celeriac("doc", broker="memory://")
@@ -555,7 +556,10 @@ class Celeriac:
             >>> r.state
             'PENDING'
         """
-        return self.publish(self.task_named(name).message(tuple(args), kwargs, **options))
+        task = self.task_named(name)
+        if options and ("link" in options or "link_error" in options):
+            return task._linked(tuple(args), kwargs, options)
+        return self.publish(task.message(tuple(args), kwargs, **options))
 
     def task_named(self, name: str) -> Task[Any, Any]:
         """The task registered under ``name``, or a stand-in that builds its messages with
