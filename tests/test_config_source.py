@@ -102,6 +102,28 @@ def test_a_name_that_is_no_setting_is_refused_with_what_to_do(app: Celeriac) -> 
         app.config_from_object({"task_soft_time_limt": 60})
 
 
+def test_every_name_that_cannot_be_used_is_said_at_once(app: Celeriac) -> None:
+    # Django settings written for Celery: one error per run meant a restart per name.
+    class DjangoSettings:
+        CELERY_BROKER_URL = "memory://"
+        CELERY_RESULT_BACKEND = "django-db"
+        CELERY_TASK_TIME_LIMIT = "1800"
+        CELERY_TIMEZONE = "Europe/Kyiv"
+        CELERY_WORKER_CONCURRENCY = 0
+
+    with pytest.raises(ConfigurationError) as caught:
+        app.config_from_object(DjangoSettings, namespace="CELERY")
+    lines = str(caught.value).splitlines()
+    assert lines[0].endswith("DjangoSettings'): 3 names cannot be used:")
+    assert [line.split(":")[0] for line in lines[1:4]] == [
+        "  CELERY_RESULT_BACKEND",
+        "  CELERY_TIMEZONE",
+        "  CELERY_WORKER_CONCURRENCY",
+    ]
+    assert lines[4].startswith("While Celery reads the CELERY_* names too (a move in progress)")
+    assert app.conf.task_time_limit == 1800.0  # the names that could be used were
+
+
 def test_a_bad_value_names_the_name_it_came_from(app: Celeriac) -> None:
     class Config:
         worker_concurrency = 0

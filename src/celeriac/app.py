@@ -128,17 +128,33 @@ class Celeriac:
             'shop'
 
         Raises:
-            ConfigurationError: a name that is no setting, or a value it cannot take (each
-                says which name of the source), or a source that holds no setting at all.
+            ConfigurationError: names that are no setting, or values they cannot take (all
+                of them, each with its name in the source), or a source that holds no
+                setting at all.
         """
         where = label(source)
+        refused: list[str] = []
         for name, setting, value in read_settings(source, namespace):
             if setting == "broker_url" and "CELERIAC_BROKER_URL" in os.environ:
                 continue
             try:
                 setattr(self.conf, setting, value)
             except ConfigurationError as exc:
-                raise ConfigurationError(f"config_from_object({where!r}), {name}: {exc}") from None
+                refused.append(f"{name}: {exc}")
+        if len(refused) == 1:
+            raise ConfigurationError(f"config_from_object({where!r}), {refused[0]}")
+        if refused:  # all of them at once: fixed one by one, each run found the next
+            shared = (
+                f" While Celery reads the {namespace}_* names too (a move in progress), give "
+                f"celeriac a namespace of its own: namespace='CELERIAC', CELERIAC_BROKER_URL..."
+                if namespace == "CELERY"
+                else ""
+            )
+            lines = "".join(f"\n  {line}" for line in refused)
+            raise ConfigurationError(
+                f"config_from_object({where!r}): {len(refused)} names cannot be used:{lines}"
+                f"\n{shared.strip()}".rstrip()
+            )
 
     # -- the broker -----------------------------------------------------------------------
 
