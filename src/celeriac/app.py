@@ -144,17 +144,14 @@ class Celeriac:
         if len(refused) == 1:
             raise ConfigurationError(f"config_from_object({where!r}), {refused[0]}")
         if refused:  # all of them at once: fixed one by one, each run found the next
-            shared = (
-                f" While Celery reads the {namespace}_* names too (a move in progress), give "
-                f"celeriac a namespace of its own: namespace='CELERIAC', CELERIAC_BROKER_URL..."
-                if namespace == "CELERY"
-                else ""
-            )
-            lines = "".join(f"\n  {line}" for line in refused)
-            raise ConfigurationError(
-                f"config_from_object({where!r}): {len(refused)} names cannot be used:{lines}"
-                f"\n{shared.strip()}".rstrip()
-            )
+            said = f"config_from_object({where!r}): {len(refused)} names cannot be used:"
+            said += "".join(f"\n  {line}" for line in refused)
+            if namespace == "CELERY":
+                said += (
+                    "\nWhile Celery reads the CELERY_* names too (a move in progress), give "
+                    "celeriac a namespace of its own: namespace='CELERIAC', CELERIAC_BROKER_URL..."
+                )
+            raise ConfigurationError(said)
 
     # -- the broker -----------------------------------------------------------------------
 
