@@ -242,6 +242,31 @@ class GroupResult:
                 await self._aread_rest(gathered, deadline, timeout)
         return gathered.values()
 
+    def join(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        disable_sync_subtasks: bool = True,
+        *,
+        interval: float | None = None,
+    ) -> list[Any]:
+        """Celery's name for :meth:`get`, with its arguments.
+
+        Example:
+            >>> from celeriac import Celeriac, group
+            >>> from celeriac.testing import run_queued
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> @app.task
+            ... def double(x: int) -> int:
+            ...     return 2 * x
+            >>> result = group(double.s(i) for i in range(3)).apply_async()
+            >>> run_queued(app)
+            3
+            >>> result.join(timeout=1)
+            [0, 2, 4]
+        """
+        return self.get(timeout, propagate, disable_sync_subtasks, interval=interval)
+
     async def _aread_rest(
         self, gathered: _Gathering, deadline: float | None, timeout: float | None
     ) -> None:
