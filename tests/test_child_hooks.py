@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -76,6 +77,12 @@ def uses_pool() -> list[object]:
     return [os.getpid(), pool]
 
 
+@app.bound_task()
+def where(self: Task[Any, Any]) -> list[object]:
+    """Celery's request fields: is_eager and hostname."""
+    return [self.request.is_eager, self.request.hostname]
+
+
 @app.task
 async def uses_session() -> list[object]:
     """The child's pid, and whether its on_loop_start ran in the loop this task runs in."""
@@ -118,8 +125,10 @@ def test_each_child_opens_its_own_and_closes_it_when_it_stops(
     hooks_app: Celeriac, hook_workers: WorkerProcesses, ledger: Ledger, pool_args: tuple[str, ...]
 ) -> None:
     sent = [uses_pool.delay() for _ in range(6)]
+    asked = where.delay()
     proc = hook_workers.start(*pool_args, app=APP, env=ENV)
     ran = [r.get(timeout=30) for r in sent]
+    assert asked.get(timeout=30) == [False, socket.gethostname()]  # in a worker
     # Every task ran in a child whose hook had opened that child's own pool.
     assert all(got_pool == f"pool-{pid}" for pid, got_pool in ran), ran
     started = _pids(ledger, "child-start")
@@ -306,3 +315,12 @@ def test_loop_hooks_nest_as_the_child_hooks_do() -> None:
     with pytest.raises(ChildStartFailed, match=r"LoopRecorder\.on_loop_start raised OSError"):
         asyncio.run(failing.loop_started(app))
     assert said == ["loop start a", "loop stop a"]
+
+
+def test_a_task_run_in_the_callers_process_knows_it(hooks_app: Celeriac) -> None:
+    from celeriac.testing import run_queued
+
+    hooks_app.conf.broker_url = "memory://"
+    asked = where.delay()
+    run_queued(hooks_app)
+    assert asked.get(timeout=1) == [True, socket.gethostname()]  # Celery's is_eager

@@ -12,6 +12,7 @@ import contextvars
 import datetime as dt
 import functools
 import math
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -66,6 +67,34 @@ class Request(msgspec.Struct):
     headers: dict[str, Any] = msgspec.field(default_factory=dict)
     worker: str | None = None
     message: Message | None = None
+
+    @property
+    def is_eager(self) -> bool:
+        """True when the task runs in the caller's process (``run_queued``, eager mode),
+        not in a worker: Celery's ``self.request.is_eager``.
+
+        Example:
+            >>> Request("t1", "shop.add", [], {}, worker=IN_PROCESS).is_eager
+            True
+        """
+        return self.worker == IN_PROCESS
+
+    @property
+    def hostname(self) -> str | None:
+        """The host of the worker running the task (Celery's ``self.request.hostname``);
+        this host's name for a task run in the caller's process, None outside a task.
+
+        Example:
+            >>> Request("t1", "shop.add", [], {}, worker="web-7:4242:0f3a9c").hostname
+            'web-7'
+        """
+        if self.worker == IN_PROCESS:
+            return socket.gethostname()
+        return self.worker.partition(":")[0] if self.worker else None
+
+
+#: ``Request.worker`` of a task run in the caller's process (run_queued, eager mode).
+IN_PROCESS = "in-process"
 
 
 _current: contextvars.ContextVar[Request | None] = contextvars.ContextVar(

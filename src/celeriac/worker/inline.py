@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
+from celeriac.task import IN_PROCESS
 from celeriac.worker.executor import Executor
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ def run_queued(
     """
 
     def drain() -> int:
-        executor = Executor(app, "in-process")
+        executor = Executor(app, IN_PROCESS)
         try:
             return _drain(
                 app,
