@@ -25,6 +25,7 @@ from celeriac.control import (
     revoke_many,
 )
 from celeriac.errors import BrokerConnectionError, MalformedMessage
+from celeriac.event_feed import EventFeed
 from celeriac.message import decode_result
 from celeriac.middleware.events import STREAM, Event
 from celeriac.text import printable
@@ -411,8 +412,6 @@ def _nobody_answered(obj: Context, target: str | None) -> str:
 _UNREADABLE_SHOWN = 300
 #: Seconds between ``events -f``'s reads while the broker does not answer.
 _UNREACHABLE_PAUSE = 1.0
-#: Events ``events -f`` reads per call; a full page is followed at once by the next one.
-_PAGE = 1000
 #: Seconds ``events -f`` waits for new events once it has read them all.
 _FOLLOW_PAUSE = 0.2
 
@@ -443,7 +442,7 @@ def events(obj: Context, follow: bool, lines: int, as_json: bool) -> None:
         click.echo(_no_events_note(obj.app.conf.worker_send_task_events, follow), err=True)
     try:
         if follow:
-            _follow(obj, after, as_json)
+            _follow(EventFeed(broker, after), as_json)
     except KeyboardInterrupt:
         # Ctrl-C is how following ends, not a failure: it printed "Aborted!" and exited 1.
         return
@@ -470,22 +469,20 @@ def _no_events_note(sent: bool, follow: bool) -> str:
     )
 
 
-def _follow(obj: Context, after: int, as_json: bool) -> None:
-    """Print the events that come after sequence ``after``, until Ctrl-C.
+def _follow(feed: EventFeed, as_json: bool) -> None:
+    """Print the events the feed reads, until Ctrl-C.
 
     Pages follow each other without a pause while they come back full: with a pause after
     each, it printed at most 5,000 events a second, fell behind busy workers (a -c 2 worker
     settles ~8,000 tasks a second here) and, once the stream had trimmed what it had not
-    read, skipped them without a word (37,000 of 180,000 events shown). Each read starts
-    at the last event shown: when that is gone, the stream was trimmed past it, and the
-    events in between may be lost, which is said on stderr (``_MISSED``).
+    read, skipped them without a word (37,000 of 180,000 events shown). When the stream
+    was trimmed past the last event shown, the events in between may be lost, which is
+    said on stderr (``_MISSED``).
     """
-    broker = obj.app.broker
     away = False  # the broker did not answer the last read
     while True:
         try:
-            # From the last event shown, included, to see whether the stream still holds it.
-            items = broker.stream_read(STREAM, max(after - 1, 0), _PAGE + 1)
+            page = feed.read()
         except BrokerConnectionError as exc:
             # Waited out, as workers and result waits wait it out: the follower of a
             # failover (when one watches events most) exited 1 at its first blip,
@@ -498,14 +495,11 @@ def _follow(obj: Context, after: int, as_json: bool) -> None:
         if away:
             click.echo("the broker answers again: following", err=True)
             away = False
-        if items and after and items[0][0] == after:
-            items = items[1:]
-        elif items and after and items[0][0] != after + 1:  # +1: its very next one
+        if page.missed:
             click.echo(_MISSED, err=True)
-        for seq, raw in items:
-            after = seq
+        for raw in page.events:
             _print_event(raw, as_json)
-        if len(items) < _PAGE:
+        if not page.full:
             time.sleep(_FOLLOW_PAUSE)
 
 

@@ -46,6 +46,7 @@ _COMMAND_MODULES = {
     "dlq": "commands",
     "events": "control_cmd",
     "inspect": "control_cmd",
+    "metrics": "metrics_cmd",
     "ping": "control_cmd",
     "purge": "commands",
     "result": "commands",
@@ -59,7 +60,7 @@ _COMMAND_MODULES = {
 #: warnings (a Redis without persistence) are for the processes that hold tasks, and were
 #: printed again by every status, result or dlq list. ``beat`` runs a scheduler; its
 #: subcommands (``beat list``, ``beat add``...) are one-shot: see :func:`one_shot`.
-_LONG_LIVED = frozenset({"worker", "beat", "demo"})
+_LONG_LIVED = frozenset({"worker", "beat", "demo"})  # not metrics, which holds no task
 
 #: Commands whose first use of a SQLite broker is expected to create its file: the others
 #: (status, result, revoke...) look at what is there, and say when nothing was.
@@ -110,6 +111,18 @@ class Context(msgspec.Struct):
             # Looked at before the broker opens it, which creates the file: see fresh_db_note.
             self._missing_db = _missing_sqlite_file(self._app.conf.broker_url)
         return self._app
+
+    def missing_broker_file(self) -> Path | None:
+        """The SQLite file the broker URL names, when it did not exist as this command
+        started (None: it did, or the broker is not SQLite). A long-lived command that
+        only reads (``metrics``) refuses to start on it: opened, it would be made empty.
+
+        Example:
+            >>> Context(None, "sqlite:////no/such/folder/celeriac.db", False).missing_broker_file()
+            PosixPath('/no/such/folder/celeriac.db')
+        """
+        self.app  # noqa: B018 - loading the app is what looks at the file
+        return self._missing_db
 
     def fresh_db_note(self) -> str | None:
         """What to say when this command created the SQLite broker's file: a command run

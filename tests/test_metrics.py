@@ -1,0 +1,278 @@
+"""``celeriac metrics``, the Prometheus exporter: what real workers did, counted from their
+events, and what the broker holds, read at each scrape; through a broker outage, a
+stream trimmed past the exporter, unreadable events and unbounded task names."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import msgspec
+import pytest
+from click.testing import CliRunner
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from celeriac import Celeriac
+from celeriac.cli import cli
+from celeriac.event_feed import EventFeed
+from celeriac.metrics import OTHER, TASK_LABELS, TaskMetrics
+from celeriac.middleware.events import STREAM, Event
+from celeriac.testing import run_queued, wait_for
+from tests.apps import core
+from tests.conftest import WorkerProcesses, run_celeriac
+from tests.redis_server import RedisServer, start_redis
+from tests.test_cli_edges import Cli, clis
+
+__all__ = ["clis"]  # a fixture: pytest finds it by its name in this module
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _start_exporter(clis: list[Cli], broker_url: str, *args: str) -> str:
+    """Start ``celeriac metrics`` on a free port; the URL of its metrics page."""
+    exporter = Cli("-A", "tests.apps.core", "-b", broker_url, "metrics", "--port", "0", *args)
+    clis.append(exporter)
+    exporter.wait_for_line("serving Prometheus metrics on http://localhost:")
+    found = re.search(r"http://localhost:(\d+)/metrics", "".join(exporter.seen))
+    assert found is not None, exporter.seen
+    return f"http://127.0.0.1:{found.group(1)}/metrics"
+
+
+def _scrape(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=10) as page:
+        text = page.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def _counted(url: str, name: str, want: float, **labels: str) -> bool:
+    return _value(_scrape(url), name, **labels) == want
+
+
+@pytest.mark.slow
+def test_metrics_counts_what_real_workers_did_and_reads_the_queues(
+    core_app: Celeriac, broker_url: str, workers: WorkerProcesses, clis: list[Cli]
+) -> None:
+    before = core.add.delay(1, 1)  # an outcome from before the exporter started
+    workers.start("-c", "2")
+    assert before.get(timeout=30) == 2
+    url = _start_exporter(clis, broker_url)
+    adds = [core.add.delay(i, 1) for i in range(30)]
+    fails = [core.fail.apply_async(("boom",), max_retries=0) for _ in range(4)]
+    core.add.apply_async((1, 2), queue="nobody-serves-this")  # stays ready
+    core.add.apply_async((1, 3), countdown=600)  # stays delayed
+    assert [r.get(timeout=30) for r in adds] == [i + 1 for i in range(30)]
+    for r in fails:
+        with pytest.raises(ValueError, match="boom"):
+            r.get(timeout=30)
+    add = {"task": "tests.apps.core.add"}
+    assert wait_for(
+        lambda: _counted(url, "celeriac_task_events_total", 30, event="succeeded", **add),
+        timeout=20,
+    ), _scrape(url)
+    assert wait_for(
+        lambda: _counted(
+            url, "celeriac_task_events_total", 4, event="failed", task="tests.apps.core.fail"
+        ),
+        timeout=20,
+    ), _scrape(url)
+    samples = _scrape(url)
+    # Each run's runtime observed once; the task before the exporter was not counted.
+    assert _value(samples, "celeriac_task_runtime_seconds_count", event="succeeded", **add) == 30
+    ran = {"event": "succeeded", **add}
+    assert _value(samples, "celeriac_task_runtime_seconds_bucket", le="+Inf", **ran) == 30
+    assert _value(samples, "celeriac_broker_up") == 1
+    assert _value(samples, "celeriac_queue_tasks", queue="nobody-serves-this", state="ready") == 1
+    assert _value(samples, "celeriac_queue_tasks", queue="default", state="delayed") == 1
+    assert _value(samples, "celeriac_queue_tasks", queue="default", state="ready") == 0
+    assert _value(samples, "celeriac_workers") == 1
+    assert _value(samples, "celeriac_worker_concurrency") == 2
+    assert _value(samples, "celeriac_events_missed_total") == 0
+    assert not [name for name, _ in samples if name.endswith("_created")]  # noise, turned off
+
+
+@pytest.mark.slow
+def test_metrics_waits_out_a_dead_broker_and_counts_again(
+    tmp_path: Path, private_redis: RedisServer, clis: list[Cli]
+) -> None:
+    broker_url = private_redis.url
+    url = _start_exporter(clis, broker_url)
+    assert _value(_scrape(url), "celeriac_broker_up") == 1
+    port = private_redis.port
+    private_redis.stop()
+    samples = _scrape(url)  # the page still answers, and says the broker does not
+    assert _value(samples, "celeriac_broker_up") == 0
+    assert not [name for name, _ in samples if name.startswith("celeriac_queue")]
+    exporter = clis[0]
+    exporter.wait_for_line("a scrape could not read the broker")
+    exporter.wait_for_line("Task events are not counted until it answers")
+    server = start_redis(tmp_path / "again", port=port)
+    try:
+        app = Celeriac("metrics-outage", broker=broker_url)
+        app.task(name="shop.ping")(lambda: "pong")
+        app.send_task("shop.ping")
+        run_queued(app)  # an in-process worker: it writes its event as any worker does
+        assert wait_for(
+            lambda: _counted(
+                url, "celeriac_task_events_total", 1, event="succeeded", task="shop.ping"
+            ),
+            timeout=20,
+        ), _scrape(url)
+        assert _value(_scrape(url), "celeriac_broker_up") == 1
+        exporter.wait_for_line("the broker answers again: counting task events")
+        app.broker.close()
+    finally:
+        server.stop()
+
+
+def test_metrics_stops_with_exit_0_on_sigterm_and_ctrl_c(sqlite_url: str, clis: list[Cli]) -> None:
+    Celeriac("metrics-stop", broker=sqlite_url).broker.stats()  # the file, as a worker makes it
+    _start_exporter(clis, sqlite_url)
+    code, output = clis[0].interrupt()
+    assert code == 0, output
+    assert "Traceback" not in output
+    _start_exporter(clis, sqlite_url)
+    clis[1].proc.terminate()
+    assert clis[1].proc.wait(timeout=20) == 0
+
+
+def test_metrics_says_when_task_events_are_off(
+    sqlite_url: str, clis: list[Cli], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Celeriac("metrics-off", broker=sqlite_url).broker.stats()
+    monkeypatch.setenv("CELERIAC_WORKER_SEND_TASK_EVENTS", "false")
+    _start_exporter(clis, sqlite_url)
+    clis[0].wait_for_line("turns task events off (worker_send_task_events=False)")
+
+
+def test_metrics_refuses_a_port_in_use(sqlite_url: str, tmp_path: Path) -> None:
+    Celeriac("metrics-port", broker=sqlite_url).broker.stats()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_celeriac(
+            "-b", sqlite_url, "metrics", "--host", "127.0.0.1", "--port", str(port), cwd=tmp_path
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in result.stderr
+    assert f"--port {port + 1}" in result.stderr
+
+
+def test_metrics_refuses_a_sqlite_file_no_worker_made(tmp_path: Path) -> None:
+    # Opened, the file would be made empty, and every count would read 0: an exporter
+    # started in another folder than the workers' would report an idle, empty broker.
+    result = run_celeriac("metrics", "--port", "0", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"no SQLite broker at {tmp_path / 'celeriac.db'}" in result.stderr
+    assert not (tmp_path / "celeriac.db").exists()
+
+
+def test_metrics_says_how_to_install_prometheus_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A module of None is one Python refuses to import, as if it were not installed.
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    result = CliRunner().invoke(cli, ["-b", f"sqlite:///{tmp_path}/b.db", "metrics"])
+    assert result.exit_code == 1, result.output
+    assert "needs prometheus-client, which is not installed" in result.stderr
+    assert "pip install 'celeriac[metrics]'" in result.stderr
+
+
+def _event(task: str, kind: str = "succeeded", runtime: float | None = 0.01) -> bytes:
+    return msgspec.json.encode(Event(kind, "id-1", task, "w-1", 1.0e9, runtime))
+
+
+def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def _events(registry: CollectorRegistry, task: str, event: str = "succeeded") -> float | None:
+    return _sample(registry, "celeriac_task_events_total", task=task, event=event)
+
+
+def test_task_names_past_the_limit_count_as_other(caplog: pytest.LogCaptureFixture) -> None:
+    registry = CollectorRegistry()
+    metrics = TaskMetrics(Celeriac("metrics-names", broker="memory://"), registry)
+    with caplog.at_level(logging.WARNING, logger="celeriac.metrics"):
+        for i in range(TASK_LABELS + 5):
+            metrics.count(_event(f"shop.task_{i}"))
+        metrics.count(_event("shop.task_0"))  # a name seen before the limit keeps its own
+    last = f"shop.task_{TASK_LABELS - 1}"
+    assert _events(registry, last) == 1
+    assert _events(registry, "shop.task_0") == 2
+    assert _events(registry, OTHER) == 5
+    assert _events(registry, f"shop.task_{TASK_LABELS}") is None
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and f"'shop.task_{TASK_LABELS}'" in warnings[0]
+
+
+def test_only_runs_are_timed_and_unreadable_events_are_counted() -> None:
+    registry = CollectorRegistry()
+    metrics = TaskMetrics(Celeriac("metrics-kinds", broker="memory://"), registry)
+    metrics.count(_event("shop.a", "failed", 2.0))
+    metrics.count(_event("shop.a", "expired", 0.0))  # decided without running
+    metrics.count(_event("shop.a", "retried", None))
+    metrics.count(b"\xff not json")
+    metrics.count(b'{"type": "succeeded"}')  # a shape of another tool's
+    timed = "celeriac_task_runtime_seconds"
+    assert _sample(registry, f"{timed}_sum", task="shop.a", event="failed") == 2.0
+    assert _sample(registry, f"{timed}_count", task="shop.a", event="expired") is None
+    assert _events(registry, "shop.a", "expired") == 1
+    assert _events(registry, "shop.a", "retried") == 1
+    assert _sample(registry, "celeriac_events_unreadable_total") == 2
+
+
+def test_a_stream_trimmed_past_the_feed_is_counted_as_missed(sqlite_url: str) -> None:
+    app = Celeriac("metrics-trim", broker=sqlite_url)
+    registry = CollectorRegistry()
+    metrics = TaskMetrics(app, registry)
+    app.broker.stream_append(STREAM, [_event("shop.old")], 5)
+    feed = EventFeed(app.broker, after=None)
+    assert feed.read().events == []  # where the stream ends: what is there is not counted
+    app.broker.stream_append(STREAM, [_event("shop.a") for _ in range(3)], 5)
+    page = feed.read()
+    assert (len(page.events), page.missed) == (3, False)
+    for raw in page.events:
+        metrics.count(raw)
+    app.broker.stream_append(STREAM, [_event("shop.b") for _ in range(8)], 5)  # 3 trimmed
+    page = feed.read()
+    assert (len(page.events), page.missed) == (5, True)
+    assert feed.read().events == []
+    assert _events(registry, "shop.a") == 3
+    assert _events(registry, "shop.old") is None
+    app.broker.close()
+
+
+def test_follow_counts_a_trimmed_stream_as_missed_and_stops_when_told(sqlite_url: str) -> None:
+    app = Celeriac("metrics-follow", broker=sqlite_url)
+    registry = CollectorRegistry()
+    metrics = TaskMetrics(app, registry)
+    app.broker.stream_append(STREAM, [_event("shop.a")], 5)
+    feed = EventFeed(app.broker, after=0)
+    stop = threading.Event()
+    follower = threading.Thread(target=metrics.follow, args=(feed, stop))
+    follower.start()
+    try:
+        assert wait_for(lambda: _events(registry, "shop.a") == 1)
+        app.broker.stream_append(STREAM, [_event("shop.a") for _ in range(9)], 5)  # 4 trimmed
+        assert wait_for(lambda: _events(registry, "shop.a") == 6)
+        assert _sample(registry, "celeriac_events_missed_total") == 1
+    finally:
+        stop.set()
+        follower.join(timeout=10)
+    assert not follower.is_alive()
+    app.broker.close()
