@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import socket
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -136,6 +138,22 @@ def test_metrics_waits_out_a_dead_broker_and_counts_again(
         app.broker.close()
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_a_frozen_redis_fails_a_scrape_in_seconds_not_the_socket_timeout(
+    private_redis: RedisServer, clis: list[Cli]
+) -> None:
+    url = _start_exporter(clis, private_redis.url)
+    private_redis.process.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+    try:
+        started = time.monotonic()
+        samples = _scrape(url)  # urlopen's own timeout (10 s, Prometheus's) would raise
+        took = time.monotonic() - started
+    finally:
+        private_redis.process.send_signal(signal.SIGCONT)
+    assert _value(samples, "celeriac_broker_up") == 0, took
+    assert wait_for(lambda: _value(_scrape(url), "celeriac_broker_up") == 1, timeout=20)
 
 
 def test_metrics_stops_with_exit_0_on_sigterm_and_ctrl_c(sqlite_url: str, clis: list[Cli]) -> None:

@@ -14,6 +14,9 @@ from celeriac.cli.main import Context, cli, loglevel_option, setup_logging
 from celeriac.errors import ConfigurationError
 from celeriac.text import printable
 
+#: Seconds a Redis gets to answer each of the exporter's calls (see ``wait_at_most``).
+BROKER_WAIT = 5.0
+
 #: celery-exporter's port, which dashboards and scrape configs made for Celery name.
 DEFAULT_PORT = 9808
 
@@ -61,6 +64,10 @@ def metrics(obj: Context, port: int, host: str, loglevel: str | None) -> None:
     from celeriac.event_feed import EventFeed
     from celeriac.metrics import TaskMetrics
 
+    # A frozen Redis (SIGSTOP, a paused VM) fails a scrape in this many seconds, with
+    # celeriac_broker_up 0, inside Prometheus's 10 s scrape timeout: at the broker's 30 s
+    # socket timeout the scrape itself timed out, and said nothing of why.
+    obj.wait_at_most(BROKER_WAIT)
     app = obj.app
     setup_logging(loglevel or app.conf.worker_log_level)
     missing = obj.missing_broker_file()
