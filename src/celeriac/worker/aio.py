@@ -214,7 +214,17 @@ class AsyncioChild(Child, BackgroundWork):
 
     async def _off_loop(self, pool: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any) -> _T:
         """``fn(*args)`` in a thread of ``pool``, in this context (as asyncio.to_thread)."""
-        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await self._in_thread(pool, contextvars.copy_context(), fn, *args)
+
+    async def _in_thread(
+        self,
+        pool: ThreadPoolExecutor,
+        context: contextvars.Context,
+        fn: Callable[..., _T],
+        *args: Any,
+    ) -> _T:
+        """``fn(*args)`` in a thread of ``pool``, in ``context``."""
+        call = functools.partial(context.run, fn, *args)
         return await asyncio.get_running_loop().run_in_executor(pool, call)
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> threading.Event:
@@ -402,12 +412,20 @@ class AsyncioChild(Child, BackgroundWork):
         ]
         self._dirty = self._unwritten_start = True  # written before the task's body runs
         middleware = self.app.middleware
-        skipped = await self._off_loop(self._io, middleware.before_execute, job)
+        # The execute hooks share one context, and the task sees what before_execute set
+        # in it (a contextvar: a log context, a trace span), and after_execute what the
+        # task left, as on the process and threads pools, where hooks and task share a
+        # thread: each hook ran in a copy of its own, and a span or log context that
+        # before_execute set never reached the task, nor could after_execute undo it.
+        hooks = contextvars.copy_context()
+        skipped = await self._in_thread(self._io, hooks, middleware.before_execute, job)
+        adopt(hooks)
         outcome = skipped or await self._call(executor, job, soft)
         if task.is_async:  # on the loop's thread, which can replace signal handlers
             self._undo.signals(job, others=self.spec.concurrency > 1)
         self._undo.streams(job, replaced_too=False, others=self.spec.concurrency > 1)
-        outcome = await self._off_loop(self._io, middleware.after_execute, job, outcome)
+        hooks.run(adopt, contextvars.copy_context())
+        outcome = await self._in_thread(self._io, hooks, middleware.after_execute, job, outcome)
         # Done: a slow commit or settle hook must not pass for the task running past its
         # hard limit (the supervisor would kill the child and every task on its loop).
         self._held[delivery.id] = [
@@ -485,6 +503,26 @@ def _where(frame: FrameType | None) -> str:
     if ours and ours[-1] + 1 < len(stack):
         stack = stack[ours[-1] + 1 :]
     return "".join(traceback.format_list(stack[-_STACK_SHOWN:])).rstrip("\n")
+
+
+def adopt(context: contextvars.Context) -> None:
+    """Give each variable of ``context`` its value there, in the running context.
+
+    Example:
+        >>> import contextvars
+        >>> color = contextvars.ContextVar("color", default="none")
+        >>> elsewhere = contextvars.copy_context()
+        >>> _ = elsewhere.run(color.set, "red")
+        >>> color.get(), adopt(elsewhere), color.get()
+        ('none', None, 'red')
+    """
+    for var, value in context.items():
+        if var.get(_UNSET) is not value:
+            var.set(value)
+
+
+#: What ``adopt`` compares with for a variable that has no value here.
+_UNSET = object()
 
 
 async def _with_soft_limit(coro: Coroutine[Any, Any, Any], soft: float) -> Any:

@@ -1,0 +1,129 @@
+"""OpenTelemetry tracing: a span for each send and each run of a task, in one trace with
+the request that sent it and the spans the task's own code makes.
+
+Put it first, before the defaults, so that its ``after_execute`` runs last::
+
+    from celeriac.integrations.opentelemetry import Tracing
+    app = Celeriac("shop", middleware=[Tracing(), *default_middleware()])
+
+- The producer: each message sent makes a ``send <task>`` span (kind PRODUCER) under the
+  current span, and carries its context in the message's headers (the propagator the
+  application configured: W3C ``traceparent`` by default).
+- The worker: each run makes a ``run <task>`` span (kind CONSUMER) under the send span,
+  current while the task runs, so the spans the task makes (an HTTP call, a query) are
+  its children, on every pool. What the task sends (a chain's next step, a callback) is
+  sent under it, so a whole workflow is one trace. Its status is the outcome: ERROR for a
+  failure, with the exception recorded; ``celeriac.outcome`` says which (SUCCESS,
+  FAILURE, RETRY, EXPIRED, REVOKED, ...). A task delivered twice (a worker died under
+  it) has two run spans under one send span.
+
+Only ``opentelemetry-api`` is imported. Where spans go is the application's choice of SDK
+and exporter, set up as in any program; without one, every span is a no-op. A worker's
+children are forked from the supervisor, which imported the app: the SDK's batch
+processor starts its thread again in each child, and an exporter that holds a connection
+is best made in ``Middleware.on_child_start``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from celeriac._version import __version__
+from celeriac.middleware.base import Job, Middleware, Outcome
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+    from celeriac.message import Message
+
+#: ``job.context`` keys: the run span, and the token that makes it current.
+_SPAN = "otel_span"
+_ATTACHED = "otel_attached"
+#: Outcomes that are the task's failure: the span's status is ERROR.
+_FAILED = frozenset({"FAILURE", "DEAD"})
+
+
+class Tracing(Middleware):
+    """Spans for sends and runs, their context carried in each message's headers.
+
+    Args:
+        tracer_provider: where spans go; the global one (set by the application's SDK set-up)
+            when None.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> from celeriac.middleware import default_middleware
+        >>> app = Celeriac("doc", broker="memory://", middleware=[Tracing(), *default_middleware()])
+        >>> @app.task
+        ... def charge(order_id: int) -> None: ...
+        >>> message = charge.message((7,))
+        >>> app.middleware.before_send(app, message)  # what delay() runs
+        >>> sorted(message.headers)  # with no SDK set up, an invalid context: nothing to carry
+        []
+    """
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._provider = tracer_provider
+
+    @property
+    def tracer(self) -> trace.Tracer:
+        """celeriac's tracer, from the provider given or the global one as it is now: an
+        application may set its SDK up after the app is made."""
+        return trace.get_tracer("celeriac", __version__, tracer_provider=self._provider)
+
+    def before_send(self, app: Celeriac, message: Message) -> str | None:
+        """Make the send span and write its context into the message's headers."""
+        with self.tracer.start_as_current_span(
+            f"send {message.task}",
+            kind=SpanKind.PRODUCER,
+            attributes=_attributes(message, "send"),
+        ):
+            propagate.inject(message.headers)
+        return None
+
+    def before_execute(self, job: Job) -> Outcome | None:
+        """Start the run span under the send span the headers name, and make it current."""
+        message = job.message
+        if message is None:
+            return None
+        parent = propagate.extract(message.headers)
+        span = self.tracer.start_span(
+            f"run {message.task}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=_attributes(message, "process"),
+        )
+        job.context[_SPAN] = span
+        job.context[_ATTACHED] = context.attach(trace.set_span_in_context(span, parent))
+        return None
+
+    def after_execute(self, job: Job, outcome: Outcome) -> Outcome:
+        """Set the run span's status from the outcome, end it, and make it no longer current."""
+        span: trace.Span | None = job.context.pop(_SPAN, None)
+        token: Any = job.context.pop(_ATTACHED, None)
+        if span is None:
+            return outcome
+        span.set_attribute("celeriac.outcome", outcome.state)
+        if outcome.exception is not None:  # a failure's, or the one a retry follows
+            span.record_exception(outcome.exception)
+        if outcome.state in _FAILED:
+            error = outcome.error.message if outcome.error is not None else outcome.reason
+            span.set_status(Status(StatusCode.ERROR, error or outcome.state))
+        span.end()
+        if token is not None:
+            context.detach(token)
+        return outcome
+
+
+def _attributes(message: Message, operation: str) -> dict[str, Any]:
+    """OpenTelemetry's messaging attributes of ``message``, and celeriac's own."""
+    return {
+        "messaging.system": "celeriac",
+        "messaging.operation.type": operation,
+        "messaging.destination.name": message.queue,
+        "messaging.message.id": message.id,
+        "celeriac.task": message.task,
+        "celeriac.retries": message.retries,
+    }

@@ -1,0 +1,170 @@
+"""OpenTelemetry tracing (celeriac.integrations.opentelemetry.Tracing) on real workers of
+every pool: one trace from the producer's span to the task's own spans, a failure's
+status and exception, a chain as one trace; and what a before_execute hook sets in a
+contextvar, seen by the task on every pool.
+
+The worker processes import this module (``-A tests.test_tracing``) for its app; they
+write their spans, one JSON object a line, to the file CELERIAC_TEST_SPANS names.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+from pathlib import Path
+from typing import Any, TextIO
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from celeriac import Celeriac, Middleware
+from celeriac.integrations.opentelemetry import Tracing
+from celeriac.middleware import default_middleware
+from celeriac.middleware.base import Job, Outcome
+from celeriac.testing import wait_for
+from tests.conftest import ROOT, Ledger, WorkerProcesses
+
+APP = "tests.test_tracing"
+ENV = {"PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)}
+
+#: Spans made in this process (the producer's, in the tests).
+made_here = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(made_here))
+_spans_file = os.environ.get("CELERIAC_TEST_SPANS")
+_out: TextIO | None = open(_spans_file, "a") if _spans_file else None  # noqa: SIM115 - for the process's life
+if _out is not None:  # a worker: every span a line of the file, whichever child made it
+    provider.add_span_processor(
+        SimpleSpanProcessor(
+            ConsoleSpanExporter(out=_out, formatter=lambda s: s.to_json(indent=None) + "\n")
+        )
+    )
+
+#: What the RequestTag middleware sets for each task, as a log context would be.
+request_tag: contextvars.ContextVar[str] = contextvars.ContextVar("request_tag", default="unset")
+
+
+class RequestTag(Middleware):
+    """Sets ``request_tag`` to the task's id in before_execute and resets it after."""
+
+    def before_execute(self, job: Job) -> Outcome | None:
+        job.context["tag_token"] = request_tag.set(f"tag-{job.delivery.id}")
+        return None
+
+    def after_execute(self, job: Job, outcome: Outcome) -> Outcome:
+        request_tag.reset(job.context.pop("tag_token"))  # raises in another context
+        return outcome
+
+
+app = Celeriac("tracing", middleware=[Tracing(provider), *default_middleware(), RequestTag()])
+
+
+@app.bound_task()
+def charge(self: Any, order_id: int) -> list[str]:
+    """Makes a span of its own, as an instrumented HTTP client would."""
+    with provider.get_tracer("shop").start_as_current_span("charge card"):
+        return [f"charged {order_id}", request_tag.get(), f"tag-{self.request.id}"]
+
+
+@app.bound_task()
+async def acharge(self: Any, order_id: int) -> list[str]:
+    with provider.get_tracer("shop").start_as_current_span("charge card"):
+        return [f"charged {order_id}", request_tag.get(), f"tag-{self.request.id}"]
+
+
+@app.task(max_retries=0)
+def declined(order_id: int) -> None:
+    raise ValueError(f"card declined for order {order_id}")
+
+
+def _hex(value: int, digits: int) -> str:
+    return f"0x{value:0{digits}x}"
+
+
+def _worker_spans(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _named(spans: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [s for s in spans if s["name"] == name]
+
+
+def _sent(name: str) -> ReadableSpan:
+    found = [s for s in made_here.get_finished_spans() if s.name == f"send {name}"]
+    assert len(found) == 1, [s.name for s in made_here.get_finished_spans()]
+    return found[0]
+
+
+@pytest.fixture
+def traced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This module's app on a fresh SQLite broker; the file the workers write spans to."""
+    broker = f"sqlite:///{tmp_path}/broker.db"
+    monkeypatch.setattr(app.conf, "broker_url", broker)
+    made_here.clear()
+    return tmp_path / "spans.jsonl"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pool", ["process", "threads", "asyncio"])
+def test_one_trace_from_the_producer_to_the_tasks_own_spans(
+    pool: str, traced: Path, tmp_path: Path
+) -> None:
+    workers = WorkerProcesses(app.conf.broker_url, Ledger(tmp_path / "ledger.txt"))
+    env = {**ENV, "CELERIAC_TEST_SPANS": str(traced)}
+    try:
+        workers.start("-P", pool, "-c", "2", app=APP, env=env)
+        task = acharge if pool == "asyncio" else charge
+        with provider.get_tracer("web").start_as_current_span("POST /orders") as request:
+            charged = task.delay(7)
+            failed = declined.delay(8)
+        value = charged.get(timeout=30)
+        with pytest.raises(ValueError, match="card declined"):
+            failed.get(timeout=30)
+    finally:
+        workers.kill_all()
+    # What the before_execute hook set was the task's, on every pool; and reset after.
+    assert value == ["charged 7", f"tag-{charged.id}", f"tag-{charged.id}"]
+    trace_id = _hex(request.get_span_context().trace_id, 32)
+    assert wait_for(lambda: len(_worker_spans(traced)) >= 3, timeout=10), _worker_spans(traced)
+    spans = _worker_spans(traced)
+    [run] = _named(spans, f"run {task.name}")
+    [inner] = _named(spans, "charge card")
+    sent = _sent(task.name)
+    assert sent.parent is not None and sent.parent.span_id == request.get_span_context().span_id
+    assert run["context"]["trace_id"] == trace_id
+    assert run["parent_id"] == _hex(sent.context.span_id, 16)  # the send span, from the headers
+    assert run["kind"] == "SpanKind.CONSUMER"
+    assert run["attributes"]["celeriac.outcome"] == "SUCCESS"
+    assert run["attributes"]["messaging.message.id"] == charged.id
+    assert inner["parent_id"] == run["context"]["span_id"]  # the task's span, under its run
+    [failure] = _named(spans, "run tests.test_tracing.declined")
+    assert failure["context"]["trace_id"] == trace_id
+    assert failure["status"]["status_code"] == "ERROR"
+    assert "card declined for order 8" in failure["status"]["description"]
+    assert [e["name"] for e in failure["events"]] == ["exception"]
+
+
+@pytest.mark.slow
+def test_a_chain_is_one_trace_each_step_under_the_one_before(traced: Path, tmp_path: Path) -> None:
+    workers = WorkerProcesses(app.conf.broker_url, Ledger(tmp_path / "ledger.txt"))
+    try:
+        workers.start("-c", "2", app=APP, env={**ENV, "CELERIAC_TEST_SPANS": str(traced)})
+        first = charge.s(1)
+        result = (first | declined.si(2)).apply_async()
+        with pytest.raises(ValueError, match="card declined"):
+            result.get(timeout=30)
+    finally:
+        workers.kill_all()
+    assert wait_for(lambda: len(_worker_spans(traced)) >= 4, timeout=10), _worker_spans(traced)
+    spans = _worker_spans(traced)
+    [step1] = _named(spans, "run tests.test_tracing.charge")
+    [send2] = _named(spans, "send tests.test_tracing.declined")  # sent by the worker
+    [step2] = _named(spans, "run tests.test_tracing.declined")
+    assert send2["parent_id"] == step1["context"]["span_id"]
+    assert step2["parent_id"] == send2["context"]["span_id"]
+    assert len({s["context"]["trace_id"] for s in (step1, send2, step2)}) == 1
