@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
 from redis.exceptions import ClusterDownError, ClusterError, RedisClusterException
@@ -88,8 +89,10 @@ def driver_identity() -> dict[str, Any]:
     return {"driver_info": identity.add_upstream_driver("celeriac", __version__)}
 
 
-def _retry(*, timeouts: bool = False) -> Retry:
+def _retry(*, timeouts: bool = False, asynchronous: bool = False) -> Retry | AsyncRetry:
     """Two quick retries of a broken connection; a time-out only when ``timeouts``.
+    ``asynchronous``: the retry of a redis.asyncio client, whose calls it awaits (given the
+    sync one, redis-py 8.2 converts it and warns at every client made).
 
     A time-out is the server there and not answering (frozen, a paused VM, a partition):
     each retry waited socket_timeout again and sent the command again, so a producer's
@@ -100,7 +103,8 @@ def _retry(*, timeouts: bool = False) -> Retry:
     retried: tuple[type[Exception], ...] = (redis.ConnectionError,)
     if timeouts:
         retried += (redis.TimeoutError, TimeoutError)
-    return Retry(ExponentialBackoff(cap=0.2, base=0.02), 2, supported_errors=retried)
+    kind = AsyncRetry if asynchronous else Retry
+    return kind(ExponentialBackoff(cap=0.2, base=0.02), 2, supported_errors=retried)
 
 
 def _defaults(url: str, socket_timeout: float) -> dict[str, Any]:
@@ -153,13 +157,13 @@ def async_client(
     if cluster:
         nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in seeds]
         return redis.asyncio.cluster.RedisCluster.from_url(
-            url, startup_nodes=nodes, retry=_retry(timeouts=True), **defaults
+            url, startup_nodes=nodes, retry=_retry(timeouts=True, asynchronous=True), **defaults
         )
     # A blocking pool: past its 100 connections a command waits for a free one. The
     # default pool raised "Too many connections" instead, so ~100 concurrent aget()s
     # or sends in one loop failed (each holds a connection while its reply is due).
     pool = redis.asyncio.BlockingConnectionPool.from_url(
-        url, max_connections=100, timeout=None, retry=_retry(), **defaults
+        url, max_connections=100, timeout=None, retry=_retry(asynchronous=True), **defaults
     )
     return redis.asyncio.Redis.from_pool(pool)
 
