@@ -394,10 +394,31 @@ def _unreachable(exc: errors.RedisError, what: str, url: str) -> BrokerConnectio
             "command (`redis-cli SLOWLOG GET`), or overloaded. Check `redis-cli -h HOST -p "
             f"PORT PING` from this host.{tls}"
         )
+    if _names_cluster(url):
+        # redis-py 8.2 raises a node's ConnectionError where older ones raised
+        # RedisClusterException (see _cluster_error) when no node answers.
+        return BrokerConnectionError(
+            f"could not {what}: a node of the Redis Cluster at {url} did not answer "
+            f"({said}). Check that its nodes are running and reachable from this host "
+            "(redis-cli --cluster check HOST:PORT), and that the broker URL (host, port, "
+            f"password, TLS) is right.{tls}"
+        )
     return BrokerConnectionError(
         f"could not {what}: Redis at {url} did not answer ({said}). Check that "
         "redis-server is running and reachable from this host, and that the broker URL "
         f"(host, port, password, TLS) is right.{tls}"
+    )
+
+
+def _names_cluster(url: str) -> bool:
+    """Whether the (redacted) broker URL ``url`` selects Redis Cluster.
+
+    Example:
+        >>> _names_cluster("redis://h:7000?cluster=1"), _names_cluster("redis://h:6379/0")
+        (True, False)
+    """
+    return any(
+        key == "cluster" and value.lower() in _TRUE for key, value in parse_qsl(urlsplit(url).query)
     )
 
 
