@@ -161,7 +161,7 @@ def test_a_three_slash_url_meant_as_absolute_says_to_write_four(
         ("result_backend", "redis://localhost/1", "results are stored in the broker"),
         ("backend", "redis://localhost/1", "results are stored in the broker"),
         ("task_acks_late", True, "a message is always acked after its task ends"),
-        ("task_routes", {"shop.*": {"queue": "shop"}}, "route with queue= on @app.task"),
+        ("task_queues", ["shop"], "route with task_routes, or queue= on @app.task"),
         ("timezone", "Europe/Paris", "beat_timezone is the zone of cron entries"),
         ("broker_transport_options", {"visibility_timeout": 60}, "worker_lease_seconds"),
         ("broker_connection_retry_on_startup", True, "workers reconnect with backoff"),

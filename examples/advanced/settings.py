@@ -22,6 +22,7 @@ PRODUCTION: dict[str, Any] = {
     "imports": ["shop.orders.tasks", "shop.billing.tasks"],  # celeriac -A imports them too
     "task_default_queue": "default",  # a task with no queue= goes here
     "task_default_priority": 0,  # 0..9, higher runs first
+    "task_routes": {"shop.billing.*": "billing"},  # names or globs; a task's queue= wins
     # -- limits every task gets unless it sets its own --------------------------------
     "task_soft_time_limit": 120.0,  # s; SoftTimeLimitExceeded is raised inside the task
     "task_time_limit": 150.0,  # s; then the child is stopped and the task fails

@@ -13,7 +13,9 @@ from __future__ import annotations
 _DROP = "drop it"
 _ACKED = f"a message is always acked after its task ends (at-least-once): {_DROP}"
 _ROUTE = "route with queue=..."
-_ROUTE_SETTINGS = "route with queue= on @app.task or apply_async (celeriac has no exchanges)"
+_ROUTE_SETTINGS = (
+    "route with task_routes, or queue= on @app.task or apply_async (celeriac has no exchanges)"
+)
 _UNCOMPRESSED = "messages are not compressed; pass ids, not data"
 _NO_BACKEND = f"results are stored in the broker, which needs no separate backend: {_DROP}"
 _RECONNECT = (
@@ -59,7 +61,6 @@ SETTINGS = {
     "task_acks_late": _ACKED,
     "task_reject_on_worker_lost": "a task whose worker died runs again, up to "
     f"task_max_deliveries: {_DROP}",
-    "task_routes": _ROUTE_SETTINGS,
     "task_queues": _ROUTE_SETTINGS,
     "task_default_exchange": _ROUTE_SETTINGS,
     "task_default_routing_key": _ROUTE_SETTINGS,

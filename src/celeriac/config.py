@@ -17,11 +17,12 @@ import logging
 import math
 import os
 import types
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 from celeriac.celery_names import SETTINGS
 from celeriac.errors import ConfigurationError
 from celeriac.options import queue_name_problem
+from celeriac.routes import Routes
 from celeriac.text import cut
 
 
@@ -39,6 +40,8 @@ class Settings:
     broker_url: str = "sqlite:///celeriac.db"
     task_default_queue: str = "default"
     task_default_priority: int = 0  # 0..9, higher runs first
+    # Task name or glob -> queue (or {"queue", "priority"}); see celeriac.routes.
+    task_routes: dict[Any, Any] | list[Any] = dataclasses.field(default_factory=dict)
     task_soft_time_limit: float = 300.0  # seconds; SoftTimeLimitExceeded inside the task
     task_time_limit: float = 360.0  # seconds; the child is stopped, the task fails
     task_expires: float = 86_400.0  # seconds after sending; an unstarted task then EXPIRES
@@ -97,6 +100,11 @@ class Settings:
         }
         object.__setattr__(self, "_chosen", chosen)
 
+    #: ``task_routes`` as sends read it (None when it routes nothing), made each time the
+    #: setting is set; not a setting itself. ``Settings(task_routes={"shop.*": "shop"})
+    #: .routing.lookup("shop.charge")`` is ``{'queue': 'shop'}``.
+    routing: ClassVar[Routes | None] = None
+
     def was_set(self, name: str) -> bool:
         """True when setting ``name`` was chosen (by a keyword argument, a ``CELERIAC_*``
         environment variable or an assignment), False while it holds its default.
@@ -122,6 +130,14 @@ class Settings:
         hints = _hints()
         if name not in hints:
             raise ConfigurationError(_unknown(name))
+        if name == "task_routes":
+            # Read once here, so a bad route fails where it is set, and sends look up a
+            # ready table (``routing``).
+            value, routing = _read_routes(value)
+            object.__setattr__(self, "routing", routing)
+            super().__setattr__(name, value)
+            self._choose(name)
+            return
         value = _coerce(name, hints[name], value)
         if isinstance(value, list):
             _check_items(name, hints[name], value)
@@ -132,6 +148,9 @@ class Settings:
         if name == "imports":
             check_import_names(value)
         super().__setattr__(name, value)
+        self._choose(name)
+
+    def _choose(self, name: str) -> None:
         chosen = self.__dict__.get("_chosen")
         if chosen is not None:  # None while the dataclass's __init__ assigns the defaults
             chosen.add(name)
@@ -230,6 +249,22 @@ give its import name: 'shop.orders.tasks'
         )
 
 
+def _read_routes(value: Any) -> tuple[Any, Routes | None]:
+    """``task_routes`` as given (JSON text, from ``CELERIAC_TASK_ROUTES``, read first), and
+    its table (None when empty). Raises ConfigurationError, naming the route at fault."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError:
+            raise ConfigurationError(
+                f"setting task_routes: {cut(repr(value), 80)} is not JSON; write it as "
+                '\'{"shop.emails.*": "emails"}\''
+            ) from None
+    if value is None:
+        value = {}
+    return value, (Routes(value) if value else None)
+
+
 def _check_limits(limits: Any) -> None:
     """Refuse a named limit whose rate cannot be read, here: in the worker it failed every
     message of every task using it.
@@ -284,7 +319,8 @@ def _warn_if_misspelt(key: str, name: str) -> None:
 
 def _hints() -> dict[str, Any]:
     if not _HINTS:
-        _HINTS.update(get_type_hints(Settings))
+        fields = {f.name for f in dataclasses.fields(Settings)}  # not routing, a ClassVar
+        _HINTS.update((k, v) for k, v in get_type_hints(Settings).items() if k in fields)
     return _HINTS
 
 

@@ -427,7 +427,7 @@ function is add(x, y)
 
         return chunks(self, items, n)
 
-    def message(
+    def message(  # noqa: PLR0912 - one function: a call per field costs every send
         self,
         args: tuple[Any, ...] | list[Any] = (),
         kwargs: dict[str, Any] | None = None,
@@ -505,6 +505,8 @@ function is add(x, y)
             expires_at = None
         else:
             expires_at = to_ms(absolute_time(expires, due or now, "expires", self.name))
+        if conf.routing is not None:  # what the call and the task leave open: task_routes
+            queue, priority = self._routed(queue, priority, args, kwargs, extra)
         level = priority
         if level is None:
             level = opts.priority if opts.priority is not None else conf.task_default_priority
@@ -533,6 +535,27 @@ function is add(x, y)
             options=extra,
             sent_at=nearest_ms(now),
         )
+
+    def _routed(
+        self,
+        queue: str | None,
+        priority: int | None,
+        args: Any,
+        kwargs: dict[str, Any] | None,
+        extra: dict[str, Any],
+    ) -> tuple[str | None, int | None]:
+        """The queue and priority of one send as the call, else the task, else
+        ``task_routes`` give them (None: the app's default)."""
+        opts, routing = self.options, self.app.conf.routing
+        queue = queue or opts.queue
+        if priority is None:
+            priority = opts.priority
+        if routing is not None and (queue is None or priority is None):
+            routed = routing.lookup(self.name, args, kwargs, extra)
+            if routed is not None:
+                queue = queue or routed.get("queue")
+                priority = routed.get("priority") if priority is None else priority
+        return queue, priority
 
     def _check_call_options(self, extra: dict[str, Any]) -> None:
         """Refuse, before anything is sent, a middleware option this call cannot give: one

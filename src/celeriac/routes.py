@@ -1,0 +1,159 @@
+"""``task_routes``: which queue (and priority) each task goes to, set in one place, as
+Celery's setting of that name is written.
+
+::
+
+    app.conf.task_routes = {
+        "shop.emails.*": "emails",                        # a glob: every task it matches
+        "shop.reports.build": {"queue": "reports", "priority": 2},
+        re.compile(r"shop\\.(images|video)\\..*"): "media",  # a compiled pattern
+    }
+
+A name is looked up exactly first, then against each pattern in the order given; the first
+that matches routes it. A list (or tuple) of such dicts and of router functions is read in
+its order, each function called as Celery calls one, ``router(name, args, kwargs, options,
+task=None)``, and returning a route, a queue name or None (not this one).
+
+What a route gives is used only where nothing more specific was: ``apply_async(queue=)``
+beats ``@app.task(queue=)``, which beats a route, which beats ``task_default_queue``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from celeriac.errors import ConfigurationError
+from celeriac.options import option_problem, queue_name_problem
+from celeriac.text import cut
+
+#: What a route may say. Celery's exchange and routing keys have no meaning here.
+_ROUTE_KEYS = frozenset({"queue", "priority"})
+_CELERY_KEYS = frozenset({"exchange", "exchange_type", "routing_key", "delivery_mode"})
+
+Router = Callable[..., Any]
+_Exact = dict[str, dict[str, Any]]
+_Patterns = list[tuple[re.Pattern[str], dict[str, Any]]]
+
+
+class Routes:
+    """``task_routes`` read once: exact names, patterns in order, router functions.
+
+    Example:
+        >>> routes = Routes({"shop.emails.*": "emails", "shop.report": {"queue": "slow"}})
+        >>> routes.lookup("shop.emails.welcome"), routes.lookup("shop.report")
+        ({'queue': 'emails'}, {'queue': 'slow'})
+        >>> routes.lookup("shop.charge") is None
+        True
+    """
+
+    def __init__(self, setting: Any) -> None:
+        self._steps: list[_Exact | _Patterns | Router] = []
+        maps = list(setting) if isinstance(setting, list | tuple) else [setting]
+        for i, part in enumerate(maps):
+            where = "setting task_routes" + (f"[{i}]" if len(maps) > 1 else "")
+            if callable(part) and not isinstance(part, Mapping):
+                self._steps.append(part)
+            elif isinstance(part, Mapping):
+                self._add_map(part, where)
+            else:
+                raise ConfigurationError(
+                    f"{where} must be a dict of task names or patterns to queues, or a "
+                    f"router function (name, args, kwargs, options, task=None), got "
+                    f"{cut(repr(part), 80)}"
+                )
+
+    def _add_map(self, mapping: Mapping[Any, Any], where: str) -> None:
+        exact: _Exact = {}
+        patterns: _Patterns = []
+        for key, value in mapping.items():
+            route = checked_route(value, f"{where}, {key!r}")
+            if isinstance(key, re.Pattern):
+                patterns.append((key, route))
+            elif isinstance(key, str) and key:
+                if "*" in key or "?" in key or "[" in key:
+                    patterns.append((re.compile(fnmatch.translate(key)), route))
+                else:
+                    exact[key] = route
+            else:
+                raise ConfigurationError(
+                    f"{where}: a key must be a task name, a glob such as 'shop.emails.*' or "
+                    f"a compiled re pattern, got {cut(repr(key), 80)}"
+                )
+        self._steps.append(exact)  # exact names of a map before its patterns, as in Celery
+        self._steps.append(patterns)
+
+    def lookup(
+        self,
+        name: str,
+        args: Any = (),
+        kwargs: Any = None,
+        options: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """The route of task ``name``: ``{"queue": ..., "priority": ...}`` (either may be
+        missing), or None when no route names it.
+
+        Raises:
+            ConfigurationError: a router function returned what is not a route.
+        """
+        for step in self._steps:
+            if isinstance(step, dict):
+                found = step.get(name)
+                if found is not None:
+                    return found
+            elif isinstance(step, list):
+                for pattern, route in step:
+                    if pattern.match(name):
+                        return route
+            else:
+                given = step(name, list(args), dict(kwargs or {}), dict(options or {}), task=None)
+                if given is not None:
+                    where = f"setting task_routes: router {getattr(step, '__name__', step)!r}"
+                    return checked_route(given, f"{where}, for task {name!r}")
+        return None
+
+
+def checked_route(value: Any, where: str) -> dict[str, Any]:
+    """A route as celeriac reads it (a queue name stands for ``{"queue": name}``), or an
+    error saying what is wrong with it.
+
+    Example:
+        >>> checked_route("emails", "route")
+        {'queue': 'emails'}
+        >>> checked_route({"queue": "emails", "routing_key": "emails"}, "route 'shop.*'")
+        Traceback (most recent call last):
+        celeriac.errors.ConfigurationError: route 'shop.*': 'routing_key' is Celery's \
+(exchanges and routing keys); celeriac routes by queue alone: give {'queue': ..., \
+'priority': ...}
+    """
+    route = {"queue": value} if isinstance(value, str) else value
+    if not isinstance(route, Mapping):
+        raise ConfigurationError(
+            f"{where}: a route is a queue name or a dict with 'queue' (and 'priority'), "
+            f"got {cut(repr(value), 80)}"
+        )
+    for key in route:
+        if key in _CELERY_KEYS:
+            raise ConfigurationError(
+                f"{where}: {key!r} is Celery's (exchanges and routing keys); celeriac routes "
+                "by queue alone: give {'queue': ..., 'priority': ...}"
+            )
+        if key not in _ROUTE_KEYS:
+            raise ConfigurationError(
+                f"{where}: unknown key {key!r}; a route gives 'queue' and 'priority'"
+            )
+    queue = route.get("queue")
+    if queue is not None:
+        problem = queue_name_problem(queue)
+        if problem:
+            raise ConfigurationError(
+                f"{where}: queue must be {problem}, got {cut(repr(queue), 80)}"
+            )
+    priority = route.get("priority")
+    if priority is not None:
+        problem = option_problem("priority", priority)
+        if problem:
+            raise ConfigurationError(f"{where}: priority must be {problem}, got {priority!r}")
+    return {k: v for k, v in route.items() if v is not None}
