@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from celeriac.arguments import Conversions
     from celeriac.canvas import Group, Signature
     from celeriac.result import AsyncResult
+    from celeriac.routes import Routes
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -506,7 +507,9 @@ function is add(x, y)
         else:
             expires_at = to_ms(absolute_time(expires, due or now, "expires", self.name))
         if conf.routing is not None:  # what the call and the task leave open: task_routes
-            queue, priority = self._routed(queue, priority, args, kwargs, extra)
+            queue, priority = self._routed(
+                conf.routing, queue, priority, args=args, kwargs=kwargs, extra=extra
+            )
         level = priority
         if level is None:
             level = opts.priority if opts.priority is not None else conf.task_default_priority
@@ -538,19 +541,21 @@ function is add(x, y)
 
     def _routed(
         self,
+        routing: Routes,
         queue: str | None,
         priority: int | None,
+        *,
         args: Any,
         kwargs: dict[str, Any] | None,
         extra: dict[str, Any],
     ) -> tuple[str | None, int | None]:
         """The queue and priority of one send as the call, else the task, else
-        ``task_routes`` give them (None: the app's default)."""
-        opts, routing = self.options, self.app.conf.routing
+        ``routing`` (task_routes) give them (None: the app's default)."""
+        opts = self.options
         queue = queue or opts.queue
         if priority is None:
             priority = opts.priority
-        if routing is not None and (queue is None or priority is None):
+        if queue is None or priority is None:
             routed = routing.lookup(self.name, args, kwargs, extra)
             if routed is not None:
                 queue = queue or routed.get("queue")
