@@ -149,6 +149,56 @@ def test_events_shows_an_event_it_cannot_read_and_the_rest(sqlite_url: str) -> N
     assert as_json.stdout.splitlines()[-1] == '{"type": "\ufffd"}'
 
 
+def test_events_filter_by_task_pattern_and_type(core_app: Celeriac, broker_url: str) -> None:
+    # At 3 a.m. the question is "why does shop.charge fail": 10,000 events of every task
+    # and outcome, read by eye or piped through grep (which cannot tell a task's name
+    # from the same words in another task's error).
+    adds = [core.add.delay(i, 1) for i in range(3)]
+    fails = [core.fail.apply_async((f"disk {i} full",), max_retries=0) for i in range(3)]
+    core.echo_kwargs.delay(1)
+    run_queued(core_app, fail_fast=False)
+
+    def shown(*args: str) -> list[str]:
+        result = invoke("-b", broker_url, "events", *args)
+        assert result.exit_code == 0, result.output
+        return [line.split("[")[1].split("]")[0] for line in result.stdout.splitlines()]
+
+    assert shown("--type", "failed") == [r.id for r in fails]
+    assert shown("--task", "tests.apps.core.add") == [r.id for r in adds]
+    assert shown("--task", "*.add", "--task", "*.echo_kwargs", "-n", "2")[0] == adds[-1].id
+    assert shown("--task", "tests.apps.*", "--type", "FAILED", "-n", "2") == [
+        r.id for r in fails[1:]
+    ]
+    assert shown("--task", "*.add", "--type", "failed") == []
+    nothing = invoke("-b", broker_url, "events", "--task", "shop.*", "--type", "failed")
+    assert nothing.stderr.strip() == (
+        "none of the 7 events this broker keeps is of task shop.* and of type failed"
+    )
+    as_json = invoke("-b", broker_url, "events", "--type", "failed", "--json")
+    assert [json.loads(line)["id"] for line in as_json.stdout.splitlines()] == [r.id for r in fails]
+
+
+def test_events_refuses_an_event_type_it_does_not_know() -> None:
+    result = invoke("-b", "memory://", "events", "--type", "failure")
+    assert result.exit_code == 2
+    assert "'failure' is not one of" in result.output and "'failed'" in result.output
+
+
+def test_events_follow_shows_only_what_matches(
+    core_app: Celeriac, broker_url: str, clis: list[Cli]
+) -> None:
+    follow = Cli("-b", broker_url, "events", "-f", "--type", "failed")
+    clis.append(follow)
+    follow.wait_for_line("waiting (Ctrl-C stops)")  # nothing yet: said, then waiting
+    ok = core.add.delay(1, 1)
+    failed = core.fail.apply_async(("boom",), max_retries=0)
+    run_queued(core_app, fail_fast=False)
+    follow.wait_for_line(f"failed        tests.apps.core.fail[{failed.id}]")
+    code, output = follow.interrupt()
+    assert code == 0, output
+    assert ok.id not in output
+
+
 def test_ctrl_c_while_waiting_exits_130_without_a_traceback(
     broker_url: str, clis: list[Cli]
 ) -> None:

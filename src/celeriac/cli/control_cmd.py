@@ -1,15 +1,12 @@
-"""Commands that talk to live workers through the broker: revoke, ping, inspect,
-shutdown, events."""
+"""Commands that talk to live workers through the broker: revoke, ping, inspect and
+shutdown."""
 
 from __future__ import annotations
 
-import datetime as dt
 import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 import click
-import msgspec
 from rich.markup import escape
 from rich.table import Table
 
@@ -24,10 +21,8 @@ from celeriac.control import (
     live_workers,
     revoke_many,
 )
-from celeriac.errors import BrokerConnectionError, MalformedMessage
-from celeriac.event_feed import EventFeed
+from celeriac.errors import MalformedMessage
 from celeriac.message import decode_result
-from celeriac.middleware.events import STREAM, Event
 from celeriac.text import printable
 
 if TYPE_CHECKING:
@@ -406,128 +401,3 @@ def _nobody_answered(obj: Context, target: str | None) -> str:
         f"no worker answered in time; live by their heartbeats: {', '.join(live)}. A busy or "
         "stopping worker may answer late: try again with a longer --timeout"
     )
-
-
-#: Bytes of an event ``events`` cannot read that it shows.
-_UNREADABLE_SHOWN = 300
-#: Seconds between ``events -f``'s reads while the broker does not answer.
-_UNREACHABLE_PAUSE = 1.0
-#: Seconds ``events -f`` waits for new events once it has read them all.
-_FOLLOW_PAUSE = 0.2
-
-
-@cli.command()
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new events until Ctrl-C.")
-@click.option(
-    "-n", "--lines", type=click.IntRange(1), default=20, show_default=True, help="Events shown."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event.")
-@click.pass_obj
-def events(obj: Context, follow: bool, lines: int, as_json: bool) -> None:
-    """Show the newest task events: outcomes (succeeded, failed, not-run, retried, ...);
-    received and started too when workers run with worker_send_started_events=True.
-
-    With -f, keep printing new ones (through a broker outage, said once on stderr); Ctrl-C
-    stops it and exits 0. The broker keeps only the newest events (10,000): when some were
-    dropped before -f could print them (a broker restart), a line on stderr says so.
-
-    Example: celeriac events -f -n 50
-    """
-    broker = obj.app.broker
-    items = broker.stream_read(STREAM, 0, 1_000_000)
-    after = items[-1][0] if items else 0
-    for _, raw in items[-lines:]:
-        _print_event(raw, as_json)
-    if not items and not as_json:  # silence read as "the command is broken"
-        click.echo(_no_events_note(obj.app.conf.worker_send_task_events, follow), err=True)
-    try:
-        if follow:
-            _follow(EventFeed(broker, after), as_json)
-    except KeyboardInterrupt:
-        # Ctrl-C is how following ends, not a failure: it printed "Aborted!" and exited 1.
-        return
-
-
-def _no_events_note(sent: bool, follow: bool) -> str:
-    """What to say when the broker holds no event: workers run with events off write none,
-    and "no events yet" alone read as "no task has run" (``sent``: whether this app's
-    configuration, which workers started with ``-A`` share, sends them).
-
-    Example:
-        >>> print(_no_events_note(False, follow=False))  # doctest: +NORMALIZE_WHITESPACE
-        no events on this broker: this app's configuration turns them off
-        (worker_send_task_events=False), so its workers write none
-    """
-    if not sent:
-        return (
-            "no events on this broker: this app's configuration turns them off "
-            "(worker_send_task_events=False), so its workers write none"
-        )
-    return (
-        "no events yet on this broker (workers write one per task, unless started with "
-        "worker_send_task_events=False)" + (": waiting (Ctrl-C stops)" if follow else "")
-    )
-
-
-def _follow(feed: EventFeed, as_json: bool) -> None:
-    """Print the events the feed reads, until Ctrl-C.
-
-    Pages follow each other without a pause while they come back full: with a pause after
-    each, it printed at most 5,000 events a second, fell behind busy workers (a -c 2 worker
-    settles ~8,000 tasks a second here) and, once the stream had trimmed what it had not
-    read, skipped them without a word (37,000 of 180,000 events shown). When the stream
-    was trimmed past the last event shown, the events in between may be lost, which is
-    said on stderr (``_MISSED``).
-    """
-    away = False  # the broker did not answer the last read
-    while True:
-        try:
-            page = feed.read()
-        except BrokerConnectionError as exc:
-            # Waited out, as workers and result waits wait it out: the follower of a
-            # failover (when one watches events most) exited 1 at its first blip,
-            # and the events of the minutes after it went unseen. Said once.
-            if not away:
-                click.echo(f"{printable(str(exc))} Still following (Ctrl-C stops).", err=True)
-            away = True
-            time.sleep(_UNREACHABLE_PAUSE)
-            continue
-        if away:
-            click.echo("the broker answers again: following", err=True)
-            away = False
-        if page.missed:
-            click.echo(_MISSED, err=True)
-        for raw in page.events:
-            _print_event(raw, as_json)
-        if not page.full:
-            time.sleep(_FOLLOW_PAUSE)
-
-
-#: What ``events -f`` says when the stream no longer holds the last event it showed: the
-#: events after that one may have been trimmed before they could be read. Whether any
-#: were, and how many, the sequence numbers cannot always tell (Redis's skip numbers);
-#: only a follower thousands of events behind, or a burst as long as the stream, gets here.
-_MISSED = (
-    "some events may have been dropped before they could be shown: the broker keeps only "
-    "the newest events, and they came faster than they could be read, or the broker "
-    "restarted. Every task's outcome is still in its result (celeriac result ID)."
-)
-
-
-def _print_event(raw: bytes, as_json: bool) -> None:
-    if as_json:
-        click.echo(raw.decode("utf-8", "replace"))  # not UTF-8 (another tool's): it ended
-        return
-    try:
-        e = msgspec.json.decode(raw, type=Event)
-    except msgspec.DecodeError:
-        # A newer celeriac's shape, or another tool's: shown as it is. Raised, it ended the
-        # command, and `events` failed until newer events had pushed this one out.
-        text = raw[:_UNREADABLE_SHOWN].decode("utf-8", "replace")
-        click.echo(printable(f"unreadable event (a newer celeriac's?): {text}"))
-        return
-    at = dt.datetime.fromtimestamp(e.at).strftime("%H:%M:%S.%f")[:-3]
-    runtime = f" in {e.runtime:.4f}s" if e.runtime else ""  # 0: decided without running
-    detail = f": {e.detail}" if e.detail else ""
-    line = f"{at} {e.type:<13} {e.task}[{e.id}]{runtime} ({e.worker}){detail}"
-    click.echo(printable(line))  # names and errors are the sender's text (celeriac.text)

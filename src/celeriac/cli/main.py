@@ -44,7 +44,7 @@ _COMMAND_MODULES = {
     "check": "check_cmd",
     "demo": "demo",
     "dlq": "commands",
-    "events": "control_cmd",
+    "events": "events_cmd",
     "inspect": "control_cmd",
     "metrics": "metrics_cmd",
     "ping": "control_cmd",

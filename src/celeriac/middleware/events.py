@@ -38,6 +38,8 @@ _NAMES = {
     "DEAD": "dead-lettered",
     "DEFERRED": "deferred",
 }
+#: Every type of event a worker writes: what ``celeriac events --type`` chooses from.
+EVENT_TYPES = ("received", "started", *_NAMES.values(), "not-run", "moved")
 
 
 class Event(msgspec.Struct, omit_defaults=True):
