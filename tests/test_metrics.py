@@ -15,6 +15,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import yaml
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,10 +24,10 @@ from celeriac import Celeriac
 from celeriac.cli import cli
 from celeriac.event_feed import EventFeed
 from celeriac.metrics import OTHER, TASK_LABELS, TaskMetrics
-from celeriac.middleware.events import STREAM, Event
+from celeriac.middleware.events import EVENT_TYPES, STREAM, Event
 from celeriac.testing import run_queued, wait_for
 from tests.apps import core
-from tests.conftest import WorkerProcesses, run_celeriac
+from tests.conftest import ROOT, WorkerProcesses, run_celeriac
 from tests.redis_server import RedisServer, start_redis
 from tests.test_cli_edges import Cli, clis
 
@@ -294,3 +295,71 @@ def test_follow_counts_a_trimmed_stream_as_missed_and_stops_when_told(sqlite_url
         follower.join(timeout=10)
     assert not follower.is_alive()
     app.broker.close()
+
+
+# -- examples/metrics: the Prometheus set-up and alert rules users copy ----------------------
+
+EXAMPLE = ROOT / "examples" / "metrics"
+
+
+def _served_names(samples_text: str) -> set[str]:
+    """Each name an expression may use, by the family the exporter serves it in: a counter
+    as ``_total``, a histogram as ``_bucket``, ``_count`` and ``_sum``, a gauge as itself."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    return {
+        family.name + suffix
+        for family in text_string_to_metric_families(samples_text)
+        for suffix in suffixes.get(family.type, ("",))
+    }
+
+
+def test_the_example_alerts_use_only_what_the_exporter_serves(
+    sqlite_url: str, clis: list[Cli]
+) -> None:
+    # An alert on a metric or label value the exporter does not serve never fires, and
+    # says nothing: its expression is valid PromQL that selects no series.
+    app = Celeriac("metrics-example", broker=sqlite_url)
+    app.send_task("shop.charge")  # a queue, so that its series are served
+    app.broker.close()
+    url = _start_exporter(clis, sqlite_url)
+    with urllib.request.urlopen(url, timeout=30) as page:
+        served = _served_names(page.read().decode())
+    states = {
+        dict(labels)["state"] for name, labels in _scrape(url) if name == "celeriac_queue_tasks"
+    }
+
+    config = yaml.safe_load((EXAMPLE / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    (job,) = config["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == ["localhost:9808"]  # the exporter's default
+    assert float(config["global"]["scrape_timeout"].rstrip("s")) > 5  # the exporter's wait
+
+    rules = yaml.safe_load((EXAMPLE / "alerts.yml").read_text())["groups"][0]["rules"]
+    alerts = [r for r in rules if "alert" in r]
+    assert len(alerts) >= 8
+    expressions = " ".join(r["expr"] for r in rules)
+    used = set(re.findall(r"\bceleriac_[a-z_]+", expressions))
+    assert used and not used - served, sorted(used - served)
+    assert {"celeriac_broker_up", "celeriac_workers", "celeriac_queue_tasks"} <= used
+    events = set()
+    for values in re.findall(r'event=~?"([^"]+)"', expressions):
+        events.update(values.split("|"))
+    assert events and not events - set(EVENT_TYPES), sorted(events - set(EVENT_TYPES))
+    wanted_states = set(re.findall(r'state="([^"]+)"', expressions))
+    assert wanted_states and not wanted_states - states, (wanted_states, states)
+    for alert in alerts:
+        assert alert["labels"]["severity"] in {"critical", "warning", "info"}, alert
+        assert alert["annotations"]["summary"] and alert["annotations"]["action"], alert
+
+    # Each command an alert tells the reader to run is one this CLI takes, options and all.
+    commands = [
+        command
+        for alert in alerts
+        for command in re.findall(r"`(celeriac [^`]+)`", alert["annotations"]["action"])
+    ]
+    assert len(commands) >= 6, commands
+    for command in commands:
+        words = command.replace("{{ $labels.task }}", "shop.charge").split()[1:]
+        words = ["tests.apps.core" if w == "yourapp" else w for w in words]
+        result = CliRunner().invoke(cli, [*words, "--help"])
+        assert result.exit_code == 0, (command, result.output)
