@@ -9,9 +9,11 @@ write their spans, one JSON object a line, to the file CELERIAC_TEST_SPANS names
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,7 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from celeriac import Celeriac, Middleware
+from celeriac import Celeriac, Middleware, SoftTimeLimitExceeded, TimeLimitExceeded
 from celeriac.integrations.opentelemetry import Tracing
 from celeriac.middleware import default_middleware
 from celeriac.middleware.base import Job, Outcome
@@ -78,6 +80,14 @@ async def acharge(self: Any, order_id: int) -> list[str]:
 @app.task(max_retries=0)
 def declined(order_id: int) -> None:
     raise ValueError(f"card declined for order {order_id}")
+
+
+@app.task(soft_time_limit=0.2, time_limit=0.6, max_retries=0)
+def hangs() -> None:
+    """Sleeps through its soft limit: its child is killed at the hard limit."""
+    while True:
+        with contextlib.suppress(SoftTimeLimitExceeded):
+            time.sleep(5)
 
 
 def _hex(value: int, digits: int) -> str:
@@ -168,3 +178,27 @@ def test_a_chain_is_one_trace_each_step_under_the_one_before(traced: Path, tmp_p
     assert send2["parent_id"] == step1["context"]["span_id"]
     assert step2["parent_id"] == send2["context"]["span_id"]
     assert len({s["context"]["trace_id"] for s in (step1, send2, step2)}) == 1
+
+
+@pytest.mark.slow
+def test_a_task_killed_at_its_hard_limit_is_in_the_trace_as_a_failure(
+    traced: Path, tmp_path: Path
+) -> None:
+    # The killed child's span is lost with it (never ended, never exported); the run that
+    # settles the task with TimeLimitExceeded (the supervisor's verdict) is the trace's.
+    workers = WorkerProcesses(app.conf.broker_url, Ledger(tmp_path / "ledger.txt"))
+    try:
+        workers.start("-c", "1", app=APP, env={**ENV, "CELERIAC_TEST_SPANS": str(traced)})
+        result = hangs.delay()
+        with pytest.raises(TimeLimitExceeded):
+            result.get(timeout=60)
+    finally:
+        workers.kill_all()
+    sent = _sent(hangs.name)
+    assert wait_for(lambda: _named(_worker_spans(traced), f"run {hangs.name}"), timeout=10)
+    [run] = _named(_worker_spans(traced), f"run {hangs.name}")
+    assert run["parent_id"] == _hex(sent.context.span_id, 16)
+    assert run["status"]["status_code"] == "ERROR"
+    assert run["attributes"]["celeriac.outcome"] == "FAILURE"
+    [event] = run["events"]
+    assert event["attributes"]["exception.type"].endswith("TimeLimitExceeded")

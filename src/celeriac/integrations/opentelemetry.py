@@ -15,7 +15,9 @@ Put it first, before the defaults, so that its ``after_execute`` runs last::
   sent under it, so a whole workflow is one trace. Its status is the outcome: ERROR for a
   failure, with the exception recorded; ``celeriac.outcome`` says which (SUCCESS,
   FAILURE, RETRY, EXPIRED, REVOKED, ...). A task delivered twice (a worker died under
-  it) has two run spans under one send span.
+  it) has two run spans under one send span. A run killed with its child (its hard time
+  limit, ``revoke --terminate``) loses its span with the child; the delivery that then
+  settles it (FAILURE with TimeLimitExceeded, or REVOKED) has a run span of its own.
 
 Only ``opentelemetry-api`` is imported. Where spans go is the application's choice of SDK
 and exporter, set up as in any program; without one, every span is a no-op. A worker's
