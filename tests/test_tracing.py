@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,7 +23,13 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from celeriac import Celeriac, Middleware, SoftTimeLimitExceeded, TimeLimitExceeded
+from celeriac import (
+    Celeriac,
+    Middleware,
+    Reject,
+    SoftTimeLimitExceeded,
+    TimeLimitExceeded,
+)
 from celeriac.integrations.opentelemetry import Tracing
 from celeriac.middleware import default_middleware
 from celeriac.middleware.base import Job, Outcome
@@ -88,6 +95,18 @@ def hangs() -> None:
     while True:
         with contextlib.suppress(SoftTimeLimitExceeded):
             time.sleep(5)
+
+
+@app.task(max_deliveries=1)
+def kills_its_child() -> None:
+    """Dies with its child, as a task the OOM killer takes: dead-lettered at the redelivery."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task
+def refuses(order_id: int) -> None:
+    """Runs, and sends itself to the dead-letter queue."""
+    raise Reject(f"order {order_id} belongs to a closed shop")
 
 
 def _hex(value: int, digits: int) -> str:
@@ -202,3 +221,42 @@ def test_a_task_killed_at_its_hard_limit_is_in_the_trace_as_a_failure(
     assert run["attributes"]["celeriac.outcome"] == "FAILURE"
     [event] = run["events"]
     assert event["attributes"]["exception.type"].endswith("TimeLimitExceeded")
+
+
+@pytest.mark.slow
+def test_a_message_dead_lettered_before_it_ran_ends_its_trace_with_the_reason(
+    traced: Path, tmp_path: Path
+) -> None:
+    # Without its span, the trace of a task whose every run killed its child (or of a task
+    # no worker knows) ended at its send span, as if it were still queued.
+    workers = WorkerProcesses(app.conf.broker_url, Ledger(tmp_path / "ledger.txt"))
+    env = {**ENV, "CELERIAC_TEST_SPANS": str(traced), "CELERIAC_TASK_UNKNOWN_MAX_AGE": "0"}
+    try:
+        workers.start("-c", "1", app=APP, env=env)
+        killer = kills_its_child.delay()
+        unknown = app.send_task("shop.retired_task")
+        rejected = refuses.delay(3)
+        ids = {killer.id, unknown.id, rejected.id}
+        assert wait_for(lambda: {d.id for d in app.broker.dead_letters()} >= ids, timeout=60), (
+            app.broker.dead_letters()
+        )
+    finally:
+        workers.kill_all()
+
+    def dead_spans() -> list[dict[str, Any]]:
+        return [s for s in _worker_spans(traced) if s["name"].startswith("dead-letter ")]
+
+    assert wait_for(lambda: len(dead_spans()) >= 2, timeout=10), _worker_spans(traced)
+    by_id = {s["attributes"]["messaging.message.id"]: s for s in dead_spans()}
+    assert set(by_id) == {killer.id, unknown.id}  # the rejected task ran: its run span says
+    for task_id, name in ((killer.id, kills_its_child.name), (unknown.id, "shop.retired_task")):
+        span = by_id[task_id]
+        assert span["name"] == f"dead-letter {name}"
+        assert span["parent_id"] == _hex(_sent(name).context.span_id, 16)
+        assert span["status"]["status_code"] == "ERROR"
+        assert span["attributes"]["celeriac.outcome"] == "DEAD"
+    assert "killed by SIGKILL" in by_id[killer.id]["status"]["description"]
+    assert "unknown task" in by_id[unknown.id]["status"]["description"]
+    [ran] = _named(_worker_spans(traced), f"run {refuses.name}")
+    assert ran["attributes"]["celeriac.outcome"] == "DEAD"
+    assert "closed shop" in ran["status"]["description"]

@@ -18,6 +18,9 @@ Put it first, before the defaults, so that its ``after_execute`` runs last::
   it) has two run spans under one send span. A run killed with its child (its hard time
   limit, ``revoke --terminate``) loses its span with the child; the delivery that then
   settles it (FAILURE with TimeLimitExceeded, or REVOKED) has a run span of its own.
+- A message dead-lettered before it could run (too many deliveries: a task that kills
+  every child running it; an unknown task) gets a ``dead-letter <task>`` span under its
+  send span, status ERROR with the reason: its trace does not end at the send, unexplained.
 
 Only ``opentelemetry-api`` is imported. Where spans go is the application's choice of SDK
 and exporter, set up as in any program; without one, every span is a no-op. A worker's
@@ -40,9 +43,11 @@ if TYPE_CHECKING:
     from celeriac.app import Celeriac
     from celeriac.message import Message
 
-#: ``job.context`` keys: the run span, and the token that makes it current.
+#: ``job.context`` keys: the run span, the token that makes it current, and whether this
+#: delivery had a run span at all (a dead letter's span is made only when it had none).
 _SPAN = "otel_span"
 _ATTACHED = "otel_attached"
+_RAN = "otel_ran"
 #: Outcomes that are the task's failure: the span's status is ERROR.
 _FAILED = frozenset({"FAILURE", "DEAD"})
 
@@ -98,6 +103,7 @@ class Tracing(Middleware):
             attributes=_attributes(message, "process"),
         )
         job.context[_SPAN] = span
+        job.context[_RAN] = True
         job.context[_ATTACHED] = context.attach(trace.set_span_in_context(span, parent))
         return None
 
@@ -117,6 +123,23 @@ class Tracing(Middleware):
         if token is not None:
             context.detach(token)
         return outcome
+
+
+    def before_dead_letter(self, job: Job, outcome: Outcome) -> None:
+        """Record a message dead-lettered before it could run as a span under its send span
+        (one that ran has its run span, with the outcome, already)."""
+        message = job.message
+        if message is None or job.context.get(_RAN):  # unreadable: no context to join
+            return
+        span = self.tracer.start_span(
+            f"dead-letter {message.task}",
+            context=propagate.extract(message.headers),
+            kind=SpanKind.CONSUMER,
+            attributes=_attributes(message, "settle"),
+        )
+        span.set_attribute("celeriac.outcome", outcome.state)
+        span.set_status(Status(StatusCode.ERROR, outcome.reason or outcome.state))
+        span.end()
 
 
 def _attributes(message: Message, operation: str) -> dict[str, Any]:
