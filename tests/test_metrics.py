@@ -4,6 +4,7 @@ stream trimmed past the exporter, unreadable events and unbounded task names."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import signal
@@ -313,11 +314,26 @@ def _served_names(samples_text: str) -> set[str]:
     }
 
 
-def test_the_example_alerts_use_only_what_the_exporter_serves(
+def _check_expressions(expressions: list[str], served: set[str], states: set[str]) -> None:
+    """Every metric, ``event`` and ``state`` value the PromQL ``expressions`` name is one
+    the exporter serves."""
+    text = " ".join(expressions)
+    used = set(re.findall(r"\bceleriac_[a-z_]+", text))
+    assert used and not used - served, sorted(used - served)
+    events = set()
+    for values in re.findall(r'event=~?"([^"]+)"', text):
+        events.update(values.split("|"))
+    assert events and not events - set(EVENT_TYPES), sorted(events - set(EVENT_TYPES))
+    wanted_states = set(re.findall(r'state="([^"]+)"', text))
+    assert wanted_states and not wanted_states - states, (wanted_states, states)
+
+
+def test_the_example_prometheus_setup_uses_only_what_the_exporter_serves(
     sqlite_url: str, clis: list[Cli]
 ) -> None:
-    # An alert on a metric or label value the exporter does not serve never fires, and
-    # says nothing: its expression is valid PromQL that selects no series.
+    # An alert or a panel on a metric or label value the exporter does not serve never
+    # fires or stays empty, and says nothing: its expression is valid PromQL that selects
+    # no series.
     app = Celeriac("metrics-example", broker=sqlite_url)
     app.send_task("shop.charge")  # a queue, so that its series are served
     app.broker.close()
@@ -337,19 +353,21 @@ def test_the_example_alerts_use_only_what_the_exporter_serves(
     rules = yaml.safe_load((EXAMPLE / "alerts.yml").read_text())["groups"][0]["rules"]
     alerts = [r for r in rules if "alert" in r]
     assert len(alerts) >= 8
-    expressions = " ".join(r["expr"] for r in rules)
-    used = set(re.findall(r"\bceleriac_[a-z_]+", expressions))
-    assert used and not used - served, sorted(used - served)
-    assert {"celeriac_broker_up", "celeriac_workers", "celeriac_queue_tasks"} <= used
-    events = set()
-    for values in re.findall(r'event=~?"([^"]+)"', expressions):
-        events.update(values.split("|"))
-    assert events and not events - set(EVENT_TYPES), sorted(events - set(EVENT_TYPES))
-    wanted_states = set(re.findall(r'state="([^"]+)"', expressions))
-    assert wanted_states and not wanted_states - states, (wanted_states, states)
+    _check_expressions([r["expr"] for r in rules], served, states)
+    assert {"celeriac_broker_up", "celeriac_workers"} <= set(
+        re.findall(r"\bceleriac_[a-z_]+", " ".join(r["expr"] for r in alerts))
+    )
     for alert in alerts:
         assert alert["labels"]["severity"] in {"critical", "warning", "info"}, alert
         assert alert["annotations"]["summary"] and alert["annotations"]["action"], alert
+
+    dashboard = json.loads((EXAMPLE / "grafana-dashboard.json").read_text())
+    targets = [t for panel in dashboard["panels"] for t in panel["targets"]]
+    _check_expressions([t["expr"] for t in targets], served, states)
+    # Every series the exporter serves is on a panel.
+    shown = set(re.findall(r"\bceleriac_[a-z_]+", " ".join(t["expr"] for t in targets)))
+    families = {re.sub(r"_(total|bucket|count|sum)$", "", n) for n in served}
+    assert families <= {re.sub(r"_(total|bucket|count|sum)$", "", n) for n in shown}
 
     # Each command an alert tells the reader to run is one this CLI takes, options and all.
     commands = [
