@@ -30,6 +30,7 @@ from celeriac import (
     SoftTimeLimitExceeded,
     TimeLimitExceeded,
 )
+from celeriac.brokers.records import Delivery, Lease
 from celeriac.integrations.opentelemetry import Tracing
 from celeriac.middleware import default_middleware
 from celeriac.middleware.base import Job, Outcome
@@ -247,6 +248,7 @@ def test_a_message_dead_lettered_before_it_ran_ends_its_trace_with_the_reason(
         return [s for s in _worker_spans(traced) if s["name"].startswith("dead-letter ")]
 
     assert wait_for(lambda: len(dead_spans()) >= 2, timeout=10), _worker_spans(traced)
+    assert len(dead_spans()) == 2, dead_spans()
     by_id = {s["attributes"]["messaging.message.id"]: s for s in dead_spans()}
     assert set(by_id) == {killer.id, unknown.id}  # the rejected task ran: its run span says
     for task_id, name in ((killer.id, kills_its_child.name), (unknown.id, "shop.retired_task")):
@@ -260,3 +262,41 @@ def test_a_message_dead_lettered_before_it_ran_ends_its_trace_with_the_reason(
     [ran] = _named(_worker_spans(traced), f"run {refuses.name}")
     assert ran["attributes"]["celeriac.outcome"] == "DEAD"
     assert "closed shop" in ran["status"]["description"]
+
+
+def _job(headers: dict[str, Any] | None = None) -> Job:
+    """A delivery of a task no worker knows, sent under this module's tracer."""
+    message = app.task_named("shop.gone").message((), headers=headers or {})
+    if headers is None:
+        app.middleware.before_send(app, message)  # the send span, and its context carried
+    return Job(Delivery(Lease(message.id, "default", "1"), b"", 1), "w", message=message, app=app)
+
+
+def test_a_dead_letter_settled_again_after_a_broker_error_has_one_span() -> None:
+    # A settle that meets a broker error is tried again, whole, before_dead_letter
+    # included: each try made a span, and one dead letter read as several.
+    made_here.clear()
+    job = _job()
+    dead = Outcome("DEAD", reason="unknown task: no worker knows shop.gone")
+    for _ in range(3):
+        Tracing(provider).before_dead_letter(job, dead)
+    spans = [s for s in made_here.get_finished_spans() if s.name == "dead-letter shop.gone"]
+    assert len(spans) == 1
+    assert spans[0].parent is not None
+    assert spans[0].parent.span_id == _sent("shop.gone").context.span_id
+
+
+def test_a_header_the_propagator_cannot_read_starts_a_trace_of_its_own() -> None:
+    # A producer of another stack sent a traceparent that is not text: the propagator
+    # raised in before_execute, and the run had no span at all.
+    made_here.clear()
+    tracing = Tracing(provider)
+    for headers in ({"traceparent": 5}, {"baggage": 7}):
+        job = _job(headers)
+        assert tracing.before_execute(job) is None
+        tracing.after_execute(job, Outcome("SUCCESS"))
+        tracing.before_dead_letter(_job(headers), Outcome("DEAD", reason="refused"))
+    runs = [s for s in made_here.get_finished_spans() if s.name == "run shop.gone"]
+    dead = [s for s in made_here.get_finished_spans() if s.name == "dead-letter shop.gone"]
+    assert len(runs) == 2 and len(dead) == 2
+    assert all(s.parent is None for s in runs + dead)

@@ -21,6 +21,9 @@ Put it first, before the defaults, so that its ``after_execute`` runs last::
 - A message dead-lettered before it could run (too many deliveries: a task that kills
   every child running it; an unknown task) gets a ``dead-letter <task>`` span under its
   send span, status ERROR with the reason: its trace does not end at the send, unexplained.
+  With a ``BatchSpanProcessor``, a child killed (a hard limit, the OOM killer) also loses
+  the spans it had not exported yet, of tasks that finished before (its schedule delay:
+  5 s by default).
 
 Only ``opentelemetry-api`` is imported. Where spans go is the application's choice of SDK
 and exporter, set up as in any program; without one, every span is a no-op. A worker's
@@ -44,10 +47,11 @@ if TYPE_CHECKING:
     from celeriac.message import Message
 
 #: ``job.context`` keys: the run span, the token that makes it current, and whether this
-#: delivery had a run span at all (a dead letter's span is made only when it had none).
+#: delivery has had its span (a run span, or a dead letter's: a settle tried again
+#: through a broker outage calls ``before_dead_letter`` again, and made one span a try).
 _SPAN = "otel_span"
 _ATTACHED = "otel_attached"
-_RAN = "otel_ran"
+_SPANNED = "otel_spanned"
 #: Outcomes that are the task's failure: the span's status is ERROR.
 _FAILED = frozenset({"FAILURE", "DEAD"})
 
@@ -95,7 +99,7 @@ class Tracing(Middleware):
         message = job.message
         if message is None:
             return None
-        parent = propagate.extract(message.headers)
+        parent = _parent(message)
         span = self.tracer.start_span(
             f"run {message.task}",
             context=parent,
@@ -103,7 +107,7 @@ class Tracing(Middleware):
             attributes=_attributes(message, "process"),
         )
         job.context[_SPAN] = span
-        job.context[_RAN] = True
+        job.context[_SPANNED] = True
         job.context[_ATTACHED] = context.attach(trace.set_span_in_context(span, parent))
         return None
 
@@ -124,22 +128,32 @@ class Tracing(Middleware):
             context.detach(token)
         return outcome
 
-
     def before_dead_letter(self, job: Job, outcome: Outcome) -> None:
         """Record a message dead-lettered before it could run as a span under its send span
         (one that ran has its run span, with the outcome, already)."""
         message = job.message
-        if message is None or job.context.get(_RAN):  # unreadable: no context to join
+        if message is None or job.context.get(_SPANNED):  # unreadable: no context to join
             return
+        job.context[_SPANNED] = True
         span = self.tracer.start_span(
             f"dead-letter {message.task}",
-            context=propagate.extract(message.headers),
+            context=_parent(message),
             kind=SpanKind.CONSUMER,
             attributes=_attributes(message, "settle"),
         )
         span.set_attribute("celeriac.outcome", outcome.state)
         span.set_status(Status(StatusCode.ERROR, outcome.reason or outcome.state))
         span.end()
+
+
+def _parent(message: Message) -> context.Context:
+    """The send span's context, from the message's headers; an empty one (the run starts a
+    trace of its own) when a header is not what the propagator reads: a producer's
+    ``traceparent`` of another type raised in the propagator, and the run had no span."""
+    try:
+        return propagate.extract(message.headers)
+    except Exception:  # noqa: BLE001 - any propagator, any header: the span matters more
+        return context.Context()
 
 
 def _attributes(message: Message, operation: str) -> dict[str, Any]:
