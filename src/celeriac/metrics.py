@@ -48,6 +48,10 @@ RUNTIME_BUCKETS = (
 )  # fmt: skip
 #: The events whose runtime is a task's run: the others were decided without running.
 _TIMED = frozenset({"succeeded", "failed"})
+#: The outcomes each task the app defines is counted under from the start, at 0. A series
+#: that appears at 1 hides its first event from ``increase()`` and ``rate()``: an alert on
+#: a task's first expiry, or first dead letter, since the exporter started never fired.
+STARTED_AT_ZERO = ("succeeded", "failed", "retried", "expired", "revoked", "dead-lettered")
 #: Seconds between reads of the event stream once every event was read.
 FOLLOW_PAUSE = 0.5
 #: Seconds between reads while the broker does not answer.
@@ -56,7 +60,8 @@ UNREACHABLE_PAUSE = 2.0
 
 class TaskMetrics:
     """The counters and histograms of task events, and the collector of the broker's
-    current counts, on one registry.
+    current counts, on one registry. The app's own tasks (what ``-A`` imported) are counted
+    from 0 under each outcome of ``STARTED_AT_ZERO``; other names from their first event.
 
     Example:
         >>> from celeriac import Celeriac
@@ -99,6 +104,9 @@ class TaskMetrics:
             registry=registry,
         )
         self._tasks: set[str] = set()
+        for name in sorted(app.tasks)[:TASK_LABELS]:  # the tasks -A imported
+            for event in STARTED_AT_ZERO:
+                self.events.labels(self._task_label(name), event)
         registry.register(BrokerCollector(app))
 
     def count(self, raw: bytes) -> None:
