@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from celeriac import Celeriac
+from celeriac.brokers.records import Outgoing
 from celeriac.cli import cli
 from celeriac.event_feed import EventFeed
 from celeriac.metrics import OTHER, TASK_LABELS, TaskMetrics
@@ -78,6 +79,7 @@ def test_metrics_counts_what_real_workers_did_and_reads_the_queues(
     fails = [core.fail.apply_async(("boom",), max_retries=0) for _ in range(4)]
     core.add.apply_async((1, 2), queue="nobody-serves-this")  # stays ready
     core.add.apply_async((1, 3), countdown=600)  # stays delayed
+    core_app.broker.send([Outgoing("garbled", "default", b"not json")])  # bytes, no message
     assert [r.get(timeout=30) for r in adds] == [i + 1 for i in range(30)]
     for r in fails:
         with pytest.raises(ValueError, match="boom"):
@@ -91,6 +93,10 @@ def test_metrics_counts_what_real_workers_did_and_reads_the_queues(
         lambda: _counted(
             url, "celeriac_task_events_total", 4, event="failed", task="tests.apps.core.fail"
         ),
+        timeout=20,
+    ), _scrape(url)
+    assert wait_for(
+        lambda: _counted(url, "celeriac_task_events_total", 1, event="dead-lettered", task="?"),
         timeout=20,
     ), _scrape(url)
     samples = _scrape(url)
@@ -252,6 +258,7 @@ def test_the_apps_own_tasks_are_counted_from_zero_and_others_from_their_first_ev
     for event in ("succeeded", "failed", "retried", "expired", "revoked", "dead-lettered"):
         assert _events(registry, "shop.charge", event) == 0, event
     assert _events(registry, "shop.refund") is None  # another service's task: not known here
+    assert _events(registry, "?", "dead-lettered") == 0  # bytes that are not a message
     metrics.count(_event("shop.refund", "expired", None))
     assert _events(registry, "shop.refund", "expired") == 1
     metrics.count(_event("shop.charge", "expired", None))

@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from celeriac.control import live_workers
 from celeriac.errors import BrokerError
 from celeriac.event_feed import EventFeed
-from celeriac.middleware.events import Event
+from celeriac.middleware.events import UNREAD_TASK, Event
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -61,7 +61,8 @@ UNREACHABLE_PAUSE = 2.0
 class TaskMetrics:
     """The counters and histograms of task events, and the collector of the broker's
     current counts, on one registry. The app's own tasks (what ``-A`` imported) are counted
-    from 0 under each outcome of ``STARTED_AT_ZERO``; other names from their first event.
+    from 0 under each outcome of ``STARTED_AT_ZERO``, and dead letters of bytes that are
+    not a message (task ``?``) too; other names from their first event.
 
     Example:
         >>> from celeriac import Celeriac
@@ -107,6 +108,8 @@ class TaskMetrics:
         for name in sorted(app.tasks)[:TASK_LABELS]:  # the tasks -A imported
             for event in STARTED_AT_ZERO:
                 self.events.labels(self._task_label(name), event)
+        # Bytes that are not a message, dead-lettered: their event names no task.
+        self.events.labels(UNREAD_TASK, "dead-lettered")
         registry.register(BrokerCollector(app))
 
     def count(self, raw: bytes) -> None:
@@ -122,7 +125,7 @@ class TaskMetrics:
             self.runtime.labels(task, event.type).observe(event.runtime)
 
     def _task_label(self, name: str) -> str:
-        if name in self._tasks:
+        if name in self._tasks or name == UNREAD_TASK:  # one label, not a name to count
             return name
         if len(self._tasks) < TASK_LABELS:
             self._tasks.add(name)

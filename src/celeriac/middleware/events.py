@@ -40,6 +40,9 @@ _NAMES = {
 }
 #: Every type of event a worker writes: what ``celeriac events --type`` chooses from.
 EVENT_TYPES = ("received", "started", *_NAMES.values(), "not-run", "moved")
+#: The task name of an event about bytes that could not be read as a message (they were
+#: dead-lettered): its task is not known.
+UNREAD_TASK = "?"
 
 
 class Event(msgspec.Struct, omit_defaults=True):
@@ -75,7 +78,7 @@ class Events(Middleware):
         self._app = app
         if len(detail) > DETAIL_CHARS:
             detail = detail[: DETAIL_CHARS - 1] + "…"
-        name = job.message.task if job.message else "?"
+        name = job.message.task if job.message else UNREAD_TASK
         event = Event(kind, job.delivery.id, name, job.worker_id, time.time(), runtime, detail)
         self._buffer.append(msgspec.json.encode(event))
         if len(self._buffer) >= 200 or time.monotonic() - self._flushed > 0.25:
