@@ -17,12 +17,13 @@ import logging
 import math
 import os
 import types
+from collections.abc import Mapping
 from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 from celeriac.celery_names import SETTINGS
 from celeriac.errors import ConfigurationError
 from celeriac.options import queue_name_problem
-from celeriac.routes import Routes
+from celeriac.routes import FrozenRoutes, Routes
 from celeriac.text import cut
 
 
@@ -41,7 +42,9 @@ class Settings:
     task_default_queue: str = "default"
     task_default_priority: int = 0  # 0..9, higher runs first
     # Task name or glob -> queue (or {"queue", "priority"}); see celeriac.routes.
-    task_routes: dict[Any, Any] | list[Any] = dataclasses.field(default_factory=dict)
+    task_routes: dict[Any, Any] | list[Any] | tuple[Any, ...] = dataclasses.field(
+        default_factory=dict
+    )
     task_soft_time_limit: float = 300.0  # seconds; SoftTimeLimitExceeded inside the task
     task_time_limit: float = 360.0  # seconds; the child is stopped, the task fails
     task_expires: float = 86_400.0  # seconds after sending; an unstarted task then EXPIRES
@@ -252,9 +255,11 @@ give its import name: 'shop.orders.tasks'
 def _read_routes(value: Any) -> tuple[Any, Routes | None]:
     """``task_routes`` as given (JSON text, from ``CELERIAC_TASK_ROUTES``, read first), and
     its table (None when empty). Raises ConfigurationError, naming the route at fault."""
+    if isinstance(value, str) and value.strip()[:1] not in ("{", "["):
+        value = (value.strip(),) if value.strip() else {}  # a router function's import name
     if isinstance(value, str):
         try:
-            value = json.loads(value) if value.strip() else {}
+            value = json.loads(value)
         except ValueError:
             raise ConfigurationError(
                 f"setting task_routes: {cut(repr(value), 80)} is not JSON; write it as "
@@ -262,7 +267,13 @@ def _read_routes(value: Any) -> tuple[Any, Routes | None]:
             ) from None
     if value is None:
         value = {}
-    return value, (Routes(value) if value else None)
+    routing = Routes(value) if value else None
+    # Kept as read: a change in place would show in the setting and route nothing.
+    if isinstance(value, Mapping):
+        value = FrozenRoutes(value)
+    elif isinstance(value, list):
+        value = tuple(value)
+    return value, routing
 
 
 def _check_limits(limits: Any) -> None:

@@ -75,7 +75,13 @@ def _items(source: object, namespace: str | None) -> list[tuple[str, str, Any]]:
         return [(n, n[len(prefix) :].lower(), v) for n, v in pairs if n.startswith(prefix)]
     if isinstance(source, Mapping):
         return [(n, n, v) for n, v in pairs]
-    return [(n, n, v) for n, v in pairs if n.islower() and _holds_a_value(v)]
+    # A router function is a value of task_routes: skipped with the module's functions, a
+    # ``task_routes = route_task`` in celeryconfig.py routed nothing, without a word.
+    return [
+        (n, n, v)
+        for n, v in pairs
+        if n.islower() and (_holds_a_value(v) or (n == "task_routes" and callable(v)))
+    ]
 
 
 def _holds_a_value(value: object) -> bool:

@@ -105,6 +105,7 @@ class TaskMetrics:
             registry=registry,
         )
         self._tasks: set[str] = set()
+        self._capped = False  # past TASK_LABELS names: said
         for name in sorted(app.tasks)[:TASK_LABELS]:  # the tasks -A imported
             for event in STARTED_AT_ZERO:
                 self.events.labels(self._task_label(name), event)
@@ -130,8 +131,8 @@ class TaskMetrics:
         if len(self._tasks) < TASK_LABELS:
             self._tasks.add(name)
             return name
-        if len(self._tasks) == TASK_LABELS:  # said once
-            self._tasks.add(OTHER)
+        if not self._capped:  # said once (a task named "other" made it said per name)
+            self._capped = True
             log.warning(
                 "more than %d task names seen in events: tasks not seen before (first: "
                 "%r) are counted as %r, so that Prometheus is not sent a series per name. "

@@ -10,9 +10,11 @@ Celery's setting of that name is written.
     }
 
 A name is looked up exactly first, then against each pattern in the order given; the first
-that matches routes it. A list (or tuple) of such dicts and of router functions is read in
-its order, each function called as Celery calls one, ``router(name, args, kwargs, options,
-task=None)``, and returning a route, a queue name or None (not this one).
+that matches routes it. A list (or tuple) of such dicts, of lists of ``(pattern, route)``
+pairs (Celery's ordered form) and of router functions, or their dotted import names
+(``"shop.routing.route_task"``), is read in its order. Each function is called as Celery
+calls one, ``router(name, args, kwargs, options, task=task)``, and returns a route, a
+queue name or None (not this one). What the maps say of a name is looked up once and kept.
 
 What a route gives is used only where nothing more specific was: ``apply_async(queue=)``
 beats ``@app.task(queue=)``, which beats a route, which beats ``task_default_queue``.
@@ -21,6 +23,7 @@ beats ``@app.task(queue=)``, which beats a route, which beats ``task_default_que
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -36,6 +39,35 @@ _CELERY_KEYS = frozenset({"exchange", "exchange_type", "routing_key", "delivery_
 Router = Callable[..., Any]
 _Exact = dict[str, dict[str, Any]]
 _Patterns = list[tuple[re.Pattern[str], dict[str, Any]]]
+#: Task names whose route (from the maps before any router function) is kept: sends by
+#: name of unbounded names (a producer's bug) must not grow it for ever.
+CACHED_NAMES = 10_000
+
+
+class FrozenRoutes(dict[Any, Any]):
+    """``app.conf.task_routes`` as the app keeps it: read once into the table sends use, so
+    a change in place (``task_routes[...] = ...``, ``update``) would be shown by the setting
+    and used by no send. It is refused, saying how to change the setting.
+
+    Example:
+        >>> routes = FrozenRoutes({"shop.emails.*": "emails"})
+        >>> routes["shop.reports.*"] = "reports"  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        celeriac.errors.ConfigurationError: app.conf.task_routes is read when it is set, ...
+    """
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConfigurationError(
+            "app.conf.task_routes is read when it is set, so a change in place would route "
+            "nothing: set it whole, e.g. app.conf.task_routes = {**app.conf.task_routes, "
+            "'shop.reports.*': 'reports'}"
+        )
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    update = pop = popitem = clear = setdefault = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copies and pickles: not item by item
+        return (FrozenRoutes, (dict(self),))
 
 
 class Routes:
@@ -51,19 +83,27 @@ class Routes:
 
     def __init__(self, setting: Any) -> None:
         self._steps: list[_Exact | _Patterns | Router] = []
+        self._cache: dict[str, dict[str, Any] | None] = {}
         maps = list(setting) if isinstance(setting, list | tuple) else [setting]
-        for i, part in enumerate(maps):
+        for i, given in enumerate(maps):
             where = "setting task_routes" + (f"[{i}]" if len(maps) > 1 else "")
+            part = _router_named(given, where) if isinstance(given, str) else given
             if callable(part) and not isinstance(part, Mapping):
                 self._steps.append(part)
             elif isinstance(part, Mapping):
                 self._add_map(part, where)
+            elif _pairs(part):
+                self._add_map(dict(part), where)
             else:
                 raise ConfigurationError(
-                    f"{where} must be a dict of task names or patterns to queues, or a "
-                    f"router function (name, args, kwargs, options, task=None), got "
-                    f"{cut(repr(part), 80)}"
+                    f"{where} must be a dict of task names or patterns to queues, a list of "
+                    "(pattern, queue) pairs, or a router function (name, args, kwargs, "
+                    f"options, task=None) or its import name, got {cut(repr(part), 80)}"
                 )
+        # Until the first router function, what a name's route is never changes: kept.
+        self._fixed = next(
+            (i for i, step in enumerate(self._steps) if callable(step)), len(self._steps)
+        )
 
     def _add_map(self, mapping: Mapping[Any, Any], where: str) -> None:
         exact: _Exact = {}
@@ -91,6 +131,7 @@ class Routes:
         args: Any = (),
         kwargs: Any = None,
         options: dict[str, Any] | None = None,
+        task: Any = None,
     ) -> dict[str, Any] | None:
         """The route of task ``name``: ``{"queue": ..., "priority": ...}`` (either may be
         missing), or None when no route names it.
@@ -98,7 +139,31 @@ class Routes:
         Raises:
             ConfigurationError: a router function returned what is not a route.
         """
-        for step in self._steps:
+        if name in self._cache:
+            fixed = self._cache[name]
+        else:
+            # Each pattern tried in turn: 30 µs a send with 300 of them, kept per name.
+            fixed = self._from_maps(name, self._steps[: self._fixed])
+            if len(self._cache) < CACHED_NAMES:
+                self._cache[name] = fixed
+        if fixed is not None or self._fixed == len(self._steps):
+            return fixed
+        for step in self._steps[self._fixed :]:
+            if callable(step):
+                given = step(name, list(args), dict(kwargs or {}), dict(options or {}), task=task)
+                if given is not None:
+                    where = f"setting task_routes: router {getattr(step, '__name__', step)!r}"
+                    return checked_route(given, f"{where}, for task {name!r}")
+            else:
+                found = self._from_maps(name, [step])
+                if found is not None:
+                    return found
+        return None
+
+    @staticmethod
+    def _from_maps(name: str, steps: list[_Exact | _Patterns | Router]) -> dict[str, Any] | None:
+        """What the maps among ``steps`` say of ``name``, the first that says anything."""
+        for step in steps:
             if isinstance(step, dict):
                 found = step.get(name)
                 if found is not None:
@@ -107,12 +172,33 @@ class Routes:
                 for pattern, route in step:
                     if pattern.match(name):
                         return route
-            else:
-                given = step(name, list(args), dict(kwargs or {}), dict(options or {}), task=None)
-                if given is not None:
-                    where = f"setting task_routes: router {getattr(step, '__name__', step)!r}"
-                    return checked_route(given, f"{where}, for task {name!r}")
         return None
+
+
+def _pairs(part: Any) -> bool:
+    """Whether ``part`` is Celery's ordered map: a list of (pattern, route) pairs."""
+    return isinstance(part, list | tuple) and all(
+        isinstance(p, list | tuple) and len(p) == 2 for p in part
+    )
+
+
+def _router_named(name: str, where: str) -> Router:
+    """The router function ``"package.module.function"`` (or ``module:function``) names."""
+    module_name, sep, attribute = name.partition(":")
+    if not sep:
+        module_name, _, attribute = name.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute) if module_name else None
+    except ImportError as exc:
+        raise ConfigurationError(f"{where}: router {name!r} cannot be imported: {exc}") from None
+    except AttributeError:
+        found = None
+    if not callable(found):
+        raise ConfigurationError(
+            f"{where}: {name!r} names no router function; give its import name, such as "
+            "'shop.routing.route_task'"
+        )
+    return found  # type: ignore[no-any-return]
 
 
 def checked_route(value: Any, where: str) -> dict[str, Any]:

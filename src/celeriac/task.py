@@ -556,7 +556,7 @@ function is add(x, y)
         if priority is None:
             priority = opts.priority
         if queue is None or priority is None:
-            routed = routing.lookup(self.name, args, kwargs, extra)
+            routed = routing.lookup(self.name, args, kwargs, extra, task=self)
             if routed is not None:
                 queue = queue or routed.get("queue")
                 priority = routed.get("priority") if priority is None else priority
