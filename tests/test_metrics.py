@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from celeriac import Celeriac
 from celeriac.brokers.records import Outgoing
 from celeriac.cli import cli
-from celeriac.event_feed import EventFeed
+from celeriac.event_feed import EventFeed, Page
 from celeriac.metrics import OTHER, TASK_LABELS, TaskMetrics
 from celeriac.middleware.events import EVENT_TYPES, STREAM, Event
 from celeriac.testing import run_queued, wait_for
@@ -424,3 +424,33 @@ def _parses(command: str) -> None:
         found.make_context(name, rest, parent=root)
     except click.UsageError as exc:
         raise AssertionError(f"{command}: {exc.format_message()}") from exc
+
+
+def test_a_stream_that_starts_again_is_read_from_its_start_and_said_missed(
+    tmp_path: Path,
+) -> None:
+    # A SQLite file replaced (restored from a backup, made again) numbers its events from
+    # 1 again: the feed, past the old numbers, read nothing for ever and said nothing.
+    path = tmp_path / "broker.db"
+    app = Celeriac("metrics-restart", broker=f"sqlite:///{path}")
+    app.broker.stream_append(STREAM, [_event("shop.old") for _ in range(50)], 100)
+    feed = EventFeed(app.broker, after=0)
+    assert len(feed.read().events) == 50
+    assert feed.read().events == []  # nothing new: the stream still holds the last one
+    fresh = Celeriac("metrics-restart-new", broker=f"sqlite:///{tmp_path / 'new.db'}")
+    fresh.broker.stream_append(STREAM, [_event("shop.new") for _ in range(3)], 100)
+    fresh.broker.close()
+    for stale in tmp_path.glob("broker.db-*"):  # a swap as the broker says to make one
+        stale.unlink()
+    (tmp_path / "new.db").replace(path)
+    pages: list[Page] = []
+
+    def read_the_new_ones() -> bool:
+        pages.append(feed.read())
+        return sum(len(p.events) for p in pages) >= 3
+
+    assert wait_for(read_the_new_ones, timeout=20, interval=0.1)
+    assert any(p.missed for p in pages)
+    events = [raw for p in pages for raw in p.events]
+    assert [msgspec.json.decode(raw)["task"] for raw in events] == ["shop.new"] * 3
+    app.broker.close()

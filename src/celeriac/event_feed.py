@@ -4,7 +4,8 @@ prints and ``celeriac metrics`` counts.
 The broker keeps only the newest events (a bounded stream). A reader that falls behind,
 or a broker that restarted, can lose events between two reads; the feed says when the
 stream no longer holds the last event it returned, so the reader can say so too instead
-of skipping them without a word.
+of skipping them without a word. A stream that starts again (a SQLite file replaced) is
+read from its start.
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ class EventFeed:
             return Page([], missed=False, full=False)
         # From the last event returned, included, to see whether the stream still holds it.
         items = self.broker.stream_read(STREAM, max(self.after - 1, 0), PAGE + 1)
+        if not items and self.after:
+            # Trimming keeps the newest events, so the last one returned is always held
+            # until newer ones come: the stream was emptied or numbers from 1 again (a
+            # SQLite file replaced, a Redis restarted without persistence). Past the old
+            # numbers, the feed read nothing for ever; it goes on from the start.
+            self.after = 0
+            return Page([], missed=True, full=True)
         missed = False
         if items and self.after and items[0][0] == self.after:
             items = items[1:]
