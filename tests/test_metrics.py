@@ -274,6 +274,10 @@ def test_only_runs_are_timed_and_unreadable_events_are_counted() -> None:
     metrics.count(_event("shop.a", "retried", None))
     metrics.count(b"\xff not json")
     metrics.count(b'{"type": "succeeded"}')  # a shape of another tool's
+    for i in range(3):  # types this version does not write: one series, not one per type
+        metrics.count(_event("shop.a", f"audited-{i}", None))
+    assert _events(registry, "shop.a", "audited-0") is None
+    assert _events(registry, "shop.a", OTHER) == 3
     timed = "celeriac_task_runtime_seconds"
     assert _sample(registry, f"{timed}_sum", task="shop.a", event="failed") == 2.0
     assert _sample(registry, f"{timed}_count", task="shop.a", event="expired") is None

@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from celeriac.control import live_workers
 from celeriac.errors import BrokerError
 from celeriac.event_feed import EventFeed
-from celeriac.middleware.events import UNREAD_TASK, Event
+from celeriac.middleware.events import EVENT_TYPES, UNREAD_TASK, Event
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -48,6 +48,7 @@ RUNTIME_BUCKETS = (
 )  # fmt: skip
 #: The events whose runtime is a task's run: the others were decided without running.
 _TIMED = frozenset({"succeeded", "failed"})
+_KNOWN_TYPES = frozenset(EVENT_TYPES)
 #: The outcomes each task the app defines is counted under from the start, at 0. A series
 #: that appears at 1 hides its first event from ``increase()`` and ``rate()``: an alert on
 #: a task's first expiry, or first dead letter, since the exporter started never fired.
@@ -82,7 +83,8 @@ class TaskMetrics:
             "celeriac_task_events",
             "Task events read from the broker since this exporter started, by task and "
             "event (succeeded, failed, retried, expired, revoked, dead-lettered, deferred, "
-            "not-run; received and started with worker_send_started_events)",
+            "not-run; received and started with worker_send_started_events; other: a type "
+            "this exporter does not know)",
             ["task", "event"],
             registry=registry,
         )
@@ -121,7 +123,10 @@ class TaskMetrics:
             self.unreadable.inc()
             return
         task = self._task_label(event.task)
-        self.events.labels(task, event.type).inc()
+        # A type this version does not write (a newer one's, another tool's) as "other": a
+        # writer of unbounded types must not make a series per type.
+        kind = event.type if event.type in _KNOWN_TYPES else OTHER
+        self.events.labels(task, kind).inc()
         if event.runtime is not None and event.type in _TIMED:
             self.runtime.labels(task, event.type).observe(event.runtime)
 
