@@ -17,7 +17,9 @@ calls one, ``router(name, args, kwargs, options, task=task)``, and returns a rou
 queue name or None (not this one). What the maps say of a name is looked up once and kept.
 
 What a route gives is used only where nothing more specific was: ``apply_async(queue=)``
-beats ``@app.task(queue=)``, which beats a route, which beats ``task_default_queue``.
+beats ``@app.task(queue=)``, which beats a route, which beats ``task_default_queue``. The
+queue and the priority are taken apart, as Celery merges them: a route's priority applies
+to a task whose own ``queue=`` overrides the route's queue.
 """
 
 from __future__ import annotations
