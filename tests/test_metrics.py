@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import signal
 import socket
 import sys
 import threading
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -430,31 +432,67 @@ def _parses(command: str) -> None:
         raise AssertionError(f"{command}: {exc.format_message()}") from exc
 
 
-def test_a_stream_that_starts_again_is_read_from_its_start_and_said_missed(
-    tmp_path: Path,
-) -> None:
-    # A SQLite file replaced (restored from a backup, made again) numbers its events from
-    # 1 again: the feed, past the old numbers, read nothing for ever and said nothing.
+def _swap(tmp_path: Path, path: Path, replacement: Path) -> None:
+    """Put ``replacement`` at ``path``, as the broker's own message says to swap a file."""
+    for stale in tmp_path.glob(f"{path.name}-*"):
+        stale.unlink()
+    replacement.replace(path)
+
+
+def _read_until(feed: EventFeed, count: int) -> list[Page]:
+    pages: list[Page] = []
+
+    def enough() -> bool:
+        pages.append(feed.read())
+        return sum(len(p.events) for p in pages) >= count
+
+    assert wait_for(enough, timeout=20, interval=0.1), pages
+    return pages
+
+
+def _read_while(feed: EventFeed, reading: Callable[[], bool]) -> list[Page]:
+    """The pages ``feed`` reads while ``reading()`` holds (the broker sees a swapped file
+    within a few seconds)."""
+    pages: list[Page] = []
+
+    def done() -> bool:
+        pages.append(feed.read())
+        return not reading()
+
+    assert wait_for(done, timeout=20, interval=0.1), (feed.after, pages[-3:])
+    return pages
+
+
+def _tasks_of(pages: list[Page]) -> list[str]:
+    return [msgspec.json.decode(raw)["task"] for p in pages for raw in p.events]
+
+
+def test_a_stream_older_than_the_feed_is_read_on_from_its_newest_event(tmp_path: Path) -> None:
+    # A SQLite file swapped for another, or restored from a backup, numbers its events
+    # below the feed's: the feed, past them, read nothing for ever and said nothing.
     path = tmp_path / "broker.db"
     app = Celeriac("metrics-restart", broker=f"sqlite:///{path}")
-    app.broker.stream_append(STREAM, [_event("shop.old") for _ in range(50)], 100)
+    app.broker.stream_append(STREAM, [_event("shop.backed_up") for _ in range(3)], 100)
+    app.broker.close()
+    shutil.copy(path, tmp_path / "backup.db")  # closed: the file holds every event
+    app.broker.stream_append(STREAM, [_event("shop.lost") for _ in range(47)], 100)
     feed = EventFeed(app.broker, after=0)
     assert len(feed.read().events) == 50
     assert feed.read().events == []  # nothing new: the stream still holds the last one
+
+    _swap(tmp_path, path, tmp_path / "backup.db")  # restored: events 1-3, the feed at 50
+    pages = _read_while(feed, lambda: feed.after != 3)
+    assert any(p.missed for p in pages), pages
+    assert _tasks_of(pages) == []  # the restored events were counted once already
+    app.broker.stream_append(STREAM, [_event("shop.after_restore")], 100)
+    assert _tasks_of(_read_until(feed, 1)) == ["shop.after_restore"]
+
     fresh = Celeriac("metrics-restart-new", broker=f"sqlite:///{tmp_path / 'new.db'}")
-    fresh.broker.stream_append(STREAM, [_event("shop.new") for _ in range(3)], 100)
+    fresh.broker.stream_append(STREAM, [_event("shop.new") for _ in range(2)], 100)
     fresh.broker.close()
-    for stale in tmp_path.glob("broker.db-*"):  # a swap as the broker says to make one
-        stale.unlink()
-    (tmp_path / "new.db").replace(path)
-    pages: list[Page] = []
-
-    def read_the_new_ones() -> bool:
-        pages.append(feed.read())
-        return sum(len(p.events) for p in pages) >= 3
-
-    assert wait_for(read_the_new_ones, timeout=20, interval=0.1)
-    assert any(p.missed for p in pages)
-    events = [raw for p in pages for raw in p.events]
-    assert [msgspec.json.decode(raw)["task"] for raw in events] == ["shop.new"] * 3
+    _swap(tmp_path, path, tmp_path / "new.db")  # a new file: events 1-2, the feed at 4
+    pages = _read_while(feed, lambda: feed.after != 2)
+    assert any(p.missed for p in pages) and _tasks_of(pages) == []
+    app.broker.stream_append(STREAM, [_event("shop.after_swap")], 100)
+    assert _tasks_of(_read_until(feed, 1)) == ["shop.after_swap"]
     app.broker.close()

@@ -4,8 +4,8 @@ prints and ``celeriac metrics`` counts.
 The broker keeps only the newest events (a bounded stream). A reader that falls behind,
 or a broker that restarted, can lose events between two reads; the feed says when the
 stream no longer holds the last event it returned, so the reader can say so too instead
-of skipping them without a word. A stream that starts again (a SQLite file replaced) is
-read from its start.
+of skipping them without a word. A stream older than the feed (a SQLite file swapped or
+restored) is read on from its newest event.
 """
 
 from __future__ import annotations
@@ -71,12 +71,15 @@ class EventFeed:
         # From the last event returned, included, to see whether the stream still holds it.
         items = self.broker.stream_read(STREAM, max(self.after - 1, 0), PAGE + 1)
         if not items and self.after:
-            # Trimming keeps the newest events, so the last one returned is always held
-            # until newer ones come: the stream was emptied or numbers from 1 again (a
-            # SQLite file replaced, a Redis restarted without persistence). Past the old
-            # numbers, the feed read nothing for ever; it goes on from the start.
-            self.after = 0
-            return Page([], missed=True, full=True)
+            # Trimming keeps the newest events, so the last one returned is held until
+            # newer ones come: the stream is empty or older than this feed (a SQLite file
+            # swapped or restored from a backup, whose numbers start again below ours; a
+            # Redis restored from an older snapshot). Past its numbers, the feed read
+            # nothing for ever. It goes on from the stream's newest event: from its start,
+            # it counted the restored events a second time.
+            held = self.broker.stream_read(STREAM, 0, 1_000_000)
+            self.after = held[-1][0] if held else 0
+            return Page([], missed=True, full=False)
         missed = False
         if items and self.after and items[0][0] == self.after:
             items = items[1:]
