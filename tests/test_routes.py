@@ -5,6 +5,7 @@ where it is set, saying which."""
 from __future__ import annotations
 
 import copy
+import importlib
 import pickle
 import re
 from pathlib import Path
@@ -169,6 +170,22 @@ def test_a_change_in_place_is_refused_saying_how_to_set_the_table() -> None:
     app.conf.task_routes = {**app.conf.task_routes, "shop.reports.*": "reports"}
     assert _where(app, "shop.reports.build", "mon") == ("reports", 0)
     assert copy.deepcopy(app.conf.task_routes) == pickle.loads(pickle.dumps(app.conf.task_routes))
+    # |= and += set the setting again (so the table is read again): they still work.
+    app.conf.task_routes |= {"shop.charge": "payments"}
+    assert _where(app, "shop.charge", 1)[0] == "payments"
+    listed = _app([{"shop.emails.*": "emails"}])
+    listed.conf.task_routes += [{"shop.charge": "payments"}]
+    assert _where(listed, "shop.charge", 1)[0] == "payments"
+    assert listed.conf.task_routes == [{"shop.emails.*": "emails"}, {"shop.charge": "payments"}]
+    for change in (  # inside the setting too: a list's dict, a route's dict
+        lambda: listed.conf.task_routes.append({"a": "b"}),
+        lambda: listed.conf.task_routes[0].__setitem__("shop.charge", "x"),
+        lambda: _app({"a": {"queue": "q"}}).conf.task_routes["a"].__setitem__("queue", "r"),
+    ):
+        with pytest.raises(ConfigurationError, match="set it whole"):
+            change()
+    copied = pickle.loads(pickle.dumps(listed.conf.task_routes))
+    assert copied == listed.conf.task_routes and type(copied) is type(listed.conf.task_routes)
 
 
 def route_by_region(
@@ -186,9 +203,10 @@ seen_tasks: list[Any] = []
 def test_celerys_other_forms_an_ordered_list_of_pairs_and_routers_by_import_name(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    ordered = [("shop.emails.bounce", "bounces-2"), ("shop.emails.*", "emails")]
+    ordered = [("shop.*", "shop"), ("shop.emails.*", "emails"), ("shop.reports.build", "r")]
     app = _app(([*ordered],))  # Celery's ordered form: a list of pairs in the tuple
-    assert _where(app, "shop.emails.welcome", 1)[0] == "emails"
+    assert _where(app, "shop.emails.welcome", 1)[0] == "shop"  # the first pattern that matches
+    assert _where(app, "shop.reports.build", "mon")[0] == "r"  # exact names before patterns
     seen_tasks.clear()
     app = _app(("tests.test_routes.route_by_region", {"shop.*": "shop"}))
     assert _where(app, "shop.charge", 1000) == ("orders-eu", 0)
@@ -205,16 +223,23 @@ def test_celerys_other_forms_an_ordered_list_of_pairs_and_routers_by_import_name
         _app(("shop.nowhere.route",))
 
 
+def _modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **sources: str) -> None:
+    """Write each module's source into ``tmp_path``, importable for this test."""
+    for name, source in sources.items():
+        (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
 def test_a_router_given_as_a_config_modules_attribute_is_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Skipped with the module's functions, it routed nothing without a word.
-    (tmp_path / "routing_conf.py").write_text(
-        "from tests.test_routes import route_by_region\n"
-        "task_routes = route_by_region\n"
-        "task_default_priority = 3\n"
+    _modules(
+        tmp_path,
+        monkeypatch,
+        routing_conf="from tests.test_routes import route_by_region\n"
+        "task_routes = route_by_region\ntask_default_priority = 3\n",
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
     app = _app(None)
     app.config_from_object("routing_conf")
     assert _where(app, "shop.charge", 1000) == ("orders-eu", 3)
@@ -228,3 +253,30 @@ def test_a_routers_answer_is_asked_each_send_after_the_maps_answer_is_kept() -> 
         assert _where(app, "shop.emails.welcome", 1)[0] == "emails"
         assert _where(app, "shop.charge", 1)[0] == "default"
         assert _where(app, "shop.charge", 1000)[0] == "orders-eu"
+
+
+def test_routes_as_text_json_a_routers_name_or_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    for empty in ("", "null", "{}"):
+        monkeypatch.setenv("CELERIAC_TASK_ROUTES", empty)
+        assert Celeriac("env", broker="memory://").conf.routing is None, empty
+    monkeypatch.setenv("CELERIAC_TASK_ROUTES", "shop.*: emails")
+    with pytest.raises(ConfigurationError, match=r"'shop\.\*: emails' is not JSON"):
+        Celeriac("env", broker="memory://")
+
+
+def test_a_router_whose_module_is_still_being_imported_is_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The router's module imports the module that sets task_routes: "names no router
+    # function" sent the reader looking for a typo.
+    _modules(
+        tmp_path,
+        monkeypatch,
+        circ_routers="import circ_settings\n\n"
+        "def route(name, args, kwargs, options, task=None):\n    return None\n",
+        circ_settings="from celeriac import Celeriac\n"
+        "app = Celeriac('circ', broker='memory://')\n"
+        "app.conf.task_routes = 'circ_routers.route'\n",
+    )
+    with pytest.raises(ConfigurationError, match="circ_routers is still being imported"):
+        importlib.import_module("circ_routers")

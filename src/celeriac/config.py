@@ -16,14 +16,14 @@ import json
 import logging
 import math
 import os
+import re
 import types
-from collections.abc import Mapping
 from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 from celeriac.celery_names import SETTINGS
 from celeriac.errors import ConfigurationError
 from celeriac.options import queue_name_problem
-from celeriac.routes import FrozenRoutes, Routes
+from celeriac.routes import Routes, frozen
 from celeriac.text import cut
 
 
@@ -252,14 +252,18 @@ give its import name: 'shop.orders.tasks'
         )
 
 
+#: A router function's import name, as ``task_routes`` (or CELERIAC_TASK_ROUTES) may be.
+_ROUTER_NAME = re.compile(r"[A-Za-z_][\w.]*[.:][A-Za-z_]\w*")
+
+
 def _read_routes(value: Any) -> tuple[Any, Routes | None]:
     """``task_routes`` as given (JSON text, from ``CELERIAC_TASK_ROUTES``, read first), and
     its table (None when empty). Raises ConfigurationError, naming the route at fault."""
-    if isinstance(value, str) and value.strip()[:1] not in ("{", "["):
-        value = (value.strip(),) if value.strip() else {}  # a router function's import name
+    if isinstance(value, str) and _ROUTER_NAME.fullmatch(value.strip()):
+        value = (value.strip(),)  # a router function's import name, not JSON
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = json.loads(value) if value.strip() else {}
         except ValueError:
             raise ConfigurationError(
                 f"setting task_routes: {cut(repr(value), 80)} is not JSON; write it as "
@@ -268,12 +272,7 @@ def _read_routes(value: Any) -> tuple[Any, Routes | None]:
     if value is None:
         value = {}
     routing = Routes(value) if value else None
-    # Kept as read: a change in place would show in the setting and route nothing.
-    if isinstance(value, Mapping):
-        value = FrozenRoutes(value)
-    elif isinstance(value, list):
-        value = tuple(value)
-    return value, routing
+    return frozen(value), routing  # a change in place would show, and route nothing
 
 
 def _check_limits(limits: Any) -> None:

@@ -46,10 +46,22 @@ _Patterns = list[tuple[re.Pattern[str], dict[str, Any]]]
 CACHED_NAMES = 10_000
 
 
+_IN_PLACE = (
+    "app.conf.task_routes is read when it is set, so a change in place would route nothing: "
+    "set it whole, e.g. app.conf.task_routes = {**app.conf.task_routes, 'shop.reports.*': "
+    "'reports'} (or |= for a dict, += for a list)"
+)
+
+
+def _refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
+    raise ConfigurationError(_IN_PLACE)
+
+
 class FrozenRoutes(dict[Any, Any]):
-    """``app.conf.task_routes`` as the app keeps it: read once into the table sends use, so
-    a change in place (``task_routes[...] = ...``, ``update``) would be shown by the setting
-    and used by no send. It is refused, saying how to change the setting.
+    """A dict of ``app.conf.task_routes`` as the app keeps it: read once into the table
+    sends use, so a change in place (``task_routes[...] = ...``, ``update``) would be shown
+    by the setting and used by no send. It is refused, saying how to change the setting;
+    ``|=`` makes a new table, which the setting reads again.
 
     Example:
         >>> routes = FrozenRoutes({"shop.emails.*": "emails"})
@@ -58,18 +70,53 @@ class FrozenRoutes(dict[Any, Any]):
         celeriac.errors.ConfigurationError: app.conf.task_routes is read when it is set, ...
     """
 
-    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise ConfigurationError(
-            "app.conf.task_routes is read when it is set, so a change in place would route "
-            "nothing: set it whole, e.g. app.conf.task_routes = {**app.conf.task_routes, "
-            "'shop.reports.*': 'reports'}"
-        )
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _refuse
 
-    __setitem__ = __delitem__ = __ior__ = _refuse
-    update = pop = popitem = clear = setdefault = _refuse
+    def __ior__(self, other: Any) -> FrozenRoutes:  # type: ignore[misc]
+        return FrozenRoutes({**self, **dict(other)})
 
     def __reduce__(self) -> tuple[Any, ...]:  # copies and pickles: not item by item
         return (FrozenRoutes, (dict(self),))
+
+
+class FrozenRouteList(list[Any]):
+    """A list of ``app.conf.task_routes`` as the app keeps it (see :class:`FrozenRoutes`):
+    ``+=`` makes a new list, which the setting reads again; other changes are refused.
+
+    Example:
+        >>> routes = FrozenRouteList([{"shop.emails.*": "emails"}])
+        >>> routes.append({"shop.reports.*": "reports"})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        celeriac.errors.ConfigurationError: app.conf.task_routes is read when it is set, ...
+        >>> routes == [{"shop.emails.*": "emails"}]
+        True
+    """
+
+    __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = _refuse
+    sort = reverse = __imul__ = _refuse
+
+    def __iadd__(self, other: Any) -> FrozenRouteList:  # type: ignore[misc]
+        return FrozenRouteList([*self, *other])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenRouteList, (list(self),))
+
+
+def frozen(setting: Any) -> Any:
+    """``setting`` (task_routes, read) as the app keeps it: its dicts and lists, those in
+    it included, refuse a change in place, which would route nothing.
+
+    Example:
+        >>> type(frozen([{"shop.*": {"queue": "shop"}}])[0]["shop.*"]).__name__
+        'FrozenRoutes'
+    """
+    if isinstance(setting, Mapping):
+        return FrozenRoutes({k: frozen(v) for k, v in setting.items()})
+    if isinstance(setting, list):
+        return FrozenRouteList(frozen(v) for v in setting)
+    if isinstance(setting, tuple):
+        return tuple(frozen(v) for v in setting)
+    return setting
 
 
 class Routes:
@@ -190,11 +237,18 @@ def _router_named(name: str, where: str) -> Router:
     if not sep:
         module_name, _, attribute = name.rpartition(".")
     try:
-        found = getattr(importlib.import_module(module_name), attribute) if module_name else None
-    except ImportError as exc:
-        raise ConfigurationError(f"{where}: router {name!r} cannot be imported: {exc}") from None
-    except AttributeError:
-        found = None
+        module = importlib.import_module(module_name) if module_name else None
+    except Exception as exc:  # noqa: BLE001 - whatever its import raised, said as such
+        raise ConfigurationError(
+            f"{where}: router {name!r} cannot be imported: {type(exc).__name__}: {exc}"
+        ) from None
+    found = getattr(module, attribute, None)
+    if module is not None and found is None and getattr(module.__spec__, "_initializing", False):
+        raise ConfigurationError(
+            f"{where}: router {name!r}: {module_name} is still being imported (it imports "
+            "the module that sets task_routes?); set task_routes once it is imported, or "
+            "give the function itself"
+        )
     if not callable(found):
         raise ConfigurationError(
             f"{where}: {name!r} names no router function; give its import name, such as "
