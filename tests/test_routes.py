@@ -280,3 +280,18 @@ def test_a_router_whose_module_is_still_being_imported_is_said_so(
     )
     with pytest.raises(ConfigurationError, match="circ_routers is still being imported"):
         importlib.import_module("circ_routers")
+
+
+def test_a_router_that_cannot_take_what_a_send_gives_is_refused_where_it_is_set() -> None:
+    # It was accepted, and failed every send of every task: "got an unexpected keyword
+    # argument 'task'".
+    def no_task(name: str, args: Any, kwargs: Any, options: Any) -> Any:
+        return None
+
+    def two(name: str, args: Any) -> Any:
+        return None
+
+    for router in (no_task, two):
+        with pytest.raises(ConfigurationError, match=rf"router '{router.__name__}' cannot be"):
+            _app((router,))
+    assert _app((route_by_region, lambda *a, **kw: None)).conf.routing is not None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -138,7 +139,7 @@ class Routes:
             where = "setting task_routes" + (f"[{i}]" if len(maps) > 1 else "")
             part = _router_named(given, where) if isinstance(given, str) else given
             if callable(part) and not isinstance(part, Mapping):
-                self._steps.append(part)
+                self._steps.append(_callable_as_celery_calls(part, where))
             elif isinstance(part, Mapping):
                 self._add_map(part, where)
             elif _pairs(part):
@@ -229,6 +230,24 @@ def _pairs(part: Any) -> bool:
     return isinstance(part, list | tuple) and all(
         isinstance(p, list | tuple) and len(p) == 2 for p in part
     )
+
+
+def _callable_as_celery_calls(router: Router, where: str) -> Router:
+    """``router``, once it is known to take what each send gives it: a router of another
+    signature failed at every send of every task, not where the setting was set."""
+    try:
+        signature = inspect.signature(router)
+    except (TypeError, ValueError):  # a builtin, a C function: nothing to check
+        return router
+    try:
+        signature.bind("shop.task", [], {}, {}, task=None)
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"{where}: router {getattr(router, '__name__', router)!r} cannot be called as "
+            f"routers are, router(name, args, kwargs, options, task=None): {exc}; give it "
+            "that signature (def route(name, args, kwargs, options, task=None, **kw))"
+        ) from None
+    return router
 
 
 def _router_named(name: str, where: str) -> Router:
