@@ -16,14 +16,13 @@ import json
 import logging
 import math
 import os
-import re
 import types
 from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 
 from celeriac.celery_names import SETTINGS
 from celeriac.errors import ConfigurationError
 from celeriac.options import queue_name_problem
-from celeriac.routes import Routes, frozen
+from celeriac.routes import Routes, frozen, names_a_router
 from celeriac.text import cut
 
 
@@ -252,14 +251,10 @@ give its import name: 'shop.orders.tasks'
         )
 
 
-#: A router function's import name, as ``task_routes`` (or CELERIAC_TASK_ROUTES) may be.
-_ROUTER_NAME = re.compile(r"[A-Za-z_][\w.]*[.:][A-Za-z_]\w*")
-
-
 def _read_routes(value: Any) -> tuple[Any, Routes | None]:
     """``task_routes`` as given (JSON text, from ``CELERIAC_TASK_ROUTES``, read first), and
     its table (None when empty). Raises ConfigurationError, naming the route at fault."""
-    if isinstance(value, str) and _ROUTER_NAME.fullmatch(value.strip()):
+    if isinstance(value, str) and names_a_router(value):
         value = (value.strip(),)  # a router function's import name, not JSON
     if isinstance(value, str):
         try:

@@ -151,9 +151,8 @@ class Routes:
                     f"options, task=None) or its import name, got {cut(repr(part), 80)}"
                 )
         # Until the first router function, what a name's route is never changes: kept.
-        self._fixed = next(
-            (i for i, step in enumerate(self._steps) if callable(step)), len(self._steps)
-        )
+        first = next((i for i, s in enumerate(self._steps) if callable(s)), len(self._steps))
+        self._fixed, self._asked = self._steps[:first], self._steps[first:]
 
     def _add_map(self, mapping: Mapping[Any, Any], where: str) -> None:
         exact: _Exact = {}
@@ -193,12 +192,12 @@ class Routes:
             fixed = self._cache[name]
         else:
             # Each pattern tried in turn: 30 µs a send with 300 of them, kept per name.
-            fixed = self._from_maps(name, self._steps[: self._fixed])
+            fixed = self._from_maps(name, self._fixed)
             if len(self._cache) < CACHED_NAMES:
                 self._cache[name] = fixed
-        if fixed is not None or self._fixed == len(self._steps):
+        if fixed is not None:
             return fixed
-        for step in self._steps[self._fixed :]:
+        for step in self._asked:  # a router first, then what follows it, asked each send
             if callable(step):
                 given = step(name, list(args), dict(kwargs or {}), dict(options or {}), task=task)
                 if given is not None:
@@ -223,6 +222,20 @@ class Routes:
                     if pattern.match(name):
                         return route
         return None
+
+
+#: A router function's import name, as ``task_routes`` (or CELERIAC_TASK_ROUTES) may be.
+_ROUTER_NAME = re.compile(r"[A-Za-z_][\w.]*[.:][A-Za-z_]\w*")
+
+
+def names_a_router(text: str) -> bool:
+    """Whether the text of ``task_routes`` is a router function's import name, not JSON.
+
+    Example:
+        >>> names_a_router("shop.routing.route_task"), names_a_router('{"shop.*": "shop"}')
+        (True, False)
+    """
+    return _ROUTER_NAME.fullmatch(text.strip()) is not None
 
 
 def _pairs(part: Any) -> bool:
