@@ -65,8 +65,7 @@ class EventFeed:
         if self.after is None:
             # Where the stream ends, found once the broker answers: an exporter started
             # during an outage would otherwise count the thousands of events it holds.
-            items = self.broker.stream_read(STREAM, 0, 1_000_000)
-            self.after = items[-1][0] if items else 0
+            self.after = self._newest()
             return Page([], missed=False, full=False)
         # From the last event returned, included, to see whether the stream still holds it.
         items = self.broker.stream_read(STREAM, max(self.after - 1, 0), PAGE + 1)
@@ -77,8 +76,7 @@ class EventFeed:
             # Redis restored from an older snapshot). Past its numbers, the feed read
             # nothing for ever. It goes on from the stream's newest event: from its start,
             # it counted the restored events a second time.
-            held = self.broker.stream_read(STREAM, 0, 1_000_000)
-            self.after = held[-1][0] if held else 0
+            self.after = self._newest()
             return Page([], missed=True, full=False)
         missed = False
         if items and self.after and items[0][0] == self.after:
@@ -88,3 +86,8 @@ class EventFeed:
         if items:
             self.after = items[-1][0]
         return Page([raw for _, raw in items], missed, len(items) >= PAGE)
+
+    def _newest(self) -> int:
+        """The sequence number of the newest event the stream holds (0: none)."""
+        items = self.broker.stream_read(STREAM, 0, 1_000_000)
+        return items[-1][0] if items else 0
