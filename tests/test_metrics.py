@@ -439,28 +439,22 @@ def _swap(tmp_path: Path, path: Path, replacement: Path) -> None:
     replacement.replace(path)
 
 
-def _read_until(feed: EventFeed, count: int) -> list[Page]:
-    pages: list[Page] = []
-
-    def enough() -> bool:
-        pages.append(feed.read())
-        return sum(len(p.events) for p in pages) >= count
-
-    assert wait_for(enough, timeout=20, interval=0.1), pages
-    return pages
-
-
-def _read_while(feed: EventFeed, reading: Callable[[], bool]) -> list[Page]:
-    """The pages ``feed`` reads while ``reading()`` holds (the broker sees a swapped file
-    within a few seconds)."""
+def _read_while(feed: EventFeed, reading: Callable[[list[Page]], bool]) -> list[Page]:
+    """The pages ``feed`` reads while ``reading(pages so far)`` holds (the broker sees a
+    swapped file within a few seconds)."""
     pages: list[Page] = []
 
     def done() -> bool:
         pages.append(feed.read())
-        return not reading()
+        return not reading(pages)
 
     assert wait_for(done, timeout=20, interval=0.1), (feed.after, pages[-3:])
     return pages
+
+
+def _read_events(feed: EventFeed, count: int) -> list[Page]:
+    """The pages ``feed`` reads until they hold ``count`` events."""
+    return _read_while(feed, lambda pages: sum(len(p.events) for p in pages) < count)
 
 
 def _tasks_of(pages: list[Page]) -> list[str]:
@@ -481,18 +475,18 @@ def test_a_stream_older_than_the_feed_is_read_on_from_its_newest_event(tmp_path:
     assert feed.read().events == []  # nothing new: the stream still holds the last one
 
     _swap(tmp_path, path, tmp_path / "backup.db")  # restored: events 1-3, the feed at 50
-    pages = _read_while(feed, lambda: feed.after != 3)
+    pages = _read_while(feed, lambda _: feed.after != 3)
     assert any(p.missed for p in pages), pages
     assert _tasks_of(pages) == []  # the restored events were counted once already
     app.broker.stream_append(STREAM, [_event("shop.after_restore")], 100)
-    assert _tasks_of(_read_until(feed, 1)) == ["shop.after_restore"]
+    assert _tasks_of(_read_events(feed, 1)) == ["shop.after_restore"]
 
     fresh = Celeriac("metrics-restart-new", broker=f"sqlite:///{tmp_path / 'new.db'}")
     fresh.broker.stream_append(STREAM, [_event("shop.new") for _ in range(2)], 100)
     fresh.broker.close()
     _swap(tmp_path, path, tmp_path / "new.db")  # a new file: events 1-2, the feed at 4
-    pages = _read_while(feed, lambda: feed.after != 2)
+    pages = _read_while(feed, lambda _: feed.after != 2)
     assert any(p.missed for p in pages) and _tasks_of(pages) == []
     app.broker.stream_append(STREAM, [_event("shop.after_swap")], 100)
-    assert _tasks_of(_read_until(feed, 1)) == ["shop.after_swap"]
+    assert _tasks_of(_read_events(feed, 1)) == ["shop.after_swap"]
     app.broker.close()
