@@ -166,24 +166,33 @@ def test_purge_writes_a_queue_name_s_control_characters_as_escapes(broker_url: s
 
 
 def test_call_result_status_purge(core_app: Celeriac, broker_url: str) -> None:
+    before = time.time()
     code, output = invoke("-b", broker_url, "call", "tests.apps.core.add", "--args", "[2, 3]")
+    after = time.time()
     assert code == 0
     task_id = output.strip().splitlines()[-1]  # after the note on stderr: sent to 'default'
     code, output = invoke("-b", broker_url, "status", "--json")
+    read = time.time()
     status = json.loads(output)
-    assert status["queues"] == [
-        {
-            "queue": "default",
-            "ready": 1,
-            "delayed": 0,
-            "in_flight": 0,
-            "dead": 0,
-            "expired_today": 0,
-        }
-    ]
+    (queue,) = status["queues"]
+    since, waited = queue.pop("ready_since"), queue.pop("waited_seconds")
+    assert queue == {
+        "queue": "default",
+        "ready": 1,
+        "delayed": 0,
+        "in_flight": 0,
+        "dead": 0,
+        "expired_today": 0,
+    }
+    # Ready since it was sent: its wait is counted from then to the status read.
+    assert before <= since <= after and 0 <= waited <= read - before + 0.001
     assert status["workers"] == []
     code, output = invoke("-b", broker_url, "status")
     assert "no live workers" in output
+    header = next(line for line in output.splitlines() if "queue" in line and "ready" in line)
+    assert "longest wait" in header
+    row = next(line for line in output.splitlines() if " default " in line)
+    assert re.search(r"\b1 │ +\d+\.\ds │", row), row  # ready, then its longest wait
     run_queued(core_app)
     code, output = invoke("-b", broker_url, "result", task_id, "--json")
     assert json.loads(output)["result"] == 5 and json.loads(output)["state"] == "SUCCESS"

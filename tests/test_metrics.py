@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -79,7 +80,9 @@ def test_metrics_counts_what_real_workers_did_and_reads_the_queues(
     url = _start_exporter(clis, broker_url)
     adds = [core.add.delay(i, 1) for i in range(30)]
     fails = [core.fail.apply_async(("boom",), max_retries=0) for _ in range(4)]
+    unserved_before = time.time()
     core.add.apply_async((1, 2), queue="nobody-serves-this")  # stays ready
+    unserved_after = time.time()
     core.add.apply_async((1, 3), countdown=600)  # stays delayed
     core_app.broker.send([Outgoing("garbled", "default", b"not json")])  # bytes, no message
     assert [r.get(timeout=30) for r in adds] == [i + 1 for i in range(30)]
@@ -101,7 +104,9 @@ def test_metrics_counts_what_real_workers_did_and_reads_the_queues(
         lambda: _counted(url, "celeriac_task_events_total", 1, event="dead-lettered", task="?"),
         timeout=20,
     ), _scrape(url)
+    scrape_start = time.time()
     samples = _scrape(url)
+    scrape_end = time.time()
     # Each run's runtime observed once; the task before the exporter was not counted.
     assert _value(samples, "celeriac_task_runtime_seconds_count", event="succeeded", **add) == 30
     ran = {"event": "succeeded", **add}
@@ -110,6 +115,11 @@ def test_metrics_counts_what_real_workers_did_and_reads_the_queues(
     assert _value(samples, "celeriac_queue_tasks", queue="nobody-serves-this", state="ready") == 1
     assert _value(samples, "celeriac_queue_tasks", queue="default", state="delayed") == 1
     assert _value(samples, "celeriac_queue_tasks", queue="default", state="ready") == 0
+    # Its one ready task has waited since it was sent; nothing in default is ready.
+    waited = _value(samples, "celeriac_queue_latency_seconds", queue="nobody-serves-this")
+    assert waited is not None
+    assert scrape_start - unserved_after <= waited <= scrape_end - unserved_before
+    assert _value(samples, "celeriac_queue_latency_seconds", queue="default") == 0
     assert _value(samples, "celeriac_workers") == 1
     assert _value(samples, "celeriac_worker_concurrency") == 2
     assert _value(samples, "celeriac_events_missed_total") == 0

@@ -650,6 +650,13 @@ def content_type(raw: bytes) -> str:
     return "json"
 
 
+def _unsigned(raw: bytes) -> bytes:
+    """The payload of signed bytes (the signature is not checked), else ``raw``."""
+    if raw.startswith(b"sig1:") and raw.count(b":") >= 3:
+        return raw.split(b":", 3)[3]  # sig1:<key id>:<hmac>:<payload>, as codec.py signs
+    return raw
+
+
 def peek_identity(raw: bytes) -> tuple[str | None, str | None]:
     """Best effort (task id, task name) from bytes that may not decode as a Message: JSON
     or msgpack, signed or not (the signature is not checked; pickle is never read here).
@@ -658,8 +665,7 @@ def peek_identity(raw: bytes) -> tuple[str | None, str | None]:
         >>> peek_identity(b'sig1:k:0f:{"id": "a1", "task": "shop.add", "v": 9}')
         ('a1', 'shop.add')
     """
-    if raw.startswith(b"sig1:") and raw.count(b":") >= 3:
-        raw = raw.split(b":", 3)[3]  # sig1:<key id>:<hmac>:<payload>, as codec.py signs
+    raw = _unsigned(raw)
     kind = content_type(raw)
     if kind == "pickle":
         return None, None
@@ -671,3 +677,43 @@ def peek_identity(raw: bytes) -> tuple[str | None, str | None]:
         return None, None
     task_id, name = loose.get("id"), loose.get("task")
     return (task_id if isinstance(task_id, str) else None, name if isinstance(name, str) else None)
+
+
+class _Times(msgspec.Struct):
+    """The two fields :func:`ready_at` reads; a typed decode skips every other one."""
+
+    sent_at: float = 0.0
+    eta: float | None = None
+
+
+_times_json = msgspec.json.Decoder(_Times)
+_times_msgpack = msgspec.msgpack.Decoder(_Times)
+
+
+def ready_at(raw: bytes) -> float | None:
+    """When a message became ready to run, from its own bytes: its send time, or its ETA
+    when that is later (Unix seconds). None for bytes that do not say: not a message, a
+    pickle (never read here), or one sent without a time.
+
+    The broker contract's :data:`~celeriac.brokers.records.ReadyAt`: ``celeriac status``
+    and the metrics exporter pass it to ``broker.stats()`` for how long tasks wait.
+
+    Example:
+        >>> ready_at(b'{"id": "a1", "task": "shop.add", "sent_at": 1000.5}')
+        1000.5
+        >>> ready_at(b'{"id": "a1", "task": "shop.add", "sent_at": 1000.5, "eta": 1060.0}')
+        1060.0
+        >>> ready_at(b"\\x00\\x01 not a message") is None
+        True
+    """
+    raw = _unsigned(raw)
+    kind = content_type(raw)
+    if kind == "pickle":
+        return None
+    try:
+        times = (_times_msgpack if kind == "msgpack" else _times_json).decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    if times.sent_at <= 0:
+        return None
+    return max(times.sent_at, times.eta or 0.0)

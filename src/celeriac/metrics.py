@@ -8,8 +8,9 @@ Two sources, one per kind of question:
   process and summed (prometheus-client's multiprocess mode, which a worker that forks
   and recycles its children would need); counters start at 0 when the exporter starts,
   which Prometheus's ``rate()`` and ``increase()`` expect;
-* **what is there now** (each queue's ready, delayed, in-flight and dead counts, the live
-  workers) is read from the broker at each scrape, as ``celeriac status`` reads it.
+* **what is there now** (each queue's ready, delayed, in-flight and dead counts, how long
+  its longest-waiting ready task has waited, the live workers) is read from the broker at
+  each scrape, as ``celeriac status`` reads it.
 
 A task name is a label, so a broker that sees tasks of unbounded names (a producer's bug)
 would make a series per name: past ``TASK_LABELS`` names, the others count as ``other``.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -30,6 +32,7 @@ from prometheus_client.registry import Collector
 from celeriac.control import live_workers
 from celeriac.errors import BrokerError
 from celeriac.event_feed import EventFeed
+from celeriac.message import ready_at
 from celeriac.middleware.events import EVENT_TYPES, UNREAD_TASK, Event
 
 if TYPE_CHECKING:
@@ -193,7 +196,7 @@ class BrokerCollector(Collector):
             "1 when this scrape read the broker's queues and workers, 0 when it could not",
         )
         try:
-            stats = self.app.broker.stats()
+            stats = self.app.broker.stats(ready_at)
             workers = live_workers(self.app)
         except BrokerError as exc:
             if str(exc) != self._said:
@@ -218,6 +221,17 @@ class BrokerCollector(Collector):
             queues.add_metric([s.queue, "in_flight"], s.in_flight)
             queues.add_metric([s.queue, "dead"], s.dead)
         yield queues
+        now = time.time()
+        latency = GaugeMetricFamily(
+            "celeriac_queue_latency_seconds",
+            "How long the longest-waiting ready task of each queue has waited to start, "
+            "since it was sent or came due (0: none waiting). A task given back to its "
+            "queue (its worker died, a rate limit deferred it) counts from its send on Redis",
+            labels=["queue"],
+        )
+        for s in stats:
+            latency.add_metric([s.queue], s.waited(now))
+        yield latency
         unhealthy = sum(1 for w in workers if isinstance(w.extra.get("unhealthy"), str))
         yield GaugeMetricFamily("celeriac_workers", "Live workers, by heartbeat", len(workers))
         yield GaugeMetricFamily(

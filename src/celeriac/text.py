@@ -82,6 +82,19 @@ def seconds(value: float) -> str:
     return f"{value:.2g}s" if value < 10 else f"{value:.0f}s"
 
 
+def duration(value: float) -> str:
+    """A duration in a table, to the unit that matters at that size.
+
+    Example:
+        >>> [duration(s) for s in (0.25, 59.94, 192.0, 7320.0)]
+        ['0.2s', '59.9s', '3m 12s', '2h 2m']
+    """
+    if value < 60:
+        return f"{value:.1f}s"
+    minutes, hours = int(value // 60), int(value // 3600)
+    return f"{hours}h {minutes % 60}m" if hours else f"{minutes}m {int(value % 60)}s"
+
+
 def _escaped(char: str) -> str:
     """One unprintable character as its Python escape: ``\\x1b``, ``\\r``, ``\\u2028``."""
     return char.encode("unicode_escape").decode("ascii")

@@ -507,6 +507,67 @@ def test_stats_count_a_message_whose_lease_ran_out_as_ready(broker: Broker) -> N
     assert counts(broker) == (0, 0, 2, 0)
 
 
+def sent_body_at(when: float) -> bytes:
+    return b"sent at %r" % when
+
+
+def sent_time(body: bytes) -> float | None:
+    """The ready_at these tests give stats(): what sent_body_at wrote, else None."""
+    return float(body[8:]) if body.startswith(b"sent at ") else None
+
+
+def since(broker: Broker, queue: str = "q") -> float | None:
+    return next(s.ready_since for s in broker.stats(sent_time) if s.queue == queue)
+
+
+# Redis's clock and this process's are one machine's clock; Redis keeps whole ms.
+MS = 0.0015
+
+
+def test_stats_say_since_when_the_longest_waiting_ready_message_waits(broker: Broker) -> None:
+    before = time.time()
+    broker.send([out("first", body=sent_body_at(before))])
+    after = time.time()
+    # Later, at a higher priority: it runs first, but has not waited longest.
+    broker.send([out("urgent", body=sent_body_at(time.time()), priority=7)])
+    first_ready = since(broker)
+    assert first_ready is not None and before - MS <= first_ready <= after + MS
+    assert one(broker).id == "urgent"
+    assert since(broker) == first_ready
+    assert one(broker).id == "first"
+    assert since(broker) is None  # nothing ready: no wait to tell of
+    assert [s.waited(time.time()) for s in broker.stats(sent_time) if s.queue == "q"] == [0.0]
+
+
+def test_stats_date_a_due_delayed_message_from_its_due_time(broker: Broker) -> None:
+    eta = time.time() + 0.3
+    # Its bytes say nothing: the broker keeps a delayed message's due time itself.
+    broker.send([out("later", body=b"no time here", eta=eta)])
+    assert since(broker) is None  # not due: delayed, not ready
+    eventually(lambda: counts(broker)[0] == 1, "it comes due")
+    ready = since(broker)
+    assert ready is not None and abs(ready - eta) <= MS
+
+
+def test_stats_date_a_lapsed_lease_from_its_deadline(broker: Broker) -> None:
+    broker.send([out("lapses", body=b"no time here")])
+    before = time.time()
+    one(broker, lease=0.2)
+    after = time.time()
+    eventually(lambda: counts(broker)[0] == 1, "the lease lapses")
+    ready = since(broker)
+    assert ready is not None and before + 0.2 - MS <= ready <= after + 0.2 + MS
+
+
+def test_stats_keep_the_oldest_of_a_due_message_and_a_ready_one(broker: Broker) -> None:
+    eta = time.time() + 0.3
+    broker.send([out("due", body=b"no time here", eta=eta)])
+    eventually(lambda: counts(broker)[0] == 1, "it comes due")
+    broker.send([out("sent", body=sent_body_at(time.time()))])
+    ready = since(broker)
+    assert ready is not None and abs(ready - eta) <= MS
+
+
 def test_purge_deletes_waiting_messages_only(broker: Broker) -> None:
     ids = [uuid.uuid4().hex for _ in range(30)]
     broker.send([out(i) for i in ids] + [out("later", eta=time.time() + 600)])

@@ -24,7 +24,7 @@ from celeriac.brokers.redis import RedisBroker, ops
 from celeriac.brokers.redis.connection import RedisURL
 from celeriac.brokers.redis.keys import INDEX_BUCKETS, Keyspace, compact, expand, is_foreign
 from celeriac.errors import BrokerConnectionError, ConfigurationError, MessageError
-from celeriac.message import Message, encode_message
+from celeriac.message import Message, encode_message, ready_at
 from celeriac.testing import wait_for
 from tests.redis_server import RedisServer, start_redis
 
@@ -86,6 +86,24 @@ def test_foreign_bytes_are_delivered_as_they_are(broker: RedisBroker, raw: redis
         assert broker.dead_letter(d.lease, letter, None)
     assert sorted(d.body for d in broker.dead_letters()) == sorted(d.body for d in got)
     assert broker.stats()[0].in_flight == 0
+
+
+def test_stats_read_the_wait_from_the_stored_message_at_each_list_head(
+    broker: RedisBroker, raw: redis.Redis
+) -> None:
+    # An entry keeps no time; stats() reads the send time from the message at the head of
+    # each ready list, its "id" field put back (stored_body takes it out), and skips
+    # bytes pushed by hand, which a fetch dead-letters.
+    q = broker.keys.queue("q")
+    raw.rpush(q.ready[0], *FOREIGN)
+    sent = Message(id=str(uuid.uuid4()), task="shop.charge", sent_at=1_800_000_000.25)
+    stored = ops.stored_body(sent.id, encode_message(sent))
+    assert stored.startswith(b"\x00{")  # the case that needs the id put back
+    broker.send([Outgoing(sent.id, "q", encode_message(sent), 3)])
+    (stats,) = broker.stats(ready_at)
+    assert (stats.ready, stats.ready_since) == (len(FOREIGN) + 1, 1_800_000_000.25)
+    # Without ready_at a Redis broker cannot tell, and says None rather than a guess.
+    assert broker.stats()[0].ready_since is None
 
 
 def test_foreign_bytes_survive_requeue_and_lease_expiry(

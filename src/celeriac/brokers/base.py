@@ -53,6 +53,7 @@ from celeriac.brokers.records import (
     LeaseLoss,
     Outgoing,
     QueueStats,
+    ReadyAt,
     Renew,
     WorkerInfo,
 )
@@ -439,11 +440,18 @@ class Broker(abc.ABC):
     # -- administration ---------------------------------------------------------------
 
     @abc.abstractmethod
-    def stats(self) -> list[QueueStats]:
+    def stats(self, ready_at: ReadyAt | None = None) -> list[QueueStats]:
         """Counts for every queue the broker knows of.
 
         Ready is what a fetch can take: due messages, and held ones whose lease ran out (a
         worker killed with -9); in flight is held under a lease that still runs.
+
+        ``ready_since`` is when the longest-waiting ready message became ready: its send,
+        its due time, or its lease's deadline. Memory and SQLite keep that time with each
+        message. A Redis entry keeps none (it stays small), so for the messages at the
+        heads of its ready lists Redis asks ``ready_at``, and gives None without it.
+        ``ready_at`` reads the message's own send time and ETA: on Redis, a message given
+        back to a ready list (its worker died, it was deferred) counts from its send.
         """
 
     @abc.abstractmethod

@@ -28,9 +28,11 @@ from celeriac.brokers.records import (
     LeaseLoss,
     Outgoing,
     QueueStats,
+    ReadyAt,
     Renew,
     WorkerInfo,
     clamped_priority,
+    queue_stats,
     replayed,
 )
 
@@ -535,24 +537,30 @@ class MemoryBroker(Broker):
 
     # -- administration -----------------------------------------------------------------
 
-    def stats(self) -> list[QueueStats]:
-        """Counts per queue."""
+    def stats(self, ready_at: ReadyAt | None = None) -> list[QueueStats]:
+        """Counts per queue, and since when its longest-waiting ready message has been
+        ready (kept with each message: ``ready_at`` is not needed)."""
         with self._lock:
             now = time.time()
             counts: dict[str, list[int]] = {q: [0, 0, 0, 0] for q in self._queues}
+            since: dict[str, float] = {}
             for entry in self._entries.values():
                 row = counts.setdefault(entry.queue, [0, 0, 0, 0])
                 if entry.token is not None and entry.lease_deadline > now:
                     row[2] += 1
-                elif entry.token is not None:  # its lease ran out: a fetch takes it
-                    row[0] += 1
+                    continue
+                if entry.token is not None:  # its lease ran out: a fetch takes it
+                    ready = entry.lease_deadline
                 elif entry.due > now:
                     row[1] += 1
+                    continue
                 else:
-                    row[0] += 1
+                    ready = entry.due
+                row[0] += 1
+                since[entry.queue] = min(since.get(entry.queue, ready), ready)
             for letter in self._dead.values():
                 counts.setdefault(letter.queue, [0, 0, 0, 0])[3] += 1
-            return [QueueStats(q, *row) for q, row in sorted(counts.items())]
+            return [queue_stats(q, row, since.get(q)) for q, row in sorted(counts.items())]
 
     def purge(self, queue: str) -> int:
         """Delete ready and delayed messages of ``queue``."""

@@ -86,14 +86,46 @@ class Delivery(msgspec.Struct, frozen=True, gc=False):
         return self.lease.queue
 
 
+#: Reads, from a message's bytes, when it became ready to run (Unix seconds: when it was
+#: sent, or its ETA when that is later), or None when the bytes do not say.
+ReadyAt = Callable[[bytes], "float | None"]
+
+
 class QueueStats(msgspec.Struct, frozen=True):
-    """Counts for one queue, as ``celeriac status`` shows them."""
+    """Counts for one queue, as ``celeriac status`` shows them, and since when the task
+    that has waited longest to start has been ready (Unix seconds; None when no task is
+    ready, or when the broker cannot tell: see :meth:`Broker.stats`).
+
+    Example:
+        >>> QueueStats("emails", 3, 0, 1, 0, ready_since=1000.0).waited(1012.5)
+        12.5
+        >>> QueueStats("emails", 0, 0, 0, 0).waited(1012.5)
+        0.0
+    """
 
     queue: str
     ready: int
     delayed: int
     in_flight: int
     dead: int
+    ready_since: float | None = None
+
+    def waited(self, now: float) -> float:
+        """How long, at ``now``, the longest-waiting ready task has waited to start: 0.0
+        when none is ready or the time is unknown, and never below 0 (a producer's clock
+        ahead of this one's)."""
+        return 0.0 if self.ready_since is None else max(now - self.ready_since, 0.0)
+
+
+def queue_stats(queue: str, counts: list[int], ready_since: float | None) -> QueueStats:
+    """A queue's stats from its counts in field order (ready, delayed, in flight, dead).
+
+    Example:
+        >>> queue_stats("emails", [3, 0, 1, 0], None).in_flight
+        1
+    """
+    ready, delayed, in_flight, dead = counts
+    return QueueStats(queue, ready, delayed, in_flight, dead, ready_since)
 
 
 class DeadLetter(msgspec.Struct, frozen=True):

@@ -17,7 +17,15 @@ from typing import Any
 
 import msgspec
 
-from celeriac.brokers.records import DeadLetter, QueueStats, Renew, WorkerInfo, replayed
+from celeriac.brokers.records import (
+    DeadLetter,
+    QueueStats,
+    ReadyAt,
+    Renew,
+    WorkerInfo,
+    queue_stats,
+    replayed,
+)
 from celeriac.brokers.sqlite_store import IDS_PER_QUERY
 from celeriac.brokers.sqlite_wait import CommitWatch
 
@@ -150,25 +158,33 @@ class SQLiteResults:
 
     # -- administration -----------------------------------------------------------------
 
-    def stats(self) -> list[QueueStats]:
-        """Counts per queue."""
+    def stats(self, ready_at: ReadyAt | None = None) -> list[QueueStats]:
+        """Counts per queue, and since when its longest-waiting ready message has been
+        ready (a row keeps that time: ``ready_at`` is not needed)."""
         now = time.time()
         counts: dict[str, list[int]] = {
             row[0]: [0, 0, 0, 0] for row in self._read("SELECT name FROM queues")
         }
+        since: dict[str, float] = {}
         # A held message whose lease ran out counts as ready, as a due one does: a fetch
         # hands it out. Counted in flight, the work of a worker killed with -9 read
-        # "in flight" for as long as no worker was left to fetch it.
-        for queue, ready, delayed, held in self._read(
+        # "in flight" for as long as no worker was left to fetch it. It has been ready
+        # since its lease's deadline; a waiting row since its due time.
+        for queue, ready, delayed, held, oldest in self._read(
             "SELECT queue, SUM(token IS NULL AND due <= ? OR token IS NOT NULL AND "
             "lease_deadline <= ?), SUM(token IS NULL AND due > ?), "
-            "SUM(token IS NOT NULL AND lease_deadline > ?) FROM messages GROUP BY queue",
-            (now, now, now, now),
+            "SUM(token IS NOT NULL AND lease_deadline > ?), "
+            "MIN(CASE WHEN token IS NULL AND due <= ? THEN due "
+            "WHEN token IS NOT NULL AND lease_deadline <= ? THEN lease_deadline END) "
+            "FROM messages GROUP BY queue",
+            (now,) * 6,
         ):
             counts[queue] = [ready, delayed, held, 0]
+            if oldest is not None:
+                since[queue] = oldest
         for queue, dead in self._read("SELECT queue, COUNT(*) FROM dead_letters GROUP BY queue"):
             counts.setdefault(queue, [0, 0, 0, 0])[3] = dead
-        return [QueueStats(q, *row) for q, row in sorted(counts.items())]
+        return [queue_stats(q, row, since.get(q)) for q, row in sorted(counts.items())]
 
     def purge(self, queue: str) -> int:
         """Delete ready and delayed messages of ``queue``."""

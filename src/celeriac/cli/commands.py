@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import difflib
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,15 +31,15 @@ from celeriac.cli.main import (
 )
 from celeriac.control import live_workers
 from celeriac.errors import ConfigurationError
-from celeriac.message import decode_result
+from celeriac.message import decode_result, ready_at
 from celeriac.middleware.expiry import expired_key
 from celeriac.options import queue_name_problem
 from celeriac.result import FINAL_STATES, AsyncResult
-from celeriac.text import cut, printable
+from celeriac.text import cut, duration, printable
 
 if TYPE_CHECKING:
     from celeriac import Celeriac
-    from celeriac.brokers.records import DeadLetter, WorkerInfo
+    from celeriac.brokers.records import DeadLetter, QueueStats, WorkerInfo
     from celeriac.message import ErrorInfo, ResultRecord
 
 
@@ -289,21 +290,30 @@ def _record_table(task_id: str, record: ResultRecord) -> Table:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def status(obj: Context, as_json: bool) -> None:
-    """Each queue's ready, delayed, in-flight, dead and expired-today counts, and the live
-    workers. Ready counts what the next fetch can take: delayed tasks that came due, and
-    held ones whose lease ran out (a worker killed with -9); in flight is under a lease.
+    """Each queue's ready, delayed, in-flight, dead and expired-today counts, how long its
+    longest-waiting ready task has waited, and the live workers. Ready counts what the next
+    fetch can take: delayed tasks that came due, and held ones whose lease ran out (a
+    worker killed with -9); in flight is under a lease.
 
     Example: celeriac -A shop.tasks status --json
     """
     broker = obj.app.broker
-    stats, workers = broker.stats(), live_workers(obj.app)
+    stats, workers = broker.stats(ready_at), live_workers(obj.app)
+    now = time.time()
     expired = {s.queue: len(broker.join_values(expired_key(s.queue))) for s in stats}
     notes = broker.notes()
     if as_json:
         print_json(
             {
                 "broker": redacted(obj.app.conf.broker_url),
-                "queues": [{**_asdict(s), "expired_today": expired[s.queue]} for s in stats],
+                "queues": [
+                    {
+                        **_asdict(s),
+                        "waited_seconds": round(s.waited(now), 3),
+                        "expired_today": expired[s.queue],
+                    }
+                    for s in stats
+                ],
                 "workers": [_asdict(w) for w in workers],
                 "notes": notes,
             }
@@ -315,12 +325,14 @@ def status(obj: Context, as_json: bool) -> None:
     # without -t) "shop.billing.invoice-reminders.high" and "...low" both read
     # "shop.billing.invoice-r…"; a worker's id and its queue list lost their tails.
     table = Table(title=f"queues on {redacted(obj.app.conf.broker_url)}")
-    for column in ("queue", "ready", "delayed", "in flight", "dead", "expired today"):
+    columns = ("queue", "ready", "longest wait", "delayed", "in flight", "dead", "expired today")
+    for column in columns:
         table.add_column(column, justify="left" if column == "queue" else "right", overflow="fold")
     for s in stats:
         table.add_row(
             escape(printable(s.queue)),
             str(s.ready),
+            _longest_wait(s, now),
             str(s.delayed),
             str(s.in_flight),
             f"[red]{s.dead}[/]" if s.dead else "0",
@@ -381,6 +393,15 @@ def _active(worker: WorkerInfo) -> list[Any]:
     """The ids of the tasks a worker's heartbeat says it runs (a list; other data: none)."""
     active = worker.extra.get("active", [])
     return active if isinstance(active, list) else []
+
+
+def _longest_wait(stats: QueueStats, now: float) -> str:
+    """The status table's cell: "-" with no task ready; "?" when the ready tasks at the
+    heads of a Redis queue's lists are bytes that are not a message (a fetch dead-letters
+    them)."""
+    if not stats.ready:
+        return "-"
+    return "?" if stats.ready_since is None else duration(stats.waited(now))
 
 
 def _asdict(obj: Any) -> dict[str, Any]:

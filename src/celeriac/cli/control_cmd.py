@@ -23,7 +23,7 @@ from celeriac.control import (
 )
 from celeriac.errors import MalformedMessage
 from celeriac.message import decode_result
-from celeriac.text import printable
+from celeriac.text import duration, printable
 
 if TYPE_CHECKING:
     from celeriac.group_result import GroupResult
@@ -328,7 +328,7 @@ def _cell(column: str, value: Any) -> str:
         '41: rss_mb 27, done 2'
     """
     if column in ("uptime", "runtime") and isinstance(value, int | float):
-        return _duration(float(value))
+        return duration(float(value))
     if isinstance(value, list | tuple):
         return ", ".join(map(str, value))
     if isinstance(value, dict):
@@ -338,13 +338,6 @@ def _cell(column: str, value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, hours = int(seconds // 60), int(seconds // 3600)
-    return f"{hours}h {minutes % 60}m" if hours else f"{minutes}m {int(seconds % 60)}s"
 
 
 @cli.command()

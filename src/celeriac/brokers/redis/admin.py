@@ -7,17 +7,28 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
-from celeriac.brokers.records import DeadLetter, Lease, LeaseLoss, QueueStats, Renew, replayed
-from celeriac.brokers.redis.keys import compact
+from celeriac.brokers.records import (
+    DeadLetter,
+    Lease,
+    LeaseLoss,
+    QueueStats,
+    ReadyAt,
+    Renew,
+    queue_stats,
+    replayed,
+)
+from celeriac.brokers.redis.keys import compact, expand, is_foreign
 from celeriac.brokers.redis.ops import (
     Context,
     after_commit,
     known_queues,
     ms,
     result_spec,
+    sent_body,
     settled,
 )
 from celeriac.brokers.redis.scripts import SCRIPTS, check
@@ -439,19 +450,39 @@ def notes(ctx: Context, url: str) -> Plan[list[str]]:
     ]
 
 
-def stats(ctx: Context) -> Plan[list[QueueStats]]:
-    """Counts for every known queue."""
+def stats(ctx: Context, ready_at: ReadyAt | None = None) -> Plan[list[QueueStats]]:
+    """Counts for every known queue; with ``ready_at``, since when its longest-waiting
+    ready message has been ready (see :meth:`.Broker.stats`)."""
     names = yield from known_queues(ctx)
     if not names:
         return []
     queues = [ctx.keys.queue(name) for name in names]
+    asked = [b"1"] if ready_at else []
     replies = yield Batch(
-        [Call(SCRIPTS.stats, (*q.ready, q.delayed, q.held, q.dead, q.leases), []) for q in queues]
+        [
+            Call(SCRIPTS.stats, (*q.ready, q.delayed, q.held, q.dead, q.leases), asked)
+            for q in queues
+        ]
     )
     return [
-        QueueStats(q.name, *(int(n) for n in reply))
+        queue_stats(q.name, [int(n) for n in reply[:4]], _ready_since(reply, ready_at))
         for q, reply in zip(queues, replies, strict=True)
     ]
+
+
+def _ready_since(reply: list[Any], ready_at: ReadyAt | None) -> float | None:
+    """The oldest of the times stats-14.lua returns after the counts: a due delayed
+    message's due time, a lapsed lease's deadline, and what ``ready_at`` reads from each
+    ready list's head. None when ``ready_at`` was not given (the script returned none)."""
+    if ready_at is None:
+        return None
+    times = [float(ms) / 1000 for ms in reply[5:7] if float(ms) >= 0]
+    for cid, body in zip(reply[7::2], reply[8::2], strict=True):
+        stored = body if is_foreign(cid) else sent_body(expand(cid), body)
+        at = ready_at(stored)
+        if at is not None:
+            times.append(at)
+    return min(times, default=None)
 
 
 def purge(ctx: Context, name: str) -> Plan[int]:

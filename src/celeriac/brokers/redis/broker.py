@@ -68,6 +68,7 @@ from celeriac.brokers.records import (
     LeaseLoss,
     Outgoing,
     QueueStats,
+    ReadyAt,
     Renew,
     WorkerInfo,
 )
@@ -490,9 +491,10 @@ class RedisBroker(Broker):
         for name in names:
             self.keys.queue(name)
 
-    def stats(self) -> list[QueueStats]:
-        """Counts for every queue any process registered."""
-        return self._run(admin.stats(self._ctx), "read queue counts")
+    def stats(self, ready_at: ReadyAt | None = None) -> list[QueueStats]:
+        """Counts for every queue any process registered; ``ready_since`` only with
+        ``ready_at``, which reads it from the messages at the ready lists' heads."""
+        return self._run(admin.stats(self._ctx, ready_at), "read queue counts")
 
     def notes(self) -> list[str]:
         """That the server is a read-only replica, when it is (see :func:`.admin.notes`)."""
