@@ -568,6 +568,40 @@ def test_stats_keep_the_oldest_of_a_due_message_and_a_ready_one(broker: Broker) 
     assert ready is not None and abs(ready - eta) <= MS
 
 
+def test_peek_reads_waiting_messages_in_the_order_workers_take_them(broker: Broker) -> None:
+    soon, later = time.time() + 300, time.time() + 600
+    broker.send([out("a"), out("b", priority=5), out("c"), out("d", eta=later, priority=9)])
+    broker.send([out("e", eta=soon, body=b"e-body")])
+    seen = broker.peek("q", 10)
+    assert [(w.id, w.priority, w.deliveries) for w in seen] == [
+        ("b", 5, 0),
+        ("a", 0, 0),
+        ("c", 0, 0),
+        ("e", 0, 0),
+        ("d", 9, 0),
+    ]
+    assert [w.body for w in seen] == [b"b", b"a", b"c", b"e-body", b"d"]
+    assert [w.due for w in seen[:3]] == [None, None, None]
+    dues = [w.due for w in seen[3:]]
+    assert dues[0] is not None and abs(dues[0] - soon) <= MS
+    assert dues[1] is not None and abs(dues[1] - later) <= MS
+    # The limit cuts across ready and delayed; nothing was taken by reading.
+    assert [w.id for w in broker.peek("q", 4)] == ["b", "a", "c", "e"]
+    assert [w.id for w in broker.peek("q", 1)] == ["b"]
+    assert counts(broker) == (3, 2, 0, 0)
+    assert broker.peek("nobody-used-this", 10) == []
+
+
+def test_peek_leaves_out_held_messages_and_shows_a_put_back_ones_deliveries(
+    broker: Broker,
+) -> None:
+    broker.send([out("runs"), out("back"), out("waits")])
+    one(broker)  # runs: held, not waiting
+    back = one(broker)
+    assert broker.requeue(back.lease)
+    assert [(w.id, w.deliveries) for w in broker.peek("q", 10)] == [("waits", 0), ("back", 1)]
+
+
 def test_purge_deletes_waiting_messages_only(broker: Broker) -> None:
     ids = [uuid.uuid4().hex for _ in range(30)]
     broker.send([out(i) for i in ids] + [out("later", eta=time.time() + 600)])

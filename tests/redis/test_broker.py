@@ -106,6 +106,27 @@ def test_stats_read_the_wait_from_the_stored_message_at_each_list_head(
     assert broker.stats()[0].ready_since is None
 
 
+def test_peek_shows_bytes_pushed_by_hand_as_pushed_and_a_stored_body_as_sent(
+    broker: RedisBroker, raw: redis.Redis
+) -> None:
+    q = broker.keys.queue("q")
+    sent = Message(id=str(uuid.uuid4()), task="shop.charge", sent_at=1_800_000_000.25)
+    broker.send([Outgoing(sent.id, "q", encode_message(sent))])
+    raw.rpush(q.ready[0], *FOREIGN)
+    raw.rpush(q.ready[2], b"\x00{pushed by hand")  # led like a stored body: kept as it is
+    seen = broker.peek("q", 100)
+    assert [(w.id, w.priority, w.body) for w in seen] == [
+        ("", 2, b"\x00{pushed by hand"),
+        (sent.id, 0, encode_message(sent)),  # its id put back, byte for byte
+        *[("", 0, body) for body in FOREIGN],
+    ]
+    # A foreign entry (given an id by a fetch, then put back) keeps its bytes as pushed.
+    (taken,) = broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=0)
+    assert broker.requeue(taken.lease)
+    again = broker.peek("q", 100)[0]  # back at its priority, 2
+    assert taken.id and (again.id, again.body) == (taken.id, b"\x00{pushed by hand")
+
+
 def test_foreign_bytes_survive_requeue_and_lease_expiry(
     broker: RedisBroker, raw: redis.Redis
 ) -> None:

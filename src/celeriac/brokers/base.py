@@ -55,6 +55,7 @@ from celeriac.brokers.records import (
     QueueStats,
     ReadyAt,
     Renew,
+    Waiting,
     WorkerInfo,
 )
 
@@ -452,6 +453,14 @@ class Broker(abc.ABC):
         heads of its ready lists Redis asks ``ready_at``, and gives None without it.
         ``ready_at`` reads the message's own send time and ETA: on Redis, a message given
         back to a ready list (its worker died, it was deferred) counts from its send.
+        """
+
+    @abc.abstractmethod
+    def peek(self, queue: str, limit: int) -> list[Waiting]:
+        """Up to ``limit`` (at most :data:`~.records.PEEK_LIMIT`) of the messages waiting
+        in ``queue``, taken by no one: the ready ones in the order a fetch takes them
+        (highest priority first, oldest first), then the delayed ones by due time. Held
+        messages are not listed. A queue no one used has none.
         """
 
     @abc.abstractmethod

@@ -22,6 +22,7 @@ import msgspec
 
 from celeriac.brokers.base import Broker
 from celeriac.brokers.records import (
+    PEEK_LIMIT,
     DeadLetter,
     Delivery,
     Lease,
@@ -30,6 +31,7 @@ from celeriac.brokers.records import (
     QueueStats,
     ReadyAt,
     Renew,
+    Waiting,
     WorkerInfo,
     clamped_priority,
     queue_stats,
@@ -55,6 +57,11 @@ class _Entry:
     token: str | None = None  # set while held
     holder: str | None = None
     lease_deadline: float = 0.0
+
+
+def _fetch_order(entry: _Entry) -> tuple[int, float, int]:
+    """Highest priority first, then the oldest: the order a fetch takes ready entries."""
+    return -entry.priority, entry.due, entry.seq
 
 
 def _settle(waiter: asyncio.Future[bytes], result: bytes) -> None:
@@ -561,6 +568,19 @@ class MemoryBroker(Broker):
             for letter in self._dead.values():
                 counts.setdefault(letter.queue, [0, 0, 0, 0])[3] += 1
             return [queue_stats(q, row, since.get(q)) for q, row in sorted(counts.items())]
+
+    def peek(self, queue: str, limit: int) -> list[Waiting]:
+        """Waiting messages of ``queue``, in the order a fetch takes them, then the
+        delayed ones by due time."""
+        with self._lock:
+            now = time.time()
+            waiting = [e for e in self._entries.values() if e.queue == queue and e.token is None]
+            ready = sorted((e for e in waiting if e.due <= now), key=_fetch_order)
+            later = sorted((e for e in waiting if e.due > now), key=lambda e: (e.due, e.seq))
+            return [
+                Waiting(e.id, e.body, e.priority, e.deliveries, e.due if e.due > now else None)
+                for e in (ready + later)[: min(limit, PEEK_LIMIT)]
+            ]
 
     def purge(self, queue: str) -> int:
         """Delete ready and delayed messages of ``queue``."""

@@ -117,6 +117,26 @@ class QueueStats(msgspec.Struct, frozen=True):
         return 0.0 if self.ready_since is None else max(now - self.ready_since, 0.0)
 
 
+#: Most messages one :meth:`Broker.peek` reads: a reply of a few MB at most, and a Redis
+#: busy for a few milliseconds.
+PEEK_LIMIT = 10_000
+
+
+class Waiting(msgspec.Struct, frozen=True):
+    """A message waiting in its queue, as :meth:`Broker.peek` reads it without taking it.
+
+    ``due`` is the time a delayed message comes due (it may have passed: the next fetch
+    moves it), None for one that is ready. ``id`` is "" for bytes pushed into a Redis list
+    by hand (not an entry), which a fetch gives an id and dead-letters.
+    """
+
+    id: str
+    body: bytes
+    priority: int
+    deliveries: int
+    due: float | None = None
+
+
 def queue_stats(queue: str, counts: list[int], ready_since: float | None) -> QueueStats:
     """A queue's stats from its counts in field order (ready, delayed, in flight, dead).
 

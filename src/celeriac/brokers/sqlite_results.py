@@ -18,10 +18,12 @@ from typing import Any
 import msgspec
 
 from celeriac.brokers.records import (
+    PEEK_LIMIT,
     DeadLetter,
     QueueStats,
     ReadyAt,
     Renew,
+    Waiting,
     WorkerInfo,
     queue_stats,
     replayed,
@@ -185,6 +187,22 @@ class SQLiteResults:
         for queue, dead in self._read("SELECT queue, COUNT(*) FROM dead_letters GROUP BY queue"):
             counts.setdefault(queue, [0, 0, 0, 0])[3] = dead
         return [queue_stats(q, row, since.get(q)) for q, row in sorted(counts.items())]
+
+    def peek(self, queue: str, limit: int) -> list[Waiting]:
+        """Waiting messages of ``queue``, in the order a fetch takes them (the index it
+        uses), then the delayed ones by due time."""
+        now, limit = time.time(), min(limit, PEEK_LIMIT)
+        ready = self._read(
+            "SELECT id, body, priority, deliveries, NULL FROM messages WHERE queue = ? AND "
+            "token IS NULL AND due <= ? ORDER BY priority DESC, due, seq LIMIT ?",
+            (queue, now, limit),
+        )
+        later = self._read(
+            "SELECT id, body, priority, deliveries, due FROM messages WHERE queue = ? AND "
+            "token IS NULL AND due > ? ORDER BY due, seq LIMIT ?",
+            (queue, now, limit - len(ready)),
+        )
+        return [Waiting(*row) for row in ready + later]
 
     def purge(self, queue: str) -> int:
         """Delete ready and delayed messages of ``queue``."""

@@ -47,6 +47,7 @@ _COMMAND_MODULES = {
     "events": "events_cmd",
     "inspect": "control_cmd",
     "metrics": "metrics_cmd",
+    "peek": "peek_cmd",
     "ping": "control_cmd",
     "purge": "commands",
     "result": "commands",

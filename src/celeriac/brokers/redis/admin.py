@@ -12,12 +12,14 @@ from typing import Any
 import msgspec
 
 from celeriac.brokers.records import (
+    PEEK_LIMIT,
     DeadLetter,
     Lease,
     LeaseLoss,
     QueueStats,
     ReadyAt,
     Renew,
+    Waiting,
     queue_stats,
     replayed,
 )
@@ -483,6 +485,23 @@ def _ready_since(reply: list[Any], ready_at: ReadyAt | None) -> float | None:
         if at is not None:
             times.append(at)
     return min(times, default=None)
+
+
+def peek(ctx: Context, name: str, limit: int) -> Plan[list[Waiting]]:
+    """Messages waiting in a queue, read by peek-11.lua (see :meth:`.Broker.peek`)."""
+    q = ctx.keys.queue(name)
+    reply = yield Call(SCRIPTS.peek, (*q.ready, q.delayed), [min(limit, PEEK_LIMIT)])
+    waiting = []
+    for i in range(0, len(reply), 5):
+        cid, priority, deliveries, body, due = reply[i : i + 5]
+        # Bytes pushed by hand have no id until a fetch gives them one; an entry made for
+        # them then keeps them exactly as pushed, never "restored" (as fetch does).
+        task_id = expand(cid) if cid else ""
+        if cid and not is_foreign(cid):
+            body = sent_body(task_id, body)
+        at = float(due) / 1000 if float(due) >= 0 else None
+        waiting.append(Waiting(task_id, body, int(priority), int(deliveries), at))
+    return waiting
 
 
 def purge(ctx: Context, name: str) -> Plan[int]:

@@ -70,6 +70,7 @@ from celeriac.brokers.records import (
     QueueStats,
     ReadyAt,
     Renew,
+    Waiting,
     WorkerInfo,
 )
 from celeriac.brokers.redis import admin, ops, startup, store
@@ -495,6 +496,11 @@ class RedisBroker(Broker):
         """Counts for every queue any process registered; ``ready_since`` only with
         ``ready_at``, which reads it from the messages at the ready lists' heads."""
         return self._run(admin.stats(self._ctx, ready_at), "read queue counts")
+
+    def peek(self, queue: str, limit: int) -> list[Waiting]:
+        """Messages waiting in ``queue``, ready ones first in fetch order (one script call,
+        reading at most ``limit`` elements)."""
+        return self._run(admin.peek(self._ctx, queue, limit), f"read queue {queue!r}")
 
     def notes(self) -> list[str]:
         """That the server is a read-only replica, when it is (see :func:`.admin.notes`)."""
