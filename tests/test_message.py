@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 
 import msgspec
@@ -22,6 +23,7 @@ from celeriac.message import (
     encode_result,
     new_task_id,
     peek_identity,
+    ready_at,
 )
 
 
@@ -175,6 +177,24 @@ def test_peek_identity_reads_what_it_can() -> None:
     assert peek_identity(packed) == ("m", "t")  # a newer msgpack message names itself
     assert peek_identity(b"sig1:k:00:" + packed) == ("m", "t")
     assert peek_identity(b"\x80\x05garbage") == (None, None)  # pickle: never unpickled
+
+
+def test_ready_at_reads_json_msgpack_and_signed_messages_and_only_real_times() -> None:
+    sent = time.time() - 60
+    message = Message(id="m", task="t", sent_at=sent)
+    packed = msgspec.msgpack.encode(message)
+    assert ready_at(encode_message(message)) == sent
+    assert ready_at(packed) == sent
+    assert ready_at(b"sig1:k:00:" + packed) == sent  # the signature is not checked here
+    later = msgspec.structs.replace(message, eta=sent + 30)
+    assert ready_at(msgspec.msgpack.encode(later)) == sent + 30
+    # Times that cannot be a send time: none is read, so no wait is made up from them.
+    for sent_at in (float("nan"), 0.0, -5.0, sent * 1000, time.time() + 3 * 86_400):
+        assert ready_at(msgspec.msgpack.encode({"id": "m", "sent_at": sent_at})) is None
+    # An ETA that cannot be a time is left out; the send time still counts.
+    odd_eta = {"id": "m", "sent_at": sent, "eta": float("nan")}
+    assert ready_at(msgspec.msgpack.encode(odd_eta)) == sent
+    assert ready_at(b"\x80\x05garbage") is None  # pickle: never unpickled
 
 
 def test_new_task_ids_are_uuid4_and_never_repeat() -> None:

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+import redis
 from celeriac import Celeriac
 from celeriac.brokers.records import Outgoing
 from celeriac.cli import cli
@@ -118,7 +120,8 @@ def test_metrics_counts_what_real_workers_did_and_reads_the_queues(
     # Its one ready task has waited since it was sent; nothing in default is ready.
     waited = _value(samples, "celeriac_queue_latency_seconds", queue="nobody-serves-this")
     assert waited is not None
-    assert scrape_start - unserved_after <= waited <= scrape_end - unserved_before
+    ms = 0.001  # sent_at is rounded to the millisecond
+    assert scrape_start - unserved_after - ms <= waited <= scrape_end - unserved_before + ms
     assert _value(samples, "celeriac_queue_latency_seconds", queue="default") == 0
     assert _value(samples, "celeriac_workers") == 1
     assert _value(samples, "celeriac_worker_concurrency") == 2
@@ -500,3 +503,23 @@ def test_a_stream_older_than_the_feed_is_read_on_from_its_newest_event(tmp_path:
     app.broker.stream_append(STREAM, [_event("shop.after_swap")], 100)
     assert _tasks_of(_read_events(feed, 1)) == ["shop.after_swap"]
     app.broker.close()
+
+
+def test_a_wait_redis_cannot_tell_is_left_out_not_served_as_zero(
+    redis_server: RedisServer,
+) -> None:
+    # Bytes pushed by hand (or pickled messages) say no send time. Served as 0, the queue
+    # read "none waiting" and an alert on its wait could never fire.
+    from celeriac.metrics import BrokerCollector
+
+    app = Celeriac("lat", broker=f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:12]}")
+    try:
+        app.broker.send([Outgoing("later", "q", b"{}", eta=time.time() + 600)])  # registers q
+        raw = redis.Redis(port=redis_server.port)
+        raw.rpush(app.broker.keys.queue("q").ready[0], b"pushed by hand")  # type: ignore[attr-defined]
+        raw.close()
+        families = {f.name: f for f in BrokerCollector(app).collect()}
+        assert [s.value for s in families["celeriac_queue_tasks"].samples][:2] == [1, 1]
+        assert families["celeriac_queue_latency_seconds"].samples == []
+    finally:
+        app.broker.close()

@@ -690,10 +690,16 @@ _times_json = msgspec.json.Decoder(_Times)
 _times_msgpack = msgspec.msgpack.Decoder(_Times)
 
 
+#: How far ahead of this clock a message's own times may be and still be read by
+#: :func:`ready_at`: a producer's clock may run ahead; a time in milliseconds is far past.
+_CLOCK_AHEAD = 86_400.0
+
+
 def ready_at(raw: bytes) -> float | None:
     """When a message became ready to run, from its own bytes: its send time, or its ETA
     when that is later (Unix seconds). None for bytes that do not say: not a message, a
-    pickle (never read here), or one sent without a time.
+    pickle (never read here), or one whose send time is missing or cannot be a time (NaN,
+    in milliseconds, over a day ahead of this clock).
 
     The broker contract's :data:`~celeriac.brokers.records.ReadyAt`: ``celeriac status``
     and the metrics exporter pass it to ``broker.stats()`` for how long tasks wait.
@@ -703,8 +709,8 @@ def ready_at(raw: bytes) -> float | None:
         1000.5
         >>> ready_at(b'{"id": "a1", "task": "shop.add", "sent_at": 1000.5, "eta": 1060.0}')
         1060.0
-        >>> ready_at(b"\\x00\\x01 not a message") is None
-        True
+        >>> ready_at(b"\\x00\\x01 not a message"), ready_at(b'{"sent_at": 1800000000000}')
+        (None, None)
     """
     raw = _unsigned(raw)
     kind = content_type(raw)
@@ -714,6 +720,8 @@ def ready_at(raw: bytes) -> float | None:
         times = (_times_msgpack if kind == "msgpack" else _times_json).decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
-    if times.sent_at <= 0:
+    latest = time.time() + _CLOCK_AHEAD
+    if not 0 < times.sent_at <= latest:  # none, NaN, milliseconds, a clock far ahead
         return None
-    return max(times.sent_at, times.eta or 0.0)
+    eta = times.eta if times.eta is not None and 0 < times.eta <= latest else 0.0
+    return max(times.sent_at, eta)

@@ -225,12 +225,16 @@ class BrokerCollector(Collector):
         latency = GaugeMetricFamily(
             "celeriac_queue_latency_seconds",
             "How long the longest-waiting ready task of each queue has waited to start, "
-            "since it was sent or came due (0: none waiting). A task given back to its "
-            "queue (its worker died, a rate limit deferred it) counts from its send on Redis",
+            "since it was sent or came due (0: none waiting; no sample while Redis cannot "
+            "tell: the messages first in its lists are pickled or not messages). A task "
+            "given back to its queue (its worker died, a rate limit deferred it) counts "
+            "from its send on Redis",
             labels=["queue"],
         )
         for s in stats:
-            latency.add_metric([s.queue], s.waited(now))
+            waited = s.waited(now)
+            if waited is not None:  # not 0: an alert on it would never fire
+                latency.add_metric([s.queue], waited)
         yield latency
         unhealthy = sum(1 for w in workers if isinstance(w.extra.get("unhealthy"), str))
         yield GaugeMetricFamily("celeriac_workers", "Live workers, by heartbeat", len(workers))

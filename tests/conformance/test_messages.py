@@ -539,6 +539,26 @@ def test_stats_say_since_when_the_longest_waiting_ready_message_waits(broker: Br
     assert [s.waited(time.time()) for s in broker.stats(sent_time) if s.queue == "q"] == [0.0]
 
 
+def test_stats_find_the_longest_wait_at_any_priority(broker: Broker) -> None:
+    # The oldest at priority 5, newer ones at 0 and 9: each list's first is compared.
+    before = time.time()
+    broker.send([out("old", body=sent_body_at(before), priority=5)])
+    broker.send([out("new", body=sent_body_at(time.time()))])
+    broker.send([out("newest", body=sent_body_at(time.time()), priority=9)])
+    after_first = time.time()
+    ready = since(broker)
+    assert ready is not None and before - MS <= ready <= after_first + MS
+    assert ready < since_after_taking(broker, 2)
+
+
+def since_after_taking(broker: Broker, count: int) -> float:
+    """ready_since once ``count`` messages are taken: a later time, or the test fails."""
+    take(broker, limit=count)
+    left = since(broker)
+    assert left is not None
+    return left
+
+
 def test_stats_date_a_due_delayed_message_from_its_due_time(broker: Broker) -> None:
     eta = time.time() + 0.3
     # Its bytes say nothing: the broker keeps a delayed message's due time itself.

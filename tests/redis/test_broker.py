@@ -96,12 +96,12 @@ def test_stats_read_the_wait_from_the_stored_message_at_each_list_head(
     # bytes pushed by hand, which a fetch dead-letters.
     q = broker.keys.queue("q")
     raw.rpush(q.ready[0], *FOREIGN)
-    sent = Message(id=str(uuid.uuid4()), task="shop.charge", sent_at=1_800_000_000.25)
+    sent = Message(id=str(uuid.uuid4()), task="shop.charge", sent_at=1_700_000_000.25)
     stored = ops.stored_body(sent.id, encode_message(sent))
     assert stored.startswith(b"\x00{")  # the case that needs the id put back
     broker.send([Outgoing(sent.id, "q", encode_message(sent), 3)])
     (stats,) = broker.stats(ready_at)
-    assert (stats.ready, stats.ready_since) == (len(FOREIGN) + 1, 1_800_000_000.25)
+    assert (stats.ready, stats.ready_since) == (len(FOREIGN) + 1, 1_700_000_000.25)
     # Without ready_at a Redis broker cannot tell, and says None rather than a guess.
     assert broker.stats()[0].ready_since is None
 
@@ -125,6 +125,56 @@ def test_peek_shows_bytes_pushed_by_hand_as_pushed_and_a_stored_body_as_sent(
     assert broker.requeue(taken.lease)
     again = broker.peek("q", 100)[0]  # back at its priority, 2
     assert taken.id and (again.id, again.body) == (taken.id, b"\x00{pushed by hand")
+
+
+def test_stats_pass_over_bytes_pushed_by_hand_to_the_first_message_behind_them(
+    broker: RedisBroker, raw: redis.Redis
+) -> None:
+    q = broker.keys.queue("q")
+    broker.send([Outgoing("later", "q", b"{}", eta=time.time() + 600)])  # registers q
+    raw.rpush(q.ready[0], b"pushed by hand")
+    (stats,) = broker.stats(ready_at)
+    assert (stats.ready, stats.ready_since, stats.waited(time.time())) == (1, None, None)
+    hour_ago = time.time() - 3600
+    sent = Message(id=str(uuid.uuid4()), task="shop.charge", sent_at=hour_ago)
+    broker.send([Outgoing(sent.id, "q", encode_message(sent))])
+    (stats,) = broker.stats(ready_at)
+    assert (stats.ready, stats.ready_since) == (2, hour_ago)
+
+
+def test_stats_read_a_head_s_message_once_while_it_stays_first(broker: RedisBroker) -> None:
+    # An exporter asks every scrape; a stuck head's body (up to 256 KB) is sent once.
+    read: list[bytes] = []
+
+    def counted(body: bytes) -> float | None:
+        read.append(body)
+        return ready_at(body)
+
+    at = 1_700_000_000.0
+    stuck = [Message(id=str(uuid.uuid4()), task="t", sent_at=at + i) for i in range(3)]
+    broker.send([Outgoing(m.id, "q", encode_message(m), 4) for m in stuck])
+    assert [s.ready_since for s in broker.stats(counted)] == [at]
+    assert [s.ready_since for s in broker.stats(counted)] == [at]
+    assert len(read) == 1
+    (first,) = broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=0)
+    assert [s.ready_since for s in broker.stats(counted)] == [at + 1]
+    assert len(read) == 2  # a new head: read
+    assert broker.requeue(first.lease)  # back at the tail: the head is still the second
+    assert [s.ready_since for s in broker.stats(counted)] == [at + 1]
+    assert len(read) == 2
+
+
+def test_stats_date_no_queue_by_a_lapsed_lease_without_its_message(
+    broker: RedisBroker, raw: redis.Redis
+) -> None:
+    # A lease left without its held message (release() drops such ones) is no message.
+    q = broker.keys.queue("q")
+    broker.send([Outgoing("held", "q", b"{}")])
+    broker.fetch(["q"], "w", limit=1, lease_seconds=0.05, timeout=0)
+    raw.zadd(q.leases, {b"orphan": (time.time() - 86_400) * 1000})
+    assert wait_for(lambda: broker.stats(ready_at)[0].ready_since is not None, timeout=15)
+    (stats,) = broker.stats(ready_at)
+    assert stats.ready_since is not None and stats.ready_since > time.time() - 60
 
 
 def test_foreign_bytes_survive_requeue_and_lease_expiry(

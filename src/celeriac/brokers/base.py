@@ -452,7 +452,9 @@ class Broker(abc.ABC):
         message. A Redis entry keeps none (it stays small), so for the messages at the
         heads of its ready lists Redis asks ``ready_at``, and gives None without it.
         ``ready_at`` reads the message's own send time and ETA: on Redis, a message given
-        back to a ready list (its worker died, it was deferred) counts from its send.
+        back to a ready list (its worker died, it was deferred) counts from its send, and
+        a list whose first message does not say (pickled) leaves ``ready_since`` None
+        unless another list or a due message dates the queue.
         """
 
     @abc.abstractmethod

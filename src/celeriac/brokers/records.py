@@ -101,6 +101,8 @@ class QueueStats(msgspec.Struct, frozen=True):
         12.5
         >>> QueueStats("emails", 0, 0, 0, 0).waited(1012.5)
         0.0
+        >>> QueueStats("emails", 3, 0, 0, 0).waited(1012.5) is None  # ready, since unknown
+        True
     """
 
     queue: str
@@ -110,11 +112,13 @@ class QueueStats(msgspec.Struct, frozen=True):
     dead: int
     ready_since: float | None = None
 
-    def waited(self, now: float) -> float:
+    def waited(self, now: float) -> float | None:
         """How long, at ``now``, the longest-waiting ready task has waited to start: 0.0
-        when none is ready or the time is unknown, and never below 0 (a producer's clock
-        ahead of this one's)."""
-        return 0.0 if self.ready_since is None else max(now - self.ready_since, 0.0)
+        when none is ready, None when tasks are ready but since when is unknown, and never
+        below 0 (a producer's clock ahead of this one's)."""
+        if self.ready_since is not None:
+            return max(now - self.ready_since, 0.0)
+        return None if self.ready else 0.0
 
 
 #: Most messages one :meth:`Broker.peek` reads: a reply of a few MB at most, and a Redis

@@ -309,7 +309,7 @@ def status(obj: Context, as_json: bool) -> None:
                 "queues": [
                     {
                         **_asdict(s),
-                        "waited_seconds": round(s.waited(now), 3),
+                        "waited_seconds": _rounded(s.waited(now)),
                         "expired_today": expired[s.queue],
                     }
                     for s in stats
@@ -396,12 +396,17 @@ def _active(worker: WorkerInfo) -> list[Any]:
 
 
 def _longest_wait(stats: QueueStats, now: float) -> str:
-    """The status table's cell: "-" with no task ready; "?" when the ready tasks at the
-    heads of a Redis queue's lists are bytes that are not a message (a fetch dead-letters
-    them)."""
+    """The status table's cell: "-" with no task ready; "?" when Redis cannot tell (the
+    messages first in its lists do not say when they were sent: pickled, or not
+    messages, which a fetch dead-letters)."""
     if not stats.ready:
         return "-"
-    return "?" if stats.ready_since is None else duration(stats.waited(now))
+    waited = stats.waited(now)
+    return "?" if waited is None else duration(waited)
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def _asdict(obj: Any) -> dict[str, Any]:

@@ -459,29 +459,49 @@ def stats(ctx: Context, ready_at: ReadyAt | None = None) -> Plan[list[QueueStats
     if not names:
         return []
     queues = [ctx.keys.queue(name) for name in names]
-    asked = [b"1"] if ready_at else []
-    replies = yield Batch(
-        [
-            Call(SCRIPTS.stats, (*q.ready, q.delayed, q.held, q.dead, q.leases), asked)
-            for q in queues
-        ]
-    )
+    keys = [(*q.ready, q.delayed, q.held, q.dead, q.leases) for q in queues]
+    if ready_at is None:
+        replies = yield Batch([Call(SCRIPTS.stats, k, []) for k in keys])
+    else:
+        if len(ctx.heads) > HEADS_KEPT:  # queues come and go: forget the old ones' heads
+            ctx.heads.clear()
+        replies = yield Batch(
+            [
+                Call(SCRIPTS.stats, k, [b"1", *_known_heads(ctx, q.name)])
+                for q, k in zip(queues, keys, strict=True)
+            ]
+        )
     return [
-        queue_stats(q.name, [int(n) for n in reply[:4]], _ready_since(reply, ready_at))
+        queue_stats(
+            q.name,
+            [int(n) for n in reply[:4]],
+            None if ready_at is None else _ready_since(ctx, q.name, reply, ready_at),
+        )
         for q, reply in zip(queues, replies, strict=True)
     ]
 
 
-def _ready_since(reply: list[Any], ready_at: ReadyAt | None) -> float | None:
+#: Ready-list heads whose times ``stats`` keeps (:attr:`.Context.heads`), ten per queue.
+HEADS_KEPT = 100_000
+
+
+def _known_heads(ctx: Context, queue: str) -> list[bytes]:
+    """ARGV[2..11] of stats-14.lua: the fingerprint of each list's head already read."""
+    return [ctx.heads.get((queue, p), (b"", None))[0] for p in range(10)]
+
+
+def _ready_since(ctx: Context, queue: str, reply: list[Any], ready_at: ReadyAt) -> float | None:
     """The oldest of the times stats-14.lua returns after the counts: a due delayed
     message's due time, a lapsed lease's deadline, and what ``ready_at`` reads from each
-    ready list's head. None when ``ready_at`` was not given (the script returned none)."""
-    if ready_at is None:
-        return None
+    ready list's first entry (or read at an earlier call, when the list's head is still
+    that entry)."""
     times = [float(ms) / 1000 for ms in reply[5:7] if float(ms) >= 0]
-    for cid, body in zip(reply[7::2], reply[8::2], strict=True):
-        stored = body if is_foreign(cid) else sent_body(expand(cid), body)
-        at = ready_at(stored)
+    for i in range(7, len(reply), 4):
+        priority, fingerprint, cid, body = reply[i : i + 4]
+        if cid:
+            stored = body if is_foreign(cid) else sent_body(expand(cid), body)
+            ctx.heads[(queue, int(priority))] = (fingerprint, ready_at(stored))
+        at = ctx.heads.get((queue, int(priority)), (b"", None))[1]
         if at is not None:
             times.append(at)
     return min(times, default=None)

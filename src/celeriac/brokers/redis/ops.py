@@ -49,6 +49,10 @@ class Context(msgspec.Struct):
     # Seconds one BLPOP may block: under half the socket timeout, or an idle fetch with
     # socket_timeout=2 in the URL timed out on its own BLPOP, an outage every idle moment.
     max_block: float = MAX_BLOCK
+    # What stats(ready_at) read from each ready list's first entry: (queue, priority) ->
+    # (the entry's fingerprint, the time read from its message). A head that stays (a
+    # stuck queue) is not sent again at every scrape: its body may be 256 KB.
+    heads: dict[tuple[str, int], tuple[bytes, float | None]] = msgspec.field(default_factory=dict)
 
     def registered(self) -> set[str]:
         """The queues this process registered, forgotten every REREGISTER seconds so that

@@ -6,6 +6,8 @@
 -- KEYS[13]     dead-letter hash
 -- KEYS[14]     lease deadlines (sorted set, one member per held message)
 -- ARGV[1]      '1': also return what tells how long the oldest ready message has waited
+-- ARGV[2..11]  with ARGV[1] '1': per ready list (priority 0..9), the fingerprint of the
+--              head whose body the caller already read ('' for none)
 -- Returns: {ready, delayed (not yet due), in flight (held under a lease still running),
 --           dead}. Ready includes the delayed messages already due and the held ones whose
 --           lease ran out: the next fetch hands both out (promote, reclaim). Counted in
@@ -13,11 +15,19 @@
 --           worker was left to fetch it, though nothing ran it.
 --           With ARGV[1] '1', then: now (ms), the oldest due time among the delayed
 --           messages already due (ms, or -1), the oldest deadline among the lapsed leases
---           (ms, or -1), then the compact id and the body of each ready list's head. An
---           entry keeps no time (it stays small), so the client reads the head's message.
---           Bytes that are not an entry are skipped: a fetch dead-letters them.
+--           of messages still held (ms, or -1), then four values per ready list whose
+--           first elements hold an entry: its priority, the fingerprint of that entry
+--           (compact id, deliveries, size), and the entry's compact id and body when the
+--           fingerprint differs from ARGV's, else '' and ''. An entry keeps no
+--           time (it stays small), so the client reads the message; its fingerprint lets
+--           a client that asks again (an exporter, every scrape) skip a head it has read.
+--           Bytes that are not an entry (pushed by hand) are passed over: a fetch
+--           dead-letters them; only the first HEAD_SCAN elements of a list are looked at.
 -- @include clock.lua
 -- @include entry.lua
+
+local HEAD_SCAN = 10 -- list elements looked at for the first entry
+local LEASE_SCAN = 100 -- lapsed leases looked at for one whose message is still held
 
 local now = now_ms()
 local ready = 0
@@ -30,22 +40,46 @@ local lapsed = math.min(redis.call('ZCOUNT', KEYS[14], '-inf', now), held)
 local reply = {ready + due + lapsed, delayed, held - lapsed, redis.call('HLEN', KEYS[13])}
 if ARGV[1] ~= '1' then return reply end
 
--- The smallest score at or before now (whole ms, as text), or '-1'.
-local function oldest(key)
-  local first = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1)
-  if first[2] then return first[2] end
-  return '-1'
-end
+local first_due = redis.call('ZRANGEBYSCORE', KEYS[11], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1)
 reply[#reply + 1] = now
-reply[#reply + 1] = oldest(KEYS[11])
-reply[#reply + 1] = lapsed > 0 and oldest(KEYS[14]) or '-1'
-for i = 1, 10 do
-  local head = redis.call('LINDEX', KEYS[i], 0)
-  local cid, _, _, body = nil, nil, nil, nil
-  if head then cid, _, _, body = unpack_entry(head) end
-  if cid then
-    reply[#reply + 1] = cid
-    reply[#reply + 1] = body
+reply[#reply + 1] = first_due[2] or '-1'
+local oldest_lease = '-1'
+if lapsed > 0 then
+  local leases = redis.call('ZRANGEBYSCORE', KEYS[14], '-inf', now, 'WITHSCORES', 'LIMIT', 0,
+    LEASE_SCAN)
+  for i = 1, #leases, 2 do
+    if redis.call('HEXISTS', KEYS[12], leases[i]) == 1 then
+      oldest_lease = leases[i + 1]
+      break
+    end
+  end
+end
+reply[#reply + 1] = oldest_lease
+
+-- The first entry among a list's first elements: its raw bytes, or nil.
+local function first_entry(key)
+  local head = redis.call('LINDEX', key, 0)
+  if not head or unpack_entry(head) then return head end
+  for _, raw in ipairs(redis.call('LRANGE', key, 1, HEAD_SCAN - 1)) do
+    if unpack_entry(raw) then return raw end
+  end
+  return nil
+end
+
+for priority = 0, 9 do
+  local raw = first_entry(KEYS[priority + 1])
+  if raw then
+    local cid, _, deliveries, body = unpack_entry(raw)
+    local fingerprint = cid .. '/' .. deliveries .. '/' .. #raw
+    reply[#reply + 1] = priority
+    reply[#reply + 1] = fingerprint
+    if fingerprint == ARGV[2 + priority] then
+      reply[#reply + 1] = ''
+      reply[#reply + 1] = ''
+    else
+      reply[#reply + 1] = cid
+      reply[#reply + 1] = body
+    end
   end
 end
 return reply
