@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
+import pytest
 from click.testing import CliRunner
 
 from celeriac import Celeriac
@@ -52,38 +54,86 @@ def test_peek_lists_the_next_tasks_in_the_order_workers_take_them(
 
 def test_peek_counts_by_task_and_filters_by_name(core_app: Celeriac, broker_url: str) -> None:
     for i in range(5):
-        core.add.delay(i, i)
-    core.add.apply_async((9, 9), countdown=600)
-    core.fail.delay("boom")
+        core.fail.delay(f"boom {i}")
+    core.fail.apply_async(("later",), countdown=600)
+    core.add.delay(1, 1)
     code, stdout, _ = invoke("-b", broker_url, "peek", "default", "--by-task")
     assert code == 0
     lines = stdout.splitlines()
     assert lines[0] == "queue default: 6 ready, 1 delayed, 0 in flight; by task, of all 7:"
-    assert [line.split() for line in lines[1:]] == [
+    assert [line.split() for line in lines[1:]] == [  # most first, not by name
         ["task", "ready", "delayed"],
-        ["tests.apps.core.add", "5", "1"],
-        ["tests.apps.core.fail", "1", "0"],
+        ["tests.apps.core.fail", "5", "1"],
+        ["tests.apps.core.add", "1", "0"],
     ]
     code, stdout, _ = invoke("-b", broker_url, "peek", "default", "--by-task", "--json")
     assert json.loads(stdout)["tasks"] == [
-        {"task": "tests.apps.core.add", "ready": 5, "delayed": 1},
-        {"task": "tests.apps.core.fail", "ready": 1, "delayed": 0},
+        {"task": "tests.apps.core.fail", "ready": 5, "delayed": 1, "revoked": 0},
+        {"task": "tests.apps.core.add", "ready": 1, "delayed": 0, "revoked": 0},
     ]
-    code, stdout, _ = invoke("-b", broker_url, "peek", "default", "--task", "*.fail", "--json")
-    assert [m["task"] for m in json.loads(stdout)] == ["tests.apps.core.fail"]
-    code, stdout, _ = invoke("-b", broker_url, "peek", "default", "--task", "shop.*")
+    code, stdout, _ = invoke("-b", broker_url, "peek", "default", "--task", "*.add", "--json")
+    assert [m["task"] for m in json.loads(stdout)] == ["tests.apps.core.add"]
+    code, stdout, _ = invoke(
+        "-b", broker_url, "peek", "default", "--task", "*.add", "--task", "*.fail", "--json"
+    )
+    shown = json.loads(stdout)
+    assert len(shown) == 7 and shown[-1]["state"] == "delayed"
+    assert shown[-1]["ready_since"] is None and shown[-1]["due"] > time.time()
+    code, stdout, stderr = invoke("-b", broker_url, "peek", "default", "--task", "shop.*")
     assert stdout.strip().endswith("none waiting of task shop.*")
+    code, stdout, stderr = invoke("-b", broker_url, "peek", "default", "--task", "core.fail")
+    assert "note: no task 'core.fail' read; did you mean 'tests.apps.core.fail'?" in stderr
+
+
+def test_peek_filters_all_it_reads_not_only_the_lines_it_shows(
+    core_app: Celeriac, broker_url: str
+) -> None:
+    for i in range(25):
+        core.add.delay(i, i)
+    wanted = [core.fail.delay("flood") for _ in range(2)]
+    _, stdout, _ = invoke("-b", broker_url, "peek", "default", "--task", "*.fail", "--ids")
+    assert stdout.split() == [r.id for r in wanted]
+    _, stdout, stderr = invoke("-b", broker_url, "peek", "default", "--ids")
+    assert len(stdout.split()) == 20
+    assert "note: printed the first 20 of 27; -n 10000 for more" in stderr
+
+
+def test_peek_says_when_the_queue_holds_more_than_one_read(
+    core_app: Celeriac, broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celeriac.cli import peek_cmd
+
+    monkeypatch.setattr(peek_cmd, "PEEK_LIMIT", 5)
+    for i in range(8):
+        core.add.delay(i, i)
+    core.fail.delay("past the read")
+    code, stdout, _ = invoke("-b", broker_url, "peek", "default", "--task", "*.fail")
+    assert code == 0
+    said = " ".join(stdout.split())  # rich wraps at 80 columns
+    assert "none of task *.fail among the first 5 read (a peek reads at most" in said
+    code, stdout, _ = invoke("-b", broker_url, "peek", "default", "--by-task")
+    assert "by task, of the first 5 read" in " ".join(stdout.split())
 
 
 def test_peeked_ids_can_be_revoked_through_a_pipe(core_app: Celeriac, broker_url: str) -> None:
     # The 3 a.m. case: one task floods a queue; revoke it and leave the rest to run.
     flood = [core.fail.delay("flood") for _ in range(3)]
     keep = core.add.delay(1, 2)
-    _, ids, _ = invoke("-b", broker_url, "peek", "default", "--task", "*.fail", "--ids")
+    spaced = core.fail.apply_async(("flood",), task_id="has space")
+    _, ids, stderr = invoke("-b", broker_url, "peek", "default", "--task", "*.fail", "--ids")
+    assert ids.split() == [r.id for r in flood]  # white space cannot pass through a pipe
+    assert "note: id 'has space' holds white space" in stderr
+    assert "celeriac revoke 'has space'" in stderr
     code, _, _ = invoke("-b", broker_url, "revoke", "-", stdin=ids)
     assert code == 0
     assert [AsyncResult(r.id, app=core_app).state for r in flood] == ["REVOKED"] * 3
     assert AsyncResult(keep.id, app=core_app).state == "PENDING"
+    assert AsyncResult(spaced.id, app=core_app).state == "PENDING"
+    # They wait until a worker drops them; peek says so, and --ids leaves them out.
+    _, ids, stderr = invoke("-b", broker_url, "peek", "default", "--task", "*.fail", "--ids")
+    assert ids == "" and "note: 3 already revoked, left out" in stderr
+    _, stdout, _ = invoke("-b", broker_url, "peek", "default", "--task", "*.fail", "--json")
+    assert [m["revoked"] for m in json.loads(stdout)] == [True, True, True, False]
 
 
 def test_peek_marks_bytes_that_are_not_a_message_and_refuses_bad_input(
@@ -94,6 +144,13 @@ def test_peek_marks_bytes_that_are_not_a_message_and_refuses_bad_input(
     assert code == 0 and stdout.splitlines()[2].split()[:3] == ["garbled", "?", "0"]
     assert "a task shown as ? is bytes that are not a celeriac message" in stderr
     assert "dead-letters it" in stderr
+    pickled = b"\x80\x05\x95pickled bytes"
+    core_app.broker.send([Outgoing("pickled", "default", pickled)])
+    code, stdout, stderr = invoke("-b", broker_url, "peek", "default")
+    assert stdout.splitlines()[3].split()[:2] == ["pickled", "(pickled)"]
+    assert "a pickled message's task is not read here" in stderr
+    _, stdout, _ = invoke("-b", broker_url, "peek", "default", "--json")
+    assert json.loads(stdout)[1]["body_base64"] == base64.b64encode(pickled).decode()
     code, _, stderr = invoke("-b", broker_url, "peek", "defualt")
     assert code == 2
     assert "no queue 'defualt' has been used on this broker; did you mean 'default'?" in stderr

@@ -146,9 +146,9 @@ COMMANDS = {
 #: ``inspect`` commands: what tells the same.
 INSPECTIONS = {
     "ping": "use celeriac ping",
-    "reserved": "a worker keeps no backlog of its own: what waits is in the broker "
-    "(celeriac peek QUEUE lists it, celeriac status counts it), and celeriac inspect "
-    "active shows what runs",
+    "reserved": "what waits is in the broker: celeriac peek QUEUE lists it; what a worker "
+    "prefetched is held under its lease, counted in flight by celeriac status, and "
+    "celeriac inspect active shows what runs",
     "scheduled": "tasks with a countdown or an eta wait in the broker, not in a worker: "
     "celeriac peek QUEUE lists them with when each is due, celeriac status counts them",
     "revoked": "revokes are kept in the broker: celeriac result ID says REVOKED at once",

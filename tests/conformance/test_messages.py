@@ -612,6 +612,42 @@ def test_peek_reads_waiting_messages_in_the_order_workers_take_them(broker: Brok
     assert broker.peek("nobody-used-this", 10) == []
 
 
+def test_peek_lists_what_the_next_fetches_take_in_their_order(broker: Broker) -> None:
+    # No fetch has run since the lease ran out and the delayed ones came due (workers
+    # killed, or all busy: when someone peeks): peek must not read the queue as it was.
+    broker.send([out("a"), out("b", priority=5), out("c")])
+    broker.send([out("lapses", priority=5)])
+    assert one(broker, lease=0.3, queues=("q",)).id == "b"  # takes b, highest, first
+    broker.send([out("b2", priority=5)])
+    lapsed = one(broker, lease=0.3)
+    assert lapsed.id == "lapses"
+    soon = time.time() + 0.3
+    broker.send([out("due5", eta=soon, priority=5), out("due0", eta=soon)])
+    broker.send([out("later", eta=time.time() + 600, priority=9)])
+    eventually(lambda: counts(broker)[0] == 7, "the leases lapse and the delayed come due")
+    peeked = broker.peek("q", 20)
+    assert [w.id for w in peeked][-1] == "later" and peeked[-1].due is not None
+    # What a fetch does first (SQLite's fetch reaps once a second; the others at once).
+    assert broker.reap() == 2
+    taken = [d.id for _ in range(7) for d in take(broker, limit=1)]
+    assert [w.id for w in peeked[:7]] == taken
+    assert {"b", "lapses", "due5", "due0"} <= set(taken)
+
+
+def test_peek_reads_past_a_slice_and_stops_at_its_byte_budget(broker: Broker) -> None:
+    from celeriac.brokers.records import PEEK_BYTES
+
+    ids = [f"m{i:03}" for i in range(250)]  # Redis reads lists 100 elements at a time
+    broker.send([out(i) for i in ids])
+    assert [w.id for w in broker.peek("q", 1000)] == ids
+    assert [w.id for w in broker.peek("q", 120)] == ids[:120]
+    mib = 1024 * 1024
+    broker.send([out(f"big{i:02}", "big", body=bytes(mib)) for i in range(20)])
+    # Reading stops at the message that passes the budget: it is returned, none after it.
+    assert len(broker.peek("big", 100)) == PEEK_BYTES // mib
+    assert broker.peek("q", -1) == []  # a negative limit is no limit to SQLite
+
+
 def test_peek_leaves_out_held_messages_and_shows_a_put_back_ones_deliveries(
     broker: Broker,
 ) -> None:

@@ -460,9 +460,12 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def peek(self, queue: str, limit: int) -> list[Waiting]:
         """Up to ``limit`` (at most :data:`~.records.PEEK_LIMIT`) of the messages waiting
-        in ``queue``, taken by no one: the ready ones in the order a fetch takes them
-        (highest priority first, oldest first), then the delayed ones by due time. Held
-        messages are not listed. A queue no one used has none.
+        in ``queue``, moved and taken by no one, in the order the next fetches take them:
+        the ready ones (highest priority first, then the oldest; a message whose lease
+        ran out where its reclaim puts it, after the ready ones of its priority), then the
+        delayed ones by due time. Reading stops at the message whose body passes
+        :data:`~.records.PEEK_BYTES` in all. Messages held under a running lease are not
+        listed. A queue no one used has none.
         """
 
     @abc.abstractmethod

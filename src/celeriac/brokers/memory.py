@@ -22,7 +22,6 @@ import msgspec
 
 from celeriac.brokers.base import Broker
 from celeriac.brokers.records import (
-    PEEK_LIMIT,
     DeadLetter,
     Delivery,
     Lease,
@@ -34,8 +33,10 @@ from celeriac.brokers.records import (
     Waiting,
     WorkerInfo,
     clamped_priority,
+    peek_bounds,
     queue_stats,
     replayed,
+    within_bytes,
 )
 
 if TYPE_CHECKING:
@@ -570,17 +571,27 @@ class MemoryBroker(Broker):
             return [queue_stats(q, row, since.get(q)) for q, row in sorted(counts.items())]
 
     def peek(self, queue: str, limit: int) -> list[Waiting]:
-        """Waiting messages of ``queue``, in the order a fetch takes them, then the
-        delayed ones by due time."""
+        """Waiting messages of ``queue`` in the order the next fetches take them (see
+        :meth:`Broker.peek`)."""
         with self._lock:
             now = time.time()
-            waiting = [e for e in self._entries.values() if e.queue == queue and e.token is None]
-            ready = sorted((e for e in waiting if e.due <= now), key=_fetch_order)
-            later = sorted((e for e in waiting if e.due > now), key=lambda e: (e.due, e.seq))
-            return [
-                Waiting(e.id, e.body, e.priority, e.deliveries, e.due if e.due > now else None)
-                for e in (ready + later)[: min(limit, PEEK_LIMIT)]
-            ]
+            mine = [e for e in self._entries.values() if e.queue == queue]
+            # A lapsed lease is reclaimed due now: after every ready entry of its priority.
+            ready = sorted((e for e in mine if e.token is None and e.due <= now), key=_fetch_order)
+            lapsed = sorted(
+                (e for e in mine if e.token is not None and e.lease_deadline <= now),
+                key=lambda e: (-e.priority, e.lease_deadline, e.seq),
+            )
+            ready = sorted(ready + lapsed, key=lambda e: -e.priority)  # stable: keeps both
+            later = sorted(
+                (e for e in mine if e.token is None and e.due > now), key=lambda e: (e.due, e.seq)
+            )
+            return within_bytes(
+                [
+                    Waiting(e.id, e.body, e.priority, e.deliveries, e.due if e.due > now else None)
+                    for e in (ready + later)[: peek_bounds(limit)]
+                ]
+            )
 
     def purge(self, queue: str) -> int:
         """Delete ready and delayed messages of ``queue``."""

@@ -121,17 +121,20 @@ class QueueStats(msgspec.Struct, frozen=True):
         return None if self.ready else 0.0
 
 
-#: Most messages one :meth:`Broker.peek` reads: a reply of a few MB at most, and a Redis
-#: busy for a few milliseconds.
+#: Most messages one :meth:`Broker.peek` reads.
 PEEK_LIMIT = 10_000
+#: Most bytes of bodies one :meth:`Broker.peek` reads (it stops at the message that passes
+#: it): a queue of 200 KB bodies held a Redis busy, and every client waiting, for 17 s.
+PEEK_BYTES = 16 * 1024 * 1024
 
 
 class Waiting(msgspec.Struct, frozen=True):
     """A message waiting in its queue, as :meth:`Broker.peek` reads it without taking it.
 
     ``due`` is the time a delayed message comes due (it may have passed: the next fetch
-    moves it), None for one that is ready. ``id`` is "" for bytes pushed into a Redis list
-    by hand (not an entry), which a fetch gives an id and dead-letters.
+    moves it), None for one that is ready, or held under a lease that ran out. ``id`` is
+    "" for bytes pushed into a Redis list by hand (not an entry), which a fetch gives an
+    id and dead-letters.
     """
 
     id: str
@@ -139,6 +142,33 @@ class Waiting(msgspec.Struct, frozen=True):
     priority: int
     deliveries: int
     due: float | None = None
+
+
+def peek_bounds(limit: int) -> int:
+    """``limit`` kept within 0..PEEK_LIMIT (a negative LIMIT is "no limit" to SQLite).
+
+    Example:
+        >>> peek_bounds(-1), peek_bounds(20), peek_bounds(10**9)
+        (0, 20, 10000)
+    """
+    return max(0, min(limit, PEEK_LIMIT))
+
+
+def within_bytes(waiting: list[Waiting]) -> list[Waiting]:
+    """The first of ``waiting`` whose bodies stay within PEEK_BYTES, the one that passes
+    it included (one is always kept), as every broker's peek cuts them.
+
+    Example:
+        >>> big = Waiting("a", b"x" * PEEK_BYTES, 0, 0)
+        >>> [w.id for w in within_bytes([big, Waiting("b", b"", 0, 0)])]
+        ['a']
+    """
+    total = 0
+    for index, w in enumerate(waiting):
+        if index and total >= PEEK_BYTES:
+            return waiting[:index]
+        total += len(w.body)
+    return waiting
 
 
 def queue_stats(queue: str, counts: list[int], ready_since: float | None) -> QueueStats:

@@ -18,15 +18,16 @@ from typing import Any
 import msgspec
 
 from celeriac.brokers.records import (
-    PEEK_LIMIT,
     DeadLetter,
     QueueStats,
     ReadyAt,
     Renew,
     Waiting,
     WorkerInfo,
+    peek_bounds,
     queue_stats,
     replayed,
+    within_bytes,
 )
 from celeriac.brokers.sqlite_store import IDS_PER_QUERY
 from celeriac.brokers.sqlite_wait import CommitWatch
@@ -189,20 +190,30 @@ class SQLiteResults:
         return [queue_stats(q, row, since.get(q)) for q, row in sorted(counts.items())]
 
     def peek(self, queue: str, limit: int) -> list[Waiting]:
-        """Waiting messages of ``queue``, in the order a fetch takes them (the index it
-        uses), then the delayed ones by due time."""
-        now, limit = time.time(), min(limit, PEEK_LIMIT)
+        """Waiting messages of ``queue`` in the order the next fetches take them (see
+        :meth:`Broker.peek`): ready rows in the fetch's index order, each priority's rows
+        under a lapsed lease after them (a reclaim makes them due now), then the delayed."""
+        now, limit = time.time(), peek_bounds(limit)
         ready = self._read(
-            "SELECT id, body, priority, deliveries, NULL FROM messages WHERE queue = ? AND "
-            "token IS NULL AND due <= ? ORDER BY priority DESC, due, seq LIMIT ?",
+            "SELECT id, body, priority, deliveries, NULL, 0, due, seq FROM messages "
+            "WHERE queue = ? AND token IS NULL AND due <= ? "
+            "ORDER BY priority DESC, due, seq LIMIT ?",
             (queue, now, limit),
         )
+        lapsed = self._read(
+            "SELECT id, body, priority, deliveries, NULL, 1, lease_deadline, seq FROM messages "
+            "WHERE queue = ? AND token IS NOT NULL AND lease_deadline <= ? "
+            "ORDER BY priority DESC, lease_deadline, seq LIMIT ?",
+            (queue, now, limit),
+        )
+        first = sorted(ready + lapsed, key=lambda row: (-row[2], row[5], row[6], row[7]))
         later = self._read(
             "SELECT id, body, priority, deliveries, due FROM messages WHERE queue = ? AND "
             "token IS NULL AND due > ? ORDER BY due, seq LIMIT ?",
-            (queue, now, limit - len(ready)),
+            (queue, now, limit),
         )
-        return [Waiting(*row) for row in ready + later]
+        rows = [row[:5] for row in first] + later
+        return within_bytes([Waiting(*row) for row in rows[:limit]])
 
     def purge(self, queue: str) -> int:
         """Delete ready and delayed messages of ``queue``."""

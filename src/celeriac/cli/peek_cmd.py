@@ -3,7 +3,10 @@ to run, or how many of each task, and their ids for ``celeriac revoke -``."""
 
 from __future__ import annotations
 
+import base64
 import difflib
+import shlex
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -14,15 +17,22 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from celeriac.brokers.records import PEEK_LIMIT, QueueStats, Waiting
+from celeriac.brokers.base import Broker
+from celeriac.brokers.records import PEEK_BYTES, PEEK_LIMIT, QueueStats, Waiting
 from celeriac.cli.main import NAME, Context, cli, err, out, print_json
-from celeriac.message import peek_identity, ready_at
+from celeriac.control import is_revoke_mark
+from celeriac.message import content_type, peek_identity, ready_at
 from celeriac.text import cut, duration, printable
 
 #: Bytes of a message's body ``peek --json`` shows.
 _SHOWN_BODY = 2048
-#: What a message whose task cannot be read is listed as.
+#: What a message whose task cannot be read is listed as, and a pickled one.
 _UNREAD = "?"
+_PICKLED = "(pickled)"
+#: Queue names an unknown queue's error lists at most.
+_NAMES_SHOWN = 20
+#: What bounds one read, for the lines that say a queue holds more than was read.
+_BOUND = f"a peek reads at most {PEEK_LIMIT:,} messages or {PEEK_BYTES // 2**20} MB of them"
 
 
 class _Seen:
@@ -30,33 +40,45 @@ class _Seen:
 
     def __init__(self, waiting: Waiting, now: float) -> None:
         self.waiting = waiting
-        self.task = peek_identity(waiting.body)[1] or _UNREAD
+        pickled = content_type(waiting.body) == "pickle"
+        self.task = _PICKLED if pickled else peek_identity(waiting.body)[1] or _UNREAD
         self.ready = waiting.due is None or waiting.due <= now
         self.ready_since = ready_at(waiting.body) if waiting.due is None else waiting.due
+        self.revoked = False
 
     def when(self, now: float) -> str:
         """The table's cell: how long a ready one has waited, when a delayed one is due."""
         due = self.waiting.due
         if not self.ready and due is not None:
-            return f"due in {duration(due - now)}"
-        if self.ready_since is None:
-            return "?"
-        return duration(max(now - self.ready_since, 0.0))
+            said = f"due in {duration(due - now)}"
+        elif self.ready_since is None:
+            said = "?"
+        else:
+            said = duration(max(now - self.ready_since, 0.0))
+        return f"{said}, revoked" if self.revoked else said
 
     def as_json(self) -> dict[str, Any]:
-        """The message for ``--json``: its body readable, cut at ``_SHOWN_BODY`` bytes."""
+        """The message for ``--json``: its body readable, cut at ``_SHOWN_BODY`` bytes, and
+        exact in base64 when it is not text (msgpack, pickle, bytes pushed by hand)."""
         w = self.waiting
-        return {
+        shown = w.body[:_SHOWN_BODY]
+        fields = {
             "id": w.id or None,
-            "task": None if self.task == _UNREAD else self.task,
+            "task": None if self.task in (_UNREAD, _PICKLED) else self.task,
             "state": "ready" if self.ready else "delayed",
+            "revoked": self.revoked,
             "priority": w.priority,
             "deliveries": w.deliveries,
             "due": w.due,
             "ready_since": self.ready_since if self.ready else None,
-            "body": w.body[:_SHOWN_BODY].decode("utf-8", "replace"),
+            "body": shown.decode("utf-8", "replace"),
             "body_bytes": len(w.body),
         }
+        try:
+            shown.decode("utf-8")
+        except UnicodeDecodeError:
+            fields["body_base64"] = base64.b64encode(shown).decode()
+        return fields
 
 
 @cli.command()
@@ -67,7 +89,7 @@ class _Seen:
     type=click.IntRange(1, PEEK_LIMIT),
     default=20,
     show_default=True,
-    help="Tasks listed.",
+    help="Tasks listed (or ids printed).",
 )
 @click.option(
     "--task",
@@ -81,7 +103,11 @@ class _Seen:
     is_flag=True,
     help=f"Count the waiting tasks by name (the first {PEEK_LIMIT:,} read) instead of listing.",
 )
-@click.option("--ids", is_flag=True, help="Print only the ids, one a line: | celeriac revoke -")
+@click.option(
+    "--ids",
+    is_flag=True,
+    help="Print only the ids, one a line, not those revoked: | celeriac revoke -",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, the bodies too.")
 @click.pass_obj
 def peek(
@@ -96,7 +122,8 @@ def peek(
 ) -> None:
     """Show the tasks waiting in QUEUE, without taking them: ready ones in the order
     workers take them (highest priority first, then the oldest), then delayed ones by due
-    time. Running tasks are not listed (celeriac inspect active shows them).
+    time. Tasks a worker holds (running, or prefetched) are not listed: celeriac status
+    counts them in flight, celeriac inspect active shows the running ones.
 
     Example: celeriac peek emails --by-task, then
              celeriac peek emails --task shop.reindex --ids -n 10000 | celeriac revoke -
@@ -104,68 +131,145 @@ def peek(
     if ids and (by_task or as_json):
         raise click.UsageError("--ids prints ids only: use it without --by-task and --json")
     broker = obj.app.broker
-    every = broker.stats()
-    stats = next((s for s in every if s.queue == queue), None)
-    if stats is None:  # a typo at 3 a.m. should not read as an empty queue
-        known = sorted(s.queue for s in every)
-        close = difflib.get_close_matches(queue, known, n=1, cutoff=0.6)
-        raise click.BadParameter(
-            printable(
-                f"no queue {queue!r} has been used on this broker"
-                + (f"; did you mean {close[0]!r}?" if close else "")
-                + f" (queues: {', '.join(known) or 'none yet'})"
-            ),
-            param_hint="'QUEUE'",
-        )
+    stats = _stats_of(broker, queue)
     now = time.time()
     read = broker.peek(queue, PEEK_LIMIT if tasks or by_task else lines)
-    seen = [_Seen(w, now) for w in read]
-    chosen = [s for s in seen if _matches(s.task, tasks)]
+    view = _View(queue, stats, read, tasks)
+    matching = [s for s in (_Seen(w, now) for w in read) if _matches(s.task, tasks)]
     if by_task:
-        _print_counts(queue, stats, chosen, len(read), tasks=tasks, as_json=as_json)
+        _mark_revoked(broker, matching)
+        _print_counts(view, matching, as_json=as_json)
         return
-    chosen = chosen[:lines]
+    chosen = matching[:lines]
+    _mark_revoked(broker, chosen)
     if ids:
-        for s in chosen:
-            if s.waiting.id:  # bytes pushed by hand have none until a fetch
-                click.echo(s.waiting.id)
-        return
-    if as_json:
+        # Read unfiltered, the read stopped at the lines asked: the queue says how many.
+        _print_ids(view, chosen, len(matching) if tasks else view.waiting, lines)
+    elif as_json:
         print_json([s.as_json() for s in chosen])
-        return
-    _print_list(queue, stats, chosen, now, tasks)
+    else:
+        _print_list(view, chosen, now)
+    if not chosen and not as_json:
+        _suggest(view, [_Seen(w, now).task for w in read])
+
+
+class _View:
+    """What every form of the output says of the read: the queue, its counts, and
+    whether the read saw all of it."""
+
+    def __init__(
+        self, queue: str, stats: QueueStats, read: list[Waiting], tasks: Sequence[str]
+    ) -> None:
+        self.queue, self.stats, self.tasks = queue, stats, tasks
+        self.read = len(read)
+        self.waiting = stats.ready + stats.delayed
+        self.partial = self.read < self.waiting and (
+            self.read >= PEEK_LIMIT or sum(len(w.body) for w in read) >= PEEK_BYTES
+        )
+
+    def summary(self) -> str:
+        s = self.stats
+        return (
+            f"queue {self.queue}: {s.ready:,} ready, {s.delayed:,} delayed, "
+            f"{s.in_flight:,} in flight"
+        )
+
+    def none(self) -> str:
+        """The line for a read that matched nothing, saying where it looked."""
+        which = f" of task {' or '.join(self.tasks)}" if self.tasks else ""
+        if self.partial:
+            return f"{self.summary()}; none{which} among the first {self.read:,} read ({_BOUND})"
+        return f"{self.summary()}; none waiting{which}"
+
+
+def _stats_of(broker: Broker, queue: str) -> QueueStats:
+    """The queue's counts; a usage error for a queue no one used (a typo at 3 a.m. should
+    not read as an empty queue)."""
+    every = broker.stats()
+    stats = next((s for s in every if s.queue == queue), None)
+    if stats is not None:
+        return stats
+    known = sorted(s.queue for s in every)
+    close = difflib.get_close_matches(queue, known, n=1, cutoff=0.6)
+    listed = ", ".join(known[:_NAMES_SHOWN]) or "none yet"
+    if len(known) > _NAMES_SHOWN:
+        listed += f", and {len(known) - _NAMES_SHOWN:,} more (celeriac status)"
+    raise click.BadParameter(
+        printable(
+            f"no queue {queue!r} has been used on this broker"
+            + (f"; did you mean {close[0]!r}?" if close else "")
+            + f" (queues: {listed})"
+        ),
+        param_hint="'QUEUE'",
+    )
 
 
 def _matches(task: str, patterns: Sequence[str]) -> bool:
     return not patterns or any(fnmatchcase(task, p) for p in patterns)
 
 
-def _summary(queue: str, stats: QueueStats) -> str:
-    return (
-        f"queue {queue}: {stats.ready:,} ready, {stats.delayed:,} delayed, "
-        f"{stats.in_flight:,} in flight"
-    )
+def _mark_revoked(broker: Broker, seen: list[_Seen]) -> None:
+    """Mark the messages of revoked tasks: they wait until a worker takes and drops them,
+    and were printed again by every ``--ids`` meanwhile."""
+    with_ids = [s for s in seen if s.waiting.id]
+    stored = broker.get_results([s.waiting.id for s in with_ids])
+    for s, result in zip(with_ids, stored, strict=True):
+        s.revoked = result is not None and is_revoke_mark(result[0])
 
 
-def _print_list(
-    queue: str, stats: QueueStats, chosen: list[_Seen], now: float, tasks: Sequence[str]
-) -> None:
-    which = f" of task {' or '.join(tasks)}" if tasks else ""
-    if not chosen:
-        out.print(escape(printable(f"{_summary(queue, stats)}; none waiting{which}")))
+def _print_ids(view: _View, chosen: list[_Seen], matching: int, lines: int) -> None:
+    """One id a line, written as it is (click.echo took escape sequences out of a piped
+    id); on standard error, what was left out and why."""
+    if not chosen:  # standard output stays empty for the pipe; the reason goes here
+        err.print(escape(printable(view.none())))
         return
-    out.print(escape(printable(f"{_summary(queue, stats)}; the next {len(chosen):,}{which}:")))
+    skipped_revoked = 0
+    for s in chosen:
+        task_id = s.waiting.id
+        if not task_id:  # bytes pushed by hand: no id until a fetch gives them one
+            continue
+        if s.revoked:
+            skipped_revoked += 1
+        elif any(ch.isspace() for ch in task_id):
+            err.print(
+                escape(
+                    printable(
+                        f"note: id {task_id!r} holds white space, which `revoke -` splits "
+                        f"on: revoke it by name, celeriac revoke {shlex.quote(task_id)}"
+                    )
+                )
+            )
+        else:
+            sys.stdout.write(task_id + "\n")
+    sys.stdout.flush()
+    if skipped_revoked:
+        err.print(
+            f"note: {skipped_revoked:,} already revoked, left out: a worker drops each "
+            "when it takes it"
+        )
+    if matching > lines:
+        err.print(f"note: printed the first {lines:,} of {matching:,}; -n {PEEK_LIMIT} for more")
+    elif view.partial:
+        err.print(f"note: the queue holds more than was read ({_BOUND}); peek again after")
+
+
+def _print_list(view: _View, chosen: list[_Seen], now: float) -> None:
+    if not chosen:
+        out.print(escape(printable(view.none())))
+        return
+    which = f" of task {' or '.join(view.tasks)}" if view.tasks else ""
+    out.print(escape(printable(f"{view.summary()}; the next {len(chosen):,}{which}:")))
     # No borders, and ids never folded: an id is copied into `celeriac result` or `revoke`.
     table = Table(box=None, pad_edge=False)
     table.add_column("id", no_wrap=True)
-    table.add_column("task", overflow="fold")
-    table.add_column("priority", justify="right")
-    table.add_column("waited", justify="right")
+    table.add_column("task", overflow="fold", min_width=12)
+    table.add_column("priority", justify="right", no_wrap=True)
+    table.add_column("waited", justify="right", no_wrap=True)
     # Only when one was handed out before (its worker died, it was put back): 80 columns
     # leave the task name little room beside a 36-character id.
     handed_out = any(s.waiting.deliveries for s in chosen)
     if handed_out:
-        table.add_column("deliveries", justify="right")
+        table.add_column("deliveries", justify="right", no_wrap=True)
     for s in chosen:
         row = [
             escape(printable(s.waiting.id or "(bytes pushed by hand)")),
@@ -180,40 +284,53 @@ def _print_list(
             "[yellow]note:[/] a task shown as ? is bytes that are not a celeriac message: "
             "the worker that takes it dead-letters it (celeriac dlq list)"
         )
+    if any(s.task == _PICKLED for s in chosen):
+        err.print(
+            "[yellow]note:[/] a pickled message's task is not read here (unpickling runs "
+            "code): --task cannot match it"
+        )
 
 
-def _print_counts(
-    queue: str,
-    stats: QueueStats,
-    chosen: list[_Seen],
-    read: int,
-    *,
-    tasks: Sequence[str],
-    as_json: bool,
-) -> None:
+def _print_counts(view: _View, chosen: list[_Seen], *, as_json: bool) -> None:
     ready = Counter(s.task for s in chosen if s.ready)
     delayed = Counter(s.task for s in chosen if not s.ready)
+    revoked = Counter(s.task for s in chosen if s.revoked)
     names = sorted(ready.keys() | delayed.keys(), key=lambda t: (-ready[t] - delayed[t], t))
-    waiting = stats.ready + stats.delayed
     if as_json:
         print_json(
             {
-                "queue": queue,
-                "read": read,
-                "waiting": waiting,
-                "tasks": [{"task": t, "ready": ready[t], "delayed": delayed[t]} for t in names],
+                "queue": view.queue,
+                "read": view.read,
+                "waiting": view.waiting,
+                "tasks": [
+                    {"task": t, "ready": ready[t], "delayed": delayed[t], "revoked": revoked[t]}
+                    for t in names
+                ],
             }
         )
         return
     if not names:
-        which = f" of task {' or '.join(tasks)}" if tasks else ""
-        out.print(escape(printable(f"{_summary(queue, stats)}; none waiting{which}")))
+        out.print(escape(printable(view.none())))
         return
-    part = f"the first {read:,} read" if read < waiting else f"all {read:,}"
-    out.print(escape(printable(f"{_summary(queue, stats)}; by task, of {part}:")))
+    part = f"the first {view.read:,} read ({_BOUND})" if view.partial else f"all {view.read:,}"
+    out.print(escape(printable(f"{view.summary()}; by task, of {part}:")))
     table = Table(box=None, pad_edge=False)
-    for column in ("task", "ready", "delayed"):
+    columns = ["task", "ready", "delayed"] + (["revoked"] if revoked else [])
+    for column in columns:
         table.add_column(column, justify="left" if column == "task" else "right", overflow="fold")
     for t in names:
-        table.add_row(escape(printable(t)), f"{ready[t]:,}", f"{delayed[t]:,}")
+        counts = [f"{ready[t]:,}", f"{delayed[t]:,}"] + ([f"{revoked[t]:,}"] if revoked else [])
+        table.add_row(escape(printable(t)), *counts)
     out.print(table)
+
+
+def _suggest(view: _View, names: list[str]) -> None:
+    """Did you mean, for a --task that matched none of the names read: `--task
+    shop.reindx` read as an empty queue."""
+    plain = [t for t in view.tasks if "*" not in t]
+    known = sorted(set(names) - {_UNREAD, _PICKLED})
+    for typed in plain:
+        close = difflib.get_close_matches(typed, known, n=1, cutoff=0.6)
+        if close:
+            said = f"note: no task {typed!r} read; did you mean {close[0]!r}?"
+            err.print(escape(printable(said)))

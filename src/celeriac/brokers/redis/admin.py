@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from celeriac.brokers.records import (
-    PEEK_LIMIT,
+    PEEK_BYTES,
     DeadLetter,
     Lease,
     LeaseLoss,
@@ -20,6 +20,7 @@ from celeriac.brokers.records import (
     ReadyAt,
     Renew,
     Waiting,
+    peek_bounds,
     queue_stats,
     replayed,
 )
@@ -508,9 +509,13 @@ def _ready_since(ctx: Context, queue: str, reply: list[Any], ready_at: ReadyAt) 
 
 
 def peek(ctx: Context, name: str, limit: int) -> Plan[list[Waiting]]:
-    """Messages waiting in a queue, read by peek-11.lua (see :meth:`.Broker.peek`)."""
+    """Messages waiting in a queue, read by peek-13.lua (see :meth:`.Broker.peek`)."""
     q = ctx.keys.queue(name)
-    reply = yield Call(SCRIPTS.peek, (*q.ready, q.delayed), [min(limit, PEEK_LIMIT)])
+    limit = peek_bounds(limit)
+    if not limit:
+        return []
+    keys = (*q.ready, q.delayed, q.held, q.leases)
+    reply = yield Call(SCRIPTS.peek, keys, [limit, PEEK_BYTES])
     waiting = []
     for i in range(0, len(reply), 5):
         cid, priority, deliveries, body, due = reply[i : i + 5]

@@ -186,7 +186,7 @@ class Scripts:
         self.purge = load("purge-15")
         self.replay = load("replay-13")
         self.stats = load("stats-14")
-        self.peek = load("peek-11")
+        self.peek = load("peek-13")
         self.dead_letters = load("dead_letters-2")
         self.purge_dead = load("purge_dead-2")
         self.store_result = load("store_result-1")
