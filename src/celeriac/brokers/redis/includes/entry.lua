@@ -16,14 +16,21 @@ local function pack_entry(cid, priority, deliveries, body)
     math.floor(#cid / 256), #cid % 256) .. cid .. body
 end
 
--- cid, priority, deliveries, body; or nil when the bytes are not a celeriac entry.
-local function unpack_entry(entry)
+-- cid, priority, deliveries of an entry, without copying its body; nil when the bytes
+-- are not a celeriac entry.
+local function entry_header(entry)
   if #entry < 7 then return nil end
   local m1, m2, priority, d1, d2, l1, l2 = string.byte(entry, 1, 7)
   local id_length = l1 * 256 + l2
   if m1 ~= 0xCE or m2 ~= 0x1A or priority > 9 or id_length == 0 or #entry < 7 + id_length then
     return nil
   end
-  return string.sub(entry, 8, 7 + id_length), priority, d1 * 256 + d2,
-    string.sub(entry, 8 + id_length)
+  return string.sub(entry, 8, 7 + id_length), priority, d1 * 256 + d2
+end
+
+-- cid, priority, deliveries, body; or nil when the bytes are not a celeriac entry.
+local function unpack_entry(entry)
+  local cid, priority, deliveries = entry_header(entry)
+  if not cid then return nil end
+  return cid, priority, deliveries, string.sub(entry, 8 + #cid)
 end
