@@ -427,3 +427,43 @@ def test_dlq_ids_a_terminal_cannot_show_are_listed_escaped_and_read_back(
     finally:
         client.close()
         app.broker.close()
+
+
+def test_an_id_of_only_white_space_is_a_usage_error(broker_url: str) -> None:
+    # `revoke ' '` said "revoked 1 task(s)"; `result ' '` said PENDING.
+    code, output = invoke("-b", broker_url, "revoke", " ")
+    assert code == 2 and "is only white space (' '): no task, queue or id is." in output
+    code, output = invoke("-b", broker_url, "result", "\t")
+    assert code == 2 and "is only white space" in output
+
+
+def test_purge_asks_with_how_many_tasks_it_would_delete(tmp_path: Path) -> None:
+    # At a terminal purge asks first: "Delete every waiting task in queue 'emails'?" said
+    # nothing of whether that was 3 tasks or 3,000.
+    import os
+    import pty
+
+    url = f"sqlite:///{tmp_path}/broker.db"
+    app = Celeriac("purge-prompt", broker=url)
+    app.send_task("shop.mail", queue="emails")
+    app.send_task("shop.mail", queue="emails", countdown=600)
+    app.broker.close()
+    main, terminal = pty.openpty()
+    try:
+        os.write(main, b"n\n")  # the answer waits in the terminal until purge reads it
+        done = subprocess.run(
+            [sys.executable, "-m", "celeriac", "-b", url, "purge", "emails"],
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            timeout=60,
+            check=False,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        assert done.returncode == 1  # declined: aborted
+        said = os.read(main, 4096).decode()
+    finally:
+        os.close(main)
+        os.close(terminal)
+    assert "Delete every waiting task in queue 'emails' (1 ready, 1 delayed)? [y/N]" in said
+    assert [(s.ready, s.delayed) for s in Celeriac("x", broker=url).broker.stats()] == [(1, 1)]

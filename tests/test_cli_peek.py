@@ -5,15 +5,19 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 
 import pytest
 from click.testing import CliRunner
 
+import redis
 from celeriac import Celeriac
 from celeriac.brokers.records import Outgoing
 from celeriac.cli import cli
+from celeriac.message import Message, encode_message
 from celeriac.result import AsyncResult
 from tests.apps import core
+from tests.redis_server import RedisServer
 
 
 def invoke(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
@@ -36,7 +40,6 @@ def test_peek_lists_the_next_tasks_in_the_order_workers_take_them(
     lines = stdout.splitlines()
     assert lines[0] == "queue default: 3 ready, 1 delayed, 0 in flight; the next 4:"
     assert lines[1].split() == ["id", "task", "priority", "waited"]  # no one put back
-    # 80 columns here: a task's name may fold onto a second line, an id never does.
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:] if line[:1] != " "}
     assert list(rows) == [urgent.id, first.id, failing.id, later.id]
     assert rows[urgent.id][0].startswith("tests.apps.core") and rows[urgent.id][1] == "7"
@@ -134,6 +137,9 @@ def test_peeked_ids_can_be_revoked_through_a_pipe(core_app: Celeriac, broker_url
     assert ids == "" and "note: 3 already revoked, left out" in stderr
     _, stdout, _ = invoke("-b", broker_url, "peek", "default", "--task", "*.fail", "--json")
     assert [m["revoked"] for m in json.loads(stdout)] == [True, True, True, False]
+    _, stdout, _ = invoke("-b", broker_url, "peek", "default", "--task", "*.fail")
+    shown = {line.split()[0]: line.split()[-1] for line in stdout.splitlines()[2:]}
+    assert [shown[r.id] for r in flood] == ["revoked"] * 3 and shown["has"] != "revoked"
 
 
 def test_peek_marks_bytes_that_are_not_a_message_and_refuses_bad_input(
@@ -159,3 +165,35 @@ def test_peek_marks_bytes_that_are_not_a_message_and_refuses_bad_input(
     assert code == 2 and "--ids prints ids only" in stderr
     code, _, stderr = invoke("-b", broker_url, "peek", "default", "-n", "0")
     assert code == 2 and "0 is not in the range 1<=x<=10000" in stderr
+
+
+def test_peek_on_redis_counts_no_id_for_bytes_pushed_by_hand(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:12]}"
+    monkeypatch.setattr(core.app.conf, "broker_url", url)
+    try:
+        sent = [core.add.delay(i, i) for i in range(3)]
+        raw = redis.Redis(port=redis_server.port)
+        ready = core.app.broker.keys.queue("default").ready[0]  # type: ignore[attr-defined]
+        raw.rpush(ready, b'{"task": "tests.apps.core.add", "args": [1]}', b"\x80\x05\x95pickle")
+        raw.close()
+        # Pushed by hand, a message has no id until a fetch gives it one: none to print,
+        # none to count among what --ids printed, and a placeholder matches no --task.
+        code, stdout, stderr = invoke("-b", url, "peek", "default", "--task", "*add", "--ids")
+        assert code == 0 and stdout.splitlines() == [r.id for r in sent]
+        assert "note" not in stderr
+        _, stdout, _ = invoke("-b", url, "peek", "default", "--task", "(pickled)", "--json")
+        assert json.loads(stdout) == []
+        _, stdout, stderr = invoke("-b", url, "peek", "default", "--task", "*add")
+        assert "a row with no id is bytes pushed into the queue by hand" in stderr
+        # Piped, a row is one line however long its task's name: grep finds each one.
+        long_name = "shop.billing.tasks.reconcile_invoices_for_account_and_notify_owner"
+        message = Message(id=str(uuid.uuid4()), task=long_name, sent_at=time.time())
+        core.app.broker.send([Outgoing(message.id, "default", encode_message(message))])
+        _, stdout, _ = invoke("-b", url, "peek", "default")
+        assert [line.split()[:2] for line in stdout.splitlines() if long_name in line] == [
+            [message.id, long_name]
+        ]
+    finally:
+        core.app.broker.close()

@@ -127,6 +127,21 @@ def test_unknown_task_is_dead_lettered_after_its_max_age(app: Celeriac) -> None:
     assert letter.reason.startswith("unknown task")
 
 
+def test_a_revoked_task_no_worker_knows_is_dropped_not_put_back(app: Celeriac) -> None:
+    # A typo sent anyway, then revoked: it was put back every task_unknown_retry_delay
+    # for an hour, REVOKED in its result but "not registered" in every log line.
+    from celeriac.control import revoke
+
+    app.conf.task_unknown_retry_delay = 0.2
+    typo = app.send_task("shop.fsat")
+    kept = app.send_task("shop.not.deployed.yet")
+    revoke(app, typo.id)
+    run_queued(app)
+    assert typo.state == "REVOKED" and kept.state == "PENDING"
+    (stats,) = app.broker.stats()
+    assert (stats.ready, stats.delayed, stats.dead) == (0, 1, 0)  # only the other, put back
+
+
 def test_events_are_written_in_batches(app: Celeriac) -> None:
     @app.task
     def ok() -> int:

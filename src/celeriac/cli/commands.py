@@ -425,7 +425,9 @@ def purge(obj: Context, queue: str, yes: bool) -> None:
     if not yes:
         if not sys.stdin.isatty():
             raise ConfigurationError(f"refusing to purge queue {queue!r} without --yes")
-        click.confirm(f"Delete every waiting task in queue {queue!r}?", abort=True)
+        counts = next((s for s in obj.app.broker.stats() if s.queue == queue), None)
+        held = f" ({counts.ready:,} ready, {counts.delayed:,} delayed)" if counts else ""
+        click.confirm(printable(f"Delete every waiting task in queue {queue!r}{held}?"), abort=True)
     count = obj.app.broker.purge(queue)
     click.echo(printable(f"purged {count} task(s) from queue {queue}"))  # a name is data
     known = sorted(s.queue for s in obj.app.broker.stats())

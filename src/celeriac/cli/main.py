@@ -441,6 +441,9 @@ class Name(click.types.StringParamType):
         >>> NAME.convert("", None, None)
         Traceback (most recent call last):
         click.exceptions.BadParameter: is empty (an unset shell variable?).
+        >>> NAME.convert(" ", None, None)
+        Traceback (most recent call last):
+        click.exceptions.BadParameter: is only white space (' '): no task, queue or id is.
     """
 
     name = "text"
@@ -450,6 +453,8 @@ class Name(click.types.StringParamType):
         value = super().convert(value, param, ctx)
         if value == "":
             self.fail("is empty (an unset shell variable?).", param, ctx)
+        if not value.strip():  # `revoke ' '` said "revoked 1 task(s)"; `result ' '` PENDING
+            self.fail(f"is only white space ({value!r}): no task, queue or id is.", param, ctx)
         return value
 
 

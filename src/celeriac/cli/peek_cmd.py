@@ -14,6 +14,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 import click
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -29,6 +30,8 @@ _SHOWN_BODY = 2048
 #: What a message whose task cannot be read is listed as, and a pickled one.
 _UNREAD = "?"
 _PICKLED = "(pickled)"
+#: Columns of a table written to a pipe or a file: wide enough that no row folds.
+_PIPED_WIDTH = 1_000
 #: Queue names an unknown queue's error lists at most.
 _NAMES_SHOWN = 20
 #: What bounds one read, for the lines that say a queue holds more than was read.
@@ -49,13 +52,13 @@ class _Seen:
     def when(self, now: float) -> str:
         """The table's cell: how long a ready one has waited, when a delayed one is due."""
         due = self.waiting.due
+        if self.revoked:  # how long matters no more: a worker drops it when it takes it
+            return "revoked"
         if not self.ready and due is not None:
-            said = f"due in {duration(due - now)}"
-        elif self.ready_since is None:
-            said = "?"
-        else:
-            said = duration(max(now - self.ready_since, 0.0))
-        return f"{said}, revoked" if self.revoked else said
+            return f"due in {duration(due - now)}"
+        if self.ready_since is None:
+            return "?"
+        return duration(max(now - self.ready_since, 0.0))
 
     def as_json(self) -> dict[str, Any]:
         """The message for ``--json``: its body readable, cut at ``_SHOWN_BODY`` bytes, and
@@ -140,6 +143,8 @@ def peek(
         _mark_revoked(broker, matching)
         _print_counts(view, matching, as_json=as_json)
         return
+    if ids:  # bytes pushed by hand have no id until a fetch gives them one
+        matching = [s for s in matching if s.waiting.id]
     chosen = matching[:lines]
     _mark_revoked(broker, chosen)
     if ids:
@@ -204,8 +209,24 @@ def _stats_of(broker: Broker, queue: str) -> QueueStats:
     )
 
 
+def _shown() -> Console:
+    """Where the lines go: the terminal's console, or, piped (grep, less), one as wide as
+    a row is long: at rich's 80 columns a task name folded and grep missed its row."""
+    if out.is_terminal:
+        return out
+    return Console(file=sys.stdout, width=_PIPED_WIDTH, highlight=False, emoji=False)
+
+
+def _say(line: str) -> None:
+    _shown().print(escape(printable(line)))
+
+
 def _matches(task: str, patterns: Sequence[str]) -> bool:
-    return not patterns or any(fnmatchcase(task, p) for p in patterns)
+    """Whether a task name is one ``--task`` asks for: never "?" or "(pickled)", which
+    stand for a name that was not read."""
+    if not patterns:
+        return True
+    return task not in (_UNREAD, _PICKLED) and any(fnmatchcase(task, p) for p in patterns)
 
 
 def _mark_revoked(broker: Broker, seen: list[_Seen]) -> None:
@@ -226,8 +247,6 @@ def _print_ids(view: _View, chosen: list[_Seen], matching: int, lines: int) -> N
     skipped_revoked = 0
     for s in chosen:
         task_id = s.waiting.id
-        if not task_id:  # bytes pushed by hand: no id until a fetch gives them one
-            continue
         if s.revoked:
             skipped_revoked += 1
         elif any(ch.isspace() for ch in task_id):
@@ -255,10 +274,10 @@ def _print_ids(view: _View, chosen: list[_Seen], matching: int, lines: int) -> N
 
 def _print_list(view: _View, chosen: list[_Seen], now: float) -> None:
     if not chosen:
-        out.print(escape(printable(view.none())))
+        _say(view.none())
         return
     which = f" of task {' or '.join(view.tasks)}" if view.tasks else ""
-    out.print(escape(printable(f"{view.summary()}; the next {len(chosen):,}{which}:")))
+    _say(f"{view.summary()}; the next {len(chosen):,}{which}:")
     # No borders, and ids never folded: an id is copied into `celeriac result` or `revoke`.
     table = Table(box=None, pad_edge=False)
     table.add_column("id", no_wrap=True)
@@ -278,7 +297,13 @@ def _print_list(view: _View, chosen: list[_Seen], now: float) -> None:
             s.when(now),
         ]
         table.add_row(*row, *([str(s.waiting.deliveries)] if handed_out else []))
-    out.print(table)
+    _shown().print(table)
+    if any(not s.waiting.id and s.task not in (_UNREAD, _PICKLED) for s in chosen):
+        err.print(
+            "[yellow]note:[/] a row with no id is bytes pushed into the queue by hand: the "
+            "worker that takes it runs it only if they are a whole celeriac message, and "
+            "dead-letters it otherwise"
+        )
     if any(s.task == _UNREAD for s in chosen):
         err.print(
             "[yellow]note:[/] a task shown as ? is bytes that are not a celeriac message: "
@@ -310,10 +335,10 @@ def _print_counts(view: _View, chosen: list[_Seen], *, as_json: bool) -> None:
         )
         return
     if not names:
-        out.print(escape(printable(view.none())))
+        _say(view.none())
         return
     part = f"the first {view.read:,} read ({_BOUND})" if view.partial else f"all {view.read:,}"
-    out.print(escape(printable(f"{view.summary()}; by task, of {part}:")))
+    _say(f"{view.summary()}; by task, of {part}:")
     table = Table(box=None, pad_edge=False)
     columns = ["task", "ready", "delayed"] + (["revoked"] if revoked else [])
     for column in columns:
@@ -321,7 +346,7 @@ def _print_counts(view: _View, chosen: list[_Seen], *, as_json: bool) -> None:
     for t in names:
         counts = [f"{ready[t]:,}", f"{delayed[t]:,}"] + ([f"{revoked[t]:,}"] if revoked else [])
         table.add_row(escape(printable(t)), *counts)
-    out.print(table)
+    _shown().print(table)
 
 
 def _suggest(view: _View, names: list[str]) -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import time
 import traceback
 from typing import TYPE_CHECKING
 
 from celeriac.brokers.records import MADE_UP_ID, Delivery
 from celeriac.codec import UntrustedMessage
+from celeriac.control import is_revoke_mark
 from celeriac.errors import BrokerError, MalformedMessage, NewerProtocol
 from celeriac.message import (
     NAME_SHOWN,
@@ -327,6 +329,13 @@ class Reading:
         message = job.message
         assert message is not None
         conf = self.app.conf
+        if self._revoked(job):
+            # The Revocation middleware sees only tasks this worker runs: a revoked message
+            # of a task no worker knows (a typo sent anyway) was put back and said "not
+            # registered" every task_unknown_retry_delay until task_unknown_max_age.
+            return Outcome(
+                "REVOKED", reason="revoked before it started (no worker here knows its task)"
+            )
         if len(message.task) > NAME_SHOWN:
             # No task has such a name (a registered one of any length still runs). Put back
             # for task_unknown_max_age, it wrote its whole name in a log line per deferral.
@@ -364,15 +373,25 @@ class Reading:
         except Exception:  # noqa: BLE001 - it was just decoded; put back as it came
             return None
 
+    def _revoked(self, job: Job) -> bool:
+        """Whether the task has a revoke mark: one read, on this rare path only. A broker
+        error is no: the message is put back and asked about again at its next delivery."""
+        try:
+            stored = self.app.broker.get_result(job.delivery.id)
+        except BrokerError:
+            return False
+        return stored is not None and is_revoke_mark(stored[0])
+
     def _defer_unknown(self, job: Job, stamped: bytes | None) -> Outcome:
         conf = self.app.conf
         log.warning(
             "task %s is not registered in this worker; putting it back for %gs so a worker "
             "that knows it can take it (dead-lettered after %gs). Deploy the code that defines "
-            "it, or purge the queue.%s",
+            "it, or, if it must not run, revoke it: celeriac revoke %s%s",
             job.label,
             conf.task_unknown_retry_delay,
             conf.task_unknown_max_age,
+            shlex.quote(printable(job.delivery.id)),
             printable(_unknown_note(job.message.task if job.message else "")),
         )
         return Outcome(
