@@ -231,3 +231,24 @@ def test_a_worker_answers_shutdown_with_what_it_does_not_an_unknown_command(
     (answer,) = broadcast(core_app, "shutdown", timeout=10)
     assert answer.data == "stopping warmly: running tasks finish, the rest go back to their queue"
     assert proc.wait(timeout=30) == 0
+
+
+def test_status_names_a_queue_that_holds_tasks_no_live_worker_consumes(
+    core_app: Celeriac, broker_url: str, workers: WorkerProcesses
+) -> None:
+    # A producer's queue name that no worker's -Q has: its tasks wait for ever, and status
+    # showed its count like any backlog a worker is eating.
+    workers.start("-c", "1")  # consumes default
+    core.add.apply_async((1, 2), queue="nobody-serves-this")
+    core.add.apply_async((1, 3), queue="nobody-serves-this", countdown=600)
+    assert core.add.delay(2, 2).get(timeout=30) == 4
+    notes = _status(broker_url)["notes"]
+    assert notes == [
+        "queue 'nobody-serves-this' holds 2 waiting task(s) and no live worker consumes it "
+        "(theirs: default): start one with -Q nobody-serves-this, or check that the "
+        "producer's queue name is right"
+    ]
+    result = CliRunner().invoke(cli, ["-b", broker_url, "status"])
+    assert "note: queue 'nobody-serves-this' holds 2 waiting task(s)" in " ".join(
+        result.stdout.split()
+    )

@@ -301,7 +301,7 @@ def status(obj: Context, as_json: bool) -> None:
     stats, workers = broker.stats(ready_at), live_workers(obj.app)
     now = time.time()
     expired = {s.queue: len(broker.join_values(expired_key(s.queue))) for s in stats}
-    notes = broker.notes()
+    notes = broker.notes() + _unserved(stats, workers)
     if as_json:
         print_json(
             {
@@ -393,6 +393,29 @@ def _active(worker: WorkerInfo) -> list[Any]:
     """The ids of the tasks a worker's heartbeat says it runs (a list; other data: none)."""
     active = worker.extra.get("active", [])
     return active if isinstance(active, list) else []
+
+
+#: Queues :func:`_unserved` names one by one; past them, how many more.
+_UNSERVED_NAMED = 10
+
+
+def _unserved(stats: list[QueueStats], workers: list[WorkerInfo]) -> list[str]:
+    """A note per queue that holds tasks while live workers run and none consumes it: its
+    tasks wait for ever, and its counts alone read like a backlog a worker is eating.
+    With no live worker at all, the workers line says so instead."""
+    if not workers:
+        return []
+    served = {q for w in workers for q in w.queues}
+    waiting = [s for s in stats if (s.ready or s.delayed) and s.queue not in served]
+    notes = [
+        f"queue {s.queue!r} holds {s.ready + s.delayed:,} waiting task(s) and no live worker "
+        f"consumes it (theirs: {', '.join(sorted(served))}): start one with -Q {s.queue}, "
+        "or check that the producer's queue name is right"
+        for s in waiting[:_UNSERVED_NAMED]
+    ]
+    if len(waiting) > _UNSERVED_NAMED:
+        notes.append(f"and {len(waiting) - _UNSERVED_NAMED:,} more such queues")
+    return notes
 
 
 def _longest_wait(stats: QueueStats, now: float) -> str:
