@@ -174,6 +174,11 @@ def test_events_filter_by_task_pattern_and_type(core_app: Celeriac, broker_url: 
     assert nothing.stderr.strip() == (
         "none of the 7 events this broker keeps is of task shop.* and of type failed"
     )
+    typo = invoke("-b", broker_url, "events", "--task", "tests.apps.core.fial")
+    assert typo.stderr.strip() == (
+        "none of the 7 events this broker keeps is of task tests.apps.core.fial "
+        "(did you mean 'tests.apps.core.fail'?)"
+    )
     as_json = invoke("-b", broker_url, "events", "--type", "failed", "--json")
     assert [json.loads(line)["id"] for line in as_json.stdout.splitlines()] == [r.id for r in fails]
 

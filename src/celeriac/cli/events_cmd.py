@@ -80,6 +80,7 @@ def events(
             note = f"none of the {len(items):,} events this broker keeps is {wanted}" + (
                 ": waiting (Ctrl-C stops)" if follow else ""
             )
+            note += _did_you_mean(tasks, _task_names(items) | set(obj.app.tasks))
         click.echo(note, err=True)
     try:
         if follow:
@@ -127,6 +128,38 @@ class EventFilter:
         if self.types:
             parts.append("of type " + " or ".join(sorted(self.types)))
         return printable(" and ".join(parts))
+
+
+def _task_names(items: Sequence[tuple[int, bytes]]) -> set[str]:
+    """The task names the events name (those that can be read)."""
+    names = set()
+    for _, raw in items:
+        try:
+            names.add(msgspec.json.decode(raw, type=Event).task)
+        except msgspec.DecodeError:
+            continue
+    return names
+
+
+def _did_you_mean(typed: Sequence[str], names: set[str]) -> str:
+    """`` (did you mean 'x'?)`` for a --task given as a plain name close to one the events
+    or the app name: `--task shop.chrage` read as "that task never failed".
+
+    Example:
+        >>> _did_you_mean(["shop.chrage"], {"shop.charge", "shop.refund"})
+        " (did you mean 'shop.charge'?)"
+        >>> _did_you_mean(["shop.*"], {"shop.charge"})
+        ''
+    """
+    import difflib  # a typo's path only
+
+    for name in typed:
+        if "*" in name or name in names:
+            continue
+        close = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
+        if close:
+            return printable(f" (did you mean {close[0]!r}?)")
+    return ""
 
 
 def _no_events_note(sent: bool, follow: bool) -> str:
