@@ -446,6 +446,7 @@ def test_purge_asks_with_how_many_tasks_it_would_delete(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/broker.db"
     app = Celeriac("purge-prompt", broker=url)
     app.send_task("shop.mail", queue="emails")
+    app.send_task("shop.mail", queue="emails")
     app.send_task("shop.mail", queue="emails", countdown=600)
     app.broker.close()
     main, terminal = pty.openpty()
@@ -465,5 +466,5 @@ def test_purge_asks_with_how_many_tasks_it_would_delete(tmp_path: Path) -> None:
     finally:
         os.close(main)
         os.close(terminal)
-    assert "Delete every waiting task in queue 'emails' (1 ready, 1 delayed)? [y/N]" in said
-    assert [(s.ready, s.delayed) for s in Celeriac("x", broker=url).broker.stats()] == [(1, 1)]
+    assert "Delete every waiting task in queue 'emails' (2 ready, 1 delayed)? [y/N]" in said
+    assert [(s.ready, s.delayed) for s in Celeriac("x", broker=url).broker.stats()] == [(2, 1)]

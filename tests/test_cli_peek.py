@@ -177,7 +177,10 @@ def test_peek_on_redis_counts_no_id_for_bytes_pushed_by_hand(
         raw = redis.Redis(port=redis_server.port)
         ready = core.app.broker.keys.queue("default").ready[0]  # type: ignore[attr-defined]
         raw.rpush(ready, b'{"task": "tests.apps.core.add", "args": [1]}', b"\x80\x05\x95pickle")
+        raw.lpush(ready, b"pushed at the head")
         raw.close()
+        code, stdout, stderr = invoke("-b", url, "peek", "default", "--ids", "-n", "3")
+        assert stdout.splitlines() == [r.id for r in sent] and stderr == ""
         # Pushed by hand, a message has no id until a fetch gives it one: none to print,
         # none to count among what --ids printed, and a placeholder matches no --task.
         code, stdout, stderr = invoke("-b", url, "peek", "default", "--task", "*add", "--ids")

@@ -242,13 +242,15 @@ def test_status_names_a_queue_that_holds_tasks_no_live_worker_consumes(
     core.add.apply_async((1, 2), queue="nobody-serves-this")
     core.add.apply_async((1, 3), queue="nobody-serves-this", countdown=600)
     assert core.add.delay(2, 2).get(timeout=30) == 4
-    notes = _status(broker_url)["notes"]
-    assert notes == [
-        "queue 'nobody-serves-this' holds 2 waiting task(s) and no live worker consumes it "
-        "(theirs: default): start one with -Q nobody-serves-this, or check that the "
-        "producer's queue name is right"
+    core.add.apply_async((1, 4), queue="nobody-serves-this", countdown=600)
+    status = _status(broker_url)
+    assert status["unserved_queues"] == ["nobody-serves-this"]
+    assert status["notes"] == [
+        "queue 'nobody-serves-this' holds 1 ready and 2 delayed task(s) and no live worker "
+        "consumes it (theirs: default): start one with -Q nobody-serves-this, or check that "
+        "the producer's queue name is right"
     ]
     result = CliRunner().invoke(cli, ["-b", broker_url, "status"])
-    assert "note: queue 'nobody-serves-this' holds 2 waiting task(s)" in " ".join(
+    assert "note: queue 'nobody-serves-this' holds 1 ready and 2 delayed" in " ".join(
         result.stdout.split()
     )

@@ -142,6 +142,53 @@ def test_a_revoked_task_no_worker_knows_is_dropped_not_put_back(app: Celeriac) -
     assert (stats.ready, stats.delayed, stats.dead) == (0, 1, 0)  # only the other, put back
 
 
+def test_a_revoked_chord_member_no_worker_knows_ends_its_chord(app: Celeriac) -> None:
+    # Settled REVOKED straight from reading it, the member told no one: the chord's body
+    # stayed PENDING with its queue empty, and its errback never fired.
+    from celeriac.canvas import chord, signature
+    from celeriac.control import revoke
+
+    errors: list[str] = []
+
+    @app.task(name="known.step")
+    def step() -> int:
+        return 1
+
+    @app.task(name="known.total")
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    @app.task(name="known.errback")
+    def errback(error: dict[str, Any]) -> None:
+        errors.append(error["type"])
+
+    app.conf.task_unknown_retry_delay = 0.2
+    handle = (
+        chord(
+            [signature("known.step", app=app), signature("other.service.step", app=app)],
+            signature("known.total", app=app),
+        )
+        .link_error(signature("known.errback", app=app))
+        .apply_async()
+    )
+    revoke(app, f"{handle.id}:h:1")
+    run_queued(app, fail_fast=False)
+    assert handle.state == "FAILURE" and errors == ["celeriac.errors.ChordError"]
+    assert [(s.ready, s.delayed, s.dead) for s in app.broker.stats()] == [(0, 0, 0)]
+
+
+def test_an_unknown_task_with_a_stored_state_that_is_no_revoke_is_put_back(
+    app: Celeriac,
+) -> None:
+    from celeriac.message import ResultRecord, encode_result
+
+    app.conf.task_unknown_retry_delay = 0.2
+    r = app.send_task("not.deployed.yet")
+    app.broker.store_result(r.id, encode_result(ResultRecord(state="RETRY", task=r.name)), 60)
+    run_queued(app)
+    assert r.state == "RETRY" and [s.delayed for s in app.broker.stats()] == [1]
+
+
 def test_events_are_written_in_batches(app: Celeriac) -> None:
     @app.task
     def ok() -> int:

@@ -7,6 +7,7 @@ import codecs
 import contextlib
 import datetime as dt
 import difflib
+import shlex
 import sys
 import time
 from collections import Counter
@@ -301,7 +302,9 @@ def status(obj: Context, as_json: bool) -> None:
     stats, workers = broker.stats(ready_at), live_workers(obj.app)
     now = time.time()
     expired = {s.queue: len(broker.join_values(expired_key(s.queue))) for s in stats}
-    notes = broker.notes() + _unserved(stats, workers)
+    heartbeats = broker.workers()  # with children alone, which still drain their queues
+    unserved = _unserved(stats, heartbeats)
+    notes = broker.notes() + _unserved_notes(unserved, heartbeats)
     if as_json:
         print_json(
             {
@@ -315,6 +318,7 @@ def status(obj: Context, as_json: bool) -> None:
                     for s in stats
                 ],
                 "workers": [_asdict(w) for w in workers],
+                "unserved_queues": [s.queue for s in unserved],
                 "notes": notes,
             }
         )
@@ -395,26 +399,37 @@ def _active(worker: WorkerInfo) -> list[Any]:
     return active if isinstance(active, list) else []
 
 
-#: Queues :func:`_unserved` names one by one; past them, how many more.
+#: Queues :func:`_unserved_notes` names one by one; past them, how many more.
 _UNSERVED_NAMED = 10
+#: The live workers' queues a note lists at most.
+_NAMES_SHOWN = 20
 
 
-def _unserved(stats: list[QueueStats], workers: list[WorkerInfo]) -> list[str]:
-    """A note per queue that holds tasks while live workers run and none consumes it: its
-    tasks wait for ever, and its counts alone read like a backlog a worker is eating.
-    With no live worker at all, the workers line says so instead."""
+def _unserved(stats: list[QueueStats], workers: list[WorkerInfo]) -> list[QueueStats]:
+    """The queues that hold tasks while live workers run and none consumes them: their
+    tasks wait for ever, and their counts alone read like a backlog a worker is eating.
+    ``workers`` includes children heartbeating alone (their supervisor gone), which still
+    drain their queues. With no live worker at all, the workers line says so instead."""
     if not workers:
         return []
     served = {q for w in workers for q in w.queues}
-    waiting = [s for s in stats if (s.ready or s.delayed) and s.queue not in served]
+    return [s for s in stats if (s.ready or s.delayed) and s.queue not in served]
+
+
+def _unserved_notes(unserved: list[QueueStats], workers: list[WorkerInfo]) -> list[str]:
+    """A note per queue :func:`_unserved` found, the first ``_UNSERVED_NAMED`` of them."""
+    served = sorted({q for w in workers for q in w.queues})
+    theirs = ", ".join(served[:_NAMES_SHOWN]) or "none"
+    if len(served) > _NAMES_SHOWN:
+        theirs += f", and {len(served) - _NAMES_SHOWN:,} more"
     notes = [
-        f"queue {s.queue!r} holds {s.ready + s.delayed:,} waiting task(s) and no live worker "
-        f"consumes it (theirs: {', '.join(sorted(served))}): start one with -Q {s.queue}, "
+        f"queue {s.queue!r} holds {s.ready:,} ready and {s.delayed:,} delayed task(s) and no "
+        f"live worker consumes it (theirs: {theirs}): start one with -Q {shlex.quote(s.queue)}, "
         "or check that the producer's queue name is right"
-        for s in waiting[:_UNSERVED_NAMED]
+        for s in unserved[:_UNSERVED_NAMED]
     ]
-    if len(waiting) > _UNSERVED_NAMED:
-        notes.append(f"and {len(waiting) - _UNSERVED_NAMED:,} more such queues")
+    if len(unserved) > _UNSERVED_NAMED:
+        notes.append(f"and {len(unserved) - _UNSERVED_NAMED:,} more such queues")
     return notes
 
 

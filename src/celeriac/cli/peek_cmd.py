@@ -136,7 +136,8 @@ def peek(
     broker = obj.app.broker
     stats = _stats_of(broker, queue)
     now = time.time()
-    read = broker.peek(queue, PEEK_LIMIT if tasks or by_task else lines)
+    # Filtered, counted or cut to the rows with an id, all that one read holds is needed.
+    read = broker.peek(queue, PEEK_LIMIT if tasks or by_task or ids else lines)
     view = _View(queue, stats, read, tasks)
     matching = [s for s in (_Seen(w, now) for w in read) if _matches(s.task, tasks)]
     if by_task:
@@ -148,8 +149,7 @@ def peek(
     chosen = matching[:lines]
     _mark_revoked(broker, chosen)
     if ids:
-        # Read unfiltered, the read stopped at the lines asked: the queue says how many.
-        _print_ids(view, chosen, len(matching) if tasks else view.waiting, lines)
+        _print_ids(view, chosen, len(matching), lines)
     elif as_json:
         print_json([s.as_json() for s in chosen])
     else:
@@ -212,7 +212,7 @@ def _stats_of(broker: Broker, queue: str) -> QueueStats:
 def _shown() -> Console:
     """Where the lines go: the terminal's console, or, piped (grep, less), one as wide as
     a row is long: at rich's 80 columns a task name folded and grep missed its row."""
-    if out.is_terminal:
+    if sys.stdout.isatty():  # not out.is_terminal: FORCE_COLOR makes a pipe one
         return out
     return Console(file=sys.stdout, width=_PIPED_WIDTH, highlight=False, emoji=False)
 
@@ -267,7 +267,10 @@ def _print_ids(view: _View, chosen: list[_Seen], matching: int, lines: int) -> N
             "when it takes it"
         )
     if matching > lines:
-        err.print(f"note: printed the first {lines:,} of {matching:,}; -n {PEEK_LIMIT} for more")
+        read = f" (of the first {view.read:,} read)" if view.partial else ""
+        err.print(
+            f"note: printed the first {lines:,} of {matching:,}{read}; -n {PEEK_LIMIT} for more"
+        )
     elif view.partial:
         err.print(f"note: the queue holds more than was read ({_BOUND}); peek again after")
 
@@ -301,8 +304,8 @@ def _print_list(view: _View, chosen: list[_Seen], now: float) -> None:
     if any(not s.waiting.id and s.task not in (_UNREAD, _PICKLED) for s in chosen):
         err.print(
             "[yellow]note:[/] a row with no id is bytes pushed into the queue by hand: the "
-            "worker that takes it runs it only if they are a whole celeriac message, and "
-            "dead-letters it otherwise"
+            "worker that takes them runs them only if they are a whole celeriac message "
+            "(and signed, when the app signs), and dead-letters them otherwise"
         )
     if any(s.task == _UNREAD for s in chosen):
         err.print(

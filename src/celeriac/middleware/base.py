@@ -159,7 +159,11 @@ class Middleware:
         return None
 
     def after_execute(self, job: Job, outcome: Outcome) -> Outcome:
-        """Called after the task ran (or was skipped); return the Outcome to settle."""
+        """Called after the task ran (or was skipped); return the Outcome to settle.
+
+        ``job.task`` is None for one skipped case: a revoked message of a task this worker
+        does not know, settled REVOKED without running.
+        """
         return outcome
 
     def before_dead_letter(self, job: Job, outcome: Outcome) -> None:

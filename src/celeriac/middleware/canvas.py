@@ -218,14 +218,16 @@ class Canvas(Middleware):
     def after_execute(self, job: Job, outcome: Outcome) -> Outcome:
         """Continue the workflow before the task commits (see the module docstring)."""
         data, message = _data(job), job.message
-        if data is None or message is None or job.task is None:
+        # No task: a revoked step of a task this worker does not know (reading.py).
+        app = job.task.app if job.task is not None else job.app
+        if data is None or message is None or app is None:
             return outcome
         job.context["canvas"] = True
         # A broker recognises a finished id by its stored result; without one, a task that
         # continues twice could start its next task twice. So canvas tasks keep a result.
         outcome.store_result = True
         deadline = job.context.get(HARD_DEADLINE, 0.0)
-        return self._continue(job.task.app, message, data, outcome, deadline)
+        return self._continue(app, message, data, outcome, deadline)
 
     def before_dead_letter(self, job: Job, outcome: Outcome) -> None:
         """Fail the workflow of a task dead-lettered before it ran (too many deliveries,

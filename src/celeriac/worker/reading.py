@@ -330,12 +330,7 @@ class Reading:
         assert message is not None
         conf = self.app.conf
         if self._revoked(job):
-            # The Revocation middleware sees only tasks this worker runs: a revoked message
-            # of a task no worker knows (a typo sent anyway) was put back and said "not
-            # registered" every task_unknown_retry_delay until task_unknown_max_age.
-            return Outcome(
-                "REVOKED", reason="revoked before it started (no worker here knows its task)"
-            )
+            return self._revoked_unknown(job)
         if len(message.task) > NAME_SHOWN:
             # No task has such a name (a registered one of any length still runs). Put back
             # for task_unknown_max_age, it wrote its whole name in a log line per deferral.
@@ -373,6 +368,16 @@ class Reading:
         except Exception:  # noqa: BLE001 - it was just decoded; put back as it came
             return None
 
+    def _revoked_unknown(self, job: Job) -> Outcome:
+        """REVOKED for a revoked message of a task this worker does not know, told to the
+        middleware as a skipped task is (Canvas continues its chain or chord, errbacks
+        fire). The Revocation middleware sees only tasks this worker runs: such a message
+        (a typo sent anyway, a step for another service) was put back, and "not
+        registered" said, every task_unknown_retry_delay until task_unknown_max_age."""
+        return self.app.middleware.after_execute(
+            job, Outcome("REVOKED", reason="revoked before it started")
+        )
+
     def _revoked(self, job: Job) -> bool:
         """Whether the task has a revoke mark: one read, on this rare path only. A broker
         error is no: the message is put back and asked about again at its next delivery."""
@@ -387,7 +392,8 @@ class Reading:
         log.warning(
             "task %s is not registered in this worker; putting it back for %gs so a worker "
             "that knows it can take it (dead-lettered after %gs). Deploy the code that defines "
-            "it, or, if it must not run, revoke it: celeriac revoke %s%s",
+            "it, or, if it must not run, revoke it (celeriac revoke %s; many: celeriac peek "
+            "QUEUE --task NAME --ids -n 10000 | celeriac revoke -).%s",
             job.label,
             conf.task_unknown_retry_delay,
             conf.task_unknown_max_age,
@@ -403,6 +409,8 @@ class Reading:
         unknown task is (a rolling deploy that upgrades producers first loses nothing), and
         dead-lettered with the advice once no upgraded worker took it in time."""
         conf = self.app.conf
+        if self._revoked(job):  # put back for an upgraded worker, it would run nowhere
+            return self._revoked_unknown(job)
         if not self._sent_at_readable(exc.sent_at):
             # No send time to count from (none, NaN, far in the future), and this version
             # cannot write one: put back, it would wait for ever.
