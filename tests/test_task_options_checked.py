@@ -228,6 +228,21 @@ def test_an_empty_queue_or_task_id_is_refused_not_taken_as_not_given(
     assert [s.ready for s in local.broker.stats()] == [1]
 
 
+def test_a_task_id_of_only_white_space_is_refused(local: Celeriac) -> None:
+    # f"{order.ref} " with an empty ref: sent and run, the task could not be revoked or
+    # looked up from the command line, which refuses such an id.
+    @local.task(name="shop.job")
+    def job() -> None: ...
+
+    with pytest.raises(ValueError, match=r"^task shop.job: task_id is only white space \(' '\)"):
+        job.apply_async(task_id=" ")
+    with pytest.raises(ValueError, match="task_id is only white space"):
+        local.send_task("shop.job", task_id="\t\n")
+    assert local.broker.stats() == []
+    job.apply_async(task_id="order 42")  # white space inside an id is fine
+    assert [s.ready for s in local.broker.stats()] == [1]
+
+
 @pytest.mark.parametrize(
     "options", [{"autoretry_for": (OSError,)}, {"rate_limit_key": lambda *a, **k: "tenant"}]
 )

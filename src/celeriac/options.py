@@ -254,6 +254,13 @@ def check_send_options(
                 f"{who}: {option} is an empty string; pass a non-empty {option}, or "
                 f"leave {option} out (or None) for {default}"
             )
+    if isinstance(task_id, str) and not task_id.strip():
+        # Sent and run, such a task could not be named on the command line, which
+        # refuses an id of only white space (`revoke ' '` revoked nothing).
+        raise ValueError(
+            f"{who}: task_id is only white space ({task_id!r}); pass an id with "
+            "something in it, or leave task_id out (or None) for a new random id"
+        )
     problem = queue_name_problem(queue) if queue is not None else ""
     if problem:
         raise ValueError(f"{who}: queue must be {problem}, got {cut(repr(queue), 80)}")
