@@ -31,6 +31,7 @@ from celeriac.message import ErrorInfo, ResultRecord, encode_result
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+    from celeriac.brokers.base import Broker
 
 log = logging.getLogger("celeriac.control")
 
@@ -158,6 +159,23 @@ def is_revoke_mark(raw: bytes) -> bool:
         return _state_decoder.decode(raw).state == "REVOKED"
     except msgspec.DecodeError:
         return False
+
+
+def has_revoke_mark(broker: Broker, task_id: str) -> bool:
+    """Whether the task's stored result says REVOKED: one read of the result store.
+
+    Raises:
+        BrokerError: the broker did not answer (each caller decides what that means).
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> revoke(app, "t1")
+        >>> has_revoke_mark(app.broker, "t1"), has_revoke_mark(app.broker, "t2")
+        (True, False)
+    """
+    stored = broker.get_result(task_id)
+    return stored is not None and is_revoke_mark(stored[0])
 
 
 class _State(msgspec.Struct):

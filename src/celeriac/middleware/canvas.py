@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from celeriac.control import is_revoke_mark
+from celeriac.control import has_revoke_mark
 from celeriac.errors import BrokerError, MessageError
 from celeriac.message import ErrorInfo, Message
 from celeriac.middleware.base import HARD_DEADLINE, Job, Middleware, Outcome
@@ -164,7 +164,7 @@ def _revoked_itself(job: Job) -> Outcome | None:
     if app is None:
         return None
     try:
-        stored = app.broker.get_result(job.delivery.id)
+        revoked = has_revoke_mark(app.broker, job.delivery.id)
     except BrokerError as exc:
         log.warning(
             "task %s: could not read whether it was revoked (%s). It will not run either "
@@ -175,7 +175,7 @@ def _revoked_itself(job: Job) -> Outcome | None:
             _RETRY_DELAY,
         )
         return Outcome("DEFERRED", delay=_RETRY_DELAY, reason="revoke check failed")
-    if stored is not None and is_revoke_mark(stored[0]):
+    if revoked:
         return Outcome("REVOKED", reason="revoked before it started")
     return None
 

@@ -30,7 +30,7 @@ import math
 import time
 from collections.abc import Iterable
 
-from celeriac.control import STREAM_LENGTH, is_revoke_mark, read_revocations_counted
+from celeriac.control import STREAM_LENGTH, has_revoke_mark, read_revocations_counted
 from celeriac.control import Revocation as Revoke
 from celeriac.errors import BrokerError
 from celeriac.middleware.base import Job, Middleware, Outcome
@@ -108,7 +108,7 @@ class Revocation(Middleware):
         """Read the task's revoke mark: its revoke may be missing from the set."""
         assert job.task is not None
         try:
-            stored = job.task.app.broker.get_result(job.delivery.id)
+            revoked = has_revoke_mark(job.task.app.broker, job.delivery.id)
         except BrokerError as exc:
             log.warning(
                 "could not check whether task %s was revoked (%s): more revokes were made "
@@ -119,7 +119,7 @@ class Revocation(Middleware):
                 _LOOKUP_RETRY,
             )
             return Outcome("DEFERRED", delay=_LOOKUP_RETRY, reason="revoke check failed")
-        if stored is not None and is_revoke_mark(stored[0]):
+        if revoked:
             return Outcome("REVOKED", reason="revoked before it started")
         return None
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from celeriac.brokers.records import MADE_UP_ID, Delivery
 from celeriac.codec import UntrustedMessage
-from celeriac.control import is_revoke_mark
+from celeriac.control import has_revoke_mark
 from celeriac.errors import BrokerError, MalformedMessage, NewerProtocol
 from celeriac.message import (
     NAME_SHOWN,
@@ -382,10 +382,9 @@ class Reading:
         """Whether the task has a revoke mark: one read, on this rare path only. A broker
         error is no: the message is put back and asked about again at its next delivery."""
         try:
-            stored = self.app.broker.get_result(job.delivery.id)
+            return has_revoke_mark(self.app.broker, job.delivery.id)
         except BrokerError:
             return False
-        return stored is not None and is_revoke_mark(stored[0])
 
     def _defer_unknown(self, job: Job, stamped: bytes | None) -> Outcome:
         conf = self.app.conf
