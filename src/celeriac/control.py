@@ -84,7 +84,18 @@ def live_workers(app: Celeriac) -> list[WorkerInfo]:
         >>> live_workers(Celeriac("doc", broker="memory://"))
         []
     """
-    return [w for w in app.broker.workers() if "child_of" not in w.extra]
+    return supervisors(app.broker.workers())
+
+
+def supervisors(heartbeats: list[WorkerInfo]) -> list[WorkerInfo]:
+    """The workers among ``broker.workers()``, without their children's entries, for a
+    caller that needs both (one read of the broker).
+
+    Example:
+        >>> supervisors([WorkerInfo("w1/0.1", "h", 1, (), 1, 0.0, extra={"child_of": "w1"})])
+        []
+    """
+    return [w for w in heartbeats if "child_of" not in w.extra]
 
 
 def revoke(app: Celeriac, task_id: str, *, terminate: bool = False) -> None:

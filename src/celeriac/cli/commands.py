@@ -30,7 +30,7 @@ from celeriac.cli.main import (
     parse_json_option,
     print_json,
 )
-from celeriac.control import live_workers
+from celeriac.control import live_workers, supervisors
 from celeriac.errors import ConfigurationError
 from celeriac.message import decode_result, ready_at
 from celeriac.middleware.expiry import expired_key
@@ -299,12 +299,14 @@ def status(obj: Context, as_json: bool) -> None:
     Example: celeriac -A shop.tasks status --json
     """
     broker = obj.app.broker
-    stats, workers = broker.stats(ready_at), live_workers(obj.app)
+    stats, heartbeats = broker.stats(ready_at), broker.workers()
+    workers = supervisors(heartbeats)
     now = time.time()
     expired = {s.queue: len(broker.join_values(expired_key(s.queue))) for s in stats}
-    heartbeats = broker.workers()  # with children alone, which still drain their queues
-    unserved = _unserved(stats, heartbeats)
-    notes = broker.notes() + _unserved_notes(unserved, heartbeats)
+    # Children heartbeating alone (their supervisor gone) still drain their queues.
+    served = {q for w in heartbeats for q in w.queues}
+    unserved = _unserved(stats, served) if heartbeats else []
+    notes = broker.notes() + _unserved_notes(unserved, served)
     if as_json:
         print_json(
             {
@@ -405,23 +407,19 @@ _UNSERVED_NAMED = 10
 _NAMES_SHOWN = 20
 
 
-def _unserved(stats: list[QueueStats], workers: list[WorkerInfo]) -> list[QueueStats]:
-    """The queues that hold tasks while live workers run and none consumes them: their
-    tasks wait for ever, and their counts alone read like a backlog a worker is eating.
-    ``workers`` includes children heartbeating alone (their supervisor gone), which still
-    drain their queues. With no live worker at all, the workers line says so instead."""
-    if not workers:
-        return []
-    served = {q for w in workers for q in w.queues}
+def _unserved(stats: list[QueueStats], served: set[str]) -> list[QueueStats]:
+    """The queues that hold tasks while live workers run and none consumes them (none
+    lists them in ``served``): their tasks wait for ever, and their counts alone read like
+    a backlog a worker is eating. With no live worker at all, the workers line says so."""
     return [s for s in stats if (s.ready or s.delayed) and s.queue not in served]
 
 
-def _unserved_notes(unserved: list[QueueStats], workers: list[WorkerInfo]) -> list[str]:
+def _unserved_notes(unserved: list[QueueStats], served: set[str]) -> list[str]:
     """A note per queue :func:`_unserved` found, the first ``_UNSERVED_NAMED`` of them."""
-    served = sorted({q for w in workers for q in w.queues})
-    theirs = ", ".join(served[:_NAMES_SHOWN]) or "none"
-    if len(served) > _NAMES_SHOWN:
-        theirs += f", and {len(served) - _NAMES_SHOWN:,} more"
+    listed = sorted(served)
+    theirs = ", ".join(listed[:_NAMES_SHOWN]) or "none"
+    if len(listed) > _NAMES_SHOWN:
+        theirs += f", and {len(listed) - _NAMES_SHOWN:,} more"
     notes = [
         f"queue {s.queue!r} holds {s.ready:,} ready and {s.delayed:,} delayed task(s) and no "
         f"live worker consumes it (theirs: {theirs}): start one with -Q {shlex.quote(s.queue)}, "
@@ -460,15 +458,16 @@ def purge(obj: Context, queue: str, yes: bool) -> None:
 
     Example: celeriac purge emails --yes
     """
+    if not yes and not sys.stdin.isatty():
+        raise ConfigurationError(f"refusing to purge queue {queue!r} without --yes")
+    every = obj.app.broker.stats()  # for the question, and the note on an unknown queue
     if not yes:
-        if not sys.stdin.isatty():
-            raise ConfigurationError(f"refusing to purge queue {queue!r} without --yes")
-        counts = next((s for s in obj.app.broker.stats() if s.queue == queue), None)
+        counts = next((s for s in every if s.queue == queue), None)
         held = f" ({counts.ready:,} ready, {counts.delayed:,} delayed)" if counts else ""
         click.confirm(printable(f"Delete every waiting task in queue {queue!r}{held}?"), abort=True)
     count = obj.app.broker.purge(queue)
     click.echo(printable(f"purged {count} task(s) from queue {queue}"))  # a name is data
-    known = sorted(s.queue for s in obj.app.broker.stats())
+    known = sorted(s.queue for s in every)
     if queue not in known:  # a typo at 3 a.m. should not look like an empty queue
         listed = escape(
             printable(
