@@ -6,7 +6,6 @@ import base64
 import codecs
 import contextlib
 import datetime as dt
-import difflib
 import shlex
 import sys
 import time
@@ -24,6 +23,7 @@ from celeriac.cli.main import (
     Context,
     Seconds,
     cli,
+    closest,
     did_you_mean,
     err,
     out,
@@ -697,10 +697,10 @@ def _tasks_hint(obj: Context, task_name: str) -> str:
         return ""
     # Counted among the newest only: "(10 letters)" read as all of them when there were more.
     capped = counts.total() >= _HINT_READS
-    close = difflib.get_close_matches(task_name, list(counts), n=1, cutoff=0.6)
+    close = closest(task_name, counts)
     if close:
         among = f" among the newest {_HINT_READS:,}" if capped else ""
-        return f"; did you mean {close[0]!r} ({counts[close[0]]:,} letter(s){among})?"
+        return f"; did you mean {close!r} ({counts[close]:,} letter(s){among})?"
     listed = ", ".join(f"{name} ({n:,})" for name, n in counts.most_common(5))
     newest = f"newest {_HINT_READS:,}" if capped else "newest"
     return f"; the {newest} dead letters are of {listed}"

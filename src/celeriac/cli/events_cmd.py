@@ -11,7 +11,7 @@ from fnmatch import fnmatchcase
 import click
 import msgspec
 
-from celeriac.cli.main import Context, cli
+from celeriac.cli.main import Context, cli, misspelt
 from celeriac.errors import BrokerConnectionError
 from celeriac.event_feed import EventFeed
 from celeriac.middleware.events import EVENT_TYPES, STREAM, Event
@@ -151,15 +151,8 @@ def _did_you_mean(typed: Sequence[str], names: set[str]) -> str:
         >>> _did_you_mean(["shop.*"], {"shop.charge"})
         ''
     """
-    import difflib  # a typo's path only
-
-    for name in typed:
-        if "*" in name or name in names:
-            continue
-        close = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
-        if close:
-            return printable(f" (did you mean {close[0]!r}?)")
-    return ""
+    found = misspelt(typed, names)
+    return printable(f" (did you mean {found[1]!r}?)") if found else ""
 
 
 def _no_events_note(sent: bool, follow: bool) -> str:

@@ -10,7 +10,7 @@ import math
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
@@ -571,10 +571,40 @@ def did_you_mean(name: str, app: Celeriac) -> str:
         >>> did_you_mean("shop.tasks.send_welcom", app)
         " (did you mean 'shop.tasks.send_welcome'?)"
     """
+    close = closest(name, app.tasks, cutoff=0.8)
+    return f" (did you mean {close!r}?)" if close else ""
+
+
+def closest(name: str, names: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The one of ``names`` closest to ``name``, when it is close enough to be the one
+    meant (a queue, a task name typed at 3 a.m.), else None.
+
+    Example:
+        >>> closest("emials", ["emails", "default"]), closest("x", ["emails"])
+        ('emails', None)
+    """
     import difflib  # a typo's path only
 
-    close = difflib.get_close_matches(name, list(app.tasks), n=1, cutoff=0.8)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    close = difflib.get_close_matches(name, sorted(names), n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def misspelt(patterns: Iterable[str], names: Collection[str]) -> tuple[str, str] | None:
+    """The first of ``--task`` ``patterns`` that is a plain name (no ``*``) none of
+    ``names`` is, with the name it is close to: `--task shop.chrage` read as "no such
+    task ran" or "none waiting".
+
+    Example:
+        >>> misspelt(["shop.*", "shop.chrage"], {"shop.charge", "shop.refund"})
+        ('shop.chrage', 'shop.charge')
+    """
+    for pattern in patterns:
+        if "*" in pattern or pattern in names:
+            continue
+        close = closest(pattern, names)
+        if close:
+            return pattern, close
+    return None
 
 
 #: ``-l/--loglevel`` for every command that runs a long-lived process.

@@ -4,7 +4,6 @@ to run, or how many of each task, and their ids for ``celeriac revoke -``."""
 from __future__ import annotations
 
 import base64
-import difflib
 import shlex
 import sys
 import time
@@ -20,7 +19,7 @@ from rich.table import Table
 
 from celeriac.brokers.base import Broker
 from celeriac.brokers.records import PEEK_BYTES, PEEK_LIMIT, QueueStats, Waiting
-from celeriac.cli.main import NAME, Context, cli, err, out, print_json
+from celeriac.cli.main import NAME, Context, cli, closest, err, misspelt, out, print_json
 from celeriac.control import is_revoke_mark
 from celeriac.message import content_type, peek_identity, ready_at
 from celeriac.text import cut, duration, printable
@@ -139,7 +138,8 @@ def peek(
     # Filtered, counted or cut to the rows with an id, all that one read holds is needed.
     read = broker.peek(queue, PEEK_LIMIT if tasks or by_task or ids else lines)
     view = _View(queue, stats, read, tasks)
-    matching = [s for s in (_Seen(w, now) for w in read) if _matches(s.task, tasks)]
+    seen = [_Seen(w, now) for w in read]
+    matching = [s for s in seen if _matches(s.task, tasks)]
     if by_task:
         _mark_revoked(broker, matching)
         _print_counts(view, matching, as_json=as_json)
@@ -155,7 +155,7 @@ def peek(
     else:
         _print_list(view, chosen, now)
     if not chosen and not as_json:
-        _suggest(view, [_Seen(w, now).task for w in read])
+        _suggest(view, seen)
 
 
 class _View:
@@ -195,14 +195,14 @@ def _stats_of(broker: Broker, queue: str) -> QueueStats:
     if stats is not None:
         return stats
     known = sorted(s.queue for s in every)
-    close = difflib.get_close_matches(queue, known, n=1, cutoff=0.6)
+    close = closest(queue, known)
     listed = ", ".join(known[:_NAMES_SHOWN]) or "none yet"
     if len(known) > _NAMES_SHOWN:
         listed += f", and {len(known) - _NAMES_SHOWN:,} more (celeriac status)"
     raise click.BadParameter(
         printable(
             f"no queue {queue!r} has been used on this broker"
-            + (f"; did you mean {close[0]!r}?" if close else "")
+            + (f"; did you mean {close!r}?" if close else "")
             + f" (queues: {listed})"
         ),
         param_hint="'QUEUE'",
@@ -352,13 +352,10 @@ def _print_counts(view: _View, chosen: list[_Seen], *, as_json: bool) -> None:
     _shown().print(table)
 
 
-def _suggest(view: _View, names: list[str]) -> None:
+def _suggest(view: _View, seen: list[_Seen]) -> None:
     """Did you mean, for a --task that matched none of the names read: `--task
     shop.reindx` read as an empty queue."""
-    plain = [t for t in view.tasks if "*" not in t]
-    known = sorted(set(names) - {_UNREAD, _PICKLED})
-    for typed in plain:
-        close = difflib.get_close_matches(typed, known, n=1, cutoff=0.6)
-        if close:
-            said = f"note: no task {typed!r} read; did you mean {close[0]!r}?"
-            err.print(escape(printable(said)))
+    found = misspelt(view.tasks, {s.task for s in seen} - {_UNREAD, _PICKLED})
+    if found:
+        said = f"note: no task {found[0]!r} read; did you mean {found[1]!r}?"
+        err.print(escape(printable(said)))
