@@ -60,9 +60,12 @@ class _Entry:
     lease_deadline: float = 0.0
 
 
-def _fetch_order(entry: _Entry) -> tuple[int, float, int]:
-    """Highest priority first, then the oldest: the order a fetch takes ready entries."""
-    return -entry.priority, entry.due, entry.seq
+def _peek_order(entry: _Entry) -> tuple[int, bool, float, int]:
+    """The order the next fetches take ready entries: highest priority first, then the
+    oldest; an entry whose lease ran out after the ready ones of its priority (its reclaim
+    makes it due now), by deadline."""
+    lapsed = entry.token is not None
+    return -entry.priority, lapsed, entry.lease_deadline if lapsed else entry.due, entry.seq
 
 
 def _settle(waiter: asyncio.Future[bytes], result: bytes) -> None:
@@ -576,13 +579,10 @@ class MemoryBroker(Broker):
         with self._lock:
             now = time.time()
             mine = [e for e in self._entries.values() if e.queue == queue]
-            # A lapsed lease is reclaimed due now: after every ready entry of its priority.
-            ready = sorted((e for e in mine if e.token is None and e.due <= now), key=_fetch_order)
-            lapsed = sorted(
-                (e for e in mine if e.token is not None and e.lease_deadline <= now),
-                key=lambda e: (-e.priority, e.lease_deadline, e.seq),
+            ready = sorted(
+                (e for e in mine if (e.lease_deadline if e.token else e.due) <= now),
+                key=_peek_order,
             )
-            ready = sorted(ready + lapsed, key=lambda e: -e.priority)  # stable: keeps both
             later = sorted(
                 (e for e in mine if e.token is None and e.due > now), key=lambda e: (e.due, e.seq)
             )

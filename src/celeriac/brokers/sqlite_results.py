@@ -207,13 +207,14 @@ class SQLiteResults:
             (queue, now, limit),
         )
         first = sorted(ready + lapsed, key=lambda row: (-row[2], row[5], row[6], row[7]))
-        later = self._read(
-            "SELECT id, body, priority, deliveries, due FROM messages WHERE queue = ? AND "
-            "token IS NULL AND due > ? ORDER BY due, seq LIMIT ?",
-            (queue, now, limit),
-        )
-        rows = [row[:5] for row in first] + later
-        return within_bytes([Waiting(*row) for row in rows[:limit]])
+        rows = [row[:5] for row in first[:limit]]
+        if len(rows) < limit:  # the delayed only when the ready ones leave room
+            rows += self._read(
+                "SELECT id, body, priority, deliveries, due FROM messages WHERE queue = ? "
+                "AND token IS NULL AND due > ? ORDER BY due, seq LIMIT ?",
+                (queue, now, limit - len(rows)),
+            )
+        return within_bytes([Waiting(*row) for row in rows])
 
     def purge(self, queue: str) -> int:
         """Delete ready and delayed messages of ``queue``."""
