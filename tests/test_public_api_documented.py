@@ -80,9 +80,13 @@ NOT_SHOWN = {
     # The worker side of the control streams: a worker calls these to read revocations
     # and answer broadcasts; a user has no reason to (see tests/test_readme_journey.py).
     "celeriac.control.is_revoke_mark",
+    "celeriac.control.has_revoke_mark",
     "celeriac.control.read_revocations",
     "celeriac.control.read_revocations_counted",
     "celeriac.control.reply",
+    # live_workers's filter, for `status`, which has read the heartbeats already; a user
+    # calls live_workers.
+    "celeriac.control.supervisors",
 }
 # Of those, the ones whose docstrings need no Example either (same reason).
 NO_EXAMPLE = {
