@@ -469,6 +469,39 @@ def test_a_rate_limit_given_per_call_applies(app: Celeriac) -> None:
     assert stats.delayed == 2
 
 
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"rate_limit": "1/m"}, "rate limit 1/m of task {name}"),
+        ({"limit": "smtp"}, "rate limit 'smtp' (1/m)"),
+        (
+            {"rate_limit": "1/m", "rate_limit_key": lambda n: f"tenant-{n % 2}"},
+            "rate limit 1/m of task {name} (rate_limit_key 'tenant-0')",
+        ),
+    ],
+)
+def test_a_deferral_names_the_limit_as_the_task_gives_it(
+    options: dict[str, Any], says: str
+) -> None:
+    # The reason (in events, logs and the stored outcome) read "rate limit rate:task:x",
+    # the broker's key, which the operator never wrote.
+    app = Celeriac("review-limit-names", broker="memory://", limits={"smtp": "1/m"})
+
+    @app.task(**options)
+    def notify(n: int) -> None:
+        del n
+
+    notify.delay(0), notify.delay(2)
+    executor = Executor(app, "w")
+    outcomes = []
+    for delivery in app.broker.fetch(["default"], "w", limit=2, lease_seconds=30, timeout=0):
+        job, skip = executor.prepare(delivery)
+        assert skip is None
+        outcomes.append(executor.execute(job))
+    assert [o.state for o in outcomes] == ["SUCCESS", "DEFERRED"]
+    assert outcomes[1].reason == says.format(name=notify.name)
+
+
 # -- revokes -----------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import base64
 import codecs
 import contextlib
 import datetime as dt
+import re
 import shlex
 import sys
 import time
@@ -18,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from celeriac.brokers import redacted
+from celeriac.brokers.records import MADE_UP_ID
 from celeriac.cli.main import (
     NAME,
     Context,
@@ -576,11 +578,16 @@ def shown_id(task_id: str) -> str:
 
 def given_ids(ids: Sequence[str]) -> list[str]:
     """The ids typed on the command line, each also read back from :func:`shown_id`'s
-    escaped form when it has a backslash.
+    escaped form when it has a backslash, and ``raw-7`` or ``x00raw-7`` also as the id
+    ``\\x00raw-7`` that Redis gives bytes pushed by hand.
+
+    An unquoted ``\\x00raw-7`` reaches the command as ``x00raw-7`` (the shell eats the
+    backslash), and ``raw-7`` is how the id reads once the terminal hid its zero byte:
+    both said "no dead letter" of a letter listed a line above.
 
     Example:
-        >>> given_ids(["order-42", "\\\\x00raw-7"])
-        ['order-42', '\\\\x00raw-7', '\\x00raw-7']
+        >>> given_ids(["order-42", "\\\\x00raw-7", "x00raw-8"])
+        ['order-42', '\\\\x00raw-7', '\\x00raw-7', 'x00raw-8', '\\x00raw-8']
     """
     out = []
     for task_id in ids:
@@ -588,7 +595,14 @@ def given_ids(ids: Sequence[str]) -> list[str]:
         if "\\" in task_id and task_id.isascii():  # shown_id escapes to ASCII
             with contextlib.suppress(UnicodeError):  # not an escaped id: as typed only
                 out.append(codecs.decode(task_id, "unicode_escape"))
+        made_up = _MADE_UP_TYPED.fullmatch(task_id)
+        if made_up:
+            out.append(MADE_UP_ID + made_up.group(1))
     return list(dict.fromkeys(out))
+
+
+#: ``\\x00raw-7`` as typed without its zero byte: ``raw-7``, or ``x00raw-7`` unquoted.
+_MADE_UP_TYPED = re.compile(r"(?:x00)?raw-(\d+)")
 
 
 # What `dlq show` prints of a body unless --full: a dead letter of a megabyte printed 2.4 MB

@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from celeriac.errors import BrokerError, ConfigurationError
 from celeriac.middleware.base import Job, Middleware, Outcome, call_options, option_error
@@ -65,6 +65,17 @@ def parse_rate(text: str) -> tuple[int, float]:
     if limit <= 0:
         raise ConfigurationError(f"rate limit {text!r} must be positive")
     return limit, period
+
+
+class _Limiter(NamedTuple):
+    """One task's limit: the broker key it is counted under (shared by every version of
+    celeriac on the broker, so never renamed), how it reads in logs and events, and its
+    rate (``limit`` starts per ``period`` seconds)."""
+
+    key: str
+    label: str  # "rate limit 10/m of task shop.mail": "rate:task:shop.mail" told no one much
+    limit: int
+    period: float
 
 
 class RateLimit(Middleware):
@@ -117,13 +128,14 @@ app's limits setting (it has: 'smtp'), got 'smpt'
         if limiter is None:
             return None
         try:
-            return self._apply(job, *limiter)
+            return self._apply(job, limiter)
         except BrokerError as exc:
-            return _unreachable(job, limiter[0], exc)
+            return _unreachable(job, limiter.label, exc)
 
-    def _apply(self, job: Job, key: str, limit: int, period: float) -> Outcome | None:
+    def _apply(self, job: Job, limiter: _Limiter) -> Outcome | None:
         """Reserve (once) and admit: None to run now, else the Outcome to settle."""
         assert job.task is not None and job.message is not None
+        key, limit, period = limiter.key, limiter.limit, limiter.period
         broker, message = job.task.app.broker, job.message
         # The window admission counts over is kept this much longer than the period: the
         # task's first line runs a little after its admission, and must obey the limit too.
@@ -135,7 +147,7 @@ app's limits setting (it has: 'smtp'), got 'smpt'
             # before the window had room, by a gap that grew with every period, and the late
             # ones all woke again together at each opening (most were deferred again,
             # some dozens of times). The second guard absorbs a start that runs late.
-            waiting = self._reserve(job, key, limit / (period + 2 * guard))
+            waiting = self._reserve(job, limiter, limit / (period + 2 * guard))
             if waiting is not None:
                 return waiting
         # Phase 2: admit at the real start time. Starts can run late by a few ms (fetch
@@ -145,7 +157,7 @@ app's limits setting (it has: 'smtp'), got 'smpt'
             asked = time.monotonic()
             wait = broker.rate_admit(key, limit, period + guard)
             if wait > 0:
-                return self._defer(job, wait, key)
+                return self._defer(job, wait, limiter.label)
             if time.monotonic() - asked <= guard / 2:
                 break
             # The admission was recorded up to that long before now (a slow commit, a
@@ -162,15 +174,16 @@ app's limits setting (it has: 'smtp'), got 'smpt'
         # will not run.
         self._later: dict[str, float] = {}
 
-    def _reserve(self, job: Job, key: str, per_second: float) -> Outcome | None:
+    def _reserve(self, job: Job, limiter: _Limiter, per_second: float) -> Outcome | None:
         """Reserve the next free slot: None to start now, else the Outcome to settle."""
         assert job.task is not None and job.message is not None
+        key = limiter.key
         expires = job.message.expires
         if expires is not None and self._later.get(key, 0.0) >= expires:
             # No slot before its expiry: reserved, one would push every later task back
             # by a slot nobody uses (a backlog of 100 such tasks at 1/m made a fresh task
             # wait 100 minutes).
-            return _expires_first(job, self._later[key], key)
+            return _expires_first(job, self._later[key], limiter.label)
         # A slot past its expiry is not reserved, by any process: a task that would only
         # expire waiting for it must not push every later task back by one slot (each
         # worker process spent one such slot per backlog, before it learnt the next one).
@@ -179,11 +192,11 @@ app's limits setting (it has: 'smtp'), got 'smpt'
         slot = time.time() + wait
         if wait > max_wait:
             self._seen_slot(key, slot)  # not reserved, but no later slot comes before it
-            return _expires_first(job, slot, key)
+            return _expires_first(job, slot, limiter.label)
         if wait <= 0.001:
             return None
         self._seen_slot(key, slot)
-        return self._defer(job, wait, key)
+        return self._defer(job, wait, limiter.label)
 
     def _seen_slot(self, key: str, slot: float) -> None:
         later = self._later
@@ -194,7 +207,7 @@ app's limits setting (it has: 'smtp'), got 'smpt'
         if len(later) < _LATER_KEPT or key in later:
             later[key] = max(slot, later.get(key, 0.0))
 
-    def _defer(self, job: Job, wait: float, key: str) -> Outcome:
+    def _defer(self, job: Job, wait: float, label: str) -> Outcome:
         message = job.message
         assert message is not None
         message.options[_SLOT] = time.time() + wait
@@ -202,10 +215,10 @@ app's limits setting (it has: 'smtp'), got 'smpt'
             "DEFERRED",
             delay=wait,
             body=job.task.app.codec.encode(message, like=job.delivery.body) if job.task else None,
-            reason=f"rate limit {key}",
+            reason=label,
         )
 
-    def _limiter(self, job: Job) -> tuple[str, int, float] | None:
+    def _limiter(self, job: Job) -> _Limiter | None:
         assert job.task is not None and job.request is not None and job.message is not None
         opts = job.task.options.extra
         sent = job.message.options
@@ -222,18 +235,20 @@ app's limits setting (it has: 'smtp'), got 'smpt'
                 raise ConfigurationError(
                     f"its limit {name!r} is not in this worker's limits setting (it has: {known})"
                 )
-            key = f"rate:limit:{name}"
+            key, label = f"rate:limit:{name}", f"rate limit {name!r} ({rate})"
         elif opts.get("rate_limit") is not None:
             rate, key = opts["rate_limit"], f"rate:task:{job.task.name}"
+            label = f"rate limit {rate} of task {job.task.name}"
         else:
             return None
         split: Callable[..., Any] | None = opts.get("rate_limit_key")
         if split is not None:
-            key += ":" + str(split(*job.request.args, **job.request.kwargs))
-        return (key, *parse_rate(rate))
+            part = str(split(*job.request.args, **job.request.kwargs))
+            key, label = f"{key}:{part}", f"{label} (rate_limit_key {part!r})"
+        return _Limiter(key, printable(label), *parse_rate(rate))
 
 
-def _expires_first(job: Job, slot: float, key: str) -> Outcome:
+def _expires_first(job: Job, slot: float, label: str) -> Outcome:
     """EXPIRED now, for a task whose expiry comes before the first slot its limiter can
     give it: it would only wait in the broker to expire there, unrun."""
     message = job.message
@@ -242,7 +257,7 @@ def _expires_first(job: Job, slot: float, key: str) -> Outcome:
     return Outcome(
         "EXPIRED",
         reason=(
-            f"rate limit {key} has no free slot before its expiry (it expires in "
+            f"{label} has no free slot before its expiry (it expires in "
             f"{seconds(max(message.expires - now, 0.0))}, the next slot is in "
             f"{seconds(slot - now)}), "
             "so it could not start in time"
@@ -250,20 +265,20 @@ def _expires_first(job: Job, slot: float, key: str) -> Outcome:
     )
 
 
-def _unreachable(job: Job, key: str, exc: BrokerError) -> Outcome:
+def _unreachable(job: Job, label: str, exc: BrokerError) -> Outcome:
     """DEFERRED, not a run: the broker that keeps the limiter did not answer. The hook's
     error used to be logged and skipped like any other, so during a broker outage (a
     failover, a restart) every task a child held ran at once, with no limit at all."""
     log.warning(
-        "task %s: its rate limit %s could not be checked (%s); it is not run unlimited but "
+        "task %s: its %s could not be checked (%s); it is not run unlimited but "
         "put back and checked again in %gs. If this repeats, check that the broker is "
         "reachable",
         job.label,
-        printable(key),
+        label,
         exc,
         _UNREACHABLE_DELAY,
     )
-    return Outcome("DEFERRED", delay=_UNREACHABLE_DELAY, reason=f"rate limit {key}: {exc}")
+    return Outcome("DEFERRED", delay=_UNREACHABLE_DELAY, reason=f"{label}: {exc}")
 
 
 def _misconfigured(job: Job, exc: Exception) -> Outcome:
