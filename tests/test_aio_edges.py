@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 import uuid
 from collections import Counter
@@ -19,6 +20,8 @@ from typing import Any
 import pytest
 
 from celeriac import Celeriac, SoftTimeLimitExceeded, Task
+from celeriac.control import revoke
+from celeriac.middleware import Job, Middleware, Outcome, default_middleware
 from celeriac.testing import wait_for
 from tests.apps.core import record
 from tests.conftest import ROOT, Ledger, WorkerProcesses
@@ -32,7 +35,17 @@ APP = "tests.test_aio_edges"
 PYTHONPATH = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)
 ENV = {"PYTHONPATH": PYTHONPATH}
 
-app = Celeriac("aio-edges")
+
+class RecordsSkippedHooks(Middleware):
+    """Writes the thread that told the middleware of a task this worker does not run."""
+
+    def after_execute(self, job: Job, outcome: Outcome) -> Outcome:
+        if job.task is None:
+            record("skipped", job.delivery.id, f"{outcome.state}:{threading.current_thread().name}")
+        return outcome
+
+
+app = Celeriac("aio-edges", middleware=[*default_middleware(), RecordsSkippedHooks()])
 
 
 @app.bound_task(soft_time_limit=0.2, time_limit=30)
@@ -164,3 +177,24 @@ def test_max_tasks_per_child_is_not_overshot(
     per_child = Counter(pid for _, pid in _starts(ledger))
     assert sorted(per_child.values()) == [2, 2, 2, 2], (per_child, workers.log_text())
     assert proc.poll() is None
+
+
+def test_the_revoke_read_of_a_task_it_does_not_run_is_made_off_the_loop(
+    edges_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # Made while reading the message, on the loop's thread: a slow broker stalled every
+    # coroutine of the child for that read, and the hooks it tells (Canvas writes chord
+    # counts) ran there too. "not registered; putting it back" was logged all the same.
+    typo = edges_app.send_task("shop.not.deployed")
+    revoke(edges_app, typo.id)
+    later = edges_app.send_task("shop.deployed.tomorrow")  # put back, and said so
+    workers.start("-P", "asyncio", "-c", "4", app=APP, env=ENV)
+    assert wait_for(lambda: typo.state == "REVOKED", timeout=20), workers.log_text()
+    said = f"shop.deployed.tomorrow[{later.id}] is not registered"
+    assert wait_for(lambda: said in workers.log_text(), timeout=20), workers.log_text()
+    assert wait_for(lambda: any(p[0] == "skipped" for p in ledger.lines()), timeout=10)
+    ((_, task_id, _pid, _at, told),) = [p for p in ledger.lines() if p[0] == "skipped"]
+    state, thread = told.split(":")
+    assert (task_id, state) == (typo.id, "REVOKED")
+    assert thread.startswith("celeriac-io"), thread  # was MainThread: the loop's
+    assert workers.log_text().count("not registered") == 1

@@ -121,6 +121,7 @@ class AsyncioChild(Child, BackgroundWork):
         loop.set_default_executor(threads)
         loop.set_task_factory(self._make_task)
         executor = Executor(self.app, self.spec.worker_id)
+        executor.revoke_reads_later = True  # a broker call: in _process, off the loop
         running: set[asyncio.Task[None]] = set()
         # A first record, empty: the supervisor tells a child that never wrote one, stuck
         # before it could consume (celeriac.worker.stuck), from an idle one.
@@ -322,6 +323,8 @@ class AsyncioChild(Child, BackgroundWork):
             self.slot.hand(0, delivery.lease.id, delivery.lease.token)
             job, outcome = executor.prepare(delivery)
             self._jobs[me] = job
+            if outcome is not None:  # a task it does not run: is it revoked? (one read)
+                outcome = await self._off_loop(self._io, executor.unless_revoked, job, outcome)
             if outcome is None:
                 # Its commit too: what waits for one is listed as started, and counted if a
                 # task that must run alone kills the child meanwhile (see worker.turns).

@@ -14,7 +14,7 @@ import os
 import shlex
 import time
 import traceback
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from celeriac.brokers.records import MADE_UP_ID, Delivery
 from celeriac.codec import UntrustedMessage
@@ -48,6 +48,9 @@ class Reading:
     worker_id: str
     contain_exits: bool
     _oversized_said: float
+    #: Leave the revoke read of an unknown task to :meth:`unless_revoked`: the asyncio
+    #: pool reads on its loop's thread, where a broker call would stall every task.
+    revoke_reads_later: bool = False
 
     # -- preparing ----------------------------------------------------------------------
 
@@ -380,15 +383,60 @@ class Reading:
 
     def _revoked(self, job: Job) -> bool:
         """Whether the task has a revoke mark: one read, on this rare path only. A broker
-        error is no: the message is put back and asked about again at its next delivery."""
+        error is no: the message is put back and asked about again at its next delivery.
+        With :attr:`revoke_reads_later`, no now: the job is marked for
+        :meth:`unless_revoked`."""
+        if self.revoke_reads_later:
+            job.context[_REVOKE_READ_DUE] = True
+            return False
+        return self._has_revoke_mark(job)
+
+    def _has_revoke_mark(self, job: Job) -> bool:
         try:
             return has_revoke_mark(self.app.broker, job.delivery.id)
         except BrokerError:
             return False
 
+    def unless_revoked(self, job: Job, outcome: Outcome) -> Outcome:
+        """``outcome``, or REVOKED when :meth:`prepare` left the revoke read of a task this
+        worker does not run to this call (see :attr:`revoke_reads_later`) and it has a
+        revoke mark. A blocking call: the asyncio pool makes it in a thread.
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> from celeriac.control import revoke
+            >>> from celeriac.worker.executor import Executor
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> revoke(app, app.send_task("not.deployed").id)
+            >>> executor = Executor(app, "doc-worker")
+            >>> executor.revoke_reads_later = True
+            >>> fetch = app.broker.fetch
+            >>> (delivery,) = fetch(["default"], "w", limit=1, lease_seconds=9, timeout=0)
+            >>> job, outcome = executor.prepare(delivery)
+            >>> outcome.state, executor.unless_revoked(job, outcome).state
+            ('DEFERRED', 'REVOKED')
+        """
+        if not job.context.pop(_REVOKE_READ_DUE, False):
+            return outcome
+        warning = job.context.pop(_WARNING_DUE, None)
+        if self._has_revoke_mark(job):
+            return self._revoked_unknown(job)
+        if warning is not None:
+            log.warning(*warning)
+        return outcome
+
+    def _warn(self, job: Job, *args: Any) -> None:
+        """``log.warning(*args)``, or when the job's revoke read is still due, at
+        :meth:`unless_revoked` unless it finds a revoke ("putting it back", then dropped)."""
+        if job.context.get(_REVOKE_READ_DUE):
+            job.context[_WARNING_DUE] = args
+        else:
+            log.warning(*args)
+
     def _defer_unknown(self, job: Job, stamped: bytes | None) -> Outcome:
         conf = self.app.conf
-        log.warning(
+        self._warn(
+            job,
             "task %s is not registered in this worker; putting it back for %gs so a worker "
             "that knows it can take it (dead-lettered after %gs). Deploy the code that defines "
             "it, or, if it must not run, revoke it (celeriac revoke %s; many: celeriac peek "
@@ -422,7 +470,8 @@ class Reading:
                     f"task_unknown_max_age={conf.task_unknown_max_age:g}s"
                 ),
             )
-        log.warning(
+        self._warn(
+            job,
             "%s Putting it back for %gs so an upgraded worker can take it (dead-lettered "
             "after %gs).",
             printable(str(exc)),
@@ -543,6 +592,12 @@ def ordinal(n: int) -> str:
     if 10 <= n % 100 <= 20:
         return f"{n}th"
     return f"{n}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th') }"
+
+
+#: Job.context key: the revoke read :meth:`Reading.unless_revoked` is to make.
+_REVOKE_READ_DUE = "celeriac.revoke_read_due"
+#: Job.context key: the warning prepare had for the log, said once that read found no revoke.
+_WARNING_DUE = "celeriac.warning_due"
 
 
 def _unknown_note(task_name: str) -> str:
