@@ -418,6 +418,55 @@ def test_a_chord_sent_again_under_its_id_after_forget_joins_afresh(app: Celeriac
     assert app.broker.join_values(join_key("report-1:h")) == {}  # dropped once the body went
 
 
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: group([add.s(1, 1).set(task_id="x"), add.s(2, 2).set(task_id="x")]),
+        lambda: chord([add.s(1, 1).set(task_id="x"), add.s(2, 2).set(task_id="x")], collect.s()),
+        lambda: chain(add.s(1, 1).set(task_id="x"), add.s(2).set(task_id="x"), identity.s()),
+        lambda: chord([add.s(1, 1).set(task_id="x")], collect.s().set(task_id="x")),
+        lambda: chord([add.s(1, 1)], collect.s()).set(task_id="x") | add.s(1).set(task_id="x"),
+    ],
+    ids=["group", "chord header", "chain", "chord body and member", "chain and chord"],
+)
+def test_two_tasks_of_one_workflow_under_one_id_are_refused(
+    app: Celeriac, build: Callable[[], Signature]
+) -> None:
+    # The second send of an id is a no-op: the group gave the first member's result for
+    # both, and the chord's body or the chain's next step was never sent (stuck for ever).
+    with pytest.raises(ValueError, match=r"task id 'x' is given to two tasks of this workflow"):
+        build().apply_async()
+    assert app.broker.stats() == [] or [s.ready for s in app.broker.stats()] == [0]
+
+
+def test_a_new_chord_whose_members_have_ids_of_earlier_tasks_is_refused(app: Celeriac) -> None:
+    # Members under business keys, sent again in a new chord once one had failed: none ran
+    # again, and the new chord's body was never sent, with nothing queued or running.
+    first = chord([add.s(i, i).set(task_id=f"resize-{i}") for i in range(3)], collect.s())
+    assert first.apply_async().id
+    run(app)
+    again = chord([add.s(i, i).set(task_id=f"resize-{i}") for i in range(3)], collect.s())
+    with pytest.raises(ValueError, match=r"3 task id\(s\) of this workflow belong to tasks sent"):
+        again.apply_async()
+    assert [s.ready for s in app.broker.stats()] == [0]  # nothing sent
+    # One id forgotten: still refused, naming the two left.
+    AsyncResult("resize-1", app).forget()
+    with pytest.raises(ValueError, match=r"2 task id\(s\) .* \('resize-0', 'resize-2'; "):
+        again.apply_async()
+    # The same chord sent again under its own id is left as it is, as any send of an id.
+    named = chord([add.s(i, 10).set(task_id=f"crop-{i}") for i in range(2)], collect.s())
+    handle = named.set(task_id="album-7").apply_async()
+    run(app)
+    assert named.set(task_id="album-7").apply_async().id == handle.id == "album-7"
+    run(app)
+    assert handle.get(timeout=1) == [10, 11]
+    # And with fresh ids, the members run again.
+    fresh = chord([add.s(i, i).set(task_id=f"resize-{i}-b") for i in range(3)], collect.s())
+    handle = fresh.apply_async()
+    run(app)
+    assert handle.get(timeout=1) == [0, 2, 4]
+
+
 def test_a_step_whose_result_is_not_json_is_named_by_the_next_step_s_error(app: Celeriac) -> None:
     # It read "cannot send task <next>: positional argument 0 (object) is not
     # JSON-serializable ... Pass simple values": an argument the next step was never given.

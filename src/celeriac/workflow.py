@@ -19,7 +19,7 @@ from celeriac.message import Message, encode_message, new_task_id
 from celeriac.middleware.canvas import Canvas as CanvasMiddleware
 from celeriac.middleware.flow import Flow, Node
 from celeriac.options import NO_LIMIT_SECONDS, UNBOUNDED
-from celeriac.result import AsyncResult
+from celeriac.result import AsyncResult, group_key
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -58,7 +58,11 @@ def send(
             extra.update(normalized(key, value))
         node = {**node, "options": {**node.get("options", {}), **extra}}
     frozen = freeze(node, new_task_id())
+    _check_unique_ids(frozen)
     result = result_of(app, frozen)
+    given = _given_ids(node)
+    if given and _grouped(frozen):
+        _check_ids_unused(app, frozen, result.id, given)
     _save_group(app, frozen, result)  # before sending: `celeriac result ID` finds it at once
     flow = Flow(app)
     flow.apply(frozen)
@@ -243,18 +247,87 @@ def task_ids(node: Node) -> list[str]:
         >>> task_ids(freeze(flow, "w1"))
         ['w1:s0', 'w1']
     """
+    return [task_id for task_id, _ in _tasks(node)]
+
+
+def _tasks(node: Node) -> list[tuple[str, str]]:
+    """(id, task name) of every task a frozen node runs, in order."""
     kind = node["kind"]
     if kind == "task":
-        return [node["options"]["task_id"]]
+        return [(node["options"]["task_id"], node["task"])]
     if kind == "chain":
-        return [i for step in node["steps"] for i in task_ids(step)]
+        return [t for step in node["steps"] for t in _tasks(step)]
     if kind == "group":
-        return [i for member in node["members"] for i in task_ids(member)]
-    return [*task_ids(node["header"]), *task_ids(node["body"])]
+        return [t for member in node["members"] for t in _tasks(member)]
+    return [*_tasks(node["header"]), *_tasks(node["body"])]
+
+
+def _check_unique_ids(frozen: Node) -> None:
+    """Refuse two tasks of one workflow under one id (given with ``.set(task_id=...)``): an
+    id is sent once, so the second never ran, and the workflow waited for ever for it or
+    gave the first task's result for both."""
+    seen: dict[str, str] = {}
+    for task_id, name in _tasks(frozen):
+        if task_id in seen:
+            raise ValueError(
+                f"task id {task_id!r} is given to two tasks of this workflow ({seen[task_id]} "
+                f"and {name}): an id is sent once, so the workflow would wait for ever for "
+                "the other. Give each task its own id, or leave task_id unset (each task's "
+                "id is then made from the workflow's)."
+            )
+        seen[task_id] = name
+
+
+def _given_ids(node: Node) -> list[str]:
+    """The ids given to the tasks and pieces inside a workflow (not to the whole: that
+    is the workflow's own id, which may be sent again)."""
+    kind, inside = node["kind"], []
+    if kind == "chain":
+        inside = node["steps"]
+    elif kind == "group":
+        inside = node["members"]
+    elif kind == "chord":
+        inside = [node["header"], node["body"]]
+    given = []
+    for piece in inside:
+        task_id = piece.get("options", {}).get("task_id")
+        given += ([task_id] if task_id else []) + _given_ids(piece)
+    return given
+
+
+def _check_ids_unused(app: Celeriac, frozen: Node, saved_as: str, given: list[str]) -> None:
+    """Refuse a group or chord sent for the first time whose tasks have ids given to
+    tasks sent before (a chord sent again under a new id, its members under fixed ids):
+    those sends are no-ops, so their results never reached this workflow, and its body
+    never ran. Sent again under its own id, a workflow is left as it is (not refused)."""
+    (saved,) = app.broker.kv_get([group_key(saved_as)])
+    if saved is not None:
+        return  # this workflow was sent before: sending it again is a no-op, as a task's
+    ids = [task_id for task_id in task_ids(frozen) if task_id in set(given)]
+    used = [i for i, stored in zip(ids, app.broker.get_results(ids), strict=True) if stored]
+    if used:
+        shown = ", ".join(repr(i) for i in used[:5]) + (" ..." if len(used) > 5 else "")
+        raise ValueError(
+            f"{len(used)} task id(s) of this workflow belong to tasks sent before, which "
+            f"have a result ({shown}; see celeriac result ID): sent again they do not run, "
+            "so this workflow would wait for ever for them. Give its tasks ids of their own "
+            "(e.g. with the workflow's id in them), or leave task_id unset; to run the old "
+            "tasks again, forget their results first (AsyncResult(id).forget())."
+        )
+
+
+def _grouped(node: Node) -> bool:
+    """Whether a frozen workflow is a group or chord (maybe a chain's last step), saved
+    under its handle's id by :func:`_save_group`."""
+    while node["kind"] == "chain":
+        node = node["steps"][-1]
+    return node["kind"] in ("group", "chord")
 
 
 def _save_group(app: Celeriac, node: Node, result: Result) -> None:
     # Groups and chords are found again by id alone (`celeriac result ID --wait`).
+    if not _grouped(node):
+        return
     while node["kind"] == "chain":
         node = node["steps"][-1]
     if isinstance(result, GroupResult):
