@@ -245,6 +245,31 @@ def test_link_on_a_signature_gets_the_result(app: Celeriac) -> None:
 # -- group -----------------------------------------------------------------------------
 
 
+def test_a_callback_that_is_no_signature_is_refused_where_it_is_given(app: Celeriac) -> None:
+    # Taken, it failed at send with "'str' object has no attribute 'to_dict'".
+    with pytest.raises(TypeError, match=r"link\(\) takes a signature, .* got 'oops' \(str\)"):
+        add.s(1, 1).link("oops")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"link_error\(\) takes a signature, .*\(builtin_"):
+        chain(add.s(1, 1), identity.s()).link_error(print)  # type: ignore[arg-type]
+
+
+def test_an_empty_group_says_it_is_empty(app: Celeriac) -> None:
+    # It said "group() knows no app: build its signatures from tasks".
+    with pytest.raises(ValueError, match=r"group\(\) has no members, .* \(if ids: group"):
+        group(add.s(i, i) for i in []).apply_async()
+
+
+def test_completed_count_counts_the_members_that_succeeded_as_celery_s(app: Celeriac) -> None:
+    # It counted every finished member: after revoking 10 of 12, code ported from Celery
+    # that reports "N succeeded" read 12.
+    g = group([add.s(1, 1), boom.s(), add.s(2, 2), group([add.s(3, 3), boom.s()])])
+    handle = g.apply_async()
+    assert isinstance(handle, GroupResult)
+    handle.results[2].revoke()
+    run_queued(app, fail_fast=False)
+    assert handle.ready() and handle.completed_count() == 1
+
+
 def test_group_results_get_aget_and_completed_count(app: Celeriac) -> None:
     g = group(add.s(i, i) for i in range(5)).apply_async()
     assert isinstance(g, GroupResult) and len(g) == 5

@@ -129,7 +129,7 @@ class Canvas(Generic[ResultT_co]):
 
         A chain's callback gets the chain's result; a group's gets the list of results.
         """
-        self.callbacks.append(callback)
+        self.callbacks.append(_callback("link", callback))
         return self
 
     def link_error(self, errback: Canvas) -> Self:
@@ -138,7 +138,7 @@ class Canvas(Generic[ResultT_co]):
         The errback's first argument is an error dict: the ``id`` and ``task`` that failed
         (in a chain, the step that failed), and the error's ``type`` and ``message``.
         """
-        self.errbacks.append(errback)
+        self.errbacks.append(_callback("link_error", errback))
         return self
 
     def __or__(self, other: Canvas[LastT]) -> Chain[LastT]:
@@ -199,6 +199,12 @@ class Canvas(Generic[ResultT_co]):
 
     def _require_app(self) -> Celeriac:
         app = self.app
+        if app is None and isinstance(self, Group) and not self.members:
+            raise ValueError(
+                "group() has no members, so it knows no app to send with (and there is "
+                "nothing to send): skip the send when the list is empty "
+                "(if ids: group(...).apply_async())"
+            )
         if app is None:
             raise ConfigurationError(
                 f"{self!r} knows no app: build its signatures from tasks (add.s(...)) or "
@@ -596,3 +602,14 @@ def _pieces(items: tuple[object, ...]) -> list[Canvas]:
 
 def _first_app(pieces: Iterable[Canvas]) -> Celeriac | None:
     return next((p.app for p in pieces if p.app is not None), None)
+
+
+def _callback(where: str, callback: object) -> Canvas:
+    """``callback`` if it is a signature (or any workflow): anything else was taken, then
+    failed at send with "'str' object has no attribute 'to_dict'"."""
+    if not isinstance(callback, Canvas):
+        raise TypeError(
+            f"{where}() takes a signature, such as task.s(...), got {callback!r} "
+            f"({type(callback).__name__})"
+        )
+    return callback
