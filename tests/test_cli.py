@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -62,6 +63,22 @@ def test_many_more_child_processes_than_cpus_is_a_warning(caplog: pytest.LogCapt
 def test_module_without_an_app_says_so() -> None:
     code, output = invoke("-A", "tests.test_message", "worker")
     assert code == 1 and "has no Celeriac app" in output
+
+
+def test_a_worker_that_could_not_read_its_own_messages_does_not_start(tmp_path: Path) -> None:
+    # It started, then dead-lettered every message as "malformed ... fix the producer".
+    (tmp_path / "serialized.py").write_text(
+        "from celeriac import Celeriac\n"
+        f"app = Celeriac('serialized', broker='sqlite:///{tmp_path}/q.db')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "CELERIAC_ACCEPT_CONTENT": '["msgpack"]'}
+    for command in (["worker", "-c", "1"], ["check"]):
+        argv = [sys.executable, "-m", "celeriac", "-A", "serialized", *command]
+        done = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 1, done.stderr
+        assert "task_serializer=json is not in accept_content=['msgpack']" in done.stderr
 
 
 def test_worker_needs_an_app() -> None:

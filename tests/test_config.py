@@ -76,6 +76,16 @@ def test_environment_mistakes_name_the_variable(caplog: pytest.LogCaptureFixture
     assert "CELERIAC_TEST_LEDGER" not in caplog.text  # not near any setting: not ours
 
 
+def test_a_serializer_no_codec_has_is_refused_where_it_is_set() -> None:
+    # Found at each message: a worker started, then dead-lettered every message it read as
+    # malformed, telling to fix the producer.
+    with pytest.raises(ConfigurationError, match=r"SERIALIZER: setting task_serializer: 'yaml' is"):
+        Settings.from_environment({"CELERIAC_TASK_SERIALIZER": "yaml"})
+    with pytest.raises(ConfigurationError, match=r"accept_content: 'yml' is no serializer; use"):
+        Settings.from_environment({"CELERIAC_ACCEPT_CONTENT": '["json", "yml"]'})
+    assert Settings(task_serializer="msgpack", accept_content=["msgpack"]).accept_content
+
+
 def test_broker_argument_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Celeriac("x").conf.broker_url == "sqlite:///celeriac.db"
     assert Celeriac("x", broker="memory://").conf.broker_url == "memory://"

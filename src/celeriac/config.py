@@ -303,11 +303,32 @@ def _check_text(name: str, value: Any) -> None:
     problem = queue_name_problem(value) if name == "task_default_queue" else ""
     if problem:
         raise ConfigurationError(f"setting {name} must be {problem}, got {cut(repr(value), 80)}")
+    if name in ("task_serializer", "accept_content"):
+        _check_serializers(name, value)
     choices = _CHOICES.get(name)
     if choices and str(value).upper() not in choices:
         raise ConfigurationError(
             f"setting {name} must be one of {', '.join(c.lower() for c in choices)}, got {value!r}"
         )
+
+
+def _check_serializers(name: str, value: Any) -> None:
+    """Refuse a serializer no codec has: found at each message, a worker started, then
+    dead-lettered every message it read as malformed, telling to fix the producer.
+
+    Example:
+        >>> Settings(accept_content=["json", "yml"])
+        Traceback (most recent call last):
+        celeriac.errors.ConfigurationError: setting accept_content: 'yml' is no serializer; \
+use json, msgpack or pickle
+    """
+    from celeriac.codec import SERIALIZERS
+
+    for given in [value] if isinstance(value, str) else value:
+        if given not in SERIALIZERS:
+            raise ConfigurationError(
+                f"setting {name}: {given!r} is no serializer; use json, msgpack or pickle"
+            )
 
 
 def _warn_if_misspelt(key: str, name: str) -> None:

@@ -40,6 +40,7 @@ def check(obj: Context, as_json: bool, export_to: Path | None, against: Path | N
     """
     if obj.app_path is None:
         raise ConfigurationError("check needs your tasks: celeriac -A MODULE check")
+    obj.app.codec  # noqa: B018 - a task_serializer outside accept_content fails here too
     if export_to is not None:
         export_to.write_text(json.dumps(manifest.build(obj.app), indent=2) + "\n")
         click.echo(f"wrote {len(obj.app.tasks)} task(s) to {export_to}")

@@ -106,6 +106,8 @@ def worker(
     concurrency = concurrency or default_concurrency(app, cpus)
     warn_if_many_processes(pool, concurrency, cpus.count)
     warn_of_soft_limits_that_never_fire(app)
+    # task_serializer outside accept_content fails here, not at every message it reads.
+    app.codec  # noqa: B018 - built for what it checks
     if not with_beat:
         sys.exit(Worker(app, names, concurrency, pool).run())
     from celeriac.beat import SchedulerProcess
