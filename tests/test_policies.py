@@ -13,7 +13,9 @@ import pytest
 from celeriac import BrokerConnectionError, Celeriac, Reject, Retry, Task
 from celeriac.brokers.memory import MemoryBroker
 from celeriac.brokers.records import Lease, Outgoing
+from celeriac.errors import TaskExpired
 from celeriac.middleware.events import STREAM
+from celeriac.middleware.expiry import expired_key
 from celeriac.retry import RetryPolicy
 from celeriac.testing import run_queued
 from celeriac.worker.aio import AsyncioChild
@@ -125,6 +127,23 @@ def test_unknown_task_is_dead_lettered_after_its_max_age(app: Celeriac) -> None:
     run_queued(app, include_delayed=True)
     (letter,) = app.broker.dead_letters()
     assert letter.reason.startswith("unknown task")
+
+
+def test_an_expired_task_no_worker_knows_expires_not_put_back(app: Celeriac) -> None:
+    # Put back every task_unknown_retry_delay, then dead-lettered after task_unknown_max_age
+    # (a periodic tick of a mistyped task: one more each tick), where a worker that knew
+    # the task would have expired it.
+    app.conf.task_unknown_retry_delay = 0.2
+    gone = app.send_task("shop.not.deployed", expires=0.05)
+    kept = app.send_task("shop.not.deployed.yet", expires=60)
+    time.sleep(0.1)
+    run_queued(app)
+    assert gone.state == "EXPIRED" and kept.state == "PENDING"
+    (stats,) = app.broker.stats()
+    assert (stats.ready, stats.delayed, stats.dead) == (0, 1, 0)
+    assert len(app.broker.join_values(expired_key(stats.queue))) == 1  # status: expired today
+    with pytest.raises(TaskExpired, match=r"expired .* before a worker started it"):
+        gone.get(timeout=1)
 
 
 def test_a_revoked_task_no_worker_knows_is_dropped_not_put_back(app: Celeriac) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from celeriac.message import Message
 from celeriac.middleware.base import Job, Middleware, Outcome
 from celeriac.text import seconds
 
@@ -26,28 +27,36 @@ class Expiry(Middleware):
 
     def before_execute(self, job: Job) -> Outcome | None:
         """Return an EXPIRED outcome when the message's expiry is in the past."""
-        message = job.message
-        if message is not None and message.expires is not None and message.expires < time.time():
-            late = time.time() - message.expires
-            if not message.retries:
-                return Outcome(
-                    "EXPIRED", reason=f"expired {seconds(late)} before a worker started it"
-                )
-            # A retry that came up too late: it did run, and failed. "Before a worker
-            # started it" told its caller it never ran, and hid the error it failed with.
-            first = message.options.get("first_error")
-            return Outcome(
-                "EXPIRED",
-                reason=(
-                    f"expired {seconds(late)} before a worker started retry {message.retries}; "
-                    "its earlier runs failed" + (f" (first error: {first})" if first else "")
-                ),
-            )
-        return None
+        return expired(job.message) if job.message is not None else None
 
     def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
-        """Count a committed expiry."""
-        if outcome.state == "EXPIRED" and committed and job.task is not None:
-            job.task.app.broker.join_add(
-                expired_key(job.delivery.queue), job.delivery.id, b"", _COUNT_TTL
-            )
+        """Count a committed expiry (of a task this worker does not know too)."""
+        app = job.task.app if job.task is not None else job.app
+        if outcome.state == "EXPIRED" and committed and app is not None:
+            app.broker.join_add(expired_key(job.delivery.queue), job.delivery.id, b"", _COUNT_TTL)
+
+
+def expired(message: Message) -> Outcome | None:
+    """EXPIRED, saying how late, when ``message``'s expiry has passed; else None.
+
+    Example:
+        >>> expired(Message(id="t1", task="shop.mail", expires=time.time() - 90)).state
+        'EXPIRED'
+        >>> expired(Message(id="t2", task="shop.mail", expires=time.time() + 90)) is None
+        True
+    """
+    if message.expires is None or message.expires >= time.time():
+        return None
+    late = time.time() - message.expires
+    if not message.retries:
+        return Outcome("EXPIRED", reason=f"expired {seconds(late)} before a worker started it")
+    # A retry that came up too late: it did run, and failed. "Before a worker started it"
+    # told its caller it never ran, and hid the error it failed with.
+    first = message.options.get("first_error")
+    return Outcome(
+        "EXPIRED",
+        reason=(
+            f"expired {seconds(late)} before a worker started retry {message.retries}; "
+            "its earlier runs failed" + (f" (first error: {first})" if first else "")
+        ),
+    )

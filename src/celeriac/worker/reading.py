@@ -29,6 +29,7 @@ from celeriac.message import (
     storable_text,
 )
 from celeriac.middleware.base import Job, Outcome
+from celeriac.middleware.expiry import expired
 from celeriac.middleware.verdicts import Verdicts, verdict_key
 from celeriac.task import Request, unimportable_note, unimported_note
 from celeriac.text import cut, error_text, error_type, printable
@@ -334,6 +335,12 @@ class Reading:
         conf = self.app.conf
         if self._revoked(job):
             return self._revoked_unknown(job)
+        late = expired(message)
+        if late is not None:
+            # Expired waiting for a worker that knows it: it was put back every
+            # task_unknown_retry_delay, then dead-lettered, where any worker that knew it
+            # would have expired it (a periodic tick of a mistyped task: one more each tick).
+            return self.app.middleware.after_execute(job, late)
         if len(message.task) > NAME_SHOWN:
             # No task has such a name (a registered one of any length still runs). Put back
             # for task_unknown_max_age, it wrote its whole name in a log line per deferral.
