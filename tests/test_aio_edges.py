@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from celeriac import Celeriac, SoftTimeLimitExceeded, Task
+from celeriac import Celeriac, SoftTimeLimitExceeded, Task, TimeLimitExceeded
 from celeriac.control import revoke
 from celeriac.middleware import Job, Middleware, Outcome, default_middleware
 from celeriac.testing import wait_for
@@ -82,6 +82,20 @@ async def cleans_up_and_returns(self: Task[Any, Any]) -> str:
         await asyncio.sleep(10)
     except asyncio.CancelledError:  # its soft limit: it may clean up and return
         return "cleaned up"
+    return "slept"
+
+
+@app.bound_task(soft_time_limit=20, time_limit=30)
+async def blocks_the_loop(self: Task[Any, Any], seconds: float) -> str:
+    record("start", self.request.id)
+    time.sleep(seconds)  # the point: it blocks the loop past the other task's hard limit
+    return "returned"
+
+
+@app.bound_task(soft_time_limit=1, time_limit=2)
+async def waits_its_turn(self: Task[Any, Any]) -> str:
+    record("start", self.request.id)
+    await asyncio.sleep(10)
     return "slept"
 
 
@@ -198,3 +212,23 @@ def test_the_revoke_read_of_a_task_it_does_not_run_is_made_off_the_loop(
     assert (task_id, state) == (typo.id, "REVOKED")
     assert thread.startswith("celeriac-io"), thread  # was MainThread: the loop's
     assert workers.log_text().count("not registered") == 1
+
+
+def test_a_hard_limit_passed_while_another_task_blocks_the_loop_kills_for_the_blocker(
+    edges_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # Blamed on the task past its hard limit (which could not run, nor its soft limit
+    # fire), the child was killed for it and the blocker put back as innocent: it blocked
+    # the next child's loop too, while the first was settled there with its verdict, and
+    # the child was killed again for that one; the blocker ran 4 to 7 times.
+    victim = waits_its_turn.delay()
+    blocker = blocks_the_loop.delay(6)  # queued together: one fetch takes both
+    workers.start("-P", "asyncio", "-c", "3", app=APP, env=ENV)
+    with pytest.raises(TimeLimitExceeded, match=r"blocked the event loop of its asyncio child"):
+        blocker.get(timeout=60)
+    # Put back, it ran again in the next child, where its own soft limit fired.
+    with pytest.raises(SoftTimeLimitExceeded):
+        victim.get(timeout=60)
+    # (The victim may not have reached its first line in the first child.)
+    assert Counter(i for i, _ in _starts(ledger))[blocker.id] == 1, workers.log_text()
+    assert f"while task {blocks_the_loop.name}[{blocker.id}] blocked" in workers.log_text()

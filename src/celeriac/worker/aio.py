@@ -59,7 +59,7 @@ from celeriac.worker.child import EXIT_RECYCLE, Child, ChildSpec, current_rss, l
 from celeriac.worker.crash_loop import EXIT_START_FAILED
 from celeriac.worker.executor import Executor, exit_if_forked, outcome_for
 from celeriac.worker.reading import error_info
-from celeriac.worker.slot import Held, Slot
+from celeriac.worker.slot import Held, Slot, hand_mark
 from celeriac.worker.soft_limits import thread_soft_limit
 from celeriac.worker.task_threads import TaskThreads
 from celeriac.worker.turns import LoopTurns
@@ -260,6 +260,7 @@ class AsyncioChild(Child, BackgroundWork):
         while not stop.wait(_BLOCKED_AFTER / 4):
             turn = self._loop_turned
             if reported and turn != reported:
+                self.slot.block(0)  # (the loop empties it too, at its next turn)
                 log.warning(
                     "child %d: the event loop runs again after %.1fs, blocked by %s",
                     os.getpid(),
@@ -271,6 +272,10 @@ class AsyncioChild(Child, BackgroundWork):
             if reported or stalled < _BLOCKED_AFTER:
                 continue
             reported, blocker = turn, self._blocker(loop)
+            current = asyncio.current_task(loop)
+            job = self._jobs.get(current) if current is not None else None
+            if job is not None:  # the supervisor blames it, not a task it holds up
+                self.slot.block(hand_mark(job.delivery.id, job.delivery.lease.token))
             where = _where(sys._current_frames().get(loop_thread))
             log.warning(
                 "child %d: %s has blocked the event loop for %.1fs: the other %d task(s) of "
@@ -485,6 +490,7 @@ class AsyncioChild(Child, BackgroundWork):
         while True:
             await asyncio.sleep(_SLOT_FLUSH)
             self._loop_turned = time.monotonic()  # the loop turns: the watchdog's sign of life
+            self.slot.block(0)  # whatever blocked it no longer does
             if self._dirty:
                 self._write_slot()
 

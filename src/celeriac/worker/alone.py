@@ -183,3 +183,20 @@ def killed_verdict(held: Held, state: str) -> bytes:
             f"task {held.task}[{held.id}] ran past its hard time limit ({limit:g}s) and was killed"
         )
     return msgspec.json.encode(Verdict(state, error_info(exc)))
+
+
+def blocked_loop_verdict(held: Held) -> bytes:
+    """The verdict recorded for a task that blocked its asyncio child's event loop until
+    another task of the child passed its hard limit: FAILURE, TimeLimitExceeded.
+
+    Example:
+        >>> blocked_loop_verdict(Held("t1", "q", "x", "shop.sync", 1.0))[:30]
+        b'{"state":"FAILURE","error":{"t'
+    """
+    exc = TimeLimitExceeded(
+        f"task {held.task}[{held.id}] blocked the event loop of its asyncio child until "
+        "another task's hard time limit passed, and the child was killed. A blocking call "
+        "in an async def (time.sleep, a sync HTTP or database client, CPU-heavy work) stops "
+        "every task of the child: await an async client, or use asyncio.to_thread"
+    )
+    return msgspec.json.encode(Verdict("FAILURE", error_info(exc)))

@@ -14,9 +14,9 @@ import threading
 import time
 
 from celeriac.worker.descendants import Started, kill_tree, words
-from celeriac.worker.reaping import ChildState
+from celeriac.worker.reaping import BLOCKED_LOOP, ChildState
 from celeriac.worker.remote import Remote
-from celeriac.worker.slot import Held, SlotView
+from celeriac.worker.slot import Held, SlotView, hand_mark
 
 log = logging.getLogger("celeriac.worker")
 
@@ -79,6 +79,10 @@ class HardLimits:
                 )
                 return
             if running.hard_deadline and now > running.hard_deadline:
+                blocker = _blocker(view, child.slot.blocker())
+                if blocker is not None and blocker.id != running.id:
+                    self._kill_for_blocker(child, blocker, running)
+                    return
                 pid, started = child.pid, self._kill_for(child, running, "FAILURE")
                 log.error(
                     "task %s passed its hard time limit; killed child %d%s%s",
@@ -91,8 +95,35 @@ class HardLimits:
                 )
                 return
 
+    def _kill_for_blocker(self, child: ChildState, blocker: Held, victim: Held) -> None:
+        """Kill an asyncio child for the task that blocks its loop, when another task
+        passed its hard limit meanwhile: that one could not run (nor its soft limit fire).
+        Blamed on the first task past its limit, the blocker was put back as innocent,
+        blocked the next child's loop too, and the victim was killed for again at each
+        delivery (the blocker ran 4 to 7 times)."""
+        pid, started = child.pid, self._kill_for(child, blocker, BLOCKED_LOOP)
+        log.error(
+            "task %s passed its hard time limit while task %s blocked the event loop; "
+            "killed child %d%s for %s, which ends FAILURE (its other running tasks will be "
+            "delivered again). A blocking call in an async def task stops every task of "
+            "its child: await an async client, or use asyncio.to_thread",
+            victim.label,
+            blocker.label,
+            pid,
+            words(started),
+            blocker.label,
+        )
+
     def _kill_for(self, child: ChildState, running: Held, state: str) -> list[Started]:
         """Kill the child (and what its tasks started, see :mod:`.descendants`) because
         of ``running``; return the processes killed under it."""
         child.killed_for = (running, state)
         return kill_tree(child.pid)
+
+
+def _blocker(view: SlotView, mark: int) -> Held | None:
+    """The started task whose hand mark the child's watchdog wrote as blocking its
+    event loop (:meth:`.Slot.block`), if it still holds it."""
+    if not mark:
+        return None
+    return next((h for h in view.held if h.started and hand_mark(h.id, h.token) == mark), None)

@@ -28,7 +28,7 @@ import msgspec
 
 from celeriac.brokers.records import Lease
 from celeriac.middleware.verdicts import verdict_key
-from celeriac.worker.alone import killed_verdict
+from celeriac.worker.alone import blocked_loop_verdict, killed_verdict
 from celeriac.worker.broken import EXIT_TASK_CLOSED_DESCRIPTORS, closed_descriptors_verdict
 from celeriac.worker.crash_loop import EXIT_START_FAILED, ChildDeaths
 from celeriac.worker.death_notes import death_key, death_note
@@ -43,6 +43,9 @@ log = logging.getLogger("celeriac.worker")
 #: Why a task is settled by a verdict, beside FAILURE (its hard limit) and REVOKED: its
 #: child exited after it closed the child's descriptors (see .broken).
 CLOSED_DESCRIPTORS = "CLOSED"
+#: ... and: it blocked its asyncio child's event loop until another task's hard limit
+#: passed (see .hard_limits).
+BLOCKED_LOOP = "BLOCKED"
 
 
 class ChildState(msgspec.Struct):
@@ -238,6 +241,8 @@ class Reaping:
         """
         if state == CLOSED_DESCRIPTORS:
             verdict = closed_descriptors_verdict(held)
+        elif state == BLOCKED_LOOP:
+            verdict = blocked_loop_verdict(held)
         else:
             verdict = killed_verdict(held, state)
         broker = self.app.broker

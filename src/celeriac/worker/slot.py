@@ -24,6 +24,11 @@ Beside the hands, a *beat*: eight bytes a child changes every time it goes round
 with nothing in hand (before each idle fetch, and every tenth of a second while it waits
 out a broker outage). An idle child's record stays the same; its beat tells the supervisor
 it still loops (:mod:`celeriac.worker.stuck`).
+
+And a *blocker*: eight bytes an asyncio child sets, from its watchdog thread, to the hand
+mark of the task that blocks its event loop, and empties when the loop turns again
+(:meth:`Slot.block`). A task past its hard limit while another blocks the loop is a victim:
+the supervisor kills the child for the blocker (:mod:`celeriac.worker.hard_limits`).
 """
 
 from __future__ import annotations
@@ -131,8 +136,9 @@ class Slot:
         self._hands_at = size - hands * _HAND.size
         beat_at = self._hands_at - 8
         self._beat_word = memoryview(self._mem)[beat_at : beat_at + 8].cast("Q")
+        self._blocker_word = memoryview(self._mem)[beat_at - 8 : beat_at].cast("q")
         self._beats = 0
-        self._room = beat_at - _HEADER_SIZE
+        self._room = beat_at - 8 - _HEADER_SIZE
         self._seq = 0
         self._lock = threading.Lock()  # the child's writers; the supervisor never writes
         self._overflowed = False  # the last write left records out (logged once per spell)
@@ -235,6 +241,23 @@ class Slot:
         self._beats += 1
         self._beat_word[0] = self._beats
 
+    def block(self, mark: int) -> None:
+        """Say that the task of hand mark ``mark`` (:func:`hand_mark`) blocks the child's
+        event loop, or 0 that none does (child side, from any thread): one 8-byte store.
+
+        Example:
+            >>> s = Slot()
+            >>> s.block(hand_mark("t1", "x"))
+            >>> s.blocker() == hand_mark("t1", "x")
+            True
+        """
+        self._blocker_word[0] = mark
+
+    def blocker(self) -> int:
+        """The hand mark of the task that blocks the child's event loop, 0 for none
+        (supervisor side)."""
+        return int(self._blocker_word[0])
+
     def in_hand(self) -> set[int]:
         """The hand marks (:func:`hand_mark`) of every consumer's hand (supervisor side)."""
         return {
@@ -266,6 +289,6 @@ class Slot:
     def clear(self) -> None:
         """Forget everything (before a fresh child takes this slot)."""
         self._seq = self._beats = 0
-        self._seq_word[0] = self._beat_word[0] = 0
+        self._seq_word[0] = self._beat_word[0] = self._blocker_word[0] = 0
         _LENGTH.pack_into(self._mem, 8, 0)
         self._mem[self._hands_at :] = bytes(self._hands * _HAND.size)
