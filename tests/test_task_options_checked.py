@@ -274,6 +274,30 @@ def test_a_start_time_already_here_is_sent_as_due_now(local: Celeriac) -> None:
     assert job.message((), countdown=0.5).eta is not None  # a real delay keeps its eta
 
 
+def test_an_expiry_given_per_call_counts_from_now_as_the_readme_says(local: Celeriac) -> None:
+    # It counted from the countdown: expires=5 with countdown=3 expired at +8 s (a task
+    # sent to give up within 5 s ran at +6.5 s), and expires=2 with countdown=6 was taken
+    # and ran at +6 s.
+    import datetime as dt
+
+    @local.task(name="shop.job", expires=300)
+    def job() -> None: ...
+
+    before = time.time()
+    for expires in (5, dt.timedelta(seconds=5)):
+        message = job.message((), countdown=3, expires=expires)
+        assert message.expires is not None and message.eta is not None
+        assert before + 5 <= message.expires <= time.time() + 5 + 0.001, expires
+    later = job.message((), countdown=3)  # the task's own expiry: from its due time
+    assert later.expires is not None and later.eta is not None
+    assert later.expires >= later.eta + 300 - 0.001
+    with pytest.raises(ValueError, match=r"expires=2 comes before the task is due \(6s from"):
+        job.apply_async(countdown=6, expires=2)
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+    with pytest.raises(ValueError, match=r"comes before the task is due"):
+        job.apply_async(eta=when, expires=when - dt.timedelta(seconds=1))
+
+
 def test_a_per_call_time_limit_may_be_a_timedelta(local: Celeriac) -> None:
     import datetime as dt
 

@@ -37,7 +37,7 @@ from celeriac.options import (
     wire_limit,
 )
 from celeriac.retry import DEFAULT_MAX_RETRIES
-from celeriac.text import cut
+from celeriac.text import cut, seconds
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -505,7 +505,7 @@ function is add(x, y)
         elif expires == UNBOUNDED:
             expires_at = None
         else:
-            expires_at = to_ms(absolute_time(expires, due or now, "expires", self.name))
+            expires_at = to_ms(_expiry_given(expires, now, due, self.name))
         if conf.routing is not None:  # what the call and the task leave open: task_routes
             queue, priority = self._routed(
                 conf.routing, queue, priority, args=args, kwargs=kwargs, extra=extra
@@ -847,3 +847,30 @@ def unimportable_note(task_name: str) -> str:
 
 
 explain_celerys_names(Task)  # app.control and the like: what to use instead
+
+
+def _expiry_given(
+    expires: float | dt.datetime | dt.timedelta, now: float, due: float | None, task: str
+) -> float:
+    """An expiry given per call as a Unix time: seconds from now, as the README and
+    Celery say. Counted from the countdown, ``expires=5`` with ``countdown=3`` ran at
+    +6.5 s. (The task's and the app's expiry count from the due time: a default shorter
+    than a countdown would expire every delayed task unrun.) One before the task is due
+    is refused: the task could never run.
+
+    Example:
+        >>> now = 1_800_000_000.0
+        >>> _expiry_given(5, now, now + 3, "shop.add") - now
+        5.0
+        >>> _expiry_given(2, now, now + 6, "shop.add")
+        Traceback (most recent call last):
+        ValueError: task shop.add: expires=2 comes before the task is due (6s from now), ...
+    """
+    at = absolute_time(expires, now, "expires", task)
+    if due is not None and at <= due:
+        raise ValueError(
+            f"task {task}: expires={expires!r} comes before the task is due "
+            f"({seconds(due - now)} from now), so it would expire unrun; give an expiry "
+            "after its countdown or eta (expires counts from now)"
+        )
+    return at
