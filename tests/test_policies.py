@@ -379,6 +379,35 @@ def test_an_oversized_error_of_a_retry_is_stored_cut_in_its_retry_state(app: Cel
     assert "cut: the error's result" in stored[0].decode()
 
 
+def test_arguments_that_do_not_fit_say_another_version_may_have_sent_them(app: Celeriac) -> None:
+    # "process() missing 1 required positional argument: 'order'" (an older producer, from
+    # before a rename) and "takes 1 positional argument but 2 were given" (a newer one)
+    # said nothing of a deploy; the dropped keyword's warning said "sent by newer code?".
+    from celeriac import ArgumentsRefused
+
+    @app.task(autoretry_for=(Exception,), max_retries=3)
+    def process(order: int) -> int:
+        return order
+
+    @app.task
+    def buggy(order: int) -> int:
+        return len(order)  # type: ignore[arg-type]  # its own TypeError
+
+    renamed = app.send_task(process.name, kwargs={"order_id": 5})
+    added = app.send_task(process.name, args=[5, "express"])
+    own = buggy.delay(5)
+    run_queued(app, fail_fast=False)
+    with pytest.raises(ArgumentsRefused, match=r"cannot take the arguments it was sent: missing a"):
+        renamed.get(timeout=1)
+    with pytest.raises(ArgumentsRefused, match=r"too many positional arguments; the function is"):
+        added.get(timeout=1)
+    assert "sent by code of another version" in str(added.result)
+    assert [s.delayed for s in app.broker.stats()] == [0]  # no retry: it fails every time
+    with pytest.raises(TypeError, match=r"has no len\(\)") as raised:
+        own.get(timeout=1)
+    assert not isinstance(raised.value, ArgumentsRefused)
+
+
 def test_strict_kwargs_fails_instead_of_dropping(app: Celeriac) -> None:
     app.conf.task_strict_kwargs = True
 

@@ -740,20 +740,32 @@ class Arguments:
 
     def check(self, task: str, args: Sequence[Any], kwargs: dict[str, Any] | None) -> None:
         """Raise TypeError, naming ``task`` and the signature, if the call cannot work."""
+        problem = self.problem(args, kwargs)
+        if problem is not None:
+            raise TypeError(f"cannot send task {task}: {problem}")
+
+    def problem(self, args: Sequence[Any], kwargs: dict[str, Any] | None) -> str | None:
+        """Why the function cannot be called with these arguments, and its signature;
+        None when it can (or its signature cannot be read).
+
+        Example:
+            >>> def ship(parcel: int, carrier: str) -> None: ...
+            >>> Arguments(ship, bound=False).problem((1, "dhl", 3), {})
+            'too many positional arguments; the function is ship(parcel, carrier)'
+        """
         if self.signature is None:
-            return
+            return None
         given = len(args)
         if not kwargs:
             if self.fewest <= given <= self.most:
-                return
+                return None
         elif self.simple and given <= self.most and self._fits(given, kwargs):
-            return
+            return None
         try:
             self.signature.bind(*args, **(kwargs or {}))
         except TypeError as exc:
-            raise TypeError(
-                f"cannot send task {task}: {exc}; the function is {self.text}"
-            ) from None
+            return f"{exc}; the function is {self.text}"
+        return None
 
     def _fits(self, given: int, kwargs: dict[str, Any]) -> bool:
         keywords, index = self.keywords, self.index

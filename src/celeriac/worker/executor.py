@@ -194,15 +194,26 @@ class Executor(Reading, ResultRecords):
         task, request = job.task, job.request
         assert task is not None and request is not None
         conversions = task.conversions  # None for most tasks: nothing more to do
-        if conversions is None:
-            args = [task, *request.args] if task.bind else request.args
-            return task.fn(*args, **self._accepted_kwargs(task, request.kwargs))
-        # JSON carried bytes, datetimes, tuples... as text and lists: back to the
-        # parameters' annotated types (a value that is not one fails the task here).
-        args, kwargs = conversions.apply(
-            task.name, request.args, self._accepted_kwargs(task, request.kwargs)
-        )
-        return task.fn(*([task, *args] if task.bind else args), **kwargs)
+        kwargs = self._accepted_kwargs(task, request.kwargs)
+        args = request.args
+        if conversions is not None:
+            # JSON carried bytes, datetimes, tuples... as text and lists: back to the
+            # parameters' annotated types (a value that is not one fails the task here).
+            args, kwargs = conversions.apply(task.name, args, kwargs)
+        try:
+            return task.fn(*([task, *args] if task.bind else args), **kwargs)
+        except TypeError as exc:
+            problem = task.arguments.problem(args, kwargs)  # or the task's own TypeError
+            if problem is None:
+                raise
+            # "process() takes 1 positional argument but 2 were given" said nothing of a
+            # producer of another version, the usual cause during a deploy.
+            raise ArgumentsRefused(
+                f"task {task.name} cannot take the arguments it was sent: {problem}. Was it "
+                "sent by code of another version (a producer deployed before or after this "
+                "worker)? Deploy one version of the task, then send it again; `celeriac "
+                "check --against` compares two versions before a deploy"
+            ) from exc
 
     def run_coroutine(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run an ``async def`` task on this process's own event loop.
@@ -255,11 +266,12 @@ class Executor(Reading, ResultRecords):
         if self.app.conf.task_strict_kwargs:
             raise ArgumentsRefused(
                 f"task {task.name} does not accept keyword argument(s) {', '.join(dropped)} "
-                "(task_strict_kwargs is on; sent by newer code?)"
+                "(task_strict_kwargs is on; sent by code of another version?)"
             )
         log.warning(
             "task %s[%s]: dropped keyword argument(s) %s that this version of the "
-            "task does not accept (sent by newer code?)",
+            "task does not accept (sent by code of another version: a newer one that added "
+            "them, or an older one from before a rename?)",
             task.name,
             for_log(_current_id()),
             for_log(", ".join(dropped)),
