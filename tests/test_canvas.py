@@ -503,6 +503,17 @@ def test_a_step_whose_result_is_not_json_is_named_by_the_next_step_s_error(app: 
         f"cannot pass the result of {tasks.unstorable.name}[{r.id}:s0] on to {identity.name}: "
         "a value of type object is not JSON-serializable"
     )
+    # The step not run names the step at fault; it read "not run: <itself> failed earlier".
+    origin = f"{tasks.unstorable.name}[{r.id}:s0] returned a result that could not be passed on"
+    assert f"not run: {origin} earlier in this workflow" in str(r.traceback)
+    big = chain(identity.s("x" * 2000), identity.s()).link_error(errback.s()).apply_async()
+    app.conf.task_payload_max_bytes = 1500
+    run(app)
+    with pytest.raises(PayloadTooLarge):
+        big.get(timeout=1)
+    assert f"not run: {identity.name}[{big.id}:s0] returned a result" in str(big.traceback)
+    error = AsyncResult(f"{big.id}:e0", app).get(timeout=1)
+    assert (error["id"], error["type"]) == (f"{big.id}:s0", "celeriac.errors.PayloadTooLarge")
 
 
 def test_celery_s_chord_header_then_body_spelling_sends_it(app: Celeriac) -> None:

@@ -220,6 +220,9 @@ def test_a_chord_member_revoked_alone_fails_the_body_naming_it(
         f"chord member 1 ({step.name}[{member}]) was revoked: celeriac.errors.TaskRevoked: "
         "revoked before it started"
     )
+    # It read "not run: <member> failed earlier in this workflow".
+    notes = "\n".join(getattr(error, "__notes__", ()))
+    assert f"not run: {step.name}[{member}] was revoked earlier in this workflow" in notes, notes
     assert len(ledger.count("errback")) == 1, ledger.lines()
 
 

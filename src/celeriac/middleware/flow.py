@@ -359,7 +359,12 @@ class Flow:
                 f"{size:,} bytes, over task_payload_max_bytes ({limit:,}). Store large data "
                 "elsewhere and return its id."
             )
-        return {"id": message.id, "task": message.task, "type": kind, "message": text}
+        # Named after the task whose result it is, not the task that was to get it: that
+        # one's outcome, event and errback read "not run: <itself> failed earlier", and the
+        # task at fault showed only as succeeded.
+        parent = self.parent
+        assert parent is not None  # checked only where a worker continues a workflow
+        return {"id": parent.id, "task": parent.task, "type": kind, "message": text, "how": _PASSED}
 
 
 def push_chain(steps: Sequence[Node], then: Sequence[Frame]) -> list[Frame]:
@@ -384,7 +389,7 @@ def public_error(error: dict[str, str]) -> dict[str, str]:
         >>> public_error({"id": "t1", "task": "a", "type": "T", "message": "m", "traceback": "..."})
         {'id': 't1', 'task': 'a', 'type': 'T', 'message': 'm'}
     """
-    return {k: v for k, v in error.items() if k != "traceback"}
+    return {k: v for k, v in error.items() if k not in ("traceback", "how")}
 
 
 def chord_error(index: int, error: dict[str, str], kind: str = "chord") -> dict[str, str]:
@@ -413,6 +418,9 @@ def chord_error(index: int, error: dict[str, str], kind: str = "chord") -> dict[
             f"{error['type']}: {error['message']}"
         ),
         "traceback": error.get("traceback", ""),
+        # What waits for the chord says so too: "not run: <member> failed earlier" was
+        # said of a member that was revoked.
+        "how": what_happened(error),
     }
 
 
@@ -443,8 +451,18 @@ def never_started(error: dict[str, str]) -> dict[str, str]:
 
 
 def what_happened(error: dict[str, str]) -> str:
-    """How the task an error dict names ended, in words: a revoked step did not fail."""
-    return _ENDED.get(error.get("type", ""), "failed")
+    """How the task an error dict names ended, in words: a revoked step did not fail.
+
+    Example:
+        >>> what_happened({"type": "celeriac.errors.TaskRevoked"})
+        'was revoked'
+    """
+    return error.get("how") or _ENDED.get(error.get("type", ""), "failed")
+
+
+#: How a task ended whose result could not be passed on (error dicts' "how"; older
+#: versions ignore it and say "failed").
+_PASSED = "returned a result that could not be passed on"
 
 
 def _encode_entry(entry: dict[str, Any], member: Message | None) -> bytes:
