@@ -824,6 +824,28 @@ def test_celeriac_result_waits_for_a_group_and_a_chord(app: Celeriac) -> None:
     assert code == 1 and "FAILURE" in output and "boom cli" in output
 
 
+def test_celeriac_result_of_a_chord_not_done_says_what_it_waits_on(app: Celeriac) -> None:
+    # It said "PENDING: no result stored ... (queued or running, unknown, or its result
+    # expired)": nothing of the chord, whose header is saved under its id.
+    c = chord([add.s(i, i) for i in range(8)], tsum.s()).apply_async()
+    run_queued(app, max_tasks=1)
+    code, output = invoke("-A", "tests.apps.canvas", "result", c.id)
+    assert code == 0
+    assert (
+        f"PENDING: chord {c.id}: its body runs once its 8 members have finished; 7 task(s)"
+        in output
+    )
+    assert f"{c.id}:h:1, {c.id}:h:2, {c.id}:h:3, {c.id}:h:4, {c.id}:h:5 and 2 more" in output
+    code, output = invoke("-A", "tests.apps.canvas", "result", c.id, "--json")
+    assert json.loads(output)["chord"] == {
+        "members": 8,
+        "waiting_on": [f"{c.id}:h:{i}" for i in range(1, 8)],
+    }
+    run_queued(app, max_tasks=7)  # the members, not the body their last one sent
+    code, output = invoke("-A", "tests.apps.canvas", "result", c.id)
+    assert "all 8 members finished; its body is queued or running" in output
+
+
 # -- the ETL example --------------------------------------------------------------------
 
 

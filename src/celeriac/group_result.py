@@ -178,6 +178,22 @@ class GroupResult:
         found = _read(self.results)
         return sum(1 for member in self.results if _succeeded(member, found))
 
+    def unfinished(self) -> list[str]:
+        """The ids of the group's tasks (nested groups' too) not finished yet, in member
+        order: what a stuck group or chord waits on. One broker round trip.
+
+        Example:
+            >>> from celeriac import Celeriac
+            >>> from celeriac.control import revoke
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> g = GroupResult("g1", [AsyncResult("g1:0", app), AsyncResult("g1:1", app)], app)
+            >>> revoke(app, "g1:0")
+            >>> g.unfinished()
+            ['g1:1']
+        """
+        found = _read(self.results)
+        return [task.id for task in _tasks(self.results) if not _done(task, found)]
+
     def ready(self) -> bool:
         """True when every member finished."""
         found = _read(self.results)

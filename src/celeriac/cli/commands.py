@@ -43,6 +43,7 @@ from celeriac.text import cut, duration, printable
 if TYPE_CHECKING:
     from celeriac import Celeriac
     from celeriac.brokers.records import DeadLetter, QueueStats, WorkerInfo
+    from celeriac.group_result import GroupResult
     from celeriac.message import ErrorInfo, ResultRecord
 
 
@@ -245,6 +246,9 @@ def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool
     stored = obj.app.broker.get_result(task_id)
     summary = only_group.summary() if only_group is not None else None
     record = decode_result(stored[0]) if stored else summary
+    if record is None and group is not None:  # a chord whose body has no result yet
+        _say_chord_pending(task_id, group, as_json)
+        return
     if record is None:
         _say_pending(obj, task_id, as_json)
         return
@@ -395,6 +399,36 @@ def _say_pending(obj: Context, task_id: str, as_json: bool) -> None:
             "unknown, or its result expired; celeriac inspect active lists running ids)",
             markup=False,
         )
+
+
+def _say_chord_pending(chord_id: str, header: GroupResult, as_json: bool) -> None:
+    """PENDING for a chord, with what its body waits on: it read "no result stored ...
+    (queued or running, unknown, or its result expired)", though the header's members are
+    saved under the chord's id, and a stuck chord's missing member was found by hand."""
+    waiting = header.unfinished()
+    if as_json:
+        print_json(
+            {
+                "id": chord_id,
+                "state": "PENDING",
+                "chord": {"members": len(header.results), "waiting_on": waiting},
+            }
+        )
+        return
+    if not waiting:
+        text = (
+            f"PENDING: chord {chord_id}: all {len(header.results):,} members finished; its "
+            "body is queued or running (celeriac result --wait waits for it)"
+        )
+    else:
+        more = f" and {len(waiting) - 5:,} more" if len(waiting) > 5 else ""
+        text = (
+            f"PENDING: chord {chord_id}: its body runs once its {len(header.results):,} "
+            f"members have finished; {len(waiting):,} task(s) have not: "
+            f"{', '.join(waiting[:5])}{more} (celeriac result ID for one; celeriac peek "
+            "QUEUE lists what waits in a queue)"
+        )
+    out.print(printable(text), markup=False, soft_wrap=True)  # ids whole, to copy
 
 
 def _active(worker: WorkerInfo) -> list[Any]:
