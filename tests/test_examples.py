@@ -274,9 +274,9 @@ IN_PROCESS = {
         "ran: 1003 | issue 7 sent to 0 | issue 7 sent to 2000",
     ],
     "workflows.py": [
-        "before: 0 of 3",
+        "before: 0 of 3 waiting on 3",
         "after: 3 ready: True ok: True",
-        "winter failed: True 2",
+        "winter failed: True 1",  # completed_count: the members that succeeded
         "restored: True",
         "album ready: 600 bytes",
         "winter failed: ChordError (image -5 does not exist)",

@@ -7,6 +7,7 @@
     group_result.save()           keep the membership under the group's id (a send of a
     GroupResult.restore(app, id)  group saves it): find the group again in another process
     group_result.completed_count(), .ready(), .successful(), .failed()
+    group_result.unfinished()     the ids of its tasks not finished: what a stuck group waits on
 
 Run it, in this folder:  python workflows.py
 It runs the tasks in this process on the in-memory broker (celeriac.testing.run_queued).
@@ -65,7 +66,7 @@ def main() -> None:
     broken.link(notify_done.s()).link_error(notify_failed.s("winter"))
     bad = broken.apply_async()
 
-    print("before:", sent.completed_count(), "of", len(sent))
+    print("before:", sent.completed_count(), "of", len(sent), "waiting on", len(sent.unfinished()))
     run_queued(app, fail_fast=False)  # the failure is the example's, not the test's
     again = GroupResult.restore(app, group_id)  # in another process: by the id alone
     assert again is not None
