@@ -782,8 +782,13 @@ def test_a_failure_inside_a_nested_chord_fails_the_outer_one(app: Celeriac, ledg
     inner = chord([add.s(1, 1), boom.s("deep")], tsum.s())
     r = chain(chord([inner, add.s(1, 1)], collect.s()), add.s(1)).apply_async()
     run(app)
-    with pytest.raises(ChordError, match="boom deep"):
+    with pytest.raises(ChordError, match="boom deep") as raised:
         r.get(timeout=1)
+    # Member 0 is the inner chord: it read "chord member 0 (<the task inside it>) failed".
+    assert str(raised.value).startswith(
+        "chord member 0 failed: celeriac.errors.ChordError: chord member 1 "
+        f"({boom.name}[{r.id}:s0:h:0:h:1]) failed:"
+    ), raised.value
     assert not ledger.count("callback")
 
 
@@ -844,6 +849,27 @@ def test_celeriac_result_of_a_chord_not_done_says_what_it_waits_on(app: Celeriac
     run_queued(app, max_tasks=7)  # the members, not the body their last one sent
     code, output = invoke("-A", "tests.apps.canvas", "result", c.id)
     assert "all 8 members finished; its body is queued or running" in output
+
+
+def test_replaying_a_dead_lettered_workflow_step_says_its_workflow_stays_ended(
+    app: Celeriac,
+) -> None:
+    # "replayed 1 dead letter(s)", the step ran, and its chain stayed FAILURE: nothing said
+    # that the workflow had ended when the step was dead-lettered.
+    r = chain(add.s(1, 1), rejects.si(), identity.s()).apply_async()
+    alone = rejects.delay()
+    run(app)
+    assert r.state == "FAILURE" and len(app.broker.dead_letters()) == 2
+    code, output = invoke("-A", "tests.apps.canvas", "dlq", "replay", f"{r.id}:s1", alone.id)
+    assert code == 0 and "replayed 2 dead letter(s)" in output
+    assert "note: 1 of them were steps of workflows (a chain, group or chord)" in output
+    assert "their workflows stay as they ended" in output
+    run(app)
+    code, output = invoke("-A", "tests.apps.canvas", "dlq", "replay", "--task", rejects.name)
+    assert "replayed 2" in output and "note: 1 of them were steps" in output
+    run(app)
+    code, output = invoke("-A", "tests.apps.canvas", "dlq", "replay", alone.id)
+    assert "replayed 1" in output and "steps of workflows" not in output
 
 
 # -- the ETL example --------------------------------------------------------------------

@@ -450,6 +450,24 @@ def test_dlq_ids_a_terminal_cannot_show_are_listed_escaped_and_read_back(
         app.broker.close()
 
 
+def test_a_task_revoked_before_any_worker_took_it_reads_so(
+    core_app: Celeriac, broker_url: str
+) -> None:
+    # Right after `celeriac revoke`, `result` showed "task [id]" and "worker -", and the
+    # handle's get() raised "task ?[id] was revoked".
+    from celeriac.errors import TaskRevoked
+
+    r = core.add.delay(1, 2)
+    code, _ = invoke("-b", broker_url, "revoke", r.id)
+    assert code == 0
+    code, output = invoke("-b", broker_url, "result", r.id)
+    assert code == 1 and f"?[{r.id}]" in output and "REVOKED" in output
+    assert re.search(r"revoked +\d{4}-", output), output  # when, not "finished"
+    assert "none took it since: the one that does drops it" in output
+    with pytest.raises(TaskRevoked, match=rf"task {re.escape(core.add.name)}\[{r.id}\] was"):
+        r.get(timeout=1)
+
+
 def test_an_id_of_only_white_space_is_a_usage_error(broker_url: str) -> None:
     # `revoke ' '` said "revoked 1 task(s)"; `result ' '` said PENDING.
     code, output = invoke("-b", broker_url, "revoke", " ")

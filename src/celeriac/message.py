@@ -679,6 +679,39 @@ def peek_identity(raw: bytes) -> tuple[str | None, str | None]:
     return (task_id if isinstance(task_id, str) else None, name if isinstance(name, str) else None)
 
 
+class _Options(msgspec.Struct):
+    """The field :func:`continues_workflow` reads."""
+
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+_options_json = msgspec.json.Decoder(_Options)
+_options_msgpack = msgspec.msgpack.Decoder(_Options)
+
+
+def continues_workflow(raw: bytes) -> bool:
+    """Whether a message, from its own bytes, is a step a workflow continues from (a
+    chain's step, a group's or chord's member): running it sends what comes next. False
+    for bytes that do not say, and for a pickle (never read here).
+
+    Example:
+        >>> continues_workflow(b'{"id": "w:s0", "options": {"canvas": {"then": [{}]}}}')
+        True
+        >>> continues_workflow(b'{"id": "t1", "task": "shop.add"}')
+        False
+    """
+    raw = _unsigned(raw)
+    kind = content_type(raw)
+    if kind == "pickle":
+        return False
+    try:
+        options = (_options_msgpack if kind == "msgpack" else _options_json).decode(raw).options
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return False
+    canvas = options.get("canvas")
+    return isinstance(canvas, dict) and bool(canvas.get("then"))
+
+
 class _Times(msgspec.Struct):
     """The two fields :func:`ready_at` reads; a typed decode skips every other one."""
 

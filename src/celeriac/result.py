@@ -94,7 +94,7 @@ class AsyncResult(Generic[R]):
         if record is None:
             return None
         if record.error is not None:
-            return _rebuild(record, self.id)
+            return _rebuild(record, self.id, self.task_name)
         return record.result if record.state == SUCCESS else record.meta
 
     # Celery's names, for code that moves over: one broker read each, as state and info.
@@ -344,7 +344,7 @@ class AsyncResult(Generic[R]):
             return value
         # The failure as a value with propagate=False: its result field is empty, and a
         # None here read as a task that succeeded and returned None.
-        error = _rebuild(record, self.id)
+        error = _rebuild(record, self.id, self.task_name)
         if propagate:
             raise error
         return error
@@ -549,9 +549,11 @@ def refuse_inside_a_task(awaited: AsyncResult[Any] | GroupResult, call: str) -> 
     )
 
 
-def _rebuild(record: ResultRecord, task_id: str) -> BaseException:
-    """The task's exception as its own type when that type is loaded here, else TaskFailed."""
-    label = f"{record.task or '?'}[{task_id}]"
+def _rebuild(record: ResultRecord, task_id: str, name: str = "") -> BaseException:
+    """The task's exception as its own type when that type is loaded here, else TaskFailed.
+    ``name``: the handle's task name, for a record that names none (a revoke mark: "task
+    ?[id] was revoked" from the handle delay() returned)."""
+    label = f"{record.task or name or '?'}[{task_id}]"
     error = record.error
     if record.state == EXPIRED:
         # The worker's reason says how late, and whether earlier runs (retries) failed.

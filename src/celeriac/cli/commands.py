@@ -34,7 +34,7 @@ from celeriac.cli.main import (
 )
 from celeriac.control import live_workers, supervisors
 from celeriac.errors import ConfigurationError
-from celeriac.message import decode_result, ready_at
+from celeriac.message import continues_workflow, decode_result, ready_at
 from celeriac.middleware.expiry import expired_key
 from celeriac.options import queue_name_problem
 from celeriac.result import FINAL_STATES, AsyncResult
@@ -271,11 +271,19 @@ def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool
         sys.exit(1)
 
 
+#: The worker of a revoked task no worker has taken since.
+_UNTAKEN = "- (none took it since: the one that does drops it)"
+
+
 def _record_table(task_id: str, record: ResultRecord) -> Table:
     """A stored result as rows for a person; every value escaped, since a result, an
     error or an id may hold ``[...]`` that rich would take for a style, or control
     characters that the terminal would obey."""
-    rows = [("task", f"{record.task}[{task_id}]"), ("state", record.state)]
+    # A revoke mark (stored by `celeriac revoke` before any worker saw the task) names no
+    # task and no worker: it read "task [id]" and "worker -".
+    mark = record.state == "REVOKED" and not record.task and not record.worker
+    name = record.task or "?"
+    rows = [("task", f"{name}[{task_id}]"), ("state", record.state)]
     if record.state == "SUCCESS":
         rows.append(("result", repr(record.result)))
     if record.meta:
@@ -284,8 +292,11 @@ def _record_table(task_id: str, record: ResultRecord) -> Table:
         rows.append(("error", f"{record.error.type}: {record.error.message}"))
     rows += [
         ("retries", str(record.retries)),
-        ("finished", _when(record.date_done)),
-        ("worker", record.worker or "-"),
+        ("revoked" if mark else "finished", _when(record.date_done)),
+        (
+            "worker",
+            "- (none took it since: the one that does drops it)" if mark else record.worker or "-",
+        ),
     ]
     table = Table(show_header=False, box=None)
     for label, value in rows:
@@ -705,8 +716,16 @@ def dlq_replay(obj: Context, ids: tuple[str, ...], replay_all: bool, task_name: 
     # Looked up first: once replayed, a letter is gone, like an id that never was one.
     letters = obj.app.broker.find_dead_letters(wanted) if wanted else []
     found = {x.id for x in letters}
+    steps = _workflow_steps(obj, letters if wanted else None, task_name)
     count = obj.app.replay_dead_letters(wanted or None, task_name)
     click.echo(f"replayed {count} dead letter(s)")
+    if count and steps:  # "replayed 3", and the chain they were steps of stayed FAILURE
+        _note(
+            f"{steps} of them were steps of workflows (a chain, group or chord), which "
+            "ended when they were dead-lettered: they run again, but their workflows stay "
+            "as they ended (the steps after them and a chord's body do not run again). To "
+            "run a whole workflow again, send it again"
+        )
     unreadable = sum(x.reason.startswith(_MALFORMED) for x in letters)
     if count and unreadable:  # "replayed 1", and it was back in the queue a moment later
         _note(
@@ -726,6 +745,15 @@ def dlq_replay(obj: Context, ids: tuple[str, ...], replay_all: bool, task_name: 
         _note(f"no dead letter of {which}{hint} (see celeriac dlq list)")
     if missing:  # as `dlq show` of an unknown id: a runbook's script must not read "done"
         raise SystemExit(1)
+
+
+def _workflow_steps(obj: Context, letters: list[DeadLetter] | None, task: str | None) -> int:
+    """How many of the letters to replay continue a workflow when they run (``letters``;
+    None: the newest :data:`_HINT_READS` of ``task``, or of all)."""
+    if letters is None:
+        letters = obj.app.broker.dead_letters(_HINT_READS)
+        letters = [x for x in letters if task is None or x.task == task]
+    return sum(continues_workflow(letter.body) for letter in letters)
 
 
 #: How a dead letter's reason begins when its bytes could not be read (worker/reading.py).

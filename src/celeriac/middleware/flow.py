@@ -409,12 +409,15 @@ def chord_error(index: int, error: dict[str, str], kind: str = "chord") -> dict[
         >>> chord_error(3, revoked)["message"]
         'chord member 3 (shop.resize[g:3]) was revoked: celeriac.errors.TaskRevoked: revoked'
     """
+    # A member that is itself a chord or group: its own error names the task inside it;
+    # "chord member 0 (<that task>)" named an inner task as the outer member.
+    named = "" if error["type"] == _CHORD_ERROR else f" ({error['task']}[{error['id']}])"
     return {
         "id": error["id"],
         "task": error["task"],
-        "type": "celeriac.errors.ChordError",
+        "type": _CHORD_ERROR,
         "message": (
-            f"{kind} member {index} ({error['task']}[{error['id']}]) {what_happened(error)}: "
+            f"{kind} member {index}{named} {what_happened(error)}: "
             f"{error['type']}: {error['message']}"
         ),
         "traceback": error.get("traceback", ""),
@@ -459,6 +462,8 @@ def what_happened(error: dict[str, str]) -> str:
     """
     return error.get("how") or _ENDED.get(error.get("type", ""), "failed")
 
+
+_CHORD_ERROR = "celeriac.errors.ChordError"
 
 #: How a task ended whose result could not be passed on (error dicts' "how"; older
 #: versions ignore it and say "failed").
