@@ -186,6 +186,9 @@ def test_every_is_aligned_to_the_epoch_so_every_scheduler_agrees() -> None:
         ("61 * * * *", None, "not a valid five-field cron"),
         ("* * * * * *", None, "not a valid five-field cron"),
         ("0 0 30 2 *", None, "never fires"),
+        # Taken, */61 fired once an hour (it matches minute 0 alone).
+        ("*/61 * * * *", None, r"step of 61 in the minute field, which has 60 values"),
+        ("0 0 * * 1-5/7", None, r"step of 7 in the weekday field"),
         ("0 3 * * *", "Mars/Olympus", "unknown time zone"),
         (30, "Europe/Kyiv", "only applies to cron"),
         (0.01, None, "at least"),

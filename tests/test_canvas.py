@@ -849,6 +849,8 @@ def test_celeriac_result_of_a_chord_not_done_says_what_it_waits_on(app: Celeriac
     run_queued(app, max_tasks=7)  # the members, not the body their last one sent
     code, output = invoke("-A", "tests.apps.canvas", "result", c.id)
     assert "all 8 members finished; its body is queued or running" in output
+    code, output = invoke("-A", "tests.apps.canvas", "result", c.id, "--wait", "--timeout", "0.2")
+    assert code == 1 and f"task chord[{c.id}] did not finish" in output  # was "task ?[...]"
 
 
 def test_replaying_a_dead_lettered_workflow_step_says_its_workflow_stays_ended(

@@ -225,6 +225,7 @@ class Cron(Schedule):
                 f"cron {self.expr!r}: not a valid five-field cron expression (minute hour "
                 "day month weekday, e.g. '*/5 * * * *'); for seconds use every=..."
             )
+        _check_steps(self.expr, fields)
         try:
             zone = ZoneInfo(self.tz)
         except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -479,3 +480,33 @@ def format_seconds(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+#: Each cron field's name, how many values it spans, and its first value.
+_FIELDS = (
+    ("minute", 60, 0),
+    ("hour", 24, 0),
+    ("day-of-month", 31, 1),
+    ("month", 12, 1),
+    ("weekday", 7, 0),
+)
+_STEP = re.compile(r"/(\d+)")
+
+
+def _check_steps(expr: str, fields: list[str]) -> None:
+    """Refuse a step no smaller than its field's span (``*/61`` minutes): croniter takes
+    it, and it matches the first value alone, so ``*/61 * * * *`` fired once an hour.
+
+    Example:
+        >>> _check_steps("*/90 * * * *", ["*/90", "*", "*", "*", "*"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        celeriac.errors.ConfigurationError: cron '*/90 * * * *': a step of 90 in the minute ...
+    """
+    for text, (name, span, first) in zip(fields, _FIELDS, strict=True):
+        for step in _STEP.findall(text):
+            if int(step) >= span:
+                raise ConfigurationError(
+                    f"cron {expr!r}: a step of {int(step)} in the {name} field, which has "
+                    f"{span} values, matches one value alone ({first} for '*/{step}'); "
+                    f"write the value you mean, or a step below {span}"
+                )

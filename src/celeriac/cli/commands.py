@@ -242,7 +242,10 @@ def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool
         # The timeout as given when nothing was waited for before (a chord's header): what
         # was left of it read "did not finish within 1.98277s" for --timeout 2.
         left = timeout if group is None else round(max(deadline - time.monotonic(), 0), 1)
-        obj.app.AsyncResult(task_id).get(timeout=left, propagate=False)
+        # A chord's handle is named so: "task ?[id] did not finish" read as an unknown task.
+        name = "chord" if group is not None else ""
+        handle: AsyncResult[Any] = AsyncResult(task_id, obj.app, name)
+        handle.get(timeout=left, propagate=False)
     stored = obj.app.broker.get_result(task_id)
     summary = only_group.summary() if only_group is not None else None
     record = decode_result(stored[0]) if stored else summary
