@@ -40,7 +40,7 @@ from celeriac.middleware import MiddlewareStack, default_middleware
 from celeriac.middleware import canvas as canvas_middleware
 from celeriac.middleware.base import HARD_DEADLINE, Outcome
 from celeriac.middleware.flow import join_key
-from celeriac.result import AsyncResult
+from celeriac.result import AsyncResult, group_key
 from celeriac.testing import run_queued, wait_for
 from celeriac.worker.executor import Executor
 from tests.apps import canvas as tasks
@@ -485,6 +485,25 @@ def test_a_new_chord_whose_members_have_ids_of_earlier_tasks_is_refused(app: Cel
     assert named.set(task_id="album-7").apply_async().id == handle.id == "album-7"
     run(app)
     assert handle.get(timeout=1) == [10, 11]
+    # Its saved membership expired before its result (result_expires, kept from the
+    # send): still sent before, left as it is.
+    app.broker.kv_delete(group_key("album-7"))
+    assert named.set(task_id="album-7").apply_async().get(timeout=1) == [10, 11]
+    # A plain group waits on nothing: a batch overlapping the last sends the rest.
+    group(add.s(i, 1).set(task_id=f"charge-{i}") for i in (1, 2)).apply_async()
+    run(app)
+    batch = group(add.s(i, 1).set(task_id=f"charge-{i}") for i in (2, 3)).apply_async()
+    run(app)
+    assert batch.get(timeout=1) == [3, 4]
+    # A group with a callback waits on its members: refused as a chord is.
+    linked = group(add.s(i, 1).set(task_id=f"charge-{i}") for i in (3, 4)).link(collect.s())
+    with pytest.raises(ValueError, match=r"1 task id\(s\) .*\('charge-3'; "):
+        linked.apply_async()
+    # A chain sent again (no group in it) stays a no-op.
+    steps = chain(add.s(1, 1).set(task_id="step-a"), add.s(1).set(task_id="step-b"))
+    first = steps.apply_async()
+    run(app)
+    assert steps.apply_async().id == first.id and first.get(timeout=1) == 3
     # And with fresh ids, the members run again.
     fresh = chord([add.s(i, i).set(task_id=f"resize-{i}-b") for i in range(3)], collect.s())
     handle = fresh.apply_async()
@@ -872,6 +891,28 @@ def test_replaying_a_dead_lettered_workflow_step_says_its_workflow_stays_ended(
     run(app)
     code, output = invoke("-A", "tests.apps.canvas", "dlq", "replay", alone.id)
     assert "replayed 1" in output and "steps of workflows" not in output
+
+
+def test_a_later_step_with_its_own_countdown_counts_the_workflow_s_expiry_from_its_due(
+    app: Celeriac,
+) -> None:
+    # The per-call expiry counts from now (c5eca84), and one before the due is refused:
+    # raised while the worker continued the chain, it hung PENDING for ever.
+    import datetime as dt
+
+    r = chain(add.s(1, 1), add.s(2).set(countdown=0.3)).apply_async(expires=0.2)
+    run(app)
+    time.sleep(0.35)
+    run_queued(app, include_delayed=True, fail_fast=False)
+    assert r.get(timeout=1) == 4  # due at +0.3, expiring 0.2 s after that
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+    late = chain(add.s(1, 1), add.s(2).set(countdown=60)).apply_async(expires=soon)
+    run(app)
+    assert late.state == "PENDING" and [s.delayed for s in app.broker.stats()] == [1]
+    (waiting,) = app.broker.peek("default", 10)
+    message = app.codec.decode(waiting.body)
+    assert message.expires == pytest.approx(soon.timestamp(), abs=0.001)  # it will expire
+    assert message.eta is not None and message.eta > time.time() + 50  # at its due
 
 
 # -- the ETL example --------------------------------------------------------------------

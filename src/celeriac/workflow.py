@@ -61,7 +61,7 @@ def send(
     _check_unique_ids(frozen)
     result = result_of(app, frozen)
     given = _given_ids(node)
-    if given and _grouped(frozen):
+    if given and _waited_on(frozen):
         _check_ids_unused(app, frozen, result.id, given)
     _save_group(app, frozen, result)  # before sending: `celeriac result ID` finds it at once
     flow = Flow(app)
@@ -303,8 +303,12 @@ def _check_ids_unused(app: Celeriac, frozen: Node, saved_as: str, given: list[st
     (saved,) = app.broker.kv_get([group_key(saved_as)])
     if saved is not None:
         return  # this workflow was sent before: sending it again is a no-op, as a task's
-    ids = [task_id for task_id in task_ids(frozen) if task_id in set(given)]
-    used = [i for i, stored in zip(ids, app.broker.get_results(ids), strict=True) if stored]
+    wanted = set(given)
+    ids = [task_id for task_id in task_ids(frozen) if task_id in wanted]
+    own, *stored = app.broker.get_results([saved_as, *ids])
+    if own is not None:
+        return  # sent before, and done: its saved membership expired before its result
+    used = [i for i, found in zip(ids, stored, strict=True) if found]
     if used:
         shown = ", ".join(repr(i) for i in used[:5]) + (" ..." if len(used) > 5 else "")
         raise ValueError(
@@ -314,6 +318,18 @@ def _check_ids_unused(app: Celeriac, frozen: Node, saved_as: str, given: list[st
             "(e.g. with the workflow's id in them), or leave task_id unset; to run the old "
             "tasks again, forget their results first (AsyncResult(id).forget())."
         )
+
+
+def _waited_on(node: Node) -> bool:
+    """Whether something waits for every task of a frozen workflow's last piece: a
+    chord's body, a group's callbacks. A plain group waits on nothing: sent again with
+    some members' ids already used (a batch overlapping the last), those sends are no-ops,
+    as any send of an id."""
+    while node["kind"] == "chain":
+        node = node["steps"][-1]
+    return node["kind"] == "chord" or (
+        node["kind"] == "group" and bool(node.get("link") or node.get("link_error"))
+    )
 
 
 def _grouped(node: Node) -> bool:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import time
 from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
@@ -33,7 +34,7 @@ import msgspec
 
 from celeriac.errors import BrokerError, NotRegistered, SerializationError
 from celeriac.message import Message, encodable, encode_message
-from celeriac.options import CALL_OPTIONS
+from celeriac.options import CALL_OPTIONS, to_ms
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -293,6 +294,7 @@ class Flow:
             options.pop("eta", None)
         if "expires_at" in options:
             options["expires"] = dt.datetime.fromtimestamp(options.pop("expires_at"), dt.UTC)
+        too_late = _expiry_from_due(options) if self.parent is not None else None
         if "route" in node and name not in self.app.tasks:
             # This process lacks the task's code: use the queue its definition named.
             options.setdefault("queue", node["route"])
@@ -305,6 +307,8 @@ class Flow:
             # travel as they came, for the worker that runs the step to apply.
             carried = {k: options.pop(k) for k in list(options) if k not in CALL_OPTIONS}
         message = task.message(args, node.get("kwargs") or {}, **options)
+        if too_late is not None:  # it waits for its due, then expires, as it always did
+            message.expires = to_ms(too_late)
         message.options.update(carried)
         if value is not NOTHING and abort is None and self.parent is not None:
             problem = self._unsendable(message, value)
@@ -365,6 +369,37 @@ class Flow:
         parent = self.parent
         assert parent is not None  # checked only where a worker continues a workflow
         return {"id": parent.id, "task": parent.task, "type": kind, "message": text, "how": _PASSED}
+
+
+def _expiry_from_due(options: dict[str, Any]) -> float | None:
+    """A later step's expiry, in place, as workflows have always counted it: seconds after
+    the step is due when it has its own countdown or eta (a workflow's expires applies to
+    every step, its countdown to the first ones only). Given to ``Task.message`` as seconds
+    they would count from now, and one not after the due is refused there: raised while
+    the worker continued the workflow, it hung PENDING for ever. Such an expiry is taken
+    out of ``options`` and returned, for the message built without it (the step waits for
+    its due, then expires, and its workflow is told); else None.
+
+    Example:
+        >>> options = {"countdown": 30.0, "expires": 10.0}
+        >>> _expiry_from_due(options), round(options["expires"].timestamp() - time.time())
+        (None, 40)
+    """
+    expires, countdown, eta = options.get("expires"), options.get("countdown"), options.get("eta")
+    if expires is None:
+        return None
+    if countdown is not None:
+        due = time.time() + float(countdown)
+    elif eta is not None:
+        due = eta.timestamp() if isinstance(eta, dt.datetime) else float(eta)
+    else:
+        return None
+    at = expires.timestamp() if isinstance(expires, dt.datetime) else due + float(expires)
+    if at <= due:
+        del options["expires"]
+        return at
+    options["expires"] = dt.datetime.fromtimestamp(at, dt.UTC)
+    return None
 
 
 def push_chain(steps: Sequence[Node], then: Sequence[Frame]) -> list[Frame]:
