@@ -99,6 +99,31 @@ async def waits_its_turn(self: Task[Any, Any]) -> str:
     return "slept"
 
 
+@app.bound_task(soft_time_limit=20, time_limit=30)
+async def blocks_then_awaits(self: Task[Any, Any], blocking: float, awaiting: float) -> str:
+    record("start", self.request.id)
+    time.sleep(blocking)  # blocks the loop a while, then runs on (the loop free again)
+    await asyncio.sleep(awaiting)
+    return "returned"
+
+
+@app.bound_task(soft_time_limit=2, time_limit=3)
+async def ignores_its_soft_limit(self: Task[Any, Any]) -> str:
+    record("start", self.request.id)
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:  # its soft limit, caught and ignored: its own fault
+        await asyncio.sleep(10)
+    return "slept"
+
+
+@app.bound_task(soft_time_limit=1, time_limit=2)
+def hangs_in_a_thread(self: Task[Any, Any]) -> str:
+    record("start", self.request.id)
+    time.sleep(10)  # a plain def: it runs in a thread, the loop does not hold it up
+    return "slept"
+
+
 @app.bound_task()
 async def runs(self: Task[Any, Any]) -> int:
     record("start", self.request.id, self.request.delivery_count)
@@ -232,3 +257,24 @@ def test_a_hard_limit_passed_while_another_task_blocks_the_loop_kills_for_the_bl
     # (The victim may not have reached its first line in the first child.)
     assert Counter(i for i, _ in _starts(ledger))[blocker.id] == 1, workers.log_text()
     assert f"while task {blocks_the_loop.name}[{blocker.id}] blocked" in workers.log_text()
+
+
+@pytest.mark.parametrize("victim", ["ignores_its_soft_limit", "hangs_in_a_thread"])
+def test_a_task_past_its_hard_limit_by_its_own_doing_is_blamed_beside_a_blocker(
+    edges_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, victim: str
+) -> None:
+    # The blocker was blamed whenever a block mark was set: for a plain-def task hanging
+    # in its thread (the loop never held it up), and, with a mark left after the loop ran
+    # again, for an async task that ignored its soft limit after the block had ended.
+    # The thread's task passes its hard limit (2 s) while the loop is blocked; the other
+    # passes its (3 s) after the block ended (at 1.4 s), its soft limit (2 s) ignored.
+    if victim == "hangs_in_a_thread":
+        at_fault, blocking = hangs_in_a_thread.delay(), 2.5
+    else:
+        at_fault, blocking = ignores_its_soft_limit.delay(), 1.4
+    blocker = blocks_then_awaits.delay(blocking, 3)  # queued together: one fetch takes both
+    workers.start("-P", "asyncio", "-c", "3", app=APP, env=ENV)
+    with pytest.raises(TimeLimitExceeded, match=r"ran past its hard time limit"):
+        at_fault.get(timeout=60)
+    assert blocker.get(timeout=60) == "returned", workers.log_text()  # put back, ran again
+    assert "blocked the event loop;" not in workers.log_text()

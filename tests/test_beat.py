@@ -180,6 +180,13 @@ def test_every_is_aligned_to_the_epoch_so_every_scheduler_agrees() -> None:
     assert [half.next_after(10.0), half.latest(10.49), half.latest(10.5)] == [10.5, 10.0, 10.5]
 
 
+def test_a_step_of_a_field_s_whole_span_is_taken() -> None:
+    # */60 and */24 are common ways to write hourly and daily (refused for a while, an app
+    # whose module had one no longer imported).
+    assert isinstance(parse_schedule("*/60 * * * *", None), Cron)
+    assert isinstance(parse_schedule("0 */24 * * *", None), Cron)
+
+
 @pytest.mark.parametrize(
     ("value", "tz", "message"),
     [
@@ -188,7 +195,7 @@ def test_every_is_aligned_to_the_epoch_so_every_scheduler_agrees() -> None:
         ("0 0 30 2 *", None, "never fires"),
         # Taken, */61 fired once an hour (it matches minute 0 alone).
         ("*/61 * * * *", None, r"step of 61 in the minute field, which has 60 values"),
-        ("0 0 * * 1-5/7", None, r"step of 7 in the weekday field"),
+        ("0 0 * * 1-5/8", None, r"step of 8 in the weekday field"),
         ("0 3 * * *", "Mars/Olympus", "unknown time zone"),
         (30, "Europe/Kyiv", "only applies to cron"),
         (0.01, None, "at least"),

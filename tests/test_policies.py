@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from typing import Any
@@ -144,6 +145,39 @@ def test_an_expired_task_no_worker_knows_expires_not_put_back(app: Celeriac) -> 
     assert len(app.broker.join_values(expired_key(stats.queue))) == 1  # status: expired today
     with pytest.raises(TaskExpired, match=r"expired .* before a worker started it"):
         gone.get(timeout=1)
+
+
+def test_a_skipped_unknown_task_is_told_to_the_middleware_once_on_the_asyncio_pool() -> None:
+    # With the revoke read left for later (the asyncio pool), an expired unknown task was
+    # told EXPIRED while read, on the loop's thread, then REVOKED when the read found a
+    # mark: a chain read "expired earlier" of a step settled REVOKED.
+    from celeriac.control import revoke
+    from celeriac.middleware import Job, Middleware, Outcome, default_middleware
+    from celeriac.worker.executor import Executor
+
+    told: list[tuple[str, str]] = []
+
+    class Told(Middleware):
+        def after_execute(self, job: Job, outcome: Outcome) -> Outcome:
+            told.append((job.delivery.id, outcome.state))
+            return outcome
+
+    app = Celeriac("told-once", broker="memory://", middleware=[*default_middleware(), Told()])
+    both = app.send_task("shop.not.deployed", expires=0.01)
+    expired_only = app.send_task("shop.not.deployed", expires=0.01)
+    revoke(app, both.id)
+    time.sleep(0.05)
+    executor = Executor(app, "w")
+    executor.revoke_reads_later = True
+    fetched = app.broker.fetch(["default"], "w", limit=2, lease_seconds=30, timeout=0)
+    settled = {}
+    for delivery in fetched:
+        before = len(told)
+        job, outcome = executor.prepare(delivery)
+        assert outcome is not None and len(told) == before  # nothing told while read
+        settled[delivery.id] = executor.unless_revoked(job, outcome).state
+    assert settled == {both.id: "REVOKED", expired_only.id: "EXPIRED"}
+    assert sorted(told) == sorted([(both.id, "REVOKED"), (expired_only.id, "EXPIRED")])
 
 
 def test_a_revoked_task_no_worker_knows_is_dropped_not_put_back(app: Celeriac) -> None:
@@ -393,9 +427,22 @@ def test_arguments_that_do_not_fit_say_another_version_may_have_sent_them(app: C
     def buggy(order: int) -> int:
         return len(order)  # type: ignore[arg-type]  # its own TypeError
 
+    def with_db(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, db="shop", **kwargs)
+
+        return wrapper
+
+    @app.task
+    @with_db
+    def wrapped(order: int, db: str) -> int:
+        return len(order)  # type: ignore[arg-type]  # its own TypeError, the wrapper's args
+
     renamed = app.send_task(process.name, kwargs={"order_id": 5})
     added = app.send_task(process.name, args=[5, "express"])
     own = buggy.delay(5)
+    own_wrapped = app.send_task(wrapped.name, args=[5])
     run_queued(app, fail_fast=False)
     with pytest.raises(ArgumentsRefused, match=r"cannot take the arguments it was sent: missing a"):
         renamed.get(timeout=1)
@@ -403,9 +450,10 @@ def test_arguments_that_do_not_fit_say_another_version_may_have_sent_them(app: C
         added.get(timeout=1)
     assert "sent by code of another version" in str(added.result)
     assert [s.delayed for s in app.broker.stats()] == [0]  # no retry: it fails every time
-    with pytest.raises(TypeError, match=r"has no len\(\)") as raised:
-        own.get(timeout=1)
-    assert not isinstance(raised.value, ArgumentsRefused)
+    for handle in (own, own_wrapped):
+        with pytest.raises(TypeError, match=r"has no len\(\)") as raised:
+            handle.get(timeout=1)
+        assert not isinstance(raised.value, ArgumentsRefused)
 
 
 def test_strict_kwargs_fails_instead_of_dropping(app: Celeriac) -> None:

@@ -494,8 +494,10 @@ _STEP = re.compile(r"/(\d+)")
 
 
 def _check_steps(expr: str, fields: list[str]) -> None:
-    """Refuse a step no smaller than its field's span (``*/61`` minutes): croniter takes
-    it, and it matches the first value alone, so ``*/61 * * * *`` fired once an hour.
+    """Refuse a step larger than its field's span (``*/61`` minutes): croniter takes it,
+    and it matches the first value alone, so ``*/61 * * * *`` fired once an hour. A step
+    of the span itself (``*/60``, ``*/24``) is a common way to write hourly or daily, and
+    means it: taken.
 
     Example:
         >>> _check_steps("*/90 * * * *", ["*/90", "*", "*", "*", "*"])  # doctest: +ELLIPSIS
@@ -504,9 +506,10 @@ def _check_steps(expr: str, fields: list[str]) -> None:
     """
     for text, (name, span, first) in zip(fields, _FIELDS, strict=True):
         for step in _STEP.findall(text):
-            if int(step) >= span:
+            if int(step) > span:
                 raise ConfigurationError(
                     f"cron {expr!r}: a step of {int(step)} in the {name} field, which has "
-                    f"{span} values, matches one value alone ({first} for '*/{step}'); "
-                    f"write the value you mean, or a step below {span}"
+                    f"{span} values, matches one value alone (the first of its range: "
+                    f"{first} for '*/{step}'); write the value you mean, or a step of at "
+                    f"most {span}"
                 )

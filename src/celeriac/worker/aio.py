@@ -275,7 +275,10 @@ class AsyncioChild(Child, BackgroundWork):
             current = asyncio.current_task(loop)
             job = self._jobs.get(current) if current is not None else None
             if job is not None:  # the supervisor blames it, not a task it holds up
-                self.slot.block(hand_mark(job.delivery.id, job.delivery.lease.token))
+                since = time.time() - stalled
+                self.slot.block(hand_mark(job.delivery.id, job.delivery.lease.token), since)
+                if self._loop_turned != turn:  # it turned meanwhile: that job may not block
+                    self.slot.block(0)
             where = _where(sys._current_frames().get(loop_thread))
             log.warning(
                 "child %d: %s has blocked the event loop for %.1fs: the other %d task(s) of "
@@ -415,8 +418,18 @@ class AsyncioChild(Child, BackgroundWork):
         soft, hard = self.limits(job)
         started = time.time()
         hard_at = job.context[HARD_DEADLINE] = started + hard if hard != math.inf else 0.0
+        # When the loop must be free to cancel it at its soft limit (see hard_limits).
+        on_loop = (started + soft if soft != math.inf else hard_at) if task.is_async else 0.0
         self._held[delivery.id] = [
-            Held(delivery.id, delivery.queue, delivery.lease.token, message.task, started, hard_at)
+            Held(
+                delivery.id,
+                delivery.queue,
+                delivery.lease.token,
+                message.task,
+                started,
+                hard_at,
+                on_loop,
+            )
         ]
         self._dirty = self._unwritten_start = True  # written before the task's body runs
         middleware = self.app.middleware

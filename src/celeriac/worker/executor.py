@@ -203,7 +203,10 @@ class Executor(Reading, ResultRecords):
         try:
             return task.fn(*([task, *args] if task.bind else args), **kwargs)
         except TypeError as exc:
-            problem = task.arguments.problem(args, kwargs)  # or the task's own TypeError
+            # Raised by the call itself, not inside the function (no frame of its own): a
+            # decorator's wrapper, or the body, raising TypeError is the task's own error.
+            tb = exc.__traceback__
+            problem = task.arguments.problem(args, kwargs) if tb and not tb.tb_next else None
             if problem is None:
                 raise
             # "process() takes 1 positional argument but 2 were given" said nothing of a

@@ -79,8 +79,8 @@ class HardLimits:
                 )
                 return
             if running.hard_deadline and now > running.hard_deadline:
-                blocker = _blocker(view, child.slot.blocker())
-                if blocker is not None and blocker.id != running.id:
+                blocker = _blocker(view, running, *child.slot.blocker())
+                if blocker is not None:
                     self._kill_for_blocker(child, blocker, running)
                     return
                 pid, started = child.pid, self._kill_for(child, running, "FAILURE")
@@ -121,9 +121,18 @@ class HardLimits:
         return kill_tree(child.pid)
 
 
-def _blocker(view: SlotView, mark: int) -> Held | None:
-    """The started task whose hand mark the child's watchdog wrote as blocking its
-    event loop (:meth:`.Slot.block`), if it still holds it."""
-    if not mark:
+def _blocker(view: SlotView, victim: Held, mark: int, since: float) -> Held | None:
+    """The started task the child's watchdog wrote as blocking its event loop
+    (:meth:`.Slot.block`), when ``victim``, past its hard limit, is its victim: an async
+    task on that loop, blocked since before its soft limit was to cancel it. A task in a
+    thread, or one past its soft limit before the block, is at fault itself."""
+    if not mark or not victim.loop_deadline or since > victim.loop_deadline:
         return None
-    return next((h for h in view.held if h.started and hand_mark(h.id, h.token) == mark), None)
+    return next(
+        (
+            h
+            for h in view.held
+            if h.started and h.id != victim.id and hand_mark(h.id, h.token) == mark
+        ),
+        None,
+    )

@@ -340,7 +340,7 @@ class Reading:
             # Expired waiting for a worker that knows it: it was put back every
             # task_unknown_retry_delay, then dead-lettered, where any worker that knew it
             # would have expired it (a periodic tick of a mistyped task: one more each tick).
-            return self.app.middleware.after_execute(job, late)
+            return self._told(job, late)
         if len(message.task) > NAME_SHOWN:
             # No task has such a name (a registered one of any length still runs). Put back
             # for task_unknown_max_age, it wrote its whole name in a log line per deferral.
@@ -426,11 +426,22 @@ class Reading:
         if not job.context.pop(_REVOKE_READ_DUE, False):
             return outcome
         warning = job.context.pop(_WARNING_DUE, None)
+        tell = job.context.pop(_TELL_DUE, False)
         if self._has_revoke_mark(job):
             return self._revoked_unknown(job)
         if warning is not None:
             log.warning(*warning)
-        return outcome
+        return self.app.middleware.after_execute(job, outcome) if tell else outcome
+
+    def _told(self, job: Job, outcome: Outcome) -> Outcome:
+        """``outcome`` told to the middleware as a skipped task's is, now, or by
+        :meth:`unless_revoked` when the revoke read is still due there (told twice, a
+        chain read "expired earlier" of a step settled REVOKED; and Canvas wrote on the
+        asyncio pool's loop thread)."""
+        if job.context.get(_REVOKE_READ_DUE):
+            job.context[_TELL_DUE] = True
+            return outcome
+        return self.app.middleware.after_execute(job, outcome)
 
     def _warn(self, job: Job, *args: Any) -> None:
         """``log.warning(*args)``, or when the job's revoke read is still due, at
@@ -603,6 +614,8 @@ def ordinal(n: int) -> str:
 
 #: Job.context key: the revoke read :meth:`Reading.unless_revoked` is to make.
 _REVOKE_READ_DUE = "celeriac.revoke_read_due"
+#: Job.context key: the outcome is to be told to the middleware once that read is made.
+_TELL_DUE = "celeriac.tell_due"
 #: Job.context key: the warning prepare had for the log, said once that read found no revoke.
 _WARNING_DUE = "celeriac.warning_due"
 

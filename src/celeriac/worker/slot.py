@@ -67,6 +67,10 @@ class Held(msgspec.Struct, array_like=True):
     task: str = ""
     started: float = 0.0
     hard_deadline: float = 0.0  # Unix time; 0: no hard limit
+    # An async task of an asyncio child: when its soft limit must cancel it on the loop
+    # (Unix time; its hard deadline with no soft limit). 0: not on a loop. A hard limit
+    # passed while another task blocked the loop since before then is that task's fault.
+    loop_deadline: float = 0.0
 
     @property
     def label(self) -> str:
@@ -137,8 +141,9 @@ class Slot:
         beat_at = self._hands_at - 8
         self._beat_word = memoryview(self._mem)[beat_at : beat_at + 8].cast("Q")
         self._blocker_word = memoryview(self._mem)[beat_at - 8 : beat_at].cast("q")
+        self._blocked_since = memoryview(self._mem)[beat_at - 16 : beat_at - 8].cast("d")
         self._beats = 0
-        self._room = beat_at - 8 - _HEADER_SIZE
+        self._room = beat_at - 16 - _HEADER_SIZE
         self._seq = 0
         self._lock = threading.Lock()  # the child's writers; the supervisor never writes
         self._overflowed = False  # the last write left records out (logged once per spell)
@@ -241,22 +246,26 @@ class Slot:
         self._beats += 1
         self._beat_word[0] = self._beats
 
-    def block(self, mark: int) -> None:
+    def block(self, mark: int, since: float = 0.0) -> None:
         """Say that the task of hand mark ``mark`` (:func:`hand_mark`) blocks the child's
-        event loop, or 0 that none does (child side, from any thread): one 8-byte store.
+        event loop since ``since`` (Unix time), or 0 that none does (child side, from any
+        thread). The time is stored first: a reader that sees the mark sees its time.
 
         Example:
             >>> s = Slot()
-            >>> s.block(hand_mark("t1", "x"))
-            >>> s.blocker() == hand_mark("t1", "x")
+            >>> s.block(hand_mark("t1", "x"), since=100.0)
+            >>> s.blocker() == (hand_mark("t1", "x"), 100.0)
             True
         """
+        if mark:
+            self._blocked_since[0] = since
         self._blocker_word[0] = mark
 
-    def blocker(self) -> int:
-        """The hand mark of the task that blocks the child's event loop, 0 for none
-        (supervisor side)."""
-        return int(self._blocker_word[0])
+    def blocker(self) -> tuple[int, float]:
+        """The hand mark of the task that blocks the child's event loop (0 for none), and
+        since when (supervisor side)."""
+        mark = int(self._blocker_word[0])
+        return mark, float(self._blocked_since[0]) if mark else 0.0
 
     def in_hand(self) -> set[int]:
         """The hand marks (:func:`hand_mark`) of every consumer's hand (supervisor side)."""
@@ -290,5 +299,6 @@ class Slot:
         """Forget everything (before a fresh child takes this slot)."""
         self._seq = self._beats = 0
         self._seq_word[0] = self._beat_word[0] = self._blocker_word[0] = 0
+        self._blocked_since[0] = 0.0
         _LENGTH.pack_into(self._mem, 8, 0)
         self._mem[self._hands_at :] = bytes(self._hands * _HAND.size)
