@@ -441,6 +441,15 @@ def test_dlq_ids_a_terminal_cannot_show_are_listed_escaped_and_read_back(
         for typed in (shown.group()[1:], shown.group()[4:]):
             code, output = invoke("-b", url, "dlq", "show", typed)
             assert code == 0 and json.loads(output)["body"] == "junk pushed by hand", typed
+        # A task's own id "raw-<n>" is that letter, not the made-up one.
+        app.conf.task_unknown_max_age = 0
+        app.send_task("shop.gone", task_id=shown.group()[4:])
+        run_queued(app, fail_fast=False)
+        code, output = invoke("-b", url, "dlq", "show", shown.group()[4:])
+        assert code == 0 and json.loads(output)["task"] == "shop.gone"
+        code, output = invoke("-b", url, "dlq", "replay", shown.group()[4:])
+        assert "replayed 1 dead letter(s)" in output
+        app.broker.purge("default")
         code, output = invoke("-b", url, "dlq", "replay", shown.group()[1:])
         assert code == 0 and "replayed 1 dead letter(s)" in output
         code, output = invoke("-b", url, "dlq", "replay", "no-such-id")

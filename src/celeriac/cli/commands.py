@@ -250,7 +250,7 @@ def result(obj: Context, task_id: str, wait: bool, timeout: float, as_json: bool
     summary = only_group.summary() if only_group is not None else None
     record = decode_result(stored[0]) if stored else summary
     if record is None and group is not None:  # a chord whose body has no result yet
-        _say_chord_pending(task_id, group, as_json)
+        _say_chord_pending(obj, task_id, group, as_json)
         return
     if record is None:
         _say_pending(obj, task_id, as_json)
@@ -296,10 +296,7 @@ def _record_table(task_id: str, record: ResultRecord) -> Table:
     rows += [
         ("retries", str(record.retries)),
         ("revoked" if mark else "finished", _when(record.date_done)),
-        (
-            "worker",
-            "- (none took it since: the one that does drops it)" if mark else record.worker or "-",
-        ),
+        ("worker", _UNTAKEN if mark else record.worker or "-"),
     ]
     table = Table(show_header=False, box=None)
     for label, value in rows:
@@ -415,24 +412,27 @@ def _say_pending(obj: Context, task_id: str, as_json: bool) -> None:
         )
 
 
-def _say_chord_pending(chord_id: str, header: GroupResult, as_json: bool) -> None:
+def _say_chord_pending(obj: Context, chord_id: str, header: GroupResult, as_json: bool) -> None:
     """PENDING for a chord, with what its body waits on: it read "no result stored ...
     (queued or running, unknown, or its result expired)", though the header's members are
     saved under the chord's id, and a stuck chord's missing member was found by hand."""
     waiting = header.unfinished()
+    running = [] if waiting else [w.id for w in live_workers(obj.app) if chord_id in _active(w)]
     if as_json:
         print_json(
             {
                 "id": chord_id,
                 "state": "PENDING",
+                "running_on": running,
                 "chord": {"members": len(header.results), "waiting_on": waiting},
             }
         )
         return
     if not waiting:
+        where = f"running on {', '.join(running)}" if running else "queued or running"
         text = (
             f"PENDING: chord {chord_id}: all {len(header.results):,} members finished; its "
-            "body is queued or running (celeriac result --wait waits for it)"
+            f"body is {where} (celeriac result --wait waits for it)"
         )
     else:
         more = f" and {len(waiting) - 5:,} more" if len(waiting) > 5 else ""
@@ -626,16 +626,11 @@ def shown_id(task_id: str) -> str:
 
 def given_ids(ids: Sequence[str]) -> list[str]:
     """The ids typed on the command line, each also read back from :func:`shown_id`'s
-    escaped form when it has a backslash, and ``raw-7`` or ``x00raw-7`` also as the id
-    ``\\x00raw-7`` that Redis gives bytes pushed by hand.
-
-    An unquoted ``\\x00raw-7`` reaches the command as ``x00raw-7`` (the shell eats the
-    backslash), and ``raw-7`` is how the id reads once the terminal hid its zero byte:
-    both said "no dead letter" of a letter listed a line above.
+    escaped form when it has a backslash.
 
     Example:
-        >>> given_ids(["order-42", "\\\\x00raw-7", "x00raw-8"])
-        ['order-42', '\\\\x00raw-7', '\\x00raw-7', 'x00raw-8', '\\x00raw-8']
+        >>> given_ids(["order-42", "\\\\x00raw-7"])
+        ['order-42', '\\\\x00raw-7', '\\x00raw-7']
     """
     out = []
     for task_id in ids:
@@ -643,10 +638,42 @@ def given_ids(ids: Sequence[str]) -> list[str]:
         if "\\" in task_id and task_id.isascii():  # shown_id escapes to ASCII
             with contextlib.suppress(UnicodeError):  # not an escaped id: as typed only
                 out.append(codecs.decode(task_id, "unicode_escape"))
-        made_up = _MADE_UP_TYPED.fullmatch(task_id)
-        if made_up:
-            out.append(MADE_UP_ID + made_up.group(1))
     return list(dict.fromkeys(out))
+
+
+def made_up_ids(ids: Sequence[str]) -> list[str]:
+    """``raw-7`` and ``x00raw-7`` as the id ``\\x00raw-7`` that Redis gives bytes pushed
+    by hand: looked up when no letter has the id as typed (a task's own id ``raw-7`` is
+    not the made-up one). An unquoted ``\\x00raw-7`` reaches the command as ``x00raw-7``
+    (the shell eats the backslash), and ``raw-7`` is how it reads once the terminal hid
+    its zero byte: both said "no dead letter" of a letter listed a line above.
+
+    Example:
+        >>> made_up_ids(["order-42", "x00raw-8", "raw-9"])
+        ['\\x00raw-8', '\\x00raw-9']
+    """
+    typed = (_MADE_UP_TYPED.fullmatch(task_id) for task_id in ids)
+    return [MADE_UP_ID + m.group(1) for m in typed if m]
+
+
+def _spellings(task_id: str) -> list[str]:
+    """Every id ``task_id`` as typed may stand for (see :func:`_letters`)."""
+    return [*given_ids([task_id]), *made_up_ids([task_id])]
+
+
+def _letters(obj: Context, ids: Sequence[str]) -> tuple[list[str], list[DeadLetter]]:
+    """The ids to act on for ``ids`` as typed, and their letters: each id as typed (or
+    unescaped), else the made-up id it may stand for."""
+    wanted = given_ids(ids)
+    letters = obj.app.broker.find_dead_letters(wanted) if wanted else []
+    found = {x.id for x in letters}
+    unfound = [t for t in ids if not found.intersection(given_ids([t]))]
+    stand_ins = made_up_ids(unfound)
+    if stand_ins:
+        more = obj.app.broker.find_dead_letters(stand_ins)
+        letters += more
+        wanted += [x.id for x in more]
+    return wanted, letters
 
 
 #: ``\\x00raw-7`` as typed without its zero byte: ``raw-7``, or ``x00raw-7`` unquoted.
@@ -671,7 +698,7 @@ def dlq_show(obj: Context, task_id: str, full: bool) -> None:
 
     Example: celeriac dlq show 1b4e28ba-2fa1-11d2-883f-0016d3cca427 --full > letter.json
     """
-    matches = obj.app.broker.find_dead_letters(given_ids([task_id]))
+    _, matches = _letters(obj, [task_id])
     if not matches:
         raise ConfigurationError(f"no dead letter with id {task_id} (see celeriac dlq list)")
     letter = matches[0]
@@ -715,9 +742,8 @@ def dlq_replay(obj: Context, ids: tuple[str, ...], replay_all: bool, task_name: 
     """
     if not ids and not replay_all and not task_name:
         raise click.UsageError("say which: one or more IDS, --task NAME, or --all")
-    wanted = given_ids(ids)
     # Looked up first: once replayed, a letter is gone, like an id that never was one.
-    letters = obj.app.broker.find_dead_letters(wanted) if wanted else []
+    wanted, letters = _letters(obj, ids)
     found = {x.id for x in letters}
     steps = _workflow_steps(obj, letters if wanted else None, task_name)
     count = obj.app.replay_dead_letters(wanted or None, task_name)
@@ -736,7 +762,7 @@ def dlq_replay(obj: Context, ids: tuple[str, ...], replay_all: bool, task_name: 
             "could read): unless the workers now read them (a fixed producer's bytes do not "
             "change; a codec or signing setting may have), they come back here"
         )
-    missing = [t for t in dict.fromkeys(ids) if not found.intersection(given_ids([t]))]
+    missing = [t for t in dict.fromkeys(ids) if not found.intersection(_spellings(t))]
     if count and missing:  # "replayed 2" for three ids hid the one mistyped
         shown = ", ".join(missing[:10]) + (
             f" and {len(missing) - 10:,} more" if len(missing) > 10 else ""
