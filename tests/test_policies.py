@@ -413,11 +413,17 @@ def test_an_oversized_error_of_a_retry_is_stored_cut_in_its_retry_state(app: Cel
     assert "cut: the error's result" in stored[0].decode()
 
 
-def test_arguments_that_do_not_fit_say_another_version_may_have_sent_them(app: Celeriac) -> None:
-    # "process() missing 1 required positional argument: 'order'" (an older producer, from
-    # before a rename) and "takes 1 positional argument but 2 were given" (a newer one)
-    # said nothing of a deploy; the dropped keyword's warning said "sent by newer code?".
+def test_arguments_that_do_not_fit_are_put_back_for_another_version(
+    app: Celeriac, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Run, "process() missing 1 required positional argument: 'order'" (an older producer,
+    # from before a rename) and "takes 1 positional argument but 2 were given" (a newer
+    # one) failed the task for good, saying nothing of a deploy, and autoretry_for retried
+    # it. Now put back, as an unknown task is, for a worker of the version that sent it.
     from celeriac import ArgumentsRefused
+
+    app.conf.task_unknown_retry_delay = 0.2
+    app.conf.task_unknown_max_age = 0.3
 
     @app.task(autoretry_for=(Exception,), max_retries=3)
     def process(order: int) -> int:
@@ -444,12 +450,16 @@ def test_arguments_that_do_not_fit_say_another_version_may_have_sent_them(app: C
     own = buggy.delay(5)
     own_wrapped = app.send_task(wrapped.name, args=[5])
     run_queued(app, fail_fast=False)
-    with pytest.raises(ArgumentsRefused, match=r"cannot take the arguments it was sent: missing a"):
-        renamed.get(timeout=1)
-    with pytest.raises(ArgumentsRefused, match=r"too many positional arguments; the function is"):
-        added.get(timeout=1)
-    assert "sent by code of another version" in str(added.result)
-    assert [s.delayed for s in app.broker.stats()] == [0]  # no retry: it fails every time
+    assert renamed.state == added.state == "PENDING"
+    assert [s.delayed for s in app.broker.stats()] == [2]  # put back, not run, not retried
+    assert f"process[{added.id}] cannot take the arguments it was sent (too many" in caplog.text
+    assert "sent by code of another version? Putting it back for 0.2s" in caplog.text
+    time.sleep(0.35)
+    run_queued(app, include_delayed=True, fail_fast=False)
+    reasons = {x.id: x.reason for x in app.broker.dead_letters()}
+    assert reasons[renamed.id].startswith("arguments that do not fit: missing a required argument")
+    assert reasons[added.id].startswith("arguments that do not fit: too many positional")
+    assert "no worker that could take them took it within task_unknown_max_age" in reasons[added.id]
     for handle in (own, own_wrapped):
         with pytest.raises(TypeError, match=r"has no len\(\)") as raised:
             handle.get(timeout=1)

@@ -200,23 +200,8 @@ class Executor(Reading, ResultRecords):
             # JSON carried bytes, datetimes, tuples... as text and lists: back to the
             # parameters' annotated types (a value that is not one fails the task here).
             args, kwargs = conversions.apply(task.name, args, kwargs)
-        try:
-            return task.fn(*([task, *args] if task.bind else args), **kwargs)
-        except TypeError as exc:
-            # Raised by the call itself, not inside the function (no frame of its own): a
-            # decorator's wrapper, or the body, raising TypeError is the task's own error.
-            tb = exc.__traceback__
-            problem = task.arguments.problem(args, kwargs) if tb and not tb.tb_next else None
-            if problem is None:
-                raise
-            # "process() takes 1 positional argument but 2 were given" said nothing of a
-            # producer of another version, the usual cause during a deploy.
-            raise ArgumentsRefused(
-                f"task {task.name} cannot take the arguments it was sent: {problem}. Was it "
-                "sent by code of another version (a producer deployed before or after this "
-                "worker)? Deploy one version of the task, then send it again; `celeriac "
-                "check --against` compares two versions before a deploy"
-            ) from exc
+        # Arguments the function cannot take never get here: see Reading._unknown.
+        return task.fn(*([task, *args] if task.bind else args), **kwargs)
 
     def run_coroutine(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run an ``async def`` task on this process's own event loop.

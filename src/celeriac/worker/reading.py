@@ -23,6 +23,7 @@ from celeriac.errors import BrokerError, MalformedMessage, NewerProtocol
 from celeriac.message import (
     NAME_SHOWN,
     ErrorInfo,
+    Message,
     error_args,
     invalid_field,
     peek_identity,
@@ -31,7 +32,7 @@ from celeriac.message import (
 from celeriac.middleware.base import Job, Outcome
 from celeriac.middleware.expiry import expired
 from celeriac.middleware.verdicts import Verdicts, verdict_key
-from celeriac.task import Request, unimportable_note, unimported_note
+from celeriac.task import Request, Task, unimportable_note, unimported_note
 from celeriac.text import cut, error_text, error_type, printable
 from celeriac.worker.death_notes import death_key, how_it_died, last_death, shared_with
 from celeriac.worker.outage import Outage
@@ -138,8 +139,9 @@ class Reading:
                 return Outcome("DEAD", reason=reason)
         elif delivery.deliveries == max_deliveries > 1 and task is not None:
             self._alone_if_shared(job, max_deliveries)
-        if task is None:
-            return self._unknown(job)
+        unfit = None if task is None else _unfit(task, message)
+        if task is None or unfit is not None:
+            return self._unknown(job, unfit or "")
         job.task = task
         job.request = Request(
             id=message.id,
@@ -329,7 +331,12 @@ class Reading:
             Outage.REPEAT,
         )
 
-    def _unknown(self, job: Job) -> Outcome:
+    def _unknown(self, job: Job, unfit: str = "") -> Outcome:
+        """A task this worker does not know, or (``unfit``: why) whose function cannot
+        take the arguments it was sent: another version's message, put back for a worker
+        of that version, dead-lettered after task_unknown_max_age. Run, a positional
+        argument a newer producer added failed the task for good (a message from a newer
+        producer must not fail, nor vanish, in an older worker)."""
         message = job.message
         assert message is not None
         conf = self.app.conf
@@ -341,7 +348,7 @@ class Reading:
             # task_unknown_retry_delay, then dead-lettered, where any worker that knew it
             # would have expired it (a periodic tick of a mistyped task: one more each tick).
             return self._told(job, late)
-        if len(message.task) > NAME_SHOWN:
+        if not unfit and len(message.task) > NAME_SHOWN:
             # No task has such a name (a registered one of any length still runs). Put back
             # for task_unknown_max_age, it wrote its whole name in a log line per deferral.
             return Outcome(
@@ -357,16 +364,15 @@ class Reading:
             # none that can be counted from (NaN, in the future): its age could never reach
             # task_unknown_max_age, so it would be put back for ever. Its age counts from
             # now, written into the message it is put back as.
-            return self._defer_unknown(job, stamped=self._stamped(job))
+            return self._defer_unknown(job, self._stamped(job), unfit)
         if self._past_max_age(message.sent_at):  # task_unknown_max_age=0: at once
-            return Outcome(
-                "DEAD",
-                reason=(
-                    f"unknown task: no worker that knows {message.task} took it within "
-                    f"task_unknown_max_age={conf.task_unknown_max_age:g}s"
-                ),
-            )
-        return self._defer_unknown(job, stamped=None)
+            within = f"took it within task_unknown_max_age={conf.task_unknown_max_age:g}s"
+            if unfit:
+                why = f"arguments that do not fit: {unfit}; no worker that could take them "
+            else:
+                why = f"unknown task: no worker that knows {message.task} "
+            return Outcome("DEAD", reason=why + within)
+        return self._defer_unknown(job, None, unfit)
 
     def _stamped(self, job: Job) -> bytes | None:
         """The message with ``sent_at`` set to now, encoded; None when it cannot be."""
@@ -451,8 +457,28 @@ class Reading:
         else:
             log.warning(*args)
 
-    def _defer_unknown(self, job: Job, stamped: bytes | None) -> Outcome:
+    def _defer_unknown(self, job: Job, stamped: bytes | None, unfit: str = "") -> Outcome:
         conf = self.app.conf
+        if unfit:
+            self._warn(
+                job,
+                "task %s cannot take the arguments it was sent (%s): sent by code of another "
+                "version? Putting it back for %gs so a worker of that version can take it "
+                "(dead-lettered after %gs). Deploy one version of the task (`celeriac check "
+                "--against` compares two before a deploy), or, if it must not run, revoke "
+                "it (celeriac revoke %s).",
+                job.label,
+                printable(unfit),
+                conf.task_unknown_retry_delay,
+                conf.task_unknown_max_age,
+                shlex.quote(printable(job.delivery.id)),
+            )
+            return Outcome(
+                "DEFERRED",
+                delay=conf.task_unknown_retry_delay,
+                reason="arguments do not fit",
+                body=stamped,
+            )
         self._warn(
             job,
             "task %s is not registered in this worker; putting it back for %gs so a worker "
@@ -610,6 +636,31 @@ def ordinal(n: int) -> str:
     if 10 <= n % 100 <= 20:
         return f"{n}th"
     return f"{n}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th') }"
+
+
+def _unfit(task: Task[Any, Any], message: Message) -> str | None:
+    """Why ``task``'s function cannot take ``message``'s arguments, or None (and for a
+    chunk, a workflow step that will not run, or a decorated function). Keywords it does
+    not take are left out: they are dropped when it runs, or refused with
+    task_strict_kwargs (ArgumentsRefused).
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> @app.task(name="shop.process")
+        ... def process(order: int) -> None: ...
+        >>> _unfit(process, Message(id="t1", task="shop.process", args=[5, "x"]))
+        'too many positional arguments; the function is process(order)'
+    """
+    canvas = message.options.get("canvas") if message.options else None
+    if isinstance(canvas, dict) and (canvas.get("chunk") or canvas.get("abort")):
+        return None  # a chunk's are lists of them; an aborted step lacks what it awaited
+    if hasattr(task.fn, "__wrapped__"):  # a decorator's wrapper may add arguments: it runs
+        return None
+    kwargs, keywords = message.kwargs, task.arguments.keywords
+    if kwargs and keywords is not None:
+        kwargs = {k: v for k, v in kwargs.items() if k in keywords}
+    return task.arguments.problem(message.args, kwargs)
 
 
 #: Job.context key: the revoke read :meth:`Reading.unless_revoked` is to make.
