@@ -4,7 +4,11 @@ every connection taken."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -87,3 +91,39 @@ def test_a_redis_at_maxclients_is_named_as_such_not_as_down(tmp_path: Path) -> N
         for other in others:
             other.close()
         server.stop()
+
+
+def test_a_redis_busy_running_a_script_is_an_outage_with_its_way_out(tmp_path: Path) -> None:
+    # BUSY read as a refusal (BrokerError, no advice): code that retries the documented
+    # BrokerConnectionError of an outage gave up on it, where LOADING passes.
+    server = start_redis(tmp_path / "r", extra=("--busy-reply-threshold", "100"))
+    broker = RedisBroker(server.url)
+    runner = redis.Redis(port=server.port)
+    admin = redis.Redis(port=server.port)
+    try:
+        assert broker.send([Outgoing("a", "q", b"a")]) == [True]  # checked, scripts loaded
+        spin = threading.Thread(
+            target=lambda: _swallow(lambda: runner.eval("while true do end", 0)), daemon=True
+        )
+        spin.start()
+        assert spin.is_alive()
+        time.sleep(0.3)  # past busy-reply-threshold
+        with pytest.raises(BrokerConnectionError) as caught:
+            broker.send([Outgoing("b", "q", b"b")])
+        message = str(caught.value)
+        assert f"Redis at {server.url} is busy running a script" in message
+        assert "SCRIPT KILL" in message and "Workers wait for it by themselves" in message
+        admin.script_kill()
+        spin.join(timeout=10)
+        assert broker.send([Outgoing("b", "q", b"b")]) == [True]  # unrun, then sent
+    finally:
+        runner.close()
+        admin.close()
+        broker.close()
+        server.stop()
+
+
+def _swallow(call: Callable[[], object]) -> None:
+    """Run ``call``; the error a killed script ends with is the point, not a failure."""
+    with contextlib.suppress(redis.RedisError):
+        call()

@@ -11,6 +11,7 @@ answers to remote-control commands (``ping``, ``active``, ``registered``, ``memo
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
     from celeriac.worker.reaping import ChildState
 
 log = logging.getLogger("celeriac.worker")
+
+#: Heartbeats between a supervisor's reads of the broker's notes (Broker.notes: a minute
+#: with the default 2 s), and seconds before one still true is logged again.
+NOTES_EVERY = 30
+NOTES_REPEAT = 600.0
 
 #: A worker's answer to ``shutdown``.
 STOPPING = "stopping warmly: running tasks finish, the rest go back to their queue"
@@ -73,6 +79,8 @@ class BrokerDuties:
     _last_beat: float
     _last_renew: float
     _last_reap: float
+    _last_notes: float = 0.0
+    _notes_said: dict[str, float]
     _lost_before: set[tuple[str, str]]  # (id, token) found lost by the last renewal
 
     def _broker_duties(self, now: float) -> None:
@@ -97,6 +105,20 @@ class BrokerDuties:
         if now - self._last_reap >= max(conf.worker_heartbeat_seconds, 2.0):
             self.app.broker.reap()
             self._last_reap = now
+        if now - self._last_notes >= NOTES_EVERY * conf.worker_heartbeat_seconds:
+            self._last_notes = now
+            self._say_notes(self.app.broker.notes())
+
+    def _say_notes(self, notes: list[str]) -> None:
+        """Log what the broker's notes say that was not said in the last ``NOTES_REPEAT``
+        seconds (an evicting policy set on a running Redis, a failover that left it a
+        replica): checked at start-up only, a policy changed later deleted queued tasks
+        while the workers said nothing."""
+        now = time.monotonic()
+        for note in notes:
+            if now - self._notes_said.get(note, -math.inf) >= NOTES_REPEAT:
+                self._notes_said[note] = now
+                log.error("worker %s: %s", self.id, note)
 
     def _renew_leases(self) -> None:
         leases = [

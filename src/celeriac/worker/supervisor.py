@@ -144,6 +144,7 @@ class Worker(Reaping, BrokerDuties, HardLimits):
         self._unreached_why = ""
         self._reachable = True
         self._last_renew = self._last_beat = self._last_reap = 0.0
+        self._last_notes, self._notes_said = time.time(), {}  # start-up said its own
         self._last_term = time.time()  # the last SIGTERM to idle children, see _tick_shutdown
         self._lost_before: set[tuple[str, str]] = set()
         # At most a second between tries: heartbeats and lease renewals must resume at once

@@ -432,24 +432,46 @@ def purge_dead_letters(ctx: Context) -> Plan[int]:
 
 
 def notes(ctx: Context, url: str) -> Plan[list[str]]:
-    """What ``celeriac status`` says beside the counts: that the server is a read-only
-    replica. After a failover the old primary is one, and its counts (copied from the new
-    primary, or frozen since the link broke) read like a healthy broker's. Nothing when
-    the server may not be asked (an ACL without ROLE) or on Cluster (each node has one)."""
+    """What ``celeriac status`` says beside the counts, and a worker logs when it starts
+    to be true: that the server now evicts keys, or is a read-only replica. After a
+    failover the old primary is one, and its counts (copied from the new primary, or
+    frozen since the link broke) read like a healthy broker's. Nothing the server may not
+    be asked (an ACL without CONFIG or ROLE), nor on Cluster (each node has its own)."""
     if ctx.cluster:
         return []
+    said = yield from _evicting(url)
     try:
         role = yield Command(("ROLE",))
     except BrokerError:
-        return []  # a refusal (NOPERM): the counts are still worth showing
+        return said  # a refusal (NOPERM): the counts are still worth showing
     if not role or role[0] not in (b"slave", b"replica"):
-        return []
+        return said
     primary = f"{role[1].decode()}:{role[2]}" if len(role) > 2 else "another server"
     link = role[3].decode() if len(role) > 3 else "unknown"
     return [
+        *said,
         f"Redis at {url} is a read-only replica of {primary} (replication link: {link}): "
         "these counts are copied from it, and no task can be sent or taken here. Point the "
-        "broker URL at the primary, or at an endpoint that follows failovers."
+        "broker URL at the primary, or at an endpoint that follows failovers.",
+    ]
+
+
+def _evicting(url: str) -> Plan[list[str]]:
+    """A note when ``maxmemory-policy`` is no longer ``noeviction``: refused at start-up,
+    it can be set on a running server (CONFIG SET), which then deletes queued tasks and
+    results under memory pressure, in silence (an on-call run lost 675 of 705 tasks)."""
+    try:
+        reply = yield Command(("CONFIG", "GET", "maxmemory-policy"))
+    except BrokerError:
+        return []  # a managed service's CONFIG is often refused: said at start-up
+    values = reply.values() if isinstance(reply, dict) else reply[1::2]
+    policy = next((v.decode() for v in values if isinstance(v, bytes)), "noeviction")
+    if policy == "noeviction":
+        return []
+    return [
+        f"Redis at {url} now uses maxmemory-policy {policy}: under memory pressure it "
+        "deletes keys, queued tasks and results among them, without a word. Set it back: "
+        "redis-cli CONFIG SET maxmemory-policy noeviction (and in redis.conf)."
     ]
 
 

@@ -292,10 +292,11 @@ def translate(exc: BaseException, what: str, url: str) -> BrokerError:
         )
     elif isinstance(exc, errors.OutOfMemoryError) or _OOM in str(exc):
         error = BrokerError(
-            f"could not {what}: Redis at {url} is full (used memory over maxmemory; with "
-            "noeviction it refuses writes instead of deleting queued tasks), so it refused "
-            f"the write ({exc}). Drain or purge queues (celeriac status), shorten "
-            "result_expires, or raise maxmemory."
+            f"could not {what}: Redis at {url} is full (used memory over maxmemory), so it "
+            f"refused the write ({exc}). Drain or purge queues (celeriac status), shorten "
+            "result_expires, or raise maxmemory. Check that maxmemory-policy is still "
+            "noeviction (`redis-cli CONFIG GET maxmemory-policy`): another policy deletes "
+            "keys, queued tasks among them, and celeriac status names it."
         )
     elif "DB index is out of range" in str(exc):
         error = BrokerConnectionError(
@@ -446,6 +447,14 @@ def _busy_error(exc: errors.RedisError, what: str, url: str) -> BrokerError | No
             "it has just started and is reading its AOF or RDB file, and answers once that "
             "is done (`redis-cli INFO persistence` shows loading_eta_seconds). Workers wait "
             "for it by themselves; send again once it answers."
+        )
+    if isinstance(exc, errors.BusyScriptError) or str(exc).startswith("BUSY "):  # redis-py
+        # A BrokerError read as a refusal to give up on, where it passes as LOADING does.
+        return BrokerConnectionError(
+            f"could not {what}: Redis at {url} is busy running a script ({exc}): it answers "
+            "no other command until the script ends. `redis-cli SLOWLOG GET` names it, and "
+            "`redis-cli SCRIPT KILL` stops one that has not written yet. Workers wait for it "
+            "by themselves; send again once it answers."
         )
     if _MAXCLIENTS in str(exc):
         return BrokerConnectionError(

@@ -30,6 +30,11 @@ class BusyLoadingError(ConnectionError):
     """The server is loading its data set (``LOADING``): there, but not serving yet."""
 
 
+class BusyScriptError(ConnectionError):
+    """``BUSY``: the server runs a script past ``busy-reply-threshold`` and answers nothing
+    else until it ends (or ``SCRIPT KILL``): there, and refusing this command unrun."""
+
+
 class TimeoutError(RedisError):
     """No reply within the socket's timeout (connecting, writing or reading)."""
 
@@ -77,6 +82,7 @@ _CODES: dict[str, type[RedisError]] = {
     "WRONGPASS": AuthenticationError,
     "NOAUTH": AuthenticationError,
     "LOADING": BusyLoadingError,
+    "BUSY": BusyScriptError,
     "NOSCRIPT": NoScriptError,
     "READONLY": ReadOnlyError,
     "NOPERM": NoPermissionError,

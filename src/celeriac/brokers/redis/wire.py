@@ -32,7 +32,7 @@ from celeriac import pid
 from celeriac._version import __version__
 from celeriac.brokers.redis import dial, errors
 from celeriac.brokers.redis.errors import ConnectionError as RedisConnectionError
-from celeriac.brokers.redis.errors import InvalidResponse, ReadOnlyError, ResponseError
+from celeriac.brokers.redis.errors import InvalidResponse, ReadOnlyError, RedisError
 from celeriac.brokers.redis.errors import TimeoutError as RedisTimeoutError
 
 #: A connected socket and how to close it (a redis-py connection closes its own way).
@@ -266,7 +266,10 @@ class Wire:
             self._put_back(link)
             if not errors_in_place:
                 for reply in out:
-                    if isinstance(reply, ResponseError):
+                    # Any error reply: LOADING, BUSY and the like are ConnectionErrors, and
+                    # returned as values they read as a script's answer (a send said "not
+                    # new" of every message while Redis ran a long script: none was kept).
+                    if isinstance(reply, RedisError):
                         raise reply
             return out
         raise AssertionError("unreachable")  # pragma: no cover
@@ -322,7 +325,7 @@ class Sent:
             link.close()  # a reply may be half read: never reuse this socket
             raise
         self.wire._put_back(link)
-        if isinstance(out, ResponseError):
+        if isinstance(out, RedisError):  # any error reply (see Wire._round_trip)
             raise out
         return out
 
