@@ -466,6 +466,34 @@ def test_arguments_that_do_not_fit_are_put_back_for_another_version(
         assert not isinstance(raised.value, ArgumentsRefused)
 
 
+def test_a_commit_whose_reply_was_lost_is_not_said_to_be_another_worker_s(
+    app: Celeriac, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The commit landed, its reply was lost, and the call made again found the lease
+    # settled: "another worker took it after this worker's lease lapsed and finished it",
+    # with no other worker at all.
+    from celeriac.worker.executor import OWN_COMMIT, Executor
+
+    @app.task
+    def ship(order: int) -> int:
+        return order
+
+    ship.delay(1), ship.delay(2)
+    mine, other = Executor(app, "w-mine"), Executor(app, "w-other")
+    first, second = app.broker.fetch(["default"], "w", limit=2, lease_seconds=30, timeout=0)
+    job, _ = mine.prepare(first)
+    outcome = mine.execute(job)
+    mine.settle(job, outcome)
+    mine.settle(job, outcome)  # as made again after a lost reply
+    assert OWN_COMMIT in caplog.text and "another worker" not in caplog.text
+    caplog.clear()
+    job, _ = other.prepare(second)
+    outcome = other.execute(job)
+    other.settle(job, outcome)
+    mine.settle(job, outcome)  # another worker's commit stands: said so
+    assert "another worker took it after this worker's lease lapsed and finished" in caplog.text
+
+
 def test_strict_kwargs_fails_instead_of_dropping(app: Celeriac) -> None:
     app.conf.task_strict_kwargs = True
 

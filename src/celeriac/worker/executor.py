@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from celeriac import crashpoints, pid
-from celeriac.brokers.records import DeadLetter, Delivery, Outgoing
+from celeriac.brokers.records import DeadLetter, Delivery, LeaseLoss, Outgoing
 from celeriac.errors import (
     ArgumentsRefused,
     BrokerError,
@@ -34,6 +34,7 @@ from celeriac.message import (
     ErrorInfo,
     Message,
     ResultRecord,
+    decode_result,
     encode_result,
     storable_text,
 )
@@ -479,8 +480,26 @@ class Executor(Reading, ResultRecords):
         return self.app.broker.dead_letter(delivery.lease, letter, encode_result(record))
 
     def _log(self, job: Job, outcome: Outcome, committed: bool) -> None:
-        loss = "" if committed else self.app.broker.lease_loss(job.delivery.lease).value
-        log_outcome(job, outcome, loss)
+        if committed:
+            log_outcome(job, outcome)
+            return
+        loss = self.app.broker.lease_loss(job.delivery.lease)
+        own = loss is LeaseLoss.FINISHED and self._stored_by_me(job, outcome)
+        log_outcome(job, outcome, OWN_COMMIT if own else loss.value)
+
+    def _stored_by_me(self, job: Job, outcome: Outcome) -> bool:
+        """Whether the result stored for ``job`` is this outcome, stored by this worker: its
+        commit landed, the reply was lost, and the call made again found it done. Read
+        only then (rare): "another worker finished it" sent operators looking for a second
+        run where there was none."""
+        try:
+            stored = self.app.broker.get_result(job.delivery.id)
+        except BrokerError:
+            return False
+        if stored is None:
+            return False
+        record = decode_result(stored[0])
+        return bool(record.worker == self.worker_id and record.state == outcome.state)
 
     def process(self, delivery: Delivery) -> tuple[Job, Outcome]:
         """Prepare, execute and settle one delivery (used by in-process runners)."""
@@ -489,6 +508,15 @@ class Executor(Reading, ResultRecords):
             outcome = self.execute(job)
         self.settle(job, outcome)
         return job, outcome
+
+
+#: What a lost lease means when the result stored is this worker's own (see _log).
+OWN_COMMIT = (
+    "not discarded after all: this worker's own commit reached the broker, but its reply "
+    "was lost (a broken connection, a timeout), and the call made again found the task "
+    "settled by it. The outcome stands and the task ran once; only the hooks that follow "
+    "a commit (after_settle) did not run"
+)
 
 
 def exit_if_forked(owner: int, job: Job) -> None:
