@@ -569,6 +569,16 @@ def test_url_mistakes_are_refused_before_any_connection() -> None:
         ("redis://alice:pw@localhost/0?ssl_ca_certs=/ca.pem", "ssl_ca_certs= applies to TLS"),
         ("redis://alice:pw@localhost/0?timeout=3", "does not take timeout= from a URL"),
         ("redis://alice:pw@localhost:7000?cluster=1&socket_timeout=x", "socket_timeout='x'"),
+        # 0 made the socket non-blocking ("did not answer" of a healthy server); the rest
+        # raised a bare ValueError or OverflowError at the first send.
+        ("redis://alice:pw@localhost/0?socket_timeout=0", "socket_timeout=0 must be a number"),
+        ("redis://alice:pw@localhost/0?socket_timeout=-1", "over 0 (e.g. 5)"),
+        ("redis://alice:pw@localhost/0?socket_timeout=nan", "socket_timeout=nan must be"),
+        ("redis://alice:pw@localhost/0?socket_connect_timeout=inf", "socket_connect_timeout=inf"),
+        # Read as "Redis did not answer", and workers waited for ever.
+        ("rediss://alice:pw@localhost/0?ssl_ca_certs=/no/ca.pem", "/no/ca.pem: no such file"),
+        ("rediss://alice:pw@localhost/0?ssl_certfile=/no/c.pem", "ssl_certfile=/no/c.pem: no"),
+        ("rediss://alice:pw@localhost/0?ssl_ca_path=/no/certs", "ssl_ca_path=/no/certs: no"),
     ],
 )
 def test_an_option_value_celeriac_cannot_use_is_refused_at_once(url: str, said: str) -> None:

@@ -21,11 +21,13 @@ it takes, else by building (not connecting) the connection redis-py would make f
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import socket
 import sys
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 import msgspec
 
@@ -144,10 +146,10 @@ class RedisURL(msgspec.Struct, frozen=True):
         else redis-py (``socket_timeout=abc``, ``ssl_cert_reqs=bogus``, ``ssl_ca_certs=``
         on a plain ``redis://``). Each was found only at the first send: a bare ValueError
         or TypeError, or a RedisError that read as the server refusing a command."""
+        problem = _unusable_value(urlsplit(self.redis_url))
         try:
-            if dial.Endpoint.from_url(self.redis_url) is not None:
+            if problem is None and dial.Endpoint.from_url(self.redis_url) is not None:
                 return
-            problem = None
         except ValueError as exc:
             problem = str(exc).rstrip(".")
         if problem is None:
@@ -237,6 +239,45 @@ def _unknown_options(names: set[str]) -> list[str]:
     from celeriac.brokers.redis.redis_py import redis_options
 
     return sorted(others - redis_options())
+
+
+#: Options naming a file (or, ssl_ca_path, a folder) that must be there to connect.
+_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def _unusable_value(url: SplitResult) -> str | None:
+    """What no client can use, whichever reads it: a timeout that is not a number of
+    seconds over 0 (0 made the socket non-blocking: "did not answer" of a healthy
+    server; -1, nan and inf raised a bare ValueError or OverflowError), and a TLS file
+    that is not there (it read as "Redis did not answer", and workers waited for ever).
+
+    Example:
+        >>> _unusable_value(urlsplit("redis://db/0?socket_timeout=0"))
+        'socket_timeout=0 must be a number of seconds over 0 (e.g. 5)'
+        >>> _unusable_value(urlsplit("rediss://db/0?socket_timeout=2.5")) is None
+        True
+    """
+    query = dict(parse_qsl(url.query))
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        given = query.get(name)
+        if given is None:
+            continue
+        try:
+            seconds = float(given)
+        except ValueError:
+            continue  # said by the client that reads it: "is not a number of seconds"
+        if not 0 < seconds < math.inf:
+            return f"{name}={given} must be a number of seconds over 0 (e.g. 5)"
+    if url.scheme != "rediss":
+        return None  # TLS options on a plain URL: said as such by the client
+    for name in _FILES:
+        path = query.get(name)
+        if path and not os.path.isfile(path):
+            return f"{name}={path}: no such file here"
+    folder = query.get("ssl_ca_path")
+    if folder and not os.path.isdir(folder):
+        return f"ssl_ca_path={folder}: no such folder here"
+    return None
 
 
 def _socket_timeout(url: str) -> float:
