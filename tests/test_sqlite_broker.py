@@ -362,3 +362,48 @@ def test_a_big_replay_lets_other_writers_in_between_its_steps(
     finally:
         producer.close()
         broker.close()
+
+
+def test_what_ran_out_while_the_file_was_locked_is_not_taken_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a write lock held elsewhere for longer than a heartbeat's life (a backup, an
+    # sqlite3 shell in BEGIN), every heartbeat had run out, and the first process to reap
+    # took back the tasks the others were running: each ran twice at once.
+    from celeriac.brokers.records import WorkerInfo
+
+    monkeypatch.setattr(sqlite_broker, "_HELD_UP_GRACE", 1.5, raising=False)
+    path = tmp_path / "b.db"
+    holder, reaper = SQLiteBroker(f"sqlite:///{path}"), SQLiteBroker(f"sqlite:///{path}")
+    holder.heartbeat(WorkerInfo("w-busy", "h", 1, ("q",), 1, time.time()), ttl=1.0)
+    holder.send([Outgoing("a", "q", b"a")])
+    (held,) = holder.fetch(["q"], "w-busy", limit=1, lease_seconds=60, timeout=0)
+    assert reaper.reap() == 0  # the reaper's clock starts
+    locked = threading.Event()
+
+    def lock_the_file() -> None:
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+            db.execute("BEGIN IMMEDIATE")
+            locked.set()
+            time.sleep(4)
+            db.execute("COMMIT")
+
+    locker = threading.Thread(target=lock_the_file)
+    locker.start()
+    try:
+        assert locked.wait(10)
+        assert reaper.reap() == 0  # waits for the lock: w-busy's heartbeat runs out meanwhile
+    finally:
+        locker.join()
+    assert reaper.reap() == 0  # was 1: taken back from a worker that could not heartbeat
+    holder.heartbeat(WorkerInfo("w-busy", "h", 1, ("q",), 1, time.time()), ttl=60)
+    time.sleep(1.6)
+    assert reaper.reap() == 0 and holder.complete(held.lease, None, 60)
+    # A worker that does not come back is reaped once the grace is over.
+    holder.heartbeat(WorkerInfo("w-gone", "h", 2, ("q",), 1, time.time()), ttl=0.2)
+    holder.send([Outgoing("b", "q", b"b")])
+    holder.fetch(["q"], "w-gone", limit=1, lease_seconds=60, timeout=0)
+    time.sleep(0.3)
+    assert reaper.reap() == 1
+    holder.close()
+    reaper.close()

@@ -40,6 +40,10 @@ from celeriac.brokers.sqlite_wait import CommitWatch
 from celeriac.errors import BrokerError, ConfigurationError
 
 _RECLAIM_EVERY = 1.0  # seconds between expired-lease sweeps inside fetch
+# Seconds between two reaps of one process that mean it was held up (a write lock held
+# elsewhere, the process paused), and how long after that it spares what ran out then.
+_HELD_UP = 3.0
+_HELD_UP_GRACE = 10.0
 _WAL_WARN_EVERY = 300.0  # seconds between two warnings of a -wal file kept from shrinking
 _WAL_RETRY_EVERY = 10.0  # seconds before a process tries again to cut back such a file
 
@@ -72,6 +76,7 @@ class SQLiteBroker(SQLiteConnections, SQLiteResults, SQLiteStore, Broker):
         self._closers: list[weakref.finalize[Any, Any]] = []
         self._closers_lock = threading.Lock()
         self._last_reclaim = 0.0
+        self._held_up = (0.0, 0.0)  # the last span between two reaps past _HELD_UP
         self._known_queues: set[str] = set()  # queues this process has recorded already
         self._opened = False
         self._wal_warned = -math.inf
@@ -343,18 +348,30 @@ class SQLiteBroker(SQLiteConnections, SQLiteResults, SQLiteStore, Broker):
         return lost
 
     def reap(self) -> int:
-        """Release messages of dead workers and expired leases; drop expired results."""
+        """Release messages of dead workers and expired leases; drop expired results.
+
+        Heartbeats and leases that ran out while this process was held up (two of its
+        reaps over ``_HELD_UP`` apart: a write lock held elsewhere, which every process
+        waits on, or this process paused) are spared for ``_HELD_UP_GRACE`` seconds: the
+        others could not renew them either. After a 12 s lock (a backup, an sqlite3 shell
+        in BEGIN) every heartbeat had run out, and the first fetch took back the tasks the
+        others were running, its own worker's siblings' too: each ran twice at once.
+        """
         now = time.time()
-        self._last_reclaim = now
-        with self._transaction() as db:
+        last, self._last_reclaim = self._last_reclaim, now
+        if last and now - last > _HELD_UP:
+            self._held_up = (last, now)
+        began, ended = self._held_up
+        cutoff = began if now - ended < _HELD_UP_GRACE else now
+        with self._transaction() as db:  # its own wait for the lock is after ``now``
             cursor = db.execute(
                 "UPDATE messages SET token = NULL, holder = NULL, lease_deadline = NULL, "
                 "due = ?, seq = ? WHERE token IS NOT NULL AND (lease_deadline <= ? OR holder IN "
                 "(SELECT id FROM workers WHERE expires_at <= ?))",
-                (now, time.time_ns(), now, now),
+                (now, time.time_ns(), cutoff, cutoff),
             )
             released = cursor.rowcount
-            db.execute("DELETE FROM workers WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM workers WHERE expires_at <= ?", (cutoff,))
             db.execute("DELETE FROM results WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
             self._reap_joins(db, now)
