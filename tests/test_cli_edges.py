@@ -430,6 +430,25 @@ def test_dlq_replay_names_the_ids_it_did_not_find(core_app: Celeriac, broker_url
     assert none.exit_code == 1 and "no dead letter of those ids" in none.stderr
 
 
+def test_replaying_letters_a_signing_worker_refused_says_they_come_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "replayed 85 dead letter(s)", exit 0; each came back a second later, refused again.
+    monkeypatch.delenv("CELERIAC_TASK_SIGNING_KEY", raising=False)
+    url = f"sqlite:///{tmp_path}/b.db"
+    unsigned = Celeriac("unsigned", broker=url)
+    signing = Celeriac("signing", broker=url)
+    signing.conf.task_signing_key = "k1"
+    unsigned.send_task("shop.mail", args=[1])
+    run_queued(signing, fail_fast=False)
+    (letter,) = signing.broker.dead_letters()
+    assert letter.reason.startswith("refused: ")
+    result = invoke("-b", url, "dlq", "replay", "--all")
+    assert "replayed 1 dead letter(s)" in result.stdout
+    assert "1 of them had been dead-lettered as malformed or refused" in result.stderr
+    assert "A replay is never signed anew" in result.stderr
+
+
 def test_dlq_replay_of_readable_letters_says_nothing_more(
     core_app: Celeriac, broker_url: str
 ) -> None:

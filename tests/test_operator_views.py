@@ -203,6 +203,9 @@ def test_status_and_inspect_show_names_and_ids_whole_at_80_columns(
     assert {row[0] for row in shown} >= {*queues, "default", pod.id}
     listed = [row[1].replace(" ", "") for row in shown if row[0] == pod.id]
     assert listed == [",".join(pod.queues)]  # wrapped at its spaces, or folded
+    # Its concurrency, headed "-c": it was headed "children" (a threads worker has one).
+    assert [row[2] for row in shown if row[0] == pod.id] == ["4"]
+    assert "┃ -c " in status.stdout and "children" not in status.stdout
     assert [row[:2] for row in table_cells(inspected.stdout)] == [[sent.id, "tests.apps.core.work"]]
 
 

@@ -494,6 +494,16 @@ def test_a_commit_whose_reply_was_lost_is_not_said_to_be_another_worker_s(
     assert "another worker took it after this worker's lease lapsed and finished" in caplog.text
 
 
+def test_two_lost_leases_of_one_message_name_it_once(app: Celeriac) -> None:
+    # "lost the lease of a1, a1": taken back and handed out again, both leases lost.
+    from celeriac.brokers.records import Lease
+    from celeriac.worker.broker_duties import lost_by_reason
+
+    leases = [Lease("a1", "default", "t1"), Lease("a1", "default", "t2")]
+    (ids,) = lost_by_reason(app.broker, leases).values()
+    assert ids == "a1"
+
+
 def test_strict_kwargs_fails_instead_of_dropping(app: Celeriac) -> None:
     app.conf.task_strict_kwargs = True
 

@@ -174,7 +174,8 @@ def advice(path: str, code: str) -> str:
             f"The file cannot be written: nothing was written. Check that {path}, its "
             f"-wal and -shm files and {folder} are writable by this user, that the disk is "
             "not mounted read-only or full, and the system log (dmesg) for disk errors. "
-            "Producers get this error; workers retry until the file can be written."
+            "Producers get this error; a running worker retries until the file can be "
+            "written, and one starting stops with it."
         )
     if code == "SQLITE_BUSY":
         return (

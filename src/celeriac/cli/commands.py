@@ -377,8 +377,10 @@ def status(obj: Context, as_json: bool) -> None:
 def _workers_table(workers: list[WorkerInfo]) -> Table:
     """The live workers, a row each, every value folded onto more lines, never cut."""
     table = Table(title="live workers")
-    for column in ("worker", "queues", "children", "running", "up since"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("children", "running"))
+    # "-c", as the worker was started: it read "children", and a threads or asyncio
+    # worker with -c 8 has one child.
+    for column in ("worker", "queues", "-c", "running", "up since"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("-c", "running"))
     for w in workers:
         table.add_row(
             escape(printable(w.id)),
@@ -745,7 +747,8 @@ def dlq_replay(obj: Context, ids: tuple[str, ...], replay_all: bool, task_name: 
     # Looked up first: once replayed, a letter is gone, like an id that never was one.
     wanted, letters = _letters(obj, ids)
     found = {x.id for x in letters}
-    steps = _workflow_steps(obj, letters if wanted else None, task_name)
+    replaying = letters if wanted else _newest_letters(obj, task_name)  # for the notes
+    steps = sum(continues_workflow(letter.body) for letter in replaying)
     count = obj.app.replay_dead_letters(wanted or None, task_name)
     click.echo(f"replayed {count} dead letter(s)")
     if count and steps:  # "replayed 3", and the chain they were steps of stayed FAILURE
@@ -755,12 +758,13 @@ def dlq_replay(obj: Context, ids: tuple[str, ...], replay_all: bool, task_name: 
             "as they ended (the steps after them and a chord's body do not run again). To "
             "run a whole workflow again, send it again"
         )
-    unreadable = sum(x.reason.startswith(_MALFORMED) for x in letters)
+    unreadable = sum(x.reason.startswith((_MALFORMED, _REFUSED)) for x in replaying)
     if count and unreadable:  # "replayed 1", and it was back in the queue a moment later
         _note(
-            f"{unreadable} of them had been dead-lettered as malformed (bytes no worker "
-            "could read): unless the workers now read them (a fixed producer's bytes do not "
-            "change; a codec or signing setting may have), they come back here"
+            f"{unreadable} of them had been dead-lettered as malformed or refused (bytes no "
+            "worker could read, or would trust: unsigned, signed with another key): unless "
+            "the workers now read them (a fixed producer's bytes do not change; a codec or "
+            "signing setting may have), they come back here. A replay is never signed anew"
         )
     missing = [t for t in dict.fromkeys(ids) if not found.intersection(_spellings(t))]
     if count and missing:  # "replayed 2" for three ids hid the one mistyped
@@ -776,17 +780,17 @@ def dlq_replay(obj: Context, ids: tuple[str, ...], replay_all: bool, task_name: 
         raise SystemExit(1)
 
 
-def _workflow_steps(obj: Context, letters: list[DeadLetter] | None, task: str | None) -> int:
-    """How many of the letters to replay continue a workflow when they run (``letters``;
-    None: the newest :data:`_HINT_READS` of ``task``, or of all)."""
-    if letters is None:
-        letters = obj.app.broker.dead_letters(_HINT_READS)
-        letters = [x for x in letters if task is None or x.task == task]
-    return sum(continues_workflow(letter.body) for letter in letters)
+def _newest_letters(obj: Context, task: str | None) -> list[DeadLetter]:
+    """The newest :data:`_HINT_READS` dead letters of ``task`` (or of all): what a replay
+    by --task or --all is told about (its notes count among them)."""
+    letters = obj.app.broker.dead_letters(_HINT_READS)
+    return [x for x in letters if task is None or x.task == task]
 
 
 #: How a dead letter's reason begins when its bytes could not be read (worker/reading.py).
 _MALFORMED = "malformed message"
+#: ... and when a worker would not trust them (unsigned, another key, a copy).
+_REFUSED = "refused: "
 
 
 def _note(text: str) -> None:

@@ -59,7 +59,9 @@ def lost_by_reason(broker: Broker, lost: list[Lease]) -> dict[str, str]:
         except BrokerError:
             reason = "another worker may run it (the broker could not say more)"
         said.setdefault(reason, []).append(shown(lease.id))  # ids are the senders' text
-    return {reason: ", ".join(ids) for reason, ids in said.items()}
+    # One id once: a message taken back and handed out again under a new token, both
+    # leases lost, read "lost the lease of a1, a1".
+    return {reason: ", ".join(dict.fromkeys(ids)) for reason, ids in said.items()}
 
 
 class BrokerDuties:

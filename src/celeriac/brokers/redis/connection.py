@@ -559,5 +559,7 @@ def _denied(exc: errors.RedisError, url: str, denial: Denial | None) -> str:
     return (
         f"Redis at {url} denied it to the URL's user {user!r} ({said}).{grant} celeriac "
         f"needs the keys ~{prefix}:*, the channels &{prefix}:* and the commands its scripts, "
-        "lists, sorted sets, hashes and pub/sub run: +@all -@dangerous grants them."
+        "lists, sorted sets, hashes and pub/sub run: +@all -@dangerous grants them (add "
+        "+info +config|get, which @dangerous holds, for the start-up check of the "
+        "server's settings)."
     )
