@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -330,6 +331,15 @@ def test_demo_exits_zero_on_a_fresh_broker(tmp_path: object) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all 10 finished while" in done.stdout
     assert "countdown=2 task" in done.stdout
+    # Its temporary broker is deleted (a folder of it was left in /tmp at every run); the
+    # worker's log stays.
+    found = re.search(r"Its log: (\S+worker\.log)", done.stdout.replace("\n", ""))
+    assert found is not None, done.stdout
+    log = Path(found.group(1))
+    try:
+        assert log.exists() and sorted(p.name for p in log.parent.iterdir()) == ["worker.log"]
+    finally:
+        shutil.rmtree(log.parent)
 
 
 def test_check_export_and_against(broker_url: str, tmp_path: Path) -> None:

@@ -71,7 +71,11 @@ def demo(count: int, concurrency: int) -> None:
     for step, outcome in summary:
         table.add_row(step, outcome)
     out.print(table)
-    out.print(f"worker stopped cleanly. Logs: {log}")
+    # The broker's files go (a demo a day left a folder of them in /tmp each time); the
+    # log stays, to read. A failed demo keeps everything, as it was.
+    for leftover in folder.glob("demo.db*"):
+        leftover.unlink(missing_ok=True)
+    out.print(f"worker stopped cleanly. Its log: {escape(str(log))} (the demo's broker is deleted)")
 
 
 def _start_worker(concurrency: int, url: str, log: Path) -> subprocess.Popen[bytes]:
