@@ -21,6 +21,7 @@ import pytest
 import celeriac
 import redis
 from celeriac.brokers.redis import errors
+from celeriac.brokers.redis.connection import translate
 from celeriac.brokers.redis.dial import TLS, Endpoint, connect
 from tests.redis_server import RedisServer, free_port, start_redis, start_tls_redis
 
@@ -254,6 +255,11 @@ def test_the_host_name_is_checked_unless_told_not_to(
         dial(url)
     assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
     assert "localhost" in str(caught.value.__cause__)  # the host name, not the issuer
+    # Said as a name the certificate was not issued for: it said "a certificate this
+    # client does not trust ... name the CA", of a CA already named.
+    said = str(translate(caught.value, "send messages", url))
+    assert "presented a TLS certificate for another name" in said
+    assert "ssl_check_hostname=false" in said and "Name the CA" not in said
     with dial(f"{url}&ssl_check_hostname=false") as sock:
         assert call(sock, "PING") == b"PONG"
 

@@ -385,6 +385,36 @@ def _ours(exc: BaseException) -> errors.RedisError | None:
     return adopt(exc)
 
 
+def _tls_error(
+    causes: list[BaseException], what: str, url: str, said: str
+) -> BrokerConnectionError | None:
+    """The TLS step that failed, in words (see :func:`_unreachable`); None if none did."""
+    # ssl is loaded by a TLS connection only (~4 MiB a process): without it, no TLS error.
+    ssl = sys.modules.get("ssl")
+    verify = [c for c in causes if ssl is not None and isinstance(c, ssl.SSLCertVerificationError)]
+    if verify and "mismatch" in str(getattr(verify[0], "verify_message", verify[0])).lower():
+        # The CA was trusted, the name was not: "name the CA that signed it" sent an
+        # operator after a CA file already given, and ssl_cert_reqs=none drops every check.
+        return BrokerConnectionError(
+            f"could not {what}: Redis at {url} presented a TLS certificate for another name "
+            f"({said}). Use the host name (or IP) the certificate was issued for in the URL "
+            "(openssl s_client -connect HOST:PORT shows its names), or, keeping the CA "
+            "check, ssl_check_hostname=false."
+        )
+    if verify:
+        return BrokerConnectionError(
+            f"could not {what}: Redis at {url} presented a TLS certificate this client does "
+            f"not trust ({said}). Name the CA that signed it in the URL: "
+            "ssl_ca_certs=/path/to/ca.pem (ssl_cert_reqs=none skips the check)."
+        )
+    if ssl is not None and any(isinstance(c, ssl.SSLError) for c in causes):
+        return BrokerConnectionError(
+            f"could not {what}: the TLS handshake with Redis at {url} failed ({said}). Check "
+            "that this port speaks TLS (else use redis://) and the URL's ssl_* options."
+        )
+    return None
+
+
 def _unreachable(exc: errors.RedisError, what: str, url: str) -> BrokerConnectionError:
     """What translate() says of a connection that failed: the step that failed when the
     error tells it (the host's name, TLS), else that Redis did not answer.
@@ -402,19 +432,9 @@ def _unreachable(exc: errors.RedisError, what: str, url: str) -> BrokerConnectio
             f"({said}). Check the host in the URL and this host's DNS (in Kubernetes or "
             "Compose, the service's name and namespace); workers retry until it resolves."
         )
-    # ssl is loaded by a TLS connection only (~4 MiB a process): without it, no TLS error.
-    ssl = sys.modules.get("ssl")
-    if ssl is not None and any(isinstance(c, ssl.SSLCertVerificationError) for c in causes):
-        return BrokerConnectionError(
-            f"could not {what}: Redis at {url} presented a TLS certificate this client does "
-            f"not trust ({said}). Name the CA that signed it in the URL: "
-            "ssl_ca_certs=/path/to/ca.pem (ssl_cert_reqs=none skips the check)."
-        )
-    if ssl is not None and any(isinstance(c, ssl.SSLError) for c in causes):
-        return BrokerConnectionError(
-            f"could not {what}: the TLS handshake with Redis at {url} failed ({said}). Check "
-            "that this port speaks TLS (else use redis://) and the URL's ssl_* options."
-        )
+    tls_failed = _tls_error(causes, what, url, said)
+    if tls_failed is not None:
+        return tls_failed
     tls = ""
     if url.startswith("rediss:") and isinstance(exc, errors.TimeoutError):
         tls = (
