@@ -58,11 +58,12 @@ def send(
             extra.update(normalized(key, value))
         node = {**node, "options": {**node.get("options", {}), **extra}}
     frozen = freeze(node, new_task_id())
-    _check_unique_ids(frozen)
     result = result_of(app, frozen)
     given = _given_ids(node)
-    if given and _waited_on(frozen):
-        _check_ids_unused(app, frozen, result.id, given)
+    if given:  # ids made from the workflow's are distinct and new by construction
+        _check_unique_ids(frozen)
+        if _waited_on(frozen):
+            _check_ids_unused(app, frozen, result.id, given)
     _save_group(app, frozen, result)  # before sending: `celeriac result ID` finds it at once
     flow = Flow(app)
     flow.apply(frozen)
@@ -325,27 +326,23 @@ def _waited_on(node: Node) -> bool:
     chord's body, a group's callbacks. A plain group waits on nothing: sent again with
     some members' ids already used (a batch overlapping the last), those sends are no-ops,
     as any send of an id."""
-    while node["kind"] == "chain":
-        node = node["steps"][-1]
+    node = _last_piece(node)
     return node["kind"] == "chord" or (
         node["kind"] == "group" and bool(node.get("link") or node.get("link_error"))
     )
 
 
-def _grouped(node: Node) -> bool:
-    """Whether a frozen workflow is a group or chord (maybe a chain's last step), saved
-    under its handle's id by :func:`_save_group`."""
+def _last_piece(node: Node) -> Node:
+    """What a workflow's handle is the result of: a chain's last step (its own last, for
+    a chain), else the node itself."""
     while node["kind"] == "chain":
         node = node["steps"][-1]
-    return node["kind"] in ("group", "chord")
+    return node
 
 
 def _save_group(app: Celeriac, node: Node, result: Result) -> None:
     # Groups and chords are found again by id alone (`celeriac result ID --wait`).
-    if not _grouped(node):
-        return
-    while node["kind"] == "chain":
-        node = node["steps"][-1]
+    node = _last_piece(node)
     if isinstance(result, GroupResult):
         result.save()
     elif node["kind"] == "chord":

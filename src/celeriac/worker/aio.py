@@ -331,7 +331,7 @@ class AsyncioChild(Child, BackgroundWork):
             self.slot.hand(0, delivery.lease.id, delivery.lease.token)
             job, outcome = executor.prepare(delivery)
             self._jobs[me] = job
-            if outcome is not None:  # a task it does not run: is it revoked? (one read)
+            if outcome is not None and executor.revoke_read_due(job):  # is it revoked?
                 outcome = await self._off_loop(self._io, executor.unless_revoked, job, outcome)
             if outcome is None:
                 # Its commit too: what waits for one is listed as started, and counted if a

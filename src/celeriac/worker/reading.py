@@ -9,6 +9,7 @@ is dead-lettered before it is decoded (its decoding may be what killed the worke
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shlex
@@ -400,7 +401,7 @@ class Reading:
         With :attr:`revoke_reads_later`, no now: the job is marked for
         :meth:`unless_revoked`."""
         if self.revoke_reads_later:
-            job.context[_REVOKE_READ_DUE] = True
+            job.context[_DUE] = _Due()
             return False
         return self._has_revoke_mark(job)
 
@@ -429,31 +430,44 @@ class Reading:
             >>> outcome.state, executor.unless_revoked(job, outcome).state
             ('DEFERRED', 'REVOKED')
         """
-        if not job.context.pop(_REVOKE_READ_DUE, False):
+        due: _Due | None = job.context.pop(_DUE, None)
+        if due is None:
             return outcome
-        warning = job.context.pop(_WARNING_DUE, None)
-        tell = job.context.pop(_TELL_DUE, False)
         if self._has_revoke_mark(job):
             return self._revoked_unknown(job)
-        if warning is not None:
-            log.warning(*warning)
-        return self.app.middleware.after_execute(job, outcome) if tell else outcome
+        if due.warning is not None:
+            log.warning(*due.warning)
+        return self.app.middleware.after_execute(job, outcome) if due.tell else outcome
+
+    @staticmethod
+    def revoke_read_due(job: Job) -> bool:
+        """Whether :meth:`prepare` left a revoke read to :meth:`unless_revoked` for ``job``
+        (see :attr:`revoke_reads_later`): the asyncio pool hops to a thread only then.
+
+        Example:
+            >>> from celeriac.brokers.records import Delivery, Lease
+            >>> Reading.revoke_read_due(Job(Delivery(Lease("a1", "q", "t"), b"{}", 1), "w"))
+            False
+        """
+        return _DUE in job.context
 
     def _told(self, job: Job, outcome: Outcome) -> Outcome:
         """``outcome`` told to the middleware as a skipped task's is, now, or by
         :meth:`unless_revoked` when the revoke read is still due there (told twice, a
         chain read "expired earlier" of a step settled REVOKED; and Canvas wrote on the
         asyncio pool's loop thread)."""
-        if job.context.get(_REVOKE_READ_DUE):
-            job.context[_TELL_DUE] = True
+        due = job.context.get(_DUE)
+        if due is not None:
+            due.tell = True
             return outcome
         return self.app.middleware.after_execute(job, outcome)
 
     def _warn(self, job: Job, *args: Any) -> None:
         """``log.warning(*args)``, or when the job's revoke read is still due, at
         :meth:`unless_revoked` unless it finds a revoke ("putting it back", then dropped)."""
-        if job.context.get(_REVOKE_READ_DUE):
-            job.context[_WARNING_DUE] = args
+        due = job.context.get(_DUE)
+        if due is not None:
+            due.warning = args
         else:
             log.warning(*args)
 
@@ -652,23 +666,32 @@ def _unfit(task: Task[Any, Any], message: Message) -> str | None:
         >>> _unfit(process, Message(id="t1", task="shop.process", args=[5, "x"]))
         'too many positional arguments; the function is process(order)'
     """
+    arguments = task.arguments
+    problem = arguments.problem(message.args, message.kwargs)  # per message: the fast path
+    if problem is None:
+        return None
+    if message.kwargs and arguments.keywords is not None:
+        kwargs = {k: v for k, v in message.kwargs.items() if k in arguments.keywords}
+        problem = arguments.problem(message.args, kwargs)
     canvas = message.options.get("canvas") if message.options else None
     if isinstance(canvas, dict) and (canvas.get("chunk") or canvas.get("abort")):
         return None  # a chunk's are lists of them; an aborted step lacks what it awaited
     if hasattr(task.fn, "__wrapped__"):  # a decorator's wrapper may add arguments: it runs
         return None
-    kwargs, keywords = message.kwargs, task.arguments.keywords
-    if kwargs and keywords is not None:
-        kwargs = {k: v for k, v in kwargs.items() if k in keywords}
-    return task.arguments.problem(message.args, kwargs)
+    return problem
 
 
-#: Job.context key: the revoke read :meth:`Reading.unless_revoked` is to make.
-_REVOKE_READ_DUE = "celeriac.revoke_read_due"
-#: Job.context key: the outcome is to be told to the middleware once that read is made.
-_TELL_DUE = "celeriac.tell_due"
-#: Job.context key: the warning prepare had for the log, said once that read found no revoke.
-_WARNING_DUE = "celeriac.warning_due"
+@dataclasses.dataclass
+class _Due:
+    """What :meth:`Reading.unless_revoked` owes a job (``Job.context[_DUE]``): the revoke
+    read, then, if it finds none, telling the middleware (``tell``) and the warning
+    prepare had for the log."""
+
+    tell: bool = False
+    warning: tuple[Any, ...] | None = None
+
+
+_DUE = "celeriac.revoke_read_due"
 
 
 def _unknown_note(task_name: str) -> str:

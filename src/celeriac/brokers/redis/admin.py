@@ -35,6 +35,7 @@ from celeriac.brokers.redis.ops import (
     settled,
 )
 from celeriac.brokers.redis.scripts import SCRIPTS, check
+from celeriac.brokers.redis.startup import config_value
 from celeriac.brokers.redis.steps import (
     Arg,
     Batch,
@@ -464,8 +465,7 @@ def _evicting(url: str) -> Plan[list[str]]:
         reply = yield Command(("CONFIG", "GET", "maxmemory-policy"))
     except BrokerError:
         return []  # a managed service's CONFIG is often refused: said at start-up
-    values = reply.values() if isinstance(reply, dict) else reply[1::2]
-    policy = next((v.decode() for v in values if isinstance(v, bytes)), "noeviction")
+    policy = config_value(reply, b"maxmemory-policy").decode() or "noeviction"
     if policy == "noeviction":
         return []
     return [

@@ -46,7 +46,7 @@ def check_server(ctx: Context, url: str) -> Plan[None]:
         replies = yield from _ask(Command(("CONFIG", "GET", name)), url, nodes)
         if replies is None:
             return
-        settings[name] = [_config_value(reply, name) for reply in replies]
+        settings[name] = [config_value(reply, name) for reply in replies]
     evicting = sorted({p.decode() for p in settings[b"maxmemory-policy"]} - {"noeviction"})
     if evicting:
         raise ConfigurationError(
@@ -184,7 +184,13 @@ def _ask(command: Command, url: str, nodes: tuple[str, ...]) -> Plan[list[Any] |
     return replies
 
 
-def _config_value(reply: Any, name: bytes) -> bytes:
+def config_value(reply: Any, name: bytes) -> bytes:
+    """The value in a ``CONFIG GET name`` reply (a RESP3 map, or a flat RESP2 list).
+
+    Example:
+        >>> config_value([b"maxmemory-policy", b"noeviction"], b"maxmemory-policy")
+        b'noeviction'
+    """
     if isinstance(reply, dict):
         value = reply.get(name, reply.get(name.decode(), b""))
     else:  # a flat [name, value] list
