@@ -116,6 +116,10 @@ class BrokerError(CeleriacError):
     """
 
     maybe_done = False
+    #: True when the broker answered the call with a refusal (a wrong password, an ACL
+    #: denial, a server loading its data or running a long script): it is there, and
+    #: "cannot reach the broker" would send an operator after the network.
+    answered = False
 
 
 class BrokerConnectionError(BrokerError):

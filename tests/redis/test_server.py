@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -151,6 +153,50 @@ def test_an_outage_is_a_few_log_lines_and_its_end_is_said(own_server: Server, ri
         assert workers.stop(proc) == 0
     finally:
         restarted.stop()
+
+
+def test_a_broker_that_answers_with_a_refusal_is_not_called_unreachable(
+    own_server: Server, rig: Rig
+) -> None:
+    # A Redis busy running a script answers every call "BUSY": the supervisor said it
+    # "cannot reach the broker", sending an operator after the network, not SLOWLOG.
+    server = own_server("--busy-reply-threshold", "100")
+    workers, app = rig(server.url)
+    proc = workers.start("-c", "1")
+    runner, admin = redis.Redis(port=server.port), redis.Redis(port=server.port)
+    spin = threading.Thread(target=_swallow(lambda: runner.eval("while true do end", 0)))
+    try:
+        busy = app.send_task("tests.apps.core.work", args=(2,))  # it commits in the outage
+        assert wait_for(lambda: workers.ledger.count("start")[busy.id] == 1, timeout=20)
+        spin.start()
+        said = ("finds the broker refusing its calls", "the broker refuses its calls")
+        assert wait_for(lambda: all(w in workers.log_text() for w in said), timeout=20), (
+            workers.log_text()
+        )
+        admin.script_kill()
+        spin.join(timeout=10)
+        assert app.send_task("tests.apps.core.add", args=(1, 2)).get(timeout=30) == 3
+        assert busy.get(timeout=30) == ""  # its commit waited, then went through
+        log = workers.log_text()
+        assert "finds the broker refusing its calls (could not" in log, log
+        assert "is busy running a script" in log, log
+        assert "cannot reach the broker" not in log, log
+        assert "the broker refuses its calls (could not" in log, log  # a child's
+        assert "broker unavailable" not in log, log
+        assert workers.stop(proc) == 0
+    finally:
+        runner.close()
+        admin.close()
+
+
+def _swallow(call: Callable[[], object]) -> Callable[[], None]:
+    """``call``, made to end quietly with the error a killed script ends with."""
+
+    def run() -> None:
+        with contextlib.suppress(redis.RedisError):
+            call()
+
+    return run
 
 
 def test_aof_on_is_quiet(own_server: Server, caplog: pytest.LogCaptureFixture) -> None:

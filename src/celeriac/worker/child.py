@@ -461,8 +461,9 @@ class Child(Intake):
                     return None
                 if logged:
                     log.warning(
-                        "child %d: broker unavailable (%s); retrying with backoff until it answers",
+                        "child %d: %s (%s); retrying with backoff until it answers",
                         os.getpid(),
+                        "the broker refuses its calls" if exc.answered else "broker unavailable",
                         exc,
                     )
                 self._pause(outage, began)

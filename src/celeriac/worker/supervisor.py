@@ -219,9 +219,11 @@ class Worker(Reaping, BrokerDuties, HardLimits):
             except BrokerError as exc:
                 if outage.failed():
                     log.error(
-                        "worker %s cannot reach the broker yet: %s It retries until the "
-                        "broker answers (Ctrl-C stops).",
+                        "worker %s %s: %s It retries until the broker answers (Ctrl-C stops).",
                         self.id,
+                        "cannot start: the broker refuses its calls"
+                        if exc.answered
+                        else "cannot reach the broker yet",
                         exc,
                     )
                 while self._stop_requests == 0 and time.monotonic() < outage.retry_at:
@@ -438,10 +440,7 @@ class Worker(Reaping, BrokerDuties, HardLimits):
                         "worker %s %s (%s); it retries with backoff, running tasks carry "
                         "on, and their commits wait for the broker",
                         self.id,
-                        f"still cannot reach the broker after {down:.0f}s"
-                        if not first
-                        else "cannot reach the broker"
-                        + (f": a call waited {down:.0f}s" if down >= 1 else ""),
+                        _outage_words(exc, first=first, down=down),
                         exc,
                     )
             else:
@@ -582,6 +581,24 @@ class Worker(Reaping, BrokerDuties, HardLimits):
                 return
         if self._reachable:  # poll never raises (it backs off and logs by itself)
             self.remote.poll()
+
+
+def _outage_words(exc: BrokerError, *, first: bool, down: float) -> str:
+    """What the supervisor says of a broker call that failed: a broker that answered with a
+    refusal (a rotated password, an ACL, BUSY) is not one it "cannot reach".
+
+    Example: ``_outage_words(BrokerError("x"), first=True, down=31)`` is "cannot reach the
+    broker: a call waited 31s".
+    """
+    if exc.answered:
+        return (
+            "finds the broker refusing its calls"
+            if first
+            else (f"still finds the broker refusing its calls after {down:.0f}s")
+        )
+    if not first:
+        return f"still cannot reach the broker after {down:.0f}s"
+    return "cannot reach the broker" + (f": a call waited {down:.0f}s" if down >= 1 else "")
 
 
 def _trim_heap() -> None:

@@ -346,12 +346,21 @@ def translate(exc: BaseException, what: str, url: str) -> BrokerError:
         )
     else:
         error = BrokerError(f"could not {what}: Redis at {url} refused the command: {exc}")
+    error.answered = _answered(exc)
     if isinstance(exc, errors.TimeoutError) and "connecting" not in str(exc):
         # Sent, or partly sent, and unanswered: Redis may run it when it answers.
         error.maybe_done = True
     error.__cause__ = original
     error.__suppress_context__ = True
     return error
+
+
+def _answered(exc: errors.RedisError) -> bool:
+    """True when ``exc`` is Redis's own reply (an error reply, a refused password, a full
+    connection table), not a connection that failed or timed out."""
+    said = errors.ResponseError | errors.AuthenticationError
+    busy = errors.BusyLoadingError | errors.BusyScriptError
+    return isinstance(exc, said | busy) or _MAXCLIENTS in str(exc)
 
 
 def _what_redis_said(exc: BaseException) -> errors.RedisError:
