@@ -466,6 +466,44 @@ def test_arguments_that_do_not_fit_are_put_back_for_another_version(
         assert not isinstance(raised.value, ArgumentsRefused)
 
 
+def test_a_chunk_or_a_decorated_task_given_too_many_arguments_is_put_back(
+    app: Celeriac, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A newer producer's chunks of charge(order, amount, currency), or its audit(order,
+    # reason) under functools.wraps, failed for good on an older worker ("takes 2
+    # positional arguments but 3 were given"): the check skipped chunks and decorated
+    # functions, where a plain call was put back for a worker of the version that sent it.
+    app.conf.task_unknown_retry_delay = 60
+
+    @app.task
+    def charge(order: int, amount: int) -> int:
+        return amount
+
+    def logged(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    @app.task
+    @logged
+    def audit(order: int) -> int:
+        return order
+
+    newer = charge.chunks([(1, 10), (2, 20, "USD"), (3, 30)], 2).apply_async()
+    older = charge.chunks([(4, 40)], 1).apply_async()
+    added = app.send_task(audit.name, args=[5, "fraud"])
+    fits = audit.delay(6)
+    run_queued(app, fail_fast=False)
+    assert older.get(timeout=1) == [[40]] and fits.get(timeout=1) == 6
+    assert [r.state for r in newer.results] == ["PENDING", "SUCCESS"]  # (1, 10) and (2, ...)
+    assert added.state == "PENDING"
+    assert [s.delayed for s in app.broker.stats()] == [2]  # put back, not failed
+    assert "call 1 of the chunk: too many positional arguments" in caplog.text
+    assert f"audit[{added.id}] cannot take the arguments it was sent (too many" in caplog.text
+
+
 def test_a_commit_whose_reply_was_lost_is_not_said_to_be_another_worker_s(
     app: Celeriac, caplog: pytest.LogCaptureFixture
 ) -> None:

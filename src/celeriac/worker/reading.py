@@ -653,10 +653,14 @@ def ordinal(n: int) -> str:
 
 
 def _unfit(task: Task[Any, Any], message: Message) -> str | None:
-    """Why ``task``'s function cannot take ``message``'s arguments, or None (and for a
-    chunk, a workflow step that will not run, or a decorated function). Keywords it does
-    not take are left out: they are dropped when it runs, or refused with
+    """Why ``task``'s function cannot take ``message``'s arguments, or None. Keywords it
+    does not take are left out: they are dropped when it runs, or refused with
     task_strict_kwargs (ArgumentsRefused).
+
+    A chunk's argument lists are checked one by one; a workflow step that will not run
+    is not checked. A decorated function (``__wrapped__``) is checked only for too many
+    positional arguments: a decorator may supply arguments (``db=``) its wrapper's
+    callers do not, but none takes more than the function it wraps.
 
     Example:
         >>> from celeriac import Celeriac
@@ -666,19 +670,36 @@ def _unfit(task: Task[Any, Any], message: Message) -> str | None:
         >>> _unfit(process, Message(id="t1", task="shop.process", args=[5, "x"]))
         'too many positional arguments; the function is process(order)'
     """
+    canvas = message.options.get("canvas") if message.options else None
+    if isinstance(canvas, dict):
+        if canvas.get("abort"):
+            return None  # it will not run, and lacks what it awaited
+        if canvas.get("chunk"):
+            return _unfit_chunk(task, message.args)
     arguments = task.arguments
     problem = arguments.problem(message.args, message.kwargs)  # per message: the fast path
     if problem is None:
         return None
+    if hasattr(task.fn, "__wrapped__"):
+        return problem if len(message.args) > arguments.most else None
     if message.kwargs and arguments.keywords is not None:
         kwargs = {k: v for k, v in message.kwargs.items() if k in arguments.keywords}
         problem = arguments.problem(message.args, kwargs)
-    canvas = message.options.get("canvas") if message.options else None
-    if isinstance(canvas, dict) and (canvas.get("chunk") or canvas.get("abort")):
-        return None  # a chunk's are lists of them; an aborted step lacks what it awaited
-    if hasattr(task.fn, "__wrapped__"):  # a decorator's wrapper may add arguments: it runs
-        return None
     return problem
+
+
+def _unfit_chunk(task: Task[Any, Any], args: list[Any]) -> str | None:
+    """Why one of a chunk's calls cannot take its argument list (see :func:`_unfit`)."""
+    if len(args) != 1 or not isinstance(args[0], list):
+        return None  # not a chunk's shape: running it says what is wrong
+    decorated = hasattr(task.fn, "__wrapped__")
+    for number, call in enumerate(args[0]):
+        if not isinstance(call, list):
+            return None
+        problem = task.arguments.problem(call, None)
+        if problem is not None and (not decorated or len(call) > task.arguments.most):
+            return f"call {number} of the chunk: {problem}"
+    return None
 
 
 @dataclasses.dataclass
