@@ -12,6 +12,12 @@ import pytest
 from celeriac import Celeriac, ConfigurationError
 from celeriac.manifest import breaking_changes, build, validate
 
+#: What a new worker does with an old message that does not fit: not a TypeError for good.
+NOT_RUN = (
+    "new workers put them back for a worker of the old code, then dead-letter them after "
+    "task_unknown_max_age"
+)
+
 
 def manifest_of(*fns: Callable[..., Any]) -> dict[str, Any]:
     app = Celeriac("manifest", broker="memory://")
@@ -81,7 +87,7 @@ def test_a_parameter_that_became_keyword_only_is_flagged() -> None:
     new = manifest_of(renamed(charge_v2, "charge"))
     assert breaking_changes(old, new) == [
         "shop.charge: parameter 'amount' became keyword-only: old messages passing it "
-        "positionally fail with TypeError"
+        f"positionally do not fit, and {NOT_RUN}"
     ]
     (from_old_manifest,) = breaking_changes(without_kinds(old), new)
     assert from_old_manifest.startswith("shop.charge: parameter 'amount' became keyword-only")
@@ -98,9 +104,9 @@ def test_a_parameter_that_became_positional_only_is_flagged() -> None:
 
     assert breaking_changes(old, manifest_of(pay)) == [
         "shop.pay: parameter 'order_id' became positional-only: old messages passing it by "
-        "keyword fail with TypeError",
+        f"keyword do not fit, and {NOT_RUN}",
         "shop.pay: parameter 'amount' became positional-only: old messages passing it by "
-        "keyword fail with TypeError",
+        f"keyword do not fit, and {NOT_RUN}",
     ]
 
 
@@ -203,3 +209,64 @@ def test_a_malformed_manifest_says_what_is_wrong_where(data: Any, complaint: str
 def test_a_manifest_exported_before_kinds_were_recorded_is_valid(tmp_path: Path) -> None:
     old = without_kinds(manifest_of(renamed(charge_v1, "charge")))
     assert validate(json.loads(json.dumps(old)), str(tmp_path / "old.json")) == old
+
+
+def test_a_positional_parameter_folded_into_var_kwargs_is_flagged() -> None:
+    # t(a, b) -> t(a, **kw): an old t(1, 2) does not fit (too many positional arguments)
+    # and was put back for an hour on every new worker, while check said "no breaking
+    # changes": a removed parameter was skipped whenever the new code had **kwargs.
+    def t(a: int, b: int = 1) -> None: ...
+
+    old = manifest_of(t)
+
+    def t(a: int, **kw: int) -> None:  # type: ignore[no-redef]
+        ...
+
+    assert breaking_changes(old, manifest_of(t)) == [
+        f"shop.t: parameter 'b' removed: old messages passing it positionally do not fit, "
+        f"and {NOT_RUN}"
+    ]
+
+
+def test_a_parameter_folded_into_var_args_is_said_to_land_there() -> None:
+    # "positionally they fail" was wrong: *args takes the values.
+    def t(a: int, b: int) -> None: ...
+
+    old = manifest_of(t)
+
+    def t(a: int, *rest: int) -> None:  # type: ignore[no-redef]
+        ...
+
+    assert breaking_changes(old, manifest_of(t)) == [
+        "shop.t: parameter 'b' removed: old messages passing it by keyword lose it (dropped "
+        "with a warning); positionally it lands in *args"
+    ]
+
+    def t(a: int, *rest: int, **kw: int) -> None:  # type: ignore[no-redef]
+        ...
+
+    assert breaking_changes(old, manifest_of(t)) == []  # either way, it has a place
+
+
+def test_a_task_moved_to_another_queue_is_flagged() -> None:
+    # Old messages sat in the old queue with no worker consuming it; check said nothing,
+    # and status said so only after the deploy.
+    old_app = Celeriac("manifest", broker="memory://")
+    new_app = Celeriac("manifest", broker="memory://")
+    old_app.task(name="shop.notify", queue="emails")(lambda user: None)
+    new_app.task(name="shop.notify", queue="notifications")(lambda user: None)
+    assert breaking_changes(build(old_app), build(new_app)) == [
+        "shop.notify: moved from queue 'emails' to 'notifications': messages already queued "
+        "in 'emails' wait there; keep a worker consuming 'emails' (-Q notifications,emails) "
+        "until `celeriac peek emails` shows none of them"
+    ]
+    undeclared = Celeriac("manifest", broker="memory://")
+    undeclared.task(name="shop.notify")(lambda user: None)
+    assert build(undeclared)["tasks"]["shop.notify"]["queue"] == "default"
+    routed = Celeriac("manifest", broker="memory://", task_routes={"shop.*": "mail"})
+    routed.task(name="shop.notify")(lambda user: None)
+    assert "queue" not in build(routed)["tasks"]["shop.notify"]  # a router may choose
+    assert breaking_changes(build(old_app), build(routed)) == []  # unknown: not guessed
+    assert breaking_changes(without_kinds(build(old_app)), build(old_app)) == []
+    with pytest.raises(ConfigurationError, match=r"tasks\['t'\].queue is a number"):
+        validate({"tasks": {"t": {"params": [], "queue": 5}}}, "deployed.json")

@@ -8,19 +8,25 @@ A manifest is a JSON object::
 
     {"app": "shop", "tasks": {"shop.ship": {
         "params": [{"name": "order_id", "required": true, "kind": "positional_or_keyword"}],
-        "var_args": false, "var_kwargs": false}}}
+        "var_args": false, "var_kwargs": false, "queue": "shipping"}}}
 
 ``params`` are in signature order, without ``*args`` and ``**kwargs``, so a parameter's
 position is its index among the parameters that are not keyword-only. ``kind`` is
 ``positional_only``, ``positional_or_keyword`` or ``keyword_only``. Manifests exported
 before kinds were recorded lack it: such a parameter is compared as positional-or-keyword,
 since old messages may have passed it either way, and a finding that depends on its kind
-says so.
+says so. ``queue`` is the queue the task's definition names, or the app's default queue
+when neither it nor ``task_routes`` names one; it is left out when ``task_routes`` may
+choose it (a router can look at the arguments), and manifests exported before it was
+recorded lack it.
 
-What it compares is the old code's messages reaching new workers. The other way round,
-during a rolling deploy, a new producer passing a new parameter *positionally* to a worker
-still on the old code fails there with TypeError (by keyword it is dropped with a
-warning): upgrade the workers before the producers, or pass new parameters by keyword.
+What it compares is the old code's messages reaching new workers. A message that no
+longer fits the function (a new required parameter, one removed that it passes by
+position) is not run by a new worker: it is put back for a worker of the old code, then
+dead-lettered after ``task_unknown_max_age``. The other way round, during a rolling
+deploy, a new producer passing a new parameter *positionally* to a worker still on the old
+code is put back the same way (by keyword it is dropped with a warning): upgrade the
+workers before the producers, or pass new parameters by keyword.
 """
 
 from __future__ import annotations
@@ -40,6 +46,11 @@ _KINDS = {
     inspect.Parameter.KEYWORD_ONLY: "keyword_only",
 }
 _EITHER = "positional_or_keyword"  # the kind assumed when an old manifest does not say
+#: What a new worker does with an old message that does not fit the function.
+_NOT_RUN = (
+    "new workers put them back for a worker of the old code, then dead-letter them after "
+    "task_unknown_max_age"
+)
 
 
 def build(app: Celeriac) -> dict[str, Any]:
@@ -61,6 +72,9 @@ def build(app: Celeriac) -> dict[str, Any]:
         params = list(inspect.signature(task.fn).parameters.values())
         if task.bind:
             params = params[1:]
+        queue = task.options.queue
+        if queue is None and app.conf.routing is None:
+            queue = app.conf.task_default_queue
         tasks[name] = {
             "params": [
                 {
@@ -73,6 +87,7 @@ def build(app: Celeriac) -> dict[str, Any]:
             ],
             "var_args": any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params),
             "var_kwargs": any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params),
+            **({"queue": queue} if queue is not None else {}),
         }
     return {"app": app.name, "tasks": tasks}
 
@@ -80,8 +95,9 @@ def build(app: Celeriac) -> dict[str, Any]:
 def validate(data: Any, source: str) -> dict[str, Any]:
     """Return ``data`` if it has the shape of a manifest, else say what is wrong where.
 
-    ``kind``, ``required``, ``var_args`` and ``var_kwargs`` may be missing (older
-    manifests lack ``kind``), but when present they must have the right type.
+    ``kind``, ``required``, ``var_args``, ``var_kwargs`` and ``queue`` may be missing
+    (older manifests lack ``kind`` and ``queue``), but when present they must have the
+    right type.
 
     Raises:
         ConfigurationError: naming ``source`` and the first part that is wrong.
@@ -110,6 +126,8 @@ def _validate_task(task: Any, where: str, source: str) -> None:
     for flag in ("var_args", "var_kwargs"):
         if not isinstance(task.get(flag, False), bool):
             raise _malformed(source, f"{where}.{flag} is {_json_type(task[flag])}, not a boolean")
+    if not isinstance(task.get("queue", ""), str):
+        raise _malformed(source, f"{where}.queue is {_json_type(task['queue'])}, not a string")
     params = task.get("params")
     if not isinstance(params, list):
         raise _malformed(source, f"{where}.params is {_json_type(params)}, not an array")
@@ -150,7 +168,7 @@ def breaking_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         ['t: removed; queued messages for it will be dead-lettered after task_unknown_max_age']
         >>> new = {"tasks": {"t": {"params": [{"name": "x", "kind": "keyword_only"}]}}}
         >>> breaking_changes(old, new)
-        ["t: parameter 'x' became keyword-only: old messages passing it positionally fail ..."]
+        ["t: parameter 'x' became keyword-only: old messages passing it positionally do not ..."]
     """
     problems: list[str] = []
     for name, before in old.get("tasks", {}).items():
@@ -167,6 +185,7 @@ def breaking_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def _compare(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return [
+        *_requeued(before, after),
         *_new_required(before, after),
         *_inserted(before, after),
         *_moved(before, after),
@@ -191,6 +210,19 @@ def _positional(task: dict[str, Any]) -> list[str]:
     return [p["name"] for p in task["params"] if p.get("kind", _EITHER) != "keyword_only"]
 
 
+def _requeued(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    # Messages already in the old queue stay there: a worker that consumes only the new
+    # one never sees them, and `celeriac status` says so only once they wait.
+    was, now = before.get("queue"), after.get("queue")
+    if not isinstance(was, str) or not isinstance(now, str) or was == now:
+        return []
+    return [
+        f"moved from queue {was!r} to {now!r}: messages already queued in {was!r} wait there; "
+        f"keep a worker consuming {was!r} (-Q {now},{was}) until `celeriac peek {was}` shows "
+        "none of them"
+    ]
+
+
 def _new_required(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     old_required = {p["name"]: p.get("required") for p in before["params"]}
     problems = []
@@ -199,7 +231,7 @@ def _new_required(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
             continue
         if p["name"] not in old_required:
             problems.append(
-                f"new required parameter {p['name']!r}: old messages lack it and will fail; "
+                f"new required parameter {p['name']!r}: old messages lack it, and {_NOT_RUN}; "
                 "give it a default"
             )
         elif old_required[p["name"]] is False:
@@ -207,7 +239,7 @@ def _new_required(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
             # fails with TypeError on the new workers.
             problems.append(
                 f"parameter {p['name']!r} became required: old messages that left it out "
-                "fail with TypeError; keep its default"
+                f"do not fit, and {_NOT_RUN}; keep its default"
             )
     return problems
 
@@ -250,7 +282,7 @@ def _moved(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 
 def _kind_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     now = {p["name"]: p.get("kind", _EITHER) for p in after["params"]}
-    fails = "land in *args" if after.get("var_args") else "fail with TypeError"
+    fails = "land in *args" if after.get("var_args") else f"do not fit, and {_NOT_RUN}"
     problems = []
     for param in before["params"]:
         name, was, kind = param["name"], param.get("kind"), now.get(param["name"])
@@ -262,25 +294,39 @@ def _kind_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
         elif kind == "positional_only" and was != "positional_only":
             problems.append(
                 f"parameter {name!r} became positional-only: old messages passing it by "
-                f"keyword fail with TypeError{_unrecorded(param, kind, kind)}"
+                f"keyword do not fit, and {_NOT_RUN}{_unrecorded(param, kind, kind)}"
             )
     return problems
 
 
 def _removed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     new_names = {p["name"] for p in after["params"]}
-    problems = [
-        f"parameter {p['name']!r} removed: old messages passing it by keyword lose it "
-        "(dropped with a warning)"
-        + ("" if p.get("kind") == "keyword_only" else "; positionally they fail")
-        for p in before["params"]
-        if p["name"] not in new_names and not after.get("var_kwargs")
-    ]
+    problems = []
+    for param in before["params"]:
+        if param["name"] in new_names:
+            continue
+        said = _lost(param, bool(after.get("var_args")), bool(after.get("var_kwargs")))
+        if said:
+            problems.append(f"parameter {param['name']!r} removed: old messages passing it {said}")
     if before.get("var_args") and not after.get("var_args"):
-        problems.append("*args removed: old messages passing extra positional arguments fail")
+        problems.append(
+            f"*args removed: old messages passing extra positional arguments {_NOT_RUN}"
+        )
     if before.get("var_kwargs") and not after.get("var_kwargs"):
         problems.append(
-            "**kwargs removed: old messages passing other keyword arguments lose them "
-            "(dropped with a warning)"
+            "**kwargs removed: old messages passing other keyword arguments lose "
+            "them (dropped with a warning)"
         )
     return problems
+
+
+def _lost(param: dict[str, Any], var_args: bool, var_kwargs: bool) -> str:
+    """What becomes of a removed parameter's value in old messages; "" when nothing does
+    (``**kwargs`` takes it by keyword, ``*args`` by position)."""
+    by_keyword = "" if var_kwargs else "by keyword lose it (dropped with a warning)"
+    if param.get("kind") == "keyword_only":
+        return by_keyword
+    if var_args:
+        return f"{by_keyword}; positionally it lands in *args" if by_keyword else ""
+    by_position = f"positionally do not fit, and {_NOT_RUN}"
+    return f"{by_keyword}; {by_position}" if by_keyword else by_position
