@@ -18,6 +18,7 @@ from celeriac import Celeriac, ConfigurationError
 from celeriac.beat import Every, Scheduler
 from celeriac.beat.entries import EntryRecord, EntrySpec
 from celeriac.cli import cli
+from tests.conftest import run_celeriac
 from tests.test_beat import Clock, app, queued
 
 __all__ = ["app"]  # the fixture, shared with tests/test_beat.py
@@ -182,3 +183,85 @@ def test_a_scheduler_whose_app_has_no_tasks_sends_by_name_without_a_warning(
         Scheduler(app, clock=clock).step()
     assert len(queued(app)) == 1
     assert [r.getMessage() for r in caplog.records] == []
+
+
+# -- two code versions defining one entry differently ------------------------------------------
+
+
+def test_schedulers_of_two_code_versions_defining_one_entry_say_so(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Old code: digest sends shop.add; new code: shop.refund. Each tick ran whichever
+    # scheduler claimed it, both tasks at random, said by neither; beat list named the
+    # local code's task for a tick the other definition sent.
+    from celeriac.brokers.memory import MemoryBroker
+
+    broker = MemoryBroker()
+    old, new = Celeriac("shop", broker="memory://"), Celeriac("shop", broker="memory://")
+    for version, task in ((old, "shop.add"), (new, "shop.refund")):
+        version.use_broker(broker)
+        version.beat.clock = clock
+        version.beat.periodic(version.task(lambda: None, name=task), every=60, name="digest")
+    olds, news = (
+        Scheduler(old, clock=clock, ident="old:1"),
+        Scheduler(new, clock=clock, ident="new:2"),
+    )
+    same = Scheduler(old, clock=clock, ident="old:3")  # another of the old code: quiet
+    with caplog.at_level(logging.WARNING, logger="celeriac.beat"):
+        olds.step()  # the old code sends a tick
+        for scheduler in (news, same, olds, news, olds, same):
+            clock.now += 60
+            scheduler.step()
+    news_says, olds_says = [r.getMessage() for r in caplog.records]  # once each way
+    assert (
+        "entry digest is defined differently by scheduler new:2, which sent its last tick as "
+        "task shop.refund (every 1m); this scheduler sends it as task shop.add (every 1m)"
+    ) in olds_says
+    assert "scheduler old:1" in news_says and "sends it as task shop.refund" in news_says
+    assert "a deploy under way" in olds_says
+    info = old.beat.get("digest")  # same sent last: old code's task, listed as such
+    assert (info.task, info.last_sent_as) == ("shop.add", None)
+    clock.now += 60
+    news.step()
+    info = old.beat.get("digest")
+    assert (info.task, info.last_sent_as, info.sent_by) == ("shop.add", "shop.refund", "new:2")
+
+
+def test_a_scheduler_started_after_a_deploy_changed_an_entry_says_nothing(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    from celeriac.brokers.memory import MemoryBroker
+
+    broker = MemoryBroker()
+    old, new = Celeriac("shop", broker="memory://"), Celeriac("shop", broker="memory://")
+    for version, task in ((old, "shop.add"), (new, "shop.refund")):
+        version.use_broker(broker)
+        version.beat.clock = clock
+        version.beat.periodic(version.task(lambda: None, name=task), every=60, name="digest")
+    Scheduler(old, clock=clock, ident="old:1").step()
+    news = Scheduler(new, clock=clock, ident="new:2")  # the old one has stopped
+    with caplog.at_level(logging.WARNING, logger="celeriac.beat"):
+        for _ in range(3):
+            clock.now += 60
+            news.step()
+    assert caplog.records == []
+
+
+def test_beat_list_names_the_task_a_tick_of_other_code_was_sent_as(
+    clock: Clock, tmp_path: Any
+) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    (tmp_path / "oldshop.py").write_text(
+        "from celeriac import Celeriac\n"
+        f"app = Celeriac('shop', broker={url!r})\n"
+        "app.beat.periodic(app.task(lambda: None, name='shop.add'), every=60, name='digest')\n"
+    )
+    new = Celeriac("shop", broker=url)
+    new.beat.clock = clock
+    new.beat.periodic(new.task(lambda: None, name="shop.refund"), every=60, name="digest")
+    Scheduler(new, clock=clock, ident="new:2").step()
+    listed = run_celeriac("-A", "oldshop", "beat", "list", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    said = " ".join(listed.stdout.split())
+    assert "task shop.add, next" in said, said  # what this code sends...
+    assert ", sent as task shop.refund by new:2" in said, said  # ...and what was sent

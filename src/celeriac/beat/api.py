@@ -71,6 +71,9 @@ class EntryInfo:
     last_error: str | None = None  # why the last tick could not be sent (None: it was)
     #: Why this process cannot schedule the stored definition (None: it can).
     problem: str | None = None
+    #: The task the last tick was sent as, when not ``task`` (None: the same): a
+    #: scheduler of other code defines the entry differently, or did before a deploy.
+    last_sent_as: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: times as ISO 8601 in UTC.
@@ -550,9 +553,10 @@ def _info(app: Celeriac, item: Loaded, now: float) -> EntryInfo:
     elif entry is None:
         next_run = state.next_run
     spec = item.spec
+    task = entry.task if entry else spec.task if spec else state.task
     return EntryInfo(
         name=item.name,
-        task=entry.task if entry else spec.task if spec else state.task,
+        task=task,
         schedule=entry.schedule.describe() if entry else _stored(spec) or state.schedule,
         origin=item.origin,
         paused=item.paused,
@@ -567,6 +571,7 @@ def _info(app: Celeriac, item: Loaded, now: float) -> EntryInfo:
         options=entry.options if entry else None,
         last_error=state.last_error,
         problem=item.problem,
+        last_sent_as=state.task if state.last_task_id and state.task not in ("", task) else None,
     )
 
 

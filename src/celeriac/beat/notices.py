@@ -38,6 +38,9 @@ class Notices:
     _unreadable: dict[str, str]  # entry -> why this scheduler cannot schedule it
     _unregistered: set[tuple[str, str]]  # (entry, task) said to be unknown here
     _skewed: set[str]  # entries whose last send is ahead of this clock (said)
+    _sent_here: set[str]  # entries this scheduler sent a tick of
+    _rivals: set[tuple[str, str, str]]  # (entry, task, schedule) of other code (said)
+    ident: str
 
     def _check_clock(self, name: str, schedule: Schedule, state: EntryState, now: float) -> None:
         """Warn, once until it passes, when the entry's last tick was sent at a time still
@@ -63,6 +66,37 @@ class Notices:
             at(schedule, state.last_tick, now) if state.last_tick is not None else "?",
             state.sent_by or "a scheduler",
             format_seconds(round(ahead)),
+        )
+
+    def _check_rival(self, name: str, entry: Entry, state: EntryState) -> None:
+        """Warn, once per definition, when a scheduler running other code (a deploy under
+        way) sent this entry's last tick under another definition after this one sent it.
+
+        Each tick runs whichever definition claims it: old and new code defining one
+        entry name with different tasks sent both tasks at random, and said nothing.
+        Checked only once this scheduler has sent the entry itself, so a scheduler started
+        after a deploy changed the entry (the old one gone) says nothing.
+        """
+        if name not in self._sent_here or state.sent_by in (None, self.ident):
+            return
+        theirs = (name, state.task, state.schedule)
+        if (state.task, state.schedule) == (entry.task, entry.schedule.describe()):
+            return
+        if theirs in self._rivals:
+            return
+        self._rivals.add(theirs)
+        log.warning(
+            "beat: entry %s is defined differently by scheduler %s, which sent its last tick "
+            "as task %s (%s); this scheduler sends it as task %s (%s). Schedulers of two code "
+            "versions are running, and each tick runs whichever definition claims it. This "
+            "ends when every scheduler runs the same code (a deploy under way); if both "
+            "definitions are meant to stay, give one of them another name",
+            name,
+            state.sent_by,
+            state.task or "?",
+            state.schedule or "?",
+            entry.task,
+            entry.schedule.describe(),
         )
 
     def _note_changes(self, loaded: dict[str, Loaded], now: float) -> None:

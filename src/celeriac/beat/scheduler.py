@@ -105,6 +105,8 @@ class Scheduler(Notices):
         self._unreadable: dict[str, str] = {}  # entry -> why this scheduler cannot schedule it
         self._unregistered: set[tuple[str, str]] = set()  # (entry, task) said to be unknown
         self._skewed: set[str] = set()  # entries whose last send is ahead of this clock (said)
+        self._sent_here: set[str] = set()  # entries this scheduler sent a tick of
+        self._rivals: set[tuple[str, str, str]] = set()  # other code's definitions (said)
         self._broker_down = False
         self._down_since = 0.0  # when this scheduler first found the broker unreachable
         self._outage = 0.0  # seconds the broker was unreachable, when this pass ended an outage
@@ -226,6 +228,7 @@ class Scheduler(Notices):
         upcoming = schedule.next_after(now)
         state = item.state if item.state is not None else self._first_seen(name, entry, now)
         self._check_clock(name, schedule, state, now)
+        self._check_rival(name, entry, state)
         tick = schedule.latest(now)
         if tick <= self._done.get(name, -math.inf):
             return upcoming
@@ -384,6 +387,7 @@ class Scheduler(Notices):
         if not stalled or not self._newer_tick_recorded(name, tick):
             store.write_state(name, sent)
         self._done[name] = tick
+        self._sent_here.add(name)
         self._contended.pop(name, None)
         if stalled:
             self._note_stall(sent_at - now)

@@ -96,6 +96,8 @@ def beat_list(obj: Context, as_json: bool) -> None:
         last = _when(e.last_run)
         if e.last_task_id:
             last += f": task {escape(e.last_task_id)} ({escape(e.last_state or '?')})"
+        if e.last_sent_as:  # what ran is not what this code would send: say which ran
+            last += f", sent as task {escape(e.last_sent_as)} by {escape(e.sent_by or '?')}"
         out.print(f"    {task}next {_when(e.next_run, 'not planned')}, last {last}", soft_wrap=True)
         if e.problem:  # stored, but this process cannot rebuild it: no scheduler like it runs it
             out.print(f"    [red]cannot be scheduled here:[/] {escape(e.problem)}", soft_wrap=True)
