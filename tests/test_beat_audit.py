@@ -188,12 +188,8 @@ def test_a_scheduler_whose_app_has_no_tasks_sends_by_name_without_a_warning(
 # -- two code versions defining one entry differently ------------------------------------------
 
 
-def test_schedulers_of_two_code_versions_defining_one_entry_say_so(
-    clock: Clock, caplog: pytest.LogCaptureFixture
-) -> None:
-    # Old code: digest sends shop.add; new code: shop.refund. Each tick ran whichever
-    # scheduler claimed it, both tasks at random, said by neither; beat list named the
-    # local code's task for a tick the other definition sent.
+def two_versions(clock: Clock) -> tuple[Celeriac, Celeriac]:
+    """Old and new code on one broker: entry digest sends shop.add, then shop.refund."""
     from celeriac.brokers.memory import MemoryBroker
 
     broker = MemoryBroker()
@@ -202,6 +198,16 @@ def test_schedulers_of_two_code_versions_defining_one_entry_say_so(
         version.use_broker(broker)
         version.beat.clock = clock
         version.beat.periodic(version.task(lambda: None, name=task), every=60, name="digest")
+    return old, new
+
+
+def test_schedulers_of_two_code_versions_defining_one_entry_say_so(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Old code: digest sends shop.add; new code: shop.refund. Each tick ran whichever
+    # scheduler claimed it, both tasks at random, said by neither; beat list named the
+    # local code's task for a tick the other definition sent.
+    old, new = two_versions(clock)
     olds, news = (
         Scheduler(old, clock=clock, ident="old:1"),
         Scheduler(new, clock=clock, ident="new:2"),
@@ -230,14 +236,7 @@ def test_schedulers_of_two_code_versions_defining_one_entry_say_so(
 def test_a_scheduler_started_after_a_deploy_changed_an_entry_says_nothing(
     clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from celeriac.brokers.memory import MemoryBroker
-
-    broker = MemoryBroker()
-    old, new = Celeriac("shop", broker="memory://"), Celeriac("shop", broker="memory://")
-    for version, task in ((old, "shop.add"), (new, "shop.refund")):
-        version.use_broker(broker)
-        version.beat.clock = clock
-        version.beat.periodic(version.task(lambda: None, name=task), every=60, name="digest")
+    old, new = two_versions(clock)
     Scheduler(old, clock=clock, ident="old:1").step()
     news = Scheduler(new, clock=clock, ident="new:2")  # the old one has stopped
     with caplog.at_level(logging.WARNING, logger="celeriac.beat"):
