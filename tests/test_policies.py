@@ -55,6 +55,27 @@ def test_autoretry_backs_off_then_fails(app: Celeriac) -> None:
         r.get(timeout=1)
 
 
+def test_self_retry_called_without_raise_retries_as_in_celery(app: Celeriac) -> None:
+    # Celery's retry() raises, so `self.retry(exc=exc)` alone is common Celery code: here
+    # it returned the Retry, the task went on, and ended SUCCESS with "done" unretried.
+    attempts: list[int] = []
+
+    @app.bound_task(max_retries=2)
+    def fetch(self: Task[Any, Any]) -> str:
+        attempts.append(self.request.retries)
+        try:
+            raise ConnectionError("service down")
+        except ConnectionError as exc:
+            self.retry(exc=exc, countdown=0)
+        return "done"
+
+    r = fetch.delay()
+    run_queued(app, include_delayed=True, fail_fast=False)
+    assert attempts == [0, 1, 2]
+    with pytest.raises(ConnectionError, match="service down"):
+        r.get(timeout=1)
+
+
 def test_retry_state_shows_the_attempt(app: Celeriac) -> None:
     @app.task
     def later() -> None:

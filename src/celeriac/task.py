@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
 import msgspec
 
@@ -603,8 +603,10 @@ function is add(x, y)
         countdown: float | dt.timedelta | None = None,
         *,
         max_retries: int | None = None,
-    ) -> Retry:
-        """Return a :class:`Retry` to raise: ``raise self.retry(exc=e, countdown=5)``.
+    ) -> NoReturn:
+        """Raise a :class:`Retry`: ``raise self.retry(exc=e, countdown=5)``, or as Celery
+        code calls it, ``self.retry(exc=e)`` alone (returned, not raised, it was lost: the
+        task went on and ended SUCCESS with what it returned after it).
 
         ``countdown`` is seconds or a ``timedelta``, as for ``apply_async``. ``max_retries``
         is this retry's own limit, over the task's (Celery's ``retry(max_retries=5)``):
@@ -618,10 +620,13 @@ function is add(x, y)
         if isinstance(countdown, dt.timedelta):
             countdown = countdown.total_seconds()
         try:
-            return Retry(delay=countdown, exc=exc, max_retries=max_retries)
+            retry = Retry(delay=countdown, exc=exc, max_retries=max_retries)
         except (TypeError, ValueError) as bad:  # say which task: it is read in a worker's log
             cause = exc if isinstance(exc, BaseException) else None  # "from 'text'" raises
             raise type(bad)(f"task {self.name}: {bad}") from cause
+        if exc is not None:
+            raise retry from exc
+        raise retry
 
     def update_state(self, state: str = "PROGRESS", meta: dict[str, Any] | None = None) -> None:
         """Store a custom state and progress data, visible in ``AsyncResult.info``.
