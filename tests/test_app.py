@@ -9,6 +9,7 @@ import inspect
 import itertools
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -70,6 +71,45 @@ def test_delay_get_and_state(app: Celeriac) -> None:
     assert r.get(timeout=1) == 5
     assert (r.state, r.ready(), r.successful(), r.failed()) == ("SUCCESS", True, True, False)
     assert app.AsyncResult(r.id).get(timeout=1) == 5
+
+
+def test_args_and_kwargs_of_a_send_are_a_list_and_a_dict_or_none(app: Celeriac) -> None:
+    # apply_async(None, ...) crashed on len(None) (Celery's signatures pass args=None),
+    # "hello" was sent as five arguments, and a dict ran the task with its keys.
+    @app.task(name="shop.greet")
+    def greet(s: str = "you") -> str:
+        return f"hi {s}"
+
+    handles = [
+        greet.apply_async(None, {"s": "ann"}),
+        greet.apply_async(args=None, kwargs=None),
+        app.send_task("shop.greet", args=None, kwargs={"s": "bob"}),
+        app.send_task("shop.greet", args=(n for n in ["cy"])),  # any ordered iterable
+        asyncio.run(greet.aapply_async(None)),
+    ]
+    run_queued(app)
+    assert [h.get(timeout=1) for h in handles] == ["hi ann", "hi you", "hi bob", "hi cy", "hi you"]
+    refusals = [
+        (
+            lambda: greet.apply_async("hello"),
+            "got str 'hello'; for one argument write args=('hello',)",
+        ),
+        (lambda: greet.apply_async({"s": 1}), "got dict {'s': 1}; keyword arguments go in kwargs="),
+        (
+            lambda: greet.apply_async(5),
+            "args must be a list or tuple of its positional arguments, got int 5",
+        ),
+        (lambda: app.send_task("shop.greet", args={"a"}), "got set {'a'}"),
+        (
+            lambda: greet.apply_async((), ["s"]),
+            "kwargs must be a dict of keyword arguments, got list",
+        ),
+    ]
+    for send, said in refusals:
+        with pytest.raises(TypeError, match=re.escape("cannot send task shop.greet: ")) as refused:
+            send()
+        assert said in str(refused.value)
+    assert app.broker.stats() == [] or all(s.ready == 0 for s in app.broker.stats())
 
 
 def test_apply_async_options_reach_the_message(app: Celeriac) -> None:

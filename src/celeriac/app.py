@@ -26,7 +26,7 @@ from celeriac.message import Message
 from celeriac.middleware import Middleware, MiddlewareStack, default_middleware
 from celeriac.options import DURATIONS, TaskOptions, option_problem, unknown_options
 from celeriac.result import AsyncResult
-from celeriac.task import Task, task_name_for
+from celeriac.task import Task, call_arguments, task_name_for
 from celeriac.text import cut
 
 if TYPE_CHECKING:
@@ -555,13 +555,14 @@ class Celeriac:
     def send_task(
         self,
         name: str,
-        args: Iterable[Any] = (),
+        args: Iterable[Any] | None = (),
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> AsyncResult[Any]:
         """Send a task by name, without importing its code. The arguments are not checked
         against a function of that name registered here (the worker's code decides).
-        ``link`` and ``link_error`` attach callbacks, as for ``apply_async``.
+        ``link`` and ``link_error`` attach callbacks, as for ``apply_async``; ``args`` is
+        a list or tuple (None, or left out: none).
 
         Example:
             >>> app = Celeriac("doc", broker="memory://")
@@ -570,9 +571,10 @@ class Celeriac:
             'PENDING'
         """
         task = self.task_named(name)
+        given, kwargs = call_arguments(name, args, kwargs)
         if options and ("link" in options or "link_error" in options):
-            return task._linked(tuple(args), kwargs, options)
-        return self.publish(task.message(tuple(args), kwargs, **options))
+            return task._linked(given, kwargs, options)
+        return self.publish(task.message(given, kwargs, **options))
 
     def task_named(self, name: str) -> Task[Any, Any]:
         """The task registered under ``name``, or a stand-in that builds its messages with

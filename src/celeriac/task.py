@@ -244,7 +244,7 @@ class Task(Generic[P, R]):
 
     def apply_async(
         self,
-        args: tuple[Any, ...] | list[Any] = (),
+        args: tuple[Any, ...] | list[Any] | None = (),
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> AsyncResult[R]:
@@ -272,7 +272,9 @@ function is <lambda>(x, y)
 
         ``link`` and ``link_error`` (a signature or a list of them), as in Celery, send it
         as ``add.s(*args).link(...)`` would: see :meth:`celeriac.canvas.Canvas.link`.
+        ``args=None`` is no arguments, as in Celery.
         """
+        args, kwargs = call_arguments(self.name, args, kwargs)
         if options and ("link" in options or "link_error" in options):
             return self._linked(args, kwargs, options)
         self.check_arguments(args, kwargs)
@@ -284,11 +286,12 @@ function is <lambda>(x, y)
 
     async def aapply_async(
         self,
-        args: tuple[Any, ...] | list[Any] = (),
+        args: tuple[Any, ...] | list[Any] | None = (),
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> AsyncResult[R]:
         """Async face of :meth:`apply_async`."""
+        args, kwargs = call_arguments(self.name, args, kwargs)
         if options and ("link" in options or "link_error" in options):
             import asyncio  # loaded by code that awaits, not at import: see architecture.md
 
@@ -780,6 +783,53 @@ class Arguments:
             if index.get(name, given) < given:  # given both by position and by name
                 return False
         return all(at < given or name in kwargs for at, name in self.needed)
+
+
+#: Iterables that are not a list of arguments: one argument each (a str, bytes), keyword
+#: arguments (a dict), or in no order (a set).
+_NOT_ARGUMENTS = (str, bytes, bytearray, dict, set, frozenset)
+
+
+def call_arguments(
+    task: str, args: Any, kwargs: Any
+) -> tuple[tuple[Any, ...] | list[Any], dict[str, Any] | None]:
+    """A send's ``args`` and ``kwargs`` as given, once they are a list or tuple (None: none)
+    and a dict (None: none); TypeError naming the task otherwise.
+
+    ``apply_async(None)`` crashed on ``len(None)``, ``apply_async("hello")`` sent five
+    arguments, one per letter, and ``apply_async({"s": 1})`` ran the task with ``s="s"``.
+
+    Example:
+        >>> call_arguments("shop.ship", None, None)
+        ((), None)
+        >>> call_arguments("shop.ship", "parcel-7", None)
+        Traceback (most recent call last):
+        TypeError: cannot send task shop.ship: args must be a list or tuple of its \
+positional arguments, got str 'parcel-7'; for one argument write args=('parcel-7',)
+    """
+    if args.__class__ is not tuple and args.__class__ is not list:
+        if args is None:
+            args = ()
+        elif isinstance(args, tuple | list):
+            pass
+        elif isinstance(args, Iterable) and not isinstance(args, _NOT_ARGUMENTS):
+            args = tuple(args)  # a range, a generator: in order, one argument each
+        else:
+            shown = cut(repr(args), 60)
+            hint = (
+                "; keyword arguments go in kwargs=" if isinstance(args, dict) else
+                f"; for one argument write args=({shown},)"
+            )
+            raise TypeError(
+                f"cannot send task {task}: args must be a list or tuple of its positional "
+                f"arguments, got {type(args).__name__} {shown}{hint}"
+            )
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise TypeError(
+            f"cannot send task {task}: kwargs must be a dict of keyword arguments, got "
+            f"{type(kwargs).__name__} {cut(repr(kwargs), 60)}"
+        )
+    return args, kwargs
 
 
 def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
