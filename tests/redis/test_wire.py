@@ -159,6 +159,24 @@ def test_a_server_that_hangs_up_costs_three_attempts_then_an_error() -> None:
     assert len(accepted) == len(RETRY_PAUSES) + 1
 
 
+def test_connections_idle_through_a_restart_are_dropped_together(tmp_path: Path) -> None:
+    # Each dead idle connection cost a call one of its three tries: with 40 idle (a busy
+    # producer's threads, an asyncio child after a burst), the next 13 calls failed with
+    # Redis back, and a worker child waited out its backoff after each.
+    server = start_redis(tmp_path / "redis")
+    made = Wire(opener(f"redis://127.0.0.1:{server.port}/0", 30.0))
+    try:
+        held = [made.send(("PING",)) for _ in range(40)]  # 40 connections at once...
+        assert [sent.reply() for sent in held] == [b"PONG"] * 40  # ...then idle
+        server.kill()
+        server = start_redis(tmp_path / "redis", port=server.port)
+        assert made.call(("PING",)) == b"PONG"  # one broken, the rest dropped unused
+        assert made.call(("INCR", "n")) == 1
+    finally:
+        made.close()
+        server.stop()
+
+
 def test_a_frozen_server_costs_one_timeout_not_three(tmp_path: Path) -> None:
     # A timeout was retried like a broken socket: two fresh connections, each waiting
     # socket_timeout again (90 s with the defaults before a frozen Redis was reported to
