@@ -817,8 +817,9 @@ positional arguments, got str 'parcel-7'; for one argument write args=('parcel-7
         else:
             shown = cut(repr(args), 60)
             hint = (
-                "; keyword arguments go in kwargs=" if isinstance(args, dict) else
-                f"; for one argument write args=({shown},)"
+                "; keyword arguments go in kwargs="
+                if isinstance(args, dict)
+                else f"; for one argument write args=({shown},)"
             )
             raise TypeError(
                 f"cannot send task {task}: args must be a list or tuple of its positional "
