@@ -99,3 +99,26 @@ def test_a_task_that_ran_alone_is_committed_at_once_not_held_in_the_batch(
     assert wait_for(core_app.broker.dead_letters, timeout=30), workers.log_text()
     assert [letter.id for letter in core_app.broker.dead_letters()] == [poison.id]
     assert ledger.count("run")[alone.id] == 1, workers.log_text()
+
+
+@pytest.mark.parametrize("pool", ["threads", "asyncio"])
+def test_a_task_allowed_one_delivery_killed_beside_another_is_not_run_again(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, pool: str
+) -> None:
+    # The tasks killed beside the one a hard limit stopped go back uncounted (they did
+    # nothing wrong): a max_deliveries=1 task among them ran again in full, twice in all,
+    # though "never twice" is what the limit promises.
+    once = core.delivered_once.delay(30)  # still running when its neighbour is stopped
+    workers.start("-P", pool, "-c", "2")
+    assert wait_for(lambda: ledger.count("start")[once.id] == 1, timeout=30), workers.log_text()
+    stopped = core.stuck.delay()  # its hard limit (1 s) kills the child, and `once` with it
+    assert wait_for(core_app.broker.dead_letters, timeout=30), workers.log_text()
+    (letter,) = core_app.broker.dead_letters()
+    assert letter.id == once.id, letter
+    assert "the task's max_deliveries=1" in letter.reason, letter.reason
+    assert f"killed with its child, stopped for {core.stuck.name}[{stopped.id}]" in (
+        letter.reason
+    )
+    assert ledger.count("start")[once.id] == 1  # ran once, never again
+    # The kill's line names the task it ended beside the one it was for.
+    assert f"; with it {core.delivered_once.name}[{once.id}], put back" in workers.log_text()

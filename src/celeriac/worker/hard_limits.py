@@ -72,16 +72,17 @@ class HardLimits:
             if running.id in self.remote.to_terminate:
                 pid, started = child.pid, self._kill_for(child, running, "REVOKED")
                 log.warning(
-                    "task %s was revoked with terminate; killed child %d%s",
+                    "task %s was revoked with terminate; killed child %d%s%s",
                     running.label,
                     pid,
                     words(started),
+                    _beside(view, running),
                 )
                 return
             if running.hard_deadline and now > running.hard_deadline:
                 blocker = _blocker(view, running, *child.slot.blocker())
                 if blocker is not None:
-                    self._kill_for_blocker(child, blocker, running)
+                    self._kill_for_blocker(child, view, blocker, running)
                     return
                 pid, started = child.pid, self._kill_for(child, running, "FAILURE")
                 log.error(
@@ -89,13 +90,13 @@ class HardLimits:
                     running.label,
                     pid,
                     words(started),
-                    ""
-                    if self.pool == "process"
-                    else " (its other running tasks will be delivered again)",
+                    _beside(view, running),
                 )
                 return
 
-    def _kill_for_blocker(self, child: ChildState, blocker: Held, victim: Held) -> None:
+    def _kill_for_blocker(
+        self, child: ChildState, view: SlotView, blocker: Held, victim: Held
+    ) -> None:
         """Kill an asyncio child for the task that blocks its loop, when another task
         passed its hard limit meanwhile: that one could not run (nor its soft limit fire).
         Blamed on the first task past its limit, the blocker was put back as innocent,
@@ -104,14 +105,15 @@ class HardLimits:
         pid, started = child.pid, self._kill_for(child, blocker, BLOCKED_LOOP)
         log.error(
             "task %s passed its hard time limit while task %s blocked the event loop; "
-            "killed child %d%s for %s, which ends FAILURE (its other running tasks will be "
-            "delivered again). A blocking call in an async def task stops every task of "
-            "its child: await an async client, or use asyncio.to_thread",
+            "killed child %d%s for %s, which ends FAILURE%s. A blocking call in an async "
+            "def task stops every task of its child: await an async client, or use "
+            "asyncio.to_thread",
             victim.label,
             blocker.label,
             pid,
             words(started),
             blocker.label,
+            _beside(view, blocker),
         )
 
     def _kill_for(self, child: ChildState, running: Held, state: str) -> list[Started]:
@@ -119,6 +121,23 @@ class HardLimits:
         of ``running``; return the processes killed under it."""
         child.killed_for = (running, state)
         return kill_tree(child.pid)
+
+
+def _beside(view: SlotView, killed_for: Held) -> str:
+    """The other running tasks a kill for ``killed_for`` ends too, for its log line: a
+    threads or asyncio child's (the terminate of one async task re-ran 19 others, said by
+    no line), or "" when there are none.
+
+    Example:
+        >>> view = SlotView([Held("a", "q", "t", "shop.a", 1.0), Held("b", "q", "t", "x", 1.0)], 0)
+        >>> _beside(view, view.held[0])
+        '; with it x[b], put back to run again (unless allowed one delivery: dead-lettered)'
+    """
+    others = [h.label for h in view.held if h.started and h.id != killed_for.id]
+    if not others:
+        return ""
+    shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+    return f"; with it {shown}, put back to run again (unless allowed one delivery: dead-lettered)"
 
 
 def _blocker(view: SlotView, victim: Held, mark: int, since: float) -> Held | None:

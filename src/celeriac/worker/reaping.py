@@ -116,6 +116,7 @@ class Reaping:
             functools.partial(self._beat_child, child, pid, 0.0), "end a dead child's heartbeat"
         )
         reading = self._reading(child, view, killed)
+        beside: list[Held] = []  # started tasks killed beside ``killed``, run at most once
         for held in view.held:
             if killed is not None and held.id == killed[0].id:
                 continue
@@ -125,10 +126,16 @@ class Reaping:
             # killed beside the one this supervisor killed the child for (a threads or
             # asyncio child): they did nothing wrong, and counted, a task sharing a child
             # with hanging ones was dead-lettered as a crash after max_deliveries of them.
+            # Except a task allowed one delivery: it is never run twice, whoever's fault.
             lease = Lease(held.id, held.queue, held.token)
             counted = (bool(held.started) or held in reading) and killed is None
+            if killed is not None and held.started and self._once_only(held.task):
+                counted = True
+                beside.append(held)
             back = functools.partial(self.app.broker.requeue, lease, count_delivery=counted)
             self._quietly(back, f"put back task {held.label}")
+        if killed is not None and beside:
+            self._note_death(beside, f"killed with its child, stopped for {killed[0].label}")
         self._quietly(self.app.broker.reap, "hand back what dead workers held")
         # Handed back: the next reads of this slot (until a child takes it) must not list
         # them, or lease renewal renews what went back and calls it lost.
@@ -163,6 +170,13 @@ class Reaping:
                 child.respawn_at = time.monotonic() + pause
             else:
                 self._spawn(child)
+
+    def _once_only(self, task: str) -> bool:
+        """Whether ``task`` may be delivered once only (its ``max_deliveries``, else the
+        app's ``task_max_deliveries``, is 1)."""
+        known = self.app.tasks.get(task)
+        own = known.options.max_deliveries if known is not None else None
+        return (own if own is not None else self.app.conf.task_max_deliveries) <= 1
 
     def _note_death(self, held: list[Held], how: str) -> None:
         """Note how a child died (see :mod:`celeriac.worker.death_notes`) for each task
