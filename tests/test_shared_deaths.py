@@ -116,9 +116,7 @@ def test_a_task_allowed_one_delivery_killed_beside_another_is_not_run_again(
     (letter,) = core_app.broker.dead_letters()
     assert letter.id == once.id, letter
     assert "the task's max_deliveries=1" in letter.reason, letter.reason
-    assert f"killed with its child, stopped for {core.stuck.name}[{stopped.id}]" in (
-        letter.reason
-    )
+    assert f"killed with its child, stopped for {core.stuck.name}[{stopped.id}]" in (letter.reason)
     assert ledger.count("start")[once.id] == 1  # ran once, never again
     # The kill's line names the task it ended beside the one it was for.
     assert f"; with it {core.delivered_once.name}[{once.id}], put back" in workers.log_text()
