@@ -112,6 +112,31 @@ def test_args_and_kwargs_of_a_send_are_a_list_and_a_dict_or_none(app: Celeriac) 
     assert app.broker.stats() == [] or all(s.ready == 0 for s in app.broker.stats())
 
 
+def test_a_second_function_under_a_taken_task_name_is_refused(app: Celeriac) -> None:
+    # It replaced the first in silence: first.delay(1) ran second, with the arguments
+    # checked against first's signature.
+    @app.task(name="dup")
+    def first(x: int) -> str:
+        return "first"
+
+    with pytest.raises(ConfigurationError) as refused:
+
+        @app.task(name="dup")
+        def second(x: int) -> str:
+            return "second"
+
+    said = str(refused.value)
+    assert said.startswith("task dup: the name is taken by ")
+    assert "first (" in said and "second (" in said and "test_app.py:" in said
+    assert "Give one of them another name: @app.task(name=...)" in said
+    assert app.tasks["dup"] is first
+
+    def first(x: int) -> str:  # type: ignore[no-redef]  # the same, defined again (reload)
+        return "first again"
+
+    assert app.task(name="dup")(first).fn is first  # the code as it is now
+
+
 def test_apply_async_options_reach_the_message(app: Celeriac) -> None:
     @app.task(queue="emails", priority=3, expires=300)
     def send(user_id: int) -> None: ...

@@ -65,6 +65,36 @@ class TaskDecorator(Protocol):
     def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
 
+def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    """Whether ``b`` is ``a`` defined again: the same qualified name, in the same module or
+    file (a module imported twice under two names, a notebook cell run again)."""
+    if a is b:
+        return True
+    if getattr(a, "__qualname__", None) != getattr(b, "__qualname__", None):
+        return False
+    return a.__module__ == b.__module__ or _file_of(a) == _file_of(b)
+
+
+def _file_of(fn: Callable[..., Any]) -> str | None:
+    code = getattr(_unwrapped(fn), "__code__", None)
+    return code.co_filename if code is not None else None
+
+
+def _unwrapped(fn: Callable[..., Any]) -> Any:
+    for _ in range(100):  # a decorator's wrapper: where the function is (no cycle)
+        if not hasattr(fn, "__wrapped__"):
+            break
+        fn = fn.__wrapped__
+    return fn
+
+
+def _where(fn: Callable[..., Any]) -> str:
+    """``fn`` for an error: its qualified name and where it is defined."""
+    code = getattr(_unwrapped(fn), "__code__", None)
+    at = f" ({code.co_filename}:{code.co_firstlineno})" if code is not None else ""
+    return f"{getattr(fn, '__qualname__', repr(fn))}{at}"
+
+
 class Celeriac:
     """A celeriac application.
 
@@ -272,6 +302,15 @@ class Celeriac:
         task: Task[Any, Any] = Task(
             self, fn, name, TaskOptions(**core, extra=extra), bind=bool(options.get("bind"))
         )
+        earlier = self.tasks.get(name)
+        if earlier is not None and not _same_function(earlier.fn, fn):
+            # The second replaced the first in silence: `first.delay()` ran `second`, with
+            # the arguments checked against `first`'s signature.
+            raise ConfigurationError(
+                f"task {name}: the name is taken by {_where(earlier.fn)}, and {_where(fn)} "
+                "would replace it (every message of the name would run it). Give one of "
+                "them another name: @app.task(name=...)"
+            )
         self.tasks[name] = task
         return task
 
