@@ -56,3 +56,21 @@ def test_with_no_app_or_several_it_says_so_rather_than_guess(
     del kept  # the two are gone (collected), and a third is made: one left
     only = Celeriac("orders", broker="memory://")
     assert shared_task(nightly).app is only
+
+
+def test_an_app_dropped_with_its_tasks_is_not_counted(apps: weakref.WeakSet[Celeriac]) -> None:
+    # An app and its tasks refer to each other: dropped (a test's app fixture), it waits
+    # for the collector, which only_app ran while holding a list of every app, the
+    # dropped one included: "this process has 2 Celeriac apps" for ever after.
+    def a_test_of_its_own() -> None:
+        dropped = Celeriac("test", broker="memory://")
+        dropped.task(name="t.noop")(lambda: None)
+
+    a_test_of_its_own()
+    only = Celeriac("proj", broker="memory://")
+
+    @shared_task
+    def charge(order_id: int) -> int:
+        return order_id
+
+    assert charge.app is only

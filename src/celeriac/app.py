@@ -775,10 +775,11 @@ def only_app(what: str) -> Celeriac:
     Raises:
         ConfigurationError: none yet, or several (``what`` names the caller).
     """
+    if len(_APPS) > 1:
+        # An app dropped and not yet freed (its tasks refer back to it). Not while a list
+        # of the apps is held: it kept the dropped one alive through the collection.
+        gc.collect()
     apps = list(_APPS)
-    if len(apps) > 1:
-        gc.collect()  # an app dropped and not yet freed (its tasks refer back to it)
-        apps = list(_APPS)
     if len(apps) == 1:
         return apps[0]
     if not apps:
