@@ -112,6 +112,18 @@ def test_args_and_kwargs_of_a_send_are_a_list_and_a_dict_or_none(app: Celeriac) 
     assert app.broker.stats() == [] or all(s.ready == 0 for s in app.broker.stats())
 
 
+def test_bound_task_works_bare_as_task_does(app: Celeriac) -> None:
+    # @app.bound_task without parentheses: "bound_task() takes 1 positional argument but
+    # 2 were given", where a bare @app.task works.
+    @app.bound_task
+    def whoami(self: Task[Any, Any], x: int) -> str:
+        return f"{self.name} {x}"
+
+    handle = whoami.delay(1)
+    run_queued(app)
+    assert whoami.bind and handle.get(timeout=1) == f"{whoami.name} 1"
+
+
 def test_a_second_function_under_a_taken_task_name_is_refused(app: Celeriac) -> None:
     # It replaced the first in silence: first.delay(1) ran second, with the arguments
     # checked against first's signature.

@@ -266,10 +266,16 @@ class Celeriac:
             return self._register(fn[0], options)
         return lambda f: self._register(f, options)
 
+    @overload
+    def bound_task(self, fn: Callable[Concatenate[Any, P], R], /) -> Task[P, R]: ...
+    @overload
     def bound_task(
         self, **options: Any
-    ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]:
-        """Like ``@app.task(bind=True)``, typed so that ``self`` is not a parameter.
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+
+    def bound_task(self, *fn: Callable[..., Any], **options: Any) -> Any:
+        """Like ``@app.task(bind=True)``, typed so that ``self`` is not a parameter:
+        ``@app.bound_task`` or ``@app.bound_task(max_retries=3, ...)``.
 
         Example:
             >>> app = Celeriac("doc", broker="memory://")
@@ -279,6 +285,8 @@ class Celeriac:
             >>> charge.bind
             True
         """
+        if fn:
+            return self._register(fn[0], {**options, "bind": True})
         return lambda f: self._register(f, {**options, "bind": True})
 
     def _register(self, fn: Callable[..., Any], options: dict[str, Any]) -> Task[Any, Any]:

@@ -33,6 +33,11 @@ def job(self: Task[Any, Any], x: int) -> str:
     return self.request.id + str(x)
 
 
+@app.bound_task
+def bare_job(self: Task[Any, Any], x: int) -> str:
+    return self.request.id + str(x)
+
+
 def shared() -> None:
     """@shared_task keeps the function's types, as @app.task does (not run: mypy only)."""
 
@@ -54,6 +59,8 @@ def check() -> None:
     assert_type(add.delay(1, 2).get(timeout=1), int)
     assert_type(send_welcome.delay(42), AsyncResult[str])
     assert_type(job.delay(3), AsyncResult[str])
+    assert_type(bare_job.delay(3), AsyncResult[str])
+    bare_job.delay("not an int")  # type: ignore[arg-type]
     assert_type(fetch_page.delay("https://example.org"), AsyncResult[bytes])
     add.delay("x", 2)  # type: ignore[arg-type]
     add.delay(1)  # type: ignore[call-arg]
