@@ -74,3 +74,22 @@ def test_an_app_dropped_with_its_tasks_is_not_counted(apps: weakref.WeakSet[Cele
         return order_id
 
     assert charge.app is only
+
+
+def test_async_result_from_an_id_alone_uses_the_one_app(apps: weakref.WeakSet[Celeriac]) -> None:
+    # Celery's AsyncResult(id), which from-celery.md calls "the same", raised "missing 1
+    # required positional argument: 'app'".
+    from celeriac import AsyncResult
+
+    with pytest.raises(ConfigurationError, match=r"AsyncResult\('t-1'\): no Celeriac app"):
+        AsyncResult("t-1")
+    app = Celeriac("shop", broker="memory://")
+    add = app.task(name="shop.add")(lambda x, y: x + y)
+    sent = add.delay(2, 3)
+    run_queued(app)
+    assert AsyncResult(sent.id).get(timeout=1) == 5
+    other = Celeriac("billing", broker="memory://")
+    with pytest.raises(ConfigurationError, match=r"2 Celeriac apps.*use app.AsyncResult\(id\)"):
+        AsyncResult(sent.id)
+    assert AsyncResult(sent.id, app=app).get(timeout=1) == 5
+    assert AsyncResult(sent.id, app=other).state == "PENDING"

@@ -777,11 +777,12 @@ def shared_task(*fn: Callable[..., Any], **options: Any) -> Any:
     return lambda f: only_app(f"@shared_task on {f.__qualname__}").task(f, **options)
 
 
-def only_app(what: str) -> Celeriac:
+def only_app(what: str, instead: str = "use @app.task on the app the task belongs to") -> Celeriac:
     """The one app this process has made.
 
     Raises:
-        ConfigurationError: none yet, or several (``what`` names the caller).
+        ConfigurationError: none yet, or several (``what`` names the caller, ``instead``
+            what to write then).
     """
     if len(_APPS) > 1:
         # An app dropped and not yet freed (its tasks refer back to it). Not while a list
@@ -794,12 +795,12 @@ def only_app(what: str) -> Celeriac:
         raise ConfigurationError(
             f"{what}: no Celeriac app exists yet in this process. Import the module that "
             "makes it first (a worker's -A module does; in Django, import it in "
-            "proj/__init__.py), or use @app.task with the app imported"
+            f"proj/__init__.py), or {instead} with the app imported"
         )
     names = ", ".join(sorted(repr(app.name) for app in apps))
     raise ConfigurationError(
-        f"{what}: this process has {len(apps)} Celeriac apps ({names}), and shared_task "
-        "would have to guess: use @app.task on the app the task belongs to"
+        f"{what}: this process has {len(apps)} Celeriac apps ({names}), and which one is "
+        f"meant would be a guess: {instead}"
     )
 
 

@@ -53,7 +53,8 @@ _PROGRESS_READ_MAX = 1_000
 
 
 class AsyncResult(Generic[R]):
-    """The state and value of one task.
+    """The state and value of one task: ``app.AsyncResult(id)``, or as Celery code writes
+    it, ``AsyncResult(id)`` in a process with one app (``app=`` picks one of several).
 
     Example:
         >>> from celeriac import Celeriac
@@ -65,8 +66,12 @@ class AsyncResult(Generic[R]):
 
     __slots__ = ("_workflow", "app", "id", "task_name")
 
-    def __init__(self, task_id: str, app: Celeriac, task_name: str = "") -> None:
+    def __init__(self, task_id: str, app: Celeriac | None = None, task_name: str = "") -> None:
         self.id = task_id
+        if app is None:
+            from celeriac.app import only_app
+
+            app = only_app(f"AsyncResult({task_id!r})", "use app.AsyncResult(id)")
         self.app = app
         self.task_name = task_name
         # The other tasks of the workflow whose handle this is (a chain's earlier steps, a
