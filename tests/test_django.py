@@ -148,6 +148,33 @@ def test_autodiscovery_imports_each_packages_tasks_and_passes_by_one_without(
         import_listed(app)
 
 
+def test_autodiscovery_takes_celerys_function_of_packages_and_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # app.autodiscover_tasks(lambda: settings.INSTALLED_APPS, force=True), Celery's idiom:
+    # "'function' object is not iterable" pointing into celeriac, and force= refused.
+    (tmp_path / "lazy_orders").mkdir()
+    (tmp_path / "lazy_orders" / "__init__.py").write_text("")
+    (tmp_path / "lazy_orders" / "tasks.py").write_text(
+        "from lazy_app import app\n@app.task\ndef ship(n: int) -> int:\n    return n\n"
+    )
+    (tmp_path / "lazy_app.py").write_text(
+        "from celeriac import Celeriac\napp = Celeriac('lazy', broker='memory://')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import lazy_app  # type: ignore[import-not-found]
+
+    installed: list[str] = []  # filled after the call, as Django's settings are
+    app: Celeriac = lazy_app.app
+    app.autodiscover_tasks(lambda: installed, force=True)
+    installed.append("lazy_orders")
+    import_listed(app)
+    assert list(app.tasks) == ["lazy_orders.tasks.ship"]
+    app.autodiscover_tasks(lambda: "lazy_orders")
+    with pytest.raises(ConfigurationError, match="returned str 'lazy_orders', not a list"):
+        import_listed(app)
+
+
 def test_autodiscovery_refuses_what_it_cannot_use_where_it_is_called(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

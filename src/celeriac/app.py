@@ -131,8 +131,9 @@ class Celeriac:
         self.middleware = MiddlewareStack(
             middleware if middleware is not None else default_middleware()
         )
-        #: What :meth:`autodiscover_tasks` named: (packages or None for Django's, module).
-        self.discovered: list[tuple[tuple[str, ...] | None, str]] = []
+        #: What :meth:`autodiscover_tasks` named: (packages, a function that lists them,
+        #: or None for Django's; module).
+        self.discovered: list[tuple[tuple[str, ...] | Callable[[], Any] | None, str]] = []
         self._broker: Broker | None = None
         self._broker_pid = 0
         self._broker_url = ""
@@ -323,13 +324,18 @@ class Celeriac:
         return task
 
     def autodiscover_tasks(
-        self, packages: Sequence[str] | None = None, related_name: str = "tasks"
+        self,
+        packages: Sequence[str] | Callable[[], Iterable[str]] | None = None,
+        related_name: str = "tasks",
+        force: bool = False,
     ) -> None:
         """Name packages whose ``tasks`` module (``related_name``) defines tasks (Celery's
         name): every command given ``-A`` imports ``<package>.tasks`` of each, after the
         app's module and its ``imports`` setting; a package without one is skipped, one
         that does not exist is an error. With no packages, Django's ``INSTALLED_APPS``
-        (see :mod:`celeriac.integrations.django`).
+        (see :mod:`celeriac.integrations.django`). ``packages`` may be a function that
+        returns them, called then (Celery's ``lambda: settings.INSTALLED_APPS``);
+        ``force`` is taken for Celery code and changes nothing.
 
         Example:
             >>> app = Celeriac("doc", broker="memory://")
@@ -346,6 +352,11 @@ class Celeriac:
                 f"autodiscover_tasks({packages!r}): give a list of packages: "
                 f"autodiscover_tasks([{packages!r}])"
             )
+        del force  # Celery's "import now": a command given -A imports them at start anyway
+        if callable(packages):
+            check_import_names([related_name], "autodiscover_tasks")
+            self.discovered.append((packages, related_name))
+            return
         names = None if packages is None else tuple(packages)
         check_import_names([*(names or ()), related_name], "autodiscover_tasks")
         self.discovered.append((names, related_name))

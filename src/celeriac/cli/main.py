@@ -21,6 +21,7 @@ import msgspec
 
 from celeriac.app import Celeriac
 from celeriac.brokers import REDIS_SCHEMES
+from celeriac.config import check_import_names
 from celeriac.errors import CeleriacError, ConfigurationError
 from celeriac.integrations import django
 from celeriac.text import printable
@@ -250,13 +251,33 @@ def import_listed(app: Celeriac) -> None:
     for name in app.conf.imports:  # each an import name: the setting checks them
         label = f"imports setting, module {name!r}"
         _import(name, label, f"{label}: no module named {name!r} ({where})")
-    for packages, related in app.discovered:
+    for given, related in app.discovered:
+        packages = _listed(given) if callable(given) else given
         for package in django.installed_apps() if packages is None else packages:
             label = f"autodiscover_tasks, package {package!r}"
             found = _import(package, label, f"{label}: no module named {package!r} ({where})")
             name = f"{package}.{related}"
             if hasattr(found, "__path__") and importlib.util.find_spec(name) is not None:
                 _import(name, f"autodiscover_tasks, module {name!r}", f"no module {name!r}")
+
+
+def _listed(packages: Callable[[], Any]) -> tuple[str, ...]:
+    """The packages a function given to ``autodiscover_tasks`` returns, checked."""
+    what = f"autodiscover_tasks({getattr(packages, '__qualname__', packages)!r})"
+    try:
+        listed = packages()
+    except Exception as exc:
+        raise ConfigurationError(
+            f"{what}: the function raised {type(exc).__name__}{_where(exc)}: {exc}"
+        ) from exc
+    if isinstance(listed, str) or not isinstance(listed, Iterable):
+        raise ConfigurationError(
+            f"{what}: the function returned {type(listed).__name__} {listed!r}, not a list "
+            "of package names"
+        )
+    names: list[str] = list(listed)
+    check_import_names(names, what)
+    return tuple(names)
 
 
 def _import(name: str, label: str, missing: str | Callable[[], str]) -> ModuleType:
