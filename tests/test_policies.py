@@ -151,6 +151,29 @@ def test_unknown_task_is_dead_lettered_after_its_max_age(app: Celeriac) -> None:
     assert letter.reason.startswith("unknown task")
 
 
+def test_an_unknown_task_known_under_another_module_path_says_so(
+    app: Celeriac, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The producer imported qs.tasks, the worker ran -A tasks in qs/: "Deploy the code
+    # that defines it", with the function registered as tasks.send_welcome; and "putting
+    # it back for 10s (dead-lettered after 5s)" contradicted itself.
+    app.conf.task_unknown_max_age = 5
+    app.task(name="tasks.send_welcome")(lambda user: user)
+    app.task(name="shop.charge")(lambda order: order)
+    app.send_task("qs.tasks.send_welcome", args=[1])
+    app.send_task("shop.chrage", args=[1])
+    run_queued(app, fail_fast=False)
+    assert (
+        "This worker has 'tasks.send_welcome': a task's name is its module's import path, so "
+        "the producer and the worker must import the module the same way (-A qs.tasks)."
+    ) in caplog.text
+    assert "Did you mean 'shop.charge'?" in caplog.text
+    assert (
+        "putting it back for 10s so a worker that knows it can take it (dead-lettered at a "
+        "delivery past task_unknown_max_age=5s from its send)"
+    ) in caplog.text
+
+
 def test_an_expired_task_no_worker_knows_expires_not_put_back(app: Celeriac) -> None:
     # Put back every task_unknown_retry_delay, then dead-lettered after task_unknown_max_age
     # (a periodic tick of a mistyped task: one more each tick), where a worker that knew

@@ -15,6 +15,7 @@ import os
 import shlex
 import time
 import traceback
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from celeriac.brokers.records import MADE_UP_ID, Delivery
@@ -478,13 +479,12 @@ class Reading:
                 job,
                 "task %s cannot take the arguments it was sent (%s): sent by code of another "
                 "version? Putting it back for %gs so a worker of that version can take it "
-                "(dead-lettered after %gs). Deploy one version of the task (`celeriac check "
-                "--against` compares two before a deploy), or, if it must not run, revoke "
-                "it (celeriac revoke %s).",
+                "(%s). Deploy one version of the task (`celeriac check --against` compares "
+                "two before a deploy), or, if it must not run, revoke it (celeriac revoke %s).",
                 job.label,
                 printable(unfit),
                 conf.task_unknown_retry_delay,
-                conf.task_unknown_max_age,
+                _dead_lettered_when(conf.task_unknown_max_age),
                 shlex.quote(printable(job.delivery.id)),
             )
             return Outcome(
@@ -496,14 +496,14 @@ class Reading:
         self._warn(
             job,
             "task %s is not registered in this worker; putting it back for %gs so a worker "
-            "that knows it can take it (dead-lettered after %gs). Deploy the code that defines "
-            "it, or, if it must not run, revoke it (celeriac revoke %s; many: celeriac peek "
-            "QUEUE --task NAME --ids -n 10000 | celeriac revoke -).%s",
+            "that knows it can take it (%s). Deploy the code that defines it, or, if it must "
+            "not run, revoke it (celeriac revoke %s; many: celeriac peek QUEUE --task NAME "
+            "--ids -n 10000 | celeriac revoke -).%s",
             job.label,
             conf.task_unknown_retry_delay,
-            conf.task_unknown_max_age,
+            _dead_lettered_when(conf.task_unknown_max_age),
             shlex.quote(printable(job.delivery.id)),
-            printable(_unknown_note(job.message.task if job.message else "")),
+            printable(self._unknown_note(job.message.task if job.message else "")),
         )
         return Outcome(
             "DEFERRED", delay=conf.task_unknown_retry_delay, reason="unknown task", body=stamped
@@ -530,13 +530,22 @@ class Reading:
             )
         self._warn(
             job,
-            "%s Putting it back for %gs so an upgraded worker can take it (dead-lettered "
-            "after %gs).",
+            "%s Putting it back for %gs so an upgraded worker can take it (%s).",
             printable(str(exc)),
             conf.task_unknown_retry_delay,
-            conf.task_unknown_max_age,
+            _dead_lettered_when(conf.task_unknown_max_age),
         )
         return Outcome("DEFERRED", delay=conf.task_unknown_retry_delay, reason="newer protocol")
+
+    def _unknown_note(self, task_name: str) -> str:
+        """Why this worker may not know the task: defined in ``__main__``, in a module it
+        could import but never did (see :func:`celeriac.task.unimported_note`), or known
+        here under another module path."""
+        return (
+            unimportable_note(task_name)
+            or unimported_note(task_name)
+            or _known_as(task_name, self.app.tasks)
+        )
 
     def _sent_at_readable(self, sent_at: float) -> bool:
         """Whether a message's age can be counted from ``sent_at``: a time after 1970 and
@@ -715,7 +724,32 @@ class _Due:
 _DUE = "celeriac.revoke_read_due"
 
 
-def _unknown_note(task_name: str) -> str:
-    """Why this worker may not know the task: defined in ``__main__``, or in a module it
-    could import but never did (see :func:`celeriac.task.unimported_note`)."""
-    return unimportable_note(task_name) or unimported_note(task_name)
+def _dead_lettered_when(max_age: float) -> str:
+    """When a message put back for another worker is dead-lettered, for a log line: it
+    said "putting it back for 10s (dead-lettered after 5s)", the age counting from the
+    send, unsaid."""
+    return f"dead-lettered at a delivery past task_unknown_max_age={max_age:g}s from its send"
+
+
+def _known_as(task_name: str, tasks: Collection[str]) -> str:
+    """A registered task the sender may have meant, for the unknown-task warning: the same
+    function under another module path (``qs.tasks.send`` sent, ``tasks.send`` here: the
+    producer and the worker import the module by different names), or a near spelling.
+
+    Example:
+        >>> _known_as("qs.tasks.send_welcome", ["tasks.send_welcome", "tasks.other"])
+        " This worker has 'tasks.send_welcome': a task's name is its module's import path, \
+so the producer and the worker must import the module the same way (-A qs.tasks)."
+    """
+    tail = task_name.rpartition(".")[2]
+    same = [t for t in tasks if t.rpartition(".")[2] == tail]
+    if len(same) == 1:
+        module = task_name.rpartition(".")[0]
+        return (
+            f" This worker has {same[0]!r}: a task's name is its module's import path, so the "
+            f"producer and the worker must import the module the same way (-A {module})."
+        )
+    import difflib  # this path only: a message no task here takes
+
+    close = difflib.get_close_matches(task_name, list(tasks), n=1, cutoff=0.85)
+    return f" Did you mean {close[0]!r}?" if close else ""
