@@ -174,6 +174,26 @@ def test_an_unknown_task_known_under_another_module_path_says_so(
     ) in caplog.text
 
 
+def test_a_task_that_expired_after_a_delivery_died_is_not_said_never_to_have_started(
+    app: Celeriac,
+) -> None:
+    # Its child died mid-run (OOM), and it expired meanwhile: "expired 1.1s before a
+    # worker started it", of a task whose side effects had happened.
+    @app.task
+    def charge(order: int) -> int:
+        return order
+
+    died, waited = charge.apply_async((1,), expires=0.2), charge.apply_async((2,), expires=0.2)
+    for taken in app.broker.fetch(["default"], "w", limit=2, lease_seconds=30, timeout=0):
+        app.broker.requeue(taken.lease, count_delivery=taken.id == died.id)  # a crash
+    time.sleep(0.3)
+    run_queued(app)
+    with pytest.raises(TaskExpired, match="before a worker could run it again: an earlier "):
+        died.get(timeout=1)
+    with pytest.raises(TaskExpired, match="before a worker started it"):
+        waited.get(timeout=1)  # put back unstarted (prefetched): it never ran
+
+
 def test_an_expired_task_no_worker_knows_expires_not_put_back(app: Celeriac) -> None:
     # Put back every task_unknown_retry_delay, then dead-lettered after task_unknown_max_age
     # (a periodic tick of a mistyped task: one more each tick), where a worker that knew

@@ -27,7 +27,9 @@ class Expiry(Middleware):
 
     def before_execute(self, job: Job) -> Outcome | None:
         """Return an EXPIRED outcome when the message's expiry is in the past."""
-        return expired(job.message) if job.message is not None else None
+        if job.message is None:
+            return None
+        return expired(job.message, job.delivery.deliveries)
 
     def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
         """Count a committed expiry (of a task this worker does not know too)."""
@@ -36,8 +38,12 @@ class Expiry(Middleware):
             app.broker.join_add(expired_key(job.delivery.queue), job.delivery.id, b"", _COUNT_TTL)
 
 
-def expired(message: Message) -> Outcome | None:
+def expired(message: Message, deliveries: int = 1) -> Outcome | None:
     """EXPIRED, saying how late, when ``message``'s expiry has passed; else None.
+
+    ``deliveries`` is the delivery's count: over 1, an earlier delivery was taken to run
+    and did not finish (its worker child died, the worker was killed), so the task may
+    have run in part, and is not said to have never started.
 
     Example:
         >>> expired(Message(id="t1", task="shop.mail", expires=time.time() - 90)).state
@@ -48,6 +54,17 @@ def expired(message: Message) -> Outcome | None:
     if message.expires is None or message.expires >= time.time():
         return None
     late = time.time() - message.expires
+    if not message.retries and deliveries > 1:
+        # It read "before a worker started it" of a task whose child died mid-run (OOM):
+        # its side effects happened, and the caller was told it never ran.
+        return Outcome(
+            "EXPIRED",
+            reason=(
+                f"expired {seconds(late)} before a worker could run it again: an earlier "
+                "delivery was taken to run and did not finish (its worker child died or its "
+                "worker was stopped), so it may have run in part"
+            ),
+        )
     if not message.retries:
         return Outcome("EXPIRED", reason=f"expired {seconds(late)} before a worker started it")
     # A retry that came up too late: it did run, and failed. "Before a worker started it"

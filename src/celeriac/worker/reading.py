@@ -344,7 +344,7 @@ class Reading:
         conf = self.app.conf
         if self._revoked(job):
             return self._revoked_unknown(job)
-        late = expired(message)
+        late = expired(message, job.delivery.deliveries)
         if late is not None:
             # Expired waiting for a worker that knows it: it was put back every
             # task_unknown_retry_delay, then dead-lettered, where any worker that knew it
