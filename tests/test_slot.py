@@ -8,9 +8,12 @@ truncated" (seen under load on SQLite), or read a zero sequence as "holds nothin
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
+
+import pytest
 
 from celeriac.worker.slot import Held, Slot
 
@@ -48,3 +51,15 @@ def test_a_reader_never_sees_a_torn_record_while_a_child_writes() -> None:
         os.waitpid(pid, 0)
     assert reads > 100
     assert errors == [] and empty == 0, (len(errors), errors[:3], empty, reads)
+
+
+def test_a_slot_too_small_for_what_it_holds_names_the_length_of_the_ids(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # "lower the concurrency (-c)", for 1,000 tasks whose 5,000-character ids did not fit.
+    slot = Slot(size=64 * 1024)
+    held = [Held(f"{k:04d}{'k' * 4_996}", "default", f"{k:032x}") for k in range(40)]
+    with caplog.at_level(logging.ERROR, logger="celeriac.worker"):
+        slot.write(held, rss=0)
+    assert "or shorten the task ids (the longest here: 5000 characters)" in caplog.text
+    assert len(slot.read().held) < 40

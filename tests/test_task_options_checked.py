@@ -491,3 +491,18 @@ def test_a_celery_send_or_task_option_says_what_to_write_instead() -> None:
         local.task(retry_kwargs={"max_retries": 5})(lambda: None)
     with pytest.raises(ConfigurationError, match=r"Celery's retry_backoff=True is 1 second"):
         local.task(autoretry_for=(OSError,), retry_backoff=True)(lambda: None)
+
+
+def test_a_task_id_over_a_thousand_characters_is_refused(local: Celeriac) -> None:
+    # 5,000-character ids were sent; a worker running 1,000 of them could not list them
+    # in its slot, and the leases it could not renew were taken back and run twice.
+    @local.task(name="shop.job")
+    def job() -> None: ...
+
+    with pytest.raises(ValueError, match=r"^task shop.job: task_id is 5,000 characters long"):
+        job.apply_async(task_id="k" * 5_000)
+    with pytest.raises(ValueError, match=r"over 1,000: derive a short one from a long key"):
+        local.send_task("shop.job", task_id="k" * 1_001)
+    assert local.broker.stats() == []
+    job.apply_async(task_id="k" * 1_000)
+    assert [s.ready for s in local.broker.stats()] == [1]

@@ -217,6 +217,11 @@ def option_problem(option: str, value: Any) -> str:
     return ""
 
 
+#: The longest task id a send takes (a workflow's own ids, built from the ids given to it
+#: with a suffix per level, may be a little longer).
+ID_MAX = 1_000
+
+
 def check_send_options(
     who: str,
     *,
@@ -260,6 +265,15 @@ def check_send_options(
         raise ValueError(
             f"{who}: task_id is only white space ({task_id!r}); pass an id with "
             "something in it, or leave task_id out (or None) for a new random id"
+        )
+    if isinstance(task_id, str) and len(task_id) > ID_MAX:
+        # Each is written into every log line, key and worker slot that names the task: a
+        # worker running 1,000 tasks of 5,000-character ids could not list them in its
+        # slot, and the leases it could not renew were taken back and run twice.
+        raise ValueError(
+            f"{who}: task_id is {len(task_id):,} characters long, over {ID_MAX:,}: derive a "
+            f"short one from a long key (hashlib.sha256(key.encode()).hexdigest()); "
+            f"it began {cut(repr(task_id), 60)}"
         )
     problem = queue_name_problem(queue) if queue is not None else ""
     if problem:

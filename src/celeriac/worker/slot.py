@@ -190,11 +190,13 @@ class Slot:
             log.error(
                 "worker child %d holds %d messages but its slot fits %d: the other %d are "
                 "not renewed, so their leases may expire and another worker run them; "
-                "lower the concurrency (-c)",
+                "lower the concurrency (-c), or shorten the task ids (the longest here: %d "
+                "characters)",
                 os.getpid(),
                 len(held),
                 keep,
                 len(held) - keep,
+                max(len(h.id) for h in held),
             )
         return data
 
