@@ -436,12 +436,12 @@ def test_children_recycle_at_the_fitted_ceiling_instead_of_being_oom_killed(
     assert {r.state for r in results} == {"SUCCESS"}, worker.text()
     text = worker.text()
     recycled = re.findall(
-        rf"uses (\d+) MiB, over its ceiling of {ceiling} MiB \(fitted: the container allows "
+        rf"uses ([\d.]+) MiB, over its ceiling of {ceiling} MiB \(fitted: the container allows "
         r"400 MiB for 4 children\); recycling",
         text,
     )
     assert recycled, text
-    assert all(int(rss) > ceiling for rss in recycled)
+    assert all(float(rss) > ceiling for rss in recycled)
     assert "died" not in text, text
     assert _oom_kills(v1_cgroup) == 0, text
     (reply,) = broadcast(core.app, "stats", timeout=5)

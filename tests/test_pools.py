@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from celeriac import Celeriac, SoftTimeLimitExceeded
@@ -87,3 +89,23 @@ def test_threads_pool_hard_limit_stops_the_child_and_serves_on(
     with pytest.raises(Exception, match="hard time limit"):
         stuck.get(timeout=20)
     assert core.add.delay(1, 1).get(timeout=20) == 2
+
+
+@pytest.mark.parametrize("pool", ["threads", "asyncio"])
+def test_a_recycling_child_says_once_that_it_takes_nothing_until_its_tasks_end(
+    core_app: Celeriac, workers: WorkerProcesses, pool: str
+) -> None:
+    # A line per thread, "recycling after its current task", while one long task held the
+    # other threads idle; worker_max_tasks_per_child in threads said nothing at all.
+    results = [core.work.delay(0.2, str(i)) for i in range(6)]
+    workers.start("-P", pool, "-c", "3", env={"CELERIAC_WORKER_MAX_TASKS_PER_CHILD": "2"})
+    assert [r.get(timeout=30) for r in results] == [str(i) for i in range(6)]
+    log = workers.log_text()
+    lines = re.findall(
+        r"child (\d+) (?:ran|took) \d+ tasks \(worker_max_tasks_per_child\); "
+        r"recycling: it takes no new task, and a new child takes its place once "
+        r"the tasks it is running have ended",
+        log,
+    )
+    assert lines, log
+    assert len(lines) == len(set(lines)), log  # once per child

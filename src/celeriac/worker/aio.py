@@ -162,14 +162,13 @@ class AsyncioChild(Child, BackgroundWork):
             if left is not None:
                 room = min(room, left)
             if room <= 0:
+                if left == 0:  # said when the limit is reached, not once the tasks end
+                    self._say_recycling(
+                        logging.INFO, f"took {self._taken} tasks (worker_max_tasks_per_child)"
+                    )
                 if not running:
                     # Took the last task worker_max_tasks_per_child allows, and every one
                     # has ended, some uncounted (a worker error): _should_recycle missed it.
-                    log.info(
-                        "child %d took %d tasks (worker_max_tasks_per_child); recycling",
-                        os.getpid(),
-                        self._taken,
-                    )
                     return
                 await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             else:

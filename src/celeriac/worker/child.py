@@ -113,6 +113,7 @@ class Child(Intake):
         self.shutting_down = False  # a stop signal came (not recycling): see _reconnecting
         self.tasks_done = 0
         self._taken = 0  # deliveries this child began to handle: see _may_take
+        self._recycling_said = False
         self.growth: dict[str, list[int]] = {}  # task name -> [runs, RSS growth in bytes]
         self._held: dict[Hashable, list[Held]] = {}  # per consumer
         self._lock = threading.Lock()

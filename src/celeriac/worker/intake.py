@@ -43,6 +43,7 @@ class Intake:
     tasks_done: int
     rss: int
     _taken: int
+    _recycling_said: bool  # the recycle line is logged once per child, not per thread
     _lock: threading.Lock
     _prefetched: Prefetched
     _publish: Callable[[Hashable, list[Delivery], Held | None], None]
@@ -78,6 +79,10 @@ class Intake:
         with self._lock:
             if self._left_to_take() == 0:
                 self.stopping = True
+                self._say_recycling(
+                    logging.INFO,
+                    f"took {self._taken} tasks (worker_max_tasks_per_child)",
+                )
                 return False
             self._taken += 1
             return True
@@ -89,22 +94,33 @@ class Intake:
             return False
         conf = self.app.conf
         if conf.worker_max_tasks_per_child and self.tasks_done >= conf.worker_max_tasks_per_child:
-            log.info(
-                "child %d ran %d tasks (worker_max_tasks_per_child); recycling",
-                os.getpid(),
-                self.tasks_done,
+            self._say_recycling(
+                logging.INFO, f"ran {self.tasks_done} tasks (worker_max_tasks_per_child)"
             )
             return True
         ceiling = self.spec.ceiling or Ceiling.of_setting(conf.worker_max_memory_per_child)
         if ceiling.mib and self.rss > ceiling.mib << 20:
-            log.warning(
-                "child %d uses %d MiB, over %s; recycling after its current task",
-                os.getpid(),
-                self.rss >> 20,
-                ceiling.words,
-            )
+            # Rounded down, 60.4 MiB read "uses 60 MiB, over ... 60".
+            used = f"{self.rss / (1 << 20):.1f}".removesuffix(".0")
+            self._say_recycling(logging.WARNING, f"uses {used} MiB, over {ceiling.words}")
             return True
         return False
+
+    def _say_recycling(self, level: int, why: str) -> None:
+        """Say once per child that it recycles, and what that means for the tasks waiting:
+        a threads or asyncio child takes no new task until every one it runs has ended (a
+        line per thread said "after its current task", while one long task held 3 idle
+        threads of 4 for minutes)."""
+        if self._recycling_said:  # two threads at once may both say it: rare, harmless
+            return
+        self._recycling_said = True
+        log.log(
+            level,
+            "child %d %s; recycling: it takes no new task, and a new child takes its place "
+            "once the tasks it is running have ended",
+            os.getpid(),
+            why,
+        )
 
     def _give_back_surplus(self, pending: list[Delivery]) -> None:
         """Give back what a batch brought beyond ``worker_prefetch_multiplier``, before a
