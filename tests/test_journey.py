@@ -113,6 +113,7 @@ def test_the_results_example_runs_against_a_real_worker(tmp_path: Path) -> None:
             "receipt for order 1003 sent (copy to accounting) | succeeded: True",
             "after forget(): PENDING",
             f"{welcome} 8",
+            str([f"{welcome} 9", f"{welcome} 10"]),
         ]
     finally:
         procs.kill_all()

@@ -11,6 +11,8 @@ import asyncio
 
 from tasks import send_receipt, send_welcome
 
+from celeriac import group
+
 
 def main() -> None:
     """Send groups of tasks three ways, one task from a signature, and read the results."""
@@ -43,9 +45,11 @@ def main() -> None:
 
 
 async def amain() -> None:
-    """apply_async() with options, from asyncio code."""
+    """apply_async() with options, and a group, from asyncio code."""
     result = await send_welcome.aapply_async((8,), priority=9)
     print(await result.aget(timeout=10))
+    both = await group(send_welcome.s(9), send_welcome.s(10)).aapply_async()
+    print(await both.aget(timeout=10))
 
 
 if __name__ == "__main__":

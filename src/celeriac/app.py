@@ -458,7 +458,9 @@ class Celeriac:
             # as long as a frozen Redis took to time out (socket_timeout, 30 s by
             # default). In a thread only this send waits. A cancel leaves the thread to
             # finish the send whole: the task is queued or not, its key right either way.
-            return await asyncio.to_thread(self.publish, message)
+            # The broker's own threads, not the loop's default executor: sends waiting on
+            # a frozen Redis held the app's own to_thread calls (and asyncio.run's end).
+            return await self.broker.off_loop(self.publish, message)
         outgoing = self._outgoing(message)
         if outgoing is not None:
             try:

@@ -197,6 +197,55 @@ class Canvas(Generic[ResultT_co]):
         """Send the workflow with partial arguments for its first tasks."""
         return self.apply_async(args, kwargs)
 
+    @overload
+    async def aapply_async(
+        self: Canvas[AsyncResult[R]],
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]: ...
+    @overload
+    async def aapply_async(
+        self: Canvas[GroupResult],
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> GroupResult: ...
+    @overload
+    async def aapply_async(
+        self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Result: ...
+    async def aapply_async(
+        self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Result:
+        """Async face of :meth:`apply_async`, for a web handler that fans out.
+
+        The send runs in a thread of the broker's own (a workflow's send is sync: its
+        hooks and ids); called on the loop, a frozen Redis stalled every request of the
+        server for its socket timeout, and ``asyncio.wait_for`` could not fire.
+
+        Example:
+            >>> import asyncio
+            >>> from celeriac import Celeriac
+            >>> from celeriac.canvas import group
+            >>> app = Celeriac("doc", broker="memory://")
+            >>> add = app.task(name="doc.add")(lambda x, y: x + y)
+            >>> len(asyncio.run(group(add.s(1, 1), add.s(2, 2)).aapply_async()).results)
+            2
+        """
+        app = self._require_app()
+        return await app.broker.off_loop(self.apply_async, args, kwargs, **options)
+
+    @overload
+    async def adelay(self: Canvas[AsyncResult[R]], *args: Any, **kwargs: Any) -> AsyncResult[R]: ...
+    @overload
+    async def adelay(self: Canvas[GroupResult], *args: Any, **kwargs: Any) -> GroupResult: ...
+    @overload
+    async def adelay(self, *args: Any, **kwargs: Any) -> Result: ...
+    async def adelay(self, *args: Any, **kwargs: Any) -> Result:
+        """Async face of :meth:`delay`: ``await chain(a.s(1), b.s()).adelay()``."""
+        return await self.aapply_async(args, kwargs)
+
     def _require_app(self) -> Celeriac:
         app = self.app
         if app is None and isinstance(self, Group) and not self.members:

@@ -293,11 +293,9 @@ function is <lambda>(x, y)
         """Async face of :meth:`apply_async`."""
         args, kwargs = call_arguments(self.name, args, kwargs)
         if options and ("link" in options or "link_error" in options):
-            import asyncio  # loaded by code that awaits, not at import: see architecture.md
-
-            # A workflow is sent by the sync face only: in a thread, as apublish sends
-            # what would block the event loop.
-            return await asyncio.to_thread(self._linked, args, kwargs, options)
+            # A workflow is sent by the sync face only: in the broker's own threads, as
+            # apublish sends what would block the event loop.
+            return await self.app.broker.off_loop(self._linked, args, kwargs, options)
         self.check_arguments(args, kwargs)
         conversions = self.conversions
         if conversions is not None:  # only a task with a bytes, datetime, ... parameter

@@ -346,3 +346,58 @@ def test_a_worker_on_cluster_outlives_an_outage_and_producers_get_a_clear_error(
         for node in restarted:
             node.stop()
         cluster.stop()
+
+
+def test_blocking_sends_from_async_code_stay_off_the_loop_and_its_executor(
+    tmp_path: Path,
+) -> None:
+    # A workflow sent from a coroutine had no async face: called on the loop, a frozen
+    # Redis stalled every request for its socket timeout and wait_for could not fire. A
+    # dedupe send went to asyncio.to_thread: sends waiting on the frozen Redis held the
+    # app's own to_thread calls.
+    import os
+    import signal
+
+    from celeriac.canvas import group
+
+    server = start_redis(tmp_path / "r")
+    app = Celeriac("shop", broker=f"{server.url}?socket_timeout=2")
+    add = app.task(name="shop.add")(lambda x, y: x + y)
+    add.delay(0, 0)  # connected, start-up checks done
+    ticks: list[float] = []
+
+    async def scene() -> tuple[float, float]:
+        async def tick() -> None:
+            while True:
+                ticks.append(loop.time())
+                await asyncio.sleep(0.05)
+
+        loop = asyncio.get_running_loop()
+        ticker = loop.create_task(tick())
+        began = loop.time()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(group(add.s(1, 1), add.s(2, 2)).aapply_async(), 0.3)
+        gave_up = loop.time() - began
+        sends = [
+            loop.create_task(add.aapply_async((i, i), dedupe_key=f"k{i}")) for i in range(12)
+        ]
+        await asyncio.sleep(0.1)
+        began = loop.time()
+        assert await asyncio.to_thread(lambda: 42) == 42  # the app's own executor is free
+        own = loop.time() - began
+        ticker.cancel()
+        for send in sends:
+            send.cancel()
+        return gave_up, own
+
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        gave_up, own = asyncio.run(scene())
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        app.broker.close()
+        server.stop()
+    assert gave_up < 1.5, gave_up  # at its own timeout, not at the socket's (2 s)
+    assert own < 1.5, own
+    gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+    assert max(gaps) < 1.5, max(gaps)  # the loop went on meanwhile

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, assert_type
 
-from celeriac import AsyncResult, Celeriac, Task, shared_task
+from celeriac import AsyncResult, Celeriac, GroupResult, Task, group, shared_task
 
 app = Celeriac("typing", broker="memory://")
 
@@ -71,6 +71,8 @@ async def acheck() -> None:
     r = await add.adelay(1, 2)
     assert_type(r, AsyncResult[int])
     assert_type(await r.aget(timeout=1), int)
+    assert_type(await add.s(1, 2).aapply_async(), AsyncResult[int])
+    assert_type(await group(add.s(1, 2), add.s(3, 4)).adelay(), GroupResult)
 
 
 @app.task(queue="pages", soft_time_limit=5)

@@ -535,8 +535,18 @@ class Broker(abc.ABC):
     # (:class:`AsyncSide`), never in the loop's default executor: that one is the app's
     # (its own ``asyncio.to_thread``), and ``asyncio.run()`` waits for it at shutdown.
 
-    async def _in_thread(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        """``fn(*args, **kwargs)`` in a thread of this broker's pool, in this context."""
+    async def off_loop(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``fn(*args, **kwargs)`` in a thread of this broker's own pool, in this context:
+        for a sync call from async code (a broker without an async driver; a send whose
+        hooks call the sync face), off the event loop and out of its default executor.
+
+        Example:
+            >>> import asyncio
+            >>> from celeriac.brokers.memory import MemoryBroker
+            >>> broker = MemoryBroker()
+            >>> asyncio.run(broker.off_loop(broker.get_result, "never-sent")) is None
+            True
+        """
         import asyncio  # loaded by code that awaits, not at import: see architecture.md
 
         from celeriac.brokers.async_waits import AsyncSide
@@ -546,15 +556,15 @@ class Broker(abc.ABC):
 
     async def asend(self, messages: Sequence[Outgoing]) -> list[bool]:
         """Async face of :meth:`send`."""
-        return await self._in_thread(self.send, messages)
+        return await self.off_loop(self.send, messages)
 
     async def aget_result(self, task_id: str) -> tuple[bytes, bool] | None:
         """Async face of :meth:`get_result`."""
-        return await self._in_thread(self.get_result, task_id)
+        return await self.off_loop(self.get_result, task_id)
 
     async def aget_results(self, task_ids: Sequence[str]) -> list[tuple[bytes, bool] | None]:
         """Async face of :meth:`get_results`."""
-        return await self._in_thread(self.get_results, task_ids)
+        return await self.off_loop(self.get_results, task_ids)
 
     def wait_results(
         self, task_ids: Sequence[str], timeout: float, wake: threading.Event
@@ -619,4 +629,4 @@ class Broker(abc.ABC):
 
     async def astore_result(self, task_id: str, result: bytes, ttl: float) -> None:
         """Async face of :meth:`store_result`."""
-        await self._in_thread(self.store_result, task_id, result, ttl)
+        await self.off_loop(self.store_result, task_id, result, ttl)
