@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import threading
 import uuid
 import weakref
@@ -361,7 +362,8 @@ def test_blocking_sends_from_async_code_stay_off_the_loop_and_its_executor(
     from celeriac.canvas import group
 
     server = start_redis(tmp_path / "r")
-    app = Celeriac("shop", broker=f"{server.url}?socket_timeout=2")
+    # A socket timeout far beyond the waits here: only "waited for it, or not" is judged.
+    app = Celeriac("shop", broker=f"{server.url}?socket_timeout=20")
     add = app.task(name="shop.add")(lambda x, y: x + y)
     add.delay(0, 0)  # connected, start-up checks done
     ticks: list[float] = []
@@ -378,9 +380,7 @@ def test_blocking_sends_from_async_code_stay_off_the_loop_and_its_executor(
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(group(add.s(1, 1), add.s(2, 2)).aapply_async(), 0.3)
         gave_up = loop.time() - began
-        sends = [
-            loop.create_task(add.aapply_async((i, i), dedupe_key=f"k{i}")) for i in range(12)
-        ]
+        sends = [loop.create_task(add.aapply_async((i, i), dedupe_key=f"k{i}")) for i in range(12)]
         await asyncio.sleep(0.1)
         began = loop.time()
         assert await asyncio.to_thread(lambda: 42) == 42  # the app's own executor is free
@@ -397,7 +397,7 @@ def test_blocking_sends_from_async_code_stay_off_the_loop_and_its_executor(
         os.kill(server.process.pid, signal.SIGCONT)
         app.broker.close()
         server.stop()
-    assert gave_up < 1.5, gave_up  # at its own timeout, not at the socket's (2 s)
-    assert own < 1.5, own
-    gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
-    assert max(gaps) < 1.5, max(gaps)  # the loop went on meanwhile
+    assert gave_up < 10, gave_up  # at its own timeout, not at the socket's (20 s)
+    assert own < 10, own
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert max(gaps) < 10, max(gaps)  # the loop went on meanwhile
