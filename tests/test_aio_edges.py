@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,7 +46,19 @@ class RecordsSkippedHooks(Middleware):
         return outcome
 
 
-app = Celeriac("aio-edges", middleware=[*default_middleware(), RecordsSkippedHooks()])
+class SlowToStart(Middleware):
+    """Holds the start of slow_to_start's body in a hook, in a thread of the child's, as a
+    slow broker read (a verdict's, a revoke's) does."""
+
+    def before_execute(self, job: Job) -> Outcome | None:
+        if job.task is not None and job.task.name.endswith("slow_to_start"):
+            time.sleep(0.5)
+        return None
+
+
+app = Celeriac(
+    "aio-edges", middleware=[*default_middleware(), RecordsSkippedHooks(), SlowToStart()]
+)
 
 
 @app.bound_task(soft_time_limit=0.2, time_limit=30)
@@ -101,8 +114,10 @@ async def waits_its_turn(self: Task[Any, Any]) -> str:
 
 @app.bound_task(soft_time_limit=20, time_limit=30)
 async def blocks_then_awaits(self: Task[Any, Any], blocking: float, awaiting: float) -> str:
+    first = not Ledger(Path(os.environ["CELERIAC_TEST_LEDGER"])).count("start")[self.request.id]
     record("start", self.request.id)
-    time.sleep(blocking)  # blocks the loop a while, then runs on (the loop free again)
+    if first:  # put back beside a task killed (uncounted), it runs on without blocking
+        time.sleep(blocking)  # blocks the loop a while, then runs on (the loop free again)
     await asyncio.sleep(awaiting)
     return "returned"
 
@@ -122,6 +137,12 @@ def hangs_in_a_thread(self: Task[Any, Any]) -> str:
     record("start", self.request.id)
     time.sleep(10)  # a plain def: it runs in a thread, the loop does not hold it up
     return "slept"
+
+
+@app.bound_task(soft_time_limit=1, time_limit=2)
+def slow_to_start(self: Task[Any, Any]) -> str:
+    record("start", self.request.id)
+    return "ran"
 
 
 @app.bound_task()
@@ -239,21 +260,27 @@ def test_the_revoke_read_of_a_task_it_does_not_run_is_made_off_the_loop(
     assert workers.log_text().count("not registered") == 1
 
 
+@pytest.mark.parametrize("victim", ["waits_its_turn", "slow_to_start"])
 def test_a_hard_limit_passed_while_another_task_blocks_the_loop_kills_for_the_blocker(
-    edges_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+    edges_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, victim: str
 ) -> None:
     # Blamed on the task past its hard limit (which could not run, nor its soft limit
     # fire), the child was killed for it and the blocker put back as innocent: it blocked
     # the next child's loop too, while the first was settled there with its verdict, and
-    # the child was killed again for that one; the blocker ran 4 to 7 times.
-    victim = waits_its_turn.delay()
+    # the child was killed again for that one; the blocker ran 4 to 7 times. A plain def
+    # whose body never started (slow_to_start: its hooks' results wait on the loop) was
+    # killed for itself at every delivery, and dead-lettered as a crash.
+    held_up = (waits_its_turn if victim == "waits_its_turn" else slow_to_start).delay()
     blocker = blocks_the_loop.delay(6)  # queued together: one fetch takes both
     workers.start("-P", "asyncio", "-c", "3", app=APP, env=ENV)
     with pytest.raises(TimeLimitExceeded, match=r"blocked the event loop of its asyncio child"):
         blocker.get(timeout=60)
-    # Put back, it ran again in the next child, where its own soft limit fired.
-    with pytest.raises(SoftTimeLimitExceeded):
-        victim.get(timeout=60)
+    # Put back, it ran again in the next child (where waits_its_turn's soft limit fired).
+    if victim == "waits_its_turn":
+        with pytest.raises(SoftTimeLimitExceeded):
+            held_up.get(timeout=60)
+    else:
+        assert held_up.get(timeout=60) == "ran", workers.log_text()
     # (The victim may not have reached its first line in the first child.)
     assert Counter(i for i, _ in _starts(ledger))[blocker.id] == 1, workers.log_text()
     assert f"while task {blocks_the_loop.name}[{blocker.id}] blocked" in workers.log_text()
@@ -268,12 +295,15 @@ def test_a_task_past_its_hard_limit_by_its_own_doing_is_blamed_beside_a_blocker(
     # again, for an async task that ignored its soft limit after the block had ended.
     # The thread's task passes its hard limit (2 s) while the loop is blocked; the other
     # passes its (3 s) after the block ended (at 1.4 s), its soft limit (2 s) ignored.
+    # The blocker is sent once the other task's body runs: a task still waiting on the
+    # loop to start its body is held up by the blocker, not at fault (the blocker is).
     if victim == "hangs_in_a_thread":
         at_fault, blocking = hangs_in_a_thread.delay(), 2.5
     else:
         at_fault, blocking = ignores_its_soft_limit.delay(), 1.4
-    blocker = blocks_then_awaits.delay(blocking, 3)  # queued together: one fetch takes both
     workers.start("-P", "asyncio", "-c", "3", app=APP, env=ENV)
+    assert wait_for(lambda: at_fault.id in dict(_starts(ledger)), timeout=20), workers.log_text()
+    blocker = blocks_then_awaits.delay(blocking, 3)
     with pytest.raises(TimeLimitExceeded, match=r"ran past its hard time limit"):
         at_fault.get(timeout=60)
     assert blocker.get(timeout=60) == "returned", workers.log_text()  # put back, ran again

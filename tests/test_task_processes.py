@@ -164,11 +164,15 @@ def test_a_task_killed_beside_one_past_its_hard_limit_is_not_counted_as_a_delive
     # A threads child killed for one task's hard limit takes its other running tasks with
     # it: they go back, but counting them as deliveries dead-lettered (as a crash) a task
     # that only shared a child with hanging ones.
-    workers.start("-c", "2", "-P", "threads")
-    innocent = core.delivered_once.delay(2)
+    # (A task allowed one delivery is dead-lettered instead: tests/test_shared_deaths.py.)
+    workers.start("-c", "2", "-P", "threads", env={"CELERIAC_TASK_MAX_DELIVERIES": "2"})
+    innocent = core.work.delay(2, "innocent")
     assert wait_for(lambda: ledger.count("start")[innocent.id] == 1, timeout=20)
     hanging = core.stuck.delay()  # hard limit 1 s, its soft limit (10 s) never comes
     with pytest.raises(Exception, match="hard time limit"):
         hanging.get(timeout=20)
-    assert innocent.get(timeout=20) == 1  # run again, from a delivery count of 1
-    assert ledger.count("start")[innocent.id] == 2
+    hanging_again = core.stuck.delay()  # a second kill beside it: counted, over the limit
+    with pytest.raises(Exception, match="hard time limit"):
+        hanging_again.get(timeout=20)
+    assert innocent.get(timeout=30) == "innocent"  # run again each time, never counted
+    assert ledger.count("end")[innocent.id] == 1

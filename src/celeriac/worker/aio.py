@@ -46,6 +46,8 @@ from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
+
 from celeriac import crashpoints
 from celeriac.brokers.records import Delivery
 from celeriac.errors import SoftTimeLimitExceeded
@@ -419,17 +421,15 @@ class AsyncioChild(Child, BackgroundWork):
         hard_at = job.context[HARD_DEADLINE] = started + hard if hard != math.inf else 0.0
         # When the loop must be free to cancel it at its soft limit (see hard_limits).
         on_loop = (started + soft if soft != math.inf else hard_at) if task.is_async else 0.0
-        self._held[delivery.id] = [
-            Held(
-                delivery.id,
-                delivery.queue,
-                delivery.lease.token,
-                message.task,
-                started,
-                hard_at,
-                on_loop,
-            )
-        ]
+        lease = delivery.lease
+        running = Held(
+            delivery.id, delivery.queue, lease.token, message.task, started, hard_at, on_loop
+        )
+        # Until its body starts, every task waits on the loop (its hooks' results come back
+        # there): a hard limit passed meanwhile, with the loop blocked since before it, is
+        # the blocker's doing. A plain-def task whose verdict a hook was to settle was
+        # killed for itself instead, at every delivery, and dead-lettered as a crash.
+        self._held[delivery.id] = [msgspec.structs.replace(running, loop_deadline=hard_at)]
         self._dirty = self._unwritten_start = True  # written before the task's body runs
         middleware = self.app.middleware
         # The execute hooks share one context, and the task sees what before_execute set
@@ -440,7 +440,7 @@ class AsyncioChild(Child, BackgroundWork):
         hooks = contextvars.copy_context()
         skipped = await self._in_thread(self._io, hooks, middleware.before_execute, job)
         adopt(hooks)
-        outcome = skipped or await self._call(executor, job, soft)
+        outcome = skipped or await self._call(executor, job, soft, running)
         if task.is_async:  # on the loop's thread, which can replace signal handlers
             self._undo.signals(job, others=self.spec.concurrency > 1)
         self._undo.streams(job, replaced_too=False, others=self.spec.concurrency > 1)
@@ -454,13 +454,13 @@ class AsyncioChild(Child, BackgroundWork):
         self._dirty = True
         return outcome
 
-    async def _call(self, executor: Executor, job: Job, soft: float) -> Outcome:
+    async def _call(self, executor: Executor, job: Job, soft: float, running: Held) -> Outcome:
         assert job.task is not None
-        if self._unwritten_start:
-            # The process pool's rule: "started" is in the slot before the task can kill
-            # the child, so the supervisor counts the delivery and a task that always
-            # crashes is dead-lettered. One write covers every start marked since the last.
-            self._write_slot()
+        # The process pool's rule: "started" is in the slot before the task can kill the
+        # child, so the supervisor counts the delivery and a task that always crashes is
+        # dead-lettered; and with it now, the task's deadlines (see _execute_async).
+        self._held[job.delivery.id] = [running]
+        self._write_slot()
         token = _current.set(job.request)
         began = time.perf_counter()
         try:

@@ -143,8 +143,9 @@ def _beside(view: SlotView, killed_for: Held) -> str:
 def _blocker(view: SlotView, victim: Held, mark: int, since: float) -> Held | None:
     """The started task the child's watchdog wrote as blocking its event loop
     (:meth:`.Slot.block`), when ``victim``, past its hard limit, is its victim: an async
-    task on that loop, blocked since before its soft limit was to cancel it. A task in a
-    thread, or one past its soft limit before the block, is at fault itself."""
+    task on that loop, blocked since before its soft limit was to cancel it, or any task
+    still waiting on the loop to start its body (its hooks' results come back there). A
+    task in its thread, or one past its soft limit before the block, is at fault itself."""
     if not mark or not victim.loop_deadline or since > victim.loop_deadline:
         return None
     return next(
