@@ -24,6 +24,10 @@ def test_celerys_attributes_say_what_to_use_instead() -> None:
         (add, "apply", "celeriac.testing.run_queued(app)"),
         (add, "on_failure", "a Middleware's after_execute"),
         (result, "wait", "use get(timeout=...)"),
+        # Celery's periodic-task idiom (a signal handler calling add_periodic_task).
+        (app, "on_after_configure", "define periodic tasks where the task is: @app.periodic"),
+        (app, "add_periodic_task", "app.beat.periodic(task, every=...)"),
+        (app, "on_after_finalize", "Celery's beat_schedule setting"),
     ]
     for owner, name, instead in cases:
         with pytest.raises(AttributeError) as caught:

@@ -170,6 +170,11 @@ _HOOKS = (
     "it did: Celeriac(..., middleware=[*default_middleware(), Yours()])"
 )
 _RUN_WORKER = "start a worker with the command line: celeriac -A MODULE worker"
+_PERIODIC = (
+    "define periodic tasks where the task is: @app.periodic(every=60) or "
+    "@app.periodic(cron='0 7 * * *') above it, app.beat.periodic(task, every=...), or "
+    "Celery's beat_schedule setting; no signal handler is needed"
+)
 
 #: Attributes of Celery's app, tasks and result handles: what to use instead, by the
 #: class that lacks them.
@@ -183,6 +188,11 @@ ATTRIBUTES = {
         "signature": "use celeriac.signature(name, args, kwargs), or the task's .s(...)",
         "worker_main": _RUN_WORKER,
         "start": _RUN_WORKER,
+        "add_periodic_task": _PERIODIC,
+        "on_after_configure": _PERIODIC,
+        "on_after_finalize": _PERIODIC,
+        "on_configure": "configure the app where it is made: Celeriac(name, **settings), or "
+        "app.config_from_object(...)",
     },
     "Task": {
         "apply": "run what is queued in this process with celeriac.testing.run_queued(app), "
