@@ -175,6 +175,7 @@ def test_a_three_slash_url_meant_as_absolute_says_to_write_four(
         ("timezone", "Europe/Paris", "beat_timezone is the zone of cron entries"),
         ("broker_transport_options", {"visibility_timeout": 60}, "worker_lease_seconds"),
         ("broker_connection_retry_on_startup", True, "workers reconnect with backoff"),
+        ("result_serializer", "json", "results are stored as JSON, whatever task_serializer"),
     ],
 )
 def test_a_celery_setting_says_what_to_set_instead(
@@ -191,3 +192,46 @@ def test_a_celery_setting_says_what_to_set_instead(
         said = str(caught.value)
         assert said.startswith(f"unknown setting {setting!r}: it is Celery's; ") and advice in said
         assert "Did you mean" not in said
+
+
+@pytest.mark.parametrize(
+    ("spelt", "setting"),
+    [
+        ("CELERY_BROKER_URL", "broker_url"),  # a Django settings module's
+        ("BROKER_URL", "broker_url"),  # Celery 3's
+        ("CELERYD_CONCURRENCY", "worker_concurrency"),
+        ("CELERYBEAT_SCHEDULE", "beat_schedule"),
+    ],
+)
+def test_celerys_spellings_of_a_setting_name_it(spelt: str, setting: str) -> None:
+    # app.conf.CELERY_BROKER_URL = ... said "unknown setting" with no hint.
+    with pytest.raises(ConfigurationError) as caught:
+        Settings().update(**{spelt: "x"})
+    said = str(caught.value)
+    assert f"set {setting!r}, or in the environment CELERIAC_{setting.upper()}" in said, said
+
+
+def test_celerys_environment_variable_is_said_not_read(caplog: pytest.LogCaptureFixture) -> None:
+    # A deployment carried over from Celery kept CELERY_BROKER_URL: every process used a
+    # SQLite file of its own, without a word.
+    settings = Settings.from_environment({"CELERY_BROKER_URL": "redis://broker:6379/0"})
+    assert settings.broker_url == "sqlite:///celeriac.db"
+    assert "environment variable CELERY_BROKER_URL is Celery's" in caplog.text
+    assert "set CELERIAC_BROKER_URL instead" in caplog.text
+    caplog.clear()
+    both = {"CELERY_BROKER_URL": "redis://a/0", "CELERIAC_BROKER_URL": "redis://b/0"}
+    assert Settings.from_environment(both).broker_url == "redis://b/0"
+    assert caplog.text == ""  # celeriac's own is set: nothing to say
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        ("visibility_timeout=3600", "a lease's length is the worker_lease_seconds setting"),
+        ("global_keyprefix=app", "use prefix="),
+    ],
+)
+def test_celerys_redis_url_options_say_what_to_use(option: str, said: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Celeriac("x", broker=f"redis://localhost:6379/0?{option}").broker  # noqa: B018
+    assert f"it is Celery's; {said}" in str(caught.value)

@@ -82,6 +82,20 @@ SETTINGS = {
     "beat_scheduler": _ENTRIES,
     "beat_schedule_filename": _SCHEDULE_STATE,
     "task_send_sent_event": f"events are written by workers: {_DROP}",
+    "result_serializer": f"results are stored as JSON, whatever task_serializer is: {_DROP}",
+    "result_accept_content": f"results are stored as JSON: {_DROP}",
+    "result_compression": _UNCOMPRESSED,
+}
+
+#: Options of a Redis broker URL's query that are Celery's (kombu's transport options).
+URL_OPTIONS = {
+    "visibility_timeout": "a lease's length is the worker_lease_seconds setting (30 s, "
+    "renewed while the task runs), not a URL option",
+    "fanout_prefix": f"celeriac has no fanout exchanges: {_DROP}",
+    "fanout_patterns": f"celeriac has no fanout exchanges: {_DROP}",
+    "global_keyprefix": "use prefix= (every key starts with it)",
+    "queue_order_strategy": "priorities are strict, 0 to 9, per queue: set priority= on "
+    f"the task or the send: {_DROP}",
 }
 
 #: Command-line options, per command.

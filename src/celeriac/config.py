@@ -168,6 +168,7 @@ class Settings:
         settings = cls()
         for key, raw in environ.items():
             if not key.startswith("CELERIAC_"):
+                _warn_if_celerys(key, environ)
                 continue
             name = key[len("CELERIAC_") :].lower()
             if name not in _hints():
@@ -331,6 +332,23 @@ use json, msgpack or pickle
             )
 
 
+def _warn_if_celerys(key: str, environ: dict[str, str]) -> None:
+    """Warn about Celery's variable for a setting (``CELERY_BROKER_URL``) when celeriac's
+    is not set: a deployment carried over from Celery kept it, and every process used the
+    default broker (a SQLite file of its own) without a word."""
+    if not key.startswith("CELERY_"):
+        return
+    name = _celerys_spelling(key)
+    if name is not None and f"CELERIAC_{name.upper()}" not in environ:
+        logging.getLogger("celeriac").warning(
+            "environment variable %s is Celery's and celeriac does not read it: set "
+            "CELERIAC_%s instead (until then %s is the app's own or the default)",
+            key,
+            name.upper(),
+            name,
+        )
+
+
 def _warn_if_misspelt(key: str, name: str) -> None:
     """Warn about a CELERIAC_* variable that is no setting but nearly one (a typo that
     would otherwise leave a default in force without a word)."""
@@ -360,9 +378,33 @@ def _unknown(name: str) -> str:
     """
     if name in SETTINGS:
         return f"unknown setting {name!r}: it is Celery's; {SETTINGS[name]}."
+    ours = _celerys_spelling(name)
+    if ours is not None:
+        return (
+            f"unknown setting {name!r}: settings have lowercase names without a CELERY_ "
+            f"prefix (that is Celery's spelling in a settings module): set {ours!r}, or in "
+            f"the environment CELERIAC_{ours.upper()}."
+        )
     close = difflib.get_close_matches(name, list(_hints()), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return f"unknown setting {name!r}.{hint} Every setting is listed in celeriac.config.Settings."
+
+
+def _celerys_spelling(name: str) -> str | None:
+    """The setting ``name`` stands for in Celery's spellings: ``CELERY_BROKER_URL`` (a
+    Django settings module, the environment), Celery 3's ``BROKER_URL`` and
+    ``CELERYD_CONCURRENCY``; None if none.
+
+    Example:
+        >>> _celerys_spelling("CELERY_BROKER_URL"), _celerys_spelling("task_tme_limit")
+        ('broker_url', None)
+    """
+    lower = name.lower()
+    candidates = [lower.removeprefix("celery_"), lower]
+    for old, new in (("celeryd_", "worker_"), ("celerybeat_", "beat_")):  # Celery 3's
+        if lower.startswith(old):
+            candidates.append(new + lower.removeprefix(old))
+    return next((c for c in candidates if c != name and c in _hints()), None)
 
 
 def _coerce(name: str, hint: Any, value: Any) -> Any:

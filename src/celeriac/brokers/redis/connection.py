@@ -34,6 +34,7 @@ import msgspec
 from celeriac.brokers import redacted
 from celeriac.brokers.redis import dial, errors
 from celeriac.brokers.redis.scripts import Denial, denied_in_script
+from celeriac.celery_names import URL_OPTIONS
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -112,6 +113,11 @@ class RedisURL(msgspec.Struct, frozen=True):
                 rest.append((key, value))
         _check_database(url, parts.scheme, parts.path, rest)
         unknown = _unknown_options({key for key, _ in rest})
+        celerys = [f"{k}: it is Celery's; {URL_OPTIONS[k]}" for k in unknown if k in URL_OPTIONS]
+        if celerys:
+            raise ConfigurationError(
+                f"unknown option in the broker URL {redacted(url)}: {'; '.join(celerys)}."
+            )
         if unknown:
             raise ConfigurationError(
                 f"unknown option {', '.join(map(repr, unknown))} in the broker URL "
