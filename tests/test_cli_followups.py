@@ -223,3 +223,41 @@ def test_a_batch_send_with_redis_down_says_how_many_tasks_were_not_sent() -> Non
             app.send_many([ping.message((i,)) for i in range(3)])
     finally:
         app.broker.close()
+
+
+def test_a_worker_whose_queues_miss_its_tasks_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `worker -Q emials`, or `worker` alone with every task on `emails`: started without a
+    # word, and the tasks waited until a get() timed out.
+    from celeriac.cli.worker_cmd import warn_of_queues_no_task_is_sent_to
+
+    app = Celeriac("shop", broker="memory://")
+    app.task(name="shop.welcome", queue="emails")(lambda user: user)
+    app.task(name="shop.charge", queue="payments")(lambda order: order)
+    with caplog.at_level(logging.WARNING, logger="celeriac.worker"):
+        typo = warn_of_queues_no_task_is_sent_to(app, ["emials", "payments"])
+        none = warn_of_queues_no_task_is_sent_to(app, ["default"])
+        assert warn_of_queues_no_task_is_sent_to(app, ["payments"]) == ""  # one of two: fine
+    assert typo.startswith("-Q queue 'emials' is no queue this app's tasks are sent to (did ")
+    assert none.startswith("this worker consumes default, where no task of this app is sent: ")
+    assert none.endswith("wait there until a worker consumes them (-Q emails,payments)")
+    assert caplog.text.count("WARNING") == 2
+    routed = Celeriac("shop", broker="memory://", task_routes={"shop.*": "emails"})
+    routed.task(name="shop.welcome")(lambda user: user)
+    assert warn_of_queues_no_task_is_sent_to(routed, ["default"]) == ""  # a router decides
+    # Said by the worker command itself, before it starts.
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    (tmp_path / "qshop.py").write_text(
+        "from celeriac import Celeriac\n"
+        f"app = Celeriac('qshop', broker={url!r})\n"
+        "app.task(name='qshop.welcome', queue='emails')(print)\n"
+    )
+    procs = WorkerProcesses(url, Ledger(tmp_path / "ledger.txt"))
+    try:
+        procs.start("-c", "1", "-Q", "emials", app="qshop", env={"PYTHONPATH": str(tmp_path)})
+        assert "-Q queue 'emials' is no queue this app's tasks are sent to (did you mean " in (
+            procs.log_text()
+        )
+    finally:
+        procs.kill_all()

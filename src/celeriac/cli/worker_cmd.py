@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import sys
 from typing import TYPE_CHECKING
@@ -106,6 +107,7 @@ def worker(
     concurrency = concurrency or default_concurrency(app, cpus)
     warn_if_many_processes(pool, concurrency, cpus.count)
     warn_of_soft_limits_that_never_fire(app)
+    warn_of_queues_no_task_is_sent_to(app, names)
     # task_serializer outside accept_content fails here, not at every message it reads.
     app.codec  # noqa: B018 - built for what it checks
     if not with_beat:
@@ -185,6 +187,42 @@ def warn_of_soft_limits_that_never_fire(app: Celeriac) -> list[str]:
             ", ".join(names),
         )
     return names
+
+
+def warn_of_queues_no_task_is_sent_to(app: Celeriac, queues: list[str]) -> str:
+    """Warn when this worker's queues miss where its app sends its tasks: a -Q name near
+    one of them (``-Q emials``), or none of them at all (``worker`` alone, every task on
+    ``emails``); return what was said ("" when nothing). Skipped when ``task_routes`` may
+    choose a queue: where tasks go is not known then.
+
+    Tasks sat in their queue until a ``get()`` timed out, the worker idle and silent.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> _ = app.task(name="doc.mail", queue="emails")(print)
+        >>> warn_of_queues_no_task_is_sent_to(app, ["emials"])  # doctest: +ELLIPSIS
+        "-Q queue 'emials' is no queue this app's tasks are sent to (did you mean 'emails'?)..."
+    """
+    if app.conf.routing is not None or not app.tasks:
+        return ""
+    default = app.conf.task_default_queue
+    sent_to = sorted({t.options.queue or default for t in app.tasks.values()})
+    said = [
+        f"-Q queue {q!r} is no queue this app's tasks are sent to (did you mean {close[0]!r}?)"
+        for q in queues
+        if q not in sent_to and (close := difflib.get_close_matches(q, sent_to, n=1, cutoff=0.7))
+    ]
+    if not said and not set(queues) & set(sent_to):
+        said = [f"this worker consumes {', '.join(queues)}, where no task of this app is sent"]
+    if not said:
+        return ""
+    text = (
+        f"{'; '.join(said)}: its tasks go to {', '.join(sent_to)}, and wait there until a "
+        f"worker consumes them (-Q {','.join(sent_to)})"
+    )
+    logging.getLogger("celeriac.worker").warning("%s", text)
+    return text
 
 
 def warn_if_many_processes(pool: str, concurrency: int, cpus: int) -> bool:
