@@ -22,7 +22,7 @@ from celeriac.cli import cli
 from celeriac.cli.worker_cmd import warn_of_soft_limits_that_never_fire
 from celeriac.testing import run_queued
 from tests.apps import core
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_celeriac
 from tests.redis_server import RedisServer
 
 
@@ -64,6 +64,23 @@ def test_many_more_child_processes_than_cpus_is_a_warning(caplog: pytest.LogCapt
 def test_module_without_an_app_says_so() -> None:
     code, output = invoke("-A", "tests.test_message", "worker")
     assert code == 1 and "has no Celeriac app" in output
+
+
+@pytest.mark.parametrize("submodule", ["celery", "celeriac_app"])
+def test_a_package_whose_app_is_in_its_app_module_is_found(tmp_path: Path, submodule: str) -> None:
+    # `-A proj` with the app in proj/celery.py (where Celery's -A finds it) or in
+    # proj/celeriac_app.py (the README's Django layout): "module proj has no Celeriac app".
+    package = tmp_path / f"pkg_{submodule}"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / f"{submodule}.py").write_text(
+        "from celeriac import Celeriac\n"
+        f"app = Celeriac('found', broker='sqlite:///{tmp_path}/q.db')\n"
+        "app.task(name='found.ping')(lambda: 'pong')\n"
+    )
+    done = run_celeriac("-A", package.name, "check", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "found.ping" in done.stdout
 
 
 def test_a_worker_that_could_not_read_its_own_messages_does_not_start(tmp_path: Path) -> None:

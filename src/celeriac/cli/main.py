@@ -224,9 +224,30 @@ def load_app(path: str) -> Celeriac:
             "installed packages). Run from your project folder or install it."
         ),
     )
+    if not attr and hasattr(module, "__path__") and not _apps_of(module):
+        # A package whose app is in a submodule, where Celery's -A finds it (proj/celery.py)
+        # or where the Django layout puts it (proj/celeriac_app.py).
+        module, module_name = _app_module_of(module, module_name)
     app = _app_in(module, path, module_name, attr)
     import_listed(app)
     return app
+
+
+def _apps_of(module: ModuleType) -> list[Celeriac]:
+    return [v for v in vars(module).values() if isinstance(v, Celeriac)]
+
+
+def _app_module_of(package: ModuleType, name: str) -> tuple[ModuleType, str]:
+    """The submodule of ``package`` that holds its app (``celeriac_app``, then ``celery``),
+    and its name; the package itself when none does."""
+    for sub in ("celeriac_app", "celery"):
+        found = f"{name}.{sub}"
+        if importlib.util.find_spec(found) is None:
+            continue
+        module = _import(found, f"-A {name} (its app module {found})", f"no module {found!r}")
+        if _apps_of(module):
+            return module, found
+    return package, name
 
 
 def import_listed(app: Celeriac) -> None:
@@ -313,7 +334,7 @@ def _app_in(module: ModuleType, path: str, module_name: str, attr: str) -> Celer
             hint = f" (apps there: {', '.join(names)})" if names else ""
             raise ConfigurationError(f"-A {path}: {module_name}.{attr} {what}{hint}")
         return app
-    apps = [v for v in vars(module).values() if isinstance(v, Celeriac)]
+    apps = _apps_of(module)
     if not apps:
         raise ConfigurationError(
             f"-A {path}: module {module_name} has no Celeriac app. Create one there "
