@@ -149,6 +149,36 @@ def test_a_second_function_under_a_taken_task_name_is_refused(app: Celeriac) -> 
     assert app.task(name="dup")(first).fn is first  # the code as it is now
 
 
+def test_a_blocking_get_on_an_event_loop_warns(app: Celeriac) -> None:
+    # get() in a coroutine (a FastAPI handler) blocked every request of the server until
+    # the result came, with no word.
+    import warnings
+
+    from celeriac import group
+
+    add = app.task(name="shop.add")(lambda x, y: x + y)
+    one, both = add.delay(1, 1), group(add.s(1, 2), add.s(2, 2)).delay()
+
+    async def handler() -> None:
+        for pending in (one, both):
+            with pytest.raises(ResultTimeout):
+                pending.get(timeout=0.05)
+
+    with pytest.warns(RuntimeWarning, match=r"get\(\) called on a running event loop") as said:
+        asyncio.run(handler())
+    assert len(said) == 2 and "use await ...aget() instead" in str(said[0].message)
+    assert {w.filename for w in said} == {__file__}  # the caller's line, not celeriac's
+    run_queued(app)
+
+    async def finished() -> tuple[int, list[int]]:  # nothing blocks: an eager test's get()
+        return one.get(timeout=1), both.get(timeout=1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert asyncio.run(finished()) == (2, [3, 4])
+        assert one.get(timeout=1) == 2  # off the loop: nothing to say
+
+
 def test_apply_async_options_reach_the_message(app: Celeriac) -> None:
     @app.task(queue="emails", priority=3, expires=300)
     def send(user_id: int) -> None: ...
@@ -555,12 +585,16 @@ def test_the_size_errors_name_the_part_that_is_large_even_when_it_is_no_argument
     def ping(n: int) -> int:
         return n
 
+    # (apply_async refuses an id over 1,000 characters before this: a built message.)
+    built = ping.message((1,))
+    built.id = "i" * 300_000
     with pytest.raises(PayloadTooLarge, match=r"largest part is the task id \(300,002 bytes\)"):
-        ping.apply_async((1,), task_id="i" * 300_000)
+        app.publish(built)
     with pytest.raises(PayloadTooLarge, match=r"header 'trace' .*Keep the header 'trace' short"):
         ping.apply_async((1,), headers={"trace": "t" * 300_000})
+    built.id = "j" * 20_000
     with caplog.at_level(logging.WARNING):
-        sent = ping.apply_async((1,), task_id="j" * 20_000)
+        sent = app.publish(built)
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "largest part is the task id (20,002 bytes)" in warning
     assert "Keep the task id short" in warning and "pass its id" not in warning

@@ -30,6 +30,7 @@ from celeriac.result import (
     seconds_text,
     time_left,
     unfinished_note,
+    warn_on_the_loop,
 )
 
 if TYPE_CHECKING:
@@ -233,6 +234,8 @@ class GroupResult:
         deadline = None if timeout is None else time.monotonic() + timeout
         gathered = _Gathering(self.results, propagate)
         gathered.learn(_read_tasks(gathered.unknown()))
+        if gathered.first_unknown() is not None:  # about to block
+            warn_on_the_loop("get()")
         # A wait for each member in turn, but not a read of each: the first read above
         # found those already finished, and each commit that wakes the wait is followed by
         # a read of the rest while that costs a small share of the time (on Redis, every

@@ -14,6 +14,7 @@ import datetime as dt
 import math
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
@@ -216,8 +217,22 @@ class AsyncResult(Generic[R]):
         check_timeout(timeout, "get()", interval)
         if disable_sync_subtasks:
             refuse_inside_a_task(self, "get()")
-        raw = self._wait(timeout)
+        raw = self._on_the_loop()
+        if raw is None:
+            raw = self._wait(timeout)
         return self._outcome(raw, timeout, propagate, self._progress() if raw is None else "")
+
+    def _on_the_loop(self) -> bytes | None:
+        """On a running event loop's thread: the final result if stored already, else a
+        warning that the wait will block the loop (see :func:`warn_on_the_loop`). None
+        off the loop, where nothing is read here."""
+        if not on_a_running_loop():
+            return None
+        stored = self.app.broker.get_result(self.id)
+        if stored is not None and stored[1]:
+            return stored[0]  # final: nothing will block (an eager test's get(), say)
+        warn_on_the_loop("get()", stacklevel=4)
+        return None
 
     def _wait(self, timeout: float | None) -> bytes | None:
         """The final result, waited for up to ``timeout`` seconds (None: not in time)."""
@@ -529,6 +544,36 @@ def time_left(deadline: float | None) -> float | None:
         (None, 0.0)
     """
     return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+def on_a_running_loop() -> bool:
+    """Whether this thread runs an event loop now (cheap: asyncio is not imported for it).
+
+    Example:
+        >>> on_a_running_loop()
+        False
+    """
+    asyncio = sys.modules.get("asyncio")  # not imported: no loop can be running
+    return asyncio is not None and asyncio._get_running_loop() is not None
+
+
+def warn_on_the_loop(call: str, stacklevel: int = 3) -> None:
+    """Warn when a blocking wait (``get()``) that will block is called on a running event
+    loop's thread: every request of an async web server stood still until the result
+    came (up to its timeout), with no word of why. ``await ...aget()`` waits without
+    blocking.
+
+    Example:
+        >>> warn_on_the_loop("get()")  # no loop running here: nothing to say
+    """
+    if not on_a_running_loop():
+        return
+    warnings.warn(
+        f"{call} called on a running event loop's thread: it blocks every other coroutine "
+        f"of the loop until the result comes; use await ...a{call} instead",
+        RuntimeWarning,
+        stacklevel=stacklevel,  # the line that called get()
+    )
 
 
 def refuse_inside_a_task(awaited: AsyncResult[Any] | GroupResult, call: str) -> None:
