@@ -32,6 +32,27 @@ STILL_WAITING = "Still waiting"
 @pytest.fixture(autouse=True)
 def _quick_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(admin, "LISTEN_STEP", 0.05)
+    monkeypatch.setattr(admin, "_outage_said_at", [-admin.OUTAGE_SAID_EVERY])  # none said yet
+
+
+def test_many_waits_through_one_outage_say_it_once(caplog: pytest.LogCaptureFixture) -> None:
+    # 500 waiters through a 2 s restart logged 500 "Still waiting" lines.
+    from celeriac.brokers.redis import ops
+    from celeriac.brokers.redis.keys import Keyspace
+    from celeriac.errors import BrokerConnectionError as Outage
+
+    outage = Outage("could not wait for the result of task t: Redis did not answer.")
+    ctx = ops.Context(Keyspace("p"), cluster=False, known=set())
+    for _ in range(20):  # each wait, as its plan is driven: register, subscribe, look
+        plan = admin.wait_result(ctx, "t", 60.0)
+        next(plan)
+        plan.send(1)
+        plan.send(None)
+        plan.throw(outage)  # the outage meets it: it pauses, and would look again
+        plan.close()
+    said = [r for r in caplog.records if STILL_WAITING in r.getMessage()]
+    assert len(said) == 1, said
+    assert "other waits of this process say nothing more for 30 s" in said[0].getMessage()
 
 
 def _waiting(server: RedisServer, broker: RedisBroker, task_id: str = "t") -> bool:

@@ -137,6 +137,21 @@ def get_results(ctx: Context, task_ids: Sequence[str]) -> Plan[list[tuple[bytes,
     return [_read_result(reply) for reply in replies]
 
 
+#: Seconds between two "still waiting" lines of one process: 500 waiters through a 2 s
+#: restart logged 500 of them.
+OUTAGE_SAID_EVERY = 30.0
+_outage_said_at = [-OUTAGE_SAID_EVERY]  # monotonic time of the last one
+
+
+def _say_outage() -> bool:
+    """Whether a wait that met an outage says so: the first in OUTAGE_SAID_EVERY seconds."""
+    now = time.monotonic()
+    if now - _outage_said_at[0] < OUTAGE_SAID_EVERY:
+        return False
+    _outage_said_at[0] = now
+    return True
+
+
 def wait_result(ctx: Context, task_id: str, timeout: float) -> Plan[bytes | None]:
     """Subscribe to the task's channel, then look: a commit in between is never missed.
 
@@ -193,11 +208,13 @@ def wait_result(ctx: Context, task_id: str, timeout: float) -> Plan[bytes | None
             pause = min(0.1 * 2**away, OUTAGE_PAUSE_MAX)
             if time.monotonic() + pause >= deadline:
                 raise
-            if away == 0:
+            if away == 0 and _say_outage():
                 log.warning(
-                    "%s Still waiting, up to %.0f s more (the wait's timeout).",
+                    "%s Still waiting, up to %.0f s more (the wait's timeout; other waits of "
+                    "this process say nothing more for %.0f s).",
                     exc,
                     deadline - time.monotonic(),
+                    OUTAGE_SAID_EVERY,
                 )
             away += 1
             yield Pause(pause)
