@@ -207,8 +207,10 @@ def test_an_expired_task_no_worker_knows_expires_not_put_back(app: Celeriac) -> 
     (stats,) = app.broker.stats()
     assert (stats.ready, stats.delayed, stats.dead) == (0, 1, 0)
     assert len(app.broker.join_values(expired_key(stats.queue))) == 1  # status: expired today
-    with pytest.raises(TaskExpired, match=r"expired .* before a worker started it"):
+    with pytest.raises(TaskExpired, match=r"expired .* before a worker started it") as said:
         gone.get(timeout=1)
+    # Said why: a worker of other code passed it over, not a worker too busy to start it.
+    assert "; a worker that does not know the task put it back meanwhile" in str(said.value)
 
 
 def test_a_skipped_unknown_task_is_told_to_the_middleware_once_on_the_asyncio_pool() -> None:

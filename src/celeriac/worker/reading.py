@@ -349,6 +349,10 @@ class Reading:
             # Expired waiting for a worker that knows it: it was put back every
             # task_unknown_retry_delay, then dead-lettered, where any worker that knew it
             # would have expired it (a periodic tick of a mistyped task: one more each tick).
+            # Said why: a tick passed over by workers of older code read as one no worker
+            # had been free to start.
+            why = f"cannot take its arguments ({unfit})" if unfit else "does not know the task"
+            late.reason = f"{late.reason}; a worker that {why} put it back meanwhile"
             return self._told(job, late)
         if not unfit and len(message.task) > NAME_SHOWN:
             # No task has such a name (a registered one of any length still runs). Put back
