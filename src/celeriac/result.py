@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from celeriac.celery_names import explain_celerys_names
 from celeriac.errors import (
+    BrokerConnectionError,
     BrokerError,
     GetInsideTask,
     ResultTimeout,
@@ -342,11 +343,21 @@ class AsyncResult(Generic[R]):
         """
         import asyncio  # loaded by code that awaits, not at import: see architecture.md
 
+        broker = self.app.broker
         try:
             async with asyncio.timeout(LAST_LOOK_SECONDS):
-                stored = await self.app.broker.aget_result(self.id)
+                stored = await broker.aget_result(self.id)
         except TimeoutError:
-            return None
+            if broker.async_native:
+                # A frozen Redis: said as get() says it, not as the task's slowness ("it
+                # may still be queued or running"), which sent an operator to the workers.
+                raise BrokerConnectionError(
+                    f"could not read the result of task {self.task_name or '?'}[{self.id}]: "
+                    f"the broker did not answer within {LAST_LOOK_SECONDS:g}s after the wait "
+                    "ended (stopped, frozen or overloaded: redis-cli PING, SLOWLOG GET). The "
+                    "task may have finished; ask again once it answers."
+                ) from None
+            return None  # a busy pool of threads (SQLite): the timeout is what to report
         return stored[0] if stored is not None and stored[1] else None
 
     def _outcome(

@@ -401,3 +401,33 @@ def test_blocking_sends_from_async_code_stay_off_the_loop_and_its_executor(
     assert own < 10, own
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert max(gaps) < 10, max(gaps)  # the loop went on meanwhile
+
+
+def test_aget_on_a_frozen_redis_says_the_broker_did_not_answer(tmp_path: Path) -> None:
+    # get() said the broker did not answer; aget() said the task "may still be queued or
+    # running", sending an operator to the workers.
+    import os
+    import signal
+
+    from celeriac.errors import ResultTimeout
+
+    server = start_redis(tmp_path / "r")
+    app = Celeriac("shop", broker=f"{server.url}?socket_timeout=20")
+    handle = app.AsyncResult("t-frozen")
+
+    async def wait() -> None:
+        await handle.aget(timeout=1)
+
+    with pytest.raises(ResultTimeout):
+        asyncio.run(wait())  # a live Redis: the task's own slowness
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(BrokerConnectionError) as caught:
+            asyncio.run(wait())
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        app.broker.close()
+        server.stop()
+    assert "could not read the result of task ?[t-frozen]: the broker did not answer" in str(
+        caught.value
+    )

@@ -71,6 +71,10 @@ class Broker(abc.ABC):
 
     #: True when only the process that created the broker can reach its data.
     in_process_only: bool = False
+    #: True when the async faces talk to the server themselves (Redis), not through a
+    #: pool of threads: a read they await that does not answer in time is the server's
+    #: silence, not a busy pool.
+    async_native: bool = False
 
     # -- producing --------------------------------------------------------------------
 

@@ -113,6 +113,8 @@ class RedisBroker(Broker):
         >>> broker.close()
     """
 
+    async_native = True
+
     def __init__(self, url: str) -> None:
         self.url = RedisURL.parse(url)
         self.keys = Keyspace(self.url.prefix)
