@@ -128,6 +128,13 @@ def thread_soft_limit(soft: float) -> Iterator[None]:
     timer.start()
     try:
         yield
+    except SoftTimeLimitExceeded as exc:
+        if exc.args == SoftTimeLimitExceeded().args:  # raised as a class: say the limit
+            exc.args = (
+                f"the task ran past its soft time limit ({soft:g}s); it may catch "
+                "SoftTimeLimitExceeded to clean up, or take a larger soft_time_limit",
+            )
+        raise
     finally:
         with lock:
             armed[0] = False
