@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import datetime as dt
 import math
+import os
 import sys
 import time
 import warnings
@@ -22,6 +24,7 @@ from celeriac.celery_names import explain_celerys_names
 from celeriac.errors import (
     BrokerConnectionError,
     BrokerError,
+    CeleriacError,
     GetInsideTask,
     ResultTimeout,
     TaskExpired,
@@ -449,16 +452,27 @@ def unfinished_note(app: Celeriac, task_names: Sequence[str]) -> str:
     "it may still run" alone sent people to check workers that had done the work.
     """
     it, its = ("they", "their") if len(task_names) > 1 else ("it", "its")
+    gone = (
+        f"or {it} finished and {its} result is gone: results are kept "
+        f"result_expires={app.conf.result_expires:g}s, and forget() deletes them."
+    )
     if app.conf.task_always_eager:  # no worker to look for: sends ran what was due
         text = (
             "in eager mode (task_always_eager) a send runs only what is due: a countdown, "
             "an eta or a retry's backoff waits for run_queued(app, include_delayed=True)."
         )
+    elif app.broker.in_process_only:
+        # A test that sent without running: "check celeriac status" for a broker no other
+        # process can see.
+        text = (
+            f"{it} may still be queued, on the {app.conf.broker_url} broker, which lives in "
+            "this process: no worker takes its tasks, celeriac.testing.run_queued(app) runs "
+            f"them (or task_always_eager=True); {gone}"
+        )
     else:
         text = (
             f"{it} may still be queued or running (check `celeriac status` for live workers "
-            f"on {its} queue), or {it} finished and {its} result is gone: results are kept "
-            f"result_expires={app.conf.result_expires:g}s, and forget() deletes them."
+            f"on {its} queue); {gone}{_no_worker_note(app)}"
         )
     text += "".join(unimportable_note(n) for n in sorted(set(task_names)))
     quiet = sorted({n for n in task_names if _ignores_result(app, n)})
@@ -468,6 +482,30 @@ def unfinished_note(app: Celeriac, task_names: Sequence[str]) -> str:
             "success stores nothing to wait for (except as a workflow step)."
         )
     return text
+
+
+def _no_worker_note(app: Celeriac) -> str:
+    """ " No worker is running on BROKER": when none is, which a timeout's reader needs
+    first (a producer started from another folder made a SQLite file of its own there);
+    "" when some are, or the broker cannot say (one read, on a timeout only)."""
+    try:
+        if app.broker.workers():
+            return ""
+    except BrokerError:
+        return ""
+    from celeriac.brokers import redacted
+
+    url = app.conf.broker_url
+    where = redacted(url)
+    if url.startswith("sqlite:"):
+        from celeriac.brokers.sqlite_file import path_from_url
+
+        with contextlib.suppress(CeleriacError):
+            where += f" (the file {os.path.abspath(path_from_url(url)[0])})"
+    return (
+        f" No worker is running on this broker, {where}: start one on it "
+        "(celeriac -A MODULE worker), or point this process at the workers' broker."
+    )
 
 
 def _ignores_result(app: Celeriac, task_name: str) -> bool:
