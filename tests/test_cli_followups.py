@@ -239,9 +239,13 @@ def test_a_worker_whose_queues_miss_its_tasks_says_so(
         typo = warn_of_queues_no_task_is_sent_to(app, ["emials", "payments"])
         none = warn_of_queues_no_task_is_sent_to(app, ["default"])
         assert warn_of_queues_no_task_is_sent_to(app, ["payments"]) == ""  # one of two: fine
-    assert typo.startswith("-Q queue 'emials' is no queue this app's tasks are sent to (did ")
-    assert none.startswith("this worker consumes default, where no task of this app is sent: ")
-    assert none.endswith("wait there until a worker consumes them (-Q emails,payments)")
+    assert typo.startswith("-Q queue 'emials' is named by no task defined here (did you mean ")
+    assert none.startswith("no task defined here names a queue this worker consumes (default)")
+    assert "wait there until a worker consumes them (-Q emails,payments). If this " in none
+    assert none.endswith("fed by queue= at send, ignore this")
+    # A queue a periodic entry names is one its tasks go to.
+    app.beat.periodic(app.tasks["shop.welcome"], every=60, name="nudge", args=(1,), queue="nudges")
+    assert warn_of_queues_no_task_is_sent_to(app, ["nudges"]) == ""
     assert caplog.text.count("WARNING") == 2
     routed = Celeriac("shop", broker="memory://", task_routes={"shop.*": "emails"})
     routed.task(name="shop.welcome")(lambda user: user)
@@ -256,7 +260,7 @@ def test_a_worker_whose_queues_miss_its_tasks_says_so(
     procs = WorkerProcesses(url, Ledger(tmp_path / "ledger.txt"))
     try:
         procs.start("-c", "1", "-Q", "emials", app="qshop", env={"PYTHONPATH": str(tmp_path)})
-        assert "-Q queue 'emials' is no queue this app's tasks are sent to (did you mean " in (
+        assert "-Q queue 'emials' is named by no task defined here (did you mean " in (
             procs.log_text()
         )
     finally:

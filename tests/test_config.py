@@ -211,10 +211,17 @@ def test_celerys_spellings_of_a_setting_name_it(spelt: str, setting: str) -> Non
     assert f"set {setting!r}, or in the environment CELERIAC_{setting.upper()}" in said, said
 
 
-def test_celerys_environment_variable_is_said_not_read(caplog: pytest.LogCaptureFixture) -> None:
+def test_celerys_environment_variable_is_said_not_read(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A deployment carried over from Celery kept CELERY_BROKER_URL: every process used a
     # SQLite file of its own, without a word.
+    from celeriac import config
+
+    monkeypatch.setattr(config, "_CELERYS_SAID", set())
     settings = Settings.from_environment({"CELERY_BROKER_URL": "redis://broker:6379/0"})
+    Settings.from_environment({"CELERY_BROKER_URL": "redis://broker:6379/0"})
+    assert caplog.text.count("CELERY_BROKER_URL is Celery's") == 1  # once per process
     assert settings.broker_url == "sqlite:///celeriac.db"
     assert "environment variable CELERY_BROKER_URL is Celery's" in caplog.text
     assert "set CELERIAC_BROKER_URL instead" in caplog.text

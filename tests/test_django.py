@@ -175,6 +175,32 @@ def test_autodiscovery_takes_celerys_function_of_packages_and_force(
         import_listed(app)
 
 
+def test_autodiscovery_of_a_function_of_packages_takes_appconfig_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # INSTALLED_APPS = ["polls.apps.PollsConfig"] (Django's tutorial), through Celery's
+    # lambda: "no module named 'polls.apps.PollsConfig'", where Celery finds polls.tasks.
+    (tmp_path / "cfg_polls").mkdir()
+    (tmp_path / "cfg_polls" / "__init__.py").write_text("")
+    (tmp_path / "cfg_polls" / "apps.py").write_text(
+        "class PollsConfig:  # what Django's AppConfig subclasses look like to it\n"
+        "    name = 'cfg_polls'\n"
+    )
+    (tmp_path / "cfg_polls" / "tasks.py").write_text(
+        "from cfg_app import app\n@app.task\ndef vote(n: int) -> int:\n    return n\n"
+    )
+    (tmp_path / "cfg_app.py").write_text(
+        "from celeriac import Celeriac\napp = Celeriac('cfg', broker='memory://')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import cfg_app  # type: ignore[import-not-found]
+
+    app: Celeriac = cfg_app.app
+    app.autodiscover_tasks(lambda: ["cfg_polls.apps.PollsConfig"])
+    import_listed(app)
+    assert list(app.tasks) == ["cfg_polls.tasks.vote"]
+
+
 def test_autodiscovery_refuses_what_it_cannot_use_where_it_is_called(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

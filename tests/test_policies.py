@@ -160,6 +160,7 @@ def test_an_unknown_task_known_under_another_module_path_says_so(
     app.conf.task_unknown_max_age = 5
     app.task(name="tasks.send_welcome")(lambda user: user)
     app.task(name="shop.charge")(lambda order: order)
+    app.task(name="billing.tasks.send_welcome")(lambda user: user)  # another module's: not it
     app.send_task("qs.tasks.send_welcome", args=[1])
     app.send_task("shop.chrage", args=[1])
     run_queued(app, fail_fast=False)
@@ -209,8 +210,10 @@ def test_an_expired_task_no_worker_knows_expires_not_put_back(app: Celeriac) -> 
     assert len(app.broker.join_values(expired_key(stats.queue))) == 1  # status: expired today
     with pytest.raises(TaskExpired, match=r"expired .* before a worker started it") as said:
         gone.get(timeout=1)
-    # Said why: a worker of other code passed it over, not a worker too busy to start it.
-    assert "; a worker that does not know the task put it back meanwhile" in str(said.value)
+    # Said what is known: this worker lacks the task, so others may have passed it over.
+    assert "; this worker does not know the task, so workers of another version may have " in (
+        str(said.value)
+    )
 
 
 def test_a_skipped_unknown_task_is_told_to_the_middleware_once_on_the_asyncio_pool() -> None:

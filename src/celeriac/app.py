@@ -460,7 +460,7 @@ class Celeriac:
             # finish the send whole: the task is queued or not, its key right either way.
             # The broker's own threads, not the loop's default executor: sends waiting on
             # a frozen Redis held the app's own to_thread calls (and asyncio.run's end).
-            return await self.broker.off_loop(self.publish, message)
+            return await self.broker.send_off_loop(self.publish, message)
         outgoing = self._outgoing(message)
         if outgoing is not None:
             try:

@@ -234,7 +234,7 @@ class Canvas(Generic[ResultT_co]):
             2
         """
         app = self._require_app()
-        return await app.broker.off_loop(self.apply_async, args, kwargs, **options)
+        return await app.broker.send_off_loop(self.apply_async, args, kwargs, **options)
 
     @overload
     async def adelay(self: Canvas[AsyncResult[R]], *args: Any, **kwargs: Any) -> AsyncResult[R]: ...

@@ -332,14 +332,18 @@ use json, msgpack or pickle
             )
 
 
+_CELERYS_SAID: set[str] = set()  # Celery's variables warned of in this process
+
+
 def _warn_if_celerys(key: str, environ: dict[str, str]) -> None:
     """Warn about Celery's variable for a setting (``CELERY_BROKER_URL``) when celeriac's
     is not set: a deployment carried over from Celery kept it, and every process used the
     default broker (a SQLite file of its own) without a word."""
-    if not key.startswith("CELERY_"):
+    if not key.startswith("CELERY_") or key in _CELERYS_SAID:
         return
     name = _celerys_spelling(key)
     if name is not None and f"CELERIAC_{name.upper()}" not in environ:
+        _CELERYS_SAID.add(key)  # once per process: Celery's apps beside keep the variable
         logging.getLogger("celeriac").warning(
             "environment variable %s is Celery's and celeriac does not read it: set "
             "CELERIAC_%s instead (until then %s is the app's own or the default)",

@@ -295,7 +295,7 @@ function is <lambda>(x, y)
         if options and ("link" in options or "link_error" in options):
             # A workflow is sent by the sync face only: in the broker's own threads, as
             # apublish sends what would block the event loop.
-            return await self.app.broker.off_loop(self._linked, args, kwargs, options)
+            return await self.app.broker.send_off_loop(self._linked, args, kwargs, options)
         self.check_arguments(args, kwargs)
         conversions = self.conversions
         if conversions is not None:  # only a task with a bytes, datetime, ... parameter

@@ -182,6 +182,7 @@ def test_a_broker_that_answers_with_a_refusal_is_not_called_unreachable(
         assert "is busy running a script" in log, log
         assert "cannot reach the broker" not in log, log
         assert "the broker refuses its calls (could not" in log, log  # a child's
+        assert "retrying with backoff until it accepts them" in log, log
         assert "broker unavailable" not in log, log
         assert workers.stop(proc) == 0
     finally:

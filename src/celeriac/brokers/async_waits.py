@@ -25,17 +25,24 @@ if TYPE_CHECKING:
 ASYNC_WAIT_STEP = 0.25
 # Threads per broker (and process) for the async faces of a broker without an async driver.
 ASYNC_THREADS = 4
+# Threads per broker (and process) for the sends async code makes through the sync face (a
+# dedupe send, a workflow's): as many as asyncio's default executor has on a small host,
+# and apart from the short calls above, which a frozen broker's sends held up.
+SEND_THREADS = 16
 _SIDE_SETUP = threading.Lock()  # makes each broker's AsyncSide once
 
 
 class AsyncSide:
     """What a broker runs its async faces with in one process: a small thread pool for
-    the sync calls (short: no wait takes one), and each event loop's result poller."""
+    the sync calls (short: no wait takes one), one for the sends async code makes through
+    the sync face (which a frozen broker holds for its socket timeout), and each event
+    loop's result poller."""
 
     def __init__(self, broker_name: str) -> None:
         self.pid = pid.current()  # a pool's threads do not cross fork()
         # Idle threads cost nothing, and they end when the broker is dropped.
         self.pool = ThreadPoolExecutor(ASYNC_THREADS, thread_name_prefix=f"celeriac-{broker_name}")
+        self.sends = ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="celeriac-send")
         self._polls: dict[asyncio.AbstractEventLoop, ResultPoll] = {}
         self._guard = threading.Lock()  # loops of other threads come and go meanwhile
 

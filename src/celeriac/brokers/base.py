@@ -558,6 +558,26 @@ class Broker(abc.ABC):
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(AsyncSide.of(self).pool, call)
 
+    async def send_off_loop(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """:meth:`off_loop` for a send that must call the sync face (a dedupe send, a
+        workflow's), in a pool of its own: on a frozen broker each waits for the socket
+        timeout, and in the short calls' pool four of them held every ``asend`` and
+        ``aget_result`` of the process behind them.
+
+        Example:
+            >>> import asyncio
+            >>> from celeriac.brokers.memory import MemoryBroker
+            >>> broker = MemoryBroker()
+            >>> asyncio.run(broker.send_off_loop(broker.get_result, "never-sent")) is None
+            True
+        """
+        import asyncio  # loaded by code that awaits, not at import: see architecture.md
+
+        from celeriac.brokers.async_waits import AsyncSide
+
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(AsyncSide.of(self).sends, call)
+
     async def asend(self, messages: Sequence[Outgoing]) -> list[bool]:
         """Async face of :meth:`send`."""
         return await self.off_loop(self.send, messages)

@@ -298,7 +298,25 @@ def _listed(packages: Callable[[], Any]) -> tuple[str, ...]:
         )
     names: list[str] = list(listed)
     check_import_names(names, what)
-    return tuple(names)
+    return tuple(_app_package(name) for name in names)
+
+
+def _app_package(name: str) -> str:
+    """The package an ``INSTALLED_APPS`` entry stands for: itself, or for an AppConfig's
+    path (``"polls.apps.PollsConfig"``, Django's tutorial) the config's ``name``, as
+    Celery's autodiscovery reads it ("no module named 'polls.apps.PollsConfig'")."""
+    try:
+        if importlib.util.find_spec(name) is not None:
+            return name
+    except ImportError:  # its parent is not a package (a module, or a class's path)
+        pass
+    module, _, attr = name.rpartition(".")
+    try:
+        config = getattr(importlib.import_module(module), attr, None) if module else None
+    except Exception:  # noqa: BLE001 - not an AppConfig's path: the import says what is wrong
+        return name
+    package = getattr(config, "name", None)
+    return package if isinstance(config, type) and isinstance(package, str) else name
 
 
 def _import(name: str, label: str, missing: str | Callable[[], str]) -> ModuleType:

@@ -13,7 +13,7 @@ import click
 from celeriac.celery_names import POOLS
 from celeriac.cli.celery_flags import CeleryChoice
 from celeriac.cli.main import Context, cli, loglevel_option, setup_logging
-from celeriac.errors import BrokerError, ConfigurationError
+from celeriac.errors import BrokerError, CeleriacError, ConfigurationError
 from celeriac.options import soft_limits_that_never_fire
 
 if TYPE_CHECKING:
@@ -190,10 +190,11 @@ def warn_of_soft_limits_that_never_fire(app: Celeriac) -> list[str]:
 
 
 def warn_of_queues_no_task_is_sent_to(app: Celeriac, queues: list[str]) -> str:
-    """Warn when this worker's queues miss where its app sends its tasks: a -Q name near
-    one of them (``-Q emials``), or none of them at all (``worker`` alone, every task on
-    ``emails``); return what was said ("" when nothing). Skipped when ``task_routes`` may
-    choose a queue: where tasks go is not known then.
+    """Warn when this worker's queues miss where its app's definitions send tasks (each
+    task's ``queue``, a periodic entry's): a -Q name near one of them (``-Q emials``), or
+    none of them at all (``worker`` alone, every task on ``emails``); return what was said
+    ("" when nothing). Skipped when ``task_routes`` may choose a queue: where tasks go is
+    not known then; a queue fed only by ``queue=`` at send is said to be one to ignore.
 
     Tasks sat in their queue until a ``get()`` timed out, the worker idle and silent.
 
@@ -202,24 +203,29 @@ def warn_of_queues_no_task_is_sent_to(app: Celeriac, queues: list[str]) -> str:
         >>> app = Celeriac("doc", broker="memory://")
         >>> _ = app.task(name="doc.mail", queue="emails")(print)
         >>> warn_of_queues_no_task_is_sent_to(app, ["emials"])  # doctest: +ELLIPSIS
-        "-Q queue 'emials' is no queue this app's tasks are sent to (did you mean 'emails'?)..."
+        "-Q queue 'emials' is named by no task defined here (did you mean 'emails'?)..."
     """
     if app.conf.routing is not None or not app.tasks:
         return ""
     default = app.conf.task_default_queue
-    sent_to = sorted({t.options.queue or default for t in app.tasks.values()})
+    named = {t.options.queue or default for t in app.tasks.values()}
+    with contextlib.suppress(CeleriacError):  # a bad beat_schedule is said where it is used
+        entries = [entry for entry, _ in app.beat.static_entries().values()]
+        named |= {e.options["queue"] for e in entries if "queue" in e.options}
+    sent_to = sorted(named)
     said = [
-        f"-Q queue {q!r} is no queue this app's tasks are sent to (did you mean {close[0]!r}?)"
+        f"-Q queue {q!r} is named by no task defined here (did you mean {close[0]!r}?)"
         for q in queues
-        if q not in sent_to and (close := difflib.get_close_matches(q, sent_to, n=1, cutoff=0.7))
+        if q not in named and (close := difflib.get_close_matches(q, sent_to, n=1, cutoff=0.8))
     ]
-    if not said and not set(queues) & set(sent_to):
-        said = [f"this worker consumes {', '.join(queues)}, where no task of this app is sent"]
+    if not said and not named & set(queues):
+        said = [f"no task defined here names a queue this worker consumes ({', '.join(queues)})"]
     if not said:
         return ""
     text = (
-        f"{'; '.join(said)}: its tasks go to {', '.join(sent_to)}, and wait there until a "
-        f"worker consumes them (-Q {','.join(sent_to)})"
+        f"{'; '.join(said)}: tasks defined here go to {', '.join(sent_to)}, and wait there "
+        f"until a worker consumes them (-Q {','.join(sent_to)}). If this worker's queues are "
+        "fed by queue= at send, ignore this"
     )
     logging.getLogger("celeriac.worker").warning("%s", text)
     return text

@@ -462,10 +462,11 @@ class Child(Intake):
                     return None
                 if logged:
                     log.warning(
-                        "child %d: %s (%s); retrying with backoff until it answers",
+                        "child %d: %s (%s); retrying with backoff until it %s",
                         os.getpid(),
                         "the broker refuses its calls" if exc.answered else "broker unavailable",
                         exc,
+                        "accepts them" if exc.answered else "answers",
                     )
                 self._pause(outage, began)
                 continue

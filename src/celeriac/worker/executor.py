@@ -144,6 +144,7 @@ class Executor(Reading, ResultRecords):
         self.pid = pid.current()  # the process whose tasks this runs: see exit_if_forked
         self._retry_state_said = -math.inf  # when a RETRY state not stored was last said
         self._oversized_said = -math.inf  # when a message over the size limit was last said
+        self._unknown_notes: dict[str, str] = {}  # task name -> why it may be unknown here
 
     # -- running ------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ class Reading:
     worker_id: str
     contain_exits: bool
     _oversized_said: float
+    _unknown_notes: dict[str, str]
     #: Leave the revoke read of an unknown task to :meth:`unless_revoked`: the asyncio
     #: pool reads on its loop's thread, where a broker call would stall every task.
     revoke_reads_later: bool = False
@@ -352,7 +353,10 @@ class Reading:
             # Said why: a tick passed over by workers of older code read as one no worker
             # had been free to start.
             why = f"cannot take its arguments ({unfit})" if unfit else "does not know the task"
-            late.reason = f"{late.reason}; a worker that {why} put it back meanwhile"
+            late.reason = (
+                f"{late.reason}; this worker {why}, so workers of another version may have "
+                "passed it over meanwhile"
+            )
             return self._told(job, late)
         if not unfit and len(message.task) > NAME_SHOWN:
             # No task has such a name (a registered one of any length still runs). Put back
@@ -545,11 +549,14 @@ class Reading:
         """Why this worker may not know the task: defined in ``__main__``, in a module it
         could import but never did (see :func:`celeriac.task.unimported_note`), or known
         here under another module path."""
-        return (
-            unimportable_note(task_name)
-            or unimported_note(task_name)
-            or _known_as(task_name, self.app.tasks)
-        )
+        note = self._unknown_notes.get(task_name)
+        if note is None:  # worked out once per name: a deploy's flood repeats a few names
+            note = self._unknown_notes[task_name] = (
+                unimportable_note(task_name)
+                or unimported_note(task_name)
+                or _known_as(task_name, self.app.tasks)
+            )
+        return note
 
     def _sent_at_readable(self, sent_at: float) -> bool:
         """Whether a message's age can be counted from ``sent_at``: a time after 1970 and
@@ -745,8 +752,8 @@ def _known_as(task_name: str, tasks: Collection[str]) -> str:
         " This worker has 'tasks.send_welcome': a task's name is its module's import path, \
 so the producer and the worker must import the module the same way (-A qs.tasks)."
     """
-    tail = task_name.rpartition(".")[2]
-    same = [t for t in tasks if t.rpartition(".")[2] == tail]
+    # One name the other's dotted tail: the same module imported under two paths.
+    same = [t for t in tasks if t.endswith(f".{task_name}") or task_name.endswith(f".{t}")]
     if len(same) == 1:
         module = task_name.rpartition(".")[0]
         return (

@@ -219,12 +219,13 @@ class Worker(Reaping, BrokerDuties, HardLimits):
             except BrokerError as exc:
                 if outage.failed():
                     log.error(
-                        "worker %s %s: %s It retries until the broker answers (Ctrl-C stops).",
+                        "worker %s %s: %s It retries until the broker %s (Ctrl-C stops).",
                         self.id,
                         "cannot start: the broker refuses its calls"
                         if exc.answered
                         else "cannot reach the broker yet",
                         exc,
+                        "accepts them" if exc.answered else "answers",
                     )
                 while self._stop_requests == 0 and time.monotonic() < outage.retry_at:
                     time.sleep(_TICK)
