@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from celeriac import UNBOUNDED, Celeriac, Retry, Task
+from celeriac.brokers.async_waits import AsyncSide
 from celeriac.brokers.base import Outgoing
 from celeriac.canvas import group
 from celeriac.errors import (
@@ -263,7 +264,9 @@ def test_a_cancelled_async_send_with_a_dedupe_key_or_debounce_is_whole_or_nothin
     with monkeypatch.context() as patched:
         patched.setattr(app.broker, "asend", stalled_send)
         patched.setattr(app.broker, "send", slow_send)
-        asyncio.run(cancelled_sends())  # waits for the sends' threads
+        asyncio.run(cancelled_sends())
+        # The sends' threads (the broker's own, which asyncio.run does not wait for) end.
+        AsyncSide.of(app.broker).sends.shutdown(wait=True)
     sent = sync.apply_async(("small",), dedupe_key="sync:1")
     run_queued(app, include_delayed=True)
     # One task per key ran: the cancelled one if it was queued, else the later one.
