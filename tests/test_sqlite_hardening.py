@@ -365,3 +365,30 @@ def test_a_new_broker_file_and_its_wal_and_shm_are_not_readable_by_other_users(
             assert mode & 0o600 == 0o600, (suffix, oct(mode))  # its owner reads and writes
     finally:
         broker.close()
+
+
+def test_the_reaper_deletes_expired_rows_by_an_index_on_files_old_and_new(tmp_path: Path) -> None:
+    # Each reap (every 2 s per worker, under the write lock) read every result kept: 81 ms
+    # per reap at 1,000,000 of them. A file made before the indexes gets them on open.
+    path = tmp_path / "b.db"
+    broker = SQLiteBroker(f"sqlite:///{path}")
+    broker.send([Outgoing("a", "q", b"a")])
+    broker.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        for name in ("results_by_expiry", "kv_by_expiry", "join_counts_by_expiry"):
+            db.execute(f"DROP INDEX {name}")  # as an older celeriac made the file
+        db.commit()
+    broker = SQLiteBroker(f"sqlite:///{path}")
+    try:
+        assert broker.reap() == 0
+    finally:
+        broker.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        for table in ("results", "kv", "join_counts"):
+            plan = " ".join(
+                str(row[-1])
+                for row in db.execute(
+                    f"EXPLAIN QUERY PLAN DELETE FROM {table} WHERE expires_at <= ?", (0.0,)
+                )
+            )
+            assert f"USING INDEX {table}_by_expiry" in plan, plan

@@ -21,6 +21,7 @@ from typing import Any
 from celeriac import pid
 from celeriac.brokers.sqlite_file import (
     WAL_KEEP_BYTES,
+    add_expiry_indexes,
     advice,
     check_layout,
     create_file,
@@ -269,6 +270,7 @@ class SQLiteConnections:
             # under a running process), has no tables yet; an older one is upgraded.
             if to_lay_out:
                 lay_out(self.path, db)
+            add_expiry_indexes(db)
         except BaseException as exc:
             db.close()  # never handed out: closed here, not left to the collector
             if isinstance(exc, sqlite3.Error):

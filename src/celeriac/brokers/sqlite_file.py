@@ -107,6 +107,46 @@ CREATE TABLE IF NOT EXISTS streams (
 """
 
 
+#: Indexes on the expiry of what the reaper deletes by it: without them each reap (every
+#: 2 s per worker, under the write lock) read every row kept, 81 ms per reap at 1,000,000
+#: results (a day's at 12 tasks/s). Not in SCHEMA, so adding them needs no new schema
+#: version, which older processes sharing the file would refuse: any version may make them.
+EXPIRY_INDEXES = {
+    "results_by_expiry": "results (expires_at)",
+    "kv_by_expiry": "kv (expires_at)",
+    "join_counts_by_expiry": "join_counts (expires_at)",
+}
+
+
+def add_expiry_indexes(db: sqlite3.Connection) -> None:
+    """Make the :data:`EXPIRY_INDEXES` a file lacks (one read when it has them all). The
+    first process to open a file made before them builds them, once, under the write lock.
+
+    Example:
+        >>> import sqlite3
+        >>> db = sqlite3.connect(":memory:", isolation_level=None)
+        >>> for statement in SCHEMA.split(";"):
+        ...     _ = db.execute(statement) if statement.strip() else None
+        >>> add_expiry_indexes(db)
+        >>> query = "SELECT name FROM sqlite_master WHERE name LIKE '%expiry'"
+        >>> sorted(row[0] for row in db.execute(query))
+        ['join_counts_by_expiry', 'kv_by_expiry', 'results_by_expiry']
+    """
+    made = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    missing = [name for name in EXPIRY_INDEXES if name not in made]
+    if not missing:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for name in missing:
+            db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {EXPIRY_INDEXES[name]}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
 def path_from_url(url: str) -> tuple[str, dict[str, list[str]]]:
     """The file a ``sqlite://`` URL names (relative to the working directory unless it
     starts with a fourth slash) and its query parameters.
