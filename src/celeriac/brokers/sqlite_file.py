@@ -8,9 +8,11 @@ stays small; the command line reads a URL's path from here without opening the f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -136,10 +138,17 @@ def add_expiry_indexes(db: sqlite3.Connection) -> None:
     missing = [name for name in EXPIRY_INDEXES if name not in made]
     if not missing:
         return
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with _immediate(db):
         for name in missing:
             db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {EXPIRY_INDEXES[name]}")
+
+
+@contextlib.contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, taken at once: committed whole, or rolled back."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -303,8 +312,7 @@ def lay_out(path: str, db: sqlite3.Connection) -> None:
     """Create this version's tables, upgrade an older file's and stamp it, in one
     transaction: a process killed half-way leaves the file as it was, and processes opening
     a new file at once do it once (each checks again under the write lock)."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with _immediate(db):
         if check_layout(path, db):
             for statement in SCHEMA.split(";"):  # executescript would commit on its own
                 if statement.strip():
@@ -312,11 +320,6 @@ def lay_out(path: str, db: sqlite3.Connection) -> None:
             _upgrade_joins(db)
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
 
 
 def _upgrade_joins(db: sqlite3.Connection) -> None:
