@@ -602,6 +602,20 @@ def test_the_size_errors_name_the_part_that_is_large_even_when_it_is_no_argument
     assert sent.id == "j" * 20_000
 
 
+def test_a_chain_too_large_to_send_says_it_is_the_chain_not_an_option(app: Celeriac) -> None:
+    # "its largest part is option 'canvas' ... Keep the option 'canvas' short", of a chain
+    # of 4,000 steps: an option the caller never set, and advice no one could follow.
+    from celeriac import chain
+
+    inc = app.task(name="shop.inc")(lambda n: n + 1)
+    with pytest.raises(PayloadTooLarge) as refused:
+        chain(*[inc.s() for _ in range(4_000)]).apply_async((0,))
+    said = str(refused.value)
+    assert "its largest part is the workflow steps it carries (" in said, said
+    assert "split a long chain, run its later part from a task that sends it" in said
+    assert "'canvas'" not in said
+
+
 @pytest.mark.parametrize("eta", [math.nan, math.inf, -math.inf])
 def test_a_built_message_with_an_eta_that_is_no_time_is_refused_clearly(
     app: Celeriac, eta: float

@@ -729,6 +729,9 @@ def _unknown_task(*args: Any, **kwargs: Any) -> Any:
     raise NotRegistered("this task is only known by name here; a worker runs it")
 
 
+_WORKFLOW = "the workflow steps it carries"
+
+
 def _largest_part(message: Message) -> tuple[str, str]:
     """The largest part of ``message`` ("positional argument 0 (300,002 bytes)"), and what
     to do about it. The id, queue name and headers count too: an over-long task id was
@@ -745,7 +748,10 @@ def _largest_part(message: Message) -> tuple[str, str]:
     sizes += [(len(encode(v)), f"argument {k!r}") for k, v in message.kwargs.items()]
     arguments = len(sizes)
     sizes += [(len(encode(v)), f"header {k!r}") for k, v in message.headers.items()]
-    sizes += [(len(encode(v)), f"option {k!r}") for k, v in message.options.items()]
+    sizes += [
+        (len(encode(v)), _WORKFLOW if k == "canvas" else f"option {k!r}")
+        for k, v in message.options.items()
+    ]
     sizes += [
         (len(encode(message.id)), "the task id"),
         (len(encode(message.queue)), "the queue name"),
@@ -754,6 +760,13 @@ def _largest_part(message: Message) -> tuple[str, str]:
     size, label = sizes[index]
     if index < arguments:
         return f"{label} ({size:,} bytes)", "Store the data elsewhere and pass its id."
+    if label == _WORKFLOW:
+        # "Keep the option 'canvas' short", of a chain of 4,000 steps: an option nobody set.
+        return f"{label} ({size:,} bytes)", (
+            "A chain's message carries every step after it (each step's arguments "
+            "included): split a long chain, run its later part from a task that sends it, "
+            "or pass ids rather than data to its steps."
+        )
     what = label.removeprefix("the ")
     return f"{label} ({size:,} bytes)", f"Keep the {what} short: it travels in every message."
 
