@@ -251,6 +251,20 @@ def test_call_result_status_purge(core_app: Celeriac, broker_url: str) -> None:
     assert "(queues: default)" in output
 
 
+def test_a_large_result_is_shown_cut_with_json_for_the_whole(
+    core_app: Celeriac, broker_url: str
+) -> None:
+    # A group of 20,000 members printed 2,011 lines of numbers.
+    r = core.add.delay(list(range(5_000)), [])
+    run_queued(core_app)
+    code, output = invoke("-b", broker_url, "result", r.id)
+    said = " ".join(output.split())  # the table wraps the value
+    assert code == 0 and "characters in all; --json prints the whole value)" in said, said
+    assert "4999" not in said and len(output.splitlines()) < 60
+    code, output = invoke("-b", broker_url, "result", r.id, "--json")
+    assert json.loads(output)["result"] == list(range(5_000))
+
+
 def test_failed_result_exits_non_zero_and_shows_the_error(
     core_app: Celeriac, broker_url: str
 ) -> None:
