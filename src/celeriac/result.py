@@ -472,7 +472,7 @@ def unfinished_note(app: Celeriac, task_names: Sequence[str]) -> str:
     else:
         text = (
             f"{it} may still be queued or running (check `celeriac status` for live workers "
-            f"on {its} queue); {gone}{_no_worker_note(app)}"
+            f"on {its} queue: this process's broker is {_broker_shown(app)}); {gone}"
         )
     text += "".join(unimportable_note(n) for n in sorted(set(task_names)))
     quiet = sorted({n for n in task_names if _ignores_result(app, n)})
@@ -484,28 +484,20 @@ def unfinished_note(app: Celeriac, task_names: Sequence[str]) -> str:
     return text
 
 
-def _no_worker_note(app: Celeriac) -> str:
-    """ " No worker is running on BROKER": when none is, which a timeout's reader needs
-    first (a producer started from another folder made a SQLite file of its own there);
-    "" when some are, or the broker cannot say (one read, on a timeout only)."""
-    try:
-        if app.broker.workers():
-            return ""
-    except BrokerError:
-        return ""
+def _broker_shown(app: Celeriac) -> str:
+    """The broker a timeout's reader should look at: its URL, secrets hidden, and a SQLite
+    URL's file (a producer started from another folder made a file of its own there, and
+    its get() timed out naming neither). No broker call: the broker may be what hangs."""
     from celeriac.brokers import redacted
 
     url = app.conf.broker_url
-    where = redacted(url)
+    shown = redacted(url)
     if url.startswith("sqlite:"):
         from celeriac.brokers.sqlite_file import path_from_url
 
         with contextlib.suppress(CeleriacError):
-            where += f" (the file {os.path.abspath(path_from_url(url)[0])})"
-    return (
-        f" No worker is running on this broker, {where}: start one on it "
-        "(celeriac -A MODULE worker), or point this process at the workers' broker."
-    )
+            shown += f", the file {os.path.abspath(path_from_url(url)[0])}"
+    return shown
 
 
 def _ignores_result(app: Celeriac, task_name: str) -> bool:

@@ -209,8 +209,12 @@ def warn_of_queues_no_task_is_sent_to(app: Celeriac, queues: list[str]) -> str:
         return ""
     default = app.conf.task_default_queue
     named = {t.options.queue or default for t in app.tasks.values()}
-    with contextlib.suppress(CeleriacError):  # a bad beat_schedule is said where it is used
-        entries = [entry for entry, _ in app.beat.static_entries().values()]
+    # Only an app with periodic entries: app.beat loads celeriac.beat (and hmac, through
+    # secrets), which a worker without them never needs. A bad beat_schedule is said
+    # where it is used.
+    periodic = "beat" in app.__dict__ or bool(app.conf.beat_schedule)
+    with contextlib.suppress(CeleriacError):
+        entries = [entry for entry, _ in app.beat.static_entries().values()] if periodic else []
         named |= {e.options["queue"] for e in entries if "queue" in e.options}
     sent_to = sorted(named)
     said = [
