@@ -11,9 +11,12 @@ default-executor thread (0.25 s steps) made 300 ``aget()`` calls hold up the app
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from celeriac import pid
 
@@ -29,7 +32,17 @@ ASYNC_THREADS = 4
 # dedupe send, a workflow's): as many as asyncio's default executor has on a small host,
 # and apart from the short calls above, which a frozen broker's sends held up.
 SEND_THREADS = 16
-_SIDE_SETUP = threading.Lock()  # makes each broker's AsyncSide once
+_SIDE_SETUP = threading.Lock()
+_P = ParamSpec("_P")
+_T = TypeVar("_T")  # makes each broker's AsyncSide once
+
+
+async def in_pool(
+    pool: ThreadPoolExecutor, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+) -> _T:
+    """``fn(*args, **kwargs)`` in a thread of ``pool``, in the caller's context."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(pool, call)
 
 
 class AsyncSide:

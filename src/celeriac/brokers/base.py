@@ -37,8 +37,6 @@ of their own, and share one poller per event loop among every async result wait.
 from __future__ import annotations
 
 import abc
-import contextvars
-import functools
 import math
 import threading
 import time
@@ -551,12 +549,9 @@ class Broker(abc.ABC):
             >>> asyncio.run(broker.off_loop(broker.get_result, "never-sent")) is None
             True
         """
-        import asyncio  # loaded by code that awaits, not at import: see architecture.md
+        from celeriac.brokers.async_waits import AsyncSide, in_pool
 
-        from celeriac.brokers.async_waits import AsyncSide
-
-        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(AsyncSide.of(self).pool, call)
+        return await in_pool(AsyncSide.of(self).pool, fn, *args, **kwargs)
 
     async def send_off_loop(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """:meth:`off_loop` for a send that must call the sync face (a dedupe send, a
@@ -571,12 +566,9 @@ class Broker(abc.ABC):
             >>> asyncio.run(broker.send_off_loop(broker.get_result, "never-sent")) is None
             True
         """
-        import asyncio  # loaded by code that awaits, not at import: see architecture.md
+        from celeriac.brokers.async_waits import AsyncSide, in_pool
 
-        from celeriac.brokers.async_waits import AsyncSide
-
-        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(AsyncSide.of(self).sends, call)
+        return await in_pool(AsyncSide.of(self).sends, fn, *args, **kwargs)
 
     async def asend(self, messages: Sequence[Outgoing]) -> list[bool]:
         """Async face of :meth:`send`."""
