@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import builtins
-import contextlib
 import datetime as dt
 import math
 import os
@@ -24,7 +23,6 @@ from celeriac.celery_names import explain_celerys_names
 from celeriac.errors import (
     BrokerConnectionError,
     BrokerError,
-    CeleriacError,
     GetInsideTask,
     ResultTimeout,
     TaskExpired,
@@ -488,16 +486,11 @@ def _broker_shown(app: Celeriac) -> str:
     """The broker a timeout's reader should look at: its URL, secrets hidden, and a SQLite
     URL's file (a producer started from another folder made a file of its own there, and
     its get() timed out naming neither). No broker call: the broker may be what hangs."""
-    from celeriac.brokers import redacted
+    from celeriac.brokers import redacted, sqlite_path
 
     url = app.conf.broker_url
-    shown = redacted(url)
-    if url.startswith("sqlite:"):
-        from celeriac.brokers.sqlite_file import path_from_url
-
-        with contextlib.suppress(CeleriacError):
-            shown += f", the file {os.path.abspath(path_from_url(url)[0])}"
-    return shown
+    path = sqlite_path(url)
+    return redacted(url) + (f", the file {os.path.abspath(path)}" if path else "")
 
 
 def _ignores_result(app: Celeriac, task_name: str) -> bool:

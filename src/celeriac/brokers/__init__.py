@@ -106,6 +106,24 @@ def redacted(url: str) -> str:
     return f"{scheme}://{_SECRET_OPTION.sub(_HIDDEN, rest)}"
 
 
+def sqlite_path(url: str) -> str | None:
+    """The path a ``sqlite://`` URL names, as written (relative or absolute); None for
+    another scheme, or a URL the broker will refuse, saying what is wrong, when it opens.
+
+    Example:
+        >>> sqlite_path("sqlite:///celeriac.db"), sqlite_path("redis://db:6379/0")
+        ('celeriac.db', None)
+    """
+    if not url.startswith("sqlite:"):
+        return None
+    from celeriac.brokers.sqlite_file import path_from_url
+
+    try:
+        return path_from_url(url)[0]
+    except CeleriacError:
+        return None
+
+
 def shown(url: str) -> str:
     """``url`` as a process's start-up line shows it: redacted, and for a relative SQLite
     path the file it opens, which depends on the folder the process was started in.
@@ -120,15 +138,8 @@ def shown(url: str) -> str:
         True
     """
     text = redacted(url)
-    if not url.startswith("sqlite:"):
-        return text
-    from celeriac.brokers.sqlite_file import path_from_url
-
-    try:
-        path = path_from_url(url)[0]
-    except CeleriacError:
-        return text  # the broker says what is wrong with it when it opens
-    if os.path.isabs(path):
+    path = sqlite_path(url)
+    if path is None or os.path.isabs(path):
         return text
     path = os.path.abspath(path)
     return (
