@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import gc
@@ -76,21 +77,22 @@ def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
 
 
 def _file_of(fn: Callable[..., Any]) -> str | None:
-    code = getattr(_unwrapped(fn), "__code__", None)
+    code = _code_of(fn)
     return code.co_filename if code is not None else None
 
 
-def _unwrapped(fn: Callable[..., Any]) -> Any:
-    for _ in range(100):  # a decorator's wrapper: where the function is (no cycle)
-        if not hasattr(fn, "__wrapped__"):
-            break
-        fn = fn.__wrapped__
-    return fn
+def _code_of(fn: Callable[..., Any]) -> Any:
+    """The code of ``fn``, under a decorator's wrapper: where the function is."""
+    import inspect  # a name taken twice only
+
+    with contextlib.suppress(ValueError):  # a cycle of __wrapped__
+        fn = inspect.unwrap(fn)
+    return getattr(fn, "__code__", None)
 
 
 def _where(fn: Callable[..., Any]) -> str:
     """``fn`` for an error: its qualified name and where it is defined."""
-    code = getattr(_unwrapped(fn), "__code__", None)
+    code = _code_of(fn)
     at = f" ({code.co_filename}:{code.co_firstlineno})" if code is not None else ""
     return f"{getattr(fn, '__qualname__', repr(fn))}{at}"
 
