@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import pytest
 
@@ -110,3 +111,17 @@ def test_a_recycling_child_says_once_that_it_takes_nothing_until_its_tasks_end(
     )
     assert lines, log
     assert len(lines) == len(set(lines)), log  # once per child
+
+
+@pytest.mark.parametrize("pool", ["process", "threads", "asyncio"])
+def test_rate_limit_deferrals_do_not_count_toward_max_tasks_per_child(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, pool: str
+) -> None:
+    # A deferral (the task waits for its rate limit's slot) counted as a task run: a
+    # rate-limited backlog recycled children that had run next to nothing, a fork each
+    # (22 children for 71 tasks run), and `inspect stats` counted every deferral.
+    results = [core.limited.delay(i) for i in range(30)]
+    workers.start("-c", "1", "-P", pool, "--max-tasks-per-child", "5")
+    assert sorted(r.get(timeout=60) for r in results) == list(range(30))
+    runs_per_child = Counter(p[2] for p in ledger.lines() if p[0] == "start")
+    assert sorted(runs_per_child.values()) == [5] * 6, workers.log_text()

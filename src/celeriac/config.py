@@ -72,6 +72,8 @@ class Settings:
     # MiB of RSS; the child then recycles. Left at its default, the worker fits it to the
     # container's (or host's) memory: at most 1024, less when -c children would not fit.
     worker_max_memory_per_child: int | None = 1024
+    # Tasks a child runs before it recycles; a message put back unrun (a rate limit's
+    # deferral) is not counted.
     worker_max_tasks_per_child: int | None = None
     worker_lease_seconds: float = 30.0  # renewed every third of it while a task runs
     worker_heartbeat_seconds: float = 2.0  # a worker is dead after 5 missed heartbeats

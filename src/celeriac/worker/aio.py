@@ -357,7 +357,7 @@ class AsyncioChild(Child, BackgroundWork):
             self._dirty = True
 
     async def _settle(self, executor: Executor, job: Job, outcome: Outcome) -> None:
-        self.tasks_done += 1
+        self._count(outcome)
         settle = functools.partial(executor.settle, job, outcome)
         await self._off_loop(
             self._io,

@@ -239,8 +239,7 @@ class Child(Intake):
                 self._give_back_surplus(pending)
             outcome = self._run(executor, key, job, pending, batch)
             batch.timed(task_name, outcome.runtime)
-        with self._lock:
-            self.tasks_done += 1
+        self._count(outcome)
         if not pending and batch.flight is not None:
             self._land(key, batch, pending)  # what it fetched is what runs next
         # Decided before the commit's fetch: a child that recycles gave back what that
