@@ -84,3 +84,25 @@ def test_an_asyncio_child_over_its_ceiling_starts_no_more_tasks(
     workers.start("-c", "1", "-P", "asyncio", "--max-memory-per-child", "120")
     # leak returns how many blocks its child holds: 1 when each child ran one of them.
     assert [r.get(timeout=60) for r in results] == [1, 1, 1, 1], workers.log_text()
+
+
+@pytest.mark.parametrize("pool", ["process", "threads"])
+def test_a_usually_short_task_that_runs_long_frees_the_batch_behind_it(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, pool: str
+) -> None:
+    # A task known to be short may still be slow once (a call waiting on a network
+    # timeout). Behind one 4 s call of a usually-instant task, the 10 results of the
+    # tasks that had run before it waited 4 s for their commit, and the 33 messages its
+    # batch held waited for it too, while the sibling idled.
+    workers.start("-c", "2", "-P", pool, env=_BATCHING)
+    for _ in range(3):  # timed as short: the children take batches of it
+        for r in [core.work.delay(0, "warm") for _ in range(200)]:
+            r.get(timeout=30)
+    before = [core.work.message((0, f"before-{i}")) for i in range(10)]
+    slow = core.work.message((30.0, "slow"))
+    after = [core.work.message((0, f"after-{i}")) for i in range(33)]
+    core_app.send_many([*before, slow, *after])  # one call: one child's next batch
+    for m in before + after:
+        core_app.AsyncResult(m.id).get(timeout=25)
+    ended = [p[4] for p in ledger.lines() if p[0] == "end"]
+    assert "slow" not in ended, workers.log_text()  # all of them done while it still ran

@@ -178,7 +178,11 @@ class Middleware:
 
     def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
         """Called after the broker settled the message; ``committed`` is False when the
-        lease had been lost and another worker owns the message now."""
+        lease had been lost and another worker owns the message now.
+
+        It may run in another thread of the child than the task did: in the threads
+        pool, and in a process child for a batch's commits made while a task overruns
+        (see :mod:`celeriac.worker.overrun`). Keep what it shares thread-safe."""
 
     def on_idle(self) -> None:
         """Called when the worker has nothing to run (flush buffers here)."""

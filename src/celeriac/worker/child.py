@@ -54,6 +54,7 @@ from celeriac.worker.intake import Intake
 from celeriac.worker.memory import Ceiling
 from celeriac.worker.outage import Outage
 from celeriac.worker.output import flush_output
+from celeriac.worker.overrun import OVERRUN, OverrunWatch
 from celeriac.worker.restore import Undo
 from celeriac.worker.slot import Held, Slot
 from celeriac.worker.soft_limits import SoftAlarm
@@ -118,6 +119,8 @@ class Child(Intake):
         self._held: dict[Hashable, list[Held]] = {}  # per consumer
         self._lock = threading.Lock()
         self._prefetched = Prefetched(self._lock)  # each consumer's, given back at SIGTERM
+        self._overrun = OverrunWatch(self._free_behind)
+        self._behind: dict[Hashable, tuple[Executor, Batch, list[Delivery], Held]] = {}
         conf = app.conf
         self.fetch = FetchSpec(
             spec.queues,
@@ -322,16 +325,19 @@ class Child(Intake):
         if crashpoints.ARMED:
             crashpoints.reached("sent_ahead")
 
-    def _land(self, key: Hashable, batch: Batch, pending: list[Delivery]) -> None:
+    def _land(
+        self, key: Hashable, batch: Batch, pending: list[Delivery], running: Held | None = None
+    ) -> None:
         """Read the reply of the commit in flight (made again, with the outage's retries,
-        if it failed) and add what it fetched to ``pending``."""
+        if it failed) and add what it fetched to ``pending``. ``running``: the task that
+        still runs meanwhile, when the overrun watch lands it (see _free_behind)."""
         flight = batch.flight
         assert flight is not None
         try:
             more = flight.land()
         except BrokerError:
             flight.listed = True  # held again: renewed while the commit is made again
-            self._publish(key, pending, None, batch)
+            self._publish(key, pending, running, batch)
             more = self._reconnecting(flight.again, give_up_after=self.fetch.lease_seconds) or []
         batch.flight = None
         waited = time.monotonic() - flight.sent_at
@@ -339,7 +345,34 @@ class Child(Intake):
             more = self._still_ours(more, waited)
         if more:
             self._prefetched.add(pending, more)
-        self._publish(key, pending, None, batch)
+        self._publish(key, pending, running, batch)
+
+    def _free_behind(self, key: Hashable) -> None:
+        """Commit what waits behind consumer ``key``'s running task, and give back the
+        messages it holds beyond its prefetch: the task was taken as short and overran
+        (see :mod:`celeriac.worker.overrun`). In the watch's thread, while the consumer is
+        in its task, which stays listed in the slot throughout."""
+        executor, batch, pending, running = self._behind.pop(key)
+        if batch.flight is not None:
+            self._land(key, batch, pending, running)
+        finished = batch.take()
+        if finished:
+            self._reconnecting(
+                lambda: executor.settle_many(finished), give_up_after=self.fetch.lease_seconds
+            )
+        surplus = self._prefetched.split(pending, self.fetch.limit - 1)
+        self._publish(key, pending, running, batch)  # unlisted before they go back
+        log.debug(
+            "child %d: task %s[%s] has run %gs, far longer than the tasks a batch is taken "
+            "for: committed %d finished task(s) and gave back %d message(s) it held",
+            os.getpid(),
+            running.task,
+            running.id,
+            OVERRUN,
+            len(finished),
+            len(surplus),
+        )
+        self._requeue_unstarted(surplus)
 
     def _still_ours(self, fetched: list[Delivery], waited: float) -> list[Delivery]:
         """The messages of a fetch that landed late that this child still holds.
@@ -377,7 +410,16 @@ class Child(Intake):
         self._publish(key, pending, running, batch)
         job.context[HARD_DEADLINE] = hard_at
         rss_before = self.rss
-        outcome = executor.execute(job, soft)
+        # Something held behind it (a batch's messages, or commits): freed if it overruns.
+        watched = len(pending) >= self.fetch.limit or batch.owes_commits()
+        if watched:
+            self._behind[key] = (executor, batch, pending, running)
+            self._overrun.arm(key)
+        try:
+            outcome = executor.execute(job, soft)
+        finally:
+            if watched:
+                self._overrun.disarm(key)
         if self.spec.pool == "process":  # the threads pool's tasks cannot set handlers
             self._undo.signals(job)
             self._undo.folder(job)
