@@ -150,3 +150,37 @@ def test_a_backlog_at_its_limit_comes_back_at_its_slots_without_waking_again(
     # One task's own count: 5 beside two CPU hogs (1 run in 3) and 7 beside the suite on
     # three processes, where the herd made 9 to 16 (41 at 400 tasks) on top of the total.
     assert max(deferred.values(), default=0) <= 8, f"deferred again and again: {deferred}"
+
+
+def test_a_purge_starts_the_rate_limits_waiting_lines_afresh(
+    broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tasks over a limit wait for their turn in their priority's line. The tasks a purge
+    # deletes held places in it, so fresh tasks queued up behind them and waited for the
+    # purged backlog's turn (98 s in an operator's run, or expired unrun).
+    monkeypatch.setattr(app.conf, "broker_url", broker_url)
+    executor = Executor(app, "w")
+
+    def handle(count: int) -> list[float]:
+        """Run or defer each message as a worker would; the deferrals' waits."""
+        waits = []
+        for delivery in _fetch(app, count):
+            job, skip = executor.prepare(delivery)
+            assert skip is None
+            outcome = executor.execute(job)
+            executor.settle(job, outcome)
+            if outcome.state == "DEFERRED":
+                waits.append(outcome.delay or 0.0)
+        return waits
+
+    try:
+        app.send_many([paced.message((n,)) for n in range(1000)])
+        assert max(handle(1000)) > 15  # 50/s: the backlog's line reaches ~20 s ahead
+        assert app.broker.purge("default") > 900
+        time.sleep(1.1)  # a process reads the lines' name once a second
+        app.send_many([paced.message((n,)) for n in range(100)])
+        fresh = handle(100)
+        assert fresh, "the fresh tasks were over the limit too"
+        assert max(fresh) < 6, f"fresh tasks wait behind the purged backlog: {max(fresh):.1f}s"
+    finally:
+        app.broker.close()

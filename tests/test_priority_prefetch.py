@@ -106,3 +106,30 @@ def test_a_usually_short_task_that_runs_long_frees_the_batch_behind_it(
         core_app.AsyncResult(m.id).get(timeout=25)
     ended = [p[4] for p in ledger.lines() if p[0] == "end"]
     assert "slow" not in ended, workers.log_text()  # all of them done while it still ran
+
+
+def test_higher_priorities_under_a_rate_limit_start_before_a_backlog_of_priority_0(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # Each task over its limit reserved the next free slot, first come, first served: a
+    # backlog reserved every slot before later tasks of higher priority arrived, which
+    # then started after all of it (a priority-9 task: 28 s behind 273 tasks at 10/s).
+    backlog = core_app.send_many([core.limited.message((n,)) for n in range(200)])
+    workers.start("-c", "2")
+    assert wait_for(lambda: len(_started_limited(ledger)) >= 5, timeout=30), workers.log_text()
+    middle = core_app.send_many([core.limited.message((1000 + n,), priority=5) for n in range(60)])
+    urgent = core.limited.apply_async((-1,), priority=9)
+    for r in [urgent, *middle, *backlog]:
+        r.get(timeout=60)
+    order = _started_limited(ledger)
+    assert sorted(order) == sorted(str(n) for n in [-1, *range(200), *range(1000, 1060)])
+    # 20/s: the slots taken a second or two ahead go first (~40), then the urgent task,
+    # then the priority-5 tasks, then the rest of the backlog. Each waited for the whole
+    # backlog before: at 187-200 and from 189-200 to 252-259 of 261.
+    assert order.index("-1") < 80, order
+    last_middle = max(i for i, n in enumerate(order) if int(n) >= 1000)
+    assert last_middle < 150, order
+
+
+def _started_limited(ledger: Ledger) -> list[str]:
+    return [p[4] for p in ledger.lines() if p[0] == "start"]

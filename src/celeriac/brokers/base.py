@@ -63,6 +63,12 @@ _T = TypeVar("_T")
 # Seconds between reads of the waited ids by a broker that cannot tell when to read again.
 _POLL_STEP = 0.02
 
+#: The key (:meth:`Broker.kv_set`) naming the rate limits' current waiting lines
+#: (:mod:`celeriac.middleware.rate_limit`); :meth:`Broker.purge` writes a new name.
+RATE_LINES = "rate-lines"
+#: Seconds it is kept: far longer than any line, whose tickets expire as they pass.
+RATE_LINES_KEPT = 90 * 86400.0
+
 
 class Broker(abc.ABC):
     """The contract every broker implements. See the module docstring for the guarantees."""
@@ -470,8 +476,24 @@ class Broker(abc.ABC):
         listed. A queue no one used has none.
         """
 
-    @abc.abstractmethod
     def purge(self, queue: str) -> int:
+        """Delete ready and delayed messages of a queue (not held ones); return how many.
+
+        The rate limits' waiting lines start afresh too (:data:`RATE_LINES`): the tasks
+        deleted held places in them, and a fresh task would have queued up behind them,
+        waiting for the whole purged backlog's turn.
+
+        Example:
+            >>> from celeriac.brokers.memory import MemoryBroker
+            >>> MemoryBroker().purge("default")
+            0
+        """
+        count = self._purge_waiting(queue)
+        self.kv_set(RATE_LINES, str(time.time_ns()).encode(), RATE_LINES_KEPT)
+        return count
+
+    @abc.abstractmethod
+    def _purge_waiting(self, queue: str) -> int:
         """Delete ready and delayed messages of a queue (not held ones); return how many."""
 
     @abc.abstractmethod

@@ -593,7 +593,7 @@ class MemoryBroker(Broker):
                 ]
             )
 
-    def purge(self, queue: str) -> int:
+    def _purge_waiting(self, queue: str) -> int:
         """Delete ready and delayed messages of ``queue``."""
         with self._lock:
             doomed = [e.id for e in self._entries.values() if e.queue == queue and e.token is None]

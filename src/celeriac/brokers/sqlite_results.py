@@ -216,7 +216,7 @@ class SQLiteResults:
             )
         return within_bytes([Waiting(*row) for row in rows])
 
-    def purge(self, queue: str) -> int:
+    def _purge_waiting(self, queue: str) -> int:
         """Delete ready and delayed messages of ``queue``."""
         with self._transaction() as db:
             return db.execute(

@@ -508,7 +508,7 @@ class RedisBroker(Broker):
         """That the server is a read-only replica, when it is (see :func:`.admin.notes`)."""
         return self._run(admin.notes(self._ctx, self.url.safe), "read the server's role")
 
-    def purge(self, queue: str) -> int:
+    def _purge_waiting(self, queue: str) -> int:
         """Delete ready and delayed messages of ``queue``."""
         return self._run(admin.purge(self._ctx, queue), f"purge queue {queue}")
 
