@@ -113,15 +113,19 @@ def test_a_recycling_child_says_once_that_it_takes_nothing_until_its_tasks_end(
     assert len(lines) == len(set(lines)), log  # once per child
 
 
-@pytest.mark.parametrize("pool", ["process", "threads", "asyncio"])
+@pytest.mark.parametrize(
+    ("pool", "concurrency"), [("process", 1), ("threads", 1), ("threads", 8), ("asyncio", 1)]
+)
 def test_rate_limit_deferrals_do_not_count_toward_max_tasks_per_child(
-    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, pool: str
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, pool: str, concurrency: int
 ) -> None:
     # A deferral (the task waits for its rate limit's slot) counted as a task run: a
     # rate-limited backlog recycled children that had run next to nothing, a fork each
     # (22 children for 71 tasks run), and `inspect stats` counted every deferral.
     results = [core.limited.delay(i) for i in range(30)]
-    workers.start("-c", "1", "-P", pool, "--max-tasks-per-child", "5")
+    # -c 8: a consumer that found the limit's count used up recycled its child at once,
+    # though the deliveries the others held were deferrals that would give it back.
+    workers.start("-c", str(concurrency), "-P", pool, "--max-tasks-per-child", "5")
     assert sorted(r.get(timeout=60) for r in results) == list(range(30))
     runs_per_child = Counter(p[2] for p in ledger.lines() if p[0] == "start")
     assert sorted(runs_per_child.values()) == [5] * 6, workers.log_text()

@@ -3,12 +3,16 @@ task wait behind low-priority work longer than the settings say."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+import redis
 from celeriac import Celeriac
 from celeriac.testing import wait_for
 from tests.apps import core
 from tests.conftest import Ledger, WorkerProcesses
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -133,3 +137,39 @@ def test_higher_priorities_under_a_rate_limit_start_before_a_backlog_of_priority
 
 def _started_limited(ledger: Ledger) -> list[str]:
     return [p[4] for p in ledger.lines() if p[0] == "start"]
+
+
+@pytest.mark.parametrize("pool", ["process", "threads"])
+def test_a_task_that_ends_while_its_batch_is_freed_is_not_killed_at_its_hard_limit(
+    private_redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pool: str
+) -> None:
+    # The task ended while the watch committed what its batch held; it waited for the
+    # watch, still listed as running under its hard limit, and a Redis that stalled the
+    # watch's commit past that limit got the finished task killed: FAILURE stored, and
+    # the batch's tasks run again.
+    url = private_redis.url
+    monkeypatch.setattr(core.app.conf, "broker_url", url)
+    ledger = Ledger(tmp_path / "ledger.txt")
+    monkeypatch.setenv("CELERIAC_TEST_LEDGER", str(ledger.path))
+    procs = WorkerProcesses(url, ledger)
+    try:
+        procs.start("-c", "2", "-P", pool, env=_BATCHING)
+        for _ in range(3):  # timed as short: the children take batches of it
+            for r in [core.work.delay(0, "warm") for _ in range(200)]:
+                r.get(timeout=30)
+        before = [core.work.message((0, f"before-{i}")) for i in range(10)]
+        slow = core.work.message((1.0, "slow"), soft_time_limit=2, time_limit=2.5)
+        after = [core.work.message((0, f"after-{i}")) for i in range(33)]
+        core.app.send_many([*before, slow, *after])
+        assert wait_for(lambda: "slow" in _starts(ledger), timeout=30), procs.log_text()
+        # Redis stalls the watch's commit (due 0.25 s into the task) past the hard limit.
+        redis.Redis(port=private_redis.port).execute_command("CLIENT", "PAUSE", 4000)
+        assert core.app.AsyncResult(slow.id).get(timeout=30) == "slow", procs.log_text()
+        for m in before + after:
+            core.app.AsyncResult(m.id).get(timeout=30)
+    finally:
+        procs.kill_all()
+        core.app.broker.close()
+    runs = ledger.count("start")
+    assert all(runs[m.id] == 1 for m in [*before, slow, *after]), procs.log_text()
+    assert "hard time limit" not in procs.log_text()

@@ -50,7 +50,7 @@ from celeriac.worker.crash_loop import EXIT_START_FAILED
 from celeriac.worker.descendants import end_leftovers, listed, plain_signals_in_forks
 from celeriac.worker.executor import FINAL, Executor, FetchSpec
 from celeriac.worker.handback import Prefetched, start_quiet_thread
-from celeriac.worker.intake import Intake
+from celeriac.worker.intake import ALLOWANCE_WAIT, Intake
 from celeriac.worker.memory import Ceiling
 from celeriac.worker.outage import Outage
 from celeriac.worker.output import flush_output
@@ -192,8 +192,10 @@ class Child(Intake):
                     if crashpoints.ARMED and pending:
                         crashpoints.reached("after_fetch")
                     continue
-                if not self._may_take():
-                    break  # pending goes back below; the threads that run tasks finish them
+                if not self._may_take(key, pending):
+                    # Stopping: pending goes back below, and the threads that run tasks
+                    # finish them. Else it gave pending back, to look again in a moment.
+                    continue
                 delivery = self._prefetched.take(pending)
                 if delivery is None:  # a warm shutdown began: the hand-back has them
                     continue
@@ -374,6 +376,14 @@ class Child(Intake):
         )
         self._requeue_unstarted(surplus)
 
+    def _ended_while_freeing(self, running: Held) -> None:
+        """The task ended while the overrun watch frees what its batch held: listed with
+        no hard limit from now, as a task is once done (see _execute), so that broker
+        calls that stall meanwhile do not get a finished task killed for its limit."""
+        with self._lock:
+            running.hard_deadline = 0.0  # the record listed in self._held: rewritten below
+            self._write_slot()
+
     def _still_ours(self, fetched: list[Delivery], waited: float) -> list[Delivery]:
         """The messages of a fetch that landed late that this child still holds.
 
@@ -419,7 +429,7 @@ class Child(Intake):
             outcome = executor.execute(job, soft)
         finally:
             if watched:
-                self._overrun.disarm(key)
+                self._overrun.disarm(key, lambda: self._ended_while_freeing(running))
         if self.spec.pool == "process":  # the threads pool's tasks cannot set handlers
             self._undo.signals(job)
             self._undo.folder(job)
@@ -459,7 +469,10 @@ class Child(Intake):
     def _fetch(self, batch: Batch) -> list[Delivery]:
         spec = self._fetch_spec(batch)
         if spec is None:  # worker_max_tasks_per_child: it may take no more, so it recycles
-            self.stopping = True
+            if self._others_in_hand():  # unless one of those is put back unrun
+                time.sleep(ALLOWANCE_WAIT)
+            else:
+                self.stopping = True
             return []
         return self.app.broker.fetch(
             self.spec.queues,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("celeriac.worker")
 
+# Seconds a consumer that may take no more waits before it looks again, while another
+# consumer of its child still handles a delivery (see Intake._may_take).
+ALLOWANCE_WAIT = 0.02
 # Outcomes that put the message back unrun, to run later (a rate limit's slot, an unknown
 # task waiting for a worker that has it, bytes re-sent under their own id): no task done.
 _PUT_BACK = frozenset({"DEFERRED", "MOVED"})
@@ -78,9 +82,19 @@ class Intake:
         most = self.app.conf.worker_max_tasks_per_child
         return max(most - self._taken, 0) if most else None
 
-    def _may_take(self) -> bool:
-        """Count one more delivery taken in hand; False (recycling) when the limit allows
-        no more (:meth:`_left_to_take`)."""
+    def _may_take(self, key: Hashable, pending: list[Delivery]) -> bool:
+        """Count one more delivery taken in hand; False when the limit allows no more
+        (:meth:`_left_to_take`): recycling (``stopping``), or not yet, while another
+        consumer of the child still handles a delivery, which, put back unrun, gives its
+        count back: this consumer then gives back ``pending`` and waits a moment, holding
+        nothing. A threads child that stopped at once recycled having run 1 of 5 tasks,
+        when the others' deliveries were rate-limit deferrals."""
+        with self._lock:
+            waits = self._left_to_take() == 0 and self._taken > self.tasks_done
+        if waits:
+            self._give_back(key, self._prefetched.split(pending, 0))
+            time.sleep(ALLOWANCE_WAIT)
+            return False
         with self._lock:
             if self._left_to_take() == 0:
                 self.stopping = True
@@ -91,6 +105,12 @@ class Intake:
                 return False
             self._taken += 1
             return True
+
+    def _others_in_hand(self) -> bool:
+        """Whether other consumers of this child hold deliveries not yet counted either
+        way (a task done, or given back to the count: see :meth:`_count`)."""
+        with self._lock:
+            return self._taken > self.tasks_done
 
     def _count(self, outcome: Outcome) -> None:
         """Count a delivery handled: one more task done, or, for a message put back unrun,

@@ -11,9 +11,12 @@ one 4-second call of a usually-instant task, 10 finished results and 33 messages
 So a consumer running a task with something held behind it arms a watch; a thread of the
 child checks the watches every :data:`TICK` seconds, and for a task still running after
 :data:`OVERRUN` seconds it commits what waits (landing a commit in flight first) and gives
-the messages held back to the front of the queue's competition (uncounted, as at a warm
-shutdown). It does this under the watch's lock, which the consumer takes as its task ends
-(:meth:`OverrunWatch.disarm`): the consumer never touches its batch meanwhile.
+the messages held back to their queue (uncounted, as at a warm shutdown). It does this
+under the consumer's lock in the watch, which the consumer takes as its task ends
+(:meth:`OverrunWatch.disarm`), so the consumer never touches its batch meanwhile. A task
+that ends while the watch is at it first drops its hard limit from the slot, as a task
+does once done: the watch's broker calls may stall (30 s of retries), and the supervisor
+killed the finished task for its limit, storing FAILURE and running its batch again.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class OverrunWatch:
         >>> watch = OverrunWatch(freed.append, after=0.01)
         >>> watch.arm(0)
         >>> time.sleep(0.2)
-        >>> watch.disarm(0)
+        >>> watch.disarm(0, lambda: None)
         >>> freed
         [0]
     """
@@ -59,22 +62,35 @@ class OverrunWatch:
         self._after = after
         self._tick = min(tick, after)
         self._armed: dict[Hashable, float] = {}  # consumer -> monotonic time its task began
-        self._lock = threading.Lock()  # held while freeing: see disarm
+        # Per consumer, held while its held work is freed: see disarm. One per consumer,
+        # so a threads child's other consumers never wait on one's broker calls.
+        self._locks: dict[Hashable, threading.Lock] = {}
         self._started = False
 
     def arm(self, key: Hashable) -> None:
         """Watch consumer ``key``'s task, which begins now. Runs per task: a dict write."""
+        if key not in self._locks:  # only the consumer itself arms its key
+            self._locks[key] = threading.Lock()
         self._armed[key] = time.monotonic()
         if not self._started:
             self._started = True
             # Every signal blocked in it: SIGALRM (the soft limit) must interrupt the task.
             start_quiet_thread(self._watch)
 
-    def disarm(self, key: Hashable) -> None:
-        """Stop watching consumer ``key``, whose task has ended; waits while its held
-        work is being freed, so the consumer finds its batch as the watch left it."""
-        with self._lock:
+    def disarm(self, key: Hashable, while_freeing: Callable[[], None]) -> None:
+        """Stop watching consumer ``key``, whose task has ended. While its held work is
+        being freed, calls ``while_freeing`` first (the consumer says its task ended: the
+        freeing makes broker calls, and a broker that stalls must not keep a finished task
+        listed under its hard limit, to be killed for it), then waits for the freeing to
+        end, so the consumer finds its batch as the watch left it."""
+        lock = self._locks[key]
+        if not lock.acquire(blocking=False):
+            while_freeing()
+            lock.acquire()
+        try:
             self._armed.pop(key, None)
+        finally:
+            lock.release()
 
     def _watch(self) -> None:
         while True:
@@ -85,7 +101,7 @@ class OverrunWatch:
             for key, began in list(self._armed.items()):
                 if now - began < self._after:
                     continue
-                with self._lock:
+                with self._locks[key]:
                     if self._armed.get(key) != began:  # ended (or a new task began) meanwhile
                         continue
                     del self._armed[key]
@@ -94,6 +110,7 @@ class OverrunWatch:
                     except Exception:
                         log.exception(
                             "could not commit or give back what a batch held behind a "
-                            "slow task: the child does it when that task ends, and what it "
-                            "cannot is delivered again once its lease runs out"
+                            "slow task: what it had not handed to the broker yet is "
+                            "committed or given back when that task ends, the rest is "
+                            "delivered again once its lease runs out"
                         )
