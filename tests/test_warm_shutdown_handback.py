@@ -41,3 +41,25 @@ def test_a_warm_shutdown_gives_back_prefetched_messages_while_the_task_runs(
     assert [r.get(timeout=30) for r in adds] == [2 * i for i in range(8)]
     assert ledger.count("run") == {r.id: 1 for r in adds}
     assert ledger.count("start")[slow.id] == 1
+
+
+@pytest.mark.parametrize("pool", ["process", "threads"])
+def test_prefetched_messages_given_back_keep_their_place_in_the_queue(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, pool: str
+) -> None:
+    # Given back to the back of their queue, a warm shutdown's prefetch (up to a batch of
+    # 64 per child, at every deploy) waited behind every message sent since.
+    slow = core.waits_for_ready.delay(12, 20.0)
+    early = [core.add.delay(i, 0) for i in range(8)]
+    proc = workers.start("-c", "1", "-P", pool, env={"CELERIAC_WORKER_PREFETCH_MULTIPLIER": "9"})
+    assert wait_for(lambda: ledger.count("start")[slow.id] == 1, timeout=30), workers.log_text()
+    late = [core.add.delay(100 + i, 0) for i in range(4)]  # sent after the prefetch
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, workers.log_text()
+    assert slow.get(timeout=10) == 12, workers.log_text()  # all back before it ended
+
+    workers.start("-c", "1", "-P", pool)
+    for r in early + late:
+        r.get(timeout=30)
+    order = [parts[1] for parts in ledger.lines() if parts[0] == "run"]
+    assert order == [r.id for r in early + late], workers.log_text()

@@ -343,6 +343,27 @@ def test_requeue_delivery_counts_and_body(broker: Broker) -> None:
     assert broker.send([out("a")]) == [False]  # still queued (delayed)
 
 
+def test_a_message_given_back_unstarted_goes_back_where_it_was(broker: Broker) -> None:
+    # A prefetch given back (a warm shutdown, a recycling child, a batch behind a slow
+    # task) went to the back of its queue, behind the whole backlog.
+    broker.send([out(i) for i in "abcdef"] + [out("p9", priority=9)])
+    held = take(broker, limit=4)
+    assert [d.id for d in held] == ["p9", "a", "b", "c"]
+    broker.send([out("g")])  # queued after them
+    for d in reversed(held):  # last first, as a worker does: each goes to the head
+        assert broker.requeue(d.lease, count_delivery=False, front=True)
+    got = take(broker, limit=10)
+    assert [d.id for d in got] == ["p9", "a", "b", "c", "d", "e", "f", "g"]
+    assert {d.id: d.deliveries for d in got}["a"] == 1  # uncounted
+    # Without front, and for a deferral (front with a delay), the back of the queue.
+    for d in got[1:3]:
+        assert broker.requeue(d.lease, count_delivery=False)
+    assert broker.requeue(got[3].lease, count_delivery=False, front=True, delay=600)
+    for d in reversed(got[4:]):
+        assert broker.requeue(d.lease, count_delivery=False, front=True)
+    assert [d.id for d in take(broker, limit=10)] == ["d", "e", "f", "g", "a", "b"]
+
+
 def test_requeue_with_short_delay_comes_back(broker: Broker) -> None:
     broker.send([out("a")])
     assert broker.requeue(one(broker).lease, delay=0.2)

@@ -224,6 +224,7 @@ class Broker(abc.ABC):
         delay: float = 0.0,
         body: bytes | None = None,
         count_delivery: bool = True,
+        front: bool = False,
     ) -> bool:
         """Put a held message back, due after ``delay`` seconds.
 
@@ -231,8 +232,22 @@ class Broker(abc.ABC):
         ``count_delivery=False`` takes back this hand-out's count (a graceful shutdown or a
         deferral is not a failed delivery); with a ``body`` too (a deferral that rewrote
         the message) the count is kept otherwise, so a task that crashes its worker still
-        reaches the dead-letter queue, however often a rate limit puts it back. Returns
-        False when the lease was lost.
+        reaches the dead-letter queue, however often a rate limit puts it back.
+        ``front=True`` (a message due now, given back unstarted: a prefetch a worker will
+        not run) puts it back where it was, before the messages of its priority queued
+        after it; else it joins the back. Returns False when the lease was lost.
+
+        Example:
+            >>> from celeriac.brokers.memory import MemoryBroker
+            >>> from celeriac.brokers.records import Outgoing
+            >>> broker = MemoryBroker()
+            >>> broker.send([Outgoing(i, "q", b"{}") for i in ("a", "b")])
+            [True, True]
+            >>> first = broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=0)[0]
+            >>> broker.requeue(first.lease, count_delivery=False, front=True)
+            True
+            >>> broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=0)[0].id
+            'a'
         """
 
     @abc.abstractmethod

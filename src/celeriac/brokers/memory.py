@@ -266,8 +266,10 @@ class MemoryBroker(Broker):
         delay: float = 0.0,
         body: bytes | None = None,
         count_delivery: bool = True,
+        front: bool = False,
     ) -> bool:
-        """Put a held message back, due after ``delay`` seconds (fenced)."""
+        """Put a held message back, due after ``delay`` seconds (fenced); ``front``: where
+        it was (see :meth:`Broker.requeue`)."""
         with self._lock:
             entry = self._held(lease)
             if entry is None:
@@ -278,7 +280,12 @@ class MemoryBroker(Broker):
                 entry.deliveries = 0  # a retry starts counting again
             elif not count_delivery:
                 entry.deliveries = max(entry.deliveries - 1, 0)
-            self._release(entry, time.time(), delay)
+            now = time.time()
+            if front and delay <= 0:
+                entry.token = entry.holder = None
+                self._place(entry, now)  # its due time and sequence as sent: its place
+            else:
+                self._release(entry, now, delay)
             self._lock.notify_all()
             return True
 

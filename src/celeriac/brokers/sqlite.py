@@ -285,22 +285,24 @@ class SQLiteBroker(SQLiteConnections, SQLiteResults, SQLiteStore, Broker):
         delay: float = 0.0,
         body: bytes | None = None,
         count_delivery: bool = True,
+        front: bool = False,
     ) -> bool:
-        """Put a held message back, due after ``delay`` seconds (fenced)."""
+        """Put a held message back, due after ``delay`` seconds (fenced); ``front``: where
+        it was (see :meth:`Broker.requeue`)."""
         if not count_delivery:  # shutdown or deferral, the message rewritten or not
             deliveries = "MAX(deliveries - 1, 0)"
         else:  # a retry (new body) starts counting again; a failure keeps its count
             deliveries = "0" if body is not None else "deliveries"
+        # Back where it was: its due time and sequence as they are. Else at the back.
+        place = "due = due, seq = seq" if front and delay <= 0 else "due = ?, seq = ?"
+        placed = () if front and delay <= 0 else (time.time() + delay, time.time_ns())
         with self._transaction() as db:
-            sql = (  # deliveries is one of three fixed fragments above, never input
+            sql = (  # deliveries and place are fixed fragments above, never input
                 "UPDATE messages SET token = NULL, holder = NULL, lease_deadline = NULL, "  # noqa: S608
-                f"due = ?, seq = ?, body = COALESCE(?, body), deliveries = {deliveries} "
+                f"{place}, body = COALESCE(?, body), deliveries = {deliveries} "
                 "WHERE id = ? AND token = ?"
             )
-            cursor = db.execute(
-                sql,
-                (time.time() + delay, time.time_ns(), body, lease.id, lease.token),
-            )
+            cursor = db.execute(sql, (*placed, body, lease.id, lease.token))
             return cursor.rowcount == 1
 
     def dead_letter(self, lease: Lease, letter: DeadLetter, result: bytes | None) -> bool:

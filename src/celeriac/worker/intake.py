@@ -168,8 +168,9 @@ class Intake:
         A batch is sized for short tasks, but the messages behind them may be slow ones (a
         backlog's next task, one not yet timed): held by this child, they all ran before a
         priority-9 task sent meanwhile (a batch of 64 one-minute tasks: an hour), and
-        no idle sibling could start them. Given back, they join the back of their queue,
-        uncounted, as at a warm shutdown; the slot is written by the caller next.
+        no idle sibling could start them. Given back, they go back where they were in
+        their queue, uncounted, as at a warm shutdown; the slot is written by the caller
+        next.
         """
         surplus = self._prefetched.split(pending, self.fetch.limit - 1)
         log.debug(
@@ -185,10 +186,12 @@ class Intake:
         self._publish(key, [], None)
 
     def _requeue_unstarted(self, pending: list[Delivery]) -> None:
-        # Fetched but never started: straight back to the queue, not counted as a delivery.
-        for n, delivery in enumerate(pending):
+        # Fetched but never started: straight back to where they were in their queue, not
+        # counted as a delivery. At its back, a warm shutdown's prefetch (up to a batch of
+        # 64 per child) waited behind the whole backlog. Last first: each goes to the head.
+        for n, delivery in enumerate(reversed(pending)):
             try:
-                self.app.broker.requeue(delivery.lease, count_delivery=False)
+                self.app.broker.requeue(delivery.lease, count_delivery=False, front=True)
             except BrokerError as exc:
                 # The rest would fail alike, each a socket timeout on a broker that hangs.
                 log.warning(
@@ -198,7 +201,7 @@ class Intake:
                     os.getpid(),
                     len(pending) - n,
                     str(exc).rstrip("."),
-                    ", ".join(d.id for d in pending[n:]),
+                    ", ".join(d.id for d in pending[: len(pending) - n]),
                     self.fetch.lease_seconds,
                 )
                 break

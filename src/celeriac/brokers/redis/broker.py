@@ -303,10 +303,13 @@ class RedisBroker(Broker):
         delay: float = 0.0,
         body: bytes | None = None,
         count_delivery: bool = True,
+        front: bool = False,
     ) -> bool:
-        """Put a held message back, due after ``delay`` seconds (fenced)."""
+        """Put a held message back, due after ``delay`` seconds (fenced); ``front``: where
+        it was (see :meth:`Broker.requeue`)."""
         return self._run(
-            ops.requeue(self._ctx, lease, delay, body, count_delivery), f"requeue task {lease.id}"
+            ops.requeue(self._ctx, lease, delay, body, count_delivery, front=front),
+            f"requeue task {lease.id}",
         )
 
     def dead_letter(self, lease: Lease, letter: DeadLetter, result: bytes | None) -> bool:

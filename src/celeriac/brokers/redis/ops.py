@@ -594,9 +594,15 @@ def after_commit(
 
 
 def requeue(
-    ctx: Context, lease: Lease, delay: float, body: bytes | None, count_delivery: bool
+    ctx: Context,
+    lease: Lease,
+    delay: float,
+    body: bytes | None,
+    count_delivery: bool,
+    *,
+    front: bool = False,
 ) -> Plan[bool]:
-    """Put a held message back, fenced."""
+    """Put a held message back, fenced; ``front``: at the head of its ready list."""
     q = ctx.keys.queue(lease.queue)
     if body is None:
         mode = "count" if count_delivery else "uncount"
@@ -608,7 +614,9 @@ def requeue(
     # opened, ~2 times per task of a backlog at 50/s, where SQLite's came back once.
     delay_ms = math.ceil(delay * 1000) + 1 if delay > 0 else 0
     code = yield Call(
-        SCRIPTS.requeue, q.block, [compact(lease.id), lease.token, delay_ms, mode, body or b""]
+        SCRIPTS.requeue,
+        q.block,
+        [compact(lease.id), lease.token, delay_ms, mode, body or b"", b"1" if front else b""],
     )
     return settled(code, f"requeue task {lease.id}")
 

@@ -11,6 +11,8 @@
 --              rewrote the message: a task that crashes its worker must still reach the
 --              dead-letter queue, however often a rate limit put it back)
 -- ARGV[5]      the new body for 'replace' and 'rewrite', else ''
+-- ARGV[6]      optional: '1' puts a message due now at the head of its ready list (given
+--              back unstarted: where it was), else at the tail
 -- Returns: 1 requeued; -1 LEASE_LOST (nothing changed); -2 BAD_ARGUMENT (unknown mode).
 -- @include clock.lua
 -- @include entry.lua
@@ -33,6 +35,10 @@ end
 local now = now_ms()
 local due = now + tonumber(ARGV[3])
 unhold(q, cid)
-place(q, pack_entry(cid, priority, deliveries, body), priority, due, now)
+if ARGV[6] == '1' and due <= now then
+  redis.call('LPUSH', ready_key(q, priority), pack_entry(cid, priority, deliveries, body))
+else
+  place(q, pack_entry(cid, priority, deliveries, body), priority, due, now)
+end
 if due <= now then wake(q, 1) end
 return 1
