@@ -7,6 +7,7 @@ file) and, where it says so, worker processes importing this module as their app
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from typing import Any
 import pytest
 
 from celeriac import Celeriac, Task
-from celeriac.brokers.records import Delivery
+from celeriac.brokers.records import Delivery, Outgoing
+from celeriac.brokers.sqlite import SQLiteBroker
 from celeriac.middleware import default_middleware
 from celeriac.middleware.base import Job, Middleware, Outcome
 from celeriac.testing import wait_for
@@ -187,3 +189,57 @@ def test_a_purge_starts_the_rate_limits_waiting_lines_afresh(
         assert max(fresh) < 6, f"fresh tasks wait behind the purged backlog: {max(fresh):.1f}s"
     finally:
         app.broker.close()
+
+
+def test_a_task_long_past_its_turn_in_line_takes_a_slot_however_far(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Back from its line, a task reserves only within its reach, so a lower priority
+    # gives way to a higher one. But what fills the slots may ignore the lines (an older
+    # worker reserving first come, first served, in a deploy): a task that only waited
+    # for the slots to come within its reach starved for as long as that went on.
+    monkeypatch.setattr(app.conf, "broker_url", sqlite_url)
+    executor = Executor(app, "w")
+    key = f"rate:task:{paced.name}:slots"
+    try:
+        for _ in range(150):  # an older worker's reservations: 3 s of slots at 50/s
+            app.broker.rate_reserve(key, 50)
+        waiting = paced.message((1,))
+        late = paced.message((2,))
+        late.options["rate_line"] = time.time() - 120  # its turn came two minutes ago
+        app.send_many([waiting, late])
+        outcomes = {}
+        for delivery in _fetch(app, 2):
+            job, skip = executor.prepare(delivery)
+            assert skip is None
+            outcomes[delivery.id] = executor.execute(job)
+        # Both deferred; the one just come waits in its line for the slots to come
+        # within its reach, the one long past its turn reserved the slot after them.
+        assert [o.state for o in outcomes.values()] == ["DEFERRED", "DEFERRED"]
+        assert b'"rate_line"' in (outcomes[waiting.id].body or b"")
+        assert b'"rate_slot"' not in (outcomes[waiting.id].body or b"")
+        assert b'"rate_slot"' in (outcomes[late.id].body or b"")
+        assert (outcomes[late.id].delay or 0.0) > 2.5
+    finally:
+        app.broker.close()
+
+
+def test_a_purge_that_cannot_restart_the_lines_still_purges_and_says_so(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The lines' new name is written after the purge: a broker refusing that write (a
+    # failover to a read-only server) raised from purge(), and the count of what was
+    # deleted was lost.
+    broker = SQLiteBroker(sqlite_url)
+    try:
+        broker.send([Outgoing(f"m{i}", "q", b"{}") for i in range(3)])
+        with sqlite3.connect(tmp_path / "broker.db") as db:
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON kv WHEN NEW.key = 'rate-lines' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        assert broker.purge("q") == 3
+    finally:
+        broker.close()
+    assert "purged 3 task(s) from queue q, but could not start the rate limits'" in caplog.text
+    assert "refused by the test" in caplog.text

@@ -3,6 +3,7 @@ task wait behind low-priority work longer than the settings say."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,24 @@ def test_a_task_that_ends_while_its_batch_is_freed_is_not_killed_at_its_hard_lim
     runs = ledger.count("start")
     assert all(runs[m.id] == 1 for m in [*before, slow, *after]), procs.log_text()
     assert "hard time limit" not in procs.log_text()
+
+
+def test_a_lower_priority_under_a_rate_limit_waits_for_a_higher_line(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # A task whose priority's line was empty took the next free slot however far: a
+    # trickle of priority-0 tasks went ahead of a waiting priority-1 backlog (in a
+    # review, 19 of 20 priority-0 tasks started before a priority-9 backlog had).
+    backlog = core_app.send_many([core.limited.message((n,), priority=1) for n in range(80)])
+    workers.start("-c", "2")
+    assert wait_for(lambda: len(_started_limited(ledger)) >= 5, timeout=30), workers.log_text()
+    trickle = []
+    for n in range(8):
+        trickle.append(core.limited.apply_async((1000 + n,), priority=0))
+        time.sleep(0.2)
+    for r in [*backlog, *trickle]:
+        r.get(timeout=60)
+    order = [int(n) for n in _started_limited(ledger)]
+    last_backlog = max(i for i, n in enumerate(order) if n < 1000)
+    first_trickle = min(i for i, n in enumerate(order) if n >= 1000)
+    assert last_backlog < first_trickle, order

@@ -37,6 +37,7 @@ of their own, and share one poller per event loop among every async result wait.
 from __future__ import annotations
 
 import abc
+import logging
 import math
 import threading
 import time
@@ -56,7 +57,9 @@ from celeriac.brokers.records import (
     Waiting,
     WorkerInfo,
 )
+from celeriac.errors import BrokerError
 
+_log = logging.getLogger("celeriac.brokers")
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -504,7 +507,17 @@ class Broker(abc.ABC):
             0
         """
         count = self._purge_waiting(queue)
-        self.kv_set(RATE_LINES, str(time.time_ns()).encode(), RATE_LINES_KEPT)
+        try:
+            self.kv_set(RATE_LINES, str(time.time_ns()).encode(), RATE_LINES_KEPT)
+        except BrokerError as exc:  # the purge is done: say what was not, and go on
+            _log.warning(
+                "purged %d task(s) from queue %s, but could not start the rate limits' "
+                "waiting lines afresh (%s): fresh rate-limited tasks may wait for the "
+                "purged ones' turns; purge again once the broker accepts writes",
+                count,
+                queue,
+                str(exc).rstrip("."),
+            )
         return count
 
     @abc.abstractmethod

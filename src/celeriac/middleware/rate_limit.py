@@ -20,13 +20,14 @@ back by one slot, whichever process sent or runs them.
 
 Priorities hold under a limit. Slots are reserved only a short horizon ahead (a second,
 or two slots); a task that finds them taken further than that waits in its priority's
-line instead (a second limiter per priority, spaced like the slots: a ticket, one call),
-and comes back a horizon before its turn to reserve a slot. A later task of higher
-priority, whose line is empty, reserves the next free slot at once, so it starts within
-a few horizons, not behind the whole backlog (a priority-9 task waited 28 s behind 273
-priority-0 tasks at 10/s). A task back from its line reserves further ahead the higher
-its priority, so a lower line gives way to a higher one; one that finds even that taken
-goes to the back of its line again.
+line instead (a second limiter per priority, spaced like the slots: a ticket, one call).
+A line comes back (1 + priority) horizons ahead of its turns (at once, when nobody of its
+priority waits) and reserves up to half a horizon further: a task of higher priority
+starts within a few horizons, not behind the whole backlog (a priority-9 task waited 28 s
+behind 273 priority-0 tasks at 10/s), and the slots a higher line keeps taken are beyond
+a lower line's reach, so the lower one keeps its place and waits. A task past its turn by
+ten reaches takes a slot however far, first come, first served, so that nothing that
+ignores the lines (an older worker, in a deploy) starves it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ _LINE = "rate_line"  # option on a message waiting in its priority's line: its t
 _HORIZON = 1.0
 # Seconds a process keeps the lines' name (Broker.purge changes it) before reading it again.
 _LINES_READ_EVERY = 1.0
+# Reaches a task may be past its turn before it takes a slot however far (see _take_turn).
+_PATIENCE = 10
 # Admissions asked for per start at most: a broker slow on every call must not spend the
 # whole window on one task's retries.
 _ADMIT_TRIES = 3
@@ -208,18 +211,22 @@ app's limits setting (it has: 'smtp'), got 'smpt'
         # worker process spent one such slot per backlog, before it learnt the next one).
         max_wait = math.inf if expires is None else max(expires - time.time(), 0.0)
         horizon = max(_HORIZON, 2 / per_second)
-        priority = min(max(message.priority, 0), 9)
-        back = message.options.pop(_LINE, None) is not None
-        # Back from its line, a task reserves further ahead the higher its priority: a
-        # lower line gives way while a higher one fills the slots.
-        reach = min(horizon * (3 + priority) if back else horizon, max_wait)
-        wait = broker.rate_reserve(key + ":slots", per_second, max_wait=reach)
-        if reach < wait <= max_wait:
-            # Taken further than its reach: a place in its priority's line instead.
-            queued = self._queue_up(job, limiter, per_second, max_wait, horizon)
-            if isinstance(queued, Outcome):
-                return queued
-            wait = queued
+        ticket = message.options.pop(_LINE, None)  # the time of its turn: back from its line
+        if ticket is None:
+            wait = broker.rate_reserve(key + ":slots", per_second, max_wait=min(horizon, max_wait))
+            if horizon < wait <= max_wait:
+                # Taken further than the horizon: a place in its priority's line instead.
+                queued = self._queue_up(job, limiter, per_second, max_wait, horizon)
+                if isinstance(queued, Outcome):
+                    return queued
+                ticket = queued  # nobody of its priority waits before it: its turn is now
+        if ticket is not None:
+            taken = self._take_turn(
+                job, limiter, per_second, max_wait, horizon=horizon, turn=float(ticket)
+            )
+            if isinstance(taken, Outcome):
+                return taken
+            wait = taken
         if wait > max_wait:
             self._seen_slot(key, time.time() + wait)  # not reserved; no later slot is earlier
             return _expires_first(job, time.time() + wait, limiter.label)
@@ -232,19 +239,69 @@ app's limits setting (it has: 'smtp'), got 'smpt'
         self, job: Job, limiter: _Limiter, per_second: float, max_wait: float, horizon: float
     ) -> Outcome | float:
         """A place in the line of the task's priority: the Outcome that defers it there
-        (or ends it EXPIRED: a ticket past its expiry is not taken, as a slot is not).
-        When nobody of its priority waits before it, the next free slot is its own: the
-        wait for it, reserved unless over ``max_wait``."""
+        (or ends it EXPIRED: a ticket past its expiry is not taken, as a slot is not), or,
+        when nobody of its priority waits before it, the time of its turn: now."""
         assert job.task is not None and job.message is not None
         broker, message = job.task.app.broker, job.message
-        line = f"{limiter.key}:line:{min(max(message.priority, 0), 9)}{self._lines(broker)}"
-        ticket = broker.rate_reserve(line, per_second, max_wait=max_wait)
+        ticket = broker.rate_reserve(self._line(limiter, job), per_second, max_wait=max_wait)
         if ticket > max_wait:
             return _expires_first(job, time.time() + ticket, limiter.label)
-        if ticket > horizon:
-            message.options[_LINE] = time.time() + ticket
-            return self._defer(job, ticket - horizon, limiter.label, reserved=False)
-        return broker.rate_reserve(limiter.key + ":slots", per_second, max_wait=max_wait)
+        turn = time.time() + ticket
+        lead = _lead(horizon, message.priority)
+        if ticket <= lead:
+            return turn
+        message.options[_LINE] = turn
+        return self._defer(job, ticket - lead, limiter.label, reserved=False)
+
+    def _take_turn(
+        self,
+        job: Job,
+        limiter: _Limiter,
+        per_second: float,
+        max_wait: float,
+        *,
+        horizon: float,
+        turn: float,
+    ) -> Outcome | float:
+        """Reserve a slot for a task whose turn in its line has come: the wait for it
+        (over ``max_wait``: not reserved), or, when the slots are taken beyond its reach,
+        the Outcome that defers it until its next turn.
+
+        A line comes back its lead ahead of its turns, (1 + priority) horizons, and
+        reserves up to half a horizon further: the slots a higher line keeps taken are
+        beyond a lower line's reach, so the lower one gives way. A task that finds them
+        so takes a ticket at the back of its line and comes back at its new turn, or
+        once the slots taken now are within its reach, whichever is later: a line waits
+        at the cost of a deferral per slot at most, and takes the slots as soon as the
+        higher line leaves them (without the ticket, one task was deferred 65 times in
+        5 s at 50/s; backing off by the time waited left the limit idle for seconds). A
+        task past its first turn by :data:`_PATIENCE` reaches takes a slot however far,
+        first come, first served: what fills the slots then ignores the lines (an older
+        worker's reservations, in a deploy), and it would otherwise wait for as long as
+        that lasts.
+        """
+        assert job.task is not None and job.message is not None
+        broker, message = job.task.app.broker, job.message
+        lead = _lead(horizon, message.priority)
+        reach = lead + horizon / 2
+        if time.time() - turn > _PATIENCE * reach:
+            reach = math.inf
+        slots = limiter.key + ":slots"
+        wait = broker.rate_reserve(slots, per_second, max_wait=min(reach, max_wait))
+        if reach < wait <= max_wait:
+            ticket = broker.rate_reserve(self._line(limiter, job), per_second, max_wait=max_wait)
+            if ticket > max_wait:
+                return _expires_first(job, time.time() + ticket, limiter.label)
+            message.options[_LINE] = turn  # its first turn, for the patience above
+            again = max(ticket - lead, wait - reach, 0.001)
+            return self._defer(job, again, limiter.label, reserved=False)
+        return wait
+
+    def _line(self, limiter: _Limiter, job: Job) -> str:
+        """The key of the waiting line of the job's priority."""
+        assert job.task is not None and job.message is not None
+        priority = min(max(job.message.priority, 0), 9)
+        return f"{limiter.key}:line:{priority}{self._lines(job.task.app.broker)}"
 
     def _lines(self, broker: Broker) -> str:
         """The suffix of the current waiting lines' keys: "" until a purge first named
@@ -307,6 +364,17 @@ app's limits setting (it has: 'smtp'), got 'smpt'
             part = str(split(*job.request.args, **job.request.kwargs))
             key, label = f"{key}:{part}", f"{label} (rate_limit_key {part!r})"
         return _Limiter(key, printable(label), *parse_rate(rate))
+
+
+def _lead(horizon: float, priority: int) -> float:
+    """How far ahead of its turns a line of ``priority`` reserves slots: (1 + priority)
+    horizons, so that the slots a higher line keeps taken are beyond a lower line's reach.
+
+    Example:
+        >>> _lead(1.0, 0), _lead(1.0, 9), _lead(2.0, 42)
+        (1.0, 10.0, 20.0)
+    """
+    return horizon * (1 + min(max(priority, 0), 9))
 
 
 def _expires_first(job: Job, slot: float, label: str) -> Outcome:

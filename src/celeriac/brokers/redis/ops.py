@@ -34,7 +34,9 @@ log = logging.getLogger("celeriac.brokers.redis")
 MAX_BLOCK = 5.0  # seconds one BLPOP may block; well under the socket timeout
 POLL = 0.05  # seconds per wake list when several queues cannot share one BLPOP (Cluster)
 BLOCK_TICK = 0.1  # Redis ends a BLPOP's timeout on its timer: 1/hz, 10 by default
-SLEEP_STEP = 0.02  # seconds slept between fetches in the last tick before a due message
+# Seconds slept between fetches in the last tick before a due message: what a message sent
+# meanwhile may wait more (20 ms made an immediate task's start 11 ms at p50, not 0.5).
+SLEEP_STEP = 0.005
 SEND_CHUNK = 500  # messages per send script call
 # Seconds a process trusts that Redis still holds the queue names it registered: a Redis
 # restarted without persistence (or flushed) lost them, and then `celeriac status` and
