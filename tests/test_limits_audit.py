@@ -17,6 +17,7 @@ import pytest
 from celeriac import Celeriac, Task
 from celeriac.brokers.records import Delivery, Outgoing
 from celeriac.brokers.sqlite import SQLiteBroker
+from celeriac.message import Message
 from celeriac.middleware import default_middleware
 from celeriac.middleware.base import Job, Middleware, Outcome
 from celeriac.testing import wait_for
@@ -191,6 +192,25 @@ def test_a_purge_starts_the_rate_limits_waiting_lines_afresh(
         app.broker.close()
 
 
+def _outcomes(messages: list[Message]) -> dict[str, Outcome]:
+    """Send ``messages``, then fetch and run each through the middleware (unsettled)."""
+    executor = Executor(app, "w")
+    app.send_many(messages)
+    outcomes = {}
+    for delivery in _fetch(app, len(messages)):
+        job, skip = executor.prepare(delivery)
+        assert skip is None
+        outcomes[delivery.id] = executor.execute(job)
+    return outcomes
+
+
+def _past_its_turn(n: int, priority: int = 0) -> Message:
+    """A task back from its line whose turn came two minutes ago."""
+    message = paced.message((n,), priority=priority)
+    message.options["rate_line"] = time.time() - 120
+    return message
+
+
 def test_a_task_long_past_its_turn_in_line_takes_a_slot_however_far(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -199,20 +219,11 @@ def test_a_task_long_past_its_turn_in_line_takes_a_slot_however_far(
     # worker reserving first come, first served, in a deploy): a task that only waited
     # for the slots to come within its reach starved for as long as that went on.
     monkeypatch.setattr(app.conf, "broker_url", sqlite_url)
-    executor = Executor(app, "w")
-    key = f"rate:task:{paced.name}:slots"
     try:
         for _ in range(150):  # an older worker's reservations: 3 s of slots at 50/s
-            app.broker.rate_reserve(key, 50)
-        waiting = paced.message((1,))
-        late = paced.message((2,))
-        late.options["rate_line"] = time.time() - 120  # its turn came two minutes ago
-        app.send_many([waiting, late])
-        outcomes = {}
-        for delivery in _fetch(app, 2):
-            job, skip = executor.prepare(delivery)
-            assert skip is None
-            outcomes[delivery.id] = executor.execute(job)
+            app.broker.rate_reserve(f"rate:task:{paced.name}:slots", 50)
+        waiting, late = paced.message((1,)), _past_its_turn(2)
+        outcomes = _outcomes([waiting, late])
         # Both deferred; the one just come waits in its line for the slots to come
         # within its reach, the one long past its turn reserved the slot after them.
         assert [o.state for o in outcomes.values()] == ["DEFERRED", "DEFERRED"]
@@ -243,3 +254,24 @@ def test_a_purge_that_cannot_restart_the_lines_still_purges_and_says_so(
         broker.close()
     assert "purged 3 task(s) from queue q, but could not start the rate limits'" in caplog.text
     assert "refused by the test" in caplog.text
+
+
+def test_a_task_long_past_its_turn_still_gives_way_to_a_higher_line_waiting(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past its patience, a lower task took a slot however far even in the middle of a
+    # long flood of higher priority: the lower backlog then ran as one block while the
+    # higher one waited (404 priority-0 tasks alone while 400 of priority 1 waited).
+    monkeypatch.setattr(app.conf, "broker_url", sqlite_url)
+    key = f"rate:task:{paced.name}"
+    try:
+        for _ in range(150):  # slots taken 3 s ahead at 50/s, beyond priority 0's reach
+            app.broker.rate_reserve(f"{key}:slots", 50)
+        for _ in range(100):  # and priority 1 has tasks waiting in its line
+            app.broker.rate_reserve(f"{key}:line:1", 50)
+        (outcome,) = _outcomes([_past_its_turn(2, priority=0)]).values()
+        assert outcome.state == "DEFERRED"
+        assert b'"rate_slot"' not in (outcome.body or b"")  # no slot: it still waits
+        assert b'"rate_line"' in (outcome.body or b"")
+    finally:
+        app.broker.close()

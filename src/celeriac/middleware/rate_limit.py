@@ -193,7 +193,9 @@ app's limits setting (it has: 'smtp'), got 'smpt'
         # earlier than this: a task expiring before it needs no reservation to know it
         # will not run.
         self._later: dict[str, float] = {}
-        self._lines_read = ("", -math.inf)  # (see _lines, when it was read)
+        # (see _lines) the broker it was read from (an app's broker is replaced when its
+        # URL changes), and when
+        self._lines_read: tuple[Broker | None, str, float] = (None, "", -math.inf)
 
     def _reserve(self, job: Job, limiter: _Limiter, per_second: float) -> Outcome | None:
         """Reserve the next free slot, or a place in the task's priority's line: None to
@@ -275,16 +277,16 @@ app's limits setting (it has: 'smtp'), got 'smpt'
         at the cost of a deferral per slot at most, and takes the slots as soon as the
         higher line leaves them (without the ticket, one task was deferred 65 times in
         5 s at 50/s; backing off by the time waited left the limit idle for seconds). A
-        task past its first turn by :data:`_PATIENCE` reaches takes a slot however far,
-        first come, first served: what fills the slots then ignores the lines (an older
-        worker's reservations, in a deploy), and it would otherwise wait for as long as
-        that lasts.
+        task past its first turn by :data:`_PATIENCE` reaches, when no higher line has
+        tasks waiting, takes a slot however far, first come, first served: what fills
+        the slots then ignores the lines (an older worker's reservations, in a deploy),
+        and it would otherwise wait for as long as that lasts.
         """
         assert job.task is not None and job.message is not None
         broker, message = job.task.app.broker, job.message
         lead = _lead(horizon, message.priority)
         reach = lead + horizon / 2
-        if time.time() - turn > _PATIENCE * reach:
+        if time.time() - turn > _PATIENCE * reach and not self._higher_waits(job, limiter):
             reach = math.inf
         slots = limiter.key + ":slots"
         wait = broker.rate_reserve(slots, per_second, max_wait=min(reach, max_wait))
@@ -297,21 +299,39 @@ app's limits setting (it has: 'smtp'), got 'smpt'
             return self._defer(job, again, limiter.label, reserved=False)
         return wait
 
-    def _line(self, limiter: _Limiter, job: Job) -> str:
-        """The key of the waiting line of the job's priority."""
+    def _line(self, limiter: _Limiter, job: Job, priority: int | None = None) -> str:
+        """The key of the waiting line of the job's priority (or of ``priority``)."""
         assert job.task is not None and job.message is not None
-        priority = min(max(job.message.priority, 0), 9)
+        if priority is None:
+            priority = min(max(job.message.priority, 0), 9)
         return f"{limiter.key}:line:{priority}{self._lines(job.task.app.broker)}"
+
+    def _higher_waits(self, job: Job, limiter: _Limiter) -> bool:
+        """Whether a line of higher priority than the job's has tasks waiting for their
+        turns: its next ticket is ahead (a reservation bounded by a wait below zero only
+        reads it). Only then is a task long past its turn kept from the slots: without
+        this check, a lower line took the slots as one block in the middle of a long
+        higher flood (a review: 404 priority-0 tasks ran alone while 400 of priority 1
+        waited)."""
+        assert job.task is not None and job.message is not None
+        broker, per_second = job.task.app.broker, 1.0  # a read: the rate changes nothing
+        mine = min(max(job.message.priority, 0), 9)
+        return any(
+            broker.rate_reserve(self._line(limiter, job, p), per_second, max_wait=-1.0) > 0
+            for p in range(mine + 1, 10)
+        )
 
     def _lines(self, broker: Broker) -> str:
         """The suffix of the current waiting lines' keys: "" until a purge first named
         new ones. The tasks a purge deleted held places in the old lines, and a fresh
         task queued up behind them waited for the purged backlog's turn."""
         now = time.monotonic()
-        if now - self._lines_read[1] >= _LINES_READ_EVERY:
+        read_from, suffix, read_at = self._lines_read
+        if read_from is not broker or now - read_at >= _LINES_READ_EVERY:
             name = broker.kv_get([RATE_LINES])[0]
-            self._lines_read = (f":{name.decode()}" if name else "", now)
-        return self._lines_read[0]
+            suffix = f":{name.decode()}" if name else ""
+            self._lines_read = (broker, suffix, now)
+        return suffix
 
     def _seen_slot(self, key: str, slot: float) -> None:
         later = self._later
