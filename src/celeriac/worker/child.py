@@ -263,7 +263,9 @@ class Child(Intake):
             if not self.stopping and batch.may_send_ahead(len(pending)):
                 self._send_ahead(executor, key, batch, pending)
                 return []
-            if pending and not batch.full():
+            # With worker_max_tasks_per_child's count used up, what it holds goes back
+            # unrun: the commits go now, not after the other consumers' tasks end.
+            if pending and not batch.full() and self._left_to_take() != 0:
                 return []
             return self._commit(executor, key, batch, fetch, pending)
         if batch.owes_commits():
