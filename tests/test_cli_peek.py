@@ -12,10 +12,11 @@ from click.testing import CliRunner
 
 import redis
 from celeriac import Celeriac
-from celeriac.brokers.records import Outgoing
+from celeriac.brokers.records import Delivery, Outgoing
 from celeriac.cli import cli
 from celeriac.message import Message, encode_message
 from celeriac.result import AsyncResult
+from celeriac.worker.executor import Executor
 from tests.apps import core
 from tests.redis_server import RedisServer
 
@@ -200,3 +201,24 @@ def test_peek_on_redis_counts_no_id_for_bytes_pushed_by_hand(
         ]
     finally:
         core.app.broker.close()
+
+
+def test_peek_says_why_a_delayed_task_waits(core_app: Celeriac, broker_url: str) -> None:
+    # A backlog over its rate limit waits in the delayed store: status showed 0 ready and
+    # every task delayed, and peek "due in 2s", with nothing saying a limit held them.
+    sent = core_app.send_many([core.limited.message((n,)) for n in range(60)])
+    later = core.add.apply_async((1, 1), countdown=600)
+    executor = Executor(core_app, "w")
+    fetched: list[Delivery] = []
+    while len(fetched) < len(sent):  # the countdown is not due: only the limited ones
+        fetched += core_app.broker.fetch(["default"], "w", limit=60, lease_seconds=30, timeout=1)
+    for delivery in fetched:  # as a worker would: run now, or defer to the limit
+        job, skip = executor.prepare(delivery)
+        assert skip is None
+        executor.settle(job, executor.execute(job))
+    _, stdout, _ = invoke("-b", broker_url, "peek", "default", "--json", "-n", "100")
+    reasons = {m["id"]: m["delayed_for"] for m in json.loads(stdout)}
+    assert reasons[later.id] is None  # a countdown: nothing more to say
+    assert {"rate limit: its slot", "rate limit: waiting its turn"} <= set(reasons.values())
+    _, stdout, _ = invoke("-b", broker_url, "peek", "default", "-n", "100")
+    assert "(rate limit: waiting its turn)" in " ".join(stdout.split())

@@ -728,6 +728,44 @@ _times_msgpack = msgspec.msgpack.Decoder(_Times)
 _CLOCK_AHEAD = 86_400.0
 
 
+class _Delayed(msgspec.Struct):
+    """The fields :func:`delay_reason` reads."""
+
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    retries: int = 0
+
+
+_delayed_json = msgspec.json.Decoder(_Delayed)
+_delayed_msgpack = msgspec.msgpack.Decoder(_Delayed)
+
+
+def delay_reason(raw: bytes) -> str:
+    """Why a delayed message waits, from its own bytes, for an operator: its rate limit,
+    a retry's backoff, or "" (a countdown or an ETA, or bytes that do not say). A backlog
+    over its rate limit waits in the delayed store, so ``celeriac status`` shows it as
+    delayed, not ready: this says so per message.
+
+    Example:
+        >>> delay_reason(b'{"id": "a", "task": "t", "options": {"rate_line": 1.0}}')
+        'rate limit: waiting its turn'
+        >>> delay_reason(b'{"id": "a", "task": "t", "retries": 2}'), delay_reason(b"not json")
+        ('retry 2', '')
+    """
+    raw = _unsigned(raw)
+    kind = content_type(raw)
+    if kind == "pickle":
+        return ""
+    try:
+        read = (_delayed_msgpack if kind == "msgpack" else _delayed_json).decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return ""
+    if "rate_line" in read.options:
+        return "rate limit: waiting its turn"
+    if "rate_slot" in read.options:
+        return "rate limit: its slot"
+    return f"retry {read.retries}" if read.retries > 0 else ""
+
+
 def ready_at(raw: bytes) -> float | None:
     """When a message became ready to run, from its own bytes: its send time, or its ETA
     when that is later (Unix seconds). None for bytes that do not say: not a message, a

@@ -331,7 +331,9 @@ def status(obj: Context, as_json: bool) -> None:
     """Each queue's ready, delayed, in-flight, dead and expired-today counts, how long its
     longest-waiting ready task has waited, and the live workers. Ready counts what the next
     fetch can take: delayed tasks that came due, and held ones whose lease ran out (a
-    worker killed with -9); in flight is under a lease.
+    worker killed with -9); in flight is under a lease. Delayed are countdowns and ETAs,
+    retries waiting out their backoff, and tasks over a rate limit (celeriac peek QUEUE
+    says which).
 
     Example: celeriac -A shop.tasks status --json
     """

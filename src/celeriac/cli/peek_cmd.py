@@ -21,7 +21,7 @@ from celeriac.brokers.base import Broker
 from celeriac.brokers.records import PEEK_BYTES, PEEK_LIMIT, QueueStats, Waiting
 from celeriac.cli.main import NAME, Context, cli, closest, err, misspelt, out, print_json
 from celeriac.control import is_revoke_mark
-from celeriac.message import content_type, peek_identity, ready_at
+from celeriac.message import content_type, delay_reason, peek_identity, ready_at
 from celeriac.text import cut, duration, printable
 
 #: Bytes of a message's body ``peek --json`` shows.
@@ -54,7 +54,8 @@ class _Seen:
         if self.revoked:  # how long matters no more: a worker drops it when it takes it
             return "revoked"
         if not self.ready and due is not None:
-            return f"due in {duration(due - now)}"
+            why = delay_reason(self.waiting.body)
+            return f"due in {duration(due - now)}" + (f" ({why})" if why else "")
         if self.ready_since is None:
             return "?"
         return duration(max(now - self.ready_since, 0.0))
@@ -72,6 +73,7 @@ class _Seen:
             "priority": w.priority,
             "deliveries": w.deliveries,
             "due": w.due,
+            "delayed_for": None if self.ready else delay_reason(w.body) or None,
             "ready_since": self.ready_since if self.ready else None,
             "body": shown.decode("utf-8", "replace"),
             "body_bytes": len(w.body),
