@@ -34,8 +34,11 @@ log = logging.getLogger("celeriac.worker")
 #: are committed and given back. Well past any task a batch is taken for (a few ms), and
 #: short beside the wait it saves.
 OVERRUN = 0.25
-#: How often the watch looks. Its thread wakes this often once a child has batched.
+#: How often the watch looks. Its thread wakes this often while a child runs batches.
 TICK = 0.05
+#: Seconds with nothing to watch after which the thread ends (the next batch starts one):
+#: an idle child wakes for nothing, and a task that forks meets no thread of ours.
+IDLE_END = 1.0
 
 
 class OverrunWatch:
@@ -56,11 +59,16 @@ class OverrunWatch:
     """
 
     def __init__(
-        self, free: Callable[[Hashable], None], after: float = OVERRUN, tick: float = TICK
+        self,
+        free: Callable[[Hashable], None],
+        after: float = OVERRUN,
+        tick: float = TICK,
+        idle_end: float = IDLE_END,
     ) -> None:
         self._free = free
         self._after = after
         self._tick = min(tick, after)
+        self._idle_end = idle_end
         self._armed: dict[Hashable, float] = {}  # consumer -> monotonic time its task began
         # Per consumer, held while its held work is freed: see disarm. One per consumer,
         # so a threads child's other consumers never wait on one's broker calls.
@@ -93,10 +101,15 @@ class OverrunWatch:
             lock.release()
 
     def _watch(self) -> None:
+        idle = 0.0
         while True:
             time.sleep(self._tick)
             if not self._armed:
+                idle += self._tick
+                if idle >= self._idle_end and self._end():
+                    return
                 continue
+            idle = 0.0
             now = time.monotonic()
             for key, began in list(self._armed.items()):
                 if now - began < self._after:
@@ -114,3 +127,14 @@ class OverrunWatch:
                             "committed or given back when that task ends, the rest is "
                             "delivered again once its lease runs out"
                         )
+
+    def _end(self) -> bool:
+        """Whether this thread may end: nothing was armed once the next arm was told to
+        start a thread. An arm in between finds ``_started`` False and starts one, or
+        this thread sees what it armed and goes on (both at once: two threads for a
+        while, each checking under the consumer's lock, so nothing is freed twice)."""
+        self._started = False
+        if not self._armed:
+            return True
+        self._started = True
+        return False
