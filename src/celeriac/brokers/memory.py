@@ -235,10 +235,11 @@ class MemoryBroker(Broker):
             self._worker_expiry.pop(worker_id, None)
         return released
 
-    def _release(self, entry: _Entry, now: float, delay: float) -> None:
+    def _release(self, entry: _Entry, now: float, delay: float, *, front: bool = False) -> None:
         entry.token = entry.holder = None
-        entry.due = now + delay
-        entry.seq = next(self._seq)
+        if not (front and delay <= 0):  # else its due time and sequence as sent: its place
+            entry.due = now + delay
+            entry.seq = next(self._seq)
         self._place(entry, now)
 
     def _held(self, lease: Lease) -> _Entry | None:
@@ -280,12 +281,7 @@ class MemoryBroker(Broker):
                 entry.deliveries = 0  # a retry starts counting again
             elif not count_delivery:
                 entry.deliveries = max(entry.deliveries - 1, 0)
-            now = time.time()
-            if front and delay <= 0:
-                entry.token = entry.holder = None
-                self._place(entry, now)  # its due time and sequence as sent: its place
-            else:
-                self._release(entry, now, delay)
+            self._release(entry, time.time(), delay, front=front)
             self._lock.notify_all()
             return True
 

@@ -294,8 +294,11 @@ class SQLiteBroker(SQLiteConnections, SQLiteResults, SQLiteStore, Broker):
         else:  # a retry (new body) starts counting again; a failure keeps its count
             deliveries = "0" if body is not None else "deliveries"
         # Back where it was: its due time and sequence as they are. Else at the back.
-        place = "due = due, seq = seq" if front and delay <= 0 else "due = ?, seq = ?"
-        placed = () if front and delay <= 0 else (time.time() + delay, time.time_ns())
+        placed: tuple[float, ...] = ()
+        if front and delay <= 0:
+            place = "due = due, seq = seq"
+        else:
+            place, placed = "due = ?, seq = ?", (time.time() + delay, time.time_ns())
         with self._transaction() as db:
             sql = (  # deliveries and place are fixed fragments above, never input
                 "UPDATE messages SET token = NULL, holder = NULL, lease_deadline = NULL, "  # noqa: S608

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from celeriac.brokers.base import RATE_LINES, Broker
+from celeriac.brokers.records import clamped_priority
 from celeriac.errors import BrokerError, ConfigurationError
 from celeriac.middleware.base import Job, Middleware, Outcome, call_options, option_error
 from celeriac.text import printable, seconds
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PER_CALL = frozenset({"rate_limit", "limit"})  # options apply_async may give per message
 _SLOT = "rate_slot"  # option on a deferred message: the time of its reserved slot
-_LINE = "rate_line"  # option on a message waiting in its priority's line: its ticket's time
+_LINE = "rate_line"  # option on a message waiting in its priority's line: its first turn
 # Seconds (at least two slots) ahead that a task reserves a slot on its first pass; past
 # them, it waits in its priority's line (see the module docstring).
 _HORIZON = 1.0
@@ -303,7 +304,7 @@ app's limits setting (it has: 'smtp'), got 'smpt'
         """The key of the waiting line of the job's priority (or of ``priority``)."""
         assert job.task is not None and job.message is not None
         if priority is None:
-            priority = min(max(job.message.priority, 0), 9)
+            priority = clamped_priority(job.message.priority)
         return f"{limiter.key}:line:{priority}{self._lines(job.task.app.broker)}"
 
     def _higher_waits(self, job: Job, limiter: _Limiter) -> bool:
@@ -315,7 +316,7 @@ app's limits setting (it has: 'smtp'), got 'smpt'
         waited)."""
         assert job.task is not None and job.message is not None
         broker, per_second = job.task.app.broker, 1.0  # a read: the rate changes nothing
-        mine = min(max(job.message.priority, 0), 9)
+        mine = clamped_priority(job.message.priority)
         return any(
             broker.rate_reserve(self._line(limiter, job, p), per_second, max_wait=-1.0) > 0
             for p in range(mine + 1, 10)
@@ -394,7 +395,7 @@ def _lead(horizon: float, priority: int) -> float:
         >>> _lead(1.0, 0), _lead(1.0, 9), _lead(2.0, 42)
         (1.0, 10.0, 20.0)
     """
-    return horizon * (1 + min(max(priority, 0), 9))
+    return horizon * (1 + clamped_priority(priority))
 
 
 def _expires_first(job: Job, slot: float, label: str) -> Outcome:

@@ -89,22 +89,21 @@ class Intake:
         count back: this consumer then gives back ``pending`` and waits a moment, holding
         nothing. A threads child that stopped at once recycled having run 1 of 5 tasks,
         when the others' deliveries were rate-limit deferrals."""
-        with self._lock:
-            waits = self._left_to_take() == 0 and self._taken > self.tasks_done
-        if waits:
-            self._give_back(key, self._prefetched.split(pending, 0))
-            time.sleep(ALLOWANCE_WAIT)
-            return False
-        with self._lock:
-            if self._left_to_take() == 0:
+        with self._lock:  # one lock per task taken: this runs per task
+            if self._left_to_take() != 0:
+                self._taken += 1
+                return True
+            waits = self._taken > self.tasks_done
+            if not waits:
                 self.stopping = True
                 self._say_recycling(
                     logging.INFO,
                     f"took {self._taken} tasks (worker_max_tasks_per_child)",
                 )
-                return False
-            self._taken += 1
-            return True
+        if waits:
+            self._give_back(key, self._prefetched.split(pending, 0))
+            time.sleep(ALLOWANCE_WAIT)
+        return False
 
     def _others_in_hand(self) -> bool:
         """Whether other consumers of this child hold deliveries not yet counted either
