@@ -523,19 +523,17 @@ def test_a_send_redis_did_not_answer_says_it_may_be_queued(own_server: Server) -
         app.broker.close()
 
 
-def _send_in_a_fork(url: str) -> str:
-    """Fork; the child sends one message on a new broker for ``url`` and reports what
-    happened through a pipe: "sent", or the error's class name."""
+def _in_a_fork(work: Callable[[], str]) -> str:
+    """Fork; the child runs ``work`` and reports what it returned through a pipe, or the
+    class name of what it raised."""
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - the forked child
         code = 0
         try:
             os.close(read_end)
-            broker = RedisBroker(url)
             try:
-                broker.send([Outgoing("forked", "q", b"a")])
-                said = "sent"
+                said = work()
             except Exception as exc:  # noqa: BLE001 - reported to the parent
                 said = type(exc).__name__
             os.write(write_end, said.encode())
@@ -549,6 +547,17 @@ def _send_in_a_fork(url: str) -> str:
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0, said
     return said
+
+
+def _send_in_a_fork(url: str) -> str:
+    """Fork; the child sends one message on a new broker for ``url`` and reports what
+    happened: "sent", or the error's class name."""
+
+    def send() -> str:
+        RedisBroker(url).send([Outgoing("forked", "q", b"a")])
+        return "sent"
+
+    return _in_a_fork(send)
 
 
 def test_a_child_forked_right_after_its_parents_check_skips_its_own(
@@ -571,5 +580,51 @@ def test_a_child_forked_right_after_its_parents_check_skips_its_own(
                 again.send([Outgoing("again", "q", b"a")])
         finally:
             again.close()
+    finally:
+        parent.close()
+
+
+def _fetches_while_a_delayed_message_comes_due(broker: RedisBroker, url: str) -> int:
+    """Send a message due in 0.6 s, fetch until it arrives, and count the scripts the
+    server ran meanwhile: the fetches of the stretch slept in steps before its due time."""
+    raw = redis.Redis.from_url(url)
+    try:
+        broker.send([Outgoing("later", "q", b"a", eta=time.time() + 0.6)])
+        raw.config_resetstat()
+        taken = broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=5)
+        assert [d.id for d in taken] == ["later"]
+        calls = raw.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        return int(calls)
+    finally:
+        raw.close()
+
+
+def test_the_fetch_steps_through_the_servers_own_timer_tick_only(own_server: Server) -> None:
+    # A BLPOP's timeout ends on the server's timer tick (1/hz), so the fetch ends its
+    # block a tick before a delayed message is due and steps through the rest, fetching
+    # every 5 ms. The tick is read from the server: at hz 100 that is 10 ms of steps (a
+    # few fetches), not the default hz 10's 100 ms (about 20 fetches per message).
+    server = own_server("--hz", "100")
+    broker = RedisBroker(server.url)
+    try:
+        assert _fetches_while_a_delayed_message_comes_due(broker, server.url) <= 6
+    finally:
+        broker.close()
+
+
+def test_a_child_that_skips_its_check_sizes_its_steps_by_its_parents(own_server: Server) -> None:
+    # A worker's first children skip the start-up check (see
+    # test_a_child_forked_right_after_its_parents_check_skips_its_own): they take the
+    # timer tick their supervisor's check read.
+    server = own_server("--hz", "100")
+    parent = RedisBroker(server.url)
+    try:
+        parent.check()
+        said = _in_a_fork(
+            lambda: str(
+                _fetches_while_a_delayed_message_comes_due(RedisBroker(server.url), server.url)
+            )
+        )
+        assert int(said) <= 6, said
     finally:
         parent.close()

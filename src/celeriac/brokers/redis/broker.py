@@ -124,6 +124,8 @@ class RedisBroker(Broker):
         self._async_driver: AsyncDriver | None = None  # made by the first async call
         # Forked by a process that just checked this server: not again (startup.parent_passed).
         self._checked = startup.parent_passed(self.url.safe)
+        if self._checked:
+            self._ctx.block_tick = startup.inherited_tick(self.url.safe)
         # Cluster routes each call through redis-py, which cannot leave a reply unread.
         self.overlaps_calls = not self.url.cluster
 
@@ -158,7 +160,7 @@ class RedisBroker(Broker):
             await self._async.run(
                 startup.check_server(self._ctx, self.url.safe), "check the server"
             )
-            startup.record_pass(self.url.safe)
+            startup.record_pass(self.url.safe, self._ctx)
             self._checked = True
         return await self._async.run(plan, what)
 
@@ -170,7 +172,7 @@ class RedisBroker(Broker):
             BrokerConnectionError: the server cannot be reached.
         """
         self._sync.run(startup.check_server(self._ctx, self.url.safe), "check the server")
-        startup.record_pass(self.url.safe)
+        startup.record_pass(self.url.safe, self._ctx)
         self._checked = True
 
     def close(self) -> None:

@@ -33,7 +33,9 @@ log = logging.getLogger("celeriac.brokers.redis")
 
 MAX_BLOCK = 5.0  # seconds one BLPOP may block; well under the socket timeout
 POLL = 0.05  # seconds per wake list when several queues cannot share one BLPOP (Cluster)
-BLOCK_TICK = 0.1  # Redis ends a BLPOP's timeout on its timer: 1/hz, 10 by default
+# Seconds between the turns of an idle Redis's timer, which ends a BLPOP's timeout: 1/hz,
+# hz 10 by default. The start-up check reads the server's hz (Context.block_tick).
+BLOCK_TICK = 0.1
 # Seconds slept between fetches in the last tick before a due message: what a message sent
 # meanwhile may wait more (20 ms made an immediate task's start 11 ms at p50, not 0.5).
 SLEEP_STEP = 0.005
@@ -54,6 +56,9 @@ class Context(msgspec.Struct):
     # Seconds one BLPOP may block: under half the socket timeout, or an idle fetch with
     # socket_timeout=2 in the URL timed out on its own BLPOP, an outage every idle moment.
     max_block: float = MAX_BLOCK
+    # Seconds by which a BLPOP's timeout may end late: the server's timer tick, 1/hz, read
+    # by the start-up check (BLOCK_TICK when the server refuses CONFIG GET).
+    block_tick: float = BLOCK_TICK
     # What stats(ready_at) read from each ready list's first entry: (queue, priority) ->
     # (the entry's fingerprint, the time read from its message). A head that stays (a
     # stuck queue) is not sent again at every scrape: its body may be 256 KB.
@@ -353,17 +358,17 @@ def fetch(
             return taken
         wait = remaining if wait_ms < 0 else min(remaining, wait_ms / 1000)
         if 0 <= wait_ms <= remaining * 1000:  # a delayed message comes due first
-            # A BLPOP's timeout ends on Redis's timer tick (every 100 ms at the default hz
-            # 10): a message due in 5 ms was fetched up to 100 ms late, and a rate-limited
-            # backlog, back at its slots in clumps, ran at 46/s of 50 and was mostly
-            # deferred again. So the block ends a tick early, and the last stretch is
+            # A BLPOP's timeout ends on Redis's timer tick (ctx.block_tick: 100 ms at the
+            # default hz 10): a message due in 5 ms was fetched up to 100 ms late, and a
+            # rate-limited backlog, back at its slots in clumps, ran at 46/s of 50 and was
+            # mostly deferred again. So the block ends a tick early, and the last stretch is
             # slept here in steps, with a fetch after each: a message sent meanwhile
             # waits at most a step.
-            if wait <= BLOCK_TICK:
+            if wait <= ctx.block_tick:
                 yield Pause(min(wait, SLEEP_STEP))
                 taken, wait_ms = yield from _take(ctx, queues, consumer, limit, lease_ms)
                 continue
-            wait -= BLOCK_TICK
+            wait -= ctx.block_tick
         wake = [q.wake for q in queues]
         if ctx.cluster:
             if len(wake) > 1:

@@ -1,5 +1,6 @@
 """The start-up check of a Redis server, as a plan (see :mod:`.steps`): its version, its
-eviction policy and its persistence, said once per process tree.
+eviction policy and its persistence, said once per process tree; and its timer tick, which
+sizes the fetch's last stretch before a delayed message (ops.Context.block_tick).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celeriac import pid
-from celeriac.brokers.redis.ops import Context
+from celeriac.brokers.redis.ops import BLOCK_TICK, Context
 from celeriac.brokers.redis.scripts import SCRIPTS
 from celeriac.brokers.redis.steps import Call, Command, OnEveryNode, Plan
 from celeriac.errors import BrokerConnectionError, BrokerError, ConfigurationError
@@ -42,7 +43,7 @@ def check_server(ctx: Context, url: str) -> Plan[None]:
             )
     yield from _check_channels(ctx, url)
     settings: dict[bytes, list[bytes]] = {}
-    for name in (b"maxmemory-policy", b"save", b"appendonly"):
+    for name in (b"maxmemory-policy", b"save", b"appendonly", b"hz"):
         replies = yield from _ask(Command(("CONFIG", "GET", name)), url, nodes)
         if replies is None:
             return
@@ -55,6 +56,7 @@ def check_server(ctx: Context, url: str) -> Plan[None]:
             "redis.conf, or CONFIG SET maxmemory-policy noeviction) before using it as a "
             "celeriac broker."
         )
+    ctx.block_tick = timer_tick(settings[b"hz"])
     no_rdb = all(not save.strip() for save in settings[b"save"])
     no_aof = all(aof == b"no" for aof in settings[b"appendonly"])
     if no_rdb and no_aof:
@@ -95,14 +97,39 @@ def _check_channels(ctx: Context, url: str) -> Plan[None]:
 #: Seconds a parent's passed check stands for a child it forked (see parent_passed).
 CHECK_INHERITED_FOR = 10.0
 
+def timer_tick(hz_values: list[bytes]) -> float:
+    """Seconds between an idle server's timer turns, from its ``hz`` settings (one per
+    node): the slowest node's, as any may serve a queue. A value that is not a number
+    leaves the default tick.
+
+    Example:
+        >>> timer_tick([b"100", b"50"])
+        0.02
+        >>> timer_tick([b"?"])
+        0.1
+    """
+    try:
+        slowest = min(int(value) for value in hz_values)
+    except ValueError:
+        return BLOCK_TICK
+    return 1 / min(max(slowest, 1), 500)  # Redis itself keeps hz within 1..500
+
+
 #: The last passed check of each server (by its redacted URL): the process that passed it,
-#: and when, on the monotonic clock. A forked child inherits it with the module's state.
-_passed: dict[str, tuple[int, float]] = {}
+#: when (on the monotonic clock), and the server's timer tick it read. A forked child
+#: inherits it with the module's state.
+_passed: dict[str, tuple[int, float, float]] = {}
 
 
-def record_pass(url: str) -> None:
+def record_pass(url: str, ctx: Context) -> None:
     """Note that the server at ``url`` passed :func:`check_server` in this process."""
-    _passed[url] = (pid.current(), time.monotonic())
+    _passed[url] = (pid.current(), time.monotonic(), ctx.block_tick)
+
+
+def inherited_tick(url: str) -> float:
+    """The timer tick the last passed check of ``url`` read (BLOCK_TICK if none): what a
+    child that skips its own check (see parent_passed) sizes its fetches by."""
+    return _passed.get(url, (0, 0.0, BLOCK_TICK))[2]
 
 
 def parent_passed(url: str) -> bool:
@@ -114,7 +141,7 @@ def parent_passed(url: str) -> bool:
     recycle, a respawn after a crash) checks again, as does any new broker in the
     process that checked (the server's settings may have changed since).
     """
-    by, at = _passed.get(url, (0, 0.0))
+    by, at, _ = _passed.get(url, (0, 0.0, BLOCK_TICK))
     return by not in (0, pid.current()) and time.monotonic() - at < CHECK_INHERITED_FOR
 
 
