@@ -160,6 +160,23 @@ def test_sigquit_is_a_cold_shutdown_that_gives_every_task_back_at_once(
     assert all(r.state == "PENDING" for r in results)
 
 
+def test_a_cold_shutdown_puts_its_tasks_back_where_they_were(
+    review_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # Killed by an operator's second signal, the running task (and what its child had
+    # prefetched) did nothing wrong: they go back to the head of their queue, not behind
+    # every message sent meanwhile, as they did at every deploy that ended cold.
+    proc = workers.start("-c", "1", app=APP)
+    workers.wait_children(proc, 1)
+    first = work.delay(60)
+    assert wait_for(lambda: ledger.count("start")[first.id] == 1, timeout=20)
+    later = [work.delay(60) for _ in range(5)]
+    os.kill(proc.pid, signal.SIGQUIT)
+    assert proc.wait(timeout=20) == 0, workers.log_text()
+    taken = review_app.broker.fetch(["default"], "t", limit=10, lease_seconds=30, timeout=1)
+    assert [d.id for d in taken] == [first.id, *(r.id for r in later)]
+
+
 def test_sighup_is_a_warm_shutdown(
     review_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
 ) -> None:

@@ -117,7 +117,15 @@ class Reaping:
         )
         reading = self._reading(child, view, killed)
         beside: list[Held] = []  # started tasks killed beside ``killed``, run at most once
-        for held in view.held:
+        # Only what a child that died by itself was running or reading may have killed it:
+        # that goes to the back of its queue, so a poison message cannot hold the head.
+        # Everything else did nothing wrong and goes back where it was, at the head (last
+        # first): a cold shutdown's tasks went behind the whole backlog at every deploy.
+        stopped = killed is not None or child.killed_cold or self._stop_requests >= 2
+        suspect = set() if stopped else {h.id for h in view.held if h.started or h in reading}
+        to_back = [h for h in view.held if h.id in suspect]
+        to_front = [h for h in view.held if h.id not in suspect]
+        for held in [*to_back, *reversed(to_front)]:
             if killed is not None and held.id == killed[0].id:
                 continue
             # The running task counts as a delivery (a crash), and so does a message taken
@@ -132,7 +140,12 @@ class Reaping:
             if killed is not None and held.started and self._once_only(held.task):
                 counted = True
                 beside.append(held)
-            back = functools.partial(self.app.broker.requeue, lease, count_delivery=counted)
+            back = functools.partial(
+                self.app.broker.requeue,
+                lease,
+                count_delivery=counted,
+                front=held.id not in suspect,
+            )
             self._quietly(back, f"put back task {held.label}")
         if killed is not None and beside:
             self._note_death(beside, f"killed with its child, stopped for {killed[0].label}")

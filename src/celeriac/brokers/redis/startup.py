@@ -97,6 +97,7 @@ def _check_channels(ctx: Context, url: str) -> Plan[None]:
 #: Seconds a parent's passed check stands for a child it forked (see parent_passed).
 CHECK_INHERITED_FOR = 10.0
 
+
 def timer_tick(hz_values: list[bytes]) -> float:
     """Seconds between an idle server's timer turns, from its ``hz`` settings (one per
     node): the slowest node's, as any may serve a queue. A value that is not a number

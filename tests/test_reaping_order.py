@@ -1,0 +1,46 @@
+"""Where the messages a dead child held go back, in-process on SQLite: what may have killed
+it to the back of its queue, everything else where it was."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from celeriac import Celeriac
+from celeriac.brokers.records import Outgoing
+from celeriac.worker.slot import Held
+from celeriac.worker.supervisor import Worker
+
+
+@pytest.fixture
+def worker(sqlite_url: str) -> Worker:
+    return Worker(Celeriac("reaping", broker=sqlite_url), ["q"], concurrency=1)
+
+
+@pytest.mark.parametrize(
+    ("stop_requests", "order"),
+    [
+        # A crash: the running task may be what killed the child (a poison message must
+        # not hold the head); the two it had prefetched did nothing and keep their place.
+        (1, ["t1", "t2", "t3", "t4", "t0"]),
+        # A cold shutdown killed it: nothing it held is to blame, all keep their place.
+        (2, ["t0", "t1", "t2", "t3", "t4"]),
+    ],
+)
+def test_a_dead_childs_messages_go_back_where_they_were_unless_they_may_have_killed_it(
+    worker: Worker, stop_requests: int, order: list[str]
+) -> None:
+    broker = worker.app.broker
+    broker.send([Outgoing(f"t{i}", "q", b"body") for i in range(5)])
+    taken = broker.fetch(["q"], "child", limit=3, lease_seconds=30, timeout=0)
+    assert [d.id for d in taken] == ["t0", "t1", "t2"]
+    held = [Held(d.id, d.lease.queue, d.lease.token, "t") for d in taken]
+    held[0] = Held(held[0].id, held[0].queue, held[0].token, "t", started=time.time())
+    child = worker._children[0]
+    child.pid = 1
+    child.slot.write(held, rss=1)
+    worker._stop_requests = stop_requests  # stopping: no child is started in its place
+    worker._after_exit(child, -9)
+    again = broker.fetch(["q"], "next", limit=10, lease_seconds=30, timeout=0)
+    assert [d.id for d in again] == order
