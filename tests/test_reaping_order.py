@@ -1,5 +1,6 @@
-"""Where the messages a dead child held go back, in-process on SQLite: what may have killed
-it to the back of its queue, everything else where it was."""
+"""Where the messages a dead child held go back: what may have killed it to the back of
+its queue, everything else where it was (in-process on SQLite); and a task its supervisor
+stopped goes to the head with its verdict (a real worker)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import pytest
 
 from celeriac import Celeriac
 from celeriac.brokers.records import Outgoing
+from celeriac.testing import wait_for
 from celeriac.worker.slot import Held
 from celeriac.worker.supervisor import Worker
+from tests.apps import core
+from tests.conftest import Ledger, WorkerProcesses
 
 
 @pytest.fixture
@@ -44,3 +48,17 @@ def test_a_dead_childs_messages_go_back_where_they_were_unless_they_may_have_kil
     worker._after_exit(child, -9)
     again = broker.fetch(["q"], "next", limit=10, lease_seconds=30, timeout=0)
     assert [d.id for d in again] == order
+
+
+def test_a_task_stopped_at_its_hard_limit_reads_failure_before_the_backlog_behind_it(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # The supervisor records the verdict and puts the message back for a child to settle
+    # unrun. At the back of its queue, its caller waited for the whole backlog to read
+    # FAILURE (and after a warm shutdown, for the next worker).
+    workers.start("-c", "1")
+    stopped = core.stuck.delay()  # hard limit 1 s
+    backlog = [core.work.delay(0.3, str(i)) for i in range(15)]
+    assert wait_for(lambda: stopped.state == "FAILURE", timeout=30)
+    started = sum(ledger.count("start")[r.id] for r in backlog)
+    assert started <= 3, started

@@ -274,14 +274,19 @@ class Reaping:
             verdict = killed_verdict(held, state)
         broker = self.app.broker
         lease = Lease(held.id, held.queue, held.token)
+        recorded: list[bool] = []
+
+        def record() -> None:
+            broker.kv_set(verdict_key(held.id), verdict, self.app.conf.result_expires)
+            recorded.append(True)
+
+        self._quietly(record, f"record why task {held.label} was stopped")
+        # With its verdict, to the head of its queue: the next fetch settles it unrun. At
+        # the back, its caller waited for the whole backlog to read FAILURE (or REVOKED),
+        # and after a warm shutdown for the next worker to reach it. Without one (the
+        # broker failed), it runs again: to the back, as any suspect.
         self._quietly(
-            functools.partial(
-                broker.kv_set, verdict_key(held.id), verdict, self.app.conf.result_expires
-            ),
-            f"record why task {held.label} was stopped",
-        )
-        self._quietly(
-            functools.partial(broker.requeue, lease, count_delivery=True),
+            functools.partial(broker.requeue, lease, count_delivery=True, front=bool(recorded)),
             f"put back task {held.label}",
         )
 
