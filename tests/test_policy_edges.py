@@ -17,6 +17,7 @@ import pytest
 
 import celeriac
 from celeriac import Celeriac
+from celeriac.control import _revoke_mark
 from celeriac.testing import wait_for
 from tests.apps import core
 from tests.apps.core import record
@@ -137,12 +138,18 @@ def test_a_running_mode_key_of_a_task_expired_unrun_is_freed_when_it_is_settled(
 def test_a_running_task_revoked_without_terminate_keeps_its_running_mode_key(
     core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
 ) -> None:
-    """A revoke marks the task REVOKED at once, but without terminate it runs on: its
-    key must hold until it ends, or a duplicate runs beside it."""
+    """Without terminate a revoked task runs on: its key must hold until it ends, or a
+    duplicate runs beside it. Its result is not marked REVOKED meanwhile (a worker holds
+    it); an older revoker (a deploy) or one that raced its fetch marks it, and the key
+    holds then too (see dedupe._may_still_run)."""
     _start(workers)
     first = core.work.apply_async((4.0, "a"), dedupe_key="w2", dedupe_mode="running")
     assert wait_for(lambda: ledger.count("start")[first.id] == 1, timeout=30)
     first.revoke()
+    assert first.state == "PENDING"
+    again = core.work.apply_async((0.0, "b"), dedupe_key="w2", dedupe_mode="running")
+    assert again.id == first.id
+    core_app.broker.mark_revoked([first.id], _revoke_mark(time.time()), 60)  # as one did
     assert first.state == "REVOKED"
     again = core.work.apply_async((0.0, "b"), dedupe_key="w2", dedupe_mode="running")
     assert again.id == first.id  # was: a second task, run beside the first

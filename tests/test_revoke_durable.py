@@ -46,18 +46,26 @@ def _settled_by_a_worker(app: Celeriac, task_id: str) -> bool:
     return stored is not None and decode_result(stored[0]).worker is not None
 
 
+def _a_new_worker_does_not_run(
+    doomed: str, app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    """Start a worker, let it drain the queue past a task sent after ``doomed``, and see
+    that ``doomed`` never started and reads REVOKED."""
+    kept = core.work.delay(0, "kept")
+    workers.start("-c", "1", env=_PATH)
+    assert kept.get(timeout=30) == "kept"
+    assert wait_for(lambda: _drained(app), timeout=30), workers.log_text()
+    assert ledger.count("start")[doomed] == 0, "a revoked task ran"
+    assert app.AsyncResult(doomed).state == "REVOKED"
+
+
 def test_a_revoke_followed_by_stream_length_others_still_holds_for_a_new_worker(
     core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
 ) -> None:
     doomed = core.work.delay(0, "doomed")
     doomed.revoke()
     revoke_many(core_app, _others(STREAM_LENGTH))  # the stream no longer holds doomed's
-    kept = core.work.delay(0, "kept")
-    workers.start("-c", "1", env=_PATH)
-    assert kept.get(timeout=30) == "kept"
-    assert wait_for(lambda: _drained(core_app), timeout=30), workers.log_text()
-    assert ledger.count("start")[doomed.id] == 0, "a revoked task ran"
-    assert doomed.state == "REVOKED"
+    _a_new_worker_does_not_run(doomed.id, core_app, workers, ledger)
     with pytest.raises(TaskRevoked):
         doomed.get(timeout=5)
 
@@ -128,10 +136,25 @@ def test_a_task_running_when_revoked_keeps_the_outcome_it_had(
     workers.start("-c", "1", env=_PATH)
     running = core.work.delay(1.5, "running")
     assert wait_for(lambda: ledger.count("start")[running.id] == 1, timeout=30)
-    running.revoke()  # without terminate: it is not stopped
-    assert running.state == "REVOKED"
+    running.revoke()  # without terminate: it is not stopped, nor marked (a worker holds it)
+    assert running.state == "PENDING"
     assert wait_for(lambda: running.state == "SUCCESS", timeout=30), workers.log_text()
     assert running.get(timeout=5) == "running" and ledger.count("end")[running.id] == 1
+
+
+def test_a_task_revoked_while_held_stays_revoked_when_given_back_after_the_stream_lost_it(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # A task a worker holds is not marked REVOKED (it may be running): its revoke is kept
+    # in the small store instead, for the worker that takes it after its holder gave it
+    # back (a dead worker's lease), once the stream no longer holds the revoke.
+    doomed = core.work.delay(0, "doomed")
+    (held,) = core_app.broker.fetch(["default"], "gone", limit=1, lease_seconds=60, timeout=5)
+    assert revoke_many(core_app, [doomed.id]) == [doomed.id]
+    assert doomed.state == "PENDING"
+    revoke_many(core_app, _others(STREAM_LENGTH))
+    assert core_app.broker.requeue(held.lease, count_delivery=False)
+    _a_new_worker_does_not_run(doomed.id, core_app, workers, ledger)
 
 
 def test_an_id_revoked_before_it_is_sent_is_queued_and_settled_revoked(

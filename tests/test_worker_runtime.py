@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import celeriac
 from celeriac import Celeriac, TaskRevoked
 from celeriac.cli import cli
-from celeriac.control import broadcast, live_workers
+from celeriac.control import broadcast, has_revoke_mark, live_workers
 from celeriac.testing import wait_for
 from celeriac.worker.child import LEFTOVER_GRACE, STOP_PATIENCE
 from celeriac.worker.stuck import IDLE_AFTER_AT_LEAST as STUCK_IDLE_AFTER
@@ -63,6 +63,28 @@ def test_revoke_terminate_stops_a_running_task(
     with pytest.raises(TaskRevoked):
         running.get(timeout=20)
     assert core.add.delay(1, 2).get(timeout=20) == 3  # a fresh child took over
+
+
+def test_a_running_task_revoked_without_terminate_is_waited_for_not_called_revoked(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, broker_url: str
+) -> None:
+    # Marked REVOKED at once, a running task's waiters were told TaskRevoked, and then it
+    # succeeded: work its caller took for not done had been done.
+    workers.start("-c", "1")
+    running = core.work.delay(1.5, "finished")
+    assert wait_for(lambda: ledger.count("start")[running.id] == 1, timeout=20)
+    said = CliRunner().invoke(cli, ["-b", broker_url, "revoke", running.id])
+    assert said.exit_code == 0, said.output
+    note = " ".join(said.stderr.split())
+    assert f"note: 1 was in a worker's hands: {running.id}." in note, note
+    assert "one already running goes on to its end" in note, note
+    assert "nothing is stored" not in note, note
+    assert running.state == "PENDING"
+    assert running.get(timeout=20) == "finished"
+    assert running.state == "SUCCESS"
+    # Delivered again (its worker lost before the commit), it would not run: the revoke
+    # is kept where a worker looks when the revokes stream no longer holds it.
+    assert has_revoke_mark(core_app.broker, running.id)
 
 
 def test_inspect_ping_stats_registered_and_shutdown(

@@ -165,7 +165,8 @@ INSPECTIONS = {
     "celeriac inspect active shows what runs",
     "scheduled": "tasks with a countdown or an eta wait in the broker, not in a worker: "
     "celeriac peek QUEUE lists them with when each is due, celeriac status counts them",
-    "revoked": "revokes are kept in the broker: celeriac result ID says REVOKED at once",
+    "revoked": "revokes are kept in the broker: celeriac result ID says REVOKED at once "
+    "(a task already running: how it ends)",
     "active_queues": "celeriac status lists each live worker's queues",
     "query_task": "use celeriac result ID",
 }

@@ -3,10 +3,12 @@
 Everything travels through the broker's small store, so it works on every broker and
 reaches workers on every host:
 
-* a revoke is recorded twice. Each id gets a revoke mark in the result store
-  (:meth:`~celeriac.brokers.base.Broker.mark_revoked`): the task reads REVOKED at once,
-  unless it already finished, and the mark is kept ``REVOKE_KEEP`` (or ``result_expires``,
-  if longer), however many revokes follow. And the revoke is appended to the bounded
+* a revoke is recorded twice. Each id no worker holds gets a revoke mark in the result
+  store (:meth:`~celeriac.brokers.base.Broker.mark_revoked`): the task reads REVOKED at
+  once, unless it already finished, and the mark is kept ``REVOKE_KEEP`` (or
+  ``result_expires``, if longer), however many revokes follow. An id a worker holds (it
+  may be running: its result will say how it ended) gets the same record under
+  :func:`_revoke_key` in the small store instead. And the revoke is appended to the bounded
   stream ``revokes``, which workers re-read every quarter second and at start-up: the
   check before each task is a set lookup, with no broker round trip. A worker looks a
   task's mark up only when a revoke of it could have left the stream or the worker's
@@ -98,24 +100,30 @@ def supervisors(heartbeats: list[WorkerInfo]) -> list[WorkerInfo]:
     return [w for w in heartbeats if "child_of" not in w.extra]
 
 
-def revoke(app: Celeriac, task_id: str, *, terminate: bool = False) -> None:
+def revoke(app: Celeriac, task_id: str, *, terminate: bool = False) -> bool:
     """Revoke a task: it will not start; with ``terminate`` it is stopped if running.
+    Returns True when a worker held it (see :func:`revoke_many`).
 
     Example:
         >>> from celeriac import Celeriac
         >>> app = Celeriac("doc", broker="memory://")
         >>> revoke(app, "some-task-id")
+        False
     """
-    revoke_many(app, [task_id], terminate=terminate)
+    return bool(revoke_many(app, [task_id], terminate=terminate))
 
 
-def revoke_many(app: Celeriac, task_ids: Sequence[str], *, terminate: bool = False) -> None:
-    """Revoke tasks (a group's members: ``GroupResult.revoke``) in two broker calls.
+def revoke_many(app: Celeriac, task_ids: Sequence[str], *, terminate: bool = False) -> list[str]:
+    """Revoke tasks (a group's members: ``GroupResult.revoke``); returns the ids a worker
+    held then (running, or taken to run).
 
-    Each task that has not finished reads REVOKED at once (a stored SUCCESS or FAILURE is
-    left as it is). A worker that takes its message later acks it without running it and
-    stores REVOKED; a task already running goes on (unless ``terminate``) and its own
-    outcome replaces REVOKED when it ends, so the result says what really happened.
+    A task no worker holds reads REVOKED at once (a stored SUCCESS or FAILURE is left as it
+    is); a worker that takes its message later acks it without running it and stores
+    REVOKED. A task a worker holds is not marked: its worker stores REVOKED if it has not
+    started it, or stops it and stores REVOKED with ``terminate``; one already running goes
+    on without ``terminate``, and its result says how it ended. Marked at once, such a
+    task's waiters were told REVOKED, and then it succeeded: work a caller took for not
+    done had been done. Three broker calls, and one more per held id.
 
     Raises:
         TypeError: an id is not a non-empty string.
@@ -124,6 +132,7 @@ def revoke_many(app: Celeriac, task_ids: Sequence[str], *, terminate: bool = Fal
         >>> from celeriac import Celeriac
         >>> app = Celeriac("doc", broker="memory://")
         >>> revoke_many(app, ["a", "b"])
+        []
     """
     from celeriac.middleware.revocation import Revocation as Skipper
 
@@ -133,10 +142,16 @@ def revoke_many(app: Celeriac, task_ids: Sequence[str], *, terminate: bool = Fal
             # that read it exit, and workers started later too, while the stream held it.
             raise TypeError(f"revoke: a task id is a non-empty string, got {task_id!r}")
     now = time.time()
-    # The marks first: a worker that reads the stream entry and later looks the mark up
-    # (its memory lost the entry) must find it. Ids beyond the stream's length are fine:
-    # a worker that sees the stream full looks up the marks of older messages.
-    app.broker.mark_revoked(task_ids, _revoke_mark(now), _mark_ttl(app))
+    held = [i for i, h in zip(task_ids, app.broker.held(task_ids), strict=True) if h]
+    # The records first: a worker that reads the stream entry and later looks the record
+    # up (its memory lost the entry) must find it. Ids beyond the stream's length are
+    # fine: a worker that sees the stream full looks up the records of older messages.
+    taken = set(held)
+    waiting = [i for i in task_ids if i not in taken]
+    if waiting:
+        app.broker.mark_revoked(waiting, _revoke_mark(now), _mark_ttl(app))
+    for task_id in held:
+        app.broker.kv_set(_revoke_key(task_id), _revoke_mark(now), _mark_ttl(app))
     entries = [msgspec.json.encode(Revocation(i, terminate, now)) for i in task_ids]
     app.broker.stream_append(REVOKES, entries, STREAM_LENGTH)
     # This process's own middleware re-reads the stream only every quarter second: a task
@@ -145,6 +160,18 @@ def revoke_many(app: Celeriac, task_ids: Sequence[str], *, terminate: bool = Fal
         if isinstance(middleware, Skipper):
             for task_id in task_ids:
                 middleware.revoked_here(task_id)
+    return held
+
+
+def _revoke_key(task_id: str) -> str:
+    """Where the revoke of a task a worker held when it was revoked is kept (the small
+    store): the record a worker looks up when the revokes stream no longer holds it.
+
+    Example:
+        >>> _revoke_key("a1")
+        'revoked:a1'
+    """
+    return f"revoked:{task_id}"
 
 
 def _revoke_mark(now: float) -> bytes:
@@ -173,7 +200,9 @@ def is_revoke_mark(raw: bytes) -> bool:
 
 
 def has_revoke_mark(broker: Broker, task_id: str) -> bool:
-    """Whether the task's stored result says REVOKED: one read of the result store.
+    """Whether the task was revoked: its stored result says REVOKED, or (revoked while a
+    worker held it) its :func:`_revoke_key` is set. Two reads, the second only when the
+    first says no.
 
     Raises:
         BrokerError: the broker did not answer (each caller decides what that means).
@@ -186,7 +215,9 @@ def has_revoke_mark(broker: Broker, task_id: str) -> bool:
         (True, False)
     """
     stored = broker.get_result(task_id)
-    return stored is not None and is_revoke_mark(stored[0])
+    if stored is not None and is_revoke_mark(stored[0]):
+        return True
+    return broker.kv_get([_revoke_key(task_id)])[0] is not None
 
 
 class _State(msgspec.Struct):

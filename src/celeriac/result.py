@@ -387,8 +387,9 @@ class AsyncResult(Generic[R]):
         The handle a chain or chord returned when sent revokes the whole workflow: every
         step of the chain, the chord's header members and body (in one broker call), so
         none that has not started runs. A step already running finishes (unless
-        ``terminate``) and keeps its outcome; a step already finished is left as it is.
-        Every step then reads REVOKED (a step revoked alone makes the steps after it end
+        ``terminate``) and keeps its outcome (it is not marked REVOKED meanwhile: its
+        waiters get that outcome); a step already finished is left as it is. Every other
+        step then reads REVOKED (a step revoked alone makes the steps after it end
         FAILURE with its ``TaskRevoked``); either way the handle's ``get()`` raises
         ``TaskRevoked``. A handle made from an id alone
         (``app.AsyncResult(id)``) knows only its own task. The revoke is stored in the

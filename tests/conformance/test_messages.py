@@ -163,6 +163,25 @@ def test_fetch_takes_under_a_lease(broker: Broker) -> None:
     assert counts(broker) == (0, 0, 3, 0)
 
 
+def test_held_says_which_ids_a_consumer_holds_now(broker: Broker) -> None:
+    # What a revoke asks (control.revoke_many): a held task is its worker's to settle.
+    uid = str(uuid.uuid4())
+    broker.send([out("a"), out(uid), out("later", eta=time.time() + 60), out("other", "q2")])
+    assert broker.held([]) == []
+    assert broker.held(["a", uid, "later", "other", "never"]) == [False] * 5
+    (first,) = take(broker, limit=1)
+    (second,) = take(broker, limit=1)
+    assert (first.id, second.id) == ("a", uid)  # a UUID is stored compacted on Redis
+    taken = broker.fetch(["q2"], "w", limit=1, lease_seconds=30, timeout=0)
+    assert broker.held(["a", uid, "later", "other", "never", "a"]) == [
+        True, True, False, True, False, True,
+    ]  # fmt: skip
+    assert broker.requeue(first.lease, count_delivery=False)
+    assert broker.complete(second.lease, None, 60)
+    assert broker.complete(taken[0].lease, None, 60)
+    assert broker.held(["a", uid, "other"]) == [False, False, False]
+
+
 def test_priority_is_strict_then_send_order(broker: Broker) -> None:
     broker.send([out(f"low{i}", priority=1) for i in range(50)])
     broker.send([out(f"high{i}", priority=8) for i in range(50)])

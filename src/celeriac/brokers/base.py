@@ -365,7 +365,8 @@ class Broker(abc.ABC):
         It is not final for everything else: a send of the id is still queued (a workflow
         step revoked before it was sent must still pass through the worker, which settles
         it REVOKED so that its chain or chord carries on), and a complete or dead letter
-        replaces it (a task already running when revoked keeps the outcome it really had).
+        replaces it (a task that started after its mark keeps the outcome it really had;
+        a revoke marks no task a worker holds, see :meth:`held`).
         A final result already stored is never replaced, nor an existing mark.
 
         Example:
@@ -373,6 +374,27 @@ class Broker(abc.ABC):
             >>> broker = MemoryBroker()
             >>> broker.mark_revoked(["a", "a"], b"{}", 60), broker.get_result("a")
             ([True, False], (b'{}', True))
+        """
+
+    @abc.abstractmethod
+    def held(self, task_ids: Sequence[str]) -> list[bool]:
+        """Whether a consumer holds each id's message under a lease now (running it, or
+        taken to run it), in one round trip; False for an id queued, delayed, finished or
+        unknown.
+
+        A revoke reads it (:func:`celeriac.control.revoke_many`): a held task is not
+        marked REVOKED, as its worker settles it, REVOKED if it has not started, else
+        with the outcome it really had.
+
+        Example:
+            >>> from celeriac.brokers.memory import MemoryBroker
+            >>> broker = MemoryBroker()
+            >>> broker.send([Outgoing(i, "q", b"{}") for i in ("a", "b")])
+            [True, True]
+            >>> [d.id for d in broker.fetch(["q"], "w", limit=1, lease_seconds=30, timeout=0)]
+            ['a']
+            >>> broker.held(["a", "b", "c"])
+            [True, False, False]
         """
 
     # -- the small store: state for policies (revokes, dedupe, joins, limits, beat) ----

@@ -449,6 +449,12 @@ class MemoryBroker(Broker):
             self._lock.notify_all()
         return marked
 
+    def held(self, task_ids: Sequence[str]) -> list[bool]:
+        """Whether a consumer holds each id's message now."""
+        with self._lock:
+            entries = [self._entries.get(task_id) for task_id in task_ids]
+            return [entry is not None and entry.token is not None for entry in entries]
+
     # -- the small store ----------------------------------------------------------------
 
     def kv_set(self, key: str, value: bytes, ttl: float, *, only_if_absent: bool = False) -> bool:

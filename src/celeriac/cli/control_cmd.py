@@ -71,9 +71,11 @@ def revoke_cmd(obj: Context, task_ids: tuple[str, ...], terminate: bool) -> None
     ids = [i for i in ids if i not in {g.id for g in groups}]
     if not ids:
         return
-    revoke_many(obj.app, ids, terminate=terminate)  # one broker call
+    held = revoke_many(obj.app, ids, terminate=terminate)
     click.echo(f"revoked {len(ids)} task(s)" + (" (terminate)" if terminate else ""))
-    unknown = [i for i in ids if before[i] is None]
+    if held:
+        click.echo(_held_note(held, terminate), err=True)
+    unknown = [i for i in ids if before[i] is None and i not in held]  # held: said above
     if unknown:
         click.echo(_nothing_stored_note(unknown, terminate), err=True)
     finished = _already_finished(obj, ids)
@@ -84,6 +86,28 @@ def revoke_cmd(obj: Context, task_ids: tuple[str, ...], terminate: bool) -> None
             f"note: {len(finished)} had already finished and keep their outcome: {shown}{more}",
             err=True,
         )
+
+
+def _held_note(held: list[str], terminate: bool) -> str:
+    """What becomes of the revoked tasks a worker held (running, or taken to run).
+
+    Example:
+        >>> print(_held_note(["a1"], terminate=False))  # doctest: +ELLIPSIS
+        note: 1 was in a worker's hands: a1. One not started yet is dropped...
+    """
+    shown = ", ".join(printable(i) for i in held[:10])
+    more = f" and {len(held) - 10} more" if len(held) > 10 else ""
+    was = "was" if len(held) == 1 else "were"
+    if terminate:
+        return (
+            f"note: {len(held)} {was} in a worker's hands: {shown}{more}. Their workers stop "
+            "them; each reads REVOKED once stopped (celeriac result ID)."
+        )
+    return (
+        f"note: {len(held)} {was} in a worker's hands: {shown}{more}. One not started yet is "
+        "dropped and reads REVOKED; one already running goes on to its end, and its result "
+        "says how it ended. To stop them: celeriac revoke --terminate ID"
+    )
 
 
 def _ids_given(task_ids: tuple[str, ...]) -> list[str]:

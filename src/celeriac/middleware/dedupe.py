@@ -344,8 +344,9 @@ def _key_life(message: Message, ttl: float) -> float:
 
 def _may_still_run(options: dict[str, Any], stored: bytes) -> bool:
     """Whether a running-mode key's holder, final to readers, may still be running: a
-    revoke without ``terminate`` marks the task REVOKED at once and lets it run on, and
-    its key must hold until it ends (its worker frees it then).
+    revoke without ``terminate`` that raced the task's fetch, or made by an older version
+    (a deploy), marks it REVOKED and lets it run on, and its key must hold until it ends
+    (its worker frees it then).
 
     Example:
         >>> from celeriac.control import _revoke_mark

@@ -106,6 +106,17 @@ def mark_revoked(
     return [reply == 1 for reply in replies]
 
 
+def held(ctx: Context, task_ids: Sequence[str]) -> Plan[list[bool]]:
+    """Whether each id's message is in a queue's held hash (under a lease, not yet given
+    back): one HMGET per known queue, in one pipeline (each queue in its own slot)."""
+    names = (yield from known_queues(ctx)) if task_ids else []
+    if not names:
+        return [False] * len(task_ids)
+    cids = [compact(task_id) for task_id in task_ids]
+    replies = yield Batch(Command(("HMGET", ctx.keys.queue(n).held, *cids)) for n in names)
+    return [any(reply[k] is not None for reply in replies) for k in range(len(task_ids))]
+
+
 def get_result(ctx: Context, task_id: str) -> Plan[tuple[bytes, bool] | None]:
     """The stored result and whether it is final."""
     stored = yield Command(("GET", ctx.keys.result(task_id)))

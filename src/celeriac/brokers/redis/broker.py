@@ -436,6 +436,10 @@ class RedisBroker(Broker):
         """Mark tasks revoked where no final result exists (see :meth:`Broker.mark_revoked`)."""
         return self._run(admin.mark_revoked(self._ctx, task_ids, result, ttl), "mark tasks revoked")
 
+    def held(self, task_ids: Sequence[str]) -> list[bool]:
+        """Whether a consumer holds each id's message now (see :meth:`Broker.held`)."""
+        return self._run(admin.held(self._ctx, task_ids), "look up the tasks workers hold")
+
     # -- the small store ------------------------------------------------------------------
 
     def kv_set(self, key: str, value: bytes, ttl: float, *, only_if_absent: bool = False) -> bool:
