@@ -7,7 +7,8 @@ from collections import Counter
 
 import pytest
 
-from celeriac import Celeriac, SoftTimeLimitExceeded
+from celeriac import Celeriac, SoftTimeLimitExceeded, TaskRevoked
+from celeriac.testing import wait_for
 from tests.apps import core
 from tests.conftest import Ledger, WorkerProcesses
 
@@ -129,3 +130,39 @@ def test_rate_limit_deferrals_do_not_count_toward_max_tasks_per_child(
     assert sorted(r.get(timeout=60) for r in results) == list(range(30))
     runs_per_child = Counter(p[2] for p in ledger.lines() if p[0] == "start")
     assert sorted(runs_per_child.values()) == [5] * 6, workers.log_text()
+
+
+def test_asyncio_pool_terminate_cancels_the_one_coroutine_not_its_child(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # revoke --terminate killed the asyncio child, and every coroutine beside the revoked
+    # one ran again (19 others for one terminate).
+    workers.start("-P", "asyncio", "-c", "4")
+    doomed = core.nap.delay(30)
+    others = [core.nap.delay(2) for _ in range(3)]
+    started = [doomed, *others]
+    assert wait_for(lambda: all(ledger.count("start")[r.id] for r in started), timeout=20)
+    doomed.revoke(terminate=True)
+    with pytest.raises(TaskRevoked):
+        doomed.get(timeout=20)
+    assert [r.get(timeout=20) for r in others] == ["rested"] * 3
+    assert [ledger.count("start")[r.id] for r in started] == [1, 1, 1, 1]  # none ran again
+    log = workers.log_text()
+    assert f"task tests.apps.core.nap[{doomed.id}] was revoked with terminate; child" in log
+    assert "cancelled its coroutine, and its 3 other running task(s) go on" in log
+    assert "killed child" not in log
+
+
+def test_asyncio_pool_terminate_kills_a_child_whose_coroutine_blocks_the_loop(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # Blocking the loop, the coroutine cannot be cancelled: after the grace, the
+    # supervisor kills the child as before.
+    workers.start("-P", "asyncio", "-c", "2")
+    doomed = core.blocks_the_loop.delay(60)
+    assert wait_for(lambda: ledger.count("start")[doomed.id] == 1, timeout=20)
+    doomed.revoke(terminate=True)
+    with pytest.raises(TaskRevoked):
+        doomed.get(timeout=30)
+    assert "was revoked with terminate; killed child" in workers.log_text()
+    assert core.add.delay(1, 2).get(timeout=20) == 3  # a fresh child took over

@@ -137,6 +137,13 @@ async def nap(self: Task[Any, Any], seconds: float) -> str:
     return "rested"
 
 
+@app.bound_task()
+async def blocks_the_loop(self: Task[Any, Any], seconds: float) -> str:
+    record("start", self.request.id)
+    time.sleep(seconds)
+    return "blocked"
+
+
 @app.bound_task(soft_time_limit=0.3, time_limit=10)
 async def naps_too_long(self: Task[Any, Any]) -> str:
     try:

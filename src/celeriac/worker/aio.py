@@ -56,6 +56,7 @@ from celeriac.middleware.base import HARD_DEADLINE, ChildStartFailed, Job, Outco
 from celeriac.task import _current
 from celeriac.text import printable
 from celeriac.worker.aio_background import BackgroundWork, end_threads
+from celeriac.worker.aio_terminate import Terminations
 from celeriac.worker.batch import Batch
 from celeriac.worker.child import EXIT_RECYCLE, Child, ChildSpec, current_rss, log_start_failed
 from celeriac.worker.crash_loop import EXIT_START_FAILED
@@ -97,6 +98,7 @@ class AsyncioChild(Child, BackgroundWork):
         self._spawned: dict[asyncio.Task[Any], str] = {}  # started by a task: its label
         self._loop_turns = LoopTurns()  # tasks side by side, or one alone
         self._loop_turned = time.monotonic()  # the last turn of the loop, for the watchdog
+        self._terminations = Terminations(app)  # revoke --terminate of one coroutine
 
     def run(self) -> int:
         """Run the event loop until told to stop or until it is time to recycle."""
@@ -130,6 +132,7 @@ class AsyncioChild(Child, BackgroundWork):
         # before it could consume (celeriac.worker.stuck), from an idle one.
         self._write_slot()
         flusher = asyncio.create_task(self._flush_slot())
+        terminator = asyncio.create_task(self._terminations.watch(self._on_io))
         watching = self._watch(loop)
         try:
             try:
@@ -154,6 +157,7 @@ class AsyncioChild(Child, BackgroundWork):
         finally:
             watching.set()
             flusher.cancel()
+            terminator.cancel()
             self._write_slot()
             self._io.shutdown(wait=False)
             self._sync.shutdown(wait=False)
@@ -214,6 +218,10 @@ class AsyncioChild(Child, BackgroundWork):
             task = asyncio.create_task(self._process(executor, delivery))
             running.add(task)
             task.add_done_callback(running.discard)
+
+    async def _on_io(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` in a thread of celeriac's own pool."""
+        return await self._off_loop(self._io, fn, *args)
 
     async def _off_loop(self, pool: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any) -> _T:
         """``fn(*args)`` in a thread of ``pool``, in this context (as asyncio.to_thread)."""
@@ -472,7 +480,7 @@ class AsyncioChild(Child, BackgroundWork):
         began = time.perf_counter()
         try:
             if job.task.is_async:
-                value = await _with_soft_limit(executor.invoke(job), soft)
+                value = await self._async_body(executor, job, soft)
             else:
                 value = await self._off_loop(self._sync, _call_with_soft_limit, executor, job, soft)
                 if isinstance(value, _Raised):
@@ -482,18 +490,44 @@ class AsyncioChild(Child, BackgroundWork):
             outcome = outcome_for(exc)
         except BaseException as exc:
             me = asyncio.current_task()
-            if isinstance(exc, asyncio.CancelledError) and me is not None and me.cancelling():
+            terminated = self._terminated(job) if isinstance(exc, asyncio.CancelledError) else False
+            if terminated:
+                outcome = Outcome("REVOKED", reason="revoked with terminate while it ran")
+            elif isinstance(exc, asyncio.CancelledError) and me is not None and me.cancelling():
                 raise  # this job's own asyncio task is being cancelled: not the task's doing
-            # Only a task raises these here (a child ignores SIGINT): SystemExit, or a
-            # CancelledError or other BaseException of its own. Left to propagate, they
-            # ended the job unsettled and unlogged: its message, held until its lease ran
-            # out, ran again each time, silently, until dead-lettered as a crash.
-            outcome = outcome_for(exc)
+            else:
+                # Only a task raises these here (a child ignores SIGINT): SystemExit, or a
+                # CancelledError or other BaseException of its own. Left to propagate, they
+                # ended the job unsettled and unlogged: its message, held until its lease
+                # ran out, ran again each time, silently, until dead-lettered as a crash.
+                outcome = outcome_for(exc)
         finally:
             exit_if_forked(executor.pid, job)  # a copy of this child, forked by an async task
             _current.reset(token)
+            self._terminated(job)  # a task that took the cancel and ended its own way
         outcome.runtime = time.perf_counter() - began
         return outcome
+
+    async def _async_body(self, executor: Executor, job: Job, soft: float) -> Any:
+        """The task's coroutine under its soft limit, where a terminate may cancel it
+        (see :mod:`celeriac.worker.aio_terminate`)."""
+        me = asyncio.current_task()
+        assert me is not None
+        self._terminations.body_started(job.delivery.id, me, job.label)
+        try:
+            return await _with_soft_limit(executor.invoke(job), soft)
+        finally:
+            self._terminations.body_ended(job.delivery.id)
+
+    def _terminated(self, job: Job) -> bool:
+        """Whether a terminate cancelled the job's body; if so, its cancel request is
+        taken back, so that the job goes on to settle (once)."""
+        me = asyncio.current_task()
+        if not self._terminations.claim(job.delivery.id) or me is None:
+            return False
+        if me.cancelling():
+            me.uncancel()
+        return True
 
     def _publish(
         self,

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 
+from celeriac.worker.aio_terminate import TERMINATE_GRACE
 from celeriac.worker.descendants import Started, kill_tree, words
 from celeriac.worker.reaping import BLOCKED_LOOP, ChildState
 from celeriac.worker.remote import Remote
@@ -32,6 +33,7 @@ class HardLimits:
     _children: list[ChildState]
     _lifecycle: threading.Lock
     _watch_stop: threading.Event
+    _terminate_seen: dict[str, float]  # a task revoked with terminate: first seen running
 
     def _start_watching_limits(self) -> threading.Thread:
         """Start the thread that enforces hard limits; set ``_watch_stop`` to end it.
@@ -70,6 +72,8 @@ class HardLimits:
             return
         for running in (h for h in view.held if h.started):
             if running.id in self.remote.to_terminate:
+                if self._child_may_cancel(running, now):
+                    continue
                 pid, started = child.pid, self._kill_for(child, running, "REVOKED")
                 log.warning(
                     "task %s was revoked with terminate; killed child %d%s%s",
@@ -93,6 +97,19 @@ class HardLimits:
                     _beside(view, running),
                 )
                 return
+
+    def _child_may_cancel(self, running: Held, now: float) -> bool:
+        """Whether an asyncio child may still cancel ``running``, revoked with terminate,
+        itself (see :mod:`.aio_terminate`): an async task, within TERMINATE_GRACE of the
+        first time this watch saw its terminate. Killed, the child took every coroutine
+        beside it down, and each ran again."""
+        if self.pool != "asyncio" or not running.loop_deadline:
+            return False  # a plain-def task in a thread, or a process: nothing to cancel
+        seen = self._terminate_seen.setdefault(running.id, now)
+        if len(self._terminate_seen) > 1000:  # ids long gone: the oldest half
+            for old in list(self._terminate_seen)[:500]:
+                del self._terminate_seen[old]
+        return now - seen < TERMINATE_GRACE
 
     def _kill_for_blocker(
         self, child: ChildState, view: SlotView, blocker: Held, victim: Held

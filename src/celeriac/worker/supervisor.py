@@ -134,6 +134,7 @@ class Worker(Reaping, BrokerDuties, HardLimits):
         # by the main flow around a fork and a reap: a pid is never signalled once reaped,
         # and no fork happens while the watch holds a lock of its own (logging's).
         self._lifecycle = threading.Lock()
+        self._terminate_seen: dict[str, float] = {}  # see HardLimits._child_may_cancel
         self._init = os.getpid() == 1  # orphans come to this process: see _reap_orphans
         self._watch_stop = threading.Event()
         self._stop_requests = 0
