@@ -211,6 +211,7 @@ def has_revoke_mark(broker: Broker, task_id: str) -> bool:
         >>> from celeriac import Celeriac
         >>> app = Celeriac("doc", broker="memory://")
         >>> revoke(app, "t1")
+        False
         >>> has_revoke_mark(app.broker, "t1"), has_revoke_mark(app.broker, "t2")
         (True, False)
     """

@@ -173,6 +173,7 @@ class GroupResult:
             >>> app = Celeriac("doc", broker="memory://")
             >>> g = GroupResult("g1", [AsyncResult("g1:0", app), AsyncResult("g1:1", app)], app)
             >>> revoke(app, "g1:1")
+            False
             >>> g.completed_count(), g.results[1].ready()
             (0, True)
         """
@@ -189,6 +190,7 @@ class GroupResult:
             >>> app = Celeriac("doc", broker="memory://")
             >>> g = GroupResult("g1", [AsyncResult("g1:0", app), AsyncResult("g1:1", app)], app)
             >>> revoke(app, "g1:0")
+            False
             >>> g.unfinished()
             ['g1:1']
         """

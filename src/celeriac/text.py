@@ -78,8 +78,15 @@ def seconds(value: float) -> str:
     Example:
         >>> [seconds(s) for s in (0.0, 0.0342, 0.2, 3.25, 12.7, 3600.0)]
         ['0s', '0.034s', '0.2s', '3.2s', '13s', '3600s']
+        >>> seconds(0.000046), seconds(1e-9)  # a retry's full jitter can draw that
+        ('0.000046s', '0s')
     """
-    return f"{value:.2g}s" if value < 10 else f"{value:.0f}s"
+    if value >= 10:
+        return f"{value:.0f}s"
+    text = f"{value:.2g}"
+    if "e" in text:  # under 0.0001 s: "4.6e-05s" is no way to tell a person a delay
+        text = f"{value:.6f}".rstrip("0").rstrip(".") or "0"
+    return f"{text}s"
 
 
 def duration(value: float) -> str:

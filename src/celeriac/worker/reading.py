@@ -431,6 +431,7 @@ class Reading:
             >>> from celeriac.worker.executor import Executor
             >>> app = Celeriac("doc", broker="memory://")
             >>> revoke(app, app.send_task("not.deployed").id)
+            False
             >>> executor = Executor(app, "doc-worker")
             >>> executor.revoke_reads_later = True
             >>> fetch = app.broker.fetch
