@@ -256,6 +256,16 @@ def test_a_purge_that_cannot_restart_the_lines_still_purges_and_says_so(
     assert "refused by the test" in caplog.text
 
 
+def _beyond_priority_0s_reach(*, line: int, seconds: float) -> None:
+    """Take the slots of ``paced`` 3 s ahead at 50/s, beyond priority 0's reach, and
+    ``seconds`` of tickets in the line of priority ``line``."""
+    key = f"rate:task:{paced.name}"
+    for _ in range(150):
+        app.broker.rate_reserve(f"{key}:slots", 50)
+    for _ in range(round(seconds * 50)):
+        app.broker.rate_reserve(f"{key}:line:{line}", 50)
+
+
 def test_a_task_long_past_its_turn_still_gives_way_to_a_higher_line_waiting(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -263,15 +273,30 @@ def test_a_task_long_past_its_turn_still_gives_way_to_a_higher_line_waiting(
     # long flood of higher priority: the lower backlog then ran as one block while the
     # higher one waited (404 priority-0 tasks alone while 400 of priority 1 waited).
     monkeypatch.setattr(app.conf, "broker_url", sqlite_url)
-    key = f"rate:task:{paced.name}"
     try:
-        for _ in range(150):  # slots taken 3 s ahead at 50/s, beyond priority 0's reach
-            app.broker.rate_reserve(f"{key}:slots", 50)
-        for _ in range(100):  # and priority 1 has tasks waiting in its line
-            app.broker.rate_reserve(f"{key}:line:1", 50)
+        _beyond_priority_0s_reach(line=1, seconds=2)  # and priority 1 has tasks waiting
         (outcome,) = _outcomes([_past_its_turn(2, priority=0)]).values()
         assert outcome.state == "DEFERRED"
         assert b'"rate_slot"' not in (outcome.body or b"")  # no slot: it still waits
         assert b'"rate_line"' in (outcome.body or b"")
+    finally:
+        app.broker.close()
+
+
+def test_a_task_bumped_in_its_line_is_not_judged_by_the_back_of_it_for_expiry(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Back at its turn, a task finding the slots beyond its reach takes a ticket at the
+    # back of its line. When that ticket was past its expiry, the task ended EXPIRED,
+    # though the slots came within its reach long before its expiry.
+    monkeypatch.setattr(app.conf, "broker_url", sqlite_url)
+    try:
+        _beyond_priority_0s_reach(line=0, seconds=10)  # and 10 s of tickets in its own line
+        back = paced.message((1,), expires=5.0)
+        back.options["rate_line"] = time.time() - 0.5  # its turn has just come
+        (outcome,) = _outcomes([back]).values()
+        assert outcome.state == "DEFERRED", outcome
+        assert b'"rate_line"' in (outcome.body or b"")
+        assert 1.0 < (outcome.delay or 0.0) < 2.5  # when the slots come within its reach
     finally:
         app.broker.close()

@@ -274,7 +274,8 @@ app's limits setting (it has: 'smtp'), got 'smpt'
         reserves up to half a horizon further: the slots a higher line keeps taken are
         beyond a lower line's reach, so the lower one gives way. A task that finds them
         so takes a ticket at the back of its line and comes back at its new turn, or
-        once the slots taken now are within its reach, whichever is later: a line waits
+        once the slots taken now are within its reach, whichever is later (the latter
+        alone when the back of its line is past its expiry): a line waits
         at the cost of a deferral per slot at most, and takes the slots as soon as the
         higher line leaves them (without the ticket, one task was deferred 65 times in
         5 s at 50/s; backing off by the time waited left the limit idle for seconds). A
@@ -293,10 +294,12 @@ app's limits setting (it has: 'smtp'), got 'smpt'
         wait = broker.rate_reserve(slots, per_second, max_wait=min(reach, max_wait))
         if reach < wait <= max_wait:
             ticket = broker.rate_reserve(self._line(limiter, job), per_second, max_wait=max_wait)
-            if ticket > max_wait:
-                return _expires_first(job, time.time() + ticket, limiter.label)
             message.options[_LINE] = turn  # its first turn, for the patience above
-            again = max(ticket - lead, wait - reach, 0.001)
+            # The back of its line past its expiry (no ticket taken): it comes back when
+            # the slots come within its reach, which is before its expiry. It was judged
+            # by the back of the line and ended EXPIRED, though it stood near the front.
+            behind = ticket - lead if ticket <= max_wait else 0.0
+            again = max(behind, wait - reach, 0.001)
             return self._defer(job, again, limiter.label, reserved=False)
         return wait
 
