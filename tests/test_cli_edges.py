@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -147,6 +148,28 @@ def test_events_shows_an_event_it_cannot_read_and_the_rest(sqlite_url: str) -> N
     as_json = invoke("-b", sqlite_url, "events", "--json")
     assert as_json.exit_code == 0, as_json.output
     assert as_json.stdout.splitlines()[-1] == '{"type": "\ufffd"}'
+
+
+def test_events_are_listed_in_the_order_they_happened(sqlite_url: str) -> None:
+    # Each worker writes its events in batches, so the stream holds one worker's batch,
+    # then another's: the listing jumped back and forth in time by up to a batch.
+    app = Celeriac("events-order", broker=sqlite_url)
+    batches = [
+        [("t1", "w1", 10.0), ("t3", "w1", 10.2)],  # worker 1's batch
+        [("t2", "w2", 10.1), ("t4", "w2", 10.3)],  # then worker 2's
+    ]
+    for batch in batches:
+        events = [
+            msgspec.json.encode({"type": "started", "id": i, "task": "t", "worker": w, "at": at})
+            for i, w, at in batch
+        ]
+        app.broker.stream_append("events", events, 1000)
+    app.broker.close()
+    for args in ((), ("--json",)):
+        result = invoke("-b", sqlite_url, "events", *args)
+        assert result.exit_code == 0, result.output
+        ids = re.findall(r"\bt\d\b", result.stdout)
+        assert ids == ["t1", "t2", "t3", "t4"], result.stdout
 
 
 def test_events_filter_by_task_pattern_and_type(core_app: Celeriac, broker_url: str) -> None:

@@ -3,7 +3,9 @@ by task name and event type."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import math
 import time
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
@@ -70,7 +72,7 @@ def events(
     wanted = EventFilter(tasks, types)
     items = broker.stream_read(STREAM, 0, 1_000_000)
     after = items[-1][0] if items else 0
-    shown = [raw for _, raw in items if wanted.matches(raw)]
+    shown = _in_time_order([raw for _, raw in items if wanted.matches(raw)])
     for raw in shown[-lines:]:
         _print_event(raw, as_json)
     if not as_json and not shown:  # silence read as "the command is broken"
@@ -128,6 +130,39 @@ class EventFilter:
         if self.types:
             parts.append("of type " + " or ".join(sorted(self.types)))
         return printable(" and ".join(parts))
+
+
+def _in_time_order(events: Sequence[bytes]) -> list[bytes]:
+    """Events sorted by the time each happened; those at one time, and one that cannot
+    be read or gives no time (kept after the event before it), in the order the broker
+    holds them.
+
+    Each worker writes its events in batches (every 0.25 s, or 200 events), so the
+    stream holds one worker's batch, then another's: a listing jumped back and forth in
+    time by up to a batch.
+
+    Example:
+        >>> late = b'{"type":"failed","id":"2","task":"t","worker":"w2","at":2.0}'
+        >>> early = b'{"type":"started","id":"1","task":"t","worker":"w1","at":1.0}'
+        >>> _in_time_order([late, b"?", early]) == [early, late, b"?"]
+        True
+    """
+    keyed: list[tuple[float, bytes]] = []
+    at = -math.inf
+    for raw in events:
+        with contextlib.suppress(msgspec.DecodeError):  # unreadable: the time before it
+            told = _time_of.decode(raw).at
+            at = at if told is None else told
+        keyed.append((at, raw))
+    keyed.sort(key=lambda pair: pair[0])  # stable: ties keep the broker's order
+    return [raw for _, raw in keyed]
+
+
+class _Time(msgspec.Struct):
+    at: float | None = None  # None (none given): the time of the event before it
+
+
+_time_of = msgspec.json.Decoder(_Time)
 
 
 def _task_names(items: Sequence[tuple[int, bytes]]) -> set[str]:
@@ -204,9 +239,8 @@ def _follow(feed: EventFeed, wanted: EventFilter, as_json: bool) -> None:
             away = False
         if page.missed:
             click.echo(_MISSED, err=True)
-        for raw in page.events:
-            if wanted.matches(raw):
-                _print_event(raw, as_json)
+        for raw in _in_time_order([raw for raw in page.events if wanted.matches(raw)]):
+            _print_event(raw, as_json)
         if not page.full:
             time.sleep(_FOLLOW_PAUSE)
 
