@@ -10,6 +10,7 @@ import pytest
 
 from celeriac import Celeriac
 from celeriac.brokers.records import Outgoing
+from celeriac.control import is_revoke_mark, revoke_many
 from celeriac.testing import wait_for
 from celeriac.worker.slot import Held
 from celeriac.worker.supervisor import Worker
@@ -62,3 +63,36 @@ def test_a_task_stopped_at_its_hard_limit_reads_failure_before_the_backlog_behin
     assert wait_for(lambda: stopped.state == "FAILURE", timeout=30)
     started = sum(ledger.count("start")[r.id] for r in backlog)
     assert started <= 3, started
+
+
+def test_a_stopped_task_goes_back_ahead_of_what_its_child_had_prefetched(
+    core_app: Celeriac, workers: WorkerProcesses, ledger: Ledger
+) -> None:
+    # The verdict's message went to the head first, and the child's prefetch was pushed
+    # to the head after it: on Redis both prefetched tasks ran before it was settled.
+    stopped = core.stuck.delay()  # hard limit 1 s
+    prefetched = [core.work.delay(1.5, str(i)) for i in range(2)]
+    workers.start("-c", "1", env={"CELERIAC_WORKER_PREFETCH_MULTIPLIER": "3"})
+    assert wait_for(lambda: stopped.state == "FAILURE", timeout=30)
+    started = sum(ledger.count("start")[r.id] for r in prefetched)
+    assert started <= 1, started
+
+
+def test_a_dead_childs_task_revoked_while_it_held_it_reads_revoked_once_given_back(
+    worker: Worker,
+) -> None:
+    # A revoke marks no task a worker holds (its worker settles it). Given back unmarked
+    # when its child died, it read PENDING until a worker took it again.
+    broker = worker.app.broker
+    broker.send([Outgoing(f"t{i}", "q", b"body") for i in range(2)])
+    taken = broker.fetch(["q"], "child", limit=2, lease_seconds=30, timeout=0)
+    assert revoke_many(worker.app, ["t1"]) == ["t1"]
+    assert broker.get_result("t1") is None
+    child = worker._children[0]
+    child.pid = 1
+    child.slot.write([Held(d.id, d.lease.queue, d.lease.token, "t") for d in taken], rss=1)
+    worker._stop_requests = 1  # stopping: no child is started in its place
+    worker._after_exit(child, -9)
+    assert broker.get_result("t0") is None
+    stored = broker.get_result("t1")
+    assert stored is not None and is_revoke_mark(stored[0])

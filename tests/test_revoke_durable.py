@@ -19,7 +19,7 @@ from celeriac.brokers.base import Broker
 from celeriac.brokers.memory import MemoryBroker
 from celeriac.brokers.records import Outgoing
 from celeriac.brokers.sqlite import SQLiteBroker
-from celeriac.control import STREAM_LENGTH, revoke_many
+from celeriac.control import STREAM_LENGTH, is_revoke_mark, mark_given_back, revoke_many
 from celeriac.message import ResultRecord, decode_result, encode_result
 from celeriac.testing import wait_for
 from tests.apps import core
@@ -155,6 +155,32 @@ def test_a_task_revoked_while_held_stays_revoked_when_given_back_after_the_strea
     revoke_many(core_app, _others(STREAM_LENGTH))
     assert core_app.broker.requeue(held.lease, count_delivery=False)
     _a_new_worker_does_not_run(doomed.id, core_app, workers, ledger)
+
+
+def test_a_task_revoked_while_held_reads_revoked_once_its_worker_gives_it_back(
+    broker_url: str,
+) -> None:
+    # A revoke marks no task a worker holds. Handed back unstarted (a warm shutdown's
+    # prefetch, a dead child's), it read PENDING, and its waiters waited, until a worker
+    # took it again: for as long as none consumed its queue. The worker's give-back
+    # (intake._requeue_unstarted, reaping._after_exit) marks it first.
+    app = Celeriac("given-back", broker=broker_url)
+    broker = app.broker
+    broker.send([Outgoing(i, "q", b"{}") for i in ("kept", "doomed")])
+    taken = broker.fetch(["q"], "w", limit=2, lease_seconds=30, timeout=0)
+    assert revoke_many(app, ["doomed"]) == ["doomed"]
+    assert broker.get_result("doomed") is None
+    assert mark_given_back(app, ["kept", "doomed"]) == ["doomed"]
+    for delivery in reversed(taken):
+        assert broker.requeue(delivery.lease, count_delivery=False, front=True)
+    stored = broker.get_result("doomed")
+    assert stored is not None and is_revoke_mark(stored[0])
+    assert broker.get_result("kept") is None
+    assert [d.id for d in broker.fetch(["q"], "w", limit=2, lease_seconds=30, timeout=0)] == [
+        "kept",
+        "doomed",
+    ]  # still queued: a worker drops it unrun, settling its workflow
+    broker.close()
 
 
 def test_an_id_revoked_before_it_is_sent_is_queued_and_settled_revoked(

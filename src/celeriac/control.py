@@ -163,6 +163,31 @@ def revoke_many(app: Celeriac, task_ids: Sequence[str], *, terminate: bool = Fal
     return held
 
 
+def mark_given_back(app: Celeriac, task_ids: Sequence[str]) -> list[str]:
+    """Mark REVOKED those of ``task_ids`` that were revoked while a worker held them, as
+    that worker hands them back unstarted (a warm shutdown's prefetch, a dead child's);
+    returns them. One broker read, and a write when some were.
+
+    A revoke marks no task a worker holds (:func:`revoke_many`). Handed back unmarked, such
+    a task read PENDING, and its waiters waited, until a worker took it again to drop it:
+    for as long as none consumed its queue (a deploy's gap). Marked, it reads REVOKED at
+    once, as a task revoked in its queue does; a worker still drops it unrun.
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> mark_given_back(app, ["not-revoked"])
+        []
+    """
+    if not task_ids:
+        return []
+    records = app.broker.kv_get([_revoke_key(task_id) for task_id in task_ids])
+    revoked = [i for i, record in zip(task_ids, records, strict=True) if record is not None]
+    if revoked:
+        app.broker.mark_revoked(revoked, _revoke_mark(time.time()), _mark_ttl(app))
+    return revoked
+
+
 def _revoke_key(task_id: str) -> str:
     """Where the revoke of a task a worker held when it was revoked is kept (the small
     store): the record a worker looks up when the revokes stream no longer holds it.

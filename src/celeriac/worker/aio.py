@@ -50,7 +50,7 @@ import msgspec
 
 from celeriac import crashpoints
 from celeriac.brokers.records import Delivery
-from celeriac.errors import SoftTimeLimitExceeded
+from celeriac.errors import SoftTimeLimitExceeded, TaskRevoked
 from celeriac.message import ErrorInfo, peek_identity, storable_text
 from celeriac.middleware.base import HARD_DEADLINE, ChildStartFailed, Job, Outcome
 from celeriac.task import _current
@@ -132,7 +132,9 @@ class AsyncioChild(Child, BackgroundWork):
         # before it could consume (celeriac.worker.stuck), from an idle one.
         self._write_slot()
         flusher = asyncio.create_task(self._flush_slot())
-        terminator = asyncio.create_task(self._terminations.watch(self._on_io))
+        terminator = asyncio.create_task(
+            self._terminations.watch(self._on_io, busy=lambda: bool(self._jobs))
+        )
         watching = self._watch(loop)
         try:
             try:
@@ -428,8 +430,13 @@ class AsyncioChild(Child, BackgroundWork):
         soft, hard = self.limits(job)
         started = time.time()
         hard_at = job.context[HARD_DEADLINE] = started + hard if hard != math.inf else 0.0
-        # When the loop must be free to cancel it at its soft limit (see hard_limits).
+        # When the loop must be free to cancel it at its soft limit (see hard_limits); an
+        # async task with neither limit is still on the loop, and a terminate can cancel
+        # it there (math.inf: read as 0, it was killed with its neighbours, see
+        # hard_limits._child_may_cancel).
         on_loop = (started + soft if soft != math.inf else hard_at) if task.is_async else 0.0
+        if task.is_async and not on_loop:
+            on_loop = math.inf
         lease = delivery.lease
         running = Held(
             delivery.id, delivery.queue, lease.token, message.task, started, hard_at, on_loop
@@ -438,7 +445,8 @@ class AsyncioChild(Child, BackgroundWork):
         # there): a hard limit passed meanwhile, with the loop blocked since before it, is
         # the blocker's doing. A plain-def task whose verdict a hook was to settle was
         # killed for itself instead, at every delivery, and dead-lettered as a crash.
-        self._held[delivery.id] = [msgspec.structs.replace(running, loop_deadline=hard_at)]
+        waits = hard_at or math.inf  # on the loop, whatever its limits
+        self._held[delivery.id] = [msgspec.structs.replace(running, loop_deadline=waits)]
         self._dirty = self._unwritten_start = True  # written before the task's body runs
         middleware = self.app.middleware
         # The execute hooks share one context, and the task sees what before_execute set
@@ -463,8 +471,8 @@ class AsyncioChild(Child, BackgroundWork):
         self._dirty = True
         return outcome
 
-    async def _call(self, executor: Executor, job: Job, soft: float, running: Held) -> Outcome:
-        assert job.task is not None
+    def _body_deadlines(self, job: Job, running: Held) -> None:
+        """List the task with the deadlines of its body in the slot."""
         self._held[job.delivery.id] = [running]  # its deadlines now (see _execute_async)
         if self._unwritten_start:
             # The process pool's rule: "started" is in the slot before the task can kill
@@ -476,6 +484,12 @@ class AsyncioChild(Child, BackgroundWork):
             # this one: a write per start cost 130 ms of loop time per 1,000 starts at -c 1000.
             self._write_due = True
             asyncio.get_running_loop().call_soon(self._write_if_due)
+
+    async def _call(self, executor: Executor, job: Job, soft: float, running: Held) -> Outcome:
+        assert job.task is not None
+        self._body_deadlines(job, running)
+        if self._terminations.revoked(job.delivery.id):  # in its hooks: see aio_terminate
+            return _revoked_and_stopped(job)
         token = _current.set(job.request)
         began = time.perf_counter()
         try:
@@ -490,10 +504,10 @@ class AsyncioChild(Child, BackgroundWork):
             outcome = outcome_for(exc)
         except BaseException as exc:
             me = asyncio.current_task()
-            terminated = self._terminated(job) if isinstance(exc, asyncio.CancelledError) else False
-            if terminated:
-                outcome = Outcome("REVOKED", reason="revoked with terminate while it ran")
-            elif isinstance(exc, asyncio.CancelledError) and me is not None and me.cancelling():
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            if cancelled and self._terminations.cancelled(job.delivery.id):
+                outcome = _revoked_and_stopped(job)  # the terminate's cancel: see below
+            elif cancelled and me is not None and me.cancelling():
                 raise  # this job's own asyncio task is being cancelled: not the task's doing
             else:
                 # Only a task raises these here (a child ignores SIGINT): SystemExit, or a
@@ -504,7 +518,10 @@ class AsyncioChild(Child, BackgroundWork):
         finally:
             exit_if_forked(executor.pid, job)  # a copy of this child, forked by an async task
             _current.reset(token)
-            self._terminated(job)  # a task that took the cancel and ended its own way
+        if self._terminated(job):
+            # Cancelled by a terminate: REVOKED, however its code ended (the cancel raised,
+            # or taken and a value returned), as the kill in the other pools makes it.
+            outcome = _revoked_and_stopped(job)
         outcome.runtime = time.perf_counter() - began
         return outcome
 
@@ -557,6 +574,14 @@ class AsyncioChild(Child, BackgroundWork):
         held.sort(key=lambda h: h.started == 0)
         self.rss = current_rss()
         self.slot.write(held, self.rss, self.tasks_done, self.growth)
+
+
+def _revoked_and_stopped(job: Job) -> Outcome:
+    """The outcome of a task revoked with terminate that this child stopped itself (see
+    :mod:`celeriac.worker.aio_terminate`), worded as the supervisor's kill words it in
+    the other pools (:func:`celeriac.worker.alone.killed_verdict`)."""
+    said = f"task {job.label} was revoked and stopped"
+    return Outcome("REVOKED", reason=said, error=error_info(TaskRevoked(said)))
 
 
 def _where(frame: FrameType | None) -> str:

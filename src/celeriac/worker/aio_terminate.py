@@ -6,7 +6,8 @@ it, and each ran again: one terminate re-ran 19 other tasks. So while async task
 child reads the revokes stream itself (every :data:`TERMINATE_POLL` seconds, off the loop,
 from where it last read) and cancels a revoked task's coroutine where it awaits: the task
 settles REVOKED through the whole pipeline (its chain or chord carries on), and the tasks
-beside it run on. The supervisor gives the child :data:`TERMINATE_GRACE` seconds for that
+beside it run on. The supervisor gives the child
+:data:`celeriac.worker.hard_limits.TERMINATE_GRACE` seconds for that
 before it kills it as before: a coroutine that blocks the loop (a blocking call in an
 ``async def``) cannot be cancelled, nor a plain-def task running in a thread.
 """
@@ -29,9 +30,6 @@ log = logging.getLogger("celeriac.worker")
 
 #: Seconds between two reads of the revokes stream while async tasks run.
 TERMINATE_POLL = 0.25
-#: Seconds the supervisor leaves an asyncio child to cancel a coroutine revoked with
-#: terminate before it kills the child (and every task in it).
-TERMINATE_GRACE = 2.0
 
 OffLoop = Callable[..., Awaitable[Any]]
 
@@ -62,49 +60,55 @@ class Terminations:
     def body_started(self, task_id: str, runner: asyncio.Task[Any], label: str) -> None:
         """The body of ``task_id`` now runs in ``runner``: a terminate may cancel it."""
         self._bodies[task_id] = (runner, label)
-        if task_id in self._recent:
-            self._cancel(task_id)
 
     def body_ended(self, task_id: str) -> None:
         """The body of ``task_id`` returned or raised: nothing to cancel any more."""
         self._bodies.pop(task_id, None)
 
+    def revoked(self, task_id: str) -> bool:
+        """Whether ``task_id`` was revoked with terminate before its body began (read while
+        it was in its before_execute hooks): its body must not start."""
+        return task_id in self._recent
+
+    def cancelled(self, task_id: str) -> bool:
+        """Whether a terminate cancelled the body of ``task_id`` (until :meth:`claim`)."""
+        return task_id in self._cancelled
+
     def claim(self, task_id: str) -> bool:
-        """Whether ``task_id``'s body was cancelled by a terminate (once: the caller turns
-        the cancellation into REVOKED and takes back the cancel request)."""
+        """Whether ``task_id``'s body was cancelled by a terminate (once: the caller settles
+        it REVOKED and takes back the cancel request)."""
         if task_id not in self._cancelled:
             return False
         self._cancelled.discard(task_id)
         return True
 
-    async def watch(self, off_loop: OffLoop) -> None:
-        """Until cancelled: while bodies run, read the revokes made since the last read and
-        cancel the bodies revoked with terminate. No read while none runs."""
+    async def watch(self, off_loop: OffLoop, busy: Callable[[], bool]) -> None:
+        """Until cancelled: while tasks run (``busy``: in their hooks or bodies), read the
+        revokes made since the last read and cancel the bodies revoked with terminate. No
+        read while none runs."""
         while True:
             await asyncio.sleep(TERMINATE_POLL)
-            if not self._bodies:
+            if not busy():
                 continue
             try:
                 self._seq, revocations = await off_loop(read_revocations, self.app, self._seq)
             except BrokerError:
                 continue  # the supervisor's kill, after its grace, still stops the task
+            doomed = []
             for revocation in revocations:
-                if not revocation.terminate:
-                    continue
-                self._recent[revocation.id] = None
-                if revocation.id in self._bodies:
-                    self._cancel(revocation.id)
+                if revocation.terminate:
+                    self._recent[revocation.id] = None
+                    if revocation.id in self._bodies:
+                        doomed.append(self._bodies.pop(revocation.id))
+                        self._cancelled.add(revocation.id)
             if len(self._recent) > _RECENT:
                 self._recent = dict.fromkeys(list(self._recent)[-_RECENT // 2 :])
-
-    def _cancel(self, task_id: str) -> None:
-        runner, label = self._bodies.pop(task_id)
-        self._cancelled.add(task_id)
-        runner.cancel()
-        log.warning(
-            "task %s was revoked with terminate; child %d cancelled its coroutine, and its "
-            "%d other running task(s) go on",
-            label,
-            os.getpid(),
-            len(self._bodies),
-        )
+            for runner, label in doomed:
+                runner.cancel()  # the body awaits: delivered where it awaits
+                log.warning(
+                    "task %s was revoked with terminate; child %d cancelled its coroutine, "
+                    "and its %d other running task(s) go on",
+                    label,
+                    os.getpid(),
+                    len(self._bodies),
+                )

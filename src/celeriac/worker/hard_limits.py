@@ -13,7 +13,6 @@ import signal
 import threading
 import time
 
-from celeriac.worker.aio_terminate import TERMINATE_GRACE
 from celeriac.worker.descendants import Started, kill_tree, words
 from celeriac.worker.reaping import BLOCKED_LOOP, ChildState
 from celeriac.worker.remote import Remote
@@ -22,6 +21,11 @@ from celeriac.worker.slot import Held, SlotView, hand_mark
 log = logging.getLogger("celeriac.worker")
 
 _TICK = 0.05  # seconds between the watch's checks
+#: Seconds the supervisor leaves an asyncio child to cancel a coroutine revoked with
+#: terminate itself (see :mod:`.aio_terminate`) before it kills the child, and every task
+#: in it. Here, not there: that module loads asyncio (and ssl, ~3 MiB a process), which a
+#: process or threads worker never needs.
+TERMINATE_GRACE = 2.0
 
 
 class HardLimits:

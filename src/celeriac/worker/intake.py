@@ -12,6 +12,7 @@ short, what it still holds when it stops). The consume loop itself is in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -20,6 +21,7 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 from celeriac.brokers.records import Delivery
+from celeriac.control import mark_given_back
 from celeriac.errors import BrokerError
 from celeriac.middleware.base import Outcome
 from celeriac.worker.batch import Batch
@@ -188,6 +190,8 @@ class Intake:
         # Fetched but never started: straight back to where they were in their queue, not
         # counted as a delivery. At its back, a warm shutdown's prefetch (up to a batch of
         # 64 per child) waited behind the whole backlog. Last first: each goes to the head.
+        with contextlib.suppress(BrokerError):  # the requeues below say what failed
+            mark_given_back(self.app, [d.id for d in pending])  # revoked while held
         for n, delivery in enumerate(reversed(pending)):
             try:
                 self.app.broker.requeue(delivery.lease, count_delivery=False, front=True)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from celeriac.brokers.records import Lease
+from celeriac.control import mark_given_back
 from celeriac.middleware.verdicts import verdict_key
 from celeriac.worker.alone import blocked_loop_verdict, killed_verdict
 from celeriac.worker.broken import EXIT_TASK_CLOSED_DESCRIPTORS, closed_descriptors_verdict
@@ -107,8 +108,7 @@ class Reaping:
         if killed is None and closed:  # the child put that task first: see .broken
             killed = (view.held[0], CLOSED_DESCRIPTORS)
         self._fold_counters(view)
-        if killed is not None:
-            self._record_killed(*killed)
+        recorded = self._record_verdict(*killed) if killed is not None else False
         # Release what the child held but had not yet written into its slot (taken by the
         # same call that committed its last task): its heartbeat ends now, and the reaper
         # hands back everything held under its consumer id, at once.
@@ -125,6 +125,12 @@ class Reaping:
         suspect = set() if stopped else {h.id for h in view.held if h.started or h in reading}
         to_back = [h for h in view.held if h.id in suspect]
         to_front = [h for h in view.held if h.id not in suspect]
+        given_back = [h.id for h in view.held if killed is None or h.id != killed[0].id]
+        if given_back:  # revoked while held: marked now, see control.mark_given_back
+            self._quietly(
+                functools.partial(mark_given_back, self.app, given_back),
+                "mark the revoked tasks a dead child held",
+            )
         for held in [*to_back, *reversed(to_front)]:
             if killed is not None and held.id == killed[0].id:
                 continue
@@ -147,6 +153,8 @@ class Reaping:
                 front=held.id not in suspect,
             )
             self._quietly(back, f"put back task {held.label}")
+        if killed is not None:
+            self._put_back_killed(killed[0], recorded)
         if killed is not None and beside:
             self._note_death(beside, f"killed with its child, stopped for {killed[0].label}")
         self._quietly(self.app.broker.reap, "hand back what dead workers held")
@@ -260,11 +268,13 @@ class Reaping:
             total[0] += runs
             total[1] += grown
 
-    def _record_killed(self, held: Held, state: str) -> None:
-        """Record why we stopped a task, and hand its message back.
+    def _record_verdict(self, held: Held, state: str) -> bool:
+        """Record why we stopped a task; True when the broker took it.
 
         The next delivery does not run it: the Verdicts middleware settles it with this
         verdict through the whole pipeline, so retries, chains and chords carry on.
+        Recorded before the dead child's heartbeat ends: after, a reaper could hand its
+        message back before the verdict exists, and it would run again.
         """
         if state == CLOSED_DESCRIPTORS:
             verdict = closed_descriptors_verdict(held)
@@ -272,21 +282,27 @@ class Reaping:
             verdict = blocked_loop_verdict(held)
         else:
             verdict = killed_verdict(held, state)
-        broker = self.app.broker
-        lease = Lease(held.id, held.queue, held.token)
         recorded: list[bool] = []
 
         def record() -> None:
-            broker.kv_set(verdict_key(held.id), verdict, self.app.conf.result_expires)
+            self.app.broker.kv_set(verdict_key(held.id), verdict, self.app.conf.result_expires)
             recorded.append(True)
 
         self._quietly(record, f"record why task {held.label} was stopped")
-        # With its verdict, to the head of its queue: the next fetch settles it unrun. At
-        # the back, its caller waited for the whole backlog to read FAILURE (or REVOKED),
-        # and after a warm shutdown for the next worker to reach it. Without one (the
-        # broker failed), it runs again: to the back, as any suspect.
+        return bool(recorded)
+
+    def _put_back_killed(self, held: Held, recorded: bool) -> None:
+        """Hand back the message of a task we stopped, counted as a delivery.
+
+        With its verdict, to the head of its queue, after the rest of what its child held
+        (each of those also goes to the head, so this one lands first): the next fetch
+        settles it unrun. At the back, its caller waited for the whole backlog to read
+        FAILURE (or REVOKED), and after a warm shutdown for the next worker to reach it.
+        Without a verdict (the broker failed), it runs again: to the back, as any suspect.
+        """
+        lease = Lease(held.id, held.queue, held.token)
         self._quietly(
-            functools.partial(broker.requeue, lease, count_delivery=True, front=bool(recorded)),
+            functools.partial(self.app.broker.requeue, lease, count_delivery=True, front=recorded),
             f"put back task {held.label}",
         )
 

@@ -68,8 +68,9 @@ class Held(msgspec.Struct, array_like=True):
     started: float = 0.0
     hard_deadline: float = 0.0  # Unix time; 0: no hard limit
     # An async task of an asyncio child: when its soft limit must cancel it on the loop
-    # (Unix time; its hard deadline with no soft limit). 0: not on a loop. A hard limit
-    # passed while another task blocked the loop since before then is that task's fault.
+    # (Unix time; its hard deadline with no soft limit; inf with neither), and any task of
+    # an asyncio child in its hooks. 0: not on a loop. A hard limit passed while another
+    # task blocked the loop since before then is that task's fault.
     loop_deadline: float = 0.0
 
     @property
