@@ -39,7 +39,20 @@ class SlowStartHook(Middleware):
         return None
 
 
-app = Celeriac("aio-terminate", middleware=[*default_middleware(), SlowStartHook()])
+class SlowSettleOfRevoked(Middleware):
+    """An after_settle hook that takes 0.7 s for a REVOKED task whose name says "slowly"
+    (events or a dedupe release on a slow broker): longer than the supervisor's read of
+    the revokes (every 0.5 s)."""
+
+    def after_settle(self, job: Job, outcome: Outcome, committed: bool) -> None:
+        slowly = job.message is not None and "slowly" in job.message.task
+        if slowly and outcome.state == "REVOKED":
+            time.sleep(0.7)
+
+
+app = Celeriac(
+    "aio-terminate", middleware=[*default_middleware(), SlowStartHook(), SlowSettleOfRevoked()]
+)
 
 
 @app.bound_task()
@@ -52,6 +65,19 @@ async def nap(self: Task[Any, Any], seconds: float) -> str:
 @app.bound_task()
 async def hooked(self: Task[Any, Any]) -> str:
     record("start", self.request.id)  # no await: a cancel request could never land here
+    return "ran"
+
+
+@app.bound_task()
+async def naps_and_settles_slowly(self: Task[Any, Any], seconds: float) -> str:
+    record("start", self.request.id)
+    await asyncio.sleep(seconds)
+    return "rested"
+
+
+@app.bound_task()
+def hooked_and_settles_slowly(self: Task[Any, Any]) -> str:
+    record("start", self.request.id)  # a plain def: its body runs in a thread
     return "ran"
 
 
@@ -111,6 +137,30 @@ def test_a_task_revoked_with_terminate_in_its_hooks_never_runs(
     with pytest.raises(TaskRevoked, match=r"was revoked"):
         doomed.get(timeout=20)
     assert ledger.count("start")[doomed.id] == 0
+    assert "killed child" not in workers.log_text()
+
+
+@pytest.mark.parametrize("in_hooks", [False, True])
+def test_a_task_the_child_stopped_does_not_get_its_child_killed_while_it_settles(
+    aio_app: Celeriac, workers: WorkerProcesses, ledger: Ledger, in_hooks: bool
+) -> None:
+    # The child settled the terminated task REVOKED itself; while its settle went on (or,
+    # for a plain def stopped in its hooks, once its body's deadlines were in the slot)
+    # the supervisor read the revoke and killed the child: its neighbours ran twice.
+    workers.start("-P", "asyncio", "-c", "4", app=APP)
+    others = [nap.delay(3) for _ in range(2)]
+    assert wait_for(lambda: all(ledger.count("start")[r.id] for r in others), timeout=20)
+    if in_hooks:
+        doomed = hooked_and_settles_slowly.delay()
+        assert wait_for(lambda: ledger.count("hook")[doomed.id] == 1, timeout=20)
+        revoke(aio_app, doomed.id, terminate=True)
+        with pytest.raises(TaskRevoked):
+            doomed.get(timeout=20)
+        assert ledger.count("start")[doomed.id] == 0
+    else:
+        _terminate(aio_app, ledger, naps_and_settles_slowly.delay(30))
+    assert [r.get(timeout=20) for r in others] == ["rested"] * 2
+    assert [ledger.count("start")[r.id] for r in others] == [1, 1]
     assert "killed child" not in workers.log_text()
 
 

@@ -84,15 +84,21 @@ def test_a_dead_childs_task_revoked_while_it_held_it_reads_revoked_once_given_ba
     # A revoke marks no task a worker holds (its worker settles it). Given back unmarked
     # when its child died, it read PENDING until a worker took it again.
     broker = worker.app.broker
-    broker.send([Outgoing(f"t{i}", "q", b"body") for i in range(2)])
-    taken = broker.fetch(["q"], "child", limit=2, lease_seconds=30, timeout=0)
-    assert revoke_many(worker.app, ["t1"]) == ["t1"]
-    assert broker.get_result("t1") is None
+    # Not one that was running: it goes back counted, and its next delivery decides (it
+    # is dropped as revoked, or dead-lettered at its delivery limit: marked, its waiters
+    # were told REVOKED, and then it read FAILURE).
+    broker.send([Outgoing(f"t{i}", "q", b"body") for i in range(3)])
+    taken = broker.fetch(["q"], "child", limit=3, lease_seconds=30, timeout=0)
+    assert revoke_many(worker.app, ["t0", "t2"]) == ["t0", "t2"]
+    assert broker.get_result("t2") is None
+    held = [Held(d.id, d.lease.queue, d.lease.token, "t") for d in taken]
+    held[0] = Held(held[0].id, held[0].queue, held[0].token, "t", started=time.time())
     child = worker._children[0]
     child.pid = 1
-    child.slot.write([Held(d.id, d.lease.queue, d.lease.token, "t") for d in taken], rss=1)
+    child.slot.write(held, rss=1)
     worker._stop_requests = 1  # stopping: no child is started in its place
     worker._after_exit(child, -9)
-    assert broker.get_result("t0") is None
-    stored = broker.get_result("t1")
+    assert broker.get_result("t0") is None  # running: its next delivery settles it
+    assert broker.get_result("t1") is None  # not revoked
+    stored = broker.get_result("t2")
     assert stored is not None and is_revoke_mark(stored[0])

@@ -464,9 +464,10 @@ class AsyncioChild(Child, BackgroundWork):
         hooks.run(adopt, contextvars.copy_context())
         outcome = await self._in_thread(self._io, hooks, middleware.after_execute, job, outcome)
         # Done: a slow commit or settle hook must not pass for the task running past its
-        # hard limit (the supervisor would kill the child and every task on its loop).
+        # hard limit, nor a terminate read now for one still to stop (the supervisor would
+        # kill the child and every task on its loop, to run again).
         self._held[delivery.id] = [
-            Held(delivery.id, delivery.queue, delivery.lease.token, message.task, started)
+            Held(delivery.id, delivery.queue, lease.token, message.task, started, settling=True)
         ]
         self._dirty = True
         return outcome
@@ -487,9 +488,11 @@ class AsyncioChild(Child, BackgroundWork):
 
     async def _call(self, executor: Executor, job: Job, soft: float, running: Held) -> Outcome:
         assert job.task is not None
-        self._body_deadlines(job, running)
         if self._terminations.revoked(job.delivery.id):  # in its hooks: see aio_terminate
+            # Before its body's deadlines reach the slot: a plain def's (loop_deadline 0)
+            # would have the supervisor kill the child for the terminate, neighbours and all.
             return _revoked_and_stopped(job)
+        self._body_deadlines(job, running)
         token = _current.set(job.request)
         began = time.perf_counter()
         try:

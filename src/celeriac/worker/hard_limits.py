@@ -74,7 +74,7 @@ class HardLimits:
     def _enforce_limits(self, child: ChildState, view: SlotView, now: float) -> None:
         if not child.pid or child.killed_for is not None:
             return
-        for running in (h for h in view.held if h.started):
+        for running in (h for h in view.held if h.started and not h.settling):
             if running.id in self.remote.to_terminate:
                 if self._child_may_cancel(running, now):
                     continue

@@ -125,8 +125,11 @@ class Reaping:
         suspect = set() if stopped else {h.id for h in view.held if h.started or h in reading}
         to_back = [h for h in view.held if h.id in suspect]
         to_front = [h for h in view.held if h.id not in suspect]
-        given_back = [h.id for h in view.held if killed is None or h.id != killed[0].id]
-        if given_back:  # revoked while held: marked now, see control.mark_given_back
+        # Revoked while held, marked now (see control.mark_given_back): only what goes back
+        # uncounted, unstarted. A task put back counted may be dead-lettered at its next
+        # delivery instead of dropped, and its waiters were told REVOKED, then FAILURE.
+        given_back = [h.id for h in view.held if not h.started and h not in reading]
+        if given_back:
             self._quietly(
                 functools.partial(mark_given_back, self.app, given_back),
                 "mark the revoked tasks a dead child held",

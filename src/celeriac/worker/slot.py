@@ -72,6 +72,9 @@ class Held(msgspec.Struct, array_like=True):
     # an asyncio child in its hooks. 0: not on a loop. A hard limit passed while another
     # task blocked the loop since before then is that task's fault.
     loop_deadline: float = 0.0
+    # Its outcome is decided (an asyncio child's task, settling): neither a hard limit nor
+    # a terminate kills the child for it any more (its neighbours would run again).
+    settling: bool = False
 
     @property
     def label(self) -> str:
