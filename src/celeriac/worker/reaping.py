@@ -117,14 +117,13 @@ class Reaping:
         )
         reading = self._reading(child, view, killed)
         beside: list[Held] = []  # started tasks killed beside ``killed``, run at most once
-        # Only what a child that died by itself was running or reading may have killed it:
-        # that goes to the back of its queue, so a poison message cannot hold the head.
-        # Everything else did nothing wrong and goes back where it was, at the head (last
-        # first): a cold shutdown's tasks went behind the whole backlog at every deploy.
+        # What a child that the supervisor stopped held did nothing wrong: it goes back where
+        # it was, at the head (last first), since a cold shutdown's tasks went behind the
+        # whole backlog at every deploy. What a child that died by itself held goes to the
+        # back: the message that killed it among them. Not its prefetch to the head either:
+        # the next child ran those in a batch, died on the killer behind them before their
+        # commit, and they ran a second time.
         stopped = killed is not None or child.killed_cold or self._stop_requests >= 2
-        suspect = set() if stopped else {h.id for h in view.held if h.started or h in reading}
-        to_back = [h for h in view.held if h.id in suspect]
-        to_front = [h for h in view.held if h.id not in suspect]
         # Revoked while held, marked now (see control.mark_given_back): only what goes back
         # uncounted, unstarted. A task put back counted may be dead-lettered at its next
         # delivery instead of dropped, and its waiters were told REVOKED, then FAILURE.
@@ -134,7 +133,7 @@ class Reaping:
                 functools.partial(mark_given_back, self.app, given_back),
                 "mark the revoked tasks a dead child held",
             )
-        for held in [*to_back, *reversed(to_front)]:
+        for held in reversed(view.held) if stopped else view.held:
             if killed is not None and held.id == killed[0].id:
                 continue
             # The running task counts as a delivery (a crash), and so does a message taken
@@ -153,7 +152,7 @@ class Reaping:
                 self.app.broker.requeue,
                 lease,
                 count_delivery=counted,
-                front=held.id not in suspect,
+                front=stopped,
             )
             self._quietly(back, f"put back task {held.label}")
         if killed is not None:
