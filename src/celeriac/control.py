@@ -283,6 +283,43 @@ def read_revocations_counted(app: Celeriac, after: int) -> tuple[int, list[Revoc
     return last, revocations, len(items) >= STREAM_LENGTH
 
 
+class TerminateRevokes:
+    """The ids revoked with ``terminate``, read from the revokes stream as they come (the
+    latest ``STREAM_LENGTH`` at least): what a supervisor kills a child for, and what an
+    asyncio child cancels a coroutine for (:mod:`celeriac.worker.aio_terminate`).
+
+    Example:
+        >>> from celeriac import Celeriac
+        >>> app = Celeriac("doc", broker="memory://")
+        >>> seen = TerminateRevokes()
+        >>> revoke(app, "t1", terminate=True)
+        False
+        >>> seen.read(app), "t1" in seen, "t2" in seen
+        (['t1'], True, False)
+    """
+
+    def __init__(self) -> None:
+        self._seq = 0  # the last entry of the stream read
+        self._ids: dict[str, None] = {}  # an ordered set, the oldest first
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._ids
+
+    def read(self, app: Celeriac) -> list[str]:
+        """Read the revokes made since the last read; return the ids among them revoked
+        with terminate.
+
+        Raises:
+            BrokerError: the broker did not answer (what was read before still holds).
+        """
+        self._seq, entries = read_revocations(app, self._seq)
+        new = [e.id for e in entries if e.terminate]
+        self._ids.update(dict.fromkeys(new))
+        if len(self._ids) > 2 * STREAM_LENGTH:  # trimmed now and then, not per read
+            self._ids = dict.fromkeys(list(self._ids)[-STREAM_LENGTH:])
+        return new
+
+
 def broadcast(
     app: Celeriac, command: str, *, target: str | None = None, timeout: float = 1.0
 ) -> list[Reply]:

@@ -35,7 +35,7 @@ from celeriac.brokers.sqlite_file import (
     trim_wal,
 )
 from celeriac.brokers.sqlite_results import SQLiteResults
-from celeriac.brokers.sqlite_store import IDS_PER_QUERY, SQLiteStore
+from celeriac.brokers.sqlite_store import SQLiteStore, id_chunks
 from celeriac.brokers.sqlite_wait import CommitWatch
 from celeriac.errors import BrokerError, ConfigurationError
 
@@ -355,10 +355,7 @@ class SQLiteBroker(SQLiteConnections, SQLiteResults, SQLiteStore, Broker):
     def held(self, task_ids: Sequence[str]) -> list[bool]:
         """Whether a consumer holds each id's message now: one query per 500 ids."""
         found: set[str] = set()
-        unique = list(dict.fromkeys(task_ids))
-        for start in range(0, len(unique), IDS_PER_QUERY):
-            chunk = unique[start : start + IDS_PER_QUERY]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in id_chunks(task_ids):
             rows = self._read(
                 f"SELECT id FROM messages WHERE id IN ({marks}) AND token IS NOT NULL",  # noqa: S608 - placeholders only
                 chunk,

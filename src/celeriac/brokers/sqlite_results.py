@@ -29,7 +29,7 @@ from celeriac.brokers.records import (
     replayed,
     within_bytes,
 )
-from celeriac.brokers.sqlite_store import IDS_PER_QUERY
+from celeriac.brokers.sqlite_store import id_chunks
 from celeriac.brokers.sqlite_wait import CommitWatch
 
 WAIT_STEP = 0.004  # seconds between data_version checks while waiting
@@ -74,10 +74,7 @@ class SQLiteResults:
         """What :meth:`get_result` says of each id: one query per 500 distinct ids."""
         now = time.time()
         found: dict[str, tuple[bytes, bool]] = {}
-        unique = list(dict.fromkeys(task_ids))
-        for start in range(0, len(unique), IDS_PER_QUERY):
-            chunk = unique[start : start + IDS_PER_QUERY]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in id_chunks(task_ids):
             rows = self._read(
                 f"SELECT id, body, final FROM results WHERE id IN ({marks}) AND expires_at > ?",  # noqa: S608 - placeholders only
                 (*chunk, now),
@@ -231,10 +228,7 @@ class SQLiteResults:
     def find_dead_letters(self, ids: Sequence[str]) -> list[DeadLetter]:
         """The dead letters with these ids, by primary key."""
         rows: list[Any] = []
-        unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), IDS_PER_QUERY):
-            chunk = unique[start : start + IDS_PER_QUERY]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in id_chunks(ids):
             rows += self._read(f"SELECT * FROM dead_letters WHERE id IN ({marks})", chunk)  # noqa: S608 - placeholders only
         return [DeadLetter(*row) for row in rows]
 

@@ -11,12 +11,28 @@ import contextlib
 import math
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 # Ids (or keys) per "IN (...)": well under SQLite's bound-variable limit, which is 32,766
 # since SQLite 3.32 and 999 before it (a list over it fails the whole query).
 IDS_PER_QUERY = 500
+
+
+def id_chunks(ids: Sequence[str]) -> Iterator[tuple[list[str], str]]:
+    """The distinct ``ids`` in chunks of IDS_PER_QUERY, each with its placeholders for
+    ``IN (...)``.
+
+    Example:
+        >>> list(id_chunks(["a", "b", "a"]))
+        [(['a', 'b'], '?,?')]
+    """
+    unique = list(dict.fromkeys(ids))
+    for start in range(0, len(unique), IDS_PER_QUERY):
+        chunk = unique[start : start + IDS_PER_QUERY]
+        yield chunk, ",".join("?" * len(chunk))
+
+
 # Admissions kept by the reaper: two days, over the longest window a rate names (N/d).
 ADMISSIONS_KEPT = 2 * 86_400.0
 
@@ -50,13 +66,10 @@ class SQLiteStore:
     def forget_results(self, task_ids: Sequence[str]) -> None:
         """Delete the stored results of many ids, in one transaction (one statement per
         500 distinct ids)."""
-        unique = list(dict.fromkeys(task_ids))
-        if not unique:
+        if not task_ids:
             return
         with self._transaction() as db:
-            for start in range(0, len(unique), IDS_PER_QUERY):
-                chunk = unique[start : start + IDS_PER_QUERY]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in id_chunks(task_ids):
                 db.execute(f"DELETE FROM results WHERE id IN ({marks})", chunk)  # noqa: S608 - placeholders only
 
     def kv_set(self, key: str, value: bytes, ttl: float, *, only_if_absent: bool = False) -> bool:
@@ -77,10 +90,7 @@ class SQLiteStore:
         (one list of them all failed past SQLite's bound-variable limit)."""
         now = time.time()
         found: dict[str, bytes] = {}
-        unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), IDS_PER_QUERY):
-            chunk = unique[start : start + IDS_PER_QUERY]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in id_chunks(keys):
             rows = self._read(
                 f"SELECT key, value FROM kv WHERE key IN ({marks}) AND expires_at > ?",  # noqa: S608 - placeholders only
                 (*chunk, now),

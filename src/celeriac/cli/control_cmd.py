@@ -98,16 +98,14 @@ def _held_note(held: list[str], terminate: bool) -> str:
     shown = ", ".join(printable(i) for i in held[:10])
     more = f" and {len(held) - 10} more" if len(held) > 10 else ""
     was = "was" if len(held) == 1 else "were"
-    if terminate:
-        return (
-            f"note: {len(held)} {was} in a worker's hands: {shown}{more}. Their workers stop "
-            "them; each reads REVOKED once stopped (celeriac result ID)."
-        )
-    return (
-        f"note: {len(held)} {was} in a worker's hands: {shown}{more}. One not started yet is "
-        "dropped and reads REVOKED; one already running goes on to its end, and its result "
-        "says how it ended. To stop them: celeriac revoke --terminate ID"
+    then = (
+        "Their workers stop them; each reads REVOKED once stopped (celeriac result ID)."
+        if terminate
+        else "One not started yet is dropped and reads REVOKED; one already running goes "
+        "on to its end, and its result says how it ended. To stop them: celeriac revoke "
+        "--terminate ID"
     )
+    return f"note: {len(held)} {was} in a worker's hands: {shown}{more}. {then}"
 
 
 def _ids_given(task_ids: tuple[str, ...]) -> list[str]:

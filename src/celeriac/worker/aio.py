@@ -132,8 +132,9 @@ class AsyncioChild(Child, BackgroundWork):
         # before it could consume (celeriac.worker.stuck), from an idle one.
         self._write_slot()
         flusher = asyncio.create_task(self._flush_slot())
+        on_io = functools.partial(self._off_loop, self._io)
         terminator = asyncio.create_task(
-            self._terminations.watch(self._on_io, busy=lambda: bool(self._jobs))
+            self._terminations.watch(on_io, busy=lambda: bool(self._jobs))
         )
         watching = self._watch(loop)
         try:
@@ -220,10 +221,6 @@ class AsyncioChild(Child, BackgroundWork):
             task = asyncio.create_task(self._process(executor, delivery))
             running.add(task)
             task.add_done_callback(running.discard)
-
-    async def _on_io(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """``fn(*args)`` in a thread of celeriac's own pool."""
-        return await self._off_loop(self._io, fn, *args)
 
     async def _off_loop(self, pool: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any) -> _T:
         """``fn(*args)`` in a thread of ``pool``, in this context (as asyncio.to_thread)."""
@@ -507,17 +504,16 @@ class AsyncioChild(Child, BackgroundWork):
             outcome = outcome_for(exc)
         except BaseException as exc:
             me = asyncio.current_task()
-            cancelled = isinstance(exc, asyncio.CancelledError)
-            if cancelled and self._terminations.cancelled(job.delivery.id):
-                outcome = _revoked_and_stopped(job)  # the terminate's cancel: see below
-            elif cancelled and me is not None and me.cancelling():
-                raise  # this job's own asyncio task is being cancelled: not the task's doing
-            else:
-                # Only a task raises these here (a child ignores SIGINT): SystemExit, or a
-                # CancelledError or other BaseException of its own. Left to propagate, they
-                # ended the job unsettled and unlogged: its message, held until its lease
-                # ran out, ran again each time, silently, until dead-lettered as a crash.
-                outcome = outcome_for(exc)
+            ours = me is not None and me.cancelling() > 0
+            terminated = self._terminations.cancelled(job.delivery.id)
+            if isinstance(exc, asyncio.CancelledError) and ours and not terminated:
+                raise  # this job's own asyncio task is being cancelled: the loop ends
+            # Only a task raises these here (a child ignores SIGINT): SystemExit, or a
+            # CancelledError or other BaseException of its own. Left to propagate, they
+            # ended the job unsettled and unlogged: its message, held until its lease ran
+            # out, ran again each time, silently, until dead-lettered as a crash. (A
+            # terminate's cancel is replaced with REVOKED below.)
+            outcome = outcome_for(exc)
         finally:
             exit_if_forked(executor.pid, job)  # a copy of this child, forked by an async task
             _current.reset(token)

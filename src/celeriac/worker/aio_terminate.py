@@ -20,7 +20,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from celeriac.control import read_revocations
+from celeriac.control import TerminateRevokes
 from celeriac.errors import BrokerError
 
 if TYPE_CHECKING:
@@ -32,8 +32,6 @@ log = logging.getLogger("celeriac.worker")
 TERMINATE_POLL = 0.25
 
 OffLoop = Callable[..., Awaitable[Any]]
-
-_RECENT = 1000  # terminate revokes remembered for bodies not started yet (see _recent)
 
 
 class Terminations:
@@ -49,13 +47,12 @@ class Terminations:
 
     def __init__(self, app: Celeriac) -> None:
         self.app = app
-        self._seq = 0  # the last entry of the revokes stream read
+        # Revoked with terminate, as the supervisor reads them: one read before its body
+        # began (in its before_execute hooks) keeps that body from starting.
+        self._terminates = TerminateRevokes()
         # id -> (the asyncio task running its body, its label as log lines name a task)
         self._bodies: dict[str, tuple[asyncio.Task[Any], str]] = {}
         self._cancelled: set[str] = set()  # ids cancelled here, until their body ends
-        # Ids revoked with terminate lately, read while their task was not in its body yet
-        # (its before_execute hooks): cancelled as their body starts.
-        self._recent: dict[str, None] = {}
 
     def body_started(self, task_id: str, runner: asyncio.Task[Any], label: str) -> None:
         """The body of ``task_id`` now runs in ``runner``: a terminate may cancel it."""
@@ -68,7 +65,7 @@ class Terminations:
     def revoked(self, task_id: str) -> bool:
         """Whether ``task_id`` was revoked with terminate before its body began (read while
         it was in its before_execute hooks): its body must not start."""
-        return task_id in self._recent
+        return task_id in self._terminates
 
     def cancelled(self, task_id: str) -> bool:
         """Whether a terminate cancelled the body of ``task_id`` (until :meth:`claim`)."""
@@ -91,19 +88,12 @@ class Terminations:
             if not busy():
                 continue
             try:
-                self._seq, revocations = await off_loop(read_revocations, self.app, self._seq)
+                terminated = await off_loop(self._terminates.read, self.app)
             except BrokerError:
                 continue  # the supervisor's kill, after its grace, still stops the task
-            doomed = []
-            for revocation in revocations:
-                if revocation.terminate:
-                    self._recent[revocation.id] = None
-                    if revocation.id in self._bodies:
-                        doomed.append(self._bodies.pop(revocation.id))
-                        self._cancelled.add(revocation.id)
-            if len(self._recent) > _RECENT:
-                self._recent = dict.fromkeys(list(self._recent)[-_RECENT // 2 :])
-            for runner, label in doomed:
+            doomed = [i for i in terminated if i in self._bodies]
+            self._cancelled.update(doomed)
+            for runner, label in [self._bodies.pop(i) for i in doomed]:
                 runner.cancel()  # the body awaits: delivered where it awaits
                 log.warning(
                     "task %s was revoked with terminate; child %d cancelled its coroutine, "

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from celeriac.control import CONTROL, STREAM_LENGTH, Command, read_revocations, reply
+from celeriac.control import CONTROL, Command, TerminateRevokes, reply
 from celeriac.errors import BrokerError
 from celeriac.worker.outage import Outage
 
@@ -42,15 +42,14 @@ class Remote:
         self.worker_id = worker_id
         self.answer = answer
         # Revoked with terminate: ids of the latest STREAM_LENGTH at least (what the stream
-        # holds), an ordered set trimmed now and then; it grew for the worker's whole life.
-        self.to_terminate: dict[str, None] = {}
+        # holds), trimmed now and then; it grew for the worker's whole life.
+        self.to_terminate = TerminateRevokes()
         self.shutdown_requested = False
         self._control_seq: int | None = None
         # Commands sent before this are another worker's business: never replayed. Those
         # sent after are answered even when they came before this worker's first read: a
         # health check that pings as soon as `status` lists the worker went unanswered.
         self._started = time.time()
-        self._revoke_seq = 0
         self._polled = 0.0
         self._outage = Outage()
 
@@ -81,10 +80,7 @@ class Remote:
             )
 
     def _poll_revokes(self) -> None:
-        self._revoke_seq, entries = read_revocations(self.app, self._revoke_seq)
-        self.to_terminate.update(dict.fromkeys(e.id for e in entries if e.terminate))
-        if len(self.to_terminate) > 2 * STREAM_LENGTH:
-            self.to_terminate = dict.fromkeys(list(self.to_terminate)[-STREAM_LENGTH:])
+        self.to_terminate.read(self.app)
 
     def _poll_control(self) -> None:
         broker = self.app.broker
